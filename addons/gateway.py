@@ -1,0 +1,180 @@
+"""mitmproxy entry point: `mitmdump -s addons/gateway.py`.
+
+Thin by design: options are parsed in `configure`, each hook hands facts to the mitmproxy-free
+core (`spendgate.gateway`), and per-flow state travels in `flow.metadata["spendgate"]`.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from mitmproxy import ctx, exceptions, http
+
+from spendgate import providers
+from spendgate.providers import openai_chat
+from spendgate.gateway import REPO, Gateway, GatewayError, Settings
+from spendgate.metering import Exchange
+from spendgate.source import default_db
+from spendgate.streams import EventDropper, StreamTap
+
+log = logging.getLogger("spendgate")
+
+META = "spendgate"
+
+
+def _path_opt(value: str, default: Path | None) -> Path | None:
+    return Path(value).expanduser() if value else default
+
+
+def _headers(h: http.Headers) -> dict[str, str]:
+    return {k.lower(): v for k, v in h.items()}
+
+
+class SpendGate:
+    def __init__(self) -> None:
+        self.gateway: Gateway | None = None
+        self._key: tuple | None = None
+        self._allow_hosts: list[str] = []  # what we last set, to tell it from the operator's
+
+    def load(self, loader) -> None:
+        loader.add_option("spendgate_db", str, "", "DuckDB ledger file (default data/spendgate.duckdb)")
+        loader.add_option("spendgate_policy", str, "", "YAML budget policy (default policies/example.yaml)")
+        loader.add_option("spendgate_pricing", str, "", "price overrides YAML (default pricing/overrides.yaml)")
+        loader.add_option("spendgate_user", str, "", "user to charge in developer-machine mode (default: OS user)")
+        loader.add_option(
+            "spendgate_intercept_chatgpt", bool, True, "decrypt chatgpt.com to meter Codex's ChatGPT login"
+        )
+        loader.add_option("spendgate_admin_port", int, 0, "loopback port of the admin API (0: any, -1: off)")
+
+    def configure(self, updated: set[str]) -> None:
+        opts = ctx.options
+        if "spendgate_intercept_chatgpt" in updated or "allow_hosts" in updated or "ignore_hosts" in updated:
+            self._only_provider_hosts()
+        key = (
+            opts.spendgate_db,
+            opts.spendgate_policy,
+            opts.spendgate_pricing,
+            opts.spendgate_user,
+            opts.spendgate_admin_port,
+        )
+        if key == self._key:
+            return
+        settings = Settings(
+            db=_path_opt(opts.spendgate_db, default_db()),
+            policy=_path_opt(opts.spendgate_policy, None) or REPO / "policies" / "example.yaml",
+            pricing=_path_opt(opts.spendgate_pricing, _existing(REPO / "pricing" / "overrides.yaml")),
+            user=opts.spendgate_user or None,
+            admin_port=opts.spendgate_admin_port,
+        )
+        if self.gateway:
+            self.gateway.close()
+            self.gateway = None
+        try:
+            self.gateway = Gateway(settings)
+        except GatewayError as e:
+            raise exceptions.OptionsError(str(e)) from None
+        self._key = key
+        log.info("spendgate: ledger %s, admin API %s", settings.db, self.gateway.admin and self.gateway.admin.url)
+
+    def _only_provider_hosts(self) -> None:
+        """Decrypt provider hosts only; everything else stays a raw TLS tunnel (origin's cert)."""
+        opts = ctx.options
+        current = list(opts.allow_hosts)
+        if opts.ignore_hosts or (current and current != self._allow_hosts):
+            log.warning("spendgate: the operator set allow_hosts/ignore_hosts; using theirs")
+            return
+        wanted = providers.allow_hosts_regexes(include_chatgpt=opts.spendgate_intercept_chatgpt)
+        if current != wanted:
+            self._allow_hosts = wanted
+            opts.update(allow_hosts=wanted)
+
+    # -- traffic hooks --
+    def request(self, flow: http.HTTPFlow) -> None:
+        if flow.response or flow.error or not self.gateway:
+            return
+        req = flow.request
+        auth = flow.metadata.get("proxyauth")
+        ex = self.gateway.meter.begin(
+            req.host,
+            req.path,
+            _headers(req.headers),
+            req.raw_content or b"",
+            proxy_user=auth[0] if auth else None,
+            client_ip=flow.client_conn.peername[0] if flow.client_conn.peername else None,
+        )
+        if ex is None:
+            return
+        flow.metadata[META] = ex
+        answer = self.gateway.admit(ex)
+        if answer is not None:  # over budget (or refused by policy): never forwarded
+            flow.response = http.Response.make(answer.status, answer.body, answer.headers)
+            self.gateway.meter.finish(ex, None)
+            return
+        if ex.request.rewritten_body is not None:
+            req.content = ex.request.rewritten_body
+        if ex.request.drop_usage_chunk:
+            req.headers["accept-encoding"] = "identity"  # so the event we add can be taken out again
+
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        ex: Exchange | None = flow.metadata.get(META)
+        if ex is None or flow.response is None:
+            return
+        resp = flow.response
+        if ex.extra.get("blocked"):
+            return
+        ex.status = resp.status_code
+        ex.headers_at = self.gateway.meter.clock()
+        resp.headers.update(self.gateway.response_headers(ex))
+        parser = self.gateway.meter.stream_parser(ex, flow.request.path, resp.headers.get("content-type", ""))
+        if parser is not None:
+            # only OpenAI chat asks for this: the include_usage chunk the client did not request
+            dropper = EventDropper(openai_chat.filter_usage_chunk) if ex.request.drop_usage_chunk else None
+            tap = StreamTap(parser, resp.headers.get("content-encoding", ""), dropper, self.gateway.meter.clock)
+            if dropper and tap.decoder:  # we asked for identity; if encoded anyway, hand on decoded
+                resp.headers.pop("content-encoding", None)
+                resp.headers.pop("content-length", None)
+            flow.metadata[META + ".tap"] = tap
+            resp.stream = tap
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        ex: Exchange | None = flow.metadata.get(META)
+        if ex is None or flow.response is None or ex.extra.get("blocked"):
+            return
+        ex.status = flow.response.status_code
+        tap: StreamTap | None = flow.metadata.get(META + ".tap")
+        if tap is not None:
+            ex.first_byte_at = tap.first_byte_at
+            self.gateway.meter.finish(ex, tap.parser.result(), bytes_out=tap.bytes_seen)
+            return
+        raw = flow.response.raw_content or b""
+        try:
+            body = flow.response.content or b""
+        except ValueError:  # undecodable content-encoding: record what we can
+            body = b""
+        self.gateway.meter.finish(ex, self.gateway.meter.parse_body(ex, body), bytes_out=len(raw))
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        ex: Exchange | None = flow.metadata.get(META)
+        if ex is None or ex.extra.get("blocked"):
+            return
+        tap: StreamTap | None = flow.metadata.get(META + ".tap")
+        result = tap.parser.result() if tap else None
+        if tap:
+            ex.first_byte_at = tap.first_byte_at
+        if ex.status is None and flow.response is None:
+            ex.status = 502  # what mitmproxy answers the client when upstream fails
+        msg = flow.error.msg if flow.error else "connection error"
+        self.gateway.meter.finish(ex, result, ended=msg, bytes_out=tap.bytes_seen if tap else 0)
+
+    def done(self) -> None:
+        if self.gateway:
+            self.gateway.close()
+            self.gateway = None
+
+
+def _existing(p: Path) -> Path | None:
+    return p if p.exists() else None
+
+
+addons = [SpendGate()]

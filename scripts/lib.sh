@@ -1,0 +1,52 @@
+# Shared by scripts/run, scripts/test and scripts/bench: find Python >= 3.12 and prepare .venv.
+# Sourced, not executed.
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="$ROOT/.venv"
+
+find_python() {
+  local candidates=()
+  [ -n "${SPENDGATE_PYTHON:-}" ] && candidates+=("$SPENDGATE_PYTHON")
+  candidates+=(python3.13 python3.12 python3)
+  if command -v pyenv >/dev/null 2>&1; then
+    local root; root="$(pyenv root)"
+    candidates+=("$root"/versions/3.13*/bin/python3 "$root"/versions/3.12*/bin/python3)
+  fi
+  candidates+=(/usr/local/bin/python3.13 /usr/local/bin/python3.12 /usr/bin/python3.13 /usr/bin/python3.12 "$HOME"/.pyenv/versions/3.1[23]*/bin/python3)
+  local c
+  for c in "${candidates[@]}"; do
+    if command -v "$c" >/dev/null 2>&1 && "$c" -c 'import sys, venv; sys.exit(sys.version_info < (3, 12))' 2>/dev/null; then
+      command -v "$c"; return 0
+    fi
+  done
+  cat >&2 <<'MSG'
+spendgate needs Python 3.12 or newer (mitmproxy 12 does), and none was found.
+Install one, for example:
+  Debian/Ubuntu:  sudo apt-get install python3.12 python3.12-venv
+  macOS:          brew install python@3.12
+  pyenv:          pyenv install 3.12
+or point SPENDGATE_PYTHON at an interpreter.
+MSG
+  return 1
+}
+
+# ensure_venv EXTRAS  -- create .venv if needed and install spendgate (editable) with EXTRAS.
+ensure_venv() {
+  local extras="${1:-}" spec="$ROOT" stamp
+  [ -n "$extras" ] && spec="$ROOT[$extras]"
+  stamp="$(cat "$ROOT/pyproject.toml" | sha256sum | cut -c1-16)-$extras"
+  if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c 'import sys; sys.exit(sys.version_info < (3, 12))' 2>/dev/null; then
+    local py; py="$(find_python)" || exit 1
+    echo "spendgate: creating $VENV with $py" >&2
+    rm -rf "$VENV"
+    "$py" -m venv "$VENV"
+  fi
+  if [ "$(cat "$VENV/.spendgate-stamp" 2>/dev/null)" != "$stamp" ]; then
+    echo "spendgate: installing dependencies into $VENV" >&2
+    "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null 2>&1 || true
+    "$VENV/bin/python" -m pip install -q -e "$spec" 2>&1 | grep -v '^WARNING: Location' >&2 || true
+    "$VENV/bin/python" -c 'import spendgate, mitmproxy, duckdb, genai_prices' \
+      || { echo "spendgate: installation failed (see above)" >&2; exit 1; }
+    echo "$stamp" > "$VENV/.spendgate-stamp"
+  fi
+}

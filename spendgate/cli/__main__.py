@@ -1,0 +1,5 @@
+import sys
+
+from spendgate.cli import main
+
+sys.exit(main())

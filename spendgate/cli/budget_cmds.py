@@ -1,0 +1,92 @@
+"""`spendgate policy check`, `spendgate fingerprint` and `spendgate budgets`."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import os
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+from spendgate.budgets import BudgetBook
+from spendgate.cli.output import add_db_arg, add_json_arg, console, print_json, source, table
+from spendgate.gateway import REPO, rebuild_counters
+from spendgate.identity import fingerprint
+from spendgate.ledger import connect
+from spendgate.policy import PolicyError, load
+from spendgate.source import SourceError, default_db
+
+
+def default_policy() -> Path:
+    return Path(os.environ.get("SPENDGATE_POLICY") or REPO / "policies" / "example.yaml")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("policy", help="work with policy files")
+    psub = p.add_subparsers(dest="policy_command", required=True)
+    c = psub.add_parser("check", help="validate a policy: FILE:LINE:COL: message per problem; exit 1 if any")
+    c.add_argument("file", type=Path)
+    c.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("fingerprint", help="read an API key from stdin, print its fingerprint (never pass keys as arguments)")
+    p.set_defaults(func=cmd_fingerprint)
+
+    p = sub.add_parser("budgets", help="every active budget: limit, spent, reserved, remaining, reset")
+    p.add_argument("--policy", type=Path, help="policy to evaluate when no gateway runs (default: the example)")
+    add_db_arg(p)
+    add_json_arg(p)
+    p.set_defaults(func=cmd_budgets)
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    try:
+        policy = load(args.file)
+    except PolicyError as e:
+        for prob in e.problems:
+            print(prob.render(str(args.file)))
+        return 1
+    for w in policy.warnings:
+        print(w.render(str(args.file)))
+    console.print(f"{args.file}: ok", style="green", highlight=False)
+    return 0
+
+
+def cmd_fingerprint(args: argparse.Namespace) -> int:
+    key = getpass.getpass("API key: ", stream=sys.stderr) if sys.stdin.isatty() else sys.stdin.readline()
+    key = key.strip()
+    if not key:
+        print("spendgate: no key on stdin", file=sys.stderr)
+        return 2
+    print(fingerprint(key))
+    return 0
+
+
+def offline_status(db: Path, policy_path: Path) -> list[dict]:
+    """Budget status computed from the ledger file and a policy, when no gateway holds the file."""
+    book = BudgetBook(load(policy_path))
+    if db.exists():
+        con = connect(db, read_only=True)
+        rebuild_counters(con, book, datetime.now(UTC))
+        con.close()
+    return book.status()
+
+
+def cmd_budgets(args: argparse.Namespace) -> int:
+    db = args.db or default_db()
+    try:
+        src = source(args)
+        rows = src.query("budgets") if src.where.startswith("gateway") else None
+    except SourceError:
+        rows = None
+    if rows is None:
+        try:
+            rows = offline_status(db, args.policy or default_policy())
+        except PolicyError as e:
+            raise SourceError(f"invalid policy:\n{e}") from None
+    if args.json:
+        print_json(rows)
+        return 0
+    cols = ["scope", "window", "limit_usd", "spent_usd", "reserved_usd", "remaining_usd", "resets_at", "until"]
+    table("Budgets", rows, cols, money=["limit_usd", "spent_usd", "reserved_usd", "remaining_usd"])
+    return 0

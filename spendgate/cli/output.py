@@ -1,0 +1,53 @@
+"""Shared output helpers: rich tables for people, JSON for scripts."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from spendgate.source import Source, default_db, open_source
+
+console = Console()
+
+
+def add_db_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--db", type=Path, default=None, help="ledger file (default: data/spendgate.duckdb or $SPENDGATE_DB)")
+
+
+def add_json_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+def source(args: argparse.Namespace, write: bool = False) -> Source:
+    return open_source(args.db or default_db(), write=write)
+
+
+def print_json(data: Any) -> None:
+    json.dump(data, sys.stdout, indent=2, default=str)
+    sys.stdout.write("\n")
+
+
+def fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:,.4f}"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{value:,}"
+    return str(value)
+
+
+def table(title: str, rows: Sequence[dict[str, Any]], columns: Sequence[str], money: Sequence[str] = ()) -> None:
+    t = Table(title=title, header_style="bold")
+    for c in columns:
+        t.add_column(c, justify="right" if rows and isinstance(rows[0].get(c), int | float) else "left")
+    for r in rows:
+        t.add_row(*(f"${r[c]:,.4f}" if c in money and r.get(c) is not None else fmt(r.get(c)) for c in columns))
+    console.print(t)

@@ -1,0 +1,274 @@
+"""The ledger: every provider call, one row, in a DuckDB file.
+
+Writes never happen on the proxy's event loop: `append()` only enqueues, and one writer thread
+batches rows into DuckDB with an Appender, committing at least every `commit_interval` seconds.
+`close()` drains the queue, so nothing is lost on a clean shutdown. The `Ledger` protocol is the
+seam for other stores (PostgreSQL, OpenTelemetry) later.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import astuple, dataclass, field, fields
+from datetime import datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Protocol
+
+import duckdb
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class LedgerRow:
+    ts: datetime
+    request_id: str
+    provider: str
+    endpoint: str
+    model: str | None
+    user: str
+    key_fingerprint: str | None
+    client: str
+    session_id: str | None
+    stream: bool
+    status: int | None
+    outcome: str
+    estimated: bool
+    input_tokens: int
+    cache_read_tokens: int
+    cache_write_tokens: int
+    cache_write_1h_tokens: int
+    output_tokens: int
+    reasoning_tokens: int
+    web_search_requests: int
+    cost_usd: Decimal | None
+    price_source: str
+    latency_ms: float | None
+    ttft_ms: float | None
+    identity_source: str = "local_user"
+    workspace: str | None = None  # comma-separated when the user is in several
+    price_detail: str | None = None  # JSON: the calculation, for `spendgate explain`
+    note: str | None = None  # why a row is estimated / errored, in a few words
+    bytes_in: int = 0
+    bytes_out: int = 0
+    charged_usd: Decimal | None = None  # what budgets counted: cost, a fallback rate, or a reservation
+
+
+COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(LedgerRow))
+
+MIGRATIONS: list[tuple[int, str]] = [
+    (
+        1,
+        """
+        CREATE TABLE IF NOT EXISTS requests (
+            ts TIMESTAMPTZ NOT NULL,
+            request_id VARCHAR NOT NULL,
+            provider VARCHAR NOT NULL,
+            endpoint VARCHAR NOT NULL,
+            model VARCHAR,
+            "user" VARCHAR NOT NULL,
+            key_fingerprint VARCHAR,
+            client VARCHAR NOT NULL,
+            session_id VARCHAR,
+            stream BOOLEAN NOT NULL,
+            status INTEGER,
+            outcome VARCHAR NOT NULL,
+            estimated BOOLEAN NOT NULL,
+            input_tokens BIGINT NOT NULL,
+            cache_read_tokens BIGINT NOT NULL,
+            cache_write_tokens BIGINT NOT NULL,
+            cache_write_1h_tokens BIGINT NOT NULL,
+            output_tokens BIGINT NOT NULL,
+            reasoning_tokens BIGINT NOT NULL,
+            web_search_requests BIGINT NOT NULL,
+            cost_usd DECIMAL(20, 10),
+            price_source VARCHAR NOT NULL,
+            latency_ms DOUBLE,
+            ttft_ms DOUBLE,
+            identity_source VARCHAR NOT NULL,
+            workspace VARCHAR,
+            price_detail VARCHAR,
+            note VARCHAR,
+            bytes_in BIGINT NOT NULL,
+            bytes_out BIGINT NOT NULL,
+            charged_usd DECIMAL(20, 10)
+        );
+        """,
+    ),
+]
+
+
+def migrate(con: duckdb.DuckDBPyConnection, migrations: Sequence[tuple[int, str]] = MIGRATIONS) -> int:
+    """Bring the schema to the newest version; each step runs once, in its own transaction."""
+    con.execute(
+        "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, applied_at TIMESTAMPTZ DEFAULT now())"
+    )
+    current = con.execute("SELECT coalesce(max(version), 0) FROM schema_version").fetchone()[0]
+    for version, sql in migrations:
+        if version > current:
+            con.execute("BEGIN")
+            try:
+                con.execute(sql)
+                con.execute("INSERT INTO schema_version (version) VALUES (?)", [version])
+                con.execute("COMMIT")
+            except Exception:
+                con.execute("ROLLBACK")
+                raise
+            current = version
+    return current
+
+
+class Ledger(Protocol):
+    def append(self, row: LedgerRow) -> None: ...
+    def flush(self, timeout: float = 5.0) -> bool: ...
+    def close(self) -> None: ...
+
+
+class LedgerLocked(RuntimeError):
+    """Another process (a running gateway) holds the DuckDB file."""
+
+
+def connect(path: Path | str, read_only: bool = False) -> duckdb.DuckDBPyConnection:
+    try:
+        return duckdb.connect(str(path), read_only=read_only)
+    except duckdb.IOException as e:
+        if "lock" in str(e).lower():
+            raise LedgerLocked(str(e)) from None
+        raise
+
+
+_SENTINEL = object()
+
+
+@dataclass
+class WriterStats:
+    written: int = 0
+    batches: int = 0
+    failures: int = 0
+    last_error: str | None = None
+    pending: int = 0
+
+
+class DuckDBLedger:
+    """The DuckDB-backed ledger with its single writer thread."""
+
+    def __init__(
+        self,
+        path: Path | str,
+        *,
+        commit_interval: float = 0.25,
+        batch_size: int = 2000,
+        on_written: Callable[[list[LedgerRow]], None] | None = None,
+    ) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.con = connect(self.path)
+        migrate(self.con)
+        self.commit_interval = commit_interval
+        self.batch_size = batch_size
+        self.on_written = on_written
+        self.stats = WriterStats()
+        self._q: queue.SimpleQueue = queue.SimpleQueue()
+        self._unwritten: list[LedgerRow] = []  # rows a failed write kept for the next try
+        self._idle = threading.Event()
+        self._idle.set()
+        self._thread = threading.Thread(target=self._run, name="spendgate-ledger", daemon=True)
+        self._thread.start()
+
+    # -- producer side (any thread, the event loop included: never blocks) --
+    def append(self, row: LedgerRow) -> None:
+        self._idle.clear()
+        self._q.put(row)
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Wait until everything appended so far is committed (for tests and shutdown)."""
+        self._idle.clear()
+        self._q.put(None)  # a wake-up
+        return self._idle.wait(timeout)
+
+    def close(self) -> None:
+        self._q.put(_SENTINEL)
+        self._thread.join(timeout=30)
+        try:
+            self.con.close()
+        except Exception:
+            log.exception("closing ledger")
+
+    def cursor(self) -> duckdb.DuckDBPyConnection:
+        """A cursor for reads from another thread of this process."""
+        return self.con.cursor()
+
+    # -- the writer thread --
+    def _run(self) -> None:
+        cur = self.con.cursor()
+        stop = False
+        while not stop:
+            batch: list[LedgerRow] = []
+            deadline = time.monotonic() + self.commit_interval
+            while len(batch) < self.batch_size:
+                try:
+                    item = self._q.get(timeout=max(deadline - time.monotonic(), 0.001))
+                except queue.Empty:
+                    break
+                if item is _SENTINEL:
+                    stop = True
+                    break
+                if item is None:
+                    break
+                batch.append(item)
+            self._write(cur, batch)
+            if self._q.empty() and not self._unwritten:
+                self._idle.set()
+        # drain whatever is left after the sentinel
+        rest = []
+        while not self._q.empty():
+            item = self._q.get()
+            if isinstance(item, LedgerRow):
+                rest.append(item)
+        self._write(cur, rest)
+        if self._unwritten:
+            log.error("ledger closed with %d rows it could not write: %s", len(self._unwritten), self.stats.last_error)
+        self._idle.set()
+
+    def _write(self, cur: duckdb.DuckDBPyConnection, batch: list[LedgerRow]) -> None:
+        rows = self._unwritten + batch
+        if not rows:
+            return
+        try:
+            write_rows(cur, rows)
+        except Exception as e:  # disk full, file gone: keep the rows, say so loudly, retry
+            self._unwritten = rows
+            self.stats.failures += 1
+            self.stats.last_error = f"{type(e).__name__}: {e}"
+            self.stats.pending = len(rows)
+            log.error("ledger write failed (%d rows kept in memory, will retry): %s", len(rows), e)
+            time.sleep(min(0.1 * self.stats.failures, 2.0))
+            return
+        self._unwritten = []
+        self.stats.written += len(rows)
+        self.stats.batches += 1
+        self.stats.pending = 0
+        if self.stats.failures:
+            log.warning("ledger writes recovered after %d failures", self.stats.failures)
+            self.stats.failures = 0
+        if self.on_written:
+            try:
+                self.on_written(rows)
+            except Exception:
+                log.exception("ledger listener failed")
+
+    @property
+    def healthy(self) -> bool:
+        return self.stats.failures == 0
+
+
+def write_rows(cur: duckdb.DuckDBPyConnection, rows: Iterable[LedgerRow]) -> None:
+    """Append rows in one go (one transaction)."""
+    app = cur.appender("requests", columns=list(COLUMNS))
+    app.append_rows([astuple(r) for r in rows])
+    app.flush()

@@ -1,0 +1,35 @@
+"""One normalized usage type for every provider.
+
+Provider APIs disagree on what "input" means (Anthropic excludes cache tokens, OpenAI and Gemini
+include them). Adapters translate into this one shape so pricing and budgets never need to know
+which provider a row came from.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+
+@dataclass(slots=True)
+class Usage:
+    input_tokens: int = 0  # ALL input: uncached + cache reads + cache writes
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0  # all cache writes, 5m and 1h together
+    cache_write_1h_tokens: int = 0  # the part of cache_write_tokens written with a 1h TTL
+    output_tokens: int = 0  # includes reasoning / thinking
+    reasoning_tokens: int = 0  # the part of output_tokens spent reasoning
+    web_search_requests: int = 0
+
+    @property
+    def uncached_input_tokens(self) -> int:
+        return max(self.input_tokens - self.cache_read_tokens - self.cache_write_tokens, 0)
+
+    @property
+    def cache_write_5m_tokens(self) -> int:
+        return max(self.cache_write_tokens - self.cache_write_1h_tokens, 0)
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+USAGE_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Usage))

@@ -1,0 +1,897 @@
+"""A fake LLM provider that plays mitmproxy's *upstream proxy* in end-to-end tests.
+
+How it is used (NOTES.md section 1): mitmdump runs with
+``--mode upstream:http://127.0.0.1:<FakeProvider.port> --set ssl_verify_upstream_trusted_ca=<FakeProvider.ca_file>``.
+mitmproxy then sends ``CONNECT api.anthropic.com:443`` here; we answer ``HTTP/1.1 200 Connection
+established``, terminate TLS with a certificate for that host signed by our test CA, and speak
+HTTP/1.1 (keep-alive, Content-Length or chunked request bodies) as the provider would. Only
+127.0.0.1 is ever bound or contacted. A plain (non-CONNECT) HTTP request is served too, with the
+host taken from the absolute-form target or the Host header.
+
+Served endpoints (exact real wire shapes, see ../../../shared/fixtures/wire for recordings):
+
+* ``api.anthropic.com``  POST /v1/messages[?...]               JSON, or SSE when body ``stream: true``
+                         POST /v1/messages/count_tokens[?...]  ``{"input_tokens": N}``
+* ``api.openai.com``     POST /v1/chat/completions             JSON or SSE (usage chunk only with
+                                                               ``stream_options.include_usage``)
+                         POST /v1/responses                    JSON or SSE
+                         GET  /v1/models                       small model list (unmetered path)
+* ``chatgpt.com``        POST /backend-api/codex/responses      same as /v1/responses
+* ``generativelanguage.googleapis.com``
+                         POST /v1beta/models/{m}:generateContent        JSON
+                         POST /v1beta/models/{m}:streamGenerateContent  SSE with ``?alt=sse``,
+                              otherwise Google's JSON-array stream ``[{...}\\n,\\r\\n{...}\\n]``
+* any other host         GET / -> 200 ``hello from origin`` (text/plain); else 404.
+
+Unknown paths on provider hosts get a 404 in that provider's own error format.
+
+Default usage numbers (wire values; chosen distinct per field so a mapping error shows)
+---------------------------------------------------------------------------------------
+
+Anthropic /v1/messages (``DEFAULT_USAGE["anthropic"]``)::
+
+    input_tokens 1200 (uncached only, Anthropic semantics), cache_read_input_tokens 300,
+    cache_creation.ephemeral_5m_input_tokens 200, cache_creation.ephemeral_1h_input_tokens 100
+    (cache_creation_input_tokens = 300), output_tokens 450, web_search_requests 0.
+    Normalized: input 1800, cache_read 300, cache_write 300 (1h 100), output 450, reasoning 0.
+    Stream: message_start carries the same usage with output_tokens 1 (with flag ``input_grows``
+    its input_tokens is 200 instead); message_delta carries the cumulative final usage
+    (input/cache_creation/cache_read/output, + server_tool_use when web searches > 0) which
+    REPLACES the message_start values.
+
+Anthropic /v1/messages/count_tokens: ``{"input_tokens": 2345}``.
+
+OpenAI /v1/chat/completions (``DEFAULT_USAGE["openai_chat"]``)::
+
+    prompt_tokens 1600 (includes cached), prompt_tokens_details.cached_tokens 400,
+    completion_tokens 450 (includes reasoning), completion_tokens_details.reasoning_tokens 120,
+    total_tokens 2050.
+
+OpenAI /v1/responses and chatgpt.com codex (``DEFAULT_USAGE["responses"]``)::
+
+    input_tokens 2000 (includes cached), input_tokens_details.cached_tokens 500,
+    output_tokens 700 (includes reasoning), output_tokens_details.reasoning_tokens 250,
+    total_tokens 2700.
+
+Gemini (``DEFAULT_USAGE["gemini"]``)::
+
+    promptTokenCount 3000 (includes cached), cachedContentTokenCount 1000,
+    candidatesTokenCount 600, thoughtsTokenCount 200 (NOT inside candidates), totalTokenCount 3800.
+    Streams carry usageMetadata in every chunk as running totals (candidates grow, the last
+    chunk has the final numbers).
+
+Scenario control: request header ``x-fake-scenario`` (comma-separated flags)
+---------------------------------------------------------------------------
+
+* ``gzip`` / ``br``      content-encode the response body (streams are flushed per event)
+* ``cut``                abort the connection mid-stream, before any final usage
+                         (for JSON responses: abort after half the body)
+* ``error_midstream``    send the provider's in-stream error event after some deltas, then end
+* ``slow``               sleep 50 ms between stream events
+* ``big_output``         400 text deltas instead of a handful (usage unchanged)
+* ``input_grows``        Anthropic stream: message_start input_tokens 200, final 1200
+* ``web_search:N``       Anthropic: server_tool_use.web_search_requests = N
+* ``incomplete``         Responses stream: end with response.incomplete (usage present)
+* ``status:NNN``         answer NNN with the provider's own error JSON (429 adds retry-after)
+* ``usage:<json>``       override wire usage keys of the table above (must be the LAST flag,
+                         the JSON may contain commas); same as header ``x-fake-usage: <json>``.
+                         Keys are those of ``DEFAULT_USAGE[api]``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import gzip
+import json
+import shutil
+import ssl
+import tempfile
+import threading
+import time
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+try:  # brotli ships with mitmproxy
+    import brotli
+except ImportError:  # pragma: no cover
+    brotli = None
+
+from .certs import TestCA
+
+ANTHROPIC_HOST = "api.anthropic.com"
+OPENAI_HOST = "api.openai.com"
+CHATGPT_HOST = "chatgpt.com"
+GEMINI_HOST = "generativelanguage.googleapis.com"
+PROVIDER_HOSTS = {ANTHROPIC_HOST, OPENAI_HOST, CHATGPT_HOST, GEMINI_HOST}
+
+ORIGIN_BODY = b"hello from origin"
+
+DEFAULT_USAGE: dict[str, dict[str, int]] = {
+    "anthropic": {
+        "input_tokens": 1200,
+        "cache_read_input_tokens": 300,
+        "ephemeral_5m_input_tokens": 200,
+        "ephemeral_1h_input_tokens": 100,
+        "output_tokens": 450,
+        "web_search_requests": 0,
+        "start_input_tokens_when_growing": 200,
+    },
+    "count_tokens": {"input_tokens": 2345},
+    "openai_chat": {
+        "prompt_tokens": 1600,
+        "cached_tokens": 400,
+        "completion_tokens": 450,
+        "reasoning_tokens": 120,
+    },
+    "responses": {
+        "input_tokens": 2000,
+        "cached_tokens": 500,
+        "output_tokens": 700,
+        "reasoning_tokens": 250,
+    },
+    "gemini": {
+        "promptTokenCount": 3000,
+        "cachedContentTokenCount": 1000,
+        "candidatesTokenCount": 600,
+        "thoughtsTokenCount": 200,
+    },
+}
+
+TEXT_PIECES = ["Hello", "! I", "'m a fake", " provider", " answering", " deterministically."]
+MAX_HEADER_BYTES = 256 * 1024
+
+
+# --------------------------------------------------------------------------------------------
+# data types
+
+
+@dataclass
+class ReceivedRequest:
+    host: str
+    method: str
+    path: str  # including query string
+    headers: dict[str, str]  # lower-cased names; repeated headers joined with ", "
+    body: bytes
+    json: Any = None
+    scenario: "Scenario | None" = None
+    received_at: float = field(default_factory=time.time)
+
+    @property
+    def route(self) -> str:
+        return urlsplit(self.path).path
+
+    @property
+    def query(self) -> dict[str, list[str]]:
+        return parse_qs(urlsplit(self.path).query)
+
+
+@dataclass
+class Scenario:
+    flags: set[str] = field(default_factory=set)
+    status: int | None = None
+    usage: dict[str, int] = field(default_factory=dict)
+    web_search: int | None = None
+
+    def has(self, flag: str) -> bool:
+        return flag in self.flags
+
+    @property
+    def encoding(self) -> str | None:
+        if "gzip" in self.flags:
+            return "gzip"
+        if "br" in self.flags:
+            return "br"
+        return None
+
+
+def parse_scenario(value: str | None, usage_header: str | None = None) -> Scenario:
+    sc = Scenario()
+    value = (value or "").strip()
+    idx = value.find("usage:")
+    if idx >= 0:
+        raw = value[idx + len("usage:"):].strip()
+        value = value[:idx]
+        sc.usage.update(json.loads(raw))
+    if usage_header:
+        sc.usage.update(json.loads(usage_header))
+    for part in value.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        if part.startswith("status:"):
+            sc.status = int(part.split(":", 1)[1])
+        elif part.startswith("web_search:"):
+            sc.web_search = int(part.split(":", 1)[1])
+        else:
+            sc.flags.add(part)
+    return sc
+
+
+class _Abort(Exception):
+    """Raised to drop the connection (the ``cut`` scenario)."""
+
+
+# --------------------------------------------------------------------------------------------
+# response writing
+
+
+class _Encoder:
+    """Incremental content encoder that flushes after every piece so streams stay streams."""
+
+    def __init__(self, encoding: str | None):
+        self.encoding = encoding
+        if encoding == "gzip":
+            self._c = zlib.compressobj(6, zlib.DEFLATED, 31)
+        elif encoding == "br":
+            if brotli is None:  # pragma: no cover
+                raise RuntimeError("brotli not installed")
+            self._c = brotli.Compressor()
+        else:
+            self._c = None
+
+    def feed(self, data: bytes) -> bytes:
+        if self._c is None:
+            return data
+        if self.encoding == "gzip":
+            return self._c.compress(data) + self._c.flush(zlib.Z_SYNC_FLUSH)
+        return self._c.process(data) + self._c.flush()
+
+    def finish(self) -> bytes:
+        if self._c is None:
+            return b""
+        if self.encoding == "gzip":
+            return self._c.flush(zlib.Z_FINISH)
+        return self._c.finish()
+
+
+def encode_whole(data: bytes, encoding: str | None) -> bytes:
+    if encoding == "gzip":
+        return gzip.compress(data)
+    if encoding == "br":
+        return brotli.compress(data)
+    return data
+
+
+REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found", 429: "Too Many Requests",
+           500: "Internal Server Error", 503: "Service Unavailable", 529: "Overloaded"}
+
+
+def _head(status: int, headers: list[tuple[str, str]]) -> bytes:
+    lines = [f"HTTP/1.1 {status} {REASONS.get(status, 'Status')}"]
+    lines += [f"{k}: {v}" for k, v in headers]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+class _Responder:
+    def __init__(self, writer: asyncio.StreamWriter, scenario: Scenario, keep_alive: bool):
+        self.writer = writer
+        self.scenario = scenario
+        self.keep_alive = keep_alive
+        self._enc: _Encoder | None = None
+
+    def _date(self) -> str:
+        return time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime())
+
+    async def send_bytes(self, status: int, body: bytes, content_type: str,
+                         headers: list[tuple[str, str]] | None = None, encode: bool = True) -> None:
+        enc = self.scenario.encoding if encode else None
+        payload = encode_whole(body, enc)
+        hdrs = [("date", self._date()), ("content-type", content_type)]
+        if enc:
+            hdrs.append(("content-encoding", enc))
+        hdrs.append(("content-length", str(len(payload))))
+        hdrs += headers or []
+        if not self.keep_alive:
+            hdrs.append(("connection", "close"))
+        if self.scenario.has("cut") and status == 200:
+            self.writer.write(_head(status, hdrs) + payload[: len(payload) // 2])
+            await self.writer.drain()
+            raise _Abort()
+        self.writer.write(_head(status, hdrs) + payload)
+        await self.writer.drain()
+
+    async def send_json(self, status: int, obj: Any, headers: list[tuple[str, str]] | None = None) -> None:
+        await self.send_bytes(status, json.dumps(obj).encode(), "application/json", headers)
+
+    async def start_stream(self, content_type: str, headers: list[tuple[str, str]] | None = None) -> None:
+        enc = self.scenario.encoding
+        self._enc = _Encoder(enc)
+        hdrs = [("date", self._date()), ("content-type", content_type), ("transfer-encoding", "chunked"),
+                ("cache-control", "no-cache")]
+        if enc:
+            hdrs.append(("content-encoding", enc))
+        hdrs += headers or []
+        if not self.keep_alive:
+            hdrs.append(("connection", "close"))
+        self.writer.write(_head(200, hdrs))
+        await self.writer.drain()
+
+    async def chunk(self, data: bytes) -> None:
+        assert self._enc is not None
+        out = self._enc.feed(data)
+        if out:
+            self.writer.write(b"%x\r\n%s\r\n" % (len(out), out))
+            await self.writer.drain()
+        if self.scenario.has("slow"):
+            await asyncio.sleep(0.05)
+
+    async def end_stream(self) -> None:
+        assert self._enc is not None
+        tail = self._enc.finish()
+        if tail:
+            self.writer.write(b"%x\r\n%s\r\n" % (len(tail), tail))
+        self.writer.write(b"0\r\n\r\n")
+        await self.writer.drain()
+
+    async def cut(self) -> None:
+        await self.writer.drain()
+        raise _Abort()
+
+
+def sse(event: str | None, data: Any, crlf: bool = False) -> bytes:
+    payload = data if isinstance(data, str) else json.dumps(data, separators=(",", ":"))
+    nl = "\r\n" if crlf else "\n"
+    head = f"event: {event}{nl}" if event else ""
+    return f"{head}data: {payload}{nl}{nl}".encode()
+
+
+# --------------------------------------------------------------------------------------------
+# the server
+
+
+class FakeProvider:
+    """Fake upstream proxy + provider. Thread-safe enough for tests: requests are appended
+    from the server thread; read ``.requests`` after the client call returned."""
+
+    def __init__(self, directory: str | Path | None = None):
+        self._own_dir = directory is None
+        self.dir = Path(directory or tempfile.mkdtemp(prefix="fakeprov-"))
+        self.ca = TestCA(self.dir / "ca")
+        self.ca_file = str(self.ca.ca_file)
+        self.requests: list[ReceivedRequest] = []
+        self.connects: list[str] = []  # CONNECT targets, "host:port"
+        self.errors: list[str] = []  # unexpected server-side exceptions
+        self.port: int = 0
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._startup_error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="FakeProvider", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(15):
+            raise RuntimeError("FakeProvider did not start")
+        if self._startup_error:
+            raise self._startup_error
+
+    # ---- lifecycle
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        try:
+            self._server = self._loop.run_until_complete(
+                asyncio.start_server(self._handle, "127.0.0.1", 0, limit=MAX_HEADER_BYTES)
+            )
+            self.port = self._server.sockets[0].getsockname()[1]
+        except BaseException as e:  # pragma: no cover
+            self._startup_error = e
+            self._ready.set()
+            return
+        self._ready.set()
+        self._loop.run_forever()
+        self._loop.close()
+
+    async def _shutdown(self) -> None:
+        self._server.close()
+        for w in list(self._writers):
+            w.transport.abort()
+        try:
+            await asyncio.wait_for(self._server.wait_closed(), 3)
+        except asyncio.TimeoutError:  # pragma: no cover
+            pass
+
+    def stop(self) -> None:
+        if not self._thread.is_alive():
+            return
+        try:
+            asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop).result(5)
+        except Exception:  # pragma: no cover
+            pass
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+        if self._own_dir:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    def reset(self) -> None:
+        self.requests.clear()
+        self.connects.clear()
+        self.errors.clear()
+
+    def __enter__(self) -> "FakeProvider":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def requests_to(self, host: str | None = None, route: str | None = None) -> list[ReceivedRequest]:
+        return [r for r in self.requests
+                if (host is None or r.host == host) and (route is None or r.route == route)]
+
+    # ---- HTTP/1.1 parsing
+
+    async def _read_request(self, reader: asyncio.StreamReader):
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+        except asyncio.IncompleteReadError:
+            return None
+        except asyncio.LimitOverrunError:
+            return None
+        lines = head.decode("latin-1").split("\r\n")
+        method, target, _version = lines[0].split(" ", 2)
+        headers: dict[str, str] = {}
+        for line in lines[1:]:
+            if not line:
+                continue
+            k, _, v = line.partition(":")
+            k = k.strip().lower()
+            v = v.strip()
+            headers[k] = f"{headers[k]}, {v}" if k in headers else v
+        body = b""
+        if "chunked" in headers.get("transfer-encoding", "").lower():
+            parts = []
+            while True:
+                size_line = await reader.readuntil(b"\r\n")
+                size = int(size_line.split(b";")[0].strip(), 16)
+                if size == 0:
+                    # trailers
+                    while (await reader.readuntil(b"\r\n")) != b"\r\n":
+                        pass
+                    break
+                parts.append(await reader.readexactly(size))
+                await reader.readexactly(2)
+            body = b"".join(parts)
+        elif "content-length" in headers:
+            body = await reader.readexactly(int(headers["content-length"]))
+        return method, target, headers, body
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._writers.add(writer)
+        tunnel_host: str | None = None
+        try:
+            while True:
+                req = await self._read_request(reader)
+                if req is None:
+                    break
+                method, target, headers, body = req
+                if method == "CONNECT":
+                    self.connects.append(target)
+                    host = target.rsplit(":", 1)[0].strip("[]")
+                    if not host:
+                        writer.write(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n")
+                        break
+                    writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                    await writer.drain()
+                    await writer.start_tls(self.ca.server_context(host))
+                    tunnel_host = host
+                    continue
+                path = target
+                host = tunnel_host
+                if target.startswith(("http://", "https://")):
+                    u = urlsplit(target)
+                    host = host or u.hostname
+                    path = u.path + (f"?{u.query}" if u.query else "")
+                if host is None:
+                    host = headers.get("host", "").rsplit(":", 1)[0]
+                keep_alive = headers.get("connection", "").lower() != "close"
+                if not await self._dispatch(host, method, path, headers, body, writer, keep_alive):
+                    break
+                if not keep_alive:
+                    break
+        except _Abort:
+            writer.transport.abort()
+            return
+        except (ConnectionError, ssl.SSLError, asyncio.IncompleteReadError, OSError):
+            pass
+        except Exception as e:  # pragma: no cover - shows up in .errors for debugging
+            self.errors.append(repr(e))
+        finally:
+            self._writers.discard(writer)
+            try:
+                writer.close()
+            except Exception:
+                pass
+
+    # ---- routing
+
+    async def _dispatch(self, host, method, path, headers, body, writer, keep_alive) -> bool:
+        try:
+            scenario = parse_scenario(headers.get("x-fake-scenario"), headers.get("x-fake-usage"))
+        except (ValueError, json.JSONDecodeError) as e:
+            scenario = Scenario()
+            self.errors.append(f"bad scenario header: {e}")
+        parsed = None
+        if body:
+            try:
+                parsed = json.loads(body)
+            except (ValueError, UnicodeDecodeError):
+                parsed = None
+        rec = ReceivedRequest(host=host, method=method, path=path, headers=dict(headers), body=body,
+                              json=parsed, scenario=scenario)
+        self.requests.append(rec)
+        r = _Responder(writer, scenario, keep_alive)
+        route = urlsplit(path).path
+        query = parse_qs(urlsplit(path).query)
+
+        if host in PROVIDER_HOSTS and scenario.status and scenario.status >= 400:
+            await self._provider_error(r, host, scenario.status)
+            return keep_alive
+
+        data = parsed if isinstance(parsed, dict) else {}
+        if host == ANTHROPIC_HOST and method == "POST":
+            if route == "/v1/messages":
+                await self._anthropic_messages(r, data)
+                return keep_alive
+            if route == "/v1/messages/count_tokens":
+                await r.send_json(200, {"input_tokens": self._usage("count_tokens", scenario)["input_tokens"]},
+                                  self._anthropic_headers())
+                return keep_alive
+        if host == OPENAI_HOST:
+            if method == "POST" and route == "/v1/chat/completions":
+                await self._openai_chat(r, data)
+                return keep_alive
+            if method == "POST" and route == "/v1/responses":
+                await self._responses(r, data)
+                return keep_alive
+            if method == "GET" and route == "/v1/models":
+                await r.send_json(200, {"object": "list", "data": [
+                    {"id": "gpt-5", "object": "model", "created": 1754425777, "owned_by": "system"},
+                    {"id": "gpt-4.1", "object": "model", "created": 1744316542, "owned_by": "system"},
+                ]}, self._openai_headers())
+                return keep_alive
+        if host == CHATGPT_HOST and method == "POST" and route == "/backend-api/codex/responses":
+            await self._responses(r, data)
+            return keep_alive
+        if host == GEMINI_HOST and method == "POST" and route.startswith("/v1beta/models/"):
+            model, _, verb = route[len("/v1beta/models/"):].partition(":")
+            if verb == "generateContent":
+                await self._gemini(r, model, stream=None)
+                return keep_alive
+            if verb == "streamGenerateContent":
+                await self._gemini(r, model, stream="sse" if query.get("alt") == ["sse"] else "array")
+                return keep_alive
+        if host in PROVIDER_HOSTS:
+            await self._provider_error(r, host, 404)
+            return keep_alive
+        # any other host: a trivial origin server
+        if method == "GET" and route == "/":
+            await r.send_bytes(200, ORIGIN_BODY, "text/plain; charset=utf-8")
+        else:
+            await r.send_bytes(404, b"not found", "text/plain; charset=utf-8")
+        return keep_alive
+
+    @staticmethod
+    def _usage(api: str, scenario: Scenario) -> dict[str, int]:
+        u = dict(DEFAULT_USAGE[api])
+        u.update(scenario.usage)
+        return u
+
+    @staticmethod
+    def _text_pieces(scenario: Scenario) -> list[str]:
+        if scenario.has("big_output"):
+            return [f" word{i}" for i in range(400)]
+        return list(TEXT_PIECES)
+
+    @staticmethod
+    def _anthropic_headers() -> list[tuple[str, str]]:
+        return [("request-id", "req_fake011CYK5n67SytMUxm8WMZ"), ("anthropic-organization-id", "00000000-fake-org"),
+                ("x-robots-tag", "none")]
+
+    @staticmethod
+    def _openai_headers() -> list[tuple[str, str]]:
+        return [("x-request-id", "req_fake7c1f0b0e2b3d4"), ("openai-processing-ms", "42"),
+                ("openai-version", "2020-10-01")]
+
+    # ---- errors
+
+    async def _provider_error(self, r: _Responder, host: str, status: int) -> None:
+        extra: list[tuple[str, str]] = []
+        if host == ANTHROPIC_HOST:
+            etype = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
+                     429: "rate_limit_error", 529: "overloaded_error"}.get(status, "api_error")
+            body = {"type": "error", "error": {"type": etype, "message": f"fake {etype} ({status})"},
+                    "request_id": "req_fake011CYK5n67SytMUxm8WMZ"}
+            extra = self._anthropic_headers()
+            if status == 429:
+                extra += [("retry-after", "7"), ("x-should-retry", "true")]
+        elif host in (OPENAI_HOST, CHATGPT_HOST):
+            etype, code = {429: ("insufficient_quota", "insufficient_quota"),
+                           404: ("invalid_request_error", "unknown_url"),
+                           400: ("invalid_request_error", None)}.get(status, ("server_error", None))
+            body = {"error": {"message": f"fake {etype} ({status})", "type": etype, "param": None, "code": code}}
+            extra = self._openai_headers()
+            if status == 429:
+                extra.append(("retry-after", "7"))
+        else:
+            gstatus = {400: "INVALID_ARGUMENT", 404: "NOT_FOUND", 429: "RESOURCE_EXHAUSTED",
+                       503: "UNAVAILABLE"}.get(status, "INTERNAL")
+            body = {"error": {"code": status, "message": f"fake {gstatus} ({status})", "status": gstatus}}
+        await r.send_bytes(status, json.dumps(body).encode(), "application/json", extra)
+
+    # ---- Anthropic
+
+    def _anthropic_usage_objects(self, u: dict[str, int], scenario: Scenario):
+        cw5, cw1 = u["ephemeral_5m_input_tokens"], u["ephemeral_1h_input_tokens"]
+        searches = scenario.web_search if scenario.web_search is not None else u["web_search_requests"]
+        full = {
+            "input_tokens": u["input_tokens"],
+            "cache_creation_input_tokens": cw5 + cw1,
+            "cache_read_input_tokens": u["cache_read_input_tokens"],
+            "cache_creation": {"ephemeral_5m_input_tokens": cw5, "ephemeral_1h_input_tokens": cw1},
+            "output_tokens": u["output_tokens"],
+            "service_tier": "standard",
+        }
+        if searches:
+            full["server_tool_use"] = {"web_search_requests": searches}
+        start = copy.deepcopy(full)
+        start["output_tokens"] = 1
+        start.pop("server_tool_use", None)
+        if scenario.has("input_grows"):
+            start["input_tokens"] = u["start_input_tokens_when_growing"]
+        delta = {
+            "input_tokens": u["input_tokens"],
+            "cache_creation_input_tokens": cw5 + cw1,
+            "cache_read_input_tokens": u["cache_read_input_tokens"],
+            "output_tokens": u["output_tokens"],
+        }
+        if searches:
+            delta["server_tool_use"] = {"web_search_requests": searches}
+        return full, start, delta
+
+    async def _anthropic_messages(self, r: _Responder, data: dict) -> None:
+        sc = r.scenario
+        model = data.get("model", "claude-sonnet-4-5")
+        u = self._usage("anthropic", sc)
+        full, start, delta = self._anthropic_usage_objects(u, sc)
+        msg_id = "msg_01FakeQC4g3HwBThD4BaNtBc"
+        pieces = self._text_pieces(sc)
+        if not data.get("stream"):
+            await r.send_json(200, {
+                "model": model, "id": msg_id, "type": "message", "role": "assistant",
+                "content": [{"type": "text", "text": "".join(pieces)}],
+                "stop_reason": "end_turn", "stop_sequence": None, "usage": full,
+            }, self._anthropic_headers())
+            return
+        await r.start_stream("text/event-stream; charset=utf-8", self._anthropic_headers())
+        await r.chunk(sse("message_start", {"type": "message_start", "message": {
+            "model": model, "id": msg_id, "type": "message", "role": "assistant", "content": [],
+            "stop_reason": None, "stop_sequence": None, "usage": start}}))
+        await r.chunk(sse("content_block_start", {"type": "content_block_start", "index": 0,
+                                                  "content_block": {"type": "text", "text": ""}}))
+        await r.chunk(sse("ping", '{"type": "ping"}'))
+        for i, piece in enumerate(pieces):
+            if i == 2 and sc.has("cut"):
+                await r.cut()
+            if i == 2 and sc.has("error_midstream"):
+                await r.chunk(sse("error", '{"type": "error", "error": {"type": "api_error", "message": "Overloaded"}}'))
+                await r.end_stream()
+                return
+            await r.chunk(sse("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                                      "delta": {"type": "text_delta", "text": piece}}))
+        await r.chunk(sse("content_block_stop", {"type": "content_block_stop", "index": 0}))
+        await r.chunk(sse("message_delta", {"type": "message_delta",
+                                            "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                                            "usage": delta}))
+        await r.chunk(sse("message_stop", {"type": "message_stop"}))
+        await r.end_stream()
+
+    # ---- OpenAI chat completions
+
+    async def _openai_chat(self, r: _Responder, data: dict) -> None:
+        sc = r.scenario
+        model = data.get("model", "gpt-5")
+        u = self._usage("openai_chat", sc)
+        usage = {
+            "prompt_tokens": u["prompt_tokens"],
+            "completion_tokens": u["completion_tokens"],
+            "total_tokens": u["prompt_tokens"] + u["completion_tokens"],
+            "prompt_tokens_details": {"cached_tokens": u["cached_tokens"], "audio_tokens": 0},
+            "completion_tokens_details": {"reasoning_tokens": u["reasoning_tokens"], "audio_tokens": 0,
+                                          "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0},
+        }
+        cid, created, fp = "chatcmpl-FakeBwoiPTGRbKkY5rncfaM0s9K", 1753357673, "fp_fake51e1070cf2"
+        pieces = self._text_pieces(sc)
+        if not data.get("stream"):
+            await r.send_json(200, {
+                "id": cid, "object": "chat.completion", "created": created, "model": model,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": "".join(pieces),
+                                                     "refusal": None, "annotations": []},
+                             "logprobs": None, "finish_reason": "stop"}],
+                "usage": usage, "service_tier": "default", "system_fingerprint": fp,
+            }, self._openai_headers())
+            return
+        include_usage = bool((data.get("stream_options") or {}).get("include_usage"))
+
+        def chunk(choices: list, **extra) -> dict:
+            c = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
+                 "service_tier": "default", "system_fingerprint": fp, "choices": choices}
+            if include_usage:
+                c["usage"] = None
+            c.update(extra)
+            return c
+
+        await r.start_stream("text/event-stream; charset=utf-8", self._openai_headers())
+        await r.chunk(sse(None, chunk([{"index": 0, "delta": {"role": "assistant", "content": "", "refusal": None},
+                                        "logprobs": None, "finish_reason": None}], obfuscation="Fk3x")))
+        for i, piece in enumerate(pieces):
+            if i == 2 and sc.has("cut"):
+                await r.cut()
+            if i == 2 and sc.has("error_midstream"):
+                await r.chunk(sse(None, '{"error": {"message": "The server had an error while processing your '
+                                        'request. Sorry about that!", "type": "server_error"}}'))
+                await r.end_stream()
+                return
+            await r.chunk(sse(None, chunk([{"index": 0, "delta": {"content": piece}, "logprobs": None,
+                                            "finish_reason": None}], obfuscation="aB")))
+        await r.chunk(sse(None, chunk([{"index": 0, "delta": {}, "logprobs": None, "finish_reason": "stop"}],
+                                      obfuscation="zQ")))
+        if include_usage:
+            await r.chunk(sse(None, chunk([], usage=usage, obfuscation="Wm9")))
+        await r.chunk(b"data: [DONE]\n\n")
+        await r.end_stream()
+
+    # ---- OpenAI Responses (api.openai.com and chatgpt.com codex)
+
+    async def _responses(self, r: _Responder, data: dict) -> None:
+        sc = r.scenario
+        model = data.get("model", "gpt-5")
+        u = self._usage("responses", sc)
+        usage = {
+            "input_tokens": u["input_tokens"],
+            "input_tokens_details": {"cached_tokens": u["cached_tokens"]},
+            "output_tokens": u["output_tokens"],
+            "output_tokens_details": {"reasoning_tokens": u["reasoning_tokens"]},
+            "total_tokens": u["input_tokens"] + u["output_tokens"],
+        }
+        rid, mid = "resp_fake05080461b406f3f501696a1409d34c81", "msg_fake05080461b406f3f501696a140a70d881"
+        pieces = self._text_pieces(sc)
+        text = "".join(pieces)
+        item = {"id": mid, "type": "message", "status": "completed",
+                "content": [{"type": "output_text", "annotations": [], "logprobs": [], "text": text}],
+                "role": "assistant"}
+
+        def response(status: str, output: list, usage_v, **extra) -> dict:
+            d = {"id": rid, "object": "response", "created_at": 1768559625, "status": status,
+                 "background": False, "completed_at": 1768559627 if status == "completed" else None,
+                 "error": None, "incomplete_details": None, "instructions": data.get("instructions"),
+                 "max_output_tokens": data.get("max_output_tokens"), "model": model, "output": output,
+                 "parallel_tool_calls": True, "previous_response_id": None,
+                 "reasoning": {"effort": "medium", "summary": None}, "service_tier": "default",
+                 "store": data.get("store", True), "temperature": 1.0, "tool_choice": "auto", "tools": [],
+                 "truncation": "disabled", "usage": usage_v, "user": None, "metadata": {}}
+            d.update(extra)
+            return d
+
+        if not data.get("stream"):
+            await r.send_json(200, response("completed", [item], usage), self._openai_headers())
+            return
+        seq = 0
+
+        async def ev(name: str, payload: dict) -> None:
+            nonlocal seq
+            payload = {"type": name, **payload, "sequence_number": seq}
+            seq += 1
+            await r.chunk(sse(name, payload))
+
+        await r.start_stream("text/event-stream; charset=utf-8", self._openai_headers())
+        await ev("response.created", {"response": response("in_progress", [], None)})
+        await ev("response.in_progress", {"response": response("in_progress", [], None)})
+        await ev("response.output_item.added", {"item": {"id": mid, "type": "message", "status": "in_progress",
+                                                         "content": [], "role": "assistant"}, "output_index": 0})
+        await ev("response.content_part.added", {"content_index": 0, "item_id": mid, "output_index": 0,
+                                                 "part": {"type": "output_text", "annotations": [], "text": ""}})
+        for i, piece in enumerate(pieces):
+            if i == 2 and sc.has("cut"):
+                await r.cut()
+            if i == 2 and sc.has("error_midstream"):
+                err = {"type": "server_error", "code": "server_error",
+                       "message": "The server had an error while processing your request.", "param": None}
+                await ev("error", {"error": err})
+                await ev("response.failed", {"response": response("failed", [], None, error={
+                    "code": "server_error", "message": err["message"]})})
+                await r.end_stream()
+                return
+            await ev("response.output_text.delta", {"content_index": 0, "delta": piece, "item_id": mid,
+                                                    "output_index": 0, "logprobs": []})
+        await ev("response.output_text.done", {"content_index": 0, "item_id": mid, "output_index": 0,
+                                               "text": text, "logprobs": []})
+        await ev("response.content_part.done", {"content_index": 0, "item_id": mid, "output_index": 0,
+                                                "part": {"type": "output_text", "annotations": [], "text": text}})
+        await ev("response.output_item.done", {"item": item, "output_index": 0})
+        if sc.has("incomplete"):
+            await ev("response.incomplete", {"response": response(
+                "incomplete", [item], usage, incomplete_details={"reason": "max_output_tokens"})})
+        else:
+            await ev("response.completed", {"response": response("completed", [item], usage)})
+        await r.end_stream()
+
+    # ---- Gemini
+
+    async def _gemini(self, r: _Responder, model: str, stream: str | None) -> None:
+        sc = r.scenario
+        u = self._usage("gemini", sc)
+        pieces = self._text_pieces(sc)
+        prompt, cached = u["promptTokenCount"], u["cachedContentTokenCount"]
+        cand, thoughts = u["candidatesTokenCount"], u["thoughtsTokenCount"]
+
+        def usage_md(cands: int) -> dict:
+            md = {"promptTokenCount": prompt, "candidatesTokenCount": cands,
+                  "totalTokenCount": prompt + cands + thoughts}
+            if cached:
+                md["cachedContentTokenCount"] = cached
+            md["promptTokensDetails"] = [{"modality": "TEXT", "tokenCount": prompt}]
+            if cached:
+                md["cacheTokensDetails"] = [{"modality": "TEXT", "tokenCount": cached}]
+            if cand:
+                md["candidatesTokensDetails"] = [{"modality": "TEXT", "tokenCount": cands}]
+            if thoughts:
+                md["thoughtsTokenCount"] = thoughts
+            return md
+
+        def chunk(text: str, cands: int, last: bool) -> dict:
+            cand_obj: dict[str, Any] = {"content": {"parts": [{"text": text}], "role": "model"}, "index": 0}
+            if last:
+                cand_obj["finishReason"] = "STOP"
+            return {"candidates": [cand_obj], "usageMetadata": usage_md(cands), "modelVersion": model,
+                    "responseId": "FakeH6LaZW8Fp_3nsEPqtaSwQ4"}
+
+        if stream is None:
+            await r.send_json(200, chunk("".join(pieces), cand, True))
+            return
+        n = len(pieces)
+        chunks = [chunk(p, cand if i == n - 1 else max(1, cand * (i + 1) // n), i == n - 1)
+                  for i, p in enumerate(pieces)]
+        err = {"error": {"code": 500, "message": "An internal error has occurred. Please retry or report in "
+                                                 "https://developers.generativeai.google/guide/troubleshooting",
+                         "status": "INTERNAL"}}
+        if stream == "sse":
+            await r.start_stream("text/event-stream", [("x-content-type-options", "nosniff")])
+            for i, c in enumerate(chunks):
+                if i == 2 and sc.has("cut"):
+                    await r.cut()
+                if i == 2 and sc.has("error_midstream"):
+                    await r.chunk(sse(None, err, crlf=True))
+                    await r.end_stream()
+                    return
+                await r.chunk(sse(None, c, crlf=True))
+            await r.end_stream()
+            return
+        # JSON array stream, as Google sends it without alt=sse
+        await r.start_stream("application/json; charset=UTF-8", [("x-content-type-options", "nosniff")])
+        for i, c in enumerate(chunks):
+            if i == 2 and sc.has("cut"):
+                await r.cut()
+            if i == 2 and sc.has("error_midstream"):
+                await r.chunk(b"\n,\r\n" + json.dumps(err, indent=2).encode() + b"\n]")
+                await r.end_stream()
+                return
+            prefix = b"[" if i == 0 else b"\n,\r\n"
+            await r.chunk(prefix + json.dumps(c, indent=2).encode())
+        await r.chunk(b"\n]")
+        await r.end_stream()
+
+
+if __name__ == "__main__":  # manual poking: python -m tests.support.fake_provider
+    with FakeProvider() as fp:
+        print(f"fake provider on 127.0.0.1:{fp.port}, CA {fp.ca_file}; Ctrl-C to stop")
+        try:
+            while True:
+                time.sleep(1)
+        except KeyboardInterrupt:
+            pass

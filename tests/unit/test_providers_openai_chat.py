@@ -1,0 +1,161 @@
+"""OpenAI Chat Completions: cached tokens inside prompt_tokens, include_usage injection and the
+usage-only chunk the proxy drops again."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from test_providers_common import STREAMS, bytewise, fixture_bytes, run_stream, run_whole
+
+from spendgate.providers.base import ResponseResult
+from spendgate.providers.openai_chat import CHAT, filter_usage_chunk, is_usage_only_payload
+from spendgate.sse import SSEBlockSplitter
+from spendgate.usage import Usage
+
+FACTORY = STREAMS["openai_chat"][0]
+
+
+def test_stream_fixture_exact() -> None:
+    result = run_whole(FACTORY, fixture_bytes("openai_chat_stream.sse"))
+    assert result == ResponseResult(
+        model="gpt-4.1-mini-2025-04-14",
+        usage=Usage(input_tokens=2300, cache_read_tokens=1792, output_tokens=150, reasoning_tokens=64),
+        usage_final=True,
+        input_tokens_hint=None,
+        output_chars=29,  # content 16 + tool arguments 13
+        error=None,
+        complete=True,
+        garbled=False,
+        events=10,  # 9 chunks + [DONE]
+    )
+
+
+def test_json_fixture_exact() -> None:
+    result = CHAT.parse_response(fixture_bytes("openai_chat.json"))
+    assert result == ResponseResult(
+        model="o4-mini-2025-04-16",
+        usage=Usage(input_tokens=5000, cache_read_tokens=4864, output_tokens=700, reasoning_tokens=640),
+        usage_final=True,
+        output_chars=len("Ça marche."),
+        complete=True,
+    )
+
+
+def test_truncated_before_usage_chunk() -> None:
+    data = fixture_bytes("openai_chat_stream.sse")
+    cut = data.index(b'"choices":[]')
+    result = run_stream(FACTORY, [data[:cut]])
+    assert result.usage is None and not result.usage_final and not result.complete
+    assert result.output_chars == 29 and result.model == "gpt-4.1-mini-2025-04-14"
+
+
+def test_midstream_error() -> None:
+    body = (
+        b'data: {"id":"c1","object":"chat.completion.chunk","model":"gpt-4.1","choices":[{"index":0,'
+        b'"delta":{"content":"The"},"finish_reason":null}]}\n\n'
+        b'data: {"error": {"message": "The server had an error", "type": "server_error"}}\n\n'
+    )
+    result = run_whole(FACTORY, body)
+    assert result.error == "server_error" and result.usage is None and result.output_chars == 3
+
+
+def test_error_body() -> None:
+    body = b'{"error":{"message":"quota","type":"insufficient_quota","param":null,"code":"insufficient_quota"}}'
+    assert CHAT.parse_response(body).error == "insufficient_quota"
+
+
+REQUEST = {
+    "model": "gpt-4.1",
+    "messages": [{"role": "user", "content": "Grüß dich 👋"}],
+    "temperature": 0.7,
+    "max_completion_tokens": 1000,
+    "stream": True,
+    "n": 1,
+    "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}],
+    "user": "u-42",
+}
+
+
+def test_request_without_include_usage_is_rewritten() -> None:
+    body = json.dumps(REQUEST, indent=2, ensure_ascii=False).encode()
+    info = CHAT.parse_request("/v1/chat/completions", body)
+    assert info.drop_usage_chunk and info.rewritten_body is not None
+    assert (info.model, info.stream, info.max_output_tokens, info.metadata_user) == ("gpt-4.1", True, 1000, "u-42")
+    assert info.input_bytes == len(body)
+    rewritten = json.loads(info.rewritten_body)
+    assert rewritten == {**REQUEST, "stream_options": {"include_usage": True}}
+    assert list(rewritten) == [*REQUEST, "stream_options"]
+    assert b"\n" not in info.rewritten_body and "Grüß dich 👋".encode() in info.rewritten_body
+
+
+@pytest.mark.parametrize("options", [{"include_obfuscation": False}, {"include_usage": False}, None])
+def test_existing_stream_options_are_merged(options: dict | None) -> None:
+    req = {"model": "m", "stream_options": options, "stream": True, "messages": []}
+    info = CHAT.parse_request("/v1/chat/completions", json.dumps(req).encode())
+    assert info.drop_usage_chunk and info.rewritten_body is not None
+    rewritten = json.loads(info.rewritten_body)
+    assert list(rewritten) == list(req)  # stream_options keeps its place
+    assert rewritten["stream_options"] == {**(options or {}), "include_usage": True}
+
+
+@pytest.mark.parametrize(
+    "req",
+    [
+        {"model": "m", "stream": True, "stream_options": {"include_usage": True}, "messages": []},
+        {"model": "m", "stream": False, "messages": []},
+        {"model": "m", "messages": []},
+    ],
+)
+def test_no_rewrite_needed(req: dict) -> None:
+    info = CHAT.parse_request("/v1/chat/completions", json.dumps(req).encode())
+    assert info.rewritten_body is None and not info.drop_usage_chunk and not info.malformed
+
+
+def test_rewrite_survives_lone_surrogates() -> None:
+    body = b'{"model":"m","stream":true,"messages":[{"role":"user","content":"\\ud800x"}]}'
+    info = CHAT.parse_request("/v1/chat/completions", body)
+    assert info.rewritten_body is not None
+    assert json.loads(info.rewritten_body)["messages"][0]["content"] == "\ud800x"
+
+
+def test_malformed_request_is_forwarded_untouched() -> None:
+    info = CHAT.parse_request("/v1/chat/completions", b'{"stream": true, ')
+    assert info.malformed and info.rewritten_body is None and not info.drop_usage_chunk
+
+
+USAGE_BLOCK = b'data: {"id":"c","choices":[],"usage":{"prompt_tokens":1,"completion_tokens":2}}\n\n'
+
+
+@pytest.mark.parametrize(
+    ("block", "drop"),
+    [
+        (USAGE_BLOCK, True),
+        (USAGE_BLOCK.replace(b"\n", b"\r\n"), True),
+        (b'data: {"choices":[],"usage":null}\n\n', False),
+        (b'data: {"choices":[],"prompt_filter_results":[]}\n\n', False),  # Azure's first chunk
+        (b'data: {"choices":[{"index":0,"delta":{}}],"usage":{"prompt_tokens":1}}\n\n', False),
+        (b"data: [DONE]\n\n", False),
+        (b": comment\n\n", False),
+        (b"\xff\xfe garbage", False),
+        (b"", False),
+    ],
+)
+def test_filter_usage_chunk(block: bytes, drop: bool) -> None:
+    assert filter_usage_chunk(block) is drop
+
+
+def test_proxy_drops_exactly_the_usage_chunk_and_still_meters_it() -> None:
+    data = fixture_bytes("openai_chat_stream.sse")
+    splitter, parser, forwarded = SSEBlockSplitter(), FACTORY(), bytearray()
+    for piece in bytewise(data):
+        parser.feed(piece)
+        for block in splitter.feed(piece):
+            if not filter_usage_chunk(block):
+                forwarded += block
+    forwarded += splitter.flush()
+    assert parser.result().usage is not None
+    dropped = [b for b in data.split(b"\n\n") if is_usage_only_payload(b[len(b"data: "):].decode())]
+    assert len(dropped) == 1
+    assert bytes(forwarded) == data.replace(dropped[0] + b"\n\n", b"")
+    assert forwarded.endswith(b"data: [DONE]\n\n")
