@@ -11,12 +11,14 @@ from pathlib import Path
 
 from mitmproxy import ctx, exceptions, http
 
-from spendgate import providers
+from spendgate import providers, refusal
 from spendgate.providers import openai_chat
 from spendgate.gateway import REPO, Gateway, GatewayError, Settings
 from spendgate.metering import Exchange
 from spendgate.source import default_db
 from spendgate.streams import EventDropper, StreamTap
+
+from dashboard_host import DashboardHost  # addons/ is on sys.path when mitmdump loads this script
 
 log = logging.getLogger("spendgate")
 
@@ -34,7 +36,7 @@ def _headers(h: http.Headers) -> dict[str, str]:
 class SpendGate:
     def __init__(self) -> None:
         self.gateway: Gateway | None = None
-        self._key: tuple | None = None
+        self.settings: Settings | None = None
         self._allow_hosts: list[str] = []  # what we last set, to tell it from the operator's
 
     def load(self, loader) -> None:
@@ -48,17 +50,15 @@ class SpendGate:
         loader.add_option("spendgate_admin_port", int, 0, "loopback port of the admin API (0: any, -1: off)")
 
     def configure(self, updated: set[str]) -> None:
+        """Check settings now (a bad policy stops start-up); open the ledger once running.
+
+        Opening the DuckDB file here would be undone badly: when a later option fails,
+        mitmproxy rolls back and calls configure again with the previous values.
+        """
         opts = ctx.options
         if "spendgate_intercept_chatgpt" in updated or "allow_hosts" in updated or "ignore_hosts" in updated:
             self._only_provider_hosts()
-        key = (
-            opts.spendgate_db,
-            opts.spendgate_policy,
-            opts.spendgate_pricing,
-            opts.spendgate_user,
-            opts.spendgate_admin_port,
-        )
-        if key == self._key:
+        if not any(name.startswith("spendgate_") for name in updated):
             return
         settings = Settings(
             db=_path_opt(opts.spendgate_db, default_db()),
@@ -67,15 +67,25 @@ class SpendGate:
             user=opts.spendgate_user or None,
             admin_port=opts.spendgate_admin_port,
         )
-        if self.gateway:
-            self.gateway.close()
-            self.gateway = None
         try:
-            self.gateway = Gateway(settings)
+            Gateway.check(settings)
         except GatewayError as e:
             raise exceptions.OptionsError(str(e)) from None
-        self._key = key
-        log.info("spendgate: ledger %s, admin API %s", settings.db, self.gateway.admin and self.gateway.admin.url)
+        self.settings = settings
+        if self.gateway and self.gateway.settings != settings:  # changed at run time
+            self.gateway.close()
+            self.gateway = None
+            self.running()
+
+    def running(self) -> None:
+        if self.gateway is not None or self.settings is None:
+            return
+        try:
+            self.gateway = Gateway(self.settings)
+        except GatewayError as e:
+            log.error("spendgate: %s", e)  # an error logged during start-up makes mitmdump exit 1
+            return
+        log.info("spendgate: ledger %s, admin API %s", self.settings.db, self.gateway.admin and self.gateway.admin.url)
 
     def _only_provider_hosts(self) -> None:
         """Decrypt provider hosts only; everything else stays a raw TLS tunnel (origin's cert)."""
@@ -91,9 +101,14 @@ class SpendGate:
 
     # -- traffic hooks --
     def request(self, flow: http.HTTPFlow) -> None:
-        if flow.response or flow.error or not self.gateway:
+        if flow.response or flow.error:
             return
         req = flow.request
+        if self.gateway is None:  # not started (or failed): never let provider traffic pass unmetered
+            if providers.route(req.host, req.path) is not None:
+                answer = refusal.unavailable(providers.PROVIDER_HOSTS.get(req.host, ""), "the gateway is not ready")
+                flow.response = http.Response.make(answer.status, answer.body, answer.headers)
+            return
         auth = flow.metadata.get("proxyauth")
         ex = self.gateway.meter.begin(
             req.host,
@@ -177,4 +192,6 @@ def _existing(p: Path) -> Path | None:
     return p if p.exists() else None
 
 
-addons = [SpendGate()]
+_gate = SpendGate()
+# the dashboard's virtual host runs first, so its requests never reach the metering hooks
+addons = [DashboardHost(_gate), _gate]

@@ -56,6 +56,7 @@ class AdminServer:
     ) -> None:
         self.routes = routes
         self.post_routes = post_routes or {}
+        self.app: Any = None  # a spendgate.web.WebApp: when set, it answers every request (dashboard + API)
         self.token = token or secrets.token_urlsafe(32)
         self.httpd = ThreadingHTTPServer((host, port), self._handler_class())
         self.httpd.daemon_threads = True
@@ -104,6 +105,9 @@ class AdminServer:
                 self._dispatch(server.post_routes)
 
             def _dispatch(self, routes: dict[str, Handler]) -> None:
+                if server.app is not None:
+                    self._web()
+                    return
                 url = urlsplit(self.path)
                 params = dict(parse_qsl(url.query))
                 caller = server.authenticate(self.headers.get("Authorization", ""))
@@ -125,6 +129,20 @@ class AdminServer:
                 except Exception as e:
                     log.exception("admin api %s failed", url.path)
                     self._send(500, {"error": f"{type(e).__name__}: {e}"})
+
+            def _web(self) -> None:
+                from spendgate.web import WebRequest
+
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                headers = {k.lower(): v for k, v in self.headers.items()}
+                resp = server.app.handle(WebRequest(self.command, self.path, headers, body))
+                self.send_response(resp.status)
+                for k, v in resp.headers.items():
+                    self.send_header(k, v)
+                self.send_header("Content-Length", str(len(resp.body)))
+                self.end_headers()
+                self.wfile.write(resp.body)
 
             def _send(self, status: int, payload: Any) -> None:
                 body = json.dumps(payload, default=str).encode()

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import duckdb
 
-from spendgate import refusal, reports
+from spendgate import dashboard, refusal, reports, web
 from spendgate.adminapi import AdminServer, Caller, discovery_path
 from spendgate.budgets import BudgetBook
 from spendgate.identity import Identity, resolve
@@ -88,18 +88,24 @@ def rebuild_counters(cur: duckdb.DuckDBPyConnection, book: BudgetBook, now: date
 
 
 class Gateway:
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
+    @staticmethod
+    def check(settings: Settings) -> tuple[Policy, Pricer]:
+        """Load what the settings name, without opening the ledger; GatewayError says what is wrong."""
         try:
-            self.policy = load(settings.policy)
+            policy = load(settings.policy)
         except PolicyError as e:
             raise GatewayError(f"invalid policy, not starting:\n{e}") from None
-        for w in self.policy.warnings:
-            log.warning("%s", w.render(str(settings.policy)))
         try:
-            self.pricer = Pricer(settings.pricing)
+            pricer = Pricer(settings.pricing)
         except (PricingError, OSError) as e:
             raise GatewayError(f"pricing overrides: {e}") from None
+        return policy, pricer
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.policy, self.pricer = self.check(settings)
+        for w in self.policy.warnings:
+            log.warning("%s", w.render(str(settings.policy)))
         try:
             self.ledger = DuckDBLedger(settings.db, on_written=self._written)
         except LedgerLocked:
@@ -117,6 +123,9 @@ class Gateway:
         if settings.admin_port >= 0:
             self.admin = AdminServer(self.api_routes(), port=settings.admin_port).start()
             self.admin.write_discovery(discovery_path(settings.db))
+        self.web = web.for_gateway(self)  # the dashboard: for browsers, the proxy's virtual host and the CLI
+        if self.admin:
+            self.admin.app = self.web
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
         if settings.reload_interval > 0:
@@ -185,7 +194,7 @@ class Gateway:
         if d is None or d.remaining is None:
             return {}
         return {
-            "x-spendgate-remaining-usd": f"{max(d.remaining, Decimal(0)):.2f}",
+            "x-spendgate-remaining-usd": refusal.usd_plain(max(d.remaining, Decimal(0))),
             "x-spendgate-resets-at": d.resets_at.isoformat().replace("+00:00", "Z"),
         }
 
@@ -281,7 +290,9 @@ class Gateway:
             return handler
 
         routes = {f"/api/{name}": query(name) for name in reports.QUERIES}
-        routes["/api/budgets"] = lambda params, caller: self.book.status()
+        routes["/api/budgets"] = lambda params, caller: dashboard.visible_budgets(
+            self.book.status(), None if caller.admin else dashboard.own_scopes(self.policy, caller.name)
+        )
         return routes
 
     def close(self) -> None:

@@ -100,6 +100,89 @@ MIGRATIONS: list[tuple[int, str]] = [
         );
         """,
     ),
+    (
+        2,
+        # alerts and approvals (spendgate/audit.py, approvals.py, alerts.py): insert-only tables
+        """
+        CREATE SEQUENCE IF NOT EXISTS audit_seq START 1;
+        CREATE TABLE IF NOT EXISTS audit (
+            seq BIGINT PRIMARY KEY DEFAULT nextval('audit_seq'),
+            ts TIMESTAMPTZ NOT NULL,
+            event VARCHAR NOT NULL,
+            actor VARCHAR NOT NULL,
+            scope VARCHAR,
+            ref VARCHAR,
+            detail VARCHAR
+        );
+        CREATE TABLE IF NOT EXISTS increase_requests (
+            id VARCHAR PRIMARY KEY,
+            ts TIMESTAMPTZ NOT NULL,
+            requester VARCHAR NOT NULL,
+            scope VARCHAR NOT NULL,
+            "window" VARCHAR NOT NULL,
+            amount_usd DECIMAL(20, 10) NOT NULL,
+            reason VARCHAR NOT NULL,
+            spent_usd DECIMAL(20, 10),
+            limit_usd DECIMAL(20, 10),
+            window_end TIMESTAMPTZ NOT NULL
+        );
+        CREATE TABLE IF NOT EXISTS request_decisions (
+            request_id VARCHAR PRIMARY KEY,
+            ts TIMESTAMPTZ NOT NULL,
+            decision VARCHAR NOT NULL,
+            actor VARCHAR NOT NULL,
+            amount_usd DECIMAL(20, 10),
+            until TIMESTAMPTZ,
+            note VARCHAR
+        );
+        CREATE TABLE IF NOT EXISTS grants (
+            id VARCHAR PRIMARY KEY,
+            request_id VARCHAR,
+            ts TIMESTAMPTZ NOT NULL,
+            scope VARCHAR NOT NULL,
+            "window" VARCHAR NOT NULL,
+            amount_usd DECIMAL(20, 10) NOT NULL,
+            starts TIMESTAMPTZ NOT NULL,
+            until TIMESTAMPTZ NOT NULL,
+            granted_by VARCHAR NOT NULL
+        );
+        CREATE TABLE IF NOT EXISTS alerts_fired (
+            scope VARCHAR NOT NULL,
+            "window" VARCHAR NOT NULL,
+            window_start TIMESTAMPTZ NOT NULL,
+            kind VARCHAR NOT NULL,
+            threshold DECIMAL(10, 4) NOT NULL,
+            ts TIMESTAMPTZ NOT NULL,
+            spent_usd DECIMAL(20, 10),
+            limit_usd DECIMAL(20, 10),
+            PRIMARY KEY (scope, "window", window_start, kind, threshold)
+        );
+        """,
+    ),
+    (
+        3,
+        # re-pricing (spendgate/reprice.py): append-only, one row per changed request per run
+        """
+        CREATE TABLE IF NOT EXISTS price_audit (
+            at TIMESTAMPTZ NOT NULL,
+            run_id VARCHAR NOT NULL,
+            request_id VARCHAR NOT NULL,
+            ts TIMESTAMPTZ NOT NULL,
+            "user" VARCHAR NOT NULL,
+            model VARCHAR,
+            old_cost_usd DECIMAL(20, 10),
+            new_cost_usd DECIMAL(20, 10),
+            old_charged_usd DECIMAL(20, 10),
+            new_charged_usd DECIMAL(20, 10),
+            old_outcome VARCHAR,
+            new_outcome VARCHAR,
+            old_price_source VARCHAR,
+            new_price_source VARCHAR,
+            old_price_detail VARCHAR,
+            price_version VARCHAR NOT NULL
+        );
+        """,
+    ),
 ]
 
 

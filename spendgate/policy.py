@@ -22,6 +22,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import jsonschema
 import yaml
 
+from spendgate.alertpolicy import AlertsConfig, ApprovalsConfig, SinkConfig, parse_sections
+
 WINDOWS = ("hour", "day", "week", "month")
 Budgets = dict[str, Decimal]  # window -> limit in USD
 
@@ -188,6 +190,9 @@ class Policy:
     typical_output_tokens: dict[str, int]
     raw: dict[str, Any] = field(repr=False)
     warnings: tuple[Problem, ...] = ()
+    alerts: AlertsConfig = field(default_factory=AlertsConfig)
+    sinks: dict[str, SinkConfig] = field(default_factory=dict)
+    approvals: ApprovalsConfig = field(default_factory=ApprovalsConfig)
 
     def workspaces_of(self, user: str) -> tuple[str, ...]:
         """Workspaces a user belongs to: listed on the user, or matched by members (names or globs)."""
@@ -301,6 +306,8 @@ def parse(text: str, file: str = "<policy>", today: date | None = None) -> Polic
     if "client_ip" in identity and not nets:
         warnings.append(Problem(*_mark(marks, ("identity",)), "client_ip is listed but client_ips is empty",
                                 warning=True))
+    alerts, sinks, approvals, found = parse_sections(doc, set(workspaces))
+    problems += [Problem(*_mark(marks, path), msg) for path, msg in found]
     if problems:
         raise PolicyError(file, problems)
     unpriced = doc.get("unpriced", {"charge_per_mtok": {"input": 15, "output": 75}})
@@ -326,6 +333,9 @@ def parse(text: str, file: str = "<policy>", today: date | None = None) -> Polic
         typical_output_tokens=dict(doc.get("typical_output_tokens") or {}),
         raw=doc,
         warnings=tuple(warnings),
+        alerts=alerts,
+        sinks=sinks,
+        approvals=approvals,
     )
 
 

@@ -1,67 +1,106 @@
 """Turn normalized usage into dollars, with a line-by-line account of how.
 
-Rates come from `pricing/overrides.yaml` (contracted rates and corrections, dated) or else from
-the genai-prices catalogue bundled with the package (offline). Both are reduced to one `Rates`
-shape and priced by one function, so an explanation always matches the charge. An unknown model
-is never priced at $0: the result has cost None and the caller records the row as `unpriced`.
+Rates come from two places: the pinned genai-prices catalogue (`pricing/catalogue.json`, see
+pricing_catalogue) and `pricing/overrides.yaml` (contracted rates and corrections, dated, per
+provider and model). Both are reduced to one `Rates` shape, where every rate carries its own
+source, and priced by one function, `compute()`, so an explanation always matches the charge.
+
+Correctness rules (each one a bug seen in other gateways):
+* an unknown model has cost None and the row is `unpriced`: never a silent $0;
+* tiers are cliffs: past the threshold every token of the request takes the tier rate, and the
+  threshold is compared with ALL input (uncached + cache reads + cache writes);
+* 1-hour cache writes have their own rate; 5-minute writes theirs;
+* reasoning tokens are output tokens; web searches and request fees are per unit;
+* variants (batch, priority, flex) are looked up most specific first: the override's variant,
+  the catalogue's variant, the override's standard rate, the catalogue's standard rate.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime
 from decimal import Decimal
+from fnmatch import fnmatchcase
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import genai_prices
-import yaml
-from genai_prices import data_snapshot
-from genai_prices.types import TieredPrices
+import jsonschema
+from genai_prices import types as gp
 
+from spendgate import pricing_catalogue
+from spendgate.policy import Marks, Problem, _mark, load_yaml_with_marks
 from spendgate.usage import Usage
 
 log = logging.getLogger(__name__)
 
 MTOK = Decimal(1_000_000)
 CATALOGUE_PROVIDER = {"anthropic": "anthropic", "openai": "openai", "gemini": "google"}
-CATALOGUE_VERSION = f"genai-prices {genai_prices.__version__}"
+VARIANTS = ("standard", "batch", "priority", "flex")
+# how genai-prices names each variant in its price_context
+VARIANT_CONTEXT: dict[str, dict[str, str]] = {
+    "batch": {"processing": "batch"},
+    "priority": {"service_tier": "priority"},
+    "flex": {"service_tier": "flex"},
+}
+DETAIL_VERSION = 2
 
-# Rate names, per million tokens except the per-request fees.
+# Rate names, per million tokens except the per-unit fees.
 RATE_KEYS = (
     "input_mtok",
     "output_mtok",
     "cache_read_mtok",
-    "cache_write_mtok",
+    "cache_write_mtok",  # 5-minute cache writes
     "cache_write_1h_mtok",
     "web_search",  # USD per search
     "request",  # USD per request
 )
+PER_UNIT = {"web_search", "request"}
 
 
 @dataclass(frozen=True, slots=True)
-class Tier:
-    above_input_tokens: int  # cliff: past this many input tokens, ALL tokens take these rates
-    rates: dict[str, Decimal]
+class Price:
+    """One rate: a base price, optional cliff tiers, and where it came from."""
+
+    base: Decimal
+    tiers: tuple[tuple[int, Decimal], ...] = ()  # (above_input_tokens, price), ascending
+    source: str = ""
+
+    def at(self, total_input_tokens: int) -> tuple[Decimal, int | None]:
+        """The price for a request with this much input, and the tier threshold applied if any."""
+        for start, price in reversed(self.tiers):
+            if total_input_tokens > start:
+                return price, start
+        return self.base, None
 
 
 @dataclass(frozen=True, slots=True)
 class Rates:
-    """The prices of one model on one day, from one source."""
+    """The prices of one model, on one day, for one variant; every rate knows its source."""
 
-    base: dict[str, Decimal]
-    tiers: tuple[Tier, ...] = ()
-    source: str = ""
+    prices: dict[str, Price]
     model_id: str = ""
+    variant: str = "standard"
+    notes: tuple[str, ...] = ()
 
-    def at(self, total_input_tokens: int) -> tuple[dict[str, Decimal], int | None]:
-        """Rates for a request with this much input: the highest tier passed replaces the base."""
-        for tier in sorted(self.tiers, key=lambda t: -t.above_input_tokens):
-            if total_input_tokens > tier.above_input_tokens:
-                return {**self.base, **tier.rates}, tier.above_input_tokens
-        return self.base, None
+    @property
+    def source(self) -> str:
+        return " + ".join(sorted({p.source for p in self.prices.values()}))
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "model_id": self.model_id,
+            "variant": self.variant,
+            "notes": list(self.notes),
+            "rates": {
+                k: {"base": str(p.base), "tiers": [[s, str(v)] for s, v in p.tiers], "source": p.source}
+                for k, p in self.prices.items()
+            },
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,208 +109,360 @@ class PriceLine:
     quantity: int
     rate: Decimal  # per MTok for tokens, per unit otherwise
     per: Decimal
-    rate_name: str
+    rate_name: str  # the rate actually used (after cache fallbacks)
     cost: Decimal
+    source: str = ""
+    tier_above: int | None = None  # the tier threshold this rate came from, None for the base rate
 
 
 @dataclass(frozen=True, slots=True)
 class PriceResult:
     cost: Decimal | None  # None: we do not know the price. Never a silent zero.
-    source: str  # "override:<file>@<date>", "genai-prices 0.2.3", "free", "unknown"
+    source: str  # e.g. "genai-prices data sha256:1a2b...", "override:overrides.yaml@2026-01-01 + ...", "unknown"
     model_id: str | None = None
     tier_above: int | None = None
     lines: tuple[PriceLine, ...] = field(default=())
+    variant: str = "standard"
+    input_tokens: int = 0  # what the tier threshold was compared with
+    notes: tuple[str, ...] = ()
+    catalogue: str | None = None
+    overrides: str | None = None  # overrides file and its sha256 prefix
 
     def detail(self) -> dict[str, Any]:
-        """JSON-able record kept in the ledger so any cost can be explained later."""
+        """JSON-able record kept in the ledger so any cost can be explained (and re-priced) later."""
         return {
+            "v": DETAIL_VERSION,
             "source": self.source,
             "model_id": self.model_id,
+            "variant": self.variant,
+            "catalogue": self.catalogue,
+            "overrides": self.overrides,
+            "input_tokens_for_tier": self.input_tokens,
             "tier_above_input_tokens": self.tier_above,
+            "notes": list(self.notes),
+            "total": None if self.cost is None else str(self.cost),
             "lines": [
                 {
-                    "label": l.label,
-                    "quantity": l.quantity,
-                    "rate": str(l.rate),
-                    "per": str(l.per),
-                    "rate_name": l.rate_name,
-                    "cost": str(l.cost),
+                    "label": ln.label,
+                    "quantity": ln.quantity,
+                    "rate": str(ln.rate),
+                    "per": str(ln.per),
+                    "rate_name": ln.rate_name,
+                    "cost": str(ln.cost),
+                    "source": ln.source,
+                    "tier_above": ln.tier_above,
                 }
-                for l in self.lines
+                for ln in self.lines
             ],
         }
 
 
+def _pick(r: dict[str, Price], *names: str) -> tuple[str, Price] | None:
+    """The first rate present: how providers bill a part they publish no separate rate for."""
+    for n in names:
+        if n in r:
+            return n, r[n]
+    return None
+
+
 def compute(rates: Rates, usage: Usage) -> PriceResult:
-    """Price usage. Missing cache rates fall back the way providers bill them (to their parent)."""
-    r, tier = rates.at(usage.input_tokens)
-    inp = r.get("input_mtok")
-    if inp is None or r.get("output_mtok") is None:
-        return PriceResult(None, rates.source, rates.model_id)
-    read = r.get("cache_read_mtok", inp)
-    write = r.get("cache_write_mtok", inp)
-    write_1h = r.get("cache_write_1h_mtok", write)
-    parts = [
-        ("uncached input", usage.uncached_input_tokens, inp, "input_mtok", MTOK),
-        ("cache read", usage.cache_read_tokens, read, "cache_read_mtok", MTOK),
-        ("cache write 5m", usage.cache_write_5m_tokens, write, "cache_write_mtok", MTOK),
-        ("cache write 1h", usage.cache_write_1h_tokens, write_1h, "cache_write_1h_mtok", MTOK),
-        ("output (incl. reasoning)", usage.output_tokens, r["output_mtok"], "output_mtok", MTOK),
-        ("web search", usage.web_search_requests, r.get("web_search", Decimal(0)), "web_search", Decimal(1)),
-    ]
+    """Price usage with these rates. The one place a cost is calculated."""
+    r = rates.prices
+    if "input_mtok" not in r or "output_mtok" not in r:
+        return PriceResult(None, rates.source or "unknown", rates.model_id, variant=rates.variant,
+                           notes=(*rates.notes, "the model has no input or output rate"))  # fmt: skip
+    total_in = usage.input_tokens
+    parts: list[tuple[str, int, tuple[str, Price], Decimal]] = [
+        ("uncached input", usage.uncached_input_tokens, _pick(r, "input_mtok"), MTOK),
+        ("cache read", usage.cache_read_tokens, _pick(r, "cache_read_mtok", "input_mtok"), MTOK),
+        ("cache write 5m", usage.cache_write_5m_tokens, _pick(r, "cache_write_mtok", "input_mtok"), MTOK),
+        ("cache write 1h", usage.cache_write_1h_tokens,
+         _pick(r, "cache_write_1h_mtok", "cache_write_mtok", "input_mtok"), MTOK),
+        (f"output (incl. {usage.reasoning_tokens:,} reasoning)" if usage.reasoning_tokens else "output",
+         usage.output_tokens, _pick(r, "output_mtok"), MTOK),
+    ]  # fmt: skip
+    if usage.web_search_requests:
+        found = _pick(r, "web_search")
+        if found is None:  # searches happened but no rate is known: say so rather than charge $0
+            return PriceResult(None, rates.source, rates.model_id, variant=rates.variant, input_tokens=total_in,
+                               notes=(*rates.notes, "web searches used but no web_search rate is known"))  # fmt: skip
+        parts.append(("web search", usage.web_search_requests, found, Decimal(1)))
     if "request" in r:
-        parts.append(("request fee", 1, r["request"], "request", Decimal(1)))
-    lines = tuple(
-        PriceLine(label, qty, rate, per, name, rate * qty / per) for label, qty, rate, name, per in parts if qty
-    )
+        parts.append(("request fee", 1, ("request", r["request"]), Decimal(1)))
+    lines = []
+    tier_used: int | None = None
+    for label, qty, (name, price), per in parts:
+        if not qty:
+            continue
+        rate, tier = price.at(total_in)
+        if tier is not None:
+            tier_used = max(tier_used or 0, tier)
+        lines.append(PriceLine(label, qty, rate, per, name, rate * qty / per, price.source, tier))
     return PriceResult(
-        cost=sum((l.cost for l in lines), Decimal(0)),
-        source=rates.source,
+        cost=sum((ln.cost for ln in lines), Decimal(0)),
+        source=" + ".join(sorted({ln.source for ln in lines})) or rates.source,
         model_id=rates.model_id,
-        tier_above=tier,
-        lines=lines,
+        tier_above=tier_used,
+        lines=tuple(lines),
+        variant=rates.variant,
+        input_tokens=total_in,
+        notes=rates.notes,
     )
 
 
 # --- the genai-prices catalogue -------------------------------------------------------------
 
-_CATALOGUE_KEYS = {
-    "input_mtok": "input_mtok",
-    "output_mtok": "output_mtok",
-    "cache_read_mtok": "cache_read_mtok",
-    "cache_write_mtok": "cache_write_mtok",
-    "cache_write_1h_mtok": "cache_write_1h_mtok",
-}
+_CATALOGUE_KEYS = ("input_mtok", "output_mtok", "cache_read_mtok", "cache_write_mtok", "cache_write_1h_mtok")
 
 
-def catalogue_rates(provider: str, model: str, at: datetime) -> Rates | None:
-    """Rates from genai-prices for this model at this time, or None when it is not listed."""
+def _model_price_rates(mp: gp.ModelPrice, source: str) -> dict[str, Price]:
+    out: dict[str, Price] = {}
+    for key in _CATALOGUE_KEYS:
+        value = getattr(mp, key, None)
+        if isinstance(value, gp.TieredPrices):
+            out[key] = Price(value.base, tuple((t.start, t.price) for t in value.tiers), source)
+        elif value is not None:
+            out[key] = Price(value, (), source)
+    for ours, theirs in (("web_search", "web_searches_kcount"), ("request", "requests_kcount")):
+        value = getattr(mp, theirs, None)
+        if isinstance(value, Decimal):
+            out[ours] = Price(value / 1000, (), source)
+    return out
+
+
+def catalogue_rates(
+    catalogue: pricing_catalogue.Catalogue, provider: str, model: str, at: datetime, variant: str = "standard"
+) -> tuple[str, dict[str, Price], dict[str, Price]] | None:
+    """(model id, standard rates, variant-only rates) from the catalogue, or None when not listed."""
     pid = CATALOGUE_PROVIDER.get(provider, provider)
     try:
-        _, info = data_snapshot.get_snapshot().find_provider_model(model, None, pid, None)
+        _, info = catalogue.snapshot.find_provider_model(model, None, pid, None)
     except LookupError:
         return None
-    mp = info.get_prices(at)
-    base: dict[str, Decimal] = {}
-    tiers: dict[int, dict[str, Decimal]] = {}
-    for ours, theirs in _CATALOGUE_KEYS.items():
-        value = getattr(mp, theirs, None)
-        if isinstance(value, TieredPrices):
-            base[ours] = value.base
-            for t in value.tiers:
-                tiers.setdefault(t.start, {})[ours] = t.price
-        elif value is not None:
-            base[ours] = value
-    searches = getattr(mp, "web_searches_kcount", None)
-    if isinstance(searches, Decimal):
-        base["web_search"] = searches / 1000
-    fee = getattr(mp, "requests_kcount", None)
-    if isinstance(fee, Decimal):
-        base["request"] = fee / 1000
-    return Rates(
-        base=base,
-        tiers=tuple(Tier(start, rates) for start, rates in sorted(tiers.items())),
-        source=CATALOGUE_VERSION,
-        model_id=info.id,
-    )
+    standard = _model_price_rates(info.get_prices(at), catalogue.version)
+    extra: dict[str, Price] = {}
+    if variant in VARIANT_CONTEXT:
+        label = f"{catalogue.version} ({variant})"
+        resolved = _model_price_rates(info.get_prices(at, VARIANT_CONTEXT[variant]), label)
+        extra = {k: p for k, p in resolved.items() if k not in standard or (p.base, p.tiers) != (standard[k].base, standard[k].tiers)}
+    return info.id, standard, extra
 
 
 # --- overrides -------------------------------------------------------------------------------
 
 
 class PricingError(ValueError):
-    """A broken overrides file; the message names the file and the entry."""
+    """A broken overrides file: one FILE:LINE:COL: message per problem."""
+
+    def __init__(self, file: str, problems: list[Problem]) -> None:
+        self.file = file
+        self.problems = problems
+        super().__init__("\n".join(p.render(file) for p in problems))
+
+
+@dataclass(frozen=True, slots=True)
+class OverridePrices:
+    rates: dict[str, Price]
+    variants: dict[str, dict[str, Price]]
 
 
 @dataclass(frozen=True, slots=True)
 class Override:
     provider: str
-    model: str
+    model: str  # lower-case; a name, a catalogue model id, or a glob such as claude-sonnet-4-2025*
     effective_from: date
-    rates: Rates
+    prices: OverridePrices
+    line: int = 0
+    note: str | None = None
+
+    def matches(self, provider: str, model: str, model_id: str | None) -> bool:
+        if provider != self.provider:
+            return False
+        return any(n and (n == self.model or fnmatchcase(n, self.model)) for n in (model, model_id))
 
 
-def _decimal_map(raw: Any, where: str) -> dict[str, Decimal]:
-    if not isinstance(raw, dict):
-        raise PricingError(f"{where}: expected a mapping of rates")
-    out: dict[str, Decimal] = {}
-    for key, value in raw.items():
-        if key not in RATE_KEYS:
-            raise PricingError(f"{where}: unknown rate {key!r} (known: {', '.join(RATE_KEYS)})")
-        if isinstance(value, bool) or not isinstance(value, int | float | str):
-            raise PricingError(f"{where}.{key}: not a number: {value!r}")
+def overrides_schema() -> dict[str, Any]:
+    return json.loads(resources.files("spendgate").joinpath("pricing_overrides.schema.json").read_text())
+
+
+_VALIDATOR = jsonschema.Draft202012Validator(overrides_schema())
+
+
+def _schema_problems(doc: Any, marks: Marks) -> list[Problem]:
+    out = []
+    for err in sorted(_VALIDATOR.iter_errors(doc), key=lambda e: list(map(str, e.absolute_path))):
+        path = tuple(err.absolute_path)
+        where = ".".join(map(str, path)) or "top level"
+        if err.validator == "additionalProperties":
+            for k in [k for k in (err.instance or {}) if k not in err.schema.get("properties", {})]:
+                known = ", ".join(err.schema.get("properties", {}))
+                out.append(Problem(*_mark(marks, (*path, k), key_of=True), f"unknown key {k!r} in {where} (known: {known})"))
+            continue
+        msg = err.message
+        if err.validator in ("type", "minimum") and path and path[-1] in RATE_KEYS:
+            msg = f"{where}: a rate must be a non-negative number of USD, not {err.instance!r}"
+        elif err.validator == "pattern" and path and path[-1] == "effective_from":
+            msg = f"{where}: not a date (YYYY-MM-DD): {err.instance!r}"
+        elif err.validator == "anyOf":
+            msg = f"{where}: give rates, tiers or variants"
+        else:
+            msg = f"{where}: {msg}"
+        out.append(Problem(*_mark(marks, path), msg))
+    return out
+
+
+def _prices(raw: dict[str, Any], source: str) -> dict[str, Price]:
+    """Override rates plus cliff tiers, reshaped per rate (a tier may name only some rates)."""
+    out = {k: Price(Decimal(str(v)), (), source) for k, v in (raw.get("rates") or {}).items()}
+    tiered: dict[str, list[tuple[int, Decimal]]] = {}
+    for t in raw.get("tiers") or []:
+        for k, v in t["rates"].items():
+            tiered.setdefault(k, []).append((int(t["above_input_tokens"]), Decimal(str(v))))
+    for k, tiers in tiered.items():
+        base = out[k].base if k in out else None
+        out[k] = Price(base if base is not None else Decimal(-1), tuple(sorted(tiers)), source)
+    return out
+
+
+def parse_overrides(text: str, file: str = "<overrides>") -> list[Override]:
+    """Parse and validate overrides; raise PricingError listing every problem with its position."""
+    doc, marks, problems = load_yaml_with_marks(text)
+    if doc is None or not isinstance(doc, dict):
+        raise PricingError(file, problems or [Problem(1, 1, "overrides are a mapping (version: 1, models: [...])")])
+    problems += _schema_problems(doc, marks)
+    if problems:
+        raise PricingError(file, sorted(problems, key=lambda p: (p.line, p.col)))
+    name = Path(file).name
+    sha = hashlib.sha256(text.encode()).hexdigest()[:12]
+    out: list[Override] = []
+    seen: dict[tuple[str, str, str], int] = {}
+    for i, e in enumerate(doc.get("models") or []):
+        eff = e["effective_from"]
         try:
-            dec = Decimal(str(value))
-        except Exception:
-            raise PricingError(f"{where}.{key}: not a number: {value!r}") from None
-        if not dec.is_finite() or dec < 0:
-            raise PricingError(f"{where}.{key}: must be a non-negative number")
-        out[key] = dec
+            day = date.fromisoformat(eff)
+        except ValueError:
+            problems.append(Problem(*_mark(marks, ("models", i, "effective_from")), f"not a date: {eff!r}"))
+            continue
+        key = (e["provider"], e["model"].lower(), eff)
+        if key in seen:
+            problems.append(Problem(*_mark(marks, ("models", i)),
+                                    f"{e['provider']} {e['model']} from {eff} is already defined on line {seen[key]}"))
+        line = _mark(marks, ("models", i))[0]
+        seen[key] = line
+        source = f"override:{name}@{eff}#{sha}"
+        for scope, raw in [("", e), *((f"variants.{v}.", body) for v, body in (e.get("variants") or {}).items())]:
+            for j, t in enumerate(raw.get("tiers") or []):
+                if j and t["above_input_tokens"] <= raw["tiers"][j - 1]["above_input_tokens"]:
+                    path = ("models", i, *(("variants", scope.split(".")[1]) if scope else ()), "tiers", j)
+                    problems.append(Problem(*_mark(marks, path), "tiers must be listed in increasing above_input_tokens"))
+        prices = OverridePrices(
+            _prices(e, source),
+            {v: _prices(body, f"{source} ({v})") for v, body in (e.get("variants") or {}).items()},
+        )
+        out.append(Override(e["provider"], e["model"].lower(), day, prices, line, e.get("note")))
+    if problems:
+        raise PricingError(file, sorted(problems, key=lambda p: (p.line, p.col)))
     return out
 
 
 def load_overrides(path: Path) -> list[Override]:
-    """Read pricing/overrides.yaml. Raises PricingError with a precise message when broken."""
     try:
-        doc = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise PricingError(f"{path}: {e}") from None
-    entries = doc.get("models", []) if isinstance(doc, dict) else None
-    if not isinstance(entries, list):
-        raise PricingError(f"{path}: expected `models:` to be a list")
-    out = []
-    for i, e in enumerate(entries):
-        where = f"{path}: models[{i}]"
-        if not isinstance(e, dict) or not e.get("provider") or not e.get("model"):
-            raise PricingError(f"{where}: needs provider and model")
-        eff = e.get("effective_from", date(1970, 1, 1))
-        if isinstance(eff, str):
-            try:
-                eff = date.fromisoformat(eff)
-            except ValueError:
-                raise PricingError(f"{where}.effective_from: not a date: {eff!r}") from None
-        if isinstance(eff, datetime):
-            eff = eff.date()
-        tiers = tuple(
-            Tier(int(t.get("above_input_tokens", 0)), _decimal_map(t.get("rates"), f"{where}.tiers[{j}]"))
-            for j, t in enumerate(e.get("tiers") or [])
-        )
-        source = f"override:{path.name}@{eff.isoformat()}"
-        rates = Rates(_decimal_map(e.get("rates"), f"{where}.rates"), tiers, source, str(e["model"]))
-        out.append(Override(str(e["provider"]), str(e["model"]).lower(), eff, rates))
+        text = path.read_text()
+    except OSError as e:
+        raise PricingError(str(path), [Problem(1, 1, f"cannot read: {e.strerror or e}")]) from None
+    return parse_overrides(text, str(path))
+
+
+def _merge(under: dict[str, Price], over: dict[str, Price]) -> dict[str, Price]:
+    """Lay `over` on `under` rate by rate; a tier-only rate keeps the base underneath it."""
+    out = dict(under)
+    for k, p in over.items():
+        if p.base < 0:  # tiers without a base: the base comes from below
+            below = under.get(k)
+            if below is None:
+                continue
+            p = replace(p, base=below.base, source=f"{below.source} (base), {p.source} (tiers)")
+        out[k] = p
     return out
 
 
 class Pricer:
-    """Prices requests. Thread-safe; results cached per model, day and source."""
+    """Prices requests. Thread-safe; resolved rates are cached per model, day and variant.
 
-    def __init__(self, overrides_path: Path | None = None) -> None:
+    The cache key includes the day because catalogue prices and overrides are dated; the price
+    version (catalogue sha, overrides sha) is fixed for a Pricer's lifetime, and a reload builds
+    a new Pricer, so a cached rate can never outlive the files it came from.
+    """
+
+    def __init__(
+        self,
+        overrides_path: Path | None = None,
+        *,
+        catalogue_dir: Path | None = None,
+        catalogue: pricing_catalogue.Catalogue | None = None,
+    ) -> None:
         self.overrides_path = overrides_path
         self.overrides: list[Override] = load_overrides(overrides_path) if overrides_path else []
-        self._cache: dict[tuple[str, str, date], Rates | None] = {}
+        self.overrides_label: str | None = None
+        if overrides_path:
+            digest = hashlib.sha256(overrides_path.read_bytes()).hexdigest()[:12]
+            self.overrides_label = f"{overrides_path.name} sha256:{digest}"
+        if catalogue is None:
+            folder = catalogue_dir or (overrides_path.parent if overrides_path else None)
+            try:
+                catalogue = pricing_catalogue.load(folder)
+            except (pricing_catalogue.CatalogueError, OSError) as e:
+                raise PricingError(str(folder), [Problem(1, 1, f"catalogue: {e}")]) from None
+        self.catalogue = catalogue
+        self._cache: dict[tuple[str, str, date, str], Rates | None] = {}
         self._lock = threading.Lock()
 
-    def rates(self, provider: str, model: str, at: datetime) -> Rates | None:
-        key = (provider, model.lower(), at.astimezone(UTC).date())
+    @property
+    def version(self) -> str:
+        return self.catalogue.version + (f"; overrides {self.overrides_label}" if self.overrides_label else "")
+
+    def rates(self, provider: str, model: str, at: datetime, variant: str = "standard") -> Rates | None:
+        variant = variant if variant in VARIANTS else "standard"
+        key = (provider, model.lower(), at.astimezone(UTC).date(), variant)
         with self._lock:
             if key in self._cache:
                 return self._cache[key]
-        found = self._override(provider, model.lower(), key[2]) or catalogue_rates(provider, model, at)
+        found = self._resolve(provider, model, at, variant)
         with self._lock:
             self._cache[key] = found
         return found
 
-    def _override(self, provider: str, model: str, day: date) -> Rates | None:
+    def _resolve(self, provider: str, model: str, at: datetime, variant: str) -> Rates | None:
+        cat = catalogue_rates(self.catalogue, provider, model, at, variant)
+        model_id, standard, cat_variant = cat if cat else (None, {}, {})
+        override = self.override_for(provider, model.lower(), model_id, at.astimezone(UTC).date())
+        notes: list[str] = []
+        prices = dict(standard)
+        if override:
+            prices = _merge(prices, override.prices.rates)
+        prices = _merge(prices, cat_variant)
+        if override and variant in override.prices.variants:
+            prices = _merge(prices, override.prices.variants[variant])
+        if not prices:
+            return None
+        if variant != "standard" and not cat_variant and not (override and variant in override.prices.variants):
+            notes.append(f"no {variant} rates are listed for this model: standard rates used")
+        return Rates(prices, model_id or model, variant, tuple(notes))
+
+    def override_for(self, provider: str, model: str, model_id: str | None, day: date) -> Override | None:
+        """The latest override in force on `day` for this model (by request name or catalogue id)."""
         best: Override | None = None
         for o in self.overrides:
-            if o.provider == provider and o.model == model and o.effective_from <= day:
+            if o.effective_from <= day and o.matches(provider, model, model_id):
                 if best is None or o.effective_from > best.effective_from:
                     best = o
-        return best.rates if best else None
+        return best
 
-    def price(self, provider: str, model: str | None, usage: Usage, at: datetime) -> PriceResult:
-        rates = self.rates(provider, model, at) if model else None
+    def price(
+        self, provider: str, model: str | None, usage: Usage, at: datetime, variant: str | None = None
+    ) -> PriceResult:
+        rates = self.rates(provider, model, at, variant or "standard") if model else None
         if rates is None:
             log.warning("no price for %s model %r: recorded as unpriced", provider, model)
-            return PriceResult(None, "unknown")
-        return compute(rates, usage)
+            return PriceResult(None, "unknown", catalogue=self.catalogue.version, overrides=self.overrides_label)
+        return replace(compute(rates, usage), catalogue=self.catalogue.version, overrides=self.overrides_label)

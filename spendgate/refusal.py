@@ -25,7 +25,13 @@ class Answer:
 
 
 def _usd(x: Decimal) -> str:
-    return f"${x:,.2f}"
+    return f"${x:,.2f}" if x >= Decimal("0.01") or x == 0 else f"${usd_plain(x)}"
+
+
+def usd_plain(x: Decimal) -> str:
+    """Dollars for headers: exact to the micro-dollar, no exponent, no trailing zeros."""
+    q = x.quantize(Decimal("0.000001")).normalize()
+    return format(q, "f") if q else "0"
 
 
 def increase_command(budget: Budget) -> str:
@@ -66,8 +72,8 @@ def over_budget(provider: str, budget: Budget, spent: Decimal, now: datetime) ->
         "retry-after": str(seconds_until(budget.end, now)),
         "x-spendgate-scope": budget.scope,
         "x-spendgate-window": budget.window,
-        "x-spendgate-limit-usd": f"{budget.limit:.2f}",
-        "x-spendgate-spent-usd": f"{spent:.2f}",
+        "x-spendgate-limit-usd": usd_plain(budget.limit),
+        "x-spendgate-spent-usd": usd_plain(spent),
         "x-spendgate-resets-at": budget.end.isoformat().replace("+00:00", "Z"),
     }
     return Answer(429, headers, error_body(provider, budget_message(budget, spent, now)))

@@ -27,8 +27,8 @@ LEDGER_FIELDS = (
     "ts", "request_id", "provider", "endpoint", "model", "user", "key_fingerprint", "client",
     "session_id", "stream", "status", "outcome", "estimated", "input_tokens", "cache_read_tokens",
     "cache_write_tokens", "cache_write_1h_tokens", "output_tokens", "reasoning_tokens",
-    "web_search_requests", "cost_usd", "price_source", "latency_ms", "ttft_ms", "identity_source",
-    "workspace", "note",
+    "web_search_requests", "cost_usd", "charged_usd", "price_source", "latency_ms", "ttft_ms",
+    "identity_source", "workspace", "note",
 )  # fmt: skip
 
 
@@ -120,6 +120,19 @@ QUERIES: dict[str, Any] = {
         cur, p.get("by") or "user", p.get("window") or None, _opt_time(p.get("since")), user=p.get("user")
     ),
 }
+
+
+def _dashboard_query(name: str) -> Any:
+    """A query from spendgate.dashboard, imported on first use (it builds on this module)."""
+    def run(cur: duckdb.DuckDBPyConnection, p: dict[str, Any]) -> Any:
+        from spendgate import dashboard
+
+        return dashboard.QUERIES[name](cur, p)
+
+    return run
+
+
+QUERIES.update({name: _dashboard_query(name) for name in ("overview", "series", "blocks", "unpriced")})
 
 
 def run_query(cur: duckdb.DuckDBPyConnection, name: str, params: dict[str, Any]) -> Any:

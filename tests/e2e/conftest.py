@@ -61,20 +61,13 @@ def gateway(gateway_factory) -> Gateway:
     return gateway_factory("gw").start()
 
 
-def _httpx_client(gw: Gateway, **kw):
-    import httpx2
-
-    kw.setdefault("timeout", 30.0)
-    return httpx2.Client(proxy=gw.proxy_url, verify=gw.client_ssl_context(), trust_env=False, **kw)
-
-
 @pytest.fixture
 def http_client(gateway):
     """Factory for raw httpx2 clients through the gateway (trusting mitmproxy's CA)."""
     clients = []
 
     def make(**kw):
-        c = _httpx_client(gateway, **kw)
+        c = gateway.http_client(**kw)
         clients.append(c)
         return c
 
@@ -90,7 +83,7 @@ def anthropic_client(gateway):
     clients = []
 
     def make(api_key: str = ANTHROPIC_KEY, max_retries: int = 0, **kw):
-        c = anthropic.Anthropic(api_key=api_key, http_client=_httpx_client(gateway), max_retries=max_retries, **kw)
+        c = anthropic.Anthropic(api_key=api_key, http_client=gateway.http_client(), max_retries=max_retries, **kw)
         clients.append(c)
         return c
 
@@ -106,7 +99,7 @@ def openai_client(gateway):
     clients = []
 
     def make(api_key: str = OPENAI_KEY, max_retries: int = 0, **kw):
-        c = openai.OpenAI(api_key=api_key, http_client=_httpx_client(gateway), max_retries=max_retries, **kw)
+        c = openai.OpenAI(api_key=api_key, http_client=gateway.http_client(), max_retries=max_retries, **kw)
         clients.append(c)
         return c
 

@@ -171,8 +171,8 @@ def test_anthropic_count_tokens(gateway, fake_provider, anthropic_client):
     # count_tokens is free: cost 0 whatever the gateway records as tokens
     check_row(row, provider="anthropic", endpoint="count_tokens", model="claude-sonnet-4-5", stream=False,
               usage=None, cost=0.0, raw_key=ANTHROPIC_KEY, client="anthropic-sdk")
-    assert row["output_tokens"] == 0
-    assert row["input_tokens"] in (0, 2345)
+    # counting is not consuming: no tokens are recorded as used
+    assert row["output_tokens"] == 0 and row["input_tokens"] == 0 and row["outcome"] == "ok"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -334,7 +334,7 @@ def test_models_list_is_unmetered(gateway, fake_provider, openai_client):
     row = only_row(gateway)
     assert row["outcome"] == "unmetered" and row["endpoint"] == "unmetered", row
     assert row["status"] == 200 and row["user"] == "tester", row
-    assert row["provider"] in ("openai", None), row
+    assert row["provider"] == "openai", row
     assert not row["cost_usd"], row
     assert row["key_fingerprint"] is None or (row["key_fingerprint"].startswith("sha256:")
                                               and OPENAI_KEY not in row["key_fingerprint"]), row
@@ -377,7 +377,9 @@ def test_anthropic_midstream_error_is_recorded(gateway, fake_provider, anthropic
     row = only_row(gateway)
     assert row["provider"] == "anthropic" and row["endpoint"] == "messages" and row["stream"] is True, row
     assert row["status"] == 200, row  # the HTTP status was 200; the error came inside the stream
-    assert row["outcome"] in ("upstream_error", "estimated", "interrupted"), row
+    # the provider consumed the prompt before failing: recorded, estimated, with the error named
+    assert row["outcome"] == "estimated" and row["estimated"] is True, row
+    assert row["note"] == "api_error", row  # the type the fake sends, as Anthropic does ("Overloaded")
     assert row["input_tokens"] == ANTHROPIC_USAGE["input_tokens"], row  # known from message_start
 
 
@@ -390,7 +392,7 @@ def test_openai_responses_midstream_error_is_recorded(gateway, fake_provider, op
             pass
     row = only_row(gateway)
     assert row["endpoint"] == "responses" and row["stream"] is True, row
-    assert row["outcome"] in ("upstream_error", "estimated", "interrupted"), row
+    assert row["outcome"] == "estimated" and row["note"], row
 
 
 @pytest.mark.parametrize("status", [429, 500])

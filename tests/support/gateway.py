@@ -90,6 +90,17 @@ class Gateway:
     def client_ssl_context(self) -> ssl.SSLContext:
         return ssl.create_default_context(cafile=self.ca_file)
 
+    def http_client(self, proxy: str | None = None, **kw):
+        """An httpx2 client (what the SDKs use) through this gateway, trusting its CA.
+
+        Explicit rather than HTTPS_PROXY / SSL_CERT_FILE: those are process-global and read when a
+        client is built, so setting them in-process would leak between tests.
+        """
+        import httpx2
+
+        kw.setdefault("timeout", 30.0)
+        return httpx2.Client(proxy=proxy or self.proxy_url, verify=self.client_ssl_context(), trust_env=False, **kw)
+
     def command(self) -> list[str]:
         return [
             self.mitmdump, "-s", str(ADDON),

@@ -1,0 +1,53 @@
+"""The dashboard on a virtual host through the proxy: http://spendgate.local/ (like mitm.it).
+
+An engineer whose client already uses the gateway as its proxy opens the dashboard without a
+token: the request is identified exactly like their provider traffic (proxy auth, client IP,
+local user, ...) and they see their own spend. Admins log in with a token for the org view.
+The app runs in a thread (asyncio.to_thread): DuckDB work never touches the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from mitmproxy import ctx, http
+
+from spendgate.adminapi import Caller
+from spendgate.policy import UNATTRIBUTED
+from spendgate.web import WebRequest
+
+log = logging.getLogger("spendgate")
+
+META = "spendgate.web"
+
+
+class DashboardHost:
+    def __init__(self, gate) -> None:
+        self.gate = gate  # the SpendGate addon, which owns the Gateway
+
+    def load(self, loader) -> None:
+        loader.add_option(
+            "spendgate_dashboard_host", str, "spendgate.local",
+            "host name that serves the dashboard through the proxy (plain http; empty: off)",
+        )  # fmt: skip
+
+    async def request(self, flow: http.HTTPFlow) -> None:
+        host = ctx.options.spendgate_dashboard_host
+        gw = self.gate.gateway
+        if not host or flow.response or flow.request.pretty_host.lower() != host.lower():
+            return
+        flow.metadata[META] = True
+        if gw is None:
+            flow.response = http.Response.make(503, b"spendgate is starting", {"Content-Type": "text/plain"})
+            return
+        req = flow.request
+        headers = {k.lower(): v for k, v in req.headers.items()}
+        auth = flow.metadata.get("proxyauth")
+        peer = flow.client_conn.peername[0] if flow.client_conn.peername else None
+        ident = gw.identify(headers, req.path.partition("?")[2], proxy_user=auth[0] if auth else None, client_ip=peer)
+        ambient = Caller(ident.user, admin=False) if ident.user != UNATTRIBUTED else None
+        headers.pop("proxy-authorization", None)
+        web_req = WebRequest(req.method, req.path, headers, req.raw_content or b"", ambient)
+        resp = await asyncio.to_thread(gw.web.handle, web_req)
+        flow.response = http.Response.make(resp.status, resp.body, resp.headers)

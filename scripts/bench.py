@@ -1,0 +1,810 @@
+"""spendgate next to plain mitmdump, in one run: latency, throughput, streams, admission, ledger, memory.
+
+    scripts/bench                 # the full run (about 3-5 minutes on 2 cores)
+    scripts/bench --smoke         # seconds: every figure, tiny sizes (what CI runs)
+    scripts/bench --out FILE      # JSON destination (default bench-results/bench-<time>.json)
+
+Both proxies are the same mitmdump binary with the same mode and options; spendgate adds only
+``-s addons/gateway.py``. They sit in front of the same fake provider (scripts/bench_upstream.py,
+its own process) through the e2e tests' upstream trick, so the load generator speaks HTTPS to
+the real provider hostname through each proxy. Scenarios alternate between the proxies round by
+round, so drift on a shared machine hits both. Plain mitmdump buffers SSE unless told to stream
+(mitmproxy#4469), so the streaming and memory floors use a second plain instance that streams
+bodies (``stream_large_bodies=1``): the floor is then a proxy that passes events on as they come.
+
+Only 127.0.0.1 is used; every wait is bounded; all processes started here are stopped here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import ssl
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import duckdb  # noqa: E402
+import yaml  # noqa: E402
+
+from spendgate.gateway import Gateway, Settings  # noqa: E402
+from spendgate.journal import Journal  # noqa: E402
+from spendgate.ledger import DuckDBLedger, LedgerRow, migrate  # noqa: E402
+from spendgate.policy import WINDOWS  # noqa: E402
+
+log = logging.getLogger("bench")
+
+BIN = Path(sys.executable).parent
+ADDON = ROOT / "addons" / "gateway.py"
+HOST = "api.anthropic.com"
+PATH = "/v1/messages?beta=true"
+BENCH_KEY = "sk-ant-bench-not-a-real-key-000000"  # fingerprinted by spendgate, never stored raw
+STEP_TIMEOUT = 120.0  # no single scenario may take longer than this
+
+
+# ---------------------------------------------------------------------------------------------
+# Sizes
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How much of everything to do; --smoke shrinks it to seconds."""
+
+    rounds: int = 3
+    c1_requests: int = 300  # per proxy per round
+    c10_requests: int = 60  # per connection per proxy per round
+    streams: int = 3  # 2,000-event streams per proxy per round
+    stream_events: int = 2000
+    event_gap_us: int = 300
+    bulk_bytes: int = 100 * 1024 * 1024
+    ledger_sizes: tuple[int, ...] = (0, 1_000_000, 10_000_000)
+    admit_calls: int = 5000
+    e2e_ledger_requests: int = 200
+    writer_rows: int = 200_000
+    warmup: int = 30
+
+
+SMOKE = Plan(rounds=1, c1_requests=15, c10_requests=3, streams=1, stream_events=50, event_gap_us=0,
+             bulk_bytes=2 * 1024 * 1024, ledger_sizes=(0, 10_000, 50_000), admit_calls=200,
+             e2e_ledger_requests=10, writer_rows=5_000, warmup=3)  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------
+# Statistics
+
+
+def pct(values: list[float], q: float) -> float:
+    """The q-quantile (0..1) by nearest rank; NaN for no values (reported, never hidden)."""
+    if not values:
+        return float("nan")
+    s = sorted(values)
+    return s[min(len(s) - 1, max(0, round(q * (len(s) - 1))))]
+
+
+def ratio(a: float, b: float) -> float:
+    return a / b if b else float("nan")
+
+
+def r3(x: float) -> float:
+    return round(x, 3)
+
+
+# ---------------------------------------------------------------------------------------------
+# Request bodies
+
+
+def agent_body(stream: bool, target: int = 100_000) -> bytes:
+    """A Claude Code-like /v1/messages body of about `target` bytes: system, tools, a long chat."""
+    tools = [{
+        "name": f"tool_{i}", "description": f"Tool number {i}: reads, edits or searches files in the workspace. " * 4,
+        "input_schema": {"type": "object", "properties": {
+            "path": {"type": "string", "description": "absolute path of the file"},
+            "pattern": {"type": "string", "description": "a regular expression"},
+            "limit": {"type": "integer", "description": "how many lines"}}, "required": ["path"]},
+    } for i in range(16)]  # fmt: skip
+    system = [{"type": "text", "text": "You are an interactive CLI tool that helps users with software engineering "
+                                       "tasks. " * 60, "cache_control": {"type": "ephemeral"}}]
+    body: dict[str, Any] = {"model": "claude-sonnet-4-5", "max_tokens": 32000, "system": system, "tools": tools,
+                            "metadata": {"user_id": "user_bench_account__session_0000"}, "messages": []}
+    i = 0
+    while len(json.dumps(body)) < target:
+        tid = f"toolu_{i:024d}"
+        body["messages"] += [
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": tid,
+                                          "content": "def handler(event):\n    return process(event)\n" * 12}]},
+            {"role": "assistant", "content": [
+                {"type": "text", "text": "Let me look at the next file to understand the flow."},
+                {"type": "tool_use", "id": tid, "name": "tool_3", "input": {"path": f"/src/app/module_{i}.py"}}]},
+        ]  # fmt: skip
+        i += 1
+    body["messages"].append({"role": "user", "content": "Now fix the failing test."})
+    if stream:
+        body["stream"] = True
+    return json.dumps(body).encode()
+
+
+def http_request(body: bytes, mode: str = "") -> bytes:
+    head = [f"POST {PATH} HTTP/1.1", f"host: {HOST}", "content-type: application/json",
+            f"x-api-key: {BENCH_KEY}", "anthropic-version: 2023-06-01", "user-agent: claude-cli/2.0.14 (external, cli)",
+            "x-claude-code-session-id: 5e1f0c1e-bench-4c3b-9d4e-000000000000", f"content-length: {len(body)}"]  # fmt: skip
+    if mode:
+        head.append(f"x-bench: {mode}")
+    return ("\r\n".join(head) + "\r\n\r\n").encode() + body
+
+
+# ---------------------------------------------------------------------------------------------
+# A lean HTTPS-through-proxy client (asyncio, keep-alive), so the load generator stays cheap
+
+
+class ProxyError(RuntimeError):
+    pass
+
+
+_STAMP = re.compile(rb"@(\d+)@")
+
+
+class Conn:
+    """One client connection: CONNECT through the proxy, TLS to the provider name, HTTP/1.1."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.r, self.w = reader, writer
+
+    @classmethod
+    async def open(cls, port: int, ctx: ssl.SSLContext) -> Conn:
+        r, w = await asyncio.open_connection("127.0.0.1", port, limit=1 << 20)
+        w.write(f"CONNECT {HOST}:443 HTTP/1.1\r\nhost: {HOST}:443\r\n\r\n".encode())
+        head = await r.readuntil(b"\r\n\r\n")
+        if b" 200 " not in head.split(b"\r\n", 1)[0]:
+            raise ProxyError(f"CONNECT refused: {head[:80]!r}")
+        await w.start_tls(ctx, server_hostname=HOST)
+        return cls(r, w)
+
+    async def exchange(self, request: bytes, on_chunk: Callable[[bytes, int], None] | None = None) -> int:
+        """Send one request, read the whole answer; `on_chunk(data, monotonic_ns)` sees the body."""
+        self.w.write(request)
+        head = await self.r.readuntil(b"\r\n\r\n")
+        status = int(head[9:12])
+        lower = head.lower()
+        if b"transfer-encoding: chunked" in lower:
+            while True:
+                size = int((await self.r.readuntil(b"\r\n")).split(b";")[0], 16)
+                data = await self.r.readexactly(size + 2)
+                if size == 0:
+                    break
+                if on_chunk:
+                    on_chunk(data, time.monotonic_ns())
+        else:
+            m = re.search(rb"content-length: *(\d+)", lower)
+            data = await self.r.readexactly(int(m.group(1))) if m else b""
+            if on_chunk and data:
+                on_chunk(data, time.monotonic_ns())
+        if status != 200:
+            raise ProxyError(f"HTTP {status}: {head[:200]!r}")
+        return status
+
+    def close(self) -> None:
+        self.w.close()
+
+
+def client_context(ca_file: Path) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(cafile=str(ca_file))
+    ctx.set_alpn_protocols(["http/1.1"])
+    return ctx
+
+
+async def run_requests(port: int, ctx: ssl.SSLContext, request: bytes, conns: int, per_conn: int,
+                       warmup: int) -> dict[str, float]:
+    """`conns` keep-alive connections, each sending `per_conn` requests back to back."""
+    clients = [await Conn.open(port, ctx) for _ in range(conns)]
+    try:
+        await asyncio.gather(*(c.exchange(request) for c in clients for _ in range(1)))
+        for _ in range(warmup):
+            await clients[0].exchange(request)
+        latencies: list[float] = []
+
+        async def worker(c: Conn) -> None:
+            for _ in range(per_conn):
+                t = time.perf_counter()
+                await c.exchange(request)
+                latencies.append(time.perf_counter() - t)
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker(c) for c in clients))
+        wall = time.perf_counter() - t0
+    finally:
+        for c in clients:
+            c.close()
+    return {"latencies": latencies, "wall": wall}
+
+
+async def run_stream(port: int, ctx: ssl.SSLContext, request: bytes) -> dict[str, Any]:
+    """One SSE stream: time to first event and each timed event's transit through the proxy."""
+    c = await Conn.open(port, ctx)
+    try:
+        await c.exchange(http_request(agent_body(False, 200)))  # warm the tunnel to upstream
+        first: list[int] = []
+        transits: list[int] = []
+        carry = bytearray()
+
+        def on_chunk(data: bytes, now: int) -> None:
+            if not first:
+                first.append(now)
+            buf = bytes(carry) + data
+            end = 0
+            for m in _STAMP.finditer(buf):
+                transits.append(now - int(m.group(1)))
+                end = m.end()
+            carry[:] = buf[end:][-64:]
+
+        sent = time.monotonic_ns()
+        await c.exchange(request, on_chunk)
+        done = time.monotonic_ns()
+    finally:
+        c.close()
+    return {"ttfe_ns": first[0] - sent, "transits_ns": transits, "total_ns": done - sent}
+
+
+async def run_bulk(port: int, ctx: ssl.SSLContext, pid: int, nbytes: int) -> dict[str, float]:
+    """Stream ~nbytes of SSE through the proxy, sampling its resident memory meanwhile."""
+    c = await Conn.open(port, ctx)
+    try:
+        await c.exchange(http_request(agent_body(False, 200)))
+        before = rss_mb(pid)
+        peak = [before]
+        got = [0]
+        stop = threading.Event()
+
+        def sample() -> None:
+            while not stop.wait(0.02):
+                peak[0] = max(peak[0], rss_mb(pid))
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+
+        def count(data: bytes, now: int) -> None:
+            got[0] += len(data)
+
+        t = time.perf_counter()
+        try:
+            await c.exchange(http_request(agent_body(True, 2000), f"bulk:{nbytes}"), count)
+        finally:
+            stop.set()
+            sampler.join(2)
+        wall = time.perf_counter() - t
+        peak[0] = max(peak[0], rss_mb(pid))
+    finally:
+        c.close()
+    return {"rss_before_mb": r3(before), "rss_peak_mb": r3(peak[0]), "growth_mb": r3(peak[0] - before),
+            "bytes": got[0], "mb_per_s": r3(got[0] / 1e6 / wall)}
+
+
+def rss_mb(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
+# ---------------------------------------------------------------------------------------------
+# Processes: the fake upstream and the proxies
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Upstream:
+    proc: subprocess.Popen
+    port: int
+    ca: Path
+
+    @classmethod
+    def start(cls, directory: Path) -> Upstream:
+        proc = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "bench_upstream.py"), str(directory)],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=str(ROOT))
+        line = proc.stdout.readline()  # the upstream prints its port first thing
+        if not line:
+            proc.kill()
+            raise ProxyError("bench upstream did not start")
+        info = json.loads(line)
+        return cls(proc, info["port"], Path(info["ca"]))
+
+    def stop(self) -> None:
+        stop_process(self.proc)
+
+
+def stop_process(proc: subprocess.Popen, timeout: float = 20.0) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+@dataclass
+class Proxy:
+    """One mitmdump, plain or with the spendgate addon, in front of the bench upstream."""
+
+    name: str
+    work: Path
+    upstream: Upstream
+    confdir: Path
+    addon: bool
+    ledger: Path | None = None
+    policy: Path | None = None
+    extra: list[str] = field(default_factory=list)
+    port: int = 0
+    proc: subprocess.Popen | None = None
+    ready_s: float = float("nan")
+
+    def command(self) -> list[str]:
+        cmd = [str(BIN / "mitmdump"), "--listen-host", "127.0.0.1", "-p", str(self.port),
+               "--set", f"confdir={self.confdir}", "--mode", f"upstream:http://127.0.0.1:{self.upstream.port}",
+               "--set", f"ssl_verify_upstream_trusted_ca={self.upstream.ca}", "--set", "flow_detail=0",
+               *self.extra]  # fmt: skip
+        if self.addon:
+            cmd += ["-s", str(ADDON), "--set", f"spendgate_db={self.ledger}", "--set", f"spendgate_policy={self.policy}",
+                    "--set", "spendgate_user=bench"]  # fmt: skip
+        return cmd
+
+    def start(self, ctx: ssl.SSLContext, timeout: float = 60.0) -> Proxy:
+        """Start and wait until a provider request goes through; `ready_s` is the time that took."""
+        self.port = free_port()
+        self.work.mkdir(parents=True, exist_ok=True)
+        logf = open(self.work / f"{self.name}.log", "ab")
+        t0 = time.perf_counter()
+        self.proc = subprocess.Popen(self.command(), stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                     cwd=str(self.work), env=_clean_env())
+        logf.close()
+        probe = http_request(agent_body(False, 300))
+        deadline = t0 + timeout
+        while time.perf_counter() < deadline:
+            if self.proc.poll() is not None:
+                raise ProxyError(f"{self.name}: mitmdump exited {self.proc.returncode}:\n{self.log_tail()}")
+            try:
+                asyncio.run(asyncio.wait_for(_probe(self.port, ctx, probe), 5))
+                self.ready_s = time.perf_counter() - t0
+                return self
+            except (OSError, ProxyError, asyncio.TimeoutError, asyncio.IncompleteReadError, ssl.SSLError):
+                time.sleep(0.01)
+        self.stop()
+        raise ProxyError(f"{self.name}: not ready after {timeout}s:\n{self.log_tail()}")
+
+    def stop(self) -> None:
+        if self.proc:
+            stop_process(self.proc)
+
+    def log_tail(self) -> str:
+        try:
+            return (self.work / f"{self.name}.log").read_text(errors="replace")[-3000:]
+        except OSError:
+            return ""
+
+
+async def _probe(port: int, ctx: ssl.SSLContext, request: bytes) -> None:
+    c = await Conn.open(port, ctx)
+    try:
+        await c.exchange(request)
+    finally:
+        c.close()
+
+
+def _clean_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k.lower() not in ("http_proxy", "https_proxy", "all_proxy")}
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def make_ca(confdir: Path) -> Path:
+    """Create mitmproxy's CA once, before any proxy starts, so parallel starts do not race on it."""
+    from mitmproxy.certs import CertStore
+
+    CertStore.from_store(confdir, "mitmproxy", 2048)
+    return confdir / "mitmproxy-ca-cert.pem"
+
+
+def generous_policy(src: Path, dst: Path) -> Path:
+    """The example policy with every budget raised to $1e9: nothing is refused mid-bench, yet
+    every request still runs the full budget check over the same set of budgets."""
+    data = yaml.safe_load(src.read_text())
+
+    def lift(node: Any) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                if k in WINDOWS and isinstance(v, int | float):
+                    node[k] = 1_000_000_000
+                else:
+                    lift(v)
+        elif isinstance(node, list):
+            for v in node:
+                lift(v)
+
+    for section in ("organization", "defaults", "workspaces", "users", "keys"):
+        lift(data.get(section))
+    dst.write_text(yaml.safe_dump(data, sort_keys=False))
+    return dst
+
+
+# ---------------------------------------------------------------------------------------------
+# Ledgers
+
+
+def make_ledger(path: Path, rows: int, days: int = 60, users: int = 500) -> float:
+    """A ledger with `rows` requests spread evenly over the last `days`, in time order (as the
+    gateway appends them), built by DuckDB itself in seconds. Returns the seconds it took."""
+    t = time.perf_counter()
+    path.unlink(missing_ok=True)
+    con = duckdb.connect(str(path))
+    try:
+        migrate(con)
+        if rows:
+            step_us = days * 86400 * 1_000_000 // rows
+            con.execute(f"""
+                INSERT INTO requests SELECT
+                  now() - to_microseconds(({rows} - 1 - i) * {step_us}), 'bench' || i,
+                  'anthropic', 'messages', 'claude-sonnet-4-5', 'user' || (i % {users}),
+                  'sha256:' || lpad(CAST(i % {users + 200} AS VARCHAR), 12, '0'), 'claude-code',
+                  'sess' || (i // 50), true, 200, 'ok', false,
+                  24000, 3000, 1000, 0, 450, 0, 0, 0.0123, 'genai-prices', 1234.5, 345.6, 'local_user',
+                  CASE WHEN i % 3 = 0 THEN 'platform' END, NULL, NULL, 100000, 2000, 0.0123
+                FROM range({rows}) t(i)""")  # fmt: skip
+    finally:
+        con.close()
+    return time.perf_counter() - t
+
+
+def sample_row(i: int = 0) -> LedgerRow:
+    return LedgerRow(
+        ts=datetime.now(UTC), request_id=f"bench{i:012d}", provider="anthropic", endpoint="messages",
+        model="claude-sonnet-4-5", user="bench", key_fingerprint="sha256:0123456789ab", client="claude-code",
+        session_id="5e1f0c1e-bench", stream=True, status=200, outcome="ok", estimated=False, input_tokens=24000,
+        cache_read_tokens=3000, cache_write_tokens=1000, cache_write_1h_tokens=0, output_tokens=450,
+        reasoning_tokens=0, web_search_requests=0, cost_usd=Decimal("0.0123"), price_source="genai-prices",
+        latency_ms=1234.5, ttft_ms=345.6, price_detail='{"lines": []}', bytes_in=100000, bytes_out=2000,
+        charged_usd=Decimal("0.0123"),
+    )  # fmt: skip
+
+
+def bench_writer(path: Path, rows: int) -> dict[str, float]:
+    """Rows per second DuckDBLedger's writer thread commits (append from this thread, then flush)."""
+    batch = [replace(sample_row(), request_id=f"w{i}") for i in range(rows)]
+    ledger = DuckDBLedger(path)
+    try:
+        t = time.perf_counter()
+        for row in batch:
+            ledger.append(row)
+        if not ledger.flush(STEP_TIMEOUT):
+            raise ProxyError("ledger writer did not drain")
+        wall = time.perf_counter() - t
+    finally:
+        ledger.close()
+    return {"rows": rows, "seconds": r3(wall), "rows_per_s": round(rows / wall)}
+
+
+def bench_admission(db: Path, policy: Path, calls: int) -> dict[str, float]:
+    """In process: the Gateway's start over this ledger, then the per-request costs.
+
+    begin = identity + parsing the 100 KB body; admit = Gateway.admit (estimate, budget check,
+    reservation journal); book = BudgetBook.admit alone (the in-memory counters)."""
+    t = time.perf_counter()
+    gw = Gateway(Settings(db=db, policy=policy, user="bench", admin_port=-1, reload_interval=0))
+    init = time.perf_counter() - t
+    headers = {"x-api-key": BENCH_KEY, "user-agent": "claude-cli/2.0.14 (external, cli)",
+               "content-type": "application/json"}  # fmt: skip
+    body = agent_body(False)
+    begins, admits, books = [], [], []
+    try:
+        exs = []
+        for _ in range(calls):
+            t = time.perf_counter_ns()
+            ex = gw.meter.begin(HOST, PATH, headers, body)
+            begins.append(time.perf_counter_ns() - t)
+            exs.append(ex)
+        for ex in exs:
+            t = time.perf_counter_ns()
+            answer = gw.admit(ex)
+            admits.append(time.perf_counter_ns() - t)
+            if answer is not None:
+                raise ProxyError(f"bench request refused: {answer.body[:200]!r}")
+        ident = exs[0].identity
+        for _ in range(calls):
+            t = time.perf_counter_ns()
+            d = gw.book.admit(ident, Decimal("0.01"))
+            books.append(time.perf_counter_ns() - t)
+            gw.book.settle(d.reservation, Decimal("0.01"))
+        for ex in exs:
+            gw.meter.finish(ex, None)
+        gw.meter.flush(STEP_TIMEOUT)
+    finally:
+        gw.close()
+        Journal.reset(gw.journal_path)  # everything was settled; leave nothing for the next start
+    us = 1000.0
+    return {"init_s": r3(init), "counters": len(gw.book.store.items()),
+            "begin_us_p50": r3(pct(begins, .5) / us), "admit_us_p50": r3(pct(admits, .5) / us),
+            "admit_us_p95": r3(pct(admits, .95) / us), "book_admit_us_p50": r3(pct(books, .5) / us),
+            "book_admit_us_p95": r3(pct(books, .95) / us)}  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------
+# The run
+
+
+class Bench:
+    def __init__(self, plan: Plan, work: Path) -> None:
+        self.plan = plan
+        self.work = work
+        self.confdir = work / "mitm"
+        self.ca = make_ca(self.confdir)
+        self.ctx = client_context(self.ca)
+        self.policy = generous_policy(ROOT / "policies" / "example.yaml", work / "bench-policy.yaml")
+        self.upstream = Upstream.start(work / "upstream")
+        self.proxies: list[Proxy] = []
+
+    def proxy(self, name: str, addon: bool, ledger: Path | None = None, extra: list[str] | None = None) -> Proxy:
+        p = Proxy(name, self.work / name, self.upstream, self.confdir, addon, ledger, self.policy, extra or [])
+        self.proxies.append(p)
+        return p.start(self.ctx)
+
+    def close(self) -> None:
+        for p in self.proxies:
+            p.stop()
+        self.upstream.stop()
+
+    def arun(self, coro: Awaitable) -> Any:
+        return asyncio.run(asyncio.wait_for(coro, STEP_TIMEOUT))
+
+    # -- scenarios --
+    def ledgers(self) -> dict[str, Any]:
+        """Admission and start-up over ledgers of growing size; ledger writer throughput."""
+        out: dict[str, Any] = {"sizes": {}}
+        for rows in self.plan.ledger_sizes:
+            db = self.work / f"ledger-{rows}.duckdb"
+            built = make_ledger(db, rows)
+            log.info("ledger of %s rows built in %.1fs", f"{rows:,}", built)
+            fig = bench_admission(db, self.policy, self.plan.admit_calls)
+            gw = self.proxy(f"spendgate-{rows}", True, db)
+            fig["ready_s"] = r3(gw.ready_s)
+            res = self.arun(run_requests(gw.port, self.ctx, http_request(agent_body(False)), 1,
+                                         self.plan.e2e_ledger_requests, self.plan.warmup))
+            fig["e2e_p50_ms"] = r3(pct(res["latencies"], .5) * 1000)
+            gw.stop()
+            out["sizes"][str(rows)] = fig
+        out["writer"] = bench_writer(self.work / "writer.duckdb", self.plan.writer_rows)
+        return out
+
+    def side_by_side(self) -> dict[str, Any]:
+        plan = self.plan
+        plain = self.proxy("plain", False)
+        plain_stream = self.proxy("plain-stream", False, extra=["--set", "stream_large_bodies=1"])
+        gw = self.proxy("spendgate", True, self.work / "side-by-side.duckdb")
+        out: dict[str, Any] = {"ready_s": {"plain": r3(plain.ready_s), "spendgate": r3(gw.ready_s)}}
+        req = http_request(agent_body(False))
+        sreq = http_request(agent_body(True), f"sse:{plan.stream_events}:{plan.event_gap_us}")
+        samples: dict[str, dict[str, list]] = {k: {"c1": [], "c1_wall": [], "c10": [], "c10_wall": [], "ttfe": [],
+                                                   "transit": [], "stream_total": []}
+                                               for k in ("plain", "spendgate")}  # fmt: skip
+        for rnd in range(plan.rounds):
+            order = [("plain", plain, plain_stream), ("spendgate", gw, gw)]
+            if rnd % 2:
+                order.reverse()  # ABBA: neither proxy always runs first
+            for name, p, ps in order:
+                s = samples[name]
+                r = self.arun(run_requests(p.port, self.ctx, req, 1, plan.c1_requests, plan.warmup))
+                s["c1"] += r["latencies"]
+                s["c1_wall"].append((len(r["latencies"]), r["wall"]))
+            for name, p, ps in order:
+                s = samples[name]
+                r = self.arun(run_requests(p.port, self.ctx, req, 10, plan.c10_requests, plan.warmup))
+                s["c10"] += r["latencies"]
+                s["c10_wall"].append((len(r["latencies"]), r["wall"]))
+            for _ in range(plan.streams):
+                for name, p, ps in order:
+                    st = self.arun(run_stream(ps.port, self.ctx, sreq))
+                    if len(st["transits_ns"]) != plan.stream_events:
+                        raise ProxyError(f"{name}: {len(st['transits_ns'])} of {plan.stream_events} events arrived")
+                    samples[name]["ttfe"].append(st["ttfe_ns"])
+                    samples[name]["transit"] += st["transits_ns"]
+                    samples[name]["stream_total"].append(st["total_ns"])
+            log.info("round %d/%d done", rnd + 1, plan.rounds)
+        memory = {name: self.arun(run_bulk(p.port, self.ctx, p.proc.pid, plan.bulk_bytes))
+                  for name, p in (("plain", plain_stream), ("spendgate", gw))}  # fmt: skip
+        for p in (plain, plain_stream, gw):
+            p.stop()
+        out.update(summarize(samples))
+        out["memory"] = {**memory, "ratio": {"growth_mb": r3(ratio(memory["spendgate"]["growth_mb"],
+                                                                   memory["plain"]["growth_mb"]))}}
+        return out
+
+
+def summarize(samples: dict[str, dict[str, list]]) -> dict[str, Any]:
+    """Percentiles per proxy and the spendgate / plain ratios."""
+    out: dict[str, Any] = {}
+    for conc in ("c1", "c10"):
+        fig = {}
+        for name, s in samples.items():
+            n = sum(k for k, _ in s[f"{conc}_wall"])
+            wall = sum(w for _, w in s[f"{conc}_wall"])
+            fig[name] = {"p50_ms": r3(pct(s[conc], .5) * 1000), "p95_ms": r3(pct(s[conc], .95) * 1000),
+                         "rps": round(n / wall, 1) if wall else float("nan"), "requests": n}  # fmt: skip
+        fig["ratio"] = {k: r3(ratio(fig["spendgate"][k], fig["plain"][k])) for k in ("p50_ms", "p95_ms", "rps")}
+        out[f"nonstream_{conc}"] = fig
+    st: dict[str, Any] = {}
+    for name, s in samples.items():
+        st[name] = {"ttfe_p50_ms": r3(pct(s["ttfe"], .5) / 1e6), "ttfe_p95_ms": r3(pct(s["ttfe"], .95) / 1e6),
+                    "event_transit_p50_us": r3(pct(s["transit"], .5) / 1e3),
+                    "event_transit_p95_us": r3(pct(s["transit"], .95) / 1e3),
+                    "stream_total_p50_ms": r3(pct(s["stream_total"], .5) / 1e6),
+                    "streams": len(s["ttfe"]), "events": len(s["transit"])}  # fmt: skip
+    st["ratio"] = {k: r3(ratio(st["spendgate"][k], st["plain"][k]))
+                   for k in ("ttfe_p50_ms", "event_transit_p50_us", "event_transit_p95_us")}
+    st["added_event_delay_p50_us"] = r3(st["spendgate"]["event_transit_p50_us"] - st["plain"]["event_transit_p50_us"])
+    st["added_event_delay_p95_us"] = r3(st["spendgate"]["event_transit_p95_us"] - st["plain"]["event_transit_p95_us"])
+    out["stream"] = st
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Targets and output
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    path: tuple[str, ...]
+    op: str  # "<=" or ">="
+    limit: float
+
+
+TARGETS = (
+    Target("latency p50 ratio, c=1", ("nonstream_c1", "ratio", "p50_ms"), "<=", 1.15),
+    Target("latency p50 ratio, c=10", ("nonstream_c10", "ratio", "p50_ms"), "<=", 1.10),
+    Target("throughput ratio, c=1", ("nonstream_c1", "ratio", "rps"), ">=", 0.90),
+    Target("throughput ratio, c=10", ("nonstream_c10", "ratio", "rps"), ">=", 0.90),
+    Target("time to first event ratio", ("stream", "ratio", "ttfe_p50_ms"), "<=", 1.05),
+    Target("budget check 10M / 0 rows (flat)", ("admission", "flat_ratio"), "<=", 1.25),
+    Target("ready with the largest ledger (s)", ("admission", "ready_largest_s"), "<=", 3.0),
+    Target("RSS growth, 100 MB stream (MB)", ("memory", "spendgate", "growth_mb"), "<=", 20.0),
+)
+
+
+def dig(d: dict, path: tuple[str, ...]) -> Any:
+    for k in path:
+        d = d.get(k) if isinstance(d, dict) else None
+    return d
+
+
+def check_targets(fig: dict[str, Any]) -> list[dict[str, Any]]:
+    out = []
+    for t in TARGETS:
+        v = dig(fig, t.path)
+        ok = isinstance(v, int | float) and v == v and (v <= t.limit if t.op == "<=" else v >= t.limit)
+        out.append({"name": t.name, "value": v, "op": t.op, "limit": t.limit, "holds": bool(ok)})
+    return out
+
+
+def print_report(result: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    f = result["figures"]
+    t = Table(title=f"spendgate vs plain mitmdump ({result['meta']['mode']} run, {result['meta']['cpus']} cores)",
+              header_style="bold")
+    for col in ("figure", "plain", "spendgate", "spendgate/plain"):
+        t.add_column(col, justify="left" if col == "figure" else "right")
+
+    def row(label: str, section: str, key: str, rkey: str | None = None) -> None:
+        s = f[section]
+        rv = s.get("ratio", {}).get(rkey or key)
+        t.add_row(label, f"{s['plain'][key]:,}", f"{s['spendgate'][key]:,}", "-" if rv is None else f"{rv:.3f}")
+
+    row("latency p50, c=1 (ms)", "nonstream_c1", "p50_ms")
+    row("latency p95, c=1 (ms)", "nonstream_c1", "p95_ms")
+    row("requests/s, c=1", "nonstream_c1", "rps")
+    row("latency p50, c=10 (ms)", "nonstream_c10", "p50_ms")
+    row("latency p95, c=10 (ms)", "nonstream_c10", "p95_ms")
+    row("requests/s, c=10", "nonstream_c10", "rps")
+    row("time to first event p50 (ms)", "stream", "ttfe_p50_ms")
+    row("event transit p50 (us)", "stream", "event_transit_p50_us")
+    row("event transit p95 (us)", "stream", "event_transit_p95_us")
+    row("RSS growth, bulk stream (MB)", "memory", "growth_mb")
+    row("bulk stream MB/s", "memory", "mb_per_s")
+    t.add_row("ready, empty ledger (s)", f"{f['ready_s']['plain']}", f"{f['ready_s']['spendgate']}", "")
+    console = Console()
+    console.print(t)
+
+    a = Table(title="admission and ledger (spendgate only)", header_style="bold")
+    for col in ("ledger rows", "start (s)", "ready (s)", "admit p50 (us)", "budget book p50 (us)",
+                "begin p50 (us)", "e2e p50 (ms)"):
+        a.add_column(col, justify="right")
+    for rows, s in f["admission"]["sizes"].items():
+        a.add_row(f"{int(rows):,}", f"{s['init_s']}", f"{s['ready_s']}", f"{s['admit_us_p50']}",
+                  f"{s['book_admit_us_p50']}", f"{s['begin_us_p50']}", f"{s['e2e_p50_ms']}")
+    console.print(a)
+    w = f["admission"]["writer"]
+    console.print(f"ledger writer: {w['rows_per_s']:,} rows/s ({w['rows']:,} rows in {w['seconds']} s); "
+                  f"added per-event delay p50 {f['stream']['added_event_delay_p50_us']} us")
+
+    g = Table(title="targets", header_style="bold")
+    for col in ("target", "value", "limit", "holds"):
+        g.add_column(col)
+    for tg in result["targets"]:
+        g.add_row(tg["name"], f"{tg['value']}", f"{tg['op']} {tg['limit']}", "yes" if tg["holds"] else "NO")
+    console.print(g)
+
+
+def run(plan: Plan, mode: str, out: Path, keep: bool) -> dict[str, Any]:
+    started = time.perf_counter()
+    work = Path(tempfile.mkdtemp(prefix="spendgate-bench-"))
+    bench = Bench(plan, work)
+    try:
+        admission = bench.ledgers()
+        sizes = admission["sizes"]
+        small, large = str(min(plan.ledger_sizes)), str(max(plan.ledger_sizes))
+        admission["flat_ratio"] = r3(ratio(sizes[large]["admit_us_p50"], sizes[small]["admit_us_p50"]))
+        admission["ready_largest_s"] = sizes[large]["ready_s"]
+        figures = bench.side_by_side()
+        figures["admission"] = admission
+    finally:
+        bench.close()
+        if not keep:
+            shutil.rmtree(work, ignore_errors=True)
+    import mitmproxy.version
+
+    result = {
+        "meta": {"mode": mode, "cpus": os.cpu_count(), "machine": platform.machine(), "python": platform.python_version(),
+                 "mitmproxy": mitmproxy.version.VERSION, "started": datetime.now(UTC).isoformat(timespec="seconds"),
+                 "seconds": r3(time.perf_counter() - started), "plan": plan.__dict__,
+                 "loadavg_end": os.getloadavg()},  # fmt: skip
+        "figures": figures,
+    }
+    result["targets"] = check_targets(figures)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="scripts/bench", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--smoke", action="store_true", help="tiny sizes: every figure in seconds (not for comparing)")
+    ap.add_argument("--out", type=Path, default=None, help="JSON file (default bench-results/bench-<time>.json)")
+    ap.add_argument("--keep", action="store_true", help="keep the work directory (logs, ledgers)")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="bench: %(message)s")
+    plan, mode = (SMOKE, "smoke") if args.smoke else (Plan(), "full")
+    out = args.out or ROOT / "bench-results" / f"bench-{datetime.now().strftime('%Y%m%d-%H%M%S')}.json"
+    result = run(plan, mode, out, args.keep)
+    print_report(result)
+    print(f"JSON: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
