@@ -19,6 +19,8 @@ from spendgate.source import default_db
 from spendgate.streams import EventDropper, StreamTap
 
 from dashboard_host import DashboardHost  # addons/ is on sys.path when mitmdump loads this script
+from opaque import OpaqueCounter  # addons/opaque.py: counts undecrypted connections to opaque AI hosts
+from access import Access  # addons/access.py: client networks, providers-only, identity echo
 
 log = logging.getLogger("spendgate")
 
@@ -194,4 +196,6 @@ def _existing(p: Path) -> Path | None:
 
 _gate = SpendGate()
 # the dashboard's virtual host runs first, so its requests never reach the metering hooks
-addons = [DashboardHost(_gate), _gate]
+# the opaque counter's done() runs before the gateway closes, so open tunnels are recorded too
+# access control first: refused clients and hosts never reach the other hooks
+addons = [Access(lambda: _gate.gateway), DashboardHost(_gate), OpaqueCounter(lambda: _gate.gateway), _gate]

@@ -31,22 +31,28 @@ MSG
 }
 
 # ensure_venv EXTRAS  -- create .venv if needed and install spendgate (editable) with EXTRAS.
+# The stamp remembers the pyproject.toml it installed and which extras, so running scripts/run after
+# scripts/test (or the other way round) does not reinstall anything.
 ensure_venv() {
-  local extras="${1:-}" spec="$ROOT" stamp
-  [ -n "$extras" ] && spec="$ROOT[$extras]"
-  stamp="$(cat "$ROOT/pyproject.toml" | sha256sum | cut -c1-16)-$extras"
+  local want="${1:-}" hash stamp have extras
+  hash="$(sha256sum "$ROOT/pyproject.toml" | cut -c1-16)"
   if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c 'import sys; sys.exit(sys.version_info < (3, 12))' 2>/dev/null; then
     local py; py="$(find_python)" || exit 1
     echo "spendgate: creating $VENV with $py" >&2
     rm -rf "$VENV"
     "$py" -m venv "$VENV"
   fi
-  if [ "$(cat "$VENV/.spendgate-stamp" 2>/dev/null)" != "$stamp" ]; then
-    echo "spendgate: installing dependencies into $VENV" >&2
-    "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null 2>&1 || true
-    "$VENV/bin/python" -m pip install -q -e "$spec" 2>&1 | grep -v '^WARNING: Location' >&2 || true
-    "$VENV/bin/python" -c 'import spendgate, mitmproxy, duckdb, genai_prices' \
-      || { echo "spendgate: installation failed (see above)" >&2; exit 1; }
-    echo "$stamp" > "$VENV/.spendgate-stamp"
+  stamp="$(cat "$VENV/.spendgate-stamp" 2>/dev/null || true)"
+  have=""
+  [ "${stamp%% *}" = "$hash" ] && have="${stamp#* }" && [ "$have" = "$stamp" ] && have=""
+  if [ "${stamp%% *}" = "$hash" ] && { [ -z "$want" ] || [[ ",$have," == *",$want,"* ]]; }; then
+    return 0
   fi
+  extras="$(printf '%s\n' ${have//,/ } $want | sort -u | paste -sd, -)"
+  echo "spendgate: installing dependencies into $VENV${extras:+ (extras: $extras)}" >&2
+  "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null 2>&1 || true
+  "$VENV/bin/python" -m pip install -q -e "$ROOT${extras:+[$extras]}" 2>&1 | grep -v '^WARNING: Location' >&2 || true
+  "$VENV/bin/python" -c 'import spendgate, mitmproxy, duckdb, genai_prices' \
+    || { echo "spendgate: installation failed (see above)" >&2; exit 1; }
+  echo "$hash ${extras}" > "$VENV/.spendgate-stamp"
 }

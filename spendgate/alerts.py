@@ -183,7 +183,7 @@ class AlertEngine:
             'SELECT scope, "window", window_start, kind, threshold FROM alerts_fired WHERE window_start >= ?',
             [now - timedelta(days=32)]).fetchall()
         with self._lock:
-            self._fired |= {(s, w, st.astimezone(UTC), k, Decimal(t).normalize()) for s, w, st, k, t in rows}
+            self._fired |= {(s, w, st.astimezone(UTC), k, Decimal(t)) for s, w, st, k, t in rows}
         return len(rows)
 
     def fired(self) -> set[FiredKey]:
@@ -197,7 +197,7 @@ class AlertEngine:
         fired = self.fired()
         for b in self.book.covering(identity, now):
             spent = self.book.store.get(b.key).spent
-            for c in crossings(b, spent, cfg, {(k[0], k[1], k[2], k[3], k[4].normalize()) for k in fired}, now):
+            for c in crossings(b, spent, cfg, fired, now):  # Decimal and aware datetimes hash by value
                 if self._persist(c, now):
                     out.append(c)
                     self._announce(c, now)
@@ -205,7 +205,7 @@ class AlertEngine:
 
     def _persist(self, c: Crossing, now: datetime) -> bool:
         """Insert the fired row first; a key that is already there means someone fired it before."""
-        key = (*c.key[:4], c.threshold.normalize())
+        key = c.key
         with self._lock:
             if key in self._fired:
                 return False

@@ -380,3 +380,14 @@ class Approvals:
                      "until": iso(until), "scope": g.scope, "window": g.window, "grant_id": g.id},
             scope=g.scope, ref=rid,
         ))
+
+
+def attach_grants(book: BudgetBook, cur: duckdb.DuckDBPyConnection) -> GrantBook:
+    """Offline readers (`spendgate budgets` without a gateway): count recorded grants in the limits."""
+    grants = GrantBook()
+    try:
+        grants.load(cur)
+    except duckdb.CatalogException:  # a ledger from before grants existed
+        pass
+    book.grants = grants.total
+    return grants

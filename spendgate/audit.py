@@ -8,12 +8,14 @@ sequence (`seq`), so the order of steps is the order they happened in this proce
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import duckdb
@@ -116,3 +118,30 @@ def summary(row: dict[str, Any]) -> str:
             f" ({d.get('error')})" if d.get("error") else ""
         )
     return json.dumps(d)
+
+
+def record_rejected_start(db: Path, policy_path: Path, problems: str) -> bool:
+    """A gateway refusing to start on a bad policy still leaves its paper trail (if the file is free)."""
+    from spendgate.ledger import LedgerLocked, connect, migrate
+
+    try:
+        text = policy_path.read_text()
+        sha = hashlib.sha256(text.encode()).hexdigest()
+    except OSError:
+        sha = None
+    try:
+        db.parent.mkdir(parents=True, exist_ok=True)
+        con = connect(db)
+    except (LedgerLocked, OSError, duckdb.Error) as e:
+        log.warning("spendgate: cannot record the rejected policy in the audit trail: %s", e)
+        return False
+    try:
+        migrate(con)
+        AuditLog(lambda: con).append("policy_rejected", process_actor(),
+                                     detail=policy_detail(str(policy_path), sha, "start", problems))
+        return True
+    except duckdb.Error as e:
+        log.warning("spendgate: cannot record the rejected policy in the audit trail: %s", e)
+        return False
+    finally:
+        con.close()

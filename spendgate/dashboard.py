@@ -211,6 +211,13 @@ def export_bytes(cur: duckdb.DuckDBPyConnection, params: dict[str, Any]) -> byte
         return path.read_bytes()
 
 
+def download(cur: duckdb.DuckDBPyConnection, name: str, params: dict[str, Any]) -> bytes:
+    """Files a Source can fetch by name (only `export` so far)."""
+    if name != "export":
+        raise KeyError(f"unknown download {name!r}")
+    return export_bytes(cur, params)
+
+
 def _opt_time(v: Any) -> datetime | None:
     return reports.parse_time(v) if isinstance(v, str) and v else (v or None)
 

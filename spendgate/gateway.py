@@ -18,17 +18,21 @@ from pathlib import Path
 
 import duckdb
 
-from spendgate import dashboard, refusal, reports, web
+from spendgate import audit, dashboard, refusal, reports, reprice, web
 from spendgate.adminapi import AdminServer, Caller, discovery_path
 from spendgate.budgets import BudgetBook
 from spendgate.identity import Identity, resolve
 from spendgate.journal import Journal
 from spendgate.ledger import DuckDBLedger, LedgerLocked, LedgerRow, write_rows
 from spendgate.metering import CHARS_PER_TOKEN, Exchange, Meter
+from spendgate import reconcile
+from spendgate.opaque import OpaqueRecorder
+from spendgate.plans import PlanCharger
 from spendgate.policy import UNATTRIBUTED, Policy, PolicyError, load
 from spendgate.pricing import MTOK, Pricer, PricingError, compute
 from spendgate.usage import Usage
 from spendgate.windows import WINDOWS, bounds
+from spendgate.workflow import Workflow
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +107,12 @@ class Gateway:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.policy, self.pricer = self.check(settings)
+        try:
+            self.policy, self.pricer = self.check(settings)
+        except GatewayError as e:
+            if isinstance(e.__context__, PolicyError):  # every policy load is audited, rejected ones too
+                audit.record_rejected_start(settings.db, settings.policy, str(e.__context__))
+            raise
         for w in self.policy.warnings:
             log.warning("%s", w.render(str(settings.policy)))
         try:
@@ -117,11 +126,18 @@ class Gateway:
         self._recover_interrupted()
         self.journal = Journal(self.journal_path)
         rebuild_counters(self.ledger.cursor(), self.book, datetime.now(UTC))
+        self.plan_charger = PlanCharger()  # seat plans the policy says count against budgets
+        self.plan_charger.apply(self.policy, self.book.store, datetime.now(UTC))
+        self.opaque = OpaqueRecorder(self.ledger.cursor)  # undecrypted AI connections (addons/opaque.py)
+        # alerts, sinks, increase requests, grants (BudgetBook.grants) and the audit trail
+        self.workflow = Workflow(self.policy, self.book, self.ledger.cursor)
+        self.workflow.policy_loaded(self.policy, "start")
         self.meter = Meter(self.pricer, self.ledger, self.identify)
         self.meter.listeners.append(self._charge)
         self.admin: AdminServer | None = None
         if settings.admin_port >= 0:
-            self.admin = AdminServer(self.api_routes(), port=settings.admin_port).start()
+            self.admin = AdminServer(self.api_routes(), port=settings.admin_port,
+                                     post_routes=self.api_post_routes()).start()
             self.admin.write_discovery(discovery_path(settings.db))
         self.web = web.for_gateway(self)  # the dashboard: for browsers, the proxy's virtual host and the CLI
         if self.admin:
@@ -193,10 +209,14 @@ class Gateway:
         d = ex.extra.get("decision")
         if d is None or d.remaining is None:
             return {}
-        return {
+        headers = {
             "x-spendgate-remaining-usd": refusal.usd_plain(max(d.remaining, Decimal(0))),
             "x-spendgate-resets-at": d.resets_at.isoformat().replace("+00:00", "Z"),
         }
+        warning = self.workflow.warning(d)  # past an alert threshold: one line naming the command to run
+        if warning:
+            headers["x-spendgate-warning"] = warning
+        return headers
 
     @staticmethod
     def _journal_record(ex: Exchange) -> dict:
@@ -219,6 +239,7 @@ class Gateway:
             row.charged_usd = res.amount
         if res is not None:
             self.book.settle(res, row.charged_usd or Decimal(0))
+            self.workflow.after_charge(ex.identity)  # tiered alerts and projected overrun
 
     def _written(self, rows: list[LedgerRow]) -> None:
         """Ledger writer thread: rows are committed, so their reservations are settled for good."""
@@ -259,6 +280,7 @@ class Gateway:
         path = self.settings.policy
         last = self.policy.sha256
         while not self._stop.wait(self.settings.reload_interval):
+            self.plan_charger.apply(self.policy, self.book.store, datetime.now(UTC))  # a new day's seats
             try:
                 text = path.read_text()
             except OSError as e:
@@ -275,9 +297,13 @@ class Gateway:
             policy = load(self.settings.policy)
         except PolicyError as e:
             log.error("spendgate: policy edit rejected, keeping the last good policy:\n%s", e)
+            self.workflow.policy_rejected(str(self.settings.policy), _read_or_none(self.settings.policy), str(e),
+                                          "file change")
             return False
         self.policy = policy
         self.book.policy = policy
+        self.plan_charger.apply(policy, self.book.store, datetime.now(UTC))
+        self.workflow.policy_loaded(policy, "file change")
         log.info("spendgate: policy reloaded from %s (sha256 %s)", self.settings.policy, policy.sha256[:12])
         return True
 
@@ -293,14 +319,33 @@ class Gateway:
         routes["/api/budgets"] = lambda params, caller: dashboard.visible_budgets(
             self.book.status(), None if caller.admin else dashboard.own_scopes(self.policy, caller.name)
         )
+        routes.update(self.workflow.get_routes())  # /api/requests, /api/audit, /api/grants
+        routes.update(reconcile.gateway_routes(self))  # GET /api/reconcile/*
+        return routes
+
+    def api_post_routes(self) -> dict:
+        """Admin API routes that change state (POST)."""
+        routes: dict = {}
+        routes.update(reprice.gateway_post_routes(self))  # POST /api/reprice
+        routes.update(reconcile.gateway_post_routes(self))  # POST /api/reconcile/import
+        routes.update(self.workflow.post_routes())  # POST /api/request, /api/approve, /api/deny
         return routes
 
     def close(self) -> None:
         """Record what is in flight, drain every queue, release the file. Nothing is lost."""
         self._stop.set()
         self.meter.close()
+        self.opaque.close()  # undecrypted connections recorded so far
+        self.workflow.close()  # last alerts and deliveries, recorded before the file is released
         self.ledger.close()
         self.journal.close()
         if self.admin:
             self.admin.stop()
             discovery_path(self.settings.db).unlink(missing_ok=True)
+
+
+def _read_or_none(path: Path) -> str | None:
+    try:
+        return path.read_text()
+    except OSError:
+        return None

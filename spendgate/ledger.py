@@ -183,6 +183,46 @@ MIGRATIONS: list[tuple[int, str]] = [
         );
         """,
     ),
+    (
+        4,
+        # reconciliation (spendgate/reconcile/): provider billing lines, upserted by natural key;
+        # opaque clients (spendgate/opaque.py): one row per undecrypted connection to an AI host
+        """
+        CREATE TABLE IF NOT EXISTS billing_lines (
+            line_id VARCHAR PRIMARY KEY,
+            provider VARCHAR NOT NULL,
+            source VARCHAR NOT NULL,
+            kind VARCHAR NOT NULL,
+            day DATE NOT NULL,
+            bucket_start TIMESTAMPTZ NOT NULL,
+            amount_usd DECIMAL(20, 10),
+            model VARCHAR,
+            workspace VARCHAR,
+            api_key VARCHAR,
+            description VARCHAR,
+            input_tokens BIGINT NOT NULL,
+            cache_read_tokens BIGINT NOT NULL,
+            cache_write_tokens BIGINT NOT NULL,
+            output_tokens BIGINT NOT NULL,
+            requests BIGINT,
+            imported_at TIMESTAMPTZ NOT NULL
+        );
+        CREATE TABLE IF NOT EXISTS opaque_connections (
+            ts TIMESTAMPTZ NOT NULL,
+            ended_at TIMESTAMPTZ NOT NULL,
+            host VARCHAR NOT NULL,
+            port INTEGER NOT NULL,
+            "user" VARCHAR NOT NULL,
+            identity_source VARCHAR NOT NULL,
+            workspace VARCHAR,
+            client VARCHAR NOT NULL,
+            bytes_up BIGINT NOT NULL,
+            bytes_down BIGINT NOT NULL,
+            duration_ms DOUBLE NOT NULL,
+            outcome VARCHAR NOT NULL
+        );
+        """,
+    ),
 ]
 
 

@@ -466,3 +466,47 @@ class Pricer:
             log.warning("no price for %s model %r: recorded as unpriced", provider, model)
             return PriceResult(None, "unknown", catalogue=self.catalogue.version, overrides=self.overrides_label)
         return replace(compute(rates, usage), catalogue=self.catalogue.version, overrides=self.overrides_label)
+
+
+# --- audits ----------------------------------------------------------------------------------
+
+
+def _flat(prices: dict[str, Price]) -> dict[str, Decimal]:
+    out: dict[str, Decimal] = {}
+    for k, p in prices.items():
+        if p.base >= 0:
+            out[k] = p.base
+        for start, v in p.tiers:
+            out[f"{k} >{start}"] = v
+    return out
+
+
+def compare_overrides(pricer: Pricer, today: date | None = None) -> list[dict[str, Any]]:
+    """Each override rate next to the catalogue's rate for the same model, variant and day.
+
+    status: "differs" (a contracted rate or a correction: check it is still meant), "catalogue
+    lacks" (the override adds what the catalogue does not list), "same" (redundant now: the
+    catalogue caught up, the override can go).
+    """
+    today = today or datetime.now(UTC).date()
+    out: list[dict[str, Any]] = []
+    for o in pricer.overrides:
+        day = max(o.effective_from, today)  # the rate in force now, or when the override starts
+        at = datetime(day.year, day.month, day.day, 12, tzinfo=UTC)
+        sets = [("standard", o.prices.rates), *o.prices.variants.items()]
+        for variant, mine in sets:
+            found = catalogue_rates(pricer.catalogue, o.provider, o.model, at, variant)
+            if found is None:
+                out.append({"provider": o.provider, "model": o.model, "effective_from": o.effective_from.isoformat(),
+                            "variant": variant, "field": "(model)", "override": "listed", "catalogue": None,
+                            "status": "catalogue lacks"})  # fmt: skip
+                continue
+            theirs = _flat(found[2] if variant != "standard" else found[1])  # a variant: only what it lists
+            for fld, value in _flat(mine).items():
+                cat = theirs.get(fld)
+                status = "catalogue lacks" if cat is None else ("same" if cat == value else "differs")
+                out.append({"provider": o.provider, "model": o.model, "catalogue_id": found[0],
+                            "effective_from": o.effective_from.isoformat(), "variant": variant, "field": fld,
+                            "override": str(value), "catalogue": None if cat is None else str(cat),
+                            "status": status})  # fmt: skip
+    return out

@@ -135,6 +135,23 @@ def _dashboard_query(name: str) -> Any:
 QUERIES.update({name: _dashboard_query(name) for name in ("overview", "series", "blocks", "unpriced")})
 
 
+def _price_request(cur: duckdb.DuckDBPyConnection, p: dict[str, Any]) -> Any:
+    """One row with its price detail and re-pricing history, for `spendgate explain`."""
+    from spendgate import reprice
+
+    return reprice.request_row(cur, str(p.get("request_id") or ""))
+
+
+def _price_check(cur: duckdb.DuckDBPyConnection, p: dict[str, Any]) -> Any:
+    """Unpriced models and fallback-charged rows, for `spendgate prices check`."""
+    from spendgate import reprice
+
+    return reprice.unpriced_report(cur, _opt_time(p.get("since")))
+
+
+QUERIES.update({"price_request": _price_request, "price_check": _price_check})
+
+
 def run_query(cur: duckdb.DuckDBPyConnection, name: str, params: dict[str, Any]) -> Any:
     fn = QUERIES.get(name)
     if fn is None:

@@ -258,3 +258,47 @@ def unpriced_report(cur: duckdb.DuckDBPyConnection, since: datetime | None = Non
     for r in missing:
         r["input_tokens"], r["output_tokens"] = int(r["input_tokens"] or 0), int(r["output_tokens"] or 0)
     return {"unpriced_models": missing, "fallback_charged": fallback}
+
+
+# --- the running gateway's side ---------------------------------------------------------------
+
+
+def gateway_post_routes(gw: Any) -> dict[str, Callable[[dict[str, Any], Any], Any]]:
+    """Admin API routes for a running `spendgate.gateway.Gateway` (it holds the ledger file).
+
+    POST /api/reprice {since, until?, dry_run?}: prices are re-read from the gateway's pricing
+    files; unless dry_run, the gateway switches to them for new requests too, rows are updated,
+    and the in-memory budget counters move by each row's charge delta.
+    """
+    import threading
+
+    from spendgate.adminapi import ApiError
+    from spendgate.pricing import PricingError
+    from spendgate.reports import parse_time
+
+    lock = threading.Lock()  # one re-pricing at a time
+
+    def reprice(params: dict[str, Any], caller: Any) -> Any:
+        if not caller.admin:
+            raise ApiError(403, "re-pricing is for administrators")
+        if not params.get("since"):
+            raise ValueError("since is required (an ISO 8601 date or time)")
+        since = parse_time(str(params["since"]))
+        until = parse_time(str(params["until"])) if params.get("until") else None
+        dry_run = str(params.get("dry_run", True)).lower() in ("1", "true", "yes")
+        try:
+            pricer = Pricer(gw.settings.pricing)
+        except PricingError as e:
+            raise ApiError(422, f"the gateway's pricing files are invalid, nothing changed:\n{e}") from None
+        from spendgate.gateway import charge_scopes
+
+        with lock:
+            if not dry_run:  # new requests take the new prices from now on
+                gw.pricer = pricer
+                gw.meter.pricer = pricer
+            return run(
+                gw.ledger.cursor(), pricer, since, until, dry_run=dry_run,
+                on_applied=lambda ch: adjust_counters(gw.book, ch, datetime.now(UTC), charge_scopes),
+            )  # fmt: skip
+
+    return {"/api/reprice": reprice}

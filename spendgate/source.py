@@ -49,6 +49,10 @@ class Source:
     def post(self, name: str, **params: Any) -> Any:
         return self._call(name, params, "POST")
 
+    def download(self, name: str, **params: Any) -> bytes:
+        """A file the source builds (e.g. `export`), as bytes, from the file or the gateway alike."""
+        return self._call(name, {k: v for k, v in params.items() if v is not None}, "RAW")
+
 
 def _gateway_call(db: Path) -> tuple[Callable[[str, dict[str, Any], str], Any], str] | None:
     disc = discovery_path(db)
@@ -61,6 +65,8 @@ def _gateway_call(db: Path) -> tuple[Callable[[str, dict[str, Any], str], Any], 
     def call(name: str, params: dict[str, Any], method: str) -> Any:
         data = None
         target = f"{url}/api/{name}"
+        raw = method == "RAW"
+        method = "GET" if raw else method
         if method == "GET":
             target += "?" + urlencode({k: str(v) for k, v in params.items()})
         else:
@@ -70,8 +76,8 @@ def _gateway_call(db: Path) -> tuple[Callable[[str, dict[str, Any], str], Any], 
         if data:
             req.add_header("Content-Type", "application/json")
         try:
-            with urllib.request.urlopen(req, timeout=30) as resp:
-                return json.loads(resp.read())
+            with urllib.request.urlopen(req, timeout=300 if raw else 30) as resp:
+                return resp.read() if raw else json.loads(resp.read())
         except urllib.error.HTTPError as e:
             try:
                 msg = json.loads(e.read()).get("error", str(e))
@@ -104,6 +110,10 @@ def open_source(db: Path, *, write: bool = False) -> Source:
         migrate(con)
 
     def local(name: str, params: dict[str, Any], method: str) -> Any:
+        if method == "RAW":
+            from spendgate import dashboard
+
+            return dashboard.download(con, name, params)
         return reports.run_query(con, name, params)
 
     return Source(local, f"file {db}")

@@ -9,6 +9,7 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
+from spendgate.approvals import attach_grants
 from spendgate.budgets import BudgetBook
 from spendgate.cli.output import add_db_arg, add_json_arg, console, print_json, source, table
 from spendgate.gateway import REPO, rebuild_counters
@@ -68,6 +69,7 @@ def offline_status(db: Path, policy_path: Path) -> list[dict]:
     if db.exists():
         con = connect(db, read_only=True)
         rebuild_counters(con, book, datetime.now(UTC))
+        attach_grants(book, con)  # approved increases (spendgate approve) count in the limits
         con.close()
     return book.status()
 
@@ -87,6 +89,7 @@ def cmd_budgets(args: argparse.Namespace) -> int:
     if args.json:
         print_json(rows)
         return 0
-    cols = ["scope", "window", "limit_usd", "spent_usd", "reserved_usd", "remaining_usd", "resets_at", "until"]
-    table("Budgets", rows, cols, money=["limit_usd", "spent_usd", "reserved_usd", "remaining_usd"])
+    cols = ["scope", "window", "limit_usd", "granted_usd", "spent_usd", "reserved_usd", "remaining_usd", "resets_at",
+            "until"]
+    table("Budgets", rows, cols, money=["limit_usd", "granted_usd", "spent_usd", "reserved_usd", "remaining_usd"])
     return 0

@@ -52,6 +52,9 @@ SELF_SERVICE = frozenset(
     {"/api/whoami", "/api/overview", "/api/series", "/api/ledger", "/api/spend", "/api/blocks",
      "/api/unpriced", "/api/budgets", "/api/export", "/api/requests"}
 )  # fmt: skip
+# self-service routes whose handlers may not honour `user`: rows are filtered on this field for
+# engineers who are not approvers (approvers see what they may decide on)
+ROW_OWNER = {"/api/requests": "requester"}
 SECURITY_HEADERS = {
     "Cache-Control": "no-store",
     "X-Content-Type-Options": "nosniff",
@@ -217,7 +220,11 @@ class WebApp:
             raise ApiError(404, f"no such endpoint {path}")
         if path in self.raw_routes and req.method == "GET":
             return self.raw_routes[path](params, caller)
-        return json_response(200, handler(params, caller))
+        result = handler(params, caller)
+        owner = ROW_OWNER.get(path)
+        if owner and req.method == "GET" and not caller.admin and not self.is_approver(caller) and isinstance(result, list):
+            result = [r for r in result if isinstance(r, dict) and r.get(owner) == caller.name]
+        return json_response(200, result)
 
     def whoami(self, caller: Caller) -> dict[str, Any]:
         return {

@@ -1,0 +1,226 @@
+"""`spendgate request | approve | deny | requests | audit`: the way up from a budget cap, on paper.
+
+While a gateway holds the ledger, every command goes through its authenticated admin API (the
+CLI sends its OS user as the person acting, with the owner-only token). Without a gateway, the
+same workflow code runs here against the file, with the policy given by --policy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from spendgate import audit
+from spendgate.approvals import ApprovalError, list_requests
+from spendgate.budgets import BudgetBook
+from spendgate.cli.budget_cmds import default_policy
+from spendgate.cli.output import add_db_arg, add_json_arg, console, print_json, table
+from spendgate.identity import local_user
+from spendgate.ledger import LedgerLocked, connect, migrate
+from spendgate.policy import PolicyError, load
+from spendgate.reports import parse_time
+from spendgate.source import SourceError, _gateway_call, default_db
+from spendgate.windows import WINDOWS
+
+Call = Callable[[str, dict[str, Any], str], Any]
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("request", help="ask for more budget: recorded, sent to approvers, audited")
+    p.add_argument("--amount", required=True, help="USD to add to the budget")
+    p.add_argument("--window", required=True, choices=WINDOWS)
+    p.add_argument("--scope", help="budget to raise (default: user:<you>), e.g. user:alice@acme.com, workspace:core")
+    p.add_argument("--reason", required=True, help="why (approvers and the audit trail see it)")
+    _common(p)
+    p.set_defaults(func=cmd_request)
+
+    p = sub.add_parser("approve", help="approve a pending request: the grant applies at once")
+    p.add_argument("id")
+    p.add_argument("--amount", help="USD to grant (default: what was asked)")
+    p.add_argument("--until", help="ISO 8601 expiry (default: the end of the current window)")
+    p.add_argument("--note", help="a note for the audit trail")
+    _common(p)
+    p.set_defaults(func=cmd_approve)
+
+    p = sub.add_parser("deny", help="deny a pending request (the requester is told why)")
+    p.add_argument("id")
+    p.add_argument("--reason", required=True)
+    _common(p)
+    p.set_defaults(func=cmd_deny)
+
+    p = sub.add_parser("requests", help="budget-increase requests and their decisions")
+    p.add_argument("--status", choices=["pending", "approved", "auto_approved", "denied", "all"], default="all")
+    _common(p)
+    p.set_defaults(func=cmd_requests)
+
+    p = sub.add_parser("audit", help="the append-only audit trail: requests, decisions, grants, alerts, policy loads")
+    p.add_argument("--since", help="only entries at or after this ISO 8601 time")
+    _common(p)
+    p.set_defaults(func=cmd_audit)
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--policy", type=Path, help="policy for offline decisions, when no gateway runs (default: the example)")
+    add_db_arg(p)
+    add_json_arg(p)
+
+
+# -- where the work happens: the running gateway, or the file here --
+def _gateway(db: Path) -> Call:
+    gw = _gateway_call(db)
+    if gw is None:
+        raise SourceError(f"{db} is locked by another process and no gateway discovery file was found")
+    return gw[0]
+
+
+@contextmanager
+def _offline_workflow(db: Path, policy_path: Path) -> Iterator[Any]:
+    """A Workflow over the file (no gateway): same rules, notices delivered before we exit."""
+    from spendgate.gateway import rebuild_counters
+    from spendgate.workflow import Workflow
+
+    try:
+        policy = load(policy_path)
+    except PolicyError as e:
+        raise SourceError(f"invalid policy:\n{e}") from None
+    con = connect(db)
+    try:
+        migrate(con)
+        book = BudgetBook(policy)
+        rebuild_counters(con, book, datetime.now(UTC))
+        wf = Workflow(policy, book, con.cursor, housekeeping_interval=0)
+        try:
+            yield wf
+        finally:
+            if not wf.dispatcher.flush(30):
+                console.print("spendgate: some notifications are still failing; recorded as failed", style="yellow")
+            wf.close(grace=0)
+    finally:
+        con.close()
+
+
+def _write(args: argparse.Namespace, action: str, params: dict[str, Any]) -> dict[str, Any]:
+    """Run request/approve/deny as the OS user, on the gateway if one holds the file."""
+    db = args.db or default_db()
+    actor = local_user()
+    if not db.exists():
+        raise SourceError(f"no ledger at {db} (start the gateway with scripts/run, or pass --db)")
+    try:
+        con = connect(db)
+    except LedgerLocked:
+        return _gateway(db)(action, {**params, "actor": actor}, "POST")
+    con.close()
+    with _offline_workflow(db, args.policy or default_policy()) as wf:
+        a = wf.approvals
+        if action == "request":
+            return a.request(actor, params["scope"] or f"user:{actor}", params["window"], params["amount"],
+                             params["reason"])
+        if action == "approve":
+            return a.approve(params["id"], actor, params.get("amount"), params.get("until"), params.get("note"))
+        return a.deny(params["id"], actor, params["reason"])
+
+
+def _read(args: argparse.Namespace, name: str, params: dict[str, Any], local: Callable[[Any], Any]) -> Any:
+    db = args.db or default_db()
+    if not db.exists():
+        raise SourceError(f"no ledger at {db} (start the gateway with scripts/run, or pass --db)")
+    try:
+        con = connect(db, read_only=True)
+    except LedgerLocked:
+        return _gateway(db)(name, {k: v for k, v in params.items() if v is not None}, "GET")
+    try:
+        return local(con)
+    except Exception as e:  # a ledger older than the audit tables
+        if "does not exist" in str(e):
+            return []
+        raise
+    finally:
+        con.close()
+
+
+def _refusal(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """Refusals (not an approver, already decided, bad amount) exit 1 with the reason on stderr."""
+
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return fn(args)
+        except ApprovalError as e:
+            print(f"spendgate: {e}", file=sys.stderr)
+            return 1
+        except SourceError as e:
+            if str(e).startswith("gateway answered 4"):
+                print(f"spendgate: {str(e).split(': ', 1)[-1]}", file=sys.stderr)
+                return 1
+            raise
+
+    return run
+
+
+def _say(args: argparse.Namespace, req: dict[str, Any], lead: str) -> None:
+    if args.json:
+        print_json(req)
+        return
+    console.print(lead, highlight=False)
+
+
+# -- commands --
+@_refusal
+def cmd_request(args: argparse.Namespace) -> int:
+    req = _write(args, "request", {"scope": args.scope, "window": args.window, "amount": args.amount,
+                                   "reason": args.reason})
+    rid, amount = req["id"], req["amount_usd"]
+    if req["status"] == "pending":
+        lead = (f"request {rid}: +${amount:,.2f} on the {req['window']} budget of {req['scope']} is pending "
+                f"(spent so far ${req['spent_usd'] or 0:,.2f} of ${req['limit_usd']:,.2f}). Approvers have been "
+                f"notified; one of them runs: spendgate approve {rid}")
+    else:
+        lead = (f"request {rid}: {req['status'].replace('_', ' ')} by {req['decided_by']}: +${req['granted_usd']:,.2f} "
+                f"until {req['until']}; it applies now")
+    _say(args, req, lead)
+    return 0
+
+
+@_refusal
+def cmd_approve(args: argparse.Namespace) -> int:
+    req = _write(args, "approve", {"id": args.id, "amount": args.amount, "until": args.until, "note": args.note})
+    _say(args, req, f"request {req['id']} approved: +${req['granted_usd']:,.2f} on the {req['window']} budget of "
+                    f"{req['scope']} until {req['until']}; it applies now")
+    return 0
+
+
+@_refusal
+def cmd_deny(args: argparse.Namespace) -> int:
+    req = _write(args, "deny", {"id": args.id, "reason": args.reason})
+    _say(args, req, f"request {req['id']} denied; {req['requester']} is told why")
+    return 0
+
+
+def cmd_requests(args: argparse.Namespace) -> int:
+    status = None if args.status == "all" else args.status
+    rows = _read(args, "requests", {"status": status}, lambda con: list_requests(con, status))
+    if args.json:
+        print_json(rows)
+        return 0
+    for r in rows:
+        r["ts"] = (r["ts"] or "")[:16].replace("T", " ")
+    cols = ["id", "ts", "requester", "scope", "window", "amount_usd", "status", "decided_by", "granted_usd", "until",
+            "reason"]
+    table(f"Budget-increase requests ({args.status})", rows, cols, money=["amount_usd", "granted_usd"])
+    return 0
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    since = parse_time(args.since) if args.since else None
+    rows = _read(args, "audit", {"since": args.since}, lambda con: audit.rows(con, since))
+    if args.json:
+        print_json(rows)
+        return 0
+    view = [{"seq": r["seq"], "ts": r["ts"][:19].replace("T", " "), "event": r["event"], "actor": r["actor"],
+             "scope": r["scope"], "ref": r["ref"], "what": audit.summary(r)} for r in rows]
+    table("Audit trail", view, ["seq", "ts", "event", "actor", "scope", "ref", "what"])
+    return 0

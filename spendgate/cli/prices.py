@@ -1,0 +1,373 @@
+"""`spendgate prices update|diff|check|reprice|show` and `spendgate explain REQUEST_ID`.
+
+Prices are a reviewed input, not a constant: updates print what changed and write only with
+--yes; re-pricing keeps the previous cost in an audit table; any cost can be explained line by
+line from what its row stored.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from genai_prices.update_prices import DEFAULT_UPDATE_URL
+
+from spendgate import pricing_catalogue as pc
+from spendgate import reprice
+from spendgate.cli.output import add_db_arg, add_json_arg, console, print_json, source, table
+from spendgate.ledger import LedgerLocked, connect, migrate
+from spendgate.pricing import VARIANTS, Pricer, PricingError, compare_overrides
+from spendgate.reports import parse_time
+from spendgate.source import SourceError, default_db, open_source
+from spendgate.usage import Usage
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def default_pricing_dir() -> Path:
+    """SPENDGATE_PRICING_DIR, else pricing/ in the source checkout (what the gateway uses)."""
+    if env := os.environ.get("SPENDGATE_PRICING_DIR"):
+        return Path(env)
+    return REPO / "pricing" if (REPO / "pyproject.toml").exists() else Path.cwd() / "pricing"
+
+
+def _add_pricing_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--pricing-dir", type=Path, default=None,
+                   help="folder with overrides.yaml and catalogue.json (default: pricing/ or $SPENDGATE_PRICING_DIR)")  # fmt: skip
+
+
+def _pricing_dir(args: argparse.Namespace) -> Path:
+    return args.pricing_dir or default_pricing_dir()
+
+
+def _pricer(folder: Path) -> Pricer:
+    overrides = folder / "overrides.yaml"
+    try:
+        return Pricer(overrides if overrides.exists() else None, catalogue_dir=folder)
+    except PricingError as e:
+        raise SourceError(f"invalid pricing files:\n{e}") from None
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("prices", help="the price catalogue, overrides, audits and re-pricing")
+    psub = p.add_subparsers(dest="prices_command", required=True, metavar="ACTION")
+
+    for name, helptext in (
+        ("update", "load a newer genai-prices catalogue, show what changed, pin it with --yes"),
+        ("diff", "show what a catalogue would change against the pinned one (writes nothing)"),
+    ):
+        q = psub.add_parser(name, help=helptext)
+        q.add_argument("--from", dest="source", default=DEFAULT_UPDATE_URL,
+                       help="a file, an http(s) URL (genai-prices data format), or 'bundled' for the data inside "
+                            "the installed genai-prices package (default: the upstream data.json)")  # fmt: skip
+        if name == "update":
+            q.add_argument("--yes", action="store_true", help="write the new catalogue (otherwise only show the diff)")
+        _add_pricing_arg(q)
+        add_json_arg(q)
+        q.set_defaults(func=cmd_update if name == "update" else cmd_diff)
+
+    q = psub.add_parser("check", help="unpriced models, fallback-charged rows, overrides that disagree with the catalogue")
+    q.add_argument("--since", help="only ledger rows at or after this ISO 8601 time")
+    q.add_argument("--strict", action="store_true", help="exit 1 when models lack a price or rows were charged a fallback")
+    add_db_arg(q)
+    _add_pricing_arg(q)
+    add_json_arg(q)
+    q.set_defaults(func=cmd_check)
+
+    q = psub.add_parser("reprice", help="recompute costs from stored usage with the current prices")
+    q.add_argument("--since", required=True, help="first request time to re-price (ISO 8601)")
+    q.add_argument("--until", help="re-price requests before this time (ISO 8601)")
+    q.add_argument("--dry-run", action="store_true", help="show the change per user and model, write nothing")
+    add_db_arg(q)
+    _add_pricing_arg(q)
+    add_json_arg(q)
+    q.set_defaults(func=cmd_reprice)
+
+    q = psub.add_parser("show", help="the rates of one model on one day, with the source of each")
+    q.add_argument("model")
+    q.add_argument("--provider", choices=("anthropic", "openai", "gemini"), help="default: guessed from the name")
+    q.add_argument("--at", help="date or time (default: now)")
+    q.add_argument("--variant", choices=VARIANTS, default="standard")
+    _add_pricing_arg(q)
+    add_json_arg(q)
+    q.set_defaults(func=cmd_show)
+
+    p = sub.add_parser("explain", help="how the cost of one request was calculated, line by line")
+    p.add_argument("request_id", help="a request id from `spendgate ledger` (a unique prefix works)")
+    add_db_arg(p)
+    add_json_arg(p)
+    p.set_defaults(func=cmd_explain)
+
+
+# --- update / diff ---------------------------------------------------------------------------
+
+
+def _candidate(src: str) -> tuple[str, pc.Catalogue]:
+    if src == "bundled":
+        text = pc.dumps(pc.providers_to_raw(pc.bundled().providers))
+        return pc.prepare(text, "bundled genai-prices data")
+    try:
+        text = pc.fetch(src)
+    except (OSError, UnicodeDecodeError) as e:
+        raise SourceError(f"cannot read {src}: {e}") from None
+    try:
+        return pc.prepare(text, src)
+    except pc.CatalogueError as e:
+        raise SourceError(str(e)) from None
+
+
+def _pinned(folder: Path) -> pc.Catalogue:
+    try:
+        return pc.load(folder)
+    except (pc.CatalogueError, OSError) as e:
+        raise SourceError(f"the pinned catalogue is unreadable: {e}") from None
+
+
+def _show_changes(changes: list[pc.Change], old: pc.Catalogue, new: pc.Catalogue) -> None:
+    console.print(f"pinned:    {old.version}\ncandidate: {new.version}")
+    if not changes:
+        console.print("[green]No price changes[/] for the models spendgate meters.")
+        return
+    rows = [c.as_dict() for c in changes]
+    table(f"{len(changes)} price changes (USD per MTok; web searches and requests per 1,000)", rows,
+          ["provider", "model", "field", "old", "new", "effective"])  # fmt: skip
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    folder = _pricing_dir(args)
+    old = _pinned(folder)
+    _, new = _candidate(args.source)
+    changes = pc.diff(old, new)
+    if args.json:
+        print_json({"pinned": old.version, "candidate": new.version, "changes": [c.as_dict() for c in changes]})
+    else:
+        _show_changes(changes, old, new)
+    return 0
+
+
+def cmd_update(args: argparse.Namespace) -> int:
+    folder = _pricing_dir(args)
+    old = _pinned(folder)
+    text, new = _candidate(args.source)
+    changes = pc.diff(old, new)
+    same_file = old.sha256 == new.sha256
+    written = None
+    if args.yes and not same_file:
+        label = f"genai-prices {pc.genai_prices.__version__} (bundled package data)" if args.source == "bundled" else args.source
+        written = pc.write(folder, text, label, old.version)
+    if args.json:
+        print_json({"pinned": old.version, "candidate": new.version, "changes": [c.as_dict() for c in changes],
+                    "written": written})  # fmt: skip
+        return 0
+    _show_changes(changes, old, new)
+    if same_file:
+        console.print("The pinned catalogue is already this version; nothing to write.")
+    elif written:
+        console.print(f"[bold]Pinned[/] {written['version']} in {folder / pc.CATALOGUE_FILE} (lock: {pc.LOCK_FILE}).")
+        console.print("New requests use it once the gateway reloads its prices (restart it, or run "
+                      "`spendgate prices reprice --since ...`, which also switches it). Past rows keep their cost "
+                      "until re-priced.")  # fmt: skip
+    else:
+        console.print("Nothing written: review the changes, then run again with [bold]--yes[/].")
+    return 0
+
+
+# --- check -----------------------------------------------------------------------------------
+
+
+def _ledger_check(args: argparse.Namespace) -> dict[str, Any] | None:
+    db = args.db or default_db()
+    if not db.exists() and not (db.parent / (db.name + ".gateway.json")).exists():
+        return None
+    return source(args).query("price_check", since=args.since)
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    pricer = _pricer(_pricing_dir(args))
+    overrides = compare_overrides(pricer)
+    ledger = _ledger_check(args)
+    result = {"price_version": pricer.version, "overrides": overrides, **(ledger or {"unpriced_models": [],
+                                                                                    "fallback_charged": []})}
+    problems = len(result["unpriced_models"]) + len(result["fallback_charged"])
+    if args.json:
+        print_json(result)
+        return 1 if args.strict and problems else 0
+    console.print(f"prices: {pricer.version}")
+    if ledger is None:
+        console.print("(no ledger found: only the overrides were checked)")
+    if result["unpriced_models"]:
+        table("Models seen without a price (recorded as unpriced; add an override or update the catalogue)",
+              result["unpriced_models"], ["provider", "model", "requests", "input_tokens", "output_tokens",
+                                          "first_seen", "last_seen"])  # fmt: skip
+    elif ledger is not None:
+        console.print("[green]Every model in the ledger has a price.[/]")
+    if result["fallback_charged"]:
+        table("Rows charged a fallback rate (budgets counted charged_usd; cost_usd is unknown)",
+              result["fallback_charged"], ["provider", "model", "outcome", "requests", "charged_usd"],
+              money=["charged_usd"])  # fmt: skip
+    elif ledger is not None:
+        console.print("[green]No rows were charged a fallback rate.[/]")
+    if overrides:
+        table("Overrides against the catalogue", overrides,
+              ["provider", "model", "variant", "effective_from", "field", "override", "catalogue", "status"])
+    else:
+        console.print("No overrides.")
+    return 1 if args.strict and problems else 0
+
+
+# --- reprice ---------------------------------------------------------------------------------
+
+
+def cmd_reprice(args: argparse.Namespace) -> int:
+    try:
+        since = parse_time(args.since)
+        until = parse_time(args.until) if args.until else None
+    except ValueError as e:
+        raise SourceError(f"not an ISO 8601 time: {e}") from None
+    db = args.db or default_db()
+    if not db.exists():
+        raise SourceError(f"no ledger at {db}")
+    try:
+        con = connect(db)
+    except LedgerLocked:
+        con = None
+    if con is not None:  # nobody holds the file: re-price it here, with our pricing files
+        try:
+            migrate(con)
+            result = reprice.run(con, _pricer(_pricing_dir(args)), since, until, dry_run=args.dry_run)
+        finally:
+            con.close()
+        where = f"file {db}"
+    else:  # a gateway holds it: it re-prices with its pricing files and moves its budget counters
+        src = open_source(db)
+        result = src.post("reprice", since=since.isoformat(), until=until.isoformat() if until else None,
+                          dry_run=args.dry_run)  # fmt: skip
+        where = src.where
+    if args.json:
+        print_json({**result, "where": where})
+        return 0
+    verb = "Would change" if args.dry_run else "Changed"
+    console.print(f"prices: {result['price_version']} ({where})")
+    console.print(f"{verb} {result['changed']:,} of {result['examined']:,} requests since {args.since}; "
+                  f"budget charges move by ${result['delta_usd']:+,.6f}")  # fmt: skip
+    if result["by_user_model"]:
+        table("Change per user and model", result["by_user_model"],
+              ["user", "model", "requests", "old_usd", "new_usd", "delta_usd"],
+              money=["old_usd", "new_usd", "delta_usd"])  # fmt: skip
+    if result["run_id"]:
+        console.print(f"Previous costs kept in price_audit (run {result['run_id']}).")
+    return 0
+
+
+# --- show ------------------------------------------------------------------------------------
+
+
+def _guess_provider(model: str) -> str:
+    m = model.lower()
+    if "claude" in m:
+        return "anthropic"
+    if "gemini" in m or "gemma" in m:
+        return "gemini"
+    return "openai"
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    pricer = _pricer(_pricing_dir(args))
+    at = parse_time(args.at) if args.at else datetime.now(UTC)
+    provider = args.provider or _guess_provider(args.model)
+    rates = pricer.rates(provider, args.model, at, args.variant)
+    if rates is None:
+        print(f"spendgate: no price for {provider} model {args.model!r} on {at.date()}: requests are recorded as "
+              "unpriced (see `spendgate prices check`)", file=sys.stderr)  # fmt: skip
+        return 1
+    if args.json:
+        print_json({"provider": provider, "at": at.isoformat(), **rates.as_dict()})
+        return 0
+    rows = []
+    for name, p in rates.prices.items():
+        tiers = ", ".join(f">{s:,}: {v}" for s, v in p.tiers)
+        rows.append({"rate": name, "base": str(p.base), "tiers (cliff)": tiers or "-", "source": p.source})
+    table(f"{provider} {args.model} (catalogue id {rates.model_id}), {args.variant}, {at.date()}", rows,
+          ["rate", "base", "tiers (cliff)", "source"])  # fmt: skip
+    for n in rates.notes:
+        console.print(f"note: {n}")
+    return 0
+
+
+# --- explain ---------------------------------------------------------------------------------
+
+
+def _money(v: Any) -> str:
+    return "-" if v is None else f"${Decimal(str(v)):,.6f}"
+
+
+def explain_lines(row: dict[str, Any]) -> list[str]:
+    """The calculation as text, from what the row stored (pure: tested directly)."""
+    out = [
+        f"request {row['request_id']}  {row['ts']}",
+        f"  {row['user']} via {row['client']}: {row['provider']} {row['endpoint']} model {row.get('model') or '?'}",
+        f"  outcome {row['outcome']}{' (estimated usage)' if row.get('estimated') else ''}"
+        + (f"; note: {row['note']}" if row.get("note") else ""),
+    ]
+    usage = Usage(**{k: int(row.get(k) or 0) for k in Usage.__dataclass_fields__})
+    out.append(
+        f"  usage: input {usage.input_tokens:,} (uncached {usage.uncached_input_tokens:,}, cache read "
+        f"{usage.cache_read_tokens:,}, cache write 5m {usage.cache_write_5m_tokens:,}, 1h "
+        f"{usage.cache_write_1h_tokens:,}); output {usage.output_tokens:,} (reasoning {usage.reasoning_tokens:,}); "
+        f"web searches {usage.web_search_requests:,}"
+    )
+    detail = json.loads(row["price_detail"]) if row.get("price_detail") else None
+    if not detail:
+        if row["outcome"] == "unpriced":
+            out.append(f"  no price was known for this model, so cost is unknown (never $0); budgets were charged "
+                       f"{_money(row.get('charged_usd'))} (the policy's unpriced fallback)")  # fmt: skip
+        else:
+            out.append(f"  not priced: {row['price_source']}; cost {_money(row.get('cost_usd'))}, "
+                       f"budgets charged {_money(row.get('charged_usd'))}")  # fmt: skip
+    else:
+        tier = detail.get("tier_above_input_tokens")
+        n = detail.get("input_tokens_for_tier", usage.input_tokens)
+        out.append(f"  priced as {detail.get('model_id')} ({detail.get('variant', 'standard')})")
+        out.append(f"  tier: all input {n:,} tokens " + (f"> {tier:,}: every token takes the >{tier:,} tier rate"
+                                                          if tier else "is below every tier threshold: base rates"))  # fmt: skip
+        total = Decimal(0)
+        for ln in detail["lines"]:
+            qty, rate, per, cost = ln["quantity"], Decimal(ln["rate"]), Decimal(ln["per"]), Decimal(ln["cost"])
+            total += cost
+            unit = f"tokens x ${rate.normalize():f}/MTok" if per == 1_000_000 else f"x ${rate.normalize():f} each"
+            tier_note = f", tier >{ln['tier_above']:,}" if ln.get("tier_above") else ""
+            out.append(f"    {ln['label']:<30} {qty:>12,} {unit:<24} = {_money(cost):>14}   "
+                       f"[{ln['rate_name']}{tier_note}; {ln.get('source', detail.get('source'))}]")  # fmt: skip
+        out.append(f"    {'total':<30} {'':>12} {'':<24} = {_money(total):>14}")
+        if row.get("cost_usd") is not None and abs(Decimal(str(row["cost_usd"])) - total) > Decimal("0.0000001"):
+            out.append(f"  WARNING: the stored cost {_money(row['cost_usd'])} differs from these lines")
+        out.append(f"  ledger: cost {_money(row.get('cost_usd'))}, budgets charged {_money(row.get('charged_usd'))}")
+        for note in detail.get("notes") or []:
+            out.append(f"  note: {note}")
+        out.append(f"  price version: catalogue {detail.get('catalogue') or '?'}"
+                   + (f"; overrides {detail['overrides']}" if detail.get("overrides") else "; no overrides file"))
+    for h in row.get("reprice_history") or []:
+        out.append(f"  re-priced {h['at']} (run {h['run_id']}): {_money(h['old_cost_usd'])} -> "
+                   f"{_money(h['new_cost_usd'])} [was {h['old_price_source']}]")  # fmt: skip
+    return out
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    row = source(args).query("price_request", request_id=args.request_id)
+    if row is None:
+        print(f"spendgate: no request {args.request_id!r} in the ledger", file=sys.stderr)
+        return 1
+    if args.json:
+        if row.get("price_detail"):
+            row["price_detail"] = json.loads(row["price_detail"])
+        print_json(row)
+        return 0
+    for line in explain_lines(row):
+        console.print(line, highlight=False, markup=False)
+    return 0

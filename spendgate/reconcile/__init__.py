@@ -1,0 +1,119 @@
+"""Account for spend that never passes the gateway: provider billing, seat plans, opaque clients.
+
+`formats` reads the providers' billing reports, `fetch` gets them from the admin APIs, `store`
+upserts them into the ledger file, `report` compares metered with billed. `queries` below are the
+read side shared by the CLI (file open locally) and the gateway's admin API (file held by it):
+the same function answers both ways, with the policy that applies.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from typing import Any
+
+import duckdb
+
+from spendgate import opaque, plans
+from spendgate.policy import Policy
+from spendgate.reconcile import store
+from spendgate.reconcile.report import IdMap, parse_day, reconcile
+
+
+def _since_day(params: dict[str, Any]) -> date | None:
+    return parse_day(params.get("since") or None)
+
+
+def report_query(cur: duckdb.DuckDBPyConnection, params: dict[str, Any], policy: Policy | None) -> dict[str, Any]:
+    return reconcile(
+        cur, since=_since_day(params), until=parse_day(params.get("until") or None), by=params.get("by") or "day",
+        ids=IdMap.from_policy(policy.raw if policy else None),
+        tolerance_pct=Decimal(str(params.get("tolerance") or 2)), min_usd=Decimal(str(params.get("min_usd") or "0.01")),
+    )  # fmt: skip
+
+
+def plan_period(params: dict[str, Any], today: date | None = None) -> tuple[date, date]:
+    """[first, last] days for plan proration: --since (default: this month's first day) to today."""
+    today = today or datetime.now(UTC).date()
+    first = _since_day(params) or today.replace(day=1)
+    last = parse_day(params.get("until") or None) or today
+    return first, last
+
+
+def plans_query(cur: duckdb.DuckDBPyConnection, params: dict[str, Any], policy: Policy | None) -> dict[str, Any]:
+    if policy is None:
+        return {"first": None, "last": None, "rows": []}
+    first, last = plan_period(params)
+    rows = plans.plan_spend(policy, first, last, by=params.get("by") or "user")
+    return {"first": first.isoformat(), "last": last.isoformat(), "rows": rows}
+
+
+def opaque_query(cur: duckdb.DuckDBPyConnection, params: dict[str, Any], policy: Policy | None) -> list[dict]:
+    since = params.get("since") or None
+    start = datetime.combine(parse_day(since), datetime.min.time(), UTC) if since else None
+    return opaque.summary(cur, by=params.get("by") or "user", since=start, user=params.get("user") or None)
+
+
+def spend_extras(cur: duckdb.DuckDBPyConnection, params: dict[str, Any], policy: Policy | None) -> dict[str, Any]:
+    """What `spendgate spend` shows beside metered spend: plans, opaque clients, billed vs metered."""
+    by = params.get("by") or "user"
+    out: dict[str, Any] = {"plans": plans_query(cur, {**params, "by": by if by in ("user", "workspace") else "plan"},
+                                                policy)}  # fmt: skip
+    out["opaque"] = opaque_query(cur, {**params, "by": by}, policy) if by in opaque.GROUPS else []
+    out["reconciliation"] = report_query(cur, {"since": params.get("since")}, policy)["totals"]
+    return out
+
+
+QUERIES = {
+    "reconcile/report": report_query,
+    "reconcile/plans": plans_query,
+    "reconcile/opaque": opaque_query,
+    "reconcile/spend_extras": spend_extras,
+}
+
+
+def run(cur: duckdb.DuckDBPyConnection, name: str, params: dict[str, Any], policy: Policy | None) -> Any:
+    return QUERIES[name](cur, params, policy)
+
+
+def import_lines(cur: duckdb.DuckDBPyConnection, params: dict[str, Any]) -> dict[str, int]:
+    lines = params.get("lines")
+    if not isinstance(lines, list):
+        raise ValueError("body must be {\"lines\": [...]} as sent by `spendgate reconcile import`")
+    return store.import_json_lines(cur, lines)
+
+
+# --- the gateway's admin API -------------------------------------------------------------------
+
+
+def _admin_only(caller: Any) -> None:
+    from spendgate.adminapi import ApiError
+
+    if not getattr(caller, "admin", False):
+        raise ApiError(403, "reconciliation is organization-wide: admin token required")
+
+
+def gateway_routes(gw: Any) -> dict[str, Any]:
+    """GET /api/reconcile/{report,plans,opaque,spend_extras}, answered with the gateway's policy."""
+
+    def route(name: str):
+        def handler(params: dict[str, Any], caller: Any) -> Any:
+            _admin_only(caller)
+            return run(gw.ledger.cursor(), name, params, gw.policy)
+
+        return handler
+
+    return {f"/api/{name}": route(name) for name in QUERIES}
+
+
+def gateway_post_routes(gw: Any) -> dict[str, Any]:
+    """POST /api/reconcile/import {"lines": [...]}: billing lines written by the file's holder."""
+
+    def handler(params: dict[str, Any], caller: Any) -> Any:
+        _admin_only(caller)
+        return import_lines(gw.ledger.cursor(), params)
+
+    return {"/api/reconcile/import": handler}
+
+
+__all__ = ["QUERIES", "gateway_post_routes", "gateway_routes", "import_lines", "run"]

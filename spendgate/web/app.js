@@ -1,0 +1,161 @@
+// spendgate dashboard: fetches the gateway's JSON API (same origin) and draws it.
+// Login: a token in the URL fragment (#token=...) is exchanged once for an HttpOnly session
+// cookie and removed from the address bar; the fragment never reaches a server or a log.
+"use strict";
+
+const { barChart, hbars, donut, budgetBars, table, usd, h } = window.Charts;
+const REFRESH_MS = 5000;
+let state = { me: null, res: "minute", window: "month", overview: null };
+
+const $ = (id) => document.getElementById(id);
+
+async function api(path, opts) {
+  const resp = await fetch(path, Object.assign({ credentials: "same-origin" }, opts || {}));
+  if (resp.status === 401) throw Object.assign(new Error("unauthorized"), { status: 401 });
+  const body = await resp.json().catch(() => ({}));
+  if (!resp.ok) throw Object.assign(new Error(body.error || `HTTP ${resp.status}`), { status: resp.status });
+  return body;
+}
+
+async function exchangeFragmentToken() {
+  const m = /(?:^#|&)token=([^&]+)/.exec(location.hash);
+  if (!m) return;
+  history.replaceState(null, "", location.pathname + location.search);
+  try {
+    await api("/login", { method: "POST", headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ token: decodeURIComponent(m[1]) }) });
+  } catch (e) {
+    $("login-error").textContent = "That token was not accepted.";
+  }
+}
+
+function fmtTime(res) {
+  return (iso) => {
+    const d = new Date(iso);
+    const p = (n) => String(n).padStart(2, "0");
+    if (res === "day") return `${d.getUTCMonth() + 1}/${d.getUTCDate()}`;
+    return `${p(d.getUTCHours())}:${p(d.getUTCMinutes())}`;
+  };
+}
+
+function pill(v) { return h("span", { class: `pill ${v}` }, v); }
+const money = (v) => (v === null || v === undefined ? "–" : usd(v));
+const when = (v) => String(v || "").slice(0, 19).replace("T", " ");
+
+function renderKpis(totals) {
+  for (const el of document.querySelectorAll(".kpi")) {
+    const t = totals[el.dataset.window];
+    el.querySelector(".value").textContent = usd(t.cost_usd, 2);
+    el.querySelector(".sub").textContent =
+      `${t.requests.toLocaleString()} requests` + (t.blocked ? ` · ${t.blocked} blocked` : "") +
+      (Math.abs(t.charged_usd - t.cost_usd) > 0.005 ? ` · charged ${usd(t.charged_usd, 2)}` : "");
+  }
+}
+
+function renderSeries() {
+  const o = state.overview;
+  if (!o) return;
+  barChart($("series"), o.series[state.res], fmtTime(state.res));
+}
+
+function render(o) {
+  state.overview = o;
+  renderKpis(o.totals);
+  renderSeries();
+  const b = o.breakdowns;
+  hbars($("by-user"), b.user, 10);
+  donut($("by-model"), b.model);
+  hbars($("by-workspace"), b.workspace, 8);
+  hbars($("by-client"), b.client, 8);
+  table($("latest"), o.latest, [
+    ["ts", "time (UTC)", when], ["user", "user"], ["client", "client"], ["provider", "provider"], ["model", "model"],
+    ["outcome", "outcome", pill], ["input_tokens", "in", (v) => (v || 0).toLocaleString(), true],
+    ["output_tokens", "out", (v) => (v || 0).toLocaleString(), true], ["cost_usd", "cost", money, true],
+  ], "No requests yet: point a client at the gateway.");
+  table($("blocks"), o.blocks, [["ts", "time (UTC)", when], ["user", "user"], ["model", "model"], ["reason", "reason"]],
+    "Nothing blocked in this window.");
+  table($("unpriced"), o.unpriced, [["provider", "provider"], ["model", "model"], ["requests", "requests", null, true],
+    ["charged_usd", "charged at fallback", money, true], ["last_seen", "last seen", when]], "Every model had a price.");
+}
+
+async function renderRequests() {
+  const host = $("requests");
+  if (!state.me.routes.includes("/api/requests")) {
+    host.replaceChildren(h("p", { class: "empty" }, "Increase requests are not enabled on this gateway."));
+    return;
+  }
+  let rows;
+  try {
+    rows = await api("/api/requests?status=pending");
+  } catch (e) {
+    host.replaceChildren(h("p", { class: "empty" }, `Requests unavailable: ${e.message}`));
+    return;
+  }
+  const approve = state.me.post_routes.find((p) => p.includes("approve"));
+  const deny = state.me.post_routes.find((p) => p.includes("deny"));
+  const act = (route, row, extra) => async () => {
+    try {
+      await api(route, { method: "POST", headers: { "Content-Type": "application/json", "X-Spendgate": "1" },
+        body: JSON.stringify(Object.assign({ id: row.id }, extra ? extra() : {})) });
+    } catch (e) { alert(e.message); }
+    renderRequests();
+  };
+  const cols = [["requester", "who"], ["scope", "scope"], ["window", "window"], ["amount_usd", "asks", money, true],
+    ["reason", "why"]];
+  if (state.me.approver && approve && deny) {
+    cols.push(["id", "", (id, row) => {
+      const why = h("input", { placeholder: "reason to deny", size: 12 });
+      return h("span", {}, h("button", { onclick: act(approve, row) }, "Approve"), " ",
+        why, h("button", { onclick: act(deny, row, () => ({ reason: why.value })) }, "Deny"));
+    }]);
+  }
+  table(host, Array.isArray(rows) ? rows : rows.requests || [], cols, "No pending requests.");
+}
+
+async function refresh() {
+  try {
+    const [o, budgets] = await Promise.all([
+      api(`/api/overview?window=${state.window}`),
+      api("/api/budgets").catch(() => []),
+    ]);
+    render(o);
+    budgetBars($("budgets"), budgets, 8);
+    await renderRequests();
+    $("status").textContent = `updated ${new Date().toLocaleTimeString()}`;
+    document.body.dataset.ready = "1";
+  } catch (e) {
+    if (e.status === 401) return showLogin();
+    $("status").textContent = `error: ${e.message}`;
+  }
+}
+
+function showLogin() {
+  $("dash").hidden = true;
+  $("login").hidden = false;
+  $("status").textContent = "signed out";
+}
+
+async function main() {
+  await exchangeFragmentToken();
+  try {
+    state.me = await api("/api/whoami");
+  } catch (e) {
+    return showLogin();
+  }
+  $("login").hidden = true;
+  $("dash").hidden = false;
+  $("who").textContent = state.me.admin ? "admin" : state.me.name;
+  $("scope").textContent = state.me.admin ? "· organization" : `· your spend (${state.me.name})`;
+  for (const b of document.querySelectorAll("#series-tabs button")) {
+    b.addEventListener("click", () => {
+      state.res = b.dataset.res;
+      document.querySelectorAll("#series-tabs button").forEach((x) => x.classList.toggle("active", x === b));
+      renderSeries();
+    });
+  }
+  $("window").addEventListener("change", (ev) => { state.window = ev.target.value; refresh(); });
+  await refresh();
+  setInterval(refresh, REFRESH_MS);
+}
+
+document.addEventListener("DOMContentLoaded", main);
