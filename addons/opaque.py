@@ -1,21 +1,23 @@
 """Count connections to opaque AI hosts (Cursor's *.cursor.sh, the policy's `opaque_hosts`).
 
 Loaded from addons/gateway.py. Hosts outside `allow_hosts` become raw TLS tunnels that mitmproxy
-relays without a flow object, so no hook would see them. For opaque hosts only, `next_layer`
-swaps that tunnel for an identical relay that keeps a TCP flow: still never decrypted (the client
-sees the origin's certificate), but `tcp_message` now counts bytes and `tcp_end` reports the
-connection. Message contents are dropped as they are counted, so memory stays flat on long
-connections. The recording itself is `spendgate.opaque.OpaqueRecorder` (queue + writer thread).
+relays without a flow object, so no hook would see them. Script addons see `next_layer` before
+mitmproxy's own NextLayer addon, so for opaque hosts only we choose the same relay ourselves, with
+a TCP flow kept: still never decrypted (the client sees the origin's certificate), but
+`tcp_message` now counts bytes and `tcp_end` reports the connection. Message contents are dropped
+once counted, so memory stays flat on long connections. The recording itself is `spendgate.opaque.OpaqueRecorder` (queue + writer thread).
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from mitmproxy import ctx as mitmctx
 from mitmproxy import http, tcp
 from mitmproxy.proxy import layer as _layer
 from mitmproxy.proxy.layers import TCPLayer
@@ -48,6 +50,11 @@ def _sni(data: bytes) -> str | None:
     return hello.sni if hello else None
 
 
+def _allowed(host: str, port: int) -> bool:
+    """Does the operator's allow_hosts ask to decrypt this host?"""
+    return any(re.search(rex, f"{host}:{port}", re.IGNORECASE) for rex in mitmctx.options.allow_hosts)
+
+
 class OpaqueCounter:
     def __init__(self, gateway: Callable[[], object | None]) -> None:
         self._gateway = gateway  # the running spendgate.gateway.Gateway, or None
@@ -66,19 +73,21 @@ class OpaqueCounter:
         """An ignored (tunnelled) connection to an opaque host: relay it with a flow we can count."""
         gw = self._gateway()
         lay = nextlayer.layer
-        if gw is None or not isinstance(lay, TCPLayer) or lay.flow is not None:
-            return
-        ctx = nextlayer.context
-        address = ctx.server.address
-        if not address:
-            return
-        host = _sni(nextlayer.data_client()) or ctx.client.sni or str(address[0])
+        if gw is None or (lay is not None and not (isinstance(lay, TCPLayer) and lay.flow is None)):
+            return  # another layer was chosen (or a flow exists already): not ours
+        context = nextlayer.context
+        address = context.server.address
+        if not address or context.client.tls_established:
+            return  # the proxy's own hop (the CONNECT request), or already inside decrypted TLS
+        host = _sni(nextlayer.data_client()) or context.client.sni or str(address[0])
         pats = opaque.patterns(gw.policy.raw)
         if not (opaque.is_opaque(host, pats) or opaque.is_opaque(str(address[0]), pats)):
             return
-        counted = TCPLayer(ctx, ignore=False)
-        ident = gw.identify({}, "", self._auth.get(ctx.client.id),
-                            ctx.client.peername[0] if ctx.client.peername else None)  # fmt: skip
+        if _allowed(host, int(address[1])):
+            return  # the operator chose to decrypt this host (allow_hosts): it is metered, not opaque
+        counted = TCPLayer(context, ignore=False)
+        ident = gw.identify({}, "", self._auth.get(context.client.id),
+                            context.client.peername[0] if context.client.peername else None)  # fmt: skip
         counted.flow.metadata[META] = _Stats(host.lower(), int(address[1]), ident.user, ident.source,
                                              ",".join(ident.workspaces) or None)  # fmt: skip
         self._live[counted.flow.id] = counted.flow.metadata[META]
@@ -88,12 +97,13 @@ class OpaqueCounter:
         st: _Stats | None = flow.metadata.get(META)
         if st is None or not flow.messages:
             return
-        for m in flow.messages:  # normally just the newest
-            if m.from_client:
-                st.up += len(m.content)
-            else:
-                st.down += len(m.content)
-        flow.messages.clear()  # counted; the relay already holds what it forwards
+        m = flow.messages[-1]  # hooks run once per message: count the newest
+        if m.from_client:
+            st.up += len(m.content)
+        else:
+            st.down += len(m.content)
+        # keep memory flat: drop what was counted, but leave the newest for addons after us (dumper)
+        del flow.messages[:-1]
 
     def tcp_end(self, flow: tcp.TCPFlow) -> None:
         self._finish(flow, "closed")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import stat
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -84,8 +85,11 @@ def generate(common_name: str = DEFAULT_CN, organization: str = "spendgate", day
 
 
 def load_certs(pem: bytes) -> list[x509.Certificate]:
+    """Every certificate in a PEM blob (public root bundles hold a few old, non-RFC-5280 ones)."""
     try:
-        return x509.load_pem_x509_certificates(pem)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return x509.load_pem_x509_certificates(pem)
     except ValueError:
         return []
 

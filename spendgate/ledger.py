@@ -164,7 +164,7 @@ MIGRATIONS: list[tuple[int, str]] = [
         # re-pricing (spendgate/reprice.py): append-only, one row per changed request per run
         """
         CREATE TABLE IF NOT EXISTS price_audit (
-            at TIMESTAMPTZ NOT NULL,
+            repriced_at TIMESTAMPTZ NOT NULL,
             run_id VARCHAR NOT NULL,
             request_id VARCHAR NOT NULL,
             ts TIMESTAMPTZ NOT NULL,

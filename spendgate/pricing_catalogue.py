@@ -237,21 +237,24 @@ def _flatten_price(mp: types.ModelPrice, prefix: str = "") -> dict[str, str]:
     return out
 
 
-def _periods(m: types.ModelInfo) -> dict[str, dict[str, str]]:
-    """Every dated price period of a model, plus its variants, flattened to field -> value."""
-    conds = [types.ConditionalPrice(prices=m.prices)] if isinstance(m.prices, types.ModelPrice) else m.prices
-    out: dict[str, dict[str, str]] = {}
-    for c in conds:
-        when = "always"
-        if isinstance(c.constraint, types.StartDateConstraint):
-            when = c.constraint.start_date.isoformat()
-        elif c.constraint is not None:
-            when = f"{c.constraint.start_time.isoformat()}-{c.constraint.end_time.isoformat()} daily"
-        out.setdefault(when, {}).update(_flatten_price(c.prices))
+def _starts(m: types.ModelInfo) -> set[date]:
+    """Every date on which some price of this model (standard or variant) starts."""
+    conds = [] if isinstance(m.prices, types.ModelPrice) else m.prices
+    out = {c.constraint.start_date for c in conds if isinstance(c.constraint, types.StartDateConstraint)}
+    out |= {v.constraint.start_date for v in m.price_variants or () if isinstance(v.constraint, types.StartDateConstraint)}
+    return out
+
+
+def _in_force(m: types.ModelInfo | None, day: date | None) -> dict[str, str]:
+    """Every price of a model on a day (None: before any dated change), variants included."""
+    if m is None:
+        return {}
+    at = datetime(1970, 1, 1, tzinfo=UTC) if day is None else datetime(day.year, day.month, day.day, 12, tzinfo=UTC)
+    out = _flatten_price(m.get_prices(at))
     for v in m.price_variants or ():
         label = ",".join(f"{k}={val}" for k, val in sorted(v.when.items()))
-        when = v.constraint.start_date.isoformat() if isinstance(v.constraint, types.StartDateConstraint) else "always"
-        out.setdefault(when, {}).update(_flatten_price(v.prices, f"{label}: "))
+        resolved = _flatten_price(m.get_prices(at, v.when), f"{label}: ")
+        out.update({k: val for k, val in resolved.items() if out.get(k.split(": ", 1)[1]) != val})
     return out
 
 
@@ -275,10 +278,16 @@ def diff(old: Catalogue, new: Catalogue) -> list[Change]:
         if key not in b:
             changes.append(Change(prov, mid, "(model)", "listed", None, "-"))
             continue
-        pa, pb = _periods(a[key]), _periods(b[key])
-        for when in sorted(pa.keys() | pb.keys()):
-            fa, fb = pa.get(when, {}), pb.get(when, {})
+        days = [None, *sorted(_starts(a[key]) | _starts(b[key]))]
+        reported: dict[str, tuple[str | None, str | None]] = {}
+        for day in days:
+            fa, fb = _in_force(a[key], day), _in_force(b[key], day)
             for f in sorted(fa.keys() | fb.keys()):
-                if fa.get(f) != fb.get(f):
-                    changes.append(Change(prov, mid, f, fa.get(f), fb.get(f), when))
+                pair = (fa.get(f), fb.get(f))
+                if pair[0] != pair[1] and reported.get(f) != pair:
+                    changes.append(Change(prov, mid, f, *pair, day.isoformat() if day else "always"))
+                if pair[0] != pair[1]:
+                    reported[f] = pair
+                else:
+                    reported.pop(f, None)
     return changes

@@ -75,7 +75,7 @@ def _new_row_price(pricer: Pricer, row: dict[str, Any]) -> PriceResult:
 def plan(
     cur: duckdb.DuckDBPyConnection, pricer: Pricer, since: datetime, until: datetime | None = None
 ) -> tuple[int, list[RowChange]]:
-    """(rows examined, rows whose cost, charge or price source would change) with current prices."""
+    """(rows examined, rows whose cost, charge or outcome would change) with current prices."""
     cols = ["request_id", "ts", "provider", "model", "user", "key_fingerprint", "workspace", "outcome", "estimated",
             "cost_usd", "charged_usd", "price_source", "price_detail", *USAGE_FIELDS]  # fmt: skip
     where = "ts >= ? AND list_contains(?, outcome)" + (" AND ts < ?" if until else "")
@@ -97,8 +97,8 @@ def plan(
         elif row["outcome"] != "unpriced" and new_cost is None:
             new_outcome = "unpriced"
         new_source = new.source
-        if (new_cost, new_charged, new_source) == (old_cost, old_charged, row["price_source"]):
-            continue
+        if (new_cost, new_charged, new_outcome) == (old_cost, old_charged, row["outcome"]):
+            continue  # same money: the stored detail still explains it, no audit noise
         changes.append(RowChange(
             row["request_id"], row["ts"], row["user"], row["model"], row["key_fingerprint"], row["workspace"],
             old_cost, new_cost, old_charged, new_charged, row["outcome"], new_outcome, row["price_source"],
@@ -231,8 +231,8 @@ def request_row(cur: duckdb.DuckDBPyConnection, request_id: str) -> dict[str, An
         raise ValueError(f"{request_id!r} matches several requests; give more of the id")
     row = {n: jsonable(v) for n, v in zip(names, rows[0])}
     hist = cur.execute(
-        "SELECT at, run_id, old_cost_usd, new_cost_usd, old_charged_usd, new_charged_usd, old_price_source, "
-        "new_price_source, price_version FROM price_audit WHERE request_id = ? ORDER BY at",
+        "SELECT repriced_at, run_id, old_cost_usd, new_cost_usd, old_charged_usd, new_charged_usd, old_price_source, "
+        "new_price_source, price_version FROM price_audit WHERE request_id = ? ORDER BY repriced_at",
         [row["request_id"]],
     )
     hn = [d[0] for d in hist.description]

@@ -13,6 +13,7 @@ import time
 import webbrowser
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import duckdb
 from rich.columns import Columns
@@ -24,6 +25,7 @@ from rich.text import Text
 
 from spendgate import dashboard, reports
 from spendgate.adminapi import discovery_path
+from spendgate.identity import local_user
 from spendgate.cli.output import add_db_arg, console, source
 from spendgate.source import Source, SourceError, default_db
 
@@ -193,7 +195,7 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
         info = json.loads(disc.read_text())
     except (OSError, ValueError):
         raise SourceError(f"no running gateway found ({disc} is missing); start one with scripts/run") from None
-    url = f"{info['url']}/#token={info['token']}"
+    url = f"{info['url']}/#token={info['token']}&name={quote(local_user())}"
     if args.open:
         webbrowser.open(url)
     print(url)

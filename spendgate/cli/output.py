@@ -14,7 +14,8 @@ from rich.table import Table
 
 from spendgate.source import Source, default_db, open_source
 
-console = Console()
+# Piped output (files, CI logs) gets room for whole columns instead of rich's 80-column default.
+console = Console(width=None if sys.stdout.isatty() else 200)
 
 
 def add_db_arg(p: argparse.ArgumentParser) -> None:

@@ -353,7 +353,7 @@ def explain_lines(row: dict[str, Any]) -> list[str]:
         out.append(f"  price version: catalogue {detail.get('catalogue') or '?'}"
                    + (f"; overrides {detail['overrides']}" if detail.get("overrides") else "; no overrides file"))
     for h in row.get("reprice_history") or []:
-        out.append(f"  re-priced {h['at']} (run {h['run_id']}): {_money(h['old_cost_usd'])} -> "
+        out.append(f"  re-priced {h['repriced_at']} (run {h['run_id']}): {_money(h['old_cost_usd'])} -> "
                    f"{_money(h['new_cost_usd'])} [was {h['old_price_source']}]")  # fmt: skip
     return out
 
@@ -368,6 +368,5 @@ def cmd_explain(args: argparse.Namespace) -> int:
             row["price_detail"] = json.loads(row["price_detail"])
         print_json(row)
         return 0
-    for line in explain_lines(row):
-        console.print(line, highlight=False, markup=False)
+    print("\n".join(explain_lines(row)))  # plain text: never re-wrapped to the terminal width
     return 0

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
+from spendgate.cli import reconcile_cmds
 from spendgate.cli.output import add_db_arg, add_json_arg, console, print_json, source, table
 from spendgate.reports import GROUPS, WINDOWS
 
@@ -21,6 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--window", choices=WINDOWS, help="only the current hour/day/week/month (UTC)")
     p.add_argument("--since", help="only rows at or after this ISO 8601 time")
     p.add_argument("--user", help="only this user's rows")
+    p.add_argument("--policy", type=Path, help="policy with seat plans, when no gateway runs (default: the example)")
     add_db_arg(p)
     add_json_arg(p)
     p.set_defaults(func=cmd_spend)
@@ -48,4 +51,6 @@ def cmd_spend(args: argparse.Namespace) -> int:
     table(f"Spend by {args.by}, {scope}", rows, cols, money=["cost_usd"])
     total = sum(r["cost_usd"] for r in rows)
     console.print(f"[bold]Total: ${total:,.4f}[/] over {sum(r['requests'] for r in rows):,} requests")
+    if args.by in ("user", "workspace") and not args.user:
+        reconcile_cmds.print_spend_extras(args, rows)  # seat plans, opaque clients, billed vs metered
     return 0

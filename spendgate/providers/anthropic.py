@@ -143,7 +143,7 @@ class AnthropicMessagesAdapter(Adapter):
 
     def parse_request(self, path: str, body: bytes) -> RequestInfo:
         try:
-            obj, info = parse_json_request(body, ("max_tokens",))
+            obj, info = parse_json_request(body, ("max_tokens",), ("metadata",))
             info.metadata_user = str_or_none(dig(obj, "metadata", "user_id"))
             return info
         except Exception:

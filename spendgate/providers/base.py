@@ -7,6 +7,11 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+try:  # skips the parts of a request body we never read without building them
+    import msgspec
+except ImportError:  # pragma: no cover - json.loads alone gives the same answers, slower
+    msgspec = None
+
 from spendgate.sse import DEFAULT_MAX_EVENT_BYTES, JSONArrayStreamSplitter, SSEDecoder, SSEEvent
 from spendgate.usage import Usage
 
@@ -139,9 +144,54 @@ def error_type(obj: Any) -> str | None:
     return None
 
 
-def parse_json_request(body: bytes, max_tokens_keys: tuple[str, ...]) -> tuple[dict, RequestInfo]:
-    """Common request facts (model, stream, output cap). Non-object bodies are malformed."""
-    obj = load_json(body) if body else None
+_TOP_DECODERS: dict[frozenset[str], tuple[Any, tuple[tuple[str, str], ...]]] = {}
+
+
+def _top_decoder(keys: frozenset[str]) -> tuple[Any, tuple[tuple[str, str], ...]]:
+    """A msgspec decoder that keeps the raw JSON of `keys` and skips every other member."""
+    cached = _TOP_DECODERS.get(keys)
+    if cached is None:
+        names = tuple((f"f{i}", key) for i, key in enumerate(sorted(keys)))
+        struct = msgspec.defstruct("TopLevel", [(n, msgspec.Raw, msgspec.UNSET) for n, _ in names],
+                                   rename=dict(names))
+        cached = _TOP_DECODERS[keys] = (msgspec.json.Decoder(struct), names)
+    return cached
+
+
+def top_level(body: bytes, keys: frozenset[str]) -> dict | None:
+    """The members `keys` of a JSON object body (absent ones left out); None if not an object.
+
+    Same answer as ``json.loads(body)`` restricted to `keys`, but agent bodies are ~100 KB of
+    conversation we never read: msgspec validates and skips it without building objects, about
+    8x faster, on the proxy's event loop. Whatever msgspec is stricter about (not UTF-8, a BOM,
+    NaN, lone surrogates, non-object bodies) takes the plain json.loads path.
+    """
+    if msgspec is not None:
+        try:
+            decoder, names = _top_decoder(keys)
+            top = decoder.decode(body)
+            body.decode("utf-8")  # json.loads rejects invalid UTF-8 even inside skipped strings
+            out = {}
+            for name, key in names:
+                raw = getattr(top, name)
+                if raw is not msgspec.UNSET:
+                    out[key] = json.loads(bytes(raw))
+            return out
+        except Exception:  # anything unusual: let json.loads decide
+            pass
+    obj = load_json(body)
+    return obj if isinstance(obj, dict) else None
+
+
+def parse_json_request(
+    body: bytes, max_tokens_keys: tuple[str, ...], keys: tuple[str, ...] = ()
+) -> tuple[dict, RequestInfo]:
+    """Common request facts (model, stream, output cap). Non-object bodies are malformed.
+
+    The dict returned holds the top-level members model, stream, `max_tokens_keys` and `keys`
+    (maybe more): adapters name what else they read, the rest of the body is never built.
+    """
+    obj = top_level(body, frozenset(("model", "stream", *max_tokens_keys, *keys))) if body else None
     if not isinstance(obj, dict):
         return {}, RequestInfo(input_bytes=len(body or b""), malformed=True)
     cap = next((obj[k] for k in max_tokens_keys if k in obj and obj[k] is not None), None)

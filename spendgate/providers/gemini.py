@@ -147,7 +147,7 @@ class GeminiAdapter(Adapter):
 
     def parse_request(self, path: str, body: bytes) -> RequestInfo:
         try:
-            obj, info = parse_json_request(body, ())
+            obj, info = parse_json_request(body, (), ("generationConfig", "generation_config"))
             gpath = parse_path(path)
             info.model = gpath.model if gpath else info.model
             info.stream = gpath is not None and gpath.method == "streamGenerateContent"

@@ -123,12 +123,12 @@ class OpenAIChatAdapter(Adapter):
 
     def parse_request(self, path: str, body: bytes) -> RequestInfo:
         try:
-            obj, info = parse_json_request(body, ("max_completion_tokens", "max_tokens"))
+            obj, info = parse_json_request(body, ("max_completion_tokens", "max_tokens"), ("user", "stream_options"))
             if info.malformed:
                 return info
             info.metadata_user = str_or_none(obj.get("user"))
             if info.stream and dig(obj, "stream_options", "include_usage") is not True:
-                info.rewritten_body = dumps_compact(with_include_usage(obj))
+                info.rewritten_body = dumps_compact(with_include_usage(load_json(body)))  # the whole body
                 info.drop_usage_chunk = True
             return info
         except Exception:

@@ -128,7 +128,7 @@ class OpenAIResponsesAdapter(Adapter):
 
     def parse_request(self, path: str, body: bytes) -> RequestInfo:
         try:
-            obj, info = parse_json_request(body, ("max_output_tokens",))
+            obj, info = parse_json_request(body, ("max_output_tokens",), ("user",))
             info.metadata_user = str_or_none(obj.get("user"))
             return info
         except Exception:

@@ -52,6 +52,8 @@ SELF_SERVICE = frozenset(
     {"/api/whoami", "/api/overview", "/api/series", "/api/ledger", "/api/spend", "/api/blocks",
      "/api/unpriced", "/api/budgets", "/api/export", "/api/requests"}
 )  # fmt: skip
+# the only POSTs an approver without the admin token may make (never reprice, import, ...)
+APPROVER_POSTS = frozenset({"/api/approve", "/api/deny"})
 # self-service routes whose handlers may not honour `user`: rows are filtered on this field for
 # engineers who are not approvers (approvers see what they may decide on)
 ROW_OWNER = {"/api/requests": "requester"}
@@ -206,8 +208,8 @@ class WebApp:
             routes = self.post_routes
             if browser and req.headers.get("x-spendgate") != "1":
                 raise ApiError(403, "browser requests must carry X-Spendgate: 1")
-            if not caller.admin and not self.is_approver(caller):
-                raise ApiError(403, "read-only: only approvers may change anything")
+            if not caller.admin and not (self.is_approver(caller) and path in APPROVER_POSTS):
+                raise ApiError(403, "read-only: only approvers may approve or deny; everything else needs the admin token")
             if req.body:
                 body = json.loads(req.body)
                 if not isinstance(body, dict):
@@ -233,7 +235,8 @@ class WebApp:
             "approver": caller.admin or self.is_approver(caller),
             "scope": "organization" if caller.admin else "self",
             "routes": sorted(p for p in {**self.routes, **self.raw_routes} if caller.admin or p in SELF_SERVICE),
-            "post_routes": sorted(self.post_routes) if (caller.admin or self.is_approver(caller)) else [],
+            "post_routes": sorted(p for p in self.post_routes
+                                  if caller.admin or (self.is_approver(caller) and p in APPROVER_POSTS)),
         }
 
     def _asset(self, path: str) -> WebResponse:
@@ -241,16 +244,21 @@ class WebApp:
         return WebResponse(200, asset(name), {"Content-Type": ctype, **SECURITY_HEADERS})
 
     def _login(self, req: WebRequest) -> WebResponse:
-        """Exchange an admin token (JSON or form body) for an HttpOnly session cookie."""
+        """Exchange an admin token (JSON or form body) for an HttpOnly session cookie.
+
+        `name` (optional) is who the token holder says they are: it labels approvals in the audit
+        trail, as the CLI's OS user does.
+        """
         ctype = req.headers.get("content-type", "")
         if ctype.startswith("application/json"):
-            token = str((json.loads(req.body or b"{}") or {}).get("token") or "")
+            form = json.loads(req.body or b"{}") or {}
         else:
-            token = dict(parse_qsl(req.body.decode(errors="replace"))).get("token", "")
+            form = dict(parse_qsl(req.body.decode(errors="replace")))
+        token, name = str(form.get("token") or ""), str(form.get("name") or "").strip()[:128]
         if not token_matches(token.strip(), self.tokens()):
             log.warning("spendgate: dashboard login with a wrong token")
             return json_response(401, {"error": "wrong admin token"})
-        sid = self.sessions.create(Caller("admin", admin=True))
+        sid = self.sessions.create(Caller(name or "admin", admin=True))
         cookie = f"{COOKIE}={sid}; HttpOnly; SameSite=Strict; Path=/; Max-Age={int(self.sessions.ttl)}"
         if ctype.startswith("application/json"):
             return json_response(200, {"ok": True}, {"Set-Cookie": cookie})
@@ -301,7 +309,7 @@ def for_gateway(gw: Any) -> WebApp:
     from spendgate import dashboard
 
     routes = gw.admin.routes if gw.admin else gw.api_routes()
-    post_routes = gw.admin.post_routes if gw.admin else {}
+    post_routes = gw.admin.post_routes if gw.admin else gw.api_post_routes()
 
     def export(params: dict[str, Any], caller: Caller) -> WebResponse:
         fmt = params.get("format") or "parquet"

@@ -1,6 +1,7 @@
 // spendgate dashboard: fetches the gateway's JSON API (same origin) and draws it.
 // Login: a token in the URL fragment (#token=...) is exchanged once for an HttpOnly session
 // cookie and removed from the address bar; the fragment never reaches a server or a log.
+(function () {
 "use strict";
 
 const { barChart, hbars, donut, budgetBars, table, usd, h } = window.Charts;
@@ -20,10 +21,11 @@ async function api(path, opts) {
 async function exchangeFragmentToken() {
   const m = /(?:^#|&)token=([^&]+)/.exec(location.hash);
   if (!m) return;
+  const name = /(?:^#|&)name=([^&]+)/.exec(location.hash);
   history.replaceState(null, "", location.pathname + location.search);
   try {
     await api("/login", { method: "POST", headers: { "Content-Type": "application/json" },
-      body: JSON.stringify({ token: decodeURIComponent(m[1]) }) });
+      body: JSON.stringify({ token: decodeURIComponent(m[1]), name: name ? decodeURIComponent(name[1]) : "" }) });
   } catch (e) {
     $("login-error").textContent = "That token was not accepted.";
   }
@@ -96,7 +98,8 @@ async function renderRequests() {
   const act = (route, row, extra) => async () => {
     try {
       await api(route, { method: "POST", headers: { "Content-Type": "application/json", "X-Spendgate": "1" },
-        body: JSON.stringify(Object.assign({ id: row.id }, extra ? extra() : {})) });
+        body: JSON.stringify(Object.assign({ id: row.id }, state.me.admin ? { actor: state.me.name } : {},
+          extra ? extra() : {})) });
     } catch (e) { alert(e.message); }
     renderRequests();
   };
@@ -144,7 +147,7 @@ async function main() {
   }
   $("login").hidden = true;
   $("dash").hidden = false;
-  $("who").textContent = state.me.admin ? "admin" : state.me.name;
+  $("who").textContent = state.me.admin ? `${state.me.name} (admin)` : state.me.name;
   $("scope").textContent = state.me.admin ? "· organization" : `· your spend (${state.me.name})`;
   for (const b of document.querySelectorAll("#series-tabs button")) {
     b.addEventListener("click", () => {
@@ -159,3 +162,4 @@ async function main() {
 }
 
 document.addEventListener("DOMContentLoaded", main);
+})();

@@ -1,5 +1,6 @@
 // Small hand-written SVG charts for the spendgate dashboard: no libraries, no network.
 // Everything that comes from data goes in via textContent / attributes, never as markup.
+(function () {
 "use strict";
 
 const SVGNS = "http://www.w3.org/2000/svg";
@@ -159,3 +160,4 @@ function table(host, rows, cols, empty) {
 }
 
 window.Charts = { barChart, hbars, donut, budgetBars, table, usd, h };
+})();

@@ -5,17 +5,12 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
-import duckdb
 import pytest
+from workflow_env import Env
 
 from spendgate import audit
 from spendgate.approvals import ApprovalError, NotAllowed, approvers_for, auto_limit, list_requests
-from spendgate.budgets import BudgetBook
 from spendgate.identity import Identity
-from spendgate.ledger import migrate
-from spendgate.policy import parse
-from spendgate.sinks import Dispatcher
-from spendgate.workflow import Workflow
 
 POLICY = """\
 version: 1
@@ -37,58 +32,9 @@ ALICE = Identity(user="alice@core.acme.com", source="test", workspaces=("core",)
 BOB = Identity(user="bob@core.acme.com", source="test", workspaces=("core",))
 
 
-class Clock:
-    def __init__(self, t: datetime) -> None:
-        self.t = t
-
-    def __call__(self) -> datetime:
-        return self.t
-
-
-class Env:
-    """A workflow over a real DuckDB file; notices are captured instead of sent."""
-
-    def __init__(self, path, t: datetime, text: str = POLICY) -> None:
-        self.path = path
-        self.clock = Clock(t)
-        self.text = text
-        self.sent: list = []
-        self.open()
-
-    def open(self) -> None:
-        self.con = duckdb.connect(str(self.path))
-        migrate(self.con)
-        self.policy = parse(self.text, "p.yaml")
-        self.book = BudgetBook(self.policy, now=self.clock)
-
-        def deliver(sink, notice):
-            self.sent.append((sink.name, notice))
-            return True
-
-        self.wf = Workflow(self.policy, self.book, self.con.cursor, now=self.clock, housekeeping_interval=0,
-                           dispatcher=Dispatcher(lambda d: self.wf._delivered(d), deliver=deliver))
-
-    def restart(self) -> None:
-        self.close()
-        self.open()
-
-    def close(self) -> None:
-        self.wf.close()
-        self.con.close()
-
-    def spend(self, who: Identity, amount: str) -> bool:
-        d = self.book.admit(who, Decimal(amount))
-        if d.admitted:
-            self.book.settle(d.reservation, Decimal(amount))
-        return d.admitted
-
-    def events(self) -> list[tuple[str, str]]:
-        return [(r["event"], r["actor"]) for r in audit.rows(self.con.cursor()) if r["event"] != "delivery"]
-
-
 @pytest.fixture
 def env(tmp_path):
-    e = Env(tmp_path / "l.duckdb", datetime(2026, 11, 30, 9, 0, tzinfo=UTC))
+    e = Env(tmp_path / "l.duckdb", datetime(2026, 11, 30, 9, 0, tzinfo=UTC), POLICY)
     yield e
     e.close()
 

@@ -87,7 +87,7 @@ def test_overview_breakdowns_blocks_unpriced(cur):
     assert [b["user"] for b in o["blocks"]] == ["bob"] and "hour budget" in o["blocks"][0]["reason"]
     (u,) = o["unpriced"]
     assert (u["model"], u["requests"], u["users"]) == ("mystery-1", 1, 1) and u["charged_usd"] == pytest.approx(0.30)
-    assert len(o["latest"]) == 8 - 1  # the one from last month is also there: latest is not windowed
+    assert len(o["latest"]) == 8  # the latest requests are not windowed: last month's row is there too
     mine = dashboard.overview(cur, "month", NOW, user="carol")
     assert {r["group"] for r in mine["breakdowns"]["user"]} == {"carol"} and mine["blocks"] == []
     assert {r["user"] for r in mine["latest"]} == {"carol"}
@@ -106,9 +106,9 @@ def test_export_round_trips_through_duckdb(cur, tmp_path, fmt):
     reader = "read_parquet" if fmt == "parquet" else "read_csv"
     back = duckdb.connect().execute(
         f"SELECT \"user\", cost_usd, charged_usd, model, outcome FROM {reader}(?) ORDER BY ts", [str(out)]).fetchall()
-    assert n == len(back) == 5
-    assert [r[0] for r in back] == ["alice", "bob", "alice", "carol", "bob"]
-    assert [None if r[1] is None else float(r[1]) for r in back] == [8.0, 4.0, 2.0, None, 0.0]
+    assert n == len(back) == 6  # [now - 3 days, now - 62 s): all but the newest alice row and last month's
+    assert [r[0] for r in back] == ["alice", "bob", "alice", "carol", "bob", "bob"]
+    assert [None if r[1] is None else float(r[1]) for r in back] == [8.0, 4.0, 2.0, None, 0.0, 0.75]
     assert float(back[3][2]) == pytest.approx(0.30)
     cols = [d[0] for d in duckdb.connect().execute(f"SELECT * FROM {reader}(?)", [str(out)]).description]
     assert cols == list(dashboard.EXPORT_COLUMNS)

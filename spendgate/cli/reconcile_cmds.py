@@ -1,0 +1,287 @@
+"""`spendgate reconcile import|fetch|report|plans|opaque`: spend that never passed the gateway.
+
+Reads and writes go to the ledger file when no gateway holds it; otherwise to the gateway's admin
+API: reports are answered there with the gateway's policy, and imports are parsed here (the CLI
+reads the file) and POSTed as billing lines for the gateway's process to write. Nothing is ever
+refused for lack of the file: whoever holds it does the writing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from spendgate import reconcile
+from spendgate.cli.budget_cmds import default_policy
+from spendgate.cli.output import add_db_arg, add_json_arg, console, print_json, table
+from spendgate.gateway import REPO
+from spendgate.ledger import LedgerLocked, connect, migrate
+from spendgate.policy import Policy, PolicyError, load
+from spendgate.pricing import Pricer, PricingError
+from spendgate.reconcile import fetch as fetching
+from spendgate.reconcile import formats, store
+from spendgate.reconcile.report import BY
+from spendgate.source import Source, SourceError, default_db, open_source
+
+REPORT_COLS = ["metered_usd", "billed_usd", "delta_usd", "delta_pct", "metered_requests", "status"]
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("reconcile", help="compare metered spend with provider billing; seat plans; opaque clients")
+    rsub = p.add_subparsers(dest="reconcile_command", required=True)
+
+    c = rsub.add_parser("import", help="import a provider billing report (Admin API JSON or console CSV)")
+    c.add_argument("file", type=Path)
+    c.add_argument("--provider", required=True, choices=formats.PROVIDERS)
+    c.add_argument("--pricing", type=Path, help="price overrides for usage reports (default pricing/overrides.yaml)")
+    add_db_arg(c)
+    add_json_arg(c)
+    c.set_defaults(func=cmd_import)
+
+    c = rsub.add_parser("fetch", help="fetch cost and usage reports with an admin key from the environment")
+    c.add_argument("--provider", required=True, choices=formats.PROVIDERS)
+    c.add_argument("--since", required=True, help="first UTC day (YYYY-MM-DD)")
+    c.add_argument("--until", help="stop before this UTC day (default: now)")
+    c.add_argument("--base-url", help="admin API base URL (default: the provider's; env SPENDGATE_<P>_ADMIN_URL)")
+    c.add_argument("--pricing", type=Path, help="price overrides for usage reports")
+    add_db_arg(c)
+    add_json_arg(c)
+    c.set_defaults(func=cmd_fetch)
+
+    c = rsub.add_parser("report", help="metered vs billed per day/model/key/workspace, with deltas and flags")
+    c.add_argument("--since", help="first UTC day")
+    c.add_argument("--until", help="last UTC day (inclusive)")
+    c.add_argument("--by", choices=BY, default="day")
+    c.add_argument("--tolerance", type=float, default=2.0, help="percent of billed treated as a match (default 2)")
+    c.add_argument("--policy", type=Path, help="policy mapping provider key/workspace ids (when no gateway runs)")
+    c.add_argument("--strict", action="store_true", help="exit 1 when any row is flagged")
+    add_db_arg(c)
+    add_json_arg(c)
+    c.set_defaults(func=cmd_report)
+
+    c = rsub.add_parser("plans", help="seat plans prorated per day, per user, workspace or plan")
+    c.add_argument("--since", help="first day (default: the first of this month)")
+    c.add_argument("--until", help="last day (default: today)")
+    c.add_argument("--by", choices=("user", "workspace", "plan"), default="user")
+    c.add_argument("--policy", type=Path, help="policy with the plans (when no gateway runs)")
+    add_db_arg(c)
+    add_json_arg(c)
+    c.set_defaults(func=cmd_plans)
+
+    c = rsub.add_parser("opaque", help="undecrypted connections to opaque AI hosts: count, bytes, time")
+    c.add_argument("--since", help="first UTC day")
+    c.add_argument("--by", choices=("user", "host", "client", "workspace"), default="user")
+    c.add_argument("--user", help="only this user")
+    add_db_arg(c)
+    add_json_arg(c)
+    c.set_defaults(func=cmd_opaque)
+
+
+# --- where answers come from --------------------------------------------------------------------
+
+
+class Ledger:
+    """The ledger file opened here, or the gateway holding it (then `gateway` is set)."""
+
+    def __init__(self, db: Path, *, create: bool = False, read_only: bool = False) -> None:
+        self.db = db
+        self.con: duckdb.DuckDBPyConnection | None = None
+        self.gateway: Source | None = None
+        if not db.exists() and not create:
+            from spendgate.adminapi import discovery_path
+
+            if not discovery_path(db).exists():
+                raise SourceError(f"no ledger at {db} (start the gateway with scripts/run, or pass --db)")
+        try:
+            self.con = connect(db, read_only=read_only)
+            if not read_only:
+                migrate(self.con)  # brings an older file's schema up to date
+        except LedgerLocked:
+            self.gateway = open_source(db)
+            if not self.gateway.where.startswith("gateway"):
+                raise SourceError(f"{db} is locked by another process") from None
+
+    def query(self, name: str, params: dict[str, Any], policy: Callable[[], Policy | None]) -> Any:
+        if self.gateway:
+            return self.gateway.query(name, **params)
+        try:
+            return reconcile.run(self.con, name, params, policy())
+        except duckdb.CatalogException:
+            raise SourceError(f"{self.db} predates reconciliation: start the gateway once, or run any "
+                              "`spendgate reconcile import`, to upgrade it") from None  # fmt: skip
+
+    def import_lines(self, lines: list[formats.BillingLine]) -> dict[str, int]:
+        if self.gateway:
+            return self.gateway.post("reconcile/import", lines=[store.line_to_json(l) for l in lines])
+        return store.upsert(self.con, lines)
+
+    @property
+    def where(self) -> str:
+        return self.gateway.where if self.gateway else f"file {self.db}"
+
+
+def _policy_loader(args: argparse.Namespace) -> Callable[[], Policy | None]:
+    def load_it() -> Policy | None:
+        path = getattr(args, "policy", None) or default_policy()
+        try:
+            return load(path)
+        except PolicyError as e:
+            raise SourceError(f"invalid policy:\n{e}") from None
+
+    return load_it
+
+
+def _pricer(args: argparse.Namespace) -> Callable:
+    path = args.pricing or (REPO / "pricing" / "overrides.yaml")
+    try:
+        pricer = Pricer(path if path.exists() else None)
+    except (PricingError, OSError) as e:
+        raise SourceError(f"pricing overrides: {e}") from None
+
+    def price(provider: str, model: str, usage: Any, at: datetime) -> Any:
+        return pricer.price(provider, model, usage, at).cost
+
+    return price
+
+
+def _print_result(args: argparse.Namespace, what: str, result: dict[str, int], where: str) -> None:
+    if args.json:
+        print_json({**result, "report": what, "into": where})
+        return
+    console.print(f"{what}: {result['lines']} lines: {result['new']} new, {result['updated']} updated, "
+                  f"{result['unchanged']} unchanged ({where})", highlight=False)  # fmt: skip
+
+
+# --- commands -------------------------------------------------------------------------------------
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    try:
+        text = args.file.read_text(encoding="utf-8-sig")
+    except OSError as e:
+        print(f"spendgate: cannot read {args.file}: {e.strerror or e}", file=sys.stderr)
+        return 2
+    try:
+        fmt, lines = formats.parse(text, args.provider, _pricer(args))
+    except (formats.BillingFormatError, ValueError, KeyError) as e:
+        print(f"spendgate: {args.file}: {e}", file=sys.stderr)
+        return 2
+    led = Ledger(args.db or default_db(), create=True)
+    _print_result(args, fmt, led.import_lines(lines), led.where)
+    return 0
+
+
+def cmd_fetch(args: argparse.Namespace) -> int:
+    try:
+        since = date.fromisoformat(args.since)
+        until = date.fromisoformat(args.until) if args.until else None
+        reports = fetching.fetch(args.provider, since, until=until, url=args.base_url, price=_pricer(args))
+    except ValueError as e:
+        print(f"spendgate: {e}", file=sys.stderr)
+        return 2
+    except fetching.FetchError as e:
+        print(f"spendgate: {e}", file=sys.stderr)
+        return 2
+    led = Ledger(args.db or default_db(), create=True)
+    results = {name: led.import_lines(lines) for name, lines in reports.items()}
+    if args.json:
+        print_json({"provider": args.provider, "since": args.since, "into": led.where, "reports": results})
+        return 0
+    for name, res in results.items():
+        _print_result(args, name, res, led.where)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    led = Ledger(args.db or default_db(), read_only=True)
+    params = {"since": args.since, "until": args.until, "by": args.by, "tolerance": args.tolerance}
+    result = led.query("reconcile/report", {k: v for k, v in params.items() if v is not None}, _policy_loader(args))
+    flagged = [r for r in result["rows"] if r["status"] in ("bypass", "pricing")]
+    if args.json:
+        print_json(result)
+        return 1 if args.strict and flagged else 0
+    lead = (["day"] if args.by in ("day", "model") else []) + ["provider"] + ([] if args.by == "day" else ["group"])
+    scope = f"since {args.since}" if args.since else "all imported days"
+    table(f"Metered vs billed by {args.by}, {scope}", result["rows"], lead + REPORT_COLS,
+          money=["metered_usd", "billed_usd", "delta_usd"])  # fmt: skip
+    table("Totals per provider (days with billing data)", result["totals"],
+          ["provider", "metered_usd", "billed_usd", "delta_usd", "delta_pct", "status"],
+          money=["metered_usd", "billed_usd", "delta_usd"])  # fmt: skip
+    for st in ("bypass", "pricing"):
+        n = sum(1 for r in result["rows"] if r["status"] == st)
+        if n:
+            note = next(r["note"] for r in result["rows"] if r["status"] == st)
+            console.print(f"[yellow]{n} x {st}[/]: {note}", highlight=False)
+    if not result["rows"]:
+        console.print("no billing data imported yet: `spendgate reconcile import FILE --provider P` or "
+                      "`spendgate reconcile fetch --provider P --since DATE`")  # fmt: skip
+    return 1 if args.strict and flagged else 0
+
+
+def cmd_plans(args: argparse.Namespace) -> int:
+    led = Ledger(args.db or default_db(), create=True)
+    params = {k: v for k, v in {"since": args.since, "until": args.until, "by": args.by}.items() if v}
+    result = led.query("reconcile/plans", params, _policy_loader(args))
+    if args.json:
+        print_json(result)
+        return 0
+    table(f"Seat plans by {args.by}, {result['first']} to {result['last']} (prorated per day)", result["rows"],
+          ["group", "plan", "vendor", "seat_days", "cost_usd", "counts_against_budgets"], money=["cost_usd"])
+    return 0
+
+
+def cmd_opaque(args: argparse.Namespace) -> int:
+    led = Ledger(args.db or default_db(), read_only=True)
+    params = {k: v for k, v in {"since": args.since, "by": args.by, "user": args.user}.items() if v}
+    rows = led.query("reconcile/opaque", params, lambda: None)
+    if args.json:
+        print_json(rows)
+        return 0
+    table(f"Opaque clients by {args.by} (not decrypted: connections, bytes, time)", rows,
+          ["group", "clients", "connections", "bytes_up", "bytes_down", "seconds"])  # fmt: skip
+    return 0
+
+
+# --- `spendgate spend` ------------------------------------------------------------------------------
+
+
+def print_spend_extras(args: argparse.Namespace, metered: list[dict[str, Any]]) -> None:
+    """Beside metered spend: seat plans, opaque clients and billed-vs-metered, when there are any."""
+    since = args.since or (datetime.now(UTC).date().replace(day=1).isoformat() if not args.window else None)
+    if args.window:
+        from spendgate.reports import window_start
+
+        since = window_start(args.window).date().isoformat()
+    try:
+        led = Ledger(args.db or default_db(), read_only=True)  # what `spend` itself opened
+        extras = led.query("reconcile/spend_extras", {"since": since, "by": args.by}, _policy_loader(args))
+    except (SourceError, duckdb.Error) as e:
+        console.print(f"[dim](plans, opaque clients and billing not shown: {e})[/]", highlight=False)
+        return
+    plan_rows, opaque_rows = extras["plans"]["rows"], extras["opaque"]
+    if plan_rows or opaque_rows:
+        plan_by = {r["group"]: 0.0 for r in plan_rows}
+        for r in plan_rows:
+            plan_by[r["group"]] += r["cost_usd"]
+        opq = {r["group"]: r for r in opaque_rows}
+        groups = list(dict.fromkeys([r["group"] for r in metered] + list(plan_by) + list(opq)))
+        met = {r["group"]: r["cost_usd"] for r in metered}
+        rows = [{
+            "group": g, "metered_usd": met.get(g, 0.0), "plans_usd": plan_by.get(g, 0.0),
+            "total_usd": met.get(g, 0.0) + plan_by.get(g, 0.0),
+            "opaque_connections": opq.get(g, {}).get("connections", 0),
+            "opaque_mb": round((opq.get(g, {}).get("bytes_up", 0) + opq.get(g, {}).get("bytes_down", 0)) / 1e6, 3),
+            "opaque_seconds": opq.get(g, {}).get("seconds", 0.0),
+        } for g in groups]  # fmt: skip
+        title = f"Beside metered spend (plans prorated {extras['plans']['first']} to {extras['plans']['last']})"
+        table(title, rows, ["group", "metered_usd", "plans_usd", "total_usd", "opaque_connections", "opaque_mb",
+                            "opaque_seconds"], money=["metered_usd", "plans_usd", "total_usd"])  # fmt: skip
+    for t in extras["reconciliation"]:
+        console.print(f"Billed by {t['provider']} (days with billing data): ${t['billed_usd']:,.4f} vs metered "
+                      f"${t['metered_usd']:,.4f}: {t['status']} (`spendgate reconcile report`)", highlight=False)

@@ -1,0 +1,216 @@
+"""The MDM kit against a real gateway: render it, install it (files only) with the real Linux
+script, then a real Node HTTPS client configured ONLY by the installed Claude Code managed
+settings reaches a provider through the gateway and is metered; `spendgate doctor` passes, and
+names what is broken when something is; access control refuses strangers."""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from spendgate import ca
+from tests.support import ANTHROPIC_KEY
+from tests.support.gateway import BIN, REPO
+
+pytestmark = pytest.mark.e2e
+
+NODE = shutil.which("node") or shutil.which("nodejs")
+# skipped only off CI: on CI scripts/test installs node, so a missing one fails
+needs_node = pytest.mark.skipif(NODE is None and not os.environ.get("CI"), reason="node is not installed")
+SPENDGATE = [str(BIN / "spendgate")] if (BIN / "spendgate").exists() else [sys.executable, "-m", "spendgate.cli"]
+
+# A Claude-Code-like client: Node's https with a CONNECT tunnel to HTTPS_PROXY (Node 20 has no
+# built-in proxy support), trust from NODE_EXTRA_CA_CERTS (read by Node itself at start-up), and
+# ANTHROPIC_CUSTOM_HEADERS sent as Claude Code sends them. Nothing else configures it.
+NODE_CLIENT = textwrap.dedent(r"""
+    const http = require("http"), https = require("https"), tls = require("tls");
+    const proxy = new URL(process.env.HTTPS_PROXY);
+    const headers = {"content-type": "application/json", "x-api-key": process.env.KEY,
+                     "anthropic-version": "2023-06-01", "user-agent": "claude-cli/2.0.0 (external, cli)"};
+    for (const line of (process.env.ANTHROPIC_CUSTOM_HEADERS || "").split("\n")) {
+      const i = line.indexOf(":");
+      if (i > 0) headers[line.slice(0, i).trim()] = line.slice(i + 1).trim();
+    }
+    const connectHeaders = {host: "api.anthropic.com:443"};
+    if (proxy.username) connectHeaders["proxy-authorization"] = "Basic " +
+      Buffer.from(decodeURIComponent(proxy.username) + ":" + decodeURIComponent(proxy.password)).toString("base64");
+    const body = JSON.stringify({model: "claude-sonnet-4-5", max_tokens: 64,
+                                 messages: [{role: "user", content: "hi"}]});
+    http.request({host: proxy.hostname, port: proxy.port, method: "CONNECT", path: "api.anthropic.com:443",
+                  headers: connectHeaders})
+      .on("connect", (res, socket) => {
+        if (res.statusCode !== 200) { console.error("CONNECT " + res.statusCode); process.exit(3); }
+        const req = https.request({host: "api.anthropic.com", path: "/v1/messages", method: "POST",
+          headers: {...headers, "content-length": Buffer.byteLength(body)},
+          createConnection: () => tls.connect({socket, servername: "api.anthropic.com"})}, (r) => {
+          let data = ""; r.on("data", (c) => data += c);
+          r.on("end", () => { console.log(JSON.stringify({status: r.statusCode, body: data})); process.exit(0); });
+        });
+        req.on("error", (e) => { console.error("TLS/HTTP: " + e.message); process.exit(4); });
+        req.end(body);
+      })
+      .on("error", (e) => { console.error("proxy: " + e.message); process.exit(2); })
+      .end();
+""")
+
+
+def _run(cmd: list[str], env: dict[str, str] | None = None, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env, **kw)
+
+
+def _base_env() -> dict[str, str]:
+    """This process's environment minus anything that would configure a client by itself."""
+    drop = {"http_proxy", "https_proxy", "all_proxy", "no_proxy", "ssl_cert_file", "node_extra_ca_certs",
+            "requests_ca_bundle", "codex_ca_certificate", "anthropic_custom_headers"}
+    return {k: v for k, v in os.environ.items() if k.lower() not in drop}
+
+
+def _env_file(path: Path) -> dict[str, str]:
+    out = {}
+    for line in path.read_text().splitlines():
+        k, _, v = line.partition("=")
+        out[k] = v.strip('"')
+    return out
+
+
+@pytest.fixture
+def kit(tmp_path, gateway_factory):
+    """A central-mode kit installed (files only) for alice, against a running gateway whose CA
+    was made by `spendgate ca init`; identity by header, as Claude Code sends it."""
+    policy = tmp_path / "policy.yaml"
+    policy.write_text((REPO / "policies" / "example.yaml").read_text()
+                      .replace("identity: [proxy_auth, api_key, local_user]",
+                               "identity: [header:x-spendgate-user, proxy_auth, local_user]"))
+    gw = gateway_factory("gw", policy=policy)
+    init = _run([*SPENDGATE, "ca", "init", "--confdir", str(gw.confdir), "--json"])
+    assert init.returncode == 0, init.stderr
+    gw.start()
+    inst = tmp_path / "installed"
+    site = tmp_path / "site.yaml"
+    site.write_text(textwrap.dedent(f"""\
+        version: 1
+        organization: {{name: Test Corp, identifier: com.example.test}}
+        mode: central
+        gateway: {{host: 127.0.0.1, port: {gw.port}}}
+        ca: {{cert: {gw.ca_file}}}
+        identity: {{method: header, header: x-spendgate-user}}
+        no_proxy: [localhost]
+        policy: {policy}
+        paths:
+          linux: {{dir: {inst}/etc/spendgate, claude_settings: {inst}/claude-code/managed-settings.json}}
+        """))
+    out = tmp_path / "kit"
+    r = _run([*SPENDGATE, "mdm", "render", "--config", str(site), "--out", str(out)])
+    assert r.returncode == 0, r.stderr
+    r = _run(["sh", str(out / "linux" / "install.sh"), "--files-only"], env={**_base_env(), "SPENDGATE_USER": "alice"})
+    assert r.returncode == 0, r.stdout + r.stderr
+    return {"gw": gw, "init": json.loads(init.stdout), "dir": inst / "etc" / "spendgate",
+            "claude": inst / "claude-code" / "managed-settings.json"}
+
+
+@needs_node
+def test_node_client_configured_only_by_the_kit_is_metered(kit):
+    settings = json.loads(kit["claude"].read_text())
+    env = {**_base_env(), **settings["env"], "KEY": ANTHROPIC_KEY}
+    assert "@@" not in json.dumps(settings)  # the install script filled in this machine's user
+    r = _run([NODE, "-e", NODE_CLIENT], env=env)
+    assert r.returncode == 0, f"node failed ({r.returncode}): {r.stderr}\n{kit['gw'].log_text()[-3000:]}"
+    answer = json.loads(r.stdout)
+    assert answer["status"] == 200, answer
+    assert json.loads(answer["body"])["usage"]["output_tokens"] == 450
+
+    row, = kit["gw"].ledger(wait_for=1)
+    assert (row["user"], row["identity_source"], row["provider"]) == ("alice", "header:x-spendgate-user", "anthropic")
+    assert row["output_tokens"] == 450 and row["client"] == "claude-code"
+
+    # ...and the gateway signed with the CA `ca init` made (Node trusted only that one + public roots)
+    assert ca.pem_sha256((kit["dir"] / "spendgate-ca.pem").read_bytes()) == [kit["init"]["sha256"]]
+
+
+def _doctor(kit, env_overrides: dict[str, str | None] | None = None) -> subprocess.CompletedProcess:
+    env = {**_base_env(), **_env_file(kit["dir"] / "spendgate.env")}
+    for k, v in (env_overrides or {}).items():
+        if v is None:
+            env.pop(k, None)
+        else:
+            env[k] = v
+    return _run([*SPENDGATE, "doctor", "--site", str(kit["dir"] / "site.json"),
+                 "--os-store", str(kit["dir"] / "spendgate-ca-bundle.pem"), "--json"], env=env)
+
+
+def _failures(cp: subprocess.CompletedProcess) -> dict[str, str]:
+    return {c["name"]: c["detail"] for c in json.loads(cp.stdout) if c["status"] == "fail"}
+
+
+@needs_node
+def test_doctor_passes_then_names_what_is_broken(kit, tmp_path):
+    ok = _doctor(kit)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    checks = {c["name"]: c for c in json.loads(ok.stdout)}
+    assert "'alice'" in checks["identity seen by the gateway"]["detail"]
+    assert "TLS to api.anthropic.com through the gateway verifies" in checks["NODE_EXTRA_CA_CERTS"]["detail"]
+    assert checks["PAC routing"]["status"] == "ok"
+
+    # an agent variable pointing at a file without the CA
+    wrong = tmp_path / "other.pem"
+    wrong.write_bytes(ca.pem(ca.generate("some other CA")[1]))
+    bad = _doctor(kit, {"NODE_EXTRA_CA_CERTS": str(wrong)})
+    assert bad.returncode == 1
+    assert list(_failures(bad)) == ["NODE_EXTRA_CA_CERTS"]
+
+    # a NO_PROXY that routes a provider around the gateway
+    bad = _doctor(kit, {"NO_PROXY": "localhost,.anthropic.com", "no_proxy": None})
+    assert list(_failures(bad)) == ["NO_PROXY"] and "api.anthropic.com" in _failures(bad)["NO_PROXY"]
+
+    # the gateway stops: unreachable, and nothing can verify through it
+    kit["gw"].stop()
+    bad = _doctor(kit)
+    assert bad.returncode == 1
+    assert "proxy reachable" in _failures(bad)
+
+
+def _whoami(port: int, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("GET", "http://whoami.spendgate.invalid/", headers=headers or {})
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    finally:
+        conn.close()
+
+
+def test_central_gateway_is_not_an_open_relay(gateway_factory):
+    # clients outside spendgate_allow_clients are disconnected before any byte is read
+    gw = gateway_factory("outsiders", extra_args=["--set", "spendgate_allow_clients=10.0.0.0/8"]).start()
+    with pytest.raises((ConnectionError, http.client.RemoteDisconnected, OSError)):
+        _whoami(gw.port)
+    assert "not in spendgate_allow_clients" in gw.log_text()
+    gw.stop()
+
+    # with proxyauth, no credentials -> 407; with them, the gateway charges the proxy user
+    gw = gateway_factory("auth", extra_args=["--set", "proxyauth=bob:s3cret", "--set",
+                                             "spendgate_allow_clients=127.0.0.1/32",
+                                             "--set", "spendgate_providers_only=true"]).start()
+    assert _whoami(gw.port)[0] == 407
+    creds = {"Proxy-Authorization": "Basic " + base64.b64encode(b"bob:s3cret").decode()}
+    status, body = _whoami(gw.port, creds)
+    assert status == 200 and json.loads(body)["user"] == "bob" and json.loads(body)["source"] == "proxy_auth"
+
+    # providers_only: no tunnels to anything else
+    conn = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=10)
+    conn.request("CONNECT", "example.com:443", headers={**creds, "Host": "example.com:443"})
+    assert conn.getresponse().status == 403
+    conn.close()
+    conn = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=10)
+    conn.request("CONNECT", "api.anthropic.com:443", headers={**creds, "Host": "api.anthropic.com:443"})
+    assert conn.getresponse().status == 200
+    conn.close()

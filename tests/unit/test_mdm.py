@@ -1,0 +1,317 @@
+"""The MDM kit renderer, site validation, PAC (evaluated by Node), CA files and access rules."""
+
+from __future__ import annotations
+
+import json
+import os
+import plistlib
+import shutil
+import stat
+import subprocess
+import textwrap
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+
+from spendgate import access, ca
+from spendgate.cli import main
+from spendgate.deploy import pac, render, site
+from spendgate.identity import Identity
+from spendgate.providers import PROVIDER_HOSTS
+
+REPO = Path(__file__).resolve().parents[2]
+NODE = pac.node_binary()
+# skipped only off CI: on CI scripts/test installs node, so a missing one is a failure, not a skip
+needs_node = pytest.mark.skipif(NODE is None and not os.environ.get("CI"), reason="node is not installed")
+
+
+@pytest.fixture(scope="module")
+def ca_cert(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("ca")
+    key, cert = ca.generate("kit test CA")
+    ca.write_confdir(d / "conf", key, cert)
+    return d / "conf" / ca.CERT_FILE
+
+
+def write_site(tmp_path: Path, body: str) -> Path:
+    p = tmp_path / "site.yaml"
+    p.write_text(textwrap.dedent(body))
+    return p
+
+
+def central(tmp_path: Path, ca_cert: Path, extra: str = "", identity: str = "proxy_auth") -> Path:
+    return write_site(tmp_path, f"""\
+        version: 1
+        organization: {{name: Test Corp, identifier: com.example}}
+        mode: central
+        gateway: {{host: gw.corp.example, port: 3128, pac_url: http://wpad.corp.example/p.pac}}
+        ca: {{cert: {ca_cert}}}
+        identity: {{method: {identity}}}
+        providers: {{extra_hosts: ["*.githubcopilot.com"]}}
+        policy: {REPO}/policies/example.yaml
+        {extra}""")
+
+
+def laptop(tmp_path: Path, extra: str = "") -> Path:
+    return write_site(tmp_path, f"""\
+        version: 1
+        organization: {{name: Test Corp, identifier: com.example}}
+        mode: laptop
+        policy: {REPO}/policies/example.yaml
+        {extra}""")
+
+
+def artifacts(s: site.Site) -> dict[str, bytes]:
+    return {a.path: a.data for a in render.render(s)}
+
+
+# --- site validation ---------------------------------------------------------------------------
+
+def test_example_site_config_validates_once_a_ca_is_there(tmp_path, ca_cert):
+    text = (REPO / "mdm" / "site.example.yaml").read_text()
+    text = text.replace("cert: ca/spendgate-ca-cert.pem", f"cert: {ca_cert}")
+    text = text.replace("policy: ../policies/example.yaml", f"policy: {REPO}/policies/example.yaml")
+    s = site.parse(text, tmp_path / "site.yaml")
+    assert s.mode == "central" and s.port == 8080 and s.hosts[:3] == tuple(PROVIDER_HOSTS)[:3]
+
+
+@pytest.mark.parametrize("body, line, needle", [
+    ("version: 1\norganization: {name: X, identifier: com.x}\nmode: central\ncolour: blue\n", 4, "unknown key 'colour'"),
+    ("version: 1\norganization: {name: X, identifier: com.x}\nmode: laptop\ngateway:\n  host: 10.0.0.5\n", 5,
+     "laptop mode listens on 127.0.0.1"),
+    ("version: 1\norganization: {name: X, identifier: com.x}\nmode: sideways\n", 3, "mode"),
+    ("version: 1\norganization: {name: X, identifier: com.x}\nmode: central\ngateway: {host: g}\n"
+     "identity:\n  method: local_user\n", 6, "local_user names the gateway's own account"),
+])
+def test_site_problems_are_positioned(tmp_path, body, line, needle):
+    with pytest.raises(site.SiteError) as e:
+        site.parse(body, tmp_path / "s.yaml")
+    assert any(p.line == line and needle in p.message for p in e.value.problems), str(e.value)
+    assert f"s.yaml:{line}:" in str(e.value)
+
+
+def test_identity_method_must_be_in_the_policy_chain(tmp_path, ca_cert):
+    with pytest.raises(site.SiteError) as e:
+        site.load(central(tmp_path, ca_cert, identity="header"))
+    assert "lacks header:x-spendgate-user" in str(e.value) and ":6:" in str(e.value)
+
+
+def test_a_private_key_is_refused_as_ca_cert(tmp_path, ca_cert):
+    key_file = ca_cert.with_name(ca.KEY_FILE)
+    with pytest.raises(site.SiteError, match="contains a private key"):
+        site.load(central(tmp_path, key_file))
+
+
+def test_laptop_mode_makes_its_own_ca(tmp_path, ca_cert):
+    with pytest.raises(site.SiteError, match="creates a CA on each machine"):
+        site.load(laptop(tmp_path, f"ca: {{cert: {ca_cert}}}"))
+
+
+def test_cli_validate_reports_file_line_col(tmp_path, capsys):
+    p = write_site(tmp_path, "version: 1\norganization: {name: X, identifier: com.x}\nmode: central\nbogus: 1\n")
+    assert main(["mdm", "validate", "--config", str(p)]) == 1
+    assert f"{p}:4:1: unknown key 'bogus'" in capsys.readouterr().err
+
+
+# --- PAC -----------------------------------------------------------------------------------------
+
+@needs_node
+def test_pac_sends_provider_hosts_to_the_gateway_and_the_rest_direct(tmp_path, ca_cert):
+    s = site.load(central(tmp_path, ca_cert))
+    text = artifacts(s)["proxy.pac"].decode()
+    providers = [f"https://{h}/v1/messages" for h in PROVIDER_HOSTS]
+    others = ["https://example.com/", "https://github.com/x", "https://anthropic.com.evil.example/",
+              "https://api.anthropic.com.evil.example/", "http://intranet/", "https://docs.anthropic.com/"]
+    odd = ["https://API.Anthropic.COM./v1/messages", "https://api.individual.githubcopilot.com/chat/completions"]
+    got = pac.evaluate(text, [*providers, *others, *odd])
+    assert {u: got[u] for u in providers + odd} == {u: "PROXY gw.corp.example:3128" for u in providers + odd}
+    assert {u: got[u] for u in others} == {u: "DIRECT" for u in others}
+
+
+@needs_node
+def test_pac_without_chatgpt_leaves_chatgpt_direct(tmp_path, ca_cert):
+    p = central(tmp_path, ca_cert)
+    p.write_text(p.read_text().replace('providers: {extra_hosts: ["*.githubcopilot.com"]}',
+                                       "providers: {include_chatgpt: false}"))
+    got = pac.evaluate(artifacts(site.load(p))["proxy.pac"].decode(),
+                       ["https://chatgpt.com/backend-api/codex/responses", "https://api.openai.com/v1/responses"])
+    assert got == {"https://chatgpt.com/backend-api/codex/responses": "DIRECT",
+                   "https://api.openai.com/v1/responses": "PROXY gw.corp.example:3128"}
+
+
+@needs_node
+def test_a_broken_pac_is_reported():
+    with pytest.raises(pac.PacError, match="does not evaluate"):
+        pac.evaluate("function FindProxyForURL(url, host) { return nope(); }", ["https://x.example/"])
+
+
+# --- macOS, Claude Code, env, scripts ------------------------------------------------------------
+
+def test_mobileconfig_trusts_the_ca_and_sets_the_pac(tmp_path, ca_cert):
+    s = site.load(central(tmp_path, ca_cert))
+    profile = plistlib.loads(artifacts(s)["macos/spendgate.mobileconfig"])
+    assert profile["PayloadType"] == "Configuration" and profile["PayloadScope"] == "System"
+    root, proxy = profile["PayloadContent"]
+    assert root["PayloadType"] == "com.apple.security.root"
+    assert x509.load_der_x509_certificate(root["PayloadContent"]) == x509.load_pem_x509_certificate(ca_cert.read_bytes())
+    assert proxy["PayloadType"] == "com.apple.proxy.http.global"
+    assert (proxy["ProxyType"], proxy["ProxyPACURL"], proxy["ProxyPACFallbackAllowed"]) == \
+        ("Auto", "http://wpad.corp.example/p.pac", False)
+    uuids = [profile["PayloadUUID"], root["PayloadUUID"], proxy["PayloadUUID"]]
+    assert len(set(uuids)) == 3
+    again = plistlib.loads(artifacts(site.load(central(tmp_path, ca_cert)))["macos/spendgate.mobileconfig"])
+    assert again["PayloadUUID"] == profile["PayloadUUID"]  # re-rendering updates the same profile
+
+
+def test_laptop_mode_renders_services_bound_to_loopback(tmp_path):
+    s = site.load(laptop(tmp_path))
+    files = artifacts(s)
+    assert "ca/spendgate-ca.pem" not in files and "central/spendgate-gateway.service" not in files
+    agent = plistlib.loads(files["macos/com.example.spendgate.plist"])
+    assert agent["Label"] == "com.example.spendgate" and agent["KeepAlive"] is True
+    script = agent["ProgramArguments"][2]
+    assert "'--listen-host' '127.0.0.1' '-p' '18080'" in script
+    assert "/usr/local/spendgate/.venv/bin/mitmdump" in script and "$HOME/Library/Application Support" in script
+    profile = plistlib.loads(files["macos/spendgate.mobileconfig"])
+    assert [p["PayloadType"] for p in profile["PayloadContent"]] == ["com.apple.proxy.http.global"]
+    assert (profile["PayloadContent"][0]["ProxyServer"], profile["PayloadContent"][0]["ProxyServerPort"]) == \
+        ("127.0.0.1", 18080)
+    unit = files["linux/spendgate.service"].decode()
+    assert "User=@@USER@@" in unit and "--listen-host 127.0.0.1 -p 18080" in unit
+    assert "spendgate_allow_clients=127.0.0.1/32,::1/128" in unit
+    task = files["windows/spendgate-task.xml"].decode()
+    assert "mitmdump.exe" in task and "<LogonTrigger>" in task
+    import xml.dom.minidom
+    xml.dom.minidom.parseString(task)
+    settings = json.loads(files["claude-code/managed-settings.linux.json"])
+    assert settings["env"]["HTTPS_PROXY"] == "http://127.0.0.1:18080"
+
+
+@pytest.mark.parametrize("os_name, ca_path", [
+    ("linux", "/etc/spendgate/spendgate-ca.pem"),
+    ("macos", "/Library/Application Support/spendgate/spendgate-ca.pem"),
+    ("windows", r"C:\ProgramData\spendgate\spendgate-ca.pem"),
+])
+def test_claude_code_managed_settings(tmp_path, ca_cert, os_name, ca_path):
+    p = central(tmp_path, ca_cert, identity="header")
+    p.write_text(p.read_text().replace(f"policy: {REPO}/policies/example.yaml\n", ""))
+    env = json.loads(artifacts(site.load(p))[f"claude-code/managed-settings.{os_name}.json"])["env"]
+    assert env == {
+        "HTTPS_PROXY": "http://gw.corp.example:3128",
+        "NO_PROXY": "localhost,127.0.0.1,::1",
+        "NODE_EXTRA_CA_CERTS": ca_path,
+        "ANTHROPIC_CUSTOM_HEADERS": "x-spendgate-user: @@USER@@",
+    }
+
+
+def test_agent_env_covers_every_client(tmp_path, ca_cert):
+    s = site.load(central(tmp_path, ca_cert))
+    env = render.agent_env(s, "linux")
+    assert env["HTTPS_PROXY"] == "http://@@USER@@:@@PROXY_PASSWORD@@@gw.corp.example:3128"
+    assert env["NODE_EXTRA_CA_CERTS"] == "/etc/spendgate/spendgate-ca.pem"
+    for var in ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CODEX_CA_CERTIFICATE"):
+        assert env[var] == "/etc/spendgate/spendgate-ca-bundle.pem"
+    files = artifacts(s)
+    bundle = ca.pem_sha256(files["ca/spendgate-ca-bundle.pem"])
+    assert ca.pem_sha256(ca_cert.read_bytes())[0] in bundle and len(bundle) > 50  # public roots kept
+    assert files["linux/spendgate.env"].decode().splitlines()[0] == \
+        'HTTPS_PROXY="http://@@USER@@:@@PROXY_PASSWORD@@@gw.corp.example:3128"'
+
+
+def test_rendered_scripts_are_complete_and_parse(tmp_path, ca_cert):
+    for s in (site.load(central(tmp_path, ca_cert)), site.load(laptop(tmp_path))):
+        out = tmp_path / s.mode
+        render.write(render.render(s), out)
+        for f in out.rglob("*"):
+            if f.is_file() and f.suffix not in (".pem",):
+                assert b"{{" not in f.read_bytes(), f"unfilled placeholder in {f}"
+        for script in ("linux/install.sh", "macos/install.sh"):
+            assert os.access(out / script, os.X_OK)
+            cp = subprocess.run(["sh", "-n", str(out / script)], capture_output=True, text=True)
+            assert cp.returncode == 0, cp.stderr
+        ps = (out / "windows" / "install.ps1").read_text()
+        assert f"$Mode = '{s.mode}'" in ps and "Import-Certificate" in ps
+        if shutil.which("pwsh"):
+            cp = subprocess.run(["pwsh", "-NoProfile", "-Command",
+                                 f"$null = [ScriptBlock]::Create((Get-Content -Raw '{out}/windows/install.ps1'))"],
+                                capture_output=True, text=True)
+            assert cp.returncode == 0, cp.stderr
+    unit = (tmp_path / "central" / "central" / "spendgate-gateway.service").read_text()
+    assert "spendgate_allow_clients=${SPENDGATE_ALLOW_CLIENTS}" in unit
+    assert "proxyauth=@/etc/spendgate/htpasswd" in (tmp_path / "central" / "central" / "gateway.env").read_text()
+
+
+def test_fill_quotes_and_refuses_unknown_placeholders():
+    assert render.fill("a={{v|sh}} b={{v|ps}} c={{v|xml}}", {"v": "it's <x>"}) == \
+        "a='it'\"'\"'s <x>' b='it''s <x>' c=it's &lt;x&gt;"
+    with pytest.raises(KeyError, match="nope"):
+        render.fill("{{nope}}", {})
+
+
+# --- CA ----------------------------------------------------------------------------------------
+
+def test_ca_init_writes_mitmproxy_confdir_with_a_private_key(tmp_path, capsys):
+    conf = tmp_path / "conf"
+    assert main(["ca", "init", "--confdir", str(conf), "--cn", "ACME gateway CA", "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert stat.S_IMODE((conf / ca.KEY_FILE).stat().st_mode) == 0o600
+    assert stat.S_IMODE(conf.stat().st_mode) == 0o700
+    assert stat.S_IMODE((conf / ca.CERT_FILE).stat().st_mode) == 0o644
+    assert b"PRIVATE KEY" not in (conf / ca.CERT_FILE).read_bytes()
+    cert = x509.load_pem_x509_certificate((conf / ca.CERT_FILE).read_bytes())
+    assert shown["sha256"] == ca.sha256_fingerprint(cert) and shown["key_mode"] == "0600"
+    assert "ACME gateway CA" in shown["subject"]
+    # mitmproxy loads it as its own CA and signs leaves with it
+    from mitmproxy.certs import CertStore
+    store = CertStore.from_store(conf, "mitmproxy", 2048)
+    leaf = store.get_cert("api.anthropic.com", [])
+    assert leaf.cert.to_cryptography().issuer == cert.subject
+    # a second init does not silently replace the CA clients trust
+    assert main(["ca", "init", "--confdir", str(conf)]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert main(["ca", "show", "--confdir", str(conf), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["sha256"] == shown["sha256"]
+
+
+def test_ca_show_flags_a_readable_key(tmp_path, capsys):
+    conf = tmp_path / "conf"
+    ca.write_confdir(conf, *ca.generate())
+    (conf / ca.KEY_FILE).chmod(0o644)
+    assert main(["ca", "show", "--confdir", str(conf)]) == 1
+    assert "chmod 600" in capsys.readouterr().err
+
+
+def test_ca_import_checks_what_it_gets(tmp_path):
+    key, cert = ca.generate()
+    other_key, _ = ca.generate()
+    both = ca.pem(cert) + key.private_bytes(ca.serialization.Encoding.PEM, ca.serialization.PrivateFormat.PKCS8,
+                                            ca.serialization.NoEncryption())
+    k, c = ca.load_import(both)
+    assert c == cert
+    wrong = other_key.private_bytes(ca.serialization.Encoding.PEM, ca.serialization.PrivateFormat.PKCS8,
+                                    ca.serialization.NoEncryption())
+    with pytest.raises(ca.CAError, match="does not belong"):
+        ca.load_import(ca.pem(cert), wrong)
+    with pytest.raises(ca.CAError, match="no PEM certificate"):
+        ca.load_import(wrong)
+
+
+# --- access rules ---------------------------------------------------------------------------------
+
+def test_client_networks():
+    nets = access.parse_networks("10.0.0.0/8, 192.168.1.7,::1/128")
+    assert access.client_allowed("10.2.3.4", nets) and access.client_allowed("192.168.1.7", nets)
+    assert access.client_allowed("::ffff:10.9.9.9", nets) and access.client_allowed("::1", nets)
+    assert not access.client_allowed("127.0.0.1", nets) and not access.client_allowed("192.168.1.8", nets)
+    assert not access.client_allowed("garbage", nets)
+    assert access.client_allowed("203.0.113.9", access.parse_networks(""))
+    with pytest.raises(ValueError, match="not an IP network"):
+        access.parse_networks("10.0.0.0/33")
+
+
+def test_whoami_never_carries_a_key():
+    body = json.loads(access.whoami_body(Identity("alice", "proxy_auth", "sha256:abc", "claude-code"), "10.1.1.1"))
+    assert body == {"user": "alice", "source": "proxy_auth", "client": "claude-code",
+                    "key_fingerprint": "sha256:abc", "workspaces": [], "client_ip": "10.1.1.1"}
+    assert access.is_whoami("WHOAMI.spendgate.invalid.") and not access.is_whoami("api.anthropic.com")

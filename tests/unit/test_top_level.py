@@ -1,0 +1,80 @@
+"""`top_level` must answer exactly like json.loads restricted to the keys asked for.
+
+It is the fast path for 100 KB agent bodies (msgspec skips what we never read); every input it
+is unsure about has to take the json.loads path, so the two can never disagree.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from spendgate.providers import base
+from spendgate.providers.base import top_level
+
+KEYS = frozenset({"model", "stream", "max_tokens", "metadata"})
+
+
+def expected(body: bytes, keys: frozenset[str] = KEYS) -> dict | None:
+    try:
+        obj = json.loads(body)
+    except (ValueError, RecursionError):
+        return None
+    return {k: v for k, v in obj.items() if k in keys} if isinstance(obj, dict) else None
+
+
+def restricted(got: dict | None, keys: frozenset[str] = KEYS) -> dict | None:
+    return None if got is None else {k: v for k, v in got.items() if k in keys}
+
+
+@pytest.mark.parametrize("body", [
+    b'{"model": "claude-sonnet-4-5", "messages": [{"role": "user", "content": "hi"}], "stream": true}',
+    b'{"model": "a", "model": "b"}',  # duplicates: the last one wins, as in json.loads
+    b'{"messages": [{"model": "nested"}], "max_tokens": 12}',  # nested keys are not top-level
+    b'{"x": "\xff", "model": "a"}',  # invalid UTF-8 in a skipped string: json.loads refuses
+    b'\xef\xbb\xbf{"model": "a"}',  # BOM
+    b'{"x": NaN, "model": "a"}',
+    b'{"x": "\\ud800", "model": "a"}',  # lone surrogate escape
+    b'{"model": 1e400, "stream": -0}',
+    b'{"model": "a",}',
+    b'[{"model": "a"}]',
+    b'"model"',
+    b'{"model": "caf\xc3\xa9", "metadata": {"user_id": "u\\u00e9"}}',
+    b' \n{"model": null} \n',
+    b'{"x": ' + b"[" * 900 + b"]" * 900 + b', "model": "deep"}',
+    b'{"stream": "true", "max_tokens": 1.5}',
+])  # fmt: skip
+def test_matches_json_loads(body: bytes) -> None:
+    assert restricted(top_level(body, KEYS)) == expected(body)
+
+
+def test_without_msgspec_the_same(monkeypatch: pytest.MonkeyPatch) -> None:
+    body = b'{"model": "a", "messages": [], "stream": true}'
+    monkeypatch.setattr(base, "msgspec", None)
+    assert restricted(top_level(body, KEYS)) == {"model": "a", "stream": True}
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.sampled_from(sorted(KEYS) + ["x", "y"]), inner,
+                                                                 max_size=4),
+    max_leaves=20,
+)  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.sampled_from(sorted(KEYS) + ["messages", "tools", "x"]), json_values, max_size=6),
+       st.booleans())  # fmt: skip
+def test_generated_objects(obj: dict, ascii_only: bool) -> None:
+    body = json.dumps(obj, ensure_ascii=ascii_only).encode()
+    assert restricted(top_level(body, KEYS)) == expected(body)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=64))
+def test_arbitrary_bytes(data: bytes) -> None:
+    body = b'{"model": "m", "x": ' + data + b"}"
+    assert restricted(top_level(body, KEYS)) == expected(body)
