@@ -150,14 +150,33 @@ def scope_filter(scope: str) -> tuple[str, list[str]]:
     return "TRUE", []
 
 
+@dataclass(frozen=True, slots=True)
+class Spent:
+    """The request whose settlement crossed a threshold (its ledger row may not be committed yet)."""
+
+    request_id: str
+    model: str | None
+    client: str
+    usd: Decimal
+
+
 def top_spend(cur: duckdb.DuckDBPyConnection, scope: str, start: datetime, end: datetime, by: str,
-              n: int = 3) -> list[dict]:
+              current: Spent | None = None, n: int = 3) -> list[dict]:
+    """Top models or clients of a budget's window, from the ledger plus the request that just settled."""
     col = {"model": "coalesce(model, '(unknown)')", "client": "client"}[by]
     where, params = scope_filter(scope)
     rows = cur.execute(
-        f"SELECT {col}, sum(charged_usd) AS usd, count(*) FROM requests WHERE ts >= ? AND ts < ? AND {where} "
-        f"AND charged_usd > 0 GROUP BY 1 ORDER BY usd DESC, 1 LIMIT {int(n)}", [start, end, *params]).fetchall()
-    return [{by: r[0], "spent_usd": float(r[1]), "requests": r[2]} for r in rows]
+        f"SELECT {col}, sum(charged_usd), count(*) FROM requests WHERE ts >= ? AND ts < ? AND {where} "
+        f"AND charged_usd > 0 AND request_id != ? GROUP BY 1",
+        [start, end, *params, current.request_id if current else ""]).fetchall()
+    tally = {name: [Decimal(usd), count] for name, usd, count in rows}
+    if current is not None and current.usd > 0:
+        name = (current.model or "(unknown)") if by == "model" else current.client
+        t = tally.setdefault(name, [ZERO, 0])
+        t[0] += current.usd
+        t[1] += 1
+    ranked = sorted(tally.items(), key=lambda kv: (-kv[1][0], kv[0]))[:n]
+    return [{by: name, "spent_usd": float(usd), "requests": count} for name, (usd, count) in ranked]
 
 
 class AlertEngine:
@@ -190,7 +209,7 @@ class AlertEngine:
         with self._lock:
             return set(self._fired)
 
-    def evaluate(self, identity: Identity, now: datetime) -> list[Crossing]:
+    def evaluate(self, identity: Identity, now: datetime, current: Spent | None = None) -> list[Crossing]:
         """After a settlement: fire whatever this identity's budgets now owe. Meter worker thread."""
         cfg = self.policy().alerts
         out: list[Crossing] = []
@@ -200,7 +219,7 @@ class AlertEngine:
             for c in crossings(b, spent, cfg, fired, now):  # Decimal and aware datetimes hash by value
                 if self._persist(c, now):
                     out.append(c)
-                    self._announce(c, now)
+                    self._announce(c, now, current)
         return out
 
     def _persist(self, c: Crossing, now: datetime) -> bool:
@@ -217,7 +236,7 @@ class AlertEngine:
             return False
         return True
 
-    def _announce(self, c: Crossing, now: datetime) -> None:
+    def _announce(self, c: Crossing, now: datetime, current: Spent | None = None) -> None:
         b = c.budget
         policy = self.policy()
         text = message(c, now)
@@ -228,8 +247,8 @@ class AlertEngine:
 
         def enrich() -> dict:  # on the sink thread: the ledger query stays off the meter worker
             cur = cursor()
-            return {"top_models": top_spend(cur, b.scope, b.start, b.end, "model"),
-                    "top_clients": top_spend(cur, b.scope, b.start, b.end, "client")}
+            return {"top_models": top_spend(cur, b.scope, b.start, b.end, "model", current),
+                    "top_clients": top_spend(cur, b.scope, b.start, b.end, "client", current)}
 
         title = (f"{b.scope}: projected to reach its {ADJECTIVE[b.window]} cap" if c.kind == "projected"
                  else f"{b.scope}: {c.threshold.normalize():f}% of the {ADJECTIVE[b.window]} budget")

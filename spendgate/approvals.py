@@ -87,6 +87,10 @@ class GrantBook:
                     del self._by[k]
         return out
 
+    def scopes(self) -> set[str]:
+        with self._lock:
+            return {scope for scope, _ in self._by}
+
     def all(self) -> list[Grant]:
         with self._lock:
             return [g for gs in self._by.values() for g in gs]
@@ -390,4 +394,5 @@ def attach_grants(book: BudgetBook, cur: duckdb.DuckDBPyConnection) -> GrantBook
     except duckdb.CatalogException:  # a ledger from before grants existed
         pass
     book.grants = grants.total
+    book.granted_scopes = grants.scopes
     return grants

@@ -94,6 +94,10 @@ def rows(cur: duckdb.DuckDBPyConnection, since: datetime | None = None, limit: i
     return out
 
 
+def _usd(v: Any) -> str:
+    return f"${float(v):,.2f}" if v is not None else "$?"
+
+
 def summary(row: dict[str, Any]) -> str:
     """One human line per audit row (for `spendgate audit`)."""
     d = row.get("detail") or {}
@@ -102,13 +106,13 @@ def summary(row: dict[str, Any]) -> str:
         sha = (d.get("sha256") or "")[:12]
         return f"{d.get('file')} sha256 {sha} ({d.get('trigger')})" + (" REJECTED" if e == "policy_rejected" else "")
     if e == "request":
-        return f"asks +${d.get('amount_usd')} ({d.get('window')}): {d.get('reason')}"
+        return f"asks +{_usd(d.get('amount_usd'))} ({d.get('window')}): {d.get('reason')}"
     if e in ("approve", "auto_approve"):
-        return f"approved +${d.get('amount_usd')} until {d.get('until')}"
+        return f"approved +{_usd(d.get('amount_usd'))} until {d.get('until')}"
     if e == "deny":
         return f"denied: {d.get('reason')}"
     if e == "grant":
-        return f"+${d.get('amount_usd')} on the {d.get('window')} budget until {d.get('until')}"
+        return f"+{_usd(d.get('amount_usd'))} on the {d.get('window')} budget until {d.get('until')}"
     if e == "grant_expired":
         return f"grant ended at {d.get('until')}"
     if e == "alert":

@@ -151,6 +151,7 @@ class BudgetBook:
         self.policy = policy
         self.store = store or MemoryCounters()
         self.grants = grants or (lambda scope, window, now: ZERO)
+        self.granted_scopes: Callable[[], Iterable[str]] = lambda: ()  # so status lists budgets with grants
         self.now = now
 
     def covering(self, identity: Identity, now: datetime | None = None) -> list[Budget]:
@@ -207,7 +208,7 @@ class BudgetBook:
         """Every active budget with its use: the policy's own scopes plus everyone seen this window."""
         now = self.now()
         seen: dict[tuple[str, str], Budget] = {}
-        idents = [_identity_of(scope) for scope in {k[0] for k, _ in self.store.items()}] + [
+        idents = [_identity_of(scope) for scope in {k[0] for k, _ in self.store.items()} | set(self.granted_scopes())] + [
             Identity(user=u, source="policy", workspaces=self.policy.workspaces_of(u)) for u in self.policy.users
         ]
         for fp, rule in self.policy.keys.items():

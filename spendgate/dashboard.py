@@ -241,7 +241,7 @@ def closest_to_cap(rows: list[dict[str, Any]], n: int = 10) -> list[dict[str, An
     def used(r: dict[str, Any]) -> float:
         limit = r["limit_usd"]
         taken = r["spent_usd"] + r.get("reserved_usd", 0.0)
-        return taken / limit if limit > 0 else (1.0 if taken > 0 or limit == 0 else 0.0)
+        return taken / limit if limit > 0 else 1.0  # a zero limit blocks everything: it is full
 
     ranked = sorted(rows, key=lambda r: (-used(r), r["scope"], r["window"]))
     return [{**r, "used": round(used(r), 4)} for r in ranked[:n]]

@@ -239,7 +239,7 @@ class Gateway:
             row.charged_usd = res.amount
         if res is not None:
             self.book.settle(res, row.charged_usd or Decimal(0))
-            self.workflow.after_charge(ex.identity)  # tiered alerts and projected overrun
+            self.workflow.after_charge(ex.identity, row)  # tiered alerts and projected overrun
 
     def _written(self, rows: list[LedgerRow]) -> None:
         """Ledger writer thread: rows are committed, so their reservations are settled for good."""

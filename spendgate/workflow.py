@@ -19,11 +19,12 @@ import duckdb
 from spendgate import audit as audit_mod
 from spendgate.adminapi import ApiError, Caller
 from spendgate.alertpolicy import SinkConfig
-from spendgate.alerts import AlertEngine, warning_line
+from spendgate.alerts import AlertEngine, Spent, warning_line
 from spendgate.approvals import ApprovalError, Approvals, GrantBook, NotAllowed, iso, list_requests
 from spendgate.audit import AuditLog, policy_detail, process_actor
-from spendgate.budgets import BudgetBook, Decision
+from spendgate.budgets import ZERO, BudgetBook, Decision
 from spendgate.identity import Identity
+from spendgate.ledger import LedgerRow
 from spendgate.policy import Policy
 from spendgate.reports import parse_time
 from spendgate.sinks import Delivery, Dispatcher, Notice
@@ -53,6 +54,7 @@ class Workflow:
         self.grants = GrantBook()
         self.grants.load(cursor())
         book.grants = self.grants.total
+        book.granted_scopes = self.grants.scopes
         self.dispatcher = dispatcher or Dispatcher(self._delivered)
         self.approvals = Approvals(self.policy, book, self.grants, self.audit, cursor, self.notify, now)
         self.alerts = AlertEngine(self.policy, book, cursor, self.audit, self.notify)
@@ -93,10 +95,11 @@ class Workflow:
             "sink": d.sink, "kind": d.kind, "outcome": d.outcome, "attempts": d.attempts, "error": d.error})
 
     # -- traffic (meter worker / event loop) --
-    def after_charge(self, identity: Identity, now: datetime | None = None) -> None:
+    def after_charge(self, identity: Identity, row: LedgerRow | None = None, now: datetime | None = None) -> None:
         """Meter worker thread, after settlement: fire the alerts this spend crossed."""
+        current = Spent(row.request_id, row.model, row.client, row.charged_usd or ZERO) if row else None
         try:
-            self.alerts.evaluate(identity, now or self.now())
+            self.alerts.evaluate(identity, now or self.now(), current)
         except Exception:
             log.exception("spendgate: alert evaluation failed")
 

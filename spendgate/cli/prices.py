@@ -215,7 +215,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         console.print("[green]No rows were charged a fallback rate.[/]")
     if overrides:
         table("Overrides against the catalogue", overrides,
-              ["provider", "model", "variant", "effective_from", "field", "override", "catalogue", "status"])
+              ["model", "variant", "effective_from", "field", "override", "catalogue", "status"])
     else:
         console.print("No overrides.")
     return 1 if args.strict and problems else 0

@@ -30,6 +30,7 @@ from spendgate.usage import Usage
 
 PROVIDERS = ("anthropic", "openai")
 CENTS = Decimal(100)
+ZERO = Decimal(0)
 
 
 class BillingFormatError(ValueError):
@@ -139,7 +140,8 @@ def anthropic_usage_report(doc: dict, price: Callable | None = None) -> list[Bil
         dims = ("api_key_id", "workspace_id", "model", "service_tier", "context_window", "inference_geo",
                 "account_id", "service_account_id", "speed")  # fmt: skip
         out.append(_usage_line("anthropic", "anthropic_usage_report", start, usage, model, r.get("workspace_id"),
-                               r.get("api_key_id"), None, price, (start.isoformat(), *(r.get(d) for d in dims))))
+                               r.get("api_key_id"), None, price, (start.isoformat(), *(r.get(d) for d in dims)),
+                               long_context=r.get("context_window") == "200k-1M"))
     return out
 
 
@@ -182,9 +184,48 @@ def openai_usage_completions(doc: dict, price: Callable | None = None) -> list[B
     return out
 
 
-def _usage_line(provider, source, start, usage: Usage, model, workspace, api_key, requests, price, key) -> BillingLine:
+SAMPLE = 100_000  # tokens per probe: below every long-context threshold
+LONG_BASE = 250_000  # input that puts a probe above the 200k threshold
+
+
+def aggregate_cost(price: Callable, provider: str, model: str, usage: Usage, at: datetime,
+                   long_context: bool = False) -> Decimal | None:  # fmt: skip
+    """Price a day's aggregated tokens at per-token rates.
+
+    Tier cliffs apply per request, so pricing a whole day as one request would put everything in
+    the long-context tier. Instead each token kind's marginal rate is probed on a request-sized
+    sample (in the long-context tier only when the report says the tokens were), then multiplied.
+    """
+
+    def cost(u: Usage) -> Decimal | None:
+        return price(provider, model, u, at)
+
+    base = Usage(input_tokens=LONG_BASE if long_context else 0)
+    b = cost(base)
+    if b is None:
+        return None
+
+    def rate(extra: Usage, qty: int) -> Decimal:
+        u = Usage(**{k: getattr(base, k) + getattr(extra, k) for k in Usage.__slots__})
+        c = cost(u)
+        return ZERO if c is None else (c - b) / qty
+
+    n = SAMPLE
+    w1h = usage.cache_write_1h_tokens
+    return (
+        usage.uncached_input_tokens * rate(Usage(input_tokens=n), n)
+        + usage.cache_read_tokens * rate(Usage(input_tokens=n, cache_read_tokens=n), n)
+        + usage.cache_write_5m_tokens * rate(Usage(input_tokens=n, cache_write_tokens=n), n)
+        + (w1h and w1h * rate(Usage(input_tokens=n, cache_write_tokens=n, cache_write_1h_tokens=n), n))
+        + usage.output_tokens * rate(Usage(output_tokens=n), n)
+        + (usage.web_search_requests and usage.web_search_requests * rate(Usage(web_search_requests=1), 1))
+    )
+
+
+def _usage_line(provider, source, start, usage: Usage, model, workspace, api_key, requests, price, key,
+                long_context: bool = False) -> BillingLine:  # fmt: skip
     """A usage-report line: tokens as reported, dollars from our own prices (None if unknown)."""
-    amount = price(provider, model, usage, start) if price and model else None
+    amount = aggregate_cost(price, provider, model, usage, start, long_context) if price and model else None
     return BillingLine(
         provider, source, "usage", start.date(), start, amount, model=model, workspace=workspace, api_key=api_key,
         input_tokens=usage.input_tokens, cache_read_tokens=usage.cache_read_tokens,

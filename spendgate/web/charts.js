@@ -126,7 +126,8 @@ function donut(host, rows) {
 // Budget utilisation bars; rows from /api/budgets, fullest first.
 function budgetBars(host, rows, limit) {
   host.replaceChildren();
-  const used = (r) => (r.limit_usd > 0 ? (r.spent_usd + (r.reserved_usd || 0)) / r.limit_usd : (r.spent_usd > 0 ? 1 : 0));
+  // a zero limit is a budget that is already full (it blocks everything), as closest_to_cap says
+  const used = (r) => (r.limit_usd > 0 ? (r.spent_usd + (r.reserved_usd || 0)) / r.limit_usd : 1);
   const ranked = rows.slice().sort((x, y) => used(y) - used(x)).slice(0, limit || 8);
   if (!ranked.length) { host.append(h("p", { class: "empty" }, "No budgets apply.")); return; }
   for (const r of ranked) {

@@ -87,7 +87,6 @@ def test_explain_and_reprice_through_the_running_gateway(tmp_path, gateway_facto
     total = next(line for line in text.splitlines() if line.strip().startswith("total"))
     assert total.rstrip().endswith("$0.011790")
     assert "below every tier threshold" in text and "WARNING" not in text
-    assert user_spent(gw) == LIST
 
     # a contracted rate lands in the gateway's overrides; nothing changes until a re-price
     overrides = folder / "overrides.yaml"
@@ -185,8 +184,6 @@ def test_update_from_url_shows_changes_and_pins_only_with_yes(tmp_path, catalogu
     assert shown["written"] is None and (folder / "catalogue.json").read_text() == before
     assert [(c["model"], c["field"], c["old"], c["new"], c["effective"]) for c in shown["changes"]] == [
         ("claude-haiku-4-5", "output_mtok", "5", "4", "2027-02-01")]
-    table = run("prices", "update", "--from", catalogue_server).stdout
-    assert "claude-haiku-4-5" in table and "Nothing written" in table
 
     written = json.loads(run("prices", "update", "--from", catalogue_server, "--yes", "--json").stdout)["written"]
     assert written["source"] == catalogue_server and written["previous"] == shown["pinned"]

@@ -141,3 +141,20 @@ def test_audit_has_no_update_or_delete_path():
     src = inspect.getsource(audit)
     for verb in ("UPDATE ", "DELETE ", "TRUNCATE", "DROP "):
         assert verb not in src.upper().replace("UPDATES", "")
+
+
+def test_a_gateway_refusing_a_bad_policy_at_start_leaves_an_audit_row(tmp_path):
+    from spendgate.gateway import Gateway, GatewayError, Settings
+    from spendgate.ledger import connect
+
+    bad = tmp_path / "p.yaml"
+    bad.write_text("version: 1\nalerts: {thresholds: [-5]}\n")
+    db = tmp_path / "l.duckdb"
+    with pytest.raises(GatewayError, match="invalid policy"):
+        Gateway(Settings(db=db, policy=bad, admin_port=-1, reload_interval=0))
+    con = connect(db, read_only=True)
+    (row,) = audit.rows(con)
+    con.close()
+    assert row["event"] == "policy_rejected" and row["detail"]["trigger"] == "start"
+    assert row["detail"]["file"] == str(bad) and "alerts.thresholds.0" in row["detail"]["problems"]
+    assert "(pid " in row["actor"]

@@ -146,6 +146,16 @@ def test_admin_tokens_from_env_and_policy_file(tmp_path):
     assert admin_tokens(policy, "disc", {}) == ["disc"]
 
 
+def test_policy_names_the_token_file(tmp_path):
+    from spendgate.policy import load
+
+    (tmp_path / "secrets").mkdir()
+    (tmp_path / "secrets" / "admin.token").write_text("rotated-token\n")
+    path = tmp_path / "policy.yaml"
+    path.write_text("version: 1\nadmin: {token_file: secrets/admin.token}\n")
+    assert admin_tokens(load(path), None, {}) == ["rotated-token"]
+
+
 def test_approvers_from_policy():
     ws = SimpleNamespace(owners=("wendy",))
     policy = SimpleNamespace(raw={"approvals": {"organization": {"approvers": ["olivia"]},
