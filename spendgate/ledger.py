@@ -9,11 +9,12 @@ seam for other stores (PostgreSQL, OpenTelemetry) later.
 from __future__ import annotations
 
 import logging
+import operator
 import queue
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import astuple, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
@@ -60,6 +61,7 @@ class LedgerRow:
 
 
 COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(LedgerRow))
+_values = operator.attrgetter(*COLUMNS)  # a row's values in column order; not astuple, which deep-copies
 
 MIGRATIONS: list[tuple[int, str]] = [
     (
@@ -393,5 +395,5 @@ class DuckDBLedger:
 def write_rows(cur: duckdb.DuckDBPyConnection, rows: Iterable[LedgerRow]) -> None:
     """Append rows in one go (one transaction)."""
     app = cur.appender("requests", columns=list(COLUMNS))
-    app.append_rows([astuple(r) for r in rows])
+    app.append_rows([_values(r) for r in rows])
     app.flush()

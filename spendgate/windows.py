@@ -17,8 +17,25 @@ def _midnight(d: date, tz: ZoneInfo) -> datetime:
     return datetime.combine(d, time(0), tzinfo=tz)
 
 
+_LAST: dict[tuple[str, ZoneInfo], tuple[datetime, datetime]] = {}  # the latest window of each kind
+
+
 def bounds(window: str, now: datetime, tz: ZoneInfo) -> tuple[datetime, datetime]:
-    """The window containing `now`, as aware datetimes in UTC."""
+    """The window containing `now`, as aware datetimes in UTC.
+
+    Every admission asks this for each budget, and the answer changes once an hour at most: the
+    last window of each kind is kept and reused while it still contains `now`.
+    """
+    key = (window, tz)
+    last = _LAST.get(key)
+    if last is not None and now.tzinfo is not None and last[0] <= now < last[1]:
+        return last
+    found = _bounds(window, now, tz)
+    _LAST[key] = found
+    return found
+
+
+def _bounds(window: str, now: datetime, tz: ZoneInfo) -> tuple[datetime, datetime]:
     local = now.astimezone(tz)
     if window == "hour":
         start = local.replace(minute=0, second=0, microsecond=0)
