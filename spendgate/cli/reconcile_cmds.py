@@ -225,9 +225,12 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_plans(args: argparse.Namespace) -> int:
-    led = Ledger(args.db or default_db(), create=True)
     params = {k: v for k, v in {"since": args.since, "until": args.until, "by": args.by}.items() if v}
-    result = led.query("reconcile/plans", params, _policy_loader(args))
+    try:
+        led = Ledger(args.db or default_db(), read_only=True)  # a running gateway answers with its policy
+        result = led.query("reconcile/plans", params, _policy_loader(args))
+    except SourceError:  # no ledger yet: plans need only the policy
+        result = reconcile.plans_query(None, params, _policy_loader(args)())
     if args.json:
         print_json(result)
         return 0
