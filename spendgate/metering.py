@@ -22,7 +22,7 @@ from decimal import Decimal
 from spendgate import providers
 from spendgate.identity import Identity
 from spendgate.ledger import Ledger, LedgerRow
-from spendgate.pricing import Pricer, PriceResult
+from spendgate.pricing import Pricer, PriceResult, variant_for_tier
 from spendgate.providers.base import RequestInfo, ResponseResult, Route, StreamParser
 from spendgate.usage import Usage
 
@@ -219,7 +219,7 @@ class Meter:
     ) -> LedgerRow:
         verdict = judge(ex, result, ended)
         model = (result.model if result and result.model else None) or ex.request.model
-        price = self.price(ex, verdict, model)
+        price = self.price(ex, verdict, model, result.service_tier if result else None)
         outcome = verdict.outcome
         if outcome in ("ok", "estimated") and price.cost is None:
             outcome = "unpriced"
@@ -253,11 +253,15 @@ class Meter:
             **verdict.usage.as_dict(),
         )
 
-    def price(self, ex: Exchange, verdict: Verdict, model: str | None) -> PriceResult:
+    def price(self, ex: Exchange, verdict: Verdict, model: str | None, tier: str | None = None) -> PriceResult:
         if verdict.outcome == "unmetered":
             return PriceResult(None, "unmetered")
         if ex.request.free:
             return PriceResult(Decimal(0), "free")
         if verdict.outcome in ("blocked", "upstream_error"):
             return PriceResult(Decimal(0), "not billed")
-        return self.pricer.price(ex.provider, model, verdict.usage, ex.ts)
+        try:
+            return self.pricer.price(ex.provider, model, verdict.usage, ex.ts, variant=variant_for_tier(tier))
+        except Exception:  # a pricing bug must not lose the row: record it unpriced, loudly
+            log.exception("pricing failed for %s %r", ex.provider, model)
+            return PriceResult(None, "pricing error")

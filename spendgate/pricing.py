@@ -49,6 +49,12 @@ VARIANT_CONTEXT: dict[str, dict[str, str]] = {
 }
 DETAIL_VERSION = 2
 
+
+def variant_for_tier(service_tier: str | None) -> str:
+    """The price variant a provider's reported service tier bills at (default/standard/auto: standard)."""
+    tier = (service_tier or "").lower()
+    return tier if tier in VARIANTS else "standard"
+
 # Rate names, per million tokens except the per-unit fees.
 RATE_KEYS = (
     "input_mtok",

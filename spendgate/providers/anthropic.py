@@ -117,6 +117,7 @@ class AnthropicStreamParser(JSONEventStreamParser):
             r.model = str_or_none(dig(message, "model")) or r.model
             usage = dig(message, "usage")
             if isinstance(usage, dict):
+                r.service_tier = str_or_none(usage.get("service_tier")) or r.service_tier
                 self._usage.merge(usage)
                 r.usage = self._usage.to_usage()
                 r.input_tokens_hint = r.usage.input_tokens
@@ -162,6 +163,7 @@ class AnthropicMessagesAdapter(Adapter):
         result = ResponseResult(model=str_or_none(obj.get("model")), error=error_type(obj))
         usage = obj.get("usage")
         if isinstance(usage, dict):
+            result.service_tier = str_or_none(usage.get("service_tier"))
             state = AnthropicUsageState.empty()
             state.merge(usage)
             result.usage = state.to_usage()

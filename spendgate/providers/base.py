@@ -37,6 +37,7 @@ class ResponseResult:
 
     model: str | None = None
     usage: Usage | None = None  # None until the provider reported usage (maybe provisional)
+    service_tier: str | None = None  # as the provider reported it: priority, flex, batch, standard...
     usage_final: bool = False  # True when usage came from the provider's final report
     input_tokens_hint: int | None = None  # e.g. message_start input, for estimates
     output_chars: int = 0  # text/thinking/tool-arg characters seen, for estimates

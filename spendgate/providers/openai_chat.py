@@ -110,6 +110,7 @@ class ChatStreamParser(JSONEventStreamParser):
             r.error = r.error or err
             return
         r.model = r.model or str_or_none(obj.get("model"))  # Azure's first chunk has model ""
+        r.service_tier = str_or_none(obj.get("service_tier")) or r.service_tier
         r.output_chars += _delta_chars(obj.get("choices"), "delta")
         usage = obj.get("usage")
         if isinstance(usage, dict):
@@ -139,7 +140,11 @@ class OpenAIChatAdapter(Adapter):
             obj = load_json(body)
             if not isinstance(obj, dict):
                 return ResponseResult(garbled=bool(body))
-            result = ResponseResult(model=str_or_none(obj.get("model")), error=error_type(obj))
+            result = ResponseResult(
+                model=str_or_none(obj.get("model")),
+                error=error_type(obj),
+                service_tier=str_or_none(obj.get("service_tier")),
+            )
             usage = obj.get("usage")
             if isinstance(usage, dict):
                 result.usage = chat_usage(usage)

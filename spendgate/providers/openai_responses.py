@@ -86,6 +86,7 @@ def _output_chars(output: Any) -> int:
 def apply_response(result: ResponseResult, response: dict, web_searches: int) -> None:
     """Fold a (terminal or whole) Response object into ``result``."""
     result.model = str_or_none(response.get("model")) or result.model
+    result.service_tier = str_or_none(response.get("service_tier")) or result.service_tier
     result.error = result.error or response_error(response)
     searches = max(web_searches, count_web_searches(response.get("output")))
     usage = response.get("usage")

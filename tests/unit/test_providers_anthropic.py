@@ -45,6 +45,7 @@ def test_stream_fixture_exact() -> None:
     assert result == ResponseResult(
         model="claude-sonnet-4-5-20250929",
         usage=STREAM_USAGE,
+        service_tier="standard",
         usage_final=True,
         input_tokens_hint=13540,
         output_chars=57,  # thinking 16 + text 23 + tool json 18; signature_delta not counted

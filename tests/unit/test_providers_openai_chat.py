@@ -19,6 +19,7 @@ FACTORY = STREAMS["openai_chat"][0]
 def test_stream_fixture_exact() -> None:
     result = run_whole(FACTORY, fixture_bytes("openai_chat_stream.sse"))
     assert result == ResponseResult(
+        service_tier="default",
         model="gpt-4.1-mini-2025-04-14",
         usage=Usage(input_tokens=2300, cache_read_tokens=1792, output_tokens=150, reasoning_tokens=64),
         usage_final=True,
@@ -34,6 +35,7 @@ def test_stream_fixture_exact() -> None:
 def test_json_fixture_exact() -> None:
     result = CHAT.parse_response(fixture_bytes("openai_chat.json"))
     assert result == ResponseResult(
+        service_tier="default",
         model="o4-mini-2025-04-16",
         usage=Usage(input_tokens=5000, cache_read_tokens=4864, output_tokens=700, reasoning_tokens=640),
         usage_final=True,
