@@ -7,6 +7,7 @@ core (`spendgate.gateway`), and per-flow state travels in `flow.metadata["spendg
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 
 from mitmproxy import ctx, exceptions, http
@@ -25,6 +26,7 @@ from access import Access  # addons/access.py: client networks, providers-only, 
 log = logging.getLogger("spendgate")
 
 META = "spendgate"
+SWITCH_INTERVAL = 0.0005  # seconds; see SpendGate.load
 
 
 def _path_opt(value: str, default: Path | None) -> Path | None:
@@ -32,7 +34,21 @@ def _path_opt(value: str, default: Path | None) -> Path | None:
 
 
 def _headers(h: http.Headers) -> dict[str, str]:
-    return {k.lower(): v for k, v in h.items()}
+    """Lower-cased names, repeated headers folded with ", " (what ``h.items()`` gives).
+
+    Read from the raw fields in one pass: ``Headers.items()`` rescans every field for each name.
+    """
+    folded: dict[bytes, tuple[bytes, list[bytes]]] = {}
+    for name, value in h.fields:
+        entry = folded.get(name.lower())
+        if entry is None:
+            folded[name.lower()] = (name, [value])
+        else:
+            entry[1].append(value)
+    return {
+        name.decode("utf-8", "surrogateescape").lower(): ", ".join(v.decode("utf-8", "surrogateescape") for v in values)
+        for name, values in folded.values()
+    }
 
 
 class SpendGate:
@@ -42,6 +58,10 @@ class SpendGate:
         self._allow_hosts: list[str] = []  # what we last set, to tell it from the operator's
 
     def load(self, loader) -> None:
+        # The meter and ledger threads share the GIL with mitmproxy's event loop. CPython makes a
+        # waiting thread wait 5 ms before it asks for the GIL; 0.5 ms bounds what a burst of
+        # background work can add to a proxied request or stream event.
+        sys.setswitchinterval(SWITCH_INTERVAL)
         loader.add_option("spendgate_db", str, "", "DuckDB ledger file (default data/spendgate.duckdb)")
         loader.add_option("spendgate_policy", str, "", "YAML budget policy (default policies/example.yaml)")
         loader.add_option("spendgate_pricing", str, "", "price overrides YAML (default pricing/overrides.yaml)")

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import json
 import logging
 import os
@@ -28,7 +29,6 @@ import shutil
 import signal
 import socket
 import ssl
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -166,8 +166,10 @@ _STAMP = re.compile(rb"@(\d+)@")
 class Conn:
     """One client connection: CONNECT through the proxy, TLS to the provider name, HTTP/1.1."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.r, self.w = reader, writer
+    sent: collections.Counter = collections.Counter()  # proxy port -> requests answered 200
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, port: int) -> None:
+        self.r, self.w, self.port = reader, writer, port
 
     @classmethod
     async def open(cls, port: int, ctx: ssl.SSLContext) -> Conn:
@@ -177,7 +179,7 @@ class Conn:
         if b" 200 " not in head.split(b"\r\n", 1)[0]:
             raise ProxyError(f"CONNECT refused: {head[:80]!r}")
         await w.start_tls(ctx, server_hostname=HOST)
-        return cls(r, w)
+        return cls(r, w, port)
 
     async def exchange(self, request: bytes, on_chunk: Callable[[bytes, int], None] | None = None) -> int:
         """Send one request, read the whole answer; `on_chunk(data, monotonic_ns)` sees the body."""
@@ -200,6 +202,7 @@ class Conn:
                 on_chunk(data, time.monotonic_ns())
         if status != 200:
             raise ProxyError(f"HTTP {status}: {head[:200]!r}")
+        Conn.sent[self.port] += 1
         return status
 
     def close(self) -> None:
@@ -638,10 +641,21 @@ class Bench:
                   for name, p in (("plain", plain_stream), ("spendgate", gw))}  # fmt: skip
         for p in (plain, plain_stream, gw):
             p.stop()
+        out["metering"] = metered(gw)
         out.update(summarize(samples))
         out["memory"] = {**memory, "ratio": {"growth_mb": r3(ratio(memory["spendgate"]["growth_mb"],
                                                                    memory["plain"]["growth_mb"]))}}
         return out
+
+
+def metered(gw: Proxy) -> dict[str, int]:
+    """Did spendgate meter every request it forwarded? (its ledger, read after it stopped)"""
+    con = duckdb.connect(str(gw.ledger), read_only=True)
+    try:
+        rows, ok = con.execute("SELECT count(*), count(*) FILTER (WHERE outcome = 'ok') FROM requests").fetchone()
+    finally:
+        con.close()
+    return {"requests_sent": Conn.sent[gw.port], "rows": rows, "ok_rows": ok}
 
 
 def summarize(samples: dict[str, dict[str, list]]) -> dict[str, Any]:

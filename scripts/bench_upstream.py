@@ -149,7 +149,7 @@ class Upstream:
                 await writer.drain()
         elif kind == "bulk":
             delta = chunk(DELTA_PREFIX + b"x" * 16384 + DELTA_SUFFIX)
-            for _ in range(max(1, int(args) // len(delta))):
+            for _ in range(max(1, -(-int(args) // len(delta)))):  # at least BYTES
                 writer.write(delta)
                 await writer.drain()
         writer.write(END)

@@ -20,6 +20,7 @@ from typing import Any
 
 import duckdb
 
+from spendgate import sql
 from spendgate.alertpolicy import ApprovalRule
 from spendgate.audit import AuditLog
 from spendgate.budgets import ZERO, BudgetBook
@@ -213,19 +214,12 @@ REQUEST_SQL = """
 
 
 def list_requests(cur: duckdb.DuckDBPyConnection, status: str | None = None, id: str | None = None) -> list[dict]:
-    clauses, params = [], []
-    if status and status != "all":
-        clauses.append("coalesce(d.decision, 'pending') = ?" if status != "approved"
-                       else "d.decision IN ('approved', 'auto_approved')")
-        if status != "approved":
-            params.append(status)
-    if id:
-        clauses.append("r.id = ?")
-        params.append(id)
-    where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-    res = cur.execute(f"{REQUEST_SQL} {where} ORDER BY r.ts, r.id", params)
-    names = [d[0] for d in res.description]
-    return [{n: jsonable(v) for n, v in zip(names, row)} for row in res.fetchall()]
+    if status == "approved":
+        by_status: sql.Condition = "d.decision IN ('approved', 'auto_approved')"
+    else:
+        by_status = ("coalesce(d.decision, 'pending') = ?", None if status == "all" else status)
+    where, params = sql.where(by_status, ("r.id = ?", id))
+    return sql.dicts(cur.execute(f"{REQUEST_SQL} {where} ORDER BY r.ts, r.id", params), jsonable)
 
 
 class Approvals:

@@ -20,6 +20,7 @@ from typing import Any
 
 import duckdb
 
+from spendgate import sql
 from spendgate.identity import local_user
 from spendgate.reports import jsonable
 
@@ -82,15 +83,12 @@ def policy_detail(path: str, sha256: str | None, trigger: str, problems: str | N
 
 def rows(cur: duckdb.DuckDBPyConnection, since: datetime | None = None, limit: int | None = None) -> list[dict]:
     """Audit rows in the order they were written (oldest first)."""
-    where, params = ("WHERE ts >= ?", [since]) if since else ("", [])
+    where, params = sql.where(("ts >= ?", since))
     lim = f"LIMIT {int(limit)}" if limit else ""
     res = cur.execute(f"SELECT seq, ts, event, actor, scope, ref, detail FROM audit {where} ORDER BY seq {lim}", params)
-    names = [d[0] for d in res.description]
-    out = []
-    for r in res.fetchall():
-        row = {n: jsonable(v) for n, v in zip(names, r)}
+    out = sql.dicts(res, jsonable)
+    for row in out:
         row["detail"] = json.loads(row["detail"]) if row["detail"] else {}
-        out.append(row)
     return out
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import duckdb
 
-from spendgate import reports
+from spendgate import reports, sql
 from spendgate.ledger import COLUMNS
 
 log = logging.getLogger(__name__)
@@ -43,14 +43,7 @@ EXPORT_FORMATS = ("parquet", "csv")
 EXPORT_COLUMNS = COLUMNS
 
 
-def _user_clause(user: str | None, clauses: list[str], params: list[Any]) -> None:
-    if user:
-        clauses.append('"user" = ?')
-        params.append(user)
-
-
-def _where(clauses: list[str]) -> str:
-    return f"WHERE {' AND '.join(clauses)}" if clauses else ""
+USER = '"user" = ?'
 
 
 def floor_time(t: datetime, step: timedelta) -> datetime:
@@ -71,10 +64,9 @@ def totals(cur: duckdb.DuckDBPyConnection, now: datetime | None = None, user: st
         f"count(*) FILTER (WHERE ts >= ? AND outcome = 'blocked') AS {w}_blocked"
         for w in reports.WINDOWS
     )
-    clauses, params = ["ts >= ?"], [min(starts.values())]
-    _user_clause(user, clauses, params)
+    where, params = sql.where(("ts >= ?", min(starts.values())), (USER, user))
     args = [s for w in reports.WINDOWS for s in [starts[w]] * 4]
-    row = reports._rows(cur, f"SELECT {cols} FROM requests {_where(clauses)}", [*args, *params])[0]
+    row = reports._rows(cur, f"SELECT {cols} FROM requests {where}", [*args, *params])[0]
     return {
         w: {
             "since": reports.jsonable(starts[w]),
@@ -98,14 +90,13 @@ def series(
     last = floor_time(now, b.step)
     first = last - b.span + b.step
     secs = int(b.step.total_seconds())
-    clauses, params = ["ts >= ?"], [first]
-    _user_clause(user, clauses, params)
-    sql = f"""
+    where, params = sql.where(("ts >= ?", first), (USER, user))
+    query = f"""
         SELECT (epoch(ts)::BIGINT // {secs}) * {secs} AS bucket, coalesce(sum(cost_usd), 0) AS cost_usd,
                count(*) AS requests, count(*) FILTER (WHERE outcome = 'blocked') AS blocked
-        FROM requests {_where(clauses)} GROUP BY 1
+        FROM requests {where} GROUP BY 1
     """
-    found = {r["bucket"]: r for r in reports._rows(cur, sql, params)}
+    found = {r["bucket"]: r for r in reports._rows(cur, query, params)}
     out = []
     t = first
     while t <= last:
@@ -120,31 +111,23 @@ def blocks(
     cur: duckdb.DuckDBPyConnection, since: datetime | None = None, user: str | None = None, limit: int = 20
 ) -> list[dict[str, Any]]:
     """The latest refused requests, with the reason the caller was given."""
-    clauses, params = ["outcome = 'blocked'"], []
-    if since:
-        clauses.append("ts >= ?")
-        params.append(since)
-    _user_clause(user, clauses, params)
-    sql = f"""SELECT ts, "user", client, provider, model, status, workspace, note AS reason
-              FROM requests {_where(clauses)} ORDER BY ts DESC, request_id LIMIT ?"""
-    return reports._rows(cur, sql, [*params, limit])
+    where, params = sql.where("outcome = 'blocked'", ("ts >= ?", since), (USER, user))
+    query = f"""SELECT ts, "user", client, provider, model, status, workspace, note AS reason
+                FROM requests {where} ORDER BY ts DESC, request_id LIMIT ?"""
+    return reports._rows(cur, query, [*params, limit])
 
 
 def unpriced(
     cur: duckdb.DuckDBPyConnection, since: datetime | None = None, user: str | None = None
 ) -> list[dict[str, Any]]:
     """Models the gateway could not price: what they cost at the fallback rate and who used them."""
-    clauses, params = ["outcome = 'unpriced'"], []
-    if since:
-        clauses.append("ts >= ?")
-        params.append(since)
-    _user_clause(user, clauses, params)
-    sql = f"""SELECT provider, coalesce(model, '(unknown)') AS model, count(*) AS requests,
+    where, params = sql.where("outcome = 'unpriced'", ("ts >= ?", since), (USER, user))
+    query = f"""SELECT provider, coalesce(model, '(unknown)') AS model, count(*) AS requests,
                      count(DISTINCT "user") AS users, sum(input_tokens)::BIGINT AS input_tokens,
                      sum(output_tokens)::BIGINT AS output_tokens, coalesce(sum(charged_usd), 0) AS charged_usd,
                      max(ts) AS last_seen
-              FROM requests {_where(clauses)} GROUP BY 1, 2 ORDER BY requests DESC, model"""
-    return reports._rows(cur, sql, params)
+              FROM requests {where} GROUP BY 1, 2 ORDER BY requests DESC, model"""
+    return reports._rows(cur, query, params)
 
 
 def overview(
@@ -172,16 +155,9 @@ def overview(
 
 def export_sql(since: datetime | None, until: datetime | None, user: str | None) -> tuple[str, list[Any]]:
     """The SELECT an export copies, oldest first, with its parameters."""
-    clauses, params = [], []
-    if since:
-        clauses.append("ts >= ?")
-        params.append(since)
-    if until:
-        clauses.append("ts < ?")
-        params.append(until)
-    _user_clause(user, clauses, params)
+    where, params = sql.where(("ts >= ?", since), ("ts < ?", until), (USER, user))
     cols = ", ".join(f'"{c}"' for c in EXPORT_COLUMNS)
-    return f"SELECT {cols} FROM requests {_where(clauses)} ORDER BY ts, request_id", params
+    return f"SELECT {cols} FROM requests {where} ORDER BY ts, request_id", params
 
 
 def export(

@@ -61,6 +61,7 @@ class LedgerRow:
 
 
 COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(LedgerRow))
+APPEND_SLICE = 32  # rows per Appender call (see write_rows)
 _values = operator.attrgetter(*COLUMNS)  # a row's values in column order; not astuple, which deep-copies
 
 MIGRATIONS: list[tuple[int, str]] = [
@@ -393,7 +394,13 @@ class DuckDBLedger:
 
 
 def write_rows(cur: duckdb.DuckDBPyConnection, rows: Iterable[LedgerRow]) -> None:
-    """Append rows in one go (one transaction)."""
+    """Append rows in one go (one transaction).
+
+    The Appender converts rows holding the GIL; in small slices the proxy's event loop (same
+    process) gets the GIL back between them instead of stalling for a whole batch.
+    """
     app = cur.appender("requests", columns=list(COLUMNS))
-    app.append_rows([_values(r) for r in rows])
+    values = [_values(r) for r in rows]
+    for i in range(0, len(values), APPEND_SLICE):
+        app.append_rows(values[i : i + APPEND_SLICE])
     app.flush()

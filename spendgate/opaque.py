@@ -21,6 +21,8 @@ from typing import Any
 
 import duckdb
 
+from spendgate import sql
+
 log = logging.getLogger(__name__)
 
 DEFAULT_OPAQUE_HOSTS: tuple[str, ...] = ("cursor.sh", "*.cursor.sh")
@@ -152,14 +154,7 @@ def summary(cur: duckdb.DuckDBPyConnection, by: str = "user", since: datetime | 
     """Connections, bytes and time per user (or host/client/workspace)."""
     if by not in GROUPS:
         raise ValueError(f"unknown grouping {by!r} (one of {', '.join(GROUPS)})")
-    clauses, params = [], []
-    if since:
-        clauses.append("ts >= ?")
-        params.append(since)
-    if user:
-        clauses.append('"user" = ?')
-        params.append(user)
-    where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+    where, params = sql.where(("ts >= ?", since), ('"user" = ?', user))
     res = cur.execute(
         f"""SELECT {GROUPS[by]} AS "group", count(*) AS connections, sum(bytes_up) AS bytes_up,
                    sum(bytes_down) AS bytes_down, round(sum(duration_ms) / 1000, 3) AS seconds,
@@ -167,8 +162,7 @@ def summary(cur: duckdb.DuckDBPyConnection, by: str = "user", since: datetime | 
             FROM opaque_connections {where} GROUP BY 1 ORDER BY connections DESC, "group" """,
         params,
     )
-    names = [d[0] for d in res.description]
-    rows = [dict(zip(names, r)) for r in res.fetchall()]
+    rows = sql.dicts(res)
     for r in rows:
         r["bytes_up"], r["bytes_down"] = int(r["bytes_up"] or 0), int(r["bytes_down"] or 0)
         r["seconds"] = float(r["seconds"] or 0)

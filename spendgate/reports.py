@@ -12,6 +12,8 @@ from typing import Any
 
 import duckdb
 
+from spendgate import sql
+
 GROUPS = {
     "user": '"user"',
     "key": "coalesce(key_fingerprint, '(no key)')",
@@ -40,10 +42,8 @@ def jsonable(value: Any) -> Any:
     return value
 
 
-def _rows(cur: duckdb.DuckDBPyConnection, sql: str, params: list[Any]) -> list[dict[str, Any]]:
-    res = cur.execute(sql, params)
-    names = [d[0] for d in res.description]
-    return [{n: jsonable(v) for n, v in zip(names, row)} for row in res.fetchall()]
+def _rows(cur: duckdb.DuckDBPyConnection, query: str, params: list[Any]) -> list[dict[str, Any]]:
+    return sql.dicts(cur.execute(query, params), jsonable)
 
 
 def window_start(window: str, now: datetime | None = None) -> datetime:
@@ -69,7 +69,7 @@ def parse_time(text: str) -> datetime:
 
 
 def ledger(cur: duckdb.DuckDBPyConnection, limit: int = 50, user: str | None = None) -> list[dict[str, Any]]:
-    where, params = ("WHERE \"user\" = ?", [user]) if user else ("", [])
+    where, params = sql.where(('"user" = ?', user))
     cols = ", ".join(f'"{c}"' for c in LEDGER_FIELDS)
     return _rows(cur, f"SELECT {cols} FROM requests {where} ORDER BY ts DESC, request_id LIMIT ?", [*params, limit])
 
@@ -84,15 +84,8 @@ def spend(
     if by not in GROUPS:
         raise ValueError(f"unknown grouping {by!r} (one of {', '.join(GROUPS)})")
     start = since or (window_start(window) if window else None)
-    clauses, params = [], []
-    if start:
-        clauses.append("ts >= ?")
-        params.append(start)
-    if user:
-        clauses.append('"user" = ?')
-        params.append(user)
-    where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-    sql = f"""
+    where, params = sql.where(("ts >= ?", start), ('"user" = ?', user))
+    query = f"""
         SELECT {GROUPS[by]} AS "group", count(*) AS requests,
                sum(input_tokens) AS input_tokens, sum(cache_read_tokens) AS cache_read_tokens,
                sum(cache_write_tokens) AS cache_write_tokens, sum(output_tokens) AS output_tokens,
@@ -101,7 +94,7 @@ def spend(
                count(*) FILTER (WHERE outcome = 'blocked') AS blocked
         FROM requests {where} GROUP BY 1 ORDER BY cost_usd DESC, "group"
     """
-    rows = _rows(cur, sql, params)
+    rows = _rows(cur, query, params)
     for r in rows:
         for k in ("input_tokens", "cache_read_tokens", "cache_write_tokens", "output_tokens"):
             r[k] = int(r[k] or 0)

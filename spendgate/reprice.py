@@ -21,6 +21,7 @@ from typing import Any
 
 import duckdb
 
+from spendgate import sql
 from spendgate.pricing import Pricer, PriceResult
 from spendgate.usage import USAGE_FIELDS, Usage
 
@@ -223,20 +224,18 @@ def request_row(cur: duckdb.DuckDBPyConnection, request_id: str) -> dict[str, An
         "SELECT * FROM requests WHERE request_id = ? OR starts_with(request_id, ?) ORDER BY request_id = ? DESC LIMIT 2",
         [request_id, request_id, request_id],
     )
-    names = [d[0] for d in res.description]
-    rows = res.fetchall()
+    rows = sql.dicts(res, jsonable)
     if not rows:
         return None
-    if len(rows) > 1 and rows[0][names.index("request_id")] != request_id:
+    if len(rows) > 1 and rows[0]["request_id"] != request_id:
         raise ValueError(f"{request_id!r} matches several requests; give more of the id")
-    row = {n: jsonable(v) for n, v in zip(names, rows[0])}
+    row = rows[0]
     hist = cur.execute(
         "SELECT repriced_at, run_id, old_cost_usd, new_cost_usd, old_charged_usd, new_charged_usd, old_price_source, "
         "new_price_source, price_version FROM price_audit WHERE request_id = ? ORDER BY repriced_at",
         [row["request_id"]],
     )
-    hn = [d[0] for d in hist.description]
-    row["reprice_history"] = [{n: jsonable(v) for n, v in zip(hn, h)} for h in hist.fetchall()]
+    row["reprice_history"] = sql.dicts(hist, jsonable)
     return row
 
 

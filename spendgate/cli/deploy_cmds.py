@@ -58,26 +58,30 @@ def _fail(msg: str) -> int:
     return 2
 
 
-def cmd_validate(args: argparse.Namespace) -> int:
+def _load_site(args: argparse.Namespace) -> site.Site | None:
+    """The site config, with its warnings printed; None (after printing why) when invalid."""
     try:
         s = site.load(args.config)
     except site.SiteError as e:
         print(e, file=sys.stderr)
-        return 1
+        return None
     for w in s.warnings:
         print(w.render(str(args.config)), file=sys.stderr)
+    return s
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    s = _load_site(args)
+    if s is None:
+        return 1
     print(f"{args.config}: ok ({s.mode} mode, gateway {s.proxy_hostport}, {len(s.hosts)} provider hosts)")
     return 0
 
 
 def cmd_render(args: argparse.Namespace) -> int:
-    try:
-        s = site.load(args.config)
-    except site.SiteError as e:
-        print(e, file=sys.stderr)
+    s = _load_site(args)
+    if s is None:
         return 1
-    for w in s.warnings:
-        print(w.render(str(args.config)), file=sys.stderr)
     written = render.write(render.render(s), args.out)
     for path in written:
         print(path)

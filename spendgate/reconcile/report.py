@@ -16,6 +16,7 @@ from typing import Any
 
 import duckdb
 
+from spendgate import sql
 from spendgate.reconcile.formats import model_key
 
 BY = ("day", "model", "key", "workspace")
@@ -56,34 +57,19 @@ class IdMap:
 
 
 def _billing(cur: duckdb.DuckDBPyConnection, since: date | None, until: date | None) -> list[dict[str, Any]]:
-    clauses, params = [], []
-    if since:
-        clauses.append("day >= ?")
-        params.append(since)
-    if until:
-        clauses.append("day <= ?")
-        params.append(until)
-    where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+    where, params = sql.where(("day >= ?", since), ("day <= ?", until))
     res = cur.execute(
         f"""SELECT provider, source, day, model, workspace, api_key, sum(amount_usd) AS amount,
                    count(*) FILTER (WHERE amount_usd IS NULL) AS unpriced, sum(requests) AS requests
             FROM billing_lines {where} GROUP BY ALL""",
         params,
     )
-    names = [d[0] for d in res.description]
-    return [dict(zip(names, r)) for r in res.fetchall()]
+    return sql.dicts(res)
 
 
 def _metered(cur: duckdb.DuckDBPyConnection, since: date | None, until: date | None) -> list[dict[str, Any]]:
-    clauses, params = [], []
     day = "CAST(timezone('UTC', ts) AS DATE)"
-    if since:
-        clauses.append(f"{day} >= ?")
-        params.append(since)
-    if until:
-        clauses.append(f"{day} <= ?")
-        params.append(until)
-    where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+    where, params = sql.where((f"{day} >= ?", since), (f"{day} <= ?", until))
     res = cur.execute(
         f"""SELECT provider, {day} AS day, model, key_fingerprint, workspace,
                    coalesce(sum(cost_usd), 0) AS amount, count(*) AS requests,
@@ -91,8 +77,7 @@ def _metered(cur: duckdb.DuckDBPyConnection, since: date | None, until: date | N
             FROM requests {where} GROUP BY ALL""",
         params,
     )
-    names = [d[0] for d in res.description]
-    return [dict(zip(names, r)) for r in res.fetchall()]
+    return sql.dicts(res)
 
 
 def _choose_sources(billing: list[dict[str, Any]], dim: str | None) -> dict[tuple[str, date], str]:

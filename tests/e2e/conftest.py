@@ -76,17 +76,23 @@ def http_client(gateway):
         c.close()
 
 
+def _sdk_factory(gateway, sdk_class, default_key: str):
+    """A factory fixture body: SDK clients through the gateway, closed at teardown."""
+    clients = []
+
+    def make(api_key: str = default_key, max_retries: int = 0, **kw):
+        c = sdk_class(api_key=api_key, http_client=gateway.http_client(), max_retries=max_retries, **kw)
+        clients.append(c)
+        return c
+
+    return make, clients
+
+
 @pytest.fixture
 def anthropic_client(gateway):
     import anthropic
 
-    clients = []
-
-    def make(api_key: str = ANTHROPIC_KEY, max_retries: int = 0, **kw):
-        c = anthropic.Anthropic(api_key=api_key, http_client=gateway.http_client(), max_retries=max_retries, **kw)
-        clients.append(c)
-        return c
-
+    make, clients = _sdk_factory(gateway, anthropic.Anthropic, ANTHROPIC_KEY)
     yield make
     for c in clients:
         c.close()
@@ -96,13 +102,7 @@ def anthropic_client(gateway):
 def openai_client(gateway):
     import openai
 
-    clients = []
-
-    def make(api_key: str = OPENAI_KEY, max_retries: int = 0, **kw):
-        c = openai.OpenAI(api_key=api_key, http_client=gateway.http_client(), max_retries=max_retries, **kw)
-        clients.append(c)
-        return c
-
+    make, clients = _sdk_factory(gateway, openai.OpenAI, OPENAI_KEY)
     yield make
     for c in clients:
         c.close()

@@ -1,0 +1,100 @@
+"""scripts/bench keeps working: a seconds-long smoke run must produce every figure.
+
+No timing is asserted (CI machines vary); the structure is, and so is what must be exact: every
+request the bench sent through spendgate was metered into its ledger.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+pytestmark = pytest.mark.e2e
+
+PER_PROXY = ("p50_ms", "p95_ms", "rps", "requests")
+STREAM = ("ttfe_p50_ms", "ttfe_p95_ms", "event_transit_p50_us", "event_transit_p95_us", "stream_total_p50_ms",
+          "streams", "events")  # fmt: skip
+MEMORY = ("rss_before_mb", "rss_peak_mb", "growth_mb", "bytes", "mb_per_s")
+ADMISSION = ("init_s", "counters", "begin_us_p50", "admit_us_p50", "admit_us_p95", "book_admit_us_p50",
+             "book_admit_us_p95", "ready_s", "e2e_p50_ms")  # fmt: skip
+
+
+def finite(x: object) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
+
+
+@pytest.fixture(scope="module")
+def result(tmp_path_factory) -> dict:
+    out = tmp_path_factory.mktemp("bench") / "smoke.json"
+    env = {k: v for k, v in os.environ.items() if k.lower() not in ("http_proxy", "https_proxy", "all_proxy")}
+    cp = subprocess.run([sys.executable, str(REPO / "scripts" / "bench.py"), "--smoke", "--out", str(out)],
+                        capture_output=True, text=True, timeout=240, cwd=str(REPO), env=env,
+                        stdin=subprocess.DEVNULL)  # fmt: skip
+    assert cp.returncode == 0, f"stdout:\n{cp.stdout[-4000:]}\nstderr:\n{cp.stderr[-4000:]}"
+    assert "targets" in cp.stdout and str(out) in cp.stdout  # the table was printed
+    return json.loads(out.read_text())
+
+
+def test_wrapper_is_executable_bash() -> None:
+    wrapper = REPO / "scripts" / "bench"
+    assert os.access(wrapper, os.X_OK)
+    assert subprocess.run(["bash", "-n", str(wrapper)]).returncode == 0
+    assert "ensure_venv" in wrapper.read_text() and "bench.py" in wrapper.read_text()
+
+
+def test_side_by_side_figures(result: dict) -> None:
+    f = result["figures"]
+    plan = result["meta"]["plan"]
+    for conc in ("nonstream_c1", "nonstream_c10"):
+        for proxy in ("plain", "spendgate"):
+            assert all(finite(f[conc][proxy][k]) and f[conc][proxy][k] > 0 for k in PER_PROXY), (conc, proxy)
+        assert set(f[conc]["ratio"]) == {"p50_ms", "p95_ms", "rps"}
+        assert all(finite(v) and v > 0 for v in f[conc]["ratio"].values())
+    assert f["nonstream_c1"]["spendgate"]["requests"] == plan["rounds"] * plan["c1_requests"]
+    assert f["nonstream_c10"]["spendgate"]["requests"] == plan["rounds"] * plan["c10_requests"] * 10
+    for proxy in ("plain", "spendgate"):
+        s = f["stream"][proxy]
+        assert all(finite(s[k]) for k in STREAM)
+        assert s["streams"] == plan["rounds"] * plan["streams"]
+        assert s["events"] == s["streams"] * plan["stream_events"]  # every timed event arrived
+        m = f["memory"][proxy]
+        assert all(finite(m[k]) for k in MEMORY)
+        assert m["bytes"] >= plan["bulk_bytes"]
+    assert finite(f["stream"]["added_event_delay_p50_us"]) and finite(f["stream"]["ratio"]["ttfe_p50_ms"])
+    assert finite(f["ready_s"]["plain"]) and finite(f["ready_s"]["spendgate"])
+
+
+def test_spendgate_metered_every_request(result: dict) -> None:
+    m = result["figures"]["metering"]
+    assert m["requests_sent"] > 0
+    assert m["rows"] == m["requests_sent"]
+    assert m["ok_rows"] == m["rows"]  # priced from the provider's usage, none refused by the bench policy
+
+
+def test_admission_and_ledger_figures(result: dict) -> None:
+    a = result["figures"]["admission"]
+    sizes = [str(n) for n in result["meta"]["plan"]["ledger_sizes"]]
+    assert list(a["sizes"]) == sizes
+    for n in sizes:
+        assert all(finite(a["sizes"][n][k]) for k in ADMISSION), n
+    assert a["sizes"][sizes[-1]]["counters"] > a["sizes"][sizes[0]]["counters"]  # the ledger was loaded
+    assert finite(a["flat_ratio"]) and finite(a["ready_largest_s"])
+    w = a["writer"]
+    assert w["rows"] == result["meta"]["plan"]["writer_rows"] and w["rows_per_s"] > 0
+
+
+def test_targets_listed(result: dict) -> None:
+    targets = result["targets"]
+    assert len(targets) == 8
+    for t in targets:
+        assert set(t) == {"name", "value", "op", "limit", "holds"}
+        assert finite(t["value"]) and isinstance(t["holds"], bool)
+        assert t["holds"] == (t["value"] <= t["limit"] if t["op"] == "<=" else t["value"] >= t["limit"])
