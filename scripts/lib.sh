@@ -51,7 +51,7 @@ ensure_venv() {
   extras="$(printf '%s\n' ${have//,/ } $want | sort -u | paste -sd, -)"
   echo "spendgate: installing dependencies into $VENV${extras:+ (extras: $extras)}" >&2
   "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null 2>&1 || true
-  "$VENV/bin/python" -m pip install -q -e "$ROOT${extras:+[$extras]}" 2>&1 | grep -v '^WARNING: Location' >&2 || true
+  PYTHONWARNINGS=ignore "$VENV/bin/python" -m pip install -q -e "$ROOT${extras:+[$extras]}" 2>&1 | grep -v '^WARNING: Location' >&2 || true
   "$VENV/bin/python" -c 'import spendgate, mitmproxy, duckdb, genai_prices' \
     || { echo "spendgate: installation failed (see above)" >&2; exit 1; }
   echo "$hash ${extras}" > "$VENV/.spendgate-stamp"

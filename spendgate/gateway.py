@@ -18,14 +18,13 @@ from pathlib import Path
 
 import duckdb
 
-from spendgate import audit, dashboard, refusal, reports, reprice, web
+from spendgate import audit, dashboard, reconcile, refusal, reports, reprice, web
 from spendgate.adminapi import AdminServer, Caller, discovery_path
 from spendgate.budgets import BudgetBook
 from spendgate.identity import Identity, resolve
 from spendgate.journal import Journal
 from spendgate.ledger import DuckDBLedger, LedgerLocked, LedgerRow, write_rows
 from spendgate.metering import CHARS_PER_TOKEN, Exchange, Meter
-from spendgate import reconcile
 from spendgate.opaque import OpaqueRecorder
 from spendgate.plans import PlanCharger
 from spendgate.policy import UNATTRIBUTED, Policy, PolicyError, load
@@ -234,7 +233,7 @@ class Gateway:
         if row.outcome == "unpriced":
             usage = Usage(input_tokens=row.input_tokens, output_tokens=row.output_tokens)
             row.charged_usd = fallback_cost(self.policy, usage)
-            row.note = (row.note + "; " if row.note else "") + f"charged the unpriced fallback rate"
+            row.note = (row.note + "; " if row.note else "") + "charged the unpriced fallback rate"
         if row.charged_usd is None and res is not None:
             row.charged_usd = res.amount
         if res is not None:
