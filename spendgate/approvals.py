@@ -343,14 +343,20 @@ class Approvals:
         return req
 
     def _check_approver(self, actor: str, req: dict[str, Any]) -> None:
+        """Refuse (and put on record) a decision by someone who may not make it."""
         policy = self.policy()
         approvers = approvers_for(policy, req["scope"])
+        refusal = None
         if actor not in approvers:
             who = ", ".join(approvers) or "nobody (the policy has no approvals: section and no organization owners)"
-            raise NotAllowed(f"{actor} is not an approver for {req['scope']}; approvers: {who}")
-        if actor == req["requester"] and not policy.approvals.allow_self_approval:
+            refusal = f"{actor} is not an approver for {req['scope']}; approvers: {who}"
+        elif actor == req["requester"] and not policy.approvals.allow_self_approval:
             others = ", ".join(a for a in approvers if a != actor) or "none"
-            raise NotAllowed(f"{actor} cannot approve their own request; other approvers: {others}")
+            refusal = f"{actor} cannot approve their own request; other approvers: {others}"
+        if refusal:
+            self.audit.append("decision_refused", actor, scope=req["scope"], ref=req["id"], ts=self.now(),
+                              detail={"reason": refusal})
+            raise NotAllowed(refusal)
 
     def _decide(self, rid: str, decision: str, actor: str, amount: Decimal, until: datetime, note: str | None) -> None:
         """Record the approval and its grant, then make the grant live (caller holds the lock)."""

@@ -29,7 +29,8 @@ log = logging.getLogger(__name__)
 Cursor = Callable[[], duckdb.DuckDBPyConnection]
 
 EVENTS = (
-    "policy_load", "policy_rejected", "request", "approve", "auto_approve", "deny", "grant", "grant_expired",
+    "policy_load", "policy_rejected", "request", "approve", "auto_approve", "deny", "decision_refused", "grant",
+    "grant_expired",
     "alert", "delivery",
 )  # fmt: skip
 
@@ -109,6 +110,8 @@ def summary(row: dict[str, Any]) -> str:
         return f"approved +{_usd(d.get('amount_usd'))} until {d.get('until')}"
     if e == "deny":
         return f"denied: {d.get('reason')}"
+    if e == "decision_refused":
+        return f"refused: {d.get('reason')}"
     if e == "grant":
         return f"+{_usd(d.get('amount_usd'))} on the {d.get('window')} budget until {d.get('until')}"
     if e == "grant_expired":

@@ -13,7 +13,7 @@ import threading
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any, Protocol
 
@@ -51,7 +51,7 @@ class CounterStore(Protocol):
     def settle(self, keys: Iterable[CounterKey], reserved: Decimal, actual: Decimal) -> None: ...
     def add(self, key: CounterKey, amount: Decimal) -> None: ...
     def get(self, key: CounterKey) -> Counter: ...
-    def prune(self, before: datetime) -> None: ...
+    def prune(self, keep: Callable[[CounterKey], bool]) -> int: ...
     def items(self) -> list[tuple[CounterKey, Counter]]: ...
 
 
@@ -89,11 +89,13 @@ class MemoryCounters:
             c = self._c.get(key)
             return Counter(c.spent, c.reserved) if c else Counter()
 
-    def prune(self, before: datetime) -> None:
-        """Forget windows that ended before `before` (keeps memory flat)."""
+    def prune(self, keep: Callable[[CounterKey], bool]) -> int:
+        """Forget counters `keep` rejects (old windows), so memory stays flat over months."""
         with self._lock:
-            for k in [k for k in self._c if k[2] < before and k[1] == "hour"]:
+            old = [k for k in self._c if not keep(k)]
+            for k in old:
                 del self._c[k]
+        return len(old)
 
     def items(self) -> list[tuple[CounterKey, Counter]]:
         with self._lock:
@@ -196,6 +198,15 @@ class BudgetBook:
             return
         res.settled = True
         self.store.settle(res.keys, res.amount, actual)
+
+    def prune(self, now: datetime | None = None) -> int:
+        """Drop counters of windows older than the previous one (late settlements still land)."""
+        now = now or self.now()
+        oldest = {}
+        for window in WINDOWS:
+            start, _ = bounds(window, now, self.policy.timezone)
+            oldest[window] = bounds(window, start - timedelta(seconds=1), self.policy.timezone)[0]
+        return self.store.prune(lambda key: key[2] >= oldest[key[1]])
 
     def charge(self, scope_names: Iterable[str], ts: datetime, amount: Decimal) -> None:
         """Count spend that happened (at start-up, from the ledger) in every window it falls in."""

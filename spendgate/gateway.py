@@ -11,6 +11,7 @@ import hashlib
 import logging
 import math
 import threading
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -278,8 +279,12 @@ class Gateway:
     def _watch_policy(self) -> None:
         path = self.settings.policy
         last = self.policy.sha256
+        pruned_at = time.monotonic()
         while not self._stop.wait(self.settings.reload_interval):
             self.plan_charger.apply(self.policy, self.book.store, datetime.now(UTC))  # a new day's seats
+            if time.monotonic() - pruned_at > 60:  # old windows' counters: keep memory flat
+                self.book.prune()
+                pruned_at = time.monotonic()
             try:
                 text = path.read_text()
             except OSError as e:

@@ -29,27 +29,53 @@ class OpenReservation:
 
 
 class Journal:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, compact_at: int = 16 << 20) -> None:
         self.path = path
+        self.compact_at = compact_at  # bytes appended before the file is rewritten with open lines only
         self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         self._lock = threading.Lock()
+        self._open: dict[str, bytes] = {}  # request id -> its reserve line, while in flight
+        self._written = 0
 
-    def _write(self, obj: dict[str, Any]) -> None:
-        line = (json.dumps(obj, separators=(",", ":"), default=str) + "\n").encode()
-        with self._lock:
-            os.write(self._fd, line)
+    @staticmethod
+    def _line(obj: dict[str, Any]) -> bytes:
+        return (json.dumps(obj, separators=(",", ":"), default=str) + "\n").encode()
 
     def reserve(self, request_id: str, amount: Decimal, record: dict[str, Any]) -> None:
         """Raises OSError (disk full...) so admission can apply `on_store_error`."""
-        self._write({"op": "reserve", "id": request_id, "amount": str(amount), **record})
+        line = self._line({"op": "reserve", "id": request_id, "amount": str(amount), **record})
+        with self._lock:
+            os.write(self._fd, line)
+            self._open[request_id] = line
+            self._written += len(line)
 
     def settle(self, request_ids: list[str]) -> None:
         if not request_ids:
             return
+        line = self._line({"op": "settle", "ids": request_ids})
+        with self._lock:
+            for rid in request_ids:
+                self._open.pop(rid, None)
+            try:
+                os.write(self._fd, line)
+                self._written += len(line)
+                if self._written >= self.compact_at:
+                    self._compact()
+            except OSError as e:  # the ledger row exists; recovery checks it, so nothing is double-charged
+                log.error("reservation journal: cannot write settle: %s", e)
+
+    def _compact(self) -> None:
+        """Rewrite the file with the reservations still open (a few lines), so it never grows without end."""
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
-            self._write({"op": "settle", "ids": request_ids})
-        except OSError as e:  # the ledger row exists; recovery checks it, so nothing is double-charged
-            log.error("reservation journal: cannot write settle: %s", e)
+            os.write(fd, b"".join(self._open.values()))
+        finally:
+            os.close(fd)
+        os.replace(tmp, self.path)
+        os.close(self._fd)
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        self._written = 0
 
     def close(self) -> None:
         try:

@@ -45,7 +45,7 @@ def test_request_approve_grant_unblocks_at_once_and_expires_at_window_end(env):
     assert req["status"] == "pending" and req["spent_usd"] == 9.5 and req["limit_usd"] == 10
     with pytest.raises(NotAllowed, match="not an approver"):
         env.wf.approvals.approve(req["id"], "mallory@core.acme.com")
-    assert not env.spend(BOB, "1")  # a refused approval grants nothing
+    assert not env.spend(BOB, "1")  # a refused approval grants nothing, and is on record
     done = env.wf.approvals.approve(req["id"], "lead@core.acme.com")
     assert done["status"] == "approved" and done["granted_usd"] == 20
     assert done["until"] == "2026-12-01T00:00:00Z"  # default: the end of the current day
@@ -58,8 +58,9 @@ def test_request_approve_grant_unblocks_at_once_and_expires_at_window_end(env):
     assert env.wf.grants.total("user:bob@core.acme.com", "day", env.clock.t) == 0
     assert env.wf.expire_grants() == 1
     assert env.wf.expire_grants() == 0  # recorded once
-    assert env.events()[-4:] == [("request", "bob@core.acme.com"), ("approve", "lead@core.acme.com"),
-                                 ("grant", "lead@core.acme.com"), ("grant_expired", "spendgate")]
+    assert env.events()[-5:] == [("request", "bob@core.acme.com"), ("decision_refused", "mallory@core.acme.com"),
+                                 ("approve", "lead@core.acme.com"), ("grant", "lead@core.acme.com"),
+                                 ("grant_expired", "spendgate")]
 
 
 def test_approvers_are_notified_and_requester_hears_the_decision(env):

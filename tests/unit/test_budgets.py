@@ -160,3 +160,18 @@ def test_grants_raise_the_limit():
     status = {(r["scope"], r["window"]): r for r in book.status()}
     assert status[("user:bob@core.acme.com", "hour")]["limit_usd"] == 7.0
     assert status[("user:bob@core.acme.com", "hour")]["granted_usd"] == 5.0
+
+
+def test_prune_keeps_the_current_and_previous_windows_only():
+    book, clock = book_at(datetime(2026, 11, 29, 10, tzinfo=UTC))
+    for hour in range(10, 16):
+        clock.t = datetime(2026, 11, 29, hour, tzinfo=UTC)
+        spend(book, BOB, "0.1")
+    clock.t = datetime(2026, 11, 29, 15, 30, tzinfo=UTC)
+    before = {(k[0], k[1], k[2]) for k, _ in book.store.items()}
+    assert book.prune() == 4  # the hourly counters of 10:00..13:00 UTC
+    after = {k for k, _ in book.store.items()}
+    hours = sorted(k[2].hour for k in after if k[1] == "hour" and k[0].startswith("user"))
+    assert hours == [14, 15] and len(before) - len(after) == 4
+    day = next(b for b in book.covering(BOB) if b.window == "day" and b.scope.startswith("user"))
+    assert book.store.get(day.key).spent == Decimal("0.6")  # the day still holds everything
