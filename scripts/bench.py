@@ -615,8 +615,11 @@ class Bench:
         out: dict[str, Any] = {"ready_s": {"plain": r3(plain.ready_s), "spendgate": r3(gw.ready_s)}}
         req = http_request(agent_body(False))
         sreq = http_request(agent_body(True), f"sse:{plan.stream_events}:{plan.event_gap_us}")
+        # the same stream asked for with a 2 KB body: plain-stream forwards a body while it still
+        # arrives, spendgate must hold all of it for admission; this tells the two costs apart
+        small = http_request(agent_body(True, 2000), f"sse:{plan.stream_events}:{plan.event_gap_us}")
         samples: dict[str, dict[str, list]] = {k: {"c1": [], "c1_wall": [], "c10": [], "c10_wall": [], "ttfe": [],
-                                                   "transit": [], "stream_total": []}
+                                                   "transit": [], "stream_total": [], "ttfe_small": []}
                                                for k in ("plain", "spendgate")}  # fmt: skip
         for rnd in range(plan.rounds):
             order = [("plain", plain, plain_stream), ("spendgate", gw, gw)]
@@ -640,6 +643,7 @@ class Bench:
                     samples[name]["ttfe"].append(st["ttfe_ns"])
                     samples[name]["transit"] += st["transits_ns"]
                     samples[name]["stream_total"].append(st["total_ns"])
+                    samples[name]["ttfe_small"].append(self.arun(run_stream(ps.port, self.ctx, small))["ttfe_ns"])
             log.info("round %d/%d done", rnd + 1, plan.rounds)
         memory = {name: self.arun(run_bulk(p.port, self.ctx, p.proc.pid, plan.bulk_bytes))
                   for name, p in (("plain", plain_stream), ("spendgate", gw))}  # fmt: skip
@@ -676,12 +680,13 @@ def summarize(samples: dict[str, dict[str, list]]) -> dict[str, Any]:
     st: dict[str, Any] = {}
     for name, s in samples.items():
         st[name] = {"ttfe_p50_ms": r3(pct(s["ttfe"], .5) / 1e6), "ttfe_p95_ms": r3(pct(s["ttfe"], .95) / 1e6),
+                    "ttfe_small_body_p50_ms": r3(pct(s["ttfe_small"], .5) / 1e6),
                     "event_transit_p50_us": r3(pct(s["transit"], .5) / 1e3),
                     "event_transit_p95_us": r3(pct(s["transit"], .95) / 1e3),
                     "stream_total_p50_ms": r3(pct(s["stream_total"], .5) / 1e6),
                     "streams": len(s["ttfe"]), "events": len(s["transit"])}  # fmt: skip
     st["ratio"] = {k: r3(ratio(st["spendgate"][k], st["plain"][k]))
-                   for k in ("ttfe_p50_ms", "event_transit_p50_us", "event_transit_p95_us")}
+                   for k in ("ttfe_p50_ms", "ttfe_small_body_p50_ms", "event_transit_p50_us", "event_transit_p95_us")}
     st["added_event_delay_p50_us"] = r3(st["spendgate"]["event_transit_p50_us"] - st["plain"]["event_transit_p50_us"])
     st["added_event_delay_p95_us"] = r3(st["spendgate"]["event_transit_p95_us"] - st["plain"]["event_transit_p95_us"])
     out["stream"] = st
@@ -749,6 +754,7 @@ def print_report(result: dict[str, Any]) -> None:
     row("latency p95, c=10 (ms)", "nonstream_c10", "p95_ms")
     row("requests/s, c=10", "nonstream_c10", "rps")
     row("time to first event p50 (ms)", "stream", "ttfe_p50_ms")
+    row("  same, 2 KB request body (ms)", "stream", "ttfe_small_body_p50_ms")
     row("event transit p50 (us)", "stream", "event_transit_p50_us")
     row("event transit p95 (us)", "stream", "event_transit_p95_us")
     row("RSS growth, bulk stream (MB)", "memory", "growth_mb")
@@ -760,7 +766,7 @@ def print_report(result: dict[str, Any]) -> None:
     a = Table(title="admission and ledger (spendgate only)", header_style="bold")
     for col in ("ledger rows", "start (s)", "ready (s)", "admit p50 (us)", "budget book p50 (us)",
                 "begin p50 (us)", "e2e p50 (ms)"):
-        a.add_column(col, justify="right")
+        a.add_column(col, justify="right", no_wrap=True)
     for rows, s in f["admission"]["sizes"].items():
         a.add_row(f"{int(rows):,}", f"{s['init_s']}", f"{s['ready_s']}", f"{s['admit_us_p50']}",
                   f"{s['book_admit_us_p50']}", f"{s['begin_us_p50']}", f"{s['e2e_p50_ms']}")

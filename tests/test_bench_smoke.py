@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.e2e
 
 PER_PROXY = ("p50_ms", "p95_ms", "rps", "requests")
-STREAM = ("ttfe_p50_ms", "ttfe_p95_ms", "event_transit_p50_us", "event_transit_p95_us", "stream_total_p50_ms",
+STREAM = ("ttfe_p50_ms", "ttfe_p95_ms", "ttfe_small_body_p50_ms", "event_transit_p50_us", "event_transit_p95_us", "stream_total_p50_ms",
           "streams", "events")  # fmt: skip
 MEMORY = ("rss_before_mb", "rss_peak_mb", "growth_mb", "bytes", "mb_per_s")
 ADMISSION = ("init_s", "counters", "begin_us_p50", "admit_us_p50", "admit_us_p95", "book_admit_us_p50",
