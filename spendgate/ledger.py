@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import logging
 import operator
-import queue
-import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, fields
@@ -21,6 +19,8 @@ from pathlib import Path
 from typing import Protocol
 
 import duckdb
+
+from spendgate.batcher import Batcher
 
 log = logging.getLogger(__name__)
 
@@ -268,7 +268,6 @@ def connect(path: Path | str, read_only: bool = False) -> duckdb.DuckDBPyConnect
         raise
 
 
-_SENTINEL = object()
 
 
 @dataclass
@@ -287,39 +286,31 @@ class DuckDBLedger:
         self,
         path: Path | str,
         *,
-        commit_interval: float = 0.25,
-        batch_size: int = 2000,
+        commit_interval: float = 0.2,
         on_written: Callable[[list[LedgerRow]], None] | None = None,
     ) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.con = connect(self.path)
         migrate(self.con)
-        self.commit_interval = commit_interval
-        self.batch_size = batch_size
         self.on_written = on_written
         self.stats = WriterStats()
-        self._q: queue.SimpleQueue = queue.SimpleQueue()
+        self._cur = self.con.cursor()  # the writer thread's own
         self._unwritten: list[LedgerRow] = []  # rows a failed write kept for the next try
-        self._idle = threading.Event()
-        self._idle.set()
-        self._thread = threading.Thread(target=self._run, name="spendgate-ledger", daemon=True)
-        self._thread.start()
+        self._writer: Batcher[LedgerRow] = Batcher(self._write, commit_interval, "spendgate-ledger")
 
     # -- producer side (any thread, the event loop included: never blocks) --
     def append(self, row: LedgerRow) -> None:
-        self._idle.clear()
-        self._q.put(row)
+        self._writer.put(row)
 
     def flush(self, timeout: float = 5.0) -> bool:
         """Wait until everything appended so far is committed (for tests and shutdown)."""
-        self._idle.clear()
-        self._q.put(None)  # a wake-up
-        return self._idle.wait(timeout)
+        return self._writer.flush(timeout)
 
     def close(self) -> None:
-        self._q.put(_SENTINEL)
-        self._thread.join(timeout=30)
+        self._writer.close()
+        if self._unwritten:
+            log.error("ledger closed with %d rows it could not write: %s", len(self._unwritten), self.stats.last_error)
         try:
             self.con.close()
         except Exception:
@@ -330,43 +321,13 @@ class DuckDBLedger:
         return self.con.cursor()
 
     # -- the writer thread --
-    def _run(self) -> None:
-        cur = self.con.cursor()
-        stop = False
-        while not stop:
-            batch: list[LedgerRow] = []
-            deadline = time.monotonic() + self.commit_interval
-            while len(batch) < self.batch_size:
-                try:
-                    item = self._q.get(timeout=max(deadline - time.monotonic(), 0.001))
-                except queue.Empty:
-                    break
-                if item is _SENTINEL:
-                    stop = True
-                    break
-                if item is None:
-                    break
-                batch.append(item)
-            self._write(cur, batch)
-            if self._q.empty() and not self._unwritten:
-                self._idle.set()
-        # drain whatever is left after the sentinel
-        rest = []
-        while not self._q.empty():
-            item = self._q.get()
-            if isinstance(item, LedgerRow):
-                rest.append(item)
-        self._write(cur, rest)
-        if self._unwritten:
-            log.error("ledger closed with %d rows it could not write: %s", len(self._unwritten), self.stats.last_error)
-        self._idle.set()
-
-    def _write(self, cur: duckdb.DuckDBPyConnection, batch: list[LedgerRow]) -> None:
+    def _write(self, batch: list[LedgerRow]) -> bool:
+        """Commit a batch; on failure keep it (and say so) for the next round: returns False."""
         rows = self._unwritten + batch
         if not rows:
-            return
+            return True
         try:
-            write_rows(cur, rows)
+            write_rows(self._cur, rows)
         except Exception as e:  # disk full, file gone: keep the rows, say so loudly, retry
             self._unwritten = rows
             self.stats.failures += 1
@@ -374,7 +335,7 @@ class DuckDBLedger:
             self.stats.pending = len(rows)
             log.error("ledger write failed (%d rows kept in memory, will retry): %s", len(rows), e)
             time.sleep(min(0.1 * self.stats.failures, 2.0))
-            return
+            return False
         self._unwritten = []
         self.stats.written += len(rows)
         self.stats.batches += 1
@@ -387,6 +348,7 @@ class DuckDBLedger:
                 self.on_written(rows)
             except Exception:
                 log.exception("ledger listener failed")
+        return True
 
     @property
     def healthy(self) -> bool:

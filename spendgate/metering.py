@@ -10,16 +10,16 @@ from __future__ import annotations
 import json
 import logging
 import math
-import threading
+import itertools
+import os
 import time
-import uuid
 from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
 
 from spendgate import providers
+from spendgate.batcher import Batcher
 from spendgate.identity import Identity
 from spendgate.ledger import Ledger, LedgerRow
 from spendgate.pricing import Pricer, PriceResult, variant_for_tier
@@ -122,9 +122,10 @@ class Meter:
         self.clock = clock
         self.now = now
         self.listeners: list[RowListener] = []
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spendgate-meter")
-        self._inflight: dict[str, Exchange] = {}
-        self._lock = threading.Lock()
+        self._worker: Batcher[tuple] = Batcher(self._record_batch, 0.05, "spendgate-meter")
+        self._inflight: dict[str, Exchange] = {}  # single dict operations: atomic, no lock needed
+        # request ids: random per process, then a counter (cheaper than uuid4 on the event loop)
+        self._ids = (f"{os.urandom(10).hex()}{n:012x}" for n in itertools.count())
 
     # -- edge side (event loop) --
     def begin(
@@ -144,7 +145,7 @@ class Meter:
         query = path.partition("?")[2]
         req = route.adapter.parse_request(path, body) if route.adapter else RequestInfo()
         ex = Exchange(
-            request_id=uuid.uuid4().hex,
+            request_id=next(self._ids),
             ts=self.now(),
             started=self.clock(),
             route=route,
@@ -152,8 +153,7 @@ class Meter:
             identity=self.identify(headers, query, proxy_user, client_ip),
             bytes_in=len(body),
         )
-        with self._lock:
-            self._inflight[ex.request_id] = ex
+        self._inflight[ex.request_id] = ex
         return ex
 
     def stream_parser(self, ex: Exchange, path: str, content_type: str) -> StreamParser | None:
@@ -175,30 +175,30 @@ class Meter:
         bytes_out: int = 0,
     ) -> None:
         """Hand a finished exchange to the worker. Safe to call once per exchange."""
-        with self._lock:
-            if self._inflight.pop(ex.request_id, None) is None:
-                return
-        done_at = self.clock()
-        self._pool.submit(self._record, ex, result, ended, bytes_out, done_at)
+        if self._inflight.pop(ex.request_id, None) is None:
+            return
+        self._worker.put((ex, result, ended, bytes_out, self.clock()))
 
     def abandon_inflight(self) -> list[Exchange]:
         """At shutdown: record every exchange still in flight as interrupted."""
-        with self._lock:
-            pending = list(self._inflight.values())
+        pending = list(self._inflight.values())
         for ex in pending:
             result = ex.parser.result() if ex.parser else None
             self.finish(ex, result, ended="interrupted")
         return pending
 
     def flush(self, timeout: float = 10.0) -> bool:
-        self._pool.submit(lambda: None).result(timeout)
-        return self.ledger.flush(timeout)
+        return self._worker.flush(timeout) and self.ledger.flush(timeout)
 
     def close(self) -> None:
         self.abandon_inflight()
-        self._pool.shutdown(wait=True)
+        self._worker.close()
 
     # -- worker thread --
+    def _record_batch(self, items: list[tuple]) -> None:
+        for item in items:
+            self._record(*item)
+
     def _record(
         self, ex: Exchange, result: ResponseResult | None, ended: str | None, bytes_out: int, done_at: float
     ) -> None:
