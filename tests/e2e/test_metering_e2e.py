@@ -536,3 +536,19 @@ def test_fake_provider_speaks_the_real_wire_formats(fake_provider):
         assert fake_provider.connects[0] == "api.anthropic.com:443"
     finally:
         hc.close()
+
+
+def test_client_gone_mid_stream_is_recorded_with_an_estimate(gateway, fake_provider, anthropic_client):
+    """The agent is killed (Ctrl-C) while the answer streams: the row is still written."""
+    with anthropic_client().messages.stream(model="claude-sonnet-4-5", max_tokens=100,
+                                            messages=[{"role": "user", "content": "hi"}],
+                                            extra_headers=scen("slow", "big_output")) as s:
+        for i, _ in enumerate(s):
+            if i == 5:
+                break  # leaving the block closes the HTTP response: the client hangs up
+    row = only_row(gateway)
+    assert row["outcome"] == "estimated" and row["estimated"] is True and row["stream"] is True, row
+    # message_start told us the whole input side; output is estimated from the text seen so far
+    assert row["input_tokens"] == ANTHROPIC_USAGE["input_tokens"], row
+    assert 0 < row["output_tokens"] < ANTHROPIC_USAGE["output_tokens"], row
+    assert row["cost_usd"] > 0 and row["note"], row
