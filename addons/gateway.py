@@ -15,7 +15,7 @@ from mitmproxy import ctx, exceptions, http
 from spendgate import providers, refusal
 from spendgate.providers import openai_chat
 from spendgate.gateway import REPO, Gateway, GatewayError, Settings
-from spendgate.metering import Exchange
+from spendgate.metering import Body, Exchange
 from spendgate.source import default_db
 from spendgate.streams import EventDropper, StreamTap
 
@@ -185,11 +185,8 @@ class SpendGate:
             self.gateway.meter.finish(ex, tap.parser.result(), bytes_out=tap.bytes_seen)
             return
         raw = flow.response.raw_content or b""
-        try:
-            body = flow.response.content or b""
-        except ValueError:  # undecodable content-encoding: record what we can
-            body = b""
-        self.gateway.meter.finish(ex, self.gateway.meter.parse_body(ex, body), bytes_out=len(raw))
+        body = Body(raw, flow.response.headers.get("content-encoding", ""))  # parsed on the meter worker
+        self.gateway.meter.finish(ex, body, bytes_out=len(raw))
 
     def error(self, flow: http.HTTPFlow) -> None:
         ex: Exchange | None = flow.metadata.get(META)

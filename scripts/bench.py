@@ -625,12 +625,12 @@ class Bench:
             order = [("plain", plain, plain_stream), ("spendgate", gw, gw)]
             if rnd % 2:
                 order.reverse()  # ABBA: neither proxy always runs first
-            for name, p, ps in order:
+            for name, p, _ in order:
                 s = samples[name]
                 r = self.arun(run_requests(p.port, self.ctx, req, 1, plan.c1_requests, plan.warmup))
                 s["c1"] += r["latencies"]
                 s["c1_wall"].append((len(r["latencies"]), r["wall"]))
-            for name, p, ps in order:
+            for name, p, _ in order:
                 s = samples[name]
                 r = self.arun(run_requests(p.port, self.ctx, req, 10, plan.c10_requests, plan.warmup))
                 s["c10"] += r["latencies"]

@@ -23,7 +23,8 @@ from spendgate.batcher import Batcher
 from spendgate.identity import Identity
 from spendgate.ledger import Ledger, LedgerRow
 from spendgate.pricing import Pricer, PriceResult, variant_for_tier
-from spendgate.providers.base import RequestInfo, ResponseResult, Route, StreamParser
+from spendgate.providers.base import Adapter, RequestInfo, ResponseResult, Route, StreamParser
+from spendgate.streams import IncrementalDecoder
 from spendgate.usage import Usage
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,23 @@ class Exchange:
     @property
     def provider(self) -> str:
         return self.route.provider
+
+
+@dataclass(frozen=True, slots=True)
+class Body:
+    """A whole (non-streamed) response body as it came, content-encoded."""
+
+    raw: bytes
+    content_encoding: str = ""
+
+    def parse(self, adapter: Adapter | None) -> ResponseResult | None:
+        if adapter is None:
+            return None
+        try:
+            body = IncrementalDecoder(self.content_encoding).feed(self.raw)
+        except Exception:  # an encoding we cannot undo, or garbage: usage unknown, row estimated
+            return ResponseResult(garbled=True)
+        return adapter.parse_response(body)
 
 
 IdentifyFn = Callable[[Mapping[str, str], str, str | None, str | None], Identity]
@@ -163,18 +181,19 @@ class Meter:
         ex.parser = adapter.stream_parser(path)
         return ex.parser
 
-    def parse_body(self, ex: Exchange, body: bytes) -> ResponseResult | None:
-        return ex.route.adapter.parse_response(body) if ex.route.adapter else None
-
     def finish(
         self,
         ex: Exchange,
-        result: ResponseResult | None,
+        result: ResponseResult | Body | None,
         *,
         ended: str | None = None,
         bytes_out: int = 0,
     ) -> None:
-        """Hand a finished exchange to the worker. Safe to call once per exchange."""
+        """Hand a finished exchange to the worker. Safe to call once per exchange.
+
+        A whole response body is passed as `Body`, still encoded: decoding and parsing it is work
+        for the worker thread, not for the proxy's event loop.
+        """
         if self._inflight.pop(ex.request_id, None) is None:
             return
         self._worker.put((ex, result, ended, bytes_out, self.clock()))
@@ -200,8 +219,10 @@ class Meter:
             self._record(*item)
 
     def _record(
-        self, ex: Exchange, result: ResponseResult | None, ended: str | None, bytes_out: int, done_at: float
+        self, ex: Exchange, result: ResponseResult | Body | None, ended: str | None, bytes_out: int, done_at: float
     ) -> None:
+        if isinstance(result, Body):
+            result = result.parse(ex.route.adapter)
         try:
             row = self.build_row(ex, result, ended, bytes_out, done_at)
         except Exception:

@@ -20,23 +20,12 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import jsonschema
-import yaml
 
 from spendgate.alertpolicy import AlertsConfig, ApprovalsConfig, SinkConfig, parse_sections
+from spendgate.yamlcheck import Explain, Marks, Problem, load_yaml_with_marks, mark, schema_problems
 
 WINDOWS = ("hour", "day", "week", "month")
 Budgets = dict[str, Decimal]  # window -> limit in USD
-
-
-@dataclass(frozen=True, slots=True)
-class Problem:
-    line: int
-    col: int
-    message: str
-    warning: bool = False
-
-    def render(self, file: str) -> str:
-        return f"{file}:{self.line}:{self.col}: {'warning: ' if self.warning else ''}{self.message}"
 
 
 class PolicyError(ValueError):
@@ -44,64 +33,6 @@ class PolicyError(ValueError):
         self.file = file
         self.problems = problems
         super().__init__("\n".join(p.render(file) for p in problems))
-
-
-# --- YAML with positions ---------------------------------------------------------------------
-
-Marks = dict[tuple, tuple[int, int]]  # path -> (line, col), 1-based
-
-
-class _Builder:
-    """Turn a composed YAML node tree into plain data, remembering where each value stood."""
-
-    def __init__(self, loader: yaml.SafeLoader) -> None:
-        self.loader = loader
-        self.marks: Marks = {}
-        self.problems: list[Problem] = []
-
-    def build(self, node: yaml.Node, path: tuple = ()) -> Any:
-        self.marks[path] = (node.start_mark.line + 1, node.start_mark.column + 1)
-        if isinstance(node, yaml.MappingNode):
-            out: dict[Any, Any] = {}
-            for knode, vnode in node.value:
-                key = self.loader.construct_object(knode, deep=True) if isinstance(knode, yaml.ScalarNode) else None
-                if isinstance(key, (date, datetime)):
-                    key = key.isoformat()
-                if key in out:
-                    line, col = knode.start_mark.line + 1, knode.start_mark.column + 1
-                    self.problems.append(Problem(line, col, f"duplicate key {key!r}"))
-                self.marks[(*path, key, "<key>")] = (knode.start_mark.line + 1, knode.start_mark.column + 1)
-                out[key] = self.build(vnode, (*path, key))
-            return out
-        if isinstance(node, yaml.SequenceNode):
-            return [self.build(v, (*path, i)) for i, v in enumerate(node.value)]
-        value = self.loader.construct_object(node, deep=True)
-        return value.isoformat() if isinstance(value, (date, datetime)) else value
-
-
-def load_yaml_with_marks(text: str) -> tuple[Any, Marks, list[Problem]]:
-    loader = yaml.SafeLoader(text)
-    try:
-        node = loader.get_single_node()
-    except yaml.MarkedYAMLError as e:
-        mark = e.problem_mark or e.context_mark
-        line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
-        return None, {}, [Problem(line, col, f"YAML syntax: {e.problem or e}")]
-    finally:
-        loader.dispose()
-    if node is None:
-        return {}, {(): (1, 1)}, []
-    b = _Builder(loader)
-    return b.build(node), b.marks, b.problems
-
-
-def _mark(marks: Marks, path: tuple, key_of: bool = False) -> tuple[int, int]:
-    """Closest known position for a path (the key's own position when `key_of`)."""
-    if key_of and (*path, "<key>") in marks:
-        return marks[(*path, "<key>")]
-    while path and path not in marks:
-        path = path[:-1]
-    return marks.get(path, (1, 1))
 
 
 # --- the schema ------------------------------------------------------------------------------
@@ -114,36 +45,24 @@ def schema() -> dict[str, Any]:
 _VALIDATOR = jsonschema.Draft202012Validator(schema())
 
 
-def _schema_problems(doc: Any, marks: Marks) -> list[Problem]:
-    out = []
-    for err in sorted(_VALIDATOR.iter_errors(doc), key=lambda e: list(map(str, e.absolute_path))):
-        path = tuple(err.absolute_path)
-        if err.validator == "additionalProperties":
-            extra = [k for k in (err.instance or {}) if k not in err.schema.get("properties", {})]
-            for k in extra:
-                where = ".".join(map(str, path)) or "top level"
-                line, col = _mark(marks, (*path, k), key_of=True)
-                out.append(Problem(line, col, f"unknown key {k!r} in {where}"))
-            continue
+def _explain(marks: Marks) -> Explain:
+    """Policy-specific wording for the schema errors people actually make."""
+
+    def explain(err: jsonschema.ValidationError, path: tuple, where: str) -> str | Problem | None:
         if err.validator == "propertyNames" or (err.validator == "pattern" and path == ("keys",)):
             bad = err.instance if isinstance(err.instance, str) else None
-            line, col = _mark(marks, (*path, bad), key_of=True) if bad else _mark(marks, path)
-            out.append(Problem(line, col, f"malformed key fingerprint {bad!r} (expected sha256: + 12 hex digits; "
-                                          "`spendgate fingerprint` prints one)"))
-            continue
-        line, col = _mark(marks, path)
-        where = ".".join(map(str, path)) or "top level"
-        msg = err.message
+            pos = mark(marks, (*path, bad), key_of=True) if bad else mark(marks, path)
+            return Problem(*pos, f"malformed key fingerprint {bad!r} (expected sha256: + 12 hex digits; "
+                                 "`spendgate fingerprint` prints one)")
         if err.validator in ("type", "minimum") and len(path) >= 2 and path[-1] in WINDOWS:
-            msg = f"budget {where} must be a non-negative number of USD, not {err.instance!r}"
-        elif err.validator == "additionalProperties" or (err.validator == "oneOf" and path == ("unpriced",)):
-            msg = f"{where}: must be block, allow or {{charge_per_mtok: {{input: N, output: N}}}}"
-        elif err.validator == "pattern" and path and path[0] == "identity":
-            msg = f"unknown identity source {err.instance!r} (proxy_auth, api_key, client_ip, local_user, header:NAME)"
-        else:
-            msg = f"{where}: {msg}"
-        out.append(Problem(line, col, msg))
-    return out
+            return f"budget {where} must be a non-negative number of USD, not {err.instance!r}"
+        if err.validator == "oneOf" and path == ("unpriced",):
+            return f"{where}: must be block, allow or {{charge_per_mtok: {{input: N, output: N}}}}"
+        if err.validator == "pattern" and path and path[0] == "identity":
+            return f"unknown identity source {err.instance!r} (proxy_auth, api_key, client_ip, local_user, header:NAME)"
+        return None
+
+    return explain
 
 
 # --- the model -------------------------------------------------------------------------------
@@ -258,7 +177,7 @@ def parse(text: str, file: str = "<policy>", today: date | None = None) -> Polic
     doc, marks, problems = load_yaml_with_marks(text)
     if doc is None or not isinstance(doc, dict):
         raise PolicyError(file, problems or [Problem(1, 1, "a policy is a mapping (version: 1, budgets, ...)")])
-    problems += _schema_problems(doc, marks)
+    problems += schema_problems(_VALIDATOR, doc, marks, _explain(marks))
     if problems:
         raise PolicyError(file, sorted(problems, key=lambda p: (p.line, p.col)))
     warnings: list[Problem] = []
@@ -266,7 +185,7 @@ def parse(text: str, file: str = "<policy>", today: date | None = None) -> Polic
     try:
         tz = ZoneInfo(tzname)
     except (ZoneInfoNotFoundError, ValueError):
-        problems.append(Problem(*_mark(marks, ("timezone",)), f"unknown time zone {tzname!r}"))
+        problems.append(Problem(*mark(marks, ("timezone",)), f"unknown time zone {tzname!r}"))
         tz = ZoneInfo("UTC")
     today = today or datetime.now(tz).date()
     workspaces = {
@@ -278,22 +197,22 @@ def parse(text: str, file: str = "<policy>", today: date | None = None) -> Polic
         try:
             until = _date(u.get("until"))
         except ValueError:
-            problems.append(Problem(*_mark(marks, ("users", name, "until")), f"users.{name}.until: not a date"))
+            problems.append(Problem(*mark(marks, ("users", name, "until")), f"users.{name}.until: not a date"))
             until = None
         if until and until < today:
-            warnings.append(Problem(*_mark(marks, ("users", name, "until")),
+            warnings.append(Problem(*mark(marks, ("users", name, "until")),
                                     f"the exception for {name} expired on {until}; defaults apply", warning=True))
         users[name] = Exception_(_budgets(u.get("budgets")), until)
         for i, ws in enumerate(u.get("workspaces", [])):
             if ws not in workspaces:
-                problems.append(Problem(*_mark(marks, ("users", name, "workspaces", i)),
+                problems.append(Problem(*mark(marks, ("users", name, "workspaces", i)),
                                         f"{name} is a member of undefined workspace {ws!r}"))
         user_ws[name] = tuple(u.get("workspaces", []))
     keys = {}
     for fp, k in (doc.get("keys") or {}).items():
         until = _date(k.get("until")) if k.get("until") else None
         if until and until < today:
-            warnings.append(Problem(*_mark(marks, ("keys", fp, "until")),
+            warnings.append(Problem(*mark(marks, ("keys", fp, "until")),
                                     f"the exception for key {fp} expired on {until}", warning=True))
         keys[fp] = KeyRule(k.get("user"), _budgets(k.get("budgets")), until)
     nets = []
@@ -301,13 +220,13 @@ def parse(text: str, file: str = "<policy>", today: date | None = None) -> Polic
         try:
             nets.append((ipaddress.ip_network(cidr, strict=False), user))
         except ValueError:
-            problems.append(Problem(*_mark(marks, ("client_ips", cidr), key_of=True), f"not a CIDR: {cidr!r}"))
+            problems.append(Problem(*mark(marks, ("client_ips", cidr), key_of=True), f"not a CIDR: {cidr!r}"))
     identity = tuple(doc.get("identity") or DEFAULT_IDENTITY)
     if "client_ip" in identity and not nets:
-        warnings.append(Problem(*_mark(marks, ("identity",)), "client_ip is listed but client_ips is empty",
+        warnings.append(Problem(*mark(marks, ("identity",)), "client_ip is listed but client_ips is empty",
                                 warning=True))
     alerts, sinks, approvals, found = parse_sections(doc, set(workspaces))
-    problems += [Problem(*_mark(marks, path), msg) for path, msg in found]
+    problems += [Problem(*mark(marks, path), msg) for path, msg in found]
     if problems:
         raise PolicyError(file, problems)
     unpriced = doc.get("unpriced", {"charge_per_mtok": {"input": 15, "output": 75}})

@@ -33,7 +33,7 @@ import jsonschema
 from genai_prices import types as gp
 
 from spendgate import pricing_catalogue
-from spendgate.policy import Marks, Problem, _mark, load_yaml_with_marks
+from spendgate.yamlcheck import Problem, load_yaml_with_marks, mark, schema_problems
 from spendgate.usage import Usage
 
 log = logging.getLogger(__name__)
@@ -294,27 +294,15 @@ def overrides_schema() -> dict[str, Any]:
 _VALIDATOR = jsonschema.Draft202012Validator(overrides_schema())
 
 
-def _schema_problems(doc: Any, marks: Marks) -> list[Problem]:
-    out = []
-    for err in sorted(_VALIDATOR.iter_errors(doc), key=lambda e: list(map(str, e.absolute_path))):
-        path = tuple(err.absolute_path)
-        where = ".".join(map(str, path)) or "top level"
-        if err.validator == "additionalProperties":
-            for k in [k for k in (err.instance or {}) if k not in err.schema.get("properties", {})]:
-                known = ", ".join(err.schema.get("properties", {}))
-                out.append(Problem(*_mark(marks, (*path, k), key_of=True), f"unknown key {k!r} in {where} (known: {known})"))
-            continue
-        msg = err.message
-        if err.validator in ("type", "minimum") and path and path[-1] in RATE_KEYS:
-            msg = f"{where}: a rate must be a non-negative number of USD, not {err.instance!r}"
-        elif err.validator == "pattern" and path and path[-1] == "effective_from":
-            msg = f"{where}: not a date (YYYY-MM-DD): {err.instance!r}"
-        elif err.validator == "anyOf":
-            msg = f"{where}: give rates, tiers or variants"
-        else:
-            msg = f"{where}: {msg}"
-        out.append(Problem(*_mark(marks, path), msg))
-    return out
+def _explain(err: jsonschema.ValidationError, path: tuple, where: str) -> str | None:
+    """Override-specific wording for the schema errors people actually make."""
+    if err.validator in ("type", "minimum") and path and path[-1] in RATE_KEYS:
+        return f"{where}: a rate must be a non-negative number of USD, not {err.instance!r}"
+    if err.validator == "pattern" and path and path[-1] == "effective_from":
+        return f"{where}: not a date (YYYY-MM-DD): {err.instance!r}"
+    if err.validator == "anyOf":
+        return f"{where}: give rates, tiers or variants"
+    return None
 
 
 def _prices(raw: dict[str, Any], source: str) -> dict[str, Price]:
@@ -335,7 +323,7 @@ def parse_overrides(text: str, file: str = "<overrides>") -> list[Override]:
     doc, marks, problems = load_yaml_with_marks(text)
     if doc is None or not isinstance(doc, dict):
         raise PricingError(file, problems or [Problem(1, 1, "overrides are a mapping (version: 1, models: [...])")])
-    problems += _schema_problems(doc, marks)
+    problems += schema_problems(_VALIDATOR, doc, marks, _explain, list_known=True)
     if problems:
         raise PricingError(file, sorted(problems, key=lambda p: (p.line, p.col)))
     name = Path(file).name
@@ -347,20 +335,20 @@ def parse_overrides(text: str, file: str = "<overrides>") -> list[Override]:
         try:
             day = date.fromisoformat(eff)
         except ValueError:
-            problems.append(Problem(*_mark(marks, ("models", i, "effective_from")), f"not a date: {eff!r}"))
+            problems.append(Problem(*mark(marks, ("models", i, "effective_from")), f"not a date: {eff!r}"))
             continue
         key = (e["provider"], e["model"].lower(), eff)
         if key in seen:
-            problems.append(Problem(*_mark(marks, ("models", i)),
+            problems.append(Problem(*mark(marks, ("models", i)),
                                     f"{e['provider']} {e['model']} from {eff} is already defined on line {seen[key]}"))
-        line = _mark(marks, ("models", i))[0]
+        line = mark(marks, ("models", i))[0]
         seen[key] = line
         source = f"override:{name}@{eff}#{sha}"
         for scope, raw in [("", e), *((f"variants.{v}.", body) for v, body in (e.get("variants") or {}).items())]:
             for j, t in enumerate(raw.get("tiers") or []):
                 if j and t["above_input_tokens"] <= raw["tiers"][j - 1]["above_input_tokens"]:
                     path = ("models", i, *(("variants", scope.split(".")[1]) if scope else ()), "tiers", j)
-                    problems.append(Problem(*_mark(marks, path), "tiers must be listed in increasing above_input_tokens"))
+                    problems.append(Problem(*mark(marks, path), "tiers must be listed in increasing above_input_tokens"))
         prices = OverridePrices(
             _prices(e, source),
             {v: _prices(body, f"{source} ({v})") for v, body in (e.get("variants") or {}).items()},

@@ -87,7 +87,7 @@ def _gateway_call(db: Path) -> tuple[Callable[[str, dict[str, Any], str], Any], 
         except OSError as e:
             raise SourceError(
                 f"the ledger {db} is held by a gateway at {url}, which did not answer ({e}); "
-                "if it is gone, remove {disc}"
+                f"if it is gone, remove {disc}"
             ) from None
 
     return call, f"gateway {url}"
@@ -102,7 +102,7 @@ def open_source(db: Path, *, write: bool = False) -> Source:
     except LedgerLocked:
         gw = _gateway_call(db)
         if gw is None:
-            raise SourceError(f"{db} is locked by another process and no gateway discovery file was found")
+            raise SourceError(f"{db} is locked by another process and no gateway discovery file was found") from None
         return Source(*gw)
     except duckdb.Error as e:
         raise SourceError(f"cannot open {db}: {e}") from None

@@ -19,7 +19,8 @@ import jsonschema
 from cryptography import x509
 
 from spendgate import ca as ca_mod
-from spendgate.policy import PolicyError, Problem, _mark, load as load_policy, load_yaml_with_marks
+from spendgate.policy import PolicyError, load as load_policy
+from spendgate.yamlcheck import Problem, load_yaml_with_marks, mark, schema_problems
 from spendgate.providers import OPTIONAL_HOSTS, PROVIDER_HOSTS
 
 log = logging.getLogger(__name__)
@@ -101,19 +102,6 @@ def schema() -> dict[str, Any]:
 _VALIDATOR = jsonschema.Draft202012Validator(schema())
 
 
-def _schema_problems(doc: Any, marks: dict) -> list[Problem]:
-    out = []
-    for err in _VALIDATOR.iter_errors(doc):
-        path = tuple(err.absolute_path)
-        where = ".".join(map(str, path)) or "top level"
-        if err.validator == "additionalProperties":
-            for k in [k for k in (err.instance or {}) if k not in err.schema.get("properties", {})]:
-                out.append(Problem(*_mark(marks, (*path, k), key_of=True), f"unknown key {k!r} in {where}"))
-            continue
-        out.append(Problem(*_mark(marks, path), f"{where}: {err.message}"))
-    return out
-
-
 def _read_certs(base: Path, rel: str, pos: tuple[int, int], problems: list[Problem],
                 warnings: list[Problem]) -> list[x509.Certificate]:
     path = (base / rel).expanduser()
@@ -144,7 +132,7 @@ def parse(text: str, file: Path) -> Site:
     doc, marks, problems = load_yaml_with_marks(text)
     if not isinstance(doc, dict):
         raise SiteError(str(file), problems or [Problem(1, 1, "a site config is a mapping (version: 1, ...)")])
-    problems += _schema_problems(doc, marks)
+    problems += schema_problems(_VALIDATOR, doc, marks)
     if problems:
         raise SiteError(str(file), sorted(problems, key=lambda p: (p.line, p.col)))
     warnings: list[Problem] = []
@@ -153,7 +141,7 @@ def parse(text: str, file: Path) -> Site:
     gw = doc.get("gateway") or {}
     ident = doc.get("identity") or {}
     method = ident.get("method", "local_user" if mode == "laptop" else "proxy_auth")
-    at = lambda *path: _mark(marks, path)  # noqa: E731
+    at = lambda *path: mark(marks, path)  # noqa: E731
 
     host = gw.get("host", "127.0.0.1" if mode == "laptop" else "")
     if mode == "central" and not host:
