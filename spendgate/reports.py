@@ -105,8 +105,9 @@ def _opt_time(v: Any) -> datetime | None:
     return parse_time(v) if isinstance(v, str) and v else v or None
 
 
-# name -> (function, coercions). The admin API and the CLI both go through `run_query`, so a
-# CLI answer is the same whether it read the file or asked a running gateway.
+# name -> query(cursor, params), params as strings from a URL or values from the CLI. The admin
+# API and the CLI both go through `run_query`, so a CLI answer is the same whether it read the
+# file or asked a running gateway.
 QUERIES: dict[str, Any] = {
     "ledger": lambda cur, p: ledger(cur, int(p.get("limit") or 50), user=p.get("user")),
     "spend": lambda cur, p: spend(
