@@ -127,14 +127,6 @@ def plan_spend(policy: Policy, first: date, last: date, by: str = "user") -> lis
     return rows
 
 
-def plan_totals(rows: list[dict[str, Any]]) -> dict[str, float]:
-    """group -> total plan cost (for the column beside metered spend)."""
-    out: dict[str, float] = defaultdict(float)
-    for r in rows:
-        out[r["group"]] += r["cost_usd"]
-    return dict(out)
-
-
 # --- budgets -------------------------------------------------------------------------------------
 
 CounterKey = tuple[str, str, datetime]

@@ -89,11 +89,6 @@ class Site:
         creds = f"{self.identity_user}:{PASSWORD_TOKEN}@" if self.identity_method == "proxy_auth" else ""
         return f"http://{creds}{self.proxy_hostport}"
 
-    @property
-    def policy_identity(self) -> str:
-        """The name of our identity method in a policy's `identity` list."""
-        return f"header:{self.identity_header}" if self.identity_method == "header" else self.identity_method
-
 
 def schema() -> dict[str, Any]:
     return json.loads(resources.files("spendgate").joinpath("site.schema.json").read_text())
