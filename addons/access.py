@@ -14,7 +14,7 @@ from mitmproxy import connection, ctx, exceptions, http
 
 from spendgate import access
 from spendgate.gateway import Gateway
-from spendgate.providers import normalize_host, route
+from spendgate.metering.providers import normalize_host, route
 
 log = logging.getLogger("spendgate.access")
 

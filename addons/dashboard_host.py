@@ -13,13 +13,13 @@ import logging
 
 from mitmproxy import ctx, http
 
-from spendgate.adminapi import Caller
-from spendgate.policy import UNATTRIBUTED
-from spendgate.web import WebRequest
+from spendgate.web.server import Caller
+from spendgate.policy.model import UNATTRIBUTED
+from spendgate.web.app import WebRequest
 
 log = logging.getLogger("spendgate")
 
-META = "spendgate.web"
+META = "spendgate.web.app"
 
 
 class DashboardHost:

@@ -12,12 +12,15 @@ from pathlib import Path
 
 from mitmproxy import ctx, exceptions, http
 
-from spendgate import providers, refusal
-from spendgate.providers import openai_chat
-from spendgate.gateway import REPO, Gateway, GatewayError, Settings
-from spendgate.metering import Body, Exchange
-from spendgate.source import default_db
-from spendgate.streams import EventDropper, StreamTap
+from spendgate.metering import providers
+
+from spendgate.budgets import refusal
+from spendgate.metering.providers import openai_chat
+from spendgate import resources
+from spendgate.gateway import Gateway, GatewayError, Settings
+from spendgate.metering.meter import Body, Exchange
+from spendgate.cli.source import default_db
+from spendgate.metering.streams import EventDropper, StreamTap
 
 from dashboard_host import DashboardHost  # addons/ is on sys.path when mitmdump loads this script
 from opaque import OpaqueCounter  # addons/opaque.py: counts undecrypted connections to opaque AI hosts
@@ -84,8 +87,8 @@ class SpendGate:
             return
         settings = Settings(
             db=_path_opt(opts.spendgate_db, default_db()),
-            policy=_path_opt(opts.spendgate_policy, None) or REPO / "policies" / "example.yaml",
-            pricing=_path_opt(opts.spendgate_pricing, _existing(REPO / "pricing" / "overrides.yaml")),
+            policy=_path_opt(opts.spendgate_policy, None) or resources.example_policy(),
+            pricing=_path_opt(opts.spendgate_pricing, _existing(resources.pricing_dir() / "overrides.yaml")),
             user=opts.spendgate_user or None,
             admin_port=opts.spendgate_admin_port,
         )

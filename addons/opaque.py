@@ -5,7 +5,7 @@ relays without a flow object, so no hook would see them. Script addons see `next
 mitmproxy's own NextLayer addon, so for opaque hosts only we choose the same relay ourselves, with
 a TCP flow kept: still never decrypted (the client sees the origin's certificate), but
 `tcp_message` now counts bytes and `tcp_end` reports the connection. Message contents are dropped
-once counted, so memory stays flat on long connections. The recording itself is `spendgate.opaque.OpaqueRecorder` (queue + writer thread).
+once counted, so memory stays flat on long connections. The recording itself is `spendgate.metering.opaque.OpaqueRecorder` (queue + writer thread).
 """
 
 from __future__ import annotations
@@ -23,11 +23,11 @@ from mitmproxy.proxy import layer as _layer
 from mitmproxy.proxy.layers import TCPLayer
 from mitmproxy.proxy.layers.tls import parse_client_hello
 
-from spendgate import opaque
+from spendgate.metering import opaque
 
-log = logging.getLogger("spendgate.opaque")
+log = logging.getLogger("spendgate.metering.opaque")
 
-META = "spendgate.opaque"
+META = "spendgate.metering.opaque"
 
 
 @dataclass

@@ -48,9 +48,9 @@ import duckdb  # noqa: E402
 import yaml  # noqa: E402
 
 from spendgate.gateway import Gateway, Settings  # noqa: E402
-from spendgate.journal import Journal  # noqa: E402
-from spendgate.ledger import DuckDBLedger, LedgerRow, migrate  # noqa: E402
-from spendgate.policy import WINDOWS  # noqa: E402
+from spendgate.budgets.journal import Journal  # noqa: E402
+from spendgate.store.ledger import DuckDBLedger, LedgerRow, migrate  # noqa: E402
+from spendgate.policy.model import WINDOWS  # noqa: E402
 
 log = logging.getLogger("bench")
 

@@ -19,25 +19,34 @@ from pathlib import Path
 
 import duckdb
 
-from spendgate import audit, dashboard, reconcile, refusal, reports, reprice, web
-from spendgate.adminapi import AdminServer, Caller, discovery_path
-from spendgate.budgets import BudgetBook
+from spendgate import reconcile
+
+from spendgate.workflow import audit
+
+from spendgate.reports import dashboard
+
+from spendgate.budgets import refusal
+
+from spendgate.reports import queries as reports
+
+from spendgate.pricing import reprice
+
+from spendgate.web import app as web
+from spendgate.web.server import AdminServer, Caller, discovery_path
+from spendgate.budgets.book import BudgetBook
 from spendgate.identity import Identity, resolve
-from spendgate.journal import Journal
-from spendgate.ledger import DuckDBLedger, LedgerLocked, LedgerRow, write_rows
-from spendgate.metering import CHARS_PER_TOKEN, Exchange, Meter
-from spendgate.opaque import OpaqueRecorder
-from spendgate.plans import PlanCharger
-from spendgate.policy import UNATTRIBUTED, Policy, PolicyError, load
-from spendgate.pricing import MTOK, Pricer, PricingError, compute
+from spendgate.budgets.journal import Journal
+from spendgate.store.ledger import DuckDBLedger, LedgerLocked, LedgerRow, write_rows
+from spendgate.metering.meter import CHARS_PER_TOKEN, Exchange, Meter
+from spendgate.metering.opaque import OpaqueRecorder
+from spendgate.budgets.plans import PlanCharger
+from spendgate.policy.model import UNATTRIBUTED, Policy, PolicyError, load
+from spendgate.pricing.rates import MTOK, Pricer, PricingError, compute
 from spendgate.usage import Usage
-from spendgate.windows import WINDOWS, bounds
-from spendgate.workflow import Workflow
+from spendgate.budgets.windows import WINDOWS, bounds
+from spendgate.workflow.service import Workflow
 
 log = logging.getLogger(__name__)
-
-REPO = Path(__file__).resolve().parents[1]
-
 
 class GatewayError(RuntimeError):
     """Settings we cannot start with; the message says what to fix."""

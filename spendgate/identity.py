@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs
 
-from spendgate.policy import UNATTRIBUTED, Policy
+from spendgate.policy.model import UNATTRIBUTED, Policy
 
 FINGERPRINT_HEX = 12
 

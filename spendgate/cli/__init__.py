@@ -7,7 +7,7 @@ import importlib
 import logging
 import sys
 
-from spendgate.source import SourceError
+from spendgate.cli.source import SourceError
 
 # Modules under spendgate.cli that add commands; each has register(subparsers).
 COMMAND_MODULES = ("spend", "budget_cmds", "live", "prices", "approval_cmds", "reconcile_cmds", "deploy_cmds")

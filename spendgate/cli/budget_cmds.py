@@ -9,18 +9,19 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-from spendgate.approvals import attach_grants
-from spendgate.budgets import BudgetBook
+from spendgate import resources
+from spendgate.workflow.approvals import attach_grants
+from spendgate.budgets.book import BudgetBook
 from spendgate.cli.output import add_db_arg, add_json_arg, console, print_json, source, table
-from spendgate.gateway import REPO, rebuild_counters
+from spendgate.gateway import rebuild_counters
 from spendgate.identity import fingerprint
-from spendgate.ledger import connect
-from spendgate.policy import PolicyError, load
-from spendgate.source import SourceError, default_db
+from spendgate.store.ledger import connect
+from spendgate.policy.model import PolicyError, load
+from spendgate.cli.source import SourceError, default_db
 
 
 def default_policy() -> Path:
-    return Path(os.environ.get("SPENDGATE_POLICY") or REPO / "policies" / "example.yaml")
+    return Path(os.environ.get("SPENDGATE_POLICY") or resources.example_policy())
 
 
 def register(sub: argparse._SubParsersAction) -> None:

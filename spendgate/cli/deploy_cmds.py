@@ -9,7 +9,9 @@ from pathlib import Path
 
 from rich.markup import escape
 
-from spendgate import ca, doctor
+from spendgate.deploy import ca
+
+from spendgate.deploy import doctor
 from spendgate.cli.output import console, print_json
 from spendgate.deploy import render, site
 

@@ -23,11 +23,13 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from spendgate import dashboard, reports
-from spendgate.adminapi import discovery_path
+from spendgate.reports import dashboard
+
+from spendgate.reports import queries as reports
+from spendgate.web.server import discovery_path
 from spendgate.identity import local_user
 from spendgate.cli.output import add_db_arg, console, source
-from spendgate.source import Source, SourceError, default_db
+from spendgate.cli.source import Source, SourceError, default_db
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -12,7 +12,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from spendgate.source import Source, default_db, open_source
+from spendgate.cli.source import Source, default_db, open_source
 
 # Piped output (files, CI logs) gets room for whole columns instead of rich's 80-column default.
 console = Console(width=None if sys.stdout.isatty() else 200)

@@ -18,23 +18,21 @@ from typing import Any
 
 from genai_prices.update_prices import DEFAULT_UPDATE_URL
 
-from spendgate import pricing_catalogue as pc
-from spendgate import reprice
+from spendgate import resources
+from spendgate.pricing import catalogue as pc
+from spendgate.pricing import reprice
 from spendgate.cli.output import add_db_arg, add_json_arg, console, print_json, source, table
-from spendgate.ledger import LedgerLocked, connect, migrate
-from spendgate.pricing import VARIANTS, Pricer, PricingError, compare_overrides
-from spendgate.reports import parse_time
-from spendgate.source import SourceError, default_db, open_source
+from spendgate.store.ledger import LedgerLocked, connect, migrate
+from spendgate.pricing.rates import VARIANTS, Pricer, PricingError, compare_overrides
+from spendgate.reports.queries import parse_time
+from spendgate.cli.source import SourceError, default_db, open_source
 from spendgate.usage import Usage
-
-REPO = Path(__file__).resolve().parents[2]
-
 
 def default_pricing_dir() -> Path:
     """SPENDGATE_PRICING_DIR, else pricing/ in the source checkout (what the gateway uses)."""
     if env := os.environ.get("SPENDGATE_PRICING_DIR"):
         return Path(env)
-    return REPO / "pricing" if (REPO / "pyproject.toml").exists() else Path.cwd() / "pricing"
+    return resources.pricing_dir()
 
 
 def _add_pricing_arg(p: argparse.ArgumentParser) -> None:

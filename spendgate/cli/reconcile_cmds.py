@@ -17,17 +17,17 @@ from typing import Any
 
 import duckdb
 
+from spendgate import resources
 from spendgate import reconcile
 from spendgate.cli.budget_cmds import default_policy
 from spendgate.cli.output import add_db_arg, add_json_arg, console, print_json, table
-from spendgate.gateway import REPO
-from spendgate.ledger import LedgerLocked, connect, migrate
-from spendgate.policy import Policy, PolicyError, load
-from spendgate.pricing import Pricer, PricingError
+from spendgate.store.ledger import LedgerLocked, connect, migrate
+from spendgate.policy.model import Policy, PolicyError, load
+from spendgate.pricing.rates import Pricer, PricingError
 from spendgate.reconcile import fetch as fetching
 from spendgate.reconcile import formats, store
 from spendgate.reconcile.report import BY
-from spendgate.source import Source, SourceError, default_db, open_source
+from spendgate.cli.source import Source, SourceError, default_db, open_source
 
 REPORT_COLS = ["metered_usd", "billed_usd", "delta_usd", "delta_pct", "metered_requests", "status"]
 
@@ -94,7 +94,7 @@ class Ledger:
         self.con: duckdb.DuckDBPyConnection | None = None
         self.gateway: Source | None = None
         if not db.exists() and not create:
-            from spendgate.adminapi import discovery_path
+            from spendgate.web.server import discovery_path
 
             if not discovery_path(db).exists():
                 raise SourceError(f"no ledger at {db} (start the gateway with scripts/run, or pass --db)")
@@ -138,7 +138,7 @@ def _policy_loader(args: argparse.Namespace) -> Callable[[], Policy | None]:
 
 
 def _pricer(args: argparse.Namespace) -> Callable:
-    path = args.pricing or (REPO / "pricing" / "overrides.yaml")
+    path = args.pricing or (resources.pricing_dir() / "overrides.yaml")
     try:
         pricer = Pricer(path if path.exists() else None)
     except (PricingError, OSError) as e:
@@ -258,7 +258,7 @@ def print_spend_extras(args: argparse.Namespace, metered: list[dict[str, Any]]) 
     """Beside metered spend: seat plans, opaque clients and billed-vs-metered, when there are any."""
     since = args.since or (datetime.now(UTC).date().replace(day=1).isoformat() if not args.window else None)
     if args.window:
-        from spendgate.reports import window_start
+        from spendgate.reports.queries import window_start
 
         since = window_start(args.window).date().isoformat()
     try:

@@ -16,12 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from xml.sax.saxutils import escape as xml_escape
 
-from spendgate import ca as ca_mod
+from spendgate import resources
+from spendgate.deploy import ca as ca_mod
 from spendgate.deploy import pac
 from spendgate.deploy.site import OSES, USER_TOKEN, Site
 
-REPO = Path(__file__).resolve().parents[2]
-TEMPLATES = REPO / "mdm" / "templates"
+TEMPLATES = resources.mdm_templates()
 CA_NAME = "spendgate-ca.pem"  # the gateway CA (what NODE_EXTRA_CA_CERTS adds)
 BUNDLE_NAME = "spendgate-ca-bundle.pem"  # public roots + CA (what SSL_CERT_FILE replaces the store with)
 CLAUDE_HEADERS = "ANTHROPIC_CUSTOM_HEADERS"  # Claude Code sends these on every API request

@@ -18,10 +18,10 @@ from typing import Any
 import jsonschema
 from cryptography import x509
 
-from spendgate import ca as ca_mod
-from spendgate.policy import PolicyError, load as load_policy
+from spendgate.deploy import ca as ca_mod
+from spendgate.policy.model import PolicyError, load as load_policy
 from spendgate.yamlcheck import Problem, load_yaml_with_marks, mark, schema_problems
-from spendgate.providers import OPTIONAL_HOSTS, PROVIDER_HOSTS
+from spendgate.metering.providers import OPTIONAL_HOSTS, PROVIDER_HOSTS
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ class Site:
 
 
 def schema() -> dict[str, Any]:
-    return json.loads(resources.files("spendgate").joinpath("site.schema.json").read_text())
+    return json.loads(resources.files("spendgate.deploy").joinpath("site.schema.json").read_text())
 
 
 _VALIDATOR = jsonschema.Draft202012Validator(schema())

@@ -14,8 +14,10 @@ from typing import Any
 
 import duckdb
 
-from spendgate import opaque, plans
-from spendgate.policy import Policy
+from spendgate.metering import opaque
+
+from spendgate.budgets import plans
+from spendgate.policy.model import Policy
 from spendgate.reconcile import store
 from spendgate.reconcile.report import IdMap, parse_day, reconcile
 
@@ -87,7 +89,7 @@ def import_lines(cur: duckdb.DuckDBPyConnection, params: dict[str, Any]) -> dict
 
 
 def _admin_only(caller: Any) -> None:
-    from spendgate.adminapi import ApiError
+    from spendgate.web.server import ApiError
 
     if not getattr(caller, "admin", False):
         raise ApiError(403, "reconciliation is organization-wide: admin token required")

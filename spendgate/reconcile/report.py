@@ -16,7 +16,7 @@ from typing import Any
 
 import duckdb
 
-from spendgate import sql
+from spendgate.store import sql
 from spendgate.reconcile.formats import model_key
 
 BY = ("day", "model", "key", "workspace")

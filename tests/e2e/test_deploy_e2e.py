@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from spendgate import ca
+from spendgate.deploy import ca
 from tests.support import ANTHROPIC_KEY
 from tests.support.gateway import BIN, REPO
 

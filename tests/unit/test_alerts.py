@@ -8,12 +8,12 @@ from decimal import Decimal
 import pytest
 from workflow_env import Env
 
-from spendgate import audit
-from spendgate.alertpolicy import AlertsConfig
-from spendgate.alerts import crossings, message, projected_exhaustion, recipients, warning_line
-from spendgate.budgets import Budget
+from spendgate.workflow import audit
+from spendgate.policy.sections import AlertsConfig
+from spendgate.workflow.alerts import crossings, message, projected_exhaustion, recipients, warning_line
+from spendgate.budgets.book import Budget
 from spendgate.identity import Identity
-from spendgate.policy import PolicyError, parse
+from spendgate.policy.model import PolicyError, parse
 
 POLICY = """\
 version: 1

@@ -7,8 +7,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from workflow_env import Env
 
-from spendgate import audit
-from spendgate.approvals import ApprovalError, NotAllowed, approvers_for, auto_limit, list_requests
+from spendgate.workflow import audit
+from spendgate.workflow.approvals import ApprovalError, NotAllowed, approvers_for, auto_limit, list_requests
 from spendgate.identity import Identity
 
 POLICY = """\
@@ -145,7 +145,7 @@ def test_audit_has_no_update_or_delete_path():
 
 def test_a_gateway_refusing_a_bad_policy_at_start_leaves_an_audit_row(tmp_path):
     from spendgate.gateway import Gateway, GatewayError, Settings
-    from spendgate.ledger import connect
+    from spendgate.store.ledger import connect
 
     bad = tmp_path / "p.yaml"
     bad.write_text("version: 1\nalerts: {thresholds: [-5]}\n")

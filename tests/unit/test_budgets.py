@@ -2,9 +2,9 @@ import threading
 from datetime import UTC, datetime
 from decimal import Decimal
 
-from spendgate.budgets import BudgetBook
+from spendgate.budgets.book import BudgetBook
 from spendgate.identity import Identity
-from spendgate.policy import parse
+from spendgate.policy.model import parse
 
 POLICY = """\
 version: 1

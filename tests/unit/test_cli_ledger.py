@@ -8,7 +8,7 @@ import sys
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
-from spendgate.ledger import DuckDBLedger, LedgerRow
+from spendgate.store.ledger import DuckDBLedger, LedgerRow
 
 
 def row(i: int, **kw) -> LedgerRow:

@@ -11,9 +11,11 @@ import duckdb
 import pytest
 from rich.console import Console
 
-from spendgate import dashboard, reports
+from spendgate.reports import dashboard
+
+from spendgate.reports import queries as reports
 from spendgate.cli import live, main
-from spendgate.ledger import DuckDBLedger, LedgerRow, write_rows
+from spendgate.store.ledger import DuckDBLedger, LedgerRow, write_rows
 
 NOW = datetime(2026, 3, 10, 14, 37, 20, tzinfo=UTC)
 

@@ -9,8 +9,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from spendgate.adminapi import AdminServer, Caller
-from spendgate.web import COOKIE, Sessions, WebApp, WebRequest, admin_tokens, approvers, cookie_value
+from spendgate.web.server import AdminServer, Caller
+from spendgate.web.app import COOKIE, Sessions, WebApp, WebRequest, admin_tokens, approvers, cookie_value
 
 TOKEN = "admin-token-123"
 seen: list[tuple[str, dict, Caller]] = []
@@ -147,7 +147,7 @@ def test_admin_tokens_from_env_and_policy_file(tmp_path):
 
 
 def test_policy_names_the_token_file(tmp_path):
-    from spendgate.policy import load
+    from spendgate.policy.model import load
 
     (tmp_path / "secrets").mkdir()
     (tmp_path / "secrets" / "admin.token").write_text("rotated-token\n")
@@ -190,7 +190,7 @@ def test_served_by_the_loopback_admin_server():
 
 @pytest.mark.parametrize("name", ["index.html", "app.js", "charts.js", "style.css"])
 def test_assets_are_local(name):
-    from spendgate.web import asset
+    from spendgate.web.app import asset
 
     text = asset(name).decode()
     assert "http://" not in text.replace("http://spendgate.local", "").replace("http://www.w3.org/2000/svg", "")

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from spendgate.gateway import Gateway, Settings
-from spendgate.journal import Journal
-from spendgate.reports import ledger as ledger_rows
+from spendgate.budgets.journal import Journal
+from spendgate.reports.queries import ledger as ledger_rows
 
 BODY = json.dumps({"model": "claude-sonnet-4-5", "max_tokens": 100, "messages": [{"role": "user", "content": "hi"}]})
 HEADERS = {"x-api-key": "sk-ant-unit-secret", "user-agent": "Anthropic/Python 2.14.0"}

@@ -12,8 +12,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from spendgate import windows
-from spendgate.ledger import COLUMNS, LedgerRow, _values
+from spendgate.budgets import windows
+from spendgate.store.ledger import COLUMNS, LedgerRow, _values
 from spendgate.usage import Usage
 
 REPO = Path(__file__).resolve().parents[2]

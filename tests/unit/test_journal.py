@@ -1,6 +1,6 @@
 from decimal import Decimal
 
-from spendgate.journal import Journal
+from spendgate.budgets.journal import Journal
 
 
 def test_open_reservations_survive_and_settled_ones_do_not(tmp_path):

@@ -14,11 +14,13 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from spendgate import access, ca
+from spendgate import access
+
+from spendgate.deploy import ca
 from spendgate.cli import main
 from spendgate.deploy import pac, render, site
 from spendgate.identity import Identity
-from spendgate.providers import PROVIDER_HOSTS
+from spendgate.metering.providers import PROVIDER_HOSTS
 
 REPO = Path(__file__).resolve().parents[2]
 NODE = pac.node_binary()

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from spendgate.identity import fingerprint, resolve
-from spendgate.policy import UNATTRIBUTED, PolicyError, load, parse
+from spendgate.policy.model import UNATTRIBUTED, PolicyError, load, parse
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -13,14 +13,14 @@ import pytest
 from genai_prices import Usage as GPUsage
 from genai_prices.data_snapshot import _bundled_snapshot
 
-from spendgate import pricing_catalogue as pc
-from spendgate import reprice
-from spendgate.budgets import BudgetBook
+from spendgate.pricing import catalogue as pc
+from spendgate.pricing import reprice
+from spendgate.budgets.book import BudgetBook
 from spendgate.cli.prices import explain_lines
 from spendgate.gateway import charge_scopes
-from spendgate.ledger import LedgerRow, connect, migrate, write_rows
-from spendgate.policy import parse as parse_policy
-from spendgate.pricing import Pricer, PricingError, compare_overrides, compute, parse_overrides
+from spendgate.store.ledger import LedgerRow, connect, migrate, write_rows
+from spendgate.policy.model import parse as parse_policy
+from spendgate.pricing.rates import Pricer, PricingError, compare_overrides, compute, parse_overrides
 from spendgate.usage import Usage
 
 REPO = Path(__file__).resolve().parents[2]
@@ -135,7 +135,7 @@ def test_tier_only_override_keeps_catalogue_base():
 
 
 def test_compute_cache_fallbacks_and_searches_without_rate():
-    from spendgate.pricing import Price, Rates
+    from spendgate.pricing.rates import Price, Rates
 
     rates = Rates({"input_mtok": Price(D(2), (), "x"), "output_mtok": Price(D(8), (), "x")}, "m")
     u = Usage(input_tokens=3_000_000, cache_read_tokens=1_000_000, cache_write_tokens=1_000_000,
@@ -328,7 +328,7 @@ def test_reprice_updates_rows_keeps_audit_and_moves_counters(tmp_path, ledger):
     assert audit[0][4] == pricer.version
     by_user = {(r["user"], r["model"]): r["delta_usd"] for r in res["by_user_model"]}
     assert by_user[("bob", "claude-new-1")] == -11.0
-    from spendgate.windows import bounds
+    from spendgate.budgets.windows import bounds
 
     day = bounds("day", datetime.now(UTC), policy.timezone)[0]
     assert book.store.get(("organization:acme", "day", day)).spent == new_r1 - D("0.645") - D(11)

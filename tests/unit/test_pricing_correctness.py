@@ -37,7 +37,7 @@ from pathlib import Path
 
 import pytest
 
-from spendgate.pricing import Pricer
+from spendgate.pricing.rates import Pricer
 from spendgate.usage import Usage
 
 REPO = Path(__file__).resolve().parents[2]

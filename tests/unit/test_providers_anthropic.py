@@ -7,8 +7,8 @@ import json
 
 from test_providers_common import STREAMS, fixture_bytes, run_stream, run_whole
 
-from spendgate.providers.anthropic import COUNT_TOKENS, MESSAGES, AnthropicUsageState
-from spendgate.providers.base import ResponseResult
+from spendgate.metering.providers.anthropic import COUNT_TOKENS, MESSAGES, AnthropicUsageState
+from spendgate.metering.providers.base import ResponseResult
 from spendgate.usage import Usage
 
 STREAM_USAGE = Usage(

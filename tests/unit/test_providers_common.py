@@ -12,8 +12,8 @@ from pathlib import Path
 import brotli
 import pytest
 
-from spendgate.providers import anthropic, gemini, openai_chat, openai_responses
-from spendgate.providers.base import ResponseResult, StreamParser
+from spendgate.metering.providers import anthropic, gemini, openai_chat, openai_responses
+from spendgate.metering.providers.base import ResponseResult, StreamParser
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "provider"
 WIRE = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "wire"

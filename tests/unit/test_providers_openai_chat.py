@@ -8,9 +8,9 @@ import json
 import pytest
 from test_providers_common import STREAMS, bytewise, fixture_bytes, run_stream, run_whole
 
-from spendgate.providers.base import ResponseResult
-from spendgate.providers.openai_chat import CHAT, filter_usage_chunk, is_usage_only_payload
-from spendgate.sse import SSEBlockSplitter
+from spendgate.metering.providers.base import ResponseResult
+from spendgate.metering.providers.openai_chat import CHAT, filter_usage_chunk, is_usage_only_payload
+from spendgate.metering.framing import SSEBlockSplitter
 from spendgate.usage import Usage
 
 FACTORY = STREAMS["openai_chat"][0]

@@ -7,8 +7,8 @@ import json
 
 from test_providers_common import STREAMS, fixture_bytes, run_stream, run_whole
 
-from spendgate.providers.base import ResponseResult
-from spendgate.providers.openai_responses import RESPONSES
+from spendgate.metering.providers.base import ResponseResult
+from spendgate.metering.providers.openai_responses import RESPONSES
 from spendgate.usage import Usage
 
 FACTORY = STREAMS["openai_responses"][0]

@@ -6,11 +6,11 @@ import re
 
 import pytest
 
-from spendgate.providers import PROVIDER_HOSTS, allow_hosts_regexes, route
-from spendgate.providers.anthropic import COUNT_TOKENS, MESSAGES
-from spendgate.providers.gemini import GENERATE_CONTENT, STREAM_GENERATE_CONTENT
-from spendgate.providers.openai_chat import CHAT
-from spendgate.providers.openai_responses import RESPONSES
+from spendgate.metering.providers import PROVIDER_HOSTS, allow_hosts_regexes, route
+from spendgate.metering.providers.anthropic import COUNT_TOKENS, MESSAGES
+from spendgate.metering.providers.gemini import GENERATE_CONTENT, STREAM_GENERATE_CONTENT
+from spendgate.metering.providers.openai_chat import CHAT
+from spendgate.metering.providers.openai_responses import RESPONSES
 
 
 @pytest.mark.parametrize(

@@ -14,8 +14,8 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from spendgate.cli import main
-from spendgate.ledger import LedgerRow, connect, migrate, write_rows
-from spendgate.pricing import Pricer
+from spendgate.store.ledger import LedgerRow, connect, migrate, write_rows
+from spendgate.pricing.rates import Pricer
 from spendgate.reconcile import fetch as fetching
 from spendgate.reconcile import formats, store
 from spendgate.reconcile.report import IdMap, reconcile

@@ -8,9 +8,9 @@ import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from spendgate import opaque
+from spendgate.metering import opaque
 from spendgate.gateway import Gateway, Settings
-from spendgate.ledger import connect, migrate
+from spendgate.store.ledger import connect, migrate
 
 REPO = Path(__file__).resolve().parents[2]
 

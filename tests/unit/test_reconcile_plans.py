@@ -7,10 +7,10 @@ from decimal import Decimal
 
 import pytest
 
-from spendgate.budgets import MemoryCounters
-from spendgate.plans import PlanCharger, budget_charges, parse_plans, plan_spend, seat_days
-from spendgate.policy import PolicyError, parse
-from spendgate.windows import bounds
+from spendgate.budgets.book import MemoryCounters
+from spendgate.budgets.plans import PlanCharger, budget_charges, parse_plans, plan_spend, seat_days
+from spendgate.policy.model import PolicyError, parse
+from spendgate.budgets.windows import bounds
 
 POLICY = """\
 version: 1

@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from spendgate.providers.base import ResponseResult, StreamParser
-from spendgate.streams import EventDropper, IncrementalDecoder, StreamTap
+from spendgate.metering.providers.base import ResponseResult, StreamParser
+from spendgate.metering.streams import EventDropper, IncrementalDecoder, StreamTap
 
 try:
     from compression import zstd

@@ -12,8 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from spendgate.providers import base
-from spendgate.providers.base import top_level
+from spendgate.metering.providers import base
+from spendgate.metering.providers.base import top_level
 
 KEYS = frozenset({"model", "stream", "max_tokens", "metadata"})
 

@@ -3,7 +3,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from spendgate.windows import bounds, seconds_until
+from spendgate.budgets.windows import bounds, seconds_until
 
 NY = ZoneInfo("America/New_York")
 KOLKATA = ZoneInfo("Asia/Kolkata")

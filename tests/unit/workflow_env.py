@@ -7,13 +7,13 @@ from decimal import Decimal
 
 import duckdb
 
-from spendgate import audit
-from spendgate.budgets import BudgetBook
+from spendgate.workflow import audit
+from spendgate.budgets.book import BudgetBook
 from spendgate.identity import Identity
-from spendgate.ledger import migrate
-from spendgate.policy import parse
-from spendgate.sinks import Dispatcher
-from spendgate.workflow import Workflow
+from spendgate.store.ledger import migrate
+from spendgate.policy.model import parse
+from spendgate.workflow.sinks import Dispatcher
+from spendgate.workflow.service import Workflow
 
 
 class Clock:

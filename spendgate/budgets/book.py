@@ -1,0 +1,263 @@
+"""Budgets: which limits cover a request, and in-memory counters that admit with reservations.
+
+Admission reserves an estimate on every covering budget in one atomic step and refuses when any
+would pass its limit, so a burst of concurrent requests cannot overshoot (check-then-charge is
+the classic bypass). Settlement swaps the reservation for the actual charge. Counters live in
+memory (O(1) per request whatever the ledger size) behind `CounterStore`, the seam for a shared
+store later; they are rebuilt from the ledger at start-up.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+from typing import Any, Protocol
+
+from spendgate.identity import Identity
+from spendgate.policy.model import UNATTRIBUTED, Budgets, Policy
+from spendgate.budgets.windows import WINDOWS, bounds
+
+ZERO = Decimal(0)
+CounterKey = tuple[str, str, datetime]  # (scope, window, window start)
+
+
+@dataclass(frozen=True, slots=True)
+class Budget:
+    scope: str  # organization:acme | workspace:platform | user:alice@acme.com | key:sha256:... | unattributed
+    window: str
+    limit: Decimal  # policy limit plus active grants
+    start: datetime
+    end: datetime
+    until: date | None = None  # the exception's expiry, when an exception set this limit
+    granted: Decimal = ZERO
+
+    @property
+    def key(self) -> CounterKey:
+        return (self.scope, self.window, self.start)
+
+
+@dataclass(slots=True)
+class Counter:
+    spent: Decimal = ZERO
+    reserved: Decimal = ZERO
+
+
+class CounterStore(Protocol):
+    def try_reserve(self, budgets: list[Budget], amount: Decimal) -> tuple[Budget, Counter] | None: ...
+    def settle(self, keys: Iterable[CounterKey], reserved: Decimal, actual: Decimal) -> None: ...
+    def add(self, key: CounterKey, amount: Decimal) -> None: ...
+    def get(self, key: CounterKey) -> Counter: ...
+    def prune(self, keep: Callable[[CounterKey], bool]) -> int: ...
+    def items(self) -> list[tuple[CounterKey, Counter]]: ...
+
+
+class MemoryCounters:
+    """Counters in this process, guarded by one lock (a few dict operations per request)."""
+
+    def __init__(self) -> None:
+        self._c: dict[CounterKey, Counter] = {}
+        self._lock = threading.Lock()
+
+    def try_reserve(self, budgets: list[Budget], amount: Decimal) -> tuple[Budget, Counter] | None:
+        """Reserve `amount` on all budgets, or on none: returns the first one that has no room."""
+        with self._lock:
+            for b in budgets:
+                c = self._c.get(b.key) or Counter()
+                if c.spent + c.reserved + amount > b.limit or (b.limit == ZERO):
+                    return b, Counter(c.spent, c.reserved)
+            for b in budgets:
+                self._c.setdefault(b.key, Counter()).reserved += amount
+        return None
+
+    def settle(self, keys: Iterable[CounterKey], reserved: Decimal, actual: Decimal) -> None:
+        with self._lock:
+            for k in keys:
+                c = self._c.setdefault(k, Counter())
+                c.reserved = max(ZERO, c.reserved - reserved)
+                c.spent += actual
+
+    def add(self, key: CounterKey, amount: Decimal) -> None:
+        with self._lock:
+            self._c.setdefault(key, Counter()).spent += amount
+
+    def get(self, key: CounterKey) -> Counter:
+        with self._lock:
+            c = self._c.get(key)
+            return Counter(c.spent, c.reserved) if c else Counter()
+
+    def prune(self, keep: Callable[[CounterKey], bool]) -> int:
+        """Forget counters `keep` rejects (old windows), so memory stays flat over months."""
+        with self._lock:
+            old = [k for k in self._c if not keep(k)]
+            for k in old:
+                del self._c[k]
+        return len(old)
+
+    def items(self) -> list[tuple[CounterKey, Counter]]:
+        with self._lock:
+            return [(k, Counter(c.spent, c.reserved)) for k, c in self._c.items()]
+
+
+@dataclass(slots=True)
+class Reservation:
+    id: str
+    amount: Decimal
+    keys: tuple[CounterKey, ...]
+    settled: bool = False
+
+
+@dataclass(slots=True)
+class Decision:
+    admitted: bool
+    reservation: Reservation | None = None
+    exhausted: Budget | None = None  # the budget that refused
+    spent: Decimal = ZERO  # spent (+ reserved) on the exhausted budget
+    remaining: Decimal | None = None  # the tightest budget's room after this reservation
+    resets_at: datetime | None = None  # when the tightest (or exhausted) budget resets
+    budgets: list[Budget] = field(default_factory=list)
+
+
+def scopes(policy: Policy, identity: Identity) -> list[tuple[str, Budgets, date | None]]:
+    """Every scope covering this identity, with its limits (defaults with exceptions applied)."""
+    today = datetime.now(policy.timezone).date()
+    out: list[tuple[str, Budgets, date | None]] = [(f"organization:{policy.org_name}", policy.org_budgets, None)]
+    for ws in identity.workspaces:
+        out.append((f"workspace:{ws}", policy.workspace_budgets(ws), None))
+    if identity.user == UNATTRIBUTED:
+        out.append((UNATTRIBUTED, *policy.user_budgets(UNATTRIBUTED, today)))
+    else:
+        out.append((f"user:{identity.user}", *policy.user_budgets(identity.user, today)))
+    if identity.key_fingerprint:
+        out.append((f"key:{identity.key_fingerprint}", *policy.key_budgets(identity.key_fingerprint, today)))
+    return out
+
+
+GrantFn = Callable[[str, str, datetime], Decimal]  # (scope, window, now) -> extra USD granted
+
+
+class BudgetBook:
+    """The policy's budgets over a counter store."""
+
+    def __init__(
+        self,
+        policy: Policy,
+        store: CounterStore | None = None,
+        *,
+        grants: GrantFn | None = None,
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.policy = policy
+        self.store = store or MemoryCounters()
+        self.grants = grants or (lambda scope, window, now: ZERO)
+        self.granted_scopes: Callable[[], Iterable[str]] = lambda: ()  # so status lists budgets with grants
+        self.now = now
+
+    def covering(self, identity: Identity, now: datetime | None = None) -> list[Budget]:
+        now = now or self.now()
+        out = []
+        for scope, limits, until in scopes(self.policy, identity):
+            for window in WINDOWS:
+                if window in limits:
+                    start, end = bounds(window, now, self.policy.timezone)
+                    extra = self.grants(scope, window, now)
+                    out.append(Budget(scope, window, limits[window] + extra, start, end, until, extra))
+        return out
+
+    def admit(self, identity: Identity, amount: Decimal, now: datetime | None = None) -> Decision:
+        now = now or self.now()
+        budgets = self.covering(identity, now)
+        refused = self.store.try_reserve(budgets, amount)
+        if refused is not None:
+            b, c = refused
+            return Decision(False, exhausted=b, spent=c.spent + c.reserved, resets_at=b.end, budgets=budgets)
+        res = Reservation(uuid.uuid4().hex, amount, tuple(b.key for b in budgets))
+        tight = self.tightest(budgets)
+        return Decision(
+            True,
+            reservation=res,
+            remaining=tight[1] if tight else None,
+            resets_at=tight[0].end if tight else None,
+            budgets=budgets,
+        )
+
+    def tightest(self, budgets: list[Budget]) -> tuple[Budget, Decimal] | None:
+        best: tuple[Budget, Decimal] | None = None
+        for b in budgets:
+            c = self.store.get(b.key)
+            room = b.limit - c.spent - c.reserved
+            if best is None or room < best[1]:
+                best = (b, room)
+        return best
+
+    def settle(self, res: Reservation, actual: Decimal) -> None:
+        if res.settled:
+            return
+        res.settled = True
+        self.store.settle(res.keys, res.amount, actual)
+
+    def prune(self, now: datetime | None = None) -> int:
+        """Drop counters of windows older than the previous one (late settlements still land)."""
+        now = now or self.now()
+        oldest = {}
+        for window in WINDOWS:
+            start, _ = bounds(window, now, self.policy.timezone)
+            oldest[window] = bounds(window, start - timedelta(seconds=1), self.policy.timezone)[0]
+        return self.store.prune(lambda key: key[2] >= oldest[key[1]])
+
+    def charge(self, scope_names: Iterable[str], ts: datetime, amount: Decimal) -> None:
+        """Count spend that happened (at start-up, from the ledger) in every window it falls in."""
+        for scope in scope_names:
+            for window in WINDOWS:
+                start, _ = bounds(window, ts, self.policy.timezone)
+                self.store.add((scope, window, start), amount)
+
+    def status(self) -> list[dict[str, Any]]:
+        """Every active budget with its use: the policy's own scopes plus everyone seen this window."""
+        now = self.now()
+        seen: dict[tuple[str, str], Budget] = {}
+        idents = [_identity_of(scope) for scope in {k[0] for k, _ in self.store.items()} | set(self.granted_scopes())] + [
+            Identity(user=u, source="policy", workspaces=self.policy.workspaces_of(u)) for u in self.policy.users
+        ]
+        for fp, rule in self.policy.keys.items():
+            user = rule.user or UNATTRIBUTED
+            idents.append(Identity(user=user, source="policy", key_fingerprint=fp,
+                                   workspaces=self.policy.workspaces_of(user)))
+        for ws in self.policy.workspaces:
+            idents.append(Identity(user=UNATTRIBUTED, source="policy", workspaces=(ws,)))
+        if not idents:
+            idents.append(Identity(user=UNATTRIBUTED, source="policy"))
+        for ident in idents:
+            for b in self.covering(ident, now):
+                seen.setdefault((b.scope, b.window), b)
+        rows = []
+        order = {w: i for i, w in enumerate(WINDOWS)}
+        for b in sorted(seen.values(), key=lambda b: (b.scope.split(":")[0], b.scope, order[b.window])):
+            c = self.store.get(b.key)
+            rows.append({
+                "scope": b.scope,
+                "window": b.window,
+                "limit_usd": float(b.limit),
+                "spent_usd": float(c.spent),
+                "reserved_usd": float(c.reserved),
+                "remaining_usd": float(b.limit - c.spent - c.reserved),
+                "resets_at": b.end.isoformat().replace("+00:00", "Z"),
+                "until": b.until.isoformat() if b.until else None,
+                "granted_usd": float(b.granted),
+            })
+        return rows
+
+
+def _identity_of(scope: str) -> Identity:
+    """A stand-in identity whose covering budgets include `scope` (for listing)."""
+    kind, _, name = scope.partition(":")
+    if kind == "user":
+        return Identity(user=name, source="ledger")
+    if kind == "key":
+        return Identity(user=UNATTRIBUTED, source="ledger", key_fingerprint=name)
+    if kind == "workspace":
+        return Identity(user=UNATTRIBUTED, source="ledger", workspaces=(name,))
+    return Identity(user=UNATTRIBUTED, source="ledger")

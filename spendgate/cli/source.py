@@ -1,0 +1,117 @@
+"""Where the CLI gets its answers: the ledger file itself, or the gateway holding it.
+
+DuckDB gives one process the file; when a gateway runs, `open_source` finds it through the
+discovery file next to the ledger and asks its admin API instead.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+import duckdb
+
+from spendgate import resources
+from spendgate.reports import queries as reports
+from spendgate.web.server import discovery_path
+from spendgate.store.ledger import LedgerLocked, connect, migrate
+
+
+class SourceError(RuntimeError):
+    """Neither the file nor a gateway could answer; the message says why and what to do."""
+
+
+def default_db() -> Path:
+    """SPENDGATE_DB, else data/spendgate.duckdb in the source checkout (what scripts/run uses)."""
+    if env := os.environ.get("SPENDGATE_DB"):
+        return Path(env)
+    return resources.data_root() / "data" / "spendgate.duckdb"
+
+
+class Source:
+    """Runs named queries (see reports.QUERIES) locally or on the gateway."""
+
+    def __init__(self, call: Callable[[str, dict[str, Any], str], Any], where: str) -> None:
+        self._call = call
+        self.where = where
+
+    def query(self, name: str, **params: Any) -> Any:
+        return self._call(name, {k: v for k, v in params.items() if v is not None}, "GET")
+
+    def post(self, name: str, **params: Any) -> Any:
+        return self._call(name, params, "POST")
+
+    def download(self, name: str, **params: Any) -> bytes:
+        """A file the source builds (e.g. `export`), as bytes, from the file or the gateway alike."""
+        return self._call(name, {k: v for k, v in params.items() if v is not None}, "RAW")
+
+
+def _gateway_call(db: Path) -> tuple[Callable[[str, dict[str, Any], str], Any], str] | None:
+    disc = discovery_path(db)
+    try:
+        info = json.loads(disc.read_text())
+    except (OSError, ValueError):
+        return None
+    url, token = info["url"], info["token"]
+
+    def call(name: str, params: dict[str, Any], method: str) -> Any:
+        data = None
+        target = f"{url}/api/{name}"
+        raw = method == "RAW"
+        method = "GET" if raw else method
+        if method == "GET":
+            target += "?" + urlencode({k: str(v) for k, v in params.items()})
+        else:
+            data = json.dumps(params, default=str).encode()
+        req = urllib.request.Request(target, data=data, method=method)
+        req.add_header("Authorization", f"Bearer {token}")
+        if data:
+            req.add_header("Content-Type", "application/json")
+        try:
+            with urllib.request.urlopen(req, timeout=300 if raw else 30) as resp:
+                return resp.read() if raw else json.loads(resp.read())
+        except urllib.error.HTTPError as e:
+            try:
+                msg = json.loads(e.read()).get("error", str(e))
+            except ValueError:
+                msg = str(e)
+            raise SourceError(f"gateway answered {e.code}: {msg}") from None
+        except OSError as e:
+            raise SourceError(
+                f"the ledger {db} is held by a gateway at {url}, which did not answer ({e}); "
+                f"if it is gone, remove {disc}"
+            ) from None
+
+    return call, f"gateway {url}"
+
+
+def open_source(db: Path, *, write: bool = False) -> Source:
+    """The file when we can open it; otherwise the running gateway that holds it."""
+    if not db.exists() and not discovery_path(db).exists():
+        raise SourceError(f"no ledger at {db} (start the gateway with scripts/run, or pass --db)")
+    try:
+        con = connect(db, read_only=not write)
+    except LedgerLocked:
+        gw = _gateway_call(db)
+        if gw is None:
+            raise SourceError(f"{db} is locked by another process and no gateway discovery file was found") from None
+        return Source(*gw)
+    except duckdb.Error as e:
+        raise SourceError(f"cannot open {db}: {e}") from None
+    if write:
+        migrate(con)
+
+    def local(name: str, params: dict[str, Any], method: str) -> Any:
+        if method == "RAW":
+            from spendgate.reports import dashboard
+
+            return dashboard.download(con, name, params)
+        return reports.run_query(con, name, params)
+
+    return Source(local, f"file {db}")

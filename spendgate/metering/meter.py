@@ -1,0 +1,288 @@
+"""The metering pipeline, free of mitmproxy: request -> identity -> usage -> price -> ledger.
+
+The proxy edge calls `begin()` with a request and `finish()` once the response is over (or
+broken). `finish()` only enqueues; pricing and everything after it run on one worker thread, so
+the proxy's event loop never waits on them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import itertools
+import os
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+
+from spendgate.metering import providers
+from spendgate.batcher import Batcher
+from spendgate.identity import Identity
+from spendgate.store.ledger import Ledger, LedgerRow
+from spendgate.pricing.rates import Pricer, PriceResult, variant_for_tier
+from spendgate.metering.providers.base import Adapter, RequestInfo, ResponseResult, Route, StreamParser
+from spendgate.metering.streams import IncrementalDecoder
+from spendgate.usage import Usage
+
+log = logging.getLogger(__name__)
+
+CHARS_PER_TOKEN = 4  # the usual rough ratio, only for estimates when the provider said nothing
+
+
+@dataclass(slots=True)
+class Exchange:
+    """One metered request in flight."""
+
+    request_id: str
+    ts: datetime
+    started: float
+    route: Route
+    request: RequestInfo
+    identity: Identity
+    bytes_in: int = 0
+    status: int | None = None
+    headers_at: float | None = None
+    parser: StreamParser | None = None
+    first_byte_at: float | None = None
+    extra: dict = field(default_factory=dict)  # room for admission (budgets) to hang state
+
+    @property
+    def provider(self) -> str:
+        return self.route.provider
+
+
+@dataclass(frozen=True, slots=True)
+class Body:
+    """A whole (non-streamed) response body as it came, content-encoded."""
+
+    raw: bytes
+    content_encoding: str = ""
+
+    def parse(self, adapter: Adapter | None) -> ResponseResult | None:
+        if adapter is None:
+            return None
+        try:
+            body = IncrementalDecoder(self.content_encoding).feed(self.raw)
+        except Exception:  # an encoding we cannot undo, or garbage: usage unknown, row estimated
+            return ResponseResult(garbled=True)
+        return adapter.parse_response(body)
+
+
+IdentifyFn = Callable[[Mapping[str, str], str, str | None, str | None], Identity]
+RowListener = Callable[[Exchange, LedgerRow], None]
+
+
+def estimate_usage(req: RequestInfo, result: ResponseResult) -> Usage:
+    """Best guess when the provider's final usage never arrived (cut, error, crash)."""
+    seen = result.usage or Usage()
+    inp = seen.input_tokens or result.input_tokens_hint or math.ceil(req.input_bytes / CHARS_PER_TOKEN)
+    out = max(seen.output_tokens, math.ceil(result.output_chars / CHARS_PER_TOKEN))
+    return Usage(
+        input_tokens=inp,
+        cache_read_tokens=seen.cache_read_tokens,
+        cache_write_tokens=seen.cache_write_tokens,
+        cache_write_1h_tokens=seen.cache_write_1h_tokens,
+        output_tokens=out,
+        reasoning_tokens=min(seen.reasoning_tokens, out),
+        web_search_requests=seen.web_search_requests,
+    )
+
+
+@dataclass(slots=True, frozen=True)
+class Verdict:
+    outcome: str
+    usage: Usage
+    estimated: bool
+    note: str | None
+
+
+def judge(ex: Exchange, result: ResponseResult | None, ended: str | None) -> Verdict:
+    """Decide outcome and usage of a finished exchange (before pricing)."""
+    if ex.route.adapter is None:
+        return Verdict("unmetered", Usage(), False, None)
+    if ex.extra.get("blocked"):
+        return Verdict("blocked", Usage(), False, ex.extra.get("blocked_reason"))
+    if ex.request.free:  # e.g. count_tokens: nothing is billed whatever the answer
+        return Verdict("ok" if (ex.status or 0) < 400 else "upstream_error", Usage(), False, None)
+    result = result or ResponseResult()
+    status = ex.status or 0
+    if ended == "interrupted":
+        return Verdict("interrupted", estimate_usage(ex.request, result), True, "gateway stopped mid-request")
+    if status >= 400 and not (result.usage and result.usage_final):
+        return Verdict("upstream_error", Usage(), False, result.error or ended or f"HTTP {status}")
+    if result.usage is not None and result.usage_final:
+        return Verdict("ok", result.usage, False, result.error)
+    why = ended or result.error or ("stream garbled" if result.garbled else "no usage reported")
+    if status == 0 and ended and not result.events:
+        # never got a response at all (upstream unreachable): nothing was billed
+        return Verdict("upstream_error", Usage(), False, ended)
+    return Verdict("estimated", estimate_usage(ex.request, result), True, why)
+
+
+class Meter:
+    """Owns the flow from request facts to ledger rows."""
+
+    def __init__(
+        self,
+        pricer: Pricer,
+        ledger: Ledger,
+        identify: IdentifyFn,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.pricer = pricer
+        self.ledger = ledger
+        self.identify = identify
+        self.clock = clock
+        self.now = now
+        self.listeners: list[RowListener] = []
+        self._worker: Batcher[tuple] = Batcher(self._record_batch, 0.05, "spendgate-meter")
+        self._inflight: dict[str, Exchange] = {}  # single dict operations: atomic, no lock needed
+        # request ids: random per process, then a counter (cheaper than uuid4 on the event loop)
+        self._ids = (f"{os.urandom(10).hex()}{n:012x}" for n in itertools.count())
+
+    # -- edge side (event loop) --
+    def begin(
+        self,
+        host: str,
+        path: str,
+        headers: Mapping[str, str],
+        body: bytes,
+        *,
+        proxy_user: str | None = None,
+        client_ip: str | None = None,
+    ) -> Exchange | None:
+        """Start metering a request to `host`; None when the host is not a provider."""
+        route = providers.route(host, path)
+        if route is None:
+            return None
+        query = path.partition("?")[2]
+        req = route.adapter.parse_request(path, body) if route.adapter else RequestInfo()
+        ex = Exchange(
+            request_id=next(self._ids),
+            ts=self.now(),
+            started=self.clock(),
+            route=route,
+            request=req,
+            identity=self.identify(headers, query, proxy_user, client_ip),
+            bytes_in=len(body),
+        )
+        self._inflight[ex.request_id] = ex
+        return ex
+
+    def stream_parser(self, ex: Exchange, path: str, content_type: str) -> StreamParser | None:
+        adapter = ex.route.adapter
+        if adapter is None or not adapter.is_stream_response(content_type, ex.request):
+            return None
+        ex.parser = adapter.stream_parser(path)
+        return ex.parser
+
+    def finish(
+        self,
+        ex: Exchange,
+        result: ResponseResult | Body | None,
+        *,
+        ended: str | None = None,
+        bytes_out: int = 0,
+    ) -> None:
+        """Hand a finished exchange to the worker. Safe to call once per exchange.
+
+        A whole response body is passed as `Body`, still encoded: decoding and parsing it is work
+        for the worker thread, not for the proxy's event loop.
+        """
+        if self._inflight.pop(ex.request_id, None) is None:
+            return
+        self._worker.put((ex, result, ended, bytes_out, self.clock()))
+
+    def abandon_inflight(self) -> list[Exchange]:
+        """At shutdown: record every exchange still in flight as interrupted."""
+        pending = list(self._inflight.values())
+        for ex in pending:
+            result = ex.parser.result() if ex.parser else None
+            self.finish(ex, result, ended="interrupted")
+        return pending
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        return self._worker.flush(timeout) and self.ledger.flush(timeout)
+
+    def close(self) -> None:
+        self.abandon_inflight()
+        self._worker.close()
+
+    # -- worker thread --
+    def _record_batch(self, items: list[tuple]) -> None:
+        for item in items:
+            self._record(*item)
+
+    def _record(
+        self, ex: Exchange, result: ResponseResult | Body | None, ended: str | None, bytes_out: int, done_at: float
+    ) -> None:
+        if isinstance(result, Body):
+            result = result.parse(ex.route.adapter)
+        try:
+            row = self.build_row(ex, result, ended, bytes_out, done_at)
+        except Exception:
+            log.exception("could not build ledger row for %s", ex.request_id)
+            return
+        for listener in self.listeners:  # budgets settle here and may set row.charged_usd
+            try:
+                listener(ex, row)
+            except Exception:
+                log.exception("row listener failed")
+        self.ledger.append(row)
+
+    def build_row(
+        self, ex: Exchange, result: ResponseResult | None, ended: str | None, bytes_out: int, done_at: float
+    ) -> LedgerRow:
+        verdict = judge(ex, result, ended)
+        model = (result.model if result and result.model else None) or ex.request.model
+        price = self.price(ex, verdict, model, result.service_tier if result else None)
+        outcome = verdict.outcome
+        if outcome in ("ok", "estimated") and price.cost is None:
+            outcome = "unpriced"
+        ident = ex.identity
+        first = ex.first_byte_at or ex.headers_at
+        return LedgerRow(
+            ts=ex.ts,
+            request_id=ex.request_id,
+            provider=ex.provider,
+            endpoint=ex.route.endpoint,
+            model=model,
+            user=ident.user,
+            key_fingerprint=ident.key_fingerprint,
+            client=ident.client,
+            session_id=ident.session_id,
+            stream=bool(ex.request.stream or ex.parser is not None),
+            status=ex.status,
+            outcome=outcome,
+            estimated=verdict.estimated,
+            cost_usd=price.cost,
+            price_source=price.source,
+            latency_ms=round((done_at - ex.started) * 1000, 3),
+            ttft_ms=round((first - ex.started) * 1000, 3) if first else None,
+            identity_source=ident.source,
+            workspace=",".join(ident.workspaces) or None,
+            price_detail=json.dumps(price.detail()) if price.lines else None,
+            note=verdict.note,
+            bytes_in=ex.bytes_in,
+            bytes_out=bytes_out,
+            charged_usd=price.cost,
+            **verdict.usage.as_dict(),
+        )
+
+    def price(self, ex: Exchange, verdict: Verdict, model: str | None, tier: str | None = None) -> PriceResult:
+        if verdict.outcome == "unmetered":
+            return PriceResult(None, "unmetered")
+        if ex.request.free:
+            return PriceResult(Decimal(0), "free")
+        if verdict.outcome in ("blocked", "upstream_error"):
+            return PriceResult(Decimal(0), "not billed")
+        try:
+            return self.pricer.price(ex.provider, model, verdict.usage, ex.ts, variant=variant_for_tier(tier))
+        except Exception:  # a pricing bug must not lose the row: record it unpriced, loudly
+            log.exception("pricing failed for %s %r", ex.provider, model)
+            return PriceResult(None, "pricing error")

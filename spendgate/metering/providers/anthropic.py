@@ -1,0 +1,195 @@
+"""Anthropic Messages API (``/v1/messages``, JSON and SSE) and the free ``count_tokens``.
+
+Anthropic's ``input_tokens`` EXCLUDES cache reads and writes, so normalized input adds them back.
+In streams ``message_start`` carries provisional usage and ``message_delta`` carries cumulative
+values that REPLACE it field by field (input can grow, e.g. with server tools): never sum.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from spendgate.metering.providers.base import (
+    Adapter,
+    JSONEventStreamParser,
+    RequestInfo,
+    ResponseResult,
+    StreamParser,
+    as_int,
+    dig,
+    error_type,
+    load_json,
+    parse_json_request,
+    str_or_none,
+)
+from spendgate.usage import Usage
+
+MESSAGES_PATH = "/v1/messages"
+COUNT_TOKENS_PATH = "/v1/messages/count_tokens"
+
+_REPLACED = ("input_tokens", "cache_read_input_tokens", "cache_creation_input_tokens", "output_tokens")
+_DELTA_TEXT = {"text_delta": "text", "thinking_delta": "thinking", "input_json_delta": "partial_json"}
+
+
+def _scale(part: int, basis: int, total: int) -> int:
+    """Keep a TTL split when the total changed after the split was reported."""
+    if total <= 0 or part <= 0 or basis <= 0:
+        return 0
+    if basis == total:
+        return min(part, total)
+    return min(round(part * total / basis), total)
+
+
+@dataclass(slots=True)
+class AnthropicUsageState:
+    """Running Anthropic usage, merged report by report (message_start, then message_delta)."""
+
+    raw: dict[str, int]
+    thinking: int = 0
+    web_search: int = 0
+    cache_1h: int = 0
+    cache_1h_basis: int = 0  # cache_creation_input_tokens when the 1h part was reported
+
+    @classmethod
+    def empty(cls) -> AnthropicUsageState:
+        return cls(raw={})
+
+    def merge(self, usage: dict) -> None:
+        """Fields present (and not null) in ``usage`` replace earlier values; others stay."""
+        for key in _REPLACED:
+            if usage.get(key) is not None:
+                self.raw[key] = as_int(usage[key])
+        thinking = dig(usage, "output_tokens_details", "thinking_tokens")
+        if thinking is not None:
+            self.thinking = as_int(thinking)
+        searches = dig(usage, "server_tool_use", "web_search_requests")
+        if searches is not None:
+            self.web_search = as_int(searches)
+        split = usage.get("cache_creation")
+        if isinstance(split, dict):
+            self.cache_1h = as_int(split.get("ephemeral_1h_input_tokens"))
+            self.cache_1h_basis = self.raw.get("cache_creation_input_tokens", 0)
+            if not self.cache_1h_basis:  # object without the total: trust the split
+                self.cache_1h_basis = self.cache_1h + as_int(split.get("ephemeral_5m_input_tokens"))
+
+    def to_usage(self) -> Usage:
+        read = self.raw.get("cache_read_input_tokens", 0)
+        write = self.raw.get("cache_creation_input_tokens", 0)
+        output = self.raw.get("output_tokens", 0)
+        return Usage(
+            input_tokens=self.raw.get("input_tokens", 0) + read + write,
+            cache_read_tokens=read,
+            cache_write_tokens=write,
+            cache_write_1h_tokens=_scale(self.cache_1h, self.cache_1h_basis, write),
+            output_tokens=output,
+            reasoning_tokens=min(self.thinking, output),
+            web_search_requests=self.web_search,
+        )
+
+
+def _content_chars(content: Any) -> int:
+    """Characters of text, thinking and tool input in a whole Message's content."""
+    total = 0
+    for block in content if isinstance(content, list) else ():
+        if not isinstance(block, dict):
+            continue
+        for key in ("text", "thinking"):
+            if isinstance(block.get(key), str):
+                total += len(block[key])
+        if block.get("type") == "tool_use" and block.get("input") is not None:
+            total += len(str(block["input"]))
+    return total
+
+
+class AnthropicStreamParser(JSONEventStreamParser):
+    """Messages SSE: usage from message_start (provisional) and message_delta (final)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._usage = AnthropicUsageState.empty()
+
+    def on_event(self, event: str | None, obj: dict) -> None:
+        kind = obj.get("type") if isinstance(obj.get("type"), str) else event
+        r = self._result
+        if kind == "message_start":
+            message = obj.get("message")
+            r.model = str_or_none(dig(message, "model")) or r.model
+            usage = dig(message, "usage")
+            if isinstance(usage, dict):
+                r.service_tier = str_or_none(usage.get("service_tier")) or r.service_tier
+                self._usage.merge(usage)
+                r.usage = self._usage.to_usage()
+                r.input_tokens_hint = r.usage.input_tokens
+        elif kind == "content_block_delta":
+            delta = obj.get("delta")
+            field = _DELTA_TEXT.get(dig(delta, "type") or "")
+            if field and isinstance(delta.get(field), str):
+                r.output_chars += len(delta[field])
+        elif kind == "message_delta":
+            usage = obj.get("usage")
+            if isinstance(usage, dict):
+                self._usage.merge(usage)
+                r.usage = self._usage.to_usage()
+                r.usage_final = True
+        elif kind == "message_stop":
+            r.complete = True
+        elif kind == "error" or event == "error":
+            r.error = error_type(obj) or "error"
+
+
+class AnthropicMessagesAdapter(Adapter):
+    provider = "anthropic"
+    endpoint = "messages"
+
+    def parse_request(self, path: str, body: bytes) -> RequestInfo:
+        try:
+            obj, info = parse_json_request(body, ("max_tokens",), ("metadata",))
+            info.metadata_user = str_or_none(dig(obj, "metadata", "user_id"))
+            return info
+        except Exception:
+            return RequestInfo(malformed=True)
+
+    def parse_response(self, body: bytes) -> ResponseResult:
+        try:
+            return self._parse_response(body)
+        except Exception:
+            return ResponseResult(garbled=True)
+
+    def _parse_response(self, body: bytes) -> ResponseResult:
+        obj = load_json(body)
+        if not isinstance(obj, dict):
+            return ResponseResult(garbled=bool(body))
+        result = ResponseResult(model=str_or_none(obj.get("model")), error=error_type(obj))
+        usage = obj.get("usage")
+        if isinstance(usage, dict):
+            result.service_tier = str_or_none(usage.get("service_tier"))
+            state = AnthropicUsageState.empty()
+            state.merge(usage)
+            result.usage = state.to_usage()
+            result.usage_final = result.complete = True
+            result.input_tokens_hint = result.usage.input_tokens
+        result.output_chars = _content_chars(obj.get("content"))
+        return result
+
+    def stream_parser(self, path: str) -> StreamParser:
+        return AnthropicStreamParser()
+
+
+class AnthropicCountTokensAdapter(AnthropicMessagesAdapter):
+    """``count_tokens`` is free: never charged, never blocked; its answer is not usage."""
+
+    endpoint = "count_tokens"
+
+    def parse_request(self, path: str, body: bytes) -> RequestInfo:
+        info = super().parse_request(path, body)
+        info.free = True
+        return info
+
+    def parse_response(self, body: bytes) -> ResponseResult:
+        obj = load_json(body)
+        return ResponseResult(error=error_type(obj), complete=isinstance(obj, dict))
+
+
+MESSAGES = AnthropicMessagesAdapter()
+COUNT_TOKENS = AnthropicCountTokensAdapter()

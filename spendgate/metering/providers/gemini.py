@@ -1,0 +1,189 @@
+"""Gemini API on ``generativelanguage.googleapis.com``: ``models/{model}:generateContent`` and
+``:streamGenerateContent`` (SSE with ``alt=sse``, otherwise one JSON array sent incrementally).
+
+``usageMetadata`` appears in every chunk as running totals (Vertex-style chunks may carry only
+``trafficType``): the last one with counts wins. ``promptTokenCount`` includes
+``cachedContentTokenCount``; ``thoughtsTokenCount`` is NOT inside ``candidatesTokenCount``, so
+normalized output adds it.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from spendgate.metering.providers.base import (
+    Adapter,
+    JSONEventStreamParser,
+    RequestInfo,
+    ResponseResult,
+    StreamParser,
+    as_int,
+    dig,
+    error_type,
+    load_json,
+    parse_json_request,
+    str_or_none,
+)
+from spendgate.usage import Usage
+
+PATH_RE = re.compile(r"^/(?:v1|v1beta|v1alpha)/models/([^/:]+):(generateContent|streamGenerateContent)$")
+_COUNT_KEYS = (
+    "promptTokenCount",
+    "candidatesTokenCount",
+    "thoughtsTokenCount",
+    "cachedContentTokenCount",
+    "toolUsePromptTokenCount",
+    "totalTokenCount",
+)
+_UNFINISHED = ("", "FINISH_REASON_UNSPECIFIED")
+
+
+@dataclass(slots=True, frozen=True)
+class GeminiPath:
+    model: str
+    method: str  # "generateContent" | "streamGenerateContent"
+    sse: bool  # alt=sse in the query
+
+
+def parse_path(path: str) -> GeminiPath | None:
+    """Model and method from a request path (query string allowed); None if not ours."""
+    try:
+        parts = urlsplit(path)
+        m = PATH_RE.match(parts.path)
+        if m is None:
+            return None
+        alt = parse_qs(parts.query).get("alt", [])
+        return GeminiPath(model=unquote(m.group(1)), method=m.group(2), sse="sse" in alt)
+    except Exception:
+        return None
+
+
+def has_counts(meta: Any) -> bool:
+    return isinstance(meta, dict) and any(key in meta for key in _COUNT_KEYS)
+
+
+def gemini_usage(meta: dict, web_searches: int = 0) -> Usage:
+    """Normalize ``usageMetadata`` (tool-use prompt tokens count as input)."""
+    thoughts = as_int(meta.get("thoughtsTokenCount"))
+    return Usage(
+        input_tokens=as_int(meta.get("promptTokenCount")) + as_int(meta.get("toolUsePromptTokenCount")),
+        cache_read_tokens=as_int(meta.get("cachedContentTokenCount")),
+        output_tokens=as_int(meta.get("candidatesTokenCount")) + thoughts,
+        reasoning_tokens=thoughts,
+        web_search_requests=web_searches,
+    )
+
+
+def _part_chars(part: Any) -> int:
+    if not isinstance(part, dict):
+        return 0
+    text = part.get("text")
+    total = len(text) if isinstance(text, str) else 0
+    call = part.get("functionCall")
+    if isinstance(call, dict) and call.get("args") is not None:
+        total += len(str(call["args"]))
+    return total
+
+
+class GeminiChunkFolder:
+    """Folds chunk objects (stream elements or a whole response) into a ResponseResult."""
+
+    def __init__(self, result: ResponseResult) -> None:
+        self.result = result
+        self._meta: dict | None = None  # the last usageMetadata with counts
+        self._web_searches = 0  # most search queries any chunk reported (they repeat)
+
+    def fold(self, obj: dict) -> None:
+        inner = obj.get("response")
+        if isinstance(inner, dict) and "candidates" not in obj and "usageMetadata" not in obj:
+            obj = inner  # Code Assist (Gemini CLI login) wraps each chunk
+        r = self.result
+        err = error_type(obj)
+        if err is not None:
+            r.error = r.error or err
+        r.model = str_or_none(obj.get("modelVersion")) or r.model
+        candidates = obj.get("candidates")
+        for cand in candidates if isinstance(candidates, list) else ():
+            parts = dig(cand, "content", "parts")
+            r.output_chars += sum(_part_chars(p) for p in parts) if isinstance(parts, list) else 0
+            queries = dig(cand, "groundingMetadata", "webSearchQueries")
+            if isinstance(queries, list):
+                self._web_searches = max(self._web_searches, len(queries))
+            if dig(cand, "finishReason") not in (None, *_UNFINISHED):
+                r.complete = True
+        meta = obj.get("usageMetadata")
+        if has_counts(meta):
+            self._meta = meta
+            if r.input_tokens_hint is None:
+                r.input_tokens_hint = gemini_usage(meta).input_tokens
+        if self._meta is not None:
+            r.usage = gemini_usage(self._meta, self._web_searches)
+        r.usage_final = r.complete and r.usage is not None
+
+
+class GeminiStreamParser(JSONEventStreamParser):
+    """``streamGenerateContent``: SSE (``alt=sse``) or the incremental JSON array."""
+
+    def __init__(self, json_array: bool) -> None:
+        super().__init__(json_array=json_array)
+        self._folder = GeminiChunkFolder(self._result)
+
+    def on_event(self, event: str | None, obj: dict) -> None:
+        self._folder.fold(obj)
+
+    def on_done(self) -> None:
+        self._result.complete = True
+        self._result.usage_final = self._result.usage is not None
+
+
+class GeminiAdapter(Adapter):
+    provider = "gemini"
+
+    def __init__(self, endpoint: str) -> None:
+        self.endpoint = endpoint
+
+    def parse_request(self, path: str, body: bytes) -> RequestInfo:
+        try:
+            obj, info = parse_json_request(body, (), ("generationConfig", "generation_config"))
+            gpath = parse_path(path)
+            info.model = gpath.model if gpath else info.model
+            info.stream = gpath is not None and gpath.method == "streamGenerateContent"
+            config = obj.get("generationConfig", obj.get("generation_config"))
+            cap = dig(config, "maxOutputTokens")
+            cap = dig(config, "max_output_tokens") if cap is None else cap
+            info.max_output_tokens = as_int(cap) if cap is not None else None
+            return info
+        except Exception:
+            return RequestInfo(malformed=True)
+
+    def parse_response(self, body: bytes) -> ResponseResult:
+        """A whole body: one response object, or a buffered stream array of them."""
+        try:
+            obj = load_json(body)
+            chunks = obj if isinstance(obj, list) else [obj]
+            result = ResponseResult()
+            folder = GeminiChunkFolder(result)
+            for chunk in chunks:
+                if isinstance(chunk, dict):
+                    folder.fold(chunk)
+                else:
+                    result.garbled = True
+            if isinstance(obj, dict) and result.usage is not None:
+                result.complete = result.usage_final = True
+            if isinstance(obj, list):
+                result.complete = True
+                result.usage_final = result.usage is not None
+            return result
+        except Exception:
+            return ResponseResult(garbled=True)
+
+    def stream_parser(self, path: str) -> StreamParser:
+        gpath = parse_path(path)
+        return GeminiStreamParser(json_array=not (gpath and gpath.sse))
+
+
+GENERATE_CONTENT = GeminiAdapter("generateContent")
+STREAM_GENERATE_CONTENT = GeminiAdapter("streamGenerateContent")

@@ -1,0 +1,161 @@
+"""OpenAI Chat Completions (``/v1/chat/completions``), JSON and SSE.
+
+``prompt_tokens`` already INCLUDES ``prompt_tokens_details.cached_tokens`` and
+``completion_tokens`` already includes reasoning. A stream reports usage only when the request
+set ``stream_options.include_usage``; we add it when the client did not, and the proxy drops the
+extra usage-only chunk (see :func:`filter_usage_chunk`) so the client sees what it asked for.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from spendgate.metering.providers.base import (
+    Adapter,
+    JSONEventStreamParser,
+    RequestInfo,
+    ResponseResult,
+    StreamParser,
+    as_int,
+    dig,
+    error_type,
+    load_json,
+    parse_json_request,
+    str_or_none,
+)
+from spendgate.metering.framing import SSEDecoder
+from spendgate.usage import Usage
+
+CHAT_PATH = "/v1/chat/completions"
+
+
+def chat_usage(usage: dict) -> Usage:
+    """Normalize a Chat Completions ``usage`` object."""
+    output = as_int(usage.get("completion_tokens"))
+    return Usage(
+        input_tokens=as_int(usage.get("prompt_tokens")),
+        cache_read_tokens=as_int(dig(usage, "prompt_tokens_details", "cached_tokens")),
+        output_tokens=output,
+        reasoning_tokens=min(as_int(dig(usage, "completion_tokens_details", "reasoning_tokens")), output),
+    )
+
+
+def dumps_compact(obj: Any) -> bytes:
+    """Compact JSON, keeping non-ASCII text as is unless it cannot be encoded (lone surrogates)."""
+    try:
+        return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(obj, separators=(",", ":")).encode("ascii")
+
+
+def with_include_usage(obj: dict) -> dict:
+    """The same request with ``stream_options.include_usage = true`` (other keys untouched)."""
+    options = obj.get("stream_options")
+    merged = dict(options) if isinstance(options, dict) else {}
+    merged["include_usage"] = True
+    out = dict(obj)  # keeps key order; stream_options stays where it was or goes last
+    out["stream_options"] = merged
+    return out
+
+
+def is_usage_only_payload(data: str) -> bool:
+    """True for the ``data:`` JSON of a chunk with ``choices: []`` and a usage object."""
+    obj = load_json(data)
+    return isinstance(obj, dict) and obj.get("choices") == [] and isinstance(obj.get("usage"), dict)
+
+
+def filter_usage_chunk(event_block: bytes) -> bool:
+    """Should the proxy DROP this raw SSE event block (bytes up to and including its blank line)?
+
+    True only for the usage-only chunk (``choices == []`` with a usage object) that exists
+    because we added ``include_usage`` (RequestInfo.drop_usage_chunk). Azure's first chunk also
+    has ``choices: []`` but no usage, so it is kept. Use with ``sse.SSEBlockSplitter``; feed the
+    parser the unfiltered bytes so the usage is still metered. Never raises.
+    """
+    try:
+        decoder = SSEDecoder()
+        events = decoder.feed(event_block) + decoder.flush()
+        return len(events) == 1 and is_usage_only_payload(events[0].data)
+    except Exception:
+        return False
+
+
+def _delta_chars(choices: Any, key: str) -> int:
+    """Characters of text, reasoning text and tool arguments in choices[].delta|message."""
+    total = 0
+    for choice in choices if isinstance(choices, list) else ():
+        part = dig(choice, key)
+        if not isinstance(part, dict):
+            continue
+        for field in ("content", "reasoning_content", "refusal"):
+            if isinstance(part.get(field), str):
+                total += len(part[field])
+        calls = part.get("tool_calls")
+        for call in calls if isinstance(calls, list) else ():
+            args = dig(call, "function", "arguments")
+            total += len(args) if isinstance(args, str) else 0
+        args = dig(part, "function_call", "arguments")
+        total += len(args) if isinstance(args, str) else 0
+    return total
+
+
+class ChatStreamParser(JSONEventStreamParser):
+    """Chat SSE: usage in the final ``choices: []`` chunk, ``[DONE]`` terminates."""
+
+    def on_event(self, event: str | None, obj: dict) -> None:
+        r = self._result
+        err = error_type(obj)
+        if err is not None:
+            r.error = r.error or err
+            return
+        r.model = r.model or str_or_none(obj.get("model"))  # Azure's first chunk has model ""
+        r.service_tier = str_or_none(obj.get("service_tier")) or r.service_tier
+        r.output_chars += _delta_chars(obj.get("choices"), "delta")
+        usage = obj.get("usage")
+        if isinstance(usage, dict):
+            r.usage = chat_usage(usage)
+            r.usage_final = True
+
+
+class OpenAIChatAdapter(Adapter):
+    provider = "openai"
+    endpoint = "chat.completions"
+
+    def parse_request(self, path: str, body: bytes) -> RequestInfo:
+        try:
+            obj, info = parse_json_request(body, ("max_completion_tokens", "max_tokens"), ("user", "stream_options"))
+            if info.malformed:
+                return info
+            info.metadata_user = str_or_none(obj.get("user"))
+            if info.stream and dig(obj, "stream_options", "include_usage") is not True:
+                info.rewritten_body = dumps_compact(with_include_usage(load_json(body)))  # the whole body
+                info.drop_usage_chunk = True
+            return info
+        except Exception:
+            return RequestInfo(malformed=True)
+
+    def parse_response(self, body: bytes) -> ResponseResult:
+        try:
+            obj = load_json(body)
+            if not isinstance(obj, dict):
+                return ResponseResult(garbled=bool(body))
+            result = ResponseResult(
+                model=str_or_none(obj.get("model")),
+                error=error_type(obj),
+                service_tier=str_or_none(obj.get("service_tier")),
+            )
+            usage = obj.get("usage")
+            if isinstance(usage, dict):
+                result.usage = chat_usage(usage)
+                result.usage_final = result.complete = True
+            result.output_chars = _delta_chars(obj.get("choices"), "message")
+            return result
+        except Exception:
+            return ResponseResult(garbled=True)
+
+    def stream_parser(self, path: str) -> StreamParser:
+        return ChatStreamParser()
+
+
+CHAT = OpenAIChatAdapter()

@@ -1,0 +1,158 @@
+"""OpenAI Responses API (``/v1/responses``; Codex with ChatGPT login uses
+``chatgpt.com/backend-api/codex/responses``), JSON and SSE.
+
+Usage arrives in ``response.usage`` of the terminal event (completed / incomplete / failed; failed
+may carry ``usage: null``). ``input_tokens`` includes cached tokens, ``output_tokens`` includes
+reasoning. Hosted web search is billed per call: we count ``web_search_call`` output items.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from spendgate.metering.providers.base import (
+    Adapter,
+    JSONEventStreamParser,
+    RequestInfo,
+    ResponseResult,
+    StreamParser,
+    as_int,
+    dig,
+    error_type,
+    load_json,
+    parse_json_request,
+    str_or_none,
+)
+from spendgate.usage import Usage
+
+RESPONSES_PATH = "/v1/responses"
+CODEX_RESPONSES_PATH = "/backend-api/codex/responses"
+
+TERMINAL_EVENTS = frozenset({"response.completed", "response.incomplete", "response.failed"})
+_TEXT_DELTAS = frozenset(
+    f"response.{kind}.delta"
+    for kind in (
+        "output_text",
+        "refusal",
+        "reasoning_text",
+        "reasoning_summary_text",
+        "function_call_arguments",
+        "custom_tool_call_input",
+        "code_interpreter_call_code",
+        "mcp_call_arguments",
+    )
+)
+WEB_SEARCH_ITEM = "web_search_call"
+
+
+def responses_usage(usage: dict, web_searches: int = 0) -> Usage:
+    """Normalize a Responses ``usage`` object."""
+    output = as_int(usage.get("output_tokens"))
+    return Usage(
+        input_tokens=as_int(usage.get("input_tokens")),
+        cache_read_tokens=as_int(dig(usage, "input_tokens_details", "cached_tokens")),
+        output_tokens=output,
+        reasoning_tokens=min(as_int(dig(usage, "output_tokens_details", "reasoning_tokens")), output),
+        web_search_requests=web_searches,
+    )
+
+
+def count_web_searches(output: Any) -> int:
+    if not isinstance(output, list):
+        return 0
+    return sum(1 for item in output if dig(item, "type") == WEB_SEARCH_ITEM)
+
+
+def response_error(response: Any) -> str | None:
+    """The error code of a failed Response object (``{"error": {"code": ...}}``)."""
+    return error_type(response) if dig(response, "error") else None
+
+
+def _output_chars(output: Any) -> int:
+    total = 0
+    for item in output if isinstance(output, list) else ():
+        if not isinstance(item, dict):
+            continue
+        if isinstance(item.get("arguments"), str):
+            total += len(item["arguments"])
+        for key in ("content", "summary"):
+            parts = item.get(key)
+            for part in parts if isinstance(parts, list) else ():
+                text = dig(part, "text")
+                total += len(text) if isinstance(text, str) else 0
+    return total
+
+
+def apply_response(result: ResponseResult, response: dict, web_searches: int) -> None:
+    """Fold a (terminal or whole) Response object into ``result``."""
+    result.model = str_or_none(response.get("model")) or result.model
+    result.service_tier = str_or_none(response.get("service_tier")) or result.service_tier
+    result.error = result.error or response_error(response)
+    searches = max(web_searches, count_web_searches(response.get("output")))
+    usage = response.get("usage")
+    if isinstance(usage, dict):
+        result.usage = responses_usage(usage, searches)
+        result.usage_final = True
+
+
+class ResponsesStreamParser(JSONEventStreamParser):
+    """Responses SSE: deltas for estimates, web_search_call items, terminal usage."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._web_searches = 0  # web_search_call items completed so far
+
+    def on_event(self, event: str | None, obj: dict) -> None:
+        kind = obj.get("type") if isinstance(obj.get("type"), str) else event
+        r = self._result
+        if kind in _TEXT_DELTAS:
+            delta = obj.get("delta")
+            r.output_chars += len(delta) if isinstance(delta, str) else 0
+        elif kind == "response.output_item.done":
+            self._web_searches += dig(obj, "item", "type") == WEB_SEARCH_ITEM
+        elif kind in ("response.created", "response.in_progress"):
+            r.model = r.model or str_or_none(dig(obj, "response", "model"))
+        elif kind in TERMINAL_EVENTS:
+            response = obj.get("response")
+            if isinstance(response, dict):
+                apply_response(r, response, self._web_searches)
+            if kind == "response.failed":
+                r.error = r.error or "failed"
+            r.complete = True
+        elif kind == "error" or event == "error":
+            r.error = r.error or error_type(obj) or str_or_none(obj.get("code")) or "error"
+
+
+class OpenAIResponsesAdapter(Adapter):
+    provider = "openai"
+    endpoint = "responses"
+
+    def parse_request(self, path: str, body: bytes) -> RequestInfo:
+        try:
+            obj, info = parse_json_request(body, ("max_output_tokens",), ("user",))
+            info.metadata_user = str_or_none(obj.get("user"))
+            return info
+        except Exception:
+            return RequestInfo(malformed=True)
+
+    def parse_response(self, body: bytes) -> ResponseResult:
+        try:
+            obj = load_json(body)
+            if not isinstance(obj, dict):
+                return ResponseResult(garbled=bool(body))
+            result = ResponseResult()
+            if obj.get("object") == "response" or "usage" in obj or "output" in obj:
+                apply_response(result, obj, 0)
+                result.complete = result.usage is not None
+                result.output_chars = _output_chars(obj.get("output"))
+            else:
+                result.error = error_type(obj)
+            return result
+        except Exception:
+            return ResponseResult(garbled=True)
+
+    def stream_parser(self, path: str) -> StreamParser:
+        return ResponsesStreamParser()
+
+
+RESPONSES = OpenAIResponsesAdapter()

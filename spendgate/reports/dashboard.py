@@ -1,0 +1,240 @@
+"""Read-side queries behind the dashboard, `spendgate top` and `spendgate export`.
+
+Built on reports' helpers so a number is the same wherever it is shown. Every function takes a
+DuckDB cursor and an optional `user`: the admin API forces `user` to the caller for engineers,
+which is how an engineer sees only their own rows. Time buckets are computed from epoch seconds
+(UTC), so nothing depends on the DuckDB session's time zone, and empty buckets are filled in
+Python so charts show quiet minutes as zero rather than skipping them.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from spendgate.reports import queries as reports
+
+from spendgate.store import sql
+from spendgate.store.ledger import COLUMNS
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Bucketing:
+    """A chart's resolution: bucket width and how far back it reaches."""
+
+    step: timedelta
+    span: timedelta
+
+
+SERIES = {
+    "minute": Bucketing(timedelta(minutes=1), timedelta(hours=1)),
+    "hour": Bucketing(timedelta(hours=1), timedelta(hours=48)),
+    "day": Bucketing(timedelta(days=1), timedelta(days=30)),
+}
+BREAKDOWNS = ("workspace", "user", "model", "client")
+EXPORT_FORMATS = ("parquet", "csv")
+# what a finance export carries: every ledger column (fingerprints, never raw keys; no prompt text exists)
+EXPORT_COLUMNS = COLUMNS
+
+
+USER = '"user" = ?'
+
+
+def floor_time(t: datetime, step: timedelta) -> datetime:
+    """Start of the bucket holding `t` (buckets aligned on the UTC epoch)."""
+    secs = int(step.total_seconds())
+    epoch = int(t.astimezone(UTC).timestamp())
+    return datetime.fromtimestamp(epoch - epoch % secs, UTC)
+
+
+def totals(cur: duckdb.DuckDBPyConnection, now: datetime | None = None, user: str | None = None) -> dict[str, Any]:
+    """Spend, charge and request counts for the current hour, day, week and month (UTC)."""
+    now = now or datetime.now(UTC)
+    starts = {w: reports.window_start(w, now) for w in reports.WINDOWS}
+    cols = ", ".join(
+        f"coalesce(sum(cost_usd) FILTER (WHERE ts >= ?), 0) AS {w}_cost, "
+        f"coalesce(sum(charged_usd) FILTER (WHERE ts >= ?), 0) AS {w}_charged, "
+        f"count(*) FILTER (WHERE ts >= ?) AS {w}_requests, "
+        f"count(*) FILTER (WHERE ts >= ? AND outcome = 'blocked') AS {w}_blocked"
+        for w in reports.WINDOWS
+    )
+    where, params = sql.where(("ts >= ?", min(starts.values())), (USER, user))
+    args = [s for w in reports.WINDOWS for s in [starts[w]] * 4]
+    row = reports._rows(cur, f"SELECT {cols} FROM requests {where}", [*args, *params])[0]
+    return {
+        w: {
+            "since": reports.jsonable(starts[w]),
+            "cost_usd": row[f"{w}_cost"],
+            "charged_usd": row[f"{w}_charged"],
+            "requests": row[f"{w}_requests"],
+            "blocked": row[f"{w}_blocked"],
+        }
+        for w in reports.WINDOWS
+    }
+
+
+def series(
+    cur: duckdb.DuckDBPyConnection, resolution: str = "minute", now: datetime | None = None, user: str | None = None
+) -> list[dict[str, Any]]:
+    """Spend per bucket, oldest first, every bucket present (zero when quiet)."""
+    if resolution not in SERIES:
+        raise ValueError(f"unknown resolution {resolution!r} (one of {', '.join(SERIES)})")
+    b = SERIES[resolution]
+    now = now or datetime.now(UTC)
+    last = floor_time(now, b.step)
+    first = last - b.span + b.step
+    secs = int(b.step.total_seconds())
+    where, params = sql.where(("ts >= ?", first), (USER, user))
+    query = f"""
+        SELECT (epoch(ts)::BIGINT // {secs}) * {secs} AS bucket, coalesce(sum(cost_usd), 0) AS cost_usd,
+               count(*) AS requests, count(*) FILTER (WHERE outcome = 'blocked') AS blocked
+        FROM requests {where} GROUP BY 1
+    """
+    found = {r["bucket"]: r for r in reports._rows(cur, query, params)}
+    out = []
+    t = first
+    while t <= last:
+        r = found.get(int(t.timestamp()), {})
+        out.append({"t": reports.jsonable(t), "cost_usd": r.get("cost_usd", 0.0),
+                    "requests": r.get("requests", 0), "blocked": r.get("blocked", 0)})  # fmt: skip
+        t += b.step
+    return out
+
+
+def blocks(
+    cur: duckdb.DuckDBPyConnection, since: datetime | None = None, user: str | None = None, limit: int = 20
+) -> list[dict[str, Any]]:
+    """The latest refused requests, with the reason the caller was given."""
+    where, params = sql.where("outcome = 'blocked'", ("ts >= ?", since), (USER, user))
+    query = f"""SELECT ts, "user", client, provider, model, status, workspace, note AS reason
+                FROM requests {where} ORDER BY ts DESC, request_id LIMIT ?"""
+    return reports._rows(cur, query, [*params, limit])
+
+
+def unpriced(
+    cur: duckdb.DuckDBPyConnection, since: datetime | None = None, user: str | None = None
+) -> list[dict[str, Any]]:
+    """Models the gateway could not price: what they cost at the fallback rate and who used them."""
+    where, params = sql.where("outcome = 'unpriced'", ("ts >= ?", since), (USER, user))
+    query = f"""SELECT provider, coalesce(model, '(unknown)') AS model, count(*) AS requests,
+                     count(DISTINCT "user") AS users, sum(input_tokens)::BIGINT AS input_tokens,
+                     sum(output_tokens)::BIGINT AS output_tokens, coalesce(sum(charged_usd), 0) AS charged_usd,
+                     max(ts) AS last_seen
+              FROM requests {where} GROUP BY 1, 2 ORDER BY requests DESC, model"""
+    return reports._rows(cur, query, params)
+
+
+def overview(
+    cur: duckdb.DuckDBPyConnection, window: str = "month", now: datetime | None = None, user: str | None = None
+) -> dict[str, Any]:
+    """Everything one dashboard refresh (or one `spendgate top` frame) shows, in one call."""
+    now = now or datetime.now(UTC)
+    start = reports.window_start(window, now)
+    return {
+        "generated_at": reports.jsonable(now),
+        "user": user,
+        "window": window,
+        "since": reports.jsonable(start),
+        "totals": totals(cur, now, user),
+        "series": {name: series(cur, name, now, user) for name in SERIES},
+        "breakdowns": {by: reports.spend(cur, by, since=start, user=user) for by in BREAKDOWNS},
+        "latest": reports.ledger(cur, 15, user=user),
+        "blocks": blocks(cur, start, user),
+        "unpriced": unpriced(cur, start, user),
+    }
+
+
+# -- export -------------------------------------------------------------------------------------
+
+
+def export_sql(since: datetime | None, until: datetime | None, user: str | None) -> tuple[str, list[Any]]:
+    """The SELECT an export copies, oldest first, with its parameters."""
+    where, params = sql.where(("ts >= ?", since), ("ts < ?", until), (USER, user))
+    cols = ", ".join(f'"{c}"' for c in EXPORT_COLUMNS)
+    return f"SELECT {cols} FROM requests {where} ORDER BY ts, request_id", params
+
+
+def export(
+    cur: duckdb.DuckDBPyConnection,
+    path: Path,
+    fmt: str,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    user: str | None = None,
+) -> int:
+    """COPY the ledger rows in [since, until) to `path` as Parquet or CSV; returns the row count."""
+    if fmt not in EXPORT_FORMATS:
+        raise ValueError(f"unknown export format {fmt!r} (one of {', '.join(EXPORT_FORMATS)})")
+    sql, params = export_sql(since, until, user)
+    options = "FORMAT parquet, COMPRESSION zstd" if fmt == "parquet" else "FORMAT csv, HEADER true"
+    target = str(path).replace("'", "''")  # COPY takes no parameter for its target; quote it
+    row = cur.execute(f"COPY ({sql}) TO '{target}' ({options})", params).fetchone()
+    return int(row[0]) if row else 0
+
+
+def export_bytes(cur: duckdb.DuckDBPyConnection, params: dict[str, Any]) -> bytes:
+    """An export as bytes, for the admin API to send (the gateway writes only to its own temp dir)."""
+    fmt = params.get("format") or "parquet"
+    with tempfile.TemporaryDirectory(prefix="spendgate-export-") as tmp:
+        path = Path(tmp) / f"export.{fmt}"
+        export(cur, path, fmt, _opt_time(params.get("since")), _opt_time(params.get("until")), params.get("user"))
+        return path.read_bytes()
+
+
+def download(cur: duckdb.DuckDBPyConnection, name: str, params: dict[str, Any]) -> bytes:
+    """Files a Source can fetch by name (only `export` so far)."""
+    if name != "export":
+        raise KeyError(f"unknown download {name!r}")
+    return export_bytes(cur, params)
+
+
+def _opt_time(v: Any) -> datetime | None:
+    return reports.parse_time(v) if isinstance(v, str) and v else (v or None)
+
+
+# -- who sees which budgets ----------------------------------------------------------------------
+
+
+def visible_budgets(rows: list[dict[str, Any]], scopes: set[str] | None) -> list[dict[str, Any]]:
+    """Budget rows a caller may see: all for the organization view, else only their own scopes."""
+    return list(rows) if scopes is None else [r for r in rows if r["scope"] in scopes]
+
+
+def own_scopes(policy: Any, user: str) -> set[str]:
+    """Budget scopes an engineer sees: their own, their workspaces', their keys'."""
+    out = {f"user:{user}"} | {f"workspace:{w}" for w in policy.workspaces_of(user)}
+    return out | {f"key:{fp}" for fp, rule in policy.keys.items() if rule.user == user}
+
+
+def closest_to_cap(rows: list[dict[str, Any]], n: int = 10) -> list[dict[str, Any]]:
+    """Budgets by share used (spent + reserved over limit), fullest first."""
+    def used(r: dict[str, Any]) -> float:
+        limit = r["limit_usd"]
+        taken = r["spent_usd"] + r.get("reserved_usd", 0.0)
+        return taken / limit if limit > 0 else 1.0  # a zero limit blocks everything: it is full
+
+    ranked = sorted(rows, key=lambda r: (-used(r), r["scope"], r["window"]))
+    return [{**r, "used": round(used(r), 4)} for r in ranked[:n]]
+
+
+# name -> handler(cur, params), merged into reports.QUERIES so the CLI and the admin API share them
+QUERIES: dict[str, Any] = {
+    "overview": lambda cur, p: overview(cur, p.get("window") or "month", user=p.get("user")),
+    "series": lambda cur, p: series(cur, p.get("resolution") or "minute", user=p.get("user")),
+    "blocks": lambda cur, p: blocks(cur, _opt_time(p.get("since")), p.get("user"), int(p.get("limit") or 20)),
+    "unpriced": lambda cur, p: unpriced(cur, _opt_time(p.get("since")), p.get("user")),
+}
+
+
+def default_export_name(fmt: str, now: datetime | None = None) -> str:
+    now = now or datetime.now(UTC)
+    return f"spendgate-export-{now:%Y%m%dT%H%M%SZ}.{fmt}"
+

@@ -1,0 +1,328 @@
+"""The dashboard and its JSON API as one transport-free app: request in, response out.
+
+Served two ways with the same code: by the admin API's loopback server, and by the proxy itself
+on a virtual host (http://spendgate.local/ through the proxy, like mitmproxy's mitm.it), where
+the addon passes the identity it resolved exactly as for provider traffic.
+
+Who the caller is, first match wins:
+1. `Authorization: Bearer <admin token>` (scripts, the CLI) -> the whole organization;
+2. the `spendgate_session` cookie a browser got from POST /login with an admin token;
+3. the identity the proxy resolved (virtual host only) -> that engineer, their own rows only.
+A wrong bearer token is a 401 even when 3 would have answered, so mistakes are visible.
+
+Engineers (non-admin callers) may call only the self-service GET routes, with `user` forced to
+their own name, and POST only when they are approvers. Browser-made POSTs (cookie or proxy
+identity) must carry `X-Spendgate: 1`, which no cross-site form can send (CSRF).
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import os
+import secrets
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+from spendgate.web.server import ApiError, Caller
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[dict[str, Any], Caller], Any]
+
+COOKIE = "spendgate_session"
+SESSION_TTL = 12 * 3600.0
+MAX_SESSIONS = 1000
+ASSETS = {
+    "/": ("index.html", "text/html; charset=utf-8"),
+    "/index.html": ("index.html", "text/html; charset=utf-8"),
+    "/static/app.js": ("app.js", "text/javascript; charset=utf-8"),
+    "/static/charts.js": ("charts.js", "text/javascript; charset=utf-8"),
+    "/static/style.css": ("style.css", "text/css; charset=utf-8"),
+}
+# GET routes an engineer may call; each honours `user`, which is forced to the caller's name
+SELF_SERVICE = frozenset(
+    {"/api/whoami", "/api/overview", "/api/series", "/api/ledger", "/api/spend", "/api/blocks",
+     "/api/unpriced", "/api/budgets", "/api/export", "/api/requests"}
+)  # fmt: skip
+# the only POSTs an approver without the admin token may make (never reprice, import, ...)
+APPROVER_POSTS = frozenset({"/api/approve", "/api/deny"})
+# self-service routes whose handlers may not honour `user`: rows are filtered on this field for
+# engineers who are not approvers (approvers see what they may decide on)
+ROW_OWNER = {"/api/requests": "requester"}
+SECURITY_HEADERS = {
+    "Cache-Control": "no-store",
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
+    "frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class WebRequest:
+    method: str
+    target: str  # path and query, as on the request line
+    headers: Mapping[str, str]  # lower-case names
+    body: bytes = b""
+    ambient: Caller | None = None  # who the proxy recognised (virtual host only)
+
+
+@dataclass(slots=True)
+class WebResponse:
+    status: int
+    body: bytes
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def json_response(status: int, payload: Any, headers: dict[str, str] | None = None) -> WebResponse:
+    body = json.dumps(payload, default=str).encode()
+    return WebResponse(status, body, {"Content-Type": "application/json", **SECURITY_HEADERS, **(headers or {})})
+
+
+def asset(name: str) -> bytes:
+    return resources.files("spendgate.web").joinpath(name).read_bytes()
+
+
+def cookie_value(header: str, name: str = COOKIE) -> str | None:
+    for part in header.split(";"):
+        k, _, v = part.strip().partition("=")
+        if k == name and v:
+            return v
+    return None
+
+
+def token_matches(given: str, tokens: Sequence[str]) -> bool:
+    """Constant-time comparison against every accepted admin token."""
+    ok = False
+    for t in tokens:
+        if t and hmac.compare_digest(given.encode(), t.encode()):
+            ok = True
+    return ok and bool(given)
+
+
+class Sessions:
+    """Browser sessions: random ids in an HttpOnly cookie, kept in memory only (a restart logs out)."""
+
+    def __init__(self, ttl: float = SESSION_TTL, clock: Callable[[], float] = time.monotonic) -> None:
+        self.ttl = ttl
+        self.clock = clock
+        self._s: dict[str, tuple[Caller, float]] = {}
+        self._lock = threading.Lock()
+
+    def create(self, caller: Caller) -> str:
+        sid = secrets.token_urlsafe(32)
+        now = self.clock()
+        with self._lock:
+            self._s = {k: v for k, v in self._s.items() if v[1] > now}
+            if len(self._s) >= MAX_SESSIONS:  # drop the oldest rather than grow without bound
+                del self._s[min(self._s, key=lambda k: self._s[k][1])]
+            self._s[sid] = (caller, now + self.ttl)
+        return sid
+
+    def get(self, sid: str | None) -> Caller | None:
+        if not sid:
+            return None
+        with self._lock:
+            hit = self._s.get(sid)
+            if hit is None or hit[1] <= self.clock():
+                self._s.pop(sid, None)
+                return None
+            return hit[0]
+
+    def drop(self, sid: str | None) -> None:
+        with self._lock:
+            self._s.pop(sid or "", None)
+
+
+@dataclass
+class WebApp:
+    """Dashboard pages and the JSON API. `routes`/`post_routes` are shared with the AdminServer."""
+
+    routes: dict[str, Handler]
+    post_routes: dict[str, Handler]
+    tokens: Callable[[], Sequence[str]]  # admin tokens accepted right now
+    is_approver: Callable[[Caller], bool] = lambda c: c.admin
+    raw_routes: dict[str, Callable[[dict[str, Any], Caller], WebResponse]] = field(default_factory=dict)
+    sessions: Sessions = field(default_factory=Sessions)
+
+    def handle(self, req: WebRequest) -> WebResponse:
+        """Never raises: every failure becomes a JSON error with a status."""
+        url = urlsplit(req.target)
+        path = url.path or "/"
+        try:
+            if req.method == "GET" and path in ASSETS and path.startswith("/static/"):
+                return self._asset(path)
+            if path == "/login" and req.method == "POST":
+                return self._login(req)
+            if path == "/logout" and req.method == "POST":
+                return self._logout(req)
+            caller = self.authenticate(req)
+            if path in ASSETS and req.method == "GET":  # the page shell holds no data; 401 shows the login
+                resp = self._asset(path)
+                resp.status = 200 if caller else 401
+                return resp
+            if not path.startswith("/api/"):
+                raise ApiError(404, f"no such page {path}")
+            if caller is None:
+                raise ApiError(401, "missing or wrong admin token")
+            return self._api(req, path, dict(parse_qsl(url.query)), caller)
+        except ApiError as e:
+            return json_response(e.status, {"error": str(e)})
+        except (ValueError, KeyError, TypeError) as e:
+            return json_response(400, {"error": str(e)})
+        except Exception as e:
+            log.exception("dashboard %s %s failed", req.method, path)
+            return json_response(500, {"error": f"{type(e).__name__}: {e}"})
+
+    def authenticate(self, req: WebRequest) -> Caller | None:
+        auth = req.headers.get("authorization", "")
+        if auth:
+            scheme, _, value = auth.partition(" ")
+            if scheme.lower() == "bearer" and token_matches(value.strip(), self.tokens()):
+                return Caller("admin", admin=True)
+            raise ApiError(401, "wrong admin token")
+        session = self.sessions.get(cookie_value(req.headers.get("cookie", "")))
+        return session or req.ambient
+
+    # -- routes --
+    def _api(self, req: WebRequest, path: str, params: dict[str, Any], caller: Caller) -> WebResponse:
+        browser = not req.headers.get("authorization")
+        if req.method == "GET":
+            routes: Mapping[str, Any] = {**self.routes, **self.raw_routes}
+            if path == "/api/whoami":
+                return json_response(200, self.whoami(caller))
+            if not caller.admin:
+                if path not in SELF_SERVICE:
+                    raise ApiError(403, f"{path} is for administrators; you can see your own spend")
+                params["user"] = caller.name
+        elif req.method == "POST":
+            routes = self.post_routes
+            if browser and req.headers.get("x-spendgate") != "1":
+                raise ApiError(403, "browser requests must carry X-Spendgate: 1")
+            if not caller.admin and not (self.is_approver(caller) and path in APPROVER_POSTS):
+                raise ApiError(403, "read-only: only approvers may approve or deny; everything else needs the admin token")
+            if req.body:
+                body = json.loads(req.body)
+                if not isinstance(body, dict):
+                    raise ValueError("a JSON object is expected")
+                params.update(body)
+        else:
+            raise ApiError(405, f"{req.method} is not supported")
+        handler = routes.get(path)
+        if handler is None:
+            raise ApiError(404, f"no such endpoint {path}")
+        if path in self.raw_routes and req.method == "GET":
+            return self.raw_routes[path](params, caller)
+        result = handler(params, caller)
+        owner = ROW_OWNER.get(path)
+        if owner and req.method == "GET" and not caller.admin and not self.is_approver(caller) and isinstance(result, list):
+            result = [r for r in result if isinstance(r, dict) and r.get(owner) == caller.name]
+        return json_response(200, result)
+
+    def whoami(self, caller: Caller) -> dict[str, Any]:
+        return {
+            "name": caller.name,
+            "admin": caller.admin,
+            "approver": caller.admin or self.is_approver(caller),
+            "scope": "organization" if caller.admin else "self",
+            "routes": sorted(p for p in {**self.routes, **self.raw_routes} if caller.admin or p in SELF_SERVICE),
+            "post_routes": sorted(p for p in self.post_routes
+                                  if caller.admin or (self.is_approver(caller) and p in APPROVER_POSTS)),
+        }
+
+    def _asset(self, path: str) -> WebResponse:
+        name, ctype = ASSETS[path]
+        return WebResponse(200, asset(name), {"Content-Type": ctype, **SECURITY_HEADERS})
+
+    def _login(self, req: WebRequest) -> WebResponse:
+        """Exchange an admin token (JSON or form body) for an HttpOnly session cookie.
+
+        `name` (optional) is who the token holder says they are: it labels approvals in the audit
+        trail, as the CLI's OS user does.
+        """
+        ctype = req.headers.get("content-type", "")
+        if ctype.startswith("application/json"):
+            form = json.loads(req.body or b"{}") or {}
+        else:
+            form = dict(parse_qsl(req.body.decode(errors="replace")))
+        token, name = str(form.get("token") or ""), str(form.get("name") or "").strip()[:128]
+        if not token_matches(token.strip(), self.tokens()):
+            log.warning("spendgate: dashboard login with a wrong token")
+            return json_response(401, {"error": "wrong admin token"})
+        sid = self.sessions.create(Caller(name or "admin", admin=True))
+        cookie = f"{COOKIE}={sid}; HttpOnly; SameSite=Strict; Path=/; Max-Age={int(self.sessions.ttl)}"
+        if ctype.startswith("application/json"):
+            return json_response(200, {"ok": True}, {"Set-Cookie": cookie})
+        return WebResponse(303, b"", {"Location": "/", "Set-Cookie": cookie, **SECURITY_HEADERS})
+
+    def _logout(self, req: WebRequest) -> WebResponse:
+        self.sessions.drop(cookie_value(req.headers.get("cookie", "")))
+        return json_response(200, {"ok": True}, {"Set-Cookie": f"{COOKIE}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0"})
+
+
+# -- wiring into a running gateway -------------------------------------------------------------
+
+
+def admin_tokens(policy: Any, discovery_token: str | None, env: Mapping[str, str]) -> list[str]:
+    """Tokens that open the organization view: the discovery file's, $SPENDGATE_ADMIN_TOKEN, the policy's file.
+
+    The policy's `admin.token_file` (relative to the policy) is read on each login or API call,
+    so rotating it needs no restart; an unreadable file is logged and ignored.
+    """
+    out = [t for t in (discovery_token, env.get("SPENDGATE_ADMIN_TOKEN", "").strip()) if t]
+    name = ((policy.raw.get("admin") or {}) if policy else {}).get("token_file")
+    if name:
+        path = Path(policy.path).parent / Path(name).expanduser()
+        try:
+            token = path.read_text().strip()
+        except OSError as e:
+            log.error("spendgate: cannot read admin.token_file %s: %s", path, e.strerror or e)
+        else:
+            if token:
+                out.append(token)
+    return out
+
+
+def approvers(policy: Any) -> set[str]:
+    """Everyone the policy lets approve: approvals.*.approvers plus organization/workspace owners."""
+    raw = policy.raw.get("approvals") or {}
+    names = set((raw.get("organization") or {}).get("approvers") or [])
+    for rule in (raw.get("workspaces") or {}).values():
+        names.update((rule or {}).get("approvers") or [])
+    names.update(policy.org_owners)
+    for ws in policy.workspaces.values():
+        names.update(ws.owners)
+    return names
+
+
+def for_gateway(gw: Any) -> WebApp:
+    """The app a running `spendgate.gateway.Gateway` serves, sharing its admin API's routes."""
+    from spendgate.reports import dashboard
+
+    routes = gw.admin.routes if gw.admin else gw.api_routes()
+    post_routes = gw.admin.post_routes if gw.admin else gw.api_post_routes()
+
+    def export(params: dict[str, Any], caller: Caller) -> WebResponse:
+        fmt = params.get("format") or "parquet"
+        data = dashboard.export_bytes(gw.ledger.cursor(), params)
+        ctype = "application/vnd.apache.parquet" if fmt == "parquet" else "text/csv; charset=utf-8"
+        name = dashboard.default_export_name(fmt)
+        return WebResponse(200, data, {"Content-Type": ctype, "Content-Disposition": f'attachment; filename="{name}"',
+                                       **SECURITY_HEADERS})
+
+    return WebApp(
+        routes=routes,
+        post_routes=post_routes,
+        tokens=lambda: admin_tokens(gw.policy, gw.admin.token if gw.admin else None, os.environ),
+        is_approver=lambda c: c.admin or c.name in approvers(gw.policy),
+        raw_routes={"/api/export": export},
+    )

@@ -1,0 +1,155 @@
+"""The gateway's admin JSON API: a small authenticated HTTP server on loopback.
+
+DuckDB lets one process hold the ledger file, so while a gateway runs, the CLI (and later the
+dashboard) asks the gateway instead of opening the file. Requests are served on their own
+threads with their own DuckDB cursors, never on the proxy's event loop. Every call needs the
+bearer token written, readable only by its owner, next to the ledger.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import os
+import secrets
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[dict[str, str], "Caller"], Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who is calling. `admin` sees the whole organization."""
+
+    name: str
+    admin: bool
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def discovery_path(db_path: Path) -> Path:
+    return db_path.with_name(db_path.name + ".gateway.json")
+
+
+class AdminServer:
+    def __init__(
+        self,
+        routes: dict[str, Handler],
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        token: str | None = None,
+        post_routes: dict[str, Handler] | None = None,
+    ) -> None:
+        self.routes = routes
+        self.post_routes = post_routes or {}
+        self.app: Any = None  # a spendgate.web.app.WebApp: when set, it answers every request (dashboard + API)
+        self.token = token or secrets.token_urlsafe(32)
+        self.httpd = ThreadingHTTPServer((host, port), self._handler_class())
+        self.httpd.daemon_threads = True
+        self.thread = threading.Thread(target=self.httpd.serve_forever, name="spendgate-admin", daemon=True)
+
+    @property
+    def url(self) -> str:
+        host, port = self.httpd.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def start(self) -> AdminServer:
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    def write_discovery(self, path: Path) -> None:
+        """Tell local CLIs where we are and the token; owner-only permissions, atomically."""
+        tmp = path.with_name(path.name + ".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump({"url": self.url, "token": self.token, "pid": os.getpid()}, f)
+        os.replace(tmp, path)
+
+    def authenticate(self, header: str) -> Caller | None:
+        scheme, _, value = header.partition(" ")
+        if scheme.lower() == "bearer" and hmac.compare_digest(value.strip().encode(), self.token.encode()):
+            return Caller("admin", admin=True)
+        return None
+
+    def _handler_class(self) -> type[BaseHTTPRequestHandler]:
+        server = self
+
+        class _Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, fmt: str, *args: Any) -> None:  # keep tokens and paths out of stderr
+                log.debug("admin api: " + fmt, *args)
+
+            def do_GET(self) -> None:
+                self._dispatch(server.routes)
+
+            def do_POST(self) -> None:
+                self._dispatch(server.post_routes)
+
+            def _dispatch(self, routes: dict[str, Handler]) -> None:
+                if server.app is not None:
+                    self._web()
+                    return
+                url = urlsplit(self.path)
+                params = dict(parse_qsl(url.query))
+                caller = server.authenticate(self.headers.get("Authorization", ""))
+                try:
+                    if caller is None:
+                        raise ApiError(401, "missing or wrong admin token")
+                    handler = routes.get(url.path)
+                    if handler is None:
+                        raise ApiError(404, f"no such endpoint {url.path}")
+                    length = int(self.headers.get("Content-Length") or 0)
+                    if length:
+                        body = json.loads(self.rfile.read(length) or b"{}")
+                        params.update({k: v for k, v in body.items()})
+                    self._send(200, handler(params, caller))
+                except ApiError as e:
+                    self._send(e.status, {"error": str(e)})
+                except (ValueError, KeyError) as e:
+                    self._send(400, {"error": str(e)})
+                except Exception as e:
+                    log.exception("admin api %s failed", url.path)
+                    self._send(500, {"error": f"{type(e).__name__}: {e}"})
+
+            def _web(self) -> None:
+                from spendgate.web.app import WebRequest
+
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                headers = {k.lower(): v for k, v in self.headers.items()}
+                resp = server.app.handle(WebRequest(self.command, self.path, headers, body))
+                self.send_response(resp.status)
+                for k, v in resp.headers.items():
+                    self.send_header(k, v)
+                self.send_header("Content-Length", str(len(resp.body)))
+                self.end_headers()
+                self.wfile.write(resp.body)
+
+            def _send(self, status: int, payload: Any) -> None:
+                body = json.dumps(payload, default=str).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        return _Handler

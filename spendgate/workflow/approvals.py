@@ -1,0 +1,398 @@
+"""Budget-increase requests, approvals, denials and the grants they create.
+
+A grant adds USD to one (scope, window) budget from the moment it is approved until it expires
+(default: the end of the window current at approval). Grants live in an in-memory `GrantBook`
+that `BudgetBook.grants` consults on every admission, so an approval takes effect on the next
+request, with no restart and no YAML edit. Every table here is insert-only: a request's status is
+the presence (or not) of its decision row, whose primary key makes a second decision impossible.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+import duckdb
+
+from spendgate.store import sql
+from spendgate.policy.sections import ApprovalRule
+from spendgate.workflow.audit import AuditLog
+from spendgate.budgets.book import ZERO, BudgetBook
+from spendgate.policy.model import UNATTRIBUTED, Policy
+from spendgate.reports.queries import jsonable
+from spendgate.workflow.sinks import Notice
+from spendgate.budgets.windows import ADJECTIVE, WINDOWS, bounds
+
+log = logging.getLogger(__name__)
+
+Cursor = Callable[[], duckdb.DuckDBPyConnection]
+AUTO_ACTOR = "policy:auto_approve_up_to"
+
+
+class ApprovalError(ValueError):
+    """A request or decision we refuse; the message says why and what to do instead."""
+
+
+class NotAllowed(ApprovalError):
+    """The person acting is not an approver for this scope."""
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    id: str
+    request_id: str | None
+    scope: str
+    window: str
+    amount: Decimal
+    starts: datetime
+    until: datetime
+    granted_by: str
+
+    def active(self, now: datetime) -> bool:
+        return self.starts <= now < self.until
+
+
+class GrantBook:
+    """Grants not yet recorded as expired, indexed by (scope, window); read on the event loop."""
+
+    def __init__(self) -> None:
+        self._by: dict[tuple[str, str], list[Grant]] = {}
+        self._lock = threading.Lock()
+
+    def add(self, g: Grant) -> None:
+        with self._lock:
+            self._by.setdefault((g.scope, g.window), []).append(g)
+
+    def total(self, scope: str, window: str, now: datetime) -> Decimal:
+        """USD added to this budget at `now` (the `BudgetBook.grants` hook)."""
+        with self._lock:
+            gs = self._by.get((scope, window))
+            return sum((g.amount for g in gs if g.active(now)), ZERO) if gs else ZERO
+
+    def expired(self, now: datetime) -> list[Grant]:
+        """Take out and return grants whose time is over (to record their expiry once)."""
+        out = []
+        with self._lock:
+            for k, gs in list(self._by.items()):
+                keep = [g for g in gs if g.until > now]
+                out += [g for g in gs if g.until <= now]
+                if keep:
+                    self._by[k] = keep
+                else:
+                    del self._by[k]
+        return out
+
+    def scopes(self) -> set[str]:
+        with self._lock:
+            return {scope for scope, _ in self._by}
+
+    def all(self) -> list[Grant]:
+        with self._lock:
+            return [g for gs in self._by.values() for g in gs]
+
+    def load(self, cur: duckdb.DuckDBPyConnection) -> int:
+        """Grants whose expiry the audit trail has not recorded yet."""
+        rows = cur.execute(
+            'SELECT id, request_id, scope, "window", amount_usd, starts, until, granted_by FROM grants g '
+            "WHERE NOT EXISTS (SELECT 1 FROM audit a WHERE a.event = 'grant_expired' AND a.ref = g.id)"
+        ).fetchall()
+        for r in rows:
+            self.add(Grant(r[0], r[1], r[2], r[3], Decimal(r[4]), _utc(r[5]), _utc(r[6]), r[7]))
+        return len(rows)
+
+
+def _utc(t: datetime) -> datetime:
+    return t.astimezone(UTC)
+
+
+def _usd(x: Decimal) -> str:
+    return f"${x:,.2f}"
+
+
+def parse_amount(v: Any) -> Decimal:
+    try:
+        d = Decimal(str(v))
+    except (InvalidOperation, ValueError):
+        raise ApprovalError(f"not an amount of USD: {v!r}") from None
+    if not d.is_finite() or d <= 0:
+        raise ApprovalError(f"the amount must be a positive number of USD, not {v!r}")
+    return d
+
+
+def policy_limit(policy: Policy, scope: str, window: str, today) -> Decimal | None:
+    """The policy's own limit for (scope, window), or None when there is no such budget."""
+    kind, _, name = scope.partition(":")
+    if kind == "organization":
+        return policy.org_budgets.get(window) if name == policy.org_name else None
+    if kind == "workspace":
+        return policy.workspace_budgets(name).get(window) if name in policy.workspaces else None
+    if kind == "user" and name:
+        return policy.user_budgets(name, today)[0].get(window)
+    if kind == "key" and name:
+        return policy.key_budgets(name, today)[0].get(window)
+    if scope == UNATTRIBUTED:
+        return policy.user_budgets(UNATTRIBUTED, today)[0].get(window)
+    return None
+
+
+def _workspaces_for(policy: Policy, scope: str) -> tuple[str, ...]:
+    kind, _, name = scope.partition(":")
+    if kind == "workspace":
+        return (name,)
+    if kind == "user":
+        return policy.workspaces_of(name)
+    if kind == "key":
+        rule = policy.keys.get(name)
+        return policy.workspaces_of(rule.user) if rule and rule.user else ()
+    return ()
+
+
+def approval_rules(policy: Policy, scope: str) -> tuple[list[ApprovalRule], ApprovalRule | None]:
+    """The workspace rules that apply to a scope, and the organization's rule.
+
+    Without an `approvals.organization` entry, the organization's owners approve.
+    """
+    cfg = policy.approvals
+    ws = [cfg.workspaces[w] for w in _workspaces_for(policy, scope) if w in cfg.workspaces]
+    org = cfg.organization or (ApprovalRule(policy.org_owners) if policy.org_owners else None)
+    return ws, org
+
+
+def approvers_for(policy: Policy, scope: str) -> tuple[str, ...]:
+    """Workspace approvers of the scope plus the organization's approvers (they approve anything)."""
+    ws, org = approval_rules(policy, scope)
+    names: list[str] = []
+    for r in [*ws, *([org] if org else [])]:
+        names += [a for a in r.approvers if a not in names]
+    return tuple(names)
+
+
+def auto_limit(policy: Policy, scope: str) -> Decimal:
+    """`auto_approve_up_to` of the most specific rules: the scope's workspaces, else the organization."""
+    ws, org = approval_rules(policy, scope)
+    if ws:
+        return max(r.auto_approve_up_to for r in ws)
+    return org.auto_approve_up_to if org else ZERO
+
+
+def check_scope(scope: str) -> str:
+    kind, sep, name = scope.partition(":")
+    if scope == UNATTRIBUTED or (sep and name and kind in ("organization", "workspace", "user", "key")):
+        return scope
+    raise ApprovalError(f"unknown scope {scope!r} (organization:NAME, workspace:NAME, user:NAME, key:sha256:..., "
+                        "unattributed)")
+
+
+def _time(v: Any) -> datetime | None:
+    if v in (None, ""):
+        return None
+    if isinstance(v, datetime):
+        return v.astimezone(UTC)
+    try:
+        t = datetime.fromisoformat(str(v).replace("Z", "+00:00"))
+    except ValueError:
+        raise ApprovalError(f"not an ISO 8601 time: {v!r}") from None
+    return t if t.tzinfo else t.replace(tzinfo=UTC)
+
+
+def iso(t: datetime | None) -> str | None:
+    return t.astimezone(UTC).isoformat().replace("+00:00", "Z") if t else None
+
+
+REQUEST_SQL = """
+    SELECT r.id, r.ts, r.requester, r.scope, r."window", r.amount_usd, r.reason, r.spent_usd, r.limit_usd,
+           coalesce(d.decision, 'pending') AS status, d.actor AS decided_by, d.ts AS decided_at,
+           d.amount_usd AS granted_usd, d.until, d.note
+    FROM increase_requests r LEFT JOIN request_decisions d ON d.request_id = r.id
+"""
+
+
+def list_requests(cur: duckdb.DuckDBPyConnection, status: str | None = None, id: str | None = None) -> list[dict]:
+    if status == "approved":
+        by_status: sql.Condition = "d.decision IN ('approved', 'auto_approved')"
+    else:
+        by_status = ("coalesce(d.decision, 'pending') = ?", None if status == "all" else status)
+    where, params = sql.where(by_status, ("r.id = ?", id))
+    return sql.dicts(cur.execute(f"{REQUEST_SQL} {where} ORDER BY r.ts, r.id", params), jsonable)
+
+
+class Approvals:
+    """The request -> decision -> grant workflow; callers pass the person acting (`actor`)."""
+
+    def __init__(
+        self,
+        policy: Callable[[], Policy],
+        book: BudgetBook,
+        grants: GrantBook,
+        audit: AuditLog,
+        cursor: Cursor,
+        notify: Callable[[Notice], None],
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.policy = policy
+        self.book = book
+        self.grants = grants
+        self.audit = audit
+        self.cursor = cursor
+        self.notify = notify
+        self.now = now
+        self._lock = threading.Lock()  # one decision at a time: reads-then-inserts stay consistent
+
+    # -- requests --
+    def request(self, requester: str, scope: str, window: str, amount: Any, reason: str) -> dict[str, Any]:
+        policy = self.policy()
+        now = self.now()
+        scope, amount = check_scope(scope), parse_amount(amount)
+        if window not in WINDOWS:
+            raise ApprovalError(f"unknown window {window!r} (one of {', '.join(WINDOWS)})")
+        if not (reason or "").strip():
+            raise ApprovalError('say why: --reason "..." (approvers see it, and so does the audit trail)')
+        limit = policy_limit(policy, scope, window, now.astimezone(policy.timezone).date())
+        if limit is None:
+            raise ApprovalError(f"{scope} has no {ADJECTIVE[window]} budget in the policy: there is nothing to raise")
+        start, end = bounds(window, now, policy.timezone)
+        spent = self.book.store.get((scope, window, start)).spent
+        rid = "r-" + uuid.uuid4().hex[:10]
+        with self._lock:
+            self.cursor().execute(
+                "INSERT INTO increase_requests VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [rid, now, requester, scope, window, amount, reason.strip()[:1000], spent, limit, end],
+            )
+            self.audit.append("request", requester, scope=scope, ref=rid, ts=now, detail={
+                "amount_usd": amount, "window": window, "reason": reason.strip()[:1000], "spent_usd": spent,
+                "limit_usd": limit + self.grants.total(scope, window, now), "window_end": end})
+            auto = auto_limit(policy, scope)
+            if auto > 0 and self._auto_granted(scope, window, start) + amount <= auto:
+                self._decide(rid, "auto_approved", AUTO_ACTOR, amount, end, f"within auto_approve_up_to {_usd(auto)}")
+                return self.get(rid)
+        approvers = approvers_for(policy, scope)
+        self.notify(Notice(
+            kind="request",
+            title=f"{requester} asks for +{_usd(amount)} on the {ADJECTIVE[window]} budget of {scope}",
+            text=(f"{requester} asks for +{_usd(amount)} on the {ADJECTIVE[window]} budget of {scope} "
+                  f"({_usd(spent)} spent of {_usd(limit)}): {reason.strip()[:300]}. "
+                  f"To decide: spendgate approve {rid} | spendgate deny {rid} --reason \"...\""),
+            recipients=approvers,
+            payload={"request_id": rid, "scope": scope, "window": window, "amount_usd": float(amount),
+                     "requester": requester, "reason": reason.strip()[:1000], "spent_usd": float(spent),
+                     "limit_usd": float(limit), "approve_command": f"spendgate approve {rid}"},
+            scope=scope, ref=rid,
+        ))
+        if not approvers:
+            log.warning("spendgate: request %s has no approvers (add approvals: to the policy)", rid)
+        return self.get(rid)
+
+    def _auto_granted(self, scope: str, window: str, start: datetime) -> Decimal:
+        """Auto-approved USD already granted on this budget in this window (the cap is per window)."""
+        v = self.cursor().execute(
+            "SELECT coalesce(sum(d.amount_usd), 0) FROM request_decisions d JOIN increase_requests r "
+            "ON r.id = d.request_id WHERE d.decision = 'auto_approved' AND r.scope = ? AND r.\"window\" = ? "
+            "AND d.ts >= ?", [scope, window, start]).fetchone()[0]
+        return Decimal(v)
+
+    def get(self, rid: str) -> dict[str, Any]:
+        rows = list_requests(self.cursor(), id=rid)
+        if not rows:
+            raise ApprovalError(f"no request {rid!r} (spendgate requests lists them)")
+        return rows[0]
+
+    # -- decisions --
+    def approve(self, rid: str, actor: str, amount: Any = None, until: Any = None, note: str | None = None) -> dict:
+        with self._lock:
+            req = self._pending(rid)
+            self._check_approver(actor, req)
+            now = self.now()
+            amt = parse_amount(amount) if amount not in (None, "") else Decimal(str(req["amount_usd"]))
+            end = _time(until) or bounds(req["window"], now, self.policy().timezone)[1]
+            if end <= now:
+                raise ApprovalError(f"--until {iso(end)} is in the past")
+            self._decide(rid, "approved", actor, amt, end, note)
+        return self.get(rid)
+
+    def deny(self, rid: str, actor: str, reason: str) -> dict[str, Any]:
+        if not (reason or "").strip():
+            raise ApprovalError('say why: --reason "..." (the requester is told)')
+        with self._lock:
+            req = self._pending(rid)
+            self._check_approver(actor, req)
+            now = self.now()
+            self.cursor().execute("INSERT INTO request_decisions VALUES (?, ?, 'denied', ?, NULL, NULL, ?)",
+                                  [rid, now, actor, reason.strip()[:1000]])
+            self.audit.append("deny", actor, scope=req["scope"], ref=rid, ts=now, detail={"reason": reason.strip()})
+        self.notify(Notice(
+            kind="decision", title=f"request {rid} denied",
+            text=f"{actor} denied your request {rid} for +${req['amount_usd']:,.2f} on {req['scope']}: "
+                 f"{reason.strip()[:300]}",
+            recipients=(req["requester"],),
+            payload={"request_id": rid, "decision": "denied", "by": actor, "reason": reason.strip()[:1000],
+                     "scope": req["scope"], "window": req["window"]},
+            scope=req["scope"], ref=rid,
+        ))
+        return self.get(rid)
+
+    def _pending(self, rid: str) -> dict[str, Any]:
+        req = self.get(rid)
+        if req["status"] != "pending":
+            raise ApprovalError(f"request {rid} is already {req['status']} (by {req['decided_by']})")
+        return req
+
+    def _check_approver(self, actor: str, req: dict[str, Any]) -> None:
+        """Refuse (and put on record) a decision by someone who may not make it."""
+        policy = self.policy()
+        approvers = approvers_for(policy, req["scope"])
+        refusal = None
+        if actor not in approvers:
+            who = ", ".join(approvers) or "nobody (the policy has no approvals: section and no organization owners)"
+            refusal = f"{actor} is not an approver for {req['scope']}; approvers: {who}"
+        elif actor == req["requester"] and not policy.approvals.allow_self_approval:
+            others = ", ".join(a for a in approvers if a != actor) or "none"
+            refusal = f"{actor} cannot approve their own request; other approvers: {others}"
+        if refusal:
+            self.audit.append("decision_refused", actor, scope=req["scope"], ref=req["id"], ts=self.now(),
+                              detail={"reason": refusal})
+            raise NotAllowed(refusal)
+
+    def _decide(self, rid: str, decision: str, actor: str, amount: Decimal, until: datetime, note: str | None) -> None:
+        """Record the approval and its grant, then make the grant live (caller holds the lock)."""
+        req = self.get(rid)
+        now = self.now()
+        cur = self.cursor()
+        cur.execute("INSERT INTO request_decisions VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    [rid, now, decision, actor, amount, until, note])
+        g = Grant("g-" + uuid.uuid4().hex[:10], rid, req["scope"], req["window"], amount, now, until, actor)
+        cur.execute("INSERT INTO grants VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [g.id, rid, now, g.scope, g.window, g.amount, g.starts, g.until, actor])
+        event = "auto_approve" if decision == "auto_approved" else "approve"
+        self.audit.append(event, actor, scope=g.scope, ref=rid, ts=now,
+                          detail={"amount_usd": amount, "until": until, "note": note})
+        self.audit.append("grant", actor, scope=g.scope, ref=g.id, ts=now, detail={
+            "request_id": rid, "amount_usd": amount, "window": g.window, "starts": now, "until": until})
+        self.grants.add(g)
+        self.notify(Notice(
+            kind="decision", title=f"request {rid} approved",
+            text=(f"{'approved automatically' if decision == 'auto_approved' else actor + ' approved'} "
+                  f"+{_usd(amount)} on the {ADJECTIVE[g.window]} budget of {g.scope} until {iso(until)}; "
+                  "it applies now"),
+            recipients=(req["requester"],),
+            payload={"request_id": rid, "decision": decision, "by": actor, "amount_usd": float(amount),
+                     "until": iso(until), "scope": g.scope, "window": g.window, "grant_id": g.id},
+            scope=g.scope, ref=rid,
+        ))
+
+
+def attach_grants(book: BudgetBook, cur: duckdb.DuckDBPyConnection) -> GrantBook:
+    """Offline readers (`spendgate budgets` without a gateway): count recorded grants in the limits."""
+    grants = GrantBook()
+    try:
+        grants.load(cur)
+    except duckdb.CatalogException:  # a ledger from before grants existed
+        pass
+    book.grants = grants.total
+    book.granted_scopes = grants.scopes
+    return grants

@@ -1,0 +1,177 @@
+"""Alerts, sinks, approvals and the audit trail, wired together once.
+
+The gateway holds one `Workflow` (and calls it from a handful of places: after settlement, when
+answering, when the policy loads, for its admin routes); the offline CLI builds one over the
+ledger file to decide requests while no gateway runs. Same code, same rules, same audit rows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import duckdb
+
+from spendgate.workflow import audit as audit_mod
+from spendgate.web.server import ApiError, Caller
+from spendgate.policy.sections import SinkConfig
+from spendgate.workflow.alerts import AlertEngine, Spent, warning_line
+from spendgate.workflow.approvals import ApprovalError, Approvals, GrantBook, NotAllowed, iso, list_requests
+from spendgate.workflow.audit import AuditLog, policy_detail, process_actor
+from spendgate.budgets.book import ZERO, BudgetBook, Decision
+from spendgate.identity import Identity
+from spendgate.store.ledger import LedgerRow
+from spendgate.policy.model import Policy
+from spendgate.reports.queries import parse_time
+from spendgate.workflow.sinks import Delivery, Dispatcher, Notice
+
+log = logging.getLogger(__name__)
+
+Cursor = Callable[[], duckdb.DuckDBPyConnection]
+IMPLICIT_LOG = SinkConfig(name="log", type="log")
+
+
+class Workflow:
+    def __init__(
+        self,
+        policy: Policy,
+        book: BudgetBook,
+        cursor: Cursor,
+        *,
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
+        housekeeping_interval: float = 1.0,
+        dispatcher: Dispatcher | None = None,
+    ) -> None:
+        self._policy = policy
+        self.book = book
+        self.cursor = cursor
+        self.now = now
+        self.audit = AuditLog(cursor, now)
+        self.grants = GrantBook()
+        self.grants.load(cursor())
+        book.grants = self.grants.total
+        book.granted_scopes = self.grants.scopes
+        self.dispatcher = dispatcher or Dispatcher(self._delivered)
+        self.approvals = Approvals(self.policy, book, self.grants, self.audit, cursor, self.notify, now)
+        self.alerts = AlertEngine(self.policy, book, cursor, self.audit, self.notify)
+        self.alerts.load(now())
+        self.expire_grants()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        if housekeeping_interval > 0:
+            self._thread = threading.Thread(target=self._housekeep, args=(housekeeping_interval,),
+                                            name="spendgate-workflow", daemon=True)
+            self._thread.start()
+
+    def policy(self) -> Policy:
+        return self._policy
+
+    # -- policy loads --
+    def policy_loaded(self, policy: Policy, trigger: str) -> None:
+        self._policy = policy
+        self.audit.safe_append("policy_load", process_actor(), detail=policy_detail(policy.path, policy.sha256, trigger))
+
+    def policy_rejected(self, path: str, text: str | None, problems: str, trigger: str) -> None:
+        sha = hashlib.sha256(text.encode()).hexdigest() if text is not None else None
+        self.audit.safe_append("policy_rejected", process_actor(), detail=policy_detail(path, sha, trigger, problems))
+
+    # -- notices --
+    def sinks_for(self, kind: str) -> list[SinkConfig]:
+        p = self._policy
+        sinks = list(p.sinks.values()) or [IMPLICIT_LOG]
+        if kind == "alert" and p.alerts.sinks is not None:
+            sinks = [p.sinks[n] for n in p.alerts.sinks if n in p.sinks]
+        return sinks
+
+    def notify(self, notice: Notice) -> None:
+        self.dispatcher.submit(notice, self.sinks_for(notice.kind))
+
+    def _delivered(self, d: Delivery) -> None:
+        self.audit.safe_append("delivery", "spendgate", scope=d.scope, ref=d.ref, detail={
+            "sink": d.sink, "kind": d.kind, "outcome": d.outcome, "attempts": d.attempts, "error": d.error})
+
+    # -- traffic (meter worker / event loop) --
+    def after_charge(self, identity: Identity, row: LedgerRow | None = None, now: datetime | None = None) -> None:
+        """Meter worker thread, after settlement: fire the alerts this spend crossed."""
+        current = Spent(row.request_id, row.model, row.client, row.charged_usd or ZERO) if row else None
+        try:
+            self.alerts.evaluate(identity, now or self.now(), current)
+        except Exception:
+            log.exception("spendgate: alert evaluation failed")
+
+    def warning(self, decision: Decision, now: datetime | None = None) -> str | None:
+        """Event loop: the in-band warning for an admitted request (in-memory only)."""
+        store = self.book.store
+        return warning_line(decision.budgets, lambda b: store.get(b.key).spent, self._policy.alerts,
+                            now or self.now())
+
+    # -- grants expiring --
+    def expire_grants(self) -> int:
+        gone = self.grants.expired(self.now())
+        for g in gone:
+            self.audit.safe_append("grant_expired", "spendgate", scope=g.scope, ref=g.id, detail={
+                "request_id": g.request_id, "amount_usd": g.amount, "window": g.window, "until": g.until})
+        return len(gone)
+
+    def _housekeep(self, interval: float) -> None:
+        while not self._stop.wait(interval):
+            try:
+                self.expire_grants()
+                self.alerts.prune(self.now())
+            except Exception:
+                log.exception("spendgate: workflow housekeeping failed")
+
+    # -- admin API --
+    def get_routes(self) -> dict[str, Callable[[dict[str, str], Caller], Any]]:
+        return {
+            "/api/requests": self._requests_route,
+            "/api/audit": self._audit_route,
+            "/api/grants": lambda p, c: self.grant_rows(),
+        }
+
+    def _requests_route(self, p: dict[str, str], caller: Caller) -> list[dict[str, Any]]:
+        rows = list_requests(self.cursor(), p.get("status") or None, p.get("id") or None)
+        return rows if caller.admin else [r for r in rows if r["requester"] == caller.name]
+
+    def _audit_route(self, p: dict[str, str], caller: Caller) -> list[dict[str, Any]]:
+        if not caller.admin:
+            raise ApiError(403, "the audit trail is for admins")
+        return audit_mod.rows(self.cursor(), parse_time(p["since"]) if p.get("since") else None)
+
+    def post_routes(self) -> dict[str, Callable[[dict[str, Any], Caller], Any]]:
+        def wrap(fn: Callable[[dict[str, Any], str], Any]) -> Callable[[dict[str, Any], Caller], Any]:
+            def handler(params: dict[str, Any], caller: Caller) -> Any:
+                # the admin token holder asserts who is acting (the CLI sends its OS user); see the doc
+                actor = str(params.get("actor") or caller.name) if caller.admin else caller.name
+                try:
+                    return fn(params, actor)
+                except NotAllowed as e:
+                    raise ApiError(403, str(e)) from None
+                except ApprovalError as e:
+                    raise ApiError(400, str(e)) from None
+
+            return handler
+
+        return {
+            "/api/request": wrap(lambda p, a: self.approvals.request(
+                a, p.get("scope") or f"user:{a}", p.get("window") or "", p.get("amount"), p.get("reason") or "")),
+            "/api/approve": wrap(lambda p, a: self.approvals.approve(
+                p.get("id") or "", a, p.get("amount"), p.get("until"), p.get("note"))),
+            "/api/deny": wrap(lambda p, a: self.approvals.deny(p.get("id") or "", a, p.get("reason") or "")),
+        }
+
+    def grant_rows(self) -> list[dict[str, Any]]:
+        now = self.now()
+        return [{"id": g.id, "request_id": g.request_id, "scope": g.scope, "window": g.window,
+                 "amount_usd": float(g.amount), "starts": iso(g.starts), "until": iso(g.until),
+                 "granted_by": g.granted_by, "active": g.active(now)} for g in self.grants.all()]
+
+    def close(self, grace: float = 2.0) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join(timeout=5)
+        self.dispatcher.close(grace)
