@@ -9,11 +9,8 @@ from pathlib import Path
 
 from rich.markup import escape
 
-from spendgate.deploy import ca
-
-from spendgate.deploy import doctor
 from spendgate.cli.output import console, print_json
-from spendgate.deploy import render, site
+from spendgate.deploy import ca, doctor, render, site
 
 
 def register(sub: argparse._SubParsersAction) -> None:
