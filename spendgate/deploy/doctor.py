@@ -261,7 +261,7 @@ def check_pac(site: dict, site_proxy: Proxy, pac_text: str | None, where: str, n
     name = "PAC routing"
     if pac_text is None:
         return Check(name, "fail", f"cannot read the PAC file ({where})", "publish proxy.pac at pac_url / re-install")
-    hosts = list(site.get("provider_hosts") or [])
+    hosts = pac.routed_hosts(site)  # providers, counted hosts, the dashboard and whoami
     urls = [f"https://{h}/" for h in [*hosts, *CONTROL_HOSTS]]
     try:
         got = pac.evaluate(pac_text, urls, node)
@@ -272,7 +272,7 @@ def check_pac(site: dict, site_proxy: Proxy, pac_text: str | None, where: str, n
              if (u in urls[: len(hosts)]) != (r.replace("  ", " ").strip().rstrip(";") == want)]
     if wrong:
         return Check(name, "fail", f"{where}: " + "; ".join(wrong), "re-render the kit and publish its proxy.pac")
-    return Check(name, "ok", f"{where}: {len(hosts)} provider hosts -> gateway, others DIRECT")
+    return Check(name, "ok", f"{where}: {len(hosts)} provider, counted and gateway hosts -> gateway, others DIRECT")
 
 
 def _read_pac(site: dict) -> tuple[str | None, str]:

@@ -143,6 +143,44 @@ def test_pac_without_chatgpt_leaves_chatgpt_direct(tmp_path, ca_cert):
 
 
 @needs_node
+@needs_node
+def test_pac_sends_everything_the_gateway_serves_or_counts_to_it(tmp_path, ca_cert):
+    """The dashboard, whoami, Cursor and the policy's opaque_hosts: DIRECT, the gateway never sees them."""
+    policy = tmp_path / "policy.yaml"
+    policy.write_text((REPO / "policies" / "example.yaml").read_text()
+                      + '\nopaque_hosts: ["*.windsurf.example", "codeium.example"]\n')
+    p = central(tmp_path, ca_cert)
+    p.write_text(p.read_text().replace(f"{REPO}/policies/example.yaml", str(policy)))
+    s = site.load(p)
+    text = artifacts(s)["proxy.pac"].decode()
+    served = ["http://spendgate.local/", "http://SPENDGATE.LOCAL./api/overview", "http://whoami.spendgate.invalid/"]
+    counted = ["https://api2.cursor.sh/aiserver.v1.ChatService/StreamUnified", "https://cursor.sh/",
+               "https://repo42.cursor.sh/", "https://server.windsurf.example/", "https://codeium.example/"]
+    others = ["https://cursor.sh.evil.example/", "https://notcursor.sh/", "https://windsurf.example.org/",
+              "https://spendgate.local.evil.example/"]
+    got = pac.evaluate(text, [*served, *counted, *others])
+    assert {u: got[u] for u in served + counted} == {u: "PROXY gw.corp.example:3128" for u in served + counted}
+    assert {u: got[u] for u in others} == {u: "DIRECT" for u in others}
+    # site.json tells doctor the same hosts, and every one of them evaluates to the gateway
+    doc = json.loads(artifacts(s)["linux/site.json"])
+    routed = pac.routed_hosts(doc)
+    assert {"spendgate.local", pac.WHOAMI_HOST, "api2.cursor.sh", "api2.windsurf.example", "codeium.example",
+            "cursor.sh", "api.anthropic.com"} <= set(routed)
+    got = pac.evaluate(text, [f"https://{h}/" for h in routed])
+    assert set(got.values()) == {"PROXY gw.corp.example:3128"}
+
+
+@needs_node
+def test_pac_routes_a_renamed_dashboard_host_and_the_gateway_serves_it(tmp_path, ca_cert):
+    p = central(tmp_path, ca_cert)
+    p.write_text(p.read_text().replace("pac_url: http://wpad.corp.example/p.pac",
+                                       "pac_url: http://wpad.corp.example/p.pac, dashboard_host: spend.corp.example"))
+    kit = artifacts(site.load(p))
+    got = pac.evaluate(kit["proxy.pac"].decode(), ["http://spend.corp.example/", "http://spendgate.local/"])
+    assert got["http://spend.corp.example/"] == "PROXY gw.corp.example:3128"
+    assert b"spendgate_dashboard_host=spend.corp.example" in kit["central/gateway.env"]
+
+
 def test_a_broken_pac_is_reported():
     with pytest.raises(pac.PacError, match="does not evaluate"):
         pac.evaluate("function FindProxyForURL(url, host) { return nope(); }", ["https://x.example/"])
