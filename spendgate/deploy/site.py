@@ -109,7 +109,11 @@ def _read_certs(base: Path, rel: str, pos: tuple[int, int], problems: list[Probl
     try:
         pem = path.read_bytes()
     except OSError as e:
-        problems.append(Problem(*pos, f"cannot read {path}: {e.strerror}"))
+        hint = ""
+        if path.name == ca_mod.CERT_FILE and not path.exists():  # a CA nobody has made yet
+            hint = (f"; create the CA first: spendgate ca init --confdir {path.parent} (a central gateway's CA: run "
+                    f"it on the gateway and copy only its {ca_mod.CERT_FILE} here; mdm/README.md section 2)")
+        problems.append(Problem(*pos, f"cannot read {path}: {e.strerror}{hint}"))
         return []
     if b"PRIVATE KEY" in pem:
         problems.append(Problem(*pos, f"{path} contains a private key: give the certificate only "

@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import os
 import plistlib
+import shlex
 import shutil
 import stat
 import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
@@ -72,7 +74,7 @@ def artifacts(s: site.Site) -> dict[str, bytes]:
 
 def test_example_site_config_validates_once_a_ca_is_there(tmp_path, ca_cert):
     text = (REPO / "mdm" / "site.example.yaml").read_text()
-    text = text.replace("cert: ca/spendgate-ca-cert.pem", f"cert: {ca_cert}")
+    text = text.replace("cert: ca/mitmproxy-ca-cert.pem", f"cert: {ca_cert}")
     text = text.replace("policy: ../policies/example.yaml", f"policy: {REPO}/policies/example.yaml")
     s = site.parse(text, tmp_path / "site.yaml")
     assert s.mode == "central" and s.port == 8080 and s.hosts[:3] == tuple(PROVIDER_HOSTS)[:3]
@@ -355,3 +357,54 @@ def test_whoami_never_carries_a_key():
     assert body == {"user": "alice", "source": "proxy_auth", "client": "claude-code",
                     "key_fingerprint": "sha256:abc", "workspaces": [], "client_ip": "10.1.1.1"}
     assert access.is_whoami("WHOAMI.spendgate.invalid.") and not access.is_whoami("api.anthropic.com")
+
+
+# --- the README's MDM section on a fresh clone ------------------------------------------------
+
+def _fresh_clone(dest: Path) -> Path:
+    """The repository's tracked (and new, not ignored) files, without any CA, kit or ledger."""
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True,
+                           text=True, check=True).stdout.splitlines()
+    for f in files:
+        src = REPO / f
+        if src.is_file():
+            (dest / f).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / f)
+    assert not (dest / "mdm" / "ca").exists() and not (dest / "dist").exists()
+    return dest
+
+
+def _readme_mdm_commands(readme: str) -> list[list[str]]:
+    section = readme.split("## Deploying with MDM", 1)[1].split("\n## ", 1)[0]
+    block = section.split("```console", 1)[1].split("```", 1)[0]
+    return [shlex.split(line[2:], comments=True) for line in block.splitlines() if line.startswith("$ ")]
+
+
+def _spendgate(clone: Path, args: list[str]) -> subprocess.CompletedProcess:
+    exe = Path(sys.executable).parent / "spendgate"
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "spendgate.cli"]
+    env = {**os.environ, "PYTHONPATH": str(clone)}  # the clone's code, not this checkout's
+    return subprocess.run([*cmd, *args], cwd=clone, capture_output=True, text=True, timeout=120, env=env)
+
+
+def test_readme_mdm_commands_work_on_a_fresh_clone_as_written(tmp_path):
+    clone = _fresh_clone(tmp_path / "clone")
+    commands = _readme_mdm_commands((clone / "README.md").read_text())
+    assert [c[:3] for c in commands] == [["spendgate", "ca", "init"], ["spendgate", "mdm", "render"]]
+
+    # the render alone fails, and its error names the command to run first
+    cp = _spendgate(clone, commands[1][1:])
+    assert cp.returncode == 1
+    assert "mdm/site.example.yaml:" in cp.stderr and "create the CA first: spendgate ca init --confdir mdm/ca" in cp.stderr
+
+    for c in commands:
+        cp = _spendgate(clone, c[1:])
+        assert cp.returncode == 0, f"{' '.join(c)} exited {cp.returncode}:\n{cp.stdout}{cp.stderr}"
+    kit = clone / "dist" / "mdm"
+    made = ca.info(clone / "mdm" / "ca")
+    assert ca.pem_sha256((kit / "ca" / "spendgate-ca.pem").read_bytes()) == [made.sha256]
+    assert made.key_mode == "0600" and "ca/" in (clone / "mdm" / ".gitignore").read_text().split()
+    assert not any(b"PRIVATE KEY" in f.read_bytes() for f in kit.rglob("*") if f.is_file())
+    for f in ("proxy.pac", "macos/spendgate.mobileconfig", "linux/install.sh", "windows/install.ps1",
+              "central/spendgate-gateway.service", "linux/site.json", "policy/policy.yaml"):
+        assert (kit / f).is_file(), f
