@@ -7,10 +7,8 @@ request -> identity -> admission -> (upstream) -> usage -> price -> budgets -> l
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
-import threading
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -41,6 +39,7 @@ from spendgate.metering.meter import CHARS_PER_TOKEN, Exchange, Meter
 from spendgate.metering.opaque import OpaqueRecorder
 from spendgate.budgets.plans import PlanCharger
 from spendgate.policy.model import UNATTRIBUTED, Policy, PolicyError, load
+from spendgate.policy.watch import FileWatcher
 from spendgate.pricing.rates import MTOK, Pricer, PricingError, compute
 from spendgate.usage import Usage
 from spendgate.budgets.windows import WINDOWS, bounds
@@ -59,7 +58,7 @@ class Settings:
     pricing: Path | None = None
     user: str | None = None
     admin_port: int = 0  # 0: any free loopback port; -1: no admin API
-    reload_interval: float = 1.0  # seconds between policy file checks; 0 disables
+    reload_interval: float = 1.0  # seconds between policy / pricing overrides file checks; 0 disables
 
 
 def fallback_cost(policy: Policy, usage: Usage) -> Decimal | None:
@@ -141,6 +140,8 @@ class Gateway:
         # alerts, sinks, increase requests, grants (BudgetBook.grants) and the audit trail
         self.workflow = Workflow(self.policy, self.book, self.ledger.cursor)
         self.workflow.policy_loaded(self.policy, "start")
+        if settings.pricing:
+            self.workflow.pricing_loaded(str(settings.pricing), self.pricer.overrides_sha256, "start")
         self.meter = Meter(self.pricer, self.ledger, self.identify)
         self.meter.listeners.append(self._charge)
         self.admin: AdminServer | None = None
@@ -151,11 +152,13 @@ class Gateway:
         self.web = web.for_gateway(self)  # the dashboard: for browsers, the proxy's virtual host and the CLI
         if self.admin:
             self.admin.app = self.web
-        self._stop = threading.Event()
-        self._watcher: threading.Thread | None = None
-        if settings.reload_interval > 0:
-            self._watcher = threading.Thread(target=self._watch_policy, name="spendgate-policy", daemon=True)
-            self._watcher.start()
+        # live reload of the policy and the pricing overrides (spendgate/policy/watch.py)
+        files = {settings.policy: lambda _p: self.reload_policy()}
+        if settings.pricing:
+            files[settings.pricing] = lambda _p: self.reload_pricing()
+        self._watcher = FileWatcher(files, settings.reload_interval, tick=self._housekeep, loaded={
+            settings.policy: self.policy.sha256, **({settings.pricing: self.pricer.overrides_sha256}
+                                                     if settings.pricing else {})}).start()
 
     # -- identity and admission (event loop: in-memory work only) --
     def identify(self, headers: dict[str, str], query: str, proxy_user: str | None, client_ip: str | None) -> Identity:
@@ -284,26 +287,29 @@ class Gateway:
             bytes_in=int(r.get("bytes_in") or 0), charged_usd=amount,
         )  # fmt: skip
 
-    # -- policy reload --
-    def _watch_policy(self) -> None:
-        path = self.settings.policy
-        last = self.policy.sha256
-        pruned_at = time.monotonic()
-        while not self._stop.wait(self.settings.reload_interval):
-            self.plan_charger.apply(self.policy, self.book.store, datetime.now(UTC))  # a new day's seats
-            if time.monotonic() - pruned_at > 60:  # old windows' counters: keep memory flat
-                self.book.prune()
-                pruned_at = time.monotonic()
-            try:
-                text = path.read_text()
-            except OSError as e:
-                log.error("spendgate: cannot read policy %s (%s); keeping the last good one", path, e)
-                continue
-            digest = hashlib.sha256(text.encode()).hexdigest()
-            if digest == last:
-                continue
-            last = digest
-            self.reload_policy()
+    # -- policy and pricing reload (the watcher thread) --
+    _pruned_at = 0.0
+
+    def _housekeep(self) -> None:
+        self.plan_charger.apply(self.policy, self.book.store, datetime.now(UTC))  # a new day's seats
+        if time.monotonic() - self._pruned_at > 60:  # old windows' counters: keep memory flat
+            self.book.prune()
+            self._pruned_at = time.monotonic()
+
+    def reload_pricing(self) -> bool:
+        """New overrides for the next request; an invalid file is rejected and the last good prices kept."""
+        path = self.settings.pricing
+        try:
+            pricer = Pricer(path, catalogue=self.pricer.catalogue)
+        except PricingError as e:
+            log.error("spendgate: pricing overrides edit rejected, keeping the last good prices:\n%s", e)
+            self.workflow.pricing_rejected(str(path), _read_or_none(path), str(e), "file change")
+            return False
+        # one reference swap each: a request being priced finishes with the Pricer it started with
+        self.pricer = self.meter.pricer = pricer
+        self.workflow.pricing_loaded(str(path), pricer.overrides_sha256, "file change")
+        log.info("spendgate: pricing overrides reloaded from %s (%s)", path, pricer.version)
+        return True
 
     def reload_policy(self) -> bool:
         try:
@@ -346,7 +352,7 @@ class Gateway:
 
     def close(self) -> None:
         """Record what is in flight, drain every queue, release the file. Nothing is lost."""
-        self._stop.set()
+        self._watcher.stop()
         self.meter.close()
         self.opaque.close()  # undecrypted connections recorded so far
         self.workflow.close()  # last alerts and deliveries, recorded before the file is released

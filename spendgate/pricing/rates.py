@@ -400,11 +400,17 @@ class Pricer:
         catalogue: pricing_catalogue.Catalogue | None = None,
     ) -> None:
         self.overrides_path = overrides_path
-        self.overrides: list[Override] = load_overrides(overrides_path) if overrides_path else []
+        self.overrides: list[Override] = []
         self.overrides_label: str | None = None
+        self.overrides_sha256: str | None = None  # of the bytes these overrides were parsed from
         if overrides_path:
-            digest = hashlib.sha256(overrides_path.read_bytes()).hexdigest()[:12]
-            self.overrides_label = f"{overrides_path.name} sha256:{digest}"
+            try:  # read once: the label's hash is the hash of exactly what was parsed
+                data = overrides_path.read_bytes()
+            except OSError as e:
+                raise PricingError(str(overrides_path), [Problem(1, 1, f"cannot read: {e.strerror or e}")]) from None
+            self.overrides = parse_overrides(data.decode("utf-8", errors="replace"), str(overrides_path))
+            self.overrides_sha256 = hashlib.sha256(data).hexdigest()
+            self.overrides_label = f"{overrides_path.name} sha256:{self.overrides_sha256[:12]}"
         if catalogue is None:
             folder = catalogue_dir or (overrides_path.parent if overrides_path else None)
             try:

@@ -1,7 +1,7 @@
 """The audit trail: an append-only DuckDB table of every exception to the budgets and its paper.
 
 Requests, approvals, denials, grants and their expiry, alerts, each sink delivery, and every
-policy load (file hash, who started it, valid or rejected). This module only ever INSERTs and
+policy load and pricing-overrides load (file hash, who started it, valid or rejected). This module only ever INSERTs and
 SELECTs; spendgate has no code path that updates or deletes an audit row. Rows are ordered by a
 sequence (`seq`), so the order of steps is the order they happened in this process.
 """
@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 Cursor = Callable[[], duckdb.DuckDBPyConnection]
 
 EVENTS = (
-    "policy_load", "policy_rejected", "request", "approve", "auto_approve", "deny", "decision_refused", "grant",
+    "policy_load", "policy_rejected", "pricing_load", "pricing_rejected", "request", "approve", "auto_approve", "deny", "decision_refused", "grant",
     "grant_expired",
     "alert", "delivery",
 )  # fmt: skip
