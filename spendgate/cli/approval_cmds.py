@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from spendgate.money import places_for, usd, usd_of
 from spendgate.workflow import audit
 from spendgate.workflow.approvals import ApprovalError, list_requests
 from spendgate.budgets.book import BudgetBook
@@ -175,11 +176,12 @@ def cmd_request(args: argparse.Namespace) -> int:
                                    "reason": args.reason})
     rid, amount = req["id"], req["amount_usd"]
     if req["status"] == "pending":
-        lead = (f"request {rid}: +${amount:,.2f} on the {req['window']} budget of {req['scope']} is pending "
-                f"(spent so far ${req['spent_usd'] or 0:,.2f} of ${req['limit_usd']:,.2f}). Approvers have been "
+        p = places_for(req["limit_usd"])
+        lead = (f"request {rid}: +{usd(amount, p)} on the {req['window']} budget of {req['scope']} is pending "
+                f"(spent so far {usd_of(req['spent_usd'] or 0, req['limit_usd'])}). Approvers have been "
                 f"notified; one of them runs: spendgate approve {rid}")
     else:
-        lead = (f"request {rid}: {req['status'].replace('_', ' ')} by {req['decided_by']}: +${req['granted_usd']:,.2f} "
+        lead = (f"request {rid}: {req['status'].replace('_', ' ')} by {req['decided_by']}: +{usd(req['granted_usd'])} "
                 f"until {req['until']}; it applies now")
     _say(args, req, lead)
     return 0
@@ -188,7 +190,7 @@ def cmd_request(args: argparse.Namespace) -> int:
 @_refusal
 def cmd_approve(args: argparse.Namespace) -> int:
     req = _write(args, "approve", {"id": args.id, "amount": args.amount, "until": args.until, "note": args.note})
-    _say(args, req, f"request {req['id']} approved: +${req['granted_usd']:,.2f} on the {req['window']} budget of "
+    _say(args, req, f"request {req['id']} approved: +{usd(req['granted_usd'])} on the {req['window']} budget of "
                     f"{req['scope']} until {req['until']}; it applies now")
     return 0
 

@@ -23,6 +23,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from spendgate.money import usd
 from spendgate.reports import dashboard
 
 from spendgate.reports import queries as reports
@@ -60,7 +61,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def money(v: float | None) -> str:
-    return "-" if v is None else f"${v:,.4f}" if abs(v) < 1 else f"${v:,.2f}"
+    return "-" if v is None else usd(v)  # the one rounding rule (spendgate/money.py)
 
 
 def spark(values: list[float]) -> str:

@@ -18,6 +18,7 @@ from typing import Any
 
 from genai_prices.update_prices import DEFAULT_UPDATE_URL
 
+from spendgate.money import usd
 from spendgate import resources
 from spendgate.pricing import catalogue as pc
 from spendgate.pricing import reprice
@@ -302,7 +303,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def _money(v: Any) -> str:
-    return "-" if v is None else f"${Decimal(str(v)):,.6f}"
+    return "-" if v is None else usd(v, 6)  # micro-dollars, the one rounding rule (spendgate/money.py)
 
 
 def explain_lines(row: dict[str, Any]) -> list[str]:

@@ -20,6 +20,7 @@ from typing import Any
 
 import duckdb
 
+from spendgate.money import usd
 from spendgate.store import sql
 from spendgate.identity import local_user
 from spendgate.reports.queries import jsonable
@@ -94,7 +95,7 @@ def rows(cur: duckdb.DuckDBPyConnection, since: datetime | None = None, limit: i
 
 
 def _usd(v: Any) -> str:
-    return f"${float(v):,.2f}" if v is not None else "$?"
+    return usd(v) if v is not None else "$?"
 
 
 def summary(row: dict[str, Any]) -> str:
