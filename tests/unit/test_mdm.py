@@ -408,3 +408,32 @@ def test_readme_mdm_commands_work_on_a_fresh_clone_as_written(tmp_path):
     for f in ("proxy.pac", "macos/spendgate.mobileconfig", "linux/install.sh", "windows/install.ps1",
               "central/spendgate-gateway.service", "linux/site.json", "policy/policy.yaml"):
         assert (kit / f).is_file(), f
+
+
+def test_doctor_judges_a_file_by_the_ca_that_signed_the_presented_leaf(tmp_path):
+    """Without the gateway's CA certificate in hand, the leaf's signature still says which CA it uses."""
+    import datetime as dt
+
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    from spendgate.deploy import doctor
+
+    key, gw_ca = ca.generate("spendgate gateway CA")
+    _, twin = ca.generate("spendgate gateway CA")  # same name, another key: must not pass
+    now = dt.datetime.now(dt.UTC)
+    leaf = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME,
+                                                                                   "api.anthropic.com")]))
+            .issuer_name(gw_ca.subject).public_key(ec.generate_private_key(ec.SECP256R1()).public_key())
+            .serial_number(1).not_valid_before(now).not_valid_after(now + dt.timedelta(days=1))
+            .sign(key, hashes.SHA256()))
+    files = {"ca": ca.pem(gw_ca), "bundle": ca.bundle_pem(ca.pem(gw_ca)), "twin": ca.pem(twin), "empty": b""}
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    presented = doctor.GatewayCA(leaf)
+    assert {n: presented.in_file(tmp_path / n) for n in files} == {"ca": True, "bundle": True, "twin": False,
+                                                                   "empty": False}
+    assert not presented.in_file(tmp_path / "missing")
+    assert presented.issuer == "O=spendgate,CN=spendgate gateway CA" and presented.sha256 is None
+    assert doctor.GatewayCA(leaf, gw_ca).sha256 == ca.sha256_fingerprint(gw_ca)
