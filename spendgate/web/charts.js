@@ -188,7 +188,9 @@ function table(host, rows, cols, empty) {
   for (const r of rows) {
     body.append(h("tr", {}, ...cols.map((c) => {
       const v = c[2] ? c[2](r[c[0]], r) : r[c[0]];
-      const cell = h("td", c[3] ? { class: "num" } : {});
+      // c[3]: true for a number column, or a class name ("wrap": text wraps; "actions": controls, never clipped)
+      const cls = c[3] === true ? "num" : c[3] || "";
+      const cell = h("td", cls ? { class: cls } : {});
       cell.append(v instanceof Node ? v : String(v ?? "–"));
       return cell;
     })));
