@@ -285,3 +285,17 @@ def test_doctor_with_the_kit_ca_file_missing_judges_the_variables_by_the_gateway
     assert "through the gateway verifies" in checks["NODE_EXTRA_CA_CERTS"]["detail"]
     assert checks["gateway CA"]["status"] == "ok" and kit["init"]["sha256"] in checks["gateway CA"]["detail"]
     assert "NODE_EXTRA_CA_CERTS" not in _failures(cp)
+
+
+def test_a_browser_using_the_installed_pac_reaches_the_dashboard_through_the_gateway(kit, tmp_path):
+    """The PAC sends spendgate.local to the gateway (it does not resolve anywhere else), so a
+    browser configured only by the kit's PAC opens the engineer's own dashboard."""
+    from tests.e2e.test_dashboard_e2e import chromium
+
+    pac_file = kit["dir"] / "proxy.pac"
+    assert "spendgate.local" in pac_file.read_text()
+    dom = chromium("http://spendgate.local/", tmp_path / "profile-pac", "--dump-dom",
+                   f"--proxy-pac-url=data:application/x-ns-proxy-autoconfig;base64,"
+                   f"{base64.b64encode(pac_file.read_bytes()).decode()}")
+    assert 'data-ready="1"' in dom, dom[-2000:]
+    assert "your spend (tester)" in dom  # identified like this machine's traffic (the gateway's local user)
