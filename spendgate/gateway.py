@@ -8,9 +8,7 @@ request -> identity -> admission (budgets) -> upstream -> usage (metering) -> pr
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import threading
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -25,6 +23,7 @@ from spendgate.identity import Identity, resolve
 from spendgate.metering.meter import Meter
 from spendgate.metering.opaque import OpaqueRecorder
 from spendgate.policy.model import Policy, PolicyError, load
+from spendgate.policy.watch import FileWatcher
 from spendgate.pricing.rates import Pricer, PricingError
 from spendgate.store.ledger import DuckDBLedger, LedgerLocked, LedgerRow
 from spendgate.web import app as web
@@ -47,7 +46,7 @@ class Settings:
     pricing: Path | None = None
     user: str | None = None
     admin_port: int = 0  # 0: any free loopback port; -1: no admin API
-    reload_interval: float = 1.0  # seconds between policy file checks; 0 disables
+    reload_interval: float = 1.0  # seconds between policy / pricing overrides file checks; 0 disables
 
 
 class Gateway:
@@ -92,6 +91,8 @@ class Gateway:
         # alerts, sinks, increase requests, grants (BudgetBook.grants) and the audit trail
         self.workflow = Workflow(self.policy, self.book, self.ledger.cursor)
         self.workflow.policy_loaded(self.policy, "start")
+        if settings.pricing:
+            self.workflow.pricing_loaded(str(settings.pricing), self.pricer.overrides_sha256, "start")
         self.admission = Admission(
             self.book, self.pricer, self.journal,
             store_error=lambda: None if self.ledger.healthy else str(self.ledger.stats.last_error or "unknown"),
@@ -107,11 +108,13 @@ class Gateway:
         self.web = web.for_gateway(self)  # the dashboard: for browsers, the proxy's virtual host and the CLI
         if self.admin:
             self.admin.app = self.web
-        self._stop = threading.Event()
-        self._watcher: threading.Thread | None = None
-        if settings.reload_interval > 0:
-            self._watcher = threading.Thread(target=self._watch_policy, name="spendgate-policy", daemon=True)
-            self._watcher.start()
+        # live reload of the policy and the pricing overrides (spendgate/policy/watch.py)
+        files = {settings.policy: lambda _p: self.reload_policy()}
+        if settings.pricing:
+            files[settings.pricing] = lambda _p: self.reload_pricing()
+        self._watcher = FileWatcher(files, settings.reload_interval, tick=self._housekeep, loaded={
+            settings.policy: self.policy.sha256, **({settings.pricing: self.pricer.overrides_sha256}
+                                                     if settings.pricing else {})}).start()
 
     # -- what the proxy edge and the web routes call --
     def identify(self, headers: dict[str, str], query: str, proxy_user: str | None, client_ip: str | None) -> Identity:
@@ -137,26 +140,28 @@ class Gateway:
         if journal:
             journal.settle([r.request_id for r in rows])
 
-    # -- policy reload --
-    def _watch_policy(self) -> None:
-        path = self.settings.policy
-        last = self.policy.sha256
-        pruned_at = time.monotonic()
-        while not self._stop.wait(self.settings.reload_interval):
-            self.plan_charger.apply(self.policy, self.book.store, datetime.now(UTC))  # a new day's seats
-            if time.monotonic() - pruned_at > 60:  # old windows' counters: keep memory flat
-                self.book.prune()
-                pruned_at = time.monotonic()
-            try:
-                text = path.read_text()
-            except OSError as e:
-                log.error("spendgate: cannot read policy %s (%s); keeping the last good one", path, e)
-                continue
-            digest = hashlib.sha256(text.encode()).hexdigest()
-            if digest == last:
-                continue
-            last = digest
-            self.reload_policy()
+    # -- policy and pricing reload (the watcher thread) --
+    _pruned_at = 0.0
+
+    def _housekeep(self) -> None:
+        self.plan_charger.apply(self.policy, self.book.store, datetime.now(UTC))  # a new day's seats
+        if time.monotonic() - self._pruned_at > 60:  # old windows' counters: keep memory flat
+            self.book.prune()
+            self._pruned_at = time.monotonic()
+
+    def reload_pricing(self) -> bool:
+        """New overrides for the next request; an invalid file is rejected and the last good prices kept."""
+        path = self.settings.pricing
+        try:
+            pricer = Pricer(path, catalogue=self.pricer.catalogue)
+        except PricingError as e:
+            log.error("spendgate: pricing overrides edit rejected, keeping the last good prices:\n%s", e)
+            self.workflow.pricing_rejected(str(path), _read_or_none(path), str(e), "file change")
+            return False
+        self.use_pricer(pricer)  # one reference swap each: a request being priced keeps its Pricer
+        self.workflow.pricing_loaded(str(path), pricer.overrides_sha256, "file change")
+        log.info("spendgate: pricing overrides reloaded from %s (%s)", path, pricer.version)
+        return True
 
     def reload_policy(self) -> bool:
         try:
@@ -175,7 +180,7 @@ class Gateway:
 
     def close(self) -> None:
         """Record what is in flight, drain every queue, release the file. Nothing is lost."""
-        self._stop.set()
+        self._watcher.stop()
         self.meter.close()
         self.opaque.close()  # undecrypted connections recorded so far
         self.workflow.close()  # last alerts and deliveries, recorded before the file is released

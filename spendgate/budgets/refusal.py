@@ -15,6 +15,7 @@ from decimal import Decimal
 
 from spendgate.budgets.book import Budget
 from spendgate.budgets.windows import ADJECTIVE, seconds_until
+from spendgate.money import places_for, plain, suggested_increase, usd
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,10 +25,6 @@ class Answer:
     body: bytes
 
 
-def _usd(x: Decimal) -> str:
-    return f"${x:,.2f}" if x >= Decimal("0.01") or x == 0 else f"${usd_plain(x)}"
-
-
 def usd_plain(x: Decimal) -> str:
     """Dollars for headers: exact to the micro-dollar, no exponent, no trailing zeros."""
     q = x.quantize(Decimal("0.000001")).normalize()
@@ -35,8 +32,9 @@ def usd_plain(x: Decimal) -> str:
 
 
 def increase_command(budget: Budget) -> str:
+    """The command that asks for more; --amount is in proportion to the limit (spendgate/money.py)."""
     return (
-        f'spendgate request --amount {max(int(budget.limit) or 1, 1)} --window {budget.window} '
+        f'spendgate request --amount {plain(suggested_increase(budget.limit))} --window {budget.window} '
         f'--scope {budget.scope} --reason "..."'
     )
 
@@ -46,7 +44,8 @@ def budget_message(budget: Budget, spent: Decimal, now: datetime) -> str:
     resets = budget.end.strftime("%Y-%m-%d %H:%M UTC")
     return (
         f"spendgate: spend limit reached ({ADJECTIVE[budget.window]} budget of {who}: "
-        f"{_usd(spent)} spent of {_usd(budget.limit)}; resets {resets}). "
+        f"{usd(spent, places_for(budget.limit))} spent of {usd(budget.limit, places_for(budget.limit))}; "
+        f"resets {resets}). "
         f"To ask for more: {increase_command(budget)}"
     )
 

@@ -21,6 +21,7 @@ from spendgate.cli.budget_cmds import default_policy
 from spendgate.cli.output import add_db_arg, add_json_arg, console, print_json, table
 from spendgate.cli.source import SourceError, _gateway_call, default_db
 from spendgate.identity import local_user
+from spendgate.money import places_for, usd, usd_of
 from spendgate.policy.model import PolicyError, load
 from spendgate.store.ledger import LedgerLocked, connect, migrate
 from spendgate.store.sql import parse_time
@@ -175,11 +176,12 @@ def cmd_request(args: argparse.Namespace) -> int:
                                    "reason": args.reason})
     rid, amount = req["id"], req["amount_usd"]
     if req["status"] == "pending":
-        lead = (f"request {rid}: +${amount:,.2f} on the {req['window']} budget of {req['scope']} is pending "
-                f"(spent so far ${req['spent_usd'] or 0:,.2f} of ${req['limit_usd']:,.2f}). Approvers have been "
+        p = places_for(req["limit_usd"])
+        lead = (f"request {rid}: +{usd(amount, p)} on the {req['window']} budget of {req['scope']} is pending "
+                f"(spent so far {usd_of(req['spent_usd'] or 0, req['limit_usd'])}). Approvers have been "
                 f"notified; one of them runs: spendgate approve {rid}")
     else:
-        lead = (f"request {rid}: {req['status'].replace('_', ' ')} by {req['decided_by']}: +${req['granted_usd']:,.2f} "
+        lead = (f"request {rid}: {req['status'].replace('_', ' ')} by {req['decided_by']}: +{usd(req['granted_usd'])} "
                 f"until {req['until']}; it applies now")
     _say(args, req, lead)
     return 0
@@ -188,7 +190,7 @@ def cmd_request(args: argparse.Namespace) -> int:
 @_refusal
 def cmd_approve(args: argparse.Namespace) -> int:
     req = _write(args, "approve", {"id": args.id, "amount": args.amount, "until": args.until, "note": args.note})
-    _say(args, req, f"request {req['id']} approved: +${req['granted_usd']:,.2f} on the {req['window']} budget of "
+    _say(args, req, f"request {req['id']} approved: +{usd(req['granted_usd'])} on the {req['window']} budget of "
                     f"{req['scope']} until {req['until']}; it applies now")
     return 0
 

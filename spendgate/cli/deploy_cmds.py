@@ -47,11 +47,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_ca_show)
 
-    p = sub.add_parser("doctor", help="check this machine against what the MDM kit promised")
+    p = sub.add_parser("doctor", help="check this machine against what the MDM kit promised (or, without a kit, "
+                                      "the gateway HTTPS_PROXY names); exit 0 ok, 1 a check failed, 2 bad usage")
     p.add_argument("--site", type=Path, default=None, help="site.json the install script placed "
                                                          "(default $SPENDGATE_SITE or the OS kit path)")
     p.add_argument("--os-store", type=Path, default=None, help="check this CA bundle instead of the OS trust store")
     p.add_argument("--claude-settings", type=Path, default=None, help="managed-settings.json to check")
+    p.add_argument("--proxy", default=None, help="without a kit: the gateway's proxy URL (default $HTTPS_PROXY)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_doctor)
 
@@ -148,14 +150,23 @@ _MARKS = {"ok": "[green]✔[/]", "fail": "[red]✘[/]", "warn": "[yellow]![/]", 
 def cmd_doctor(args: argparse.Namespace) -> int:
     import os
 
-    path = args.site or doctor.default_site_path()
+    explicit = args.site or (Path(os.environ["SPENDGATE_SITE"]) if os.environ.get("SPENDGATE_SITE") else None)
+    path = explicit or doctor.default_site_path()
+    site_doc = None
     try:
         site_doc = json.loads(path.read_text())
+    except FileNotFoundError:
+        if explicit:  # asked for a kit that is not there: a usage error, not a machine problem
+            return _fail(f"cannot read {path} (no such file): pass the site.json the install script placed")
     except OSError as e:
         return _fail(f"cannot read {path} ({e.strerror}): install the MDM kit, or pass --site")
     except ValueError as e:
         return _fail(f"{path} is not JSON: {e}")
-    checks = doctor.run(site_doc, os.environ, os_store=args.os_store, claude_settings=args.claude_settings)
+    if site_doc is None:  # no kit on this machine: check what the environment names
+        checks = doctor.run_without_kit(os.environ, os_store=args.os_store, proxy_url=args.proxy,
+                                        where=f" ({path} not found)")
+    else:
+        checks = doctor.run(site_doc, os.environ, os_store=args.os_store, claude_settings=args.claude_settings)
     if args.json:
         print_json(doctor.as_json(checks))
     else:

@@ -26,6 +26,7 @@ from rich.text import Text
 from spendgate.cli.output import add_db_arg, console, source
 from spendgate.cli.source import Source, SourceError, default_db
 from spendgate.identity import local_user
+from spendgate.money import usd
 from spendgate.reports import dashboard
 from spendgate.reports import queries as reports
 from spendgate.store.sql import parse_time
@@ -60,7 +61,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def money(v: float | None) -> str:
-    return "-" if v is None else f"${v:,.4f}" if abs(v) < 1 else f"${v:,.2f}"
+    return "-" if v is None else usd(v)  # the one rounding rule (spendgate/money.py)
 
 
 def spark(values: list[float]) -> str:

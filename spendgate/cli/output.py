@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from spendgate.cli.source import Source, default_db, open_source
+from spendgate.money import round_usd, usd
 
 # Piped output (files, CI logs) gets room for whole columns instead of rich's 80-column default.
 console = Console(width=None if sys.stdout.isatty() else 200)
@@ -39,7 +40,7 @@ def fmt(value: Any) -> str:
     if value is None:
         return "-"
     if isinstance(value, float):
-        return f"{value:,.4f}"
+        return f"{round_usd(value, 4):,.4f}"  # the one rounding rule (spendgate/money.py)
     if isinstance(value, int) and not isinstance(value, bool):
         return f"{value:,}"
     return str(value)
@@ -50,5 +51,5 @@ def table(title: str, rows: Sequence[dict[str, Any]], columns: Sequence[str], mo
     for c in columns:
         t.add_column(c, justify="right" if rows and isinstance(rows[0].get(c), int | float) else "left")
     for r in rows:
-        t.add_row(*(f"${r[c]:,.4f}" if c in money and r.get(c) is not None else fmt(r.get(c)) for c in columns))
+        t.add_row(*(usd(r[c], 4) if c in money and r.get(c) is not None else fmt(r.get(c)) for c in columns))
     console.print(t)

@@ -28,6 +28,7 @@ from spendgate.cli.output import (
     table,
 )
 from spendgate.cli.source import SourceError, default_db, open_source
+from spendgate.money import usd
 from spendgate.pricing import catalogue as pc
 from spendgate.pricing import reprice
 from spendgate.pricing.rates import VARIANTS, Pricer, PricingError, compare_overrides
@@ -298,7 +299,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     rows = []
     for name, p in rates.prices.items():
         tiers = ", ".join(f">{s:,}: {v}" for s, v in p.tiers)
-        rows.append({"rate": name, "base": str(p.base), "tiers (cliff)": tiers or "-", "source": p.source})
+        rows.append({"rate": name, "base": str(p.base), "tiers (cliff)": tiers or "-", "source": f"{p.ref}; {p.source}" if p.ref else p.source})
     table(f"{provider} {args.model} (catalogue id {rates.model_id}), {args.variant}, {at.date()}", rows,
           ["rate", "base", "tiers (cliff)", "source"])  # fmt: skip
     for n in rates.notes:
@@ -310,7 +311,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def _money(v: Any) -> str:
-    return "-" if v is None else f"${Decimal(str(v)):,.6f}"
+    return "-" if v is None else usd(v, 6)  # micro-dollars, the one rounding rule (spendgate/money.py)
 
 
 def explain_lines(row: dict[str, Any]) -> list[str]:
@@ -348,8 +349,11 @@ def explain_lines(row: dict[str, Any]) -> list[str]:
             total += cost
             unit = f"tokens x ${rate.normalize():f}/MTok" if per == 1_000_000 else f"x ${rate.normalize():f} each"
             tier_note = f", tier >{ln['tier_above']:,}" if ln.get("tier_above") else ""
+            src = ln.get("source", detail.get("source"))
+            if ln.get("ref"):  # an override: the entry's own source (contract, correction) and the file's hash
+                src = f"{ln['ref']}; {src}"
             out.append(f"    {ln['label']:<30} {qty:>12,} {unit:<24} = {_money(cost):>14}   "
-                       f"[{ln['rate_name']}{tier_note}; {ln.get('source', detail.get('source'))}]")  # fmt: skip
+                       f"[{ln['rate_name']}{tier_note}; {src}]")  # fmt: skip
         out.append(f"    {'total':<30} {'':>12} {'':<24} = {_money(total):>14}")
         if row.get("cost_usd") is not None and abs(Decimal(str(row["cost_usd"])) - total) > Decimal("0.0000001"):
             out.append(f"  WARNING: the stored cost {_money(row['cost_usd'])} differs from these lines")

@@ -21,6 +21,7 @@ from spendgate import reconcile, resources
 from spendgate.cli.budget_cmds import default_policy
 from spendgate.cli.output import add_db_arg, add_json_arg, console, print_json, table
 from spendgate.cli.source import Source, SourceError, default_db, open_source
+from spendgate.money import usd
 from spendgate.policy.model import Policy, PolicyError, load
 from spendgate.pricing.rates import Pricer, PricingError
 from spendgate.reconcile import fetch as fetching
@@ -285,5 +286,5 @@ def print_spend_extras(args: argparse.Namespace, metered: list[dict[str, Any]]) 
         table(title, rows, ["group", "metered_usd", "plans_usd", "total_usd", "opaque_connections", "opaque_mb",
                             "opaque_seconds"], money=["metered_usd", "plans_usd", "total_usd"])  # fmt: skip
     for t in extras["reconciliation"]:
-        console.print(f"Billed by {t['provider']} (days with billing data): ${t['billed_usd']:,.4f} vs metered "
-                      f"${t['metered_usd']:,.4f}: {t['status']} (`spendgate reconcile report`)", highlight=False)
+        console.print(f"Billed by {t['provider']} (days with billing data): {usd(t['billed_usd'], 4)} vs metered "
+                      f"{usd(t['metered_usd'], 4)}: {t['status']} (`spendgate reconcile report`)", highlight=False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from decimal import Decimal
 from pathlib import Path
 
 from spendgate.cli import reconcile_cmds
@@ -14,6 +15,7 @@ from spendgate.cli.output import (
     source,
     table,
 )
+from spendgate.money import to_decimal, usd
 from spendgate.reports.queries import GROUPS, WINDOWS
 
 
@@ -56,8 +58,8 @@ def cmd_spend(args: argparse.Namespace) -> int:
     scope = f"this {args.window}" if args.window else (f"since {args.since}" if args.since else "all time")
     cols = ["group", "requests", "input_tokens", "cache_read_tokens", "cache_write_tokens", "output_tokens", "cost_usd"]
     table(f"Spend by {args.by}, {scope}", rows, cols, money=["cost_usd"])
-    total = sum(r["cost_usd"] for r in rows)
-    console.print(f"[bold]Total: ${total:,.4f}[/] over {sum(r['requests'] for r in rows):,} requests")
+    total = sum((to_decimal(r["cost_usd"] or 0) for r in rows), Decimal(0))
+    console.print(f"[bold]Total: {usd(total, 4)}[/] over {sum(r['requests'] for r in rows):,} requests")
     if args.by in ("user", "workspace") and not args.user:
         reconcile_cmds.print_spend_extras(args, rows)  # seat plans, opaque clients, billed vs metered
     return 0

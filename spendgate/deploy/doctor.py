@@ -4,6 +4,14 @@ It reads the site.json the install script placed (what the kit promised), then c
 thing, not the configuration: a TCP connection to the proxy, a TLS handshake through the gateway
 that trusts only the file each agent's variable names, the PAC file evaluated by a JavaScript
 engine, and the gateway's own answer to "who am I" for this machine.
+
+CA trust is judged against the CA the running gateway actually presents: the issuer of the leaf
+certificate it serves for a provider host (checked by signature, and named by the CA certificate
+the gateway serves at mitmproxy's http://mitm.it/cert/pem when it does). So a variable pointing
+at the gateway's CA passes even when the kit's copy is missing, and one pointing at a stale kit CA
+fails. Without a kit (no site.json) the same checks run against `HTTPS_PROXY` (or --proxy), and
+the checks that need the kit (its CA file, Claude Code's managed settings, the PAC) are listed
+as skipped.
 """
 
 from __future__ import annotations
@@ -23,9 +31,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+
 from spendgate.deploy import ca as ca_mod
 from spendgate.deploy import pac
 from spendgate.deploy.site import OS_DEFAULTS, PASSWORD_TOKEN, USER_TOKEN
+from spendgate.metering.providers import PROVIDER_HOSTS
 
 CA_VARS = {  # variable -> who reads it
     "NODE_EXTRA_CA_CERTS": "Claude Code, Gemini CLI, Copilot CLI",
@@ -35,6 +47,9 @@ CA_VARS = {  # variable -> who reads it
 }
 CONTROL_HOSTS = ("example.com", "github.com", "pypi.org")  # must stay DIRECT
 TIMEOUT = 5.0
+PROBE_HOST = "api.anthropic.com"  # a provider host: the gateway decrypts it, so it presents its own leaf
+CA_URL = "http://mitm.it/cert/pem"  # mitmproxy's onboarding app, answered by the gateway itself
+NEEDS_KIT = ("CA certificate", "Claude Code managed settings", "PAC routing")  # skipped without site.json
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +92,41 @@ def default_site_path() -> Path:
     return Path(OS_DEFAULTS[os_name].join("site.json"))
 
 
+@dataclass(frozen=True)
+class GatewayCA:
+    """What the running gateway presents: the leaf it signs for a provider host, and its CA
+    certificate when the gateway serves it (mitm.it) and that certificate really signed the leaf."""
+
+    leaf: x509.Certificate
+    ca: x509.Certificate | None = None
+
+    @property
+    def issuer(self) -> str:
+        return self.leaf.issuer.rfc4514_string()
+
+    @property
+    def sha256(self) -> str | None:
+        return ca_mod.sha256_fingerprint(self.ca) if self.ca is not None else None
+
+    def describe(self) -> str:
+        return f"{self.issuer}" + (f", SHA-256 {self.sha256}" if self.sha256 else "")
+
+    def signed_by(self, cert: x509.Certificate) -> bool:
+        try:
+            self.leaf.verify_directly_issued_by(cert)  # issuer name and signature
+            return True
+        except (InvalidSignature, ValueError, TypeError):  # another CA, or a key type it cannot have signed with
+            return False
+
+    def in_file(self, path: str | Path) -> bool:
+        """Does this PEM file (a CA file or a whole bundle) hold the CA that signed the leaf?"""
+        try:
+            certs = ca_mod.load_certs(Path(path).read_bytes())
+        except OSError:
+            return False
+        return any(self.signed_by(c) for c in certs)
+
+
 # --- the network probes ----------------------------------------------------------------------
 
 def tunnel(proxy: Proxy, host: str, port: int = 443) -> socket.socket:
@@ -106,6 +156,57 @@ def tls_through(proxy: Proxy, host: str, cafile: str) -> None:
     ctx = ssl.create_default_context(cafile=cafile)
     with tunnel(proxy, host) as raw, ctx.wrap_socket(raw, server_hostname=host):
         pass
+
+
+def presented_leaf(proxy: Proxy, host: str = PROBE_HOST) -> tuple[x509.Certificate, list[x509.Certificate]]:
+    """The certificate the gateway presents for `host` (unverified: we want to see it, not trust
+    it), and any further certificates it sends in the chain."""
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    with tunnel(proxy, host) as raw, ctx.wrap_socket(raw, server_hostname=host) as tls:
+        der = tls.getpeercert(binary_form=True)
+        chain: list[x509.Certificate] = []
+        get_chain = getattr(tls, "get_unverified_chain", None)  # Python 3.13+: DER bytes, leaf first
+        if get_chain is not None:
+            for der_c in (get_chain() or [])[1:]:
+                try:
+                    chain.append(x509.load_der_x509_certificate(bytes(der_c)))
+                except (ValueError, TypeError):
+                    pass
+    if not der:
+        raise ConnectionError(f"the gateway presented no certificate for {host}")
+    return x509.load_der_x509_certificate(der), chain
+
+
+def served_ca_pem(proxy: Proxy) -> bytes:
+    """The CA certificate the gateway serves at mitmproxy's onboarding address (plain HTTP via the proxy)."""
+    conn = http.client.HTTPConnection(proxy.host, proxy.port, timeout=TIMEOUT)
+    try:
+        conn.request("GET", CA_URL, headers=proxy.auth_header())
+        resp = conn.getresponse()
+        body = resp.read(1_000_000)
+        if resp.status != 200:
+            raise ConnectionError(f"{CA_URL} answered {resp.status}")
+        return body
+    finally:
+        conn.close()
+
+
+def gateway_ca(proxy: Proxy, host: str = PROBE_HOST) -> GatewayCA:
+    """The CA the running gateway uses, judged by the leaf it presents; raises OSError/ssl.SSLError/
+    ConnectionError when the gateway cannot be reached or will not talk TLS for `host`."""
+    leaf, chain = presented_leaf(proxy, host)
+    found = GatewayCA(leaf)
+    candidates = list(chain)
+    try:
+        candidates += ca_mod.load_certs(served_ca_pem(proxy))
+    except (OSError, ConnectionError, http.client.HTTPException):
+        pass  # onboarding off, or providers_only: the leaf's issuer still identifies the CA
+    for c in candidates:
+        if found.signed_by(c):
+            return GatewayCA(leaf, c)
+    return found
 
 
 def whoami(proxy: Proxy, headers: Mapping[str, str]) -> dict[str, Any]:
@@ -151,11 +252,16 @@ def check_proxy(proxy: Proxy) -> Check:
     return Check("proxy reachable", "ok", f"{proxy.host}:{proxy.port} accepts connections")
 
 
-def check_os_store(ca_file: str, ca_fps: list[str], os_store: Path | None) -> Check:
+def check_os_store(ca_file: str, ca_fps: list[str], os_store: Path | None, gw: GatewayCA | None = None) -> Check:
     name = "OS trust store"
     system = platform.system()
     if os_store is not None or system not in ("Darwin", "Windows"):
         bundle = os_store or Path(ssl.get_default_verify_paths().openssl_cafile or "/etc/ssl/certs/ca-certificates.crt")
+        if gw is not None:  # judged against the CA the gateway presents
+            if gw.in_file(bundle):
+                return Check(name, "ok", f"{bundle} includes the CA the gateway presents ({gw.issuer})")
+            return Check(name, "fail", f"{bundle} does not include the CA the gateway presents ({gw.describe()})",
+                         "re-run the install script as root (it runs update-ca-certificates / update-ca-trust)")
         if set(ca_fps) & set(_cert_fps(str(bundle))):
             return Check(name, "ok", f"{bundle} includes the CA")
         return Check(name, "fail", f"{bundle} does not include the CA",
@@ -204,7 +310,10 @@ def check_env_proxy(site_proxy: Proxy, env: Mapping[str, str], hosts: list[str])
     return out
 
 
-def check_ca_vars(env: Mapping[str, str], ca_fps: list[str], proxy: Proxy | None, probe_host: str) -> list[Check]:
+def check_ca_vars(env: Mapping[str, str], ca_fps: list[str], proxy: Proxy | None, probe_host: str,
+                  gw: GatewayCA | None = None) -> list[Check]:
+    """Each agent's CA variable: names a file holding the CA the gateway presents (`gw`; else, with
+    the gateway unreachable, the kit's CA `ca_fps`), and a handshake trusting only it verifies."""
     out = []
     handshakes: dict[str, str | None] = {}
     for var, who in CA_VARS.items():
@@ -213,8 +322,18 @@ def check_ca_vars(env: Mapping[str, str], ca_fps: list[str], proxy: Proxy | None
             out.append(Check(var, "fail", f"not set ({who} will not trust the gateway)",
                              "log out and in again; else re-run the install script"))
             continue
-        if not set(ca_fps) & set(_cert_fps(path)):
-            out.append(Check(var, "fail", f"{path} does not contain the gateway CA ({who})",
+        if gw is not None:
+            if not gw.in_file(path):
+                out.append(Check(var, "fail", f"{path} does not contain the CA the gateway presents "
+                                              f"({gw.describe()}) ({who})",
+                                 "point it at the gateway's CA (the kit's CA file), or re-run the install script"))
+                continue
+        elif not ca_fps:
+            out.append(Check(var, "warn", f"{path}: cannot judge, the gateway is not reachable and no kit names "
+                                          "its CA", "start the gateway, then run doctor again"))
+            continue
+        elif not set(ca_fps) & set(_cert_fps(path)):
+            out.append(Check(var, "fail", f"{path} does not contain the kit's gateway CA ({who})",
                              "point it at the kit's CA file, or re-run the install script"))
             continue
         if proxy is None:
@@ -233,7 +352,8 @@ def check_ca_vars(env: Mapping[str, str], ca_fps: list[str], proxy: Proxy | None
     return out
 
 
-def check_claude_settings(path: Path, site: dict, site_proxy: Proxy, ca_fps: list[str]) -> Check:
+def check_claude_settings(path: Path, site: dict, site_proxy: Proxy, ca_fps: list[str],
+                          gw: GatewayCA | None = None) -> Check:
     name = "Claude Code managed settings"
     try:
         env = json.loads(path.read_text()).get("env") or {}
@@ -247,7 +367,8 @@ def check_claude_settings(path: Path, site: dict, site_proxy: Proxy, ca_fps: lis
             problems.append("HTTPS_PROXY is not the gateway")
     except ValueError:
         problems.append("HTTPS_PROXY is missing")
-    if not set(ca_fps) & set(_cert_fps(env.get("NODE_EXTRA_CA_CERTS", ""))):
+    node_ca = env.get("NODE_EXTRA_CA_CERTS", "")
+    if not (gw.in_file(node_ca) if gw is not None else set(ca_fps) & set(_cert_fps(node_ca))):
         problems.append("NODE_EXTRA_CA_CERTS does not name the CA")
     ident = site.get("identity") or {}
     if ident.get("method") == "header" and ident.get("header", "") not in env.get("ANTHROPIC_CUSTOM_HEADERS", "").lower():
@@ -261,7 +382,7 @@ def check_pac(site: dict, site_proxy: Proxy, pac_text: str | None, where: str, n
     name = "PAC routing"
     if pac_text is None:
         return Check(name, "fail", f"cannot read the PAC file ({where})", "publish proxy.pac at pac_url / re-install")
-    hosts = list(site.get("provider_hosts") or [])
+    hosts = pac.routed_hosts(site)  # providers, counted hosts, the dashboard and whoami
     urls = [f"https://{h}/" for h in [*hosts, *CONTROL_HOSTS]]
     try:
         got = pac.evaluate(pac_text, urls, node)
@@ -272,7 +393,7 @@ def check_pac(site: dict, site_proxy: Proxy, pac_text: str | None, where: str, n
              if (u in urls[: len(hosts)]) != (r.replace("  ", " ").strip().rstrip(";") == want)]
     if wrong:
         return Check(name, "fail", f"{where}: " + "; ".join(wrong), "re-render the kit and publish its proxy.pac")
-    return Check(name, "ok", f"{where}: {len(hosts)} provider hosts -> gateway, others DIRECT")
+    return Check(name, "ok", f"{where}: {len(hosts)} provider, counted and gateway hosts -> gateway, others DIRECT")
 
 
 def _read_pac(site: dict) -> tuple[str | None, str]:
@@ -312,9 +433,29 @@ def check_identity(proxy: Proxy, site: dict) -> Check:
     return Check(name, "ok", f"charged to {user!r} (via {source})")
 
 
-def run(site: dict, env: Mapping[str, str], *, os_store: Path | None = None, claude_settings: Path | None = None,
-        node: str | None = None) -> list[Check]:
-    """Every check, in the order a person would fix them."""
+def check_gateway_ca(proxy: Proxy | None, probe_host: str, promised: list[str] | None = None
+                     ) -> tuple[Check, GatewayCA | None]:
+    """The CA the running gateway presents (and, with a kit, whether it is one the kit installs)."""
+    name = "gateway CA"
+    if proxy is None:
+        return Check(name, "skip", "the proxy is not reachable"), None
+    try:
+        gw = gateway_ca(proxy, probe_host)
+    except (OSError, ssl.SSLError, ConnectionError) as e:
+        return Check(name, "fail", f"no TLS from the gateway for {probe_host}: {e}",
+                     "check the proxy credentials (proxy_auth) and that the gateway runs spendgate"), None
+    if promised and gw.sha256 and gw.sha256 not in promised:
+        return Check(name, "fail", f"the gateway presents {gw.describe()}, which is not a CA this kit installs",
+                     "the gateway's CA changed: re-render the kit with its current certificate (mdm/README.md, "
+                     "'Rotating the CA')"), gw
+    return Check(name, "ok", f"the gateway presents {gw.describe()}"), gw
+
+
+def run(site: dict | None, env: Mapping[str, str], *, os_store: Path | None = None,
+        claude_settings: Path | None = None, node: str | None = None, proxy_url: str | None = None) -> list[Check]:
+    """Every check, in the order a person would fix them; `site` None: no kit on this machine."""
+    if site is None:
+        return run_without_kit(env, os_store=os_store, proxy_url=proxy_url)
     checks: list[Check] = []
     try:
         proxy = Proxy.parse(site["proxy"])
@@ -325,20 +466,58 @@ def run(site: dict, env: Mapping[str, str], *, os_store: Path | None = None, cla
                             "run the install script; do not copy the kit's files by hand"))
     reachable = check_proxy(proxy)
     checks.append(reachable)
+    hosts = list(site.get("provider_hosts") or [])
+    probe = hosts[0] if hosts else PROBE_HOST
+    live = proxy if reachable.status == "ok" else None
+    gw_check, gw = check_gateway_ca(live, probe, promised=site.get("ca_sha256") or [])
+    checks.append(gw_check)
     ca_check, fps = check_ca_file(site)
     checks.append(ca_check)
-    checks.append(check_os_store(site["ca_file"], fps, os_store))
-    hosts = list(site.get("provider_hosts") or [])
-    live = proxy if reachable.status == "ok" else None
-    checks += check_ca_vars(env, fps, live, hosts[0] if hosts else "api.anthropic.com")
+    fps = fps or ([gw.sha256] if gw is not None and gw.sha256 else [])  # the kit's copy is missing: the live one
+    checks.append(check_os_store(site["ca_file"], fps, os_store, gw))
+    checks += check_ca_vars(env, fps, live, probe, gw)
     checks += check_env_proxy(proxy, env, hosts)
-    checks.append(check_claude_settings(claude_settings or Path(site["claude_settings"]), site, proxy, fps))
+    checks.append(check_claude_settings(claude_settings or Path(site["claude_settings"]), site, proxy, fps, gw))
     checks.append(check_pac(site, proxy, *_read_pac(site), node))
     if live:
         checks.append(check_identity(proxy, site))
     else:
         checks.append(Check("identity seen by the gateway", "skip", "the proxy is not reachable"))
     return checks
+
+
+def run_without_kit(env: Mapping[str, str], *, os_store: Path | None = None, proxy_url: str | None = None,
+                    where: str = "") -> list[Check]:
+    """What can be checked on a machine without the MDM kit: the proxy the environment names,
+    the CA the gateway presents against every agent variable and the OS store, NO_PROXY, and the
+    identity the gateway sees. The kit-only checks are reported as skipped, naming the kit."""
+    value = proxy_url or env.get("HTTPS_PROXY") or env.get("https_proxy")
+    checks = [Check("site config", "skip", f"no MDM kit on this machine{where}: checking what the environment "
+                                           "names; " + ", ".join(NEEDS_KIT) + " need the kit (--site FILE)")]
+    if not value:
+        checks.append(Check("HTTPS_PROXY", "fail", "not set in this environment, so no agent uses a gateway",
+                            "set HTTPS_PROXY to the gateway (or pass --proxy URL), or install the MDM kit"))
+        return checks + [Check(n, "skip", "needs the MDM kit") for n in NEEDS_KIT]
+    try:
+        proxy = Proxy.parse(value)
+    except ValueError as e:
+        return checks + [Check("HTTPS_PROXY", "fail", str(e), "set HTTPS_PROXY to http://HOST:PORT of the gateway")]
+    reachable = check_proxy(proxy)
+    checks.append(reachable)
+    live = proxy if reachable.status == "ok" else None
+    gw_check, gw = check_gateway_ca(live, PROBE_HOST)
+    checks.append(gw_check)
+    if gw is not None:
+        checks.append(check_os_store("", [], os_store, gw))
+    else:
+        checks.append(Check("OS trust store", "skip", "no gateway CA to look for (the gateway is not reachable)"))
+    checks += check_ca_vars(env, [], live, PROBE_HOST, gw)
+    checks += check_env_proxy(proxy, env, list(PROVIDER_HOSTS))
+    if live:
+        checks.append(check_identity(proxy, {"identity": {}}))
+    else:
+        checks.append(Check("identity seen by the gateway", "skip", "the proxy is not reachable"))
+    return checks + [Check(n, "skip", "needs the MDM kit") for n in NEEDS_KIT]
 
 
 def as_json(checks: list[Check]) -> list[dict]:

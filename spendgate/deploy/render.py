@@ -19,7 +19,7 @@ from xml.sax.saxutils import escape as xml_escape
 from spendgate import resources
 from spendgate.deploy import ca as ca_mod
 from spendgate.deploy import pac
-from spendgate.deploy.site import OSES, USER_TOKEN, Site
+from spendgate.deploy.site import DASHBOARD_HOST, OSES, USER_TOKEN, Site
 
 TEMPLATES = resources.mdm_templates()
 CA_NAME = "spendgate-ca.pem"  # the gateway CA (what NODE_EXTRA_CA_CERTS adds)
@@ -107,6 +107,8 @@ def site_json(site: Site, os_name: str) -> dict:
         "ca_sha256": list(site.ca_fingerprints),  # empty in laptop mode: each machine makes its own
         "provider_hosts": list(site.hosts),
         "provider_patterns": list(site.patterns),
+        "opaque_patterns": list(site.opaque_patterns),  # counted undecrypted: the PAC routes them too
+        "dashboard_host": site.dashboard_host,
         "identity": {"method": site.identity_method, "header": site.identity_header, "user": site.identity_user},
         "env": agent_env(site, os_name),
         "claude_settings": p.claude_settings,
@@ -174,7 +176,12 @@ def gateway_args(site: Site, os_name: str, ledger: str | None = None) -> list[st
         "-s", f"{p.install}{sep}addons{sep}gateway.py", "--listen-host", "127.0.0.1", "-p", str(site.port),
         "--set", f"confdir={p.join('ca')}", "--set", f"spendgate_policy={p.join('policy.yaml')}",
         "--set", "spendgate_allow_clients=127.0.0.1/32,::1/128",
-    ] + (["--set", f"spendgate_db={ledger}"] if ledger else [])
+    ] + (["--set", f"spendgate_db={ledger}"] if ledger else []) + _dashboard_args(site)
+
+
+def _dashboard_args(site: Site) -> list[str]:
+    """The dashboard's virtual host, when the site renames it (the PAC routes that name)."""
+    return [] if site.dashboard_host == DASHBOARD_HOST else ["--set", f"spendgate_dashboard_host={site.dashboard_host}"]
 
 
 def _template(name: str, values: dict[str, str]) -> bytes:
@@ -192,7 +199,8 @@ def _ps_env(env: dict[str, str]) -> str:
 def render(site: Site) -> list[Artifact]:
     """Every file of the kit, in memory; `write` puts them on disk."""
     out: list[Artifact] = []
-    pac_text = pac.render(site.proxy_hostport, site.hosts, site.patterns, site.org_name)
+    pac_text = pac.render(site.proxy_hostport, site.hosts, [*site.patterns, *site.opaque_patterns], site.org_name,
+                          served=[site.dashboard_host])
     out.append(Artifact("proxy.pac", pac_text.encode()))
     if site.ca_pem:
         out.append(Artifact(f"ca/{CA_NAME}", site.ca_pem))
@@ -214,7 +222,8 @@ def render(site: Site) -> list[Artifact]:
             "identity_method": site.identity_method, "user_token": USER_TOKEN,
             "env_lines": _env_lines(env), "ps_env": _ps_env(env), "no_proxy": ",".join(site.no_proxy),
             "ca_fingerprints": " ".join(site.ca_fingerprints) or "(made on each machine at install)",
-            "extra_args": "--set proxyauth=@/etc/spendgate/htpasswd" if site.identity_method == "proxy_auth" else "",
+            "extra_args": " ".join((["--set", "proxyauth=@/etc/spendgate/htpasswd"]
+                                    if site.identity_method == "proxy_auth" else []) + _dashboard_args(site)),
         }
         if os_name == "linux":
             out.append(Artifact("linux/spendgate.env", _env_lines(env).encode()))

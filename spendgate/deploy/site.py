@@ -19,6 +19,7 @@ import jsonschema
 from cryptography import x509
 
 from spendgate.deploy import ca as ca_mod
+from spendgate.metering import opaque
 from spendgate.metering.providers import OPTIONAL_HOSTS, PROVIDER_HOSTS
 from spendgate.policy.model import PolicyError
 from spendgate.policy.model import load as load_policy
@@ -31,6 +32,7 @@ PASSWORD_TOKEN = "@@PROXY_PASSWORD@@"  # filled in from SPENDGATE_PROXY_PASSWORD
 DEFAULT_HEADER = "x-spendgate-user"
 OSES = ("linux", "macos", "windows")
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+DASHBOARD_HOST = "spendgate.local"  # the gateway's own virtual host (option spendgate_dashboard_host)
 
 
 class SiteError(PolicyError):
@@ -79,6 +81,10 @@ class Site:
     policy_file: Path | None
     paths: dict[str, OSPaths]
     warnings: tuple[Problem, ...] = field(default=())
+    # hosts the gateway counts without decrypting (*.cursor.sh + the policy's opaque_hosts): routed
+    # to the gateway too, or it never sees those connections
+    opaque_patterns: tuple[str, ...] = opaque.DEFAULT_OPAQUE_HOSTS
+    dashboard_host: str = DASHBOARD_HOST  # served by the gateway itself: must go to it
 
     @property
     def proxy_hostport(self) -> str:
@@ -104,7 +110,11 @@ def _read_certs(base: Path, rel: str, pos: tuple[int, int], problems: list[Probl
     try:
         pem = path.read_bytes()
     except OSError as e:
-        problems.append(Problem(*pos, f"cannot read {path}: {e.strerror}"))
+        hint = ""
+        if path.name == ca_mod.CERT_FILE and not path.exists():  # a CA nobody has made yet
+            hint = (f"; create the CA first: spendgate ca init --confdir {path.parent} (a central gateway's CA: run "
+                    f"it on the gateway and copy only its {ca_mod.CERT_FILE} here; mdm/README.md section 2)")
+        problems.append(Problem(*pos, f"cannot read {path}: {e.strerror}{hint}"))
         return []
     if b"PRIVATE KEY" in pem:
         problems.append(Problem(*pos, f"{path} contains a private key: give the certificate only "
@@ -183,6 +193,7 @@ def parse(text: str, file: Path) -> Site:
             hosts += (h,)
 
     policy_file = None
+    opaque_patterns = opaque.DEFAULT_OPAQUE_HOSTS
     if doc.get("policy"):
         policy_file = (base / doc["policy"]).expanduser()
         try:
@@ -190,6 +201,7 @@ def parse(text: str, file: Path) -> Site:
         except PolicyError as e:
             problems.append(Problem(*at("policy"), f"the policy is invalid:\n{e}"))
         else:
+            opaque_patterns = opaque.patterns(policy.raw)
             wanted = f"header:{ident.get('header', DEFAULT_HEADER)}" if method == "header" else method
             if wanted.lower() not in [m.lower() for m in policy.identity]:
                 problems.append(Problem(*at("identity", "method") if "identity" in doc else at("policy"),
@@ -210,7 +222,8 @@ def parse(text: str, file: Path) -> Site:
         port=gw.get("port", 18080 if mode == "laptop" else 8080), pac_url=gw.get("pac_url"),
         ca_pem=b"".join(ca_mod.pem(c) for c in certs) if certs else None,
         ca_fingerprints=tuple(ca_mod.sha256_fingerprint(c) for c in certs),
-        extra_roots_pem=extra_roots, hosts=hosts, patterns=tuple(patterns), identity_method=method,
+        extra_roots_pem=extra_roots, hosts=hosts, patterns=tuple(patterns), opaque_patterns=opaque_patterns,
+        dashboard_host=(gw.get("dashboard_host") or DASHBOARD_HOST).lower(), identity_method=method,
         identity_header=ident.get("header", DEFAULT_HEADER).lower(), identity_user=ident.get("user", USER_TOKEN),
         no_proxy=tuple(doc.get("no_proxy") or ("localhost", "127.0.0.1", "::1")), policy_file=policy_file,
         paths=paths,

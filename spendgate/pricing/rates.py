@@ -74,7 +74,8 @@ class Price:
 
     base: Decimal
     tiers: tuple[tuple[int, Decimal], ...] = ()  # (above_input_tokens, price), ascending
-    source: str = ""
+    source: str = ""  # machine label: catalogue version, or override:FILE@DAY#FILE-SHA256-PREFIX
+    ref: str = ""  # an override entry's own `source:` (the contract or correction it came from), else its note
 
     def at(self, total_input_tokens: int) -> tuple[Decimal, int | None]:
         """The price for a request with this much input, and the tier threshold applied if any."""
@@ -119,6 +120,7 @@ class PriceLine:
     cost: Decimal
     source: str = ""
     tier_above: int | None = None  # the tier threshold this rate came from, None for the base rate
+    ref: str = ""  # the override entry's own `source:` text, when the rate came from one
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,6 +159,7 @@ class PriceResult:
                     "cost": str(ln.cost),
                     "source": ln.source,
                     "tier_above": ln.tier_above,
+                    **({"ref": ln.ref} if ln.ref else {}),
                 }
                 for ln in self.lines
             ],
@@ -203,7 +206,7 @@ def compute(rates: Rates, usage: Usage) -> PriceResult:
         rate, tier = price.at(total_in)
         if tier is not None:
             tier_used = max(tier_used or 0, tier)
-        lines.append(PriceLine(label, qty, rate, per, name, rate * qty / per, price.source, tier))
+        lines.append(PriceLine(label, qty, rate, per, name, rate * qty / per, price.source, tier, price.ref))
     return PriceResult(
         cost=sum((ln.cost for ln in lines), Decimal(0)),
         source=" + ".join(sorted({ln.source for ln in lines})) or rates.source,
@@ -305,16 +308,16 @@ def _explain(err: jsonschema.ValidationError, path: tuple, where: str) -> str | 
     return None
 
 
-def _prices(raw: dict[str, Any], source: str) -> dict[str, Price]:
+def _prices(raw: dict[str, Any], source: str, ref: str = "") -> dict[str, Price]:
     """Override rates plus cliff tiers, reshaped per rate (a tier may name only some rates)."""
-    out = {k: Price(Decimal(str(v)), (), source) for k, v in (raw.get("rates") or {}).items()}
+    out = {k: Price(Decimal(str(v)), (), source, ref) for k, v in (raw.get("rates") or {}).items()}
     tiered: dict[str, list[tuple[int, Decimal]]] = {}
     for t in raw.get("tiers") or []:
         for k, v in t["rates"].items():
             tiered.setdefault(k, []).append((int(t["above_input_tokens"]), Decimal(str(v))))
     for k, tiers in tiered.items():
         base = out[k].base if k in out else None
-        out[k] = Price(base if base is not None else Decimal(-1), tuple(sorted(tiers)), source)
+        out[k] = Price(base if base is not None else Decimal(-1), tuple(sorted(tiers)), source, ref)
     return out
 
 
@@ -349,9 +352,10 @@ def parse_overrides(text: str, file: str = "<overrides>") -> list[Override]:
                 if j and t["above_input_tokens"] <= raw["tiers"][j - 1]["above_input_tokens"]:
                     path = ("models", i, *(("variants", scope.split(".")[1]) if scope else ()), "tiers", j)
                     problems.append(Problem(*mark(marks, path), "tiers must be listed in increasing above_input_tokens"))
+        ref = (e.get("source") or e.get("note") or "").strip()  # what people wrote the entry from
         prices = OverridePrices(
-            _prices(e, source),
-            {v: _prices(body, f"{source} ({v})") for v, body in (e.get("variants") or {}).items()},
+            _prices(e, source, ref),
+            {v: _prices(body, f"{source} ({v})", ref) for v, body in (e.get("variants") or {}).items()},
         )
         out.append(Override(e["provider"], e["model"].lower(), day, prices, line, e.get("note")))
     if problems:
@@ -396,11 +400,17 @@ class Pricer:
         catalogue: pricing_catalogue.Catalogue | None = None,
     ) -> None:
         self.overrides_path = overrides_path
-        self.overrides: list[Override] = load_overrides(overrides_path) if overrides_path else []
+        self.overrides: list[Override] = []
         self.overrides_label: str | None = None
+        self.overrides_sha256: str | None = None  # of the bytes these overrides were parsed from
         if overrides_path:
-            digest = hashlib.sha256(overrides_path.read_bytes()).hexdigest()[:12]
-            self.overrides_label = f"{overrides_path.name} sha256:{digest}"
+            try:  # read once: the label's hash is the hash of exactly what was parsed
+                data = overrides_path.read_bytes()
+            except OSError as e:
+                raise PricingError(str(overrides_path), [Problem(1, 1, f"cannot read: {e.strerror or e}")]) from None
+            self.overrides = parse_overrides(data.decode("utf-8", errors="replace"), str(overrides_path))
+            self.overrides_sha256 = hashlib.sha256(data).hexdigest()
+            self.overrides_label = f"{overrides_path.name} sha256:{self.overrides_sha256[:12]}"
         if catalogue is None:
             folder = catalogue_dir or (overrides_path.parent if overrides_path else None)
             try:

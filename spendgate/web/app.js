@@ -104,13 +104,13 @@ async function renderRequests() {
     renderRequests();
   };
   const cols = [["requester", "who"], ["scope", "scope"], ["window", "window"], ["amount_usd", "asks", money, true],
-    ["reason", "why"]];
+    ["reason", "why", null, "wrap"]];
   if (state.me.approver && approve && deny) {
     cols.push(["id", "", (id, row) => {
       const why = h("input", { placeholder: "reason to deny", size: 12 });
       return h("span", {}, h("button", { onclick: act(approve, row) }, "Approve"), " ",
         why, h("button", { onclick: act(deny, row, () => ({ reason: why.value })) }, "Deny"));
-    }]);
+    }, "actions"]);
   }
   table(host, Array.isArray(rows) ? rows : rows.requests || [], cols, "No pending requests.");
 }

@@ -24,10 +24,47 @@ function h(tag, attrs, ...children) {
   return el;
 }
 
+// USD for people, with spendgate's one rounding rule (spendgate/money.py): round half to even on
+// the amount's exact decimal value. The API sends the ledger's DECIMAL as a JSON number, whose
+// shortest decimal form (String(v)) is that value; toLocaleString would round the binary double
+// (or half-up), so $0.03435 could show as $0.0343 here and $0.0344 in the CLI.
+function plainDecimal(v) {
+  const s = String(Math.abs(v));
+  const m = s.match(/^(\d+)(?:\.(\d+))?e([+-]\d+)$/);
+  if (!m) return s;
+  const frac = m[2] || "";
+  const digits = (m[1] + frac).replace(/^0+(?=\d)/, "");
+  const exp = Number(m[3]) - frac.length;  // value = digits * 10^exp
+  if (exp >= 0) return digits + "0".repeat(exp);
+  const padded = digits.padStart(-exp + 1, "0");
+  return padded.slice(0, padded.length + exp) + "." + padded.slice(padded.length + exp);
+}
+
+function roundHalfEven(v, places) {
+  const [ip, fp0 = ""] = plainDecimal(v).split(".");
+  const fp = fp0.padEnd(places + 1, "0");
+  const kept = ip + fp.slice(0, places), rest = fp.slice(places);
+  const tie = rest[0] === "5" && /^0*$/.test(rest.slice(1));
+  const up = rest[0] > "5" || (rest[0] === "5" && !tie) || (tie && Number(kept[kept.length - 1]) % 2 === 1);
+  const n = (BigInt(kept) + (up ? 1n : 0n)).toString().padStart(places + 1, "0");
+  return { int: n.slice(0, n.length - places), frac: n.slice(n.length - places) };
+}
+
+// digits: how many places; default 2 from $1 up (and for 0), 4 below.
 function usd(x, digits) {
   const v = Number(x || 0);
+  if (!Number.isFinite(v)) return "–";
   if (digits === undefined) digits = v !== 0 && Math.abs(v) < 1 ? 4 : 2;
-  return "$" + v.toLocaleString("en-US", { minimumFractionDigits: digits, maximumFractionDigits: digits });
+  const r = roundHalfEven(v, digits);
+  const neg = v < 0 && /[1-9]/.test(r.int + r.frac);
+  return (neg ? "-$" : "$") + r.int.replace(/\B(?=(\d{3})+(?!\d))/g, ",") + (digits ? "." + r.frac : "");
+}
+
+// Places that show 1% of a limit (2..6), as money.places_for: a $0.05 budget reads $0.0460 of $0.0500.
+function placesFor(limit) {
+  const d = Math.abs(Number(limit || 0)) / 100;
+  if (!(d > 0)) return 2;
+  return Math.max(2, Math.min(6, -Math.floor(Math.log10(d) + 1e-12)));
 }
 
 // A "nice" upper bound for an axis: 1, 2, 2.5 or 5 times a power of ten.
@@ -137,7 +174,7 @@ function budgetBars(host, rows, limit) {
     host.append(h("div", { class: "budget" },
       h("div", { class: "row" }, h("span", {}, `${r.scope} · ${r.window}`), h("span", {}, `${(100 * u).toFixed(1)}%`)),
       h("div", { class: "track" }, fill),
-      h("div", { class: "meta" }, `${usd(r.spent_usd)} of ${usd(r.limit_usd, 2)} · resets ${String(r.resets_at).slice(0, 16).replace("T", " ")} UTC`)));
+      h("div", { class: "meta" }, `${usd(r.spent_usd, placesFor(r.limit_usd))} of ${usd(r.limit_usd, placesFor(r.limit_usd))} · resets ${String(r.resets_at).slice(0, 16).replace("T", " ")} UTC`)));
   }
 }
 
@@ -151,7 +188,9 @@ function table(host, rows, cols, empty) {
   for (const r of rows) {
     body.append(h("tr", {}, ...cols.map((c) => {
       const v = c[2] ? c[2](r[c[0]], r) : r[c[0]];
-      const cell = h("td", c[3] ? { class: "num" } : {});
+      // c[3]: true for a number column, or a class name ("wrap": text wraps; "actions": controls, never clipped)
+      const cls = c[3] === true ? "num" : c[3] || "";
+      const cell = h("td", cls ? { class: cls } : {});
       cell.append(v instanceof Node ? v : String(v ?? "–"));
       return cell;
     })));
@@ -160,5 +199,5 @@ function table(host, rows, cols, empty) {
   host.append(t);
 }
 
-window.Charts = { barChart, hbars, donut, budgetBars, table, usd, h };
+window.Charts = { barChart, hbars, donut, budgetBars, table, usd, placesFor, h };
 })();

@@ -23,6 +23,7 @@ from spendgate.budgets.book import ZERO, Budget, BudgetBook
 from spendgate.budgets.refusal import increase_command
 from spendgate.budgets.windows import ADJECTIVE
 from spendgate.identity import Identity
+from spendgate.money import usd_of
 from spendgate.policy.model import UNATTRIBUTED, Policy
 from spendgate.policy.sections import AlertsConfig
 from spendgate.workflow.audit import AuditLog
@@ -89,7 +90,7 @@ def message(c: Crossing, now: datetime) -> str:
     """One line: what happened, the numbers, and the command that asks for more."""
     b = c.budget
     adj = ADJECTIVE[b.window]
-    numbers = f"${c.spent:,.2f} of ${b.limit:,.2f}, resets {b.end.strftime('%Y-%m-%d %H:%M UTC')}"
+    numbers = f"{usd_of(c.spent, b.limit)}, resets {b.end.strftime('%Y-%m-%d %H:%M UTC')}"
     if c.kind == "projected":
         head = f"at this rate {_who(b.scope)} reaches the {adj} cap at {_at(c.eta, now)} ({numbers})"
     else:
@@ -115,7 +116,7 @@ def warning_line(budgets: list[Budget], spent_of: Callable[[Budget], Decimal], c
     pct, b, spent = worst
     eta = projected_exhaustion(b.start, now, spent, b.limit)
     runs_out = f"; at this rate it runs out at {_at(eta, now)}" if eta and eta < b.end else ""
-    line = (f"{pct:.0f}% of the {ADJECTIVE[b.window]} budget of {b.scope} used (${spent:,.2f} of ${b.limit:,.2f})"
+    line = (f"{pct:.0f}% of the {ADJECTIVE[b.window]} budget of {b.scope} used ({usd_of(spent, b.limit)})"
             f"{runs_out}. To ask for more: {increase_command(b)}")
     return line.encode("ascii", "replace").decode()  # header values are one ASCII line
 

@@ -22,6 +22,7 @@ import duckdb
 
 from spendgate.budgets.book import ZERO, BudgetBook
 from spendgate.budgets.windows import ADJECTIVE, WINDOWS, bounds
+from spendgate.money import places_for, usd
 from spendgate.policy.model import UNATTRIBUTED, Policy
 from spendgate.policy.sections import ApprovalRule
 from spendgate.store import sql
@@ -112,7 +113,7 @@ def _utc(t: datetime) -> datetime:
 
 
 def _usd(x: Decimal) -> str:
-    return f"${x:,.2f}"
+    return usd(x)  # the one rounding rule (spendgate/money.py)
 
 
 def parse_amount(v: Any) -> Decimal:
@@ -258,30 +259,35 @@ class Approvals:
             raise ApprovalError(f"{scope} has no {ADJECTIVE[window]} budget in the policy: there is nothing to raise")
         start, end = bounds(window, now, policy.timezone)
         spent = self.book.store.get((scope, window, start)).spent
+        granted = self.grants.total(scope, window, now)
+        in_force = limit + granted  # what the requester is actually held to: the policy's limit + active grants
         rid = "r-" + uuid.uuid4().hex[:10]
         with self._lock:
             self.cursor().execute(
                 "INSERT INTO increase_requests VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [rid, now, requester, scope, window, amount, reason.strip()[:1000], spent, limit, end],
+                [rid, now, requester, scope, window, amount, reason.strip()[:1000], spent, in_force, end],
             )
             self.audit.append("request", requester, scope=scope, ref=rid, ts=now, detail={
                 "amount_usd": amount, "window": window, "reason": reason.strip()[:1000], "spent_usd": spent,
-                "limit_usd": limit + self.grants.total(scope, window, now), "window_end": end})
+                "limit_usd": in_force, "granted_usd": granted, "window_end": end})
             auto = auto_limit(policy, scope)
             if auto > 0 and self._auto_granted(scope, window, start) + amount <= auto:
                 self._decide(rid, "auto_approved", AUTO_ACTOR, amount, end, f"within auto_approve_up_to {_usd(auto)}")
                 return self.get(rid)
         approvers = approvers_for(policy, scope)
+        p = places_for(in_force)
+        granted_note = f", including {usd(granted, p)} granted" if granted else ""
         self.notify(Notice(
             kind="request",
-            title=f"{requester} asks for +{_usd(amount)} on the {ADJECTIVE[window]} budget of {scope}",
-            text=(f"{requester} asks for +{_usd(amount)} on the {ADJECTIVE[window]} budget of {scope} "
-                  f"({_usd(spent)} spent of {_usd(limit)}): {reason.strip()[:300]}. "
+            title=f"{requester} asks for +{usd(amount, p)} on the {ADJECTIVE[window]} budget of {scope}",
+            text=(f"{requester} asks for +{usd(amount, p)} on the {ADJECTIVE[window]} budget of {scope} "
+                  f"({usd(spent, p)} spent of {usd(in_force, p)}{granted_note}): {reason.strip()[:300]}. "
                   f"To decide: spendgate approve {rid} | spendgate deny {rid} --reason \"...\""),
             recipients=approvers,
             payload={"request_id": rid, "scope": scope, "window": window, "amount_usd": float(amount),
                      "requester": requester, "reason": reason.strip()[:1000], "spent_usd": float(spent),
-                     "limit_usd": float(limit), "approve_command": f"spendgate approve {rid}"},
+                     "limit_usd": float(in_force), "policy_limit_usd": float(limit), "granted_usd": float(granted),
+                     "approve_command": f"spendgate approve {rid}"},
             scope=scope, ref=rid,
         ))
         if not approvers:
@@ -306,7 +312,7 @@ class Approvals:
     def approve(self, rid: str, actor: str, amount: Any = None, until: Any = None, note: str | None = None) -> dict:
         with self._lock:
             req = self._pending(rid)
-            self._check_approver(actor, req)
+            self._check_approver(actor, req, "approve")
             now = self.now()
             amt = parse_amount(amount) if amount not in (None, "") else Decimal(str(req["amount_usd"]))
             end = _time(until) or bounds(req["window"], now, self.policy().timezone)[1]
@@ -320,14 +326,14 @@ class Approvals:
             raise ApprovalError('say why: --reason "..." (the requester is told)')
         with self._lock:
             req = self._pending(rid)
-            self._check_approver(actor, req)
+            self._check_approver(actor, req, "deny")
             now = self.now()
             self.cursor().execute("INSERT INTO request_decisions VALUES (?, ?, 'denied', ?, NULL, NULL, ?)",
                                   [rid, now, actor, reason.strip()[:1000]])
             self.audit.append("deny", actor, scope=req["scope"], ref=rid, ts=now, detail={"reason": reason.strip()})
         self.notify(Notice(
             kind="decision", title=f"request {rid} denied",
-            text=f"{actor} denied your request {rid} for +${req['amount_usd']:,.2f} on {req['scope']}: "
+            text=f"{actor} denied your request {rid} for +{usd(req['amount_usd'])} on {req['scope']}: "
                  f"{reason.strip()[:300]}",
             recipients=(req["requester"],),
             payload={"request_id": rid, "decision": "denied", "by": actor, "reason": reason.strip()[:1000],
@@ -342,8 +348,8 @@ class Approvals:
             raise ApprovalError(f"request {rid} is already {req['status']} (by {req['decided_by']})")
         return req
 
-    def _check_approver(self, actor: str, req: dict[str, Any]) -> None:
-        """Refuse (and put on record) a decision by someone who may not make it."""
+    def _check_approver(self, actor: str, req: dict[str, Any], verb: str) -> None:
+        """Refuse (and put on record) a decision (`verb`: approve | deny) by someone who may not make it."""
         policy = self.policy()
         approvers = approvers_for(policy, req["scope"])
         refusal = None
@@ -352,7 +358,7 @@ class Approvals:
             refusal = f"{actor} is not an approver for {req['scope']}; approvers: {who}"
         elif actor == req["requester"] and not policy.approvals.allow_self_approval:
             others = ", ".join(a for a in approvers if a != actor) or "none"
-            refusal = f"{actor} cannot approve their own request; other approvers: {others}"
+            refusal = f"{actor} cannot {verb} their own request; other approvers: {others}"
         if refusal:
             self.audit.append("decision_refused", actor, scope=req["scope"], ref=req["id"], ts=self.now(),
                               detail={"reason": refusal})

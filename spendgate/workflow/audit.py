@@ -1,7 +1,7 @@
 """The audit trail: an append-only DuckDB table of every exception to the budgets and its paper.
 
 Requests, approvals, denials, grants and their expiry, alerts, each sink delivery, and every
-policy load (file hash, who started it, valid or rejected). This module only ever INSERTs and
+policy load and pricing-overrides load (file hash, who started it, valid or rejected). This module only ever INSERTs and
 SELECTs; spendgate has no code path that updates or deletes an audit row. Rows are ordered by a
 sequence (`seq`), so the order of steps is the order they happened in this process.
 """
@@ -21,6 +21,7 @@ from typing import Any
 import duckdb
 
 from spendgate.identity import local_user
+from spendgate.money import usd
 from spendgate.store import sql
 from spendgate.store.sql import jsonable
 
@@ -29,7 +30,7 @@ log = logging.getLogger(__name__)
 Cursor = Callable[[], duckdb.DuckDBPyConnection]
 
 EVENTS = (
-    "policy_load", "policy_rejected", "request", "approve", "auto_approve", "deny", "decision_refused", "grant",
+    "policy_load", "policy_rejected", "pricing_load", "pricing_rejected", "request", "approve", "auto_approve", "deny", "decision_refused", "grant",
     "grant_expired",
     "alert", "delivery",
 )  # fmt: skip
@@ -94,7 +95,7 @@ def rows(cur: duckdb.DuckDBPyConnection, since: datetime | None = None, limit: i
 
 
 def _usd(v: Any) -> str:
-    return f"${float(v):,.2f}" if v is not None else "$?"
+    return usd(v) if v is not None else "$?"
 
 
 def summary(row: dict[str, Any]) -> str:

@@ -82,6 +82,14 @@ class Workflow:
         sha = hashlib.sha256(text.encode()).hexdigest() if text is not None else None
         self.audit.safe_append("policy_rejected", process_actor(), detail=policy_detail(path, sha, trigger, problems))
 
+    def pricing_loaded(self, path: str | None, sha256: str | None, trigger: str) -> None:
+        """Pricing overrides in force from now on (at start and on each live reload)."""
+        self.audit.safe_append("pricing_load", process_actor(), detail=policy_detail(path or "", sha256, trigger))
+
+    def pricing_rejected(self, path: str, text: str | None, problems: str, trigger: str) -> None:
+        sha = hashlib.sha256(text.encode()).hexdigest() if text is not None else None
+        self.audit.safe_append("pricing_rejected", process_actor(), detail=policy_detail(path, sha, trigger, problems))
+
     # -- notices --
     def sinks_for(self, kind: str) -> list[SinkConfig]:
         p = self._policy

@@ -94,7 +94,9 @@ def test_alerts_warning_then_429_then_request_approve_and_continue(tmp_path, gat
 
     second = ask(client)  # past 50% already: in-band warning naming the command
     warning = second.headers["x-spendgate-warning"]
-    assert warning.startswith("59% of the daily budget of user:tester used ($0.01 of $0.02)")
+    # a $0.02 budget: digits enough to tell spent from the limit, and an increase in proportion to it
+    assert warning.startswith("59% of the daily budget of user:tester used ($0.0118 of $0.0200)")
+    assert "spendgate request --amount 0.01 --window day" in warning
     assert "To ask for more: spendgate request --amount" in warning and "--scope user:tester" in warning
     gw.ledger(wait_for=2)
 
@@ -190,7 +192,7 @@ def test_a_rejected_policy_edit_and_an_offline_denial_are_audited(tmp_path, gate
     assert cp.returncode == 0, cp.stderr
     trail = json.loads(cli_as(gw, "tester", "audit", "--json").stdout)
     events = [r["event"] for r in trail if r["event"] not in ("delivery", "alert")]
-    assert events == ["policy_load", "policy_rejected", "request", "deny"]
+    assert events == ["policy_load", "pricing_load", "policy_rejected", "request", "deny"]
     rejected = next(r for r in trail if r["event"] == "policy_rejected")
     assert rejected["detail"]["trigger"] == "file change" and len(rejected["detail"]["sha256"]) == 64
     assert "alerts_typo" in rejected["detail"]["problems"]

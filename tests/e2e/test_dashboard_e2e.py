@@ -9,7 +9,10 @@ including one model nobody prices). Then:
   shows tester only tester's rows and budgets, whatever they ask for;
 * `spendgate export` through the gateway round-trips through DuckDB; `spendgate top --once` renders;
 * Debian's Chromium, headless, renders both views from that data (DOM checked) and saves
-  test-artifacts/dashboard.png.
+  test-artifacts/dashboard.png;
+* at 1280, 1400 and 1920 px wide, with pending increase requests, JavaScript measurements over the
+  DevTools protocol find no panel overflowing and every Approve / Deny button inside its card
+  (screenshots: test-artifacts/dashboard-WIDTH.png).
 """
 
 from __future__ import annotations
@@ -226,3 +229,123 @@ def test_dashboard_renders_in_headless_chromium(traffic, tmp_path):
     assert shot.exists() and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000
     if os.environ.get("SPENDGATE_UPDATE_DOCS_SCREENSHOT"):
         shutil.copy(shot, REPO / "docs" / "dashboard.png")
+
+
+# --- layout in real Chromium, measured through the DevTools protocol -----------------------------
+
+class DevTools:
+    """Headless Chromium driven over the DevTools protocol (websockets), loopback only."""
+
+    def __init__(self, profile: Path) -> None:
+        import re
+
+        from websockets.sync.client import connect
+
+        self.proc = subprocess.Popen(
+            [chromium_binary(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run",
+             "--disable-extensions", "--hide-scrollbars", f"--user-data-dir={profile}",
+             "--remote-debugging-address=127.0.0.1", "--remote-debugging-port=0", "about:blank"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
+        port = None
+        for line in self.proc.stderr:  # "DevTools listening on ws://127.0.0.1:PORT/devtools/browser/..."
+            if m := re.search(r"DevTools listening on ws://127\.0\.0\.1:(\d+)/", line):
+                port = int(m.group(1))
+                break
+        assert port, "chromium did not open its DevTools port"
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=30) as resp:
+            page = next(t for t in json.loads(resp.read()) if t["type"] == "page")
+        self.ws = connect(page["webSocketDebuggerUrl"], max_size=64 * 2**20, open_timeout=30)
+        self._id = 0
+
+    def call(self, method: str, **params):
+        self._id += 1
+        self.ws.send(json.dumps({"id": self._id, "method": method, "params": params}))
+        while True:
+            msg = json.loads(self.ws.recv(timeout=60))
+            if msg.get("id") == self._id:
+                assert "error" not in msg, msg
+                return msg["result"]
+
+    def evaluate(self, expression: str):
+        res = self.call("Runtime.evaluate", expression=expression, returnByValue=True, awaitPromise=True)
+        assert "exceptionDetails" not in res, res
+        return res["result"].get("value")
+
+    def open(self, url: str, width: int, height: int = 1000) -> None:
+        import time
+
+        self.call("Emulation.setDeviceMetricsOverride", width=width, height=height, deviceScaleFactor=1, mobile=False)
+        self.call("Page.enable")
+        self.call("Page.navigate", url=url)
+        deadline = time.monotonic() + 60
+        while self.evaluate("document.body && document.body.dataset.ready") != "1":
+            assert time.monotonic() < deadline, self.evaluate("document.body ? document.body.innerText : ''")
+            time.sleep(0.2)
+
+    def screenshot(self, path: Path, width: int) -> None:
+        import base64
+
+        height = int(self.evaluate("document.documentElement.scrollHeight"))
+        self.call("Emulation.setDeviceMetricsOverride", width=width, height=height, deviceScaleFactor=1, mobile=False)
+        data = self.call("Page.captureScreenshot", format="png", captureBeyondViewport=True)["data"]
+        path.write_bytes(base64.b64decode(data))
+
+    def close(self) -> None:
+        try:
+            self.ws.close()
+        finally:
+            self.proc.terminate()
+            self.proc.wait(timeout=30)
+
+
+# Every panel's box, what overflows it, and every control inside the pending-requests table.
+MEASURE = """JSON.stringify((() => {
+  const vw = document.documentElement.clientWidth;
+  const box = (el) => { const r = el.getBoundingClientRect(); return {left: r.left, right: r.right, width: r.width}; };
+  const panels = [...document.querySelectorAll("main .card, main .kpi")].map((el) => {
+    const inner = [...el.querySelectorAll("table, svg, .donut-box, .hbar, .budget")].map(box);
+    return {name: (el.querySelector("h2, h3") || {}).textContent, ...box(el), scroll: el.scrollWidth,
+            client: el.clientWidth, contentRight: Math.max(0, ...inner.map((b) => b.right))};
+  });
+  const card = document.getElementById("requests").closest(".card").getBoundingClientRect();
+  const controls = [...document.querySelectorAll("#requests button, #requests input")].map((el) => ({
+    text: el.textContent || el.placeholder, ...box(el), cardLeft: card.left, cardRight: card.right}));
+  return {vw, docScroll: document.documentElement.scrollWidth, panels, controls};
+})())"""
+
+
+def test_every_panel_fits_at_1280_and_1920_px_in_chromium(traffic, tmp_path):
+    gw, url, token, rows = traffic
+    for scope, reason in (("user:bob", "release crunch: two more agents on the payments migration this week, "
+                                       "reviewed with the team lead, see ticket PAY-1234 for the plan"),
+                          ("workspace:platform", "quarter-end load tests on the platform workspace"),
+                          ("user:carol", "research spike")):
+        cp = gw.cli("request", "--amount", "25", "--window", "day" if scope.startswith("user") else "month",
+                    "--scope", scope, "--reason", reason)
+        assert cp.returncode == 0, cp.stderr
+    ARTIFACTS.mkdir(exist_ok=True)
+    browser = DevTools(tmp_path / "profile-layout")
+    try:
+        for width in (1280, 1400, 1920):
+            browser.open(f"{url}/#token={token}&name=dana", width)
+            m = json.loads(browser.evaluate(MEASURE))
+            browser.screenshot(ARTIFACTS / f"dashboard-{width}.png", width)
+            assert m["vw"] == width
+            assert m["docScroll"] <= m["vw"], f"{width}px: the page scrolls sideways ({m['docScroll']}px)"
+            assert len(m["panels"]) == 4 + 1 + 6 + 1 + 2
+            for p in m["panels"]:
+                where = f"{width}px, panel {p['name']!r}"
+                assert p["left"] >= 0 and p["right"] <= m["vw"], f"{where} is outside the viewport: {p}"
+                assert p["scroll"] <= p["client"] + 1, f"{where} overflows: {p}"
+                assert p["contentRight"] <= p["right"], f"{where}: its content runs past its edge: {p}"
+            approve = [c for c in m["controls"] if c["text"] == "Approve"]
+            assert len(approve) == 3 and len([c for c in m["controls"] if c["text"] == "Deny"]) == 3, m["controls"]
+            for c in m["controls"]:
+                assert c["width"] > 0, f"{width}px: {c['text']!r} has no width"
+                assert c["cardLeft"] <= c["left"] and c["right"] <= c["cardRight"], f"{width}px: {c} is clipped"
+                assert c["right"] <= m["vw"]
+            shot = ARTIFACTS / f"dashboard-{width}.png"
+            assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000
+    finally:
+        browser.close()

@@ -214,3 +214,88 @@ def test_central_gateway_is_not_an_open_relay(gateway_factory):
     conn.request("CONNECT", "api.anthropic.com:443", headers={**creds, "Host": "api.anthropic.com:443"})
     assert conn.getresponse().status == 200
     conn.close()
+
+
+# --- doctor on a machine without the kit, and with the kit's CA file missing -------------------
+
+def _checks(cp: subprocess.CompletedProcess) -> dict[str, dict]:
+    return {c["name"]: c for c in json.loads(cp.stdout)}
+
+
+@pytest.mark.skipif(Path("/etc/spendgate/site.json").exists(), reason="this machine has a kit installed")
+def test_doctor_without_a_kit_checks_what_it_can_against_the_ca_the_gateway_presents(tmp_path, gateway_factory):
+    # a central gateway that only carries provider traffic (so nothing but its leaf may name its CA)
+    gw = gateway_factory("gw", extra_args=["--set", "spendgate_providers_only=true"])
+    bundle = tmp_path / "bundle.pem"
+    init = _run([*SPENDGATE, "ca", "init", "--confdir", str(gw.confdir), "--bundle", str(bundle), "--json"])
+    assert init.returncode == 0, init.stderr
+    gw.start()
+    sha = json.loads(init.stdout)["sha256"]
+    env = {**_base_env(), "HTTPS_PROXY": gw.proxy_url, "NODE_EXTRA_CA_CERTS": gw.ca_file,
+           "SSL_CERT_FILE": str(bundle), "REQUESTS_CA_BUNDLE": str(bundle), "CODEX_CA_CERTIFICATE": str(bundle)}
+    env.pop("SPENDGATE_SITE", None)
+    doctor = [*SPENDGATE, "doctor", "--os-store", str(bundle), "--json"]
+
+    ok = _run(doctor, env=env)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    checks = _checks(ok)
+    assert checks["site config"]["status"] == "skip" and "need the kit" in checks["site config"]["detail"]
+    assert {n: checks[n]["status"] for n in ("CA certificate", "Claude Code managed settings", "PAC routing")} == {
+        "CA certificate": "skip", "Claude Code managed settings": "skip", "PAC routing": "skip"}
+    assert checks["gateway CA"]["status"] == "ok" and "spendgate gateway CA" in checks["gateway CA"]["detail"]
+    for var in ("NODE_EXTRA_CA_CERTS", "SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CODEX_CA_CERTIFICATE"):
+        assert checks[var]["status"] == "ok" and "through the gateway verifies" in checks[var]["detail"], checks[var]
+    assert checks["OS trust store"]["status"] == "ok"
+    assert checks["identity seen by the gateway"]["status"] == "ok" and "'tester'" in checks[
+        "identity seen by the gateway"]["detail"]
+    human = _run([*SPENDGATE, "doctor", "--os-store", str(bundle)], env=env)
+    assert human.returncode == 0 and "need the kit" in human.stdout, human.stdout + human.stderr
+
+    # a variable naming another CA fails, judged against what the gateway presents
+    other = tmp_path / "other.pem"
+    other.write_bytes(ca.pem(ca.generate("some other CA")[1]))
+    bad = _run(doctor, env={**env, "NODE_EXTRA_CA_CERTS": str(other)})
+    assert bad.returncode == 1
+    assert list(_failures(bad)) == ["NODE_EXTRA_CA_CERTS"]
+    assert "does not contain the CA the gateway presents" in _failures(bad)["NODE_EXTRA_CA_CERTS"]
+
+    # no proxy in the environment: said so, and --proxy names one
+    no_proxy = {k: v for k, v in env.items() if k != "HTTPS_PROXY"}
+    bad = _run(doctor, env=no_proxy)
+    assert bad.returncode == 1 and "HTTPS_PROXY" in _failures(bad)
+    named = _run([*doctor, "--proxy", gw.proxy_url], env=no_proxy)  # checks that gateway; agents still lack it
+    assert named.returncode == 1 and list(_failures(named)) == ["HTTPS_PROXY"]
+    assert _checks(named)["NODE_EXTRA_CA_CERTS"]["status"] == "ok"
+
+    # an explicit --site that is not there is a usage error
+    missing = _run([*SPENDGATE, "doctor", "--site", str(tmp_path / "nope.json")], env=env)
+    assert missing.returncode == 2 and "nope.json" in missing.stderr
+    assert sha  # the fingerprint `ca init` printed is the CA the checks above trusted
+
+
+@needs_node
+def test_doctor_with_the_kit_ca_file_missing_judges_the_variables_by_the_gateway(kit):
+    (kit["dir"] / "spendgate-ca.pem").unlink()
+    cp = _doctor(kit, {"NODE_EXTRA_CA_CERTS": kit["gw"].ca_file})
+    checks = _checks(cp)
+    assert cp.returncode == 1  # the kit's file is gone: that is reported...
+    assert checks["CA certificate"]["status"] == "fail"
+    # ...but the variable pointing at the CA the running gateway uses is fine
+    assert checks["NODE_EXTRA_CA_CERTS"]["status"] == "ok", checks["NODE_EXTRA_CA_CERTS"]
+    assert "through the gateway verifies" in checks["NODE_EXTRA_CA_CERTS"]["detail"]
+    assert checks["gateway CA"]["status"] == "ok" and kit["init"]["sha256"] in checks["gateway CA"]["detail"]
+    assert "NODE_EXTRA_CA_CERTS" not in _failures(cp)
+
+
+def test_a_browser_using_the_installed_pac_reaches_the_dashboard_through_the_gateway(kit, tmp_path):
+    """The PAC sends spendgate.local to the gateway (it does not resolve anywhere else), so a
+    browser configured only by the kit's PAC opens the engineer's own dashboard."""
+    from tests.e2e.test_dashboard_e2e import chromium
+
+    pac_file = kit["dir"] / "proxy.pac"
+    assert "spendgate.local" in pac_file.read_text()
+    dom = chromium("http://spendgate.local/", tmp_path / "profile-pac", "--dump-dom",
+                   f"--proxy-pac-url=data:application/x-ns-proxy-autoconfig;base64,"
+                   f"{base64.b64encode(pac_file.read_bytes()).decode()}")
+    assert 'data-ready="1"' in dom, dom[-2000:]
+    assert "your spend (tester)" in dom  # identified like this machine's traffic (the gateway's local user)

@@ -16,11 +16,13 @@ claude-sonnet-4-5 input $3, output $15, cache read $0.30, 5-minute cache write $
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import subprocess
 import sys
 import threading
+import time
 from datetime import UTC, datetime
 from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -72,6 +74,61 @@ def user_spent(gw, window: str = "day") -> D:
     return D(str(row["spent_usd"]))
 
 
+def _wait(predicate, what: str, gw, timeout: float = 20.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := predicate():
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"{what} did not happen\n{gw.log_text()[-3000:]}")
+
+
+def _pricing_events(gw) -> list[dict]:
+    cp = gw.cli("audit", "--json")
+    return [r for r in json.loads(cp.stdout) if r["event"].startswith("pricing_")] if cp.returncode == 0 else []
+
+
+def test_overrides_reload_live_a_bad_edit_is_rejected_and_the_last_good_prices_kept(tmp_path, gateway_factory):
+    folder = pricing_dir(tmp_path)
+    overrides = folder / "overrides.yaml"
+    original = overrides.read_text()
+    gw = gateway_factory("gw", extra_args=["--set", f"spendgate_pricing={overrides}"]).start()
+    client = anthropic.Anthropic(api_key="sk-ant-test-SECRET123", max_retries=0,
+                                 http_client=httpx2.Client(proxy=gw.proxy_url, verify=gw.client_ssl_context(),
+                                                           trust_env=False, timeout=30))  # fmt: skip
+
+    def newest_cost(n: int) -> D:
+        rows = sorted(gw.ledger(wait_for=n), key=lambda r: r["ts"])
+        assert len(rows) == n
+        return D(str(rows[-1]["cost_usd"]))
+
+    ask(client)
+    assert newest_cost(1) == LIST
+    assert [e["detail"]["trigger"] for e in _pricing_events(gw)] == ["start"]
+
+    # a bad edit: rejected with its position, audited, and the gateway keeps pricing at list
+    overrides.write_text(original.replace("models:\n", "models:" + CONTRACT_YAML.replace("1.5,", "cheap,", 1), 1))
+    rejected = _wait(lambda: [e for e in _pricing_events(gw) if e["event"] == "pricing_rejected"], "rejection", gw)
+    assert "overrides.yaml:" in rejected[0]["detail"]["problems"]
+    assert "non-negative number" in rejected[0]["detail"]["problems"]
+    assert "pricing overrides edit rejected" in gw.log_text()
+    ask(client)
+    assert newest_cost(2) == LIST
+
+    # a good edit applies to the next request, with no restart and no re-price
+    overrides.write_text(original.replace("models:\n", "models:" + CONTRACT_YAML, 1))
+    loads = _wait(lambda: [e for e in _pricing_events(gw) if e["event"] == "pricing_load"
+                           and e["detail"]["trigger"] == "file change"], "reload", gw)
+    assert loads[0]["detail"]["sha256"] == hashlib.sha256(overrides.read_bytes()).hexdigest()
+    ask(client)
+    assert newest_cost(3) == CONTRACT
+    rows = sorted(gw.ledger(), key=lambda r: r["ts"])
+    assert rows[-1]["price_source"].startswith("override:overrides.yaml@2020-01-01")
+    assert [D(str(r["cost_usd"])) for r in rows[:2]] == [LIST, LIST]  # past rows keep their price
+    assert [e["event"] for e in _pricing_events(gw)] == ["pricing_load", "pricing_rejected", "pricing_load"]
+    client.close()
+
+
 def test_explain_and_reprice_through_the_running_gateway(tmp_path, gateway_factory):
     folder = pricing_dir(tmp_path)
     gw = gateway_factory("gw", extra_args=["--set", f"spendgate_pricing={folder / 'overrides.yaml'}"]).start()
@@ -88,7 +145,7 @@ def test_explain_and_reprice_through_the_running_gateway(tmp_path, gateway_facto
     assert total.rstrip().endswith("$0.011790")
     assert "below every tier threshold" in text and "WARNING" not in text
 
-    # a contracted rate lands in the gateway's overrides; nothing changes until a re-price
+    # a contracted rate lands in the gateway's overrides; past rows keep their price until a re-price
     overrides = folder / "overrides.yaml"
     overrides.write_text(overrides.read_text().replace("models:\n", "models:" + CONTRACT_YAML, 1))
     today = datetime.now(UTC).date().isoformat()

@@ -65,11 +65,16 @@ def test_messages_name_the_budget_the_eta_and_the_command():
     c = crossings(b, Decimal(8), AlertsConfig(thresholds=(Decimal(200),)), set(), NOON)[0]
     text = message(c, NOON)
     assert text.startswith("spendgate: at this rate alice@acme.com reaches the daily cap at 15:00 UTC")
-    assert "spendgate request --amount 10 --window day --scope user:alice@acme.com" in text
+    assert "spendgate request --amount 5 --window day --scope user:alice@acme.com" in text  # half the limit
     line = warning_line([b], lambda _b: Decimal("8"), AlertsConfig(), NOON)
     assert line.startswith("80% of the daily budget of user:alice@acme.com used ($8.00 of $10.00)")
     assert "runs out at 15:00 UTC" in line and "spendgate request" in line and "\n" not in line
     assert warning_line([b], lambda _b: Decimal("4.99"), AlertsConfig(), NOON) is None
+    # a small budget: enough digits to tell spent from the limit, and an increase in proportion
+    small = day_budget("0.05")
+    line = warning_line([small], lambda _b: Decimal("0.046"), AlertsConfig(), NOON)
+    assert line.startswith("92% of the daily budget of user:alice@acme.com used ($0.0460 of $0.0500)")
+    assert "spendgate request --amount 0.025 --window day" in line
     assert warning_line([b], lambda _b: Decimal("9"), AlertsConfig(in_band=False), NOON) is None
 
 

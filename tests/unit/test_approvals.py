@@ -97,6 +97,30 @@ def test_no_self_approval_and_org_approvers_cover_everything(env):
     assert approvers_for(env.policy, "organization:acme") == ("cfo@acme.com",)
 
 
+def test_denying_your_own_request_says_deny_and_is_on_record(env):
+    req = env.wf.approvals.request("alice@core.acme.com", "user:alice@core.acme.com", "day", "50", "x")
+    with pytest.raises(NotAllowed, match="alice@core.acme.com cannot deny their own request; other approvers"):
+        env.wf.approvals.deny(req["id"], "alice@core.acme.com", "never mind")
+    assert env.events()[-1] == ("decision_refused", "alice@core.acme.com")
+    assert env.wf.approvals.get(req["id"])["status"] == "pending"
+
+
+def test_a_second_request_counts_the_active_grant_in_its_limit(env):
+    """Not "spent $12 of $10": the limit in force is the policy's plus the grants still running."""
+    assert env.spend(BOB, "9")
+    first = env.wf.approvals.request("bob@core.acme.com", "user:bob@core.acme.com", "day", "4", "small")
+    assert first["status"] == "auto_approved"  # +$4: the day's limit is $14 now
+    assert env.spend(BOB, "3")  # $12 spent, past the policy's $10
+    second = env.wf.approvals.request("bob@core.acme.com", "user:bob@core.acme.com", "day", "20", "more")
+    assert (second["spent_usd"], second["limit_usd"]) == (12, 14)
+    assert env.wf.dispatcher.flush(5)
+    notice = next(n for _, n in env.sent if n.kind == "request" and n.ref == second["id"])
+    assert "($12.00 spent of $14.00, including $4.00 granted)" in notice.text
+    assert (notice.payload["spent_usd"], notice.payload["limit_usd"]) == (12, 14)
+    assert (notice.payload["policy_limit_usd"], notice.payload["granted_usd"]) == (10, 4)
+    assert next(r for r in audit.rows(env.con.cursor()) if r["ref"] == second["id"])["detail"]["limit_usd"] == 14
+
+
 def test_auto_approve_is_capped_per_budget_and_window(env):
     assert auto_limit(env.policy, "user:bob@core.acme.com") == 5
     a = env.wf.approvals.request("bob@core.acme.com", "user:bob@core.acme.com", "day", "3", "small")

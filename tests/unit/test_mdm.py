@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import os
 import plistlib
+import shlex
 import shutil
 import stat
 import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
@@ -70,7 +72,7 @@ def artifacts(s: site.Site) -> dict[str, bytes]:
 
 def test_example_site_config_validates_once_a_ca_is_there(tmp_path, ca_cert):
     text = (REPO / "mdm" / "site.example.yaml").read_text()
-    text = text.replace("cert: ca/spendgate-ca-cert.pem", f"cert: {ca_cert}")
+    text = text.replace("cert: ca/mitmproxy-ca-cert.pem", f"cert: {ca_cert}")
     text = text.replace("policy: ../policies/example.yaml", f"policy: {REPO}/policies/example.yaml")
     s = site.parse(text, tmp_path / "site.yaml")
     assert s.mode == "central" and s.port == 8080 and s.hosts[:3] == tuple(PROVIDER_HOSTS)[:3]
@@ -141,6 +143,44 @@ def test_pac_without_chatgpt_leaves_chatgpt_direct(tmp_path, ca_cert):
 
 
 @needs_node
+@needs_node
+def test_pac_sends_everything_the_gateway_serves_or_counts_to_it(tmp_path, ca_cert):
+    """The dashboard, whoami, Cursor and the policy's opaque_hosts: DIRECT, the gateway never sees them."""
+    policy = tmp_path / "policy.yaml"
+    policy.write_text((REPO / "policies" / "example.yaml").read_text()
+                      + '\nopaque_hosts: ["*.windsurf.example", "codeium.example"]\n')
+    p = central(tmp_path, ca_cert)
+    p.write_text(p.read_text().replace(f"{REPO}/policies/example.yaml", str(policy)))
+    s = site.load(p)
+    text = artifacts(s)["proxy.pac"].decode()
+    served = ["http://spendgate.local/", "http://SPENDGATE.LOCAL./api/overview", "http://whoami.spendgate.invalid/"]
+    counted = ["https://api2.cursor.sh/aiserver.v1.ChatService/StreamUnified", "https://cursor.sh/",
+               "https://repo42.cursor.sh/", "https://server.windsurf.example/", "https://codeium.example/"]
+    others = ["https://cursor.sh.evil.example/", "https://notcursor.sh/", "https://windsurf.example.org/",
+              "https://spendgate.local.evil.example/"]
+    got = pac.evaluate(text, [*served, *counted, *others])
+    assert {u: got[u] for u in served + counted} == {u: "PROXY gw.corp.example:3128" for u in served + counted}
+    assert {u: got[u] for u in others} == {u: "DIRECT" for u in others}
+    # site.json tells doctor the same hosts, and every one of them evaluates to the gateway
+    doc = json.loads(artifacts(s)["linux/site.json"])
+    routed = pac.routed_hosts(doc)
+    assert {"spendgate.local", pac.WHOAMI_HOST, "api2.cursor.sh", "api2.windsurf.example", "codeium.example",
+            "cursor.sh", "api.anthropic.com"} <= set(routed)
+    got = pac.evaluate(text, [f"https://{h}/" for h in routed])
+    assert set(got.values()) == {"PROXY gw.corp.example:3128"}
+
+
+@needs_node
+def test_pac_routes_a_renamed_dashboard_host_and_the_gateway_serves_it(tmp_path, ca_cert):
+    p = central(tmp_path, ca_cert)
+    p.write_text(p.read_text().replace("pac_url: http://wpad.corp.example/p.pac",
+                                       "pac_url: http://wpad.corp.example/p.pac, dashboard_host: spend.corp.example"))
+    kit = artifacts(site.load(p))
+    got = pac.evaluate(kit["proxy.pac"].decode(), ["http://spend.corp.example/", "http://spendgate.local/"])
+    assert got["http://spend.corp.example/"] == "PROXY gw.corp.example:3128"
+    assert b"spendgate_dashboard_host=spend.corp.example" in kit["central/gateway.env"]
+
+
 def test_a_broken_pac_is_reported():
     with pytest.raises(pac.PacError, match="does not evaluate"):
         pac.evaluate("function FindProxyForURL(url, host) { return nope(); }", ["https://x.example/"])
@@ -315,3 +355,83 @@ def test_whoami_never_carries_a_key():
     assert body == {"user": "alice", "source": "proxy_auth", "client": "claude-code",
                     "key_fingerprint": "sha256:abc", "workspaces": [], "client_ip": "10.1.1.1"}
     assert access.is_whoami("WHOAMI.spendgate.invalid.") and not access.is_whoami("api.anthropic.com")
+
+
+# --- the README's MDM section on a fresh clone ------------------------------------------------
+
+def _fresh_clone(dest: Path) -> Path:
+    """The repository's tracked (and new, not ignored) files, without any CA, kit or ledger."""
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True,
+                           text=True, check=True).stdout.splitlines()
+    for f in files:
+        src = REPO / f
+        if src.is_file():
+            (dest / f).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / f)
+    assert not (dest / "mdm" / "ca").exists() and not (dest / "dist").exists()
+    return dest
+
+
+def _readme_mdm_commands(readme: str) -> list[list[str]]:
+    section = readme.split("## Deploying with MDM", 1)[1].split("\n## ", 1)[0]
+    block = section.split("```console", 1)[1].split("```", 1)[0]
+    return [shlex.split(line[2:], comments=True) for line in block.splitlines() if line.startswith("$ ")]
+
+
+def _spendgate(clone: Path, args: list[str]) -> subprocess.CompletedProcess:
+    exe = Path(sys.executable).parent / "spendgate"
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "spendgate.cli"]
+    env = {**os.environ, "PYTHONPATH": str(clone)}  # the clone's code, not this checkout's
+    return subprocess.run([*cmd, *args], check=False, cwd=clone, capture_output=True, text=True, timeout=120, env=env)
+
+
+def test_readme_mdm_commands_work_on_a_fresh_clone_as_written(tmp_path):
+    clone = _fresh_clone(tmp_path / "clone")
+    commands = _readme_mdm_commands((clone / "README.md").read_text())
+    assert [c[:3] for c in commands] == [["spendgate", "ca", "init"], ["spendgate", "mdm", "render"]]
+
+    # the render alone fails, and its error names the command to run first
+    cp = _spendgate(clone, commands[1][1:])
+    assert cp.returncode == 1
+    assert "mdm/site.example.yaml:" in cp.stderr and "create the CA first: spendgate ca init --confdir mdm/ca" in cp.stderr
+
+    for c in commands:
+        cp = _spendgate(clone, c[1:])
+        assert cp.returncode == 0, f"{' '.join(c)} exited {cp.returncode}:\n{cp.stdout}{cp.stderr}"
+    kit = clone / "dist" / "mdm"
+    made = ca.info(clone / "mdm" / "ca")
+    assert ca.pem_sha256((kit / "ca" / "spendgate-ca.pem").read_bytes()) == [made.sha256]
+    assert made.key_mode == "0600" and "ca/" in (clone / "mdm" / ".gitignore").read_text().split()
+    assert not any(b"PRIVATE KEY" in f.read_bytes() for f in kit.rglob("*") if f.is_file())
+    for f in ("proxy.pac", "macos/spendgate.mobileconfig", "linux/install.sh", "windows/install.ps1",
+              "central/spendgate-gateway.service", "linux/site.json", "policy/policy.yaml"):
+        assert (kit / f).is_file(), f
+
+
+def test_doctor_judges_a_file_by_the_ca_that_signed_the_presented_leaf(tmp_path):
+    """Without the gateway's CA certificate in hand, the leaf's signature still says which CA it uses."""
+    import datetime as dt
+
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    from spendgate.deploy import doctor
+
+    key, gw_ca = ca.generate("spendgate gateway CA")
+    _, twin = ca.generate("spendgate gateway CA")  # same name, another key: must not pass
+    now = dt.datetime.now(dt.UTC)
+    leaf = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME,
+                                                                                   "api.anthropic.com")]))
+            .issuer_name(gw_ca.subject).public_key(ec.generate_private_key(ec.SECP256R1()).public_key())
+            .serial_number(1).not_valid_before(now).not_valid_after(now + dt.timedelta(days=1))
+            .sign(key, hashes.SHA256()))
+    files = {"ca": ca.pem(gw_ca), "bundle": ca.bundle_pem(ca.pem(gw_ca)), "twin": ca.pem(twin), "empty": b""}
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    presented = doctor.GatewayCA(leaf)
+    assert {n: presented.in_file(tmp_path / n) for n in files} == {"ca": True, "bundle": True, "twin": False,
+                                                                   "empty": False}
+    assert not presented.in_file(tmp_path / "missing")
+    assert presented.issuer == "O=spendgate,CN=spendgate gateway CA" and presented.sha256 is None
+    assert doctor.GatewayCA(leaf, gw_ca).sha256 == ca.sha256_fingerprint(gw_ca)

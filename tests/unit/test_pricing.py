@@ -4,6 +4,7 @@ counters, and explanations that add up to the charge."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -378,6 +379,13 @@ def test_explain_prints_each_part_with_rate_tier_and_source(ledger):
     assert "150,000 tokens x $6/MTok" in text and "5,000 tokens x $12/MTok" in text  # 1h writes at 1h rate
     assert "output (incl. 1,000 reasoning)" in text and "2 x $0.01 each" in text
     assert "override:overrides.yaml@2025-08-12" in text and pricer.catalogue.version in text
+    # an override line names the entry's own `source:` and the overrides file's hash, both
+    sha = hashlib.sha256((REPO / "pricing" / "overrides.yaml").read_bytes()).hexdigest()[:12]
+    line = next(ln for ln in text.splitlines() if ln.strip().startswith("uncached input"))
+    assert "[input_mtok, tier >200,000; https://docs.claude.com/en/docs/about-claude/pricing#long-context-pricing; " \
+           in line and f"override:overrides.yaml@2025-08-12#{sha} (tiers)]" in line
+    base = next(ln for ln in text.splitlines() if ln.strip().startswith("web search"))
+    assert "https://docs.claude.com" not in base  # a catalogue rate has no entry source
     total = next(line for line in text.splitlines() if line.strip().startswith("total"))
     assert total.endswith(f"${result.cost:,.6f}") and "WARNING" not in text
 

@@ -1,0 +1,97 @@
+"""Live reload: poll a few files and call back for each one whose content changed.
+
+The gateway watches its policy and its pricing overrides with one `FileWatcher` thread. Content,
+not mtime, decides (sha256 of the bytes): editors that rewrite a file with the same text, or
+filesystems with coarse timestamps, neither miss nor invent a change. Each callback validates
+and swaps in the new file itself (and keeps the last good one when it is invalid); the watcher
+only has to survive: an exception from a callback, or a file that cannot be read for a while,
+is logged and the thread keeps polling.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+Callback = Callable[[Path], object]
+
+
+def digest(path: Path) -> str | None:
+    """sha256 of the file's bytes, or None when it cannot be read right now."""
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return None
+
+
+class FileWatcher:
+    """Calls `callbacks[path](path)` when that file's content changes, checked every `interval` seconds.
+
+    `tick`, when given, runs once per poll before the files are checked (periodic housekeeping
+    that shares this thread). `poll()` does one round synchronously (tests, or a caller that
+    wants to check now); `start()` runs rounds on a daemon thread until `stop()`.
+    """
+
+    def __init__(self, callbacks: Mapping[Path, Callback], interval: float = 1.0, *,
+                 tick: Callable[[], object] | None = None, name: str = "spendgate-watch",
+                 loaded: Mapping[Path, str | None] | None = None) -> None:
+        """`loaded`: the sha256 of what the caller already loaded, per file (default: read now), so
+        an edit made between the caller's load and this constructor is not missed."""
+        self.callbacks = dict(callbacks)
+        self.interval = interval
+        self.tick = tick
+        self.name = name
+        loaded = loaded or {}
+        self._seen: dict[Path, str | None] = {p: loaded[p] if p in loaded else digest(p) for p in self.callbacks}
+        self._unreadable: set[Path] = set()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def poll(self) -> list[Path]:
+        """One round: the files whose callback ran because their content changed."""
+        if self.tick is not None:
+            try:
+                self.tick()
+            except Exception:
+                log.exception("spendgate: periodic task of %s failed", self.name)
+        changed = []
+        for path, callback in self.callbacks.items():
+            now = digest(path)
+            if now is None:
+                if path not in self._unreadable:  # once per outage, not every second
+                    log.error("spendgate: cannot read %s; keeping the last good version", path)
+                    self._unreadable.add(path)
+                continue
+            self._unreadable.discard(path)
+            if now == self._seen.get(path):
+                continue
+            self._seen[path] = now  # a bad version is reported once, not on every poll
+            changed.append(path)
+            try:
+                callback(path)
+            except Exception:
+                log.exception("spendgate: reloading %s failed; keeping the last good version", path)
+        return changed
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.poll()
+            except Exception:  # never let the watcher die: the next edit must still apply
+                log.exception("spendgate: %s poll failed", self.name)
+
+    def start(self) -> FileWatcher:
+        if self.interval > 0 and self._thread is None:
+            self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self, timeout: float | None = 5.0) -> None:
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
