@@ -12,6 +12,7 @@ from pathlib import Path
 from spendgate import resources
 from spendgate.budgets.book import BudgetBook
 from spendgate.budgets.recovery import rebuild_counters
+from spendgate.budgets.runway import check_targets
 from spendgate.cli.output import (
     add_db_arg,
     add_json_arg,
@@ -22,7 +23,8 @@ from spendgate.cli.output import (
 )
 from spendgate.cli.source import SourceError, default_db
 from spendgate.identity import fingerprint
-from spendgate.policy.model import PolicyError, load
+from spendgate.policy.model import PolicyError, load, positioned
+from spendgate.pricing.rates import Pricer
 from spendgate.store.ledger import connect
 from spendgate.workflow.approvals import attach_grants
 
@@ -54,6 +56,11 @@ def cmd_check(args: argparse.Namespace) -> int:
     except PolicyError as e:
         for prob in e.problems:
             print(prob.render(str(args.file)))
+        return 1
+    problems = positioned(policy, check_targets(policy, Pricer(_default_overrides()), datetime.now(UTC)))
+    for prob in problems:
+        print(prob.render(str(args.file)))
+    if problems:
         return 1
     for w in policy.warnings:
         print(w.render(str(args.file)))
@@ -101,3 +108,9 @@ def cmd_budgets(args: argparse.Namespace) -> int:
             "until"]
     table("Budgets", rows, cols, money=["limit_usd", "granted_usd", "spent_usd", "reserved_usd", "remaining_usd"])
     return 0
+
+
+def _default_overrides() -> Path | None:
+    """The price overrides a gateway started without options uses (targets are checked against them)."""
+    path = resources.pricing_dir() / "overrides.yaml"
+    return path if path.exists() else None

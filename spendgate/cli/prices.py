@@ -30,7 +30,13 @@ from spendgate.cli.output import (
 from spendgate.cli.source import SourceError, default_db, open_source
 from spendgate.pricing import catalogue as pc
 from spendgate.pricing import reprice
-from spendgate.pricing.rates import VARIANTS, Pricer, PricingError, compare_overrides
+from spendgate.pricing.rates import (
+    VARIANTS,
+    Pricer,
+    PricingError,
+    compare_overrides,
+    guess_provider,
+)
 from spendgate.store.ledger import LedgerLocked, connect, migrate
 from spendgate.store.sql import parse_time
 from spendgate.usage import Usage
@@ -274,19 +280,10 @@ def cmd_reprice(args: argparse.Namespace) -> int:
 # --- show ------------------------------------------------------------------------------------
 
 
-def _guess_provider(model: str) -> str:
-    m = model.lower()
-    if "claude" in m:
-        return "anthropic"
-    if "gemini" in m or "gemma" in m:
-        return "gemini"
-    return "openai"
-
-
 def cmd_show(args: argparse.Namespace) -> int:
     pricer = _pricer(_pricing_dir(args))
     at = parse_time(args.at) if args.at else datetime.now(UTC)
-    provider = args.provider or _guess_provider(args.model)
+    provider = args.provider or guess_provider(args.model)
     rates = pricer.rates(provider, args.model, at, args.variant)
     if rates is None:
         print(f"spendgate: no price for {provider} model {args.model!r} on {at.date()}: requests are recorded as "
