@@ -309,3 +309,41 @@ def check_targets(policy: Policy, pricer: Pricer, at: datetime) -> list[tuple[tu
                                     f"({key} ${b.base} > ${a.base} per million tokens)"))
                         break
     return out
+
+
+# --- what is in force now (for `spendgate budgets`, the dashboard, the engineer view) ---------
+
+
+def _rule_covers_scope(rule_scope: str, budget_scope: str) -> bool:
+    if rule_scope == "defaults":
+        return budget_scope.startswith("user:") or budget_scope == UNATTRIBUTED
+    if rule_scope == "organization":
+        return budget_scope.startswith("organization:")
+    return rule_scope.lower() == budget_scope.lower()
+
+
+def step_downs_in_force(policy: Policy, status_rows: list[dict]) -> list[dict]:
+    """Budgets (`BudgetBook.status()` rows) past a step-down rule's threshold, and what runs instead.
+
+    `at: cap` rules are in force once nothing is left. Each entry: scope, window, rule, models
+    ("claude-opus-* -> claude-sonnet-4-5"), used_percent, until (the window's reset, ISO 8601),
+    and `message`, the sentence the engineer view shows.
+    """
+    out = []
+    for rule in policy.runway.step_down:
+        for row in status_rows:
+            if not _rule_covers_scope(rule.scope, row["scope"]) or (rule.window and row["window"] != rule.window):
+                continue
+            limit = row["limit_usd"] + row.get("granted_usd", 0.0)
+            used = (row["spent_usd"] + row.get("reserved_usd", 0.0)) * 100 / limit if limit > 0 else 100.0
+            if used < (100.0 if rule.at is None else float(rule.at)):
+                continue
+            models = ", ".join(f"{src} -> {dst}" for src, dst in rule.models)
+            why = "is at its cap" if rule.at is None else f"is past {rule.at.normalize():f}% ({used:.0f}% used)"
+            out.append({
+                "scope": row["scope"], "window": row["window"], "rule": f"step_down[{rule.index}]",
+                "models": models, "used_percent": round(used, 1), "until": row["resets_at"],
+                "message": f"{models} until {row['resets_at'][11:16]} UTC because the {row['window']} budget of "
+                           f"{row['scope']} {why}",
+            })
+    return out

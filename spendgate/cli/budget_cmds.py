@@ -12,7 +12,7 @@ from pathlib import Path
 from spendgate import resources
 from spendgate.budgets.book import BudgetBook
 from spendgate.budgets.recovery import rebuild_counters
-from spendgate.budgets.runway import check_targets
+from spendgate.budgets.runway import check_targets, step_downs_in_force
 from spendgate.cli.output import (
     add_db_arg,
     add_json_arg,
@@ -91,6 +91,7 @@ def offline_status(db: Path, policy_path: Path) -> list[dict]:
 
 def cmd_budgets(args: argparse.Namespace) -> int:
     db = args.db or default_db()
+    src = None
     try:
         src = source(args)
         rows = src.query("budgets") if src.where.startswith("gateway") else None
@@ -107,6 +108,21 @@ def cmd_budgets(args: argparse.Namespace) -> int:
     cols = ["scope", "window", "limit_usd", "granted_usd", "spent_usd", "reserved_usd", "remaining_usd", "resets_at",
             "until"]
     table("Budgets", rows, cols, money=["limit_usd", "granted_usd", "spent_usd", "reserved_usd", "remaining_usd"])
+    state = None
+    if src is not None and src.where.startswith("gateway"):  # it knows its live rate-limit buckets
+        try:
+            state = src.query("runway")
+        except SourceError:
+            state = None
+    if state is None:
+        try:
+            state = {"step_downs": step_downs_in_force(load(args.policy or default_policy()), rows), "rate_limits": []}
+        except PolicyError:
+            state = {"step_downs": [], "rate_limits": []}
+    if state["step_downs"]:
+        table("Step-downs in force", state["step_downs"], ["scope", "window", "rule", "models", "used_percent", "until"])
+    if state["rate_limits"]:
+        table("Rate limits", state["rate_limits"], ["scope", "kind", "limit", "remaining"])
     return 0
 
 

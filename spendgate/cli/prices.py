@@ -318,6 +318,9 @@ def explain_lines(row: dict[str, Any]) -> list[str]:
         f"  outcome {row['outcome']}{' (estimated usage)' if row.get('estimated') else ''}"
         + (f"; note: {row['note']}" if row.get("note") else ""),
     ]
+    if row.get("requested_model"):
+        out.append(f"  substituted: the client asked for {row['requested_model']}; a step-down rule ran "
+                   f"{row.get('model') or '?'} instead and it was priced as that model")
     usage = Usage(**{k: int(row.get(k) or 0) for k in Usage.__dataclass_fields__})
     out.append(
         f"  usage: input {usage.input_tokens:,} (uncached {usage.uncached_input_tokens:,}, cache read "

@@ -64,6 +64,9 @@ step_down:
     gw.ledger(wait_for=3)
     log = gw.log_text()
     assert log.count("requests now run claude-opus-4-1 -> claude-sonnet-4-5 until it resets") == 1
+    # visible: `spendgate budgets` (through the running gateway) lists the step-down in force
+    out = gw.cli("budgets", check=True).stdout
+    assert "Step-downs in force" in out and "claude-opus-* -> claude-sonnet-4-5" in out
     client.close()
 
 
@@ -138,6 +141,8 @@ rate_limits:
     patient = anthropic.Anthropic(api_key=ANTHROPIC_KEY, http_client=gw.http_client(), max_retries=2)
     ok = ask(patient, "claude-sonnet-4-5")
     assert ok.http_response.status_code == 200
+    out = gw.cli("budgets", check=True).stdout
+    assert "Rate limits" in out and "requests_per_minute" in out
     rows = gw.ledger(wait_for=22)
     assert [r["status"] for r in rows if r["outcome"] == "blocked"] == [429] * (len(rows) - 21)
     client.close()

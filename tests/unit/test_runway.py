@@ -158,3 +158,26 @@ def test_policy_check_reports_runway_targets(tmp_path, capsys):
     assert main(["policy", "check", str(f)]) == 1
     out = capsys.readouterr().out
     assert f"{f}:6:" in out and "is not cheaper than" in out
+
+
+def test_explain_and_in_force_say_when_a_model_was_substituted():
+    from spendgate.budgets.runway import step_downs_in_force
+    from spendgate.cli.prices import explain_lines
+
+    row = {"request_id": "r-1", "ts": "2026-11-30T12:00:00Z", "user": "alice", "client": "claude-code",
+           "provider": "anthropic", "endpoint": "messages", "model": "claude-sonnet-4-5", "outcome": "ok",
+           "requested_model": "claude-opus-4-1", "price_source": "x", "cost_usd": 0.01, "charged_usd": 0.01}
+    text = "\n".join(explain_lines(row))
+    assert "the client asked for claude-opus-4-1; a step-down rule ran claude-sonnet-4-5 instead" in text
+    p = pol("""defaults: {user: {day: 10}}
+step_down:
+  - {scope: defaults, at: 80, window: day, models: {"claude-opus-*": claude-sonnet-4-5}}
+""")
+    rows = [{"scope": "user:alice", "window": "day", "limit_usd": 10.0, "granted_usd": 0.0, "spent_usd": 8.5,
+             "reserved_usd": 0.0, "resets_at": "2026-12-01T00:00:00Z"},
+            {"scope": "user:bob", "window": "day", "limit_usd": 10.0, "granted_usd": 0.0, "spent_usd": 1.0,
+             "reserved_usd": 0.0, "resets_at": "2026-12-01T00:00:00Z"}]
+    (only,) = step_downs_in_force(p, rows)
+    assert only["scope"] == "user:alice" and only["message"] == (
+        "claude-opus-* -> claude-sonnet-4-5 until 00:00 UTC because the day budget of user:alice is past 80% "
+        "(85% used)")
