@@ -150,13 +150,15 @@ class SpendGate:
         if ex is None:
             return
         flow.metadata[META] = ex
-        answer = self.gateway.admission.admit(ex)
+        answer = self.gateway.admission.admit(ex, req.path, req.raw_content or b"")
         if answer is not None:  # over budget (or refused by policy): never forwarded
             flow.response = http.Response.make(answer.status, answer.body, answer.headers)
             self.gateway.meter.finish(ex, None)
             return
         if ex.request.rewritten_body is not None:
             req.content = ex.request.rewritten_body
+        if ex.request.rewritten_path is not None:  # a step-down on an API that names the model in the path
+            req.path = ex.request.rewritten_path
         if ex.request.drop_usage_chunk:
             req.headers["accept-encoding"] = "identity"  # so the event we add can be taken out again
 

@@ -19,10 +19,11 @@ from spendgate.budgets.book import BudgetBook
 from spendgate.budgets.journal import Journal
 from spendgate.budgets.plans import PlanCharger
 from spendgate.budgets.recovery import rebuild_counters, recover_interrupted
+from spendgate.budgets.runway import check_targets
 from spendgate.identity import Identity, resolve
 from spendgate.metering.meter import Meter
 from spendgate.metering.opaque import OpaqueRecorder
-from spendgate.policy.model import Policy, PolicyError, load
+from spendgate.policy.model import Policy, PolicyError, load, positioned
 from spendgate.policy.watch import FileWatcher
 from spendgate.pricing.rates import Pricer, PricingError
 from spendgate.store.ledger import DuckDBLedger, LedgerLocked, LedgerRow
@@ -61,6 +62,10 @@ class Gateway:
             pricer = Pricer(settings.pricing)
         except (PricingError, OSError) as e:
             raise GatewayError(f"pricing overrides: {e}") from None
+        problems = positioned(policy, check_targets(policy, pricer, datetime.now(UTC)))
+        if problems:
+            raise GatewayError("invalid policy, not starting:\n" + "\n".join(p.render(str(settings.policy))
+                                                                           for p in problems))
         return policy, pricer
 
     def __init__(self, settings: Settings) -> None:
@@ -97,6 +102,7 @@ class Gateway:
             self.book, self.pricer, self.journal,
             store_error=lambda: None if self.ledger.healthy else str(self.ledger.stats.last_error or "unknown"),
             warning=self.workflow.warning, after_charge=self.workflow.after_charge,
+            stepped_down=self.workflow.stepped_down,
         )  # fmt: skip
         self.meter = Meter(self.pricer, self.ledger, self.identify)
         self.meter.listeners.append(self.admission.settle)
@@ -166,6 +172,9 @@ class Gateway:
     def reload_policy(self) -> bool:
         try:
             policy = load(self.settings.policy)
+            found = positioned(policy, check_targets(policy, self.pricer, datetime.now(UTC)))
+            if found:
+                raise PolicyError(str(self.settings.policy), found)
         except PolicyError as e:
             log.error("spendgate: policy edit rejected, keeping the last good policy:\n%s", e)
             self.workflow.policy_rejected(str(self.settings.policy), _read_or_none(self.settings.policy), str(e),

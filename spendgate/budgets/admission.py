@@ -1,11 +1,13 @@
 """Admission before a request is forwarded, settlement after its response: reserve, refuse, settle.
 
-On the proxy's event loop `admit` does in-memory work only: estimate a conservative cost, reserve
-it on every covering budget at once (`BudgetBook.admit`), journal the reservation so a crash
-cannot lose it, or answer with the provider-shaped refusal. On the meter worker `settle` swaps
-the reservation for the row's actual charge. Rules: an unpriced model is blocked, free or charged
-the policy's fallback rate (`unpriced`); `on_store_error: fail_closed` refuses while ledger
-writes fail.
+On the proxy's event loop `admit` does in-memory work only, in this order: the policy's model
+rules (403), a step-down to a cheaper model past a threshold (budgets.runway), an estimate of the
+cost, a reservation on every covering budget at once (`BudgetBook.admit`; at the cap a step-down
+rule may still admit the request on its cheaper target), the rate limits (a retryable 429), and a
+journal line so a crash cannot lose the reservation. On the meter worker `settle` swaps the
+reservation for the row's actual charge and corrects the token buckets. Rules: an unpriced model
+is blocked, free or charged the policy's fallback rate (`unpriced`); `on_store_error:
+fail_closed` refuses while ledger writes fail.
 """
 
 from __future__ import annotations
@@ -19,10 +21,18 @@ from decimal import Decimal
 from spendgate.budgets import refusal
 from spendgate.budgets.book import BudgetBook, Decision
 from spendgate.budgets.journal import Journal
+from spendgate.budgets.runway import (
+    Limited,
+    RateLimiter,
+    StepDownChoice,
+    cannot_serve,
+    model_denial,
+    step_down,
+)
 from spendgate.identity import Identity
 from spendgate.metering.meter import CHARS_PER_TOKEN, Exchange
 from spendgate.policy.model import Policy
-from spendgate.pricing.rates import MTOK, Pricer, compute
+from spendgate.pricing.rates import MTOK, Pricer, compute, guess_provider
 from spendgate.store.ledger import LedgerRow
 from spendgate.usage import Usage
 
@@ -56,34 +66,78 @@ class Admission:
         store_error: Callable[[], str | None],
         warning: Callable[[Decision], str | None],
         after_charge: Callable[[Identity, LedgerRow], None],
+        stepped_down: Callable[[Identity, StepDownChoice], None] = lambda identity, choice: None,
     ) -> None:
         self.book = book
         self.pricer = pricer  # swapped by the gateway on re-pricing
         self.journal = journal
+        self.limiter = RateLimiter()
         self._store_error = store_error
         self._warning = warning
         self._after_charge = after_charge
+        self._stepped_down = stepped_down
 
     @property
     def policy(self) -> Policy:
         return self.book.policy
 
-    def estimate(self, ex: Exchange, now: datetime) -> Decimal | None:
-        """A conservative cost in USD: all input uncached, output up to a typical cap (None: block)."""
-        typical = self.policy.typical_output(ex.request.model)
-        usage = Usage(
-            input_tokens=math.ceil(ex.request.input_bytes / CHARS_PER_TOKEN),
-            output_tokens=min(ex.request.max_output_tokens or typical, typical),
-        )
-        rates = self.pricer.rates(ex.provider, ex.request.model, now) if ex.request.model else None
+    def estimate(self, ex: Exchange, now: datetime, model: str | None = None) -> Decimal | None:
+        """A conservative cost in USD: all input uncached, output up to a typical cap (None: block).
+
+        `model` prices the request as if it asked for that model (a step-down's target).
+        """
+        model = model or ex.request.model
+        usage = self._estimated_usage(ex, model)
+        rates = self.pricer.rates(ex.provider, model, now) if model else None
         if rates is not None:
             cost = compute(rates, usage).cost
             if cost is not None:
                 return cost
         return fallback_cost(self.policy, usage)
 
-    def admit(self, ex: Exchange) -> refusal.Answer | None:
-        """Event loop: None to forward the request; otherwise the answer to give instead."""
+    def _estimated_usage(self, ex: Exchange, model: str | None) -> Usage:
+        typical = self.policy.typical_output(model)
+        return Usage(
+            input_tokens=math.ceil(ex.request.input_bytes / CHARS_PER_TOKEN),
+            output_tokens=min(ex.request.max_output_tokens or typical, typical),
+        )
+
+    def _substitute(self, ex: Exchange, choice: StepDownChoice | None, now: datetime) -> Decimal | None:
+        """Rewrite the request onto the step-down target when it can take it; its estimate, or None."""
+        if choice is None or ex.route.adapter is None:
+            return None
+        if guess_provider(choice.target) != ex.provider:
+            return None  # another provider speaks another API: never rewritten across providers
+        why = cannot_serve(self.pricer, ex.provider, choice.target,
+                           math.ceil(ex.request.input_bytes / CHARS_PER_TOKEN), ex.request.max_output_tokens)
+        if why is not None:
+            ex.extra["step_down_skipped"] = f"{choice.requested} -> {choice.target} not used: {why}"
+            return None
+        amount = self.estimate(ex, now, choice.target)
+        if amount is None:
+            return None
+        body = ex.request.rewritten_body if ex.request.rewritten_body is not None else ex.extra.get("body", b"")
+        rewritten = ex.route.adapter.with_model(ex.extra.get("path", ""), body, choice.target)
+        if rewritten is None:
+            return None
+        ex.extra["step_down_plan"] = (choice, rewritten)
+        return amount
+
+    def _apply_substitution(self, ex: Exchange) -> None:
+        choice, (path, body) = ex.extra.pop("step_down_plan")
+        if path != ex.extra.get("path"):
+            ex.request.rewritten_path = path
+        if body is not (ex.request.rewritten_body if ex.request.rewritten_body is not None else ex.extra.get("body")):
+            ex.request.rewritten_body = body
+        ex.extra["step_down"] = choice
+        ex.request.model = choice.target
+
+    def admit(self, ex: Exchange, path: str = "", body: bytes = b"") -> refusal.Answer | None:
+        """Event loop: None to forward the request; otherwise the answer to give instead.
+
+        `path` and `body` are the request as the client sent it; a step-down rewrites them into
+        `ex.request.rewritten_path` / `rewritten_body`, which the proxy edge then sends.
+        """
         if ex.route.adapter is None or ex.request.free:
             return None
         fail_closed = self.policy.on_store_error == "fail_closed"
@@ -93,15 +147,48 @@ class Admission:
             if fail_closed:
                 return refuse(ex, refusal.unavailable(ex.provider, "cannot record spend (ledger store failing); "
                                                       "on_store_error is fail_closed"))
+        policy = self.policy
+        ex.extra["path"], ex.extra["body"] = path, body
+        denial = model_denial(policy, ex.identity, ex.request.model)
+        if denial is not None:
+            return refuse(ex, refusal.model_denied(ex.provider, denial.message), denial.message)
         now = datetime.now(UTC)
-        amount = self.estimate(ex, now)
+        runway = not policy.runway.empty
+        budgets = self.book.covering(ex.identity, now) if policy.runway.step_down else []
+        amount = None
+        if budgets:  # past a step-down threshold: price (and later send) the cheaper model
+            amount = self._substitute(ex, step_down(policy, self.book, ex.identity, ex.request.model, budgets), now)
+        if amount is None:
+            amount = self.estimate(ex, now)
         if amount is None:
             return refuse(ex, refusal.unavailable(
                 ex.provider, f"model {ex.request.model!r} has no known price and the policy blocks unpriced models"))
         decision = self.book.admit(ex.identity, amount, now)
+        if not decision.admitted and budgets and "step_down_plan" not in ex.extra:  # at the cap: runway left?
+            choice = step_down(policy, self.book, ex.identity, ex.request.model, budgets, decision.exhausted)
+            cheaper = self._substitute(ex, choice, now)
+            if cheaper is not None:
+                retry = self.book.admit(ex.identity, cheaper, now)
+                if retry.admitted:
+                    decision = retry
+                else:
+                    ex.extra.pop("step_down_plan", None)
         if not decision.admitted:
             answer = refusal.over_budget(ex.provider, decision.exhausted, decision.spent, now)
             return refuse(ex, answer, refusal.budget_message(decision.exhausted, decision.spent, now))
+        if runway and policy.runway.rate_limits:
+            tokens = self._estimated_usage(ex, ex.request.model)
+            ticket = self.limiter.admit(policy, ex.identity, tokens.input_tokens + tokens.output_tokens)
+            if isinstance(ticket, Limited):
+                self.book.settle(decision.reservation, Decimal(0))
+                ex.extra.pop("step_down_plan", None)
+                answer = refusal.rate_limited(ex.provider, ticket.message, ticket.retry_after, ticket.scope,
+                                              ticket.kind)
+                return refuse(ex, answer, ticket.message)
+            ex.extra["rate_ticket"] = ticket
+        if "step_down_plan" in ex.extra:
+            self._apply_substitution(ex)
+        del ex.extra["path"], ex.extra["body"]
         try:
             self.journal.reserve(ex.request_id, amount, journal_record(ex))
         except OSError as e:
@@ -125,6 +212,10 @@ class Admission:
         warning = self._warning(d)  # past an alert threshold: one line naming the command to run
         if warning:
             headers["x-spendgate-warning"] = warning
+        choice: StepDownChoice | None = ex.extra.get("step_down")
+        if choice is not None:
+            headers["x-spendgate-model-substituted"] = f"{choice.requested} -> {choice.target}"
+            headers["x-spendgate-substitution-reason"] = choice.reason
         return headers
 
     def settle(self, ex: Exchange, row: LedgerRow) -> None:
@@ -136,13 +227,26 @@ class Admission:
             row.note = (row.note + "; " if row.note else "") + "charged the unpriced fallback rate"
         if row.charged_usd is None and res is not None:
             row.charged_usd = res.amount
+        choice: StepDownChoice | None = ex.extra.get("step_down")
+        if choice is not None:
+            row.requested_model = choice.requested
+            row.note = (row.note + "; " if row.note else "") + f"stepped down from {choice.requested}: {choice.reason}"
+        if skipped := ex.extra.get("step_down_skipped"):
+            row.note = (row.note + "; " if row.note else "") + skipped
+        ticket = ex.extra.get("rate_ticket")
+        if ticket is not None:
+            self.limiter.settle(ticket, row.input_tokens + row.output_tokens)
         if res is not None:
             self.book.settle(res, row.charged_usd or Decimal(0))
+            if choice is not None:
+                self._stepped_down(ex.identity, choice)  # the first in a window raises an alert
             self._after_charge(ex.identity, row)  # tiered alerts and projected overrun
 
 
 def refuse(ex: Exchange, answer: refusal.Answer, reason: str | None = None) -> refusal.Answer:
     """Mark the exchange blocked (recorded as a `blocked` row) and hand back the answer to send."""
+    ex.extra.pop("path", None)
+    ex.extra.pop("body", None)
     ex.extra["blocked"] = True
     ex.extra["blocked_reason"] = reason or answer.body.decode(errors="replace")[:300]
     ex.status = answer.status

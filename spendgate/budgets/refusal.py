@@ -50,17 +50,24 @@ def budget_message(budget: Budget, spent: Decimal, now: datetime) -> str:
     )
 
 
+# kind -> (Anthropic error.type, Gemini (code, status), OpenAI (type, code)); shapes per NOTES §4
+_KINDS = {
+    "budget": ("billing_error", (429, "RESOURCE_EXHAUSTED"), ("insufficient_quota", "budget_exceeded")),
+    "unavailable": ("api_error", (503, "UNAVAILABLE"), ("server_error", "gateway_unavailable")),
+    "rate_limit": ("rate_limit_error", (429, "RESOURCE_EXHAUSTED"), ("rate_limit_exceeded", "rate_limit_exceeded")),
+    "forbidden": ("permission_error", (403, "PERMISSION_DENIED"), ("permission_error", "model_not_allowed")),
+}
+
+
 def error_body(provider: str, message: str, *, kind: str = "budget") -> bytes:
-    """The provider's own error JSON shape."""
+    """The provider's own error JSON shape for `kind` (budget, unavailable, rate_limit, forbidden)."""
+    anthropic_type, (gcode, gstatus), (otype, ocode) = _KINDS[kind]
     if provider == "anthropic":
-        etype = "billing_error" if kind == "budget" else "api_error"
-        doc: dict = {"type": "error", "error": {"type": etype, "message": message}}
+        doc: dict = {"type": "error", "error": {"type": anthropic_type, "message": message}}
     elif provider == "gemini":
-        status = "RESOURCE_EXHAUSTED" if kind == "budget" else "UNAVAILABLE"
-        doc = {"error": {"code": 429 if kind == "budget" else 503, "message": message, "status": status}}
+        doc = {"error": {"code": gcode, "message": message, "status": gstatus}}
     else:
-        etype, code = ("insufficient_quota", "budget_exceeded") if kind == "budget" else ("server_error", "gateway_unavailable")
-        doc = {"error": {"message": message, "type": etype, "param": None, "code": code}}
+        doc = {"error": {"message": message, "type": otype, "param": None, "code": ocode}}
     return json.dumps(doc).encode()
 
 
@@ -82,3 +89,18 @@ def unavailable(provider: str, message: str) -> Answer:
     """Refusing because we cannot record spend (fail_closed) or price a model (unpriced: block)."""
     headers = {"content-type": "application/json", "x-should-retry": "false"}
     return Answer(503, headers, error_body(provider, f"spendgate: {message}", kind="unavailable"))
+
+
+def rate_limited(provider: str, message: str, retry_after: int, scope: str, kind: str) -> Answer:
+    """A 429 the client SHOULD retry after `retry_after` seconds (unlike the budget refusal)."""
+    headers = {
+        "content-type": "application/json", "x-should-retry": "true", "retry-after": str(retry_after),
+        "retry-after-ms": str(retry_after * 1000), "x-spendgate-rate-limit": kind, "x-spendgate-scope": scope,
+    }  # fmt: skip
+    return Answer(429, headers, error_body(provider, message, kind="rate_limit"))
+
+
+def model_denied(provider: str, message: str) -> Answer:
+    """A 403: the policy's model rules do not let this caller use this model; retrying cannot help."""
+    headers = {"content-type": "application/json", "x-should-retry": "false"}
+    return Answer(403, headers, error_body(provider, message, kind="forbidden"))

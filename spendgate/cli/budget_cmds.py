@@ -12,6 +12,7 @@ from pathlib import Path
 from spendgate import resources
 from spendgate.budgets.book import BudgetBook
 from spendgate.budgets.recovery import rebuild_counters
+from spendgate.budgets.runway import check_targets, step_downs_in_force
 from spendgate.cli.output import (
     add_db_arg,
     add_json_arg,
@@ -22,7 +23,8 @@ from spendgate.cli.output import (
 )
 from spendgate.cli.source import SourceError, default_db
 from spendgate.identity import fingerprint
-from spendgate.policy.model import PolicyError, load
+from spendgate.policy.model import PolicyError, load, positioned
+from spendgate.pricing.rates import Pricer
 from spendgate.store.ledger import connect
 from spendgate.workflow.approvals import attach_grants
 
@@ -55,6 +57,11 @@ def cmd_check(args: argparse.Namespace) -> int:
         for prob in e.problems:
             print(prob.render(str(args.file)))
         return 1
+    problems = positioned(policy, check_targets(policy, Pricer(_default_overrides()), datetime.now(UTC)))
+    for prob in problems:
+        print(prob.render(str(args.file)))
+    if problems:
+        return 1
     for w in policy.warnings:
         print(w.render(str(args.file)))
     console.print(f"{args.file}: ok", style="green", highlight=False)
@@ -84,6 +91,7 @@ def offline_status(db: Path, policy_path: Path) -> list[dict]:
 
 def cmd_budgets(args: argparse.Namespace) -> int:
     db = args.db or default_db()
+    src = None
     try:
         src = source(args)
         rows = src.query("budgets") if src.where.startswith("gateway") else None
@@ -100,4 +108,25 @@ def cmd_budgets(args: argparse.Namespace) -> int:
     cols = ["scope", "window", "limit_usd", "granted_usd", "spent_usd", "reserved_usd", "remaining_usd", "resets_at",
             "until"]
     table("Budgets", rows, cols, money=["limit_usd", "granted_usd", "spent_usd", "reserved_usd", "remaining_usd"])
+    state = None
+    if src is not None and src.where.startswith("gateway"):  # it knows its live rate-limit buckets
+        try:
+            state = src.query("runway")
+        except SourceError:
+            state = None
+    if state is None:
+        try:
+            state = {"step_downs": step_downs_in_force(load(args.policy or default_policy()), rows), "rate_limits": []}
+        except PolicyError:
+            state = {"step_downs": [], "rate_limits": []}
+    if state["step_downs"]:
+        table("Step-downs in force", state["step_downs"], ["scope", "window", "rule", "models", "used_percent", "until"])
+    if state["rate_limits"]:
+        table("Rate limits", state["rate_limits"], ["scope", "kind", "limit", "remaining"])
     return 0
+
+
+def _default_overrides() -> Path | None:
+    """The price overrides a gateway started without options uses (targets are checked against them)."""
+    path = resources.pricing_dir() / "overrides.yaml"
+    return path if path.exists() else None

@@ -31,7 +31,13 @@ from spendgate.cli.source import SourceError, default_db, open_source
 from spendgate.money import usd
 from spendgate.pricing import catalogue as pc
 from spendgate.pricing import reprice
-from spendgate.pricing.rates import VARIANTS, Pricer, PricingError, compare_overrides
+from spendgate.pricing.rates import (
+    VARIANTS,
+    Pricer,
+    PricingError,
+    compare_overrides,
+    guess_provider,
+)
 from spendgate.store.ledger import LedgerLocked, connect, migrate
 from spendgate.store.sql import parse_time
 from spendgate.usage import Usage
@@ -275,19 +281,10 @@ def cmd_reprice(args: argparse.Namespace) -> int:
 # --- show ------------------------------------------------------------------------------------
 
 
-def _guess_provider(model: str) -> str:
-    m = model.lower()
-    if "claude" in m:
-        return "anthropic"
-    if "gemini" in m or "gemma" in m:
-        return "gemini"
-    return "openai"
-
-
 def cmd_show(args: argparse.Namespace) -> int:
     pricer = _pricer(_pricing_dir(args))
     at = parse_time(args.at) if args.at else datetime.now(UTC)
-    provider = args.provider or _guess_provider(args.model)
+    provider = args.provider or guess_provider(args.model)
     rates = pricer.rates(provider, args.model, at, args.variant)
     if rates is None:
         print(f"spendgate: no price for {provider} model {args.model!r} on {at.date()}: requests are recorded as "
@@ -322,6 +319,9 @@ def explain_lines(row: dict[str, Any]) -> list[str]:
         f"  outcome {row['outcome']}{' (estimated usage)' if row.get('estimated') else ''}"
         + (f"; note: {row['note']}" if row.get("note") else ""),
     ]
+    if row.get("requested_model"):
+        out.append(f"  substituted: the client asked for {row['requested_model']}; a step-down rule ran "
+                   f"{row.get('model') or '?'} instead and it was priced as that model")
     usage = Usage(**{k: int(row.get(k) or 0) for k in Usage.__dataclass_fields__})
     out.append(
         f"  usage: input {usage.input_tokens:,} (uncached {usage.uncached_input_tokens:,}, cache read "

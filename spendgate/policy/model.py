@@ -21,6 +21,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import jsonschema
 
+from spendgate.policy.runway import RunwayConfig, parse_runway
 from spendgate.policy.sections import (
     AlertsConfig,
     ApprovalsConfig,
@@ -70,6 +71,11 @@ def _explain(marks: Marks) -> Explain:
             return f"budget {where} must be a non-negative number of USD, not {err.instance!r}"
         if err.validator == "oneOf" and path == ("unpriced",):
             return f"{where}: must be block, allow or {{charge_per_mtok: {{input: N, output: N}}}}"
+        if err.validator == "oneOf" and len(path) == 3 and path[0] == "step_down" and path[2] == "at":
+            return (f"step_down[{path[1]}].at must be a percent (0 < at <= 100, e.g. 80 or \"80%\") or cap, "
+                    f"not {err.instance!r}")
+        if err.validator == "minProperties" and len(path) == 2 and path[0] == "rate_limits":
+            return f"rate_limits[{path[1]}] needs requests_per_minute, requests_per_day or tokens_per_minute"
         if err.validator == "pattern" and path and path[0] == "identity":
             return f"unknown identity source {err.instance!r} (proxy_auth, api_key, client_ip, local_user, header:NAME)"
         return None
@@ -124,6 +130,7 @@ class Policy:
     alerts: AlertsConfig = field(default_factory=AlertsConfig)
     sinks: dict[str, SinkConfig] = field(default_factory=dict)
     approvals: ApprovalsConfig = field(default_factory=ApprovalsConfig)
+    runway: RunwayConfig = field(default_factory=RunwayConfig)  # step_down, rate_limits, models
 
     def workspaces_of(self, user: str) -> tuple[str, ...]:
         """Workspaces a user belongs to: listed on the user, or matched by members (names or globs)."""
@@ -239,6 +246,8 @@ def parse(text: str, file: str = "<policy>", today: date | None = None) -> Polic
                                 warning=True))
     alerts, sinks, approvals, found = parse_sections(doc, set(workspaces))
     problems += [Problem(*mark(marks, path), msg) for path, msg in found]
+    runway, found = parse_runway(doc, set(workspaces))
+    problems += [Problem(*mark(marks, path), msg) for path, msg in found]
     if problems:
         raise PolicyError(file, problems)
     unpriced = doc.get("unpriced", {"charge_per_mtok": {"input": 15, "output": 75}})
@@ -267,7 +276,19 @@ def parse(text: str, file: str = "<policy>", today: date | None = None) -> Polic
         alerts=alerts,
         sinks=sinks,
         approvals=approvals,
+        runway=runway,
     )
+
+
+def positioned(policy: Policy, found: list[tuple[tuple, str]]) -> list[Problem]:
+    """(policy path, message) pairs found by checks outside this module, placed at FILE:LINE:COL."""
+    if not found:
+        return []
+    try:
+        _, marks, _ = load_yaml_with_marks(Path(policy.path).read_text())
+    except OSError:
+        marks = {}
+    return [Problem(*mark(marks, path, key_of=True), msg) for path, msg in found]
 
 
 def load(path: Path, today: date | None = None) -> Policy:

@@ -17,6 +17,7 @@ Correctness rules (each one a bug seen in other gateways):
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import json
 import logging
@@ -217,6 +218,16 @@ def compute(rates: Rates, usage: Usage) -> PriceResult:
         input_tokens=total_in,
         notes=rates.notes,
     )
+
+
+def guess_provider(model: str) -> str:
+    """The provider whose API serves a model name: claude -> anthropic, gemini/gemma -> gemini, else openai."""
+    m = model.lower()
+    if "claude" in m:
+        return "anthropic"
+    if "gemini" in m or "gemma" in m:
+        return "gemini"
+    return "openai"
 
 
 # --- the genai-prices catalogue -------------------------------------------------------------
@@ -424,6 +435,22 @@ class Pricer:
     @property
     def version(self) -> str:
         return self.catalogue.version + (f"; overrides {self.overrides_label}" if self.overrides_label else "")
+
+    def catalogue_models(self, provider: str, glob: str) -> list[str]:
+        """Model ids of `provider` in the catalogue whose id matches `glob` (case-insensitive)."""
+        pid = CATALOGUE_PROVIDER.get(provider, provider)
+        g = glob.lower()
+        return [m.id for p in self.catalogue.providers if p.id == pid for m in p.models
+                if fnmatch.fnmatchcase(m.id.lower(), g)]
+
+    def context_window(self, provider: str, model: str) -> int | None:
+        """The model's context window in tokens, from the catalogue (None: unknown or not listed)."""
+        try:
+            _, info = self.catalogue.snapshot.find_provider_model(model, None, CATALOGUE_PROVIDER.get(provider, provider),
+                                                                 None)
+        except LookupError:
+            return None
+        return getattr(info, "context_window", None)
 
     def rates(self, provider: str, model: str, at: datetime, variant: str = "standard") -> Rates | None:
         variant = variant if variant in VARIANTS else "standard"

@@ -58,6 +58,7 @@ class LedgerRow:
     bytes_in: int = 0
     bytes_out: int = 0
     charged_usd: Decimal | None = None  # what budgets counted: cost, a fallback rate, or a reservation
+    requested_model: str | None = None  # what the client asked for, when a step-down ran `model` instead
 
 
 COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(LedgerRow))
@@ -225,6 +226,11 @@ MIGRATIONS: list[tuple[int, str]] = [
             outcome VARCHAR NOT NULL
         );
         """,
+    ),
+    (
+        5,
+        # runway (spendgate/budgets/runway.py): the model the client asked for when a step-down ran another
+        "ALTER TABLE requests ADD COLUMN IF NOT EXISTS requested_model VARCHAR;",
     ),
 ]
 

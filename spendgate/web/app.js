@@ -115,14 +115,27 @@ async function renderRequests() {
   table(host, Array.isArray(rows) ? rows : rows.requests || [], cols, "No pending requests.");
 }
 
+// step-downs in force and rate limits: "you are on Sonnet until 00:00 because ..."
+function renderRunway(rw) {
+  const host = $("runway");
+  const lines = (rw.step_downs || []).map((s) => h("p", { class: "step-down" },
+    (state.me.admin ? `${s.scope}: ` : "You are on ") + s.message + "."));
+  (rw.rate_limits || []).filter((b) => b.remaining === 0).forEach((b) => lines.push(
+    h("p", { class: "rate-limited" }, `${b.scope} is at its rate limit (${b.limit} ${b.kind.replaceAll("_", " ")}).`)));
+  host.replaceChildren(h("h2", {}, "Runway"), ...lines);
+  host.hidden = lines.length === 0;
+}
+
 async function refresh() {
   try {
-    const [o, budgets] = await Promise.all([
+    const [o, budgets, rw] = await Promise.all([
       api(`/api/overview?window=${state.window}`),
       api("/api/budgets").catch(() => []),
+      api("/api/runway").catch(() => ({})),
     ]);
     render(o);
     budgetBars($("budgets"), budgets, 8);
+    renderRunway(rw);
     await renderRequests();
     $("status").textContent = `updated ${new Date().toLocaleTimeString()}`;
     document.body.dataset.ready = "1";

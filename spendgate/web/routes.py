@@ -13,6 +13,8 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from spendgate import reconcile
+from spendgate.budgets import runway
+from spendgate.budgets.admission import Admission
 from spendgate.budgets.book import BudgetBook, row_scopes
 from spendgate.policy.model import Policy
 from spendgate.pricing import reprice
@@ -31,6 +33,7 @@ class GatewayView(Protocol):
 
     policy: Policy
     book: BudgetBook
+    admission: Admission
     workflow: Workflow
 
     def cursor(self) -> Any: ...  # a DuckDB cursor of the ledger the gateway holds
@@ -66,6 +69,14 @@ def get_routes(gw: GatewayView) -> dict[str, Handler]:
     routes["/api/budgets"] = lambda params, caller: dashboard.visible_budgets(
         gw.book.status(), None if caller.admin else dashboard.own_scopes(gw.policy, caller.name)
     )
+    def runway_state(params: dict[str, Any], caller: Caller) -> Any:
+        """Step-downs in force and rate-limit buckets; an engineer sees their own scopes only."""
+        mine = None if caller.admin else dashboard.own_scopes(gw.policy, caller.name)
+        rows = [r for r in gw.book.status() if mine is None or r["scope"] in mine]
+        limits = [b for b in gw.admission.limiter.state() if mine is None or b["scope"] in mine]
+        return {"step_downs": runway.step_downs_in_force(gw.policy, rows), "rate_limits": limits}
+
+    routes["/api/runway"] = runway_state
     routes["/api/requests"] = lambda params, caller: gw.workflow.requests_for(
         params.get("status") or None, params.get("id") or None, caller.name, caller.admin
     )

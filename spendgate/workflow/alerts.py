@@ -39,10 +39,11 @@ HUNDRED = Decimal(100)
 @dataclass(frozen=True, slots=True)
 class Crossing:
     budget: Budget
-    kind: str  # threshold | projected
+    kind: str  # threshold | projected | step_down
     threshold: Decimal  # percent; 0 for a projection
     spent: Decimal
     eta: datetime | None = None  # when the limit is reached at the current burn rate
+    detail: str | None = None  # step_down: "claude-opus-4-1 -> claude-sonnet-4-5"
 
     @property
     def key(self) -> FiredKey:
@@ -93,6 +94,10 @@ def message(c: Crossing, now: datetime) -> str:
     numbers = f"{usd_of(c.spent, b.limit)}, resets {b.end.strftime('%Y-%m-%d %H:%M UTC')}"
     if c.kind == "projected":
         head = f"at this rate {_who(b.scope)} reaches the {adj} cap at {_at(c.eta, now)} ({numbers})"
+    elif c.kind == "step_down":
+        at = "its cap" if c.threshold == HUNDRED else f"{c.threshold.normalize():f}%"
+        head = (f"{_who(b.scope)} reached {at} of the {adj} budget ({numbers}); requests now run "
+                f"{c.detail} until it resets")
     else:
         head = f"{_who(b.scope)} has used {c.threshold.normalize():f}% of the {adj} budget ({numbers})"
     return f"spendgate: {head}. To ask for more: {increase_command(b)}"
@@ -223,6 +228,15 @@ class AlertEngine:
                     self._announce(c, now, current)
         return out
 
+    def stepped_down(self, budget: Budget, at: Decimal | None, detail: str, now: datetime) -> bool:
+        """The first step-down of a budget's window raises an alert, like a threshold does (once)."""
+        c = Crossing(budget, "step_down", HUNDRED if at is None else at, self.book.store.get(budget.key).spent,
+                     detail=detail)
+        if not self._persist(c, now):
+            return False
+        self._announce(c, now)
+        return True
+
     def _persist(self, c: Crossing, now: datetime) -> bool:
         """Insert the fired row first; a key that is already there means someone fired it before."""
         key = c.key
@@ -252,6 +266,7 @@ class AlertEngine:
                     "top_clients": top_spend(cur, b.scope, b.start, b.end, "client", current)}
 
         title = (f"{b.scope}: projected to reach its {ADJECTIVE[b.window]} cap" if c.kind == "projected"
+                 else f"{b.scope}: stepped down to a cheaper model ({c.detail})" if c.kind == "step_down"
                  else f"{b.scope}: {c.threshold.normalize():f}% of the {ADJECTIVE[b.window]} budget")
         self.notify(Notice(
             kind="alert", title=title, text=text, recipients=recipients(policy, b.scope),

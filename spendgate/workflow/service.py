@@ -17,6 +17,7 @@ from typing import Any
 import duckdb
 
 from spendgate.budgets.book import ZERO, BudgetBook, Decision
+from spendgate.budgets.runway import StepDownChoice
 from spendgate.identity import Identity
 from spendgate.policy.model import Policy
 from spendgate.policy.sections import SinkConfig
@@ -113,6 +114,14 @@ class Workflow:
             self.alerts.evaluate(identity, now or self.now(), current)
         except Exception:
             log.exception("spendgate: alert evaluation failed")
+
+    def stepped_down(self, identity: Identity, choice: StepDownChoice, now: datetime | None = None) -> None:
+        """Meter worker thread: alert on the first step-down in the triggering budget's window."""
+        try:
+            self.alerts.stepped_down(choice.budget, choice.rule.at, f"{choice.requested} -> {choice.target}",
+                                     now or self.now())
+        except Exception:
+            log.exception("spendgate: step-down alert failed")
 
     def warning(self, decision: Decision, now: datetime | None = None) -> str | None:
         """Event loop: the in-band warning for an admitted request (in-memory only)."""

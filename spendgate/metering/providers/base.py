@@ -30,7 +30,8 @@ class RequestInfo:
     max_output_tokens: int | None = None  # max_tokens / max_output_tokens / maxOutputTokens
     input_bytes: int = 0  # size of the prompt-bearing body, the basis of input estimates
     free: bool = False  # e.g. count_tokens: never charged, never blocked
-    rewritten_body: bytes | None = None  # set when the adapter changed the body (include_usage)
+    rewritten_body: bytes | None = None  # set when the body is to change (include_usage, a step-down)
+    rewritten_path: str | None = None  # set when the path is to change (a step-down on Gemini)
     drop_usage_chunk: bool = False  # the client did not ask for the usage chunk we added
     metadata_user: str | None = None  # e.g. Anthropic body metadata.user_id
     malformed: bool = False  # body was not the JSON we expected: forward untouched
@@ -86,6 +87,20 @@ class Adapter(ABC):
     def stream_parser(self, path: str) -> StreamParser:
         """A fresh incremental parser for one streamed response."""
 
+    def with_model(self, path: str, body: bytes, model: str) -> tuple[str, bytes] | None:
+        """The request asking for `model` instead (a step-down): JSON bodies carry it in `model`.
+
+        Returns (path, body), or None when the request cannot be rewritten (then it is not).
+        """
+        try:
+            obj = load_json(body)
+            if not isinstance(obj, dict) or not isinstance(obj.get("model"), str):
+                return None
+            obj["model"] = model
+            return path, dumps_compact(obj)
+        except Exception:
+            return None
+
     def is_stream_response(self, content_type: str, request: RequestInfo) -> bool:
         ct = content_type.lower()
         return "text/event-stream" in ct or (request.stream and "json" in ct)
@@ -122,6 +137,14 @@ def dig(obj: Any, *keys: str) -> Any:
             return None
         obj = obj.get(key)
     return obj
+
+
+def dumps_compact(obj: Any) -> bytes:
+    """Compact JSON, keeping non-ASCII text as is unless it cannot be encoded (lone surrogates)."""
+    try:
+        return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(obj, separators=(",", ":")).encode("ascii")
 
 
 def load_json(data: bytes | str) -> Any:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 from spendgate.metering.providers.base import (
     Adapter,
@@ -144,6 +144,15 @@ class GeminiAdapter(Adapter):
 
     def __init__(self, endpoint: str) -> None:
         self.endpoint = endpoint
+
+    def with_model(self, path: str, body: bytes, model: str) -> tuple[str, bytes] | None:
+        """Gemini names the model in the path (`models/{model}:method`); the body stays as it is."""
+        parts = urlsplit(path)
+        m = PATH_RE.match(parts.path)
+        if m is None:
+            return None
+        new = parts.path[: m.start(1)] + quote(model, safe="") + parts.path[m.end(1):]
+        return new + (f"?{parts.query}" if parts.query else ""), body
 
     def parse_request(self, path: str, body: bytes) -> RequestInfo:
         try:

@@ -8,7 +8,6 @@ extra usage-only chunk (see :func:`filter_usage_chunk`) so the client sees what 
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from spendgate.metering.framing import SSEDecoder
@@ -20,6 +19,7 @@ from spendgate.metering.providers.base import (
     StreamParser,
     as_int,
     dig,
+    dumps_compact,
     error_type,
     load_json,
     parse_json_request,
@@ -41,12 +41,6 @@ def chat_usage(usage: dict) -> Usage:
     )
 
 
-def dumps_compact(obj: Any) -> bytes:
-    """Compact JSON, keeping non-ASCII text as is unless it cannot be encoded (lone surrogates)."""
-    try:
-        return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-    except UnicodeEncodeError:
-        return json.dumps(obj, separators=(",", ":")).encode("ascii")
 
 
 def with_include_usage(obj: dict) -> dict:
