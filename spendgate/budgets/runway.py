@@ -132,12 +132,13 @@ class Ticket:
     tokens: int = 0
 
 
-def _bucket_scope(rule: RateLimit, identity: Identity, org: str) -> str:
-    if rule.scope == "defaults":
+def counted_scope(rule_scope: str, identity: Identity, org: str) -> str:
+    """The budget / bucket scope a rule of `rule_scope` counts for this identity (defaults: the user's own)."""
+    if rule_scope == "defaults":
         return UNATTRIBUTED if identity.user == UNATTRIBUTED else f"user:{identity.user}"
-    if rule.scope == "organization":
+    if rule_scope == "organization":
         return f"organization:{org}"
-    return rule.scope
+    return rule_scope
 
 
 class RateLimiter:
@@ -156,7 +157,7 @@ class RateLimiter:
         now = self.clock()
         wanted: list[tuple[tuple[str, str, int], float]] = []
         for rule in rules:
-            scope = _bucket_scope(rule, identity, policy.org_name)
+            scope = counted_scope(rule.scope, identity, policy.org_name)
             for kind in KINDS:
                 limit = getattr(rule, kind)
                 if limit:
@@ -227,14 +228,6 @@ class StepDownChoice:
         return f"step_down[{self.rule.index}]: {where} {at} until {self.budget.end:%Y-%m-%d %H:%M} UTC"
 
 
-def _budget_scope(rule: StepDown, identity: Identity, org: str) -> str:
-    if rule.scope == "defaults":
-        return UNATTRIBUTED if identity.user == UNATTRIBUTED else f"user:{identity.user}"
-    if rule.scope == "organization":
-        return f"organization:{org}"
-    return rule.scope
-
-
 def step_down(
     policy: Policy, book: BudgetBook, identity: Identity, model: str | None, budgets: list[Budget],
     refused_by: Budget | None = None,
@@ -250,7 +243,7 @@ def step_down(
         target = next((dst for glob, dst in rule.models if fnmatch.fnmatchcase(model.lower(), glob.lower())), None)
         if target is None or target.lower() == model.lower():
             continue
-        scope = _budget_scope(rule, identity, policy.org_name)
+        scope = counted_scope(rule.scope, identity, policy.org_name)
         for b in budgets:
             if b.scope.lower() != scope.lower() or (rule.window and b.window != rule.window):
                 continue
