@@ -112,6 +112,9 @@ def open_source(db: Path, *, write: bool = False) -> Source:
             from spendgate.reports import dashboard
 
             return dashboard.download(con, name, params)
-        return registry.run_query(con, name, params)
+        try:
+            return registry.run_query(con, name, params)
+        except ValueError as e:  # bad params (an ambiguous id prefix, a bad date): said, not a traceback
+            raise SourceError(str(e)) from None
 
     return Source(local, f"file {db}")

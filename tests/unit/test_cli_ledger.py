@@ -58,3 +58,26 @@ def test_missing_ledger_is_a_clear_error(tmp_path):
     r = subprocess.run([sys.executable, "-m", "spendgate", "ledger", "--db", str(tmp_path / "none.duckdb")],
                        capture_output=True, text=True)
     assert r.returncode == 2 and "no ledger at" in r.stderr
+
+
+def test_explain_with_an_ambiguous_prefix_says_so_without_a_traceback(tmp_path, capsys):
+    """Issue 22: `spendgate explain` with a prefix of several ids printed a traceback."""
+    from datetime import UTC, datetime
+    from decimal import Decimal
+
+    from spendgate.cli import main
+    from spendgate.store.ledger import DuckDBLedger, LedgerRow
+
+    db = tmp_path / "l.duckdb"
+    led = DuckDBLedger(db)
+    for rid in ("r-abc1", "r-abc2"):
+        led.append(LedgerRow(
+            ts=datetime.now(UTC), request_id=rid, provider="anthropic", endpoint="messages", model="m", user="u",
+            key_fingerprint=None, client="other", session_id=None, stream=False, status=200, outcome="ok",
+            estimated=False, input_tokens=1, cache_read_tokens=0, cache_write_tokens=0, cache_write_1h_tokens=0,
+            output_tokens=1, reasoning_tokens=0, web_search_requests=0, cost_usd=Decimal("0.01"),
+            price_source="x", latency_ms=None, ttft_ms=None))
+    led.close()
+    assert main(["explain", "r-abc", "--db", str(db)]) == 2
+    err = capsys.readouterr().err
+    assert "matches several requests; give more of the id" in err and "Traceback" not in err
