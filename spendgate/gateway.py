@@ -34,7 +34,8 @@ from spendgate.pricing import reprice
 from spendgate.web import app as web
 from spendgate.web.server import AdminServer, Caller, discovery_path
 from spendgate.budgets.book import BudgetBook
-from spendgate.identity import Identity, resolve
+from spendgate.identity import Identity, local_user, resolve
+from spendgate.tokens import TokenStore, tokens_path
 from spendgate.budgets.journal import Journal
 from spendgate.store.ledger import DuckDBLedger, LedgerLocked, LedgerRow, write_rows
 from spendgate.metering.meter import CHARS_PER_TOKEN, Exchange, Meter
@@ -143,6 +144,11 @@ class Gateway:
         self.workflow.policy_loaded(self.policy, "start")
         self.meter = Meter(self.pricer, self.ledger, self.identify)
         self.meter.listeners.append(self._charge)
+        # who files admin-token requests: the machine's user in laptop mode, nobody in central mode
+        self.workflow.local_person = lambda: None if self.policy.mode == "central" else (settings.user or local_user())
+        # per-user tokens (<db>.tokens): proxy credentials and approvers' credentials (spendgate tokens)
+        self.tokens = TokenStore(tokens_path(settings.db))
+        self.proxy_verified = True  # False while mitmproxy's proxyauth=any accepts every password (addon sets it)
         self.admin: AdminServer | None = None
         if settings.admin_port >= 0:
             self.admin = AdminServer(self.api_routes(), port=settings.admin_port,
@@ -158,9 +164,12 @@ class Gateway:
             self._watcher.start()
 
     # -- identity and admission (event loop: in-memory work only) --
-    def identify(self, headers: dict[str, str], query: str, proxy_user: str | None, client_ip: str | None) -> Identity:
+    def identify(self, headers: dict[str, str], query: str, proxy_user: str | None, client_ip: str | None,
+                 authenticating_only: bool = False) -> Identity:
+        """Who is asking; `authenticating_only` (dashboard, admin) ignores anything a client asserts."""
         return resolve(
-            self.policy, headers, query, proxy_user=proxy_user, client_ip=client_ip, default_user=self.settings.user
+            self.policy, headers, query, proxy_user=proxy_user, client_ip=client_ip, default_user=self.settings.user,
+            proxy_verified=self.proxy_verified, authenticating_only=authenticating_only,
         )
 
     def estimate(self, ex: Exchange, now: datetime) -> Decimal | None:
@@ -187,6 +196,9 @@ class Gateway:
             if fail_closed:
                 return self._refuse(ex, refusal.unavailable(ex.provider, "cannot record spend (ledger store failing); "
                                                             "on_store_error is fail_closed"))
+        if ex.identity.unknown:  # unknown_users: block
+            return self._refuse(ex, refusal.forbidden(
+                ex.provider, f"{ex.identity.user} is not a user in the policy (unknown_users: block)"))
         now = datetime.now(UTC)
         amount = self.estimate(ex, now)
         if amount is None:

@@ -53,6 +53,13 @@ def budget_message(budget: Budget, spent: Decimal, now: datetime) -> str:
 
 def error_body(provider: str, message: str, *, kind: str = "budget") -> bytes:
     """The provider's own error JSON shape."""
+    if kind == "forbidden":
+        if provider == "anthropic":
+            return json.dumps({"type": "error", "error": {"type": "permission_error", "message": message}}).encode()
+        if provider == "gemini":
+            return json.dumps({"error": {"code": 403, "message": message, "status": "PERMISSION_DENIED"}}).encode()
+        return json.dumps({"error": {"message": message, "type": "permission_error", "param": None,
+                                     "code": "unknown_user"}}).encode()
     if provider == "anthropic":
         etype = "billing_error" if kind == "budget" else "api_error"
         doc: dict = {"type": "error", "error": {"type": etype, "message": message}}
@@ -83,3 +90,9 @@ def unavailable(provider: str, message: str) -> Answer:
     """Refusing because we cannot record spend (fail_closed) or price a model (unpriced: block)."""
     headers = {"content-type": "application/json", "x-should-retry": "false"}
     return Answer(503, headers, error_body(provider, f"spendgate: {message}", kind="unavailable"))
+
+
+def forbidden(provider: str, message: str) -> Answer:
+    """Refusing who is asking (a user the policy does not know, with `unknown_users: block`)."""
+    headers = {"content-type": "application/json", "x-should-retry": "false"}
+    return Answer(403, headers, error_body(provider, f"spendgate: {message}", kind="forbidden"))

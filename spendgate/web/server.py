@@ -15,7 +15,7 @@ import os
 import secrets
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -28,10 +28,16 @@ Handler = Callable[[dict[str, str], "Caller"], Any]
 
 @dataclass(frozen=True, slots=True)
 class Caller:
-    """Who is calling. `admin` sees the whole organization."""
+    """Who is calling. `admin` sees the whole organization.
+
+    `source` says how the name was established: "admin-token" (the name is only a label),
+    "token" (a spendgate token), or the identity source the proxy used (proxy_auth, api_key,
+    client_ip, local_user). Only "token" and "proxy_auth" may decide requests.
+    """
 
     name: str
     admin: bool
+    source: str = field(default="", compare=False)
 
 
 class ApiError(Exception):
@@ -86,7 +92,7 @@ class AdminServer:
     def authenticate(self, header: str) -> Caller | None:
         scheme, _, value = header.partition(" ")
         if scheme.lower() == "bearer" and hmac.compare_digest(value.strip().encode(), self.token.encode()):
-            return Caller("admin", admin=True)
+            return Caller("admin", admin=True, source="admin-token")
         return None
 
     def _handler_class(self) -> type[BaseHTTPRequestHandler]:

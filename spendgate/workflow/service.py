@@ -20,7 +20,8 @@ from spendgate.workflow import audit as audit_mod
 from spendgate.web.server import ApiError, Caller
 from spendgate.policy.sections import SinkConfig
 from spendgate.workflow.alerts import AlertEngine, Spent, warning_line
-from spendgate.workflow.approvals import ApprovalError, Approvals, GrantBook, NotAllowed, iso, list_requests
+from spendgate.workflow.approvals import (DECIDING_SOURCES, ApprovalError, Approvals, GrantBook, NotAllowed, iso,
+                                          list_requests, may_decide)
 from spendgate.workflow.audit import AuditLog, policy_detail, process_actor
 from spendgate.budgets.book import ZERO, BudgetBook, Decision
 from spendgate.identity import Identity
@@ -60,6 +61,9 @@ class Workflow:
         self.alerts = AlertEngine(self.policy, book, cursor, self.audit, self.notify)
         self.alerts.load(now())
         self.expire_grants()
+        # who files a request made with the admin token alone (laptop mode: the machine's user);
+        # None: the admin token names nobody, and requests need the requester's own credentials
+        self.local_person: Callable[[], str | None] = lambda: None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         if housekeeping_interval > 0:
@@ -134,8 +138,15 @@ class Workflow:
         }
 
     def _requests_route(self, p: dict[str, str], caller: Caller) -> list[dict[str, Any]]:
+        """Admins: every request. Others: their own, plus those they may decide (`can_decide`)."""
         rows = list_requests(self.cursor(), p.get("status") or None, p.get("id") or None)
-        return rows if caller.admin else [r for r in rows if r["requester"] == caller.name]
+        policy = self._policy
+        decider = caller.source in DECIDING_SOURCES
+        for r in rows:
+            r["can_decide"] = decider and r["status"] == "pending" and may_decide(policy, caller.name, r)
+        if caller.admin:
+            return rows
+        return [r for r in rows if r["requester"] == caller.name or r["can_decide"]]
 
     def _audit_route(self, p: dict[str, str], caller: Caller) -> list[dict[str, Any]]:
         if not caller.admin:
@@ -143,10 +154,23 @@ class Workflow:
         return audit_mod.rows(self.cursor(), parse_time(p["since"]) if p.get("since") else None)
 
     def post_routes(self) -> dict[str, Callable[[dict[str, Any], Caller], Any]]:
-        def wrap(fn: Callable[[dict[str, Any], str], Any]) -> Callable[[dict[str, Any], Caller], Any]:
+        """POST /api/request, /api/approve, /api/deny. The person acting is the caller, never a
+        parameter: `actor` in the body is ignored. Deciding needs a name from DECIDING_SOURCES."""
+
+        def wrap(fn: Callable[[dict[str, Any], str], Any], deciding: bool) -> Callable[[dict[str, Any], Caller], Any]:
             def handler(params: dict[str, Any], caller: Caller) -> Any:
-                # the admin token holder asserts who is acting (the CLI sends its OS user); see the doc
-                actor = str(params.get("actor") or caller.name) if caller.admin else caller.name
+                params.pop("actor", None)
+                if deciding and caller.source not in DECIDING_SOURCES:
+                    raise ApiError(403, "deciding a request needs your own credentials: your spendgate token "
+                                        "(spendgate tokens issue YOU; the CLI reads $SPENDGATE_TOKEN) or your proxy "
+                                        "credentials on spendgate.local. The admin token names nobody")
+                if caller.source == "admin-token" or (caller.admin and caller.source not in DECIDING_SOURCES):
+                    actor = self.local_person()
+                    if not actor:
+                        raise ApiError(403, "the admin token names nobody: file the request with your own "
+                                            "spendgate token ($SPENDGATE_TOKEN)")
+                else:
+                    actor = caller.name
                 try:
                     return fn(params, actor)
                 except NotAllowed as e:
@@ -158,10 +182,12 @@ class Workflow:
 
         return {
             "/api/request": wrap(lambda p, a: self.approvals.request(
-                a, p.get("scope") or f"user:{a}", p.get("window") or "", p.get("amount"), p.get("reason") or "")),
+                a, p.get("scope") or f"user:{a}", p.get("window") or "", p.get("amount"), p.get("reason") or ""),
+                deciding=False),
             "/api/approve": wrap(lambda p, a: self.approvals.approve(
-                p.get("id") or "", a, p.get("amount"), p.get("until"), p.get("note"))),
-            "/api/deny": wrap(lambda p, a: self.approvals.deny(p.get("id") or "", a, p.get("reason") or "")),
+                p.get("id") or "", a, p.get("amount"), p.get("until"), p.get("note")), deciding=True),
+            "/api/deny": wrap(lambda p, a: self.approvals.deny(p.get("id") or "", a, p.get("reason") or ""),
+                              deciding=True),
         }
 
     def grant_rows(self) -> list[dict[str, Any]]:

@@ -157,10 +157,10 @@ def test_policy_names_the_token_file(tmp_path):
 
 
 def test_approvers_from_policy():
-    ws = SimpleNamespace(owners=("wendy",))
-    policy = SimpleNamespace(raw={"approvals": {"organization": {"approvers": ["olivia"]},
-                                                "workspaces": {"platform": {"approvers": ["pat"]}}}},
-                             org_owners=("owen",), workspaces={"platform": ws})
+    from spendgate.policy.model import parse
+
+    policy = parse("version: 1\norganization: {owners: [owen]}\nworkspaces: {platform: {owners: [wendy]}}\n"
+                   "approvals: {organization: {approvers: [olivia]}, workspaces: {platform: {approvers: [pat]}}}\n")
     assert approvers(policy) == {"olivia", "pat", "owen", "wendy"}
 
 
