@@ -86,7 +86,7 @@ class TokenStore:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # _write (under the lock) invalidates the cache
         self._by_hash: dict[str, TokenRecord] = {}
         self._stamp: tuple[int, int] | None = None
         self._checked = 0.0
@@ -141,7 +141,7 @@ class TokenStore:
     # -- writing (the CLI) --
     def _write(self, records: list[TokenRecord]) -> None:
         """Owner-only, atomically: a temporary file made by mkstemp (O_EXCL, 0600), then os.replace."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=self.path.name + ".", dir=self.path.parent)
         try:
             with os.fdopen(fd, "w") as f:

@@ -35,6 +35,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from spendgate.web.server import ApiError, Caller
+from spendgate.workflow.approvals import DECIDING_SOURCES
 
 log = logging.getLogger(__name__)
 
@@ -217,7 +218,10 @@ class WebApp:
             routes = self.post_routes
             if browser and req.headers.get("x-spendgate") != "1":
                 raise ApiError(403, "browser requests must carry X-Spendgate: 1")
-            if not caller.admin and path not in PERSON_POSTS and not (self.is_approver(caller) and path in APPROVER_POSTS):
+            # a person with their own credentials may try to decide: the one rule (workflow.approvals)
+            # then answers with its reason and puts the refused attempt on record
+            decider = self.is_approver(caller) or caller.source in DECIDING_SOURCES
+            if not caller.admin and path not in PERSON_POSTS and not (decider and path in APPROVER_POSTS):
                 raise ApiError(403, "read-only: only approvers may approve or deny; everything else needs the admin token")
             if req.body:
                 body = json.loads(req.body)
@@ -317,7 +321,6 @@ def approvers(policy: Any) -> set[str]:
 def for_gateway(gw: Any) -> WebApp:
     """The app a running `spendgate.gateway.Gateway` serves, sharing its admin API's routes."""
     from spendgate.reports import dashboard
-    from spendgate.workflow.approvals import DECIDING_SOURCES
 
     routes = gw.admin.routes if gw.admin else gw.api_routes()
     post_routes = gw.admin.post_routes if gw.admin else gw.api_post_routes()

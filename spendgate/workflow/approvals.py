@@ -171,9 +171,10 @@ def approval_rules(policy: Policy, scope: str) -> tuple[list[ApprovalRule], Appr
 def approvers_for(policy: Policy, scope: str) -> tuple[str, ...]:
     """Who may decide a request on `scope`: THE rule, used by the CLI, the API and the dashboard.
 
-    The approvers and owners of every workspace the scope belongs to, then the organization's
-    approvers (`approvals.organization`) and owners, who may decide anything. In that order
-    (it is also who is notified), without repeats.
+    The approvers (`approvals.workspaces.W`) and owners of every workspace the scope belongs to,
+    then the organization's approvers (`approvals.organization`; without that entry, the
+    organization's owners), who may decide anything. In that order (it is also who is
+    notified), without repeats.
     """
     candidates: list[str] = []
     for w in _workspaces_for(policy, scope):
@@ -181,15 +182,14 @@ def approvers_for(policy: Policy, scope: str) -> tuple[str, ...]:
         ws = policy.workspaces.get(w)
         candidates += [*(rule.approvers if rule else ()), *(ws.owners if ws else ())]
     org = policy.approvals.organization
-    candidates += [*(org.approvers if org else ()), *policy.org_owners]
+    candidates += org.approvers if org else policy.org_owners
     return tuple(dict.fromkeys(candidates))
 
 
 def all_approvers(policy: Policy) -> set[str]:
     """Everyone who may decide some request (the union of `approvers_for` over every scope)."""
-    names = set(policy.org_owners)
-    if policy.approvals.organization:
-        names.update(policy.approvals.organization.approvers)
+    org = policy.approvals.organization
+    names = set(org.approvers if org else policy.org_owners)
     for rule in policy.approvals.workspaces.values():
         names.update(rule.approvers)
     for ws in policy.workspaces.values():

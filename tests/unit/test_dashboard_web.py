@@ -161,7 +161,9 @@ def test_approvers_from_policy():
 
     policy = parse("version: 1\norganization: {owners: [owen]}\nworkspaces: {platform: {owners: [wendy]}}\n"
                    "approvals: {organization: {approvers: [olivia]}, workspaces: {platform: {approvers: [pat]}}}\n")
-    assert approvers(policy) == {"olivia", "pat", "owen", "wendy"}
+    # owen owns the organization but approvals.organization names olivia: the documented rule
+    # (docs/alerts-and-approvals.md) that approvals.approvers_for applies everywhere now
+    assert approvers(policy) == {"olivia", "pat", "wendy"}
 
 
 def test_served_by_the_loopback_admin_server():
