@@ -158,7 +158,7 @@ def resolve(
     unknown = False
     if user:
         user = canonical_user(user)
-        if not policy.knows(user) and policy.unknown_users != "default":
+        if policy.unknown_users != "default" and not policy.knows(user):  # knows() scans globs: only when asked
             unknown = True
             if policy.unknown_users == "unattributed":
                 user, unknown = None, False
