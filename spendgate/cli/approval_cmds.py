@@ -244,6 +244,8 @@ def cmd_requests(args: argparse.Namespace) -> int:
         r["ts"] = (r["ts"] or "")[:16].replace("T", " ")
     cols = ["id", "ts", "requester", "scope", "window", "amount_usd", "status", "decided_by", "granted_usd", "until",
             "reason"]
+    if any("can_decide" in r for r in rows):  # through the gateway: what the caller's token may decide
+        cols.insert(7, "can_decide")
     table(f"Budget-increase requests ({args.status})", rows, cols, money=["amount_usd", "granted_usd"])
     return 0
 

@@ -116,3 +116,36 @@ def test_token_store(tmp_path):
     assert store.list()[0]["status"] == "revoked" and "sha256" not in store.list()[0]
     with pytest.raises(ValueError, match="not a user name"):
         store.issue("bad:name")
+
+
+def test_web_app_takes_spendgate_tokens_and_never_decides_for_the_admin_token():
+    from spendgate.web.app import WebApp, WebRequest
+
+    seen = []
+
+    def approve(params, caller):
+        seen.append((dict(params), caller.name, caller.source))
+        return {"ok": True}
+
+    app = WebApp(routes={"/api/overview": lambda p, c: {"user": p.get("user")}},
+                 post_routes={"/api/approve": approve}, tokens=lambda: ["ADMIN"],
+                 is_approver=lambda c: c.source in ("token", "proxy_auth") and c.name == "dana",
+                 person=lambda t: {"sgt_dana": "dana", "sgt_bob": "bob"}.get(t))
+
+    def call(method, target, token, body=b""):
+        return app.handle(WebRequest(method, target, {"authorization": f"Bearer {token}"}, body))
+
+    r = call("GET", "/api/whoami", "sgt_dana")
+    me = json.loads(r.body)
+    assert (me["name"], me["admin"], me["approver"], me["source"]) == ("dana", False, True, "token")
+    assert json.loads(call("GET", "/api/overview?user=bob", "sgt_dana").body) == {"user": "dana"}
+    assert call("POST", "/api/approve", "sgt_dana", b'{"id": "r-1"}').status == 200
+    assert seen[-1][1:] == ("dana", "token")
+    admin_me = json.loads(call("GET", "/api/whoami", "ADMIN").body)
+    assert admin_me["admin"] and not admin_me["approver"]  # sees everything, decides nothing
+    assert call("GET", "/api/overview", "sgt_revoked").status == 401
+    login = app.handle(WebRequest("POST", "/login", {"content-type": "application/json"}, b'{"token": "sgt_bob"}'))
+    assert login.status == 200
+    sid = login.headers["Set-Cookie"].split(";")[0]
+    me = json.loads(app.handle(WebRequest("GET", "/api/whoami", {"cookie": sid})).body)
+    assert (me["name"], me["admin"], me["source"]) == ("bob", False, "token")
