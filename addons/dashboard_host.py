@@ -1,8 +1,10 @@
 """The dashboard on a virtual host through the proxy: http://spendgate.local/ (like mitm.it).
 
 An engineer whose client already uses the gateway as its proxy opens the dashboard without a
-token: the request is identified exactly like their provider traffic (proxy auth, client IP,
-local user, ...) and they see their own spend. Admins log in with a token for the org view.
+token: the request is identified like their provider traffic, but from authenticating sources
+only (proxy credentials, API key mapping, client IP map, the local user of a laptop gateway;
+never a header a client sets, not even from a trusted proxy), and they see their own spend.
+Approvers decide with their proxy credentials (spendgate tokens). Admins log in with a token.
 The app runs in a thread (asyncio.to_thread): DuckDB work never touches the event loop.
 """
 
@@ -45,8 +47,9 @@ class DashboardHost:
         headers = {k.lower(): v for k, v in req.headers.items()}
         auth = flow.metadata.get("proxyauth")
         peer = flow.client_conn.peername[0] if flow.client_conn.peername else None
-        ident = gw.identify(headers, req.path.partition("?")[2], proxy_user=auth[0] if auth else None, client_ip=peer)
-        ambient = Caller(ident.user, admin=False) if ident.user != UNATTRIBUTED else None
+        ident = gw.identify(headers, req.path.partition("?")[2], proxy_user=auth[0] if auth else None, client_ip=peer,
+                            authenticating_only=True)
+        ambient = Caller(ident.user, admin=False, source=ident.source) if ident.user != UNATTRIBUTED else None
         headers.pop("proxy-authorization", None)
         web_req = WebRequest(req.method, req.path, headers, req.raw_content or b"", ambient)
         resp = await asyncio.to_thread(gw.web.handle, web_req)

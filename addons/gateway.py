@@ -10,16 +10,7 @@ import logging
 import sys
 from pathlib import Path
 
-from access import (
-    Access,  # addons/access.py: client networks, providers-only, identity echo
-)
-from dashboard_host import (
-    DashboardHost,  # addons/ is on sys.path when mitmdump loads this script
-)
 from mitmproxy import ctx, exceptions, http
-from opaque import (
-    OpaqueCounter,  # addons/opaque.py: counts undecrypted connections to opaque AI hosts
-)
 
 from spendgate import resources
 from spendgate.budgets import refusal
@@ -29,6 +20,11 @@ from spendgate.metering import providers
 from spendgate.metering.meter import Body, Exchange
 from spendgate.metering.providers import openai_chat
 from spendgate.metering.streams import EventDropper, StreamTap
+
+from dashboard_host import DashboardHost  # addons/ is on sys.path when mitmdump loads this script
+from opaque import OpaqueCounter  # addons/opaque.py: counts undecrypted connections to opaque AI hosts
+from access import Access  # addons/access.py: client networks, providers-only, identity echo
+from proxy_tokens import ProxyTokens  # addons/proxy_tokens.py: spendgate tokens as proxy credentials
 
 log = logging.getLogger("spendgate")
 
@@ -63,6 +59,7 @@ class SpendGate:
         self.gateway: Gateway | None = None
         self.settings: Settings | None = None
         self._allow_hosts: list[str] = []  # what we last set, to tell it from the operator's
+        self.proxy_verified = True  # set by ProxyTokens: False while proxyauth=any accepts any password
 
     def load(self, loader) -> None:
         # The meter and ledger threads share the GIL with mitmproxy's event loop. CPython makes a
@@ -114,6 +111,7 @@ class SpendGate:
         except GatewayError as e:
             log.error("spendgate: %s", e)  # an error logged during start-up makes mitmdump exit 1
             return
+        self.gateway.proxy_verified = self.proxy_verified
         log.info("spendgate: ledger %s, admin API %s", self.settings.db, self.gateway.admin and self.gateway.admin.url)
 
     def _only_provider_hosts(self) -> None:
@@ -224,4 +222,6 @@ _gate = SpendGate()
 # the dashboard's virtual host runs first, so its requests never reach the metering hooks
 # the opaque counter's done() runs before the gateway closes, so open tunnels are recorded too
 # access control first: refused clients and hosts never reach the other hooks
-addons = [Access(lambda: _gate.gateway), DashboardHost(_gate), OpaqueCounter(lambda: _gate.gateway), _gate]
+# proxy tokens next: a revoked token is refused before the dashboard or the meter sees the request
+addons = [Access(lambda: _gate.gateway), ProxyTokens(_gate), DashboardHost(_gate), OpaqueCounter(lambda: _gate.gateway),
+          _gate]

@@ -20,13 +20,14 @@ from spendgate.budgets.journal import Journal
 from spendgate.budgets.plans import PlanCharger
 from spendgate.budgets.recovery import rebuild_counters, recover_interrupted
 from spendgate.budgets.runway import check_targets
-from spendgate.identity import Identity, resolve
+from spendgate.identity import Identity, local_user, resolve
 from spendgate.metering.meter import Meter
 from spendgate.metering.opaque import OpaqueRecorder
 from spendgate.policy.model import Policy, PolicyError, load, positioned
 from spendgate.policy.watch import FileWatcher
 from spendgate.pricing.rates import Pricer, PricingError
 from spendgate.store.ledger import DuckDBLedger, LedgerLocked, LedgerRow
+from spendgate.tokens import TokenStore, tokens_path
 from spendgate.web import app as web
 from spendgate.web import routes
 from spendgate.web.server import AdminServer, discovery_path
@@ -106,6 +107,11 @@ class Gateway:
         )  # fmt: skip
         self.meter = Meter(self.pricer, self.ledger, self.identify)
         self.meter.listeners.append(self.admission.settle)
+        # who files admin-token requests: the machine's user in laptop mode, nobody in central mode
+        self.workflow.local_person = lambda: None if self.policy.mode == "central" else (settings.user or local_user())
+        # per-user tokens (<db>.tokens): proxy credentials and approvers' credentials (spendgate tokens)
+        self.tokens = TokenStore(tokens_path(settings.db))
+        self.proxy_verified = True  # False while mitmproxy's proxyauth=any accepts every password (addon sets it)
         self.admin: AdminServer | None = None
         if settings.admin_port >= 0:
             self.admin = AdminServer(routes.get_routes(self), port=settings.admin_port,
@@ -123,10 +129,13 @@ class Gateway:
                                                      if settings.pricing else {})}).start()
 
     # -- what the proxy edge and the web routes call --
-    def identify(self, headers: dict[str, str], query: str, proxy_user: str | None, client_ip: str | None) -> Identity:
-        """Event loop: who pays for this request (see spendgate.identity.resolve)."""
+    def identify(self, headers: dict[str, str], query: str, proxy_user: str | None, client_ip: str | None,
+                 authenticating_only: bool = False) -> Identity:
+        """Event loop: who pays for this request (spendgate.identity.resolve); `authenticating_only`
+        (dashboard, admin) ignores anything a client merely asserts."""
         return resolve(
-            self.policy, headers, query, proxy_user=proxy_user, client_ip=client_ip, default_user=self.settings.user
+            self.policy, headers, query, proxy_user=proxy_user, client_ip=client_ip, default_user=self.settings.user,
+            proxy_verified=self.proxy_verified, authenticating_only=authenticating_only,
         )
 
     def cursor(self):

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import getpass
 import hashlib
+import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs
 
-from spendgate.policy.model import UNATTRIBUTED, Policy
+from spendgate.policy.model import UNATTRIBUTED, Policy, canonical_user, is_asserted
 
 FINGERPRINT_HEX = 12
 
@@ -76,6 +77,29 @@ def local_user() -> str:
         return os.environ.get("USER") or f"uid:{os.getuid()}"
 
 
+def os_account() -> str:
+    """The OS account of this process from the password database, never from $USER/$LOGNAME
+    (which any caller sets): what the offline CLI records as a requester without a token."""
+    try:
+        import pwd
+
+        return pwd.getpwuid(os.getuid()).pw_name
+    except (ImportError, KeyError):
+        return f"uid:{os.getuid()}"
+
+
+def is_loopback(ip: str | None) -> bool:
+    if not ip:
+        return False
+    try:
+        addr = ipaddress.ip_address(ip)
+    except ValueError:
+        return False
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped:
+        addr = addr.ipv4_mapped
+    return addr.is_loopback
+
+
 @dataclass(slots=True, frozen=True)
 class Identity:
     user: str
@@ -84,6 +108,7 @@ class Identity:
     client: str = "other"
     session_id: str | None = None
     workspaces: tuple[str, ...] = field(default=())
+    unknown: bool = False  # a name the policy does not list (see `unknown_users`)
 
 
 def resolve(
@@ -94,26 +119,48 @@ def resolve(
     proxy_user: str | None = None,
     client_ip: str | None = None,
     default_user: str | None = None,
+    proxy_verified: bool = True,
+    authenticating_only: bool = False,
 ) -> Identity:
-    """Walk the policy's identity chain; the first source that answers names the user."""
+    """Walk the policy's identity chain; the first source that answers names the user.
+
+    Sources a client can choose are skipped unless the peer may assert them: `header:NAME` (and
+    `proxy_auth` when the proxy accepts any password, `proxy_verified=False`) only from the
+    policy's `trusted_proxies`; `local_user` only for loopback clients (the machine's own user, in
+    laptop mode). `authenticating_only` (the dashboard and admin routes) drops asserted sources
+    altogether. A name the policy does not list gets what `unknown_users` says.
+    """
     key = api_key(headers, query)
     fp = fingerprint(key) if key else None
     user, source = None, UNATTRIBUTED
+    trusted_peer = policy.trusts(client_ip)
     for method in policy.identity:
+        user = None
         if method == "proxy_auth":
-            user = proxy_user
+            if proxy_verified or (trusted_peer and not authenticating_only):
+                user = proxy_user
         elif method == "api_key":
             rule = policy.keys.get(fp) if fp else None
             user = rule.user if rule else None
-        elif method.startswith("header:"):
-            user = (headers.get(method[7:].lower()) or "").strip()[:256] or None
+        elif is_asserted(method):
+            if trusted_peer and not authenticating_only:
+                user = (headers.get(method[7:].lower()) or "").strip()[:256] or None
         elif method == "client_ip":
             user = policy.user_for_ip(client_ip) if client_ip else None
         elif method == "local_user":
-            user = default_user or local_user()
+            # None: an in-process caller (tests, benchmarks), not a network peer
+            if (client_ip is None or is_loopback(client_ip)) and policy.mode != "central":
+                user = default_user or local_user()
         if user:
             source = method
             break
+    unknown = False
+    if user:
+        user = canonical_user(user)
+        if policy.unknown_users != "default" and not policy.knows(user):  # knows() scans globs: only when asked
+            unknown = True
+            if policy.unknown_users == "unattributed":
+                user, unknown = None, False
     user = user or UNATTRIBUTED
     return Identity(
         user=user,
@@ -122,4 +169,5 @@ def resolve(
         client=recognize_client(headers),
         session_id=session_id(headers),
         workspaces=policy.workspaces_of(user) if user != UNATTRIBUTED else (),
+        unknown=unknown,
     )

@@ -5,7 +5,8 @@
 #   sudo sh linux/install.sh --uninstall                     roll back
 #   sh linux/install.sh --files-only                         only place files under the kit paths
 # SPENDGATE_USER: who this machine belongs to (default: the console user).
-# SPENDGATE_PROXY_PASSWORD: this machine's proxy password (proxy_auth identity only).
+# SPENDGATE_PROXY_PASSWORD: the user's spendgate token, their proxy password (proxy_auth identity only;
+#   made on the gateway with `spendgate tokens issue USER`, passed as an MDM secret).
 set -eu
 KIT="$(cd "$(dirname "$0")/.." && pwd)"
 DIR={{dir|sh}}
@@ -55,7 +56,7 @@ fi
 case "$USER_NAME" in *[!A-Za-z0-9._@-]*) die "SPENDGATE_USER may hold letters, digits and . _ @ - only" ;; esac
 PASSWORD="${SPENDGATE_PROXY_PASSWORD:-}"
 if [ "$IDENTITY" = proxy_auth ]; then
-  [ -n "$PASSWORD" ] || die "proxy_auth identity: set SPENDGATE_PROXY_PASSWORD (this machine's proxy password)"
+  [ -n "$PASSWORD" ] || die "proxy_auth identity: set SPENDGATE_PROXY_PASSWORD to the user's token (spendgate tokens issue USER)"
   case "$PASSWORD" in *[!A-Za-z0-9._~-]*) die "SPENDGATE_PROXY_PASSWORD may hold letters, digits and . _ ~ - only" ;; esac
 fi
 

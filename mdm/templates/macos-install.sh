@@ -42,7 +42,7 @@ USER_NAME="${SPENDGATE_USER:-$CONSOLE_USER}"
 case "$USER_NAME" in *[!A-Za-z0-9._@-]*) die "SPENDGATE_USER may hold letters, digits and . _ @ - only" ;; esac
 PASSWORD="${SPENDGATE_PROXY_PASSWORD:-}"
 if [ "$IDENTITY" = proxy_auth ]; then
-  [ -n "$PASSWORD" ] || die "proxy_auth identity: set SPENDGATE_PROXY_PASSWORD (this machine's proxy password)"
+  [ -n "$PASSWORD" ] || die "proxy_auth identity: set SPENDGATE_PROXY_PASSWORD to the user's token (spendgate tokens issue USER)"
   case "$PASSWORD" in *[!A-Za-z0-9._~-]*) die "SPENDGATE_PROXY_PASSWORD may hold letters, digits and . _ ~ - only" ;; esac
 fi
 fill() {

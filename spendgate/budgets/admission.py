@@ -147,6 +147,9 @@ class Admission:
             if fail_closed:
                 return refuse(ex, refusal.unavailable(ex.provider, "cannot record spend (ledger store failing); "
                                                       "on_store_error is fail_closed"))
+        if ex.identity.unknown:  # unknown_users: block
+            return refuse(ex, refusal.forbidden(
+                ex.provider, f"{ex.identity.user} is not a user in the policy (unknown_users: block)"))
         policy = self.policy
         ex.extra["path"], ex.extra["body"] = path, body
         denial = model_denial(policy, ex.identity, ex.request.model)

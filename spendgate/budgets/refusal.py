@@ -59,9 +59,13 @@ _KINDS = {
 }
 
 
-def error_body(provider: str, message: str, *, kind: str = "budget") -> bytes:
-    """The provider's own error JSON shape for `kind` (budget, unavailable, rate_limit, forbidden)."""
+def error_body(provider: str, message: str, *, kind: str = "budget", code: str | None = None) -> bytes:
+    """The provider's own error JSON shape for `kind` (budget, unavailable, rate_limit, forbidden).
+
+    `code` replaces the OpenAI-style `error.code` (e.g. unknown_user for a refused person).
+    """
     anthropic_type, (gcode, gstatus), (otype, ocode) = _KINDS[kind]
+    ocode = code or ocode
     if provider == "anthropic":
         doc: dict = {"type": "error", "error": {"type": anthropic_type, "message": message}}
     elif provider == "gemini":
@@ -104,3 +108,9 @@ def model_denied(provider: str, message: str) -> Answer:
     """A 403: the policy's model rules do not let this caller use this model; retrying cannot help."""
     headers = {"content-type": "application/json", "x-should-retry": "false"}
     return Answer(403, headers, error_body(provider, message, kind="forbidden"))
+
+
+def forbidden(provider: str, message: str) -> Answer:
+    """Refusing who is asking (a user the policy does not know, with `unknown_users: block`)."""
+    headers = {"content-type": "application/json", "x-should-retry": "false"}
+    return Answer(403, headers, error_body(provider, f"spendgate: {message}", kind="forbidden", code="unknown_user"))

@@ -1,13 +1,16 @@
 """`spendgate request | approve | deny | requests | audit`: the way up from a budget cap, on paper.
 
-While a gateway holds the ledger, every command goes through its authenticated admin API (the
-CLI sends its OS user as the person acting, with the owner-only token). Without a gateway, the
-same workflow code runs here against the file, with the policy given by --policy.
+While a gateway holds the ledger, every command goes through its authenticated admin API. The
+person acting is established by their own spendgate token ($SPENDGATE_TOKEN, --token-file, or
+~/.config/spendgate/token), never by the OS login name or $LOGNAME: deciding needs one. Without a
+gateway, the same workflow code runs here against the file (the token is checked against the
+token file next to it), with the policy given by --policy.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -20,11 +23,12 @@ from spendgate.budgets.windows import WINDOWS
 from spendgate.cli.budget_cmds import default_policy
 from spendgate.cli.output import add_db_arg, add_json_arg, console, print_json, table
 from spendgate.cli.source import SourceError, _gateway_call, default_db
-from spendgate.identity import local_user
+from spendgate.identity import os_account
 from spendgate.money import places_for, usd, usd_of
 from spendgate.policy.model import PolicyError, load
 from spendgate.store.ledger import LedgerLocked, connect, migrate
 from spendgate.store.sql import parse_time
+from spendgate.tokens import TokenStore, tokens_path
 from spendgate.workflow import audit
 from spendgate.workflow.approvals import ApprovalError, list_requests
 
@@ -67,13 +71,34 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--policy", type=Path, help="policy for offline decisions, when no gateway runs (default: the example)")
+    p.add_argument("--token-file", type=Path, help="file holding your spendgate token (default: $SPENDGATE_TOKEN, "
+                                                   "else ~/.config/spendgate/token)")
     add_db_arg(p)
     add_json_arg(p)
 
 
+DEFAULT_TOKEN_FILE = Path("~/.config/spendgate/token")
+
+
+def personal_token(args: argparse.Namespace) -> str | None:
+    """The caller's own spendgate token: --token-file, $SPENDGATE_TOKEN, ~/.config/spendgate/token."""
+    path = getattr(args, "token_file", None)
+    if path is None and os.environ.get("SPENDGATE_TOKEN", "").strip():
+        return os.environ["SPENDGATE_TOKEN"].strip()
+    path = (path or DEFAULT_TOKEN_FILE).expanduser()
+    try:
+        return path.read_text().strip() or None
+    except FileNotFoundError:
+        if getattr(args, "token_file", None) is not None:
+            raise SourceError(f"--token-file {path}: no such file") from None
+        return None
+    except OSError as e:
+        raise SourceError(f"cannot read {path}: {e.strerror or e}") from None
+
+
 # -- where the work happens: the running gateway, or the file here --
-def _gateway(db: Path) -> Call:
-    gw = _gateway_call(db)
+def _gateway(db: Path, token: str | None = None) -> Call:
+    gw = _gateway_call(db, token)
     if gw is None:
         raise SourceError(f"{db} is locked by another process and no gateway discovery file was found")
     return gw[0]
@@ -106,16 +131,24 @@ def _offline_workflow(db: Path, policy_path: Path) -> Iterator[Any]:
 
 
 def _write(args: argparse.Namespace, action: str, params: dict[str, Any]) -> dict[str, Any]:
-    """Run request/approve/deny as the OS user, on the gateway if one holds the file."""
+    """Run request/approve/deny as the person the token names, on the gateway if one holds the file."""
     db = args.db or default_db()
-    actor = local_user()
+    token = personal_token(args)
+    if action in ("approve", "deny") and not token:
+        raise ApprovalError("deciding needs your own spendgate token (the OS login name proves nothing): ask an "
+                            "admin to run `spendgate tokens issue YOU`, then set SPENDGATE_TOKEN or pass --token-file")
     if not db.exists():
         raise SourceError(f"no ledger at {db} (start the gateway with scripts/run, or pass --db)")
     try:
         con = connect(db)
     except LedgerLocked:
-        return _gateway(db)(action, {**params, "actor": actor}, "POST")
+        return _gateway(db, token)(action, params, "POST")
     con.close()
+    actor = os_account()  # offline, without a token: whoever may write the ledger file asks as their account
+    if token:
+        actor = TokenStore(tokens_path(db)).verify(token) or ""
+        if not actor:
+            raise ApprovalError(f"your spendgate token is not valid here (revoked, expired, or not issued for {db})")
     with _offline_workflow(db, args.policy or default_policy()) as wf:
         a = wf.approvals
         if action == "request":
@@ -133,7 +166,8 @@ def _read(args: argparse.Namespace, name: str, params: dict[str, Any], local: Ca
     try:
         con = connect(db, read_only=True)
     except LedgerLocked:
-        return _gateway(db)(name, {k: v for k, v in params.items() if v is not None}, "GET")
+        token = personal_token(args) if name == "requests" else None  # approvers: what they may decide
+        return _gateway(db, token)(name, {k: v for k, v in params.items() if v is not None}, "GET")
     try:
         return local(con)
     except Exception as e:  # a ledger older than the audit tables
@@ -212,6 +246,8 @@ def cmd_requests(args: argparse.Namespace) -> int:
         r["ts"] = (r["ts"] or "")[:16].replace("T", " ")
     cols = ["id", "ts", "requester", "scope", "window", "amount_usd", "status", "decided_by", "granted_usd", "until",
             "reason"]
+    if any("can_decide" in r for r in rows):  # through the gateway: what the caller's token may decide
+        cols.insert(7, "can_decide")
     table(f"Budget-increase requests ({args.status})", rows, cols, money=["amount_usd", "granted_usd"])
     return 0
 

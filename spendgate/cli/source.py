@@ -52,13 +52,15 @@ class Source:
         return self._call(name, {k: v for k, v in params.items() if v is not None}, "RAW")
 
 
-def _gateway_call(db: Path) -> tuple[Callable[[str, dict[str, Any], str], Any], str] | None:
+def _gateway_call(db: Path, token: str | None = None) -> tuple[Callable[[str, dict[str, Any], str], Any], str] | None:
+    """Calls to the gateway holding `db`, with the admin token of its discovery file, or with
+    `token` (a person's spendgate token: the gateway then acts as that person)."""
     disc = discovery_path(db)
     try:
         info = json.loads(disc.read_text())
     except (OSError, ValueError):
         return None
-    url, token = info["url"], info["token"]
+    url, token = info["url"], token or info["token"]
 
     def call(name: str, params: dict[str, Any], method: str) -> Any:
         data = None

@@ -3,7 +3,8 @@
 Structured files (plist, mobileconfig, JSON) are built as data and serialized by plistlib/json so
 they are valid by construction; scripts and unit files come from mdm/templates with `{{name}}`
 placeholders (`{{name|sh}}`, `{{name|ps}}`, `{{name|xml}}` quote for the target language). The
-tokens @@USER@@ and @@PROXY_PASSWORD@@ are left for the install scripts to fill per machine.
+tokens @@USER@@ and @@PROXY_PASSWORD@@ (the user's spendgate token, `spendgate tokens issue USER`)
+are left for the install scripts to fill per machine.
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ from spendgate.deploy.site import DASHBOARD_HOST, OSES, USER_TOKEN, Site
 TEMPLATES = resources.mdm_templates()
 CA_NAME = "spendgate-ca.pem"  # the gateway CA (what NODE_EXTRA_CA_CERTS adds)
 BUNDLE_NAME = "spendgate-ca-bundle.pem"  # public roots + CA (what SSL_CERT_FILE replaces the store with)
-CLAUDE_HEADERS = "ANTHROPIC_CUSTOM_HEADERS"  # Claude Code sends these on every API request
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,10 +84,12 @@ def agent_env(site: Site, os_name: str) -> dict[str, str]:
 
 
 def claude_settings(site: Site, os_name: str) -> dict:
-    """Claude Code's managed-settings.json: only the env block; Claude Code applies it itself."""
+    """Claude Code's managed-settings.json: only the env block; Claude Code applies it itself.
+
+    Who pays travels in the proxy URL's credentials (the user and their spendgate token, filled in
+    per machine), never in a header the client sets (ANTHROPIC_CUSTOM_HEADERS): see docs/security.md.
+    """
     env = {k: v for k, v in agent_env(site, os_name).items() if k in ("HTTPS_PROXY", "NO_PROXY", "NODE_EXTRA_CA_CERTS")}
-    if site.identity_method == "header":
-        env[CLAUDE_HEADERS] = f"{site.identity_header}: {site.identity_user}"
     return {"env": env}
 
 
@@ -222,7 +224,7 @@ def render(site: Site) -> list[Artifact]:
             "identity_method": site.identity_method, "user_token": USER_TOKEN,
             "env_lines": _env_lines(env), "ps_env": _ps_env(env), "no_proxy": ",".join(site.no_proxy),
             "ca_fingerprints": " ".join(site.ca_fingerprints) or "(made on each machine at install)",
-            "extra_args": " ".join((["--set", "proxyauth=@/etc/spendgate/htpasswd"]
+            "extra_args": " ".join((["--set", "spendgate_proxy_tokens=true"]
                                     if site.identity_method == "proxy_auth" else []) + _dashboard_args(site)),
         }
         if os_name == "linux":

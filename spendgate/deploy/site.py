@@ -28,7 +28,7 @@ from spendgate.yamlcheck import Problem, load_yaml_with_marks, mark, schema_prob
 log = logging.getLogger(__name__)
 
 USER_TOKEN = "@@USER@@"  # filled in by the install scripts with the machine's user
-PASSWORD_TOKEN = "@@PROXY_PASSWORD@@"  # filled in from SPENDGATE_PROXY_PASSWORD at install time
+PASSWORD_TOKEN = "@@PROXY_PASSWORD@@"  # filled in at install time from SPENDGATE_PROXY_PASSWORD: the user's spendgate token
 DEFAULT_HEADER = "x-spendgate-user"
 OSES = ("linux", "macos", "windows")
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
@@ -157,6 +157,11 @@ def parse(text: str, file: Path) -> Site:
     if mode == "central" and method == "local_user":
         problems.append(Problem(*at("identity", "method"), "local_user names the gateway's own account in central "
                                                            "mode; use proxy_auth, api_key or header"))
+    if method == "header":
+        problems.append(Problem(*at("identity", "method"), "a header is set by the client itself, so anyone can "
+                                                           "send any name: use proxy_auth (each machine gets its "
+                                                           "user's token: spendgate tokens issue USER) in central "
+                                                           "mode, local_user in laptop mode"))
     if mode == "laptop" and method == "proxy_auth":
         problems.append(Problem(*at("identity", "method"), "proxy_auth is for central mode; laptop mode charges "
                                                            "the OS user (local_user) or a header"))

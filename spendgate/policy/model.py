@@ -26,6 +26,7 @@ from spendgate.policy.sections import (
     AlertsConfig,
     ApprovalsConfig,
     SinkConfig,
+    canonical_user,
     parse_sections,
 )
 from spendgate.yamlcheck import (
@@ -131,6 +132,34 @@ class Policy:
     sinks: dict[str, SinkConfig] = field(default_factory=dict)
     approvals: ApprovalsConfig = field(default_factory=ApprovalsConfig)
     runway: RunwayConfig = field(default_factory=RunwayConfig)  # step_down, rate_limits, models
+    mode: str | None = None  # central | laptop | None (not said)
+    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    unknown_users: str = "default"  # block | unattributed | default
+
+    def trusts(self, ip: str | None) -> bool:
+        """Whether a peer is one of the `trusted_proxies`, whose identity headers are believed."""
+        if not ip or not self.trusted_proxies:
+            return False
+        try:
+            addr = ipaddress.ip_address(ip)
+        except ValueError:
+            return False
+        if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped:
+            addr = addr.ipv4_mapped
+        return any(addr in net for net in self.trusted_proxies)
+
+    def knows(self, user: str) -> bool:
+        """Whether the policy names this user anywhere: users:, workspace members (globs) or owners,
+        organization owners, approvers, keys' users, client_ips. `unknown_users` decides the rest."""
+        if user in self.users or user in self.org_owners:
+            return True
+        for ws in self.workspaces.values():
+            if user in ws.owners or any(fnmatch.fnmatchcase(user, pat) for pat in ws.members):
+                return True
+        rules = [*self.approvals.workspaces.values(), *([self.approvals.organization] if self.approvals.organization else [])]
+        if any(user in r.approvers for r in rules):
+            return True
+        return any(k.user == user for k in self.keys.values()) or any(u == user for _, u in self.client_ips)
 
     def workspaces_of(self, user: str) -> tuple[str, ...]:
         """Workspaces a user belongs to: listed on the user, or matched by members (names or globs)."""
@@ -183,6 +212,49 @@ DEFAULT_TYPICAL_OUTPUT = 4096
 DEFAULT_IDENTITY = ("proxy_auth", "api_key", "local_user")
 
 
+# Identity sources a client cannot choose (each is checked against something the client does not
+# control), and those it asserts (believed only from `trusted_proxies`). See docs/security.md.
+AUTHENTICATING = ("proxy_auth", "api_key", "client_ip", "local_user")
+ASSERTED_PREFIX = "header:"
+
+
+def is_asserted(source: str) -> bool:
+    return source.startswith(ASSERTED_PREFIX)
+
+
+def _trusted_proxies(doc: dict, marks: Marks, problems: list[Problem]) -> tuple:
+    nets = []
+    for i, cidr in enumerate(doc.get("trusted_proxies") or []):
+        try:
+            net = ipaddress.ip_network(cidr, strict=False)
+        except ValueError:
+            problems.append(Problem(*mark(marks, ("trusted_proxies", i)), f"not a CIDR: {cidr!r}"))
+            continue
+        if net.prefixlen == 0:
+            problems.append(Problem(*mark(marks, ("trusted_proxies", i)),
+                                    f"trusted_proxies {cidr!r} trusts every address: any client could name any "
+                                    "user in a header; list only the proxies that set it"))
+            continue
+        nets.append(net)
+    return tuple(nets)
+
+
+def identity_problems(doc: dict, marks: Marks, identity: tuple[str, ...], trusted: tuple, mode: str | None) -> list[Problem]:
+    """Chains a client could talk its way through: an asserted source believed from anywhere, or
+    (central mode) the gateway's own OS account standing in for every client."""
+    out = []
+    for i, source in enumerate(identity):
+        pos = mark(marks, ("identity", i)) if doc.get("identity") else (1, 1)
+        if is_asserted(source) and not trusted:
+            out.append(Problem(*pos, f"{source} is asserted by the client (anyone can send any name); it is "
+                                     "believed only from the proxies listed under trusted_proxies: [CIDR, ...]. "
+                                     "Add the proxies that set it, or use proxy_auth (spendgate tokens issue)"))
+        if source == "local_user" and mode == "central":
+            out.append(Problem(*pos, "local_user names the gateway's own OS account in central mode, not the "
+                                     "client; use proxy_auth, api_key or client_ip"))
+    return out
+
+
 def _budgets(raw: dict | None) -> Budgets:
     return {w: Decimal(str(v)) for w, v in (raw or {}).items()}
 
@@ -208,23 +280,29 @@ def parse(text: str, file: str = "<policy>", today: date | None = None) -> Polic
         tz = ZoneInfo("UTC")
     today = today or datetime.now(tz).date()
     workspaces = {
-        name: Workspace(name, tuple(w.get("members", [])), _budgets(w.get("budgets")), tuple(w.get("owners", [])))
+        name: Workspace(name, tuple(canonical_user(m) for m in w.get("members", [])), _budgets(w.get("budgets")),
+                        tuple(canonical_user(o) for o in w.get("owners", [])))
         for name, w in (doc.get("workspaces") or {}).items()
     }
     users, user_ws = {}, {}
-    for name, u in (doc.get("users") or {}).items():
+    for raw_name, u in (doc.get("users") or {}).items():
+        name = raw_name
         try:
             until = _date(u.get("until"))
         except ValueError:
             problems.append(Problem(*mark(marks, ("users", name, "until")), f"users.{name}.until: not a date"))
             until = None
         if until and until < today:
-            warnings.append(Problem(*mark(marks, ("users", name, "until")),
+            warnings.append(Problem(*mark(marks, ("users", raw_name, "until")),
                                     f"the exception for {name} expired on {until}; defaults apply", warning=True))
+        name = canonical_user(name)
+        if name in users:
+            problems.append(Problem(*mark(marks, ("users", raw_name), key_of=True),
+                                    f"{raw_name!r} is listed twice (e-mail addresses compare case-insensitively)"))
         users[name] = Exception_(_budgets(u.get("budgets")), until)
         for i, ws in enumerate(u.get("workspaces", [])):
             if ws not in workspaces:
-                problems.append(Problem(*mark(marks, ("users", name, "workspaces", i)),
+                problems.append(Problem(*mark(marks, ("users", raw_name, "workspaces", i)),
                                         f"{name} is a member of undefined workspace {ws!r}"))
         user_ws[name] = tuple(u.get("workspaces", []))
     keys = {}
@@ -233,17 +311,20 @@ def parse(text: str, file: str = "<policy>", today: date | None = None) -> Polic
         if until and until < today:
             warnings.append(Problem(*mark(marks, ("keys", fp, "until")),
                                     f"the exception for key {fp} expired on {until}", warning=True))
-        keys[fp] = KeyRule(k.get("user"), _budgets(k.get("budgets")), until)
+        keys[fp] = KeyRule(canonical_user(k["user"]) if k.get("user") else None, _budgets(k.get("budgets")), until)
     nets = []
     for cidr, user in (doc.get("client_ips") or {}).items():
         try:
-            nets.append((ipaddress.ip_network(cidr, strict=False), user))
+            nets.append((ipaddress.ip_network(cidr, strict=False), canonical_user(user)))
         except ValueError:
             problems.append(Problem(*mark(marks, ("client_ips", cidr), key_of=True), f"not a CIDR: {cidr!r}"))
     identity = tuple(doc.get("identity") or DEFAULT_IDENTITY)
     if "client_ip" in identity and not nets:
         warnings.append(Problem(*mark(marks, ("identity",)), "client_ip is listed but client_ips is empty",
                                 warning=True))
+    mode = doc.get("mode")
+    trusted = _trusted_proxies(doc, marks, problems)
+    problems += identity_problems(doc, marks, identity, trusted, mode)
     alerts, sinks, approvals, found = parse_sections(doc, set(workspaces))
     problems += [Problem(*mark(marks, path), msg) for path, msg in found]
     runway, found = parse_runway(doc, set(workspaces))
@@ -260,7 +341,7 @@ def parse(text: str, file: str = "<policy>", today: date | None = None) -> Polic
         timezone=tz,
         org_name=org.get("name", "organization"),
         org_budgets=_budgets(org.get("budgets")),
-        org_owners=tuple(org.get("owners", [])),
+        org_owners=tuple(canonical_user(o) for o in org.get("owners", [])),
         identity=identity,
         defaults={k: _budgets(v) for k, v in (doc.get("defaults") or {}).items()},
         workspaces=workspaces,
@@ -277,6 +358,9 @@ def parse(text: str, file: str = "<policy>", today: date | None = None) -> Polic
         sinks=sinks,
         approvals=approvals,
         runway=runway,
+        mode=mode,
+        trusted_proxies=trusted,
+        unknown_users=doc.get("unknown_users", "default"),
     )
 
 

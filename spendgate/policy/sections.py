@@ -61,8 +61,18 @@ class ApprovalsConfig:
 Found = list[tuple[tuple, str]]
 
 
+def canonical_user(name: str) -> str:
+    """The form a user name is compared in: e-mail addresses case-insensitively (lower-cased).
+
+    Other names (OS accounts, LDAP uids) keep their case: `Alice` and `alice` may be two accounts.
+    """
+    name = name.strip()
+    return name.lower() if "@" in name else name
+
+
 def _rule(raw: dict[str, Any]) -> ApprovalRule:
-    return ApprovalRule(tuple(raw.get("approvers", [])), Decimal(str(raw.get("auto_approve_up_to", 0))))
+    return ApprovalRule(tuple(canonical_user(a) for a in raw.get("approvers", [])),
+                        Decimal(str(raw.get("auto_approve_up_to", 0))))
 
 
 def _sink(name: str, raw: dict[str, Any], problems: Found) -> SinkConfig:

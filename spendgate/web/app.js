@@ -98,8 +98,7 @@ async function renderRequests() {
   const act = (route, row, extra) => async () => {
     try {
       await api(route, { method: "POST", headers: { "Content-Type": "application/json", "X-Spendgate": "1" },
-        body: JSON.stringify(Object.assign({ id: row.id }, state.me.admin ? { actor: state.me.name } : {},
-          extra ? extra() : {})) });
+        body: JSON.stringify(Object.assign({ id: row.id }, extra ? extra() : {})) });
     } catch (e) { alert(e.message); }
     renderRequests();
   };
@@ -107,6 +106,7 @@ async function renderRequests() {
     ["reason", "why", null, "wrap"]];
   if (state.me.approver && approve && deny) {
     cols.push(["id", "", (id, row) => {
+      if (!row.can_decide) return h("span", { class: "empty" }, "");  // the server's rule: not yours to decide
       const why = h("input", { placeholder: "reason to deny", size: 12 });
       return h("span", {}, h("button", { onclick: act(approve, row) }, "Approve"), " ",
         why, h("button", { onclick: act(deny, row, () => ({ reason: why.value })) }, "Deny"));

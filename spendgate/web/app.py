@@ -5,14 +5,17 @@ on a virtual host (http://spendgate.local/ through the proxy, like mitmproxy's m
 the addon passes the identity it resolved exactly as for provider traffic.
 
 Who the caller is, first match wins:
-1. `Authorization: Bearer <admin token>` (scripts, the CLI) -> the whole organization;
-2. the `spendgate_session` cookie a browser got from POST /login with an admin token;
-3. the identity the proxy resolved (virtual host only) -> that engineer, their own rows only.
+1. `Authorization: Bearer <token>`: an admin token (scripts, the CLI) -> the whole organization,
+   under no person's name; a spendgate token (`spendgate tokens issue`) -> that person;
+2. the `spendgate_session` cookie a browser got from POST /login with either kind of token;
+3. the identity the proxy resolved from authenticating sources only (virtual host only) -> that
+   engineer, their own rows only. Never a client-set header.
 A wrong bearer token is a 401 even when 3 would have answered, so mistakes are visible.
 
 Engineers (non-admin callers) may call only the self-service GET routes, with `user` forced to
-their own name, and POST only when they are approvers. Browser-made POSTs (cookie or proxy
-identity) must carry `X-Spendgate: 1`, which no cross-site form can send (CSRF).
+their own name, POST /api/request, and approve/deny only when they are approvers identified by
+their own credentials (see docs/security.md). Browser-made POSTs (cookie or proxy identity)
+must carry `X-Spendgate: 1`, which no cross-site form can send (CSRF).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from spendgate.web.caller import ApiError, Caller
+from spendgate.workflow.approvals import DECIDING_SOURCES
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +58,8 @@ SELF_SERVICE = frozenset(
 )  # fmt: skip
 # the only POSTs an approver without the admin token may make (never reprice, import, ...)
 APPROVER_POSTS = frozenset({"/api/approve", "/api/deny"})
+# what any identified person may POST: asking for more budget, as themselves
+PERSON_POSTS = frozenset({"/api/request"})
 # self-service routes whose handlers may not honour `user`: rows are filtered on this field for
 # engineers who are not approvers (approvers see what they may decide on)
 ROW_OWNER = {"/api/requests": "requester"}
@@ -151,6 +157,7 @@ class WebApp:
     post_routes: dict[str, Handler]
     tokens: Callable[[], Sequence[str]]  # admin tokens accepted right now
     is_approver: Callable[[Caller], bool] = lambda c: c.admin
+    person: Callable[[str], str | None] = lambda token: None  # a spendgate token -> its user (None: not one)
     raw_routes: dict[str, Callable[[dict[str, Any], Caller], WebResponse]] = field(default_factory=dict)
     sessions: Sessions = field(default_factory=Sessions)
 
@@ -188,8 +195,11 @@ class WebApp:
         if auth:
             scheme, _, value = auth.partition(" ")
             if scheme.lower() == "bearer" and token_matches(value.strip(), self.tokens()):
-                return Caller("admin", admin=True)
-            raise ApiError(401, "wrong admin token")
+                return Caller("admin", admin=True, source="admin-token")
+            user = self.person(value.strip()) if scheme.lower() == "bearer" else None
+            if user:
+                return Caller(user, admin=False, source="token")
+            raise ApiError(401, "wrong token (neither an admin token nor a live spendgate token)")
         session = self.sessions.get(cookie_value(req.headers.get("cookie", "")))
         return session or req.ambient
 
@@ -208,7 +218,10 @@ class WebApp:
             routes = self.post_routes
             if browser and req.headers.get("x-spendgate") != "1":
                 raise ApiError(403, "browser requests must carry X-Spendgate: 1")
-            if not caller.admin and not (self.is_approver(caller) and path in APPROVER_POSTS):
+            # a person with their own credentials may try to decide: the one rule (workflow.approvals)
+            # then answers with its reason and puts the refused attempt on record
+            decider = self.is_approver(caller) or caller.source in DECIDING_SOURCES
+            if not caller.admin and path not in PERSON_POSTS and not (decider and path in APPROVER_POSTS):
                 raise ApiError(403, "read-only: only approvers may approve or deny; everything else needs the admin token")
             if req.body:
                 body = json.loads(req.body)
@@ -232,11 +245,12 @@ class WebApp:
         return {
             "name": caller.name,
             "admin": caller.admin,
-            "approver": caller.admin or self.is_approver(caller),
+            "approver": self.is_approver(caller),  # may decide some request: own credentials + the policy's rule
+            "source": caller.source,
             "scope": "organization" if caller.admin else "self",
             "routes": sorted(p for p in {**self.routes, **self.raw_routes} if caller.admin or p in SELF_SERVICE),
-            "post_routes": sorted(p for p in self.post_routes
-                                  if caller.admin or (self.is_approver(caller) and p in APPROVER_POSTS)),
+            "post_routes": sorted(p for p in self.post_routes if caller.admin or p in PERSON_POSTS
+                                  or (self.is_approver(caller) and p in APPROVER_POSTS)),
         }
 
     def _asset(self, path: str) -> WebResponse:
@@ -244,10 +258,11 @@ class WebApp:
         return WebResponse(200, asset(name), {"Content-Type": ctype, **SECURITY_HEADERS})
 
     def _login(self, req: WebRequest) -> WebResponse:
-        """Exchange an admin token (JSON or form body) for an HttpOnly session cookie.
+        """Exchange a token (JSON or form body) for an HttpOnly session cookie.
 
-        `name` (optional) is who the token holder says they are: it labels approvals in the audit
-        trail, as the CLI's OS user does.
+        An admin token opens the organization view; `name` (optional) only labels the page, it
+        never decides anything. A spendgate token signs its user in (their view, and their
+        decisions if the policy makes them an approver).
         """
         ctype = req.headers.get("content-type", "")
         if ctype.startswith("application/json"):
@@ -255,10 +270,14 @@ class WebApp:
         else:
             form = dict(parse_qsl(req.body.decode(errors="replace")))
         token, name = str(form.get("token") or ""), str(form.get("name") or "").strip()[:128]
-        if not token_matches(token.strip(), self.tokens()):
+        if token_matches(token.strip(), self.tokens()):
+            caller = Caller(name or "admin", admin=True, source="admin-token")
+        elif user := self.person(token.strip()):
+            caller = Caller(user, admin=False, source="token")
+        else:
             log.warning("spendgate: dashboard login with a wrong token")
             return json_response(401, {"error": "wrong admin token"})
-        sid = self.sessions.create(Caller(name or "admin", admin=True))
+        sid = self.sessions.create(caller)
         cookie = f"{COOKIE}={sid}; HttpOnly; SameSite=Strict; Path=/; Max-Age={int(self.sessions.ttl)}"
         if ctype.startswith("application/json"):
             return json_response(200, {"ok": True}, {"Set-Cookie": cookie})
@@ -293,15 +312,10 @@ def admin_tokens(policy: Any, discovery_token: str | None, env: Mapping[str, str
 
 
 def approvers(policy: Any) -> set[str]:
-    """Everyone the policy lets approve: approvals.*.approvers plus organization/workspace owners."""
-    raw = policy.raw.get("approvals") or {}
-    names = set((raw.get("organization") or {}).get("approvers") or [])
-    for rule in (raw.get("workspaces") or {}).values():
-        names.update((rule or {}).get("approvers") or [])
-    names.update(policy.org_owners)
-    for ws in policy.workspaces.values():
-        names.update(ws.owners)
-    return names
+    """Everyone who may decide some request (spendgate.workflow.approvals.all_approvers: one rule)."""
+    from spendgate.workflow.approvals import all_approvers
+
+    return all_approvers(policy)
 
 
 def for_gateway(gw: Any) -> WebApp:
@@ -324,6 +338,7 @@ def for_gateway(gw: Any) -> WebApp:
         routes=routes,
         post_routes=post_routes,
         tokens=lambda: admin_tokens(gw.policy, gw.admin.token if gw.admin else None, os.environ),
-        is_approver=lambda c: c.admin or c.name in approvers(gw.policy),
+        is_approver=lambda c: c.source in DECIDING_SOURCES and c.name in approvers(gw.policy),
+        person=gw.tokens.verify,
         raw_routes={"/api/export": export},
     )

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True, slots=True)
 class Caller:
-    """Who is calling. `admin` sees the whole organization."""
+    """Who is calling. `admin` sees the whole organization.
+
+    `source` says how the name was established: "admin-token" (the name is only a label),
+    "token" (a spendgate token), or the identity source the proxy used (proxy_auth, api_key,
+    client_ip, local_user). Only "token" and "proxy_auth" may decide requests.
+    """
 
     name: str
     admin: bool
+    source: str = field(default="", compare=False)
 
 
 class ApiError(Exception):

@@ -22,7 +22,7 @@ from spendgate.pricing.rates import Pricer, PricingError
 from spendgate.reports import dashboard, registry
 from spendgate.store.sql import parse_time
 from spendgate.web.caller import ApiError, Caller
-from spendgate.workflow.approvals import ApprovalError, NotAllowed
+from spendgate.workflow.approvals import DECIDING_SOURCES, ApprovalError, NotAllowed
 from spendgate.workflow.service import Workflow
 
 Handler = Callable[[dict[str, Any], Caller], Any]
@@ -78,7 +78,8 @@ def get_routes(gw: GatewayView) -> dict[str, Handler]:
 
     routes["/api/runway"] = runway_state
     routes["/api/requests"] = lambda params, caller: gw.workflow.requests_for(
-        params.get("status") or None, params.get("id") or None, caller.name, caller.admin
+        params.get("status") or None, params.get("id") or None, caller.name, caller.admin,
+        caller.source in DECIDING_SOURCES,
     )
     routes["/api/audit"] = audit
     routes["/api/grants"] = lambda params, caller: gw.workflow.grant_rows()
@@ -89,10 +90,23 @@ def get_routes(gw: GatewayView) -> dict[str, Handler]:
 def post_routes(gw: GatewayView) -> dict[str, Handler]:
     """POST /api/request|approve|deny (increase requests), /api/reprice, /api/reconcile/import."""
 
-    def decision(fn: Callable[[dict[str, Any], str], Any]) -> Handler:
+    def decision(fn: Callable[[dict[str, Any], str], Any], deciding: bool) -> Handler:
+        """The person acting is the caller, never a parameter (`actor` in the body is ignored).
+        Deciding needs a name from DECIDING_SOURCES (a spendgate token or proxy credentials)."""
+
         def handler(params: dict[str, Any], caller: Caller) -> Any:
-            # the admin token holder asserts who is acting (the CLI sends its OS user); see the doc
-            actor = str(params.get("actor") or caller.name) if caller.admin else caller.name
+            params.pop("actor", None)
+            if deciding and caller.source not in DECIDING_SOURCES:
+                raise ApiError(403, "deciding a request needs your own credentials: your spendgate token "
+                                    "(spendgate tokens issue YOU; the CLI reads $SPENDGATE_TOKEN) or your proxy "
+                                    "credentials on spendgate.local. The admin token names nobody")
+            if caller.source == "admin-token" or (caller.admin and caller.source not in DECIDING_SOURCES):
+                actor = gw.workflow.local_person()
+                if not actor:
+                    raise ApiError(403, "the admin token names nobody: file the request with your own "
+                                        "spendgate token ($SPENDGATE_TOKEN)")
+            else:
+                actor = caller.name
             try:
                 return fn(params, actor)
             except NotAllowed as e:
@@ -137,10 +151,12 @@ def post_routes(gw: GatewayView) -> dict[str, Handler]:
 
     return {
         "/api/request": decision(lambda p, a: approvals.request(
-            a, p.get("scope") or f"user:{a}", p.get("window") or "", p.get("amount"), p.get("reason") or "")),
+            a, p.get("scope") or f"user:{a}", p.get("window") or "", p.get("amount"), p.get("reason") or ""),
+            deciding=False),
         "/api/approve": decision(lambda p, a: approvals.approve(
-            p.get("id") or "", a, p.get("amount"), p.get("until"), p.get("note"))),
-        "/api/deny": decision(lambda p, a: approvals.deny(p.get("id") or "", a, p.get("reason") or "")),
+            p.get("id") or "", a, p.get("amount"), p.get("until"), p.get("note")), deciding=True),
+        "/api/deny": decision(lambda p, a: approvals.deny(p.get("id") or "", a, p.get("reason") or ""),
+                              deciding=True),
         "/api/reprice": reprice_route,
         "/api/reconcile/import": reconcile_import,
     }  # fmt: skip

@@ -76,7 +76,7 @@ class AdminServer:
     def authenticate(self, header: str) -> Caller | None:
         scheme, _, value = header.partition(" ")
         if scheme.lower() == "bearer" and hmac.compare_digest(value.strip().encode(), self.token.encode()):
-            return Caller("admin", admin=True)
+            return Caller("admin", admin=True, source="admin-token")
         return None
 
     def _handler_class(self) -> type[BaseHTTPRequestHandler]:

@@ -24,7 +24,7 @@ from spendgate.budgets.book import ZERO, BudgetBook
 from spendgate.budgets.windows import ADJECTIVE, WINDOWS, bounds
 from spendgate.money import places_for, usd
 from spendgate.policy.model import UNATTRIBUTED, Policy
-from spendgate.policy.sections import ApprovalRule
+from spendgate.policy.sections import ApprovalRule, canonical_user
 from spendgate.store import sql
 from spendgate.store.sql import jsonable
 from spendgate.workflow.audit import AuditLog
@@ -34,6 +34,10 @@ log = logging.getLogger(__name__)
 
 Cursor = Callable[[], duckdb.DuckDBPyConnection]
 AUTO_ACTOR = "policy:auto_approve_up_to"
+# how a caller's name must be established to decide a request: their own spendgate token, or the
+# proxy credentials verified by the gateway. Never the admin token (it names nobody), a header,
+# an API key mapping or a client address.
+DECIDING_SOURCES = frozenset({"token", "proxy_auth"})
 
 
 class ApprovalError(ValueError):
@@ -166,12 +170,62 @@ def approval_rules(policy: Policy, scope: str) -> tuple[list[ApprovalRule], Appr
 
 
 def approvers_for(policy: Policy, scope: str) -> tuple[str, ...]:
-    """Workspace approvers of the scope plus the organization's approvers (they approve anything)."""
-    ws, org = approval_rules(policy, scope)
-    names: list[str] = []
-    for r in [*ws, *([org] if org else [])]:
-        names += [a for a in r.approvers if a not in names]
-    return tuple(names)
+    """Who may decide a request on `scope`: THE rule, used by the CLI, the API and the dashboard.
+
+    The approvers (`approvals.workspaces.W`) and owners of every workspace the scope belongs to,
+    then the organization's approvers (`approvals.organization`; without that entry, the
+    organization's owners), who may decide anything. In that order (it is also who is
+    notified), without repeats.
+    """
+    candidates: list[str] = []
+    for w in _workspaces_for(policy, scope):
+        rule = policy.approvals.workspaces.get(w)
+        ws = policy.workspaces.get(w)
+        candidates += [*(rule.approvers if rule else ()), *(ws.owners if ws else ())]
+    org = policy.approvals.organization
+    candidates += org.approvers if org else policy.org_owners
+    return tuple(dict.fromkeys(candidates))
+
+
+def all_approvers(policy: Policy) -> set[str]:
+    """Everyone who may decide some request (the union of `approvers_for` over every scope)."""
+    org = policy.approvals.organization
+    names = set(org.approvers if org else policy.org_owners)
+    for rule in policy.approvals.workspaces.values():
+        names.update(rule.approvers)
+    for ws in policy.workspaces.values():
+        names.update(ws.owners)
+    return names
+
+
+def own_request(policy: Policy, actor: str, req: dict[str, Any]) -> bool:
+    """Whether `actor` asked for it or would get it: the requester, or the owner of the budget raised."""
+    kind, _, name = str(req["scope"]).partition(":")
+    if canonical_user(req["requester"]) == actor:
+        return True
+    if kind == "user":
+        return canonical_user(name) == actor
+    if kind == "key":
+        rule = policy.keys.get(name)
+        return bool(rule and rule.user == actor)
+    return False
+
+
+def decision_refusal(policy: Policy, actor: str, req: dict[str, Any], verb: str = "approve") -> str | None:
+    """Why `actor` may not decide `req` (None: they may). `verb` words the refusal (approve/deny)."""
+    actor = canonical_user(actor)
+    approvers = approvers_for(policy, req["scope"])
+    if actor not in approvers:
+        who = ", ".join(approvers) or "nobody (the policy has no approvals: section and no owners)"
+        return f"{actor} is not an approver for {req['scope']}; approvers: {who}"
+    if own_request(policy, actor, req) and not policy.approvals.allow_self_approval:
+        others = ", ".join(a for a in approvers if a != actor) or "none"
+        return f"{actor} cannot {verb} their own request; other approvers: {others}"
+    return None
+
+
+def may_decide(policy: Policy, actor: str, req: dict[str, Any]) -> bool:
+    return decision_refusal(policy, actor, req) is None
 
 
 def auto_limit(policy: Policy, scope: str) -> Decimal:
@@ -249,6 +303,7 @@ class Approvals:
     def request(self, requester: str, scope: str, window: str, amount: Any, reason: str) -> dict[str, Any]:
         policy = self.policy()
         now = self.now()
+        requester = canonical_user(requester)
         scope, amount = check_scope(scope), parse_amount(amount)
         if window not in WINDOWS:
             raise ApprovalError(f"unknown window {window!r} (one of {', '.join(WINDOWS)})")
@@ -348,17 +403,9 @@ class Approvals:
             raise ApprovalError(f"request {rid} is already {req['status']} (by {req['decided_by']})")
         return req
 
-    def _check_approver(self, actor: str, req: dict[str, Any], verb: str) -> None:
-        """Refuse (and put on record) a decision (`verb`: approve | deny) by someone who may not make it."""
-        policy = self.policy()
-        approvers = approvers_for(policy, req["scope"])
-        refusal = None
-        if actor not in approvers:
-            who = ", ".join(approvers) or "nobody (the policy has no approvals: section and no organization owners)"
-            refusal = f"{actor} is not an approver for {req['scope']}; approvers: {who}"
-        elif actor == req["requester"] and not policy.approvals.allow_self_approval:
-            others = ", ".join(a for a in approvers if a != actor) or "none"
-            refusal = f"{actor} cannot {verb} their own request; other approvers: {others}"
+    def _check_approver(self, actor: str, req: dict[str, Any], verb: str = "approve") -> None:
+        """Refuse (and put on record) a decision by someone who may not make it (`decision_refusal`)."""
+        refusal = decision_refusal(self.policy(), actor, req, verb)
         if refusal:
             self.audit.append("decision_refused", actor, scope=req["scope"], ref=req["id"], ts=self.now(),
                               detail={"reason": refusal})

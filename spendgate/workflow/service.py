@@ -29,6 +29,7 @@ from spendgate.workflow.approvals import (
     GrantBook,
     iso,
     list_requests,
+    may_decide,
 )
 from spendgate.workflow.audit import AuditLog, policy_detail, process_actor
 from spendgate.workflow.sinks import Delivery, Dispatcher, Notice
@@ -64,6 +65,9 @@ class Workflow:
         self.alerts = AlertEngine(self.policy, book, cursor, self.audit, self.notify)
         self.alerts.load(now())
         self.expire_grants()
+        # who files a request made with the admin token alone (laptop mode: the machine's user);
+        # None: the admin token names nobody, and requests need the requester's own credentials
+        self.local_person: Callable[[], str | None] = lambda: None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         if housekeeping_interval > 0:
@@ -146,10 +150,19 @@ class Workflow:
                 log.exception("spendgate: workflow housekeeping failed")
 
     # -- read side (the web layer builds routes on these) --
-    def requests_for(self, status: str | None, request_id: str | None, caller: str, admin: bool) -> list[dict[str, Any]]:
-        """Increase requests, all for an admin, else only the caller's own."""
+    def requests_for(self, status: str | None, request_id: str | None, caller: str, admin: bool,
+                     decider: bool) -> list[dict[str, Any]]:
+        """Admins: every request. Others: their own, plus those they may decide (`can_decide`).
+
+        `decider`: the caller's name was established by a source that may decide (DECIDING_SOURCES).
+        """
         rows = list_requests(self.cursor(), status, request_id)
-        return rows if admin else [r for r in rows if r["requester"] == caller]
+        policy = self._policy
+        for r in rows:
+            r["can_decide"] = decider and r["status"] == "pending" and may_decide(policy, caller, r)
+        if admin:
+            return rows
+        return [r for r in rows if r["requester"] == caller or r["can_decide"]]
 
     def audit_rows(self, since: datetime | None) -> list[dict[str, Any]]:
         return audit_mod.rows(self.cursor(), since)

@@ -57,10 +57,17 @@ def ask(client):
         model=MODEL, max_tokens=10, messages=[{"role": "user", "content": "hello"}])
 
 
-def cli_as(gw, user: str, *args: str) -> subprocess.CompletedProcess:
-    env = _clean_env({"USER": user, "LOGNAME": user})
+def cli_as(gw, user: str, *args: str, token: str | None = None) -> subprocess.CompletedProcess:
+    """The CLI run with USER/LOGNAME set to `user` and, to act as them, their spendgate token."""
+    env = _clean_env({"USER": user, "LOGNAME": user, **({"SPENDGATE_TOKEN": token} if token else {})})
     return subprocess.run(gw.cli_command(*args), capture_output=True, text=True, timeout=60, env=env,
                           cwd=str(gw.tmp), stdin=subprocess.DEVNULL)
+
+
+def issue_token(gw, user: str) -> str:
+    """`spendgate tokens issue USER`: deciding needs the approver's own token, not a login name."""
+    cp = gw.cli("tokens", "issue", user, "--json", check=True)
+    return json.loads(cp.stdout)["token"]
 
 
 def wait_json(gw, *args: str, until, timeout: float = 20.0):
@@ -114,12 +121,13 @@ def test_alerts_warning_then_429_then_request_approve_and_continue(tmp_path, gat
     rid = req["id"]
 
     # a non-approver cannot approve, and it changes nothing
-    cp = cli_as(gw, "mallory", "approve", rid)
+    tokens = {u: issue_token(gw, u) for u in ("mallory", "lead")}
+    cp = cli_as(gw, "mallory", "approve", rid, token=tokens["mallory"])
     assert cp.returncode == 1 and "mallory is not an approver for user:tester; approvers: lead" in cp.stderr
     with pytest.raises(anthropic.RateLimitError):
         ask(client)
 
-    cp = cli_as(gw, "lead", "approve", rid)
+    cp = cli_as(gw, "lead", "approve", rid, token=tokens["lead"])
     assert cp.returncode == 0, cp.stderr
     assert f"request {rid} approved: +$1.00" in cp.stdout
     assert ask(client).status_code == 200  # at once: no restart, no policy edit
@@ -188,7 +196,7 @@ def test_a_rejected_policy_edit_and_an_offline_denial_are_audited(tmp_path, gate
                 "--policy", str(good), "--json")
     assert cp.returncode == 0, cp.stderr
     rid = json.loads(cp.stdout)["id"]
-    cp = cli_as(gw, "lead", "deny", rid, "--reason", "not now", "--policy", str(good))
+    cp = cli_as(gw, "lead", "deny", rid, "--reason", "not now", "--policy", str(good), token=issue_token(gw, "lead"))
     assert cp.returncode == 0, cp.stderr
     trail = json.loads(cli_as(gw, "tester", "audit", "--json").stdout)
     events = [r["event"] for r in trail if r["event"] not in ("delivery", "alert")]

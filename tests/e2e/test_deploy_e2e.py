@@ -29,8 +29,9 @@ needs_node = pytest.mark.skipif(NODE is None and not os.environ.get("CI"), reaso
 SPENDGATE = [str(BIN / "spendgate")] if (BIN / "spendgate").exists() else [sys.executable, "-m", "spendgate.cli"]
 
 # A Claude-Code-like client: Node's https with a CONNECT tunnel to HTTPS_PROXY (Node 20 has no
-# built-in proxy support), trust from NODE_EXTRA_CA_CERTS (read by Node itself at start-up), and
-# ANTHROPIC_CUSTOM_HEADERS sent as Claude Code sends them. Nothing else configures it.
+# built-in proxy support), proxy credentials from the URL, trust from NODE_EXTRA_CA_CERTS (read by
+# Node itself at start-up), and ANTHROPIC_CUSTOM_HEADERS sent as Claude Code sends them (the kit
+# sets none now). Nothing else configures it.
 NODE_CLIENT = textwrap.dedent(r"""
     const http = require("http"), https = require("https"), tls = require("tls");
     const proxy = new URL(process.env.HTTPS_PROXY);
@@ -85,15 +86,15 @@ def _env_file(path: Path) -> dict[str, str]:
 @pytest.fixture
 def kit(tmp_path, gateway_factory):
     """A central-mode kit installed (files only) for alice, against a running gateway whose CA
-    was made by `spendgate ca init`; identity by header, as Claude Code sends it."""
+    was made by `spendgate ca init`; identity by alice's spendgate token in the proxy URL (issue 13:
+    the kit used to name her in a header the client sets, which anyone could forge)."""
     policy = tmp_path / "policy.yaml"
-    policy.write_text((REPO / "policies" / "example.yaml").read_text()
-                      .replace("identity: [proxy_auth, api_key, local_user]",
-                               "identity: [header:x-spendgate-user, proxy_auth, local_user]"))
-    gw = gateway_factory("gw", policy=policy)
+    policy.write_text((REPO / "policies" / "example.yaml").read_text())
+    gw = gateway_factory("gw", policy=policy, extra_args=["--set", "spendgate_proxy_tokens=true"])
     init = _run([*SPENDGATE, "ca", "init", "--confdir", str(gw.confdir), "--json"])
     assert init.returncode == 0, init.stderr
     gw.start()
+    token = json.loads(gw.cli("tokens", "issue", "alice", "--json", check=True).stdout)["token"]
     inst = tmp_path / "installed"
     site = tmp_path / "site.yaml"
     site.write_text(textwrap.dedent(f"""\
@@ -102,7 +103,7 @@ def kit(tmp_path, gateway_factory):
         mode: central
         gateway: {{host: 127.0.0.1, port: {gw.port}}}
         ca: {{cert: {gw.ca_file}}}
-        identity: {{method: header, header: x-spendgate-user}}
+        identity: {{method: proxy_auth}}
         no_proxy: [localhost]
         policy: {policy}
         paths:
@@ -111,7 +112,8 @@ def kit(tmp_path, gateway_factory):
     out = tmp_path / "kit"
     r = _run([*SPENDGATE, "mdm", "render", "--config", str(site), "--out", str(out)])
     assert r.returncode == 0, r.stderr
-    r = _run(["sh", str(out / "linux" / "install.sh"), "--files-only"], env={**_base_env(), "SPENDGATE_USER": "alice"})
+    r = _run(["sh", str(out / "linux" / "install.sh"), "--files-only"],
+             env={**_base_env(), "SPENDGATE_USER": "alice", "SPENDGATE_PROXY_PASSWORD": token})
     assert r.returncode == 0, r.stdout + r.stderr
     return {"gw": gw, "init": json.loads(init.stdout), "dir": inst / "etc" / "spendgate",
             "claude": inst / "claude-code" / "managed-settings.json"}
@@ -129,7 +131,7 @@ def test_node_client_configured_only_by_the_kit_is_metered(kit):
     assert json.loads(answer["body"])["usage"]["output_tokens"] == 450
 
     row, = kit["gw"].ledger(wait_for=1)
-    assert (row["user"], row["identity_source"], row["provider"]) == ("alice", "header:x-spendgate-user", "anthropic")
+    assert (row["user"], row["identity_source"], row["provider"]) == ("alice", "proxy_auth", "anthropic")
     assert row["output_tokens"] == 450 and row["client"] == "claude-code"
 
     # ...and the gateway signed with the CA `ca init` made (Node trusted only that one + public roots)

@@ -28,6 +28,8 @@ from tests.support.fake_provider import ORIGIN_BODY
 POLICY = """\
 version: 1
 identity: [proxy_auth, local_user]
+# proxyauth=any accepts every password, so its user names are asserted: believed from trusted proxies only
+trusted_proxies: [127.0.0.1/32]
 defaults:
   user: {day: 50}
 workspaces:

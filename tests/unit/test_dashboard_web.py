@@ -166,11 +166,13 @@ def test_policy_names_the_token_file(tmp_path):
 
 
 def test_approvers_from_policy():
-    ws = SimpleNamespace(owners=("wendy",))
-    policy = SimpleNamespace(raw={"approvals": {"organization": {"approvers": ["olivia"]},
-                                                "workspaces": {"platform": {"approvers": ["pat"]}}}},
-                             org_owners=("owen",), workspaces={"platform": ws})
-    assert approvers(policy) == {"olivia", "pat", "owen", "wendy"}
+    from spendgate.policy.model import parse
+
+    policy = parse("version: 1\norganization: {owners: [owen]}\nworkspaces: {platform: {owners: [wendy]}}\n"
+                   "approvals: {organization: {approvers: [olivia]}, workspaces: {platform: {approvers: [pat]}}}\n")
+    # owen owns the organization but approvals.organization names olivia: the documented rule
+    # (docs/alerts-and-approvals.md) that approvals.approvers_for applies everywhere now
+    assert approvers(policy) == {"olivia", "pat", "wendy"}
 
 
 def test_served_by_the_loopback_admin_server():

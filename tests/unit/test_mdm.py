@@ -234,15 +234,18 @@ def test_laptop_mode_renders_services_bound_to_loopback(tmp_path):
     ("windows", r"C:\ProgramData\spendgate\spendgate-ca.pem"),
 ])
 def test_claude_code_managed_settings(tmp_path, ca_cert, os_name, ca_path):
-    p = central(tmp_path, ca_cert, identity="header")
+    # issue 13: the kit used to name the user in a header the client sets (ANTHROPIC_CUSTOM_HEADERS);
+    # it now puts the user's proxy token in the proxy URL, and refuses the header method
+    p = central(tmp_path, ca_cert)
     p.write_text(p.read_text().replace(f"policy: {REPO}/policies/example.yaml\n", ""))
     env = json.loads(artifacts(site.load(p))[f"claude-code/managed-settings.{os_name}.json"])["env"]
     assert env == {
-        "HTTPS_PROXY": "http://gw.corp.example:3128",
+        "HTTPS_PROXY": "http://@@USER@@:@@PROXY_PASSWORD@@@gw.corp.example:3128",
         "NO_PROXY": "localhost,127.0.0.1,::1",
         "NODE_EXTRA_CA_CERTS": ca_path,
-        "ANTHROPIC_CUSTOM_HEADERS": "x-spendgate-user: @@USER@@",
     }
+    with pytest.raises(site.SiteError, match="a header is set by the client itself"):
+        site.load(central(tmp_path, ca_cert, identity="header"))
 
 
 def test_agent_env_covers_every_client(tmp_path, ca_cert):

@@ -16,6 +16,7 @@ version: 1
 timezone: Europe/Berlin
 organization: {name: acme, budgets: {month: 100000}, owners: [cfo@acme.com]}
 identity: [proxy_auth, api_key, "header:x-spendgate-user", client_ip, local_user]
+trusted_proxies: [10.9.0.0/16]
 defaults:
   user: {hour: 10, day: 50, week: 200, month: 600}
   key: {day: 100}
@@ -133,12 +134,12 @@ def test_identity_chain_order():
     i = resolve(policy, h_key)
     assert (i.user, i.source, i.key_fingerprint) == ("carol@acme.com", "api_key", carol_fp)
     # then a listed header
-    i = resolve(p, {"x-spendgate-user": "eve@platform.acme.com"})
+    i = resolve(p, {"x-spendgate-user": "eve@platform.acme.com"}, client_ip="10.9.0.1")  # from a trusted proxy
     assert (i.user, i.source, i.workspaces) == ("eve@platform.acme.com", "header:x-spendgate-user", ("platform",))
     # then the client address
     assert resolve(p, {}, client_ip="10.1.2.3").user == "dave@acme.com"
     # then the local user
-    assert resolve(p, {}, client_ip="192.0.2.1", default_user="me").source == "local_user"
+    assert resolve(p, {}, client_ip="127.0.0.1", default_user="me").source == "local_user"  # a loopback client
     # nothing answers: unattributed
-    only_header = parse("version: 1\nidentity: ['header:x-who']\n", "h.yaml")
+    only_header = parse("version: 1\nidentity: ['header:x-who']\ntrusted_proxies: [10.9.0.1/32]\n", "h.yaml")
     assert resolve(only_header, {}).user == UNATTRIBUTED
