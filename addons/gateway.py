@@ -24,7 +24,10 @@ from spendgate.metering.streams import EventDropper, StreamTap
 
 from dashboard_host import DashboardHost  # addons/ is on sys.path when mitmdump loads this script
 from opaque import OpaqueCounter  # addons/opaque.py: counts undecrypted connections to opaque AI hosts
-from access import Access  # addons/access.py: client networks, providers-only, identity echo
+from access import Access, target_of  # addons/access.py: client networks, providers-only, real target, identity echo
+
+from spendgate import access as access_rules
+from spendgate import bounds
 
 log = logging.getLogger("spendgate")
 
@@ -73,6 +76,12 @@ class SpendGate:
             "spendgate_intercept_chatgpt", bool, True, "decrypt chatgpt.com to meter Codex's ChatGPT login"
         )
         loader.add_option("spendgate_admin_port", int, 0, "loopback port of the admin API (0: any, -1: off)")
+        loader.add_option("spendgate_max_request_bytes", int, bounds.DEFAULT_MAX_REQUEST_BYTES,
+                          "largest provider request body in bytes; larger ones get a 413 (0: no limit)")
+        loader.add_option("spendgate_mode", str, "auto",
+                          "central, laptop or auto (central unless listening on loopback only, without "
+                          "proxyauth, providers_only or non-loopback allow_clients); see docs/security.md")
+        self._duplicates = _take_duplicate_options()
 
     def configure(self, updated: set[str]) -> None:
         """Check settings now (a bad policy stops start-up); open the ledger once running.
@@ -81,16 +90,23 @@ class SpendGate:
         mitmproxy rolls back and calls configure again with the previous values.
         """
         opts = ctx.options
+        if self._duplicates:  # fail closed: never guess which of two values the operator meant
+            raise exceptions.OptionsError(self._duplicates)
         if "spendgate_intercept_chatgpt" in updated or "allow_hosts" in updated or "ignore_hosts" in updated:
             self._only_provider_hosts()
-        if not any(name.startswith("spendgate_") for name in updated):
+        if not any(name.startswith("spendgate_") or name in _MODE_OPTIONS for name in updated):
             return
+        if opts.spendgate_mode not in ("auto", "central", "laptop"):
+            raise exceptions.OptionsError(f"spendgate_mode must be auto, central or laptop, not {opts.spendgate_mode!r}")
+        if opts.spendgate_max_request_bytes < 0:
+            raise exceptions.OptionsError("spendgate_max_request_bytes must be >= 0")
         settings = Settings(
             db=_path_opt(opts.spendgate_db, default_db()),
             policy=_path_opt(opts.spendgate_policy, None) or resources.example_policy(),
             pricing=_path_opt(opts.spendgate_pricing, _existing(resources.pricing_dir() / "overrides.yaml")),
             user=opts.spendgate_user or None,
             admin_port=opts.spendgate_admin_port,
+            central=_central(),
         )
         try:
             Gateway.check(settings)
@@ -125,23 +141,46 @@ class SpendGate:
             opts.update(allow_hosts=wanted)
 
     # -- traffic hooks --
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        """Refuse before the body is read: not in charge (503), or a body over the limit (413)."""
+        if flow.response or flow.error:
+            return
+        host = target_of(flow).host
+        provider = providers.PROVIDER_HOSTS.get(host)
+        if provider is None:
+            return
+        if self.gateway is None:  # not started (or failed): never let provider traffic pass unmetered
+            self._answer(flow, refusal.unavailable(provider, "the gateway is not ready (not metering)"))
+            return
+        limit = ctx.options.spendgate_max_request_bytes
+        size = _declared_size(flow.request.headers)
+        if limit and size is not None and size > limit:
+            self._answer(flow, self.gateway.refuse_too_large(provider, size, limit))
+
     def request(self, flow: http.HTTPFlow) -> None:
         if flow.response or flow.error:
             return
         req = flow.request
+        host = target_of(flow).host
         if self.gateway is None:  # not started (or failed): never let provider traffic pass unmetered
-            if providers.route(req.host, req.path) is not None:
-                answer = refusal.unavailable(providers.PROVIDER_HOSTS.get(req.host, ""), "the gateway is not ready")
-                flow.response = http.Response.make(answer.status, answer.body, answer.headers)
+            provider = providers.PROVIDER_HOSTS.get(host)
+            if provider is not None:
+                self._answer(flow, refusal.unavailable(provider, "the gateway is not ready (not metering)"))
+            return
+        limit = ctx.options.spendgate_max_request_bytes
+        if limit and len(req.raw_content or b"") > limit and host in providers.PROVIDER_HOSTS:  # chunked bodies
+            self._answer(flow, self.gateway.refuse_too_large(providers.PROVIDER_HOSTS[host],
+                                                             len(req.raw_content or b""), limit))
             return
         auth = flow.metadata.get("proxyauth")
         ex = self.gateway.meter.begin(
-            req.host,
+            host,
             req.path,
             _headers(req.headers),
             req.raw_content or b"",
             proxy_user=auth[0] if auth else None,
             client_ip=flow.client_conn.peername[0] if flow.client_conn.peername else None,
+            method=req.method,
         )
         if ex is None:
             return
@@ -155,6 +194,10 @@ class SpendGate:
             req.content = ex.request.rewritten_body
         if ex.request.drop_usage_chunk:
             req.headers["accept-encoding"] = "identity"  # so the event we add can be taken out again
+
+    @staticmethod
+    def _answer(flow: http.HTTPFlow, answer: refusal.Answer) -> None:
+        flow.response = http.Response.make(answer.status, answer.body, answer.headers)
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         ex: Exchange | None = flow.metadata.get(META)
@@ -212,6 +255,57 @@ class SpendGate:
 
 def _existing(p: Path) -> Path | None:
     return p if p.exists() else None
+
+
+_MODE_OPTIONS = frozenset({"listen_host", "mode", "proxyauth", "spendgate_allow_clients", "spendgate_providers_only"})
+
+
+def _central() -> bool:
+    """Central or laptop mode, from the options (see spendgate.access.is_central)."""
+    from mitmproxy.proxy import mode_specs
+
+    opts = ctx.options
+    hosts = []
+    for spec in opts.mode:
+        try:
+            hosts.append(mode_specs.ProxyMode.parse(spec).listen_host(opts.listen_host))
+        except ValueError:
+            hosts.append("")
+    try:
+        nets = access_rules.parse_networks(opts.spendgate_allow_clients)
+    except ValueError:
+        nets = ()
+    return access_rules.is_central(mode=opts.spendgate_mode, listen_hosts=hosts or [opts.listen_host],
+                                   allow_clients=nets, providers_only=opts.spendgate_providers_only,
+                                   proxyauth=opts.proxyauth or "")
+
+
+def _declared_size(headers: http.Headers) -> int | None:
+    """Content-Length as a number (None when absent or unreadable: chunked or HTTP/2 streams)."""
+    try:
+        return int(headers.get("content-length", ""))
+    except ValueError:
+        return None
+
+
+def _take_duplicate_options() -> str | None:
+    """Find our options given more than once (`--set spendgate_db=a --set spendgate_db=b`).
+
+    mitmproxy keeps them deferred until our load() has declared them, then fails to apply the
+    pair and drops the whole script without a word: the proxy would run with nothing metering.
+    We take the pair out (so this addon does load) and report it from configure, which makes
+    mitmdump exit 1 at start-up; until then every provider request gets a 503.
+    """
+    deferred = getattr(ctx.options, "deferred", {})
+    found = []
+    for name in [n for n in deferred if n.startswith("spendgate_")]:
+        values = getattr(deferred[name], "val", None)
+        if isinstance(values, list) and len(values) > 1:
+            found.append(f"{name} given {len(values)} times ({', '.join(map(repr, values))})")
+            del deferred[name]
+    if not found:
+        return None
+    return "spendgate: options given more than once, refusing to guess which one applies: " + "; ".join(found)
 
 
 _gate = SpendGate()

@@ -25,7 +25,7 @@ from spendgate.workflow import audit
 
 from spendgate.reports import dashboard
 
-from spendgate.budgets import refusal
+from spendgate.budgets import refusal, unmetered
 
 from spendgate.reports import queries as reports
 
@@ -60,6 +60,7 @@ class Settings:
     user: str | None = None
     admin_port: int = 0  # 0: any free loopback port; -1: no admin API
     reload_interval: float = 1.0  # seconds between policy file checks; 0 disables
+    central: bool = False  # serves other people (spendgate.access.is_central); decides policy defaults
 
 
 def fallback_cost(policy: Policy, usage: Usage) -> Decimal | None:
@@ -179,8 +180,16 @@ class Gateway:
 
     def admit(self, ex: Exchange) -> refusal.Answer | None:
         """None to forward the request; otherwise the answer to give instead."""
-        if ex.route.adapter is None or ex.request.free:
+        if ex.request.free or ex.route.extra.get("free"):
             return None
+        flat: Decimal | None = None  # unmetered endpoint charged a flat amount (policy `unmetered`)
+        if ex.route.adapter is None:
+            rule = unmetered.rule(self.policy.unmetered, self.settings.central)
+            if rule == unmetered.ALLOW:
+                return None
+            if rule == unmetered.BLOCK:
+                return self._refuse(ex, unmetered.blocked_answer(ex.provider, ex.extra.get("path", "this endpoint")))
+            flat = rule
         fail_closed = self.policy.on_store_error == "fail_closed"
         if not self.ledger.healthy:
             log.error("spendgate: ledger writes are failing (%s)", self.ledger.stats.last_error)
@@ -188,7 +197,7 @@ class Gateway:
                 return self._refuse(ex, refusal.unavailable(ex.provider, "cannot record spend (ledger store failing); "
                                                             "on_store_error is fail_closed"))
         now = datetime.now(UTC)
-        amount = self.estimate(ex, now)
+        amount = flat if flat is not None else self.estimate(ex, now)
         if amount is None:
             return self._refuse(ex, refusal.unavailable(
                 ex.provider, f"model {ex.request.model!r} has no known price and the policy blocks unpriced models"))
@@ -206,6 +215,11 @@ class Gateway:
         ex.extra["reservation"] = decision.reservation
         ex.extra["decision"] = decision
         return None
+
+    def refuse_too_large(self, provider: str, size: int, limit: int) -> refusal.Answer:
+        """413 for a body over spendgate_max_request_bytes (answered before it is read, not metered)."""
+        log.warning("spendgate: refused a %d-byte %s request (limit %d bytes)", size, provider, limit)
+        return unmetered.too_large_answer(provider, size, limit)
 
     def _refuse(self, ex: Exchange, answer: refusal.Answer, reason: str | None = None) -> refusal.Answer:
         ex.extra["blocked"] = True
@@ -244,6 +258,9 @@ class Gateway:
             usage = Usage(input_tokens=row.input_tokens, output_tokens=row.output_tokens)
             row.charged_usd = fallback_cost(self.policy, usage)
             row.note = (row.note + "; " if row.note else "") + "charged the unpriced fallback rate"
+        if row.outcome == "unmetered" and res is not None:  # flat `unmetered: {charge}`: only when served
+            row.charged_usd = res.amount if (row.status or 0) < 400 else Decimal(0)
+            row.price_source = "unmetered charge"
         if row.charged_usd is None and res is not None:
             row.charged_usd = res.amount
         if res is not None:

@@ -21,33 +21,59 @@ try:  # Python 3.14+
 except ImportError:  # pragma: no cover - depends on interpreter
     from backports import zstd  # type: ignore[no-redef]
 
+from spendgate.bounds import MAX_DECODED_BYTES
 from spendgate.metering.providers.base import StreamParser
 from spendgate.metering.framing import SSEBlockSplitter
 
 log = logging.getLogger(__name__)
 
-class IncrementalDecoder:
-    """Decode a content-encoded body piece by piece (identity, gzip, deflate, br, zstd)."""
+class DecodedTooLarge(ValueError):
+    """A body decoded past its cap (a compression bomb, or simply too big to parse)."""
 
-    def __init__(self, content_encoding: str) -> None:
+
+class IncrementalDecoder:
+    """Decode a content-encoded body piece by piece (identity, gzip, deflate, br, zstd).
+
+    With `max_output` (bytes), no call ever produces more than what is left of that budget plus
+    one byte, whatever the compression ratio; going past it raises DecodedTooLarge. That bounds
+    memory for gzip/br/zstd bombs on the whole-body path and on the stream tap alike.
+    """
+
+    def __init__(self, content_encoding: str, max_output: int | None = None) -> None:
         enc = (content_encoding or "identity").strip().lower()
         self.encoding = enc
-        self._feed: Callable[[bytes], bytes]
+        self.max_output = max_output
+        self.produced = 0  # decoded bytes so far
+        # each takes (data, limit): limit None means unbounded output
+        self._feed: Callable[[bytes, int | None], bytes]
         if enc in ("", "identity"):
-            self._feed = lambda b: b
+            self._feed = lambda b, n: b
         elif enc in ("gzip", "x-gzip"):
-            self._feed = zlib.decompressobj(16 + zlib.MAX_WBITS).decompress
+            z = zlib.decompressobj(16 + zlib.MAX_WBITS)
+            self._feed = lambda b, n: z.decompress(b, n or 0)
         elif enc == "deflate":
             self._feed = _DeflateAuto().feed
         elif enc == "br":
-            self._feed = brotli.Decompressor().process
+            d = brotli.Decompressor()
+            self._feed = lambda b, n: d.process(b) if n is None else d.process(b, output_buffer_limit=n)
         elif enc == "zstd":
-            self._feed = zstd.ZstdDecompressor().decompress
+            zd = zstd.ZstdDecompressor()
+            self._feed = lambda b, n: zd.decompress(b, -1 if n is None else n)
         else:
             raise ValueError(f"unsupported content-encoding {enc!r}")
 
     def feed(self, data: bytes) -> bytes:
-        return self._feed(data) if data else b""
+        if not data:
+            return b""
+        if self.max_output is None:
+            out = self._feed(data, None)
+        else:
+            room = self.max_output - self.produced + 1  # one byte more tells "over" from "exactly at"
+            out = self._feed(data, max(room, 1))
+        self.produced += len(out)
+        if self.max_output is not None and self.produced > self.max_output:
+            raise DecodedTooLarge(f"decoded body exceeds {self.max_output} bytes")
+        return out
 
 
 class _DeflateAuto:
@@ -57,7 +83,7 @@ class _DeflateAuto:
         self._d: zlib._Decompress | None = None
         self._first = b""
 
-    def feed(self, data: bytes) -> bytes:
+    def feed(self, data: bytes, max_length: int | None = None) -> bytes:
         if self._d is None:
             self._first += data
             if len(self._first) < 2:
@@ -65,7 +91,7 @@ class _DeflateAuto:
             raw = (self._first[0] & 0x0F) != 8 or int.from_bytes(self._first[:2], "big") % 31 != 0
             self._d = zlib.decompressobj(-zlib.MAX_WBITS if raw else zlib.MAX_WBITS)
             data, self._first = self._first, b""
-        return self._d.decompress(data)
+        return self._d.decompress(data, max_length or 0)
 
 
 class EventDropper:
@@ -108,6 +134,7 @@ class StreamTap:
         content_encoding: str = "",
         dropper: EventDropper | None = None,
         clock: Callable[[], float] = time.monotonic,
+        max_decoded: int | None = MAX_DECODED_BYTES,
     ) -> None:
         self.parser = parser
         self.dropper = dropper
@@ -117,7 +144,7 @@ class StreamTap:
         self.ended = False
         self.broken: str | None = None  # why the side channel stopped, if it did
         try:
-            self.decoder: IncrementalDecoder | None = IncrementalDecoder(content_encoding)
+            self.decoder: IncrementalDecoder | None = IncrementalDecoder(content_encoding, max_decoded)
         except ValueError as e:
             self.decoder, self.broken = None, str(e)
 

@@ -16,6 +16,7 @@ Served endpoints (exact real wire shapes, see ../../../shared/fixtures/wire for 
                                                                ``stream_options.include_usage``)
                          POST /v1/responses                    JSON or SSE
                          GET  /v1/models                       small model list (unmetered path)
+                         POST /v1/embeddings                   one tiny embedding (unmetered path)
 * ``chatgpt.com``        POST /backend-api/codex/responses      same as /v1/responses
 * ``generativelanguage.googleapis.com``
                          POST /v1beta/models/{m}:generateContent        JSON
@@ -81,6 +82,7 @@ Scenario control: request header ``x-fake-scenario`` (comma-separated flags)
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import copy
 import gzip
 import json
@@ -343,6 +345,14 @@ def sse(event: str | None, data: Any, crlf: bool = False) -> bytes:
 # the server
 
 
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
 class FakeProvider:
     """Fake upstream proxy + provider. Thread-safe enough for tests: requests are appended
     from the server thread; read ``.requests`` after the client call returned."""
@@ -478,8 +488,13 @@ class FakeProvider:
                         break
                     writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
                     await writer.drain()
-                    await writer.start_tls(self.ca.server_context(host))
-                    tunnel_host = host
+                    if _is_ip(host):  # reached by IP: present (and serve) the name the client's SNI asks for
+                        seen: dict[str, str] = {}
+                        await writer.start_tls(self._sni_context(seen))
+                        tunnel_host = seen.get("sni", host)
+                    else:
+                        await writer.start_tls(self.ca.server_context(host))
+                        tunnel_host = host
                     continue
                 path = target
                 host = tunnel_host
@@ -507,6 +522,21 @@ class FakeProvider:
                 writer.close()
             except Exception:
                 pass
+
+    def _sni_context(self, seen: dict[str, str]) -> ssl.SSLContext:
+        """A server context that switches to a leaf for the client's SNI (recorded in `seen`)."""
+        cert_file, key_file = self.ca.leaf("localhost")
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(str(cert_file), str(key_file))
+        ctx.set_alpn_protocols(["http/1.1"])
+
+        def pick(sslobj, name, _ctx):
+            if name:
+                seen["sni"] = name
+                sslobj.context = self.ca.server_context(name)
+
+        ctx.sni_callback = pick
+        return ctx
 
     # ---- routing
 
@@ -543,6 +573,11 @@ class FakeProvider:
                                   self._anthropic_headers())
                 return keep_alive
         if host == OPENAI_HOST:
+            if method == "POST" and route == "/v1/embeddings":  # an endpoint spendgate does not meter
+                await r.send_json(200, {"object": "list", "model": "text-embedding-3-small",
+                                        "data": [{"object": "embedding", "index": 0, "embedding": [0.01, -0.02]}],
+                                        "usage": {"prompt_tokens": 5, "total_tokens": 5}}, self._openai_headers())
+                return keep_alive
             if method == "POST" and route == "/v1/chat/completions":
                 await self._openai_chat(r, data)
                 return keep_alive
