@@ -6,8 +6,10 @@ core (`spendgate.gateway`), and per-flow state travels in `flow.metadata["spendg
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
+import time
 from pathlib import Path
 
 from mitmproxy import ctx, exceptions, http
@@ -32,6 +34,8 @@ from spendgate import bounds
 log = logging.getLogger("spendgate")
 
 META = "spendgate"
+TOO_LARGE = "spendgate.too_large"  # flow.metadata: answered 413 before the body was read
+CEILING_FACTOR = 4  # providers-only: mitmproxy stops reading bodies past this many times the limit
 SWITCH_INTERVAL = 0.0005  # seconds; see SpendGate.load
 
 
@@ -62,6 +66,11 @@ class SpendGate:
         self.gateway: Gateway | None = None
         self.settings: Settings | None = None
         self._allow_hosts: list[str] = []  # what we last set, to tell it from the operator's
+        self._ceiling: str | None = None  # body_size_limit we last set (same reason)
+        self._duplicates: str | None = None
+        self._oversized: set[str] = set()  # client connections that sent a body over the limit
+        self._release_pending = False
+        self._released_at = 0.0  # time.monotonic() of the last bounds.release_memory()
 
     def load(self, loader) -> None:
         # The meter and ledger threads share the GIL with mitmproxy's event loop. CPython makes a
@@ -94,6 +103,8 @@ class SpendGate:
             raise exceptions.OptionsError(self._duplicates)
         if "spendgate_intercept_chatgpt" in updated or "allow_hosts" in updated or "ignore_hosts" in updated:
             self._only_provider_hosts()
+        if updated & {"spendgate_max_request_bytes", "spendgate_providers_only", "body_size_limit"}:
+            self._body_ceiling()
         if not any(name.startswith("spendgate_") or name in _MODE_OPTIONS for name in updated):
             return
         if opts.spendgate_mode not in ("auto", "central", "laptop"):
@@ -128,6 +139,23 @@ class SpendGate:
             return
         log.info("spendgate: ledger %s, admin API %s", self.settings.db, self.gateway.admin and self.gateway.admin.url)
 
+    def _body_ceiling(self) -> None:
+        """On a providers-only gateway, cap what mitmproxy reads at all (body_size_limit).
+
+        Between spendgate_max_request_bytes and this ceiling a body is read, answered with the
+        provider-shaped 413 and dropped; past it mitmproxy stops reading and answers its own 413,
+        so memory never grows with the body. Not in laptop mode: body_size_limit also applies to
+        plain-HTTP downloads that pass through a system proxy. The operator's value wins.
+        """
+        opts = ctx.options
+        if opts.body_size_limit and opts.body_size_limit != self._ceiling:
+            return
+        limit = opts.spendgate_max_request_bytes
+        wanted = str(limit * CEILING_FACTOR) if opts.spendgate_providers_only and limit else None
+        if wanted != opts.body_size_limit:
+            self._ceiling = wanted
+            opts.update(body_size_limit=wanted)
+
     def _only_provider_hosts(self) -> None:
         """Decrypt provider hosts only; everything else stays a raw TLS tunnel (origin's cert)."""
         opts = ctx.options
@@ -155,9 +183,15 @@ class SpendGate:
         limit = ctx.options.spendgate_max_request_bytes
         size = _declared_size(flow.request.headers)
         if limit and size is not None and size > limit:
+            # mitmproxy still reads the body (HTTP/1 framing) before it sends our answer; the
+            # request hook drops it at once. A hard ceiling on reading: see _body_ceiling.
+            flow.metadata[TOO_LARGE] = True
+            self._oversized.add(flow.client_conn.id)
             self._answer(flow, self.gateway.refuse_too_large(provider, size, limit))
 
     def request(self, flow: http.HTTPFlow) -> None:
+        if flow.metadata.get(TOO_LARGE):  # answered 413 already: let go of the body now, not at the next GC
+            flow.request.raw_content = b""
         if flow.response or flow.error:
             return
         req = flow.request
@@ -171,6 +205,8 @@ class SpendGate:
         if limit and len(req.raw_content or b"") > limit and host in providers.PROVIDER_HOSTS:  # chunked bodies
             self._answer(flow, self.gateway.refuse_too_large(providers.PROVIDER_HOSTS[host],
                                                              len(req.raw_content or b""), limit))
+            req.raw_content = b""
+            self._oversized.add(flow.client_conn.id)
             return
         auth = flow.metadata.get("proxyauth")
         ex = self.gateway.meter.begin(
@@ -194,6 +230,22 @@ class SpendGate:
             req.content = ex.request.rewritten_body
         if ex.request.drop_usage_chunk:
             req.headers["accept-encoding"] = "identity"  # so the event we add can be taken out again
+
+    def client_disconnected(self, client) -> None:
+        """A connection that sent an oversized body is gone: hand its buffers back (rate-limited)."""
+        if client.id not in self._oversized:
+            return
+        self._oversized.discard(client.id)
+        if self._release_pending:
+            return
+        self._release_pending = True
+        wait = max(0.0, self._released_at + bounds.RELEASE_INTERVAL - time.monotonic())
+        asyncio.get_running_loop().call_later(wait, self._release)
+
+    def _release(self) -> None:
+        self._release_pending = False
+        self._released_at = time.monotonic()
+        bounds.release_memory()
 
     @staticmethod
     def _answer(flow: http.HTTPFlow, answer: refusal.Answer) -> None:

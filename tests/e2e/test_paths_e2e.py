@@ -262,3 +262,111 @@ def test_addon_that_cannot_take_its_options_fails_closed(tmp_path, gateway_facto
     assert gw.proc.wait(timeout=60) != 0  # exits non-zero, saying why
     assert "spendgate_db given 2 times" in gw.log_text()
     assert fake_provider.requests == []
+
+
+# --- 6. bounds ------------------------------------------------------------------------------------
+
+
+def rss_mb(pid: int, key: str = "VmRSS") -> int:
+    """Resident (VmRSS) or peak resident (VmHWM) memory of a process, in MiB, from /proc."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) // 1024
+    raise AssertionError(f"no {key} for {pid}")
+
+
+def send_big_body(gw, size: int) -> tuple[int, dict[str, str], bytes]:
+    """POST `size` bytes to /v1/messages with a Content-Length, 1 MiB at a time (flat client memory)."""
+    s = tunnel(gw, "api.anthropic.com:443", "api.anthropic.com")
+    head = (f"POST /v1/messages HTTP/1.1\r\nHost: api.anthropic.com\r\nContent-Type: application/json\r\n"
+            f"x-api-key: {ANTHROPIC_KEY}\r\nanthropic-version: 2023-06-01\r\n"
+            f"Content-Length: {size}\r\nConnection: close\r\n\r\n")
+    s.sendall(head.encode())
+    piece = b"x" * (1 << 20)
+    sent = 0
+    try:
+        while sent < size:
+            s.sendall(piece[: size - sent])
+            sent += min(len(piece), size - sent)
+    except OSError:  # the gateway answered and closed before reading it all: fine
+        pass
+    resp = http.client.HTTPResponse(s)
+    resp.begin()
+    out = resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
+    s.close()
+    return out
+
+
+def settle_rss(pid: int, ceiling: int, timeout: float = 60.0) -> int:
+    """Wait (bounded) for RSS to come down to `ceiling` MiB; return the last reading."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        now = rss_mb(pid)
+        if now <= ceiling or time.monotonic() > deadline:
+            return now
+        time.sleep(0.5)
+
+
+def test_200mb_request_body_gets_a_413_and_memory_comes_back(gateway_factory, fake_provider):
+    gw = gateway_factory().start()
+    send_big_body(gw, 1000)  # warm up: a normal small request through every hook
+    before = rss_mb(gw.proc.pid)
+    status, headers, body = send_big_body(gw, 200 * 1024 * 1024)
+    assert status == 413, body[:300]
+    doc = json.loads(body)
+    assert doc["error"]["type"] == "request_too_large" and "spendgate_max_request_bytes" in doc["error"]["message"]
+    assert headers["x-should-retry"] == "false"
+    after = settle_rss(gw.proc.pid, before + 48)
+    print(f"gateway RSS before {before} MiB, after {after} MiB, peak {rss_mb(gw.proc.pid, 'VmHWM')} MiB")
+    assert after <= before + 48, (before, after)
+    assert not [r for r in fake_provider.requests if len(r.body) > 1000]  # never forwarded
+
+
+def test_providers_only_gateway_never_reads_a_body_past_the_ceiling(gateway_factory, fake_provider):
+    gw = gateway_factory(extra_args=["--set", "spendgate_providers_only=true",
+                                     "--set", "spendgate_max_request_bytes=8000000"]).start()
+    send_big_body(gw, 1000)
+    peak_before = rss_mb(gw.proc.pid, "VmHWM")
+    status, _, body = send_big_body(gw, 200 * 1024 * 1024)  # past 4 x the limit: mitmproxy stops reading
+    assert status == 413
+    status, _, body = send_big_body(gw, 10_000_000)  # between limit and ceiling: the provider's shape
+    assert status == 413 and json.loads(body)["error"]["type"] == "request_too_large"
+    peak_after = rss_mb(gw.proc.pid, "VmHWM")
+    print(f"gateway peak RSS before {peak_before} MiB, after {peak_after} MiB")
+    assert peak_after - peak_before < 100
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole-body", "stream"])
+def test_gzip_bomb_response_is_not_decoded_past_the_cap(gateway_factory, fake_provider, stream):
+    gw = gateway_factory().start()
+    send_big_body(gw, 1000)
+    peak_before = rss_mb(gw.proc.pid, "VmHWM")
+    req = {"model": MODEL, "max_tokens": 10, "stream": stream, "messages": [{"role": "user", "content": "hi"}]}
+    s = tunnel(gw, "api.anthropic.com:443", "api.anthropic.com")
+    status, headers, body = raw_request(s, "POST", "/v1/messages", "api.anthropic.com", json.dumps(req).encode(),
+                                        {**ANTHROPIC_HEADERS, "x-fake-scenario": "bomb"})
+    assert status == 200
+    from tests.support.fake_provider import gzip_bomb
+
+    assert body == gzip_bomb(stream)  # the client gets the body as it came, untouched
+    (row,) = gw.ledger(wait_for=2)[:1]
+    assert row["endpoint"] == "messages" and row["outcome"] == "estimated"  # recorded, usage unknown
+    peak_after = rss_mb(gw.proc.pid, "VmHWM")
+    print(f"gateway peak RSS before {peak_before} MiB, after {peak_after} MiB (bomb decodes to 256 MiB)")
+    assert peak_after - peak_before < 150
+
+
+def test_traffic_supplied_strings_are_cut_before_they_are_stored(tmp_path, gateway_factory, fake_provider):
+    gw = gateway_factory(policy=policy(tmp_path, AT_CAP)).start()
+    long_model = "m" * 100_000
+    body = json.dumps({"model": long_model, "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]})
+    status, _, _ = raw_request(tunnel(gw, "api.anthropic.com:443", "api.anthropic.com"), "POST", "/v1/messages",
+                               "api.anthropic.com", body.encode(),
+                               {**ANTHROPIC_HEADERS, "x-claude-code-session-id": "s" * 50_000})
+    assert status in (429, 503)  # refused (over budget or unpriced), and recorded
+    (row,) = gw.ledger(wait_for=1)
+    assert row["model"] == "m" * 200
+    assert row["session_id"] is None or len(row["session_id"]) <= 128

@@ -262,6 +262,26 @@ REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found",
            500: "Internal Server Error", 503: "Service Unavailable", 529: "Overloaded"}
 
 
+BOMB_BYTES = 256 * 1024 * 1024
+_bombs: dict[bool, bytes] = {}
+
+
+def gzip_bomb(stream: bool) -> bytes:
+    """~256 KB of gzip that decodes to BOMB_BYTES: one JSON document, or one SSE event, of 'a's."""
+    if stream not in _bombs:
+        c = zlib.compressobj(9, zlib.DEFLATED, 31)
+        head = b'event: content_block_delta\ndata: {"type":"content_block_delta","delta":{"text":"' if stream \
+            else b'{"type":"message","content":[{"type":"text","text":"'
+        parts = [c.compress(head)]
+        piece = b"a" * (1 << 20)
+        for _ in range(BOMB_BYTES // len(piece)):
+            parts.append(c.compress(piece))
+        parts.append(c.compress(b'"}}\n\n' if stream else b'"}]}'))
+        parts.append(c.flush())
+        _bombs[stream] = b"".join(parts)
+    return _bombs[stream]
+
+
 def _head(status: int, headers: list[tuple[str, str]]) -> bytes:
     lines = [f"HTTP/1.1 {status} {REASONS.get(status, 'Status')}"]
     lines += [f"{k}: {v}" for k, v in headers]
@@ -564,6 +584,11 @@ class FakeProvider:
             return keep_alive
 
         data = parsed if isinstance(parsed, dict) else {}
+        if scenario.has("bomb"):  # a gzip body that decodes to BOMB_BYTES (a compression bomb)
+            stream = bool(data.get("stream"))
+            await r.send_bytes(200, gzip_bomb(stream), "text/event-stream" if stream else "application/json",
+                               [("content-encoding", "gzip")], encode=False)
+            return keep_alive
         if host == ANTHROPIC_HOST and method == "POST":
             if route == "/v1/messages":
                 await self._anthropic_messages(r, data)
