@@ -263,22 +263,28 @@ REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found",
 
 
 BOMB_BYTES = 256 * 1024 * 1024
-_bombs: dict[bool, bytes] = {}
+_bombs: dict[bool, tuple[str, bytes]] = {}
 
 
-def gzip_bomb(stream: bool) -> bytes:
-    """~256 KB of gzip that decodes to BOMB_BYTES: one JSON document, or one SSE event, of 'a's."""
+def compression_bomb(stream: bool) -> tuple[str, bytes]:
+    """(content-encoding, body) that decodes to BOMB_BYTES of 'a's: one JSON document in gzip
+    (~256 KB, the whole-body path), or one SSE event in brotli (a few hundred bytes, so a single
+    network read decodes to all of it: the stream tap's worst case)."""
     if stream not in _bombs:
-        c = zlib.compressobj(9, zlib.DEFLATED, 31)
         head = b'event: content_block_delta\ndata: {"type":"content_block_delta","delta":{"text":"' if stream \
             else b'{"type":"message","content":[{"type":"text","text":"'
-        parts = [c.compress(head)]
+        tail = b'"}}\n\n' if stream else b'"}]}'
         piece = b"a" * (1 << 20)
-        for _ in range(BOMB_BYTES // len(piece)):
-            parts.append(c.compress(piece))
-        parts.append(c.compress(b'"}}\n\n' if stream else b'"}]}'))
-        parts.append(c.flush())
-        _bombs[stream] = b"".join(parts)
+        if stream:
+            c = brotli.Compressor(quality=5)
+            parts = [c.process(head)] + [c.process(piece) for _ in range(BOMB_BYTES // len(piece))]
+            parts += [c.process(tail), c.finish()]
+            _bombs[stream] = ("br", b"".join(parts))
+        else:
+            z = zlib.compressobj(9, zlib.DEFLATED, 31)
+            parts = [z.compress(head)] + [z.compress(piece) for _ in range(BOMB_BYTES // len(piece))]
+            parts += [z.compress(tail), z.flush()]
+            _bombs[stream] = ("gzip", b"".join(parts))
     return _bombs[stream]
 
 
@@ -584,10 +590,11 @@ class FakeProvider:
             return keep_alive
 
         data = parsed if isinstance(parsed, dict) else {}
-        if scenario.has("bomb"):  # a gzip body that decodes to BOMB_BYTES (a compression bomb)
+        if scenario.has("bomb"):  # a body that decodes to BOMB_BYTES (a compression bomb)
             stream = bool(data.get("stream"))
-            await r.send_bytes(200, gzip_bomb(stream), "text/event-stream" if stream else "application/json",
-                               [("content-encoding", "gzip")], encode=False)
+            enc, bomb = compression_bomb(stream)
+            await r.send_bytes(200, bomb, "text/event-stream" if stream else "application/json",
+                               [("content-encoding", enc)], encode=False)
             return keep_alive
         if host == ANTHROPIC_HOST and method == "POST":
             if route == "/v1/messages":
