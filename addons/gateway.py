@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -29,7 +30,7 @@ from opaque import OpaqueCounter  # addons/opaque.py: counts undecrypted connect
 from access import Access, target_of  # addons/access.py: client networks, providers-only, real target, identity echo
 
 from spendgate import access as access_rules
-from spendgate import bounds
+from spendgate import bounds, fsutil
 
 log = logging.getLogger("spendgate")
 
@@ -77,6 +78,9 @@ class SpendGate:
         # waiting thread wait 5 ms before it asks for the GIL; 0.5 ms bounds what a burst of
         # background work can add to a proxied request or stream event.
         sys.setswitchinterval(SWITCH_INTERVAL)
+        # Everything this process creates from now on (ledger, its WAL that DuckDB makes itself,
+        # journal, discovery file) is owner-only. mitmproxy made its CA files before scripts load.
+        os.umask(fsutil.PRIVATE_UMASK)
         loader.add_option("spendgate_db", str, "", "DuckDB ledger file (default data/spendgate.duckdb)")
         loader.add_option("spendgate_policy", str, "", "YAML budget policy (default policies/example.yaml)")
         loader.add_option("spendgate_pricing", str, "", "price overrides YAML (default pricing/overrides.yaml)")

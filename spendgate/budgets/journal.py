@@ -18,6 +18,8 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from spendgate import fsutil
+
 log = logging.getLogger(__name__)
 
 
@@ -32,7 +34,7 @@ class Journal:
     def __init__(self, path: Path, compact_at: int = 16 << 20) -> None:
         self.path = path
         self.compact_at = compact_at  # bytes appended before the file is rewritten with open lines only
-        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        self._fd = fsutil.open_append(path)  # 0600, a symlink at `path` is refused (O_NOFOLLOW)
         self._lock = threading.Lock()
         self._open: dict[str, bytes] = {}  # request id -> its reserve line, while in flight
         self._written = 0
@@ -66,15 +68,9 @@ class Journal:
 
     def _compact(self) -> None:
         """Rewrite the file with the reservations still open (a few lines), so it never grows without end."""
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.write(fd, b"".join(self._open.values()))
-        finally:
-            os.close(fd)
-        os.replace(tmp, self.path)
+        fsutil.write_atomic(self.path, b"".join(self._open.values()))  # mkstemp + os.replace
         os.close(self._fd)
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        self._fd = fsutil.open_append(self.path)
         self._written = 0
 
     def close(self) -> None:

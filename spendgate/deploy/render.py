@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from xml.sax.saxutils import escape as xml_escape
 
+from spendgate import fsutil
 from spendgate import resources
 from spendgate.deploy import ca as ca_mod
 from spendgate.deploy import pac
@@ -250,7 +251,6 @@ def write(artifacts: list[Artifact], out_dir: Path) -> list[Path]:
     for a in artifacts:
         path = out_dir / a.path
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(a.data)
-        path.chmod(a.mode)
+        fsutil.write_atomic(path, a.data, a.mode)  # the mode from the first byte on
         written.append(path)
     return written

@@ -20,6 +20,7 @@ from typing import Protocol
 
 import duckdb
 
+from spendgate import fsutil
 from spendgate.batcher import Batcher
 
 log = logging.getLogger(__name__)
@@ -268,6 +269,18 @@ def connect(path: Path | str, read_only: bool = False) -> duckdb.DuckDBPyConnect
         raise
 
 
+def connect_private(path: Path) -> duckdb.DuckDBPyConnection:
+    """Open (or create) a ledger file read-write as owner-only state: 0600 (its WAL too, when
+    created now), in a 0700 directory if we create it; a symlink at the file or WAL is refused."""
+    path = Path(path)
+    fsutil.prepare_private_file(path)
+    wal = path.with_name(path.name + ".wal")
+    fsutil.refuse_symlink(wal)
+    fsutil.tighten(wal)
+    with fsutil.private_umask():
+        con = connect(path)
+    fsutil.tighten(path)
+    return con
 
 
 @dataclass
@@ -290,8 +303,7 @@ class DuckDBLedger:
         on_written: Callable[[list[LedgerRow]], None] | None = None,
     ) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.con = connect(self.path)
+        self.con = connect_private(self.path)
         migrate(self.con)
         self.on_written = on_written
         self.stats = WriterStats()

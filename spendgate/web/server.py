@@ -17,6 +17,8 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from spendgate import fsutil
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -77,11 +79,7 @@ class AdminServer:
 
     def write_discovery(self, path: Path) -> None:
         """Tell local CLIs where we are and the token; owner-only permissions, atomically."""
-        tmp = path.with_name(path.name + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump({"url": self.url, "token": self.token, "pid": os.getpid()}, f)
-        os.replace(tmp, path)
+        fsutil.write_atomic(path, json.dumps({"url": self.url, "token": self.token, "pid": os.getpid()}).encode())
 
     def authenticate(self, header: str) -> Caller | None:
         scheme, _, value = header.partition(" ")

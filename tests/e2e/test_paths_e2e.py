@@ -370,3 +370,54 @@ def test_traffic_supplied_strings_are_cut_before_they_are_stored(tmp_path, gatew
     (row,) = gw.ledger(wait_for=1)
     assert row["model"] == "m" * 200
     assert row["session_id"] is None or len(row["session_id"]) <= 128
+
+
+# --- 7. files ---------------------------------------------------------------------------------------
+
+
+def _mode(path) -> int:
+    import os
+    import stat
+
+    return stat.S_IMODE(os.lstat(path).st_mode)
+
+
+def test_state_files_are_private_and_symlinks_are_not_followed(gateway_factory, fake_provider, anthropic_client):
+    import os
+
+    gw = gateway_factory("files")
+    gw.db = gw.tmp / "state" / "ledger.duckdb"  # in a directory the gateway creates
+    victim = gw.tmp / "victim.txt"
+    victim.write_text("do not overwrite\n")
+    gw.start()
+    gw.stop()
+    os.unlink(f"{gw.db}.gateway.json") if os.path.exists(f"{gw.db}.gateway.json") else None
+    os.symlink(victim, f"{gw.db}.gateway.json")  # planted where the discovery file goes
+    gw.start()
+    with gw.http_client() as http:
+        r = http.post("https://api.anthropic.com/v1/messages", headers=ANTHROPIC_HEADERS, content=messages_body("hi"))
+        assert r.status_code == 200
+    gw.ledger(wait_for=1)
+    state = gw.db.parent
+    assert _mode(state) == 0o700  # created by the gateway
+    for f in [gw.db, f"{gw.db}.reservations", f"{gw.db}.gateway.json", f"{gw.db}.wal"]:
+        if os.path.exists(f):
+            assert _mode(f) == 0o600, (f, oct(_mode(f)))
+    assert _mode(gw.db) == 0o600 and _mode(f"{gw.db}.gateway.json") == 0o600
+    out = gw.tmp / "export.csv"
+    r = gw.cli("export", "--format", "csv", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    assert _mode(out) == 0o600
+    gw.stop()
+    assert victim.read_text() == "do not overwrite\n"
+
+    # a symlink where the ledger should be: refused, never followed
+    gw2 = gateway_factory("link")
+    os.symlink(victim, gw2.db)
+    try:
+        gw2.start()
+    except GatewayError:
+        pass
+    assert gw2.proc.wait(timeout=60) != 0  # start-up fails (mitmdump exits 1), saying why
+    assert "is a symbolic link" in gw2.log_text()
+    assert victim.read_text() == "do not overwrite\n"
