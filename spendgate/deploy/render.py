@@ -26,6 +26,8 @@ TEMPLATES = resources.mdm_templates()
 CA_NAME = "spendgate-ca.pem"  # the gateway CA (what NODE_EXTRA_CA_CERTS adds)
 BUNDLE_NAME = "spendgate-ca-bundle.pem"  # public roots + CA (what SSL_CERT_FILE replaces the store with)
 CLAUDE_HEADERS = "ANTHROPIC_CUSTOM_HEADERS"  # Claude Code sends these on every API request
+LINUX_LAPTOP_LEDGER = "/var/lib/spendgate/ledger.duckdb"  # systemd StateDirectory of the spendgate user
+LAPTOP_LEDGER = {"linux": LINUX_LAPTOP_LEDGER, "macos": "~/Library/Application Support/spendgate/ledger.duckdb"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +113,9 @@ def site_json(site: Site, os_name: str) -> dict:
         "identity": {"method": site.identity_method, "header": site.identity_header, "user": site.identity_user},
         "env": agent_env(site, os_name),
         "claude_settings": p.claude_settings,
+        # laptop mode: what `spendgate doctor` checks the engineer cannot change
+        "policy_file": p.join("policy.yaml") if site.mode == "laptop" else None,
+        "ledger_file": LAPTOP_LEDGER.get(os_name) if site.mode == "laptop" else None,
     }
 
 
@@ -221,7 +226,8 @@ def render(site: Site) -> list[Artifact]:
             out.append(Artifact("linux/spendgate.env", _env_lines(env).encode()))
             out.append(Artifact("linux/install.sh", _template("linux-install.sh", values), 0o755))
             if site.mode == "laptop":
-                args = " ".join(gateway_args(site, "linux", "/var/lib/spendgate/ledger.duckdb"))
+                # runs as the system user spendgate, so it is told whom to charge
+                args = " ".join(gateway_args(site, "linux", LINUX_LAPTOP_LEDGER) + ["--set", f"spendgate_user={USER_TOKEN}"])
                 out.append(Artifact("linux/spendgate.service",
                                     _template("spendgate-laptop.service", {**values, "args": args})))
             else:
