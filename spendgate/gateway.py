@@ -36,7 +36,8 @@ from spendgate.web.server import AdminServer, Caller, discovery_path
 from spendgate.budgets.book import BudgetBook
 from spendgate.identity import Identity, resolve
 from spendgate.budgets.journal import Journal
-from spendgate.store.ledger import DuckDBLedger, LedgerLocked, LedgerRow, write_rows
+from spendgate.store.ledger import (DuckDBLedger, LedgerLocked, LedgerRow, row_from_dict, row_to_dict,
+                                    write_rows)
 from spendgate.metering.meter import CHARS_PER_TOKEN, Exchange, Meter
 from spendgate.metering.opaque import OpaqueRecorder
 from spendgate.budgets.plans import PlanCharger
@@ -126,7 +127,7 @@ class Gateway:
         for w in self.policy.warnings:
             log.warning("%s", w.render(str(settings.policy)))
         try:
-            self.ledger = DuckDBLedger(settings.db, on_written=self._written)
+            self.ledger = DuckDBLedger(settings.db, on_written=self._written, on_spill=self._spill)
         except LedgerLocked:
             raise GatewayError(f"the ledger {settings.db} is in use by another gateway") from None
         except Exception as e:
@@ -272,9 +273,30 @@ class Gateway:
         journal = getattr(self, "journal", None)
         if journal:
             journal.settle([r.request_id for r in rows])
+            if journal.has_spilled:  # the store works again: what went to the journal comes back
+                for d in journal.take_spilled():
+                    self.ledger.append(row_from_dict(d))
+
+    def _spill(self, rows: list[LedgerRow]) -> None:
+        """Ledger writer thread, store failing: rows past the in-memory bound go to the journal."""
+        journal = getattr(self, "journal", None)
+        if journal is None:
+            raise OSError("the reservation journal is not open yet")
+        journal.spill([row_to_dict(r) for r in rows])
+        log.error("spendgate: ledger store failing; %d rows spilled to %s", len(rows), self.journal_path)
 
     def _recover_interrupted(self) -> None:
         """Charge reservations a crashed gateway left open, as `interrupted` rows."""
+        spilled = [row_from_dict(d) for d in Journal.spilled_rows(self.journal_path)]
+        if spilled:  # rows a failing store could not take last time
+            cur = self.ledger.cursor()
+            ids = [r.request_id for r in spilled]
+            known = {r[0] for r in cur.execute("SELECT request_id FROM requests WHERE list_contains(?, request_id)",
+                                                [ids]).fetchall()}
+            rows = list({r.request_id: r for r in spilled if r.request_id not in known}.values())
+            if rows:
+                write_rows(cur, rows)
+                log.warning("spendgate: wrote %d ledger rows spilled to the journal while the store failed", len(rows))
         pending = Journal.open_reservations(self.journal_path)
         if pending:
             cur = self.ledger.cursor()

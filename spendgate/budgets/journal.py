@@ -37,6 +37,7 @@ class Journal:
         self._fd = fsutil.open_append(path)  # 0600, a symlink at `path` is refused (O_NOFOLLOW)
         self._lock = threading.Lock()
         self._open: dict[str, bytes] = {}  # request id -> its reserve line, while in flight
+        self._spilled: set[str] = set()  # ids of ledger rows spilled here while the store failed
         self._written = 0
 
     @staticmethod
@@ -61,10 +62,45 @@ class Journal:
             try:
                 os.write(self._fd, line)
                 self._written += len(line)
-                if self._written >= self.compact_at:
+                if self._written >= self.compact_at and not self._spilled:  # spilled rows stay until written
                     self._compact()
             except OSError as e:  # the ledger row exists; recovery checks it, so nothing is double-charged
                 log.error("reservation journal: cannot write settle: %s", e)
+
+    def spill(self, rows: list[dict[str, Any]]) -> None:
+        """Keep ledger rows the store could not take (written back later, or at the next start).
+        Raises OSError when the disk refuses these too."""
+        data = b"".join(self._line({"op": "row", "id": r["request_id"], "row": r}) for r in rows)
+        with self._lock:
+            os.write(self._fd, data)
+            self._spilled.update(r["request_id"] for r in rows)
+            self._written += len(data)
+
+    @property
+    def has_spilled(self) -> bool:
+        return bool(self._spilled)
+
+    def take_spilled(self) -> list[dict[str, Any]]:
+        """The spilled rows still owed to the ledger (read back from the file), once."""
+        with self._lock:
+            wanted, self._spilled = self._spilled, set()
+        return [r for r in self.spilled_rows(self.path) if r.get("request_id") in wanted]
+
+    @staticmethod
+    def spilled_rows(path: Path) -> list[dict[str, Any]]:
+        """Every ledger row spilled to the journal at `path` (recovery dedups against the ledger)."""
+        if not path.exists():
+            return []
+        out = []
+        with path.open("rb") as f:
+            for raw in f:
+                if b'"op":"row"' not in raw:
+                    continue
+                try:
+                    out.append(json.loads(raw)["row"])
+                except (ValueError, KeyError):
+                    continue
+        return out
 
     def _compact(self) -> None:
         """Rewrite the file with the reservations still open (a few lines), so it never grows without end."""
@@ -91,7 +127,9 @@ class Journal:
                     obj = json.loads(raw)
                 except ValueError:
                     continue
-                if obj.get("op") == "reserve":
+                if obj.get("op") == "row":  # a spilled ledger row: that request is accounted for
+                    open_.pop(obj.get("id"), None)
+                elif obj.get("op") == "reserve":
                     rid = obj.pop("id")
                     obj.pop("op")
                     open_[rid] = OpenReservation(rid, Decimal(obj.pop("amount")), obj)
