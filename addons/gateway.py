@@ -6,14 +6,19 @@ core (`spendgate.gateway`), and per-flow state travels in `flow.metadata["spendg
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
 import sys
+import time
 from pathlib import Path
 
 from mitmproxy import ctx, exceptions, http
 
-from spendgate import resources
+from spendgate import access as access_rules
+from spendgate import bounds, fsutil, resources
 from spendgate.budgets import refusal
+from spendgate.budgets.admission import too_large
 from spendgate.cli.source import default_db
 from spendgate.gateway import Gateway, GatewayError, Settings
 from spendgate.metering import providers
@@ -23,12 +28,14 @@ from spendgate.metering.streams import EventDropper, StreamTap
 
 from dashboard_host import DashboardHost  # addons/ is on sys.path when mitmdump loads this script
 from opaque import OpaqueCounter  # addons/opaque.py: counts undecrypted connections to opaque AI hosts
-from access import Access  # addons/access.py: client networks, providers-only, identity echo
+from access import Access, target_of  # addons/access.py: client networks, providers-only, real target, identity echo
 from proxy_tokens import ProxyTokens  # addons/proxy_tokens.py: spendgate tokens as proxy credentials
 
 log = logging.getLogger("spendgate")
 
 META = "spendgate"
+TOO_LARGE = "spendgate.too_large"  # flow.metadata: answered 413 before the body was read
+CEILING_FACTOR = 4  # providers-only: mitmproxy stops reading bodies past this many times the limit
 SWITCH_INTERVAL = 0.0005  # seconds; see SpendGate.load
 
 
@@ -60,12 +67,20 @@ class SpendGate:
         self.settings: Settings | None = None
         self._allow_hosts: list[str] = []  # what we last set, to tell it from the operator's
         self.proxy_verified = True  # set by ProxyTokens: False while proxyauth=any accepts any password
+        self._ceiling: str | None = None  # body_size_limit we last set (same reason)
+        self._duplicates: str | None = None
+        self._oversized: set[str] = set()  # client connections that sent a body over the limit
+        self._release_pending = False
+        self._released_at = 0.0  # time.monotonic() of the last bounds.release_memory()
 
     def load(self, loader) -> None:
         # The meter and ledger threads share the GIL with mitmproxy's event loop. CPython makes a
         # waiting thread wait 5 ms before it asks for the GIL; 0.5 ms bounds what a burst of
         # background work can add to a proxied request or stream event.
         sys.setswitchinterval(SWITCH_INTERVAL)
+        # Everything this process creates from now on (ledger, its WAL that DuckDB makes itself,
+        # journal, discovery file) is owner-only. mitmproxy made its CA files before scripts load.
+        os.umask(fsutil.PRIVATE_UMASK)
         loader.add_option("spendgate_db", str, "", "DuckDB ledger file (default data/spendgate.duckdb)")
         loader.add_option("spendgate_policy", str, "", "YAML budget policy (default policies/example.yaml)")
         loader.add_option("spendgate_pricing", str, "", "price overrides YAML (default pricing/overrides.yaml)")
@@ -74,6 +89,12 @@ class SpendGate:
             "spendgate_intercept_chatgpt", bool, True, "decrypt chatgpt.com to meter Codex's ChatGPT login"
         )
         loader.add_option("spendgate_admin_port", int, 0, "loopback port of the admin API (0: any, -1: off)")
+        loader.add_option("spendgate_max_request_bytes", int, bounds.DEFAULT_MAX_REQUEST_BYTES,
+                          "largest provider request body in bytes; larger ones get a 413 (0: no limit)")
+        loader.add_option("spendgate_mode", str, "auto",
+                          "central, laptop or auto (central unless listening on loopback only, without "
+                          "proxyauth, providers_only or non-loopback allow_clients); see docs/security.md")
+        self._duplicates = _take_duplicate_options()
 
     def configure(self, updated: set[str]) -> None:
         """Check settings now (a bad policy stops start-up); open the ledger once running.
@@ -82,16 +103,25 @@ class SpendGate:
         mitmproxy rolls back and calls configure again with the previous values.
         """
         opts = ctx.options
+        if self._duplicates:  # fail closed: never guess which of two values the operator meant
+            raise exceptions.OptionsError(self._duplicates)
         if "spendgate_intercept_chatgpt" in updated or "allow_hosts" in updated or "ignore_hosts" in updated:
             self._only_provider_hosts()
-        if not any(name.startswith("spendgate_") for name in updated):
+        if updated & {"spendgate_max_request_bytes", "spendgate_providers_only", "body_size_limit"}:
+            self._body_ceiling()
+        if not any(name.startswith("spendgate_") or name in _MODE_OPTIONS for name in updated):
             return
+        if opts.spendgate_mode not in ("auto", "central", "laptop"):
+            raise exceptions.OptionsError(f"spendgate_mode must be auto, central or laptop, not {opts.spendgate_mode!r}")
+        if opts.spendgate_max_request_bytes < 0:
+            raise exceptions.OptionsError("spendgate_max_request_bytes must be >= 0")
         settings = Settings(
             db=_path_opt(opts.spendgate_db, default_db()),
             policy=_path_opt(opts.spendgate_policy, None) or resources.example_policy(),
             pricing=_path_opt(opts.spendgate_pricing, _existing(resources.pricing_dir() / "overrides.yaml")),
             user=opts.spendgate_user or None,
             admin_port=opts.spendgate_admin_port,
+            central=_central(),
         )
         try:
             Gateway.check(settings)
@@ -114,6 +144,23 @@ class SpendGate:
         self.gateway.proxy_verified = self.proxy_verified
         log.info("spendgate: ledger %s, admin API %s", self.settings.db, self.gateway.admin and self.gateway.admin.url)
 
+    def _body_ceiling(self) -> None:
+        """On a providers-only gateway, cap what mitmproxy reads at all (body_size_limit).
+
+        Between spendgate_max_request_bytes and this ceiling a body is read, answered with the
+        provider-shaped 413 and dropped; past it mitmproxy stops reading and answers its own 413,
+        so memory never grows with the body. Not in laptop mode: body_size_limit also applies to
+        plain-HTTP downloads that pass through a system proxy. The operator's value wins.
+        """
+        opts = ctx.options
+        if opts.body_size_limit and opts.body_size_limit != self._ceiling:
+            return
+        limit = opts.spendgate_max_request_bytes
+        wanted = str(limit * CEILING_FACTOR) if opts.spendgate_providers_only and limit else None
+        if wanted != opts.body_size_limit:
+            self._ceiling = wanted
+            opts.update(body_size_limit=wanted)
+
     def _only_provider_hosts(self) -> None:
         """Decrypt provider hosts only; everything else stays a raw TLS tunnel (origin's cert)."""
         opts = ctx.options
@@ -127,23 +174,54 @@ class SpendGate:
             opts.update(allow_hosts=wanted)
 
     # -- traffic hooks --
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        """Refuse before the body is read: not in charge (503), or a body over the limit (413)."""
+        if flow.response or flow.error:
+            return
+        host = target_of(flow).host
+        provider = providers.PROVIDER_HOSTS.get(host)
+        if provider is None:
+            return
+        if self.gateway is None:  # not started (or failed): never let provider traffic pass unmetered
+            self._answer(flow, refusal.unavailable(provider, "the gateway is not ready (not metering)"))
+            return
+        limit = ctx.options.spendgate_max_request_bytes
+        size = _declared_size(flow.request.headers)
+        if limit and size is not None and size > limit:
+            # mitmproxy still reads the body (HTTP/1 framing) before it sends our answer; the
+            # request hook drops it at once. A hard ceiling on reading: see _body_ceiling.
+            flow.metadata[TOO_LARGE] = True
+            self._oversized.add(flow.client_conn.id)
+            self._answer(flow, too_large(provider, size, limit))
+
     def request(self, flow: http.HTTPFlow) -> None:
+        if flow.metadata.get(TOO_LARGE):  # answered 413 already: let go of the body now, not at the next GC
+            flow.request.raw_content = b""
         if flow.response or flow.error:
             return
         req = flow.request
+        host = target_of(flow).host
         if self.gateway is None:  # not started (or failed): never let provider traffic pass unmetered
-            if providers.route(req.host, req.path) is not None:
-                answer = refusal.unavailable(providers.PROVIDER_HOSTS.get(req.host, ""), "the gateway is not ready")
-                flow.response = http.Response.make(answer.status, answer.body, answer.headers)
+            provider = providers.PROVIDER_HOSTS.get(host)
+            if provider is not None:
+                self._answer(flow, refusal.unavailable(provider, "the gateway is not ready (not metering)"))
+            return
+        limit = ctx.options.spendgate_max_request_bytes
+        if limit and len(req.raw_content or b"") > limit and host in providers.PROVIDER_HOSTS:  # chunked bodies
+            self._answer(flow, too_large(providers.PROVIDER_HOSTS[host],
+                                                             len(req.raw_content or b""), limit))
+            req.raw_content = b""
+            self._oversized.add(flow.client_conn.id)
             return
         auth = flow.metadata.get("proxyauth")
         ex = self.gateway.meter.begin(
-            req.host,
+            host,
             req.path,
             _headers(req.headers),
             req.raw_content or b"",
             proxy_user=auth[0] if auth else None,
             client_ip=flow.client_conn.peername[0] if flow.client_conn.peername else None,
+            method=req.method,
         )
         if ex is None:
             return
@@ -159,6 +237,26 @@ class SpendGate:
             req.path = ex.request.rewritten_path
         if ex.request.drop_usage_chunk:
             req.headers["accept-encoding"] = "identity"  # so the event we add can be taken out again
+
+    def client_disconnected(self, client) -> None:
+        """A connection that sent an oversized body is gone: hand its buffers back (rate-limited)."""
+        if client.id not in self._oversized:
+            return
+        self._oversized.discard(client.id)
+        if self._release_pending:
+            return
+        self._release_pending = True
+        wait = max(0.0, self._released_at + bounds.RELEASE_INTERVAL - time.monotonic())
+        asyncio.get_running_loop().call_later(wait, self._release)
+
+    def _release(self) -> None:
+        self._release_pending = False
+        self._released_at = time.monotonic()
+        bounds.release_memory()
+
+    @staticmethod
+    def _answer(flow: http.HTTPFlow, answer: refusal.Answer) -> None:
+        flow.response = http.Response.make(answer.status, answer.body, answer.headers)
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         ex: Exchange | None = flow.metadata.get(META)
@@ -216,6 +314,57 @@ class SpendGate:
 
 def _existing(p: Path) -> Path | None:
     return p if p.exists() else None
+
+
+_MODE_OPTIONS = frozenset({"listen_host", "mode", "proxyauth", "spendgate_allow_clients", "spendgate_providers_only"})
+
+
+def _central() -> bool:
+    """Central or laptop mode, from the options (see spendgate.access.is_central)."""
+    from mitmproxy.proxy import mode_specs
+
+    opts = ctx.options
+    hosts = []
+    for spec in opts.mode:
+        try:
+            hosts.append(mode_specs.ProxyMode.parse(spec).listen_host(opts.listen_host))
+        except ValueError:
+            hosts.append("")
+    try:
+        nets = access_rules.parse_networks(opts.spendgate_allow_clients)
+    except ValueError:
+        nets = ()
+    return access_rules.is_central(mode=opts.spendgate_mode, listen_hosts=hosts or [opts.listen_host],
+                                   allow_clients=nets, providers_only=opts.spendgate_providers_only,
+                                   proxyauth=opts.proxyauth or "")
+
+
+def _declared_size(headers: http.Headers) -> int | None:
+    """Content-Length as a number (None when absent or unreadable: chunked or HTTP/2 streams)."""
+    try:
+        return int(headers.get("content-length", ""))
+    except ValueError:
+        return None
+
+
+def _take_duplicate_options() -> str | None:
+    """Find our options given more than once (`--set spendgate_db=a --set spendgate_db=b`).
+
+    mitmproxy keeps them deferred until our load() has declared them, then fails to apply the
+    pair and drops the whole script without a word: the proxy would run with nothing metering.
+    We take the pair out (so this addon does load) and report it from configure, which makes
+    mitmdump exit 1 at start-up; until then every provider request gets a 503.
+    """
+    deferred = getattr(ctx.options, "deferred", {})
+    found = []
+    for name in [n for n in deferred if n.startswith("spendgate_")]:
+        values = getattr(deferred[name], "val", None)
+        if isinstance(values, list) and len(values) > 1:
+            found.append(f"{name} given {len(values)} times ({', '.join(map(repr, values))})")
+            del deferred[name]
+    if not found:
+        return None
+    return "spendgate: options given more than once, refusing to guess which one applies: " + "; ".join(found)
 
 
 _gate = SpendGate()

@@ -26,7 +26,13 @@ from spendgate.metering.opaque import OpaqueRecorder
 from spendgate.policy.model import Policy, PolicyError, load, positioned
 from spendgate.policy.watch import FileWatcher
 from spendgate.pricing.rates import Pricer, PricingError
-from spendgate.store.ledger import DuckDBLedger, LedgerLocked, LedgerRow
+from spendgate.store.ledger import (
+    DuckDBLedger,
+    LedgerLocked,
+    LedgerRow,
+    row_from_dict,
+    row_to_dict,
+)
 from spendgate.tokens import TokenStore, tokens_path
 from spendgate.web import app as web
 from spendgate.web import routes
@@ -49,6 +55,7 @@ class Settings:
     user: str | None = None
     admin_port: int = 0  # 0: any free loopback port; -1: no admin API
     reload_interval: float = 1.0  # seconds between policy / pricing overrides file checks; 0 disables
+    central: bool = False  # serves other people (spendgate.access.is_central); decides policy defaults
 
 
 class Gateway:
@@ -80,7 +87,7 @@ class Gateway:
         for w in self.policy.warnings:
             log.warning("%s", w.render(str(settings.policy)))
         try:
-            self.ledger = DuckDBLedger(settings.db, on_written=self._written)
+            self.ledger = DuckDBLedger(settings.db, on_written=self._written, on_spill=self._spill)
         except LedgerLocked:
             raise GatewayError(f"the ledger {settings.db} is in use by another gateway") from None
         except Exception as e:
@@ -103,7 +110,7 @@ class Gateway:
             self.book, self.pricer, self.journal,
             store_error=lambda: None if self.ledger.healthy else str(self.ledger.stats.last_error or "unknown"),
             warning=self.workflow.warning, after_charge=self.workflow.after_charge,
-            stepped_down=self.workflow.stepped_down,
+            stepped_down=self.workflow.stepped_down, central=settings.central,
         )  # fmt: skip
         self.meter = Meter(self.pricer, self.ledger, self.identify)
         self.meter.listeners.append(self.admission.settle)
@@ -154,6 +161,17 @@ class Gateway:
         journal = getattr(self, "journal", None)
         if journal:
             journal.settle([r.request_id for r in rows])
+            if journal.has_spilled:  # the store works again: what went to the journal comes back
+                for d in journal.take_spilled():
+                    self.ledger.append(row_from_dict(d))
+
+    def _spill(self, rows: list[LedgerRow]) -> None:
+        """Ledger writer thread, store failing: rows past the in-memory bound go to the journal."""
+        journal = getattr(self, "journal", None)
+        if journal is None:
+            raise OSError("the reservation journal is not open yet")
+        journal.spill([row_to_dict(r) for r in rows])
+        log.error("spendgate: ledger store failing; %d rows spilled to %s", len(rows), self.journal_path)
 
     # -- policy and pricing reload (the watcher thread) --
     _pruned_at = 0.0

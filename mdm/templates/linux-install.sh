@@ -36,7 +36,7 @@ strip_block() {  # remove our managed block from a file, keep everything else
 
 if [ "$ACTION" = uninstall ]; then
   systemctl disable --now spendgate.service 2>/dev/null || true
-  rm -f /etc/systemd/system/spendgate.service
+  rm -f /etc/systemd/system/spendgate.service /etc/profile.d/spendgate.sh
   strip_block /etc/environment
   rm -f /usr/local/share/ca-certificates/spendgate-ca.crt /etc/pki/ca-trust/source/anchors/spendgate-ca.pem
   command -v update-ca-certificates >/dev/null 2>&1 && update-ca-certificates --fresh >/dev/null || true
@@ -60,9 +60,23 @@ if [ "$IDENTITY" = proxy_auth ]; then
   case "$PASSWORD" in *[!A-Za-z0-9._~-]*) die "SPENDGATE_PROXY_PASSWORD may hold letters, digits and . _ ~ - only" ;; esac
 fi
 
-fill() {  # fill the per-machine tokens into a kit file
-  sed -e "s|{{user_token}}|$USER_NAME|g" -e "s|@@PROXY_PASSWORD@@|$PASSWORD|g" "$1" > "$2.spendgate.tmp"
-  chmod "$3" "$2.spendgate.tmp" && mv "$2.spendgate.tmp" "$2"
+fill() {  # fill the per-machine tokens into a kit file (created with its final mode: umask 077)
+  ( umask 077; sed -e "s|{{user_token}}|$USER_NAME|g" -e "s|@@PROXY_PASSWORD@@|$PASSWORD|g" "$1" > "$2.spendgate.tmp" )
+  chmod "$3" "$2.spendgate.tmp"
+  [ -n "${4:-}" ] && [ "$(id -u)" = 0 ] && chgrp "$4" "$2.spendgate.tmp"
+  mv "$2.spendgate.tmp" "$2"
+}
+# Files that carry this machine's proxy password are root:<the user's group> 0640, never 0644.
+SECRET_MODE=644; SECRET_GROUP=""
+if [ "$IDENTITY" = proxy_auth ]; then
+  SECRET_MODE=640; SECRET_GROUP="$(id -gn "$USER_NAME" 2>/dev/null || echo "$USER_NAME")"
+fi
+GW_USER=spendgate  # laptop mode: the gateway runs as this system user, not as the engineer
+ensure_gw_user() {
+  id "$GW_USER" >/dev/null 2>&1 && return 0
+  [ "$(id -u)" = 0 ] && [ "$FILES_ONLY" = 0 ] || return 1
+  useradd --system --no-create-home --home-dir /var/lib/spendgate --shell /usr/sbin/nologin "$GW_USER" 2>/dev/null \
+    || adduser --system --no-create-home --group "$GW_USER" >/dev/null 2>&1
 }
 
 mkdir -p "$DIR"
@@ -74,22 +88,27 @@ if [ "$MODE" = laptop ]; then
     # shellcheck disable=SC2086
     "$INSTALL/.venv/bin/spendgate" ca init --confdir "$DIR/ca" --bundle "$DIR/spendgate-ca-bundle.pem" $EXTRA
   fi
-  [ "$(id -u)" = 0 ] && chown -R "$USER_NAME" "$DIR/ca"  # the gateway runs as the user; key stays 0600
+  if ensure_gw_user; then OWNER="$GW_USER"; else
+    OWNER="$USER_NAME"; say "WARNING: no system user $GW_USER; the gateway's CA key belongs to $USER_NAME"
+  fi
+  [ "$(id -u)" = 0 ] && chown -R "$OWNER" "$DIR/ca"  # only the gateway reads the key (0600)
   cp "$DIR/ca/mitmproxy-ca-cert.pem" "$DIR/spendgate-ca.pem"
-  install -m 0644 "$KIT/policy/policy.yaml" "$DIR/policy.yaml"
+  # root-owned: the engineer whose spend it caps can read the policy, not change it
+  if [ "$(id -u)" = 0 ]; then install -m 0644 -o root -g root "$KIT/policy/policy.yaml" "$DIR/policy.yaml"
+  else install -m 0644 "$KIT/policy/policy.yaml" "$DIR/policy.yaml"; fi
 else
   install -m 0644 "$KIT/ca/spendgate-ca.pem" "$DIR/spendgate-ca.pem"
   install -m 0644 "$KIT/ca/spendgate-ca-bundle.pem" "$DIR/spendgate-ca-bundle.pem"
 fi
 chmod 644 "$DIR/spendgate-ca.pem" "$DIR/spendgate-ca-bundle.pem"
 install -m 0644 "$KIT/proxy.pac" "$DIR/proxy.pac"
-fill "$KIT/linux/site.json" "$DIR/site.json" 644
-fill "$KIT/linux/spendgate.env" "$DIR/spendgate.env" 644
+fill "$KIT/linux/site.json" "$DIR/site.json" "$SECRET_MODE" "$SECRET_GROUP"
+fill "$KIT/linux/spendgate.env" "$DIR/spendgate.env" "$SECRET_MODE" "$SECRET_GROUP"
 mkdir -p "$(dirname "$CLAUDE_SETTINGS")"
 if [ -f "$CLAUDE_SETTINGS" ] && [ ! -f "$CLAUDE_SETTINGS.pre-spendgate" ] && ! grep -q spendgate "$CLAUDE_SETTINGS"; then
   cp "$CLAUDE_SETTINGS" "$CLAUDE_SETTINGS.pre-spendgate"
 fi
-fill "$KIT/claude-code/managed-settings.linux.json" "$CLAUDE_SETTINGS" 644
+fill "$KIT/claude-code/managed-settings.linux.json" "$CLAUDE_SETTINGS" "$SECRET_MODE" "$SECRET_GROUP"
 say "files placed in $DIR and $CLAUDE_SETTINGS"
 [ "$FILES_ONLY" = 1 ] && exit 0
 
@@ -107,8 +126,17 @@ fi
 # 2. proxy and CA variables for every login (pam_env reads /etc/environment)
 touch /etc/environment
 strip_block /etc/environment
-{ echo "$MARK_BEGIN"; cat "$DIR/spendgate.env"; echo "$MARK_END"; } >> /etc/environment
-# 3. laptop mode: the local gateway, as the user, restarted if it stops
+if [ "$IDENTITY" = proxy_auth ]; then
+  # /etc/environment is world-readable: the password-bearing proxy variables reach only this
+  # user's login shells, from the 0640 file (others cannot read it, so they skip it)
+  { echo "$MARK_BEGIN"; grep -vi '^https_proxy=' "$DIR/spendgate.env"; echo "$MARK_END"; } >> /etc/environment
+  printf '%s\n[ -r "%s/spendgate.env" ] && { set -a; . "%s/spendgate.env"; set +a; }\n%s\n' \
+    "$MARK_BEGIN" "$DIR" "$DIR" "$MARK_END" > /etc/profile.d/spendgate.sh
+  chmod 644 /etc/profile.d/spendgate.sh
+else
+  { echo "$MARK_BEGIN"; cat "$DIR/spendgate.env"; echo "$MARK_END"; } >> /etc/environment
+fi
+# 3. laptop mode: the local gateway, as the system user spendgate, restarted if it stops
 if [ "$MODE" = laptop ]; then
   fill "$KIT/linux/spendgate.service" /etc/systemd/system/spendgate.service 644
   systemctl daemon-reload

@@ -45,9 +45,11 @@ if [ "$IDENTITY" = proxy_auth ]; then
   [ -n "$PASSWORD" ] || die "proxy_auth identity: set SPENDGATE_PROXY_PASSWORD to the user's token (spendgate tokens issue USER)"
   case "$PASSWORD" in *[!A-Za-z0-9._~-]*) die "SPENDGATE_PROXY_PASSWORD may hold letters, digits and . _ ~ - only" ;; esac
 fi
-fill() {
-  sed -e "s|{{user_token}}|$USER_NAME|g" -e "s|@@PROXY_PASSWORD@@|$PASSWORD|g" "$1" > "$2.spendgate.tmp"
-  chmod "$3" "$2.spendgate.tmp" && mv "$2.spendgate.tmp" "$2"
+fill() {  # fill the per-machine tokens into a kit file (created with its final mode: umask 077)
+  ( umask 077; sed -e "s|{{user_token}}|$USER_NAME|g" -e "s|@@PROXY_PASSWORD@@|$PASSWORD|g" "$1" > "$2.spendgate.tmp" )
+  chmod "$3" "$2.spendgate.tmp"
+  [ -n "${4:-}" ] && [ "$(id -u)" = 0 ] && chgrp "$4" "$2.spendgate.tmp"
+  mv "$2.spendgate.tmp" "$2"
 }
 
 mkdir -p "$DIR" && chmod 755 "$DIR"
@@ -60,7 +62,10 @@ if [ "$MODE" = laptop ]; then
   fi
   chown -R "$USER_NAME" "$DIR/ca"
   cp "$DIR/ca/mitmproxy-ca-cert.pem" "$DIR/spendgate-ca.pem"
-  install -m 0644 "$KIT/policy/policy.yaml" "$DIR/policy.yaml"
+  # root-owned: the engineer can read the policy, not change it (the ledger still lives in the
+  # user's Library in macOS laptop mode: see docs/security.md)
+  if [ "$(id -u)" = 0 ]; then install -m 0644 -o root -g wheel "$KIT/policy/policy.yaml" "$DIR/policy.yaml"
+  else install -m 0644 "$KIT/policy/policy.yaml" "$DIR/policy.yaml"; fi
   # This machine's CA into the System keychain. Recent macOS may ask an admin to confirm; agents
   # trust it through NODE_EXTRA_CA_CERTS / SSL_CERT_FILE either way.
   security add-trusted-cert -d -r trustRoot -k /Library/Keychains/System.keychain "$DIR/spendgate-ca.pem" \
@@ -71,13 +76,16 @@ else
 fi
 chmod 644 "$DIR/spendgate-ca.pem" "$DIR/spendgate-ca-bundle.pem"
 install -m 0644 "$KIT/proxy.pac" "$DIR/proxy.pac"
-fill "$KIT/macos/site.json" "$DIR/site.json" 644
-fill "$KIT/macos/spendgate.env.sh" "$DIR/spendgate.env.sh" 644
+# Files that carry this machine's proxy password are root:<the user's group> 0640, never 0644.
+SECRET_MODE=644; SECRET_GROUP=""
+if [ "$IDENTITY" = proxy_auth ]; then SECRET_MODE=640; SECRET_GROUP="$(id -gn "$USER_NAME" 2>/dev/null || echo staff)"; fi
+fill "$KIT/macos/site.json" "$DIR/site.json" "$SECRET_MODE" "$SECRET_GROUP"
+fill "$KIT/macos/spendgate.env.sh" "$DIR/spendgate.env.sh" "$SECRET_MODE" "$SECRET_GROUP"
 mkdir -p "$(dirname "$CLAUDE_SETTINGS")"
 if [ -f "$CLAUDE_SETTINGS" ] && [ ! -f "$CLAUDE_SETTINGS.pre-spendgate" ] && ! grep -q spendgate "$CLAUDE_SETTINGS"; then
   cp "$CLAUDE_SETTINGS" "$CLAUDE_SETTINGS.pre-spendgate"
 fi
-fill "$KIT/claude-code/managed-settings.macos.json" "$CLAUDE_SETTINGS" 644
+fill "$KIT/claude-code/managed-settings.macos.json" "$CLAUDE_SETTINGS" "$SECRET_MODE" "$SECRET_GROUP"
 # Terminal shells (where Codex, Gemini CLI, Copilot CLI and scripts run) get the variables.
 for rc in /etc/zshenv /etc/profile; do
   touch "$rc"; strip_block "$rc"

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from decimal import Decimal
 
-from spendgate.budgets import refusal
+from spendgate.budgets import refusal, unmetered
 from spendgate.budgets.book import BudgetBook, Decision
 from spendgate.budgets.journal import Journal
 from spendgate.budgets.runway import (
@@ -67,6 +67,7 @@ class Admission:
         warning: Callable[[Decision], str | None],
         after_charge: Callable[[Identity, LedgerRow], None],
         stepped_down: Callable[[Identity, StepDownChoice], None] = lambda identity, choice: None,
+        central: bool = False,
     ) -> None:
         self.book = book
         self.pricer = pricer  # swapped by the gateway on re-pricing
@@ -76,6 +77,7 @@ class Admission:
         self._warning = warning
         self._after_charge = after_charge
         self._stepped_down = stepped_down
+        self.central = central  # a central gateway blocks unmetered endpoints unless the policy says otherwise
 
     @property
     def policy(self) -> Policy:
@@ -138,8 +140,16 @@ class Admission:
         `path` and `body` are the request as the client sent it; a step-down rewrites them into
         `ex.request.rewritten_path` / `rewritten_body`, which the proxy edge then sends.
         """
-        if ex.route.adapter is None or ex.request.free:
+        if ex.request.free or ex.route.extra.get("free"):
             return None
+        flat: Decimal | None = None  # unmetered endpoint charged a flat amount (policy `unmetered`)
+        if ex.route.adapter is None:
+            rule = unmetered.rule(self.policy.unmetered, self.central)
+            if rule == unmetered.ALLOW:
+                return None
+            if rule == unmetered.BLOCK:
+                return refuse(ex, unmetered.blocked_answer(ex.provider, path or "this endpoint"))
+            flat = rule
         fail_closed = self.policy.on_store_error == "fail_closed"
         error = self._store_error()
         if error is not None:
@@ -159,9 +169,11 @@ class Admission:
         runway = not policy.runway.empty
         budgets = self.book.covering(ex.identity, now) if policy.runway.step_down else []
         amount = None
-        if budgets:  # past a step-down threshold: price (and later send) the cheaper model
+        if flat is not None:
+            amount = flat
+        elif budgets:  # past a step-down threshold: price (and later send) the cheaper model
             amount = self._substitute(ex, step_down(policy, self.book, ex.identity, ex.request.model, budgets), now)
-        if amount is None:
+        if amount is None and flat is None:
             amount = self.estimate(ex, now)
         if amount is None:
             return refuse(ex, refusal.unavailable(
@@ -228,6 +240,9 @@ class Admission:
             usage = Usage(input_tokens=row.input_tokens, output_tokens=row.output_tokens)
             row.charged_usd = fallback_cost(self.policy, usage)
             row.note = (row.note + "; " if row.note else "") + "charged the unpriced fallback rate"
+        if row.outcome == "unmetered" and res is not None:  # flat `unmetered: {charge}`: only when served
+            row.charged_usd = res.amount if (row.status or 0) < 400 else Decimal(0)
+            row.price_source = "unmetered charge"
         if row.charged_usd is None and res is not None:
             row.charged_usd = res.amount
         choice: StepDownChoice | None = ex.extra.get("step_down")
@@ -244,6 +259,12 @@ class Admission:
             if choice is not None:
                 self._stepped_down(ex.identity, choice)  # the first in a window raises an alert
             self._after_charge(ex.identity, row)  # tiered alerts and projected overrun
+
+
+def too_large(provider: str, size: int, limit: int) -> refusal.Answer:
+    """413 for a body over spendgate_max_request_bytes (answered before it is read, not metered)."""
+    log.warning("spendgate: refused a %d-byte %s request (limit %d bytes)", size, provider, limit)
+    return unmetered.too_large_answer(provider, size, limit)
 
 
 def refuse(ex: Exchange, answer: refusal.Answer, reason: str | None = None) -> refusal.Answer:

@@ -18,6 +18,8 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from spendgate import fsutil
+
 log = logging.getLogger(__name__)
 
 
@@ -32,9 +34,10 @@ class Journal:
     def __init__(self, path: Path, compact_at: int = 16 << 20) -> None:
         self.path = path
         self.compact_at = compact_at  # bytes appended before the file is rewritten with open lines only
-        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        self._fd = fsutil.open_append(path)  # 0600, a symlink at `path` is refused (O_NOFOLLOW)
         self._lock = threading.Lock()
         self._open: dict[str, bytes] = {}  # request id -> its reserve line, while in flight
+        self._spilled: set[str] = set()  # ids of ledger rows spilled here while the store failed
         self._written = 0
 
     @staticmethod
@@ -59,22 +62,51 @@ class Journal:
             try:
                 os.write(self._fd, line)
                 self._written += len(line)
-                if self._written >= self.compact_at:
+                if self._written >= self.compact_at and not self._spilled:  # spilled rows stay until written
                     self._compact()
             except OSError as e:  # the ledger row exists; recovery checks it, so nothing is double-charged
                 log.error("reservation journal: cannot write settle: %s", e)
 
+    def spill(self, rows: list[dict[str, Any]]) -> None:
+        """Keep ledger rows the store could not take (written back later, or at the next start).
+        Raises OSError when the disk refuses these too."""
+        data = b"".join(self._line({"op": "row", "id": r["request_id"], "row": r}) for r in rows)
+        with self._lock:
+            os.write(self._fd, data)
+            self._spilled.update(r["request_id"] for r in rows)
+            self._written += len(data)
+
+    @property
+    def has_spilled(self) -> bool:
+        return bool(self._spilled)
+
+    def take_spilled(self) -> list[dict[str, Any]]:
+        """The spilled rows still owed to the ledger (read back from the file), once."""
+        with self._lock:
+            wanted, self._spilled = self._spilled, set()
+        return [r for r in self.spilled_rows(self.path) if r.get("request_id") in wanted]
+
+    @staticmethod
+    def spilled_rows(path: Path) -> list[dict[str, Any]]:
+        """Every ledger row spilled to the journal at `path` (recovery dedups against the ledger)."""
+        if not path.exists():
+            return []
+        out = []
+        with path.open("rb") as f:
+            for raw in f:
+                if b'"op":"row"' not in raw:
+                    continue
+                try:
+                    out.append(json.loads(raw)["row"])
+                except (ValueError, KeyError):
+                    continue
+        return out
+
     def _compact(self) -> None:
         """Rewrite the file with the reservations still open (a few lines), so it never grows without end."""
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.write(fd, b"".join(self._open.values()))
-        finally:
-            os.close(fd)
-        os.replace(tmp, self.path)
+        fsutil.write_atomic(self.path, b"".join(self._open.values()))  # mkstemp + os.replace
         os.close(self._fd)
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        self._fd = fsutil.open_append(self.path)
         self._written = 0
 
     def close(self) -> None:
@@ -95,7 +127,9 @@ class Journal:
                     obj = json.loads(raw)
                 except ValueError:
                     continue
-                if obj.get("op") == "reserve":
+                if obj.get("op") == "row":  # a spilled ledger row: that request is accounted for
+                    open_.pop(obj.get("id"), None)
+                elif obj.get("op") == "reserve":
                     rid = obj.pop("id")
                     obj.pop("op")
                     open_[rid] = OpenReservation(rid, Decimal(obj.pop("amount")), obj)

@@ -17,7 +17,7 @@ import duckdb
 from spendgate.budgets.book import BudgetBook, row_scopes
 from spendgate.budgets.journal import Journal
 from spendgate.budgets.windows import WINDOWS, bounds
-from spendgate.store.ledger import LedgerRow, write_rows
+from spendgate.store.ledger import LedgerRow, row_from_dict, write_rows
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,17 @@ def rebuild_counters(cur: duckdb.DuckDBPyConnection, book: BudgetBook, now: date
 
 
 def recover_interrupted(cur: duckdb.DuckDBPyConnection, journal_path: Path) -> int:
-    """Write `interrupted` rows for reservations a crashed gateway left open; empties the journal."""
+    """Write the rows a failing store spilled to the journal, then `interrupted` rows for reservations
+    a crashed gateway left open; empties the journal. Returns the interrupted rows written."""
+    spilled = [row_from_dict(d) for d in Journal.spilled_rows(journal_path)]
+    if spilled:  # rows a failing store could not take last time
+        ids = [r.request_id for r in spilled]
+        known = {r[0] for r in cur.execute("SELECT request_id FROM requests WHERE list_contains(?, request_id)",
+                                            [ids]).fetchall()}
+        rows = list({r.request_id: r for r in spilled if r.request_id not in known}.values())
+        if rows:
+            write_rows(cur, rows)
+            log.warning("spendgate: wrote %d ledger rows spilled to the journal while the store failed", len(rows))
     pending = Journal.open_reservations(journal_path)
     written = 0
     if pending:

@@ -114,3 +114,25 @@ def forbidden(provider: str, message: str) -> Answer:
     """Refusing who is asking (a user the policy does not know, with `unknown_users: block`)."""
     headers = {"content-type": "application/json", "x-should-retry": "false"}
     return Answer(403, headers, error_body(provider, f"spendgate: {message}", kind="forbidden", code="unknown_user"))
+
+
+_ANTHROPIC_TYPES = {400: "invalid_request_error", 403: "permission_error", 413: "request_too_large",
+                    421: "invalid_request_error", 429: "rate_limit_error", 503: "api_error"}
+_OPENAI_TYPES = {400: "invalid_request_error", 403: "invalid_request_error", 413: "invalid_request_error",
+                 421: "invalid_request_error", 429: "insufficient_quota", 503: "server_error"}
+_GEMINI_STATUS = {400: "INVALID_ARGUMENT", 403: "PERMISSION_DENIED", 413: "INVALID_ARGUMENT",
+                  421: "FAILED_PRECONDITION", 429: "RESOURCE_EXHAUSTED", 503: "UNAVAILABLE"}
+
+
+def refused(provider: str, status: int, message: str, code: str) -> Answer:
+    """Any other refusal (403 unmetered endpoint, 413 body too large, 421 misdirected, 503 not
+    ready) in the provider's own error shape; `code` is our machine-readable reason."""
+    if provider == "anthropic":
+        doc: dict = {"type": "error", "error": {"type": _ANTHROPIC_TYPES.get(status, "api_error"), "message": message}}
+    elif provider == "gemini":
+        doc = {"error": {"code": status, "message": message, "status": _GEMINI_STATUS.get(status, "UNKNOWN")}}
+    else:
+        doc = {"error": {"message": message, "type": _OPENAI_TYPES.get(status, "invalid_request_error"),
+                         "param": None, "code": code}}
+    headers = {"content-type": "application/json", "x-should-retry": "false", "x-spendgate-refused": code}
+    return Answer(status, headers, json.dumps(doc).encode())

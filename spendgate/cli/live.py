@@ -23,6 +23,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from spendgate import fsutil
 from spendgate.cli.output import add_db_arg, console, source
 from spendgate.cli.source import Source, SourceError, default_db
 from spendgate.identity import local_user
@@ -180,9 +181,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         sys.stdout.buffer.write(data)
         return 0
     out = args.out or Path(dashboard.default_export_name(args.format))
-    tmp = out.with_name(out.name + ".part")
-    tmp.write_bytes(data)
-    tmp.replace(out)
+    fsutil.write_atomic(out, data)  # 0600: an export is the ledger
     reader = "read_parquet" if args.format == "parquet" else "read_csv"
     rows = duckdb.connect().execute(f"SELECT count(*) FROM {reader}(?)", [str(out)]).fetchone()[0]
     print(f"wrote {rows:,} rows to {out} ({args.format}, {len(data):,} bytes, from {src.where})", file=sys.stderr)

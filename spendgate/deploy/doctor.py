@@ -483,6 +483,7 @@ def run(site: dict | None, env: Mapping[str, str], *, os_store: Path | None = No
         checks.append(check_identity(proxy, site))
     else:
         checks.append(Check("identity seen by the gateway", "skip", "the proxy is not reachable"))
+    checks += check_tamper(site)
     return checks
 
 
@@ -526,3 +527,29 @@ def as_json(checks: list[Check]) -> list[dict]:
 
 def failed(checks: list[Check]) -> bool:
     return any(c.status == "fail" for c in checks)
+
+
+def check_tamper(site: dict, euid: int | None = None) -> list[Check]:
+    """Laptop mode: warn when this user can change the policy or the ledger (then budgets on this
+    machine bind only those who do not try). Root can always; the check is for the engineer."""
+    if site.get("mode") != "laptop":
+        return []
+    euid = os.geteuid() if euid is None and hasattr(os, "geteuid") else euid
+    out = []
+    for label, key in (("policy", "policy_file"), ("ledger", "ledger_file")):
+        raw = site.get(key)
+        if not raw:
+            continue
+        path = Path(os.path.expanduser(raw))
+        name = f"{label} protected"
+        if euid == 0:
+            out.append(Check(name, "skip", "running as root: run `spendgate doctor` as the engineer"))
+            continue
+        writable = [str(p) for p in (path, path.parent) if p.exists() and os.access(p, os.W_OK)]
+        if writable:
+            out.append(Check(name, "warn", f"you can change {', '.join(writable)}: budgets on this machine do not "
+                                           "bind you", "re-run the install script as root: laptop mode runs the "
+                                                       "gateway as the system user spendgate with a root-owned policy"))
+        else:
+            out.append(Check(name, "ok", f"{path} cannot be changed by this user"))
+    return out

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from xml.sax.saxutils import escape as xml_escape
 
-from spendgate import resources
+from spendgate import fsutil, resources
 from spendgate.deploy import ca as ca_mod
 from spendgate.deploy import pac
 from spendgate.deploy.site import DASHBOARD_HOST, OSES, USER_TOKEN, Site
@@ -25,6 +25,9 @@ from spendgate.deploy.site import DASHBOARD_HOST, OSES, USER_TOKEN, Site
 TEMPLATES = resources.mdm_templates()
 CA_NAME = "spendgate-ca.pem"  # the gateway CA (what NODE_EXTRA_CA_CERTS adds)
 BUNDLE_NAME = "spendgate-ca-bundle.pem"  # public roots + CA (what SSL_CERT_FILE replaces the store with)
+CLAUDE_HEADERS = "ANTHROPIC_CUSTOM_HEADERS"  # Claude Code sends these on every API request
+LINUX_LAPTOP_LEDGER = "/var/lib/spendgate/ledger.duckdb"  # systemd StateDirectory of the spendgate user
+LAPTOP_LEDGER = {"linux": LINUX_LAPTOP_LEDGER, "macos": "~/Library/Application Support/spendgate/ledger.duckdb"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +117,9 @@ def site_json(site: Site, os_name: str) -> dict:
         "identity": {"method": site.identity_method, "header": site.identity_header, "user": site.identity_user},
         "env": agent_env(site, os_name),
         "claude_settings": p.claude_settings,
+        # laptop mode: what `spendgate doctor` checks the engineer cannot change
+        "policy_file": p.join("policy.yaml") if site.mode == "laptop" else None,
+        "ledger_file": LAPTOP_LEDGER.get(os_name) if site.mode == "laptop" else None,
     }
 
 
@@ -231,7 +237,8 @@ def render(site: Site) -> list[Artifact]:
             out.append(Artifact("linux/spendgate.env", _env_lines(env).encode()))
             out.append(Artifact("linux/install.sh", _template("linux-install.sh", values), 0o755))
             if site.mode == "laptop":
-                args = " ".join(gateway_args(site, "linux", "/var/lib/spendgate/ledger.duckdb"))
+                # runs as the system user spendgate, so it is told whom to charge
+                args = " ".join(gateway_args(site, "linux", LINUX_LAPTOP_LEDGER) + ["--set", f"spendgate_user={USER_TOKEN}"])
                 out.append(Artifact("linux/spendgate.service",
                                     _template("spendgate-laptop.service", {**values, "args": args})))
             else:
@@ -261,7 +268,6 @@ def write(artifacts: list[Artifact], out_dir: Path) -> list[Path]:
     for a in artifacts:
         path = out_dir / a.path
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(a.data)
-        path.chmod(a.mode)
+        fsutil.write_atomic(path, a.data, a.mode)  # the mode from the first byte on
         written.append(path)
     return written

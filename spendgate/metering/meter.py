@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
 
+from spendgate import bounds
 from spendgate.batcher import Batcher
 from spendgate.identity import Identity
 from spendgate.metering import providers
@@ -71,8 +72,8 @@ class Body:
         if adapter is None:
             return None
         try:
-            body = IncrementalDecoder(self.content_encoding).feed(self.raw)
-        except Exception:  # an encoding we cannot undo, or garbage: usage unknown, row estimated
+            body = IncrementalDecoder(self.content_encoding, bounds.MAX_DECODED_BYTES).feed(self.raw)
+        except Exception:  # an encoding we cannot undo, garbage, or a bomb: usage unknown, row estimated
             return ResponseResult(garbled=True)
         return adapter.parse_response(body)
 
@@ -107,10 +108,10 @@ class Verdict:
 
 def judge(ex: Exchange, result: ResponseResult | None, ended: str | None) -> Verdict:
     """Decide outcome and usage of a finished exchange (before pricing)."""
+    if ex.extra.get("blocked"):  # refused at admission, metered endpoint or not
+        return Verdict("blocked", Usage(), False, ex.extra.get("blocked_reason"))
     if ex.route.adapter is None:
         return Verdict("unmetered", Usage(), False, None)
-    if ex.extra.get("blocked"):
-        return Verdict("blocked", Usage(), False, ex.extra.get("blocked_reason"))
     if ex.request.free:  # e.g. count_tokens: nothing is billed whatever the answer
         return Verdict("ok" if (ex.status or 0) < 400 else "upstream_error", Usage(), False, None)
     result = result or ResponseResult()
@@ -161,22 +162,27 @@ class Meter:
         *,
         proxy_user: str | None = None,
         client_ip: str | None = None,
+        method: str | None = None,
     ) -> Exchange | None:
-        """Start metering a request to `host`; None when the host is not a provider."""
-        route = providers.route(host, path)
+        """Start metering a request to `host` (the connection's real target, never the Host
+        header); None when the host is not a provider. Adapters see the canonical path."""
+        route = providers.route(host, path, method)
         if route is None:
             return None
         query = path.partition("?")[2]
-        req = route.adapter.parse_request(path, body) if route.adapter else RequestInfo()
+        canon = providers.normalize_path(path) + ("?" + query if query else "")
+        req = route.adapter.parse_request(canon, body) if route.adapter else RequestInfo()
+        bounds.clip_request(req)
         ex = Exchange(
             request_id=next(self._ids),
             ts=self.now(),
             started=self.clock(),
             route=route,
             request=req,
-            identity=self.identify(headers, query, proxy_user, client_ip),
+            identity=bounds.clip_identity(self.identify(headers, query, proxy_user, client_ip)),
             bytes_in=len(body),
         )
+        ex.extra["path"] = bounds.clip(providers.normalize_path(path), 200)
         self._inflight[ex.request_id] = ex
         return ex
 
@@ -184,7 +190,8 @@ class Meter:
         adapter = ex.route.adapter
         if adapter is None or not adapter.is_stream_response(content_type, ex.request):
             return None
-        ex.parser = adapter.stream_parser(path)
+        query = path.partition("?")[2]
+        ex.parser = adapter.stream_parser(providers.normalize_path(path) + ("?" + query if query else ""))
         return ex.parser
 
     def finish(
@@ -245,7 +252,7 @@ class Meter:
         self, ex: Exchange, result: ResponseResult | None, ended: str | None, bytes_out: int, done_at: float
     ) -> LedgerRow:
         verdict = judge(ex, result, ended)
-        model = (result.model if result and result.model else None) or ex.request.model
+        model = bounds.clip(result.model if result and result.model else None, bounds.MODEL) or ex.request.model
         price = self.price(ex, verdict, model, result.service_tier if result else None)
         outcome = verdict.outcome
         if outcome in ("ok", "estimated") and price.cost is None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import brotli
 
@@ -21,51 +21,113 @@ try:  # Python 3.14+
 except ImportError:  # pragma: no cover - depends on interpreter
     from backports import zstd  # type: ignore[no-redef]
 
+from spendgate.bounds import MAX_DECODED_BYTES
 from spendgate.metering.framing import SSEBlockSplitter
 from spendgate.metering.providers.base import StreamParser
 
 log = logging.getLogger(__name__)
 
-class IncrementalDecoder:
-    """Decode a content-encoded body piece by piece (identity, gzip, deflate, br, zstd)."""
+class DecodedTooLarge(ValueError):
+    """A body decoded past its cap (a compression bomb, or simply too big to parse)."""
 
-    def __init__(self, content_encoding: str) -> None:
+
+PIECE = 1 << 20  # bytes: the most one decoding step produces, whatever the compression ratio
+
+
+class IncrementalDecoder:
+    """Decode a content-encoded body piece by piece (identity, gzip, deflate, br, zstd).
+
+    Output comes in pieces of at most PIECE bytes (`feed_iter`), so a few compressed bytes that
+    expand to gigabytes never become one huge buffer; past `max_output` decoded bytes in total
+    it raises DecodedTooLarge. That bounds memory for gzip/br/zstd bombs on the whole-body
+    path and on the stream tap alike.
+    """
+
+    def __init__(self, content_encoding: str, max_output: int | None = None) -> None:
         enc = (content_encoding or "identity").strip().lower()
         self.encoding = enc
-        self._feed: Callable[[bytes], bytes]
+        self.max_output = max_output
+        self.produced = 0  # decoded bytes so far
+        self._pieces: Callable[[bytes, int], Iterator[bytes]]
         if enc in ("", "identity"):
-            self._feed = lambda b: b
+            self._pieces = lambda b, n: iter((b,))
         elif enc in ("gzip", "x-gzip"):
-            self._feed = zlib.decompressobj(16 + zlib.MAX_WBITS).decompress
+            self._pieces = _ZlibPieces(zlib.decompressobj(16 + zlib.MAX_WBITS)).pieces
         elif enc == "deflate":
-            self._feed = _DeflateAuto().feed
+            self._pieces = _DeflateAuto().pieces
         elif enc == "br":
-            self._feed = brotli.Decompressor().process
+            self._pieces = _BrotliPieces().pieces
         elif enc == "zstd":
-            self._feed = zstd.ZstdDecompressor().decompress
+            self._pieces = _ZstdPieces().pieces
         else:
             raise ValueError(f"unsupported content-encoding {enc!r}")
 
+    def feed_iter(self, data: bytes, piece: int = PIECE) -> Iterator[bytes]:
+        """Decoded pieces of `data` (each at most `piece` bytes); raises DecodedTooLarge past the cap."""
+        if not data:
+            return
+        for out in self._pieces(data, piece):
+            self.produced += len(out)
+            if self.max_output is not None and self.produced > self.max_output:
+                raise DecodedTooLarge(f"decoded body exceeds {self.max_output} bytes")
+            if out:
+                yield out
+
     def feed(self, data: bytes) -> bytes:
-        return self._feed(data) if data else b""
+        return b"".join(self.feed_iter(data))
+
+
+class _ZlibPieces:
+    def __init__(self, d) -> None:
+        self.d = d
+
+    def pieces(self, data: bytes, n: int) -> Iterator[bytes]:
+        yield self.d.decompress(data, n)
+        while self.d.unconsumed_tail:
+            yield self.d.decompress(self.d.unconsumed_tail, n)
+
+
+class _BrotliPieces:
+    def __init__(self) -> None:
+        self.d = brotli.Decompressor()
+
+    def pieces(self, data: bytes, n: int) -> Iterator[bytes]:
+        # brotli lets its output buffer overshoot the limit (up to about twice): ask for half
+        limit = max(n // 2, 1)
+        out = self.d.process(data, output_buffer_limit=limit)
+        while out:
+            yield out
+            if self.d.is_finished():
+                return
+            out = self.d.process(b"", output_buffer_limit=limit)  # output still held back
+
+
+class _ZstdPieces:
+    def __init__(self) -> None:
+        self.d = zstd.ZstdDecompressor()
+
+    def pieces(self, data: bytes, n: int) -> Iterator[bytes]:
+        yield self.d.decompress(data, n)
+        while not self.d.needs_input and not self.d.eof:
+            yield self.d.decompress(b"", n)
 
 
 class _DeflateAuto:
     """HTTP 'deflate' is zlib-wrapped in theory and raw deflate in practice: accept both."""
 
     def __init__(self) -> None:
-        self._d: zlib._Decompress | None = None
+        self._d: _ZlibPieces | None = None
         self._first = b""
 
-    def feed(self, data: bytes) -> bytes:
+    def pieces(self, data: bytes, n: int) -> Iterator[bytes]:
         if self._d is None:
             self._first += data
             if len(self._first) < 2:
-                return b""
+                return
             raw = (self._first[0] & 0x0F) != 8 or int.from_bytes(self._first[:2], "big") % 31 != 0
-            self._d = zlib.decompressobj(-zlib.MAX_WBITS if raw else zlib.MAX_WBITS)
+            self._d = _ZlibPieces(zlib.decompressobj(-zlib.MAX_WBITS if raw else zlib.MAX_WBITS))
             data, self._first = self._first, b""
-        return self._d.decompress(data)
+        yield from self._d.pieces(data, n)
 
 
 class EventDropper:
@@ -108,6 +170,7 @@ class StreamTap:
         content_encoding: str = "",
         dropper: EventDropper | None = None,
         clock: Callable[[], float] = time.monotonic,
+        max_decoded: int | None = MAX_DECODED_BYTES,
     ) -> None:
         self.parser = parser
         self.dropper = dropper
@@ -117,7 +180,7 @@ class StreamTap:
         self.ended = False
         self.broken: str | None = None  # why the side channel stopped, if it did
         try:
-            self.decoder: IncrementalDecoder | None = IncrementalDecoder(content_encoding)
+            self.decoder: IncrementalDecoder | None = IncrementalDecoder(content_encoding, max_decoded)
         except ValueError as e:
             self.decoder, self.broken = None, str(e)
 
@@ -150,15 +213,23 @@ class StreamTap:
         """Decode and parse a copy; the decoded bytes, or None once the side channel stopped."""
         if self.decoder is None:
             return None
+        keep = self.dropper is not None  # only the filtering path forwards decoded bytes
+        kept: list[bytes] = []
+        parsing = True
+        decoder = self.decoder
         try:
-            decoded = self.decoder.feed(chunk)
-        except Exception as e:  # garbage in an encoded body: stop looking, keep forwarding
+            for piece in decoder.feed_iter(chunk):  # pieces of at most streams.PIECE bytes
+                if keep:
+                    kept.append(piece)
+                if parsing:
+                    try:
+                        self.parser.feed(piece)
+                    except Exception as e:  # a parser bug: stop parsing, still hand on this chunk
+                        self._stop(e)
+                        parsing = False
+        except Exception as e:  # garbage in an encoded body, or a bomb: stop looking, keep forwarding
             return self._stop(e)
-        try:
-            self.parser.feed(decoded)
-        except Exception as e:  # a parser bug
-            self._stop(e)
-        return decoded
+        return b"".join(kept) if keep else b""
 
     def _stop(self, e: Exception) -> None:
         self.broken = f"{type(e).__name__}: {e}"

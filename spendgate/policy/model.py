@@ -70,6 +70,8 @@ def _explain(marks: Marks) -> Explain:
                                  "`spendgate fingerprint` prints one)")
         if err.validator in ("type", "minimum") and len(path) >= 2 and path[-1] in WINDOWS:
             return f"budget {where} must be a non-negative number of USD, not {err.instance!r}"
+        if err.validator == "oneOf" and path == ("unmetered",):
+            return f"{where}: must be block, allow or {{charge: USD}} (a flat amount per request)"
         if err.validator == "oneOf" and path == ("unpriced",):
             return f"{where}: must be block, allow or {{charge_per_mtok: {{input: N, output: N}}}}"
         if err.validator == "oneOf" and len(path) == 3 and path[0] == "step_down" and path[2] == "at":
@@ -160,6 +162,7 @@ class Policy:
         if any(user in r.approvers for r in rules):
             return True
         return any(k.user == user for k in self.keys.values()) or any(u == user for _, u in self.client_ips)
+    unmetered: str | Decimal | None = None  # "block" | "allow" | USD per request; None: by gateway mode
 
     def workspaces_of(self, user: str) -> tuple[str, ...]:
         """Workspaces a user belongs to: listed on the user, or matched by members (names or globs)."""
@@ -329,6 +332,13 @@ def parse(text: str, file: str = "<policy>", today: date | None = None) -> Polic
     problems += [Problem(*mark(marks, path), msg) for path, msg in found]
     runway, found = parse_runway(doc, set(workspaces))
     problems += [Problem(*mark(marks, path), msg) for path, msg in found]
+    unmetered = doc.get("unmetered")
+    if isinstance(unmetered, dict):
+        unmetered = Decimal(str(unmetered["charge"]))
+        if unmetered <= 0:
+            problems.append(Problem(*mark(marks, ("unmetered", "charge")),
+                                    "unmetered.charge must be more than 0 USD (write `unmetered: allow` to forward "
+                                    "unmetered endpoints free)"))
     if problems:
         raise PolicyError(file, problems)
     unpriced = doc.get("unpriced", {"charge_per_mtok": {"input": 15, "output": 75}})
@@ -352,6 +362,7 @@ def parse(text: str, file: str = "<policy>", today: date | None = None) -> Polic
         unpriced=unpriced,
         on_store_error=doc.get("on_store_error", "fail_closed"),
         typical_output_tokens=dict(doc.get("typical_output_tokens") or {}),
+        unmetered=unmetered,
         raw=doc,
         warnings=tuple(warnings),
         alerts=alerts,

@@ -26,6 +26,8 @@ from typing import Any
 import genai_prices
 from genai_prices import data_snapshot, types
 
+from spendgate import fsutil
+
 log = logging.getLogger(__name__)
 
 CATALOGUE_FILE = "catalogue.json"
@@ -197,9 +199,7 @@ def write(pricing_dir: Path, text: str, source: str, previous: str | None) -> di
     }
     pricing_dir.mkdir(parents=True, exist_ok=True)
     for name, content in ((CATALOGUE_FILE, text), (LOCK_FILE, json.dumps(lock, indent=2) + "\n")):
-        tmp = pricing_dir / (name + ".tmp")
-        tmp.write_text(content)
-        tmp.replace(pricing_dir / name)
+        fsutil.write_atomic(pricing_dir / name, content.encode(), 0o644)  # public price data, shared
     return lock
 
 

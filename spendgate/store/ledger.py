@@ -20,6 +20,7 @@ from typing import Protocol
 
 import duckdb
 
+from spendgate import bounds, fsutil
 from spendgate.batcher import Batcher
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,27 @@ class LedgerRow:
 
 
 COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(LedgerRow))
+_DECIMALS = ("cost_usd", "charged_usd")
+
+
+def row_to_dict(row: LedgerRow) -> dict:
+    """A row as JSON-ready values (for the journal when the store fails)."""
+    out = {}
+    for name in COLUMNS:
+        v = getattr(row, name)
+        out[name] = v.isoformat() if isinstance(v, datetime) else str(v) if isinstance(v, Decimal) else v
+    return out
+
+
+def row_from_dict(d: dict) -> LedgerRow:
+    """The inverse of row_to_dict; unknown keys are ignored, so old journals stay readable."""
+    values = {k: d[k] for k in COLUMNS if k in d}
+    values["ts"] = datetime.fromisoformat(values["ts"])
+    for k in _DECIMALS:
+        if values.get(k) is not None:
+            values[k] = Decimal(values[k])
+    return LedgerRow(**values)
+
 APPEND_SLICE = 32  # rows per Appender call (see write_rows)
 _values = operator.attrgetter(*COLUMNS)  # a row's values in column order; not astuple, which deep-copies
 
@@ -274,6 +296,18 @@ def connect(path: Path | str, read_only: bool = False) -> duckdb.DuckDBPyConnect
         raise
 
 
+def connect_private(path: Path) -> duckdb.DuckDBPyConnection:
+    """Open (or create) a ledger file read-write as owner-only state: 0600 (its WAL too, when
+    created now), in a 0700 directory if we create it; a symlink at the file or WAL is refused."""
+    path = Path(path)
+    fsutil.prepare_private_file(path)
+    wal = path.with_name(path.name + ".wal")
+    fsutil.refuse_symlink(wal)
+    fsutil.tighten(wal)
+    with fsutil.private_umask():
+        con = connect(path)
+    fsutil.tighten(path)
+    return con
 
 
 @dataclass
@@ -283,6 +317,8 @@ class WriterStats:
     failures: int = 0
     last_error: str | None = None
     pending: int = 0
+    spilled: int = 0  # rows handed to on_spill while writes failed (the journal, in the gateway)
+    lost: int = 0  # rows that could be neither written nor spilled
 
 
 class DuckDBLedger:
@@ -294,12 +330,15 @@ class DuckDBLedger:
         *,
         commit_interval: float = 0.2,
         on_written: Callable[[list[LedgerRow]], None] | None = None,
+        on_spill: Callable[[list[LedgerRow]], None] | None = None,
+        max_pending: int = bounds.MAX_PENDING_ROWS,
     ) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.con = connect(self.path)
+        self.con = connect_private(self.path)
         migrate(self.con)
         self.on_written = on_written
+        self.on_spill = on_spill  # takes rows past max_pending while writes fail (to disk); may raise OSError
+        self.max_pending = max_pending
         self.stats = WriterStats()
         self._cur = self.con.cursor()  # the writer thread's own
         self._unwritten: list[LedgerRow] = []  # rows a failed write kept for the next try
@@ -307,6 +346,7 @@ class DuckDBLedger:
 
     # -- producer side (any thread, the event loop included: never blocks) --
     def append(self, row: LedgerRow) -> None:
+        bounds.clip_row(row)  # traffic-supplied strings never reach the file at full length
         self._writer.put(row)
 
     def flush(self, timeout: float = 5.0) -> bool:
@@ -335,6 +375,8 @@ class DuckDBLedger:
         try:
             write_rows(self._cur, rows)
         except Exception as e:  # disk full, file gone: keep the rows, say so loudly, retry
+            if len(rows) > self.max_pending:  # memory stays bounded: the oldest go to disk elsewhere
+                rows = self._spill(rows[: len(rows) - self.max_pending]) + rows[len(rows) - self.max_pending:]
             self._unwritten = rows
             self.stats.failures += 1
             self.stats.last_error = f"{type(e).__name__}: {e}"
@@ -355,6 +397,18 @@ class DuckDBLedger:
             except Exception:
                 log.exception("ledger listener failed")
         return True
+
+    def _spill(self, rows: list[LedgerRow]) -> list[LedgerRow]:
+        """Hand rows to on_spill; returns what could not be spilled and must be dropped (counted)."""
+        try:
+            if self.on_spill is None:
+                raise OSError("no spill target")
+            self.on_spill(rows)
+            self.stats.spilled += len(rows)
+        except Exception as e:
+            self.stats.lost += len(rows)
+            log.error("ledger: %d rows could neither be written nor spilled (%s); they are lost", len(rows), e)
+        return []
 
     @property
     def healthy(self) -> bool:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
+from spendgate import fsutil
 from spendgate.web.app import WebRequest
 from spendgate.web.caller import ApiError, Caller
 
@@ -67,11 +68,7 @@ class AdminServer:
 
     def write_discovery(self, path: Path) -> None:
         """Tell local CLIs where we are and the token; owner-only permissions, atomically."""
-        tmp = path.with_name(path.name + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump({"url": self.url, "token": self.token, "pid": os.getpid()}, f)
-        os.replace(tmp, path)
+        fsutil.write_atomic(path, json.dumps({"url": self.url, "token": self.token, "pid": os.getpid()}).encode())
 
     def authenticate(self, header: str) -> Caller | None:
         scheme, _, value = header.partition(" ")

@@ -128,7 +128,7 @@ def summary(row: dict[str, Any]) -> str:
 
 def record_rejected_start(db: Path, policy_path: Path, problems: str) -> bool:
     """A gateway refusing to start on a bad policy still leaves its paper trail (if the file is free)."""
-    from spendgate.store.ledger import LedgerLocked, connect, migrate
+    from spendgate.store.ledger import LedgerLocked, connect_private, migrate
 
     try:
         text = policy_path.read_text()
@@ -136,8 +136,7 @@ def record_rejected_start(db: Path, policy_path: Path, problems: str) -> bool:
     except OSError:
         sha = None
     try:
-        db.parent.mkdir(parents=True, exist_ok=True)
-        con = connect(db)
+        con = connect_private(db)  # 0600, never through a symlink (like the ledger itself)
     except (LedgerLocked, OSError, duckdb.Error) as e:
         log.warning("spendgate: cannot record the rejected policy in the audit trail: %s", e)
         return False

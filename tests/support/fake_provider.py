@@ -16,6 +16,7 @@ Served endpoints (exact real wire shapes, see ../../../shared/fixtures/wire for 
                                                                ``stream_options.include_usage``)
                          POST /v1/responses                    JSON or SSE
                          GET  /v1/models                       small model list (unmetered path)
+                         POST /v1/embeddings                   one tiny embedding (unmetered path)
 * ``chatgpt.com``        POST /backend-api/codex/responses      same as /v1/responses
 * ``generativelanguage.googleapis.com``
                          POST /v1beta/models/{m}:generateContent        JSON
@@ -83,6 +84,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import gzip
+import ipaddress
 import json
 import shutil
 import ssl
@@ -260,6 +262,32 @@ REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found",
            500: "Internal Server Error", 503: "Service Unavailable", 529: "Overloaded"}
 
 
+BOMB_BYTES = 256 * 1024 * 1024
+_bombs: dict[bool, tuple[str, bytes]] = {}
+
+
+def compression_bomb(stream: bool) -> tuple[str, bytes]:
+    """(content-encoding, body) that decodes to BOMB_BYTES of 'a's: one JSON document in gzip
+    (~256 KB, the whole-body path), or one SSE event in brotli (a few hundred bytes, so a single
+    network read decodes to all of it: the stream tap's worst case)."""
+    if stream not in _bombs:
+        head = b'event: content_block_delta\ndata: {"type":"content_block_delta","delta":{"text":"' if stream \
+            else b'{"type":"message","content":[{"type":"text","text":"'
+        tail = b'"}}\n\n' if stream else b'"}]}'
+        piece = b"a" * (1 << 20)
+        if stream:
+            c = brotli.Compressor(quality=5)
+            parts = [c.process(head)] + [c.process(piece) for _ in range(BOMB_BYTES // len(piece))]
+            parts += [c.process(tail), c.finish()]
+            _bombs[stream] = ("br", b"".join(parts))
+        else:
+            z = zlib.compressobj(9, zlib.DEFLATED, 31)
+            parts = [z.compress(head)] + [z.compress(piece) for _ in range(BOMB_BYTES // len(piece))]
+            parts += [z.compress(tail), z.flush()]
+            _bombs[stream] = ("gzip", b"".join(parts))
+    return _bombs[stream]
+
+
 def _head(status: int, headers: list[tuple[str, str]]) -> bytes:
     lines = [f"HTTP/1.1 {status} {REASONS.get(status, 'Status')}"]
     lines += [f"{k}: {v}" for k, v in headers]
@@ -341,6 +369,14 @@ def sse(event: str | None, data: Any, crlf: bool = False) -> bytes:
 
 # --------------------------------------------------------------------------------------------
 # the server
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 class FakeProvider:
@@ -478,8 +514,13 @@ class FakeProvider:
                         break
                     writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
                     await writer.drain()
-                    await writer.start_tls(self.ca.server_context(host))
-                    tunnel_host = host
+                    if _is_ip(host):  # reached by IP: present (and serve) the name the client's SNI asks for
+                        seen: dict[str, str] = {}
+                        await writer.start_tls(self._sni_context(seen))
+                        tunnel_host = seen.get("sni", host)
+                    else:
+                        await writer.start_tls(self.ca.server_context(host))
+                        tunnel_host = host
                     continue
                 path = target
                 host = tunnel_host
@@ -508,6 +549,21 @@ class FakeProvider:
             except Exception:
                 pass
 
+    def _sni_context(self, seen: dict[str, str]) -> ssl.SSLContext:
+        """A server context that switches to a leaf for the client's SNI (recorded in `seen`)."""
+        cert_file, key_file = self.ca.leaf("localhost")
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(str(cert_file), str(key_file))
+        ctx.set_alpn_protocols(["http/1.1"])
+
+        def pick(sslobj, name, _ctx):
+            if name:
+                seen["sni"] = name
+                sslobj.context = self.ca.server_context(name)
+
+        ctx.sni_callback = pick
+        return ctx
+
     # ---- routing
 
     async def _dispatch(self, host, method, path, headers, body, writer, keep_alive) -> bool:
@@ -534,6 +590,12 @@ class FakeProvider:
             return keep_alive
 
         data = parsed if isinstance(parsed, dict) else {}
+        if scenario.has("bomb"):  # a body that decodes to BOMB_BYTES (a compression bomb)
+            stream = bool(data.get("stream"))
+            enc, bomb = compression_bomb(stream)
+            await r.send_bytes(200, bomb, "text/event-stream" if stream else "application/json",
+                               [("content-encoding", enc)], encode=False)
+            return keep_alive
         if host == ANTHROPIC_HOST and method == "POST":
             if route == "/v1/messages":
                 await self._anthropic_messages(r, data)
@@ -543,6 +605,11 @@ class FakeProvider:
                                   self._anthropic_headers())
                 return keep_alive
         if host == OPENAI_HOST:
+            if method == "POST" and route == "/v1/embeddings":  # an endpoint spendgate does not meter
+                await r.send_json(200, {"object": "list", "model": "text-embedding-3-small",
+                                        "data": [{"object": "embedding", "index": 0, "embedding": [0.01, -0.02]}],
+                                        "usage": {"prompt_tokens": 5, "total_tokens": 5}}, self._openai_headers())
+                return keep_alive
             if method == "POST" and route == "/v1/chat/completions":
                 await self._openai_chat(r, data)
                 return keep_alive

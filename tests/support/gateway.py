@@ -51,7 +51,7 @@ class Gateway:
     def __init__(self, tmp: str | Path, fake, policy: str | Path | None = None,
                  user: str = "tester", extra_args: list[str] | tuple[str, ...] = (),
                  start_timeout: float = 30.0, launcher: list[str] | None = None, addon: Path | None = None,
-                 env: dict[str, str] | None = None):
+                 env: dict[str, str] | None = None, upstream: bool = True):
         self.tmp = Path(tmp)
         self.tmp.mkdir(parents=True, exist_ok=True)
         self.fake = fake
@@ -59,6 +59,7 @@ class Gateway:
         self.user = user
         self.extra_args = list(extra_args)
         self.start_timeout = start_timeout
+        self.upstream = upstream  # False: regular mode, mitmproxy connects to targets itself (loopback only)
         self.confdir = self.tmp / "mitm"
         self.db = self.tmp / "ledger.duckdb"
         self.log_file = self.tmp / "gateway.log"
@@ -110,7 +111,7 @@ class Gateway:
             *self.launcher, "-s", str(self.addon),
             "--listen-host", "127.0.0.1", "-p", str(self.port),
             "--set", f"confdir={self.confdir}",
-            "--mode", f"upstream:http://127.0.0.1:{self.fake.port}",
+            *(["--mode", f"upstream:http://127.0.0.1:{self.fake.port}"] if self.upstream else []),
             "--set", f"ssl_verify_upstream_trusted_ca={self.fake.ca_file}",
             "--set", f"spendgate_db={self.db}",
             *(["--set", f"spendgate_policy={self.policy}"] if self.policy else []),

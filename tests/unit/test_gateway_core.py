@@ -108,3 +108,71 @@ def test_open_reservations_are_charged_once_at_start(tmp_path):
         assert len(ledger_rows(gw3.ledger.cursor())) == 1
     finally:
         gw3.close()
+
+
+def _row(i: int):
+    from datetime import UTC, datetime
+
+    from spendgate.store.ledger import LedgerRow
+
+    return LedgerRow(ts=datetime.now(UTC), request_id=f"spill-{i:03d}", provider="anthropic", endpoint="messages",
+                     model="m" * 500, user="unit", key_fingerprint=None, client="other", session_id=None, stream=False,
+                     status=200, outcome="ok", estimated=False, input_tokens=1, cache_read_tokens=0,
+                     cache_write_tokens=0, cache_write_1h_tokens=0, output_tokens=1, reasoning_tokens=0,
+                     web_search_requests=0, cost_usd=Decimal("0.01"), price_source="test", latency_ms=1.0,
+                     ttft_ms=None, charged_usd=Decimal("0.01"))
+
+
+def _wait(pred, timeout=20.0):
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not pred():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.05)
+
+
+def test_store_failure_backlog_is_bounded_and_spilled_to_the_journal(tmp_path, monkeypatch):
+    """Issue 13 part 6: on a failing store, at most max_pending rows wait in memory; the rest go
+    to the reservation journal and come back once the store works (or at the next start)."""
+    import spendgate.store.ledger as ledger_mod
+
+    real_write = ledger_mod.write_rows
+
+    def full_disk(cur, rows):
+        raise OSError(28, "No space left on device")
+
+    gw = make(tmp_path, "on_store_error: fail_open\n")
+    try:
+        gw.ledger.max_pending = 5
+        monkeypatch.setattr(ledger_mod, "write_rows", full_disk)
+        for i in range(20):
+            gw.ledger.append(_row(i))
+        _wait(lambda: gw.ledger.stats.spilled == 15)
+        assert len(gw.ledger._unwritten) == 5 and gw.ledger.stats.lost == 0
+        assert len(Journal.spilled_rows(gw.journal_path)) == 15
+        assert not gw.ledger.healthy  # admission applies on_store_error meanwhile
+        monkeypatch.setattr(ledger_mod, "write_rows", real_write)  # the disk has room again
+        _wait(lambda: len(ledger_rows(gw.ledger.cursor())) == 20)
+        rows = ledger_rows(gw.ledger.cursor())
+        assert {r["request_id"] for r in rows} == {f"spill-{i:03d}" for i in range(20)}
+        assert all(len(r["model"]) == 200 for r in rows)  # cut to bounds.MODEL before storing
+    finally:
+        monkeypatch.setattr(ledger_mod, "write_rows", real_write)
+        gw.close()
+
+
+def test_rows_spilled_before_a_crash_are_written_at_the_next_start(tmp_path):
+    from spendgate.store.ledger import row_to_dict
+
+    gw = make(tmp_path, "")
+    gw.journal.spill([row_to_dict(_row(i)) for i in range(3)])
+    gw.meter.close()
+    gw.ledger.close()  # a crash: the journal stays as it is
+    gw.journal.close()
+    gw2 = Gateway(gw.settings)
+    try:
+        ids = {r["request_id"] for r in ledger_rows(gw2.ledger.cursor())}
+        assert ids == {"spill-000", "spill-001", "spill-002"}
+    finally:
+        gw2.close()

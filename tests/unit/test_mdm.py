@@ -218,7 +218,9 @@ def test_laptop_mode_renders_services_bound_to_loopback(tmp_path):
     assert (profile["PayloadContent"][0]["ProxyServer"], profile["PayloadContent"][0]["ProxyServerPort"]) == \
         ("127.0.0.1", 18080)
     unit = files["linux/spendgate.service"].decode()
-    assert "User=@@USER@@" in unit and "--listen-host 127.0.0.1 -p 18080" in unit
+    # runs as the system user spendgate (issue 13), charging the machine's user
+    assert "User=spendgate" in unit and "spendgate_user=@@USER@@" in unit and "--listen-host 127.0.0.1 -p 18080" in unit
+    assert "StateDirectoryMode=0700" in unit
     assert "spendgate_allow_clients=127.0.0.1/32,::1/128" in unit
     task = files["windows/spendgate-task.xml"].decode()
     assert "mitmdump.exe" in task and "<LogonTrigger>" in task
@@ -438,3 +440,29 @@ def test_doctor_judges_a_file_by_the_ca_that_signed_the_presented_leaf(tmp_path)
     assert not presented.in_file(tmp_path / "missing")
     assert presented.issuer == "O=spendgate,CN=spendgate gateway CA" and presented.sha256 is None
     assert doctor.GatewayCA(leaf, gw_ca).sha256 == ca.sha256_fingerprint(gw_ca)
+
+
+def test_doctor_warns_when_the_engineer_can_change_policy_or_ledger(tmp_path):
+    """Laptop mode: a policy or ledger the engineer can write means budgets do not bind them."""
+    from spendgate.deploy import doctor
+
+    pol = tmp_path / "policy.yaml"
+    pol.write_text("version: 1\n")
+    site = {"mode": "laptop", "policy_file": str(pol), "ledger_file": str(tmp_path / "ledger.duckdb")}
+    checks = doctor.check_tamper(site, euid=1000)
+    assert [c.status for c in checks] == ["warn", "warn"] and "re-run the install script as root" in checks[0].fix
+    assert doctor.check_tamper({**site, "mode": "central"}, euid=1000) == []
+    assert {c.status for c in doctor.check_tamper(site, euid=0)} == {"skip"}
+
+
+def test_kit_files_with_the_proxy_password_are_not_world_readable(tmp_path, ca_cert):
+    """The install scripts put password-bearing files at 0640 root:<user group>, and keep the
+    password out of the world-readable /etc/environment."""
+    s = site.load(central(tmp_path, ca_cert))
+    files = artifacts(s)
+    for name in ("linux/install.sh", "macos/install.sh"):
+        script = files[name].decode()
+        assert 'SECRET_MODE=640' in script
+        assert 'fill "$KIT/claude-code/managed-settings.' in script and '"$SECRET_MODE" "$SECRET_GROUP"' in script
+        assert 'site.json" 644' not in script and 'env" 644' not in script and "env.sh\" 644" not in script
+    assert "grep -vi '^https_proxy='" in files["linux/install.sh"].decode()

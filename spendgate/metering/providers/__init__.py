@@ -2,13 +2,18 @@
 
 Adapters are stateless singletons; per-stream state lives in ``adapter.stream_parser(path)``.
 A provider host on a path we do not meter gets ``Route(adapter=None, endpoint="unmetered")`` so
-the proxy can still log it; a non-provider host gets None (not our business).
+admission can apply the policy's ``unmetered`` rule (``extra["free"]`` marks the built-in list of
+free metadata calls); a non-provider host gets None (not our business).
+
+Paths are routed in one canonical spelling (``normalize_path``): a server that treats
+``/v1//messages``, ``/v1/messages;x``, ``/v1/%6Dessages`` or ``/V1/Messages`` as its messages
+endpoint must not see us treat them as something else.
 """
 
 from __future__ import annotations
 
 import re
-from urllib.parse import urlsplit
+from urllib.parse import unquote
 
 from spendgate.metering.providers import (
     anthropic,
@@ -53,30 +58,84 @@ def normalize_host(host: str) -> str:
     return host.rsplit(":", 1)[0].rstrip(".") if ":" in host else host.rstrip(".")
 
 
-def _bare_path(path: str) -> str:
-    try:
-        bare = urlsplit(path or "").path
-    except ValueError:
-        bare = (path or "").split("?", 1)[0]
-    return bare.rstrip("/") or "/"
+MAX_DECODE_ROUNDS = 3  # %2525... nested deeper than this is left as it is (and matches nothing)
+
+# Free metadata calls (no tokens billed): forwarded without a charge whatever `unmetered` says.
+# (host, method, regex over the canonical lower-case path). Everything else unmetered on a
+# provider host follows the policy's `unmetered` rule.
+_FREE: tuple[tuple[str, str, re.Pattern[str]], ...] = tuple(
+    (host, method, re.compile(rx))
+    for host, method, rx in (
+        ("api.anthropic.com", "GET", r"^/v1/models(/[^/]+)?$"),  # model list / one model
+        ("api.anthropic.com", "GET", r"^/v1/files(/[^/]+)?$"),  # file listing / metadata
+        ("api.anthropic.com", "GET", r"^/api/claude_code/.+$"),  # Claude Code settings, policy_limits
+        ("api.anthropic.com", "GET", r"^/api/oauth/.+$"),  # Claude Code subscription login: profile, roles
+        ("api.openai.com", "GET", r"^/v1/models(/[^/]+)?$"),
+        ("api.openai.com", "GET", r"^/v1/files(/[^/]+)?$"),
+        ("api.openai.com", "POST", r"^/v1/responses/input_tokens$"),  # token counting
+        ("chatgpt.com", "GET", r"^/backend-api/codex/models$"),  # Codex's model list
+        ("generativelanguage.googleapis.com", "GET", r"^/(v1|v1beta|v1alpha)/models(/[^/:]+)?$"),
+        ("generativelanguage.googleapis.com", "POST", r"^/(v1|v1beta|v1alpha)/models/[^/:]+:counttokens$"),
+        ("generativelanguage.googleapis.com", "GET", r"^/(v1|v1beta|v1alpha)/files(/[^/]+)?$"),
+    )
+)
 
 
-def route(host: str, path: str) -> Route | None:
-    """The adapter for a request, an unmetered provider route, or None for other hosts."""
+def normalize_path(path: str) -> str:
+    """The path a server acts on, in one spelling; case kept, query dropped.
+
+    Percent-decoding (repeated, up to MAX_DECODE_ROUNDS), backslashes as slashes, ``;params``
+    stripped from each segment, empty and ``.`` segments dropped, ``..`` resolved. Never raises.
+    """
+    raw = (path or "").split("#", 1)[0].split("?", 1)[0]
+    for _ in range(MAX_DECODE_ROUNDS):
+        decoded = unquote(raw, errors="replace")
+        if decoded == raw:
+            break
+        raw = decoded
+    out: list[str] = []
+    for seg in raw.replace("\\", "/").split("/"):
+        seg = seg.split(";", 1)[0].strip()
+        if seg in ("", "."):
+            continue
+        if seg == "..":
+            if out:
+                out.pop()
+            continue
+        out.append(seg)
+    return "/" + "/".join(out)
+
+
+def is_free_metadata(host: str, path: str, method: str | None) -> bool:
+    """True for the built-in list of free metadata calls (model lists, token counts, file lists)."""
+    host = normalize_host(host)
+    canon = normalize_path(path).lower()
+    m = (method or "").upper()
+    return any(h == host and meth == m and rx.match(canon) for h, meth, rx in _FREE)
+
+
+def route(host: str, path: str, method: str | None = None) -> Route | None:
+    """The adapter for a request, an unmetered provider route, or None for other hosts.
+
+    `method` (GET, POST, ...) only decides whether an unmetered path is on the free list.
+    """
     host = normalize_host(host)
     provider = PROVIDER_HOSTS.get(host)
     if provider is None:
         return None
+    canon = normalize_path(path)
     if provider == "gemini":
-        gpath = gemini.parse_path(path or "")
+        query = (path or "").partition("?")[2]
+        gpath = gemini.parse_path(canon + ("?" + query if query else ""))
         if gpath is not None:
             adapter = _GEMINI_ADAPTERS[gpath.method]
             return Route(adapter, provider, adapter.endpoint, {"model": gpath.model, "sse": gpath.sse})
-        return Route(None, provider, UNMETERED)
-    adapter = _PATHS.get(host, {}).get(_bare_path(path))
-    if adapter is None:
-        return Route(None, provider, UNMETERED)
-    return Route(adapter, provider, adapter.endpoint)
+    else:
+        adapter = _PATHS.get(host, {}).get(canon.lower())
+        if adapter is not None:
+            return Route(adapter, provider, adapter.endpoint)
+    free = is_free_metadata(host, path, method)
+    return Route(None, provider, UNMETERED, {"free": True} if free else {})
 
 
 def allow_hosts_regexes(include_chatgpt: bool) -> list[str]:
@@ -88,4 +147,5 @@ def allow_hosts_regexes(include_chatgpt: bool) -> list[str]:
     ]
 
 
-__all__ = ["PROVIDER_HOSTS", "UNMETERED", "allow_hosts_regexes", "normalize_host", "route"]
+__all__ = ["PROVIDER_HOSTS", "UNMETERED", "allow_hosts_regexes", "is_free_metadata", "normalize_host",
+           "normalize_path", "route"]

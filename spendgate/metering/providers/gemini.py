@@ -29,7 +29,9 @@ from spendgate.metering.providers.base import (
 )
 from spendgate.usage import Usage
 
-PATH_RE = re.compile(r"^/(?:v1|v1beta|v1alpha)/models/([^/:]+):(generateContent|streamGenerateContent)$")
+# case-insensitive: routing must not be dodged by spelling (/V1BETA/Models/m:GENERATECONTENT)
+PATH_RE = re.compile(r"^/(?:v1|v1beta|v1alpha)/models/([^/:]+):(generateContent|streamGenerateContent)$", re.IGNORECASE)
+_METHODS = {"generatecontent": "generateContent", "streamgeneratecontent": "streamGenerateContent"}
 _COUNT_KEYS = (
     "promptTokenCount",
     "candidatesTokenCount",
@@ -56,7 +58,7 @@ def parse_path(path: str) -> GeminiPath | None:
         if m is None:
             return None
         alt = parse_qs(parts.query).get("alt", [])
-        return GeminiPath(model=unquote(m.group(1)), method=m.group(2), sse="sse" in alt)
+        return GeminiPath(model=unquote(m.group(1)), method=_METHODS[m.group(2).lower()], sse="sse" in alt)
     except Exception:
         return None
 
