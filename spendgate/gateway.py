@@ -12,7 +12,7 @@ import hashlib
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -32,6 +32,8 @@ from spendgate.web import routes
 from spendgate.web.server import AdminServer, discovery_path
 from spendgate.workflow import audit
 from spendgate.workflow.service import Workflow
+from spendgate.telemetry.config import TelemetrySettings
+from spendgate.telemetry.service import Telemetry
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +50,7 @@ class Settings:
     user: str | None = None
     admin_port: int = 0  # 0: any free loopback port; -1: no admin API
     reload_interval: float = 1.0  # seconds between policy file checks; 0 disables
+    telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)  # spans, metrics, trace links
 
 
 class Gateway:
@@ -99,6 +102,7 @@ class Gateway:
         )  # fmt: skip
         self.meter = Meter(self.pricer, self.ledger, self.identify)
         self.meter.listeners.append(self.admission.settle)
+        self.telemetry = Telemetry.attach(self, settings.telemetry)  # spans and metrics of settled rows
         self.admin: AdminServer | None = None
         if settings.admin_port >= 0:
             self.admin = AdminServer(routes.get_routes(self), port=settings.admin_port,
@@ -126,6 +130,11 @@ class Gateway:
 
     def pricing_path(self) -> Path | None:
         return self.settings.pricing
+
+    @property
+    def trace_url(self) -> str | None:
+        """The trace link template of ledger rows (spendgate_trace_url), for the admin routes."""
+        return self.settings.telemetry.trace_url
 
     def use_pricer(self, pricer: Pricer) -> None:
         """Price new requests (estimates and rows) with `pricer` from now on."""
@@ -177,6 +186,7 @@ class Gateway:
         """Record what is in flight, drain every queue, release the file. Nothing is lost."""
         self._stop.set()
         self.meter.close()
+        self.telemetry.close()  # after the meter drained: the last spans and metrics
         self.opaque.close()  # undecrypted connections recorded so far
         self.workflow.close()  # last alerts and deliveries, recorded before the file is released
         self.ledger.close()

@@ -100,6 +100,7 @@ class Admission:
                 ex.provider, f"model {ex.request.model!r} has no known price and the policy blocks unpriced models"))
         decision = self.book.admit(ex.identity, amount, now)
         if not decision.admitted:
+            ex.extra["refused_by"] = decision.exhausted  # named on the request's span (telemetry)
             answer = refusal.over_budget(ex.provider, decision.exhausted, decision.spent, now)
             return refuse(ex, answer, refusal.budget_message(decision.exhausted, decision.spent, now))
         try:

@@ -58,6 +58,8 @@ class LedgerRow:
     bytes_in: int = 0
     bytes_out: int = 0
     charged_usd: Decimal | None = None  # what budgets counted: cost, a fallback rate, or a reservation
+    trace_id: str | None = None  # W3C trace id (32 hex): the client's trace, or the one our span started
+    span_id: str | None = None  # our span's id (16 hex) when spans are exported (spendgate.telemetry)
 
 
 COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(LedgerRow))
@@ -226,6 +228,14 @@ MIGRATIONS: list[tuple[int, str]] = [
         );
         """,
     ),
+    (
+        5,
+        # telemetry (spendgate/telemetry/): the trace each request belongs to, for trace links
+        """
+        ALTER TABLE requests ADD COLUMN IF NOT EXISTS trace_id VARCHAR;
+        ALTER TABLE requests ADD COLUMN IF NOT EXISTS span_id VARCHAR;
+        """,
+    ),
 ]
 
 
@@ -274,7 +284,8 @@ def connect(path: Path | str, read_only: bool = False) -> duckdb.DuckDBPyConnect
 class WriterStats:
     written: int = 0
     batches: int = 0
-    failures: int = 0
+    failures: int = 0  # consecutive failed writes (0 once a write succeeds)
+    total_failures: int = 0  # every failed write since start (store errors, for metrics)
     last_error: str | None = None
     pending: int = 0
 
@@ -331,6 +342,7 @@ class DuckDBLedger:
         except Exception as e:  # disk full, file gone: keep the rows, say so loudly, retry
             self._unwritten = rows
             self.stats.failures += 1
+            self.stats.total_failures += 1
             self.stats.last_error = f"{type(e).__name__}: {e}"
             self.stats.pending = len(rows)
             log.error("ledger write failed (%d rows kept in memory, will retry): %s", len(rows), e)

@@ -16,6 +16,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from spendgate.metering.providers.base import (
     Adapter,
+    add_finish_reason,
     JSONEventStreamParser,
     RequestInfo,
     ResponseResult,
@@ -114,6 +115,7 @@ class GeminiChunkFolder:
                 self._web_searches = max(self._web_searches, len(queries))
             if dig(cand, "finishReason") not in (None, *_UNFINISHED):
                 r.complete = True
+                add_finish_reason(r, dig(cand, "finishReason"))
         meta = obj.get("usageMetadata")
         if has_counts(meta):
             self._meta = meta

@@ -14,6 +14,7 @@ from typing import Any
 from spendgate.metering.framing import SSEDecoder
 from spendgate.metering.providers.base import (
     Adapter,
+    add_finish_reason,
     JSONEventStreamParser,
     RequestInfo,
     ResponseResult,
@@ -100,6 +101,11 @@ def _delta_chars(choices: Any, key: str) -> int:
     return total
 
 
+def _finish_reasons(result: ResponseResult, choices: Any) -> None:
+    for choice in choices if isinstance(choices, list) else ():
+        add_finish_reason(result, dig(choice, "finish_reason"))
+
+
 class ChatStreamParser(JSONEventStreamParser):
     """Chat SSE: usage in the final ``choices: []`` chunk, ``[DONE]`` terminates."""
 
@@ -112,6 +118,7 @@ class ChatStreamParser(JSONEventStreamParser):
         r.model = r.model or str_or_none(obj.get("model"))  # Azure's first chunk has model ""
         r.service_tier = str_or_none(obj.get("service_tier")) or r.service_tier
         r.output_chars += _delta_chars(obj.get("choices"), "delta")
+        _finish_reasons(r, obj.get("choices"))
         usage = obj.get("usage")
         if isinstance(usage, dict):
             r.usage = chat_usage(usage)
@@ -150,6 +157,7 @@ class OpenAIChatAdapter(Adapter):
                 result.usage = chat_usage(usage)
                 result.usage_final = result.complete = True
             result.output_chars = _delta_chars(obj.get("choices"), "message")
+            _finish_reasons(result, obj.get("choices"))
             return result
         except Exception:
             return ResponseResult(garbled=True)
