@@ -27,13 +27,13 @@ from spendgate.metering.opaque import OpaqueRecorder
 from spendgate.policy.model import Policy, PolicyError, load
 from spendgate.pricing.rates import Pricer, PricingError
 from spendgate.store.ledger import DuckDBLedger, LedgerLocked, LedgerRow
+from spendgate.telemetry.config import TelemetrySettings
+from spendgate.telemetry.service import Telemetry
 from spendgate.web import app as web
 from spendgate.web import routes
 from spendgate.web.server import AdminServer, discovery_path
 from spendgate.workflow import audit
 from spendgate.workflow.service import Workflow
-from spendgate.telemetry.config import TelemetrySettings
-from spendgate.telemetry.service import Telemetry
 
 log = logging.getLogger(__name__)
 
