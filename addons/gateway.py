@@ -29,7 +29,8 @@ from spendgate.metering import providers
 from spendgate.metering.meter import Body, Exchange
 from spendgate.metering.providers import openai_chat
 from spendgate.metering.streams import EventDropper, StreamTap
-from spendgate.telemetry.config import TelemetryError, settings_from as telemetry_settings
+from spendgate.telemetry.config import TelemetryError
+from spendgate.telemetry.config import settings_from as telemetry_settings
 
 log = logging.getLogger("spendgate")
 

@@ -12,8 +12,8 @@ from typing import Any
 import duckdb
 
 from spendgate.store import sql
-from spendgate.telemetry import links
 from spendgate.store.sql import parse_time
+from spendgate.telemetry import links
 
 GROUPS = {
     "user": '"user"',

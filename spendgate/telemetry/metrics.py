@@ -24,7 +24,12 @@ from prometheus_client.exposition import choose_encoder
 from spendgate.metering.meter import Exchange
 from spendgate.store.ledger import LedgerRow
 from spendgate.telemetry.config import TelemetrySettings
-from spendgate.telemetry.spans import SpanStats, operation_name, PROVIDER_NAMES, error_type
+from spendgate.telemetry.spans import (
+    PROVIDER_NAMES,
+    SpanStats,
+    error_type,
+    operation_name,
+)
 
 log = logging.getLogger(__name__)
 
@@ -221,11 +226,18 @@ class GenAIMetrics:
     """The GenAI semantic-convention metrics, exported over OTLP/HTTP by the SDK's own thread."""
 
     def __init__(self, settings: TelemetrySettings) -> None:
-        from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
+        from opentelemetry.exporter.otlp.proto.http.metric_exporter import (
+            OTLPMetricExporter,
+        )
         from opentelemetry.sdk.metrics import MeterProvider
         from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
 
-        from spendgate.telemetry.spans import SCHEMA_URL, otel_resource, parse_headers, signal_endpoint
+        from spendgate.telemetry.spans import (
+            SCHEMA_URL,
+            otel_resource,
+            parse_headers,
+            signal_endpoint,
+        )
 
         exporter = OTLPMetricExporter(
             endpoint=signal_endpoint(settings.otlp_endpoint, "metrics"),

@@ -18,7 +18,12 @@ from spendgate.metering.providers.base import RequestInfo, ResponseResult
 from spendgate.reports import queries
 from spendgate.store.ledger import MIGRATIONS, LedgerRow, migrate
 from spendgate.telemetry import links
-from spendgate.telemetry.config import MAX_PER_USER_SERIES, TelemetryError, TelemetrySettings, settings_from
+from spendgate.telemetry.config import (
+    MAX_PER_USER_SERIES,
+    TelemetryError,
+    TelemetrySettings,
+    settings_from,
+)
 from spendgate.telemetry.metrics import OTHER, LabelCap, PromMetrics, Sources
 from spendgate.telemetry.spans import span_attributes, span_name
 
