@@ -21,6 +21,7 @@ import anthropic
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.e2e.test_dashboard_e2e import chromium
 from tests.support import ANTHROPIC_KEY, OPENAI_KEY
 from tests.support.gateway import free_port
 from tests.support.otlp_receiver import OTLPReceiver
@@ -189,6 +190,10 @@ def test_spans_links_and_metrics_end_to_end(tmp_path, gateway_factory, fake_prov
         status, body = http_get(f"{info['url']}/api/overview", info["token"])
         latest = {r["request_id"]: r for r in json.loads(body)["latest"]}
         assert latest[ok["request_id"]]["trace_url"] == LINK.format(trace_id=TRACE)
+        # the dashboard draws it as a link, in a real browser
+        dom = chromium(f"{info['url']}/#token={info['token']}", tmp_path / "chromium", "--dump-dom")
+        assert 'data-ready="1"' in dom, dom[-3000:]
+        assert f'href="{LINK.format(trace_id=TRACE)}"' in dom and 'rel="noopener noreferrer"' in dom
 
         # -- Prometheus: admin port needs the token; the own port does not --
         assert http_get(f"{info['url']}/metrics")[0] == 401
