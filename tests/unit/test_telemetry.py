@@ -250,3 +250,35 @@ def test_metrics_route_needs_the_admin_token():
     om = app.handle(WebRequest("GET", "/metrics", {"authorization": "Bearer tok",
                                                    "accept": "application/openmetrics-text; version=1.0.0"}))
     assert om.headers["Content-Type"].startswith("application/openmetrics-text") and om.body.endswith(b"# EOF\n")
+
+
+def test_attach_chains_the_gateway_hooks_it_uses():
+    """Telemetry.attach: a settlement listener, the ledger's on_written (lag) and the sink record (errors)."""
+    from types import SimpleNamespace
+
+    from spendgate.telemetry.service import Telemetry
+    from spendgate.workflow.sinks import Delivery
+
+    written, delivered = [], []
+    gw = SimpleNamespace(
+        meter=SimpleNamespace(listeners=["settle"]),
+        ledger=SimpleNamespace(on_written=written.append,
+                               stats=SimpleNamespace(pending=0, failures=0, total_failures=2)),
+        workflow=SimpleNamespace(dispatcher=SimpleNamespace(record=delivered.append)),
+        book=SimpleNamespace(status=lambda: []),
+    )
+    t = Telemetry.attach(gw, TelemetrySettings())
+    assert gw.meter.listeners == ["settle", t.on_row]  # after budgets settled the row
+    ex = exchange("api.openai.com", "/v1/chat/completions", "gpt-5")
+    row = ledger_row()
+    t.on_row(ex, row)
+    assert t.metrics.ledger_lag() >= 0 and len(t.metrics._uncommitted) == 1
+    gw.ledger.on_written([row])
+    assert written == [[row]] and len(t.metrics._uncommitted) == 0
+    failed = Delivery("team-hook", "threshold", "failed", 3, "HTTP 500", "user:alice", None)
+    gw.workflow.dispatcher.record(failed)
+    assert delivered == [failed]
+    text = {(n, tuple(sorted(lab.items()))): v for n, lab, v in scrape(t.metrics)}
+    assert text[("spendgate_sink_deliveries_total", (("outcome", "failed"), ("sink", "team-hook")))] == 1
+    assert text[("spendgate_store_errors_total", ())] == 2
+    t.close()
