@@ -25,6 +25,8 @@ from spendgate.metering import providers
 from spendgate.metering.meter import Body, Exchange
 from spendgate.metering.providers import openai_chat
 from spendgate.metering.streams import EventDropper, StreamTap
+from spendgate.telemetry.config import TelemetryError
+from spendgate.telemetry.config import settings_from as telemetry_settings
 
 from dashboard_host import DashboardHost  # addons/ is on sys.path when mitmdump loads this script
 from opaque import OpaqueCounter  # addons/opaque.py: counts undecrypted connections to opaque AI hosts
@@ -95,6 +97,22 @@ class SpendGate:
                           "central, laptop or auto (central unless listening on loopback only, without "
                           "proxyauth, providers_only or non-loopback allow_clients); see docs/security.md")
         self._duplicates = _take_duplicate_options()
+        # telemetry (docs/telemetry.md): off by default; OTEL_EXPORTER_OTLP_* variables apply when these are empty
+        loader.add_option("spendgate_otel", bool, False,
+                          "export one OpenTelemetry GenAI span per provider call (and GenAI metrics) over OTLP/HTTP")
+        loader.add_option("spendgate_otel_endpoint", str, "",
+                          "OTLP/HTTP base URL, e.g. http://collector:4318 (default: OTEL_EXPORTER_OTLP_ENDPOINT)")
+        loader.add_option("spendgate_otel_headers", str, "",
+                          "OTLP headers k=v,k=v (default: OTEL_EXPORTER_OTLP_HEADERS; prefer the variable for keys)")
+        loader.add_option("spendgate_otel_timeout_ms", int, 10000, "milliseconds per OTLP export request")
+        loader.add_option("spendgate_otel_queue", int, 2048, "spans queued for the collector before drops")
+        loader.add_option("spendgate_trace_url", str, "",
+                          "trace link template, e.g. http://jaeger:16686/trace/{trace_id} (default: $SPENDGATE_TRACE_URL)")
+        loader.add_option("spendgate_metrics_port", int, -1,
+                          "also serve Prometheus /metrics, unauthenticated, on this port (-1: off, 0: any)")
+        loader.add_option("spendgate_metrics_host", str, "127.0.0.1", "address of spendgate_metrics_port")
+        loader.add_option("spendgate_metrics_per_user", int, 0,
+                          "per-user and per-key cost series, at most this many each (0: none; max 1000)")
 
     def configure(self, updated: set[str]) -> None:
         """Check settings now (a bad policy stops start-up); open the ledger once running.
@@ -124,8 +142,14 @@ class SpendGate:
             central=_central(),
         )
         try:
+            settings.telemetry = telemetry_settings(
+                otlp=opts.spendgate_otel, endpoint=opts.spendgate_otel_endpoint, headers=opts.spendgate_otel_headers,
+                timeout=opts.spendgate_otel_timeout_ms / 1000, queue=opts.spendgate_otel_queue, trace_url=opts.spendgate_trace_url,
+                metrics_port=opts.spendgate_metrics_port, metrics_host=opts.spendgate_metrics_host,
+                per_user_series=opts.spendgate_metrics_per_user,
+            )
             Gateway.check(settings)
-        except GatewayError as e:
+        except (GatewayError, TelemetryError) as e:
             raise exceptions.OptionsError(str(e)) from None
         self.settings = settings
         if self.gateway and self.gateway.settings != settings:  # changed at run time

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -33,6 +33,8 @@ from spendgate.store.ledger import (
     row_from_dict,
     row_to_dict,
 )
+from spendgate.telemetry.config import TelemetrySettings
+from spendgate.telemetry.service import Telemetry
 from spendgate.tokens import TokenStore, tokens_path
 from spendgate.web import app as web
 from spendgate.web import routes
@@ -56,6 +58,7 @@ class Settings:
     admin_port: int = 0  # 0: any free loopback port; -1: no admin API
     reload_interval: float = 1.0  # seconds between policy / pricing overrides file checks; 0 disables
     central: bool = False  # serves other people (spendgate.access.is_central); decides policy defaults
+    telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)  # spans, metrics, trace links
 
 
 class Gateway:
@@ -119,6 +122,7 @@ class Gateway:
         # per-user tokens (<db>.tokens): proxy credentials and approvers' credentials (spendgate tokens)
         self.tokens = TokenStore(tokens_path(settings.db))
         self.proxy_verified = True  # False while mitmproxy's proxyauth=any accepts every password (addon sets it)
+        self.telemetry = Telemetry.attach(self, settings.telemetry)  # spans and metrics of settled rows
         self.admin: AdminServer | None = None
         if settings.admin_port >= 0:
             self.admin = AdminServer(routes.get_routes(self), port=settings.admin_port,
@@ -151,6 +155,11 @@ class Gateway:
 
     def pricing_path(self) -> Path | None:
         return self.settings.pricing
+
+    @property
+    def trace_url(self) -> str | None:
+        """The trace link template of ledger rows (spendgate_trace_url), for the admin routes."""
+        return self.settings.telemetry.trace_url
 
     def use_pricer(self, pricer: Pricer) -> None:
         """Price new requests (estimates and rows) with `pricer` from now on."""
@@ -218,6 +227,7 @@ class Gateway:
         """Record what is in flight, drain every queue, release the file. Nothing is lost."""
         self._watcher.stop()
         self.meter.close()
+        self.telemetry.close()  # after the meter drained: the last spans and metrics
         self.opaque.close()  # undecrypted connections recorded so far
         self.workflow.close()  # last alerts and deliveries, recorded before the file is released
         self.ledger.close()

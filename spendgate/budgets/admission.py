@@ -189,6 +189,7 @@ class Admission:
                 else:
                     ex.extra.pop("step_down_plan", None)
         if not decision.admitted:
+            ex.extra["refused_by"] = decision.exhausted  # named on the request's span (telemetry)
             answer = refusal.over_budget(ex.provider, decision.exhausted, decision.spent, now)
             return refuse(ex, answer, refusal.budget_message(decision.exhausted, decision.spent, now))
         if runway and policy.runway.rate_limits:

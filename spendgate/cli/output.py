@@ -46,10 +46,16 @@ def fmt(value: Any) -> str:
     return str(value)
 
 
-def table(title: str, rows: Sequence[dict[str, Any]], columns: Sequence[str], money: Sequence[str] = ()) -> None:
+def table(
+    title: str, rows: Sequence[dict[str, Any]], columns: Sequence[str], money: Sequence[str] = (),
+    no_wrap: Sequence[str] = (),
+) -> None:
+    """`no_wrap` columns (e.g. URLs) are printed whole, never folded or cut."""
     t = Table(title=title, header_style="bold")
     for c in columns:
-        t.add_column(c, justify="right" if rows and isinstance(rows[0].get(c), int | float) else "left")
+        t.add_column(c, justify="right" if rows and isinstance(rows[0].get(c), int | float) else "left",
+                     no_wrap=c in no_wrap, overflow="ignore" if c in no_wrap else "ellipsis",
+                     min_width=max((len(str(r.get(c) or "")) for r in rows), default=0) if c in no_wrap else None)
     for r in rows:
         t.add_row(*(usd(r[c], 4) if c in money and r.get(c) is not None else fmt(r.get(c)) for c in columns))
     console.print(t)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 from decimal import Decimal
 from pathlib import Path
 
@@ -17,12 +19,16 @@ from spendgate.cli.output import (
 )
 from spendgate.money import to_decimal, usd
 from spendgate.reports.queries import GROUPS, WINDOWS
+from spendgate.telemetry import links
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("ledger", help="the latest metered requests, newest first")
     p.add_argument("--limit", type=int, default=50)
     p.add_argument("--user", help="only this user's rows")
+    p.add_argument("--trace-url", default=None, metavar="TEMPLATE",
+                   help="link each row to its trace: an http(s) URL with {trace_id}, {trace_uuid} or {span_id} "
+                        f"(default: ${links.ENV}, else the running gateway's spendgate_trace_url)")
     add_db_arg(p)
     add_json_arg(p)
     p.set_defaults(func=cmd_ledger)
@@ -39,14 +45,24 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_ledger(args: argparse.Namespace) -> int:
-    rows = source(args).query("ledger", limit=args.limit, user=args.user)
+    template = args.trace_url if args.trace_url is not None else os.environ.get(links.ENV) or None
+    if template:
+        try:
+            links.check_template(template)
+        except links.TemplateError as e:
+            print(f"spendgate: {e}", file=sys.stderr)
+            return 2
+    rows = source(args).query("ledger", limit=args.limit, user=args.user, trace_url=template)
     if args.json:
         print_json(rows)
         return 0
     cols = ["ts", "user", "client", "provider", "model", "outcome", "input_tokens", "output_tokens", "cost_usd"]
     for r in rows:
         r["ts"] = r["ts"][:19].replace("T", " ")
-    table(f"Latest {len(rows)} requests", rows, cols, money=["cost_usd"])
+        r["trace"] = r.get("trace_url") or r.get("trace_id")  # a link when a template is known, else the id
+    if any(r["trace"] for r in rows):
+        cols.append("trace")
+    table(f"Latest {len(rows)} requests", rows, cols, money=["cost_usd"], no_wrap=["trace"])
     return 0
 
 

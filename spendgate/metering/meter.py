@@ -55,6 +55,10 @@ class Exchange:
     parser: StreamParser | None = None
     first_byte_at: float | None = None
     extra: dict = field(default_factory=dict)  # room for admission (budgets) to hang state
+    host: str = ""  # the provider host the client asked for (server.address in spans)
+    traceparent: str | None = None  # the client's W3C trace context header, unparsed (untrusted)
+    tracestate: str | None = None
+    response: ResponseResult | None = None  # what the worker parsed, for row listeners (telemetry)
 
     @property
     def provider(self) -> str:
@@ -181,6 +185,9 @@ class Meter:
             request=req,
             identity=bounds.clip_identity(self.identify(headers, query, proxy_user, client_ip)),
             bytes_in=len(body),
+            host=host,
+            traceparent=headers.get("traceparent"),
+            tracestate=headers.get("tracestate"),
         )
         ex.extra["path"] = bounds.clip(providers.normalize_path(path), 200)
         self._inflight[ex.request_id] = ex
@@ -236,6 +243,7 @@ class Meter:
     ) -> None:
         if isinstance(result, Body):
             result = result.parse(ex.route.adapter)
+        ex.response = result
         try:
             row = self.build_row(ex, result, ended, bytes_out, done_at)
         except Exception:

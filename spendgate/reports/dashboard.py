@@ -132,7 +132,8 @@ def unpriced(
 
 
 def overview(
-    cur: duckdb.DuckDBPyConnection, window: str = "month", now: datetime | None = None, user: str | None = None
+    cur: duckdb.DuckDBPyConnection, window: str = "month", now: datetime | None = None, user: str | None = None,
+    trace_url: str | None = None,
 ) -> dict[str, Any]:
     """Everything one dashboard refresh (or one `spendgate top` frame) shows, in one call."""
     now = now or datetime.now(UTC)
@@ -145,7 +146,7 @@ def overview(
         "totals": totals(cur, now, user),
         "series": {name: series(cur, name, now, user) for name in SERIES},
         "breakdowns": {by: reports.spend(cur, by, since=start, user=user) for by in BREAKDOWNS},
-        "latest": reports.ledger(cur, 15, user=user),
+        "latest": reports.ledger(cur, 15, user=user, trace_url=trace_url),
         "blocks": blocks(cur, start, user),
         "unpriced": unpriced(cur, start, user),
     }
@@ -226,7 +227,8 @@ def closest_to_cap(rows: list[dict[str, Any]], n: int = 10) -> list[dict[str, An
 
 # name -> handler(cur, params); see spendgate.reports.registry
 QUERIES: dict[str, Any] = {
-    "overview": lambda cur, p: overview(cur, p.get("window") or "month", user=p.get("user")),
+    "overview": lambda cur, p: overview(cur, p.get("window") or "month", user=p.get("user"),
+                                        trace_url=p.get("trace_url")),
     "series": lambda cur, p: series(cur, p.get("resolution") or "minute", user=p.get("user")),
     "blocks": lambda cur, p: blocks(cur, opt_time(p.get("since")), p.get("user"), int(p.get("limit") or 20)),
     "unpriced": lambda cur, p: unpriced(cur, opt_time(p.get("since")), p.get("user")),

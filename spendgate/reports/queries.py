@@ -13,6 +13,7 @@ import duckdb
 
 from spendgate.store import sql
 from spendgate.store.sql import parse_time
+from spendgate.telemetry import links
 
 GROUPS = {
     "user": '"user"',
@@ -30,7 +31,7 @@ LEDGER_FIELDS = (
     "session_id", "stream", "status", "outcome", "estimated", "input_tokens", "cache_read_tokens",
     "cache_write_tokens", "cache_write_1h_tokens", "output_tokens", "reasoning_tokens",
     "web_search_requests", "cost_usd", "charged_usd", "price_source", "latency_ms", "ttft_ms",
-    "identity_source", "workspace", "note", "requested_model",
+    "identity_source", "workspace", "note", "requested_model", "trace_id", "span_id",
 )  # fmt: skip
 
 
@@ -50,10 +51,16 @@ def window_start(window: str, now: datetime | None = None) -> datetime:
     raise ValueError(f"unknown window {window!r} (one of {', '.join(WINDOWS)})")
 
 
-def ledger(cur: duckdb.DuckDBPyConnection, limit: int = 50, user: str | None = None) -> list[dict[str, Any]]:
+def ledger(
+    cur: duckdb.DuckDBPyConnection, limit: int = 50, user: str | None = None, trace_url: str | None = None
+) -> list[dict[str, Any]]:
+    """The latest rows, newest first; with a trace URL template each traced row gets `trace_url`."""
     where, params = sql.where(('"user" = ?', user))
-    cols = ", ".join(f'"{c}"' for c in LEDGER_FIELDS)
-    return sql.rows(cur, f"SELECT {cols} FROM requests {where} ORDER BY ts DESC, request_id LIMIT ?", [*params, limit])
+    present = {d[0] for d in cur.execute("SELECT * FROM requests LIMIT 0").description}
+    cols = ", ".join(f'"{c}"' for c in LEDGER_FIELDS if c in present)  # a file older than the trace columns
+    rows = sql.rows(cur, f"SELECT {cols} FROM requests {where} ORDER BY ts DESC, request_id LIMIT ?", [*params, limit])
+    links.add_links(rows, trace_url)
+    return rows
 
 
 def spend(

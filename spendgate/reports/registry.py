@@ -18,7 +18,8 @@ from spendgate.reports.dashboard import opt_time
 Query = Callable[[duckdb.DuckDBPyConnection, dict[str, Any]], Any]
 
 QUERIES: dict[str, Query] = {
-    "ledger": lambda cur, p: queries.ledger(cur, int(p.get("limit") or 50), user=p.get("user")),
+    "ledger": lambda cur, p: queries.ledger(cur, int(p.get("limit") or 50), user=p.get("user"),
+                                            trace_url=p.get("trace_url")),
     "spend": lambda cur, p: queries.spend(
         cur, p.get("by") or "user", p.get("window") or None, opt_time(p.get("since")), user=p.get("user")
     ),

@@ -60,6 +60,8 @@ class LedgerRow:
     bytes_out: int = 0
     charged_usd: Decimal | None = None  # what budgets counted: cost, a fallback rate, or a reservation
     requested_model: str | None = None  # what the client asked for, when a step-down ran `model` instead
+    trace_id: str | None = None  # W3C trace id (32 hex): the client's trace, or the one our span started
+    span_id: str | None = None  # our span's id (16 hex) when spans are exported (spendgate.telemetry)
 
 
 COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(LedgerRow))
@@ -254,6 +256,14 @@ MIGRATIONS: list[tuple[int, str]] = [
         # runway (spendgate/budgets/runway.py): the model the client asked for when a step-down ran another
         "ALTER TABLE requests ADD COLUMN IF NOT EXISTS requested_model VARCHAR;",
     ),
+    (
+        6,
+        # telemetry (spendgate/telemetry/): the trace each request belongs to, for trace links
+        """
+        ALTER TABLE requests ADD COLUMN IF NOT EXISTS trace_id VARCHAR;
+        ALTER TABLE requests ADD COLUMN IF NOT EXISTS span_id VARCHAR;
+        """,
+    ),
 ]
 
 
@@ -314,7 +324,8 @@ def connect_private(path: Path) -> duckdb.DuckDBPyConnection:
 class WriterStats:
     written: int = 0
     batches: int = 0
-    failures: int = 0
+    failures: int = 0  # consecutive failed writes (0 once a write succeeds)
+    total_failures: int = 0  # every failed write since start (store errors, for metrics)
     last_error: str | None = None
     pending: int = 0
     spilled: int = 0  # rows handed to on_spill while writes failed (the journal, in the gateway)
@@ -379,6 +390,7 @@ class DuckDBLedger:
                 rows = self._spill(rows[: len(rows) - self.max_pending]) + rows[len(rows) - self.max_pending:]
             self._unwritten = rows
             self.stats.failures += 1
+            self.stats.total_failures += 1
             self.stats.last_error = f"{type(e).__name__}: {e}"
             self.stats.pending = len(rows)
             log.error("ledger write failed (%d rows kept in memory, will retry): %s", len(rows), e)

@@ -43,6 +43,10 @@ function fmtTime(res) {
 function pill(v) { return h("span", { class: `pill ${v}` }, v); }
 const money = (v) => (v === null || v === undefined ? "–" : usd(v));
 const when = (v) => String(v || "").slice(0, 19).replace("T", " ");
+// a row's trace (from the gateway's spendgate_trace_url template); only http(s) links are drawn
+const traceLink = (url, row) => (typeof url === "string" && /^https?:\/\//.test(url)
+  ? h("a", { href: url, target: "_blank", rel: "noopener noreferrer", title: row.trace_id || "" }, "trace")
+  : "–");
 
 function renderKpis(totals) {
   for (const el of document.querySelectorAll(".kpi")) {
@@ -73,7 +77,8 @@ function render(o) {
     ["ts", "time (UTC)", when], ["user", "user"], ["client", "client"], ["provider", "provider"], ["model", "model"],
     ["outcome", "outcome", pill], ["input_tokens", "in", (v) => (v || 0).toLocaleString(), true],
     ["output_tokens", "out", (v) => (v || 0).toLocaleString(), true], ["cost_usd", "cost", money, true],
-  ], "No requests yet: point a client at the gateway.");
+  ].concat(o.latest.some((r) => r.trace_url) ? [["trace_url", "trace", traceLink]] : []),
+  "No requests yet: point a client at the gateway.");
   table($("blocks"), o.blocks, [["ts", "time (UTC)", when], ["user", "user"], ["model", "model"], ["reason", "reason"]],
     "Nothing blocked in this window.");
   table($("unpriced"), o.unpriced, [["provider", "provider"], ["model", "model"], ["requests", "requests", null, true],

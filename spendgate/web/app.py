@@ -160,6 +160,7 @@ class WebApp:
     person: Callable[[str], str | None] = lambda token: None  # a spendgate token -> its user (None: not one)
     raw_routes: dict[str, Callable[[dict[str, Any], Caller], WebResponse]] = field(default_factory=dict)
     sessions: Sessions = field(default_factory=Sessions)
+    metrics: Callable[[str], tuple[bytes, str]] | None = None  # Prometheus exposition (accept -> body, type)
 
     def handle(self, req: WebRequest) -> WebResponse:
         """Never raises: every failure becomes a JSON error with a status."""
@@ -177,6 +178,8 @@ class WebApp:
                 resp = self._asset(path)
                 resp.status = 200 if caller else 401
                 return resp
+            if path == "/metrics" and req.method == "GET" and self.metrics is not None:
+                return self._metrics(req, caller)
             if not path.startswith("/api/"):
                 raise ApiError(404, f"no such page {path}")
             if caller is None:
@@ -240,6 +243,16 @@ class WebApp:
         if owner and req.method == "GET" and not caller.admin and not self.is_approver(caller) and isinstance(result, list):
             result = [r for r in result if isinstance(r, dict) and r.get(owner) == caller.name]
         return json_response(200, result)
+
+    def _metrics(self, req: WebRequest, caller: Caller | None) -> WebResponse:
+        """Prometheus scrapes need the admin token (scrape config `authorization`), like the rest of the API."""
+        if caller is None:
+            raise ApiError(401, "missing or wrong admin token")
+        if not caller.admin:
+            raise ApiError(403, "/metrics is for administrators and scrapers with the admin token")
+        body, ctype = self.metrics(req.headers.get("accept", ""))
+        return WebResponse(200, body, {"Content-Type": ctype, "Cache-Control": "no-store",
+                                       "X-Content-Type-Options": "nosniff"})
 
     def whoami(self, caller: Caller) -> dict[str, Any]:
         return {
@@ -341,4 +354,5 @@ def for_gateway(gw: Any) -> WebApp:
         is_approver=lambda c: c.source in DECIDING_SOURCES and c.name in approvers(gw.policy),
         person=gw.tokens.verify,
         raw_routes={"/api/export": export},
+        metrics=gw.telemetry.metrics_payload if getattr(gw, "telemetry", None) else None,
     )

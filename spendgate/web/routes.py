@@ -35,6 +35,7 @@ class GatewayView(Protocol):
     book: BudgetBook
     admission: Admission
     workflow: Workflow
+    trace_url: str | None  # the trace link template ledger rows get (telemetry), or None
 
     def cursor(self) -> Any: ...  # a DuckDB cursor of the ledger the gateway holds
 
@@ -52,7 +53,12 @@ def get_routes(gw: GatewayView) -> dict[str, Handler]:
     """GET /api/<query> for every named read-side query, budgets, requests, audit, grants, reconcile."""
 
     def query(name: str) -> Handler:
-        return lambda params, caller: registry.run_query(gw.cursor(), name, params)
+        def handler(params: dict[str, Any], caller: Caller) -> Any:
+            if gw.trace_url:  # ledger rows link to their trace, with the gateway's template
+                params = {**params, "trace_url": gw.trace_url}
+            return registry.run_query(gw.cursor(), name, params)
+
+        return handler
 
     def reconcile_query(name: str) -> Handler:
         def handler(params: dict[str, Any], caller: Caller) -> Any:

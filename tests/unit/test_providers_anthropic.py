@@ -57,6 +57,7 @@ def test_stream_fixture_exact() -> None:
         complete=True,
         garbled=False,
         events=18,  # the ": keep-alive" comment is not an event
+        finish_reasons=("tool_use",),
     )
     assert result.usage is not None
     assert result.usage.uncached_input_tokens == 40

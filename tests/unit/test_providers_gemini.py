@@ -28,6 +28,7 @@ STREAM_RESULT = ResponseResult(
     output_chars=70,
     complete=True,
     events=3,
+    finish_reasons=("STOP",),
 )
 
 
@@ -46,6 +47,7 @@ def test_json_fixture_exact() -> None:
         input_tokens_hint=800,
         output_chars=len("Antwort ✓"),
         complete=True,
+        finish_reasons=("STOP",),
     )
 
 

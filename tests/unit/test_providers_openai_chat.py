@@ -39,6 +39,7 @@ def test_stream_fixture_exact() -> None:
         complete=True,
         garbled=False,
         events=10,  # 9 chunks + [DONE]
+        finish_reasons=("tool_calls",),
     )
 
 
@@ -51,6 +52,7 @@ def test_json_fixture_exact() -> None:
         usage_final=True,
         output_chars=len("Ça marche."),
         complete=True,
+        finish_reasons=("stop",),
     )
 
 

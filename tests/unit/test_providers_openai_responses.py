@@ -29,6 +29,7 @@ def test_stream_fixture_exact() -> None:
         output_chars=37,  # reasoning summary 23 + output text 14
         complete=True,
         events=20,
+        finish_reasons=("completed",),
     )
 
 
@@ -40,6 +41,7 @@ def test_json_fixture_exact() -> None:
         usage_final=True,
         output_chars=37,
         complete=True,
+        finish_reasons=("max_output_tokens",),
     )
 
 

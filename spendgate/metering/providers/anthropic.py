@@ -16,6 +16,7 @@ from spendgate.metering.providers.base import (
     RequestInfo,
     ResponseResult,
     StreamParser,
+    add_finish_reason,
     as_int,
     dig,
     error_type,
@@ -127,6 +128,7 @@ class AnthropicStreamParser(JSONEventStreamParser):
             if field and isinstance(delta.get(field), str):
                 r.output_chars += len(delta[field])
         elif kind == "message_delta":
+            add_finish_reason(r, dig(obj, "delta", "stop_reason"))
             usage = obj.get("usage")
             if isinstance(usage, dict):
                 self._usage.merge(usage)
@@ -161,6 +163,7 @@ class AnthropicMessagesAdapter(Adapter):
         if not isinstance(obj, dict):
             return ResponseResult(garbled=bool(body))
         result = ResponseResult(model=str_or_none(obj.get("model")), error=error_type(obj))
+        add_finish_reason(result, obj.get("stop_reason"))
         usage = obj.get("usage")
         if isinstance(usage, dict):
             result.service_tier = str_or_none(usage.get("service_tier"))

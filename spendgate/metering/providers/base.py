@@ -51,6 +51,7 @@ class ResponseResult:
     complete: bool = False  # the stream reached its terminal event
     garbled: bool = False  # some bytes could not be parsed (we kept going)
     events: int = 0  # number of events parsed (streams)
+    finish_reasons: tuple[str, ...] = ()  # as the provider said them: end_turn, stop, length, STOP...
 
 
 class StreamParser(ABC):
@@ -153,6 +154,16 @@ def load_json(data: bytes | str) -> Any:
         return json.loads(data)
     except (ValueError, TypeError, RecursionError):
         return None
+
+
+MAX_FINISH_REASONS = 8  # choices are usually 1; bounded because the body is untrusted
+
+
+def add_finish_reason(result: ResponseResult, value: Any) -> None:
+    """Record a finish/stop reason once (strings only, at most 64 characters each). Never raises."""
+    if isinstance(value, str) and value and value not in result.finish_reasons:
+        if len(result.finish_reasons) < MAX_FINISH_REASONS:
+            result.finish_reasons = (*result.finish_reasons, value[:64])
 
 
 def str_or_none(value: Any) -> str | None:

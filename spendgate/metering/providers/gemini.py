@@ -20,6 +20,7 @@ from spendgate.metering.providers.base import (
     RequestInfo,
     ResponseResult,
     StreamParser,
+    add_finish_reason,
     as_int,
     dig,
     error_type,
@@ -116,6 +117,7 @@ class GeminiChunkFolder:
                 self._web_searches = max(self._web_searches, len(queries))
             if dig(cand, "finishReason") not in (None, *_UNFINISHED):
                 r.complete = True
+                add_finish_reason(r, dig(cand, "finishReason"))
         meta = obj.get("usageMetadata")
         if has_counts(meta):
             self._meta = meta

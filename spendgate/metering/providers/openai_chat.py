@@ -17,6 +17,7 @@ from spendgate.metering.providers.base import (
     RequestInfo,
     ResponseResult,
     StreamParser,
+    add_finish_reason,
     as_int,
     dig,
     dumps_compact,
@@ -94,6 +95,11 @@ def _delta_chars(choices: Any, key: str) -> int:
     return total
 
 
+def _finish_reasons(result: ResponseResult, choices: Any) -> None:
+    for choice in choices if isinstance(choices, list) else ():
+        add_finish_reason(result, dig(choice, "finish_reason"))
+
+
 class ChatStreamParser(JSONEventStreamParser):
     """Chat SSE: usage in the final ``choices: []`` chunk, ``[DONE]`` terminates."""
 
@@ -106,6 +112,7 @@ class ChatStreamParser(JSONEventStreamParser):
         r.model = r.model or str_or_none(obj.get("model"))  # Azure's first chunk has model ""
         r.service_tier = str_or_none(obj.get("service_tier")) or r.service_tier
         r.output_chars += _delta_chars(obj.get("choices"), "delta")
+        _finish_reasons(r, obj.get("choices"))
         usage = obj.get("usage")
         if isinstance(usage, dict):
             r.usage = chat_usage(usage)
@@ -144,6 +151,7 @@ class OpenAIChatAdapter(Adapter):
                 result.usage = chat_usage(usage)
                 result.usage_final = result.complete = True
             result.output_chars = _delta_chars(obj.get("choices"), "message")
+            _finish_reasons(result, obj.get("choices"))
             return result
         except Exception:
             return ResponseResult(garbled=True)

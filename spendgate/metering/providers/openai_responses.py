@@ -16,6 +16,7 @@ from spendgate.metering.providers.base import (
     RequestInfo,
     ResponseResult,
     StreamParser,
+    add_finish_reason,
     as_int,
     dig,
     error_type,
@@ -88,6 +89,8 @@ def apply_response(result: ResponseResult, response: dict, web_searches: int) ->
     result.model = str_or_none(response.get("model")) or result.model
     result.service_tier = str_or_none(response.get("service_tier")) or result.service_tier
     result.error = result.error or response_error(response)
+    # why it ended: the incomplete reason (e.g. max_output_tokens) when there is one, else the status
+    add_finish_reason(result, dig(response, "incomplete_details", "reason") or response.get("status"))
     searches = max(web_searches, count_web_searches(response.get("output")))
     usage = response.get("usage")
     if isinstance(usage, dict):
