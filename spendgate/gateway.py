@@ -33,13 +33,14 @@ from spendgate.pricing import reprice
 
 from spendgate.web import app as web
 from spendgate.web.server import AdminServer, Caller, discovery_path
-from spendgate.budgets.book import BudgetBook
+from spendgate.budgets.book import BudgetBook, subscription_ignored
+from spendgate.budgets.book import scopes as budget_scopes
 from spendgate.identity import Identity, resolve
 from spendgate.budgets.journal import Journal
 from spendgate.store.ledger import DuckDBLedger, LedgerLocked, LedgerRow, write_rows
 from spendgate.metering.meter import CHARS_PER_TOKEN, Exchange, Meter
 from spendgate.metering.opaque import OpaqueRecorder
-from spendgate.budgets.plans import PlanCharger
+from spendgate.budgets.plans import PlanCharger, PlanIndex
 from spendgate.policy.model import UNATTRIBUTED, Policy, PolicyError, load
 from spendgate.pricing.rates import MTOK, Pricer, PricingError, compute
 from spendgate.usage import Usage
@@ -81,6 +82,16 @@ def charge_scopes(user: str, key_fp: str | None, workspaces: str | None, org: st
     return out
 
 
+def row_scopes(policy: Policy, user: str, key_fp: str | None, workspaces: str | None, basis: str = "api",
+               plan: str | None = None) -> list[str]:
+    """The budget scopes a ledger row counts against, subscription_usage applied to subscription rows."""
+    if basis == "subscription":
+        ident = Identity(user=user, source="ledger", key_fingerprint=key_fp, basis=basis, plan=plan,
+                         workspaces=tuple(w for w in (workspaces or "").split(",") if w))
+        return [scope for scope, _limits, _until in budget_scopes(policy, ident)]
+    return charge_scopes(user, key_fp, workspaces, policy.org_name)
+
+
 def rebuild_counters(cur: duckdb.DuckDBPyConnection, book: BudgetBook, now: datetime) -> int:
     """Load this hour's, day's, week's and month's spend from the ledger into the counters."""
     tz = book.policy.timezone
@@ -88,12 +99,12 @@ def rebuild_counters(cur: duckdb.DuckDBPyConnection, book: BudgetBook, now: date
     earliest = min(starts.values())
     sums = ", ".join(f"sum(charged_usd) FILTER (WHERE ts >= ?) AS {w}" for w in WINDOWS)
     rows = cur.execute(
-        f'SELECT "user", key_fingerprint, workspace, {sums} FROM requests WHERE ts >= ? AND charged_usd IS NOT NULL '
-        "GROUP BY ALL",
+        f'SELECT "user", key_fingerprint, workspace, billing_basis, plan, {sums} FROM requests '
+        "WHERE ts >= ? AND charged_usd IS NOT NULL GROUP BY ALL",
         [*starts.values(), earliest],
     ).fetchall()
-    for user, fp, ws, *amounts in rows:
-        for scope in charge_scopes(user, fp, ws, book.policy.org_name):
+    for user, fp, ws, basis, plan, *amounts in rows:
+        for scope in row_scopes(book.policy, user, fp, ws, basis or "api", plan):
             for window, amount in zip(WINDOWS, amounts):
                 if amount:
                     book.store.add((scope, window, starts[window]), Decimal(amount))
@@ -143,6 +154,8 @@ class Gateway:
         self.workflow.policy_loaded(self.policy, "start")
         self.meter = Meter(self.pricer, self.ledger, self.identify)
         self.meter.listeners.append(self._charge)
+        self._plans = PlanIndex(self.policy)  # which policy plan a subscription request's seat is in
+        self.meter.plan_for = self._plan_for
         self.admin: AdminServer | None = None
         if settings.admin_port >= 0:
             self.admin = AdminServer(self.api_routes(), port=settings.admin_port,
@@ -162,6 +175,11 @@ class Gateway:
         return resolve(
             self.policy, headers, query, proxy_user=proxy_user, client_ip=client_ip, default_user=self.settings.user
         )
+
+    def _plan_for(self, vendor: str | None, user: str, when: datetime) -> str | None:
+        if self._plans.policy is not self.policy:
+            self._plans = PlanIndex(self.policy)
+        return self._plans.plan_for(vendor, user, when.astimezone(self.policy.timezone).date())
 
     def estimate(self, ex: Exchange, now: datetime) -> Decimal | None:
         """A conservative cost for the reservation: all input uncached, output up to a typical cap."""
@@ -189,6 +207,8 @@ class Gateway:
                                                             "on_store_error is fail_closed"))
         now = datetime.now(UTC)
         amount = self.estimate(ex, now)
+        if subscription_ignored(self.policy, ex.identity):  # subscription_usage: ignore: nothing to reserve
+            amount = Decimal(0)
         if amount is None:
             return self._refuse(ex, refusal.unavailable(
                 ex.provider, f"model {ex.request.model!r} has no known price and the policy blocks unpriced models"))
@@ -235,6 +255,7 @@ class Gateway:
             "model": ex.request.model, "user": i.user, "key_fingerprint": i.key_fingerprint, "client": i.client,
             "session_id": i.session_id, "stream": ex.request.stream, "identity_source": i.source,
             "workspace": ",".join(i.workspaces) or None, "bytes_in": ex.bytes_in,
+            "billing_basis": ex.billing.basis, "credential": ex.billing.credential, "plan": i.plan,
         }  # fmt: skip
 
     # -- after the response (meter worker thread) --
@@ -246,6 +267,8 @@ class Gateway:
             row.note = (row.note + "; " if row.note else "") + "charged the unpriced fallback rate"
         if row.charged_usd is None and res is not None:
             row.charged_usd = res.amount
+        if subscription_ignored(self.policy, ex.identity):
+            row.charged_usd = Decimal(0)  # recorded with its notional value; budgets do not count it
         if res is not None:
             self.book.settle(res, row.charged_usd or Decimal(0))
             self.workflow.after_charge(ex.identity, row)  # tiered alerts and projected overrun
@@ -282,6 +305,7 @@ class Gateway:
             identity_source=r.get("identity_source", "unknown"), workspace=r.get("workspace"),
             note="the gateway stopped before the response ended; charged its reservation",
             bytes_in=int(r.get("bytes_in") or 0), charged_usd=amount,
+            billing_basis=r.get("billing_basis") or "api", credential=r.get("credential"), plan=r.get("plan"),
         )  # fmt: skip
 
     # -- policy reload --
@@ -315,6 +339,7 @@ class Gateway:
             return False
         self.policy = policy
         self.book.policy = policy
+        self._plans = PlanIndex(policy)
         self.plan_charger.apply(policy, self.book.store, datetime.now(UTC))
         self.workflow.policy_loaded(policy, "file change")
         log.info("spendgate: policy reloaded from %s (sha256 %s)", self.settings.policy, policy.sha256[:12])

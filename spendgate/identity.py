@@ -84,6 +84,10 @@ class Identity:
     client: str = "other"
     session_id: str | None = None
     workspaces: tuple[str, ...] = field(default=())
+    # how the traffic is billed (spendgate.metering.billing): "api" or "subscription", and for
+    # subscription traffic the policy plan (plans:) of the user's seat; set by the meter
+    basis: str = "api"
+    plan: str | None = None
 
 
 def resolve(

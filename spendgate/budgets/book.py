@@ -121,8 +121,39 @@ class Decision:
     budgets: list[Budget] = field(default_factory=list)
 
 
+SUBSCRIPTION_PREFIX = "subscription:"  # scopes of `subscription_usage: separate` budgets
+
+
+def subscription_scopes(policy: Policy, identity: Identity) -> list[tuple[str, Budgets, date | None]]:
+    """The separate budgets of subscription usage (notional USD): organization, user, user's plan."""
+    sb = policy.subscription_budgets
+    out: list[tuple[str, Budgets, date | None]] = [
+        (f"{SUBSCRIPTION_PREFIX}organization:{policy.org_name}", sb.organization, None),
+        (f"{SUBSCRIPTION_PREFIX}{UNATTRIBUTED if identity.user == UNATTRIBUTED else 'user:' + identity.user}",
+         sb.user, None),
+    ]
+    if identity.plan and identity.plan in sb.plans:
+        out.append((f"{SUBSCRIPTION_PREFIX}plan:{identity.plan}:{identity.user}", sb.plans[identity.plan], None))
+    return out
+
+
+def subscription_ignored(policy: Policy, identity: Identity) -> bool:
+    """True when budgets neither charge nor limit this traffic (subscription_usage: ignore)."""
+    return identity.basis == "subscription" and policy.subscription_usage == "ignore"
+
+
 def scopes(policy: Policy, identity: Identity) -> list[tuple[str, Budgets, date | None]]:
-    """Every scope covering this identity, with its limits (defaults with exceptions applied)."""
+    """Every scope covering this identity, with its limits (defaults with exceptions applied).
+
+    Subscription traffic (identity.basis) follows the policy's `subscription_usage`: the API
+    budgets (count), none (ignore), or its own budgets (separate).
+    """
+    if identity.basis == "subscription":
+        mode = policy.subscription_usage
+        if mode == "ignore":
+            return []
+        if mode == "separate":
+            return subscription_scopes(policy, identity)
     today = datetime.now(policy.timezone).date()
     out: list[tuple[str, Budgets, date | None]] = [(f"organization:{policy.org_name}", policy.org_budgets, None)]
     for ws in identity.workspaces:
@@ -230,6 +261,8 @@ class BudgetBook:
             idents.append(Identity(user=UNATTRIBUTED, source="policy", workspaces=(ws,)))
         if not idents:
             idents.append(Identity(user=UNATTRIBUTED, source="policy"))
+        if self.policy.subscription_usage == "separate":  # subscription budgets have their own scopes
+            idents.append(Identity(user=UNATTRIBUTED, source="policy", basis="subscription"))
         for ident in idents:
             for b in self.covering(ident, now):
                 seen.setdefault((b.scope, b.window), b)
@@ -253,6 +286,14 @@ class BudgetBook:
 
 def _identity_of(scope: str) -> Identity:
     """A stand-in identity whose covering budgets include `scope` (for listing)."""
+    if scope.startswith(SUBSCRIPTION_PREFIX):
+        kind, _, name = scope[len(SUBSCRIPTION_PREFIX):].partition(":")
+        if kind == "user":
+            return Identity(user=name, source="ledger", basis="subscription")
+        if kind == "plan":
+            plan, _, user = name.partition(":")
+            return Identity(user=user, source="ledger", basis="subscription", plan=plan)
+        return Identity(user=UNATTRIBUTED, source="ledger", basis="subscription")
     kind, _, name = scope.partition(":")
     if kind == "user":
         return Identity(user=name, source="ledger")

@@ -17,7 +17,7 @@ from spendgate.pricing import catalogue as pc
 from spendgate.pricing import reprice
 from spendgate.budgets.book import BudgetBook
 from spendgate.cli.prices import explain_lines
-from spendgate.gateway import charge_scopes
+from spendgate.gateway import row_scopes
 from spendgate.store.ledger import LedgerRow, connect, migrate, write_rows
 from spendgate.policy.model import parse as parse_policy
 from spendgate.pricing.rates import Pricer, PricingError, compare_overrides, compute, parse_overrides
@@ -315,7 +315,7 @@ def test_reprice_updates_rows_keeps_audit_and_moves_counters(tmp_path, ledger):
     policy = parse_policy("version: 1\norganization: {name: acme, budgets: {day: 1000}}\n")
     book = BudgetBook(policy)
     res = reprice.run(ledger, pricer, since, dry_run=False,
-                      on_applied=lambda ch: reprice.adjust_counters(book, ch, datetime.now(UTC), charge_scopes))  # fmt: skip
+                      on_applied=lambda ch: reprice.adjust_counters(book, ch, datetime.now(UTC), row_scopes))  # fmt: skip
     new_r1 = D(210_000 * 6 + 1_000 * D("22.5")) / 1_000_000
     assert res["changed"] == 2 and res["delta_usd"] == pytest.approx(float(new_r1 - D("0.645") + D(4) - D(15)))
     got = dict(ledger.execute("SELECT request_id, cost_usd FROM requests").fetchall())
