@@ -34,10 +34,14 @@ def cmd_ledger(args: argparse.Namespace) -> int:
     if args.json:
         print_json(rows)
         return 0
-    cols = ["ts", "user", "client", "provider", "model", "outcome", "input_tokens", "output_tokens", "cost_usd"]
+    cols = ["ts", "user", "client", "provider", "model", "outcome", "billing_basis", "input_tokens", "output_tokens",
+            "cost_usd", "notional_usd"]
     for r in rows:
         r["ts"] = r["ts"][:19].replace("T", " ")
-    table(f"Latest {len(rows)} requests", rows, cols, money=["cost_usd"])
+        if r.get("billing_basis") != "subscription":
+            r["notional_usd"] = None
+    table(f"Latest {len(rows)} requests (cost_usd: invoiced per token; notional_usd: subscription usage at list price)",
+          rows, cols, money=["cost_usd", "notional_usd"])
     return 0
 
 
@@ -47,10 +51,18 @@ def cmd_spend(args: argparse.Namespace) -> int:
         print_json(rows)
         return 0
     scope = f"this {args.window}" if args.window else (f"since {args.since}" if args.since else "all time")
-    cols = ["group", "requests", "input_tokens", "cache_read_tokens", "cache_write_tokens", "output_tokens", "cost_usd"]
-    table(f"Spend by {args.by}, {scope}", rows, cols, money=["cost_usd"])
-    total = sum(r["cost_usd"] for r in rows)
-    console.print(f"[bold]Total: ${total:,.4f}[/] over {sum(r['requests'] for r in rows):,} requests")
+    cols = ["group", "requests", "input_tokens", "cache_read_tokens", "cache_write_tokens", "output_tokens", "api_usd",
+            "subscription_requests", "subscription_notional_usd"]
+    shown = [{**r, "api_usd": r["cost_usd"], "subscription_notional_usd": r["notional_usd"]} for r in rows]
+    table(f"Spend by {args.by}, {scope}", shown, cols, money=["api_usd", "subscription_notional_usd"])
+    api = sum(r["cost_usd"] for r in rows)
+    subs = sum(r["notional_usd"] for r in rows)
+    n_subs = sum(r["subscription_requests"] for r in rows)
+    console.print(f"[bold]API spend (invoiced per token): ${api:,.4f}[/] over "
+                  f"{sum(r['requests'] for r in rows) - n_subs:,} requests", highlight=False)
+    if n_subs:
+        console.print(f"Subscription usage (sign-in traffic covered by seats, not invoiced; not included above): "
+                      f"${subs:,.4f} notional at list price over {n_subs:,} requests", highlight=False)
     if args.by in ("user", "workspace") and not args.user:
         reconcile_cmds.print_spend_extras(args, rows)  # seat plans, opaque clients, billed vs metered
     return 0
