@@ -107,8 +107,8 @@ def frame(o: dict[str, Any], budgets: list[dict[str, Any]], where: str) -> Rende
     for _ in range(4):
         head.add_column(justify="center")
     head.add_row(*(Text.assemble((label + " · API spend\n", "dim"), (money(t[w]["cost_usd"]), "bold cyan"),
-                                 (f"\n{t[w]['requests']:,} requests" + (f", {t[w]['blocked']} blocked" if t[w]["blocked"] else ""), "dim"),  # noqa: E501
-                                 (f"\nsubscription {money(t[w].get('notional_usd'))} notional" if t[w].get("subscription_requests") else "", "magenta"))  # noqa: E501
+                                 (f"\n{t[w]['requests'] - t[w].get('subscription_requests', 0):,} API requests" + (f", {t[w]['blocked']} blocked" if t[w]["blocked"] else ""), "dim"),  # noqa: E501
+                                 (f"\nsubscription {money(t[w].get('notional_usd'))} notional, {t[w]['subscription_requests']:,} requests" if t[w].get("subscription_requests") else "", "magenta"))  # noqa: E501
                    for w, label in (("hour", "this hour"), ("day", "today"), ("week", "this week"), ("month", "this month"))))  # fmt: skip
     minutes = [p["cost_usd"] for p in o["series"]["minute"]]
     trend = Text.assemble(("last hour, per minute  ", "dim"), (spark(minutes), "cyan"))

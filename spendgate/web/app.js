@@ -51,7 +51,8 @@ function renderKpis(totals) {
     // separate, labelled figure at list price, never added to it.
     el.querySelector(".value").textContent = usd(t.cost_usd, 2);
     el.querySelector(".sub").textContent =
-      `API spend · ${t.requests.toLocaleString()} requests` + (t.blocked ? ` · ${t.blocked} blocked` : "") +
+      `API spend · ${(t.requests - (t.subscription_requests || 0)).toLocaleString()} requests` +
+      (t.blocked ? ` · ${t.blocked} blocked` : "") +
       (Math.abs(t.charged_usd - t.cost_usd) > 0.005 ? ` · budgets charged ${usd(t.charged_usd, 2)}` : "");
     const subs = el.querySelector(".subs");
     if (subs) {

@@ -231,3 +231,30 @@ def test_reconciliation_against_a_bill_without_subscription_traffic_shows_no_dri
     seat = {r["plan"]: r for r in plans["rows"]}
     assert seat["claude-max"]["usage_requests"] == 2
     assert seat["claude-max"]["usage_notional_usd"] == pytest.approx(2 * ANTHROPIC_COST)
+
+
+def test_dashboard_and_api_show_subscription_usage_apart(tmp_path, gateway_factory, fake_provider):
+    from tests.e2e.test_dashboard_e2e import chromium, http
+
+    gw = gateway_factory(policy=policy(tmp_path, PLANS)).start()
+    with key_client(gw) as c:
+        ask(c)
+    with oauth_client(gw) as c:
+        ask(c)
+    gw.ledger(wait_for=2)
+    info = json.loads((gw.db.parent / (gw.db.name + ".gateway.json")).read_text())
+    status, body = http(f"{info['url']}/api/overview?window=day", info["token"])
+    assert status == 200
+    o = json.loads(body)
+    day = o["totals"]["day"]
+    assert day["cost_usd"] == pytest.approx(ANTHROPIC_COST)  # API spend only
+    assert day["notional_usd"] == pytest.approx(ANTHROPIC_COST) and day["subscription_requests"] == 1
+    (sub,) = o["subscriptions"]
+    assert (sub["plan"], sub["user"], sub["requests"]) == ("claude-max", "tester", 1)
+
+    dom = chromium(f"{info['url']}/#token={info['token']}&name=dana", tmp_path / "profile", "--dump-dom")
+    assert 'data-ready="1"' in dom, dom[-3000:]
+    assert "+ subscription usage $0.01 notional (1 requests, not invoiced)" in dom
+    assert "API spend · 1 requests" in dom
+    assert "claude-max" in dom and ">subscription<" in dom
+    assert "seat cost " in dom and "No seat plans" not in dom  # the seat plans card, from the policy
