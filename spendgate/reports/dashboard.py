@@ -220,6 +220,7 @@ def visible_budgets(rows: list[dict[str, Any]], scopes: set[str] | None) -> list
 def own_scopes(policy: Any, user: str) -> set[str]:
     """Budget scopes an engineer sees: their own, their workspaces', their keys'."""
     out = {f"user:{user}"} | {f"workspace:{w}" for w in policy.workspaces_of(user)}
+    out |= {f"subscription:user:{user}"} | {f"subscription:plan:{p}:{user}" for p in policy.subscription_budgets.plans}
     return out | {f"key:{fp}" for fp, rule in policy.keys.items() if rule.user == user}
 
 

@@ -210,3 +210,16 @@ def test_explain_says_why_subscription_and_its_notional_cost(con):
     assert "plan: claude-max" in text
     assert f"notional cost at list price ${pr.cost:,.6f}" in text and "invoiced: $0" in text
     assert "WARNING" not in text  # the lines add up to the notional cost
+
+
+def test_subscription_budget_alerts_go_to_the_user_and_engineers_see_their_own():
+    from spendgate.reports.dashboard import own_scopes
+    from spendgate.workflow.alerts import recipients, scope_filter
+
+    p = parse("version: 1\norganization: {name: acme, owners: [cfo]}\nsubscription_usage: separate\n"
+              "subscription_budgets: {plans: {claude-max: {hour: 1}}}\n" + PLANS)
+    assert recipients(p, "subscription:plan:claude-max:alice") == ("alice",)
+    assert recipients(p, "subscription:user:bob") == ("bob",)
+    assert recipients(p, "subscription:organization:acme") == ("cfo",)
+    assert scope_filter("subscription:user:bob") == ("billing_basis = 'subscription' AND \"user\" = ?", ["bob"])
+    assert {"subscription:user:alice", "subscription:plan:claude-max:alice"} <= own_scopes(p, "alice")
