@@ -267,6 +267,13 @@ def parse(text: str, file: str = "<policy>", today: date | None = None) -> Polic
         if name not in (doc.get("plans") or {}):
             problems.append(Problem(*mark(marks, ("subscription_budgets", "plans", name), key_of=True),
                                     f"subscription_budgets.plans.{name}: no plan {name!r} under plans:"))
+    if sub_mode == "count":
+        for name, plan in (doc.get("plans") or {}).items():
+            if isinstance(plan, dict) and plan.get("counts_against_budgets"):
+                warnings.append(Problem(*mark(marks, ("plans", name, "counts_against_budgets")),
+                                        f"plan {name} counts against budgets and subscription_usage is count: its "
+                                        "holders' budgets are charged twice for the same work (the seat and its "
+                                        "tokens at list price)", warning=True))
     if sub_mode == "separate" and sub_budgets.empty():
         warnings.append(Problem(*mark(marks, ("subscription_usage",)), "subscription_usage is separate but "
                                 "subscription_budgets sets no limit: subscription usage is recorded, never limited",

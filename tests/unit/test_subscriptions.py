@@ -223,3 +223,12 @@ def test_subscription_budget_alerts_go_to_the_user_and_engineers_see_their_own()
     assert recipients(p, "subscription:organization:acme") == ("cfo",)
     assert scope_filter("subscription:user:bob") == ("billing_basis = 'subscription' AND \"user\" = ?", ["bob"])
     assert {"subscription:user:alice", "subscription:plan:claude-max:alice"} <= own_scopes(p, "alice")
+
+
+def test_count_with_a_counting_plan_warns_of_double_charging():
+    p = parse("version: 1\nsubscription_usage: count\nplans:\n  m: {vendor: anthropic, price_usd: 1, "
+              "counts_against_budgets: true, holders: [a]}\n")
+    (w,) = p.warnings
+    assert "charged twice" in w.message and (w.line, w.warning) == (4, True)
+    assert parse("version: 1\nplans:\n  m: {vendor: anthropic, price_usd: 1, counts_against_budgets: true, "
+                 "holders: [a]}\n").warnings == ()
