@@ -53,7 +53,8 @@ def budget_message(budget: Budget, spent: Decimal, now: datetime) -> str:
         return (
             f"spendgate: subscription usage limit reached ({ADJECTIVE[budget.window]} subscription budget of "
             f"{who}: {_usd(spent)} of {_usd(budget.limit)} at list price, notional; resets {resets}). "
-            "Your plan is not charged per token; this limit is your organization's policy."
+            "Your plan is not charged per token; this limit is your organization's policy. "
+            f"To ask for more: {increase_command(budget)}"
         )
     who = budget.scope.replace(":", " ", 1)
     return (

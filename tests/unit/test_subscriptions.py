@@ -139,7 +139,7 @@ def test_separate_admission_refuses_on_the_plan_cap_with_its_own_message():
     assert not d.admitted and d.exhausted.scope == "subscription:plan:claude-max:alice"
     msg = refusal.budget_message(d.exhausted, d.spent, datetime.now(UTC))
     assert "hourly subscription budget of plan claude-max held by alice" in msg and "notional" in msg
-    assert "spendgate request" not in msg  # increase requests are for USD budgets
+    assert "spendgate request --amount 1 --window hour --scope subscription:plan:claude-max:alice" in msg
     # API traffic of the same user is not held back by it
     assert book.admit(Identity(user="alice", source="t"), D(5)).admitted
 
@@ -232,3 +232,27 @@ def test_count_with_a_counting_plan_warns_of_double_charging():
     assert "charged twice" in w.message and (w.line, w.warning) == (4, True)
     assert parse("version: 1\nplans:\n  m: {vendor: anthropic, price_usd: 1, counts_against_budgets: true, "
                  "holders: [a]}\n").warnings == ()
+
+
+def test_increase_request_and_grant_on_a_subscription_plan_budget(tmp_path):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from workflow_env import Env
+
+    text = ("version: 1\ntimezone: UTC\norganization: {name: acme, owners: [cfo]}\nsubscription_usage: separate\n"
+            "subscription_budgets: {plans: {claude-max: {hour: 1}}}\n" + PLANS)
+    env = Env(tmp_path / "l.duckdb", datetime(2026, 11, 30, 9, 0, tzinfo=UTC), text)
+    try:
+        alice = Identity(user="alice", source="t", basis="subscription", plan="claude-max")
+        assert env.spend(alice, "0.9") and not env.spend(alice, "0.5")
+        scope = "subscription:plan:claude-max:alice"
+        req = env.wf.approvals.request("alice", scope, "hour", "2", "long refactor")
+        assert (req["limit_usd"], req["spent_usd"]) == (1, 0.9)
+        env.wf.approvals.approve(req["id"], "cfo")
+        assert env.spend(alice, "0.5")  # the grant raises the notional cap at once
+        with pytest.raises(Exception, match="unknown scope"):
+            env.wf.approvals.request("alice", "subscription:plan:claude-max", "hour", "2", "x")
+    finally:
+        env.close()
