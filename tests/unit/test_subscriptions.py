@@ -10,11 +10,11 @@ from decimal import Decimal as D
 import pytest
 
 from spendgate.budgets import refusal
-from spendgate.budgets.book import BudgetBook
+from spendgate.budgets.book import BudgetBook, ledger_row_scopes
 from spendgate.budgets.plans import PlanIndex
+from spendgate.budgets.recovery import rebuild_counters
 from spendgate.cli.budget_cmds import subscription_summary
 from spendgate.cli.prices import explain_lines
-from spendgate.gateway import rebuild_counters, row_scopes
 from spendgate.identity import Identity
 from spendgate.metering import billing
 from spendgate.policy.model import PolicyError, parse
@@ -177,7 +177,7 @@ def test_rebuild_routes_subscription_rows_per_mode(con):
     count = BudgetBook(parse("version: 1\nsubscription_usage: count\n" + BUDGETS + PLANS))
     rebuild_counters(con, count, now)
     assert {(r["scope"], r["window"]): r["spent_usd"] for r in count.status()}[("user:alice", "day")] == 5.0
-    assert row_scopes(parse("version: 1\n" + PLANS), "alice", None, None, "subscription", "claude-max") == []
+    assert ledger_row_scopes(parse("version: 1\n" + PLANS), "alice", None, None, "subscription", "claude-max") == []
 
 
 def test_reprice_moves_notional_and_keeps_invoice_at_zero(con):
