@@ -256,3 +256,18 @@ def test_increase_request_and_grant_on_a_subscription_plan_budget(tmp_path):
             env.wf.approvals.request("alice", "subscription:plan:claude-max", "hour", "2", "x")
     finally:
         env.close()
+
+
+def test_spend_by_basis_and_plan_and_the_subscriptions_query(con):
+    from spendgate.reports import queries
+
+    now = datetime.now(UTC)
+    write_rows(con, [_row("a", now, cost=D(2), charged=D(2)),
+                     _row("s", now, basis="subscription", cost=D(0), charged=D(0), notional=D(3), plan="claude-max"),
+                     _row("t", now, basis="subscription", cost=D(0), charged=D(0), notional=D(1))])
+    by_basis = {r["group"]: (r["cost_usd"], r["notional_usd"], r["requests"]) for r in queries.spend(con, "basis")}
+    assert by_basis == {"api": (2.0, 0.0, 1), "subscription": (0.0, 4.0, 2)}
+    by_plan = {r["group"]: r["notional_usd"] for r in queries.spend(con, "plan")}
+    assert by_plan == {"(api)": 0.0, "claude-max": 3.0, "(no plan)": 1.0}
+    subs = [(r["plan"], r["requests"], r["notional_usd"]) for r in queries.subscriptions(con)]
+    assert subs == [("claude-max", 1, 3.0), ("(no plan)", 1, 1.0)]
