@@ -17,6 +17,7 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any, Protocol
 
+from spendgate.budgets.plans import plans_of
 from spendgate.budgets.windows import WINDOWS, bounds
 from spendgate.identity import Identity
 from spendgate.policy.model import UNATTRIBUTED, Budgets, Policy
@@ -316,6 +317,10 @@ class BudgetBook:
             idents.append(Identity(user=UNATTRIBUTED, source="policy"))
         if self.policy.subscription_usage == "separate":  # subscription budgets have their own scopes
             idents.append(Identity(user=UNATTRIBUTED, source="policy", basis="subscription"))
+            for plan in plans_of(self.policy).values():  # each holder's plan cap, used or not yet
+                if self.policy.subscription_budgets.plans.get(plan.name):
+                    idents += [Identity(user=seat.user, source="policy", basis="subscription", plan=plan.name)
+                               for seat in plan.seats]
         for ident in idents:
             for b in self.covering(ident, now):
                 seen.setdefault((b.scope, b.window), b)

@@ -271,3 +271,13 @@ def test_spend_by_basis_and_plan_and_the_subscriptions_query(con):
     assert by_plan == {"(api)": 0.0, "claude-max": 3.0, "(no plan)": 1.0}
     subs = [(r["plan"], r["requests"], r["notional_usd"]) for r in queries.subscriptions(con)]
     assert subs == [("claude-max", 1, 3.0), ("(no plan)", 1, 1.0)]
+
+
+def test_status_lists_each_holders_plan_cap_before_any_use():
+    p = parse("version: 1\norganization: {name: acme}\nsubscription_usage: separate\n"
+              "subscription_budgets: {organization: {day: 50}, plans: {claude-max: {hour: 2}}}\n" + PLANS)
+    rows = {(r["scope"], r["window"]): r for r in BudgetBook(p).status()}
+    assert rows[("subscription:plan:claude-max:alice", "hour")]["limit_usd"] == 2.0
+    assert rows[("subscription:plan:claude-max:bob", "hour")]["spent_usd"] == 0.0
+    assert rows[("subscription:organization:acme", "day")]["limit_usd"] == 50.0
+    assert not any(s.startswith("subscription:plan:chatgpt-pro") for s, _ in rows)  # no cap on that plan
