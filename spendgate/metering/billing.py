@@ -14,6 +14,7 @@ unrecognised credential is never hidden from budgets and reconciliation.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -59,6 +60,7 @@ class Billing:
 
 
 API_BILLING = Billing(API, API_KEY)
+_QUERY_KEY = re.compile(r"[?&]key=[^&]")  # Gemini's ?key=API_KEY
 _SUBS = {kind: Billing(SUBSCRIPTION, kind, VENDOR[kind]) for kind in VENDOR}
 
 
@@ -85,7 +87,7 @@ def classify(host: str, path: str, headers: Mapping[str, str]) -> Billing:
         if token and CLAUDE_OAUTH_BETA in headers.get("anthropic-beta", "") and not token.startswith("sk-ant-api"):
             return _SUBS[CLAUDE_OAUTH]
     if not (_bearer(headers) or headers.get("x-api-key") or headers.get("x-goog-api-key") or headers.get("api-key")
-            or headers.get("x-amz-security-token") or "key=" in path):
+            or headers.get("x-amz-security-token") or _QUERY_KEY.search(path)):
         return Billing(API, NONE)
     return API_BILLING
 

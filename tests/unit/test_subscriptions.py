@@ -281,3 +281,9 @@ def test_status_lists_each_holders_plan_cap_before_any_use():
     assert rows[("subscription:plan:claude-max:bob", "hour")]["spent_usd"] == 0.0
     assert rows[("subscription:organization:acme", "day")]["limit_usd"] == 50.0
     assert not any(s.startswith("subscription:plan:chatgpt-pro") for s, _ in rows)  # no cap on that plan
+
+
+def test_query_string_key_is_an_api_key_but_other_params_are_not():
+    gem = "/v1beta/models/gemini-2.5-flash:generateContent"
+    assert billing.classify("generativelanguage.googleapis.com", gem + "?key=AIza", {}).credential == "api_key"
+    assert billing.classify("generativelanguage.googleapis.com", gem + "?cache_key=x", {}).credential == "none"
