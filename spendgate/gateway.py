@@ -17,7 +17,7 @@ from pathlib import Path
 from spendgate.budgets.admission import Admission
 from spendgate.budgets.book import BudgetBook
 from spendgate.budgets.journal import Journal
-from spendgate.budgets.plans import PlanCharger
+from spendgate.budgets.plans import PlanCharger, PlanIndex
 from spendgate.budgets.recovery import rebuild_counters, recover_interrupted
 from spendgate.budgets.runway import check_targets
 from spendgate.identity import Identity, local_user, resolve
@@ -123,6 +123,8 @@ class Gateway:
         self.tokens = TokenStore(tokens_path(settings.db))
         self.proxy_verified = True  # False while mitmproxy's proxyauth=any accepts every password (addon sets it)
         self.telemetry = Telemetry.attach(self, settings.telemetry)  # spans and metrics of settled rows
+        self._plans = PlanIndex(self.policy)  # which policy plan a subscription request's seat is in
+        self.meter.plan_for = self._plan_for
         self.admin: AdminServer | None = None
         if settings.admin_port >= 0:
             self.admin = AdminServer(routes.get_routes(self), port=settings.admin_port,
@@ -148,6 +150,13 @@ class Gateway:
             self.policy, headers, query, proxy_user=proxy_user, client_ip=client_ip, default_user=self.settings.user,
             proxy_verified=self.proxy_verified, authenticating_only=authenticating_only,
         )
+
+    def _plan_for(self, vendor: str | None, user: str, when: datetime) -> str | None:
+        """Event loop: the policy plan (plans:) of a subscription request's seat, or None."""
+        plans = self._plans
+        if plans.policy is not self.policy:  # reloaded since: index the new plans
+            plans = self._plans = PlanIndex(self.policy)
+        return plans.plan_for(vendor, user, when.astimezone(self.policy.timezone).date())
 
     def cursor(self):
         """A DuckDB cursor of the ledger this gateway holds (one per thread)."""

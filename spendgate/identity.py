@@ -109,6 +109,10 @@ class Identity:
     session_id: str | None = None
     workspaces: tuple[str, ...] = field(default=())
     unknown: bool = False  # a name the policy does not list (see `unknown_users`)
+    # how the traffic is billed (spendgate.metering.billing): "api" or "subscription", and for
+    # subscription traffic the policy plan (plans:) of the user's seat; set by the meter
+    basis: str = "api"
+    plan: str | None = None
 
 
 def resolve(

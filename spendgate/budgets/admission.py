@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 
 from spendgate.budgets import refusal, unmetered
-from spendgate.budgets.book import BudgetBook, Decision
+from spendgate.budgets.book import BudgetBook, Decision, subscription_ignored
 from spendgate.budgets.journal import Journal
 from spendgate.budgets.runway import (
     Limited,
@@ -118,8 +118,8 @@ class Admission:
         amount = self.estimate(ex, now, choice.target)
         if amount is None:
             return None
-        body = ex.request.rewritten_body if ex.request.rewritten_body is not None else ex.extra.get("body", b"")
-        rewritten = ex.route.adapter.with_model(ex.extra.get("path", ""), body, choice.target)
+        body = ex.request.rewritten_body if ex.request.rewritten_body is not None else ex.extra.get("request_body", b"")
+        rewritten = ex.route.adapter.with_model(ex.extra.get("request_path", ""), body, choice.target)
         if rewritten is None:
             return None
         ex.extra["step_down_plan"] = (choice, rewritten)
@@ -127,9 +127,9 @@ class Admission:
 
     def _apply_substitution(self, ex: Exchange) -> None:
         choice, (path, body) = ex.extra.pop("step_down_plan")
-        if path != ex.extra.get("path"):
+        if path != ex.extra.get("request_path"):
             ex.request.rewritten_path = path
-        if body is not (ex.request.rewritten_body if ex.request.rewritten_body is not None else ex.extra.get("body")):
+        if body is not (ex.request.rewritten_body if ex.request.rewritten_body is not None else ex.extra.get("request_body")):
             ex.request.rewritten_body = body
         ex.extra["step_down"] = choice
         ex.request.model = choice.target
@@ -161,13 +161,14 @@ class Admission:
             return refuse(ex, refusal.forbidden(
                 ex.provider, f"{ex.identity.user} is not a user in the policy (unknown_users: block)"))
         policy = self.policy
-        ex.extra["path"], ex.extra["body"] = path, body
+        ex.extra["request_path"], ex.extra["request_body"] = path, body
         denial = model_denial(policy, ex.identity, ex.request.model)
         if denial is not None:
             return refuse(ex, refusal.model_denied(ex.provider, denial.message), denial.message)
         now = datetime.now(UTC)
         runway = not policy.runway.empty
-        budgets = self.book.covering(ex.identity, now) if policy.runway.step_down else []
+        ignored = subscription_ignored(policy, ex.identity)  # subscription_usage: ignore: nothing to reserve
+        budgets = self.book.covering(ex.identity, now) if policy.runway.step_down and not ignored else []
         amount = None
         if flat is not None:
             amount = flat
@@ -175,6 +176,8 @@ class Admission:
             amount = self._substitute(ex, step_down(policy, self.book, ex.identity, ex.request.model, budgets), now)
         if amount is None and flat is None:
             amount = self.estimate(ex, now)
+        if ignored:
+            amount = Decimal(0)
         if amount is None:
             return refuse(ex, refusal.unavailable(
                 ex.provider, f"model {ex.request.model!r} has no known price and the policy blocks unpriced models"))
@@ -204,7 +207,7 @@ class Admission:
             ex.extra["rate_ticket"] = ticket
         if "step_down_plan" in ex.extra:
             self._apply_substitution(ex)
-        del ex.extra["path"], ex.extra["body"]
+        del ex.extra["request_path"], ex.extra["request_body"]
         try:
             self.journal.reserve(ex.request_id, amount, journal_record(ex))
         except OSError as e:
@@ -246,6 +249,8 @@ class Admission:
             row.price_source = "unmetered charge"
         if row.charged_usd is None and res is not None:
             row.charged_usd = res.amount
+        if subscription_ignored(self.policy, ex.identity):
+            row.charged_usd = Decimal(0)  # recorded with its notional value; budgets do not count it
         choice: StepDownChoice | None = ex.extra.get("step_down")
         if choice is not None:
             row.requested_model = choice.requested
@@ -270,8 +275,8 @@ def too_large(provider: str, size: int, limit: int) -> refusal.Answer:
 
 def refuse(ex: Exchange, answer: refusal.Answer, reason: str | None = None) -> refusal.Answer:
     """Mark the exchange blocked (recorded as a `blocked` row) and hand back the answer to send."""
-    ex.extra.pop("path", None)
-    ex.extra.pop("body", None)
+    ex.extra.pop("request_path", None)
+    ex.extra.pop("request_body", None)
     ex.extra["blocked"] = True
     ex.extra["blocked_reason"] = reason or answer.body.decode(errors="replace")[:300]
     ex.status = answer.status
@@ -286,4 +291,5 @@ def journal_record(ex: Exchange) -> dict:
         "model": ex.request.model, "user": i.user, "key_fingerprint": i.key_fingerprint, "client": i.client,
         "session_id": i.session_id, "stream": ex.request.stream, "identity_source": i.source,
         "workspace": ",".join(i.workspaces) or None, "bytes_in": ex.bytes_in,
+        "billing_basis": ex.billing.basis, "credential": ex.billing.credential, "plan": i.plan,
     }  # fmt: skip

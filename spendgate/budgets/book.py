@@ -17,6 +17,7 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any, Protocol
 
+from spendgate.budgets.plans import plans_of
 from spendgate.budgets.windows import WINDOWS, bounds
 from spendgate.identity import Identity
 from spendgate.policy.model import UNATTRIBUTED, Budgets, Policy
@@ -121,6 +122,27 @@ class Decision:
     budgets: list[Budget] = field(default_factory=list)
 
 
+SUBSCRIPTION_PREFIX = "subscription:"  # scopes of `subscription_usage: separate` budgets
+
+
+def subscription_scopes(policy: Policy, identity: Identity) -> list[tuple[str, Budgets, date | None]]:
+    """The separate budgets of subscription usage (notional USD): organization, user, user's plan."""
+    sb = policy.subscription_budgets
+    out: list[tuple[str, Budgets, date | None]] = [
+        (f"{SUBSCRIPTION_PREFIX}organization:{policy.org_name}", sb.organization, None),
+        (f"{SUBSCRIPTION_PREFIX}{UNATTRIBUTED if identity.user == UNATTRIBUTED else 'user:' + identity.user}",
+         sb.user, None),
+    ]
+    if identity.plan and identity.plan in sb.plans:
+        out.append((f"{SUBSCRIPTION_PREFIX}plan:{identity.plan}:{identity.user}", sb.plans[identity.plan], None))
+    return out
+
+
+def subscription_ignored(policy: Policy, identity: Identity) -> bool:
+    """True when budgets neither charge nor limit this traffic (subscription_usage: ignore)."""
+    return identity.basis == "subscription" and policy.subscription_usage == "ignore"
+
+
 def scope_names(org: str, user: str, workspaces: Iterable[str], key_fingerprint: str | None) -> list[str]:
     """The budget scopes a request counts against, in the one order every caller uses.
 
@@ -140,8 +162,28 @@ def row_scopes(org: str, user: str, key_fingerprint: str | None, workspace: str 
     return scope_names(org, user, (workspace or "").split(","), key_fingerprint)
 
 
+def ledger_row_scopes(policy: Policy, user: str, key_fingerprint: str | None, workspace: str | None,
+                      basis: str = "api", plan: str | None = None) -> list[str]:
+    """The scopes a stored ledger row counts against, `subscription_usage` applied to subscription rows."""
+    if basis == "subscription":
+        ident = Identity(user=user, source="ledger", key_fingerprint=key_fingerprint, basis=basis, plan=plan,
+                         workspaces=tuple(w for w in (workspace or "").split(",") if w))
+        return [scope for scope, _limits, _until in scopes(policy, ident)]
+    return row_scopes(policy.org_name, user, key_fingerprint, workspace)
+
+
 def scopes(policy: Policy, identity: Identity) -> list[tuple[str, Budgets, date | None]]:
-    """Every scope covering this identity, with its limits (defaults with exceptions applied)."""
+    """Every scope covering this identity, with its limits (defaults with exceptions applied).
+
+    Subscription traffic (identity.basis) follows the policy's `subscription_usage`: the API
+    budgets (count), none (ignore), or its own budgets (separate).
+    """
+    if identity.basis == "subscription":
+        mode = policy.subscription_usage
+        if mode == "ignore":
+            return []
+        if mode == "separate":
+            return subscription_scopes(policy, identity)
     today = datetime.now(policy.timezone).date()
     names = scope_names(policy.org_name, identity.user, identity.workspaces, identity.key_fingerprint)
     out: list[tuple[str, Budgets, date | None]] = []
@@ -273,6 +315,12 @@ class BudgetBook:
             idents.append(Identity(user=UNATTRIBUTED, source="policy", workspaces=(ws,)))
         if not idents:
             idents.append(Identity(user=UNATTRIBUTED, source="policy"))
+        if self.policy.subscription_usage == "separate":  # subscription budgets have their own scopes
+            idents.append(Identity(user=UNATTRIBUTED, source="policy", basis="subscription"))
+            for plan in plans_of(self.policy).values():  # each holder's plan cap, used or not yet
+                if self.policy.subscription_budgets.plans.get(plan.name):
+                    idents += [Identity(user=seat.user, source="policy", basis="subscription", plan=plan.name)
+                               for seat in plan.seats]
         for ident in idents:
             for b in self.covering(ident, now):
                 seen.setdefault((b.scope, b.window), b)
@@ -296,6 +344,14 @@ class BudgetBook:
 
 def _identity_of(scope: str) -> Identity:
     """A stand-in identity whose covering budgets include `scope` (for listing)."""
+    if scope.startswith(SUBSCRIPTION_PREFIX):
+        kind, _, name = scope[len(SUBSCRIPTION_PREFIX):].partition(":")
+        if kind == "user":
+            return Identity(user=name, source="ledger", basis="subscription")
+        if kind == "plan":
+            plan, _, user = name.partition(":")
+            return Identity(user=user, source="ledger", basis="subscription", plan=plan)
+        return Identity(user=UNATTRIBUTED, source="ledger", basis="subscription")
     kind, _, name = scope.partition(":")
     if kind == "user":
         return Identity(user=name, source="ledger")

@@ -175,3 +175,39 @@ class PlanCharger:
                 changed += 1
         self.applied = {k: v for k, v in wanted.items() if v}
         return changed
+
+
+# --- which plan a subscription request belongs to ------------------------------------------------
+
+# plans.NAME.vendor values that name the seller of each kind of seat (spendgate.metering.billing)
+VENDOR_ALIASES = {
+    "anthropic": ("anthropic", "claude"),
+    "openai": ("openai", "chatgpt", "codex"),
+    "github": ("github", "copilot", "microsoft"),
+    "google": ("google", "gemini"),
+}
+
+
+class PlanIndex:
+    """Answers "which of the policy's plans is this subscription request under" in O(1) per call.
+
+    A request belongs to the first plan (in policy order) of its vendor (`plans.NAME.vendor`,
+    aliases above) that the user holds on that day. None when the user holds no such plan (a
+    personal seat, or a plan missing from the policy), so reports can flag it.
+    """
+
+    def __init__(self, policy: Policy) -> None:
+        self.policy = policy
+        self._by: dict[tuple[str, str], list[tuple[Plan, Seat]]] = {}
+        for plan in plans_of(policy).values():
+            vendor = (plan.vendor or "").lower()
+            for seat in plan.seats:
+                for canonical, names in VENDOR_ALIASES.items():
+                    if vendor in names:
+                        self._by.setdefault((canonical, seat.user), []).append((plan, seat))
+
+    def plan_for(self, vendor: str | None, user: str, day: date) -> str | None:
+        for plan, seat in self._by.get((vendor or "", user), ()):
+            if _held(plan, seat, day):
+                return plan.name
+        return None

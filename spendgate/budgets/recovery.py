@@ -14,7 +14,7 @@ from pathlib import Path
 
 import duckdb
 
-from spendgate.budgets.book import BudgetBook, row_scopes
+from spendgate.budgets.book import BudgetBook, ledger_row_scopes
 from spendgate.budgets.journal import Journal
 from spendgate.budgets.windows import WINDOWS, bounds
 from spendgate.store.ledger import LedgerRow, row_from_dict, write_rows
@@ -29,12 +29,13 @@ def rebuild_counters(cur: duckdb.DuckDBPyConnection, book: BudgetBook, now: date
     earliest = min(starts.values())
     sums = ", ".join(f"sum(charged_usd) FILTER (WHERE ts >= ?) AS {w}" for w in WINDOWS)
     rows = cur.execute(
-        f'SELECT "user", key_fingerprint, workspace, {sums} FROM requests WHERE ts >= ? AND charged_usd IS NOT NULL '
-        "GROUP BY ALL",
+        f'SELECT "user", key_fingerprint, workspace, billing_basis, plan, {sums} FROM requests '
+        "WHERE ts >= ? AND charged_usd IS NOT NULL GROUP BY ALL",
         [*starts.values(), earliest],
     ).fetchall()
-    for user, fp, ws, *amounts in rows:
-        for scope in row_scopes(book.policy.org_name, user, fp, ws):
+    for user, fp, ws, basis, plan, *amounts in rows:
+        # subscription rows go where subscription_usage says (API budgets, their own, or none)
+        for scope in ledger_row_scopes(book.policy, user, fp, ws, basis or "api", plan):
             for window, amount in zip(WINDOWS, amounts):
                 if amount:
                     book.store.add((scope, window, starts[window]), Decimal(amount))
@@ -80,4 +81,5 @@ def interrupted_row(request_id: str, amount: Decimal, r: dict) -> LedgerRow:
         identity_source=r.get("identity_source", "unknown"), workspace=r.get("workspace"),
         note="the gateway stopped before the response ended; charged its reservation",
         bytes_in=int(r.get("bytes_in") or 0), charged_usd=amount,
+        billing_basis=r.get("billing_basis") or "api", credential=r.get("credential"), plan=r.get("plan"),
     )  # fmt: skip

@@ -39,9 +39,23 @@ def increase_command(budget: Budget) -> str:
     )
 
 
+SUBSCRIPTION = "subscription:"  # scopes of subscription_usage: separate (spendgate.budgets.book)
+
+
 def budget_message(budget: Budget, spent: Decimal, now: datetime) -> str:
-    who = budget.scope.replace(":", " ", 1)
     resets = budget.end.strftime("%Y-%m-%d %H:%M UTC")
+    if budget.scope.startswith(SUBSCRIPTION):  # notional dollars: the seat is paid, the tokens are not
+        rest = budget.scope[len(SUBSCRIPTION):]
+        kind, _, name = rest.partition(":")
+        who = f"plan {name.replace(':', ' held by ', 1)}" if kind == "plan" else rest.replace(":", " ", 1)
+        return (
+            f"spendgate: subscription usage limit reached ({ADJECTIVE[budget.window]} subscription budget of "
+            f"{who}: {usd(spent, places_for(budget.limit))} of {usd(budget.limit, places_for(budget.limit))} at list price, "
+            f"notional; resets {resets}). "
+            "Your plan is not charged per token; this limit is your organization's policy. "
+            f"To ask for more: {increase_command(budget)}"
+        )
+    who = budget.scope.replace(":", " ", 1)
     return (
         f"spendgate: spend limit reached ({ADJECTIVE[budget.window]} budget of {who}: "
         f"{usd(spent, places_for(budget.limit))} spent of {usd(budget.limit, places_for(budget.limit))}; "

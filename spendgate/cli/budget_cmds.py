@@ -64,8 +64,31 @@ def cmd_check(args: argparse.Namespace) -> int:
         return 1
     for w in policy.warnings:
         print(w.render(str(args.file)))
+    print(subscription_summary(policy))
     console.print(f"{args.file}: ok", style="green", highlight=False)
     return 0
+
+
+SUBSCRIPTION_MODES = {
+    "count": "charged at its notional (list-price) value to the same budgets as API spend",
+    "ignore": "recorded and reported, never charged to or blocked by any budget",
+    "separate": "charged at its notional (list-price) value to subscription_budgets only, never to API budgets",
+}
+
+
+def subscription_summary(policy) -> str:
+    """How the policy treats subscription usage, said even when it relies on the default."""
+    mode = policy.subscription_usage
+    how = "" if policy.subscription_usage_explicit else " (the default; set subscription_usage to choose)"
+    line = (f"subscription_usage: {mode}{how}: sign-in traffic covered by a seat (Claude plan OAuth, ChatGPT "
+            f"login, Copilot, Gemini CLI Google login) is {SUBSCRIPTION_MODES[mode]}")
+    if mode == "separate":
+        sb = policy.subscription_budgets
+        parts = [f"{name} {dict((w, float(v)) for w, v in b.items())}" for name, b in
+                 (("organization", sb.organization), ("user", sb.user)) if b]
+        parts += [f"plan {p} {dict((w, float(v)) for w, v in b.items())}" for p, b in sb.plans.items()]
+        line += "; limits (notional USD): " + ("; ".join(parts) or "none")
+    return line
 
 
 def cmd_fingerprint(args: argparse.Namespace) -> int:

@@ -83,11 +83,12 @@ def _table(title: str, rows: list[dict[str, Any]], cols: list[tuple[str, str]], 
     return t
 
 
-NUMERIC = {"cost_usd", "requests", "limit_usd", "spent_usd", "used", "charged_usd", "input_tokens", "output_tokens"}
+NUMERIC = {"cost_usd", "requests", "limit_usd", "spent_usd", "used", "charged_usd", "input_tokens", "output_tokens",
+           "notional_usd"}
 
 
 def _cell(key: str, v: Any) -> RenderableType:
-    if key in ("cost_usd", "limit_usd", "spent_usd", "charged_usd"):
+    if key in ("cost_usd", "limit_usd", "spent_usd", "charged_usd", "notional_usd"):
         return money(v)
     if key == "used":
         style = "red" if v >= 0.95 else "yellow" if v >= 0.8 else "green"
@@ -107,12 +108,13 @@ def frame(o: dict[str, Any], budgets: list[dict[str, Any]], where: str) -> Rende
     head = Table.grid(expand=True)
     for _ in range(4):
         head.add_column(justify="center")
-    head.add_row(*(Text.assemble((label + "\n", "dim"), (money(t[w]["cost_usd"]), "bold cyan"),
-                                 (f"\n{t[w]['requests']:,} requests" + (f", {t[w]['blocked']} blocked" if t[w]["blocked"] else ""), "dim"))  # noqa: E501
+    head.add_row(*(Text.assemble((label + " · API spend\n", "dim"), (money(t[w]["cost_usd"]), "bold cyan"),
+                                 (f"\n{t[w]['requests'] - t[w].get('subscription_requests', 0):,} API requests" + (f", {t[w]['blocked']} blocked" if t[w]["blocked"] else ""), "dim"),  # noqa: E501
+                                 (f"\nsubscription {money(t[w].get('notional_usd'))} notional, {t[w]['subscription_requests']:,} requests" if t[w].get("subscription_requests") else "", "magenta"))  # noqa: E501
                    for w, label in (("hour", "this hour"), ("day", "today"), ("week", "this week"), ("month", "this month"))))  # fmt: skip
     minutes = [p["cost_usd"] for p in o["series"]["minute"]]
     trend = Text.assemble(("last hour, per minute  ", "dim"), (spark(minutes), "cyan"))
-    cols = [("group", "name"), ("cost_usd", "spend"), ("requests", "requests")]
+    cols = [("group", "name"), ("cost_usd", "API"), ("notional_usd", "subs (notional)"), ("requests", "requests")]
     b = o["breakdowns"]
     breakdowns = Columns(
         [_table(f"by {k}", b[k], cols, "no spend", 6) for k in ("workspace", "user", "model", "client")],
@@ -123,12 +125,16 @@ def frame(o: dict[str, Any], budgets: list[dict[str, Any]], where: str) -> Rende
                    ("used", "used")], "no budgets")  # fmt: skip
     latest = _table("latest requests", o["latest"],
                     [("ts", "time"), ("user", "user"), ("client", "client"), ("model", "model"),
-                     ("outcome", "outcome"), ("cost_usd", "cost")], "no requests yet", 8)  # fmt: skip
+                     ("outcome", "outcome"), ("billing_basis", "basis"), ("cost_usd", "API cost"),
+                     ("notional_usd", "notional")], "no requests yet", 8)  # fmt: skip
     blocks = _table("blocks", o["blocks"], [("ts", "time"), ("user", "user"), ("reason", "reason")], "none", 5)
     unpriced = _table("unpriced models", o["unpriced"],
                       [("model", "model"), ("requests", "requests"), ("charged_usd", "charged")], "none", 5)  # fmt: skip
+    subs = _table("subscription usage by plan and user (notional: list price, covered by seats, not invoiced)",
+                  o.get("subscriptions") or [], [("plan", "plan"), ("user", "user"), ("requests", "requests"),
+                                                 ("notional_usd", "notional")], "none", 5)  # fmt: skip
     body = Group(head, trend, Text(""), breakdowns, Text(""), Columns([near, latest], equal=True, expand=True),
-                 Text(""), Columns([blocks, unpriced], equal=True, expand=True))  # fmt: skip
+                 Text(""), Columns([blocks, unpriced, subs], equal=True, expand=True))  # fmt: skip
     stamp = o["generated_at"][11:19]
     return Panel(body, title=f"[bold]spendgate top[/] · breakdowns for this {o['window']}",
                  subtitle=f"{where} · {stamp} UTC · Ctrl-C to quit", border_style="blue")  # fmt: skip

@@ -28,6 +28,7 @@ from spendgate.cli.output import (
     table,
 )
 from spendgate.cli.source import SourceError, default_db, open_source
+from spendgate.metering import billing
 from spendgate.money import usd
 from spendgate.pricing import catalogue as pc
 from spendgate.pricing import reprice
@@ -322,6 +323,15 @@ def explain_lines(row: dict[str, Any]) -> list[str]:
     if row.get("requested_model"):
         out.append(f"  substituted: the client asked for {row['requested_model']}; a step-down rule ran "
                    f"{row.get('model') or '?'} instead and it was priced as that model")
+    basis = row.get("billing_basis") or "api"
+    out.append(f"  billing basis: {basis} ({billing.explain(basis, row.get('credential'))})")
+    if basis == "subscription":
+        out.append(f"  plan: {row['plan']} (the policy's plans: section)" if row.get("plan") else
+                   "  plan: none found in the policy's plans: for this user and vendor (a personal seat, or a "
+                   "plan missing from the policy)")  # fmt: skip
+        out.append(f"  invoiced: $0 (the seat is billed, not the tokens); notional cost at list price "
+                   f"{_money(row.get('notional_usd'))} (what the same tokens would cost through the API, "
+                   f"computed below); budgets counted {_money(row.get('charged_usd'))}")  # fmt: skip
     usage = Usage(**{k: int(row.get(k) or 0) for k in Usage.__dataclass_fields__})
     out.append(
         f"  usage: input {usage.input_tokens:,} (uncached {usage.uncached_input_tokens:,}, cache read "
@@ -355,9 +365,15 @@ def explain_lines(row: dict[str, Any]) -> list[str]:
             out.append(f"    {ln['label']:<30} {qty:>12,} {unit:<24} = {_money(cost):>14}   "
                        f"[{ln['rate_name']}{tier_note}; {src}]")  # fmt: skip
         out.append(f"    {'total':<30} {'':>12} {'':<24} = {_money(total):>14}")
-        if row.get("cost_usd") is not None and abs(Decimal(str(row["cost_usd"])) - total) > Decimal("0.0000001"):
-            out.append(f"  WARNING: the stored cost {_money(row['cost_usd'])} differs from these lines")
-        out.append(f"  ledger: cost {_money(row.get('cost_usd'))}, budgets charged {_money(row.get('charged_usd'))}")
+        priced = row.get("notional_usd") if basis == "subscription" else row.get("cost_usd")
+        if priced is not None and abs(Decimal(str(priced)) - total) > Decimal("0.0000001"):
+            out.append(f"  WARNING: the stored {'notional ' if basis == 'subscription' else ''}cost "
+                       f"{_money(priced)} differs from these lines")
+        if basis == "subscription":
+            out.append(f"  ledger: cost {_money(row.get('cost_usd'))} (invoiced), notional "
+                       f"{_money(row.get('notional_usd'))}, budgets charged {_money(row.get('charged_usd'))}")
+        else:
+            out.append(f"  ledger: cost {_money(row.get('cost_usd'))}, budgets charged {_money(row.get('charged_usd'))}")
         for note in detail.get("notes") or []:
             out.append(f"  note: {note}")
         out.append(f"  price version: catalogue {detail.get('catalogue') or '?'}"

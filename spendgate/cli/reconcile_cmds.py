@@ -218,6 +218,12 @@ def cmd_report(args: argparse.Namespace) -> int:
         if n:
             note = next(r["note"] for r in result["rows"] if r["status"] == st)
             console.print(f"[yellow]{n} x {st}[/]: {note}", highlight=False)
+    subs = result.get("subscriptions") or []
+    if subs:
+        table("Subscription usage per plan and user (covered by seats: on no per-token bill, so not compared "
+              "above; notional = list-price equivalent)", subs,
+              ["plan", "user", "provider", "requests", "input_tokens", "output_tokens", "notional_usd"],
+              money=["notional_usd"])  # fmt: skip
     if not result["rows"]:
         console.print("no billing data imported yet: `spendgate reconcile import FILE --provider P` or "
                       "`spendgate reconcile fetch --provider P --since DATE`")  # fmt: skip
@@ -235,7 +241,11 @@ def cmd_plans(args: argparse.Namespace) -> int:
         print_json(result)
         return 0
     table(f"Seat plans by {args.by}, {result['first']} to {result['last']} (prorated per day)", result["rows"],
-          ["group", "plan", "vendor", "seat_days", "cost_usd", "counts_against_budgets"], money=["cost_usd"])
+          ["group", "plan", "vendor", "seat_days", "cost_usd", "usage_requests", "usage_notional_usd",
+           "counts_against_budgets"], money=["cost_usd", "usage_notional_usd"])
+    if any("usage_requests" in r for r in result["rows"]):
+        console.print("usage_*: subscription (sign-in) traffic metered under each plan, at list price: what the "
+                      "seat covered, not an extra cost", highlight=False)  # fmt: skip
     return 0
 
 
@@ -275,16 +285,20 @@ def print_spend_extras(args: argparse.Namespace, metered: list[dict[str, Any]]) 
         opq = {r["group"]: r for r in opaque_rows}
         groups = list(dict.fromkeys([r["group"] for r in metered] + list(plan_by) + list(opq)))
         met = {r["group"]: r["cost_usd"] for r in metered}
+        subs = {r["group"]: r.get("notional_usd", 0.0) for r in metered}
         rows = [{
-            "group": g, "metered_usd": met.get(g, 0.0), "plans_usd": plan_by.get(g, 0.0),
-            "total_usd": met.get(g, 0.0) + plan_by.get(g, 0.0),
+            "group": g, "api_usd": met.get(g, 0.0), "seat_plans_usd": plan_by.get(g, 0.0),
+            "api_plus_seats_usd": met.get(g, 0.0) + plan_by.get(g, 0.0),
+            "subscription_notional_usd": subs.get(g, 0.0),
             "opaque_connections": opq.get(g, {}).get("connections", 0),
             "opaque_mb": round((opq.get(g, {}).get("bytes_up", 0) + opq.get(g, {}).get("bytes_down", 0)) / 1e6, 3),
             "opaque_seconds": opq.get(g, {}).get("seconds", 0.0),
         } for g in groups]  # fmt: skip
-        title = f"Beside metered spend (plans prorated {extras['plans']['first']} to {extras['plans']['last']})"
-        table(title, rows, ["group", "metered_usd", "plans_usd", "total_usd", "opaque_connections", "opaque_mb",
-                            "opaque_seconds"], money=["metered_usd", "plans_usd", "total_usd"])  # fmt: skip
+        title = (f"Beside API spend (seat plans prorated {extras['plans']['first']} to {extras['plans']['last']}; "
+                 "api_plus_seats_usd = money paid; subscription usage is notional, covered by the seats, not added)")
+        table(title, rows, ["group", "api_usd", "seat_plans_usd", "api_plus_seats_usd", "subscription_notional_usd",
+                            "opaque_connections", "opaque_mb", "opaque_seconds"],
+              money=["api_usd", "seat_plans_usd", "api_plus_seats_usd", "subscription_notional_usd"])  # fmt: skip
     for t in extras["reconciliation"]:
         console.print(f"Billed by {t['provider']} (days with billing data): {usd(t['billed_usd'], 4)} vs metered "
                       f"{usd(t['metered_usd'], 4)}: {t['status']} (`spendgate reconcile report`)", highlight=False)

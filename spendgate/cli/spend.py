@@ -56,13 +56,17 @@ def cmd_ledger(args: argparse.Namespace) -> int:
     if args.json:
         print_json(rows)
         return 0
-    cols = ["ts", "user", "client", "provider", "model", "outcome", "input_tokens", "output_tokens", "cost_usd"]
+    cols = ["ts", "user", "client", "provider", "model", "outcome", "billing_basis", "input_tokens", "output_tokens",
+            "cost_usd", "notional_usd"]
     for r in rows:
         r["ts"] = r["ts"][:19].replace("T", " ")
+        if r.get("billing_basis") != "subscription":
+            r["notional_usd"] = None
         r["trace"] = r.get("trace_url") or r.get("trace_id")  # a link when a template is known, else the id
     if any(r["trace"] for r in rows):
         cols.append("trace")
-    table(f"Latest {len(rows)} requests", rows, cols, money=["cost_usd"], no_wrap=["trace"])
+    table(f"Latest {len(rows)} requests (cost_usd: invoiced per token; notional_usd: subscription usage at list price)",
+          rows, cols, money=["cost_usd", "notional_usd"], no_wrap=["trace"])
     return 0
 
 
@@ -72,10 +76,18 @@ def cmd_spend(args: argparse.Namespace) -> int:
         print_json(rows)
         return 0
     scope = f"this {args.window}" if args.window else (f"since {args.since}" if args.since else "all time")
-    cols = ["group", "requests", "input_tokens", "cache_read_tokens", "cache_write_tokens", "output_tokens", "cost_usd"]
-    table(f"Spend by {args.by}, {scope}", rows, cols, money=["cost_usd"])
-    total = sum((to_decimal(r["cost_usd"] or 0) for r in rows), Decimal(0))
-    console.print(f"[bold]Total: {usd(total, 4)}[/] over {sum(r['requests'] for r in rows):,} requests")
+    cols = ["group", "requests", "input_tokens", "cache_read_tokens", "cache_write_tokens", "output_tokens", "api_usd",
+            "subscription_requests", "subscription_notional_usd"]
+    shown = [{**r, "api_usd": r["cost_usd"], "subscription_notional_usd": r["notional_usd"]} for r in rows]
+    table(f"Spend by {args.by}, {scope}", shown, cols, money=["api_usd", "subscription_notional_usd"])
+    api = sum((to_decimal(r["cost_usd"] or 0) for r in rows), Decimal(0))
+    subs = sum((to_decimal(r["notional_usd"] or 0) for r in rows), Decimal(0))
+    n_subs = sum(r["subscription_requests"] for r in rows)
+    console.print(f"[bold]API spend (invoiced per token): {usd(api, 4)}[/] over "
+                  f"{sum(r['requests'] for r in rows) - n_subs:,} requests", highlight=False)
+    if n_subs:
+        console.print(f"Subscription usage (sign-in traffic covered by seats, not invoiced; not included above): "
+                      f"{usd(subs, 4)} notional at list price over {n_subs:,} requests", highlight=False)
     if args.by in ("user", "workspace") and not args.user:
         reconcile_cmds.print_spend_extras(args, rows)  # seat plans, opaque clients, billed vs metered
     return 0

@@ -14,14 +14,14 @@ import math
 import os
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from decimal import Decimal
 
 from spendgate import bounds
 from spendgate.batcher import Batcher
 from spendgate.identity import Identity
-from spendgate.metering import providers
+from spendgate.metering import billing, providers
 from spendgate.metering.providers.base import (
     Adapter,
     RequestInfo,
@@ -59,6 +59,7 @@ class Exchange:
     traceparent: str | None = None  # the client's W3C trace context header, unparsed (untrusted)
     tracestate: str | None = None
     response: ResponseResult | None = None  # what the worker parsed, for row listeners (telemetry)
+    billing: billing.Billing = billing.API_BILLING  # invoiced per token, or covered by a seat
 
     @property
     def provider(self) -> str:
@@ -83,6 +84,7 @@ class Body:
 
 
 IdentifyFn = Callable[[Mapping[str, str], str, str | None, str | None], Identity]
+PlanFn = Callable[[str | None, str, datetime], str | None]  # (vendor, user, when) -> policy plan name
 RowListener = Callable[[Exchange, LedgerRow], None]
 
 
@@ -151,6 +153,7 @@ class Meter:
         self.clock = clock
         self.now = now
         self.listeners: list[RowListener] = []
+        self.plan_for: PlanFn | None = None  # set by the gateway: which policy plan a seat belongs to
         self._worker: Batcher[tuple] = Batcher(self._record_batch, 0.05, "spendgate-meter")
         self._inflight: dict[str, Exchange] = {}  # single dict operations: atomic, no lock needed
         # request ids: random per process, then a counter (cheaper than uuid4 on the event loop)
@@ -177,17 +180,24 @@ class Meter:
         canon = providers.normalize_path(path) + ("?" + query if query else "")
         req = route.adapter.parse_request(canon, body) if route.adapter else RequestInfo()
         bounds.clip_request(req)
+        ts = self.now()
+        identity = bounds.clip_identity(self.identify(headers, query, proxy_user, client_ip))
+        bill = billing.classify(providers.normalize_host(host), canon, headers)
+        if bill.subscription:
+            plan = self.plan_for(bill.vendor, identity.user, ts) if self.plan_for else None
+            identity = replace(identity, basis=bill.basis, plan=plan)
         ex = Exchange(
             request_id=next(self._ids),
-            ts=self.now(),
+            ts=ts,
             started=self.clock(),
             route=route,
             request=req,
-            identity=bounds.clip_identity(self.identify(headers, query, proxy_user, client_ip)),
+            identity=identity,
             bytes_in=len(body),
             host=host,
             traceparent=headers.get("traceparent"),
             tracestate=headers.get("tracestate"),
+            billing=bill,
         )
         ex.extra["path"] = bounds.clip(providers.normalize_path(path), 200)
         self._inflight[ex.request_id] = ex
@@ -267,6 +277,9 @@ class Meter:
             outcome = "unpriced"
         ident = ex.identity
         first = ex.first_byte_at or ex.headers_at
+        cost, notional = price.cost, None
+        if ex.billing.subscription:  # covered by a seat: nothing invoiced per token, list price kept apart
+            cost, notional = (Decimal(0), price.cost) if verdict.outcome != "unmetered" else (None, None)
         return LedgerRow(
             ts=ex.ts,
             request_id=ex.request_id,
@@ -281,7 +294,7 @@ class Meter:
             status=ex.status,
             outcome=outcome,
             estimated=verdict.estimated,
-            cost_usd=price.cost,
+            cost_usd=cost,
             price_source=price.source,
             latency_ms=round((done_at - ex.started) * 1000, 3),
             ttft_ms=round((first - ex.started) * 1000, 3) if first else None,
@@ -291,7 +304,11 @@ class Meter:
             note=verdict.note,
             bytes_in=ex.bytes_in,
             bytes_out=bytes_out,
-            charged_usd=price.cost,
+            charged_usd=price.cost,  # budgets: the gateway applies subscription_usage (count/ignore/separate)
+            billing_basis=ex.billing.basis,
+            credential=ex.billing.credential,
+            notional_usd=notional,
+            plan=ident.plan,
             **verdict.usage.as_dict(),
         )
 

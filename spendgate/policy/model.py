@@ -79,6 +79,9 @@ def _explain(marks: Marks) -> Explain:
                     f"not {err.instance!r}")
         if err.validator == "minProperties" and len(path) == 2 and path[0] == "rate_limits":
             return f"rate_limits[{path[1]}] needs requests_per_minute, requests_per_day or tokens_per_minute"
+        if err.validator == "enum" and path == ("subscription_usage",):
+            return (f"subscription_usage must be count, ignore or separate, not {err.instance!r} "
+                    "(what sign-in traffic covered by a seat does to budgets; see policies/README.md)")
         if err.validator == "pattern" and path and path[0] == "identity":
             return f"unknown identity source {err.instance!r} (proxy_auth, api_key, client_ip, local_user, header:NAME)"
         return None
@@ -108,6 +111,28 @@ class Workspace:
     members: tuple[str, ...]
     budgets: Budgets
     owners: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriptionBudgets:
+    """Limits on subscription usage in notional USD (list-price equivalent), for `separate` mode."""
+
+    organization: Budgets = field(default_factory=dict)  # all subscription usage of the organization
+    user: Budgets = field(default_factory=dict)  # each user's subscription usage, every plan together
+    plans: dict[str, Budgets] = field(default_factory=dict)  # per holder of a plan, that plan's usage
+
+    def empty(self) -> bool:
+        return not (self.organization or self.user or any(self.plans.values()))
+
+
+# What subscription usage (sign-in traffic covered by a seat) does to budgets:
+#   count    charged at its notional (list-price) value to the same budgets as API spend
+#   ignore   recorded and reported, never charged to or blocked by any budget (the default:
+#            budgets are money, and the seat, not the tokens, is what is paid)
+#   separate charged at its notional value to its own budgets (subscription_budgets), never to
+#            the API budgets
+SUBSCRIPTION_USAGE = ("count", "ignore", "separate")
+DEFAULT_SUBSCRIPTION_USAGE = "ignore"
 
 
 @dataclass(frozen=True)
@@ -163,6 +188,9 @@ class Policy:
             return True
         return any(k.user == user for k in self.keys.values()) or any(u == user for _, u in self.client_ips)
     unmetered: str | Decimal | None = None  # "block" | "allow" | USD per request; None: by gateway mode
+    subscription_usage: str = DEFAULT_SUBSCRIPTION_USAGE
+    subscription_usage_explicit: bool = False  # the policy says it (else the default applies)
+    subscription_budgets: SubscriptionBudgets = field(default_factory=SubscriptionBudgets)
 
     def workspaces_of(self, user: str) -> tuple[str, ...]:
         """Workspaces a user belongs to: listed on the user, or matched by members (names or globs)."""
@@ -339,6 +367,29 @@ def parse(text: str, file: str = "<policy>", today: date | None = None) -> Polic
             problems.append(Problem(*mark(marks, ("unmetered", "charge")),
                                     "unmetered.charge must be more than 0 USD (write `unmetered: allow` to forward "
                                     "unmetered endpoints free)"))
+    sub_mode = doc.get("subscription_usage", DEFAULT_SUBSCRIPTION_USAGE)
+    raw_sb = doc.get("subscription_budgets") or {}
+    sub_budgets = SubscriptionBudgets(_budgets(raw_sb.get("organization")), _budgets(raw_sb.get("user")),
+                                      {name: _budgets(b) for name, b in (raw_sb.get("plans") or {}).items()})
+    if "subscription_budgets" in doc and sub_mode != "separate":
+        problems.append(Problem(*mark(marks, ("subscription_budgets",), key_of=True),
+                                f"subscription_budgets apply only with `subscription_usage: separate` "
+                                f"(this policy says {sub_mode}{'' if 'subscription_usage' in doc else ', the default'})"))
+    for name in sub_budgets.plans:
+        if name not in (doc.get("plans") or {}):
+            problems.append(Problem(*mark(marks, ("subscription_budgets", "plans", name), key_of=True),
+                                    f"subscription_budgets.plans.{name}: no plan {name!r} under plans:"))
+    if sub_mode == "count":
+        for name, plan in (doc.get("plans") or {}).items():
+            if isinstance(plan, dict) and plan.get("counts_against_budgets"):
+                warnings.append(Problem(*mark(marks, ("plans", name, "counts_against_budgets")),
+                                        f"plan {name} counts against budgets and subscription_usage is count: its "
+                                        "holders' budgets are charged twice for the same work (the seat and its "
+                                        "tokens at list price)", warning=True))
+    if sub_mode == "separate" and sub_budgets.empty():
+        warnings.append(Problem(*mark(marks, ("subscription_usage",)), "subscription_usage is separate but "
+                                "subscription_budgets sets no limit: subscription usage is recorded, never limited",
+                                warning=True))
     if problems:
         raise PolicyError(file, problems)
     unpriced = doc.get("unpriced", {"charge_per_mtok": {"input": 15, "output": 75}})
@@ -372,6 +423,9 @@ def parse(text: str, file: str = "<policy>", today: date | None = None) -> Polic
         mode=mode,
         trusted_proxies=trusted,
         unknown_users=doc.get("unknown_users", "default"),
+        subscription_usage=sub_mode,
+        subscription_usage_explicit="subscription_usage" in doc,
+        subscription_budgets=sub_budgets,
     )
 
 

@@ -48,6 +48,10 @@ class RowChange:
     new_source: str
     old_detail: str | None
     new_detail: str | None
+    basis: str = "api"
+    plan: str | None = None
+    old_notional: Decimal | None = None  # subscription rows: the list-price equivalent (cost stays 0)
+    new_notional: Decimal | None = None
 
     @property
     def charged_delta(self) -> Decimal:
@@ -78,7 +82,8 @@ def plan(
 ) -> tuple[int, list[RowChange]]:
     """(rows examined, rows whose cost, charge or outcome would change) with current prices."""
     cols = ["request_id", "ts", "provider", "model", "user", "key_fingerprint", "workspace", "outcome", "estimated",
-            "cost_usd", "charged_usd", "price_source", "price_detail", *USAGE_FIELDS]  # fmt: skip
+            "cost_usd", "charged_usd", "price_source", "price_detail", "billing_basis", "plan", "notional_usd",
+            *USAGE_FIELDS]  # fmt: skip
     where = "ts >= ? AND list_contains(?, outcome)" + (" AND ts < ?" if until else "")
     params: list[Any] = [since, list(REPRICEABLE)] + ([until] if until else [])
     select = ", ".join(f'"{c}"' for c in cols)
@@ -92,18 +97,28 @@ def plan(
         # charged_usd is what budgets counted: the cost when there is one, else the old charge
         # (the unpriced fallback rate), so a model that is still unknown keeps its fallback.
         new_charged = new_cost if new_cost is not None else old_charged
+        sub = row["billing_basis"] == "subscription"
+        old_notional, new_notional = row["notional_usd"], None
+        if sub:  # covered by a seat: the invoice stays 0; the list-price equivalent moves
+            new_notional, new_cost = new.cost, Decimal(0)
+            if old_charged == 0 and old_notional:  # not counted (subscription_usage: ignore): stays so
+                new_charged = old_charged
         new_outcome = row["outcome"]
         if row["outcome"] == "unpriced" and new_cost is not None:
             new_outcome = "estimated" if row["estimated"] else "ok"
-        elif row["outcome"] != "unpriced" and new_cost is None:
+        elif row["outcome"] != "unpriced" and new.cost is None:
             new_outcome = "unpriced"
+        if sub and row["outcome"] == "unpriced" and new.cost is not None:
+            new_outcome = "estimated" if row["estimated"] else "ok"
         new_source = new.source
-        if (new_cost, new_charged, new_outcome) == (old_cost, old_charged, row["outcome"]):
+        if (new_cost, new_charged, new_outcome, new_notional) == (old_cost, old_charged, row["outcome"], old_notional
+                                                                  if sub else None):
             continue  # same money: the stored detail still explains it, no audit noise
         changes.append(RowChange(
             row["request_id"], row["ts"], row["user"], row["model"], row["key_fingerprint"], row["workspace"],
             old_cost, new_cost, old_charged, new_charged, row["outcome"], new_outcome, row["price_source"],
             new_source, row["price_detail"], json.dumps(new.detail()) if new.lines else None,
+            row["billing_basis"] or "api", row["plan"], old_notional, new_notional,
         ))  # fmt: skip
     return len(res), changes
 
@@ -117,20 +132,26 @@ def apply(cur: duckdb.DuckDBPyConnection, changes: list[RowChange], price_versio
     cur.execute("BEGIN")
     try:
         cur.executemany(
-            'INSERT INTO price_audit VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)',
+            "INSERT INTO price_audit (repriced_at, run_id, request_id, ts, \"user\", model, old_cost_usd, new_cost_usd, "
+            "old_charged_usd, new_charged_usd, old_outcome, new_outcome, old_price_source, new_price_source, "
+            "old_price_detail, price_version, old_notional_usd, new_notional_usd) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [(now, run_id, c.request_id, c.ts, c.user, c.model, c.old_cost, c.new_cost, c.old_charged,
-              c.new_charged, c.old_outcome, c.new_outcome, c.old_source, c.new_source, c.old_detail, price_version)
+              c.new_charged, c.old_outcome, c.new_outcome, c.old_source, c.new_source, c.old_detail, price_version,
+              c.old_notional, c.new_notional)
              for c in changes],
         )  # fmt: skip
         cur.execute("CREATE TEMP TABLE IF NOT EXISTS _reprice (request_id VARCHAR, cost DECIMAL(20, 10), "
-                    "charged DECIMAL(20, 10), outcome VARCHAR, source VARCHAR, detail VARCHAR)")  # fmt: skip
+                    "charged DECIMAL(20, 10), outcome VARCHAR, source VARCHAR, detail VARCHAR, "
+                    "notional DECIMAL(20, 10))")  # fmt: skip
         cur.execute("DELETE FROM _reprice")
-        cur.executemany("INSERT INTO _reprice VALUES (?, ?, ?, ?, ?, ?)",
-                        [(c.request_id, c.new_cost, c.new_charged, c.new_outcome, c.new_source, c.new_detail)
-                         for c in changes])  # fmt: skip
+        cur.executemany("INSERT INTO _reprice VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        [(c.request_id, c.new_cost, c.new_charged, c.new_outcome, c.new_source, c.new_detail,
+                          c.new_notional) for c in changes])  # fmt: skip
         cur.execute(
             "UPDATE requests SET cost_usd = r.cost, charged_usd = r.charged, outcome = r.outcome, "
-            "price_source = r.source, price_detail = r.detail FROM _reprice r WHERE requests.request_id = r.request_id"
+            "price_source = r.source, price_detail = r.detail, notional_usd = r.notional "
+            "FROM _reprice r WHERE requests.request_id = r.request_id"
         )
         cur.execute("DELETE FROM _reprice")
         cur.execute("COMMIT")

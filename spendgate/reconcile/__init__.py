@@ -18,7 +18,7 @@ from spendgate.budgets import plans
 from spendgate.metering import opaque
 from spendgate.policy.model import Policy
 from spendgate.reconcile import store
-from spendgate.reconcile.report import IdMap, parse_day, reconcile
+from spendgate.reconcile.report import IdMap, parse_day, reconcile, subscription_usage
 
 
 def _since_day(params: dict[str, Any]) -> date | None:
@@ -45,7 +45,14 @@ def plans_query(cur: duckdb.DuckDBPyConnection, params: dict[str, Any], policy: 
     if policy is None:
         return {"first": None, "last": None, "rows": []}
     first, last = plan_period(params)
-    rows = plans.plan_spend(policy, first, last, by=params.get("by") or "user")
+    by = params.get("by") or "user"
+    rows = plans.plan_spend(policy, first, last, by=by)
+    if cur is not None and by in ("user", "plan"):  # what each seat was used for, at list price
+        usage = subscription_usage(cur, first, last)
+        for r in rows:
+            mine = [u for u in usage if u["plan"] == r["plan"] and (by == "plan" or u["user"] == r["group"])]
+            r["usage_requests"] = sum(u["requests"] for u in mine)
+            r["usage_notional_usd"] = round(sum(u["notional_usd"] for u in mine), 6)
     return {"first": first.isoformat(), "last": last.isoformat(), "rows": rows}
 
 

@@ -68,8 +68,9 @@ def _billing(cur: duckdb.DuckDBPyConnection, since: date | None, until: date | N
 
 
 def _metered(cur: duckdb.DuckDBPyConnection, since: date | None, until: date | None) -> list[dict[str, Any]]:
+    """API rows only: subscription traffic (covered by seats) is on no provider's per-token bill."""
     day = "CAST(timezone('UTC', ts) AS DATE)"
-    where, params = sql.where((f"{day} >= ?", since), (f"{day} <= ?", until))
+    where, params = sql.where("billing_basis = 'api'", (f"{day} >= ?", since), (f"{day} <= ?", until))
     res = cur.execute(
         f"""SELECT provider, {day} AS day, model, key_fingerprint, workspace,
                    coalesce(sum(cost_usd), 0) AS amount, count(*) AS requests,
@@ -172,7 +173,23 @@ def reconcile(
     rows = [_row(g, s, by, tolerance_pct, min_usd) for g, s in acc.items()]
     rows.sort(key=lambda r: (r.get("day") or "", r["provider"], -abs(r["delta_usd"] or 0), r.get("group") or ""))
     return {"by": by, "since": since and since.isoformat(), "until": until and until.isoformat(),
-            "rows": rows, "totals": _totals(rows, tolerance_pct, min_usd)}  # fmt: skip
+            "rows": rows, "totals": _totals(rows, tolerance_pct, min_usd),
+            "subscriptions": subscription_usage(cur, since, until)}  # fmt: skip
+
+
+def subscription_usage(cur: duckdb.DuckDBPyConnection, since: date | None, until: date | None) -> list[dict[str, Any]]:
+    """Subscription usage per plan and user over the same UTC days: not compared with any bill (the
+    seat is what is billed), listed for plan limits and seat value."""
+    day = "CAST(timezone('UTC', ts) AS DATE)"
+    where, params = sql.where("billing_basis = 'subscription'", (f"{day} >= ?", since), (f"{day} <= ?", until))
+    res = cur.execute(
+        f"""SELECT coalesce(plan, '(no plan)') AS plan, "user", provider, count(*) AS requests,
+                   sum(input_tokens)::BIGINT AS input_tokens, sum(output_tokens)::BIGINT AS output_tokens,
+                   coalesce(sum(notional_usd), 0) AS notional_usd
+            FROM requests {where} GROUP BY ALL ORDER BY plan, notional_usd DESC, "user" """,
+        params,
+    )
+    return [{**r, "notional_usd": float(r["notional_usd"])} for r in sql.dicts(res)]
 
 
 def _pct(delta: Decimal, billed: Decimal) -> float | None:

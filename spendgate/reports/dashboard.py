@@ -55,18 +55,24 @@ def floor_time(t: datetime, step: timedelta) -> datetime:
 
 
 def totals(cur: duckdb.DuckDBPyConnection, now: datetime | None = None, user: str | None = None) -> dict[str, Any]:
-    """Spend, charge and request counts for the current hour, day, week and month (UTC)."""
+    """Spend, charge and request counts for the current hour, day, week and month (UTC).
+
+    `cost_usd` is API spend (invoiced per token); `notional_usd` is subscription usage at list
+    price, covered by seats and not invoiced: the two are never added together.
+    """
     now = now or datetime.now(UTC)
     starts = {w: reports.window_start(w, now) for w in reports.WINDOWS}
     cols = ", ".join(
         f"coalesce(sum(cost_usd) FILTER (WHERE ts >= ?), 0) AS {w}_cost, "
         f"coalesce(sum(charged_usd) FILTER (WHERE ts >= ?), 0) AS {w}_charged, "
         f"count(*) FILTER (WHERE ts >= ?) AS {w}_requests, "
-        f"count(*) FILTER (WHERE ts >= ? AND outcome = 'blocked') AS {w}_blocked"
+        f"count(*) FILTER (WHERE ts >= ? AND outcome = 'blocked') AS {w}_blocked, "
+        f"coalesce(sum(notional_usd) FILTER (WHERE ts >= ? AND billing_basis = 'subscription'), 0) AS {w}_notional, "
+        f"count(*) FILTER (WHERE ts >= ? AND billing_basis = 'subscription') AS {w}_sub"
         for w in reports.WINDOWS
     )
     where, params = sql.where(("ts >= ?", min(starts.values())), (USER, user))
-    args = [s for w in reports.WINDOWS for s in [starts[w]] * 4]
+    args = [s for w in reports.WINDOWS for s in [starts[w]] * 6]
     row = sql.rows(cur, f"SELECT {cols} FROM requests {where}", [*args, *params])[0]
     return {
         w: {
@@ -75,6 +81,8 @@ def totals(cur: duckdb.DuckDBPyConnection, now: datetime | None = None, user: st
             "charged_usd": row[f"{w}_charged"],
             "requests": row[f"{w}_requests"],
             "blocked": row[f"{w}_blocked"],
+            "notional_usd": row[f"{w}_notional"],
+            "subscription_requests": row[f"{w}_sub"],
         }
         for w in reports.WINDOWS
     }
@@ -149,6 +157,7 @@ def overview(
         "latest": reports.ledger(cur, 15, user=user, trace_url=trace_url),
         "blocks": blocks(cur, start, user),
         "unpriced": unpriced(cur, start, user),
+        "subscriptions": reports.subscriptions(cur, start, user=user),
     }
 
 
@@ -211,6 +220,8 @@ def visible_budgets(rows: list[dict[str, Any]], scopes: set[str] | None) -> list
 def own_scopes(policy: Any, user: str) -> set[str]:
     """Budget scopes an engineer sees: their own, their workspaces', their keys'."""
     out = {f"user:{user}"} | {f"workspace:{w}" for w in policy.workspaces_of(user)}
+    out |= {f"subscription:user:{user}"}  # subscription_usage: separate budgets of their own
+    out |= {f"subscription:plan:{p}:{user}" for p in policy.subscription_budgets.plans}
     return out | {f"key:{fp}" for fp, rule in policy.keys.items() if rule.user == user}
 
 

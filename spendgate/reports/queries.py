@@ -23,6 +23,8 @@ GROUPS = {
     "client": "client",
     "workspace": "coalesce(workspace, '(none)')",
     "outcome": "outcome",
+    "basis": "billing_basis",
+    "plan": "coalesce(plan, CASE WHEN billing_basis = 'subscription' THEN '(no plan)' ELSE '(api)' END)",
 }
 WINDOWS = ("hour", "day", "week", "month")
 
@@ -32,6 +34,7 @@ LEDGER_FIELDS = (
     "cache_write_tokens", "cache_write_1h_tokens", "output_tokens", "reasoning_tokens",
     "web_search_requests", "cost_usd", "charged_usd", "price_source", "latency_ms", "ttft_ms",
     "identity_source", "workspace", "note", "requested_model", "trace_id", "span_id",
+    "billing_basis", "credential", "notional_usd", "plan",
 )  # fmt: skip
 
 
@@ -79,15 +82,39 @@ def spend(
                sum(input_tokens) AS input_tokens, sum(cache_read_tokens) AS cache_read_tokens,
                sum(cache_write_tokens) AS cache_write_tokens, sum(output_tokens) AS output_tokens,
                coalesce(sum(cost_usd), 0) AS cost_usd,
+               count(*) FILTER (WHERE billing_basis = 'subscription') AS subscription_requests,
+               coalesce(sum(notional_usd) FILTER (WHERE billing_basis = 'subscription'), 0) AS notional_usd,
                count(*) FILTER (WHERE outcome = 'unpriced') AS unpriced,
                count(*) FILTER (WHERE outcome = 'blocked') AS blocked
-        FROM requests {where} GROUP BY 1 ORDER BY cost_usd DESC, "group"
+        FROM requests {where} GROUP BY 1 ORDER BY cost_usd DESC, notional_usd DESC, "group"
     """
     rows = sql.rows(cur, query, params)
     for r in rows:
         for k in ("input_tokens", "cache_read_tokens", "cache_write_tokens", "output_tokens"):
             r[k] = int(r[k] or 0)
     return rows
+
+
+def subscriptions(
+    cur: duckdb.DuckDBPyConnection,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    user: str | None = None,
+) -> list[dict[str, Any]]:
+    """Subscription usage per plan and user: requests, tokens and notional USD (list-price equivalent).
+
+    Not money the company is invoiced (the seat is): for comparing with plan limits and seat prices.
+    """
+    where, params = sql.where("billing_basis = 'subscription'", ("ts >= ?", since), ("ts < ?", until),
+                              ('"user" = ?', user))
+    query = f"""
+        SELECT coalesce(plan, '(no plan)') AS plan, "user", provider, credential, count(*) AS requests,
+               sum(input_tokens)::BIGINT AS input_tokens, sum(output_tokens)::BIGINT AS output_tokens,
+               coalesce(sum(notional_usd), 0) AS notional_usd, coalesce(sum(charged_usd), 0) AS charged_usd,
+               count(*) FILTER (WHERE outcome = 'unpriced') AS unpriced, max(ts) AS last_seen
+        FROM requests {where} GROUP BY ALL ORDER BY notional_usd DESC, plan, "user"
+    """
+    return sql.rows(cur, query, params)
 
 
 def _opt_time(v: Any) -> datetime | None:

@@ -23,6 +23,10 @@ QUERIES: dict[str, Query] = {
     "spend": lambda cur, p: queries.spend(
         cur, p.get("by") or "user", p.get("window") or None, opt_time(p.get("since")), user=p.get("user")
     ),
+    # subscription usage per plan and user (notional USD), for the dashboard and reports
+    "subscriptions": lambda cur, p: queries.subscriptions(
+        cur, opt_time(p.get("since")), opt_time(p.get("until")), user=p.get("user")
+    ),
     **dashboard.QUERIES,  # overview, series, blocks, unpriced
     # one row with its price detail and re-pricing history, for `spendgate explain`
     "price_request": lambda cur, p: reprice.request_row(cur, str(p.get("request_id") or "")),

@@ -62,6 +62,12 @@ class LedgerRow:
     requested_model: str | None = None  # what the client asked for, when a step-down ran `model` instead
     trace_id: str | None = None  # W3C trace id (32 hex): the client's trace, or the one our span started
     span_id: str | None = None  # our span's id (16 hex) when spans are exported (spendgate.telemetry)
+    # api: invoiced per token (cost_usd is the invoice); subscription: covered by a seat, so cost_usd
+    # is 0 and notional_usd keeps the list-price equivalent (spendgate.metering.billing)
+    billing_basis: str = "api"
+    credential: str | None = None  # the credential's kind (api_key, claude_oauth, ...), never the token
+    notional_usd: Decimal | None = None  # subscription rows: what the same tokens cost through the API
+    plan: str | None = None  # subscription rows: the policy plan (plans:) the user's seat belongs to
 
 
 COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(LedgerRow))
@@ -262,6 +268,19 @@ MIGRATIONS: list[tuple[int, str]] = [
         """
         ALTER TABLE requests ADD COLUMN IF NOT EXISTS trace_id VARCHAR;
         ALTER TABLE requests ADD COLUMN IF NOT EXISTS span_id VARCHAR;
+        """,
+    ),
+    (
+        7,
+        # billing basis (spendgate/metering/billing.py): subscription sign-in traffic is not invoiced
+        # per token; its list-price equivalent is kept apart. Older rows are API rows.
+        """
+        ALTER TABLE requests ADD COLUMN IF NOT EXISTS billing_basis VARCHAR DEFAULT 'api';
+        ALTER TABLE requests ADD COLUMN IF NOT EXISTS credential VARCHAR;
+        ALTER TABLE requests ADD COLUMN IF NOT EXISTS notional_usd DECIMAL(20, 10);
+        ALTER TABLE requests ADD COLUMN IF NOT EXISTS plan VARCHAR;
+        ALTER TABLE price_audit ADD COLUMN IF NOT EXISTS old_notional_usd DECIMAL(20, 10);
+        ALTER TABLE price_audit ADD COLUMN IF NOT EXISTS new_notional_usd DECIMAL(20, 10);
         """,
     ),
 ]

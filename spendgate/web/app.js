@@ -51,10 +51,19 @@ const traceLink = (url, row) => (typeof url === "string" && /^https?:\/\//.test(
 function renderKpis(totals) {
   for (const el of document.querySelectorAll(".kpi")) {
     const t = totals[el.dataset.window];
+    // API spend (invoiced per token) is the headline; subscription usage (covered by seats) is a
+    // separate, labelled figure at list price, never added to it.
     el.querySelector(".value").textContent = usd(t.cost_usd, 2);
     el.querySelector(".sub").textContent =
-      `${t.requests.toLocaleString()} requests` + (t.blocked ? ` · ${t.blocked} blocked` : "") +
-      (Math.abs(t.charged_usd - t.cost_usd) > 0.005 ? ` · charged ${usd(t.charged_usd, 2)}` : "");
+      `API spend · ${(t.requests - (t.subscription_requests || 0)).toLocaleString()} requests` +
+      (t.blocked ? ` · ${t.blocked} blocked` : "") +
+      (Math.abs(t.charged_usd - t.cost_usd) > 0.005 ? ` · budgets charged ${usd(t.charged_usd, 2)}` : "");
+    const subs = el.querySelector(".subs");
+    if (subs) {
+      subs.textContent = t.subscription_requests
+        ? `+ subscription usage ${usd(t.notional_usd || 0, 2)} notional (${t.subscription_requests} requests, not invoiced)`
+        : "";
+    }
   }
 }
 
@@ -76,9 +85,15 @@ function render(o) {
   table($("latest"), o.latest, [
     ["ts", "time (UTC)", when], ["user", "user"], ["client", "client"], ["provider", "provider"], ["model", "model"],
     ["outcome", "outcome", pill], ["input_tokens", "in", (v) => (v || 0).toLocaleString(), true],
-    ["output_tokens", "out", (v) => (v || 0).toLocaleString(), true], ["cost_usd", "cost", money, true],
+    ["output_tokens", "out", (v) => (v || 0).toLocaleString(), true], ["billing_basis", "basis", (v) => pill(v || "api")],
+    ["cost_usd", "API cost", money, true],
+    ["notional_usd", "notional", (v, r) => (r.billing_basis === "subscription" ? money(v) : "–"), true],
   ].concat(o.latest.some((r) => r.trace_url) ? [["trace_url", "trace", traceLink]] : []),
   "No requests yet: point a client at the gateway.");
+  table($("subscriptions"), o.subscriptions || [], [["plan", "plan"], ["user", "user"], ["provider", "provider"],
+    ["requests", "requests", null, true], ["notional_usd", "notional (list price)", money, true],
+    ["charged_usd", "counted in budgets", money, true]],
+    "No subscription (sign-in) traffic in this window.");
   table($("blocks"), o.blocks, [["ts", "time (UTC)", when], ["user", "user"], ["model", "model"], ["reason", "reason"]],
     "Nothing blocked in this window.");
   table($("unpriced"), o.unpriced, [["provider", "provider"], ["model", "model"], ["requests", "requests", null, true],
@@ -131,6 +146,24 @@ function renderRunway(rw) {
   host.hidden = lines.length === 0;
 }
 
+async function renderPlans() {
+  const host = $("plans");
+  if (!state.me.admin) {
+    host.replaceChildren(h("p", { class: "empty" }, "Seat plans are shown in the organization view."));
+    return;
+  }
+  let res;
+  try {
+    res = await api("/api/reconcile/plans?by=plan");
+  } catch (e) {
+    host.replaceChildren(h("p", { class: "empty" }, `Seat plans unavailable: ${e.message}`));
+    return;
+  }
+  table(host, res.rows || [], [["plan", "plan"], ["vendor", "vendor"], ["seat_days", "seat-days", null, true],
+    ["cost_usd", `seat cost ${res.first || ""} to ${res.last || ""}`, money, true]],
+    "No seat plans in the policy (plans:).");
+}
+
 async function refresh() {
   try {
     const [o, budgets, rw] = await Promise.all([
@@ -142,6 +175,7 @@ async function refresh() {
     budgetBars($("budgets"), budgets, 8);
     renderRunway(rw);
     await renderRequests();
+    await renderPlans();
     $("status").textContent = `updated ${new Date().toLocaleTimeString()}`;
     document.body.dataset.ready = "1";
   } catch (e) {

@@ -54,7 +54,7 @@ ASSETS = {
 # GET routes an engineer may call; each honours `user`, which is forced to the caller's name
 SELF_SERVICE = frozenset(
     {"/api/whoami", "/api/overview", "/api/series", "/api/ledger", "/api/spend", "/api/blocks",
-     "/api/unpriced", "/api/budgets", "/api/runway", "/api/export", "/api/requests"}
+     "/api/unpriced", "/api/budgets", "/api/runway", "/api/export", "/api/requests", "/api/subscriptions"}
 )  # fmt: skip
 # the only POSTs an approver without the admin token may make (never reprice, import, ...)
 APPROVER_POSTS = frozenset({"/api/approve", "/api/deny"})

@@ -15,7 +15,7 @@ from typing import Any, Protocol
 from spendgate import reconcile
 from spendgate.budgets import runway
 from spendgate.budgets.admission import Admission
-from spendgate.budgets.book import BudgetBook, row_scopes
+from spendgate.budgets.book import BudgetBook, ledger_row_scopes
 from spendgate.policy.model import Policy
 from spendgate.pricing import reprice
 from spendgate.pricing.rates import Pricer, PricingError
@@ -140,11 +140,12 @@ def post_routes(gw: GatewayView) -> dict[str, Handler]:
             raise ApiError(422, f"the gateway's pricing files are invalid, nothing changed:\n{e}") from None
 
         def move_counters(changes: list[reprice.RowChange]) -> int:
-            org = gw.policy.org_name
+            pol = gw.policy
             return gw.book.move(
-                [(c.ts, row_scopes(org, c.user, c.key_fingerprint, c.workspace), c.charged_delta) for c in changes],
+                [(c.ts, ledger_row_scopes(pol, c.user, c.key_fingerprint, c.workspace, c.basis, c.plan),
+                  c.charged_delta) for c in changes],
                 datetime.now(UTC),
-            )
+            )  # fmt: skip
 
         with lock:
             if not dry_run:

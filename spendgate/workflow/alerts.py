@@ -126,8 +126,18 @@ def warning_line(budgets: list[Budget], spent_of: Callable[[Budget], Decimal], c
     return line.encode("ascii", "replace").decode()  # header values are one ASCII line
 
 
+SUBSCRIPTION = "subscription:"  # scopes of subscription_usage: separate (spendgate.budgets.book)
+
+
 def recipients(policy: Policy, scope: str) -> tuple[str, ...]:
     """Organization and workspace alerts go to owners; user and key alerts to the user."""
+    if scope.startswith(SUBSCRIPTION):  # subscription budgets: the user's (and their plan's) go to the user
+        kind, _, name = scope[len(SUBSCRIPTION):].partition(":")
+        if kind == "plan":
+            kind, name = "user", name.partition(":")[2]
+        if kind == "user":
+            return (name,)
+        return policy.org_owners
     kind, _, name = scope.partition(":")
     if kind == "user":
         return (name,)
@@ -144,6 +154,14 @@ def recipients(policy: Policy, scope: str) -> tuple[str, ...]:
 
 def scope_filter(scope: str) -> tuple[str, list[str]]:
     """SQL over `requests` selecting the rows a scope's budget counts."""
+    if scope.startswith(SUBSCRIPTION):
+        kind, _, name = scope[len(SUBSCRIPTION):].partition(":")
+        if kind == "plan":
+            plan, _, user = name.partition(":")
+            return "billing_basis = 'subscription' AND plan = ? AND \"user\" = ?", [plan, user]
+        if kind == "user":
+            return "billing_basis = 'subscription' AND \"user\" = ?", [name]
+        return "billing_basis = 'subscription'", []
     kind, _, name = scope.partition(":")
     if kind == "user":
         return '"user" = ?', [name]

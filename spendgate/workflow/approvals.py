@@ -130,8 +130,23 @@ def parse_amount(v: Any) -> Decimal:
     return d
 
 
+SUBSCRIPTION = "subscription:"  # scopes of subscription_usage: separate (spendgate.budgets.book)
+
+
 def policy_limit(policy: Policy, scope: str, window: str, today) -> Decimal | None:
     """The policy's own limit for (scope, window), or None when there is no such budget."""
+    if scope.startswith(SUBSCRIPTION):  # subscription_usage: separate budgets, notional USD
+        if policy.subscription_usage != "separate":
+            return None
+        sb = policy.subscription_budgets
+        kind, _, name = scope[len(SUBSCRIPTION):].partition(":")
+        if kind == "organization":
+            return sb.organization.get(window) if name == policy.org_name else None
+        if kind == "user" and name:
+            return sb.user.get(window)
+        if kind == "plan" and ":" in name:
+            return sb.plans.get(name.partition(":")[0], {}).get(window)
+        return None
     kind, _, name = scope.partition(":")
     if kind == "organization":
         return policy.org_budgets.get(window) if name == policy.org_name else None
@@ -147,6 +162,10 @@ def policy_limit(policy: Policy, scope: str, window: str, today) -> Decimal | No
 
 
 def _workspaces_for(policy: Policy, scope: str) -> tuple[str, ...]:
+    if scope.startswith(SUBSCRIPTION):  # a user's (or their plan's) subscription budget: their workspaces
+        kind, _, name = scope[len(SUBSCRIPTION):].partition(":")
+        user = name.partition(":")[2] if kind == "plan" else name if kind == "user" else ""
+        return policy.workspaces_of(user) if user else ()
     kind, _, name = scope.partition(":")
     if kind == "workspace":
         return (name,)
@@ -237,11 +256,16 @@ def auto_limit(policy: Policy, scope: str) -> Decimal:
 
 
 def check_scope(scope: str) -> str:
+    if scope.startswith(SUBSCRIPTION):
+        kind, sep, name = scope[len(SUBSCRIPTION):].partition(":")
+        if sep and name and (kind in ("organization", "user") or (kind == "plan" and ":" in name.strip(":"))):
+            return scope
     kind, sep, name = scope.partition(":")
     if scope == UNATTRIBUTED or (sep and name and kind in ("organization", "workspace", "user", "key")):
         return scope
     raise ApprovalError(f"unknown scope {scope!r} (organization:NAME, workspace:NAME, user:NAME, key:sha256:..., "
-                        "unattributed)")
+                        "unattributed; subscription:user:NAME, subscription:plan:PLAN:USER, "
+                        "subscription:organization:NAME)")
 
 
 def _time(v: Any) -> datetime | None:

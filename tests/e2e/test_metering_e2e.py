@@ -267,8 +267,13 @@ def test_codex_chatgpt_responses_stream(gateway, fake_provider, http_client, enc
         text = resp.read().decode()
     assert "event: response.completed" in text
     assert_upstream_saw(fake_provider, "chatgpt.com", "/backend-api/codex/responses")
-    check_row(only_row(gateway), provider="openai", endpoint="responses", model="gpt-5-codex", stream=True,
-              usage=RESPONSES_USAGE, cost=RESPONSES_COST, raw_key=CHATGPT_TOKEN, client="codex")
+    row = only_row(gateway)
+    # ChatGPT login: covered by the ChatGPT plan's seat, so nothing is invoiced per token; the list
+    # price is kept as notional_usd (tests/e2e/test_subscriptions_e2e.py)
+    check_row(row, provider="openai", endpoint="responses", model="gpt-5-codex", stream=True,
+              usage=RESPONSES_USAGE, cost=0.0, raw_key=CHATGPT_TOKEN, client="codex")
+    assert (row["billing_basis"], row["credential"]) == ("subscription", "chatgpt_login")
+    assert row["notional_usd"] == pytest.approx(RESPONSES_COST, rel=1e-9)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -181,7 +181,7 @@ def test_opaque_hosts_counted_per_user_without_decrypting(opaque_gateway, fake_p
     cells = {}
     for line in spend.splitlines():
         parts = [p.strip() for p in line.split("│")[1:-1]]
-        if len(parts) == 7 and parts[0] in ("alice", "bob"):
+        if len(parts) == 8 and parts[0] in ("alice", "bob"):  # api, seats, api+seats, subscription, opaque...
             cells[parts[0]] = parts
-    assert cells["alice"][2] == f"${plan:,.4f}" and cells["alice"][4] == "2", spend
-    assert cells["bob"][2] == "$0.0000" and cells["bob"][4] == "1", spend
+    assert cells["alice"][2] == f"${plan:,.4f}" and cells["alice"][5] == "2", spend
+    assert cells["bob"][2] == "$0.0000" and cells["bob"][5] == "1", spend
