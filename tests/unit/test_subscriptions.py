@@ -139,7 +139,7 @@ def test_separate_admission_refuses_on_the_plan_cap_with_its_own_message():
     assert not d.admitted and d.exhausted.scope == "subscription:plan:claude-max:alice"
     msg = refusal.budget_message(d.exhausted, d.spent, datetime.now(UTC))
     assert "hourly subscription budget of plan claude-max held by alice" in msg and "notional" in msg
-    assert "spendgate request --amount 1 --window hour --scope subscription:plan:claude-max:alice" in msg
+    assert "spendgate request --amount 0.5 --window hour --scope subscription:plan:claude-max:alice" in msg  # half the $1 limit (issue 19)
     # API traffic of the same user is not held back by it
     assert book.admit(Identity(user="alice", source="t"), D(5)).admitted
 
