@@ -121,9 +121,13 @@ class Decision:
     budgets: list[Budget] = field(default_factory=list)
 
 
-def scopes(policy: Policy, identity: Identity) -> list[tuple[str, Budgets, date | None]]:
-    """Every scope covering this identity, with its limits (defaults with exceptions applied)."""
-    today = datetime.now(policy.timezone).date()
+def scopes(policy: Policy, identity: Identity, now: datetime) -> list[tuple[str, Budgets, date | None]]:
+    """Every scope covering this identity, with its limits (defaults with exceptions applied).
+
+    Exceptions' `until` days are judged at `now` in the policy's time zone, never the wall clock,
+    so re-pricing and tests see the limits that held at the request's time.
+    """
+    today = now.astimezone(policy.timezone).date()
     out: list[tuple[str, Budgets, date | None]] = [(f"organization:{policy.org_name}", policy.org_budgets, None)]
     for ws in identity.workspaces:
         out.append((f"workspace:{ws}", policy.workspace_budgets(ws), None))
@@ -159,7 +163,7 @@ class BudgetBook:
     def covering(self, identity: Identity, now: datetime | None = None) -> list[Budget]:
         now = now or self.now()
         out = []
-        for scope, limits, until in scopes(self.policy, identity):
+        for scope, limits, until in scopes(self.policy, identity, now):
             for window in WINDOWS:
                 if window in limits:
                     start, end = bounds(window, now, self.policy.timezone)

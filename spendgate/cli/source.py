@@ -17,7 +17,7 @@ from urllib.parse import urlencode
 
 import duckdb
 
-from spendgate import resources
+from spendgate import outbound, resources
 from spendgate.reports import queries as reports
 from spendgate.web.server import discovery_path
 from spendgate.store.ledger import LedgerLocked, connect, migrate
@@ -74,7 +74,7 @@ def _gateway_call(db: Path) -> tuple[Callable[[str, dict[str, Any], str], Any], 
         if data:
             req.add_header("Content-Type", "application/json")
         try:
-            with urllib.request.urlopen(req, timeout=300 if raw else 30) as resp:
+            with outbound.open_url(req, timeout=300 if raw else 30) as resp:  # loopback: never a proxy
                 return resp.read() if raw else json.loads(resp.read())
         except urllib.error.HTTPError as e:
             try:
