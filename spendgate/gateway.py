@@ -290,20 +290,23 @@ class Gateway:
         last = self.policy.sha256
         pruned_at = time.monotonic()
         while not self._stop.wait(self.settings.reload_interval):
-            self.plan_charger.apply(self.policy, self.book.store, datetime.now(UTC))  # a new day's seats
-            if time.monotonic() - pruned_at > 60:  # old windows' counters: keep memory flat
-                self.book.prune()
-                pruned_at = time.monotonic()
-            try:
-                text = path.read_text()
-            except OSError as e:
-                log.error("spendgate: cannot read policy %s (%s); keeping the last good one", path, e)
-                continue
-            digest = hashlib.sha256(text.encode()).hexdigest()
-            if digest == last:
-                continue
-            last = digest
-            self.reload_policy()
+            try:  # whatever goes wrong, the watcher lives on: pruning, seats and the next edit depend on it
+                self.plan_charger.apply(self.policy, self.book.store, datetime.now(UTC))  # a new day's seats
+                if time.monotonic() - pruned_at > 60:  # old windows' counters: keep memory flat
+                    self.book.prune()
+                    pruned_at = time.monotonic()
+                try:
+                    text = path.read_text()
+                except OSError as e:
+                    log.error("spendgate: cannot read policy %s (%s); keeping the last good one", path, e)
+                    continue
+                digest = hashlib.sha256(text.encode()).hexdigest()
+                if digest == last:
+                    continue
+                last = digest
+                self.reload_policy()
+            except Exception:
+                log.exception("spendgate: policy watcher error; keeping the last good policy")
 
     def reload_policy(self) -> bool:
         try:

@@ -23,3 +23,51 @@ def test_cli_reaches_the_gateway_admin_api_directly_despite_http_proxy(gateway, 
     rows = json.loads(cp.stdout)
     assert len(rows) == 1 and rows[0]["model"] == "claude-sonnet-4-5"
     assert ANTHROPIC_KEY not in cp.stdout
+
+
+def _wait_for(predicate, what: str, timeout: float = 30.0):
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = predicate()
+        if got:
+            return got
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _ask_anthropic(client):
+    return client.post("https://api.anthropic.com/v1/messages",
+                       headers={"x-api-key": ANTHROPIC_KEY, "anthropic-version": "2023-06-01"},
+                       json={"model": "claude-sonnet-4-5", "max_tokens": 50,
+                             "messages": [{"role": "user", "content": "hi"}]})
+
+
+def test_live_reload_survives_an_invalid_edit_and_loads_the_next_good_one(tmp_path, gateway_factory):
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("version: 1\nidentity: [local_user]\ndefaults: {user: {day: 100}}\n")
+    gw = gateway_factory(policy=policy).start()
+    client = gw.http_client()
+    assert _ask_anthropic(client).status_code == 200
+
+    # an impossible date: once a traceback that killed the watcher, now a positioned problem
+    policy.write_text("version: 1\nidentity: [local_user]\ndefaults: {user: {day: 100}}\n"
+                      "users: {tester: {budgets: {day: 150}, until: 2026-02-30}}\n")
+    _wait_for(lambda: "policy edit rejected" in gw.log_text(), "the rejection")
+    log = gw.log_text()
+    assert f"{policy}:4:" in log and "2026-02-30" in log and "Traceback" not in log
+    assert _ask_anthropic(client).status_code == 200  # the last good policy still rules
+
+    # the next good edit is picked up; `NO` is the workspace's name, not False
+    policy.write_text("version: 1\nidentity: [local_user]\ndefaults: {user: {day: 100}}\n"
+                      "workspaces: {NO: {members: [tester], budgets: {day: 0}}}\n")
+
+    def refused():
+        r = _ask_anthropic(client)
+        return r if r.status_code == 429 else None
+
+    r = _wait_for(refused, "the new policy to refuse")
+    assert r.headers["x-spendgate-scope"] == "workspace:NO"
+    assert "policy reloaded" in gw.log_text()
+    client.close()
