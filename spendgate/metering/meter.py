@@ -20,7 +20,7 @@ from decimal import Decimal
 
 from spendgate.metering import providers
 from spendgate.batcher import Batcher
-from spendgate.identity import Identity
+from spendgate.identity import Identity, with_body_hints
 from spendgate.store.ledger import Ledger, LedgerRow
 from spendgate.pricing.rates import Pricer, PriceResult, variant_for_tier
 from spendgate.metering.providers.base import Adapter, RequestInfo, ResponseResult, Route, StreamParser
@@ -168,7 +168,7 @@ class Meter:
             started=self.clock(),
             route=route,
             request=req,
-            identity=self.identify(headers, query, proxy_user, client_ip),
+            identity=with_body_hints(self.identify(headers, query, proxy_user, client_ip), headers, req.hints),
             bytes_in=len(body),
         )
         self._inflight[ex.request_id] = ex

@@ -71,3 +71,34 @@ def test_live_reload_survives_an_invalid_edit_and_loads_the_next_good_one(tmp_pa
     assert r.headers["x-spendgate-scope"] == "workspace:NO"
     assert "policy reloaded" in gw.log_text()
     client.close()
+
+
+def test_session_facts_in_the_body_reach_the_ledger(gateway):
+    """Claude Code without its session header (older versions) and Codex's prompt_cache_key."""
+    session = "54c1eb09-bc4c-4d2f-98eb-6d2ab2d5e2fe"
+    user_id = json.dumps({"device_id": "0" * 64, "account_uuid": "", "session_id": session}, separators=(",", ":"))
+    client = gateway.http_client()
+    r = client.post("https://api.anthropic.com/v1/messages?beta=true",
+                    headers={"x-api-key": ANTHROPIC_KEY, "anthropic-version": "2023-06-01",
+                             "user-agent": "claude-cli/1.0.98 (external, cli)"},
+                    json={"model": "claude-sonnet-4-5-20250929", "max_tokens": 32000,
+                          "messages": [{"role": "user", "content": "hi"}], "metadata": {"user_id": user_id}})
+    assert r.status_code == 200
+    legacy = f"user_{'ab' * 32}_account__session_0199a7f4-1e9a-7c3b-9d2e-5e2fe0c1d2e3"
+    r = client.post("https://api.anthropic.com/v1/messages", headers={"x-api-key": ANTHROPIC_KEY},
+                    json={"model": "claude-sonnet-4-5", "max_tokens": 10, "metadata": {"user_id": legacy},
+                          "messages": [{"role": "user", "content": "hi"}]})
+    assert r.status_code == 200
+    r = client.post("https://api.openai.com/v1/responses",
+                    headers={"authorization": "Bearer sk-test-codex", "originator": "codex_cli_rs",
+                             "user-agent": "codex_cli_rs/0.171.0"},
+                    json={"model": "gpt-5-codex", "input": "hi", "prompt_cache_key": "0199-codex-conv"})
+    assert r.status_code == 200
+    client.close()
+    rows = {row["model"]: row for row in gateway.ledger(wait_for=3)}
+    assert (rows["claude-sonnet-4-5-20250929"]["client"], rows["claude-sonnet-4-5-20250929"]["session_id"]) == \
+        ("claude-code", session)
+    assert (rows["claude-sonnet-4-5"]["client"], rows["claude-sonnet-4-5"]["session_id"]) == \
+        ("claude-code", "0199a7f4-1e9a-7c3b-9d2e-5e2fe0c1d2e3")
+    codex = next(row for m, row in rows.items() if m.startswith("gpt-5"))
+    assert (codex["client"], codex["session_id"]) == ("codex", "0199-codex-conv")

@@ -23,6 +23,7 @@ from spendgate.metering.providers.base import (
     parse_json_request,
     str_or_none,
 )
+from spendgate.identity import BodyHints
 from spendgate.usage import Usage
 
 MESSAGES_PATH = "/v1/messages"
@@ -146,6 +147,8 @@ class AnthropicMessagesAdapter(Adapter):
         try:
             obj, info = parse_json_request(body, ("max_tokens",), ("metadata",))
             info.metadata_user = str_or_none(dig(obj, "metadata", "user_id"))
+            if info.metadata_user:
+                info.hints = BodyHints(user_id=info.metadata_user[:4096])
             return info
         except Exception:
             return RequestInfo(malformed=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field, replace
@@ -12,6 +13,7 @@ try:  # skips the parts of a request body we never read without building them
 except ImportError:  # pragma: no cover - json.loads alone gives the same answers, slower
     msgspec = None
 
+from spendgate.identity import NO_HINTS, BodyHints
 from spendgate.metering.framing import DEFAULT_MAX_EVENT_BYTES, JSONArrayStreamSplitter, SSEDecoder, SSEEvent
 from spendgate.usage import Usage
 
@@ -28,6 +30,7 @@ class RequestInfo:
     rewritten_body: bytes | None = None  # set when the adapter changed the body (include_usage)
     drop_usage_chunk: bool = False  # the client did not ask for the usage chunk we added
     metadata_user: str | None = None  # e.g. Anthropic body metadata.user_id
+    hints: BodyHints = NO_HINTS  # session facts in the body, for identity's per-client chains
     malformed: bool = False  # body was not the JSON we expected: forward untouched
 
 
@@ -182,6 +185,32 @@ def top_level(body: bytes, keys: frozenset[str]) -> dict | None:
             pass
     obj = load_json(body)
     return obj if isinstance(obj, dict) else None
+
+
+@functools.lru_cache(maxsize=16)
+def _nested_decoder(path: tuple[str, ...]) -> Any:
+    struct: Any = msgspec.Raw
+    for i, key in enumerate(reversed(path)):
+        struct = msgspec.defstruct(f"Nested{i}", [("f", struct | None, None)], rename={"f": key})
+    return msgspec.json.Decoder(struct)
+
+
+def nested(body: bytes, path: tuple[str, ...]) -> Any:
+    """One value deep inside a JSON object body (e.g. request.session_id), or None.
+
+    Builds only the objects on `path` (msgspec skips the rest), so a large conversation in the
+    same body costs a validation pass, not a parse.
+    """
+    if msgspec is not None:
+        try:
+            top = _nested_decoder(path).decode(body)
+            for _ in path:
+                top = getattr(top, "f", None) if top is not None else None
+            return json.loads(bytes(top)) if top is not None else None
+        except Exception:
+            pass
+    obj = load_json(body)
+    return dig(obj, *path)
 
 
 def parse_json_request(

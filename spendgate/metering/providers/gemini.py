@@ -24,9 +24,11 @@ from spendgate.metering.providers.base import (
     dig,
     error_type,
     load_json,
+    nested,
     parse_json_request,
     str_or_none,
 )
+from spendgate.identity import BodyHints
 from spendgate.usage import Usage
 
 PATH_RE = re.compile(r"^/(?:v1|v1beta|v1alpha)/models/([^/:]+):(generateContent|streamGenerateContent)$")
@@ -147,7 +149,10 @@ class GeminiAdapter(Adapter):
 
     def parse_request(self, path: str, body: bytes) -> RequestInfo:
         try:
-            obj, info = parse_json_request(body, (), ("generationConfig", "generation_config"))
+            obj, info = parse_json_request(body, (), ("generationConfig", "generation_config", "user_prompt_id"))
+            if prompt_id := str_or_none(obj.get("user_prompt_id")):  # Gemini CLI, Code Assist body
+                info.hints = BodyHints(user_prompt_id=prompt_id[:256],
+                                       session_id=str_or_none(nested(body, ("request", "session_id"))))
             gpath = parse_path(path)
             info.model = gpath.model if gpath else info.model
             info.stream = gpath is not None and gpath.method == "streamGenerateContent"

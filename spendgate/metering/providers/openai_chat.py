@@ -25,6 +25,7 @@ from spendgate.metering.providers.base import (
     str_or_none,
 )
 from spendgate.metering.framing import SSEDecoder
+from spendgate.identity import BodyHints
 from spendgate.usage import Usage
 
 CHAT_PATH = "/v1/chat/completions"
@@ -124,10 +125,12 @@ class OpenAIChatAdapter(Adapter):
 
     def parse_request(self, path: str, body: bytes) -> RequestInfo:
         try:
-            obj, info = parse_json_request(body, ("max_completion_tokens", "max_tokens"), ("user", "stream_options"))
+            obj, info = parse_json_request(body, ("max_completion_tokens", "max_tokens"), ("user", "stream_options", "prompt_cache_key"))
             if info.malformed:
                 return info
             info.metadata_user = str_or_none(obj.get("user"))
+            if key := str_or_none(obj.get("prompt_cache_key")):
+                info.hints = BodyHints(prompt_cache_key=key[:256])
             if info.stream and dig(obj, "stream_options", "include_usage") is not True:
                 info.rewritten_body = dumps_compact(with_include_usage(load_json(body)))  # the whole body
                 info.drop_usage_chunk = True

@@ -23,6 +23,7 @@ from spendgate.metering.providers.base import (
     parse_json_request,
     str_or_none,
 )
+from spendgate.identity import BodyHints
 from spendgate.usage import Usage
 
 RESPONSES_PATH = "/v1/responses"
@@ -129,8 +130,10 @@ class OpenAIResponsesAdapter(Adapter):
 
     def parse_request(self, path: str, body: bytes) -> RequestInfo:
         try:
-            obj, info = parse_json_request(body, ("max_output_tokens",), ("user",))
+            obj, info = parse_json_request(body, ("max_output_tokens",), ("user", "prompt_cache_key"))
             info.metadata_user = str_or_none(obj.get("user"))
+            if key := str_or_none(obj.get("prompt_cache_key")):  # Codex: its conversation id
+                info.hints = BodyHints(prompt_cache_key=key[:256])
             return info
         except Exception:
             return RequestInfo(malformed=True)
