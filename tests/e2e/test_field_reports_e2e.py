@@ -102,3 +102,25 @@ def test_session_facts_in_the_body_reach_the_ledger(gateway):
         ("claude-code", "0199a7f4-1e9a-7c3b-9d2e-5e2fe0c1d2e3")
     codex = next(row for m, row in rows.items() if m.startswith("gpt-5"))
     assert (codex["client"], codex["session_id"]) == ("codex", "0199-codex-conv")
+
+
+def test_gemini_sse_event_of_6_mib_is_metered_from_its_tail(gateway, fake_provider):
+    """The field report: the last event (~6 MiB inlineData image) carries finishReason and usage."""
+    from tests.unit.test_oversized_events import MODEL, SSE_BODY
+    from tests.support import GEMINI_KEY
+    from tests.support.fake_provider import GEMINI_HOST
+
+    route = f"/v1beta/models/{MODEL}:streamGenerateContent"
+    fake_provider.serve_raw(GEMINI_HOST, route, SSE_BODY, "text/event-stream")
+    client = gateway.http_client()
+    got = bytearray()
+    with client.stream("POST", f"https://{GEMINI_HOST}{route}?alt=sse", headers={"x-goog-api-key": GEMINI_KEY},
+                       json={"contents": [{"role": "user", "parts": [{"text": "draw a cat"}]}]}) as r:
+        assert r.status_code == 200
+        for piece in r.iter_raw():
+            got += piece
+    client.close()
+    assert bytes(got) == SSE_BODY  # forwarded untouched, all 6 MiB
+    row, = gateway.ledger(wait_for=1)
+    assert (row["outcome"], row["estimated"], row["input_tokens"], row["output_tokens"]) == ("ok", False, 1300, 1290)
+    assert row["model"] == MODEL

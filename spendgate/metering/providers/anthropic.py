@@ -24,6 +24,8 @@ from spendgate.metering.providers.base import (
     str_or_none,
 )
 from spendgate.identity import BodyHints
+from spendgate.metering.framing import Oversized
+from spendgate.metering.salvage import head_field, tail_field
 from spendgate.usage import Usage
 
 MESSAGES_PATH = "/v1/messages"
@@ -137,6 +139,22 @@ class AnthropicStreamParser(JSONEventStreamParser):
             r.complete = True
         elif kind == "error" or event == "error":
             r.error = error_type(obj) or "error"
+
+    def on_oversized(self, event: str | None, over: Oversized) -> None:
+        """A huge delta counts toward output estimates; a huge message_start/delta keeps its usage."""
+        kind = head_field(over, "type")
+        kind = kind if isinstance(kind, str) else event
+        if kind == "content_block_delta":
+            self._result.output_chars += over.size
+        elif kind == "message_start":
+            self.on_event(event, {"type": kind, "message": {"model": head_field(over, "model"),
+                                                            "usage": tail_field(over, "usage")}})
+        elif kind == "message_delta":
+            self.on_event(event, {"type": kind, "usage": tail_field(over, "usage")})
+        elif kind in ("error", "message_stop"):
+            self.on_event(event, {"type": kind, "error": head_field(over, "error")})
+        else:
+            self._result.garbled = True
 
 
 class AnthropicMessagesAdapter(Adapter):

@@ -14,7 +14,7 @@ except ImportError:  # pragma: no cover - json.loads alone gives the same answer
     msgspec = None
 
 from spendgate.identity import NO_HINTS, BodyHints
-from spendgate.metering.framing import DEFAULT_MAX_EVENT_BYTES, JSONArrayStreamSplitter, SSEDecoder, SSEEvent
+from spendgate.metering.framing import DEFAULT_MAX_EVENT_BYTES, JSONArrayStreamSplitter, Oversized, SSEDecoder, SSEEvent
 from spendgate.usage import Usage
 
 
@@ -258,6 +258,14 @@ class JSONEventStreamParser(StreamParser):
     def on_event(self, event: str | None, obj: dict) -> None:
         """Interpret one JSON payload (``event`` is the SSE event name, if any)."""
 
+    def on_oversized(self, event: str | None, over: Oversized) -> None:
+        """An event beyond the memory cap: only its head and tail were kept.
+
+        Adapters override this to read their small fields (spendgate.metering.salvage); by default
+        the event is lost, which makes the stream garbled.
+        """
+        self._result.garbled = True
+
     def on_done(self) -> None:
         """The stream's own terminator was seen."""
         self._result.complete = True
@@ -265,7 +273,8 @@ class JSONEventStreamParser(StreamParser):
     def feed(self, data: bytes) -> None:
         try:
             if self._array is not None:
-                self._handle([SSEEvent(None, s) for s in self._array.feed(data)])
+                self._handle([SSEEvent(None, s) if isinstance(s, str) else SSEEvent(None, s.head, s)
+                              for s in self._array.feed(data)])
                 if self._array.closed and not self._done_signalled:
                     self._done_signalled = True
                     self.on_done()
@@ -289,6 +298,13 @@ class JSONEventStreamParser(StreamParser):
 
     def _handle(self, events: list[SSEEvent]) -> None:
         for ev in events:
+            if ev.oversized is not None:
+                self._result.events += 1
+                try:
+                    self.on_oversized(ev.event, ev.oversized)
+                except Exception:
+                    self._result.garbled = True
+                continue
             data = ev.data.strip()
             if not data:
                 continue

@@ -29,6 +29,8 @@ from spendgate.metering.providers.base import (
     str_or_none,
 )
 from spendgate.identity import BodyHints
+from spendgate.metering.framing import Oversized
+from spendgate.metering.salvage import head_field, tail_field
 from spendgate.usage import Usage
 
 PATH_RE = re.compile(r"^/(?:v1|v1beta|v1alpha)/models/([^/:]+):(generateContent|streamGenerateContent)$")
@@ -126,6 +128,24 @@ class GeminiChunkFolder:
         r.usage_final = r.complete and r.usage is not None
 
 
+def salvaged_chunk(over: Oversized) -> dict:
+    """The chunk fields we meter, rebuilt from an oversized chunk's head and tail."""
+    obj: dict[str, Any] = {}
+    meta = tail_field(over, "usageMetadata")
+    if isinstance(meta, dict):
+        obj["usageMetadata"] = meta
+    version = tail_field(over, "modelVersion")
+    if isinstance(version, str):
+        obj["modelVersion"] = version
+    reason = tail_field(over, "finishReason")
+    if isinstance(reason, str):
+        obj["candidates"] = [{"finishReason": reason}]
+    error = head_field(over, "error")
+    if isinstance(error, dict):
+        obj["error"] = error
+    return obj
+
+
 class GeminiStreamParser(JSONEventStreamParser):
     """``streamGenerateContent``: SSE (``alt=sse``) or the incremental JSON array."""
 
@@ -135,6 +155,11 @@ class GeminiStreamParser(JSONEventStreamParser):
 
     def on_event(self, event: str | None, obj: dict) -> None:
         self._folder.fold(obj)
+
+    def on_oversized(self, event: str | None, over: Oversized) -> None:
+        """An image/audio chunk beyond the cap: usageMetadata, finishReason and modelVersion
+        come after the candidates' data, so the tail has them."""
+        self._folder.fold(salvaged_chunk(over))
 
     def on_done(self) -> None:
         self._result.complete = True

@@ -26,6 +26,8 @@ from spendgate.metering.providers.base import (
 )
 from spendgate.metering.framing import SSEDecoder
 from spendgate.identity import BodyHints
+from spendgate.metering.framing import Oversized
+from spendgate.metering.salvage import head_field, tail_field
 from spendgate.usage import Usage
 
 CHAT_PATH = "/v1/chat/completions"
@@ -117,6 +119,15 @@ class ChatStreamParser(JSONEventStreamParser):
         if isinstance(usage, dict):
             r.usage = chat_usage(usage)
             r.usage_final = True
+
+    def on_oversized(self, event: str | None, over: Oversized) -> None:
+        """A huge delta (e.g. audio) counts toward estimates and keeps a trailing usage object."""
+        self._result.output_chars += over.size
+        obj = {"model": head_field(over, "model"), "service_tier": tail_field(over, "service_tier")}
+        usage = tail_field(over, "usage")
+        if isinstance(usage, dict):
+            obj["usage"] = usage
+        self.on_event(event, obj)
 
 
 class OpenAIChatAdapter(Adapter):

@@ -24,6 +24,8 @@ from spendgate.metering.providers.base import (
     str_or_none,
 )
 from spendgate.identity import BodyHints
+from spendgate.metering.framing import Oversized
+from spendgate.metering.salvage import head_field, tail_field
 from spendgate.usage import Usage
 
 RESPONSES_PATH = "/v1/responses"
@@ -122,6 +124,20 @@ class ResponsesStreamParser(JSONEventStreamParser):
             r.complete = True
         elif kind == "error" or event == "error":
             r.error = r.error or error_type(obj) or str_or_none(obj.get("code")) or "error"
+
+    def on_oversized(self, event: str | None, over: Oversized) -> None:
+        """A terminal event repeating a generated image (or huge output) keeps model and usage."""
+        kind = head_field(over, "type")
+        kind = kind if isinstance(kind, str) else event
+        if kind in TERMINAL_EVENTS:
+            response = {"model": head_field(over, "model"), "usage": tail_field(over, "usage"),
+                        "service_tier": tail_field(over, "service_tier")}
+            self.on_event(event, {"type": kind, "response": response})
+        elif kind in _TEXT_DELTAS:
+            self._result.output_chars += over.size
+        elif kind not in ("response.output_item.done", "response.output_item.added", "response.content_part.done",
+                          "response.output_text.done", "response.image_generation_call.partial_image"):
+            self._result.garbled = True
 
 
 class OpenAIResponsesAdapter(Adapter):
