@@ -22,7 +22,7 @@ from spendgate.metering import providers
 from spendgate.batcher import Batcher
 from spendgate.identity import Identity, with_body_hints
 from spendgate.store.ledger import Ledger, LedgerRow
-from spendgate.pricing.rates import Pricer, PriceResult, variant_for_tier
+from spendgate.pricing.rates import Pricer, PriceResult
 from spendgate.metering.providers.base import Adapter, RequestInfo, ResponseResult, Route, StreamParser
 from spendgate.metering.streams import IncrementalDecoder
 from spendgate.usage import Usage
@@ -88,7 +88,24 @@ def estimate_usage(req: RequestInfo, result: ResponseResult) -> Usage:
         output_tokens=out,
         reasoning_tokens=min(seen.reasoning_tokens, out),
         web_search_requests=seen.web_search_requests,
+        input_audio_tokens=seen.input_audio_tokens,
+        input_image_tokens=seen.input_image_tokens,
+        input_video_tokens=seen.input_video_tokens,
+        cache_read_audio_tokens=seen.cache_read_audio_tokens,
+        output_audio_tokens=seen.output_audio_tokens,
+        output_image_tokens=seen.output_image_tokens,
+        output_video_tokens=seen.output_video_tokens,
     )
+
+
+def serving_modifiers(result: ResponseResult | None) -> dict[str, str]:
+    """What the provider reported about how it served the request (changes the price)."""
+    if result is None:
+        return {}
+    out = dict(result.modifiers)
+    if result.service_tier:
+        out["service_tier"] = result.service_tier.lower()
+    return out
 
 
 @dataclass(slots=True, frozen=True)
@@ -240,7 +257,8 @@ class Meter:
     ) -> LedgerRow:
         verdict = judge(ex, result, ended)
         model = (result.model if result and result.model else None) or ex.request.model
-        price = self.price(ex, verdict, model, result.service_tier if result else None)
+        modifiers = serving_modifiers(result)
+        price = self.price(ex, verdict, model, modifiers)
         outcome = verdict.outcome
         if outcome in ("ok", "estimated") and price.cost is None:
             outcome = "unpriced"
@@ -271,10 +289,11 @@ class Meter:
             bytes_in=ex.bytes_in,
             bytes_out=bytes_out,
             charged_usd=price.cost,
+            modifiers=json.dumps(modifiers, sort_keys=True) if modifiers else None,
             **verdict.usage.as_dict(),
         )
 
-    def price(self, ex: Exchange, verdict: Verdict, model: str | None, tier: str | None = None) -> PriceResult:
+    def price(self, ex: Exchange, verdict: Verdict, model: str | None, modifiers: dict[str, str] | None = None) -> PriceResult:
         if verdict.outcome == "unmetered":
             return PriceResult(None, "unmetered")
         if ex.request.free:
@@ -282,7 +301,7 @@ class Meter:
         if verdict.outcome in ("blocked", "upstream_error"):
             return PriceResult(Decimal(0), "not billed")
         try:
-            return self.pricer.price(ex.provider, model, verdict.usage, ex.ts, variant=variant_for_tier(tier))
+            return self.pricer.price(ex.provider, model, verdict.usage, ex.ts, modifiers=modifiers)
         except Exception:  # a pricing bug must not lose the row: record it unpriced, loudly
             log.exception("pricing failed for %s %r", ex.provider, model)
             return PriceResult(None, "pricing error")

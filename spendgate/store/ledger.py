@@ -58,6 +58,15 @@ class LedgerRow:
     bytes_in: int = 0
     bytes_out: int = 0
     charged_usd: Decimal | None = None  # what budgets counted: cost, a fallback rate, or a reservation
+    # migration 5: tokens with their own rate (parts of the totals above), how the provider served it
+    input_audio_tokens: int = 0
+    input_image_tokens: int = 0
+    input_video_tokens: int = 0
+    cache_read_audio_tokens: int = 0
+    output_audio_tokens: int = 0
+    output_image_tokens: int = 0
+    output_video_tokens: int = 0
+    modifiers: str | None = None  # JSON {"speed": "fast", "inference_geo": "us", "service_tier": ...}
 
 
 COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(LedgerRow))
@@ -224,6 +233,22 @@ MIGRATIONS: list[tuple[int, str]] = [
             duration_ms DOUBLE NOT NULL,
             outcome VARCHAR NOT NULL
         );
+        """,
+    ),
+    (
+        5,
+        # price modifiers the provider reports (docs/pricing.md): modality token counts with their
+        # own rates and the serving modifiers (speed, inference_geo, service_tier), so re-pricing
+        # sees what the first pricing saw. Appended in LedgerRow's field order.
+        """
+        ALTER TABLE requests ADD COLUMN IF NOT EXISTS input_audio_tokens BIGINT DEFAULT 0;
+        ALTER TABLE requests ADD COLUMN IF NOT EXISTS input_image_tokens BIGINT DEFAULT 0;
+        ALTER TABLE requests ADD COLUMN IF NOT EXISTS input_video_tokens BIGINT DEFAULT 0;
+        ALTER TABLE requests ADD COLUMN IF NOT EXISTS cache_read_audio_tokens BIGINT DEFAULT 0;
+        ALTER TABLE requests ADD COLUMN IF NOT EXISTS output_audio_tokens BIGINT DEFAULT 0;
+        ALTER TABLE requests ADD COLUMN IF NOT EXISTS output_image_tokens BIGINT DEFAULT 0;
+        ALTER TABLE requests ADD COLUMN IF NOT EXISTS output_video_tokens BIGINT DEFAULT 0;
+        ALTER TABLE requests ADD COLUMN IF NOT EXISTS modifiers VARCHAR;
         """,
     ),
 ]

@@ -20,6 +20,7 @@ from spendgate.metering.providers.base import (
     dig,
     error_type,
     load_json,
+    modifier,
     parse_json_request,
     str_or_none,
 )
@@ -76,6 +77,15 @@ class AnthropicUsageState:
             if not self.cache_1h_basis:  # object without the total: trust the split
                 self.cache_1h_basis = self.cache_1h + as_int(split.get("ephemeral_5m_input_tokens"))
 
+    def modifiers(self, usage: dict, into: dict[str, str]) -> dict[str, str]:
+        """`speed` (fast mode) and `inference_geo` (data residency) change the price: keep them."""
+        out = dict(into)
+        for key in ("speed", "inference_geo"):
+            value = modifier(usage.get(key))
+            if value:
+                out[key] = value
+        return out
+
     def to_usage(self) -> Usage:
         read = self.raw.get("cache_read_input_tokens", 0)
         write = self.raw.get("cache_creation_input_tokens", 0)
@@ -121,6 +131,7 @@ class AnthropicStreamParser(JSONEventStreamParser):
             usage = dig(message, "usage")
             if isinstance(usage, dict):
                 r.service_tier = str_or_none(usage.get("service_tier")) or r.service_tier
+                r.modifiers = self._usage.modifiers(usage, r.modifiers)
                 self._usage.merge(usage)
                 r.usage = self._usage.to_usage()
                 r.input_tokens_hint = r.usage.input_tokens
@@ -132,6 +143,7 @@ class AnthropicStreamParser(JSONEventStreamParser):
         elif kind == "message_delta":
             usage = obj.get("usage")
             if isinstance(usage, dict):
+                r.modifiers = self._usage.modifiers(usage, r.modifiers)
                 self._usage.merge(usage)
                 r.usage = self._usage.to_usage()
                 r.usage_final = True
@@ -186,6 +198,7 @@ class AnthropicMessagesAdapter(Adapter):
         if isinstance(usage, dict):
             result.service_tier = str_or_none(usage.get("service_tier"))
             state = AnthropicUsageState.empty()
+            result.modifiers = state.modifiers(usage, {})
             state.merge(usage)
             result.usage = state.to_usage()
             result.usage_final = result.complete = True

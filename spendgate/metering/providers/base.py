@@ -41,6 +41,7 @@ class ResponseResult:
     model: str | None = None
     usage: Usage | None = None  # None until the provider reported usage (maybe provisional)
     service_tier: str | None = None  # as the provider reported it: priority, flex, batch, standard...
+    modifiers: dict[str, str] = field(default_factory=dict)  # how it was served: speed, inference_geo
     usage_final: bool = False  # True when usage came from the provider's final report
     input_tokens_hint: int | None = None  # e.g. message_start input, for estimates
     output_chars: int = 0  # text/thinking/tool-arg characters seen, for estimates
@@ -132,6 +133,12 @@ def load_json(data: bytes | str) -> Any:
 
 def str_or_none(value: Any) -> str | None:
     return value if isinstance(value, str) and value else None
+
+
+def modifier(value: Any) -> str | None:
+    """A serving modifier as reported (`fast`, `us`): short lower-case text, else None."""
+    text = str_or_none(value)
+    return text.strip().lower()[:32] if text and text.strip() else None
 
 
 def error_type(obj: Any) -> str | None:
@@ -237,7 +244,7 @@ def parse_json_request(
 def snapshot(result: ResponseResult) -> ResponseResult:
     """A copy callers may keep or mutate without touching the parser's state."""
     usage = replace(result.usage) if result.usage is not None else None
-    return replace(result, usage=usage)
+    return replace(result, usage=usage, modifiers=dict(result.modifiers))
 
 
 class JSONEventStreamParser(StreamParser):

@@ -69,15 +69,44 @@ def has_counts(meta: Any) -> bool:
     return isinstance(meta, dict) and any(key in meta for key in _COUNT_KEYS)
 
 
+# modality -> our kind; DOCUMENT (PDF pages) is billed like images, as genai-prices maps it
+_MODALITY = {"AUDIO": "audio", "IMAGE": "image", "DOCUMENT": "image", "VIDEO": "video"}
+
+
+def modality_counts(*details: Any) -> dict[str, int]:
+    """Token counts per kind (audio, image, video) from ``*TokensDetails`` lists."""
+    out: dict[str, int] = {}
+    for items in details:
+        for item in items if isinstance(items, list) else ():
+            kind = _MODALITY.get(str(dig(item, "modality") or "").upper())
+            if kind:
+                out[kind] = out.get(kind, 0) + as_int(dig(item, "tokenCount"))
+    return out
+
+
 def gemini_usage(meta: dict, web_searches: int = 0) -> Usage:
-    """Normalize ``usageMetadata`` (tool-use prompt tokens count as input)."""
+    """Normalize ``usageMetadata`` (tool-use prompt tokens count as input); modality details split
+    out the tokens that have their own rates (audio, image, video)."""
     thoughts = as_int(meta.get("thoughtsTokenCount"))
+    inp = as_int(meta.get("promptTokenCount")) + as_int(meta.get("toolUsePromptTokenCount"))
+    out = as_int(meta.get("candidatesTokenCount")) + thoughts
+    cached = as_int(meta.get("cachedContentTokenCount"))
+    prompt = modality_counts(meta.get("promptTokensDetails"), meta.get("toolUsePromptTokensDetails"))
+    cands = modality_counts(meta.get("candidatesTokensDetails"))
+    cache = modality_counts(meta.get("cacheTokensDetails"))
     return Usage(
-        input_tokens=as_int(meta.get("promptTokenCount")) + as_int(meta.get("toolUsePromptTokenCount")),
-        cache_read_tokens=as_int(meta.get("cachedContentTokenCount")),
-        output_tokens=as_int(meta.get("candidatesTokenCount")) + thoughts,
+        input_tokens=inp,
+        cache_read_tokens=cached,
+        output_tokens=out,
         reasoning_tokens=thoughts,
         web_search_requests=web_searches,
+        input_audio_tokens=min(prompt.get("audio", 0), inp),
+        input_image_tokens=min(prompt.get("image", 0), inp),
+        input_video_tokens=min(prompt.get("video", 0), inp),
+        cache_read_audio_tokens=min(cache.get("audio", 0), cached, prompt.get("audio", 0)),
+        output_audio_tokens=min(cands.get("audio", 0), out),
+        output_image_tokens=min(cands.get("image", 0), out),
+        output_video_tokens=min(cands.get("video", 0), out),
     )
 
 

@@ -36,11 +36,16 @@ CHAT_PATH = "/v1/chat/completions"
 def chat_usage(usage: dict) -> Usage:
     """Normalize a Chat Completions ``usage`` object."""
     output = as_int(usage.get("completion_tokens"))
+    inp = as_int(usage.get("prompt_tokens"))
     return Usage(
-        input_tokens=as_int(usage.get("prompt_tokens")),
+        input_tokens=inp,
         cache_read_tokens=as_int(dig(usage, "prompt_tokens_details", "cached_tokens")),
         output_tokens=output,
         reasoning_tokens=min(as_int(dig(usage, "completion_tokens_details", "reasoning_tokens")), output),
+        input_audio_tokens=min(as_int(dig(usage, "prompt_tokens_details", "audio_tokens")), inp),
+        input_image_tokens=min(as_int(dig(usage, "prompt_tokens_details", "image_tokens")), inp),
+        output_audio_tokens=min(as_int(dig(usage, "completion_tokens_details", "audio_tokens")), output),
+        output_image_tokens=min(as_int(dig(usage, "completion_tokens_details", "image_tokens")), output),
     )
 
 

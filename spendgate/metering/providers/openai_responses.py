@@ -51,12 +51,17 @@ WEB_SEARCH_ITEM = "web_search_call"
 def responses_usage(usage: dict, web_searches: int = 0) -> Usage:
     """Normalize a Responses ``usage`` object."""
     output = as_int(usage.get("output_tokens"))
+    inp = as_int(usage.get("input_tokens"))
     return Usage(
-        input_tokens=as_int(usage.get("input_tokens")),
+        input_tokens=inp,
         cache_read_tokens=as_int(dig(usage, "input_tokens_details", "cached_tokens")),
         output_tokens=output,
         reasoning_tokens=min(as_int(dig(usage, "output_tokens_details", "reasoning_tokens")), output),
         web_search_requests=web_searches,
+        input_audio_tokens=min(as_int(dig(usage, "input_tokens_details", "audio_tokens")), inp),
+        input_image_tokens=min(as_int(dig(usage, "input_tokens_details", "image_tokens")), inp),
+        output_audio_tokens=min(as_int(dig(usage, "output_tokens_details", "audio_tokens")), output),
+        output_image_tokens=min(as_int(dig(usage, "output_tokens_details", "image_tokens")), output),
     )
 
 
