@@ -30,7 +30,8 @@ LEDGER_FIELDS = (
     "session_id", "stream", "status", "outcome", "estimated", "input_tokens", "cache_read_tokens",
     "cache_write_tokens", "cache_write_1h_tokens", "output_tokens", "reasoning_tokens",
     "web_search_requests", "cost_usd", "charged_usd", "price_source", "latency_ms", "ttft_ms",
-    "identity_source", "workspace", "note",
+    "identity_source", "workspace", "note", "input_audio_tokens", "input_image_tokens", "input_video_tokens",
+    "cache_read_audio_tokens", "output_audio_tokens", "output_image_tokens", "output_video_tokens", "modifiers",
 )  # fmt: skip
 
 

@@ -123,4 +123,33 @@ def test_gemini_sse_event_of_6_mib_is_metered_from_its_tail(gateway, fake_provid
     assert bytes(got) == SSE_BODY  # forwarded untouched, all 6 MiB
     row, = gateway.ledger(wait_for=1)
     assert (row["outcome"], row["estimated"], row["input_tokens"], row["output_tokens"]) == ("ok", False, 1300, 1290)
-    assert row["model"] == MODEL
+    assert row["model"] == MODEL and row["output_image_tokens"] == 1290
+    # 1,300 x $0.30/MTok + 1,290 image tokens x $30/MTok (output_image_mtok), not the $2.50 text rate
+    assert abs(row["cost_usd"] - (1300 * 0.3 + 1290 * 30) / 1e6) < 1e-9
+
+
+def test_anthropic_fast_mode_and_data_residency_are_priced_and_explained(gateway, fake_provider, anthropic_client):
+    from decimal import Decimal
+
+    from tests.support.fake_provider import ANTHROPIC_HOST
+
+    def message(usage: dict) -> bytes:
+        return json.dumps({"id": "msg_fast", "type": "message", "role": "assistant", "model": "claude-opus-5",
+                           "content": [{"type": "text", "text": "quick"}], "stop_reason": "end_turn",
+                           "usage": {"input_tokens": 20000, "output_tokens": 3000, "service_tier": "standard", **usage}}).encode()
+
+    client = anthropic_client()
+    fake_provider.serve_raw(ANTHROPIC_HOST, "/v1/messages", message({"speed": "fast"}), "application/json")
+    client.messages.create(model="claude-opus-5", max_tokens=4000, messages=[{"role": "user", "content": "hi"}])
+    fake_provider.serve_raw(ANTHROPIC_HOST, "/v1/messages", message({"speed": "fast", "inference_geo": "us"}),
+                            "application/json")
+    client.messages.create(model="claude-opus-5", max_tokens=4000, messages=[{"role": "user", "content": "hi"}])
+    rows = gateway.ledger(wait_for=2)
+    costs = sorted(Decimal(str(r["cost_usd"])) for r in rows)
+    assert costs == [Decimal("0.35"), Decimal("0.385")]  # fast rates; fast rates x1.1 (US-only inference)
+    geo = next(r for r in rows if Decimal(str(r["cost_usd"])) == Decimal("0.385"))
+    assert json.loads(geo["modifiers"]) == {"inference_geo": "us", "service_tier": "standard", "speed": "fast"}
+    cp = gateway.cli("explain", geo["request_id"], check=True)
+    assert "modifier: speed fast -> fast rates" in cp.stdout and "(fast)" in cp.stdout
+    assert "modifier: inference_geo us -> x1.1 on token rates [override:overrides.yaml@2026-02-05" in cp.stdout
+    assert "data-residency" in cp.stdout
