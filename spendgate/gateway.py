@@ -41,7 +41,7 @@ from spendgate.metering.meter import CHARS_PER_TOKEN, Exchange, Meter
 from spendgate.metering.opaque import OpaqueRecorder
 from spendgate.budgets.plans import PlanCharger
 from spendgate.policy.model import UNATTRIBUTED, Policy, PolicyError, load
-from spendgate.pricing.rates import MTOK, Pricer, PricingError, compute
+from spendgate.pricing.rates import MTOK, Pricer, PricingError, compute, variant_for
 from spendgate.usage import Usage
 from spendgate.budgets.windows import WINDOWS, bounds
 from spendgate.workflow.service import Workflow
@@ -170,7 +170,8 @@ class Gateway:
             input_tokens=math.ceil(ex.request.input_bytes / CHARS_PER_TOKEN),
             output_tokens=min(ex.request.max_output_tokens or typical, typical),
         )
-        rates = self.pricer.rates(ex.provider, ex.request.model, now) if ex.request.model else None
+        variant = variant_for(ex.request.modifiers)  # e.g. fast mode asked for: reserve at fast rates
+        rates = self.pricer.rates(ex.provider, ex.request.model, now, variant) if ex.request.model else None
         if rates is not None:
             cost = compute(rates, usage).cost
             if cost is not None:

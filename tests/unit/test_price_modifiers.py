@@ -192,3 +192,23 @@ def test_ledger_explain_check_and_reprice_keep_the_modifiers(tmp_path):
                                             "value": "eu", "requests": 1}]
     examined, changes = reprice.plan(con.cursor(), PRICER, datetime(2026, 1, 1, tzinfo=UTC))
     assert examined == 2 and changes == []  # re-pricing sees the same modifiers: same money
+
+
+def test_a_request_asking_for_fast_mode_is_reserved_at_fast_rates(tmp_path):
+    from spendgate.gateway import Gateway, Settings
+
+    p = tmp_path / "policy.yaml"
+    p.write_text("version: 1\n")
+    gw = Gateway(Settings(db=tmp_path / "l.duckdb", policy=p, user="unit", admin_port=-1, reload_interval=0))
+    try:
+        def estimate(extra: dict) -> Decimal:
+            body = json.dumps({"model": "claude-opus-5", "max_tokens": 1000, "messages": [{"role": "user", "content": "x" * 4000}],
+                               **extra}).encode()
+            ex = gw.meter.begin("api.anthropic.com", "/v1/messages", {"x-api-key": "sk-ant-unit"}, body)
+            gw.meter.finish(ex, None)
+            return gw.estimate(ex, AT)
+
+        # same body size either way: only the rates differ (fast mode is twice standard for Opus 5)
+        assert estimate({"speed": "fast"}) == 2 * estimate({"speed": "slow"})
+    finally:
+        gw.close()

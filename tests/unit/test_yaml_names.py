@@ -134,3 +134,14 @@ def test_the_policy_watcher_survives_any_exception_and_loads_the_next_good_edit(
     finally:
         gw._stop.set()
         gw.close()
+
+
+@pytest.mark.parametrize("text,where", [
+    ('keys: {"sha256:aaaaaaaaaaaa": {until: "2026-13-01"}}', "keys.sha256:aaaaaaaaaaaa.until"),
+    ('plans: {p: {price_usd: 20, from: "2026-02-30", holders: [a]}}', "plans.p.from"),
+    ('plans: {p: {price_usd: 20, holders: [{user: a, until: "2026-02-30"}]}}', "plans.p.holders.0"),
+    ('users: {a: {until: "2026-02-30"}}', "users.a.until"),
+])
+def test_quoted_impossible_dates_are_positioned_problems_too(text, where):
+    msg = problems(text + "\n")
+    assert msg.startswith("p.yaml:2:") and where in msg and "Traceback" not in msg

@@ -175,8 +175,10 @@ class AnthropicMessagesAdapter(Adapter):
 
     def parse_request(self, path: str, body: bytes) -> RequestInfo:
         try:
-            obj, info = parse_json_request(body, ("max_tokens",), ("metadata",))
+            obj, info = parse_json_request(body, ("max_tokens",), ("metadata", "speed"))
             info.metadata_user = str_or_none(dig(obj, "metadata", "user_id"))
+            if speed := modifier(obj.get("speed")):  # fast mode asked for: reserve at fast rates
+                info.modifiers = {"speed": speed}
             if info.metadata_user:
                 info.hints = BodyHints(user_id=info.metadata_user[:4096])
             return info

@@ -31,6 +31,7 @@ class RequestInfo:
     drop_usage_chunk: bool = False  # the client did not ask for the usage chunk we added
     metadata_user: str | None = None  # e.g. Anthropic body metadata.user_id
     hints: BodyHints = NO_HINTS  # session facts in the body, for identity's per-client chains
+    modifiers: dict[str, str] = field(default_factory=dict)  # serving asked for (speed: fast), for estimates
     malformed: bool = False  # body was not the JSON we expected: forward untouched
 
 
