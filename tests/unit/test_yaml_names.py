@@ -145,3 +145,17 @@ def test_the_policy_watcher_survives_any_exception_and_loads_the_next_good_edit(
 def test_quoted_impossible_dates_are_positioned_problems_too(text, where):
     msg = problems(text + "\n")
     assert msg.startswith("p.yaml:2:") and where in msg and "Traceback" not in msg
+
+
+def test_policy_check_cli_prints_positions_not_a_traceback(tmp_path):
+    import subprocess
+    import sys
+
+    bad = tmp_path / "p.yaml"
+    bad.write_text("version: 1\nusers: {alice@acme.com: {budgets: {day: 150}, until: 2026-02-30}}\n"
+                   "workspaces: {core: {members: [on]}}\n")
+    cp = subprocess.run([sys.executable, "-m", "spendgate.cli", "policy", "check", str(bad)], capture_output=True,
+                        text=True, timeout=120)
+    out = cp.stdout + cp.stderr
+    assert cp.returncode == 1 and "Traceback" not in out
+    assert f"{bad}:2:54:" in out and f"{bad}:3:31:" in out and 'quote it: "on"' in out
