@@ -206,7 +206,7 @@ def test_a_request_asking_for_fast_mode_is_reserved_at_fast_rates(tmp_path):
                                **extra}).encode()
             ex = gw.meter.begin("api.anthropic.com", "/v1/messages", {"x-api-key": "sk-ant-unit"}, body)
             gw.meter.finish(ex, None)
-            return gw.estimate(ex, AT)
+            return gw.admission.estimate(ex, AT)
 
         # same body size either way: only the rates differ (fast mode is twice standard for Opus 5)
         assert estimate({"speed": "fast"}) == 2 * estimate({"speed": "slow"})

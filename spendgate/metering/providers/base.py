@@ -14,7 +14,13 @@ except ImportError:  # pragma: no cover - json.loads alone gives the same answer
     msgspec = None
 
 from spendgate.identity import NO_HINTS, BodyHints
-from spendgate.metering.framing import DEFAULT_MAX_EVENT_BYTES, JSONArrayStreamSplitter, Oversized, SSEDecoder, SSEEvent
+from spendgate.metering.framing import (
+    DEFAULT_MAX_EVENT_BYTES,
+    JSONArrayStreamSplitter,
+    Oversized,
+    SSEDecoder,
+    SSEEvent,
+)
 from spendgate.usage import Usage
 
 
