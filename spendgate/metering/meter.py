@@ -53,6 +53,7 @@ class Exchange:
     headers_at: float | None = None
     parser: StreamParser | None = None
     first_byte_at: float | None = None
+    served_tier: str | None = None  # the tier a response header says served it (Gemini)
     extra: dict = field(default_factory=dict)  # room for admission (budgets) to hang state
 
     @property
@@ -197,6 +198,11 @@ class Meter:
         self._inflight[ex.request_id] = ex
         return ex
 
+    def saw_headers(self, ex: Exchange, headers: Mapping[str, str]) -> None:
+        """Response headers arrived: keep the serving facts some providers put there."""
+        if ex.route.adapter is not None:
+            ex.served_tier = ex.route.adapter.served_tier(headers)
+
     def stream_parser(self, ex: Exchange, path: str, content_type: str) -> StreamParser | None:
         adapter = ex.route.adapter
         if adapter is None or not adapter.is_stream_response(content_type, ex.request):
@@ -264,6 +270,8 @@ class Meter:
         verdict = judge(ex, result, ended)
         model = (result.model if result and result.model else None) or ex.request.model
         modifiers = serving_modifiers(result)
+        if ex.served_tier:  # what the provider's response header says it served wins over the body
+            modifiers["service_tier"] = ex.served_tier
         price = self.price(ex, verdict, model, modifiers)
         outcome = verdict.outcome
         if outcome in ("ok", "estimated") and price.cost is None:

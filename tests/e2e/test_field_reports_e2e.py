@@ -153,3 +153,27 @@ def test_anthropic_fast_mode_and_data_residency_are_priced_and_explained(gateway
     assert "modifier: speed fast -> fast rates" in cp.stdout and "(fast)" in cp.stdout
     assert "modifier: inference_geo us -> x1.1 on token rates [override:overrides.yaml@2026-02-05" in cp.stdout
     assert "data-residency" in cp.stdout
+
+
+def test_gemini_priority_tier_from_its_response_header(gateway, fake_provider):
+    from decimal import Decimal
+
+    from tests.support import GEMINI_KEY
+    from tests.support.fake_provider import GEMINI_HOST
+
+    model = "gemini-3.8-flash-tts"
+    route = f"/v1beta/models/{model}:generateContent"
+    body = json.dumps({"candidates": [{"content": {"parts": [{"text": "ok"}]}, "finishReason": "STOP"}],
+                       "usageMetadata": {"promptTokenCount": 100000, "candidatesTokenCount": 0},
+                       "modelVersion": model}).encode()
+    client = gateway.http_client()
+    for served in ("priority", "standard"):  # a priority request over its limit is served at standard
+        fake_provider.serve_raw(GEMINI_HOST, route, body, "application/json",
+                                headers=[("x-gemini-service-tier", served)])
+        r = client.post(f"https://{GEMINI_HOST}{route}", headers={"x-goog-api-key": GEMINI_KEY},
+                        json={"contents": [{"role": "user", "parts": [{"text": "read this"}]}], "service_tier": "priority"})
+        assert r.status_code == 200
+    client.close()
+    rows = sorted(gateway.ledger(wait_for=2), key=lambda r: r["ts"])
+    assert [json.loads(r["modifiers"])["service_tier"] for r in rows] == ["priority", "standard"]
+    assert Decimal(str(rows[0]["cost_usd"])) > Decimal(str(rows[1]["cost_usd"]))  # priority rates, then standard

@@ -356,7 +356,7 @@ class FakeProvider:
         self.requests: list[ReceivedRequest] = []
         self.connects: list[str] = []  # CONNECT targets, "host:port"
         self.errors: list[str] = []  # unexpected server-side exceptions
-        self.canned: dict[tuple[str, str], tuple[int, str, bytes]] = {}  # see serve_raw
+        self.canned: dict[tuple[str, str], tuple[int, str, bytes, list]] = {}  # see serve_raw
         self.port: int = 0
         self._writers: set[asyncio.StreamWriter] = set()
         self._loop = asyncio.new_event_loop()
@@ -407,10 +407,12 @@ class FakeProvider:
         if self._own_dir:
             shutil.rmtree(self.dir, ignore_errors=True)
 
-    def serve_raw(self, host: str, route: str, body: bytes, content_type: str, status: int = 200) -> None:
-        """Answer the next request to (host, route) with exactly these bytes, streamed chunked in
-        64 KiB pieces (exact wire shapes the built-in scenarios do not make, e.g. a 6 MiB event)."""
-        self.canned[(host, route)] = (status, content_type, body)
+    def serve_raw(self, host: str, route: str, body: bytes, content_type: str, status: int = 200,
+                  headers: list[tuple[str, str]] | None = None) -> None:
+        """Answer the next request to (host, route) with exactly these bytes (and extra headers),
+        streamed chunked in 64 KiB pieces: wire shapes the built-in scenarios do not make, e.g. a
+        6 MiB event or a provider's serving header."""
+        self.canned[(host, route)] = (status, content_type, body, list(headers or []))
 
     def reset(self) -> None:
         self.canned.clear()
@@ -539,11 +541,11 @@ class FakeProvider:
 
         canned = self.canned.pop((host, route), None)
         if canned is not None:
-            status, content_type, raw = canned
+            status, content_type, raw, extra_headers = canned
             if status != 200:
-                await r.send_bytes(status, raw, content_type, encode=False)
+                await r.send_bytes(status, raw, content_type, extra_headers, encode=False)
                 return keep_alive
-            await r.start_stream(content_type)
+            await r.start_stream(content_type, extra_headers)
             for i in range(0, len(raw), 65536):
                 await r.chunk(raw[i : i + 65536])
             await r.end_stream()

@@ -212,3 +212,32 @@ def test_a_request_asking_for_fast_mode_is_reserved_at_fast_rates(tmp_path):
         assert estimate({"speed": "fast"}) == 2 * estimate({"speed": "slow"})
     finally:
         gw.close()
+
+
+@pytest.mark.parametrize("header,variant", [("priority", "priority"), ("SERVICE_TIER_PRIORITY", "priority"),
+                                            ("standard", "standard"), (None, "standard")])
+def test_gemini_served_tier_header_picks_the_variant(tmp_path, header, variant):
+    from spendgate.gateway import Gateway, Settings
+
+    p = tmp_path / "policy.yaml"
+    p.write_text("version: 1\n")
+    gw = Gateway(Settings(db=tmp_path / "l.duckdb", policy=p, user="unit", admin_port=-1, reload_interval=0))
+    try:
+        model = "gemini-3.8-flash-tts"
+        path = f"/v1beta/models/{model}:generateContent"
+        body = json.dumps({"contents": [], "service_tier": "priority"}).encode()
+        ex = gw.meter.begin("generativelanguage.googleapis.com", path, {"x-goog-api-key": "AIza-unit"}, body)
+        assert ex.request.modifiers == {"service_tier": "priority"}
+        gw.meter.saw_headers(ex, {"x-gemini-service-tier": header} if header else {})
+        ex.status = 200
+        result = ex.route.adapter.parse_response(gemini_body(model, {"promptTokenCount": 1_000_000,
+                                                                     "candidatesTokenCount": 0}))
+        row = gw.meter.build_row(ex, result, None, 0, 0.0)
+        detail = json.loads(row.price_detail)
+        assert detail["variant"] == variant
+        # catalogue: standard $0.50 (from 2026-10-15 ... $1 from 2027) vs priority $0.90 per MTok input
+        std = PRICER.price("gemini", model, Usage(input_tokens=1_000_000), ex.ts).cost
+        assert (row.cost_usd > std) is (variant == "priority")
+    finally:
+        gw.meter.finish(ex, None)
+        gw.close()

@@ -92,6 +92,10 @@ class Adapter(ABC):
     def stream_parser(self, path: str) -> StreamParser:
         """A fresh incremental parser for one streamed response."""
 
+    def served_tier(self, headers: Any) -> str | None:
+        """The service tier a provider says, in response headers, that it served (None: not said)."""
+        return None
+
     def is_stream_response(self, content_type: str, request: RequestInfo) -> bool:
         ct = content_type.lower()
         return "text/event-stream" in ct or (request.stream and "json" in ct)

@@ -195,15 +195,35 @@ class GeminiStreamParser(JSONEventStreamParser):
         self._result.usage_final = self._result.usage is not None
 
 
+def normalize_tier(value: Any) -> str | None:
+    """`priority`, `PRIORITY` and `SERVICE_TIER_PRIORITY` all name the priority tier."""
+    text = str_or_none(value)
+    if not text:
+        return None
+    text = text.strip().lower()
+    return text.removeprefix("service_tier_")[:32] or None
+
+
 class GeminiAdapter(Adapter):
     provider = "gemini"
 
     def __init__(self, endpoint: str) -> None:
         self.endpoint = endpoint
 
+    def served_tier(self, headers: Any) -> str | None:
+        """Gemini says which tier served the request in `x-gemini-service-tier` (a priority request
+        over its limit is served, and billed, at standard)."""
+        try:
+            return normalize_tier(headers.get("x-gemini-service-tier"))
+        except Exception:
+            return None
+
     def parse_request(self, path: str, body: bytes) -> RequestInfo:
         try:
-            obj, info = parse_json_request(body, (), ("generationConfig", "generation_config", "user_prompt_id"))
+            obj, info = parse_json_request(body, (), ("generationConfig", "generation_config", "user_prompt_id",
+                                                      "service_tier", "serviceTier"))
+            if tier := normalize_tier(obj.get("service_tier", obj.get("serviceTier"))):
+                info.modifiers = {"service_tier": tier}  # asked for; the response header says what was served
             if prompt_id := str_or_none(obj.get("user_prompt_id")):  # Gemini CLI, Code Assist body
                 info.hints = BodyHints(user_prompt_id=prompt_id[:256],
                                        session_id=str_or_none(nested(body, ("request", "session_id"))))
