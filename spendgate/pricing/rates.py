@@ -646,8 +646,14 @@ def compare_overrides(pricer: Pricer, today: date | None = None) -> list[dict[st
     for o in pricer.overrides:
         day = max(o.effective_from, today)  # the rate in force now, or when the override starts
         at = datetime(day.year, day.month, day.day, 12, tzinfo=UTC)
+        for m in o.multipliers:  # the catalogue has no multipliers: each one is an addition to check
+            out.append({"provider": o.provider, "model": o.model, "effective_from": o.effective_from.isoformat(),
+                        "variant": "standard", "field": f"multiplier {m.name} {m.value}",
+                        "override": f"x{m.factor.normalize()}", "catalogue": None, "status": "catalogue lacks"})
         sets = [("standard", o.prices.rates), *o.prices.variants.items()]
         for variant, mine in sets:
+            if not mine:  # a multipliers-only entry, or variants without standard rates
+                continue
             found = catalogue_rates(pricer.catalogue, o.provider, o.model, at, variant)
             if found is None:
                 out.append({"provider": o.provider, "model": o.model, "effective_from": o.effective_from.isoformat(),

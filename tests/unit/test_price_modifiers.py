@@ -241,3 +241,12 @@ def test_gemini_served_tier_header_picks_the_variant(tmp_path, header, variant):
     finally:
         gw.meter.finish(ex, None)
         gw.close()
+
+
+def test_prices_check_lists_the_shipped_multiplier_as_an_addition():
+    from spendgate.pricing.rates import compare_overrides
+
+    rows = [r for r in compare_overrides(PRICER) if r["model"] == "claude-*"]
+    assert rows == [{"provider": "anthropic", "model": "claude-*", "effective_from": "2026-02-05", "variant": "standard",
+                     "field": "multiplier inference_geo us", "override": "x1.1", "catalogue": None,
+                     "status": "catalogue lacks"}]
