@@ -74,3 +74,30 @@ def test_scopes_judge_exceptions_at_the_now_they_are_given():
     after = dict((s, (b, u)) for s, b, u in scopes(policy, alice, datetime(2026, 3, 2, 12, tzinfo=UTC)))
     assert before["user:alice"][0]["day"] == 50 and before["user:alice"][1] == date(2026, 3, 1)
     assert after["user:alice"][0]["day"] == 10 and after["user:alice"][1] is None
+
+
+def test_every_outbound_client_goes_through_the_one_proxy_decision(monkeypatch):
+    """Sinks, the reconcile fetch, prices update and the CLI's admin calls all ask `opener_for`."""
+    from spendgate.pricing import catalogue
+    from spendgate.reconcile import fetch
+    from spendgate.workflow import sinks
+
+    asked: list[str] = []
+
+    class Refuse:
+        def open(self, req, timeout=None):
+            raise OSError("refused by the test")
+
+    def opener_for(url):
+        asked.append(url)
+        return Refuse()
+
+    monkeypatch.setattr(outbound, "opener_for", opener_for)
+    with pytest.raises(sinks.SinkError):
+        sinks.post_json("https://hooks.slack.com/services/T/B/X", {"text": "hi"}, (), 5)
+    with pytest.raises(fetch.FetchError):
+        fetch.http_get("https://api.anthropic.com/v1/organizations/cost_report", {})
+    with pytest.raises(OSError):
+        catalogue.fetch("https://example.org/data.json")
+    assert asked == ["https://hooks.slack.com/services/T/B/X", "https://api.anthropic.com/v1/organizations/cost_report",
+                     "https://example.org/data.json"]
