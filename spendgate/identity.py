@@ -176,10 +176,13 @@ def session_id(headers: Mapping[str, str], hints: BodyHints = NO_HINTS, client: 
 
 def with_body_hints(identity: Identity, headers: Mapping[str, str], hints: BodyHints) -> Identity:
     """The identity with client and session re-read now that the request body's facts are known."""
-    if hints == NO_HINTS:
+    if hints is NO_HINTS:
         return identity
-    client = recognize_client(headers, hints)
-    return replace(identity, client=client, session_id=session_id(headers, hints, client))
+    client = identity.client if identity.client != "other" else recognize_client(headers, hints)
+    sid = session_id(headers, hints, client)
+    if client == identity.client and sid == identity.session_id:
+        return identity
+    return replace(identity, client=client, session_id=sid)
 
 
 def local_user() -> str:
