@@ -177,3 +177,20 @@ def test_gemini_priority_tier_from_its_response_header(gateway, fake_provider):
     rows = sorted(gateway.ledger(wait_for=2), key=lambda r: r["ts"])
     assert [json.loads(r["modifiers"])["service_tier"] for r in rows] == ["priority", "standard"]
     assert Decimal(str(rows[0]["cost_usd"])) > Decimal(str(rows[1]["cost_usd"]))  # priority rates, then standard
+
+
+def test_gemini_json_array_stream_with_a_6_mib_element(gateway, fake_provider):
+    from tests.unit.test_oversized_events import ARRAY_BODY, MODEL
+    from tests.support import GEMINI_KEY
+    from tests.support.fake_provider import GEMINI_HOST
+
+    route = f"/v1beta/models/{MODEL}:streamGenerateContent"
+    fake_provider.serve_raw(GEMINI_HOST, route, ARRAY_BODY, "application/json; charset=UTF-8")
+    client = gateway.http_client()
+    with client.stream("POST", f"https://{GEMINI_HOST}{route}", headers={"x-goog-api-key": GEMINI_KEY},
+                       json={"contents": [{"role": "user", "parts": [{"text": "draw a cat"}]}]}) as r:
+        got = b"".join(r.iter_raw())
+    client.close()
+    assert got == ARRAY_BODY
+    row, = gateway.ledger(wait_for=1)
+    assert (row["outcome"], row["estimated"], row["input_tokens"], row["output_tokens"]) == ("ok", False, 1300, 1290)
