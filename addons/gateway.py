@@ -291,6 +291,7 @@ class SpendGate:
             return
         ex.status = resp.status_code
         ex.headers_at = self.gateway.meter.clock()
+        self.gateway.meter.saw_headers(ex, resp.headers)  # e.g. the tier Gemini served it at
         resp.headers.update(self.gateway.admission.response_headers(ex))
         parser = self.gateway.meter.stream_parser(ex, flow.request.path, resp.headers.get("content-type", ""))
         if parser is not None:

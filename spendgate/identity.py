@@ -8,9 +8,11 @@ from __future__ import annotations
 import getpass
 import hashlib
 import ipaddress
+import json
 import os
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from urllib.parse import parse_qs
 
 from spendgate.policy.model import UNATTRIBUTED, Policy, canonical_user, is_asserted
@@ -38,6 +40,21 @@ def api_key(headers: Mapping[str, str], query: str = "") -> str | None:
     return None
 
 
+@dataclass(frozen=True, slots=True)
+class BodyHints:
+    """Attribution facts a client put in the request body (untrusted; adapters fill them in).
+
+    Read by the session chains below when the client's primary header is missing.
+    """
+
+    user_id: str | None = None  # Anthropic `metadata.user_id` (Claude Code packs its session in it)
+    prompt_cache_key: str | None = None  # OpenAI; Codex sets it to its conversation (session) id
+    session_id: str | None = None  # Gemini CLI with Google login (Code Assist): `request.session_id`
+    user_prompt_id: str | None = None  # Gemini CLI (Code Assist): `<session id>########<turn>`
+
+
+NO_HINTS = BodyHints()
+
 # (client, header, substring) checked in order; the first match wins.
 _CLIENT_RULES: tuple[tuple[str, str, str], ...] = (
     ("claude-code", "x-claude-code-session-id", ""),
@@ -47,6 +64,7 @@ _CLIENT_RULES: tuple[tuple[str, str, str], ...] = (
     ("codex", "user-agent", "codex"),
     ("gemini-cli", "user-agent", "geminicli"),
     ("gemini-cli", "user-agent", "gemini-cli"),
+    ("gemini-cli", "x-gemini-api-privileged-user-id", ""),  # only Gemini CLI sends it (installation id)
     ("copilot", "copilot-integration-id", ""),
     ("copilot", "user-agent", "githubcopilot"),
     ("copilot", "user-agent", "copilot"),
@@ -54,20 +72,118 @@ _CLIENT_RULES: tuple[tuple[str, str, str], ...] = (
     ("anthropic-sdk", "user-agent", "anthropic/"),
 )
 
+MAX_SESSION_CHARS = 128
+_SESSION_TEXT = re.compile(r"^[\x21-\x7e]{1,128}$")  # printable ASCII, no spaces: ids, not prose
+# Claude Code before its JSON form: user_<64 hex>_account_<uuid or empty>_session_<uuid>
+_CLAUDE_LEGACY_USER_ID = re.compile(r"^user_[0-9a-fA-F]+_account_[0-9a-fA-F-]*_session_([0-9a-fA-F-]{8,64})$")
+_GEMINI_PROMPT_ID = re.compile(r"^(.+?)#{8}\d+$")  # interactive turns: <session>########<n>
 
-def recognize_client(headers: Mapping[str, str]) -> str:
+
+def _clean(value: object) -> str | None:
+    """A client-sent id fit to store: printable ASCII without spaces, at most 128 characters."""
+    if not isinstance(value, str):
+        return None
+    value = value.strip()
+    return value if _SESSION_TEXT.match(value) else None
+
+
+def claude_code_session(user_id: str | None) -> str | None:
+    """The session id inside Claude Code's `metadata.user_id`, in every form it has had.
+
+    * current: a JSON string ``{"device_id": ..., "account_uuid": ..., "session_id": ...}``;
+    * older: ``user_<sha256 hex>_account_<uuid or empty>_session_<uuid>``.
+    Anything else (an SDK user's own user_id) is not a Claude Code session: None.
+    """
+    if not user_id:
+        return None
+    text = user_id.strip()
+    if text.startswith("{"):
+        try:
+            obj = json.loads(text)
+        except (ValueError, RecursionError):
+            return None
+        return _clean(obj.get("session_id")) if isinstance(obj, dict) else None
+    m = _CLAUDE_LEGACY_USER_ID.match(text)
+    return m.group(1) if m else None
+
+
+def gemini_cli_session(hints: BodyHints) -> str | None:
+    """Gemini CLI (Code Assist body): `request.session_id`, else the session part of `user_prompt_id`.
+
+    Interactive prompts are ``<session>########<turn>``; non-interactive runs send the session id
+    itself as the prompt id. With an API key Gemini CLI sends no session id at all (its
+    `x-gemini-api-privileged-user-id` header is a per-installation id, not a session).
+    """
+    if sid := _clean(hints.session_id):
+        return sid
+    prompt = _clean(hints.user_prompt_id)
+    if not prompt:
+        return None
+    m = _GEMINI_PROMPT_ID.match(prompt)
+    return m.group(1) if m else prompt
+
+
+def _header(name: str) -> Callable[[Mapping[str, str], BodyHints], str | None]:
+    return lambda headers, hints: _clean(headers.get(name))
+
+
+_GENERIC_HEADERS = ("x-claude-code-session-id", "session_id", "session-id", "x-session-id")
+
+# Where each client has carried its session id over its versions, most authoritative first.
+# Documented in docs/architecture.md ("Session facts"); each form has a unit test.
+SESSION_CHAINS: dict[str, tuple[tuple[str, Callable[[Mapping[str, str], BodyHints], str | None]], ...]] = {
+    "claude-code": (
+        ("header x-claude-code-session-id", _header("x-claude-code-session-id")),
+        ("body metadata.user_id", lambda h, b: claude_code_session(b.user_id)),
+    ),
+    "codex": (
+        ("header session_id", _header("session_id")),
+        ("header conversation_id", _header("conversation_id")),  # older Codex versions
+        ("body prompt_cache_key", lambda h, b: _clean(b.prompt_cache_key)),  # = the conversation id
+    ),
+    "gemini-cli": (("body request.session_id / user_prompt_id", lambda h, b: gemini_cli_session(b)),),
+}
+_GENERIC_CHAIN = tuple((f"header {name}", _header(name)) for name in _GENERIC_HEADERS)
+
+
+def recognize_client(headers: Mapping[str, str], hints: BodyHints = NO_HINTS) -> str:
+    """The client program: headers first, then body forms only one client uses."""
     for client, header, needle in _CLIENT_RULES:
         value = headers.get(header)
         if value is not None and needle in value.lower():
             return client
+    if claude_code_session(hints.user_id):
+        return "claude-code"
+    if hints.user_prompt_id and _GEMINI_PROMPT_ID.match(hints.user_prompt_id):
+        return "gemini-cli"
     return "other"
 
 
-def session_id(headers: Mapping[str, str]) -> str | None:
-    for name in ("x-claude-code-session-id", "session_id", "session-id", "x-session-id"):
-        if headers.get(name):
-            return headers[name][:128]
-    return None
+def session_source(
+    headers: Mapping[str, str], hints: BodyHints = NO_HINTS, client: str | None = None
+) -> tuple[str | None, str | None]:
+    """(session id, where it came from): the client's own chain, then the generic headers."""
+    client = client or recognize_client(headers, hints)
+    for where, read in (*SESSION_CHAINS.get(client, ()), *_GENERIC_CHAIN):
+        value = read(headers, hints)
+        if value:
+            return value[:MAX_SESSION_CHARS], where
+    return None, None
+
+
+def session_id(headers: Mapping[str, str], hints: BodyHints = NO_HINTS, client: str | None = None) -> str | None:
+    return session_source(headers, hints, client)[0]
+
+
+def with_body_hints(identity: Identity, headers: Mapping[str, str], hints: BodyHints) -> Identity:
+    """The identity with client and session re-read now that the request body's facts are known."""
+    if hints is NO_HINTS:
+        return identity
+    client = identity.client if identity.client != "other" else recognize_client(headers, hints)
+    sid = session_id(headers, hints, client)
+    if client == identity.client and sid == identity.session_id:
+        return identity
+    return replace(identity, client=client, session_id=sid)
 
 
 def local_user() -> str:
@@ -125,6 +241,7 @@ def resolve(
     default_user: str | None = None,
     proxy_verified: bool = True,
     authenticating_only: bool = False,
+    hints: BodyHints = NO_HINTS,
 ) -> Identity:
     """Walk the policy's identity chain; the first source that answers names the user.
 
@@ -132,8 +249,10 @@ def resolve(
     `proxy_auth` when the proxy accepts any password, `proxy_verified=False`) only from the
     policy's `trusted_proxies`; `local_user` only for loopback clients (the machine's own user, in
     laptop mode). `authenticating_only` (the dashboard and admin routes) drops asserted sources
-    altogether. A name the policy does not list gets what `unknown_users` says.
+    altogether. A name the policy does not list gets what `unknown_users` says. `hints` are the
+    session facts a client put in the body (see `recognize_client` and `session_id`).
     """
+    client = recognize_client(headers, hints)
     key = api_key(headers, query)
     fp = fingerprint(key) if key else None
     user, source = None, UNATTRIBUTED
@@ -170,8 +289,8 @@ def resolve(
         user=user,
         source=source,
         key_fingerprint=fp,
-        client=recognize_client(headers),
-        session_id=session_id(headers),
+        client=client,
+        session_id=session_id(headers, hints, client),
         workspaces=policy.workspaces_of(user) if user != UNATTRIBUTED else (),
         unknown=unknown,
     )

@@ -19,6 +19,14 @@ class Usage:
     output_tokens: int = 0  # includes reasoning / thinking
     reasoning_tokens: int = 0  # the part of output_tokens spent reasoning
     web_search_requests: int = 0
+    # Tokens of a kind with its own rate (parts of the totals above; text is the rest):
+    input_audio_tokens: int = 0  # part of input_tokens (cached or not)
+    input_image_tokens: int = 0
+    input_video_tokens: int = 0
+    cache_read_audio_tokens: int = 0  # part of cache_read_tokens and of input_audio_tokens
+    output_audio_tokens: int = 0  # part of output_tokens
+    output_image_tokens: int = 0
+    output_video_tokens: int = 0
 
     @property
     def uncached_input_tokens(self) -> int:
@@ -27,6 +35,12 @@ class Usage:
     @property
     def cache_write_5m_tokens(self) -> int:
         return max(self.cache_write_tokens - self.cache_write_1h_tokens, 0)
+
+    @property
+    def modality_tokens(self) -> int:
+        """Tokens of any non-text kind: when 0, text rates price everything."""
+        return (self.input_audio_tokens + self.input_image_tokens + self.input_video_tokens
+                + self.output_audio_tokens + self.output_image_tokens + self.output_video_tokens)
 
     def as_dict(self) -> dict[str, int]:
         # not dataclasses.asdict: that deep-copies every field, and this runs once per request

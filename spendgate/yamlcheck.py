@@ -29,51 +29,99 @@ class Problem:
 
 # --- YAML with positions ---------------------------------------------------------------------
 
-Marks = dict[tuple, tuple[int, int]]  # path -> (line, col), 1-based
+class Marks(dict[tuple, tuple[int, int]]):
+    """path -> (line, col), 1-based; `texts`: path -> source text of a plain scalar that YAML
+    typed as something other than text (``NO`` -> False), so checks can say "quote it"."""
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.texts: dict[tuple, str] = {}
+
+
+_STR_TAG = "tag:yaml.org,2002:str"
+_TYPE_NAMES = {bool: "a boolean", int: "a number", float: "a number", type(None): "null"}
 
 
 class _Builder:
-    """Turn a composed YAML node tree into plain data, remembering where each value stood."""
+    """Turn a composed YAML node tree into plain data, remembering where each value stood.
+
+    Names are read exactly as written. YAML 1.1 types plain scalars by their look: ``NO`` and
+    ``on`` become booleans, ``010`` the number 8, ``2026-02-30`` a date error. Mapping keys in our
+    files are always names (users, workspaces, keys, sinks, plans, rate names), so a key keeps
+    its source text. A value that YAML typed as something other than text keeps its source text in
+    `texts`, so a schema that wanted a name can say "quote it" at the right position. A value YAML
+    cannot construct (an impossible date, a bad tag) becomes a positioned problem, never an
+    exception.
+    """
 
     def __init__(self, loader: yaml.SafeLoader) -> None:
         self.loader = loader
-        self.marks: Marks = {}
+        self.marks = Marks()
         self.problems: list[Problem] = []
 
+    def _pos(self, node: yaml.Node) -> tuple[int, int]:
+        return node.start_mark.line + 1, node.start_mark.column + 1
+
+    def _key(self, knode: yaml.Node) -> Any:
+        if not isinstance(knode, yaml.ScalarNode):
+            self.problems.append(Problem(*self._pos(knode), "a key must be a plain name, not a list or mapping"))
+            return None
+        return knode.value  # the source text: `NO`, `on`, `2026-01-01` and `010` stay names
+
+    def _scalar(self, node: yaml.ScalarNode, path: tuple) -> Any:
+        try:
+            value = self.loader.construct_object(node, deep=True)
+        except Exception as e:  # impossible dates, bad !!tags, ...: a positioned problem
+            where = ".".join(map(str, path)) or "top level"
+            why = getattr(e, "problem", None) or str(e) or type(e).__name__
+            self.problems.append(Problem(*self._pos(node), f"{where}: cannot read {node.value!r}: {why}"))
+            return node.value
+        if node.tag != _STR_TAG and node.style is None and not isinstance(value, str):
+            self.marks.texts[path] = node.value
+        return value.isoformat() if isinstance(value, (date, datetime)) else value
+
     def build(self, node: yaml.Node, path: tuple = ()) -> Any:
-        self.marks[path] = (node.start_mark.line + 1, node.start_mark.column + 1)
+        self.marks[path] = self._pos(node)
         if isinstance(node, yaml.MappingNode):
             out: dict[Any, Any] = {}
             for knode, vnode in node.value:
-                key = self.loader.construct_object(knode, deep=True) if isinstance(knode, yaml.ScalarNode) else None
-                if isinstance(key, (date, datetime)):
-                    key = key.isoformat()
+                key = self._key(knode)
                 if key in out:
-                    line, col = knode.start_mark.line + 1, knode.start_mark.column + 1
-                    self.problems.append(Problem(line, col, f"duplicate key {key!r}"))
-                self.marks[(*path, key, "<key>")] = (knode.start_mark.line + 1, knode.start_mark.column + 1)
+                    self.problems.append(Problem(*self._pos(knode), f"duplicate key {key!r}"))
+                self.marks[(*path, key, "<key>")] = self._pos(knode)
                 out[key] = self.build(vnode, (*path, key))
             return out
         if isinstance(node, yaml.SequenceNode):
             return [self.build(v, (*path, i)) for i, v in enumerate(node.value)]
-        value = self.loader.construct_object(node, deep=True)
-        return value.isoformat() if isinstance(value, (date, datetime)) else value
+        return self._scalar(node, path)
 
 
 def load_yaml_with_marks(text: str) -> tuple[Any, Marks, list[Problem]]:
+    """Parse one YAML document; syntax and value errors come back as positioned problems."""
     loader = yaml.SafeLoader(text)
     try:
         node = loader.get_single_node()
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
-        return None, {}, [Problem(line, col, f"YAML syntax: {e.problem or e}")]
+        return None, Marks(), [Problem(line, col, f"YAML syntax: {e.problem or e}")]
+    except yaml.YAMLError as e:  # e.g. a control character (ReaderError): its position when it has one
+        line, col = (getattr(e, "line", 0) + 1, getattr(e, "column", 0) + 1)
+        return None, Marks(), [Problem(line, col, f"YAML: {e}")]
     finally:
         loader.dispose()
     if node is None:
-        return {}, {(): (1, 1)}, []
+        return {}, Marks({(): (1, 1)}), []
     b = _Builder(loader)
-    return b.build(node), b.marks, b.problems
+    doc = b.build(node)
+    return doc, b.marks, b.problems
+
+
+def quote_hint(path: tuple, text: str, value: Any) -> str:
+    """The message for a name that YAML read as another type."""
+    where = ".".join(map(str, path)) or "top level"
+    kind = _TYPE_NAMES.get(type(value), type(value).__name__)
+    return f"{where}: YAML reads {text} as {kind} ({value!r}), not as the text {text!r}; quote it: \"{text}\""
 
 
 def mark(marks: Marks, path: tuple, key_of: bool = False) -> tuple[int, int]:
@@ -84,6 +132,21 @@ def mark(marks: Marks, path: tuple, key_of: bool = False) -> tuple[int, int]:
         path = path[:-1]
     return marks.get(path, (1, 1))
 
+
+
+def _typed_name(err: jsonschema.ValidationError, texts: dict[tuple, str]) -> tuple[tuple, Any] | None:
+    """(path, value) when a schema error is about a value YAML typed from text (``NO`` -> False),
+    looking inside oneOf/anyOf alternatives (a holder given as a name or as {user: ...})."""
+    if not texts:
+        return None
+    pending = [err]
+    while pending:
+        e = pending.pop()
+        path = tuple(e.absolute_path)
+        if path in texts and e.validator in ("type", "oneOf", "anyOf"):
+            return path, e.instance
+        pending.extend(e.context or ())
+    return None
 
 
 # An explainer may give a friendlier message (str) or a whole Problem (to choose its position);
@@ -100,9 +163,14 @@ def schema_problems(
 ) -> list[Problem]:
     """Every schema error as a Problem at the offending value (or key, for unknown keys)."""
     out = []
+    texts = getattr(marks, "texts", {})
     for err in sorted(validator.iter_errors(doc), key=lambda e: list(map(str, e.absolute_path))):
         path = tuple(err.absolute_path)
         where = ".".join(map(str, path)) or "top level"
+        typed = _typed_name(err, texts)
+        if typed is not None:
+            out.append(Problem(*mark(marks, typed[0]), quote_hint(typed[0], texts[typed[0]], typed[1])))
+            continue
         if err.validator == "additionalProperties":
             known = err.schema.get("properties", {})
             hint = f" (known: {', '.join(known)})" if list_known else ""

@@ -32,7 +32,7 @@ from spendgate.budgets.runway import (
 from spendgate.identity import Identity
 from spendgate.metering.meter import CHARS_PER_TOKEN, Exchange
 from spendgate.policy.model import Policy
-from spendgate.pricing.rates import MTOK, Pricer, compute, guess_provider
+from spendgate.pricing.rates import MTOK, Pricer, compute, guess_provider, variant_for
 from spendgate.store.ledger import LedgerRow
 from spendgate.usage import Usage
 
@@ -90,7 +90,8 @@ class Admission:
         """
         model = model or ex.request.model
         usage = self._estimated_usage(ex, model)
-        rates = self.pricer.rates(ex.provider, model, now) if model else None
+        variant = variant_for(ex.request.modifiers)  # e.g. fast mode asked for: reserve at fast rates
+        rates = self.pricer.rates(ex.provider, model, now, variant) if model else None
         if rates is not None:
             cost = compute(rates, usage).cost
             if cost is not None:

@@ -163,20 +163,22 @@ def row_scopes(org: str, user: str, key_fingerprint: str | None, workspace: str 
 
 
 def ledger_row_scopes(policy: Policy, user: str, key_fingerprint: str | None, workspace: str | None,
-                      basis: str = "api", plan: str | None = None) -> list[str]:
+                      basis: str, plan: str | None, now: datetime) -> list[str]:
     """The scopes a stored ledger row counts against, `subscription_usage` applied to subscription rows."""
     if basis == "subscription":
         ident = Identity(user=user, source="ledger", key_fingerprint=key_fingerprint, basis=basis, plan=plan,
                          workspaces=tuple(w for w in (workspace or "").split(",") if w))
-        return [scope for scope, _limits, _until in scopes(policy, ident)]
+        return [scope for scope, _limits, _until in scopes(policy, ident, now)]
     return row_scopes(policy.org_name, user, key_fingerprint, workspace)
 
 
-def scopes(policy: Policy, identity: Identity) -> list[tuple[str, Budgets, date | None]]:
+def scopes(policy: Policy, identity: Identity, now: datetime) -> list[tuple[str, Budgets, date | None]]:
     """Every scope covering this identity, with its limits (defaults with exceptions applied).
 
-    Subscription traffic (identity.basis) follows the policy's `subscription_usage`: the API
-    budgets (count), none (ignore), or its own budgets (separate).
+    Exceptions' `until` days are judged at `now` in the policy's time zone, never the wall clock,
+    so re-pricing and tests see the limits that held at the request's time. Subscription traffic
+    (identity.basis) follows the policy's `subscription_usage`: the API budgets (count), none
+    (ignore), or its own budgets (separate).
     """
     if identity.basis == "subscription":
         mode = policy.subscription_usage
@@ -184,7 +186,7 @@ def scopes(policy: Policy, identity: Identity) -> list[tuple[str, Budgets, date 
             return []
         if mode == "separate":
             return subscription_scopes(policy, identity)
-    today = datetime.now(policy.timezone).date()
+    today = now.astimezone(policy.timezone).date()
     names = scope_names(policy.org_name, identity.user, identity.workspaces, identity.key_fingerprint)
     out: list[tuple[str, Budgets, date | None]] = []
     for name in names:
@@ -223,7 +225,7 @@ class BudgetBook:
     def covering(self, identity: Identity, now: datetime | None = None) -> list[Budget]:
         now = now or self.now()
         out = []
-        for scope, limits, until in scopes(self.policy, identity):
+        for scope, limits, until in scopes(self.policy, identity, now):
             for window in WINDOWS:
                 if window in limits:
                     start, end = bounds(window, now, self.policy.timezone)

@@ -35,7 +35,7 @@ def rebuild_counters(cur: duckdb.DuckDBPyConnection, book: BudgetBook, now: date
     ).fetchall()
     for user, fp, ws, basis, plan, *amounts in rows:
         # subscription rows go where subscription_usage says (API budgets, their own, or none)
-        for scope in ledger_row_scopes(book.policy, user, fp, ws, basis or "api", plan):
+        for scope in ledger_row_scopes(book.policy, user, fp, ws, basis or "api", plan, now):
             for window, amount in zip(WINDOWS, amounts):
                 if amount:
                     book.store.add((scope, window, starts[window]), Decimal(amount))

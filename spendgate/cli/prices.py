@@ -206,9 +206,13 @@ def cmd_check(args: argparse.Namespace) -> int:
     pricer = _pricer(_pricing_dir(args))
     overrides = compare_overrides(pricer)
     ledger = _ledger_check(args)
-    result = {"price_version": pricer.version, "overrides": overrides, **(ledger or {"unpriced_models": [],
-                                                                                    "fallback_charged": []})}
-    problems = len(result["unpriced_models"]) + len(result["fallback_charged"])
+    result = {"price_version": pricer.version, "overrides": overrides,
+              **(ledger or {"unpriced_models": [], "fallback_charged": [], "generic_rate_tokens": [],
+                            "unknown_modifiers": []})}  # fmt: skip
+    result.setdefault("generic_rate_tokens", [])  # a gateway from before price modifiers
+    result.setdefault("unknown_modifiers", [])
+    problems = (len(result["unpriced_models"]) + len(result["fallback_charged"])
+                + len(result["generic_rate_tokens"]) + len(result["unknown_modifiers"]))
     if args.json:
         print_json(result)
         return 1 if args.strict and problems else 0
@@ -227,6 +231,15 @@ def cmd_check(args: argparse.Namespace) -> int:
               money=["charged_usd"])  # fmt: skip
     elif ledger is not None:
         console.print("[green]No rows were charged a fallback rate.[/]")
+    if result["generic_rate_tokens"]:
+        table("Tokens of a kind with no rate of its own, priced at the generic rate (add the kind's rate "
+              "in an override, e.g. output_image_mtok)", result["generic_rate_tokens"],
+              ["provider", "model", "kind", "rate_used", "requests", "tokens"])  # fmt: skip
+    elif ledger is not None:
+        console.print("[green]Every audio, image and video token had its own rate.[/]")
+    if result["unknown_modifiers"]:
+        table("Serving modifiers the provider reported with no known price effect (standard rates used)",
+              result["unknown_modifiers"], ["provider", "model", "modifier", "value", "requests"])
     if overrides:
         table("Overrides against the catalogue", overrides,
               ["model", "variant", "effective_from", "field", "override", "catalogue", "status"])
@@ -339,6 +352,13 @@ def explain_lines(row: dict[str, Any]) -> list[str]:
         f"{usage.cache_write_1h_tokens:,}); output {usage.output_tokens:,} (reasoning {usage.reasoning_tokens:,}); "
         f"web searches {usage.web_search_requests:,}"
     )
+    kinds = [f"{name.removesuffix('_tokens').replace('_', ' ')} {n:,}" for name in
+             ("input_audio_tokens", "input_image_tokens", "input_video_tokens", "cache_read_audio_tokens",
+              "output_audio_tokens", "output_image_tokens", "output_video_tokens") if (n := getattr(usage, name))]
+    if kinds:
+        out.append("  of which: " + ", ".join(kinds))
+    if row.get("modifiers"):
+        out.append(f"  served with: {row['modifiers']}")
     detail = json.loads(row["price_detail"]) if row.get("price_detail") else None
     if not detail:
         if row["outcome"] == "unpriced":
@@ -351,6 +371,9 @@ def explain_lines(row: dict[str, Any]) -> list[str]:
         tier = detail.get("tier_above_input_tokens")
         n = detail.get("input_tokens_for_tier", usage.input_tokens)
         out.append(f"  priced as {detail.get('model_id')} ({detail.get('variant', 'standard')})")
+        for m in detail.get("modifiers") or []:
+            out.append(f"  modifier: {m.get('name')} {m.get('value')} -> {m.get('effect')}"
+                       + (f" [{m['source']}]" if m.get("source") else ""))
         out.append(f"  tier: all input {n:,} tokens " + (f"> {tier:,}: every token takes the >{tier:,} tier rate"
                                                           if tier else "is below every tier threshold: base rates"))  # fmt: skip
         total = Decimal(0)

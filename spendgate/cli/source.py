@@ -17,7 +17,7 @@ from urllib.parse import urlencode
 
 import duckdb
 
-from spendgate import resources
+from spendgate import outbound, resources
 from spendgate.reports import registry
 from spendgate.store.ledger import LedgerLocked, connect, migrate
 from spendgate.web.server import discovery_path
@@ -76,7 +76,7 @@ def _gateway_call(db: Path, token: str | None = None) -> tuple[Callable[[str, di
         if data:
             req.add_header("Content-Type", "application/json")
         try:
-            with urllib.request.urlopen(req, timeout=300 if raw else 30) as resp:
+            with outbound.open_url(req, timeout=300 if raw else 30) as resp:  # loopback: never a proxy
                 return resp.read() if raw else json.loads(resp.read())
         except urllib.error.HTTPError as e:
             try:

@@ -4,6 +4,12 @@ Network reads split a stream at arbitrary bytes (inside a UTF-8 character, betwe
 ``\\n``, inside a JSON string). These framers keep only the one pending event/element, so memory
 stays bounded however long the stream runs, and they never raise on garbage: a proxy must keep
 forwarding bytes even when it cannot understand them.
+
+An event bigger than the cap (a Gemini image chunk of 6 MiB with its usageMetadata at the end, an
+OpenAI ``response.completed`` repeating a generated image) is not dropped: the framer keeps its
+first `head_bytes` and a rolling last `tail_bytes` and hands them on as an `Oversized` piece, from
+which adapters read the small fields they need (usage, finish reason, model; see
+`spendgate.metering.salvage`). Memory stays bounded by cap + head + 2 x tail.
 """
 
 from __future__ import annotations
@@ -19,10 +25,60 @@ _EOL = re.compile(rb"[\r\n]")
 _BOM = b"\xef\xbb\xbf"
 
 
+HEAD_BYTES = 64 * 1024
+"""Kept from the start of an oversized event: event type, ids, model come first."""
+TAIL_BYTES = 256 * 1024
+"""Kept from the end of an oversized event: usage comes last (after Codex's tool list in a
+Responses object, tens of KBs)."""
+
+
+@dataclass(slots=True, frozen=True)
+class Oversized:
+    """What is kept of an event/element larger than the cap: its head, its tail, its size."""
+
+    head: str
+    tail: str
+    size: int  # bytes of the whole event's data
+
+
 @dataclass(slots=True, frozen=True)
 class SSEEvent:
     event: str | None  # the ``event:`` field, None when absent
-    data: str  # ``data:`` lines joined by "\n"
+    data: str  # ``data:`` lines joined by "\n" (the head, when oversized)
+    oversized: Oversized | None = None  # set when the event outgrew the cap
+
+
+class _HeadTail:
+    """Bounded memory of a long byte sequence: the first `head` bytes and a rolling last `tail`."""
+
+    __slots__ = ("head", "head_max", "tail", "tail_max", "size")
+
+    def __init__(self, head_max: int, tail_max: int) -> None:
+        self.head = bytearray()
+        self.head_max = head_max
+        self.tail = bytearray()
+        self.tail_max = tail_max
+        self.size = 0
+
+    def add(self, data: bytes | bytearray | memoryview) -> None:
+        n = len(data)
+        if not n:
+            return
+        self.size += n
+        room = self.head_max - len(self.head)
+        if room > 0:
+            self.head += data[:room]
+        self.tail += data[-self.tail_max:] if n > self.tail_max else data
+        if len(self.tail) > 2 * self.tail_max:  # trim now and then: amortized O(1) per byte
+            del self.tail[: len(self.tail) - self.tail_max]
+
+    def done(self) -> Oversized:
+        tail = self.tail[-self.tail_max:] if len(self.tail) > self.tail_max else self.tail
+        return Oversized(_decode(self.head), _decode(tail), self.size)
+
+
+def _limits(cap: int) -> tuple[int, int]:
+    return min(HEAD_BYTES, max(cap // 8, 16)), min(TAIL_BYTES, max(cap // 4, 16))
 
 
 def _decode(raw: bytes | bytearray) -> str:
@@ -34,8 +90,8 @@ class SSEDecoder:
 
     Lines end in ``\\n``, ``\\r\\n`` or ``\\r``. Complete lines never split a UTF-8 character
     (``\\r``/``\\n`` bytes never occur inside one), so decoding happens per line. An event that
-    grows beyond ``max_event_bytes`` is dropped, ``garbled`` is set and the decoder resyncs at
-    the next blank line.
+    grows beyond ``max_event_bytes`` is passed on as its head and tail (``SSEEvent.oversized``);
+    only those are kept while the rest streams by, and the decoder resyncs at the next blank line.
     """
 
     def __init__(self, max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> None:
@@ -47,6 +103,8 @@ class SSEDecoder:
         self._pending_bytes = 0  # bytes held by the pending event's complete lines
         self._skip_lf = False  # the last chunk ended in "\r": a leading "\n" belongs to it
         self._discarding = False  # an oversized event is being skipped up to a blank line
+        self._over: _HeadTail | None = None  # what is kept of it
+        self._over_event: str | None = None
         self._line_seen_bytes = False  # discard mode: the current line is not empty
         self._first_line = True
 
@@ -73,6 +131,8 @@ class SSEDecoder:
                 self._end_line(out)
             if not self._discarding and self._data:
                 self._end_line_blank(out)
+            if self._discarding:
+                self._end_oversized(out)
             self._reset_event()
         except Exception:  # pragma: no cover
             self.garbled = True
@@ -108,18 +168,36 @@ class SSEDecoder:
             return
         if self._discarding:
             self._line_seen_bytes = True
+            if self._over is not None:
+                self._over.add(memoryview(data)[start:end])
             return
         if self._pending_bytes + len(self._line) + (end - start) > self.max_event_bytes:
-            self._start_discarding()
+            self._start_oversized(data, start, end)
             self._line_seen_bytes = True
             return
         self._line += data[start:end]
 
-    def _start_discarding(self) -> None:
-        self.garbled = True
+    def _start_oversized(self, data: bytes, start: int, end: int) -> None:
+        """Keep head and tail of the event's data from here on; drop the middle."""
+        over = _HeadTail(*_limits(self.max_event_bytes))
+        for i, line in enumerate(self._data):
+            over.add(("\n" if i else "").encode() + line.encode("utf-8", "surrogateescape"))
+        line = bytes(self._line) + data[start:end]
+        if self._data:
+            over.add(b"\n")
+        name, sep, value = line.partition(b":")
+        over.add((value[1:] if value[:1] == b" " else value) if sep and name == b"data" else line)
+        self._over, self._over_event = over, self._event
         self._discarding = True
         self._line.clear()
         self._reset_event()
+
+    def _end_oversized(self, out: list[SSEEvent]) -> None:
+        if self._over is not None:
+            kept = self._over.done()
+            out.append(SSEEvent(self._over_event, kept.head, kept))
+        self._over, self._over_event = None, None
+        self._discarding = False
 
     def _reset_event(self) -> None:
         self._data = []
@@ -129,7 +207,9 @@ class SSEDecoder:
     def _end_line(self, out: list[SSEEvent]) -> None:
         if self._discarding:
             if not self._line_seen_bytes:
-                self._discarding = False  # blank line: resynced
+                self._end_oversized(out)  # blank line: the oversized event ends, resynced
+            elif self._over is not None:
+                self._over.add(b"\n")
             self._line_seen_bytes = False
             return
         line = bytes(self._line)
@@ -222,7 +302,8 @@ class JSONArrayStreamSplitter:
     Gemini's ``streamGenerateContent`` without ``alt=sse`` sends one such array. Tracks only
     string/escape state and bracket depth; each top-level object/array element is returned as
     raw text as soon as it closes. A bare top-level object (an error body) counts as one
-    element. Oversized elements are dropped (``garbled``) and skipped by depth.
+    element. An element beyond the cap is returned as an `Oversized` (head and tail only, the
+    middle skipped by depth).
     """
 
     def __init__(self, max_element_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> None:
@@ -235,9 +316,10 @@ class JSONArrayStreamSplitter:
         self._escape = False
         self._elem = bytearray()
         self._dropping = False  # the current element outgrew the cap
+        self._over: _HeadTail | None = None  # what is kept of it
 
-    def feed(self, data: bytes) -> list[str]:
-        out: list[str] = []
+    def feed(self, data: bytes) -> list[str | Oversized]:
+        out: list[str | Oversized] = []
         try:
             self._feed(bytes(data), out)
         except Exception:  # pragma: no cover - defensive
@@ -249,11 +331,17 @@ class JSONArrayStreamSplitter:
         return self._depth > self._base
 
     def _keep(self, data: bytes, start: int, end: int) -> None:
-        if not self._in_element() or self._dropping or start >= end:
+        if not self._in_element() or start >= end:
+            return
+        if self._dropping:
+            if self._over is not None:
+                self._over.add(memoryview(data)[start:end])
             return
         if len(self._elem) + (end - start) > self.max_element_bytes:
             self._dropping = True
-            self.garbled = True
+            self._over = _HeadTail(*_limits(self.max_element_bytes))
+            self._over.add(self._elem)
+            self._over.add(memoryview(data)[start:end])
             self._elem.clear()
             return
         self._elem += data[start:end]
@@ -312,5 +400,7 @@ class JSONArrayStreamSplitter:
             if self._depth == self._base:
                 if not self._dropping:
                     out.append(_decode(self._elem))
+                elif self._over is not None:
+                    out.append(self._over.done())
                 self._elem.clear()
-                self._dropping = False
+                self._dropping, self._over = False, None

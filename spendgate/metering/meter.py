@@ -20,7 +20,7 @@ from decimal import Decimal
 
 from spendgate import bounds
 from spendgate.batcher import Batcher
-from spendgate.identity import Identity
+from spendgate.identity import Identity, with_body_hints
 from spendgate.metering import billing, providers
 from spendgate.metering.providers.base import (
     Adapter,
@@ -30,7 +30,7 @@ from spendgate.metering.providers.base import (
     StreamParser,
 )
 from spendgate.metering.streams import IncrementalDecoder
-from spendgate.pricing.rates import Pricer, PriceResult, variant_for_tier
+from spendgate.pricing.rates import Pricer, PriceResult
 from spendgate.store.ledger import Ledger, LedgerRow
 from spendgate.usage import Usage
 
@@ -54,6 +54,7 @@ class Exchange:
     headers_at: float | None = None
     parser: StreamParser | None = None
     first_byte_at: float | None = None
+    served_tier: str | None = None  # the tier a response header says served it (Gemini)
     extra: dict = field(default_factory=dict)  # room for admission (budgets) to hang state
     host: str = ""  # the provider host the client asked for (server.address in spans)
     traceparent: str | None = None  # the client's W3C trace context header, unparsed (untrusted)
@@ -101,7 +102,24 @@ def estimate_usage(req: RequestInfo, result: ResponseResult) -> Usage:
         output_tokens=out,
         reasoning_tokens=min(seen.reasoning_tokens, out),
         web_search_requests=seen.web_search_requests,
+        input_audio_tokens=seen.input_audio_tokens,
+        input_image_tokens=seen.input_image_tokens,
+        input_video_tokens=seen.input_video_tokens,
+        cache_read_audio_tokens=seen.cache_read_audio_tokens,
+        output_audio_tokens=seen.output_audio_tokens,
+        output_image_tokens=seen.output_image_tokens,
+        output_video_tokens=seen.output_video_tokens,
     )
+
+
+def serving_modifiers(result: ResponseResult | None) -> dict[str, str]:
+    """What the provider reported about how it served the request (changes the price)."""
+    if result is None:
+        return {}
+    out = dict(result.modifiers)
+    if result.service_tier:
+        out["service_tier"] = result.service_tier.lower()
+    return out
 
 
 @dataclass(slots=True, frozen=True)
@@ -181,7 +199,8 @@ class Meter:
         req = route.adapter.parse_request(canon, body) if route.adapter else RequestInfo()
         bounds.clip_request(req)
         ts = self.now()
-        identity = bounds.clip_identity(self.identify(headers, query, proxy_user, client_ip))
+        identity = bounds.clip_identity(with_body_hints(self.identify(headers, query, proxy_user, client_ip),
+                                                        headers, req.hints))
         bill = billing.classify(providers.normalize_host(host), canon, headers)
         if bill.subscription:
             plan = self.plan_for(bill.vendor, identity.user, ts) if self.plan_for else None
@@ -202,6 +221,11 @@ class Meter:
         ex.extra["path"] = bounds.clip(providers.normalize_path(path), 200)
         self._inflight[ex.request_id] = ex
         return ex
+
+    def saw_headers(self, ex: Exchange, headers: Mapping[str, str]) -> None:
+        """Response headers arrived: keep the serving facts some providers put there."""
+        if ex.route.adapter is not None:
+            ex.served_tier = ex.route.adapter.served_tier(headers)
 
     def stream_parser(self, ex: Exchange, path: str, content_type: str) -> StreamParser | None:
         adapter = ex.route.adapter
@@ -271,7 +295,10 @@ class Meter:
     ) -> LedgerRow:
         verdict = judge(ex, result, ended)
         model = bounds.clip(result.model if result and result.model else None, bounds.MODEL) or ex.request.model
-        price = self.price(ex, verdict, model, result.service_tier if result else None)
+        modifiers = serving_modifiers(result)
+        if ex.served_tier:  # what the provider's response header says it served wins over the body
+            modifiers["service_tier"] = ex.served_tier
+        price = self.price(ex, verdict, model, modifiers)
         outcome = verdict.outcome
         if outcome in ("ok", "estimated") and price.cost is None:
             outcome = "unpriced"
@@ -309,10 +336,11 @@ class Meter:
             credential=ex.billing.credential,
             notional_usd=notional,
             plan=ident.plan,
+            modifiers=json.dumps(modifiers, sort_keys=True) if modifiers else None,
             **verdict.usage.as_dict(),
         )
 
-    def price(self, ex: Exchange, verdict: Verdict, model: str | None, tier: str | None = None) -> PriceResult:
+    def price(self, ex: Exchange, verdict: Verdict, model: str | None, modifiers: dict[str, str] | None = None) -> PriceResult:
         if verdict.outcome == "unmetered":
             return PriceResult(None, "unmetered")
         if ex.request.free:
@@ -320,7 +348,7 @@ class Meter:
         if verdict.outcome in ("blocked", "upstream_error"):
             return PriceResult(Decimal(0), "not billed")
         try:
-            return self.pricer.price(ex.provider, model, verdict.usage, ex.ts, variant=variant_for_tier(tier))
+            return self.pricer.price(ex.provider, model, verdict.usage, ex.ts, modifiers=modifiers)
         except Exception:  # a pricing bug must not lose the row: record it unpriced, loudly
             log.exception("pricing failed for %s %r", ex.provider, model)
             return PriceResult(None, "pricing error")

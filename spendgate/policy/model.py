@@ -56,7 +56,8 @@ def schema() -> dict[str, Any]:
     return json.loads(resources.files("spendgate.policy").joinpath("policy.schema.json").read_text())
 
 
-_VALIDATOR = jsonschema.Draft202012Validator(schema())
+# formats checked too: a quoted "2026-02-30" is a positioned problem, not a ValueError later
+_VALIDATOR = jsonschema.Draft202012Validator(schema(), format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER)
 
 
 def _explain(marks: Marks) -> Explain:
@@ -68,6 +69,8 @@ def _explain(marks: Marks) -> Explain:
             pos = mark(marks, (*path, bad), key_of=True) if bad else mark(marks, path)
             return Problem(*pos, f"malformed key fingerprint {bad!r} (expected sha256: + 12 hex digits; "
                                  "`spendgate fingerprint` prints one)")
+        if err.validator == "format" and err.validator_value == "date":
+            return f"{where}: not a date (YYYY-MM-DD): {err.instance!r}"
         if err.validator in ("type", "minimum") and len(path) >= 2 and path[-1] in WINDOWS:
             return f"budget {where} must be a non-negative number of USD, not {err.instance!r}"
         if err.validator == "oneOf" and path == ("unmetered",):

@@ -26,7 +26,7 @@ from typing import Any
 import genai_prices
 from genai_prices import data_snapshot, types
 
-from spendgate import fsutil
+from spendgate import fsutil, outbound
 
 log = logging.getLogger(__name__)
 
@@ -162,7 +162,7 @@ def fetch(source: str) -> str:
     """Read a catalogue from a file path or an http(s) URL (a mirror, or the upstream data.json)."""
     if source.startswith(("http://", "https://")):
         req = urllib.request.Request(source, headers={"User-Agent": "spendgate prices update"})
-        with urllib.request.urlopen(req, timeout=30) as resp:  # noqa: S310 - scheme checked above
+        with outbound.open_url(req, timeout=30) as resp:  # environment proxies; loopback direct
             data = resp.read(MAX_DOWNLOAD_BYTES + 1)
         if len(data) > MAX_DOWNLOAD_BYTES:
             raise CatalogueError(f"{source}: larger than {MAX_DOWNLOAD_BYTES} bytes")

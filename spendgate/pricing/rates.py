@@ -11,8 +11,14 @@ Correctness rules (each one a bug seen in other gateways):
   threshold is compared with ALL input (uncached + cache reads + cache writes);
 * 1-hour cache writes have their own rate; 5-minute writes theirs;
 * reasoning tokens are output tokens; web searches and request fees are per unit;
-* variants (batch, priority, flex) are looked up most specific first: the override's variant,
-  the catalogue's variant, the override's standard rate, the catalogue's standard rate.
+* variants (batch, priority, flex, fast) are looked up most specific first: the override's variant,
+  the catalogue's variant, the override's standard rate, the catalogue's standard rate;
+* what the provider reports about how it served a request changes the price (docs/pricing.md,
+  "Price modifiers"): Anthropic `speed: fast` takes the fast-mode variant, `service_tier` its
+  variant, `inference_geo` a dated multiplier from the overrides;
+* tokens of a kind with its own rate (audio, image, video input and output, cached audio) take that
+  rate; where none is listed they take the generic rate and the row says so (a note, and
+  `spendgate prices check` lists it), never silently.
 """
 
 from __future__ import annotations
@@ -41,20 +47,34 @@ log = logging.getLogger(__name__)
 
 MTOK = Decimal(1_000_000)
 CATALOGUE_PROVIDER = {"anthropic": "anthropic", "openai": "openai", "gemini": "google"}
-VARIANTS = ("standard", "batch", "priority", "flex")
+VARIANTS = ("standard", "batch", "priority", "flex", "fast")
 # how genai-prices names each variant in its price_context
 VARIANT_CONTEXT: dict[str, dict[str, str]] = {
     "batch": {"processing": "batch"},
     "priority": {"service_tier": "priority"},
     "flex": {"service_tier": "flex"},
+    "fast": {"speed": "fast"},  # Anthropic fast mode (usage.speed)
 }
-DETAIL_VERSION = 2
+DETAIL_VERSION = 3
+# modifier values that mean "as usual": no variant, no multiplier, nothing to say
+PLAIN_MODIFIER_VALUES = frozenset({"", "standard", "default", "auto", "global", "not_available", "normal"})
 
 
 def variant_for_tier(service_tier: str | None) -> str:
     """The price variant a provider's reported service tier bills at (default/standard/auto: standard)."""
     tier = (service_tier or "").lower()
-    return tier if tier in VARIANTS else "standard"
+    return tier if tier in VARIANTS and tier != "fast" else "standard"
+
+
+def variant_for(modifiers: dict[str, str] | None) -> str:
+    """The price variant of a request from what the provider reported about serving it.
+
+    Fast mode (`speed: fast`) is the most specific; otherwise the service tier decides.
+    """
+    modifiers = modifiers or {}
+    if (modifiers.get("speed") or "").lower() == "fast":
+        return "fast"
+    return variant_for_tier(modifiers.get("service_tier"))
 
 # Rate names, per million tokens except the per-unit fees.
 RATE_KEYS = (
@@ -65,8 +85,18 @@ RATE_KEYS = (
     "cache_write_1h_mtok",
     "web_search",  # USD per search
     "request",  # USD per request
+    # tokens of a kind with its own rate (genai-prices names); absent: the generic rate, with a note
+    "input_audio_mtok",
+    "input_image_mtok",
+    "input_video_mtok",
+    "cache_audio_read_mtok",
+    "output_audio_mtok",
+    "output_image_mtok",
+    "output_video_mtok",
 )
 PER_UNIT = {"web_search", "request"}
+MODALITY_KEYS = ("input_audio_mtok", "input_image_mtok", "input_video_mtok", "cache_audio_read_mtok",
+                 "output_audio_mtok", "output_image_mtok", "output_video_mtok")
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +166,8 @@ class PriceResult:
     notes: tuple[str, ...] = ()
     catalogue: str | None = None
     overrides: str | None = None  # overrides file and its sha256 prefix
+    modifiers: tuple[dict[str, str], ...] = ()  # {name, value, effect, source}: how serving changed the price
+    fallbacks: tuple[dict[str, Any], ...] = ()  # {kind, tokens, rate_used}: modality tokens without their own rate
 
     def detail(self) -> dict[str, Any]:
         """JSON-able record kept in the ledger so any cost can be explained (and re-priced) later."""
@@ -149,6 +181,8 @@ class PriceResult:
             "input_tokens_for_tier": self.input_tokens,
             "tier_above_input_tokens": self.tier_above,
             "notes": list(self.notes),
+            "modifiers": list(self.modifiers),
+            "fallbacks": list(self.fallbacks),
             "total": None if self.cost is None else str(self.cost),
             "lines": [
                 {
@@ -175,39 +209,101 @@ def _pick(r: dict[str, Price], *names: str) -> tuple[str, Price] | None:
     return None
 
 
-def compute(rates: Rates, usage: Usage) -> PriceResult:
-    """Price usage with these rates. The one place a cost is calculated."""
+@dataclass(frozen=True, slots=True)
+class Multiplier:
+    """A factor on every token rate, from a serving modifier (e.g. inference_geo us: 1.1)."""
+
+    name: str
+    value: str
+    factor: Decimal
+    source: str  # override:FILE@DAY#sha, like every override rate
+    reference: str | None = None  # the entry's `source:` (where the provider publishes it)
+
+
+def _modality_parts(r: dict[str, Price], usage: Usage) -> tuple[list, list[dict[str, Any]]]:
+    """Price parts for tokens of a kind with its own rate, and the kinds that fell back to the
+    generic rate (reported, never silent)."""
+    parts: list = []
+    fallbacks: list[dict[str, Any]] = []
+    uncached_audio = max(usage.input_audio_tokens - usage.cache_read_audio_tokens, 0)
+    for label, qty, own, generic in (
+        ("input audio", uncached_audio, "input_audio_mtok", "input_mtok"),
+        ("input image", usage.input_image_tokens, "input_image_mtok", "input_mtok"),
+        ("input video", usage.input_video_tokens, "input_video_mtok", "input_mtok"),
+        ("cache read audio", usage.cache_read_audio_tokens, "cache_audio_read_mtok", "cache_read_mtok"),
+        ("output audio", usage.output_audio_tokens, "output_audio_mtok", "output_mtok"),
+        ("output image", usage.output_image_tokens, "output_image_mtok", "output_mtok"),
+        ("output video", usage.output_video_tokens, "output_video_mtok", "output_mtok"),
+    ):
+        if not qty:
+            continue
+        found = _pick(r, own) or _pick(r, generic, "input_mtok")
+        if found[0] != own:
+            fallbacks.append({"kind": own.removesuffix("_mtok"), "tokens": qty, "rate_used": found[0]})
+            label = f"{label} (no {own.removesuffix('_mtok')} rate: {found[0].removesuffix('_mtok')} rate)"
+        parts.append((label, qty, found, MTOK))
+    return parts, fallbacks
+
+
+def compute(rates: Rates, usage: Usage, multipliers: tuple[Multiplier, ...] = ()) -> PriceResult:
+    """Price usage with these rates. The one place a cost is calculated.
+
+    Modality tokens (audio, image, video) are carved out of the text totals and priced at their
+    own rates; `multipliers` scale every token rate (not per-unit fees) and are listed in the detail.
+    """
     r = rates.prices
     if "input_mtok" not in r or "output_mtok" not in r:
         return PriceResult(None, rates.source or "unknown", rates.model_id, variant=rates.variant,
                            notes=(*rates.notes, "the model has no input or output rate"))  # fmt: skip
     total_in = usage.input_tokens
+    uncached_text = max(usage.uncached_input_tokens - max(usage.input_audio_tokens - usage.cache_read_audio_tokens, 0)
+                        - usage.input_image_tokens - usage.input_video_tokens, 0)
+    output_text = max(usage.output_tokens - usage.output_audio_tokens - usage.output_image_tokens
+                      - usage.output_video_tokens, 0)
+    reasoning = min(usage.reasoning_tokens, output_text)
     parts: list[tuple[str, int, tuple[str, Price], Decimal]] = [
-        ("uncached input", usage.uncached_input_tokens, _pick(r, "input_mtok"), MTOK),
-        ("cache read", usage.cache_read_tokens, _pick(r, "cache_read_mtok", "input_mtok"), MTOK),
+        ("uncached input", uncached_text, _pick(r, "input_mtok"), MTOK),
+        ("cache read", max(usage.cache_read_tokens - usage.cache_read_audio_tokens, 0),
+         _pick(r, "cache_read_mtok", "input_mtok"), MTOK),
         ("cache write 5m", usage.cache_write_5m_tokens, _pick(r, "cache_write_mtok", "input_mtok"), MTOK),
         ("cache write 1h", usage.cache_write_1h_tokens,
          _pick(r, "cache_write_1h_mtok", "cache_write_mtok", "input_mtok"), MTOK),
-        (f"output (incl. {usage.reasoning_tokens:,} reasoning)" if usage.reasoning_tokens else "output",
-         usage.output_tokens, _pick(r, "output_mtok"), MTOK),
+        (f"output (incl. {reasoning:,} reasoning)" if reasoning else "output",
+         output_text, _pick(r, "output_mtok"), MTOK),
     ]  # fmt: skip
+    fallbacks: list[dict[str, Any]] = []
+    if usage.modality_tokens or usage.cache_read_audio_tokens:
+        extra, fallbacks = _modality_parts(r, usage)
+        parts.extend(extra)
+    notes = list(rates.notes)
+    for fb in fallbacks:
+        notes.append(f"{fb['tokens']:,} {fb['kind'].replace('_', ' ')} tokens priced at the "
+                     f"{fb['rate_used'].removesuffix('_mtok').replace('_', ' ')} rate: no {fb['kind']} rate is known")
     if usage.web_search_requests:
         found = _pick(r, "web_search")
         if found is None:  # searches happened but no rate is known: say so rather than charge $0
             return PriceResult(None, rates.source, rates.model_id, variant=rates.variant, input_tokens=total_in,
-                               notes=(*rates.notes, "web searches used but no web_search rate is known"))  # fmt: skip
+                               notes=(*notes, "web searches used but no web_search rate is known"))  # fmt: skip
         parts.append(("web search", usage.web_search_requests, found, Decimal(1)))
     if "request" in r:
         parts.append(("request fee", 1, ("request", r["request"]), Decimal(1)))
+    factor = Decimal(1)
+    for m in multipliers:
+        factor *= m.factor
     lines = []
     tier_used: int | None = None
     for label, qty, (name, price), per in parts:
         if not qty:
             continue
         rate, tier = price.at(total_in)
+        source = price.source
+        if factor != 1 and per == MTOK:  # multipliers scale token rates, not per-unit fees
+            rate = rate * factor
+            label = f"{label} x{factor.normalize()}"
+            source = " + ".join([source, *sorted({m.source for m in multipliers})])
         if tier is not None:
             tier_used = max(tier_used or 0, tier)
-        lines.append(PriceLine(label, qty, rate, per, name, rate * qty / per, price.source, tier, price.ref))
+        lines.append(PriceLine(label, qty, rate, per, name, rate * qty / per, source, tier, price.ref))
     return PriceResult(
         cost=sum((ln.cost for ln in lines), Decimal(0)),
         source=" + ".join(sorted({ln.source for ln in lines})) or rates.source,
@@ -216,7 +312,8 @@ def compute(rates: Rates, usage: Usage) -> PriceResult:
         lines=tuple(lines),
         variant=rates.variant,
         input_tokens=total_in,
-        notes=rates.notes,
+        notes=tuple(notes),
+        fallbacks=tuple(fallbacks),
     )
 
 
@@ -232,7 +329,8 @@ def guess_provider(model: str) -> str:
 
 # --- the genai-prices catalogue -------------------------------------------------------------
 
-_CATALOGUE_KEYS = ("input_mtok", "output_mtok", "cache_read_mtok", "cache_write_mtok", "cache_write_1h_mtok")
+_CATALOGUE_KEYS = ("input_mtok", "output_mtok", "cache_read_mtok", "cache_write_mtok", "cache_write_1h_mtok",
+                   *MODALITY_KEYS)
 
 
 def _model_price_rates(mp: gp.ModelPrice, source: str) -> dict[str, Price]:
@@ -294,6 +392,11 @@ class Override:
     prices: OverridePrices
     line: int = 0
     note: str | None = None
+    multipliers: tuple[Multiplier, ...] = ()  # factors for serving modifiers (inference_geo us: 1.1)
+
+    @property
+    def has_prices(self) -> bool:
+        return bool(self.prices.rates or self.prices.variants)
 
     def matches(self, provider: str, model: str, model_id: str | None) -> bool:
         if provider != self.provider:
@@ -368,7 +471,9 @@ def parse_overrides(text: str, file: str = "<overrides>") -> list[Override]:
             _prices(e, source, ref),
             {v: _prices(body, f"{source} ({v})", ref) for v, body in (e.get("variants") or {}).items()},
         )
-        out.append(Override(e["provider"], e["model"].lower(), day, prices, line, e.get("note")))
+        mults = tuple(Multiplier(name, str(value).lower(), Decimal(str(f)), source, e.get("source"))
+                      for name, values in (e.get("multipliers") or {}).items() for value, f in values.items())
+        out.append(Override(e["provider"], e["model"].lower(), day, prices, line, e.get("note"), mults))
     if problems:
         raise PricingError(file, sorted(problems, key=lambda p: (p.line, p.col)))
     return out
@@ -430,6 +535,7 @@ class Pricer:
                 raise PricingError(str(folder), [Problem(1, 1, f"catalogue: {e}")]) from None
         self.catalogue = catalogue
         self._cache: dict[tuple[str, str, date, str], Rates | None] = {}
+        self._mult_cache: dict[tuple[str, str, date], dict[tuple[str, str], Multiplier]] = {}  # dict ops: atomic
         self._lock = threading.Lock()
 
     @property
@@ -481,22 +587,75 @@ class Pricer:
         return Rates(prices, model_id or model, variant, tuple(notes))
 
     def override_for(self, provider: str, model: str, model_id: str | None, day: date) -> Override | None:
-        """The latest override in force on `day` for this model (by request name or catalogue id)."""
+        """The latest override with rates in force on `day` for this model (by request name or catalogue id)."""
         best: Override | None = None
         for o in self.overrides:
-            if o.effective_from <= day and o.matches(provider, model, model_id):
+            if o.has_prices and o.effective_from <= day and o.matches(provider, model, model_id):
                 if best is None or o.effective_from > best.effective_from:
                     best = o
         return best
 
+    def multipliers_for(self, provider: str, model: str, model_id: str | None, day: date) -> dict[tuple[str, str], Multiplier]:
+        """(modifier, value) -> the latest multiplier in force on `day` for this model."""
+        best: dict[tuple[str, str], tuple[date, Multiplier]] = {}
+        for o in self.overrides:
+            if o.multipliers and o.effective_from <= day and o.matches(provider, model, model_id):
+                for m in o.multipliers:
+                    key = (m.name, m.value)
+                    if key not in best or o.effective_from > best[key][0]:
+                        best[key] = (o.effective_from, m)
+        return {k: m for k, (_, m) in best.items()}
+
     def price(
-        self, provider: str, model: str | None, usage: Usage, at: datetime, variant: str | None = None
+        self,
+        provider: str,
+        model: str | None,
+        usage: Usage,
+        at: datetime,
+        variant: str | None = None,
+        modifiers: dict[str, str] | None = None,
     ) -> PriceResult:
-        rates = self.rates(provider, model, at, variant or "standard") if model else None
+        """Price a request. `modifiers` are what the provider reported about serving it (speed,
+        inference_geo, service_tier); they pick the variant (unless `variant` is given) and the
+        multipliers, and each one is listed in the result with its effect and source."""
+        if modifiers:
+            modifiers = {k: str(v).lower() for k, v in modifiers.items() if v}
+        variant = variant or (variant_for(modifiers) if modifiers else "standard")
+        rates = self.rates(provider, model, at, variant) if model else None
         if rates is None:
             log.warning("no price for %s model %r: recorded as unpriced", provider, model)
             return PriceResult(None, "unknown", catalogue=self.catalogue.version, overrides=self.overrides_label)
-        return replace(compute(rates, usage), catalogue=self.catalogue.version, overrides=self.overrides_label)
+        if not modifiers:  # the common case: nothing reported about serving
+            return replace(compute(rates, usage), catalogue=self.catalogue.version, overrides=self.overrides_label)
+        day = at.astimezone(UTC).date()
+        known: dict[tuple[str, str], Multiplier] = {}
+        if modifiers and self.overrides:
+            mkey = (provider, model.lower(), day)
+            cached = self._mult_cache.get(mkey)
+            if cached is None:
+                cached = self._mult_cache[mkey] = self.multipliers_for(provider, model.lower(), rates.model_id, day)
+            known = cached
+        applied: list[Multiplier] = []
+        described: list[dict[str, str]] = []
+        notes: list[str] = []
+        for name, value in sorted(modifiers.items()):
+            if value in PLAIN_MODIFIER_VALUES:
+                continue
+            m = known.get((name, value))
+            if m is not None:
+                applied.append(m)
+                described.append({"name": name, "value": value, "effect": f"x{m.factor.normalize()} on token rates",
+                                  "source": m.source + (f" ({m.reference})" if m.reference else "")})
+            elif variant != "standard" and (name, value) in (("speed", variant), ("service_tier", variant)):
+                src = sorted({p.source for p in rates.prices.values() if f"({variant})" in p.source})
+                described.append({"name": name, "value": value, "effect": f"{variant} rates",
+                                  "source": " + ".join(src) or "none listed: standard rates"})
+            elif name != "service_tier":  # tiers keep their old behaviour (a note from rates())
+                notes.append(f"{name} {value}: no rate or multiplier is known for it; standard rates used")
+                described.append({"name": name, "value": value, "effect": "none known", "source": ""})
+        result = compute(rates, usage, tuple(applied))
+        return replace(result, catalogue=self.catalogue.version, overrides=self.overrides_label,
+                       modifiers=tuple(described), notes=(*result.notes, *notes))
 
 
 # --- audits ----------------------------------------------------------------------------------
@@ -524,8 +683,14 @@ def compare_overrides(pricer: Pricer, today: date | None = None) -> list[dict[st
     for o in pricer.overrides:
         day = max(o.effective_from, today)  # the rate in force now, or when the override starts
         at = datetime(day.year, day.month, day.day, 12, tzinfo=UTC)
+        for m in o.multipliers:  # the catalogue has no multipliers: each one is an addition to check
+            out.append({"provider": o.provider, "model": o.model, "effective_from": o.effective_from.isoformat(),
+                        "variant": "standard", "field": f"multiplier {m.name} {m.value}",
+                        "override": f"x{m.factor.normalize()}", "catalogue": None, "status": "catalogue lacks"})
         sets = [("standard", o.prices.rates), *o.prices.variants.items()]
         for variant, mine in sets:
+            if not mine:  # a multipliers-only entry, or variants without standard rates
+                continue
             found = catalogue_rates(pricer.catalogue, o.provider, o.model, at, variant)
             if found is None:
                 out.append({"provider": o.provider, "model": o.model, "effective_from": o.effective_from.isoformat(),

@@ -72,9 +72,19 @@ def _variant(detail: str | None) -> str:
         return "standard"
 
 
+def _modifiers(raw: str | None) -> dict[str, str]:
+    try:
+        found = json.loads(raw) if raw else {}
+    except ValueError:
+        return {}
+    return {str(k): str(v) for k, v in found.items()} if isinstance(found, dict) else {}
+
+
 def _new_row_price(pricer: Pricer, row: dict[str, Any]) -> PriceResult:
     ts = row["ts"] if row["ts"].tzinfo else row["ts"].replace(tzinfo=UTC)
-    return pricer.price(row["provider"], row["model"], _usage(row), ts, _variant(row["price_detail"]))
+    modifiers = _modifiers(row.get("modifiers"))
+    variant = None if modifiers else _variant(row["price_detail"])  # rows from before modifiers were kept
+    return pricer.price(row["provider"], row["model"], _usage(row), ts, variant, modifiers)
 
 
 def plan(
@@ -83,7 +93,7 @@ def plan(
     """(rows examined, rows whose cost, charge or outcome would change) with current prices."""
     cols = ["request_id", "ts", "provider", "model", "user", "key_fingerprint", "workspace", "outcome", "estimated",
             "cost_usd", "charged_usd", "price_source", "price_detail", "billing_basis", "plan", "notional_usd",
-            *USAGE_FIELDS]  # fmt: skip
+            "modifiers", *USAGE_FIELDS]  # fmt: skip
     where = "ts >= ? AND list_contains(?, outcome)" + (" AND ts < ?" if until else "")
     params: list[Any] = [since, list(REPRICEABLE)] + ([until] if until else [])
     select = ", ".join(f'"{c}"' for c in cols)
@@ -247,4 +257,36 @@ def unpriced_report(cur: duckdb.DuckDBPyConnection, since: datetime | None = Non
         GROUP BY ALL ORDER BY charged_usd DESC, model""", params)  # fmt: skip
     for r in missing:
         r["input_tokens"], r["output_tokens"] = int(r["input_tokens"] or 0), int(r["output_tokens"] or 0)
-    return {"unpriced_models": missing, "fallback_charged": fallback}
+    return {"unpriced_models": missing, "fallback_charged": fallback, **modifier_report(cur, cond, params)}
+
+
+def modifier_report(cur: duckdb.DuckDBPyConnection, cond: str = "", params: list | None = None) -> dict[str, Any]:
+    """Tokens priced at a generic rate because their kind had none of its own (e.g. output image
+    tokens of a model without an output_image rate), and serving modifiers with no known effect.
+
+    Read from each row's price detail, where the pricer recorded them.
+    """
+    res = cur.execute(f"""
+        SELECT provider, coalesce(model, '(unknown)'), price_detail FROM requests
+        WHERE price_detail IS NOT NULL AND (price_detail LIKE '%"fallbacks": [{{%'
+              OR price_detail LIKE '%"effect": "none known"%') {cond}""", params or [])
+    kinds: dict[tuple[str, str, str, str], list[int]] = {}
+    unknown: dict[tuple[str, str, str, str], int] = {}
+    for provider, model, raw in res.fetchall():
+        try:
+            detail = json.loads(raw)
+        except ValueError:
+            continue
+        for fb in detail.get("fallbacks") or []:
+            acc = kinds.setdefault((provider, model, str(fb.get("kind")), str(fb.get("rate_used"))), [0, 0])
+            acc[0] += 1
+            acc[1] += int(fb.get("tokens") or 0)
+        for m in detail.get("modifiers") or []:
+            if m.get("effect") == "none known":
+                key = (provider, model, str(m.get("name")), str(m.get("value")))
+                unknown[key] = unknown.get(key, 0) + 1
+    generic = [{"provider": p, "model": m, "kind": k, "rate_used": used, "requests": n, "tokens": t}
+               for (p, m, k, used), (n, t) in sorted(kinds.items(), key=lambda kv: -kv[1][1])]
+    modifiers = [{"provider": p, "model": m, "modifier": name, "value": v, "requests": n}
+                 for (p, m, name, v), n in sorted(unknown.items(), key=lambda kv: -kv[1])]
+    return {"generic_rate_tokens": generic, "unknown_modifiers": modifiers}

@@ -18,6 +18,7 @@ from datetime import UTC, date, datetime, time
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
+from spendgate import outbound
 from spendgate.reconcile import formats
 from spendgate.reconcile.formats import BillingLine
 
@@ -115,7 +116,7 @@ Getter = Callable[[str, dict[str, str]], dict[str, Any]]
 def http_get(url: str, headers: dict[str, str]) -> dict[str, Any]:
     req = urllib.request.Request(url, headers={**headers, "Accept": "application/json"})
     try:
-        with urllib.request.urlopen(req, timeout=60) as resp:
+        with outbound.open_url(req, timeout=60) as resp:  # environment proxies; loopback direct
             return json.loads(resp.read())
     except urllib.error.HTTPError as e:
         body = e.read()[:500].decode(errors="replace")

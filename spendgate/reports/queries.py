@@ -35,6 +35,8 @@ LEDGER_FIELDS = (
     "web_search_requests", "cost_usd", "charged_usd", "price_source", "latency_ms", "ttft_ms",
     "identity_source", "workspace", "note", "requested_model", "trace_id", "span_id",
     "billing_basis", "credential", "notional_usd", "plan",
+    "input_audio_tokens", "input_image_tokens", "input_video_tokens",
+    "cache_read_audio_tokens", "output_audio_tokens", "output_image_tokens", "output_video_tokens", "modifiers",
 )  # fmt: skip
 
 

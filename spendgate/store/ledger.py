@@ -68,6 +68,15 @@ class LedgerRow:
     credential: str | None = None  # the credential's kind (api_key, claude_oauth, ...), never the token
     notional_usd: Decimal | None = None  # subscription rows: what the same tokens cost through the API
     plan: str | None = None  # subscription rows: the policy plan (plans:) the user's seat belongs to
+    # migration 8: tokens with their own rate (parts of the totals above), how the provider served it
+    input_audio_tokens: int = 0
+    input_image_tokens: int = 0
+    input_video_tokens: int = 0
+    cache_read_audio_tokens: int = 0
+    output_audio_tokens: int = 0
+    output_image_tokens: int = 0
+    output_video_tokens: int = 0
+    modifiers: str | None = None  # JSON {"speed": "fast", "inference_geo": "us", "service_tier": ...}
 
 
 COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(LedgerRow))
@@ -281,6 +290,22 @@ MIGRATIONS: list[tuple[int, str]] = [
         ALTER TABLE requests ADD COLUMN IF NOT EXISTS plan VARCHAR;
         ALTER TABLE price_audit ADD COLUMN IF NOT EXISTS old_notional_usd DECIMAL(20, 10);
         ALTER TABLE price_audit ADD COLUMN IF NOT EXISTS new_notional_usd DECIMAL(20, 10);
+        """,
+    ),
+    (
+        8,
+        # price modifiers the provider reports (docs/pricing.md): modality token counts with their
+        # own rates and the serving modifiers (speed, inference_geo, service_tier), so re-pricing
+        # sees what the first pricing saw. Appended in LedgerRow's field order.
+        """
+        ALTER TABLE requests ADD COLUMN IF NOT EXISTS input_audio_tokens BIGINT DEFAULT 0;
+        ALTER TABLE requests ADD COLUMN IF NOT EXISTS input_image_tokens BIGINT DEFAULT 0;
+        ALTER TABLE requests ADD COLUMN IF NOT EXISTS input_video_tokens BIGINT DEFAULT 0;
+        ALTER TABLE requests ADD COLUMN IF NOT EXISTS cache_read_audio_tokens BIGINT DEFAULT 0;
+        ALTER TABLE requests ADD COLUMN IF NOT EXISTS output_audio_tokens BIGINT DEFAULT 0;
+        ALTER TABLE requests ADD COLUMN IF NOT EXISTS output_image_tokens BIGINT DEFAULT 0;
+        ALTER TABLE requests ADD COLUMN IF NOT EXISTS output_video_tokens BIGINT DEFAULT 0;
+        ALTER TABLE requests ADD COLUMN IF NOT EXISTS modifiers VARCHAR;
         """,
     ),
 ]

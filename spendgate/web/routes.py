@@ -142,7 +142,7 @@ def post_routes(gw: GatewayView) -> dict[str, Handler]:
         def move_counters(changes: list[reprice.RowChange]) -> int:
             pol = gw.policy
             return gw.book.move(
-                [(c.ts, ledger_row_scopes(pol, c.user, c.key_fingerprint, c.workspace, c.basis, c.plan),
+                [(c.ts, ledger_row_scopes(pol, c.user, c.key_fingerprint, c.workspace, c.basis, c.plan, c.ts),
                   c.charged_delta) for c in changes],
                 datetime.now(UTC),
             )  # fmt: skip

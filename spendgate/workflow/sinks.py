@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from email.message import EmailMessage
 from typing import Any
 
+from spendgate import outbound
 from spendgate.policy.sections import SinkConfig
 
 log = logging.getLogger(__name__)
@@ -80,9 +81,8 @@ def post_json(url: str, doc: dict[str, Any], headers: tuple[tuple[str, str], ...
     req.add_header("User-Agent", "spendgate")
     for k, v in headers:
         req.add_header(k, v)
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never through our own proxy
-    try:
-        with opener.open(req, timeout=timeout) as resp:
+    try:  # loopback: direct; other hosts: the environment's proxies (spendgate.outbound)
+        with outbound.open_url(req, timeout=timeout) as resp:
             resp.read()
     except urllib.error.HTTPError as e:
         raise SinkError(f"HTTP {e.code}") from None

@@ -23,6 +23,7 @@ Served endpoints (exact real wire shapes, see ../../../shared/fixtures/wire for 
                          POST /v1beta/models/{m}:streamGenerateContent  SSE with ``?alt=sse``,
                               otherwise Google's JSON-array stream ``[{...}\\n,\\r\\n{...}\\n]``
 * any other host         GET / -> 200 ``hello from origin`` (text/plain); else 404.
+* ``serve_raw(host, route, bytes, content_type)``: the next request there gets exactly those bytes.
 
 Unknown paths on provider hosts get a 404 in that provider's own error format.
 
@@ -391,6 +392,7 @@ class FakeProvider:
         self.requests: list[ReceivedRequest] = []
         self.connects: list[str] = []  # CONNECT targets, "host:port"
         self.errors: list[str] = []  # unexpected server-side exceptions
+        self.canned: dict[tuple[str, str], tuple[int, str, bytes, list]] = {}  # see serve_raw
         self.port: int = 0
         self._writers: set[asyncio.StreamWriter] = set()
         self._loop = asyncio.new_event_loop()
@@ -441,7 +443,15 @@ class FakeProvider:
         if self._own_dir:
             shutil.rmtree(self.dir, ignore_errors=True)
 
+    def serve_raw(self, host: str, route: str, body: bytes, content_type: str, status: int = 200,
+                  headers: list[tuple[str, str]] | None = None) -> None:
+        """Answer the next request to (host, route) with exactly these bytes (and extra headers),
+        streamed chunked in 64 KiB pieces: wire shapes the built-in scenarios do not make, e.g. a
+        6 MiB event or a provider's serving header."""
+        self.canned[(host, route)] = (status, content_type, body, list(headers or []))
+
     def reset(self) -> None:
+        self.canned.clear()
         self.requests.clear()
         self.connects.clear()
         self.errors.clear()
@@ -584,6 +594,18 @@ class FakeProvider:
         r = _Responder(writer, scenario, keep_alive)
         route = urlsplit(path).path
         query = parse_qs(urlsplit(path).query)
+
+        canned = self.canned.pop((host, route), None)
+        if canned is not None:
+            status, content_type, raw, extra_headers = canned
+            if status != 200:
+                await r.send_bytes(status, raw, content_type, extra_headers, encode=False)
+                return keep_alive
+            await r.start_stream(content_type, extra_headers)
+            for i in range(0, len(raw), 65536):
+                await r.chunk(raw[i : i + 65536])
+            await r.end_stream()
+            return keep_alive
 
         if host in PROVIDER_HOSTS and scenario.status and scenario.status >= 400:
             await self._provider_error(r, host, scenario.status)

@@ -81,21 +81,23 @@ def test_flush_dispatches_unterminated_last_event() -> None:
     assert events == [SSEEvent("message_stop", '{"type":"message_stop"}')]
 
 
-def test_oversized_event_is_dropped_and_decoder_resyncs() -> None:
+def test_oversized_event_is_passed_on_as_head_and_tail_and_decoder_resyncs() -> None:
     big = b"data: " + b"x" * 500 + b"\n" + b"data: " + b"y" * 600 + b"\n\n"
     data = b"data: before\n\n" + big + b"data: after\n\n"
     for pieces in ([data], [data[i : i + 13] for i in range(0, len(data), 13)]):
         events, garbled = decode(pieces, cap=1000)
-        assert events == [SSEEvent(None, "before"), SSEEvent(None, "after")]
-        assert garbled
+        assert [e.data for e in events if e.oversized is None] == ["before", "after"]
+        assert events[1].oversized is not None and events[1].oversized.size > 1000
+        assert not garbled
 
 
 def test_oversized_single_line_without_newline_is_bounded() -> None:
     dec = SSEDecoder(max_event_bytes=100)
     for _ in range(50):
         assert dec.feed(b"z" * 64) == []
-    assert dec.garbled and len(dec._line) == 0  # nothing accumulated
-    assert dec.feed(b"\n\ndata: ok\n\n") == [SSEEvent(None, "ok")]
+    assert len(dec._line) == 0 and len(dec._over.tail) <= 2 * 25 + 64  # nothing accumulated
+    events = dec.feed(b"\n\ndata: ok\n\n")
+    assert events[0].oversized.size == 50 * 64 + 1 and events[1] == SSEEvent(None, "ok")  # + its line end
 
 
 def test_never_raises_on_odd_input() -> None:
@@ -163,13 +165,14 @@ def test_bare_object_is_one_element() -> None:
     assert splitter.feed(b'{"error": {"code": 429}}') == ['{"error": {"code": 429}}']
 
 
-def test_oversized_element_is_dropped_and_splitter_resyncs() -> None:
+def test_oversized_element_is_passed_on_as_head_and_tail_and_splitter_resyncs() -> None:
     data = b'[{"a": 1}, {"big": "' + b"x" * 2000 + b'"}, {"c": 3}]'
     for step in (1, 17, len(data)):
         splitter = JSONArrayStreamSplitter(max_element_bytes=500)
         got = [t for i in range(0, len(data), step) for t in splitter.feed(data[i : i + step])]
-        assert [json.loads(t) for t in got] == [{"a": 1}, {"c": 3}]
-        assert splitter.garbled and splitter.closed
+        assert [json.loads(t) for t in got if isinstance(t, str)] == [{"a": 1}, {"c": 3}]
+        assert got[1].size > 2000 and got[1].head.startswith('{"big"')
+        assert splitter.closed and not splitter.garbled
         assert len(splitter._elem) == 0
 
 

@@ -177,7 +177,7 @@ def test_rebuild_routes_subscription_rows_per_mode(con):
     count = BudgetBook(parse("version: 1\nsubscription_usage: count\n" + BUDGETS + PLANS))
     rebuild_counters(con, count, now)
     assert {(r["scope"], r["window"]): r["spent_usd"] for r in count.status()}[("user:alice", "day")] == 5.0
-    assert ledger_row_scopes(parse("version: 1\n" + PLANS), "alice", None, None, "subscription", "claude-max") == []
+    assert ledger_row_scopes(parse("version: 1\n" + PLANS), "alice", None, None, "subscription", "claude-max", datetime.now(UTC)) == []
 
 
 def test_reprice_moves_notional_and_keeps_invoice_at_zero(con):

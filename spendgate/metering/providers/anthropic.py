@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from spendgate.identity import BodyHints
+from spendgate.metering.framing import Oversized
 from spendgate.metering.providers.base import (
     Adapter,
     JSONEventStreamParser,
@@ -21,9 +23,11 @@ from spendgate.metering.providers.base import (
     dig,
     error_type,
     load_json,
+    modifier,
     parse_json_request,
     str_or_none,
 )
+from spendgate.metering.salvage import head_field, tail_field
 from spendgate.usage import Usage
 
 MESSAGES_PATH = "/v1/messages"
@@ -74,6 +78,15 @@ class AnthropicUsageState:
             if not self.cache_1h_basis:  # object without the total: trust the split
                 self.cache_1h_basis = self.cache_1h + as_int(split.get("ephemeral_5m_input_tokens"))
 
+    def modifiers(self, usage: dict, into: dict[str, str]) -> dict[str, str]:
+        """`speed` (fast mode) and `inference_geo` (data residency) change the price: keep them."""
+        out = dict(into)
+        for key in ("speed", "inference_geo"):
+            value = modifier(usage.get(key))
+            if value:
+                out[key] = value
+        return out
+
     def to_usage(self) -> Usage:
         read = self.raw.get("cache_read_input_tokens", 0)
         write = self.raw.get("cache_creation_input_tokens", 0)
@@ -119,6 +132,7 @@ class AnthropicStreamParser(JSONEventStreamParser):
             usage = dig(message, "usage")
             if isinstance(usage, dict):
                 r.service_tier = str_or_none(usage.get("service_tier")) or r.service_tier
+                r.modifiers = self._usage.modifiers(usage, r.modifiers)
                 self._usage.merge(usage)
                 r.usage = self._usage.to_usage()
                 r.input_tokens_hint = r.usage.input_tokens
@@ -131,6 +145,7 @@ class AnthropicStreamParser(JSONEventStreamParser):
             add_finish_reason(r, dig(obj, "delta", "stop_reason"))
             usage = obj.get("usage")
             if isinstance(usage, dict):
+                r.modifiers = self._usage.modifiers(usage, r.modifiers)
                 self._usage.merge(usage)
                 r.usage = self._usage.to_usage()
                 r.usage_final = True
@@ -139,6 +154,22 @@ class AnthropicStreamParser(JSONEventStreamParser):
         elif kind == "error" or event == "error":
             r.error = error_type(obj) or "error"
 
+    def on_oversized(self, event: str | None, over: Oversized) -> None:
+        """A huge delta counts toward output estimates; a huge message_start/delta keeps its usage."""
+        kind = head_field(over, "type")
+        kind = kind if isinstance(kind, str) else event
+        if kind == "content_block_delta":
+            self._result.output_chars += over.size
+        elif kind == "message_start":
+            self.on_event(event, {"type": kind, "message": {"model": head_field(over, "model"),
+                                                            "usage": tail_field(over, "usage")}})
+        elif kind == "message_delta":
+            self.on_event(event, {"type": kind, "usage": tail_field(over, "usage")})
+        elif kind in ("error", "message_stop"):
+            self.on_event(event, {"type": kind, "error": head_field(over, "error")})
+        else:
+            self._result.garbled = True
+
 
 class AnthropicMessagesAdapter(Adapter):
     provider = "anthropic"
@@ -146,8 +177,12 @@ class AnthropicMessagesAdapter(Adapter):
 
     def parse_request(self, path: str, body: bytes) -> RequestInfo:
         try:
-            obj, info = parse_json_request(body, ("max_tokens",), ("metadata",))
+            obj, info = parse_json_request(body, ("max_tokens",), ("metadata", "speed"))
             info.metadata_user = str_or_none(dig(obj, "metadata", "user_id"))
+            if speed := modifier(obj.get("speed")):  # fast mode asked for: reserve at fast rates
+                info.modifiers = {"speed": speed}
+            if info.metadata_user:
+                info.hints = BodyHints(user_id=info.metadata_user[:4096])
             return info
         except Exception:
             return RequestInfo(malformed=True)
@@ -168,6 +203,7 @@ class AnthropicMessagesAdapter(Adapter):
         if isinstance(usage, dict):
             result.service_tier = str_or_none(usage.get("service_tier"))
             state = AnthropicUsageState.empty()
+            result.modifiers = state.modifiers(usage, {})
             state.merge(usage)
             result.usage = state.to_usage()
             result.usage_final = result.complete = True

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field, replace
@@ -12,9 +13,11 @@ try:  # skips the parts of a request body we never read without building them
 except ImportError:  # pragma: no cover - json.loads alone gives the same answers, slower
     msgspec = None
 
+from spendgate.identity import NO_HINTS, BodyHints
 from spendgate.metering.framing import (
     DEFAULT_MAX_EVENT_BYTES,
     JSONArrayStreamSplitter,
+    Oversized,
     SSEDecoder,
     SSEEvent,
 )
@@ -34,6 +37,8 @@ class RequestInfo:
     rewritten_path: str | None = None  # set when the path is to change (a step-down on Gemini)
     drop_usage_chunk: bool = False  # the client did not ask for the usage chunk we added
     metadata_user: str | None = None  # e.g. Anthropic body metadata.user_id
+    hints: BodyHints = NO_HINTS  # session facts in the body, for identity's per-client chains
+    modifiers: dict[str, str] = field(default_factory=dict)  # serving asked for (speed: fast), for estimates
     malformed: bool = False  # body was not the JSON we expected: forward untouched
 
 
@@ -44,6 +49,7 @@ class ResponseResult:
     model: str | None = None
     usage: Usage | None = None  # None until the provider reported usage (maybe provisional)
     service_tier: str | None = None  # as the provider reported it: priority, flex, batch, standard...
+    modifiers: dict[str, str] = field(default_factory=dict)  # how it was served: speed, inference_geo
     usage_final: bool = False  # True when usage came from the provider's final report
     input_tokens_hint: int | None = None  # e.g. message_start input, for estimates
     output_chars: int = 0  # text/thinking/tool-arg characters seen, for estimates
@@ -101,6 +107,10 @@ class Adapter(ABC):
             return path, dumps_compact(obj)
         except Exception:
             return None
+
+    def served_tier(self, headers: Any) -> str | None:
+        """The service tier a provider says, in response headers, that it served (None: not said)."""
+        return None
 
     def is_stream_response(self, content_type: str, request: RequestInfo) -> bool:
         ct = content_type.lower()
@@ -170,6 +180,12 @@ def str_or_none(value: Any) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
+def modifier(value: Any) -> str | None:
+    """A serving modifier as reported (`fast`, `us`): short lower-case text, else None."""
+    text = str_or_none(value)
+    return text.strip().lower()[:32] if text and text.strip() else None
+
+
 def error_type(obj: Any) -> str | None:
     """The error kind of an error body/event: error.type, error.status, error.code."""
     err = obj.get("error") if isinstance(obj, dict) else None
@@ -223,6 +239,32 @@ def top_level(body: bytes, keys: frozenset[str]) -> dict | None:
     return obj if isinstance(obj, dict) else None
 
 
+@functools.lru_cache(maxsize=16)
+def _nested_decoder(path: tuple[str, ...]) -> Any:
+    struct: Any = msgspec.Raw
+    for i, key in enumerate(reversed(path)):
+        struct = msgspec.defstruct(f"Nested{i}", [("f", struct | None, None)], rename={"f": key})
+    return msgspec.json.Decoder(struct)
+
+
+def nested(body: bytes, path: tuple[str, ...]) -> Any:
+    """One value deep inside a JSON object body (e.g. request.session_id), or None.
+
+    Builds only the objects on `path` (msgspec skips the rest), so a large conversation in the
+    same body costs a validation pass, not a parse.
+    """
+    if msgspec is not None:
+        try:
+            top = _nested_decoder(path).decode(body)
+            for _ in path:
+                top = getattr(top, "f", None) if top is not None else None
+            return json.loads(bytes(top)) if top is not None else None
+        except Exception:
+            pass
+    obj = load_json(body)
+    return dig(obj, *path)
+
+
 def parse_json_request(
     body: bytes, max_tokens_keys: tuple[str, ...], keys: tuple[str, ...] = ()
 ) -> tuple[dict, RequestInfo]:
@@ -247,7 +289,7 @@ def parse_json_request(
 def snapshot(result: ResponseResult) -> ResponseResult:
     """A copy callers may keep or mutate without touching the parser's state."""
     usage = replace(result.usage) if result.usage is not None else None
-    return replace(result, usage=usage)
+    return replace(result, usage=usage, modifiers=dict(result.modifiers))
 
 
 class JSONEventStreamParser(StreamParser):
@@ -268,6 +310,14 @@ class JSONEventStreamParser(StreamParser):
     def on_event(self, event: str | None, obj: dict) -> None:
         """Interpret one JSON payload (``event`` is the SSE event name, if any)."""
 
+    def on_oversized(self, event: str | None, over: Oversized) -> None:
+        """An event beyond the memory cap: only its head and tail were kept.
+
+        Adapters override this to read their small fields (spendgate.metering.salvage); by default
+        the event is lost, which makes the stream garbled.
+        """
+        self._result.garbled = True
+
     def on_done(self) -> None:
         """The stream's own terminator was seen."""
         self._result.complete = True
@@ -275,7 +325,8 @@ class JSONEventStreamParser(StreamParser):
     def feed(self, data: bytes) -> None:
         try:
             if self._array is not None:
-                self._handle([SSEEvent(None, s) for s in self._array.feed(data)])
+                self._handle([SSEEvent(None, s) if isinstance(s, str) else SSEEvent(None, s.head, s)
+                              for s in self._array.feed(data)])
                 if self._array.closed and not self._done_signalled:
                     self._done_signalled = True
                     self.on_done()
@@ -299,6 +350,13 @@ class JSONEventStreamParser(StreamParser):
 
     def _handle(self, events: list[SSEEvent]) -> None:
         for ev in events:
+            if ev.oversized is not None:
+                self._result.events += 1
+                try:
+                    self.on_oversized(ev.event, ev.oversized)
+                except Exception:
+                    self._result.garbled = True
+                continue
             data = ev.data.strip()
             if not data:
                 continue

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
+from spendgate.identity import BodyHints
+from spendgate.metering.framing import Oversized
 from spendgate.metering.providers.base import (
     Adapter,
     JSONEventStreamParser,
@@ -25,9 +27,11 @@ from spendgate.metering.providers.base import (
     dig,
     error_type,
     load_json,
+    nested,
     parse_json_request,
     str_or_none,
 )
+from spendgate.metering.salvage import head_field, tail_field
 from spendgate.usage import Usage
 
 # case-insensitive: routing must not be dodged by spelling (/V1BETA/Models/m:GENERATECONTENT)
@@ -68,15 +72,44 @@ def has_counts(meta: Any) -> bool:
     return isinstance(meta, dict) and any(key in meta for key in _COUNT_KEYS)
 
 
+# modality -> our kind; DOCUMENT (PDF pages) is billed like images, as genai-prices maps it
+_MODALITY = {"AUDIO": "audio", "IMAGE": "image", "DOCUMENT": "image", "VIDEO": "video"}
+
+
+def modality_counts(*details: Any) -> dict[str, int]:
+    """Token counts per kind (audio, image, video) from ``*TokensDetails`` lists."""
+    out: dict[str, int] = {}
+    for items in details:
+        for item in items if isinstance(items, list) else ():
+            kind = _MODALITY.get(str(dig(item, "modality") or "").upper())
+            if kind:
+                out[kind] = out.get(kind, 0) + as_int(dig(item, "tokenCount"))
+    return out
+
+
 def gemini_usage(meta: dict, web_searches: int = 0) -> Usage:
-    """Normalize ``usageMetadata`` (tool-use prompt tokens count as input)."""
+    """Normalize ``usageMetadata`` (tool-use prompt tokens count as input); modality details split
+    out the tokens that have their own rates (audio, image, video)."""
     thoughts = as_int(meta.get("thoughtsTokenCount"))
+    inp = as_int(meta.get("promptTokenCount")) + as_int(meta.get("toolUsePromptTokenCount"))
+    out = as_int(meta.get("candidatesTokenCount")) + thoughts
+    cached = as_int(meta.get("cachedContentTokenCount"))
+    prompt = modality_counts(meta.get("promptTokensDetails"), meta.get("toolUsePromptTokensDetails"))
+    cands = modality_counts(meta.get("candidatesTokensDetails"))
+    cache = modality_counts(meta.get("cacheTokensDetails"))
     return Usage(
-        input_tokens=as_int(meta.get("promptTokenCount")) + as_int(meta.get("toolUsePromptTokenCount")),
-        cache_read_tokens=as_int(meta.get("cachedContentTokenCount")),
-        output_tokens=as_int(meta.get("candidatesTokenCount")) + thoughts,
+        input_tokens=inp,
+        cache_read_tokens=cached,
+        output_tokens=out,
         reasoning_tokens=thoughts,
         web_search_requests=web_searches,
+        input_audio_tokens=min(prompt.get("audio", 0), inp),
+        input_image_tokens=min(prompt.get("image", 0), inp),
+        input_video_tokens=min(prompt.get("video", 0), inp),
+        cache_read_audio_tokens=min(cache.get("audio", 0), cached, prompt.get("audio", 0)),
+        output_audio_tokens=min(cands.get("audio", 0), out),
+        output_image_tokens=min(cands.get("image", 0), out),
+        output_video_tokens=min(cands.get("video", 0), out),
     )
 
 
@@ -128,6 +161,24 @@ class GeminiChunkFolder:
         r.usage_final = r.complete and r.usage is not None
 
 
+def salvaged_chunk(over: Oversized) -> dict:
+    """The chunk fields we meter, rebuilt from an oversized chunk's head and tail."""
+    obj: dict[str, Any] = {}
+    meta = tail_field(over, "usageMetadata")
+    if isinstance(meta, dict):
+        obj["usageMetadata"] = meta
+    version = tail_field(over, "modelVersion")
+    if isinstance(version, str):
+        obj["modelVersion"] = version
+    reason = tail_field(over, "finishReason")
+    if isinstance(reason, str):
+        obj["candidates"] = [{"finishReason": reason}]
+    error = head_field(over, "error")
+    if isinstance(error, dict):
+        obj["error"] = error
+    return obj
+
+
 class GeminiStreamParser(JSONEventStreamParser):
     """``streamGenerateContent``: SSE (``alt=sse``) or the incremental JSON array."""
 
@@ -138,9 +189,23 @@ class GeminiStreamParser(JSONEventStreamParser):
     def on_event(self, event: str | None, obj: dict) -> None:
         self._folder.fold(obj)
 
+    def on_oversized(self, event: str | None, over: Oversized) -> None:
+        """An image/audio chunk beyond the cap: usageMetadata, finishReason and modelVersion
+        come after the candidates' data, so the tail has them."""
+        self._folder.fold(salvaged_chunk(over))
+
     def on_done(self) -> None:
         self._result.complete = True
         self._result.usage_final = self._result.usage is not None
+
+
+def normalize_tier(value: Any) -> str | None:
+    """`priority`, `PRIORITY` and `SERVICE_TIER_PRIORITY` all name the priority tier."""
+    text = str_or_none(value)
+    if not text:
+        return None
+    text = text.strip().lower()
+    return text.removeprefix("service_tier_")[:32] or None
 
 
 class GeminiAdapter(Adapter):
@@ -158,9 +223,23 @@ class GeminiAdapter(Adapter):
         new = parts.path[: m.start(1)] + quote(model, safe="") + parts.path[m.end(1):]
         return new + (f"?{parts.query}" if parts.query else ""), body
 
+    def served_tier(self, headers: Any) -> str | None:
+        """Gemini says which tier served the request in `x-gemini-service-tier` (a priority request
+        over its limit is served, and billed, at standard)."""
+        try:
+            return normalize_tier(headers.get("x-gemini-service-tier"))
+        except Exception:
+            return None
+
     def parse_request(self, path: str, body: bytes) -> RequestInfo:
         try:
-            obj, info = parse_json_request(body, (), ("generationConfig", "generation_config"))
+            obj, info = parse_json_request(body, (), ("generationConfig", "generation_config", "user_prompt_id",
+                                                      "service_tier", "serviceTier"))
+            if tier := normalize_tier(obj.get("service_tier", obj.get("serviceTier"))):
+                info.modifiers = {"service_tier": tier}  # asked for; the response header says what was served
+            if prompt_id := str_or_none(obj.get("user_prompt_id")):  # Gemini CLI, Code Assist body
+                info.hints = BodyHints(user_prompt_id=prompt_id[:256],
+                                       session_id=str_or_none(nested(body, ("request", "session_id"))))
             gpath = parse_path(path)
             info.model = gpath.model if gpath else info.model
             info.stream = gpath is not None and gpath.method == "streamGenerateContent"

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from spendgate.metering.framing import SSEDecoder
+from spendgate.identity import BodyHints
+from spendgate.metering.framing import Oversized, SSEDecoder
 from spendgate.metering.providers.base import (
     Adapter,
     JSONEventStreamParser,
@@ -26,6 +27,7 @@ from spendgate.metering.providers.base import (
     parse_json_request,
     str_or_none,
 )
+from spendgate.metering.salvage import head_field, tail_field
 from spendgate.usage import Usage
 
 CHAT_PATH = "/v1/chat/completions"
@@ -34,11 +36,16 @@ CHAT_PATH = "/v1/chat/completions"
 def chat_usage(usage: dict) -> Usage:
     """Normalize a Chat Completions ``usage`` object."""
     output = as_int(usage.get("completion_tokens"))
+    inp = as_int(usage.get("prompt_tokens"))
     return Usage(
-        input_tokens=as_int(usage.get("prompt_tokens")),
+        input_tokens=inp,
         cache_read_tokens=as_int(dig(usage, "prompt_tokens_details", "cached_tokens")),
         output_tokens=output,
         reasoning_tokens=min(as_int(dig(usage, "completion_tokens_details", "reasoning_tokens")), output),
+        input_audio_tokens=min(as_int(dig(usage, "prompt_tokens_details", "audio_tokens")), inp),
+        input_image_tokens=min(as_int(dig(usage, "prompt_tokens_details", "image_tokens")), inp),
+        output_audio_tokens=min(as_int(dig(usage, "completion_tokens_details", "audio_tokens")), output),
+        output_image_tokens=min(as_int(dig(usage, "completion_tokens_details", "image_tokens")), output),
     )
 
 
@@ -118,6 +125,15 @@ class ChatStreamParser(JSONEventStreamParser):
             r.usage = chat_usage(usage)
             r.usage_final = True
 
+    def on_oversized(self, event: str | None, over: Oversized) -> None:
+        """A huge delta (e.g. audio) counts toward estimates and keeps a trailing usage object."""
+        self._result.output_chars += over.size
+        obj = {"model": head_field(over, "model"), "service_tier": tail_field(over, "service_tier")}
+        usage = tail_field(over, "usage")
+        if isinstance(usage, dict):
+            obj["usage"] = usage
+        self.on_event(event, obj)
+
 
 class OpenAIChatAdapter(Adapter):
     provider = "openai"
@@ -125,10 +141,12 @@ class OpenAIChatAdapter(Adapter):
 
     def parse_request(self, path: str, body: bytes) -> RequestInfo:
         try:
-            obj, info = parse_json_request(body, ("max_completion_tokens", "max_tokens"), ("user", "stream_options"))
+            obj, info = parse_json_request(body, ("max_completion_tokens", "max_tokens"), ("user", "stream_options", "prompt_cache_key"))
             if info.malformed:
                 return info
             info.metadata_user = str_or_none(obj.get("user"))
+            if key := str_or_none(obj.get("prompt_cache_key")):
+                info.hints = BodyHints(prompt_cache_key=key[:256])
             if info.stream and dig(obj, "stream_options", "include_usage") is not True:
                 info.rewritten_body = dumps_compact(with_include_usage(load_json(body)))  # the whole body
                 info.drop_usage_chunk = True

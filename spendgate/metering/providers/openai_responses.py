@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from spendgate.identity import BodyHints
+from spendgate.metering.framing import Oversized
 from spendgate.metering.providers.base import (
     Adapter,
     JSONEventStreamParser,
@@ -24,6 +26,7 @@ from spendgate.metering.providers.base import (
     parse_json_request,
     str_or_none,
 )
+from spendgate.metering.salvage import head_field, tail_field
 from spendgate.usage import Usage
 
 RESPONSES_PATH = "/v1/responses"
@@ -49,12 +52,17 @@ WEB_SEARCH_ITEM = "web_search_call"
 def responses_usage(usage: dict, web_searches: int = 0) -> Usage:
     """Normalize a Responses ``usage`` object."""
     output = as_int(usage.get("output_tokens"))
+    inp = as_int(usage.get("input_tokens"))
     return Usage(
-        input_tokens=as_int(usage.get("input_tokens")),
+        input_tokens=inp,
         cache_read_tokens=as_int(dig(usage, "input_tokens_details", "cached_tokens")),
         output_tokens=output,
         reasoning_tokens=min(as_int(dig(usage, "output_tokens_details", "reasoning_tokens")), output),
         web_search_requests=web_searches,
+        input_audio_tokens=min(as_int(dig(usage, "input_tokens_details", "audio_tokens")), inp),
+        input_image_tokens=min(as_int(dig(usage, "input_tokens_details", "image_tokens")), inp),
+        output_audio_tokens=min(as_int(dig(usage, "output_tokens_details", "audio_tokens")), output),
+        output_image_tokens=min(as_int(dig(usage, "output_tokens_details", "image_tokens")), output),
     )
 
 
@@ -125,6 +133,20 @@ class ResponsesStreamParser(JSONEventStreamParser):
         elif kind == "error" or event == "error":
             r.error = r.error or error_type(obj) or str_or_none(obj.get("code")) or "error"
 
+    def on_oversized(self, event: str | None, over: Oversized) -> None:
+        """A terminal event repeating a generated image (or huge output) keeps model and usage."""
+        kind = head_field(over, "type")
+        kind = kind if isinstance(kind, str) else event
+        if kind in TERMINAL_EVENTS:
+            response = {"model": head_field(over, "model"), "usage": tail_field(over, "usage"),
+                        "service_tier": tail_field(over, "service_tier")}
+            self.on_event(event, {"type": kind, "response": response})
+        elif kind in _TEXT_DELTAS:
+            self._result.output_chars += over.size
+        elif kind not in ("response.output_item.done", "response.output_item.added", "response.content_part.done",
+                          "response.output_text.done", "response.image_generation_call.partial_image"):
+            self._result.garbled = True
+
 
 class OpenAIResponsesAdapter(Adapter):
     provider = "openai"
@@ -132,8 +154,10 @@ class OpenAIResponsesAdapter(Adapter):
 
     def parse_request(self, path: str, body: bytes) -> RequestInfo:
         try:
-            obj, info = parse_json_request(body, ("max_output_tokens",), ("user",))
+            obj, info = parse_json_request(body, ("max_output_tokens",), ("user", "prompt_cache_key"))
             info.metadata_user = str_or_none(obj.get("user"))
+            if key := str_or_none(obj.get("prompt_cache_key")):  # Codex: its conversation id
+                info.hints = BodyHints(prompt_cache_key=key[:256])
             return info
         except Exception:
             return RequestInfo(malformed=True)
