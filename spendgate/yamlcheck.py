@@ -167,6 +167,13 @@ def schema_problems(
     for err in sorted(validator.iter_errors(doc), key=lambda e: list(map(str, e.absolute_path))):
         path = tuple(err.absolute_path)
         where = ".".join(map(str, path)) or "top level"
+        said = explain(err, path, where) if explain else None  # a caller's own wording comes first
+        if isinstance(said, Problem):
+            out.append(said)
+            continue
+        if said:
+            out.append(Problem(*mark(marks, path), said))
+            continue
         typed = _typed_name(err, texts)
         if typed is not None:
             out.append(Problem(*mark(marks, typed[0]), quote_hint(typed[0], texts[typed[0]], typed[1])))
@@ -177,9 +184,5 @@ def schema_problems(
             for k in [k for k in (err.instance or {}) if k not in known]:
                 out.append(Problem(*mark(marks, (*path, k), key_of=True), f"unknown key {k!r} in {where}{hint}"))
             continue
-        said = explain(err, path, where) if explain else None
-        if isinstance(said, Problem):
-            out.append(said)
-        else:
-            out.append(Problem(*mark(marks, path), said or f"{where}: {err.message}"))
+        out.append(Problem(*mark(marks, path), f"{where}: {err.message}"))
     return out
