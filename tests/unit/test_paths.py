@@ -13,8 +13,13 @@ import pytest
 from spendgate import access, bounds
 from spendgate.budgets import refusal, unmetered
 from spendgate.metering.providers import normalize_path, route
-from spendgate.metering.streams import PIECE, DecodedTooLarge, IncrementalDecoder, StreamTap
 from spendgate.metering.providers.anthropic import MESSAGES
+from spendgate.metering.streams import (
+    PIECE,
+    DecodedTooLarge,
+    IncrementalDecoder,
+    StreamTap,
+)
 from spendgate.policy.model import PolicyError, parse
 
 try:
