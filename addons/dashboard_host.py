@@ -37,7 +37,8 @@ class DashboardHost:
     async def request(self, flow: http.HTTPFlow) -> None:
         host = ctx.options.spendgate_dashboard_host
         gw = self.gate.gateway
-        if not host or flow.response or flow.request.pretty_host.lower() != host.lower():
+        # the request line's host (absolute-form), never the Host header: decisions follow the real target
+        if not host or flow.response or flow.request.host.lower() != host.lower():
             return
         flow.metadata[META] = True
         if gw is None:

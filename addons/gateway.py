@@ -37,6 +37,7 @@ log = logging.getLogger("spendgate")
 
 META = "spendgate"
 TOO_LARGE = "spendgate.too_large"  # flow.metadata: answered 413 before the body was read
+RELEASE_DELAY = 0.5  # seconds after an oversized request's connection closed before memory is released
 CEILING_FACTOR = 4  # providers-only: mitmproxy stops reading bodies past this many times the limit
 SWITCH_INTERVAL = 0.0005  # seconds; see SpendGate.load
 
@@ -270,7 +271,8 @@ class SpendGate:
         if self._release_pending:
             return
         self._release_pending = True
-        wait = max(0.0, self._released_at + bounds.RELEASE_INTERVAL - time.monotonic())
+        # a moment after the disconnect: mitmproxy tears the connection's layers down after this hook
+        wait = max(RELEASE_DELAY, self._released_at + bounds.RELEASE_INTERVAL - time.monotonic())
         asyncio.get_running_loop().call_later(wait, self._release)
 
     def _release(self) -> None:

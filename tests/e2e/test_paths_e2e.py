@@ -12,6 +12,7 @@ import json
 import socket
 import ssl
 import threading
+import typing
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx2
@@ -88,9 +89,9 @@ def messages_body(prompt: str = "x" * 7200) -> bytes:
 
 
 class _Internal(BaseHTTPRequestHandler):
-    hits: list[str] = []
+    hits: typing.ClassVar[list[str]] = []
 
-    def do_GET(self):  # noqa: N802
+    def do_GET(self):
         _Internal.hits.append(self.path)
         body = b"internal service secret\n"
         self.send_response(200)
@@ -136,8 +137,8 @@ def test_ip_connect_with_provider_sni_is_routed_by_the_sni_and_budgeted(tmp_path
     gw = gateway_factory(policy=policy(tmp_path, AT_CAP)).start()
     # connected by IP, TLS SNI api.anthropic.com: decrypted (allow_hosts matches the SNI), so it must
     # be metered and budgeted like any call to api.anthropic.com
-    status, headers, body = raw_request(tunnel(gw, "127.0.0.1:443", "api.anthropic.com"), "POST", "/v1/messages",
-                                        "api.anthropic.com", messages_body(), ANTHROPIC_HEADERS)
+    status, _, body = raw_request(tunnel(gw, "127.0.0.1:443", "api.anthropic.com"), "POST", "/v1/messages",
+                                  "api.anthropic.com", messages_body(), ANTHROPIC_HEADERS)
     assert status == 429, body
     assert json.loads(body)["error"]["type"] == "billing_error"
     assert fake_provider.requests == []
@@ -346,8 +347,8 @@ def test_compression_bomb_response_is_not_decoded_past_the_cap(gateway_factory, 
     peak_before = rss_mb(gw.proc.pid, "VmHWM")
     req = {"model": MODEL, "max_tokens": 10, "stream": stream, "messages": [{"role": "user", "content": "hi"}]}
     s = tunnel(gw, "api.anthropic.com:443", "api.anthropic.com")
-    status, headers, body = raw_request(s, "POST", "/v1/messages", "api.anthropic.com", json.dumps(req).encode(),
-                                        {**ANTHROPIC_HEADERS, "x-fake-scenario": "bomb"})
+    status, _, body = raw_request(s, "POST", "/v1/messages", "api.anthropic.com", json.dumps(req).encode(),
+                                  {**ANTHROPIC_HEADERS, "x-fake-scenario": "bomb"})
     assert status == 200
     from tests.support.fake_provider import compression_bomb
 
