@@ -11,6 +11,7 @@ import fnmatch
 import hashlib
 import ipaddress
 import json
+import os
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import Decimal
@@ -115,6 +116,7 @@ class Policy:
     mode: str | None = None  # central | laptop | None (not said)
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     unknown_users: str = "default"  # block | unattributed | default
+    header_signing: HeaderSigning | None = field(default=None, repr=False)
 
     def trusts(self, ip: str | None) -> bool:
         """Whether a peer is one of the `trusted_proxies`, whose identity headers are believed."""
@@ -192,6 +194,43 @@ DEFAULT_TYPICAL_OUTPUT = 4096
 DEFAULT_IDENTITY = ("proxy_auth", "api_key", "local_user")
 
 
+@dataclass(frozen=True, slots=True)
+class HeaderSigning:
+    """`header_signature`: an asserted header is believed when an HMAC-SHA256 over
+    "UNIX_SECONDS.HEADER_NAME.VALUE" with this secret is fresh and matches (see identity.signed)."""
+
+    secret: bytes = field(repr=False)
+    header: str = "x-spendgate-signature"
+    max_age_seconds: int = 300
+
+
+def _header_signing(doc: dict, marks: Marks, base: Path, warnings: list[Problem]) -> HeaderSigning | None:
+    """The shared secret, from a file next to the policy or the environment; missing: a warning
+    (the header is then never believed, which fails closed)."""
+    raw = doc.get("header_signature")
+    if not raw:
+        return None
+    secret = b""
+    if raw.get("secret_file"):
+        path = base / Path(raw["secret_file"]).expanduser()
+        try:
+            secret = path.read_bytes().strip()
+        except OSError as e:
+            warnings.append(Problem(*mark(marks, ("header_signature", "secret_file")),
+                                    f"cannot read {path}: {e.strerror or e}; signed headers will be refused",
+                                    warning=True))
+    elif raw.get("secret_env"):
+        secret = os.environ.get(raw["secret_env"], "").strip().encode()
+        if not secret:
+            warnings.append(Problem(*mark(marks, ("header_signature", "secret_env")),
+                                    f"${raw['secret_env']} is not set here; signed headers will be refused",
+                                    warning=True))
+    if secret and len(secret) < 16:
+        warnings.append(Problem(*mark(marks, ("header_signature",)), "the header secret is shorter than 16 bytes",
+                                warning=True))
+    return HeaderSigning(secret, raw.get("header", "x-spendgate-signature").lower(), int(raw.get("max_age_seconds", 300)))
+
+
 # Identity sources a client cannot choose (each is checked against something the client does not
 # control), and those it asserts (believed only from `trusted_proxies`). See docs/security.md.
 AUTHENTICATING = ("proxy_auth", "api_key", "client_ip", "local_user")
@@ -219,16 +258,18 @@ def _trusted_proxies(doc: dict, marks: Marks, problems: list[Problem]) -> tuple:
     return tuple(nets)
 
 
-def identity_problems(doc: dict, marks: Marks, identity: tuple[str, ...], trusted: tuple, mode: str | None) -> list[Problem]:
+def identity_problems(doc: dict, marks: Marks, identity: tuple[str, ...], trusted: tuple, mode: str | None,
+                      signed: bool = False) -> list[Problem]:
     """Chains a client could talk its way through: an asserted source believed from anywhere, or
     (central mode) the gateway's own OS account standing in for every client."""
     out = []
     for i, source in enumerate(identity):
         pos = mark(marks, ("identity", i)) if doc.get("identity") else (1, 1)
-        if is_asserted(source) and not trusted:
+        if is_asserted(source) and not trusted and not signed:
             out.append(Problem(*pos, f"{source} is asserted by the client (anyone can send any name); it is "
-                                     "believed only from the proxies listed under trusted_proxies: [CIDR, ...]. "
-                                     "Add the proxies that set it, or use proxy_auth (spendgate tokens issue)"))
+                                     "believed only from the proxies listed under trusted_proxies: [CIDR, ...] "
+                                     "(or signed: header_signature). Add the proxies that set it, or use "
+                                     "proxy_auth (spendgate tokens issue)"))
         if source == "local_user" and mode == "central":
             out.append(Problem(*pos, "local_user names the gateway's own OS account in central mode, not the "
                                      "client; use proxy_auth, api_key or client_ip"))
@@ -304,7 +345,8 @@ def parse(text: str, file: str = "<policy>", today: date | None = None) -> Polic
                                 warning=True))
     mode = doc.get("mode")
     trusted = _trusted_proxies(doc, marks, problems)
-    problems += identity_problems(doc, marks, identity, trusted, mode)
+    signing = _header_signing(doc, marks, Path(file).parent, warnings)
+    problems += identity_problems(doc, marks, identity, trusted, mode, signed=signing is not None)
     alerts, sinks, approvals, found = parse_sections(doc, set(workspaces))
     problems += [Problem(*mark(marks, path), msg) for path, msg in found]
     if problems:
@@ -338,6 +380,7 @@ def parse(text: str, file: str = "<policy>", today: date | None = None) -> Polic
         mode=mode,
         trusted_proxies=trusted,
         unknown_users=doc.get("unknown_users", "default"),
+        header_signing=signing,
     )
 
 

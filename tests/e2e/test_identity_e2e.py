@@ -154,6 +154,23 @@ def test_header_only_from_a_trusted_proxy_and_unknown_users_blocked(tmp_path, ga
     assert [r["user"] for r in rows if r["outcome"] == "blocked"] == ["nobody3"]
 
 
+def test_a_signed_header_is_believed_from_any_peer(tmp_path, gateway_factory):
+    from spendgate.identity import sign_header
+
+    key = b"a-long-shared-secret-for-the-proxy"
+    (tmp_path / "header.key").write_bytes(key)
+    gw = gateway_factory(policy=write(tmp_path, "version: 1\ntimezone: UTC\n" + README_CHAIN +
+                                      "header_signature: {secret_file: header.key}\ndefaults: {user: {day: 50}}\n")).start()
+    client = claude(gw)
+    signed = {"x-spendgate-user": "carol", "x-spendgate-signature": sign_header(key, "x-spendgate-user", "carol")}
+    assert ask(client, **signed).status_code == 200
+    forged = {**signed, "x-spendgate-user": "dana"}  # the signature covers the name
+    assert ask(client, **forged).status_code == 200
+    rows = gw.ledger(wait_for=2)
+    assert sorted((r["user"], r["identity_source"]) for r in rows) == [
+        ("carol", "header:x-spendgate-user"), ("tester", "local_user")]
+
+
 def test_policy_check_rejects_chains_a_client_can_talk_through(tmp_path, gateway_factory):
     cases = {
         "open.yaml": ("version: 1\n" + README_CHAIN, 2, 33, "header:x-spendgate-user is asserted by the client"),
