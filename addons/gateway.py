@@ -10,22 +10,28 @@ import logging
 import sys
 from pathlib import Path
 
+from access import (
+    Access,  # addons/access.py: client networks, providers-only, identity echo
+)
+from dashboard_host import (
+    DashboardHost,  # addons/ is on sys.path when mitmdump loads this script
+)
 from mitmproxy import ctx, exceptions, http
+from opaque import (
+    OpaqueCounter,  # addons/opaque.py: counts undecrypted connections to opaque AI hosts
+)
+from proxy_tokens import (
+    ProxyTokens,  # addons/proxy_tokens.py: spendgate tokens as proxy credentials
+)
 
-from spendgate.metering import providers
-
-from spendgate.budgets import refusal
-from spendgate.metering.providers import openai_chat
 from spendgate import resources
-from spendgate.gateway import Gateway, GatewayError, Settings
-from spendgate.metering.meter import Body, Exchange
+from spendgate.budgets import refusal
 from spendgate.cli.source import default_db
+from spendgate.gateway import Gateway, GatewayError, Settings
+from spendgate.metering import providers
+from spendgate.metering.meter import Body, Exchange
+from spendgate.metering.providers import openai_chat
 from spendgate.metering.streams import EventDropper, StreamTap
-
-from dashboard_host import DashboardHost  # addons/ is on sys.path when mitmdump loads this script
-from opaque import OpaqueCounter  # addons/opaque.py: counts undecrypted connections to opaque AI hosts
-from access import Access  # addons/access.py: client networks, providers-only, identity echo
-from proxy_tokens import ProxyTokens  # addons/proxy_tokens.py: spendgate tokens as proxy credentials
 
 log = logging.getLogger("spendgate")
 
@@ -149,7 +155,7 @@ class SpendGate:
         if ex is None:
             return
         flow.metadata[META] = ex
-        answer = self.gateway.admit(ex)
+        answer = self.gateway.admission.admit(ex)
         if answer is not None:  # over budget (or refused by policy): never forwarded
             flow.response = http.Response.make(answer.status, answer.body, answer.headers)
             self.gateway.meter.finish(ex, None)
@@ -168,7 +174,7 @@ class SpendGate:
             return
         ex.status = resp.status_code
         ex.headers_at = self.gateway.meter.clock()
-        resp.headers.update(self.gateway.response_headers(ex))
+        resp.headers.update(self.gateway.admission.response_headers(ex))
         parser = self.gateway.meter.stream_parser(ex, flow.request.path, resp.headers.get("content-type", ""))
         if parser is not None:
             # only OpenAI chat asks for this: the include_usage chunk the client did not request

@@ -16,18 +16,21 @@ from typing import Any
 
 import duckdb
 
-from spendgate.workflow import audit as audit_mod
-from spendgate.web.server import ApiError, Caller
-from spendgate.policy.sections import SinkConfig
-from spendgate.workflow.alerts import AlertEngine, Spent, warning_line
-from spendgate.workflow.approvals import (DECIDING_SOURCES, ApprovalError, Approvals, GrantBook, NotAllowed, iso,
-                                          list_requests, may_decide)
-from spendgate.workflow.audit import AuditLog, policy_detail, process_actor
 from spendgate.budgets.book import ZERO, BudgetBook, Decision
 from spendgate.identity import Identity
-from spendgate.store.ledger import LedgerRow
 from spendgate.policy.model import Policy
-from spendgate.reports.queries import parse_time
+from spendgate.policy.sections import SinkConfig
+from spendgate.store.ledger import LedgerRow
+from spendgate.workflow import audit as audit_mod
+from spendgate.workflow.alerts import AlertEngine, Spent, warning_line
+from spendgate.workflow.approvals import (
+    Approvals,
+    GrantBook,
+    iso,
+    list_requests,
+    may_decide,
+)
+from spendgate.workflow.audit import AuditLog, policy_detail, process_actor
 from spendgate.workflow.sinks import Delivery, Dispatcher, Notice
 
 log = logging.getLogger(__name__)
@@ -63,6 +66,7 @@ class Workflow:
         self.expire_grants()
         # who files a request made with the admin token alone (laptop mode: the machine's user);
         # None: the admin token names nobody, and requests need the requester's own credentials
+        # (set by the gateway; read by web.routes)
         self.local_person: Callable[[], str | None] = lambda: None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -129,66 +133,21 @@ class Workflow:
             except Exception:
                 log.exception("spendgate: workflow housekeeping failed")
 
-    # -- admin API --
-    def get_routes(self) -> dict[str, Callable[[dict[str, str], Caller], Any]]:
-        return {
-            "/api/requests": self._requests_route,
-            "/api/audit": self._audit_route,
-            "/api/grants": lambda p, c: self.grant_rows(),
-        }
+    # -- read side (the web layer builds routes on these) --
+    def requests_for(self, status: str | None, request_id: str | None, caller: str, admin: bool,
+                     decider: bool = False) -> list[dict[str, Any]]:
+        """Increase requests: all for an admin; for others their own plus those they may decide.
 
-    def _requests_route(self, p: dict[str, str], caller: Caller) -> list[dict[str, Any]]:
-        """Admins: every request. Others: their own, plus those they may decide (`can_decide`)."""
-        rows = list_requests(self.cursor(), p.get("status") or None, p.get("id") or None)
-        policy = self._policy
-        decider = caller.source in DECIDING_SOURCES
+        `decider`: the caller's name is proven well enough to decide (approvals.DECIDING_SOURCES);
+        each row then says whether they may decide it (`can_decide`, the one rule: may_decide).
+        """
+        rows = list_requests(self.cursor(), status, request_id)
         for r in rows:
-            r["can_decide"] = decider and r["status"] == "pending" and may_decide(policy, caller.name, r)
-        if caller.admin:
-            return rows
-        return [r for r in rows if r["requester"] == caller.name or r["can_decide"]]
+            r["can_decide"] = decider and r["status"] == "pending" and may_decide(self._policy, caller, r)
+        return rows if admin else [r for r in rows if r["requester"] == caller or r["can_decide"]]
 
-    def _audit_route(self, p: dict[str, str], caller: Caller) -> list[dict[str, Any]]:
-        if not caller.admin:
-            raise ApiError(403, "the audit trail is for admins")
-        return audit_mod.rows(self.cursor(), parse_time(p["since"]) if p.get("since") else None)
-
-    def post_routes(self) -> dict[str, Callable[[dict[str, Any], Caller], Any]]:
-        """POST /api/request, /api/approve, /api/deny. The person acting is the caller, never a
-        parameter: `actor` in the body is ignored. Deciding needs a name from DECIDING_SOURCES."""
-
-        def wrap(fn: Callable[[dict[str, Any], str], Any], deciding: bool) -> Callable[[dict[str, Any], Caller], Any]:
-            def handler(params: dict[str, Any], caller: Caller) -> Any:
-                params.pop("actor", None)
-                if deciding and caller.source not in DECIDING_SOURCES:
-                    raise ApiError(403, "deciding a request needs your own credentials: your spendgate token "
-                                        "(spendgate tokens issue YOU; the CLI reads $SPENDGATE_TOKEN) or your proxy "
-                                        "credentials on spendgate.local. The admin token names nobody")
-                if caller.source == "admin-token" or (caller.admin and caller.source not in DECIDING_SOURCES):
-                    actor = self.local_person()
-                    if not actor:
-                        raise ApiError(403, "the admin token names nobody: file the request with your own "
-                                            "spendgate token ($SPENDGATE_TOKEN)")
-                else:
-                    actor = caller.name
-                try:
-                    return fn(params, actor)
-                except NotAllowed as e:
-                    raise ApiError(403, str(e)) from None
-                except ApprovalError as e:
-                    raise ApiError(400, str(e)) from None
-
-            return handler
-
-        return {
-            "/api/request": wrap(lambda p, a: self.approvals.request(
-                a, p.get("scope") or f"user:{a}", p.get("window") or "", p.get("amount"), p.get("reason") or ""),
-                deciding=False),
-            "/api/approve": wrap(lambda p, a: self.approvals.approve(
-                p.get("id") or "", a, p.get("amount"), p.get("until"), p.get("note")), deciding=True),
-            "/api/deny": wrap(lambda p, a: self.approvals.deny(p.get("id") or "", a, p.get("reason") or ""),
-                              deciding=True),
-        }
+    def audit_rows(self, since: datetime | None) -> list[dict[str, Any]]:
+        return audit_mod.rows(self.cursor(), since)
 
     def grant_rows(self) -> list[dict[str, Any]]:
         now = self.now()
