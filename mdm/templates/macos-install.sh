@@ -45,8 +45,10 @@ if [ "$IDENTITY" = proxy_auth ]; then
   [ -n "$PASSWORD" ] || die "proxy_auth identity: set SPENDGATE_PROXY_PASSWORD to the user's token (spendgate tokens issue USER)"
   case "$PASSWORD" in *[!A-Za-z0-9._~-]*) die "SPENDGATE_PROXY_PASSWORD may hold letters, digits and . _ ~ - only" ;; esac
 fi
-fill() {
-  sed -e "s|{{user_token}}|$USER_NAME|g" -e "s|@@PROXY_PASSWORD@@|$PASSWORD|g" "$1" > "$2.spendgate.tmp"
+USER_URL="$(printf '%s' "$USER_NAME" | sed 's/@/%40/g')"
+fill() {  # in the proxy URL the user is percent-encoded (alice%40acme.com); everywhere else as given
+  sed -e "s|{{user_token}}:@@PROXY_PASSWORD@@@|$USER_URL:$PASSWORD@|g" \
+      -e "s|{{user_token}}|$USER_NAME|g" -e "s|@@PROXY_PASSWORD@@|$PASSWORD|g" "$1" > "$2.spendgate.tmp"
   chmod "$3" "$2.spendgate.tmp" && mv "$2.spendgate.tmp" "$2"
 }
 
