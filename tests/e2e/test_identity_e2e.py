@@ -208,8 +208,14 @@ def _cli(*args: str) -> list[str]:
 def test_proxy_tokens_issue_revoke_expire(tmp_path, gateway_factory):
     from spendgate.tokens import TokenStore, tokens_path
 
+    import bcrypt
+
     policy = write(tmp_path, "version: 1\nidentity: [proxy_auth, local_user]\ndefaults: {user: {day: 50}}\n")
-    gw = gateway_factory(policy=policy, extra_args=["--set", "spendgate_proxy_tokens=true"]).start()
+    # an operator's htpasswd file (mitmproxy's own credential source) keeps working beside the tokens
+    htpasswd = tmp_path / "htpasswd"
+    htpasswd.write_text("erin:" + bcrypt.hashpw(b"erins-password", bcrypt.gensalt(4)).decode() + "\n")
+    gw = gateway_factory(policy=policy, extra_args=["--set", "spendgate_proxy_tokens=true",
+                                                    "--set", f"proxyauth=@{htpasswd}"]).start()
     bob = issue(gw, "bob", "--expires", "30d")
     assert bob.startswith("sgt_")
     stored = tokens_path(gw.db)
@@ -222,6 +228,9 @@ def test_proxy_tokens_issue_revoke_expire(tmp_path, gateway_factory):
     assert whoami(gw.port, ("alice", bob))[0] == 407  # bob's token names bob only
     status, echo = whoami(gw.port, ("bob", bob))
     assert status == 200 and (json.loads(echo)["user"], json.loads(echo)["source"]) == ("bob", "proxy_auth")
+    status, echo = whoami(gw.port, ("erin", "erins-password"))
+    assert status == 200 and json.loads(echo)["user"] == "erin"
+    assert whoami(gw.port, ("erin", "wrong"))[0] == 407
 
     # provider traffic with the token in the proxy URL is charged to bob
     assert ask(claude(gw, proxy_url(gw, "bob", bob))).status_code == 200
