@@ -179,3 +179,15 @@ def test_signed_header_is_believed_from_any_peer(tmp_path):
     p = load(path)
     assert any("signed headers will be refused" in w.message for w in p.warnings)
     assert resolve(p, good, client_ip="192.0.2.7").user == UNATTRIBUTED
+
+
+def test_an_unreadable_or_malformed_token_file_accepts_no_token(tmp_path):
+    path = tokens_path(tmp_path / "l.duckdb")
+    store = TokenStore(path)
+    token, _ = store.issue("bob")
+    path.write_text('{"tokens": [{"unexpected": 1}]}')
+    store.invalidate()
+    assert store.verify(token) is None
+    path.write_text("not json")
+    store.invalidate()
+    assert store.verify(token) is None and store.list() == []
