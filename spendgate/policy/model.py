@@ -205,6 +205,7 @@ class Policy:
 UNATTRIBUTED = "unattributed"
 DEFAULT_TYPICAL_OUTPUT = 4096
 DEFAULT_IDENTITY = ("proxy_auth", "api_key", "local_user")
+CENTRAL_DEFAULT_IDENTITY = ("proxy_auth", "api_key")  # mode: central: the gateway's own user names nobody
 
 
 @dataclass(frozen=True, slots=True)
@@ -352,11 +353,11 @@ def parse(text: str, file: str = "<policy>", today: date | None = None) -> Polic
             nets.append((ipaddress.ip_network(cidr, strict=False), canonical_user(user)))
         except ValueError:
             problems.append(Problem(*mark(marks, ("client_ips", cidr), key_of=True), f"not a CIDR: {cidr!r}"))
-    identity = tuple(doc.get("identity") or DEFAULT_IDENTITY)
+    mode = doc.get("mode")
+    identity = tuple(doc.get("identity") or (CENTRAL_DEFAULT_IDENTITY if mode == "central" else DEFAULT_IDENTITY))
     if "client_ip" in identity and not nets:
         warnings.append(Problem(*mark(marks, ("identity",)), "client_ip is listed but client_ips is empty",
                                 warning=True))
-    mode = doc.get("mode")
     trusted = _trusted_proxies(doc, marks, problems)
     signing = _header_signing(doc, marks, Path(file).parent, warnings)
     problems += identity_problems(doc, marks, identity, trusted, mode, signed=signing is not None)

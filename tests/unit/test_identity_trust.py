@@ -191,3 +191,8 @@ def test_an_unreadable_or_malformed_token_file_accepts_no_token(tmp_path):
     path.write_text("not json")
     store.invalidate()
     assert store.verify(token) is None and store.list() == []
+
+
+def test_central_mode_default_chain_has_no_local_user():
+    assert parse("version: 1\nmode: central\n").identity == ("proxy_auth", "api_key")
+    assert parse("version: 1\n").identity == ("proxy_auth", "api_key", "local_user")
