@@ -100,7 +100,11 @@ class TokenStore:
         except (OSError, ValueError) as e:
             log.error("spendgate: cannot read the token file %s: %s", self.path, e)
             return []
-        return [TokenRecord(**r) for r in raw.get("tokens", [])]
+        try:
+            return [TokenRecord(**r) for r in raw.get("tokens", [])]
+        except (TypeError, AttributeError) as e:  # hand-edited or from a newer version: no token is valid
+            log.error("spendgate: malformed token file %s: %s", self.path, e)
+            return []
 
     def _refresh(self) -> None:
         """Re-read the file when it changed (stat at most once a second; cheap on the event loop)."""

@@ -60,8 +60,11 @@ if [ "$IDENTITY" = proxy_auth ]; then
   case "$PASSWORD" in *[!A-Za-z0-9._~-]*) die "SPENDGATE_PROXY_PASSWORD may hold letters, digits and . _ ~ - only" ;; esac
 fi
 
+USER_URL="$(printf '%s' "$USER_NAME" | sed 's/@/%40/g')"
 fill() {  # fill the per-machine tokens into a kit file (created with its final mode: umask 077)
-  ( umask 077; sed -e "s|{{user_token}}|$USER_NAME|g" -e "s|@@PROXY_PASSWORD@@|$PASSWORD|g" "$1" > "$2.spendgate.tmp" )
+  # in the proxy URL the user is percent-encoded (alice%40acme.com); everywhere else it is as given
+  ( umask 077; sed -e "s|{{user_token}}:@@PROXY_PASSWORD@@@|$USER_URL:$PASSWORD@|g" \
+      -e "s|{{user_token}}|$USER_NAME|g" -e "s|@@PROXY_PASSWORD@@|$PASSWORD|g" "$1" > "$2.spendgate.tmp" )
   chmod "$3" "$2.spendgate.tmp"
   [ -n "${4:-}" ] && [ "$(id -u)" = 0 ] && chgrp "$4" "$2.spendgate.tmp"
   mv "$2.spendgate.tmp" "$2"

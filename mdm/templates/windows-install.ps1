@@ -26,7 +26,8 @@ $PolicyKey = 'HKLM:\Software\Policies\Microsoft\Windows\CurrentVersion\Internet 
 $Utf8 = New-Object System.Text.UTF8Encoding $false   # no BOM: JSON readers choke on it
 
 function Write-Filled([string]$From, [string]$To) {
-  $text = [IO.File]::ReadAllText($From).Replace('{{user_token}}', $User).Replace('@@PROXY_PASSWORD@@', $ProxyPassword)
+  $text = [IO.File]::ReadAllText($From).Replace('{{user_token}}:@@PROXY_PASSWORD@@@', "${UserUrl}:${ProxyPassword}@")
+  $text = $text.Replace('{{user_token}}', $User).Replace('@@PROXY_PASSWORD@@', $ProxyPassword)
   New-Item -ItemType Directory -Force -Path (Split-Path -Parent $To) | Out-Null
   [IO.File]::WriteAllText($To, $text, $Utf8)
 }
@@ -49,6 +50,7 @@ if (-not $User) {
   $User = ((Get-CimInstance Win32_ComputerSystem).UserName -split '\\')[-1]
 }
 if (-not $User -or $User -notmatch '^[A-Za-z0-9._@-]+$') { throw 'cannot tell who uses this machine; pass -User NAME' }
+$UserUrl = $User.Replace('@', '%40')   # in the proxy URL the user is percent-encoded
 if ($Identity -eq 'proxy_auth' -and ($ProxyPassword -notmatch '^[A-Za-z0-9._~-]+$')) {
   throw 'proxy_auth identity: pass -ProxyPassword (letters, digits and . _ ~ - only)'
 }
@@ -91,7 +93,8 @@ if ($PacUrl) {
 
 # 3. machine environment variables: what Codex, Gemini CLI, Copilot CLI and Python SDKs read
 foreach ($kv in $EnvVars.GetEnumerator()) {
-  $value = $kv.Value.Replace('{{user_token}}', $User).Replace('@@PROXY_PASSWORD@@', $ProxyPassword)
+  $value = $kv.Value.Replace('{{user_token}}:@@PROXY_PASSWORD@@@', "${UserUrl}:${ProxyPassword}@")
+  $value = $value.Replace('{{user_token}}', $User).Replace('@@PROXY_PASSWORD@@', $ProxyPassword)
   [Environment]::SetEnvironmentVariable($kv.Key, $value, 'Machine')
 }
 

@@ -8,9 +8,11 @@ exceptions, time zones, CIDRs). Every problem names FILE:LINE:COL.
 from __future__ import annotations
 
 import fnmatch
+import functools
 import hashlib
 import ipaddress
 import json
+import os
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import Decimal
@@ -165,18 +167,14 @@ class Policy:
     mode: str | None = None  # central | laptop | None (not said)
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     unknown_users: str = "default"  # block | unattributed | default
+    header_signing: HeaderSigning | None = field(default=None, repr=False)
 
     def trusts(self, ip: str | None) -> bool:
         """Whether a peer is one of the `trusted_proxies`, whose identity headers are believed."""
         if not ip or not self.trusted_proxies:
             return False
-        try:
-            addr = ipaddress.ip_address(ip)
-        except ValueError:
-            return False
-        if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped:
-            addr = addr.ipv4_mapped
-        return any(addr in net for net in self.trusted_proxies)
+        addr = peer_address(ip)
+        return addr is not None and any(addr in net for net in self.trusted_proxies)
 
     def knows(self, user: str) -> bool:
         """Whether the policy names this user anywhere: users:, workspace members (globs) or owners,
@@ -244,6 +242,56 @@ class Policy:
 UNATTRIBUTED = "unattributed"
 DEFAULT_TYPICAL_OUTPUT = 4096
 DEFAULT_IDENTITY = ("proxy_auth", "api_key", "local_user")
+CENTRAL_DEFAULT_IDENTITY = ("proxy_auth", "api_key")  # mode: central: the gateway's own user names nobody
+
+
+@dataclass(frozen=True, slots=True)
+class HeaderSigning:
+    """`header_signature`: an asserted header is believed when an HMAC-SHA256 over
+    "UNIX_SECONDS.HEADER_NAME.VALUE" with this secret is fresh and matches (see identity.signed)."""
+
+    secret: bytes = field(repr=False)
+    header: str = "x-spendgate-signature"
+    max_age_seconds: int = 300
+
+
+def _header_signing(doc: dict, marks: Marks, base: Path, warnings: list[Problem]) -> HeaderSigning | None:
+    """The shared secret, from a file next to the policy or the environment; missing: a warning
+    (the header is then never believed, which fails closed)."""
+    raw = doc.get("header_signature")
+    if not raw:
+        return None
+    secret = b""
+    if raw.get("secret_file"):
+        path = base / Path(raw["secret_file"]).expanduser()
+        try:
+            secret = path.read_bytes().strip()
+        except OSError as e:
+            warnings.append(Problem(*mark(marks, ("header_signature", "secret_file")),
+                                    f"cannot read {path}: {e.strerror or e}; signed headers will be refused",
+                                    warning=True))
+    elif raw.get("secret_env"):
+        secret = os.environ.get(raw["secret_env"], "").strip().encode()
+        if not secret:
+            warnings.append(Problem(*mark(marks, ("header_signature", "secret_env")),
+                                    f"${raw['secret_env']} is not set here; signed headers will be refused",
+                                    warning=True))
+    if secret and len(secret) < 16:
+        warnings.append(Problem(*mark(marks, ("header_signature",)), "the header secret is shorter than 16 bytes",
+                                warning=True))
+    return HeaderSigning(secret, raw.get("header", "x-spendgate-signature").lower(), int(raw.get("max_age_seconds", 300)))
+
+
+@functools.lru_cache(maxsize=4096)  # per request on the event loop; peers are few, parsing is ~5 us
+def peer_address(ip: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """A client address as an object (IPv4-mapped IPv6 as IPv4); None when it is not one."""
+    try:
+        addr = ipaddress.ip_address(ip)
+    except ValueError:
+        return None
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped:
+        return addr.ipv4_mapped
+    return addr
 
 
 # Identity sources a client cannot choose (each is checked against something the client does not
@@ -273,16 +321,18 @@ def _trusted_proxies(doc: dict, marks: Marks, problems: list[Problem]) -> tuple:
     return tuple(nets)
 
 
-def identity_problems(doc: dict, marks: Marks, identity: tuple[str, ...], trusted: tuple, mode: str | None) -> list[Problem]:
+def identity_problems(doc: dict, marks: Marks, identity: tuple[str, ...], trusted: tuple, mode: str | None,
+                      signed: bool = False) -> list[Problem]:
     """Chains a client could talk its way through: an asserted source believed from anywhere, or
     (central mode) the gateway's own OS account standing in for every client."""
     out = []
     for i, source in enumerate(identity):
         pos = mark(marks, ("identity", i)) if doc.get("identity") else (1, 1)
-        if is_asserted(source) and not trusted:
+        if is_asserted(source) and not trusted and not signed:
             out.append(Problem(*pos, f"{source} is asserted by the client (anyone can send any name); it is "
-                                     "believed only from the proxies listed under trusted_proxies: [CIDR, ...]. "
-                                     "Add the proxies that set it, or use proxy_auth (spendgate tokens issue)"))
+                                     "believed only from the proxies listed under trusted_proxies: [CIDR, ...] "
+                                     "(or signed: header_signature). Add the proxies that set it, or use "
+                                     "proxy_auth (spendgate tokens issue)"))
         if source == "local_user" and mode == "central":
             out.append(Problem(*pos, "local_user names the gateway's own OS account in central mode, not the "
                                      "client; use proxy_auth, api_key or client_ip"))
@@ -352,13 +402,14 @@ def parse(text: str, file: str = "<policy>", today: date | None = None) -> Polic
             nets.append((ipaddress.ip_network(cidr, strict=False), canonical_user(user)))
         except ValueError:
             problems.append(Problem(*mark(marks, ("client_ips", cidr), key_of=True), f"not a CIDR: {cidr!r}"))
-    identity = tuple(doc.get("identity") or DEFAULT_IDENTITY)
+    mode = doc.get("mode")
+    identity = tuple(doc.get("identity") or (CENTRAL_DEFAULT_IDENTITY if mode == "central" else DEFAULT_IDENTITY))
     if "client_ip" in identity and not nets:
         warnings.append(Problem(*mark(marks, ("identity",)), "client_ip is listed but client_ips is empty",
                                 warning=True))
-    mode = doc.get("mode")
     trusted = _trusted_proxies(doc, marks, problems)
-    problems += identity_problems(doc, marks, identity, trusted, mode)
+    signing = _header_signing(doc, marks, Path(file).parent, warnings)
+    problems += identity_problems(doc, marks, identity, trusted, mode, signed=signing is not None)
     alerts, sinks, approvals, found = parse_sections(doc, set(workspaces))
     problems += [Problem(*mark(marks, path), msg) for path, msg in found]
     runway, found = parse_runway(doc, set(workspaces))
@@ -429,6 +480,7 @@ def parse(text: str, file: str = "<policy>", today: date | None = None) -> Polic
         subscription_usage=sub_mode,
         subscription_usage_explicit="subscription_usage" in doc,
         subscription_budgets=sub_budgets,
+        header_signing=signing,
     )
 
 

@@ -11,7 +11,8 @@ class Caller:
 
     `source` says how the name was established: "admin-token" (the name is only a label),
     "token" (a spendgate token), or the identity source the proxy used (proxy_auth, api_key,
-    client_ip, local_user). Only "token" and "proxy_auth" may decide requests.
+    client_ip, local_user). Only "token" and "proxy_auth" may decide requests
+    (spendgate.workflow.approvals.DECIDING_SOURCES).
     """
 
     name: str

@@ -85,7 +85,7 @@ def get_routes(gw: GatewayView) -> dict[str, Handler]:
     routes["/api/runway"] = runway_state
     routes["/api/requests"] = lambda params, caller: gw.workflow.requests_for(
         params.get("status") or None, params.get("id") or None, caller.name, caller.admin,
-        caller.source in DECIDING_SOURCES,
+        decider=caller.source in DECIDING_SOURCES,
     )
     routes["/api/audit"] = audit
     routes["/api/grants"] = lambda params, caller: gw.workflow.grant_rows()
@@ -96,9 +96,11 @@ def get_routes(gw: GatewayView) -> dict[str, Handler]:
 def post_routes(gw: GatewayView) -> dict[str, Handler]:
     """POST /api/request|approve|deny (increase requests), /api/reprice, /api/reconcile/import."""
 
-    def decision(fn: Callable[[dict[str, Any], str], Any], deciding: bool) -> Handler:
+    def decision(fn: Callable[[dict[str, Any], str], Any], deciding: bool = True) -> Handler:
         """The person acting is the caller, never a parameter (`actor` in the body is ignored).
-        Deciding needs a name from DECIDING_SOURCES (a spendgate token or proxy credentials)."""
+        Deciding needs a name from DECIDING_SOURCES (own token or verified proxy credentials);
+        the admin token names nobody, so it files requests as the laptop gateway's local user
+        (Workflow.local_person) and decides nothing. See docs/security.md."""
 
         def handler(params: dict[str, Any], caller: Caller) -> Any:
             params.pop("actor", None)
@@ -106,7 +108,7 @@ def post_routes(gw: GatewayView) -> dict[str, Handler]:
                 raise ApiError(403, "deciding a request needs your own credentials: your spendgate token "
                                     "(spendgate tokens issue YOU; the CLI reads $SPENDGATE_TOKEN) or your proxy "
                                     "credentials on spendgate.local. The admin token names nobody")
-            if caller.source == "admin-token" or (caller.admin and caller.source not in DECIDING_SOURCES):
+            if caller.admin and caller.source not in DECIDING_SOURCES:
                 actor = gw.workflow.local_person()
                 if not actor:
                     raise ApiError(403, "the admin token names nobody: file the request with your own "

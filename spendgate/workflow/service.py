@@ -67,6 +67,7 @@ class Workflow:
         self.expire_grants()
         # who files a request made with the admin token alone (laptop mode: the machine's user);
         # None: the admin token names nobody, and requests need the requester's own credentials
+        # (set by the gateway; read by web.routes)
         self.local_person: Callable[[], str | None] = lambda: None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -151,18 +152,16 @@ class Workflow:
 
     # -- read side (the web layer builds routes on these) --
     def requests_for(self, status: str | None, request_id: str | None, caller: str, admin: bool,
-                     decider: bool) -> list[dict[str, Any]]:
-        """Admins: every request. Others: their own, plus those they may decide (`can_decide`).
+                     decider: bool = False) -> list[dict[str, Any]]:
+        """Increase requests: all for an admin; for others their own plus those they may decide.
 
-        `decider`: the caller's name was established by a source that may decide (DECIDING_SOURCES).
+        `decider`: the caller's name is proven well enough to decide (approvals.DECIDING_SOURCES);
+        each row then says whether they may decide it (`can_decide`, the one rule: may_decide).
         """
         rows = list_requests(self.cursor(), status, request_id)
-        policy = self._policy
         for r in rows:
-            r["can_decide"] = decider and r["status"] == "pending" and may_decide(policy, caller, r)
-        if admin:
-            return rows
-        return [r for r in rows if r["requester"] == caller or r["can_decide"]]
+            r["can_decide"] = decider and r["status"] == "pending" and may_decide(self._policy, caller, r)
+        return rows if admin else [r for r in rows if r["requester"] == caller or r["can_decide"]]
 
     def audit_rows(self, since: datetime | None) -> list[dict[str, Any]]:
         return audit_mod.rows(self.cursor(), since)

@@ -271,6 +271,7 @@ IDENTITY_CASES = {
     ),
     "header": (
         'identity: ["header:x-spendgate-user", local_user]\n'
+        'trusted_proxies: [127.0.0.1/32]\n'  # issue 13: a header is believed only from a trusted proxy
         'workspaces: {platform: {members: ["*@platform.acme.com"]}}\n',
         [],
         {"x-spendgate-user": "carol@platform.acme.com"},
@@ -283,7 +284,8 @@ IDENTITY_CASES = {
         ("dave@acme.com", "client_ip"),
     ),
     "local_user": ("identity: [local_user]\n", [], {}, ("tester", "local_user")),
-    "unattributed": ('identity: ["header:x-who"]\n', [], {}, ("unattributed", "unattributed")),
+    "unattributed": ('identity: ["header:x-who"]\ntrusted_proxies: [127.0.0.1/32]\n', [], {},
+                     ("unattributed", "unattributed")),
 }
 
 

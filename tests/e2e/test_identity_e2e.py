@@ -154,6 +154,23 @@ def test_header_only_from_a_trusted_proxy_and_unknown_users_blocked(tmp_path, ga
     assert [r["user"] for r in rows if r["outcome"] == "blocked"] == ["nobody3"]
 
 
+def test_a_signed_header_is_believed_from_any_peer(tmp_path, gateway_factory):
+    from spendgate.identity import sign_header
+
+    key = b"a-long-shared-secret-for-the-proxy"
+    (tmp_path / "header.key").write_bytes(key)
+    gw = gateway_factory(policy=write(tmp_path, "version: 1\ntimezone: UTC\n" + README_CHAIN +
+                                      "header_signature: {secret_file: header.key}\ndefaults: {user: {day: 50}}\n")).start()
+    client = claude(gw)
+    signed = {"x-spendgate-user": "carol", "x-spendgate-signature": sign_header(key, "x-spendgate-user", "carol")}
+    assert ask(client, **signed).status_code == 200
+    forged = {**signed, "x-spendgate-user": "dana"}  # the signature covers the name
+    assert ask(client, **forged).status_code == 200
+    rows = gw.ledger(wait_for=2)
+    assert sorted((r["user"], r["identity_source"]) for r in rows) == [
+        ("carol", "header:x-spendgate-user"), ("tester", "local_user")]
+
+
 def test_policy_check_rejects_chains_a_client_can_talk_through(tmp_path, gateway_factory):
     cases = {
         "open.yaml": ("version: 1\n" + README_CHAIN, 2, 33, "header:x-spendgate-user is asserted by the client"),
@@ -191,8 +208,14 @@ def _cli(*args: str) -> list[str]:
 def test_proxy_tokens_issue_revoke_expire(tmp_path, gateway_factory):
     from spendgate.tokens import TokenStore, tokens_path
 
+    import bcrypt
+
     policy = write(tmp_path, "version: 1\nidentity: [proxy_auth, local_user]\ndefaults: {user: {day: 50}}\n")
-    gw = gateway_factory(policy=policy, extra_args=["--set", "spendgate_proxy_tokens=true"]).start()
+    # an operator's htpasswd file (mitmproxy's own credential source) keeps working beside the tokens
+    htpasswd = tmp_path / "htpasswd"
+    htpasswd.write_text("erin:" + bcrypt.hashpw(b"erins-password", bcrypt.gensalt(4)).decode() + "\n")
+    gw = gateway_factory(policy=policy, extra_args=["--set", "spendgate_proxy_tokens=true",
+                                                    "--set", f"proxyauth=@{htpasswd}"]).start()
     bob = issue(gw, "bob", "--expires", "30d")
     assert bob.startswith("sgt_")
     stored = tokens_path(gw.db)
@@ -205,6 +228,9 @@ def test_proxy_tokens_issue_revoke_expire(tmp_path, gateway_factory):
     assert whoami(gw.port, ("alice", bob))[0] == 407  # bob's token names bob only
     status, echo = whoami(gw.port, ("bob", bob))
     assert status == 200 and (json.loads(echo)["user"], json.loads(echo)["source"]) == ("bob", "proxy_auth")
+    status, echo = whoami(gw.port, ("erin", "erins-password"))
+    assert status == 200 and json.loads(echo)["user"] == "erin"
+    assert whoami(gw.port, ("erin", "wrong"))[0] == 407
 
     # provider traffic with the token in the proxy URL is charged to bob
     assert ask(claude(gw, proxy_url(gw, "bob", bob))).status_code == 200

@@ -149,3 +149,50 @@ def test_web_app_takes_spendgate_tokens_and_never_decides_for_the_admin_token():
     sid = login.headers["Set-Cookie"].split(";")[0]
     me = json.loads(app.handle(WebRequest("GET", "/api/whoami", {"cookie": sid})).body)
     assert (me["name"], me["admin"], me["source"]) == ("bob", False, "token")
+
+
+def test_signed_header_is_believed_from_any_peer(tmp_path):
+    import time as _time
+
+    from spendgate.identity import sign_header
+
+    (tmp_path / "header.key").write_text("0123456789abcdef-shared\n")
+    path = tmp_path / "p.yaml"
+    path.write_text("version: 1\n" + CHAIN + "header_signature: {secret_file: header.key, max_age_seconds: 60}\n")
+    from spendgate.policy.model import load
+
+    p = load(path)
+    key = b"0123456789abcdef-shared"
+    now = int(_time.time())
+    good = {"x-user": "carol", "x-spendgate-signature": sign_header(key, "x-user", "carol", now)}
+    assert resolve(p, good, client_ip="192.0.2.7").user == "carol"
+    forged = {**good, "x-user": "dana"}  # the signature covers the value
+    assert resolve(p, forged, client_ip="192.0.2.7").user == UNATTRIBUTED
+    stale = {"x-user": "carol", "x-spendgate-signature": sign_header(key, "x-user", "carol", now - 120)}
+    assert resolve(p, stale, client_ip="192.0.2.7").user == UNATTRIBUTED
+    other = {"x-user": "carol", "x-spendgate-signature": sign_header(b"another-secret-123", "x-user", "carol")}
+    assert resolve(p, other, client_ip="192.0.2.7").user == UNATTRIBUTED
+    assert resolve(p, {"x-user": "carol", "x-spendgate-signature": "t=x,v1=y"}, client_ip="192.0.2.7").user == UNATTRIBUTED
+    assert resolve(p, good, client_ip="192.0.2.7", authenticating_only=True).user == UNATTRIBUTED
+    # a missing secret file: the policy loads with a warning and refuses every signature (fails closed)
+    path.write_text("version: 1\n" + CHAIN + "header_signature: {secret_file: nope.key}\n")
+    p = load(path)
+    assert any("signed headers will be refused" in w.message for w in p.warnings)
+    assert resolve(p, good, client_ip="192.0.2.7").user == UNATTRIBUTED
+
+
+def test_an_unreadable_or_malformed_token_file_accepts_no_token(tmp_path):
+    path = tokens_path(tmp_path / "l.duckdb")
+    store = TokenStore(path)
+    token, _ = store.issue("bob")
+    path.write_text('{"tokens": [{"unexpected": 1}]}')
+    store.invalidate()
+    assert store.verify(token) is None
+    path.write_text("not json")
+    store.invalidate()
+    assert store.verify(token) is None and store.list() == []
+
+
+def test_central_mode_default_chain_has_no_local_user():
+    assert parse("version: 1\nmode: central\n").identity == ("proxy_auth", "api_key")
+    assert parse("version: 1\n").identity == ("proxy_auth", "api_key", "local_user")

@@ -466,3 +466,29 @@ def test_kit_files_with_the_proxy_password_are_not_world_readable(tmp_path, ca_c
         assert 'fill "$KIT/claude-code/managed-settings.' in script and '"$SECRET_MODE" "$SECRET_GROUP"' in script
         assert 'site.json" 644' not in script and 'env" 644' not in script and "env.sh\" 644" not in script
     assert "grep -vi '^https_proxy='" in files["linux/install.sh"].decode()
+
+
+def test_install_puts_the_users_token_in_the_proxy_url_percent_encoded(tmp_path, ca_cert):
+    """issue 13: the machine's identity is its user's spendgate token in the proxy URL (an e-mail
+    user name is percent-encoded there, and kept as is in site.json), never a client-set header."""
+    inst = tmp_path / "installed"
+    p = central(tmp_path, ca_cert, extra=f"paths: {{linux: {{dir: {inst}/etc, claude_settings: {inst}/claude.json}}}}")
+    out = tmp_path / "kit"
+    render.write(render.render(site.load(p)), out)
+    token = "sgt_AbC-123_xyz"
+    env = {**os.environ, "SPENDGATE_USER": "alice@acme.com", "SPENDGATE_PROXY_PASSWORD": token}
+    cp = subprocess.run(["sh", str(out / "linux" / "install.sh"), "--files-only"], capture_output=True, text=True,
+                        env=env, timeout=60)
+    assert cp.returncode == 0, cp.stdout + cp.stderr
+    url = f"http://alice%40acme.com:{token}@gw.corp.example:3128"
+    assert (inst / "etc" / "spendgate.env").read_text().splitlines()[0] == f'HTTPS_PROXY="{url}"'
+    settings = json.loads((inst / "claude.json").read_text())
+    assert settings["env"]["HTTPS_PROXY"] == url and "ANTHROPIC_CUSTOM_HEADERS" not in settings["env"]
+    installed = json.loads((inst / "etc" / "site.json").read_text())
+    assert installed["proxy"] == url and installed["identity"]["user"] == "alice@acme.com"
+    from spendgate.deploy.doctor import Proxy
+
+    assert (Proxy.parse(url).user, Proxy.parse(url).password) == ("alice@acme.com", token)
+    cp = subprocess.run(["sh", str(out / "linux" / "install.sh"), "--files-only"], capture_output=True, text=True,
+                        env={**env, "SPENDGATE_PROXY_PASSWORD": ""}, timeout=60)
+    assert cp.returncode == 1 and "spendgate tokens issue USER" in cp.stderr
