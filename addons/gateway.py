@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 from access import (
@@ -77,6 +78,10 @@ class SpendGate:
             "spendgate_intercept_chatgpt", bool, True, "decrypt chatgpt.com to meter Codex's ChatGPT login"
         )
         loader.add_option("spendgate_admin_port", int, 0, "loopback port of the admin API (0: any, -1: off)")
+        loader.add_option(
+            "spendgate_extra_providers", Sequence[str], [],
+            "more provider hosts to meter: HOST=PROVIDER:ADAPTER[:PRICE_AS][@/BASE] (see README)",
+        )
 
     def configure(self, updated: set[str]) -> None:
         """Check settings now (a bad policy stops start-up); open the ledger once running.
@@ -85,6 +90,12 @@ class SpendGate:
         mitmproxy rolls back and calls configure again with the previous values.
         """
         opts = ctx.options
+        if "spendgate_extra_providers" in updated:
+            try:
+                providers.configure_extra(providers.parse_extra(spec) for spec in opts.spendgate_extra_providers)
+            except ValueError as e:
+                raise exceptions.OptionsError(f"spendgate_extra_providers: {e}") from None
+            updated = updated | {"allow_hosts"}  # the new hosts must be decrypted too
         if "spendgate_intercept_chatgpt" in updated or "allow_hosts" in updated or "ignore_hosts" in updated:
             self._only_provider_hosts()
         if not any(name.startswith("spendgate_") for name in updated):
@@ -134,8 +145,9 @@ class SpendGate:
             return
         req = flow.request
         if self.gateway is None:  # not started (or failed): never let provider traffic pass unmetered
-            if providers.route(req.host, req.path) is not None:
-                answer = refusal.unavailable(providers.PROVIDER_HOSTS.get(req.host, ""), "the gateway is not ready")
+            found = providers.route(req.host, req.path)
+            if found is not None:
+                answer = refusal.unavailable(found.dialect, "the gateway is not ready")
                 flow.response = http.Response.make(answer.status, answer.body, answer.headers)
             return
         auth = flow.metadata.get("proxyauth")

@@ -91,16 +91,16 @@ class Admission:
         if error is not None:
             log.error("spendgate: ledger writes are failing (%s)", error)
             if fail_closed:
-                return refuse(ex, refusal.unavailable(ex.provider, "cannot record spend (ledger store failing); "
+                return refuse(ex, refusal.unavailable(ex.dialect, "cannot record spend (ledger store failing); "
                                                       "on_store_error is fail_closed"))
         now = datetime.now(UTC)
         amount = self.estimate(ex, now)
         if amount is None:
             return refuse(ex, refusal.unavailable(
-                ex.provider, f"model {ex.request.model!r} has no known price and the policy blocks unpriced models"))
+                ex.dialect, f"model {ex.request.model!r} has no known price and the policy blocks unpriced models"))
         decision = self.book.admit(ex.identity, amount, now)
         if not decision.admitted:
-            answer = refusal.over_budget(ex.provider, decision.exhausted, decision.spent, now)
+            answer = refusal.over_budget(ex.dialect, decision.exhausted, decision.spent, now)
             return refuse(ex, answer, refusal.budget_message(decision.exhausted, decision.spent, now))
         try:
             self.journal.reserve(ex.request_id, amount, journal_record(ex))
@@ -108,7 +108,7 @@ class Admission:
             log.error("spendgate: cannot write the reservation journal: %s", e)
             if fail_closed:
                 self.book.settle(decision.reservation, Decimal(0))
-                return refuse(ex, refusal.unavailable(ex.provider, f"cannot record spend ({e.strerror})"))
+                return refuse(ex, refusal.unavailable(ex.dialect, f"cannot record spend ({e.strerror})"))
         ex.extra["reservation"] = decision.reservation
         ex.extra["decision"] = decision
         return None

@@ -52,13 +52,15 @@ def budget_message(budget: Budget, spent: Decimal, now: datetime) -> str:
 
 
 def error_body(provider: str, message: str, *, kind: str = "budget") -> bytes:
-    """The provider's own error JSON shape."""
+    """The provider's own error JSON shape; `provider` is the API dialect (anthropic, gemini, bedrock, openai)."""
     if provider == "anthropic":
         etype = "billing_error" if kind == "budget" else "api_error"
         doc: dict = {"type": "error", "error": {"type": etype, "message": message}}
     elif provider == "gemini":
         status = "RESOURCE_EXHAUSTED" if kind == "budget" else "UNAVAILABLE"
         doc = {"error": {"code": 429 if kind == "budget" else 503, "message": message, "status": status}}
+    elif provider == "bedrock":  # AWS services answer {"message": ...}; the type goes in x-amzn-errortype
+        doc = {"message": message}
     else:
         etype, code = ("insufficient_quota", "budget_exceeded") if kind == "budget" else ("server_error", "gateway_unavailable")
         doc = {"error": {"message": message, "type": etype, "param": None, "code": code}}

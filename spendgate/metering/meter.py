@@ -14,7 +14,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from decimal import Decimal
 
@@ -29,7 +29,7 @@ from spendgate.metering.providers.base import (
     StreamParser,
 )
 from spendgate.metering.streams import IncrementalDecoder
-from spendgate.pricing.rates import Pricer, PriceResult, variant_for_tier
+from spendgate.pricing.rates import Pricer, PriceResult, reported, variant_for_tier
 from spendgate.store.ledger import Ledger, LedgerRow
 from spendgate.usage import Usage
 
@@ -58,6 +58,11 @@ class Exchange:
     @property
     def provider(self) -> str:
         return self.route.provider
+
+    @property
+    def dialect(self) -> str:
+        """Whose error format the client reads (anthropic, openai, gemini, bedrock)."""
+        return self.route.dialect or self.route.provider
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,6 +173,8 @@ class Meter:
             return None
         query = path.partition("?")[2]
         req = route.adapter.parse_request(path, body) if route.adapter else RequestInfo()
+        if not req.model:  # Bedrock/Vertex name the model in the path, Azure its deployment
+            req.model = route.extra.get("model") or route.extra.get("deployment")
         ex = Exchange(
             request_id=next(self._ids),
             ts=self.now(),
@@ -177,6 +184,8 @@ class Meter:
             identity=self.identify(headers, query, proxy_user, client_ip),
             bytes_in=len(body),
         )
+        if route.provider == "copilot":  # agent follow-ups are not premium requests
+            ex.extra["initiator"] = headers.get("x-initiator")
         self._inflight[ex.request_id] = ex
         return ex
 
@@ -247,6 +256,7 @@ class Meter:
         verdict = judge(ex, result, ended)
         model = (result.model if result and result.model else None) or ex.request.model
         price = self.price(ex, verdict, model, result.service_tier if result else None)
+        price = self.side_by_side(ex, verdict, model, result, price)
         outcome = verdict.outcome
         if outcome in ("ok", "estimated") and price.cost is None:
             outcome = "unpriced"
@@ -279,6 +289,20 @@ class Meter:
             charged_usd=price.cost,
             **verdict.usage.as_dict(),
         )
+
+    def side_by_side(
+        self, ex: Exchange, verdict: Verdict, model: str | None, result: ResponseResult | None, price: PriceResult
+    ) -> PriceResult:
+        """A provider-stated cost replaces the list price (kept alongside); Copilot adds premium requests."""
+        if verdict.outcome not in ("ok", "estimated"):
+            return price
+        if result is not None and result.reported_cost_usd is not None and not verdict.estimated:
+            price = reported(price, Decimal(result.reported_cost_usd), ex.provider)
+        table = getattr(self.pricer, "copilot", None)
+        if ex.provider == "copilot" and table is not None:
+            view = table.view(model, ex.extra.get("initiator"))
+            price = replace(price, alternatives={**price.alternatives, "copilot_premium": view})
+        return price
 
     def price(self, ex: Exchange, verdict: Verdict, model: str | None, tier: str | None = None) -> PriceResult:
         if verdict.outcome == "unmetered":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field, replace
+from decimal import Decimal
 from typing import Any
 
 try:  # skips the parts of a request body we never read without building them
@@ -50,6 +51,7 @@ class ResponseResult:
     complete: bool = False  # the stream reached its terminal event
     garbled: bool = False  # some bytes could not be parsed (we kept going)
     events: int = 0  # number of events parsed (streams)
+    reported_cost_usd: str | None = None  # the provider's own statement of the charge (OpenRouter usage.cost)
 
 
 class StreamParser(ABC):
@@ -73,6 +75,7 @@ class StreamParser(ABC):
 class Adapter(ABC):
     provider: str = ""  # "anthropic" | "openai" | "gemini"
     endpoint: str = ""  # e.g. "messages", "chat.completions", "responses", "generateContent"
+    dialect: str = "openai"  # whose error format this API's clients read: anthropic | openai | gemini | bedrock
 
     @abstractmethod
     def parse_request(self, path: str, body: bytes) -> RequestInfo:
@@ -97,6 +100,7 @@ class Route:
     provider: str
     endpoint: str
     extra: dict = field(default_factory=dict)
+    dialect: str = ""  # error format of the API (refusals answer in it); "" = the provider's name
 
 
 # -- shared helpers for adapters (pure, never raise) -------------------------------------------
@@ -130,6 +134,17 @@ def load_json(data: bytes | str) -> Any:
         return json.loads(data)
     except (ValueError, TypeError, RecursionError):
         return None
+
+
+def cost_or_none(value: Any) -> str | None:
+    """A provider-reported USD amount from untrusted JSON: a finite, non-negative number, else None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        return None
+    try:
+        amount = Decimal(str(value))
+    except ArithmeticError:
+        return None
+    return str(amount) if amount.is_finite() and amount >= 0 else None
 
 
 def str_or_none(value: Any) -> str | None:

@@ -141,6 +141,7 @@ class GeminiStreamParser(JSONEventStreamParser):
 
 class GeminiAdapter(Adapter):
     provider = "gemini"
+    dialect = "gemini"
 
     def __init__(self, endpoint: str) -> None:
         self.endpoint = endpoint

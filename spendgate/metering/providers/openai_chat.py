@@ -19,6 +19,7 @@ from spendgate.metering.providers.base import (
     ResponseResult,
     StreamParser,
     as_int,
+    cost_or_none,
     dig,
     error_type,
     load_json,
@@ -116,6 +117,7 @@ class ChatStreamParser(JSONEventStreamParser):
         if isinstance(usage, dict):
             r.usage = chat_usage(usage)
             r.usage_final = True
+            r.reported_cost_usd = cost_or_none(usage.get("cost"))
 
 
 class OpenAIChatAdapter(Adapter):
@@ -149,6 +151,7 @@ class OpenAIChatAdapter(Adapter):
             if isinstance(usage, dict):
                 result.usage = chat_usage(usage)
                 result.usage_final = result.complete = True
+                result.reported_cost_usd = cost_or_none(usage.get("cost"))
             result.output_chars = _delta_chars(obj.get("choices"), "message")
             return result
         except Exception:
