@@ -184,6 +184,7 @@ class InvokeStreamParser(EventStreamParser):
         mine = self._result
         r = self._anthropic.result()
         r.events, r.garbled = mine.events, r.garbled or mine.garbled
+        r.model = None  # the path's id (inference profile) decides the price, not the body's alias
         r.error = r.error or mine.error
         if r.usage is None and self._metrics is not None:  # events without usage: trust the metrics
             r.usage = Usage(input_tokens=as_int(self._metrics.get("inputTokenCount")),
