@@ -43,23 +43,23 @@ def _no_extra():
         ("cloudcode-pa.googleapis.com", "/v1internal:streamGenerateContent?alt=sse", "code-assist",
          vertex.CODE_ASSIST["streamGenerateContent"], "streamGenerateContent"),
         ("contoso.openai.azure.com", "/openai/deployments/prod-4o/chat/completions?api-version=2024-10-21", "azure",
-         openai_chat.CHAT, "chat.completions"),
+         openai_chat.AZURE_CHAT, "chat.completions"),
         ("contoso.services.ai.azure.com", "/openai/v1/responses", "azure", openai_responses.RESPONSES, "responses"),
         ("contoso.cognitiveservices.azure.com", "/openai/deployments/emb/embeddings?api-version=x", "azure",
          openai_extra.EMBEDDINGS, "embeddings"),
         ("contoso.services.ai.azure.com", "/models/chat/completions?api-version=2024-05-01-preview", "azure",
-         openai_chat.CHAT, "chat.completions"),
-        ("api.githubcopilot.com", "/chat/completions", "copilot", openai_chat.CHAT, "chat.completions"),
+         openai_chat.AZURE_CHAT, "chat.completions"),
+        ("api.githubcopilot.com", "/chat/completions", "copilot", openai_chat.CHAT_PASSIVE, "chat.completions"),
         ("api.enterprise.githubcopilot.com", "/responses", "copilot", openai_responses.RESPONSES, "responses"),
         ("api.individual.githubcopilot.com", "/v1/messages", "copilot", anthropic.MESSAGES, "messages"),
         ("openrouter.ai", "/api/v1/chat/completions", "openrouter", openai_chat.CHAT, "chat.completions"),
         ("api.deepseek.com", "/chat/completions", "deepseek", openai_chat.CHAT, "chat.completions"),
         ("api.deepseek.com", "/anthropic/v1/messages", "deepseek", anthropic.MESSAGES, "messages"),
-        ("api.mistral.ai", "/v1/chat/completions", "mistral", openai_chat.CHAT, "chat.completions"),
+        ("api.mistral.ai", "/v1/chat/completions", "mistral", openai_chat.CHAT_PASSIVE, "chat.completions"),
         ("api.x.ai", "/v1/responses", "xai", openai_responses.RESPONSES, "responses"),
-        ("api.groq.com", "/openai/v1/chat/completions", "groq", openai_chat.CHAT, "chat.completions"),
-        ("api.together.xyz", "/v1/completions", "together", openai_extra.COMPLETIONS, "completions"),
-        ("api.fireworks.ai", "/inference/v1/chat/completions", "fireworks", openai_chat.CHAT, "chat.completions"),
+        ("api.groq.com", "/openai/v1/chat/completions", "groq", openai_chat.CHAT_PASSIVE, "chat.completions"),
+        ("api.together.xyz", "/v1/completions", "together", openai_extra.COMPLETIONS_PASSIVE, "completions"),
+        ("api.fireworks.ai", "/inference/v1/chat/completions", "fireworks", openai_chat.CHAT_PASSIVE, "chat.completions"),
         ("api.openai.com", "/v1/embeddings", "openai", openai_extra.EMBEDDINGS, "embeddings"),
         ("api.openai.com", "/v1/completions", "openai", openai_extra.COMPLETIONS, "completions"),
     ],
@@ -142,7 +142,7 @@ def test_site_added_hosts_route_and_price_as() -> None:
     configure_extra([parse_extra("llm.corp.example=corp-vllm:openai:deepseek"),
                      parse_extra("*.gpu.corp.example=corp-claude:anthropic@/proxy")])
     r = route("llm.corp.example", "/v1/chat/completions")
-    assert r.provider == "corp-vllm" and r.adapter is openai_chat.CHAT
+    assert r.provider == "corp-vllm" and r.adapter is openai_chat.CHAT_PASSIVE
     r = route("a1.gpu.corp.example", "/proxy/v1/messages")
     assert r.provider == "corp-claude" and r.adapter is anthropic.MESSAGES
     assert route("a1.gpu.corp.example", "/v1/messages").adapter is None
@@ -165,3 +165,30 @@ def test_bad_extra_specs_say_why(spec) -> None:
 def test_pattern_lookups_are_cached_but_bounded() -> None:
     info = providers._pattern_provider.cache_info()
     assert info.maxsize == 4096
+
+
+@pytest.mark.parametrize(("host", "path", "asks"), [
+    ("api.openai.com", "/v1/chat/completions", True),
+    ("openrouter.ai", "/api/v1/chat/completions", True),
+    ("api.deepseek.com", "/chat/completions", True),
+    ("contoso.openai.azure.com", "/openai/deployments/d/chat/completions?api-version=2024-10-21", True),
+    ("contoso.openai.azure.com", "/openai/deployments/d/chat/completions?api-version=2025-01-01-preview", True),
+    ("contoso.openai.azure.com", "/openai/v1/chat/completions?api-version=preview", True),
+    ("contoso.openai.azure.com", "/openai/deployments/d/chat/completions?api-version=2024-02-01", False),
+    ("api.githubcopilot.com", "/chat/completions", False),
+    ("api.mistral.ai", "/v1/chat/completions", False),
+    ("api.groq.com", "/openai/v1/chat/completions", False),
+])
+def test_include_usage_is_added_only_where_the_service_accepts_it(host, path, asks) -> None:
+    r = route(host, path)
+    info = r.adapter.parse_request(path, b'{"model": "m", "stream": true, "messages": []}')
+    assert (info.rewritten_body is not None) is asks and info.drop_usage_chunk is asks
+
+
+def test_groq_stream_usage_in_x_groq() -> None:
+    parser = route("api.groq.com", "/openai/v1/chat/completions").adapter.stream_parser("")
+    parser.feed(b'data: {"id":"c","model":"llama-3.3-70b-versatile","choices":[{"index":0,"delta":{},'
+                b'"finish_reason":"stop"}],"x_groq":{"id":"req_1","usage":{"prompt_tokens":12,'
+                b'"completion_tokens":34,"total_tokens":46}}}\n\ndata: [DONE]\n\n')
+    r = parser.result()
+    assert r.usage is not None and (r.usage.input_tokens, r.usage.output_tokens) == (12, 34) and r.usage_final

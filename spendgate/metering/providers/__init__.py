@@ -83,6 +83,16 @@ _GEMINI_ADAPTERS: dict[str, Adapter] = {
     "generateContent": gemini.GENERATE_CONTENT,
     "streamGenerateContent": gemini.STREAM_GENERATE_CONTENT,
 }
+# services whose chat streams we may ask for usage (``stream_options.include_usage``, documented
+# as accepted); the others are read passively: usage when their stream carries it, else estimated
+ASKS_FOR_USAGE = frozenset({"openai", "deepseek", "xai", "openrouter"})
+_PASSIVE: dict[str, Adapter] = {
+    "/chat/completions": openai_chat.CHAT_PASSIVE,
+    "/responses": openai_responses.RESPONSES,
+    "/embeddings": openai_extra.EMBEDDINGS,
+    "/completions": openai_extra.COMPLETIONS_PASSIVE,
+}
+_AZURE = {**OPENAI_ENDPOINTS, "/chat/completions": openai_chat.AZURE_CHAT}
 # OpenAI-compatible hosts: the base path their OpenAI-shaped API lives under
 COMPAT_BASES: dict[str, tuple[str, ...]] = {
     "openrouter": ("/api/v1",),
@@ -94,7 +104,7 @@ COMPAT_BASES: dict[str, tuple[str, ...]] = {
     "fireworks": ("/inference/v1",),
 }
 # hosts that also speak Anthropic's Messages API, under this base path
-ANTHROPIC_BASES: dict[str, str] = {"deepseek": "/anthropic", "xai": "", "openrouter": "/api"}
+ANTHROPIC_BASES: dict[str, str] = {"deepseek": "/anthropic", "xai": ""}
 
 
 def normalize_host(host: str) -> str:
@@ -221,11 +231,11 @@ def _made(adapter: Adapter | None, provider: str, extra: dict | None = None) -> 
     return Route(adapter, provider, adapter.endpoint, extra or {}, dialect=adapter.dialect)
 
 
-def openai_under(base: str, bare: str) -> Adapter | None:
+def openai_under(base: str, bare: str, table: dict[str, Adapter] = OPENAI_ENDPOINTS) -> Adapter | None:
     """The OpenAI-shaped adapter for ``bare`` when it is ``base`` + a known endpoint."""
     if base and not bare.startswith(base + "/"):
         return None
-    return OPENAI_ENDPOINTS.get(bare[len(base):])
+    return table.get(bare[len(base):])
 
 
 def _route_openai(provider: str, path: str, bare: str) -> Route:
@@ -246,8 +256,9 @@ def _route_gemini(provider: str, path: str, bare: str) -> Route:
 
 
 def _route_compat(provider: str, path: str, bare: str) -> Route:
+    table = OPENAI_ENDPOINTS if provider in ASKS_FOR_USAGE else _PASSIVE
     for base in COMPAT_BASES.get(provider, ("/v1",)):
-        adapter = openai_under(base, bare)
+        adapter = openai_under(base, bare, table)
         if adapter is not None:
             return _made(adapter, provider)
     abase = ANTHROPIC_BASES.get(provider)
@@ -258,7 +269,7 @@ def _route_compat(provider: str, path: str, bare: str) -> Route:
 
 def _route_copilot(provider: str, path: str, bare: str) -> Route:
     # Copilot serves the OpenAI endpoints at the root and Anthropic's Messages under /v1
-    adapter = openai_under("", bare) or openai_under("/v1", bare) or _ANTHROPIC_PATHS.get(bare)
+    adapter = openai_under("", bare, _PASSIVE) or openai_under("/v1", bare, _PASSIVE) or _ANTHROPIC_PATHS.get(bare)
     return _made(adapter, provider)
 
 
@@ -268,10 +279,10 @@ _AZURE_DEPLOYMENT = re.compile(r"^/openai/deployments/([^/]+)(/.+)$")
 def _route_azure(provider: str, path: str, bare: str) -> Route:
     m = _AZURE_DEPLOYMENT.match(bare)
     if m:  # the deployment name is the customer's; the response names the real model
-        adapter = OPENAI_ENDPOINTS.get(m.group(2))
+        adapter = _AZURE.get(m.group(2))
         return _made(adapter, provider, {"deployment": unquote(m.group(1))})
     for base in ("/openai/v1", "/openai", "/models", "/v1"):
-        adapter = openai_under(base, bare)
+        adapter = openai_under(base, bare, _AZURE)
         if adapter is not None:
             return _made(adapter, provider)
     if bare.startswith("/anthropic/"):  # Claude in Azure AI Foundry
@@ -318,7 +329,7 @@ def _route_extra(extra: ExtraHost, path: str, bare: str) -> Route:
     if extra.adapter == "anthropic":
         adapter = _ANTHROPIC_PATHS.get(bare[len(base):]) if bare.startswith(base + "/") or not base else None
         return _made(adapter, extra.provider)
-    return _made(openai_under(base, bare), extra.provider)
+    return _made(openai_under(base, bare, _PASSIVE), extra.provider)  # unknown servers: never rewrite
 
 
 def route(host: str, path: str) -> Route | None:

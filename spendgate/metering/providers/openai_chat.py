@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 from spendgate.metering.framing import SSEDecoder
 from spendgate.metering.providers.base import (
@@ -114,6 +115,8 @@ class ChatStreamParser(JSONEventStreamParser):
         r.service_tier = str_or_none(obj.get("service_tier")) or r.service_tier
         r.output_chars += _delta_chars(obj.get("choices"), "delta")
         usage = obj.get("usage")
+        if not isinstance(usage, dict):
+            usage = dig(obj, "x_groq", "usage")  # Groq's own place for stream usage
         if isinstance(usage, dict):
             r.usage = chat_usage(usage)
             r.usage_final = True
@@ -124,13 +127,20 @@ class OpenAIChatAdapter(Adapter):
     provider = "openai"
     endpoint = "chat.completions"
 
+    def __init__(self, add_usage: bool = True) -> None:
+        self.add_usage = add_usage  # False: a service not known to accept stream_options (never break a client)
+
+    def may_add_usage(self, path: str) -> bool:
+        """Whether asking this service for ``include_usage`` is safe for this request."""
+        return self.add_usage
+
     def parse_request(self, path: str, body: bytes) -> RequestInfo:
         try:
             obj, info = parse_json_request(body, ("max_completion_tokens", "max_tokens"), ("user", "stream_options"))
             if info.malformed:
                 return info
             info.metadata_user = str_or_none(obj.get("user"))
-            if info.stream and dig(obj, "stream_options", "include_usage") is not True:
+            if info.stream and dig(obj, "stream_options", "include_usage") is not True and self.may_add_usage(path):
                 info.rewritten_body = dumps_compact(with_include_usage(load_json(body)))  # the whole body
                 info.drop_usage_chunk = True
             return info
@@ -161,4 +171,15 @@ class OpenAIChatAdapter(Adapter):
         return ChatStreamParser()
 
 
+class AzureChatAdapter(OpenAIChatAdapter):
+    """Azure accepts ``stream_options`` from api-version 2024-09-01 on (and on the v1 API)."""
+
+    def may_add_usage(self, path: str) -> bool:
+        version = parse_qs(urlsplit(path).query).get("api-version", [""])[0]
+        return not version or version >= AZURE_STREAM_OPTIONS_SINCE or version.startswith(("v1", "preview", "latest"))
+
+
+AZURE_STREAM_OPTIONS_SINCE = "2024-09-01"
 CHAT = OpenAIChatAdapter()
+CHAT_PASSIVE = OpenAIChatAdapter(add_usage=False)  # reads usage when the stream has it, never asks
+AZURE_CHAT = AzureChatAdapter()

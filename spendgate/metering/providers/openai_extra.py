@@ -90,3 +90,4 @@ class OpenAIEmbeddingsAdapter(Adapter):
 
 EMBEDDINGS = OpenAIEmbeddingsAdapter()
 COMPLETIONS = OpenAICompletionsAdapter()
+COMPLETIONS_PASSIVE = OpenAICompletionsAdapter(add_usage=False)
