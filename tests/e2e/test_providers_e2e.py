@@ -155,3 +155,28 @@ def test_openrouter_reported_cost_wins_and_explain_shows_both(gateway):
     # list price of the same usage: 1200 uncached x $3 + 400 cached x $0.30 + 450 x $15 per MTok
     assert "side by side: list-price equivalent $0.010470" in text
     no_secret_on_disk(gateway, OPENROUTER_KEY)
+
+
+def test_site_added_host_is_metered_and_priced_as_its_catalogue_provider(gateway_factory):
+    gw = gateway_factory("gw", extra_args=[
+        "--set", "spendgate_extra_providers=llm.corp.example=corp-vllm:openai:openai"]).start()
+    client = openai.OpenAI(base_url="https://llm.corp.example/v1", api_key="corp-SECRET-key",
+                           http_client=gw.http_client(), max_retries=0)
+    reply = client.chat.completions.create(model="gpt-5", messages=[{"role": "user", "content": "hi"}])
+    assert reply.choices[0].message.content == TEXT
+    (row,) = gw.ledger(wait_for=1)
+    assert (row["provider"], row["endpoint"], row["model"], row["outcome"]) == \
+        ("corp-vllm", "chat.completions", "gpt-5", "ok")
+    # gpt-5 list price: 1200 uncached x $1.25 + 400 cached x $0.125 + 450 x $10 per MTok
+    assert D(row["cost_usd"]) == Decimal("0.00605")
+    no_secret_on_disk(gw, "corp-SECRET-key")
+
+
+def test_a_bad_extra_provider_spec_stops_start_up(gateway_factory):
+    gw = gateway_factory("bad", extra_args=["--set", "spendgate_extra_providers=*=x:openai"])
+    try:
+        gw.start()  # mitmdump may open its port before it reads the error and exits
+    except Exception:  # noqa: BLE001 - exiting before the port opened is the same outcome
+        pass
+    assert gw.proc.wait(timeout=60) != 0
+    assert "spendgate_extra_providers: '*=x:openai': '*' would send too many hosts" in gw.log_text()

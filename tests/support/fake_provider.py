@@ -36,6 +36,7 @@ Served endpoints (exact real wire shapes, see ../../../shared/fixtures/wire for 
                               ``AZURE_MODEL`` (not the deployment); streams open with Azure's
                               ``prompt_filter_results`` chunk (``choices: []``, model "")
 * ``openrouter.ai``      POST /api/v1/chat/completions   usage carries ``cost`` (``OPENROUTER_COST``)
+* ``*.corp.example``     POST .../chat/completions   OpenAI chat (a site's own server)
 * any other host         GET / -> 200 ``hello from origin`` (text/plain); else 404.
 
 Unknown paths on provider hosts get a 404 in that provider's own error format.
@@ -138,6 +139,8 @@ def host_kind(host: str) -> str | None:
         return "vertex"
     if host.endswith((".openai.azure.com", ".services.ai.azure.com", ".cognitiveservices.azure.com")):
         return "azure"
+    if host.endswith(".corp.example"):  # a site's own OpenAI-compatible server (spendgate_extra_providers)
+        return "compat"
     return None
 
 
@@ -605,6 +608,9 @@ class FakeProvider:
         if kind == "azure" and method == "POST" and route.startswith("/openai/deployments/") \
                 and route.endswith("/chat/completions"):
             await self._openai_chat(r, {**data, "model": AZURE_MODEL}, azure=True)
+            return keep_alive
+        if kind == "compat" and method == "POST" and route.endswith("/chat/completions"):
+            await self._openai_chat(r, data)
             return keep_alive
         if host == OPENROUTER_HOST and method == "POST" and route == "/api/v1/chat/completions":
             await self._openai_chat(r, data, usage_extra={"cost": OPENROUTER_COST, "is_byok": False})
