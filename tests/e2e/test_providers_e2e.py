@@ -32,8 +32,8 @@ SIGV4 = (f"AWS4-HMAC-SHA256 Credential={AWS_KEY_ID}/20261130/us-east-1/bedrock/a
          "SignedHeaders=content-type;host;x-amz-date, Signature=" + "ab" * 32)
 BEDROCK_MODEL = "global.anthropic.claude-sonnet-4-5-20250929-v1:0"
 BEDROCK_URL = "https://bedrock-runtime.us-east-1.amazonaws.com/model/{model}/{op}"
-BEDROCK_USAGE = dict(input_tokens=1700, cache_read_tokens=300, cache_write_tokens=200, cache_write_1h_tokens=0,
-                     output_tokens=450)
+BEDROCK_USAGE = {"input_tokens": 1700, "cache_read_tokens": 300, "cache_write_tokens": 200,
+                 "cache_write_1h_tokens": 0, "output_tokens": 450}
 BEDROCK_COST = (1200 * Decimal(3) + 300 * Decimal("0.3") + 200 * Decimal("3.75") + 450 * Decimal(15)) / M
 VERTEX_COST = (1200 * Decimal(3) + 300 * Decimal("0.3") + 200 * Decimal("3.75") + 100 * Decimal(6)
                + 450 * Decimal(15)) / M  # the fake's Anthropic usage, 1h writes at $6
@@ -87,7 +87,7 @@ def test_bedrock_converse_stream_and_invoke_stream(gateway, http_client):
 def test_bedrock_stream_cut_inside_a_frame_is_estimated(gateway, http_client):
     client = http_client()
     url = BEDROCK_URL.format(model=BEDROCK_MODEL.replace(":", "%3A"), op="converse-stream")
-    with pytest.raises(Exception):  # noqa: B017,PT011 - the connection is cut: any transport error
+    with pytest.raises(Exception):
         with client.stream("POST", url, json={"messages": []}, headers={"authorization": SIGV4,
                                                                         "x-fake-scenario": "cut"}) as resp:
             b"".join(resp.iter_raw())
@@ -176,7 +176,23 @@ def test_a_bad_extra_provider_spec_stops_start_up(gateway_factory):
     gw = gateway_factory("bad", extra_args=["--set", "spendgate_extra_providers=*=x:openai"])
     try:
         gw.start()  # mitmdump may open its port before it reads the error and exits
-    except Exception:  # noqa: BLE001 - exiting before the port opened is the same outcome
+    except Exception:
         pass
     assert gw.proc.wait(timeout=60) != 0
     assert "spendgate_extra_providers: '*=x:openai': '*' would send too many hosts" in gw.log_text()
+
+
+def test_copilot_list_price_and_premium_requests_in_explain(gateway):
+    client = openai.OpenAI(base_url="https://api.business.githubcopilot.com", api_key="tid=copilot-SECRET",
+                           http_client=gateway.http_client(), max_retries=0,
+                           default_headers={"copilot-integration-id": "vscode-chat", "x-initiator": "user"})
+    client.chat.completions.create(model="claude-sonnet-4.5", messages=[{"role": "user", "content": "hi"}])
+    (row,) = gateway.ledger(wait_for=1)
+    assert (row["provider"], row["client"], row["model"], row["outcome"]) == \
+        ("copilot", "copilot", "claude-sonnet-4.5", "ok")
+    # list-price equivalent (Anthropic claude-sonnet-4-5): 1200 x $3 + 400 x $0.30 + 450 x $15 per MTok
+    assert D(row["cost_usd"]) == Decimal("0.01047")
+    text = gateway.cli("explain", row["request_id"], check=True).stdout
+    assert "total" in text and "$0.010470" in text
+    assert "side by side: Copilot premium requests 1 (multiplier 1" in text and "$0.040000" in text
+    no_secret_on_disk(gateway, "tid=copilot-SECRET")

@@ -36,6 +36,7 @@ Served endpoints (exact real wire shapes, see ../../../shared/fixtures/wire for 
                               ``AZURE_MODEL`` (not the deployment); streams open with Azure's
                               ``prompt_filter_results`` chunk (``choices: []``, model "")
 * ``openrouter.ai``      POST /api/v1/chat/completions   usage carries ``cost`` (``OPENROUTER_COST``)
+* ``api[.<plan>].githubcopilot.com``  POST /chat/completions   OpenAI chat
 * ``*.corp.example``     POST .../chat/completions   OpenAI chat (a site's own server)
 * any other host         GET / -> 200 ``hello from origin`` (text/plain); else 404.
 
@@ -139,6 +140,8 @@ def host_kind(host: str) -> str | None:
         return "vertex"
     if host.endswith((".openai.azure.com", ".services.ai.azure.com", ".cognitiveservices.azure.com")):
         return "azure"
+    if host == "api.githubcopilot.com" or (host.startswith("api.") and host.endswith(".githubcopilot.com")):
+        return "copilot"
     if host.endswith(".corp.example"):  # a site's own OpenAI-compatible server (spendgate_extra_providers)
         return "compat"
     return None
@@ -608,6 +611,9 @@ class FakeProvider:
         if kind == "azure" and method == "POST" and route.startswith("/openai/deployments/") \
                 and route.endswith("/chat/completions"):
             await self._openai_chat(r, {**data, "model": AZURE_MODEL}, azure=True)
+            return keep_alive
+        if kind == "copilot" and method == "POST" and route == "/chat/completions":
+            await self._openai_chat(r, data)  # usage in the JSON body, and in the stream's last chunk
             return keep_alive
         if kind == "compat" and method == "POST" and route.endswith("/chat/completions"):
             await self._openai_chat(r, data)

@@ -16,11 +16,23 @@ from datetime import UTC, datetime
 from decimal import Decimal
 
 import pytest
-from test_providers_common import FIXTURES, assert_split_invariant, fixture_bytes, run_stream, run_whole
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from test_providers_common import (
+    FIXTURES,
+    assert_split_invariant,
+    fixture_bytes,
+    run_stream,
+    run_whole,
+)
 
 from spendgate.identity import api_key, fingerprint, sigv4_access_key
 from spendgate.metering.providers import bedrock, route
-from spendgate.metering.providers.eventstream import EventStreamDecoder, FrameError, encode
+from spendgate.metering.providers.eventstream import (
+    EventStreamDecoder,
+    FrameError,
+    encode,
+)
 from spendgate.pricing.rates import Pricer, normalize_model
 from spendgate.resources import pricing_dir
 from spendgate.usage import Usage
@@ -69,8 +81,8 @@ def adapter(op: str):
     ("/model/anthropic.claude-3-5-haiku-20241022-v1:0/invoke", "anthropic.claude-3-5-haiku-20241022-v1:0", "invoke"),
     ("/model/us.anthropic.claude-sonnet-4-5-20250929-v1%3A0/invoke-with-response-stream",
      "us.anthropic.claude-sonnet-4-5-20250929-v1:0", "invoke-with-response-stream"),
-    ("/model/arn%3Aaws%3Abedrock%3Aeu-west-1%3A111122223333%3Ainference-profile%2Feu.anthropic.claude-x-v1%3A0"
-     "/converse-stream?x=1", "arn:aws:bedrock:eu-west-1:111122223333:inference-profile/eu.anthropic.claude-x-v1:0",
+    (("/model/arn%3Aaws%3Abedrock%3Aeu-west-1%3A111122223333%3Ainference-profile%2Feu.anthropic.claude-x-v1%3A0"
+      "/converse-stream?x=1"), "arn:aws:bedrock:eu-west-1:111122223333:inference-profile/eu.anthropic.claude-x-v1:0",
      "converse-stream"),
 ])
 def test_model_and_operation_from_the_path(path, model, op) -> None:
@@ -244,3 +256,39 @@ def test_prices_by_bedrock_id(pricer: Pricer) -> None:
 ])
 def test_ids_normalised_for_the_anthropic_table(model, anthropic_id) -> None:
     assert normalize_model("anthropic", model) == anthropic_id
+
+
+# -- fuzzing: whatever bytes arrive, in whatever pieces, nothing raises ----------------------------
+
+json_leaf = st.none() | st.booleans() | st.integers() | st.text(max_size=6)
+json_obj = st.dictionaries(st.sampled_from(["usage", "inputTokens", "outputTokens", "delta", "text", "bytes", "type",
+                                            "message", "metrics", "cacheReadInputTokens"]),
+                           st.recursive(json_leaf, lambda c: st.lists(c, max_size=3) | st.dictionaries(
+                               st.sampled_from(["usage", "inputTokens", "outputTokens", "text"]), c, max_size=3),
+                               max_leaves=10), max_size=5)
+events = st.sampled_from(["messageStart", "contentBlockDelta", "messageStop", "metadata", "chunk", "other"])
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from(bedrock.OPERATIONS), st.binary(max_size=1500), st.lists(st.integers(0, 2000), max_size=8))
+def test_random_bytes_never_raise(op, data, cuts) -> None:
+    parser = adapter(op).stream_parser("")
+    points = sorted({c % (len(data) + 1) for c in cuts})
+    for a, b in zip([0, *points], [*points, len(data)]):
+        parser.feed(data[a:b])
+        parser.result()
+    parser.close()
+    assert parser.result().events >= 0
+    adapter(op).parse_response(data)
+    adapter(op).parse_request(f"/model/m/{op}", data)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from(["converse-stream", "invoke-with-response-stream"]),
+       st.lists(st.tuples(events, json_obj), min_size=1, max_size=6))
+def test_well_formed_frames_of_any_json_are_never_garbled(op, frames) -> None:
+    data = b"".join(encode({":event-type": e, ":message-type": "event"}, json.dumps(o).encode()) for e, o in frames)
+    r = run_whole(lambda: adapter(op).stream_parser(""), data)
+    if op == "converse-stream":
+        assert not r.garbled
+    assert r.events == len(frames)

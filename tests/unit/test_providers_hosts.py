@@ -10,12 +10,17 @@ from spendgate.metering import providers
 from spendgate.metering.providers import (
     HOST_PATTERNS,
     allow_hosts_regexes,
+    anthropic,
+    bedrock,
     configure_extra,
+    openai_chat,
+    openai_extra,
+    openai_responses,
     parse_extra,
     route,
     site_hosts,
+    vertex,
 )
-from spendgate.metering.providers import anthropic, bedrock, openai_chat, openai_extra, openai_responses, vertex
 from spendgate.pricing.rates import catalogue_candidates
 
 
