@@ -23,7 +23,7 @@ from mitmproxy.proxy.mode_specs import ReverseMode
 from spendgate import access
 from spendgate.budgets import refusal
 from spendgate.gateway import Gateway
-from spendgate.metering.providers import PROVIDER_HOSTS, route
+from spendgate.metering.providers import route
 
 log = logging.getLogger("spendgate.access")
 
@@ -45,7 +45,8 @@ def target_of(flow: http.HTTPFlow) -> access.Target:
 def _provider_of(flow: http.HTTPFlow, t: access.Target) -> str:
     """The provider whose error shape a refusal uses (target first, else the claimed Host)."""
     claimed = access.real_target(flow.request.host_header or "").host
-    return PROVIDER_HOSTS.get(t.host) or PROVIDER_HOSTS.get(claimed) or "openai"
+    found = route(t.host, flow.request.path) or route(claimed, flow.request.path)
+    return found.dialect if found else "openai"
 
 
 class Access:

@@ -11,6 +11,7 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from mitmproxy import ctx, exceptions, http
@@ -114,6 +115,10 @@ class SpendGate:
         loader.add_option("spendgate_metrics_host", str, "127.0.0.1", "address of spendgate_metrics_port")
         loader.add_option("spendgate_metrics_per_user", int, 0,
                           "per-user and per-key cost series, at most this many each (0: none; max 1000)")
+        loader.add_option(
+            "spendgate_extra_providers", Sequence[str], [],
+            "more provider hosts to meter: HOST=PROVIDER:ADAPTER[:PRICE_AS][@/BASE] (see README)",
+        )
 
     def configure(self, updated: set[str]) -> None:
         """Check settings now (a bad policy stops start-up); open the ledger once running.
@@ -124,6 +129,12 @@ class SpendGate:
         opts = ctx.options
         if self._duplicates:  # fail closed: never guess which of two values the operator meant
             raise exceptions.OptionsError(self._duplicates)
+        if "spendgate_extra_providers" in updated:
+            try:
+                providers.configure_extra(providers.parse_extra(spec) for spec in opts.spendgate_extra_providers)
+            except ValueError as e:
+                raise exceptions.OptionsError(f"spendgate_extra_providers: {e}") from None
+            updated = updated | {"allow_hosts"}  # the new hosts must be decrypted too
         if "spendgate_intercept_chatgpt" in updated or "allow_hosts" in updated or "ignore_hosts" in updated:
             self._only_provider_hosts()
         if updated & {"spendgate_max_request_bytes", "spendgate_providers_only", "body_size_limit"}:
@@ -204,9 +215,10 @@ class SpendGate:
         if flow.response or flow.error:
             return
         host = target_of(flow).host
-        provider = providers.PROVIDER_HOSTS.get(host)
-        if provider is None:
+        found = providers.route(host, flow.request.path)
+        if found is None:
             return
+        provider = found.dialect  # whose error shape the client reads
         if self.gateway is None:  # not started (or failed): never let provider traffic pass unmetered
             self._answer(flow, refusal.unavailable(provider, "the gateway is not ready (not metering)"))
             return
@@ -227,14 +239,14 @@ class SpendGate:
         req = flow.request
         host = target_of(flow).host
         if self.gateway is None:  # not started (or failed): never let provider traffic pass unmetered
-            provider = providers.PROVIDER_HOSTS.get(host)
-            if provider is not None:
-                self._answer(flow, refusal.unavailable(provider, "the gateway is not ready (not metering)"))
+            found = providers.route(host, req.path)
+            if found is not None:
+                self._answer(flow, refusal.unavailable(found.dialect, "the gateway is not ready (not metering)"))
             return
         limit = ctx.options.spendgate_max_request_bytes
-        if limit and len(req.raw_content or b"") > limit and host in providers.PROVIDER_HOSTS:  # chunked bodies
-            self._answer(flow, too_large(providers.PROVIDER_HOSTS[host],
-                                                             len(req.raw_content or b""), limit))
+        found = providers.route(host, req.path) if limit and len(req.raw_content or b"") > limit else None
+        if found is not None:  # chunked bodies, known only once read
+            self._answer(flow, too_large(found.dialect, len(req.raw_content or b""), limit))
             req.raw_content = b""
             self._oversized.add(flow.client_conn.id)
             return

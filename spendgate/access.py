@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from spendgate.deploy.pac import WHOAMI_HOST
 from spendgate.identity import Identity
-from spendgate.metering.providers import PROVIDER_HOSTS, normalize_host
+from spendgate.metering.providers import normalize_host, provider_of_host
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -107,7 +107,7 @@ def real_target(authority: str, sni: str | None = None, host_header: str | None 
     host = tls if tls and (is_ip_literal(auth) or not auth) else auth
     claimed = _name(host_header) if host_header else ""
     names = {n for n in (auth if not is_ip_literal(auth) else "", tls, claimed) if n}
-    if any(n in PROVIDER_HOSTS for n in names | {host}):
+    if any(provider_of_host(n) for n in names | {host}):
         others = sorted(n for n in names if n != host)
         if others:
             return Target(host, f"the request names {', '.join(others)} but its connection goes to {host}")

@@ -11,13 +11,13 @@ import hashlib
 import hmac
 import os
 import time
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs
 
 import ipaddress
 import json
-import re
 from collections.abc import Callable
 from dataclasses import replace
 
@@ -38,7 +38,9 @@ def api_key(headers: Mapping[str, str], query: str = "") -> str | None:
             return headers[name]
     auth = headers.get("authorization", "")
     if auth[:7].lower() == "bearer " and auth[7:].strip():
-        return auth[7:].strip()
+        return auth[7:].strip()  # also Bedrock API keys and Google OAuth tokens (Vertex)
+    if auth.startswith("AWS4-HMAC-SHA256"):
+        return sigv4_access_key(auth)
     if query:
         keys = parse_qs(query).get("key")
         if keys and keys[0]:
@@ -60,6 +62,20 @@ class BodyHints:
 
 
 NO_HINTS = BodyHints()
+
+
+_SIGV4_CREDENTIAL = re.compile(r"Credential=([A-Z0-9]{16,128})/")
+
+
+def sigv4_access_key(authorization: str) -> str | None:
+    """The access key id of an AWS SigV4 ``Authorization`` header (``Credential=AKIA.../date/...``).
+
+    The key id is what identifies an AWS caller (the secret never travels); like every credential
+    it is only ever stored as a fingerprint.
+    """
+    m = _SIGV4_CREDENTIAL.search(authorization or "")
+    return m.group(1) if m else None
+
 
 # (client, header, substring) checked in order; the first match wins.
 _CLIENT_RULES: tuple[tuple[str, str, str], ...] = (

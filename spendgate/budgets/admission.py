@@ -149,23 +149,23 @@ class Admission:
             if rule == unmetered.ALLOW:
                 return None
             if rule == unmetered.BLOCK:
-                return refuse(ex, unmetered.blocked_answer(ex.provider, path or "this endpoint"))
+                return refuse(ex, unmetered.blocked_answer(ex.dialect, path or "this endpoint"))
             flat = rule
         fail_closed = self.policy.on_store_error == "fail_closed"
         error = self._store_error()
         if error is not None:
             log.error("spendgate: ledger writes are failing (%s)", error)
             if fail_closed:
-                return refuse(ex, refusal.unavailable(ex.provider, "cannot record spend (ledger store failing); "
+                return refuse(ex, refusal.unavailable(ex.dialect, "cannot record spend (ledger store failing); "
                                                       "on_store_error is fail_closed"))
         if ex.identity.unknown:  # unknown_users: block
             return refuse(ex, refusal.forbidden(
-                ex.provider, f"{ex.identity.user} is not a user in the policy (unknown_users: block)"))
+                ex.dialect, f"{ex.identity.user} is not a user in the policy (unknown_users: block)"))
         policy = self.policy
         ex.extra["request_path"], ex.extra["request_body"] = path, body
         denial = model_denial(policy, ex.identity, ex.request.model)
         if denial is not None:
-            return refuse(ex, refusal.model_denied(ex.provider, denial.message), denial.message)
+            return refuse(ex, refusal.model_denied(ex.dialect, denial.message), denial.message)
         now = datetime.now(UTC)
         runway = not policy.runway.empty
         ignored = subscription_ignored(policy, ex.identity)  # subscription_usage: ignore: nothing to reserve
@@ -181,7 +181,7 @@ class Admission:
             amount = Decimal(0)
         if amount is None:
             return refuse(ex, refusal.unavailable(
-                ex.provider, f"model {ex.request.model!r} has no known price and the policy blocks unpriced models"))
+                ex.dialect, f"model {ex.request.model!r} has no known price and the policy blocks unpriced models"))
         decision = self.book.admit(ex.identity, amount, now)
         if not decision.admitted and budgets and "step_down_plan" not in ex.extra:  # at the cap: runway left?
             choice = step_down(policy, self.book, ex.identity, ex.request.model, budgets, decision.exhausted)
@@ -194,7 +194,7 @@ class Admission:
                     ex.extra.pop("step_down_plan", None)
         if not decision.admitted:
             ex.extra["refused_by"] = decision.exhausted  # named on the request's span (telemetry)
-            answer = refusal.over_budget(ex.provider, decision.exhausted, decision.spent, now)
+            answer = refusal.over_budget(ex.dialect, decision.exhausted, decision.spent, now)
             return refuse(ex, answer, refusal.budget_message(decision.exhausted, decision.spent, now))
         if runway and policy.runway.rate_limits:
             tokens = self._estimated_usage(ex, ex.request.model)
@@ -202,7 +202,7 @@ class Admission:
             if isinstance(ticket, Limited):
                 self.book.settle(decision.reservation, Decimal(0))
                 ex.extra.pop("step_down_plan", None)
-                answer = refusal.rate_limited(ex.provider, ticket.message, ticket.retry_after, ticket.scope,
+                answer = refusal.rate_limited(ex.dialect, ticket.message, ticket.retry_after, ticket.scope,
                                               ticket.kind)
                 return refuse(ex, answer, ticket.message)
             ex.extra["rate_ticket"] = ticket
@@ -215,7 +215,7 @@ class Admission:
             log.error("spendgate: cannot write the reservation journal: %s", e)
             if fail_closed:
                 self.book.settle(decision.reservation, Decimal(0))
-                return refuse(ex, refusal.unavailable(ex.provider, f"cannot record spend ({e.strerror})"))
+                return refuse(ex, refusal.unavailable(ex.dialect, f"cannot record spend ({e.strerror})"))
         ex.extra["reservation"] = decision.reservation
         ex.extra["decision"] = decision
         return None

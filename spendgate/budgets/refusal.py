@@ -84,6 +84,8 @@ def error_body(provider: str, message: str, *, kind: str = "budget", code: str |
         doc: dict = {"type": "error", "error": {"type": anthropic_type, "message": message}}
     elif provider == "gemini":
         doc = {"error": {"code": gcode, "message": message, "status": gstatus}}
+    elif provider == "bedrock":  # AWS services answer {"message": ...}; the type goes in x-amzn-errortype
+        doc = {"message": message}
     else:
         doc = {"error": {"message": message, "type": otype, "param": None, "code": ocode}}
     return json.dumps(doc).encode()

@@ -325,6 +325,27 @@ def _money(v: Any) -> str:
     return "-" if v is None else usd(v, 6)  # micro-dollars, the one rounding rule (spendgate/money.py)
 
 
+def alternative_lines(alts: dict[str, Any]) -> list[str]:
+    """Side-by-side views kept in the price detail: list price next to a provider-stated cost,
+    Copilot premium requests next to the list-price equivalent."""
+    out = []
+    listed = alts.get("list_price")
+    if listed:
+        out.append(f"  side by side: list-price equivalent {_money(listed.get('total'))} "
+                   f"(as {listed.get('model_id') or '?'}; {listed.get('source')})")
+    cp = alts.get("copilot_premium")
+    if cp and cp.get("premium_requests") is None:
+        out.append(f"  side by side: Copilot premium requests unknown: {cp.get('note')}")
+    elif cp:
+        out.append(f"  side by side: Copilot premium requests {cp['premium_requests']} (multiplier {cp['multiplier']}, "
+                   f"row {cp['model_row']!r}) = {_money(cp['overage_usd'])} at "
+                   f"${cp['overage_usd_per_premium_request']} per premium request beyond the plan's allowance")
+        if cp.get("note"):
+            out.append(f"    {cp['note']}")
+        out.append(f"    source: {cp['source']}")
+    return out
+
+
 def explain_lines(row: dict[str, Any]) -> list[str]:
     """The calculation as text, from what the row stored (pure: tested directly)."""
     out = [
@@ -399,6 +420,7 @@ def explain_lines(row: dict[str, Any]) -> list[str]:
             out.append(f"  ledger: cost {_money(row.get('cost_usd'))}, budgets charged {_money(row.get('charged_usd'))}")
         for note in detail.get("notes") or []:
             out.append(f"  note: {note}")
+        out += alternative_lines(detail.get("alternatives") or {})
         out.append(f"  price version: catalogue {detail.get('catalogue') or '?'}"
                    + (f"; overrides {detail['overrides']}" if detail.get("overrides") else "; no overrides file"))
     for h in row.get("reprice_history") or []:

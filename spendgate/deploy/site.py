@@ -20,7 +20,7 @@ from cryptography import x509
 
 from spendgate.deploy import ca as ca_mod
 from spendgate.metering import opaque
-from spendgate.metering.providers import OPTIONAL_HOSTS, PROVIDER_HOSTS
+from spendgate.metering.providers import site_hosts
 from spendgate.policy.model import PolicyError
 from spendgate.policy.model import load as load_policy
 from spendgate.yamlcheck import Problem, load_yaml_with_marks, mark, schema_problems
@@ -186,14 +186,15 @@ def parse(text: str, file: Path) -> Site:
 
     prov = doc.get("providers") or {}
     include_chatgpt = prov.get("include_chatgpt", True)
-    hosts = tuple(h for h in PROVIDER_HOSTS if include_chatgpt or h not in OPTIONAL_HOSTS)
-    patterns = []
+    hosts, builtin_patterns = site_hosts(include_chatgpt)  # exact hosts, then globs (Bedrock, Azure, ...)
+    patterns = list(builtin_patterns)
     for i, h in enumerate(prov.get("extra_hosts") or []):
         h = h.lower()
         if h.strip("*.") == "":
             problems.append(Problem(*at("providers", "extra_hosts", i), f"{h!r} would send every host to the gateway"))
         elif "*" in h:
-            patterns.append(h)
+            if h not in patterns:
+                patterns.append(h)
         elif h not in hosts:
             hosts += (h,)
 

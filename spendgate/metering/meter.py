@@ -30,7 +30,7 @@ from spendgate.metering.providers.base import (
     StreamParser,
 )
 from spendgate.metering.streams import IncrementalDecoder
-from spendgate.pricing.rates import Pricer, PriceResult
+from spendgate.pricing.rates import Pricer, PriceResult, reported
 from spendgate.store.ledger import Ledger, LedgerRow
 from spendgate.usage import Usage
 
@@ -65,6 +65,11 @@ class Exchange:
     @property
     def provider(self) -> str:
         return self.route.provider
+
+    @property
+    def dialect(self) -> str:
+        """Whose error format the client reads (anthropic, openai, gemini, bedrock)."""
+        return self.route.dialect or self.route.provider
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,6 +202,8 @@ class Meter:
         query = path.partition("?")[2]
         canon = providers.normalize_path(path) + ("?" + query if query else "")
         req = route.adapter.parse_request(canon, body) if route.adapter else RequestInfo()
+        if not req.model:  # Bedrock/Vertex name the model in the path, Azure its deployment
+            req.model = route.extra.get("model") or route.extra.get("deployment")
         bounds.clip_request(req)
         ts = self.now()
         identity = bounds.clip_identity(with_body_hints(self.identify(headers, query, proxy_user, client_ip),
@@ -219,6 +226,8 @@ class Meter:
             billing=bill,
         )
         ex.extra["path"] = bounds.clip(providers.normalize_path(path), 200)
+        if route.provider == "copilot":  # agent follow-ups are not premium requests
+            ex.extra["initiator"] = headers.get("x-initiator")
         self._inflight[ex.request_id] = ex
         return ex
 
@@ -299,6 +308,7 @@ class Meter:
         if ex.served_tier:  # what the provider's response header says it served wins over the body
             modifiers["service_tier"] = ex.served_tier
         price = self.price(ex, verdict, model, modifiers)
+        price = self.side_by_side(ex, verdict, model, result, price)
         outcome = verdict.outcome
         if outcome in ("ok", "estimated") and price.cost is None:
             outcome = "unpriced"
@@ -339,6 +349,20 @@ class Meter:
             modifiers=json.dumps(modifiers, sort_keys=True) if modifiers else None,
             **verdict.usage.as_dict(),
         )
+
+    def side_by_side(
+        self, ex: Exchange, verdict: Verdict, model: str | None, result: ResponseResult | None, price: PriceResult
+    ) -> PriceResult:
+        """A provider-stated cost replaces the list price (kept alongside); Copilot adds premium requests."""
+        if verdict.outcome not in ("ok", "estimated"):
+            return price
+        if result is not None and result.reported_cost_usd is not None and not verdict.estimated:
+            price = reported(price, Decimal(result.reported_cost_usd), ex.provider)
+        table = getattr(self.pricer, "copilot", None)
+        if ex.provider == "copilot" and table is not None:
+            view = table.view(model, ex.extra.get("initiator"))
+            price = replace(price, alternatives={**price.alternatives, "copilot_premium": view})
+        return price
 
     def price(self, ex: Exchange, verdict: Verdict, model: str | None, modifiers: dict[str, str] | None = None) -> PriceResult:
         if verdict.outcome == "unmetered":

@@ -32,9 +32,16 @@ log = logging.getLogger(__name__)
 
 CATALOGUE_FILE = "catalogue.json"
 LOCK_FILE = "catalogue.lock.json"
-# genai-prices provider ids for what spendgate meters; google also carries Claude-on-Vertex and
-# falls back to anthropic, so both stay together.
-KEPT_PROVIDERS = ("anthropic", "openai", "google")
+# genai-prices provider ids for what spendgate meters (see CATALOGUE_PROVIDER in rates.py for which
+# service each prices); google also carries Claude-on-Vertex and falls back to anthropic, azure falls
+# back to openai/anthropic/deepseek/x-ai, so those stay together.
+KEPT_PROVIDERS = (
+    "anthropic", "openai", "google",
+    "aws",  # Bedrock
+    "azure",  # Azure OpenAI / AI Foundry
+    "github-copilot",  # Copilot, list-price equivalent
+    "openrouter", "deepseek", "mistral", "x-ai", "groq", "together", "fireworks",
+)
 FORMAT = "genai-prices data v2"
 MAX_DOWNLOAD_BYTES = 64 * 1024 * 1024
 

@@ -27,6 +27,7 @@ import fnmatch
 import hashlib
 import json
 import logging
+import re
 import threading
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime
@@ -40,13 +41,79 @@ import jsonschema
 from genai_prices import types as gp
 
 from spendgate.pricing import catalogue as pricing_catalogue
+from spendgate.pricing import copilot
 from spendgate.usage import Usage
 from spendgate.yamlcheck import Problem, load_yaml_with_marks, mark, schema_problems
 
 log = logging.getLogger(__name__)
 
 MTOK = Decimal(1_000_000)
-CATALOGUE_PROVIDER = {"anthropic": "anthropic", "openai": "openai", "gemini": "google"}
+# spendgate provider (the service a request went to) -> genai-prices providers to look the model up
+# in, in order. A later entry is a list-price fallback for ids the service's own table lacks
+# (Copilot model names, Bedrock ids of Anthropic models), after normalize_model() for it.
+CATALOGUE_PROVIDER: dict[str, tuple[str, ...]] = {
+    "anthropic": ("anthropic",),
+    "openai": ("openai",),
+    "gemini": ("google",),
+    "bedrock": ("aws", "anthropic"),
+    "vertex": ("google", "anthropic"),
+    "code-assist": ("google",),
+    "azure": ("azure", "openai"),
+    "copilot": ("github-copilot", "anthropic", "openai", "google"),
+    "openrouter": ("openrouter",),
+    "deepseek": ("deepseek",),
+    "mistral": ("mistral",),
+    "xai": ("x-ai",),
+    "groq": ("groq",),
+    "together": ("together",),
+    "fireworks": ("fireworks",),
+}
+_site_providers: dict[str, tuple[str, ...]] = {}  # site-added hosts: provider -> price_as
+
+
+def set_site_providers(mapping: dict[str, str]) -> None:
+    """Providers a site added in config, each priced as a catalogue provider (or only by overrides)."""
+    global _site_providers
+    _site_providers = {p: tuple(CATALOGUE_PROVIDER.get(v, (v,))) for p, v in mapping.items()}
+
+
+_BEDROCK_PREFIX = re.compile(r"^(?:us|eu|apac|jp|au|ca|us-gov|global)\.")
+_BEDROCK_SUFFIX = re.compile(r"-v\d+(?::\d+)?$")
+
+
+def normalize_model(catalogue_provider: str, model: str) -> str:
+    """A service's model id as the given catalogue provider names it.
+
+    Bedrock: ARNs keep their last segment (``.../us.anthropic.claude-...``); for the anthropic
+    table the region prefix, ``anthropic.`` and ``-v1:0`` go (``claude-sonnet-4-5-20250929``).
+    Vertex: the ``@20250929`` version suffix goes. Copilot: ``claude-sonnet-4.5`` is Anthropic's
+    ``claude-sonnet-4-5``.
+    """
+    m = model.strip()
+    if m.startswith("arn:"):
+        m = m.rsplit("/", 1)[-1]
+    if catalogue_provider == "aws":
+        return m
+    if catalogue_provider == "anthropic":
+        bare = _BEDROCK_PREFIX.sub("", m)
+        if bare.startswith("anthropic."):  # a Bedrock id
+            m = _BEDROCK_SUFFIX.sub("", bare.removeprefix("anthropic."))
+        m = m.split("@", 1)[0]
+        if m.startswith("claude-"):
+            m = re.sub(r"(\d)\.(\d)", r"\1-\2", m)
+        return m
+    return m.split("@", 1)[0] if "@" in m and catalogue_provider == "google" else m
+
+
+def catalogue_candidates(provider: str, model: str) -> list[tuple[str, str]]:
+    """(catalogue provider, model id) pairs to try, in order, for a request's provider and model."""
+    pids = _site_providers.get(provider) or CATALOGUE_PROVIDER.get(provider, (provider,))
+    out: list[tuple[str, str]] = []
+    for pid in pids:
+        pair = (pid, normalize_model(pid, model))
+        if pair not in out:
+            out.append(pair)
+    return out
 VARIANTS = ("standard", "batch", "priority", "flex", "fast")
 # how genai-prices names each variant in its price_context
 VARIANT_CONTEXT: dict[str, dict[str, str]] = {
@@ -58,6 +125,7 @@ VARIANT_CONTEXT: dict[str, dict[str, str]] = {
 DETAIL_VERSION = 3
 # modifier values that mean "as usual": no variant, no multiplier, nothing to say
 PLAIN_MODIFIER_VALUES = frozenset({"", "standard", "default", "auto", "global", "not_available", "normal"})
+REPORTED_SOURCE = "provider-reported"  # price_source prefix of a cost the provider's response stated
 
 
 def variant_for_tier(service_tier: str | None) -> str:
@@ -168,6 +236,7 @@ class PriceResult:
     overrides: str | None = None  # overrides file and its sha256 prefix
     modifiers: tuple[dict[str, str], ...] = ()  # {name, value, effect, source}: how serving changed the price
     fallbacks: tuple[dict[str, Any], ...] = ()  # {kind, tokens, rate_used}: modality tokens without their own rate
+    alternatives: dict[str, Any] = field(default_factory=dict)  # side-by-side views, e.g. list_price, copilot
 
     def detail(self) -> dict[str, Any]:
         """JSON-able record kept in the ledger so any cost can be explained (and re-priced) later."""
@@ -183,6 +252,7 @@ class PriceResult:
             "notes": list(self.notes),
             "modifiers": list(self.modifiers),
             "fallbacks": list(self.fallbacks),
+            **({"alternatives": self.alternatives} if self.alternatives else {}),
             "total": None if self.cost is None else str(self.cost),
             "lines": [
                 {
@@ -252,7 +322,7 @@ def compute(rates: Rates, usage: Usage, multipliers: tuple[Multiplier, ...] = ()
     own rates; `multipliers` scale every token rate (not per-unit fees) and are listed in the detail.
     """
     r = rates.prices
-    if "input_mtok" not in r or "output_mtok" not in r:
+    if "input_mtok" not in r or ("output_mtok" not in r and usage.output_tokens):  # embeddings: input only
         return PriceResult(None, rates.source or "unknown", rates.model_id, variant=rates.variant,
                            notes=(*rates.notes, "the model has no input or output rate"))  # fmt: skip
     total_in = usage.input_tokens
@@ -261,7 +331,7 @@ def compute(rates: Rates, usage: Usage, multipliers: tuple[Multiplier, ...] = ()
     output_text = max(usage.output_tokens - usage.output_audio_tokens - usage.output_image_tokens
                       - usage.output_video_tokens, 0)
     reasoning = min(usage.reasoning_tokens, output_text)
-    parts: list[tuple[str, int, tuple[str, Price], Decimal]] = [
+    parts: list[tuple[str, int, tuple[str, Price] | None, Decimal]] = [
         ("uncached input", uncached_text, _pick(r, "input_mtok"), MTOK),
         ("cache read", max(usage.cache_read_tokens - usage.cache_read_audio_tokens, 0),
          _pick(r, "cache_read_mtok", "input_mtok"), MTOK),
@@ -292,9 +362,10 @@ def compute(rates: Rates, usage: Usage, multipliers: tuple[Multiplier, ...] = ()
         factor *= m.factor
     lines = []
     tier_used: int | None = None
-    for label, qty, (name, price), per in parts:
+    for label, qty, found_rate, per in parts:
         if not qty:
             continue
+        name, price = found_rate
         rate, tier = price.at(total_in)
         source = price.source
         if factor != 1 and per == MTOK:  # multipliers scale token rates, not per-unit fees
@@ -352,10 +423,13 @@ def catalogue_rates(
     catalogue: pricing_catalogue.Catalogue, provider: str, model: str, at: datetime, variant: str = "standard"
 ) -> tuple[str, dict[str, Price], dict[str, Price]] | None:
     """(model id, standard rates, variant-only rates) from the catalogue, or None when not listed."""
-    pid = CATALOGUE_PROVIDER.get(provider, provider)
-    try:
-        _, info = catalogue.snapshot.find_provider_model(model, None, pid, None)
-    except LookupError:
+    for pid, name in catalogue_candidates(provider, model):
+        try:
+            _, info = catalogue.snapshot.find_provider_model(name, None, pid, None)
+            break
+        except LookupError:
+            continue
+    else:
         return None
     standard = _model_price_rates(info.get_prices(at), catalogue.version)
     extra: dict[str, Price] = {}
@@ -534,6 +608,7 @@ class Pricer:
             except (pricing_catalogue.CatalogueError, OSError) as e:
                 raise PricingError(str(folder), [Problem(1, 1, f"catalogue: {e}")]) from None
         self.catalogue = catalogue
+        self.copilot = copilot.load(catalogue_dir or (overrides_path.parent if overrides_path else None))
         self._cache: dict[tuple[str, str, date, str], Rates | None] = {}
         self._mult_cache: dict[tuple[str, str, date], dict[tuple[str, str], Multiplier]] = {}  # dict ops: atomic
         self._lock = threading.Lock()
@@ -656,6 +731,21 @@ class Pricer:
         result = compute(rates, usage, tuple(applied))
         return replace(result, catalogue=self.catalogue.version, overrides=self.overrides_label,
                        modifiers=tuple(described), notes=(*result.notes, *notes))
+
+
+def reported(list_price: PriceResult, cost: Decimal, provider: str, field_name: str = "usage.cost") -> PriceResult:
+    """The cost a provider stated in its response (OpenRouter ``usage.cost``), list price alongside.
+
+    The provider's own figure is what the account is billed, so it wins; the list-price
+    equivalent from the catalogue stays in the detail so both can be compared in ``explain``.
+    """
+    source = f"{REPORTED_SOURCE} ({provider} {field_name})"
+    line = PriceLine("provider-reported cost", 1, cost, Decimal(1), field_name, cost, source)
+    listed = {"total": None if list_price.cost is None else str(list_price.cost), "source": list_price.source,
+              "model_id": list_price.model_id}
+    return replace(list_price, cost=cost, source=source, lines=(line,), tier_above=None,
+                   notes=(*list_price.notes, f"cost as reported by {provider} in {field_name}"),
+                   alternatives={**list_price.alternatives, "list_price": listed})
 
 
 # --- audits ----------------------------------------------------------------------------------

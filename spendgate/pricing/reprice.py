@@ -21,7 +21,7 @@ from typing import Any
 
 import duckdb
 
-from spendgate.pricing.rates import Pricer, PriceResult
+from spendgate.pricing.rates import REPORTED_SOURCE, Pricer, PriceResult
 from spendgate.store import sql
 from spendgate.usage import USAGE_FIELDS, Usage
 
@@ -101,6 +101,8 @@ def plan(
     changes = []
     for values in res:
         row = dict(zip(cols, values))
+        if (row["price_source"] or "").startswith(REPORTED_SOURCE):
+            continue  # the provider said what it charged (OpenRouter usage.cost): prices do not change it
         new = _new_row_price(pricer, row)
         old_cost, old_charged = row["cost_usd"], row["charged_usd"]
         new_cost = new.cost

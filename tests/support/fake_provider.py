@@ -22,6 +22,23 @@ Served endpoints (exact real wire shapes, see ../../../shared/fixtures/wire for 
                          POST /v1beta/models/{m}:generateContent        JSON
                          POST /v1beta/models/{m}:streamGenerateContent  SSE with ``?alt=sse``,
                               otherwise Google's JSON-array stream ``[{...}\\n,\\r\\n{...}\\n]``
+* ``bedrock-runtime.<region>.amazonaws.com``
+                         POST /model/{id}/converse                      Converse JSON
+                         POST /model/{id}/converse-stream               event-stream frames (binary)
+                         POST /model/{id}/invoke                        Anthropic Message JSON
+                         POST /model/{id}/invoke-with-response-stream   frames of base64 Anthropic events
+                         (frames are written split across HTTP chunks at odd offsets)
+* ``aiplatform.googleapis.com``, ``<region>-aiplatform.googleapis.com``
+                         POST /v1/projects/{p}/locations/{l}/publishers/anthropic/models/{m}:rawPredict |
+                              :streamRawPredict    Anthropic JSON / SSE (model echoes the path, no @version)
+                         POST .../publishers/google/models/{m}:generateContent | :streamGenerateContent
+* ``<name>.openai.azure.com`` (and services.ai / cognitiveservices)
+                         POST /openai/deployments/{d}/chat/completions   the model in the response is
+                              ``AZURE_MODEL`` (not the deployment); streams open with Azure's
+                              ``prompt_filter_results`` chunk (``choices: []``, model "")
+* ``openrouter.ai``      POST /api/v1/chat/completions   usage carries ``cost`` (``OPENROUTER_COST``)
+* ``api[.<plan>].githubcopilot.com``  POST /chat/completions   OpenAI chat
+* ``*.corp.example``     POST .../chat/completions   OpenAI chat (a site's own server)
 * any other host         GET / -> 200 ``hello from origin`` (text/plain); else 404.
 * ``serve_raw(host, route, bytes, content_type)``: the next request there gets exactly those bytes.
 
@@ -83,6 +100,7 @@ Scenario control: request header ``x-fake-scenario`` (comma-separated flags)
 from __future__ import annotations
 
 import asyncio
+import base64
 import copy
 import gzip
 import ipaddress
@@ -96,7 +114,7 @@ import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 try:  # brotli ships with mitmproxy
     import brotli
@@ -109,7 +127,40 @@ ANTHROPIC_HOST = "api.anthropic.com"
 OPENAI_HOST = "api.openai.com"
 CHATGPT_HOST = "chatgpt.com"
 GEMINI_HOST = "generativelanguage.googleapis.com"
-PROVIDER_HOSTS = {ANTHROPIC_HOST, OPENAI_HOST, CHATGPT_HOST, GEMINI_HOST}
+OPENROUTER_HOST = "openrouter.ai"
+PROVIDER_HOSTS = {ANTHROPIC_HOST, OPENAI_HOST, CHATGPT_HOST, GEMINI_HOST, OPENROUTER_HOST}
+AZURE_MODEL = "gpt-4o-2024-11-20"  # what an Azure deployment answers as its model
+OPENROUTER_COST = 0.0123456  # USD, the provider-reported usage.cost
+
+
+def host_kind(host: str) -> str | None:
+    """Which fake API a host speaks (None: a plain origin)."""
+    if host in PROVIDER_HOSTS:
+        return host
+    if host.startswith("bedrock-runtime.") and host.endswith(".amazonaws.com"):
+        return "bedrock"
+    if host == "aiplatform.googleapis.com" or host.endswith("-aiplatform.googleapis.com"):
+        return "vertex"
+    if host.endswith((".openai.azure.com", ".services.ai.azure.com", ".cognitiveservices.azure.com")):
+        return "azure"
+    if host == "api.githubcopilot.com" or (host.startswith("api.") and host.endswith(".githubcopilot.com")):
+        return "copilot"
+    if host.endswith(".corp.example"):  # a site's own OpenAI-compatible server (spendgate_extra_providers)
+        return "compat"
+    return None
+
+
+def eventstream_frame(event_type: str, payload: bytes, message_type: str = "event") -> bytes:
+    """One AWS event-stream frame with string headers (written here, not imported from spendgate)."""
+    headers = b""
+    for k, v in ((":event-type" if message_type == "event" else ":exception-type", event_type),
+                 (":content-type", "application/json"), (":message-type", message_type)):
+        headers += bytes([len(k)]) + k.encode() + b"\x07" + len(v.encode()).to_bytes(2, "big") + v.encode()
+    total = 12 + len(headers) + len(payload) + 4
+    prelude = total.to_bytes(4, "big") + len(headers).to_bytes(4, "big")
+    prelude += zlib.crc32(prelude).to_bytes(4, "big")
+    body = prelude + headers + payload
+    return body + zlib.crc32(body).to_bytes(4, "big")
 
 ORIGIN_BODY = b"hello from origin"
 
@@ -135,6 +186,12 @@ DEFAULT_USAGE: dict[str, dict[str, int]] = {
         "cached_tokens": 500,
         "output_tokens": 700,
         "reasoning_tokens": 250,
+    },
+    "bedrock": {  # Converse usage: inputTokens excludes cache reads/writes
+        "inputTokens": 1200,
+        "cacheReadInputTokens": 300,
+        "cacheWriteInputTokens": 200,
+        "outputTokens": 450,
     },
     "gemini": {
         "promptTokenCount": 3000,
@@ -607,8 +664,10 @@ class FakeProvider:
             await r.end_stream()
             return keep_alive
 
-        if host in PROVIDER_HOSTS and scenario.status and scenario.status >= 400:
-            await self._provider_error(r, host, scenario.status)
+        kind = host_kind(host)
+        if kind and scenario.status and scenario.status >= 400:
+            await self._provider_error(r, host if host in (ANTHROPIC_HOST, CHATGPT_HOST, GEMINI_HOST) else OPENAI_HOST,
+                                       scenario.status)
             return keep_alive
 
         data = parsed if isinstance(parsed, dict) else {}
@@ -617,6 +676,37 @@ class FakeProvider:
             enc, bomb = compression_bomb(stream)
             await r.send_bytes(200, bomb, "text/event-stream" if stream else "application/json",
                                [("content-encoding", enc)], encode=False)
+            return keep_alive
+        if kind == "bedrock" and method == "POST" and route.startswith("/model/"):
+            model, _, op = route[len("/model/"):].rpartition("/")
+            if op in ("converse", "converse-stream", "invoke", "invoke-with-response-stream"):
+                await self._bedrock(r, unquote(model), op, data)
+                return keep_alive
+        if kind == "vertex" and method == "POST" and "/publishers/" in route:
+            publisher_model, _, verb = route.rpartition(":")
+            model = publisher_model.rsplit("/", 1)[-1]
+            if "/publishers/anthropic/" in route and verb in ("rawPredict", "streamRawPredict"):
+                await self._anthropic_messages(r, {**data, "model": data.get("model", model.split("@")[0])})
+                return keep_alive
+            if "/publishers/google/" in route and verb in ("generateContent", "streamGenerateContent"):
+                stream = None if verb == "generateContent" else ("sse" if query.get("alt") == ["sse"] else "array")
+                await self._gemini(r, model, stream=stream)
+                return keep_alive
+        if kind == "azure" and method == "POST" and route.startswith("/openai/deployments/") \
+                and route.endswith("/chat/completions"):
+            await self._openai_chat(r, {**data, "model": AZURE_MODEL}, azure=True)
+            return keep_alive
+        if kind == "copilot" and method == "POST" and route == "/chat/completions":
+            await self._openai_chat(r, data)  # usage in the JSON body, and in the stream's last chunk
+            return keep_alive
+        if kind == "compat" and method == "POST" and route.endswith("/chat/completions"):
+            await self._openai_chat(r, data)
+            return keep_alive
+        if host == OPENROUTER_HOST and method == "POST" and route == "/api/v1/chat/completions":
+            await self._openai_chat(r, data, usage_extra={"cost": OPENROUTER_COST, "is_byok": False})
+            return keep_alive
+        if kind and host not in PROVIDER_HOSTS:
+            await self._provider_error(r, OPENAI_HOST, 404)
             return keep_alive
         if host == ANTHROPIC_HOST and method == "POST":
             if route == "/v1/messages":
@@ -780,9 +870,67 @@ class FakeProvider:
         await r.chunk(sse("message_stop", {"type": "message_stop"}))
         await r.end_stream()
 
+    # ---- AWS Bedrock runtime
+
+    async def _bedrock(self, r: _Responder, model: str, op: str, data: dict) -> None:
+        sc = r.scenario
+        u = self._usage("bedrock", sc)
+        pieces = self._text_pieces(sc)
+        text = "".join(pieces)
+        headers = [("x-amzn-requestid", "fake0b6e-8a7c-4f1e-9d2b-bedrock00001")]
+        if op == "converse":
+            await r.send_json(200, {"metrics": {"latencyMs": 1432}, "output": {"message": {
+                "role": "assistant", "content": [{"text": text}]}}, "stopReason": "end_turn",
+                "usage": {**u, "totalTokens": sum(u.values()), "serverToolUsage": {}}}, headers)
+            return
+        anthropic_usage = {"input_tokens": u["inputTokens"], "cache_creation_input_tokens": u["cacheWriteInputTokens"],
+                           "cache_read_input_tokens": u["cacheReadInputTokens"], "output_tokens": u["outputTokens"]}
+        msg_id = "msg_bdrk_01FakeBedrockAbc"
+        if op == "invoke":
+            await r.send_json(200, {"id": msg_id, "type": "message", "role": "assistant",
+                                    "model": "claude-sonnet-4-5-20250929", "content": [{"type": "text", "text": text}],
+                                    "stop_reason": "end_turn", "stop_sequence": None, "usage": anthropic_usage},
+                              headers + [("x-amzn-bedrock-input-token-count", str(u["inputTokens"])),
+                                         ("x-amzn-bedrock-output-token-count", str(u["outputTokens"]))])
+            return
+        if op == "converse-stream":
+            events = [("messageStart", {"p": "abcdefghij", "role": "assistant"})]
+            events += [("contentBlockDelta", {"contentBlockIndex": 0, "delta": {"text": p}, "p": "abcd"}) for p in pieces]
+            events += [("contentBlockStop", {"contentBlockIndex": 0, "p": "abcdefgh"}),
+                       ("messageStop", {"p": "ab", "stopReason": "end_turn"}),
+                       ("metadata", {"metrics": {"latencyMs": 1876}, "p": "abcdef",
+                                     "usage": {**u, "totalTokens": sum(u.values())}})]
+            frames = [eventstream_frame(name, json.dumps(payload).encode()) for name, payload in events]
+        else:
+            start = {**anthropic_usage, "output_tokens": 1}
+            events = [{"type": "message_start", "message": {"id": msg_id, "type": "message", "role": "assistant",
+                                                            "model": "claude-sonnet-4-5-20250929", "content": [],
+                                                            "stop_reason": None, "usage": start}},
+                      {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}]
+            events += [{"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": p}}
+                       for p in pieces]
+            events += [{"type": "content_block_stop", "index": 0},
+                       {"type": "message_delta", "delta": {"stop_reason": "end_turn"},
+                        "usage": {"output_tokens": u["outputTokens"]}},
+                       {"type": "message_stop", "amazon-bedrock-invocationMetrics": {
+                           "inputTokenCount": u["inputTokens"], "outputTokenCount": u["outputTokens"],
+                           "invocationLatency": 1711, "firstByteLatency": 342}}]
+            frames = [eventstream_frame("chunk", json.dumps({"bytes": base64.b64encode(
+                json.dumps(e).encode()).decode(), "p": "abcdefgh"}).encode()) for e in events]
+        await r.start_stream("application/vnd.amazon.eventstream", headers)
+        for i, frame in enumerate(frames):
+            if i == 3 and sc.has("cut"):
+                await r.chunk(frame[:7])  # stop inside a frame
+                await r.cut()
+            cut = 5 + (i * 7) % max(len(frame) - 5, 1)  # every frame spans two HTTP chunks
+            await r.chunk(frame[:cut])
+            await r.chunk(frame[cut:])
+        await r.end_stream()
+
     # ---- OpenAI chat completions
 
-    async def _openai_chat(self, r: _Responder, data: dict) -> None:
+    async def _openai_chat(self, r: _Responder, data: dict, azure: bool = False,
+                           usage_extra: dict | None = None) -> None:
         sc = r.scenario
         model = data.get("model", "gpt-5")
         u = self._usage("openai_chat", sc)
@@ -794,6 +942,7 @@ class FakeProvider:
             "completion_tokens_details": {"reasoning_tokens": u["reasoning_tokens"], "audio_tokens": 0,
                                           "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0},
         }
+        usage.update(usage_extra or {})
         cid, created, fp = "chatcmpl-FakeBwoiPTGRbKkY5rncfaM0s9K", 1753357673, "fp_fake51e1070cf2"
         pieces = self._text_pieces(sc)
         if not data.get("stream"):
@@ -816,6 +965,10 @@ class FakeProvider:
             return c
 
         await r.start_stream("text/event-stream; charset=utf-8", self._openai_headers())
+        if azure:  # Azure opens with the prompt's content-filter results: no choices, no model
+            await r.chunk(sse(None, {"choices": [], "created": 0, "id": "", "model": "", "object": "",
+                                     "prompt_filter_results": [{"prompt_index": 0, "content_filter_results": {
+                                         "hate": {"filtered": False, "severity": "safe"}}}]}))
         await r.chunk(sse(None, chunk([{"index": 0, "delta": {"role": "assistant", "content": "", "refusal": None},
                                         "logprobs": None, "finish_reason": None}], obfuscation="Fk3x")))
         for i, piece in enumerate(pieces):

@@ -28,6 +28,15 @@ DEFAULT_POLICY = REPO / "policies" / "example.yaml"
 ADDON = REPO / "addons" / "gateway.py"
 
 
+def _runnable(script: Path) -> bool:
+    """The console script exists and its interpreter too (a venv rebuilt elsewhere leaves a dead shebang)."""
+    try:
+        first = script.read_bytes()[:256].split(b"\n", 1)[0]
+    except OSError:
+        return False
+    return not first.startswith(b"#!") or Path(first[2:].decode(errors="replace").split()[0]).exists()
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -211,7 +220,7 @@ class Gateway:
 
     def cli_command(self, *args: str) -> list[str]:
         exe = BIN / "spendgate"
-        base = [str(exe)] if exe.exists() else [sys.executable, "-m", "spendgate.cli"]
+        base = [str(exe)] if _runnable(exe) else [sys.executable, "-m", "spendgate.cli"]
         return [*base, *args, "--db", str(self.db)]
 
     def cli(self, *args: str, timeout: float = 60.0, check: bool = False) -> subprocess.CompletedProcess:

@@ -16,7 +16,7 @@ from spendgate.metering.framing import (
     SSEBlockSplitter,
     SSEDecoder,
 )
-from spendgate.metering.providers import route
+from spendgate.metering.providers import openai_chat, openai_extra, route, vertex
 from spendgate.metering.providers.anthropic import COUNT_TOKENS, MESSAGES
 from spendgate.metering.providers.base import Adapter, ResponseResult
 from spendgate.metering.providers.gemini import (
@@ -34,6 +34,13 @@ ADAPTERS: list[tuple[Adapter, str]] = [
     (GENERATE_CONTENT, "/v1beta/models/m:generateContent"),
     (STREAM_GENERATE_CONTENT, "/v1beta/models/m:streamGenerateContent?alt=sse"),
     (STREAM_GENERATE_CONTENT, "/v1beta/models/m:streamGenerateContent"),
+    # the services added with issue 16 (SSE-framed; Bedrock's binary frames: test_providers_bedrock.py)
+    (vertex.STREAM_RAW_PREDICT, "/v1/projects/p/locations/l/publishers/anthropic/models/c@1:streamRawPredict"),
+    (vertex.STREAM_GENERATE_CONTENT, "/v1/projects/p/locations/l/publishers/google/models/g:streamGenerateContent?alt=sse"),
+    (vertex.CODE_ASSIST["streamGenerateContent"], "/v1internal:streamGenerateContent?alt=sse"),
+    (openai_chat.AZURE_CHAT, "/openai/deployments/d/chat/completions?api-version=2024-10-21"),
+    (openai_extra.EMBEDDINGS, "/v1/embeddings"),
+    (openai_extra.COMPLETIONS, "/v1/completions"),
 ]
 FIXTURE_BODIES = [fixture_bytes(fixture) for _, fixture in STREAMS.values()]
 FUZZ = settings(

@@ -2,6 +2,14 @@
 
 Adapters are stateless singletons; per-stream state lives in ``adapter.stream_parser(path)``.
 A provider host on a path we do not meter gets ``Route(adapter=None, endpoint="unmetered")`` so
+the proxy can still log it; a non-provider host gets None (not our business).
+
+Hosts are found in two steps: an exact-host dict (the hot path, one lookup), then host patterns
+(``bedrock-runtime.*.amazonaws.com``: each ``*`` is ONE DNS label, so a pattern can never match
+a host outside the provider's own domain). The row's ``provider`` names the service the request
+went to (``bedrock``, ``vertex``, ``azure``, ...); each service has one router from path to adapter.
+Sites add hosts of their own (an internal vLLM, a regional mirror) with :func:`configure_extra`.
+
 admission can apply the policy's ``unmetered`` rule (``extra["free"]`` marks the built-in list of
 free metadata calls); a non-provider host gets None (not our business).
 
@@ -12,42 +20,98 @@ endpoint must not see us treat them as something else.
 
 from __future__ import annotations
 
+import logging
 import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from functools import lru_cache
 from urllib.parse import unquote
 
 from spendgate.metering.providers import (
     anthropic,
+    bedrock,
     gemini,
     openai_chat,
+    openai_extra,
     openai_responses,
+    vertex,
 )
 from spendgate.metering.providers.base import Adapter, Route
+from spendgate.pricing.rates import set_site_providers
+
+log = logging.getLogger(__name__)
 
 PROVIDER_HOSTS: dict[str, str] = {
     "api.anthropic.com": "anthropic",
     "api.openai.com": "openai",
     "generativelanguage.googleapis.com": "gemini",
     "chatgpt.com": "openai",  # Codex CLI with ChatGPT login
+    "aiplatform.googleapis.com": "vertex",  # the global Vertex endpoint
+    "cloudcode-pa.googleapis.com": "code-assist",  # Gemini CLI signed in with Google
+    "api.githubcopilot.com": "copilot",
+    "openrouter.ai": "openrouter",
+    "api.deepseek.com": "deepseek",
+    "api.mistral.ai": "mistral",
+    "api.x.ai": "xai",
+    "api.groq.com": "groq",
+    "api.together.xyz": "together",
+    "api.fireworks.ai": "fireworks",
 }
 OPTIONAL_HOSTS = frozenset({"chatgpt.com"})  # intercepted only when asked: it is also a website
 
+# (glob, provider); "*" stands for exactly one DNS label
+HOST_PATTERNS: tuple[tuple[str, str], ...] = (
+    ("bedrock-runtime.*.amazonaws.com", "bedrock"),
+    ("bedrock-runtime-fips.*.amazonaws.com", "bedrock"),
+    ("*-aiplatform.googleapis.com", "vertex"),
+    ("*.openai.azure.com", "azure"),
+    ("*.services.ai.azure.com", "azure"),
+    ("*.cognitiveservices.azure.com", "azure"),
+    ("api.*.githubcopilot.com", "copilot"),  # individual, business, enterprise
+)
+
+# what each service's error bodies look like (refusals answer in the client's own format)
+DIALECTS: dict[str, str] = {"anthropic": "anthropic", "gemini": "gemini", "code-assist": "gemini"}
+
 UNMETERED = "unmetered"
 
-_PATHS: dict[str, dict[str, Adapter]] = {
-    "api.anthropic.com": {
-        anthropic.MESSAGES_PATH: anthropic.MESSAGES,
-        anthropic.COUNT_TOKENS_PATH: anthropic.COUNT_TOKENS,
-    },
-    "api.openai.com": {
-        openai_chat.CHAT_PATH: openai_chat.CHAT,
-        openai_responses.RESPONSES_PATH: openai_responses.RESPONSES,
-    },
-    "chatgpt.com": {openai_responses.CODEX_RESPONSES_PATH: openai_responses.RESPONSES},
+_ANTHROPIC_PATHS: dict[str, Adapter] = {
+    anthropic.MESSAGES_PATH: anthropic.MESSAGES,
+    anthropic.COUNT_TOKENS_PATH: anthropic.COUNT_TOKENS,
+}
+# OpenAI-shaped endpoints, relative to a base path ("/v1", "/openai/v1", "/api/v1", ...)
+OPENAI_ENDPOINTS: dict[str, Adapter] = {
+    "/chat/completions": openai_chat.CHAT,
+    "/responses": openai_responses.RESPONSES,
+    "/embeddings": openai_extra.EMBEDDINGS,
+    "/completions": openai_extra.COMPLETIONS,
 }
 _GEMINI_ADAPTERS: dict[str, Adapter] = {
     "generateContent": gemini.GENERATE_CONTENT,
     "streamGenerateContent": gemini.STREAM_GENERATE_CONTENT,
 }
+# services whose chat streams we may ask for usage (``stream_options.include_usage``, documented
+# as accepted); the others are read passively: usage when their stream carries it, else estimated
+ASKS_FOR_USAGE = frozenset({"openai", "deepseek", "xai", "openrouter"})
+_PASSIVE: dict[str, Adapter] = {
+    "/chat/completions": openai_chat.CHAT_PASSIVE,
+    "/responses": openai_responses.RESPONSES,
+    "/embeddings": openai_extra.EMBEDDINGS,
+    "/completions": openai_extra.COMPLETIONS_PASSIVE,
+}
+_AZURE = {**OPENAI_ENDPOINTS, "/chat/completions": openai_chat.AZURE_CHAT}
+# OpenAI-compatible hosts: the base path their OpenAI-shaped API lives under
+COMPAT_BASES: dict[str, tuple[str, ...]] = {
+    "openrouter": ("/api/v1",),
+    "deepseek": ("", "/v1", "/beta"),
+    "mistral": ("/v1",),
+    "xai": ("/v1",),
+    "groq": ("/openai/v1",),
+    "together": ("/v1",),
+    "fireworks": ("/inference/v1",),
+}
+# hosts that also speak Anthropic's Messages API, under this base path
+ANTHROPIC_BASES: dict[str, str] = {"deepseek": "/anthropic", "xai": ""}
 
 
 def normalize_host(host: str) -> str:
@@ -114,38 +178,271 @@ def is_free_metadata(host: str, path: str, method: str | None) -> bool:
     return any(h == host and meth == m and rx.match(canon) for h, meth, rx in _FREE)
 
 
+def glob_regex(glob: str) -> str:
+    """A host glob as an anchored regex body: ``*`` is one DNS label (no dots)."""
+    return "".join("[a-z0-9_-]+" if part == "*" else re.escape(part) for part in re.split(r"(\*)", glob.lower()))
+
+
+# -- site-added hosts ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ExtraHost:
+    """A host a site meters in addition to ours: ``HOST=PROVIDER:ADAPTER[:PRICE_AS][@BASE]``.
+
+    adapter: ``openai`` (chat/responses/embeddings/completions under ``base``, default ``/v1``),
+    ``anthropic`` (``{base}/v1/messages``) or ``gemini``. price_as: the catalogue provider whose
+    list prices apply (``openai``, ``deepseek``, ``together``...; default: the provider name, so
+    only overrides price it).
+    """
+
+    host: str  # exact host or glob
+    provider: str
+    adapter: str
+    price_as: str | None = None
+    base: str | None = None
+
+
+EXTRA_ADAPTERS = ("openai", "anthropic", "gemini")
+_SPEC = re.compile(r"^(?P<host>[a-z0-9*._-]+)=(?P<provider>[a-z0-9_-]+):(?P<adapter>[a-z]+)(?::(?P<price>[a-z0-9_-]+))?$")
+_BASE = re.compile(r"^/[A-Za-z0-9/_.-]*$")
+
+
+def parse_extra(spec: str) -> ExtraHost:
+    """``llm.corp.example=corp-vllm:openai:deepseek@/v1`` -> ExtraHost. Raises ValueError."""
+    head, at, base = spec.strip().partition("@")
+    m = _SPEC.match(head.lower())
+    if m is None or (at and not _BASE.match(base)):
+        raise ValueError(f"{spec!r}: expected HOST=PROVIDER:ADAPTER[:PRICE_AS][@/BASE_PATH]")
+    host, adapter = m["host"], m["adapter"]
+    if adapter not in EXTRA_ADAPTERS:
+        raise ValueError(f"{spec!r}: adapter must be one of {', '.join(EXTRA_ADAPTERS)}")
+    if host.strip("*.") == "" or host.startswith("*.") and host.count(".") < 2:
+        raise ValueError(f"{spec!r}: {host!r} would send too many hosts to the gateway")
+    return ExtraHost(host, m["provider"], adapter, m["price"], base.rstrip("/") if at else None)
+
+
+_extra_exact: dict[str, ExtraHost] = {}
+_extra_patterns: tuple[tuple[re.Pattern[str], ExtraHost], ...] = ()
+
+
+def configure_extra(hosts: Iterable[ExtraHost]) -> None:
+    """Replace the site's extra hosts (called when options change, before traffic flows)."""
+    global _extra_exact, _extra_patterns
+    hosts = list(hosts)
+    _extra_exact = {h.host: h for h in hosts if "*" not in h.host}
+    _extra_patterns = tuple((re.compile(f"^{glob_regex(h.host)}$"), h) for h in hosts if "*" in h.host)
+    _pattern_provider.cache_clear()
+    set_site_providers({h.provider: h.price_as or h.provider for h in hosts})
+
+
+def extra_hosts() -> list[ExtraHost]:
+    return [*_extra_exact.values(), *(h for _, h in _extra_patterns)]
+
+
+def price_provider(provider: str) -> str | None:
+    """For a site-added provider: the catalogue provider it is priced as (None: not site-added)."""
+    for h in extra_hosts():
+        if h.provider == provider:
+            return h.price_as or provider
+    return None
+
+
+# -- host -> provider ---------------------------------------------------------------------------
+
+_PATTERNS = tuple((re.compile(f"^{glob_regex(g)}$"), p) for g, p in HOST_PATTERNS)
+
+
+@lru_cache(maxsize=4096)
+def _pattern_provider(host: str) -> tuple[str, ExtraHost | None] | None:
+    for rx, provider in _PATTERNS:
+        if rx.match(host):
+            return provider, None
+    for rx, extra in _extra_patterns:
+        if rx.match(host):
+            return extra.provider, extra
+    return None
+
+
+def provider_for(host: str) -> tuple[str, ExtraHost | None] | None:
+    """(provider, the site's ExtraHost if it is one) for a normalized host, or None."""
+    provider = PROVIDER_HOSTS.get(host)
+    if provider is not None:
+        return provider, None
+    extra = _extra_exact.get(host)
+    if extra is not None:
+        return extra.provider, extra
+    return _pattern_provider(host) if "." in host else None
+
+
+# -- path -> adapter, per service ---------------------------------------------------------------
+
+Router = Callable[[str, str, str], Route]  # (provider, raw path, bare path) -> Route
+
+
+def _made(adapter: Adapter | None, provider: str, extra: dict | None = None) -> Route:
+    if adapter is None:
+        return Route(None, provider, UNMETERED, dialect=DIALECTS.get(provider, "openai"))
+    return Route(adapter, provider, adapter.endpoint, extra or {}, dialect=adapter.dialect)
+
+
+def openai_under(base: str, bare: str, table: dict[str, Adapter] = OPENAI_ENDPOINTS) -> Adapter | None:
+    """The OpenAI-shaped adapter for ``bare`` when it is ``base`` + a known endpoint."""
+    if base and not bare.startswith(base + "/"):
+        return None
+    return table.get(bare[len(base):])
+
+
+def _route_openai(provider: str, path: str, bare: str) -> Route:
+    if bare == openai_responses.CODEX_RESPONSES_PATH:
+        return _made(openai_responses.RESPONSES, provider)
+    return _made(openai_under("/v1", bare), provider)
+
+
+def _route_anthropic(provider: str, path: str, bare: str) -> Route:
+    return _made(_ANTHROPIC_PATHS.get(bare), provider)
+
+
+def _route_gemini(provider: str, path: str, bare: str) -> Route:
+    gpath = gemini.parse_path(path or "")
+    if gpath is None:
+        return _made(None, provider)
+    return _made(_GEMINI_ADAPTERS[gpath.method], provider, {"model": gpath.model, "sse": gpath.sse})
+
+
+def _route_compat(provider: str, path: str, bare: str) -> Route:
+    table = OPENAI_ENDPOINTS if provider in ASKS_FOR_USAGE else _PASSIVE
+    for base in COMPAT_BASES.get(provider, ("/v1",)):
+        adapter = openai_under(base, bare, table)
+        if adapter is not None:
+            return _made(adapter, provider)
+    abase = ANTHROPIC_BASES.get(provider)
+    if abase is not None and bare.startswith(abase + "/"):
+        return _made(_ANTHROPIC_PATHS.get(bare[len(abase):]), provider)
+    return _made(None, provider)
+
+
+def _route_copilot(provider: str, path: str, bare: str) -> Route:
+    # Copilot serves the OpenAI endpoints at the root and Anthropic's Messages under /v1
+    adapter = openai_under("", bare, _PASSIVE) or openai_under("/v1", bare, _PASSIVE) or _ANTHROPIC_PATHS.get(bare)
+    return _made(adapter, provider)
+
+
+_AZURE_DEPLOYMENT = re.compile(r"^/openai/deployments/([^/]+)(/.+)$")
+
+
+def _route_azure(provider: str, path: str, bare: str) -> Route:
+    m = _AZURE_DEPLOYMENT.match(bare)
+    if m:  # the deployment name is the customer's; the response names the real model
+        adapter = _AZURE.get(m.group(2))
+        return _made(adapter, provider, {"deployment": unquote(m.group(1))})
+    for base in ("/openai/v1", "/openai", "/models", "/v1"):
+        adapter = openai_under(base, bare, _AZURE)
+        if adapter is not None:
+            return _made(adapter, provider)
+    if bare.startswith("/anthropic/"):  # Claude in Azure AI Foundry
+        return _made(_ANTHROPIC_PATHS.get(bare[len("/anthropic"):]), provider)
+    return _made(None, provider)
+
+
+def _route_bedrock(provider: str, path: str, bare: str) -> Route:
+    bpath = bedrock.parse_path(path)
+    if bpath is None:
+        return _made(None, provider)
+    return _made(bedrock.ADAPTERS[bpath.operation], provider, {"model": bpath.model})
+
+
+def _route_vertex(provider: str, path: str, bare: str) -> Route:
+    vpath = vertex.parse_path(path)
+    if vpath is None:
+        return _made(None, provider)
+    return _made(vertex.adapter_for(vpath), provider, {"model": vpath.model})
+
+
+def _route_code_assist(provider: str, path: str, bare: str) -> Route:
+    method = vertex.code_assist_method(bare)
+    return _made(vertex.CODE_ASSIST.get(method or ""), provider)
+
+
+_ROUTERS: dict[str, Router] = {
+    "anthropic": _route_anthropic,
+    "openai": _route_openai,
+    "gemini": _route_gemini,
+    "bedrock": _route_bedrock,
+    "vertex": _route_vertex,
+    "code-assist": _route_code_assist,
+    "azure": _route_azure,
+    "copilot": _route_copilot,
+    **{p: _route_compat for p in COMPAT_BASES},
+}
+
+
+def _route_extra(extra: ExtraHost, path: str, bare: str) -> Route:
+    if extra.adapter == "gemini":
+        return _route_gemini(extra.provider, path, bare)
+    base = extra.base if extra.base is not None else ("" if extra.adapter == "anthropic" else "/v1")
+    if extra.adapter == "anthropic":
+        adapter = _ANTHROPIC_PATHS.get(bare[len(base):]) if bare.startswith(base + "/") or not base else None
+        return _made(adapter, extra.provider)
+    return _made(openai_under(base, bare, _PASSIVE), extra.provider)  # unknown servers: never rewrite
+
+
 def route(host: str, path: str, method: str | None = None) -> Route | None:
     """The adapter for a request, an unmetered provider route, or None for other hosts.
 
+    Routed on the canonical path (`normalize_path`; the request is still forwarded as sent).
     `method` (GET, POST, ...) only decides whether an unmetered path is on the free list.
     """
     host = normalize_host(host)
-    provider = PROVIDER_HOSTS.get(host)
-    if provider is None:
+    found = provider_for(host)
+    if found is None:
         return None
+    provider, extra = found
+    query = (path or "").partition("?")[2]
     canon = normalize_path(path)
-    if provider == "gemini":
-        query = (path or "").partition("?")[2]
-        gpath = gemini.parse_path(canon + ("?" + query if query else ""))
-        if gpath is not None:
-            adapter = _GEMINI_ADAPTERS[gpath.method]
-            return Route(adapter, provider, adapter.endpoint, {"model": gpath.model, "sse": gpath.sse})
+    full = canon + ("?" + query if query else "")
+    if extra is not None:
+        found_route = _route_extra(extra, full, canon)
     else:
-        adapter = _PATHS.get(host, {}).get(canon.lower())
-        if adapter is not None:
-            return Route(adapter, provider, adapter.endpoint)
-    free = is_free_metadata(host, path, method)
-    return Route(None, provider, UNMETERED, {"free": True} if free else {})
+        found_route = _ROUTERS[provider](provider, full, canon)
+        if found_route.adapter is None and canon != canon.lower():  # /V1/Messages is /v1/messages
+            found_route = _ROUTERS[provider](provider, canon.lower() + ("?" + query if query else ""), canon.lower())
+    if found_route.adapter is None and is_free_metadata(host, path, method):
+        found_route.extra["free"] = True
+    return found_route
 
 
 def allow_hosts_regexes(include_chatgpt: bool) -> list[str]:
     """mitmproxy ``allow_hosts`` patterns (matched against ``host:port``) for provider hosts."""
-    return [
-        rf"^{re.escape(host)}(:\d+)?$"
-        for host in PROVIDER_HOSTS
-        if include_chatgpt or host not in OPTIONAL_HOSTS
-    ]
+    exact = [h for h in PROVIDER_HOSTS if include_chatgpt or h not in OPTIONAL_HOSTS]
+    exact += [h.host for h in extra_hosts() if "*" not in h.host]
+    globs = [g for g, _ in HOST_PATTERNS] + [h.host for h in extra_hosts() if "*" in h.host]
+    return [rf"^{re.escape(host)}(:\d+)?$" for host in exact] + [rf"^{glob_regex(g)}(:\d+)?$" for g in globs]
 
 
-__all__ = ["PROVIDER_HOSTS", "UNMETERED", "allow_hosts_regexes", "is_free_metadata", "normalize_host",
-           "normalize_path", "route"]
+def site_hosts(include_chatgpt: bool) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(exact hosts, shell globs) a PAC file sends to the gateway."""
+    exact = tuple(h for h in PROVIDER_HOSTS if include_chatgpt or h not in OPTIONAL_HOSTS)
+    return exact, tuple(g for g, _ in HOST_PATTERNS)
+
+
+def provider_of_host(host: str) -> str:
+    found = provider_for(normalize_host(host))
+    return found[0] if found else ""
+
+
+__all__ = [
+    "HOST_PATTERNS",
+    "PROVIDER_HOSTS",
+    "UNMETERED",
+    "ExtraHost",
+    "allow_hosts_regexes",
+    "configure_extra",
+    "is_free_metadata",
+    "normalize_host",
+    "normalize_path",
+    "parse_extra",
+    "provider_of_host",
+    "route",
+    "site_hosts",
+]

@@ -173,6 +173,7 @@ class AnthropicStreamParser(JSONEventStreamParser):
 
 class AnthropicMessagesAdapter(Adapter):
     provider = "anthropic"
+    dialect = "anthropic"
     endpoint = "messages"
 
     def parse_request(self, path: str, body: bytes) -> RequestInfo:

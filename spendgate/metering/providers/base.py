@@ -6,6 +6,7 @@ import functools
 import json
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field, replace
+from decimal import Decimal
 from typing import Any
 
 try:  # skips the parts of a request body we never read without building them
@@ -58,6 +59,7 @@ class ResponseResult:
     garbled: bool = False  # some bytes could not be parsed (we kept going)
     events: int = 0  # number of events parsed (streams)
     finish_reasons: tuple[str, ...] = ()  # as the provider said them: end_turn, stop, length, STOP...
+    reported_cost_usd: str | None = None  # the provider's own statement of the charge (OpenRouter usage.cost)
 
 
 class StreamParser(ABC):
@@ -81,6 +83,7 @@ class StreamParser(ABC):
 class Adapter(ABC):
     provider: str = ""  # "anthropic" | "openai" | "gemini"
     endpoint: str = ""  # e.g. "messages", "chat.completions", "responses", "generateContent"
+    dialect: str = "openai"  # whose error format this API's clients read: anthropic | openai | gemini | bedrock
 
     @abstractmethod
     def parse_request(self, path: str, body: bytes) -> RequestInfo:
@@ -123,6 +126,7 @@ class Route:
     provider: str
     endpoint: str
     extra: dict = field(default_factory=dict)
+    dialect: str = ""  # error format of the API (refusals answer in it); "" = the provider's name
 
 
 # -- shared helpers for adapters (pure, never raise) -------------------------------------------
@@ -174,6 +178,17 @@ def add_finish_reason(result: ResponseResult, value: Any) -> None:
     if isinstance(value, str) and value and value not in result.finish_reasons:
         if len(result.finish_reasons) < MAX_FINISH_REASONS:
             result.finish_reasons = (*result.finish_reasons, value[:64])
+
+
+def cost_or_none(value: Any) -> str | None:
+    """A provider-reported USD amount from untrusted JSON: a finite, non-negative number, else None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        return None
+    try:
+        amount = Decimal(str(value))
+    except ArithmeticError:
+        return None
+    return str(amount) if amount.is_finite() and amount >= 0 else None
 
 
 def str_or_none(value: Any) -> str | None:

@@ -210,6 +210,7 @@ def normalize_tier(value: Any) -> str | None:
 
 class GeminiAdapter(Adapter):
     provider = "gemini"
+    dialect = "gemini"
 
     def __init__(self, endpoint: str) -> None:
         self.endpoint = endpoint

@@ -9,6 +9,7 @@ extra usage-only chunk (see :func:`filter_usage_chunk`) so the client sees what 
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 from spendgate.identity import BodyHints
 from spendgate.metering.framing import Oversized, SSEDecoder
@@ -20,6 +21,7 @@ from spendgate.metering.providers.base import (
     StreamParser,
     add_finish_reason,
     as_int,
+    cost_or_none,
     dig,
     dumps_compact,
     error_type,
@@ -121,9 +123,12 @@ class ChatStreamParser(JSONEventStreamParser):
         r.output_chars += _delta_chars(obj.get("choices"), "delta")
         _finish_reasons(r, obj.get("choices"))
         usage = obj.get("usage")
+        if not isinstance(usage, dict):
+            usage = dig(obj, "x_groq", "usage")  # Groq's own place for stream usage
         if isinstance(usage, dict):
             r.usage = chat_usage(usage)
             r.usage_final = True
+            r.reported_cost_usd = cost_or_none(usage.get("cost"))
 
     def on_oversized(self, event: str | None, over: Oversized) -> None:
         """A huge delta (e.g. audio) counts toward estimates and keeps a trailing usage object."""
@@ -139,6 +144,13 @@ class OpenAIChatAdapter(Adapter):
     provider = "openai"
     endpoint = "chat.completions"
 
+    def __init__(self, add_usage: bool = True) -> None:
+        self.add_usage = add_usage  # False: a service not known to accept stream_options (never break a client)
+
+    def may_add_usage(self, path: str) -> bool:
+        """Whether asking this service for ``include_usage`` is safe for this request."""
+        return self.add_usage
+
     def parse_request(self, path: str, body: bytes) -> RequestInfo:
         try:
             obj, info = parse_json_request(body, ("max_completion_tokens", "max_tokens"), ("user", "stream_options", "prompt_cache_key"))
@@ -147,7 +159,7 @@ class OpenAIChatAdapter(Adapter):
             info.metadata_user = str_or_none(obj.get("user"))
             if key := str_or_none(obj.get("prompt_cache_key")):
                 info.hints = BodyHints(prompt_cache_key=key[:256])
-            if info.stream and dig(obj, "stream_options", "include_usage") is not True:
+            if info.stream and dig(obj, "stream_options", "include_usage") is not True and self.may_add_usage(path):
                 info.rewritten_body = dumps_compact(with_include_usage(load_json(body)))  # the whole body
                 info.drop_usage_chunk = True
             return info
@@ -168,6 +180,7 @@ class OpenAIChatAdapter(Adapter):
             if isinstance(usage, dict):
                 result.usage = chat_usage(usage)
                 result.usage_final = result.complete = True
+                result.reported_cost_usd = cost_or_none(usage.get("cost"))
             result.output_chars = _delta_chars(obj.get("choices"), "message")
             _finish_reasons(result, obj.get("choices"))
             return result
@@ -178,4 +191,15 @@ class OpenAIChatAdapter(Adapter):
         return ChatStreamParser()
 
 
+class AzureChatAdapter(OpenAIChatAdapter):
+    """Azure accepts ``stream_options`` from api-version 2024-09-01 on (and on the v1 API)."""
+
+    def may_add_usage(self, path: str) -> bool:
+        version = parse_qs(urlsplit(path).query).get("api-version", [""])[0]
+        return not version or version >= AZURE_STREAM_OPTIONS_SINCE or version.startswith(("v1", "preview", "latest"))
+
+
+AZURE_STREAM_OPTIONS_SINCE = "2024-09-01"
 CHAT = OpenAIChatAdapter()
+CHAT_PASSIVE = OpenAIChatAdapter(add_usage=False)  # reads usage when the stream has it, never asks
+AZURE_CHAT = AzureChatAdapter()
