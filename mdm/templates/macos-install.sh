@@ -51,7 +51,9 @@ fill() {  # fill the per-machine tokens into a kit file (created with its final 
   ( umask 077; sed -e "s|{{user_token}}:@@PROXY_PASSWORD@@@|$USER_URL:$PASSWORD@|g" \
       -e "s|{{user_token}}|$USER_NAME|g" -e "s|@@PROXY_PASSWORD@@|$PASSWORD|g" "$1" > "$2.spendgate.tmp" )
   chmod "$3" "$2.spendgate.tmp"
-  [ -n "${4:-}" ] && [ "$(id -u)" = 0 ] && chgrp "$4" "$2.spendgate.tmp"
+  if [ -n "${4:-}" ] && [ "$(id -u)" = 0 ]; then  # the user's group reads it; no such group: root only
+    chgrp "$4" "$2.spendgate.tmp" 2>/dev/null || echo "spendgate: no group $4; $2 stays readable by root only" >&2
+  fi
   mv "$2.spendgate.tmp" "$2"
 }
 

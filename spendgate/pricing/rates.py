@@ -618,20 +618,21 @@ class Pricer:
         return self.catalogue.version + (f"; overrides {self.overrides_label}" if self.overrides_label else "")
 
     def catalogue_models(self, provider: str, glob: str) -> list[str]:
-        """Model ids of `provider` in the catalogue whose id matches `glob` (case-insensitive)."""
-        pid = CATALOGUE_PROVIDER.get(provider, provider)
+        """Model ids in the service's own catalogue table whose id matches `glob` (case-insensitive)."""
+        pid = catalogue_candidates(provider, glob)[0][0]
         g = glob.lower()
         return [m.id for p in self.catalogue.providers if p.id == pid for m in p.models
                 if fnmatch.fnmatchcase(m.id.lower(), g)]
 
     def context_window(self, provider: str, model: str) -> int | None:
         """The model's context window in tokens, from the catalogue (None: unknown or not listed)."""
-        try:
-            _, info = self.catalogue.snapshot.find_provider_model(model, None, CATALOGUE_PROVIDER.get(provider, provider),
-                                                                 None)
-        except LookupError:
-            return None
-        return getattr(info, "context_window", None)
+        for pid, name in catalogue_candidates(provider, model):
+            try:
+                _, info = self.catalogue.snapshot.find_provider_model(name, None, pid, None)
+            except LookupError:
+                continue
+            return getattr(info, "context_window", None)
+        return None
 
     def rates(self, provider: str, model: str, at: datetime, variant: str = "standard") -> Rates | None:
         variant = variant if variant in VARIANTS else "standard"

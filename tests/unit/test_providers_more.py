@@ -214,8 +214,10 @@ def test_copilot_list_price_and_premium_requests_side_by_side(tmp_path) -> None:
     try:
         row = _copilot_row(gw, "claude-sonnet-4.5", "user")
         assert (row["provider"], row["client"]) == ("copilot", "copilot")
-        # list-price equivalent, Anthropic claude-sonnet-4-5: 1200 x $3 + 400 x $0.30 + 450 x $15 per MTok
-        assert Decimal(str(row["cost_usd"])) == Decimal("0.01047")
+        # list-price equivalent, Anthropic claude-sonnet-4-5: 1200 x $3 + 400 x $0.30 + 450 x $15 per MTok;
+        # a Copilot seat is a subscription (issue 20): nothing invoiced per token, the list price is notional
+        assert row["billing_basis"] == "subscription" and Decimal(str(row["cost_usd"])) == 0
+        assert Decimal(str(row["notional_usd"])) == Decimal("0.01047")
         premium = json.loads(row["price_detail"])["alternatives"]["copilot_premium"]
         assert (premium["multiplier"], premium["premium_requests"], premium["overage_usd"]) == ("1", "1", "0.04")
         agent = _copilot_row(gw, "claude-opus-4.5", "agent")
