@@ -29,10 +29,12 @@ from spendgate.metering import providers
 from spendgate.metering.meter import Body, Exchange
 from spendgate.metering.providers import openai_chat
 from spendgate.metering.streams import EventDropper, StreamTap
+from spendgate.metering import websocket as ws
 
 log = logging.getLogger("spendgate")
 
 META = "spendgate"
+WS = META + ".websocket"  # the SocketSession of a provider WebSocket
 SWITCH_INTERVAL = 0.0005  # seconds; see SpendGate.load
 
 
@@ -139,10 +141,18 @@ class SpendGate:
                 flow.response = http.Response.make(answer.status, answer.body, answer.headers)
             return
         auth = flow.metadata.get("proxyauth")
+        headers = _headers(req.headers)
+        if ws.is_upgrade(headers):  # a WebSocket: its turns are metered one by one, not the handshake
+            sroute = ws.socket_route(providers.route(req.host, req.path))
+            if sroute is not None:
+                flow.metadata[WS] = ws.SocketSession(
+                    self.gateway.meter, sroute, req.host, req.path, headers, proxy_user=auth[0] if auth else None,
+                    client_ip=flow.client_conn.peername[0] if flow.client_conn.peername else None)
+                return
         ex = self.gateway.meter.begin(
             req.host,
             req.path,
-            _headers(req.headers),
+            headers,
             req.raw_content or b"",
             proxy_user=auth[0] if auth else None,
             client_ip=flow.client_conn.peername[0] if flow.client_conn.peername else None,
@@ -195,7 +205,38 @@ class SpendGate:
         body = Body(raw, flow.response.headers.get("content-encoding", ""))  # parsed on the meter worker
         self.gateway.meter.finish(ex, body, bytes_out=len(raw))
 
+    # -- WebSocket hooks: per-turn admission and metering (spendgate.metering.websocket) --
+    def websocket_message(self, flow: http.HTTPFlow) -> None:
+        session: ws.SocketSession | None = flow.metadata.get(WS)
+        if session is None or flow.websocket is None or not flow.websocket.messages:
+            return
+        msg = flow.websocket.messages[-1]
+        if msg.injected or not msg.is_text:
+            return
+        if not msg.from_client:
+            session.server_message(msg.content)
+            return
+        turn = session.client_message(msg.content)
+        if turn is None:
+            return
+        answer = self.gateway.admission.admit(turn.exchange) if self.gateway else refusal.unavailable(
+            session.route.provider, "the gateway is not ready")
+        if answer is None:
+            return
+        msg.drop()  # never forwarded: the provider sees nothing of a refused turn
+        session.refused(turn)
+        event = ws.SocketSession.refusal_event(answer.status, answer.body, answer.headers)
+        ctx.master.commands.call("inject.websocket", flow, True, event)
+
+    def websocket_end(self, flow: http.HTTPFlow) -> None:
+        session: ws.SocketSession | None = flow.metadata.get(WS)
+        if session is not None:
+            session.close()
+
     def error(self, flow: http.HTTPFlow) -> None:
+        session: ws.SocketSession | None = flow.metadata.get(WS)
+        if session is not None:
+            session.close("connection error")
         ex: Exchange | None = flow.metadata.get(META)
         if ex is None or ex.extra.get("blocked"):
             return

@@ -100,7 +100,7 @@ class Admission:
                 ex.provider, f"model {ex.request.model!r} has no known price and the policy blocks unpriced models"))
         decision = self.book.admit(ex.identity, amount, now)
         if not decision.admitted:
-            answer = refusal.over_budget(ex.provider, decision.exhausted, decision.spent, now)
+            answer = refusal.over_budget(ex.provider, decision.exhausted, decision.spent, now, ex.identity.client)
             return refuse(ex, answer, refusal.budget_message(decision.exhausted, decision.spent, now))
         try:
             self.journal.reserve(ex.request_id, amount, journal_record(ex))

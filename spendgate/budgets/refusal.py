@@ -51,7 +51,30 @@ def budget_message(budget: Budget, spent: Decimal, now: datetime) -> str:
     )
 
 
-def error_body(provider: str, message: str, *, kind: str = "budget") -> bytes:
+# Gemini CLI (packages/core/src/utils/googleQuotaErrors.ts, classifyGoogleError) retries every
+# 429 with backoff unless google.rpc details make it a TerminalQuotaError. The shape it reads as
+# terminal while keeping our message on screen: ErrorInfo reason QUOTA_EXHAUSTED from the Cloud
+# Code domain. (QuotaFailure "PerDay" ids are terminal too but replace the message with Google's
+# own words; RetryInfo alone is terminal only past 300 s.) RetryInfo still carries the real reset.
+GEMINI_TERMINAL_DOMAIN = "cloudcode-pa.googleapis.com"
+GEMINI_TERMINAL_REASON = "QUOTA_EXHAUSTED"
+
+
+def gemini_quota_details(budget: Budget, retry_after: int) -> list[dict]:
+    """google.rpc error details Gemini CLI classifies as a terminal quota (no retry)."""
+    return [
+        {"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": GEMINI_TERMINAL_REASON,
+         "domain": GEMINI_TERMINAL_DOMAIN,
+         "metadata": {"service": "spendgate", "scope": budget.scope, "window": budget.window}},
+        {"@type": "type.googleapis.com/google.rpc.QuotaFailure",
+         "violations": [{"subject": budget.scope, "description": "spendgate budget exhausted",
+                         "quotaId": f"SpendgateBudget-{budget.window}"}]},
+        {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": f"{retry_after}s"},
+    ]  # fmt: skip
+
+
+def error_body(provider: str, message: str, *, kind: str = "budget", details: list[dict] | None = None,
+               openai_type: str | None = None, extra: dict | None = None) -> bytes:
     """The provider's own error JSON shape."""
     if provider == "anthropic":
         etype = "billing_error" if kind == "budget" else "api_error"
@@ -59,24 +82,46 @@ def error_body(provider: str, message: str, *, kind: str = "budget") -> bytes:
     elif provider == "gemini":
         status = "RESOURCE_EXHAUSTED" if kind == "budget" else "UNAVAILABLE"
         doc = {"error": {"code": 429 if kind == "budget" else 503, "message": message, "status": status}}
+        if details:
+            doc["error"]["details"] = details
     else:
         etype, code = ("insufficient_quota", "budget_exceeded") if kind == "budget" else ("server_error", "gateway_unavailable")
-        doc = {"error": {"message": message, "type": etype, "param": None, "code": code}}
+        doc = {"error": {"message": message, "type": openai_type or etype, "param": None, "code": code}}
+    if extra:
+        doc["error"].update(extra)
     return json.dumps(doc).encode()
 
 
-def over_budget(provider: str, budget: Budget, spent: Decimal, now: datetime) -> Answer:
+# Codex (codex-rs/codex-api/src/api_bridge.rs) retries nothing on 429 but shows only "exceeded
+# retry limit, last status: 429" -- unless error.type is usage_limit_reached: then it stops the
+# turn for good and prints "You've hit your usage limit. <x-codex-promo-message>, or try again at
+# <error.resets_at>." Over its WebSocket the same body arrives as an error event with `headers`.
+CODEX_CLIENT = "codex"
+
+
+def over_budget(provider: str, budget: Budget, spent: Decimal, now: datetime, client: str | None = None) -> Answer:
+    """The 429 at the cap, in the provider's error shape; `client` picks a client's own reading."""
+    message = budget_message(budget, spent, now)
+    retry_after = seconds_until(budget.end, now)
     headers = {
         "content-type": "application/json",
         "x-should-retry": "false",
-        "retry-after": str(seconds_until(budget.end, now)),
+        "retry-after": str(retry_after),
         "x-spendgate-scope": budget.scope,
         "x-spendgate-window": budget.window,
         "x-spendgate-limit-usd": usd_plain(budget.limit),
         "x-spendgate-spent-usd": usd_plain(spent),
         "x-spendgate-resets-at": budget.end.isoformat().replace("+00:00", "Z"),
     }
-    return Answer(429, headers, error_body(provider, budget_message(budget, spent, now)))
+    if provider == "gemini":
+        body = error_body(provider, message, details=gemini_quota_details(budget, retry_after))
+    elif provider == "openai" and client == CODEX_CLIENT:
+        headers["x-codex-promo-message"] = message
+        body = error_body(provider, message, openai_type="usage_limit_reached",
+                          extra={"resets_at": int(budget.end.timestamp())})
+    else:
+        body = error_body(provider, message)
+    return Answer(429, headers, body)
 
 
 def unavailable(provider: str, message: str) -> Answer:

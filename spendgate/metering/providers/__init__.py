@@ -14,6 +14,7 @@ from spendgate.metering.providers import (
     anthropic,
     gemini,
     openai_chat,
+    openai_realtime,
     openai_responses,
 )
 from spendgate.metering.providers.base import Adapter, Route
@@ -36,6 +37,7 @@ _PATHS: dict[str, dict[str, Adapter]] = {
     "api.openai.com": {
         openai_chat.CHAT_PATH: openai_chat.CHAT,
         openai_responses.RESPONSES_PATH: openai_responses.RESPONSES,
+        openai_realtime.REALTIME_PATH: openai_realtime.REALTIME,  # WebSocket only
     },
     "chatgpt.com": {openai_responses.CODEX_RESPONSES_PATH: openai_responses.RESPONSES},
 }
