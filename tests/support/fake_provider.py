@@ -211,6 +211,23 @@ def parse_scenario(value: str | None, usage_header: str | None = None) -> Scenar
     return sc
 
 
+def schema_example(schema: dict) -> Any:
+    """A small value matching a JSON/OpenAPI schema (types upper- or lower-case)."""
+    kind = str(schema.get("type", "object")).lower()
+    if "enum" in schema and schema["enum"]:
+        return schema["enum"][0]
+    if kind == "object":
+        props = schema.get("properties") or {}
+        return {k: schema_example(v) for k, v in props.items() if isinstance(v, dict)}
+    if kind == "array":
+        return []
+    if kind in ("integer", "number"):
+        return max(1, int(schema.get("minimum", 1)))
+    if kind == "boolean":
+        return False
+    return "fake"
+
+
 class _Abort(Exception):
     """Raised to drop the connection (the ``cut`` scenario)."""
 
@@ -439,6 +456,7 @@ class FakeProvider:
         self.connects: list[str] = []  # CONNECT targets, "host:port"
         self.errors: list[str] = []  # unexpected server-side exceptions
         self.port: int = 0
+        self.refuse_websocket = False  # True: WebSocket upgrades get a 404 (Codex then falls back to HTTPS)
         self._writers: set[asyncio.StreamWriter] = set()
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
@@ -618,7 +636,7 @@ class FakeProvider:
             await self._provider_error(r, host, scenario.status)
             return keep_alive
 
-        if "websocket" in headers.get("upgrade", "").lower() and method == "GET":
+        if "websocket" in headers.get("upgrade", "").lower() and method == "GET" and not self.refuse_websocket:
             await self._websocket(host, route, path, headers, reader_of(writer), writer, scenario)
             return False  # the connection was the socket's; it is over now
 
@@ -644,16 +662,23 @@ class FakeProvider:
                     {"id": "gpt-4.1", "object": "model", "created": 1744316542, "owned_by": "system"},
                 ]}, self._openai_headers())
                 return keep_alive
+        if host == ANTHROPIC_HOST and method == "GET" and route.startswith("/api/claude_code/"):
+            await r.send_json(200, {}, self._anthropic_headers())  # Claude Code's policy_limits / settings
+            return keep_alive
+        if host in (CHATGPT_HOST, OPENAI_HOST) and method == "GET" and route in (
+                "/backend-api/codex/models", "/v1/models") and "client_version" in query:
+            await r.send_json(200, {"models": []}, self._openai_headers())  # Codex's model catalogue
+            return keep_alive
         if host == CHATGPT_HOST and method == "POST" and route == "/backend-api/codex/responses":
             await self._responses(r, data)
             return keep_alive
         if host == GEMINI_HOST and method == "POST" and route.startswith("/v1beta/models/"):
             model, _, verb = route[len("/v1beta/models/"):].partition(":")
             if verb == "generateContent":
-                await self._gemini(r, model, stream=None)
+                await self._gemini(r, model, stream=None, data=data)
                 return keep_alive
             if verb == "streamGenerateContent":
-                await self._gemini(r, model, stream="sse" if query.get("alt") == ["sse"] else "array")
+                await self._gemini(r, model, stream="sse" if query.get("alt") == ["sse"] else "array", data=data)
                 return keep_alive
         if host in PROVIDER_HOSTS:
             await self._provider_error(r, host, 404)
@@ -1001,10 +1026,16 @@ class FakeProvider:
 
     # ---- Gemini
 
-    async def _gemini(self, r: _Responder, model: str, stream: str | None) -> None:
+    async def _gemini(self, r: _Responder, model: str, stream: str | None, data: dict | None = None) -> None:
         sc = r.scenario
         u = self._usage("gemini", sc)
         pieces = self._text_pieces(sc)
+        gen = (data or {}).get("generationConfig") or {}
+        schema = gen.get("responseJsonSchema") or gen.get("responseSchema")
+        if gen.get("responseMimeType") == "application/json" and isinstance(schema, dict):
+            # structured output (Gemini CLI's model router asks for it): JSON of that schema
+            text = json.dumps(schema_example(schema))
+            pieces = [text[: len(text) // 2], text[len(text) // 2:]]
         prompt, cached = u["promptTokenCount"], u["cachedContentTokenCount"]
         cand, thoughts = u["candidatesTokenCount"], u["thoughtsTokenCount"]
 
