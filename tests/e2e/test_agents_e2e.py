@@ -16,7 +16,7 @@ import os
 import re
 import subprocess
 import time
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -72,6 +72,11 @@ def run_agent(client: str, gw, tmp_path) -> tuple[subprocess.CompletedProcess, f
     return cp, time.time()
 
 
+def _utc(ts: str) -> datetime:
+    dt = datetime.fromisoformat(ts)
+    return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
+
+
 def model_rows(rows):
     return [r for r in rows if r["outcome"] != "unmetered"]
 
@@ -89,7 +94,9 @@ def assert_stopped_at_cap(cp, ended_at, gw, fake, client):
     rows = model_rows(gw.ledger(wait_for=1))
     assert rows and {r["outcome"] for r in rows} == {"blocked"}, rows
     assert {r["client"] for r in rows} == {client}
-    first_refusal = min(datetime.fromisoformat(r["ts"]).timestamp() for r in rows)
+    first_refusal = min(_utc(r["ts"]).timestamp() for r in rows)
+    print(f"{client}: exit {cp.returncode} {ended_at - first_refusal:.1f} s after the first refusal, "
+          f"{len(rows)} refused calls")  # the figures docs/clients.md quotes (pytest -s)
     assert ended_at - first_refusal < AFTER_REFUSAL_S, (ended_at - first_refusal, len(rows), out[-2000:])
     return rows, out
 

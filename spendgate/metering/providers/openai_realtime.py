@@ -89,7 +89,7 @@ class OpenAIRealtimeAdapter(Adapter):
         params = obj.get("response") if isinstance(obj.get("response"), dict) else {}
         cap = params.get("max_output_tokens", params.get("max_response_output_tokens"))
         return RequestInfo(
-            model=str_or_none(params.get("model")) or url_model(path),
+            model=str_or_none(params.get("model")),  # else the session's (URL, session.created)
             stream=True,
             max_output_tokens=as_int(cap) if isinstance(cap, int) else None,  # "inf" means no cap
             input_bytes=len(body),
