@@ -12,6 +12,7 @@ Every CLI runs with HOME in a temp dir, all traffic through HTTPS_PROXY to the l
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -143,6 +144,13 @@ def test_codex_over_websocket_answers_and_every_turn_is_metered(gateway, fake_pr
         assert r["model"] == turns[0].json["model"] and r["status"] == 200
         assert (r["input_tokens"], r["cache_read_tokens"], r["output_tokens"]) == (2000, 500, 700)
         assert r["outcome"] in ("ok", "unpriced") and float(r["charged_usd"]) > 0
+    # the model Codex ships with may be newer than the pinned catalogue: `prices check` says so
+    unpriced = [r for r in rows if r["outcome"] == "unpriced"]
+    if unpriced:
+        report = json.loads(gateway.cli("prices", "check", "--json", check=True).stdout)
+        (m,) = [m for m in report["unpriced_models"] if m["model"] == unpriced[0]["model"]]
+        assert m["requests"] == len(unpriced)
+        assert abs(float(m["fallback_charged_usd"]) - sum(float(r["charged_usd"]) for r in unpriced)) < 1e-9
 
 
 def test_codex_over_websocket_stops_at_the_cap_with_our_message(tmp_path, gateway_factory, fake_provider):
