@@ -25,7 +25,8 @@ class Answer:
 
 
 def _usd(x: Decimal) -> str:
-    return f"${x:,.2f}" if x >= Decimal("0.01") or x == 0 else f"${usd_plain(x)}"
+    """Whole cents as $1,234.50; anything finer exactly ($0.015, not a rounded $0.02)."""
+    return f"${x:,.2f}" if x == x.quantize(Decimal("0.01")) else f"${usd_plain(x)}"
 
 
 def usd_plain(x: Decimal) -> str:

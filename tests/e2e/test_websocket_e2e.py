@@ -161,3 +161,30 @@ def test_handshake_refused_upstream_makes_no_row(gateway, fake_provider):
         open_socket(gateway, headers={"x-fake-scenario": "status:401"})
     time.sleep(0.5)
     assert gateway.ledger() == []
+
+
+def test_official_openai_sdk_over_the_responses_socket(tmp_path, gateway_factory, fake_provider):
+    """openai.OpenAI().responses.connect(): a metered turn, then the refusal as the SDK's typed error event."""
+    import openai
+
+    gw = gateway_factory(policy=policy(tmp_path, "defaults: {user: {day: 0.015}}\n")).start()
+    client = openai.OpenAI(api_key=OPENAI_KEY, max_retries=0)
+    got = []
+    options = {"proxy": gw.proxy_url, "ssl": gw.client_ssl_context()}
+    with client.responses.connect(websocket_connection_options=options) as conn:
+        for _ in range(2):
+            conn.response.create(model=MODEL, input=INPUT, max_output_tokens=1000)
+            for ev in conn:
+                if ev.type in ("response.completed", "response.failed", "error"):
+                    got.append(ev)
+                    break
+    done, refused = got
+    assert done.type == "response.completed" and done.response.usage.output_tokens == 700
+    assert refused.type == "error"
+    assert refused.error.type == "insufficient_quota" and refused.error.code == "budget_exceeded"
+    assert "spend limit reached (daily budget of user tester" in refused.error.message
+    assert "spent of $0.015;" in refused.error.message  # the limit exactly, not rounded to cents
+    assert len(ws_messages(fake_provider)) == 1
+    rows = sorted(gw.ledger(wait_for=2), key=lambda r: r["ts"])
+    assert [(r["outcome"], r["client"], r["endpoint"]) for r in rows] == [
+        ("ok", "openai-sdk", "responses.websocket"), ("blocked", "openai-sdk", "responses.websocket")]
