@@ -35,6 +35,10 @@ log = logging.getLogger("spendgate")
 
 META = "spendgate"
 WS = META + ".websocket"  # the SocketSession of a provider WebSocket
+# A Codex socket lives for hours and carries thousands of events; mitmproxy appends each to
+# flow.websocket.messages for the socket's life. We keep the recent ones only (metering has read
+# them already) so memory stays flat; a flow saved with -w then holds the socket's tail.
+WS_KEEP_MESSAGES = 256
 SWITCH_INTERVAL = 0.0005  # seconds; see SpendGate.load
 
 
@@ -210,7 +214,10 @@ class SpendGate:
         session: ws.SocketSession | None = flow.metadata.get(WS)
         if session is None or flow.websocket is None or not flow.websocket.messages:
             return
-        msg = flow.websocket.messages[-1]
+        messages = flow.websocket.messages
+        msg = messages[-1]
+        if len(messages) > WS_KEEP_MESSAGES:  # mitmproxy keeps every message of a socket's life
+            del messages[:-WS_KEEP_MESSAGES // 2]
         if msg.injected or not msg.is_text:
             return
         if not msg.from_client:

@@ -196,3 +196,41 @@ def test_openai_refusal_codex_flavour(client, etype, promo):
         assert a.headers["x-codex-promo-message"] == err["message"]
         assert err["resets_at"] == int(BUDGET.end.timestamp())
     assert a.headers["x-should-retry"] == "false" and a.headers["retry-after"] == "43200"
+
+
+def test_addon_hook_meters_turns_and_keeps_memory_flat(tmp_path):
+    """The mitmproxy hooks on a websocket flow (mitmproxy.test.tflow): a long socket stays bounded."""
+    import sys
+
+    from mitmproxy.test import tflow
+    from mitmproxy.websocket import WebSocketMessage
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "addons"))
+    import gateway as addon  # addons/gateway.py
+
+    gw = make(tmp_path)
+    gate = addon.SpendGate()
+    gate.gateway = gw
+    try:
+        flow = tflow.twebsocketflow(messages=False)
+        flow.metadata[addon.WS] = session(gw)
+        msgs = flow.websocket.messages
+
+        def push(from_client: bool, content: bytes) -> WebSocketMessage:
+            m = WebSocketMessage(1, from_client, content)  # 1: text
+            msgs.append(m)
+            gate.websocket_message(flow)
+            return m
+
+        events = recorded_events()
+        for _ in range(30):  # 30 turns of the recorded stream: far more messages than are kept
+            assert not push(True, create()).dropped
+            for e in events:
+                push(False, e)
+            assert len(msgs) <= addon.WS_KEEP_MESSAGES
+        gate.websocket_end(flow)
+        got = rows(gw)
+        assert len(got) == 30 and {r["outcome"] for r in got} == {"ok"}
+    finally:
+        gate.gateway = None
+        gw.close()
