@@ -29,7 +29,7 @@ from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from spendgate.metering.meter import Exchange, Meter
+from spendgate.metering.meter import CHARS_PER_TOKEN, Exchange, Meter
 from spendgate.metering.providers import openai_realtime, openai_responses
 from spendgate.metering.providers.base import Adapter, Route, StreamParser
 
@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 RESPONSES_WS = "responses.websocket"  # ledger endpoint of a Responses turn over a WebSocket
 CREATE = "response.create"
 _TYPE = re.compile(rb'"type"\s*:\s*"([^"]{1,80})"')
+_CONTINUES = re.compile(rb'"previous_response_id"\s*:\s*"')
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # larger messages are passed on, not parsed
 
 
@@ -102,6 +103,7 @@ class SocketSession:
         self.model: str | None = openai_realtime.url_model(path) if self.realtime else None
         self.open: deque[Turn] = deque()  # admitted turns the provider has not finished, oldest first
         self.turns = 0
+        self.context_tokens = 0  # the last finished turn's input + output: what a continuation re-reads
 
     @property
     def adapter(self) -> Adapter:
@@ -123,6 +125,10 @@ class SocketSession:
         query = self.path.partition("?")[2]
         request = self.adapter.parse_request(self.path, data)
         request.stream = True
+        if self.context_tokens and (self.realtime or _CONTINUES.search(data)):
+            # a continuation sends only the new input; the model reads the whole conversation, so
+            # the estimate (admission, and the usage of a turn cut short) counts what came before
+            request.input_bytes += self.context_tokens * CHARS_PER_TOKEN
         if request.model is None:
             request.model = self.model
         identity = self.meter.identify(self.headers, query, self.proxy_user, self.client_ip)
@@ -213,7 +219,10 @@ class SocketSession:
             self.open.remove(turn)
         except ValueError:
             pass
-        self.meter.finish(turn.exchange, turn.parser.result(), ended=ended)
+        result = turn.parser.result()
+        if result.usage is not None and result.usage_final:
+            self.context_tokens = result.usage.input_tokens + result.usage.output_tokens
+        self.meter.finish(turn.exchange, result, ended=ended)
 
     def close(self, reason: str = "websocket closed") -> int:
         """The socket ended: every turn still open is finished as cut (usage estimated)."""

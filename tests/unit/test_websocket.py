@@ -234,3 +234,25 @@ def test_addon_hook_meters_turns_and_keeps_memory_flat(tmp_path):
     finally:
         gate.gateway = None
         gw.close()
+
+
+def test_a_continuation_is_estimated_with_the_conversation_it_continues(tmp_path):
+    """previous_response_id sends only new input: admission must still count the whole context."""
+    gw = make(tmp_path)
+    try:
+        s = session(gw)
+        first = s.client_message(create())
+        for e in recorded_events():
+            s.server_message(e)
+        usage = json.loads(recorded_events()[-1])["response"]["usage"]
+        context = usage["input_tokens"] + usage["output_tokens"]
+        plain = s.client_message(create())  # full input again (Codex with store: false): size only
+        assert plain.exchange.request.input_bytes == len(create())
+        s.close()
+        s2 = session(gw)
+        s2.context_tokens = context
+        cont = s2.client_message(create(previous_response_id="resp_1"))
+        assert cont.exchange.request.input_bytes == len(create(previous_response_id="resp_1")) + context * 4
+        assert first.exchange.request.input_bytes == len(create())
+    finally:
+        gw.close()
