@@ -188,3 +188,31 @@ def test_official_openai_sdk_over_the_responses_socket(tmp_path, gateway_factory
     rows = sorted(gw.ledger(wait_for=2), key=lambda r: r["ts"])
     assert [(r["outcome"], r["client"], r["endpoint"]) for r in rows] == [
         ("ok", "openai-sdk", "responses.websocket"), ("blocked", "openai-sdk", "responses.websocket")]
+
+
+def test_official_openai_sdk_realtime_metered_then_refused(tmp_path, gateway_factory, fake_provider):
+    """openai.OpenAI().realtime.connect(): response.done metered; at the cap a typed error event."""
+    import openai
+
+    # a response costs $0.0174 at gpt-realtime text rates (2000 in / 500 cached / 700 out); the first
+    # reserves ~$0.019 (its size, 700 output), the second ~$0.030 because the 2700 tokens of the
+    # conversation so far count too: $0.0174 + $0.030 > $0.04 (by size alone it would fit)
+    gw = gateway_factory(policy=policy(tmp_path, "defaults: {user: {day: 0.04}}\n")).start()
+    client = openai.OpenAI(api_key=OPENAI_KEY, max_retries=0)
+    options = {"proxy": gw.proxy_url, "ssl": gw.client_ssl_context()}
+    got = []
+    with client.realtime.connect(model="gpt-realtime", websocket_connection_options=options) as conn:
+        for _ in range(2):
+            conn.response.create(response={"instructions": INPUT, "max_output_tokens": 700})
+            for ev in conn:
+                if ev.type in ("response.done", "error"):
+                    got.append(ev)
+                    break
+    done, refused = got
+    assert done.type == "response.done" and done.response.usage.output_tokens == 700
+    assert refused.type == "error" and "spend limit reached (daily budget of user tester" in refused.error.message
+    assert [r.json["type"] for r in ws_messages(fake_provider)] == ["response.create"]
+    rows = sorted(gw.ledger(wait_for=2), key=lambda r: r["ts"])
+    assert [(r["outcome"], r["endpoint"], r["model"]) for r in rows] == [
+        ("ok", "realtime", "gpt-realtime"), ("blocked", "realtime", "gpt-realtime")]
+    assert float(rows[0]["cost_usd"]) > 0 and rows[0]["client"] == "openai-sdk"
