@@ -14,7 +14,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from decimal import Decimal
 
@@ -168,13 +168,16 @@ class Meter:
             return None
         query = path.partition("?")[2]
         req = route.adapter.parse_request(path, body) if route.adapter else RequestInfo()
+        identity = self.identify(headers, query, proxy_user, client_ip)
+        if identity.session_id is None and req.session_id:  # e.g. Gemini CLI's Code Assist body
+            identity = replace(identity, session_id=req.session_id)
         ex = Exchange(
             request_id=next(self._ids),
             ts=self.now(),
             started=self.clock(),
             route=route,
             request=req,
-            identity=self.identify(headers, query, proxy_user, client_ip),
+            identity=identity,
             bytes_in=len(body),
         )
         self._inflight[ex.request_id] = ex

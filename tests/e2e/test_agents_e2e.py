@@ -60,6 +60,11 @@ COMMANDS = {
     "claude-code": ["claude", "-p", "say hi"],
     "codex": ["codex", "exec", "--skip-git-repo-check", "say hi"],
     "gemini-cli": ["gemini", "-p", "say hi"],
+    "gemini-cli-google": ["gemini", "-p", "say hi"],
+}
+GOOGLE_LOGIN = {  # Gemini CLI signed in with a Google account: Code Assist on cloudcode-pa
+    "GOOGLE_GENAI_USE_GCA": "true", "GOOGLE_CLOUD_ACCESS_TOKEN": "ya29.test-SECRET-oauth",
+    "GOOGLE_CLOUD_PROJECT": "fake-project-123",
 }
 
 
@@ -68,7 +73,11 @@ def run_agent(client: str, gw, tmp_path) -> tuple[subprocess.CompletedProcess, f
     home = tmp_path / f"home-{client}"
     home.mkdir(exist_ok=True)
     exe, *args = COMMANDS[client]
-    cp = subprocess.run([str(AGENTS / exe), *args], env=agent_env(gw, home), cwd=str(home), capture_output=True,
+    env = agent_env(gw, home)
+    if client == "gemini-cli-google":
+        del env["GEMINI_API_KEY"]
+        env.update(GOOGLE_LOGIN)
+    cp = subprocess.run([str(AGENTS / exe), *args], env=env, cwd=str(home), capture_output=True,
                         text=True, timeout=RUN_TIMEOUT_S, stdin=subprocess.DEVNULL)
     return cp, time.time()
 
@@ -84,7 +93,11 @@ def model_rows(rows):
 
 def model_calls(fake):
     """What reached the provider as a model call: POSTs to model endpoints, and WebSocket requests."""
-    return [r for r in fake.requests if r.method in ("POST", "WS")]
+    return [r for r in fake.requests if r.method in ("POST", "WS") and (
+        r.host != "cloudcode-pa.googleapis.com" or r.route in CODE_ASSIST_MODEL_CALLS)]
+
+
+CODE_ASSIST_MODEL_CALLS = ("/v1internal:generateContent", "/v1internal:streamGenerateContent")  # not loadCodeAssist &c
 
 
 def assert_stopped_at_cap(cp, ended_at, gw, fake, client):
@@ -94,7 +107,7 @@ def assert_stopped_at_cap(cp, ended_at, gw, fake, client):
     assert model_calls(fake) == [], [(r.method, r.path) for r in model_calls(fake)]
     rows = model_rows(gw.ledger(wait_for=1))
     assert rows and {r["outcome"] for r in rows} == {"blocked"}, rows
-    assert {r["client"] for r in rows} == {client}
+    assert {r["client"] for r in rows} == {client.removesuffix("-google")}
     first_refusal = min(_utc(r["ts"]).timestamp() for r in rows)
     print(f"{client}: exit {cp.returncode} {ended_at - first_refusal:.1f} s after the first refusal, "
           f"{len(rows)} refused calls")  # the figures docs/clients.md quotes (pytest -s)
@@ -204,3 +217,31 @@ def test_gemini_cli_stops_at_the_cap_with_our_message_and_no_retry(tmp_path, gat
     rows, out = assert_stopped_at_cap(cp, ended, gw, fake_provider, "gemini-cli")
     assert "TerminalQuotaError" in out and "Retrying with backoff" not in out
     assert len(rows) <= 2  # the router's call and the main call, each refused once
+
+
+# --- Gemini CLI signed in with Google (Code Assist, cloudcode-pa.googleapis.com) ---------------
+
+
+def test_gemini_cli_google_login_answers_and_every_call_is_metered(gateway, fake_provider, tmp_path):
+    cp, _ = run_agent("gemini-cli-google", gateway, tmp_path)
+    assert cp.returncode == 0, cp.stdout + cp.stderr
+    assert ANSWER in cp.stdout
+    calls = model_calls(fake_provider)
+    assert {c.host for c in calls} == {"cloudcode-pa.googleapis.com"}
+    rows = model_rows(gateway.ledger(wait_for=len(calls)))
+    assert len(rows) == len(calls) >= 2  # router call and streamed answer; loadCodeAssist & co. unmetered
+    sessions = {c.json["request"]["session_id"] for c in calls}
+    for r in rows:
+        assert (r["provider"], r["client"]) == ("gemini", "gemini-cli")
+        assert r["endpoint"] in ("generateContent", "streamGenerateContent")
+        assert (r["input_tokens"], r["cache_read_tokens"], r["output_tokens"]) == (3000, 1000, 800)
+        assert float(r["charged_usd"]) > 0 and r["session_id"] in sessions
+        assert r["model"] in {c.json["model"] for c in calls}
+        assert r["key_fingerprint"].startswith("sha256:")  # the OAuth token, fingerprinted
+
+
+def test_gemini_cli_google_login_stops_at_the_cap(tmp_path, gateway_factory, fake_provider):
+    gw = gateway_factory(policy=cap_policy(tmp_path)).start()
+    cp, ended = run_agent("gemini-cli-google", gw, tmp_path)
+    rows, out = assert_stopped_at_cap(cp, ended, gw, fake_provider, "gemini-cli-google")
+    assert "TerminalQuotaError" in out and len(rows) <= 2

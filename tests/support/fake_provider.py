@@ -106,7 +106,8 @@ ANTHROPIC_HOST = "api.anthropic.com"
 OPENAI_HOST = "api.openai.com"
 CHATGPT_HOST = "chatgpt.com"
 GEMINI_HOST = "generativelanguage.googleapis.com"
-PROVIDER_HOSTS = {ANTHROPIC_HOST, OPENAI_HOST, CHATGPT_HOST, GEMINI_HOST}
+CODE_ASSIST_HOST = "cloudcode-pa.googleapis.com"  # Gemini CLI signed in with Google
+PROVIDER_HOSTS = {ANTHROPIC_HOST, OPENAI_HOST, CHATGPT_HOST, GEMINI_HOST, CODE_ASSIST_HOST}
 
 ORIGIN_BODY = b"hello from origin"
 
@@ -680,6 +681,9 @@ class FakeProvider:
             if verb == "streamGenerateContent":
                 await self._gemini(r, model, stream="sse" if query.get("alt") == ["sse"] else "array", data=data)
                 return keep_alive
+        if host == CODE_ASSIST_HOST and method == "POST" and route.startswith("/v1internal:"):
+            await self._code_assist(r, route.split(":", 1)[1], data, query)
+            return keep_alive
         if host in PROVIDER_HOSTS:
             await self._provider_error(r, host, 404)
             return keep_alive
@@ -826,6 +830,22 @@ class FakeProvider:
                       "input_token_details": {"text_tokens": u["input_tokens"], "audio_tokens": 0,
                                               "cached_tokens": u["cached_tokens"]},
                       "output_token_details": {"text_tokens": u["output_tokens"], "audio_tokens": 0}}}})
+
+    # ---- Code Assist (cloudcode-pa.googleapis.com), as Gemini CLI with a Google login uses it
+
+    async def _code_assist(self, r: _Responder, method: str, data: dict, query: dict) -> None:
+        if method in ("generateContent", "streamGenerateContent"):
+            model = data.get("model") or "gemini-2.5-pro"
+            stream = None if method == "generateContent" else ("sse" if query.get("alt") == ["sse"] else "array")
+            await self._gemini(r, model, stream=stream, data=data.get("request") or {}, wrap=True)
+        elif method == "loadCodeAssist":
+            await r.send_json(200, {"currentTier": {"id": "standard-tier", "name": "Gemini Code Assist"},
+                                    "allowedTiers": [{"id": "standard-tier", "isDefault": True}],
+                                    "cloudaicompanionProject": "fake-project-123"})
+        elif method == "onboardUser":
+            await r.send_json(200, {"done": True, "response": {"cloudaicompanionProject": {"id": "fake-project-123"}}})
+        else:  # metrics, quotas, experiments, admin controls: not model calls
+            await r.send_json(200, {})
 
     # ---- Anthropic
 
@@ -1026,7 +1046,8 @@ class FakeProvider:
 
     # ---- Gemini
 
-    async def _gemini(self, r: _Responder, model: str, stream: str | None, data: dict | None = None) -> None:
+    async def _gemini(self, r: _Responder, model: str, stream: str | None, data: dict | None = None,
+                      wrap: bool = False) -> None:
         sc = r.scenario
         u = self._usage("gemini", sc)
         pieces = self._text_pieces(sc)
@@ -1057,8 +1078,9 @@ class FakeProvider:
             cand_obj: dict[str, Any] = {"content": {"parts": [{"text": text}], "role": "model"}, "index": 0}
             if last:
                 cand_obj["finishReason"] = "STOP"
-            return {"candidates": [cand_obj], "usageMetadata": usage_md(cands), "modelVersion": model,
-                    "responseId": "FakeH6LaZW8Fp_3nsEPqtaSwQ4"}
+            out = {"candidates": [cand_obj], "usageMetadata": usage_md(cands), "modelVersion": model,
+                   "responseId": "FakeH6LaZW8Fp_3nsEPqtaSwQ4"}
+            return {"response": out, "traceId": "fake-trace"} if wrap else out  # Code Assist wraps it
 
         if stream is None:
             await r.send_json(200, chunk("".join(pieces), cand, True))

@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 from spendgate.metering.providers import (
     anthropic,
     gemini,
+    gemini_code_assist,
     openai_chat,
     openai_realtime,
     openai_responses,
@@ -24,6 +25,7 @@ PROVIDER_HOSTS: dict[str, str] = {
     "api.openai.com": "openai",
     "generativelanguage.googleapis.com": "gemini",
     "chatgpt.com": "openai",  # Codex CLI with ChatGPT login
+    gemini_code_assist.HOST: "gemini",  # Gemini CLI signed in with a Google account (Code Assist)
 }
 OPTIONAL_HOSTS = frozenset({"chatgpt.com"})  # intercepted only when asked: it is also a website
 
@@ -69,6 +71,12 @@ def route(host: str, path: str) -> Route | None:
     provider = PROVIDER_HOSTS.get(host)
     if provider is None:
         return None
+    if host == gemini_code_assist.HOST:
+        method = gemini_code_assist.method_of(path or "")
+        if method is None:
+            return Route(None, provider, UNMETERED)
+        adapter = gemini_code_assist.ADAPTERS[method[0]]
+        return Route(adapter, provider, adapter.endpoint, {"sse": method[1], "code_assist": True})
     if provider == "gemini":
         gpath = gemini.parse_path(path or "")
         if gpath is not None:

@@ -33,6 +33,7 @@ class RequestInfo:
     rewritten_body: bytes | None = None  # set when the adapter changed the body (include_usage)
     drop_usage_chunk: bool = False  # the client did not ask for the usage chunk we added
     metadata_user: str | None = None  # e.g. Anthropic body metadata.user_id
+    session_id: str | None = None  # an agent session named in the body (Code Assist request.session_id)
     malformed: bool = False  # body was not the JSON we expected: forward untouched
 
 
