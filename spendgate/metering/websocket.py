@@ -64,8 +64,16 @@ def event_type(data: bytes) -> str | None:
     Responses events put ``type`` first; ``response.created`` can carry 30 KB of instructions we
     never need to build.
     """
-    m = _TYPE.search(data, 0, 200)
-    return m.group(1).decode("utf-8", "replace") if m else None
+    if data.startswith(b'{"type":"'):  # compact JSON, type first: what OpenAI and Codex send
+        m = _TYPE.match(data, 1, 200)
+        if m is not None:
+            return m.group(1).decode("utf-8", "replace")
+    try:  # "type" is not the first member: read the whole event (rare)
+        obj = json.loads(data)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return None
+    kind = obj.get("type") if isinstance(obj, dict) else None
+    return kind if isinstance(kind, str) else None
 
 
 @dataclass(slots=True)
@@ -196,6 +204,8 @@ class SocketSession:
             turn.started = True
             ex.status = 200
             ex.headers_at = ex.first_byte_at = self.meter.clock()
+        if kind.endswith("audio.delta") and "transcript" not in kind:
+            return  # Realtime audio chunks: large base64, nothing to count (usage comes at the end)
         text = data.decode("utf-8", "replace")
         turn.parser.feed_message(text)
         if kind == "error":

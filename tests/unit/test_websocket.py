@@ -62,6 +62,11 @@ def test_upgrade_and_routes():
     assert ws.socket_route(providers.route("api.openai.com", "/v1/models")) is None
     assert ws.event_type(b'{"type":"response.create","model":"x"}') == "response.create"
     assert ws.event_type(b"not json") is None
+    # type not first (pretty-printed, other key order): read properly, never a nested type
+    assert ws.event_type(b'{"item": {"type": "message"}, "type": "response.output_item.done"}') == \
+        "response.output_item.done"
+    assert ws.event_type((WIRE / "openai_realtime_response_done.json").read_bytes()) == "response.done"
+    assert ws.event_type(b'{"item": {"type": "message"}}') is None
 
 
 def test_recorded_codex_stream_makes_one_exact_row(tmp_path):
