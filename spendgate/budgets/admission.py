@@ -143,6 +143,7 @@ class Admission:
 
 def refuse(ex: Exchange, answer: refusal.Answer, reason: str | None = None) -> refusal.Answer:
     """Mark the exchange blocked (recorded as a `blocked` row) and hand back the answer to send."""
+    answer = refusal.for_client(answer, ex.provider, ex.identity.client)  # e.g. Codex: a 429 it stops on
     ex.extra["blocked"] = True
     ex.extra["blocked_reason"] = reason or answer.body.decode(errors="replace")[:300]
     ex.status = answer.status

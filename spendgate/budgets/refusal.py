@@ -126,6 +126,32 @@ def over_budget(provider: str, budget: Budget, spent: Decimal, now: datetime, cl
 
 
 def unavailable(provider: str, message: str) -> Answer:
-    """Refusing because we cannot record spend (fail_closed) or price a model (unpriced: block)."""
+    """Refusing because we cannot record spend (fail_closed) or price a model (unpriced: block).
+
+    Gemini CLI retries a 503 like a 429 unless the details say terminal: they do (see above).
+    """
     headers = {"content-type": "application/json", "x-should-retry": "false"}
-    return Answer(503, headers, error_body(provider, f"spendgate: {message}", kind="unavailable"))
+    details = None
+    if provider == "gemini":
+        details = [{"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": GEMINI_TERMINAL_REASON,
+                    "domain": GEMINI_TERMINAL_DOMAIN, "metadata": {"service": "spendgate"}}]
+    return Answer(503, headers, error_body(provider, f"spendgate: {message}", kind="unavailable", details=details))
+
+
+def for_client(answer: Answer, provider: str, client: str | None) -> Answer:
+    """The refusal in the shape the client treats as final.
+
+    Codex retries every 5xx (and its WebSocket error events with a 5xx status) several times, then
+    falls back to HTTPS and retries again; only 429 `usage_limit_reached` stops it at once with the
+    message on screen. So a 503 refusal (ledger failing, unpriced model blocked) reaches Codex as
+    that 429, with the same sentence. Every other answer passes unchanged.
+    """
+    if provider != "openai" or client != CODEX_CLIENT or answer.status < 500:
+        return answer
+    try:
+        message = json.loads(answer.body)["error"]["message"]
+    except (ValueError, KeyError, TypeError):
+        return answer
+    headers = {**answer.headers, "x-codex-promo-message": message}
+    body = error_body(provider, message, openai_type="usage_limit_reached", extra={"code": "gateway_unavailable"})
+    return Answer(429, headers, body)

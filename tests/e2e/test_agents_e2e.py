@@ -68,11 +68,12 @@ GOOGLE_LOGIN = {  # Gemini CLI signed in with a Google account: Code Assist on c
 }
 
 
-def run_agent(client: str, gw, tmp_path) -> tuple[subprocess.CompletedProcess, float]:
+def run_agent(client: str, gw, tmp_path, *extra: str) -> tuple[subprocess.CompletedProcess, float]:
     """Run one CLI to its end; (the process, the wall-clock time it ended)."""
     home = tmp_path / f"home-{client}"
     home.mkdir(exist_ok=True)
     exe, *args = COMMANDS[client]
+    args = [*args[:-2], *extra, *args[-2:]]  # options before the last flag and the prompt
     env = agent_env(gw, home)
     if client == "gemini-cli-google":
         del env["GEMINI_API_KEY"]
@@ -100,10 +101,12 @@ def model_calls(fake):
 CODE_ASSIST_MODEL_CALLS = ("/v1internal:generateContent", "/v1internal:streamGenerateContent")  # not loadCodeAssist &c
 
 
-def assert_stopped_at_cap(cp, ended_at, gw, fake, client):
+def assert_stopped_at_cap(cp, ended_at, gw, fake, client, message=CAP_MESSAGE):
     out = cp.stdout + cp.stderr
     assert cp.returncode != 0, out
-    assert CAP_MESSAGE in out and "spendgate request --amount" in out, out
+    assert message in out, out
+    if message == CAP_MESSAGE:
+        assert "spendgate request --amount" in out, out
     assert model_calls(fake) == [], [(r.method, r.path) for r in model_calls(fake)]
     rows = model_rows(gw.ledger(wait_for=1))
     assert rows and {r["outcome"] for r in rows} == {"blocked"}, rows
@@ -245,3 +248,33 @@ def test_gemini_cli_google_login_stops_at_the_cap(tmp_path, gateway_factory, fak
     cp, ended = run_agent("gemini-cli-google", gw, tmp_path)
     rows, out = assert_stopped_at_cap(cp, ended, gw, fake_provider, "gemini-cli-google")
     assert "TerminalQuotaError" in out and len(rows) <= 2
+
+
+# --- the other refusal: a model without a price when the policy blocks unpriced models (503) ---
+# Codex retries a 503 (over the socket, then over HTTPS) and Gemini CLI retries it with backoff;
+# each gets the shape it treats as final instead (spendgate.budgets.refusal.for_client/unavailable).
+
+UNKNOWN = "spendgate: model '{}' has no known price and the policy blocks unpriced models"
+
+
+def block_unpriced(tmp_path):
+    p = tmp_path / "block.yaml"
+    p.write_text("version: 1\ntimezone: UTC\nunpriced: block\n")
+    return p
+
+
+def test_codex_stops_at_once_on_a_blocked_unpriced_model(tmp_path, gateway_factory, fake_provider):
+    gw = gateway_factory(policy=block_unpriced(tmp_path)).start()
+    cp, ended = run_agent("codex", gw, tmp_path, "-m", "spendgate-unknown-model-1")
+    rows, out = assert_stopped_at_cap(cp, ended, gw, fake_provider, "codex",
+                                      UNKNOWN.format("spendgate-unknown-model-1"))
+    assert len(rows) <= 2 and {r["endpoint"] for r in rows} == {"responses.websocket"}  # no retry, no fallback
+
+
+def test_gemini_cli_stops_at_once_on_a_blocked_unpriced_model(tmp_path, gateway_factory, fake_provider):
+    gw = gateway_factory(policy=block_unpriced(tmp_path)).start()
+    cp, ended = run_agent("gemini-cli", gw, tmp_path, "-m", "gemini-unknown-model-1")
+    rows, out = assert_stopped_at_cap(cp, ended, gw, fake_provider, "gemini-cli",
+                                      UNKNOWN.format("gemini-unknown-model-1"))
+    assert "TerminalQuotaError" in out and "Retrying with backoff" not in out
+    assert [r["status"] for r in rows if r["model"] == "gemini-unknown-model-1"] == [503]

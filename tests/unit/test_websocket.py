@@ -261,3 +261,18 @@ def test_a_continuation_is_estimated_with_the_conversation_it_continues(tmp_path
         assert first.exchange.request.input_bytes == len(create())
     finally:
         gw.close()
+
+
+def test_unavailable_refusals_are_final_for_codex_and_gemini_cli():
+    a = refusal.unavailable("openai", "cannot record spend")
+    assert a.status == 503 and refusal.for_client(a, "openai", "openai-sdk") is a  # SDKs: x-should-retry
+    c = refusal.for_client(a, "openai", "codex")
+    err = json.loads(c.body)["error"]
+    assert c.status == 429 and err["type"] == "usage_limit_reached" and err["code"] == "gateway_unavailable"
+    assert c.headers["x-codex-promo-message"] == err["message"] == "spendgate: cannot record spend"
+    over = refusal.over_budget("openai", BUDGET, Decimal("6"), NOW, "codex")
+    assert refusal.for_client(over, "openai", "codex") is over  # already final
+    g = json.loads(refusal.unavailable("gemini", "x").body)["error"]
+    assert g["code"] == 503 and g["status"] == "UNAVAILABLE"
+    assert g["details"][0]["reason"] == "QUOTA_EXHAUSTED"  # Gemini CLI: terminal, not retried
+    assert "details" not in json.loads(refusal.unavailable("anthropic", "x").body)["error"]
