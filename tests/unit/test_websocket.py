@@ -74,7 +74,7 @@ def test_recorded_codex_stream_makes_one_exact_row(tmp_path):
     try:
         s = session(gw)
         turn = s.client_message(create())
-        assert turn is not None and gw.admit(turn.exchange) is None
+        assert turn is not None and gw.admission.admit(turn.exchange) is None
         events = recorded_events()
         final = json.loads(events[-1])
         assert final["type"] == "response.completed"
@@ -110,14 +110,14 @@ def test_cut_turn_is_estimated_and_error_turn_not_billed(tmp_path):
     try:
         s = session(gw)
         t1 = s.client_message(create())
-        gw.admit(t1.exchange)
+        gw.admission.admit(t1.exchange)
         for e in recorded_events()[:8]:  # created, in_progress, some reasoning deltas
             s.server_message(e)
         t2_events = [b'{"type":"error","status":429,"error":{"type":"usage_limit_reached","message":"x"}}']
         assert s.close("websocket closed") == 1
         s2 = session(gw)
         t2 = s2.client_message(create())
-        gw.admit(t2.exchange)
+        gw.admission.admit(t2.exchange)
         for e in t2_events:
             s2.server_message(e)
         cut, err = rows(gw)
@@ -133,7 +133,7 @@ def test_refused_turn_is_a_blocked_row_and_the_event_carries_the_http_refusal(tm
     try:
         s = session(gw)
         turn = s.client_message(create())
-        answer = gw.admit(turn.exchange)
+        answer = gw.admission.admit(turn.exchange)
         assert answer is not None and answer.status == 429
         s.refused(turn)
         event = json.loads(ws.SocketSession.refusal_event(answer.status, answer.body, answer.headers))
@@ -152,7 +152,7 @@ def test_realtime_response_done_fixture(tmp_path):
         s = session(gw, path="/v1/realtime?model=gpt-realtime")
         s.server_message(b'{"type":"session.created","session":{"model":"gpt-realtime-2025-08-28"}}')
         turn = s.client_message(b'{"type":"response.create","response":{"instructions":"hi"}}')
-        gw.admit(turn.exchange)
+        gw.admission.admit(turn.exchange)
         assert turn.exchange.request.model == "gpt-realtime-2025-08-28"
         s.server_message(b'{"type":"response.created","response":{"id":"r"}}')
         s.server_message(b'{"type":"error","error":{"type":"invalid_request_error","message":"bad item"}}')
