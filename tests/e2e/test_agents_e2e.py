@@ -46,6 +46,7 @@ def cap_policy(tmp_path):
 def agent_env(gw, home: Path) -> dict[str, str]:
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(home), "TERM": "dumb", "NO_COLOR": "1",
+        "TMPDIR": str(home / "tmp"),  # Gemini CLI writes error reports there
         **gw.env(),
         "NODE_EXTRA_CA_CERTS": gw.ca_file, "CODEX_CA_CERTIFICATE": gw.ca_file,
         # no telemetry, no update checks, no side traffic
@@ -71,7 +72,7 @@ GOOGLE_LOGIN = {  # Gemini CLI signed in with a Google account: Code Assist on c
 def run_agent(client: str, gw, tmp_path, *extra: str) -> tuple[subprocess.CompletedProcess, float]:
     """Run one CLI to its end; (the process, the wall-clock time it ended)."""
     home = tmp_path / f"home-{client}"
-    home.mkdir(exist_ok=True)
+    (home / "tmp").mkdir(parents=True, exist_ok=True)
     exe, *args = COMMANDS[client]
     args = [*args[:-2], *extra, *args[-2:]]  # options before the last flag and the prompt
     env = agent_env(gw, home)
@@ -86,6 +87,14 @@ def run_agent(client: str, gw, tmp_path, *extra: str) -> tuple[subprocess.Comple
 def _utc(ts: str) -> datetime:
     dt = datetime.fromisoformat(ts)
     return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
+
+
+def assert_no_secret_kept(gw) -> None:
+    """No credential a CLI sent reaches the gateway's log or its ledger file (fingerprints only)."""
+    gw.stop()
+    kept = gw.log_text().encode() + gw.db.read_bytes()
+    for secret in (ANTHROPIC_KEY, OPENAI_KEY, GEMINI_KEY, GOOGLE_LOGIN["GOOGLE_CLOUD_ACCESS_TOKEN"]):
+        assert secret.encode() not in kept, secret
 
 
 def model_rows(rows):
@@ -134,6 +143,7 @@ def test_claude_code_answers_and_every_call_is_metered(gateway, fake_provider, t
         assert float(r["charged_usd"]) > 0 and r["session_id"]
     sent = {c.headers.get("x-claude-code-session-id") for c in calls}
     assert {r["session_id"] for r in rows} == sent
+    assert_no_secret_kept(gateway)
 
 
 def test_claude_code_stops_at_the_cap_with_our_message(tmp_path, gateway_factory, fake_provider):
@@ -167,6 +177,7 @@ def test_codex_over_websocket_answers_and_every_turn_is_metered(gateway, fake_pr
         (m,) = [m for m in report["unpriced_models"] if m["model"] == unpriced[0]["model"]]
         assert m["requests"] == len(unpriced)
         assert abs(float(m["fallback_charged_usd"]) - sum(float(r["charged_usd"]) for r in unpriced)) < 1e-9
+    assert_no_secret_kept(gateway)
 
 
 def test_codex_over_websocket_stops_at_the_cap_with_our_message(tmp_path, gateway_factory, fake_provider):
@@ -212,6 +223,7 @@ def test_gemini_cli_answers_and_every_call_is_metered(gateway, fake_provider, tm
         assert (r["outcome"], r["client"]) == ("ok", "gemini-cli")
         assert (r["input_tokens"], r["cache_read_tokens"], r["output_tokens"]) == (3000, 1000, 800)
         assert float(r["charged_usd"]) > 0
+    assert_no_secret_kept(gateway)
 
 
 def test_gemini_cli_stops_at_the_cap_with_our_message_and_no_retry(tmp_path, gateway_factory, fake_provider):
@@ -241,6 +253,7 @@ def test_gemini_cli_google_login_answers_and_every_call_is_metered(gateway, fake
         assert float(r["charged_usd"]) > 0 and r["session_id"] in sessions
         assert r["model"] in {c.json["model"] for c in calls}
         assert r["key_fingerprint"].startswith("sha256:")  # the OAuth token, fingerprinted
+    assert_no_secret_kept(gateway)
 
 
 def test_gemini_cli_google_login_stops_at_the_cap(tmp_path, gateway_factory, fake_provider):
