@@ -217,7 +217,7 @@ class SpendGate:
         messages = flow.websocket.messages
         msg = messages[-1]
         if len(messages) > WS_KEEP_MESSAGES:  # mitmproxy keeps every message of a socket's life
-            del messages[:-WS_KEEP_MESSAGES // 2]
+            del messages[: -(WS_KEEP_MESSAGES // 2)]
         if msg.injected or not msg.is_text:
             return
         if not msg.from_client:
