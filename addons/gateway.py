@@ -29,6 +29,8 @@ from spendgate.metering.streams import EventDropper, StreamTap
 from spendgate.telemetry.config import TelemetryError
 from spendgate.telemetry.config import settings_from as telemetry_settings
 
+from spendgate.metering import websocket as ws
+
 from dashboard_host import DashboardHost  # addons/ is on sys.path when mitmdump loads this script
 from opaque import OpaqueCounter  # addons/opaque.py: counts undecrypted connections to opaque AI hosts
 from access import Access, target_of  # addons/access.py: client networks, providers-only, real target, identity echo
@@ -40,6 +42,11 @@ META = "spendgate"
 TOO_LARGE = "spendgate.too_large"  # flow.metadata: answered 413 before the body was read
 RELEASE_DELAY = 0.5  # seconds after an oversized request's connection closed before memory is released
 CEILING_FACTOR = 4  # providers-only: mitmproxy stops reading bodies past this many times the limit
+WS = META + ".websocket"  # the SocketSession of a provider WebSocket
+# A Codex socket lives for hours and carries thousands of events; mitmproxy appends each to
+# flow.websocket.messages for the socket's life. We keep the recent ones only (metering has read
+# them already) so memory stays flat; a flow saved with -w then holds the socket's tail.
+WS_KEEP_MESSAGES = 256
 SWITCH_INTERVAL = 0.0005  # seconds; see SpendGate.load
 
 
@@ -251,10 +258,18 @@ class SpendGate:
             self._oversized.add(flow.client_conn.id)
             return
         auth = flow.metadata.get("proxyauth")
+        headers = _headers(req.headers)
+        if ws.is_upgrade(headers):  # a WebSocket: its turns are metered one by one, not the handshake
+            sroute = ws.socket_route(providers.route(req.host, req.path))
+            if sroute is not None:
+                flow.metadata[WS] = ws.SocketSession(
+                    self.gateway.meter, sroute, req.host, req.path, headers, proxy_user=auth[0] if auth else None,
+                    client_ip=flow.client_conn.peername[0] if flow.client_conn.peername else None)
+                return
         ex = self.gateway.meter.begin(
             host,
             req.path,
-            _headers(req.headers),
+            headers,
             req.raw_content or b"",
             proxy_user=auth[0] if auth else None,
             client_ip=flow.client_conn.peername[0] if flow.client_conn.peername else None,
@@ -332,7 +347,41 @@ class SpendGate:
         body = Body(raw, flow.response.headers.get("content-encoding", ""))  # parsed on the meter worker
         self.gateway.meter.finish(ex, body, bytes_out=len(raw))
 
+    # -- WebSocket hooks: per-turn admission and metering (spendgate.metering.websocket) --
+    def websocket_message(self, flow: http.HTTPFlow) -> None:
+        session: ws.SocketSession | None = flow.metadata.get(WS)
+        if session is None or flow.websocket is None or not flow.websocket.messages:
+            return
+        messages = flow.websocket.messages
+        msg = messages[-1]
+        if len(messages) > WS_KEEP_MESSAGES:  # mitmproxy keeps every message of a socket's life
+            del messages[: -(WS_KEEP_MESSAGES // 2)]
+        if msg.injected or not msg.is_text:
+            return
+        if not msg.from_client:
+            session.server_message(msg.content)
+            return
+        turn = session.client_message(msg.content)
+        if turn is None:
+            return
+        answer = self.gateway.admission.admit(turn.exchange) if self.gateway else refusal.unavailable(
+            session.route.provider, "the gateway is not ready")
+        if answer is None:
+            return
+        msg.drop()  # never forwarded: the provider sees nothing of a refused turn
+        session.refused(turn)
+        event = ws.SocketSession.refusal_event(answer.status, answer.body, answer.headers)
+        ctx.master.commands.call("inject.websocket", flow, True, event)
+
+    def websocket_end(self, flow: http.HTTPFlow) -> None:
+        session: ws.SocketSession | None = flow.metadata.get(WS)
+        if session is not None:
+            session.close()
+
     def error(self, flow: http.HTTPFlow) -> None:
+        session: ws.SocketSession | None = flow.metadata.get(WS)
+        if session is not None:
+            session.close("connection error")
         ex: Exchange | None = flow.metadata.get(META)
         if ex is None or ex.extra.get("blocked"):
             return

@@ -194,7 +194,7 @@ class Admission:
                     ex.extra.pop("step_down_plan", None)
         if not decision.admitted:
             ex.extra["refused_by"] = decision.exhausted  # named on the request's span (telemetry)
-            answer = refusal.over_budget(ex.dialect, decision.exhausted, decision.spent, now)
+            answer = refusal.over_budget(ex.dialect, decision.exhausted, decision.spent, now, ex.identity.client)
             return refuse(ex, answer, refusal.budget_message(decision.exhausted, decision.spent, now))
         if runway and policy.runway.rate_limits:
             tokens = self._estimated_usage(ex, ex.request.model)
@@ -278,6 +278,7 @@ def refuse(ex: Exchange, answer: refusal.Answer, reason: str | None = None) -> r
     """Mark the exchange blocked (recorded as a `blocked` row) and hand back the answer to send."""
     ex.extra.pop("request_path", None)
     ex.extra.pop("request_body", None)
+    answer = refusal.for_client(answer, ex.dialect, ex.identity.client)  # e.g. Codex: a 429 it stops on
     ex.extra["blocked"] = True
     ex.extra["blocked_reason"] = reason or answer.body.decode(errors="replace")[:300]
     ex.status = answer.status

@@ -73,10 +73,35 @@ _KINDS = {
 }
 
 
-def error_body(provider: str, message: str, *, kind: str = "budget", code: str | None = None) -> bytes:
+# Gemini CLI (packages/core/src/utils/googleQuotaErrors.ts, classifyGoogleError) retries every
+# 429 with backoff unless google.rpc details make it a TerminalQuotaError. The shape it reads as
+# terminal while keeping our message on screen: ErrorInfo reason QUOTA_EXHAUSTED from the Cloud
+# Code domain. (QuotaFailure "PerDay" ids are terminal too but replace the message with Google's
+# own words; RetryInfo alone is terminal only past 300 s.) RetryInfo still carries the real reset.
+GEMINI_TERMINAL_DOMAIN = "cloudcode-pa.googleapis.com"
+GEMINI_TERMINAL_REASON = "QUOTA_EXHAUSTED"
+
+
+def gemini_quota_details(budget: Budget, retry_after: int) -> list[dict]:
+    """google.rpc error details Gemini CLI classifies as a terminal quota (no retry)."""
+    return [
+        {"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": GEMINI_TERMINAL_REASON,
+         "domain": GEMINI_TERMINAL_DOMAIN,
+         "metadata": {"service": "spendgate", "scope": budget.scope, "window": budget.window}},
+        {"@type": "type.googleapis.com/google.rpc.QuotaFailure",
+         "violations": [{"subject": budget.scope, "description": "spendgate budget exhausted",
+                         "quotaId": f"SpendgateBudget-{budget.window}"}]},
+        {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": f"{retry_after}s"},
+    ]  # fmt: skip
+
+
+def error_body(provider: str, message: str, *, kind: str = "budget", code: str | None = None,
+               details: list[dict] | None = None, openai_type: str | None = None, extra: dict | None = None) -> bytes:
     """The provider's own error JSON shape for `kind` (budget, unavailable, rate_limit, forbidden).
 
-    `code` replaces the OpenAI-style `error.code` (e.g. unknown_user for a refused person).
+    `provider` is the API dialect (anthropic, gemini, bedrock, openai). `code` / `openai_type`
+    replace the OpenAI-style `error.code` / `error.type` (unknown_user; Codex's usage_limit_reached);
+    `details` are google.rpc details for Gemini; `extra` is merged into the error object.
     """
     anthropic_type, (gcode, gstatus), (otype, ocode) = _KINDS[kind]
     ocode = code or ocode
@@ -84,31 +109,60 @@ def error_body(provider: str, message: str, *, kind: str = "budget", code: str |
         doc: dict = {"type": "error", "error": {"type": anthropic_type, "message": message}}
     elif provider == "gemini":
         doc = {"error": {"code": gcode, "message": message, "status": gstatus}}
+        if details:
+            doc["error"]["details"] = details
     elif provider == "bedrock":  # AWS services answer {"message": ...}; the type goes in x-amzn-errortype
         doc = {"message": message}
     else:
-        doc = {"error": {"message": message, "type": otype, "param": None, "code": ocode}}
+        doc = {"error": {"message": message, "type": openai_type or otype, "param": None, "code": ocode}}
+    if extra and isinstance(doc.get("error"), dict):
+        doc["error"].update(extra)
     return json.dumps(doc).encode()
 
 
-def over_budget(provider: str, budget: Budget, spent: Decimal, now: datetime) -> Answer:
+# Codex (codex-rs/codex-api/src/api_bridge.rs) retries nothing on 429 but shows only "exceeded
+# retry limit, last status: 429" -- unless error.type is usage_limit_reached: then it stops the
+# turn for good and prints "You've hit your usage limit. <x-codex-promo-message>, or try again at
+# <error.resets_at>." Over its WebSocket the same body arrives as an error event with `headers`.
+CODEX_CLIENT = "codex"
+
+
+def over_budget(provider: str, budget: Budget, spent: Decimal, now: datetime, client: str | None = None) -> Answer:
+    """The 429 at the cap, in the provider's error shape; `client` picks a client's own reading."""
+    message = budget_message(budget, spent, now)
+    retry_after = seconds_until(budget.end, now)
     headers = {
         "content-type": "application/json",
         "x-should-retry": "false",
-        "retry-after": str(seconds_until(budget.end, now)),
+        "retry-after": str(retry_after),
         "x-spendgate-scope": budget.scope,
         "x-spendgate-window": budget.window,
         "x-spendgate-limit-usd": usd_plain(budget.limit),
         "x-spendgate-spent-usd": usd_plain(spent),
         "x-spendgate-resets-at": budget.end.isoformat().replace("+00:00", "Z"),
     }
-    return Answer(429, headers, error_body(provider, budget_message(budget, spent, now)))
+    if provider == "gemini":
+        body = error_body(provider, message, details=gemini_quota_details(budget, retry_after))
+    elif provider == "openai" and client == CODEX_CLIENT:
+        headers["x-codex-promo-message"] = message
+        body = error_body(provider, message, openai_type="usage_limit_reached",
+                          extra={"resets_at": int(budget.end.timestamp())})
+    else:
+        body = error_body(provider, message)
+    return Answer(429, headers, body)
 
 
 def unavailable(provider: str, message: str) -> Answer:
-    """Refusing because we cannot record spend (fail_closed) or price a model (unpriced: block)."""
+    """Refusing because we cannot record spend (fail_closed) or price a model (unpriced: block).
+
+    Gemini CLI retries a 503 like a 429 unless the details say terminal: they do (see above).
+    """
     headers = {"content-type": "application/json", "x-should-retry": "false"}
-    return Answer(503, headers, error_body(provider, f"spendgate: {message}", kind="unavailable"))
+    details = None
+    if provider == "gemini":
+        details = [{"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": GEMINI_TERMINAL_REASON,
+                    "domain": GEMINI_TERMINAL_DOMAIN, "metadata": {"service": "spendgate"}}]
+    return Answer(503, headers, error_body(provider, f"spendgate: {message}", kind="unavailable", details=details))
 
 
 def rate_limited(provider: str, message: str, retry_after: int, scope: str, kind: str) -> Answer:
@@ -152,3 +206,22 @@ def refused(provider: str, status: int, message: str, code: str) -> Answer:
                          "param": None, "code": code}}
     headers = {"content-type": "application/json", "x-should-retry": "false", "x-spendgate-refused": code}
     return Answer(status, headers, json.dumps(doc).encode())
+
+
+def for_client(answer: Answer, provider: str, client: str | None) -> Answer:
+    """The refusal in the shape the client treats as final.
+
+    Codex retries every 5xx (and its WebSocket error events with a 5xx status) several times, then
+    falls back to HTTPS and retries again; only 429 `usage_limit_reached` stops it at once with the
+    message on screen. So a 503 refusal (ledger failing, unpriced model blocked) reaches Codex as
+    that 429, with the same sentence. Every other answer passes unchanged.
+    """
+    if provider != "openai" or client != CODEX_CLIENT or answer.status < 500:
+        return answer
+    try:
+        message = json.loads(answer.body)["error"]["message"]
+    except (ValueError, KeyError, TypeError):
+        return answer
+    headers = {**answer.headers, "x-codex-promo-message": message}
+    body = error_body(provider, message, openai_type="usage_limit_reached", extra={"code": "gateway_unavailable"})
+    return Answer(429, headers, body)

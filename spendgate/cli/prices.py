@@ -222,7 +222,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     if result["unpriced_models"]:
         table("Models seen without a price (recorded as unpriced; add an override or update the catalogue)",
               result["unpriced_models"], ["provider", "model", "requests", "input_tokens", "output_tokens",
-                                          "first_seen", "last_seen"])  # fmt: skip
+                                          "fallback_charged_usd", "first_seen", "last_seen"],
+              money=["fallback_charged_usd"])  # fmt: skip
     elif ledger is not None:
         console.print("[green]Every model in the ledger has a price.[/]")
     if result["fallback_charged"]:

@@ -236,6 +236,20 @@ class Meter:
         if ex.route.adapter is not None:
             ex.served_tier = ex.route.adapter.served_tier(headers)
 
+    def begin_exchange(self, route: Route, request: RequestInfo, identity: Identity, bytes_in: int) -> Exchange:
+        """Start metering a call whose request was already read (a WebSocket turn)."""
+        ex = Exchange(
+            request_id=next(self._ids),
+            ts=self.now(),
+            started=self.clock(),
+            route=route,
+            request=request,
+            identity=identity,
+            bytes_in=bytes_in,
+        )
+        self._inflight[ex.request_id] = ex
+        return ex
+
     def stream_parser(self, ex: Exchange, path: str, content_type: str) -> StreamParser | None:
         adapter = ex.route.adapter
         if adapter is None or not adapter.is_stream_response(content_type, ex.request):

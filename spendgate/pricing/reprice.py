@@ -245,12 +245,14 @@ def request_row(cur: duckdb.DuckDBPyConnection, request_id: str) -> dict[str, An
 
 
 def unpriced_report(cur: duckdb.DuckDBPyConnection, since: datetime | None = None) -> dict[str, Any]:
-    """Models seen without a price, and rows whose budget charge came from a fallback rate."""
+    """Models seen in traffic without a price (requests, tokens, what the fallback rate charged to
+    budgets in USD), and rows whose budget charge came from a fallback rate."""
     cond, params = ("AND ts >= ?", [since]) if since else ("", [])
     missing = sql.rows(cur, f"""
         SELECT provider, coalesce(model, '(unknown)') AS model, count(*) AS requests,
                min(ts) AS first_seen, max(ts) AS last_seen,
-               sum(input_tokens) AS input_tokens, sum(output_tokens) AS output_tokens
+               sum(input_tokens) AS input_tokens, sum(output_tokens) AS output_tokens,
+               coalesce(sum(charged_usd), 0) AS fallback_charged_usd
         FROM requests WHERE outcome = 'unpriced' {cond} GROUP BY ALL ORDER BY requests DESC, model""", params)
     fallback = sql.rows(cur, f"""
         SELECT provider, coalesce(model, '(unknown)') AS model, outcome, count(*) AS requests,

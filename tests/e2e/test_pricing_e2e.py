@@ -193,6 +193,7 @@ def test_unknown_model_is_unpriced_and_check_lists_it(gateway, anthropic_client)
     assert D(str(row["charged_usd"])) == (1800 * D(15) + 450 * D(75)) / M
     report = cli_json(gateway, "prices", "check")
     assert [(m["model"], m["requests"]) for m in report["unpriced_models"]] == [("claude-imaginary-7", 1)]
+    assert D(str(report["unpriced_models"][0]["fallback_charged_usd"])) == D(str(row["charged_usd"]))
     assert report["fallback_charged"][0]["model"] == "claude-imaginary-7"
     assert "never $0" in gateway.cli("explain", row["request_id"], check=True).stdout
     assert gateway.cli("prices", "check", "--strict").returncode == 1

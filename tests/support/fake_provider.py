@@ -128,7 +128,8 @@ OPENAI_HOST = "api.openai.com"
 CHATGPT_HOST = "chatgpt.com"
 GEMINI_HOST = "generativelanguage.googleapis.com"
 OPENROUTER_HOST = "openrouter.ai"
-PROVIDER_HOSTS = {ANTHROPIC_HOST, OPENAI_HOST, CHATGPT_HOST, GEMINI_HOST, OPENROUTER_HOST}
+CODE_ASSIST_HOST = "cloudcode-pa.googleapis.com"  # Gemini CLI signed in with Google
+PROVIDER_HOSTS = {ANTHROPIC_HOST, OPENAI_HOST, CHATGPT_HOST, GEMINI_HOST, OPENROUTER_HOST, CODE_ASSIST_HOST}
 AZURE_MODEL = "gpt-4o-2024-11-20"  # what an Azure deployment answers as its model
 OPENROUTER_COST = 0.0123456  # USD, the provider-reported usage.cost
 
@@ -269,6 +270,23 @@ def parse_scenario(value: str | None, usage_header: str | None = None) -> Scenar
         else:
             sc.flags.add(part)
     return sc
+
+
+def schema_example(schema: dict) -> Any:
+    """A small value matching a JSON/OpenAPI schema (types upper- or lower-case)."""
+    kind = str(schema.get("type", "object")).lower()
+    if "enum" in schema and schema["enum"]:
+        return schema["enum"][0]
+    if kind == "object":
+        props = schema.get("properties") or {}
+        return {k: schema_example(v) for k, v in props.items() if isinstance(v, dict)}
+    if kind == "array":
+        return []
+    if kind in ("integer", "number"):
+        return max(1, int(schema.get("minimum", 1)))
+    if kind == "boolean":
+        return False
+    return "fake"
 
 
 class _Abort(Exception):
@@ -425,6 +443,89 @@ def sse(event: str | None, data: Any, crlf: bool = False) -> bytes:
     return f"{head}data: {payload}{nl}{nl}".encode()
 
 
+
+# --------------------------------------------------------------------------------------------
+# WebSocket (RFC 6455), enough for the Responses and Realtime sockets: text frames, close, ping
+
+_READERS: "dict[asyncio.StreamWriter, asyncio.StreamReader]" = {}
+WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+
+def reader_of(writer: asyncio.StreamWriter) -> asyncio.StreamReader:
+    return _READERS[writer]
+
+
+def ws_frame(opcode: int, payload: bytes) -> bytes:
+    """A server frame (unmasked, unfragmented)."""
+    n = len(payload)
+    if n < 126:
+        head = bytes([0x80 | opcode, n])
+    elif n < 65536:
+        head = bytes([0x80 | opcode, 126]) + n.to_bytes(2, "big")
+    else:
+        head = bytes([0x80 | opcode, 127]) + n.to_bytes(8, "big")
+    return head + payload
+
+
+async def ws_read_message(reader: asyncio.StreamReader) -> tuple[int, bytes] | None:
+    """The next whole message from a client (masked frames, maybe fragmented); None at EOF."""
+    opcode, parts = None, []
+    while True:
+        try:
+            b1, b2 = await reader.readexactly(2)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            return None
+        fin, op = b1 & 0x80, b1 & 0x0F
+        n = b2 & 0x7F
+        if n == 126:
+            n = int.from_bytes(await reader.readexactly(2), "big")
+        elif n == 127:
+            n = int.from_bytes(await reader.readexactly(8), "big")
+        mask = await reader.readexactly(4) if b2 & 0x80 else b"\0\0\0\0"
+        data = bytes(c ^ mask[i % 4] for i, c in enumerate(await reader.readexactly(n)))
+        if op >= 0x8:  # control frames may come between fragments
+            if not fin:
+                return None
+            return op, data
+        if op != 0:
+            opcode = op
+        parts.append(data)
+        if fin:
+            return opcode or 1, b"".join(parts)
+
+
+class _WSResponder:
+    """Stands in for `_Responder`: each SSE event becomes one WebSocket text message."""
+
+    def __init__(self, writer: asyncio.StreamWriter, scenario: Scenario):
+        self.writer = writer
+        self.scenario = scenario
+
+    async def start_stream(self, *_a, **_k) -> None:
+        pass
+
+    async def end_stream(self) -> None:
+        pass
+
+    async def send(self, obj: Any) -> None:
+        self.writer.write(ws_frame(1, json.dumps(obj, separators=(",", ":")).encode()))
+        await self.writer.drain()
+
+    async def chunk(self, data: bytes) -> None:
+        for line in data.decode().splitlines():
+            if line.startswith("data: "):
+                self.writer.write(ws_frame(1, line[6:].encode()))
+        await self.writer.drain()
+        if self.scenario.has("slow"):
+            await asyncio.sleep(0.05)
+
+    async def send_json(self, status: int, obj: Any, headers=None) -> None:
+        await self.send(obj)
+
+    async def cut(self) -> None:
+        await self.writer.drain()
+        raise _Abort()
+
 # --------------------------------------------------------------------------------------------
 # the server
 
@@ -451,6 +552,7 @@ class FakeProvider:
         self.errors: list[str] = []  # unexpected server-side exceptions
         self.canned: dict[tuple[str, str], tuple[int, str, bytes, list]] = {}  # see serve_raw
         self.port: int = 0
+        self.refuse_websocket = False  # True: WebSocket upgrades get a 404 (Codex then falls back to HTTPS)
         self._writers: set[asyncio.StreamWriter] = set()
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
@@ -566,6 +668,7 @@ class FakeProvider:
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._writers.add(writer)
+        _READERS[writer] = reader
         tunnel_host: str | None = None
         try:
             while True:
@@ -611,6 +714,7 @@ class FakeProvider:
             self.errors.append(repr(e))
         finally:
             self._writers.discard(writer)
+            _READERS.pop(writer, None)
             try:
                 writer.close()
             except Exception:
@@ -669,6 +773,10 @@ class FakeProvider:
             await self._provider_error(r, host if host in (ANTHROPIC_HOST, CHATGPT_HOST, GEMINI_HOST) else OPENAI_HOST,
                                        scenario.status)
             return keep_alive
+
+        if "websocket" in headers.get("upgrade", "").lower() and method == "GET" and not self.refuse_websocket:
+            await self._websocket(host, route, path, headers, reader_of(writer), writer, scenario)
+            return False  # the connection was the socket's; it is over now
 
         data = parsed if isinstance(parsed, dict) else {}
         if scenario.has("bomb"):  # a body that decodes to BOMB_BYTES (a compression bomb)
@@ -734,17 +842,27 @@ class FakeProvider:
                     {"id": "gpt-4.1", "object": "model", "created": 1744316542, "owned_by": "system"},
                 ]}, self._openai_headers())
                 return keep_alive
+        if host == ANTHROPIC_HOST and method == "GET" and route.startswith("/api/claude_code/"):
+            await r.send_json(200, {}, self._anthropic_headers())  # Claude Code's policy_limits / settings
+            return keep_alive
+        if host in (CHATGPT_HOST, OPENAI_HOST) and method == "GET" and route in (
+                "/backend-api/codex/models", "/v1/models") and "client_version" in query:
+            await r.send_json(200, {"models": []}, self._openai_headers())  # Codex's model catalogue
+            return keep_alive
         if host == CHATGPT_HOST and method == "POST" and route == "/backend-api/codex/responses":
             await self._responses(r, data)
             return keep_alive
         if host == GEMINI_HOST and method == "POST" and route.startswith("/v1beta/models/"):
             model, _, verb = route[len("/v1beta/models/"):].partition(":")
             if verb == "generateContent":
-                await self._gemini(r, model, stream=None)
+                await self._gemini(r, model, stream=None, data=data)
                 return keep_alive
             if verb == "streamGenerateContent":
-                await self._gemini(r, model, stream="sse" if query.get("alt") == ["sse"] else "array")
+                await self._gemini(r, model, stream="sse" if query.get("alt") == ["sse"] else "array", data=data)
                 return keep_alive
+        if host == CODE_ASSIST_HOST and method == "POST" and route.startswith("/v1internal:"):
+            await self._code_assist(r, route.split(":", 1)[1], data, query)
+            return keep_alive
         if host in PROVIDER_HOSTS:
             await self._provider_error(r, host, 404)
             return keep_alive
@@ -802,6 +920,111 @@ class FakeProvider:
                        503: "UNAVAILABLE"}.get(status, "INTERNAL")
             body = {"error": {"code": status, "message": f"fake {gstatus} ({status})", "status": gstatus}}
         await r.send_bytes(status, json.dumps(body).encode(), "application/json", extra)
+
+    # ---- WebSocket: Responses (api.openai.com, chatgpt.com codex) and Realtime
+
+    async def _websocket(self, host, route, path, headers, reader, writer, scenario: Scenario) -> None:
+        """Upgrade, then answer every ``response.create`` message with the full event sequence.
+
+        Per-turn scenario flags ride in the message's ``metadata.fake_scenario`` (tests only);
+        otherwise the handshake's ``x-fake-scenario`` applies. Every client message is recorded
+        in ``.requests`` with method ``WS``.
+        """
+        import base64
+        import hashlib
+
+        ws_routes = {(OPENAI_HOST, "/v1/responses"), (CHATGPT_HOST, "/backend-api/codex/responses"),
+                     (OPENAI_HOST, "/v1/realtime")}
+        if (host, route) not in ws_routes or not headers.get("sec-websocket-key"):
+            await _Responder(writer, Scenario(), False).send_bytes(
+                404, b'{"error": {"message": "no websocket here", "type": "invalid_request_error"}}',
+                "application/json")
+            return
+        if scenario.status and scenario.status >= 400:  # refuse the handshake itself
+            await self._provider_error(_Responder(writer, Scenario(), False), host, scenario.status)
+            return
+        accept = base64.b64encode(hashlib.sha1((headers["sec-websocket-key"] + WS_GUID).encode()).digest())
+        writer.write(b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\n"
+                     b"sec-websocket-accept: " + accept + b"\r\n\r\n")
+        await writer.drain()
+        realtime = route == "/v1/realtime"
+        model = (parse_qs(urlsplit(path).query).get("model") or ["gpt-realtime"])[0]
+        if realtime:
+            await _WSResponder(writer, scenario).send({"type": "session.created", "event_id": "event_fake0",
+                                                       "session": {"object": "realtime.session", "model": model}})
+        while True:
+            msg = await ws_read_message(reader)
+            if msg is None:
+                return
+            opcode, payload = msg
+            if opcode == 0x8:  # close: answer it and end
+                writer.write(ws_frame(0x8, payload[:2]))
+                await writer.drain()
+                return
+            if opcode == 0x9:
+                writer.write(ws_frame(0xA, payload))
+                await writer.drain()
+                continue
+            if opcode != 1:
+                continue
+            try:
+                data = json.loads(payload)
+            except ValueError:
+                data = None
+            sc = scenario
+            turn_flags = (data.get("metadata") or {}).get("fake_scenario") if isinstance(data, dict) else None
+            if isinstance(turn_flags, str):
+                sc = parse_scenario(turn_flags)
+            self.requests.append(ReceivedRequest(host=host, method="WS", path=path, headers=dict(headers),
+                                                 body=payload, json=data, scenario=sc))
+            if not isinstance(data, dict) or data.get("type") != "response.create":
+                continue
+            r = _WSResponder(writer, sc)
+            if realtime:
+                await self._realtime_turn(r, data)
+            else:
+                body = {k: v for k, v in data.items() if k != "type"}
+                body["stream"] = True
+                await self._responses(r, body)
+
+    async def _realtime_turn(self, r: _WSResponder, data: dict) -> None:
+        """A Realtime response: created, text deltas, response.done with the fixture's usage shape."""
+        sc = r.scenario
+        u = self._usage("responses", sc)
+        rid = "resp_fakeCCXHw0UJld10EzIUXQCNh"
+        await r.send({"type": "response.created", "event_id": "event_fake1",
+                      "response": {"object": "realtime.response", "id": rid, "status": "in_progress",
+                                   "output": [], "usage": None}})
+        for i, piece in enumerate(self._text_pieces(sc)):
+            if i == 2 and sc.has("cut"):
+                await r.cut()
+            await r.send({"type": "response.output_text.delta", "event_id": f"event_fake_d{i}", "response_id": rid,
+                          "item_id": "item_fake", "output_index": 0, "content_index": 0, "delta": piece})
+        await r.send({"type": "response.done", "event_id": "event_fake9", "response": {
+            "object": "realtime.response", "id": rid, "status": "completed", "status_details": None,
+            "output": [{"id": "item_fake", "type": "message", "status": "completed", "role": "assistant",
+                        "content": [{"type": "output_text", "text": "".join(self._text_pieces(sc))}]}],
+            "usage": {"total_tokens": u["input_tokens"] + u["output_tokens"], "input_tokens": u["input_tokens"],
+                      "output_tokens": u["output_tokens"],
+                      "input_token_details": {"text_tokens": u["input_tokens"], "audio_tokens": 0,
+                                              "cached_tokens": u["cached_tokens"]},
+                      "output_token_details": {"text_tokens": u["output_tokens"], "audio_tokens": 0}}}})
+
+    # ---- Code Assist (cloudcode-pa.googleapis.com), as Gemini CLI with a Google login uses it
+
+    async def _code_assist(self, r: _Responder, method: str, data: dict, query: dict) -> None:
+        if method in ("generateContent", "streamGenerateContent"):
+            model = data.get("model") or "gemini-2.5-pro"
+            stream = None if method == "generateContent" else ("sse" if query.get("alt") == ["sse"] else "array")
+            await self._gemini(r, model, stream=stream, data=data.get("request") or {}, wrap=True)
+        elif method == "loadCodeAssist":
+            await r.send_json(200, {"currentTier": {"id": "standard-tier", "name": "Gemini Code Assist"},
+                                    "allowedTiers": [{"id": "standard-tier", "isDefault": True}],
+                                    "cloudaicompanionProject": "fake-project-123"})
+        elif method == "onboardUser":
+            await r.send_json(200, {"done": True, "response": {"cloudaicompanionProject": {"id": "fake-project-123"}}})
+        else:  # metrics, quotas, experiments, admin controls: not model calls
+            await r.send_json(200, {})
 
     # ---- Anthropic
 
@@ -990,7 +1213,7 @@ class FakeProvider:
 
     # ---- OpenAI Responses (api.openai.com and chatgpt.com codex)
 
-    async def _responses(self, r: _Responder, data: dict) -> None:
+    async def _responses(self, r: "_Responder | _WSResponder", data: dict) -> None:
         sc = r.scenario
         model = data.get("model", "gpt-5")
         u = self._usage("responses", sc)
@@ -1065,10 +1288,17 @@ class FakeProvider:
 
     # ---- Gemini
 
-    async def _gemini(self, r: _Responder, model: str, stream: str | None) -> None:
+    async def _gemini(self, r: _Responder, model: str, stream: str | None, data: dict | None = None,
+                      wrap: bool = False) -> None:
         sc = r.scenario
         u = self._usage("gemini", sc)
         pieces = self._text_pieces(sc)
+        gen = (data or {}).get("generationConfig") or {}
+        schema = gen.get("responseJsonSchema") or gen.get("responseSchema")
+        if gen.get("responseMimeType") == "application/json" and isinstance(schema, dict):
+            # structured output (Gemini CLI's model router asks for it): JSON of that schema
+            text = json.dumps(schema_example(schema))
+            pieces = [text[: len(text) // 2], text[len(text) // 2:]]
         prompt, cached = u["promptTokenCount"], u["cachedContentTokenCount"]
         cand, thoughts = u["candidatesTokenCount"], u["thoughtsTokenCount"]
 
@@ -1090,8 +1320,9 @@ class FakeProvider:
             cand_obj: dict[str, Any] = {"content": {"parts": [{"text": text}], "role": "model"}, "index": 0}
             if last:
                 cand_obj["finishReason"] = "STOP"
-            return {"candidates": [cand_obj], "usageMetadata": usage_md(cands), "modelVersion": model,
-                    "responseId": "FakeH6LaZW8Fp_3nsEPqtaSwQ4"}
+            out = {"candidates": [cand_obj], "usageMetadata": usage_md(cands), "modelVersion": model,
+                   "responseId": "FakeH6LaZW8Fp_3nsEPqtaSwQ4"}
+            return {"response": out, "traceId": "fake-trace"} if wrap else out  # Code Assist wraps it
 
         if stream is None:
             await r.send_json(200, chunk("".join(pieces), cand, True))

@@ -33,6 +33,7 @@ from spendgate.metering.providers import (
     gemini,
     openai_chat,
     openai_extra,
+    openai_realtime,
     openai_responses,
     vertex,
 )
@@ -296,6 +297,8 @@ def openai_under(base: str, bare: str, table: dict[str, Adapter] = OPENAI_ENDPOI
 def _route_openai(provider: str, path: str, bare: str) -> Route:
     if bare == openai_responses.CODEX_RESPONSES_PATH:
         return _made(openai_responses.RESPONSES, provider)
+    if bare == openai_realtime.REALTIME_PATH:  # WebSocket only (spendgate.metering.websocket)
+        return _made(openai_realtime.REALTIME, provider)
     return _made(openai_under("/v1", bare), provider)
 
 

@@ -350,6 +350,13 @@ class JSONEventStreamParser(StreamParser):
         except Exception:  # a parser bug must never break the proxied stream
             self._result.garbled = True
 
+    def feed_message(self, text: str) -> None:
+        """One already-framed event: a WebSocket text message holds exactly one JSON event."""
+        try:
+            self._handle([SSEEvent(None, text)])
+        except Exception:
+            self._result.garbled = True
+
     def close(self) -> None:
         try:
             if self._sse is not None:

@@ -130,13 +130,15 @@ class CodeAssistAdapter(GeminiAdapter):
     provider = "code-assist"
 
     def parse_request(self, path: str, body: bytes) -> RequestInfo:
+        # the Gemini reading gives the body's model and Gemini CLI's session facts (user_prompt_id,
+        # request.session_id, as body hints); the output cap and the method are Code Assist's own
+        info = super().parse_request(path, body)
+        if info.malformed:
+            return info
         try:
-            obj, info = parse_json_request(body, (), ("request",))
-            if info.malformed:
-                return info
+            obj, _ = parse_json_request(body, (), ("request",))
             info.stream = self.endpoint == "streamGenerateContent"
-            config = dig(obj, "request", "generationConfig")
-            cap = dig(config, "maxOutputTokens")
+            cap = dig(obj, "request", "generationConfig", "maxOutputTokens")
             info.max_output_tokens = as_int(cap) if cap is not None else None
             return info
         except Exception:

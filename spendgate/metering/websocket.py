@@ -1,0 +1,254 @@
+"""Model calls over a WebSocket: one ledger row per turn, never one per socket.
+
+Codex runs its turns over ``wss://api.openai.com/v1/responses`` (and chatgpt.com's
+``/backend-api/codex/responses``): each ``response.create`` message up is one model call, the
+Responses event stream comes down as one JSON event per message and ends with
+``response.completed`` / ``.incomplete`` / ``.failed`` (or an ``error`` event). OpenAI Realtime
+(``/v1/realtime``) is the same idea with ``response.done``.
+
+A `SocketSession` lives as long as the socket. The proxy edge hands it every text message:
+
+* `client_message` returns a `Turn` for each ``response.create``: the edge asks admission
+  (budgets) about ``turn.exchange`` before forwarding the message, and drops it when refused,
+  sending `refusal_event` to the client instead.
+* `server_message` feeds the open turn's parser and finishes the turn (hands it to the meter)
+  when the response ends.
+* `close` finishes every turn still open as cut: usage estimated, like an interrupted stream.
+
+Everything here is in-memory work on the proxy's event loop; pricing and the ledger happen on
+the meter's worker, so messages are never held back by metering. The handshake itself is not a
+model call and makes no row.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from spendgate.metering.meter import CHARS_PER_TOKEN, Exchange, Meter
+from spendgate.metering.providers import openai_realtime, openai_responses
+from spendgate.metering.providers.base import Adapter, Route, StreamParser
+
+log = logging.getLogger(__name__)
+
+RESPONSES_WS = "responses.websocket"  # ledger endpoint of a Responses turn over a WebSocket
+CREATE = "response.create"
+_TYPE = re.compile(rb'"type"\s*:\s*"([^"]{1,80})"')
+_CONTINUES = re.compile(rb'"previous_response_id"\s*:\s*"')
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # larger messages are passed on, not parsed
+
+
+def is_upgrade(headers: Mapping[str, str]) -> bool:
+    """A WebSocket handshake (headers lower-cased)."""
+    return "websocket" in headers.get("upgrade", "").lower()
+
+
+def socket_route(route: Route | None) -> Route | None:
+    """The WebSocket flavour of an HTTP route, or None when turns on it are not metered."""
+    if route is None or route.adapter is None:
+        return None
+    if route.adapter is openai_responses.RESPONSES:
+        return Route(route.adapter, route.provider, RESPONSES_WS, dict(route.extra))
+    if route.adapter is openai_realtime.REALTIME:
+        return route
+    return None
+
+
+def event_type(data: bytes) -> str | None:
+    """The ``type`` of a JSON event, read from its first bytes without parsing the whole message.
+
+    Responses events put ``type`` first; ``response.created`` can carry 30 KB of instructions we
+    never need to build.
+    """
+    if data.startswith(b'{"type":"'):  # compact JSON, type first: what OpenAI and Codex send
+        m = _TYPE.match(data, 1, 200)
+        if m is not None:
+            return m.group(1).decode("utf-8", "replace")
+    try:  # "type" is not the first member: read the whole event (rare)
+        obj = json.loads(data)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return None
+    kind = obj.get("type") if isinstance(obj, dict) else None
+    return kind if isinstance(kind, str) else None
+
+
+@dataclass(slots=True)
+class Turn:
+    """One model call over the socket (one ``response.create``)."""
+
+    exchange: Exchange
+    parser: StreamParser
+    admitted: bool = True  # False once refused: it never reaches the provider
+    started: bool = False  # the provider began answering (response.created or any event)
+
+
+class SocketSession:
+    """Meters the turns of one WebSocket connection to a provider."""
+
+    def __init__(
+        self,
+        meter: Meter,
+        route: Route,
+        host: str,
+        path: str,
+        headers: Mapping[str, str],
+        *,
+        proxy_user: str | None = None,
+        client_ip: str | None = None,
+    ) -> None:
+        self.meter = meter
+        self.route = route
+        self.host = host
+        self.path = path
+        self.headers = dict(headers)
+        self.proxy_user = proxy_user
+        self.client_ip = client_ip
+        self.realtime = route.adapter is openai_realtime.REALTIME
+        self.model: str | None = openai_realtime.url_model(path) if self.realtime else None
+        self.open: deque[Turn] = deque()  # admitted turns the provider has not finished, oldest first
+        self.turns = 0
+        self.context_tokens = 0  # the last finished turn's input + output: what a continuation re-reads
+
+    @property
+    def adapter(self) -> Adapter:
+        assert self.route.adapter is not None
+        return self.route.adapter
+
+    # -- client -> provider --
+    def client_message(self, data: bytes) -> Turn | None:
+        """A message from the client; a new `Turn` when it asks for a response. Never raises."""
+        try:
+            if len(data) > MAX_MESSAGE_BYTES or event_type(data) != CREATE:
+                return None
+            return self._begin(data)
+        except Exception:  # a bug here must never break the socket
+            log.exception("spendgate: cannot read a WebSocket request message")
+            return None
+
+    def _begin(self, data: bytes, admitted: bool = True) -> Turn:
+        query = self.path.partition("?")[2]
+        request = self.adapter.parse_request(self.path, data)
+        request.stream = True
+        if self.context_tokens and (self.realtime or _CONTINUES.search(data)):
+            # a continuation sends only the new input; the model reads the whole conversation, so
+            # the estimate (admission, and the usage of a turn cut short) counts what came before
+            request.input_bytes += self.context_tokens * CHARS_PER_TOKEN
+        if request.model is None:
+            request.model = self.model
+        identity = self.meter.identify(self.headers, query, self.proxy_user, self.client_ip)
+        ex = self.meter.begin_exchange(self.route, request, identity, len(data))
+        parser = self.adapter.stream_parser(self.path)
+        ex.parser = parser
+        turn = Turn(ex, parser, admitted=admitted)
+        self.turns += 1
+        self.open.append(turn)
+        return turn
+
+    def refused(self, turn: Turn) -> None:
+        """Admission said no: the message was dropped; record the refusal as the turn's row."""
+        turn.admitted = False
+        turn.exchange.extra.setdefault("blocked", True)
+        try:
+            self.open.remove(turn)
+        except ValueError:
+            pass
+        self.meter.finish(turn.exchange, None)
+
+    @staticmethod
+    def refusal_event(status: int, body: bytes, headers: Mapping[str, str]) -> bytes:
+        """The error event a client reads as a failed request: the HTTP refusal, wrapped.
+
+        Codex maps ``{"type": "error", "status": N, "error": {...}, "headers": {...}}`` to the
+        HTTP error it would have got for a POST; Realtime clients read ``error.message``.
+        """
+        try:
+            error = json.loads(body).get("error")
+        except (ValueError, AttributeError):
+            error = None
+        if not isinstance(error, dict):
+            error = {"type": "error", "message": body.decode("utf-8", "replace")}
+        event = {"type": "error", "status": status, "error": error, "headers": dict(headers)}
+        return json.dumps(event).encode()
+
+    # -- provider -> client --
+    def server_message(self, data: bytes) -> None:
+        """A message from the provider: feed the open turn; finish it at its end. Never raises."""
+        try:
+            self._server_message(data)
+        except Exception:
+            log.exception("spendgate: cannot read a WebSocket event")
+
+    def _server_message(self, data: bytes) -> None:
+        if len(data) > MAX_MESSAGE_BYTES:
+            return
+        kind = event_type(data)
+        if kind is None:
+            return
+        if self.realtime and kind in ("session.created", "session.updated"):
+            self._session_model(data)
+            return
+        if not kind.startswith("response.") and kind != "error":
+            return  # rate limits, session, conversation and audio-buffer events: not a turn's
+        if not self.open:
+            if kind == "response.created" and self.realtime:
+                self._begin(b"", admitted=False)  # the server started a response on its own (voice)
+            else:
+                return
+        turn = self.open[0]
+        ex = turn.exchange
+        if not turn.started:
+            turn.started = True
+            ex.status = 200
+            ex.headers_at = ex.first_byte_at = self.meter.clock()
+        if kind.endswith("audio.delta") and "transcript" not in kind:
+            return  # Realtime audio chunks: large base64, nothing to count (usage comes at the end)
+        text = data.decode("utf-8", "replace")
+        turn.parser.feed_message(text)
+        if kind == "error":
+            if self.realtime and turn.parser.result().events > 1:
+                return  # a Realtime error inside a running response: response.done still comes
+            ex.status = _error_status(text)
+            self._finish(turn, None)
+        elif turn.parser.result().complete:
+            self._finish(turn, None)
+
+    def _session_model(self, data: bytes) -> None:
+        try:
+            model = json.loads(data).get("session", {}).get("model")
+        except (ValueError, AttributeError):
+            return
+        if isinstance(model, str) and model:
+            self.model = model
+
+    def _finish(self, turn: Turn, ended: str | None) -> None:
+        try:
+            self.open.remove(turn)
+        except ValueError:
+            pass
+        result = turn.parser.result()
+        if result.usage is not None and result.usage_final:
+            self.context_tokens = result.usage.input_tokens + result.usage.output_tokens
+        self.meter.finish(turn.exchange, result, ended=ended)
+
+    def close(self, reason: str = "websocket closed") -> int:
+        """The socket ended: every turn still open is finished as cut (usage estimated)."""
+        n = 0
+        while self.open:
+            turn = self.open[0]
+            self._finish(turn, f"{reason} before the response completed")
+            n += 1
+        return n
+
+
+def _error_status(text: str) -> int:
+    """The HTTP-like status of an ``error`` event (Codex's wrapped errors carry one), else 400."""
+    try:
+        obj = json.loads(text)
+    except ValueError:
+        return 400
+    status = obj.get("status", obj.get("status_code")) if isinstance(obj, dict) else None
+    return status if isinstance(status, int) and not isinstance(status, bool) and 400 <= status < 600 else 400

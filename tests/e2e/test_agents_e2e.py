@@ -1,0 +1,293 @@
+"""The real coding-agent CLIs, non-interactively, through a real mitmdump in front of the fake provider.
+
+Pinned CLIs come from npm via scripts/ensure-agents (.cache/agents): Claude Code 2.1.197,
+Codex 0.171.0 (its WebSocket transport, and HTTPS when the socket is refused), Gemini CLI 0.61.0.
+Each gets its answer and every model call is metered with tokens, charge, client and (where the
+client sends one) session id. At the cap each exits non-zero soon after our refusal, with our
+message on screen, and the provider sees none of the refused calls.
+
+Every CLI runs with HOME in a temp dir, all traffic through HTTPS_PROXY to the loopback gateway
+(whose upstream is the fake provider: nothing leaves the machine), telemetry and updates off.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from tests.support import ANTHROPIC_KEY, GEMINI_KEY, OPENAI_KEY
+
+REPO = Path(__file__).resolve().parents[2]
+AGENTS = Path(os.environ.get("SPENDGATE_AGENTS_DIR", REPO / ".cache" / "agents")) / "node_modules" / ".bin"
+ANSWER = "I'm a fake provider answering deterministically."
+CAP_MESSAGE = "spendgate: spend limit reached (daily budget of user tester"
+AFTER_REFUSAL_S = 10  # the issue's bar: exit within 10 s of the refusal
+RUN_TIMEOUT_S = 120  # a CLI that retries or hangs fails here instead
+
+pytestmark = pytest.mark.skipif(
+    not (AGENTS / "codex").exists() and not os.environ.get("CI"),
+    reason="agent CLIs not installed (run scripts/ensure-agents)",
+)  # on CI scripts/test installs them, so a missing one fails
+
+
+def cap_policy(tmp_path):
+    p = tmp_path / "cap.yaml"
+    p.write_text("version: 1\ntimezone: UTC\ndefaults: {user: {day: 0.0001}}\n")
+    return p
+
+
+def agent_env(gw, home: Path) -> dict[str, str]:
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(home), "TERM": "dumb", "NO_COLOR": "1",
+        "TMPDIR": str(home / "tmp"),  # Gemini CLI writes error reports there
+        **gw.env(),
+        "NODE_EXTRA_CA_CERTS": gw.ca_file, "CODEX_CA_CERTIFICATE": gw.ca_file,
+        # no telemetry, no update checks, no side traffic
+        "DISABLE_TELEMETRY": "1", "DISABLE_AUTOUPDATER": "1", "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+        "DISABLE_ERROR_REPORTING": "1", "GEMINI_TELEMETRY_ENABLED": "false", "GEMINI_CLI_TRUST_WORKSPACE": "true",
+        "ANTHROPIC_API_KEY": ANTHROPIC_KEY, "CODEX_API_KEY": OPENAI_KEY, "GEMINI_API_KEY": GEMINI_KEY,
+    }
+    return env
+
+
+COMMANDS = {
+    "claude-code": ["claude", "-p", "say hi"],
+    "codex": ["codex", "exec", "--skip-git-repo-check", "say hi"],
+    "gemini-cli": ["gemini", "-p", "say hi"],
+    "gemini-cli-google": ["gemini", "-p", "say hi"],
+}
+GOOGLE_LOGIN = {  # Gemini CLI signed in with a Google account: Code Assist on cloudcode-pa
+    "GOOGLE_GENAI_USE_GCA": "true", "GOOGLE_CLOUD_ACCESS_TOKEN": "ya29.test-SECRET-oauth",
+    "GOOGLE_CLOUD_PROJECT": "fake-project-123",
+}
+
+
+def run_agent(client: str, gw, tmp_path, *extra: str) -> tuple[subprocess.CompletedProcess, float]:
+    """Run one CLI to its end; (the process, the wall-clock time it ended)."""
+    home = tmp_path / f"home-{client}"
+    (home / "tmp").mkdir(parents=True, exist_ok=True)
+    exe, *args = COMMANDS[client]
+    args = [*args[:-2], *extra, *args[-2:]]  # options before the last flag and the prompt
+    env = agent_env(gw, home)
+    if client == "gemini-cli-google":
+        del env["GEMINI_API_KEY"]
+        env.update(GOOGLE_LOGIN)
+    cp = subprocess.run([str(AGENTS / exe), *args], env=env, cwd=str(home), capture_output=True,
+                        text=True, timeout=RUN_TIMEOUT_S, stdin=subprocess.DEVNULL)
+    return cp, time.time()
+
+
+def _utc(ts: str) -> datetime:
+    dt = datetime.fromisoformat(ts)
+    return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
+
+
+def assert_no_secret_kept(gw) -> None:
+    """No credential a CLI sent reaches the gateway's log or its ledger file (fingerprints only)."""
+    gw.stop()
+    kept = gw.log_text().encode() + gw.db.read_bytes()
+    for secret in (ANTHROPIC_KEY, OPENAI_KEY, GEMINI_KEY, GOOGLE_LOGIN["GOOGLE_CLOUD_ACCESS_TOKEN"]):
+        assert secret.encode() not in kept, secret
+
+
+def model_rows(rows):
+    return [r for r in rows if r["outcome"] != "unmetered"]
+
+
+def model_calls(fake):
+    """What reached the provider as a model call: POSTs to model endpoints, and WebSocket requests."""
+    return [r for r in fake.requests if r.method in ("POST", "WS") and (
+        r.host != "cloudcode-pa.googleapis.com" or r.route in CODE_ASSIST_MODEL_CALLS)]
+
+
+CODE_ASSIST_MODEL_CALLS = ("/v1internal:generateContent", "/v1internal:streamGenerateContent")  # not loadCodeAssist &c
+
+
+def assert_stopped_at_cap(cp, ended_at, gw, fake, client, message=CAP_MESSAGE):
+    out = cp.stdout + cp.stderr
+    assert cp.returncode != 0, out
+    assert message in out, out
+    if message == CAP_MESSAGE:
+        assert "spendgate request --amount" in out, out
+    assert model_calls(fake) == [], [(r.method, r.path) for r in model_calls(fake)]
+    rows = model_rows(gw.ledger(wait_for=1))
+    assert rows and {r["outcome"] for r in rows} == {"blocked"}, rows
+    assert {r["client"] for r in rows} == {client.removesuffix("-google")}
+    first_refusal = min(_utc(r["ts"]).timestamp() for r in rows)
+    print(f"{client}: exit {cp.returncode} {ended_at - first_refusal:.1f} s after the first refusal, "
+          f"{len(rows)} refused calls")  # the figures docs/clients.md quotes (pytest -s)
+    assert ended_at - first_refusal < AFTER_REFUSAL_S, (ended_at - first_refusal, len(rows), out[-2000:])
+    return rows, out
+
+
+# --- Claude Code -----------------------------------------------------------------------------
+
+
+def test_claude_code_answers_and_every_call_is_metered(gateway, fake_provider, tmp_path):
+    cp, _ = run_agent("claude-code", gateway, tmp_path)
+    assert cp.returncode == 0, cp.stdout + cp.stderr
+    assert ANSWER in cp.stdout
+    calls = model_calls(fake_provider)
+    rows = model_rows(gateway.ledger(wait_for=len(calls)))
+    assert len(rows) == len(calls) >= 1
+    for r in rows:
+        assert (r["endpoint"], r["outcome"], r["client"]) == ("messages", "ok", "claude-code")
+        assert (r["input_tokens"], r["cache_read_tokens"], r["output_tokens"]) == (1800, 300, 450)
+        assert float(r["charged_usd"]) > 0 and r["session_id"]
+    sent = {c.headers.get("x-claude-code-session-id") for c in calls}
+    assert {r["session_id"] for r in rows} == sent
+    assert_no_secret_kept(gateway)
+
+
+def test_claude_code_stops_at_the_cap_with_our_message(tmp_path, gateway_factory, fake_provider):
+    gw = gateway_factory(policy=cap_policy(tmp_path)).start()
+    cp, ended = run_agent("claude-code", gw, tmp_path)
+    rows, out = assert_stopped_at_cap(cp, ended, gw, fake_provider, "claude-code")
+    assert "429" in out and len(rows) == 1  # no retry
+
+
+# --- Codex: WebSocket first, HTTPS when the socket is refused ---------------------------------
+
+
+def test_codex_over_websocket_answers_and_every_turn_is_metered(gateway, fake_provider, tmp_path):
+    cp, _ = run_agent("codex", gateway, tmp_path)
+    assert cp.returncode == 0, cp.stdout + cp.stderr
+    assert ANSWER in cp.stdout
+    turns = [r for r in fake_provider.requests if r.method == "WS" and r.json.get("type") == "response.create"]
+    assert turns and not [r for r in fake_provider.requests if r.method == "POST"]
+    rows = model_rows(gateway.ledger(wait_for=len(turns)))
+    assert len(rows) == len(turns)  # one row per turn; the handshakes make none
+    session = re.search(r"session id: (\S+)", cp.stdout + cp.stderr).group(1)
+    for r in rows:
+        assert (r["endpoint"], r["client"], r["session_id"]) == ("responses.websocket", "codex", session)
+        assert r["model"] == turns[0].json["model"] and r["status"] == 200
+        assert (r["input_tokens"], r["cache_read_tokens"], r["output_tokens"]) == (2000, 500, 700)
+        assert r["outcome"] in ("ok", "unpriced") and float(r["charged_usd"]) > 0
+    # the model Codex ships with may be newer than the pinned catalogue: `prices check` says so
+    unpriced = [r for r in rows if r["outcome"] == "unpriced"]
+    if unpriced:
+        report = json.loads(gateway.cli("prices", "check", "--json", check=True).stdout)
+        (m,) = [m for m in report["unpriced_models"] if m["model"] == unpriced[0]["model"]]
+        assert m["requests"] == len(unpriced)
+        assert abs(float(m["fallback_charged_usd"]) - sum(float(r["charged_usd"]) for r in unpriced)) < 1e-9
+    assert_no_secret_kept(gateway)
+
+
+def test_codex_over_websocket_stops_at_the_cap_with_our_message(tmp_path, gateway_factory, fake_provider):
+    gw = gateway_factory(policy=cap_policy(tmp_path)).start()
+    cp, ended = run_agent("codex", gw, tmp_path)
+    rows, out = assert_stopped_at_cap(cp, ended, gw, fake_provider, "codex")
+    assert {r["endpoint"] for r in rows} == {"responses.websocket"}  # refused inside the socket
+    assert "You've hit your usage limit" in out.replace("\u2019", "'")
+    assert [r for r in fake_provider.requests if r.method == "GET" and r.route == "/v1/responses"]  # sockets opened
+
+
+def test_codex_over_https_answers_and_stops_at_the_cap(tmp_path, gateway_factory, fake_provider):
+    fake_provider.refuse_websocket = True
+    try:
+        gw = gateway_factory("open").start()
+        cp, _ = run_agent("codex", gw, tmp_path)
+        assert cp.returncode == 0 and ANSWER in cp.stdout, cp.stdout + cp.stderr
+        (row,) = model_rows(gw.ledger(wait_for=1))
+        assert (row["endpoint"], row["client"], row["output_tokens"]) == ("responses", "codex", 700)
+        assert row["session_id"] and float(row["charged_usd"]) > 0
+        gw.stop()
+        fake_provider.reset()
+        capped = gateway_factory("capped", policy=cap_policy(tmp_path)).start()
+        cp, ended = run_agent("codex", capped, tmp_path)
+        rows, _ = assert_stopped_at_cap(cp, ended, capped, fake_provider, "codex")
+        assert {r["endpoint"] for r in rows} == {"responses"} and len(rows) == 1  # no retry
+    finally:
+        fake_provider.refuse_websocket = False
+
+
+# --- Gemini CLI ------------------------------------------------------------------------------
+
+
+def test_gemini_cli_answers_and_every_call_is_metered(gateway, fake_provider, tmp_path):
+    cp, _ = run_agent("gemini-cli", gateway, tmp_path)
+    assert cp.returncode == 0, cp.stdout + cp.stderr
+    assert ANSWER in cp.stdout
+    calls = model_calls(fake_provider)
+    rows = model_rows(gateway.ledger(wait_for=len(calls)))
+    assert len(rows) == len(calls) >= 2  # the router's JSON call, then the streamed answer
+    assert {r["endpoint"] for r in rows} == {"generateContent", "streamGenerateContent"}
+    for r in rows:
+        assert (r["outcome"], r["client"]) == ("ok", "gemini-cli")
+        assert (r["input_tokens"], r["cache_read_tokens"], r["output_tokens"]) == (3000, 1000, 800)
+        assert float(r["charged_usd"]) > 0
+    assert_no_secret_kept(gateway)
+
+
+def test_gemini_cli_stops_at_the_cap_with_our_message_and_no_retry(tmp_path, gateway_factory, fake_provider):
+    gw = gateway_factory(policy=cap_policy(tmp_path)).start()
+    cp, ended = run_agent("gemini-cli", gw, tmp_path)
+    rows, out = assert_stopped_at_cap(cp, ended, gw, fake_provider, "gemini-cli")
+    assert "TerminalQuotaError" in out and "Retrying with backoff" not in out
+    assert len(rows) <= 2  # the router's call and the main call, each refused once
+
+
+# --- Gemini CLI signed in with Google (Code Assist, cloudcode-pa.googleapis.com) ---------------
+
+
+def test_gemini_cli_google_login_answers_and_every_call_is_metered(gateway, fake_provider, tmp_path):
+    cp, _ = run_agent("gemini-cli-google", gateway, tmp_path)
+    assert cp.returncode == 0, cp.stdout + cp.stderr
+    assert ANSWER in cp.stdout
+    calls = model_calls(fake_provider)
+    assert {c.host for c in calls} == {"cloudcode-pa.googleapis.com"}
+    rows = model_rows(gateway.ledger(wait_for=len(calls)))
+    assert len(rows) == len(calls) >= 2  # router call and streamed answer; loadCodeAssist & co. unmetered
+    sessions = {c.json["request"]["session_id"] for c in calls}
+    for r in rows:
+        assert (r["provider"], r["client"]) == ("gemini", "gemini-cli")
+        assert r["endpoint"] in ("generateContent", "streamGenerateContent")
+        assert (r["input_tokens"], r["cache_read_tokens"], r["output_tokens"]) == (3000, 1000, 800)
+        assert float(r["charged_usd"]) > 0 and r["session_id"] in sessions
+        assert r["model"] in {c.json["model"] for c in calls}
+        assert r["key_fingerprint"].startswith("sha256:")  # the OAuth token, fingerprinted
+    assert_no_secret_kept(gateway)
+
+
+def test_gemini_cli_google_login_stops_at_the_cap(tmp_path, gateway_factory, fake_provider):
+    gw = gateway_factory(policy=cap_policy(tmp_path)).start()
+    cp, ended = run_agent("gemini-cli-google", gw, tmp_path)
+    rows, out = assert_stopped_at_cap(cp, ended, gw, fake_provider, "gemini-cli-google")
+    assert "TerminalQuotaError" in out and len(rows) <= 2
+
+
+# --- the other refusal: a model without a price when the policy blocks unpriced models (503) ---
+# Codex retries a 503 (over the socket, then over HTTPS) and Gemini CLI retries it with backoff;
+# each gets the shape it treats as final instead (spendgate.budgets.refusal.for_client/unavailable).
+
+UNKNOWN = "spendgate: model '{}' has no known price and the policy blocks unpriced models"
+
+
+def block_unpriced(tmp_path):
+    p = tmp_path / "block.yaml"
+    p.write_text("version: 1\ntimezone: UTC\nunpriced: block\n")
+    return p
+
+
+def test_codex_stops_at_once_on_a_blocked_unpriced_model(tmp_path, gateway_factory, fake_provider):
+    gw = gateway_factory(policy=block_unpriced(tmp_path)).start()
+    cp, ended = run_agent("codex", gw, tmp_path, "-m", "spendgate-unknown-model-1")
+    rows, out = assert_stopped_at_cap(cp, ended, gw, fake_provider, "codex",
+                                      UNKNOWN.format("spendgate-unknown-model-1"))
+    assert len(rows) <= 2 and {r["endpoint"] for r in rows} == {"responses.websocket"}  # no retry, no fallback
+
+
+def test_gemini_cli_stops_at_once_on_a_blocked_unpriced_model(tmp_path, gateway_factory, fake_provider):
+    gw = gateway_factory(policy=block_unpriced(tmp_path)).start()
+    cp, ended = run_agent("gemini-cli", gw, tmp_path, "-m", "gemini-unknown-model-1")
+    rows, out = assert_stopped_at_cap(cp, ended, gw, fake_provider, "gemini-cli",
+                                      UNKNOWN.format("gemini-unknown-model-1"))
+    assert "TerminalQuotaError" in out and "Retrying with backoff" not in out
+    assert [r["status"] for r in rows if r["model"] == "gemini-unknown-model-1"] == [503]
