@@ -1,0 +1,142 @@
+"""Budget counters shared by every gateway replica, in the PostgreSQL store.
+
+`SharedCounters` is a `CounterStore` over `spendgate.store.postgres.PostgresStore`: the replica
+still works out which budgets cover a request and their limits (policy + grants), and the store
+reserves on all of them or none in one round trip. `LeaseKeeper` is the replica's background
+thread: it renews the leases of this replica's open reservations, reaps the expired ones of dead
+replicas (charged `interrupted`), and retries settlements the store missed while it was away.
+
+Every call here may wait on the network: the gateway makes them from worker threads, never from
+the proxy's event loop (see `CounterStore.shared`).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from decimal import Decimal
+
+from spendgate.budgets.book import ZERO, Budget, Counter, CounterKey, Reservation, Reserved, Ticket
+from spendgate.store.ledger import LedgerRow
+from spendgate.store.postgres import PostgresStore, StoreUnavailable
+
+log = logging.getLogger(__name__)
+
+MAX_PENDING = 100_000  # settlements kept for retry while the store is away (then the reaper charges them)
+
+
+class SharedCounters:
+    shared = True
+
+    def __init__(self, store: PostgresStore) -> None:
+        self.pg = store
+        self._pending: list[tuple[str, Decimal, LedgerRow | None]] = []  # (request id, actual, row) to retry
+        self._lock = threading.Lock()
+
+    def try_reserve(self, budgets: list[Budget], amount: Decimal, ticket: Ticket | None = None) -> Reserved:
+        """One round trip; raises StoreUnavailable (the gateway applies `on_store_error`)."""
+        if not budgets:
+            return Reserved(None, [])
+        if ticket is None:
+            raise ValueError("the shared store keys reservations by request id: pass a Ticket")
+        states = self.pg.admit(ticket.request_id, [(b.scope, b.window, b.start, b.limit) for b in budgets], amount,
+                               policy_sha256=ticket.policy_sha256, record=ticket.record)
+        refused = next((i for i, s in enumerate(states) if s.refused), None)
+        return Reserved(refused, [Counter(s.spent, s.reserved) for s in states])
+
+    def settle(self, res: Reservation, actual: Decimal, row: LedgerRow | None = None) -> None:
+        """Exactly once in the store; while it is away, kept and retried by the LeaseKeeper."""
+        self._settle_or_keep(res.id, actual, row)
+
+    def record(self, row: LedgerRow) -> None:
+        self._settle_or_keep(row.request_id, row.charged_usd or ZERO, row)
+
+    def _settle_or_keep(self, request_id: str, actual: Decimal, row: LedgerRow | None) -> None:
+        try:
+            self.pg.settle(request_id, actual, row)
+        except StoreUnavailable as e:
+            with self._lock:
+                if len(self._pending) < MAX_PENDING:
+                    self._pending.append((request_id, actual, row))
+                    log.error("spendgate: cannot settle %s in the store (%s); will retry", request_id, e)
+                else:  # the reservation's lease runs out and another replica charges it `interrupted`
+                    log.error("spendgate: settlement retry queue full; %s left to the reaper", request_id)
+
+    def retry_pending(self) -> int:
+        """Settle what the store missed; stops at the first failure (still away). How many went in."""
+        with self._lock:
+            pending, self._pending = self._pending, []
+        done = 0
+        for i, (rid, actual, row) in enumerate(pending):
+            try:
+                self.pg.settle(rid, actual, row)
+                done += 1
+            except StoreUnavailable:
+                with self._lock:
+                    self._pending[:0] = pending[i:]
+                break
+        return done
+
+    @property
+    def pending(self) -> int:
+        with self._lock:
+            return len(self._pending)
+
+    def add(self, key: CounterKey, amount: Decimal) -> None:
+        self.pg.add(key, amount)
+
+    def get(self, key: CounterKey) -> Counter:
+        spent, reserved = self.pg.counters([key]).get(key, (ZERO, ZERO))
+        return Counter(spent, reserved)
+
+    def prune(self, keep: Callable[[CounterKey], bool]) -> int:
+        """Old windows stay in the store: one small row each, and the history is shared."""
+        return 0
+
+    def items(self) -> list[tuple[CounterKey, Counter]]:
+        """Counters of windows that started in the last 31 days (what budget listings need)."""
+        since = datetime.now().astimezone() - timedelta(days=31)
+        return [(k, Counter(spent, reserved)) for k, spent, reserved in self.pg.counters_since(since)]
+
+
+class LeaseKeeper:
+    """This replica's housekeeping thread: renew leases, reap dead replicas' reservations, retry settlements.
+
+    Runs every `lease_seconds / 3` seconds, so a live replica renews about three times per lease
+    and a dead one's reservations are charged within about 1.3 leases.
+    """
+
+    def __init__(self, counters: SharedCounters, interval: float | None = None) -> None:
+        self.counters = counters
+        self.interval = interval or max(0.2, counters.pg.lease_seconds / 3)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="spendgate-leases", daemon=True)
+        self.reaped = 0
+
+    def start(self) -> "LeaseKeeper":
+        self._thread.start()
+        return self
+
+    def tick(self) -> None:
+        pg = self.counters.pg
+        try:
+            pg.renew()
+            self.counters.retry_pending()
+            gone = pg.reap()
+            if gone:
+                self.reaped += len(gone)
+                log.warning("spendgate: charged %d reservations of stopped replicas as interrupted", len(gone))
+            pg.forget_settled()
+        except StoreUnavailable as e:
+            log.error("spendgate: store housekeeping failed: %s", e)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.tick()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(5)

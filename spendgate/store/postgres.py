@@ -1,0 +1,497 @@
+"""The shared store for several gateway replicas: budget counters, reservations and the ledger in PostgreSQL.
+
+One DuckDB file belongs to one process, so N replicas behind a load balancer would each enforce
+the whole cap. With `--set spendgate_store=postgresql://...` the counters live here instead and
+every replica admits against the same rows:
+
+* admission is one round trip to `spendgate_admit()`, a server-side function that creates missing
+  window rows, locks every covering counter in one global order (scope, window, window_start --
+  so two admissions never deadlock) and reserves on all of them or on none;
+* settlement is one transaction in `spendgate_settle()`, keyed by the request id: the ledger row
+  is inserted and the reservation swapped for the actual charge together; a replayed settle is a
+  no-op, and a settle after the reaper charged the request `interrupted` corrects that charge;
+* every reservation carries a lease its replica renews; `spendgate_reap_one()` (safe on every
+  replica: SKIP LOCKED) charges an expired one as an `interrupted` ledger row.
+
+The store knows nothing of policies: callers pass (scope, window, window_start, limit) tuples and
+an amount in USD, plus the policy's sha256 for the record. Nothing here runs on the proxy's event
+loop; callers use worker threads. Errors reaching the server raise `StoreUnavailable`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import socket
+import os
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Any
+
+from spendgate.store.ledger import COLUMNS, LedgerRow
+
+log = logging.getLogger(__name__)
+
+Key = tuple[str, str, datetime]  # (scope, window, window start)
+
+MIGRATIONS: list[tuple[int, str, str]] = [
+    (
+        1,
+        "counters, reservations, the ledger; admission, settlement and reaping functions",
+        """
+        CREATE TABLE counters (
+            scope TEXT NOT NULL,
+            "window" TEXT NOT NULL,
+            window_start TIMESTAMPTZ NOT NULL,
+            spent NUMERIC(20, 10) NOT NULL DEFAULT 0,
+            reserved NUMERIC(20, 10) NOT NULL DEFAULT 0,
+            PRIMARY KEY (scope, "window", window_start)
+        );
+        -- one row per admitted request; the same amount is reserved on every listed counter
+        CREATE TABLE reservations (
+            request_id TEXT PRIMARY KEY,
+            scopes TEXT[] NOT NULL,
+            windows TEXT[] NOT NULL,
+            starts TIMESTAMPTZ[] NOT NULL,
+            amount NUMERIC(20, 10) NOT NULL,
+            owner TEXT NOT NULL,              -- the replica that admitted it and renews its lease
+            lease_expires TIMESTAMPTZ NOT NULL,
+            policy_sha256 TEXT,
+            state TEXT NOT NULL DEFAULT 'open',  -- open | settled | reaped
+            created_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+            record JSONB NOT NULL DEFAULT '{}'  -- what an `interrupted` row needs (provider, model, user...)
+        );
+        CREATE INDEX reservations_expiring ON reservations (lease_expires) WHERE state = 'open';
+        CREATE INDEX reservations_owner ON reservations (owner) WHERE state = 'open';
+        CREATE TABLE requests (
+            ts TIMESTAMPTZ NOT NULL,
+            request_id TEXT PRIMARY KEY,
+            provider TEXT NOT NULL,
+            endpoint TEXT NOT NULL,
+            model TEXT,
+            "user" TEXT NOT NULL,
+            key_fingerprint TEXT,
+            client TEXT NOT NULL,
+            session_id TEXT,
+            stream BOOLEAN NOT NULL,
+            status INTEGER,
+            outcome TEXT NOT NULL,
+            estimated BOOLEAN NOT NULL,
+            input_tokens BIGINT NOT NULL,
+            cache_read_tokens BIGINT NOT NULL,
+            cache_write_tokens BIGINT NOT NULL,
+            cache_write_1h_tokens BIGINT NOT NULL,
+            output_tokens BIGINT NOT NULL,
+            reasoning_tokens BIGINT NOT NULL,
+            web_search_requests BIGINT NOT NULL,
+            cost_usd NUMERIC(20, 10),
+            price_source TEXT NOT NULL,
+            latency_ms DOUBLE PRECISION,
+            ttft_ms DOUBLE PRECISION,
+            identity_source TEXT NOT NULL,
+            workspace TEXT,
+            price_detail TEXT,
+            note TEXT,
+            bytes_in BIGINT NOT NULL,
+            bytes_out BIGINT NOT NULL,
+            charged_usd NUMERIC(20, 10),
+            replica TEXT                        -- which gateway replica recorded it
+        );
+        CREATE INDEX requests_ts ON requests (ts);
+
+        -- Reserve p_amount on every (scope, window, start) or on none. One row per budget, in
+        -- the caller's order: its counter after the call, and `refused` on the first budget
+        -- without room (then nothing was reserved). Replaying a request id reserves nothing twice.
+        CREATE FUNCTION spendgate_admit(
+            p_request_id TEXT, p_scopes TEXT[], p_windows TEXT[], p_starts TIMESTAMPTZ[], p_limits NUMERIC[],
+            p_amount NUMERIC, p_owner TEXT, p_lease_seconds DOUBLE PRECISION, p_policy TEXT, p_record JSONB
+        ) RETURNS TABLE (ord INT, spent NUMERIC, reserved NUMERIC, refused BOOLEAN)
+        LANGUAGE plpgsql AS $$
+        DECLARE
+            v_refused BIGINT;
+        BEGIN
+            IF NOT EXISTS (SELECT 1 FROM reservations r WHERE r.request_id = p_request_id) THEN
+                -- new windows first, so the locks below always find their rows
+                INSERT INTO counters AS c (scope, "window", window_start)
+                SELECT DISTINCT k.s, k.w, k.t FROM unnest(p_scopes, p_windows, p_starts) AS k(s, w, t)
+                ORDER BY 1, 2, 3
+                ON CONFLICT DO NOTHING;
+                -- one global lock order: no two admissions can deadlock
+                PERFORM 1 FROM counters c
+                JOIN unnest(p_scopes, p_windows, p_starts) AS k(s, w, t)
+                  ON c.scope = k.s AND c."window" = k.w AND c.window_start = k.t
+                ORDER BY c.scope, c."window", c.window_start
+                FOR UPDATE OF c;
+                SELECT min(k.o) INTO v_refused
+                FROM unnest(p_scopes, p_windows, p_starts, p_limits) WITH ORDINALITY AS k(s, w, t, l, o)
+                JOIN counters c ON c.scope = k.s AND c."window" = k.w AND c.window_start = k.t
+                WHERE k.l <= 0 OR c.spent + c.reserved + p_amount > k.l;
+                IF v_refused IS NULL THEN
+                    UPDATE counters c SET reserved = c.reserved + p_amount
+                    FROM (SELECT DISTINCT s, w, t FROM unnest(p_scopes, p_windows, p_starts) AS u(s, w, t)) k
+                    WHERE c.scope = k.s AND c."window" = k.w AND c.window_start = k.t;
+                    INSERT INTO reservations (request_id, scopes, windows, starts, amount, owner, lease_expires,
+                                              policy_sha256, record)
+                    VALUES (p_request_id, p_scopes, p_windows, p_starts, p_amount, p_owner,
+                            now() + make_interval(secs => p_lease_seconds), p_policy, p_record);
+                END IF;
+            END IF;
+            RETURN QUERY
+            SELECT k.o::INT, c.spent, c.reserved, coalesce(k.o = v_refused, false)
+            FROM unnest(p_scopes, p_windows, p_starts) WITH ORDINALITY AS k(s, w, t, o)
+            JOIN counters c ON c.scope = k.s AND c."window" = k.w AND c.window_start = k.t
+            ORDER BY k.o;
+        END;
+        $$;
+
+        -- The ledger row and the counter settlement in one transaction, keyed by request id.
+        -- Returns 'settled', 'corrected' (the reaper had charged it interrupted), 'duplicate'
+        -- (replayed: nothing changed) or 'recorded' (no reservation: the row only).
+        CREATE FUNCTION spendgate_settle(p_request_id TEXT, p_actual NUMERIC, p_row JSONB)
+        RETURNS TEXT LANGUAGE plpgsql AS $$
+        DECLARE
+            r reservations%ROWTYPE;
+            v_result TEXT := 'recorded';
+        BEGIN
+            SELECT * INTO r FROM reservations WHERE request_id = p_request_id FOR UPDATE;
+            IF FOUND THEN
+                IF r.state = 'settled' THEN
+                    RETURN 'duplicate';
+                END IF;
+                PERFORM 1 FROM counters c
+                JOIN unnest(r.scopes, r.windows, r.starts) AS k(s, w, t)
+                  ON c.scope = k.s AND c."window" = k.w AND c.window_start = k.t
+                ORDER BY c.scope, c."window", c.window_start
+                FOR UPDATE OF c;
+                IF r.state = 'open' THEN
+                    UPDATE counters c SET reserved = greatest(0, c.reserved - r.amount), spent = c.spent + p_actual
+                    FROM (SELECT DISTINCT s, w, t FROM unnest(r.scopes, r.windows, r.starts) AS u(s, w, t)) k
+                    WHERE c.scope = k.s AND c."window" = k.w AND c.window_start = k.t;
+                    v_result := 'settled';
+                ELSE  -- reaped: it was charged its reservation; charge what it really cost instead
+                    UPDATE counters c SET spent = c.spent - r.amount + p_actual
+                    FROM (SELECT DISTINCT s, w, t FROM unnest(r.scopes, r.windows, r.starts) AS u(s, w, t)) k
+                    WHERE c.scope = k.s AND c."window" = k.w AND c.window_start = k.t;
+                    DELETE FROM requests WHERE request_id = p_request_id AND outcome = 'interrupted';
+                    v_result := 'corrected';
+                END IF;
+                UPDATE reservations SET state = 'settled' WHERE request_id = p_request_id;
+            ELSIF EXISTS (SELECT 1 FROM requests WHERE request_id = p_request_id) THEN
+                RETURN 'duplicate';
+            END IF;
+            IF p_row IS NOT NULL THEN
+                INSERT INTO requests SELECT * FROM jsonb_populate_record(NULL::requests, p_row)
+                ON CONFLICT (request_id) DO NOTHING;
+            END IF;
+            RETURN v_result;
+        END;
+        $$;
+
+        -- Charge one expired reservation (its replica stopped renewing) as an `interrupted` row.
+        -- Safe on every replica at once: SKIP LOCKED hands each expired reservation to one.
+        CREATE FUNCTION spendgate_reap_one(p_replica TEXT) RETURNS TEXT
+        LANGUAGE plpgsql AS $$
+        DECLARE
+            r reservations%ROWTYPE;
+        BEGIN
+            SELECT * INTO r FROM reservations
+            WHERE state = 'open' AND lease_expires < now()
+            ORDER BY lease_expires LIMIT 1
+            FOR UPDATE SKIP LOCKED;
+            IF NOT FOUND THEN
+                RETURN NULL;
+            END IF;
+            PERFORM 1 FROM counters c
+            JOIN unnest(r.scopes, r.windows, r.starts) AS k(s, w, t)
+              ON c.scope = k.s AND c."window" = k.w AND c.window_start = k.t
+            ORDER BY c.scope, c."window", c.window_start
+            FOR UPDATE OF c;
+            UPDATE counters c SET reserved = greatest(0, c.reserved - r.amount), spent = c.spent + r.amount
+            FROM (SELECT DISTINCT s, w, t FROM unnest(r.scopes, r.windows, r.starts) AS u(s, w, t)) k
+            WHERE c.scope = k.s AND c."window" = k.w AND c.window_start = k.t;
+            UPDATE reservations SET state = 'reaped' WHERE request_id = r.request_id;
+            INSERT INTO requests (ts, request_id, provider, endpoint, model, "user", key_fingerprint, client,
+                session_id, stream, status, outcome, estimated, input_tokens, cache_read_tokens,
+                cache_write_tokens, cache_write_1h_tokens, output_tokens, reasoning_tokens, web_search_requests,
+                cost_usd, price_source, identity_source, workspace, note, bytes_in, bytes_out, charged_usd, replica)
+            VALUES (coalesce((r.record->>'ts')::timestamptz, r.created_at), r.request_id,
+                coalesce(r.record->>'provider', 'unknown'), coalesce(r.record->>'endpoint', 'unknown'),
+                r.record->>'model', coalesce(r.record->>'user', 'unattributed'), r.record->>'key_fingerprint',
+                coalesce(r.record->>'client', 'other'), r.record->>'session_id',
+                coalesce((r.record->>'stream')::boolean, false), NULL, 'interrupted', true, 0, 0, 0, 0, 0, 0, 0,
+                NULL, 'reservation', coalesce(r.record->>'identity_source', 'unknown'), r.record->>'workspace',
+                'replica ' || r.owner || ' stopped renewing its lease before the response ended; '
+                    || 'charged its reservation (reaped by ' || p_replica || ')',
+                coalesce((r.record->>'bytes_in')::bigint, 0), 0, r.amount, p_replica)
+            ON CONFLICT (request_id) DO NOTHING;
+            RETURN r.request_id;
+        END;
+        $$;
+        """,
+    ),
+]
+SCHEMA_VERSION = max(v for v, _, _ in MIGRATIONS)
+MIGRATION_LOCK = 0x5E4D6A7E  # pg_advisory_xact_lock key: two `store migrate` runs take turns
+
+
+class StoreError(RuntimeError):
+    """The store cannot be used as configured (bad URL, schema not migrated); the message says what to do."""
+
+
+class StoreUnavailable(StoreError):
+    """The server did not answer in time (down, unreachable, overloaded)."""
+
+
+def redact(url: str) -> str:
+    """The URL without its password, for messages and logs."""
+    return re.sub(r"(://[^:/@]*):[^@/]*@", r"\1:***@", url)
+
+
+def replica_name() -> str:
+    """This process's id in `reservations.owner`: host, pid and a random suffix (pids are reused)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+def _json_value(v: Any) -> Any:
+    if isinstance(v, Decimal):
+        return str(v)
+    if isinstance(v, (datetime, date)):
+        return v.isoformat()
+    return v
+
+
+def row_json(row: LedgerRow, replica: str | None = None) -> dict[str, Any]:
+    out = {c: _json_value(getattr(row, c)) for c in COLUMNS}
+    out["replica"] = replica
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class CounterState:
+    spent: Decimal
+    reserved: Decimal
+    refused: bool = False
+
+
+class PostgresStore:
+    """A connection pool and the store's operations; every method may raise StoreUnavailable.
+
+    `timeout` (seconds) bounds how long a caller waits for a connection, and is the connect
+    timeout; `statement_timeout` (seconds) bounds any one statement, lock waits included. Both
+    short on purpose: an unreachable store must turn into a quick 503, not a hung request.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        replica: str | None = None,
+        lease_seconds: float = 30.0,
+        timeout: float = 2.0,
+        statement_timeout: float = 5.0,
+        pool_size: int = 8,
+    ) -> None:
+        try:
+            import psycopg
+            from psycopg_pool import ConnectionPool
+        except ImportError:  # pragma: no cover - an install without the extra
+            raise StoreError("the PostgreSQL store needs psycopg: pip install 'spendgate[postgresql]'") from None
+        self._psycopg = psycopg
+        self.url = url
+        self.replica = replica or replica_name()
+        self.lease_seconds = lease_seconds
+        self.timeout = timeout
+        self.pool = ConnectionPool(
+            url,
+            min_size=1,
+            max_size=pool_size,
+            timeout=timeout,
+            open=False,
+            name="spendgate-store",
+            kwargs={
+                "autocommit": True,
+                "connect_timeout": max(1, round(timeout)),
+                "options": f"-c statement_timeout={int(statement_timeout * 1000)}",
+                "application_name": "spendgate",
+                "keepalives": 1,
+                "keepalives_idle": 10,
+                "keepalives_interval": 5,
+                "keepalives_count": 2,
+            },
+            # give a lost server up after a few seconds: the next request then connects at once,
+            # rather than after an exponential back-off as long as the outage was
+            reconnect_timeout=5.0,
+        )
+
+    # -- life cycle --
+    def open(self, wait: bool = True) -> "PostgresStore":
+        try:
+            self.pool.open(wait=wait, timeout=self.timeout + 1)
+        except Exception as e:
+            self.pool.close()
+            raise StoreUnavailable(f"cannot reach the store {redact(self.url)}: {_why(e)}") from None
+        return self
+
+    def close(self) -> None:
+        self.pool.close(timeout=2)
+
+    def _run(self, sql: str, params: Sequence[Any] = (), *, fetch: str = "all") -> Any:
+        from psycopg_pool import PoolTimeout
+
+        try:
+            with self.pool.connection() as con:
+                cur = con.execute(sql, params)
+                if fetch == "all":
+                    return cur.fetchall()
+                if fetch == "one":
+                    return cur.fetchone()
+                return cur.rowcount
+        except PoolTimeout as e:
+            raise StoreUnavailable(f"the store {redact(self.url)} did not answer within {self.timeout:g} s: "
+                                   f"{_why(e)}") from None
+        except self._psycopg.OperationalError as e:
+            raise StoreUnavailable(f"the store {redact(self.url)} failed: {_why(e)}") from None
+
+    # -- schema --
+    def schema_version(self) -> int:
+        row = self._run("SELECT to_regclass('spendgate_schema_migrations') IS NOT NULL", fetch="one")
+        if not row[0]:
+            return 0
+        return self._run("SELECT coalesce(max(version), 0) FROM spendgate_schema_migrations", fetch="one")[0]
+
+    def check_schema(self) -> int:
+        """Raises StoreError unless the schema is exactly the one this code was written for."""
+        have = self.schema_version()
+        if have < SCHEMA_VERSION:
+            raise StoreError(
+                f"the store {redact(self.url)} has schema version {have}, this gateway needs {SCHEMA_VERSION}; "
+                f"run `spendgate store migrate --store URL` first (migrations are not applied at start-up, so "
+                f"replicas of different versions never race to change the schema)")
+        if have > SCHEMA_VERSION:
+            raise StoreError(
+                f"the store {redact(self.url)} has schema version {have}, newer than this gateway knows "
+                f"({SCHEMA_VERSION}); upgrade spendgate on this replica")
+        return have
+
+    def migrate(self) -> tuple[int, int]:
+        """Apply the migrations not yet applied, each in its own transaction; (before, after)."""
+        try:
+            with self.pool.connection() as con:
+                with con.transaction():
+                    con.execute("SELECT pg_advisory_xact_lock(%s)", [MIGRATION_LOCK])
+                    con.execute("CREATE TABLE IF NOT EXISTS spendgate_schema_migrations ("
+                                "version INTEGER PRIMARY KEY, description TEXT NOT NULL, "
+                                "applied_at TIMESTAMPTZ NOT NULL DEFAULT now())")
+                before = con.execute("SELECT coalesce(max(version), 0) FROM spendgate_schema_migrations").fetchone()[0]
+                if before > SCHEMA_VERSION:
+                    raise StoreError(f"the store has schema version {before}, newer than this spendgate "
+                                     f"({SCHEMA_VERSION}); upgrade spendgate")
+                current = before
+                for version, description, sql in MIGRATIONS:
+                    with con.transaction():
+                        con.execute("SELECT pg_advisory_xact_lock(%s)", [MIGRATION_LOCK])
+                        done = con.execute("SELECT 1 FROM spendgate_schema_migrations WHERE version = %s",
+                                           [version]).fetchone()
+                        if done:
+                            continue
+                        con.execute(sql)
+                        con.execute("INSERT INTO spendgate_schema_migrations (version, description) VALUES (%s, %s)",
+                                    [version, description])
+                        current = version
+                return before, current
+        except self._psycopg.OperationalError as e:
+            raise StoreUnavailable(f"the store {redact(self.url)} failed: {_why(e)}") from None
+
+    # -- admission and settlement --
+    def admit(
+        self,
+        request_id: str,
+        budgets: Sequence[tuple[str, str, datetime, Decimal]],
+        amount: Decimal,
+        *,
+        policy_sha256: str | None = None,
+        record: dict[str, Any] | None = None,
+    ) -> list[CounterState]:
+        """Reserve `amount` (USD) on every budget or none: one CounterState per budget, in order."""
+        from psycopg.types.json import Jsonb
+
+        rows = self._run(
+            "SELECT ord, spent, reserved, refused FROM spendgate_admit(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+            [request_id, [b[0] for b in budgets], [b[1] for b in budgets], [b[2] for b in budgets],
+             [b[3] for b in budgets], amount, self.replica, float(self.lease_seconds), policy_sha256,
+             Jsonb(record or {}, dumps=_dumps)],
+        )
+        return [CounterState(spent, reserved, refused) for _ord, spent, reserved, refused in rows]
+
+    def settle(self, request_id: str, actual: Decimal, row: LedgerRow | None) -> str:
+        """Swap the reservation for `actual` USD and insert the ledger row, in one transaction."""
+        from psycopg.types.json import Jsonb
+
+        payload = row_json(row, self.replica) if row is not None else None
+        return self._run("SELECT spendgate_settle(%s, %s, %s)",
+                         [request_id, actual, Jsonb(payload, dumps=_dumps) if payload else None], fetch="one")[0]
+
+    def renew(self) -> int:
+        """Extend the lease of every open reservation this replica owns; how many."""
+        return self._run(
+            "UPDATE reservations SET lease_expires = now() + make_interval(secs => %s) "
+            "WHERE owner = %s AND state = 'open'", [float(self.lease_seconds), self.replica], fetch="count")
+
+    def reap(self, limit: int = 100) -> list[str]:
+        """Charge up to `limit` expired reservations as `interrupted` (one transaction each)."""
+        out = []
+        for _ in range(limit):
+            rid = self._run("SELECT spendgate_reap_one(%s)", [self.replica], fetch="one")[0]
+            if rid is None:
+                break
+            out.append(rid)
+        return out
+
+    def forget_settled(self, older_than_seconds: float = 86400.0) -> int:
+        """Drop closed reservations after a day (the ledger row keeps the facts)."""
+        return self._run("DELETE FROM reservations WHERE state <> 'open' AND created_at < now() - "
+                         "make_interval(secs => %s)", [older_than_seconds], fetch="count")
+
+    # -- counters --
+    def add(self, key: Key, amount: Decimal) -> None:
+        self._run('INSERT INTO counters AS c (scope, "window", window_start, spent) VALUES (%s, %s, %s, %s) '
+                  "ON CONFLICT (scope, \"window\", window_start) DO UPDATE SET spent = c.spent + excluded.spent",
+                  [*key, amount], fetch="count")
+
+    def counters(self, keys: Sequence[Key]) -> dict[Key, tuple[Decimal, Decimal]]:
+        if not keys:
+            return {}
+        rows = self._run(
+            'SELECT c.scope, c."window", c.window_start, c.spent, c.reserved FROM counters c '
+            "JOIN unnest(%s::text[], %s::text[], %s::timestamptz[]) AS k(s, w, t) "
+            'ON c.scope = k.s AND c."window" = k.w AND c.window_start = k.t',
+            [[k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys]])
+        return {(s, w, t): (spent, reserved) for s, w, t, spent, reserved in rows}
+
+    def counters_since(self, since: datetime) -> list[tuple[Key, Decimal, Decimal]]:
+        rows = self._run('SELECT scope, "window", window_start, spent, reserved FROM counters '
+                         "WHERE window_start >= %s", [since])
+        return [((s, w, t), spent, reserved) for s, w, t, spent, reserved in rows]
+
+    def ledger_rows(self, limit: int = 1000) -> list[dict[str, Any]]:
+        """The newest ledger rows as dicts (tests, `spendgate ledger --store`)."""
+        from psycopg.rows import dict_row
+
+        try:
+            with self.pool.connection() as con:
+                with con.cursor(row_factory=dict_row) as cur:
+                    return cur.execute("SELECT * FROM requests ORDER BY ts DESC LIMIT %s", [limit]).fetchall()
+        except self._psycopg.OperationalError as e:
+            raise StoreUnavailable(f"the store {redact(self.url)} failed: {_why(e)}") from None
+
+
+def _dumps(obj: Any) -> str:
+    return json.dumps(obj, default=_json_value, separators=(",", ":"))
+
+
+def _why(e: BaseException) -> str:
+    return " ".join(str(e).split())[:300] or type(e).__name__
