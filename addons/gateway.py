@@ -6,6 +6,7 @@ core (`spendgate.gateway`), and per-flow state travels in `flow.metadata["spendg
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
 from pathlib import Path
@@ -73,6 +74,10 @@ class SpendGate:
             "spendgate_intercept_chatgpt", bool, True, "decrypt chatgpt.com to meter Codex's ChatGPT login"
         )
         loader.add_option("spendgate_admin_port", int, 0, "loopback port of the admin API (0: any, -1: off)")
+        loader.add_option("spendgate_store", str, "",
+                          "postgresql:// URL of the store shared by gateway replicas (default: this process only)")
+        loader.add_option("spendgate_store_lease", int, 30,
+                          "seconds a reservation lives in the shared store unless its replica renews it")
 
     def configure(self, updated: set[str]) -> None:
         """Check settings now (a bad policy stops start-up); open the ledger once running.
@@ -91,6 +96,8 @@ class SpendGate:
             pricing=_path_opt(opts.spendgate_pricing, _existing(resources.pricing_dir() / "overrides.yaml")),
             user=opts.spendgate_user or None,
             admin_port=opts.spendgate_admin_port,
+            store=opts.spendgate_store or None,
+            store_lease=float(max(1, opts.spendgate_store_lease)),
         )
         try:
             Gateway.check(settings)
@@ -110,7 +117,8 @@ class SpendGate:
         except GatewayError as e:
             log.error("spendgate: %s", e)  # an error logged during start-up makes mitmdump exit 1
             return
-        log.info("spendgate: ledger %s, admin API %s", self.settings.db, self.gateway.admin and self.gateway.admin.url)
+        log.info("spendgate: ledger %s, admin API %s%s", self.settings.db, self.gateway.admin and self.gateway.admin.url,
+                 ", shared store" if self.settings.store else "")
 
     def _only_provider_hosts(self) -> None:
         """Decrypt provider hosts only; everything else stays a raw TLS tunnel (origin's cert)."""
@@ -125,7 +133,7 @@ class SpendGate:
             opts.update(allow_hosts=wanted)
 
     # -- traffic hooks --
-    def request(self, flow: http.HTTPFlow) -> None:
+    async def request(self, flow: http.HTTPFlow) -> None:
         if flow.response or flow.error:
             return
         req = flow.request
@@ -146,10 +154,14 @@ class SpendGate:
         if ex is None:
             return
         flow.metadata[META] = ex
-        answer = self.gateway.admit(ex)
+        gw = self.gateway
+        if gw.admit_blocks:  # a shared store: the round trip runs on a worker thread, never on the event loop
+            answer = await asyncio.to_thread(gw.admit, ex)
+        else:
+            answer = gw.admit(ex)
         if answer is not None:  # over budget (or refused by policy): never forwarded
             flow.response = http.Response.make(answer.status, answer.body, answer.headers)
-            self.gateway.meter.finish(ex, None)
+            gw.meter.finish(ex, None)
             return
         if ex.request.rewritten_body is not None:
             req.content = ex.request.rewritten_body

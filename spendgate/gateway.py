@@ -34,6 +34,8 @@ from spendgate.pricing import reprice
 from spendgate.web import app as web
 from spendgate.web.server import AdminServer, Caller, discovery_path
 from spendgate.budgets.book import BudgetBook
+from spendgate.budgets import shared
+from spendgate.store.postgres import StoreError, StoreUnavailable
 from spendgate.identity import Identity, resolve
 from spendgate.budgets.journal import Journal
 from spendgate.store.ledger import DuckDBLedger, LedgerLocked, LedgerRow, write_rows
@@ -60,6 +62,8 @@ class Settings:
     user: str | None = None
     admin_port: int = 0  # 0: any free loopback port; -1: no admin API
     reload_interval: float = 1.0  # seconds between policy file checks; 0 disables
+    store: str | None = None  # postgresql://... : counters, reservations and the ledger shared by replicas
+    store_lease: float = 30.0  # seconds a reservation lives unless its replica renews it (shared store)
 
 
 def fallback_cost(policy: Policy, usage: Usage) -> Decimal | None:
@@ -112,6 +116,8 @@ class Gateway:
             pricer = Pricer(settings.pricing)
         except (PricingError, OSError) as e:
             raise GatewayError(f"pricing overrides: {e}") from None
+        if settings.store and not shared.is_store_url(settings.store):
+            raise GatewayError(f"spendgate_store must be a postgresql:// URL, not {shared.redact(settings.store)!r}")
         return policy, pricer
 
     def __init__(self, settings: Settings) -> None:
@@ -130,12 +136,24 @@ class Gateway:
             raise GatewayError(f"the ledger {settings.db} is in use by another gateway") from None
         except Exception as e:
             raise GatewayError(f"cannot open the ledger {settings.db}: {e}") from None
-        self.book = BudgetBook(self.policy)
+        self.lease_keeper: shared.LeaseKeeper | None = None
+        if settings.store:  # one budget across replicas: counters live in PostgreSQL, not in this process
+            try:
+                counters = shared.open_counters(settings.store, lease_seconds=settings.store_lease)
+            except StoreError as e:
+                self.ledger.close()
+                raise GatewayError(str(e)) from None
+            self.book = BudgetBook(self.policy, counters)
+            self.lease_keeper = shared.LeaseKeeper(counters).start()
+        else:
+            self.book = BudgetBook(self.policy)
         self.journal_path = settings.db.with_name(settings.db.name + ".reservations")
         self._recover_interrupted()
         self.journal = Journal(self.journal_path)
-        rebuild_counters(self.ledger.cursor(), self.book, datetime.now(UTC))
-        self.plan_charger = PlanCharger()  # seat plans the policy says count against budgets
+        if not self.book.store.shared:  # a shared store's counters are already right
+            rebuild_counters(self.ledger.cursor(), self.book, datetime.now(UTC))
+        # seat plans the policy says count against budgets (not yet with a shared store: see docs/scale-out.md)
+        self.plan_charger = shared.NoPlanCharges() if self.book.store.shared else PlanCharger()
         self.plan_charger.apply(self.policy, self.book.store, datetime.now(UTC))
         self.opaque = OpaqueRecorder(self.ledger.cursor)  # undecrypted AI connections (addons/opaque.py)
         # alerts, sinks, increase requests, grants (BudgetBook.grants) and the audit trail
@@ -177,6 +195,11 @@ class Gateway:
                 return cost
         return fallback_cost(self.policy, usage)
 
+    @property
+    def admit_blocks(self) -> bool:
+        """True when admit() waits on a remote store, so the proxy must call it from a worker thread."""
+        return self.book.store.shared
+
     def admit(self, ex: Exchange) -> refusal.Answer | None:
         """None to forward the request; otherwise the answer to give instead."""
         if ex.route.adapter is None or ex.request.free:
@@ -192,7 +215,13 @@ class Gateway:
         if amount is None:
             return self._refuse(ex, refusal.unavailable(
                 ex.provider, f"model {ex.request.model!r} has no known price and the policy blocks unpriced models"))
-        decision = self.book.admit(ex.identity, amount, now)
+        try:  # with a shared store this waits on the network: the addon calls admit() off the event loop
+            decision = self.book.admit(ex.identity, amount, now, request_id=ex.request_id,
+                                       record=self._journal_record(ex) if self.book.store.shared else None)
+        except StoreUnavailable as e:
+            log.error("spendgate: %s", e)
+            return self._refuse(ex, refusal.unavailable(ex.provider, "the budget store is unreachable; "
+                                                        "on_store_error is fail_closed"))
         if not decision.admitted:
             answer = refusal.over_budget(ex.provider, decision.exhausted, decision.spent, now)
             return self._refuse(ex, answer, refusal.budget_message(decision.exhausted, decision.spent, now))
@@ -247,8 +276,10 @@ class Gateway:
         if row.charged_usd is None and res is not None:
             row.charged_usd = res.amount
         if res is not None:
-            self.book.settle(res, row.charged_usd or Decimal(0))
+            self.book.settle(res, row.charged_usd or Decimal(0), row)  # a shared store records the row with it
             self.workflow.after_charge(ex.identity, row)  # tiered alerts and projected overrun
+        else:
+            self.book.record(row)  # refused or free: a shared store's ledger keeps it too
 
     def _written(self, rows: list[LedgerRow]) -> None:
         """Ledger writer thread: rows are committed, so their reservations are settled for good."""
@@ -352,6 +383,8 @@ class Gateway:
         self.workflow.close()  # last alerts and deliveries, recorded before the file is released
         self.ledger.close()
         self.journal.close()
+        if self.lease_keeper:  # after the meter: its last settlements are in (or queued and retried once)
+            self.lease_keeper.close()
         if self.admin:
             self.admin.stop()
             discovery_path(self.settings.db).unlink(missing_ok=True)

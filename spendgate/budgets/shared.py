@@ -20,11 +20,48 @@ from decimal import Decimal
 
 from spendgate.budgets.book import ZERO, Budget, Counter, CounterKey, Reservation, Reserved, Ticket
 from spendgate.store.ledger import LedgerRow
-from spendgate.store.postgres import PostgresStore, StoreUnavailable
+from spendgate.store.postgres import PostgresStore, StoreUnavailable, redact
+
+__all__ = ["LeaseKeeper", "NoPlanCharges", "SharedCounters", "is_store_url", "open_counters", "redact"]
 
 log = logging.getLogger(__name__)
 
 MAX_PENDING = 100_000  # settlements kept for retry while the store is away (then the reaper charges them)
+
+
+def is_store_url(url: str) -> bool:
+    return url.startswith(("postgresql://", "postgres://"))
+
+
+def open_counters(url: str, *, lease_seconds: float = 30.0, timeout: float = 2.0) -> "SharedCounters":
+    """Connect and check the schema; raises StoreError saying what to do (migrate, upgrade, reach it)."""
+    store = PostgresStore(url, lease_seconds=lease_seconds, timeout=timeout).open()
+    try:
+        store.check_schema()
+    except Exception:
+        store.close()
+        raise
+    log.info("spendgate: shared store %s, replica %s, lease %g s", redact(url), store.replica, lease_seconds)
+    return SharedCounters(store)
+
+
+class NoPlanCharges:
+    """Seat plans are not charged to shared counters yet: each replica would add them once more."""
+
+    def __init__(self) -> None:
+        self._warned = False
+
+    def apply(self, policy, store, now) -> int:  # same signature as PlanCharger.apply
+        if not self._warned and any(p.counts_against_budgets for p in _plans(policy)):
+            log.warning("spendgate: plans with counts_against_budgets are not charged with a shared store yet")
+            self._warned = True
+        return 0
+
+
+def _plans(policy):
+    from spendgate.budgets.plans import plans_of
+
+    return plans_of(policy).values()
 
 
 class SharedCounters:
@@ -140,3 +177,15 @@ class LeaseKeeper:
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(5)
+
+    def close(self) -> None:
+        """At shutdown: one last retry of missed settlements, then release the connections."""
+        self.stop()
+        try:
+            self.counters.retry_pending()
+        except Exception:
+            log.exception("spendgate: last settlement retry failed")
+        if self.counters.pending:
+            log.error("spendgate: %d settlements never reached the store; their reservations will be reaped "
+                      "as interrupted", self.counters.pending)
+        self.counters.pg.close()

@@ -10,7 +10,8 @@ import sys
 from spendgate.cli.source import SourceError
 
 # Modules under spendgate.cli that add commands; each has register(subparsers).
-COMMAND_MODULES = ("spend", "budget_cmds", "live", "prices", "approval_cmds", "reconcile_cmds", "deploy_cmds")
+COMMAND_MODULES = ("spend", "budget_cmds", "live", "prices", "approval_cmds", "reconcile_cmds", "deploy_cmds",
+                   "store_cmds")
 
 
 def build_parser() -> argparse.ArgumentParser:
