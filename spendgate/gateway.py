@@ -33,7 +33,7 @@ from spendgate.pricing import reprice
 
 from spendgate.web import app as web
 from spendgate.web.server import AdminServer, Caller, discovery_path
-from spendgate.budgets.book import BudgetBook
+from spendgate.budgets.book import BudgetBook, Decision
 from spendgate.budgets import shared
 from spendgate.store.postgres import StoreError, StoreUnavailable
 from spendgate.identity import Identity, resolve
@@ -220,8 +220,13 @@ class Gateway:
                                        record=self._journal_record(ex) if self.book.store.shared else None)
         except StoreUnavailable as e:
             log.error("spendgate: %s", e)
-            return self._refuse(ex, refusal.unavailable(ex.provider, "the budget store is unreachable; "
-                                                        "on_store_error is fail_closed"))
+            if fail_closed:
+                return self._refuse(ex, refusal.unavailable(ex.provider, "the budget store is unreachable; "
+                                                            "on_store_error is fail_closed"))
+            got = self._admit_degraded(ex, amount, now)
+            if isinstance(got, refusal.Answer):
+                return got
+            decision = got
         if not decision.admitted:
             answer = refusal.over_budget(ex.provider, decision.exhausted, decision.spent, now)
             return self._refuse(ex, answer, refusal.budget_message(decision.exhausted, decision.spent, now))
@@ -235,6 +240,17 @@ class Gateway:
         ex.extra["reservation"] = decision.reservation
         ex.extra["decision"] = decision
         return None
+
+    def _admit_degraded(self, ex: Exchange, amount: Decimal, now: datetime) -> Decision | refusal.Answer:
+        """fail_open(_bounded): the shared store is away; admit on this replica's local allowance."""
+        bounded = self.policy.on_store_error == "fail_open_bounded"
+        allowance = self.policy.degraded_allowance if bounded else None
+        decision = self.book.admit_degraded(ex.identity, amount, allowance, now, request_id=ex.request_id)
+        if not decision.admitted:
+            return self._refuse(ex, refusal.unavailable(
+                ex.provider, f"the budget store is unreachable and this gateway's allowance while it is away "
+                             f"(${allowance} per scope) is used up for {decision.exhausted.scope}"))
+        return decision
 
     def _refuse(self, ex: Exchange, answer: refusal.Answer, reason: str | None = None) -> refusal.Answer:
         ex.extra["blocked"] = True

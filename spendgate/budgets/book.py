@@ -137,6 +137,7 @@ class Reservation:
     amount: Decimal
     keys: tuple[CounterKey, ...]
     settled: bool = False
+    degraded: bool = False  # admitted on this replica's local allowance while the shared store was away
 
 
 @dataclass(slots=True)
@@ -230,6 +231,18 @@ class BudgetBook:
             budgets=budgets,
             snapshot=snapshot,
         )
+
+    def admit_degraded(self, identity: Identity, amount: Decimal, allowance: Decimal | None,
+                       now: datetime | None = None, *, request_id: str) -> Decision:
+        """The shared store is away: admit against this replica's local allowance per scope (None: no bound)."""
+        now = now or self.now()
+        budgets = self.covering(identity, now)
+        refused = self.store.reserve_degraded(budgets, amount, allowance, request_id)
+        if refused is not None:
+            b, used = refused
+            return Decision(False, exhausted=b, spent=used, resets_at=b.end, budgets=budgets)
+        res = Reservation(request_id, amount, tuple(b.key for b in budgets), degraded=True)
+        return Decision(True, reservation=res, budgets=budgets)
 
     def tightest(self, budgets: list[Budget]) -> tuple[Budget, Decimal] | None:
         best: tuple[Budget, Decimal] | None = None

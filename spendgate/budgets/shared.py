@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 
@@ -64,13 +65,25 @@ def _plans(policy):
     return plans_of(policy).values()
 
 
+@dataclass(slots=True)
+class _Pending:
+    request_id: str
+    actual: Decimal
+    row: LedgerRow | None
+    keys: tuple[CounterKey, ...] | None = None  # admitted without the store: charge these on replay
+    scopes: tuple[str, ...] = ()  # ... and release this replica's allowance on them
+
+
 class SharedCounters:
     shared = True
 
     def __init__(self, store: PostgresStore) -> None:
         self.pg = store
-        self._pending: list[tuple[str, Decimal, LedgerRow | None]] = []  # (request id, actual, row) to retry
+        self._pending: list[_Pending] = []  # settlements to retry, oldest first
         self._lock = threading.Lock()
+        # fail_open_bounded: USD admitted per scope while the store was away, not yet replayed into it
+        self._degraded: dict[str, Decimal] = {}
+        self._degraded_open: dict[str, tuple[tuple[str, ...], Decimal]] = {}  # request id -> (scopes, reserved)
 
     def try_reserve(self, budgets: list[Budget], amount: Decimal, ticket: Ticket | None = None) -> Reserved:
         """One round trip; raises StoreUnavailable (the gateway applies `on_store_error`)."""
@@ -83,32 +96,71 @@ class SharedCounters:
         refused = next((i for i, s in enumerate(states) if s.refused), None)
         return Reserved(refused, [Counter(s.spent, s.reserved) for s in states])
 
+    def reserve_degraded(self, budgets: list[Budget], amount: Decimal, allowance: Decimal | None,
+                         request_id: str) -> tuple[Budget, Decimal] | None:
+        """The store is away: reserve on this replica's allowance per scope (None: unbounded, fail_open).
+
+        Returns the first budget whose scope has no allowance left, with what this replica already
+        admitted on it. Overshoot of any cap is then at most replicas x allowance per outage.
+        """
+        scopes = tuple(dict.fromkeys(b.scope for b in budgets))
+        with self._lock:
+            if allowance is not None:
+                for b in budgets:
+                    used = self._degraded.get(b.scope, ZERO)
+                    if b.limit <= ZERO or used + amount > allowance:
+                        return b, used
+            for s in scopes:
+                self._degraded[s] = self._degraded.get(s, ZERO) + amount
+            self._degraded_open[request_id] = (scopes, amount)
+        return None
+
+    def degraded_in_use(self, scope: str) -> Decimal:
+        with self._lock:
+            return self._degraded.get(scope, ZERO)
+
     def settle(self, res: Reservation, actual: Decimal, row: LedgerRow | None = None) -> None:
         """Exactly once in the store; while it is away, kept and retried by the LeaseKeeper."""
-        self._settle_or_keep(res.id, actual, row)
+        if not res.degraded:
+            self._settle_or_keep(_Pending(res.id, actual, row))
+            return
+        with self._lock:  # the allowance holds the actual charge from now until the store has it
+            scopes, reserved = self._degraded_open.pop(res.id, ((), ZERO))
+            for s in scopes:
+                self._degraded[s] = self._degraded.get(s, ZERO) + actual - reserved
+        if row is not None:
+            row.note = (row.note + "; " if row.note else "") + "degraded: admitted while the budget store was away"
+        self._settle_or_keep(_Pending(res.id, actual, row, res.keys, scopes))
 
     def record(self, row: LedgerRow) -> None:
-        self._settle_or_keep(row.request_id, row.charged_usd or ZERO, row)
+        self._settle_or_keep(_Pending(row.request_id, row.charged_usd or ZERO, row))
 
-    def _settle_or_keep(self, request_id: str, actual: Decimal, row: LedgerRow | None) -> None:
+    def _send(self, p: _Pending) -> None:
+        self.pg.settle(p.request_id, p.actual, p.row, p.keys)
+        if p.scopes:  # replayed into the store: this replica's allowance is free again
+            with self._lock:
+                for s in p.scopes:
+                    self._degraded[s] = self._degraded.get(s, ZERO) - p.actual
+
+    def _settle_or_keep(self, p: _Pending) -> None:
         try:
-            self.pg.settle(request_id, actual, row)
+            self._send(p)
         except StoreUnavailable as e:
             with self._lock:
                 if len(self._pending) < MAX_PENDING:
-                    self._pending.append((request_id, actual, row))
-                    log.error("spendgate: cannot settle %s in the store (%s); will retry", request_id, e)
+                    self._pending.append(p)
+                    log.error("spendgate: cannot settle %s in the store (%s); will retry", p.request_id, e)
                 else:  # the reservation's lease runs out and another replica charges it `interrupted`
-                    log.error("spendgate: settlement retry queue full; %s left to the reaper", request_id)
+                    log.error("spendgate: settlement retry queue full; %s left to the reaper", p.request_id)
 
     def retry_pending(self) -> int:
-        """Settle what the store missed; stops at the first failure (still away). How many went in."""
+        """Settle (replay) what the store missed; stops at the first failure (still away). How many went in."""
         with self._lock:
             pending, self._pending = self._pending, []
         done = 0
-        for i, (rid, actual, row) in enumerate(pending):
+        for i, p in enumerate(pending):
             try:
-                self.pg.settle(rid, actual, row)
+                self._send(p)
                 done += 1
             except StoreUnavailable:
                 with self._lock:

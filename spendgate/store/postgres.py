@@ -99,7 +99,8 @@ MIGRATIONS: list[tuple[int, str, str]] = [
             bytes_in BIGINT NOT NULL,
             bytes_out BIGINT NOT NULL,
             charged_usd NUMERIC(20, 10),
-            replica TEXT                        -- which gateway replica recorded it
+            replica TEXT,                       -- which gateway replica recorded it
+            degraded BOOLEAN                    -- admitted on a replica's local allowance while the store was away
         );
         CREATE INDEX requests_ts ON requests (ts);
 
@@ -150,8 +151,11 @@ MIGRATIONS: list[tuple[int, str, str]] = [
 
         -- The ledger row and the counter settlement in one transaction, keyed by request id.
         -- Returns 'settled', 'corrected' (the reaper had charged it interrupted), 'duplicate'
-        -- (replayed: nothing changed) or 'recorded' (no reservation: the row only).
-        CREATE FUNCTION spendgate_settle(p_request_id TEXT, p_actual NUMERIC, p_row JSONB)
+        -- (replayed: nothing changed), 'recorded' (no reservation: the row only) or 'charged'
+        -- (no reservation, but counters given: a request admitted while the store was away).
+        CREATE FUNCTION spendgate_settle(p_request_id TEXT, p_actual NUMERIC, p_row JSONB,
+                                         p_scopes TEXT[] DEFAULT NULL, p_windows TEXT[] DEFAULT NULL,
+                                         p_starts TIMESTAMPTZ[] DEFAULT NULL)
         RETURNS TEXT LANGUAGE plpgsql AS $$
         DECLARE
             r reservations%ROWTYPE;
@@ -182,6 +186,20 @@ MIGRATIONS: list[tuple[int, str, str]] = [
                 UPDATE reservations SET state = 'settled' WHERE request_id = p_request_id;
             ELSIF EXISTS (SELECT 1 FROM requests WHERE request_id = p_request_id) THEN
                 RETURN 'duplicate';
+            ELSIF p_scopes IS NOT NULL AND cardinality(p_scopes) > 0 THEN
+                INSERT INTO counters AS c (scope, "window", window_start)
+                SELECT DISTINCT k.s, k.w, k.t FROM unnest(p_scopes, p_windows, p_starts) AS k(s, w, t)
+                ORDER BY 1, 2, 3
+                ON CONFLICT DO NOTHING;
+                PERFORM 1 FROM counters c
+                JOIN unnest(p_scopes, p_windows, p_starts) AS k(s, w, t)
+                  ON c.scope = k.s AND c."window" = k.w AND c.window_start = k.t
+                ORDER BY c.scope, c."window", c.window_start
+                FOR UPDATE OF c;
+                UPDATE counters c SET spent = c.spent + p_actual
+                FROM (SELECT DISTINCT s, w, t FROM unnest(p_scopes, p_windows, p_starts) AS u(s, w, t)) k
+                WHERE c.scope = k.s AND c."window" = k.w AND c.window_start = k.t;
+                v_result := 'charged';
             END IF;
             IF p_row IS NOT NULL THEN
                 INSERT INTO requests SELECT * FROM jsonb_populate_record(NULL::requests, p_row)
@@ -217,7 +235,8 @@ MIGRATIONS: list[tuple[int, str, str]] = [
             INSERT INTO requests (ts, request_id, provider, endpoint, model, "user", key_fingerprint, client,
                 session_id, stream, status, outcome, estimated, input_tokens, cache_read_tokens,
                 cache_write_tokens, cache_write_1h_tokens, output_tokens, reasoning_tokens, web_search_requests,
-                cost_usd, price_source, identity_source, workspace, note, bytes_in, bytes_out, charged_usd, replica)
+                cost_usd, price_source, identity_source, workspace, note, bytes_in, bytes_out, charged_usd, replica,
+                degraded)
             VALUES (coalesce((r.record->>'ts')::timestamptz, r.created_at), r.request_id,
                 coalesce(r.record->>'provider', 'unknown'), coalesce(r.record->>'endpoint', 'unknown'),
                 r.record->>'model', coalesce(r.record->>'user', 'unattributed'), r.record->>'key_fingerprint',
@@ -226,7 +245,7 @@ MIGRATIONS: list[tuple[int, str, str]] = [
                 NULL, 'reservation', coalesce(r.record->>'identity_source', 'unknown'), r.record->>'workspace',
                 'replica ' || r.owner || ' stopped renewing its lease before the response ended; '
                     || 'charged its reservation (reaped by ' || p_replica || ')',
-                coalesce((r.record->>'bytes_in')::bigint, 0), 0, r.amount, p_replica)
+                coalesce((r.record->>'bytes_in')::bigint, 0), 0, r.amount, p_replica, false)
             ON CONFLICT (request_id) DO NOTHING;
             RETURN r.request_id;
         END;
@@ -264,9 +283,10 @@ def _json_value(v: Any) -> Any:
     return v
 
 
-def row_json(row: LedgerRow, replica: str | None = None) -> dict[str, Any]:
+def row_json(row: LedgerRow, replica: str | None = None, degraded: bool = False) -> dict[str, Any]:
     out = {c: _json_value(getattr(row, c)) for c in COLUMNS}
     out["replica"] = replica
+    out["degraded"] = degraded
     return out
 
 
@@ -427,13 +447,22 @@ class PostgresStore:
         )
         return [CounterState(spent, reserved, refused) for _ord, spent, reserved, refused in rows]
 
-    def settle(self, request_id: str, actual: Decimal, row: LedgerRow | None) -> str:
-        """Swap the reservation for `actual` USD and insert the ledger row, in one transaction."""
+    def settle(self, request_id: str, actual: Decimal, row: LedgerRow | None,
+               unreserved_keys: Sequence[Key] | None = None) -> str:
+        """Swap the reservation for `actual` USD and insert the ledger row, in one transaction.
+
+        `unreserved_keys`: a request admitted without the store (fail_open_bounded); when its row
+        is new, `actual` is charged to these counters, once.
+        """
         from psycopg.types.json import Jsonb
 
-        payload = row_json(row, self.replica) if row is not None else None
-        return self._run("SELECT spendgate_settle(%s, %s, %s)",
-                         [request_id, actual, Jsonb(payload, dumps=_dumps) if payload else None], fetch="one")[0]
+        payload = row_json(row, self.replica, unreserved_keys is not None) if row is not None else None
+        keys = list(unreserved_keys or [])
+        return self._run(
+            "SELECT spendgate_settle(%s, %s, %s, %s::text[], %s::text[], %s::timestamptz[])",
+            [request_id, actual, Jsonb(payload, dumps=_dumps) if payload else None,
+             [k[0] for k in keys] if unreserved_keys is not None else None, [k[1] for k in keys],
+             [k[2] for k in keys]], fetch="one")[0]
 
     def renew(self) -> int:
         """Extend the lease of every open reservation this replica owns; how many."""

@@ -189,3 +189,30 @@ def test_replica_refuses_to_start_on_an_unmigrated_store(tmp_path, gateway_facto
     assert gw.proc.wait(30) == 1
     log = gw.log_text()
     assert "schema version 0, this gateway needs 1" in log and "spendgate store migrate" in log
+
+
+def test_store_stopped_fail_open_bounded_admits_up_to_the_allowance_and_replays(tmp_path, gateway_factory,
+                                                                               fake_provider, store_url, postgres):
+    body = "on_store_error: fail_open_bounded\ndegraded_allowance_usd: 0.03\ndefaults: {user: {day: 5}}\n"
+    (gw,) = replicas(gateway_factory, 1, policy(tmp_path, body), store_url)
+    client = anthropic.Anthropic(api_key=ANTHROPIC_KEY, max_retries=0, http_client=gw.http_client(timeout=60))
+    ask(client)  # the replica is up and connected
+    before = wait_until(lambda: counter(store_url, "user:tester")[0])
+    postgres.stop()
+    try:
+        ask(client)  # ~$0.0125 reserved, $0.0118 charged on the local allowance
+        ask(client)
+        with pytest.raises(anthropic.APIStatusError) as err:  # a third would pass $0.03
+            ask(client)
+        assert err.value.status_code == 503
+        assert "allowance while it is away ($0.03 per scope) is used up" in err.value.response.json()["error"]["message"]
+    finally:
+        postgres.start()
+    assert len(fake_provider.requests) == 3
+    shared = wait_until(lambda: (r := rows(store_url)) and len(r) == 4 and r)  # replayed once the store is back
+    degraded = [r for r in shared if r["degraded"]]
+    assert len(degraded) == 2 and all(r["outcome"] == "ok" for r in degraded)
+    charged = sum(r["charged_usd"] for r in degraded)
+    assert charged <= Decimal("0.03")  # the overshoot bound: replicas x allowance
+    assert counter(store_url, "user:tester") == (before + charged, 0)  # charged to the shared counters once
+    client.close()

@@ -183,3 +183,37 @@ def test_a_live_replica_keeps_its_leases_and_retries_settlements_the_store_misse
     user_day = next(b for b in d.budgets if b.scope == "user:alice@acme.com")
     assert counter(s, user_day) == (D("0.2"), 0)
     s.close()
+
+
+def test_fail_open_bounded_admits_on_a_local_allowance_and_replays_exactly_once(pg_url, postgres):
+    s = PostgresStore(pg_url, timeout=1).open()
+    s.migrate()
+    counters = SharedCounters(s)
+    bk = BudgetBook(parse(POLICY, "p.yaml"), counters)
+    postgres.stop()
+    try:
+        with pytest.raises(StoreUnavailable):
+            bk.admit(ALICE, D("0.1"), request_id="d0")
+        first = bk.admit_degraded(ALICE, D("0.1"), D("0.25"), request_id="d1")
+        second = bk.admit_degraded(ALICE, D("0.1"), D("0.25"), request_id="d2")
+        third = bk.admit_degraded(ALICE, D("0.1"), D("0.25"), request_id="d3")
+        assert first.admitted and second.admitted and not third.admitted  # 0.3 > 0.25 on every scope
+        assert third.exhausted.scope == "organization:acme" and third.spent == D("0.2")
+        bk.settle(first.reservation, D("0.05"), row("d1", charged="0.05"))
+        bk.settle(second.reservation, D("0.05"), row("d2", charged="0.05"))
+        assert counters.pending == 2 and counters.degraded_in_use("user:alice@acme.com") == D("0.1")
+        assert bk.admit_degraded(ALICE, D("0.1"), D("0.25"), request_id="d4").admitted  # the settle freed room
+    finally:
+        postgres.start()
+    deadline = time.monotonic() + 30
+    while counters.pending and time.monotonic() < deadline:
+        counters.retry_pending()
+        time.sleep(0.2)
+    assert counters.pending == 0 and counters.degraded_in_use("user:alice@acme.com") == D("0.1")  # d4 still open
+    user_day = next(b for b in first.budgets if b.scope == "user:alice@acme.com")
+    assert counter(s, user_day) == (D("0.10"), 0)
+    again = s.settle("d1", D("0.05"), row("d1", charged="0.05"), first.reservation.keys)  # replayed twice
+    assert again == "duplicate" and counter(s, user_day) == (D("0.10"), 0)
+    rows = {r["request_id"]: r for r in s.ledger_rows()}
+    assert rows["d1"]["degraded"] is True and "degraded" in rows["d1"]["note"]
+    s.close()
