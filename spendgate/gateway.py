@@ -47,6 +47,7 @@ from spendgate.pricing.rates import MTOK, Pricer, PricingError, compute
 from spendgate.usage import Usage
 from spendgate.budgets.windows import WINDOWS, bounds
 from spendgate.workflow.service import Workflow
+from spendgate.workflow import sharing
 
 log = logging.getLogger(__name__)
 
@@ -159,6 +160,8 @@ class Gateway:
         # alerts, sinks, increase requests, grants (BudgetBook.grants) and the audit trail
         self.workflow = Workflow(self.policy, self.book, self.ledger.cursor)
         self.workflow.policy_loaded(self.policy, "start")
+        if self.lease_keeper:  # grants made on any replica count everywhere; alerts fire once for all
+            self.lease_keeper.also.append(sharing.share(self.workflow, self.book.store.pg).pull)
         self.meter = Meter(self.pricer, self.ledger, self.identify)
         self.meter.listeners.append(self._charge)
         self.admin: AdminServer | None = None

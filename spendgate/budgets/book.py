@@ -185,6 +185,8 @@ class BudgetBook:
         self.store = store or MemoryCounters()
         self.grants = grants or (lambda scope, window, now: ZERO)
         self.granted_scopes: Callable[[], Iterable[str]] = lambda: ()  # so status lists budgets with grants
+        # asked once before a refusal: True if grants made elsewhere (another replica) just arrived
+        self.refresh_grants: Callable[[], bool] = lambda: False
         self.now = now
 
     def covering(self, identity: Identity, now: datetime | None = None) -> list[Budget]:
@@ -212,6 +214,9 @@ class BudgetBook:
         budgets = self.covering(identity, now)
         rid = request_id or uuid.uuid4().hex
         got = self.store.try_reserve(budgets, amount, Ticket(rid, self.policy.sha256, record))
+        if got.refused is not None and self.refresh_grants():  # an approval on another replica: count it
+            budgets = self.covering(identity, now)
+            got = self.store.try_reserve(budgets, amount, Ticket(rid, self.policy.sha256, record))
         snapshot = {b.key: c for b, c in zip(budgets, got.counters)}
         if got.refused is not None:
             b, c = budgets[got.refused], got.counters[got.refused]

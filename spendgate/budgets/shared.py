@@ -203,6 +203,7 @@ class LeaseKeeper:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="spendgate-leases", daemon=True)
         self.reaped = 0
+        self.also: list[Callable[[], object]] = []  # more to do each tick (pull grants made elsewhere)
 
     def start(self) -> "LeaseKeeper":
         self._thread.start()
@@ -220,6 +221,11 @@ class LeaseKeeper:
             pg.forget_settled()
         except StoreUnavailable as e:
             log.error("spendgate: store housekeeping failed: %s", e)
+        for task in self.also:
+            try:
+                task()
+            except Exception:
+                log.exception("spendgate: store housekeeping task failed")
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):

@@ -103,6 +103,33 @@ MIGRATIONS: list[tuple[int, str, str]] = [
             degraded BOOLEAN                    -- admitted on a replica's local allowance while the store was away
         );
         CREATE INDEX requests_ts ON requests (ts);
+        -- grants made on any replica; every replica pulls the active ones into its GrantBook
+        CREATE TABLE grants (
+            id TEXT PRIMARY KEY,
+            request_id TEXT,
+            ts TIMESTAMPTZ NOT NULL,
+            scope TEXT NOT NULL,
+            "window" TEXT NOT NULL,
+            amount_usd NUMERIC(20, 10) NOT NULL,
+            starts TIMESTAMPTZ NOT NULL,
+            until TIMESTAMPTZ NOT NULL,
+            granted_by TEXT NOT NULL,
+            replica TEXT
+        );
+        CREATE INDEX grants_until ON grants (until);
+        -- an alert fires once for all replicas: the first to insert its key announces it
+        CREATE TABLE alerts_fired (
+            scope TEXT NOT NULL,
+            "window" TEXT NOT NULL,
+            window_start TIMESTAMPTZ NOT NULL,
+            kind TEXT NOT NULL,
+            threshold NUMERIC(10, 4) NOT NULL,
+            ts TIMESTAMPTZ NOT NULL,
+            spent_usd NUMERIC(20, 10),
+            limit_usd NUMERIC(20, 10),
+            replica TEXT,
+            PRIMARY KEY (scope, "window", window_start, kind, threshold)
+        );
 
         -- Reserve p_amount on every (scope, window, start) or on none. One row per budget, in
         -- the caller's order: its counter after the call, and `refused` on the first budget
@@ -484,6 +511,28 @@ class PostgresStore:
         """Drop closed reservations after a day (the ledger row keeps the facts)."""
         return self._run("DELETE FROM reservations WHERE state <> 'open' AND created_at < now() - "
                          "make_interval(secs => %s)", [older_than_seconds], fetch="count")
+
+    # -- grants and alerts --
+    def publish_grant(self, g: dict[str, Any]) -> None:
+        """Record a grant for every replica (idempotent by id)."""
+        self._run('INSERT INTO grants (id, request_id, ts, scope, "window", amount_usd, starts, until, granted_by, '
+                  "replica) VALUES (%(id)s, %(request_id)s, %(ts)s, %(scope)s, %(window)s, %(amount)s, %(starts)s, "
+                  "%(until)s, %(granted_by)s, %(replica)s) ON CONFLICT (id) DO NOTHING",
+                  {**g, "replica": self.replica}, fetch="count")
+
+    def active_grants(self) -> list[dict[str, Any]]:
+        """Grants not yet over, oldest first."""
+        rows = self._run('SELECT id, request_id, scope, "window", amount_usd, starts, until, granted_by FROM grants '
+                         "WHERE until > now() ORDER BY ts, id")
+        names = ("id", "request_id", "scope", "window", "amount", "starts", "until", "granted_by")
+        return [dict(zip(names, r)) for r in rows]
+
+    def claim_alert(self, key: tuple[str, str, datetime, str, Decimal], spent: Decimal, limit: Decimal) -> bool:
+        """True for the one replica that records this alert first; the others stay quiet."""
+        row = self._run('INSERT INTO alerts_fired (scope, "window", window_start, kind, threshold, ts, spent_usd, '
+                        "limit_usd, replica) VALUES (%s, %s, %s, %s, %s, now(), %s, %s, %s) "
+                        "ON CONFLICT DO NOTHING RETURNING 1", [*key, spent, limit, self.replica], fetch="one")
+        return row is not None
 
     # -- counters --
     def add(self, key: Key, amount: Decimal) -> None:

@@ -8,6 +8,7 @@ counters in PostgreSQL, so the cap holds across all of them together. The store'
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import subprocess
 import sys
 import threading
@@ -22,6 +23,7 @@ from psycopg.rows import dict_row
 
 from tests.support import ANTHROPIC_KEY
 from tests.support.gateway import GatewayError, _clean_env
+from tests.support.webhook import Hook
 
 MODEL = "claude-sonnet-4-5"
 PROMPT = "x" * 7200  # ~1800 tokens by the gateway's estimate: the reservation covers the actual cost
@@ -216,3 +218,54 @@ def test_store_stopped_fail_open_bounded_admits_up_to_the_allowance_and_replays(
     assert charged <= Decimal("0.03")  # the overshoot bound: replicas x allowance
     assert counter(store_url, "user:tester") == (before + charged, 0)  # charged to the shared counters once
     client.close()
+
+
+def cli_as(gw, user: str, *args: str) -> subprocess.CompletedProcess:
+    """The CLI as a given person (USER/LOGNAME), talking to replica `gw` through its admin API."""
+    env = _clean_env({"USER": user, "LOGNAME": user})
+    return subprocess.run(gw.cli_command(*args), capture_output=True, text=True, timeout=60, env=env,
+                          cwd=str(gw.tmp), stdin=subprocess.DEVNULL)
+
+
+def test_approval_on_replica_a_admits_on_replica_b_and_alerts_fire_once(tmp_path, gateway_factory, fake_provider,
+                                                                        store_url):
+    hook = Hook()
+    body = f"""\
+organization: {{name: acme, budgets: {{month: 1000}}}}
+defaults: {{user: {{day: 0.02}}}}
+alerts: {{thresholds: [50, 100], projected_overrun: false}}
+approvals:
+  organization: {{approvers: [lead]}}
+sinks:
+  hook: {{type: webhook, url: "{hook.url}", backoff_seconds: 0.05}}
+"""
+    a, b = replicas(gateway_factory, 2, policy(tmp_path, body), store_url)
+    ca = anthropic.Anthropic(api_key=ANTHROPIC_KEY, http_client=a.http_client(), max_retries=0)
+    cb = anthropic.Anthropic(api_key=ANTHROPIC_KEY, http_client=b.http_client(), max_retries=0)
+
+    def small(client):
+        return client.messages.create(model=MODEL, max_tokens=10, messages=[{"role": "user", "content": "hi"}])
+
+    small(cb)  # $0.01179: 59% of the day, the 50% alert fires (on B)
+    wait_until(lambda: counter(store_url, "user:tester")[0] > 0)
+    small(ca)  # 118%: the 100% alert fires (on A); A must not announce 50% again
+    wait_until(lambda: len(rows(store_url)) == 2)
+    with pytest.raises(anthropic.RateLimitError):
+        small(cb)
+
+    cp = cli_as(a, "tester", "request", "--amount", "1", "--window", "day", "--scope", "user:tester",
+                "--reason", "release crunch", "--json")
+    assert cp.returncode == 0, cp.stderr
+    rid = json.loads(cp.stdout)["id"]
+    cp = cli_as(a, "lead", "approve", rid)
+    assert cp.returncode == 0, cp.stderr
+    assert small(cb).content  # the next request on B is admitted: the grant made on A counts there at once
+
+    # A's decision notice goes out after anything A announced on its settlement (one queue per sink)
+    bodies = hook.wait_for(lambda bs: any(x["event"] == "decision" for x in bs)
+                           and len([x for x in bs if x["event"] == "alert"]) >= 2)
+    alerts = [x for x in bodies if x["event"] == "alert" and x["scope"] == "user:tester"]
+    assert sorted(x["threshold"] for x in alerts) == [50, 100], bodies
+    ca.close()
+    cb.close()
+    hook.close()
