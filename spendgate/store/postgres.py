@@ -50,7 +50,7 @@ MIGRATIONS: list[tuple[int, str, str]] = [
             spent NUMERIC(20, 10) NOT NULL DEFAULT 0,
             reserved NUMERIC(20, 10) NOT NULL DEFAULT 0,
             PRIMARY KEY (scope, "window", window_start)
-        );
+        ) WITH (fillfactor = 50);  -- room on each page for HOT updates: counters are rewritten on every request
         -- one row per admitted request; the same amount is reserved on every listed counter
         CREATE TABLE reservations (
             request_id TEXT PRIMARY KEY,
@@ -133,46 +133,67 @@ MIGRATIONS: list[tuple[int, str, str]] = [
 
         -- Reserve p_amount on every (scope, window, start) or on none. One row per budget, in
         -- the caller's order: its counter after the call, and `refused` on the first budget
-        -- without room (then nothing was reserved). Replaying a request id reserves nothing twice.
+        -- without room (then nothing was reserved). p_create: some window may be new (the
+        -- caller has not seen all these counters yet); without it a missing row raises P0002
+        -- and the caller retries with it. Three statements on the hot path: lock-and-read,
+        -- update, insert the reservation (a replayed request id fails on its primary key).
         CREATE FUNCTION spendgate_admit(
             p_request_id TEXT, p_scopes TEXT[], p_windows TEXT[], p_starts TIMESTAMPTZ[], p_limits NUMERIC[],
-            p_amount NUMERIC, p_owner TEXT, p_lease_seconds DOUBLE PRECISION, p_policy TEXT, p_record JSONB
+            p_amount NUMERIC, p_owner TEXT, p_lease_seconds DOUBLE PRECISION, p_policy TEXT, p_record JSONB,
+            p_create BOOLEAN DEFAULT true
         ) RETURNS TABLE (ord INT, spent NUMERIC, reserved NUMERIC, refused BOOLEAN)
         LANGUAGE plpgsql AS $$
         DECLARE
             v_refused BIGINT;
+            v_n INT := 0;
+            v_spent NUMERIC[] := '{}';
+            v_reserved NUMERIC[] := '{}';
+            rec RECORD;
+            i INT;
         BEGIN
-            IF NOT EXISTS (SELECT 1 FROM reservations r WHERE r.request_id = p_request_id) THEN
-                -- new windows first, so the locks below always find their rows
+            IF p_create THEN  -- new windows first (sorted), so the locks below always find their rows
                 INSERT INTO counters AS c (scope, "window", window_start)
                 SELECT DISTINCT k.s, k.w, k.t FROM unnest(p_scopes, p_windows, p_starts) AS k(s, w, t)
                 ORDER BY 1, 2, 3
                 ON CONFLICT DO NOTHING;
-                -- one global lock order: no two admissions can deadlock
-                PERFORM 1 FROM counters c
-                JOIN unnest(p_scopes, p_windows, p_starts) AS k(s, w, t)
+            END IF;
+            -- one global lock order (scope, window, window_start): no two admissions can deadlock
+            FOR rec IN
+                SELECT k.o, k.l, c.spent AS s, c.reserved AS r FROM counters c
+                JOIN unnest(p_scopes, p_windows, p_starts, p_limits) WITH ORDINALITY AS k(s, w, t, l, o)
                   ON c.scope = k.s AND c."window" = k.w AND c.window_start = k.t
                 ORDER BY c.scope, c."window", c.window_start
-                FOR UPDATE OF c;
-                SELECT min(k.o) INTO v_refused
-                FROM unnest(p_scopes, p_windows, p_starts, p_limits) WITH ORDINALITY AS k(s, w, t, l, o)
-                JOIN counters c ON c.scope = k.s AND c."window" = k.w AND c.window_start = k.t
-                WHERE k.l <= 0 OR c.spent + c.reserved + p_amount > k.l;
-                IF v_refused IS NULL THEN
-                    UPDATE counters c SET reserved = c.reserved + p_amount
-                    FROM (SELECT DISTINCT s, w, t FROM unnest(p_scopes, p_windows, p_starts) AS u(s, w, t)) k
-                    WHERE c.scope = k.s AND c."window" = k.w AND c.window_start = k.t;
-                    INSERT INTO reservations (request_id, scopes, windows, starts, amount, owner, lease_expires,
-                                              policy_sha256, record)
-                    VALUES (p_request_id, p_scopes, p_windows, p_starts, p_amount, p_owner,
-                            now() + make_interval(secs => p_lease_seconds), p_policy, p_record);
+                FOR UPDATE OF c
+            LOOP
+                v_n := v_n + 1;
+                v_spent[rec.o] := rec.s;
+                v_reserved[rec.o] := rec.r;
+                IF (rec.l <= 0 OR rec.s + rec.r + p_amount > rec.l) AND (v_refused IS NULL OR rec.o < v_refused) THEN
+                    v_refused := rec.o;
                 END IF;
+            END LOOP;
+            IF v_n < cardinality(p_scopes) THEN
+                RAISE EXCEPTION 'spendgate: counter rows missing' USING ERRCODE = 'P0002';
             END IF;
-            RETURN QUERY
-            SELECT k.o::INT, c.spent, c.reserved, coalesce(k.o = v_refused, false)
-            FROM unnest(p_scopes, p_windows, p_starts) WITH ORDINALITY AS k(s, w, t, o)
-            JOIN counters c ON c.scope = k.s AND c."window" = k.w AND c.window_start = k.t
-            ORDER BY k.o;
+            IF v_refused IS NOT NULL AND EXISTS (SELECT 1 FROM reservations r WHERE r.request_id = p_request_id) THEN
+                v_refused := NULL;  -- a replay of an admitted request (its reservation fills the room)
+                p_amount := 0;
+            ELSIF v_refused IS NULL THEN
+                UPDATE counters c SET reserved = c.reserved + p_amount
+                FROM (SELECT DISTINCT s, w, t FROM unnest(p_scopes, p_windows, p_starts) AS u(s, w, t)) k
+                WHERE c.scope = k.s AND c."window" = k.w AND c.window_start = k.t;
+                INSERT INTO reservations (request_id, scopes, windows, starts, amount, owner, lease_expires,
+                                          policy_sha256, record)
+                VALUES (p_request_id, p_scopes, p_windows, p_starts, p_amount, p_owner,
+                        now() + make_interval(secs => p_lease_seconds), p_policy, p_record);
+            END IF;
+            FOR i IN 1 .. cardinality(p_scopes) LOOP
+                ord := i;
+                spent := v_spent[i];
+                reserved := v_reserved[i] + CASE WHEN v_refused IS NULL THEN p_amount ELSE 0 END;
+                refused := (i = v_refused);
+                RETURN NEXT;
+            END LOOP;
         END;
         $$;
 
@@ -352,6 +373,7 @@ class PostgresStore:
         self.replica = replica or replica_name()
         self.lease_seconds = lease_seconds
         self.timeout = timeout
+        self._known: set[Key] = set()  # counter rows known to exist (rows are never deleted)
         self.pool = ConnectionPool(
             url,
             min_size=1,
@@ -464,14 +486,25 @@ class PostgresStore:
         record: dict[str, Any] | None = None,
     ) -> list[CounterState]:
         """Reserve `amount` (USD) on every budget or none: one CounterState per budget, in order."""
+        from psycopg import errors
         from psycopg.types.json import Jsonb
 
-        rows = self._run(
-            "SELECT ord, spent, reserved, refused FROM spendgate_admit(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
-            [request_id, [b[0] for b in budgets], [b[1] for b in budgets], [b[2] for b in budgets],
-             [b[3] for b in budgets], amount, self.replica, float(self.lease_seconds), policy_sha256,
-             Jsonb(record or {}, dumps=_dumps)],
-        )
+        keys = [(b[0], b[1], b[2]) for b in budgets]
+        create = not self._known.issuperset(keys)  # a window this replica has not seen: create its rows
+        params = [request_id, [k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys],
+                  [b[3] for b in budgets], amount, self.replica, float(self.lease_seconds), policy_sha256,
+                  Jsonb(record or {}, dumps=_dumps)]
+        sql = "SELECT ord, spent, reserved, refused FROM spendgate_admit(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+        try:
+            rows = self._run(sql, [*params, create])
+        except errors.NoDataFound:  # rows removed behind our back: create them
+            rows = self._run(sql, [*params, True])
+        except errors.UniqueViolation:  # a replayed request id: already reserved, nothing changed
+            got = self.counters(keys)
+            return [CounterState(*got.get(k, (Decimal(0), Decimal(0)))) for k in keys]
+        if len(self._known) > 100_000:  # old windows: forget, the next admission re-creates cheaply
+            self._known.clear()
+        self._known.update(keys)
         return [CounterState(spent, reserved, refused) for _ord, spent, reserved, refused in rows]
 
     def settle(self, request_id: str, actual: Decimal, row: LedgerRow | None,
