@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -28,6 +29,7 @@ __all__ = ["LeaseKeeper", "NoPlanCharges", "SharedCounters", "is_store_url", "op
 log = logging.getLogger(__name__)
 
 MAX_PENDING = 100_000  # settlements kept for retry while the store is away (then the reaper charges them)
+FRESH_SECONDS = 2.0  # how long a counter seen in an admission answers get() without asking the store
 
 
 def is_store_url(url: str) -> bool:
@@ -84,6 +86,9 @@ class SharedCounters:
         # fail_open_bounded: USD admitted per scope while the store was away, not yet replayed into it
         self._degraded: dict[str, Decimal] = {}
         self._degraded_open: dict[str, tuple[tuple[str, ...], Decimal]] = {}  # request id -> (scopes, reserved)
+        # counters as the last admission returned them, plus this replica's settlements since: alerts
+        # and warnings read these after every request instead of a round trip per budget
+        self._seen: dict[CounterKey, tuple[float, Counter]] = {}
 
     def try_reserve(self, budgets: list[Budget], amount: Decimal, ticket: Ticket | None = None) -> Reserved:
         """One round trip; raises StoreUnavailable (the gateway applies `on_store_error`)."""
@@ -94,6 +99,12 @@ class SharedCounters:
         states = self.pg.admit(ticket.request_id, [(b.scope, b.window, b.start, b.limit) for b in budgets], amount,
                                policy_sha256=ticket.policy_sha256, record=ticket.record)
         refused = next((i for i, s in enumerate(states) if s.refused), None)
+        now = time.monotonic()
+        with self._lock:
+            if len(self._seen) > 50_000:
+                self._seen = {k: v for k, v in self._seen.items() if now - v[0] < FRESH_SECONDS}
+            for b, st in zip(budgets, states):
+                self._seen[b.key] = (now, Counter(st.spent, st.reserved))
         return Reserved(refused, [Counter(s.spent, s.reserved) for s in states])
 
     def reserve_degraded(self, budgets: list[Budget], amount: Decimal, allowance: Decimal | None,
@@ -122,6 +133,12 @@ class SharedCounters:
     def settle(self, res: Reservation, actual: Decimal, row: LedgerRow | None = None) -> None:
         """Exactly once in the store; while it is away, kept and retried by the LeaseKeeper."""
         if not res.degraded:
+            with self._lock:
+                for k in res.keys:
+                    seen = self._seen.get(k)
+                    if seen:
+                        c = seen[1]
+                        self._seen[k] = (seen[0], Counter(c.spent + actual, max(ZERO, c.reserved - res.amount)))
             self._settle_or_keep(_Pending(res.id, actual, row))
             return
         with self._lock:  # the allowance holds the actual charge from now until the store has it
@@ -177,6 +194,11 @@ class SharedCounters:
         self.pg.add(key, amount)
 
     def get(self, key: CounterKey) -> Counter:
+        """Fresh from this replica's last admission (<= FRESH_SECONDS old), else from the store."""
+        with self._lock:
+            seen = self._seen.get(key)
+        if seen and time.monotonic() - seen[0] < FRESH_SECONDS:
+            return Counter(seen[1].spent, seen[1].reserved)
         spent, reserved = self.pg.counters([key]).get(key, (ZERO, ZERO))
         return Counter(spent, reserved)
 

@@ -118,6 +118,20 @@ def test_three_replicas_share_one_cap_under_60_concurrent_requests(tmp_path, gat
     for c in clients:
         c.close()
 
+    # the read side on the shared store: every replica's rows, and the shared counters
+    cp = spendgate("ledger", "--store", store_url, "--json", "--limit", "1000")
+    assert cp.returncode == 0, cp.stderr
+    assert sorted(r["request_id"] for r in json.loads(cp.stdout)) == sorted(r["request_id"] for r in shared)
+    cp = spendgate("spend", "--store", store_url, "--by", "user", "--json")
+    assert cp.returncode == 0, cp.stderr
+    (tester,) = json.loads(cp.stdout)
+    assert tester["group"] == "tester" and tester["requests"] == 60
+    assert Decimal(str(tester["cost_usd"])) == pytest.approx(sum(r["cost_usd"] or 0 for r in shared))
+    cp = spendgate("budgets", "--store", store_url, "--policy", str(gws[0].policy), "--json")
+    assert cp.returncode == 0, cp.stderr
+    day = next(b for b in json.loads(cp.stdout) if b["scope"] == "user:tester" and b["window"] == "day")
+    assert Decimal(str(day["spent_usd"])) == pytest.approx(charged) and day["limit_usd"] == 0.5
+
 
 def test_kill9_replica_mid_stream_its_reservation_is_reaped_as_interrupted(tmp_path, gateway_factory,
                                                                            fake_provider, store_url):
