@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
+from collections.abc import Awaitable
 from pathlib import Path
 
 from mitmproxy import ctx, exceptions, http
@@ -133,15 +134,15 @@ class SpendGate:
             opts.update(allow_hosts=wanted)
 
     # -- traffic hooks --
-    async def request(self, flow: http.HTTPFlow) -> None:
+    def request(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         if flow.response or flow.error:
-            return
+            return None
         req = flow.request
         if self.gateway is None:  # not started (or failed): never let provider traffic pass unmetered
             if providers.route(req.host, req.path) is not None:
                 answer = refusal.unavailable(providers.PROVIDER_HOSTS.get(req.host, ""), "the gateway is not ready")
                 flow.response = http.Response.make(answer.status, answer.body, answer.headers)
-            return
+            return None
         auth = flow.metadata.get("proxyauth")
         ex = self.gateway.meter.begin(
             req.host,
@@ -152,13 +153,20 @@ class SpendGate:
             client_ip=flow.client_conn.peername[0] if flow.client_conn.peername else None,
         )
         if ex is None:
-            return
+            return None
         flow.metadata[META] = ex
         gw = self.gateway
-        if gw.admit_blocks:  # a shared store: the round trip runs on a worker thread, never on the event loop
-            answer = await asyncio.to_thread(gw.admit, ex)
-        else:
-            answer = gw.admit(ex)
+        if gw.admit_blocks:  # a shared store: mitmproxy awaits this; the round trip runs on a worker thread
+            return self._admit_off_loop(flow, gw, ex)
+        self._admitted(flow, gw, ex, gw.admit(ex))  # in-memory counters: a direct call, no coroutine
+        return None
+
+    async def _admit_off_loop(self, flow: http.HTTPFlow, gw: Gateway, ex: Exchange) -> None:
+        self._admitted(flow, gw, ex, await asyncio.to_thread(gw.admit, ex))
+
+    @staticmethod
+    def _admitted(flow: http.HTTPFlow, gw: Gateway, ex: Exchange, answer: refusal.Answer | None) -> None:
+        req = flow.request
         if answer is not None:  # over budget (or refused by policy): never forwarded
             flow.response = http.Response.make(answer.status, answer.body, answer.headers)
             gw.meter.finish(ex, None)
