@@ -215,6 +215,7 @@ def render(site: Site) -> list[Artifact]:
             "env_lines": _env_lines(env), "ps_env": _ps_env(env), "no_proxy": ",".join(site.no_proxy),
             "ca_fingerprints": " ".join(site.ca_fingerprints) or "(made on each machine at install)",
             "extra_args": "--set proxyauth=@/etc/spendgate/htpasswd" if site.identity_method == "proxy_auth" else "",
+            "store": site.store or "",
         }
         if os_name == "linux":
             out.append(Artifact("linux/spendgate.env", _env_lines(env).encode()))

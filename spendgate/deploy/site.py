@@ -78,6 +78,7 @@ class Site:
     policy_file: Path | None
     paths: dict[str, OSPaths]
     warnings: tuple[Problem, ...] = field(default=())
+    store: str | None = None  # central replicas: the shared PostgreSQL store (no password)
 
     @property
     def proxy_hostport(self) -> str:
@@ -212,7 +213,7 @@ def parse(text: str, file: Path) -> Site:
         extra_roots_pem=extra_roots, hosts=hosts, patterns=tuple(patterns), identity_method=method,
         identity_header=ident.get("header", DEFAULT_HEADER).lower(), identity_user=ident.get("user", USER_TOKEN),
         no_proxy=tuple(doc.get("no_proxy") or ("localhost", "127.0.0.1", "::1")), policy_file=policy_file,
-        paths=paths,
+        paths=paths, store=gw.get("store"),
         warnings=tuple(warnings),
     )  # fmt: skip
 

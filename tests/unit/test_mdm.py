@@ -241,6 +241,8 @@ def test_rendered_scripts_are_complete_and_parse(tmp_path, ca_cert):
             assert cp.returncode == 0, cp.stderr
     unit = (tmp_path / "central" / "central" / "spendgate-gateway.service").read_text()
     assert "spendgate_allow_clients=${SPENDGATE_ALLOW_CLIENTS}" in unit
+    assert "spendgate_store=${SPENDGATE_STORE}" in unit
+    assert "\nSPENDGATE_STORE=\n" in (tmp_path / "central" / "central" / "gateway.env").read_text()  # alone
     assert "proxyauth=@/etc/spendgate/htpasswd" in (tmp_path / "central" / "central" / "gateway.env").read_text()
 
 
@@ -317,3 +319,17 @@ def test_whoami_never_carries_a_key():
     assert body == {"user": "alice", "source": "proxy_auth", "client": "claude-code",
                     "key_fingerprint": "sha256:abc", "workspaces": [], "client_ip": "10.1.1.1"}
     assert access.is_whoami("WHOAMI.spendgate.invalid.") and not access.is_whoami("api.anthropic.com")
+
+
+def test_central_replicas_share_the_store_named_in_the_site_config(tmp_path, ca_cert):
+    def with_store(url: str) -> Path:
+        p = central(tmp_path, ca_cert)
+        p.write_text(p.read_text().replace("pac_url: http://wpad.corp.example/p.pac}",
+                                           f"pac_url: http://wpad.corp.example/p.pac, store: '{url}'}}"))
+        return p
+
+    s = site.load(with_store("postgresql://spendgate@db.corp.example/spendgate"))
+    env = artifacts(s)["central/gateway.env"].decode()
+    assert "\nSPENDGATE_STORE=postgresql://spendgate@db.corp.example/spendgate\n" in env
+    with pytest.raises(site.SiteError, match="store"):  # a password in the URL would sit in a readable file
+        site.load(with_store("postgresql://u:secret@db/x"))
