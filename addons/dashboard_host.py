@@ -13,9 +13,9 @@ import logging
 
 from mitmproxy import ctx, http
 
-from spendgate.web.server import Caller
 from spendgate.policy.model import UNATTRIBUTED
 from spendgate.web.app import WebRequest
+from spendgate.web.caller import Caller
 
 log = logging.getLogger("spendgate")
 

@@ -12,21 +12,25 @@ import sys
 from collections.abc import Awaitable
 from pathlib import Path
 
+from access import (
+    Access,  # addons/access.py: client networks, providers-only, identity echo
+)
+from dashboard_host import (
+    DashboardHost,  # addons/ is on sys.path when mitmdump loads this script
+)
 from mitmproxy import ctx, exceptions, http
+from opaque import (
+    OpaqueCounter,  # addons/opaque.py: counts undecrypted connections to opaque AI hosts
+)
 
-from spendgate.metering import providers
-
-from spendgate.budgets import refusal
-from spendgate.metering.providers import openai_chat
 from spendgate import resources
-from spendgate.gateway import Gateway, GatewayError, Settings
-from spendgate.metering.meter import Body, Exchange
+from spendgate.budgets import refusal
 from spendgate.cli.source import default_db
+from spendgate.gateway import Gateway, GatewayError, Settings
+from spendgate.metering import providers
+from spendgate.metering.meter import Body, Exchange
+from spendgate.metering.providers import openai_chat
 from spendgate.metering.streams import EventDropper, StreamTap
-
-from dashboard_host import DashboardHost  # addons/ is on sys.path when mitmdump loads this script
-from opaque import OpaqueCounter  # addons/opaque.py: counts undecrypted connections to opaque AI hosts
-from access import Access  # addons/access.py: client networks, providers-only, identity echo
 
 log = logging.getLogger("spendgate")
 
@@ -158,11 +162,11 @@ class SpendGate:
         gw = self.gateway
         if gw.admit_blocks:  # a shared store: mitmproxy awaits this; the round trip runs on a worker thread
             return self._admit_off_loop(flow, gw, ex)
-        self._admitted(flow, gw, ex, gw.admit(ex))  # in-memory counters: a direct call, no coroutine
+        self._admitted(flow, gw, ex, gw.admission.admit(ex))  # in-memory counters: a direct call, no coroutine
         return None
 
     async def _admit_off_loop(self, flow: http.HTTPFlow, gw: Gateway, ex: Exchange) -> None:
-        self._admitted(flow, gw, ex, await asyncio.to_thread(gw.admit, ex))
+        self._admitted(flow, gw, ex, await asyncio.to_thread(gw.admission.admit, ex))
 
     @staticmethod
     def _admitted(flow: http.HTTPFlow, gw: Gateway, ex: Exchange, answer: refusal.Answer | None) -> None:
@@ -185,7 +189,7 @@ class SpendGate:
             return
         ex.status = resp.status_code
         ex.headers_at = self.gateway.meter.clock()
-        resp.headers.update(self.gateway.response_headers(ex))
+        resp.headers.update(self.gateway.admission.response_headers(ex))
         parser = self.gateway.meter.stream_parser(ex, flow.request.path, resp.headers.get("content-type", ""))
         if parser is not None:
             # only OpenAI chat asks for this: the include_usage chunk the client did not request

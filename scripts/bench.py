@@ -47,10 +47,10 @@ sys.path.insert(0, str(ROOT))
 import duckdb  # noqa: E402
 import yaml  # noqa: E402
 
-from spendgate.gateway import Gateway, Settings  # noqa: E402
 from spendgate.budgets.journal import Journal  # noqa: E402
-from spendgate.store.ledger import DuckDBLedger, LedgerRow, migrate  # noqa: E402
+from spendgate.gateway import Gateway, Settings  # noqa: E402
 from spendgate.policy.model import WINDOWS  # noqa: E402
+from spendgate.store.ledger import DuckDBLedger, LedgerRow, migrate  # noqa: E402
 
 log = logging.getLogger("bench")
 
@@ -537,7 +537,7 @@ def bench_admission(db: Path, policy: Path, calls: int) -> dict[str, float]:
             exs.append(ex)
         for ex in exs:
             t = time.perf_counter_ns()
-            answer = gw.admit(ex)
+            answer = gw.admission.admit(ex)
             admits.append(time.perf_counter_ns() - t)
             if answer is not None:
                 raise ProxyError(f"bench request refused: {answer.body[:200]!r}")

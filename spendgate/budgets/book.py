@@ -17,9 +17,9 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any, Protocol
 
+from spendgate.budgets.windows import WINDOWS, bounds
 from spendgate.identity import Identity
 from spendgate.policy.model import UNATTRIBUTED, Budgets, Policy
-from spendgate.budgets.windows import WINDOWS, bounds
 from spendgate.store.ledger import LedgerRow
 
 ZERO = Decimal(0)
@@ -152,18 +152,40 @@ class Decision:
     snapshot: dict[CounterKey, Counter] = field(default_factory=dict)  # counters as admission left them
 
 
+def scope_names(org: str, user: str, workspaces: Iterable[str], key_fingerprint: str | None) -> list[str]:
+    """The budget scopes a request counts against, in the one order every caller uses.
+
+    `organization:ORG`, then `workspace:W` for each workspace, then `user:U` (or `unattributed`),
+    then `key:FP` when the request carried a key. Admission, counter rebuild and re-pricing all
+    name scopes through this function, so a ledger row is always charged where it was admitted.
+    """
+    out = [f"organization:{org}", *(f"workspace:{w}" for w in workspaces if w)]
+    out.append(UNATTRIBUTED if user == UNATTRIBUTED else f"user:{user}")
+    if key_fingerprint:
+        out.append(f"key:{key_fingerprint}")
+    return out
+
+
+def row_scopes(org: str, user: str, key_fingerprint: str | None, workspace: str | None) -> list[str]:
+    """`scope_names` for a stored ledger row (workspaces comma-joined in one column)."""
+    return scope_names(org, user, (workspace or "").split(","), key_fingerprint)
+
+
 def scopes(policy: Policy, identity: Identity) -> list[tuple[str, Budgets, date | None]]:
     """Every scope covering this identity, with its limits (defaults with exceptions applied)."""
     today = datetime.now(policy.timezone).date()
-    out: list[tuple[str, Budgets, date | None]] = [(f"organization:{policy.org_name}", policy.org_budgets, None)]
-    for ws in identity.workspaces:
-        out.append((f"workspace:{ws}", policy.workspace_budgets(ws), None))
-    if identity.user == UNATTRIBUTED:
-        out.append((UNATTRIBUTED, *policy.user_budgets(UNATTRIBUTED, today)))
-    else:
-        out.append((f"user:{identity.user}", *policy.user_budgets(identity.user, today)))
-    if identity.key_fingerprint:
-        out.append((f"key:{identity.key_fingerprint}", *policy.key_budgets(identity.key_fingerprint, today)))
+    names = scope_names(policy.org_name, identity.user, identity.workspaces, identity.key_fingerprint)
+    out: list[tuple[str, Budgets, date | None]] = []
+    for name in names:
+        kind, _, rest = name.partition(":")
+        if kind == "organization":
+            out.append((name, policy.org_budgets, None))
+        elif kind == "workspace":
+            out.append((name, policy.workspace_budgets(rest), None))
+        elif kind == "key":
+            out.append((name, *policy.key_budgets(rest, today)))
+        else:  # user:U or unattributed
+            out.append((name, *policy.user_budgets(identity.user, today)))
     return out
 
 
@@ -278,12 +300,33 @@ class BudgetBook:
             oldest[window] = bounds(window, start - timedelta(seconds=1), self.policy.timezone)[0]
         return self.store.prune(lambda key: key[2] >= oldest[key[1]])
 
-    def charge(self, scope_names: Iterable[str], ts: datetime, amount: Decimal) -> None:
+    def charge(self, names: Iterable[str], ts: datetime, amount: Decimal) -> None:
         """Count spend that happened (at start-up, from the ledger) in every window it falls in."""
-        for scope in scope_names:
+        for scope in names:
             for window in WINDOWS:
                 start, _ = bounds(window, ts, self.policy.timezone)
                 self.store.add((scope, window, start), amount)
+
+    def move(self, deltas: Iterable[tuple[datetime, list[str], Decimal]], now: datetime | None = None) -> int:
+        """Move the CURRENT windows' counters by (row time, scopes, USD delta); returns counters moved.
+
+        Used when stored rows are re-priced: a row of an earlier window changes nothing live.
+        """
+        tz = self.policy.timezone
+        now = now or self.now()
+        current = {w: bounds(w, now, tz)[0] for w in WINDOWS}
+        moved = 0
+        for ts, names, delta in deltas:
+            if not delta:
+                continue
+            ts = ts if ts.tzinfo else ts.replace(tzinfo=UTC)
+            for scope in names:
+                for w in WINDOWS:
+                    start = bounds(w, ts, tz)[0]
+                    if start == current[w]:
+                        self.store.add((scope, w, start), delta)
+                        moved += 1
+        return moved
 
     def status(self) -> list[dict[str, Any]]:
         """Every active budget with its use: the policy's own scopes plus everyone seen this window."""

@@ -26,8 +26,8 @@ from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from spendgate.policy.model import Policy
 from spendgate.budgets.windows import WINDOWS, bounds
+from spendgate.policy.model import Policy
 
 ZERO = Decimal(0)
 

@@ -15,17 +15,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from spendgate.workflow import audit
-from spendgate.workflow.approvals import ApprovalError, list_requests
 from spendgate.budgets.book import BudgetBook
+from spendgate.budgets.windows import WINDOWS
 from spendgate.cli.budget_cmds import default_policy
 from spendgate.cli.output import add_db_arg, add_json_arg, console, print_json, table
-from spendgate.identity import local_user
-from spendgate.store.ledger import LedgerLocked, connect, migrate
-from spendgate.policy.model import PolicyError, load
-from spendgate.reports.queries import parse_time
 from spendgate.cli.source import SourceError, _gateway_call, default_db
-from spendgate.budgets.windows import WINDOWS
+from spendgate.identity import local_user
+from spendgate.policy.model import PolicyError, load
+from spendgate.store.ledger import LedgerLocked, connect, migrate
+from spendgate.store.sql import parse_time
+from spendgate.workflow import audit
+from spendgate.workflow.approvals import ApprovalError, list_requests
 
 Call = Callable[[str, dict[str, Any], str], Any]
 
@@ -81,7 +81,7 @@ def _gateway(db: Path) -> Call:
 @contextmanager
 def _offline_workflow(db: Path, policy_path: Path) -> Iterator[Any]:
     """A Workflow over the file (no gateway): same rules, notices delivered before we exit."""
-    from spendgate.gateway import rebuild_counters
+    from spendgate.budgets.recovery import rebuild_counters
     from spendgate.workflow.service import Workflow
 
     try:

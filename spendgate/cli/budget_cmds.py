@@ -10,14 +10,21 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from spendgate import resources
-from spendgate.workflow.approvals import attach_grants
 from spendgate.budgets.book import BudgetBook
-from spendgate.cli.output import add_db_arg, add_json_arg, console, print_json, source, table
-from spendgate.gateway import rebuild_counters
-from spendgate.identity import fingerprint
-from spendgate.store.ledger import connect
-from spendgate.policy.model import PolicyError, load
+from spendgate.budgets.recovery import rebuild_counters
+from spendgate.cli.output import (
+    add_db_arg,
+    add_json_arg,
+    console,
+    print_json,
+    source,
+    table,
+)
 from spendgate.cli.source import SourceError, default_db
+from spendgate.identity import fingerprint
+from spendgate.policy.model import PolicyError, load
+from spendgate.store.ledger import connect
+from spendgate.workflow.approvals import attach_grants
 
 
 def default_policy() -> Path:

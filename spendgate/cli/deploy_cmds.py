@@ -9,11 +9,9 @@ from pathlib import Path
 
 from rich.markup import escape
 
-from spendgate.deploy import ca
-
-from spendgate.deploy import doctor
+from spendgate import resources
 from spendgate.cli.output import console, print_json
-from spendgate.deploy import render, site
+from spendgate.deploy import ca, doctor, render, site
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -26,6 +24,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = msub.add_parser("validate", help="check a site config; problems as FILE:LINE:COL")
     p.add_argument("--config", type=Path, required=True)
     p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("addon", help="print the path of the mitmproxy addon: mitmdump -s \"$(spendgate addon)\"")
+    p.set_defaults(func=lambda args: print(resources.addon()))
 
     cap = sub.add_parser("ca", help="the gateway's certificate authority")
     csub = cap.add_subparsers(dest="ca_command", required=True, metavar="SUBCOMMAND")

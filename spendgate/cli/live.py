@@ -23,13 +23,13 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from spendgate.reports import dashboard
-
-from spendgate.reports import queries as reports
-from spendgate.web.server import discovery_path
-from spendgate.identity import local_user
 from spendgate.cli.output import add_db_arg, console, source
 from spendgate.cli.source import Source, SourceError, default_db
+from spendgate.identity import local_user
+from spendgate.reports import dashboard
+from spendgate.reports import queries as reports
+from spendgate.store.sql import parse_time
+from spendgate.web.server import discovery_path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -169,7 +169,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     for v in (args.since, args.until):
         try:
             if v:
-                reports.parse_time(v)  # fail here with a clear message, not on the gateway
+                parse_time(v)  # fail here with a clear message, not on the gateway
         except ValueError:
             print(f"spendgate: {v!r} is not an ISO 8601 time (e.g. 2026-03-01 or 2026-03-01T12:00Z)", file=sys.stderr)
             return 2

@@ -19,14 +19,22 @@ from typing import Any
 from genai_prices.update_prices import DEFAULT_UPDATE_URL
 
 from spendgate import resources
+from spendgate.cli.output import (
+    add_db_arg,
+    add_json_arg,
+    console,
+    print_json,
+    source,
+    table,
+)
+from spendgate.cli.source import SourceError, default_db, open_source
 from spendgate.pricing import catalogue as pc
 from spendgate.pricing import reprice
-from spendgate.cli.output import add_db_arg, add_json_arg, console, print_json, source, table
-from spendgate.store.ledger import LedgerLocked, connect, migrate
 from spendgate.pricing.rates import VARIANTS, Pricer, PricingError, compare_overrides
-from spendgate.reports.queries import parse_time
-from spendgate.cli.source import SourceError, default_db, open_source
+from spendgate.store.ledger import LedgerLocked, connect, migrate
+from spendgate.store.sql import parse_time
 from spendgate.usage import Usage
+
 
 def default_pricing_dir() -> Path:
     """SPENDGATE_PRICING_DIR, else pricing/ in the source checkout (what the gateway uses)."""

@@ -17,17 +17,16 @@ from typing import Any
 
 import duckdb
 
-from spendgate import resources
-from spendgate import reconcile
+from spendgate import reconcile, resources
 from spendgate.cli.budget_cmds import default_policy
 from spendgate.cli.output import add_db_arg, add_json_arg, console, print_json, table
-from spendgate.store.ledger import LedgerLocked, connect, migrate
+from spendgate.cli.source import Source, SourceError, default_db, open_source
 from spendgate.policy.model import Policy, PolicyError, load
 from spendgate.pricing.rates import Pricer, PricingError
 from spendgate.reconcile import fetch as fetching
 from spendgate.reconcile import formats, store
 from spendgate.reconcile.report import BY
-from spendgate.cli.source import Source, SourceError, default_db, open_source
+from spendgate.store.ledger import LedgerLocked, connect, migrate
 
 REPORT_COLS = ["metered_usd", "billed_usd", "delta_usd", "delta_pct", "metered_requests", "status"]
 

@@ -18,9 +18,9 @@ from urllib.parse import urlencode
 import duckdb
 
 from spendgate import resources
-from spendgate.reports import queries as reports
-from spendgate.web.server import discovery_path
+from spendgate.reports import registry
 from spendgate.store.ledger import LedgerLocked, connect, migrate
+from spendgate.web.server import discovery_path
 
 
 class SourceError(RuntimeError):
@@ -35,7 +35,7 @@ def default_db() -> Path:
 
 
 class Source:
-    """Runs named queries (see reports.QUERIES) locally or on the gateway."""
+    """Runs named queries (see spendgate.reports.registry) locally or on the gateway."""
 
     def __init__(self, call: Callable[[str, dict[str, Any], str], Any], where: str) -> None:
         self._call = call
@@ -146,6 +146,6 @@ def open_source(db: Path, *, write: bool = False) -> Source:
             from spendgate.reports import dashboard
 
             return dashboard.download(con, name, params)
-        return reports.run_query(con, name, params)
+        return registry.run_query(con, name, params)
 
     return Source(local, f"file {db}")

@@ -6,7 +6,14 @@ import argparse
 from pathlib import Path
 
 from spendgate.cli import reconcile_cmds
-from spendgate.cli.output import add_db_arg, add_json_arg, console, print_json, source, table
+from spendgate.cli.output import (
+    add_db_arg,
+    add_json_arg,
+    console,
+    print_json,
+    source,
+    table,
+)
 from spendgate.reports.queries import GROUPS, WINDOWS
 
 

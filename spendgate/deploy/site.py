@@ -19,9 +19,10 @@ import jsonschema
 from cryptography import x509
 
 from spendgate.deploy import ca as ca_mod
-from spendgate.policy.model import PolicyError, load as load_policy
-from spendgate.yamlcheck import Problem, load_yaml_with_marks, mark, schema_problems
 from spendgate.metering.providers import OPTIONAL_HOSTS, PROVIDER_HOSTS
+from spendgate.policy.model import PolicyError
+from spendgate.policy.model import load as load_policy
+from spendgate.yamlcheck import Problem, load_yaml_with_marks, mark, schema_problems
 
 log = logging.getLogger(__name__)
 

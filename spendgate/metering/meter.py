@@ -7,10 +7,10 @@ the proxy's event loop never waits on them.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
-import itertools
 import os
 import time
 from collections.abc import Callable, Mapping
@@ -18,13 +18,19 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
 
-from spendgate.metering import providers
 from spendgate.batcher import Batcher
 from spendgate.identity import Identity
-from spendgate.store.ledger import Ledger, LedgerRow
-from spendgate.pricing.rates import Pricer, PriceResult, variant_for_tier
-from spendgate.metering.providers.base import Adapter, RequestInfo, ResponseResult, Route, StreamParser
+from spendgate.metering import providers
+from spendgate.metering.providers.base import (
+    Adapter,
+    RequestInfo,
+    ResponseResult,
+    Route,
+    StreamParser,
+)
 from spendgate.metering.streams import IncrementalDecoder
+from spendgate.pricing.rates import Pricer, PriceResult, variant_for_tier
+from spendgate.store.ledger import Ledger, LedgerRow
 from spendgate.usage import Usage
 
 log = logging.getLogger(__name__)

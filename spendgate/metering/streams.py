@@ -21,8 +21,8 @@ try:  # Python 3.14+
 except ImportError:  # pragma: no cover - depends on interpreter
     from backports import zstd  # type: ignore[no-redef]
 
-from spendgate.metering.providers.base import StreamParser
 from spendgate.metering.framing import SSEBlockSplitter
+from spendgate.metering.providers.base import StreamParser
 
 log = logging.getLogger(__name__)
 

@@ -21,8 +21,20 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import jsonschema
 
-from spendgate.policy.sections import AlertsConfig, ApprovalsConfig, SinkConfig, parse_sections
-from spendgate.yamlcheck import Explain, Marks, Problem, load_yaml_with_marks, mark, schema_problems
+from spendgate.policy.sections import (
+    AlertsConfig,
+    ApprovalsConfig,
+    SinkConfig,
+    parse_sections,
+)
+from spendgate.yamlcheck import (
+    Explain,
+    Marks,
+    Problem,
+    load_yaml_with_marks,
+    mark,
+    schema_problems,
+)
 
 WINDOWS = ("hour", "day", "week", "month")
 Budgets = dict[str, Decimal]  # window -> limit in USD

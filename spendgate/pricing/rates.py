@@ -33,8 +33,8 @@ import jsonschema
 from genai_prices import types as gp
 
 from spendgate.pricing import catalogue as pricing_catalogue
-from spendgate.yamlcheck import Problem, load_yaml_with_marks, mark, schema_problems
 from spendgate.usage import Usage
+from spendgate.yamlcheck import Problem, load_yaml_with_marks, mark, schema_problems
 
 log = logging.getLogger(__name__)
 

@@ -21,8 +21,8 @@ from typing import Any
 
 import duckdb
 
-from spendgate.store import sql
 from spendgate.pricing.rates import Pricer, PriceResult
+from spendgate.store import sql
 from spendgate.usage import USAGE_FIELDS, Usage
 
 # Outcomes whose usage was (or may have been) billed; everything else is charged $0 by design
@@ -185,46 +185,18 @@ def run(
     }
 
 
-def adjust_counters(
-    book: Any,
-    changes: Iterable[RowChange],
-    now: datetime,
-    scopes_of: Callable[[str, str | None, str | None, str], list[str]],
-) -> int:
-    """Move a running gateway's budget counters by each row's charge delta (current windows only)."""
-    from spendgate.budgets.windows import WINDOWS, bounds
-
-    tz = book.policy.timezone
-    current = {w: bounds(w, now, tz)[0] for w in WINDOWS}
-    moved = 0
-    for c in changes:
-        delta = c.charged_delta
-        if not delta:
-            continue
-        ts = c.ts if c.ts.tzinfo else c.ts.replace(tzinfo=UTC)
-        for scope in scopes_of(c.user, c.key_fingerprint, c.workspace, book.policy.org_name):
-            for w in WINDOWS:
-                start = bounds(w, ts, tz)[0]
-                if start == current[w]:
-                    book.store.add((scope, w, start), delta)
-                    moved += 1
-    return moved
-
-
 # --- read side: explain and check -----------------------------------------------------------
 
 
 def request_row(cur: duckdb.DuckDBPyConnection, request_id: str) -> dict[str, Any] | None:
     """One ledger row with its price detail and its re-pricing history (a unique id prefix works)."""
-    from spendgate.reports.queries import jsonable
-
     if not request_id:
         raise ValueError("request_id is required")
     res = cur.execute(
         "SELECT * FROM requests WHERE request_id = ? OR starts_with(request_id, ?) ORDER BY request_id = ? DESC LIMIT 2",
         [request_id, request_id, request_id],
     )
-    rows = sql.dicts(res, jsonable)
+    rows = sql.dicts(res, sql.jsonable)
     if not rows:
         return None
     if len(rows) > 1 and rows[0]["request_id"] != request_id:
@@ -235,21 +207,19 @@ def request_row(cur: duckdb.DuckDBPyConnection, request_id: str) -> dict[str, An
         "new_price_source, price_version FROM price_audit WHERE request_id = ? ORDER BY repriced_at",
         [row["request_id"]],
     )
-    row["reprice_history"] = sql.dicts(hist, jsonable)
+    row["reprice_history"] = sql.dicts(hist, sql.jsonable)
     return row
 
 
 def unpriced_report(cur: duckdb.DuckDBPyConnection, since: datetime | None = None) -> dict[str, Any]:
     """Models seen without a price, and rows whose budget charge came from a fallback rate."""
-    from spendgate.reports.queries import _rows
-
     cond, params = ("AND ts >= ?", [since]) if since else ("", [])
-    missing = _rows(cur, f"""
+    missing = sql.rows(cur, f"""
         SELECT provider, coalesce(model, '(unknown)') AS model, count(*) AS requests,
                min(ts) AS first_seen, max(ts) AS last_seen,
                sum(input_tokens) AS input_tokens, sum(output_tokens) AS output_tokens
         FROM requests WHERE outcome = 'unpriced' {cond} GROUP BY ALL ORDER BY requests DESC, model""", params)
-    fallback = _rows(cur, f"""
+    fallback = sql.rows(cur, f"""
         SELECT provider, coalesce(model, '(unknown)') AS model, outcome, count(*) AS requests,
                sum(charged_usd) AS charged_usd
         FROM requests WHERE cost_usd IS NULL AND charged_usd IS NOT NULL {cond}
@@ -257,47 +227,3 @@ def unpriced_report(cur: duckdb.DuckDBPyConnection, since: datetime | None = Non
     for r in missing:
         r["input_tokens"], r["output_tokens"] = int(r["input_tokens"] or 0), int(r["output_tokens"] or 0)
     return {"unpriced_models": missing, "fallback_charged": fallback}
-
-
-# --- the running gateway's side ---------------------------------------------------------------
-
-
-def gateway_post_routes(gw: Any) -> dict[str, Callable[[dict[str, Any], Any], Any]]:
-    """Admin API routes for a running `spendgate.gateway.Gateway` (it holds the ledger file).
-
-    POST /api/reprice {since, until?, dry_run?}: prices are re-read from the gateway's pricing
-    files; unless dry_run, the gateway switches to them for new requests too, rows are updated,
-    and the in-memory budget counters move by each row's charge delta.
-    """
-    import threading
-
-    from spendgate.web.server import ApiError
-    from spendgate.pricing.rates import PricingError
-    from spendgate.reports.queries import parse_time
-
-    lock = threading.Lock()  # one re-pricing at a time
-
-    def reprice(params: dict[str, Any], caller: Any) -> Any:
-        if not caller.admin:
-            raise ApiError(403, "re-pricing is for administrators")
-        if not params.get("since"):
-            raise ValueError("since is required (an ISO 8601 date or time)")
-        since = parse_time(str(params["since"]))
-        until = parse_time(str(params["until"])) if params.get("until") else None
-        dry_run = str(params.get("dry_run", True)).lower() in ("1", "true", "yes")
-        try:
-            pricer = Pricer(gw.settings.pricing)
-        except PricingError as e:
-            raise ApiError(422, f"the gateway's pricing files are invalid, nothing changed:\n{e}") from None
-        from spendgate.gateway import charge_scopes
-
-        with lock:
-            if not dry_run:  # new requests take the new prices from now on
-                gw.pricer = pricer
-                gw.meter.pricer = pricer
-            return run(
-                gw.ledger.cursor(), pricer, since, until, dry_run=dry_run,
-                on_applied=lambda ch: adjust_counters(gw.book, ch, datetime.now(UTC), charge_scopes),
-            )  # fmt: skip
-
-    return {"/api/reprice": reprice}

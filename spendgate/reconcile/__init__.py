@@ -14,9 +14,8 @@ from typing import Any
 
 import duckdb
 
-from spendgate.metering import opaque
-
 from spendgate.budgets import plans
+from spendgate.metering import opaque
 from spendgate.policy.model import Policy
 from spendgate.reconcile import store
 from spendgate.reconcile.report import IdMap, parse_day, reconcile
@@ -85,37 +84,4 @@ def import_lines(cur: duckdb.DuckDBPyConnection, params: dict[str, Any]) -> dict
     return store.import_json_lines(cur, lines)
 
 
-# --- the gateway's admin API -------------------------------------------------------------------
-
-
-def _admin_only(caller: Any) -> None:
-    from spendgate.web.server import ApiError
-
-    if not getattr(caller, "admin", False):
-        raise ApiError(403, "reconciliation is organization-wide: admin token required")
-
-
-def gateway_routes(gw: Any) -> dict[str, Any]:
-    """GET /api/reconcile/{report,plans,opaque,spend_extras}, answered with the gateway's policy."""
-
-    def route(name: str):
-        def handler(params: dict[str, Any], caller: Any) -> Any:
-            _admin_only(caller)
-            return run(gw.ledger.cursor(), name, params, gw.policy)
-
-        return handler
-
-    return {f"/api/{name}": route(name) for name in QUERIES}
-
-
-def gateway_post_routes(gw: Any) -> dict[str, Any]:
-    """POST /api/reconcile/import {"lines": [...]}: billing lines written by the file's holder."""
-
-    def handler(params: dict[str, Any], caller: Any) -> Any:
-        _admin_only(caller)
-        return import_lines(gw.ledger.cursor(), params)
-
-    return {"/api/reconcile/import": handler}
-
-
-__all__ = ["QUERIES", "gateway_post_routes", "gateway_routes", "import_lines", "run"]
+__all__ = ["QUERIES", "import_lines", "run"]

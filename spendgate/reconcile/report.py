@@ -16,8 +16,8 @@ from typing import Any
 
 import duckdb
 
-from spendgate.store import sql
 from spendgate.reconcile.formats import model_key
+from spendgate.store import sql
 
 BY = ("day", "model", "key", "workspace")
 # lower is preferred: the provider's own dollars first, our pricing of its token counts last

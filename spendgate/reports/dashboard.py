@@ -19,7 +19,6 @@ from typing import Any
 import duckdb
 
 from spendgate.reports import queries as reports
-
 from spendgate.store import sql
 from spendgate.store.ledger import COLUMNS
 
@@ -68,10 +67,10 @@ def totals(cur: duckdb.DuckDBPyConnection, now: datetime | None = None, user: st
     )
     where, params = sql.where(("ts >= ?", min(starts.values())), (USER, user))
     args = [s for w in reports.WINDOWS for s in [starts[w]] * 4]
-    row = reports._rows(cur, f"SELECT {cols} FROM requests {where}", [*args, *params])[0]
+    row = sql.rows(cur, f"SELECT {cols} FROM requests {where}", [*args, *params])[0]
     return {
         w: {
-            "since": reports.jsonable(starts[w]),
+            "since": sql.jsonable(starts[w]),
             "cost_usd": row[f"{w}_cost"],
             "charged_usd": row[f"{w}_charged"],
             "requests": row[f"{w}_requests"],
@@ -98,12 +97,12 @@ def series(
                count(*) AS requests, count(*) FILTER (WHERE outcome = 'blocked') AS blocked
         FROM requests {where} GROUP BY 1
     """
-    found = {r["bucket"]: r for r in reports._rows(cur, query, params)}
+    found = {r["bucket"]: r for r in sql.rows(cur, query, params)}
     out = []
     t = first
     while t <= last:
         r = found.get(int(t.timestamp()), {})
-        out.append({"t": reports.jsonable(t), "cost_usd": r.get("cost_usd", 0.0),
+        out.append({"t": sql.jsonable(t), "cost_usd": r.get("cost_usd", 0.0),
                     "requests": r.get("requests", 0), "blocked": r.get("blocked", 0)})  # fmt: skip
         t += b.step
     return out
@@ -116,7 +115,7 @@ def blocks(
     where, params = sql.where("outcome = 'blocked'", ("ts >= ?", since), (USER, user))
     query = f"""SELECT ts, "user", client, provider, model, status, workspace, note AS reason
                 FROM requests {where} ORDER BY ts DESC, request_id LIMIT ?"""
-    return reports._rows(cur, query, [*params, limit])
+    return sql.rows(cur, query, [*params, limit])
 
 
 def unpriced(
@@ -129,7 +128,7 @@ def unpriced(
                      sum(output_tokens)::BIGINT AS output_tokens, coalesce(sum(charged_usd), 0) AS charged_usd,
                      max(ts) AS last_seen
               FROM requests {where} GROUP BY 1, 2 ORDER BY requests DESC, model"""
-    return reports._rows(cur, query, params)
+    return sql.rows(cur, query, params)
 
 
 def overview(
@@ -139,10 +138,10 @@ def overview(
     now = now or datetime.now(UTC)
     start = reports.window_start(window, now)
     return {
-        "generated_at": reports.jsonable(now),
+        "generated_at": sql.jsonable(now),
         "user": user,
         "window": window,
-        "since": reports.jsonable(start),
+        "since": sql.jsonable(start),
         "totals": totals(cur, now, user),
         "series": {name: series(cur, name, now, user) for name in SERIES},
         "breakdowns": {by: reports.spend(cur, by, since=start, user=user) for by in BREAKDOWNS},
@@ -185,7 +184,7 @@ def export_bytes(cur: duckdb.DuckDBPyConnection, params: dict[str, Any]) -> byte
     fmt = params.get("format") or "parquet"
     with tempfile.TemporaryDirectory(prefix="spendgate-export-") as tmp:
         path = Path(tmp) / f"export.{fmt}"
-        export(cur, path, fmt, _opt_time(params.get("since")), _opt_time(params.get("until")), params.get("user"))
+        export(cur, path, fmt, opt_time(params.get("since")), opt_time(params.get("until")), params.get("user"))
         return path.read_bytes()
 
 
@@ -196,8 +195,8 @@ def download(cur: duckdb.DuckDBPyConnection, name: str, params: dict[str, Any]) 
     return export_bytes(cur, params)
 
 
-def _opt_time(v: Any) -> datetime | None:
-    return reports.parse_time(v) if isinstance(v, str) and v else (v or None)
+def opt_time(v: Any) -> datetime | None:
+    return sql.parse_time(v) if isinstance(v, str) and v else (v or None)
 
 
 # -- who sees which budgets ----------------------------------------------------------------------
@@ -225,12 +224,12 @@ def closest_to_cap(rows: list[dict[str, Any]], n: int = 10) -> list[dict[str, An
     return [{**r, "used": round(used(r), 4)} for r in ranked[:n]]
 
 
-# name -> handler(cur, params), merged into reports.QUERIES so the CLI and the admin API share them
+# name -> handler(cur, params); see spendgate.reports.registry
 QUERIES: dict[str, Any] = {
     "overview": lambda cur, p: overview(cur, p.get("window") or "month", user=p.get("user")),
     "series": lambda cur, p: series(cur, p.get("resolution") or "minute", user=p.get("user")),
-    "blocks": lambda cur, p: blocks(cur, _opt_time(p.get("since")), p.get("user"), int(p.get("limit") or 20)),
-    "unpriced": lambda cur, p: unpriced(cur, _opt_time(p.get("since")), p.get("user")),
+    "blocks": lambda cur, p: blocks(cur, opt_time(p.get("since")), p.get("user"), int(p.get("limit") or 20)),
+    "unpriced": lambda cur, p: unpriced(cur, opt_time(p.get("since")), p.get("user")),
 }
 
 

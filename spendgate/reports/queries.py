@@ -7,12 +7,12 @@ answer comes out whether the CLI opened the file itself or asked a running gatew
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
 from typing import Any
 
 import duckdb
 
 from spendgate.store import sql
+from spendgate.store.sql import parse_time
 
 GROUPS = {
     "user": '"user"',
@@ -34,18 +34,6 @@ LEDGER_FIELDS = (
 )  # fmt: skip
 
 
-def jsonable(value: Any) -> Any:
-    if isinstance(value, Decimal):
-        return float(value)
-    if isinstance(value, datetime):
-        return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
-    return value
-
-
-def _rows(cur: duckdb.DuckDBPyConnection, query: str, params: list[Any]) -> list[dict[str, Any]]:
-    return sql.dicts(cur.execute(query, params), jsonable)
-
-
 def window_start(window: str, now: datetime | None = None) -> datetime:
     """Start of the current calendar window in UTC (weeks start on Monday)."""
     now = (now or datetime.now(UTC)).astimezone(UTC)
@@ -62,16 +50,10 @@ def window_start(window: str, now: datetime | None = None) -> datetime:
     raise ValueError(f"unknown window {window!r} (one of {', '.join(WINDOWS)})")
 
 
-def parse_time(text: str) -> datetime:
-    """ISO 8601 date or time; naive values are taken as UTC."""
-    t = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    return t if t.tzinfo else t.replace(tzinfo=UTC)
-
-
 def ledger(cur: duckdb.DuckDBPyConnection, limit: int = 50, user: str | None = None) -> list[dict[str, Any]]:
     where, params = sql.where(('"user" = ?', user))
     cols = ", ".join(f'"{c}"' for c in LEDGER_FIELDS)
-    return _rows(cur, f"SELECT {cols} FROM requests {where} ORDER BY ts DESC, request_id LIMIT ?", [*params, limit])
+    return sql.rows(cur, f"SELECT {cols} FROM requests {where} ORDER BY ts DESC, request_id LIMIT ?", [*params, limit])
 
 
 def spend(
@@ -94,7 +76,7 @@ def spend(
                count(*) FILTER (WHERE outcome = 'blocked') AS blocked
         FROM requests {where} GROUP BY 1 ORDER BY cost_usd DESC, "group"
     """
-    rows = _rows(cur, query, params)
+    rows = sql.rows(cur, query, params)
     for r in rows:
         for k in ("input_tokens", "cache_read_tokens", "cache_write_tokens", "output_tokens"):
             r[k] = int(r[k] or 0)
@@ -103,51 +85,3 @@ def spend(
 
 def _opt_time(v: Any) -> datetime | None:
     return parse_time(v) if isinstance(v, str) and v else v or None
-
-
-# name -> query(cursor, params), params as strings from a URL or values from the CLI. The admin
-# API and the CLI both go through `run_query`, so a CLI answer is the same whether it read the
-# file or asked a running gateway.
-QUERIES: dict[str, Any] = {
-    "ledger": lambda cur, p: ledger(cur, int(p.get("limit") or 50), user=p.get("user")),
-    "spend": lambda cur, p: spend(
-        cur, p.get("by") or "user", p.get("window") or None, _opt_time(p.get("since")), user=p.get("user")
-    ),
-}
-
-
-def _dashboard_query(name: str) -> Any:
-    """A query from spendgate.reports.dashboard, imported on first use (it builds on this module)."""
-    def run(cur: duckdb.DuckDBPyConnection, p: dict[str, Any]) -> Any:
-        from spendgate.reports import dashboard
-
-        return dashboard.QUERIES[name](cur, p)
-
-    return run
-
-
-QUERIES.update({name: _dashboard_query(name) for name in ("overview", "series", "blocks", "unpriced")})
-
-
-def _price_request(cur: duckdb.DuckDBPyConnection, p: dict[str, Any]) -> Any:
-    """One row with its price detail and re-pricing history, for `spendgate explain`."""
-    from spendgate.pricing import reprice
-
-    return reprice.request_row(cur, str(p.get("request_id") or ""))
-
-
-def _price_check(cur: duckdb.DuckDBPyConnection, p: dict[str, Any]) -> Any:
-    """Unpriced models and fallback-charged rows, for `spendgate prices check`."""
-    from spendgate.pricing import reprice
-
-    return reprice.unpriced_report(cur, _opt_time(p.get("since")))
-
-
-QUERIES.update({"price_request": _price_request, "price_check": _price_check})
-
-
-def run_query(cur: duckdb.DuckDBPyConnection, name: str, params: dict[str, Any]) -> Any:
-    fn = QUERIES.get(name)
-    if fn is None:
-        raise KeyError(f"unknown query {name!r}")
-    return fn(cur, params)

@@ -1,8 +1,10 @@
-"""Two small helpers every read-side query uses: a WHERE clause from optional filters, and rows as dicts."""
+"""Small helpers every read-side query uses: WHERE clauses from optional filters, rows as JSON-able dicts, times."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 import duckdb
@@ -28,3 +30,23 @@ def dicts(res: duckdb.DuckDBPyConnection, convert: Callable[[Any], Any] | None =
     if convert is None:
         return [dict(zip(names, row)) for row in res.fetchall()]
     return [{n: convert(v) for n, v in zip(names, row)} for row in res.fetchall()]
+
+
+def jsonable(value: Any) -> Any:
+    """Decimal -> float, datetime -> ISO 8601 UTC with Z; anything else unchanged."""
+    if isinstance(value, Decimal):
+        return float(value)
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    return value
+
+
+def rows(cur: duckdb.DuckDBPyConnection, query: str, params: list[Any]) -> list[dict[str, Any]]:
+    """Run `query` and return its rows as JSON-able dicts."""
+    return dicts(cur.execute(query, params), jsonable)
+
+
+def parse_time(text: str) -> datetime:
+    """ISO 8601 date or time; naive values are taken as UTC. Raises ValueError."""
+    t = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return t if t.tzinfo else t.replace(tzinfo=UTC)

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from spendgate.web.server import ApiError, Caller
+from spendgate.web.caller import ApiError, Caller
 
 log = logging.getLogger(__name__)
 
@@ -307,13 +307,14 @@ def approvers(policy: Any) -> set[str]:
 def for_gateway(gw: Any) -> WebApp:
     """The app a running `spendgate.gateway.Gateway` serves, sharing its admin API's routes."""
     from spendgate.reports import dashboard
+    from spendgate.web import routes as gateway_routes
 
-    routes = gw.admin.routes if gw.admin else gw.api_routes()
-    post_routes = gw.admin.post_routes if gw.admin else gw.api_post_routes()
+    routes = gw.admin.routes if gw.admin else gateway_routes.get_routes(gw)
+    post_routes = gw.admin.post_routes if gw.admin else gateway_routes.post_routes(gw)
 
     def export(params: dict[str, Any], caller: Caller) -> WebResponse:
         fmt = params.get("format") or "parquet"
-        data = dashboard.export_bytes(gw.ledger.cursor(), params)
+        data = dashboard.export_bytes(gw.cursor(), params)
         ctype = "application/vnd.apache.parquet" if fmt == "parquet" else "text/csv; charset=utf-8"
         name = dashboard.default_export_name(fmt)
         return WebResponse(200, data, {"Content-Type": ctype, "Content-Disposition": f'attachment; filename="{name}"',

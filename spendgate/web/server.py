@@ -15,29 +15,19 @@ import os
 import secrets
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
+
+from spendgate.web.app import WebRequest
+from spendgate.web.caller import ApiError, Caller
 
 log = logging.getLogger(__name__)
 
 Handler = Callable[[dict[str, str], "Caller"], Any]
 
 
-@dataclass(frozen=True, slots=True)
-class Caller:
-    """Who is calling. `admin` sees the whole organization."""
-
-    name: str
-    admin: bool
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 def discovery_path(db_path: Path) -> Path:
@@ -131,8 +121,6 @@ class AdminServer:
                     self._send(500, {"error": f"{type(e).__name__}: {e}"})
 
             def _web(self) -> None:
-                from spendgate.web.app import WebRequest
-
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
                 headers = {k.lower(): v for k, v in self.headers.items()}

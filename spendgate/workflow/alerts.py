@@ -19,14 +19,14 @@ from decimal import Decimal
 
 import duckdb
 
-from spendgate.policy.sections import AlertsConfig
-from spendgate.workflow.audit import AuditLog
 from spendgate.budgets.book import ZERO, Budget, BudgetBook
+from spendgate.budgets.refusal import increase_command
+from spendgate.budgets.windows import ADJECTIVE
 from spendgate.identity import Identity
 from spendgate.policy.model import UNATTRIBUTED, Policy
-from spendgate.budgets.refusal import increase_command
+from spendgate.policy.sections import AlertsConfig
+from spendgate.workflow.audit import AuditLog
 from spendgate.workflow.sinks import Notice
-from spendgate.budgets.windows import ADJECTIVE
 
 log = logging.getLogger(__name__)
 

@@ -20,14 +20,14 @@ from typing import Any
 
 import duckdb
 
-from spendgate.store import sql
-from spendgate.policy.sections import ApprovalRule
-from spendgate.workflow.audit import AuditLog
 from spendgate.budgets.book import ZERO, BudgetBook
-from spendgate.policy.model import UNATTRIBUTED, Policy
-from spendgate.reports.queries import jsonable
-from spendgate.workflow.sinks import Notice
 from spendgate.budgets.windows import ADJECTIVE, WINDOWS, bounds
+from spendgate.policy.model import UNATTRIBUTED, Policy
+from spendgate.policy.sections import ApprovalRule
+from spendgate.store import sql
+from spendgate.store.sql import jsonable
+from spendgate.workflow.audit import AuditLog
+from spendgate.workflow.sinks import Notice
 
 log = logging.getLogger(__name__)
 

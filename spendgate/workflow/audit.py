@@ -20,9 +20,9 @@ from typing import Any
 
 import duckdb
 
-from spendgate.store import sql
 from spendgate.identity import local_user
-from spendgate.reports.queries import jsonable
+from spendgate.store import sql
+from spendgate.store.sql import jsonable
 
 log = logging.getLogger(__name__)
 

@@ -16,17 +16,20 @@ from typing import Any
 
 import duckdb
 
-from spendgate.workflow import audit as audit_mod
-from spendgate.web.server import ApiError, Caller
-from spendgate.policy.sections import SinkConfig
-from spendgate.workflow.alerts import AlertEngine, Spent, warning_line
-from spendgate.workflow.approvals import ApprovalError, Approvals, GrantBook, NotAllowed, iso, list_requests
-from spendgate.workflow.audit import AuditLog, policy_detail, process_actor
 from spendgate.budgets.book import ZERO, BudgetBook, Decision
 from spendgate.identity import Identity
-from spendgate.store.ledger import LedgerRow
 from spendgate.policy.model import Policy
-from spendgate.reports.queries import parse_time
+from spendgate.policy.sections import SinkConfig
+from spendgate.store.ledger import LedgerRow
+from spendgate.workflow import audit as audit_mod
+from spendgate.workflow.alerts import AlertEngine, Spent, warning_line
+from spendgate.workflow.approvals import (
+    Approvals,
+    GrantBook,
+    iso,
+    list_requests,
+)
+from spendgate.workflow.audit import AuditLog, policy_detail, process_actor
 from spendgate.workflow.sinks import Delivery, Dispatcher, Notice
 
 log = logging.getLogger(__name__)
@@ -125,44 +128,14 @@ class Workflow:
             except Exception:
                 log.exception("spendgate: workflow housekeeping failed")
 
-    # -- admin API --
-    def get_routes(self) -> dict[str, Callable[[dict[str, str], Caller], Any]]:
-        return {
-            "/api/requests": self._requests_route,
-            "/api/audit": self._audit_route,
-            "/api/grants": lambda p, c: self.grant_rows(),
-        }
+    # -- read side (the web layer builds routes on these) --
+    def requests_for(self, status: str | None, request_id: str | None, caller: str, admin: bool) -> list[dict[str, Any]]:
+        """Increase requests, all for an admin, else only the caller's own."""
+        rows = list_requests(self.cursor(), status, request_id)
+        return rows if admin else [r for r in rows if r["requester"] == caller]
 
-    def _requests_route(self, p: dict[str, str], caller: Caller) -> list[dict[str, Any]]:
-        rows = list_requests(self.cursor(), p.get("status") or None, p.get("id") or None)
-        return rows if caller.admin else [r for r in rows if r["requester"] == caller.name]
-
-    def _audit_route(self, p: dict[str, str], caller: Caller) -> list[dict[str, Any]]:
-        if not caller.admin:
-            raise ApiError(403, "the audit trail is for admins")
-        return audit_mod.rows(self.cursor(), parse_time(p["since"]) if p.get("since") else None)
-
-    def post_routes(self) -> dict[str, Callable[[dict[str, Any], Caller], Any]]:
-        def wrap(fn: Callable[[dict[str, Any], str], Any]) -> Callable[[dict[str, Any], Caller], Any]:
-            def handler(params: dict[str, Any], caller: Caller) -> Any:
-                # the admin token holder asserts who is acting (the CLI sends its OS user); see the doc
-                actor = str(params.get("actor") or caller.name) if caller.admin else caller.name
-                try:
-                    return fn(params, actor)
-                except NotAllowed as e:
-                    raise ApiError(403, str(e)) from None
-                except ApprovalError as e:
-                    raise ApiError(400, str(e)) from None
-
-            return handler
-
-        return {
-            "/api/request": wrap(lambda p, a: self.approvals.request(
-                a, p.get("scope") or f"user:{a}", p.get("window") or "", p.get("amount"), p.get("reason") or "")),
-            "/api/approve": wrap(lambda p, a: self.approvals.approve(
-                p.get("id") or "", a, p.get("amount"), p.get("until"), p.get("note"))),
-            "/api/deny": wrap(lambda p, a: self.approvals.deny(p.get("id") or "", a, p.get("reason") or "")),
-        }
+    def audit_rows(self, since: datetime | None) -> list[dict[str, Any]]:
+        return audit_mod.rows(self.cursor(), since)
 
     def grant_rows(self) -> list[dict[str, Any]]:
         now = self.now()

@@ -20,10 +20,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from tests.support import ANTHROPIC_KEY, OPENAI_KEY  # noqa: E402
 from tests.support.fake_provider import FakeProvider  # noqa: E402
 from tests.support.gateway import Gateway  # noqa: E402
-
-from tests.support import ANTHROPIC_KEY, OPENAI_KEY  # noqa: E402
 
 
 @pytest.fixture(scope="session")

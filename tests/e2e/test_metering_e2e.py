@@ -28,10 +28,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.fake_provider import DEFAULT_USAGE, ORIGIN_BODY, TEXT_PIECES
-from tests.support.certs import CA_COMMON_NAME
-
 from tests.support import ANTHROPIC_KEY, CHATGPT_TOKEN, GEMINI_KEY, OPENAI_KEY, RAW_KEYS
+from tests.support.certs import CA_COMMON_NAME
+from tests.support.fake_provider import DEFAULT_USAGE, ORIGIN_BODY, TEXT_PIECES
 
 pytestmark = [pytest.mark.e2e, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
 

@@ -50,11 +50,12 @@ class GatewayError(RuntimeError):
 class Gateway:
     def __init__(self, tmp: str | Path, fake, policy: str | Path | None = None,
                  user: str = "tester", extra_args: list[str] | tuple[str, ...] = (),
-                 start_timeout: float = 30.0):
+                 start_timeout: float = 30.0, launcher: list[str] | None = None, addon: Path | None = None,
+                 env: dict[str, str] | None = None):
         self.tmp = Path(tmp)
         self.tmp.mkdir(parents=True, exist_ok=True)
         self.fake = fake
-        self.policy = str(policy or DEFAULT_POLICY)
+        self.policy = str(DEFAULT_POLICY if policy is None else policy)  # "": the gateway's own default
         self.user = user
         self.extra_args = list(extra_args)
         self.start_timeout = start_timeout
@@ -65,6 +66,9 @@ class Gateway:
         self.proc: subprocess.Popen | None = None
         self._log_fh = None
         self.mitmdump = str(BIN / "mitmdump")
+        self.launcher = launcher or [self.mitmdump]  # how to run mitmdump (an installed wheel's venv, say)
+        self.addon = addon or ADDON
+        self.proc_env = env  # None: this process's environment minus proxy settings
 
     # ---- paths / env
 
@@ -103,13 +107,13 @@ class Gateway:
 
     def command(self) -> list[str]:
         return [
-            self.mitmdump, "-s", str(ADDON),
+            *self.launcher, "-s", str(self.addon),
             "--listen-host", "127.0.0.1", "-p", str(self.port),
             "--set", f"confdir={self.confdir}",
             "--mode", f"upstream:http://127.0.0.1:{self.fake.port}",
             "--set", f"ssl_verify_upstream_trusted_ca={self.fake.ca_file}",
             "--set", f"spendgate_db={self.db}",
-            "--set", f"spendgate_policy={self.policy}",
+            *(["--set", f"spendgate_policy={self.policy}"] if self.policy else []),
             "--set", f"spendgate_user={self.user}",
             *self.extra_args,
         ]
@@ -123,7 +127,7 @@ class Gateway:
         self._log_fh.write(f"\n===== start {time.strftime('%H:%M:%S')}: {' '.join(self.command())}\n".encode())
         self._log_fh.flush()
         self.proc = subprocess.Popen(self.command(), stdout=self._log_fh, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, env=_clean_env(), cwd=str(self.tmp))
+                                     stdin=subprocess.DEVNULL, env=self.proc_env or _clean_env(), cwd=str(self.tmp))
         deadline = time.monotonic() + self.start_timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

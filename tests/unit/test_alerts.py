@@ -8,12 +8,18 @@ from decimal import Decimal
 import pytest
 from workflow_env import Env
 
-from spendgate.workflow import audit
-from spendgate.policy.sections import AlertsConfig
-from spendgate.workflow.alerts import crossings, message, projected_exhaustion, recipients, warning_line
 from spendgate.budgets.book import Budget
 from spendgate.identity import Identity
 from spendgate.policy.model import PolicyError, parse
+from spendgate.policy.sections import AlertsConfig
+from spendgate.workflow import audit
+from spendgate.workflow.alerts import (
+    crossings,
+    message,
+    projected_exhaustion,
+    recipients,
+    warning_line,
+)
 
 POLICY = """\
 version: 1

@@ -12,9 +12,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from tests.support.webhook import Hook  # noqa: E402
 from spendgate.policy.sections import SinkConfig  # noqa: E402
 from spendgate.workflow.sinks import Delivery, Dispatcher, Notice  # noqa: E402
+from tests.support.webhook import Hook  # noqa: E402
 
 
 @pytest.fixture

@@ -7,9 +7,15 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from workflow_env import Env
 
-from spendgate.workflow import audit
-from spendgate.workflow.approvals import ApprovalError, NotAllowed, approvers_for, auto_limit, list_requests
 from spendgate.identity import Identity
+from spendgate.workflow import audit
+from spendgate.workflow.approvals import (
+    ApprovalError,
+    NotAllowed,
+    approvers_for,
+    auto_limit,
+    list_requests,
+)
 
 POLICY = """\
 version: 1

@@ -11,10 +11,8 @@ import duckdb
 import pytest
 from rich.console import Console
 
-from spendgate.reports import dashboard
-
-from spendgate.reports import queries as reports
 from spendgate.cli import live, main
+from spendgate.reports import dashboard, registry
 from spendgate.store.ledger import DuckDBLedger, LedgerRow, write_rows
 
 NOW = datetime(2026, 3, 10, 14, 37, 20, tzinfo=UTC)
@@ -96,9 +94,9 @@ def test_overview_breakdowns_blocks_unpriced(cur):
 
 
 def test_queries_registered_for_cli_and_api(cur):
-    got = reports.run_query(cur, "unpriced", {"user": "carol"})
+    got = registry.run_query(cur, "unpriced", {"user": "carol"})
     assert got[0]["model"] == "mystery-1"
-    assert reports.run_query(cur, "blocks", {"user": "alice"}) == []
+    assert registry.run_query(cur, "blocks", {"user": "alice"}) == []
 
 
 @pytest.mark.parametrize("fmt", ["parquet", "csv"])

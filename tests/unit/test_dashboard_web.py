@@ -9,8 +9,17 @@ from types import SimpleNamespace
 
 import pytest
 
-from spendgate.web.server import AdminServer, Caller
-from spendgate.web.app import COOKIE, Sessions, WebApp, WebRequest, admin_tokens, approvers, cookie_value
+from spendgate.web.app import (
+    COOKIE,
+    Sessions,
+    WebApp,
+    WebRequest,
+    admin_tokens,
+    approvers,
+    cookie_value,
+)
+from spendgate.web.caller import Caller
+from spendgate.web.server import AdminServer
 
 TOKEN = "admin-token-123"
 seen: list[tuple[str, dict, Caller]] = []

@@ -11,13 +11,20 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_providers_common import STREAMS, fixture_bytes
 
+from spendgate.metering.framing import (
+    JSONArrayStreamSplitter,
+    SSEBlockSplitter,
+    SSEDecoder,
+)
 from spendgate.metering.providers import route
 from spendgate.metering.providers.anthropic import COUNT_TOKENS, MESSAGES
 from spendgate.metering.providers.base import Adapter, ResponseResult
-from spendgate.metering.providers.gemini import GENERATE_CONTENT, STREAM_GENERATE_CONTENT
+from spendgate.metering.providers.gemini import (
+    GENERATE_CONTENT,
+    STREAM_GENERATE_CONTENT,
+)
 from spendgate.metering.providers.openai_chat import CHAT, filter_usage_chunk
 from spendgate.metering.providers.openai_responses import RESPONSES
-from spendgate.metering.framing import JSONArrayStreamSplitter, SSEBlockSplitter, SSEDecoder
 
 ADAPTERS: list[tuple[Adapter, str]] = [
     (MESSAGES, "/v1/messages"),

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from spendgate.gateway import Gateway, Settings
 from spendgate.budgets.journal import Journal
+from spendgate.gateway import Gateway, Settings
 from spendgate.reports.queries import ledger as ledger_rows
 
 BODY = json.dumps({"model": "claude-sonnet-4-5", "max_tokens": 100, "messages": [{"role": "user", "content": "hi"}]})
@@ -32,8 +32,8 @@ def test_store_failure_follows_on_store_error(tmp_path, mode, admitted):
     gw = make(tmp_path, f"on_store_error: {mode}\ndefaults: {{user: {{day: 10}}}}\n")
     try:
         gw.journal.close()
-        gw.journal = Journal(Path("/dev/full"))  # every write fails with ENOSPC, like a full disk
-        answer = gw.admit(begin(gw))
+        gw.journal = gw.admission.journal = Journal(Path("/dev/full"))  # every write fails with ENOSPC, like a full disk
+        answer = gw.admission.admit(begin(gw))
         assert (answer is None) is admitted
         if not admitted:
             assert answer.status == 503 and answer.headers["x-should-retry"] == "false"
@@ -47,7 +47,7 @@ def test_ledger_write_failure_closes_the_gate(tmp_path):
     try:
         gw.ledger.stats.failures = 1  # what the writer thread sets when a batch cannot be written
         gw.ledger.stats.last_error = "IOException: No space left on device"
-        answer = gw.admit(begin(gw))
+        answer = gw.admission.admit(begin(gw))
         assert answer is not None and answer.status == 503
     finally:
         gw.ledger.stats.failures = 0
@@ -62,7 +62,7 @@ def test_unpriced_models_follow_the_policy(tmp_path, unpriced, expect):
     gw = make(tmp_path, f"unpriced: {unpriced}\ndefaults: {{user: {{day: 10}}}}\n")
     try:
         ex = begin(gw, model="claude-imaginary-9")
-        answer = gw.admit(ex)
+        answer = gw.admission.admit(ex)
         if expect == "refused":
             assert answer is not None and "no known price" in answer.body.decode()
             return
@@ -88,7 +88,7 @@ def test_unpriced_models_follow_the_policy(tmp_path, unpriced, expect):
 def test_open_reservations_are_charged_once_at_start(tmp_path):
     gw = make(tmp_path, "defaults: {user: {day: 10}}\n")
     ex = begin(gw)
-    assert gw.admit(ex) is None
+    assert gw.admission.admit(ex) is None
     amount = ex.extra["reservation"].amount
     # simulate a crash: nothing settles, the process just goes away
     gw.meter._inflight.clear()

@@ -15,10 +15,8 @@ import pytest
 from cryptography import x509
 
 from spendgate import access
-
-from spendgate.deploy import ca
 from spendgate.cli import main
-from spendgate.deploy import pac, render, site
+from spendgate.deploy import ca, pac, render, site
 from spendgate.identity import Identity
 from spendgate.metering.providers import PROVIDER_HOSTS
 

@@ -13,14 +13,19 @@ import pytest
 from genai_prices import Usage as GPUsage
 from genai_prices.data_snapshot import _bundled_snapshot
 
+from spendgate.budgets.book import BudgetBook, row_scopes
+from spendgate.cli.prices import explain_lines
+from spendgate.policy.model import parse as parse_policy
 from spendgate.pricing import catalogue as pc
 from spendgate.pricing import reprice
-from spendgate.budgets.book import BudgetBook
-from spendgate.cli.prices import explain_lines
-from spendgate.gateway import charge_scopes
+from spendgate.pricing.rates import (
+    Pricer,
+    PricingError,
+    compare_overrides,
+    compute,
+    parse_overrides,
+)
 from spendgate.store.ledger import LedgerRow, connect, migrate, write_rows
-from spendgate.policy.model import parse as parse_policy
-from spendgate.pricing.rates import Pricer, PricingError, compare_overrides, compute, parse_overrides
 from spendgate.usage import Usage
 
 REPO = Path(__file__).resolve().parents[2]
@@ -315,7 +320,7 @@ def test_reprice_updates_rows_keeps_audit_and_moves_counters(tmp_path, ledger):
     policy = parse_policy("version: 1\norganization: {name: acme, budgets: {day: 1000}}\n")
     book = BudgetBook(policy)
     res = reprice.run(ledger, pricer, since, dry_run=False,
-                      on_applied=lambda ch: reprice.adjust_counters(book, ch, datetime.now(UTC), charge_scopes))  # fmt: skip
+                      on_applied=lambda ch: book.move([(c.ts, row_scopes(book.policy.org_name, c.user, c.key_fingerprint, c.workspace), c.charged_delta) for c in ch], datetime.now(UTC)))  # fmt: skip
     new_r1 = D(210_000 * 6 + 1_000 * D("22.5")) / 1_000_000
     assert res["changed"] == 2 and res["delta_usd"] == pytest.approx(float(new_r1 - D("0.645") + D(4) - D(15)))
     got = dict(ledger.execute("SELECT request_id, cost_usd FROM requests").fetchall())

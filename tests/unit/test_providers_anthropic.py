@@ -7,7 +7,11 @@ import json
 
 from test_providers_common import STREAMS, fixture_bytes, run_stream, run_whole
 
-from spendgate.metering.providers.anthropic import COUNT_TOKENS, MESSAGES, AnthropicUsageState
+from spendgate.metering.providers.anthropic import (
+    COUNT_TOKENS,
+    MESSAGES,
+    AnthropicUsageState,
+)
 from spendgate.metering.providers.base import ResponseResult
 from spendgate.usage import Usage
 

@@ -12,7 +12,12 @@ from pathlib import Path
 import brotli
 import pytest
 
-from spendgate.metering.providers import anthropic, gemini, openai_chat, openai_responses
+from spendgate.metering.providers import (
+    anthropic,
+    gemini,
+    openai_chat,
+    openai_responses,
+)
 from spendgate.metering.providers.base import ResponseResult, StreamParser
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "provider"

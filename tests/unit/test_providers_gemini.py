@@ -9,7 +9,12 @@ import pytest
 from test_providers_common import STREAMS, fixture_bytes, run_stream, run_whole
 
 from spendgate.metering.providers.base import ResponseResult
-from spendgate.metering.providers.gemini import GENERATE_CONTENT, STREAM_GENERATE_CONTENT, GeminiStreamParser, parse_path
+from spendgate.metering.providers.gemini import (
+    GENERATE_CONTENT,
+    STREAM_GENERATE_CONTENT,
+    GeminiStreamParser,
+    parse_path,
+)
 from spendgate.usage import Usage
 
 STREAM_USAGE = Usage(

@@ -6,11 +6,21 @@ from __future__ import annotations
 import json
 
 import pytest
-from test_providers_common import STREAMS, bytewise, fixture_bytes, run_stream, run_whole
+from test_providers_common import (
+    STREAMS,
+    bytewise,
+    fixture_bytes,
+    run_stream,
+    run_whole,
+)
 
-from spendgate.metering.providers.base import ResponseResult
-from spendgate.metering.providers.openai_chat import CHAT, filter_usage_chunk, is_usage_only_payload
 from spendgate.metering.framing import SSEBlockSplitter
+from spendgate.metering.providers.base import ResponseResult
+from spendgate.metering.providers.openai_chat import (
+    CHAT,
+    filter_usage_chunk,
+    is_usage_only_payload,
+)
 from spendgate.usage import Usage
 
 FACTORY = STREAMS["openai_chat"][0]

@@ -8,7 +8,10 @@ import pytest
 
 from spendgate.metering.providers import PROVIDER_HOSTS, allow_hosts_regexes, route
 from spendgate.metering.providers.anthropic import COUNT_TOKENS, MESSAGES
-from spendgate.metering.providers.gemini import GENERATE_CONTENT, STREAM_GENERATE_CONTENT
+from spendgate.metering.providers.gemini import (
+    GENERATE_CONTENT,
+    STREAM_GENERATE_CONTENT,
+)
 from spendgate.metering.providers.openai_chat import CHAT
 from spendgate.metering.providers.openai_responses import RESPONSES
 

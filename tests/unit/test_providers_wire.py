@@ -19,10 +19,10 @@ from test_providers_common import (
     wire_bytes,
 )
 
+from spendgate.metering.framing import SSEBlockSplitter
 from spendgate.metering.providers import route
 from spendgate.metering.providers.base import ResponseResult
 from spendgate.metering.providers.openai_chat import filter_usage_chunk
-from spendgate.metering.framing import SSEBlockSplitter
 from spendgate.usage import Usage
 
 pytestmark = pytest.mark.wire

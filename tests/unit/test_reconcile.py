@@ -14,11 +14,11 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from spendgate.cli import main
-from spendgate.store.ledger import LedgerRow, connect, migrate, write_rows
 from spendgate.pricing.rates import Pricer
 from spendgate.reconcile import fetch as fetching
 from spendgate.reconcile import formats, store
 from spendgate.reconcile.report import IdMap, reconcile
+from spendgate.store.ledger import LedgerRow, connect, migrate, write_rows
 
 FIX = Path(__file__).resolve().parents[1] / "fixtures" / "billing"
 D1, D2 = date(2026, 3, 2), date(2026, 3, 3)

@@ -8,8 +8,8 @@ import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from spendgate.metering import opaque
 from spendgate.gateway import Gateway, Settings
+from spendgate.metering import opaque
 from spendgate.store.ledger import connect, migrate
 
 REPO = Path(__file__).resolve().parents[2]

@@ -8,9 +8,15 @@ from decimal import Decimal
 import pytest
 
 from spendgate.budgets.book import MemoryCounters
-from spendgate.budgets.plans import PlanCharger, budget_charges, parse_plans, plan_spend, seat_days
-from spendgate.policy.model import PolicyError, parse
+from spendgate.budgets.plans import (
+    PlanCharger,
+    budget_charges,
+    parse_plans,
+    plan_spend,
+    seat_days,
+)
 from spendgate.budgets.windows import bounds
+from spendgate.policy.model import PolicyError, parse
 
 POLICY = """\
 version: 1

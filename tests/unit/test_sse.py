@@ -7,7 +7,12 @@ import json
 
 import pytest
 
-from spendgate.metering.framing import JSONArrayStreamSplitter, SSEBlockSplitter, SSEDecoder, SSEEvent
+from spendgate.metering.framing import (
+    JSONArrayStreamSplitter,
+    SSEBlockSplitter,
+    SSEDecoder,
+    SSEEvent,
+)
 
 
 def decode(pieces: list[bytes], cap: int = 4 * 1024 * 1024) -> tuple[list[SSEEvent], bool]:

@@ -7,13 +7,13 @@ from decimal import Decimal
 
 import duckdb
 
-from spendgate.workflow import audit
 from spendgate.budgets.book import BudgetBook
 from spendgate.identity import Identity
-from spendgate.store.ledger import migrate
 from spendgate.policy.model import parse
-from spendgate.workflow.sinks import Dispatcher
+from spendgate.store.ledger import migrate
+from spendgate.workflow import audit
 from spendgate.workflow.service import Workflow
+from spendgate.workflow.sinks import Dispatcher
 
 
 class Clock:

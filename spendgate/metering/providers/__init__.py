@@ -10,7 +10,12 @@ from __future__ import annotations
 import re
 from urllib.parse import urlsplit
 
-from spendgate.metering.providers import anthropic, gemini, openai_chat, openai_responses
+from spendgate.metering.providers import (
+    anthropic,
+    gemini,
+    openai_chat,
+    openai_responses,
+)
 from spendgate.metering.providers.base import Adapter, Route
 
 PROVIDER_HOSTS: dict[str, str] = {

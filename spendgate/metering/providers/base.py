@@ -12,7 +12,12 @@ try:  # skips the parts of a request body we never read without building them
 except ImportError:  # pragma: no cover - json.loads alone gives the same answers, slower
     msgspec = None
 
-from spendgate.metering.framing import DEFAULT_MAX_EVENT_BYTES, JSONArrayStreamSplitter, SSEDecoder, SSEEvent
+from spendgate.metering.framing import (
+    DEFAULT_MAX_EVENT_BYTES,
+    JSONArrayStreamSplitter,
+    SSEDecoder,
+    SSEEvent,
+)
 from spendgate.usage import Usage
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from spendgate.metering.framing import SSEDecoder
 from spendgate.metering.providers.base import (
     Adapter,
     JSONEventStreamParser,
@@ -24,7 +25,6 @@ from spendgate.metering.providers.base import (
     parse_json_request,
     str_or_none,
 )
-from spendgate.metering.framing import SSEDecoder
 from spendgate.usage import Usage
 
 CHAT_PATH = "/v1/chat/completions"

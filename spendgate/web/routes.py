@@ -1,0 +1,135 @@
+"""Every admin API route of a running gateway, built in one place: where the domain meets HTTP.
+
+Domain packages raise their own errors (`ValueError`, `workflow.approvals.NotAllowed`,
+`pricing.rates.PricingError`, `KeyError` for unknown names); the web layer turns them into
+status codes here and in `web.server`. A route is `handler(params, caller) -> JSON-able`.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from spendgate import reconcile
+from spendgate.budgets.book import BudgetBook, row_scopes
+from spendgate.policy.model import Policy
+from spendgate.pricing import reprice
+from spendgate.pricing.rates import Pricer, PricingError
+from spendgate.reports import dashboard, registry
+from spendgate.store.sql import parse_time
+from spendgate.web.caller import ApiError, Caller
+from spendgate.workflow.approvals import ApprovalError, NotAllowed
+from spendgate.workflow.service import Workflow
+
+Handler = Callable[[dict[str, Any], Caller], Any]
+
+
+class GatewayView(Protocol):
+    """What the routes need of a running `spendgate.gateway.Gateway` (no import of it: one-way)."""
+
+    policy: Policy
+    book: BudgetBook
+    workflow: Workflow
+
+    def cursor(self) -> Any: ...  # a DuckDB cursor of the ledger the gateway holds
+
+    def pricing_path(self) -> Any: ...  # the price overrides file in use (Path or None)
+
+    def use_pricer(self, pricer: Pricer) -> None: ...  # new requests are priced with this one
+
+
+def _admin_only(caller: Caller, what: str) -> None:
+    if not caller.admin:
+        raise ApiError(403, what)
+
+
+def get_routes(gw: GatewayView) -> dict[str, Handler]:
+    """GET /api/<query> for every named read-side query, budgets, requests, audit, grants, reconcile."""
+
+    def query(name: str) -> Handler:
+        return lambda params, caller: registry.run_query(gw.cursor(), name, params)
+
+    def reconcile_query(name: str) -> Handler:
+        def handler(params: dict[str, Any], caller: Caller) -> Any:
+            _admin_only(caller, "reconciliation is organization-wide: admin token required")
+            return reconcile.run(gw.cursor(), name, params, gw.policy)
+
+        return handler
+
+    def audit(params: dict[str, Any], caller: Caller) -> Any:
+        _admin_only(caller, "the audit trail is for admins")
+        return gw.workflow.audit_rows(parse_time(params["since"]) if params.get("since") else None)
+
+    routes: dict[str, Handler] = {f"/api/{name}": query(name) for name in registry.QUERIES}
+    routes["/api/budgets"] = lambda params, caller: dashboard.visible_budgets(
+        gw.book.status(), None if caller.admin else dashboard.own_scopes(gw.policy, caller.name)
+    )
+    routes["/api/requests"] = lambda params, caller: gw.workflow.requests_for(
+        params.get("status") or None, params.get("id") or None, caller.name, caller.admin
+    )
+    routes["/api/audit"] = audit
+    routes["/api/grants"] = lambda params, caller: gw.workflow.grant_rows()
+    routes.update({f"/api/{name}": reconcile_query(name) for name in reconcile.QUERIES})
+    return routes
+
+
+def post_routes(gw: GatewayView) -> dict[str, Handler]:
+    """POST /api/request|approve|deny (increase requests), /api/reprice, /api/reconcile/import."""
+
+    def decision(fn: Callable[[dict[str, Any], str], Any]) -> Handler:
+        def handler(params: dict[str, Any], caller: Caller) -> Any:
+            # the admin token holder asserts who is acting (the CLI sends its OS user); see the doc
+            actor = str(params.get("actor") or caller.name) if caller.admin else caller.name
+            try:
+                return fn(params, actor)
+            except NotAllowed as e:
+                raise ApiError(403, str(e)) from None
+            except ApprovalError as e:
+                raise ApiError(400, str(e)) from None
+
+        return handler
+
+    approvals = gw.workflow.approvals
+    lock = threading.Lock()  # one re-pricing at a time
+
+    def reprice_route(params: dict[str, Any], caller: Caller) -> Any:
+        """{since, until?, dry_run?}: re-read the pricing files; unless dry_run, switch new requests to
+        them too, update rows, and move the live budget counters by each row's charge delta."""
+        _admin_only(caller, "re-pricing is for administrators")
+        if not params.get("since"):
+            raise ValueError("since is required (an ISO 8601 date or time)")
+        since = parse_time(str(params["since"]))
+        until = parse_time(str(params["until"])) if params.get("until") else None
+        dry_run = str(params.get("dry_run", True)).lower() in ("1", "true", "yes")
+        try:
+            pricer = Pricer(gw.pricing_path())
+        except PricingError as e:
+            raise ApiError(422, f"the gateway's pricing files are invalid, nothing changed:\n{e}") from None
+
+        def move_counters(changes: list[reprice.RowChange]) -> int:
+            org = gw.policy.org_name
+            return gw.book.move(
+                [(c.ts, row_scopes(org, c.user, c.key_fingerprint, c.workspace), c.charged_delta) for c in changes],
+                datetime.now(UTC),
+            )
+
+        with lock:
+            if not dry_run:
+                gw.use_pricer(pricer)
+            return reprice.run(gw.cursor(), pricer, since, until, dry_run=dry_run, on_applied=move_counters)
+
+    def reconcile_import(params: dict[str, Any], caller: Caller) -> Any:
+        _admin_only(caller, "reconciliation is organization-wide: admin token required")
+        return reconcile.import_lines(gw.cursor(), params)
+
+    return {
+        "/api/request": decision(lambda p, a: approvals.request(
+            a, p.get("scope") or f"user:{a}", p.get("window") or "", p.get("amount"), p.get("reason") or "")),
+        "/api/approve": decision(lambda p, a: approvals.approve(
+            p.get("id") or "", a, p.get("amount"), p.get("until"), p.get("note"))),
+        "/api/deny": decision(lambda p, a: approvals.deny(p.get("id") or "", a, p.get("reason") or "")),
+        "/api/reprice": reprice_route,
+        "/api/reconcile/import": reconcile_import,
+    }  # fmt: skip
