@@ -2,10 +2,13 @@
 
 On the proxy's event loop `admit` does in-memory work only: estimate a conservative cost, reserve
 it on every covering budget at once (`BudgetBook.admit`), journal the reservation so a crash
-cannot lose it, or answer with the provider-shaped refusal. On the meter worker `settle` swaps
-the reservation for the row's actual charge. Rules: an unpriced model is blocked, free or charged
-the policy's fallback rate (`unpriced`); `on_store_error: fail_closed` refuses while ledger
-writes fail.
+cannot lose it, or answer with the provider-shaped refusal. With a shared store (PostgreSQL,
+budgets/shared.py) the reservation is a network round trip, so the proxy calls `admit` from a
+worker thread instead (`book.store.shared`). On the meter worker `settle` swaps the reservation
+for the row's actual charge (a shared store records the row in the same transaction). Rules: an
+unpriced model is blocked, free or charged the policy's fallback rate (`unpriced`);
+`on_store_error: fail_closed` refuses while ledger writes fail or the shared store is
+unreachable, `fail_open_bounded` admits on a small local allowance per scope meanwhile.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from spendgate.metering.meter import CHARS_PER_TOKEN, Exchange
 from spendgate.policy.model import Policy
 from spendgate.pricing.rates import MTOK, Pricer, compute
 from spendgate.store.ledger import LedgerRow
+from spendgate.store.postgres import StoreUnavailable
 from spendgate.usage import Usage
 
 log = logging.getLogger(__name__)
@@ -98,7 +102,18 @@ class Admission:
         if amount is None:
             return refuse(ex, refusal.unavailable(
                 ex.provider, f"model {ex.request.model!r} has no known price and the policy blocks unpriced models"))
-        decision = self.book.admit(ex.identity, amount, now)
+        try:  # with a shared store this waits on the network (the proxy calls admit() off its event loop)
+            decision = self.book.admit(ex.identity, amount, now, request_id=ex.request_id,
+                                       record=journal_record(ex) if self.book.store.shared else None)
+        except StoreUnavailable as e:
+            log.error("spendgate: %s", e)
+            if fail_closed:
+                return refuse(ex, refusal.unavailable(ex.provider, "the budget store is unreachable; "
+                                                      "on_store_error is fail_closed"))
+            got = self._admit_degraded(ex, amount, now)
+            if isinstance(got, refusal.Answer):
+                return got
+            decision = got
         if not decision.admitted:
             answer = refusal.over_budget(ex.provider, decision.exhausted, decision.spent, now)
             return refuse(ex, answer, refusal.budget_message(decision.exhausted, decision.spent, now))
@@ -112,6 +127,17 @@ class Admission:
         ex.extra["reservation"] = decision.reservation
         ex.extra["decision"] = decision
         return None
+
+    def _admit_degraded(self, ex: Exchange, amount: Decimal, now: datetime) -> Decision | refusal.Answer:
+        """fail_open(_bounded): the shared store is away; admit on this replica's local allowance."""
+        bounded = self.policy.on_store_error == "fail_open_bounded"
+        allowance = self.policy.degraded_allowance if bounded else None
+        decision = self.book.admit_degraded(ex.identity, amount, allowance, now, request_id=ex.request_id)
+        if not decision.admitted:
+            return refuse(ex, refusal.unavailable(
+                ex.provider, f"the budget store is unreachable and this gateway's allowance while it is away "
+                             f"(${allowance} per scope) is used up for {decision.exhausted.scope}"))
+        return decision
 
     def response_headers(self, ex: Exchange) -> dict[str, str]:
         """What every admitted response carries: room left on the tightest budget and its reset."""
@@ -137,8 +163,10 @@ class Admission:
         if row.charged_usd is None and res is not None:
             row.charged_usd = res.amount
         if res is not None:
-            self.book.settle(res, row.charged_usd or Decimal(0))
+            self.book.settle(res, row.charged_usd or Decimal(0), row)  # a shared store records the row with it
             self._after_charge(ex.identity, row)  # tiered alerts and projected overrun
+        else:
+            self.book.record(row)  # refused or free: a shared store's ledger keeps it too
 
 
 def refuse(ex: Exchange, answer: refusal.Answer, reason: str | None = None) -> refusal.Answer:

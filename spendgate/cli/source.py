@@ -115,14 +115,7 @@ def open_store_source(url: str, *, write: bool = False) -> Source:
     except StoreError as e:
         raise SourceError(str(e)) from None
 
-    def local(name: str, params: dict[str, Any], method: str) -> Any:
-        if method == "RAW":
-            from spendgate.reports import dashboard
-
-            return dashboard.download(con, name, params)
-        return reports.run_query(con, name, params)
-
-    return Source(local, f"store {redact(url)}")
+    return Source(_local_call(con), f"store {redact(url)}")
 
 
 def open_source(db: Path, *, write: bool = False) -> Source:
@@ -141,6 +134,12 @@ def open_source(db: Path, *, write: bool = False) -> Source:
     if write:
         migrate(con)
 
+    return Source(_local_call(con), f"file {db}")
+
+
+def _local_call(con: duckdb.DuckDBPyConnection) -> Callable[[str, dict[str, Any], str], Any]:
+    """Named queries (and downloads) answered from a DuckDB connection in this process."""
+
     def local(name: str, params: dict[str, Any], method: str) -> Any:
         if method == "RAW":
             from spendgate.reports import dashboard
@@ -148,4 +147,4 @@ def open_source(db: Path, *, write: bool = False) -> Source:
             return dashboard.download(con, name, params)
         return registry.run_query(con, name, params)
 
-    return Source(local, f"file {db}")
+    return local
