@@ -29,6 +29,7 @@ __all__ = ["LeaseKeeper", "NoPlanCharges", "SharedCounters", "is_store_url", "op
 log = logging.getLogger(__name__)
 
 MAX_PENDING = 100_000  # settlements kept for retry while the store is away (then the reaper charges them)
+FORGET_EVERY = 600.0  # seconds between clean-ups of reservations closed more than a day ago
 FRESH_SECONDS = 2.0  # how long a counter seen in an admission answers get() without asking the store
 
 
@@ -226,6 +227,7 @@ class LeaseKeeper:
         self._thread = threading.Thread(target=self._run, name="spendgate-leases", daemon=True)
         self.reaped = 0
         self.also: list[Callable[[], object]] = []  # more to do each tick (pull grants made elsewhere)
+        self._forgot_at = 0.0  # monotonic seconds of the last clean-up of closed reservations
 
     def start(self) -> "LeaseKeeper":
         self._thread.start()
@@ -240,7 +242,9 @@ class LeaseKeeper:
             if gone:
                 self.reaped += len(gone)
                 log.warning("spendgate: charged %d reservations of stopped replicas as interrupted", len(gone))
-            pg.forget_settled()
+            if time.monotonic() - self._forgot_at > FORGET_EVERY:
+                pg.forget_settled()
+                self._forgot_at = time.monotonic()
         except StoreUnavailable as e:
             log.error("spendgate: store housekeeping failed: %s", e)
         for task in self.also:

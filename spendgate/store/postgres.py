@@ -67,6 +67,7 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         );
         CREATE INDEX reservations_expiring ON reservations (lease_expires) WHERE state = 'open';
         CREATE INDEX reservations_owner ON reservations (owner) WHERE state = 'open';
+        CREATE INDEX reservations_closed ON reservations (created_at) WHERE state <> 'open';
         CREATE TABLE requests (
             ts TIMESTAMPTZ NOT NULL,
             request_id TEXT PRIMARY KEY,
