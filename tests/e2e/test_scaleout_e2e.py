@@ -76,6 +76,9 @@ def store_url(pg_url):
     assert "schema version 0 -> 1" in cp.stdout
     again = spendgate("store", "migrate", "--store", pg_url)
     assert again.returncode == 0 and "up to date" in again.stdout
+    status = spendgate("store", "status", "--store", pg_url, "--json")
+    assert status.returncode == 0, status.stderr
+    assert json.loads(status.stdout)["schema_version"] == 1 and json.loads(status.stdout)["ledger_rows"] == 0
     return pg_url
 
 

@@ -217,3 +217,13 @@ def test_fail_open_bounded_admits_on_a_local_allowance_and_replays_exactly_once(
     rows = {r["request_id"]: r for r in s.ledger_rows()}
     assert rows["d1"]["degraded"] is True and "degraded" in rows["d1"]["note"]
     s.close()
+
+
+def test_the_gateway_refuses_a_store_that_is_not_postgresql(tmp_path):
+    from spendgate import resources
+    from spendgate.gateway import Gateway, GatewayError, Settings
+
+    bad = Settings(db=tmp_path / "l.duckdb", policy=resources.example_policy(), store="mysql://u:pw@db/x")
+    with pytest.raises(GatewayError, match="postgresql://") as e:
+        Gateway.check(bad)
+    assert "pw" not in str(e.value)
