@@ -90,7 +90,8 @@ class Gateway:
         self.lease_keeper: shared.LeaseKeeper | None = None
         if settings.store:  # one budget across replicas: counters live in PostgreSQL, not in this process
             try:
-                counters = shared.open_counters(settings.store, lease_seconds=settings.store_lease)
+                counters = shared.open_counters(settings.store, lease_seconds=settings.store_lease,
+                                                outbox=settings.db.with_name(settings.db.name + ".store-outbox"))
             except StoreError as e:
                 self.ledger.close()
                 raise GatewayError(str(e)) from None

@@ -339,6 +339,19 @@ def row_json(row: LedgerRow, replica: str | None = None, degraded: bool = False)
     return out
 
 
+def row_from_json(d: dict[str, Any]) -> LedgerRow:
+    """The inverse of `row_json` (the local outbox keeps rows as JSON lines)."""
+    out: dict[str, Any] = {}
+    for c in COLUMNS:
+        v = d.get(c)
+        if c == "ts":
+            v = datetime.fromisoformat(v)
+        elif c in ("cost_usd", "charged_usd") and v is not None:
+            v = Decimal(v)
+        out[c] = v
+    return LedgerRow(**out)
+
+
 @dataclass(frozen=True, slots=True)
 class CounterState:
     spent: Decimal

@@ -227,3 +227,36 @@ def test_the_gateway_refuses_a_store_that_is_not_postgresql(tmp_path):
     with pytest.raises(GatewayError, match="postgresql://") as e:
         Gateway.check(bad)
     assert "pw" not in str(e.value)
+
+
+def test_settlements_the_store_missed_survive_a_restart_in_the_outbox(pg_url, postgres, tmp_path):
+    outbox = tmp_path / "ledger.duckdb.store-outbox"
+    s = PostgresStore(pg_url, timeout=1).open()
+    s.migrate()
+    counters = SharedCounters(s, outbox)
+    bk = BudgetBook(parse(POLICY, "p.yaml"), counters)
+    d = bk.admit(ALICE, D("0.3"), request_id="o1", record={"user": "alice@acme.com"})
+    postgres.stop()
+    try:
+        bk.settle(d.reservation, D("0.2"), row("o1", charged="0.2"))
+        degraded = bk.admit_degraded(BOB, D("0.1"), D("1"), request_id="o2")
+        bk.settle(degraded.reservation, D("0.05"), row("o2", user="bob@acme.com", charged="0.05"))
+        assert counters.pending == 2 and outbox.stat().st_mode & 0o777 == 0o600
+    finally:
+        postgres.start()
+    s.close()  # the replica stops without settling (a crash: nothing flushed on purpose)
+
+    s2 = PostgresStore(pg_url, timeout=1).open()
+    again = SharedCounters(s2, outbox)
+    assert again.pending == 2 and again.degraded_in_use("user:bob@acme.com") == D("0.05")
+    deadline = time.monotonic() + 30
+    while again.pending and time.monotonic() < deadline:
+        again.retry_pending()
+        time.sleep(0.2)
+    assert again.pending == 0 and outbox.read_bytes() == b""
+    user_day = next(b for b in d.budgets if b.scope == "user:alice@acme.com")
+    bob_day = next(b for b in degraded.budgets if b.scope == "user:bob@acme.com")
+    assert counter(s2, user_day) == (D("0.2"), 0) and counter(s2, bob_day) == (D("0.05"), 0)
+    rows = {r["request_id"]: r for r in s2.ledger_rows()}
+    assert rows["o1"]["charged_usd"] == D("0.2") and rows["o2"]["degraded"] is True
+    s2.close()
