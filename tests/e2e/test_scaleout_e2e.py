@@ -165,7 +165,8 @@ def test_kill9_replica_mid_stream_its_reservation_is_reaped_as_interrupted(tmp_p
     (ok,) = [r for r in shared if r["outcome"] == "ok"]
     assert dead["estimated"] is True and dead["cost_usd"] is None
     assert dead["charged_usd"] > ONE_REQUEST_USD / 2 and dead["client"] and dead["model"] == MODEL
-    assert dead["replica"] != ok["replica"] or "reaped by" in dead["note"]
+    owner = dead["note"].split()[1]  # "replica OWNER stopped renewing its lease ... (reaped by REAPER)"
+    assert owner != ok["replica"] and dead["note"].endswith(f"(reaped by {ok['replica']})")  # B reaped A's
     assert counter(store_url, "user:tester") == (dead["charged_usd"] + ok["charged_usd"], 0)
 
 
