@@ -229,7 +229,21 @@ class SharedCounters:
         self._settle_or_keep(_Pending(row.request_id, row.charged_usd or ZERO, row))
 
     def _send(self, p: _Pending) -> None:
-        self.pg.settle(p.request_id, p.actual, p.row, p.keys)
+        """Settle in the store; raises StoreUnavailable only (anything else is logged and dropped)."""
+        try:
+            self.pg.settle(p.request_id, p.actual, p.row, p.keys)
+        except StoreUnavailable:
+            raise
+        except Exception:  # a row the store rejects must not keep its reservation open for ever
+            log.exception("spendgate: the store refused the settlement of %s; settling without its row",
+                          p.request_id)
+            try:
+                self.pg.settle(p.request_id, p.actual, None, p.keys)
+            except StoreUnavailable:
+                raise
+            except Exception:
+                log.exception("spendgate: cannot settle %s at all; its reservation stays open until this "
+                              "replica stops", p.request_id)
         if p.scopes:  # replayed into the store: this replica's allowance is free again
             with self._lock:
                 for s in p.scopes:

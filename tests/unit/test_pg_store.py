@@ -260,3 +260,13 @@ def test_settlements_the_store_missed_survive_a_restart_in_the_outbox(pg_url, po
     rows = {r["request_id"]: r for r in s2.ledger_rows()}
     assert rows["o1"]["charged_usd"] == D("0.2") and rows["o2"]["degraded"] is True
     s2.close()
+
+
+def test_a_row_the_store_rejects_still_releases_its_reservation(store):
+    bk = book(store)
+    d = bk.admit(ALICE, D("0.5"), request_id="bad1")
+    bad = row("bad1", charged="0.1")
+    bad.provider = None  # violates NOT NULL in the shared ledger
+    bk.settle(d.reservation, D("0.1"), bad)
+    user_day = next(b for b in d.budgets if b.scope == "user:alice@acme.com")
+    assert counter(store, user_day) == (D("0.1"), 0) and bk.store.pending == 0
