@@ -104,7 +104,7 @@ def open_store_source(url: str, *, write: bool = False) -> Source:
     if not url.startswith(("postgresql://", "postgres://")):
         raise SourceError("--store takes a postgresql:// URL")
     try:
-        store = PostgresStore(url, timeout=5).open()
+        store = PostgresStore(url, timeout=5, statement_timeout=3600).open()  # the copy may take minutes
         try:
             store.check_schema()
             con = duckdb.connect(":memory:")
