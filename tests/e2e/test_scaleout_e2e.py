@@ -28,7 +28,7 @@ from tests.support.webhook import Hook
 MODEL = "claude-sonnet-4-5"
 PROMPT = "x" * 7200  # ~1800 tokens by the gateway's estimate: the reservation covers the actual cost
 ONE_REQUEST_USD = Decimal("0.01179")  # what the fake provider's default Anthropic usage costs
-LEASE = 2  # seconds; short so a dead replica's reservation is reaped within the test
+LEASE = 2  # seconds (the kill -9 test): short so a dead replica's reservation is reaped within the test
 
 
 def policy(tmp_path, body: str):
@@ -82,8 +82,8 @@ def store_url(pg_url):
     return pg_url
 
 
-def replicas(gateway_factory, n: int, policy_path, url: str, **kw):
-    args = ["--set", f"spendgate_store={url}", "--set", f"spendgate_store_lease={LEASE}"]
+def replicas(gateway_factory, n: int, policy_path, url: str, lease: int = 30, **kw):
+    args = ["--set", f"spendgate_store={url}", "--set", f"spendgate_store_lease={lease}"]
     return [gateway_factory(f"replica{i}", policy=policy_path, extra_args=args, **kw).start() for i in range(n)]
 
 
@@ -138,7 +138,7 @@ def test_three_replicas_share_one_cap_under_60_concurrent_requests(tmp_path, gat
 
 def test_kill9_replica_mid_stream_its_reservation_is_reaped_as_interrupted(tmp_path, gateway_factory,
                                                                            fake_provider, store_url):
-    a, b = replicas(gateway_factory, 2, policy(tmp_path, "defaults: {user: {day: 5}}\n"), store_url)
+    a, b = replicas(gateway_factory, 2, policy(tmp_path, "defaults: {user: {day: 5}}\n"), store_url, lease=LEASE)
     client_a = anthropic.Anthropic(api_key=ANTHROPIC_KEY, http_client=a.http_client(), max_retries=0)
     got_first = threading.Event()
 

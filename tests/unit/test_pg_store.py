@@ -159,14 +159,21 @@ def test_expired_reservations_are_reaped_as_interrupted_and_corrected_if_they_se
 
 
 def test_a_live_replica_keeps_its_leases_and_retries_settlements_the_store_missed(pg_url, postgres):
-    s = PostgresStore(pg_url, lease_seconds=0.6, timeout=1).open()
+    s = PostgresStore(pg_url, lease_seconds=5, timeout=1).open()
     s.migrate()
     counters = SharedCounters(s)
     bk = BudgetBook(parse(POLICY, "p.yaml"), counters)
-    keeper = LeaseKeeper(counters, interval=0.1).start()
     d = bk.admit(ALICE, D("0.3"), request_id="l1", record={"user": "alice@acme.com"})
-    time.sleep(1.0)  # several leases long: renewed, so never reaped
-    assert s.reap() == []
+
+    def lease() -> datetime:
+        return s._run("SELECT lease_expires FROM reservations WHERE request_id = 'l1'", fetch="one")[0]
+
+    first = lease()
+    keeper = LeaseKeeper(counters, interval=0.1).start()
+    deadline = time.monotonic() + 30
+    while lease() <= first and time.monotonic() < deadline:  # the keeper pushes the lease forward
+        time.sleep(0.1)
+    assert lease() > first and s.reap() == []  # renewed, so never reaped
     keeper.stop()
     postgres.stop()
     try:
