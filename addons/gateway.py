@@ -11,7 +11,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from pathlib import Path
 
 from mitmproxy import ctx, exceptions, http
@@ -126,6 +126,10 @@ class SpendGate:
             "spendgate_extra_providers", Sequence[str], [],
             "more provider hosts to meter: HOST=PROVIDER:ADAPTER[:PRICE_AS][@/BASE] (see README)",
         )
+        loader.add_option("spendgate_store", str, "",
+                          "postgresql:// URL of the store shared by gateway replicas (default: this process only)")
+        loader.add_option("spendgate_store_lease", int, 30,
+                          "seconds a reservation lives in the shared store unless its replica renews it")
 
     def configure(self, updated: set[str]) -> None:
         """Check settings now (a bad policy stops start-up); open the ledger once running.
@@ -159,6 +163,8 @@ class SpendGate:
             user=opts.spendgate_user or None,
             admin_port=opts.spendgate_admin_port,
             central=_central(),
+            store=opts.spendgate_store or None,
+            store_lease=float(max(1, opts.spendgate_store_lease)),
         )
         try:
             settings.telemetry = telemetry_settings(
@@ -185,7 +191,8 @@ class SpendGate:
             log.error("spendgate: %s", e)  # an error logged during start-up makes mitmdump exit 1
             return
         self.gateway.proxy_verified = self.proxy_verified
-        log.info("spendgate: ledger %s, admin API %s", self.settings.db, self.gateway.admin and self.gateway.admin.url)
+        log.info("spendgate: ledger %s, admin API %s%s", self.settings.db, self.gateway.admin and self.gateway.admin.url,
+                 ", shared store" if self.settings.store else "")
 
     def _body_ceiling(self) -> None:
         """On a providers-only gateway, cap what mitmproxy reads at all (body_size_limit).
@@ -238,25 +245,25 @@ class SpendGate:
             self._oversized.add(flow.client_conn.id)
             self._answer(flow, too_large(provider, size, limit))
 
-    def request(self, flow: http.HTTPFlow) -> None:
+    def request(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         if flow.metadata.get(TOO_LARGE):  # answered 413 already: let go of the body now, not at the next GC
             flow.request.raw_content = b""
         if flow.response or flow.error:
-            return
+            return None
         req = flow.request
         host = target_of(flow).host
         if self.gateway is None:  # not started (or failed): never let provider traffic pass unmetered
             found = providers.route(host, req.path)
             if found is not None:
                 self._answer(flow, refusal.unavailable(found.dialect, "the gateway is not ready (not metering)"))
-            return
+            return None
         limit = ctx.options.spendgate_max_request_bytes
         found = providers.route(host, req.path) if limit and len(req.raw_content or b"") > limit else None
         if found is not None:  # chunked bodies, known only once read
             self._answer(flow, too_large(found.dialect, len(req.raw_content or b""), limit))
             req.raw_content = b""
             self._oversized.add(flow.client_conn.id)
-            return
+            return None
         auth = flow.metadata.get("proxyauth")
         headers = _headers(req.headers)
         if ws.is_upgrade(headers):  # a WebSocket: its turns are metered one by one, not the handshake
@@ -265,7 +272,7 @@ class SpendGate:
                 flow.metadata[WS] = ws.SocketSession(
                     self.gateway.meter, sroute, req.host, req.path, headers, proxy_user=auth[0] if auth else None,
                     client_ip=flow.client_conn.peername[0] if flow.client_conn.peername else None)
-                return
+                return None
         ex = self.gateway.meter.begin(
             host,
             req.path,
@@ -276,12 +283,24 @@ class SpendGate:
             method=req.method,
         )
         if ex is None:
-            return
+            return None
         flow.metadata[META] = ex
-        answer = self.gateway.admission.admit(ex, req.path, req.raw_content or b"")
+        gw = self.gateway
+        path, body = req.path, req.raw_content or b""
+        if gw.admit_blocks:  # a shared store: mitmproxy awaits this; the round trip runs on a worker thread
+            return self._admit_off_loop(flow, gw, ex, path, body)
+        self._admitted(flow, gw, ex, gw.admission.admit(ex, path, body))  # in-memory counters: a direct call
+        return None
+
+    async def _admit_off_loop(self, flow: http.HTTPFlow, gw: Gateway, ex: Exchange, path: str, body: bytes) -> None:
+        self._admitted(flow, gw, ex, await asyncio.to_thread(gw.admission.admit, ex, path, body))
+
+    @staticmethod
+    def _admitted(flow: http.HTTPFlow, gw: Gateway, ex: Exchange, answer: refusal.Answer | None) -> None:
+        req = flow.request
         if answer is not None:  # over budget (or refused by policy): never forwarded
             flow.response = http.Response.make(answer.status, answer.body, answer.headers)
-            self.gateway.meter.finish(ex, None)
+            gw.meter.finish(ex, None)
             return
         if ex.request.rewritten_body is not None:
             req.content = ex.request.rewritten_body

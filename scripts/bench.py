@@ -815,6 +815,11 @@ def run(plan: Plan, mode: str, out: Path, keep: bool) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if "--store" in (sys.argv[1:] if argv is None else argv):  # admission on PostgreSQL vs memory
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        import bench_store
+
+        return bench_store.main(argv)
     ap = argparse.ArgumentParser(prog="scripts/bench", description=__doc__.split("\n\n")[0])
     ap.add_argument("--smoke", action="store_true", help="tiny sizes: every figure in seconds (not for comparing)")
     ap.add_argument("--out", type=Path, default=None, help="JSON file (default bench-results/bench-<time>.json)")

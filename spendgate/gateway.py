@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from spendgate.budgets import shared
 from spendgate.budgets.admission import Admission
 from spendgate.budgets.book import BudgetBook
 from spendgate.budgets.journal import Journal
@@ -26,20 +27,15 @@ from spendgate.metering.opaque import OpaqueRecorder
 from spendgate.policy.model import Policy, PolicyError, load, positioned
 from spendgate.policy.watch import FileWatcher
 from spendgate.pricing.rates import Pricer, PricingError
-from spendgate.store.ledger import (
-    DuckDBLedger,
-    LedgerLocked,
-    LedgerRow,
-    row_from_dict,
-    row_to_dict,
-)
+from spendgate.store.ledger import DuckDBLedger, LedgerLocked, LedgerRow, row_from_dict, row_to_dict
+from spendgate.store.postgres import StoreError
 from spendgate.telemetry.config import TelemetrySettings
 from spendgate.telemetry.service import Telemetry
 from spendgate.tokens import TokenStore, tokens_path
 from spendgate.web import app as web
 from spendgate.web import routes
 from spendgate.web.server import AdminServer, discovery_path
-from spendgate.workflow import audit
+from spendgate.workflow import audit, sharing
 from spendgate.workflow.service import Workflow
 
 log = logging.getLogger(__name__)
@@ -59,6 +55,8 @@ class Settings:
     reload_interval: float = 1.0  # seconds between policy / pricing overrides file checks; 0 disables
     central: bool = False  # serves other people (spendgate.access.is_central); decides policy defaults
     telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)  # spans, metrics, trace links
+    store: str | None = None  # postgresql://... : counters, reservations and the ledger shared by replicas
+    store_lease: float = 30.0  # seconds a reservation lives unless its replica renews it (shared store)
 
 
 class Gateway:
@@ -77,6 +75,8 @@ class Gateway:
         if problems:
             raise GatewayError("invalid policy, not starting:\n" + "\n".join(p.render(str(settings.policy))
                                                                            for p in problems))
+        if settings.store and not shared.is_store_url(settings.store):
+            raise GatewayError(f"spendgate_store must be a postgresql:// URL, not {shared.redact(settings.store)!r}")
         return policy, pricer
 
     def __init__(self, settings: Settings) -> None:
@@ -96,12 +96,25 @@ class Gateway:
         except Exception as e:
             raise GatewayError(f"cannot open the ledger {settings.db}: {e}") from None
         now = datetime.now(UTC)
-        self.book = BudgetBook(self.policy)
+        self.lease_keeper: shared.LeaseKeeper | None = None
+        if settings.store:  # one budget across replicas: counters live in PostgreSQL, not in this process
+            try:
+                counters = shared.open_counters(settings.store, lease_seconds=settings.store_lease,
+                                                outbox=settings.db.with_name(settings.db.name + ".store-outbox"))
+            except StoreError as e:
+                self.ledger.close()
+                raise GatewayError(str(e)) from None
+            self.book = BudgetBook(self.policy, counters)
+            self.lease_keeper = shared.LeaseKeeper(counters).start()
+        else:
+            self.book = BudgetBook(self.policy)
         self.journal_path = settings.db.with_name(settings.db.name + ".reservations")
         recover_interrupted(self.ledger.cursor(), self.journal_path)
         self.journal = Journal(self.journal_path)
-        rebuild_counters(self.ledger.cursor(), self.book, now)
-        self.plan_charger = PlanCharger()  # seat plans the policy says count against budgets
+        if not self.book.store.shared:  # a shared store's counters are already right
+            rebuild_counters(self.ledger.cursor(), self.book, now)
+        # seat plans the policy says count against budgets (not yet with a shared store: see docs/scale-out.md)
+        self.plan_charger = shared.NoPlanCharges() if self.book.store.shared else PlanCharger()
         self.plan_charger.apply(self.policy, self.book.store, now)
         self.opaque = OpaqueRecorder(self.ledger.cursor)  # undecrypted AI connections (addons/opaque.py)
         # alerts, sinks, increase requests, grants (BudgetBook.grants) and the audit trail
@@ -109,6 +122,8 @@ class Gateway:
         self.workflow.policy_loaded(self.policy, "start")
         if settings.pricing:
             self.workflow.pricing_loaded(str(settings.pricing), self.pricer.overrides_sha256, "start")
+        if self.lease_keeper:  # grants made on any replica count everywhere; alerts fire once for all
+            self.lease_keeper.also.append(sharing.share(self.workflow, self.book.store.pg).pull)
         self.admission = Admission(
             self.book, self.pricer, self.journal,
             store_error=lambda: None if self.ledger.healthy else str(self.ledger.stats.last_error or "unknown"),
@@ -157,6 +172,11 @@ class Gateway:
         if plans.policy is not self.policy:  # reloaded since: index the new plans
             plans = self._plans = PlanIndex(self.policy)
         return plans.plan_for(vendor, user, when.astimezone(self.policy.timezone).date())
+
+    @property
+    def admit_blocks(self) -> bool:
+        """True when admission waits on a remote store: the proxy must call it from a worker thread."""
+        return self.book.store.shared
 
     def cursor(self):
         """A DuckDB cursor of the ledger this gateway holds (one per thread)."""
@@ -241,6 +261,8 @@ class Gateway:
         self.workflow.close()  # last alerts and deliveries, recorded before the file is released
         self.ledger.close()
         self.journal.close()
+        if self.lease_keeper:  # after the meter: its last settlements are in (or queued and retried once)
+            self.lease_keeper.close()
         if self.admin:
             self.admin.stop()
             discovery_path(self.settings.db).unlink(missing_ok=True)

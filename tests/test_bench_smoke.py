@@ -98,3 +98,24 @@ def test_targets_listed(result: dict) -> None:
         assert set(t) == {"name", "value", "op", "limit", "holds"}
         assert finite(t["value"]) and isinstance(t["holds"], bool)
         assert t["holds"] == (t["value"] <= t["limit"] if t["op"] == "<=" else t["value"] >= t["limit"])
+
+
+def test_store_benchmark_reports_every_figure(pg_url, tmp_path) -> None:
+    """`scripts/bench --store`: admission on PostgreSQL vs memory; every request admitted and settled."""
+    out = tmp_path / "store.json"
+    cp = subprocess.run([sys.executable, str(REPO / "scripts" / "bench.py"), "--store", "--smoke", "--store-url", pg_url,
+                         "--out", str(out)], capture_output=True, text=True, timeout=240, cwd=str(REPO),
+                        stdin=subprocess.DEVNULL)  # fmt: skip
+    assert cp.returncode == 0, f"stdout:\n{cp.stdout[-4000:]}\nstderr:\n{cp.stderr[-4000:]}"
+    fig = json.loads(out.read_text())
+    for k in ("memory_1", "memory_10", "postgres_1", "postgres_10", "postgres_3_replicas_x10"):
+        assert all(finite(fig[k][m]) and fig[k][m] > 0 for m in ("admit_us_p50", "admit_us_p95", "requests_per_s"))
+    assert fig["postgres_10"]["requests"] == fig["memory_10"]["requests"] == 100
+    assert all(finite(v) for v in fig["ratios"].values())
+    import psycopg  # every benchmarked request reached the shared ledger exactly once
+
+    with psycopg.connect(pg_url) as con:
+        n = con.execute("SELECT count(*), count(DISTINCT request_id) FROM requests").fetchone()
+    warm = 4 * 10
+    assert n[0] == n[1] == warm + fig["postgres_1"]["requests"] + fig["postgres_10"]["requests"] + \
+        fig["postgres_3_replicas_x10"]["requests"]

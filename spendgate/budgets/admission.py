@@ -1,13 +1,17 @@
 """Admission before a request is forwarded, settlement after its response: reserve, refuse, settle.
 
-On the proxy's event loop `admit` does in-memory work only, in this order: the policy's model
-rules (403), a step-down to a cheaper model past a threshold (budgets.runway), an estimate of the
-cost, a reservation on every covering budget at once (`BudgetBook.admit`; at the cap a step-down
-rule may still admit the request on its cheaper target), the rate limits (a retryable 429), and a
-journal line so a crash cannot lose the reservation. On the meter worker `settle` swaps the
-reservation for the row's actual charge and corrects the token buckets. Rules: an unpriced model
-is blocked, free or charged the policy's fallback rate (`unpriced`); `on_store_error:
-fail_closed` refuses while ledger writes fail.
+On the proxy's event loop `admit` does in-memory work only: estimate a conservative cost, reserve
+it on every covering budget at once (`BudgetBook.admit`), journal the reservation so a crash
+cannot lose it, or answer with the provider-shaped refusal. With a shared store (PostgreSQL,
+budgets/shared.py) the reservation is a network round trip, so the proxy calls `admit` from a
+worker thread instead (`book.store.shared`). On the meter worker `settle` swaps the reservation
+for the row's actual charge (a shared store records the row in the same transaction). Rules: an
+unpriced model is blocked, free or charged the policy's fallback rate (`unpriced`);
+`on_store_error: fail_closed` refuses while ledger writes fail or the shared store is
+unreachable, `fail_open_bounded` admits on a small local allowance per scope meanwhile. Before
+the reservation come the policy's model rules (403) and a step-down to a cheaper model past a
+threshold (budgets.runway); at the cap a step-down rule may still admit the request on its cheaper
+target; after it the rate limits (a retryable 429).
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from spendgate.metering.meter import CHARS_PER_TOKEN, Exchange
 from spendgate.policy.model import Policy
 from spendgate.pricing.rates import MTOK, Pricer, compute, guess_provider, variant_for
 from spendgate.store.ledger import LedgerRow
+from spendgate.store.postgres import StoreUnavailable
 from spendgate.usage import Usage
 
 log = logging.getLogger(__name__)
@@ -135,6 +140,14 @@ class Admission:
         ex.extra["step_down"] = choice
         ex.request.model = choice.target
 
+    def _reserve(self, ex: Exchange, amount: Decimal, now: datetime) -> Decision:
+        """BudgetBook.admit for this exchange; a shared store also keeps what an interrupted row needs.
+
+        Raises StoreUnavailable when the shared store cannot be reached.
+        """
+        return self.book.admit(ex.identity, amount, now, request_id=ex.request_id,
+                               record=journal_record(ex) if self.book.store.shared else None)
+
     def admit(self, ex: Exchange, path: str = "", body: bytes = b"") -> refusal.Answer | None:
         """Event loop: None to forward the request; otherwise the answer to give instead.
 
@@ -182,16 +195,26 @@ class Admission:
         if amount is None:
             return refuse(ex, refusal.unavailable(
                 ex.dialect, f"model {ex.request.model!r} has no known price and the policy blocks unpriced models"))
-        decision = self.book.admit(ex.identity, amount, now)
-        if not decision.admitted and budgets and "step_down_plan" not in ex.extra:  # at the cap: runway left?
-            choice = step_down(policy, self.book, ex.identity, ex.request.model, budgets, decision.exhausted)
-            cheaper = self._substitute(ex, choice, now)
-            if cheaper is not None:
-                retry = self.book.admit(ex.identity, cheaper, now)
-                if retry.admitted:
-                    decision = retry
-                else:
-                    ex.extra.pop("step_down_plan", None)
+        try:  # with a shared store this waits on the network (the proxy calls admit() off its event loop)
+            decision = self._reserve(ex, amount, now)
+            if not decision.admitted and budgets and "step_down_plan" not in ex.extra:  # at the cap: runway left?
+                choice = step_down(policy, self.book, ex.identity, ex.request.model, budgets, decision.exhausted)
+                cheaper = self._substitute(ex, choice, now)
+                if cheaper is not None:
+                    retry = self._reserve(ex, cheaper, now)
+                    if retry.admitted:
+                        decision = retry
+                    else:
+                        ex.extra.pop("step_down_plan", None)
+        except StoreUnavailable as e:
+            log.error("spendgate: %s", e)
+            if fail_closed:
+                return refuse(ex, refusal.unavailable(ex.dialect, "the budget store is unreachable; "
+                                                      "on_store_error is fail_closed"))
+            got = self._admit_degraded(ex, amount, now)
+            if isinstance(got, refusal.Answer):
+                return got
+            decision = got
         if not decision.admitted:
             ex.extra["refused_by"] = decision.exhausted  # named on the request's span (telemetry)
             answer = refusal.over_budget(ex.dialect, decision.exhausted, decision.spent, now, ex.identity.client)
@@ -219,6 +242,17 @@ class Admission:
         ex.extra["reservation"] = decision.reservation
         ex.extra["decision"] = decision
         return None
+
+    def _admit_degraded(self, ex: Exchange, amount: Decimal, now: datetime) -> Decision | refusal.Answer:
+        """fail_open(_bounded): the shared store is away; admit on this replica's local allowance."""
+        bounded = self.policy.on_store_error == "fail_open_bounded"
+        allowance = self.policy.degraded_allowance if bounded else None
+        decision = self.book.admit_degraded(ex.identity, amount, allowance, now, request_id=ex.request_id)
+        if not decision.admitted:
+            return refuse(ex, refusal.unavailable(
+                ex.dialect, f"the budget store is unreachable and this gateway's allowance while it is away "
+                             f"(${allowance} per scope) is used up for {decision.exhausted.scope}"))
+        return decision
 
     def response_headers(self, ex: Exchange) -> dict[str, str]:
         """What every admitted response carries: room left on the tightest budget and its reset."""
@@ -262,10 +296,12 @@ class Admission:
         if ticket is not None:
             self.limiter.settle(ticket, row.input_tokens + row.output_tokens)
         if res is not None:
-            self.book.settle(res, row.charged_usd or Decimal(0))
+            self.book.settle(res, row.charged_usd or Decimal(0), row)  # a shared store records the row with it
             if choice is not None:
                 self._stepped_down(ex.identity, choice)  # the first in a window raises an alert
             self._after_charge(ex.identity, row)  # tiered alerts and projected overrun
+        else:
+            self.book.record(row)  # refused or free: a shared store's ledger keeps it too
 
 
 def too_large(provider: str, size: int, limit: int) -> refusal.Answer:

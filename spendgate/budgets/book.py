@@ -2,9 +2,9 @@
 
 Admission reserves an estimate on every covering budget in one atomic step and refuses when any
 would pass its limit, so a burst of concurrent requests cannot overshoot (check-then-charge is
-the classic bypass). Settlement swaps the reservation for the actual charge. Counters live in
-memory (O(1) per request whatever the ledger size) behind `CounterStore`, the seam for a shared
-store later; they are rebuilt from the ledger at start-up.
+the classic bypass). Settlement swaps the reservation for the actual charge. Counters live behind
+`CounterStore`: in memory (`MemoryCounters`, O(1) per request whatever the ledger size, rebuilt
+from the ledger at start-up) or shared by every replica in PostgreSQL (budgets/shared.py).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from spendgate.budgets.plans import plans_of
 from spendgate.budgets.windows import WINDOWS, bounds
 from spendgate.identity import Identity
 from spendgate.policy.model import UNATTRIBUTED, Budgets, Policy
+from spendgate.store.ledger import LedgerRow
 
 ZERO = Decimal(0)
 CounterKey = tuple[str, str, datetime]  # (scope, window, window start)
@@ -47,9 +48,29 @@ class Counter:
     reserved: Decimal = ZERO
 
 
+@dataclass(frozen=True, slots=True)
+class Ticket:
+    """What a shared store records with a reservation (an in-memory store ignores it)."""
+
+    request_id: str
+    policy_sha256: str | None = None
+    record: dict[str, Any] | None = None  # the facts an `interrupted` ledger row needs
+
+
+@dataclass(slots=True)
+class Reserved:
+    """The outcome of one all-or-none reservation."""
+
+    refused: int | None  # index of the first budget without room (nothing was reserved), or None
+    counters: list[Counter]  # one per budget, in order: after the reservation (or at the refusal)
+
+
 class CounterStore(Protocol):
-    def try_reserve(self, budgets: list[Budget], amount: Decimal) -> tuple[Budget, Counter] | None: ...
-    def settle(self, keys: Iterable[CounterKey], reserved: Decimal, actual: Decimal) -> None: ...
+    shared: bool  # True: calls wait on the network, so callers keep them off the event loop
+
+    def try_reserve(self, budgets: list[Budget], amount: Decimal, ticket: Ticket | None = None) -> Reserved: ...
+    def settle(self, res: Reservation, actual: Decimal, row: LedgerRow | None = None) -> None: ...
+    def record(self, row: LedgerRow) -> None: ...
     def add(self, key: CounterKey, amount: Decimal) -> None: ...
     def get(self, key: CounterKey) -> Counter: ...
     def prune(self, keep: Callable[[CounterKey], bool]) -> int: ...
@@ -59,27 +80,35 @@ class CounterStore(Protocol):
 class MemoryCounters:
     """Counters in this process, guarded by one lock (a few dict operations per request)."""
 
+    shared = False
+
     def __init__(self) -> None:
         self._c: dict[CounterKey, Counter] = {}
         self._lock = threading.Lock()
 
-    def try_reserve(self, budgets: list[Budget], amount: Decimal) -> tuple[Budget, Counter] | None:
-        """Reserve `amount` on all budgets, or on none: returns the first one that has no room."""
+    def try_reserve(self, budgets: list[Budget], amount: Decimal, ticket: Ticket | None = None) -> Reserved:
+        """Reserve `amount` on all budgets, or on none (then `refused` names the first without room)."""
         with self._lock:
-            for b in budgets:
+            for i, b in enumerate(budgets):
                 c = self._c.get(b.key) or Counter()
                 if c.spent + c.reserved + amount > b.limit or (b.limit == ZERO):
-                    return b, Counter(c.spent, c.reserved)
+                    return Reserved(i, [Counter(x.spent, x.reserved) for x in map(self._peek, budgets)])
             for b in budgets:
                 self._c.setdefault(b.key, Counter()).reserved += amount
-        return None
+            return Reserved(None, [Counter(x.spent, x.reserved) for x in map(self._peek, budgets)])
 
-    def settle(self, keys: Iterable[CounterKey], reserved: Decimal, actual: Decimal) -> None:
+    def _peek(self, b: Budget) -> Counter:
+        return self._c.get(b.key) or Counter()
+
+    def settle(self, res: Reservation, actual: Decimal, row: LedgerRow | None = None) -> None:
         with self._lock:
-            for k in keys:
+            for k in res.keys:
                 c = self._c.setdefault(k, Counter())
-                c.reserved = max(ZERO, c.reserved - reserved)
+                c.reserved = max(ZERO, c.reserved - res.amount)
                 c.spent += actual
+
+    def record(self, row: LedgerRow) -> None:
+        """Nothing to do: the DuckDB ledger keeps the row."""
 
     def add(self, key: CounterKey, amount: Decimal) -> None:
         with self._lock:
@@ -109,6 +138,7 @@ class Reservation:
     amount: Decimal
     keys: tuple[CounterKey, ...]
     settled: bool = False
+    degraded: bool = False  # admitted on this replica's local allowance while the shared store was away
 
 
 @dataclass(slots=True)
@@ -120,6 +150,7 @@ class Decision:
     remaining: Decimal | None = None  # the tightest budget's room after this reservation
     resets_at: datetime | None = None  # when the tightest (or exhausted) budget resets
     budgets: list[Budget] = field(default_factory=list)
+    snapshot: dict[CounterKey, Counter] = field(default_factory=dict)  # counters as admission left them
 
 
 SUBSCRIPTION_PREFIX = "subscription:"  # scopes of `subscription_usage: separate` budgets
@@ -220,6 +251,8 @@ class BudgetBook:
         self.store = store or MemoryCounters()
         self.grants = grants or (lambda scope, window, now: ZERO)
         self.granted_scopes: Callable[[], Iterable[str]] = lambda: ()  # so status lists budgets with grants
+        # asked once before a refusal: True if grants made elsewhere (another replica) just arrived
+        self.refresh_grants: Callable[[], bool] = lambda: False
         self.now = now
 
     def covering(self, identity: Identity, now: datetime | None = None) -> list[Budget]:
@@ -233,22 +266,54 @@ class BudgetBook:
                     out.append(Budget(scope, window, limits[window] + extra, start, end, until, extra))
         return out
 
-    def admit(self, identity: Identity, amount: Decimal, now: datetime | None = None) -> Decision:
+    def admit(
+        self,
+        identity: Identity,
+        amount: Decimal,
+        now: datetime | None = None,
+        *,
+        request_id: str | None = None,
+        record: dict[str, Any] | None = None,
+    ) -> Decision:
+        """Reserve `amount` USD on every covering budget or refuse; may raise the store's errors."""
         now = now or self.now()
         budgets = self.covering(identity, now)
-        refused = self.store.try_reserve(budgets, amount)
-        if refused is not None:
-            b, c = refused
-            return Decision(False, exhausted=b, spent=c.spent + c.reserved, resets_at=b.end, budgets=budgets)
-        res = Reservation(uuid.uuid4().hex, amount, tuple(b.key for b in budgets))
-        tight = self.tightest(budgets)
+        rid = request_id or uuid.uuid4().hex
+        got = self.store.try_reserve(budgets, amount, Ticket(rid, self.policy.sha256, record))
+        if got.refused is not None and self.refresh_grants():  # an approval on another replica: count it
+            budgets = self.covering(identity, now)
+            got = self.store.try_reserve(budgets, amount, Ticket(rid, self.policy.sha256, record))
+        snapshot = {b.key: c for b, c in zip(budgets, got.counters)}
+        if got.refused is not None:
+            b, c = budgets[got.refused], got.counters[got.refused]
+            return Decision(False, exhausted=b, spent=c.spent + c.reserved, resets_at=b.end, budgets=budgets,
+                            snapshot=snapshot)
+        res = Reservation(rid, amount, tuple(b.key for b in budgets))
+        tight: tuple[Budget, Decimal] | None = None
+        for b, c in zip(budgets, got.counters):
+            room = b.limit - c.spent - c.reserved
+            if tight is None or room < tight[1]:
+                tight = (b, room)
         return Decision(
             True,
             reservation=res,
             remaining=tight[1] if tight else None,
             resets_at=tight[0].end if tight else None,
             budgets=budgets,
+            snapshot=snapshot,
         )
+
+    def admit_degraded(self, identity: Identity, amount: Decimal, allowance: Decimal | None,
+                       now: datetime | None = None, *, request_id: str) -> Decision:
+        """The shared store is away: admit against this replica's local allowance per scope (None: no bound)."""
+        now = now or self.now()
+        budgets = self.covering(identity, now)
+        refused = self.store.reserve_degraded(budgets, amount, allowance, request_id)
+        if refused is not None:
+            b, used = refused
+            return Decision(False, exhausted=b, spent=used, resets_at=b.end, budgets=budgets)
+        res = Reservation(request_id, amount, tuple(b.key for b in budgets), degraded=True)
+        return Decision(True, reservation=res, budgets=budgets)
 
     def tightest(self, budgets: list[Budget]) -> tuple[Budget, Decimal] | None:
         best: tuple[Budget, Decimal] | None = None
@@ -259,11 +324,16 @@ class BudgetBook:
                 best = (b, room)
         return best
 
-    def settle(self, res: Reservation, actual: Decimal) -> None:
+    def settle(self, res: Reservation, actual: Decimal, row: LedgerRow | None = None) -> None:
+        """Swap the reservation for `actual` USD (once); a shared store records `row` with it."""
         if res.settled:
             return
         res.settled = True
-        self.store.settle(res.keys, res.amount, actual)
+        self.store.settle(res, actual, row)
+
+    def record(self, row: LedgerRow) -> None:
+        """A row that reserved nothing (refused, free endpoints): a shared store keeps it too."""
+        self.store.record(row)
 
     def prune(self, now: datetime | None = None) -> int:
         """Drop counters of windows older than the previous one (late settlements still land)."""

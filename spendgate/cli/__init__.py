@@ -11,7 +11,7 @@ from spendgate.cli.source import SourceError
 
 # Modules under spendgate.cli that add commands; each has register(subparsers).
 COMMAND_MODULES = ("spend", "budget_cmds", "live", "prices", "approval_cmds", "reconcile_cmds", "deploy_cmds",
-                   "token_cmds")
+                   "token_cmds", "store_cmds")
 
 
 def build_parser() -> argparse.ArgumentParser:

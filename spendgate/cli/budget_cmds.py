@@ -112,14 +112,43 @@ def offline_status(db: Path, policy_path: Path) -> list[dict]:
     return book.status()
 
 
+def store_status(url: str, policy_path: Path) -> list[dict]:
+    """Budget status from the counters and grants shared by gateway replicas (PostgreSQL)."""
+    from spendgate.budgets.shared import open_counters
+    from spendgate.store.postgres import StoreError
+    from spendgate.workflow.approvals import GrantBook, Grant, _utc
+
+    try:
+        counters = open_counters(url, timeout=5)
+        try:
+            book = BudgetBook(load(policy_path), counters)
+            grants = GrantBook()
+            for g in counters.pg.active_grants():
+                grants.add(Grant(g["id"], g["request_id"], g["scope"], g["window"], g["amount"], _utc(g["starts"]),
+                                 _utc(g["until"]), g["granted_by"]), share=False)
+            book.grants, book.granted_scopes = grants.total, grants.scopes
+            return book.status()
+        finally:
+            counters.pg.close()
+    except StoreError as e:
+        raise SourceError(str(e)) from None
+
+
 def cmd_budgets(args: argparse.Namespace) -> int:
     db = args.db or default_db()
+    rows = None
     src = None
-    try:
-        src = source(args)
-        rows = src.query("budgets") if src.where.startswith("gateway") else None
-    except SourceError:
-        rows = None
+    if args.store:
+        try:
+            rows = store_status(args.store, args.policy or default_policy())
+        except PolicyError as e:
+            raise SourceError(f"invalid policy:\n{e}") from None
+    else:
+        try:
+            src = source(args)
+            rows = src.query("budgets") if src.where.startswith("gateway") else None
+        except SourceError:
+            rows = None
     if rows is None:
         try:
             rows = offline_status(db, args.policy or default_policy())

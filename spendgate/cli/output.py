@@ -12,7 +12,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from spendgate.cli.source import Source, default_db, open_source
+from spendgate.cli.source import Source, default_db, open_source, open_store_source
 from spendgate.money import round_usd, usd
 
 # Piped output (files, CI logs) gets room for whole columns instead of rich's 80-column default.
@@ -21,6 +21,8 @@ console = Console(width=None if sys.stdout.isatty() else 200)
 
 def add_db_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--db", type=Path, default=None, help="ledger file (default: data/spendgate.duckdb or $SPENDGATE_DB)")
+    p.add_argument("--store", default=None, metavar="URL",
+                   help="read the ledger shared by gateway replicas in PostgreSQL instead (postgresql://...)")
 
 
 def add_json_arg(p: argparse.ArgumentParser) -> None:
@@ -28,6 +30,8 @@ def add_json_arg(p: argparse.ArgumentParser) -> None:
 
 
 def source(args: argparse.Namespace, write: bool = False) -> Source:
+    if getattr(args, "store", None):
+        return open_store_source(args.store, write=write)
     return open_source(args.db or default_db(), write=write)
 
 

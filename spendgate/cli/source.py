@@ -93,6 +93,33 @@ def _gateway_call(db: Path, token: str | None = None) -> tuple[Callable[[str, di
     return call, f"gateway {url}"
 
 
+def open_store_source(url: str, *, write: bool = False) -> Source:
+    """The ledger shared by gateway replicas (PostgreSQL), loaded into an in-memory DuckDB.
+
+    The same named queries then run unchanged; fine for millions of rows (the copy streams as
+    CSV), not yet for the 10M-row dashboards of a large company (rollups are future work).
+    """
+    from spendgate.store.postgres import PostgresStore, StoreError, redact
+
+    if write:
+        raise SourceError("this command changes the ledger; with a shared store, run it against a replica (--db)")
+    if not url.startswith(("postgresql://", "postgres://")):
+        raise SourceError("--store takes a postgresql:// URL")
+    try:
+        store = PostgresStore(url, timeout=5, statement_timeout=3600).open()  # the copy may take minutes
+        try:
+            store.check_schema()
+            con = duckdb.connect(":memory:")
+            migrate(con)
+            store.copy_ledger(con)
+        finally:
+            store.close()
+    except StoreError as e:
+        raise SourceError(str(e)) from None
+
+    return Source(_local_call(con), f"store {redact(url)}")
+
+
 def open_source(db: Path, *, write: bool = False) -> Source:
     """The file when we can open it; otherwise the running gateway that holds it."""
     if not db.exists() and not discovery_path(db).exists():
@@ -109,6 +136,12 @@ def open_source(db: Path, *, write: bool = False) -> Source:
     if write:
         migrate(con)
 
+    return Source(_local_call(con), f"file {db}")
+
+
+def _local_call(con: duckdb.DuckDBPyConnection) -> Callable[[str, dict[str, Any], str], Any]:
+    """Named queries (and downloads) answered from a DuckDB connection in this process."""
+
     def local(name: str, params: dict[str, Any], method: str) -> Any:
         if method == "RAW":
             from spendgate.reports import dashboard
@@ -119,4 +152,4 @@ def open_source(db: Path, *, write: bool = False) -> Source:
         except ValueError as e:  # bad params (an ambiguous id prefix, a bad date): said, not a traceback
             raise SourceError(str(e)) from None
 
-    return Source(local, f"file {db}")
+    return local

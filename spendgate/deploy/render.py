@@ -232,6 +232,7 @@ def render(site: Site) -> list[Artifact]:
             "ca_fingerprints": " ".join(site.ca_fingerprints) or "(made on each machine at install)",
             "extra_args": " ".join((["--set", "spendgate_proxy_tokens=true"]
                                     if site.identity_method == "proxy_auth" else []) + _dashboard_args(site)),
+            "store": site.store or "",
         }
         if os_name == "linux":
             out.append(Artifact("linux/spendgate.env", _env_lines(env).encode()))

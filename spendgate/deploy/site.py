@@ -85,6 +85,7 @@ class Site:
     # to the gateway too, or it never sees those connections
     opaque_patterns: tuple[str, ...] = opaque.DEFAULT_OPAQUE_HOSTS
     dashboard_host: str = DASHBOARD_HOST  # served by the gateway itself: must go to it
+    store: str | None = None  # central replicas: the shared PostgreSQL store (no password)
 
     @property
     def proxy_hostport(self) -> str:
@@ -232,7 +233,7 @@ def parse(text: str, file: Path) -> Site:
         dashboard_host=(gw.get("dashboard_host") or DASHBOARD_HOST).lower(), identity_method=method,
         identity_header=ident.get("header", DEFAULT_HEADER).lower(), identity_user=ident.get("user", USER_TOKEN),
         no_proxy=tuple(doc.get("no_proxy") or ("localhost", "127.0.0.1", "::1")), policy_file=policy_file,
-        paths=paths,
+        paths=paths, store=gw.get("store"),
         warnings=tuple(warnings),
     )  # fmt: skip
 

@@ -157,6 +157,7 @@ class Policy:
     client_ips: tuple[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, str], ...]
     unpriced: str | dict[str, Decimal]  # "block" | "allow" | {"input": x, "output": y}
     on_store_error: str
+    degraded_allowance: Decimal  # USD per scope per replica while a shared store is away (fail_open_bounded)
     typical_output_tokens: dict[str, int]
     raw: dict[str, Any] = field(repr=False)
     warnings: tuple[Problem, ...] = ()
@@ -466,6 +467,7 @@ def parse(text: str, file: str = "<policy>", today: date | None = None) -> Polic
         client_ips=tuple(nets),
         unpriced=unpriced,
         on_store_error=doc.get("on_store_error", "fail_closed"),
+        degraded_allowance=Decimal(str(doc.get("degraded_allowance_usd", 1))),
         typical_output_tokens=dict(doc.get("typical_output_tokens") or {}),
         unmetered=unmetered,
         raw=doc,

@@ -219,6 +219,8 @@ class AlertEngine:
         self.notify = notify
         self._fired: set[FiredKey] = set()
         self._lock = threading.Lock()
+        # a shared store: True for the one replica that records the alert first (fired once, not per replica)
+        self.claim: Callable[[FiredKey, Decimal, Decimal], bool] | None = None
 
     def load(self, now: datetime) -> int:
         """Remember what fired in windows that may still be open (the longest is a month)."""
@@ -262,6 +264,12 @@ class AlertEngine:
             if key in self._fired:
                 return False
             self._fired.add(key)
+        if self.claim is not None:
+            try:
+                if not self.claim(key, c.spent, c.budget.limit):
+                    return False  # another replica announced it
+            except Exception as e:  # the store is away: announce here rather than stay silent
+                log.error("spendgate: cannot claim alert %s in the shared store: %s", key, e)
         try:
             self.cursor().execute("INSERT INTO alerts_fired VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                                   [*c.key, now, c.spent, c.budget.limit])

@@ -68,11 +68,23 @@ class GrantBook:
 
     def __init__(self) -> None:
         self._by: dict[tuple[str, str], list[Grant]] = {}
+        self._ids: set[str] = set()
         self._lock = threading.Lock()
+        self.on_add: Callable[[Grant], None] | None = None  # a shared store publishes new grants to every replica
 
-    def add(self, g: Grant) -> None:
+    def add(self, g: Grant, *, share: bool = True) -> bool:
+        """Make a grant live here (once per id); `share`: also hand it to `on_add`. False if known."""
         with self._lock:
+            if g.id in self._ids:
+                return False
+            self._ids.add(g.id)
             self._by.setdefault((g.scope, g.window), []).append(g)
+        if share and self.on_add is not None:
+            try:
+                self.on_add(g)
+            except Exception as e:  # the grant holds here; the others learn it when the store is back
+                log.error("spendgate: grant %s not shared with the other replicas: %s", g.id, e)
+        return True
 
     def total(self, scope: str, window: str, now: datetime) -> Decimal:
         """USD added to this budget at `now` (the `BudgetBook.grants` hook)."""

@@ -130,9 +130,9 @@ class Workflow:
 
     def warning(self, decision: Decision, now: datetime | None = None) -> str | None:
         """Event loop: the in-band warning for an admitted request (in-memory only)."""
-        store = self.book.store
-        return warning_line(decision.budgets, lambda b: store.get(b.key).spent, self._policy.alerts,
-                            now or self.now())
+        store, snap = self.book.store, decision.snapshot  # a shared store is not asked on the event loop
+        return warning_line(decision.budgets, lambda b: (snap.get(b.key) or store.get(b.key)).spent,
+                            self._policy.alerts, now or self.now())
 
     # -- grants expiring --
     def expire_grants(self) -> int:

@@ -284,6 +284,8 @@ def test_rendered_scripts_are_complete_and_parse(tmp_path, ca_cert):
             assert cp.returncode == 0, cp.stderr
     unit = (tmp_path / "central" / "central" / "spendgate-gateway.service").read_text()
     assert "spendgate_allow_clients=${SPENDGATE_ALLOW_CLIENTS}" in unit
+    assert "spendgate_store=${SPENDGATE_STORE}" in unit
+    assert "\nSPENDGATE_STORE=\n" in (tmp_path / "central" / "central" / "gateway.env").read_text()  # alone
     assert "proxyauth=@/etc/spendgate/htpasswd" in (tmp_path / "central" / "central" / "gateway.env").read_text()
 
 
@@ -492,3 +494,17 @@ def test_install_puts_the_users_token_in_the_proxy_url_percent_encoded(tmp_path,
     cp = subprocess.run(["sh", str(out / "linux" / "install.sh"), "--files-only"], capture_output=True, text=True,
                         env={**env, "SPENDGATE_PROXY_PASSWORD": ""}, timeout=60)
     assert cp.returncode == 1 and "spendgate tokens issue USER" in cp.stderr
+
+
+def test_central_replicas_share_the_store_named_in_the_site_config(tmp_path, ca_cert):
+    def with_store(url: str) -> Path:
+        p = central(tmp_path, ca_cert)
+        p.write_text(p.read_text().replace("pac_url: http://wpad.corp.example/p.pac}",
+                                           f"pac_url: http://wpad.corp.example/p.pac, store: '{url}'}}"))
+        return p
+
+    s = site.load(with_store("postgresql://spendgate@db.corp.example/spendgate"))
+    env = artifacts(s)["central/gateway.env"].decode()
+    assert "\nSPENDGATE_STORE=postgresql://spendgate@db.corp.example/spendgate\n" in env
+    with pytest.raises(site.SiteError, match="store"):  # a password in the URL would sit in a readable file
+        site.load(with_store("postgresql://u:secret@db/x"))

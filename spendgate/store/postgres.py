@@ -1,0 +1,650 @@
+"""The shared store for several gateway replicas: budget counters, reservations and the ledger in PostgreSQL.
+
+One DuckDB file belongs to one process, so N replicas behind a load balancer would each enforce
+the whole cap. With `--set spendgate_store=postgresql://...` the counters live here instead and
+every replica admits against the same rows:
+
+* admission is one round trip to `spendgate_admit()`, a server-side function that creates missing
+  window rows, locks every covering counter in one global order (scope, window, window_start --
+  so two admissions never deadlock) and reserves on all of them or on none;
+* settlement is one transaction in `spendgate_settle()`, keyed by the request id: the ledger row
+  is inserted and the reservation swapped for the actual charge together; a replayed settle is a
+  no-op, and a settle after the reaper charged the request `interrupted` corrects that charge;
+* every reservation carries a lease its replica renews; `spendgate_reap_one()` (safe on every
+  replica: SKIP LOCKED) charges an expired one as an `interrupted` ledger row.
+
+The store knows nothing of policies: callers pass (scope, window, window_start, limit) tuples and
+an amount in USD, plus the policy's sha256 for the record. Nothing here runs on the proxy's event
+loop; callers use worker threads. Errors reaching the server raise `StoreUnavailable`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import socket
+import os
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Any
+
+from spendgate.store.ledger import COLUMNS, LedgerRow
+
+log = logging.getLogger(__name__)
+
+Key = tuple[str, str, datetime]  # (scope, window, window start)
+
+MIGRATIONS: list[tuple[int, str, str]] = [
+    (
+        1,
+        "counters, reservations, the ledger; admission, settlement and reaping functions",
+        """
+        CREATE TABLE counters (
+            scope TEXT NOT NULL,
+            "window" TEXT NOT NULL,
+            window_start TIMESTAMPTZ NOT NULL,
+            spent NUMERIC(20, 10) NOT NULL DEFAULT 0,
+            reserved NUMERIC(20, 10) NOT NULL DEFAULT 0,
+            PRIMARY KEY (scope, "window", window_start)
+        ) WITH (fillfactor = 50);  -- room on each page for HOT updates: counters are rewritten on every request
+        -- one row per admitted request; the same amount is reserved on every listed counter
+        CREATE TABLE reservations (
+            request_id TEXT PRIMARY KEY,
+            scopes TEXT[] NOT NULL,
+            windows TEXT[] NOT NULL,
+            starts TIMESTAMPTZ[] NOT NULL,
+            amount NUMERIC(20, 10) NOT NULL,
+            owner TEXT NOT NULL,              -- the replica that admitted it and renews its lease
+            lease_expires TIMESTAMPTZ NOT NULL,
+            policy_sha256 TEXT,
+            state TEXT NOT NULL DEFAULT 'open',  -- open | settled | reaped
+            created_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+            record JSONB NOT NULL DEFAULT '{}'  -- what an `interrupted` row needs (provider, model, user...)
+        );
+        CREATE INDEX reservations_expiring ON reservations (lease_expires) WHERE state = 'open';
+        CREATE INDEX reservations_owner ON reservations (owner) WHERE state = 'open';
+        CREATE INDEX reservations_closed ON reservations (created_at) WHERE state <> 'open';
+        CREATE TABLE requests (
+            ts TIMESTAMPTZ NOT NULL,
+            request_id TEXT PRIMARY KEY,
+            provider TEXT NOT NULL,
+            endpoint TEXT NOT NULL,
+            model TEXT,
+            "user" TEXT NOT NULL,
+            key_fingerprint TEXT,
+            client TEXT NOT NULL,
+            session_id TEXT,
+            stream BOOLEAN NOT NULL,
+            status INTEGER,
+            outcome TEXT NOT NULL,
+            estimated BOOLEAN NOT NULL,
+            input_tokens BIGINT NOT NULL,
+            cache_read_tokens BIGINT NOT NULL,
+            cache_write_tokens BIGINT NOT NULL,
+            cache_write_1h_tokens BIGINT NOT NULL,
+            output_tokens BIGINT NOT NULL,
+            reasoning_tokens BIGINT NOT NULL,
+            web_search_requests BIGINT NOT NULL,
+            cost_usd NUMERIC(20, 10),
+            price_source TEXT NOT NULL,
+            latency_ms DOUBLE PRECISION,
+            ttft_ms DOUBLE PRECISION,
+            identity_source TEXT NOT NULL,
+            workspace TEXT,
+            price_detail TEXT,
+            note TEXT,
+            bytes_in BIGINT NOT NULL,
+            bytes_out BIGINT NOT NULL,
+            charged_usd NUMERIC(20, 10),
+            replica TEXT,                       -- which gateway replica recorded it
+            degraded BOOLEAN                    -- admitted on a replica's local allowance while the store was away
+        );
+        CREATE INDEX requests_ts ON requests (ts);
+        -- grants made on any replica; every replica pulls the active ones into its GrantBook
+        CREATE TABLE grants (
+            id TEXT PRIMARY KEY,
+            request_id TEXT,
+            ts TIMESTAMPTZ NOT NULL,
+            scope TEXT NOT NULL,
+            "window" TEXT NOT NULL,
+            amount_usd NUMERIC(20, 10) NOT NULL,
+            starts TIMESTAMPTZ NOT NULL,
+            until TIMESTAMPTZ NOT NULL,
+            granted_by TEXT NOT NULL,
+            replica TEXT
+        );
+        CREATE INDEX grants_until ON grants (until);
+        -- an alert fires once for all replicas: the first to insert its key announces it
+        CREATE TABLE alerts_fired (
+            scope TEXT NOT NULL,
+            "window" TEXT NOT NULL,
+            window_start TIMESTAMPTZ NOT NULL,
+            kind TEXT NOT NULL,
+            threshold NUMERIC(10, 4) NOT NULL,
+            ts TIMESTAMPTZ NOT NULL,
+            spent_usd NUMERIC(20, 10),
+            limit_usd NUMERIC(20, 10),
+            replica TEXT,
+            PRIMARY KEY (scope, "window", window_start, kind, threshold)
+        );
+
+        -- Reserve p_amount on every (scope, window, start) or on none. One row per budget, in
+        -- the caller's order: its counter after the call, and `refused` on the first budget
+        -- without room (then nothing was reserved). p_create: some window may be new (the
+        -- caller has not seen all these counters yet); without it a missing row raises P0002
+        -- and the caller retries with it. Three statements on the hot path: lock-and-read,
+        -- update, insert the reservation (a replayed request id fails on its primary key).
+        CREATE FUNCTION spendgate_admit(
+            p_request_id TEXT, p_scopes TEXT[], p_windows TEXT[], p_starts TIMESTAMPTZ[], p_limits NUMERIC[],
+            p_amount NUMERIC, p_owner TEXT, p_lease_seconds DOUBLE PRECISION, p_policy TEXT, p_record JSONB,
+            p_create BOOLEAN DEFAULT true
+        ) RETURNS TABLE (ord INT, spent NUMERIC, reserved NUMERIC, refused BOOLEAN)
+        LANGUAGE plpgsql AS $$
+        DECLARE
+            v_refused BIGINT;
+            v_n INT := 0;
+            v_spent NUMERIC[] := '{}';
+            v_reserved NUMERIC[] := '{}';
+            rec RECORD;
+            i INT;
+        BEGIN
+            IF p_create THEN  -- new windows first (sorted), so the locks below always find their rows
+                INSERT INTO counters AS c (scope, "window", window_start)
+                SELECT DISTINCT k.s, k.w, k.t FROM unnest(p_scopes, p_windows, p_starts) AS k(s, w, t)
+                ORDER BY 1, 2, 3
+                ON CONFLICT DO NOTHING;
+            END IF;
+            -- one global lock order (scope, window, window_start): no two admissions can deadlock
+            FOR rec IN
+                SELECT k.o, k.l, c.spent AS s, c.reserved AS r FROM counters c
+                JOIN unnest(p_scopes, p_windows, p_starts, p_limits) WITH ORDINALITY AS k(s, w, t, l, o)
+                  ON c.scope = k.s AND c."window" = k.w AND c.window_start = k.t
+                ORDER BY c.scope, c."window", c.window_start
+                FOR UPDATE OF c
+            LOOP
+                v_n := v_n + 1;
+                v_spent[rec.o] := rec.s;
+                v_reserved[rec.o] := rec.r;
+                IF (rec.l <= 0 OR rec.s + rec.r + p_amount > rec.l) AND (v_refused IS NULL OR rec.o < v_refused) THEN
+                    v_refused := rec.o;
+                END IF;
+            END LOOP;
+            IF v_n < cardinality(p_scopes) THEN
+                RAISE EXCEPTION 'spendgate: counter rows missing' USING ERRCODE = 'P0002';
+            END IF;
+            IF v_refused IS NOT NULL AND EXISTS (SELECT 1 FROM reservations r WHERE r.request_id = p_request_id) THEN
+                v_refused := NULL;  -- a replay of an admitted request (its reservation fills the room)
+                p_amount := 0;
+            ELSIF v_refused IS NULL THEN
+                UPDATE counters c SET reserved = c.reserved + p_amount
+                FROM (SELECT DISTINCT s, w, t FROM unnest(p_scopes, p_windows, p_starts) AS u(s, w, t)) k
+                WHERE c.scope = k.s AND c."window" = k.w AND c.window_start = k.t;
+                INSERT INTO reservations (request_id, scopes, windows, starts, amount, owner, lease_expires,
+                                          policy_sha256, record)
+                VALUES (p_request_id, p_scopes, p_windows, p_starts, p_amount, p_owner,
+                        now() + make_interval(secs => p_lease_seconds), p_policy, p_record);
+            END IF;
+            FOR i IN 1 .. cardinality(p_scopes) LOOP
+                ord := i;
+                spent := v_spent[i];
+                reserved := v_reserved[i] + CASE WHEN v_refused IS NULL THEN p_amount ELSE 0 END;
+                refused := (i = v_refused);
+                RETURN NEXT;
+            END LOOP;
+        END;
+        $$;
+
+        -- The ledger row and the counter settlement in one transaction, keyed by request id.
+        -- Returns 'settled', 'corrected' (the reaper had charged it interrupted), 'duplicate'
+        -- (replayed: nothing changed), 'recorded' (no reservation: the row only) or 'charged'
+        -- (no reservation, but counters given: a request admitted while the store was away).
+        CREATE FUNCTION spendgate_settle(p_request_id TEXT, p_actual NUMERIC, p_row JSONB,
+                                         p_scopes TEXT[] DEFAULT NULL, p_windows TEXT[] DEFAULT NULL,
+                                         p_starts TIMESTAMPTZ[] DEFAULT NULL)
+        RETURNS TEXT LANGUAGE plpgsql AS $$
+        DECLARE
+            r reservations%ROWTYPE;
+            v_result TEXT := 'recorded';
+        BEGIN
+            SELECT * INTO r FROM reservations WHERE request_id = p_request_id FOR UPDATE;
+            IF FOUND THEN
+                IF r.state = 'settled' THEN
+                    RETURN 'duplicate';
+                END IF;
+                PERFORM 1 FROM counters c
+                JOIN unnest(r.scopes, r.windows, r.starts) AS k(s, w, t)
+                  ON c.scope = k.s AND c."window" = k.w AND c.window_start = k.t
+                ORDER BY c.scope, c."window", c.window_start
+                FOR UPDATE OF c;
+                IF r.state = 'open' THEN
+                    UPDATE counters c SET reserved = greatest(0, c.reserved - r.amount), spent = c.spent + p_actual
+                    FROM (SELECT DISTINCT s, w, t FROM unnest(r.scopes, r.windows, r.starts) AS u(s, w, t)) k
+                    WHERE c.scope = k.s AND c."window" = k.w AND c.window_start = k.t;
+                    v_result := 'settled';
+                ELSE  -- reaped: it was charged its reservation; charge what it really cost instead
+                    UPDATE counters c SET spent = c.spent - r.amount + p_actual
+                    FROM (SELECT DISTINCT s, w, t FROM unnest(r.scopes, r.windows, r.starts) AS u(s, w, t)) k
+                    WHERE c.scope = k.s AND c."window" = k.w AND c.window_start = k.t;
+                    DELETE FROM requests WHERE request_id = p_request_id AND outcome = 'interrupted';
+                    v_result := 'corrected';
+                END IF;
+                UPDATE reservations SET state = 'settled' WHERE request_id = p_request_id;
+            ELSIF EXISTS (SELECT 1 FROM requests WHERE request_id = p_request_id) THEN
+                RETURN 'duplicate';
+            ELSIF p_scopes IS NOT NULL AND cardinality(p_scopes) > 0 THEN
+                INSERT INTO counters AS c (scope, "window", window_start)
+                SELECT DISTINCT k.s, k.w, k.t FROM unnest(p_scopes, p_windows, p_starts) AS k(s, w, t)
+                ORDER BY 1, 2, 3
+                ON CONFLICT DO NOTHING;
+                PERFORM 1 FROM counters c
+                JOIN unnest(p_scopes, p_windows, p_starts) AS k(s, w, t)
+                  ON c.scope = k.s AND c."window" = k.w AND c.window_start = k.t
+                ORDER BY c.scope, c."window", c.window_start
+                FOR UPDATE OF c;
+                UPDATE counters c SET spent = c.spent + p_actual
+                FROM (SELECT DISTINCT s, w, t FROM unnest(p_scopes, p_windows, p_starts) AS u(s, w, t)) k
+                WHERE c.scope = k.s AND c."window" = k.w AND c.window_start = k.t;
+                v_result := 'charged';
+            END IF;
+            IF p_row IS NOT NULL THEN
+                INSERT INTO requests SELECT * FROM jsonb_populate_record(NULL::requests, p_row)
+                ON CONFLICT (request_id) DO NOTHING;
+            END IF;
+            RETURN v_result;
+        END;
+        $$;
+
+        -- Charge one expired reservation (its replica stopped renewing) as an `interrupted` row.
+        -- Safe on every replica at once: SKIP LOCKED hands each expired reservation to one.
+        CREATE FUNCTION spendgate_reap_one(p_replica TEXT) RETURNS TEXT
+        LANGUAGE plpgsql AS $$
+        DECLARE
+            r reservations%ROWTYPE;
+        BEGIN
+            SELECT * INTO r FROM reservations
+            WHERE state = 'open' AND lease_expires < now()
+            ORDER BY lease_expires LIMIT 1
+            FOR UPDATE SKIP LOCKED;
+            IF NOT FOUND THEN
+                RETURN NULL;
+            END IF;
+            PERFORM 1 FROM counters c
+            JOIN unnest(r.scopes, r.windows, r.starts) AS k(s, w, t)
+              ON c.scope = k.s AND c."window" = k.w AND c.window_start = k.t
+            ORDER BY c.scope, c."window", c.window_start
+            FOR UPDATE OF c;
+            UPDATE counters c SET reserved = greatest(0, c.reserved - r.amount), spent = c.spent + r.amount
+            FROM (SELECT DISTINCT s, w, t FROM unnest(r.scopes, r.windows, r.starts) AS u(s, w, t)) k
+            WHERE c.scope = k.s AND c."window" = k.w AND c.window_start = k.t;
+            UPDATE reservations SET state = 'reaped' WHERE request_id = r.request_id;
+            INSERT INTO requests (ts, request_id, provider, endpoint, model, "user", key_fingerprint, client,
+                session_id, stream, status, outcome, estimated, input_tokens, cache_read_tokens,
+                cache_write_tokens, cache_write_1h_tokens, output_tokens, reasoning_tokens, web_search_requests,
+                cost_usd, price_source, identity_source, workspace, note, bytes_in, bytes_out, charged_usd, replica,
+                degraded)
+            VALUES (coalesce((r.record->>'ts')::timestamptz, r.created_at), r.request_id,
+                coalesce(r.record->>'provider', 'unknown'), coalesce(r.record->>'endpoint', 'unknown'),
+                r.record->>'model', coalesce(r.record->>'user', 'unattributed'), r.record->>'key_fingerprint',
+                coalesce(r.record->>'client', 'other'), r.record->>'session_id',
+                coalesce((r.record->>'stream')::boolean, false), NULL, 'interrupted', true, 0, 0, 0, 0, 0, 0, 0,
+                NULL, 'reservation', coalesce(r.record->>'identity_source', 'unknown'), r.record->>'workspace',
+                'replica ' || r.owner || ' stopped renewing its lease before the response ended; '
+                    || 'charged its reservation (reaped by ' || p_replica || ')',
+                coalesce((r.record->>'bytes_in')::bigint, 0), 0, r.amount, p_replica, false)
+            ON CONFLICT (request_id) DO NOTHING;
+            RETURN r.request_id;
+        END;
+        $$;
+        """,
+    ),
+]
+SCHEMA_VERSION = max(v for v, _, _ in MIGRATIONS)
+MIGRATION_LOCK = 0x5E4D6A7E  # pg_advisory_xact_lock key: two `store migrate` runs take turns
+
+
+class StoreError(RuntimeError):
+    """The store cannot be used as configured (bad URL, schema not migrated); the message says what to do."""
+
+
+class StoreUnavailable(StoreError):
+    """The server did not answer in time (down, unreachable, overloaded)."""
+
+
+def redact(url: str) -> str:
+    """The URL without its password, for messages and logs."""
+    return re.sub(r"(://[^:/@]*):[^@/]*@", r"\1:***@", url)
+
+
+def replica_name() -> str:
+    """This process's id in `reservations.owner`: host, pid and a random suffix (pids are reused)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+def _json_value(v: Any) -> Any:
+    if isinstance(v, Decimal):
+        return str(v)
+    if isinstance(v, (datetime, date)):
+        return v.isoformat()
+    return v
+
+
+def row_json(row: LedgerRow, replica: str | None = None, degraded: bool = False) -> dict[str, Any]:
+    out = {c: _json_value(getattr(row, c)) for c in COLUMNS}
+    out["replica"] = replica
+    out["degraded"] = degraded
+    return out
+
+
+def row_from_json(d: dict[str, Any]) -> LedgerRow:
+    """The inverse of `row_json` (the local outbox keeps rows as JSON lines)."""
+    out: dict[str, Any] = {}
+    for c in COLUMNS:
+        v = d.get(c)
+        if c == "ts":
+            v = datetime.fromisoformat(v)
+        elif c in ("cost_usd", "charged_usd") and v is not None:
+            v = Decimal(v)
+        out[c] = v
+    return LedgerRow(**out)
+
+
+@dataclass(frozen=True, slots=True)
+class CounterState:
+    spent: Decimal
+    reserved: Decimal
+    refused: bool = False
+
+
+class PostgresStore:
+    """A connection pool and the store's operations; every method may raise StoreUnavailable.
+
+    `timeout` (seconds) bounds how long a caller waits for a connection, and is the connect
+    timeout; `statement_timeout` (seconds) bounds any one statement, lock waits included. Both
+    short on purpose: an unreachable store must turn into a quick 503, not a hung request.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        replica: str | None = None,
+        lease_seconds: float = 30.0,
+        timeout: float = 2.0,
+        statement_timeout: float = 5.0,
+        pool_size: int = 8,
+    ) -> None:
+        try:
+            import psycopg
+            from psycopg_pool import ConnectionPool
+        except ImportError:  # pragma: no cover - an install without the extra
+            raise StoreError("the PostgreSQL store needs psycopg: pip install 'spendgate[postgresql]'") from None
+        self._psycopg = psycopg
+        self.url = url
+        self.replica = replica or replica_name()
+        self.lease_seconds = lease_seconds
+        self.timeout = timeout
+        self._known: set[Key] = set()  # counter rows known to exist (rows are never deleted)
+        self.pool = ConnectionPool(
+            url,
+            min_size=1,
+            max_size=pool_size,
+            timeout=timeout,
+            open=False,
+            name="spendgate-store",
+            kwargs={
+                "autocommit": True,
+                "connect_timeout": max(1, round(timeout)),
+                "options": f"-c statement_timeout={int(statement_timeout * 1000)}",
+                "application_name": "spendgate",
+                "keepalives": 1,
+                "keepalives_idle": 10,
+                "keepalives_interval": 5,
+                "keepalives_count": 2,
+            },
+            # give a lost server up after a few seconds: the next request then connects at once,
+            # rather than after an exponential back-off as long as the outage was
+            reconnect_timeout=5.0,
+        )
+
+    # -- life cycle --
+    def open(self, wait: bool = True) -> "PostgresStore":
+        try:
+            self.pool.open(wait=wait, timeout=self.timeout + 1)
+        except Exception as e:
+            self.pool.close()
+            raise StoreUnavailable(f"cannot reach the store {redact(self.url)}: {_why(e)}") from None
+        return self
+
+    def close(self) -> None:
+        self.pool.close(timeout=2)
+
+    def _run(self, sql: str, params: Sequence[Any] = (), *, fetch: str = "all") -> Any:
+        from psycopg_pool import PoolTimeout
+
+        try:
+            with self.pool.connection() as con:
+                cur = con.execute(sql, params)
+                if fetch == "all":
+                    return cur.fetchall()
+                if fetch == "one":
+                    return cur.fetchone()
+                return cur.rowcount
+        except PoolTimeout as e:
+            raise StoreUnavailable(f"the store {redact(self.url)} did not answer within {self.timeout:g} s: "
+                                   f"{_why(e)}") from None
+        except self._psycopg.OperationalError as e:
+            raise StoreUnavailable(f"the store {redact(self.url)} failed: {_why(e)}") from None
+
+    # -- schema --
+    def schema_version(self) -> int:
+        row = self._run("SELECT to_regclass('spendgate_schema_migrations') IS NOT NULL", fetch="one")
+        if not row[0]:
+            return 0
+        return self._run("SELECT coalesce(max(version), 0) FROM spendgate_schema_migrations", fetch="one")[0]
+
+    def check_schema(self) -> int:
+        """Raises StoreError unless the schema is exactly the one this code was written for."""
+        have = self.schema_version()
+        if have < SCHEMA_VERSION:
+            raise StoreError(
+                f"the store {redact(self.url)} has schema version {have}, this gateway needs {SCHEMA_VERSION}; "
+                f"run `spendgate store migrate --store URL` first (migrations are not applied at start-up, so "
+                f"replicas of different versions never race to change the schema)")
+        if have > SCHEMA_VERSION:
+            raise StoreError(
+                f"the store {redact(self.url)} has schema version {have}, newer than this gateway knows "
+                f"({SCHEMA_VERSION}); upgrade spendgate on this replica")
+        return have
+
+    def migrate(self) -> tuple[int, int]:
+        """Apply the migrations not yet applied, each in its own transaction; (before, after)."""
+        try:
+            with self.pool.connection() as con:
+                with con.transaction():
+                    con.execute("SELECT pg_advisory_xact_lock(%s)", [MIGRATION_LOCK])
+                    con.execute("CREATE TABLE IF NOT EXISTS spendgate_schema_migrations ("
+                                "version INTEGER PRIMARY KEY, description TEXT NOT NULL, "
+                                "applied_at TIMESTAMPTZ NOT NULL DEFAULT now())")
+                before = con.execute("SELECT coalesce(max(version), 0) FROM spendgate_schema_migrations").fetchone()[0]
+                if before > SCHEMA_VERSION:
+                    raise StoreError(f"the store has schema version {before}, newer than this spendgate "
+                                     f"({SCHEMA_VERSION}); upgrade spendgate")
+                current = before
+                for version, description, sql in MIGRATIONS:
+                    with con.transaction():
+                        con.execute("SELECT pg_advisory_xact_lock(%s)", [MIGRATION_LOCK])
+                        done = con.execute("SELECT 1 FROM spendgate_schema_migrations WHERE version = %s",
+                                           [version]).fetchone()
+                        if done:
+                            continue
+                        con.execute(sql)
+                        con.execute("INSERT INTO spendgate_schema_migrations (version, description) VALUES (%s, %s)",
+                                    [version, description])
+                        current = version
+                return before, current
+        except self._psycopg.OperationalError as e:
+            raise StoreUnavailable(f"the store {redact(self.url)} failed: {_why(e)}") from None
+
+    # -- admission and settlement --
+    def admit(
+        self,
+        request_id: str,
+        budgets: Sequence[tuple[str, str, datetime, Decimal]],
+        amount: Decimal,
+        *,
+        policy_sha256: str | None = None,
+        record: dict[str, Any] | None = None,
+    ) -> list[CounterState]:
+        """Reserve `amount` (USD) on every budget or none: one CounterState per budget, in order."""
+        from psycopg import errors
+        from psycopg.types.json import Jsonb
+
+        keys = [(b[0], b[1], b[2]) for b in budgets]
+        create = not self._known.issuperset(keys)  # a window this replica has not seen: create its rows
+        params = [request_id, [k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys],
+                  [b[3] for b in budgets], amount, self.replica, float(self.lease_seconds), policy_sha256,
+                  Jsonb(record or {}, dumps=_dumps)]
+        sql = "SELECT ord, spent, reserved, refused FROM spendgate_admit(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+        try:
+            rows = self._run(sql, [*params, create])
+        except errors.NoDataFound:  # rows removed behind our back: create them
+            rows = self._run(sql, [*params, True])
+        except errors.UniqueViolation:  # a replayed request id: already reserved, nothing changed
+            got = self.counters(keys)
+            return [CounterState(*got.get(k, (Decimal(0), Decimal(0)))) for k in keys]
+        if len(self._known) > 100_000:  # old windows: forget, the next admission re-creates cheaply
+            self._known.clear()
+        self._known.update(keys)
+        return [CounterState(spent, reserved, refused) for _ord, spent, reserved, refused in rows]
+
+    def settle(self, request_id: str, actual: Decimal, row: LedgerRow | None,
+               unreserved_keys: Sequence[Key] | None = None) -> str:
+        """Swap the reservation for `actual` USD and insert the ledger row, in one transaction.
+
+        `unreserved_keys`: a request admitted without the store (fail_open_bounded); when its row
+        is new, `actual` is charged to these counters, once.
+        """
+        from psycopg.types.json import Jsonb
+
+        payload = row_json(row, self.replica, unreserved_keys is not None) if row is not None else None
+        keys = list(unreserved_keys or [])
+        return self._run(
+            "SELECT spendgate_settle(%s, %s, %s, %s::text[], %s::text[], %s::timestamptz[])",
+            [request_id, actual, Jsonb(payload, dumps=_dumps) if payload else None,
+             [k[0] for k in keys] if unreserved_keys is not None else None, [k[1] for k in keys],
+             [k[2] for k in keys]], fetch="one")[0]
+
+    def renew(self) -> int:
+        """Extend the lease of every open reservation this replica owns; how many."""
+        return self._run(
+            "UPDATE reservations SET lease_expires = now() + make_interval(secs => %s) "
+            "WHERE owner = %s AND state = 'open'", [float(self.lease_seconds), self.replica], fetch="count")
+
+    def reap(self, limit: int = 100) -> list[str]:
+        """Charge up to `limit` expired reservations as `interrupted` (one transaction each)."""
+        out = []
+        for _ in range(limit):
+            rid = self._run("SELECT spendgate_reap_one(%s)", [self.replica], fetch="one")[0]
+            if rid is None:
+                break
+            out.append(rid)
+        return out
+
+    def forget_settled(self, older_than_seconds: float = 86400.0) -> int:
+        """Drop closed reservations after a day (the ledger row keeps the facts)."""
+        return self._run("DELETE FROM reservations WHERE state <> 'open' AND created_at < now() - "
+                         "make_interval(secs => %s)", [older_than_seconds], fetch="count")
+
+    # -- grants and alerts --
+    def publish_grant(self, g: dict[str, Any]) -> None:
+        """Record a grant for every replica (idempotent by id)."""
+        self._run('INSERT INTO grants (id, request_id, ts, scope, "window", amount_usd, starts, until, granted_by, '
+                  "replica) VALUES (%(id)s, %(request_id)s, %(ts)s, %(scope)s, %(window)s, %(amount)s, %(starts)s, "
+                  "%(until)s, %(granted_by)s, %(replica)s) ON CONFLICT (id) DO NOTHING",
+                  {**g, "replica": self.replica}, fetch="count")
+
+    def active_grants(self) -> list[dict[str, Any]]:
+        """Grants not yet over, oldest first."""
+        rows = self._run('SELECT id, request_id, scope, "window", amount_usd, starts, until, granted_by FROM grants '
+                         "WHERE until > now() ORDER BY ts, id")
+        names = ("id", "request_id", "scope", "window", "amount", "starts", "until", "granted_by")
+        return [dict(zip(names, r)) for r in rows]
+
+    def claim_alert(self, key: tuple[str, str, datetime, str, Decimal], spent: Decimal, limit: Decimal) -> bool:
+        """True for the one replica that records this alert first; the others stay quiet."""
+        row = self._run('INSERT INTO alerts_fired (scope, "window", window_start, kind, threshold, ts, spent_usd, '
+                        "limit_usd, replica) VALUES (%s, %s, %s, %s, %s, now(), %s, %s, %s) "
+                        "ON CONFLICT DO NOTHING RETURNING 1", [*key, spent, limit, self.replica], fetch="one")
+        return row is not None
+
+    # -- counters --
+    def add(self, key: Key, amount: Decimal) -> None:
+        self._run('INSERT INTO counters AS c (scope, "window", window_start, spent) VALUES (%s, %s, %s, %s) '
+                  "ON CONFLICT (scope, \"window\", window_start) DO UPDATE SET spent = c.spent + excluded.spent",
+                  [*key, amount], fetch="count")
+
+    def counters(self, keys: Sequence[Key]) -> dict[Key, tuple[Decimal, Decimal]]:
+        if not keys:
+            return {}
+        rows = self._run(
+            'SELECT c.scope, c."window", c.window_start, c.spent, c.reserved FROM counters c '
+            "JOIN unnest(%s::text[], %s::text[], %s::timestamptz[]) AS k(s, w, t) "
+            'ON c.scope = k.s AND c."window" = k.w AND c.window_start = k.t',
+            [[k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys]])
+        return {(s, w, t): (spent, reserved) for s, w, t, spent, reserved in rows}
+
+    def counters_since(self, since: datetime) -> list[tuple[Key, Decimal, Decimal]]:
+        rows = self._run('SELECT scope, "window", window_start, spent, reserved FROM counters '
+                         "WHERE window_start >= %s", [since])
+        return [((s, w, t), spent, reserved) for s, w, t, spent, reserved in rows]
+
+    def ledger_rows(self, limit: int = 1000) -> list[dict[str, Any]]:
+        """The newest ledger rows as dicts (tests, `spendgate ledger --store`)."""
+        from psycopg.rows import dict_row
+
+        try:
+            with self.pool.connection() as con:
+                with con.cursor(row_factory=dict_row) as cur:
+                    return cur.execute("SELECT * FROM requests ORDER BY ts DESC LIMIT %s", [limit]).fetchall()
+        except self._psycopg.OperationalError as e:
+            raise StoreUnavailable(f"the store {redact(self.url)} failed: {_why(e)}") from None
+
+
+    def copy_ledger(self, con: Any, since: datetime | None = None) -> int:
+        """Load the shared ledger into a DuckDB connection's `requests` table (read-side commands).
+
+        Streams `COPY ... TO STDOUT (FORMAT csv)` into a private temporary file (0600, removed
+        after) that DuckDB reads in one `read_csv`: fast for millions of rows, with the DuckDB
+        queries unchanged. Returns the row count.
+        """
+        import tempfile
+
+        cols = ", ".join(f'"{c}"' for c in COLUMNS)
+        where = "WHERE ts >= %s" if since else ""
+        try:
+            with tempfile.NamedTemporaryFile(prefix="spendgate-ledger-", suffix=".csv") as f:
+                with self.pool.connection() as pc:
+                    pc.execute("SET TimeZone = 'UTC'")
+                    with pc.cursor() as cur:
+                        with cur.copy(f"COPY (SELECT {cols} FROM requests {where}) TO STDOUT "
+                                      "WITH (FORMAT csv, HEADER true)", [since] if since else None) as copy:
+                            for chunk in copy:
+                                f.write(chunk)
+                f.flush()
+                con.execute(f"INSERT INTO requests ({cols}) SELECT {cols} FROM read_csv(?, header = true, "
+                            "all_varchar = true)", [f.name])
+        except self._psycopg.OperationalError as e:
+            raise StoreUnavailable(f"the store {redact(self.url)} failed: {_why(e)}") from None
+        return con.execute("SELECT count(*) FROM requests").fetchone()[0]
+
+
+def _dumps(obj: Any) -> str:
+    return json.dumps(obj, default=_json_value, separators=(",", ":"))
+
+
+def _why(e: BaseException) -> str:
+    return " ".join(str(e).split())[:300] or type(e).__name__
