@@ -57,6 +57,8 @@ def test_open_url_to_loopback_ignores_http_proxy(monkeypatch):
     try:
         monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")
         monkeypatch.setenv("http_proxy", "http://127.0.0.1:9")
+        for name in ("NO_PROXY", "no_proxy"):  # another test may have left loopback exempted
+            monkeypatch.delenv(name, raising=False)
         url = f"http://127.0.0.1:{srv.server_address[1]}/x"
         with pytest.raises(OSError):  # what plain urlopen does: through the (dead) proxy
             urllib.request.urlopen(url, timeout=5)
