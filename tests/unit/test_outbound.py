@@ -61,7 +61,7 @@ def test_open_url_to_loopback_ignores_http_proxy(monkeypatch):
             monkeypatch.delenv(name, raising=False)
         url = f"http://127.0.0.1:{srv.server_address[1]}/x"
         with pytest.raises(OSError):  # what plain urlopen does: through the (dead) proxy
-            urllib.request.urlopen(url, timeout=5)
+            urllib.request.build_opener().open(url, timeout=5)  # a fresh opener: reads the env proxies
         with outbound.open_url(url, timeout=5) as resp:
             assert resp.read() == b"direct"
     finally:
