@@ -246,6 +246,24 @@ class SpendGate:
             self._answer(flow, too_large(provider, size, limit))
 
     def request(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
+        """Meter and admit; any failure here refuses a provider request (503), never forwards it."""
+        try:
+            return self._request(flow)
+        except Exception:
+            log.exception("spendgate: checking a request failed; refusing it (fail closed)")
+            self._refuse_unchecked(flow)
+            return None
+
+    def _refuse_unchecked(self, flow: http.HTTPFlow) -> None:
+        try:
+            found = providers.route(target_of(flow).host, flow.request.path)
+        except Exception:
+            found = None
+        dialect = found.dialect if found is not None else "openai"
+        if found is not None or flow.metadata.get(META) is not None:
+            self._answer(flow, refusal.unavailable(dialect, "the gateway could not check this request"))
+
+    def _request(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         if flow.metadata.get(TOO_LARGE):  # answered 413 already: let go of the body now, not at the next GC
             flow.request.raw_content = b""
         if flow.response or flow.error:
@@ -293,7 +311,11 @@ class SpendGate:
         return None
 
     async def _admit_off_loop(self, flow: http.HTTPFlow, gw: Gateway, ex: Exchange, path: str, body: bytes) -> None:
-        self._admitted(flow, gw, ex, await asyncio.to_thread(gw.admission.admit, ex, path, body))
+        try:
+            self._admitted(flow, gw, ex, await asyncio.to_thread(gw.admission.admit, ex, path, body))
+        except Exception:
+            log.exception("spendgate: checking a request failed; refusing it (fail closed)")
+            self._refuse_unchecked(flow)
 
     @staticmethod
     def _admitted(flow: http.HTTPFlow, gw: Gateway, ex: Exchange, answer: refusal.Answer | None) -> None:

@@ -27,9 +27,14 @@ MAX_PENDING_ROWS = 10_000  # ledger rows held in memory while the store fails; t
 
 
 def clip(value: Any, limit: int) -> Any:
-    """`value` cut to `limit` characters when it is a longer string; anything else unchanged."""
-    if isinstance(value, str) and len(value) > limit:
-        return value[:limit]
+    """`value` cut to `limit` characters when it is a longer string, lone surrogates (valid in JSON
+    escapes, not storable as UTF-8) replaced; anything else unchanged."""
+    if isinstance(value, str):
+        value = value[:limit] if len(value) > limit else value
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            value = value.encode("utf-8", "replace").decode("utf-8")
     return value
 
 

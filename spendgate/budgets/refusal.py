@@ -27,7 +27,10 @@ class Answer:
 
 def usd_plain(x: Decimal) -> str:
     """Dollars for headers: exact to the micro-dollar, no exponent, no trailing zeros."""
-    q = x.quantize(Decimal("0.000001")).normalize()
+    try:
+        q = x.quantize(Decimal("0.000001")).normalize()
+    except ArithmeticError:  # too many digits to quantize: say it whole
+        return format(x, "f")
     return format(q, "f") if q else "0"
 
 

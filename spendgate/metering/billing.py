@@ -82,6 +82,8 @@ def classify(host: str, path: str, headers: Mapping[str, str]) -> Billing:
         if headers.get("x-api-key"):  # an API key is invoiced whatever else the request carries
             return API_BILLING
         token = _bearer(headers)
+        if "," in headers.get("authorization", ""):  # several credentials at once: never a free pass
+            return API_BILLING
         if token.startswith(CLAUDE_OAUTH_PREFIX):
             return _SUBS[CLAUDE_OAUTH]
         if token and CLAUDE_OAUTH_BETA in headers.get("anthropic-beta", "") and not token.startswith("sk-ant-api"):

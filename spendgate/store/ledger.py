@@ -12,7 +12,7 @@ import logging
 import operator
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
@@ -428,7 +428,13 @@ class DuckDBLedger:
         if not rows:
             return True
         try:
-            write_rows(self._cur, rows)
+            try:
+                write_rows(self._cur, rows)
+            except (duckdb.ConversionException, duckdb.InvalidInputException, UnicodeError, OverflowError):
+                # a value no column can hold (a lone surrogate, an absurd number): one row must not
+                # stop every later one; store the batch with such values made storable
+                rows = [storable(r) for r in rows]
+                write_rows(self._cur, rows)
         except Exception as e:  # disk full, file gone: keep the rows, say so loudly, retry
             if len(rows) > self.max_pending:  # memory stays bounded: the oldest go to disk elsewhere
                 rows = self._spill(rows[: len(rows) - self.max_pending]) + rows[len(rows) - self.max_pending:]
@@ -469,6 +475,35 @@ class DuckDBLedger:
     @property
     def healthy(self) -> bool:
         return self.stats.failures == 0
+
+
+_INT64 = 2**63 - 1
+_DECIMAL_MAX = Decimal("9999999999")  # DECIMAL(20, 10)
+
+
+def storable(row: LedgerRow) -> LedgerRow:
+    """The row with values its columns can hold: text without lone surrogates, integers within
+    BIGINT, amounts within DECIMAL(20, 10) (else None: unknown rather than wrong). Logged."""
+    changed = {}
+    for name in COLUMNS:
+        v = getattr(row, name)
+        if isinstance(v, str):
+            fixed = bounds.clip(v, len(v))
+        elif isinstance(v, bool) or v is None:
+            continue
+        elif isinstance(v, int):
+            fixed = max(min(v, _INT64), -_INT64)
+        elif isinstance(v, Decimal):
+            fixed = v if v.is_finite() and abs(v) <= _DECIMAL_MAX else None
+        else:
+            continue
+        if fixed != v:
+            changed[name] = fixed
+    if not changed:
+        return row
+    log.error("ledger row %s had values no column can hold (%s); stored them cleaned", row.request_id[:64],
+              ", ".join(sorted(changed)))
+    return replace(row, **changed)
 
 
 def write_rows(cur: duckdb.DuckDBPyConnection, rows: Iterable[LedgerRow]) -> None:

@@ -158,10 +158,22 @@ def post_routes(gw: GatewayView) -> dict[str, Handler]:
         _admin_only(caller, "reconciliation is organization-wide: admin token required")
         return reconcile.import_lines(gw.cursor(), params)
 
+    def own_scope_only(handler: Handler) -> Handler:
+        """An engineer asks for more on their own budgets only (user, their workspaces and keys)."""
+
+        def checked(params: dict[str, Any], caller: Caller) -> Any:
+            scope = str(params.get("scope") or f"user:{caller.name}")
+            if not caller.admin and scope not in dashboard.own_scopes(gw.policy, caller.name):
+                raise ApiError(403, f"{caller.name} may ask for more only on their own budgets (user, workspaces, "
+                                    f"keys), not {scope}")
+            return handler(params, caller)
+
+        return checked
+
     return {
-        "/api/request": decision(lambda p, a: approvals.request(
+        "/api/request": own_scope_only(decision(lambda p, a: approvals.request(
             a, p.get("scope") or f"user:{a}", p.get("window") or "", p.get("amount"), p.get("reason") or ""),
-            deciding=False),
+            deciding=False)),
         "/api/approve": decision(lambda p, a: approvals.approve(
             p.get("id") or "", a, p.get("amount"), p.get("until"), p.get("note")), deciding=True),
         "/api/deny": decision(lambda p, a: approvals.deny(p.get("id") or "", a, p.get("reason") or ""),

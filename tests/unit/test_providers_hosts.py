@@ -126,7 +126,8 @@ def _allowed(regexes: list[str], hostport: str) -> bool:
 
 def test_allow_hosts_cover_patterns_and_keep_the_old_hosts() -> None:
     rx = allow_hosts_regexes(include_chatgpt=False)
-    assert r"^api\.anthropic\.com(:\d+)?$" in rx
+    assert r"^api\.anthropic\.com\.?(:\d+)?$" in rx
+    assert _allowed(rx, "api.anthropic.com.:443")  # a fully qualified name is the same host
     for ok in ("bedrock-runtime.us-east-1.amazonaws.com:443", "europe-west4-aiplatform.googleapis.com:443",
                "contoso.openai.azure.com:443", "x.services.ai.azure.com", "api.business.githubcopilot.com:443",
                "openrouter.ai:443", "api.anthropic.com:443"):

@@ -68,7 +68,8 @@ def test_other_hosts(host: str) -> None:
 def test_allow_hosts_regexes() -> None:
     without = allow_hosts_regexes(include_chatgpt=False)
     with_chatgpt = allow_hosts_regexes(include_chatgpt=True)
-    assert r"^api\.anthropic\.com(:\d+)?$" in without
+    assert r"^api\.anthropic\.com\.?(:\d+)?$" in without
+    assert re.search(without[0], without[0][1:].split("\\.?")[0].replace("\\", "") + ".:443")  # FQDN dot
     assert len(with_chatgpt) == len(without) + 1
 
     def allowed(regexes: list[str], hostport: str) -> bool:

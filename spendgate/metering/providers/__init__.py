@@ -420,7 +420,8 @@ def allow_hosts_regexes(include_chatgpt: bool) -> list[str]:
     exact = [h for h in PROVIDER_HOSTS if include_chatgpt or h not in OPTIONAL_HOSTS]
     exact += [h.host for h in extra_hosts() if "*" not in h.host]
     globs = [g for g, _ in HOST_PATTERNS] + [h.host for h in extra_hosts() if "*" in h.host]
-    return [rf"^{re.escape(host)}(:\d+)?$" for host in exact] + [rf"^{glob_regex(g)}(:\d+)?$" for g in globs]
+    # `\.?`: a fully qualified name (api.anthropic.com.) is the same host and must be decrypted too
+    return [rf"^{re.escape(host)}\.?(:\d+)?$" for host in exact] + [rf"^{glob_regex(g)}\.?(:\d+)?$" for g in globs]
 
 
 def site_hosts(include_chatgpt: bool) -> tuple[tuple[str, ...], tuple[str, ...]]:

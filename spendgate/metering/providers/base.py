@@ -132,16 +132,22 @@ class Route:
 # -- shared helpers for adapters (pure, never raise) -------------------------------------------
 
 
+MAX_TOKENS = 10**12  # no call reports more; a larger count is garbage that would overflow counters and columns
+
+
 def as_int(value: Any) -> int:
-    """A token count from untrusted JSON: ints (not bools), floats, digit strings; else 0."""
+    """A token count from untrusted JSON: ints (not bools), floats, digit strings; else 0.
+
+    Capped at MAX_TOKENS: an absurd count (1e30) must not overflow a BIGINT column or a budget.
+    """
     if isinstance(value, bool):
         return 0
     if isinstance(value, int):
-        return max(value, 0)
+        return min(max(value, 0), MAX_TOKENS)
     if isinstance(value, float):
-        return max(int(value), 0) if value == value and abs(value) != float("inf") else 0
-    if isinstance(value, str) and value.strip().isdigit():
-        return int(value.strip())
+        return min(max(int(value), 0), MAX_TOKENS) if value == value and abs(value) != float("inf") else 0
+    if isinstance(value, str) and value.strip().isdigit() and len(value.strip()) <= 13:
+        return min(int(value.strip()), MAX_TOKENS)
     return 0
 
 
