@@ -143,11 +143,17 @@ class Gateway:
             if self.proc.poll() is not None:
                 raise GatewayError(f"mitmdump exited with {self.proc.returncode} during start-up; log:\n"
                                    f"{self.log_text()}")
-            if Path(self.ca_file).exists() and self._port_open():
+            if Path(self.ca_file).exists() and self._port_open() and self._in_charge():
                 return self
             time.sleep(0.05)
         self.kill9()
         raise GatewayError(f"mitmdump not ready after {self.start_timeout}s; log:\n{self.log_text()}")
+
+    def _in_charge(self) -> bool:
+        """The addon has opened the ledger: its discovery file is there (unless the admin API is off)."""
+        if "spendgate_admin_port=-1" in self.extra_args or "spendgate_store" in " ".join(self.extra_args):
+            return True
+        return Path(str(self.db) + ".gateway.json").exists()
 
     def _port_open(self) -> bool:
         try:
