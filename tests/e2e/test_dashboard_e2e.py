@@ -55,6 +55,7 @@ keys:
   "{fingerprint(ANTHROPIC_KEY)}": {{user: bob}}
   "{fingerprint(CAROL_KEY)}": {{user: carol}}
 unpriced: {{charge_per_mtok: {{input: 15, output: 75}}}}
+approvals: {{organization: {{approvers: [dana]}}}}
 """
 
 
@@ -303,7 +304,7 @@ class DevTools:
 MEASURE = """JSON.stringify((() => {
   const vw = document.documentElement.clientWidth;
   const box = (el) => { const r = el.getBoundingClientRect(); return {left: r.left, right: r.right, width: r.width}; };
-  const panels = [...document.querySelectorAll("main .card, main .kpi")].map((el) => {
+  const panels = [...document.querySelectorAll("main .card, main .kpi")].filter((el) => !el.hidden).map((el) => {
     const inner = [...el.querySelectorAll("table, svg, .donut-box, .hbar, .budget")].map(box);
     return {name: (el.querySelector("h2, h3") || {}).textContent, ...box(el), scroll: el.scrollWidth,
             client: el.clientWidth, contentRight: Math.max(0, ...inner.map((b) => b.right))};
@@ -325,15 +326,17 @@ def test_every_panel_fits_at_1280_and_1920_px_in_chromium(traffic, tmp_path):
                     "--scope", scope, "--reason", reason)
         assert cp.returncode == 0, cp.stderr
     ARTIFACTS.mkdir(exist_ok=True)
+    # an approver signs in with her own spendgate token: only she may decide, so only she sees the buttons
+    dana = json.loads(gw.cli("tokens", "issue", "dana", "--json", check=True).stdout)["token"]
     browser = DevTools(tmp_path / "profile-layout")
     try:
         for width in (1280, 1400, 1920):
-            browser.open(f"{url}/#token={token}&name=dana", width)
+            browser.open(f"{url}/#token={dana}", width)
             m = json.loads(browser.evaluate(MEASURE))
             browser.screenshot(ARTIFACTS / f"dashboard-{width}.png", width)
             assert m["vw"] == width
             assert m["docScroll"] <= m["vw"], f"{width}px: the page scrolls sideways ({m['docScroll']}px)"
-            assert len(m["panels"]) == 4 + 1 + 6 + 1 + 2
+            assert len(m["panels"]) == 4 + 1 + 6 + 1 + 2 + 2  # + subscription usage and seat plans (issue 20)
             for p in m["panels"]:
                 where = f"{width}px, panel {p['name']!r}"
                 assert p["left"] >= 0 and p["right"] <= m["vw"], f"{where} is outside the viewport: {p}"
