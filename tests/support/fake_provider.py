@@ -836,6 +836,10 @@ class FakeProvider:
             if method == "POST" and route == "/v1/responses":
                 await self._responses(r, data)
                 return keep_alive
+            if method == "POST" and route == "/v1/images/generations":  # an endpoint spendgate does not meter
+                await r.send_json(200, {"created": 1754425777, "data": [{"url": "https://images.invalid/1.png"}]},
+                                  self._openai_headers())
+                return keep_alive
             if method == "GET" and route == "/v1/models":
                 await r.send_json(200, {"object": "list", "data": [
                     {"id": "gpt-5", "object": "model", "created": 1754425777, "owned_by": "system"},
