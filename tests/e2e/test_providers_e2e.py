@@ -190,8 +190,10 @@ def test_copilot_list_price_and_premium_requests_in_explain(gateway):
     (row,) = gateway.ledger(wait_for=1)
     assert (row["provider"], row["client"], row["model"], row["outcome"]) == \
         ("copilot", "copilot", "claude-sonnet-4.5", "ok")
-    # list-price equivalent (Anthropic claude-sonnet-4-5): 1200 x $3 + 400 x $0.30 + 450 x $15 per MTok
-    assert D(row["cost_usd"]) == Decimal("0.01047")
+    # list-price equivalent (Anthropic claude-sonnet-4-5): 1200 x $3 + 400 x $0.30 + 450 x $15 per MTok; a Copilot
+    # seat is a subscription (issue 20): invoiced $0 per token, the list price kept as notional_usd
+    assert (row["billing_basis"], D(row["cost_usd"])) == ("subscription", 0)
+    assert D(row["notional_usd"]) == Decimal("0.01047")
     text = gateway.cli("explain", row["request_id"], check=True).stdout
     assert "total" in text and "$0.010470" in text
     assert "side by side: Copilot premium requests 1 (multiplier 1" in text and "$0.040000" in text
