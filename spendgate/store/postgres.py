@@ -301,6 +301,27 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         $$;
         """,
     ),
+    (
+        2,
+        "ledger columns added since: step-downs, traces, billing basis, modality tokens, modifiers",
+        """
+        ALTER TABLE requests ADD COLUMN IF NOT EXISTS requested_model TEXT;
+        ALTER TABLE requests ADD COLUMN IF NOT EXISTS trace_id TEXT;
+        ALTER TABLE requests ADD COLUMN IF NOT EXISTS span_id TEXT;
+        ALTER TABLE requests ADD COLUMN IF NOT EXISTS billing_basis TEXT DEFAULT 'api';
+        ALTER TABLE requests ADD COLUMN IF NOT EXISTS credential TEXT;
+        ALTER TABLE requests ADD COLUMN IF NOT EXISTS notional_usd NUMERIC(20, 10);
+        ALTER TABLE requests ADD COLUMN IF NOT EXISTS plan TEXT;
+        ALTER TABLE requests ADD COLUMN IF NOT EXISTS input_audio_tokens BIGINT DEFAULT 0;
+        ALTER TABLE requests ADD COLUMN IF NOT EXISTS input_image_tokens BIGINT DEFAULT 0;
+        ALTER TABLE requests ADD COLUMN IF NOT EXISTS input_video_tokens BIGINT DEFAULT 0;
+        ALTER TABLE requests ADD COLUMN IF NOT EXISTS cache_read_audio_tokens BIGINT DEFAULT 0;
+        ALTER TABLE requests ADD COLUMN IF NOT EXISTS output_audio_tokens BIGINT DEFAULT 0;
+        ALTER TABLE requests ADD COLUMN IF NOT EXISTS output_image_tokens BIGINT DEFAULT 0;
+        ALTER TABLE requests ADD COLUMN IF NOT EXISTS output_video_tokens BIGINT DEFAULT 0;
+        ALTER TABLE requests ADD COLUMN IF NOT EXISTS modifiers TEXT;
+        """,
+    ),
 ]
 SCHEMA_VERSION = max(v for v, _, _ in MIGRATIONS)
 MIGRATION_LOCK = 0x5E4D6A7E  # pg_advisory_xact_lock key: two `store migrate` runs take turns
@@ -346,7 +367,7 @@ def row_from_json(d: dict[str, Any]) -> LedgerRow:
         v = d.get(c)
         if c == "ts":
             v = datetime.fromisoformat(v)
-        elif c in ("cost_usd", "charged_usd") and v is not None:
+        elif c in ("cost_usd", "charged_usd", "notional_usd") and v is not None:
             v = Decimal(v)
         out[c] = v
     return LedgerRow(**out)

@@ -21,6 +21,7 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
+from spendgate.store.postgres import SCHEMA_VERSION
 from tests.support import ANTHROPIC_KEY
 from tests.support.gateway import GatewayError, _clean_env
 from tests.support.webhook import Hook
@@ -73,12 +74,12 @@ def store_url(pg_url):
     """A migrated store, through the real CLI (`spendgate store migrate`)."""
     cp = spendgate("store", "migrate", "--store", pg_url)
     assert cp.returncode == 0, cp.stderr
-    assert "schema version 0 -> 1" in cp.stdout
+    assert f"schema version 0 -> {SCHEMA_VERSION}" in cp.stdout
     again = spendgate("store", "migrate", "--store", pg_url)
     assert again.returncode == 0 and "up to date" in again.stdout
     status = spendgate("store", "status", "--store", pg_url, "--json")
     assert status.returncode == 0, status.stderr
-    assert json.loads(status.stdout)["schema_version"] == 1 and json.loads(status.stdout)["ledger_rows"] == 0
+    assert json.loads(status.stdout)["schema_version"] == SCHEMA_VERSION and json.loads(status.stdout)["ledger_rows"] == 0
     return pg_url
 
 
@@ -208,7 +209,7 @@ def test_replica_refuses_to_start_on_an_unmigrated_store(tmp_path, gateway_facto
         pass
     assert gw.proc.wait(30) == 1
     log = gw.log_text()
-    assert "schema version 0, this gateway needs 1" in log and "spendgate store migrate" in log
+    assert f"schema version 0, this gateway needs {SCHEMA_VERSION}" in log and "spendgate store migrate" in log
 
 
 def test_store_stopped_fail_open_bounded_admits_up_to_the_allowance_and_replays(tmp_path, gateway_factory,
@@ -238,9 +239,9 @@ def test_store_stopped_fail_open_bounded_admits_up_to_the_allowance_and_replays(
     client.close()
 
 
-def cli_as(gw, user: str, *args: str) -> subprocess.CompletedProcess:
+def cli_as(gw, user: str, *args: str, env_extra: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """The CLI as a given person (USER/LOGNAME), talking to replica `gw` through its admin API."""
-    env = _clean_env({"USER": user, "LOGNAME": user})
+    env = _clean_env({"USER": user, "LOGNAME": user, **(env_extra or {})})
     return subprocess.run(gw.cli_command(*args), capture_output=True, text=True, timeout=60, env=env,
                           cwd=str(gw.tmp), stdin=subprocess.DEVNULL)
 
@@ -275,7 +276,8 @@ sinks:
                 "--reason", "release crunch", "--json")
     assert cp.returncode == 0, cp.stderr
     rid = json.loads(cp.stdout)["id"]
-    cp = cli_as(a, "lead", "approve", rid)
+    lead = json.loads(a.cli("tokens", "issue", "lead", "--json", check=True).stdout)["token"]
+    cp = cli_as(a, "lead", "approve", rid, env_extra={"SPENDGATE_TOKEN": lead})  # deciding needs lead's own token
     assert cp.returncode == 0, cp.stderr
     assert small(cb).content  # the next request on B is admitted: the grant made on A counts there at once
 

@@ -15,6 +15,7 @@ from spendgate.budgets.shared import LeaseKeeper, SharedCounters
 from spendgate.identity import Identity
 from spendgate.policy.model import parse
 from spendgate.store.ledger import LedgerRow
+from spendgate.store.ledger import COLUMNS
 from spendgate.store.postgres import SCHEMA_VERSION, PostgresStore, StoreError, StoreUnavailable
 
 D = Decimal
@@ -64,6 +65,10 @@ def test_unmigrated_and_newer_schemas_are_refused_with_what_to_do(pg_url):
         assert s.migrate() == (0, SCHEMA_VERSION)
         assert s.migrate() == (SCHEMA_VERSION, SCHEMA_VERSION)  # idempotent
         assert s.check_schema() == SCHEMA_VERSION
+        # the shared ledger holds every column of a ledger row (a new LedgerRow field needs a migration here)
+        have = {r[0] for r in s._run("SELECT column_name FROM information_schema.columns WHERE table_name = 'requests'",
+                                     [], fetch="all")}
+        assert set(COLUMNS) <= have, sorted(set(COLUMNS) - have)
         s._run("INSERT INTO spendgate_schema_migrations (version, description) VALUES (%s, 'future')",
                [SCHEMA_VERSION + 1], fetch="count")
         with pytest.raises(StoreError, match="newer than this gateway"):
