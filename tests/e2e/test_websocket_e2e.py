@@ -183,7 +183,7 @@ def test_official_openai_sdk_over_the_responses_socket(tmp_path, gateway_factory
     assert refused.type == "error"
     assert refused.error.type == "insufficient_quota" and refused.error.code == "budget_exceeded"
     assert "spend limit reached (daily budget of user tester" in refused.error.message
-    assert "spent of $0.015;" in refused.error.message  # the limit exactly, not rounded to cents
+    assert "spent of $0.0150;" in refused.error.message  # enough digits for the limit (money.py), not cents
     assert len(ws_messages(fake_provider)) == 1
     rows = sorted(gw.ledger(wait_for=2), key=lambda r: r["ts"])
     assert [(r["outcome"], r["client"], r["endpoint"]) for r in rows] == [
