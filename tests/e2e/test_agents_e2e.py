@@ -38,8 +38,9 @@ pytestmark = pytest.mark.skipif(
 
 
 def cap_policy(tmp_path):
+    # sign-in traffic (Gemini CLI with Google) is subscription usage: counted here so the cap applies
     p = tmp_path / "cap.yaml"
-    p.write_text("version: 1\ntimezone: UTC\ndefaults: {user: {day: 0.0001}}\n")
+    p.write_text("version: 1\ntimezone: UTC\ndefaults: {user: {day: 0.0001}}\nsubscription_usage: count\n")
     return p
 
 
@@ -247,10 +248,14 @@ def test_gemini_cli_google_login_answers_and_every_call_is_metered(gateway, fake
     assert len(rows) == len(calls) >= 2  # router call and streamed answer; loadCodeAssist & co. unmetered
     sessions = {c.json["request"]["session_id"] for c in calls}
     for r in rows:
-        assert (r["provider"], r["client"]) == ("gemini", "gemini-cli")
+        assert (r["provider"], r["client"]) == ("code-assist", "gemini-cli")  # Gemini through Code Assist
         assert r["endpoint"] in ("generateContent", "streamGenerateContent")
         assert (r["input_tokens"], r["cache_read_tokens"], r["output_tokens"]) == (3000, 1000, 800)
-        assert float(r["charged_usd"]) > 0 and r["session_id"] in sessions
+        # a Google sign-in is subscription usage: nothing invoiced per token, the list price kept as notional
+        assert (r["billing_basis"], r["cost_usd"]) == ("subscription", 0)  # nothing invoiced per token
+        # its list price is the notional; gemini-3-flash has none in the pinned catalogue: unpriced, never $0
+        assert (r["outcome"], r["notional_usd"]) == ("unpriced", None) or float(r["notional_usd"]) > 0
+        assert r["session_id"] in sessions
         assert r["model"] in {c.json["model"] for c in calls}
         assert r["key_fingerprint"].startswith("sha256:")  # the OAuth token, fingerprinted
     assert_no_secret_kept(gateway)
