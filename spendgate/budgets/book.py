@@ -343,6 +343,67 @@ class BudgetBook:
             })
         return rows
 
+    def limits_of(self, scope: str, now: datetime) -> tuple[Budgets, date | None]:
+        """The policy limits of one scope (what `scopes` gives it), without building an identity's set."""
+        if scope.startswith(SUBSCRIPTION_PREFIX):
+            for name, limits, until in subscription_scopes(self.policy, _identity_of(scope)):
+                if name == scope:
+                    return limits, until
+            return {}, None
+        kind, _, rest = scope.partition(":")
+        today = now.astimezone(self.policy.timezone).date()
+        if kind == "organization":
+            return (self.policy.org_budgets, None) if rest == self.policy.org_name else ({}, None)
+        if kind == "workspace":
+            return self.policy.workspace_budgets(rest), None
+        if kind == "key":
+            return self.policy.key_budgets(rest, today)
+        return self.policy.user_budgets(rest if kind == "user" else UNATTRIBUTED, today)
+
+    def closest(self, n: int | None = 8, only: set[str] | None = None) -> list[dict[str, Any]]:
+        """Budgets fullest first (share used = (spent + reserved) / limit; a zero limit counts as full),
+        the first `n` (None: all), limited to the scopes in `only` when given.
+
+        What the dashboard draws, built from the live counters and the policy's named scopes, so its
+        cost follows the number of counters, not users x windows x identities as `status` does. A
+        budget nobody spent on this window has no counter and shows only if the policy names its
+        scope (or `only` does): it is at 0 % and sorts last anyway. Rows are `status` rows plus `used`.
+        """
+        now = self.now()
+        tz = self.policy.timezone
+        order = {w: i for i, w in enumerate(WINDOWS)}
+        counters: dict[tuple[str, str], Counter] = {}
+        for (scope, window, start), c in self.store.items():
+            if only is None or scope in only:
+                if start == bounds(window, now, tz)[0]:  # this window's counter, not an old one
+                    counters[(scope, window)] = c
+        named = {scope for scope, _ in counters} | set(only or ()) | set(self.granted_scopes())
+        if only is None:  # scopes the policy names: a zero limit there is full without any spend
+            named |= {f"organization:{self.policy.org_name}"} | {f"workspace:{w}" for w in self.policy.workspaces}
+            named |= {f"user:{u}" for u in self.policy.users} | {f"key:{fp}" for fp in self.policy.keys}
+        else:
+            named &= only
+        rows = []
+        for scope in named:
+            limits, until = self.limits_of(scope, now)
+            for window, limit in limits.items():
+                if window not in order:
+                    continue
+                start, end = bounds(window, now, tz)
+                extra = self.grants(scope, window, now)
+                cap = limit + extra
+                c = counters.get((scope, window)) or Counter()
+                used = float((c.spent + c.reserved) / cap) if cap > 0 else 1.0
+                rows.append({
+                    "scope": scope, "window": window, "limit_usd": float(cap), "spent_usd": float(c.spent),
+                    "reserved_usd": float(c.reserved), "remaining_usd": float(cap - c.spent - c.reserved),
+                    "resets_at": end.isoformat().replace("+00:00", "Z"),
+                    "until": until.isoformat() if until else None, "granted_usd": float(extra),
+                    "used": round(used, 4),
+                })  # fmt: skip
+        rows.sort(key=lambda r: (-r["used"], r["scope"], order[r["window"]]))
+        return rows if n is None else rows[:n]
+
 
 def _identity_of(scope: str) -> Identity:
     """A stand-in identity whose covering budgets include `scope` (for listing)."""

@@ -69,8 +69,8 @@ def _billing(cur: duckdb.DuckDBPyConnection, since: date | None, until: date | N
 
 def _metered(cur: duckdb.DuckDBPyConnection, since: date | None, until: date | None) -> list[dict[str, Any]]:
     """API rows only: subscription traffic (covered by seats) is on no provider's per-token bill."""
-    day = "CAST(timezone('UTC', ts) AS DATE)"
-    where, params = sql.where("billing_basis = 'api'", (f"{day} >= ?", since), (f"{day} <= ?", until))
+    day = "CAST(timezone('UTC', ts) AS DATE)"  # grouping only: the filter stays on bare ts (zone maps)
+    where, params = sql.where("billing_basis = 'api'", *sql.day_range(since, until))
     res = cur.execute(
         f"""SELECT provider, {day} AS day, model, key_fingerprint, workspace,
                    coalesce(sum(cost_usd), 0) AS amount, count(*) AS requests,
@@ -180,8 +180,7 @@ def reconcile(
 def subscription_usage(cur: duckdb.DuckDBPyConnection, since: date | None, until: date | None) -> list[dict[str, Any]]:
     """Subscription usage per plan and user over the same UTC days: not compared with any bill (the
     seat is what is billed), listed for plan limits and seat value."""
-    day = "CAST(timezone('UTC', ts) AS DATE)"
-    where, params = sql.where("billing_basis = 'subscription'", (f"{day} >= ?", since), (f"{day} <= ?", until))
+    where, params = sql.where("billing_basis = 'subscription'", *sql.day_range(since, until))
     res = cur.execute(
         f"""SELECT coalesce(plan, '(no plan)') AS plan, "user", provider, count(*) AS requests,
                    sum(input_tokens)::BIGINT AS input_tokens, sum(output_tokens)::BIGINT AS output_tokens,

@@ -71,7 +71,7 @@ def totals(cur: duckdb.DuckDBPyConnection, now: datetime | None = None, user: st
         f"count(*) FILTER (WHERE ts >= ? AND billing_basis = 'subscription') AS {w}_sub"
         for w in reports.WINDOWS
     )
-    where, params = sql.where(("ts >= ?", min(starts.values())), (USER, user))
+    where, params = sql.where(*sql.ts_range(min(starts.values())), (USER, user))
     args = [s for w in reports.WINDOWS for s in [starts[w]] * 6]
     row = sql.rows(cur, f"SELECT {cols} FROM requests {where}", [*args, *params])[0]
     return {
@@ -99,7 +99,7 @@ def series(
     last = floor_time(now, b.step)
     first = last - b.span + b.step
     secs = int(b.step.total_seconds())
-    where, params = sql.where(("ts >= ?", first), (USER, user))
+    where, params = sql.where(*sql.ts_range(first), (USER, user))
     query = f"""
         SELECT (epoch(ts)::BIGINT // {secs}) * {secs} AS bucket, coalesce(sum(cost_usd), 0) AS cost_usd,
                count(*) AS requests, count(*) FILTER (WHERE outcome = 'blocked') AS blocked
@@ -120,7 +120,7 @@ def blocks(
     cur: duckdb.DuckDBPyConnection, since: datetime | None = None, user: str | None = None, limit: int = 20
 ) -> list[dict[str, Any]]:
     """The latest refused requests, with the reason the caller was given."""
-    where, params = sql.where("outcome = 'blocked'", ("ts >= ?", since), (USER, user))
+    where, params = sql.where("outcome = 'blocked'", *sql.ts_range(since), (USER, user))
     query = f"""SELECT ts, "user", client, provider, model, status, workspace, note AS reason
                 FROM requests {where} ORDER BY ts DESC, request_id LIMIT ?"""
     return sql.rows(cur, query, [*params, limit])
@@ -130,7 +130,7 @@ def unpriced(
     cur: duckdb.DuckDBPyConnection, since: datetime | None = None, user: str | None = None
 ) -> list[dict[str, Any]]:
     """Models the gateway could not price: what they cost at the fallback rate and who used them."""
-    where, params = sql.where("outcome = 'unpriced'", ("ts >= ?", since), (USER, user))
+    where, params = sql.where("outcome = 'unpriced'", *sql.ts_range(since), (USER, user))
     query = f"""SELECT provider, coalesce(model, '(unknown)') AS model, count(*) AS requests,
                      count(DISTINCT "user") AS users, sum(input_tokens)::BIGINT AS input_tokens,
                      sum(output_tokens)::BIGINT AS output_tokens, coalesce(sum(charged_usd), 0) AS charged_usd,
@@ -166,7 +166,7 @@ def overview(
 
 def export_sql(since: datetime | None, until: datetime | None, user: str | None) -> tuple[str, list[Any]]:
     """The SELECT an export copies, oldest first, with its parameters."""
-    where, params = sql.where(("ts >= ?", since), ("ts < ?", until), (USER, user))
+    where, params = sql.where(*sql.ts_range(since, until), (USER, user))
     cols = ", ".join(f'"{c}"' for c in EXPORT_COLUMNS)
     return f"SELECT {cols} FROM requests {where} ORDER BY ts, request_id", params
 
