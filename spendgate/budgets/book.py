@@ -393,7 +393,8 @@ class BudgetBook:
                 extra = self.grants(scope, window, now)
                 cap = limit + extra
                 c = counters.get((scope, window)) or Counter()
-                used = float((c.spent + c.reserved) / cap) if cap > 0 else 1.0
+                # floats, as dashboard.closest_to_cap and the page compute it, so the same budget rounds the same
+                used = (float(c.spent) + float(c.reserved)) / float(cap) if cap > 0 else 1.0
                 rows.append({
                     "scope": scope, "window": window, "limit_usd": float(cap), "spent_usd": float(c.spent),
                     "reserved_usd": float(c.reserved), "remaining_usd": float(cap - c.spent - c.reserved),

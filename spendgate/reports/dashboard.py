@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import logging
 import tempfile
+import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -223,6 +226,62 @@ def own_scopes(policy: Any, user: str) -> set[str]:
     out |= {f"subscription:user:{user}"}  # subscription_usage: separate budgets of their own
     out |= {f"subscription:plan:{p}:{user}" for p in policy.subscription_budgets.plans}
     return out | {f"key:{fp}" for fp, rule in policy.keys.items() if rule.user == user}
+
+
+BUDGETS_TTL = 2.0  # seconds a budgets answer is shared across dashboard tabs (each polls every few seconds)
+MAX_TOP = 1000
+
+
+class TTLCache:
+    """Answers kept `ttl` seconds by key, so N open tabs cost one computation per `ttl`, not N.
+
+    Thread-safe (the admin server answers each request on its own thread); a miss computes outside
+    the lock, so a slow computation never blocks readers of other keys.
+    """
+
+    def __init__(self, ttl: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.ttl, self.clock = ttl, clock
+        self._items: dict[Any, tuple[float, Any]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: Any, compute: Callable[[], Any]) -> Any:
+        now = self.clock()
+        with self._lock:
+            hit = self._items.get(key)
+            if hit is not None and now - hit[0] < self.ttl:
+                return hit[1]
+        value = compute()
+        with self._lock:
+            if len(self._items) > 256:  # one per (caller's scopes, N): bounded
+                self._items.clear()
+            self._items[key] = (now, value)
+        return value
+
+
+def top_param(raw: Any) -> int:
+    """`?top=N` as a count in 1..MAX_TOP. Raises ValueError (a 400) otherwise."""
+    try:
+        n = int(raw)
+    except (TypeError, ValueError):
+        raise ValueError(f"top must be a whole number, not {raw!r}") from None
+    if not 1 <= n <= MAX_TOP:
+        raise ValueError(f"top must be between 1 and {MAX_TOP}")
+    return n
+
+
+def budget_view(book: Any, n: int, scopes: set[str] | None, cache: TTLCache | None = None) -> list[dict[str, Any]]:
+    """What the dashboard's budget bars draw: the organization view gets the `n` budgets closest to
+    their cap; an engineer gets every budget of their own scopes (a handful), fullest first.
+
+    Built by `BudgetBook.closest` from the live counters (not `status`, which walks every budget of
+    every user), and shared for `cache.ttl` seconds between callers with the same view.
+    """
+    key = (id(book.policy), n, frozenset(scopes) if scopes is not None else None)
+
+    def compute() -> list[dict[str, Any]]:
+        return book.closest(n, None) if scopes is None else book.closest(None, scopes)
+
+    return cache.get(key, compute) if cache else compute()
 
 
 def closest_to_cap(rows: list[dict[str, Any]], n: int = 10) -> list[dict[str, Any]]:

@@ -1,0 +1,163 @@
+"""Read-side changes of issue 22: time ranges on bare ts, the budgets the dashboard draws, lazy CLI start."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from pathlib import Path
+from types import SimpleNamespace
+
+import duckdb
+import pytest
+
+from spendgate.budgets.book import BudgetBook
+from spendgate.identity import Identity
+from spendgate.policy.model import parse
+from spendgate.reports import dashboard
+from spendgate.store import sql
+from spendgate.web.caller import Caller
+
+ROOT = Path(__file__).resolve().parents[2]
+
+POLICY = """\
+version: 1
+timezone: UTC
+organization: {name: acme, budgets: {month: 1000}}
+defaults:
+  user: {hour: 2, day: 3, week: 10, month: 20}
+  key: {day: 100}
+users:
+  frozen@acme.com: {budgets: {day: 0}}
+workspaces:
+  core: {members: ["*@core.acme.com"], budgets: {day: 40}}
+"""
+NOW = datetime(2026, 11, 18, 15, 30, tzinfo=UTC)
+
+
+class Clock:
+    def __init__(self, t: float = 0.0) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def busy_book() -> BudgetBook:
+    """Twelve users of workspace core with different spend, each with a key."""
+    book = BudgetBook(parse(POLICY, "p.yaml"), now=lambda: NOW)
+    for i in range(12):
+        who = Identity(user=f"u{i}@core.acme.com", source="test", key_fingerprint=f"sha256:{i:012d}",
+                       workspaces=("core",))
+        amount = Decimal("0.07") * (i + 1) + Decimal("0.003") * i * i
+        d = book.admit(who, amount)
+        assert d.admitted
+        book.settle(d.reservation, amount)
+    return book
+
+
+def key(rows):
+    return [(r["scope"], r["window"], round(r["used"], 4)) for r in rows]
+
+
+def test_closest_ranks_like_status_without_walking_every_budget():
+    book = busy_book()
+    every = dashboard.closest_to_cap(book.status(), 10_000)
+    expected = sorted(every, key=lambda r: (-round(r["used"], 4), r["scope"], ["hour", "day", "week", "month"].index(r["window"])))
+    got = book.closest(8)
+    assert key(got) == key(expected[:8])
+    assert got[0]["scope"] == "user:frozen@acme.com" and got[0]["used"] == 1.0  # a zero limit is full, unspent
+    assert got[1]["scope"] == "user:u11@core.acme.com" and got[1]["window"] == "hour"
+    # every field the page and `top` read, equal to status's row for the same budget
+    status = {(r["scope"], r["window"]): r for r in book.status()}
+    for r in got:
+        assert {k: v for k, v in r.items() if k != "used"} == status[(r["scope"], r["window"])]
+    assert key(book.closest(None)) == key([r for r in expected if r["used"] > 0 or r["scope"] in {
+        "user:frozen@acme.com", "organization:acme", "workspace:core"}])
+
+
+def test_engineer_gets_all_of_their_own_budgets_and_nothing_else():
+    book = busy_book()
+    mine = {"user:u3@core.acme.com", "workspace:core", "key:sha256:000000000003", "user:nobody-spent@acme.com"}
+    rows = book.closest(None, mine)
+    assert {r["scope"] for r in rows} == mine
+    assert {(r["scope"], r["window"]) for r in rows if r["scope"] == "user:nobody-spent@acme.com"} == {
+        ("user:nobody-spent@acme.com", w) for w in ("hour", "day", "week", "month")}
+    assert all(r["spent_usd"] == 0 for r in rows if r["scope"] == "user:nobody-spent@acme.com")
+    assert [r["used"] for r in rows] == sorted((r["used"] for r in rows), reverse=True)
+
+
+def test_budgets_route_top_n_own_scopes_full_list_and_bad_top():
+    from spendgate.web import routes
+
+    book = busy_book()
+    gw = SimpleNamespace(policy=book.policy, book=book, trace_url=None)
+    budgets = routes.get_routes(gw)["/api/budgets"]
+    admin, alice = Caller("admin", admin=True), Caller("u5@core.acme.com", admin=False)
+    top = budgets({"top": "3"}, admin)
+    assert key(top) == key(book.closest(3))
+    assert len(top) == 3
+    own = budgets({"top": "3", "user": alice.name}, alice)
+    assert {r["scope"] for r in own} <= dashboard.own_scopes(book.policy, alice.name)
+    assert ("user:u5@core.acme.com", "hour") in {(r["scope"], r["window"]) for r in own}
+    assert len(budgets({}, admin)) == len(book.status())  # no ?top: every budget, for `spendgate budgets`
+    for bad in ("0", "-1", "x", "100000"):
+        with pytest.raises(ValueError):
+            budgets({"top": bad}, admin)
+
+
+def test_budget_answers_are_shared_for_the_ttl_then_recomputed():
+    book = busy_book()
+    clock = Clock()
+    cache = dashboard.TTLCache(2.0, clock)
+    first = dashboard.budget_view(book, 5, None, cache)
+    big = Identity(user="u0@core.acme.com", source="test", workspaces=("core",))
+    book.settle(book.admit(big, Decimal("1.9")).reservation, Decimal("1.9"))
+    clock.t = 1.5
+    assert dashboard.budget_view(book, 5, None, cache) is first  # a second tab within the TTL: no work
+    clock.t = 2.5
+    fresh = dashboard.budget_view(book, 5, None, cache)
+    assert fresh is not first and fresh[1]["scope"] == "user:u0@core.acme.com"
+    assert dashboard.budget_view(book, 5, {"user:u0@core.acme.com"}, cache) != fresh  # keyed by who asks
+
+
+def test_ts_range_is_half_open_on_the_bare_column_and_days_are_whole_utc_days():
+    assert sql.ts_range(None, None) == (("ts >= ?", None), ("ts < ?", None))
+    assert sql.where(*sql.ts_range(date(2026, 1, 2))) == ("WHERE ts >= ?", [datetime(2026, 1, 2, tzinfo=UTC)])
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'America/New_York'")  # the session zone must not matter
+    con.execute("CREATE TABLE requests (ts TIMESTAMPTZ, n INTEGER)")
+    stamps = ["2026-03-01 23:59:59.999999+00", "2026-03-02 00:00:00+00", "2026-03-03 23:59:59.999999+00",
+              "2026-03-04 00:00:00+00"]
+    con.executemany("INSERT INTO requests VALUES (?::TIMESTAMPTZ, ?)", [(s, i) for i, s in enumerate(stamps)])
+    where, params = sql.where(*sql.day_range(date(2026, 3, 2), date(2026, 3, 3)))
+    got = [r[0] for r in con.execute(f"SELECT n FROM requests {where} ORDER BY n", params).fetchall()]
+    old = [r[0] for r in con.execute(
+        "SELECT n FROM requests WHERE CAST(timezone('UTC', ts) AS DATE) >= ? AND CAST(timezone('UTC', ts) AS DATE) <= ? "
+        "ORDER BY n", [date(2026, 3, 2), date(2026, 3, 3)]).fetchall()]
+    assert got == old == [1, 2]
+
+
+def _modules_after(code: str) -> set[str]:
+    out = subprocess.run([sys.executable, "-c", code + "\nimport sys; print(' '.join(sys.modules))"],
+                         capture_output=True, text=True, timeout=120, cwd=ROOT, check=True)
+    return set(out.stdout.split())
+
+
+def test_help_lists_every_command_without_importing_them():
+    from spendgate.cli import COMMANDS, build_parser
+
+    full = build_parser()  # every module, as before
+    sub = next(a for a in full._actions if a.dest == "command")
+    assert {a.dest: a.help for a in sub._choices_actions} == {k: h for k, (_, h) in COMMANDS.items()}
+    mods = _modules_after("from spendgate.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass")
+    assert not {"duckdb", "genai_prices", "jsonschema", "spendgate.cli.spend", "rich.live"} & mods
+
+
+def test_a_report_imports_only_its_own_module():
+    mods = _modules_after("from spendgate.cli import build_parser\nbuild_parser(['spend', '--by', 'model'])")
+    assert "spendgate.cli.spend" in mods
+    assert not {"genai_prices", "spendgate.cli.reconcile_cmds", "spendgate.cli.prices", "rich.live"} & mods
+    mods = _modules_after("from spendgate.cli import build_parser\nbuild_parser(['audit'])")
+    assert "spendgate.cli.approval_cmds" in mods and "genai_prices" not in mods
