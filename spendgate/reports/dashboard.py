@@ -13,7 +13,7 @@ import logging
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -192,13 +192,52 @@ def export(
     return int(row[0]) if row else 0
 
 
+EXPORT_CHUNK = 1 << 20  # bytes per read when an export is streamed
+
+
+class ExportFile:
+    """An export DuckDB's COPY wrote to a private temp dir (0700), read back in chunks and then removed.
+
+    Memory stays flat whatever the export's size: DuckDB streams the COPY to disk and the admin
+    server sends the file `EXPORT_CHUNK` bytes at a time. `close` (also at the end of `chunks`, or
+    on garbage collection) deletes the file.
+    """
+
+    def __init__(self, cur: duckdb.DuckDBPyConnection, params: dict[str, Any]) -> None:
+        self.format = params.get("format") or "parquet"
+        self._tmp = tempfile.TemporaryDirectory(prefix="spendgate-export-")
+        self.path = Path(self._tmp.name) / f"export.{self.format}"
+        try:
+            self.rows = export(cur, self.path, self.format, opt_time(params.get("since")),
+                               opt_time(params.get("until")), params.get("user"))  # fmt: skip
+            self.size = self.path.stat().st_size  # bytes
+        except BaseException:
+            self.close()
+            raise
+
+    def chunks(self, size: int = EXPORT_CHUNK) -> Iterator[bytes]:
+        try:
+            with self.path.open("rb") as f:
+                while chunk := f.read(size):
+                    yield chunk
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        self._tmp.cleanup()
+
+    def __enter__(self) -> ExportFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 def export_bytes(cur: duckdb.DuckDBPyConnection, params: dict[str, Any]) -> bytes:
-    """An export as bytes, for the admin API to send (the gateway writes only to its own temp dir)."""
-    fmt = params.get("format") or "parquet"
-    with tempfile.TemporaryDirectory(prefix="spendgate-export-") as tmp:
-        path = Path(tmp) / f"export.{fmt}"
-        export(cur, path, fmt, opt_time(params.get("since")), opt_time(params.get("until")), params.get("user"))
-        return path.read_bytes()
+    """An export as bytes (small exports and callers that need them whole; the admin server streams
+    an `ExportFile` instead)."""
+    with ExportFile(cur, params) as f:
+        return f.path.read_bytes()
 
 
 def download(cur: duckdb.DuckDBPyConnection, name: str, params: dict[str, Any]) -> bytes:

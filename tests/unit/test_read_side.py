@@ -161,3 +161,74 @@ def test_a_report_imports_only_its_own_module():
     assert not {"genai_prices", "spendgate.cli.reconcile_cmds", "spendgate.cli.prices", "rich.live"} & mods
     mods = _modules_after("from spendgate.cli import build_parser\nbuild_parser(['audit'])")
     assert "spendgate.cli.approval_cmds" in mods and "genai_prices" not in mods
+
+
+# -- exports streamed from DuckDB's COPY --------------------------------------------------------
+
+
+def _ledger_with(path: Path, rows: int) -> duckdb.DuckDBPyConnection:
+    from spendgate.store.ledger import migrate
+
+    con = duckdb.connect(str(path))
+    migrate(con)
+    con.execute(f"""
+        INSERT INTO requests BY NAME SELECT
+          TIMESTAMPTZ '2026-11-01 00:00:00+00' + to_seconds(i) AS ts, 'r' || i AS request_id,
+          'anthropic' AS provider, 'messages' AS endpoint, 'claude-sonnet-4-5' AS model, 'user' || (i % 50) AS "user",
+          'claude-code' AS client, false AS stream, 'ok' AS outcome, false AS estimated,
+          1000 + i AS input_tokens, 0 AS cache_read_tokens, 0 AS cache_write_tokens, 0 AS cache_write_1h_tokens,
+          10 + i % 7 AS output_tokens, 0 AS reasoning_tokens, 0 AS web_search_requests,
+          (i / 1e6)::DECIMAL(20, 10) AS cost_usd, 'genai-prices' AS price_source, 'local_user' AS identity_source,
+          0 AS bytes_in, 0 AS bytes_out, (i / 1e6)::DECIMAL(20, 10) AS charged_usd
+        FROM range({rows}) t(i)""")  # fmt: skip
+    return con
+
+
+def test_export_is_streamed_from_a_temp_file_and_identical_to_the_whole_file(tmp_path):
+    import urllib.request
+
+    from spendgate.web.app import StreamBody, WebRequest, for_gateway
+    from spendgate.web.server import AdminServer
+
+    con = _ledger_with(tmp_path / "ledger.duckdb", 60_000)
+    params = {"format": "csv", "since": "2026-11-01T00:10:00Z"}
+    whole = dashboard.export_bytes(con.cursor(), params)  # what the route sent before: the file, whole
+    assert len(whole) > 2 * dashboard.EXPORT_CHUNK
+    gw = SimpleNamespace(admin=SimpleNamespace(routes={}, post_routes={}, token="tok"), policy=SimpleNamespace(raw={}, path=str(tmp_path / "p.yaml")), trace_url=None,
+                         cursor=con.cursor, tokens=SimpleNamespace(verify=lambda t: None), telemetry=None)
+    app = for_gateway(gw)
+    auth = {"authorization": "Bearer tok"}
+    target = "/api/export?format=csv&since=2026-11-01T00:10:00Z"
+    try:
+        resp = app.handle(WebRequest("GET", target, auth))
+        assert resp.status == 200 and isinstance(resp.body, StreamBody)
+        assert resp.body.length == len(whole)
+        chunks = list(resp.body)
+        assert len(chunks) >= 3 and max(map(len, chunks)) <= dashboard.EXPORT_CHUNK  # never the file at once
+        assert b"".join(chunks) == whole
+        server = AdminServer({}, token="tok").start()
+        server.app = app
+        try:
+            req = urllib.request.Request(server.url + target, headers={"Authorization": "Bearer tok"})
+            with urllib.request.urlopen(req, timeout=60) as r:
+                assert int(r.headers["Content-Length"]) == len(whole)
+                assert r.read() == whole
+        finally:
+            server.stop()
+        assert app.handle(WebRequest("GET", target, auth)).buffered().body == whole  # the proxy's virtual host
+    finally:
+        con.close()
+
+
+def test_export_file_removes_its_temp_file(tmp_path):
+    con = _ledger_with(tmp_path / "ledger.duckdb", 1000)
+    f = dashboard.ExportFile(con.cursor(), {"format": "parquet"})
+    assert f.path.exists() and f.rows == 1000 and f.size == f.path.stat().st_size
+    data = b"".join(f.chunks())
+    assert data[:4] == b"PAR1" and not f.path.exists()  # read to the end: gone
+    g = dashboard.ExportFile(con.cursor(), {"format": "csv"})
+    g.close()  # never sent (the client went away): gone too
+    assert not g.path.exists()
+    with pytest.raises(ValueError):
+        dashboard.ExportFile(con.cursor(), {"format": "xlsx"})
+    con.close()
