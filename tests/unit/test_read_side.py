@@ -232,3 +232,39 @@ def test_export_file_removes_its_temp_file(tmp_path):
     with pytest.raises(ValueError):
         dashboard.ExportFile(con.cursor(), {"format": "xlsx"})
     con.close()
+
+
+def test_reprice_prices_each_distinct_group_once_with_the_same_answer(tmp_path):
+    from spendgate.pricing import reprice
+    from spendgate.pricing.rates import Pricer
+
+    con = _ledger_with(tmp_path / "ledger.duckdb", 0)
+    con.execute("""
+        INSERT INTO requests BY NAME SELECT
+          TIMESTAMPTZ '2026-11-01 00:00:00+00' + to_seconds(i * 3600) AS ts, 'g' || i AS request_id,
+          'anthropic' AS provider, 'messages' AS endpoint,
+          CASE WHEN i % 2 = 0 THEN 'claude-sonnet-4-5' ELSE 'claude-haiku-4-5' END AS model, 'u' || (i % 3) AS "user",
+          'claude-code' AS client, false AS stream, 'ok' AS outcome, false AS estimated,
+          1000 * (1 + i % 5) AS input_tokens, 0 AS cache_read_tokens, 0 AS cache_write_tokens,
+          0 AS cache_write_1h_tokens, 100 AS output_tokens, 0 AS reasoning_tokens, 0 AS web_search_requests,
+          0.5::DECIMAL(20, 10) AS cost_usd, 'old' AS price_source, 'local_user' AS identity_source,
+          0 AS bytes_in, 0 AS bytes_out, 0.5::DECIMAL(20, 10) AS charged_usd
+        FROM range(72) t(i)""")  # 3 days x 2 models x 5 shapes: at most 30 groups for 72 rows
+    pricer = Pricer(None)
+    calls = []
+    real = pricer.price
+
+    def counting(*a, **kw):
+        calls.append(a[:2])
+        return real(*a, **kw)
+
+    pricer.price = counting
+    since = datetime(2026, 11, 1, tzinfo=UTC)
+    examined, changes = reprice.plan(con, pricer, since)
+    assert examined == 72 and len(changes) == 72
+    assert len(calls) <= 30
+    cols = [d[0] for d in con.execute("SELECT * FROM requests LIMIT 0").description]
+    for c in changes:  # each equals pricing its own row alone
+        row = dict(zip(cols, con.execute("SELECT * FROM requests WHERE request_id = ?", [c.request_id]).fetchone()))
+        assert c.new_cost == real(row["provider"], row["model"], reprice._usage(row), row["ts"], "standard", {}).cost
+    con.close()
