@@ -9,7 +9,8 @@ Dashboard routes are timed in process through the web app a gateway serves (WebA
 same path a browser request takes after HTTP parsing), warm, median of --repeat calls. CLI reports
 are timed as subprocesses, wall time including Python start-up and imports, median of --repeat.
 Export memory is the growth of this process's peak RSS (ru_maxrss) while exporting the latest
-month as CSV through /api/export and reading the body to the end. Figures on a shared machine
+month as CSV through /api/export and reading the body to the end, split into what the COPY added
+(DuckDB's scan, sort and buffer pool) and what sending the body added (the bytes Python holds). Figures on a shared machine
 are noisy: compare runs made side by side.
 """
 
@@ -37,7 +38,7 @@ from ledger_gen import make_ledger  # noqa: E402
 
 TOKEN = "bench-read-admin-token"
 ROUTES = [
-    "/api/overview", "/api/budgets", "/api/series?resolution=minute", "/api/series?resolution=day",
+    "/api/overview", "/api/budgets", "/api/budgets?top=8", "/api/runway", "/api/series?resolution=minute", "/api/series?resolution=day",
     "/api/spend?by=user&window=month", "/api/spend?by=model&window=month", "/api/ledger?limit=50",
     "/api/blocks", "/api/unpriced", "/api/subscriptions",
 ]  # fmt: skip
@@ -57,6 +58,12 @@ def cli_commands(week: str) -> dict[str, list[str]]:
 
 def rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def rss_now_mb() -> float:
+    """Resident set size now (Linux /proc), MB."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e6
 
 
 def median_ms(fn: Any, repeat: int) -> tuple[float, Any]:
@@ -93,9 +100,10 @@ def bench_routes(db: Path, policy: Path, repeat: int) -> dict[str, Any]:
             print(f"  {route:40s} {ms:8.1f} ms  ({len(resp.body):,} bytes)", flush=True)
         # export: latest month as CSV, body read to the end
         since = (datetime.now(UTC) - timedelta(days=30)).strftime("%Y-%m-%dT%H:%M:%SZ")
-        before = rss_mb()
+        before, now_before = rss_mb(), rss_now_mb()
         t = time.perf_counter()
         resp = app.handle(WebRequest("GET", f"/api/export?format=csv&since={since}", headers))
+        after_copy = rss_now_mb()  # DuckDB's COPY done (its buffer pool keeps what it scanned)
         size = 0
         body = resp.body
         if isinstance(body, bytes | bytearray):
@@ -106,9 +114,12 @@ def bench_routes(db: Path, policy: Path, repeat: int) -> dict[str, Any]:
             close = getattr(body, "close", None)
             if close:
                 close()
+        sent = rss_now_mb()
         del resp, body
         figures["export_month_csv"] = {"seconds": round(time.perf_counter() - t, 2), "bytes": size,
-                                       "rss_growth_mb": round(rss_mb() - before, 1)}
+                                       "peak_rss_growth_mb": round(rss_mb() - before, 1),
+                                       "rss_growth_by_copy_mb": round(after_copy - now_before, 1),
+                                       "rss_growth_while_sending_mb": round(sent - after_copy, 1)}
         print(f"  export month CSV: {figures['export_month_csv']}", flush=True)
     finally:
         gw.close()
