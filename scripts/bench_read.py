@@ -98,6 +98,14 @@ def bench_routes(db: Path, policy: Path, repeat: int) -> dict[str, Any]:
             ms, resp = median_ms(call, repeat)
             figures["routes_ms"][route] = ms
             print(f"  {route:40s} {ms:8.1f} ms  ({len(resp.body):,} bytes)", flush=True)
+        # the budget computations without the 2 s cache a second tab would hit
+        ms, _ = median_ms(gw.book.status, repeat)
+        figures["budgets_status_uncached_ms"] = ms
+        if hasattr(gw.book, "closest"):
+            ms, _ = median_ms(lambda: gw.book.closest(8), repeat)
+            figures["budgets_closest8_uncached_ms"] = ms
+        print(f"  book.status() {figures['budgets_status_uncached_ms']} ms, book.closest(8) "
+              f"{figures.get('budgets_closest8_uncached_ms', '-')} ms (uncached)", flush=True)
         # export: latest month as CSV, body read to the end
         since = (datetime.now(UTC) - timedelta(days=30)).strftime("%Y-%m-%dT%H:%M:%SZ")
         before, now_before = rss_mb(), rss_now_mb()
