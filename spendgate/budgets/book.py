@@ -9,6 +9,7 @@ store later; they are rebuilt from the ledger at start-up.
 
 from __future__ import annotations
 
+import heapq
 import threading
 import uuid
 from collections.abc import Callable, Iterable
@@ -122,6 +123,7 @@ class Decision:
     budgets: list[Budget] = field(default_factory=list)
 
 
+ZERO_COUNTER = Counter()  # read-only stand-in for a budget nobody spent on yet
 SUBSCRIPTION_PREFIX = "subscription:"  # scopes of `subscription_usage: separate` budgets
 
 
@@ -371,39 +373,42 @@ class BudgetBook:
         """
         now = self.now()
         tz = self.policy.timezone
-        order = {w: i for i, w in enumerate(WINDOWS)}
+        starts = {w: bounds(w, now, tz)[0] for w in WINDOWS}
         counters: dict[tuple[str, str], Counter] = {}
         for (scope, window, start), c in self.store.items():
-            if only is None or scope in only:
-                if start == bounds(window, now, tz)[0]:  # this window's counter, not an old one
-                    counters[(scope, window)] = c
-        named = {scope for scope, _ in counters} | set(only or ()) | set(self.granted_scopes())
+            if (only is None or scope in only) and start == starts.get(window):  # this window's, not an old one
+                counters[(scope, window)] = c
+        granted = set(self.granted_scopes())  # grants.total is zero for every other scope
+        named = {scope for scope, _ in counters} | set(only or ()) | granted
         if only is None:  # scopes the policy names: a zero limit there is full without any spend
             named |= {f"organization:{self.policy.org_name}"} | {f"workspace:{w}" for w in self.policy.workspaces}
             named |= {f"user:{u}" for u in self.policy.users} | {f"key:{fp}" for fp in self.policy.keys}
         else:
             named &= only
-        rows = []
+        ranked = []  # (-used, scope, window, ...): only the chosen few become dicts below
         for scope in named:
             limits, until = self.limits_of(scope, now)
             for window, limit in limits.items():
-                if window not in order:
+                if window not in WINDOWS:
                     continue
-                start, end = bounds(window, now, tz)
-                extra = self.grants(scope, window, now)
-                cap = limit + extra
-                c = counters.get((scope, window)) or Counter()
-                # floats, as dashboard.closest_to_cap and the page compute it, so the same budget rounds the same
+                cap = limit + self.grants(scope, window, now) if scope in granted else limit
+                c = counters.get((scope, window)) or ZERO_COUNTER
+                # floats, as dashboard.closest_to_cap and the page compute it, so the order is the same
                 used = (float(c.spent) + float(c.reserved)) / float(cap) if cap > 0 else 1.0
-                rows.append({
-                    "scope": scope, "window": window, "limit_usd": float(cap), "spent_usd": float(c.spent),
-                    "reserved_usd": float(c.reserved), "remaining_usd": float(cap - c.spent - c.reserved),
-                    "resets_at": end.isoformat().replace("+00:00", "Z"),
-                    "until": until.isoformat() if until else None, "granted_usd": float(extra),
-                    "used": round(used, 4),
-                })  # fmt: skip
-        rows.sort(key=lambda r: (-r["used"], r["scope"], order[r["window"]]))
-        return rows if n is None else rows[:n]
+                ranked.append((-used, scope, window, cap, c, until))
+        chosen = sorted(ranked) if n is None else heapq.nsmallest(n, ranked)
+        rows = []
+        for neg_used, scope, window, cap, c, until in chosen:
+            end = bounds(window, now, tz)[1]
+            limits, _ = self.limits_of(scope, now)
+            rows.append({
+                "scope": scope, "window": window, "limit_usd": float(cap), "spent_usd": float(c.spent),
+                "reserved_usd": float(c.reserved), "remaining_usd": float(cap - c.spent - c.reserved),
+                "resets_at": end.isoformat().replace("+00:00", "Z"),
+                "until": until.isoformat() if until else None, "granted_usd": float(cap - limits[window]),
+                "used": round(-neg_used, 4),
+            })  # fmt: skip
+        return rows
 
 
 def _identity_of(scope: str) -> Identity:
