@@ -53,5 +53,6 @@ class DashboardHost:
         ambient = Caller(ident.user, admin=False, source=ident.source) if ident.user != UNATTRIBUTED else None
         headers.pop("proxy-authorization", None)
         web_req = WebRequest(req.method, req.path, headers, req.raw_content or b"", ambient)
-        resp = await asyncio.to_thread(gw.web.handle, web_req)
+        # an export's streamed body is read whole in the worker thread (mitmproxy's Response wants bytes)
+        resp = await asyncio.to_thread(lambda: gw.web.handle(web_req).buffered())
         flow.response = http.Response.make(resp.status, resp.body, resp.headers)

@@ -9,6 +9,7 @@ from the ledger at start-up) or shared by every replica in PostgreSQL (budgets/s
 
 from __future__ import annotations
 
+import heapq
 import threading
 import uuid
 from collections.abc import Callable, Iterable
@@ -153,6 +154,7 @@ class Decision:
     snapshot: dict[CounterKey, Counter] = field(default_factory=dict)  # counters as admission left them
 
 
+ZERO_COUNTER = Counter()  # read-only stand-in for a budget nobody spent on yet
 SUBSCRIPTION_PREFIX = "subscription:"  # scopes of `subscription_usage: separate` budgets
 
 
@@ -411,6 +413,71 @@ class BudgetBook:
                 "until": b.until.isoformat() if b.until else None,
                 "granted_usd": float(b.granted),
             })
+        return rows
+
+    def limits_of(self, scope: str, now: datetime) -> tuple[Budgets, date | None]:
+        """The policy limits of one scope (what `scopes` gives it), without building an identity's set."""
+        if scope.startswith(SUBSCRIPTION_PREFIX):
+            for name, limits, until in subscription_scopes(self.policy, _identity_of(scope)):
+                if name == scope:
+                    return limits, until
+            return {}, None
+        kind, _, rest = scope.partition(":")
+        today = now.astimezone(self.policy.timezone).date()
+        if kind == "organization":
+            return (self.policy.org_budgets, None) if rest == self.policy.org_name else ({}, None)
+        if kind == "workspace":
+            return self.policy.workspace_budgets(rest), None
+        if kind == "key":
+            return self.policy.key_budgets(rest, today)
+        return self.policy.user_budgets(rest if kind == "user" else UNATTRIBUTED, today)
+
+    def closest(self, n: int | None = 8, only: set[str] | None = None) -> list[dict[str, Any]]:
+        """Budgets fullest first (share used = (spent + reserved) / limit; a zero limit counts as full),
+        the first `n` (None: all), limited to the scopes in `only` when given.
+
+        What the dashboard draws, built from the live counters and the policy's named scopes, so its
+        cost follows the number of counters, not users x windows x identities as `status` does. A
+        budget nobody spent on this window has no counter and shows only if the policy names its
+        scope (or `only` does): it is at 0 % and sorts last anyway. Rows are `status` rows plus `used`.
+        """
+        now = self.now()
+        tz = self.policy.timezone
+        starts = {w: bounds(w, now, tz)[0] for w in WINDOWS}
+        counters: dict[tuple[str, str], Counter] = {}
+        for (scope, window, start), c in self.store.items():
+            if (only is None or scope in only) and start == starts.get(window):  # this window's, not an old one
+                counters[(scope, window)] = c
+        granted = set(self.granted_scopes())  # grants.total is zero for every other scope
+        named = {scope for scope, _ in counters} | set(only or ()) | granted
+        if only is None:  # scopes the policy names: a zero limit there is full without any spend
+            named |= {f"organization:{self.policy.org_name}"} | {f"workspace:{w}" for w in self.policy.workspaces}
+            named |= {f"user:{u}" for u in self.policy.users} | {f"key:{fp}" for fp in self.policy.keys}
+        else:
+            named &= only
+        ranked = []  # (-used, scope, window, ...): only the chosen few become dicts below
+        for scope in named:
+            limits, until = self.limits_of(scope, now)
+            for window, limit in limits.items():
+                if window not in WINDOWS:
+                    continue
+                cap = limit + self.grants(scope, window, now) if scope in granted else limit
+                c = counters.get((scope, window)) or ZERO_COUNTER
+                # floats, as dashboard.closest_to_cap and the page compute it, so the order is the same
+                used = (float(c.spent) + float(c.reserved)) / float(cap) if cap > 0 else 1.0
+                ranked.append((-used, scope, window, cap, c, until))
+        chosen = sorted(ranked) if n is None else heapq.nsmallest(n, ranked)
+        rows = []
+        for neg_used, scope, window, cap, c, until in chosen:
+            end = bounds(window, now, tz)[1]
+            limits, _ = self.limits_of(scope, now)
+            rows.append({
+                "scope": scope, "window": window, "limit_usd": float(cap), "spent_usd": float(c.spent),
+                "reserved_usd": float(c.reserved), "remaining_usd": float(cap - c.spent - c.reserved),
+                "resets_at": end.isoformat().replace("+00:00", "Z"),
+                "until": until.isoformat() if until else None, "granted_usd": float(cap - limits[window]),
+                "used": round(-neg_used, 4),
+            })  # fmt: skip
         return rows
 
 

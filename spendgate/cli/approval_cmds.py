@@ -18,19 +18,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from spendgate.budgets.book import BudgetBook
 from spendgate.budgets.windows import WINDOWS
-from spendgate.cli.budget_cmds import default_policy
 from spendgate.cli.output import add_db_arg, add_json_arg, console, print_json, table
-from spendgate.cli.source import SourceError, _gateway_call, default_db
+from spendgate.cli.source import SourceError, _gateway_call, default_db, default_policy
 from spendgate.identity import os_account
 from spendgate.money import places_for, usd, usd_of
-from spendgate.policy.model import PolicyError, load
 from spendgate.store.ledger import LedgerLocked, connect, migrate
 from spendgate.store.sql import parse_time
 from spendgate.tokens import TokenStore, tokens_path
 from spendgate.workflow import audit
-from spendgate.workflow.approvals import ApprovalError, list_requests
 
 Call = Callable[[str, dict[str, Any], str], Any]
 
@@ -107,7 +103,9 @@ def _gateway(db: Path, token: str | None = None) -> Call:
 @contextmanager
 def _offline_workflow(db: Path, policy_path: Path) -> Iterator[Any]:
     """A Workflow over the file (no gateway): same rules, notices delivered before we exit."""
+    from spendgate.budgets.book import BudgetBook
     from spendgate.budgets.recovery import rebuild_counters
+    from spendgate.policy.model import PolicyError, load
     from spendgate.workflow.service import Workflow
 
     try:
@@ -132,6 +130,8 @@ def _offline_workflow(db: Path, policy_path: Path) -> Iterator[Any]:
 
 def _write(args: argparse.Namespace, action: str, params: dict[str, Any]) -> dict[str, Any]:
     """Run request/approve/deny as the person the token names, on the gateway if one holds the file."""
+    from spendgate.workflow.approvals import ApprovalError
+
     db = args.db or default_db()
     token = personal_token(args)
     if action in ("approve", "deny") and not token:
@@ -182,6 +182,10 @@ def _refusal(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Name
     """Refusals (not an approver, already decided, bad amount) exit 1 with the reason on stderr."""
 
     def run(args: argparse.Namespace) -> int:
+        from spendgate.workflow.approvals import (
+            ApprovalError,  # imported here: `audit` need not load budgets
+        )
+
         try:
             return fn(args)
         except ApprovalError as e:
@@ -238,6 +242,8 @@ def cmd_deny(args: argparse.Namespace) -> int:
 
 def cmd_requests(args: argparse.Namespace) -> int:
     status = None if args.status == "all" else args.status
+    from spendgate.workflow.approvals import list_requests
+
     rows = _read(args, "requests", {"status": status}, lambda con: list_requests(con, status))
     if args.json:
         print_json(rows)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import getpass
-import os
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,16 +20,12 @@ from spendgate.cli.output import (
     source,
     table,
 )
-from spendgate.cli.source import SourceError, default_db
+from spendgate.cli.source import SourceError, default_db, default_policy
 from spendgate.identity import fingerprint
 from spendgate.policy.model import PolicyError, load, positioned
 from spendgate.pricing.rates import Pricer
 from spendgate.store.ledger import connect
 from spendgate.workflow.approvals import attach_grants
-
-
-def default_policy() -> Path:
-    return Path(os.environ.get("SPENDGATE_POLICY") or resources.example_policy())
 
 
 def register(sub: argparse._SubParsersAction) -> None:

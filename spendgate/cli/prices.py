@@ -252,6 +252,9 @@ def cmd_check(args: argparse.Namespace) -> int:
 # --- reprice ---------------------------------------------------------------------------------
 
 
+REPRICE_TABLE_ROWS = 50  # (user, model) rows the terminal table shows; rendering thousands took seconds
+
+
 def cmd_reprice(args: argparse.Namespace) -> int:
     try:
         since = parse_time(args.since)
@@ -285,7 +288,10 @@ def cmd_reprice(args: argparse.Namespace) -> int:
     console.print(f"{verb} {result['changed']:,} of {result['examined']:,} requests since {args.since}; "
                   f"budget charges move by ${result['delta_usd']:+,.6f}")  # fmt: skip
     if result["by_user_model"]:
-        table("Change per user and model", result["by_user_model"],
+        groups = result["by_user_model"]  # biggest change first; a year can hold thousands of them
+        shown = groups[:REPRICE_TABLE_ROWS]
+        table(f"Change per user and model ({len(shown)} of {len(groups):,}; --json for all)"
+              if len(groups) > len(shown) else "Change per user and model", shown,
               ["user", "model", "requests", "old_usd", "new_usd", "delta_usd"],
               money=["old_usd", "new_usd", "delta_usd"])  # fmt: skip
     if result["run_id"]:

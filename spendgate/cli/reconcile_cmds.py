@@ -18,13 +18,16 @@ from typing import Any
 import duckdb
 
 from spendgate import reconcile, resources
-from spendgate.cli.budget_cmds import default_policy
 from spendgate.cli.output import add_db_arg, add_json_arg, console, print_json, table
-from spendgate.cli.source import Source, SourceError, default_db, open_source
+from spendgate.cli.source import (
+    Source,
+    SourceError,
+    default_db,
+    default_policy,
+    open_source,
+)
 from spendgate.money import usd
 from spendgate.policy.model import Policy, PolicyError, load
-from spendgate.pricing.rates import Pricer, PricingError
-from spendgate.reconcile import fetch as fetching
 from spendgate.reconcile import formats, store
 from spendgate.reconcile.report import BY
 from spendgate.store.ledger import LedgerLocked, connect, migrate
@@ -138,6 +141,11 @@ def _policy_loader(args: argparse.Namespace) -> Callable[[], Policy | None]:
 
 
 def _pricer(args: argparse.Namespace) -> Callable:
+    from spendgate.pricing.rates import (  # the catalogue: only imports need it
+        Pricer,
+        PricingError,
+    )
+
     path = args.pricing or (resources.pricing_dir() / "overrides.yaml")
     try:
         pricer = Pricer(path if path.exists() else None)
@@ -178,6 +186,8 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 
 def cmd_fetch(args: argparse.Namespace) -> int:
+    from spendgate.reconcile import fetch as fetching
+
     try:
         since = date.fromisoformat(args.since)
         until = date.fromisoformat(args.until) if args.until else None

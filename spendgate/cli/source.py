@@ -18,9 +18,19 @@ from urllib.parse import urlencode
 import duckdb
 
 from spendgate import outbound, resources
-from spendgate.reports import registry
 from spendgate.store.ledger import LedgerLocked, connect, migrate
-from spendgate.web.server import discovery_path
+
+
+def discovery_path(db: Path) -> Path:
+    """spendgate.web.server.discovery_path, imported on use (the web package is heavy to start)."""
+    from spendgate.web.server import discovery_path as path_of
+
+    return path_of(db)
+
+
+def default_policy() -> Path:
+    """SPENDGATE_POLICY, else the shipped example (here, not in budget_cmds, so light commands need not import it)."""
+    return Path(os.environ.get("SPENDGATE_POLICY") or resources.example_policy())
 
 
 class SourceError(RuntimeError):
@@ -148,6 +158,8 @@ def _local_call(con: duckdb.DuckDBPyConnection) -> Callable[[str, dict[str, Any]
 
             return dashboard.download(con, name, params)
         try:
+            from spendgate.reports import registry
+
             return registry.run_query(con, name, params)
         except ValueError as e:  # bad params (an ambiguous id prefix, a bad date): said, not a traceback
             raise SourceError(str(e)) from None

@@ -8,7 +8,6 @@ import sys
 from decimal import Decimal
 from pathlib import Path
 
-from spendgate.cli import reconcile_cmds
 from spendgate.cli.output import (
     add_db_arg,
     add_json_arg,
@@ -89,5 +88,9 @@ def cmd_spend(args: argparse.Namespace) -> int:
         console.print(f"Subscription usage (sign-in traffic covered by seats, not invoiced; not included above): "
                       f"{usd(subs, 4)} notional at list price over {n_subs:,} requests", highlight=False)
     if args.by in ("user", "workspace") and not args.user:
+        from spendgate.cli import (
+            reconcile_cmds,  # policy, plans, billing: only this view needs them
+        )
+
         reconcile_cmds.print_spend_extras(args, rows)  # seat plans, opaque clients, billed vs metered
     return 0

@@ -154,7 +154,7 @@ def summary(cur: duckdb.DuckDBPyConnection, by: str = "user", since: datetime | 
     """Connections, bytes and time per user (or host/client/workspace)."""
     if by not in GROUPS:
         raise ValueError(f"unknown grouping {by!r} (one of {', '.join(GROUPS)})")
-    where, params = sql.where(("ts >= ?", since), ('"user" = ?', user))
+    where, params = sql.where(*sql.ts_range(since), ('"user" = ?', user))
     res = cur.execute(
         f"""SELECT {GROUPS[by]} AS "group", count(*) AS connections, sum(bytes_up) AS bytes_up,
                    sum(bytes_down) AS bytes_down, round(sum(duration_ms) / 1000, 3) AS seconds,

@@ -80,11 +80,22 @@ def _modifiers(raw: str | None) -> dict[str, str]:
     return {str(k): str(v) for k, v in found.items()} if isinstance(found, dict) else {}
 
 
-def _new_row_price(pricer: Pricer, row: dict[str, Any]) -> PriceResult:
+def _new_row_price(pricer: Pricer, row: dict[str, Any], memo: dict[tuple, PriceResult] | None = None) -> PriceResult:
+    """The row's price now. With `memo`, rows of one group (provider, model, UTC day, variant,
+    modifiers, usage) are priced once: `Pricer.price` depends on the time only through the UTC
+    day (dated rates), so the group's rows share one PriceResult."""
     ts = row["ts"] if row["ts"].tzinfo else row["ts"].replace(tzinfo=UTC)
     modifiers = _modifiers(row.get("modifiers"))
     variant = None if modifiers else _variant(row["price_detail"])  # rows from before modifiers were kept
-    return pricer.price(row["provider"], row["model"], _usage(row), ts, variant, modifiers)
+    usage = _usage(row)
+    if memo is None:
+        return pricer.price(row["provider"], row["model"], usage, ts, variant, modifiers)
+    key = (row["provider"], row["model"], ts.astimezone(UTC).date(), variant, tuple(sorted(modifiers.items())),
+           tuple(int(row[f] or 0) for f in USAGE_FIELDS))
+    found = memo.get(key)
+    if found is None:
+        found = memo[key] = pricer.price(row["provider"], row["model"], usage, ts, variant, modifiers)
+    return found
 
 
 def plan(
@@ -99,11 +110,12 @@ def plan(
     select = ", ".join(f'"{c}"' for c in cols)
     res = cur.execute(f"SELECT {select} FROM requests WHERE {where} ORDER BY ts", params).fetchall()
     changes = []
+    memo: dict[tuple, PriceResult] = {}
     for values in res:
         row = dict(zip(cols, values))
         if (row["price_source"] or "").startswith(REPORTED_SOURCE):
             continue  # the provider said what it charged (OpenRouter usage.cost): prices do not change it
-        new = _new_row_price(pricer, row)
+        new = _new_row_price(pricer, row, memo)
         old_cost, old_charged = row["cost_usd"], row["charged_usd"]
         new_cost = new.cost
         # charged_usd is what budgets counted: the cost when there is one, else the old charge

@@ -67,12 +67,24 @@ def _billing(cur: duckdb.DuckDBPyConnection, since: date | None, until: date | N
     return sql.dicts(res)
 
 
-def _metered(cur: duckdb.DuckDBPyConnection, since: date | None, until: date | None) -> list[dict[str, Any]]:
-    """API rows only: subscription traffic (covered by seats) is on no provider's per-token bill."""
-    day = "CAST(timezone('UTC', ts) AS DATE)"
-    where, params = sql.where("billing_basis = 'api'", (f"{day} >= ?", since), (f"{day} <= ?", until))
+# per grouping, the columns the report keeps apart; the rest are summed over in SQL (NULL here)
+_METERED_DIMS = {"day": (), "model": ("model",), "key": ("key_fingerprint",), "workspace": ("workspace",)}
+
+
+def _metered(cur: duckdb.DuckDBPyConnection, since: date | None, until: date | None,
+             by: str | None = None) -> list[dict[str, Any]]:
+    """API rows only: subscription traffic (covered by seats) is on no provider's per-token bill.
+
+    Grouped per (provider, UTC day) and the `by` grouping's own column only: the report sums
+    these groups anyway, so grouping finer (every model x key x workspace) only made Python sum
+    hundreds of thousands of rows over a year. None keeps every column apart.
+    """
+    day = "CAST(timezone('UTC', ts) AS DATE)"  # grouping only: the filter stays on bare ts (zone maps)
+    keep = ("model", "key_fingerprint", "workspace") if by is None else _METERED_DIMS[by]
+    cols = ", ".join(c if c in keep else f"NULL AS {c}" for c in ("model", "key_fingerprint", "workspace"))
+    where, params = sql.where("billing_basis = 'api'", *sql.day_range(since, until))
     res = cur.execute(
-        f"""SELECT provider, {day} AS day, model, key_fingerprint, workspace,
+        f"""SELECT provider, {day} AS day, {cols},
                    coalesce(sum(cost_usd), 0) AS amount, count(*) AS requests,
                    count(*) FILTER (WHERE cost_usd IS NULL AND outcome NOT IN ('blocked')) AS unpriced
             FROM requests {where} GROUP BY ALL""",
@@ -155,7 +167,7 @@ def reconcile(
         if by == "workspace" and b["workspace"] and b["workspace"] not in ids.workspaces:
             s["mapped"] = False
     covered_days = set(chosen)
-    for m in _metered(cur, since, until):
+    for m in _metered(cur, since, until, by):
         is_covered = (m["provider"], m["day"]) in covered_days
         if by in ("key", "workspace") and not is_covered:
             continue  # a period total must compare like with like: only days the provider reported
@@ -180,8 +192,7 @@ def reconcile(
 def subscription_usage(cur: duckdb.DuckDBPyConnection, since: date | None, until: date | None) -> list[dict[str, Any]]:
     """Subscription usage per plan and user over the same UTC days: not compared with any bill (the
     seat is what is billed), listed for plan limits and seat value."""
-    day = "CAST(timezone('UTC', ts) AS DATE)"
-    where, params = sql.where("billing_basis = 'subscription'", (f"{day} >= ?", since), (f"{day} <= ?", until))
+    where, params = sql.where("billing_basis = 'subscription'", *sql.day_range(since, until))
     res = cur.execute(
         f"""SELECT coalesce(plan, '(no plan)') AS plan, "user", provider, count(*) AS requests,
                    sum(input_tokens)::BIGINT AS input_tokens, sum(output_tokens)::BIGINT AS output_tokens,

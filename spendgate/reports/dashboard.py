@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import logging
 import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -71,7 +74,7 @@ def totals(cur: duckdb.DuckDBPyConnection, now: datetime | None = None, user: st
         f"count(*) FILTER (WHERE ts >= ? AND billing_basis = 'subscription') AS {w}_sub"
         for w in reports.WINDOWS
     )
-    where, params = sql.where(("ts >= ?", min(starts.values())), (USER, user))
+    where, params = sql.where(*sql.ts_range(min(starts.values())), (USER, user))
     args = [s for w in reports.WINDOWS for s in [starts[w]] * 6]
     row = sql.rows(cur, f"SELECT {cols} FROM requests {where}", [*args, *params])[0]
     return {
@@ -99,7 +102,7 @@ def series(
     last = floor_time(now, b.step)
     first = last - b.span + b.step
     secs = int(b.step.total_seconds())
-    where, params = sql.where(("ts >= ?", first), (USER, user))
+    where, params = sql.where(*sql.ts_range(first), (USER, user))
     query = f"""
         SELECT (epoch(ts)::BIGINT // {secs}) * {secs} AS bucket, coalesce(sum(cost_usd), 0) AS cost_usd,
                count(*) AS requests, count(*) FILTER (WHERE outcome = 'blocked') AS blocked
@@ -120,7 +123,7 @@ def blocks(
     cur: duckdb.DuckDBPyConnection, since: datetime | None = None, user: str | None = None, limit: int = 20
 ) -> list[dict[str, Any]]:
     """The latest refused requests, with the reason the caller was given."""
-    where, params = sql.where("outcome = 'blocked'", ("ts >= ?", since), (USER, user))
+    where, params = sql.where("outcome = 'blocked'", *sql.ts_range(since), (USER, user))
     query = f"""SELECT ts, "user", client, provider, model, status, workspace, note AS reason
                 FROM requests {where} ORDER BY ts DESC, request_id LIMIT ?"""
     return sql.rows(cur, query, [*params, limit])
@@ -130,7 +133,7 @@ def unpriced(
     cur: duckdb.DuckDBPyConnection, since: datetime | None = None, user: str | None = None
 ) -> list[dict[str, Any]]:
     """Models the gateway could not price: what they cost at the fallback rate and who used them."""
-    where, params = sql.where("outcome = 'unpriced'", ("ts >= ?", since), (USER, user))
+    where, params = sql.where("outcome = 'unpriced'", *sql.ts_range(since), (USER, user))
     query = f"""SELECT provider, coalesce(model, '(unknown)') AS model, count(*) AS requests,
                      count(DISTINCT "user") AS users, sum(input_tokens)::BIGINT AS input_tokens,
                      sum(output_tokens)::BIGINT AS output_tokens, coalesce(sum(charged_usd), 0) AS charged_usd,
@@ -166,7 +169,7 @@ def overview(
 
 def export_sql(since: datetime | None, until: datetime | None, user: str | None) -> tuple[str, list[Any]]:
     """The SELECT an export copies, oldest first, with its parameters."""
-    where, params = sql.where(("ts >= ?", since), ("ts < ?", until), (USER, user))
+    where, params = sql.where(*sql.ts_range(since, until), (USER, user))
     cols = ", ".join(f'"{c}"' for c in EXPORT_COLUMNS)
     return f"SELECT {cols} FROM requests {where} ORDER BY ts, request_id", params
 
@@ -189,13 +192,52 @@ def export(
     return int(row[0]) if row else 0
 
 
+EXPORT_CHUNK = 1 << 20  # bytes per read when an export is streamed
+
+
+class ExportFile:
+    """An export DuckDB's COPY wrote to a private temp dir (0700), read back in chunks and then removed.
+
+    Memory stays flat whatever the export's size: DuckDB streams the COPY to disk and the admin
+    server sends the file `EXPORT_CHUNK` bytes at a time. `close` (also at the end of `chunks`, or
+    on garbage collection) deletes the file.
+    """
+
+    def __init__(self, cur: duckdb.DuckDBPyConnection, params: dict[str, Any]) -> None:
+        self.format = params.get("format") or "parquet"
+        self._tmp = tempfile.TemporaryDirectory(prefix="spendgate-export-")
+        self.path = Path(self._tmp.name) / f"export.{self.format}"
+        try:
+            self.rows = export(cur, self.path, self.format, opt_time(params.get("since")),
+                               opt_time(params.get("until")), params.get("user"))  # fmt: skip
+            self.size = self.path.stat().st_size  # bytes
+        except BaseException:
+            self.close()
+            raise
+
+    def chunks(self, size: int = EXPORT_CHUNK) -> Iterator[bytes]:
+        try:
+            with self.path.open("rb") as f:
+                while chunk := f.read(size):
+                    yield chunk
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        self._tmp.cleanup()
+
+    def __enter__(self) -> ExportFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 def export_bytes(cur: duckdb.DuckDBPyConnection, params: dict[str, Any]) -> bytes:
-    """An export as bytes, for the admin API to send (the gateway writes only to its own temp dir)."""
-    fmt = params.get("format") or "parquet"
-    with tempfile.TemporaryDirectory(prefix="spendgate-export-") as tmp:
-        path = Path(tmp) / f"export.{fmt}"
-        export(cur, path, fmt, opt_time(params.get("since")), opt_time(params.get("until")), params.get("user"))
-        return path.read_bytes()
+    """An export as bytes (small exports and callers that need them whole; the admin server streams
+    an `ExportFile` instead)."""
+    with ExportFile(cur, params) as f:
+        return f.path.read_bytes()
 
 
 def download(cur: duckdb.DuckDBPyConnection, name: str, params: dict[str, Any]) -> bytes:
@@ -223,6 +265,62 @@ def own_scopes(policy: Any, user: str) -> set[str]:
     out |= {f"subscription:user:{user}"}  # subscription_usage: separate budgets of their own
     out |= {f"subscription:plan:{p}:{user}" for p in policy.subscription_budgets.plans}
     return out | {f"key:{fp}" for fp, rule in policy.keys.items() if rule.user == user}
+
+
+BUDGETS_TTL = 2.0  # seconds a budgets answer is shared across dashboard tabs (each polls every few seconds)
+MAX_TOP = 1000
+
+
+class TTLCache:
+    """Answers kept `ttl` seconds by key, so N open tabs cost one computation per `ttl`, not N.
+
+    Thread-safe (the admin server answers each request on its own thread); a miss computes outside
+    the lock, so a slow computation never blocks readers of other keys.
+    """
+
+    def __init__(self, ttl: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.ttl, self.clock = ttl, clock
+        self._items: dict[Any, tuple[float, Any]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: Any, compute: Callable[[], Any]) -> Any:
+        now = self.clock()
+        with self._lock:
+            hit = self._items.get(key)
+            if hit is not None and now - hit[0] < self.ttl:
+                return hit[1]
+        value = compute()
+        with self._lock:
+            if len(self._items) > 256:  # one per (caller's scopes, N): bounded
+                self._items.clear()
+            self._items[key] = (now, value)
+        return value
+
+
+def top_param(raw: Any) -> int:
+    """`?top=N` as a count in 1..MAX_TOP. Raises ValueError (a 400) otherwise."""
+    try:
+        n = int(raw)
+    except (TypeError, ValueError):
+        raise ValueError(f"top must be a whole number, not {raw!r}") from None
+    if not 1 <= n <= MAX_TOP:
+        raise ValueError(f"top must be between 1 and {MAX_TOP}")
+    return n
+
+
+def budget_view(book: Any, n: int, scopes: set[str] | None, cache: TTLCache | None = None) -> list[dict[str, Any]]:
+    """What the dashboard's budget bars draw: the organization view gets the `n` budgets closest to
+    their cap; an engineer gets every budget of their own scopes (a handful), fullest first.
+
+    Built by `BudgetBook.closest` from the live counters (not `status`, which walks every budget of
+    every user), and shared for `cache.ttl` seconds between callers with the same view.
+    """
+    key = (id(book.policy), n, frozenset(scopes) if scopes is not None else None)
+
+    def compute() -> list[dict[str, Any]]:
+        return book.closest(n, None) if scopes is None else book.closest(None, scopes)
+
+    return cache.get(key, compute) if cache else compute()
 
 
 def closest_to_cap(rows: list[dict[str, Any]], n: int = 10) -> list[dict[str, Any]]:

@@ -78,7 +78,7 @@ def spend(
     if by not in GROUPS:
         raise ValueError(f"unknown grouping {by!r} (one of {', '.join(GROUPS)})")
     start = since or (window_start(window) if window else None)
-    where, params = sql.where(("ts >= ?", start), ('"user" = ?', user))
+    where, params = sql.where(*sql.ts_range(start), ('"user" = ?', user))
     query = f"""
         SELECT {GROUPS[by]} AS "group", count(*) AS requests,
                sum(input_tokens) AS input_tokens, sum(cache_read_tokens) AS cache_read_tokens,
@@ -107,7 +107,7 @@ def subscriptions(
 
     Not money the company is invoiced (the seat is): for comparing with plan limits and seat prices.
     """
-    where, params = sql.where("billing_basis = 'subscription'", ("ts >= ?", since), ("ts < ?", until),
+    where, params = sql.where("billing_basis = 'subscription'", *sql.ts_range(since, until),
                               ('"user" = ?', user))
     query = f"""
         SELECT coalesce(plan, '(no plan)') AS plan, "user", provider, credential, count(*) AS requests,

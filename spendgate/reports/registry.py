@@ -11,9 +11,17 @@ from typing import Any
 
 import duckdb
 
-from spendgate.pricing import reprice
 from spendgate.reports import dashboard, queries
 from spendgate.reports.dashboard import opt_time
+
+
+def _reprice() -> Any:
+    """spendgate.pricing.reprice, imported on first use: it loads the price catalogue (genai_prices,
+    about half a second), which no other query needs and every CLI start would otherwise pay."""
+    from spendgate.pricing import reprice
+
+    return reprice
+
 
 Query = Callable[[duckdb.DuckDBPyConnection, dict[str, Any]], Any]
 
@@ -29,9 +37,9 @@ QUERIES: dict[str, Query] = {
     ),
     **dashboard.QUERIES,  # overview, series, blocks, unpriced
     # one row with its price detail and re-pricing history, for `spendgate explain`
-    "price_request": lambda cur, p: reprice.request_row(cur, str(p.get("request_id") or "")),
+    "price_request": lambda cur, p: _reprice().request_row(cur, str(p.get("request_id") or "")),
     # unpriced models and fallback-charged rows, for `spendgate prices check`
-    "price_check": lambda cur, p: reprice.unpriced_report(cur, opt_time(p.get("since"))),
+    "price_check": lambda cur, p: _reprice().unpriced_report(cur, opt_time(p.get("since"))),
 }
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -22,6 +22,29 @@ def where(*conditions: Condition) -> tuple[str, list[Any]]:
             parts.append(c[0])
             params.append(c[1])
     return (f"WHERE {' AND '.join(parts)}" if parts else ""), params
+
+
+def ts_range(since: datetime | date | None = None, until: datetime | date | None = None,
+             column: str = "ts") -> tuple[Condition, Condition]:
+    """The one time filter every ledger query uses: the half-open range [since, until) on the bare column.
+
+    A plain comparison on `ts` lets DuckDB skip whole row groups by their min/max (zone maps); an
+    expression around the column (`CAST(timezone('UTC', ts) AS DATE) >= ?`) makes it read every
+    row. A `date` bound means that UTC day's midnight, so `until=date` excludes that day: pass the
+    day after the last one wanted (see `day_range`). None leaves that side open.
+    """
+    return (f"{column} >= ?", _instant(since)), (f"{column} < ?", _instant(until))
+
+
+def day_range(first: date | None, last: date | None, column: str = "ts") -> tuple[Condition, Condition]:
+    """`ts_range` for whole UTC days, both ends included: [first 00:00 UTC, last + 1 day 00:00 UTC)."""
+    return ts_range(first, last + timedelta(days=1) if last else None, column)
+
+
+def _instant(v: datetime | date | None) -> datetime | None:
+    if v is None or isinstance(v, datetime):
+        return v
+    return datetime(v.year, v.month, v.day, tzinfo=UTC)
 
 
 def dicts(res: duckdb.DuckDBPyConnection, convert: Callable[[Any], Any] | None = None) -> list[dict[str, Any]]:

@@ -168,7 +168,7 @@ async function refresh() {
   try {
     const [o, budgets, rw] = await Promise.all([
       api(`/api/overview?window=${state.window}`),
-      api("/api/budgets").catch(() => []),
+      api("/api/budgets?top=8").catch(() => []),
       api("/api/runway").catch(() => ({})),
     ]);
     render(o);

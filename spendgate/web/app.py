@@ -27,7 +27,7 @@ import os
 import secrets
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -83,10 +83,32 @@ class WebRequest:
 
 
 @dataclass(slots=True)
+class StreamBody:
+    """A response body sent in chunks (an export file), never held whole in memory: `length` bytes
+    in total, from `chunks`; `close` releases what backs it (called after sending, even on error)."""
+
+    length: int
+    chunks: Iterator[bytes]
+    close: Callable[[], None] = lambda: None
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self.chunks
+
+
+@dataclass(slots=True)
 class WebResponse:
     status: int
-    body: bytes
+    body: bytes | StreamBody
     headers: dict[str, str] = field(default_factory=dict)
+
+    def buffered(self) -> WebResponse:
+        """This response with a streamed body read whole (for a server that needs bytes)."""
+        if isinstance(self.body, StreamBody):
+            try:
+                return WebResponse(self.status, b"".join(self.body.chunks), self.headers)
+            finally:
+                self.body.close()
+        return self
 
 
 def json_response(status: int, payload: Any, headers: dict[str, str] | None = None) -> WebResponse:
@@ -341,10 +363,10 @@ def for_gateway(gw: Any) -> WebApp:
 
     def export(params: dict[str, Any], caller: Caller) -> WebResponse:
         fmt = params.get("format") or "parquet"
-        data = dashboard.export_bytes(gw.cursor(), params)
+        out = dashboard.ExportFile(gw.cursor(), params)  # COPY to a temp file, then streamed: flat memory
         ctype = "application/vnd.apache.parquet" if fmt == "parquet" else "text/csv; charset=utf-8"
         name = dashboard.default_export_name(fmt)
-        return WebResponse(200, data, {"Content-Type": ctype, "Content-Disposition": f'attachment; filename="{name}"',
+        return WebResponse(200, StreamBody(out.size, out.chunks(), out.close), {"Content-Type": ctype, "Content-Disposition": f'attachment; filename="{name}"',
                                        **SECURITY_HEADERS})
 
     return WebApp(

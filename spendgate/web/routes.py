@@ -72,13 +72,22 @@ def get_routes(gw: GatewayView) -> dict[str, Handler]:
         return gw.workflow.audit_rows(parse_time(params["since"]) if params.get("since") else None)
 
     routes: dict[str, Handler] = {f"/api/{name}": query(name) for name in registry.QUERIES}
-    routes["/api/budgets"] = lambda params, caller: dashboard.visible_budgets(
-        gw.book.status(), None if caller.admin else dashboard.own_scopes(gw.policy, caller.name)
-    )
+    budget_cache = dashboard.TTLCache(dashboard.BUDGETS_TTL)
+
+    def budgets(params: dict[str, Any], caller: Caller) -> Any:
+        """Every budget (`spendgate budgets`), or with ?top=N what the page draws: see dashboard.budget_view."""
+        mine = None if caller.admin else dashboard.own_scopes(gw.policy, caller.name)
+        if params.get("top") in (None, ""):
+            return dashboard.visible_budgets(gw.book.status(), mine)
+        return dashboard.budget_view(gw.book, dashboard.top_param(params["top"]), mine, budget_cache)
+
+    routes["/api/budgets"] = budgets
+
     def runway_state(params: dict[str, Any], caller: Caller) -> Any:
         """Step-downs in force and rate-limit buckets; an engineer sees their own scopes only."""
         mine = None if caller.admin else dashboard.own_scopes(gw.policy, caller.name)
-        rows = [r for r in gw.book.status() if mine is None or r["scope"] in mine]
+        every = budget_cache.get(("status", id(gw.book.policy)), gw.book.status)  # shared across tabs
+        rows = [r for r in every if mine is None or r["scope"] in mine]
         limits = [b for b in gw.admission.limiter.state() if mine is None or b["scope"] in mine]
         return {"step_downs": runway.step_downs_in_force(gw.policy, rows), "rate_limits": limits}
 

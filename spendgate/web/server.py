@@ -21,7 +21,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from spendgate import fsutil
-from spendgate.web.app import WebRequest
+from spendgate.web.app import StreamBody, WebRequest
 from spendgate.web.caller import ApiError, Caller
 
 log = logging.getLogger(__name__)
@@ -122,12 +122,21 @@ class AdminServer:
                 body = self.rfile.read(length) if length else b""
                 headers = {k.lower(): v for k, v in self.headers.items()}
                 resp = server.app.handle(WebRequest(self.command, self.path, headers, body))
-                self.send_response(resp.status)
-                for k, v in resp.headers.items():
-                    self.send_header(k, v)
-                self.send_header("Content-Length", str(len(resp.body)))
-                self.end_headers()
-                self.wfile.write(resp.body)
+                stream = resp.body if isinstance(resp.body, StreamBody) else None
+                try:
+                    self.send_response(resp.status)
+                    for k, v in resp.headers.items():
+                        self.send_header(k, v)
+                    self.send_header("Content-Length", str(stream.length if stream else len(resp.body)))
+                    self.end_headers()
+                    if stream is None:
+                        self.wfile.write(resp.body)
+                    else:  # an export: chunk by chunk from its temp file
+                        for chunk in stream.chunks:
+                            self.wfile.write(chunk)
+                finally:
+                    if stream is not None:
+                        stream.close()
 
             def _send(self, status: int, payload: Any) -> None:
                 body = json.dumps(payload, default=str).encode()

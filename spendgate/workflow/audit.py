@@ -85,7 +85,7 @@ def policy_detail(path: str, sha256: str | None, trigger: str, problems: str | N
 
 def rows(cur: duckdb.DuckDBPyConnection, since: datetime | None = None, limit: int | None = None) -> list[dict]:
     """Audit rows in the order they were written (oldest first)."""
-    where, params = sql.where(("ts >= ?", since))
+    where, params = sql.where(*sql.ts_range(since))
     lim = f"LIMIT {int(limit)}" if limit else ""
     res = cur.execute(f"SELECT seq, ts, event, actor, scope, ref, detail FROM audit {where} ORDER BY seq {lim}", params)
     out = sql.dicts(res, jsonable)

@@ -1,0 +1,190 @@
+"""Read-side benchmark (issue 22): dashboard routes, CLI reports, start-up, export memory, ledger size.
+
+    scripts/bench --read                        # 1M rows (the default)
+    scripts/bench --read --rows 10000000        # 10M rows (about a minute to build)
+    python scripts/bench_read.py --rows 100000 --ledger /tmp/x.duckdb --keep --out FILE
+
+The ledger comes from scripts/ledger_gen.py (~2,000 users, 40 workspaces, 30 models, 12 months).
+Dashboard routes are timed in process through the web app a gateway serves (WebApp.handle, the
+same path a browser request takes after HTTP parsing), warm, median of --repeat calls. CLI reports
+are timed as subprocesses, wall time including Python start-up and imports, median of --repeat.
+Export memory is the growth of this process's peak RSS (ru_maxrss) while exporting the latest
+month as CSV through /api/export and reading the body to the end, split into what the COPY added
+(DuckDB's scan, sort and buffer pool) and what sending the body added (the bytes Python holds). Figures on a shared machine
+are noisy: compare runs made side by side.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+
+from ledger_gen import make_ledger  # noqa: E402
+
+TOKEN = "bench-read-admin-token"
+ROUTES = [
+    "/api/overview", "/api/budgets", "/api/budgets?top=8", "/api/runway", "/api/series?resolution=minute", "/api/series?resolution=day",
+    "/api/spend?by=user&window=month", "/api/spend?by=model&window=month", "/api/ledger?limit=50",
+    "/api/blocks", "/api/unpriced", "/api/subscriptions",
+]  # fmt: skip
+
+
+def cli_commands(week: str) -> dict[str, list[str]]:
+    return {
+        "--help": ["--help"],
+        "spend --by user --window month": ["spend", "--by", "user", "--window", "month"],
+        "spend --by model --window month": ["spend", "--by", "model", "--window", "month"],
+        "ledger": ["ledger"],
+        "reconcile report": ["reconcile", "report"],
+        "audit": ["audit"],
+        "prices reprice --since <week> --dry-run": ["prices", "reprice", "--since", week, "--dry-run"],
+    }
+
+
+def rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def rss_now_mb() -> float:
+    """Resident set size now (Linux /proc), MB."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e6
+
+
+def median_ms(fn: Any, repeat: int) -> tuple[float, Any]:
+    out, times = None, []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        out = fn()
+        times.append((time.perf_counter() - t) * 1000)
+    return round(statistics.median(times), 1), out
+
+
+def bench_routes(db: Path, policy: Path, repeat: int) -> dict[str, Any]:
+    from spendgate.gateway import Gateway, Settings
+    from spendgate.web.app import WebRequest, for_gateway
+
+    os.environ["SPENDGATE_ADMIN_TOKEN"] = TOKEN
+    t = time.perf_counter()
+    gw = Gateway(Settings(db=db, policy=policy, user="bench", admin_port=-1, reload_interval=0))
+    init_s = time.perf_counter() - t
+    figures: dict[str, Any] = {"gateway_start_s": round(init_s, 2), "routes_ms": {}}
+    try:
+        app = for_gateway(gw)
+        headers = {"authorization": f"Bearer {TOKEN}"}
+        for route in ROUTES:
+            def call(route: str = route) -> Any:
+                resp = app.handle(WebRequest("GET", route, headers))
+                if resp.status != 200:
+                    raise RuntimeError(f"{route}: {resp.status} {bytes(resp.body)[:200]!r}")
+                return resp
+
+            call()  # warm
+            ms, resp = median_ms(call, repeat)
+            figures["routes_ms"][route] = ms
+            print(f"  {route:40s} {ms:8.1f} ms  ({len(resp.body):,} bytes)", flush=True)
+        # the budget computations without the 2 s cache a second tab would hit
+        ms, _ = median_ms(gw.book.status, repeat)
+        figures["budgets_status_uncached_ms"] = ms
+        if hasattr(gw.book, "closest"):
+            ms, _ = median_ms(lambda: gw.book.closest(8), repeat)
+            figures["budgets_closest8_uncached_ms"] = ms
+        print(f"  book.status() {figures['budgets_status_uncached_ms']} ms, book.closest(8) "
+              f"{figures.get('budgets_closest8_uncached_ms', '-')} ms (uncached)", flush=True)
+        # export: latest month as CSV, body read to the end
+        since = (datetime.now(UTC) - timedelta(days=30)).strftime("%Y-%m-%dT%H:%M:%SZ")
+        before, now_before = rss_mb(), rss_now_mb()
+        t = time.perf_counter()
+        resp = app.handle(WebRequest("GET", f"/api/export?format=csv&since={since}", headers))
+        after_copy = rss_now_mb()  # DuckDB's COPY done (its buffer pool keeps what it scanned)
+        size = 0
+        body = resp.body
+        if isinstance(body, bytes | bytearray):
+            size = len(body)
+        else:  # a stream of chunks
+            for chunk in body:
+                size += len(chunk)
+            close = getattr(body, "close", None)
+            if close:
+                close()
+        sent = rss_now_mb()
+        del resp, body
+        figures["export_month_csv"] = {"seconds": round(time.perf_counter() - t, 2), "bytes": size,
+                                       "peak_rss_growth_mb": round(rss_mb() - before, 1),
+                                       "rss_growth_by_copy_mb": round(after_copy - now_before, 1),
+                                       "rss_growth_while_sending_mb": round(sent - after_copy, 1)}
+        print(f"  export month CSV: {figures['export_month_csv']}", flush=True)
+    finally:
+        gw.close()
+    return figures
+
+
+def bench_cli(db: Path, policy: Path, repeat: int) -> dict[str, float]:
+    week = (datetime.now(UTC) - timedelta(days=7)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    env = {**os.environ, "SPENDGATE_DB": str(db), "PYTHONPATH": str(ROOT)}
+    out: dict[str, float] = {}
+    for name, argv in cli_commands(week).items():
+        cmd = [sys.executable, "-m", "spendgate", *argv]
+
+        def run(cmd: list[str] = cmd) -> None:
+            r = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=600)
+            if r.returncode != 0:
+                raise RuntimeError(f"{' '.join(cmd)}: exit {r.returncode}: {r.stderr.decode()[-500:]}")
+
+        ms, _ = median_ms(run, repeat)
+        out[name] = ms
+        print(f"  spendgate {name:40s} {ms:8.1f} ms", flush=True)
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description="spendgate read-side benchmark")
+    ap.add_argument("--rows", type=int, default=1_000_000)
+    ap.add_argument("--ledger", type=Path, help="reuse (or build here) this ledger file")
+    ap.add_argument("--rebuild", action="store_true", help="build the ledger even if --ledger exists")
+    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--skip-cli", action="store_true")
+    ap.add_argument("--skip-routes", action="store_true")
+    ap.add_argument("--out", type=Path, help="JSON destination")
+    args = ap.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="spendgate-bench-read-"))
+    db = args.ledger or work / "ledger.duckdb"
+    result: dict[str, Any] = {"rows": args.rows, "when": datetime.now(UTC).isoformat(timespec="seconds"),
+                              "machine": f"{platform.machine()} {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}"}
+    if args.rebuild or not db.exists():
+        print(f"building {args.rows:,} rows at {db} ...", flush=True)
+        result["build_s"] = round(make_ledger(db, args.rows), 1)
+    result["ledger_mb_per_million_rows"] = round(db.stat().st_size / 1e6 / (args.rows / 1e6), 1)
+    print(f"ledger: {db.stat().st_size / 1e6:.0f} MB, {result['ledger_mb_per_million_rows']} MB per million rows")
+    policy = ROOT / "policies" / "example.yaml"
+    if not args.skip_routes:
+        print("dashboard routes (in process, warm, median):", flush=True)
+        result.update(bench_routes(db, policy, args.repeat))
+    if not args.skip_cli:
+        print("CLI (subprocess wall time including start-up, median):", flush=True)
+        result["cli_ms"] = bench_cli(db, policy, max(1, min(args.repeat, 3)))
+    out = args.out or ROOT / "bench-results" / f"bench-read-{args.rows}-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
