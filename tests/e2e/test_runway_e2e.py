@@ -169,3 +169,30 @@ models:
     rows = gw.ledger(wait_for=2)
     assert sorted((r["outcome"], r["status"]) for r in rows) == [("blocked", 403), ("ok", 200)]
     client.close()
+
+
+def test_claude_code_runs_on_when_a_step_down_substitutes_its_model(tmp_path, gateway_factory, fake_provider):
+    """The real Claude Code CLI at the cap of a budget with an `at: cap` step-down: its calls run on
+    the cheaper model and it finishes normally (exit 0, the answer on screen)."""
+    import os
+
+    from tests.e2e.test_agents_e2e import AGENTS, ANSWER, run_agent
+
+    if not (AGENTS / "claude").exists() and not os.environ.get("CI"):
+        pytest.skip("the agent CLIs are installed by scripts/test (scripts/ensure-agents)")
+    # Claude Code's calls carry a large system prompt and max_tokens 32000: at the default rates
+    # their reservation does not fit in $0.05, at Haiku's it does
+    gw = gateway_factory(policy=policy(tmp_path, """
+defaults: {user: {day: 0.05}}
+step_down:
+  - {scope: defaults, at: cap, models: {"claude-sonnet-*": claude-3-5-haiku-latest, "claude-opus-*": claude-3-5-haiku-latest}}
+""")).start()
+    cp, _ = run_agent("claude-code", gw, tmp_path)
+    assert cp.returncode == 0, cp.stdout + cp.stderr
+    assert ANSWER in cp.stdout
+    sent = [r.json["model"] for r in fake_provider.requests_to("api.anthropic.com", "/v1/messages") if r.json]
+    assert "claude-3-5-haiku-latest" in sent, sent
+    rows = [r for r in gw.ledger(wait_for=1) if r["endpoint"] == "messages"]
+    stepped = [r for r in rows if r["requested_model"]]
+    assert stepped and all(r["model"] == "claude-3-5-haiku-latest" for r in stepped), rows
+    assert all(r["outcome"] == "ok" for r in rows)
