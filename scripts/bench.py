@@ -50,7 +50,7 @@ import yaml  # noqa: E402
 from spendgate.budgets.journal import Journal  # noqa: E402
 from spendgate.gateway import Gateway, Settings  # noqa: E402
 from spendgate.policy.model import WINDOWS  # noqa: E402
-from spendgate.store.ledger import DuckDBLedger, LedgerRow, migrate  # noqa: E402
+from spendgate.store.ledger import COLUMNS, DuckDBLedger, LedgerRow, migrate  # noqa: E402
 
 log = logging.getLogger("bench")
 
@@ -474,8 +474,9 @@ def make_ledger(path: Path, rows: int, days: int = 60, users: int = 500) -> floa
         migrate(con)
         if rows:
             step_us = days * 86400 * 1_000_000 // rows
+            cols = ", ".join(f'"{c}"' for c in COLUMNS[:31])  # the first schema's columns; later ones keep defaults
             con.execute(f"""
-                INSERT INTO requests SELECT
+                INSERT INTO requests ({cols}) SELECT
                   now() - to_microseconds(({rows} - 1 - i) * {step_us}), 'bench' || i,
                   'anthropic', 'messages', 'claude-sonnet-4-5', 'user' || (i % {users}),
                   'sha256:' || lpad(CAST(i % {users + 200} AS VARCHAR), 12, '0'), 'claude-code',
