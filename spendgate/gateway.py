@@ -109,7 +109,11 @@ class Gateway:
         else:
             self.book = BudgetBook(self.policy)
         self.journal_path = settings.db.with_name(settings.db.name + ".reservations")
-        recover_interrupted(self.ledger.cursor(), self.journal_path)
+        try:
+            recover_interrupted(self.ledger.cursor(), self.journal_path)
+        except OSError as e:
+            self.ledger.close()
+            raise GatewayError(f"cannot read the reservation journal: {e}") from None
         self.journal = Journal(self.journal_path)
         if not self.book.store.shared:  # a shared store's counters are already right
             rebuild_counters(self.ledger.cursor(), self.book, now)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import stat
 import threading
 from dataclasses import dataclass
 from decimal import Decimal
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from spendgate import fsutil
+
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +91,7 @@ class Journal:
     @staticmethod
     def spilled_rows(path: Path) -> list[dict[str, Any]]:
         """Every ledger row spilled to the journal at `path` (recovery dedups against the ledger)."""
-        if not path.exists():
+        if not _regular_file(path):
             return []
         out = []
         with path.open("rb") as f:
@@ -118,7 +120,7 @@ class Journal:
     @staticmethod
     def open_reservations(path: Path) -> list[OpenReservation]:
         """Reservations never settled (a torn last line from a crash is ignored)."""
-        if not path.exists():
+        if not _regular_file(path):
             return []
         open_: dict[str, OpenReservation] = {}
         with path.open("rb") as f:
@@ -141,3 +143,15 @@ class Journal:
     @staticmethod
     def reset(path: Path) -> None:
         path.unlink(missing_ok=True)
+
+
+def _regular_file(path: Path) -> bool:
+    """True for an existing regular file. A device, FIFO or symlink in the journal's place is never
+    read (a character device would be an endless read at start-up): OSError says what is there."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return False
+    if not stat.S_ISREG(st.st_mode):
+        raise OSError(f"{path} is not a regular file; move it away (the reservation journal is a plain file)")
+    return True

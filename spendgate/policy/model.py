@@ -319,6 +319,11 @@ def _trusted_proxies(doc: dict, marks: Marks, problems: list[Problem]) -> tuple:
                                     "user in a header; list only the proxies that set it"))
             continue
         nets.append(net)
+    for version in (4, 6):  # several ranges that together cover everything trust everyone too
+        if any(n.prefixlen == 0 for n in ipaddress.collapse_addresses(n for n in nets if n.version == version)):
+            problems.append(Problem(*mark(marks, ("trusted_proxies",)),
+                                    f"trusted_proxies together cover every IPv{version} address: any client could "
+                                    "name any user in a header; list only the proxies that set it"))
     return tuple(nets)
 
 

@@ -46,3 +46,28 @@ def test_two_credentials_at_once_are_never_a_subscription():
     assert billing.classify("api.anthropic.com", "/v1/messages", both).basis == "api"
     alone = {"authorization": "Bearer sk-ant-oat01-x"}
     assert billing.classify("api.anthropic.com", "/v1/messages", alone).basis == "subscription"
+
+
+def test_trusted_proxies_that_together_cover_everything_are_refused():
+    import pytest
+
+    from spendgate.policy.model import PolicyError, parse
+
+    head = "version: 1\nidentity: [\"header:x-user\"]\n"
+    with pytest.raises(PolicyError, match="together cover every IPv4 address"):
+        parse(head + "trusted_proxies: [0.0.0.0/1, 128.0.0.0/1]\n")
+    parse(head + "trusted_proxies: [10.0.0.0/8]\n")  # one proxy network is fine
+
+
+def test_a_journal_that_is_not_a_regular_file_stops_the_start_with_a_clear_error(tmp_path):
+    import os
+
+    import pytest
+
+    from spendgate.gateway import Gateway, GatewayError, Settings
+
+    policy = tmp_path / "p.yaml"
+    policy.write_text("version: 1\n")
+    os.mkfifo(tmp_path / "l.duckdb.reservations")  # would block or never end if read
+    with pytest.raises(GatewayError, match="reservation journal.*not a regular file"):
+        Gateway(Settings(db=tmp_path / "l.duckdb", policy=policy, user="u", admin_port=-1, reload_interval=0))
