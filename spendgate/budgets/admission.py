@@ -110,8 +110,9 @@ class Admission:
             output_tokens=min(ex.request.max_output_tokens or typical, typical),
         )
 
-    def _substitute(self, ex: Exchange, choice: StepDownChoice | None, now: datetime) -> Decimal | None:
-        """Rewrite the request onto the step-down target when it can take it; its estimate, or None."""
+    def _substitute(self, ex: Exchange, choice: StepDownChoice | None, now: datetime, path: str,
+                    body: bytes) -> Decimal | None:
+        """Plan the request on the step-down target when it can take it; its estimate, or None."""
         if choice is None or ex.route.adapter is None:
             return None
         if guess_provider(choice.target) != ex.provider:
@@ -124,18 +125,18 @@ class Admission:
         amount = self.estimate(ex, now, choice.target)
         if amount is None:
             return None
-        body = ex.request.rewritten_body if ex.request.rewritten_body is not None else ex.extra.get("request_body", b"")
-        rewritten = ex.route.adapter.with_model(ex.extra.get("request_path", ""), body, choice.target)
+        sent = ex.request.rewritten_body if ex.request.rewritten_body is not None else body
+        rewritten = ex.route.adapter.with_model(path, sent, choice.target)
         if rewritten is None:
             return None
-        ex.extra["step_down_plan"] = (choice, rewritten)
+        ex.extra["step_down_plan"] = (choice, rewritten, path, sent)
         return amount
 
     def _apply_substitution(self, ex: Exchange) -> None:
-        choice, (path, body) = ex.extra.pop("step_down_plan")
-        if path != ex.extra.get("request_path"):
+        choice, (path, body), old_path, old_body = ex.extra.pop("step_down_plan")
+        if path != old_path:
             ex.request.rewritten_path = path
-        if body is not (ex.request.rewritten_body if ex.request.rewritten_body is not None else ex.extra.get("request_body")):
+        if body is not old_body:
             ex.request.rewritten_body = body
         ex.extra["step_down"] = choice
         ex.request.model = choice.target
@@ -175,7 +176,6 @@ class Admission:
             return refuse(ex, refusal.forbidden(
                 ex.dialect, f"{ex.identity.user} is not a user in the policy (unknown_users: block)"))
         policy = self.policy
-        ex.extra["request_path"], ex.extra["request_body"] = path, body
         denial = model_denial(policy, ex.identity, ex.request.model)
         if denial is not None:
             return refuse(ex, refusal.model_denied(ex.dialect, denial.message), denial.message)
@@ -187,7 +187,8 @@ class Admission:
         if flat is not None:
             amount = flat
         elif budgets:  # past a step-down threshold: price (and later send) the cheaper model
-            amount = self._substitute(ex, step_down(policy, self.book, ex.identity, ex.request.model, budgets), now)
+            amount = self._substitute(ex, step_down(policy, self.book, ex.identity, ex.request.model, budgets), now,
+                                     path, body)
         if amount is None and flat is None:
             amount = self.estimate(ex, now)
         if ignored:
@@ -199,7 +200,7 @@ class Admission:
             decision = self._reserve(ex, amount, now)
             if not decision.admitted and budgets and "step_down_plan" not in ex.extra:  # at the cap: runway left?
                 choice = step_down(policy, self.book, ex.identity, ex.request.model, budgets, decision.exhausted)
-                cheaper = self._substitute(ex, choice, now)
+                cheaper = self._substitute(ex, choice, now, path, body)
                 if cheaper is not None:
                     retry = self._reserve(ex, cheaper, now)
                     if retry.admitted:
@@ -231,7 +232,6 @@ class Admission:
             ex.extra["rate_ticket"] = ticket
         if "step_down_plan" in ex.extra:
             self._apply_substitution(ex)
-        del ex.extra["request_path"], ex.extra["request_body"]
         try:
             self.journal.reserve(ex.request_id, amount, journal_record(ex))
         except OSError as e:
@@ -312,8 +312,7 @@ def too_large(provider: str, size: int, limit: int) -> refusal.Answer:
 
 def refuse(ex: Exchange, answer: refusal.Answer, reason: str | None = None) -> refusal.Answer:
     """Mark the exchange blocked (recorded as a `blocked` row) and hand back the answer to send."""
-    ex.extra.pop("request_path", None)
-    ex.extra.pop("request_body", None)
+    ex.extra.pop("step_down_plan", None)
     answer = refusal.for_client(answer, ex.dialect, ex.identity.client)  # e.g. Codex: a 429 it stops on
     ex.extra["blocked"] = True
     ex.extra["blocked_reason"] = reason or answer.body.decode(errors="replace")[:300]
