@@ -67,13 +67,28 @@ def budget_message(budget: Budget, spent: Decimal, now: datetime) -> str:
     )
 
 
-# kind -> (Anthropic error.type, Gemini (code, status), OpenAI (type, code)); shapes per NOTES §4
+@dataclass(frozen=True, slots=True)
+class Shape:
+    """One refusal kind in each provider's error vocabulary (NOTES §4; Anthropic, Gemini and
+    OpenAI API error references). `code` is our machine-readable reason (OpenAI `error.code`)."""
+
+    status: int
+    anthropic_type: str
+    gemini_status: str
+    openai_type: str
+    code: str
+
+
+# the one table of refusal shapes: every answer the gateway makes on its own is one of these
 _KINDS = {
-    "budget": ("billing_error", (429, "RESOURCE_EXHAUSTED"), ("insufficient_quota", "budget_exceeded")),
-    "unavailable": ("api_error", (503, "UNAVAILABLE"), ("server_error", "gateway_unavailable")),
-    "rate_limit": ("rate_limit_error", (429, "RESOURCE_EXHAUSTED"), ("rate_limit_exceeded", "rate_limit_exceeded")),
-    "forbidden": ("permission_error", (403, "PERMISSION_DENIED"), ("permission_error", "model_not_allowed")),
+    "budget": Shape(429, "billing_error", "RESOURCE_EXHAUSTED", "insufficient_quota", "budget_exceeded"),
+    "rate_limit": Shape(429, "rate_limit_error", "RESOURCE_EXHAUSTED", "rate_limit_exceeded", "rate_limit_exceeded"),
+    "forbidden": Shape(403, "permission_error", "PERMISSION_DENIED", "permission_error", "model_not_allowed"),
+    "too_large": Shape(413, "request_too_large", "INVALID_ARGUMENT", "invalid_request_error", "request_too_large"),
+    "misdirected": Shape(421, "invalid_request_error", "FAILED_PRECONDITION", "invalid_request_error", "misdirected_request"),
+    "unavailable": Shape(503, "api_error", "UNAVAILABLE", "server_error", "gateway_unavailable"),
 }
+_KIND_OF_STATUS = {403: "forbidden", 413: "too_large", 421: "misdirected", 429: "budget", 503: "unavailable"}
 
 
 # Gemini CLI (packages/core/src/utils/googleQuotaErrors.ts, classifyGoogleError) retries every
@@ -100,24 +115,24 @@ def gemini_quota_details(budget: Budget, retry_after: int) -> list[dict]:
 
 def error_body(provider: str, message: str, *, kind: str = "budget", code: str | None = None,
                details: list[dict] | None = None, openai_type: str | None = None, extra: dict | None = None) -> bytes:
-    """The provider's own error JSON shape for `kind` (budget, unavailable, rate_limit, forbidden).
+    """The provider's own error JSON shape for `kind` (a key of `_KINDS`).
 
     `provider` is the API dialect (anthropic, gemini, bedrock, openai). `code` / `openai_type`
     replace the OpenAI-style `error.code` / `error.type` (unknown_user; Codex's usage_limit_reached);
     `details` are google.rpc details for Gemini; `extra` is merged into the error object.
     """
-    anthropic_type, (gcode, gstatus), (otype, ocode) = _KINDS[kind]
-    ocode = code or ocode
+    shape = _KINDS[kind]
     if provider == "anthropic":
-        doc: dict = {"type": "error", "error": {"type": anthropic_type, "message": message}}
+        doc: dict = {"type": "error", "error": {"type": shape.anthropic_type, "message": message}}
     elif provider == "gemini":
-        doc = {"error": {"code": gcode, "message": message, "status": gstatus}}
+        doc = {"error": {"code": shape.status, "message": message, "status": shape.gemini_status}}
         if details:
             doc["error"]["details"] = details
     elif provider == "bedrock":  # AWS services answer {"message": ...}; the type goes in x-amzn-errortype
         doc = {"message": message}
     else:
-        doc = {"error": {"message": message, "type": openai_type or otype, "param": None, "code": ocode}}
+        doc = {"error": {"message": message, "type": openai_type or shape.openai_type, "param": None,
+                         "code": code or shape.code}}
     if extra and isinstance(doc.get("error"), dict):
         doc["error"].update(extra)
     return json.dumps(doc).encode()
@@ -189,26 +204,14 @@ def forbidden(provider: str, message: str) -> Answer:
     return Answer(403, headers, error_body(provider, f"spendgate: {message}", kind="forbidden", code="unknown_user"))
 
 
-_ANTHROPIC_TYPES = {400: "invalid_request_error", 403: "permission_error", 413: "request_too_large",
-                    421: "invalid_request_error", 429: "rate_limit_error", 503: "api_error"}
-_OPENAI_TYPES = {400: "invalid_request_error", 403: "invalid_request_error", 413: "invalid_request_error",
-                 421: "invalid_request_error", 429: "insufficient_quota", 503: "server_error"}
-_GEMINI_STATUS = {400: "INVALID_ARGUMENT", 403: "PERMISSION_DENIED", 413: "INVALID_ARGUMENT",
-                  421: "FAILED_PRECONDITION", 429: "RESOURCE_EXHAUSTED", 503: "UNAVAILABLE"}
-
-
 def refused(provider: str, status: int, message: str, code: str) -> Answer:
     """Any other refusal (403 unmetered endpoint, 413 body too large, 421 misdirected, 503 not
-    ready) in the provider's own error shape; `code` is our machine-readable reason."""
-    if provider == "anthropic":
-        doc: dict = {"type": "error", "error": {"type": _ANTHROPIC_TYPES.get(status, "api_error"), "message": message}}
-    elif provider == "gemini":
-        doc = {"error": {"code": status, "message": message, "status": _GEMINI_STATUS.get(status, "UNKNOWN")}}
-    else:
-        doc = {"error": {"message": message, "type": _OPENAI_TYPES.get(status, "invalid_request_error"),
-                         "param": None, "code": code}}
+    ready) in the provider's own error shape; `code` is our machine-readable reason.
+
+    Raises KeyError for a status that has no refusal kind (a programming error)."""
+    body = error_body(provider, message, kind=_KIND_OF_STATUS[status], code=code)
     headers = {"content-type": "application/json", "x-should-retry": "false", "x-spendgate-refused": code}
-    return Answer(status, headers, json.dumps(doc).encode())
+    return Answer(status, headers, body)
 
 
 def for_client(answer: Answer, provider: str, client: str | None) -> Answer:
