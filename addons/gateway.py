@@ -23,7 +23,7 @@ from spendgate.budgets.admission import too_large
 from spendgate.cli.source import default_db
 from spendgate.gateway import Gateway, GatewayError, Settings
 from spendgate.metering import providers
-from spendgate.metering.meter import Body, Exchange
+from spendgate.metering.meter import Body, Exchange, request_body
 from spendgate.metering.providers import openai_chat
 from spendgate.metering.streams import EventDropper, StreamTap
 from spendgate.telemetry.config import TelemetryError
@@ -291,20 +291,23 @@ class SpendGate:
                     self.gateway.meter, sroute, req.host, req.path, headers, proxy_user=auth[0] if auth else None,
                     client_ip=flow.client_conn.peername[0] if flow.client_conn.peername else None)
                 return None
+        raw = req.raw_content or b""
+        body = request_body(raw, headers.get("content-encoding", ""))
         ex = self.gateway.meter.begin(
             host,
             req.path,
             headers,
-            req.raw_content or b"",
+            raw if body is None else body,
             proxy_user=auth[0] if auth else None,
             client_ip=flow.client_conn.peername[0] if flow.client_conn.peername else None,
             method=req.method,
+            unreadable=body is None,
         )
         if ex is None:
             return None
         flow.metadata[META] = ex
         gw = self.gateway
-        path, body = req.path, req.raw_content or b""
+        path, body = req.path, raw if body is None else body
         if gw.admit_blocks:  # a shared store: mitmproxy awaits this; the round trip runs on a worker thread
             return self._admit_off_loop(flow, gw, ex, path, body)
         self._admitted(flow, gw, ex, gw.admission.admit(ex, path, body))  # in-memory counters: a direct call

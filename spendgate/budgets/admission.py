@@ -155,6 +155,10 @@ class Admission:
         `path` and `body` are the request as the client sent it; a step-down rewrites them into
         `ex.request.rewritten_path` / `rewritten_body`, which the proxy edge then sends.
         """
+        if ex.request.unreadable:  # never forward what we could not read: its model and size are unknown
+            return refuse(ex, refusal.refused(
+                ex.dialect, 415, "spendgate: the request body's content-encoding cannot be decoded by the gateway; "
+                "send it uncompressed or gzip/deflate/br/zstd", "unreadable_request_body"))
         if ex.request.free or ex.route.extra.get("free"):
             return None
         flat: Decimal | None = None  # unmetered endpoint charged a flat amount (policy `unmetered`)

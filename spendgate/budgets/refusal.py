@@ -85,10 +85,11 @@ _KINDS = {
     "rate_limit": Shape(429, "rate_limit_error", "RESOURCE_EXHAUSTED", "rate_limit_exceeded", "rate_limit_exceeded"),
     "forbidden": Shape(403, "permission_error", "PERMISSION_DENIED", "permission_error", "model_not_allowed"),
     "too_large": Shape(413, "request_too_large", "INVALID_ARGUMENT", "invalid_request_error", "request_too_large"),
+    "unreadable": Shape(415, "invalid_request_error", "INVALID_ARGUMENT", "invalid_request_error", "unreadable_request_body"),
     "misdirected": Shape(421, "invalid_request_error", "FAILED_PRECONDITION", "invalid_request_error", "misdirected_request"),
     "unavailable": Shape(503, "api_error", "UNAVAILABLE", "server_error", "gateway_unavailable"),
 }
-_KIND_OF_STATUS = {403: "forbidden", 413: "too_large", 421: "misdirected", 429: "budget", 503: "unavailable"}
+_KIND_OF_STATUS = {403: "forbidden", 413: "too_large", 415: "unreadable", 421: "misdirected", 429: "budget", 503: "unavailable"}
 
 
 # Gemini CLI (packages/core/src/utils/googleQuotaErrors.ts, classifyGoogleError) retries every

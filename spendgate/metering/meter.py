@@ -89,6 +89,23 @@ class Body:
         return adapter.parse_response(body)
 
 
+def request_body(raw: bytes, content_encoding: str) -> bytes | None:
+    """The request body as the provider reads it; None when it cannot be decoded.
+
+    Providers accept compressed request bodies (Codex sends zstd to the ChatGPT backend), so the
+    model, the stream flag and the input size must be read from the decoded body: read
+    compressed, the model rules and step-downs would not see the model and the estimate would be
+    the compressed size. Decoding is bounded (bounds.MAX_DECODED_BYTES) like response bodies.
+    """
+    enc = (content_encoding or "").strip().lower()
+    if not raw or enc in ("", "identity"):
+        return raw
+    try:
+        return IncrementalDecoder(enc, bounds.MAX_DECODED_BYTES).feed(raw)
+    except Exception:  # an encoding we do not know (or a chain of them), garbage, or a bomb
+        return None
+
+
 IdentifyFn = Callable[[Mapping[str, str], str, str | None, str | None], Identity]
 PlanFn = Callable[[str | None, str, datetime], str | None]  # (vendor, user, when) -> policy plan name
 RowListener = Callable[[Exchange, LedgerRow], None]
@@ -193,15 +210,22 @@ class Meter:
         proxy_user: str | None = None,
         client_ip: str | None = None,
         method: str | None = None,
+        unreadable: bool = False,
     ) -> Exchange | None:
         """Start metering a request to `host` (the connection's real target, never the Host
-        header); None when the host is not a provider. Adapters see the canonical path."""
+        header); None when the host is not a provider. Adapters see the canonical path.
+
+        `body` is decoded (:func:`request_body`); `unreadable` says it could not be, and the
+        exchange is then marked so admission refuses it."""
         route = providers.route(host, path, method)
         if route is None:
             return None
         query = path.partition("?")[2]
         canon = providers.normalize_path(path) + ("?" + query if query else "")
-        req = route.adapter.parse_request(canon, body) if route.adapter else RequestInfo()
+        if unreadable:
+            req = RequestInfo(malformed=True, unreadable=True, input_bytes=len(body))
+        else:
+            req = route.adapter.parse_request(canon, body) if route.adapter else RequestInfo()
         if not req.model:  # Bedrock/Vertex name the model in the path, Azure its deployment
             req.model = route.extra.get("model") or route.extra.get("deployment")
         bounds.clip_request(req)

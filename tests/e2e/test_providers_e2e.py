@@ -198,3 +198,49 @@ def test_copilot_list_price_and_premium_requests_in_explain(gateway):
     assert "total" in text and "$0.010470" in text
     assert "side by side: Copilot premium requests 1 (multiplier 1" in text and "$0.040000" in text
     no_secret_on_disk(gateway, "tid=copilot-SECRET")
+
+
+@pytest.mark.parametrize(("base_url", "model", "provider", "cost"), [
+    # OpenAI data residency: gpt-5 list price, 1200 uncached x $1.25 + 400 cached x $0.125 + 450 x $10
+    ("https://eu.api.openai.com/v1", "gpt-5", "openai", Decimal("0.00605")),
+    # Anthropic's OpenAI-compatible endpoint: 1200 x $3 + 400 cached x $0.30 + 450 x $15
+    ("https://api.anthropic.com/v1", "claude-sonnet-4-5", "anthropic", Decimal("0.01047")),
+    # Gemini's OpenAI-compatible endpoint: 1200 x $0.30 + 400 cached x $0.03 + 450 x $2.50
+    ("https://generativelanguage.googleapis.com/v1beta/openai", "gemini-2.5-flash", "gemini", Decimal("0.001497")),
+])
+def test_openai_compatible_routes_of_other_providers_are_metered(gateway, base_url, model, provider, cost):
+    """Routes that were tunnelled past the budget before (docs/security.md): the OpenAI SDK pointed
+    at a data-residency host or at Anthropic's / Gemini's OpenAI-compatible endpoint."""
+    client = openai.OpenAI(base_url=base_url, api_key="sk-fake-SECRET-compat", http_client=gateway.http_client(),
+                           max_retries=0)
+    reply = client.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}])
+    assert reply.choices[0].message.content == TEXT
+    (row,) = gateway.ledger(wait_for=1)
+    assert (row["provider"], row["endpoint"], row["model"], row["outcome"]) == \
+        (provider, "chat.completions", model, "ok")
+    assert (row["input_tokens"], row["cache_read_tokens"], row["output_tokens"]) == (1600, 400, 450)
+    assert D(row["cost_usd"]) == cost
+    no_secret_on_disk(gateway, "sk-fake-SECRET-compat")
+
+
+def test_codestral_fill_in_the_middle_is_metered_and_budgeted(gateway_factory, tmp_path):
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("version: 1\ntimezone: UTC\norganization: {name: acme}\ndefaults: {user: {day: 0.0015}}\n")
+    gw = gateway_factory("gw", policy=policy).start()
+    with gw.http_client() as http:
+        def fim():
+            return http.post("https://codestral.mistral.ai/v1/fim/completions", json={
+                "model": "codestral-latest", "prompt": "def add(a, b):", "suffix": "    return c", "max_tokens": 64},
+                headers={"authorization": "Bearer codestral-SECRET", "x-fake-usage": json.dumps({"cached_tokens": 0})})
+        assert fim().status_code == 200
+        gw.ledger(wait_for=1)
+        assert fim().status_code == 200  # $0.000885 spent of $0.0015: the estimate still fits
+        gw.ledger(wait_for=2)
+        refused = fim()  # $0.00177 spent: at the cap
+    assert refused.status_code == 429 and refused.headers["x-should-retry"] == "false"
+    rows = sorted(gw.ledger(wait_for=3), key=lambda r: r["ts"])
+    assert [(r["provider"], r["model"], r["outcome"]) for r in rows] == [
+        ("mistral", "codestral-latest", "ok"), ("mistral", "codestral-latest", "ok"),
+        ("mistral", "codestral-latest", "blocked")]
+    # codestral-latest: 1600 input x $0.30 + 450 output x $0.90 per MTok
+    assert D(rows[0]["cost_usd"]) == Decimal("0.000885")

@@ -196,3 +196,51 @@ step_down:
     stepped = [r for r in rows if r["requested_model"]]
     assert stepped and all(r["model"] == "claude-3-5-haiku-latest" for r in stepped), rows
     assert all(r["outcome"] == "ok" for r in rows)
+
+
+def _raw_messages(gw, model: str, encoding: str, compress) -> "httpx.Response":
+    import json as _json
+
+    body = compress(_json.dumps({"model": model, "max_tokens": 450,
+                                 "messages": [{"role": "user", "content": "hi " * 2000}]}).encode())
+    with gw.http_client() as http:
+        return http.post("https://api.anthropic.com/v1/messages", content=body, headers={
+            "x-api-key": ANTHROPIC_KEY, "anthropic-version": "2023-06-01", "content-type": "application/json",
+            "content-encoding": encoding})
+
+
+def test_compressed_request_bodies_are_read_decoded_for_rules_and_step_downs(tmp_path, gateway_factory, fake_provider):
+    """A compressed body must not hide its model: rules, step-downs and estimates read it decoded;
+    an encoding the gateway cannot undo is refused (415), never forwarded unread."""
+    import gzip
+
+    from mitmproxy.net import encoding
+
+    gw = gateway_factory(policy=policy(tmp_path, """
+defaults: {user: {day: 0.005}}
+models:
+  - {scope: defaults, deny: ["claude-opus-*"]}
+step_down:
+  - {scope: defaults, at: cap, models: {"claude-sonnet-*": claude-3-5-haiku-latest}}
+""")).start()
+    denied = _raw_messages(gw, "claude-opus-4-1", "gzip", gzip.compress)
+    assert denied.status_code == 403 and "denied by models[0]" in denied.json()["error"]["message"]
+    assert fake_provider.requests == []
+
+    # ~1,500 input tokens decoded (6 KB; ~40 bytes compressed): Sonnet's reservation would pass the
+    # $0.005 cap, Haiku's fits -- only if the estimate reads the decoded size
+    stepped = _raw_messages(gw, "claude-sonnet-4-5", "zstd", lambda b: encoding.encode(b, "zstd"))
+    assert stepped.status_code == 200, stepped.text
+    assert stepped.headers["x-spendgate-model-substituted"] == "claude-sonnet-4-5 -> claude-3-5-haiku-latest"
+    sent = fake_provider.requests_to("api.anthropic.com", "/v1/messages")
+    assert len(sent) == 1 and sent[0].headers["content-encoding"] == "zstd"  # still compressed on the wire
+    assert sent[0].json["model"] == "claude-3-5-haiku-latest" and sent[0].json["messages"][0]["content"].startswith("hi hi")
+
+    unknown = _raw_messages(gw, "claude-sonnet-4-5", "x-unknown", lambda b: b)
+    assert unknown.status_code == 415 and unknown.json()["error"]["type"] == "invalid_request_error"
+    assert unknown.headers["x-spendgate-refused"] == "unreadable_request_body"
+    assert len(fake_provider.requests) == 1  # the unreadable one never left
+
+    rows = sorted(gw.ledger(wait_for=3), key=lambda r: r["ts"])
+    assert [(r["outcome"], r["status"], r["model"]) for r in rows] == [
+        ("blocked", 403, "claude-opus-4-1"), ("ok", 200, "claude-3-5-haiku-latest"), ("blocked", 415, None)]

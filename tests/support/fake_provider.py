@@ -116,6 +116,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from mitmproxy.net import encoding as mitm_encoding
+
 try:  # brotli ships with mitmproxy
     import brotli
 except ImportError:  # pragma: no cover
@@ -147,6 +149,8 @@ def host_kind(host: str) -> str | None:
     if host == "api.githubcopilot.com" or (host.startswith("api.") and host.endswith(".githubcopilot.com")):
         return "copilot"
     if host.endswith(".corp.example"):  # a site's own OpenAI-compatible server (spendgate_extra_providers)
+        return "compat"
+    if host.endswith(".api.openai.com") or host == "codestral.mistral.ai":  # data residency; Codestral
         return "compat"
     return None
 
@@ -744,6 +748,13 @@ class FakeProvider:
             scenario = Scenario()
             self.errors.append(f"bad scenario header: {e}")
         parsed = None
+        if body and headers.get("content-encoding", "identity") != "identity":  # as a real API server does
+            try:
+                body = mitm_encoding.decode(body, headers["content-encoding"])
+            except ValueError:  # what a real API answers to a body it cannot decode
+                await _Responder(writer, Scenario(), keep_alive).send_json(
+                    400, {"error": {"message": "could not decode the request body", "type": "invalid_request_error"}})
+                return keep_alive
         if body:
             try:
                 parsed = json.loads(body)
@@ -807,8 +818,12 @@ class FakeProvider:
         if kind == "copilot" and method == "POST" and route == "/chat/completions":
             await self._openai_chat(r, data)  # usage in the JSON body, and in the stream's last chunk
             return keep_alive
-        if kind == "compat" and method == "POST" and route.endswith("/chat/completions"):
+        if kind == "compat" and method == "POST" and route.endswith(("/chat/completions", "/fim/completions")):
             await self._openai_chat(r, data)
+            return keep_alive
+        if (host, method, route) in ((ANTHROPIC_HOST, "POST", "/v1/chat/completions"),
+                                     (GEMINI_HOST, "POST", "/v1beta/openai/chat/completions")):
+            await self._openai_chat(r, data)  # their OpenAI-compatible endpoints
             return keep_alive
         if host == OPENROUTER_HOST and method == "POST" and route == "/api/v1/chat/completions":
             await self._openai_chat(r, data, usage_extra={"cost": OPENROUTER_COST, "is_byok": False})

@@ -157,3 +157,20 @@ def test_bounds_cut_strings():
     i = bounds.clip_identity(Identity(user="u" * 1000, source="header", session_id="s" * 1000, client="c" * 500))
     assert (len(i.user), len(i.session_id), len(i.client)) == (bounds.USER, bounds.SESSION_ID, bounds.CLIENT)
     assert bounds.clip("short", 10) == "short" and bounds.clip(None, 3) is None
+
+
+def test_request_bodies_are_read_decoded_and_unknown_encodings_are_unreadable():
+    import gzip
+
+    from spendgate.bounds import MAX_DECODED_BYTES
+    from spendgate.metering.meter import request_body
+
+    doc = b'{"model": "claude-opus-4-1", "max_tokens": 5}'
+    assert request_body(doc, "") == doc and request_body(doc, "identity") == doc
+    assert request_body(gzip.compress(doc), "gzip") == doc
+    assert request_body(gzip.compress(doc), " GZIP ") == doc
+    assert request_body(doc, "x-unknown") is None
+    assert request_body(doc, "gzip, br") is None  # a chain of encodings: not undone, refused
+    assert request_body(b"not gzip at all", "gzip") is None
+    bomb = gzip.compress(b"a" * (MAX_DECODED_BYTES + 1), compresslevel=1)
+    assert request_body(bomb, "gzip") is None  # bounded like response bodies

@@ -128,7 +128,7 @@ def test_parse_request_model_from_path() -> None:
         ),
         ("/v1beta/models/gemini%2D2.5:streamGenerateContent?key=k", ("gemini-2.5", "streamGenerateContent", False)),
         ("/v1beta/models/m:countTokens", None),
-        ("/v1beta/tunedModels/t:generateContent", None),
+        ("/v1beta/tunedModels/t:generateContent", ("tunedModels/t", "generateContent", False)),  # metered; no list price
         ("/v1beta/models", None),
     ],
 )

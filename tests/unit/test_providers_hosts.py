@@ -13,6 +13,7 @@ from spendgate.metering.providers import (
     anthropic,
     bedrock,
     configure_extra,
+    gemini,
     openai_chat,
     openai_extra,
     openai_responses,
@@ -67,11 +68,31 @@ def _no_extra():
         ("api.fireworks.ai", "/inference/v1/chat/completions", "fireworks", openai_chat.CHAT_PASSIVE, "chat.completions"),
         ("api.openai.com", "/v1/embeddings", "openai", openai_extra.EMBEDDINGS, "embeddings"),
         ("api.openai.com", "/v1/completions", "openai", openai_extra.COMPLETIONS, "completions"),
+        # billed routes that were tunnelled unmetered before (docs/security.md)
+        ("eu.api.openai.com", "/v1/chat/completions", "openai", openai_chat.CHAT, "chat.completions"),
+        ("us.api.openai.com", "/v1/responses", "openai", openai_responses.RESPONSES, "responses"),
+        ("codestral.mistral.ai", "/v1/fim/completions", "mistral", openai_chat.CHAT_PASSIVE, "chat.completions"),
+        ("api.mistral.ai", "/v1/fim/completions", "mistral", openai_chat.CHAT_PASSIVE, "chat.completions"),
+        ("api.anthropic.com", "/v1/chat/completions", "anthropic", openai_chat.CHAT_PASSIVE, "chat.completions"),
+        ("generativelanguage.googleapis.com", "/v1beta/openai/chat/completions", "gemini",
+         openai_chat.CHAT_PASSIVE, "chat.completions"),
+        ("generativelanguage.googleapis.com", "/v1beta/openai/embeddings", "gemini",
+         openai_extra.EMBEDDINGS, "embeddings"),
     ],
 )
 def test_routes(host, path, provider, adapter, endpoint) -> None:
     r = route(host, path)
     assert r is not None and r.provider == provider and r.adapter is adapter and r.endpoint == endpoint
+
+
+def test_tuned_gemini_models_are_metered_under_their_own_name() -> None:
+    r = route("generativelanguage.googleapis.com", "/v1beta/tunedModels/my-tune-7:generateContent")
+    assert r.adapter is gemini.GENERATE_CONTENT and r.extra["model"] == "tunedModels/my-tune-7"
+    assert route("generativelanguage.googleapis.com", "/v1beta/models/gemini-2.5-pro:generateContent").extra[
+        "model"] == "gemini-2.5-pro"
+    # a step-down away from a tuned model names the catalogue model in the path
+    assert gemini.GENERATE_CONTENT.with_model("/v1beta/tunedModels/t:generateContent?x=1", b"{}", "gemini-2.5-flash") \
+        == ("/v1beta/models/gemini-2.5-flash:generateContent?x=1", b"{}")
 
 
 def test_route_extras_carry_the_model_or_deployment() -> None:
@@ -104,7 +125,7 @@ def test_unmetered_paths_on_provider_hosts(host, path) -> None:
     "bedrock-runtime.amazonaws.com", "bedrock-runtime.a.b.amazonaws.com", "bedrock.us-east-1.amazonaws.com",
     "aiplatform.googleapis.com.evil.net", "x.y-aiplatform.googleapis.com.evil", "openai.azure.com",
     "evil.com", "contoso.openai.azure.com.evil.net", "api.githubcopilot.com.evil", "githubcopilot.com",
-    "api.a.b.githubcopilot.com", "openrouter.ai.evil", "",
+    "api.a.b.githubcopilot.com", "openrouter.ai.evil", "", "a.b.api.openai.com", "api.openai.com.evil.net",
 ])
 def test_lookalike_hosts_are_not_providers(host) -> None:
     assert route(host, "/v1/chat/completions") is None

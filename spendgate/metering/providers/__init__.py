@@ -53,6 +53,7 @@ PROVIDER_HOSTS: dict[str, str] = {
     "openrouter.ai": "openrouter",
     "api.deepseek.com": "deepseek",
     "api.mistral.ai": "mistral",
+    "codestral.mistral.ai": "mistral",  # Codestral's own endpoint (FIM and chat), billed like api.mistral.ai
     "api.x.ai": "xai",
     "api.groq.com": "groq",
     "api.together.xyz": "together",
@@ -62,6 +63,7 @@ OPTIONAL_HOSTS = frozenset({"chatgpt.com"})  # intercepted only when asked: it i
 
 # (glob, provider); "*" stands for exactly one DNS label
 HOST_PATTERNS: tuple[tuple[str, str], ...] = (
+    ("*.api.openai.com", "openai"),  # data-residency hosts (eu.api.openai.com): the same API, billed alike
     ("bedrock-runtime.*.amazonaws.com", "bedrock"),
     ("bedrock-runtime-fips.*.amazonaws.com", "bedrock"),
     ("*-aiplatform.googleapis.com", "vertex"),
@@ -100,6 +102,14 @@ _PASSIVE: dict[str, Adapter] = {
     "/embeddings": openai_extra.EMBEDDINGS,
     "/completions": openai_extra.COMPLETIONS_PASSIVE,
 }
+# OpenAI-compatible endpoints of providers with APIs of their own (the OpenAI SDK pointed at them):
+# Anthropic's at /v1/chat/completions, Gemini's under /v1beta/openai. Read passively (usage when
+# the response carries it), priced as the provider's models, refused in the OpenAI error shape.
+_ANTHROPIC_OPENAI = {"/v1/chat/completions": openai_chat.CHAT_PASSIVE}
+GEMINI_OPENAI_BASE = "/v1beta/openai"
+# endpoints a compatible service has beyond the OpenAI set (Mistral's fill-in-the-middle: the
+# chat completion shape, usage included)
+COMPAT_EXTRA: dict[str, dict[str, Adapter]] = {"mistral": {"/v1/fim/completions": openai_chat.CHAT_PASSIVE}}
 _AZURE = {**OPENAI_ENDPOINTS, "/chat/completions": openai_chat.AZURE_CHAT}
 # OpenAI-compatible hosts: the base path their OpenAI-shaped API lives under
 COMPAT_BASES: dict[str, tuple[str, ...]] = {
@@ -303,10 +313,13 @@ def _route_openai(provider: str, path: str, bare: str) -> Route:
 
 
 def _route_anthropic(provider: str, path: str, bare: str) -> Route:
-    return _made(_ANTHROPIC_PATHS.get(bare), provider)
+    return _made(_ANTHROPIC_PATHS.get(bare) or _ANTHROPIC_OPENAI.get(bare), provider)
 
 
 def _route_gemini(provider: str, path: str, bare: str) -> Route:
+    compat = openai_under(GEMINI_OPENAI_BASE, bare, _PASSIVE)
+    if compat is not None:
+        return _made(compat, provider)
     gpath = gemini.parse_path(path or "")
     if gpath is None:
         return _made(None, provider)
@@ -319,6 +332,9 @@ def _route_compat(provider: str, path: str, bare: str) -> Route:
         adapter = openai_under(base, bare, table)
         if adapter is not None:
             return _made(adapter, provider)
+    extra = COMPAT_EXTRA.get(provider, {}).get(bare)
+    if extra is not None:
+        return _made(extra, provider)
     abase = ANTHROPIC_BASES.get(provider)
     if abase is not None and bare.startswith(abase + "/"):
         return _made(_ANTHROPIC_PATHS.get(bare[len(abase):]), provider)

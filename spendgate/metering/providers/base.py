@@ -41,6 +41,7 @@ class RequestInfo:
     hints: BodyHints = NO_HINTS  # session facts in the body, for identity's per-client chains
     modifiers: dict[str, str] = field(default_factory=dict)  # serving asked for (speed: fast), for estimates
     malformed: bool = False  # body was not the JSON we expected: forward untouched
+    unreadable: bool = False  # content-encoded in a way we cannot undo: refused, never forwarded unread
 
 
 @dataclass(slots=True)

@@ -35,7 +35,9 @@ from spendgate.metering.salvage import head_field, tail_field
 from spendgate.usage import Usage
 
 # case-insensitive: routing must not be dodged by spelling (/V1BETA/Models/m:GENERATECONTENT)
-PATH_RE = re.compile(r"^/(?:v1|v1beta|v1alpha)/models/([^/:]+):(generateContent|streamGenerateContent)$", re.IGNORECASE)
+# models/NAME, or tunedModels/NAME (a tuned model: named so in the ledger; no list price, so unpriced)
+PATH_RE = re.compile(r"^/(?:v1|v1beta|v1alpha)/((?:tuned)?models/[^/:]+):(generateContent|streamGenerateContent)$",
+                     re.IGNORECASE)
 _METHODS = {"generatecontent": "generateContent", "streamgeneratecontent": "streamGenerateContent"}
 _COUNT_KEYS = (
     "promptTokenCount",
@@ -63,7 +65,9 @@ def parse_path(path: str) -> GeminiPath | None:
         if m is None:
             return None
         alt = parse_qs(parts.query).get("alt", [])
-        return GeminiPath(model=unquote(m.group(1)), method=_METHODS[m.group(2).lower()], sse="sse" in alt)
+        name = unquote(m.group(1))
+        model = name.partition("/")[2] if name[:7].lower() == "models/" else name
+        return GeminiPath(model=model, method=_METHODS[m.group(2).lower()], sse="sse" in alt)
     except Exception:
         return None
 
@@ -221,7 +225,7 @@ class GeminiAdapter(Adapter):
         m = PATH_RE.match(parts.path)
         if m is None:
             return None
-        new = parts.path[: m.start(1)] + quote(model, safe="") + parts.path[m.end(1):]
+        new = parts.path[: m.start(1)] + "models/" + quote(model, safe="") + parts.path[m.end(1):]
         return new + (f"?{parts.query}" if parts.query else ""), body
 
     def served_tier(self, headers: Any) -> str | None:
