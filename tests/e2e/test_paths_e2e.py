@@ -164,7 +164,8 @@ def test_provider_request_whose_host_disagrees_with_its_target_is_refused(gatewa
                                         json.dumps({"model": "gpt-5", "messages": []}).encode(), OPENAI_HEADERS)
     assert status == 421, body
     doc = json.loads(body)
-    assert doc["type"] == "error" and "api.openai.com" in doc["error"]["message"]  # Anthropic's shape
+    # the OpenAI error shape: /v1/chat/completions on api.anthropic.com is its OpenAI-compatible endpoint
+    assert doc["error"]["code"] == "misdirected_request" and "api.openai.com" in doc["error"]["message"]
     assert headers["x-spendgate-refused"] == "misdirected_request"
     # and the other way round: a tunnel to another name, plain HTTP inside with a provider Host
     s = socket.create_connection(("127.0.0.1", gw.port), timeout=30)
