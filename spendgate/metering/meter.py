@@ -22,6 +22,7 @@ from spendgate import bounds
 from spendgate.batcher import Batcher
 from spendgate.identity import Identity, with_body_hints
 from spendgate.metering import billing, providers
+from spendgate.metering.context import ContextBook
 from spendgate.metering.providers.base import (
     Adapter,
     RequestInfo,
@@ -196,6 +197,7 @@ class Meter:
         self.plan_for: PlanFn | None = None  # set by the gateway: which policy plan a seat belongs to
         self._worker: Batcher[tuple] = Batcher(self._record_batch, 0.05, "spendgate-meter")
         self._inflight: dict[str, Exchange] = {}  # single dict operations: atomic, no lock needed
+        self.contexts = ContextBook()  # what continuations (previous_response_id) re-read
         # request ids: random per process, then a counter (cheaper than uuid4 on the event loop)
         self._ids = (f"{os.urandom(10).hex()}{n:012x}" for n in itertools.count())
 
@@ -228,6 +230,8 @@ class Meter:
             req = route.adapter.parse_request(canon, body) if route.adapter else RequestInfo()
         if not req.model:  # Bedrock/Vertex name the model in the path, Azure its deployment
             req.model = route.extra.get("model") or route.extra.get("deployment")
+        if req.continues:  # the body holds the new turn only; the provider bills the context again
+            req.input_bytes += self.contexts.tokens(req.continues) * CHARS_PER_TOKEN
         bounds.clip_request(req)
         ts = self.now()
         identity = bounds.clip_identity(with_body_hints(self.identify(headers, query, proxy_user, client_ip),
@@ -330,6 +334,8 @@ class Meter:
         except Exception:
             log.exception("could not build ledger row for %s", ex.request_id)
             return
+        if result is not None and result.response_id and result.usage is not None:
+            self.contexts.remember(result.response_id, result.usage.input_tokens + result.usage.output_tokens)
         for listener in self.listeners:  # budgets settle here and may set row.charged_usd
             try:
                 listener(ex, row)

@@ -307,3 +307,29 @@ def test_identity_sources(case, tmp_path, gateway_factory, fake_provider):
     logged = "\n".join(l for l in gw.log_text().splitlines() if not l.startswith("====="))
     raw = gw.db.read_bytes() + logged.encode()
     assert ANTHROPIC_KEY.encode() not in raw and b"s3cret" not in raw
+
+
+def test_a_responses_continuation_reserves_the_context_the_provider_bills_again(tmp_path, gateway_factory,
+                                                                                fake_provider):
+    """`previous_response_id` sends only the new turn, but the provider bills the whole earlier
+    context again: the estimate counts it (spendgate/metering/context.py), so the reservation holds.
+
+    gpt-5 ($1.25 input, $0.125 cached, $10 output per MTok); the fake's Responses usage is 2,000
+    input (500 cached) and 700 output: $0.0089375. A $0.011 day leaves $0.0020625. A 16-token
+    continuation of a few bytes estimates ~$0.0002 from its body, but ~$0.0036 with the 2,700
+    context tokens it re-reads: refused before it reaches the provider.
+    """
+    gw = gateway_factory(policy=policy(tmp_path, "defaults:\n  user: {day: 0.011}\n")).start()
+    client = openai.OpenAI(api_key=OPENAI_KEY, http_client=gw.http_client(), max_retries=0)
+    first = client.responses.create(model="gpt-5", input="hi", max_output_tokens=700)
+    gw.ledger(wait_for=1)
+    with pytest.raises(openai.RateLimitError):
+        client.responses.create(model="gpt-5", input="and then?", max_output_tokens=16,
+                                previous_response_id=first.id)
+    assert len(fake_provider.requests_to("api.openai.com", "/v1/responses")) == 1  # never forwarded
+    # a continuation of a response this gateway never saw has only its body to go on: admitted
+    client.responses.create(model="gpt-5", input="and then?", max_output_tokens=16,
+                            previous_response_id="resp_from_elsewhere")
+    rows = sorted(gw.ledger(wait_for=3), key=lambda r: r["ts"])
+    assert [r["outcome"] for r in rows] == ["ok", "blocked", "ok"]
+    client.close()

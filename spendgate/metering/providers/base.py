@@ -42,6 +42,7 @@ class RequestInfo:
     modifiers: dict[str, str] = field(default_factory=dict)  # serving asked for (speed: fast), for estimates
     malformed: bool = False  # body was not the JSON we expected: forward untouched
     unreadable: bool = False  # content-encoded in a way we cannot undo: refused, never forwarded unread
+    continues: str | None = None  # previous_response_id: the provider re-reads that context (metering/context.py)
 
 
 @dataclass(slots=True)
@@ -58,6 +59,7 @@ class ResponseResult:
     error: str | None = None  # in-stream or body error type, e.g. "overloaded_error"
     complete: bool = False  # the stream reached its terminal event
     garbled: bool = False  # some bytes could not be parsed (we kept going)
+    response_id: str | None = None  # the provider's id of this response, when a later request may continue it
     events: int = 0  # number of events parsed (streams)
     finish_reasons: tuple[str, ...] = ()  # as the provider said them: end_turn, stop, length, STOP...
     reported_cost_usd: str | None = None  # the provider's own statement of the charge (OpenRouter usage.cost)

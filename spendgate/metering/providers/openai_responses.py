@@ -95,6 +95,7 @@ def _output_chars(output: Any) -> int:
 def apply_response(result: ResponseResult, response: dict, web_searches: int) -> None:
     """Fold a (terminal or whole) Response object into ``result``."""
     result.model = str_or_none(response.get("model")) or result.model
+    result.response_id = str_or_none(response.get("id")) or result.response_id
     result.service_tier = str_or_none(response.get("service_tier")) or result.service_tier
     result.error = result.error or response_error(response)
     # why it ended: the incomplete reason (e.g. max_output_tokens) when there is one, else the status
@@ -154,8 +155,10 @@ class OpenAIResponsesAdapter(Adapter):
 
     def parse_request(self, path: str, body: bytes) -> RequestInfo:
         try:
-            obj, info = parse_json_request(body, ("max_output_tokens",), ("user", "prompt_cache_key"))
+            obj, info = parse_json_request(body, ("max_output_tokens",),
+                                           ("user", "prompt_cache_key", "previous_response_id"))
             info.metadata_user = str_or_none(obj.get("user"))
+            info.continues = str_or_none(obj.get("previous_response_id"))
             if key := str_or_none(obj.get("prompt_cache_key")):  # Codex: its conversation id
                 info.hints = BodyHints(prompt_cache_key=key[:256])
             return info
