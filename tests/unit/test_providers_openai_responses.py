@@ -30,6 +30,7 @@ def test_stream_fixture_exact() -> None:
         complete=True,
         events=20,
         finish_reasons=("completed",),
+        response_id="resp_spendgatefixture0001",
     )
 
 
@@ -42,6 +43,7 @@ def test_json_fixture_exact() -> None:
         output_chars=37,
         complete=True,
         finish_reasons=("max_output_tokens",),
+        response_id="resp_spendgatefixture0001",
     )
 
 
