@@ -150,6 +150,27 @@ def test_openrouter_usage_cost_is_read() -> None:
         assert r.adapter.parse_response(json.dumps(bad).encode()).reported_cost_usd is None, cost
 
 
+def test_openrouter_byok_cost_adds_what_the_upstream_provider_bills_the_key() -> None:
+    """BYOK: `cost` is OpenRouter's fee; the upstream bills the customer's key the rest."""
+    r = _route("openrouter.ai", "/api/v1/chat/completions")
+    doc = json.loads(fixture_bytes("openrouter_chat.json"))
+    doc["usage"].update(cost=0.0005, is_byok=True, cost_details={"upstream_inference_cost": 0.0123})
+    assert r.adapter.parse_response(json.dumps(doc).encode()).reported_cost_usd == "0.0128"
+    # BYOK without the upstream figure: no provider-reported cost (priced at list price instead)
+    for details in (None, {}, {"upstream_inference_cost": None}, {"upstream_inference_cost": -1}, "x"):
+        doc["usage"]["cost_details"] = details
+        assert r.adapter.parse_response(json.dumps(doc).encode()).reported_cost_usd is None, details
+    # not BYOK: the fee is the whole bill, whatever cost_details says
+    doc["usage"].update(is_byok=False, cost_details={"upstream_inference_cost": 0.0123})
+    assert r.adapter.parse_response(json.dumps(doc).encode()).reported_cost_usd == "0.0005"
+    # and in a stream's last chunk the same
+    chunk = {"id": "x", "object": "chat.completion.chunk", "model": "m", "choices": [],
+             "usage": {**doc["usage"], "is_byok": True}}
+    parser = r.adapter.stream_parser("/api/v1/chat/completions")
+    parser.feed(f"data: {json.dumps(chunk)}\n\ndata: [DONE]\n\n".encode())
+    assert parser.result().reported_cost_usd == "0.0128"
+
+
 def test_embeddings_input_only(pricer: Pricer) -> None:
     r = _route("api.openai.com", "/v1/embeddings")
     info = r.adapter.parse_request("/v1/embeddings", b'{"model": "text-embedding-3-small", "input": ["a", "b"]}')

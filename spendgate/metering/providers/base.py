@@ -200,6 +200,22 @@ def cost_or_none(value: Any) -> str | None:
     return str(amount) if amount.is_finite() and amount >= 0 else None
 
 
+def reported_cost(usage: dict) -> str | None:
+    """USD the request cost per the provider's own accounting (OpenRouter ``usage.cost``), or None.
+
+    With BYOK (``usage.is_byok: true``) ``cost`` is only OpenRouter's fee: the upstream provider
+    bills the customer's own key ``usage.cost_details.upstream_inference_cost`` (OpenRouter docs,
+    "Usage Accounting"). Both are spend, so they are added; a BYOK response without the upstream
+    figure gives None and the row is priced at list price instead of a fee that looks like the bill.
+    """
+    cost = cost_or_none(usage.get("cost"))
+    if cost is None or usage.get("is_byok") is not True:
+        return cost
+    details = usage.get("cost_details")
+    upstream = cost_or_none(details.get("upstream_inference_cost")) if isinstance(details, dict) else None
+    return None if upstream is None else str(Decimal(cost) + Decimal(upstream))
+
+
 def str_or_none(value: Any) -> str | None:
     return value if isinstance(value, str) and value else None
 

@@ -21,12 +21,12 @@ from spendgate.metering.providers.base import (
     StreamParser,
     add_finish_reason,
     as_int,
-    cost_or_none,
     dig,
     dumps_compact,
     error_type,
     load_json,
     parse_json_request,
+    reported_cost,
     str_or_none,
 )
 from spendgate.metering.salvage import head_field, tail_field
@@ -128,7 +128,7 @@ class ChatStreamParser(JSONEventStreamParser):
         if isinstance(usage, dict):
             r.usage = chat_usage(usage)
             r.usage_final = True
-            r.reported_cost_usd = cost_or_none(usage.get("cost"))
+            r.reported_cost_usd = reported_cost(usage)
 
     def on_oversized(self, event: str | None, over: Oversized) -> None:
         """A huge delta (e.g. audio) counts toward estimates and keeps a trailing usage object."""
@@ -180,7 +180,7 @@ class OpenAIChatAdapter(Adapter):
             if isinstance(usage, dict):
                 result.usage = chat_usage(usage)
                 result.usage_final = result.complete = True
-                result.reported_cost_usd = cost_or_none(usage.get("cost"))
+                result.reported_cost_usd = reported_cost(usage)
             result.output_chars = _delta_chars(obj.get("choices"), "message")
             _finish_reasons(result, obj.get("choices"))
             return result
