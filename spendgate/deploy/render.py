@@ -196,6 +196,19 @@ def _template(name: str, values: dict[str, str]) -> bytes:
     return fill((TEMPLATES / name).read_text(), values).encode()
 
 
+def haproxy_cfg(site: Site) -> bytes:
+    """A TCP load balancer for the central replicas (HAProxy configuration manual, "mode tcp").
+
+    TCP, not HTTP: agents open CONNECT tunnels to the gateway and the TLS inside is the
+    gateway's to terminate; a balancer that spoke HTTP would have to proxy CONNECT itself. Any
+    replica may take any connection (they share the store), so `leastconn` spreads the long-lived
+    tunnels; a replica that stops accepting connections is taken out by the TCP health check.
+    """
+    servers = "".join(f"    server replica{i} {hp} check inter 2s fall 2 rise 2\n"
+                      for i, hp in enumerate(site.replicas, 1))
+    return _template("haproxy.cfg", {"org": " ".join(site.org_name.split()), "port": str(site.port), "servers": servers})
+
+
 def _env_lines(env: dict[str, str]) -> str:
     return "".join(f'{k}="{v}"\n' for k, v in env.items())
 
@@ -246,6 +259,8 @@ def render(site: Site) -> list[Artifact]:
                 out.append(Artifact("central/spendgate-gateway.service",
                                     _template("spendgate-gateway.service", values)))
                 out.append(Artifact("central/gateway.env", _template("gateway.env", values), 0o640))
+                if site.replicas:
+                    out.append(Artifact("central/haproxy.cfg", haproxy_cfg(site)))
         elif os_name == "macos":
             out.append(Artifact("macos/spendgate.mobileconfig", mobileconfig(site)))
             out.append(Artifact("macos/spendgate.env.sh", "".join(f"export {k}=\"{v}\"\n"

@@ -86,6 +86,7 @@ class Site:
     opaque_patterns: tuple[str, ...] = opaque.DEFAULT_OPAQUE_HOSTS
     dashboard_host: str = DASHBOARD_HOST  # served by the gateway itself: must go to it
     store: str | None = None  # central replicas: the shared PostgreSQL store (no password)
+    replicas: tuple[str, ...] = ()  # central replicas (host:port) behind gateway.host:port (haproxy.cfg)
 
     @property
     def proxy_hostport(self) -> str:
@@ -155,6 +156,13 @@ def parse(text: str, file: Path) -> Site:
         problems.append(Problem(*at("gateway"), "central mode needs gateway.host (the gateway's DNS name)"))
     if mode == "laptop" and host not in LOOPBACK:
         problems.append(Problem(*at("gateway", "host"), f"laptop mode listens on 127.0.0.1 only, not {host!r}"))
+    replicas = tuple(gw.get("replicas") or ())
+    if replicas and mode != "central":
+        problems.append(Problem(*at("gateway", "replicas"), "replicas are for central mode"))
+    elif replicas and not gw.get("store"):  # each replica would enforce the whole cap: N x the budget
+        problems.append(Problem(*at("gateway", "replicas"), "several replicas need gateway.store (a PostgreSQL "
+                                                            "store they share); without it each one enforces the "
+                                                            "whole cap, N replicas N times it (docs/scale-out.md)"))
     if mode == "central" and method == "local_user":
         problems.append(Problem(*at("identity", "method"), "local_user names the gateway's own account in central "
                                                            "mode; use proxy_auth, api_key or header"))
@@ -233,7 +241,7 @@ def parse(text: str, file: Path) -> Site:
         dashboard_host=(gw.get("dashboard_host") or DASHBOARD_HOST).lower(), identity_method=method,
         identity_header=ident.get("header", DEFAULT_HEADER).lower(), identity_user=ident.get("user", USER_TOKEN),
         no_proxy=tuple(doc.get("no_proxy") or ("localhost", "127.0.0.1", "::1")), policy_file=policy_file,
-        paths=paths, store=gw.get("store"),
+        paths=paths, store=gw.get("store"), replicas=replicas,
         warnings=tuple(warnings),
     )  # fmt: skip
 

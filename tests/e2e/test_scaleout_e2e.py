@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import os
+import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -23,7 +26,7 @@ from psycopg.rows import dict_row
 
 from spendgate.store.postgres import SCHEMA_VERSION
 from tests.support import ANTHROPIC_KEY
-from tests.support.gateway import GatewayError, _clean_env
+from tests.support.gateway import GatewayError, _clean_env, free_port
 from tests.support.webhook import Hook
 
 MODEL = "claude-sonnet-4-5"
@@ -289,3 +292,77 @@ sinks:
     ca.close()
     cb.close()
     hook.close()
+
+
+def _haproxy() -> str:
+    exe = shutil.which("haproxy") or ("/usr/sbin/haproxy" if os.access("/usr/sbin/haproxy", os.X_OK) else None)
+    if exe is None:
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail("haproxy is required in CI (scripts/ensure-haproxy installs it)")
+        pytest.skip("haproxy not installed (scripts/ensure-haproxy)")
+    return exe
+
+
+def test_the_kits_load_balancer_spreads_two_replicas_and_one_cap_holds(tmp_path, gateway_factory, fake_provider,
+                                                                      store_url):
+    """The MDM kit's central deployment as rendered: HAProxy (central/haproxy.cfg, TCP mode) in
+    front of two replicas sharing the company CA and one PostgreSQL store. Connections spread over
+    both; a stopped replica is routed around; the $0.06 cap (5 requests of $0.01179) holds for all."""
+    exe = _haproxy()
+    cap = Decimal("0.06")
+    pol = policy(tmp_path, f"defaults: {{user: {{day: {cap}}}}}\n")
+    args = ["--set", f"spendgate_store={store_url}"]
+    first = gateway_factory("replica0", policy=pol, extra_args=args).start()
+    second = gateway_factory("replica1", policy=pol, extra_args=args)
+    second.confdir.mkdir(parents=True, exist_ok=True)
+    for f in first.confdir.glob("mitmproxy-ca*"):  # every replica presents the company CA
+        shutil.copy(f, second.confdir / f.name)
+    second.start()
+    lb_port = free_port()
+    site = tmp_path / "site.yaml"
+    site.write_text(
+        "version: 1\norganization: {name: Test Corp, identifier: com.example.test}\nmode: central\n"
+        f"gateway: {{host: 127.0.0.1, port: {lb_port}, store: '{store_url}',\n"
+        f"          replicas: ['127.0.0.1:{first.port}', '127.0.0.1:{second.port}']}}\n"
+        f"ca: {{cert: {first.ca_file}}}\nidentity: {{method: proxy_auth}}\n")
+    kit = tmp_path / "kit"
+    cp = spendgate("mdm", "render", "--config", str(site), "--out", str(kit))
+    assert cp.returncode == 0, cp.stderr
+    cfg = kit / "central" / "haproxy.cfg"
+    check = subprocess.run([exe, "-c", "-f", str(cfg)], capture_output=True, text=True, timeout=30)
+    assert check.returncode == 0, check.stdout + check.stderr
+    lb = subprocess.Popen([exe, "-db", "-f", str(cfg)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        wait_until(lambda: _accepts(lb_port), timeout=15)
+
+        def ask_through_the_balancer() -> int:  # a new connection each time, as new agent processes make
+            with httpx2.Client(proxy=f"http://127.0.0.1:{lb_port}", verify=first.client_ssl_context(),
+                               trust_env=False, timeout=30) as http:
+                client = anthropic.Anthropic(api_key=ANTHROPIC_KEY, max_retries=0, http_client=http)
+                try:
+                    ask(client)
+                    return 200
+                except anthropic.RateLimitError:
+                    return 429
+
+        statuses = [ask_through_the_balancer() for _ in range(4)]
+        assert statuses == [200] * 4
+        assert len({r["replica"] for r in rows(store_url)}) == 2  # both replicas took connections
+        first.stop()  # one replica goes away: the balancer sends everything to the other
+        statuses += [ask_through_the_balancer() for _ in range(4)]
+    finally:
+        lb.terminate()
+        lb.wait(timeout=10)
+    assert statuses == [200] * 5 + [429] * 3  # one cap across both replicas, not one each
+    shared = wait_until(lambda: (r := rows(store_url)) and len(r) == 8 and r)
+    charged = sum(r["charged_usd"] or 0 for r in shared)
+    assert charged == 5 * ONE_REQUEST_USD <= cap
+    assert len(fake_provider.requests) == 5
+
+
+def _accepts(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False

@@ -85,6 +85,12 @@ def test_example_site_config_validates_once_a_ca_is_there(tmp_path, ca_cert):
     ("version: 1\norganization: {name: X, identifier: com.x}\nmode: sideways\n", 3, "mode"),
     ("version: 1\norganization: {name: X, identifier: com.x}\nmode: central\ngateway: {host: g}\n"
      "identity:\n  method: local_user\n", 6, "local_user names the gateway's own account"),
+    ("version: 1\norganization: {name: X, identifier: com.x}\nmode: central\ngateway:\n  host: g\n"
+     "  replicas: ['a:1', 'b:1']\n", 6, "several replicas need gateway.store"),
+    ("version: 1\norganization: {name: X, identifier: com.x}\nmode: laptop\ngateway:\n"
+     "  replicas: ['a:1', 'b:1']\n  store: postgresql://s@db/s\n", 5, "replicas are for central mode"),
+    ("version: 1\norganization: {name: X, identifier: com.x}\nmode: central\ngateway:\n  host: g\n"
+     "  store: postgresql://s@db/s\n  replicas: ['a:1', 'a:1']\n", 7, "replicas"),
 ])
 def test_site_problems_are_positioned(tmp_path, body, line, needle):
     with pytest.raises(site.SiteError) as e:
@@ -508,3 +514,27 @@ def test_central_replicas_share_the_store_named_in_the_site_config(tmp_path, ca_
     assert "\nSPENDGATE_STORE=postgresql://spendgate@db.corp.example/spendgate\n" in env
     with pytest.raises(site.SiteError, match="store"):  # a password in the URL would sit in a readable file
         site.load(with_store("postgresql://u:secret@db/x"))
+
+
+def test_central_replicas_get_a_tcp_load_balancer_in_the_kit(tmp_path, ca_cert):
+    """gateway.replicas renders central/haproxy.cfg (run for real in tests/e2e/test_scaleout_e2e.py)."""
+    plain = artifacts(site.load(central(tmp_path, ca_cert)))
+    assert "central/haproxy.cfg" not in plain  # one gateway: nothing to balance
+    (tmp_path / "r").mkdir()
+    s = site.load(write_site(tmp_path / "r", f"""\
+        version: 1
+        organization: {{name: "Test\\nCorp", identifier: com.example}}
+        mode: central
+        gateway:
+          host: gw.corp.example
+          port: 3128
+          store: postgresql://spendgate@db.corp.example/spendgate
+          replicas: [gw1.corp.example:3128, gw2.corp.example:3128, 10.0.0.7:8080]
+        ca: {{cert: {ca_cert}}}
+        identity: {{method: proxy_auth}}
+        """))
+    cfg = artifacts(s)["central/haproxy.cfg"].decode()
+    assert "mode tcp" in cfg and "bind :3128" in cfg and "balance leastconn" in cfg
+    assert [ln.split()[1:3] for ln in cfg.splitlines() if ln.strip().startswith("server ")] == [
+        ["replica1", "gw1.corp.example:3128"], ["replica2", "gw2.corp.example:3128"], ["replica3", "10.0.0.7:8080"]]
+    assert "for Test Corp:" in cfg  # a name cannot break out of its comment line
