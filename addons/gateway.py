@@ -21,6 +21,7 @@ from spendgate import bounds, fsutil, resources
 from spendgate.budgets import refusal
 from spendgate.budgets.admission import too_large
 from spendgate.cli.source import default_db
+from spendgate.central.options import central_settings
 from spendgate.gateway import Gateway, GatewayError, Settings
 from spendgate.metering import providers
 from spendgate.metering.meter import Body, Exchange
@@ -130,6 +131,18 @@ class SpendGate:
                           "postgresql:// URL of the store shared by gateway replicas (default: this process only)")
         loader.add_option("spendgate_store_lease", int, 30,
                           "seconds a reservation lives in the shared store unless its replica renews it")
+        # a laptop reporting to a central gateway (docs/scale-out.md, "Laptops")
+        loader.add_option("spendgate_central", str, "",
+                          "URL of the central gateway's API this laptop pushes its rows to and leases budget from")
+        loader.add_option("spendgate_central_token_file", str, "",
+                          "file holding this user's spendgate token issued by the centre (0600)")
+        loader.add_option("spendgate_central_id", str, "",
+                          "this gateway's name in the centre's ledger (default: host name and user)")
+        loader.add_option("spendgate_central_proxy", str, "", "reach spendgate_central through this HTTP proxy")
+        loader.add_option("spendgate_central_interval", float, 2.0,
+                          "seconds between pushes and lease renewals while the centre answers")
+        loader.add_option("spendgate_central_lease", float, 10.0,
+                          "USD of the centre's room one lease may hand this laptop (the centre caps it too)")
 
     def configure(self, updated: set[str]) -> None:
         """Check settings now (a bad policy stops start-up); open the ledger once running.
@@ -166,6 +179,10 @@ class SpendGate:
             store=opts.spendgate_store or None,
             store_lease=float(max(1, opts.spendgate_store_lease)),
         )
+        try:
+            settings.report_to = central_settings(opts)
+        except ValueError as e:
+            raise exceptions.OptionsError(str(e)) from None
         try:
             settings.telemetry = telemetry_settings(
                 otlp=opts.spendgate_otel, endpoint=opts.spendgate_otel_endpoint, headers=opts.spendgate_otel_headers,

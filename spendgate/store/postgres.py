@@ -322,6 +322,50 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         ALTER TABLE requests ADD COLUMN IF NOT EXISTS modifiers TEXT;
         """,
     ),
+    (
+        3,
+        "laptops reporting to a centre (origin, offline); increase requests, decisions and the audit trail shared",
+        """
+        ALTER TABLE requests ADD COLUMN IF NOT EXISTS origin TEXT;      -- the laptop gateway that metered it
+        ALTER TABLE requests ADD COLUMN IF NOT EXISTS offline BOOLEAN DEFAULT false;  -- admitted while the centre was away
+        CREATE INDEX IF NOT EXISTS requests_origin ON requests (origin) WHERE origin IS NOT NULL;
+        -- the workflow tables every replica shares (spendgate.workflow.sharing): same columns as DuckDB's
+        CREATE TABLE IF NOT EXISTS increase_requests (
+            id TEXT PRIMARY KEY,
+            ts TIMESTAMPTZ NOT NULL,
+            requester TEXT NOT NULL,
+            scope TEXT NOT NULL,
+            "window" TEXT NOT NULL,
+            amount_usd NUMERIC(20, 10) NOT NULL,
+            reason TEXT NOT NULL,
+            spent_usd NUMERIC(20, 10),
+            limit_usd NUMERIC(20, 10),
+            window_end TIMESTAMPTZ NOT NULL,
+            replica TEXT
+        );
+        CREATE TABLE IF NOT EXISTS request_decisions (
+            request_id TEXT PRIMARY KEY,      -- one decision per request, whichever replica makes it first
+            ts TIMESTAMPTZ NOT NULL,
+            decision TEXT NOT NULL,
+            actor TEXT NOT NULL,
+            amount_usd NUMERIC(20, 10),
+            until TIMESTAMPTZ,
+            note TEXT,
+            replica TEXT
+        );
+        CREATE TABLE IF NOT EXISTS audit (
+            seq BIGSERIAL PRIMARY KEY,
+            ts TIMESTAMPTZ NOT NULL,
+            event TEXT NOT NULL,
+            actor TEXT NOT NULL,
+            scope TEXT,
+            ref TEXT,
+            detail TEXT,
+            replica TEXT
+        );
+        CREATE INDEX IF NOT EXISTS audit_ts ON audit (ts);
+        """,
+    ),
 ]
 SCHEMA_VERSION = max(v for v, _, _ in MIGRATIONS)
 MIGRATION_LOCK = 0x5E4D6A7E  # pg_advisory_xact_lock key: two `store migrate` runs take turns
@@ -364,6 +408,8 @@ def row_from_json(d: dict[str, Any]) -> LedgerRow:
     """The inverse of `row_json` (the local outbox keeps rows as JSON lines)."""
     out: dict[str, Any] = {}
     for c in COLUMNS:
+        if c not in d:  # written before the column existed: the field's default
+            continue
         v = d.get(c)
         if c == "ts":
             v = datetime.fromisoformat(v)
@@ -543,15 +589,18 @@ class PostgresStore:
         return [CounterState(spent, reserved, refused) for _ord, spent, reserved, refused in rows]
 
     def settle(self, request_id: str, actual: Decimal, row: LedgerRow | None,
-               unreserved_keys: Sequence[Key] | None = None) -> str:
+               unreserved_keys: Sequence[Key] | None = None, degraded: bool | None = None) -> str:
         """Swap the reservation for `actual` USD and insert the ledger row, in one transaction.
 
-        `unreserved_keys`: a request admitted without the store (fail_open_bounded); when its row
-        is new, `actual` is charged to these counters, once.
+        `unreserved_keys`: a request admitted without the store (fail_open_bounded, or a laptop's
+        row ingested by the centre); when its row is new, `actual` is charged to these counters,
+        once. `degraded` marks the row (default: whether `unreserved_keys` were given).
         """
         from psycopg.types.json import Jsonb
 
-        payload = row_json(row, self.replica, unreserved_keys is not None) if row is not None else None
+        if degraded is None:
+            degraded = unreserved_keys is not None
+        payload = row_json(row, self.replica, degraded) if row is not None else None
         keys = list(unreserved_keys or [])
         return self._run(
             "SELECT spendgate_settle(%s, %s, %s, %s::text[], %s::text[], %s::timestamptz[])",
