@@ -139,9 +139,9 @@ class SpendGate:
         loader.add_option("spendgate_central_id", str, "",
                           "this gateway's name in the centre's ledger (default: host name and user)")
         loader.add_option("spendgate_central_proxy", str, "", "reach spendgate_central through this HTTP proxy")
-        loader.add_option("spendgate_central_interval", float, 2.0,
+        loader.add_option("spendgate_central_interval", str, "2",
                           "seconds between pushes and lease renewals while the centre answers")
-        loader.add_option("spendgate_central_lease", float, 10.0,
+        loader.add_option("spendgate_central_lease", str, "10",
                           "USD of the centre's room one lease may hand this laptop (the centre caps it too)")
 
     def configure(self, updated: set[str]) -> None:

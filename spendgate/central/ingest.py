@@ -44,7 +44,7 @@ _TEXT_LIMITS = {"endpoint": 256, "model": bounds.MODEL, "key_fingerprint": 128, 
                 "session_id": bounds.SESSION_ID, "price_detail": 8000, "note": bounds.NOTE,
                 "requested_model": bounds.MODEL, "trace_id": 32, "span_id": 16, "credential": 64, "plan": 128,
                 "modifiers": 1000}
-_WORDS_REQUIRED = ("provider", "outcome", "price_source", "billing_basis")
+_WORDS_REQUIRED = ("provider", "outcome", "billing_basis")
 _COUNTS = ("input_tokens", "cache_read_tokens", "cache_write_tokens", "cache_write_1h_tokens", "output_tokens",
            "reasoning_tokens", "web_search_requests", "bytes_in", "bytes_out", "input_audio_tokens",
            "input_image_tokens", "input_video_tokens", "cache_read_audio_tokens", "output_audio_tokens",
@@ -157,6 +157,7 @@ def validate_row(d: Any, user: str, origin: str, workspaces: Sequence[str], now:
         values[name] = v
     values["endpoint"] = _text(d, "endpoint", _TEXT_LIMITS["endpoint"], required=True)
     values["client"] = _text(d, "client", _TEXT_LIMITS["client"], required=True)
+    values["price_source"] = _text(d, "price_source", 200, required=True)
     for name, limit in _TEXT_LIMITS.items():
         if name not in values:
             values[name] = _text(d, name, limit)

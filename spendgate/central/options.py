@@ -48,9 +48,12 @@ def central_settings(opts: Any) -> CentralSettings | None:
     gid = (opts.spendgate_central_id or "").strip() or default_gateway_id()
     if _ID.search(gid) or len(gid) > 128:
         raise ValueError("spendgate_central_id: at most 128 letters, digits and ._:@-")
-    if opts.spendgate_central_interval <= 0 or opts.spendgate_central_lease < 0:
-        raise ValueError("spendgate_central_interval must be > 0 and spendgate_central_lease >= 0")
+    try:  # mitmproxy options have no float type: numbers arrive as text
+        interval, lease = float(opts.spendgate_central_interval), Decimal(str(opts.spendgate_central_lease))
+    except (ValueError, ArithmeticError):
+        interval, lease = -1.0, Decimal(-1)
+    if not 0 < interval <= 3600 or not lease.is_finite() or lease < 0:
+        raise ValueError("spendgate_central_interval must be seconds > 0 and spendgate_central_lease USD >= 0")
     return CentralSettings(url=url, token_file=token_file, gateway_id=gid,
                            proxy=(opts.spendgate_central_proxy or "").strip() or None,
-                           interval=float(opts.spendgate_central_interval),
-                           lease_usd=Decimal(str(opts.spendgate_central_lease)))
+                           interval=interval, lease_usd=lease)

@@ -55,7 +55,7 @@ class CentralSettings:
     interval: float = 2.0  # seconds between pushes / lease renewals while the centre answers
     batch: int = 200  # rows per POST (the centre accepts up to 500)
     lease_usd: Decimal = Decimal(10)  # the most room one lease may hand out
-    max_backoff: float = 60.0  # seconds between attempts while the centre is away, at most
+    max_backoff: float = 60.0  # seconds between attempts while the centre is away, at most (<= 30 x interval)
 
 
 class CentralError(RuntimeError):
@@ -94,6 +94,10 @@ class Outbox:
         """(rows, USD charged) not yet acknowledged."""
         n, usd = self.cursor().execute(f"SELECT count(*), coalesce(sum(r.charged_usd), 0) {self._PENDING}").fetchone()
         return n, Decimal(usd)
+
+    def retry_rejected(self) -> int:
+        """At start-up: rows the centre rejected are offered once more (a fixed or upgraded centre may take them)."""
+        return self.cursor().execute("DELETE FROM central_pushed WHERE status = 'rejected'").fetchone()[0]
 
     def acknowledge(self, landed: list[str], rejected: dict[str, str] | None = None) -> None:
         """Mark request ids answered by the centre (landed, or rejected with its reason), once each."""
@@ -154,6 +158,7 @@ class Uplink:
     # -- life cycle --
     def start(self) -> "Uplink":
         self._rebuild_offline(datetime.now(UTC))
+        self.outbox.retry_rejected()
         self._thread.start()
         return self
 
@@ -254,7 +259,8 @@ class Uplink:
             except CentralError as e:
                 self._failed(str(e))
                 n = self.stats.failures
-                delay = min(self.settings.max_backoff, self.settings.interval * 2 ** min(n - 1, 10))
+                cap = min(self.settings.max_backoff, self.settings.interval * 30)
+                delay = min(cap, self.settings.interval * 2 ** min(n - 1, 10))
                 delay *= 0.5 + random.random() / 2  # jitter: a fleet of laptops does not return in step
             except Exception as e:  # a bug must not stop reporting for good
                 log.exception("spendgate: reporting to the centre failed")
@@ -268,7 +274,9 @@ class Uplink:
             self.stats.failures += 1
             self.stats.last_error = why
         if first:
-            log.error("spendgate: the centre %s is unreachable (%s); admitting against offline_allowance and "
+            # a warning, not an error: mitmdump exits on an error logged during its start-up, and a
+            # laptop must start (and work offline) while the centre is away
+            log.warning("spendgate: the centre %s is unreachable (%s); admitting against offline_allowance and "
                       "keeping rows in the outbox", self.settings.url, why)
 
     def tick(self) -> bool:
@@ -282,7 +290,7 @@ class Uplink:
             self.stats.pushed += len(got.get("acknowledged") or [])
             if rejected:
                 self.stats.rejected += len(rejected)
-                log.error("spendgate: the centre rejected %d rows (kept in the local ledger, listed in "
+                log.warning("spendgate: the centre rejected %d rows (kept in the local ledger, listed in "
                           "central_pushed): %s", len(rejected), next(iter(rejected.values())))
         lease = self._post("/api/lease", {"gateway_id": self.settings.gateway_id,
                                           "want_usd": str(self.settings.lease_usd)}, token)

@@ -25,6 +25,8 @@ GROUPS = {
     "outcome": "outcome",
     "basis": "billing_basis",
     "plan": "coalesce(plan, CASE WHEN billing_basis = 'subscription' THEN '(no plan)' ELSE '(api)' END)",
+    # the gateway that metered the row: a laptop's id for rows it pushed to this centre (spendgate.central)
+    "origin": "coalesce(origin, '(this gateway)')",
 }
 WINDOWS = ("hour", "day", "week", "month")
 
@@ -37,6 +39,7 @@ LEDGER_FIELDS = (
     "billing_basis", "credential", "notional_usd", "plan",
     "input_audio_tokens", "input_image_tokens", "input_video_tokens",
     "cache_read_audio_tokens", "output_audio_tokens", "output_image_tokens", "output_video_tokens", "modifiers",
+    "origin", "offline",
 )  # fmt: skip
 
 

@@ -109,6 +109,14 @@ def get_routes(gw: GatewayView) -> dict[str, Handler]:
     )
     routes["/api/audit"] = audit
     routes["/api/grants"] = lambda params, caller: gw.workflow.grant_rows()
+
+    def central_status(params: dict[str, Any], caller: Caller) -> Any:
+        """A laptop reporting to a centre: outbox backlog, lease, last error (spendgate.central.uplink)."""
+        _admin_only(caller, "the reporting status is for admins")
+        uplink = getattr(gw, "uplink", None)
+        return uplink.status() if uplink is not None else {"centre": None}
+
+    routes["/api/central"] = central_status
     routes.update({f"/api/{name}": reconcile_query(name) for name in reconcile.QUERIES})
     return routes
 

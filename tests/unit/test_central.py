@@ -66,6 +66,7 @@ def test_a_valid_row_is_rebuilt_from_checked_values_and_charged_to_the_token_use
     ("ts", (NOW + timedelta(days=2)).isoformat(), "future"),
     ("ts", (NOW - timedelta(days=900)).isoformat(), "days old"),
     ("provider", "an thropic; DROP", "provider"),
+    ("price_source", None, "price_source"),
     ("outcome", None, "outcome"),
     ("input_tokens", -5, "input_tokens"),
     ("output_tokens", 10**15, "output_tokens"),
@@ -167,6 +168,8 @@ def test_outbox_is_every_unacknowledged_row_and_survives_a_restart(tmp_path):
     assert box.backlog() == (1, Decimal("0.01"))
     assert led.cursor().execute("SELECT status, error FROM central_pushed ORDER BY request_id").fetchall() == [
         ("landed", None), ("rejected", "ts is in the future")]
+    assert box.retry_rejected() == 1  # each start offers rejected rows once more
+    assert [r["request_id"] for r in box.pending(10)] == ["r-00000001", "r-00000002"]
     led.close()
     con = connect(tmp_path / "laptop.duckdb", read_only=True)
     con.close()
