@@ -20,6 +20,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import random
@@ -51,7 +52,10 @@ class CentralSettings:
     url: str  # the centre's API base: http(s)://host[:port] (its admin API or a reverse proxy in front)
     token_file: Path  # the user's spendgate token (spendgate tokens issue USER on the centre), 0600
     gateway_id: str  # this laptop gateway's name in the centre's `origin` column
-    proxy: str | None = None  # reach the centre through this HTTP proxy (e.g. the central gateway itself)
+    # reach the centre through this HTTP proxy: the central gateway itself, whose dashboard virtual host
+    # (http://spendgate.local) serves the API; it is sent `user` and the token as proxy credentials
+    proxy: str | None = None
+    user: str | None = None
     interval: float = 2.0  # seconds between pushes / lease renewals while the centre answers
     batch: int = 200  # rows per POST (the centre accepts up to 500)
     lease_usd: Decimal = Decimal(10)  # the most room one lease may hand out
@@ -323,6 +327,9 @@ class Uplink:
         if self.settings.proxy:
             opener = urllib.request.build_opener(urllib.request.ProxyHandler(
                 {"http": self.settings.proxy, "https": self.settings.proxy}))
+            if self.settings.user:  # a central gateway with spendgate_proxy_tokens: user + token
+                pair = f"{self.settings.user}:{token}".encode()
+                req.add_header("Proxy-Authorization", "Basic " + base64.b64encode(pair).decode())
         else:
             opener = outbound.opener_for(url)
         try:

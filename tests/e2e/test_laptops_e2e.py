@@ -55,17 +55,24 @@ def token_for(centre, user: str, path) -> str:
     return token
 
 
-def pair(tmp_path, gateway_factory, centre_args=(), policy_text=POLICY, interval="0.3"):
-    """A centre (not started) on a fixed admin port and a laptop (not started) reporting to it."""
+def pair(tmp_path, gateway_factory, centre_args=(), policy_text=POLICY, interval="0.3", via_proxy=False):
+    """A centre (not started) on a fixed admin port and a laptop (not started) reporting to it.
+
+    `via_proxy`: the laptop reaches the centre's API the way a real one would, through the central
+    gateway's proxy port and its dashboard virtual host, logging in with user + token.
+    """
     policy = tmp_path / "policy.yaml"
     policy.write_text(policy_text)
     port = free_port()
     centre = gateway_factory("centre", policy=policy,
-                             extra_args=["--set", f"spendgate_admin_port={port}", *centre_args])
+                             extra_args=["--set", f"spendgate_admin_port={port}", *centre_args,
+                                         *(["--set", "spendgate_proxy_tokens=true"] if via_proxy else [])])
     token_file = tmp_path / "tester.token"
     token = token_for(centre, "tester", token_file)
+    where = (["--set", "spendgate_central=http://spendgate.local", "--set", f"spendgate_central_proxy={centre.proxy_url}"]
+             if via_proxy else ["--set", f"spendgate_central=http://127.0.0.1:{port}"])
     laptop = gateway_factory("laptop", policy=policy, extra_args=[
-        "--set", f"spendgate_central=http://127.0.0.1:{port}", "--set", f"spendgate_central_token_file={token_file}",
+        *where, "--set", f"spendgate_central_token_file={token_file}",
         "--set", f"spendgate_central_id={LAPTOP_ID}", "--set", f"spendgate_central_interval={interval}"])
     return centre, laptop, f"http://127.0.0.1:{port}", token
 
@@ -146,24 +153,34 @@ def _admitted(client) -> bool:
         return False
 
 
-def _pending(laptop) -> bool:
-    """Rows the centre has not acknowledged yet, asked through the laptop's admin API (it holds the file)."""
+def _status(laptop) -> dict:
+    """The laptop's reporting state, asked through its admin API (it holds the file)."""
     admin = json.loads((laptop.db.parent / (laptop.db.name + ".gateway.json")).read_text())
     with httpx2.Client(trust_env=False, timeout=10) as c:
         got = c.get(admin["url"] + "/api/central", headers={"authorization": f"Bearer {admin['token']}"})
     assert got.status_code == 200, got.text
-    return got.json()["pending_rows"] > 0
+    return got.json()
+
+
+def _pending(laptop) -> bool:
+    return _status(laptop)["pending_rows"] > 0
+
+
+def _online(laptop) -> bool:
+    return _status(laptop)["online"]
 
 
 def test_a_laptop_token_cannot_push_rows_for_somebody_else_and_garbage_gets_a_4xx(tmp_path, gateway_factory,
                                                                                  fake_provider):
-    centre, laptop, api, token = pair(tmp_path, gateway_factory)
+    centre, laptop, api, token = pair(tmp_path, gateway_factory, via_proxy=True)  # through the centre's proxy
     mallory = token_for(centre, "mallory", tmp_path / "mallory.token")
     centre.start()
     laptop.start()
+    wait_until(lambda: _online(laptop))
     with anthropic.Anthropic(api_key=ANTHROPIC_KEY, max_retries=0, http_client=laptop.http_client()) as client:
-        wait_until(lambda: _admitted(client))
+        ask(client)
     (row,) = wait_until(lambda: centre.ledger())
+    assert row["offline"] is False and row["origin"] == LAPTOP_ID and row["identity_source"] == "token"
     before = spent(centre)
 
     forged = dict(row, request_id="forged-0001", origin="someone-else", user="tester")
@@ -203,8 +220,9 @@ def test_a_centre_on_postgresql_counts_laptop_rows_once(tmp_path, gateway_factor
     centre, laptop, api, token = pair(tmp_path, gateway_factory, centre_args=["--set", f"spendgate_store={pg_url}"])
     centre.start()
     laptop.start()
+    wait_until(lambda: _online(laptop))
     with anthropic.Anthropic(api_key=ANTHROPIC_KEY, max_retries=0, http_client=laptop.http_client()) as client:
-        wait_until(lambda: _admitted(client))
+        ask(client)
         ask(client)
 
     def shared():

@@ -508,3 +508,23 @@ def test_central_replicas_share_the_store_named_in_the_site_config(tmp_path, ca_
     assert "\nSPENDGATE_STORE=postgresql://spendgate@db.corp.example/spendgate\n" in env
     with pytest.raises(site.SiteError, match="store"):  # a password in the URL would sit in a readable file
         site.load(with_store("postgresql://u:secret@db/x"))
+
+
+def test_laptops_pointed_at_the_centre_get_its_url_and_token_file(tmp_path, ca_cert):
+    s = site.load(laptop(tmp_path, "gateway: {central: 'https://spendgate.corp.example:8443'}"))
+    files = artifacts(s)
+    unit = files["linux/spendgate.service"].decode()
+    assert "spendgate_central=https://spendgate.corp.example:8443" in unit
+    assert "spendgate_central_token_file=/etc/spendgate/central.token" in unit
+    assert r"spendgate_central_token_file=C:\ProgramData\spendgate\central.token" in \
+        files["windows/spendgate-task.xml"].decode()
+    with pytest.raises(site.SiteError, match="laptop mode"):  # a central gateway is the centre itself
+        site.load(write_site(tmp_path, f"""\
+            version: 1
+            organization: {{name: Test Corp, identifier: com.example}}
+            mode: central
+            gateway: {{host: gw.corp.example, central: 'https://x.example'}}
+            ca: {{cert: {ca_cert}}}
+            identity: {{method: proxy_auth}}
+            policy: {REPO}/policies/example.yaml
+            """))
