@@ -127,11 +127,11 @@ class Gateway:
         self.opaque = OpaqueRecorder(self.ledger.cursor)  # undecrypted AI connections (addons/opaque.py)
         # alerts, sinks, increase requests, grants (BudgetBook.grants) and the audit trail
         self.workflow = Workflow(self.policy, self.book, self.ledger.cursor)
+        if self.lease_keeper:  # grants, requests, decisions and the audit trail shared; alerts fire once for all
+            self.lease_keeper.also.append(sharing.share(self.workflow, self.book.store.pg).pull)
         self.workflow.policy_loaded(self.policy, "start")
         if settings.pricing:
             self.workflow.pricing_loaded(str(settings.pricing), self.pricer.overrides_sha256, "start")
-        if self.lease_keeper:  # grants made on any replica count everywhere; alerts fire once for all
-            self.lease_keeper.also.append(sharing.share(self.workflow, self.book.store.pg).pull)
         self.admission = Admission(
             self.book, self.pricer, self.journal,
             store_error=lambda: None if self.ledger.healthy else str(self.ledger.stats.last_error or "unknown"),

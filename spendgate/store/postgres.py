@@ -341,7 +341,7 @@ MIGRATIONS: list[tuple[int, str, str]] = [
             spent_usd NUMERIC(20, 10),
             limit_usd NUMERIC(20, 10),
             window_end TIMESTAMPTZ NOT NULL,
-            replica TEXT
+            replica TEXT DEFAULT substr(current_setting('application_name'), 11)
         );
         CREATE TABLE IF NOT EXISTS request_decisions (
             request_id TEXT PRIMARY KEY,      -- one decision per request, whichever replica makes it first
@@ -351,7 +351,7 @@ MIGRATIONS: list[tuple[int, str, str]] = [
             amount_usd NUMERIC(20, 10),
             until TIMESTAMPTZ,
             note TEXT,
-            replica TEXT
+            replica TEXT DEFAULT substr(current_setting('application_name'), 11)
         );
         CREATE TABLE IF NOT EXISTS audit (
             seq BIGSERIAL PRIMARY KEY,
@@ -361,9 +361,10 @@ MIGRATIONS: list[tuple[int, str, str]] = [
             scope TEXT,
             ref TEXT,
             detail TEXT,
-            replica TEXT
+            replica TEXT DEFAULT substr(current_setting('application_name'), 11)
         );
         CREATE INDEX IF NOT EXISTS audit_ts ON audit (ts);
+        ALTER TABLE grants ALTER COLUMN replica SET DEFAULT substr(current_setting('application_name'), 11);
         """,
     ),
 ]
@@ -466,7 +467,8 @@ class PostgresStore:
                 "autocommit": True,
                 "connect_timeout": max(1, round(timeout)),
                 "options": f"-c statement_timeout={int(statement_timeout * 1000)}",
-                "application_name": "spendgate",
+                # names the replica: the shared workflow tables' `replica` column defaults to it
+                "application_name": f"spendgate {self.replica}"[:63],
                 "keepalives": 1,
                 "keepalives_idle": 10,
                 "keepalives_interval": 5,
@@ -710,6 +712,52 @@ class PostgresStore:
         except self._psycopg.OperationalError as e:
             raise StoreUnavailable(f"the store {redact(self.url)} failed: {_why(e)}") from None
         return con.execute("SELECT count(*) FROM requests").fetchone()[0]
+
+
+class StoreConflict(StoreError, ValueError):
+    """An insert hit a row another replica wrote first (a request decided twice): nothing changed."""
+
+
+class _Result:
+    """What DuckDB's `execute` returns, as far as the workflow code reads it."""
+
+    def __init__(self, description: Any, rows: list[tuple]) -> None:
+        self.description = description or []
+        self._rows = rows
+
+    def fetchall(self) -> list[tuple]:
+        return self._rows
+
+    def fetchone(self) -> tuple | None:
+        return self._rows[0] if self._rows else None
+
+
+class SharedCursor:
+    """A DuckDB-cursor look-alike over the store, for the workflow tables every replica shares
+    (increase_requests, request_decisions, grants, audit): the same SQL with `?` placeholders,
+    one autocommit statement per call, results fetched at once. A duplicate key raises
+    StoreConflict; an unreachable store StoreUnavailable."""
+
+    def __init__(self, store: "PostgresStore") -> None:
+        self.store = store
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> _Result:
+        from psycopg import errors
+
+        query = sql.replace("%", "%%").replace("?", "%s")
+        try:
+            with self.store.pool.connection() as con:
+                cur = con.execute(query, list(params))
+                rows = cur.fetchall() if cur.description else []
+                return _Result(cur.description, rows)
+        except errors.UniqueViolation as e:
+            raise StoreConflict(f"already recorded by another replica: {_why(e)}") from None
+        except self.store._psycopg.OperationalError as e:
+            raise StoreUnavailable(f"the store {redact(self.store.url)} failed: {_why(e)}") from None
+
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        for r in rows:
+            self.execute(sql, r)
 
 
 def _dumps(obj: Any) -> str:

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
+from spendgate.store.postgres import StoreUnavailable
 from spendgate.web.caller import ApiError, Caller
 from spendgate.workflow.approvals import DECIDING_SOURCES
 
@@ -211,6 +212,8 @@ class WebApp:
             return self._api(req, path, dict(parse_qsl(url.query)), caller)
         except ApiError as e:
             return json_response(e.status, {"error": str(e)})
+        except StoreUnavailable as e:  # the shared store is away: retry later, nothing was changed
+            return json_response(503, {"error": str(e)})
         except (ValueError, KeyError, TypeError) as e:
             return json_response(400, {"error": str(e)})
         except Exception as e:
