@@ -406,24 +406,45 @@ class SpendGate:
         self.gateway.meter.finish(ex, body, bytes_out=len(raw))
 
     # -- WebSocket hooks: per-turn admission and metering (spendgate.metering.websocket) --
-    def websocket_message(self, flow: http.HTTPFlow) -> None:
+    def websocket_message(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
+        """A client turn is admitted before it is forwarded; with a shared store the round trip runs on a
+        worker thread, and mitmproxy awaits this hook before it handles the socket's next message, so
+        frames keep their order."""
         session: ws.SocketSession | None = flow.metadata.get(WS)
         if session is None or flow.websocket is None or not flow.websocket.messages:
-            return
+            return None
         messages = flow.websocket.messages
         msg = messages[-1]
         if len(messages) > WS_KEEP_MESSAGES:  # mitmproxy keeps every message of a socket's life
             del messages[: -(WS_KEEP_MESSAGES // 2)]
         if msg.injected or not msg.is_text:
-            return
+            return None
         if not msg.from_client:
             session.server_message(msg.content)
-            return
+            return None
         turn = session.client_message(msg.content)
         if turn is None:
-            return
-        answer = self.gateway.admission.admit(turn.exchange) if self.gateway else refusal.unavailable(
+            return None
+        gw = self.gateway
+        if gw is not None and gw.admit_blocks:
+            return self._admit_turn_off_loop(flow, gw, session, turn, msg)
+        answer = gw.admission.admit(turn.exchange) if gw else refusal.unavailable(
             session.route.provider, "the gateway is not ready")
+        self._turn_admitted(flow, session, turn, msg, answer)
+        return None
+
+    async def _admit_turn_off_loop(self, flow: http.HTTPFlow, gw: Gateway, session: ws.SocketSession, turn,
+                                   msg) -> None:
+        try:
+            answer = await asyncio.to_thread(gw.admission.admit, turn.exchange)
+        except Exception:
+            log.exception("spendgate: checking a WebSocket turn failed; refusing it (fail closed)")
+            answer = refusal.unavailable(session.route.provider, "the gateway could not check this request")
+        self._turn_admitted(flow, session, turn, msg, answer)
+
+    @staticmethod
+    def _turn_admitted(flow: http.HTTPFlow, session: ws.SocketSession, turn, msg,
+                       answer: refusal.Answer | None) -> None:
         if answer is None:
             return
         msg.drop()  # never forwarded: the provider sees nothing of a refused turn

@@ -68,3 +68,29 @@ approvals:
                                     "'approve')", [rid]).fetchall())
     assert len(replicas_seen) == 2 and None not in replicas_seen
     assert by_event["request"] != by_event["approve"]  # filed on A, approved on B
+
+
+def test_websocket_turns_with_a_shared_store_are_admitted_off_the_loop_in_order(tmp_path, gateway_factory,
+                                                                                fake_provider, store_url):
+    """A turn's admission waits on PostgreSQL in a worker thread; the socket's next frame still goes after it."""
+    from tests.e2e.test_websocket_e2e import create, events_until_end, open_socket, ws_messages
+
+    (gw,) = replicas(gateway_factory, 1, policy(tmp_path, "defaults: {user: {day: 0.015}}\n"), store_url)
+    with open_socket(gw) as ws:
+        ws.send(create(max_output_tokens=1000))  # admitted through the store (~$0.0126 reserved)
+        ws.send(json.dumps({"type": "note", "n": 1}))  # sent at once: must reach the provider after the turn
+        assert events_until_end(ws)[-1]["type"] == "response.completed"
+        ws.send(create(max_output_tokens=1000))  # past the shared cap: refused inside the socket
+        (err,) = events_until_end(ws)
+        assert err["type"] == "error" and err["status"] == 429
+        ws.send(json.dumps({"type": "note", "n": 2}))
+        ws.ping().wait(5)
+    sent = wait_until(lambda: len(m := ws_messages(fake_provider)) == 3 and m)
+    assert [m.json["type"] for m in sent] == ["response.create", "note", "note"]  # in order; the refused turn never sent
+    assert [m.json.get("n") for m in sent[1:]] == [1, 2]
+
+    def outcomes():
+        with psycopg.connect(store_url) as con:
+            return sorted(r[0] for r in con.execute("SELECT outcome FROM requests").fetchall())
+
+    wait_until(lambda: outcomes() == ["blocked", "ok"])
