@@ -252,8 +252,8 @@ class Ingest:
         """Insert the rows not landed before (ledger + idempotency keys in one transaction) and charge them."""
         cur = self.cursor()
         ids = [r.request_id for r in rows]
-        seen = {r[0] for r in cur.execute("SELECT request_id FROM central_ingested WHERE list_contains(?, request_id)",
-                                          [ids]).fetchall()}
+        seen = {r[0] for r in cur.execute("SELECT request_id FROM central_ingested "
+                                          "WHERE request_id IN (SELECT unnest(?::VARCHAR[]))", [ids]).fetchall()}
         new = [r for r in rows if r.request_id not in seen]
         shared = getattr(self.book.store, "pg", None)
         if shared is not None:  # the store decides: a row it already has is a duplicate there too
@@ -262,8 +262,9 @@ class Ingest:
             return set()
         cur.execute("BEGIN")
         try:
-            cur.executemany("INSERT INTO central_ingested VALUES (?, ?, ?, ?)",
-                            [[r.request_id, now, r.origin, r.user] for r in new])
+            # one statement over a list: DuckDB's executemany costs milliseconds per row on a keyed table
+            cur.execute("INSERT INTO central_ingested SELECT unnest(?::VARCHAR[]), ?, ?, ?",
+                        [[r.request_id for r in new], now, new[0].origin, new[0].user])  # one batch: one origin, one user
             write_rows(cur, new)
             cur.execute("COMMIT")
         except Exception:

@@ -106,10 +106,15 @@ class Outbox:
     def acknowledge(self, landed: list[str], rejected: dict[str, str] | None = None) -> None:
         """Mark request ids answered by the centre (landed, or rejected with its reason), once each."""
         now = datetime.now(UTC)
-        values = [[rid, now, "landed", None] for rid in landed]
-        values += [[rid, now, "rejected", err[:500]] for rid, err in (rejected or {}).items()]
-        if values:
-            self.cursor().executemany("INSERT INTO central_pushed VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING", values)
+        rejected = rejected or {}
+        ids = list(dict.fromkeys([*landed, *rejected]))
+        if not ids:
+            return
+        # one statement over lists: DuckDB's executemany costs milliseconds per row on a keyed table
+        self.cursor().execute(
+            "INSERT INTO central_pushed SELECT u.id, ?, CASE WHEN u.err IS NULL THEN 'landed' ELSE 'rejected' END, "
+            "u.err FROM (SELECT unnest(?::VARCHAR[]) AS id, unnest(?::VARCHAR[]) AS err) u ON CONFLICT DO NOTHING",
+            [now, ids, [rejected[i][:500] if i in rejected else None for i in ids]])
 
 
 @dataclass
