@@ -226,3 +226,36 @@ def test_offline_allowance_in_the_policy_schema():
         parse(POLICY.replace("{day: 0.05}", "{fortnight: 1}"))
     with pytest.raises(PolicyError):
         parse(POLICY.replace("{day: 0.05}", "{day: -1}"))
+
+
+def test_options_refuse_what_would_leak_or_never_work(tmp_path):
+    from types import SimpleNamespace
+
+    from spendgate.central.options import central_settings
+
+    token = tmp_path / "t"
+    token.write_text("sgt_x")
+    token.chmod(0o600)
+
+    def opts(**kw):
+        base = dict(spendgate_central="https://centre.example:8443", spendgate_central_token_file=str(token),
+                    spendgate_central_id="", spendgate_central_proxy="", spendgate_central_interval="2",
+                    spendgate_central_lease="10", spendgate_user="alice")
+        return SimpleNamespace(**{**base, **kw})
+
+    assert central_settings(opts(spendgate_central="")) is None
+    got = central_settings(opts())
+    assert got.url == "https://centre.example:8443" and got.user == "alice" and got.lease_usd == Decimal(10)
+    assert "@" in got.gateway_id  # user@host by default
+    for bad, why in [(dict(spendgate_central="ftp://x"), "http"),
+                     (dict(spendgate_central="https://u:p@x"), "credentials"),
+                     (dict(spendgate_central_token_file=""), "token_file"),
+                     (dict(spendgate_central_token_file=str(tmp_path / "missing")), "missing"),
+                     (dict(spendgate_central_id="a b"), "spendgate_central_id"),
+                     (dict(spendgate_central_interval="0"), "interval"),
+                     (dict(spendgate_central_lease="lots"), "lease")]:
+        with pytest.raises(ValueError, match=why):
+            central_settings(opts(**bad))
+    token.chmod(0o644)
+    with pytest.raises(ValueError, match="chmod 600"):
+        central_settings(opts())
