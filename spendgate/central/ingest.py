@@ -304,10 +304,11 @@ def lease(book: BudgetBook, user: str, want: Any, now: datetime | None = None) -
     budgets = book.covering(ident, now)
     tight = book.tightest(budgets) if budgets else None
     grant = min(asked, MAX_LEASE_USD)
-    out: dict[str, Any] = {"user": user, "granted_usd": None, "budget": None}
+    out: dict[str, Any] = {"user": user, "granted_usd": None, "room_usd": None, "budget": None}
     if tight is not None:
         b, room = tight
         grant = max(Decimal(0), min(grant, room))
+        out["room_usd"] = str(max(Decimal(0), room))  # uncapped: a request larger than the lease may still fit
         out["budget"] = {"scope": b.scope, "window": b.window, "limit_usd": str(b.limit),
                          "spent_usd": str(b.limit - room), "start": b.start.isoformat(), "end": b.end.isoformat()}
     out["granted_usd"] = str(grant)

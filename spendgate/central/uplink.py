@@ -133,6 +133,7 @@ class _Lease:
     base: Decimal  # USD the centre had not seen when it granted this (the backlog then)
     budget: dict[str, Any] | None
     since: Decimal = ZERO  # USD settled online since the lease was granted
+    room: Decimal | None = None  # the room itself (uncapped); None: no centre budget covers the user
 
 
 @dataclass
@@ -208,7 +209,9 @@ class Uplink:
             lease = self._lease if self._reachable else None
             if lease is not None:
                 used = lease.base + lease.since + self._inflight
-                if used + amount > lease.granted:
+                # one request larger than the lease's size (not its room) goes alone: nothing else is out
+                alone = self._inflight == 0 and lease.room is not None and used + amount <= lease.room
+                if used + amount > lease.granted and not alone:
                     self._wake.set()  # renew now: the room may have grown (rows landed, a grant)
                     return Hold(amount, False, refused=self._lease_refusal(user, lease, used, now))
                 self._inflight += amount
@@ -306,7 +309,8 @@ class Uplink:
         _, backlog = self.outbox.backlog()
         with self._lock:
             was = self._reachable
-            self._lease = _Lease(Decimal(lease["granted_usd"]), backlog, lease.get("budget"))
+            room = Decimal(lease["room_usd"]) if lease.get("room_usd") is not None else None
+            self._lease = _Lease(Decimal(lease["granted_usd"]), backlog, lease.get("budget"), room=room)
             self._reachable = True
             self.stats.failures = 0
             self.stats.last_ok = self.clock()

@@ -17,6 +17,7 @@ from spendgate.store.ledger import DuckDBLedger, LedgerRow, connect
 from spendgate.store.postgres import row_json
 
 NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
+ZERO_USD = Decimal(0)
 POLICY = """version: 1
 timezone: UTC
 organization: {name: acme, budgets: {month: 1000}}
@@ -138,6 +139,7 @@ def test_lease_is_the_tightest_room_capped_by_the_ask(centre):
     ingest.ingest("alice", "lap", [wire(_row("r-00000020", charged="0.7"))], now=NOW)
     got = lease(book, "alice", "10", NOW)
     assert Decimal(got["granted_usd"]) == Decimal("0.3") and got["budget"]["scope"] == "user:alice"
+    assert Decimal(got["room_usd"]) == Decimal("0.3")
     assert Decimal(lease(book, "alice", "0.1", NOW)["granted_usd"]) == Decimal("0.1")
     with pytest.raises(IngestError):
         lease(book, "alice", "lots", NOW)
@@ -215,6 +217,19 @@ def test_online_admission_spends_the_lease(tmp_path):
     assert refused is not None and refused[0].scope == "user:alice" and refused[1] == Decimal("0.99")
     up.settle(h, Decimal("0.005"))
     assert up.admit("alice", Decimal("0.02"), NOW).refused is None
+    led.close()
+
+
+def test_a_request_larger_than_the_lease_goes_alone_when_the_room_holds_it(tmp_path):
+    from spendgate.central.uplink import _Lease
+
+    up, led = _uplink(tmp_path)
+    up._reachable, up._lease = True, _Lease(Decimal("1"), ZERO_USD, None, room=Decimal("5"))
+    big = up.admit("alice", Decimal("3"), NOW)
+    assert big.refused is None  # bigger than the $1 lease, but nothing else is out and the $5 room holds it
+    assert up.admit("alice", Decimal("0.5"), NOW).refused is not None  # not beside it
+    up.settle(big, Decimal("3"))
+    assert up.admit("alice", Decimal("3"), NOW).refused is not None  # 3 settled + 3 > the $5 room
     led.close()
 
 
