@@ -159,6 +159,7 @@ class Uplink:
         self._lock = threading.Lock()
         self._lease: _Lease | None = None
         self._inflight = ZERO  # online holds not yet settled
+        self._batch = max(1, settings.batch)  # rows per POST; halved when the centre answers 413
         self._reachable = False  # the last contact succeeded (nothing is known before the first)
         self._offline: dict[tuple[str, str, datetime], Decimal] = {}  # (user, window, start) -> USD offline
         self._stop = threading.Event()
@@ -294,9 +295,16 @@ class Uplink:
     def tick(self) -> bool:
         """Push one batch, then renew the lease. True when more rows are waiting. Raises CentralError."""
         token = self._token()
-        rows = self.outbox.pending(self.settings.batch)
+        rows = self.outbox.pending(self._batch)
         if rows:
-            got = self._post("/api/ingest", {"gateway_id": self.settings.gateway_id, "rows": rows}, token)
+            try:
+                got = self._post("/api/ingest", {"gateway_id": self.settings.gateway_id, "rows": rows}, token)
+            except CentralError as e:
+                if e.status == 413 and self._batch > 1:  # rows with long details: smaller batches, at once
+                    self._batch = max(1, self._batch // 2)
+                    log.warning("spendgate: the centre found a batch too large; sending %d rows at a time", self._batch)
+                    return True
+                raise
             rejected = {r["request_id"]: r["error"] for r in got.get("rejected") or [] if r.get("request_id")}
             self.outbox.acknowledge(list(got.get("acknowledged") or []), rejected)
             self.stats.pushed += len(got.get("acknowledged") or [])
@@ -316,7 +324,7 @@ class Uplink:
             self.stats.last_ok = self.clock()
         if not was:
             log.warning("spendgate: the centre %s answers; admitting through its lease", self.settings.url)
-        return len(rows) >= self.settings.batch
+        return len(rows) >= self._batch
 
     def _token(self) -> str:
         try:

@@ -274,3 +274,36 @@ def test_options_refuse_what_would_leak_or_never_work(tmp_path):
     token.chmod(0o644)
     with pytest.raises(ValueError, match="chmod 600"):
         central_settings(opts())
+
+
+def test_a_batch_the_centre_finds_too_large_is_halved_and_nothing_is_lost(tmp_path):
+    """Against a real centre app (WebApp + routes over a real Ingest): rows with long details pass in halves."""
+    from spendgate.web.app import BODY_LIMITS, WebApp
+    from spendgate.web.server import AdminServer
+
+    centre_led = DuckDBLedger(tmp_path / "centre.duckdb")
+    book = BudgetBook(parse(POLICY))
+    ingest = Ingest(centre_led.cursor, book)
+    post = {"/api/ingest": lambda p, c: ingest.ingest(c.name, p.get("gateway_id"), p.get("rows")).as_json(),
+            "/api/lease": lambda p, c: lease(book, c.name, p.get("want_usd", "0"))}
+    server = AdminServer({}, post_routes=post)
+    server.app = WebApp(routes={}, post_routes=post, tokens=lambda: [], person=lambda t: "alice" if t == "sgt_x" else None)
+    server.start()
+    try:
+        up, led = _uplink(tmp_path)
+        up.settings = CentralSettings(url=server.url, token_file=up.settings.token_file, gateway_id="alice@laptop",
+                                      batch=8)
+        up._batch = 8
+        now = datetime.now(UTC)
+        long = "d" * (BODY_LIMITS["/api/ingest"] // 6)  # ~700 KB of price detail: 8 rows are over 4 MiB
+        for i in range(8):
+            led.append(_row(f"r-{i:08d}", ts=now - timedelta(seconds=i), price_detail=long))
+        led.flush()
+        while up.tick():
+            pass
+        assert up._batch == 4 and up.outbox.backlog()[0] == 0
+        assert centre_led.cursor().execute("SELECT count(*) FROM requests").fetchone()[0] == 8
+        led.close()
+    finally:
+        server.stop()
+        centre_led.close()
