@@ -103,6 +103,8 @@ def test_offline_laptop_replays_every_row_exactly_once_when_the_centre_returns(t
     assert len(fake_provider.requests) == 2
     local = laptop.ledger(wait_for=3)
     assert sorted((r["outcome"], r["offline"]) for r in local) == [("blocked", False), ("ok", True), ("ok", True)]
+    box = json.loads(laptop.cli("outbox", "--json", check=True).stdout)  # through the laptop's admin API
+    assert (box["pending_rows"], box["landed_rows"], box["offline_rows"]) == (3, 0, 2)
 
     centre.start()
     landed = wait_until(lambda: len(r := centre.ledger()) == 3 and r)  # the outbox drains on its own
@@ -112,6 +114,8 @@ def test_offline_laptop_replays_every_row_exactly_once_when_the_centre_returns(t
     offline_usd = sum(Decimal(str(r["charged_usd"])) for r in landed)
     assert offline_usd <= Decimal("0.03")  # the bound offline_allowance guarantees
     wait_until(lambda: spent(centre) == offline_usd)  # the centre's budgets count laptop spend
+    box = json.loads(laptop.cli("outbox", "--json", check=True).stdout)
+    assert (box["pending_rows"], box["landed_rows"], box["rejected_rows"]) == (0, 3, 0)
 
     # online again: admitted through the centre's lease, not marked offline, reported too
     wait_until(lambda: _admitted(client))
