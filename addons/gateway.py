@@ -21,6 +21,7 @@ from spendgate import bounds, fsutil, resources
 from spendgate.budgets import refusal
 from spendgate.budgets.admission import too_large
 from spendgate.cli.source import default_db
+from spendgate.central.options import central_settings
 from spendgate.gateway import Gateway, GatewayError, Settings
 from spendgate.metering import providers
 from spendgate.metering.meter import Body, Exchange, request_body
@@ -130,6 +131,18 @@ class SpendGate:
                           "postgresql:// URL of the store shared by gateway replicas (default: this process only)")
         loader.add_option("spendgate_store_lease", int, 30,
                           "seconds a reservation lives in the shared store unless its replica renews it")
+        # a laptop reporting to a central gateway (docs/scale-out.md, "Laptops")
+        loader.add_option("spendgate_central", str, "",
+                          "URL of the central gateway's API this laptop pushes its rows to and leases budget from")
+        loader.add_option("spendgate_central_token_file", str, "",
+                          "file holding this user's spendgate token issued by the centre (0600)")
+        loader.add_option("spendgate_central_id", str, "",
+                          "this gateway's name in the centre's ledger (default: host name and user)")
+        loader.add_option("spendgate_central_proxy", str, "", "reach spendgate_central through this HTTP proxy")
+        loader.add_option("spendgate_central_interval", str, "2",
+                          "seconds between pushes and lease renewals while the centre answers")
+        loader.add_option("spendgate_central_lease", str, "10",
+                          "USD of the centre's room one lease may hand this laptop (the centre caps it too)")
 
     def configure(self, updated: set[str]) -> None:
         """Check settings now (a bad policy stops start-up); open the ledger once running.
@@ -166,6 +179,10 @@ class SpendGate:
             store=opts.spendgate_store or None,
             store_lease=float(max(1, opts.spendgate_store_lease)),
         )
+        try:
+            settings.report_to = central_settings(opts)
+        except ValueError as e:
+            raise exceptions.OptionsError(str(e)) from None
         try:
             settings.telemetry = telemetry_settings(
                 otlp=opts.spendgate_otel, endpoint=opts.spendgate_otel_endpoint, headers=opts.spendgate_otel_headers,
@@ -392,24 +409,45 @@ class SpendGate:
         self.gateway.meter.finish(ex, body, bytes_out=len(raw))
 
     # -- WebSocket hooks: per-turn admission and metering (spendgate.metering.websocket) --
-    def websocket_message(self, flow: http.HTTPFlow) -> None:
+    def websocket_message(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
+        """A client turn is admitted before it is forwarded; with a shared store the round trip runs on a
+        worker thread, and mitmproxy awaits this hook before it handles the socket's next message, so
+        frames keep their order."""
         session: ws.SocketSession | None = flow.metadata.get(WS)
         if session is None or flow.websocket is None or not flow.websocket.messages:
-            return
+            return None
         messages = flow.websocket.messages
         msg = messages[-1]
         if len(messages) > WS_KEEP_MESSAGES:  # mitmproxy keeps every message of a socket's life
             del messages[: -(WS_KEEP_MESSAGES // 2)]
         if msg.injected or not msg.is_text:
-            return
+            return None
         if not msg.from_client:
             session.server_message(msg.content)
-            return
+            return None
         turn = session.client_message(msg.content)
         if turn is None:
-            return
-        answer = self.gateway.admission.admit(turn.exchange) if self.gateway else refusal.unavailable(
+            return None
+        gw = self.gateway
+        if gw is not None and gw.admit_blocks:
+            return self._admit_turn_off_loop(flow, gw, session, turn, msg)
+        answer = gw.admission.admit(turn.exchange) if gw else refusal.unavailable(
             session.route.provider, "the gateway is not ready")
+        self._turn_admitted(flow, session, turn, msg, answer)
+        return None
+
+    async def _admit_turn_off_loop(self, flow: http.HTTPFlow, gw: Gateway, session: ws.SocketSession, turn,
+                                   msg) -> None:
+        try:
+            answer = await asyncio.to_thread(gw.admission.admit, turn.exchange)
+        except Exception:
+            log.exception("spendgate: checking a WebSocket turn failed; refusing it (fail closed)")
+            answer = refusal.unavailable(session.route.provider, "the gateway could not check this request")
+        self._turn_admitted(flow, session, turn, msg, answer)
+
+    @staticmethod
+    def _turn_admitted(flow: http.HTTPFlow, session: ws.SocketSession, turn, msg,
+                       answer: refusal.Answer | None) -> None:
         if answer is None:
             return
         msg.drop()  # never forwarded: the provider sees nothing of a refused turn

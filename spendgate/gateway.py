@@ -21,6 +21,8 @@ from spendgate.budgets.journal import Journal
 from spendgate.budgets.plans import PlanCharger, PlanIndex
 from spendgate.budgets.recovery import rebuild_counters, recover_interrupted
 from spendgate.budgets.runway import check_targets
+from spendgate.central.ingest import Ingest
+from spendgate.central.uplink import CentralSettings, Uplink
 from spendgate.identity import Identity, local_user, resolve
 from spendgate.metering.meter import Meter
 from spendgate.metering.opaque import OpaqueRecorder
@@ -57,6 +59,8 @@ class Settings:
     telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)  # spans, metrics, trace links
     store: str | None = None  # postgresql://... : counters, reservations and the ledger shared by replicas
     store_lease: float = 30.0  # seconds a reservation lives unless its replica renews it (shared store)
+    # a laptop reporting to a centre (spendgate.central.uplink): its API URL, the user's token file, ...
+    report_to: CentralSettings | None = None
 
 
 class Gateway:
@@ -123,17 +127,23 @@ class Gateway:
         self.opaque = OpaqueRecorder(self.ledger.cursor)  # undecrypted AI connections (addons/opaque.py)
         # alerts, sinks, increase requests, grants (BudgetBook.grants) and the audit trail
         self.workflow = Workflow(self.policy, self.book, self.ledger.cursor)
+        if self.lease_keeper:  # grants, requests, decisions and the audit trail shared; alerts fire once for all
+            self.lease_keeper.also.append(sharing.share(self.workflow, self.book.store.pg).pull)
         self.workflow.policy_loaded(self.policy, "start")
         if settings.pricing:
             self.workflow.pricing_loaded(str(settings.pricing), self.pricer.overrides_sha256, "start")
-        if self.lease_keeper:  # grants made on any replica count everywhere; alerts fire once for all
-            self.lease_keeper.also.append(sharing.share(self.workflow, self.book.store.pg).pull)
         self.admission = Admission(
             self.book, self.pricer, self.journal,
             store_error=lambda: None if self.ledger.healthy else str(self.ledger.stats.last_error or "unknown"),
             warning=self.workflow.warning, after_charge=self.workflow.after_charge,
             stepped_down=self.workflow.stepped_down, central=settings.central,
         )  # fmt: skip
+        # rows pushed by laptops (POST /api/ingest), landed once each in this ledger and these counters
+        self.ingest = Ingest(self.ledger.cursor, self.book, self.workflow.after_charge)
+        self.uplink: Uplink | None = None
+        if settings.report_to:  # this laptop reports to a centre and admits through its lease
+            self.uplink = Uplink(settings.report_to, self.ledger.cursor, lambda: self.policy).start()
+            self.admission.uplink = self.uplink
         self.meter = Meter(self.pricer, self.ledger, self.identify)
         self.meter.listeners.append(self.admission.settle)
         # who files admin-token requests: the machine's user in laptop mode, nobody in central mode
@@ -260,6 +270,9 @@ class Gateway:
         """Record what is in flight, drain every queue, release the file. Nothing is lost."""
         self._watcher.stop()
         self.meter.close()
+        if self.uplink:  # after the meter: the last rows are in the ledger; one last push, the rest kept
+            self.ledger.flush()
+            self.uplink.close()
         self.telemetry.close()  # after the meter drained: the last spans and metrics
         self.opaque.close()  # undecrypted connections recorded so far
         self.workflow.close()  # last alerts and deliveries, recorded before the file is released

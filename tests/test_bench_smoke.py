@@ -119,3 +119,16 @@ def test_store_benchmark_reports_every_figure(pg_url, tmp_path) -> None:
     warm = 4 * 10
     assert n[0] == n[1] == warm + fig["postgres_1"]["requests"] + fig["postgres_10"]["requests"] + \
         fig["postgres_3_replicas_x10"]["requests"]
+
+
+def test_central_bench_smoke(tmp_path):
+    """scripts/bench --central: a small backlog drains and replays; every row once (asserted by the script)."""
+    out = tmp_path / "central.json"
+    env = {k: v for k, v in os.environ.items() if k.lower() not in ("http_proxy", "https_proxy", "all_proxy")}
+    cp = subprocess.run([sys.executable, str(REPO / "scripts" / "bench_central.py"), "--rows", "450", "--batch", "200",
+                         "--out", str(out)], capture_output=True, text=True, timeout=240, cwd=str(REPO), env=env,
+                        stdin=subprocess.DEVNULL)
+    assert cp.returncode == 0, cp.stderr[-3000:]
+    got = json.loads(out.read_text())
+    assert got["landed"] == got["after_replay"] == 450
+    assert all(finite(got[k]) for k in ("first_push_rows_per_s", "replay_rows_per_s", "validate_rows_per_s"))

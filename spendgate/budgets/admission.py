@@ -21,6 +21,7 @@ import math
 from collections.abc import Callable
 from datetime import UTC, datetime
 from decimal import Decimal
+from typing import Any
 
 from spendgate.budgets import refusal, unmetered
 from spendgate.budgets.book import BudgetBook, Decision, subscription_ignored
@@ -83,6 +84,9 @@ class Admission:
         self._after_charge = after_charge
         self._stepped_down = stepped_down
         self.central = central  # a central gateway blocks unmetered endpoints unless the policy says otherwise
+        # a laptop reporting to a centre (spendgate.central.uplink.Uplink): admits against the centre's
+        # lease or, while the centre is away, the policy's offline_allowance; memory only
+        self.uplink: Any = None
 
     @property
     def policy(self) -> Policy:
@@ -234,6 +238,17 @@ class Admission:
                                               ticket.kind)
                 return refuse(ex, answer, ticket.message)
             ex.extra["rate_ticket"] = ticket
+        if self.uplink is not None:
+            hold = self.uplink.admit(ex.identity.user, amount, now)
+            if hold.refused is not None:  # the centre's budget (through its lease), or the offline allowance
+                self.book.settle(decision.reservation, Decimal(0))
+                if ex.extra.get("rate_ticket") is not None:
+                    self.limiter.settle(ex.extra.pop("rate_ticket"), 0)
+                budget, spent = hold.refused
+                ex.extra["refused_by"] = budget
+                answer = refusal.over_budget(ex.dialect, budget, spent, now, ex.identity.client)
+                return refuse(ex, answer, refusal.budget_message(budget, spent, now))
+            ex.extra["central_hold"] = hold
         if "step_down_plan" in ex.extra:
             self._apply_substitution(ex)
         try:
@@ -299,6 +314,10 @@ class Admission:
         ticket = ex.extra.get("rate_ticket")
         if ticket is not None:
             self.limiter.settle(ticket, row.input_tokens + row.output_tokens)
+        hold = ex.extra.get("central_hold")
+        if hold is not None and self.uplink is not None:
+            row.offline = hold.offline  # admitted while the centre was away: marked, and replayed like the rest
+            self.uplink.settle(hold, row.charged_usd or Decimal(0))
         if res is not None:
             self.book.settle(res, row.charged_usd or Decimal(0), row)  # a shared store records the row with it
             if choice is not None:

@@ -15,7 +15,7 @@ import sys
 
 # Modules under spendgate.cli that add commands; each has register(subparsers).
 COMMAND_MODULES = ("spend", "budget_cmds", "live", "prices", "approval_cmds", "reconcile_cmds", "deploy_cmds",
-                   "token_cmds", "store_cmds")
+                   "token_cmds", "store_cmds", "central_cmds")
 
 # top-level command -> (module that registers it, its help line)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -42,6 +42,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
                "HTTPS_PROXY names); exit 0 ok, 1 a check failed, 2 bad usage"),
     "tokens": ("token_cmds", "per-user tokens: proxy credentials and approvers' credentials"),
     "store": ("store_cmds", "the PostgreSQL store shared by gateway replicas: migrate, status"),
+    "outbox": ("central_cmds", "a laptop's rows not yet acknowledged by the centre, and those it rejected"),
 }  # fmt: skip
 
 

@@ -184,7 +184,15 @@ def gateway_args(site: Site, os_name: str, ledger: str | None = None) -> list[st
         "-s", f"{p.install}{sep}addons{sep}gateway.py", "--listen-host", "127.0.0.1", "-p", str(site.port),
         "--set", f"confdir={p.join('ca')}", "--set", f"spendgate_policy={p.join('policy.yaml')}",
         "--set", "spendgate_allow_clients=127.0.0.1/32,::1/128",
-    ] + (["--set", f"spendgate_db={ledger}"] if ledger else []) + _dashboard_args(site)
+    ] + (["--set", f"spendgate_db={ledger}"] if ledger else []) + _dashboard_args(site) + _central_args(site, os_name)
+
+
+def _central_args(site: Site, os_name: str) -> list[str]:
+    """Laptops reporting to a centre (docs/scale-out.md): its URL and the user's token file the MDM drops."""
+    if not site.central:
+        return []
+    token = site.central_token_file or site.paths[os_name].join("central.token")
+    return ["--set", f"spendgate_central={site.central}", "--set", f"spendgate_central_token_file={token}"]
 
 
 def _dashboard_args(site: Site) -> list[str]:

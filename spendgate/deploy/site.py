@@ -87,6 +87,8 @@ class Site:
     dashboard_host: str = DASHBOARD_HOST  # served by the gateway itself: must go to it
     store: str | None = None  # central replicas: the shared PostgreSQL store (no password)
     replicas: tuple[str, ...] = ()  # central replicas (host:port) behind gateway.host:port (haproxy.cfg)
+    central: str | None = None  # laptop mode: the centre's API URL (spendgate_central)
+    central_token_file: str | None = None  # laptop mode: the user's token file on each machine
 
     @property
     def proxy_hostport(self) -> str:
@@ -171,6 +173,9 @@ def parse(text: str, file: Path) -> Site:
                                                            "send any name: use proxy_auth (each machine gets its "
                                                            "user's token: spendgate tokens issue USER) in central "
                                                            "mode, local_user in laptop mode"))
+    if gw.get("central") and mode != "laptop":
+        problems.append(Problem(*at("gateway", "central"), "gateway.central is for laptop mode: laptops report to "
+                                                           "a centre; a central gateway is the centre"))
     if mode == "laptop" and method == "proxy_auth":
         problems.append(Problem(*at("identity", "method"), "proxy_auth is for central mode; laptop mode charges "
                                                            "the OS user (local_user) or a header"))
@@ -242,6 +247,7 @@ def parse(text: str, file: Path) -> Site:
         identity_header=ident.get("header", DEFAULT_HEADER).lower(), identity_user=ident.get("user", USER_TOKEN),
         no_proxy=tuple(doc.get("no_proxy") or ("localhost", "127.0.0.1", "::1")), policy_file=policy_file,
         paths=paths, store=gw.get("store"), replicas=replicas,
+        central=gw.get("central"), central_token_file=gw.get("central_token_file"),
         warnings=tuple(warnings),
     )  # fmt: skip
 

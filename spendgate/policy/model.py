@@ -169,6 +169,8 @@ class Policy:
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     unknown_users: str = "default"  # block | unattributed | default
     header_signing: HeaderSigning | None = field(default=None, repr=False)
+    # a laptop reporting to a centre: USD per user per window admitted while the centre is away (none: fail closed)
+    offline_allowance: Budgets = field(default_factory=dict)
 
     def trusts(self, ip: str | None) -> bool:
         """Whether a peer is one of the `trusted_proxies`, whose identity headers are believed."""
@@ -473,6 +475,7 @@ def parse(text: str, file: str = "<policy>", today: date | None = None) -> Polic
         unpriced=unpriced,
         on_store_error=doc.get("on_store_error", "fail_closed"),
         degraded_allowance=Decimal(str(doc.get("degraded_allowance_usd", 1))),
+        offline_allowance=_budgets(doc.get("offline_allowance")),
         typical_output_tokens=dict(doc.get("typical_output_tokens") or {}),
         unmetered=unmetered,
         raw=doc,

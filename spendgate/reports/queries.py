@@ -25,6 +25,8 @@ GROUPS = {
     "outcome": "outcome",
     "basis": "billing_basis",
     "plan": "coalesce(plan, CASE WHEN billing_basis = 'subscription' THEN '(no plan)' ELSE '(api)' END)",
+    # the gateway that metered the row: a laptop's id for rows it pushed to this centre (spendgate.central)
+    "origin": "coalesce(origin, '(this gateway)')",
 }
 WINDOWS = ("hour", "day", "week", "month")
 
@@ -37,6 +39,7 @@ LEDGER_FIELDS = (
     "billing_basis", "credential", "notional_usd", "plan",
     "input_audio_tokens", "input_image_tokens", "input_video_tokens",
     "cache_read_audio_tokens", "output_audio_tokens", "output_image_tokens", "output_video_tokens", "modifiers",
+    "origin", "offline",
 )  # fmt: skip
 
 
@@ -121,3 +124,18 @@ def subscriptions(
 
 def _opt_time(v: Any) -> datetime | None:
     return parse_time(v) if isinstance(v, str) and v else v or None
+
+
+def outbox(cur: duckdb.DuckDBPyConnection) -> dict[str, Any]:
+    """A laptop reporting to a centre (spendgate.central): rows not yet acknowledged, rows the centre
+    rejected (with its reason), rows landed. The outbox is the ledger minus `central_pushed`."""
+    pending, usd, oldest = cur.execute(
+        "SELECT count(*), coalesce(sum(r.charged_usd), 0), min(r.ts) FROM requests r "
+        "ANTI JOIN central_pushed p ON p.request_id = r.request_id").fetchone()
+    counts = dict(cur.execute("SELECT status, count(*) FROM central_pushed GROUP BY status").fetchall())
+    rejected = sql.rows(cur, "SELECT request_id, pushed_at, error FROM central_pushed WHERE status = 'rejected' "
+                             "ORDER BY pushed_at DESC LIMIT 20", [])
+    offline = cur.execute("SELECT count(*) FROM requests WHERE offline").fetchone()[0]
+    return {"pending_rows": pending, "pending_usd": float(usd), "oldest_pending": sql.jsonable(oldest),
+            "landed_rows": counts.get("landed", 0), "rejected_rows": counts.get("rejected", 0),
+            "offline_rows": offline, "rejected": rejected}

@@ -38,6 +38,8 @@ QUERIES: dict[str, Query] = {
     **dashboard.QUERIES,  # overview, series, blocks, unpriced
     # one row with its price detail and re-pricing history, for `spendgate explain`
     "price_request": lambda cur, p: _reprice().request_row(cur, str(p.get("request_id") or "")),
+    # a laptop reporting to a centre: its outbox (`spendgate outbox`)
+    "outbox": lambda cur, p: queries.outbox(cur),
     # unpriced models and fallback-charged rows, for `spendgate prices check`
     "price_check": lambda cur, p: _reprice().unpriced_report(cur, opt_time(p.get("since"))),
 }

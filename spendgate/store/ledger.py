@@ -77,6 +77,10 @@ class LedgerRow:
     output_image_tokens: int = 0
     output_video_tokens: int = 0
     modifiers: str | None = None  # JSON {"speed": "fast", "inference_geo": "us", "service_tier": ...}
+    # laptops reporting to a centre (spendgate.central, docs/scale-out.md): the gateway that metered a
+    # row another gateway ingested (None: metered here), and whether it was admitted while the centre was away
+    origin: str | None = None
+    offline: bool = False
 
 
 COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(LedgerRow))
@@ -306,6 +310,28 @@ MIGRATIONS: list[tuple[int, str]] = [
         ALTER TABLE requests ADD COLUMN IF NOT EXISTS output_image_tokens BIGINT DEFAULT 0;
         ALTER TABLE requests ADD COLUMN IF NOT EXISTS output_video_tokens BIGINT DEFAULT 0;
         ALTER TABLE requests ADD COLUMN IF NOT EXISTS modifiers VARCHAR;
+        """,
+    ),
+    (
+        9,
+        # laptops reporting to a centre (spendgate/central/): which gateway metered an ingested row and
+        # whether it was admitted offline; on a laptop, the request ids the centre has acknowledged
+        # (its outbox is every row not listed here); on a centre, the idempotency keys of ingested rows
+        """
+        ALTER TABLE requests ADD COLUMN IF NOT EXISTS origin VARCHAR;
+        ALTER TABLE requests ADD COLUMN IF NOT EXISTS offline BOOLEAN DEFAULT false;
+        CREATE TABLE IF NOT EXISTS central_pushed (
+            request_id VARCHAR PRIMARY KEY,
+            pushed_at TIMESTAMPTZ NOT NULL,
+            status VARCHAR NOT NULL,  -- landed (now or before) | rejected (the centre said why: error)
+            error VARCHAR
+        );
+        CREATE TABLE IF NOT EXISTS central_ingested (
+            request_id VARCHAR PRIMARY KEY,
+            ingested_at TIMESTAMPTZ NOT NULL,
+            origin VARCHAR NOT NULL,
+            "user" VARCHAR NOT NULL
+        );
         """,
     ),
 ]

@@ -322,6 +322,51 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         ALTER TABLE requests ADD COLUMN IF NOT EXISTS modifiers TEXT;
         """,
     ),
+    (
+        3,
+        "laptops reporting to a centre (origin, offline); increase requests, decisions and the audit trail shared",
+        """
+        ALTER TABLE requests ADD COLUMN IF NOT EXISTS origin TEXT;      -- the laptop gateway that metered it
+        ALTER TABLE requests ADD COLUMN IF NOT EXISTS offline BOOLEAN DEFAULT false;  -- admitted while the centre was away
+        CREATE INDEX IF NOT EXISTS requests_origin ON requests (origin) WHERE origin IS NOT NULL;
+        -- the workflow tables every replica shares (spendgate.workflow.sharing): same columns as DuckDB's
+        CREATE TABLE IF NOT EXISTS increase_requests (
+            id TEXT PRIMARY KEY,
+            ts TIMESTAMPTZ NOT NULL,
+            requester TEXT NOT NULL,
+            scope TEXT NOT NULL,
+            "window" TEXT NOT NULL,
+            amount_usd NUMERIC(20, 10) NOT NULL,
+            reason TEXT NOT NULL,
+            spent_usd NUMERIC(20, 10),
+            limit_usd NUMERIC(20, 10),
+            window_end TIMESTAMPTZ NOT NULL,
+            replica TEXT DEFAULT substr(current_setting('application_name'), 11)
+        );
+        CREATE TABLE IF NOT EXISTS request_decisions (
+            request_id TEXT PRIMARY KEY,      -- one decision per request, whichever replica makes it first
+            ts TIMESTAMPTZ NOT NULL,
+            decision TEXT NOT NULL,
+            actor TEXT NOT NULL,
+            amount_usd NUMERIC(20, 10),
+            until TIMESTAMPTZ,
+            note TEXT,
+            replica TEXT DEFAULT substr(current_setting('application_name'), 11)
+        );
+        CREATE TABLE IF NOT EXISTS audit (
+            seq BIGSERIAL PRIMARY KEY,
+            ts TIMESTAMPTZ NOT NULL,
+            event TEXT NOT NULL,
+            actor TEXT NOT NULL,
+            scope TEXT,
+            ref TEXT,
+            detail TEXT,
+            replica TEXT DEFAULT substr(current_setting('application_name'), 11)
+        );
+        CREATE INDEX IF NOT EXISTS audit_ts ON audit (ts);
+        ALTER TABLE grants ALTER COLUMN replica SET DEFAULT substr(current_setting('application_name'), 11);
+        """,
+    ),
 ]
 SCHEMA_VERSION = max(v for v, _, _ in MIGRATIONS)
 MIGRATION_LOCK = 0x5E4D6A7E  # pg_advisory_xact_lock key: two `store migrate` runs take turns
@@ -364,6 +409,8 @@ def row_from_json(d: dict[str, Any]) -> LedgerRow:
     """The inverse of `row_json` (the local outbox keeps rows as JSON lines)."""
     out: dict[str, Any] = {}
     for c in COLUMNS:
+        if c not in d:  # written before the column existed: the field's default
+            continue
         v = d.get(c)
         if c == "ts":
             v = datetime.fromisoformat(v)
@@ -420,7 +467,8 @@ class PostgresStore:
                 "autocommit": True,
                 "connect_timeout": max(1, round(timeout)),
                 "options": f"-c statement_timeout={int(statement_timeout * 1000)}",
-                "application_name": "spendgate",
+                # names the replica: the shared workflow tables' `replica` column defaults to it
+                "application_name": f"spendgate {self.replica}"[:63],
                 "keepalives": 1,
                 "keepalives_idle": 10,
                 "keepalives_interval": 5,
@@ -543,15 +591,18 @@ class PostgresStore:
         return [CounterState(spent, reserved, refused) for _ord, spent, reserved, refused in rows]
 
     def settle(self, request_id: str, actual: Decimal, row: LedgerRow | None,
-               unreserved_keys: Sequence[Key] | None = None) -> str:
+               unreserved_keys: Sequence[Key] | None = None, degraded: bool | None = None) -> str:
         """Swap the reservation for `actual` USD and insert the ledger row, in one transaction.
 
-        `unreserved_keys`: a request admitted without the store (fail_open_bounded); when its row
-        is new, `actual` is charged to these counters, once.
+        `unreserved_keys`: a request admitted without the store (fail_open_bounded, or a laptop's
+        row ingested by the centre); when its row is new, `actual` is charged to these counters,
+        once. `degraded` marks the row (default: whether `unreserved_keys` were given).
         """
         from psycopg.types.json import Jsonb
 
-        payload = row_json(row, self.replica, unreserved_keys is not None) if row is not None else None
+        if degraded is None:
+            degraded = unreserved_keys is not None
+        payload = row_json(row, self.replica, degraded) if row is not None else None
         keys = list(unreserved_keys or [])
         return self._run(
             "SELECT spendgate_settle(%s, %s, %s, %s::text[], %s::text[], %s::timestamptz[])",
@@ -661,6 +712,52 @@ class PostgresStore:
         except self._psycopg.OperationalError as e:
             raise StoreUnavailable(f"the store {redact(self.url)} failed: {_why(e)}") from None
         return con.execute("SELECT count(*) FROM requests").fetchone()[0]
+
+
+class StoreConflict(StoreError, ValueError):
+    """An insert hit a row another replica wrote first (a request decided twice): nothing changed."""
+
+
+class _Result:
+    """What DuckDB's `execute` returns, as far as the workflow code reads it."""
+
+    def __init__(self, description: Any, rows: list[tuple]) -> None:
+        self.description = description or []
+        self._rows = rows
+
+    def fetchall(self) -> list[tuple]:
+        return self._rows
+
+    def fetchone(self) -> tuple | None:
+        return self._rows[0] if self._rows else None
+
+
+class SharedCursor:
+    """A DuckDB-cursor look-alike over the store, for the workflow tables every replica shares
+    (increase_requests, request_decisions, grants, audit): the same SQL with `?` placeholders,
+    one autocommit statement per call, results fetched at once. A duplicate key raises
+    StoreConflict; an unreachable store StoreUnavailable."""
+
+    def __init__(self, store: "PostgresStore") -> None:
+        self.store = store
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> _Result:
+        from psycopg import errors
+
+        query = sql.replace("%", "%%").replace("?", "%s")
+        try:
+            with self.store.pool.connection() as con:
+                cur = con.execute(query, list(params))
+                rows = cur.fetchall() if cur.description else []
+                return _Result(cur.description, rows)
+        except errors.UniqueViolation as e:
+            raise StoreConflict(f"already recorded by another replica: {_why(e)}") from None
+        except self.store._psycopg.OperationalError as e:
+            raise StoreUnavailable(f"the store {redact(self.store.url)} failed: {_why(e)}") from None
+
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        for r in rows:
+            self.execute(sql, r)
 
 
 def _dumps(obj: Any) -> str:

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
+from spendgate.store.postgres import StoreUnavailable
 from spendgate.web.caller import ApiError, Caller
 from spendgate.workflow.approvals import DECIDING_SOURCES
 
@@ -59,7 +60,9 @@ SELF_SERVICE = frozenset(
 # the only POSTs an approver without the admin token may make (never reprice, import, ...)
 APPROVER_POSTS = frozenset({"/api/approve", "/api/deny"})
 # what any identified person may POST: asking for more budget, as themselves
-PERSON_POSTS = frozenset({"/api/request"})
+PERSON_POSTS = frozenset({"/api/request", "/api/ingest", "/api/lease"})  # ingest, lease: a laptop, as its user
+# POST bodies bounded per route (bytes): laptops push their rows in batches (spendgate.central.ingest)
+BODY_LIMITS = {"/api/ingest": 4 * 1024 * 1024}
 # self-service routes whose handlers may not honour `user`: rows are filtered on this field for
 # engineers who are not approvers (approvers see what they may decide on)
 ROW_OWNER = {"/api/requests": "requester"}
@@ -209,6 +212,8 @@ class WebApp:
             return self._api(req, path, dict(parse_qsl(url.query)), caller)
         except ApiError as e:
             return json_response(e.status, {"error": str(e)})
+        except StoreUnavailable as e:  # the shared store is away: retry later, nothing was changed
+            return json_response(503, {"error": str(e)})
         except (ValueError, KeyError, TypeError) as e:
             return json_response(400, {"error": str(e)})
         except Exception as e:
@@ -248,6 +253,9 @@ class WebApp:
             decider = self.is_approver(caller) or caller.source in DECIDING_SOURCES
             if not caller.admin and path not in PERSON_POSTS and not (decider and path in APPROVER_POSTS):
                 raise ApiError(403, "read-only: only approvers may approve or deny; everything else needs the admin token")
+            limit = BODY_LIMITS.get(path)
+            if limit is not None and len(req.body) > limit:
+                raise ApiError(413, f"{path} takes at most {limit} bytes per request; send smaller batches")
             if req.body:
                 body = json.loads(req.body)
                 if not isinstance(body, dict):

@@ -16,10 +16,12 @@ from spendgate import reconcile
 from spendgate.budgets import runway
 from spendgate.budgets.admission import Admission
 from spendgate.budgets.book import BudgetBook, ledger_row_scopes
+from spendgate.central import ingest as central_ingest
 from spendgate.policy.model import Policy
 from spendgate.pricing import reprice
 from spendgate.pricing.rates import Pricer, PricingError
 from spendgate.reports import dashboard, registry
+from spendgate.store.postgres import StoreUnavailable
 from spendgate.store.sql import parse_time
 from spendgate.web.caller import ApiError, Caller
 from spendgate.workflow.approvals import DECIDING_SOURCES, ApprovalError, NotAllowed
@@ -35,6 +37,7 @@ class GatewayView(Protocol):
     book: BudgetBook
     admission: Admission
     workflow: Workflow
+    ingest: central_ingest.Ingest  # rows pushed by laptops (spendgate.central)
     trace_url: str | None  # the trace link template ledger rows get (telemetry), or None
 
     def cursor(self) -> Any: ...  # a DuckDB cursor of the ledger the gateway holds
@@ -47,6 +50,14 @@ class GatewayView(Protocol):
 def _admin_only(caller: Caller, what: str) -> None:
     if not caller.admin:
         raise ApiError(403, what)
+
+
+def _own_credentials(caller: Caller, what: str) -> None:
+    """Laptop reporting names a person: their spendgate token (or verified proxy credentials), never the
+    admin token, which names nobody (rows would be charged to no one)."""
+    if caller.source not in DECIDING_SOURCES:
+        raise ApiError(403, f"{what} needs the user's own spendgate token (spendgate tokens issue USER); "
+                            "the admin token names nobody")
 
 
 def get_routes(gw: GatewayView) -> dict[str, Handler]:
@@ -98,6 +109,14 @@ def get_routes(gw: GatewayView) -> dict[str, Handler]:
     )
     routes["/api/audit"] = audit
     routes["/api/grants"] = lambda params, caller: gw.workflow.grant_rows()
+
+    def central_status(params: dict[str, Any], caller: Caller) -> Any:
+        """A laptop reporting to a centre: outbox backlog, lease, last error (spendgate.central.uplink)."""
+        _admin_only(caller, "the reporting status is for admins")
+        uplink = getattr(gw, "uplink", None)
+        return uplink.status() if uplink is not None else {"centre": None}
+
+    routes["/api/central"] = central_status
     routes.update({f"/api/{name}": reconcile_query(name) for name in reconcile.QUERIES})
     return routes
 
@@ -179,7 +198,30 @@ def post_routes(gw: GatewayView) -> dict[str, Handler]:
 
         return checked
 
+    def ingest(params: dict[str, Any], caller: Caller) -> Any:
+        """{gateway_id, rows: [...]}: a laptop's ledger rows, landed once each, charged to the caller."""
+        _own_credentials(caller, "pushing rows")
+        try:
+            return gw.ingest.ingest(caller.name, params.get("gateway_id"), params.get("rows")).as_json()
+        except central_ingest.IngestError as e:
+            raise ApiError(e.status, str(e)) from None
+        except StoreUnavailable as e:
+            raise ApiError(503, f"the budget store is unreachable, nothing landed; retry later ({e})") from None
+
+    def lease(params: dict[str, Any], caller: Caller) -> Any:
+        """{gateway_id, want_usd}: the room a laptop of the caller may admit locally until it asks again."""
+        _own_credentials(caller, "a lease")
+        central_ingest.check_origin(params.get("gateway_id"))
+        try:
+            return central_ingest.lease(gw.book, caller.name, params.get("want_usd", "0"))
+        except central_ingest.IngestError as e:
+            raise ApiError(e.status, str(e)) from None
+        except StoreUnavailable as e:
+            raise ApiError(503, f"the budget store is unreachable ({e})") from None
+
     return {
+        "/api/ingest": ingest,
+        "/api/lease": lease,
         "/api/request": own_scope_only(decision(lambda p, a: approvals.request(
             a, p.get("scope") or f"user:{a}", p.get("window") or "", p.get("amount"), p.get("reason") or ""),
             deciding=False)),

@@ -27,6 +27,7 @@ from spendgate.web.caller import ApiError, Caller
 log = logging.getLogger(__name__)
 
 Handler = Callable[[dict[str, str], "Caller"], Any]
+MAX_BODY_BYTES = 64 * 1024 * 1024  # the largest POST body read (billing imports are the big ones)
 
 
 
@@ -119,6 +120,10 @@ class AdminServer:
 
             def _web(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
+                if length > MAX_BODY_BYTES:  # never read (or hold) a body this large: answer and hang up
+                    self.close_connection = True
+                    self._send(413, {"error": f"request body over {MAX_BODY_BYTES} bytes"})
+                    return
                 body = self.rfile.read(length) if length else b""
                 headers = {k.lower(): v for k, v in self.headers.items()}
                 resp = server.app.handle(WebRequest(self.command, self.path, headers, body))

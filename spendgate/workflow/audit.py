@@ -58,6 +58,13 @@ class AuditLog:
         self._cursor = cursor
         self.now = now
 
+    def use(self, cursor: Cursor) -> None:
+        """Write to (and read from) another store from now on: the shared one, with several replicas."""
+        self._cursor = cursor
+
+    def cursor(self) -> Any:
+        return self._cursor()
+
     def append(self, event: str, actor: str, *, scope: str | None = None, ref: str | None = None,
                detail: dict[str, Any] | None = None, ts: datetime | None = None) -> None:
         if event not in EVENTS:

@@ -158,13 +158,13 @@ class Workflow:
         `decider`: the caller's name is proven well enough to decide (approvals.DECIDING_SOURCES);
         each row then says whether they may decide it (`can_decide`, the one rule: may_decide).
         """
-        rows = list_requests(self.cursor(), status, request_id)
+        rows = list_requests(self.approvals.cursor(), status, request_id)  # the shared tables with a store
         for r in rows:
             r["can_decide"] = decider and r["status"] == "pending" and may_decide(self._policy, caller, r)
         return rows if admin else [r for r in rows if r["requester"] == caller or r["can_decide"]]
 
     def audit_rows(self, since: datetime | None) -> list[dict[str, Any]]:
-        return audit_mod.rows(self.cursor(), since)
+        return audit_mod.rows(self.audit.cursor(), since)
 
     def grant_rows(self) -> list[dict[str, Any]]:
         now = self.now()

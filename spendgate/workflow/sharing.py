@@ -7,7 +7,11 @@ must be the same everywhere goes through the store:
   active ones into its `GrantBook` on each LeaseKeeper tick, and at once before refusing a
   request, so an approval on replica A admits the next request on replica B;
 * fired alerts: the replica whose insert into `alerts_fired` wins announces the alert; the others
-  stay quiet, so a threshold alert fires once, not once per replica.
+  stay quiet, so a threshold alert fires once, not once per replica;
+* increase requests, their decisions and the audit trail: written to and read from the store's
+  tables (the same SQL, through `SharedCursor`), so a request filed on replica A is listed and
+  decided on replica B, a second decision on another replica fails on the decision's primary
+  key, and `spendgate audit` shows every replica's rows in one sequence.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from __future__ import annotations
 import logging
 import threading
 
-from spendgate.store.postgres import PostgresStore, StoreUnavailable
+from spendgate.store.postgres import PostgresStore, SharedCursor, StoreUnavailable
 from spendgate.workflow.approvals import Grant, _utc
 from spendgate.workflow.service import Workflow
 
@@ -55,6 +59,9 @@ class GrantSync:
 def share(workflow: Workflow, pg: PostgresStore) -> GrantSync:
     """Wire a replica's workflow to the shared store: grants both ways, alerts claimed once."""
     sync = GrantSync(workflow, pg)
+    shared = SharedCursor(pg)
+    workflow.approvals.cursor = lambda: shared  # requests, decisions and grants: one set for all replicas
+    workflow.audit.use(lambda: shared)  # one audit trail for all replicas
     grants = workflow.grants
     grants.on_add = sync.publish
     for g in grants.all():  # grants this replica made before (from its DuckDB file): idempotent

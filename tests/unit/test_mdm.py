@@ -538,3 +538,23 @@ def test_central_replicas_get_a_tcp_load_balancer_in_the_kit(tmp_path, ca_cert):
     assert [ln.split()[1:3] for ln in cfg.splitlines() if ln.strip().startswith("server ")] == [
         ["replica1", "gw1.corp.example:3128"], ["replica2", "gw2.corp.example:3128"], ["replica3", "10.0.0.7:8080"]]
     assert "for Test Corp:" in cfg  # a name cannot break out of its comment line
+
+
+def test_laptops_pointed_at_the_centre_get_its_url_and_token_file(tmp_path, ca_cert):
+    s = site.load(laptop(tmp_path, "gateway: {central: 'https://spendgate.corp.example:8443'}"))
+    files = artifacts(s)
+    unit = files["linux/spendgate.service"].decode()
+    assert "spendgate_central=https://spendgate.corp.example:8443" in unit
+    assert "spendgate_central_token_file=/etc/spendgate/central.token" in unit
+    assert r"spendgate_central_token_file=C:\ProgramData\spendgate\central.token" in \
+        files["windows/spendgate-task.xml"].decode()
+    with pytest.raises(site.SiteError, match="laptop mode"):  # a central gateway is the centre itself
+        site.load(write_site(tmp_path, f"""\
+            version: 1
+            organization: {{name: Test Corp, identifier: com.example}}
+            mode: central
+            gateway: {{host: gw.corp.example, central: 'https://x.example'}}
+            ca: {{cert: {ca_cert}}}
+            identity: {{method: proxy_auth}}
+            policy: {REPO}/policies/example.yaml
+            """))

@@ -1,0 +1,315 @@
+"""The centre's side of laptop reporting: validate pushed rows, land each once, grant leases.
+
+A laptop gateway POSTs batches of its ledger rows to `/api/ingest` with its user's spendgate
+token. Everything in a row is client input, so every field is checked (type, range, length) and
+the row is rebuilt from checked values only; a row that fails is rejected with the reason and the
+rest of the batch still lands. Attribution is the token's, never the row's: a row naming
+somebody else is re-attributed to the token's user (its note says so) and its workspaces are the
+centre policy's for that user. The request id is the idempotency key: a replayed row is a no-op.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from spendgate import bounds
+from spendgate.budgets.book import BudgetBook, ledger_row_scopes
+from spendgate.budgets.windows import WINDOWS
+from spendgate.budgets.windows import bounds as window_bounds
+from spendgate.identity import Identity
+from spendgate.store.ledger import COLUMNS, LedgerRow, write_rows
+
+log = logging.getLogger(__name__)
+
+MAX_ROWS = 500  # rows per batch; a laptop sends at most this many per POST
+MAX_BODY_BYTES = 4 * 1024 * 1024  # bytes of one ingest body (about 1.5 KB per row, with headroom)
+MAX_USD = Decimal("100000")  # per row: more is not one LLM call, it is garbage
+MAX_COUNT = 10**12  # tokens, bytes, searches per row
+MAX_AGE = timedelta(days=400)  # older rows belong to a closed year's books, not a replay
+MAX_SKEW = timedelta(minutes=10)  # a laptop clock this far ahead is refused (rows "from the future")
+MAX_LEASE_USD = Decimal("50")  # the most room one lease hands out, whatever a laptop asks for
+ORIGIN = re.compile(r"^[A-Za-z0-9._:@-]{1,128}$")  # a laptop's gateway id
+REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{8,128}$")
+WORD = re.compile(r"^[A-Za-z0-9_.:/+-]{1,64}$")  # provider, outcome, price_source, ... labels
+
+_TEXT_LIMITS = {"endpoint": 256, "model": bounds.MODEL, "key_fingerprint": 128, "client": bounds.CLIENT,
+                "session_id": bounds.SESSION_ID, "price_detail": 8000, "note": bounds.NOTE,
+                "requested_model": bounds.MODEL, "trace_id": 32, "span_id": 16, "credential": 64, "plan": 128,
+                "modifiers": 1000}
+_WORDS_REQUIRED = ("provider", "outcome", "billing_basis")
+_COUNTS = ("input_tokens", "cache_read_tokens", "cache_write_tokens", "cache_write_1h_tokens", "output_tokens",
+           "reasoning_tokens", "web_search_requests", "bytes_in", "bytes_out", "input_audio_tokens",
+           "input_image_tokens", "input_video_tokens", "cache_read_audio_tokens", "output_audio_tokens",
+           "output_image_tokens", "output_video_tokens")
+_MONEY = ("cost_usd", "charged_usd", "notional_usd")
+_MILLIS = ("latency_ms", "ttft_ms")
+_BOOLS = ("stream", "estimated", "offline")
+
+
+class IngestError(ValueError):
+    """The batch as a whole is refused (400: not a batch; 413: too large); nothing landed."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass
+class IngestResult:
+    accepted: list[str] = field(default_factory=list)  # request ids landed now
+    duplicates: list[str] = field(default_factory=list)  # request ids already landed: no-ops
+    rejected: list[dict[str, Any]] = field(default_factory=list)  # {index, request_id, error}
+    reattributed: int = 0  # rows that named another user, charged to the token's
+
+    def as_json(self) -> dict[str, Any]:
+        return {"accepted": len(self.accepted), "duplicates": len(self.duplicates), "rejected": self.rejected,
+                "reattributed": self.reattributed,
+                # the laptop marks these pushed: landed now or before; rejected ones it keeps and logs
+                "acknowledged": self.accepted + self.duplicates}
+
+
+def check_origin(value: Any) -> str:
+    if not isinstance(value, str) or not ORIGIN.match(value):
+        raise IngestError(400, "gateway_id must be 1-128 characters of letters, digits and ._:@-")
+    return value
+
+
+def _text(d: dict, name: str, limit: int, required: bool = False) -> str | None:
+    v = d.get(name)
+    if v is None:
+        if required:
+            raise ValueError(f"{name} is required")
+        return None
+    if not isinstance(v, str):
+        raise ValueError(f"{name} must be a string")
+    if required and not v:
+        raise ValueError(f"{name} must not be empty")
+    return bounds.clip(v, limit)
+
+
+def _count(d: dict, name: str) -> int:
+    v = d.get(name, 0)
+    if v is None:
+        v = 0
+    if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= MAX_COUNT:
+        raise ValueError(f"{name} must be a whole number from 0 to {MAX_COUNT}")
+    return v
+
+
+def _money(d: dict, name: str) -> Decimal | None:
+    v = d.get(name)
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, (str, int, float)):
+        raise ValueError(f"{name} must be a decimal number of USD (a string or a number)")
+    try:
+        amount = Decimal(str(v))
+    except InvalidOperation:
+        raise ValueError(f"{name} is not a number: {str(v)[:40]!r}") from None
+    if not amount.is_finite() or not Decimal(0) <= amount <= MAX_USD:
+        raise ValueError(f"{name} must be from 0 to {MAX_USD} USD")
+    return amount.quantize(Decimal("1e-10"))
+
+
+def _millis(d: dict, name: str) -> float | None:
+    v = d.get(name)
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not 0 <= v <= 86_400_000:
+        raise ValueError(f"{name} must be milliseconds from 0 to one day")
+    return float(v)
+
+
+def validate_row(d: Any, user: str, origin: str, workspaces: Sequence[str], now: datetime) -> tuple[LedgerRow, bool]:
+    """A LedgerRow built from checked values only, charged to `user`; (row, re-attributed?).
+
+    Raises ValueError naming the first bad field. Unknown keys are ignored (a newer laptop).
+    """
+    if not isinstance(d, dict):
+        raise ValueError("a row must be a JSON object")
+    rid = d.get("request_id")
+    if not isinstance(rid, str) or not REQUEST_ID.match(rid):
+        raise ValueError("request_id must be 8-128 characters of letters, digits and ._:-")
+    raw_ts = d.get("ts")
+    if not isinstance(raw_ts, str):
+        raise ValueError("ts must be an ISO 8601 time string")
+    try:
+        ts = datetime.fromisoformat(raw_ts.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"ts is not an ISO 8601 time: {raw_ts[:40]!r}") from None
+    if ts.tzinfo is None:
+        raise ValueError("ts must carry a UTC offset")
+    if not now - MAX_AGE <= ts <= now + MAX_SKEW:
+        raise ValueError(f"ts {raw_ts[:40]} is more than {MAX_AGE.days} days old or in the future")
+    values: dict[str, Any] = {"ts": ts.astimezone(UTC), "request_id": rid}
+    for name in _WORDS_REQUIRED:
+        v = d.get(name, "api" if name == "billing_basis" else None)
+        if not isinstance(v, str) or not WORD.match(v):
+            raise ValueError(f"{name} must be a short label (letters, digits, _.:/+-)")
+        values[name] = v
+    values["endpoint"] = _text(d, "endpoint", _TEXT_LIMITS["endpoint"], required=True)
+    values["client"] = _text(d, "client", _TEXT_LIMITS["client"], required=True)
+    values["price_source"] = _text(d, "price_source", 200, required=True)
+    for name, limit in _TEXT_LIMITS.items():
+        if name not in values:
+            values[name] = _text(d, name, limit)
+    for name in _BOOLS:
+        v = d.get(name, False)
+        if not isinstance(v, bool):
+            raise ValueError(f"{name} must be true or false")
+        values[name] = v
+    status = d.get("status")
+    if status is not None and (isinstance(status, bool) or not isinstance(status, int) or not 100 <= status <= 599):
+        raise ValueError("status must be an HTTP status code (100-599) or null")
+    values["status"] = status
+    for name in _COUNTS:
+        values[name] = _count(d, name)
+    for name in _MONEY:
+        values[name] = _money(d, name)
+    for name in _MILLIS:
+        values[name] = _millis(d, name)
+    claimed = d.get("user")
+    if claimed is not None and not isinstance(claimed, str):
+        raise ValueError("user must be a string")
+    moved = claimed is not None and claimed != user
+    note = values["note"]
+    if moved:  # the token decides who pays; what the laptop said is kept for the record
+        said = bounds.clip(claimed, bounds.USER)
+        note = (note + "; " if note else "") + f"re-attributed to the token's user (the laptop said {said!r})"
+    values.update(user=user, note=note, identity_source="token", workspace=",".join(workspaces) or None,
+                  origin=origin)
+    if values["charged_usd"] is None:
+        values["charged_usd"] = values["cost_usd"] or Decimal(0)
+    assert set(values) == set(COLUMNS), set(COLUMNS) ^ set(values)
+    return LedgerRow(**values), moved
+
+
+class Ingest:
+    """Lands validated rows in this gateway's ledger and budget counters, once per request id.
+
+    `cursor` gives a DuckDB cursor of the gateway's ledger; `book` its budget book (in memory or
+    shared: with a shared store each row is settled there, charged to the counters once, in one
+    transaction with the store's ledger row); `after_charge` fires alerts. One batch at a time.
+    """
+
+    def __init__(self, cursor: Callable[[], Any], book: BudgetBook,
+                 after_charge: Callable[[Identity, LedgerRow], None] = lambda i, r: None) -> None:
+        self.cursor = cursor
+        self.book = book
+        self.after_charge = after_charge
+        self._lock = threading.Lock()
+
+    def ingest(self, user: str, origin: Any, rows: Any, now: datetime | None = None) -> IngestResult:
+        """Validate and land a batch pushed by `user`'s laptop `origin`. Raises IngestError for a bad batch."""
+        origin = check_origin(origin)
+        if not isinstance(rows, list):
+            raise IngestError(400, "rows must be a JSON array of ledger rows")
+        if len(rows) > MAX_ROWS:
+            raise IngestError(413, f"at most {MAX_ROWS} rows per batch, got {len(rows)}")
+        now = now or datetime.now(UTC)
+        policy = self.book.policy
+        workspaces = policy.workspaces_of(user)
+        out = IngestResult()
+        good: dict[str, LedgerRow] = {}
+        for i, d in enumerate(rows):
+            try:
+                row, moved = validate_row(d, user, origin, workspaces, now)
+            except ValueError as e:
+                rid = d.get("request_id") if isinstance(d, dict) else None
+                out.rejected.append({"index": i, "request_id": rid if isinstance(rid, str) else None,
+                                     "error": str(e)})
+                continue
+            if row.request_id in good:
+                out.duplicates.append(row.request_id)
+                continue
+            good[row.request_id] = row
+            out.reattributed += moved
+        if not good:
+            return out
+        with self._lock:
+            fresh = self._land(list(good.values()), now)
+        for row in good.values():
+            (out.accepted if row.request_id in fresh else out.duplicates).append(row.request_id)
+        ident = Identity(user=user, source="token", workspaces=workspaces)
+        for rid in fresh:
+            row = good[rid]
+            if row.charged_usd:
+                self.after_charge(ident, row)
+        if out.rejected:
+            log.warning("spendgate: ingest from %s (%s): %d rows rejected, first: %s", origin, user,
+                        len(out.rejected), out.rejected[0]["error"])
+        return out
+
+    def _land(self, rows: list[LedgerRow], now: datetime) -> set[str]:
+        """Insert the rows not landed before (ledger + idempotency keys in one transaction) and charge them."""
+        cur = self.cursor()
+        ids = [r.request_id for r in rows]
+        seen = {r[0] for r in cur.execute("SELECT request_id FROM central_ingested "
+                                          "WHERE request_id IN (SELECT unnest(?::VARCHAR[]))", [ids]).fetchall()}
+        new = [r for r in rows if r.request_id not in seen]
+        shared = getattr(self.book.store, "pg", None)
+        if shared is not None:  # the store decides: a row it already has is a duplicate there too
+            new = [r for r in new if self._settle_shared(r) != "duplicate"]
+        if not new:
+            return set()
+        cur.execute("BEGIN")
+        try:
+            # one statement over a list: DuckDB's executemany costs milliseconds per row on a keyed table
+            cur.execute("INSERT INTO central_ingested SELECT unnest(?::VARCHAR[]), ?, ?, ?",
+                        [[r.request_id for r in new], now, new[0].origin, new[0].user])  # one batch: one origin, one user
+            write_rows(cur, new)
+            cur.execute("COMMIT")
+        except Exception:
+            cur.execute("ROLLBACK")
+            raise
+        if shared is None:  # in-memory counters: count them now (a restart rebuilds them from the ledger)
+            pol = self.book.policy
+            for r in new:
+                if r.charged_usd:
+                    self.book.charge(ledger_row_scopes(pol, r.user, r.key_fingerprint, r.workspace, r.billing_basis,
+                                                       r.plan, r.ts), r.ts, r.charged_usd)
+        return {r.request_id for r in new}
+
+    def _settle_shared(self, row: LedgerRow) -> str:
+        """A shared store: the row and its charge to every window's counters, once by request id."""
+        pol = self.book.policy
+        keys = [(scope, w, window_bounds(w, row.ts, pol.timezone)[0])
+                for scope in ledger_row_scopes(pol, row.user, row.key_fingerprint, row.workspace, row.billing_basis,
+                                               row.plan, row.ts) for w in WINDOWS]
+        return self.book.store.pg.settle(row.request_id, row.charged_usd or Decimal(0), row, keys, degraded=False)
+
+
+def lease(book: BudgetBook, user: str, want: Any, now: datetime | None = None) -> dict[str, Any]:
+    """Room a laptop of `user` may admit locally until its next lease: min(want, tightest room).
+
+    Nothing is reserved on the centre (see docs/scale-out.md for the bound this gives). The
+    tightest budget is named so the laptop's 429 names it too.
+    """
+    try:
+        asked = Decimal(str(want))
+    except InvalidOperation:
+        raise IngestError(400, "want_usd must be a number of USD") from None
+    if not asked.is_finite() or asked < 0:
+        raise IngestError(400, "want_usd must be a number of USD >= 0")
+    now = now or datetime.now(UTC)
+    ident = Identity(user=user, source="token", workspaces=book.policy.workspaces_of(user))
+    budgets = book.covering(ident, now)
+    tight = book.tightest(budgets) if budgets else None
+    grant = min(asked, MAX_LEASE_USD)
+    out: dict[str, Any] = {"user": user, "granted_usd": None, "room_usd": None, "budget": None}
+    if tight is not None:
+        b, room = tight
+        grant = max(Decimal(0), min(grant, room))
+        out["room_usd"] = str(max(Decimal(0), room))  # uncapped: a request larger than the lease may still fit
+        out["budget"] = {"scope": b.scope, "window": b.window, "limit_usd": str(b.limit),
+                         "spent_usd": str(b.limit - room), "start": b.start.isoformat(), "end": b.end.isoformat()}
+    out["granted_usd"] = str(grant)
+    return out
