@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from test_providers_common import assert_split_invariant, fixture_bytes
 
+from spendgate.pricing.reprice import request_row
 from spendgate.gateway import Gateway, Settings
 from spendgate.metering.providers import route
 from spendgate.metering.providers.base import ResponseResult
@@ -204,8 +205,8 @@ def _copilot_row(gw: Gateway, model: str, initiator: str) -> dict:
     gw.meter.finish(ex, result)
     gw.meter.flush()
     row = next(r for r in ledger_rows(gw.ledger.cursor()) if r["request_id"] == ex.request_id)
-    (row["price_detail"],) = gw.ledger.cursor().execute(
-        "SELECT price_detail FROM requests WHERE request_id = ?", [ex.request_id]).fetchone()
+    # the detail `spendgate explain` shows: recomputed from the row's rate card and usage
+    row["price_detail"] = request_row(gw.ledger.cursor(), ex.request_id)["price_detail"]
     return row
 
 
