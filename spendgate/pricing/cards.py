@@ -76,13 +76,14 @@ def rates_of(card: dict[str, Any]) -> tuple[Rates, tuple[Multiplier, ...]]:
     return rates, mults
 
 
-def recompute(card: dict[str, Any], usage: Usage, reported_cost: Decimal | None = None) -> PriceResult:
+def recompute(card: dict[str, Any], usage: Usage, reported_cost: Decimal | None = None,
+              parsed: tuple[Rates, tuple[Multiplier, ...]] | None = None) -> PriceResult:
     """The PriceResult the gateway computed for a row with this card and usage.
 
     `reported_cost`: the provider-stated cost (the row's cost, or notional for subscription rows)
     when the card says the provider reported it. Raises KeyError/ValueError on a malformed card.
     """
-    rates, mults = rates_of(card)
+    rates, mults = parsed or rates_of(card)  # `parsed`: rates_of(card), when the caller keeps it
     result = compute(rates, usage, mults)
     result = replace(result, catalogue=card.get("catalogue"), overrides=card.get("overrides"),
                      modifiers=tuple(card.get("modifiers") or ()),
