@@ -142,3 +142,34 @@ def test_reprice_skips_groups_whose_rates_did_not_change_and_reprices_the_rest(t
     after = reprice.request_row(con, "stale")
     assert json.loads(after["price_detail"]) == good.detail() and after["reprice_history"]
     assert reprice.plan(con, PRICER, datetime(2026, 11, 1, tzinfo=UTC))[1] == []  # settled now
+
+
+def test_prices_slim_moves_old_details_to_cards_only_when_identical(tmp_path) -> None:
+    from spendgate.pricing import slim
+
+    path = tmp_path / "old.duckdb"
+    con = duckdb.connect(str(path))
+    migrate(con)
+    usages = [Usage(input_tokens=2_000 * i, cache_read_tokens=500 * i, output_tokens=30 * i) for i in range(1, 6)]
+    rows = []
+    for i, u in enumerate(usages):  # rows as written before slim rows: the detail on the row, no card
+        price = PRICER.price("anthropic", "claude-sonnet-4-5", u, AT)
+        rows.append(replace(_row(f"old-{i}", u, price), price_card=None, card_json=None,
+                            price_detail=json.dumps(price.detail())))
+    doctored = json.loads(rows[0].price_detail)
+    doctored["lines"][0]["rate"] = "2.5"  # priced with other files: cannot be reproduced, so it stays
+    rows[0] = replace(rows[0], price_detail=json.dumps(doctored))
+    write_rows(con, rows)
+    report = slim.convert(con, PRICER)
+    assert (report.rows, report.converted, report.kept, report.cards) == (5, 4, 1, 1)
+    assert report.kept_examples == ["old-0"]
+    assert json.loads(reprice.request_row(con, "old-0")["price_detail"]) == doctored  # verbatim
+    for i in range(1, 5):
+        got = reprice.request_row(con, f"old-{i}")
+        assert got["price_detail_from"].startswith("rate card")
+        assert json.loads(got["price_detail"]) == json.loads(rows[i].price_detail)
+    con.close()
+    before, after = slim.compact(path)
+    assert after > 0 and oct(path.stat().st_mode & 0o777) == "0o600"
+    con = duckdb.connect(str(path), read_only=True)
+    assert con.execute("SELECT count(*), count(price_card) FROM requests").fetchone() == (5, 4)
