@@ -192,11 +192,12 @@ def plan(
     res = cur.execute(f"""
         WITH k AS (SELECT unnest(?::VARCHAR[]) AS card, unnest(?::VARCHAR[]) AS provider,
                           unnest(?::VARCHAR[]) AS model, unnest(?::DATE[]) AS day, unnest(?::VARCHAR[]) AS mods)
-        SELECT {select}, c.card FROM requests r LEFT JOIN price_cards c ON c.card_id = r.price_card
+        SELECT {select}, c.card FROM requests r
+        LEFT JOIN k ON k.card = r.price_card AND k.provider = r.provider AND k.model = r.model
+             AND k.day = CAST(timezone('UTC', r.ts) AS DATE) AND k.mods IS NOT DISTINCT FROM r.modifiers
+        LEFT JOIN price_cards c ON c.card_id = r.price_card
         WHERE {where} AND NOT starts_with(coalesce(r.price_source, ''), '{REPORTED_SOURCE}')
-          AND NOT (({_SETTLED.replace("outcome", "r.outcome")}) AND EXISTS (
-              SELECT 1 FROM k WHERE k.card = r.price_card AND k.provider = r.provider AND k.model = r.model
-                AND k.day = CAST(timezone('UTC', r.ts) AS DATE) AND k.mods IS NOT DISTINCT FROM r.modifiers))
+          AND (k.card IS NULL OR NOT ({_SETTLED.replace("outcome", "r.outcome")}))
         ORDER BY r.ts""", [*keys, *params]).fetchall()
     return examined, _changes(pricer, cols, res)
 
