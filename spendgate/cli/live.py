@@ -182,15 +182,17 @@ def cmd_export(args: argparse.Namespace) -> int:
             print(f"spendgate: {v!r} is not an ISO 8601 time (e.g. 2026-03-01 or 2026-03-01T12:00Z)", file=sys.stderr)
             return 2
     src = source(args)
-    data = src.download("export", format=args.format, since=args.since, until=args.until, user=args.user)
+    # streamed chunk by chunk (never the whole file in memory: a month can be hundreds of MB)
+    chunks = src.download_chunks("export", format=args.format, since=args.since, until=args.until, user=args.user)
     if str(args.out) == "-":
-        sys.stdout.buffer.write(data)
+        for chunk in chunks:
+            sys.stdout.buffer.write(chunk)
         return 0
     out = args.out or Path(dashboard.default_export_name(args.format))
-    fsutil.write_atomic(out, data)  # 0600: an export is the ledger
+    size = fsutil.write_atomic_chunks(out, chunks)  # 0600: an export is the ledger
     reader = "read_parquet" if args.format == "parquet" else "read_csv"
     rows = duckdb.connect().execute(f"SELECT count(*) FROM {reader}(?)", [str(out)]).fetchone()[0]
-    print(f"wrote {rows:,} rows to {out} ({args.format}, {len(data):,} bytes, from {src.where})", file=sys.stderr)
+    print(f"wrote {rows:,} rows to {out} ({args.format}, {size:,} bytes, from {src.where})", file=sys.stderr)
     return 0
 
 
