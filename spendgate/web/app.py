@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
+from spendgate.web import pollcache
 from spendgate.web.caller import ApiError, Caller
 from spendgate.workflow.approvals import DECIDING_SOURCES
 
@@ -183,6 +184,7 @@ class WebApp:
     raw_routes: dict[str, Callable[[dict[str, Any], Caller], WebResponse]] = field(default_factory=dict)
     sessions: Sessions = field(default_factory=Sessions)
     metrics: Callable[[str], tuple[bytes, str]] | None = None  # Prometheus exposition (accept -> body, type)
+    poll_cache: pollcache.PollCache = field(default_factory=pollcache.PollCache)  # polled routes, encoded
 
     def handle(self, req: WebRequest) -> WebResponse:
         """Never raises: every failure becomes a JSON error with a status."""
@@ -260,11 +262,18 @@ class WebApp:
             raise ApiError(404, f"no such endpoint {path}")
         if path in self.raw_routes and req.method == "GET":
             return self.raw_routes[path](params, caller)
-        result = handler(params, caller)
-        owner = ROW_OWNER.get(path)
-        if owner and req.method == "GET" and not caller.admin and not self.is_approver(caller) and isinstance(result, list):
-            result = [r for r in result if isinstance(r, dict) and r.get(owner) == caller.name]
-        return json_response(200, result)
+
+        def answer() -> WebResponse:
+            result = handler(params, caller)
+            owner = ROW_OWNER.get(path)
+            if owner and req.method == "GET" and not caller.admin and not self.is_approver(caller) and isinstance(result, list):
+                result = [r for r in result if isinstance(r, dict) and r.get(owner) == caller.name]
+            return json_response(200, result)
+
+        if req.method == "GET" and path in pollcache.POLLED:  # what the page polls: shared across tabs
+            key = (path, tuple(sorted(params.items())), caller.name, caller.admin, caller.source)
+            return self.poll_cache.get(key, answer)[0]
+        return answer()
 
     def _metrics(self, req: WebRequest, caller: Caller | None) -> WebResponse:
         """Prometheus scrapes need the admin token (scrape config `authorization`), like the rest of the API."""

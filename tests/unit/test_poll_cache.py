@@ -1,0 +1,70 @@
+"""The routes the dashboard polls are computed once per POLL_TTL for any number of tabs (issue 22)."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from spendgate.web.app import WebApp, WebRequest
+from spendgate.web.pollcache import PollCache
+
+
+def test_single_flight_and_ttl() -> None:
+    now = [0.0]
+    cache = PollCache(ttl=4.0, clock=lambda: now[0])
+    calls: list[int] = []
+    gate = threading.Event()
+
+    def slow() -> int:
+        calls.append(1)
+        gate.wait(5)
+        return len(calls)
+
+    out: list[tuple[int, bool]] = []
+    threads = [threading.Thread(target=lambda: out.append(cache.get("k", slow))) for _ in range(4)]
+    for t in threads:
+        t.start()
+    time.sleep(0.2)  # every thread is in: one computes, three wait for it
+    gate.set()
+    for t in threads:
+        t.join(5)
+    assert calls == [1] and sorted(out) == [(1, False), (1, True), (1, True), (1, True)]
+    now[0] = 3.9
+    assert cache.get("k", slow) == (1, True)
+    now[0] = 4.1  # expired: computed again
+    assert cache.get("k", slow) == (2, False) and cache.computed == 2
+
+
+def test_a_failed_computation_is_not_cached() -> None:
+    cache = PollCache()
+
+    def boom() -> int:
+        raise RuntimeError("store away")
+
+    for _ in range(2):
+        try:
+            cache.get("k", boom)
+        except RuntimeError:
+            pass
+    assert cache.get("k", lambda: 7) == (7, False)
+
+
+def test_tabs_share_the_overview_but_not_across_callers() -> None:
+    calls: list[tuple[str, dict]] = []
+
+    def overview(params, caller):
+        calls.append((caller.name, dict(params)))
+        return {"n": len(calls)}
+
+    app = WebApp(routes={"/api/overview": overview, "/api/spend": overview}, post_routes={},
+                 tokens=lambda: ["tok"], person=lambda t: "bob" if t == "bobs-token" else None)
+    admin = {"authorization": "Bearer tok"}
+    first = app.handle(WebRequest("GET", "/api/overview?window=month", admin))
+    second = app.handle(WebRequest("GET", "/api/overview?window=month", admin))  # another tab
+    assert first.status == 200 and first.body == second.body and len(calls) == 1
+    app.handle(WebRequest("GET", "/api/overview?window=week", admin))  # other params: its own answer
+    bob = app.handle(WebRequest("GET", "/api/overview?window=month", {"authorization": "Bearer bobs-token"}))
+    assert bob.body == b'{"n": 3}' and calls[-1] == ("bob", {"window": "month", "user": "bob"})  # his own view
+    app.handle(WebRequest("GET", "/api/spend", admin))
+    app.handle(WebRequest("GET", "/api/spend", admin))  # not polled by the page: never cached
+    assert len(calls) == 5
