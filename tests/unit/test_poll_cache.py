@@ -68,3 +68,31 @@ def test_tabs_share_the_overview_but_not_across_callers() -> None:
     app.handle(WebRequest("GET", "/api/spend", admin))
     app.handle(WebRequest("GET", "/api/spend", admin))  # not polled by the page: never cached
     assert len(calls) == 5
+
+
+def test_sliced_encoding_is_exactly_json_dumps() -> None:
+    import json
+    from datetime import UTC, datetime
+    from decimal import Decimal
+
+    from spendgate.web import pollcache
+
+    rows = [{"user": f"u{i}", "cost_usd": i / 7, "n": i, "when": datetime(2026, 1, 1, tzinfo=UTC), "d": Decimal("1.5"),
+             "tags": ["a", None, True]} for i in range(1234)]
+    payload = {"totals": {"month": 1.0}, "breakdowns": {"user": rows, "model": rows[:3], "empty": []},
+               "latest": rows[:15], "x": None, "s": "é\"", 1: "int key"}
+    assert pollcache.encode(payload) == json.dumps(payload, default=str)
+    assert pollcache.encode(rows) == json.dumps(rows, default=str)
+    assert pollcache.encode({"a": {"b": {"c": {"d": {"e": rows}}}}}) == json.dumps({"a": {"b": {"c": {"d": {"e": rows}}}}},
+                                                                                   default=str)
+
+
+def test_sql_dicts_in_steps_is_the_whole_result() -> None:
+    import duckdb
+
+    from spendgate.store import sql
+
+    con = duckdb.connect()
+    for n in (0, 1, sql.FETCH_ROWS, sql.FETCH_ROWS + 1, 3 * sql.FETCH_ROWS + 7):
+        got = sql.dicts(con.execute(f"SELECT i, i * 2 AS j FROM range({n}) t(i)"))
+        assert got == [{"i": i, "j": 2 * i} for i in range(n)]
