@@ -173,3 +173,17 @@ def test_prices_slim_moves_old_details_to_cards_only_when_identical(tmp_path) ->
     assert after > 0 and oct(path.stat().st_mode & 0o777) == "0o600"
     con = duckdb.connect(str(path), read_only=True)
     assert con.execute("SELECT count(*), count(price_card) FROM requests").fetchone() == (5, 4)
+
+
+def test_the_card_travels_with_the_row_through_the_journal_and_the_pg_outbox() -> None:
+    from spendgate.store.ledger import row_from_dict, row_to_dict
+    from spendgate.store.postgres import row_from_json, row_json
+
+    u = Usage(input_tokens=100, output_tokens=10)
+    row = _row("j-1", u, PRICER.price("anthropic", "claude-sonnet-4-5", u, AT))
+    back = row_from_dict(json.loads(json.dumps(row_to_dict(row))))
+    assert (back.price_card, back.card_json) == (row.price_card, row.card_json)
+    payload = json.loads(json.dumps(row_json(row, "replica-1"), default=str))
+    assert payload["price_card"] == row.price_card and payload["card_json"] == row.card_json
+    again = row_from_json(payload)
+    assert (again.price_card, again.card_json) == (row.price_card, row.card_json)
