@@ -427,9 +427,10 @@ def modifier_report(cur: duckdb.DuckDBPyConnection, cond: str = "", params: list
         return _modifier_summary(found)
     cols = ", ".join(f"r.{c}" for c in USAGE_FIELDS)
     res = cur.execute(f"""
+        WITH c AS (SELECT card_id, card, card LIKE '%"effect":"none known"%' AS unknown FROM price_cards)
         SELECT r.provider, coalesce(r.model, '(unknown)'), c.card, {cols}, count(*)
-        FROM requests r JOIN price_cards c ON c.card_id = r.price_card
-        WHERE (c.card LIKE '%"effect":"none known"%' OR {" OR ".join(f"r.{m} > 0" for m in modality)})
+        FROM requests r JOIN c ON c.card_id = r.price_card
+        WHERE (c.unknown OR {" OR ".join(f"r.{m} > 0" for m in modality)})
               {cond.replace("ts ", "r.ts ")} GROUP BY ALL""", params or [])
     for provider, model, card, *rest in res.fetchall():
         usage, n = Usage(*(int(v or 0) for v in rest[:-1])), rest[-1]

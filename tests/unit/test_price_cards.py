@@ -187,3 +187,28 @@ def test_the_card_travels_with_the_row_through_the_journal_and_the_pg_outbox() -
     assert payload["price_card"] == row.price_card and payload["card_json"] == row.card_json
     again = row_from_json(payload)
     assert (again.price_card, again.card_json) == (row.price_card, row.card_json)
+
+
+def test_prices_check_reads_fallbacks_and_unknown_modifiers_from_cards_as_from_details(tmp_path) -> None:
+    """The same rows stored the old way (detail on each row) and the slim way give the same report."""
+    specs = [("anthropic", "claude-opus-5", Usage(input_tokens=2_000, output_tokens=30), {"inference_geo": "mars"}),
+             ("openai", "gpt-4o", Usage(input_tokens=5_000, input_audio_tokens=2_000, output_tokens=900,
+                                        output_audio_tokens=300), None),
+             ("gemini", "gemini-2.5-pro", Usage(input_tokens=300_000, output_tokens=1_000, input_image_tokens=1_000), None)]
+    reports = []
+    for slim_rows in (False, True):
+        con = duckdb.connect(str(tmp_path / f"l{slim_rows}.duckdb"))
+        migrate(con)
+        rows = []
+        for i, (provider, model, usage, mods) in enumerate(specs * 3):
+            price = PRICER.price(provider, model, usage, AT, modifiers=mods)
+            r = replace(_row(f"m-{i}", usage, price), provider=provider, model=model,
+                        modifiers=json.dumps(mods) if mods else None)
+            if not slim_rows:
+                r = replace(r, price_card=None, card_json=None, price_detail=json.dumps(price.detail()))
+            rows.append(r)
+        write_cards(con, rows, set())
+        write_rows(con, rows)
+        reports.append(reprice.modifier_report(con))
+    assert reports[0] == reports[1]
+    assert reports[1]["unknown_modifiers"] and reports[1]["unknown_modifiers"][0]["requests"] == 3
