@@ -15,12 +15,12 @@ from pathlib import Path
 import pytest
 from test_providers_common import assert_split_invariant, fixture_bytes
 
-from spendgate.pricing.reprice import request_row
 from spendgate.gateway import Gateway, Settings
 from spendgate.metering.providers import route
 from spendgate.metering.providers.base import ResponseResult
 from spendgate.pricing import copilot
 from spendgate.pricing.rates import Pricer
+from spendgate.pricing.reprice import request_row
 from spendgate.reports.queries import ledger as ledger_rows
 from spendgate.resources import pricing_dir
 from spendgate.usage import Usage
