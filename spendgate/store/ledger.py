@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import operator
+import os
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, fields, replace
@@ -359,6 +360,11 @@ class Ledger(Protocol):
     def close(self) -> None: ...
 
 
+def query_threads() -> int:
+    """DuckDB threads for the gateway's own ledger queries: all cores but one (at least one)."""
+    return max(1, (os.cpu_count() or 2) - 1)
+
+
 class LedgerLocked(RuntimeError):
     """Another process (a running gateway) holds the DuckDB file."""
 
@@ -409,9 +415,14 @@ class DuckDBLedger:
         on_written: Callable[[list[LedgerRow]], None] | None = None,
         on_spill: Callable[[list[LedgerRow]], None] | None = None,
         max_pending: int = bounds.MAX_PENDING_ROWS,
+        threads: int | None = None,
     ) -> None:
         self.path = Path(path)
         self.con = connect_private(self.path)
+        # DuckDB runs a query on as many threads as there are cores. In the gateway's process that
+        # lets one dashboard query over a month of rows take every core from the proxy; keep one
+        # core for traffic (DuckDB releases the GIL while it works, so cores are what it competes for)
+        self.con.execute(f"SET threads = {int(threads or query_threads())}")
         migrate(self.con)
         self.on_written = on_written
         self.on_spill = on_spill  # takes rows past max_pending while writes fail (to disk); may raise OSError
