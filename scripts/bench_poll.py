@@ -7,7 +7,8 @@ A real mitmdump with the spendgate addon sits in front of the bench's fake provi
 writes to it). Metered requests go through it one at a time for `--seconds`, alternately without
 and with `--tabs` headless dashboard tabs polling: each tab is its own process doing what
 spendgate/web/app.js does every REFRESH_MS (5 s): overview, budgets?top=8 and runway together,
-then pending requests and seat plans, over the gateway's admin API with the admin token. Rounds
+then pending requests and seat plans, over the gateway's admin API, signed in with the admin
+token as the page is (a session cookie). Rounds
 alternate (ABAB) so drift on a shared machine hits both sides; p50/p99 come from all samples of
 a side. The JSON also has each polled route's latency as the tabs saw it.
 """
@@ -39,8 +40,16 @@ PARALLEL = ["/api/overview?window=month", "/api/budgets?top=8", "/api/runway"]  
 THEN = ["/api/requests?status=pending", "/api/reconcile/plans?by=plan"]  # awaited one after the other
 
 
-def _get(url: str, token: str) -> tuple[float, int]:
-    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
+def login(url: str, token: str) -> str:
+    """Sign in as the page does (POST /login): the session cookie it then polls with."""
+    req = urllib.request.Request(url + "/login", data=json.dumps({"token": token}).encode(),
+                                 headers={"Content-Type": "application/json"}, method="POST")
+    with urllib.request.urlopen(req, timeout=60) as r:
+        return r.headers["Set-Cookie"].split(";")[0]
+
+
+def _get(url: str, cookie: str) -> tuple[float, int]:
+    req = urllib.request.Request(url, headers={"Cookie": cookie})
     t = time.perf_counter()
     try:
         with urllib.request.urlopen(req, timeout=60) as r:
@@ -54,18 +63,19 @@ def _get(url: str, token: str) -> tuple[float, int]:
 def poller(url: str, token: str, interval: float) -> int:
     """One headless tab: poll like app.js until stdin closes; print {route: [seconds...]} at the end."""
     seen: dict[str, list[float]] = {}
+    cookie = login(url, token)
     stop = threading.Event()
     threading.Thread(target=lambda: (sys.stdin.read(), stop.set()), daemon=True).start()
     while not stop.is_set():
         started = time.perf_counter()
         results: dict[str, tuple[float, int]] = {}
-        threads = [threading.Thread(target=lambda p=p: results.__setitem__(p, _get(url + p, token))) for p in PARALLEL]
+        threads = [threading.Thread(target=lambda p=p: results.__setitem__(p, _get(url + p, cookie))) for p in PARALLEL]
         for t in threads:
             t.start()
         for t in threads:
             t.join()
         for p in THEN:
-            results[p] = _get(url + p, token)
+            results[p] = _get(url + p, cookie)
         for p, (secs, _status) in results.items():
             seen.setdefault(p, []).append(secs)
         stop.wait(max(0.0, interval - (time.perf_counter() - started)))

@@ -263,7 +263,9 @@ class WebApp:
         if path in self.raw_routes and req.method == "GET":
             return self.raw_routes[path](params, caller)
 
-        polled = req.method == "GET" and path in pollcache.POLLED
+        # what the page polls, asked by the page (a signed-in browser, no Authorization header):
+        # answered from the poll cache shared by every tab; API clients always get a fresh answer
+        polled = req.method == "GET" and browser and pollcache.polled(path, params)
 
         def answer() -> WebResponse:
             result = handler(params, caller)
@@ -275,10 +277,13 @@ class WebApp:
                                    {"Content-Type": "application/json", **SECURITY_HEADERS})
             return json_response(200, result)
 
-        if polled:  # what the page polls: shared across tabs
+        if polled:  # shared across tabs
             key = (path, tuple(sorted(params.items())), caller.name, caller.admin, caller.source)
             return self.poll_cache.get(key, answer)[0]
-        return answer()
+        resp = answer()
+        if req.method == "POST" and resp.status == 200:  # a decision, a grant, a re-pricing: the page sees it now
+            self.poll_cache.clear()
+        return resp
 
     def _metrics(self, req: WebRequest, caller: Caller | None) -> WebResponse:
         """Prometheus scrapes need the admin token (scrape config `authorization`), like the rest of the API."""

@@ -6,7 +6,9 @@ interpreter lock that the proxy's event loop needs for every request: with the a
 per tab, each open tab added its share of proxy latency (issue 22). Here the encoded response is
 kept POLL_TTL seconds per (route, query, caller) and shared: N tabs cost what one costs, and
 concurrent misses wait for the one computation under way (single flight) instead of each
-computing it. Data on the page is then at most POLL_TTL + REFRESH_MS old, as before within a poll.
+computing it. Only the page's own requests (a signed-in browser session) are served from it; API
+clients (the CLI, scripts, `spendgate top`) always get a fresh answer, and any successful POST
+(a decision, a grant, a re-pricing) clears it, so the page shows a write at its next poll.
 """
 
 from __future__ import annotations
@@ -19,6 +21,12 @@ from typing import Any
 
 POLL_TTL = 4.0  # seconds: under the page's 5 s refresh, so a lone tab still gets fresh data each poll
 POLLED = frozenset({"/api/overview", "/api/budgets", "/api/runway", "/api/reconcile/plans"})
+
+
+def polled(path: str, params: dict[str, Any]) -> bool:
+    """A route the page polls, with the parameters it polls it with (budgets: only `?top=N`;
+    every budget, `spendgate budgets`, is never cached)."""
+    return path in POLLED and (path != "/api/budgets" or bool(params.get("top")))
 SLICE = 200  # list items encoded per step of `encode` (a step holds the GIL ~0.2-1 ms)
 _ENCODER = json.JSONEncoder(default=str)  # what json.dumps(payload, default=str) uses
 
@@ -52,6 +60,11 @@ class PollCache:
         self._flights: dict[Any, threading.Event] = {}
         self._lock = threading.Lock()
         self.computed = 0  # computations (a miss that did the work), for tests and metrics
+
+    def clear(self) -> None:
+        """Forget every answer (after a write through the API: the next poll computes afresh)."""
+        with self._lock:
+            self._items.clear()
 
     def get(self, key: Any, compute: Callable[[], Any]) -> tuple[Any, bool]:
         """The value for `key`: cached if younger than ttl, else computed once (others wait for it).

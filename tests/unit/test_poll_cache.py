@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 
@@ -49,6 +50,13 @@ def test_a_failed_computation_is_not_cached() -> None:
     assert cache.get("k", lambda: 7) == (7, False)
 
 
+def _session(app: WebApp, token: str) -> dict[str, str]:
+    resp = app.handle(WebRequest("POST", "/login", {"content-type": "application/json"},
+                                 json.dumps({"token": token}).encode()))
+    assert resp.status == 200
+    return {"cookie": resp.headers["Set-Cookie"].split(";")[0]}
+
+
 def test_tabs_share_the_overview_but_not_across_callers() -> None:
     calls: list[tuple[str, dict]] = []
 
@@ -56,18 +64,30 @@ def test_tabs_share_the_overview_but_not_across_callers() -> None:
         calls.append((caller.name, dict(params)))
         return {"n": len(calls)}
 
-    app = WebApp(routes={"/api/overview": overview, "/api/spend": overview}, post_routes={},
+    app = WebApp(routes={"/api/overview": overview, "/api/spend": overview, "/api/budgets": overview},
+                 post_routes={"/api/grant": lambda params, caller: {"ok": True}},
                  tokens=lambda: ["tok"], person=lambda t: "bob" if t == "bobs-token" else None)
-    admin = {"authorization": "Bearer tok"}
-    first = app.handle(WebRequest("GET", "/api/overview?window=month", admin))
-    second = app.handle(WebRequest("GET", "/api/overview?window=month", admin))  # another tab
+    tab = _session(app, "tok")
+    first = app.handle(WebRequest("GET", "/api/overview?window=month", tab))
+    second = app.handle(WebRequest("GET", "/api/overview?window=month", _session(app, "tok")))  # another tab
     assert first.status == 200 and first.body == second.body and len(calls) == 1
-    app.handle(WebRequest("GET", "/api/overview?window=week", admin))  # other params: its own answer
-    bob = app.handle(WebRequest("GET", "/api/overview?window=month", {"authorization": "Bearer bobs-token"}))
+    app.handle(WebRequest("GET", "/api/overview?window=week", tab))  # other params: its own answer
+    bob = app.handle(WebRequest("GET", "/api/overview?window=month", _session(app, "bobs-token")))
     assert bob.body == b'{"n": 3}' and calls[-1] == ("bob", {"window": "month", "user": "bob"})  # his own view
-    app.handle(WebRequest("GET", "/api/spend", admin))
-    app.handle(WebRequest("GET", "/api/spend", admin))  # not polled by the page: never cached
-    assert len(calls) == 5
+    app.handle(WebRequest("GET", "/api/spend", tab))
+    app.handle(WebRequest("GET", "/api/spend", tab))  # not polled by the page: never cached
+    app.handle(WebRequest("GET", "/api/budgets", tab))
+    app.handle(WebRequest("GET", "/api/budgets", tab))  # every budget (no ?top): never cached
+    assert len(calls) == 7
+    api = {"authorization": "Bearer tok"}  # the CLI, scripts: always fresh
+    app.handle(WebRequest("GET", "/api/overview?window=month", api))
+    app.handle(WebRequest("GET", "/api/overview?window=month", api))
+    assert len(calls) == 9
+    app.handle(WebRequest("GET", "/api/overview?window=month", tab))  # still cached for the page
+    assert len(calls) == 9
+    assert app.handle(WebRequest("POST", "/api/grant", api, b"{}")).status == 200  # a write: the page sees it
+    app.handle(WebRequest("GET", "/api/overview?window=month", tab))
+    assert len(calls) == 10
 
 
 def test_sliced_encoding_is_exactly_json_dumps() -> None:
