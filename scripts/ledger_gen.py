@@ -3,14 +3,20 @@
 DuckDB builds the rows itself (``INSERT ... SELECT FROM range(N)``), so 1M rows take seconds and
 10M well under a minute. Shape (issue 22): ~2,000 users, 40 workspaces, 30 models, 12 months,
 rows spread evenly in time order ending now, as the gateway appends them. Outcomes, billing bases
-and price detail vary by row so column compression sees realistic data, not one repeated value.
+and usage vary by row so column compression sees realistic data, not one repeated value.
 
-    python scripts/ledger_gen.py OUT.duckdb --rows 1000000
+Costs are real: each of the 30,000 (model, usage shape) pairs is priced once by the shipped Pricer
+and joined in, so `explain` and `prices reprice` see rows exactly as the gateway writes them: a
+rate card id per row (slim rows, the default), or with ``--detail`` the ~1.1 KB price-detail JSON
+on every row as ledgers before slim rows stored it (to measure what slim rows save).
+
+    python scripts/ledger_gen.py OUT.duckdb --rows 1000000 [--detail]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -21,6 +27,8 @@ sys.path.insert(0, str(ROOT))
 import duckdb  # noqa: E402
 
 from spendgate.store.ledger import migrate  # noqa: E402
+
+SHAPES = 1000  # usage shapes per model (r below)
 
 # 30 models the catalogue knows, with their provider: re-pricing prices them for real
 MODELS = [
@@ -43,8 +51,43 @@ def _lit(values: list[str]) -> str:
     return "[" + ", ".join("'" + v.replace("'", "''") + "'" for v in values) + "]"
 
 
-def make_ledger(path: Path, rows: int, users: int = 2000, workspaces: int = 40, days: int = 365) -> float:
-    """Write a fresh ledger at `path` with `rows` requests over the last `days`. Returns seconds taken."""
+def shape_usage(r: int) -> dict[str, int]:
+    """Usage of shape r (0..SHAPES-1); input_tokens is ALL input, as in the ledger."""
+    cache_read, cache_write, uncached = r * 50, (r % 7) * 100, 1000 + r * 37
+    return {"input_tokens": uncached + cache_read + cache_write, "cache_read_tokens": cache_read,
+            "cache_write_tokens": cache_write, "output_tokens": 100 + r * 3, "reasoning_tokens": (r % 5) * 20}
+
+
+def priced_shapes(detail: bool) -> dict[str, list]:
+    """Columns (m, r, cost, card id, card JSON, detail JSON) of every (model, shape), priced now."""
+    from datetime import UTC, datetime
+
+    from spendgate.pricing import cards
+    from spendgate.pricing.rates import Pricer
+    from spendgate.usage import Usage
+
+    pricer = Pricer(ROOT / "pricing" / "overrides.yaml")
+    now = datetime.now(UTC)
+    out: dict[str, list] = {k: [] for k in ("m", "r", "cost", "card", "card_json", "detail")}
+    for m, (provider, model) in enumerate(MODELS):
+        for r in range(SHAPES):
+            price = pricer.price(provider, model, Usage(**shape_usage(r)), now)
+            card_id, card_json = cards.of_result(price)
+            out["m"].append(m)
+            out["r"].append(r)
+            out["cost"].append(None if price.cost is None else str(price.cost))
+            out["card"].append(None if detail else card_id)
+            out["card_json"].append(card_json)
+            out["detail"].append(json.dumps(price.detail()) if detail and price.lines else None)
+    return out
+
+
+def make_ledger(path: Path, rows: int, users: int = 2000, workspaces: int = 40, days: int = 365,
+                detail: bool = False) -> float:
+    """Write a fresh ledger at `path` with `rows` requests over the last `days`. Returns seconds taken.
+
+    `detail`: store the price-detail JSON on every row (ledgers before slim rows) instead of a card id.
+    """
     t = time.perf_counter()
     path.unlink(missing_ok=True)
     con = duckdb.connect(str(path))
@@ -52,6 +95,14 @@ def make_ledger(path: Path, rows: int, users: int = 2000, workspaces: int = 40, 
         migrate(con)
         if not rows:
             return time.perf_counter() - t
+        sh = priced_shapes(detail)
+        con.execute("""CREATE TEMP TABLE shapes AS SELECT unnest(?::INTEGER[]) AS sm, unnest(?::INTEGER[]) AS sr,
+                       unnest(?::DECIMAL(20, 10)[]) AS cost, unnest(?::VARCHAR[]) AS card,
+                       unnest(?::VARCHAR[]) AS detail""", [sh["m"], sh["r"], sh["cost"], sh["card"], sh["detail"]])
+        if not detail:
+            used = {c: j for c, j in zip(sh["card"], sh["card_json"]) if c}
+            con.execute("INSERT INTO price_cards (card_id, card) SELECT unnest(?::VARCHAR[]), unnest(?::VARCHAR[])",
+                        [list(used), list(used.values())])
         step_us = days * 86400 * 1_000_000 // rows
         providers = _lit([p for p, _ in MODELS])
         models = _lit([m for _, m in MODELS])
@@ -81,37 +132,31 @@ def make_ledger(path: Path, rows: int, users: int = 2000, workspaces: int = 40, 
               CASE WHEN r < 10 THEN 429 ELSE 200 END AS status,
               CASE WHEN r < 10 THEN 'blocked' WHEN r < 15 THEN 'unpriced' ELSE 'ok' END AS outcome,
               r < 20 AS estimated,
-              (1000 + r * 37) AS input_tokens,
+              (1000 + r * 37) + r * 50 + (r % 7) * 100 AS input_tokens,
               (r * 50) AS cache_read_tokens,
               (r % 7) * 100 AS cache_write_tokens,
               0 AS cache_write_1h_tokens,
               (100 + r * 3) AS output_tokens,
               (r % 5) * 20 AS reasoning_tokens,
               0 AS web_search_requests,
-              CASE WHEN r < 10 OR r >= 800 THEN 0 WHEN r < 15 THEN NULL
-                   ELSE ((1000 + r * 37) * 3 + (100 + r * 3) * 15) / 1000000.0 END::DECIMAL(20, 10) AS cost_usd,
-              CASE WHEN r < 15 THEN 'fallback' ELSE 'genai-prices' END AS price_source,
+              CASE WHEN r < 10 OR r >= 800 THEN 0 WHEN r < 15 THEN NULL ELSE s.cost END AS cost_usd,
+              CASE WHEN r < 10 THEN 'not billed' WHEN r < 15 THEN 'fallback' ELSE 'genai-prices' END AS price_source,
               200.0 + r AS latency_ms,
               50.0 + r / 10 AS ttft_ms,
               'local_user' AS identity_source,
               'ws' || (u % {workspaces}) AS workspace,
-              '{{"model":"' || {models}[m + 1] || '","lines":[{{"kind":"input","tokens":' || (1000 + r * 37)
-                || ',"rate_per_mtok":"3.0000000000","usd":"' || ((1000 + r * 37) * 3 / 1000000.0) || '"}},'
-                || '{{"kind":"output","tokens":' || (100 + r * 3) || ',"rate_per_mtok":"15.0000000000","usd":"'
-                || ((100 + r * 3) * 15 / 1000000.0) || '"}},{{"kind":"cache_read","tokens":' || (r * 50)
-                || ',"rate_per_mtok":"0.3000000000","usd":"0"}}],"source":"genai-prices","version":"0.0.30"}}'
-                AS price_detail,
+              CASE WHEN r >= 15 THEN s.detail END AS price_detail,
+              CASE WHEN r >= 15 THEN s.card END AS price_card,
               CASE WHEN r < 10 THEN 'over budget user:' || u ELSE NULL END AS note,
               20000 + r * 97 AS bytes_in,
               2000 + r * 11 AS bytes_out,
-              CASE WHEN r < 10 THEN 0 WHEN r >= 800 THEN 0
-                   ELSE ((1000 + r * 37) * 3 + (100 + r * 3) * 15) / 1000000.0 END::DECIMAL(20, 10) AS charged_usd,
+              CASE WHEN r < 10 OR r >= 800 THEN 0 WHEN r < 15 THEN 0.01 ELSE s.cost END AS charged_usd,
               CASE WHEN r >= 800 THEN 'subscription' ELSE 'api' END AS billing_basis,
               CASE WHEN r >= 800 THEN 'claude_oauth' ELSE 'api_key' END AS credential,
-              CASE WHEN r >= 800 THEN ((1000 + r * 37) * 3 + (100 + r * 3) * 15) / 1000000.0 END::DECIMAL(20, 10)
-                AS notional_usd,
+              CASE WHEN r >= 800 THEN s.cost END AS notional_usd,
               CASE WHEN r >= 800 THEN 'max' END AS plan
-            FROM base ORDER BY i""")
+            FROM base JOIN shapes s ON s.sm = base.m AND s.sr = base.r ORDER BY i""")
+        con.execute("DROP TABLE shapes")
         con.execute("CHECKPOINT")
     finally:
         con.close()
@@ -122,8 +167,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("out", type=Path)
     ap.add_argument("--rows", type=int, default=1_000_000)
+    ap.add_argument("--detail", action="store_true", help="price detail JSON on every row (before slim rows)")
     args = ap.parse_args()
-    secs = make_ledger(args.out, args.rows)
+    secs = make_ledger(args.out, args.rows, detail=args.detail)
     print(f"{args.rows:,} rows in {secs:.1f} s: {args.out} ({args.out.stat().st_size / 1e6:.0f} MB)")
     return 0
 

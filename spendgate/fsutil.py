@@ -13,7 +13,7 @@ import contextlib
 import os
 import stat
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)  # 0 on Windows, where symlinks need privileges anyway
@@ -92,6 +92,31 @@ def open_append(path: Path, mode: int = 0o600) -> int:
         os.close(fd)
         raise
     return fd
+
+
+def write_atomic_chunks(path: Path, chunks: Iterable[bytes], mode: int = 0o600) -> int:
+    """write_atomic for data arriving in chunks (never whole in memory); returns bytes written."""
+    path = Path(path)
+    private_dir(path.parent)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    size = 0
+    try:
+        with os.fdopen(fd, "wb") as f:
+            if mode != 0o600:
+                os.fchmod(f.fileno(), mode)
+            for chunk in chunks:
+                f.write(chunk)
+                size += len(chunk)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    return size
 
 
 def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:

@@ -103,6 +103,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_json_arg(q)
     q.set_defaults(func=cmd_reprice)
 
+    q = psub.add_parser("slim", help="move price details stored on rows written before rate cards to cards "
+                                     "(each row verified), then compact the ledger file (gateway stopped)")
+    q.add_argument("--no-compact", action="store_true", help="convert only; do not rewrite the file")
+    add_db_arg(q)
+    _add_pricing_arg(q)
+    add_json_arg(q)
+    q.set_defaults(func=cmd_slim)
+
     q = psub.add_parser("show", help="the rates of one model on one day, with the source of each")
     q.add_argument("model")
     q.add_argument("--provider", choices=("anthropic", "openai", "gemini"), help="default: guessed from the name")
@@ -299,6 +307,48 @@ def cmd_reprice(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- slim ------------------------------------------------------------------------------------
+
+
+def cmd_slim(args: argparse.Namespace) -> int:
+    from spendgate.pricing import slim
+
+    db = args.db or default_db()
+    if not db.exists():
+        raise SourceError(f"no ledger at {db}")
+    try:
+        con = connect(db)
+    except LedgerLocked:
+        raise SourceError(f"{db} is held by a running gateway: stop it, then run `spendgate prices slim` "
+                          "(the file is rewritten)") from None
+    try:
+        migrate(con)
+
+        def progress(r: slim.SlimReport) -> None:
+            if not args.json and sys.stderr.isatty():
+                print(f"\r  {r.rows:,} rows: {r.converted:,} converted, {r.kept:,} kept", end="", file=sys.stderr)
+
+        report = slim.convert(con, _pricer(_pricing_dir(args)), progress)
+        con.execute("CHECKPOINT")
+    finally:
+        con.close()
+    if not args.json and sys.stderr.isatty():
+        print(file=sys.stderr)
+    out = {"db": str(db), **report.as_dict()}
+    if not args.no_compact:
+        before, after = slim.compact(db)
+        out.update(bytes_before=before, bytes_after=after)
+    if args.json:
+        print_json(out)
+        return 0
+    print(f"{db}: {report.converted:,} of {report.rows:,} rows now point at a rate card ({report.cards:,} new "
+          f"cards); {report.kept:,} kept their stored detail (it differs from what the pricing files give"
+          + (f", e.g. {', '.join(report.kept_examples)}" if report.kept_examples else "") + ")")
+    if "bytes_after" in out:
+        print(f"compacted: {out['bytes_before'] / 1e6:,.1f} MB -> {out['bytes_after'] / 1e6:,.1f} MB")
+    return 0
+
+
 # --- show ------------------------------------------------------------------------------------
 
 
@@ -442,7 +492,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
         print(f"spendgate: no request {args.request_id!r} in the ledger", file=sys.stderr)
         return 1
     if args.json:
-        if row.get("price_detail"):
+        if row.get("price_detail"):  # recomputed from the row's rate card, or stored on an old row
             row["price_detail"] = json.loads(row["price_detail"])
         print_json(row)
         return 0

@@ -10,7 +10,7 @@ import json
 import os
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -59,6 +59,11 @@ class Source:
 
     def download(self, name: str, **params: Any) -> bytes:
         """A file the source builds (e.g. `export`), as bytes, from the file or the gateway alike."""
+        return b"".join(self.download_chunks(name, **params))
+
+    def download_chunks(self, name: str, **params: Any) -> Iterator[bytes]:
+        """The same file as chunks of at most 1 MiB, never whole in memory (exports of a month are
+        hundreds of MB). Consume it to the end (or close it) so its temp file is removed."""
         return self._call(name, {k: v for k, v in params.items() if v is not None}, "RAW")
 
 
@@ -86,8 +91,10 @@ def _gateway_call(db: Path, token: str | None = None) -> tuple[Callable[[str, di
         if data:
             req.add_header("Content-Type", "application/json")
         try:
-            with outbound.open_url(req, timeout=300 if raw else 30) as resp:  # loopback: never a proxy
-                return resp.read() if raw else json.loads(resp.read())
+            if raw:
+                return _chunks(outbound.open_url(req, timeout=300))  # loopback: never a proxy
+            with outbound.open_url(req, timeout=30) as resp:
+                return json.loads(resp.read())
         except urllib.error.HTTPError as e:
             try:
                 msg = json.loads(e.read()).get("error", str(e))
@@ -101,6 +108,13 @@ def _gateway_call(db: Path, token: str | None = None) -> tuple[Callable[[str, di
             ) from None
 
     return call, f"gateway {url}"
+
+
+def _chunks(resp: Any, size: int = 1 << 20) -> Iterator[bytes]:
+    """An HTTP response body in chunks (then closed)."""
+    with resp:
+        while chunk := resp.read(size):
+            yield chunk
 
 
 def open_store_source(url: str, *, write: bool = False) -> Source:
@@ -156,7 +170,7 @@ def _local_call(con: duckdb.DuckDBPyConnection) -> Callable[[str, dict[str, Any]
         if method == "RAW":
             from spendgate.reports import dashboard
 
-            return dashboard.download(con, name, params)
+            return dashboard.download_chunks(con, name, params)
         try:
             from spendgate.reports import registry
 

@@ -31,6 +31,7 @@ from spendgate.metering.providers.base import (
     StreamParser,
 )
 from spendgate.metering.streams import IncrementalDecoder
+from spendgate.pricing import cards
 from spendgate.pricing.rates import Pricer, PriceResult, reported
 from spendgate.store.ledger import Ledger, LedgerRow
 from spendgate.usage import Usage
@@ -358,6 +359,7 @@ class Meter:
             outcome = "unpriced"
         ident = ex.identity
         first = ex.first_byte_at or ex.headers_at
+        card_id, card_json = cards.of_result(price)  # the detail is recomputed from it (slim rows)
         cost, notional = price.cost, None
         if ex.billing.subscription:  # covered by a seat: nothing invoiced per token, list price kept apart
             cost, notional = (Decimal(0), price.cost) if verdict.outcome != "unmetered" else (None, None)
@@ -381,7 +383,8 @@ class Meter:
             ttft_ms=round((first - ex.started) * 1000, 3) if first else None,
             identity_source=ident.source,
             workspace=",".join(ident.workspaces) or None,
-            price_detail=json.dumps(price.detail()) if price.lines else None,
+            price_card=card_id,
+            card_json=card_json,
             note=verdict.note,
             bytes_in=ex.bytes_in,
             bytes_out=bytes_out,

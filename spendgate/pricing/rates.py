@@ -237,6 +237,12 @@ class PriceResult:
     modifiers: tuple[dict[str, str], ...] = ()  # {name, value, effect, source}: how serving changed the price
     fallbacks: tuple[dict[str, Any], ...] = ()  # {kind, tokens, rate_used}: modality tokens without their own rate
     alternatives: dict[str, Any] = field(default_factory=dict)  # side-by-side views, e.g. list_price, copilot
+    # what the lines were computed from (spendgate.pricing.cards stores them once per distinct card,
+    # so a row keeps only the card's id and the detail is recomputed exactly from its usage)
+    rates: Rates | None = field(default=None, compare=False, repr=False)
+    multipliers: tuple[Multiplier, ...] = field(default=(), compare=False, repr=False)
+    late_notes: tuple[str, ...] = field(default=(), compare=False, repr=False)  # notes added after compute()
+    reported_as: tuple[str, str] | None = field(default=None, compare=False, repr=False)  # (provider, field)
 
     def detail(self) -> dict[str, Any]:
         """JSON-able record kept in the ledger so any cost can be explained (and re-priced) later."""
@@ -385,6 +391,8 @@ def compute(rates: Rates, usage: Usage, multipliers: tuple[Multiplier, ...] = ()
         input_tokens=total_in,
         notes=tuple(notes),
         fallbacks=tuple(fallbacks),
+        rates=rates,
+        multipliers=tuple(multipliers),
     )
 
 
@@ -731,7 +739,7 @@ class Pricer:
                 described.append({"name": name, "value": value, "effect": "none known", "source": ""})
         result = compute(rates, usage, tuple(applied))
         return replace(result, catalogue=self.catalogue.version, overrides=self.overrides_label,
-                       modifiers=tuple(described), notes=(*result.notes, *notes))
+                       modifiers=tuple(described), notes=(*result.notes, *notes), late_notes=tuple(notes))
 
 
 def reported(list_price: PriceResult, cost: Decimal, provider: str, field_name: str = "usage.cost") -> PriceResult:
@@ -746,7 +754,7 @@ def reported(list_price: PriceResult, cost: Decimal, provider: str, field_name: 
               "model_id": list_price.model_id}
     return replace(list_price, cost=cost, source=source, lines=(line,), tier_above=None,
                    notes=(*list_price.notes, f"cost as reported by {provider} in {field_name}"),
-                   alternatives={**list_price.alternatives, "list_price": listed})
+                   alternatives={**list_price.alternatives, "list_price": listed}, reported_as=(provider, field_name))
 
 
 # --- audits ----------------------------------------------------------------------------------

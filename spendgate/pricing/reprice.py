@@ -16,11 +16,12 @@ import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
 import duckdb
 
+from spendgate.pricing import cards
 from spendgate.pricing.rates import REPORTED_SOURCE, Pricer, PriceResult
 from spendgate.store import sql
 from spendgate.usage import USAGE_FIELDS, Usage
@@ -52,6 +53,9 @@ class RowChange:
     plan: str | None = None
     old_notional: Decimal | None = None  # subscription rows: the list-price equivalent (cost stays 0)
     new_notional: Decimal | None = None
+    old_card: str | None = None  # rate card ids (spendgate.pricing.cards): the detail before and after
+    new_card: str | None = None
+    new_card_json: str | None = None
 
     @property
     def charged_delta(self) -> Decimal:
@@ -86,7 +90,7 @@ def _new_row_price(pricer: Pricer, row: dict[str, Any], memo: dict[tuple, PriceR
     day (dated rates), so the group's rows share one PriceResult."""
     ts = row["ts"] if row["ts"].tzinfo else row["ts"].replace(tzinfo=UTC)
     modifiers = _modifiers(row.get("modifiers"))
-    variant = None if modifiers else _variant(row["price_detail"])  # rows from before modifiers were kept
+    variant = None if modifiers else row.get("variant") or _variant(row.get("price_detail"))  # rows before modifiers
     usage = _usage(row)
     if memo is None:
         return pricer.price(row["provider"], row["model"], usage, ts, variant, modifiers)
@@ -98,33 +102,130 @@ def _new_row_price(pricer: Pricer, row: dict[str, Any], memo: dict[tuple, PriceR
     return found
 
 
+_STORED = Decimal("1E-10")  # DECIMAL(20, 10): what a cost becomes when stored
+
+
+def _stored(v: Decimal | None) -> Decimal | None:
+    """A cost as the ledger stores it (compared with stored costs: no change from rounding alone)."""
+    return None if v is None else v.quantize(_STORED, rounding=ROUND_HALF_UP)
+
+
+def _money_of(card: dict[str, Any]) -> tuple:
+    """What in a card decides the money (not its source labels): variant, rates, multipliers."""
+    return (card["variant"], sorted((k, Decimal(p["base"]), [(int(a), Decimal(b)) for a, b in p["tiers"]])
+                                    for k, p in card["rates"].items()),
+            sorted((m["name"], m["value"], Decimal(m["factor"])) for m in card.get("multipliers") or ()))
+
+
+_PROBE = Usage(input_tokens=1, output_tokens=1)  # prices to see the rates in force (any usage gives them all)
+
+# Rows of an unchanged-rates group whose money is settled as plan() would leave it (cost, charge,
+# outcome and notional follow from the cost alone): only rows outside it are priced one by one.
+_SETTLED = """outcome <> 'unpriced' AND (
+    (coalesce(billing_basis, 'api') <> 'subscription' AND cost_usd IS NOT NULL AND charged_usd = cost_usd)
+    OR (billing_basis = 'subscription' AND cost_usd = 0 AND notional_usd IS NOT NULL
+        AND (charged_usd = notional_usd OR (charged_usd = 0 AND notional_usd <> 0))))"""
+
+
+def has_cards(cur: duckdb.DuckDBPyConnection) -> bool:
+    """Whether the ledger has rate cards (migration 9); a ledger opened read-only may predate it."""
+    return bool(cur.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'price_cards' "
+                            "AND NOT temporary").fetchone()[0])
+
+
+def unchanged_groups(
+    cur: duckdb.DuckDBPyConnection, pricer: Pricer, where: str, params: list[Any]
+) -> tuple[int, list[tuple[str, str, str | None, Any, str | None]]]:
+    """(rows examined, (card, provider, model, UTC day, modifiers) groups whose rates are the same now).
+
+    Rows are grouped in SQL by the rate card they were priced with and what picks the rates
+    (provider, model, UTC day, modifiers); each group is priced once with a probe usage, and
+    when the rates in force now equal the card's (same numbers; labels may differ), no row of
+    the group can change cost: `compute()` is a function of rates and usage alone.
+    """
+    groups = cur.execute(f"""
+        SELECT r.price_card, r.provider, r.model, CAST(timezone('UTC', r.ts) AS DATE) AS day, r.modifiers,
+               any_value(c.card), count(*)
+        FROM requests r LEFT JOIN price_cards c ON c.card_id = r.price_card
+        WHERE {where} GROUP BY ALL""", params).fetchall()
+    examined = sum(g[-1] for g in groups)
+    same = []
+    for card_id, provider, model, day, mods, card_json, _n in groups:
+        if not card_id or not card_json or not model:
+            continue
+        card = json.loads(card_json)
+        if card.get("reported"):
+            continue  # skipped row by row (price_source)
+        modifiers = _modifiers(mods)
+        at = datetime(day.year, day.month, day.day, 12, tzinfo=UTC)
+        try:
+            probe = pricer.price(provider, model, _PROBE, at, None if modifiers else card["variant"], modifiers)
+        except Exception:  # priced row by row, where an error is reported as a change
+            continue
+        now = cards.card_of(probe)
+        if now is not None and _money_of(now) == _money_of(card):
+            same.append((card_id, provider, model, day, mods))
+    return examined, same
+
+
 def plan(
     cur: duckdb.DuckDBPyConnection, pricer: Pricer, since: datetime, until: datetime | None = None
 ) -> tuple[int, list[RowChange]]:
-    """(rows examined, rows whose cost, charge or outcome would change) with current prices."""
+    """(rows examined, rows whose cost, charge or outcome would change) with current prices.
+
+    Groups whose rates did not change are settled in SQL (`unchanged_groups`); the other rows are
+    priced with `Pricer.price` once per distinct (provider, model, day, variant, modifiers, usage).
+    """
     cols = ["request_id", "ts", "provider", "model", "user", "key_fingerprint", "workspace", "outcome", "estimated",
             "cost_usd", "charged_usd", "price_source", "price_detail", "billing_basis", "plan", "notional_usd",
-            "modifiers", *USAGE_FIELDS]  # fmt: skip
-    where = "ts >= ? AND list_contains(?, outcome)" + (" AND ts < ?" if until else "")
+            "modifiers", "price_card", *USAGE_FIELDS]  # fmt: skip
+    where = "r.ts >= ? AND list_contains(?, r.outcome)" + (" AND r.ts < ?" if until else "")
     params: list[Any] = [since, list(REPRICEABLE)] + ([until] if until else [])
-    select = ", ".join(f'"{c}"' for c in cols)
-    res = cur.execute(f"SELECT {select} FROM requests WHERE {where} ORDER BY ts", params).fetchall()
+    if not has_cards(cur):  # an old ledger read as it is: every row priced (per distinct shape)
+        cols.remove("price_card")
+        select = ", ".join(f'r."{c}"' for c in cols)
+        res = cur.execute(f"SELECT {select}, NULL FROM requests r WHERE {where} ORDER BY r.ts", params).fetchall()
+        return len(res), _changes(pricer, cols, res, reported=True)
+    examined, same = unchanged_groups(cur, pricer, where, params)
+    select = ", ".join(f'r."{c}"' for c in cols)
+    keys = [list(k) for k in zip(*same)] if same else [[], [], [], [], []]
+    res = cur.execute(f"""
+        WITH k AS (SELECT unnest(?::VARCHAR[]) AS card, unnest(?::VARCHAR[]) AS provider,
+                          unnest(?::VARCHAR[]) AS model, unnest(?::DATE[]) AS day, unnest(?::VARCHAR[]) AS mods)
+        SELECT {select}, c.card FROM requests r
+        LEFT JOIN k ON k.card = r.price_card AND k.provider = r.provider AND k.model = r.model
+             AND k.day = CAST(timezone('UTC', r.ts) AS DATE) AND k.mods IS NOT DISTINCT FROM r.modifiers
+        LEFT JOIN price_cards c ON c.card_id = r.price_card
+        WHERE {where} AND NOT starts_with(coalesce(r.price_source, ''), '{REPORTED_SOURCE}')
+          AND (k.card IS NULL OR NOT ({_SETTLED.replace("outcome", "r.outcome")}))
+        ORDER BY r.ts""", [*keys, *params]).fetchall()
+    return examined, _changes(pricer, cols, res)
+
+
+def _changes(pricer: Pricer, cols: list[str], res: list[tuple], reported: bool = False) -> list[RowChange]:
+    """The rows of `res` (values in `cols` order, then the card JSON) whose money changes now."""
     changes = []
     memo: dict[tuple, PriceResult] = {}
+    variants: dict[str, str] = {}
     for values in res:
         row = dict(zip(cols, values))
-        if (row["price_source"] or "").startswith(REPORTED_SOURCE):
+        if reported and (row["price_source"] or "").startswith(REPORTED_SOURCE):
             continue  # the provider said what it charged (OpenRouter usage.cost): prices do not change it
+        card_json = values[-1]
+        if row.get("price_card") and card_json:
+            if row["price_card"] not in variants:
+                variants[row["price_card"]] = json.loads(card_json).get("variant") or "standard"
+            row["variant"] = variants[row["price_card"]]
         new = _new_row_price(pricer, row, memo)
         old_cost, old_charged = row["cost_usd"], row["charged_usd"]
-        new_cost = new.cost
+        new_cost = _stored(new.cost)
         # charged_usd is what budgets counted: the cost when there is one, else the old charge
         # (the unpriced fallback rate), so a model that is still unknown keeps its fallback.
         new_charged = new_cost if new_cost is not None else old_charged
         sub = row["billing_basis"] == "subscription"
         old_notional, new_notional = row["notional_usd"], None
         if sub:  # covered by a seat: the invoice stays 0; the list-price equivalent moves
-            new_notional, new_cost = new.cost, Decimal(0)
+            new_notional, new_cost = _stored(new.cost), Decimal(0)
             if old_charged == 0 and old_notional:  # not counted (subscription_usage: ignore): stays so
                 new_charged = old_charged
         new_outcome = row["outcome"]
@@ -138,46 +239,62 @@ def plan(
         if (new_cost, new_charged, new_outcome, new_notional) == (old_cost, old_charged, row["outcome"], old_notional
                                                                   if sub else None):
             continue  # same money: the stored detail still explains it, no audit noise
+        new_card, new_card_json = cards.of_result(new)
         changes.append(RowChange(
             row["request_id"], row["ts"], row["user"], row["model"], row["key_fingerprint"], row["workspace"],
             old_cost, new_cost, old_charged, new_charged, row["outcome"], new_outcome, row["price_source"],
-            new_source, row["price_detail"], json.dumps(new.detail()) if new.lines else None,
-            row["billing_basis"] or "api", row["plan"], old_notional, new_notional,
+            new_source, row["price_detail"], None, row["billing_basis"] or "api", row["plan"], old_notional,
+            new_notional, row.get("price_card"), new_card, new_card_json,
         ))  # fmt: skip
-    return len(res), changes
+    return changes
+
+
+def correct_rollups(cur: duckdb.DuckDBPyConnection, changes: list[RowChange]) -> None:
+    """THE hook for tables derived from ledger rows (the rollups, issue 22): called once per applied
+    re-pricing, inside its transaction, after the rows are updated. Each change carries the row's
+    time, user, workspace, model and old/new cost, charge and outcome. Nothing to correct yet."""
 
 
 def apply(cur: duckdb.DuckDBPyConnection, changes: list[RowChange], price_version: str) -> str:
-    """Write the audit records, then the new costs, in one transaction. Returns the run id."""
+    """Write the audit records, then the new costs, in one transaction. Returns the run id.
+
+    The audit keeps the row's old card (its old detail is that card with the row's usage, which
+    re-pricing never changes) and, for rows written before cards, the old stored detail verbatim.
+    """
     run_id = uuid.uuid4().hex[:12]
     if not changes:
         return run_id
     now = datetime.now(UTC)
     cur.execute("BEGIN")
     try:
+        new_cards = {c.new_card: c.new_card_json for c in changes if c.new_card and c.new_card_json}
+        if new_cards:
+            cur.executemany("INSERT INTO price_cards (card_id, card) VALUES (?, ?) ON CONFLICT DO NOTHING",
+                            list(new_cards.items()))
         cur.executemany(
             "INSERT INTO price_audit (repriced_at, run_id, request_id, ts, \"user\", model, old_cost_usd, new_cost_usd, "
             "old_charged_usd, new_charged_usd, old_outcome, new_outcome, old_price_source, new_price_source, "
-            "old_price_detail, price_version, old_notional_usd, new_notional_usd) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "old_price_detail, price_version, old_notional_usd, new_notional_usd, old_price_card, new_price_card) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [(now, run_id, c.request_id, c.ts, c.user, c.model, c.old_cost, c.new_cost, c.old_charged,
               c.new_charged, c.old_outcome, c.new_outcome, c.old_source, c.new_source, c.old_detail, price_version,
-              c.old_notional, c.new_notional)
+              c.old_notional, c.new_notional, c.old_card, c.new_card)
              for c in changes],
         )  # fmt: skip
         cur.execute("CREATE TEMP TABLE IF NOT EXISTS _reprice (request_id VARCHAR, cost DECIMAL(20, 10), "
-                    "charged DECIMAL(20, 10), outcome VARCHAR, source VARCHAR, detail VARCHAR, "
+                    "charged DECIMAL(20, 10), outcome VARCHAR, source VARCHAR, card VARCHAR, "
                     "notional DECIMAL(20, 10))")  # fmt: skip
         cur.execute("DELETE FROM _reprice")
         cur.executemany("INSERT INTO _reprice VALUES (?, ?, ?, ?, ?, ?, ?)",
-                        [(c.request_id, c.new_cost, c.new_charged, c.new_outcome, c.new_source, c.new_detail,
+                        [(c.request_id, c.new_cost, c.new_charged, c.new_outcome, c.new_source, c.new_card,
                           c.new_notional) for c in changes])  # fmt: skip
         cur.execute(
             "UPDATE requests SET cost_usd = r.cost, charged_usd = r.charged, outcome = r.outcome, "
-            "price_source = r.source, price_detail = r.detail, notional_usd = r.notional "
+            "price_source = r.source, price_card = r.card, price_detail = NULL, notional_usd = r.notional "
             "FROM _reprice r WHERE requests.request_id = r.request_id"
         )
         cur.execute("DELETE FROM _reprice")
+        correct_rollups(cur, changes)
         cur.execute("COMMIT")
     except Exception:
         cur.execute("ROLLBACK")
@@ -247,6 +364,17 @@ def request_row(cur: duckdb.DuckDBPyConnection, request_id: str) -> dict[str, An
     if len(rows) > 1 and rows[0]["request_id"] != request_id:
         raise ValueError(f"{request_id!r} matches several requests; give more of the id")
     row = rows[0]
+    card = cur.execute("SELECT card FROM price_cards WHERE card_id = ?", [row["price_card"]]).fetchone() \
+        if row.get("price_card") else None
+    if row.get("price_card") and card is None:
+        raise ValueError(f"request {row['request_id']} points at rate card {row['price_card']}, which is missing "
+                         "from price_cards: its detail cannot be recomputed")
+    detail = cards.row_detail(row, card[0] if card else None)
+    # the detail is recomputed from the rate card and the row's usage (slim rows), or was stored
+    # on the row (written before cards): `price_detail_from` says which
+    row["price_detail"] = json.dumps(detail) if detail is not None else None
+    row["price_detail_from"] = (f"rate card {row['price_card']} with this row's usage (recomputed)" if card
+                                else "stored on the row" if detail is not None else None)
     hist = cur.execute(
         "SELECT repriced_at, run_id, old_cost_usd, new_cost_usd, old_charged_usd, new_charged_usd, old_price_source, "
         "new_price_source, price_version FROM price_audit WHERE request_id = ? ORDER BY repriced_at",
@@ -280,27 +408,51 @@ def modifier_report(cur: duckdb.DuckDBPyConnection, cond: str = "", params: list
     """Tokens priced at a generic rate because their kind had none of its own (e.g. output image
     tokens of a model without an output_image rate), and serving modifiers with no known effect.
 
-    Read from each row's price detail, where the pricer recorded them.
+    Read from each row's price detail: stored on rows written before rate cards, recomputed from
+    the card once per distinct (card, modality usage) for the others.
     """
+    found: list[tuple[str, str, dict[str, Any], int]] = []  # (provider, model, detail, rows)
     res = cur.execute(f"""
         SELECT provider, coalesce(model, '(unknown)'), price_detail FROM requests
         WHERE price_detail IS NOT NULL AND (price_detail LIKE '%"fallbacks": [{{%'
               OR price_detail LIKE '%"effect": "none known"%') {cond}""", params or [])
-    kinds: dict[tuple[str, str, str, str], list[int]] = {}
-    unknown: dict[tuple[str, str, str, str], int] = {}
     for provider, model, raw in res.fetchall():
         try:
-            detail = json.loads(raw)
+            found.append((provider, model, json.loads(raw), 1))
         except ValueError:
             continue
+    modality = ("input_audio_tokens", "input_image_tokens", "input_video_tokens", "cache_read_audio_tokens",
+                "output_audio_tokens", "output_image_tokens", "output_video_tokens")
+    if not has_cards(cur):
+        return _modifier_summary(found)
+    cols = ", ".join(f"r.{c}" for c in USAGE_FIELDS)
+    res = cur.execute(f"""
+        WITH c AS (SELECT card_id, card, card LIKE '%"effect":"none known"%' AS unknown FROM price_cards)
+        SELECT r.provider, coalesce(r.model, '(unknown)'), c.card, {cols}, count(*)
+        FROM requests r JOIN c ON c.card_id = r.price_card
+        WHERE (c.unknown OR {" OR ".join(f"r.{m} > 0" for m in modality)})
+              {cond.replace("ts ", "r.ts ")} GROUP BY ALL""", params or [])
+    for provider, model, card, *rest in res.fetchall():
+        usage, n = Usage(*(int(v or 0) for v in rest[:-1])), rest[-1]
+        try:
+            found.append((provider, model, cards.detail(json.loads(card), usage, Decimal(0)), n))
+        except (KeyError, ValueError, TypeError, ArithmeticError):
+            continue
+    return _modifier_summary(found)
+
+
+def _modifier_summary(found: list[tuple[str, str, dict[str, Any], int]]) -> dict[str, Any]:
+    kinds: dict[tuple[str, str, str, str], list[int]] = {}
+    unknown: dict[tuple[str, str, str, str], int] = {}
+    for provider, model, detail, n in found:
         for fb in detail.get("fallbacks") or []:
             acc = kinds.setdefault((provider, model, str(fb.get("kind")), str(fb.get("rate_used"))), [0, 0])
-            acc[0] += 1
-            acc[1] += int(fb.get("tokens") or 0)
+            acc[0] += n
+            acc[1] += int(fb.get("tokens") or 0) * n
         for m in detail.get("modifiers") or []:
             if m.get("effect") == "none known":
                 key = (provider, model, str(m.get("name")), str(m.get("value")))
-                unknown[key] = unknown.get(key, 0) + 1
+                unknown[key] = unknown.get(key, 0) + n
     generic = [{"provider": p, "model": m, "kind": k, "rate_used": used, "requests": n, "tokens": t}
                for (p, m, k, used), (n, t) in sorted(kinds.items(), key=lambda kv: -kv[1][1])]
     modifiers = [{"provider": p, "model": m, "modifier": name, "value": v, "requests": n}

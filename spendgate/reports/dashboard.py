@@ -174,6 +174,9 @@ def export_sql(since: datetime | None, until: datetime | None, user: str | None)
     return f"SELECT {cols} FROM requests {where} ORDER BY ts, request_id", params
 
 
+EXPORT_SLICE_ROWS = 10_000  # rows per COPY when a CSV export is built slice by slice
+
+
 def export(
     cur: duckdb.DuckDBPyConnection,
     path: Path,
@@ -182,14 +185,65 @@ def export(
     until: datetime | None = None,
     user: str | None = None,
 ) -> int:
-    """COPY the ledger rows in [since, until) to `path` as Parquet or CSV; returns the row count."""
+    """COPY the ledger rows in [since, until) to `path` as Parquet or CSV; returns the row count.
+
+    CSV is written in time slices of about EXPORT_SLICE_ROWS rows, each its own COPY (sorted
+    within the slice, slices in time order) appended to `path`: one COPY of a month at 10M rows
+    holds ~800 MB (the sort, and the CSV writer's buffers), a slice a few MB. Parquet, whose
+    footer needs the whole file, is one COPY.
+    """
     if fmt not in EXPORT_FORMATS:
         raise ValueError(f"unknown export format {fmt!r} (one of {', '.join(EXPORT_FORMATS)})")
+    if fmt == "csv":
+        return _export_csv(cur, path, since, until, user)
     sql, params = export_sql(since, until, user)
-    options = "FORMAT parquet, COMPRESSION zstd" if fmt == "parquet" else "FORMAT csv, HEADER true"
     target = str(path).replace("'", "''")  # COPY takes no parameter for its target; quote it
-    row = cur.execute(f"COPY ({sql}) TO '{target}' ({options})", params).fetchone()
+    row = cur.execute(f"COPY ({sql}) TO '{target}' (FORMAT parquet, COMPRESSION zstd)", params).fetchone()
     return int(row[0]) if row else 0
+
+
+def export_slices(cur: duckdb.DuckDBPyConnection, since: datetime | None, until: datetime | None,
+                  user: str | None, rows: int | None = None) -> list[tuple[datetime, datetime]]:
+    """Half-open [start, end) time ranges covering the export, each of about `rows` rows (default
+    EXPORT_SLICE_ROWS; whole hours, so an hour with more rows is one slice)."""
+    rows = rows or EXPORT_SLICE_ROWS
+    where, params = sql.where(*sql.ts_range(since, until), (USER, user))
+    hours = cur.execute(f"SELECT time_bucket(INTERVAL 1 HOUR, ts, TIMESTAMPTZ '1970-01-01 00:00:00+00') AS h, "
+                        f"count(*) FROM requests {where} GROUP BY h ORDER BY h", params).fetchall()
+    out: list[tuple[datetime, datetime]] = []
+    start, n = None, 0
+    for h, count in hours:
+        if start is None:
+            start = h
+        n += count
+        if n >= rows:
+            out.append((start, h + timedelta(hours=1)))
+            start, n = None, 0
+    if start is not None:
+        out.append((start, hours[-1][0] + timedelta(hours=1)))
+    # the caller's bounds still apply inside each slice (export_sql): slices only split the range
+    return out
+
+
+def _export_csv(cur: duckdb.DuckDBPyConnection, path: Path, since: datetime | None, until: datetime | None,
+                user: str | None) -> int:
+    slices = export_slices(cur, since, until, user)
+    total = 0
+    part = path.with_name(path.name + ".part")
+    target = str(part).replace("'", "''")
+    with open(path, "wb") as out:
+        for i, (a, b) in enumerate(slices or [(None, None)]):
+            lo = max(a, since) if a and since else a or since
+            hi = min(b, until) if b and until else b or until
+            sql_, params = export_sql(lo, hi, user)
+            header = "true" if i == 0 else "false"
+            row = cur.execute(f"COPY ({sql_}) TO '{target}' (FORMAT csv, HEADER {header})", params).fetchone()
+            total += int(row[0]) if row else 0
+            with open(part, "rb") as f:
+                while chunk := f.read(EXPORT_CHUNK):
+                    out.write(chunk)
+    part.unlink(missing_ok=True)
+    return total
 
 
 EXPORT_CHUNK = 1 << 20  # bytes per read when an export is streamed
@@ -242,9 +296,14 @@ def export_bytes(cur: duckdb.DuckDBPyConnection, params: dict[str, Any]) -> byte
 
 def download(cur: duckdb.DuckDBPyConnection, name: str, params: dict[str, Any]) -> bytes:
     """Files a Source can fetch by name (only `export` so far)."""
+    return b"".join(download_chunks(cur, name, params))
+
+
+def download_chunks(cur: duckdb.DuckDBPyConnection, name: str, params: dict[str, Any]) -> Iterator[bytes]:
+    """The same, as EXPORT_CHUNK-byte chunks read from a private temp file (removed at the end)."""
     if name != "export":
         raise KeyError(f"unknown download {name!r}")
-    return export_bytes(cur, params)
+    return ExportFile(cur, params).chunks()
 
 
 def opt_time(v: Any) -> datetime | None:

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import logging
 import operator
+import os
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
@@ -81,16 +82,22 @@ class LedgerRow:
     # row another gateway ingested (None: metered here), and whether it was admitted while the centre was away
     origin: str | None = None
     offline: bool = False
+    # migration 9 (slim rows): the rate card this row was priced with (spendgate.pricing.cards), its
+    # id here and its JSON once in `price_cards`; `price_detail` stays NULL on rows written since
+    price_card: str | None = None
+    # the card's JSON, carried to the writer (and the journal) but not a `requests` column
+    card_json: str | None = field(default=None, repr=False, compare=False, metadata={"column": False})
 
 
-COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(LedgerRow))
+ROW_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(LedgerRow))  # everything a row carries
+COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(LedgerRow) if f.metadata.get("column", True))
 _DECIMALS = ("cost_usd", "charged_usd")
 
 
 def row_to_dict(row: LedgerRow) -> dict:
     """A row as JSON-ready values (for the journal when the store fails)."""
     out = {}
-    for name in COLUMNS:
+    for name in ROW_FIELDS:
         v = getattr(row, name)
         out[name] = v.isoformat() if isinstance(v, datetime) else str(v) if isinstance(v, Decimal) else v
     return out
@@ -98,7 +105,7 @@ def row_to_dict(row: LedgerRow) -> dict:
 
 def row_from_dict(d: dict) -> LedgerRow:
     """The inverse of row_to_dict; unknown keys are ignored, so old journals stay readable."""
-    values = {k: d[k] for k in COLUMNS if k in d}
+    values = {k: d[k] for k in ROW_FIELDS if k in d}
     values["ts"] = datetime.fromisoformat(values["ts"])
     for k in _DECIMALS:
         if values.get(k) is not None:
@@ -334,6 +341,22 @@ MIGRATIONS: list[tuple[int, str]] = [
         );
         """,
     ),
+    (
+        10,
+        # slim rows (spendgate/pricing/cards.py): a row keeps the id of its rate card, each card is
+        # stored once; the detail is recomputed from the card and the row's usage. Rows written
+        # before keep their price_detail (`spendgate store slim` moves them to cards).
+        """
+        ALTER TABLE requests ADD COLUMN IF NOT EXISTS price_card VARCHAR;
+        CREATE TABLE IF NOT EXISTS price_cards (
+            card_id VARCHAR PRIMARY KEY,
+            card VARCHAR NOT NULL,
+            created_at TIMESTAMPTZ NOT NULL DEFAULT now()
+        );
+        ALTER TABLE price_audit ADD COLUMN IF NOT EXISTS old_price_card VARCHAR;
+        ALTER TABLE price_audit ADD COLUMN IF NOT EXISTS new_price_card VARCHAR;
+        """,
+    ),
 ]
 
 
@@ -361,6 +384,11 @@ class Ledger(Protocol):
     def append(self, row: LedgerRow) -> None: ...
     def flush(self, timeout: float = 5.0) -> bool: ...
     def close(self) -> None: ...
+
+
+def query_threads() -> int:
+    """DuckDB threads for the gateway's own ledger queries: all cores but one (at least one)."""
+    return max(1, (os.cpu_count() or 2) - 1)
 
 
 class LedgerLocked(RuntimeError):
@@ -413,15 +441,21 @@ class DuckDBLedger:
         on_written: Callable[[list[LedgerRow]], None] | None = None,
         on_spill: Callable[[list[LedgerRow]], None] | None = None,
         max_pending: int = bounds.MAX_PENDING_ROWS,
+        threads: int | None = None,
     ) -> None:
         self.path = Path(path)
         self.con = connect_private(self.path)
+        # DuckDB runs a query on as many threads as there are cores. In the gateway's process that
+        # lets one dashboard query over a month of rows take every core from the proxy; keep one
+        # core for traffic (DuckDB releases the GIL while it works, so cores are what it competes for)
+        self.con.execute(f"SET threads = {int(threads or query_threads())}")
         migrate(self.con)
         self.on_written = on_written
         self.on_spill = on_spill  # takes rows past max_pending while writes fail (to disk); may raise OSError
         self.max_pending = max_pending
         self.stats = WriterStats()
         self._cur = self.con.cursor()  # the writer thread's own
+        self._cards: set[str] = set()  # card ids known to be in price_cards (the writer thread's)
         self._unwritten: list[LedgerRow] = []  # rows a failed write kept for the next try
         self._writer: Batcher[LedgerRow] = Batcher(self._write, commit_interval, "spendgate-ledger")
 
@@ -455,6 +489,7 @@ class DuckDBLedger:
             return True
         try:
             try:
+                write_cards(self._cur, rows, self._cards)
                 write_rows(self._cur, rows)
             except (duckdb.ConversionException, duckdb.InvalidInputException, UnicodeError, OverflowError):
                 # a value no column can hold (a lone surrogate, an absurd number): one row must not
@@ -530,6 +565,19 @@ def storable(row: LedgerRow) -> LedgerRow:
     log.error("ledger row %s had values no column can hold (%s); stored them cleaned", row.request_id[:64],
               ", ".join(sorted(changed)))
     return replace(row, **changed)
+
+
+def write_cards(cur: duckdb.DuckDBPyConnection, rows: Sequence[LedgerRow], known: set[str]) -> None:
+    """Store the rate cards of `rows` not yet in `price_cards` (before the rows: a row never
+    points at a missing card). `known` is the caller's cache of ids already stored."""
+    new = {r.price_card: r.card_json for r in rows if r.price_card and r.card_json and r.price_card not in known}
+    if not new:
+        return
+    cur.executemany("INSERT INTO price_cards (card_id, card) VALUES (?, ?) ON CONFLICT DO NOTHING",
+                    list(new.items()))
+    if len(known) > 100_000:  # bounded: forgetting only costs a redundant INSERT ... DO NOTHING
+        known.clear()
+    known.update(new)
 
 
 def write_rows(cur: duckdb.DuckDBPyConnection, rows: Iterable[LedgerRow]) -> None:

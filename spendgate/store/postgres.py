@@ -367,6 +367,18 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         ALTER TABLE grants ALTER COLUMN replica SET DEFAULT substr(current_setting('application_name'), 11);
         """,
     ),
+    (
+        4,
+        "slim rows: each row keeps its rate card's id, each card is stored once (spendgate.pricing.cards)",
+        """
+        ALTER TABLE requests ADD COLUMN IF NOT EXISTS price_card TEXT;
+        CREATE TABLE IF NOT EXISTS price_cards (
+            card_id TEXT PRIMARY KEY,
+            card TEXT NOT NULL,
+            created_at TIMESTAMPTZ NOT NULL DEFAULT now()
+        );
+        """,
+    ),
 ]
 SCHEMA_VERSION = max(v for v, _, _ in MIGRATIONS)
 MIGRATION_LOCK = 0x5E4D6A7E  # pg_advisory_xact_lock key: two `store migrate` runs take turns
@@ -400,6 +412,8 @@ def _json_value(v: Any) -> Any:
 
 def row_json(row: LedgerRow, replica: str | None = None, degraded: bool = False) -> dict[str, Any]:
     out = {c: _json_value(getattr(row, c)) for c in COLUMNS}
+    if row.card_json:  # not a column (jsonb_populate_record ignores it): the outbox keeps it for the card
+        out["card_json"] = row.card_json
     out["replica"] = replica
     out["degraded"] = degraded
     return out
@@ -417,7 +431,7 @@ def row_from_json(d: dict[str, Any]) -> LedgerRow:
         elif c in ("cost_usd", "charged_usd", "notional_usd") and v is not None:
             v = Decimal(v)
         out[c] = v
-    return LedgerRow(**out)
+    return LedgerRow(**out, card_json=d.get("card_json"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -456,6 +470,7 @@ class PostgresStore:
         self.lease_seconds = lease_seconds
         self.timeout = timeout
         self._known: set[Key] = set()  # counter rows known to exist (rows are never deleted)
+        self._cards: set[str] = set()  # rate card ids known to be in price_cards
         self.pool = ConnectionPool(
             url,
             min_size=1,
@@ -603,6 +618,13 @@ class PostgresStore:
         if degraded is None:
             degraded = unreserved_keys is not None
         payload = row_json(row, self.replica, degraded) if row is not None else None
+        if row is not None and row.price_card and row.card_json and row.price_card not in self._cards:
+            # the card first (idempotent): a row never points at a missing card
+            self._run("INSERT INTO price_cards (card_id, card) VALUES (%s, %s) ON CONFLICT DO NOTHING",
+                      [row.price_card, row.card_json], fetch="count")
+            if len(self._cards) > 100_000:
+                self._cards.clear()
+            self._cards.add(row.price_card)
         keys = list(unreserved_keys or [])
         return self._run(
             "SELECT spendgate_settle(%s, %s, %s, %s::text[], %s::text[], %s::timestamptz[])",
@@ -709,6 +731,10 @@ class PostgresStore:
                 f.flush()
                 con.execute(f"INSERT INTO requests ({cols}) SELECT {cols} FROM read_csv(?, header = true, "
                             "all_varchar = true)", [f.name])
+            with self.pool.connection() as pc:  # the rate cards the rows point at (few: one per distinct card)
+                cards = pc.execute("SELECT card_id, card FROM price_cards").fetchall()
+            if cards:
+                con.executemany("INSERT INTO price_cards (card_id, card) VALUES (?, ?) ON CONFLICT DO NOTHING", cards)
         except self._psycopg.OperationalError as e:
             raise StoreUnavailable(f"the store {redact(self.url)} failed: {_why(e)}") from None
         return con.execute("SELECT count(*) FROM requests").fetchone()[0]

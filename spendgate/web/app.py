@@ -35,6 +35,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from spendgate.store.postgres import StoreUnavailable
+from spendgate.web import pollcache
 from spendgate.web.caller import ApiError, Caller
 from spendgate.workflow.approvals import DECIDING_SOURCES
 
@@ -186,6 +187,7 @@ class WebApp:
     raw_routes: dict[str, Callable[[dict[str, Any], Caller], WebResponse]] = field(default_factory=dict)
     sessions: Sessions = field(default_factory=Sessions)
     metrics: Callable[[str], tuple[bytes, str]] | None = None  # Prometheus exposition (accept -> body, type)
+    poll_cache: pollcache.PollCache = field(default_factory=pollcache.PollCache)  # polled routes, encoded
 
     def handle(self, req: WebRequest) -> WebResponse:
         """Never raises: every failure becomes a JSON error with a status."""
@@ -268,11 +270,28 @@ class WebApp:
             raise ApiError(404, f"no such endpoint {path}")
         if path in self.raw_routes and req.method == "GET":
             return self.raw_routes[path](params, caller)
-        result = handler(params, caller)
-        owner = ROW_OWNER.get(path)
-        if owner and req.method == "GET" and not caller.admin and not self.is_approver(caller) and isinstance(result, list):
-            result = [r for r in result if isinstance(r, dict) and r.get(owner) == caller.name]
-        return json_response(200, result)
+
+        # what the page polls, asked by the page (a signed-in browser, no Authorization header):
+        # answered from the poll cache shared by every tab; API clients always get a fresh answer
+        polled = req.method == "GET" and browser and pollcache.polled(path, params)
+
+        def answer() -> WebResponse:
+            result = handler(params, caller)
+            owner = ROW_OWNER.get(path)
+            if owner and req.method == "GET" and not caller.admin and not self.is_approver(caller) and isinstance(result, list):
+                result = [r for r in result if isinstance(r, dict) and r.get(owner) == caller.name]
+            if polled:  # the same JSON, encoded in slices that let the proxy's requests through
+                return WebResponse(200, pollcache.encode(result).encode(),
+                                   {"Content-Type": "application/json", **SECURITY_HEADERS})
+            return json_response(200, result)
+
+        if polled:  # shared across tabs
+            key = (path, tuple(sorted(params.items())), caller.name, caller.admin, caller.source)
+            return self.poll_cache.get(key, answer)[0]
+        resp = answer()
+        if req.method == "POST" and resp.status == 200:  # a decision, a grant, a re-pricing: the page sees it now
+            self.poll_cache.clear()
+        return resp
 
     def _metrics(self, req: WebRequest, caller: Caller | None) -> WebResponse:
         """Prometheus scrapes need the admin token (scrape config `authorization`), like the rest of the API."""

@@ -97,8 +97,10 @@ def get_routes(gw: GatewayView) -> dict[str, Handler]:
     def runway_state(params: dict[str, Any], caller: Caller) -> Any:
         """Step-downs in force and rate-limit buckets; an engineer sees their own scopes only."""
         mine = None if caller.admin else dashboard.own_scopes(gw.policy, caller.name)
-        every = budget_cache.get(("status", id(gw.book.policy)), gw.book.status)  # shared across tabs
-        rows = [r for r in every if mine is None or r["scope"] in mine]
+        rows = []
+        if gw.policy.runway.step_down:  # every budget (~2,000 users x 4 windows) only when a rule may apply
+            every = budget_cache.get(("status", id(gw.book.policy)), gw.book.status)  # shared across tabs
+            rows = [r for r in every if mine is None or r["scope"] in mine]
         limits = [b for b in gw.admission.limiter.state() if mine is None or b["scope"] in mine]
         return {"step_downs": runway.step_downs_in_force(gw.policy, rows), "rate_limits": limits}
 

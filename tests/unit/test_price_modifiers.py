@@ -233,7 +233,7 @@ def test_gemini_served_tier_header_picks_the_variant(tmp_path, header, variant):
         result = ex.route.adapter.parse_response(gemini_body(model, {"promptTokenCount": 1_000_000,
                                                                      "candidatesTokenCount": 0}))
         row = gw.meter.build_row(ex, result, None, 0, 0.0)
-        detail = json.loads(row.price_detail)
+        detail = json.loads(row.card_json)  # the rate card the row keeps (slim rows)
         assert detail["variant"] == variant
         # catalogue: standard $0.50 (from 2026-10-15 ... $1 from 2027) vs priority $0.90 per MTok input
         std = PRICER.price("gemini", model, Usage(input_tokens=1_000_000), ex.ts).cost

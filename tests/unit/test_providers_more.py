@@ -20,6 +20,7 @@ from spendgate.metering.providers import route
 from spendgate.metering.providers.base import ResponseResult
 from spendgate.pricing import copilot
 from spendgate.pricing.rates import Pricer
+from spendgate.pricing.reprice import request_row
 from spendgate.reports.queries import ledger as ledger_rows
 from spendgate.resources import pricing_dir
 from spendgate.usage import Usage
@@ -225,8 +226,8 @@ def _copilot_row(gw: Gateway, model: str, initiator: str) -> dict:
     gw.meter.finish(ex, result)
     gw.meter.flush()
     row = next(r for r in ledger_rows(gw.ledger.cursor()) if r["request_id"] == ex.request_id)
-    (row["price_detail"],) = gw.ledger.cursor().execute(
-        "SELECT price_detail FROM requests WHERE request_id = ?", [ex.request_id]).fetchone()
+    # the detail `spendgate explain` shows: recomputed from the row's rate card and usage
+    row["price_detail"] = request_row(gw.ledger.cursor(), ex.request_id)["price_detail"]
     return row
 
 

@@ -1,0 +1,65 @@
+"""CSV exports built slice by slice (issue 22): flat memory, the same file as one sorted COPY."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from spendgate.reports import dashboard
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _ledger(path: Path, rows: int) -> duckdb.DuckDBPyConnection:
+    from spendgate.store.ledger import migrate
+
+    con = duckdb.connect(str(path))
+    migrate(con)
+    con.execute(f"""
+        INSERT INTO requests BY NAME SELECT
+          TIMESTAMPTZ '2026-11-01 00:00:00+00' + to_seconds(i * 7) AS ts, 'r' || (i % 997) || '-' || i AS request_id,
+          'anthropic' AS provider, 'messages' AS endpoint, 'claude-sonnet-4-5' AS model, 'user' || (i % 5) AS "user",
+          'claude-code' AS client, false AS stream, 'ok' AS outcome, false AS estimated,
+          1000 + i AS input_tokens, 0 AS cache_read_tokens, 0 AS cache_write_tokens, 0 AS cache_write_1h_tokens,
+          10 AS output_tokens, 0 AS reasoning_tokens, 0 AS web_search_requests,
+          (i / 1e6)::DECIMAL(20, 10) AS cost_usd, 'genai-prices' AS price_source, 'local_user' AS identity_source,
+          0 AS bytes_in, 0 AS bytes_out, (i / 1e6)::DECIMAL(20, 10) AS charged_usd
+        FROM range({rows}) t(i)
+        UNION ALL SELECT TIMESTAMPTZ '2026-11-01 05:00:00+00', 'a-same-second', 'anthropic', 'messages', NULL, 'user1',
+          'cursor', true, 'ok', false, 1, 0, 0, 0, 1, 0, 0, 0, 'x', 'local_user', 0, 0, 0""")  # fmt: skip
+    return con
+
+
+@pytest.mark.parametrize("since,until,user", [
+    (None, None, None),
+    (datetime(2026, 11, 1, 2, 30, tzinfo=UTC), datetime(2026, 11, 1, 9, 1, 2, tzinfo=UTC), None),
+    (datetime(2026, 11, 1, 1, tzinfo=UTC), None, "user1"),
+    (datetime(2027, 1, 1, tzinfo=UTC), None, None),  # nothing: the header only
+])
+def test_sliced_csv_is_the_file_one_sorted_copy_writes(tmp_path, monkeypatch, since, until, user) -> None:
+    con = _ledger(tmp_path / "l.duckdb", 6_000)  # 11.7 hours of rows
+    monkeypatch.setattr(dashboard, "EXPORT_SLICE_ROWS", 500)
+    assert len(dashboard.export_slices(con, since, until, user)) > 1 or since and since.year == 2027
+    sql, params = dashboard.export_sql(since, until, user)
+    con.execute(f"COPY ({sql}) TO '{tmp_path / 'one.csv'}' (FORMAT csv, HEADER true)", params)
+    n = dashboard.export(con, tmp_path / "sliced.csv", "csv", since, until, user)
+    assert (tmp_path / "sliced.csv").read_bytes() == (tmp_path / "one.csv").read_bytes()
+    assert n == len((tmp_path / "one.csv").read_text().splitlines()) - 1
+    assert not (tmp_path / "sliced.csv.part").exists()
+
+
+def test_cli_export_streams_to_the_file(tmp_path) -> None:
+    db = tmp_path / "l.duckdb"
+    _ledger(db, 3_000).close()
+    out = tmp_path / "out.csv"
+    r = subprocess.run([sys.executable, "-m", "spendgate", "export", "--db", str(db), "--format", "csv",
+                        "--out", str(out)], capture_output=True, text=True, timeout=120,
+                       env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
+    assert r.returncode == 0, r.stderr
+    assert "wrote 3,001 rows" in r.stderr and oct(out.stat().st_mode & 0o777) == "0o600"
+    assert out.read_text().splitlines()[1].startswith("2026-11-01 00:00:00")
