@@ -10,6 +10,7 @@ centre policy's for that user. The request id is the idempotency key: a replayed
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import re
@@ -25,7 +26,8 @@ from spendgate.budgets.book import BudgetBook, ledger_row_scopes
 from spendgate.budgets.windows import WINDOWS
 from spendgate.budgets.windows import bounds as window_bounds
 from spendgate.identity import Identity
-from spendgate.store.ledger import COLUMNS, LedgerRow, write_rows
+from spendgate.pricing import cards
+from spendgate.store.ledger import COLUMNS, LedgerRow, write_cards, write_rows
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +37,7 @@ MAX_USD = Decimal("100000")  # per row: more is not one LLM call, it is garbage
 MAX_COUNT = 10**12  # tokens, bytes, searches per row
 MAX_AGE = timedelta(days=400)  # older rows belong to a closed year's books, not a replay
 MAX_SKEW = timedelta(minutes=10)  # a laptop clock this far ahead is refused (rows "from the future")
+MAX_CARD_CHARS = 16_000  # a rate card: every rate with its tiers and source
 MAX_LEASE_USD = Decimal("50")  # the most room one lease hands out, whatever a laptop asks for
 ORIGIN = re.compile(r"^[A-Za-z0-9._:@-]{1,128}$")  # a laptop's gateway id
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{8,128}$")
@@ -188,8 +191,26 @@ def validate_row(d: Any, user: str, origin: str, workspaces: Sequence[str], now:
                   origin=origin)
     if values["charged_usd"] is None:
         values["charged_usd"] = values["cost_usd"] or Decimal(0)
-    assert set(values) == set(COLUMNS), set(COLUMNS) ^ set(values)
+    values["price_card"], values["card_json"] = _card(d)
+    assert set(values) == set(COLUMNS) | {"card_json"}, set(COLUMNS) ^ set(values)
     return LedgerRow(**values), moved
+
+
+def _card(d: dict) -> tuple[str, str] | tuple[None, None]:
+    """The row's rate card (its price detail without the counts), re-encoded and re-hashed here:
+    the id is ours to compute, never the laptop's word. (None, None) when there is none."""
+    raw = d.get("card_json")
+    if raw is None:
+        return None, None
+    if not isinstance(raw, str) or len(raw) > MAX_CARD_CHARS:
+        raise ValueError(f"card_json must be a JSON string of at most {MAX_CARD_CHARS} characters")
+    try:
+        card = json.loads(raw)
+    except ValueError:
+        raise ValueError("card_json is not JSON") from None
+    if not isinstance(card, dict):
+        raise ValueError("card_json must be a JSON object")
+    return cards.encode(card)
 
 
 class Ingest:
@@ -265,6 +286,7 @@ class Ingest:
             # one statement over a list: DuckDB's executemany costs milliseconds per row on a keyed table
             cur.execute("INSERT INTO central_ingested SELECT unnest(?::VARCHAR[]), ?, ?, ?",
                         [[r.request_id for r in new], now, new[0].origin, new[0].user])  # one batch: one origin, one user
+            write_cards(cur, new, set())  # the cards first: a row never points at a missing card
             write_rows(cur, new)
             cur.execute("COMMIT")
         except Exception:

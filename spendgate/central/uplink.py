@@ -89,10 +89,12 @@ class Outbox:
     def pending(self, limit: int) -> list[dict[str, Any]]:
         """The oldest `limit` unacknowledged rows as JSON-ready dicts (one per request id)."""
         cols = ", ".join(f'r."{c}"' for c in COLUMNS)
-        got = self.cursor().execute(
-            f"SELECT {cols} {self._PENDING} QUALIFY row_number() OVER (PARTITION BY r.request_id ORDER BY r.ts) = 1 "
+        got = self.cursor().execute(  # each row with its rate card (slim rows: the centre stores it too)
+            f"SELECT {cols}, c.card {self._PENDING} LEFT JOIN price_cards c ON c.card_id = r.price_card "
+            "QUALIFY row_number() OVER (PARTITION BY r.request_id ORDER BY r.ts) = 1 "
             "ORDER BY r.ts, r.request_id LIMIT ?", [limit]).fetchall()
-        return [{c: _json_value(v) for c, v in zip(COLUMNS, values)} for values in got]
+        names = (*COLUMNS, "card_json")
+        return [{c: _json_value(v) for c, v in zip(names, values)} for values in got]
 
     def backlog(self) -> tuple[int, Decimal]:
         """(rows, USD charged) not yet acknowledged."""

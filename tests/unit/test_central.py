@@ -59,6 +59,18 @@ def test_a_valid_row_is_rebuilt_from_checked_values_and_charged_to_the_token_use
     assert row.charged_usd == Decimal("0.01") and row.ts == NOW
 
 
+def test_a_rows_rate_card_travels_with_it_and_its_id_is_computed_at_the_centre():
+    from spendgate.pricing import cards
+
+    d = wire(_row("r-00000002"))
+    d.update(price_card="0" * 32, card_json='{"rates": {"input_mtok": "3"}, "source": "genai-prices"}')
+    row, _ = validate_row(d, "alice", "alice@laptop", (), NOW)
+    assert (row.price_card, row.card_json) == cards.encode({"rates": {"input_mtok": "3"}, "source": "genai-prices"})
+    assert row.price_card != "0" * 32  # the laptop's id is not taken on its word
+    d.pop("card_json")
+    assert validate_row(d, "alice", "alice@laptop", (), NOW)[0].price_card is None
+
+
 @pytest.mark.parametrize("field,value,why", [
     ("request_id", "x", "request_id"),
     ("request_id", "../../etc/passwd", "request_id"),
@@ -81,6 +93,9 @@ def test_a_valid_row_is_rebuilt_from_checked_values_and_charged_to_the_token_use
     ("latency_ms", float("inf"), "latency_ms"),
     ("endpoint", 7, "endpoint"),
     ("user", {"name": "x"}, "user"),
+    ("card_json", "{not json", "card_json"),
+    ("card_json", "[1, 2]", "card_json"),
+    ("card_json", "x" * 20_000, "card_json"),
 ])
 def test_every_field_is_validated(field, value, why):
     d = wire(_row("r-00000002"))
