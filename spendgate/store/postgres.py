@@ -757,6 +757,11 @@ class _Result:
     def fetchone(self) -> tuple | None:
         return self._rows[0] if self._rows else None
 
+    def fetchmany(self, size: int) -> list[tuple]:
+        """The next `size` rows (store.sql reads results in steps)."""
+        out, self._rows = self._rows[:size], self._rows[size:]
+        return out
+
 
 class SharedCursor:
     """A DuckDB-cursor look-alike over the store, for the workflow tables every replica shares
