@@ -151,6 +151,8 @@ def judge(ex: Exchange, result: ResponseResult | None, ended: str | None) -> Ver
         return Verdict("upstream_error", Usage(), False, result.error or ended or f"HTTP {status}")
     if result.usage is not None and result.usage_final:
         return Verdict("ok", result.usage, False, result.error)
+    if ex.request.request_usage is not None and status < 400 and not ended and not result.error:
+        return Verdict("ok", ex.request.request_usage, False, None)  # billed by what was sent (tts-1)
     why = ended or result.error or ("stream garbled" if result.garbled else "no usage reported")
     if status == 0 and ended and not result.events:
         # never got a response at all (upstream unreachable): nothing was billed

@@ -77,6 +77,9 @@ class LedgerRow:
     output_image_tokens: int = 0
     output_video_tokens: int = 0
     modifiers: str | None = None  # JSON {"speed": "fast", "inference_geo": "us", "service_tier": ...}
+    # migration 9: quantities priced per unit, not per token (spendgate.usage)
+    audio_seconds: int = 0
+    input_characters: int = 0
 
 
 COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(LedgerRow))
@@ -306,6 +309,15 @@ MIGRATIONS: list[tuple[int, str]] = [
         ALTER TABLE requests ADD COLUMN IF NOT EXISTS output_image_tokens BIGINT DEFAULT 0;
         ALTER TABLE requests ADD COLUMN IF NOT EXISTS output_video_tokens BIGINT DEFAULT 0;
         ALTER TABLE requests ADD COLUMN IF NOT EXISTS modifiers VARCHAR;
+        """,
+    ),
+    (
+        9,
+        # quantities priced per unit of time or text (whisper per second of audio, tts-1 per
+        # character), appended in LedgerRow's field order
+        """
+        ALTER TABLE requests ADD COLUMN IF NOT EXISTS audio_seconds BIGINT DEFAULT 0;
+        ALTER TABLE requests ADD COLUMN IF NOT EXISTS input_characters BIGINT DEFAULT 0;
         """,
     ),
 ]

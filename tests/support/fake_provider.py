@@ -202,6 +202,35 @@ DEFAULT_USAGE: dict[str, dict[str, int]] = {
     },
 }
 
+# OpenAI images and audio (spendgate.metering.providers.openai_media)
+MEDIA_ROUTES = frozenset({"/v1/images/generations", "/v1/images/edits", "/v1/audio/transcriptions",
+                          "/v1/audio/translations", "/v1/audio/speech"})
+IMAGE_USAGE = {"input_tokens": 50, "input_tokens_details": {"text_tokens": 40, "image_tokens": 10},
+               "output_tokens": 4160, "total_tokens": 4210}
+WHISPER_SECONDS = 9
+TRANSCRIPT = "the quick brown fox jumps over the lazy dog"
+TRANSCRIBE_USAGE = {"input_tokens": 14, "input_token_details": {"text_tokens": 0, "audio_tokens": 14},
+                    "output_tokens": 45, "total_tokens": 59}
+SPEECH_USAGE = {"input_tokens": 20, "output_tokens": 300, "total_tokens": 320}
+FAKE_PNG_B64 = "iVBORw0KGgo="  # the PNG signature, base64: an image's first bytes are all a test needs
+FAKE_MP3 = b"ID3\x04\x00\x00\x00\x00\x00\x00" + bytes(range(256)) * 4  # an audio body, not JSON
+
+
+def multipart_text_fields(body: bytes) -> dict[str, str]:
+    """The text fields of a multipart/form-data body (files skipped): what the SDKs upload."""
+    out: dict[str, str] = {}
+    if not body.startswith(b"--"):
+        return out
+    delim = body[: body.find(b"\r\n")]
+    for part in body.split(delim)[1:]:
+        head, _, value = part.partition(b"\r\n\r\n")
+        if b"filename=" in head or b'name="' not in head:
+            continue
+        name = head.split(b'name="', 1)[1].split(b'"', 1)[0].decode()
+        out[name] = value.rsplit(b"\r\n", 1)[0].decode("utf-8", "replace")
+    return out
+
+
 TEXT_PIECES = ["Hello", "! I", "'m a fake", " provider", " answering", " deterministically."]
 MAX_HEADER_BYTES = 256 * 1024
 
@@ -836,8 +865,11 @@ class FakeProvider:
             if method == "POST" and route == "/v1/responses":
                 await self._responses(r, data)
                 return keep_alive
-            if method == "POST" and route == "/v1/images/generations":  # an endpoint spendgate does not meter
-                await r.send_json(200, {"created": 1754425777, "data": [{"url": "https://images.invalid/1.png"}]},
+            if method == "POST" and route in MEDIA_ROUTES:
+                await self._openai_media(r, route, data, body)
+                return keep_alive
+            if method == "POST" and route == "/v1/vector_stores":  # an endpoint spendgate does not meter
+                await r.send_json(200, {"id": "vs_fake", "object": "vector_store", "created_at": 1754425777},
                                   self._openai_headers())
                 return keep_alive
             if method == "GET" and route == "/v1/models":
@@ -876,6 +908,62 @@ class FakeProvider:
         else:
             await r.send_bytes(404, b"not found", "text/plain; charset=utf-8")
         return keep_alive
+
+    async def _openai_media(self, r: _Responder, route: str, data: dict, body: bytes) -> None:
+        """Images and audio, as the OpenAI API answers them (JSON, SSE, or audio bytes)."""
+        hdrs = self._openai_headers()
+        if route.startswith("/v1/images/"):
+            edit = route.endswith("/edits")
+            fields = multipart_text_fields(body) if not data else {k: str(v) for k, v in data.items()}
+            model = fields.get("model", "dall-e-2")
+            stream = fields.get("stream", "").lower() == "true"
+            if model.startswith("dall-e"):  # dall-e: billed per image, no usage in the answer
+                await r.send_json(200, {"created": 1754425777, "data": [{"url": "https://images.invalid/1.png",
+                                                                         "revised_prompt": "a cat"}]}, hdrs)
+                return
+            usage = dict(IMAGE_USAGE)
+            if not stream:
+                await r.send_json(200, {"created": 1754425777, "background": "opaque", "output_format": "png",
+                                        "quality": "low", "size": "1024x1024",
+                                        "data": [{"b64_json": FAKE_PNG_B64}], "usage": usage}, hdrs)
+                return
+            kind = "image_edit" if edit else "image_generation"
+            await r.start_stream("text/event-stream", hdrs)
+            common = {"background": "opaque", "created_at": 1754425777, "output_format": "png",
+                      "quality": "low", "size": "1024x1024"}
+            await r.chunk(sse(f"{kind}.partial_image", {"type": f"{kind}.partial_image", "b64_json": FAKE_PNG_B64,
+                                                        "partial_image_index": 0, **common}))
+            await r.chunk(sse(f"{kind}.completed", {"type": f"{kind}.completed", "b64_json": FAKE_PNG_B64,
+                                                    "usage": usage, **common}))
+            await r.end_stream()
+            return
+        if route in ("/v1/audio/transcriptions", "/v1/audio/translations"):
+            fields = multipart_text_fields(body)
+            model = fields.get("model", "")
+            if model == "whisper-1":
+                await r.send_json(200, {"text": TRANSCRIPT, "usage": {"type": "duration",
+                                                                     "seconds": WHISPER_SECONDS}}, hdrs)
+                return
+            usage = {"type": "tokens", **TRANSCRIBE_USAGE}
+            if fields.get("stream", "").lower() != "true":
+                await r.send_json(200, {"text": TRANSCRIPT, "usage": usage}, hdrs)
+                return
+            await r.start_stream("text/event-stream", hdrs)
+            for word in TRANSCRIPT.split(" "):
+                await r.chunk(sse(None, {"type": "transcript.text.delta", "delta": word + " "}))
+            await r.chunk(sse(None, {"type": "transcript.text.done", "text": TRANSCRIPT, "usage": usage}))
+            await r.end_stream()
+            return
+        # /v1/audio/speech
+        if data.get("stream_format") == "sse":
+            await r.start_stream("text/event-stream", hdrs)
+            await r.chunk(sse(None, {"type": "speech.audio.delta", "audio": FAKE_PNG_B64}))
+            await r.chunk(sse(None, {"type": "speech.audio.done", "usage": dict(SPEECH_USAGE)}))
+            await r.end_stream()
+            return
+        await r.start_stream("audio/mpeg", hdrs)
+        await r.chunk(FAKE_MP3)
+        await r.end_stream()
 
     @staticmethod
     def _usage(api: str, scenario: Scenario) -> dict[str, int]:

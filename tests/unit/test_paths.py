@@ -50,8 +50,8 @@ def test_gemini_variants_keep_the_model():
 @pytest.mark.parametrize(("host", "method", "path", "free"), [
     ("api.openai.com", "GET", "/v1/models", True),
     ("api.openai.com", "POST", "/v1/models", False),
-    ("api.openai.com", "POST", "/v1/images/generations", False),
-    ("api.openai.com", "POST", "/v1/audio/speech", False),
+    ("api.openai.com", "POST", "/v1/vector_stores", False),
+    ("api.openai.com", "POST", "/v1/fine_tuning/jobs", False),
     ("api.anthropic.com", "GET", "/api/claude_code/settings", True),
     ("api.anthropic.com", "POST", "/v1/messages/batches", False),
     ("api.anthropic.com", "GET", "/v1/files", True),

@@ -33,6 +33,7 @@ from spendgate.metering.providers import (
     gemini,
     openai_chat,
     openai_extra,
+    openai_media,
     openai_realtime,
     openai_responses,
     vertex,
@@ -294,12 +295,15 @@ def openai_under(base: str, bare: str, table: dict[str, Adapter] = OPENAI_ENDPOI
     return table.get(bare[len(base):])
 
 
+_OPENAI_API = {**OPENAI_ENDPOINTS, **openai_media.ENDPOINTS}  # api.openai.com: chat and beyond
+
+
 def _route_openai(provider: str, path: str, bare: str) -> Route:
     if bare == openai_responses.CODEX_RESPONSES_PATH:
         return _made(openai_responses.RESPONSES, provider)
     if bare == openai_realtime.REALTIME_PATH:  # WebSocket only (spendgate.metering.websocket)
         return _made(openai_realtime.REALTIME, provider)
-    return _made(openai_under("/v1", bare), provider)
+    return _made(openai_under("/v1", bare, _OPENAI_API), provider)
 
 
 def _route_anthropic(provider: str, path: str, bare: str) -> Route:

@@ -41,6 +41,7 @@ class RequestInfo:
     hints: BodyHints = NO_HINTS  # session facts in the body, for identity's per-client chains
     modifiers: dict[str, str] = field(default_factory=dict)  # serving asked for (speed: fast), for estimates
     malformed: bool = False  # body was not the JSON we expected: forward untouched
+    request_usage: Usage | None = None  # usage the request itself fixes (tts-1: input characters)
 
 
 @dataclass(slots=True)
