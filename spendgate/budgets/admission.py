@@ -157,6 +157,8 @@ class Admission:
         """
         if ex.request.free or ex.route.extra.get("free"):
             return None
+        if ex.request.results:  # batch results: already spent at the provider; charged when recorded
+            return None
         flat: Decimal | None = None  # unmetered endpoint charged a flat amount (policy `unmetered`)
         if ex.route.adapter is None:
             rule = unmetered.rule(self.policy.unmetered, self.central)
@@ -300,6 +302,10 @@ class Admission:
             if choice is not None:
                 self._stepped_down(ex.identity, choice)  # the first in a window raises an alert
             self._after_charge(ex.identity, row)  # tiered alerts and projected overrun
+        elif ex.request.results and row.charged_usd:  # batch results: spend that already happened
+            self.book.charge({b.scope for b in self.book.covering(ex.identity, row.ts)}, row.ts, row.charged_usd)
+            self.book.record(row)
+            self._after_charge(ex.identity, row)
         else:
             self.book.record(row)  # refused or free: a shared store's ledger keeps it too
 

@@ -22,6 +22,7 @@ from spendgate import bounds
 from spendgate.batcher import Batcher
 from spendgate.identity import Identity, with_body_hints
 from spendgate.metering import billing, providers
+from spendgate.metering.providers import batches
 from spendgate.metering.providers.base import (
     Adapter,
     RequestInfo,
@@ -133,6 +134,7 @@ class Verdict:
     usage: Usage
     estimated: bool
     note: str | None
+    free: bool = False  # answered, and bills nothing (a batch submission; results already charged)
 
 
 def judge(ex: Exchange, result: ResponseResult | None, ended: str | None) -> Verdict:
@@ -145,6 +147,8 @@ def judge(ex: Exchange, result: ResponseResult | None, ended: str | None) -> Ver
         return Verdict("ok" if (ex.status or 0) < 400 else "upstream_error", Usage(), False, None)
     result = result or ResponseResult()
     status = ex.status or 0
+    if result.free and status < 400 and not ended:
+        return Verdict("ok", Usage(), False, result.note, free=True)
     if ended == "interrupted":
         return Verdict("interrupted", estimate_usage(ex.request, result), True, "gateway stopped mid-request")
     if status >= 400 and not (result.usage and result.usage_final):
@@ -158,6 +162,23 @@ def judge(ex: Exchange, result: ResponseResult | None, ended: str | None) -> Ver
         # never got a response at all (upstream unreachable): nothing was billed
         return Verdict("upstream_error", Usage(), False, ended)
     return Verdict("estimated", estimate_usage(ex.request, result), True, why)
+
+
+def split_parts(ex: Exchange, result: ResponseResult | None) -> list[Exchange]:
+    """One exchange per model a response bills (batch results of several models), else `ex`.
+
+    Each part after the first gets the request id with ``-N`` appended; all share the rest.
+    """
+    ex.response = result
+    if result is None or len(result.parts) < 2:
+        return [ex]
+    out = []
+    for i, (model, usage) in enumerate(result.parts):
+        part = replace(ex, request_id=ex.request_id if i == 0 else f"{ex.request_id}-{i + 1}",
+                       extra=dict(ex.extra) if i == 0 else {k: v for k, v in ex.extra.items() if k != "reservation"})
+        part.response = replace(result, model=model, usage=usage, parts=())
+        out.append(part)
+    return out
 
 
 class Meter:
@@ -303,17 +324,21 @@ class Meter:
         if isinstance(result, Body):
             result = result.parse(ex.route.adapter)
         ex.response = result
-        try:
-            row = self.build_row(ex, result, ended, bytes_out, done_at)
-        except Exception:
-            log.exception("could not build ledger row for %s", ex.request_id)
-            return
-        for listener in self.listeners:  # budgets settle here and may set row.charged_usd
+        if result is not None and result.results_key and result.usage_final \
+                and not batches.CHARGED.first_time(result.results_key):
+            result = ResponseResult(free=True, note="batch results fetched again: already charged")
+        for part in split_parts(ex, result):
             try:
-                listener(ex, row)
+                row = self.build_row(part, part.response, ended, bytes_out, done_at)
             except Exception:
-                log.exception("row listener failed")
-        self.ledger.append(row)
+                log.exception("could not build ledger row for %s", ex.request_id)
+                return
+            for listener in self.listeners:  # budgets settle here and may set row.charged_usd
+                try:
+                    listener(part, row)
+                except Exception:
+                    log.exception("row listener failed")
+            self.ledger.append(row)
 
     def build_row(
         self, ex: Exchange, result: ResponseResult | None, ended: str | None, bytes_out: int, done_at: float
@@ -385,6 +410,8 @@ class Meter:
             return PriceResult(None, "unmetered")
         if ex.request.free:
             return PriceResult(Decimal(0), "free")
+        if verdict.free:
+            return PriceResult(Decimal(0), f"not billed ({verdict.note})" if verdict.note else "not billed")
         if verdict.outcome in ("blocked", "upstream_error"):
             return PriceResult(Decimal(0), "not billed")
         try:

@@ -105,6 +105,7 @@ import copy
 import gzip
 import ipaddress
 import json
+import re
 import shutil
 import ssl
 import tempfile
@@ -201,6 +202,13 @@ DEFAULT_USAGE: dict[str, dict[str, int]] = {
         "thoughtsTokenCount": 200,
     },
 }
+
+# batch results, per succeeded request (spendgate.metering.providers.batches)
+BATCH_ANTHROPIC_USAGE = {"input_tokens": 1000, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 200,
+                         "output_tokens": 300, "service_tier": "batch"}
+BATCH_OPENAI_USAGE = {"prompt_tokens": 1000, "completion_tokens": 300, "total_tokens": 1300,
+                      "prompt_tokens_details": {"cached_tokens": 0}, "completion_tokens_details": {"reasoning_tokens": 0}}
+BATCH_GEMINI_USAGE = {"promptTokenCount": 1000, "candidatesTokenCount": 300, "totalTokenCount": 1300}
 
 # OpenAI images and audio (spendgate.metering.providers.openai_media)
 MEDIA_ROUTES = frozenset({"/v1/images/generations", "/v1/images/edits", "/v1/audio/transcriptions",
@@ -582,6 +590,8 @@ class FakeProvider:
         self.canned: dict[tuple[str, str], tuple[int, str, bytes, list]] = {}  # see serve_raw
         self.port: int = 0
         self.refuse_websocket = False  # True: WebSocket upgrades get a 404 (Codex then falls back to HTTPS)
+        self.batches: dict[str, dict] = {}  # batch id -> what its results are made of (see _batches)
+        self.files: dict[str, bytes] = {}  # OpenAI file id -> uploaded bytes
         self._writers: set[asyncio.StreamWriter] = set()
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
@@ -798,6 +808,8 @@ class FakeProvider:
             return keep_alive
 
         kind = host_kind(host)
+        if await self._batches(r, host, method, route, parsed if isinstance(parsed, dict) else {}, body):
+            return keep_alive
         if kind and scenario.status and scenario.status >= 400:
             await self._provider_error(r, host if host in (ANTHROPIC_HOST, CHATGPT_HOST, GEMINI_HOST) else OPENAI_HOST,
                                        scenario.status)
@@ -908,6 +920,147 @@ class FakeProvider:
         else:
             await r.send_bytes(404, b"not found", "text/plain; charset=utf-8")
         return keep_alive
+
+    async def _batches(self, r: _Responder, host: str, method: str, route: str, data: dict, body: bytes) -> bool:
+        """The batch APIs: submit, poll (already ended), and the JSONL results, as each provider serves them.
+
+        A request whose custom_id / key starts with ``fail`` fails in the results (not billed).
+        """
+        now = 1764500000
+        if host == ANTHROPIC_HOST:
+            if method == "POST" and route == "/v1/messages/batches":
+                bid = f"msgbatch_fake{len(self.batches) + 1}"
+                self.batches[bid] = {"requests": data.get("requests") or []}
+                await r.send_json(200, self._anthropic_batch(bid, ended=False), self._anthropic_headers())
+                return True
+            m = re.match(r"^/v1/messages/batches/([^/]+)(/results)?$", route)
+            if method == "GET" and m and m.group(1) in self.batches:
+                bid = m.group(1)
+                if not m.group(2):
+                    await r.send_json(200, self._anthropic_batch(bid, ended=True), self._anthropic_headers())
+                    return True
+                lines = []
+                for i, req in enumerate(self.batches[bid]["requests"]):
+                    cid, params = req.get("custom_id", str(i)), req.get("params") or {}
+                    if cid.startswith("fail"):
+                        result = {"type": "errored", "error": {"type": "error", "error": {
+                            "type": "invalid_request_error", "message": "max_tokens: too large"}}}
+                    else:
+                        result = {"type": "succeeded", "message": {
+                            "id": f"msg_batch{i}", "type": "message", "role": "assistant",
+                            "model": params.get("model"), "content": [{"type": "text", "text": "".join(TEXT_PIECES)}],
+                            "stop_reason": "end_turn", "stop_sequence": None, "usage": dict(BATCH_ANTHROPIC_USAGE)}}
+                    lines.append(json.dumps({"custom_id": cid, "result": result}))
+                raw = ("\n".join(lines) + "\n").encode()
+                await r.start_stream("application/binary", self._anthropic_headers())
+                for i in range(0, len(raw), 97):  # lines split across chunks
+                    await r.chunk(raw[i:i + 97])
+                await r.end_stream()
+                return True
+        if host == OPENAI_HOST:
+            if method == "POST" and route == "/v1/files":
+                fid = f"file-in{len(self.files) + 1}"
+                content = body.split(b"\r\n\r\n", 2)[-1] if b'filename="' in body else body
+                start = body.find(b'filename="')
+                if start >= 0:  # the file part's content: after its headers, up to the next delimiter
+                    head_end = body.find(b"\r\n\r\n", start) + 4
+                    delim = b"\r\n" + body[: body.find(b"\r\n")]
+                    content = body[head_end: body.find(delim, head_end)]
+                self.files[fid] = content
+                await r.send_json(200, {"id": fid, "object": "file", "bytes": len(content), "created_at": now,
+                                        "filename": "batch.jsonl", "purpose": "batch", "status": "processed"},
+                                  self._openai_headers())
+                return True
+            if method == "POST" and route == "/v1/batches":
+                bid = f"batch_fake{len(self.batches) + 1}"
+                self.batches[bid] = {"input": data.get("input_file_id"), "endpoint": data.get("endpoint")}
+                await r.send_json(200, self._openai_batch(bid, ended=False), self._openai_headers())
+                return True
+            m = re.match(r"^/v1/batches/([^/]+)$", route)
+            if method == "GET" and m and m.group(1) in self.batches:
+                await r.send_json(200, self._openai_batch(m.group(1), ended=True), self._openai_headers())
+                return True
+            m = re.match(r"^/v1/files/file-out-(batch_fake\d+)/content$", route)
+            if method == "GET" and m and m.group(1) in self.batches:
+                lines = []
+                for i, raw_line in enumerate(self.files.get(self.batches[m.group(1)]["input"], b"").splitlines()):
+                    req = json.loads(raw_line)
+                    cid, model = req["custom_id"], req["body"]["model"]
+                    if cid.startswith("fail"):
+                        response = {"status_code": 400, "request_id": f"req_{i}", "body": {"error": {
+                            "message": "bad", "type": "invalid_request_error", "param": None, "code": None}}}
+                    else:
+                        response = {"status_code": 200, "request_id": f"req_{i}", "body": {
+                            "id": f"chatcmpl-b{i}", "object": "chat.completion", "created": now, "model": model,
+                            "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"},
+                                         "finish_reason": "stop", "logprobs": None}],
+                            "usage": dict(BATCH_OPENAI_USAGE), "service_tier": "batch"}}
+                    lines.append(json.dumps({"id": f"batch_req_{i}", "custom_id": cid, "response": response,
+                                             "error": None}))
+                raw = ("\n".join(lines) + "\n").encode()
+                await r.start_stream("application/octet-stream", self._openai_headers())
+                for i in range(0, len(raw), 61):
+                    await r.chunk(raw[i:i + 61])
+                await r.end_stream()
+                return True
+        if host == GEMINI_HOST:
+            m = re.match(r"^/v1beta/models/([^/:]+):batchGenerateContent$", route)
+            if method == "POST" and m:
+                bid = f"batches/fake{len(self.batches) + 1}"
+                self.batches[bid] = {"model": m.group(1), "input": data}
+                await r.send_json(200, {"name": bid, "metadata": {
+                    "@type": "type.googleapis.com/google.ai.generativelanguage.v1main.GenerateContentBatch",
+                    "model": f"models/{m.group(1)}", "state": "BATCH_STATE_PENDING", "name": bid}})
+                return True
+            m = re.match(r"^/v1beta/(batches/[^/:]+)$", route)
+            if method == "GET" and m and m.group(1) in self.batches:
+                bid = m.group(1)
+                await r.send_json(200, {"name": bid, "done": True, "metadata": {
+                    "@type": "type.googleapis.com/google.ai.generativelanguage.v1main.GenerateContentBatch",
+                    "model": f"models/{self.batches[bid]['model']}", "state": "BATCH_STATE_SUCCEEDED",
+                    "output": {"responsesFile": f"files/{bid.split('/')[1]}-out"}}})
+                return True
+            m = re.match(r"^/download/v1beta/files/([^/:]+)-out:download$", route)
+            if method == "GET" and m and f"batches/{m.group(1)}" in self.batches:
+                bid = f"batches/{m.group(1)}"
+                keys = ["k1", "k2", "fail-k3"]
+                lines = []
+                for key in keys:
+                    if key.startswith("fail"):
+                        lines.append(json.dumps({"key": key, "error": {"code": 400, "message": "bad",
+                                                                      "status": "INVALID_ARGUMENT"}}))
+                        continue
+                    lines.append(json.dumps({"key": key, "response": {
+                        "candidates": [{"content": {"parts": [{"text": "hi"}], "role": "model"},
+                                        "finishReason": "STOP", "index": 0}],
+                        "usageMetadata": dict(BATCH_GEMINI_USAGE), "modelVersion": self.batches[bid]["model"]}}))
+                raw = ("\n".join(lines) + "\n").encode()
+                await r.start_stream("application/octet-stream", [])
+                await r.chunk(raw)
+                await r.end_stream()
+                return True
+        return False
+
+    def _anthropic_batch(self, bid: str, ended: bool) -> dict:
+        n = len(self.batches[bid]["requests"])
+        failed = sum(1 for q in self.batches[bid]["requests"] if str(q.get("custom_id", "")).startswith("fail"))
+        return {"id": bid, "type": "message_batch", "processing_status": "ended" if ended else "in_progress",
+                "request_counts": {"processing": 0 if ended else n, "succeeded": n - failed if ended else 0,
+                                   "errored": failed if ended else 0, "canceled": 0, "expired": 0},
+                "ended_at": "2026-11-30T12:00:00Z" if ended else None, "created_at": "2026-11-30T11:00:00Z",
+                "expires_at": "2026-12-01T11:00:00Z", "archived_at": None, "cancel_initiated_at": None,
+                "results_url": f"https://api.anthropic.com/v1/messages/batches/{bid}/results" if ended else None}
+
+    def _openai_batch(self, bid: str, ended: bool) -> dict:
+        b = self.batches[bid]
+        n = len(self.files.get(b["input"], b"").splitlines())
+        return {"id": bid, "object": "batch", "endpoint": b["endpoint"], "errors": None,
+                "input_file_id": b["input"], "completion_window": "24h",
+                "status": "completed" if ended else "validating",
+                "output_file_id": f"file-out-{bid}" if ended else None, "error_file_id": None,
+                "created_at": 1764500000, "in_progress_at": None, "expires_at": 1764586400,
+                "completed_at": 1764503600 if ended else None, "failed_at": None, "expired_at": None,
+                "request_counts": {"total": n, "completed": n if ended else 0, "failed": 0}, "metadata": None}
 
     async def _openai_media(self, r: _Responder, route: str, data: dict, body: bytes) -> None:
         """Images and audio, as the OpenAI API answers them (JSON, SSE, or audio bytes)."""

@@ -29,6 +29,7 @@ from urllib.parse import unquote
 
 from spendgate.metering.providers import (
     anthropic,
+    batches,
     bedrock,
     gemini,
     openai_chat,
@@ -394,6 +395,27 @@ def _route_extra(extra: ExtraHost, path: str, bare: str) -> Route:
     return _made(openai_under(base, bare, _PASSIVE), extra.provider)  # unknown servers: never rewrite
 
 
+def _route_batches(provider: str, canon: str, method: str) -> Route | None:
+    """The batch APIs (spendgate.metering.providers.batches): submit is a POST, results a GET."""
+    low = canon.lower()
+    adapter: Adapter | None = None
+    if method == "POST":
+        if (provider, low) == ("anthropic", "/v1/messages/batches"):
+            adapter = batches.ANTHROPIC_SUBMIT
+        elif (provider, low) == ("openai", "/v1/batches"):
+            adapter = batches.OPENAI_SUBMIT
+        elif provider == "gemini" and batches.GEMINI_SUBMIT_PATH.match(low):
+            adapter = batches.GEMINI_SUBMIT
+    elif method == "GET":
+        if provider == "anthropic" and batches.ANTHROPIC_RESULTS_PATH.match(canon):
+            adapter = batches.ANTHROPIC_RESULTS
+        elif provider == "openai" and batches.OPENAI_FILE_CONTENT_PATH.match(canon):
+            adapter = batches.OPENAI_RESULTS
+        elif provider == "gemini" and batches.GEMINI_DOWNLOAD_PATH.match(canon):
+            adapter = batches.GEMINI_RESULTS
+    return _made(adapter, provider) if adapter is not None else None
+
+
 def route(host: str, path: str, method: str | None = None) -> Route | None:
     """The adapter for a request, an unmetered provider route, or None for other hosts.
 
@@ -408,6 +430,9 @@ def route(host: str, path: str, method: str | None = None) -> Route | None:
     query = (path or "").partition("?")[2]
     canon = normalize_path(path)
     full = canon + ("?" + query if query else "")
+    batch = _route_batches(provider, canon, method.upper()) if method and extra is None else None
+    if batch is not None:
+        return batch
     if extra is not None:
         found_route = _route_extra(extra, full, canon)
     else:
