@@ -16,7 +16,18 @@ Served endpoints (exact real wire shapes, see ../../../shared/fixtures/wire for 
                                                                ``stream_options.include_usage``)
                          POST /v1/responses                    JSON or SSE
                          GET  /v1/models                       small model list (unmetered path)
-                         POST /v1/embeddings                   one tiny embedding (unmetered path)
+                         POST /v1/embeddings                   one tiny embedding
+                         POST /v1/images/generations | /edits  gpt-image-*: usage JSON, or SSE with
+                              ``stream: true``; dall-e-*: URLs, no usage
+                         POST /v1/audio/transcriptions | /translations   whisper-1: usage seconds;
+                              gpt-4o-transcribe: token usage, SSE with ``stream=true``
+                         POST /v1/audio/speech                 audio/mpeg bytes, SSE with ``stream_format: sse``
+                         POST /v1/files, /v1/batches; GET /v1/batches/{id}, /v1/files/file-out-{batch}/content
+                              (JSONL output lines built from the uploaded input file)
+                         POST /v1/vector_stores                a tiny object (an unmetered path)
+* ``api.anthropic.com``  POST /v1/messages/batches; GET /v1/messages/batches/{id}[/results] (JSONL)
+* ``generativelanguage.googleapis.com``  POST /v1beta/models/{m}:batchGenerateContent; GET
+                              /v1beta/batches/{id}; GET /download/v1beta/files/{id}-out:download (JSONL)
 * ``chatgpt.com``        POST /backend-api/codex/responses      same as /v1/responses
 * ``generativelanguage.googleapis.com``
                          POST /v1beta/models/{m}:generateContent        JSON

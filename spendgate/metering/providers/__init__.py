@@ -140,6 +140,10 @@ _FREE: tuple[tuple[str, str, re.Pattern[str]], ...] = tuple(
         ("api.openai.com", "GET", r"^/v1/models(/[^/]+)?$"),
         ("api.openai.com", "GET", r"^/v1/files(/[^/]+)?$"),
         ("api.openai.com", "POST", r"^/v1/responses/input_tokens$"),  # token counting
+        # batch status polls and lists (the results download is metered: providers/batches.py)
+        ("api.anthropic.com", "GET", r"^/v1/messages/batches(/[^/]+)?$"),
+        ("api.openai.com", "GET", r"^/v1/batches(/[^/]+)?$"),
+        ("generativelanguage.googleapis.com", "GET", r"^/(v1|v1beta|v1alpha)/batches(/[^/]+)?$"),
         ("chatgpt.com", "GET", r"^/backend-api/codex/models$"),  # Codex's model list
         ("generativelanguage.googleapis.com", "GET", r"^/(v1|v1beta|v1alpha)/models(/[^/:]+)?$"),
         ("generativelanguage.googleapis.com", "POST", r"^/(v1|v1beta|v1alpha)/models/[^/:]+:counttokens$"),
