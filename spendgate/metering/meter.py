@@ -231,10 +231,7 @@ class Meter:
         ts = self.now()
         identity = bounds.clip_identity(with_body_hints(self.identify(headers, query, proxy_user, client_ip),
                                                         headers, req.hints))
-        bill = billing.classify(providers.normalize_host(host), canon, headers)
-        if bill.subscription:
-            plan = self.plan_for(bill.vendor, identity.user, ts) if self.plan_for else None
-            identity = replace(identity, basis=bill.basis, plan=plan)
+        identity, bill = self._billing(host, canon, headers, identity, ts)
         ex = Exchange(
             request_id=next(self._ids),
             ts=ts,
@@ -259,16 +256,36 @@ class Meter:
         if ex.route.adapter is not None:
             ex.served_tier = ex.route.adapter.served_tier(headers)
 
-    def begin_exchange(self, route: Route, request: RequestInfo, identity: Identity, bytes_in: int) -> Exchange:
-        """Start metering a call whose request was already read (a WebSocket turn)."""
+    def _billing(self, host: str, canon: str, headers: Mapping[str, str], identity: Identity,
+                 ts: datetime) -> tuple[Identity, billing.Billing]:
+        """How the call is paid for (API key, or a subscription seat with its policy plan)."""
+        bill = billing.classify(providers.normalize_host(host), canon, headers)
+        if bill.subscription:
+            plan = self.plan_for(bill.vendor, identity.user, ts) if self.plan_for else None
+            identity = replace(identity, basis=bill.basis, plan=plan)
+        return identity, bill
+
+    def begin_exchange(self, route: Route, request: RequestInfo, identity: Identity, bytes_in: int, *,
+                       host: str = "", path: str = "", headers: Mapping[str, str] | None = None) -> Exchange:
+        """Start metering a call whose request was already read (a WebSocket turn).
+
+        `host`, `path` and `headers` are the socket's handshake: they say how the turn is paid
+        for (a ChatGPT sign-in over chatgpt.com is a subscription seat, like its HTTP calls).
+        """
+        ts = self.now()
+        bill = billing.API_BILLING
+        if host:
+            identity, bill = self._billing(host, providers.normalize_path(path), headers or {}, identity, ts)
         ex = Exchange(
             request_id=next(self._ids),
-            ts=self.now(),
+            ts=ts,
             started=self.clock(),
             route=route,
             request=request,
             identity=identity,
             bytes_in=bytes_in,
+            host=host,
+            billing=bill,
         )
         self._inflight[ex.request_id] = ex
         return ex

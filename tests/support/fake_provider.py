@@ -908,6 +908,15 @@ class FakeProvider:
                 "/backend-api/codex/models", "/v1/models") and "client_version" in query:
             await r.send_json(200, {"models": []}, self._openai_headers())  # Codex's model catalogue
             return keep_alive
+        if host == CHATGPT_HOST and method == "GET" and route == "/backend-api/wham/accounts/check":
+            # Codex with a ChatGPT login: workspace routing discovery before any model call (the
+            # account its access token names, served from chatgpt.com itself, no routing override)
+            account = headers.get("chatgpt-account-id") or "acct-fake-0001"
+            await r.send_json(200, {"accounts": [{
+                "id": account, "plan_type": "plus", "name": None, "structure": "personal",
+                "workspace_backend_origin": "https://chatgpt.com", "account_routing_override": "NO_CONSTRAINT"}],
+                "account_ordering": [account], "default_account_id": account}, self._openai_headers())
+            return keep_alive
         if host == CHATGPT_HOST and method == "POST" and route == "/backend-api/codex/responses":
             await self._responses(r, data)
             return keep_alive
