@@ -107,9 +107,11 @@ def model_calls(fake):
     """What reached the provider as a model call: POSTs to model endpoints, and WebSocket requests."""
     return [r for r in fake.requests if r.method in ("POST", "WS") and (
         r.host != "cloudcode-pa.googleapis.com" or r.route in CODE_ASSIST_MODEL_CALLS) and (
-        r.host != "chatgpt.com" or r.route == "/backend-api/codex/responses")]  # not its MCP, analytics
+        r.host != "chatgpt.com" or r.route == "/backend-api/codex/responses") and (  # not its MCP, analytics
+        not r.host.endswith("githubcopilot.com") or r.route in COPILOT_MODEL_ROUTES)]  # nor Copilot's MCP
 
 
+COPILOT_MODEL_ROUTES = ("/responses", "/chat/completions", "/v1/messages")
 CODE_ASSIST_MODEL_CALLS = ("/v1internal:generateContent", "/v1internal:streamGenerateContent")  # not loadCodeAssist &c
 
 
@@ -278,6 +280,65 @@ def test_codex_with_a_chatgpt_login_stops_at_the_cap(tmp_path, gateway_factory, 
     assert "You've hit your usage limit" in out.replace("\u2019", "'")
     assert {r["billing_basis"] for r in rows} == {"subscription"}
     assert [r for r in fake_provider.requests if r.host == "chatgpt.com" and r.route == "/backend-api/codex/responses"]
+
+
+# --- GitHub Copilot CLI (a Copilot seat; the GitHub token goes straight to the Copilot API) ----
+# It asks api.github.com/copilot_internal/user for the seat (its endpoints.api names the Copilot
+# host), then GET /models and POST /responses there. api.github.com is not a provider host: the
+# gateway tunnels it untouched to the fake, so the CLI trusts the fake's CA too (both in a bundle).
+
+COPILOT_TOKEN = "gho_fakeCopilotSECRET0001"
+needs_copilot = pytest.mark.skipif(not (AGENTS / "copilot").exists() and not os.environ.get("CI"),
+                                   reason="Copilot CLI not installed (run scripts/ensure-agents)")
+
+
+def run_copilot(gw, fake, tmp_path) -> tuple[subprocess.CompletedProcess, float]:
+    home = tmp_path / "home-copilot"
+    (home / "tmp").mkdir(parents=True, exist_ok=True)
+    bundle = tmp_path / "ca-bundle.pem"
+    bundle.write_text(Path(gw.ca_file).read_text() + Path(fake.ca_file).read_text())
+    env = agent_env(gw, home)
+    env.update({"COPILOT_GITHUB_TOKEN": COPILOT_TOKEN, "COPILOT_AUTO_UPDATE": "false", "SSL_CERT_FILE": str(bundle),
+                "NODE_EXTRA_CA_CERTS": str(bundle)})
+    cp = subprocess.run([str(AGENTS / "copilot"), "-p", "say hi", "--allow-all-tools", "--disable-client-telemetry"],
+                        env=env, cwd=str(home), capture_output=True, text=True, timeout=RUN_TIMEOUT_S,
+                        stdin=subprocess.DEVNULL)
+    return cp, time.time()
+
+
+def copilot_model_calls(fake):
+    return [r for r in fake.requests if r.method == "POST" and r.host.endswith("githubcopilot.com")
+            and r.route in COPILOT_MODEL_ROUTES]
+
+
+@needs_copilot
+def test_copilot_cli_answers_and_every_call_is_metered(gateway, fake_provider, tmp_path):
+    cp, _ = run_copilot(gateway, fake_provider, tmp_path)
+    assert cp.returncode == 0, cp.stdout + cp.stderr
+    assert ANSWER in cp.stdout
+    calls = copilot_model_calls(fake_provider)
+    assert calls and {c.host for c in calls} == {"api.individual.githubcopilot.com"}
+    rows = [r for r in model_rows(gateway.ledger(wait_for=len(calls))) if r["provider"] == "copilot"]
+    assert len(rows) == len(calls)
+    sessions = {c.headers["x-client-session-id"] for c in calls}
+    for r in rows:
+        assert (r["endpoint"], r["client"], r["outcome"]) == ("responses", "copilot", "ok")
+        assert r["model"] == calls[0].json["model"] and r["session_id"] in sessions
+        assert (r["input_tokens"], r["cache_read_tokens"], r["output_tokens"]) == (2000, 500, 700)
+        assert (r["billing_basis"], r["credential"], float(r["cost_usd"])) == ("subscription", "copilot_seat", 0)
+        assert float(r["notional_usd"]) > 0
+    gateway.stop()
+    assert COPILOT_TOKEN.encode() not in gateway.log_text().encode() + gateway.db.read_bytes()
+
+
+@needs_copilot
+def test_copilot_cli_stops_at_the_cap_with_our_message(tmp_path, gateway_factory, fake_provider):
+    gw = gateway_factory(policy=cap_policy(tmp_path)).start()  # subscription_usage: count
+    cp, ended = run_copilot(gw, fake_provider, tmp_path)
+    rows, out = assert_stopped_at_cap(cp, ended, gw, fake_provider, "copilot")
+    assert "hit your rate limit" not in out and len(rows) == 1  # its own 429 message and wait: not used
+    assert {r["status"] for r in rows} == {402}
+    assert copilot_model_calls(fake_provider) == []
 
 
 # --- Gemini CLI ------------------------------------------------------------------------------

@@ -141,6 +141,8 @@ CHATGPT_HOST = "chatgpt.com"
 GEMINI_HOST = "generativelanguage.googleapis.com"
 OPENROUTER_HOST = "openrouter.ai"
 CODE_ASSIST_HOST = "cloudcode-pa.googleapis.com"  # Gemini CLI signed in with Google
+GITHUB_API_HOST = "api.github.com"  # Copilot CLI: the GitHub token's Copilot seat (copilot_internal/user)
+COPILOT_API = "https://api.individual.githubcopilot.com"  # what the seat's endpoints.api names
 PROVIDER_HOSTS = {ANTHROPIC_HOST, OPENAI_HOST, CHATGPT_HOST, GEMINI_HOST, OPENROUTER_HOST, CODE_ASSIST_HOST}
 AZURE_MODEL = "gpt-4o-2024-11-20"  # what an Azure deployment answers as its model
 OPENROUTER_COST = 0.0123456  # USD, the provider-reported usage.cost
@@ -233,6 +235,39 @@ TRANSCRIBE_USAGE = {"input_tokens": 14, "input_token_details": {"text_tokens": 0
 SPEECH_USAGE = {"input_tokens": 20, "output_tokens": 300, "total_tokens": 320}
 FAKE_PNG_B64 = "iVBORw0KGgo="  # the PNG signature, base64: an image's first bytes are all a test needs
 FAKE_MP3 = b"ID3\x04\x00\x00\x00\x00\x00\x00" + bytes(range(256)) * 4  # an audio body, not JSON
+
+
+COPILOT_MODELS = [  # GET /models on the Copilot API: what Copilot CLI picks its default from
+    {"id": m, "name": m, "object": "model", "vendor": vendor, "version": m, "preview": False,
+     "model_picker_enabled": True, "is_chat_default": m == "claude-sonnet-4.5",
+     "capabilities": {"type": "chat", "family": m, "tokenizer": "o200k_base", "object": "model_capabilities",
+                      "limits": {"max_prompt_tokens": 128000, "max_output_tokens": 16000,
+                                 "max_context_window_tokens": 200000},
+                      "supports": {"streaming": True, "tool_calls": True, "parallel_tool_calls": True}},
+     "supported_endpoints": endpoints, "policy": {"state": "enabled", "terms": ""},
+     "billing": {"is_premium": True, "multiplier": 1}}
+    for m, vendor, endpoints in (("claude-sonnet-4.5", "Anthropic", ["/chat/completions", "/v1/messages"]),
+                                 ("gpt-5-mini", "OpenAI", ["/chat/completions", "/responses"]))
+]
+
+
+def copilot_user() -> dict:
+    """``GET api.github.com/copilot_internal/user`` for a Copilot Pro seat (Copilot CLI's sign-in check)."""
+    return {"login": "tester", "access_type_sku": "copilot_pro", "copilot_plan": "individual",
+            "chat_enabled": True, "is_mcp_enabled": False, "codex_agent_enabled": False,
+            "analytics_tracking_id": "fake-tracking", "assigned_date": None, "can_signup_for_limited": False,
+            "copilotignore_enabled": False, "restricted_telemetry": True, "organization_login_list": [],
+            "organization_list": [], "token_based_billing": False,
+            "endpoints": {"api": COPILOT_API, "proxy": "https://proxy.individual.githubcopilot.com",
+                          "telemetry": "https://telemetry.individual.githubcopilot.com",
+                          "origin-tracker": "https://origin-tracker.individual.githubcopilot.com"},
+            "quota_reset_date": "2026-12-01", "quota_reset_date_utc": "2026-12-01T00:00:00.000Z",
+            "quota_snapshots": {name: {"entitlement": 300 if name == "premium_interactions" else 0,
+                                       "overage_count": 0, "overage_permitted": False, "percent_remaining": 100,
+                                       "quota_id": name, "quota_remaining": 300, "remaining": 300,
+                                       "unlimited": name != "premium_interactions",
+                                       "timestamp_utc": "2026-11-30T00:00:00.000Z"}
+                                for name in ("chat", "completions", "premium_interactions")}}
 
 
 def multipart_text_fields(body: bytes) -> dict[str, str]:
@@ -858,6 +893,21 @@ class FakeProvider:
             return keep_alive
         if kind == "copilot" and method == "POST" and route == "/chat/completions":
             await self._openai_chat(r, data)  # usage in the JSON body, and in the stream's last chunk
+            return keep_alive
+        if kind == "copilot" and method == "POST" and route == "/responses":
+            await self._responses(r, data)
+            return keep_alive
+        if kind == "copilot" and method == "POST" and route == "/v1/messages":
+            await self._anthropic_messages(r, data)
+            return keep_alive
+        if kind == "copilot" and method == "GET" and route == "/models":
+            await r.send_json(200, {"object": "list", "data": COPILOT_MODELS}, self._openai_headers())
+            return keep_alive
+        if host == GITHUB_API_HOST and method == "GET" and route == "/copilot_internal/user":
+            await r.send_json(200, copilot_user(), [("x-github-request-id", "FAKE:0001")])
+            return keep_alive
+        if host == GITHUB_API_HOST and method == "GET" and route == "/user":
+            await r.send_json(200, {"login": "tester", "id": 1, "type": "User", "name": "Tester"})
             return keep_alive
         if kind == "compat" and method == "POST" and route.endswith("/chat/completions"):
             await self._openai_chat(r, data)
