@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 from decimal import Decimal
 
@@ -99,6 +100,9 @@ class Admission:
         rates = self.pricer.rates(ex.provider, model, now, variant) if model else None
         if rates is not None:
             cost = compute(rates, usage).cost
+            if cost is None and ex.request.estimate is not None:  # billed per second / character
+                per_unit = ex.request.estimate
+                cost = compute(rates, per_unit).cost or compute(rates, replace(per_unit, input_tokens=0)).cost
             if cost is not None:
                 return cost
         return fallback_cost(self.policy, usage)

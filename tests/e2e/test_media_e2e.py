@@ -136,3 +136,18 @@ def test_speech_per_character_and_sse_tokens(gateway):
     # plain audio from a token-billed model says nothing about usage: estimated from the input, said so
     (guess,) = [r for r in rows if r["model"] == "gpt-4o-mini-tts" and not r["stream"]]
     assert guess["outcome"] == "estimated" and guess["estimated"] and D(guess["cost_usd"]) > 0
+
+
+def test_per_unit_models_are_admitted_with_a_per_unit_estimate_even_when_unpriced_is_blocked(tmp_path, gateway_factory):
+    pol = tmp_path / "p.yaml"
+    pol.write_text("version: 1\nunpriced: block\ndefaults: {user: {day: 5}}\n")
+    gw = gateway_factory(policy=pol).start()
+    client = sdk(gw)
+    assert client.audio.transcriptions.create(model="whisper-1", file=("a.wav", WAV, "audio/wav")).text == TRANSCRIPT
+    assert client.audio.speech.create(model="tts-1", voice="alloy", input="hi").content.startswith(b"ID3")
+    with pytest.raises(openai.APIStatusError) as e:  # per image, no price known: blocked, never $0
+        client.images.generate(model="dall-e-3", prompt="a cat")
+    assert e.value.status_code == 503 and "no known price" in str(e.value)
+    rows = {r["model"]: r for r in gw.ledger(wait_for=3)}
+    assert rows["whisper-1"]["outcome"] == rows["tts-1"]["outcome"] == "ok"
+    assert rows["dall-e-3"]["outcome"] == "blocked"

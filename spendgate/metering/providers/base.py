@@ -42,6 +42,7 @@ class RequestInfo:
     modifiers: dict[str, str] = field(default_factory=dict)  # serving asked for (speed: fast), for estimates
     malformed: bool = False  # body was not the JSON we expected: forward untouched
     request_usage: Usage | None = None  # usage the request itself fixes (tts-1: input characters)
+    estimate: Usage | None = None  # what admission reserves for when tokens do not apply (audio seconds)
     results: bool = False  # a batch results download: never refused, charged when recorded
 
 

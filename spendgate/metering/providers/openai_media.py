@@ -41,6 +41,9 @@ from spendgate.metering.providers.base import (
 )
 from spendgate.usage import Usage
 
+# admission's guess of an upload's duration: 4,000 bytes a second (32 kbit/s) is below every
+# common speech encoding, so the reservation errs high (a 16 kHz WAV is 32,000 bytes a second)
+AUDIO_BYTES_PER_SECOND = 4000
 MAX_FIELD_BYTES = 256  # a text field we read (model, stream) is short; longer ones are not ours
 MAX_PARTS = 64  # bound on the multipart scan (the body is untrusted)
 _DISPOSITION_NAME = re.compile(rb'content-disposition:[^\r\n]*?\bname="([^"]{1,64})"', re.IGNORECASE)
@@ -198,6 +201,12 @@ class TranscriptionAdapter(_MultipartAdapter):
     def __init__(self, endpoint: str):
         self.endpoint = endpoint
 
+    def parse_request(self, path: str, body: bytes) -> RequestInfo:
+        info = super().parse_request(path, body)
+        info.estimate = Usage(input_tokens=math.ceil(info.input_bytes / 4),
+                              audio_seconds=math.ceil(len(body or b"") / AUDIO_BYTES_PER_SECOND))
+        return info
+
     def parse_response(self, body: bytes) -> ResponseResult:
         try:
             obj = load_json(body)
@@ -240,7 +249,7 @@ class SpeechAdapter(Adapter):
             info.max_output_tokens = 0
             model = info.model or ""
             if any(model == m or model.startswith(m + "-") for m in self.PER_CHARACTER):
-                info.request_usage = Usage(input_characters=chars)
+                info.request_usage = info.estimate = Usage(input_characters=chars)
             return info
         except Exception:
             return RequestInfo(malformed=True)
