@@ -105,7 +105,7 @@ def test_gemini_batch_results_file(gateway):
     r = http.get(f"{base}/download/v1beta/{out}:download?alt=media", headers=hdr)
     assert r.status_code == 200 and len(r.text.strip().splitlines()) == 3
     rows = gateway.ledger(wait_for=3)
-    res = [x for x in rows if x["endpoint"] == "batch.results"][0]
+    res = next(x for x in rows if x["endpoint"] == "batch.results")
     assert (res["provider"], res["model"], res["input_tokens"], res["output_tokens"]) == \
         ("gemini", "gemini-2.5-flash", 2000, 600)
     assert D(res["cost_usd"]) == 2 * GEMINI_LINE == Decimal("0.00105")

@@ -7,7 +7,11 @@ import json
 import pytest
 
 from spendgate.metering.providers import route
-from spendgate.metering.providers.openai_media import SPEECH, TRANSCRIPTIONS, multipart_fields
+from spendgate.metering.providers.openai_media import (
+    SPEECH,
+    TRANSCRIPTIONS,
+    multipart_fields,
+)
 
 FORM = (b'--b0undary\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\n'
         b'Content-Type: audio/wav\r\n\r\nRIFF name="model"\r\n\r\nnot-this\r\n'

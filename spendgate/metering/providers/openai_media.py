@@ -140,7 +140,7 @@ class _MediaStreamParser(JSONEventStreamParser):
 def _parse_usage(u: Any, output_kind: str | None) -> Usage | None:
     if isinstance(u, dict) and u.get("type") == "duration":
         seconds = u.get("seconds")
-        if isinstance(seconds, (int, float)) and not isinstance(seconds, bool) and seconds == seconds:
+        if isinstance(seconds, (int, float)) and not isinstance(seconds, bool) and math.isfinite(seconds):
             return Usage(audio_seconds=as_int(math.ceil(seconds)))
         return None
     return _token_usage(u, output_kind)
@@ -218,7 +218,7 @@ class TranscriptionAdapter(_MultipartAdapter):
             usage = _parse_usage(obj.get("usage"), None)
             duration = obj.get("duration")  # verbose_json of whisper: seconds of audio
             if usage is None and isinstance(duration, (int, float)) and not isinstance(duration, bool) \
-                    and duration == duration and duration >= 0:
+                    and math.isfinite(duration) and duration >= 0:
                 usage = Usage(audio_seconds=as_int(math.ceil(duration)))
             if usage is not None:
                 result.usage, result.usage_final, result.complete = usage, True, True
