@@ -95,6 +95,16 @@ PlanFn = Callable[[str | None, str, datetime], str | None]  # (vendor, user, whe
 RowListener = Callable[[Exchange, LedgerRow], None]
 
 
+def decode_request(body: bytes, encoding: str) -> bytes:
+    """A content-encoded request body (Codex signed in with ChatGPT sends zstd) as the server reads
+    it, for parsing only; bounded like responses. Undecodable: the raw bytes (then it reads as
+    malformed and is forwarded untouched)."""
+    try:
+        return IncrementalDecoder(encoding, bounds.MAX_DECODED_BYTES).feed(body)
+    except Exception:
+        return body
+
+
 def estimate_usage(req: RequestInfo, result: ResponseResult) -> Usage:
     """Best guess when the provider's final usage never arrived (cut, error, crash)."""
     seen = result.usage or Usage()
@@ -224,7 +234,11 @@ class Meter:
             return None
         query = path.partition("?")[2]
         canon = providers.normalize_path(path) + ("?" + query if query else "")
-        req = route.adapter.parse_request(canon, body) if route.adapter else RequestInfo()
+        encoding = (headers.get("content-encoding") or "").strip().lower()
+        plain = decode_request(body, encoding) if route.adapter and encoding not in ("", "identity") else body
+        req = route.adapter.parse_request(canon, plain) if route.adapter else RequestInfo()
+        if plain is not body:  # read decoded, forwarded as sent: an encoded body is never rewritten
+            req.rewritten_body, req.drop_usage_chunk = None, False
         if not req.model:  # Bedrock/Vertex name the model in the path, Azure its deployment
             req.model = route.extra.get("model") or route.extra.get("deployment")
         bounds.clip_request(req)

@@ -282,6 +282,31 @@ def test_codex_with_a_chatgpt_login_stops_at_the_cap(tmp_path, gateway_factory, 
     assert [r for r in fake_provider.requests if r.host == "chatgpt.com" and r.route == "/backend-api/codex/responses"]
 
 
+def test_codex_with_a_chatgpt_login_over_https_answers_and_stops_at_the_cap(tmp_path, gateway_factory,
+                                                                             fake_provider):
+    fake_provider.refuse_websocket = True  # Codex falls back to POST /backend-api/codex/responses
+    try:
+        gw = gateway_factory("open").start()
+        cp, _, _ = run_codex_chatgpt(gw, tmp_path / "open")
+        assert cp.returncode == 0 and ANSWER in cp.stdout, cp.stdout + cp.stderr
+        (row,) = model_rows(gw.ledger(wait_for=1))
+        assert (row["endpoint"], row["client"], row["billing_basis"], row["output_tokens"]) == \
+            ("responses", "codex", "subscription", 700)
+        assert row["session_id"] and float(row["cost_usd"]) == 0
+        (post,) = [r for r in fake_provider.requests if r.method == "POST" and r.route == "/backend-api/codex/responses"]
+        assert post.headers.get("content-encoding") == "zstd"  # read decoded, forwarded as sent
+        assert row["model"] == post.json["model"] and row["stream"]
+        gw.stop()
+        fake_provider.reset()
+        capped = gateway_factory("capped", policy=cap_policy(tmp_path)).start()
+        cp, ended, _ = run_codex_chatgpt(capped, tmp_path / "capped")
+        rows, out = assert_stopped_at_cap(cp, ended, capped, fake_provider, "codex")
+        assert {r["endpoint"] for r in rows} == {"responses"} and len(rows) == 1  # no retry
+        assert "You've hit your usage limit" in out.replace("\u2019", "'")
+    finally:
+        fake_provider.refuse_websocket = False
+
+
 # --- GitHub Copilot CLI (a Copilot seat; the GitHub token goes straight to the Copilot API) ----
 # It asks api.github.com/copilot_internal/user for the seat (its endpoints.api names the Copilot
 # host), then GET /models and POST /responses there. api.github.com is not a provider host: the

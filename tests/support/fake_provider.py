@@ -270,6 +270,15 @@ def copilot_user() -> dict:
                                 for name in ("chat", "completions", "premium_interactions")}}
 
 
+def decode_body(body: bytes, encoding: str) -> bytes:
+    """A content-encoded request body, decoded as the provider would (garbage stays as it came)."""
+    try:
+        from spendgate.metering.streams import IncrementalDecoder
+        return IncrementalDecoder(encoding, 64 << 20).feed(body)
+    except Exception:
+        return body
+
+
 def multipart_text_fields(body: bytes) -> dict[str, str]:
     """The text fields of a multipart/form-data body (files skipped): what the SDKs upload."""
     out: dict[str, str] = {}
@@ -829,6 +838,8 @@ class FakeProvider:
             scenario = Scenario()
             self.errors.append(f"bad scenario header: {e}")
         parsed = None
+        if body and headers.get("content-encoding", "").lower() in ("zstd", "gzip", "br", "deflate"):
+            body = decode_body(body, headers["content-encoding"].lower())  # Codex with ChatGPT sends zstd
         if body:
             try:
                 parsed = json.loads(body)

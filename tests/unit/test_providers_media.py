@@ -57,3 +57,19 @@ def test_speech_bills_tts_1_by_characters_from_the_request():
     assert info.request_usage is None
     assert SPEECH.parse_request("/v1/audio/speech", b"[1]").malformed
     assert SPEECH.parse_response(b"ID3\x00\x00").usage is None
+
+
+def test_an_encoded_request_is_read_decoded_and_never_rewritten():
+    import gzip
+
+    from spendgate.identity import Identity
+    from spendgate.metering.meter import Meter
+
+    meter = Meter(pricer=None, ledger=None, identify=lambda *a: Identity(user="u", source="test"))  # type: ignore[arg-type]
+    body = json.dumps({"model": "gpt-4o", "stream": True, "messages": []}).encode()
+    plain = meter.begin("api.openai.com", "/v1/chat/completions", {}, body)
+    assert plain.request.model == "gpt-4o" and plain.request.rewritten_body is not None  # include_usage added
+    packed = meter.begin("api.openai.com", "/v1/chat/completions", {"content-encoding": "gzip"}, gzip.compress(body))
+    assert (packed.request.model, packed.request.stream, packed.request.rewritten_body) == ("gpt-4o", True, None)
+    junk = meter.begin("api.openai.com", "/v1/chat/completions", {"content-encoding": "zstd"}, b"not zstd")
+    assert junk.request.malformed
