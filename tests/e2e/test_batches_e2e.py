@@ -105,10 +105,32 @@ def test_gemini_batch_results_file(gateway):
     r = http.get(f"{base}/download/v1beta/{out}:download?alt=media", headers=hdr)
     assert r.status_code == 200 and len(r.text.strip().splitlines()) == 3
     rows = gateway.ledger(wait_for=3)
-    res = next(x for x in rows if x["endpoint"] == "batch.results")
+    poll = next(x for x in rows if x["endpoint"] == "batch.results" and x["input_tokens"] == 0)
+    assert D(poll["cost_usd"]) == 0  # the done operation of a file batch: its results are in the file
+    res = next(x for x in rows if x["endpoint"] == "batch.results" and x["input_tokens"])
     assert (res["provider"], res["model"], res["input_tokens"], res["output_tokens"]) == \
         ("gemini", "gemini-2.5-flash", 2000, 600)
     assert D(res["cost_usd"]) == 2 * GEMINI_LINE == Decimal("0.00105")
+
+
+def test_gemini_inline_batch_charged_once_from_the_done_operation(gateway):
+    http = gateway.http_client()
+    hdr = {"x-goog-api-key": "AIza-batch-SECRET"}
+    base = "https://generativelanguage.googleapis.com"
+    reqs = [{"request": {"contents": [{"parts": [{"text": "hi"}], "role": "user"}]}, "metadata": {"key": k}}
+            for k in ("a", "b", "c")]
+    r = http.post(f"{base}/v1beta/models/gemini-2.5-flash:batchGenerateContent", headers=hdr,
+                  json={"batch": {"display_name": "inline", "input_config": {"requests": {"requests": reqs}}}})
+    name = r.json()["name"]
+    for _ in range(2):  # polled twice after it is done: charged once
+        op = http.get(f"{base}/v1beta/{name}", headers=hdr).json()
+        assert len(op["response"]["inlinedResponses"]["inlinedResponses"]) == 3
+    rows = gateway.ledger(wait_for=3)
+    polls = sorted((x for x in rows if x["endpoint"] == "batch.results"), key=lambda x: -float(x["cost_usd"]))
+    assert len(polls) == 2
+    assert (polls[0]["model"], polls[0]["input_tokens"], polls[0]["output_tokens"]) == ("gemini-2.5-flash", 3000, 900)
+    assert D(polls[0]["cost_usd"]) == 3 * GEMINI_LINE
+    assert D(polls[1]["cost_usd"]) == 0 and polls[1]["note"] == "batch results fetched again: already charged"
 
 
 def test_a_batch_over_the_budget_is_refused_at_submission_and_results_are_never_refused(tmp_path, gateway_factory,

@@ -1096,10 +1096,24 @@ class FakeProvider:
             m = re.match(r"^/v1beta/(batches/[^/:]+)$", route)
             if method == "GET" and m and m.group(1) in self.batches:
                 bid = m.group(1)
-                await r.send_json(200, {"name": bid, "done": True, "metadata": {
-                    "@type": "type.googleapis.com/google.ai.generativelanguage.v1main.GenerateContentBatch",
-                    "model": f"models/{self.batches[bid]['model']}", "state": "BATCH_STATE_SUCCEEDED",
-                    "output": {"responsesFile": f"files/{bid.split('/')[1]}-out"}}})
+                model = self.batches[bid]["model"]
+                meta = {"@type": "type.googleapis.com/google.ai.generativelanguage.v1main.GenerateContentBatch",
+                        "model": f"models/{model}", "state": "BATCH_STATE_SUCCEEDED",
+                        "output": {"responsesFile": f"files/{bid.split('/')[1]}-out"}}
+                op: dict = {"name": bid, "done": True, "metadata": meta}
+                inline = (((self.batches[bid]["input"].get("batch") or {}).get("input_config") or {})
+                          .get("requests") or {}).get("requests")
+                if inline:  # an inline batch: its results come back inside the operation
+                    del meta["output"]
+                    op["response"] = {
+                        "@type": "type.googleapis.com/google.ai.generativelanguage.v1main.GenerateContentBatchOutput",
+                        "inlinedResponses": {"inlinedResponses": [
+                            {"metadata": q.get("metadata"), "response": {
+                                "candidates": [{"content": {"parts": [{"text": "hi"}], "role": "model"},
+                                                "finishReason": "STOP", "index": 0}],
+                                "usageMetadata": dict(BATCH_GEMINI_USAGE), "modelVersion": model}}
+                            for q in inline]}}
+                await r.send_json(200, op)
                 return True
             m = re.match(r"^/download/v1beta/files/([^/:]+)-out:download$", route)
             if method == "GET" and m and f"batches/{m.group(1)}" in self.batches:

@@ -56,7 +56,7 @@ def test_gemini_variants_keep_the_model():
     ("api.anthropic.com", "POST", "/v1/skills", False),
     ("api.anthropic.com", "GET", "/v1/messages/batches/msgbatch_1", True),
     ("api.openai.com", "GET", "/v1/batches/batch_1", True),
-    ("generativelanguage.googleapis.com", "GET", "/v1beta/batches/b1", True),
+    ("generativelanguage.googleapis.com", "GET", "/v1beta/batches", True),
     ("api.anthropic.com", "GET", "/v1/files", True),
     ("chatgpt.com", "GET", "/backend-api/codex/models?client_version=1", True),
     ("generativelanguage.googleapis.com", "POST", "/v1beta/models/g:countTokens", True),

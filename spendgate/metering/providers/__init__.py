@@ -143,7 +143,7 @@ _FREE: tuple[tuple[str, str, re.Pattern[str]], ...] = tuple(
         # batch status polls and lists (the results download is metered: providers/batches.py)
         ("api.anthropic.com", "GET", r"^/v1/messages/batches(/[^/]+)?$"),
         ("api.openai.com", "GET", r"^/v1/batches(/[^/]+)?$"),
-        ("generativelanguage.googleapis.com", "GET", r"^/(v1|v1beta|v1alpha)/batches(/[^/]+)?$"),
+        ("generativelanguage.googleapis.com", "GET", r"^/(v1|v1beta|v1alpha)/batches$"),  # the list
         ("chatgpt.com", "GET", r"^/backend-api/codex/models$"),  # Codex's model list
         ("generativelanguage.googleapis.com", "GET", r"^/(v1|v1beta|v1alpha)/models(/[^/:]+)?$"),
         ("generativelanguage.googleapis.com", "POST", r"^/(v1|v1beta|v1alpha)/models/[^/:]+:counttokens$"),
@@ -417,6 +417,8 @@ def _route_batches(provider: str, canon: str, method: str) -> Route | None:
             adapter = batches.OPENAI_RESULTS
         elif provider == "gemini" and batches.GEMINI_DOWNLOAD_PATH.match(canon):
             adapter = batches.GEMINI_RESULTS
+        elif provider == "gemini" and batches.GEMINI_OPERATION_PATH.match(canon):
+            adapter = batches.GEMINI_OPERATION  # polled; an inline batch's results arrive in it
     return _made(adapter, provider) if adapter is not None else None
 
 

@@ -15,6 +15,9 @@ numbers exist only in the results, so:
   model (endpoint ``batch.results``), priced at the batch variant (``service_tier: batch``). A
   results download is never refused (the spend already happened at the provider; refusing the
   download would save nothing), and it counts against the budgets when it is recorded.
+* Gemini's inline batches return their results inside the batch operation
+  (``GET /v1beta/batches/{id}`` once done): charged when a done operation carries them; the
+  polls before bill nothing.
 * A results file downloaded again by this gateway process is recorded at $0 ("already charged").
   A file that holds no batch results (any other OpenAI file) bills nothing.
 
@@ -25,6 +28,7 @@ skipped and the row is marked garbled.
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 from collections import OrderedDict
@@ -274,14 +278,58 @@ class BatchResultsAdapter(Adapter):
         return True  # JSONL of any size, read as it passes (application/binary, jsonl, octet-stream)
 
 
+class GeminiBatchOperationAdapter(BatchResultsAdapter):
+    """``GET /v1beta/batches/{id}``: the batch operation, polled until done. An inline batch's
+    results come back inside it (``response.inlinedResponses.inlinedResponses[].response``, or
+    ``metadata.output.inlinedResponses``): charged once, when the done operation carries them;
+    every other poll bills nothing."""
+
+    def __init__(self) -> None:
+        super().__init__("gemini", "gemini")
+
+    def parse_request(self, path: str, body: bytes) -> RequestInfo:
+        info = super().parse_request(path, body)
+        info.stream = False
+        return info
+
+    def is_stream_response(self, content_type: str, request: RequestInfo) -> bool:
+        return False  # one JSON operation, parsed whole on the meter worker
+
+    def parse_response(self, body: bytes) -> ResponseResult:
+        obj = load_json(body)
+        if not isinstance(obj, dict):
+            return ResponseResult(garbled=bool(body))
+        if obj.get("error") is not None and not obj.get("done"):
+            return ResponseResult(error=error_type(obj))
+        inlined = None
+        for holder in (obj.get("response"), (obj.get("metadata") or {}).get("output")
+                       if isinstance(obj.get("metadata"), dict) else None):
+            box = holder.get("inlinedResponses") if isinstance(holder, dict) else None
+            items = box.get("inlinedResponses") if isinstance(box, dict) else box
+            if isinstance(items, list):
+                inlined = items
+                break
+        name = obj.get("name") if isinstance(obj.get("name"), str) else ""
+        if not obj.get("done") or inlined is None:  # pending, or results in a file (metered when downloaded)
+            return ResponseResult(free=True, note="batch status: nothing billed until its results are read")
+        parser = BatchResultsParser("gemini", f"gemini:operation:{name[:200]}")
+        for item in inlined[:100_000]:
+            if isinstance(item, dict):
+                parser._line(json.dumps({"response": item.get("response")}).encode())
+        parser.close()
+        return parser.result()
+
+
 ANTHROPIC_SUBMIT = BatchSubmitAdapter("anthropic", "anthropic")
 ANTHROPIC_RESULTS = BatchResultsAdapter("anthropic", "anthropic")
 OPENAI_SUBMIT = BatchSubmitAdapter("openai", "openai")
 OPENAI_RESULTS = BatchResultsAdapter("openai", "openai")
 GEMINI_SUBMIT = BatchSubmitAdapter("gemini", "gemini")
 GEMINI_RESULTS = BatchResultsAdapter("gemini", "gemini")
+GEMINI_OPERATION = GeminiBatchOperationAdapter()
 
 ANTHROPIC_RESULTS_PATH = re.compile(r"^/v1/messages/batches/[^/]+/results$")
 OPENAI_FILE_CONTENT_PATH = re.compile(r"^/v1/files/[^/]+/content$")
 GEMINI_DOWNLOAD_PATH = re.compile(r"^/download/v1(beta|alpha)?/files/[^/:]+:download$")
+GEMINI_OPERATION_PATH = re.compile(r"^/v1(beta|alpha)?/batches/[^/:]+$")
 GEMINI_SUBMIT_PATH = re.compile(r"^/v1(beta|alpha)?/models/[^/:]+:batchgeneratecontent$", re.IGNORECASE)
