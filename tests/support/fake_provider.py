@@ -48,7 +48,11 @@ Served endpoints (exact real wire shapes, see ../../../shared/fixtures/wire for 
                               ``AZURE_MODEL`` (not the deployment); streams open with Azure's
                               ``prompt_filter_results`` chunk (``choices: []``, model "")
 * ``openrouter.ai``      POST /api/v1/chat/completions   usage carries ``cost`` (``OPENROUTER_COST``)
-* ``api[.<plan>].githubcopilot.com``  POST /chat/completions   OpenAI chat
+* ``api[.<plan>].githubcopilot.com``  POST /chat/completions   OpenAI chat; POST /responses, /v1/messages;
+                              GET /models (``COPILOT_MODELS``)
+* ``api.github.com``     GET /copilot_internal/user   a Copilot Pro seat (``copilot_user()``), GET /user
+* ``chatgpt.com``        GET /backend-api/wham/accounts/check   Codex's workspace routing discovery
+* request bodies sent content-encoded (zstd, gzip, br) are decoded before they are read
 * ``*.corp.example``     POST .../chat/completions   OpenAI chat (a site's own server)
 * any other host         GET / -> 200 ``hello from origin`` (text/plain); else 404.
 * ``serve_raw(host, route, bytes, content_type)``: the next request there gets exactly those bytes.
