@@ -105,6 +105,8 @@ class Admission:
                 cost = compute(rates, per_unit).cost or compute(rates, replace(per_unit, input_tokens=0)).cost
             if cost is not None:
                 return cost
+        if not model and ex.request.estimate is not None:  # e.g. an OpenAI batch submission: no model in it,
+            return Decimal(0)  # and it bills nothing itself (its results are charged when fetched)
         return fallback_cost(self.policy, usage)
 
     def _estimated_usage(self, ex: Exchange, model: str | None) -> Usage:

@@ -150,3 +150,14 @@ def test_a_batch_over_the_budget_is_refused_at_submission_and_results_are_never_
     rows = gw.ledger(wait_for=3)
     (res,) = [r for r in rows if r["endpoint"] == "batch.results"]
     assert D(res["cost_usd"]) == HAIKU_LINE and D(res["charged_usd"]) == HAIKU_LINE
+
+
+def test_an_openai_batch_names_no_model_and_is_not_refused_as_unpriced(tmp_path, gateway_factory):
+    pol = tmp_path / "block.yaml"
+    pol.write_text("version: 1\nunpriced: block\n")
+    gw = gateway_factory(policy=pol).start()
+    client = openai.OpenAI(api_key="sk-batch-SECRET", http_client=gw.http_client(), max_retries=0)
+    batch = client.batches.create(input_file_id="file-x", endpoint="/v1/chat/completions", completion_window="24h")
+    assert batch.status == "validating"
+    (row,) = gw.ledger(wait_for=1)
+    assert (row["endpoint"], row["outcome"], D(row["charged_usd"])) == ("batch.submit", "ok", 0)

@@ -115,7 +115,8 @@ class BatchSubmitAdapter(Adapter):
             elif self.provider == "gemini":
                 m = re.search(r"/models/([^/:]+):batchgeneratecontent$", path.split("?", 1)[0], re.IGNORECASE)
                 info.model = m.group(1) if m else None
-            # OpenAI: {input_file_id, endpoint, completion_window}; the requests are in an uploaded file
+            else:  # OpenAI: {input_file_id, endpoint, completion_window}; the requests are in an uploaded file
+                info.estimate = Usage()  # nothing to estimate from: reserve nothing (see admission.estimate)
         except Exception:
             info.malformed = True
         return info
