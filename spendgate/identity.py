@@ -164,6 +164,8 @@ SESSION_CHAINS: dict[str, tuple[tuple[str, Callable[[Mapping[str, str], BodyHint
         ("body prompt_cache_key", lambda h, b: _clean(b.prompt_cache_key)),  # = the conversation id
     ),
     "gemini-cli": (("body request.session_id / user_prompt_id", lambda h, b: gemini_cli_session(b)),),
+    # Copilot CLI 1.0.102: the session's id (its ~/.copilot/session-state dir, `copilot --resume=<id>`)
+    "copilot": (("header x-client-session-id", _header("x-client-session-id")),),
 }
 _GENERIC_CHAIN = tuple((f"header {name}", _header(name)) for name in _GENERIC_HEADERS)
 

@@ -27,6 +27,10 @@ class Usage:
     output_audio_tokens: int = 0  # part of output_tokens
     output_image_tokens: int = 0
     output_video_tokens: int = 0
+    # Quantities billed per unit of time or text, not per token (whisper per minute, tts-1 per
+    # character); they are not part of the token totals.
+    audio_seconds: int = 0  # input audio duration, whole seconds (transcription, translation)
+    input_characters: int = 0  # characters of input text (text-to-speech)
 
     @property
     def uncached_input_tokens(self) -> int:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -103,8 +104,13 @@ class Admission:
         rates = self.pricer.rates(ex.provider, model, now, variant) if model else None
         if rates is not None:
             cost = compute(rates, usage).cost
+            if cost is None and ex.request.estimate is not None:  # billed per second / character
+                per_unit = ex.request.estimate
+                cost = compute(rates, per_unit).cost or compute(rates, replace(per_unit, input_tokens=0)).cost
             if cost is not None:
                 return cost
+        if not model and ex.request.estimate is not None:  # e.g. an OpenAI batch submission: no model in it,
+            return Decimal(0)  # and it bills nothing itself (its results are charged when fetched)
         return fallback_cost(self.policy, usage)
 
     def _estimated_usage(self, ex: Exchange, model: str | None) -> Usage:
@@ -164,6 +170,8 @@ class Admission:
                 ex.dialect, 415, "spendgate: the request body's content-encoding cannot be decoded by the gateway; "
                 "send it uncompressed or gzip/deflate/br/zstd", "unreadable_request_body"))
         if ex.request.free or ex.route.extra.get("free"):
+            return None
+        if ex.request.results:  # batch results: already spent at the provider; charged when recorded
             return None
         flat: Decimal | None = None  # unmetered endpoint charged a flat amount (policy `unmetered`)
         if ex.route.adapter is None:
@@ -323,6 +331,10 @@ class Admission:
             if choice is not None:
                 self._stepped_down(ex.identity, choice)  # the first in a window raises an alert
             self._after_charge(ex.identity, row)  # tiered alerts and projected overrun
+        elif ex.request.results and row.charged_usd:  # batch results: spend that already happened
+            self.book.charge({b.scope for b in self.book.covering(ex.identity, row.ts)}, row.ts, row.charged_usd)
+            self.book.record(row)
+            self._after_charge(ex.identity, row)
         else:
             self.book.record(row)  # refused or free: a shared store's ledger keeps it too
 

@@ -215,14 +215,42 @@ def refused(provider: str, status: int, message: str, code: str) -> Answer:
     return Answer(status, headers, body)
 
 
+# GitHub Copilot CLI (1.0.102) treats a 429 as a rate limit: it prints its own "You've hit your
+# rate limit. Please wait for your limit to reset in <retry-after>" and waits (measured: still
+# running after 90 s), and without retry-after it waits too. A 402 it does not know the code of
+# ends the run at once (exit 1) and prints error.message as is (its known 402 codes -- quota_exceeded,
+# session_quota_exceeded, additional_spend_limit_reached -- print GitHub's own sentences instead).
+COPILOT_CLIENT = "copilot"
+COPILOT_FINAL_STATUS = 402
+
+
+def _for_copilot(answer: Answer, provider: str) -> Answer:
+    """A final refusal (429 budget, 503 unavailable) as the 402 Copilot CLI stops on, message kept."""
+    if answer.status not in (429, 503) or answer.headers.get("x-should-retry") != "false":
+        return answer  # a rate limit (x-should-retry: true) stays a 429 it waits out
+    try:
+        doc = json.loads(answer.body)
+        message = doc["error"]["message"] if provider != "bedrock" else doc["message"]
+    except (ValueError, KeyError, TypeError):
+        return answer
+    code = "budget_exceeded" if answer.status == 429 else "gateway_unavailable"
+    headers = {k: v for k, v in answer.headers.items() if k != "retry-after"}
+    body = error_body(provider, message, code=code, openai_type="insufficient_quota") \
+        if provider == "openai" else answer.body
+    return Answer(COPILOT_FINAL_STATUS, headers, body)
+
+
 def for_client(answer: Answer, provider: str, client: str | None) -> Answer:
     """The refusal in the shape the client treats as final.
 
     Codex retries every 5xx (and its WebSocket error events with a 5xx status) several times, then
     falls back to HTTPS and retries again; only 429 `usage_limit_reached` stops it at once with the
     message on screen. So a 503 refusal (ledger failing, unpriced model blocked) reaches Codex as
-    that 429, with the same sentence. Every other answer passes unchanged.
+    that 429, with the same sentence. Copilot CLI stops only on a 402 (see COPILOT_CLIENT). Every
+    other answer passes unchanged.
     """
+    if client == COPILOT_CLIENT:
+        return _for_copilot(answer, provider)
     if provider != "openai" or client != CODEX_CLIENT or answer.status < 500:
         return answer
     try:

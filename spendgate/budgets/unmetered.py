@@ -1,7 +1,7 @@
 """What admission does with a provider endpoint we cannot price (policy key `unmetered`).
 
 Every request to a provider host passes admission. An endpoint without a metering adapter
-(message batches, embeddings, images, audio, realtime, /v1/completions, ...) is one a user at
+(vector stores, fine-tuning, file uploads, image variations, ...) is one a user at
 the cap could otherwise spend through, so the policy decides: `block` (403 in the provider's
 error shape, recorded as a blocked ledger row), `allow` (forwarded, recorded `unmetered`), or
 `{charge: USD}` (a flat amount per request, reserved against every budget like a metered call,

@@ -458,7 +458,12 @@ def explain_lines(row: dict[str, Any]) -> list[str]:
         for ln in detail["lines"]:
             qty, rate, per, cost = ln["quantity"], Decimal(ln["rate"]), Decimal(ln["per"]), Decimal(ln["cost"])
             total += cost
-            unit = f"tokens x ${rate.normalize():f}/MTok" if per == 1_000_000 else f"x ${rate.normalize():f} each"
+            if ln.get("rate_name") == "audio_hours":
+                unit = f"s x ${rate.normalize():f}/hour"
+            elif ln.get("rate_name") == "input_mchars":
+                unit = f"chars x ${rate.normalize():f}/M"
+            else:
+                unit = f"tokens x ${rate.normalize():f}/MTok" if per == 1_000_000 else f"x ${rate.normalize():f} each"
             tier_note = f", tier >{ln['tier_above']:,}" if ln.get("tier_above") else ""
             src = ln.get("source", detail.get("source"))
             if ln.get("ref"):  # an override: the entry's own source (contract, correction) and the file's hash

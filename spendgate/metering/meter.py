@@ -23,6 +23,7 @@ from spendgate.batcher import Batcher
 from spendgate.identity import Identity, with_body_hints
 from spendgate.metering import billing, providers
 from spendgate.metering.context import ContextBook
+from spendgate.metering.providers import batches
 from spendgate.metering.providers.base import (
     Adapter,
     RequestInfo,
@@ -152,6 +153,7 @@ class Verdict:
     usage: Usage
     estimated: bool
     note: str | None
+    free: bool = False  # answered, and bills nothing (a batch submission; results already charged)
 
 
 def judge(ex: Exchange, result: ResponseResult | None, ended: str | None) -> Verdict:
@@ -164,17 +166,38 @@ def judge(ex: Exchange, result: ResponseResult | None, ended: str | None) -> Ver
         return Verdict("ok" if (ex.status or 0) < 400 else "upstream_error", Usage(), False, None)
     result = result or ResponseResult()
     status = ex.status or 0
+    if result.free and status < 400 and not ended:
+        return Verdict("ok", Usage(), False, result.note, free=True)
     if ended == "interrupted":
         return Verdict("interrupted", estimate_usage(ex.request, result), True, "gateway stopped mid-request")
     if status >= 400 and not (result.usage and result.usage_final):
         return Verdict("upstream_error", Usage(), False, result.error or ended or f"HTTP {status}")
     if result.usage is not None and result.usage_final:
         return Verdict("ok", result.usage, False, result.error)
+    if ex.request.request_usage is not None and status < 400 and not ended and not result.error:
+        return Verdict("ok", ex.request.request_usage, False, None)  # billed by what was sent (tts-1)
     why = ended or result.error or ("stream garbled" if result.garbled else "no usage reported")
     if status == 0 and ended and not result.events:
         # never got a response at all (upstream unreachable): nothing was billed
         return Verdict("upstream_error", Usage(), False, ended)
     return Verdict("estimated", estimate_usage(ex.request, result), True, why)
+
+
+def split_parts(ex: Exchange, result: ResponseResult | None) -> list[Exchange]:
+    """One exchange per model a response bills (batch results of several models), else `ex`.
+
+    Each part after the first gets the request id with ``-N`` appended; all share the rest.
+    """
+    ex.response = result
+    if result is None or len(result.parts) < 2:
+        return [ex]
+    out = []
+    for i, (model, usage) in enumerate(result.parts):
+        part = replace(ex, request_id=ex.request_id if i == 0 else f"{ex.request_id}-{i + 1}",
+                       extra=dict(ex.extra) if i == 0 else {k: v for k, v in ex.extra.items() if k != "reservation"})
+        part.response = replace(result, model=model, usage=usage, parts=())
+        out.append(part)
+    return out
 
 
 class Meter:
@@ -237,10 +260,7 @@ class Meter:
         ts = self.now()
         identity = bounds.clip_identity(with_body_hints(self.identify(headers, query, proxy_user, client_ip),
                                                         headers, req.hints))
-        bill = billing.classify(providers.normalize_host(host), canon, headers)
-        if bill.subscription:
-            plan = self.plan_for(bill.vendor, identity.user, ts) if self.plan_for else None
-            identity = replace(identity, basis=bill.basis, plan=plan)
+        identity, bill = self._billing(host, canon, headers, identity, ts)
         ex = Exchange(
             request_id=next(self._ids),
             ts=ts,
@@ -265,16 +285,36 @@ class Meter:
         if ex.route.adapter is not None:
             ex.served_tier = ex.route.adapter.served_tier(headers)
 
-    def begin_exchange(self, route: Route, request: RequestInfo, identity: Identity, bytes_in: int) -> Exchange:
-        """Start metering a call whose request was already read (a WebSocket turn)."""
+    def _billing(self, host: str, canon: str, headers: Mapping[str, str], identity: Identity,
+                 ts: datetime) -> tuple[Identity, billing.Billing]:
+        """How the call is paid for (API key, or a subscription seat with its policy plan)."""
+        bill = billing.classify(providers.normalize_host(host), canon, headers)
+        if bill.subscription:
+            plan = self.plan_for(bill.vendor, identity.user, ts) if self.plan_for else None
+            identity = replace(identity, basis=bill.basis, plan=plan)
+        return identity, bill
+
+    def begin_exchange(self, route: Route, request: RequestInfo, identity: Identity, bytes_in: int, *,
+                       host: str = "", path: str = "", headers: Mapping[str, str] | None = None) -> Exchange:
+        """Start metering a call whose request was already read (a WebSocket turn).
+
+        `host`, `path` and `headers` are the socket's handshake: they say how the turn is paid
+        for (a ChatGPT sign-in over chatgpt.com is a subscription seat, like its HTTP calls).
+        """
+        ts = self.now()
+        bill = billing.API_BILLING
+        if host:
+            identity, bill = self._billing(host, providers.normalize_path(path), headers or {}, identity, ts)
         ex = Exchange(
             request_id=next(self._ids),
-            ts=self.now(),
+            ts=ts,
             started=self.clock(),
             route=route,
             request=request,
             identity=identity,
             bytes_in=bytes_in,
+            host=host,
+            billing=bill,
         )
         self._inflight[ex.request_id] = ex
         return ex
@@ -330,19 +370,23 @@ class Meter:
         if isinstance(result, Body):
             result = result.parse(ex.route.adapter)
         ex.response = result
-        try:
-            row = self.build_row(ex, result, ended, bytes_out, done_at)
-        except Exception:
-            log.exception("could not build ledger row for %s", ex.request_id)
-            return
+        if result is not None and result.results_key and result.usage_final \
+                and not batches.CHARGED.first_time(result.results_key):
+            result = ResponseResult(free=True, note="batch results fetched again: already charged")
         if result is not None and result.response_id and result.usage is not None:
             self.contexts.remember(result.response_id, result.usage.input_tokens + result.usage.output_tokens)
-        for listener in self.listeners:  # budgets settle here and may set row.charged_usd
+        for part in split_parts(ex, result):
             try:
-                listener(ex, row)
+                row = self.build_row(part, part.response, ended, bytes_out, done_at)
             except Exception:
-                log.exception("row listener failed")
-        self.ledger.append(row)
+                log.exception("could not build ledger row for %s", ex.request_id)
+                return
+            for listener in self.listeners:  # budgets settle here and may set row.charged_usd
+                try:
+                    listener(part, row)
+                except Exception:
+                    log.exception("row listener failed")
+            self.ledger.append(row)
 
     def build_row(
         self, ex: Exchange, result: ResponseResult | None, ended: str | None, bytes_out: int, done_at: float
@@ -416,6 +460,8 @@ class Meter:
             return PriceResult(None, "unmetered")
         if ex.request.free:
             return PriceResult(Decimal(0), "free")
+        if verdict.free:
+            return PriceResult(Decimal(0), f"not billed ({verdict.note})" if verdict.note else "not billed")
         if verdict.outcome in ("blocked", "upstream_error"):
             return PriceResult(Decimal(0), "not billed")
         try:

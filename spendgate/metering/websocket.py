@@ -140,7 +140,8 @@ class SocketSession:
         if request.model is None:
             request.model = self.model
         identity = self.meter.identify(self.headers, query, self.proxy_user, self.client_ip)
-        ex = self.meter.begin_exchange(self.route, request, identity, len(data))
+        ex = self.meter.begin_exchange(self.route, request, identity, len(data), host=self.host, path=self.path,
+                                       headers=self.headers)
         parser = self.adapter.stream_parser(self.path)
         ex.parser = parser
         turn = Turn(ex, parser, admitted=admitted)

@@ -161,8 +161,13 @@ RATE_KEYS = (
     "output_audio_mtok",
     "output_image_mtok",
     "output_video_mtok",
+    # billed per time or text, not per token (genai-prices names): USD per hour of input audio
+    # (whisper), USD per million input characters (tts-1)
+    "audio_hours",
+    "input_mchars",
 )
 PER_UNIT = {"web_search", "request"}
+HOUR_SECONDS = Decimal(3600)
 MODALITY_KEYS = ("input_audio_mtok", "input_image_mtok", "input_video_mtok", "cache_audio_read_mtok",
                  "output_audio_mtok", "output_image_mtok", "output_video_mtok")
 
@@ -328,7 +333,14 @@ def compute(rates: Rates, usage: Usage, multipliers: tuple[Multiplier, ...] = ()
     own rates; `multipliers` scale every token rate (not per-unit fees) and are listed in the detail.
     """
     r = rates.prices
-    if "input_mtok" not in r or ("output_mtok" not in r and usage.output_tokens):  # embeddings: input only
+    units_only = not usage.input_tokens and not usage.output_tokens and bool(usage.audio_seconds
+                                                                              or usage.input_characters)
+    for qty, key, what in ((usage.audio_seconds, "audio_hours", "seconds of audio"),
+                           (usage.input_characters, "input_mchars", "input characters")):
+        if qty and key not in r:  # billed by a unit we have no rate for: unknown, never $0
+            return PriceResult(None, rates.source or "unknown", rates.model_id, variant=rates.variant,
+                               notes=(*rates.notes, f"{qty:,} {what} used but no {key} rate is known"))
+    if not units_only and ("input_mtok" not in r or ("output_mtok" not in r and usage.output_tokens)):
         return PriceResult(None, rates.source or "unknown", rates.model_id, variant=rates.variant,
                            notes=(*rates.notes, "the model has no input or output rate"))  # fmt: skip
     total_in = usage.input_tokens
@@ -361,6 +373,10 @@ def compute(rates: Rates, usage: Usage, multipliers: tuple[Multiplier, ...] = ()
             return PriceResult(None, rates.source, rates.model_id, variant=rates.variant, input_tokens=total_in,
                                notes=(*notes, "web searches used but no web_search rate is known"))  # fmt: skip
         parts.append(("web search", usage.web_search_requests, found, Decimal(1)))
+    if usage.audio_seconds:
+        parts.append(("audio seconds", usage.audio_seconds, ("audio_hours", r["audio_hours"]), HOUR_SECONDS))
+    if usage.input_characters:
+        parts.append(("input characters", usage.input_characters, ("input_mchars", r["input_mchars"]), MTOK))
     if "request" in r:
         parts.append(("request fee", 1, ("request", r["request"]), Decimal(1)))
     factor = Decimal(1)
@@ -424,6 +440,10 @@ def _model_price_rates(mp: gp.ModelPrice, source: str) -> dict[str, Price]:
         value = getattr(mp, theirs, None)
         if isinstance(value, Decimal):
             out[ours] = Price(value / 1000, (), source)
+    for ours, names in (("audio_hours", ("input_audio_hours", "audio_hours")), ("input_mchars", ("input_mchars",))):
+        value = next((v for n in names if isinstance(v := getattr(mp, n, None), Decimal)), None)
+        if value is not None:  # per hour of input audio / per million input characters
+            out[ours] = Price(value, (), source)
     return out
 
 

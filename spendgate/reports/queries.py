@@ -40,6 +40,7 @@ LEDGER_FIELDS = (
     "input_audio_tokens", "input_image_tokens", "input_video_tokens",
     "cache_read_audio_tokens", "output_audio_tokens", "output_image_tokens", "output_video_tokens", "modifiers",
     "origin", "offline",
+    "audio_seconds", "input_characters",
 )  # fmt: skip
 
 

@@ -87,6 +87,9 @@ class LedgerRow:
     price_card: str | None = None
     # the card's JSON, carried to the writer (and the journal) but not a `requests` column
     card_json: str | None = field(default=None, repr=False, compare=False, metadata={"column": False})
+    # migration 9: quantities priced per unit, not per token (spendgate.usage)
+    audio_seconds: int = 0
+    input_characters: int = 0
 
 
 ROW_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(LedgerRow))  # everything a row carries
@@ -355,6 +358,15 @@ MIGRATIONS: list[tuple[int, str]] = [
         );
         ALTER TABLE price_audit ADD COLUMN IF NOT EXISTS old_price_card VARCHAR;
         ALTER TABLE price_audit ADD COLUMN IF NOT EXISTS new_price_card VARCHAR;
+        """,
+    ),
+    (
+        11,
+        # quantities priced per unit of time or text (whisper per second of audio, tts-1 per
+        # character), appended in LedgerRow's field order
+        """
+        ALTER TABLE requests ADD COLUMN IF NOT EXISTS audio_seconds BIGINT DEFAULT 0;
+        ALTER TABLE requests ADD COLUMN IF NOT EXISTS input_characters BIGINT DEFAULT 0;
         """,
     ),
 ]

@@ -379,6 +379,14 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         );
         """,
     ),
+    (
+        5,
+        "quantities priced per unit of time or text: audio seconds, input characters",
+        """
+        ALTER TABLE requests ADD COLUMN IF NOT EXISTS audio_seconds BIGINT DEFAULT 0;
+        ALTER TABLE requests ADD COLUMN IF NOT EXISTS input_characters BIGINT DEFAULT 0;
+        """,
+    ),
 ]
 SCHEMA_VERSION = max(v for v, _, _ in MIGRATIONS)
 MIGRATION_LOCK = 0x5E4D6A7E  # pg_advisory_xact_lock key: two `store migrate` runs take turns

@@ -12,6 +12,7 @@ Every CLI runs with HOME in a temp dir, all traffic through HTTPS_PROXY to the l
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -105,9 +106,12 @@ def model_rows(rows):
 def model_calls(fake):
     """What reached the provider as a model call: POSTs to model endpoints, and WebSocket requests."""
     return [r for r in fake.requests if r.method in ("POST", "WS") and (
-        r.host != "cloudcode-pa.googleapis.com" or r.route in CODE_ASSIST_MODEL_CALLS)]
+        r.host != "cloudcode-pa.googleapis.com" or r.route in CODE_ASSIST_MODEL_CALLS) and (
+        r.host != "chatgpt.com" or r.route == "/backend-api/codex/responses") and (  # not its MCP, analytics
+        not r.host.endswith("githubcopilot.com") or r.route in COPILOT_MODEL_ROUTES)]  # nor Copilot's MCP
 
 
+COPILOT_MODEL_ROUTES = ("/responses", "/chat/completions", "/v1/messages")
 CODE_ASSIST_MODEL_CALLS = ("/v1internal:generateContent", "/v1internal:streamGenerateContent")  # not loadCodeAssist &c
 
 
@@ -207,6 +211,159 @@ def test_codex_over_https_answers_and_stops_at_the_cap(tmp_path, gateway_factory
         assert {r["endpoint"] for r in rows} == {"responses"} and len(rows) == 1  # no retry
     finally:
         fake_provider.refuse_websocket = False
+
+
+# --- Codex signed in with ChatGPT (chatgpt.com/backend-api/codex, a subscription seat) --------
+
+CHATGPT_ACCESS = "chatgpt-access"  # the JWT's marker; the whole token is built per run
+
+
+def _jwt(claims: dict) -> str:
+    def b64(obj: dict) -> str:
+        return base64.urlsafe_b64encode(json.dumps(obj).encode()).rstrip(b"=").decode()
+    return f"{b64({'alg': 'RS256', 'typ': 'JWT'})}.{b64(claims)}.{'c2lnbmF0dXJl'}"
+
+
+def chatgpt_login(home: Path) -> str:
+    """A ChatGPT sign-in as `codex login` leaves it ($CODEX_HOME/auth.json, codex-rs/login): an
+    id_token whose claims name the plan and account, an access token valid for 30 days, refreshed
+    just now (so Codex does not ask auth.openai.com for a new one). Returns the access token."""
+    exp = int(time.time()) + 30 * 86400
+    auth = {"chatgpt_plan_type": "plus", "chatgpt_user_id": "user-fake", "chatgpt_account_id": "acct-fake-0001"}
+    access = _jwt({"exp": exp, "marker": CHATGPT_ACCESS, "https://api.openai.com/auth": auth})
+    codex_home = home / ".codex"
+    codex_home.mkdir(parents=True, exist_ok=True)
+    (codex_home / "auth.json").write_text(json.dumps({
+        "auth_mode": "chatgpt", "OPENAI_API_KEY": None,
+        "tokens": {"id_token": _jwt({"email": "tester@example.com", "exp": exp, "https://api.openai.com/auth": auth}),
+                   "access_token": access, "refresh_token": "rt-fake-SECRET", "account_id": "acct-fake-0001"},
+        "last_refresh": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")}))
+    (codex_home / "config.toml").write_text('cli_auth_credentials_store = "file"\n')
+    return access
+
+
+def run_codex_chatgpt(gw, tmp_path) -> tuple[subprocess.CompletedProcess, float, str]:
+    home = tmp_path / "home-codex-chatgpt"
+    (home / "tmp").mkdir(parents=True, exist_ok=True)
+    access = chatgpt_login(home)
+    env = agent_env(gw, home)
+    del env["CODEX_API_KEY"]
+    cp = subprocess.run([str(AGENTS / "codex"), "exec", "--skip-git-repo-check", "say hi"], env=env, cwd=str(home),
+                        capture_output=True, text=True, timeout=RUN_TIMEOUT_S, stdin=subprocess.DEVNULL)
+    return cp, time.time(), access
+
+
+def test_codex_with_a_chatgpt_login_is_metered_as_a_subscription(gateway, fake_provider, tmp_path):
+    cp, _, access = run_codex_chatgpt(gateway, tmp_path)
+    assert cp.returncode == 0, cp.stdout + cp.stderr
+    assert ANSWER in cp.stdout
+    turns = [r for r in fake_provider.requests if r.method == "WS" and r.json.get("type") == "response.create"]
+    assert turns and {t.host for t in turns} == {"chatgpt.com"}
+    assert not [r for r in fake_provider.requests if r.host == "api.openai.com"]
+    rows = model_rows(gateway.ledger(wait_for=len(turns)))
+    assert len(rows) == len(turns)
+    for r in rows:
+        assert (r["provider"], r["endpoint"], r["client"]) == ("openai", "responses.websocket", "codex")
+        assert (r["billing_basis"], r["credential"]) == ("subscription", "chatgpt_login")
+        assert float(r["cost_usd"]) == 0  # covered by the ChatGPT seat; the list price is the notional
+        assert (r["input_tokens"], r["output_tokens"]) == (2000, 700)
+        assert r["outcome"] == "unpriced" or float(r["notional_usd"]) > 0
+    gateway.stop()
+    kept = gateway.log_text().encode() + gateway.db.read_bytes()
+    assert access.encode() not in kept and b"rt-fake-SECRET" not in kept
+
+
+def test_codex_with_a_chatgpt_login_stops_at_the_cap(tmp_path, gateway_factory, fake_provider):
+    gw = gateway_factory(policy=cap_policy(tmp_path)).start()  # subscription_usage: count
+    cp, ended, _ = run_codex_chatgpt(gw, tmp_path)
+    rows, out = assert_stopped_at_cap(cp, ended, gw, fake_provider, "codex")
+    assert "You've hit your usage limit" in out.replace("\u2019", "'")
+    assert {r["billing_basis"] for r in rows} == {"subscription"}
+    assert [r for r in fake_provider.requests if r.host == "chatgpt.com" and r.route == "/backend-api/codex/responses"]
+
+
+def test_codex_with_a_chatgpt_login_over_https_answers_and_stops_at_the_cap(tmp_path, gateway_factory,
+                                                                             fake_provider):
+    fake_provider.refuse_websocket = True  # Codex falls back to POST /backend-api/codex/responses
+    try:
+        gw = gateway_factory("open").start()
+        cp, _, _ = run_codex_chatgpt(gw, tmp_path / "open")
+        assert cp.returncode == 0 and ANSWER in cp.stdout, cp.stdout + cp.stderr
+        (row,) = model_rows(gw.ledger(wait_for=1))
+        assert (row["endpoint"], row["client"], row["billing_basis"], row["output_tokens"]) == \
+            ("responses", "codex", "subscription", 700)
+        assert row["session_id"] and float(row["cost_usd"]) == 0
+        (post,) = [r for r in fake_provider.requests if r.method == "POST" and r.route == "/backend-api/codex/responses"]
+        assert post.headers.get("content-encoding") == "zstd"  # read decoded, forwarded as sent
+        assert row["model"] == post.json["model"] and row["stream"]
+        gw.stop()
+        fake_provider.reset()
+        capped = gateway_factory("capped", policy=cap_policy(tmp_path)).start()
+        cp, ended, _ = run_codex_chatgpt(capped, tmp_path / "capped")
+        rows, out = assert_stopped_at_cap(cp, ended, capped, fake_provider, "codex")
+        assert {r["endpoint"] for r in rows} == {"responses"} and len(rows) == 1  # no retry
+        assert "You've hit your usage limit" in out.replace("\u2019", "'")
+    finally:
+        fake_provider.refuse_websocket = False
+
+
+# --- GitHub Copilot CLI (a Copilot seat; the GitHub token goes straight to the Copilot API) ----
+# It asks api.github.com/copilot_internal/user for the seat (its endpoints.api names the Copilot
+# host), then GET /models and POST /responses there. api.github.com is not a provider host: the
+# gateway tunnels it untouched to the fake, so the CLI trusts the fake's CA too (both in a bundle).
+
+COPILOT_TOKEN = "gho_fakeCopilotSECRET0001"
+needs_copilot = pytest.mark.skipif(not (AGENTS / "copilot").exists() and not os.environ.get("CI"),
+                                   reason="Copilot CLI not installed (run scripts/ensure-agents)")
+
+
+def run_copilot(gw, fake, tmp_path) -> tuple[subprocess.CompletedProcess, float]:
+    home = tmp_path / "home-copilot"
+    (home / "tmp").mkdir(parents=True, exist_ok=True)
+    bundle = tmp_path / "ca-bundle.pem"
+    bundle.write_text(Path(gw.ca_file).read_text() + Path(fake.ca_file).read_text())
+    env = agent_env(gw, home)
+    env.update({"COPILOT_GITHUB_TOKEN": COPILOT_TOKEN, "COPILOT_AUTO_UPDATE": "false", "SSL_CERT_FILE": str(bundle),
+                "NODE_EXTRA_CA_CERTS": str(bundle)})
+    cp = subprocess.run([str(AGENTS / "copilot"), "-p", "say hi", "--allow-all-tools", "--disable-client-telemetry"],
+                        env=env, cwd=str(home), capture_output=True, text=True, timeout=RUN_TIMEOUT_S,
+                        stdin=subprocess.DEVNULL)
+    return cp, time.time()
+
+
+def copilot_model_calls(fake):
+    return [r for r in fake.requests if r.method == "POST" and r.host.endswith("githubcopilot.com")
+            and r.route in COPILOT_MODEL_ROUTES]
+
+
+@needs_copilot
+def test_copilot_cli_answers_and_every_call_is_metered(gateway, fake_provider, tmp_path):
+    cp, _ = run_copilot(gateway, fake_provider, tmp_path)
+    assert cp.returncode == 0, cp.stdout + cp.stderr
+    assert ANSWER in cp.stdout
+    calls = copilot_model_calls(fake_provider)
+    assert calls and {c.host for c in calls} == {"api.individual.githubcopilot.com"}
+    rows = [r for r in model_rows(gateway.ledger(wait_for=len(calls))) if r["provider"] == "copilot"]
+    assert len(rows) == len(calls)
+    sessions = {c.headers["x-client-session-id"] for c in calls}
+    for r in rows:
+        assert (r["endpoint"], r["client"], r["outcome"]) == ("responses", "copilot", "ok")
+        assert r["model"] == calls[0].json["model"] and r["session_id"] in sessions
+        assert (r["input_tokens"], r["cache_read_tokens"], r["output_tokens"]) == (2000, 500, 700)
+        assert (r["billing_basis"], r["credential"], float(r["cost_usd"])) == ("subscription", "copilot_seat", 0)
+        assert float(r["notional_usd"]) > 0
+    gateway.stop()
+    assert COPILOT_TOKEN.encode() not in gateway.log_text().encode() + gateway.db.read_bytes()
+
+
+@needs_copilot
+def test_copilot_cli_stops_at_the_cap_with_our_message(tmp_path, gateway_factory, fake_provider):
+    gw = gateway_factory(policy=cap_policy(tmp_path)).start()  # subscription_usage: count
+    cp, ended = run_copilot(gw, fake_provider, tmp_path)
+    rows, out = assert_stopped_at_cap(cp, ended, gw, fake_provider, "copilot")
+    assert "hit your rate limit" not in out and len(rows) == 1  # its own 429 message and wait: not used
+    assert {r["status"] for r in rows} == {402}
+    assert copilot_model_calls(fake_provider) == []
 
 
 # --- Gemini CLI ------------------------------------------------------------------------------

@@ -197,17 +197,14 @@ def test_central_gateway_blocks_unmetered_endpoints_at_the_cap(tmp_path, gateway
     gw = gateway_factory(policy=policy(tmp_path, AT_CAP), extra_args=[
         "--set", "spendgate_providers_only=true", "--set", "spendgate_allow_clients=127.0.0.1/32"]).start()
     with gw.http_client() as http:
-        r = http.post("https://api.openai.com/v1/images/generations", headers=OPENAI_HEADERS,
-                      json={"model": "gpt-image-1", "prompt": "hi"})
+        r = http.post("https://api.openai.com/v1/vector_stores", headers=OPENAI_HEADERS, json={"name": "docs"})
         assert r.status_code == 403, r.text
         assert r.json()["error"]["code"] == "unmetered_endpoint_blocked"
         assert r.headers["x-should-retry"] == "false"
-        r = http.post("https://api.anthropic.com/v1/messages/batches", headers=ANTHROPIC_HEADERS,
-                      json={"requests": [{"custom_id": "a", "params": {"model": MODEL, "max_tokens": 10,
-                                                                        "messages": []}}]})
+        r = http.post("https://api.anthropic.com/v1/skills", headers=ANTHROPIC_HEADERS, json={"name": "a"})
         assert r.status_code == 403 and r.json()["error"]["type"] == "permission_error", r.text
-        r = http.post("https://api.openai.com/v1//audio/speech", headers=OPENAI_HEADERS,
-                      json={"model": "tts-1", "input": "hi", "voice": "alloy"})
+        r = http.post("https://api.openai.com/v1//fine_tuning/jobs", headers=OPENAI_HEADERS,
+                      json={"model": "gpt-4o-mini", "training_file": "file-1"})
         assert r.status_code == 403, r.text
         assert fake_provider.requests == []
         # free metadata calls still pass at the cap
@@ -225,22 +222,21 @@ def test_unmetered_charge_counts_against_budgets(tmp_path, gateway_factory, fake
     gw = gateway_factory(policy=policy(tmp_path, "defaults: {user: {day: 0.005}}\nunmetered: {charge: 0.004}\n"),
                          extra_args=["--set", "spendgate_mode=central"]).start()
     with gw.http_client() as http:
-        body = {"model": "gpt-image-1", "prompt": "hi"}  # images: not metered (yet), so `unmetered` decides
-        r = http.post("https://api.openai.com/v1/images/generations", headers=OPENAI_HEADERS, json=body)
+        body = {"name": "docs"}  # vector stores: not metered, so `unmetered` decides
+        r = http.post("https://api.openai.com/v1/vector_stores", headers=OPENAI_HEADERS, json=body)
         assert r.status_code == 200, r.text
-        r = http.post("https://api.openai.com/v1/images/generations", headers=OPENAI_HEADERS, json=body)
+        r = http.post("https://api.openai.com/v1/vector_stores", headers=OPENAI_HEADERS, json=body)
         assert r.status_code == 429, r.text
         assert r.json()["error"]["code"] == "budget_exceeded"
     rows = gw.ledger(wait_for=2)
     assert sorted((r["outcome"], r["charged_usd"]) for r in rows) == [("blocked", 0.0), ("unmetered", 0.004)]
-    assert len(fake_provider.requests_to(route="/v1/images/generations")) == 1
+    assert len(fake_provider.requests_to(route="/v1/vector_stores")) == 1
 
 
 def test_laptop_mode_forwards_unmetered_endpoints_and_records_them(gateway_factory, fake_provider):
     gw = gateway_factory().start()  # loopback only, no proxyauth: laptop mode, `unmetered` defaults to allow
     with gw.http_client() as http:
-        r = http.post("https://api.openai.com/v1/images/generations", headers=OPENAI_HEADERS,
-                      json={"model": "gpt-image-1", "prompt": "hi"})
+        r = http.post("https://api.openai.com/v1/vector_stores", headers=OPENAI_HEADERS, json={"name": "docs"})
         assert r.status_code == 200
     (row,) = gw.ledger(wait_for=1)
     assert (row["outcome"], row["endpoint"]) == ("unmetered", "unmetered")

@@ -16,7 +16,18 @@ Served endpoints (exact real wire shapes, see ../../../shared/fixtures/wire for 
                                                                ``stream_options.include_usage``)
                          POST /v1/responses                    JSON or SSE
                          GET  /v1/models                       small model list (unmetered path)
-                         POST /v1/embeddings                   one tiny embedding (unmetered path)
+                         POST /v1/embeddings                   one tiny embedding
+                         POST /v1/images/generations | /edits  gpt-image-*: usage JSON, or SSE with
+                              ``stream: true``; dall-e-*: URLs, no usage
+                         POST /v1/audio/transcriptions | /translations   whisper-1: usage seconds;
+                              gpt-4o-transcribe: token usage, SSE with ``stream=true``
+                         POST /v1/audio/speech                 audio/mpeg bytes, SSE with ``stream_format: sse``
+                         POST /v1/files, /v1/batches; GET /v1/batches/{id}, /v1/files/file-out-{batch}/content
+                              (JSONL output lines built from the uploaded input file)
+                         POST /v1/vector_stores                a tiny object (an unmetered path)
+* ``api.anthropic.com``  POST /v1/messages/batches; GET /v1/messages/batches/{id}[/results] (JSONL)
+* ``generativelanguage.googleapis.com``  POST /v1beta/models/{m}:batchGenerateContent; GET
+                              /v1beta/batches/{id}; GET /download/v1beta/files/{id}-out:download (JSONL)
 * ``chatgpt.com``        POST /backend-api/codex/responses      same as /v1/responses
 * ``generativelanguage.googleapis.com``
                          POST /v1beta/models/{m}:generateContent        JSON
@@ -37,7 +48,11 @@ Served endpoints (exact real wire shapes, see ../../../shared/fixtures/wire for 
                               ``AZURE_MODEL`` (not the deployment); streams open with Azure's
                               ``prompt_filter_results`` chunk (``choices: []``, model "")
 * ``openrouter.ai``      POST /api/v1/chat/completions   usage carries ``cost`` (``OPENROUTER_COST``)
-* ``api[.<plan>].githubcopilot.com``  POST /chat/completions   OpenAI chat
+* ``api[.<plan>].githubcopilot.com``  POST /chat/completions   OpenAI chat; POST /responses, /v1/messages;
+                              GET /models (``COPILOT_MODELS``)
+* ``api.github.com``     GET /copilot_internal/user   a Copilot Pro seat (``copilot_user()``), GET /user
+* ``chatgpt.com``        GET /backend-api/wham/accounts/check   Codex's workspace routing discovery
+* request bodies sent content-encoded (zstd, gzip, br) are decoded before they are read
 * ``*.corp.example``     POST .../chat/completions   OpenAI chat (a site's own server)
 * any other host         GET / -> 200 ``hello from origin`` (text/plain); else 404.
 * ``serve_raw(host, route, bytes, content_type)``: the next request there gets exactly those bytes.
@@ -105,6 +120,7 @@ import copy
 import gzip
 import ipaddress
 import json
+import re
 import shutil
 import ssl
 import tempfile
@@ -131,6 +147,8 @@ CHATGPT_HOST = "chatgpt.com"
 GEMINI_HOST = "generativelanguage.googleapis.com"
 OPENROUTER_HOST = "openrouter.ai"
 CODE_ASSIST_HOST = "cloudcode-pa.googleapis.com"  # Gemini CLI signed in with Google
+GITHUB_API_HOST = "api.github.com"  # Copilot CLI: the GitHub token's Copilot seat (copilot_internal/user)
+COPILOT_API = "https://api.individual.githubcopilot.com"  # what the seat's endpoints.api names
 PROVIDER_HOSTS = {ANTHROPIC_HOST, OPENAI_HOST, CHATGPT_HOST, GEMINI_HOST, OPENROUTER_HOST, CODE_ASSIST_HOST}
 AZURE_MODEL = "gpt-4o-2024-11-20"  # what an Azure deployment answers as its model
 OPENROUTER_COST = 0.0123456  # USD, the provider-reported usage.cost
@@ -205,6 +223,75 @@ DEFAULT_USAGE: dict[str, dict[str, int]] = {
         "thoughtsTokenCount": 200,
     },
 }
+
+# batch results, per succeeded request (spendgate.metering.providers.batches)
+BATCH_ANTHROPIC_USAGE = {"input_tokens": 1000, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 200,
+                         "output_tokens": 300, "service_tier": "batch"}
+BATCH_OPENAI_USAGE = {"prompt_tokens": 1000, "completion_tokens": 300, "total_tokens": 1300,
+                      "prompt_tokens_details": {"cached_tokens": 0}, "completion_tokens_details": {"reasoning_tokens": 0}}
+BATCH_GEMINI_USAGE = {"promptTokenCount": 1000, "candidatesTokenCount": 300, "totalTokenCount": 1300}
+
+# OpenAI images and audio (spendgate.metering.providers.openai_media)
+MEDIA_ROUTES = frozenset({"/v1/images/generations", "/v1/images/edits", "/v1/audio/transcriptions",
+                          "/v1/audio/translations", "/v1/audio/speech"})
+IMAGE_USAGE = {"input_tokens": 50, "input_tokens_details": {"text_tokens": 40, "image_tokens": 10},
+               "output_tokens": 4160, "total_tokens": 4210}
+WHISPER_SECONDS = 9
+TRANSCRIPT = "the quick brown fox jumps over the lazy dog"
+TRANSCRIBE_USAGE = {"input_tokens": 14, "input_token_details": {"text_tokens": 0, "audio_tokens": 14},
+                    "output_tokens": 45, "total_tokens": 59}
+SPEECH_USAGE = {"input_tokens": 20, "output_tokens": 300, "total_tokens": 320}
+FAKE_PNG_B64 = "iVBORw0KGgo="  # the PNG signature, base64: an image's first bytes are all a test needs
+FAKE_MP3 = b"ID3\x04\x00\x00\x00\x00\x00\x00" + bytes(range(256)) * 4  # an audio body, not JSON
+
+
+COPILOT_MODELS = [  # GET /models on the Copilot API: what Copilot CLI picks its default from
+    {"id": m, "name": m, "object": "model", "vendor": vendor, "version": m, "preview": False,
+     "model_picker_enabled": True, "is_chat_default": m == "claude-sonnet-4.5",
+     "capabilities": {"type": "chat", "family": m, "tokenizer": "o200k_base", "object": "model_capabilities",
+                      "limits": {"max_prompt_tokens": 128000, "max_output_tokens": 16000,
+                                 "max_context_window_tokens": 200000},
+                      "supports": {"streaming": True, "tool_calls": True, "parallel_tool_calls": True}},
+     "supported_endpoints": endpoints, "policy": {"state": "enabled", "terms": ""},
+     "billing": {"is_premium": True, "multiplier": 1}}
+    for m, vendor, endpoints in (("claude-sonnet-4.5", "Anthropic", ["/chat/completions", "/v1/messages"]),
+                                 ("gpt-5-mini", "OpenAI", ["/chat/completions", "/responses"]))
+]
+
+
+def copilot_user() -> dict:
+    """``GET api.github.com/copilot_internal/user`` for a Copilot Pro seat (Copilot CLI's sign-in check)."""
+    return {"login": "tester", "access_type_sku": "copilot_pro", "copilot_plan": "individual",
+            "chat_enabled": True, "is_mcp_enabled": False, "codex_agent_enabled": False,
+            "analytics_tracking_id": "fake-tracking", "assigned_date": None, "can_signup_for_limited": False,
+            "copilotignore_enabled": False, "restricted_telemetry": True, "organization_login_list": [],
+            "organization_list": [], "token_based_billing": False,
+            "endpoints": {"api": COPILOT_API, "proxy": "https://proxy.individual.githubcopilot.com",
+                          "telemetry": "https://telemetry.individual.githubcopilot.com",
+                          "origin-tracker": "https://origin-tracker.individual.githubcopilot.com"},
+            "quota_reset_date": "2026-12-01", "quota_reset_date_utc": "2026-12-01T00:00:00.000Z",
+            "quota_snapshots": {name: {"entitlement": 300 if name == "premium_interactions" else 0,
+                                       "overage_count": 0, "overage_permitted": False, "percent_remaining": 100,
+                                       "quota_id": name, "quota_remaining": 300, "remaining": 300,
+                                       "unlimited": name != "premium_interactions",
+                                       "timestamp_utc": "2026-11-30T00:00:00.000Z"}
+                                for name in ("chat", "completions", "premium_interactions")}}
+
+
+def multipart_text_fields(body: bytes) -> dict[str, str]:
+    """The text fields of a multipart/form-data body (files skipped): what the SDKs upload."""
+    out: dict[str, str] = {}
+    if not body.startswith(b"--"):
+        return out
+    delim = body[: body.find(b"\r\n")]
+    for part in body.split(delim)[1:]:
+        head, _, value = part.partition(b"\r\n\r\n")
+        if b"filename=" in head or b'name="' not in head:
+            continue
+        name = head.split(b'name="', 1)[1].split(b'"', 1)[0].decode()
+        out[name] = value.rsplit(b"\r\n", 1)[0].decode("utf-8", "replace")
+    return out
+
 
 TEXT_PIECES = ["Hello", "! I", "'m a fake", " provider", " answering", " deterministically."]
 MAX_HEADER_BYTES = 256 * 1024
@@ -557,6 +644,8 @@ class FakeProvider:
         self.canned: dict[tuple[str, str], tuple[int, str, bytes, list]] = {}  # see serve_raw
         self.port: int = 0
         self.refuse_websocket = False  # True: WebSocket upgrades get a 404 (Codex then falls back to HTTPS)
+        self.batches: dict[str, dict] = {}  # batch id -> what its results are made of (see _batches)
+        self.files: dict[str, bytes] = {}  # OpenAI file id -> uploaded bytes
         self._writers: set[asyncio.StreamWriter] = set()
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
@@ -780,6 +869,8 @@ class FakeProvider:
             return keep_alive
 
         kind = host_kind(host)
+        if await self._batches(r, host, method, route, parsed if isinstance(parsed, dict) else {}, body):
+            return keep_alive
         if kind and scenario.status and scenario.status >= 400:
             await self._provider_error(r, host if host in (ANTHROPIC_HOST, CHATGPT_HOST, GEMINI_HOST) else OPENAI_HOST,
                                        scenario.status)
@@ -818,6 +909,21 @@ class FakeProvider:
         if kind == "copilot" and method == "POST" and route == "/chat/completions":
             await self._openai_chat(r, data)  # usage in the JSON body, and in the stream's last chunk
             return keep_alive
+        if kind == "copilot" and method == "POST" and route == "/responses":
+            await self._responses(r, data)
+            return keep_alive
+        if kind == "copilot" and method == "POST" and route == "/v1/messages":
+            await self._anthropic_messages(r, data)
+            return keep_alive
+        if kind == "copilot" and method == "GET" and route == "/models":
+            await r.send_json(200, {"object": "list", "data": COPILOT_MODELS}, self._openai_headers())
+            return keep_alive
+        if host == GITHUB_API_HOST and method == "GET" and route == "/copilot_internal/user":
+            await r.send_json(200, copilot_user(), [("x-github-request-id", "FAKE:0001")])
+            return keep_alive
+        if host == GITHUB_API_HOST and method == "GET" and route == "/user":
+            await r.send_json(200, {"login": "tester", "id": 1, "type": "User", "name": "Tester"})
+            return keep_alive
         if kind == "compat" and method == "POST" and route.endswith(("/chat/completions", "/fim/completions")):
             await self._openai_chat(r, data)
             return keep_alive
@@ -851,8 +957,11 @@ class FakeProvider:
             if method == "POST" and route == "/v1/responses":
                 await self._responses(r, data)
                 return keep_alive
-            if method == "POST" and route == "/v1/images/generations":  # an endpoint spendgate does not meter
-                await r.send_json(200, {"created": 1754425777, "data": [{"url": "https://images.invalid/1.png"}]},
+            if method == "POST" and route in MEDIA_ROUTES:
+                await self._openai_media(r, route, data, body)
+                return keep_alive
+            if method == "POST" and route == "/v1/vector_stores":  # an endpoint spendgate does not meter
+                await r.send_json(200, {"id": "vs_fake", "object": "vector_store", "created_at": 1754425777},
                                   self._openai_headers())
                 return keep_alive
             if method == "GET" and route == "/v1/models":
@@ -867,6 +976,15 @@ class FakeProvider:
         if host in (CHATGPT_HOST, OPENAI_HOST) and method == "GET" and route in (
                 "/backend-api/codex/models", "/v1/models") and "client_version" in query:
             await r.send_json(200, {"models": []}, self._openai_headers())  # Codex's model catalogue
+            return keep_alive
+        if host == CHATGPT_HOST and method == "GET" and route == "/backend-api/wham/accounts/check":
+            # Codex with a ChatGPT login: workspace routing discovery before any model call (the
+            # account its access token names, served from chatgpt.com itself, no routing override)
+            account = headers.get("chatgpt-account-id") or "acct-fake-0001"
+            await r.send_json(200, {"accounts": [{
+                "id": account, "plan_type": "plus", "name": None, "structure": "personal",
+                "workspace_backend_origin": "https://chatgpt.com", "account_routing_override": "NO_CONSTRAINT"}],
+                "account_ordering": [account], "default_account_id": account}, self._openai_headers())
             return keep_alive
         if host == CHATGPT_HOST and method == "POST" and route == "/backend-api/codex/responses":
             await self._responses(r, data)
@@ -891,6 +1009,217 @@ class FakeProvider:
         else:
             await r.send_bytes(404, b"not found", "text/plain; charset=utf-8")
         return keep_alive
+
+    async def _batches(self, r: _Responder, host: str, method: str, route: str, data: dict, body: bytes) -> bool:
+        """The batch APIs: submit, poll (already ended), and the JSONL results, as each provider serves them.
+
+        A request whose custom_id / key starts with ``fail`` fails in the results (not billed).
+        """
+        now = 1764500000
+        if host == ANTHROPIC_HOST:
+            if method == "POST" and route == "/v1/messages/batches":
+                bid = f"msgbatch_fake{len(self.batches) + 1}"
+                self.batches[bid] = {"requests": data.get("requests") or []}
+                await r.send_json(200, self._anthropic_batch(bid, ended=False), self._anthropic_headers())
+                return True
+            m = re.match(r"^/v1/messages/batches/([^/]+)(/results)?$", route)
+            if method == "GET" and m and m.group(1) in self.batches:
+                bid = m.group(1)
+                if not m.group(2):
+                    await r.send_json(200, self._anthropic_batch(bid, ended=True), self._anthropic_headers())
+                    return True
+                lines = []
+                for i, req in enumerate(self.batches[bid]["requests"]):
+                    cid, params = req.get("custom_id", str(i)), req.get("params") or {}
+                    if cid.startswith("fail"):
+                        result = {"type": "errored", "error": {"type": "error", "error": {
+                            "type": "invalid_request_error", "message": "max_tokens: too large"}}}
+                    else:
+                        result = {"type": "succeeded", "message": {
+                            "id": f"msg_batch{i}", "type": "message", "role": "assistant",
+                            "model": params.get("model"), "content": [{"type": "text", "text": "".join(TEXT_PIECES)}],
+                            "stop_reason": "end_turn", "stop_sequence": None, "usage": dict(BATCH_ANTHROPIC_USAGE)}}
+                    lines.append(json.dumps({"custom_id": cid, "result": result}))
+                raw = ("\n".join(lines) + "\n").encode()
+                await r.start_stream("application/binary", self._anthropic_headers())
+                for i in range(0, len(raw), 97):  # lines split across chunks
+                    await r.chunk(raw[i:i + 97])
+                await r.end_stream()
+                return True
+        if host == OPENAI_HOST:
+            if method == "POST" and route == "/v1/files":
+                fid = f"file-in{len(self.files) + 1}"
+                content = body.split(b"\r\n\r\n", 2)[-1] if b'filename="' in body else body
+                start = body.find(b'filename="')
+                if start >= 0:  # the file part's content: after its headers, up to the next delimiter
+                    head_end = body.find(b"\r\n\r\n", start) + 4
+                    delim = b"\r\n" + body[: body.find(b"\r\n")]
+                    content = body[head_end: body.find(delim, head_end)]
+                self.files[fid] = content
+                await r.send_json(200, {"id": fid, "object": "file", "bytes": len(content), "created_at": now,
+                                        "filename": "batch.jsonl", "purpose": "batch", "status": "processed"},
+                                  self._openai_headers())
+                return True
+            if method == "POST" and route == "/v1/batches":
+                bid = f"batch_fake{len(self.batches) + 1}"
+                self.batches[bid] = {"input": data.get("input_file_id"), "endpoint": data.get("endpoint")}
+                await r.send_json(200, self._openai_batch(bid, ended=False), self._openai_headers())
+                return True
+            m = re.match(r"^/v1/batches/([^/]+)$", route)
+            if method == "GET" and m and m.group(1) in self.batches:
+                await r.send_json(200, self._openai_batch(m.group(1), ended=True), self._openai_headers())
+                return True
+            m = re.match(r"^/v1/files/file-out-(batch_fake\d+)/content$", route)
+            if method == "GET" and m and m.group(1) in self.batches:
+                lines = []
+                for i, raw_line in enumerate(self.files.get(self.batches[m.group(1)]["input"], b"").splitlines()):
+                    req = json.loads(raw_line)
+                    cid, model = req["custom_id"], req["body"]["model"]
+                    if cid.startswith("fail"):
+                        response = {"status_code": 400, "request_id": f"req_{i}", "body": {"error": {
+                            "message": "bad", "type": "invalid_request_error", "param": None, "code": None}}}
+                    else:
+                        response = {"status_code": 200, "request_id": f"req_{i}", "body": {
+                            "id": f"chatcmpl-b{i}", "object": "chat.completion", "created": now, "model": model,
+                            "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"},
+                                         "finish_reason": "stop", "logprobs": None}],
+                            "usage": dict(BATCH_OPENAI_USAGE), "service_tier": "batch"}}
+                    lines.append(json.dumps({"id": f"batch_req_{i}", "custom_id": cid, "response": response,
+                                             "error": None}))
+                raw = ("\n".join(lines) + "\n").encode()
+                await r.start_stream("application/octet-stream", self._openai_headers())
+                for i in range(0, len(raw), 61):
+                    await r.chunk(raw[i:i + 61])
+                await r.end_stream()
+                return True
+        if host == GEMINI_HOST:
+            m = re.match(r"^/v1beta/models/([^/:]+):batchGenerateContent$", route)
+            if method == "POST" and m:
+                bid = f"batches/fake{len(self.batches) + 1}"
+                self.batches[bid] = {"model": m.group(1), "input": data}
+                await r.send_json(200, {"name": bid, "metadata": {
+                    "@type": "type.googleapis.com/google.ai.generativelanguage.v1main.GenerateContentBatch",
+                    "model": f"models/{m.group(1)}", "state": "BATCH_STATE_PENDING", "name": bid}})
+                return True
+            m = re.match(r"^/v1beta/(batches/[^/:]+)$", route)
+            if method == "GET" and m and m.group(1) in self.batches:
+                bid = m.group(1)
+                model = self.batches[bid]["model"]
+                meta = {"@type": "type.googleapis.com/google.ai.generativelanguage.v1main.GenerateContentBatch",
+                        "model": f"models/{model}", "state": "BATCH_STATE_SUCCEEDED",
+                        "output": {"responsesFile": f"files/{bid.split('/')[1]}-out"}}
+                op: dict = {"name": bid, "done": True, "metadata": meta}
+                inline = (((self.batches[bid]["input"].get("batch") or {}).get("input_config") or {})
+                          .get("requests") or {}).get("requests")
+                if inline:  # an inline batch: its results come back inside the operation
+                    del meta["output"]
+                    op["response"] = {
+                        "@type": "type.googleapis.com/google.ai.generativelanguage.v1main.GenerateContentBatchOutput",
+                        "inlinedResponses": {"inlinedResponses": [
+                            {"metadata": q.get("metadata"), "response": {
+                                "candidates": [{"content": {"parts": [{"text": "hi"}], "role": "model"},
+                                                "finishReason": "STOP", "index": 0}],
+                                "usageMetadata": dict(BATCH_GEMINI_USAGE), "modelVersion": model}}
+                            for q in inline]}}
+                await r.send_json(200, op)
+                return True
+            m = re.match(r"^/download/v1beta/files/([^/:]+)-out:download$", route)
+            if method == "GET" and m and f"batches/{m.group(1)}" in self.batches:
+                bid = f"batches/{m.group(1)}"
+                keys = ["k1", "k2", "fail-k3"]
+                lines = []
+                for key in keys:
+                    if key.startswith("fail"):
+                        lines.append(json.dumps({"key": key, "error": {"code": 400, "message": "bad",
+                                                                      "status": "INVALID_ARGUMENT"}}))
+                        continue
+                    lines.append(json.dumps({"key": key, "response": {
+                        "candidates": [{"content": {"parts": [{"text": "hi"}], "role": "model"},
+                                        "finishReason": "STOP", "index": 0}],
+                        "usageMetadata": dict(BATCH_GEMINI_USAGE), "modelVersion": self.batches[bid]["model"]}}))
+                raw = ("\n".join(lines) + "\n").encode()
+                await r.start_stream("application/octet-stream", [])
+                await r.chunk(raw)
+                await r.end_stream()
+                return True
+        return False
+
+    def _anthropic_batch(self, bid: str, ended: bool) -> dict:
+        n = len(self.batches[bid]["requests"])
+        failed = sum(1 for q in self.batches[bid]["requests"] if str(q.get("custom_id", "")).startswith("fail"))
+        return {"id": bid, "type": "message_batch", "processing_status": "ended" if ended else "in_progress",
+                "request_counts": {"processing": 0 if ended else n, "succeeded": n - failed if ended else 0,
+                                   "errored": failed if ended else 0, "canceled": 0, "expired": 0},
+                "ended_at": "2026-11-30T12:00:00Z" if ended else None, "created_at": "2026-11-30T11:00:00Z",
+                "expires_at": "2026-12-01T11:00:00Z", "archived_at": None, "cancel_initiated_at": None,
+                "results_url": f"https://api.anthropic.com/v1/messages/batches/{bid}/results" if ended else None}
+
+    def _openai_batch(self, bid: str, ended: bool) -> dict:
+        b = self.batches[bid]
+        n = len(self.files.get(b["input"], b"").splitlines())
+        return {"id": bid, "object": "batch", "endpoint": b["endpoint"], "errors": None,
+                "input_file_id": b["input"], "completion_window": "24h",
+                "status": "completed" if ended else "validating",
+                "output_file_id": f"file-out-{bid}" if ended else None, "error_file_id": None,
+                "created_at": 1764500000, "in_progress_at": None, "expires_at": 1764586400,
+                "completed_at": 1764503600 if ended else None, "failed_at": None, "expired_at": None,
+                "request_counts": {"total": n, "completed": n if ended else 0, "failed": 0}, "metadata": None}
+
+    async def _openai_media(self, r: _Responder, route: str, data: dict, body: bytes) -> None:
+        """Images and audio, as the OpenAI API answers them (JSON, SSE, or audio bytes)."""
+        hdrs = self._openai_headers()
+        if route.startswith("/v1/images/"):
+            edit = route.endswith("/edits")
+            fields = multipart_text_fields(body) if not data else {k: str(v) for k, v in data.items()}
+            model = fields.get("model", "dall-e-2")
+            stream = fields.get("stream", "").lower() == "true"
+            if model.startswith("dall-e"):  # dall-e: billed per image, no usage in the answer
+                await r.send_json(200, {"created": 1754425777, "data": [{"url": "https://images.invalid/1.png",
+                                                                         "revised_prompt": "a cat"}]}, hdrs)
+                return
+            usage = dict(IMAGE_USAGE)
+            if not stream:
+                await r.send_json(200, {"created": 1754425777, "background": "opaque", "output_format": "png",
+                                        "quality": "low", "size": "1024x1024",
+                                        "data": [{"b64_json": FAKE_PNG_B64}], "usage": usage}, hdrs)
+                return
+            kind = "image_edit" if edit else "image_generation"
+            await r.start_stream("text/event-stream", hdrs)
+            common = {"background": "opaque", "created_at": 1754425777, "output_format": "png",
+                      "quality": "low", "size": "1024x1024"}
+            await r.chunk(sse(f"{kind}.partial_image", {"type": f"{kind}.partial_image", "b64_json": FAKE_PNG_B64,
+                                                        "partial_image_index": 0, **common}))
+            await r.chunk(sse(f"{kind}.completed", {"type": f"{kind}.completed", "b64_json": FAKE_PNG_B64,
+                                                    "usage": usage, **common}))
+            await r.end_stream()
+            return
+        if route in ("/v1/audio/transcriptions", "/v1/audio/translations"):
+            fields = multipart_text_fields(body)
+            model = fields.get("model", "")
+            if model == "whisper-1":
+                await r.send_json(200, {"text": TRANSCRIPT, "usage": {"type": "duration",
+                                                                     "seconds": WHISPER_SECONDS}}, hdrs)
+                return
+            usage = {"type": "tokens", **TRANSCRIBE_USAGE}
+            if fields.get("stream", "").lower() != "true":
+                await r.send_json(200, {"text": TRANSCRIPT, "usage": usage}, hdrs)
+                return
+            await r.start_stream("text/event-stream", hdrs)
+            for word in TRANSCRIPT.split(" "):
+                await r.chunk(sse(None, {"type": "transcript.text.delta", "delta": word + " "}))
+            await r.chunk(sse(None, {"type": "transcript.text.done", "text": TRANSCRIPT, "usage": usage}))
+            await r.end_stream()
+            return
+        # /v1/audio/speech
+        if data.get("stream_format") == "sse":
+            await r.start_stream("text/event-stream", hdrs)
+            await r.chunk(sse(None, {"type": "speech.audio.delta", "audio": FAKE_PNG_B64}))
+            await r.chunk(sse(None, {"type": "speech.audio.done", "usage": dict(SPEECH_USAGE)}))
+            await r.end_stream()
+            return
+        await r.start_stream("audio/mpeg", hdrs)
+        await r.chunk(FAKE_MP3)
+        await r.end_stream()
 
     @staticmethod
     def _usage(api: str, scenario: Scenario) -> dict[str, int]:

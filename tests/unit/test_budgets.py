@@ -175,3 +175,28 @@ def test_prune_keeps_the_current_and_previous_windows_only():
     assert hours == [14, 15] and len(before) - len(after) == 4
     day = next(b for b in book.covering(BOB) if b.window == "day" and b.scope.startswith("user"))
     assert book.store.get(day.key).spent == Decimal("0.6")  # the day still holds everything
+
+
+def test_copilot_cli_gets_a_402_it_stops_on_and_rate_limits_stay_429():
+    import json as _json
+
+    from spendgate.budgets import refusal as rf
+
+    budget = refusal_budget_for_copilot_test()
+    now = budget.start
+    answer = rf.for_client(rf.over_budget("openai", budget, Decimal("0"), now, "copilot"), "openai", "copilot")
+    assert answer.status == 402 and "retry-after" not in answer.headers
+    err = _json.loads(answer.body)["error"]
+    assert err["code"] == "budget_exceeded" and err["message"].startswith("spendgate: spend limit reached")
+    limited = rf.rate_limited("openai", "slow down", 5, "user:x", "rpm")
+    assert rf.for_client(limited, "openai", "copilot").status == 429  # to be waited out, as it does
+    down = rf.for_client(rf.unavailable("openai", "ledger failing"), "openai", "copilot")
+    assert down.status == 402 and _json.loads(down.body)["error"]["code"] == "gateway_unavailable"
+    assert rf.for_client(rf.over_budget("openai", budget, Decimal("0"), now), "openai", "openai-sdk").status == 429
+
+
+def refusal_budget_for_copilot_test():
+    from spendgate.budgets.book import Budget
+
+    start = datetime(2026, 11, 30, tzinfo=UTC)
+    return Budget("user:tester", "day", Decimal("0.0001"), start, datetime(2026, 12, 1, tzinfo=UTC), None, Decimal(0))

@@ -50,14 +50,17 @@ def test_gemini_variants_keep_the_model():
 @pytest.mark.parametrize(("host", "method", "path", "free"), [
     ("api.openai.com", "GET", "/v1/models", True),
     ("api.openai.com", "POST", "/v1/models", False),
-    ("api.openai.com", "POST", "/v1/images/generations", False),
-    ("api.openai.com", "POST", "/v1/audio/speech", False),
+    ("api.openai.com", "POST", "/v1/vector_stores", False),
+    ("api.openai.com", "POST", "/v1/fine_tuning/jobs", False),
     ("api.anthropic.com", "GET", "/api/claude_code/settings", True),
-    ("api.anthropic.com", "POST", "/v1/messages/batches", False),
+    ("api.anthropic.com", "POST", "/v1/skills", False),
+    ("api.anthropic.com", "GET", "/v1/messages/batches/msgbatch_1", True),
+    ("api.openai.com", "GET", "/v1/batches/batch_1", True),
+    ("generativelanguage.googleapis.com", "GET", "/v1beta/batches", True),
     ("api.anthropic.com", "GET", "/v1/files", True),
     ("chatgpt.com", "GET", "/backend-api/codex/models?client_version=1", True),
     ("generativelanguage.googleapis.com", "POST", "/v1beta/models/g:countTokens", True),
-    ("generativelanguage.googleapis.com", "POST", "/v1beta/models/g:batchGenerateContent", False),
+    ("generativelanguage.googleapis.com", "POST", "/v1beta/models/g:batchCreate", False),
 ])
 def test_free_metadata_list(host, method, path, free):
     r = route(host, path, method)

@@ -126,3 +126,12 @@ def test_malformed_bodies_give_no_hints_and_never_raise():
         for body in [b"", b"[", b'{"metadata": 5, "prompt_cache_key": 7, "user_prompt_id": []}', b"\xff"]:
             req = route.adapter.parse_request(adapter_path[1], body)
             assert req.hints.user_id is None and req.hints.prompt_cache_key is None
+
+
+def test_copilot_cli_session_header():
+    headers = {"user-agent": "copilot/1.0.102 (linux v24.20.0) term/unknown client/github/cli",
+               "copilot-integration-id": "copilot-developer-cli", "x-client-session-id": SESSION,
+               "x-interaction-id": "0d7044b0-272f-42ba-8152-43c6a2e30c96"}
+    r = ident("api.individual.githubcopilot.com", "/responses", headers, {"model": "gpt-5-mini", "input": "hi"})
+    assert (r.client, r.session_id) == ("copilot", SESSION)
+    assert session_source(headers)[1] == "header x-client-session-id"

@@ -29,10 +29,12 @@ from urllib.parse import unquote
 
 from spendgate.metering.providers import (
     anthropic,
+    batches,
     bedrock,
     gemini,
     openai_chat,
     openai_extra,
+    openai_media,
     openai_realtime,
     openai_responses,
     vertex,
@@ -148,6 +150,10 @@ _FREE: tuple[tuple[str, str, re.Pattern[str]], ...] = tuple(
         ("api.openai.com", "GET", r"^/v1/models(/[^/]+)?$"),
         ("api.openai.com", "GET", r"^/v1/files(/[^/]+)?$"),
         ("api.openai.com", "POST", r"^/v1/responses/input_tokens$"),  # token counting
+        # batch status polls and lists (the results download is metered: providers/batches.py)
+        ("api.anthropic.com", "GET", r"^/v1/messages/batches(/[^/]+)?$"),
+        ("api.openai.com", "GET", r"^/v1/batches(/[^/]+)?$"),
+        ("generativelanguage.googleapis.com", "GET", r"^/(v1|v1beta|v1alpha)/batches$"),  # the list
         ("chatgpt.com", "GET", r"^/backend-api/codex/models$"),  # Codex's model list
         ("generativelanguage.googleapis.com", "GET", r"^/(v1|v1beta|v1alpha)/models(/[^/:]+)?$"),
         ("generativelanguage.googleapis.com", "POST", r"^/(v1|v1beta|v1alpha)/models/[^/:]+:counttokens$"),
@@ -304,12 +310,15 @@ def openai_under(base: str, bare: str, table: dict[str, Adapter] = OPENAI_ENDPOI
     return table.get(bare[len(base):])
 
 
+_OPENAI_API = {**OPENAI_ENDPOINTS, **openai_media.ENDPOINTS}  # api.openai.com: chat and beyond
+
+
 def _route_openai(provider: str, path: str, bare: str) -> Route:
     if bare == openai_responses.CODEX_RESPONSES_PATH:
         return _made(openai_responses.RESPONSES, provider)
     if bare == openai_realtime.REALTIME_PATH:  # WebSocket only (spendgate.metering.websocket)
         return _made(openai_realtime.REALTIME, provider)
-    return _made(openai_under("/v1", bare), provider)
+    return _made(openai_under("/v1", bare, _OPENAI_API), provider)
 
 
 def _route_anthropic(provider: str, path: str, bare: str) -> Route:
@@ -406,6 +415,29 @@ def _route_extra(extra: ExtraHost, path: str, bare: str) -> Route:
     return _made(openai_under(base, bare, _PASSIVE), extra.provider)  # unknown servers: never rewrite
 
 
+def _route_batches(provider: str, canon: str, method: str) -> Route | None:
+    """The batch APIs (spendgate.metering.providers.batches): submit is a POST, results a GET."""
+    low = canon.lower()
+    adapter: Adapter | None = None
+    if method == "POST":
+        if (provider, low) == ("anthropic", "/v1/messages/batches"):
+            adapter = batches.ANTHROPIC_SUBMIT
+        elif (provider, low) == ("openai", "/v1/batches"):
+            adapter = batches.OPENAI_SUBMIT
+        elif provider == "gemini" and batches.GEMINI_SUBMIT_PATH.match(low):
+            adapter = batches.GEMINI_SUBMIT
+    elif method == "GET":
+        if provider == "anthropic" and batches.ANTHROPIC_RESULTS_PATH.match(canon):
+            adapter = batches.ANTHROPIC_RESULTS
+        elif provider == "openai" and batches.OPENAI_FILE_CONTENT_PATH.match(canon):
+            adapter = batches.OPENAI_RESULTS
+        elif provider == "gemini" and batches.GEMINI_DOWNLOAD_PATH.match(canon):
+            adapter = batches.GEMINI_RESULTS
+        elif provider == "gemini" and batches.GEMINI_OPERATION_PATH.match(canon):
+            adapter = batches.GEMINI_OPERATION  # polled; an inline batch's results arrive in it
+    return _made(adapter, provider) if adapter is not None else None
+
+
 def route(host: str, path: str, method: str | None = None) -> Route | None:
     """The adapter for a request, an unmetered provider route, or None for other hosts.
 
@@ -420,6 +452,9 @@ def route(host: str, path: str, method: str | None = None) -> Route | None:
     query = (path or "").partition("?")[2]
     canon = normalize_path(path)
     full = canon + ("?" + query if query else "")
+    batch = _route_batches(provider, canon, method.upper()) if method and extra is None else None
+    if batch is not None:
+        return batch
     if extra is not None:
         found_route = _route_extra(extra, full, canon)
     else:

@@ -43,6 +43,9 @@ class RequestInfo:
     malformed: bool = False  # body was not the JSON we expected: forward untouched
     unreadable: bool = False  # content-encoded in a way we cannot undo: refused, never forwarded unread
     continues: str | None = None  # previous_response_id: the provider re-reads that context (metering/context.py)
+    request_usage: Usage | None = None  # usage the request itself fixes (tts-1: input characters)
+    estimate: Usage | None = None  # what admission reserves for when tokens do not apply (audio seconds)
+    results: bool = False  # a batch results download: never refused, charged when recorded
 
 
 @dataclass(slots=True)
@@ -63,6 +66,10 @@ class ResponseResult:
     events: int = 0  # number of events parsed (streams)
     finish_reasons: tuple[str, ...] = ()  # as the provider said them: end_turn, stop, length, STOP...
     reported_cost_usd: str | None = None  # the provider's own statement of the charge (OpenRouter usage.cost)
+    free: bool = False  # the answer bills nothing (a batch submission, a file that is not batch output)
+    note: str | None = None  # what the row should say about it (e.g. why it is free)
+    parts: tuple[tuple[str | None, Usage], ...] = ()  # several models billed in one answer: a row each
+    results_key: str | None = None  # batch results: charged once per key by this process
 
 
 class StreamParser(ABC):

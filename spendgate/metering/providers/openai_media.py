@@ -1,0 +1,282 @@
+"""OpenAI image and audio endpoints: images, transcriptions, translations, speech.
+
+Each is billed by its own unit, read from its own wire format:
+
+* ``/v1/images/generations`` (JSON) and ``/v1/images/edits`` (multipart): gpt-image-* report
+  ``usage`` {input_tokens (text + image, ``input_tokens_details``), output_tokens (image
+  tokens)}; with ``stream: true`` the SSE events ``image_generation.completed`` /
+  ``image_edit.completed`` carry it. dall-e-2/3 report no usage (priced per image, a price the
+  catalogue does not list): the row is ``unpriced``, never $0.
+* ``/v1/audio/transcriptions`` and ``/translations`` (multipart): whisper-1 reports
+  ``usage: {type: duration, seconds}`` (billed per second of audio); gpt-4o-*-transcribe report
+  ``usage: {type: tokens, input_tokens, input_token_details.audio_tokens, output_tokens}``; their
+  ``stream=true`` SSE ends with ``transcript.text.done`` carrying the same usage.
+* ``/v1/audio/speech`` (JSON in, audio bytes out): tts-1/tts-1-hd are billed per input character,
+  which the request itself fixes (``RequestInfo.request_usage``); gpt-4o-mini-tts with
+  ``stream_format: sse`` reports token usage in ``speech.audio.done``; as plain audio it says
+  nothing and the row is estimated.
+
+Multipart bodies are scanned for their small text fields only (``model``, ``stream``); file
+parts are skipped, never copied.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any
+
+from spendgate.metering.providers.base import (
+    Adapter,
+    JSONEventStreamParser,
+    RequestInfo,
+    ResponseResult,
+    StreamParser,
+    as_int,
+    dig,
+    error_type,
+    load_json,
+    parse_json_request,
+    str_or_none,
+)
+from spendgate.usage import Usage
+
+# admission's guess of an upload's duration: 4,000 bytes a second (32 kbit/s) is below every
+# common speech encoding, so the reservation errs high (a 16 kHz WAV is 32,000 bytes a second)
+AUDIO_BYTES_PER_SECOND = 4000
+MAX_FIELD_BYTES = 256  # a text field we read (model, stream) is short; longer ones are not ours
+MAX_PARTS = 64  # bound on the multipart scan (the body is untrusted)
+_DISPOSITION_NAME = re.compile(rb'content-disposition:[^\r\n]*?\bname="([^"]{1,64})"', re.IGNORECASE)
+
+
+def multipart_fields(body: bytes, names: frozenset[str]) -> dict[str, str]:
+    """The short text fields `names` of a multipart/form-data body, found by its own boundary.
+
+    The boundary is the body's first line (``--BOUNDARY``), so no header is needed. File parts and
+    anything malformed are skipped. Never raises.
+    """
+    out: dict[str, str] = {}
+    try:
+        if not body.startswith(b"--"):
+            return out
+        first_end = body.find(b"\r\n")
+        if first_end < 3 or first_end > 200:
+            return out
+        delim = b"\r\n" + body[:first_end]
+        pos = first_end + 2
+        for _ in range(MAX_PARTS):
+            head_end = body.find(b"\r\n\r\n", pos, pos + 4096)
+            if head_end < 0:
+                break
+            m = _DISPOSITION_NAME.search(body, pos, head_end)
+            nxt = body.find(delim, head_end + 4)
+            if nxt < 0:
+                break
+            if m is not None and b"filename=" not in body[pos:head_end]:
+                name = m.group(1).decode("ascii", "replace")
+                value = body[head_end + 4:nxt]
+                if name in names and len(value) <= MAX_FIELD_BYTES:
+                    out[name] = value.decode("utf-8", "replace").strip()
+            pos = nxt + len(delim)
+            if body[pos:pos + 2] == b"--":  # the closing delimiter
+                break
+            pos += 2  # CRLF after the delimiter
+    except Exception:
+        return out
+    return out
+
+
+def _token_usage(u: Any, output_kind: str | None) -> Usage | None:
+    """Images/audio token usage: input split by ``input_tokens_details``/``input_token_details``.
+
+    ``output_kind`` names what output tokens are (``image``, ``audio``) unless details say text.
+    """
+    if not isinstance(u, dict) or "input_tokens" not in u:
+        return None
+    details = u.get("input_tokens_details") or u.get("input_token_details") or {}
+    out_details = u.get("output_tokens_details") or u.get("output_token_details") or {}
+    inp, out = as_int(u.get("input_tokens")), as_int(u.get("output_tokens"))
+    usage = Usage(input_tokens=inp, output_tokens=out,
+                  cache_read_tokens=min(as_int(dig(details, "cached_tokens")), inp))
+    usage.input_image_tokens = min(as_int(dig(details, "image_tokens")), inp)
+    usage.input_audio_tokens = min(as_int(dig(details, "audio_tokens")), inp)
+    if output_kind == "image":
+        text_out = as_int(dig(out_details, "text_tokens"))
+        usage.output_image_tokens = max(out - text_out, 0) if "image_tokens" not in out_details \
+            else min(as_int(out_details.get("image_tokens")), out)
+    elif output_kind == "audio":
+        usage.output_audio_tokens = out
+    return usage
+
+
+class _MediaStreamParser(JSONEventStreamParser):
+    """SSE of the image and audio endpoints: the ``*.completed`` / ``*.done`` event has the usage."""
+
+    def __init__(self, final_events: frozenset[str], output_kind: str | None, duration: bool = False):
+        super().__init__()
+        self._final = final_events
+        self._kind = output_kind
+        self._duration = duration
+
+    def on_event(self, event: str | None, obj: dict) -> None:
+        kind = obj.get("type") or event
+        if kind == "error" or "error" in obj and isinstance(obj.get("error"), dict):
+            self._result.error = error_type(obj) or "error"
+            return
+        delta = obj.get("delta")
+        if isinstance(delta, str):
+            self._result.output_chars += len(delta)
+        if kind in self._final:
+            usage = _parse_usage(obj.get("usage"), self._kind)
+            if usage is not None:
+                self._result.usage = usage
+                self._result.usage_final = True
+            self._result.complete = True
+
+    def on_done(self) -> None:
+        self._result.complete = True
+
+
+def _parse_usage(u: Any, output_kind: str | None) -> Usage | None:
+    if isinstance(u, dict) and u.get("type") == "duration":
+        seconds = u.get("seconds")
+        if isinstance(seconds, (int, float)) and not isinstance(seconds, bool) and math.isfinite(seconds):
+            return Usage(audio_seconds=as_int(math.ceil(seconds)))
+        return None
+    return _token_usage(u, output_kind)
+
+
+class _MultipartAdapter(Adapter):
+    """Requests as multipart/form-data (edits, transcriptions): model and stream from the fields."""
+
+    provider = "openai"
+
+    def parse_request(self, path: str, body: bytes) -> RequestInfo:
+        try:
+            if body[:1] == b"{":  # some clients send JSON (images/edits accepts image URLs as JSON)
+                _, info = parse_json_request(body, ())
+                return info
+            f = multipart_fields(body, frozenset(("model", "stream")))
+            return RequestInfo(model=str_or_none(f.get("model")), stream=f.get("stream", "").lower() == "true",
+                               input_bytes=min(len(body), 4096), max_output_tokens=0)
+        except Exception:
+            return RequestInfo(malformed=True)
+
+    def is_stream_response(self, content_type: str, request: RequestInfo) -> bool:
+        return "text/event-stream" in content_type.lower()
+
+
+class ImagesAdapter(_MultipartAdapter):
+    """``/v1/images/generations`` (JSON) and ``/v1/images/edits`` (multipart or JSON)."""
+
+    def __init__(self, endpoint: str, final_event: str):
+        self.endpoint = endpoint
+        self._final = frozenset({final_event})
+
+    def parse_request(self, path: str, body: bytes) -> RequestInfo:
+        info = super().parse_request(path, body)
+        info.max_output_tokens = 0  # image output tokens: only the response knows them
+        return info
+
+    def parse_response(self, body: bytes) -> ResponseResult:
+        try:
+            obj = load_json(body)
+            if not isinstance(obj, dict):
+                return ResponseResult(garbled=bool(body))
+            result = ResponseResult(model=str_or_none(obj.get("model")), error=error_type(obj))
+            usage = _token_usage(obj.get("usage"), "image")
+            if usage is not None:
+                result.usage, result.usage_final, result.complete = usage, True, True
+            return result
+        except Exception:
+            return ResponseResult(garbled=True)
+
+    def stream_parser(self, path: str) -> StreamParser:
+        return _MediaStreamParser(self._final, "image")
+
+
+class TranscriptionAdapter(_MultipartAdapter):
+    """``/v1/audio/transcriptions`` and ``/translations``: duration (whisper) or tokens."""
+
+    def __init__(self, endpoint: str):
+        self.endpoint = endpoint
+
+    def parse_request(self, path: str, body: bytes) -> RequestInfo:
+        info = super().parse_request(path, body)
+        info.estimate = Usage(input_tokens=math.ceil(info.input_bytes / 4),
+                              audio_seconds=math.ceil(len(body or b"") / AUDIO_BYTES_PER_SECOND))
+        return info
+
+    def parse_response(self, body: bytes) -> ResponseResult:
+        try:
+            obj = load_json(body)
+            if not isinstance(obj, dict):  # response_format text/srt/vtt: no usage in the body
+                return ResponseResult(output_chars=len(body))
+            result = ResponseResult(model=str_or_none(obj.get("model")), error=error_type(obj))
+            text = obj.get("text")
+            result.output_chars = len(text) if isinstance(text, str) else 0
+            usage = _parse_usage(obj.get("usage"), None)
+            duration = obj.get("duration")  # verbose_json of whisper: seconds of audio
+            if usage is None and isinstance(duration, (int, float)) and not isinstance(duration, bool) \
+                    and math.isfinite(duration) and duration >= 0:
+                usage = Usage(audio_seconds=as_int(math.ceil(duration)))
+            if usage is not None:
+                result.usage, result.usage_final, result.complete = usage, True, True
+            return result
+        except Exception:
+            return ResponseResult(garbled=True)
+
+    def stream_parser(self, path: str) -> StreamParser:
+        return _MediaStreamParser(frozenset({"transcript.text.done"}), None)
+
+
+class SpeechAdapter(Adapter):
+    """``/v1/audio/speech``: characters of ``input`` (tts-1), or SSE token usage (gpt-4o-mini-tts)."""
+
+    provider = "openai"
+    endpoint = "audio.speech"
+    PER_CHARACTER = ("tts-1", "tts-1-hd")  # billed per input character (and tts-1-1106 etc.)
+
+    def parse_request(self, path: str, body: bytes) -> RequestInfo:
+        try:
+            obj, info = parse_json_request(body, (), ("input", "stream_format"))
+            if info.malformed:
+                return info
+            text = obj.get("input")
+            chars = len(text) if isinstance(text, str) else 0
+            info.input_bytes = chars
+            info.stream = obj.get("stream_format") == "sse"
+            info.max_output_tokens = 0
+            model = info.model or ""
+            if any(model == m or model.startswith(m + "-") for m in self.PER_CHARACTER):
+                info.request_usage = info.estimate = Usage(input_characters=chars)
+            return info
+        except Exception:
+            return RequestInfo(malformed=True)
+
+    def parse_response(self, body: bytes) -> ResponseResult:
+        if body[:1] != b"{":  # the audio itself
+            return ResponseResult()
+        obj = load_json(body)
+        return ResponseResult(error=error_type(obj)) if isinstance(obj, dict) else ResponseResult(garbled=True)
+
+    def stream_parser(self, path: str) -> StreamParser:
+        return _MediaStreamParser(frozenset({"speech.audio.done"}), "audio")
+
+    def is_stream_response(self, content_type: str, request: RequestInfo) -> bool:
+        return "text/event-stream" in content_type.lower()
+
+
+IMAGES_GENERATIONS = ImagesAdapter("images.generations", "image_generation.completed")
+IMAGES_EDITS = ImagesAdapter("images.edits", "image_edit.completed")
+TRANSCRIPTIONS = TranscriptionAdapter("audio.transcriptions")
+TRANSLATIONS = TranscriptionAdapter("audio.translations")
+SPEECH = SpeechAdapter()
+
+ENDPOINTS: dict[str, Adapter] = {
+    "/images/generations": IMAGES_GENERATIONS,
+    "/images/edits": IMAGES_EDITS,
+    "/audio/transcriptions": TRANSCRIPTIONS,
+    "/audio/translations": TRANSLATIONS,
+    "/audio/speech": SPEECH,
+}
