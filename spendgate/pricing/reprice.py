@@ -15,14 +15,14 @@ import json
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 import duckdb
 
 from spendgate.pricing.rates import REPORTED_SOURCE, Pricer, PriceResult
-from spendgate.store import sql
+from spendgate.store import rollups, sql
 from spendgate.usage import USAGE_FIELDS, Usage
 
 # Outcomes whose usage was (or may have been) billed; everything else is charged $0 by design
@@ -177,6 +177,8 @@ def apply(cur: duckdb.DuckDBPyConnection, changes: list[RowChange], price_versio
             "price_source = r.source, price_detail = r.detail, notional_usd = r.notional "
             "FROM _reprice r WHERE requests.request_id = r.request_id"
         )
+        # the rollups of the days these rows are in, recomputed in the same transaction (exact)
+        rollups.rebuild(cur, min(c.ts for c in changes), max(c.ts for c in changes) + timedelta(microseconds=1))
         cur.execute("DELETE FROM _reprice")
         cur.execute("COMMIT")
     except Exception:

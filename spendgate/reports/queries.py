@@ -11,7 +11,7 @@ from typing import Any
 
 import duckdb
 
-from spendgate.store import sql
+from spendgate.store import rollups, sql
 from spendgate.store.sql import parse_time
 from spendgate.telemetry import links
 
@@ -78,18 +78,20 @@ def spend(
     if by not in GROUPS:
         raise ValueError(f"unknown grouping {by!r} (one of {', '.join(GROUPS)})")
     start = since or (window_start(window) if window else None)
-    where, params = sql.where(*sql.ts_range(start), ('"user" = ?', user))
+    src, params = rollups.source(cur, start)
+    where, more = sql.where(('"user" = ?', user))
     query = f"""
-        SELECT {GROUPS[by]} AS "group", count(*) AS requests,
+        SELECT {GROUPS[by]} AS "group", sum(requests) AS requests,
                sum(input_tokens) AS input_tokens, sum(cache_read_tokens) AS cache_read_tokens,
                sum(cache_write_tokens) AS cache_write_tokens, sum(output_tokens) AS output_tokens,
                coalesce(sum(cost_usd), 0) AS cost_usd,
-               count(*) FILTER (WHERE billing_basis = 'subscription') AS subscription_requests,
+               coalesce(sum(requests) FILTER (WHERE billing_basis = 'subscription'), 0) AS subscription_requests,
                coalesce(sum(notional_usd) FILTER (WHERE billing_basis = 'subscription'), 0) AS notional_usd,
-               count(*) FILTER (WHERE outcome = 'unpriced') AS unpriced,
-               count(*) FILTER (WHERE outcome = 'blocked') AS blocked
-        FROM requests {where} GROUP BY 1 ORDER BY cost_usd DESC, notional_usd DESC, "group"
+               coalesce(sum(requests) FILTER (WHERE outcome = 'unpriced'), 0) AS unpriced,
+               coalesce(sum(requests) FILTER (WHERE outcome = 'blocked'), 0) AS blocked
+        FROM {src} r {where} GROUP BY 1 ORDER BY cost_usd DESC, notional_usd DESC, "group"
     """
+    params += more
     rows = sql.rows(cur, query, params)
     for r in rows:
         for k in ("input_tokens", "cache_read_tokens", "cache_write_tokens", "output_tokens"):
@@ -107,15 +109,16 @@ def subscriptions(
 
     Not money the company is invoiced (the seat is): for comparing with plan limits and seat prices.
     """
-    where, params = sql.where("billing_basis = 'subscription'", *sql.ts_range(since, until),
-                              ('"user" = ?', user))
+    src, params = rollups.source(cur, since, until)
+    where, more = sql.where("billing_basis = 'subscription'", ('"user" = ?', user))
     query = f"""
-        SELECT coalesce(plan, '(no plan)') AS plan, "user", provider, credential, count(*) AS requests,
+        SELECT coalesce(plan, '(no plan)') AS plan, "user", provider, credential, sum(requests) AS requests,
                sum(input_tokens)::BIGINT AS input_tokens, sum(output_tokens)::BIGINT AS output_tokens,
                coalesce(sum(notional_usd), 0) AS notional_usd, coalesce(sum(charged_usd), 0) AS charged_usd,
-               count(*) FILTER (WHERE outcome = 'unpriced') AS unpriced, max(ts) AS last_seen
-        FROM requests {where} GROUP BY ALL ORDER BY notional_usd DESC, plan, "user"
+               coalesce(sum(requests) FILTER (WHERE outcome = 'unpriced'), 0) AS unpriced, max(max_ts) AS last_seen
+        FROM {src} r {where} GROUP BY ALL ORDER BY notional_usd DESC, plan, "user", provider, credential
     """
+    params += more
     return sql.rows(cur, query, params)
 
 

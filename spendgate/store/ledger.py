@@ -22,6 +22,7 @@ import duckdb
 
 from spendgate import bounds, fsutil
 from spendgate.batcher import Batcher
+from spendgate.store import rollups
 
 log = logging.getLogger(__name__)
 
@@ -308,6 +309,12 @@ MIGRATIONS: list[tuple[int, str]] = [
         ALTER TABLE requests ADD COLUMN IF NOT EXISTS modifiers VARCHAR;
         """,
     ),
+    (
+        9,
+        # rollups (spendgate/store/rollups.py): the ledger summed per UTC day and month, kept exact by
+        # write_rows in the row insert's transaction; filled here from the rows already there
+        rollups.migration_sql(),
+    ),
 ]
 
 
@@ -507,13 +514,28 @@ def storable(row: LedgerRow) -> LedgerRow:
 
 
 def write_rows(cur: duckdb.DuckDBPyConnection, rows: Iterable[LedgerRow]) -> None:
-    """Append rows in one go (one transaction).
+    """Append rows and add them to the rollups, in one transaction (spendgate.store.rollups).
 
-    The Appender converts rows holding the GIL; in small slices the proxy's event loop (same
-    process) gets the GIL back between them instead of stalling for a whole batch.
+    The rows go through a temporary batch table: from there one INSERT puts them in `requests`
+    and one MERGE per rollup adds their sums, so rows and rollups never disagree. The Appender
+    converts rows holding the GIL; in small slices the proxy's event loop (same process) gets the
+    GIL back between them instead of stalling for a whole batch.
     """
-    app = cur.appender("requests", columns=list(COLUMNS))
+    cur.execute(f"CREATE TEMP TABLE IF NOT EXISTS {_BATCH} AS SELECT * FROM requests LIMIT 0")
     values = [_values(r) for r in rows]
-    for i in range(0, len(values), APPEND_SLICE):
-        app.append_rows(values[i : i + APPEND_SLICE])
-    app.flush()
+    cur.execute("BEGIN")
+    try:
+        app = cur.appender(_BATCH, columns=list(COLUMNS))
+        for i in range(0, len(values), APPEND_SLICE):
+            app.append_rows(values[i : i + APPEND_SLICE])
+        app.flush()
+        cur.execute(f"INSERT INTO requests BY NAME SELECT * FROM {_BATCH}")
+        rollups.apply_batch(cur, _BATCH)
+        cur.execute(f"DELETE FROM {_BATCH}")
+        cur.execute("COMMIT")
+    except BaseException:
+        cur.execute("ROLLBACK")
+        raise
+
+
+_BATCH = "_ledger_batch"  # temp table (per connection) holding the batch write_rows is committing

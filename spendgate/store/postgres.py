@@ -32,6 +32,7 @@ from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 
+from spendgate.store import rollups
 from spendgate.store.ledger import COLUMNS, LedgerRow
 
 log = logging.getLogger(__name__)
@@ -658,6 +659,7 @@ class PostgresStore:
                 f.flush()
                 con.execute(f"INSERT INTO requests ({cols}) SELECT {cols} FROM read_csv(?, header = true, "
                             "all_varchar = true)", [f.name])
+                rollups.rebuild(con)  # the copied rows summed, so the reports read them as from a file
         except self._psycopg.OperationalError as e:
             raise StoreUnavailable(f"the store {redact(self.url)} failed: {_why(e)}") from None
         return con.execute("SELECT count(*) FROM requests").fetchone()[0]

@@ -1,0 +1,255 @@
+"""Rollups: the ledger summed per UTC day and per UTC month, kept exact by the ledger writer.
+
+Reports over a month of a 10M-row ledger read ~830k raw rows; the same report over the month
+rollup reads one row per (month, user, key, model, provider, client, workspace, outcome, billing
+basis, plan, credential) actually seen: ~100k. Two tables, same columns:
+
+* `rollup_day`   bucket = the UTC day's midnight,
+* `rollup_month` bucket = the UTC month's first midnight,
+
+each with the sums a report needs (requests, tokens, cost/charged/notional USD, how many rows had
+no cost) and the latest `ts` of the group (`max_ts`, for "last seen"). Blocked and unpriced counts
+are `requests` of the `outcome` groups of that name.
+
+**Exact, not approximate.** Sums are DECIMAL(38, 10) over the rows' DECIMAL(20, 10), so a sum of
+rollups equals the sum of the rows, bit for bit. The writer updates both tables in the same
+transaction as the row insert (`apply_batch`, called by `ledger.write_rows`), by row whatever its
+timestamp (late rows from a laptop land in their own old bucket). Anything that changes rows in
+place (re-pricing, corrections) calls `rebuild(cur, since, until)` in its own transaction, which
+recomputes the touched days from the rows and the touched months from the days.
+
+**Windows not on bucket edges.** `source(since, until)` answers any half-open range [since,
+until) exactly: whole months from `rollup_month`, whole days from `rollup_day`, and the partial
+days at either edge from raw rows (a plain `ts` range: zone maps keep that cheap). Policy time
+zones (a month starting 22:00 UTC in Paris, 18:30 UTC in Kolkata) are just such edges. A report
+selects from `source()` instead of `requests`; with `USE = False` (tests) or a file not yet
+migrated, `source()` is the raw rows alone, so the same query computes the same report from raw
+rows -- which is how tests/unit/test_rollups.py proves them identical.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+USE = True  # False: every report reads raw rows (the tests compare both ways)
+
+# the dimensions reports group or filter by (spendgate.reports.queries.GROUPS, unpriced, subscriptions)
+DIMS = ('"user"', "key_fingerprint", "model", "provider", "client", "workspace", "outcome", "billing_basis",
+        "plan", "credential")  # fmt: skip
+TOKENS = ("input_tokens", "cache_read_tokens", "cache_write_tokens", "cache_write_1h_tokens", "output_tokens",
+          "reasoning_tokens", "web_search_requests")  # fmt: skip
+USD = ("cost_usd", "charged_usd", "notional_usd")
+# every measure: (rollup column, its type, how one raw row contributes, how rollup rows combine)
+MEASURES: tuple[tuple[str, str, str], ...] = (
+    ("requests", "BIGINT NOT NULL", "1::BIGINT"),
+    *((t, "BIGINT NOT NULL", f"{t}::BIGINT") for t in TOKENS),
+    *((u, "DECIMAL(38, 10)", f"{u}::DECIMAL(38, 10)") for u in USD),
+    ("cost_null", "BIGINT NOT NULL", "(cost_usd IS NULL)::BIGINT"),  # rows without a cost (unpriced, blocked)
+    ("max_ts", "TIMESTAMPTZ NOT NULL", "ts"),
+)
+_COLS = ", ".join(DIMS)
+_MCOLS = ", ".join(m[0] for m in MEASURES)
+TABLES = ("rollup_day", "rollup_month")
+
+
+def _agg(col: str, *, of_rows: bool) -> str:
+    """The aggregate of a measure over raw rows (of_rows) or over rollup rows."""
+    if col == "max_ts":
+        return f"max({'ts' if of_rows else 'max_ts'})"
+    if of_rows:
+        expr = dict((m[0], m[2]) for m in MEASURES)[col]
+        if col == "requests":
+            return "count(*)"
+        return f"sum({expr})" if col in USD else f"coalesce(sum({expr}), 0)"
+    return f"sum({col})" if col in USD else f"coalesce(sum({col}), 0)"
+
+
+def bucket_sql(grain: str, col: str = "ts") -> str:
+    """The UTC day or month start holding `col`, whatever the session's time zone."""
+    return f"timezone('UTC', date_trunc('{grain}', timezone('UTC', {col})))"
+
+
+def ddl() -> str:
+    cols = ",\n".join([f"    {d} VARCHAR" for d in DIMS] + [f"    {m[0]} {m[1]}" for m in MEASURES])
+    return "\n".join(f"CREATE TABLE IF NOT EXISTS {t} (\n    bucket TIMESTAMPTZ NOT NULL,\n{cols}\n);" for t in TABLES)
+
+
+def _aggregate_rows(grain: str, table: str, where: str = "") -> str:
+    """SELECT bucket, dims, sums FROM raw rows of `table` grouped by `grain` bucket."""
+    aggs = ", ".join(f"{_agg(m[0], of_rows=True)} AS {m[0]}" for m in MEASURES)
+    return f"SELECT {bucket_sql(grain)} AS bucket, {_COLS}, {aggs} FROM {table} {where} GROUP BY ALL"
+
+
+def _months_from_days(where: str = "") -> str:
+    aggs = ", ".join(f"{_agg(m[0], of_rows=False)} AS {m[0]}" for m in MEASURES)
+    return f"SELECT {bucket_sql('month', 'bucket')} AS bucket, {_COLS}, {aggs} FROM rollup_day {where} GROUP BY ALL"
+
+
+def migration_sql() -> str:
+    """The DuckDB migration: the tables, filled from the rows already there."""
+    return f"""
+        {ddl()}
+        CREATE TABLE IF NOT EXISTS rollup_meta (built_at TIMESTAMPTZ NOT NULL);
+        DELETE FROM rollup_day; DELETE FROM rollup_month; DELETE FROM rollup_meta;
+        INSERT INTO rollup_day {_aggregate_rows('day', 'requests')} ORDER BY bucket;
+        INSERT INTO rollup_month {_months_from_days()} ORDER BY bucket;
+        INSERT INTO rollup_meta VALUES (now());
+    """
+
+
+def _merge(table: str, grain: str, batch: str) -> str:
+    on = " AND ".join(["r.bucket = d.bucket"] + [f"r.{d} IS NOT DISTINCT FROM d.{d}" for d in DIMS])
+    sets = []
+    for name, _type, _expr in MEASURES:
+        if name == "max_ts":
+            sets.append("max_ts = greatest(r.max_ts, d.max_ts)")
+        elif name in USD:
+            sets.append(f"{name} = coalesce(r.{name} + d.{name}, r.{name}, d.{name})")  # NULL only if both are
+        else:
+            sets.append(f"{name} = r.{name} + d.{name}")
+    return (f"MERGE INTO {table} AS r USING ({_aggregate_rows(grain, batch)}) AS d ON {on} "
+            f"WHEN MATCHED THEN UPDATE SET {', '.join(sets)} WHEN NOT MATCHED THEN INSERT BY NAME")
+
+
+def apply_batch(cur: Any, batch: str) -> None:
+    """Add the rows of table `batch` (just inserted into `requests`) to both rollups.
+
+    Call inside the transaction that inserted them, so rows and rollups commit together. By row:
+    rows of any age go to their own bucket.
+    """
+    cur.execute(_merge("rollup_day", "day", batch))
+    cur.execute(_merge("rollup_month", "month", batch))
+
+
+def rebuild(cur: Any, since: datetime | None = None, until: datetime | None = None) -> None:
+    """Recompute the rollups of the days touching [since, until) from the rows (None: all time),
+    and the months holding them from the days. For whatever changed rows in place (re-pricing,
+    corrections, bulk loads); run it in the same transaction as the change to stay exact."""
+    lo = floor_day(since) if since else None
+    hi = ceil_day(until) if until else None
+    cond, params = _range("bucket", lo, hi)
+    raw_cond, raw_params = _range("ts", lo, hi)
+    cur.execute(f"DELETE FROM rollup_day {cond}", params)
+    cur.execute(f"INSERT INTO rollup_day {_aggregate_rows('day', 'requests', raw_cond)} ORDER BY bucket", raw_params)
+    mcond, mparams = _range("bucket", floor_month(lo) if lo else None, ceil_month(hi) if hi else None)
+    cur.execute(f"DELETE FROM rollup_month {mcond}", mparams)
+    cur.execute(f"INSERT INTO rollup_month {_months_from_days(mcond)} ORDER BY bucket", mparams)
+
+
+def available(cur: Any) -> bool:
+    """True when reports may read the rollups: USE is on and this file has them (a ledger opened
+    read-only before its migration has not)."""
+    if not USE:
+        return False
+    return bool(cur.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'rollup_meta' "
+                            "AND schema_name = 'main'").fetchone()[0])
+
+
+# -- reading -------------------------------------------------------------------------------------
+
+
+def _range(col: str, lo: datetime | None, hi: datetime | None) -> tuple[str, list[Any]]:
+    parts, params = [], []
+    if lo is not None:
+        parts.append(f"{col} >= ?")
+        params.append(lo)
+    if hi is not None:
+        parts.append(f"{col} < ?")
+        params.append(hi)
+    return (f"WHERE {' AND '.join(parts)}" if parts else ""), params
+
+
+def floor_day(t: datetime) -> datetime:
+    t = t.astimezone(UTC)
+    return t.replace(hour=0, minute=0, second=0, microsecond=0)
+
+
+def ceil_day(t: datetime) -> datetime:
+    f = floor_day(t)
+    return f if f == t else f + timedelta(days=1)
+
+
+def floor_month(t: datetime) -> datetime:
+    return floor_day(t).replace(day=1)
+
+
+def ceil_month(t: datetime) -> datetime:
+    f = floor_month(t)
+    if f == t:
+        return f
+    return f.replace(year=f.year + 1, month=1) if f.month == 12 else f.replace(month=f.month + 1)
+
+
+def _raw(lo: datetime | None, hi: datetime | None, day: bool) -> tuple[str, list[Any]]:
+    cond, params = _range("ts", lo, hi)
+    extra = ", CAST(timezone('UTC', ts) AS DATE) AS day" if day else ""
+    ms = ", ".join(f"{m[2]} AS {m[0]}" for m in MEASURES)
+    return f"SELECT {_COLS}, {ms}, ts AS t0{extra} FROM requests {cond}", params
+
+
+def _rolled(table: str, lo: datetime | None, hi: datetime | None, day: bool) -> tuple[str, list[Any]]:
+    cond, params = _range("bucket", lo, hi)
+    extra = ", CAST(timezone('UTC', bucket) AS DATE) AS day" if day else ""
+    return f"SELECT {_COLS}, {_MCOLS}, bucket AS t0{extra} FROM {table} {cond}", params
+
+
+def pieces(since: datetime | None, until: datetime | None, *, by_day: bool = False
+           ) -> list[tuple[str, datetime | None, datetime | None]]:
+    """How [since, until) splits into (source, lo, hi): 'raw' edges, whole 'day's, whole 'month's.
+
+    by_day: no months (the caller groups by day). None is an open end.
+    """
+    s = since.astimezone(UTC) if since else None
+    u = until.astimezone(UTC) if until else None
+    if s is not None and u is not None and s >= u:
+        return []
+    d_lo = ceil_day(s) if s else None
+    d_hi = floor_day(u) if u else None
+    if d_lo is not None and d_hi is not None and d_lo >= d_hi:  # inside one day (or two partial ones)
+        return [("raw", s, u)]
+    out: list[tuple[str, datetime | None, datetime | None]] = []
+    if s is not None and s < d_lo:
+        out.append(("raw", s, d_lo))
+    if by_day:
+        out.append(("day", d_lo, d_hi))
+    else:
+        m_lo = ceil_month(d_lo) if d_lo else None
+        m_hi = floor_month(d_hi) if d_hi else None
+        if m_lo is not None and m_hi is not None and m_lo >= m_hi:
+            out.append(("day", d_lo, d_hi))
+        else:
+            if d_lo is not None and d_lo < m_lo:
+                out.append(("day", d_lo, m_lo))
+            out.append(("month", m_lo, m_hi))
+            if d_hi is not None and m_hi < d_hi:
+                out.append(("day", m_hi, d_hi))
+    if u is not None and d_hi < u:
+        out.append(("raw", d_hi, u))
+    return out
+
+
+def raw_source(since: datetime | None = None, until: datetime | None = None, *, by_day: bool = False
+               ) -> tuple[str, list[Any]]:
+    """`source` from the raw rows only: for ranges finer than a day (the latest hours, minutes)."""
+    sql, params = _raw(since, until, by_day)
+    return f"({sql})", params
+
+
+def source(cur: Any, since: datetime | None = None, until: datetime | None = None, *,
+           by_day: bool = False) -> tuple[str, list[Any]]:
+    """A subquery (with its parameters) yielding the ledger in [since, until) as rows of
+    (dimensions..., measures..., t0[, day]) -- rollup rows where whole buckets fit, raw rows at
+    the edges. Sum its measures; never count its rows. `t0` is the bucket start or the row's ts.
+
+    Raw rows throughout when the rollups are unavailable (see `available`)."""
+    if not available(cur):
+        return raw_source(since, until, by_day=by_day)
+    parts, params = [], []
+    for kind, lo, hi in pieces(since, until, by_day=by_day):
+        q, p = _raw(lo, hi, by_day) if kind == "raw" else _rolled(f"rollup_{kind}", lo, hi, by_day)
+        parts.append(q)
+        params += p
+    if not parts:  # an empty range
+        return raw_source(since, until, by_day=by_day)
+    return "(" + " UNION ALL ".join(parts) + ")", params
