@@ -32,7 +32,7 @@ from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 
-from spendgate.store import rollups
+from spendgate.store import pg_rollups, rollups
 from spendgate.store.ledger import COLUMNS, LedgerRow
 
 log = logging.getLogger(__name__)
@@ -323,6 +323,11 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         ALTER TABLE requests ADD COLUMN IF NOT EXISTS modifiers TEXT;
         """,
     ),
+    (
+        3,
+        "the ledger partitioned by month; day and month rollups kept by a trigger (spendgate/store/pg_rollups.py)",
+        pg_rollups.migration_sql(),
+    ),
 ]
 SCHEMA_VERSION = max(v for v, _, _ in MIGRATIONS)
 MIGRATION_LOCK = 0x5E4D6A7E  # pg_advisory_xact_lock key: two `store migrate` runs take turns
@@ -575,6 +580,12 @@ class PostgresStore:
                 break
             out.append(rid)
         return out
+
+    def ensure_partitions(self, ahead: int = 2) -> int:
+        """Create the ledger's monthly partitions from last month (late rows) to `ahead` months on;
+        how many were new."""
+        return self._run("SELECT spendgate_ensure_partitions(%s, now() - interval '1 month')", [ahead + 1],
+                         fetch="one")[0]
 
     def forget_settled(self, older_than_seconds: float = 86400.0) -> int:
         """Drop closed reservations after a day (the ledger row keeps the facts)."""
