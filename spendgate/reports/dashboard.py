@@ -42,6 +42,10 @@ SERIES = {
     "day": Bucketing(timedelta(days=1), timedelta(days=30)),
 }
 BREAKDOWNS = ("workspace", "user", "model", "client")
+# rows per long list in an overview (what the page and `top` draw: 10 bars, a table); models and
+# clients stay whole (the donut sums the rest as "other"). /api/spend and /api/subscriptions list all.
+OVERVIEW_TOP = 25
+LONG_LISTS = ("workspace", "user")
 EXPORT_FORMATS = ("parquet", "csv")
 # what a finance export carries: every ledger column (fingerprints, never raw keys; no prompt text exists)
 EXPORT_COLUMNS = COLUMNS
@@ -131,10 +135,8 @@ def blocks(
     cur: duckdb.DuckDBPyConnection, since: datetime | None = None, user: str | None = None, limit: int = 20
 ) -> list[dict[str, Any]]:
     """The latest refused requests, with the reason the caller was given."""
-    where, params = sql.where("outcome = 'blocked'", *sql.ts_range(since), (USER, user))
-    query = f"""SELECT ts, "user", client, provider, model, status, workspace, note AS reason
-                FROM requests {where} ORDER BY ts DESC, request_id LIMIT ?"""
-    return sql.rows(cur, query, [*params, limit])
+    return reports.latest(cur, 'ts, "user", client, provider, model, status, workspace, note AS reason', limit,
+                          "outcome = 'blocked'", (USER, user), since=since)
 
 
 def unpriced(
@@ -165,11 +167,12 @@ def overview(
         "since": sql.jsonable(start),
         "totals": totals(cur, now, user),
         "series": {name: series(cur, name, now, user) for name in SERIES},
-        "breakdowns": {by: reports.spend(cur, by, since=start, user=user) for by in BREAKDOWNS},
+        "breakdowns": {by: reports.spend(cur, by, since=start, user=user,
+                                         limit=OVERVIEW_TOP if by in LONG_LISTS else None) for by in BREAKDOWNS},
         "latest": reports.ledger(cur, 15, user=user, trace_url=trace_url),
         "blocks": blocks(cur, start, user),
         "unpriced": unpriced(cur, start, user),
-        "subscriptions": reports.subscriptions(cur, start, user=user),
+        "subscriptions": reports.subscriptions(cur, start, user=user, limit=OVERVIEW_TOP),
     }
 
 

@@ -216,3 +216,19 @@ def test_pieces_cover_the_range_exactly_once():
         assert hi == lo  # contiguous, no overlap
     assert rollups.pieces(None, None) == [("month", None, None)]
     assert [k for k, *_ in rollups.pieces(t, None, by_day=True)] == ["raw", "day"]
+
+
+def test_latest_rows_found_in_a_recent_range_are_the_newest_of_all(ledger):
+    cols = 'ts, request_id, "user", outcome'
+    for now in (datetime(2026, 11, 18, tzinfo=UTC), datetime(2026, 11, 1, 0, 30, tzinfo=UTC),
+                datetime(2026, 10, 2, tzinfo=UTC), datetime(2030, 1, 1, tzinfo=UTC), START):
+        for limit in (1, 15, 50, 400):
+            for cond in ((), ("outcome = 'blocked'",), (('"user" = ?', "u4"),)):
+                for since in (None, datetime(2026, 10, 31, tzinfo=UTC)):
+                    got = queries.latest(ledger.cursor(), cols, limit, *cond, since=since, now=now)
+                    where, params = __import__("spendgate.store.sql", fromlist=["where"]).where(
+                        *cond, ("ts >= ?", since))
+                    want = [r[1] for r in ledger.execute(
+                        f"SELECT {cols} FROM requests {where} ORDER BY ts DESC, request_id LIMIT ?",
+                        [*params, limit]).fetchall()]
+                    assert [r["request_id"] for r in got] == want, (now, limit, cond, since)
