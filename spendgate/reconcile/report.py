@@ -81,7 +81,8 @@ def _metered(cur: duckdb.DuckDBPyConnection, since: date | None, until: date | N
     """
     keep = ("model", "key_fingerprint", "workspace") if by is None else _METERED_DIMS[by]
     cols = ", ".join(c if c in keep else f"NULL AS {c}" for c in ("model", "key_fingerprint", "workspace"))
-    src, params = rollups.source(cur, *sql.day_bounds(since, until), by_day=True)  # day rollups, raw at no edge
+    src, params = rollups.source(cur, *sql.day_bounds(since, until), by_day=True,  # whole UTC days: no raw edge
+                                 dims=("provider", *keep, "billing_basis", "outcome"))
     res = cur.execute(
         f"""SELECT provider, day, {cols},
                    coalesce(sum(cost_usd), 0) AS amount, sum(requests) AS requests,
@@ -191,7 +192,8 @@ def reconcile(
 def subscription_usage(cur: duckdb.DuckDBPyConnection, since: date | None, until: date | None) -> list[dict[str, Any]]:
     """Subscription usage per plan and user over the same UTC days: not compared with any bill (the
     seat is what is billed), listed for plan limits and seat value."""
-    src, params = rollups.source(cur, *sql.day_bounds(since, until))
+    src, params = rollups.source(cur, *sql.day_bounds(since, until),
+                                 dims=("plan", '"user"', "provider", "billing_basis"))
     res = cur.execute(
         f"""SELECT coalesce(plan, '(no plan)') AS plan, "user", provider, sum(requests) AS requests,
                    sum(input_tokens)::BIGINT AS input_tokens, sum(output_tokens)::BIGINT AS output_tokens,

@@ -52,6 +52,7 @@ EXPORT_COLUMNS = COLUMNS
 
 
 USER = '"user" = ?'
+USER_COL = '"user"'
 
 
 def floor_time(t: datetime, step: timedelta) -> datetime:
@@ -71,8 +72,8 @@ def totals(cur: duckdb.DuckDBPyConnection, now: datetime | None = None, user: st
     starts = {w: reports.window_start(w, now) for w in reports.WINDOWS}
     parts, params = [], []
     for w in reports.WINDOWS:  # each window from its own exact source (rollups, raw at the edges)
-        src, p = rollups.source(cur, starts[w])
-        parts.append(f"SELECT '{w}' AS w, * FROM {src}")
+        src, p = rollups.source(cur, starts[w], dims=("outcome", "billing_basis", *([USER_COL] if user else [])))
+        parts.append(f"SELECT '{w}' AS w, * FROM {src}")  # noqa: S608 (w is one of WINDOWS)
         params += p
     where, more = sql.where((USER, user))
     query = f"""
@@ -111,8 +112,9 @@ def series(
     first = last - b.span + b.step
     secs = int(b.step.total_seconds())
     # buckets of a day or more from the rollups (whole UTC days); finer ones from the raw rows
-    src, params = (rollups.source(cur, first, by_day=True) if secs >= 86400
-                   else rollups.raw_source(first))
+    dims = ("outcome", *([USER_COL] if user else []))
+    src, params = (rollups.source(cur, first, by_day=True, dims=dims) if secs >= 86400
+                   else rollups.raw_source(first, dims=dims))
     where, more = sql.where((USER, user))
     params += more
     query = f"""
@@ -143,7 +145,7 @@ def unpriced(
     cur: duckdb.DuckDBPyConnection, since: datetime | None = None, user: str | None = None
 ) -> list[dict[str, Any]]:
     """Models the gateway could not price: what they cost at the fallback rate and who used them."""
-    src, params = rollups.source(cur, since)
+    src, params = rollups.source(cur, since, dims=("provider", "model", "outcome", USER_COL))
     where, more = sql.where("outcome = 'unpriced'", (USER, user))
     query = f"""SELECT provider, coalesce(model, '(unknown)') AS model, sum(requests) AS requests,
                      count(DISTINCT "user") AS users, sum(input_tokens)::BIGINT AS input_tokens,

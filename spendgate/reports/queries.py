@@ -26,6 +26,10 @@ GROUPS = {
     "basis": "billing_basis",
     "plan": "coalesce(plan, CASE WHEN billing_basis = 'subscription' THEN '(no plan)' ELSE '(api)' END)",
 }
+# the ledger columns each grouping reads (spendgate.store.rollups picks the narrowest rollup holding them)
+GROUP_DIMS = {"user": ('"user"',), "key": ("key_fingerprint",), "model": ("model",), "provider": ("provider",),
+              "client": ("client",), "workspace": ("workspace",), "outcome": ("outcome",), "basis": ("billing_basis",),
+              "plan": ("plan", "billing_basis")}
 WINDOWS = ("hour", "day", "week", "month")
 
 LEDGER_FIELDS = (
@@ -101,7 +105,8 @@ def spend(
     if by not in GROUPS:
         raise ValueError(f"unknown grouping {by!r} (one of {', '.join(GROUPS)})")
     start = since or (window_start(window) if window else None)
-    src, params = rollups.source(cur, start)
+    dims = (*GROUP_DIMS[by], "billing_basis", "outcome", *(['"user"'] if user else []))
+    src, params = rollups.source(cur, start, dims=dims)
     where, more = sql.where(('"user" = ?', user))
     query = f"""
         SELECT {GROUPS[by]} AS "group", sum(requests) AS requests,
@@ -134,7 +139,8 @@ def subscriptions(
 
     Not money the company is invoiced (the seat is): for comparing with plan limits and seat prices.
     """
-    src, params = rollups.source(cur, since, until)
+    src, params = rollups.source(cur, since, until,
+                                 dims=("plan", '"user"', "provider", "credential", "billing_basis", "outcome"))
     where, more = sql.where("billing_basis = 'subscription'", ('"user" = ?', user))
     query = f"""
         SELECT coalesce(plan, '(no plan)') AS plan, "user", provider, credential, sum(requests) AS requests,

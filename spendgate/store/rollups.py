@@ -29,6 +29,7 @@ rows -- which is how tests/unit/test_rollups.py proves them identical.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -48,9 +49,16 @@ MEASURES: tuple[tuple[str, str, str], ...] = (
     ("cost_null", "BIGINT NOT NULL", "(cost_usd IS NULL)::BIGINT"),  # rows without a cost (unpriced, blocked)
     ("max_ts", "TIMESTAMPTZ NOT NULL", "ts"),
 )
-_COLS = ", ".join(DIMS)
+# narrower families of the same sums, so a report reads the fewest rows that still hold its dimensions:
+# per user (every per-user attribute, no model) and per model (no user). "" is every dimension.
+FAMILIES: dict[str, tuple[str, ...]] = {
+    "_model": ("provider", "model", "outcome", "billing_basis", "plan", "credential"),
+    "_user": ('"user"', "key_fingerprint", "client", "workspace", "outcome", "billing_basis", "plan", "credential"),
+    "": DIMS,
+}
+GRAINS = ("day", "month")
+TABLES = tuple(f"rollup_{g}{f}" for f in FAMILIES for g in GRAINS)
 _MCOLS = ", ".join(m[0] for m in MEASURES)
-TABLES = ("rollup_day", "rollup_month")
 
 
 def _agg(col: str, *, of_rows: bool) -> str:
@@ -71,35 +79,52 @@ def bucket_sql(grain: str, col: str = "ts") -> str:
 
 
 def ddl() -> str:
-    cols = ",\n".join([f"    {d} VARCHAR" for d in DIMS] + [f"    {m[0]} {m[1]}" for m in MEASURES])
-    return "\n".join(f"CREATE TABLE IF NOT EXISTS {t} (\n    bucket TIMESTAMPTZ NOT NULL,\n{cols}\n);" for t in TABLES)
+    out = []
+    for fam, dims in FAMILIES.items():
+        cols = ",\n".join([f"    {d} VARCHAR" for d in dims] + [f"    {m[0]} {m[1]}" for m in MEASURES])
+        for g in GRAINS:
+            out.append(f"CREATE TABLE IF NOT EXISTS rollup_{g}{fam} (\n    bucket TIMESTAMPTZ NOT NULL,\n{cols}\n);")
+    return "\n".join(out)
 
 
-def _aggregate_rows(grain: str, table: str, where: str = "") -> str:
+def _aggregate_rows(grain: str, table: str, where: str = "", dims: tuple[str, ...] = DIMS) -> str:
     """SELECT bucket, dims, sums FROM raw rows of `table` grouped by `grain` bucket."""
     aggs = ", ".join(f"{_agg(m[0], of_rows=True)} AS {m[0]}" for m in MEASURES)
-    return f"SELECT {bucket_sql(grain)} AS bucket, {_COLS}, {aggs} FROM {table} {where} GROUP BY ALL"
+    return f"SELECT {bucket_sql(grain)} AS bucket, {', '.join(dims)}, {aggs} FROM {table} {where} GROUP BY ALL"
 
 
-def _months_from_days(where: str = "") -> str:
+def _regroup(grain: str, source: str, dims: tuple[str, ...], where: str = "") -> str:
+    """Rollup rows of `source` summed to `grain` buckets and `dims` (months from days, narrow from wide)."""
     aggs = ", ".join(f"{_agg(m[0], of_rows=False)} AS {m[0]}" for m in MEASURES)
-    return f"SELECT {bucket_sql('month', 'bucket')} AS bucket, {_COLS}, {aggs} FROM rollup_day {where} GROUP BY ALL"
+    return (f"SELECT {bucket_sql(grain, 'bucket')} AS bucket, {', '.join(dims)}, {aggs} FROM {source} {where} "
+            "GROUP BY ALL")
+
+
+def _fill() -> list[str]:
+    """Statements filling every table from the rows (day, wide), then the rest from rollups."""
+    out = [f"INSERT INTO rollup_day {_aggregate_rows('day', 'requests')} ORDER BY bucket"]
+    for fam, dims in FAMILIES.items():
+        if fam:
+            out.append(f"INSERT INTO rollup_day{fam} {_regroup('day', 'rollup_day', dims)} ORDER BY bucket")
+        out.append(f"INSERT INTO rollup_month{fam} {_regroup('month', f'rollup_day{fam}', dims)} ORDER BY bucket")
+    return out
 
 
 def migration_sql() -> str:
     """The DuckDB migration: the tables, filled from the rows already there."""
+    clear = " ".join(f"DELETE FROM {t};" for t in TABLES)
+    fill = ";\n        ".join(_fill())
     return f"""
         {ddl()}
         CREATE TABLE IF NOT EXISTS rollup_meta (built_at TIMESTAMPTZ NOT NULL);
-        DELETE FROM rollup_day; DELETE FROM rollup_month; DELETE FROM rollup_meta;
-        INSERT INTO rollup_day {_aggregate_rows('day', 'requests')} ORDER BY bucket;
-        INSERT INTO rollup_month {_months_from_days()} ORDER BY bucket;
+        {clear} DELETE FROM rollup_meta;
+        {fill};
         INSERT INTO rollup_meta VALUES (now());
     """
 
 
-def _merge(table: str, grain: str, batch: str) -> str:
-    on = " AND ".join(["r.bucket = d.bucket"] + [f"r.{d} IS NOT DISTINCT FROM d.{d}" for d in DIMS])
+def _merge(table: str, grain: str, batch: str, dims: tuple[str, ...]) -> str:
+    on = " AND ".join(["r.bucket = d.bucket"] + [f"r.{d} IS NOT DISTINCT FROM d.{d}" for d in dims])
     sets = []
     for name, _type, _expr in MEASURES:
         if name == "max_ts":
@@ -108,18 +133,19 @@ def _merge(table: str, grain: str, batch: str) -> str:
             sets.append(f"{name} = coalesce(r.{name} + d.{name}, r.{name}, d.{name})")  # NULL only if both are
         else:
             sets.append(f"{name} = r.{name} + d.{name}")
-    return (f"MERGE INTO {table} AS r USING ({_aggregate_rows(grain, batch)}) AS d ON {on} "
+    return (f"MERGE INTO {table} AS r USING ({_aggregate_rows(grain, batch, dims=dims)}) AS d ON {on} "
             f"WHEN MATCHED THEN UPDATE SET {', '.join(sets)} WHEN NOT MATCHED THEN INSERT BY NAME")
 
 
 def apply_batch(cur: Any, batch: str) -> None:
-    """Add the rows of table `batch` (just inserted into `requests`) to both rollups.
+    """Add the rows of table `batch` (just inserted into `requests`) to every rollup.
 
     Call inside the transaction that inserted them, so rows and rollups commit together. By row:
     rows of any age go to their own bucket.
     """
-    cur.execute(_merge("rollup_day", "day", batch))
-    cur.execute(_merge("rollup_month", "month", batch))
+    for fam, dims in FAMILIES.items():
+        for g in GRAINS:
+            cur.execute(_merge(f"rollup_{g}{fam}", g, batch, dims))
 
 
 def rebuild(cur: Any, since: datetime | None = None, until: datetime | None = None) -> None:
@@ -130,11 +156,17 @@ def rebuild(cur: Any, since: datetime | None = None, until: datetime | None = No
     hi = ceil_day(until) if until else None
     cond, params = _range("bucket", lo, hi)
     raw_cond, raw_params = _range("ts", lo, hi)
-    cur.execute(f"DELETE FROM rollup_day {cond}", params)
-    cur.execute(f"INSERT INTO rollup_day {_aggregate_rows('day', 'requests', raw_cond)} ORDER BY bucket", raw_params)
     mcond, mparams = _range("bucket", floor_month(lo) if lo else None, ceil_month(hi) if hi else None)
-    cur.execute(f"DELETE FROM rollup_month {mcond}", mparams)
-    cur.execute(f"INSERT INTO rollup_month {_months_from_days(mcond)} ORDER BY bucket", mparams)
+    for fam in FAMILIES:
+        cur.execute(f"DELETE FROM rollup_day{fam} {cond}", params)
+        cur.execute(f"DELETE FROM rollup_month{fam} {mcond}", mparams)
+    cur.execute(f"INSERT INTO rollup_day {_aggregate_rows('day', 'requests', raw_cond)} ORDER BY bucket", raw_params)
+    for fam, dims in FAMILIES.items():
+        if fam:
+            cur.execute(f"INSERT INTO rollup_day{fam} {_regroup('day', 'rollup_day', dims, cond)} ORDER BY bucket",
+                        params)
+        cur.execute(f"INSERT INTO rollup_month{fam} {_regroup('month', f'rollup_day{fam}', dims, mcond)} "
+                    "ORDER BY bucket", mparams)
 
 
 def available(cur: Any) -> bool:
@@ -181,17 +213,19 @@ def ceil_month(t: datetime) -> datetime:
     return f.replace(year=f.year + 1, month=1) if f.month == 12 else f.replace(month=f.month + 1)
 
 
-def _raw(lo: datetime | None, hi: datetime | None, day: bool) -> tuple[str, list[Any]]:
+def _raw(lo: datetime | None, hi: datetime | None, day: bool, dims: tuple[str, ...] = DIMS) -> tuple[str, list[Any]]:
     cond, params = _range("ts", lo, hi)
     extra = ", CAST(timezone('UTC', ts) AS DATE) AS day" if day else ""
     ms = ", ".join(f"{m[2]} AS {m[0]}" for m in MEASURES)
-    return f"SELECT {_COLS}, {ms}, ts AS t0{extra} FROM requests {cond}", params
+    return f"SELECT {', '.join(dims)}, {ms}, ts AS t0{extra} FROM requests {cond}", params
 
 
-def _rolled(table: str, lo: datetime | None, hi: datetime | None, day: bool) -> tuple[str, list[Any]]:
+def _rolled(grain: str, lo: datetime | None, hi: datetime | None, day: bool, dims: tuple[str, ...]
+            ) -> tuple[str, list[Any]]:
+    fam = next(f for f, have in FAMILIES.items() if set(dims) <= set(have))  # the narrowest that has them
     cond, params = _range("bucket", lo, hi)
     extra = ", CAST(timezone('UTC', bucket) AS DATE) AS day" if day else ""
-    return f"SELECT {_COLS}, {_MCOLS}, bucket AS t0{extra} FROM {table} {cond}", params
+    return f"SELECT {', '.join(dims)}, {_MCOLS}, bucket AS t0{extra} FROM rollup_{grain}{fam} {cond}", params
 
 
 def pieces(since: datetime | None, until: datetime | None, *, by_day: bool = False
@@ -229,27 +263,40 @@ def pieces(since: datetime | None, until: datetime | None, *, by_day: bool = Fal
     return out
 
 
-def raw_source(since: datetime | None = None, until: datetime | None = None, *, by_day: bool = False
-               ) -> tuple[str, list[Any]]:
+def raw_source(since: datetime | None = None, until: datetime | None = None, *, by_day: bool = False,
+               dims: Iterable[str] | None = None) -> tuple[str, list[Any]]:
     """`source` from the raw rows only: for ranges finer than a day (the latest hours, minutes)."""
-    sql, params = _raw(since, until, by_day)
+    sql, params = _raw(since, until, by_day, _dims(dims))
     return f"({sql})", params
 
 
+def _dims(dims: Iterable[str] | None) -> tuple[str, ...]:
+    if dims is None:
+        return DIMS
+    want = set(dims)
+    unknown = want - set(DIMS)
+    if unknown:
+        raise ValueError(f"not a rollup dimension: {', '.join(sorted(unknown))}")
+    return tuple(d for d in DIMS if d in want)
+
+
 def source(cur: Any, since: datetime | None = None, until: datetime | None = None, *,
-           by_day: bool = False) -> tuple[str, list[Any]]:
+           by_day: bool = False, dims: Iterable[str] | None = None) -> tuple[str, list[Any]]:
     """A subquery (with its parameters) yielding the ledger in [since, until) as rows of
-    (dimensions..., measures..., t0[, day]) -- rollup rows where whole buckets fit, raw rows at
-    the edges. Sum its measures; never count its rows. `t0` is the bucket start or the row's ts.
+    (dims..., measures..., t0[, day]) -- rollup rows where whole buckets fit, raw rows at the
+    edges. Sum its measures; never count its rows. `t0` is the bucket start or the row's ts.
+    `dims`: the dimensions the caller uses (None: all); each piece comes from the narrowest
+    rollup family holding them.
 
     Raw rows throughout when the rollups are unavailable (see `available`)."""
+    d = _dims(dims)
     if not available(cur):
-        return raw_source(since, until, by_day=by_day)
+        return raw_source(since, until, by_day=by_day, dims=d)
     parts, params = [], []
     for kind, lo, hi in pieces(since, until, by_day=by_day):
-        q, p = _raw(lo, hi, by_day) if kind == "raw" else _rolled(f"rollup_{kind}", lo, hi, by_day)
+        q, p = _raw(lo, hi, by_day, d) if kind == "raw" else _rolled(kind, lo, hi, by_day, d)
         parts.append(q)
         params += p
     if not parts:  # an empty range
-        return raw_source(since, until, by_day=by_day)
+        return raw_source(since, until, by_day=by_day, dims=d)
     return "(" + " UNION ALL ".join(parts) + ")", params

@@ -105,7 +105,7 @@ def test_incremental_rollups_equal_a_rebuild_from_the_rows(ledger):
         return ledger.execute(f"SELECT * FROM {table} ORDER BY ALL").fetchall()
 
     def grouped(table: str) -> list[tuple]:  # the same content whatever the physical row split
-        cols = ", ".join(rollups.DIMS)
+        cols = ", ".join(rollups.FAMILIES[table.removeprefix("rollup_").removeprefix("day").removeprefix("month")])
         sums = ", ".join(f"max(max_ts)" if m[0] == "max_ts" else f"sum({m[0]})" for m in rollups.MEASURES)
         return ledger.execute(f"SELECT bucket, {cols}, {sums} FROM {table} GROUP BY ALL ORDER BY ALL").fetchall()
 
@@ -232,3 +232,15 @@ def test_latest_rows_found_in_a_recent_range_are_the_newest_of_all(ledger):
                         f"SELECT {cols} FROM requests {where} ORDER BY ts DESC, request_id LIMIT ?",
                         [*params, limit]).fetchall()]
                     assert [r["request_id"] for r in got] == want, (now, limit, cond, since)
+
+
+def test_each_piece_reads_the_narrowest_rollup_holding_the_dimensions(ledger):
+    since = datetime(2026, 10, 14, 13, tzinfo=UTC)
+    src, _ = rollups.source(ledger, since, dims=("model", "outcome"))
+    assert "rollup_month_model" in src and "rollup_day_model" in src and "FROM requests" in src
+    src, _ = rollups.source(ledger, since, dims=('"user"', "workspace"))
+    assert "rollup_month_user" in src and "rollup_model" not in src
+    src, _ = rollups.source(ledger, since, dims=('"user"', "model"))
+    assert "rollup_month " in src and "_user" not in src and "_model" not in src
+    with pytest.raises(ValueError):
+        rollups.source(ledger, since, dims=("note",))
