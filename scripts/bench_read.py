@@ -152,6 +152,53 @@ def bench_cli(db: Path, policy: Path, repeat: int) -> dict[str, float]:
     return out
 
 
+def bench_writes(db: Path, batches: int = 30, size: int = 64) -> dict[str, float]:
+    """What the rollups add to a ledger write: ms per batch of `size` rows, rows alone (appended and
+    rolled back) vs rows + rollups (write_rows, committed: the ledger keeps them, consistently)."""
+    from decimal import Decimal
+
+    from spendgate.store.ledger import COLUMNS, LedgerRow, connect, write_rows
+
+    def rows(b: int) -> list[LedgerRow]:
+        now = datetime.now(UTC)
+        return [LedgerRow(
+            ts=now, request_id=f"bench-w{b}-{i}-{time.time_ns()}", provider="anthropic", endpoint="messages",
+            model="claude-sonnet-4-5", user=f"user{(b * size + i) % 2000}", key_fingerprint=None, client="claude-code",
+            session_id=None, stream=True, status=200, outcome="ok", estimated=False, input_tokens=1000,
+            cache_read_tokens=0, cache_write_tokens=0, cache_write_1h_tokens=0, output_tokens=100, reasoning_tokens=0,
+            web_search_requests=0, cost_usd=Decimal("0.0045"), price_source="genai-prices", latency_ms=1.0,
+            ttft_ms=None, workspace=f"ws{(b * size + i) % 40}", charged_usd=Decimal("0.0045"))
+            for i in range(size)]
+
+    con = connect(db)
+    cur = con.cursor()
+    out: dict[str, float] = {}
+    try:
+        plain = []
+        for b in range(batches):
+            batch = [tuple(getattr(r, c) for c in COLUMNS) for r in rows(b)]
+            t = time.perf_counter()
+            cur.execute("BEGIN")
+            app = cur.appender("requests", columns=list(COLUMNS))
+            app.append_rows(batch)
+            app.flush()
+            cur.execute("ROLLBACK")  # not kept: the rollups would not know these rows
+            plain.append((time.perf_counter() - t) * 1000)
+        rolled = []
+        for b in range(batches):
+            batch = rows(b)
+            t = time.perf_counter()
+            write_rows(cur, batch)
+            rolled.append((time.perf_counter() - t) * 1000)
+        out = {"batch_rows": size, "rows_only_ms": round(statistics.median(plain), 1),
+               "rows_and_rollups_ms": round(statistics.median(rolled), 1)}
+    finally:
+        con.close()
+    print(f"  write a batch of {size} rows: {out['rows_only_ms']} ms rows only, {out['rows_and_rollups_ms']} ms "
+          "with the rollups (median)", flush=True)
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description="spendgate read-side benchmark")
     ap.add_argument("--rows", type=int, default=1_000_000)
@@ -160,6 +207,7 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--skip-cli", action="store_true")
     ap.add_argument("--skip-routes", action="store_true")
+    ap.add_argument("--skip-writes", action="store_true", help="skip the rollups' write cost (it adds rows)")
     ap.add_argument("--out", type=Path, help="JSON destination")
     args = ap.parse_args()
 
@@ -176,6 +224,9 @@ def main() -> int:
     if not args.skip_routes:
         print("dashboard routes (in process, warm, median):", flush=True)
         result.update(bench_routes(db, policy, args.repeat))
+    if not args.skip_writes:
+        print("ledger writes (the rollups' cost):", flush=True)
+        result["writes"] = bench_writes(db)
     if not args.skip_cli:
         print("CLI (subprocess wall time including start-up, median):", flush=True)
         result["cli_ms"] = bench_cli(db, policy, max(1, min(args.repeat, 3)))

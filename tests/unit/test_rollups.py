@@ -244,3 +244,23 @@ def test_each_piece_reads_the_narrowest_rollup_holding_the_dimensions(ledger):
     assert "rollup_month " in src and "_user" not in src and "_model" not in src
     with pytest.raises(ValueError):
         rollups.source(ledger, since, dims=("note",))
+
+
+def test_budget_counters_rebuilt_at_start_are_identical_in_policy_time_zones(ledger):
+    """Start-up (budgets.recovery) reads the rollups too: windows start at local midnight."""
+    from spendgate.budgets.book import BudgetBook
+    from spendgate.budgets.recovery import rebuild_counters
+    from spendgate.policy.model import parse
+
+    for tz in ("Europe/Paris", "Asia/Kolkata", "America/New_York", "UTC"):
+        policy = parse(f"version: 1\ntimezone: {tz}\norganization: {{name: acme, budgets: {{month: 1000, week: 500, "
+                       "day: 100, hour: 50}}\ndefaults:\n  user: {month: 90, day: 9}\n"
+                       "workspaces:\n  ws1: {members: ['u1', 'u2', 'u3'], budgets: {day: 30}}\n", "p.yaml")
+        for now in (PARIS_DST + timedelta(hours=5), NY_DST + timedelta(minutes=30),
+                    datetime(2026, 11, 1, 0, 10, tzinfo=UTC), datetime(2026, 10, 31, 19, tzinfo=UTC)):
+            def counters(cur):
+                book = BudgetBook(policy)
+                rebuild_counters(cur, book, now)
+                return sorted((k, c.spent) for k, c in book.store.items())
+            a, b = _both(ledger, counters)
+            assert a == b and a, (tz, now)
