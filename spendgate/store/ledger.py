@@ -103,6 +103,7 @@ def row_from_dict(d: dict) -> LedgerRow:
     return LedgerRow(**values)
 
 APPEND_SLICE = 32  # rows per Appender call (see write_rows)
+COMPACT_EVERY = 600.0  # seconds between foldings of the rollup rows the writer appended (~1.5 s at 10M rows)
 _values = operator.attrgetter(*COLUMNS)  # a row's values in column order; not astuple, which deep-copies
 
 MIGRATIONS: list[tuple[int, str]] = [
@@ -404,6 +405,9 @@ class DuckDBLedger:
         self.stats = WriterStats()
         self._cur = self.con.cursor()  # the writer thread's own
         self._unwritten: list[LedgerRow] = []  # rows a failed write kept for the next try
+        # rollup buckets written since the last compaction (spendgate.store.rollups.compact)
+        self._touched: tuple[set[datetime], set[datetime]] = (set(), set())
+        self._compacted_at = time.monotonic()
         self._writer: Batcher[LedgerRow] = Batcher(self._write, commit_interval, "spendgate-ledger")
 
     # -- producer side (any thread, the event loop included: never blocks) --
@@ -417,6 +421,7 @@ class DuckDBLedger:
 
     def close(self) -> None:
         self._writer.close()
+        self._compact()
         if self._unwritten:
             log.error("ledger closed with %d rows it could not write: %s", len(self._unwritten), self.stats.last_error)
         try:
@@ -454,6 +459,11 @@ class DuckDBLedger:
             time.sleep(min(0.1 * self.stats.failures, 2.0))
             return False
         self._unwritten = []
+        for r in rows:
+            self._touched[0].add(rollups.floor_day(r.ts))
+            self._touched[1].add(rollups.floor_month(r.ts))
+        if time.monotonic() - self._compacted_at > COMPACT_EVERY or len(self._touched[0]) > 64:
+            self._compact()
         self.stats.written += len(rows)
         self.stats.batches += 1
         self.stats.pending = 0
@@ -466,6 +476,27 @@ class DuckDBLedger:
             except Exception:
                 log.exception("ledger listener failed")
         return True
+
+    def _compact(self) -> None:
+        """Fold the rollup rows of the buckets written since last time (writer thread, or close).
+        Only an optimisation: sums are exact either way, so a failure is logged and retried later."""
+        days, months = self._touched
+        if not days:
+            return
+        try:
+            self._cur.execute("BEGIN")
+            try:
+                rollups.compact(self._cur, days, months)
+                self._cur.execute("COMMIT")
+            except BaseException:
+                self._cur.execute("ROLLBACK")
+                raise
+        except Exception:
+            log.exception("ledger: compacting the rollups failed (they stay exact; will retry)")
+            return
+        finally:
+            self._compacted_at = time.monotonic()
+        self._touched = (set(), set())
 
     def _spill(self, rows: list[LedgerRow]) -> list[LedgerRow]:
         """Hand rows to on_spill; returns what could not be spilled and must be dropped (counted)."""

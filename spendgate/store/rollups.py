@@ -12,9 +12,10 @@ no cost) and the latest `ts` of the group (`max_ts`, for "last seen"). Blocked a
 are `requests` of the `outcome` groups of that name.
 
 **Exact, not approximate.** Sums are DECIMAL(38, 10) over the rows' DECIMAL(20, 10), so a sum of
-rollups equals the sum of the rows, bit for bit. The writer updates both tables in the same
+rollups equals the sum of the rows, bit for bit. The writer appends each batch's sums in the same
 transaction as the row insert (`apply_batch`, called by `ledger.write_rows`), by row whatever its
-timestamp (late rows from a laptop land in their own old bucket). Anything that changes rows in
+timestamp (late rows from a laptop land in their own old bucket); a group may so have several
+rows until `compact` folds them (the writer does, every few minutes): readers always sum. Anything that changes rows in
 place (re-pricing, corrections) calls `rebuild(cur, since, until)` in its own transaction, which
 recomputes the touched days from the rows and the touched months from the days.
 
@@ -123,29 +124,35 @@ def migration_sql() -> str:
     """
 
 
-def _merge(table: str, grain: str, batch: str, dims: tuple[str, ...]) -> str:
-    on = " AND ".join(["r.bucket = d.bucket"] + [f"r.{d} IS NOT DISTINCT FROM d.{d}" for d in dims])
-    sets = []
-    for name, _type, _expr in MEASURES:
-        if name == "max_ts":
-            sets.append("max_ts = greatest(r.max_ts, d.max_ts)")
-        elif name in USD:
-            sets.append(f"{name} = coalesce(r.{name} + d.{name}, r.{name}, d.{name})")  # NULL only if both are
-        else:
-            sets.append(f"{name} = r.{name} + d.{name}")
-    return (f"MERGE INTO {table} AS r USING ({_aggregate_rows(grain, batch, dims=dims)}) AS d ON {on} "
-            f"WHEN MATCHED THEN UPDATE SET {', '.join(sets)} WHEN NOT MATCHED THEN INSERT BY NAME")
-
-
 def apply_batch(cur: Any, batch: str) -> None:
     """Add the rows of table `batch` (just inserted into `requests`) to every rollup.
 
     Call inside the transaction that inserted them, so rows and rollups commit together. By row:
-    rows of any age go to their own bucket.
+    rows of any age go to their own bucket. The batch's sums are appended as rows of their own
+    (one INSERT per table, no lookup of the existing rows: a MERGE had to scan the current month's
+    rows on every write); readers sum rows anyway, and `compact` folds them in later.
     """
     for fam, dims in FAMILIES.items():
         for g in GRAINS:
-            cur.execute(_merge(f"rollup_{g}{fam}", g, batch, dims))
+            cur.execute(f"INSERT INTO rollup_{g}{fam} {_aggregate_rows(g, batch, dims=dims)}")
+
+
+def compact(cur: Any, days: Iterable[datetime], months: Iterable[datetime]) -> None:
+    """Fold the rows of the given buckets into one row per group (same sums: reports do not change).
+
+    The ledger's writer calls it for the buckets it touched, every few minutes and at close; run
+    it in a transaction (the caller's), so no reader sees a bucket half rewritten."""
+    for grain, buckets in (("day", sorted(set(days))), ("month", sorted(set(months)))):
+        if not buckets:
+            continue
+        cond = f"WHERE bucket IN ({', '.join('?' * len(buckets))})"
+        for fam, dims in FAMILIES.items():
+            table = f"rollup_{grain}{fam}"
+            cur.execute(f"CREATE OR REPLACE TEMP TABLE _rollup_compact AS {_regroup(grain, table, dims, cond)}",
+                        buckets)
+            cur.execute(f"DELETE FROM {table} {cond}", buckets)
+            cur.execute(f"INSERT INTO {table} SELECT * FROM _rollup_compact ORDER BY bucket")
+    cur.execute("DROP TABLE IF EXISTS _rollup_compact")
 
 
 def rebuild(cur: Any, since: datetime | None = None, until: datetime | None = None) -> None:
