@@ -51,10 +51,11 @@ MEASURES: tuple[tuple[str, str, str], ...] = (
     ("max_ts", "TIMESTAMPTZ NOT NULL", "ts"),
 )
 # narrower families of the same sums, so a report reads the fewest rows that still hold its dimensions:
-# per user (every per-user attribute, no model) and per model (no user). "" is every dimension.
+# per user (every per-user attribute and the provider, no model) and per model (no user). "" is all.
 FAMILIES: dict[str, tuple[str, ...]] = {
     "_model": ("provider", "model", "outcome", "billing_basis", "plan", "credential"),
-    "_user": ('"user"', "key_fingerprint", "client", "workspace", "outcome", "billing_basis", "plan", "credential"),
+    "_user": ('"user"', "key_fingerprint", "provider", "client", "workspace", "outcome", "billing_basis", "plan",
+              "credential"),
     "": DIMS,
 }
 GRAINS = ("day", "month")
