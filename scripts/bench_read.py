@@ -143,11 +143,13 @@ def bench_routes(db: Path, policy: Path, repeat: int) -> dict[str, Any]:
     return figures
 
 
-def bench_cli(db: Path, policy: Path, repeat: int) -> dict[str, Any]:
+def bench_cli(db: Path, policy: Path, repeat: int, skip: tuple[str, ...] = ()) -> dict[str, Any]:
     week = (datetime.now(UTC) - timedelta(days=7)).strftime("%Y-%m-%dT%H:%M:%SZ")
     env = {**os.environ, "SPENDGATE_DB": str(db), "PYTHONPATH": str(ROOT)}
     out: dict[str, float] = {}
     for name, argv in cli_commands(week).items():
+        if any(name.startswith(k) for k in skip):
+            continue
         cmd = [sys.executable, "-m", "spendgate", *argv]
 
         cpu: list[float] = []
@@ -222,6 +224,7 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--skip-cli", action="store_true")
     ap.add_argument("--skip-routes", action="store_true")
+    ap.add_argument("--skip-reprice", action="store_true", help="leave out `prices reprice` (slow at 30M rows)")
     ap.add_argument("--skip-writes", action="store_true", help="skip the rollups' write cost (it adds rows)")
     ap.add_argument("--out", type=Path, help="JSON destination")
     args = ap.parse_args()
@@ -244,7 +247,8 @@ def main() -> int:
         result["writes"] = bench_writes(db)
     if not args.skip_cli:
         print("CLI (subprocess wall time including start-up, median):", flush=True)
-        result["cli_ms"] = bench_cli(db, policy, max(1, min(args.repeat, 3)))
+        result["cli_ms"] = bench_cli(db, policy, max(1, min(args.repeat, 3)),
+                                     ("prices reprice",) if args.skip_reprice else ())
     out = args.out or ROOT / "bench-results" / f"bench-read-{args.rows}-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
