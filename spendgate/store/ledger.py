@@ -545,28 +545,31 @@ def storable(row: LedgerRow) -> LedgerRow:
 
 
 def write_rows(cur: duckdb.DuckDBPyConnection, rows: Iterable[LedgerRow]) -> None:
-    """Append rows and add them to the rollups, in one transaction (spendgate.store.rollups).
+    """Append rows and add their sums to the rollups, in one transaction (spendgate.store.rollups).
 
-    The rows go through a temporary batch table: from there one INSERT puts them in `requests`
-    and one MERGE per rollup adds their sums, so rows and rollups never disagree. The Appender
-    converts rows holding the GIL; in small slices the proxy's event loop (same process) gets the
-    GIL back between them instead of stalling for a whole batch.
+    Amounts are first made what the DECIMAL(20, 10) columns store (`rollups.exact`), so the sums
+    the rollups get are the sums of the stored values. The Appender converts rows holding the GIL;
+    in small slices the proxy's event loop (same process) gets the GIL back between them instead
+    of stalling for a whole batch.
     """
-    cur.execute(f"CREATE TEMP TABLE IF NOT EXISTS {_BATCH} AS SELECT * FROM requests LIMIT 0")
+    rows = list(rows)
+    for r in rows:
+        for name in _AMOUNTS:
+            v = getattr(r, name)
+            if v is not None:
+                setattr(r, name, rollups.exact(v))
     values = [_values(r) for r in rows]
     cur.execute("BEGIN")
     try:
-        app = cur.appender(_BATCH, columns=list(COLUMNS))
+        app = cur.appender("requests", columns=list(COLUMNS))
         for i in range(0, len(values), APPEND_SLICE):
             app.append_rows(values[i : i + APPEND_SLICE])
         app.flush()
-        cur.execute(f"INSERT INTO requests BY NAME SELECT * FROM {_BATCH}")
-        rollups.apply_batch(cur, _BATCH)
-        cur.execute(f"DELETE FROM {_BATCH}")
+        rollups.apply_rows(cur, rows)
         cur.execute("COMMIT")
     except BaseException:
         cur.execute("ROLLBACK")
         raise
 
 
-_BATCH = "_ledger_batch"  # temp table (per connection) holding the batch write_rows is committing
+_AMOUNTS = ("cost_usd", "charged_usd", "notional_usd")

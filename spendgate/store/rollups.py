@@ -13,7 +13,7 @@ are `requests` of the `outcome` groups of that name.
 
 **Exact, not approximate.** Sums are DECIMAL(38, 10) over the rows' DECIMAL(20, 10), so a sum of
 rollups equals the sum of the rows, bit for bit. The writer appends each batch's sums in the same
-transaction as the row insert (`apply_batch`, called by `ledger.write_rows`), by row whatever its
+transaction as the row insert (`apply_rows`, called by `ledger.write_rows`), by row whatever its
 timestamp (late rows from a laptop land in their own old bucket); a group may so have several
 rows until `compact` folds them (the writer does, every few minutes): readers always sum. Anything that changes rows in
 place (re-pricing, corrections) calls `rebuild(cur, since, until)` in its own transaction, which
@@ -32,6 +32,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
+from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import Any
 
 USE = True  # False: every report reads raw rows (the tests compare both ways)
@@ -125,17 +126,73 @@ def migration_sql() -> str:
     """
 
 
-def apply_batch(cur: Any, batch: str) -> None:
-    """Add the rows of table `batch` (just inserted into `requests`) to every rollup.
+QUANTUM = Decimal("1E-10")  # the ledger's DECIMAL(20, 10): amounts are stored at this precision
+
+
+def exact(v: Decimal | None) -> Decimal | None:
+    """An amount as the ledger stores it (10 decimal places, half away from zero), so a sum made in
+    Python equals the sum DuckDB makes of the stored values."""
+    if v is None or not v.is_finite() or v.as_tuple().exponent >= -10:
+        return v
+    try:
+        return v.quantize(QUANTUM, rounding=ROUND_HALF_UP)
+    except InvalidOperation:  # too many digits for any column: the write cleans it (ledger.storable)
+        return v
+
+
+_DIM_ATTRS = tuple(d.strip('"') for d in DIMS)
+_FAM_INDEX = {fam: tuple(DIMS.index(d) for d in dims) for fam, dims in FAMILIES.items()}
+
+
+def deltas(rows: Iterable[Any]) -> dict[str, list[tuple]]:
+    """Per rollup table, the rows' sums per (bucket, dimensions): (bucket, *dims, *measures) in
+    MEASURES order. `rows` are LedgerRow-like objects whose amounts went through `exact`."""
+    acc: dict[str, dict[tuple, list]] = {f"rollup_{g}{f}": {} for f in FAMILIES for g in GRAINS}
+    for r in rows:
+        ts = r.ts if r.ts.tzinfo else r.ts.replace(tzinfo=UTC)
+        buckets = {"day": floor_day(ts), "month": floor_month(ts)}
+        dims = tuple(getattr(r, a) for a in _DIM_ATTRS)
+        tokens = [getattr(r, t) or 0 for t in TOKENS]
+        usd = [getattr(r, u) for u in USD]
+        for fam, idx in _FAM_INDEX.items():
+            key_dims = tuple(dims[i] for i in idx)
+            for g in GRAINS:
+                groups = acc[f"rollup_{g}{fam}"]
+                key = (buckets[g], *key_dims)
+                m = groups.get(key)
+                if m is None:
+                    groups[key] = [1, *tokens, *usd, int(r.cost_usd is None), ts]
+                    continue
+                m[0] += 1
+                for i, t in enumerate(tokens, 1):
+                    m[i] += t
+                j = 1 + len(TOKENS)
+                for k, u in enumerate(usd):
+                    if u is not None:
+                        m[j + k] = u if m[j + k] is None else m[j + k] + u
+                m[j + len(USD)] += int(r.cost_usd is None)
+                if ts > m[-1]:
+                    m[-1] = ts
+    return {t: [(*k, *m) for k, m in groups.items()] for t, groups in acc.items()}
+
+
+def apply_rows(cur: Any, rows: Iterable[Any]) -> None:
+    """Add `rows` (just appended to `requests`, amounts through `exact`) to every rollup.
 
     Call inside the transaction that inserted them, so rows and rollups commit together. By row:
-    rows of any age go to their own bucket. The batch's sums are appended as rows of their own
-    (one INSERT per table, no lookup of the existing rows: a MERGE had to scan the current month's
-    rows on every write); readers sum rows anyway, and `compact` folds them in later.
+    rows of any age go to their own bucket. Each batch's sums are appended as rows of their own
+    with an Appender (no lookup of the rows already there: a MERGE had to scan the current month's
+    on every write); readers sum rows anyway, and `compact` folds them in later.
     """
-    for fam, dims in FAMILIES.items():
-        for g in GRAINS:
-            cur.execute(f"INSERT INTO rollup_{g}{fam} {_aggregate_rows(g, batch, dims=dims)}")
+    for table, out in deltas(rows).items():
+        fam = table.removeprefix("rollup_").removeprefix("day").removeprefix("month")
+        cols = ["bucket", *_DIM_ATTRS_OF[fam], *(m[0] for m in MEASURES)]
+        app = cur.appender(table, columns=cols)
+        app.append_rows(out)
+        app.flush()
+
+
+_DIM_ATTRS_OF = {fam: [d.strip('"') for d in dims] for fam, dims in FAMILIES.items()}
 
 
 def compact(cur: Any, days: Iterable[datetime], months: Iterable[datetime]) -> None:

@@ -35,6 +35,8 @@ def _row(i: int, ts: datetime, rnd: random.Random) -> LedgerRow:
     cost = None if outcome == "unpriced" or rnd.random() < 0.03 else Decimal(rnd.randint(0, 10**7)) / 10**9
     if basis == "subscription":
         cost = Decimal(0)
+    elif cost is not None and rnd.random() < 0.2:  # more places than the column keeps: stored rounded
+        cost = Decimal(rnd.randint(0, 10**15)) / 10**16 + Decimal("0.00000000005")
     user = f"u{rnd.randint(0, 11)}"
     return LedgerRow(
         ts=ts, request_id=f"r{i}", provider=rnd.choice(["anthropic", "openai", "google"]), endpoint="messages",
