@@ -29,7 +29,7 @@ _MEAS = [m[0] for m in MEASURES]
 
 def _table(name: str) -> str:
     cols = [f"{d} TEXT" for d in DIMS]
-    cols += [f"{t} BIGINT NOT NULL" for t in ("requests", *TOKENS, "cost_null")]
+    cols += [f"{t} NUMERIC(38, 0) NOT NULL" for t in ("requests", *TOKENS, "cost_null")]  # sums never overflow
     cols += [f"{u} NUMERIC(38, 10)" for u in USD]
     cols += ["max_ts TIMESTAMPTZ NOT NULL"]
     body = ",\n    ".join(["bucket TIMESTAMPTZ NOT NULL", *cols])

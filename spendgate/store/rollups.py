@@ -45,10 +45,10 @@ TOKENS = ("input_tokens", "cache_read_tokens", "cache_write_tokens", "cache_writ
 USD = ("cost_usd", "charged_usd", "notional_usd")
 # every measure: (rollup column, its type, how one raw row contributes, how rollup rows combine)
 MEASURES: tuple[tuple[str, str, str], ...] = (
-    ("requests", "BIGINT NOT NULL", "1::BIGINT"),
-    *((t, "BIGINT NOT NULL", f"{t}::BIGINT") for t in TOKENS),
+    ("requests", "HUGEINT NOT NULL", "1::BIGINT"),  # HUGEINT: a sum of BIGINTs never overflows
+    *((t, "HUGEINT NOT NULL", f"{t}::BIGINT") for t in TOKENS),
     *((u, "DECIMAL(38, 10)", f"{u}::DECIMAL(38, 10)") for u in USD),
-    ("cost_null", "BIGINT NOT NULL", "(cost_usd IS NULL)::BIGINT"),  # rows without a cost (unpriced, blocked)
+    ("cost_null", "HUGEINT NOT NULL", "(cost_usd IS NULL)::BIGINT"),  # rows without a cost (unpriced, blocked)
     ("max_ts", "TIMESTAMPTZ NOT NULL", "ts"),
 )
 # narrower families of the same sums, so a report reads the fewest rows that still hold its dimensions:
@@ -129,9 +129,14 @@ def migration_sql() -> str:
 QUANTUM = Decimal("1E-10")  # the ledger's DECIMAL(20, 10): amounts are stored at this precision
 
 
-def exact(v: Decimal | None) -> Decimal | None:
+def exact(v: Any) -> Any:
     """An amount as the ledger stores it (10 decimal places, half away from zero), so a sum made in
     Python equals the sum DuckDB makes of the stored values."""
+    if not isinstance(v, Decimal):  # a str, int or float some caller passed: what the column would read
+        try:
+            v = Decimal(str(v)) if v is not None else None
+        except (InvalidOperation, ValueError):
+            return v
     if v is None or not v.is_finite() or v.as_tuple().exponent >= -10:
         return v
     try:
