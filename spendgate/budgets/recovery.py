@@ -32,7 +32,7 @@ def rebuild_counters(cur: duckdb.DuckDBPyConnection, book: BudgetBook, now: date
     parts, params = [], []
     for w in WINDOWS:  # each window from the rollups, raw rows before its first whole UTC day (policy zone)
         src, p = rollups.source(cur, starts[w], dims=dims)
-        parts.append(f"SELECT '{w}' AS w, * FROM {src}")  # noqa: S608 (w is one of WINDOWS)
+        parts.append(f"SELECT '{w}' AS w, * FROM {src}")  # w is one of WINDOWS
         params += p
     rows = cur.execute(
         f'SELECT w, "user", key_fingerprint, workspace, billing_basis, plan, sum(charged_usd) '

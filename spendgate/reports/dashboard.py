@@ -73,7 +73,7 @@ def totals(cur: duckdb.DuckDBPyConnection, now: datetime | None = None, user: st
     parts, params = [], []
     for w in reports.WINDOWS:  # each window from its own exact source (rollups, raw at the edges)
         src, p = rollups.source(cur, starts[w], dims=("outcome", "billing_basis", *([USER_COL] if user else [])))
-        parts.append(f"SELECT '{w}' AS w, * FROM {src}")  # noqa: S608 (w is one of WINDOWS)
+        parts.append(f"SELECT '{w}' AS w, * FROM {src}")  # w is one of WINDOWS
         params += p
     where, more = sql.where((USER, user))
     query = f"""

@@ -15,9 +15,10 @@ are `requests` of the `outcome` groups of that name.
 rollups equals the sum of the rows, bit for bit. The writer appends each batch's sums in the same
 transaction as the row insert (`apply_rows`, called by `ledger.write_rows`), by row whatever its
 timestamp (late rows from a laptop land in their own old bucket); a group may so have several
-rows until `compact` folds them (the writer does, every few minutes): readers always sum. Anything that changes rows in
-place (re-pricing, corrections) calls `rebuild(cur, since, until)` in its own transaction, which
-recomputes the touched days from the rows and the touched months from the days.
+rows until `compact` folds them (the writer does, every 10 minutes): readers always sum.
+Anything that changes rows in place (re-pricing, corrections) calls `rebuild(cur, since, until)`
+in the transaction of the change: it recomputes the touched days from the rows and the touched
+months from the days.
 
 **Windows not on bucket edges.** `source(since, until)` answers any half-open range [since,
 until) exactly: whole months from `rollup_month`, whole days from `rollup_day`, and the partial
@@ -176,8 +177,7 @@ def deltas(rows: Iterable[Any]) -> dict[str, list[tuple]]:
                     if u is not None:
                         m[j + k] = u if m[j + k] is None else m[j + k] + u
                 m[j + len(USD)] += int(r.cost_usd is None)
-                if ts > m[-1]:
-                    m[-1] = ts
+                m[-1] = max(m[-1], ts)
     return {t: [(*k, *m) for k, m in groups.items()] for t, groups in acc.items()}
 
 

@@ -108,7 +108,7 @@ def test_incremental_rollups_equal_a_rebuild_from_the_rows(ledger):
 
     def grouped(table: str) -> list[tuple]:  # the same content whatever the physical row split
         cols = ", ".join(rollups.FAMILIES[table.removeprefix("rollup_").removeprefix("day").removeprefix("month")])
-        sums = ", ".join(f"max(max_ts)" if m[0] == "max_ts" else f"sum({m[0]})" for m in rollups.MEASURES)
+        sums = ", ".join("max(max_ts)" if m[0] == "max_ts" else f"sum({m[0]})" for m in rollups.MEASURES)
         return ledger.execute(f"SELECT bucket, {cols}, {sums} FROM {table} GROUP BY ALL ORDER BY ALL").fetchall()
 
     incremental = {t: grouped(t) for t in rollups.TABLES}
@@ -192,7 +192,7 @@ def test_reconciliation_metered_side_is_identical_from_rollups_and_raw_rows(ledg
     for since, until in days:
         for by in ("day", "model", "key", "workspace", None):
             a, b = _both(ledger, lambda cur: reconcile._metered(cur, since, until, by))
-            key = lambda r: tuple(str(v) for v in r.values())  # noqa: E731
+            key = lambda r: tuple(str(v) for v in r.values())
             assert sorted(a, key=key) == sorted(b, key=key), (since, until, by)
         for by in reconcile.BY:
             a, b = _both(ledger, lambda cur: reconcile.reconcile(cur, since=since, until=until, by=by))
