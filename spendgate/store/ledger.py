@@ -399,6 +399,7 @@ class DuckDBLedger:
         self.path = Path(path)
         self.con = connect_private(self.path)
         migrate(self.con)
+        rollups.heal(self.con)  # rows written behind the writer's back: summed again before any report
         self.on_written = on_written
         self.on_spill = on_spill  # takes rows past max_pending while writes fail (to disk); may raise OSError
         self.max_pending = max_pending

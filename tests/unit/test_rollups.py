@@ -298,3 +298,23 @@ def test_budget_counters_rebuilt_at_start_are_identical_in_policy_time_zones(led
                 return sorted((k, c.spent) for k, c in book.store.items())
             a, b = _both(ledger, counters)
             assert a == b and a, (tz, now)
+
+
+def test_a_ledger_written_behind_the_writers_back_is_summed_again_at_start(tmp_path):
+    from spendgate.store.ledger import DuckDBLedger
+
+    rnd = random.Random(5)
+    led = DuckDBLedger(tmp_path / "h.duckdb")
+    led.append(_row(1, START, rnd))
+    led.close()
+    con = duckdb.connect(str(tmp_path / "h.duckdb"))
+    con.execute("INSERT INTO requests SELECT * REPLACE ('sneaky' AS request_id, 'u-sneaky' AS \"user\") "
+                "FROM requests")  # a tool's INSERT: the rollups do not know it
+    con.close()
+    led = DuckDBLedger(tmp_path / "h.duckdb")
+    users = {r["group"] for r in queries.spend(led.cursor(), "user")}
+    assert "u-sneaky" in users
+    a, b = _both(led.con, lambda c: queries.spend(c, "user"))
+    assert a == b
+    assert not rollups.heal(led.cursor())  # nothing to do the second time
+    led.close()
