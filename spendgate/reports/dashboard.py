@@ -145,14 +145,23 @@ def unpriced(
     cur: duckdb.DuckDBPyConnection, since: datetime | None = None, user: str | None = None
 ) -> list[dict[str, Any]]:
     """Models the gateway could not price: what they cost at the fallback rate and who used them."""
-    src, params = rollups.source(cur, since, dims=("provider", "model", "outcome", USER_COL))
+    # sums from the per-model rollups (a few rows a month); only the distinct users need the full ones
+    mine = [USER_COL] if user else []
+    sums, p1 = rollups.source(cur, since, dims=("provider", "model", "outcome", *mine))
+    users, p2 = rollups.source(cur, since, dims=("provider", "model", "outcome", USER_COL))
     where, more = sql.where("outcome = 'unpriced'", (USER, user))
-    query = f"""SELECT provider, coalesce(model, '(unknown)') AS model, sum(requests) AS requests,
-                     count(DISTINCT "user") AS users, sum(input_tokens)::BIGINT AS input_tokens,
-                     sum(output_tokens)::BIGINT AS output_tokens, coalesce(sum(charged_usd), 0) AS charged_usd,
-                     max(max_ts) AS last_seen
-              FROM {src} r {where} GROUP BY 1, 2 ORDER BY requests DESC, model, provider"""
-    return sql.rows(cur, query, [*params, *more])
+    query = f"""
+        WITH s AS (SELECT provider, coalesce(model, '(unknown)') AS model, sum(requests) AS requests,
+                          sum(input_tokens)::BIGINT AS input_tokens, sum(output_tokens)::BIGINT AS output_tokens,
+                          coalesce(sum(charged_usd), 0) AS charged_usd, max(max_ts) AS last_seen
+                   FROM {sums} r {where} GROUP BY 1, 2),
+             u AS (SELECT provider, coalesce(model, '(unknown)') AS model, count(DISTINCT "user") AS users
+                   FROM {users} r {where} GROUP BY 1, 2)
+        SELECT s.provider, s.model, s.requests, u.users, s.input_tokens, s.output_tokens, s.charged_usd,
+               s.last_seen
+        FROM s JOIN u ON s.provider = u.provider AND s.model = u.model
+        ORDER BY requests DESC, model, provider"""
+    return sql.rows(cur, query, [*p1, *more, *p2, *more])
 
 
 def overview(
