@@ -8,6 +8,8 @@ The ledger comes from scripts/ledger_gen.py (~2,000 users, 40 workspaces, 30 mod
 Dashboard routes are timed in process through the web app a gateway serves (WebApp.handle, the
 same path a browser request takes after HTTP parsing), warm, median of --repeat calls. CLI reports
 are timed as subprocesses, wall time including Python start-up and imports, median of --repeat.
+Each figure also has its CPU time (process CPU of all threads for routes, the child's user + sys
+for CLI commands): load from other work on a shared machine stretches wall time, not CPU time.
 Export memory is the growth of this process's peak RSS (ru_maxrss) while exporting the latest
 month as CSV through /api/export and reading the body to the end, split into what the COPY added
 (DuckDB's scan, sort and buffer pool) and what sending the body added (the bytes Python holds). Figures on a shared machine
@@ -66,12 +68,18 @@ def rss_now_mb() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e6
 
 
-def median_ms(fn: Any, repeat: int) -> tuple[float, Any]:
-    out, times = None, []
+CPU_MS: dict[str, float] = {}  # route -> median process CPU ms (all threads): what load on a shared box does not inflate
+
+
+def median_ms(fn: Any, repeat: int, cpu_key: str | None = None) -> tuple[float, Any]:
+    out, times, cpu = None, [], []
     for _ in range(repeat):
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         out = fn()
         times.append((time.perf_counter() - t) * 1000)
+        cpu.append((time.process_time() - c) * 1000)
+    if cpu_key:
+        CPU_MS[cpu_key] = round(statistics.median(cpu), 1)
     return round(statistics.median(times), 1), out
 
 
@@ -95,9 +103,10 @@ def bench_routes(db: Path, policy: Path, repeat: int) -> dict[str, Any]:
                 return resp
 
             call()  # warm
-            ms, resp = median_ms(call, repeat)
+            ms, resp = median_ms(call, repeat, route)
             figures["routes_ms"][route] = ms
-            print(f"  {route:40s} {ms:8.1f} ms  ({len(resp.body):,} bytes)", flush=True)
+            print(f"  {route:40s} {ms:8.1f} ms  cpu {CPU_MS[route]:8.1f} ms  ({len(resp.body):,} bytes)", flush=True)
+        figures["routes_cpu_ms"] = dict(CPU_MS)
         # what a second tab gets within the poll cache's 4 s (spendgate.web.pollcache): the page's
         # own requests, signed in with a session cookie (API clients are never served from it)
         login = app.handle(WebRequest("POST", "/login", {"content-type": "application/json"},
@@ -142,21 +151,87 @@ def bench_routes(db: Path, policy: Path, repeat: int) -> dict[str, Any]:
     return figures
 
 
-def bench_cli(db: Path, policy: Path, repeat: int) -> dict[str, float]:
+def bench_cli(db: Path, policy: Path, repeat: int, skip: tuple[str, ...] = ()) -> dict[str, Any]:
     week = (datetime.now(UTC) - timedelta(days=7)).strftime("%Y-%m-%dT%H:%M:%SZ")
     env = {**os.environ, "SPENDGATE_DB": str(db), "PYTHONPATH": str(ROOT)}
     out: dict[str, float] = {}
     for name, argv in cli_commands(week).items():
+        if any(name.startswith(k) for k in skip):
+            continue
         cmd = [sys.executable, "-m", "spendgate", *argv]
 
+        cpu: list[float] = []
+
         def run(cmd: list[str] = cmd) -> None:
+            before = resource.getrusage(resource.RUSAGE_CHILDREN)
             r = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=600)
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            cpu.append((after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime) * 1000)
             if r.returncode != 0:
                 raise RuntimeError(f"{' '.join(cmd)}: exit {r.returncode}: {r.stderr.decode()[-500:]}")
 
         ms, _ = median_ms(run, repeat)
         out[name] = ms
-        print(f"  spendgate {name:40s} {ms:8.1f} ms", flush=True)
+        out[f"{name} (cpu)"] = round(statistics.median(cpu), 1)
+        print(f"  spendgate {name:40s} {ms:8.1f} ms  cpu {out[f'{name} (cpu)']:8.1f} ms", flush=True)
+    return out
+
+
+def bench_writes(db: Path, batches: int = 30, size: int = 64) -> dict[str, float]:
+    """What the rollups add to a ledger write: ms per batch of `size` rows, rows alone (appended and
+    committed as the writer did before rollups) vs rows + rollups (write_rows). Both are kept (the
+    days they are in are rebuilt afterwards, so the rollups still match the rows)."""
+    from decimal import Decimal
+
+    from spendgate.store.ledger import COLUMNS, LedgerRow, connect, write_rows
+
+    def rows(b: int) -> list[LedgerRow]:
+        now = datetime.now(UTC)
+        return [LedgerRow(
+            ts=now, request_id=f"bench-w{b}-{i}-{time.time_ns()}", provider="anthropic", endpoint="messages",
+            model="claude-sonnet-4-5", user=f"user{(b * size + i) % 2000}", key_fingerprint=None, client="claude-code",
+            session_id=None, stream=True, status=200, outcome="ok", estimated=False, input_tokens=1000,
+            cache_read_tokens=0, cache_write_tokens=0, cache_write_1h_tokens=0, output_tokens=100, reasoning_tokens=0,
+            web_search_requests=0, cost_usd=Decimal("0.0045"), price_source="genai-prices", latency_ms=1.0,
+            ttft_ms=None, workspace=f"ws{(b * size + i) % 40}", charged_usd=Decimal("0.0045"))
+            for i in range(size)]
+
+    con = connect(db)
+    cur = con.cursor()
+    out: dict[str, float] = {}
+    try:
+        plain, plain_cpu = [], []
+        for b in range(batches):
+            batch = [tuple(getattr(r, c) for c in COLUMNS) for r in rows(b)]
+            t, c = time.perf_counter(), time.process_time()
+            cur.execute("BEGIN")
+            app = cur.appender("requests", columns=list(COLUMNS))
+            app.append_rows(batch)
+            app.flush()
+            cur.execute("COMMIT")  # kept: a later rollups.rebuild would count them; the bench ledger is scratch
+            plain.append((time.perf_counter() - t) * 1000)
+            plain_cpu.append((time.process_time() - c) * 1000)
+        rolled, rolled_cpu = [], []
+        for b in range(batches):
+            batch = rows(b)
+            t, c = time.perf_counter(), time.process_time()
+            write_rows(cur, batch)
+            rolled.append((time.perf_counter() - t) * 1000)
+            rolled_cpu.append((time.process_time() - c) * 1000)
+        out = {"batch_rows": size, "rows_only_ms": round(statistics.median(plain), 1),
+               "rows_and_rollups_ms": round(statistics.median(rolled), 1),
+               "rows_only_cpu_ms": round(statistics.median(plain_cpu), 1),
+               "rows_and_rollups_cpu_ms": round(statistics.median(rolled_cpu), 1)}
+        from spendgate.store import rollups
+
+        cur.execute("BEGIN")  # the rows-only rows into the rollups too: the ledger stays consistent
+        rollups.rebuild(cur, datetime.now(UTC) - timedelta(days=1))
+        cur.execute("COMMIT")
+    finally:
+        con.close()
+    print(f"  write a batch of {size} rows: {out['rows_only_ms']} ms (cpu {out['rows_only_cpu_ms']}) rows only, "
+          f"{out['rows_and_rollups_ms']} ms (cpu {out['rows_and_rollups_cpu_ms']}) with the rollups (median)",
+          flush=True)
     return out
 
 
@@ -168,6 +243,8 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--skip-cli", action="store_true")
     ap.add_argument("--skip-routes", action="store_true")
+    ap.add_argument("--skip-reprice", action="store_true", help="leave out `prices reprice` (slow at 30M rows)")
+    ap.add_argument("--skip-writes", action="store_true", help="skip the rollups' write cost (it adds rows)")
     ap.add_argument("--out", type=Path, help="JSON destination")
     args = ap.parse_args()
 
@@ -184,9 +261,13 @@ def main() -> int:
     if not args.skip_routes:
         print("dashboard routes (in process, warm, median):", flush=True)
         result.update(bench_routes(db, policy, args.repeat))
+    if not args.skip_writes:
+        print("ledger writes (the rollups' cost):", flush=True)
+        result["writes"] = bench_writes(db)
     if not args.skip_cli:
         print("CLI (subprocess wall time including start-up, median):", flush=True)
-        result["cli_ms"] = bench_cli(db, policy, max(1, min(args.repeat, 3)))
+        result["cli_ms"] = bench_cli(db, policy, max(1, min(args.repeat, 3)),
+                                     ("prices reprice",) if args.skip_reprice else ())
     out = args.out or ROOT / "bench-results" / f"bench-read-{args.rows}-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))

@@ -26,6 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 import duckdb  # noqa: E402
 
+from spendgate.store import rollups  # noqa: E402
 from spendgate.store.ledger import migrate  # noqa: E402
 
 SHAPES = 1000  # usage shapes per model (r below)
@@ -157,6 +158,7 @@ def make_ledger(path: Path, rows: int, users: int = 2000, workspaces: int = 40, 
               CASE WHEN r >= 800 THEN 'max' END AS plan
             FROM base JOIN shapes s ON s.sm = base.m AND s.sr = base.r ORDER BY i""")
         con.execute("DROP TABLE shapes")
+        rollups.rebuild(con)  # a bulk load behind the writer's back: sum it up once, as the migration does
         con.execute("CHECKPOINT")
     finally:
         con.close()

@@ -1,7 +1,8 @@
 """Start-up: rebuild the budget counters from the ledger, and charge what a crash left open.
 
 Counters live in memory, so a start reloads this hour's, day's, week's and month's charges with
-one aggregate query. Reservations a crashed gateway left in its journal become `interrupted`
+one aggregate query over the rollups (spendgate.store.rollups: raw rows only before each window's
+first whole UTC day, which is where a policy time zone puts its edge). Reservations a crashed gateway left in its journal become `interrupted`
 rows charged their reservation (never twice: a request id already in the ledger is skipped).
 """
 
@@ -17,7 +18,8 @@ import duckdb
 from spendgate.budgets.book import BudgetBook, ledger_row_scopes
 from spendgate.budgets.journal import Journal
 from spendgate.budgets.windows import WINDOWS, bounds
-from spendgate.store.ledger import LedgerRow, row_from_dict, write_rows
+from spendgate.store import rollups
+from spendgate.store.ledger import LedgerRow, row_from_dict, write_cards, write_rows
 
 log = logging.getLogger(__name__)
 
@@ -26,19 +28,21 @@ def rebuild_counters(cur: duckdb.DuckDBPyConnection, book: BudgetBook, now: date
     """Load the current windows' charged USD from the ledger into the counters; returns groups read."""
     tz = book.policy.timezone
     starts = {w: bounds(w, now, tz)[0] for w in WINDOWS}
-    earliest = min(starts.values())
-    sums = ", ".join(f"sum(charged_usd) FILTER (WHERE ts >= ?) AS {w}" for w in WINDOWS)
+    dims = ('"user"', "key_fingerprint", "workspace", "billing_basis", "plan")
+    parts, params = [], []
+    for w in WINDOWS:  # each window from the rollups, raw rows before its first whole UTC day (policy zone)
+        src, p = rollups.source(cur, starts[w], dims=dims)
+        parts.append(f"SELECT '{w}' AS w, * FROM {src}")  # w is one of WINDOWS
+        params += p
     rows = cur.execute(
-        f'SELECT "user", key_fingerprint, workspace, billing_basis, plan, {sums} FROM requests '
-        "WHERE ts >= ? AND charged_usd IS NOT NULL GROUP BY ALL",
-        [*starts.values(), earliest],
-    ).fetchall()
-    for user, fp, ws, basis, plan, *amounts in rows:
+        f'SELECT w, "user", key_fingerprint, workspace, billing_basis, plan, sum(charged_usd) '
+        f"FROM ({' UNION ALL '.join(parts)}) r GROUP BY ALL", params).fetchall()
+    for window, user, fp, ws, basis, plan, amount in rows:
+        if not amount:
+            continue
         # subscription rows go where subscription_usage says (API budgets, their own, or none)
         for scope in ledger_row_scopes(book.policy, user, fp, ws, basis or "api", plan, now):
-            for window, amount in zip(WINDOWS, amounts):
-                if amount:
-                    book.store.add((scope, window, starts[window]), Decimal(amount))
+            book.store.add((scope, window, starts[window]), Decimal(amount))
     return len(rows)
 
 
@@ -52,6 +56,7 @@ def recover_interrupted(cur: duckdb.DuckDBPyConnection, journal_path: Path) -> i
                                             [ids]).fetchall()}
         rows = list({r.request_id: r for r in spilled if r.request_id not in known}.values())
         if rows:
+            write_cards(cur, rows, set())  # their rate cards first: a row never points at a missing card
             write_rows(cur, rows)
             log.warning("spendgate: wrote %d ledger rows spilled to the journal while the store failed", len(rows))
     pending = Journal.open_reservations(journal_path)

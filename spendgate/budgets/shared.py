@@ -338,6 +338,7 @@ class LeaseKeeper:
                 log.warning("spendgate: charged %d reservations of stopped replicas as interrupted", len(gone))
             if time.monotonic() - self._forgot_at > FORGET_EVERY:
                 pg.forget_settled()
+                pg.ensure_partitions()  # next months' ledger partitions, long before their first row
                 self._forgot_at = time.monotonic()
         except StoreUnavailable as e:
             log.error("spendgate: store housekeeping failed: %s", e)

@@ -287,7 +287,7 @@ class Ingest:
             cur.execute("INSERT INTO central_ingested SELECT unnest(?::VARCHAR[]), ?, ?, ?",
                         [[r.request_id for r in new], now, new[0].origin, new[0].user])  # one batch: one origin, one user
             write_cards(cur, new, set())  # the cards first: a row never points at a missing card
-            write_rows(cur, new)
+            write_rows(cur, new, in_transaction=True)
             cur.execute("COMMIT")
         except Exception:
             cur.execute("ROLLBACK")

@@ -15,7 +15,7 @@ import json
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
@@ -23,7 +23,7 @@ import duckdb
 
 from spendgate.pricing import cards
 from spendgate.pricing.rates import REPORTED_SOURCE, Pricer, PriceResult
-from spendgate.store import sql
+from spendgate.store import rollups, sql
 from spendgate.usage import USAGE_FIELDS, Usage
 
 # Outcomes whose usage was (or may have been) billed; everything else is charged $0 by design
@@ -249,12 +249,6 @@ def _changes(pricer: Pricer, cols: list[str], res: list[tuple], reported: bool =
     return changes
 
 
-def correct_rollups(cur: duckdb.DuckDBPyConnection, changes: list[RowChange]) -> None:
-    """THE hook for tables derived from ledger rows (the rollups, issue 22): called once per applied
-    re-pricing, inside its transaction, after the rows are updated. Each change carries the row's
-    time, user, workspace, model and old/new cost, charge and outcome. Nothing to correct yet."""
-
-
 def apply(cur: duckdb.DuckDBPyConnection, changes: list[RowChange], price_version: str) -> str:
     """Write the audit records, then the new costs, in one transaction. Returns the run id.
 
@@ -293,8 +287,9 @@ def apply(cur: duckdb.DuckDBPyConnection, changes: list[RowChange], price_versio
             "price_source = r.source, price_card = r.card, price_detail = NULL, notional_usd = r.notional "
             "FROM _reprice r WHERE requests.request_id = r.request_id"
         )
+        # the rollups of the days these rows are in, recomputed in the same transaction (exact)
+        rollups.rebuild(cur, min(c.ts for c in changes), max(c.ts for c in changes) + timedelta(microseconds=1))
         cur.execute("DELETE FROM _reprice")
-        correct_rollups(cur, changes)
         cur.execute("COMMIT")
     except Exception:
         cur.execute("ROLLBACK")

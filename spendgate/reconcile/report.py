@@ -17,7 +17,7 @@ from typing import Any
 import duckdb
 
 from spendgate.reconcile.formats import model_key
-from spendgate.store import sql
+from spendgate.store import rollups, sql
 
 BY = ("day", "model", "key", "workspace")
 # lower is preferred: the provider's own dollars first, our pricing of its token counts last
@@ -79,15 +79,15 @@ def _metered(cur: duckdb.DuckDBPyConnection, since: date | None, until: date | N
     these groups anyway, so grouping finer (every model x key x workspace) only made Python sum
     hundreds of thousands of rows over a year. None keeps every column apart.
     """
-    day = "CAST(timezone('UTC', ts) AS DATE)"  # grouping only: the filter stays on bare ts (zone maps)
     keep = ("model", "key_fingerprint", "workspace") if by is None else _METERED_DIMS[by]
     cols = ", ".join(c if c in keep else f"NULL AS {c}" for c in ("model", "key_fingerprint", "workspace"))
-    where, params = sql.where("billing_basis = 'api'", *sql.day_range(since, until))
+    src, params = rollups.source(cur, *sql.day_bounds(since, until), by_day=True,  # whole UTC days: no raw edge
+                                 dims=("provider", *keep, "billing_basis", "outcome"))
     res = cur.execute(
-        f"""SELECT provider, {day} AS day, {cols},
-                   coalesce(sum(cost_usd), 0) AS amount, count(*) AS requests,
-                   count(*) FILTER (WHERE cost_usd IS NULL AND outcome NOT IN ('blocked')) AS unpriced
-            FROM requests {where} GROUP BY ALL""",
+        f"""SELECT provider, day, {cols},
+                   coalesce(sum(cost_usd), 0) AS amount, sum(requests) AS requests,
+                   coalesce(sum(cost_null) FILTER (WHERE outcome NOT IN ('blocked')), 0) AS unpriced
+            FROM {src} r WHERE billing_basis = 'api' GROUP BY ALL""",
         params,
     )
     return sql.dicts(res)
@@ -192,12 +192,14 @@ def reconcile(
 def subscription_usage(cur: duckdb.DuckDBPyConnection, since: date | None, until: date | None) -> list[dict[str, Any]]:
     """Subscription usage per plan and user over the same UTC days: not compared with any bill (the
     seat is what is billed), listed for plan limits and seat value."""
-    where, params = sql.where("billing_basis = 'subscription'", *sql.day_range(since, until))
+    src, params = rollups.source(cur, *sql.day_bounds(since, until),
+                                 dims=("plan", '"user"', "provider", "billing_basis"))
     res = cur.execute(
-        f"""SELECT coalesce(plan, '(no plan)') AS plan, "user", provider, count(*) AS requests,
+        f"""SELECT coalesce(plan, '(no plan)') AS plan, "user", provider, sum(requests) AS requests,
                    sum(input_tokens)::BIGINT AS input_tokens, sum(output_tokens)::BIGINT AS output_tokens,
                    coalesce(sum(notional_usd), 0) AS notional_usd
-            FROM requests {where} GROUP BY ALL ORDER BY plan, notional_usd DESC, "user" """,
+            FROM {src} r WHERE billing_basis = 'subscription'
+            GROUP BY ALL ORDER BY plan, notional_usd DESC, "user", provider""",
         params,
     )
     return [{**r, "notional_usd": float(r["notional_usd"])} for r in sql.dicts(res)]

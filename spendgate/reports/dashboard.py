@@ -22,7 +22,7 @@ from typing import Any
 import duckdb
 
 from spendgate.reports import queries as reports
-from spendgate.store import sql
+from spendgate.store import rollups, sql
 from spendgate.store.ledger import COLUMNS
 
 log = logging.getLogger(__name__)
@@ -42,12 +42,17 @@ SERIES = {
     "day": Bucketing(timedelta(days=1), timedelta(days=30)),
 }
 BREAKDOWNS = ("workspace", "user", "model", "client")
+# rows per long list in an overview (what the page and `top` draw: 10 bars, a table); models and
+# clients stay whole (the donut sums the rest as "other"). /api/spend and /api/subscriptions list all.
+OVERVIEW_TOP = 25
+LONG_LISTS = ("workspace", "user")
 EXPORT_FORMATS = ("parquet", "csv")
 # what a finance export carries: every ledger column (fingerprints, never raw keys; no prompt text exists)
 EXPORT_COLUMNS = COLUMNS
 
 
 USER = '"user" = ?'
+USER_COL = '"user"'
 
 
 def floor_time(t: datetime, step: timedelta) -> datetime:
@@ -65,27 +70,31 @@ def totals(cur: duckdb.DuckDBPyConnection, now: datetime | None = None, user: st
     """
     now = now or datetime.now(UTC)
     starts = {w: reports.window_start(w, now) for w in reports.WINDOWS}
-    cols = ", ".join(
-        f"coalesce(sum(cost_usd) FILTER (WHERE ts >= ?), 0) AS {w}_cost, "
-        f"coalesce(sum(charged_usd) FILTER (WHERE ts >= ?), 0) AS {w}_charged, "
-        f"count(*) FILTER (WHERE ts >= ?) AS {w}_requests, "
-        f"count(*) FILTER (WHERE ts >= ? AND outcome = 'blocked') AS {w}_blocked, "
-        f"coalesce(sum(notional_usd) FILTER (WHERE ts >= ? AND billing_basis = 'subscription'), 0) AS {w}_notional, "
-        f"count(*) FILTER (WHERE ts >= ? AND billing_basis = 'subscription') AS {w}_sub"
-        for w in reports.WINDOWS
-    )
-    where, params = sql.where(*sql.ts_range(min(starts.values())), (USER, user))
-    args = [s for w in reports.WINDOWS for s in [starts[w]] * 6]
-    row = sql.rows(cur, f"SELECT {cols} FROM requests {where}", [*args, *params])[0]
+    parts, params = [], []
+    for w in reports.WINDOWS:  # each window from its own exact source (rollups, raw at the edges)
+        src, p = rollups.source(cur, starts[w], dims=("outcome", "billing_basis", *([USER_COL] if user else [])))
+        parts.append(f"SELECT '{w}' AS w, * FROM {src}")  # w is one of WINDOWS
+        params += p
+    where, more = sql.where((USER, user))
+    query = f"""
+        SELECT w, coalesce(sum(cost_usd), 0) AS cost, coalesce(sum(charged_usd), 0) AS charged,
+               coalesce(sum(requests), 0) AS requests,
+               coalesce(sum(requests) FILTER (WHERE outcome = 'blocked'), 0) AS blocked,
+               coalesce(sum(notional_usd) FILTER (WHERE billing_basis = 'subscription'), 0) AS notional,
+               coalesce(sum(requests) FILTER (WHERE billing_basis = 'subscription'), 0) AS sub
+        FROM ({' UNION ALL '.join(parts)}) r {where} GROUP BY w
+    """
+    found = {r["w"]: r for r in sql.rows(cur, query, [*params, *more])}
+    none = {"cost": 0.0, "charged": 0.0, "requests": 0, "blocked": 0, "notional": 0.0, "sub": 0}
     return {
         w: {
             "since": sql.jsonable(starts[w]),
-            "cost_usd": row[f"{w}_cost"],
-            "charged_usd": row[f"{w}_charged"],
-            "requests": row[f"{w}_requests"],
-            "blocked": row[f"{w}_blocked"],
-            "notional_usd": row[f"{w}_notional"],
-            "subscription_requests": row[f"{w}_sub"],
+            "cost_usd": found.get(w, none)["cost"],
+            "charged_usd": found.get(w, none)["charged"],
+            "requests": found.get(w, none)["requests"],
+            "blocked": found.get(w, none)["blocked"],
+            "notional_usd": found.get(w, none)["notional"],
+            "subscription_requests": found.get(w, none)["sub"],
         }
         for w in reports.WINDOWS
     }
@@ -102,11 +111,16 @@ def series(
     last = floor_time(now, b.step)
     first = last - b.span + b.step
     secs = int(b.step.total_seconds())
-    where, params = sql.where(*sql.ts_range(first), (USER, user))
+    # buckets of a day or more from the rollups (whole UTC days); finer ones from the raw rows
+    dims = ("outcome", *([USER_COL] if user else []))
+    src, params = (rollups.source(cur, first, by_day=True, dims=dims) if secs >= 86400
+                   else rollups.raw_source(first, dims=dims))
+    where, more = sql.where((USER, user))
+    params += more
     query = f"""
-        SELECT (epoch(ts)::BIGINT // {secs}) * {secs} AS bucket, coalesce(sum(cost_usd), 0) AS cost_usd,
-               count(*) AS requests, count(*) FILTER (WHERE outcome = 'blocked') AS blocked
-        FROM requests {where} GROUP BY 1
+        SELECT (epoch_us(t0) // {secs * 1_000_000}) * {secs} AS bucket, coalesce(sum(cost_usd), 0) AS cost_usd,
+               sum(requests) AS requests, coalesce(sum(requests) FILTER (WHERE outcome = 'blocked'), 0) AS blocked
+        FROM {src} r {where} GROUP BY 1
     """
     found = {r["bucket"]: r for r in sql.rows(cur, query, params)}
     out = []
@@ -123,23 +137,31 @@ def blocks(
     cur: duckdb.DuckDBPyConnection, since: datetime | None = None, user: str | None = None, limit: int = 20
 ) -> list[dict[str, Any]]:
     """The latest refused requests, with the reason the caller was given."""
-    where, params = sql.where("outcome = 'blocked'", *sql.ts_range(since), (USER, user))
-    query = f"""SELECT ts, "user", client, provider, model, status, workspace, note AS reason
-                FROM requests {where} ORDER BY ts DESC, request_id LIMIT ?"""
-    return sql.rows(cur, query, [*params, limit])
+    return reports.latest(cur, 'ts, "user", client, provider, model, status, workspace, note AS reason', limit,
+                          "outcome = 'blocked'", (USER, user), since=since)
 
 
 def unpriced(
     cur: duckdb.DuckDBPyConnection, since: datetime | None = None, user: str | None = None
 ) -> list[dict[str, Any]]:
     """Models the gateway could not price: what they cost at the fallback rate and who used them."""
-    where, params = sql.where("outcome = 'unpriced'", *sql.ts_range(since), (USER, user))
-    query = f"""SELECT provider, coalesce(model, '(unknown)') AS model, count(*) AS requests,
-                     count(DISTINCT "user") AS users, sum(input_tokens)::BIGINT AS input_tokens,
-                     sum(output_tokens)::BIGINT AS output_tokens, coalesce(sum(charged_usd), 0) AS charged_usd,
-                     max(ts) AS last_seen
-              FROM requests {where} GROUP BY 1, 2 ORDER BY requests DESC, model"""
-    return sql.rows(cur, query, params)
+    # sums from the per-model rollups (a few rows a month); only the distinct users need the full ones
+    mine = [USER_COL] if user else []
+    sums, p1 = rollups.source(cur, since, dims=("provider", "model", "outcome", *mine))
+    users, p2 = rollups.source(cur, since, dims=("provider", "model", "outcome", USER_COL))
+    where, more = sql.where("outcome = 'unpriced'", (USER, user))
+    query = f"""
+        WITH s AS (SELECT provider, coalesce(model, '(unknown)') AS model, sum(requests) AS requests,
+                          sum(input_tokens)::BIGINT AS input_tokens, sum(output_tokens)::BIGINT AS output_tokens,
+                          coalesce(sum(charged_usd), 0) AS charged_usd, max(max_ts) AS last_seen
+                   FROM {sums} r {where} GROUP BY 1, 2),
+             u AS (SELECT provider, coalesce(model, '(unknown)') AS model, count(DISTINCT "user") AS users
+                   FROM {users} r {where} GROUP BY 1, 2)
+        SELECT s.provider, s.model, s.requests, u.users, s.input_tokens, s.output_tokens, s.charged_usd,
+               s.last_seen
+        FROM s JOIN u ON s.provider = u.provider AND s.model = u.model
+        ORDER BY requests DESC, model, provider"""
+    return sql.rows(cur, query, [*p1, *more, *p2, *more])
 
 
 def overview(
@@ -156,11 +178,12 @@ def overview(
         "since": sql.jsonable(start),
         "totals": totals(cur, now, user),
         "series": {name: series(cur, name, now, user) for name in SERIES},
-        "breakdowns": {by: reports.spend(cur, by, since=start, user=user) for by in BREAKDOWNS},
+        "breakdowns": {by: reports.spend(cur, by, since=start, user=user,
+                                         limit=OVERVIEW_TOP if by in LONG_LISTS else None) for by in BREAKDOWNS},
         "latest": reports.ledger(cur, 15, user=user, trace_url=trace_url),
         "blocks": blocks(cur, start, user),
         "unpriced": unpriced(cur, start, user),
-        "subscriptions": reports.subscriptions(cur, start, user=user),
+        "subscriptions": reports.subscriptions(cur, start, user=user, limit=OVERVIEW_TOP),
     }
 
 

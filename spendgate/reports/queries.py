@@ -11,7 +11,7 @@ from typing import Any
 
 import duckdb
 
-from spendgate.store import sql
+from spendgate.store import rollups, sql
 from spendgate.store.sql import parse_time
 from spendgate.telemetry import links
 
@@ -28,6 +28,10 @@ GROUPS = {
     # the gateway that metered the row: a laptop's id for rows it pushed to this centre (spendgate.central)
     "origin": "coalesce(origin, '(this gateway)')",
 }
+# the ledger columns each grouping reads (spendgate.store.rollups picks the narrowest rollup holding them)
+GROUP_DIMS = {"user": ('"user"',), "key": ("key_fingerprint",), "model": ("model",), "provider": ("provider",),
+              "client": ("client",), "workspace": ("workspace",), "outcome": ("outcome",), "basis": ("billing_basis",),
+              "plan": ("plan", "billing_basis")}
 WINDOWS = ("hour", "day", "week", "month")
 
 LEDGER_FIELDS = (
@@ -64,12 +68,33 @@ def ledger(
     cur: duckdb.DuckDBPyConnection, limit: int = 50, user: str | None = None, trace_url: str | None = None
 ) -> list[dict[str, Any]]:
     """The latest rows, newest first; with a trace URL template each traced row gets `trace_url`."""
-    where, params = sql.where(('"user" = ?', user))
     present = {d[0] for d in cur.execute("SELECT * FROM requests LIMIT 0").description}
     cols = ", ".join(f'"{c}"' for c in LEDGER_FIELDS if c in present)  # a file older than the trace columns
-    rows = sql.rows(cur, f"SELECT {cols} FROM requests {where} ORDER BY ts DESC, request_id LIMIT ?", [*params, limit])
+    rows = latest(cur, cols, limit, ('"user" = ?', user))
     links.add_links(rows, trace_url)
     return rows
+
+
+LATEST_REACH = (timedelta(days=1), timedelta(days=8), timedelta(days=40), None)  # tried in turn by `latest`
+
+
+def latest(cur: duckdb.DuckDBPyConnection, cols: str, limit: int, *conditions: sql.Condition,
+           since: datetime | None = None, now: datetime | None = None) -> list[dict[str, Any]]:
+    """The newest `limit` rows matching `conditions` (newest first), without sorting the whole ledger.
+
+    Tries `ts >= now - 1 day`, then a week, a month, then everything: when a try finds `limit`
+    rows they are exactly the newest (every row left out is older than all of them, rows dated
+    in the future included), and the `ts` range lets DuckDB skip the older row groups.
+    """
+    now = now or datetime.now(UTC)
+    for reach in LATEST_REACH:
+        start = max(filter(None, (since, now - reach if reach else None)), default=None)
+        where, params = sql.where(*conditions, *sql.ts_range(start))
+        rows = sql.rows(cur, f"SELECT {cols} FROM requests {where} ORDER BY ts DESC, request_id LIMIT ?",
+                        [*params, limit])
+        if len(rows) >= limit or reach is None or (since is not None and start == since):
+            return rows
+    return rows  # pragma: no cover - the last reach is unbounded
 
 
 def spend(
@@ -78,22 +103,28 @@ def spend(
     window: str | None = None,
     since: datetime | None = None,
     user: str | None = None,
+    limit: int | None = None,
 ) -> list[dict[str, Any]]:
+    """Spend per group since `since` (or the current `window`), biggest first; `limit`: the first N only."""
     if by not in GROUPS:
         raise ValueError(f"unknown grouping {by!r} (one of {', '.join(GROUPS)})")
     start = since or (window_start(window) if window else None)
-    where, params = sql.where(*sql.ts_range(start), ('"user" = ?', user))
+    dims = (*GROUP_DIMS[by], "billing_basis", "outcome", *(['"user"'] if user else []))
+    src, params = rollups.source(cur, start, dims=dims)
+    where, more = sql.where(('"user" = ?', user))
     query = f"""
-        SELECT {GROUPS[by]} AS "group", count(*) AS requests,
+        SELECT {GROUPS[by]} AS "group", sum(requests) AS requests,
                sum(input_tokens) AS input_tokens, sum(cache_read_tokens) AS cache_read_tokens,
                sum(cache_write_tokens) AS cache_write_tokens, sum(output_tokens) AS output_tokens,
                coalesce(sum(cost_usd), 0) AS cost_usd,
-               count(*) FILTER (WHERE billing_basis = 'subscription') AS subscription_requests,
+               coalesce(sum(requests) FILTER (WHERE billing_basis = 'subscription'), 0) AS subscription_requests,
                coalesce(sum(notional_usd) FILTER (WHERE billing_basis = 'subscription'), 0) AS notional_usd,
-               count(*) FILTER (WHERE outcome = 'unpriced') AS unpriced,
-               count(*) FILTER (WHERE outcome = 'blocked') AS blocked
-        FROM requests {where} GROUP BY 1 ORDER BY cost_usd DESC, notional_usd DESC, "group"
+               coalesce(sum(requests) FILTER (WHERE outcome = 'unpriced'), 0) AS unpriced,
+               coalesce(sum(requests) FILTER (WHERE outcome = 'blocked'), 0) AS blocked
+        FROM {src} r {where} GROUP BY 1 ORDER BY cost_usd DESC, notional_usd DESC, "group"
+        {"LIMIT ?" if limit else ""}
     """
+    params += [*more, *([limit] if limit else [])]
     rows = sql.rows(cur, query, params)
     for r in rows:
         for k in ("input_tokens", "cache_read_tokens", "cache_write_tokens", "output_tokens"):
@@ -106,20 +137,24 @@ def subscriptions(
     since: datetime | None = None,
     until: datetime | None = None,
     user: str | None = None,
+    limit: int | None = None,
 ) -> list[dict[str, Any]]:
     """Subscription usage per plan and user: requests, tokens and notional USD (list-price equivalent).
 
     Not money the company is invoiced (the seat is): for comparing with plan limits and seat prices.
     """
-    where, params = sql.where("billing_basis = 'subscription'", *sql.ts_range(since, until),
-                              ('"user" = ?', user))
+    src, params = rollups.source(cur, since, until,
+                                 dims=("plan", '"user"', "provider", "credential", "billing_basis", "outcome"))
+    where, more = sql.where("billing_basis = 'subscription'", ('"user" = ?', user))
     query = f"""
-        SELECT coalesce(plan, '(no plan)') AS plan, "user", provider, credential, count(*) AS requests,
+        SELECT coalesce(plan, '(no plan)') AS plan, "user", provider, credential, sum(requests) AS requests,
                sum(input_tokens)::BIGINT AS input_tokens, sum(output_tokens)::BIGINT AS output_tokens,
                coalesce(sum(notional_usd), 0) AS notional_usd, coalesce(sum(charged_usd), 0) AS charged_usd,
-               count(*) FILTER (WHERE outcome = 'unpriced') AS unpriced, max(ts) AS last_seen
-        FROM requests {where} GROUP BY ALL ORDER BY notional_usd DESC, plan, "user"
+               coalesce(sum(requests) FILTER (WHERE outcome = 'unpriced'), 0) AS unpriced, max(max_ts) AS last_seen
+        FROM {src} r {where} GROUP BY ALL ORDER BY notional_usd DESC, plan, "user", provider, credential
+        {"LIMIT ?" if limit else ""}
     """
+    params += [*more, *([limit] if limit else [])]
     return sql.rows(cur, query, params)
 
 

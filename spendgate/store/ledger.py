@@ -23,6 +23,7 @@ import duckdb
 
 from spendgate import bounds, fsutil
 from spendgate.batcher import Batcher
+from spendgate.store import rollups
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +117,7 @@ def row_from_dict(d: dict) -> LedgerRow:
     return LedgerRow(**values)
 
 APPEND_SLICE = 32  # rows per Appender call (see write_rows)
+COMPACT_EVERY = 600.0  # seconds between foldings of the rollup rows the writer appended (~1.5 s at 10M rows)
 _values = operator.attrgetter(*COLUMNS)  # a row's values in column order; not astuple, which deep-copies
 
 MIGRATIONS: list[tuple[int, str]] = [
@@ -369,6 +371,12 @@ MIGRATIONS: list[tuple[int, str]] = [
         ALTER TABLE requests ADD COLUMN IF NOT EXISTS input_characters BIGINT DEFAULT 0;
         """,
     ),
+    (
+        12,
+        # rollups (spendgate/store/rollups.py): the ledger summed per UTC day and month, kept exact by
+        # write_rows in the row insert's transaction; filled here from the rows already there
+        rollups.migration_sql(),
+    ),
 ]
 
 
@@ -462,6 +470,7 @@ class DuckDBLedger:
         # core for traffic (DuckDB releases the GIL while it works, so cores are what it competes for)
         self.con.execute(f"SET threads = {int(threads or query_threads())}")
         migrate(self.con)
+        rollups.heal(self.con)  # rows written behind the writer's back: summed again before any report
         self.on_written = on_written
         self.on_spill = on_spill  # takes rows past max_pending while writes fail (to disk); may raise OSError
         self.max_pending = max_pending
@@ -469,6 +478,9 @@ class DuckDBLedger:
         self._cur = self.con.cursor()  # the writer thread's own
         self._cards: set[str] = set()  # card ids known to be in price_cards (the writer thread's)
         self._unwritten: list[LedgerRow] = []  # rows a failed write kept for the next try
+        # rollup buckets written since the last compaction (spendgate.store.rollups.compact)
+        self._touched: tuple[set[datetime], set[datetime]] = (set(), set())
+        self._compacted_at = time.monotonic()
         self._writer: Batcher[LedgerRow] = Batcher(self._write, commit_interval, "spendgate-ledger")
 
     # -- producer side (any thread, the event loop included: never blocks) --
@@ -482,6 +494,7 @@ class DuckDBLedger:
 
     def close(self) -> None:
         self._writer.close()
+        self._compact()
         if self._unwritten:
             log.error("ledger closed with %d rows it could not write: %s", len(self._unwritten), self.stats.last_error)
         try:
@@ -520,6 +533,11 @@ class DuckDBLedger:
             time.sleep(min(0.1 * self.stats.failures, 2.0))
             return False
         self._unwritten = []
+        for r in rows:
+            self._touched[0].add(rollups.floor_day(r.ts))
+            self._touched[1].add(rollups.floor_month(r.ts))
+        if time.monotonic() - self._compacted_at > COMPACT_EVERY or len(self._touched[0]) > 64:
+            self._compact()
         self.stats.written += len(rows)
         self.stats.batches += 1
         self.stats.pending = 0
@@ -532,6 +550,27 @@ class DuckDBLedger:
             except Exception:
                 log.exception("ledger listener failed")
         return True
+
+    def _compact(self) -> None:
+        """Fold the rollup rows of the buckets written since last time (writer thread, or close).
+        Only an optimisation: sums are exact either way, so a failure is logged and retried later."""
+        days, months = self._touched
+        if not days:
+            return
+        try:
+            self._cur.execute("BEGIN")
+            try:
+                rollups.compact(self._cur, days, months)
+                self._cur.execute("COMMIT")
+            except BaseException:
+                self._cur.execute("ROLLBACK")
+                raise
+        except Exception:
+            log.exception("ledger: compacting the rollups failed (they stay exact; will retry)")
+            return
+        finally:
+            self._compacted_at = time.monotonic()
+        self._touched = (set(), set())
 
     def _spill(self, rows: list[LedgerRow]) -> list[LedgerRow]:
         """Hand rows to on_spill; returns what could not be spilled and must be dropped (counted)."""
@@ -592,14 +631,36 @@ def write_cards(cur: duckdb.DuckDBPyConnection, rows: Sequence[LedgerRow], known
     known.update(new)
 
 
-def write_rows(cur: duckdb.DuckDBPyConnection, rows: Iterable[LedgerRow]) -> None:
-    """Append rows in one go (one transaction).
+def write_rows(cur: duckdb.DuckDBPyConnection, rows: Iterable[LedgerRow], *, in_transaction: bool = False) -> None:
+    """Append rows and add their sums to the rollups, in one transaction (spendgate.store.rollups).
 
-    The Appender converts rows holding the GIL; in small slices the proxy's event loop (same
-    process) gets the GIL back between them instead of stalling for a whole batch.
+    Amounts are first made what the DECIMAL(20, 10) columns store (`rollups.exact`), so the sums
+    the rollups get are the sums of the stored values. The Appender converts rows holding the GIL;
+    in small slices the proxy's event loop (same process) gets the GIL back between them instead
+    of stalling for a whole batch. `in_transaction`: the caller holds a transaction already (and
+    commits it with its own statements, e.g. the centre's idempotency keys).
     """
-    app = cur.appender("requests", columns=list(COLUMNS))
+    rows = list(rows)
+    for r in rows:
+        for name in _AMOUNTS:
+            v = getattr(r, name)
+            if v is not None:
+                setattr(r, name, rollups.exact(v))
     values = [_values(r) for r in rows]
-    for i in range(0, len(values), APPEND_SLICE):
-        app.append_rows(values[i : i + APPEND_SLICE])
-    app.flush()
+    if not in_transaction:
+        cur.execute("BEGIN")
+    try:
+        app = cur.appender("requests", columns=list(COLUMNS))
+        for i in range(0, len(values), APPEND_SLICE):
+            app.append_rows(values[i : i + APPEND_SLICE])
+        app.flush()
+        rollups.apply_rows(cur, rows)
+        if not in_transaction:
+            cur.execute("COMMIT")
+    except BaseException:
+        if not in_transaction:
+            cur.execute("ROLLBACK")
+        raise
+
+
+_AMOUNTS = ("cost_usd", "charged_usd", "notional_usd")

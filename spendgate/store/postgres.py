@@ -32,6 +32,7 @@ from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 
+from spendgate.store import pg_rollups, rollups
 from spendgate.store.ledger import COLUMNS, LedgerRow
 
 log = logging.getLogger(__name__)
@@ -387,6 +388,11 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         ALTER TABLE requests ADD COLUMN IF NOT EXISTS input_characters BIGINT DEFAULT 0;
         """,
     ),
+    (
+        6,
+        "the ledger partitioned by month; day and month rollups kept by a trigger (spendgate/store/pg_rollups.py)",
+        pg_rollups.migration_sql(),
+    ),
 ]
 SCHEMA_VERSION = max(v for v, _, _ in MIGRATIONS)
 MIGRATION_LOCK = 0x5E4D6A7E  # pg_advisory_xact_lock key: two `store migrate` runs take turns
@@ -656,6 +662,12 @@ class PostgresStore:
             out.append(rid)
         return out
 
+    def ensure_partitions(self, ahead: int = 2) -> int:
+        """Create the ledger's monthly partitions from last month (late rows) to `ahead` months on;
+        how many were new."""
+        return self._run("SELECT spendgate_ensure_partitions(%s, now() - interval '1 month')", [ahead + 1],
+                         fetch="one")[0]
+
     def forget_settled(self, older_than_seconds: float = 86400.0) -> int:
         """Drop closed reservations after a day (the ledger row keeps the facts)."""
         return self._run("DELETE FROM reservations WHERE state <> 'open' AND created_at < now() - "
@@ -743,6 +755,7 @@ class PostgresStore:
                 cards = pc.execute("SELECT card_id, card FROM price_cards").fetchall()
             if cards:
                 con.executemany("INSERT INTO price_cards (card_id, card) VALUES (?, ?) ON CONFLICT DO NOTHING", cards)
+            rollups.rebuild(con)  # the copied rows summed, so the reports read them as from a file
         except self._psycopg.OperationalError as e:
             raise StoreUnavailable(f"the store {redact(self.url)} failed: {_why(e)}") from None
         return con.execute("SELECT count(*) FROM requests").fetchone()[0]

@@ -42,6 +42,11 @@ def day_range(first: date | None, last: date | None, column: str = "ts") -> tupl
     return ts_range(first, last + timedelta(days=1) if last else None, column)
 
 
+def day_bounds(first: date | None, last: date | None) -> tuple[datetime | None, datetime | None]:
+    """`day_range` as the instants [first 00:00 UTC, last + 1 day 00:00 UTC) (None: open)."""
+    return _instant(first), _instant(last + timedelta(days=1)) if last else None
+
+
 def _instant(v: datetime | date | None) -> datetime | None:
     if v is None or isinstance(v, datetime):
         return v
