@@ -31,7 +31,7 @@ GROUPS = {
 # the ledger columns each grouping reads (spendgate.store.rollups picks the narrowest rollup holding them)
 GROUP_DIMS = {"user": ('"user"',), "key": ("key_fingerprint",), "model": ("model",), "provider": ("provider",),
               "client": ("client",), "workspace": ("workspace",), "outcome": ("outcome",), "basis": ("billing_basis",),
-              "plan": ("plan", "billing_basis")}
+              "plan": ("plan", "billing_basis"), "origin": ("origin",)}
 WINDOWS = ("hour", "day", "week", "month")
 
 LEDGER_FIELDS = (

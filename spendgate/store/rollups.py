@@ -42,8 +42,10 @@ log = logging.getLogger(__name__)
 USE = True  # False: every report reads raw rows (the tests compare both ways)
 
 # the dimensions reports group or filter by (spendgate.reports.queries.GROUPS, unpriced, subscriptions)
+# origin: the laptop gateway an ingested row came from (spendgate.central); one per laptop, and a
+# laptop serves one user, so it adds almost no groups
 DIMS = ('"user"', "key_fingerprint", "model", "provider", "client", "workspace", "outcome", "billing_basis",
-        "plan", "credential")  # fmt: skip
+        "plan", "credential", "origin")  # fmt: skip
 TOKENS = ("input_tokens", "cache_read_tokens", "cache_write_tokens", "cache_write_1h_tokens", "output_tokens",
           "reasoning_tokens", "web_search_requests")  # fmt: skip
 USD = ("cost_usd", "charged_usd", "notional_usd")
