@@ -59,17 +59,22 @@ def test_speech_bills_tts_1_by_characters_from_the_request():
     assert SPEECH.parse_response(b"ID3\x00\x00").usage is None
 
 
-def test_an_encoded_request_is_read_decoded_and_never_rewritten():
+def test_an_encoded_request_is_read_decoded_and_an_undecodable_one_is_marked():
+    """The edge decodes (meter.request_body) and hands the decoded body on: rules and estimates
+    read what the provider reads; a rewrite is encoded again at the edge (mitmproxy's setter)."""
     import gzip
 
     from spendgate.identity import Identity
-    from spendgate.metering.meter import Meter
+    from spendgate.metering.meter import Meter, request_body
 
     meter = Meter(pricer=None, ledger=None, identify=lambda *a: Identity(user="u", source="test"))  # type: ignore[arg-type]
     body = json.dumps({"model": "gpt-4o", "stream": True, "messages": []}).encode()
-    plain = meter.begin("api.openai.com", "/v1/chat/completions", {}, body)
-    assert plain.request.model == "gpt-4o" and plain.request.rewritten_body is not None  # include_usage added
-    packed = meter.begin("api.openai.com", "/v1/chat/completions", {"content-encoding": "gzip"}, gzip.compress(body))
-    assert (packed.request.model, packed.request.stream, packed.request.rewritten_body) == ("gpt-4o", True, None)
-    junk = meter.begin("api.openai.com", "/v1/chat/completions", {"content-encoding": "zstd"}, b"not zstd")
-    assert junk.request.malformed
+    packed = request_body(gzip.compress(body), "gzip")
+    assert packed == body
+    ex = meter.begin("api.openai.com", "/v1/chat/completions", {"content-encoding": "gzip"}, packed)
+    assert (ex.request.model, ex.request.stream) == ("gpt-4o", True)
+    assert ex.request.rewritten_body is not None  # include_usage added, like for a plain body
+    assert request_body(b"not zstd", "zstd") is None
+    junk = meter.begin("api.openai.com", "/v1/chat/completions", {"content-encoding": "zstd"}, b"not zstd",
+                       unreadable=True)
+    assert junk.request.unreadable and junk.request.malformed
