@@ -6,6 +6,7 @@ Each test asserts the behaviour a sound design should have; the ones that fail t
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 from decimal import Decimal
 
@@ -51,3 +52,27 @@ def test_r2b_cost_is_the_laptops_word_zero_cost_rows_with_tokens_are_accepted(ce
     got = ingest.ingest("alice", "alice@laptop", [row], now=NOW)
     assert got.accepted == ["r-zero0001"] and not got.rejected
     assert led.cursor().execute("SELECT charged_usd, output_tokens FROM requests").fetchone() == (Decimal(0), 1_000_000)
+
+
+@pytest.mark.xfail(strict=True, reason="R5: a results file is marked charged by the first clean download, even a "
+                                        "206 range of one line; the full download afterwards is recorded at $0")
+def test_r5_a_partial_results_download_does_not_make_the_full_one_free():
+    """Mirrors meter._record (meter.py:373): key marked on the first response with usage_final."""
+    from spendgate.metering.providers import batches
+
+    def line(i: int) -> bytes:
+        return json.dumps({"custom_id": f"r{i}", "response": {"status_code": 200, "body": {
+            "model": "gpt-4o-mini", "usage": {"prompt_tokens": 1000, "completion_tokens": 300}}}}).encode() + b"\n"
+
+    whole = b"".join(line(i) for i in range(100))
+    path = "/v1/files/file-out-review1/content"
+    charged_tokens = 0
+    for body in (whole[: len(line(0))], whole):  # Range: bytes=0-N (206), then the whole file (200)
+        p = batches.OPENAI_RESULTS.stream_parser(path)
+        p.feed(body)
+        p.close()
+        res = p.result()
+        if res.results_key and res.usage_final and not batches.CHARGED.first_time(res.results_key):
+            continue  # "batch results fetched again: already charged"
+        charged_tokens += res.usage.input_tokens
+    assert charged_tokens >= 100 * 1000, charged_tokens  # today: 1000 (one line of 100)
