@@ -1,0 +1,44 @@
+"""Reviewer's reproductions (branch review): a gzip body of two members (RFC 1952 2.2: "a gzip file
+consists of a series of members"). Python's gzip, Go's gzip.Reader (multistream by default) and
+the fake provider (mitmproxy's decoder) read every member; the gateway's request decoder stops
+after the first (zlib.decompressobj leaves the rest in unused_data), so it reads a different body.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+
+import pytest
+
+from spendgate.metering.meter import request_body
+
+pytestmark = [pytest.mark.e2e]
+
+WHOLE = json.dumps({"model": "gpt-5-pro", "max_tokens": 50, "messages": [{"role": "user", "content": "hi"}]}).encode()
+
+
+def two_members(data: bytes, cut: int) -> bytes:
+    return gzip.compress(data[:cut]) + gzip.compress(data[cut:])
+
+
+def test_r8_the_gateway_reads_only_the_first_gzip_member():
+    body = two_members(WHOLE, len(WHOLE) - 1)
+    assert gzip.decompress(body) == WHOLE  # what the provider reads
+    assert request_body(body, "gzip") == WHOLE[:-1]  # what the gateway reads: malformed JSON, no model
+
+
+@pytest.mark.xfail(strict=True, reason="R8: a denied model passes in a two-member gzip body (model unseen)")
+def test_r8_a_denied_model_in_a_two_member_gzip_body_is_refused(tmp_path, gateway_factory):
+    pol = tmp_path / "p.yaml"
+    pol.write_text('version: 1\nmodels:\n  - {scope: defaults, deny: ["gpt-5-pro*"]}\ndefaults: {user: {day: 5}}\n')
+    gw = gateway_factory(policy=pol).start()
+    url = "https://api.openai.com/v1/chat/completions"
+    hdrs = {"authorization": "Bearer sk-enc-SECRET-0001", "content-type": "application/json"}
+    with gw.http_client() as c:
+        plain = c.post(url, content=gzip.compress(WHOLE), headers={**hdrs, "content-encoding": "gzip"})
+        assert plain.status_code == 403, plain.text  # one member: read, refused
+        split = c.post(url, content=two_members(WHOLE, len(WHOLE) - 1), headers={**hdrs, "content-encoding": "gzip"})
+    rows = gw.ledger(wait_for=2)
+    print(split.status_code, split.text[:200], [(r["model"], r["outcome"], r["charged_usd"]) for r in rows])
+    assert split.status_code == 403
