@@ -124,3 +124,15 @@ def test_r7_the_uplink_never_sends_its_token_in_clear_text(tmp_path):
     led.close()
     print(bytes(seen).decode(errors="replace"))
     assert b"sgt_SECRET_alice_token" not in bytes(seen) and b"c2d0X1NFQ1JFVF9h" not in bytes(seen)
+
+
+@pytest.mark.xfail(strict=True, reason="R9: any engineer's token can push rows up to $100,000 each (500 a batch) "
+                                        "that fill the organization and shared workspace budgets: everyone is refused")
+def test_r9_one_users_pushed_rows_cannot_exhaust_everyone_elses_budgets(centre):  # noqa: F811
+    ingest, led, book = centre
+    # (the fixture's policy: organization month $1000, workspaces.platform members [alice])
+    assert Decimal(lease(book, "bob", "10", NOW)["granted_usd"]) == Decimal("1")
+    got = ingest.ingest("mallory", "mallory@laptop", [wire(_row("r-bomb0001", charged="99999"))], now=NOW)
+    assert got.accepted == ["r-bomb0001"]
+    print(lease(book, "bob", "10", NOW))
+    assert Decimal(lease(book, "bob", "10", NOW)["granted_usd"]) == Decimal("1")  # bob never touched it
