@@ -13,6 +13,7 @@ import logging
 import time
 import zlib
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import brotli
 
@@ -52,7 +53,8 @@ class IncrementalDecoder:
         if enc in ("", "identity"):
             self._pieces = lambda b, n: iter((b,))
         elif enc in ("gzip", "x-gzip"):
-            self._pieces = _ZlibPieces(zlib.decompressobj(16 + zlib.MAX_WBITS)).pieces
+            self._pieces = _ZlibPieces(zlib.decompressobj(16 + zlib.MAX_WBITS),
+                                       lambda: zlib.decompressobj(16 + zlib.MAX_WBITS)).pieces
         elif enc == "deflate":
             self._pieces = _DeflateAuto().pieces
         elif enc == "br":
@@ -78,13 +80,22 @@ class IncrementalDecoder:
 
 
 class _ZlibPieces:
-    def __init__(self, d) -> None:
+    """zlib output in pieces. With `again` (gzip), bytes after the end of a member start the next
+    one: a gzip body is a series of members (RFC 1952 §2.2) and servers decode them all, so reading
+    only the first would show us a different body than the provider reads."""
+
+    def __init__(self, d, again: Callable[[], Any] | None = None) -> None:
         self.d = d
+        self.again = again
 
     def pieces(self, data: bytes, n: int) -> Iterator[bytes]:
-        yield self.d.decompress(data, n)
-        while self.d.unconsumed_tail:
-            yield self.d.decompress(self.d.unconsumed_tail, n)
+        while True:
+            yield self.d.decompress(data, n)
+            while self.d.unconsumed_tail:
+                yield self.d.decompress(self.d.unconsumed_tail, n)
+            if self.again is None or not (self.d.eof and self.d.unused_data):
+                return
+            data, self.d = self.d.unused_data, self.again()
 
 
 class _BrotliPieces:
@@ -103,13 +114,24 @@ class _BrotliPieces:
 
 
 class _ZstdPieces:
+    """zstd output in pieces, frame after frame: a zstd body may hold several frames, all decoded
+    by the server (RFC 8878 §3), so bytes after one frame's end start the next."""
+
     def __init__(self) -> None:
         self.d = zstd.ZstdDecompressor()
 
     def pieces(self, data: bytes, n: int) -> Iterator[bytes]:
-        yield self.d.decompress(data, n)
-        while not self.d.needs_input and not self.d.eof:
-            yield self.d.decompress(b"", n)
+        while True:
+            if self.d.eof:  # the previous frame ended: what follows is a new one
+                data, self.d = self.d.unused_data + data, zstd.ZstdDecompressor()
+            if not data and self.d.needs_input:
+                return
+            yield self.d.decompress(data, n)
+            while not self.d.needs_input and not self.d.eof:
+                yield self.d.decompress(b"", n)
+            if not (self.d.eof and self.d.unused_data):
+                return
+            data = b""
 
 
 class _DeflateAuto:

@@ -1,7 +1,7 @@
-"""Reviewer's reproductions (branch review): a gzip body of two members (RFC 1952 2.2: "a gzip file
-consists of a series of members"). Python's gzip, Go's gzip.Reader (multistream by default) and
-the fake provider (mitmproxy's decoder) read every member; the gateway's request decoder stops
-after the first (zlib.decompressobj leaves the rest in unused_data), so it reads a different body.
+"""Found by the attacker review: a gzip body of two members (RFC 1952 §2.2: "a gzip file consists
+of a series of members") or a zstd body of two frames. Servers read every member; the gateway's
+decoder stopped after the first, so it read a different body (no model: rules bypassed). It now
+reads them all, like the provider.
 """
 
 from __future__ import annotations
@@ -22,14 +22,19 @@ def two_members(data: bytes, cut: int) -> bytes:
     return gzip.compress(data[:cut]) + gzip.compress(data[cut:])
 
 
-def test_r8_the_gateway_reads_only_the_first_gzip_member():
-    body = two_members(WHOLE, len(WHOLE) - 1)
-    assert gzip.decompress(body) == WHOLE  # what the provider reads
-    assert request_body(body, "gzip") == WHOLE[:-1]  # what the gateway reads: malformed JSON, no model
+def test_the_gateway_reads_every_gzip_member_and_zstd_frame():
+    from mitmproxy.net import encoding
+
+    for cut in (1, 10, len(WHOLE) - 1):
+        body = two_members(WHOLE, cut)
+        assert gzip.decompress(body) == WHOLE  # what the provider reads
+        assert request_body(body, "gzip") == WHOLE  # and what the gateway reads
+        frames = encoding.encode(WHOLE[:cut], "zstd") + encoding.encode(WHOLE[cut:], "zstd")
+        assert request_body(frames, "zstd") == WHOLE
+    assert request_body(gzip.compress(WHOLE) + b"trailing garbage", "gzip") is None  # unreadable: 415
 
 
-@pytest.mark.xfail(strict=True, reason="R8: a denied model passes in a two-member gzip body (model unseen)")
-def test_r8_a_denied_model_in_a_two_member_gzip_body_is_refused(tmp_path, gateway_factory):
+def test_a_denied_model_in_a_two_member_gzip_body_is_refused(tmp_path, gateway_factory):
     pol = tmp_path / "p.yaml"
     pol.write_text('version: 1\nmodels:\n  - {scope: defaults, deny: ["gpt-5-pro*"]}\ndefaults: {user: {day: 5}}\n')
     gw = gateway_factory(policy=pol).start()
