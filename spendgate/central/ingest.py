@@ -10,6 +10,7 @@ centre policy's for that user. The request id is the idempotency key: a replayed
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -131,6 +132,14 @@ def _millis(d: dict, name: str) -> float | None:
     return float(v)
 
 
+def pushed_id(user: str, rid: str) -> str:
+    """The centre's id for a row `user`'s laptop pushed as `rid`: the laptop's id in the pushing
+    user's own namespace (``rid~<user fingerprint>``). A push can then never name a request metered
+    anywhere else or pushed by someone else: it cannot settle (and so make free) another request's
+    open reservation, nor land first so that the real row is turned away as a duplicate."""
+    return f"{rid}~{hashlib.sha256(user.encode()).hexdigest()[:12]}"
+
+
 def validate_row(d: Any, user: str, origin: str, workspaces: Sequence[str], now: datetime) -> tuple[LedgerRow, bool]:
     """A LedgerRow built from checked values only, charged to `user`; (row, re-attributed?).
 
@@ -152,7 +161,7 @@ def validate_row(d: Any, user: str, origin: str, workspaces: Sequence[str], now:
         raise ValueError("ts must carry a UTC offset")
     if not now - MAX_AGE <= ts <= now + MAX_SKEW:
         raise ValueError(f"ts {raw_ts[:40]} is more than {MAX_AGE.days} days old or in the future")
-    values: dict[str, Any] = {"ts": ts.astimezone(UTC), "request_id": rid}
+    values: dict[str, Any] = {"ts": ts.astimezone(UTC), "request_id": pushed_id(user, rid)}
     for name in _WORDS_REQUIRED:
         v = d.get(name, "api" if name == "billing_basis" else None)
         if not isinstance(v, str) or not WORD.match(v):
@@ -239,7 +248,7 @@ class Ingest:
         policy = self.book.policy
         workspaces = policy.workspaces_of(user)
         out = IngestResult()
-        good: dict[str, LedgerRow] = {}
+        good: dict[str, LedgerRow] = {}  # the laptop's id -> the row (under the centre's id, pushed_id)
         for i, d in enumerate(rows):
             try:
                 row, moved = validate_row(d, user, origin, workspaces, now)
@@ -248,21 +257,20 @@ class Ingest:
                 out.rejected.append({"index": i, "request_id": rid if isinstance(rid, str) else None,
                                      "error": str(e)})
                 continue
-            if row.request_id in good:
-                out.duplicates.append(row.request_id)
+            if d["request_id"] in good:
+                out.duplicates.append(d["request_id"])
                 continue
-            good[row.request_id] = row
+            good[d["request_id"]] = row
             out.reattributed += moved
         if not good:
             return out
         with self._lock:
             fresh = self._land(list(good.values()), now)
-        for row in good.values():
-            (out.accepted if row.request_id in fresh else out.duplicates).append(row.request_id)
+        for rid, row in good.items():  # answered with the laptop's own ids: what its outbox knows
+            (out.accepted if row.request_id in fresh else out.duplicates).append(rid)
         ident = Identity(user=user, source="token", workspaces=workspaces)
-        for rid in fresh:
-            row = good[rid]
-            if row.charged_usd:
+        for row in good.values():
+            if row.request_id in fresh and row.charged_usd:
                 self.after_charge(ident, row)
         if out.rejected:
             log.warning("spendgate: ingest from %s (%s): %d rows rejected, first: %s", origin, user,

@@ -21,7 +21,6 @@ def _day_spent(book, user: str) -> Decimal:
     return Decimal(str(day["spent_usd"])) if day else Decimal(0)
 
 
-@pytest.mark.xfail(strict=True, reason="R1: request ids are global: another user's id pre-pushed makes a row a no-op")
 def test_r1_a_pushed_row_is_not_swallowed_by_another_users_request_id(centre):  # noqa: F811
     ingest, led, book = centre
     # mallory learned (or guessed) one of bob's request ids and pushes it first, at $0

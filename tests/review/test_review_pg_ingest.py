@@ -16,9 +16,6 @@ from tests.unit.test_pg_store import BOB, book, counter, row, store  # noqa: F40
 D = Decimal
 
 
-@pytest.mark.xfail(strict=True, reason="R1b: a pushed row with the id of an in-flight request settles that "
-                                        "request's reservation at the pushed amount; the real settlement is "
-                                        "then a 'duplicate' and the request is never charged")
 def test_r1b_a_laptop_push_cannot_settle_someone_elses_in_flight_request(store, tmp_path):  # noqa: F811
     bk = book(store)
     d = bk.admit(BOB, D("0.5"), request_id="victim-00000001")  # bob's request through the centre, in flight
