@@ -209,6 +209,8 @@ class Admission:
             amount = self.estimate(ex, now)
         if ignored:
             amount = Decimal(0)
+        elif amount is not None and amount < MIN_RESERVE and not ex.request.results:
+            amount = MIN_RESERVE  # a call estimated at $0 (a batch submission) still meets a budget at its cap
         if amount is None:
             return refuse(ex, refusal.unavailable(
                 ex.dialect, f"model {ex.request.model!r} has no known price and the policy blocks unpriced models"))
@@ -337,6 +339,9 @@ class Admission:
             self._after_charge(ex.identity, row)
         else:
             self.book.record(row)  # refused or free: a shared store's ledger keeps it too
+
+
+MIN_RESERVE = Decimal("0.000001")  # USD: the least a metered call reserves
 
 
 def too_large(provider: str, size: int, limit: int) -> refusal.Answer:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import getpass
+import ipaddress
 import re
 import socket
 import stat
@@ -26,6 +27,13 @@ def default_gateway_id() -> str:
     return _ID.sub("-", f"{user}@{socket.gethostname()}")[:128]
 
 
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
 def central_settings(opts: Any) -> CentralSettings | None:
     """None without `spendgate_central`; ValueError (the message says what to fix) on a bad value."""
     url = (opts.spendgate_central or "").strip()
@@ -36,6 +44,10 @@ def central_settings(opts: Any) -> CentralSettings | None:
         raise ValueError(f"spendgate_central must be an http(s):// URL of the central gateway's API, not {url!r}")
     if parts.username or parts.password:
         raise ValueError("spendgate_central must not carry credentials; put the token in spendgate_central_token_file")
+    if parts.scheme == "http" and not _loopback(parts.hostname) and not (opts.spendgate_central_proxy or "").strip():
+        # the user's token would cross the network in clear text every few seconds
+        raise ValueError(f"spendgate_central {url!r}: use https:// (plain http only to a centre on this machine, "
+                         "or through the central gateway's proxy with spendgate_central_proxy)")
     if not opts.spendgate_central_token_file:
         raise ValueError("spendgate_central needs spendgate_central_token_file (the user's spendgate token, issued "
                          "on the centre with `spendgate tokens issue USER`)")

@@ -114,6 +114,18 @@ PlanFn = Callable[[str | None, str, datetime], str | None]  # (vendor, user, whe
 RowListener = Callable[[Exchange, LedgerRow], None]
 
 
+def results_already_charged(status: int | None, result: ResponseResult) -> bool:
+    """True for a batch results file this process charged before (its download is then $0).
+
+    Only a complete download (200) marks a file charged: a ranged one (206) is charged for the
+    lines it carries and marks nothing, so part of a file can never make the whole of it free
+    (ranges followed by a full download pay the overlap twice; reconciliation shows it).
+    """
+    if not (result.results_key and result.usage_final) or status != 200:
+        return False
+    return not batches.CHARGED.first_time(result.results_key)
+
+
 def estimate_usage(req: RequestInfo, result: ResponseResult) -> Usage:
     """Best guess when the provider's final usage never arrived (cut, error, crash)."""
     seen = result.usage or Usage()
@@ -370,8 +382,7 @@ class Meter:
         if isinstance(result, Body):
             result = result.parse(ex.route.adapter)
         ex.response = result
-        if result is not None and result.results_key and result.usage_final \
-                and not batches.CHARGED.first_time(result.results_key):
+        if result is not None and results_already_charged(ex.status, result):
             result = ResponseResult(free=True, note="batch results fetched again: already charged")
         if result is not None and result.response_id and result.usage is not None:
             self.contexts.remember(result.response_id, result.usage.input_tokens + result.usage.output_tokens)

@@ -77,6 +77,12 @@ SECURITY_HEADERS = {
 }
 
 
+# laptops post these every few seconds (spendgate.central): a lease changes nothing the page draws,
+# and ingested rows show within the cache's few seconds anyway; clearing on them would mean the
+# poll cache never hits on a centre
+_POSTS_THAT_CHANGE_NO_PAGE = frozenset({"/api/lease", "/api/ingest"})
+
+
 @dataclass(frozen=True, slots=True)
 class WebRequest:
     method: str
@@ -289,8 +295,8 @@ class WebApp:
             key = (path, tuple(sorted(params.items())), caller.name, caller.admin, caller.source)
             return self.poll_cache.get(key, answer)[0]
         resp = answer()
-        if req.method == "POST" and resp.status == 200:  # a decision, a grant, a re-pricing: the page sees it now
-            self.poll_cache.clear()
+        if req.method == "POST" and resp.status == 200 and path not in _POSTS_THAT_CHANGE_NO_PAGE:
+            self.poll_cache.clear()  # a decision, a grant, a re-pricing: the page sees it now
         return resp
 
     def _metrics(self, req: WebRequest, caller: Caller | None) -> WebResponse:

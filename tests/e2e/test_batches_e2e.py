@@ -150,6 +150,12 @@ def test_a_batch_over_the_budget_is_refused_at_submission_and_results_are_never_
     rows = gw.ledger(wait_for=3)
     (res,) = [r for r in rows if r["endpoint"] == "batch.results"]
     assert D(res["cost_usd"]) == HAIKU_LINE and D(res["charged_usd"]) == HAIKU_LINE
+    # past the cap now (the results were charged): even a submission estimated at $0 is refused
+    # (admission.MIN_RESERVE; found by the attacker review)
+    oai = openai.OpenAI(api_key="sk-batch-SECRET", http_client=gw.http_client(), max_retries=0)
+    with pytest.raises(openai.RateLimitError):
+        oai.batches.create(input_file_id="file-x", endpoint="/v1/chat/completions", completion_window="24h")
+    assert fake_provider.requests_to(route="/v1/batches") == []
 
 
 def test_an_openai_batch_names_no_model_and_is_not_refused_as_unpriced(tmp_path, gateway_factory):

@@ -53,10 +53,9 @@ def test_r2b_cost_is_the_laptops_word_zero_cost_rows_with_tokens_are_accepted(ce
     assert led.cursor().execute("SELECT charged_usd, output_tokens FROM requests").fetchone() == (Decimal(0), 1_000_000)
 
 
-@pytest.mark.xfail(strict=True, reason="R5: a results file is marked charged by the first clean download, even a "
-                                        "206 range of one line; the full download afterwards is recorded at $0")
 def test_r5_a_partial_results_download_does_not_make_the_full_one_free():
-    """Mirrors meter._record (meter.py:373): key marked on the first response with usage_final."""
+    """A ranged (206) download charges its lines and marks nothing; the full download is charged."""
+    from spendgate.metering.meter import results_already_charged
     from spendgate.metering.providers import batches
 
     def line(i: int) -> bytes:
@@ -66,15 +65,15 @@ def test_r5_a_partial_results_download_does_not_make_the_full_one_free():
     whole = b"".join(line(i) for i in range(100))
     path = "/v1/files/file-out-review1/content"
     charged_tokens = 0
-    for body in (whole[: len(line(0))], whole):  # Range: bytes=0-N (206), then the whole file (200)
+    for status, body in ((206, whole[: len(line(0))]), (200, whole), (200, whole)):  # a range, then whole twice
         p = batches.OPENAI_RESULTS.stream_parser(path)
         p.feed(body)
         p.close()
         res = p.result()
-        if res.results_key and res.usage_final and not batches.CHARGED.first_time(res.results_key):
+        if results_already_charged(status, res):
             continue  # "batch results fetched again: already charged"
         charged_tokens += res.usage.input_tokens
-    assert charged_tokens >= 100 * 1000, charged_tokens  # today: 1000 (one line of 100)
+    assert charged_tokens == 101 * 1000, charged_tokens  # the range's line, then the whole file once
 
 
 @pytest.mark.xfail(strict=True, reason="R7: the documented proxy route (http://spendgate.local via the central "

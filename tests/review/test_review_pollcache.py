@@ -16,8 +16,6 @@ def _session(app: WebApp, token: str) -> dict[str, str]:
     return {"cookie": resp.headers["Set-Cookie"].split(";")[0]}
 
 
-@pytest.mark.xfail(strict=True, reason="R6: every laptop lease/ingest POST (each laptop, every 2 s) clears the "
-                                        "whole poll cache, so on a centre the cache of issue 22 never hits")
 def test_r6_laptop_leases_do_not_flush_the_dashboard_cache() -> None:
     calls: list[str] = []
 
