@@ -136,7 +136,7 @@ def test_gemini_inline_batch_charged_once_from_the_done_operation(gateway):
 def test_a_batch_over_the_budget_is_refused_at_submission_and_results_are_never_refused(tmp_path, gateway_factory,
                                                                                          fake_provider):
     pol = tmp_path / "p.yaml"
-    pol.write_text("version: 1\ndefaults: {user: {day: 0.0001}}\n")
+    pol.write_text(f"version: 1\ndefaults: {{user: {{day: {HAIKU_LINE}}}}}\n")  # one result line's worth
     gw = gateway_factory(policy=pol).start()
     client = anthropic.Anthropic(api_key="sk-ant-batch-SECRET", http_client=gw.http_client(), max_retries=0)
     with pytest.raises(anthropic.RateLimitError) as e:
@@ -150,7 +150,7 @@ def test_a_batch_over_the_budget_is_refused_at_submission_and_results_are_never_
     rows = gw.ledger(wait_for=3)
     (res,) = [r for r in rows if r["endpoint"] == "batch.results"]
     assert D(res["cost_usd"]) == HAIKU_LINE and D(res["charged_usd"]) == HAIKU_LINE
-    # past the cap now (the results were charged): even a submission estimated at $0 is refused
+    # exactly at the cap now (the results were charged): even a submission estimated at $0 is refused
     # (admission.MIN_RESERVE; found by the attacker review)
     oai = openai.OpenAI(api_key="sk-batch-SECRET", http_client=gw.http_client(), max_retries=0)
     with pytest.raises(openai.RateLimitError):
