@@ -139,7 +139,7 @@ class Gateway:
             stepped_down=self.workflow.stepped_down, central=settings.central,
         )  # fmt: skip
         # rows pushed by laptops (POST /api/ingest), landed once each in this ledger and these counters
-        self.ingest = Ingest(self.ledger.cursor, self.book, self.workflow.after_charge)
+        self.ingest = Ingest(self.ledger.cursor, self.book, self.workflow.after_charge, lambda: self.pricer)
         self.uplink: Uplink | None = None
         if settings.report_to:  # this laptop reports to a centre and admits through its lease
             self.uplink = Uplink(settings.report_to, self.ledger.cursor, lambda: self.policy).start()

@@ -28,6 +28,7 @@ from spendgate.budgets.windows import WINDOWS
 from spendgate.budgets.windows import bounds as window_bounds
 from spendgate.identity import Identity
 from spendgate.pricing import cards
+from spendgate.pricing.rates import Pricer
 from spendgate.store.ledger import COLUMNS, LedgerRow, write_cards, write_rows
 
 log = logging.getLogger(__name__)
@@ -132,6 +133,41 @@ def _millis(d: dict, name: str) -> float | None:
     return float(v)
 
 
+MAX_PUSHED_ROW_USD = Decimal("50")  # USD one pushed row may charge: more than any single agent call costs
+_PRICED_AT_CENTRE = ("ok", "estimated", "unpriced")  # outcomes whose usage is billed (reprice.REPRICEABLE)
+
+
+def centre_priced(row: LedgerRow, pricer: Pricer | None) -> LedgerRow:
+    """A pushed API row priced by the centre from its usage, model and time; never the laptop's word
+    for the amount when the centre knows the model (the laptop's figure is kept in the note when it
+    differs). A row the centre cannot price keeps the laptop's amount. Either way one row charges at
+    most MAX_PUSHED_ROW_USD. Subscription and $0-by-design rows (blocked, errors) are left as sent.
+    """
+    if pricer is not None and row.billing_basis == "api" and row.outcome in _PRICED_AT_CENTRE and row.model:
+        try:
+            modifiers = json.loads(row.modifiers) if row.modifiers else {}
+        except ValueError:
+            modifiers = {}
+        usage = cards.usage_of({f: getattr(row, f) for f in COLUMNS})
+        price = pricer.price(row.provider, row.model, usage, row.ts, None, modifiers if isinstance(modifiers, dict) else {})
+        if price.cost is not None:
+            said = row.charged_usd
+            row.cost_usd = row.charged_usd = price.cost
+            row.outcome = "estimated" if row.estimated else "ok"
+            row.price_source = f"{price.source} (priced at the centre)"
+            row.price_card, row.card_json = cards.of_result(price)
+            if said is not None and said != price.cost:
+                row.note = _noted(row.note, f"the laptop said ${said}")
+    if row.charged_usd is not None and row.charged_usd > MAX_PUSHED_ROW_USD:
+        row.note = _noted(row.note, f"charge capped at ${MAX_PUSHED_ROW_USD} (the row said ${row.charged_usd})")
+        row.charged_usd = MAX_PUSHED_ROW_USD
+    return row
+
+
+def _noted(note: str | None, more: str) -> str:
+    return bounds.clip((note + "; " if note else "") + more, bounds.NOTE)
+
+
 def pushed_id(user: str, rid: str) -> str:
     """The centre's id for a row `user`'s laptop pushed as `rid`: the laptop's id in the pushing
     user's own namespace (``rid~<user fingerprint>``). A push can then never name a request metered
@@ -231,10 +267,12 @@ class Ingest:
     """
 
     def __init__(self, cursor: Callable[[], Any], book: BudgetBook,
-                 after_charge: Callable[[Identity, LedgerRow], None] = lambda i, r: None) -> None:
+                 after_charge: Callable[[Identity, LedgerRow], None] = lambda i, r: None,
+                 pricer: Callable[[], Pricer | None] = lambda: None) -> None:
         self.cursor = cursor
         self.book = book
         self.after_charge = after_charge
+        self.pricer = pricer  # the centre's own prices (reloaded with its pricing files)
         self._lock = threading.Lock()
 
     def ingest(self, user: str, origin: Any, rows: Any, now: datetime | None = None) -> IngestResult:
@@ -260,7 +298,7 @@ class Ingest:
             if d["request_id"] in good:
                 out.duplicates.append(d["request_id"])
                 continue
-            good[d["request_id"]] = row
+            good[d["request_id"]] = centre_priced(row, self.pricer())
             out.reattributed += moved
         if not good:
             return out
