@@ -20,6 +20,7 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
+from spendgate.central.ingest import pushed_id
 from spendgate.store.ledger import connect
 from tests.support import ANTHROPIC_KEY
 from tests.support.gateway import free_port
@@ -109,7 +110,8 @@ def test_offline_laptop_replays_every_row_exactly_once_when_the_centre_returns(t
     centre.start()
     landed = wait_until(lambda: len(r := centre.ledger()) == 3 and r)  # the outbox drains on its own
     assert {r["origin"] for r in landed} == {LAPTOP_ID} and {r["user"] for r in landed} == {"tester"}
-    assert sorted(r["request_id"] for r in landed) == sorted(r["request_id"] for r in local)
+    # the laptop's ids, each in the pushing user's namespace at the centre (ingest.pushed_id)
+    assert sorted(r["request_id"] for r in landed) == sorted(pushed_id("tester", r["request_id"]) for r in local)
     assert sorted((r["outcome"], r["offline"]) for r in landed) == [("blocked", False), ("ok", True), ("ok", True)]
     offline_usd = sum(Decimal(str(r["charged_usd"])) for r in landed)
     assert offline_usd <= Decimal("0.03")  # the bound offline_allowance guarantees
@@ -190,7 +192,7 @@ def test_a_laptop_token_cannot_push_rows_for_somebody_else_and_garbage_gets_a_4x
     forged = dict(row, request_id="forged-0001", origin="someone-else", user="tester")
     got = post(api + "/api/ingest", mallory, {"gateway_id": "mallory-laptop", "rows": [forged]})
     assert got.status_code == 200 and got.json()["reattributed"] == 1
-    landed = next(r for r in centre.ledger() if r["request_id"] == "forged-0001")
+    landed = next(r for r in centre.ledger() if r["request_id"] == pushed_id("mallory", "forged-0001"))
     assert landed["user"] == "mallory" and landed["origin"] == "mallory-laptop"
     assert "the laptop said 'tester'" in landed["note"]
     assert spent(centre) == before  # tester's budget untouched: mallory pays
@@ -213,7 +215,7 @@ def test_a_laptop_token_cannot_push_rows_for_somebody_else_and_garbage_gets_a_4x
     assert got.status_code == 200
     assert got.json()["accepted"] == 1 and got.json()["rejected"][0]["request_id"] == "bad-0001"
     assert "input_tokens" in got.json()["rejected"][0]["error"]
-    ids = {r["request_id"] for r in centre.ledger()}
+    ids = {r["request_id"].split("~")[0] for r in centre.ledger()}
     assert "good-0001" in ids and "bad-0001" not in ids and "admin-0001" not in ids
 
 
