@@ -881,7 +881,7 @@ def print_report(result: dict[str, Any]) -> None:
         t.add_row(f"ready, policy with {pol['users']:,} users (s)", "", "", f"{pol['ready_s']}", "", "",
                   mark("ready with the big policy (s)"))
         t.add_row(f"  policy load + check, {pol['users']:,} users (s)", "", "", f"{pol['check_s']}", "", "", "")
-    console = Console()
+    console = Console(width=170)
     console.print(t)
 
     a = Table(title="admission and ledger (spendgate only)", header_style="bold")
@@ -955,11 +955,17 @@ def main(argv: list[str] | None = None) -> int:
                     help="only CPU time per request of each proxy (robust on a loaded machine; ~1-2 minutes)")
     ap.add_argument("--profile", action="store_true",
                     help="with --cpu: run spendgate's mitmdump under cProfile and print its top functions")
+    ap.add_argument("--only", default="", help="with --cpu: comma-separated scenarios (c1, c10, body_5mb, stream)")
+    ap.add_argument("--rounds", type=int, default=0, help="with --cpu: rounds (default 5)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="bench: %(message)s")
     plan, mode = (SMOKE, "smoke") if args.smoke else (Plan(), "full")
     if args.cpu or args.profile:
         mode = "cpu"
+        cpu_plan = replace(plan.cpu, only=tuple(x for x in args.only.split(",") if x))
+        if args.rounds:
+            cpu_plan = replace(cpu_plan, rounds=args.rounds)
+        plan = replace(plan, cpu=cpu_plan)
     stamp = datetime.now().strftime('%Y%m%d-%H%M%S')
     out = args.out or ROOT / "bench-results" / f"bench-{stamp}.json"
     profile = out.with_suffix(".prof") if args.profile else None

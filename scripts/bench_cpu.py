@@ -48,6 +48,7 @@ class CpuPlan:
     big_bytes: int = 5 * 1024 * 1024
     stream_events: int = 2000
     streams: int = 2
+    only: tuple[str, ...] = ()  # scenario names to run (empty: all); scripts/bench --cpu --only c1,stream
 
 
 CPU_SMOKE = CpuPlan(rounds=1, c1_requests=20, c10_per_conn=3, big_requests=3, big_bytes=512 * 1024,
@@ -127,7 +128,7 @@ async def _warm(bench_mod: Any, port: int, ctx: ssl.SSLContext) -> None:
 def run_cpu(bench_mod: Any, plan: CpuPlan, ctx: ssl.SSLContext, proxies: dict[str, Any]) -> dict[str, Any]:
     """CPU µs per unit for each proxy and scenario; `proxies` maps plain / control / spendgate (and
     optionally plain-stream, the streaming floor) to started bench.Proxy objects."""
-    scen = scenarios(bench_mod, plan, ctx)
+    scen = {k: v for k, v in scenarios(bench_mod, plan, ctx).items() if not plan.only or k in plan.only}
     for p in {id(p): p for p in proxies.values()}.values():
         asyncio.run(_warm(bench_mod, p.port, ctx))
     samples: dict[str, dict[str, list[float]]] = {s: {n: [] for n in proxies} for s in scen}
@@ -168,6 +169,8 @@ def run_cpu(bench_mod: Any, plan: CpuPlan, ctx: ssl.SSLContext, proxies: dict[st
 
 def print_cpu(cpu: dict[str, Any], console: Any) -> None:
     from rich.table import Table
+
+    console.width = max(console.width, 150)
 
     t = Table(title="CPU time per request (all threads of each mitmdump; median of rounds)", header_style="bold")
     for col in ("scenario", "plain", "plain (control)", "spendgate", "added", "added / plain", "control - plain"):
