@@ -83,6 +83,7 @@ class SpendGate:
         self._oversized: set[str] = set()  # client connections that sent a body over the limit
         self._release_pending = False
         self._released_at = 0.0  # time.monotonic() of the last bounds.release_memory()
+        self._checked: tuple[Settings, tuple] | None = None  # (settings, Gateway.check result) of configure
 
     def load(self, loader) -> None:
         # The meter and ledger threads share the GIL with mitmproxy's event loop. CPython makes a
@@ -173,10 +174,11 @@ class SpendGate:
                 metrics_port=opts.spendgate_metrics_port, metrics_host=opts.spendgate_metrics_host,
                 per_user_series=opts.spendgate_metrics_per_user,
             )
-            Gateway.check(settings)
+            checked = Gateway.check(settings)
         except (GatewayError, TelemetryError) as e:
             raise exceptions.OptionsError(str(e)) from None
         self.settings = settings
+        self._checked = (settings, checked)  # running() starts from it instead of reading the policy again
         if self.gateway and self.gateway.settings != settings:  # changed at run time
             self.gateway.close()
             self.gateway = None
@@ -185,8 +187,10 @@ class SpendGate:
     def running(self) -> None:
         if self.gateway is not None or self.settings is None:
             return
+        checked = self._checked[1] if self._checked and self._checked[0] is self.settings else None
+        self._checked = None
         try:
-            self.gateway = Gateway(self.settings)
+            self.gateway = Gateway(self.settings, checked)
         except GatewayError as e:
             log.error("spendgate: %s", e)  # an error logged during start-up makes mitmdump exit 1
             return

@@ -20,6 +20,8 @@ endpoint must not see us treat them as something else.
 
 from __future__ import annotations
 
+import functools
+
 import logging
 import re
 from collections.abc import Callable, Iterable
@@ -151,8 +153,14 @@ def normalize_path(path: str) -> str:
 
     Percent-decoding (repeated, up to MAX_DECODE_ROUNDS), backslashes as slashes, ``;params``
     stripped from each segment, empty and ``.`` segments dropped, ``..`` resolved. Never raises.
+    Pure, and asked several times per request for the same few paths: cached (query excluded,
+    so ids in queries do not fill the cache).
     """
-    raw = (path or "").split("#", 1)[0].split("?", 1)[0]
+    return _normalize((path or "").split("#", 1)[0].split("?", 1)[0])
+
+
+@functools.lru_cache(maxsize=4096)
+def _normalize(raw: str) -> str:
     for _ in range(MAX_DECODE_ROUNDS):
         decoded = unquote(raw, errors="replace")
         if decoded == raw:
