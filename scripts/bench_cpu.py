@@ -4,7 +4,7 @@ Wall-clock ratios swing with whatever else runs on the box; the CPU time a proce
 request does not (much): it is read from ``/proc/PID/stat`` (utime + stime, every thread of the
 process, so spendgate's meter and ledger threads count too) before and after N requests. Each
 measurement ends after a settle pause long enough for spendgate's batched background work (meter
-worker 50 ms, ledger commits 200 ms) to be done and counted; the pause is the same for every
+worker 50 ms, ledger commits every second) to be done and counted; the pause is the same for every
 proxy, so idle cost is counted alike. Rounds alternate the proxies' order, the per-round values
 are summarized by their median, and a second plain mitmdump is measured as a control: the
 plain-vs-control difference is the noise floor of the figure.
@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-SETTLE_S = 0.4  # > meter batch (0.05 s) + ledger commit interval (0.2 s): background work is counted
+SETTLE_S = 1.3  # > meter batch (0.05 s) + ledger commit interval (1 s): background work is counted
 
 
 def cpu_seconds(pid: int) -> float:

@@ -237,8 +237,9 @@ _extra_patterns: tuple[tuple[re.Pattern[str], ExtraHost], ...] = ()
 
 def configure_extra(hosts: Iterable[ExtraHost]) -> None:
     """Replace the site's extra hosts (called when options change, before traffic flows)."""
-    global _extra_exact, _extra_patterns
+    global _extra_exact, _extra_patterns, _generation
     hosts = list(hosts)
+    _generation += 1
     _extra_exact = {h.host: h for h in hosts if "*" not in h.host}
     _extra_patterns = tuple((re.compile(f"^{glob_regex(h.host)}$"), h) for h in hosts if "*" in h.host)
     _pattern_provider.cache_clear()
@@ -436,6 +437,14 @@ def site_hosts(include_chatgpt: bool) -> tuple[tuple[str, ...], tuple[str, ...]]
     """(exact hosts, shell globs) a PAC file sends to the gateway."""
     exact = tuple(h for h in PROVIDER_HOSTS if include_chatgpt or h not in OPTIONAL_HOSTS)
     return exact, tuple(g for g, _ in HOST_PATTERNS)
+
+
+_generation = 0  # bumped whenever the extra hosts change: caches keyed on it see the new table
+
+
+def hosts_generation() -> int:
+    """Changes whenever the set of provider hosts does (spendgate_extra_providers)."""
+    return _generation
 
 
 def provider_of_host(host: str) -> str:
