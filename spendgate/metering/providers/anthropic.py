@@ -118,13 +118,14 @@ def _content_chars(content: Any) -> int:
 
 
 # One whole text/thinking delta event exactly as Anthropic frames it, whose text needs no JSON
-# decoding: no quote, backslash or control character (json.loads would reject a raw control
+# decoding: no quote, backslash or control character (Anthropic pads events with spaces before the
+# last brace: allowed) (json.loads would reject a raw control
 # character, so such events take the full path and count as garbled there). Its character count is
 # then the length of the UTF-8 text itself. Anything else (other events, other spacing or field
 # order, escapes, a split read) goes through the SSE decoder and json.loads as before.
 _PLAIN_DELTA = re.compile(
     rb'event: content_block_delta\ndata: \{"type":"content_block_delta","index":(?:0|[1-9][0-9]{0,8}),'
-    rb'"delta":\{"type":"(?:text_delta","text|thinking_delta","thinking)":"([^"\\\x00-\x1f]*)"\}\}\n\n'
+    rb'"delta":\{"type":"(?:text_delta","text|thinking_delta","thinking)":"([^"\\\x00-\x1f]*)"\}[ \t]*\}[ \t]*\n\n'
 )
 
 
