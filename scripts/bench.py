@@ -380,6 +380,7 @@ class Proxy:
     proc: subprocess.Popen | None = None
     ready_s: float = float("nan")
     profile: Path | None = None  # run under cProfile, stats written here at stop (--profile)
+    tree: Path | None = None  # another checkout's addon and code (--against: before/after in one run)
 
     def command(self) -> list[str]:
         cmd = [str(BIN / "mitmdump"), "--listen-host", "127.0.0.1", "-p", str(self.port),
@@ -387,7 +388,8 @@ class Proxy:
                "--set", f"ssl_verify_upstream_trusted_ca={self.upstream.ca}", "--set", "flow_detail=0",
                *self.extra]  # fmt: skip
         if self.addon:
-            cmd += ["-s", str(ADDON), "--set", f"spendgate_db={self.ledger}", "--set", f"spendgate_policy={self.policy}",
+            addon = self.tree / "addons" / "gateway.py" if self.tree else ADDON
+            cmd += ["-s", str(addon), "--set", f"spendgate_db={self.ledger}", "--set", f"spendgate_policy={self.policy}",
                     "--set", "spendgate_user=bench"]  # fmt: skip
         return bench_cpu.profile_command(cmd, self.profile) if self.profile else cmd
 
@@ -398,7 +400,7 @@ class Proxy:
         logf = open(self.work / f"{self.name}.log", "ab")
         t0 = time.perf_counter()
         self.proc = subprocess.Popen(self.command(), stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                     cwd=str(self.work), env=_clean_env())
+                                     cwd=str(self.work), env=_clean_env(self.tree))
         logf.close()
         probe = http_request(agent_body(False, 300))
         deadline = t0 + timeout
@@ -433,8 +435,10 @@ async def _probe(port: int, ctx: ssl.SSLContext, request: bytes) -> None:
         c.close()
 
 
-def _clean_env() -> dict[str, str]:
+def _clean_env(tree: Path | None = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k.lower() not in ("http_proxy", "https_proxy", "all_proxy")}
+    if tree is not None:
+        env["PYTHONPATH"] = str(tree)
     env["PYTHONUNBUFFERED"] = "1"
     return env
 
@@ -596,9 +600,9 @@ class Bench:
         self.proxies: list[Proxy] = []
 
     def proxy(self, name: str, addon: bool, ledger: Path | None = None, extra: list[str] | None = None,
-              policy: Path | None = None, profile: Path | None = None) -> Proxy:
+              policy: Path | None = None, profile: Path | None = None, tree: Path | None = None) -> Proxy:
         p = Proxy(name, self.work / name, self.upstream, self.confdir, addon, ledger, policy or self.policy,
-                  extra or [], profile=profile)
+                  extra or [], profile=profile, tree=tree)
         self.proxies.append(p)
         return p.start(self.ctx)
 
@@ -703,18 +707,18 @@ class Bench:
         out["memory"] = memory
         return out
 
-    def cpu_only(self, profile: Path | None) -> dict[str, Any]:
-        """--cpu: only the CPU-per-request figures (and, with --profile, spendgate under cProfile)."""
-        plain = self.proxy("plain", False)
-        control = self.proxy("control", False)
-        plain_stream = self.proxy("plain-stream", False, extra=["--set", "stream_large_bodies=1"])
-        gw = self.proxy("spendgate", True, self.work / "cpu.duckdb", profile=profile)
+    def cpu_only(self, profile: Path | None, against: Path | None = None) -> dict[str, Any]:
+        """--cpu: only the CPU-per-request figures (and, with --profile, spendgate under cProfile;
+        with --against DIR, spendgate from that checkout as a "before" column)."""
+        proxies = {"plain": self.proxy("plain", False), "control": self.proxy("control", False),
+                   "plain-stream": self.proxy("plain-stream", False, extra=["--set", "stream_large_bodies=1"]),
+                   "spendgate": self.proxy("spendgate", True, self.work / "cpu.duckdb", profile=profile)}  # fmt: skip
+        if against is not None:
+            proxies["before"] = self.proxy("before", True, self.work / "before.duckdb", tree=against)
         try:
-            return bench_cpu.run_cpu(sys.modules[__name__], self.plan.cpu, self.ctx,
-                                     {"plain": plain, "control": control, "plain-stream": plain_stream,
-                                      "spendgate": gw})  # fmt: skip
+            return bench_cpu.run_cpu(sys.modules[__name__], self.plan.cpu, self.ctx, proxies)
         finally:
-            for p in (plain, control, plain_stream, gw):
+            for p in proxies.values():
                 p.stop()
 
 
@@ -905,14 +909,15 @@ def print_report(result: dict[str, Any]) -> None:
     console.print(g)
 
 
-def run(plan: Plan, mode: str, out: Path, keep: bool, profile: Path | None = None) -> dict[str, Any]:
+def run(plan: Plan, mode: str, out: Path, keep: bool, profile: Path | None = None,
+        against: Path | None = None) -> dict[str, Any]:
     started = time.perf_counter()
     load_start = os.getloadavg()
     work = Path(tempfile.mkdtemp(prefix="spendgate-bench-"))
     bench = Bench(plan, work)
     try:
         if mode == "cpu":
-            figures = {"cpu": bench.cpu_only(profile)}
+            figures = {"cpu": bench.cpu_only(profile, against)}
         else:
             admission = bench.ledgers()
             sizes = admission["sizes"]
@@ -957,6 +962,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="with --cpu: run spendgate's mitmdump under cProfile and print its top functions")
     ap.add_argument("--only", default="", help="with --cpu: comma-separated scenarios (c1, c10, body_5mb, stream)")
     ap.add_argument("--rounds", type=int, default=0, help="with --cpu: rounds (default 5)")
+    ap.add_argument("--against", type=Path, default=None,
+                    help="with --cpu: also measure spendgate from this checkout (before/after in one run)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="bench: %(message)s")
     plan, mode = (SMOKE, "smoke") if args.smoke else (Plan(), "full")
@@ -969,7 +976,9 @@ def main(argv: list[str] | None = None) -> int:
     stamp = datetime.now().strftime('%Y%m%d-%H%M%S')
     out = args.out or ROOT / "bench-results" / f"bench-{stamp}.json"
     profile = out.with_suffix(".prof") if args.profile else None
-    result = run(plan, mode, out, args.keep, profile)
+    if args.against:
+        mode = "cpu"
+    result = run(plan, mode, out, args.keep, profile, args.against.resolve() if args.against else None)
     if mode == "cpu":
         from rich.console import Console
 

@@ -139,6 +139,8 @@ def run_cpu(bench_mod: Any, plan: CpuPlan, ctx: ssl.SSLContext, proxies: dict[st
         for s, (runner, _unit) in scen.items():
             for name in names:
                 p = proxies[name]
+                if s == "stream" and name == "control":
+                    continue
                 if s == "stream" and name == "plain" and "plain-stream" in proxies:
                     continue  # plain buffers SSE; its streaming floor is plain-stream
                 if s != "stream" and name == "plain-stream":
@@ -156,6 +158,8 @@ def run_cpu(bench_mod: Any, plan: CpuPlan, ctx: ssl.SSLContext, proxies: dict[st
             fig["added_us"] = round(med["spendgate"] - med[floor], 2)
             fig["ratio"] = round(med["spendgate"] / med[floor], 3) if med[floor] else float("nan")
             fig["added_share"] = round(fig["added_us"] / med[floor], 3) if med[floor] else float("nan")
+        if floor in med and "before" in med:
+            fig["before_added_us"] = round(med["before"] - med[floor], 2)
         if "control" in med and "plain" in med and s != "stream":
             fig["control_added_us"] = round(med["control"] - med["plain"], 2)
             fig["control_ratio"] = round(med["control"] / med["plain"], 3) if med["plain"] else float("nan")
@@ -173,7 +177,11 @@ def print_cpu(cpu: dict[str, Any], console: Any) -> None:
     console.width = max(console.width, 150)
 
     t = Table(title="CPU time per request (all threads of each mitmdump; median of rounds)", header_style="bold")
-    for col in ("scenario", "plain", "plain (control)", "spendgate", "added", "added / plain", "control - plain"):
+    before = any("before" in (cpu.get(s) or {}).get("us", {}) for s in ("c1", "c10", "body_5mb", "stream"))
+    cols = ["scenario", "plain", "plain (control)", "spendgate", "added", "added / plain", "control - plain"]
+    if before:
+        cols += ["before (--against)", "added before"]
+    for col in cols:
         t.add_column(col, justify="left" if col == "scenario" else "right")
     labels = {"c1": "100 KB, 1 in flight (µs/req)", "c10": "100 KB, 10 in flight (µs/req)",
               "body_5mb": "5 MB body (µs/req)", "stream": "SSE stream (µs/event; floor: plain-stream)"}  # fmt: skip
@@ -183,8 +191,11 @@ def print_cpu(cpu: dict[str, Any], console: Any) -> None:
             continue
         us = f["us"]
         plain = us.get("plain-stream") if s == "stream" else us.get("plain")
-        t.add_row(label, f"{plain}", f"{us.get('control', '-')}", f"{us.get('spendgate')}", f"{f.get('added_us')}",
-                  f"{f.get('added_share')}", f"{f.get('control_added_us', '-')}")
+        cells = [label, f"{plain}", f"{us.get('control', '-')}", f"{us.get('spendgate')}", f"{f.get('added_us')}",
+                 f"{f.get('added_share')}", f"{f.get('control_added_us', '-')}"]
+        if before:
+            cells += [f"{us.get('before', '-')}", f"{f.get('before_added_us', '-')}"]
+        t.add_row(*cells)
     console.print(t)
     if "added_5mb_minus_100kb_us" in cpu:
         console.print(f"added CPU at 5 MB minus added CPU at 100 KB: {cpu['added_5mb_minus_100kb_us']} µs "
