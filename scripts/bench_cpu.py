@@ -166,8 +166,8 @@ def run_cpu(bench_mod: Any, plan: CpuPlan, ctx: ssl.SSLContext, proxies: dict[st
         out[s] = fig
     if "c1" in out and "body_5mb" in out and "added_us" in out["c1"] and "added_us" in out["body_5mb"]:
         out["added_5mb_minus_100kb_us"] = round(out["body_5mb"]["added_us"] - out["c1"]["added_us"], 1)
-        if out["c1"]["added_us"] > 0:
-            out["size_ratio"] = round(out["body_5mb"]["added_us"] / out["c1"]["added_us"], 3)
+        # (a floor of 1 us keeps the quotient finite when a tiny run measures no added cost at all)
+        out["size_ratio"] = round(out["body_5mb"]["added_us"] / max(out["c1"]["added_us"], 1.0), 3)
     return out
 
 
