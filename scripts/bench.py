@@ -3,6 +3,8 @@
     scripts/bench                 # the full run (about 3-5 minutes on 2 cores)
     scripts/bench --smoke         # seconds: every figure, tiny sizes (what CI runs)
     scripts/bench --out FILE      # JSON destination (default bench-results/bench-<time>.json)
+    scripts/bench --cpu           # CPU time per request only (see scripts/bench_cpu.py)
+    scripts/bench --cpu --against ../other-checkout   # before/after in one run
 
 Both proxies are the same mitmdump binary with the same mode and options; spendgate adds only
 ``-s addons/gateway.py``. They sit in front of the same fake provider (scripts/bench_upstream.py,
