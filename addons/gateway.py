@@ -84,6 +84,8 @@ class SpendGate:
         self._oversized: set[str] = set()  # client connections that sent a body over the limit
         self._release_pending = False
         self._released_at = 0.0  # time.monotonic() of the last bounds.release_memory()
+        # (settings, (policy, pricing) file stamps, Gateway.check result) of the last configure
+        self._checked: tuple[Settings, tuple, tuple] | None = None
 
     def load(self, loader) -> None:
         # The meter and ledger threads share the GIL with mitmproxy's event loop. CPython makes a
@@ -190,10 +192,15 @@ class SpendGate:
                 metrics_port=opts.spendgate_metrics_port, metrics_host=opts.spendgate_metrics_host,
                 per_user_series=opts.spendgate_metrics_per_user,
             )
-            Gateway.check(settings)
+            files = (_stamp(settings.policy), _stamp(settings.pricing))
+            if self._checked is not None and self._checked[0] == settings and self._checked[1] == files:
+                checked = self._checked[2]  # mitmproxy calls configure several times at start-up
+            else:
+                checked = Gateway.check(settings)
         except (GatewayError, TelemetryError) as e:
             raise exceptions.OptionsError(str(e)) from None
         self.settings = settings
+        self._checked = (settings, files, checked)  # running() starts from it instead of reading the policy again
         if self.gateway and self.gateway.settings != settings:  # changed at run time
             self.gateway.close()
             self.gateway = None
@@ -202,8 +209,9 @@ class SpendGate:
     def running(self) -> None:
         if self.gateway is not None or self.settings is None:
             return
+        checked = self._checked[2] if self._checked and self._checked[0] is self.settings else None
         try:
-            self.gateway = Gateway(self.settings)
+            self.gateway = Gateway(self.settings, checked)
         except GatewayError as e:
             log.error("spendgate: %s", e)  # an error logged during start-up makes mitmdump exit 1
             return
@@ -480,6 +488,15 @@ class SpendGate:
         if self.gateway:
             self.gateway.close()
             self.gateway = None
+
+
+def _stamp(p: Path | None) -> tuple[int, int] | None:
+    """(mtime ns, size) of a file, to tell whether a checked file changed since (None: absent)."""
+    try:
+        st = p.stat() if p else None
+    except OSError:
+        return None
+    return (st.st_mtime_ns, st.st_size) if st else None
 
 
 def _existing(p: Path) -> Path | None:

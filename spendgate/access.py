@@ -7,6 +7,7 @@ mitmproxy's client_connected hook). Pure functions; no mitmproxy here.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import json
 from collections.abc import Sequence
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 
 from spendgate.deploy.pac import WHOAMI_HOST
 from spendgate.identity import Identity
-from spendgate.metering.providers import normalize_host, provider_of_host
+from spendgate.metering.providers import hosts_generation, normalize_host, provider_of_host
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -101,7 +102,23 @@ def real_target(authority: str, sni: str | None = None, host_header: str | None 
     `sni`: the TLS server name of the client connection (None for plain HTTP or reverse mode);
     `host_header`: Host / :authority as sent. When a provider host is involved on any side, all
     names present must agree; otherwise the request is misdirected (refused, never forwarded).
+    Asked per request for the same few names: answers for names of DNS length are cached (the
+    cache follows changes of the provider host table).
     """
+    if len(authority or "") <= _NAME_MAX and len(sni or "") <= _NAME_MAX and len(host_header or "") <= _NAME_MAX:
+        return _cached_target(authority, sni, host_header, hosts_generation())
+    return _real_target(authority, sni, host_header)
+
+
+_NAME_MAX = 300  # longer claims (no real host name is) are computed each time, never kept
+
+
+@functools.lru_cache(maxsize=4096)
+def _cached_target(authority: str, sni: str | None, host_header: str | None, _generation: int) -> Target:
+    return _real_target(authority, sni, host_header)
+
+
+def _real_target(authority: str, sni: str | None, host_header: str | None) -> Target:
     auth = _name(authority)
     tls = _name(sni) if sni else ""
     host = tls if tls and (is_ip_literal(auth) or not auth) else auth

@@ -20,10 +20,13 @@ T = TypeVar("T")
 
 
 class Batcher(Generic[T]):
-    def __init__(self, handle: Callable[[list[T]], bool | None], interval: float, name: str) -> None:
-        """`handle(items)` returns False when it kept items to retry: flushes then keep waiting."""
+    def __init__(self, handle: Callable[[list[T]], bool | None], interval: float, name: str,
+                 max_items: int = 0) -> None:
+        """`handle(items)` returns False when it kept items to retry: flushes then keep waiting.
+        `max_items` (0: none): that many items waiting wake the thread before the interval ends."""
         self.handle = handle
         self.interval = interval
+        self.max_items = max_items
         self._items: collections.deque[Any] = collections.deque()
         self._wake = threading.Event()
         self._stopping = False
@@ -32,6 +35,8 @@ class Batcher(Generic[T]):
 
     def put(self, item: T) -> None:
         self._items.append(item)  # deque.append is atomic: no lock, no wake-up
+        if self.max_items and len(self._items) >= self.max_items:
+            self._wake.set()  # a full batch: handle it now rather than hold more
 
     def flush(self, timeout: float = 10.0) -> bool:
         done = threading.Event()

@@ -83,10 +83,12 @@ class Gateway:
             raise GatewayError(f"spendgate_store must be a postgresql:// URL, not {shared.redact(settings.store)!r}")
         return policy, pricer
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, checked: tuple[Policy, Pricer] | None = None) -> None:
+        """`checked`: what `check(settings)` just returned (the proxy edge checks at configure
+        time), so a big policy is not read and validated twice at start-up."""
         self.settings = settings
         try:
-            self.policy, self.pricer = self.check(settings)
+            self.policy, self.pricer = checked if checked is not None else self.check(settings)
         except GatewayError as e:
             if isinstance(e.__context__, PolicyError):  # every policy load is audited, rejected ones too
                 audit.record_rejected_start(settings.db, settings.policy, str(e.__context__))

@@ -72,6 +72,23 @@ def test_side_by_side_figures(result: dict) -> None:
     assert finite(f["ready_s"]["plain"]) and finite(f["ready_s"]["spendgate"])
 
 
+def test_cpu_control_and_start_up_figures(result: dict) -> None:
+    """CPU per request of each proxy (plain, its control twin, spendgate), the plain-vs-plain
+    control ratios, start-up with a big policy."""
+    f = result["figures"]
+    cpu = f["cpu"]
+    for s in ("c1", "c10", "body_5mb"):
+        assert all(finite(cpu[s]["us"][p]) and cpu[s]["us"][p] > 0 for p in ("plain", "control", "spendgate")), s
+        assert finite(cpu[s]["added_us"]) and finite(cpu[s]["control_added_us"])
+    assert finite(cpu["stream"]["us"]["plain-stream"]) and finite(cpu["stream"]["us"]["spendgate"])
+    assert finite(cpu["size_ratio"])
+    for conc in ("nonstream_c1", "nonstream_c10"):
+        assert all(finite(v) and v > 0 for v in f[conc]["control_ratio"].values())
+    assert finite(f["body_5mb"]["added_ms"]) and finite(f["memory"]["ratio"]["mb_per_s"])
+    pol = f["policy"]
+    assert pol["users"] == result["meta"]["plan"]["policy_users"] and finite(pol["ready_s"]) and finite(pol["check_s"])
+
+
 def test_spendgate_metered_every_request(result: dict) -> None:
     m = result["figures"]["metering"]
     assert m["requests_sent"] > 0
@@ -93,7 +110,7 @@ def test_admission_and_ledger_figures(result: dict) -> None:
 
 def test_targets_listed(result: dict) -> None:
     targets = result["targets"]
-    assert len(targets) == 8
+    assert len(targets) == 13  # issue 18's rows: latency, throughput, streams, body size, CPU, start-up, memory
     for t in targets:
         assert set(t) == {"name", "value", "op", "limit", "holds"}
         assert finite(t["value"]) and isinstance(t["holds"], bool)

@@ -236,6 +236,7 @@ def scopes(policy: Policy, identity: Identity, now: datetime) -> list[tuple[str,
 
 
 GrantFn = Callable[[str, str, datetime], Decimal]  # (scope, window, now) -> extra USD granted
+COVERING_CACHE = 50_000  # identities whose covering budgets are kept (about 2 KB each)
 
 
 class BudgetBook:
@@ -255,17 +256,51 @@ class BudgetBook:
         self.granted_scopes: Callable[[], Iterable[str]] = lambda: ()  # so status lists budgets with grants
         # asked once before a refusal: True if grants made elsewhere (another replica) just arrived
         self.refresh_grants: Callable[[], bool] = lambda: False
+        # the scopes that have grants at all (a set kept up to date by the grant book), so covering()
+        # asks `grants` only for those; None: ask for every budget
+        self.grant_index: Callable[[], frozenset[str]] | None = None
         self.now = now
+        self._covering: dict[tuple, tuple[Policy, datetime, datetime, list[Budget]]] = {}
 
     def covering(self, identity: Identity, now: datetime | None = None) -> list[Budget]:
+        """The budgets covering `identity` at `now`, grants included.
+
+        The policy part (scopes, limits, window bounds) is cached per identity until the earliest
+        window end or the next day in the policy's time zone (exceptions' `until` are days), and
+        dropped when the policy object changes; grants are applied on every call.
+        """
         now = now or self.now()
+        policy = self.policy
+        key = (identity.user, identity.workspaces, identity.key_fingerprint, identity.basis, identity.plan)
+        hit = self._covering.get(key)
+        if hit is not None and hit[0] is policy and hit[1] <= now < hit[2]:
+            base = hit[3]
+        else:
+            base = self._policy_budgets(policy, identity, now)
+            until = min([b.end for b in base] + [bounds("day", now, policy.timezone)[1]])
+            if len(self._covering) >= COVERING_CACHE:
+                self._covering.clear()  # bounded: a flood of distinct keys costs a rebuild, not memory
+            self._covering[key] = (policy, now, until, base)
+        index = self.grant_index
+        granted = index() if index is not None else None
+        if granted is not None and not granted:
+            return list(base)
         out = []
-        for scope, limits, until in scopes(self.policy, identity, now):
+        for b in base:
+            if granted is not None and b.scope not in granted:
+                out.append(b)
+                continue
+            extra = self.grants(b.scope, b.window, now)
+            out.append(b if not extra else Budget(b.scope, b.window, b.limit + extra, b.start, b.end, b.until, extra))
+        return out
+
+    def _policy_budgets(self, policy: Policy, identity: Identity, now: datetime) -> list[Budget]:
+        out = []
+        for scope, limits, until in scopes(policy, identity, now):
             for window in WINDOWS:
                 if window in limits:
-                    start, end = bounds(window, now, self.policy.timezone)
-                    extra = self.grants(scope, window, now)
-                    out.append(Budget(scope, window, limits[window] + extra, start, end, until, extra))
+                    start, end = bounds(window, now, policy.timezone)
+                    out.append(Budget(scope, window, limits[window], start, end, until, ZERO))
         return out
 
     def admit(

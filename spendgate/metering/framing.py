@@ -119,6 +119,15 @@ class SSEDecoder:
             self.garbled = True
         return out
 
+    def idle(self) -> bool:
+        """Between events, with nothing held: the next byte starts a new line of a new event.
+
+        Fast paths (a parser that recognizes whole, plain events itself) may only skip the
+        decoder in this state; they leave it as they found it.
+        """
+        return not (self._line or self._data or self._pending_bytes or self._skip_lf or self._discarding
+                    or self._first_line or self._line_seen_bytes or self._event is not None)
+
     def flush(self) -> list[SSEEvent]:
         """End of stream: dispatch a final event whose blank line never came.
 

@@ -13,6 +13,7 @@ import hashlib
 import ipaddress
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import Decimal
@@ -42,6 +43,9 @@ from spendgate.yamlcheck import (
 
 WINDOWS = ("hour", "day", "week", "month")
 Budgets = dict[str, Decimal]  # window -> limit in USD
+
+
+_GLOB = re.compile(r"[*?\[]")  # what makes fnmatch treat a member as a pattern
 
 
 class PolicyError(ValueError):
@@ -185,7 +189,7 @@ class Policy:
         if user in self.users or user in self.org_owners:
             return True
         for ws in self.workspaces.values():
-            if user in ws.owners or any(fnmatch.fnmatchcase(user, pat) for pat in ws.members):
+            if user in ws.owners or self.is_member(user, ws.name):
                 return True
         rules = [*self.approvals.workspaces.values(), *([self.approvals.organization] if self.approvals.organization else [])]
         if any(user in r.approvers for r in rules):
@@ -196,12 +200,28 @@ class Policy:
     subscription_usage_explicit: bool = False  # the policy says it (else the default applies)
     subscription_budgets: SubscriptionBudgets = field(default_factory=SubscriptionBudgets)
 
+    @functools.cached_property
+    def _members(self) -> tuple[tuple[str, frozenset[str], tuple[str, ...]], ...]:
+        """Per workspace: (name, member names, member globs). A name without glob characters
+        matches only itself, so big member lists cost a set lookup, not a scan per request."""
+        out = []
+        for ws in self.workspaces.values():
+            globs = tuple(m for m in ws.members if _GLOB.search(m))
+            out.append((ws.name, frozenset(m for m in ws.members if not _GLOB.search(m)), globs))
+        return tuple(out)
+
+    def is_member(self, user: str, workspace: str) -> bool:
+        for name, names, globs in self._members:
+            if name == workspace:
+                return user in names or any(fnmatch.fnmatchcase(user, pat) for pat in globs)
+        return False
+
     def workspaces_of(self, user: str) -> tuple[str, ...]:
         """Workspaces a user belongs to: listed on the user, or matched by members (names or globs)."""
         found = list(self.user_workspaces.get(user, ()))
-        for ws in self.workspaces.values():
-            if ws.name not in found and any(fnmatch.fnmatchcase(user, pat) for pat in ws.members):
-                found.append(ws.name)
+        for name, names, globs in self._members:
+            if name not in found and (user in names or any(fnmatch.fnmatchcase(user, pat) for pat in globs)):
+                found.append(name)
         return tuple(found)
 
     def user_budgets(self, user: str, today: date) -> tuple[Budgets, date | None]:

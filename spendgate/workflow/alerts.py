@@ -78,6 +78,14 @@ def crossings(b: Budget, spent: Decimal, cfg: AlertsConfig, fired: set[FiredKey]
     return out
 
 
+def alert_floor(cfg: AlertsConfig) -> Decimal | None:
+    """The lowest percent of a limit at which `crossings` can owe anything (None: never)."""
+    floors = list(cfg.thresholds)
+    if cfg.projected_overrun:
+        floors.append(cfg.projection_min_percent)
+    return min(floors) if floors else None
+
+
 def _who(scope: str) -> str:
     return scope.split(":", 1)[1] if ":" in scope else scope
 
@@ -239,9 +247,16 @@ class AlertEngine:
         """After a settlement: fire whatever this identity's budgets now owe. Meter worker thread."""
         cfg = self.policy().alerts
         out: list[Crossing] = []
-        fired = self.fired()
+        floor = alert_floor(cfg)
+        if floor is None:
+            return out
+        fired: set[FiredKey] | None = None  # copied only when some budget is past the lowest threshold
         for b in self.book.covering(identity, now):
             spent = self.book.store.get(b.key).spent
+            if b.limit <= 0 or percent(spent, b.limit) < floor:
+                continue  # below every threshold (and the projection's start): crossings() owes nothing
+            if fired is None:
+                fired = self.fired()
             for c in crossings(b, spent, cfg, fired, now):  # Decimal and aware datetimes hash by value
                 if self._persist(c, now):
                     out.append(c)

@@ -70,6 +70,7 @@ class GrantBook:
         self._by: dict[tuple[str, str], list[Grant]] = {}
         self._ids: set[str] = set()
         self._lock = threading.Lock()
+        self._scopes: frozenset[str] = frozenset()  # scopes in _by, rebuilt on every change (few)
         self.on_add: Callable[[Grant], None] | None = None  # a shared store publishes new grants to every replica
 
     def add(self, g: Grant, *, share: bool = True) -> bool:
@@ -79,6 +80,7 @@ class GrantBook:
                 return False
             self._ids.add(g.id)
             self._by.setdefault((g.scope, g.window), []).append(g)
+            self._scopes = frozenset(scope for scope, _ in self._by)
         if share and self.on_add is not None:
             try:
                 self.on_add(g)
@@ -103,7 +105,13 @@ class GrantBook:
                     self._by[k] = keep
                 else:
                     del self._by[k]
+            self._scopes = frozenset(scope for scope, _ in self._by)
         return out
+
+    def live_scopes(self) -> frozenset[str]:
+        """The scopes with a grant (active or not yet started): `BudgetBook.grant_index`. No lock:
+        one attribute read of an immutable set."""
+        return self._scopes
 
     def scopes(self) -> set[str]:
         with self._lock:
@@ -484,4 +492,5 @@ def attach_grants(book: BudgetBook, cur: duckdb.DuckDBPyConnection) -> GrantBook
         pass
     book.grants = grants.total
     book.granted_scopes = grants.scopes
+    book.grant_index = grants.live_scopes
     return grants

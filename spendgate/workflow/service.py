@@ -60,6 +60,7 @@ class Workflow:
         self.grants.load(cursor())
         book.grants = self.grants.total
         book.granted_scopes = self.grants.scopes
+        book.grant_index = self.grants.live_scopes
         self.dispatcher = dispatcher or Dispatcher(self._delivered)
         self.approvals = Approvals(self.policy, book, self.grants, self.audit, cursor, self.notify, now)
         self.alerts = AlertEngine(self.policy, book, cursor, self.audit, self.notify)

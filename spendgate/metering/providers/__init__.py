@@ -20,6 +20,8 @@ endpoint must not see us treat them as something else.
 
 from __future__ import annotations
 
+import functools
+
 import logging
 import re
 from collections.abc import Callable, Iterable
@@ -167,8 +169,14 @@ def normalize_path(path: str) -> str:
 
     Percent-decoding (repeated, up to MAX_DECODE_ROUNDS), backslashes as slashes, ``;params``
     stripped from each segment, empty and ``.`` segments dropped, ``..`` resolved. Never raises.
+    Pure, and asked several times per request for the same few paths: cached (query excluded,
+    so ids in queries do not fill the cache).
     """
-    raw = (path or "").split("#", 1)[0].split("?", 1)[0]
+    return _normalize((path or "").split("#", 1)[0].split("?", 1)[0])
+
+
+@functools.lru_cache(maxsize=4096)
+def _normalize(raw: str) -> str:
     for _ in range(MAX_DECODE_ROUNDS):
         decoded = unquote(raw, errors="replace")
         if decoded == raw:
@@ -245,8 +253,9 @@ _extra_patterns: tuple[tuple[re.Pattern[str], ExtraHost], ...] = ()
 
 def configure_extra(hosts: Iterable[ExtraHost]) -> None:
     """Replace the site's extra hosts (called when options change, before traffic flows)."""
-    global _extra_exact, _extra_patterns
+    global _extra_exact, _extra_patterns, _generation
     hosts = list(hosts)
+    _generation += 1
     _extra_exact = {h.host: h for h in hosts if "*" not in h.host}
     _extra_patterns = tuple((re.compile(f"^{glob_regex(h.host)}$"), h) for h in hosts if "*" in h.host)
     _pattern_provider.cache_clear()
@@ -479,6 +488,14 @@ def site_hosts(include_chatgpt: bool) -> tuple[tuple[str, ...], tuple[str, ...]]
     """(exact hosts, shell globs) a PAC file sends to the gateway."""
     exact = tuple(h for h in PROVIDER_HOSTS if include_chatgpt or h not in OPTIONAL_HOSTS)
     return exact, tuple(g for g, _ in HOST_PATTERNS)
+
+
+_generation = 0  # bumped whenever the extra hosts change: caches keyed on it see the new table
+
+
+def hosts_generation() -> int:
+    """Changes whenever the set of provider hosts does (spendgate_extra_providers)."""
+    return _generation
 
 
 def provider_of_host(host: str) -> str:

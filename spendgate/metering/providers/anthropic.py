@@ -7,6 +7,7 @@ values that REPLACE it field by field (input can grow, e.g. with server tools): 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -116,12 +117,60 @@ def _content_chars(content: Any) -> int:
     return total
 
 
+# One whole text/thinking delta event exactly as Anthropic frames it, whose text needs no JSON
+# decoding: no quote, backslash or control character (Anthropic pads events with spaces before the
+# last brace: allowed) (json.loads would reject a raw control
+# character, so such events take the full path and count as garbled there). Its character count is
+# then the length of the UTF-8 text itself. Anything else (other events, other spacing or field
+# order, escapes, a split read) goes through the SSE decoder and json.loads as before.
+_PLAIN_DELTA = re.compile(
+    rb'event: content_block_delta\ndata: \{"type":"content_block_delta","index":(?:0|[1-9][0-9]{0,8}),'
+    rb'"delta":\{"type":"(?:text_delta","text|thinking_delta","thinking)":"([^"\\\x00-\x1f]*)"\}[ \t]*\}[ \t]*\n\n'
+)
+
+
 class AnthropicStreamParser(JSONEventStreamParser):
     """Messages SSE: usage from message_start (provisional) and message_delta (final)."""
 
     def __init__(self) -> None:
         super().__init__()
         self._usage = AnthropicUsageState.empty()
+
+    def feed(self, data: bytes) -> None:
+        """Plain text deltas at the start of a read are counted without the decoder or json.loads
+        (they are most of a stream's events); the rest of the read takes the full path."""
+        sse = self._sse
+        if sse is not None and data[:27] == b"event: content_block_delta\n" and sse.idle():
+            try:
+                data = self._plain_deltas(bytes(data))
+            except Exception:  # never: the full path then reads the same bytes
+                pass
+            if not data:
+                return
+        super().feed(data)
+
+    def _plain_deltas(self, data: bytes) -> bytes:
+        """Count the leading plain delta events of `data`; return what is left for the full path."""
+        pos, events, chars, n = 0, 0, 0, len(data)
+        match = _PLAIN_DELTA.match
+        while pos < n:
+            m = match(data, pos)
+            if m is None or len(m.group(0)) > sse_cap(self):
+                break
+            text = m.group(1)
+            if text.isascii():
+                chars += len(text)
+            else:
+                try:
+                    chars += len(text.decode("utf-8"))  # the full path would turn bad bytes into U+FFFD
+                except UnicodeDecodeError:
+                    break
+            events += 1
+            pos = m.end()
+        if events:
+            self._result.events += events
+            self._result.output_chars += chars
+        return data[pos:] if pos else data
 
     def on_event(self, event: str | None, obj: dict) -> None:
         kind = obj.get("type") if isinstance(obj.get("type"), str) else event
@@ -169,6 +218,11 @@ class AnthropicStreamParser(JSONEventStreamParser):
             self.on_event(event, {"type": kind, "error": head_field(over, "error")})
         else:
             self._result.garbled = True
+
+
+def sse_cap(parser: JSONEventStreamParser) -> int:
+    """The SSE decoder's per-event cap: a longer event is the decoder's to cut down (oversized)."""
+    return parser._sse.max_event_bytes if parser._sse is not None else 0
 
 
 class AnthropicMessagesAdapter(Adapter):

@@ -1,0 +1,252 @@
+"""CPU time per request of each mitmdump process: robust on a shared, loaded machine.
+
+Wall-clock ratios swing with whatever else runs on the box; the CPU time a process spends per
+request does not (much): it is read from ``/proc/PID/stat`` (utime + stime, every thread of the
+process, so spendgate's meter and ledger threads count too) before and after N requests. Each
+measurement ends after a settle pause long enough for spendgate's batched background work (meter
+worker 50 ms, ledger commits every second) to be done and counted; the pause is the same for every
+proxy, so idle cost is counted alike. Rounds alternate the proxies' order, the per-round values
+are summarized by their median, and a second plain mitmdump is measured as a control: the
+plain-vs-control difference is the noise floor of the figure.
+
+    scripts/bench --cpu             # only these figures, about a minute
+    scripts/bench --cpu --profile   # and a cProfile of spendgate's event-loop thread (top functions)
+
+Scenarios: 100 KB agent bodies at 1 and 10 in flight, a 5 MB body (added cost must not grow
+with the body) and a 2,000-event SSE stream (CPU per event).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import pstats
+import ssl
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+SETTLE_S = 1.3  # > meter batch (0.05 s) + ledger commit interval (1 s): background work is counted
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of every thread of `pid`, in seconds (resolution 1 / CLK_TCK)."""
+    raw = Path(f"/proc/{pid}/stat").read_text()
+    fields = raw[raw.rindex(")") + 2:].split()  # after "(comm) ": state is fields[0]
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+@dataclass(frozen=True)
+class CpuPlan:
+    rounds: int = 5
+    c1_requests: int = 400
+    c10_per_conn: int = 60
+    big_requests: int = 40  # 5 MB bodies
+    big_bytes: int = 5 * 1024 * 1024
+    stream_events: int = 2000
+    streams: int = 2
+    only: tuple[str, ...] = ()  # scenario names to run (empty: all); scripts/bench --cpu --only c1,stream
+
+
+CPU_SMOKE = CpuPlan(rounds=1, c1_requests=20, c10_per_conn=3, big_requests=3, big_bytes=512 * 1024,
+                    stream_events=50, streams=1)  # fmt: skip
+
+
+async def _measure(pid: int, run) -> tuple[float, int]:
+    """(CPU seconds, units of work) spent by `pid` while `run()` ran, plus a settle pause."""
+    await asyncio.sleep(SETTLE_S)  # what earlier work left behind is not ours
+    c0 = cpu_seconds(pid)
+    units = await run()
+    await asyncio.sleep(SETTLE_S)
+    return cpu_seconds(pid) - c0, units
+
+
+def scenarios(bench_mod: Any, plan: CpuPlan, ctx: ssl.SSLContext) -> dict[str, Any]:
+    """name -> (async runner(port) -> units, unit name)."""
+    b = bench_mod
+    req = b.http_request(b.agent_body(False))
+    big = b.http_request(b.agent_body(False, plan.big_bytes))
+    sreq = b.http_request(b.agent_body(True, 2000), f"sse:{plan.stream_events}:0")
+
+    async def c1(port: int) -> int:
+        c = await b.Conn.open(port, ctx)
+        try:
+            for _ in range(plan.c1_requests):
+                await c.exchange(req)
+        finally:
+            c.close()
+        return plan.c1_requests
+
+    async def c10(port: int) -> int:
+        conns = [await b.Conn.open(port, ctx) for _ in range(10)]
+
+        async def worker(c) -> None:
+            for _ in range(plan.c10_per_conn):
+                await c.exchange(req)
+
+        try:
+            await asyncio.gather(*(worker(c) for c in conns))
+        finally:
+            for c in conns:
+                c.close()
+        return 10 * plan.c10_per_conn
+
+    async def body5m(port: int) -> int:
+        c = await b.Conn.open(port, ctx)
+        try:
+            for _ in range(plan.big_requests):
+                await c.exchange(big)
+        finally:
+            c.close()
+        return plan.big_requests
+
+    async def stream(port: int) -> int:
+        c = await b.Conn.open(port, ctx)
+        try:
+            for _ in range(plan.streams):
+                await c.exchange(sreq, lambda data, now: None)
+        finally:
+            c.close()
+        return plan.streams * plan.stream_events
+
+    return {"c1": (c1, "request"), "c10": (c10, "request"), "body_5mb": (body5m, "request"),
+            "stream": (stream, "event")}  # fmt: skip
+
+
+async def _warm(bench_mod: Any, port: int, ctx: ssl.SSLContext) -> None:
+    c = await bench_mod.Conn.open(port, ctx)
+    try:
+        for _ in range(20):
+            await c.exchange(bench_mod.http_request(bench_mod.agent_body(False)))
+    finally:
+        c.close()
+
+
+def run_cpu(bench_mod: Any, plan: CpuPlan, ctx: ssl.SSLContext, proxies: dict[str, Any]) -> dict[str, Any]:
+    """CPU µs per unit for each proxy and scenario; `proxies` maps plain / control / spendgate (and
+    optionally plain-stream, the streaming floor) to started bench.Proxy objects."""
+    scen = {k: v for k, v in scenarios(bench_mod, plan, ctx).items() if not plan.only or k in plan.only}
+    for p in {id(p): p for p in proxies.values()}.values():
+        asyncio.run(_warm(bench_mod, p.port, ctx))
+    samples: dict[str, dict[str, list[float]]] = {s: {n: [] for n in proxies} for s in scen}
+    for rnd in range(plan.rounds):
+        names = list(proxies)
+        if rnd % 2:
+            names.reverse()
+        for s, (runner, _unit) in scen.items():
+            for name in names:
+                p = proxies[name]
+                if s == "stream" and name == "control":
+                    continue
+                if s == "stream" and name == "plain" and "plain-stream" in proxies:
+                    continue  # plain buffers SSE; its streaming floor is plain-stream
+                if s != "stream" and name == "plain-stream":
+                    continue
+                cpu, units = asyncio.run(asyncio.wait_for(_measure(p.proc.pid, lambda: runner(p.port)),
+                                                          bench_mod.STEP_TIMEOUT))
+                samples[s][name].append(cpu / units * 1e6)
+    out: dict[str, Any] = {"plan": plan.__dict__, "clk_tck": CLK_TCK}
+    for s, per in samples.items():
+        med = {n: round(statistics.median(v), 2) for n, v in per.items() if v}
+        floor = "plain-stream" if s == "stream" and "plain-stream" in med else "plain"
+        fig: dict[str, Any] = {"unit": scen[s][1], "us": med, "rounds": {n: [round(x, 1) for x in v]
+                                                                        for n, v in per.items() if v}}
+        if floor in med and "spendgate" in med:
+            fig["added_us"] = round(med["spendgate"] - med[floor], 2)
+            fig["ratio"] = round(med["spendgate"] / med[floor], 3) if med[floor] else float("nan")
+            fig["added_share"] = round(fig["added_us"] / med[floor], 3) if med[floor] else float("nan")
+        if floor in med and "before" in med:
+            fig["before_added_us"] = round(med["before"] - med[floor], 2)
+        if "control" in med and "plain" in med and s != "stream":
+            fig["control_added_us"] = round(med["control"] - med["plain"], 2)
+            fig["control_ratio"] = round(med["control"] / med["plain"], 3) if med["plain"] else float("nan")
+        out[s] = fig
+    if "c1" in out and "body_5mb" in out and "added_us" in out["c1"] and "added_us" in out["body_5mb"]:
+        out["added_5mb_minus_100kb_us"] = round(out["body_5mb"]["added_us"] - out["c1"]["added_us"], 1)
+        # (a floor of 1 us keeps the quotient finite when a tiny run measures no added cost at all)
+        out["size_ratio"] = round(out["body_5mb"]["added_us"] / max(out["c1"]["added_us"], 1.0), 3)
+    return out
+
+
+def print_cpu(cpu: dict[str, Any], console: Any) -> None:
+    from rich.table import Table
+
+    console.width = max(console.width, 150)
+
+    t = Table(title="CPU time per request (all threads of each mitmdump; median of rounds)", header_style="bold")
+    before = any("before" in (cpu.get(s) or {}).get("us", {}) for s in ("c1", "c10", "body_5mb", "stream"))
+    cols = ["scenario", "plain", "plain (control)", "spendgate", "added", "added / plain", "control - plain"]
+    if before:
+        cols += ["before (--against)", "added before"]
+    for col in cols:
+        t.add_column(col, justify="left" if col == "scenario" else "right")
+    labels = {"c1": "100 KB, 1 in flight (µs/req)", "c10": "100 KB, 10 in flight (µs/req)",
+              "body_5mb": "5 MB body (µs/req)", "stream": "SSE stream (µs/event; floor: plain-stream)"}  # fmt: skip
+    for s, label in labels.items():
+        f = cpu.get(s)
+        if not f:
+            continue
+        us = f["us"]
+        plain = us.get("plain-stream") if s == "stream" else us.get("plain")
+        cells = [label, f"{plain}", f"{us.get('control', '-')}", f"{us.get('spendgate')}", f"{f.get('added_us')}",
+                 f"{f.get('added_share')}", f"{f.get('control_added_us', '-')}"]
+        if before:
+            cells += [f"{us.get('before', '-')}", f"{f.get('before_added_us', '-')}"]
+        t.add_row(*cells)
+    console.print(t)
+    if "added_5mb_minus_100kb_us" in cpu:
+        console.print(f"added CPU at 5 MB minus added CPU at 100 KB: {cpu['added_5mb_minus_100kb_us']} µs "
+                      "(target: ~0, within noise)")
+
+
+# ---------------------------------------------------------------------------------------------
+# --profile: cProfile over spendgate's event-loop thread
+
+
+PROFILE_BOOT = """\
+import cProfile, signal, sys
+from mitmproxy.tools.main import mitmdump
+prof = cProfile.Profile()
+out = sys.argv.pop(1)
+sys.argv[0] = "mitmdump"
+prof.enable()
+try:
+    mitmdump()
+except SystemExit:
+    pass
+finally:
+    prof.disable()
+    prof.dump_stats(out)
+"""
+
+
+def profile_command(cmd: list[str], out: Path) -> list[str]:
+    """The mitmdump command `cmd` run under cProfile (main thread: the event loop) into `out`."""
+    import sys
+
+    return [sys.executable, "-c", PROFILE_BOOT, str(out), *cmd[1:]]
+
+
+def print_profile(path: Path, console: Any, top: int = 40) -> None:
+    import io
+
+    buf = io.StringIO()
+    st = pstats.Stats(str(path), stream=buf)
+    st.sort_stats("tottime").print_stats(top)
+    print(buf.getvalue())
+    buf = io.StringIO()
+    st = pstats.Stats(str(path), stream=buf)
+    st.sort_stats("cumulative").print_stats(r"spendgate|addons", top)
+    print(buf.getvalue())
+
+
+def wait_file(path: Path, timeout: float = 20.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists() and path.stat().st_size:
+            return True
+        time.sleep(0.05)
+    return False
