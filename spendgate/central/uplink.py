@@ -38,6 +38,7 @@ from typing import Any
 from spendgate import outbound
 from spendgate.budgets.book import Budget
 from spendgate.budgets.windows import bounds as window_bounds
+from spendgate.central.ingest import MAX_BODY_BYTES
 from spendgate.policy.model import Policy
 from spendgate.store.ledger import COLUMNS
 
@@ -299,8 +300,13 @@ class Uplink:
         token = self._token()
         rows = self.outbox.pending(self._batch)
         if rows:
+            payload = {"gateway_id": self.settings.gateway_id, "rows": rows}
+            if self._batch > 1 and len(json.dumps(payload, separators=(",", ":"))) > MAX_BODY_BYTES:
+                # the centre would refuse it unread (web.server.body_limit): smaller batches, at once
+                self._batch = max(1, self._batch // 2)
+                return True
             try:
-                got = self._post("/api/ingest", {"gateway_id": self.settings.gateway_id, "rows": rows}, token)
+                got = self._post("/api/ingest", payload, token)
             except CentralError as e:
                 if e.status == 413 and self._batch > 1:  # rows with long details: smaller batches, at once
                     self._batch = max(1, self._batch // 2)

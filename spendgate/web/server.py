@@ -21,13 +21,24 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from spendgate import fsutil
-from spendgate.web.app import StreamBody, WebRequest
+from spendgate.web.app import BODY_LIMITS, StreamBody, WebRequest
 from spendgate.web.caller import ApiError, Caller
 
 log = logging.getLogger(__name__)
 
 Handler = Callable[[dict[str, str], "Caller"], Any]
 MAX_BODY_BYTES = 64 * 1024 * 1024  # the largest POST body read (billing imports are the big ones)
+ANONYMOUS_BODY_BYTES = 64 * 1024  # a request with no credentials at all (the login form is tiny)
+
+
+def body_limit(target: str, headers: Any) -> int:
+    """The most bytes of body read for this request, decided before reading any: the route's own
+    limit (web.app.BODY_LIMITS), and 64 KiB for a request carrying no credentials, so nobody can
+    make the admin server hold large bodies before it knows who is asking."""
+    limit = BODY_LIMITS.get(urlsplit(target).path, MAX_BODY_BYTES)
+    if not (headers.get("Authorization") or headers.get("Cookie")):
+        limit = min(limit, ANONYMOUS_BODY_BYTES)
+    return limit
 
 
 
@@ -120,9 +131,10 @@ class AdminServer:
 
             def _web(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
-                if length > MAX_BODY_BYTES:  # never read (or hold) a body this large: answer and hang up
+                limit = body_limit(self.path, self.headers)
+                if length > limit:  # never read (or hold) a body this large: answer and hang up
                     self.close_connection = True
-                    self._send(413, {"error": f"request body over {MAX_BODY_BYTES} bytes"})
+                    self._send(413, {"error": f"request body over {limit} bytes"})
                     return
                 body = self.rfile.read(length) if length else b""
                 headers = {k.lower(): v for k, v in self.headers.items()}

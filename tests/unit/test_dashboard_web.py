@@ -206,3 +206,31 @@ def test_assets_are_local(name):
     text = asset(name).decode()
     assert "http://" not in text.replace("http://spendgate.local", "").replace("http://www.w3.org/2000/svg", "")
     assert "https://" not in text and "cdn" not in text.lower()
+
+
+def test_the_admin_server_decides_how_much_body_to_read_before_reading_any():
+    """Found by the attacker review: 60 MiB bodies were read (and held) before a 401. Now a request
+    with no credentials gets at most 64 KiB read, and a route's own limit applies before reading."""
+    import socket
+
+    from spendgate.web.app import WebApp
+    from spendgate.web.server import AdminServer
+
+    server = AdminServer({})
+    server.app = WebApp(routes={}, post_routes={}, tokens=lambda: [], person=lambda t: None)
+    server.start()
+    host, port = server.httpd.server_address[:2]
+
+    def head_only(path: str, length: int, extra: str = "") -> bytes:
+        with socket.create_connection((host, port), timeout=10) as s:  # the body is never sent
+            s.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {length}\r\n{extra}\r\n".encode())
+            return s.makefile("rb").read()  # the server answers and hangs up
+
+    try:
+        assert head_only("/api/ingest", 60 << 20).startswith(b"HTTP/1.1 413")
+        assert b"over 65536 bytes" in head_only("/login", 1 << 20)
+        auth = "Authorization: Bearer sgt_x\r\n"
+        assert b"over 4194304 bytes" in head_only("/api/ingest", 5 << 20, auth)  # the route's own limit
+        assert b"over 67108864 bytes" in head_only("/api/reconcile/import", 65 << 20, auth)
+    finally:
+        server.stop()
