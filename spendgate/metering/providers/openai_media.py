@@ -46,24 +46,30 @@ from spendgate.usage import Usage
 AUDIO_BYTES_PER_SECOND = 4000
 MAX_FIELD_BYTES = 256  # a text field we read (model, stream) is short; longer ones are not ours
 MAX_PARTS = 64  # bound on the multipart scan (the body is untrusted)
-_DISPOSITION_NAME = re.compile(rb'content-disposition:[^\r\n]*?\bname="([^"]{1,64})"', re.IGNORECASE)
+# name="model" or, as some clients write it, name=model (RFC 7578 §4.2 quotes it; servers accept both)
+_DISPOSITION_NAME = re.compile(rb'content-disposition:[^\r\n]*?\bname=(?:"([^"]{1,64})"|([^";\s]{1,64}))',
+                               re.IGNORECASE)
+# the first delimiter line: a boundary (RFC 2046 §5.1.1: 1-70 characters of bcharsnospace and
+# spaces) opening a part with headers; a preamble may come before it
+_FIRST_DELIMITER = re.compile(rb"(?:\A|\r\n)(--[0-9A-Za-z'()+_,./:=? -]{1,70}?)\r\n(?:[^\r\n]{0,1000}\r\n){0,16}?"
+                              rb"content-disposition:", re.IGNORECASE)
+_SCAN_FOR_DELIMITER = 64 * 1024  # a preamble longer than this: not ours to read
 
 
 def multipart_fields(body: bytes, names: frozenset[str]) -> dict[str, str]:
     """The short text fields `names` of a multipart/form-data body, found by its own boundary.
 
-    The boundary is the body's first line (``--BOUNDARY``), so no header is needed. File parts and
-    anything malformed are skipped. Never raises.
+    The boundary is the first delimiter line that opens a part (``--BOUNDARY`` then headers), so
+    no header is needed and a preamble before it is skipped as servers skip it (RFC 2046 §5.1.1).
+    File parts and anything malformed are skipped. Never raises.
     """
     out: dict[str, str] = {}
     try:
-        if not body.startswith(b"--"):
+        first = _FIRST_DELIMITER.search(body, 0, _SCAN_FOR_DELIMITER)
+        if first is None:
             return out
-        first_end = body.find(b"\r\n")
-        if first_end < 3 or first_end > 200:
-            return out
-        delim = b"\r\n" + body[:first_end]
-        pos = first_end + 2
+        delim = b"\r\n" + first.group(1)
+        pos = first.end(1) + 2
         for _ in range(MAX_PARTS):
             head_end = body.find(b"\r\n\r\n", pos, pos + 4096)
             if head_end < 0:
@@ -73,7 +79,7 @@ def multipart_fields(body: bytes, names: frozenset[str]) -> dict[str, str]:
             if nxt < 0:
                 break
             if m is not None and b"filename=" not in body[pos:head_end]:
-                name = m.group(1).decode("ascii", "replace")
+                name = (m.group(1) or m.group(2)).decode("ascii", "replace")
                 value = body[head_end + 4:nxt]
                 if name in names and len(value) <= MAX_FIELD_BYTES:
                     out[name] = value.decode("utf-8", "replace").strip()
