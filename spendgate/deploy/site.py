@@ -222,6 +222,12 @@ def parse(text: str, file: Path) -> Site:
             problems.append(Problem(*at("policy"), f"the policy is invalid:\n{e}"))
         else:
             opaque_patterns = opaque.patterns(policy.raw)
+            if replicas and ("client_ip" in policy.identity or policy.trusted_proxies):
+                # behind the kit's TCP balancer every replica sees the balancer's address
+                problems.append(Problem(*at("gateway", "replicas"), "behind the replicas' TCP load balancer every "
+                                        "connection comes from the balancer's address: the policy's client_ip "
+                                        "identity and trusted_proxies would name (or trust) everyone alike; "
+                                        "use proxy_auth or api_key"))
             wanted = f"header:{ident.get('header', DEFAULT_HEADER)}" if method == "header" else method
             if wanted.lower() not in [m.lower() for m in policy.identity]:
                 problems.append(Problem(*at("identity", "method") if "identity" in doc else at("policy"),

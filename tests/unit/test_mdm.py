@@ -558,3 +558,19 @@ def test_laptops_pointed_at_the_centre_get_its_url_and_token_file(tmp_path, ca_c
             identity: {{method: proxy_auth}}
             policy: {REPO}/policies/example.yaml
             """))
+
+
+def test_replicas_behind_the_balancer_refuse_address_based_identity(tmp_path, ca_cert):
+    """Found by the attacker review: the TCP balancer hides client addresses from the replicas."""
+    pol = tmp_path / "p.yaml"
+    pol.write_text("version: 1\nidentity: [proxy_auth, client_ip]\nclient_ips: {10.0.0.5/32: alice}\n")
+    with pytest.raises(site.SiteError, match="balancer's address"):
+        site.load(write_site(tmp_path, f"""\
+            version: 1
+            organization: {{name: Test Corp, identifier: com.example}}
+            mode: central
+            gateway: {{host: lb.corp.example, store: 'postgresql://s@db/s', replicas: ['a:1', 'b:1']}}
+            ca: {{cert: {ca_cert}}}
+            identity: {{method: proxy_auth}}
+            policy: {pol}
+            """))
