@@ -345,9 +345,18 @@ def test_the_kits_load_balancer_spreads_two_replicas_and_one_cap_holds(tmp_path,
                 except anthropic.RateLimitError:
                     return 429
 
-        statuses = [ask_through_the_balancer() for _ in range(4)]
-        assert statuses == [200] * 4
-        assert len({r["replica"] for r in rows(store_url)}) == 2  # both replicas took connections
+        # two agents with a tunnel each, both open at once: leastconn gives them different replicas
+        pair = [httpx2.Client(proxy=f"http://127.0.0.1:{lb_port}", verify=first.client_ssl_context(),
+                              trust_env=False, timeout=30) for _ in range(2)]
+        agents = [anthropic.Anthropic(api_key=ANTHROPIC_KEY, max_retries=0, http_client=h) for h in pair]
+        statuses = []
+        for i in range(4):
+            ask(agents[i % 2])
+            statuses.append(200)
+        for h in pair:
+            h.close()
+        # both replicas took connections (rows reach the store when each settles, just after the answer)
+        wait_until(lambda: len({r["replica"] for r in rows(store_url)}) == 2, timeout=15)
         first.stop()  # one replica goes away: the balancer sends everything to the other
         statuses += [ask_through_the_balancer() for _ in range(4)]
     finally:
