@@ -11,7 +11,6 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import threading
-import time
 from decimal import Decimal
 from urllib.parse import quote
 
@@ -21,7 +20,7 @@ import openai
 import pytest
 
 from spendgate.identity import fingerprint
-from tests.support import ANTHROPIC_KEY, OPENAI_KEY
+from tests.support import ANTHROPIC_KEY, OPENAI_KEY, wait_until
 
 MODEL = "claude-sonnet-4-5"
 PROMPT = "x" * 7200  # ~1800 tokens by the gateway's 4-bytes-per-token estimate
@@ -42,16 +41,6 @@ def ask(client, **kw):
 
 def only(rows, **match):
     return [r for r in rows if all(r.get(k) == v for k, v in match.items())]
-
-
-def wait_until(predicate, timeout=15.0, every=0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError("condition not met in time")
 
 
 # --- the answer at the cap ------------------------------------------------------------------

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from decimal import Decimal
 
 import anthropic
@@ -22,7 +21,7 @@ from psycopg.rows import dict_row
 
 from spendgate.central.ingest import pushed_id
 from spendgate.store.ledger import connect
-from tests.support import ANTHROPIC_KEY
+from tests.support import ANTHROPIC_KEY, wait_until
 from tests.support.gateway import free_port
 
 MODEL = "claude-sonnet-4-5"
@@ -37,16 +36,6 @@ LAPTOP_ID = "tester-laptop"
 
 def ask(client):
     return client.messages.create(model=MODEL, max_tokens=450, messages=[{"role": "user", "content": PROMPT}])
-
-
-def wait_until(predicate, timeout=60.0, every=0.2):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError("condition not met in time")
 
 
 def token_for(centre, user: str, path) -> str:

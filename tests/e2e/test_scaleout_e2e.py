@@ -15,7 +15,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from decimal import Decimal
 
 import anthropic
@@ -25,7 +24,7 @@ import pytest
 from psycopg.rows import dict_row
 
 from spendgate.store.postgres import SCHEMA_VERSION
-from tests.support import ANTHROPIC_KEY
+from tests.support import ANTHROPIC_KEY, wait_until
 from tests.support.gateway import GatewayError, _clean_env, free_port
 from tests.support.webhook import Hook
 
@@ -55,16 +54,6 @@ def counter(url: str, scope: str, window: str = "day") -> tuple[Decimal, Decimal
         got = con.execute('SELECT sum(spent), sum(reserved) FROM counters WHERE scope = %s AND "window" = %s',
                           [scope, window]).fetchone()
     return got[0] or Decimal(0), got[1] or Decimal(0)
-
-
-def wait_until(predicate, timeout=30.0, every=0.2):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError("condition not met in time")
 
 
 def spendgate(*args: str) -> subprocess.CompletedProcess:
