@@ -13,6 +13,7 @@ import sys
 import time
 from collections.abc import Awaitable, Sequence
 from pathlib import Path
+from typing import Any
 
 from mitmproxy import ctx, exceptions, http
 
@@ -44,6 +45,7 @@ TOO_LARGE = "spendgate.too_large"  # flow.metadata: answered 413 before the body
 RELEASE_DELAY = 0.5  # seconds after an oversized request's connection closed before memory is released
 CEILING_FACTOR = 4  # providers-only: mitmproxy stops reading bodies past this many times the limit
 WS = META + ".websocket"  # the SocketSession of a provider WebSocket
+DECODE_ON_LOOP_BYTES = 64 * 1024  # a compressed request body larger than this is decoded on a worker thread
 # A Codex socket lives for hours and carries thousands of events; mitmproxy appends each to
 # flow.websocket.messages for the socket's life. We keep the recent ones only (metering has read
 # them already) so memory stays flat; a flow saved with -w then holds the socket's tail.
@@ -317,7 +319,25 @@ class SpendGate:
                     client_ip=flow.client_conn.peername[0] if flow.client_conn.peername else None)
                 return None
         raw = req.raw_content or b""
-        body = request_body(raw, headers.get("content-encoding", ""))
+        encoding = headers.get("content-encoding", "")
+        if encoding and len(raw) > DECODE_ON_LOOP_BYTES:  # decoding may take milliseconds: a worker's job
+            return self._decode_off_loop(flow, host, headers, auth, raw, encoding)
+        return self._meter(flow, host, headers, auth, raw, request_body(raw, encoding))
+
+    async def _decode_off_loop(self, flow: http.HTTPFlow, host: str, headers: dict[str, str], auth: Any,
+                               raw: bytes, encoding: str) -> None:
+        try:
+            pending = self._meter(flow, host, headers, auth, raw, await asyncio.to_thread(request_body, raw, encoding))
+            if pending is not None:
+                await pending
+        except Exception:
+            log.exception("spendgate: checking a request failed; refusing it (fail closed)")
+            self._refuse_unchecked(flow)
+
+    def _meter(self, flow: http.HTTPFlow, host: str, headers: dict[str, str], auth: Any, raw: bytes,
+               body: bytes | None) -> Awaitable[None] | None:
+        """Meter and admit a provider request whose body is read (`body`: decoded; None: undecodable)."""
+        req = flow.request
         ex = self.gateway.meter.begin(
             host,
             req.path,

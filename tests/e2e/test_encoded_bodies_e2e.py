@@ -47,3 +47,29 @@ def test_a_denied_model_in_a_two_member_gzip_body_is_refused(tmp_path, gateway_f
     rows = gw.ledger(wait_for=2)
     print(split.status_code, split.text[:200], [(r["model"], r["outcome"], r["charged_usd"]) for r in rows])
     assert split.status_code == 403
+
+
+def test_a_large_compressed_body_is_decoded_off_the_event_loop_and_still_read(tmp_path, gateway_factory):
+    """Over addons.gateway.DECODE_ON_LOOP_BYTES compressed, the body is decoded on a worker thread:
+    the model rule still refuses what it must, and an allowed model still reaches the provider."""
+    import os
+
+    pol = tmp_path / "p.yaml"
+    pol.write_text('version: 1\nmodels:\n  - {scope: defaults, deny: ["gpt-5-pro*"]}\ndefaults: {user: {day: 50}}\n')
+    gw = gateway_factory(policy=pol).start()
+    url = "https://api.openai.com/v1/chat/completions"
+    hdrs = {"authorization": "Bearer sk-enc-SECRET-0002", "content-type": "application/json", "content-encoding": "gzip"}
+    text = os.urandom(150_000).hex()  # incompressible enough: ~170 KB gzipped
+
+    def body(model: str) -> bytes:
+        return gzip.compress(json.dumps({"model": model, "max_tokens": 50,
+                                         "messages": [{"role": "user", "content": text}]}).encode())
+
+    assert len(body("gpt-5-pro")) > 64 * 1024
+    with gw.http_client() as c:
+        denied = c.post(url, content=body("gpt-5-pro"), headers=hdrs)
+        allowed = c.post(url, content=body("gpt-5"), headers=hdrs)
+    assert denied.status_code == 403, denied.text
+    assert allowed.status_code == 200, allowed.text
+    rows = sorted(gw.ledger(wait_for=2), key=lambda r: r["ts"])
+    assert [(r["model"], r["outcome"]) for r in rows] == [("gpt-5-pro", "blocked"), ("gpt-5", "ok")]
