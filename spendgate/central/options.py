@@ -44,10 +44,20 @@ def central_settings(opts: Any) -> CentralSettings | None:
         raise ValueError(f"spendgate_central must be an http(s):// URL of the central gateway's API, not {url!r}")
     if parts.username or parts.password:
         raise ValueError("spendgate_central must not carry credentials; put the token in spendgate_central_token_file")
-    if parts.scheme == "http" and not _loopback(parts.hostname) and not (opts.spendgate_central_proxy or "").strip():
-        # the user's token would cross the network in clear text every few seconds
+    proxy = (opts.spendgate_central_proxy or "").strip() or None
+    if parts.scheme == "http" and (proxy or not _loopback(parts.hostname)):
+        # the user's token would cross the network in clear text every few seconds (through a proxy too:
+        # a plain-http request through a proxy is read by the proxy and everyone on the way to it)
         raise ValueError(f"spendgate_central {url!r}: use https:// (plain http only to a centre on this machine, "
-                         "or through the central gateway's proxy with spendgate_central_proxy)")
+                         "reached directly); through a proxy the uplink always tunnels (CONNECT) to an https centre")
+    if proxy:
+        p = urlsplit(proxy)
+        if p.scheme != "http" or not p.hostname:
+            raise ValueError(f"spendgate_central_proxy must be an http://host:port proxy, not {proxy!r}")
+        if (p.username or p.password) and not _loopback(p.hostname):
+            # a CONNECT request is plain text: its Proxy-Authorization would cross the network in clear
+            raise ValueError("spendgate_central_proxy must not carry credentials (they would be sent in clear text "
+                             "before the tunnel); use a proxy that lets the laptop CONNECT to the centre")
     if not opts.spendgate_central_token_file:
         raise ValueError("spendgate_central needs spendgate_central_token_file (the user's spendgate token, issued "
                          "on the centre with `spendgate tokens issue USER`)")
@@ -68,6 +78,6 @@ def central_settings(opts: Any) -> CentralSettings | None:
     if not 0 < interval <= 3600 or not lease.is_finite() or lease < 0:
         raise ValueError("spendgate_central_interval must be seconds > 0 and spendgate_central_lease USD >= 0")
     return CentralSettings(url=url, token_file=token_file, gateway_id=gid,
-                           proxy=(opts.spendgate_central_proxy or "").strip() or None,
+                           proxy=proxy,
                            user=(opts.spendgate_user or "").strip() or local_user(),
                            interval=interval, lease_usd=lease)

@@ -20,7 +20,6 @@
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
 import random
@@ -53,8 +52,7 @@ class CentralSettings:
     url: str  # the centre's API base: http(s)://host[:port] (its admin API or a reverse proxy in front)
     token_file: Path  # the user's spendgate token (spendgate tokens issue USER on the centre), 0600
     gateway_id: str  # this laptop gateway's name in the centre's `origin` column
-    # reach the centre through this HTTP proxy: the central gateway itself, whose dashboard virtual host
-    # (http://spendgate.local) serves the API; it is sent `user` and the token as proxy credentials
+    # reach the (https) centre through this HTTP proxy, by a CONNECT tunnel that carries no credential of ours
     proxy: str | None = None
     user: str | None = None
     interval: float = 2.0  # seconds between pushes / lease renewals while the centre answers
@@ -349,12 +347,9 @@ class Uplink:
         body = json.dumps(payload, separators=(",", ":")).encode()
         req = urllib.request.Request(url, data=body, method="POST", headers={
             "Content-Type": "application/json", "Authorization": f"Bearer {token}"})
-        if self.settings.proxy:
-            opener = urllib.request.build_opener(urllib.request.ProxyHandler(
-                {"http": self.settings.proxy, "https": self.settings.proxy}))
-            if self.settings.user:  # a central gateway with spendgate_proxy_tokens: user + token
-                pair = f"{self.settings.user}:{token}".encode()
-                req.add_header("Proxy-Authorization", "Basic " + base64.b64encode(pair).decode())
+        if self.settings.proxy:  # https only (options.central_settings): urllib tunnels with CONNECT, and the
+            # CONNECT carries no credential of ours; the token travels inside TLS, to the centre alone
+            opener = urllib.request.build_opener(urllib.request.ProxyHandler({"https": self.settings.proxy}))
         else:
             opener = outbound.opener_for(url)
         try:

@@ -94,13 +94,16 @@ def test_r5_a_partial_results_download_does_not_make_the_full_one_free():
     assert charged_tokens == 101 * 1000, charged_tokens  # the range's line, then the whole file once
 
 
-@pytest.mark.xfail(strict=True, reason="R7: the documented proxy route (http://spendgate.local via the central "
-                                        "gateway's plain-HTTP proxy port) sends the token in clear text, twice")
 def test_r7_the_uplink_never_sends_its_token_in_clear_text(tmp_path):
+    """The old documented route (http://spendgate.local through the central gateway's plain-HTTP proxy
+    port) is refused; through a proxy the uplink opens a CONNECT tunnel to an https centre, and what
+    the proxy reads (the CONNECT) carries neither the token nor any proxy credential."""
     import socket
     import threading
 
     from spendgate.central.options import central_settings
+    from spendgate.central.uplink import CentralError, Uplink
+    from spendgate.store.ledger import DuckDBLedger
 
     token = tmp_path / "central.token"
     token.write_text("sgt_SECRET_alice_token")
@@ -110,18 +113,15 @@ def test_r7_the_uplink_never_sends_its_token_in_clear_text(tmp_path):
     srv.listen(1)
     seen = bytearray()
 
-    def serve():
+    def serve():  # a proxy that reads the request head, agrees to tunnel, then hangs up (no TLS)
         conn, _ = srv.accept()
         conn.settimeout(5)
         while b"\r\n\r\n" not in seen:
             seen.extend(conn.recv(65536))
-        conn.sendall(b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}')
+        conn.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
         conn.close()
 
-    t = threading.Thread(target=serve, daemon=True)
-    t.start()
-
-    class Opts:  # the MDM kit's documented settings for the proxy route
+    class Opts:  # the MDM kit's old documented settings for the proxy route
         spendgate_central = "http://spendgate.local"
         spendgate_central_token_file = str(token)
         spendgate_central_proxy = f"http://127.0.0.1:{srv.getsockname()[1]}"
@@ -130,16 +130,28 @@ def test_r7_the_uplink_never_sends_its_token_in_clear_text(tmp_path):
         spendgate_central_lease = "10"
         spendgate_user = "alice"
 
-    settings = central_settings(Opts())  # accepted: no complaint about plain http
-    from spendgate.central.uplink import Uplink
-    from spendgate.store.ledger import DuckDBLedger
+    with pytest.raises(ValueError, match="use https://"):
+        central_settings(Opts())
+    Opts.spendgate_central_proxy = "http://alice:sgt_SECRET_alice_token@proxy.corp:3128"
+    Opts.spendgate_central = "https://spendgate-api.corp.example"
+    with pytest.raises(ValueError, match="must not carry credentials"):
+        central_settings(Opts())
+
+    Opts.spendgate_central_proxy = f"http://127.0.0.1:{srv.getsockname()[1]}"
+    settings = central_settings(Opts())
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
     led = DuckDBLedger(tmp_path / "laptop.duckdb")
     up = Uplink(settings, led.cursor, lambda: None)
-    up._post("/api/lease", {"gateway_id": "alice@laptop", "want_usd": "1"}, up._token())
+    with pytest.raises(CentralError):  # the "proxy" hung up where TLS should start: nothing more was sent
+        up._post("/api/lease", {"gateway_id": "alice@laptop", "want_usd": "1"}, up._token())
     t.join(5)
     led.close()
-    print(bytes(seen).decode(errors="replace"))
-    assert b"sgt_SECRET_alice_token" not in bytes(seen) and b"c2d0X1NFQ1JFVF9h" not in bytes(seen)
+    head = bytes(seen)
+    print(head.decode(errors="replace"))
+    assert head.startswith(b"CONNECT spendgate-api.corp.example:443 HTTP/1.1\r\n")
+    assert b"sgt_SECRET_alice_token" not in head and b"c2d0X1NFQ1JFVF9h" not in head
+    assert b"authorization" not in head.lower()
 
 
 def test_r9_one_pushed_row_cannot_exhaust_everyone_elses_budgets(centre):  # noqa: F811

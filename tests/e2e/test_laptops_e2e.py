@@ -45,22 +45,20 @@ def token_for(centre, user: str, path) -> str:
     return token
 
 
-def pair(tmp_path, gateway_factory, centre_args=(), policy_text=POLICY, interval="0.3", via_proxy=False):
+def pair(tmp_path, gateway_factory, centre_args=(), policy_text=POLICY, interval="0.3"):
     """A centre (not started) on a fixed admin port and a laptop (not started) reporting to it.
 
-    `via_proxy`: the laptop reaches the centre's API the way a real one would, through the central
-    gateway's proxy port and its dashboard virtual host, logging in with user + token.
+    The laptop reaches the centre's admin API on loopback (plain http is allowed there only; a remote
+    centre is https, through a proxy by a CONNECT tunnel: tests/attacks/test_review_central.py R7).
     """
     policy = tmp_path / "policy.yaml"
     policy.write_text(policy_text)
     port = free_port()
     centre = gateway_factory("centre", policy=policy,
-                             extra_args=["--set", f"spendgate_admin_port={port}", *centre_args,
-                                         *(["--set", "spendgate_proxy_tokens=true"] if via_proxy else [])])
+                             extra_args=["--set", f"spendgate_admin_port={port}", *centre_args])
     token_file = tmp_path / "tester.token"
     token = token_for(centre, "tester", token_file)
-    where = (["--set", "spendgate_central=http://spendgate.local", "--set", f"spendgate_central_proxy={centre.proxy_url}"]
-             if via_proxy else ["--set", f"spendgate_central=http://127.0.0.1:{port}"])
+    where = ["--set", f"spendgate_central=http://127.0.0.1:{port}"]
     laptop = gateway_factory("laptop", policy=policy, extra_args=[
         *where, "--set", f"spendgate_central_token_file={token_file}",
         "--set", f"spendgate_central_id={LAPTOP_ID}", "--set", f"spendgate_central_interval={interval}"])
@@ -167,7 +165,7 @@ def _online(laptop) -> bool:
 
 def test_a_laptop_token_cannot_push_rows_for_somebody_else_and_garbage_gets_a_4xx(tmp_path, gateway_factory,
                                                                                  fake_provider):
-    centre, laptop, api, token = pair(tmp_path, gateway_factory, via_proxy=True)  # through the centre's proxy
+    centre, laptop, api, token = pair(tmp_path, gateway_factory)
     mallory = token_for(centre, "mallory", tmp_path / "mallory.token")
     centre.start()
     laptop.start()

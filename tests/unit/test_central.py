@@ -278,11 +278,16 @@ def test_options_refuse_what_would_leak_or_never_work(tmp_path):
     assert got.url == "https://centre.example:8443" and got.user == "alice" and got.lease_usd == Decimal(10)
     assert "@" in got.gateway_id  # user@host by default
     assert central_settings(opts(spendgate_central="http://127.0.0.1:8081")).url == "http://127.0.0.1:8081"
-    assert central_settings(opts(spendgate_central="http://spendgate.local",  # the central gateway's proxy leg
-                                 spendgate_central_proxy="http://gw.corp:8080")).url == "http://spendgate.local"
+    assert central_settings(opts(spendgate_central_proxy="http://proxy.corp:3128")).proxy == "http://proxy.corp:3128"
     for bad, why in [(dict(spendgate_central="ftp://x"), "http"),
                      (dict(spendgate_central="https://u:p@x"), "credentials"),
                      (dict(spendgate_central="http://centre.example:8080"), "use https"),
+                     (dict(spendgate_central="http://spendgate.local", spendgate_central_proxy="http://gw.corp:8080"),
+                      "use https"),  # plain http through a proxy: the proxy (and the LAN) would read the token
+                     (dict(spendgate_central="http://127.0.0.1:8081", spendgate_central_proxy="http://gw.corp:8080"),
+                      "use https"),
+                     (dict(spendgate_central_proxy="http://u:sgt_x@gw.corp:8080"), "credentials"),
+                     (dict(spendgate_central_proxy="socks5://gw.corp:1080"), "http://host:port"),
                      (dict(spendgate_central_token_file=""), "token_file"),
                      (dict(spendgate_central_token_file=str(tmp_path / "missing")), "missing"),
                      (dict(spendgate_central_id="a b"), "spendgate_central_id"),

@@ -91,6 +91,9 @@ def test_example_site_config_validates_once_a_ca_is_there(tmp_path, ca_cert):
      "  replicas: ['a:1', 'b:1']\n  store: postgresql://s@db/s\n", 5, "replicas are for central mode"),
     ("version: 1\norganization: {name: X, identifier: com.x}\nmode: central\ngateway:\n  host: g\n"
      "  store: postgresql://s@db/s\n  replicas: ['a:1', 'a:1']\n", 7, "replicas"),
+    # the laptops' token must never cross the network in clear text (R7): the centre is https
+    ("version: 1\norganization: {name: X, identifier: com.x}\nmode: laptop\ngateway:\n"
+     "  central: http://spendgate.local\n", 5, "central"),
 ])
 def test_site_problems_are_positioned(tmp_path, body, line, needle):
     with pytest.raises(site.SiteError) as e:
