@@ -21,6 +21,7 @@ from spendgate.budgets.journal import Journal
 from spendgate.budgets.plans import PlanCharger, PlanIndex
 from spendgate.budgets.recovery import rebuild_counters, recover_interrupted
 from spendgate.budgets.runway import check_targets
+from spendgate.central.charging import correct_rebuilt
 from spendgate.central.ingest import Ingest
 from spendgate.central.uplink import CentralSettings, Uplink
 from spendgate.identity import Identity, local_user, resolve
@@ -123,6 +124,7 @@ class Gateway:
         self.journal = Journal(self.journal_path)
         if not self.book.store.shared:  # a shared store's counters are already right
             rebuild_counters(self.ledger.cursor(), self.book, now)
+            correct_rebuilt(self.ledger.cursor(), self.book, now)  # laptop rows charged where the centre bounded them
         # seat plans the policy says count against budgets (not yet with a shared store: see docs/scale-out.md)
         self.plan_charger = shared.NoPlanCharges() if self.book.store.shared else PlanCharger()
         self.plan_charger.apply(self.policy, self.book.store, now)
@@ -141,7 +143,8 @@ class Gateway:
             stepped_down=self.workflow.stepped_down, central=settings.central,
         )  # fmt: skip
         # rows pushed by laptops (POST /api/ingest), landed once each in this ledger and these counters
-        self.ingest = Ingest(self.ledger.cursor, self.book, self.workflow.after_charge, lambda: self.pricer)
+        self.ingest = Ingest(self.ledger.cursor, self.book, self.workflow.after_charge, lambda: self.pricer,
+                             notify=self.workflow.notify)
         self.uplink: Uplink | None = None
         if settings.report_to:  # this laptop reports to a centre and admits through its lease
             self.uplink = Uplink(settings.report_to, self.ledger.cursor, lambda: self.policy).start()

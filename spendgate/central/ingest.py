@@ -23,13 +23,15 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from spendgate import bounds
-from spendgate.budgets.book import BudgetBook, ledger_row_scopes
+from spendgate.budgets.book import BudgetBook
+from spendgate.central.charging import Charge, ChargePlanner
 from spendgate.budgets.windows import WINDOWS
 from spendgate.budgets.windows import bounds as window_bounds
 from spendgate.identity import Identity
 from spendgate.pricing import cards
 from spendgate.pricing.rates import Pricer
 from spendgate.store.ledger import COLUMNS, LedgerRow, write_cards, write_rows
+from spendgate.workflow.sinks import Notice
 
 log = logging.getLogger(__name__)
 
@@ -73,10 +75,13 @@ class IngestResult:
     duplicates: list[str] = field(default_factory=list)  # request ids already landed: no-ops
     rejected: list[dict[str, Any]] = field(default_factory=list)  # {index, request_id, error}
     reattributed: int = 0  # rows that named another user, charged to the token's
+    late: int = 0  # rows counted at their receipt: older than charging.GRACE, not within offline_allowance
+    beyond: int = 0  # rows charged to the user only: past the room the centre leases (charging.py)
+    beyond_usd: Decimal = Decimal(0)
 
     def as_json(self) -> dict[str, Any]:
         return {"accepted": len(self.accepted), "duplicates": len(self.duplicates), "rejected": self.rejected,
-                "reattributed": self.reattributed,
+                "reattributed": self.reattributed, "late": self.late, "beyond_lease": self.beyond,
                 # the laptop marks these pushed: landed now or before; rejected ones it keeps and logs
                 "acknowledged": self.accepted + self.duplicates}
 
@@ -268,11 +273,13 @@ class Ingest:
 
     def __init__(self, cursor: Callable[[], Any], book: BudgetBook,
                  after_charge: Callable[[Identity, LedgerRow], None] = lambda i, r: None,
-                 pricer: Callable[[], Pricer | None] = lambda: None) -> None:
+                 pricer: Callable[[], Pricer | None] = lambda: None,
+                 notify: Callable[[Notice], None] | None = None) -> None:
         self.cursor = cursor
         self.book = book
         self.after_charge = after_charge
         self.pricer = pricer  # the centre's own prices (reloaded with its pricing files)
+        self.notify = notify  # the workflow's sinks: alerts about pushes past the lease
         self._lock = threading.Lock()
 
     def ingest(self, user: str, origin: Any, rows: Any, now: datetime | None = None) -> IngestResult:
@@ -303,9 +310,17 @@ class Ingest:
         if not good:
             return out
         with self._lock:
-            fresh = self._land(list(good.values()), now)
+            fresh = self._land(list(good.values()), now, user, workspaces)
         for rid, row in good.items():  # answered with the laptop's own ids: what its outbox knows
             (out.accepted if row.request_id in fresh else out.duplicates).append(rid)
+            charge = fresh.get(row.request_id)
+            if charge is not None:
+                out.late += charge.late
+                if not charge.shared:
+                    out.beyond += 1
+                    out.beyond_usd += row.charged_usd or Decimal(0)
+        if out.beyond:
+            self._alert_beyond(user, origin, out)
         ident = Identity(user=user, source="token", workspaces=workspaces)
         for row in good.values():
             if row.request_id in fresh and row.charged_usd:
@@ -315,43 +330,68 @@ class Ingest:
                         len(out.rejected), out.rejected[0]["error"])
         return out
 
-    def _land(self, rows: list[LedgerRow], now: datetime) -> set[str]:
-        """Insert the rows not landed before (ledger + idempotency keys in one transaction) and charge them."""
+    def _alert_beyond(self, user: str, origin: str, out: IngestResult) -> None:
+        """Pushed spend past the lease: charged to the user only; the organization's owners are told."""
+        text = (f"{user}'s laptop {origin} pushed {out.beyond} rows (${out.beyond_usd}) past the room the centre "
+                f"leases; charged to {user} only, not to shared budgets. Review: spendgate ledger --user {user}")
+        log.warning("spendgate: %s", text)
+        if self.notify is None:
+            return
+        from spendgate.workflow.alerts import recipients
+
+        pol = self.book.policy
+        try:
+            self.notify(Notice(kind="alert", title=f"user:{user}: laptop spend beyond the centre's lease", text=text,
+                               recipients=recipients(pol, f"organization:{pol.org_name}"),
+                               payload={"alert": "beyond_lease", "scope": f"user:{user}", "origin": origin,
+                                        "rows": out.beyond, "usd": float(out.beyond_usd)},
+                               scope=f"user:{user}", ref=f"beyond_lease:{origin}"))
+        except Exception:
+            log.exception("spendgate: the beyond-lease alert failed")
+
+    def _land(self, rows: list[LedgerRow], now: datetime, user: str,
+              workspaces: Sequence[str]) -> dict[str, Charge]:
+        """Insert the rows not landed before (ledger + idempotency keys in one transaction) and charge
+        them where `charging.ChargePlanner` says; the charges of the rows landed now, by request id."""
         cur = self.cursor()
         ids = [r.request_id for r in rows]
         seen = {r[0] for r in cur.execute("SELECT request_id FROM central_ingested "
                                           "WHERE request_id IN (SELECT unnest(?::VARCHAR[]))", [ids]).fetchall()}
         new = [r for r in rows if r.request_id not in seen]
+        if not new:
+            return {}
+        planner = ChargePlanner(self.book, cur, user, tuple(workspaces), now)
+        charges = {r.request_id: planner.plan(r) for r in sorted(new, key=lambda r: r.ts)}
         shared = getattr(self.book.store, "pg", None)
         if shared is not None:  # the store decides: a row it already has is a duplicate there too
-            new = [r for r in new if self._settle_shared(r) != "duplicate"]
+            new = [r for r in new if self._settle_shared(r, charges[r.request_id]) != "duplicate"]
         if not new:
-            return set()
+            return {}
         cur.execute("BEGIN")
         try:
-            # one statement over a list: DuckDB's executemany costs milliseconds per row on a keyed table
-            cur.execute("INSERT INTO central_ingested SELECT unnest(?::VARCHAR[]), ?, ?, ?",
-                        [[r.request_id for r in new], now, new[0].origin, new[0].user])  # one batch: one origin, one user
+            # one statement over lists: DuckDB's executemany costs milliseconds per row on a keyed table
+            cur.execute('INSERT INTO central_ingested (request_id, ingested_at, origin, "user", charged_at, shared) '
+                        "SELECT unnest(?::VARCHAR[]), ?, ?, ?, unnest(?::TIMESTAMPTZ[]), unnest(?::BOOLEAN[])",
+                        [[r.request_id for r in new], now, new[0].origin, new[0].user,  # one batch: one origin, one user
+                         [charges[r.request_id].at if charges[r.request_id].at != r.ts else None for r in new],
+                         [charges[r.request_id].shared for r in new]])
             write_cards(cur, new, set())  # the cards first: a row never points at a missing card
             write_rows(cur, new, in_transaction=True)
             cur.execute("COMMIT")
         except Exception:
             cur.execute("ROLLBACK")
             raise
-        if shared is None:  # in-memory counters: count them now (a restart rebuilds them from the ledger)
-            pol = self.book.policy
+        if shared is None:  # in-memory counters: count them now (a restart rebuilds them: charging.correct_rebuilt)
             for r in new:
                 if r.charged_usd:
-                    self.book.charge(ledger_row_scopes(pol, r.user, r.key_fingerprint, r.workspace, r.billing_basis,
-                                                       r.plan, r.ts), r.ts, r.charged_usd)
-        return {r.request_id for r in new}
+                    c = charges[r.request_id]
+                    self.book.charge(c.scopes, c.at, r.charged_usd)
+        return {r.request_id: charges[r.request_id] for r in new}
 
-    def _settle_shared(self, row: LedgerRow) -> str:
+    def _settle_shared(self, row: LedgerRow, charge: Charge) -> str:
         """A shared store: the row and its charge to every window's counters, once by request id."""
         pol = self.book.policy
-        keys = [(scope, w, window_bounds(w, row.ts, pol.timezone)[0])
-                for scope in ledger_row_scopes(pol, row.user, row.key_fingerprint, row.workspace, row.billing_basis,
-                                               row.plan, row.ts) for w in WINDOWS]
+        keys = [(scope, w, window_bounds(w, charge.at, pol.timezone)[0]) for scope in charge.scopes for w in WINDOWS]
         return self.book.store.pg.settle(row.request_id, row.charged_usd or Decimal(0), row, keys, degraded=False)
 
 

@@ -378,6 +378,16 @@ MIGRATIONS: list[tuple[int, str]] = [
         # write_rows in the row insert's transaction; filled here from the rows already there
         rollups.migration_sql(),
     ),
+    (
+        13,
+        # a centre's bound on what a pushed row charges (spendgate/central/charging.py): the time whose
+        # windows its counters were charged in when that is not the row's own (back-dated or late rows:
+        # the receipt), and whether it was charged to shared (organization, workspace, key) budgets
+        """
+        ALTER TABLE central_ingested ADD COLUMN IF NOT EXISTS charged_at TIMESTAMPTZ;
+        ALTER TABLE central_ingested ADD COLUMN IF NOT EXISTS shared BOOLEAN DEFAULT true;
+        """,
+    ),
 ]
 
 

@@ -31,8 +31,6 @@ def test_r1_a_pushed_row_is_not_swallowed_by_another_users_request_id(centre):  
     assert _day_spent(book, "bob") == Decimal("0.9")
 
 
-@pytest.mark.xfail(strict=True, reason="R2: a laptop's ts is trusted back 400 days: back-dated spend misses "
-                                        "the current windows and the next lease grants the full room again")
 def test_r2_backdated_rows_still_count_against_todays_lease(centre):  # noqa: F811
     ingest, led, book = centre
     assert Decimal(lease(book, "alice", "10", NOW)["granted_usd"]) == Decimal("1")  # day budget $1
@@ -40,8 +38,13 @@ def test_r2_backdated_rows_still_count_against_todays_lease(centre):  # noqa: F8
     rows = [wire(_row(f"r-bd{i:06d}", charged="1", ts=NOW - timedelta(days=2, minutes=i))) for i in range(5)]
     got = ingest.ingest("alice", "alice@laptop", rows, now=NOW)
     assert len(got.accepted) == 5  # all accepted
-    # the centre keeps handing out the whole day's room
+    assert got.late == 5  # not offline, so not believed that old: counted at their receipt (charging.GRACE)
+    # the next lease has nothing left to hand out
     assert Decimal(lease(book, "alice", "10", NOW)["granted_usd"]) == Decimal("0"), lease(book, "alice", "10", NOW)
+    assert _day_spent(book, "alice") == Decimal(5)
+    # the rows keep the time the laptop reported (for reports), the note says where they were counted
+    kept = led.cursor().execute("SELECT min(ts), max(ts), min(note) FROM requests").fetchone()
+    assert kept[1] <= NOW - timedelta(days=2) and "counted at its receipt" in kept[2]
 
 
 def test_r2b_the_centre_prices_pushed_rows_itself(tmp_path):
