@@ -422,10 +422,21 @@ class SpendGate:
             flow.metadata[META + ".tap"] = tap
             resp.stream = tap
 
-    def response(self, flow: http.HTTPFlow) -> None:
+    def response(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         ex: Exchange | None = flow.metadata.get(META)
         if ex is None or flow.response is None or ex.extra.get("blocked"):
-            return
+            return None
+        if ex.request.upload is not None:  # a batch input file: estimated on a worker before the client hears back
+            return self._upload_answered(flow, ex)
+        return self._finish(flow, ex)
+
+    async def _upload_answered(self, flow: http.HTTPFlow, ex: Exchange) -> None:
+        ex.status = flow.response.status_code
+        body = Body(flow.response.raw_content or b"", flow.response.headers.get("content-encoding", ""))
+        await asyncio.to_thread(self.gateway.meter.learn_upload, ex, body)
+        self._finish(flow, ex)
+
+    def _finish(self, flow: http.HTTPFlow, ex: Exchange) -> None:
         ex.status = flow.response.status_code
         tap: StreamTap | None = flow.metadata.get(META + ".tap")
         if tap is not None:

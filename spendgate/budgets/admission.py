@@ -25,6 +25,7 @@ from decimal import Decimal
 from typing import Any
 
 from spendgate.budgets import refusal, unmetered
+from spendgate.budgets.batch_estimate import batch_input_cost
 from spendgate.budgets.book import BudgetBook, Decision, subscription_ignored
 from spendgate.budgets.journal import Journal
 from spendgate.budgets.runway import (
@@ -98,6 +99,8 @@ class Admission:
 
         `model` prices the request as if it asked for that model (a step-down's target).
         """
+        if ex.request.batch_input is not None and model is None:  # an OpenAI batch of a file we saw uploaded
+            return batch_input_cost(self.pricer, self.policy, ex.provider, ex.request.batch_input, now, fallback_cost)
         model = model or ex.request.model
         usage = self._estimated_usage(ex, model)
         variant = variant_for(ex.request.modifiers)  # e.g. fast mode asked for: reserve at fast rates

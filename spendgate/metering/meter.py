@@ -23,7 +23,7 @@ from spendgate.batcher import Batcher
 from spendgate.identity import Identity, with_body_hints
 from spendgate.metering import billing, providers
 from spendgate.metering.context import ContextBook
-from spendgate.metering.providers import batches
+from spendgate.metering.providers import batch_input, batches
 from spendgate.metering.providers.base import (
     Adapter,
     RequestInfo,
@@ -234,6 +234,7 @@ class Meter:
         self._worker: Batcher[tuple] = Batcher(self._record_batch, 0.05, "spendgate-meter")
         self._inflight: dict[str, Exchange] = {}  # single dict operations: atomic, no lock needed
         self.contexts = ContextBook()  # what continuations (previous_response_id) re-read
+        self.batch_inputs = batch_input.BatchInputBook()  # OpenAI batch input files seen uploaded, estimated
         # request ids: random per process, then a counter (cheaper than uuid4 on the event loop)
         # (the prefix is drawn once: os.urandom per id cost ~20 us of a syscall on every request)
         prefix = os.urandom(10).hex()
@@ -270,6 +271,8 @@ class Meter:
             req.model = route.extra.get("model") or route.extra.get("deployment")
         if req.continues:  # the body holds the new turn only; the provider bills the context again
             req.input_bytes += self.contexts.tokens(req.continues) * CHARS_PER_TOKEN
+        if req.batch_file:  # an OpenAI batch: its requests are in a file uploaded before (batch_input.py)
+            req.batch_input = self.batch_inputs.get(req.batch_file)
         bounds.clip_request(req)
         ts = self.now()
         identity = bounds.clip_identity(with_body_hints(self.identify(headers, query, proxy_user, client_ip),
@@ -357,6 +360,20 @@ class Meter:
         if self._inflight.pop(ex.request_id, None) is None:
             return
         self._worker.put((ex, result, ended, bytes_out, self.clock()))
+
+    def learn_upload(self, ex: Exchange, body: Body) -> None:
+        """A file upload was answered: estimate a batch input file and remember it under the answered
+        id (providers/batch_input.py). A worker thread's job (the file may be large); the gateway runs
+        it before the answer reaches the client, so a batch naming the file right after finds it."""
+        upload, ex.request.upload = ex.request.upload, None
+        if upload is None or (ex.status or 0) >= 400 or ex.route.adapter is None:
+            return
+        try:
+            result = body.parse(ex.route.adapter)
+            if result is not None and result.response_id:
+                self.batch_inputs.remember(result.response_id, batch_input.estimate_upload(upload))
+        except Exception:
+            log.exception("spendgate: estimating an uploaded batch input file failed")
 
     def abandon_inflight(self) -> list[Exchange]:
         """At shutdown: record every exchange still in flight as interrupted."""

@@ -433,6 +433,8 @@ def _route_batches(provider: str, canon: str, method: str) -> Route | None:
             adapter = batches.ANTHROPIC_SUBMIT
         elif (provider, low) == ("openai", "/v1/batches"):
             adapter = batches.OPENAI_SUBMIT
+        elif (provider, low) == ("openai", "/v1/files"):  # a batch's input file: estimated (batch_input.py)
+            adapter = batches.OPENAI_UPLOAD
         elif provider == "gemini" and batches.GEMINI_SUBMIT_PATH.match(low):
             adapter = batches.GEMINI_SUBMIT
     elif method == "GET":

@@ -46,6 +46,9 @@ class RequestInfo:
     request_usage: Usage | None = None  # usage the request itself fixes (tts-1: input characters)
     estimate: Usage | None = None  # what admission reserves for when tokens do not apply (audio seconds)
     results: bool = False  # a batch results download: never refused, charged when recorded
+    upload: bytes | None = None  # a file upload's body, estimated on the meter worker (providers/batch_input.py)
+    batch_file: str | None = None  # an OpenAI batch's input_file_id
+    batch_input: Any = None  # that file's InputEstimate, when this process saw it uploaded
 
 
 @dataclass(slots=True)

@@ -33,6 +33,7 @@ import re
 import threading
 from collections import OrderedDict
 
+from spendgate.metering.providers import batch_input
 from spendgate.metering.providers.anthropic import AnthropicUsageState
 from spendgate.metering.providers.base import (
     Adapter,
@@ -116,7 +117,9 @@ class BatchSubmitAdapter(Adapter):
                 m = re.search(r"/models/([^/:]+):batchgeneratecontent$", path.split("?", 1)[0], re.IGNORECASE)
                 info.model = m.group(1) if m else None
             else:  # OpenAI: {input_file_id, endpoint, completion_window}; the requests are in an uploaded file
-                info.estimate = Usage()  # nothing to estimate from: reserve nothing (see admission.estimate)
+                info.estimate = Usage()  # estimated from that file when this process saw it (batch_input.py)
+                obj = top_level(body, frozenset({"input_file_id"})) if body else None
+                info.batch_file = str_or_none(obj.get("input_file_id")) if isinstance(obj, dict) else None
         except Exception:
             info.malformed = True
         return info
@@ -133,12 +136,43 @@ class BatchSubmitAdapter(Adapter):
         return False
 
 
+class BatchUploadAdapter(Adapter):
+    """OpenAI ``POST /v1/files``: bills nothing; a ``purpose=batch`` file is estimated once answered.
+
+    The body is kept (by reference) for the meter's worker, which reads it after the response
+    (batch_input.estimate_upload) and remembers the estimate under the answered file id.
+    """
+
+    endpoint = "files.upload"
+
+    def parse_request(self, path: str, body: bytes) -> RequestInfo:
+        return RequestInfo(free=True, upload=body or None)
+
+    def parse_response(self, body: bytes) -> ResponseResult:
+        obj = load_json(body)
+        err = error_type(obj) if isinstance(obj, dict) else None
+        return ResponseResult(error=err, free=True, note=UPLOAD_NOTE,
+                              response_id=None if err else batch_input.uploaded_id(body))
+
+    def stream_parser(self, path: str) -> StreamParser:
+        return _Nothing(UPLOAD_NOTE)
+
+    def is_stream_response(self, content_type: str, request: RequestInfo) -> bool:
+        return False
+
+
+UPLOAD_NOTE = "file upload: bills nothing (a batch input file is estimated for its batches)"
+
+
 class _Nothing(StreamParser):
+    def __init__(self, note: str = SUBMITTED_NOTE) -> None:
+        self.note = note
+
     def feed(self, data: bytes) -> None:
         pass
 
     def result(self) -> ResponseResult:
-        return ResponseResult(free=True, note=SUBMITTED_NOTE)
+        return ResponseResult(free=True, note=self.note)
 
 
 # -- results ------------------------------------------------------------------------------------
@@ -324,6 +358,7 @@ class GeminiBatchOperationAdapter(BatchResultsAdapter):
 ANTHROPIC_SUBMIT = BatchSubmitAdapter("anthropic", "anthropic")
 ANTHROPIC_RESULTS = BatchResultsAdapter("anthropic", "anthropic")
 OPENAI_SUBMIT = BatchSubmitAdapter("openai", "openai")
+OPENAI_UPLOAD = BatchUploadAdapter()
 OPENAI_RESULTS = BatchResultsAdapter("openai", "openai")
 GEMINI_SUBMIT = BatchSubmitAdapter("gemini", "gemini")
 GEMINI_RESULTS = BatchResultsAdapter("gemini", "gemini")
