@@ -235,6 +235,7 @@ class Gateway:
 
     def _housekeep(self) -> None:
         self.plan_charger.apply(self.policy, self.book.store, datetime.now(UTC))  # a new day's seats
+        self.ingest.check_silent()  # a centre: laptops that stopped calling in (spendgate.central.roster)
         if time.monotonic() - self._pruned_at > 60:  # old windows' counters: keep memory flat
             self.book.prune()
             self._pruned_at = time.monotonic()

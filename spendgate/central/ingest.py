@@ -25,6 +25,7 @@ from typing import Any
 from spendgate import bounds
 from spendgate.budgets.book import BudgetBook
 from spendgate.central.charging import Charge, ChargePlanner
+from spendgate.central.roster import SILENT_AFTER, Contact, Roster
 from spendgate.budgets.windows import WINDOWS
 from spendgate.budgets.windows import bounds as window_bounds
 from spendgate.identity import Identity
@@ -279,8 +280,10 @@ class Ingest:
         self.book = book
         self.after_charge = after_charge
         self.pricer = pricer  # the centre's own prices (reloaded with its pricing files)
-        self.notify = notify  # the workflow's sinks: alerts about pushes past the lease
+        self.notify = notify  # the workflow's sinks: alerts about pushes past the lease, silent laptops
         self._lock = threading.Lock()
+        self.roster = Roster(cursor)  # which laptops called in when (a silent one is noticed)
+        self._checked_at: datetime | None = None
 
     def ingest(self, user: str, origin: Any, rows: Any, now: datetime | None = None) -> IngestResult:
         """Validate and land a batch pushed by `user`'s laptop `origin`. Raises IngestError for a bad batch."""
@@ -290,6 +293,7 @@ class Ingest:
         if len(rows) > MAX_ROWS:
             raise IngestError(413, f"at most {MAX_ROWS} rows per batch, got {len(rows)}")
         now = now or datetime.now(UTC)
+        self.roster.touch(user, origin, now, pushed=True)
         policy = self.book.policy
         workspaces = policy.workspaces_of(user)
         out = IngestResult()
@@ -348,6 +352,36 @@ class Ingest:
                                scope=f"user:{user}", ref=f"beyond_lease:{origin}"))
         except Exception:
             log.exception("spendgate: the beyond-lease alert failed")
+
+    def check_silent(self, now: datetime | None = None, every: timedelta = timedelta(minutes=1)) -> list[Contact]:
+        """Housekeeping: alert the organization's owners once about each laptop silent for
+        roster.SILENT_AFTER (at most every `every`); the laptops alerted now."""
+        now = now or datetime.now(UTC)
+        if self._checked_at is not None and now - self._checked_at < every:
+            return []
+        self._checked_at = now
+        gone = self.roster.newly_silent(now)
+        if not gone:
+            return []
+        hours = int(SILENT_AFTER.total_seconds() // 3600)
+        names = ", ".join(f"{c.origin} ({c.user})" for c in gone[:20]) + (" ..." if len(gone) > 20 else "")
+        text = (f"{len(gone)} laptops have not called the centre in {hours} hours or more: {names}. Their spend "
+                "is not reported while they are silent. List them: spendgate laptops --silent")
+        log.warning("spendgate: %s", text)
+        if self.notify is not None:
+            from spendgate.workflow.alerts import recipients
+
+            pol = self.book.policy
+            try:
+                self.notify(Notice(kind="alert", title=f"{len(gone)} laptops silent for {hours} hours", text=text,
+                                   recipients=recipients(pol, f"organization:{pol.org_name}"),
+                                   payload={"alert": "laptops_silent", "scope": f"organization:{pol.org_name}",
+                                            "laptops": [{"user": c.user, "origin": c.origin,
+                                                         "last_seen": c.last_seen.isoformat()} for c in gone[:100]]},
+                                   scope=f"organization:{pol.org_name}", ref=f"laptops_silent:{now.date()}"))
+            except Exception:
+                log.exception("spendgate: the silent-laptops alert failed")
+        return gone
 
     def _land(self, rows: list[LedgerRow], now: datetime, user: str,
               workspaces: Sequence[str]) -> dict[str, Charge]:

@@ -43,6 +43,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "tokens": ("token_cmds", "per-user tokens: proxy credentials and approvers' credentials"),
     "store": ("store_cmds", "the PostgreSQL store shared by gateway replicas: migrate, status"),
     "outbox": ("central_cmds", "a laptop's rows not yet acknowledged by the centre, and those it rejected"),
+    "laptops": ("central_cmds", "a centre's laptops: last contact and push, and which went silent"),
 }  # fmt: skip
 
 

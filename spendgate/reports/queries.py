@@ -12,6 +12,7 @@ from typing import Any
 import duckdb
 
 from spendgate.store import rollups, sql
+from spendgate.store.laptops import roster_rows
 from spendgate.store.sql import parse_time
 from spendgate.telemetry import links
 
@@ -175,3 +176,24 @@ def outbox(cur: duckdb.DuckDBPyConnection) -> dict[str, Any]:
     return {"pending_rows": pending, "pending_usd": float(usd), "oldest_pending": sql.jsonable(oldest),
             "landed_rows": counts.get("landed", 0), "rejected_rows": counts.get("rejected", 0),
             "offline_rows": offline, "rejected": rejected}
+
+
+DEFAULT_SILENT_HOURS = 72.0  # spendgate.central.roster.SILENT_AFTER
+
+
+def laptops(cur: duckdb.DuckDBPyConnection, silent_hours: float = DEFAULT_SILENT_HOURS, only_silent: bool = False,
+            now: datetime | None = None) -> list[dict[str, Any]]:
+    """A centre's laptops (spendgate.central.roster): first and last contact, last push, hours silent
+    (how long since the last lease or push; the table may lag the running centre by 5 minutes)."""
+    if not 0 < silent_hours <= 24 * 400:
+        raise ValueError("silent_hours must be hours > 0")
+    now = now or datetime.now(UTC)
+    out = []
+    for user, origin, first, last, push in roster_rows(cur):
+        quiet = (now - last).total_seconds() / 3600
+        if only_silent and quiet < silent_hours:
+            continue
+        out.append({"user": user, "origin": origin, "first_seen": sql.jsonable(first), "last_seen": sql.jsonable(last),
+                    "last_push": sql.jsonable(push), "silent_hours": round(max(quiet, 0.0), 2),
+                    "silent": quiet >= silent_hours})
+    return out

@@ -40,6 +40,9 @@ QUERIES: dict[str, Query] = {
     "price_request": lambda cur, p: _reprice().request_row(cur, str(p.get("request_id") or "")),
     # a laptop reporting to a centre: its outbox (`spendgate outbox`)
     "outbox": lambda cur, p: queries.outbox(cur),
+    # a centre: the laptops that called in, and the silent ones (`spendgate laptops`)
+    "laptops": lambda cur, p: queries.laptops(cur, float(p.get("silent_hours") or queries.DEFAULT_SILENT_HOURS),
+                                              str(p.get("silent") or "").lower() in ("1", "true", "yes")),
     # unpriced models and fallback-charged rows, for `spendgate prices check`
     "price_check": lambda cur, p: _reprice().unpriced_report(cur, opt_time(p.get("since"))),
 }

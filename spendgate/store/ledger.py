@@ -386,6 +386,15 @@ MIGRATIONS: list[tuple[int, str]] = [
         """
         ALTER TABLE central_ingested ADD COLUMN IF NOT EXISTS charged_at TIMESTAMPTZ;
         ALTER TABLE central_ingested ADD COLUMN IF NOT EXISTS shared BOOLEAN DEFAULT true;
+        -- the laptops that called in (spendgate/central/roster.py), so a silent one is noticed
+        CREATE TABLE IF NOT EXISTS central_laptops (
+            origin VARCHAR NOT NULL,
+            "user" VARCHAR NOT NULL,
+            first_seen TIMESTAMPTZ NOT NULL,
+            last_seen TIMESTAMPTZ NOT NULL,
+            last_push TIMESTAMPTZ,
+            PRIMARY KEY (origin, "user")
+        );
         """,
     ),
 ]

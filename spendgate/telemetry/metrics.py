@@ -65,6 +65,7 @@ class Sources:
     budget_status: Callable[[], list[dict[str, Any]]] | None = None  # BudgetBook.status
     ledger_stats: Callable[[], Any] | None = None  # DuckDBLedger.stats (WriterStats)
     span_stats: Callable[[], SpanStats] | None = None
+    laptops: Callable[[], tuple[int, int, float]] | None = None  # a centre: (calling in, silent, longest silence s)
 
 
 class _Gauges:
@@ -104,6 +105,20 @@ class _Gauges:
             healthy = GaugeMetricFamily("spendgate_ledger_healthy", "1 when the last ledger write succeeded")
             healthy.add_metric([], 1.0 if st.failures == 0 else 0.0)
             yield healthy
+        if src.laptops is not None:
+            try:
+                calling, silent, longest = src.laptops()
+                known = GaugeMetricFamily("spendgate_central_laptops", "Laptops known to this centre, by whether they "
+                                          "called in within the silence threshold (72 h)", labels=["state"])
+                known.add_metric(["reporting"], float(calling))
+                known.add_metric(["silent"], float(silent))
+                yield known
+                quiet = GaugeMetricFamily("spendgate_central_laptop_silence_max_seconds",
+                                          "Seconds since the longest-silent known laptop last called the centre")
+                quiet.add_metric([], longest)
+                yield quiet
+            except Exception:
+                log.exception("laptop roster for metrics failed")
         if src.span_stats is not None:
             ss = src.span_stats()
             spans = CounterMetricFamily("spendgate_otel_spans", "Spans handed to the OTLP exporter, by result",

@@ -9,6 +9,7 @@ dispatcher's record hook (sink errors), and starts the optional metrics port.
 from __future__ import annotations
 
 import logging
+from datetime import UTC, datetime
 from typing import Any
 
 from spendgate.metering.meter import Exchange
@@ -40,7 +41,9 @@ class Telemetry:
     @classmethod
     def attach(cls, gw: Any, settings: TelemetrySettings) -> Telemetry:
         """Build telemetry for `gw` (a spendgate.gateway.Gateway) and hook it in."""
-        t = cls(settings, Sources(budget_status=gw.book.status, ledger_stats=lambda: gw.ledger.stats))
+        roster = getattr(getattr(gw, "ingest", None), "roster", None)  # a centre's laptops (spendgate.central)
+        t = cls(settings, Sources(budget_status=gw.book.status, ledger_stats=lambda: gw.ledger.stats,
+                                  laptops=(lambda: roster.counts(datetime.now(UTC))) if roster is not None else None))
         gw.meter.listeners.append(t.on_row)
         written = gw.ledger.on_written
 

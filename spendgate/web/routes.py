@@ -213,7 +213,7 @@ def post_routes(gw: GatewayView) -> dict[str, Handler]:
     def lease(params: dict[str, Any], caller: Caller) -> Any:
         """{gateway_id, want_usd}: the room a laptop of the caller may admit locally until it asks again."""
         _own_credentials(caller, "a lease")
-        central_ingest.check_origin(params.get("gateway_id"))
+        gw.ingest.roster.touch(caller.name, central_ingest.check_origin(params.get("gateway_id")), datetime.now(UTC))
         try:
             return central_ingest.lease(gw.book, caller.name, params.get("want_usd", "0"))
         except central_ingest.IngestError as e:
