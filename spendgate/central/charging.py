@@ -62,7 +62,7 @@ class Charge:
 
 def user_only(names: Iterable[str]) -> list[str]:
     """The scopes of a row that are the user's own (their `user:` budgets, subscription ones included)."""
-    return [n for n in names if n.startswith("user:") or (n.startswith("subscription:user:"))]
+    return [n for n in names if n.startswith(("user:", "subscription:user:"))]
 
 
 class ChargePlanner:

@@ -24,10 +24,10 @@ from typing import Any
 
 from spendgate import bounds
 from spendgate.budgets.book import BudgetBook
-from spendgate.central.charging import Charge, ChargePlanner
-from spendgate.central.roster import SILENT_AFTER, Contact, Roster
 from spendgate.budgets.windows import WINDOWS
 from spendgate.budgets.windows import bounds as window_bounds
+from spendgate.central.charging import Charge, ChargePlanner
+from spendgate.central.roster import SILENT_AFTER, Contact, Roster
 from spendgate.identity import Identity
 from spendgate.pricing import cards
 from spendgate.pricing.rates import Pricer

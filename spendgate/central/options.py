@@ -13,7 +13,6 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from spendgate.central.uplink import CentralSettings
-from spendgate.identity import local_user
 
 _ID = re.compile(r"[^A-Za-z0-9._:@-]")
 
@@ -79,5 +78,4 @@ def central_settings(opts: Any) -> CentralSettings | None:
         raise ValueError("spendgate_central_interval must be seconds > 0 and spendgate_central_lease USD >= 0")
     return CentralSettings(url=url, token_file=token_file, gateway_id=gid,
                            proxy=proxy,
-                           user=(opts.spendgate_user or "").strip() or local_user(),
                            interval=interval, lease_usd=lease)

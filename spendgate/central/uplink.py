@@ -54,7 +54,6 @@ class CentralSettings:
     gateway_id: str  # this laptop gateway's name in the centre's `origin` column
     # reach the (https) centre through this HTTP proxy, by a CONNECT tunnel that carries no credential of ours
     proxy: str | None = None
-    user: str | None = None
     interval: float = 2.0  # seconds between pushes / lease renewals while the centre answers
     batch: int = 200  # rows per POST (the centre accepts up to 500)
     lease_usd: Decimal = Decimal(10)  # the most room one lease may hand out

@@ -170,6 +170,9 @@ def test_a_laptop_token_cannot_push_rows_for_somebody_else_and_garbage_gets_a_4x
     centre.start()
     laptop.start()
     wait_until(lambda: _online(laptop))
+    # the centre's roster knows the laptop from its leases (spendgate.central.roster), through its admin API
+    laptops = json.loads(centre.cli("laptops", "--json", check=True).stdout)
+    assert [(r["user"], r["origin"], r["silent"]) for r in laptops] == [("tester", LAPTOP_ID, False)]
     with anthropic.Anthropic(api_key=ANTHROPIC_KEY, max_retries=0, http_client=laptop.http_client()) as client:
         ask(client)
     (row,) = wait_until(lambda: centre.ledger())

@@ -14,7 +14,12 @@ import httpx2
 from spendgate.budgets.admission import fallback_cost
 from spendgate.budgets.batch_estimate import batch_input_cost
 from spendgate.metering.providers import batches, route
-from spendgate.metering.providers.batch_input import BatchInputBook, estimate_jsonl, estimate_upload, uploaded_id
+from spendgate.metering.providers.batch_input import (
+    BatchInputBook,
+    estimate_jsonl,
+    estimate_upload,
+    uploaded_id,
+)
 from spendgate.policy.model import parse
 from spendgate.pricing.rates import Pricer
 

@@ -275,7 +275,7 @@ def test_options_refuse_what_would_leak_or_never_work(tmp_path):
 
     assert central_settings(opts(spendgate_central="")) is None
     got = central_settings(opts())
-    assert got.url == "https://centre.example:8443" and got.user == "alice" and got.lease_usd == Decimal(10)
+    assert got.url == "https://centre.example:8443" and got.lease_usd == Decimal(10)
     assert "@" in got.gateway_id  # user@host by default
     assert central_settings(opts(spendgate_central="http://127.0.0.1:8081")).url == "http://127.0.0.1:8081"
     assert central_settings(opts(spendgate_central_proxy="http://proxy.corp:3128")).proxy == "http://proxy.corp:3128"
