@@ -43,6 +43,7 @@ MAX_COUNT = 10**12  # tokens, bytes, searches per row
 MAX_AGE = timedelta(days=400)  # older rows belong to a closed year's books, not a replay
 MAX_SKEW = timedelta(minutes=10)  # a laptop clock this far ahead is refused (rows "from the future")
 MAX_CARD_CHARS = 16_000  # a rate card: every rate with its tiers and source
+BEYOND_ALERT_EVERY = timedelta(hours=1)  # beyond-lease alerts per (user, laptop), at most
 MAX_LEASE_USD = Decimal("50")  # the most room one lease hands out, whatever a laptop asks for
 ORIGIN = re.compile(r"^[A-Za-z0-9._:@-]{1,128}$")  # a laptop's gateway id
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{8,128}$")
@@ -284,6 +285,7 @@ class Ingest:
         self._lock = threading.Lock()
         self.roster = Roster(cursor)  # which laptops called in when (a silent one is noticed)
         self._checked_at: datetime | None = None
+        self._beyond_told: dict[tuple[str, str], datetime] = {}  # (user, laptop) -> last beyond-lease alert
 
     def ingest(self, user: str, origin: Any, rows: Any, now: datetime | None = None) -> IngestResult:
         """Validate and land a batch pushed by `user`'s laptop `origin`. Raises IngestError for a bad batch."""
@@ -324,7 +326,7 @@ class Ingest:
                     out.beyond += 1
                     out.beyond_usd += row.charged_usd or Decimal(0)
         if out.beyond:
-            self._alert_beyond(user, origin, out)
+            self._alert_beyond(user, origin, out, now)
         ident = Identity(user=user, source="token", workspaces=workspaces)
         for row in good.values():
             if row.request_id in fresh and row.charged_usd:
@@ -334,13 +336,18 @@ class Ingest:
                         len(out.rejected), out.rejected[0]["error"])
         return out
 
-    def _alert_beyond(self, user: str, origin: str, out: IngestResult) -> None:
-        """Pushed spend past the lease: charged to the user only; the organization's owners are told."""
+    def _alert_beyond(self, user: str, origin: str, out: IngestResult, now: datetime) -> None:
+        """Pushed spend past the lease: charged to the user only; the organization's owners are told,
+        at most once an hour per laptop (a laptop pushing one such row per batch must not flood them)."""
         text = (f"{user}'s laptop {origin} pushed {out.beyond} rows (${out.beyond_usd}) past the room the centre "
                 f"leases; charged to {user} only, not to shared budgets. Review: spendgate ledger --user {user}")
         log.warning("spendgate: %s", text)
-        if self.notify is None:
+        last = self._beyond_told.get((user, origin))
+        if self.notify is None or (last is not None and now - last < BEYOND_ALERT_EVERY):
             return
+        if len(self._beyond_told) >= 10_000:
+            self._beyond_told.clear()
+        self._beyond_told[(user, origin)] = now
         from spendgate.workflow.alerts import recipients
 
         pol = self.book.policy

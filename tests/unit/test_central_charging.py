@@ -79,6 +79,10 @@ def test_pushes_past_the_lease_charge_the_user_only_and_alert(tmp_path):
     (alert,) = notices
     assert alert.kind == "alert" and alert.recipients == ("cfo@acme",) and alert.payload["rows"] == 3
     assert "alice@laptop" in alert.text and alert.payload["usd"] == 150.0
+    more = ingest.ingest("alice", "alice@laptop", [wire(_row("r-fab99999", charged="1"))], now=NOW)
+    assert more.beyond == 1 and len(notices) == 1  # once an hour per laptop: no flood
+    ingest.ingest("alice", "alice@laptop", [wire(_row("r-fab99998", charged="1"))], now=NOW + timedelta(hours=1))
+    assert len(notices) == 2
 
 
 def test_offline_rows_within_the_allowance_still_charge_shared_budgets_at_the_cap(tmp_path):
