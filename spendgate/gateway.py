@@ -201,6 +201,18 @@ class Gateway:
         """A DuckDB cursor of the ledger this gateway holds (one per thread)."""
         return self.ledger.cursor()
 
+    def report_cursor(self, name: str):
+        """Where the admin API's named query `name` runs: with a shared store, the reports that read
+        only the ledger run on the store (every replica's and laptop's rows, from its rollups:
+        spendgate.store.pg_read); everything else on this gateway's DuckDB file."""
+        pg = getattr(self.book.store, "pg", None)
+        if pg is not None:
+            from spendgate.store import pg_read
+
+            if name in pg_read.DIRECT:
+                return pg_read.reader_for(pg)
+        return self.cursor()
+
     def pricing_path(self) -> Path | None:
         return self.settings.pricing
 

@@ -6,6 +6,7 @@ discovery file next to the ledger and asks its admin API instead.
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import urllib.error
@@ -118,11 +119,15 @@ def _chunks(resp: Any, size: int = 1 << 20) -> Iterator[bytes]:
 
 
 def open_store_source(url: str, *, write: bool = False) -> Source:
-    """The ledger shared by gateway replicas (PostgreSQL), loaded into an in-memory DuckDB.
+    """The ledger shared by gateway replicas (PostgreSQL), read where it lies.
 
-    The same named queries then run unchanged; fine for millions of rows (the copy streams as
-    CSV), not yet for the 10M-row dashboards of a large company (rollups are future work).
+    The reports that read only the ledger (spendgate.store.pg_read.DIRECT: ledger, spend, top's
+    overview, series, blocks, unpriced, subscriptions) and `export` run on the store itself, from
+    its day/month rollups plus the raw rows at the edges, so they cost the same at 10M rows as at
+    10k. The few queries that need tables only a replica's DuckDB file has (explain's price audit,
+    `prices check`) still load the ledger into an in-memory DuckDB first, once per command.
     """
+    from spendgate.store.pg_read import DIRECT, ReadCursor, open_store
     from spendgate.store.postgres import PostgresStore, StoreError, redact
 
     if write:
@@ -130,18 +135,42 @@ def open_store_source(url: str, *, write: bool = False) -> Source:
     if not url.startswith(("postgresql://", "postgres://")):
         raise SourceError("--store takes a postgresql:// URL")
     try:
-        store = PostgresStore(url, timeout=5, statement_timeout=3600).open()  # the copy may take minutes
+        store = open_store(url)
         try:
             store.check_schema()
-            con = duckdb.connect(":memory:")
-            migrate(con)
-            store.copy_ledger(con)
-        finally:
+        except BaseException:
             store.close()
+            raise
     except StoreError as e:
         raise SourceError(str(e)) from None
+    atexit.register(store.close)  # the pool's threads, stopped before the interpreter waits on them
+    direct = _local_call(ReadCursor(store))  # type: ignore[arg-type]  # a DuckDB-cursor look-alike
+    copied: list[Callable[[str, dict[str, Any], str], Any]] = []
 
-    return Source(_local_call(con), f"store {redact(url)}")
+    def copy() -> Callable[[str, dict[str, Any], str], Any]:
+        if not copied:
+            try:
+                bulk = PostgresStore(url, timeout=5, statement_timeout=3600).open()  # the copy may take minutes
+                try:
+                    con = duckdb.connect(":memory:")
+                    migrate(con)
+                    bulk.copy_ledger(con)
+                finally:
+                    bulk.close()
+            except StoreError as e:
+                raise SourceError(str(e)) from None
+            copied.append(_local_call(con))
+        return copied[0]
+
+    def call(name: str, params: dict[str, Any], method: str) -> Any:
+        try:
+            if name in DIRECT or method == "RAW":
+                return direct(name, params, method)
+            return copy()(name, params, method)
+        except StoreError as e:
+            raise SourceError(str(e)) from None
+
+    return Source(call, f"store {redact(url)}")
 
 
 def open_source(db: Path, *, write: bool = False) -> Source:

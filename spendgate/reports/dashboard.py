@@ -73,7 +73,7 @@ def totals(cur: duckdb.DuckDBPyConnection, now: datetime | None = None, user: st
     parts, params = [], []
     for w in reports.WINDOWS:  # each window from its own exact source (rollups, raw at the edges)
         src, p = rollups.source(cur, starts[w], dims=("outcome", "billing_basis", *([USER_COL] if user else [])))
-        parts.append(f"SELECT '{w}' AS w, * FROM {src}")  # w is one of WINDOWS
+        parts.append(f"SELECT '{w}' AS w, * FROM {src} s")  # w is one of WINDOWS
         params += p
     where, more = sql.where((USER, user))
     query = f"""
@@ -118,7 +118,7 @@ def series(
     where, more = sql.where((USER, user))
     params += more
     query = f"""
-        SELECT (epoch_us(t0) // {secs * 1_000_000}) * {secs} AS bucket, coalesce(sum(cost_usd), 0) AS cost_usd,
+        SELECT {sql.epoch_bucket(cur, "t0", secs)} AS bucket, coalesce(sum(cost_usd), 0) AS cost_usd,
                sum(requests) AS requests, coalesce(sum(requests) FILTER (WHERE outcome = 'blocked'), 0) AS blocked
         FROM {src} r {where} GROUP BY 1
     """
@@ -326,7 +326,31 @@ def download_chunks(cur: duckdb.DuckDBPyConnection, name: str, params: dict[str,
     """The same, as EXPORT_CHUNK-byte chunks read from a private temp file (removed at the end)."""
     if name != "export":
         raise KeyError(f"unknown download {name!r}")
+    if sql.dialect(cur) == "postgresql":
+        return _store_export_chunks(cur, params)
     return ExportFile(cur, params).chunks()
+
+
+def _store_export_chunks(cur: Any, params: dict[str, Any]) -> Iterator[bytes]:
+    """An export from the PostgreSQL store (spendgate.store.pg_read): CSV is the server's own
+    `COPY ... TO STDOUT`, streamed through; Parquet (whose footer needs the whole file) copies the
+    rows of the range -- only those -- into a private in-memory DuckDB and writes the file there."""
+    fmt = params.get("format") or "parquet"
+    if fmt not in EXPORT_FORMATS:
+        raise ValueError(f"unknown export format {fmt!r} (one of {', '.join(EXPORT_FORMATS)})")
+    since, until, user = opt_time(params.get("since")), opt_time(params.get("until")), params.get("user")
+    if fmt == "csv":
+        from spendgate.store.pg_read import csv_select
+
+        where, args = sql.where(*sql.ts_range(since, until), (USER, user))
+        return cur.copy_out(f"COPY ({csv_select(EXPORT_COLUMNS, where)}) TO STDOUT WITH (FORMAT csv, HEADER true)",
+                            args)
+    from spendgate.store.ledger import migrate
+
+    local = duckdb.connect(":memory:")
+    migrate(local)
+    cur.store.copy_ledger(local, since, until=until, user=user)
+    return ExportFile(local, {**params, "format": fmt}).chunks()
 
 
 def opt_time(v: Any) -> datetime | None:

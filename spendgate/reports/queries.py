@@ -152,7 +152,7 @@ def subscriptions(
                sum(input_tokens)::BIGINT AS input_tokens, sum(output_tokens)::BIGINT AS output_tokens,
                coalesce(sum(notional_usd), 0) AS notional_usd, coalesce(sum(charged_usd), 0) AS charged_usd,
                coalesce(sum(requests) FILTER (WHERE outcome = 'unpriced'), 0) AS unpriced, max(max_ts) AS last_seen
-        FROM {src} r {where} GROUP BY ALL ORDER BY notional_usd DESC, plan, "user", provider, credential
+        FROM {src} r {where} GROUP BY 1, 2, 3, 4 ORDER BY notional_usd DESC, plan, "user", provider, credential
         {"LIMIT ?" if limit else ""}
     """
     params += [*more, *([limit] if limit else [])]

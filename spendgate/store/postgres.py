@@ -728,7 +728,8 @@ class PostgresStore:
             raise StoreUnavailable(f"the store {redact(self.url)} failed: {_why(e)}") from None
 
 
-    def copy_ledger(self, con: Any, since: datetime | None = None) -> int:
+    def copy_ledger(self, con: Any, since: datetime | None = None, *, until: datetime | None = None,
+                    user: str | None = None) -> int:
         """Load the shared ledger into a DuckDB connection's `requests` table (read-side commands).
 
         Streams `COPY ... TO STDOUT (FORMAT csv)` into a private temporary file (0600, removed
@@ -738,14 +739,15 @@ class PostgresStore:
         import tempfile
 
         cols = ", ".join(f'"{c}"' for c in COLUMNS)
-        where = "WHERE ts >= %s" if since else ""
+        conds = [(c, v) for c, v in (("ts >= %s", since), ("ts < %s", until), ('"user" = %s', user)) if v]
+        where = ("WHERE " + " AND ".join(c for c, _ in conds)) if conds else ""
         try:
             with tempfile.NamedTemporaryFile(prefix="spendgate-ledger-", suffix=".csv") as f:
                 with self.pool.connection() as pc:
                     pc.execute("SET TimeZone = 'UTC'")
                     with pc.cursor() as cur:
                         with cur.copy(f"COPY (SELECT {cols} FROM requests {where}) TO STDOUT "
-                                      "WITH (FORMAT csv, HEADER true)", [since] if since else None) as copy:
+                                      "WITH (FORMAT csv, HEADER true)", [v for _, v in conds] or None) as copy:
                             for chunk in copy:
                                 f.write(chunk)
                 f.flush()

@@ -37,6 +37,8 @@ from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import Any
 
+from spendgate.store import sql
+
 log = logging.getLogger(__name__)
 
 USE = True  # False: every report reads raw rows (the tests compare both ways)
@@ -54,7 +56,8 @@ MEASURES: tuple[tuple[str, str, str], ...] = (
     ("requests", "HUGEINT NOT NULL", "1::BIGINT"),  # HUGEINT: a sum of BIGINTs never overflows
     *((t, "HUGEINT NOT NULL", f"{t}::BIGINT") for t in TOKENS),
     *((u, "DECIMAL(38, 10)", f"{u}::DECIMAL(38, 10)") for u in USD),
-    ("cost_null", "HUGEINT NOT NULL", "(cost_usd IS NULL)::BIGINT"),  # rows without a cost (unpriced, blocked)
+    # via INTEGER: PostgreSQL casts a boolean to INTEGER only (the reports' raw edges run there too)
+    ("cost_null", "HUGEINT NOT NULL", "(cost_usd IS NULL)::INTEGER::BIGINT"),  # rows without a cost (unpriced, blocked)
     ("max_ts", "TIMESTAMPTZ NOT NULL", "ts"),
 )
 # narrower families of the same sums, so a report reads the fewest rows that still hold its dimensions:
@@ -268,6 +271,8 @@ def available(cur: Any) -> bool:
     read-only before its migration has not)."""
     if not USE:
         return False
+    if sql.dialect(cur) == "postgresql":  # the store checked its schema (rollups since its migration 8)
+        return True
     return bool(cur.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'rollup_meta' "
                             "AND schema_name = 'main'").fetchone()[0])
 
@@ -314,9 +319,9 @@ def _raw(lo: datetime | None, hi: datetime | None, day: bool, dims: tuple[str, .
     return f"SELECT {', '.join(dims)}, {ms}, ts AS t0{extra} FROM requests {cond}", params
 
 
-def _rolled(grain: str, lo: datetime | None, hi: datetime | None, day: bool, dims: tuple[str, ...]
-            ) -> tuple[str, list[Any]]:
-    fam = next(f for f, have in FAMILIES.items() if set(dims) <= set(have))  # the narrowest that has them
+def _rolled(grain: str, lo: datetime | None, hi: datetime | None, day: bool, dims: tuple[str, ...],
+            families: tuple[str, ...] = tuple(FAMILIES)) -> tuple[str, list[Any]]:
+    fam = next(f for f in families if set(dims) <= set(FAMILIES[f]))  # the narrowest that has them
     cond, params = _range("bucket", lo, hi)
     extra = ", CAST(timezone('UTC', bucket) AS DATE) AS day" if day else ""
     return f"SELECT {', '.join(dims)}, {_MCOLS}, bucket AS t0{extra} FROM rollup_{grain}{fam} {cond}", params
@@ -386,9 +391,11 @@ def source(cur: Any, since: datetime | None = None, until: datetime | None = Non
     d = _dims(dims)
     if not available(cur):
         return raw_source(since, until, by_day=by_day, dims=d)
+    # PostgreSQL keeps the wide family only (spendgate/store/pg_rollups.py): rollup_day, rollup_month
+    fams = ("",) if sql.dialect(cur) == "postgresql" else tuple(FAMILIES)
     parts, params = [], []
     for kind, lo, hi in pieces(since, until, by_day=by_day):
-        q, p = _raw(lo, hi, by_day, d) if kind == "raw" else _rolled(kind, lo, hi, by_day, d)
+        q, p = _raw(lo, hi, by_day, d) if kind == "raw" else _rolled(kind, lo, hi, by_day, d, fams)
         parts.append(q)
         params += p
     if not parts:  # an empty range

@@ -53,6 +53,21 @@ def _instant(v: datetime | date | None) -> datetime | None:
     return datetime(v.year, v.month, v.day, tzinfo=UTC)
 
 
+def dialect(cur: Any) -> str:
+    """The SQL dialect of a report's cursor: "duckdb" (a ledger file) or "postgresql" (the shared
+    store's `store.pg_read.ReadCursor`). Reports keep one query each and ask this only where the
+    two differ."""
+    return getattr(cur, "dialect", "duckdb")
+
+
+def epoch_bucket(cur: Any, col: str, secs: int) -> str:
+    """SQL for the start of the `secs`-wide bucket (aligned on the UTC epoch) holding `col`, in
+    whole epoch seconds."""
+    if dialect(cur) == "postgresql":
+        return f"(floor(extract(epoch FROM {col}) / {secs}) * {secs})::BIGINT"
+    return f"(epoch_us({col}) // {secs * 1_000_000}) * {secs}"
+
+
 FETCH_ROWS = 500  # rows converted to Python per step (see dicts)
 
 

@@ -42,6 +42,8 @@ class GatewayView(Protocol):
 
     def cursor(self) -> Any: ...  # a DuckDB cursor of the ledger the gateway holds
 
+    def report_cursor(self, name: str) -> Any: ...  # where named query `name` runs (file, or shared store)
+
     def pricing_path(self) -> Any: ...  # the price overrides file in use (Path or None)
 
     def use_pricer(self, pricer: Pricer) -> None: ...  # new requests are priced with this one
@@ -67,7 +69,7 @@ def get_routes(gw: GatewayView) -> dict[str, Handler]:
         def handler(params: dict[str, Any], caller: Caller) -> Any:
             if gw.trace_url:  # ledger rows link to their trace, with the gateway's template
                 params = {**params, "trace_url": gw.trace_url}
-            return registry.run_query(gw.cursor(), name, params)
+            return registry.run_query(gw.report_cursor(name), name, params)
 
         return handler
 

@@ -1,0 +1,136 @@
+"""Read-side reports straight from the PostgreSQL store (issue 15 part 6): no copy of the ledger.
+
+`ReadCursor` looks like the DuckDB cursor the reports take (`execute(sql, params)` with `?`
+placeholders, `description`, `fetchone/fetchall/fetchmany`) and says `dialect = "postgresql"`,
+so spendgate/reports/* run their one query definition on either store; the few spots where the
+two SQL dialects differ ask `store.sql.dialect(cur)` (the epoch bucket of a chart, which rollup
+families exist, the export's COPY). Whole days and months come from the trigger-kept
+`rollup_day`/`rollup_month` (spendgate/store/pg_rollups.py) and the partial days at either edge
+from raw rows of the monthly partitions, exactly as on DuckDB (spendgate/store/rollups.py).
+
+Values come back as DuckDB gives them: a NUMERIC with no fraction (a count summed by
+PostgreSQL, whose `sum(bigint)` is NUMERIC) becomes an int, one with a scale (USD) stays a
+Decimal, so `store.sql.jsonable` makes the same JSON of both.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import fields
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from spendgate.store.ledger import LedgerRow
+from spendgate.store.postgres import PostgresStore, StoreUnavailable, _Result, _why, redact
+
+DIALECT = "postgresql"
+READ_TIMEOUT = 60.0  # seconds any one report statement may take (a year's report, not a 10M-row copy)
+
+# the named queries (spendgate.reports.registry) that read the ledger only and run on PostgreSQL as
+# they are; the others (explain's price audit, a laptop's outbox, a centre's roster) read tables
+# only a replica's DuckDB file has
+DIRECT = frozenset({"ledger", "spend", "subscriptions", "overview", "series", "blocks", "unpriced"})
+
+
+BOOL_COLUMNS = frozenset(f.name for f in fields(LedgerRow) if f.type == "bool")
+
+
+def _value(v: Any) -> Any:
+    if isinstance(v, Decimal) and v.is_finite() and v.as_tuple().exponent >= 0:
+        return int(v)  # sum(bigint) / NUMERIC(38, 0): a count, an int as DuckDB's HUGEINT gives it
+    return v
+
+
+class ReadCursor:
+    """A DuckDB-cursor look-alike for the read-side reports over a PostgresStore.
+
+    One autocommit statement per `execute` on a pooled connection, in UTC, bounded by
+    READ_TIMEOUT; results are fetched whole (reports return at most a few thousand rows).
+    Raises StoreUnavailable when the store cannot answer."""
+
+    dialect = DIALECT
+
+    def __init__(self, store: PostgresStore) -> None:
+        self.store = store
+        self._last: _Result | None = None
+
+    @staticmethod
+    def translate(sql: str) -> str:
+        """DuckDB's `?` placeholders as psycopg's `%s` (a literal % doubled). The reports' SQL never
+        holds a `?` or `%` inside a string literal."""
+        return sql.replace("%", "%%").replace("?", "%s")
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> _Result:
+        try:
+            with self.store.pool.connection() as con, con.transaction():
+                con.execute(f"SET LOCAL statement_timeout = {int(READ_TIMEOUT * 1000)}")  # this statement only
+                cur = con.execute(self.translate(sql), list(params))
+                rows = [tuple(map(_value, r)) for r in cur.fetchall()] if cur.description else []
+                self._last = _Result(cur.description, rows)
+                return self._last
+        except self.store._psycopg.OperationalError as e:
+            raise StoreUnavailable(f"the store {redact(self.store.url)} failed: {_why(e)}") from None
+
+    # the DuckDB connection's own fetch methods, on the last result
+    @property
+    def description(self) -> Any:
+        return self._last.description if self._last else None
+
+    def fetchone(self) -> tuple | None:
+        return self._last.fetchone() if self._last else None
+
+    def fetchall(self) -> list[tuple]:
+        return self._last.fetchall() if self._last else []
+
+    def copy_out(self, sql: str, params: Sequence[Any] = (), size: int = 1 << 20) -> Iterator[bytes]:
+        """`COPY (sql) TO STDOUT` as chunks of about `size` bytes, streamed from the server (memory
+        stays flat whatever the export's size)."""
+        buf = bytearray()
+        try:
+            with self.store.pool.connection() as con, con.transaction():
+                con.execute("SET LOCAL TimeZone = 'UTC'")
+                con.execute(f"SET LOCAL statement_timeout = {int(READ_TIMEOUT * 1000 * 60)}")  # a year's export
+                with con.cursor() as cur, cur.copy(self.translate(sql), list(params)) as copy:
+                    for chunk in copy:
+                        buf += chunk
+                        if len(buf) >= size:
+                            yield bytes(buf)
+                            buf.clear()
+        except self.store._psycopg.OperationalError as e:
+            raise StoreUnavailable(f"the store {redact(self.store.url)} failed: {_why(e)}") from None
+        if buf:
+            yield bytes(buf)
+
+
+def csv_select(columns: Sequence[str], where: str) -> str:
+    """The export's SELECT with PostgreSQL's CSV spelled as DuckDB's: booleans `true`/`false`
+    (PostgreSQL writes `t`/`f`); times in UTC (the COPY sets the session's zone)."""
+    cols = ", ".join(f'CASE WHEN "{c}" THEN \'true\' WHEN NOT "{c}" THEN \'false\' END AS "{c}"'
+                     if c in BOOL_COLUMNS else f'"{c}"' for c in columns)
+    return f"SELECT {cols} FROM requests {where} ORDER BY ts, request_id"
+
+
+_READERS: dict[str, ReadCursor] = {}
+_READERS_LOCK = threading.Lock()
+
+
+def reader_for(store: PostgresStore) -> ReadCursor:
+    """A gateway's dashboard reader on its shared store: a pool of its own (2 connections, opened
+    on first use), so dashboard polls never wait for, nor hold, the connections admissions use."""
+    with _READERS_LOCK:
+        r = _READERS.get(store.url)
+        if r is None:
+            r = _READERS[store.url] = ReadCursor(open_store(store.url))
+        return r
+
+
+def open_store(url: str) -> PostgresStore:
+    """A small pool on the store for a read-side command; the caller closes it."""
+    return PostgresStore(url, timeout=5, statement_timeout=READ_TIMEOUT, pool_size=2).open()
+
+
+def newest(store: PostgresStore) -> datetime | None:
+    """The newest row's time (tests, status)."""
+    return store._run("SELECT max(ts) FROM requests", fetch="one")[0]
