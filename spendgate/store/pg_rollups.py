@@ -21,26 +21,27 @@ by a trigger (the same tables and meaning as spendgate/store/rollups.py for Duck
 
 from __future__ import annotations
 
-from spendgate.store.rollups import DIMS, MEASURES, TOKENS, USD
+from spendgate.store.rollups import DIMS, FAMILIES, GRAINS, MEASURES, TOKENS, USD
 
 _DIMS = ", ".join(DIMS)
 _MEAS = [m[0] for m in MEASURES]
 
 
-def _table(name: str) -> str:
-    cols = [f"{d} TEXT" for d in DIMS]
+def _table(name: str, dims: tuple[str, ...] = DIMS) -> str:
+    cols = [f"{d} TEXT" for d in dims]
     cols += [f"{t} NUMERIC(38, 0) NOT NULL" for t in ("requests", *TOKENS, "cost_null")]  # sums never overflow
     cols += [f"{u} NUMERIC(38, 10)" for u in USD]
     cols += ["max_ts TIMESTAMPTZ NOT NULL"]
     body = ",\n    ".join(["bucket TIMESTAMPTZ NOT NULL", *cols])
     # dimensions first in the key: a group's buckets are one index range (max_ts recomputes, drill-downs)
-    return (f"CREATE TABLE {name} (\n    {body},\n    UNIQUE NULLS NOT DISTINCT ({_DIMS}, bucket)\n);\n"
+    return (f"CREATE TABLE {name} (\n    {body},\n    UNIQUE NULLS NOT DISTINCT ({', '.join(dims)}, bucket)\n);\n"
             f"CREATE INDEX {name}_bucket ON {name} (bucket);")
 
 
-def _upsert(grain: str, rec: str, sign: str) -> str:
-    """Add (sign 1) or take away (sign -1) row `rec` in rollup_<grain>."""
-    vals = [f"{rec}.{d}" for d in DIMS]
+def _upsert(grain: str, rec: str, sign: str, fam: str = "") -> str:
+    """Add (sign 1) or take away (sign -1) row `rec` in rollup_<grain><fam>."""
+    dims = FAMILIES[fam]
+    vals = [f"{rec}.{d}" for d in dims]
     meas = {"requests": sign, "cost_null": f"({rec}.cost_usd IS NULL)::int * {sign}", "max_ts": f"{rec}.ts"}
     for t in TOKENS:
         meas[t] = f"coalesce({rec}.{t}, 0) * {sign}"
@@ -55,34 +56,35 @@ def _upsert(grain: str, rec: str, sign: str) -> str:
         else:
             sets.append(f"{m} = x.{m} + excluded.{m}")
     bucket = f"date_trunc('{grain}', {rec}.ts AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'"
-    return (f"INSERT INTO rollup_{grain} AS x (bucket, {_DIMS}, {', '.join(_MEAS)}) VALUES ({bucket}, "
+    return (f"INSERT INTO rollup_{grain}{fam} AS x (bucket, {', '.join(dims)}, {', '.join(_MEAS)}) VALUES ({bucket}, "
             f"{', '.join(vals)}, {', '.join(meas[m] for m in _MEAS)}) "
-            f"ON CONFLICT ({_DIMS}, bucket) DO UPDATE SET {', '.join(sets)}")
+            f"ON CONFLICT ({', '.join(dims)}, bucket) DO UPDATE SET {', '.join(sets)}")
 
 
-def _match(rec: str, table: str = "") -> str:
+def _match(rec: str, table: str = "", dims: tuple[str, ...] = DIMS) -> str:
     p = f"{table}." if table else ""
-    return " AND ".join(f"{p}{d} IS NOT DISTINCT FROM {rec}.{d}" for d in DIMS)
+    return " AND ".join(f"{p}{d} IS NOT DISTINCT FROM {rec}.{d}" for d in dims)
 
 
-def _remove(grain: str) -> str:
-    """Take OLD away from rollup_<grain>: drop the group if it was its last row, else recompute
-    max_ts if OLD held it (from the rows for a day, from the days for a month)."""
+def _remove(grain: str, fam: str = "") -> str:
+    """Take OLD away from rollup_<grain><fam>: drop the group if it was its last row, else
+    recompute max_ts if OLD held it (from the rows for a day, from the days for a month)."""
+    dims = FAMILIES[fam]
     bucket = f"date_trunc('{grain}', OLD.ts AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'"
     if grain == "day":
         recompute = (f"SELECT max(ts) FROM requests q WHERE q.ts >= v_bucket AND q.ts < v_bucket + interval '1 day' "
-                     f"AND {_match('OLD', 'q')}")
+                     f"AND {_match('OLD', 'q', dims)}")
     else:
-        recompute = (f"SELECT max(max_ts) FROM rollup_day q WHERE q.bucket >= v_bucket "
-                     f"AND q.bucket < v_bucket + interval '1 month' AND {_match('OLD', 'q')}")
+        recompute = (f"SELECT max(max_ts) FROM rollup_day{fam} q WHERE q.bucket >= v_bucket "
+                     f"AND q.bucket < v_bucket + interval '1 month' AND {_match('OLD', 'q', dims)}")
     return f"""
         v_bucket := {bucket};
-        {_upsert(grain, 'OLD', '-1')};
-        DELETE FROM rollup_{grain} x WHERE x.bucket = v_bucket AND {_match('OLD', 'x')} AND x.requests = 0;
+        {_upsert(grain, 'OLD', '-1', fam)};
+        DELETE FROM rollup_{grain}{fam} x WHERE x.bucket = v_bucket AND {_match('OLD', 'x', dims)} AND x.requests = 0;
         IF NOT FOUND THEN
             -- coalesce: nothing left to see means the statement's own later events empty the group
-            UPDATE rollup_{grain} x SET max_ts = coalesce(({recompute}), x.max_ts)
-            WHERE x.bucket = v_bucket AND {_match('OLD', 'x')} AND x.max_ts = OLD.ts;
+            UPDATE rollup_{grain}{fam} x SET max_ts = coalesce(({recompute}), x.max_ts)
+            WHERE x.bucket = v_bucket AND {_match('OLD', 'x', dims)} AND x.max_ts = OLD.ts;
         END IF;"""
 
 
@@ -98,15 +100,68 @@ def _of_days() -> str:
     return ", ".join(out[m] for m in _MEAS)
 
 
-def migration_sql() -> str:
+def tables() -> tuple[str, ...]:
+    """Every rollup table the store keeps (after every migration)."""
+    return tuple(f"rollup_{g}{f}" for f in FAMILIES for g in GRAINS)
+
+
+def fill_sql(families: tuple[str, ...] = ("",)) -> str:
+    """Statements summing the rows into empty rollup tables of `families` (the wide one first:
+    the narrow ones are regrouped from its days): what the migrations do once, and what a bulk
+    load that bypassed the trigger (scripts/bench_pg_read.py) runs afterwards."""
+    out = []
+    if "" in families:
+        out.append(f"""
+        INSERT INTO rollup_day (bucket, {_DIMS}, {', '.join(_MEAS)})
+        SELECT date_trunc('day', ts AT TIME ZONE 'UTC') AT TIME ZONE 'UTC', {_DIMS}, {_of_rows()}
+        FROM requests GROUP BY 1, {_DIMS};""")
+    for fam in families:
+        dims = ", ".join(FAMILIES[fam])
+        if fam:
+            out.append(f"""
+        INSERT INTO rollup_day{fam} (bucket, {dims}, {', '.join(_MEAS)})
+        SELECT bucket, {dims}, {_of_days()} FROM rollup_day GROUP BY bucket, {dims};""")
+        out.append(f"""
+        INSERT INTO rollup_month{fam} (bucket, {dims}, {', '.join(_MEAS)})
+        SELECT date_trunc('month', bucket AT TIME ZONE 'UTC') AT TIME ZONE 'UTC', {dims}, {_of_days()}
+        FROM rollup_day{fam} GROUP BY 1, {dims};""")
+    return "".join(out)
+
+
+def _trigger_function(families: tuple[str, ...], replace: bool = False) -> str:
+    """spendgate_rollup(): the row trigger's function keeping the rollups of `families`."""
     same_group = " AND ".join([f"NEW.{d} IS NOT DISTINCT FROM OLD.{d}" for d in DIMS] + ["NEW.ts = OLD.ts"])
     # an UPDATE that keeps the row in its group (re-pricing a cost): only the measures change
     delta_sets = ", ".join([f"{t} = x.{t} + coalesce(NEW.{t}, 0) - coalesce(OLD.{t}, 0)" for t in TOKENS]
                            + [f"{u} = coalesce(x.{u}, 0) + coalesce(NEW.{u}, 0) - coalesce(OLD.{u}, 0)" for u in USD]
                            + ["cost_null = x.cost_null + (NEW.cost_usd IS NULL)::int - (OLD.cost_usd IS NULL)::int"])
     delta = "\n".join(
-        f"UPDATE rollup_{g} x SET {delta_sets} WHERE x.bucket = date_trunc('{g}', NEW.ts AT TIME ZONE 'UTC') "
-        f"AT TIME ZONE 'UTC' AND {_match('NEW', 'x')};" for g in ("day", "month"))
+        f"UPDATE rollup_{g}{f} x SET {delta_sets} WHERE x.bucket = date_trunc('{g}', NEW.ts AT TIME ZONE 'UTC') "
+        f"AT TIME ZONE 'UTC' AND {_match('NEW', 'x', FAMILIES[f])};" for f in families for g in ("day", "month"))
+    removes = "".join(_remove(g, f) for f in families for g in ("day", "month"))
+    adds = "".join(f"\n                {_upsert(g, 'NEW', '1', f)};" for f in families for g in ("day", "month"))
+    return f"""
+        {"CREATE OR REPLACE" if replace else "CREATE"} FUNCTION spendgate_rollup() RETURNS trigger LANGUAGE plpgsql AS $$
+        DECLARE
+            v_bucket TIMESTAMPTZ;
+        BEGIN
+            IF TG_OP = 'UPDATE' AND {same_group} THEN
+                {delta}
+                RETURN NULL;
+            END IF;
+            IF TG_OP IN ('UPDATE', 'DELETE') THEN
+                {removes}
+            END IF;
+            IF TG_OP IN ('UPDATE', 'INSERT') THEN
+                {adds}
+            END IF;
+            RETURN NULL;
+        END;
+        $$;
+    """
+
+
+def migration_sql() -> str:
     return f"""
         -- the ledger partitioned by UTC month (rows move once, here)
         ALTER TABLE requests RENAME TO requests_unpartitioned;
@@ -168,31 +223,22 @@ def migration_sql() -> str:
         -- rollups, kept by a trigger in the transaction of every row change
         {_table('rollup_day')}
         {_table('rollup_month')}
-        CREATE FUNCTION spendgate_rollup() RETURNS trigger LANGUAGE plpgsql AS $$
-        DECLARE
-            v_bucket TIMESTAMPTZ;
-        BEGIN
-            IF TG_OP = 'UPDATE' AND {same_group} THEN
-                {delta}
-                RETURN NULL;
-            END IF;
-            IF TG_OP IN ('UPDATE', 'DELETE') THEN
-                {_remove('day')}
-                {_remove('month')}
-            END IF;
-            IF TG_OP IN ('UPDATE', 'INSERT') THEN
-                {_upsert('day', 'NEW', '1')};
-                {_upsert('month', 'NEW', '1')};
-            END IF;
-            RETURN NULL;
-        END;
-        $$;
-        INSERT INTO rollup_day (bucket, {_DIMS}, {', '.join(_MEAS)})
-        SELECT date_trunc('day', ts AT TIME ZONE 'UTC') AT TIME ZONE 'UTC', {_DIMS}, {_of_rows()}
-        FROM requests GROUP BY 1, {_DIMS};
-        INSERT INTO rollup_month (bucket, {_DIMS}, {', '.join(_MEAS)})
-        SELECT date_trunc('month', bucket AT TIME ZONE 'UTC') AT TIME ZONE 'UTC', {_DIMS}, {_of_days()}
-        FROM rollup_day GROUP BY 1, {_DIMS};
+        {_trigger_function(("",))}
+        {fill_sql()}
         CREATE TRIGGER requests_rollup AFTER INSERT OR UPDATE OR DELETE ON requests
             FOR EACH ROW EXECUTE FUNCTION spendgate_rollup();
+    """
+
+
+def families_migration_sql() -> str:
+    """The narrow rollup families DuckDB has too (per model, per user: spendgate/store/rollups.py
+    FAMILIES), so a report reads the fewest rollup rows holding its dimensions: a month's spend by
+    model is a few hundred rows, not the ~150k (user, model, ...) groups of the wide rollup.
+    Filled from the wide rollup's days; the trigger then keeps all six tables."""
+    narrow = tuple(f for f in FAMILIES if f)
+    tables = "\n".join(_table(f"rollup_{g}{f}", FAMILIES[f]) for f in narrow for g in GRAINS)
+    return f"""
+        {tables}
+        {fill_sql(narrow)}
+        {_trigger_function(tuple(FAMILIES), replace=True)}
     """

@@ -393,6 +393,11 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         "the ledger partitioned by month; day and month rollups kept by a trigger (spendgate/store/pg_rollups.py)",
         pg_rollups.migration_sql(),
     ),
+    (
+        7,
+        "rollups per model and per user as well, for reports read from the store (spendgate/store/pg_read.py)",
+        pg_rollups.families_migration_sql(),
+    ),
 ]
 SCHEMA_VERSION = max(v for v, _, _ in MIGRATIONS)
 MIGRATION_LOCK = 0x5E4D6A7E  # pg_advisory_xact_lock key: two `store migrate` runs take turns

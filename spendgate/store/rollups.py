@@ -271,7 +271,7 @@ def available(cur: Any) -> bool:
     read-only before its migration has not)."""
     if not USE:
         return False
-    if sql.dialect(cur) == "postgresql":  # the store checked its schema (rollups since its migration 8)
+    if sql.dialect(cur) == "postgresql":  # the store's schema is checked when it opens (pg_rollups: same tables)
         return True
     return bool(cur.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'rollup_meta' "
                             "AND schema_name = 'main'").fetchone()[0])
@@ -319,9 +319,9 @@ def _raw(lo: datetime | None, hi: datetime | None, day: bool, dims: tuple[str, .
     return f"SELECT {', '.join(dims)}, {ms}, ts AS t0{extra} FROM requests {cond}", params
 
 
-def _rolled(grain: str, lo: datetime | None, hi: datetime | None, day: bool, dims: tuple[str, ...],
-            families: tuple[str, ...] = tuple(FAMILIES)) -> tuple[str, list[Any]]:
-    fam = next(f for f in families if set(dims) <= set(FAMILIES[f]))  # the narrowest that has them
+def _rolled(grain: str, lo: datetime | None, hi: datetime | None, day: bool, dims: tuple[str, ...]
+            ) -> tuple[str, list[Any]]:
+    fam = next(f for f, have in FAMILIES.items() if set(dims) <= set(have))  # the narrowest that has them
     cond, params = _range("bucket", lo, hi)
     extra = ", CAST(timezone('UTC', bucket) AS DATE) AS day" if day else ""
     return f"SELECT {', '.join(dims)}, {_MCOLS}, bucket AS t0{extra} FROM rollup_{grain}{fam} {cond}", params
@@ -391,11 +391,9 @@ def source(cur: Any, since: datetime | None = None, until: datetime | None = Non
     d = _dims(dims)
     if not available(cur):
         return raw_source(since, until, by_day=by_day, dims=d)
-    # PostgreSQL keeps the wide family only (spendgate/store/pg_rollups.py): rollup_day, rollup_month
-    fams = ("",) if sql.dialect(cur) == "postgresql" else tuple(FAMILIES)
     parts, params = [], []
     for kind, lo, hi in pieces(since, until, by_day=by_day):
-        q, p = _raw(lo, hi, by_day, d) if kind == "raw" else _rolled(kind, lo, hi, by_day, d, fams)
+        q, p = _raw(lo, hi, by_day, d) if kind == "raw" else _rolled(kind, lo, hi, by_day, d)
         parts.append(q)
         params += p
     if not parts:  # an empty range

@@ -13,7 +13,7 @@ import pytest
 from spendgate.store import postgres
 from spendgate.store.ledger import LedgerRow
 from spendgate.store.postgres import PostgresStore
-from spendgate.store.rollups import DIMS, TOKENS
+from spendgate.store.rollups import FAMILIES, TOKENS
 
 D = Decimal
 NOW = datetime.now(UTC)
@@ -36,17 +36,18 @@ def _key(t: tuple) -> tuple:
 
 def rollups_match_rows(store: PostgresStore) -> int:
     """Assert both rollups equal a GROUP BY over the rows; returns the rows counted."""
-    dims = ", ".join(DIMS)
     meas = ("count(*), " + ", ".join(f"coalesce(sum({t}), 0)" for t in TOKENS)
             + ", coalesce(sum(cost_usd), 0), coalesce(sum(charged_usd), 0), coalesce(sum(notional_usd), 0), "
               "count(*) FILTER (WHERE cost_usd IS NULL), max(ts)")
     roll = ("requests, " + ", ".join(TOKENS) + ", coalesce(cost_usd, 0), coalesce(charged_usd, 0), "
             "coalesce(notional_usd, 0), cost_null, max_ts")
-    for g in ("day", "month"):
-        want = store._run(f"SELECT date_trunc('{g}', ts AT TIME ZONE 'UTC') AT TIME ZONE 'UTC', {dims}, {meas} "
-                          f"FROM requests GROUP BY 1, {dims}")
-        got = store._run(f"SELECT bucket, {dims}, {roll} FROM rollup_{g}")
-        assert sorted(map(_key, got)) == sorted(map(_key, want)), g
+    for fam, fdims in FAMILIES.items():  # every family: the wide one and those per model, per user
+        dims = ", ".join(fdims)
+        for g in ("day", "month"):
+            want = store._run(f"SELECT date_trunc('{g}', ts AT TIME ZONE 'UTC') AT TIME ZONE 'UTC', {dims}, {meas} "
+                              f"FROM requests GROUP BY 1, {dims}")
+            got = store._run(f"SELECT bucket, {dims}, {roll} FROM rollup_{g}{fam}")
+            assert sorted(map(_key, got)) == sorted(map(_key, want)), g + fam
     return store._run("SELECT count(*) FROM requests", fetch="one")[0]
 
 
