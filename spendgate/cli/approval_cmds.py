@@ -160,6 +160,8 @@ def _write(args: argparse.Namespace, action: str, params: dict[str, Any]) -> dic
 
 
 def _read(args: argparse.Namespace, name: str, params: dict[str, Any], local: Callable[[Any], Any]) -> Any:
+    if getattr(args, "store", None):  # the tables every replica shares, read in PostgreSQL itself
+        return _read_store(args.store, local)
     db = args.db or default_db()
     if not db.exists():
         raise SourceError(f"no ledger at {db} (start the gateway with scripts/run, or pass --db)")
@@ -176,6 +178,23 @@ def _read(args: argparse.Namespace, name: str, params: dict[str, Any], local: Ca
         raise
     finally:
         con.close()
+
+
+def _read_store(url: str, local: Callable[[Any], Any]) -> Any:
+    from spendgate.store.pg_read import ReadCursor, open_store
+    from spendgate.store.postgres import StoreError
+
+    if not url.startswith(("postgresql://", "postgres://")):
+        raise SourceError("--store takes a postgresql:// URL")
+    try:
+        store = open_store(url)
+        try:
+            store.check_schema()
+            return local(ReadCursor(store))
+        finally:
+            store.close()
+    except StoreError as e:
+        raise SourceError(str(e)) from None
 
 
 def _refusal(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:

@@ -22,6 +22,8 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
+from psycopg_pool import PoolTimeout
+
 from spendgate.store.ledger import LedgerRow
 from spendgate.store.postgres import PostgresStore, StoreUnavailable, _Result, _why, redact
 
@@ -70,7 +72,7 @@ class ReadCursor:
                 rows = [tuple(map(_value, r)) for r in cur.fetchall()] if cur.description else []
                 self._last = _Result(cur.description, rows)
                 return self._last
-        except self.store._psycopg.OperationalError as e:
+        except (self.store._psycopg.OperationalError, PoolTimeout) as e:
             raise StoreUnavailable(f"the store {redact(self.store.url)} failed: {_why(e)}") from None
 
     # the DuckDB connection's own fetch methods, on the last result
@@ -98,7 +100,7 @@ class ReadCursor:
                         if len(buf) >= size:
                             yield bytes(buf)
                             buf.clear()
-        except self.store._psycopg.OperationalError as e:
+        except (self.store._psycopg.OperationalError, PoolTimeout) as e:
             raise StoreUnavailable(f"the store {redact(self.store.url)} failed: {_why(e)}") from None
         if buf:
             yield bytes(buf)
@@ -121,8 +123,9 @@ def reader_for(store: PostgresStore) -> ReadCursor:
     on first use), so dashboard polls never wait for, nor hold, the connections admissions use."""
     with _READERS_LOCK:
         r = _READERS.get(store.url)
-        if r is None:
-            r = _READERS[store.url] = ReadCursor(open_store(store.url))
+        if r is None:  # opened in the background: a store that is away costs a poll `timeout`, not a start
+            pool = PostgresStore(store.url, timeout=2.0, statement_timeout=READ_TIMEOUT, pool_size=2).open(wait=False)
+            r = _READERS[store.url] = ReadCursor(pool)
         return r
 
 

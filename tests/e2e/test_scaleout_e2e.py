@@ -127,6 +127,16 @@ def test_three_replicas_share_one_cap_under_60_concurrent_requests(tmp_path, gat
     assert cp.returncode == 0, cp.stderr
     day = next(b for b in json.loads(cp.stdout) if b["scope"] == "user:tester" and b["window"] == "day")
     assert Decimal(str(day["spent_usd"])) == pytest.approx(charged) and day["limit_usd"] == 0.5
+    # each replica's dashboard and CLI (its admin API) report from the shared store: all 60 rows,
+    # not only the ~20 it served itself
+    for gw in gws:
+        cp = gw.cli("spend", "--by", "user", "--json")
+        assert cp.returncode == 0, cp.stderr
+        (mine,) = json.loads(cp.stdout)
+        assert mine["requests"] == 60 and mine["cost_usd"] == tester["cost_usd"]
+        cp = gw.cli("top", "--once")
+        assert cp.returncode == 0, cp.stderr
+    assert len(gws[0].ledger()) == 60  # its dashboard's latest rows too (the store's ledger)
 
 
 def test_kill9_replica_mid_stream_its_reservation_is_reaped_as_interrupted(tmp_path, gateway_factory,

@@ -185,3 +185,26 @@ def _tmp_parquet(data: bytes) -> str:
     f.write(data)
     f.close()
     return f.name
+
+
+def test_audit_and_requests_read_the_stores_shared_tables(both, capsys):
+    import json
+
+    from spendgate import cli
+
+    _, url, cur = both
+    store = PostgresStore(url).open()
+    try:
+        store._run("INSERT INTO audit (ts, event, actor, scope, ref, detail) VALUES (now(), 'grant', 'boss', "
+                   "'user:u1', 'g1', '{\"amount_usd\": \"5\"}')", fetch="count")
+    finally:
+        store.close()
+    assert cli.main(["audit", "--store", url, "--json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert (row["event"], row["actor"], row["scope"], row["detail"]) == ("grant", "boss", "user:u1",
+                                                                          {"amount_usd": "5"})
+    assert cli.main(["requests", "--store", url, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == []
+    assert cli.main(["spend", "--store", url, "--by", "model", "--json"]) == 0
+    assert sum(r["requests"] for r in json.loads(capsys.readouterr().out)) == \
+        cur.execute("SELECT count(*) FROM requests").fetchone()[0]
