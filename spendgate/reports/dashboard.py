@@ -118,9 +118,11 @@ def series(
     where, more = sql.where((USER, user))
     params += more
     query = f"""
-        SELECT {sql.epoch_bucket(cur, "t0", secs)} AS bucket, coalesce(sum(cost_usd), 0) AS cost_usd,
-               sum(requests) AS requests, coalesce(sum(requests) FILTER (WHERE outcome = 'blocked'), 0) AS blocked
-        FROM {src} r {where} GROUP BY 1
+        SELECT {sql.bucket_epoch(cur, "b")} AS bucket, cost_usd, requests, blocked FROM (
+            SELECT {sql.time_bucket(cur, "t0", secs)} AS b, coalesce(sum(cost_usd), 0) AS cost_usd,
+                   sum(requests) AS requests,
+                   coalesce(sum(requests) FILTER (WHERE outcome = 'blocked'), 0) AS blocked
+            FROM {src} r {where} GROUP BY 1) g
     """
     found = {r["bucket"]: r for r in sql.rows(cur, query, params)}
     out = []

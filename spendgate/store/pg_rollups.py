@@ -237,8 +237,12 @@ def families_migration_sql() -> str:
     Filled from the wide rollup's days; the trigger then keeps all six tables."""
     narrow = tuple(f for f in FAMILIES if f)
     tables = "\n".join(_table(f"rollup_{g}{f}", FAMILIES[f]) for f in narrow for g in GRAINS)
+    # the unpriced report counts distinct users per model among a few unpriced groups of the wide
+    # rollup: a partial index finds them without reading the month's ~120k other groups
     return f"""
         {tables}
+        CREATE INDEX rollup_day_unpriced ON rollup_day (bucket) WHERE outcome = 'unpriced';
+        CREATE INDEX rollup_month_unpriced ON rollup_month (bucket) WHERE outcome = 'unpriced';
         {fill_sql(narrow)}
         {_trigger_function(tuple(FAMILIES), replace=True)}
     """

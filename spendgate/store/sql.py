@@ -60,12 +60,21 @@ def dialect(cur: Any) -> str:
     return getattr(cur, "dialect", "duckdb")
 
 
-def epoch_bucket(cur: Any, col: str, secs: int) -> str:
-    """SQL for the start of the `secs`-wide bucket (aligned on the UTC epoch) holding `col`, in
-    whole epoch seconds."""
+def time_bucket(cur: Any, col: str, secs: int) -> str:
+    """SQL grouping `col` into `secs`-wide buckets aligned on the UTC epoch; `bucket_epoch` turns
+    the grouped value into the bucket start in whole epoch seconds. DuckDB computes the epoch
+    directly; PostgreSQL groups by `date_bin` (its epoch arithmetic is NUMERIC, ~3x slower per row)
+    and converts once per bucket."""
     if dialect(cur) == "postgresql":
-        return f"(floor(extract(epoch FROM {col}) / {secs}) * {secs})::BIGINT"
+        return f"date_bin(INTERVAL '{secs} seconds', {col}, TIMESTAMPTZ '1970-01-01 00:00:00+00')"
     return f"(epoch_us({col}) // {secs * 1_000_000}) * {secs}"
+
+
+def bucket_epoch(cur: Any, col: str) -> str:
+    """SQL for the epoch seconds of a `time_bucket` value."""
+    if dialect(cur) == "postgresql":
+        return f"extract(epoch FROM {col})::BIGINT"
+    return col
 
 
 FETCH_ROWS = 500  # rows converted to Python per step (see dicts)
