@@ -149,3 +149,19 @@ def test_central_bench_smoke(tmp_path):
     got = json.loads(out.read_text())
     assert got["landed"] == got["after_replay"] == 450
     assert all(finite(got[k]) for k in ("first_push_rows_per_s", "replay_rows_per_s", "validate_rows_per_s"))
+
+
+def test_pg_read_bench_reports_every_figure(pg_url, tmp_path) -> None:
+    """`scripts/bench --read --store postgresql`: a small ledger loaded into the store (rollups
+    checked against the rows by the script), every dashboard query and CLI report timed."""
+    out = tmp_path / "pgread.json"
+    cp = subprocess.run([sys.executable, str(REPO / "scripts" / "bench_pg_read.py"), "--rows", "3000", "--repeat", "1",
+                         "--store-url", pg_url, "--ledger", str(tmp_path / "l.duckdb"), "--out", str(out)],
+                        capture_output=True, text=True, timeout=300, cwd=str(REPO), stdin=subprocess.DEVNULL)
+    assert cp.returncode == 0, f"stdout:\n{cp.stdout[-4000:]}\nstderr:\n{cp.stderr[-4000:]}"
+    fig = json.loads(out.read_text())
+    assert set(fig["routes_ms"]) == set(fig["routes_cpu_ms"]) and len(fig["routes_ms"]) >= 10
+    assert all(finite(v) and v >= 0 for v in fig["routes_ms"].values())
+    assert all(finite(v) and v > 0 for v in fig["cli_ms"].values()) and "top --once" in fig["cli_ms"]
+    assert set(fig["rollup_rows"]) == {"rollup_day", "rollup_month", "rollup_day_user", "rollup_month_user",
+                                       "rollup_day_model", "rollup_month_model"}
