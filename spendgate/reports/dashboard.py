@@ -14,6 +14,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -173,20 +174,34 @@ def overview(
     """Everything one dashboard refresh (or one `spendgate top` frame) shows, in one call."""
     now = now or datetime.now(UTC)
     start = reports.window_start(window, now)
-    return {
-        "generated_at": sql.jsonable(now),
-        "user": user,
-        "window": window,
-        "since": sql.jsonable(start),
-        "totals": totals(cur, now, user),
-        "series": {name: series(cur, name, now, user) for name in SERIES},
-        "breakdowns": {by: reports.spend(cur, by, since=start, user=user,
-                                         limit=OVERVIEW_TOP if by in LONG_LISTS else None) for by in BREAKDOWNS},
-        "latest": reports.ledger(cur, 15, user=user, trace_url=trace_url),
-        "blocks": blocks(cur, start, user),
-        "unpriced": unpriced(cur, start, user),
-        "subscriptions": reports.subscriptions(cur, start, user=user, limit=OVERVIEW_TOP),
+    parts: dict[tuple[str, ...], Callable[[], Any]] = {
+        ("totals",): lambda: totals(cur, now, user),
+        **{("series", name): (lambda name=name: series(cur, name, now, user)) for name in SERIES},
+        **{("breakdowns", by): (lambda by=by: reports.spend(cur, by, since=start, user=user,
+                                                          limit=OVERVIEW_TOP if by in LONG_LISTS else None))
+           for by in BREAKDOWNS},
+        ("latest",): lambda: reports.ledger(cur, 15, user=user, trace_url=trace_url),
+        ("blocks",): lambda: blocks(cur, start, user),
+        ("unpriced",): lambda: unpriced(cur, start, user),
+        ("subscriptions",): lambda: reports.subscriptions(cur, start, user=user, limit=OVERVIEW_TOP),
     }
+    if sql.dialect(cur) == "postgresql":  # each query on its own pooled connection: side by side
+        with ThreadPoolExecutor(OVERVIEW_THREADS, thread_name_prefix="spendgate-overview") as ex:
+            futures = {k: ex.submit(fn) for k, fn in parts.items()}
+            got = {k: f.result() for k, f in futures.items()}
+    else:  # one DuckDB cursor: in turn (DuckDB parallelises each query itself)
+        got = {k: fn() for k, fn in parts.items()}
+    out: dict[str, Any] = {"generated_at": sql.jsonable(now), "user": user, "window": window,
+                           "since": sql.jsonable(start), "series": {}, "breakdowns": {}}
+    for key, value in got.items():
+        if len(key) == 1:
+            out[key[0]] = value
+        else:
+            out[key[0]][key[1]] = value
+    return out
+
+
+OVERVIEW_THREADS = 4  # queries of one overview in flight at once on a PostgreSQL store (its reader pool's size)
 
 
 # -- export -------------------------------------------------------------------------------------

@@ -28,6 +28,7 @@ from spendgate.store.ledger import LedgerRow
 from spendgate.store.postgres import PostgresStore, StoreUnavailable, _Result, _why, redact
 
 DIALECT = "postgresql"
+POOL = 4  # connections of a reader's pool: an overview runs this many of its queries at once
 READ_TIMEOUT = 60.0  # seconds any one report statement may take (a year's report, not a 10M-row copy)
 
 # the named queries (spendgate.reports.registry) that read the ledger only and run on PostgreSQL as
@@ -56,7 +57,11 @@ class ReadCursor:
 
     def __init__(self, store: PostgresStore) -> None:
         self.store = store
-        self._last: _Result | None = None
+        self._local = threading.local()  # the last result, per thread (reports may run side by side)
+
+    @property
+    def _last(self) -> _Result | None:
+        return getattr(self._local, "last", None)
 
     @staticmethod
     def translate(sql: str) -> str:
@@ -70,8 +75,8 @@ class ReadCursor:
                 con.execute(f"SET LOCAL statement_timeout = {int(READ_TIMEOUT * 1000)}")  # this statement only
                 cur = con.execute(self.translate(sql), list(params))
                 rows = [tuple(map(_value, r)) for r in cur.fetchall()] if cur.description else []
-                self._last = _Result(cur.description, rows)
-                return self._last
+                self._local.last = result = _Result(cur.description, rows)
+                return result
         except (self.store._psycopg.OperationalError, PoolTimeout) as e:
             raise StoreUnavailable(f"the store {redact(self.store.url)} failed: {_why(e)}") from None
 
@@ -119,19 +124,19 @@ _READERS_LOCK = threading.Lock()
 
 
 def reader_for(store: PostgresStore) -> ReadCursor:
-    """A gateway's dashboard reader on its shared store: a pool of its own (2 connections, opened
+    """A gateway's dashboard reader on its shared store: a pool of its own (POOL connections, opened
     on first use), so dashboard polls never wait for, nor hold, the connections admissions use."""
     with _READERS_LOCK:
         r = _READERS.get(store.url)
         if r is None:  # opened in the background: a store that is away costs a poll `timeout`, not a start
-            pool = PostgresStore(store.url, timeout=2.0, statement_timeout=READ_TIMEOUT, pool_size=2).open(wait=False)
+            pool = PostgresStore(store.url, timeout=2.0, statement_timeout=READ_TIMEOUT, pool_size=POOL).open(wait=False)
             r = _READERS[store.url] = ReadCursor(pool)
         return r
 
 
 def open_store(url: str) -> PostgresStore:
     """A small pool on the store for a read-side command; the caller closes it."""
-    return PostgresStore(url, timeout=5, statement_timeout=READ_TIMEOUT, pool_size=2).open()
+    return PostgresStore(url, timeout=5, statement_timeout=READ_TIMEOUT, pool_size=POOL).open()
 
 
 def newest(store: PostgresStore) -> datetime | None:
