@@ -41,13 +41,13 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
 import duckdb  # noqa: E402
-
 from ledger_gen import make_ledger  # noqa: E402
+
 from spendgate.reports import registry  # noqa: E402
 from spendgate.store import pg_read, pg_rollups  # noqa: E402
 from spendgate.store.ledger import COLUMNS  # noqa: E402
-from spendgate.store.rollups import FAMILIES  # noqa: E402
 from spendgate.store.postgres import PostgresStore  # noqa: E402
+from spendgate.store.rollups import FAMILIES  # noqa: E402
 
 # the dashboard's requests (web/static polls /api/overview; the rest are its drill-downs and `top`)
 ROUTES: dict[str, dict[str, Any]] = {

@@ -301,6 +301,10 @@ class Gateway:
         if self.admin:
             self.admin.stop()
             discovery_path(self.settings.db).unlink(missing_ok=True)
+        if getattr(self.book.store, "pg", None) is not None:  # the dashboard's reader pool, if it opened one
+            from spendgate.store import pg_read
+
+            pg_read.close_reader(self.book.store.pg)
 
 
 def _read_or_none(path: Path) -> str | None:

@@ -25,7 +25,13 @@ from typing import Any
 from psycopg_pool import PoolTimeout
 
 from spendgate.store.ledger import LedgerRow
-from spendgate.store.postgres import PostgresStore, StoreUnavailable, _Result, _why, redact
+from spendgate.store.postgres import (
+    PostgresStore,
+    StoreUnavailable,
+    _Result,
+    _why,
+    redact,
+)
 
 DIALECT = "postgresql"
 POOL = 4  # connections of a reader's pool: an overview runs this many of its queries at once
@@ -132,6 +138,14 @@ def reader_for(store: PostgresStore) -> ReadCursor:
             pool = PostgresStore(store.url, timeout=2.0, statement_timeout=READ_TIMEOUT, pool_size=POOL).open(wait=False)
             r = _READERS[store.url] = ReadCursor(pool)
         return r
+
+
+def close_reader(store: PostgresStore) -> None:
+    """Close `reader_for(store)`'s pool, if one was opened (the gateway, at close)."""
+    with _READERS_LOCK:
+        r = _READERS.pop(store.url, None)
+    if r is not None:
+        r.store.close()
 
 
 def open_store(url: str) -> PostgresStore:
