@@ -143,7 +143,10 @@ def frame(o: dict[str, Any], budgets: list[dict[str, Any]], where: str) -> Rende
 def _budgets(src: Source, args: argparse.Namespace) -> list[dict[str, Any]]:
     if src.where.startswith("gateway"):
         return src.query("budgets")
-    from spendgate.cli.budget_cmds import default_policy, offline_status
+    from spendgate.cli.budget_cmds import default_policy, offline_status, store_status
+
+    if getattr(args, "store", None):  # the counters every replica shares, not a local file's
+        return store_status(args.store, args.policy or default_policy())
 
     return offline_status(args.db or default_db(), args.policy or default_policy())
 
