@@ -208,3 +208,13 @@ def test_audit_and_requests_read_the_stores_shared_tables(both, capsys):
     assert cli.main(["spend", "--store", url, "--by", "model", "--json"]) == 0
     assert sum(r["requests"] for r in json.loads(capsys.readouterr().out)) == \
         cur.execute("SELECT count(*) FROM requests").fetchone()[0]
+
+
+def test_top_on_the_store_draws_its_overview_and_the_shared_counters(both, capsys, monkeypatch):
+    from spendgate import cli
+
+    _, url, _ = both
+    monkeypatch.setattr(PostgresStore, "copy_ledger", lambda *a, **k: pytest.fail("top copied the ledger"))
+    assert cli.main(["top", "--once", "--store", url]) == 0
+    out = capsys.readouterr().out
+    assert "store postgresql://" in out and "budgets closest to their cap" in out
