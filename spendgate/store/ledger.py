@@ -666,12 +666,14 @@ class Appenders:
         return app
 
     def reset(self) -> None:
+        """Drop every Appender. Call it before the ROLLBACK: closing flushes what an Appender
+        still holds, which must land in the doomed transaction, never in an autocommit."""
         apps, self._apps = self._apps, {}
         for app in apps.values():
             try:
                 app.close()
-            except Exception:  # it failed already; what it held belongs to a rolled-back batch
-                pass
+            except Exception:  # noqa: BLE001 -- it failed already; what it held goes with the rolled-back batch
+                log.debug("closing a failed Appender", exc_info=True)
 
     close = reset
 

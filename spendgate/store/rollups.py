@@ -205,8 +205,7 @@ def _add(into: list, m: list) -> None:
                 into[i] = m[i] if into[i] is None else into[i] + m[i]
         else:
             into[i] += m[i]
-    if m[-1] > into[-1]:
-        into[-1] = m[-1]
+    into[-1] = max(into[-1], m[-1])
 
 
 def apply_rows(cur: Any, rows: Iterable[Any], appenders: Any = None) -> None:
