@@ -18,13 +18,14 @@ from typing import Any
 import duckdb
 
 from spendgate import reconcile, resources
-from spendgate.cli.output import add_db_arg, add_json_arg, console, print_json, table
+from spendgate.cli.output import add_db_arg, add_json_arg, console, print_json, say, table
 from spendgate.cli.source import (
     Source,
     SourceError,
     default_db,
     default_policy,
     open_source,
+    read_connection,
 )
 from spendgate.money import usd
 from spendgate.policy.model import Policy, PolicyError, load
@@ -102,7 +103,7 @@ class Ledger:
             if not discovery_path(db).exists():
                 raise SourceError(f"no ledger at {db} (start the gateway with scripts/run, or pass --db)")
         try:
-            self.con = connect(db, read_only=read_only)
+            self.con = read_connection(db) if read_only else connect(db)
             if not read_only:
                 migrate(self.con)  # brings an older file's schema up to date
         except LedgerLocked:
@@ -310,5 +311,5 @@ def print_spend_extras(args: argparse.Namespace, metered: list[dict[str, Any]]) 
                             "opaque_connections", "opaque_mb", "opaque_seconds"],
               money=["api_usd", "seat_plans_usd", "api_plus_seats_usd", "subscription_notional_usd"])  # fmt: skip
     for t in extras["reconciliation"]:
-        console.print(f"Billed by {t['provider']} (days with billing data): {usd(t['billed_usd'], 4)} vs metered "
-                      f"{usd(t['metered_usd'], 4)}: {t['status']} (`spendgate reconcile report`)", highlight=False)
+        say(f"Billed by {t['provider']} (days with billing data): {usd(t['billed_usd'], 4)} vs metered "
+            f"{usd(t['metered_usd'], 4)}: {t['status']} (`spendgate reconcile report`)")

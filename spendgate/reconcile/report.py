@@ -135,8 +135,10 @@ def reconcile(
     ids: IdMap | None = None,
     tolerance_pct: Decimal = Decimal(2),
     min_usd: Decimal = Decimal("0.01"),
+    subscriptions: bool = True,
 ) -> dict[str, Any]:
-    """Rows of metered vs billed grouped by day/model/key/workspace, plus per-provider totals."""
+    """Rows of metered vs billed grouped by day/model/key/workspace, plus per-provider totals;
+    `subscriptions=False` leaves out the per-plan-and-user usage (callers that want only totals)."""
     if by not in BY:
         raise ValueError(f"unknown grouping {by!r} (one of {', '.join(BY)})")
     ids = ids or IdMap()
@@ -186,7 +188,7 @@ def reconcile(
     rows.sort(key=lambda r: (r.get("day") or "", r["provider"], -abs(r["delta_usd"] or 0), r.get("group") or ""))
     return {"by": by, "since": since and since.isoformat(), "until": until and until.isoformat(),
             "rows": rows, "totals": _totals(rows, tolerance_pct, min_usd),
-            "subscriptions": subscription_usage(cur, since, until)}  # fmt: skip
+            "subscriptions": subscription_usage(cur, since, until) if subscriptions else []}  # fmt: skip
 
 
 def subscription_usage(cur: duckdb.DuckDBPyConnection, since: date | None, until: date | None) -> list[dict[str, Any]]:

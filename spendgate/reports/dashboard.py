@@ -171,6 +171,12 @@ def overview(
     """Everything one dashboard refresh (or one `spendgate top` frame) shows, in one call."""
     now = now or datetime.now(UTC)
     start = reports.window_start(window, now)
+    with rollups.checked(cur):  # one catalogue look-up for the dozen queries below
+        return _overview(cur, window, now, start, user, trace_url)
+
+
+def _overview(cur: duckdb.DuckDBPyConnection, window: str, now: datetime, start: datetime, user: str | None,
+              trace_url: str | None) -> dict[str, Any]:
     return {
         "generated_at": sql.jsonable(now),
         "user": user,
