@@ -12,8 +12,12 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
 
-import jsonschema
+from typing import TYPE_CHECKING
+
 import yaml
+
+if TYPE_CHECKING:  # annotations only: jsonschema is imported by whoever builds a validator
+    import jsonschema
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,7 +175,7 @@ def _typed_name(err: jsonschema.ValidationError, texts: dict[tuple, str]) -> tup
 
 # An explainer may give a friendlier message (str) or a whole Problem (to choose its position);
 # None keeps the schema's own message.
-Explain = Callable[[jsonschema.ValidationError, tuple, str], "str | Problem | None"]
+Explain = Callable[["jsonschema.ValidationError", tuple, str], "str | Problem | None"]
 
 
 def schema_problems(

@@ -22,8 +22,6 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-import jsonschema
-
 from spendgate.policy.runway import RunwayConfig, parse_runway
 from spendgate.policy.sections import (
     AlertsConfig,
@@ -62,8 +60,14 @@ def schema() -> dict[str, Any]:
     return json.loads(resources.files("spendgate.policy").joinpath("policy.schema.json").read_text())
 
 
-# formats checked too: a quoted "2026-02-30" is a positioned problem, not a ValueError later
-_VALIDATOR = jsonschema.Draft202012Validator(schema(), format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER)
+@functools.cache
+def _validator() -> Any:
+    """The policy schema's validator, built (and jsonschema imported, ~40-90 ms) on the first load:
+    commands that only import this module for its types (reports) do not pay for it.
+    Formats are checked too: a quoted "2026-02-30" is a positioned problem, not a ValueError later."""
+    import jsonschema
+
+    return jsonschema.Draft202012Validator(schema(), format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER)
 
 
 def _explain(marks: Marks) -> Explain:
@@ -380,7 +384,7 @@ def parse(text: str, file: str = "<policy>", today: date | None = None) -> Polic
     doc, marks, problems = load_yaml_with_marks(text)
     if doc is None or not isinstance(doc, dict):
         raise PolicyError(file, problems or [Problem(1, 1, "a policy is a mapping (version: 1, budgets, ...)")])
-    problems += schema_problems(_VALIDATOR, doc, marks, _explain(marks))
+    problems += schema_problems(_validator(), doc, marks, _explain(marks))
     if problems:
         raise PolicyError(file, sorted(problems, key=lambda p: (p.line, p.col)))
     warnings: list[Problem] = []

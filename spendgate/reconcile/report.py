@@ -196,7 +196,8 @@ def subscription_usage(cur: duckdb.DuckDBPyConnection, since: date | None, until
     seat is what is billed), listed for plan limits and seat value."""
     src, params = rollups.source(cur, *sql.day_bounds(since, until),
                                  dims=("plan", '"user"', "provider", "billing_basis"))
-    res = cur.execute(
+    return sql.many_rows(  # a year: thousands of (plan, user, provider) rows
+        cur,
         f"""SELECT coalesce(plan, '(no plan)') AS plan, "user", provider, sum(requests) AS requests,
                    sum(input_tokens)::BIGINT AS input_tokens, sum(output_tokens)::BIGINT AS output_tokens,
                    coalesce(sum(notional_usd), 0) AS notional_usd
@@ -204,7 +205,6 @@ def subscription_usage(cur: duckdb.DuckDBPyConnection, since: date | None, until
             GROUP BY ALL ORDER BY plan, notional_usd DESC, "user", provider""",
         params,
     )
-    return [{**r, "notional_usd": float(r["notional_usd"])} for r in sql.dicts(res)]
 
 
 def _pct(delta: Decimal, billed: Decimal) -> float | None:
