@@ -142,7 +142,9 @@ def _write(args: argparse.Namespace, action: str, params: dict[str, Any]) -> dic
     except LedgerLocked:
         return _gateway(db, token)(action, params, "POST")
     con.close()
-    from spendgate.identity import os_account  # here: identity and tokens import the policy model (~100 ms)
+    from spendgate.identity import (
+        os_account,  # here: identity and tokens import the policy model (~100 ms)
+    )
     from spendgate.tokens import TokenStore, tokens_path
 
     actor = os_account()  # offline, without a token: whoever may write the ledger file asks as their account

@@ -18,7 +18,14 @@ from typing import Any
 import duckdb
 
 from spendgate import reconcile, resources
-from spendgate.cli.output import add_db_arg, add_json_arg, console, print_json, say, table
+from spendgate.cli.output import (
+    add_db_arg,
+    add_json_arg,
+    console,
+    print_json,
+    say,
+    table,
+)
 from spendgate.cli.source import (
     Source,
     SourceError,

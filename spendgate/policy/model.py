@@ -19,7 +19,7 @@ from datetime import date, datetime
 from decimal import Decimal
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from spendgate.policy.runway import RunwayConfig, parse_runway
@@ -38,6 +38,9 @@ from spendgate.yamlcheck import (
     mark,
     schema_problems,
 )
+
+if TYPE_CHECKING:  # annotations only: _validator() imports it on the first policy load
+    import jsonschema
 
 WINDOWS = ("hour", "day", "week", "month")
 Budgets = dict[str, Decimal]  # window -> limit in USD

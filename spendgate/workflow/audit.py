@@ -47,7 +47,8 @@ class AuditEvent:
 
 def process_actor() -> str:
     """Who started this process (for policy loads): OS user and pid."""
-    from spendgate.identity import local_user  # here: identity imports the policy model (~100 ms), `audit` reads only
+    # here: identity imports the policy model (~100 ms); `spendgate audit` only reads
+    from spendgate.identity import local_user
 
     return f"{local_user()} (pid {os.getpid()})"
 

@@ -47,7 +47,7 @@ def test_many_rows_with_parameters_and_no_rows() -> None:
     con = duckdb.connect()
     con.execute("CREATE TABLE t (d DECIMAL(20, 10), ts TIMESTAMPTZ)")
     con.execute("INSERT INTO t VALUES (0.1234567891, '2026-11-30 10:00:00+00'), (NULL, NULL)")
-    for p in ([Decimal("0")], [Decimal("1")]):
+    for p in ([Decimal(0)], [Decimal(1)]):
         q = "SELECT sum(d) AS s, max(ts) AS m FROM t WHERE d > ? OR d IS NULL GROUP BY d IS NULL ORDER BY 1"
         assert sql.many_rows(con, q, p) == sql.rows(con, q, p)
     assert sql.many_rows(con, "SELECT * FROM t WHERE d > 5", []) == []
