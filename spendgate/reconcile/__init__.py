@@ -49,7 +49,7 @@ def plans_query(cur: duckdb.DuckDBPyConnection, params: dict[str, Any], policy: 
     first, last = plan_period(params)
     by = params.get("by") or "user"
     rows = plans.plan_spend(policy, first, last, by=by)
-    if cur is not None and by in ("user", "plan"):  # what each seat was used for, at list price
+    if rows and cur is not None and by in ("user", "plan"):  # what each seat was used for, at list price
         usage: dict[tuple[str, str | None], list[dict[str, Any]]] = {}  # (plan, user or None) -> rows
         for u in subscription_usage(cur, first, last):
             usage.setdefault((u["plan"], None if by == "plan" else u["user"]), []).append(u)
