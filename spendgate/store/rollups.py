@@ -32,7 +32,9 @@ rows -- which is how tests/unit/test_rollups.py proves them identical.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import Any
@@ -297,6 +299,20 @@ def available(cur: Any) -> bool:
                             "AND schema_name = 'main'").fetchone()[0])
 
 
+_CHECKED: ContextVar[bool | None] = ContextVar("spendgate_rollups_checked", default=None)
+
+
+@contextmanager
+def checked(cur: Any) -> Iterator[bool]:
+    """Ask `available` once for a group of reports on one connection (the overview runs a dozen;
+    each catalogue look-up is ~1 ms): `source` calls inside the block reuse the answer."""
+    token = _CHECKED.set(available(cur))
+    try:
+        yield bool(_CHECKED.get())
+    finally:
+        _CHECKED.reset(token)
+
+
 # -- reading -------------------------------------------------------------------------------------
 
 
@@ -409,7 +425,8 @@ def source(cur: Any, since: datetime | None = None, until: datetime | None = Non
 
     Raw rows throughout when the rollups are unavailable (see `available`)."""
     d = _dims(dims)
-    if not available(cur):
+    known = _CHECKED.get()
+    if not (available(cur) if known is None else known):
         return raw_source(since, until, by_day=by_day, dims=d)
     parts, params = [], []
     for kind, lo, hi in pieces(since, until, by_day=by_day):
