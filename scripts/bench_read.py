@@ -105,7 +105,8 @@ def bench_routes(db: Path, policy: Path, repeat: int) -> dict[str, Any]:
             call()  # warm
             ms, resp = median_ms(call, repeat, route)
             figures["routes_ms"][route] = ms
-            print(f"  {route:40s} {ms:8.1f} ms  cpu {CPU_MS[route]:8.1f} ms  ({len(resp.body):,} bytes)", flush=True)
+            print(f"  {route:40s} {ms:8.1f} ms  cpu {CPU_MS[route]:8.1f} ms  ({len(resp.body):,} bytes, "
+                  f"load {os.getloadavg()[0]:.1f})", flush=True)
         figures["routes_cpu_ms"] = dict(CPU_MS)
         # what a second tab gets within the poll cache's 4 s (spendgate.web.pollcache): the page's
         # own requests, signed in with a session cookie (API clients are never served from it)
@@ -123,14 +124,37 @@ def bench_routes(db: Path, policy: Path, repeat: int) -> dict[str, Any]:
             figures["budgets_closest8_uncached_ms"] = ms
         print(f"  book.status() {figures['budgets_status_uncached_ms']} ms, book.closest(8) "
               f"{figures.get('budgets_closest8_uncached_ms', '-')} ms (uncached)", flush=True)
-        # export: latest month as CSV, body read to the end
+        # exports: latest month as CSV and as Parquet, body read to the end; RSS sampled every 10 ms
         since = (datetime.now(UTC) - timedelta(days=30)).strftime("%Y-%m-%dT%H:%M:%SZ")
-        before, now_before = rss_mb(), rss_now_mb()
-        t = time.perf_counter()
-        resp = app.handle(WebRequest("GET", f"/api/export?format=csv&since={since}", headers))
-        after_copy = rss_now_mb()  # DuckDB's COPY done (its buffer pool keeps what it scanned)
-        size = 0
-        body = resp.body
+        for fmt in ("csv", "parquet"):
+            figures[f"export_month_{fmt}"] = export_memory(app, headers, fmt, since)
+            print(f"  export month {fmt}: {figures[f'export_month_{fmt}']}", flush=True)
+    finally:
+        gw.close()
+    return figures
+
+
+def export_memory(app: Any, headers: dict[str, str], fmt: str, since: str) -> dict[str, Any]:
+    """Growth of this process's resident memory while /api/export builds and sends a month (the
+    highest RSS a 10 ms sampler saw, minus RSS before), and how much of it came while sending."""
+    import threading
+
+    from spendgate.web.app import WebRequest
+
+    top, stop = [rss_now_mb()], threading.Event()
+
+    def sample() -> None:
+        while not stop.wait(0.01):
+            top[0] = max(top[0], rss_now_mb())
+
+    before = rss_now_mb()
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    t = time.perf_counter()
+    try:
+        resp = app.handle(WebRequest("GET", f"/api/export?format={fmt}&since={since}", headers))
+        built, top_built = rss_now_mb(), top[0]
+        size, body = 0, resp.body
         if isinstance(body, bytes | bytearray):
             size = len(body)
         else:  # a stream of chunks
@@ -139,21 +163,43 @@ def bench_routes(db: Path, policy: Path, repeat: int) -> dict[str, Any]:
             close = getattr(body, "close", None)
             if close:
                 close()
-        sent = rss_now_mb()
-        del resp, body
-        figures["export_month_csv"] = {"seconds": round(time.perf_counter() - t, 2), "bytes": size,
-                                       "peak_rss_growth_mb": round(rss_mb() - before, 1),
-                                       "rss_growth_by_copy_mb": round(after_copy - now_before, 1),
-                                       "rss_growth_while_sending_mb": round(sent - after_copy, 1)}
-        print(f"  export month CSV: {figures['export_month_csv']}", flush=True)
     finally:
-        gw.close()
-    return figures
+        stop.set()
+        sampler.join()
+    top[0] = max(top[0], rss_now_mb())
+    return {"seconds": round(time.perf_counter() - t, 2), "bytes": size,
+            "rss_growth_mb": round(top[0] - before, 1),  # the figure issue 22 sets (<= 100 MB)
+            "rss_growth_building_mb": round(top_built - before, 1),
+            "rss_growth_while_sending_mb": round(max(0.0, top[0] - max(top_built, built)), 1)}
+
+
+def ledger_size(db: Path, rows: int) -> dict[str, Any]:
+    """The file per million rows, and how much of it each kind of table holds (DuckDB blocks in use)."""
+    import duckdb
+
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        block = con.execute("SELECT block_size FROM pragma_database_size()").fetchone()[0]
+        tables = [r[0] for r in con.execute("SELECT table_name FROM duckdb_tables() WHERE schema_name = 'main'").fetchall()]
+        used: dict[str, float] = {}
+        for t in tables:
+            n = con.execute(f"SELECT count(DISTINCT block_id) FROM pragma_storage_info('{t}') WHERE block_id >= 0"
+                            ).fetchone()[0]
+            kind = "rollups" if t.startswith("rollup_") else "requests" if t == "requests" else "other"
+            used[kind] = used.get(kind, 0.0) + n * block / 1e6
+    finally:
+        con.close()
+    per_m = rows / 1e6
+    return {"file_mb_per_million_rows": round(db.stat().st_size / 1e6 / per_m, 1),
+            **{f"{k}_mb_per_million_rows": round(v / per_m, 1) for k, v in sorted(used.items())}}
 
 
 def bench_cli(db: Path, policy: Path, repeat: int, skip: tuple[str, ...] = ()) -> dict[str, Any]:
     week = (datetime.now(UTC) - timedelta(days=7)).strftime("%Y-%m-%dT%H:%M:%SZ")
     env = {**os.environ, "SPENDGATE_DB": str(db), "PYTHONPATH": str(ROOT)}
+    # bytecode as an installed package has it (pip compiles at install): a shell with
+    # PYTHONDONTWRITEBYTECODE=1 would otherwise make every run compile spendgate anew (~100-200 ms)
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     out: dict[str, float] = {}
     for name, argv in cli_commands(week).items():
         if any(name.startswith(k) for k in skip):
@@ -170,10 +216,13 @@ def bench_cli(db: Path, policy: Path, repeat: int, skip: tuple[str, ...] = ()) -
             if r.returncode != 0:
                 raise RuntimeError(f"{' '.join(cmd)}: exit {r.returncode}: {r.stderr.decode()[-500:]}")
 
+        run()  # warm: the file in the page cache, bytecode written
+        cpu.clear()
         ms, _ = median_ms(run, repeat)
         out[name] = ms
         out[f"{name} (cpu)"] = round(statistics.median(cpu), 1)
-        print(f"  spendgate {name:40s} {ms:8.1f} ms  cpu {out[f'{name} (cpu)']:8.1f} ms", flush=True)
+        print(f"  spendgate {name:40s} {ms:8.1f} ms  cpu {out[f'{name} (cpu)']:8.1f} ms  "
+              f"(load {os.getloadavg()[0]:.1f})", flush=True)
     return out
 
 
@@ -255,8 +304,16 @@ def main() -> int:
     if args.rebuild or not db.exists():
         print(f"building {args.rows:,} rows at {db} ...", flush=True)
         result["build_s"] = round(make_ledger(db, args.rows), 1)
+    else:  # a ledger built before: its own row count, whatever --rows says
+        import duckdb
+
+        with duckdb.connect(str(db), read_only=True) as con:
+            args.rows = result["rows"] = con.execute("SELECT count(*) FROM requests").fetchone()[0]
     result["ledger_mb_per_million_rows"] = round(db.stat().st_size / 1e6 / (args.rows / 1e6), 1)
-    print(f"ledger: {db.stat().st_size / 1e6:.0f} MB, {result['ledger_mb_per_million_rows']} MB per million rows")
+    result["ledger_size"] = ledger_size(db, args.rows)
+    print(f"ledger: {db.stat().st_size / 1e6:.0f} MB, {result['ledger_mb_per_million_rows']} MB per million rows "
+          f"(rows, rollups and the rest: {result['ledger_size']}); issue 22 target <= 120 MB per million")
+    print(f"load average at the start: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores", flush=True)
     policy = ROOT / "policies" / "example.yaml"
     if not args.skip_routes:
         print("dashboard routes (in process, warm, median):", flush=True)
@@ -268,6 +325,8 @@ def main() -> int:
         print("CLI (subprocess wall time including start-up, median):", flush=True)
         result["cli_ms"] = bench_cli(db, policy, max(1, min(args.repeat, 3)),
                                      ("prices reprice",) if args.skip_reprice else ())
+    result["load_at_end"] = round(os.getloadavg()[0], 2)
+    print(f"load average at the end: {result['load_at_end']}", flush=True)
     out = args.out or ROOT / "bench-results" / f"bench-read-{args.rows}-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))

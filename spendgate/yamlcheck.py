@@ -10,10 +10,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import jsonschema
 import yaml
+
+if TYPE_CHECKING:  # annotations only: jsonschema is imported by whoever builds a validator
+    import jsonschema
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,7 +173,7 @@ def _typed_name(err: jsonschema.ValidationError, texts: dict[tuple, str]) -> tup
 
 # An explainer may give a friendlier message (str) or a whole Problem (to choose its position);
 # None keeps the schema's own message.
-Explain = Callable[[jsonschema.ValidationError, tuple, str], "str | Problem | None"]
+Explain = Callable[["jsonschema.ValidationError", tuple, str], "str | Problem | None"]
 
 
 def schema_problems(

@@ -21,11 +21,9 @@ from typing import Any
 from spendgate.budgets.windows import WINDOWS
 from spendgate.cli.output import add_db_arg, add_json_arg, console, print_json, table
 from spendgate.cli.source import SourceError, _gateway_call, default_db, default_policy
-from spendgate.identity import os_account
 from spendgate.money import places_for, usd, usd_of
 from spendgate.store.ledger import LedgerLocked, connect, migrate
 from spendgate.store.sql import parse_time
-from spendgate.tokens import TokenStore, tokens_path
 from spendgate.workflow import audit
 
 Call = Callable[[str, dict[str, Any], str], Any]
@@ -144,6 +142,11 @@ def _write(args: argparse.Namespace, action: str, params: dict[str, Any]) -> dic
     except LedgerLocked:
         return _gateway(db, token)(action, params, "POST")
     con.close()
+    from spendgate.identity import (
+        os_account,  # here: identity and tokens import the policy model (~100 ms)
+    )
+    from spendgate.tokens import TokenStore, tokens_path
+
     actor = os_account()  # offline, without a token: whoever may write the ledger file asks as their account
     if token:
         actor = TokenStore(tokens_path(db)).verify(token) or ""

@@ -1,4 +1,9 @@
-"""Shared output helpers: rich tables for people, JSON for scripts."""
+"""Shared output helpers: tables for people, JSON for scripts.
+
+rich is imported only when something needs it (`console` is created on first use, tables draw
+themselves when they fit): importing and laying out with rich cost ~250 ms of a report's start,
+more than the report's query (issue 22: CLI reports <= 300 ms wall).
+"""
 
 from __future__ import annotations
 
@@ -9,14 +14,29 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
-from rich.table import Table
-
 from spendgate.cli.source import Source, default_db, open_source, open_store_source
 from spendgate.money import round_usd, usd
 
-# Piped output (files, CI logs) gets room for whole columns instead of rich's 80-column default.
-console = Console(width=None if sys.stdout.isatty() else 200)
+PIPED_WIDTH = 200  # columns: piped output (files, CI logs) gets room for whole columns, not rich's 80
+
+
+class _LazyConsole:
+    """rich's Console, created (and rich imported, ~30 ms) on first use."""
+
+    _console: Any = None
+
+    def _get(self) -> Any:
+        if self._console is None:
+            from rich.console import Console
+
+            type(self)._console = Console(width=None if sys.stdout.isatty() else PIPED_WIDTH)
+        return self._console
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._get(), name)
+
+
+console: Any = _LazyConsole()
 
 
 def add_db_arg(p: argparse.ArgumentParser) -> None:
@@ -33,6 +53,15 @@ def source(args: argparse.Namespace, write: bool = False) -> Source:
     if getattr(args, "store", None):
         return open_store_source(args.store, write=write)
     return open_source(args.db or default_db(), write=write)
+
+
+def say(text: str, bold: bool = False) -> None:
+    """One line of plain text (bold on a terminal), without importing rich: what report commands
+    print under their tables. Text with rich markup goes through `console.print` instead."""
+    if bold and sys.stdout.isatty():
+        text = f"\x1b[1m{text}\x1b[0m"
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
 
 
 def print_json(data: Any) -> None:
@@ -62,6 +91,10 @@ def table(
     if len(rows) > PLAIN_ROWS:
         plain_table(title, rows, columns, money)
         return
+    if box_table(title, rows, columns, money):
+        return
+    from rich.table import Table
+
     t = Table(title=title, header_style="bold")
     for c in columns:
         t.add_column(c, justify="right" if rows and isinstance(rows[0].get(c), int | float) else "left",
@@ -75,9 +108,58 @@ def table(
 PLAIN_ROWS = 200
 
 
+def _cells(rows: Sequence[dict[str, Any]], columns: Sequence[str], money: Sequence[str]) -> list[list[str]]:
+    return [[usd(r[c], 4) if c in money and r.get(c) is not None else fmt(r.get(c)) for c in columns] for r in rows]
+
+
+def _width() -> int:
+    """Columns available: the terminal's, or PIPED_WIDTH when piped (what the rich console uses)."""
+    if not sys.stdout.isatty():
+        return PIPED_WIDTH
+    import shutil
+
+    return shutil.get_terminal_size().columns
+
+
+def box_table(title: str, rows: Sequence[dict[str, Any]], columns: Sequence[str], money: Sequence[str] = ()) -> bool:
+    """Draw the table as rich's default (heavy head box, a space of padding, numbers right-aligned)
+    in plain string work, ~100x faster than rich's layout (~0.4 ms per cell). Only when every cell
+    is printable ASCII without line breaks and the whole table fits the width: otherwise returns
+    False and rich folds or cuts columns as before."""
+    cells = _cells(rows, columns, money)
+    heads = list(columns)
+    if not all(v.isascii() and v.isprintable() for row in [heads, *cells] for v in row):
+        return False
+    widths = [max(len(h), *(len(row[i]) for row in cells)) if cells else len(h) for i, h in enumerate(heads)]
+    total = sum(widths) + 3 * len(widths) + 1
+    if total > _width():
+        return False
+    right = [bool(rows) and isinstance(rows[0].get(c), int | float) for c in columns]
+
+    def line(values: Sequence[str], edge: str, sep: str, bold: bool = False) -> str:
+        parts = [(v.rjust(w) if r else v.ljust(w)) for v, w, r in zip(values, widths, right)]
+        if bold:
+            parts = [f"\x1b[1m{p}\x1b[0m" for p in parts]
+        return edge + sep.join(f" {p} " for p in parts) + edge
+
+    def rule(left: str, fill: str, mid: str, end: str) -> str:
+        return left + mid.join(fill * (w + 2) for w in widths) + end
+
+    tty = sys.stdout.isatty()
+    out = []
+    if title:
+        out.append(f"\x1b[3m{title.center(total).rstrip()}\x1b[0m" if tty else title.center(total).rstrip())
+    out += [rule("┏", "━", "┳", "┓"), line(heads, "┃", "┃", bold=tty), rule("┡", "━", "╇", "┩")]
+    out += [line(row, "│", "│") for row in cells]
+    out.append(rule("└", "─", "┴", "┘"))
+    sys.stdout.write("\n".join(out) + "\n")
+    sys.stdout.flush()
+    return True
+
+
 def plain_table(title: str, rows: Sequence[dict[str, Any]], columns: Sequence[str], money: Sequence[str] = ()) -> None:
     """A long table as aligned text (numbers right-aligned), written straight to stdout."""
-    cells = [[usd(r[c], 4) if c in money and r.get(c) is not None else fmt(r.get(c)) for c in columns] for r in rows]
+    cells = _cells(rows, columns, money)
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
     right = [isinstance(rows[0].get(c), int | float) or c in money for c in columns]
 
@@ -85,5 +167,5 @@ def plain_table(title: str, rows: Sequence[dict[str, Any]], columns: Sequence[st
         return "  ".join(v.rjust(w) if r else v.ljust(w) for v, w, r in zip(values, widths, right)).rstrip()
 
     out = [title, line(columns), "  ".join("-" * w for w in widths)] + [line(row) for row in cells]
-    console.file.write("\n".join(out) + "\n")
-    console.file.flush()
+    sys.stdout.write("\n".join(out) + "\n")
+    sys.stdout.flush()

@@ -9,8 +9,6 @@ from __future__ import annotations
 import atexit
 import json
 import os
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -18,7 +16,7 @@ from urllib.parse import urlencode
 
 import duckdb
 
-from spendgate import outbound, resources
+from spendgate import resources
 from spendgate.store.ledger import LedgerLocked, connect, migrate
 
 
@@ -77,6 +75,10 @@ def _gateway_call(db: Path, token: str | None = None) -> tuple[Callable[[str, di
     except (OSError, ValueError):
         return None
     url, token = info["url"], token or info["token"]
+    import urllib.error  # here, not at the top: only a gateway call needs them (~20 ms of every start)
+    import urllib.request
+
+    from spendgate import outbound
 
     def call(name: str, params: dict[str, Any], method: str) -> Any:
         data = None
@@ -173,12 +175,26 @@ def open_store_source(url: str, *, write: bool = False) -> Source:
     return Source(call, f"store {redact(url)}")
 
 
+_READ_ONLY: dict[Path, duckdb.DuckDBPyConnection] = {}
+
+
+def read_connection(db: Path) -> duckdb.DuckDBPyConnection:
+    """The ledger opened read-only, once per process: a command that reads it in two places
+    (`spend --by user`: the spend, then plans and billing) pays the ~50 ms open once.
+    Raises LedgerLocked when a gateway holds the file."""
+    key = Path(db).resolve()
+    con = _READ_ONLY.get(key)
+    if con is None:
+        con = _READ_ONLY[key] = connect(key, read_only=True)
+    return con
+
+
 def open_source(db: Path, *, write: bool = False) -> Source:
     """The file when we can open it; otherwise the running gateway that holds it."""
     if not db.exists() and not discovery_path(db).exists():
         raise SourceError(f"no ledger at {db} (start the gateway with scripts/run, or pass --db)")
     try:
-        con = connect(db, read_only=not write)
+        con = connect(db) if write else read_connection(db)
     except LedgerLocked:
         gw = _gateway_call(db)
         if gw is None:

@@ -11,8 +11,8 @@ from pathlib import Path
 from spendgate.cli.output import (
     add_db_arg,
     add_json_arg,
-    console,
     print_json,
+    say,
     source,
     table,
 )
@@ -82,11 +82,11 @@ def cmd_spend(args: argparse.Namespace) -> int:
     api = sum((to_decimal(r["cost_usd"] or 0) for r in rows), Decimal(0))
     subs = sum((to_decimal(r["notional_usd"] or 0) for r in rows), Decimal(0))
     n_subs = sum(r["subscription_requests"] for r in rows)
-    console.print(f"[bold]API spend (invoiced per token): {usd(api, 4)}[/] over "
-                  f"{sum(r['requests'] for r in rows) - n_subs:,} requests", highlight=False)
+    say(f"API spend (invoiced per token): {usd(api, 4)} over {sum(r['requests'] for r in rows) - n_subs:,} requests",
+        bold=True)
     if n_subs:
-        console.print(f"Subscription usage (sign-in traffic covered by seats, not invoiced; not included above): "
-                      f"{usd(subs, 4)} notional at list price over {n_subs:,} requests", highlight=False)
+        say(f"Subscription usage (sign-in traffic covered by seats, not invoiced; not included above): "
+            f"{usd(subs, 4)} notional at list price over {n_subs:,} requests")
     if args.by in ("user", "workspace") and not args.user:
         from spendgate.cli import (
             reconcile_cmds,  # policy, plans, billing: only this view needs them

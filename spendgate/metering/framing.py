@@ -156,12 +156,18 @@ class SSEDecoder:
                 i = 1
         if n:
             self._skip_lf = False
+        # the next "\n" and "\r" at or after i, each found by bytes.find (memchr: GB/s, where
+        # a regex search crawled at ~200 MB/s over long lines); -1: none left in `data`
+        nl = cr = -2  # -2: not looked for yet
         while i < n:
-            m = _EOL.search(data, i)
-            if m is None:
+            if -1 != nl < i:
+                nl = data.find(b"\n", i)
+            if -1 != cr < i:
+                cr = data.find(b"\r", i)
+            if nl == -1 and cr == -1:
                 self._append(data, i, n)
                 return
-            j = m.start()
+            j = nl if cr == -1 else cr if nl == -1 else min(nl, cr)
             self._append(data, i, j)
             self._end_line(out)
             if data[j] == 0x0D:

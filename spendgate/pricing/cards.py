@@ -61,9 +61,36 @@ def encode(card: dict[str, Any]) -> tuple[str, str]:
 
 
 def of_result(result: PriceResult) -> tuple[str, str] | tuple[None, None]:
-    """(card id, card JSON) for a ledger row, or (None, None) when the result has no detail."""
+    """(card id, card JSON) for a ledger row, or (None, None) when the result has no detail.
+
+    Remembered per distinct card input (see `_memo_key`): building and hashing the ~1 KB card
+    cost ~50 us of CPU per row, yet a gateway sees a handful of distinct cards a day."""
+    if not result.lines or result.rates is None:
+        return None, None
+    key = _memo_key(result)
+    hit = _MEMO.get(key)
+    if hit is not None and hit[0] is result.rates:  # the very Rates object (an id is reused once freed)
+        return hit[1], hit[2]
     card = card_of(result)
-    return encode(card) if card is not None else (None, None)
+    if card is None:
+        return None, None
+    card_id, text = encode(card)
+    if len(_MEMO) >= _MEMO_MAX:  # bounded: a miss only costs building the card again
+        _MEMO.clear()
+    _MEMO[key] = (result.rates, card_id, text)
+    return card_id, text
+
+
+_MEMO: dict[tuple, tuple[Rates, str, str]] = {}
+_MEMO_MAX = 4096
+
+
+def _memo_key(result: PriceResult) -> tuple:
+    """Everything `card_of` reads besides the rates (the Rates object itself, by identity: the
+    pricer caches one per model, day and variant, and rates are never changed in place). `repr`
+    makes the dicts hashable; equal reprs of these str / Decimal / int values mean equal values."""
+    return (id(result.rates), repr((result.multipliers, result.modifiers, result.late_notes, result.catalogue,
+                                    result.overrides, result.reported_as, result.alternatives)))
 
 
 def rates_of(card: dict[str, Any]) -> tuple[Rates, tuple[Multiplier, ...]]:

@@ -25,11 +25,13 @@ def _since_day(params: dict[str, Any]) -> date | None:
     return parse_day(params.get("since") or None)
 
 
-def report_query(cur: duckdb.DuckDBPyConnection, params: dict[str, Any], policy: Policy | None) -> dict[str, Any]:
+def report_query(cur: duckdb.DuckDBPyConnection, params: dict[str, Any], policy: Policy | None,
+                 subscriptions: bool = True) -> dict[str, Any]:
     return reconcile(
         cur, since=_since_day(params), until=parse_day(params.get("until") or None), by=params.get("by") or "day",
         ids=IdMap.from_policy(policy.raw if policy else None),
         tolerance_pct=Decimal(str(params.get("tolerance") or 2)), min_usd=Decimal(str(params.get("min_usd") or "0.01")),
+        subscriptions=subscriptions,
     )  # fmt: skip
 
 
@@ -47,10 +49,12 @@ def plans_query(cur: duckdb.DuckDBPyConnection, params: dict[str, Any], policy: 
     first, last = plan_period(params)
     by = params.get("by") or "user"
     rows = plans.plan_spend(policy, first, last, by=by)
-    if cur is not None and by in ("user", "plan"):  # what each seat was used for, at list price
-        usage = subscription_usage(cur, first, last)
+    if rows and cur is not None and by in ("user", "plan"):  # what each seat was used for, at list price
+        usage: dict[tuple[str, str | None], list[dict[str, Any]]] = {}  # (plan, user or None) -> rows
+        for u in subscription_usage(cur, first, last):
+            usage.setdefault((u["plan"], None if by == "plan" else u["user"]), []).append(u)
         for r in rows:
-            mine = [u for u in usage if u["plan"] == r["plan"] and (by == "plan" or u["user"] == r["group"])]
+            mine = usage.get((r["plan"], None if by == "plan" else r["group"]), [])
             r["usage_requests"] = sum(u["requests"] for u in mine)
             r["usage_notional_usd"] = round(sum(u["notional_usd"] for u in mine), 6)
     return {"first": first.isoformat(), "last": last.isoformat(), "rows": rows}
@@ -68,7 +72,7 @@ def spend_extras(cur: duckdb.DuckDBPyConnection, params: dict[str, Any], policy:
     out: dict[str, Any] = {"plans": plans_query(cur, {**params, "by": by if by in ("user", "workspace") else "plan"},
                                                 policy)}  # fmt: skip
     out["opaque"] = opaque_query(cur, {**params, "by": by}, policy) if by in opaque.GROUPS else []
-    out["reconciliation"] = report_query(cur, {"since": params.get("since")}, policy)["totals"]
+    out["reconciliation"] = report_query(cur, {"since": params.get("since")}, policy, subscriptions=False)["totals"]
     return out
 
 

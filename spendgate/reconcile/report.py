@@ -135,8 +135,10 @@ def reconcile(
     ids: IdMap | None = None,
     tolerance_pct: Decimal = Decimal(2),
     min_usd: Decimal = Decimal("0.01"),
+    subscriptions: bool = True,
 ) -> dict[str, Any]:
-    """Rows of metered vs billed grouped by day/model/key/workspace, plus per-provider totals."""
+    """Rows of metered vs billed grouped by day/model/key/workspace, plus per-provider totals;
+    `subscriptions=False` leaves out the per-plan-and-user usage (callers that want only totals)."""
     if by not in BY:
         raise ValueError(f"unknown grouping {by!r} (one of {', '.join(BY)})")
     ids = ids or IdMap()
@@ -186,7 +188,7 @@ def reconcile(
     rows.sort(key=lambda r: (r.get("day") or "", r["provider"], -abs(r["delta_usd"] or 0), r.get("group") or ""))
     return {"by": by, "since": since and since.isoformat(), "until": until and until.isoformat(),
             "rows": rows, "totals": _totals(rows, tolerance_pct, min_usd),
-            "subscriptions": subscription_usage(cur, since, until)}  # fmt: skip
+            "subscriptions": subscription_usage(cur, since, until) if subscriptions else []}  # fmt: skip
 
 
 def subscription_usage(cur: duckdb.DuckDBPyConnection, since: date | None, until: date | None) -> list[dict[str, Any]]:
@@ -194,7 +196,8 @@ def subscription_usage(cur: duckdb.DuckDBPyConnection, since: date | None, until
     seat is what is billed), listed for plan limits and seat value."""
     src, params = rollups.source(cur, *sql.day_bounds(since, until),
                                  dims=("plan", '"user"', "provider", "billing_basis"))
-    res = cur.execute(
+    return sql.many_rows(  # a year: thousands of (plan, user, provider) rows
+        cur,
         f"""SELECT coalesce(plan, '(no plan)') AS plan, "user", provider, sum(requests) AS requests,
                    sum(input_tokens)::BIGINT AS input_tokens, sum(output_tokens)::BIGINT AS output_tokens,
                    coalesce(sum(notional_usd), 0) AS notional_usd
@@ -202,7 +205,6 @@ def subscription_usage(cur: duckdb.DuckDBPyConnection, since: date | None, until
             GROUP BY ALL ORDER BY plan, notional_usd DESC, "user", provider""",
         params,
     )
-    return [{**r, "notional_usd": float(r["notional_usd"])} for r in sql.dicts(res)]
 
 
 def _pct(delta: Decimal, billed: Decimal) -> float | None:

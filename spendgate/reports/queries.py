@@ -126,7 +126,7 @@ def spend(
         {"LIMIT ?" if limit else ""}
     """
     params += [*more, *([limit] if limit else [])]
-    rows = sql.rows(cur, query, params)
+    rows = (sql.rows if limit else sql.many_rows)(cur, query, params)  # a whole list: thousands of users
     for r in rows:
         for k in ("input_tokens", "cache_read_tokens", "cache_write_tokens", "output_tokens"):
             r[k] = int(r[k] or 0)
@@ -156,7 +156,7 @@ def subscriptions(
         {"LIMIT ?" if limit else ""}
     """
     params += [*more, *([limit] if limit else [])]
-    return sql.rows(cur, query, params)
+    return (sql.rows if limit else sql.many_rows)(cur, query, params)  # a year: ~6,000 rows at 10M
 
 
 def _opt_time(v: Any) -> datetime | None:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, fields, replace
 from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import duckdb
 
@@ -470,12 +470,14 @@ class WriterStats:
     lost: int = 0  # rows that could be neither written nor spilled
 
 
-# A DuckDB commit costs ~4 ms of CPU whatever its size (appending is ~15 us a row), so commits are
-# batched by time and size: at 300 requests/s, 0.2 s batches cost ~100 us per row, 1 s batches ~33
-# (1 s measured and not kept: rows should reach readers within a fraction of a second).
+# A writer commit costs ~12 ms of CPU whatever its size (DuckDB's fixed cost per table a transaction
+# touches, ~0.7-1 ms, times seven tables: the rows and six rollups; appending is ~30 us a row), so
+# commits are batched by time and size: at 300 requests/s, 0.2 s batches cost ~200 us of CPU per
+# row, 0.5 s batches ~110 (measured, issue 18: `scripts/bench --cpu`). Half a second is still
+# "at once" for a reader (dashboards poll every few seconds; budgets never wait for the ledger).
 # Rows not yet committed are covered by the reservation journal (a crash charges them as
 # `interrupted` at the next start); readers in this process see a row within COMMIT_INTERVAL.
-COMMIT_INTERVAL = 0.2  # seconds between commits at most
+COMMIT_INTERVAL = 0.5  # seconds between commits at most
 COMMIT_ROWS = 2000  # rows that make the writer commit before the interval is over
 
 
@@ -505,6 +507,7 @@ class DuckDBLedger:
         self.max_pending = max_pending
         self.stats = WriterStats()
         self._cur = self.con.cursor()  # the writer thread's own
+        self._appenders = Appenders(self._cur)  # and its Appenders, reused from commit to commit
         self._cards: set[str] = set()  # card ids known to be in price_cards (the writer thread's)
         self._unwritten: list[LedgerRow] = []  # rows a failed write kept for the next try
         # rollup buckets written since the last compaction (spendgate.store.rollups.compact)
@@ -524,6 +527,7 @@ class DuckDBLedger:
     def close(self) -> None:
         self._writer.close()
         self._compact()
+        self._appenders.close()
         if self._unwritten:
             log.error("ledger closed with %d rows it could not write: %s", len(self._unwritten), self.stats.last_error)
         try:
@@ -544,12 +548,12 @@ class DuckDBLedger:
         try:
             try:
                 write_cards(self._cur, rows, self._cards)
-                write_rows(self._cur, rows)
+                write_rows(self._cur, rows, appenders=self._appenders)
             except (duckdb.ConversionException, duckdb.InvalidInputException, UnicodeError, OverflowError):
                 # a value no column can hold (a lone surrogate, an absurd number): one row must not
                 # stop every later one; store the batch with such values made storable
                 rows = [storable(r) for r in rows]
-                write_rows(self._cur, rows)
+                write_rows(self._cur, rows, appenders=self._appenders)
         except Exception as e:  # disk full, file gone: keep the rows, say so loudly, retry
             if len(rows) > self.max_pending:  # memory stays bounded: the oldest go to disk elsewhere
                 rows = self._spill(rows[: len(rows) - self.max_pending]) + rows[len(rows) - self.max_pending:]
@@ -660,14 +664,49 @@ def write_cards(cur: duckdb.DuckDBPyConnection, rows: Sequence[LedgerRow], known
     known.update(new)
 
 
-def write_rows(cur: duckdb.DuckDBPyConnection, rows: Iterable[LedgerRow], *, in_transaction: bool = False) -> None:
+class Appenders:
+    """DuckDB Appenders of one cursor, kept from one commit to the next (one thread only).
+
+    Creating an Appender costs ~1 ms of CPU (the table's description is looked up and bound);
+    the writer thread appends to seven tables (rows and six rollups) on every commit, so reusing
+    them halves the CPU of a commit. An Appender flushed inside a transaction appends in that
+    transaction, like a new one would. After any failure `reset()` drops them all (an Appender
+    that failed mid-flush may hold rows of a rolled-back batch); `close()` at shutdown.
+    """
+
+    def __init__(self, cur: duckdb.DuckDBPyConnection) -> None:
+        self.cur = cur
+        self._apps: dict[str, Any] = {}
+
+    def get(self, table: str, columns: Sequence[str]) -> Any:
+        app = self._apps.get(table)
+        if app is None:
+            app = self._apps[table] = self.cur.appender(table, columns=list(columns))
+        return app
+
+    def reset(self) -> None:
+        """Drop every Appender. Call it before the ROLLBACK: closing flushes what an Appender
+        still holds, which must land in the doomed transaction, never in an autocommit."""
+        apps, self._apps = self._apps, {}
+        for app in apps.values():
+            try:
+                app.close()
+            except Exception:  # noqa: BLE001 -- it failed already; what it held goes with the rolled-back batch
+                log.debug("closing a failed Appender", exc_info=True)
+
+    close = reset
+
+
+def write_rows(cur: duckdb.DuckDBPyConnection, rows: Iterable[LedgerRow], *, in_transaction: bool = False,
+               appenders: Appenders | None = None) -> None:
     """Append rows and add their sums to the rollups, in one transaction (spendgate.store.rollups).
 
     Amounts are first made what the DECIMAL(20, 10) columns store (`rollups.exact`), so the sums
     the rollups get are the sums of the stored values. The Appender converts rows holding the GIL;
     in small slices the proxy's event loop (same process) gets the GIL back between them instead
     of stalling for a whole batch. `in_transaction`: the caller holds a transaction already (and
-    commits it with its own statements, e.g. the centre's idempotency keys).
+    commits it with its own statements, e.g. the centre's idempotency keys). `appenders`: the
+    caller's Appenders of `cur` to reuse (the ledger's writer thread); reset here on failure.
     """
     rows = list(rows)
     for r in rows:
@@ -679,14 +718,17 @@ def write_rows(cur: duckdb.DuckDBPyConnection, rows: Iterable[LedgerRow], *, in_
     if not in_transaction:
         cur.execute("BEGIN")
     try:
-        app = cur.appender("requests", columns=list(COLUMNS))
+        app = appenders.get("requests", COLUMNS) if appenders is not None else cur.appender("requests",
+                                                                                            columns=list(COLUMNS))
         for i in range(0, len(values), APPEND_SLICE):
             app.append_rows(values[i : i + APPEND_SLICE])
         app.flush()
-        rollups.apply_rows(cur, rows)
+        rollups.apply_rows(cur, rows, appenders)
         if not in_transaction:
             cur.execute("COMMIT")
     except BaseException:
+        if appenders is not None:
+            appenders.reset()
         if not in_transaction:
             cur.execute("ROLLBACK")
         raise

@@ -32,7 +32,9 @@ rows -- which is how tests/unit/test_rollups.py proves them identical.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import Any
@@ -160,52 +162,77 @@ _FAM_INDEX = {fam: tuple(DIMS.index(d) for d in dims) for fam, dims in FAMILIES.
 
 def deltas(rows: Iterable[Any]) -> dict[str, list[tuple]]:
     """Per rollup table, the rows' sums per (bucket, dimensions): (bucket, *dims, *measures) in
-    MEASURES order. `rows` are LedgerRow-like objects whose amounts went through `exact`."""
-    acc: dict[str, dict[tuple, list]] = {f"rollup_{g}{f}": {} for f in FAMILIES for g in GRAINS}
+    MEASURES order. `rows` are LedgerRow-like objects whose amounts went through `exact`.
+
+    The rows are summed once per (day, all dimensions) -- a batch holds few such groups -- and
+    every table's groups are summed from those (exact: integer and Decimal sums well within the
+    context's 28 digits, and max, do not depend on the order)."""
+    wide: dict[tuple, list] = {}  # (day, *dims) -> measures, and the month alongside
+    months: dict[datetime, datetime] = {}
     for r in rows:
         ts = r.ts if r.ts.tzinfo else r.ts.replace(tzinfo=UTC)
-        buckets = {"day": floor_day(ts), "month": floor_month(ts)}
-        dims = tuple(getattr(r, a) for a in _DIM_ATTRS)
+        day = floor_day(ts)
+        key = (day, *(getattr(r, a) for a in _DIM_ATTRS))
+        m = wide.get(key)
         tokens = [getattr(r, t) or 0 for t in TOKENS]
         usd = [getattr(r, u) for u in USD]
+        if m is None:
+            wide[key] = [1, *tokens, *usd, int(r.cost_usd is None), ts]
+            if day not in months:
+                months[day] = day.replace(day=1)
+            continue
+        _add(m, [1, *tokens, *usd, int(r.cost_usd is None), ts])
+    acc: dict[str, dict[tuple, list]] = {f"rollup_{g}{f}": {} for f in FAMILIES for g in GRAINS}
+    for key, m in wide.items():
+        day, dims = key[0], key[1:]
         for fam, idx in _FAM_INDEX.items():
             key_dims = tuple(dims[i] for i in idx)
-            for g in GRAINS:
+            for g, bucket in (("day", day), ("month", months[day])):
                 groups = acc[f"rollup_{g}{fam}"]
-                key = (buckets[g], *key_dims)
-                m = groups.get(key)
-                if m is None:
-                    groups[key] = [1, *tokens, *usd, int(r.cost_usd is None), ts]
-                    continue
-                m[0] += 1
-                for i, t in enumerate(tokens, 1):
-                    m[i] += t
-                j = 1 + len(TOKENS)
-                for k, u in enumerate(usd):
-                    if u is not None:
-                        m[j + k] = u if m[j + k] is None else m[j + k] + u
-                m[j + len(USD)] += int(r.cost_usd is None)
-                m[-1] = max(m[-1], ts)
+                k = (bucket, *key_dims)
+                have = groups.get(k)
+                if have is None:
+                    groups[k] = list(m)
+                else:
+                    _add(have, m)
     return {t: [(*k, *m) for k, m in groups.items()] for t, groups in acc.items()}
 
 
-def apply_rows(cur: Any, rows: Iterable[Any]) -> None:
+_USD_AT = range(1 + len(TOKENS), 1 + len(TOKENS) + len(USD))  # where the USD sums sit in a measures list
+
+
+def _add(into: list, m: list) -> None:
+    """Add measures `m` to `into` (same layout): counts and tokens summed, USD summed skipping
+    None (NULL: unknown, like SQL's sum), max_ts the later one."""
+    for i in range(len(into) - 1):
+        if i in _USD_AT:
+            if m[i] is not None:
+                into[i] = m[i] if into[i] is None else into[i] + m[i]
+        else:
+            into[i] += m[i]
+    into[-1] = max(into[-1], m[-1])
+
+
+def apply_rows(cur: Any, rows: Iterable[Any], appenders: Any = None) -> None:
     """Add `rows` (just appended to `requests`, amounts through `exact`) to every rollup.
 
     Call inside the transaction that inserted them, so rows and rollups commit together. By row:
     rows of any age go to their own bucket. Each batch's sums are appended as rows of their own
     with an Appender (no lookup of the rows already there: a MERGE had to scan the current month's
-    on every write); readers sum rows anyway, and `compact` folds them in later.
+    on every write); readers sum rows anyway, and `compact` folds them in later. `appenders`: a
+    `spendgate.store.ledger.Appenders` of `cur` to reuse (the writer thread's; creating the six
+    Appenders cost ~4 ms of CPU per commit), None to create them here.
     """
     for table, out in deltas(rows).items():
-        fam = table.removeprefix("rollup_").removeprefix("day").removeprefix("month")
-        cols = ["bucket", *_DIM_ATTRS_OF[fam], *(m[0] for m in MEASURES)]
-        app = cur.appender(table, columns=cols)
+        cols = _COLS_OF[table]
+        app = appenders.get(table, cols) if appenders is not None else cur.appender(table, columns=list(cols))
         app.append_rows(out)
         app.flush()
 
 
 _DIM_ATTRS_OF = {fam: [d.strip('"') for d in dims] for fam, dims in FAMILIES.items()}
+_COLS_OF = {f"rollup_{g}{fam}": ("bucket", *_DIM_ATTRS_OF[fam], *(m[0] for m in MEASURES))
+            for fam in FAMILIES for g in GRAINS}
 
 
 def compact(cur: Any, days: Iterable[datetime], months: Iterable[datetime]) -> None:
@@ -275,6 +302,20 @@ def available(cur: Any) -> bool:
         return True
     return bool(cur.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'rollup_meta' "
                             "AND schema_name = 'main'").fetchone()[0])
+
+
+_CHECKED: ContextVar[bool | None] = ContextVar("spendgate_rollups_checked", default=None)
+
+
+@contextmanager
+def checked(cur: Any) -> Iterator[bool]:
+    """Ask `available` once for a group of reports on one connection (the overview runs a dozen;
+    each catalogue look-up is ~1 ms): `source` calls inside the block reuse the answer."""
+    token = _CHECKED.set(available(cur))
+    try:
+        yield bool(_CHECKED.get())
+    finally:
+        _CHECKED.reset(token)
 
 
 # -- reading -------------------------------------------------------------------------------------
@@ -389,7 +430,8 @@ def source(cur: Any, since: datetime | None = None, until: datetime | None = Non
 
     Raw rows throughout when the rollups are unavailable (see `available`)."""
     d = _dims(dims)
-    if not available(cur):
+    known = _CHECKED.get()
+    if not (available(cur) if known is None else known):
         return raw_source(since, until, by_day=by_day, dims=d)
     parts, params = [], []
     for kind, lo, hi in pieces(since, until, by_day=by_day):

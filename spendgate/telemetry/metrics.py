@@ -74,13 +74,18 @@ class _Gauges:
     def __init__(self, owner: PromMetrics) -> None:
         self.owner = owner
 
-    def collect(self) -> Iterable[Any]:
+    def describe(self) -> Iterable[Any]:
+        """The families without their values: registering with auto_describe calls this instead
+        of `collect`, which at start-up summed every budget of the policy (0.5 s at 10,000 users)."""
+        return self.collect(values=False)
+
+    def collect(self, values: bool = True) -> Iterable[Any]:
         o = self.owner
         src = o.sources
         ratio = GaugeMetricFamily("spendgate_budget_used_ratio",
                                   "Share of a budget used (spent + reserved over limit), organization and "
                                   "workspace scopes", labels=["scope", "window"])
-        if src.budget_status is not None:
+        if src.budget_status is not None and values:
             try:
                 for b in src.budget_status():
                     if b["scope"].startswith(BUDGET_SCOPES):

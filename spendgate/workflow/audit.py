@@ -20,7 +20,6 @@ from typing import Any
 
 import duckdb
 
-from spendgate.identity import local_user
 from spendgate.money import usd
 from spendgate.store import sql
 from spendgate.store.sql import jsonable
@@ -48,6 +47,9 @@ class AuditEvent:
 
 def process_actor() -> str:
     """Who started this process (for policy loads): OS user and pid."""
+    # here: identity imports the policy model (~100 ms); `spendgate audit` only reads
+    from spendgate.identity import local_user
+
     return f"{local_user()} (pid {os.getpid()})"
 
 

@@ -63,3 +63,25 @@ def test_cli_export_streams_to_the_file(tmp_path) -> None:
     assert r.returncode == 0, r.stderr
     assert "wrote 3,001 rows" in r.stderr and oct(out.stat().st_mode & 0o777) == "0o600"
     assert out.read_text().splitlines()[1].startswith("2026-11-01 00:00:00")
+
+
+@pytest.mark.parametrize("since,until,user", [
+    (None, None, None),
+    (datetime(2026, 11, 1, 2, 30, tzinfo=UTC), datetime(2026, 11, 1, 9, 1, 2, tzinfo=UTC), None),
+    (datetime(2026, 11, 1, 1, tzinfo=UTC), None, "user1"),
+    (datetime(2027, 1, 1, tzinfo=UTC), None, None),  # nothing: a file with no rows
+])
+def test_sliced_parquet_has_the_rows_of_one_sorted_copy_in_order(tmp_path, monkeypatch, since, until, user) -> None:
+    con = _ledger(tmp_path / "l.duckdb", 6_000)
+    monkeypatch.setattr(dashboard, "EXPORT_SLICE_ROWS", 500)
+    monkeypatch.setattr(dashboard, "PARQUET_ROW_GROUP", 700)  # row groups that straddle slices
+    sql, params = dashboard.export_sql(since, until, user)
+    con.execute(f"COPY ({sql}) TO '{tmp_path / 'one.parquet'}' (FORMAT parquet)", params)
+    n = dashboard.export(con, tmp_path / "sliced.parquet", "parquet", since, until, user)
+    one = con.execute(f"SELECT * FROM read_parquet('{tmp_path / 'one.parquet'}')").fetchall()
+    sliced = con.execute(f"SELECT * FROM read_parquet('{tmp_path / 'sliced.parquet'}')").fetchall()
+    assert sliced == one and n == len(one)  # every value, in the same order
+    schema = "SELECT name, type FROM parquet_schema('{}') ORDER BY name"
+    assert (con.execute(schema.format(tmp_path / "sliced.parquet")).fetchall()
+            == con.execute(schema.format(tmp_path / "one.parquet")).fetchall())
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".parts-")]  # the slices' part files are gone

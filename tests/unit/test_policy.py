@@ -143,3 +143,28 @@ def test_identity_chain_order():
     # nothing answers: unattributed
     only_header = parse("version: 1\nidentity: ['header:x-who']\ntrusted_proxies: [10.9.0.1/32]\n", "h.yaml")
     assert resolve(only_header, {}).user == UNATTRIBUTED
+
+
+def _many_users(n: int, bad: dict[int, str] | None = None) -> str:
+    lines = ["version: 1", "organization: {name: x, budgets: {month: 100}}", "defaults:", "  user: {day: 10}", "users:"]
+    for i in range(n):
+        lines.append(f"  dev{i}@x.example:")
+        lines.append(f"    budgets: {{day: {bad.get(i, '5') if bad else '5'}}}")
+        if i % 3 == 0:
+            lines.append("    until: 2099-01-01")
+    return "\n".join(lines) + "\n"
+
+
+def test_a_big_policy_is_checked_entry_by_distinct_entry_and_still_names_every_bad_one():
+    """Start-up checks one `users` entry per distinct value against the schema; a policy with any
+    problem gets the full check, so each bad entry is named at its own line."""
+    from spendgate.policy import model
+
+    p = parse(_many_users(300))
+    assert len(p.users) == 300 and p.users["dev299@x.example"].budgets == {"day": Decimal(5)}
+    assert model._valid_fast(model.load_yaml_with_marks(_many_users(300))[0])
+    with pytest.raises(PolicyError) as e:
+        parse(_many_users(300, {7: "-1", 250: "lots"}))
+    text = str(e.value)
+    assert "users.dev7@x.example.budgets.day" in text and "users.dev250@x.example.budgets.day" in text
+    assert "<policy>:24:20: budget users.dev7@x.example.budgets.day" in text  # its own line and column

@@ -77,6 +77,32 @@ def test_one_card_explains_every_usage_priced_with_it(inp, cached, write, out, r
     assert cards.detail(cards.card_of(probe), usage) == price.detail()
 
 
+def test_the_remembered_card_is_the_card_built_afresh_for_every_input() -> None:
+    """cards.of_result remembers a card per distinct input (rates object, multipliers, modifiers,
+    notes, reported cost, alternatives); every input still gets exactly the card built from it."""
+    usage = Usage(input_tokens=1_600, cache_read_tokens=400, output_tokens=450)
+    results = [PRICER.price(p, m, u, AT, modifiers=mods) for p, m, u, mods in CASES]
+    listed = PRICER.price("openai", "gpt-4o", usage, AT)
+    stated = reported(listed, Decimal("0.0123456789"), "openrouter")
+    results += [listed, stated, replace(stated, alternatives={**stated.alternatives, "copilot_premium": {"x": "3"}}),
+                replace(listed, late_notes=("a note added after pricing",)),
+                PRICER.price("openai", "gpt-4o", Usage(input_tokens=9, output_tokens=9), AT)]  # same card, other usage
+    cards._MEMO.clear()
+    for _ in range(2):  # cold, then remembered
+        for r in results:
+            assert cards.of_result(r) == cards.encode(cards.card_of(r))
+    built = [cards.encode(cards.card_of(r))[1] for r in results]
+    ids = [cards.of_result(r)[0] for r in results]
+    for i in range(len(results)):  # two rows share a card id exactly when their cards are equal
+        for j in range(len(results)):
+            assert (ids[i] == ids[j]) == (built[i] == built[j])
+    assert ids[-1] == ids[len(CASES)]  # other usage, same rates: one card
+    # a Rates object equal in content but new (the pricer reloaded): its own entry, the same card
+    fresh = replace(listed, rates=replace(listed.rates))
+    assert cards.of_result(fresh) == cards.of_result(listed)
+    assert cards.of_result(replace(listed, lines=())) == (None, None)
+
+
 def _row(rid: str, usage: Usage, price, **kw) -> LedgerRow:
     card_id, text = cards.of_result(price)
     return LedgerRow(ts=AT, request_id=rid, provider="anthropic", endpoint="messages", model="claude-sonnet-4-5",

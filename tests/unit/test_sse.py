@@ -181,3 +181,45 @@ def test_unbalanced_garbage_never_raises() -> None:
     for junk in (b"]]]}}}", b'"unterminated', b"\\", b"[[[[", b"\xff\x00", b"}"):
         splitter.feed(junk)
     assert splitter.garbled
+
+
+def _reference_events(data: bytes) -> list[SSEEvent]:
+    """The SSE spec's line rules written the slow, obvious way (a regex split on CR, LF, CRLF)."""
+    import re
+
+    out, lines, event = [], [], None
+    for line in re.split(rb"\r\n|\r|\n", data)[:-1]:  # the part after the last line ending is unterminated
+        text = line.decode("utf-8", "replace")
+        if not text:
+            if lines:
+                out.append(SSEEvent(event, "\n".join(lines)))
+            lines, event = [], None
+        elif not text.startswith(":"):
+            name, sep, value = text.partition(":")
+            value = value[1:] if sep and value.startswith(" ") else value
+            if name == "data":
+                lines.append(value)
+            elif name == "event":
+                event = value
+    return out
+
+
+def test_line_endings_found_anywhere_in_long_reads_match_the_reference() -> None:
+    """The decoder finds CR and LF with bytes.find (not a regex) in reads of any size and mix."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    parts = st.sampled_from([b"data: ", b"event: e", b"x" * 3000, b"\r", b"\n", b"\r\n", b": c", b"data:y", b"\n\n"])
+
+    @settings(max_examples=200, deadline=None)
+    @given(st.lists(parts, max_size=40), st.lists(st.integers(1, 9000), max_size=6))
+    def check(seq: list[bytes], cuts: list[int]) -> None:
+        data = b"".join(seq) + b"\n\n"
+        if data.startswith(b"\n"):
+            data = b"data: z" + data
+        points = sorted({c % len(data) for c in cuts})
+        pieces = [data[a:b] for a, b in zip([0, *points], [*points, len(data)])]
+        events, _ = decode(pieces)
+        assert events == _reference_events(data)
+
+    check()

@@ -282,3 +282,14 @@ def test_attach_chains_the_gateway_hooks_it_uses():
     assert text[("spendgate_sink_deliveries_total", (("outcome", "failed"), ("sink", "team-hook")))] == 1
     assert text[("spendgate_store_errors_total", ())] == 2
     t.close()
+
+
+def test_registering_the_gauges_does_not_sum_every_budget():
+    """The budget gauge's values are computed when scraped, not at start-up (a 10,000-user policy
+    spent half a second there): registering describes the families only."""
+    calls = []
+    budgets = [{"scope": "organization:acme", "window": "month", "limit_usd": 10.0, "spent_usd": 2.5, "reserved_usd": 0.0}]
+    m = PromMetrics(TelemetrySettings(), Sources(budget_status=lambda: calls.append(1) or budgets))
+    assert calls == []
+    assert [v for n, _, v in scrape(m) if n == "spendgate_budget_used_ratio"] == [0.25]
+    assert calls == [1]

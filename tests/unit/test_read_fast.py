@@ -1,0 +1,161 @@
+"""Issue 22, last part: the same answers, cheaper -- long results converted without Python's
+Decimal/datetime, CLI tables drawn without rich when they fit, reports that import only what
+they use, and the reconciliation report reading the policy only when its grouping needs it."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from pathlib import Path
+
+import duckdb
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from spendgate.cli import output
+from spendgate.store import sql
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# -- many_rows: the dicts `rows` gives ---------------------------------------------------------
+
+decimals = st.one_of(st.none(), st.decimals(min_value=Decimal("-1e27"), max_value=Decimal("1e27"), places=10,
+                                            allow_nan=False, allow_infinity=False))
+times = st.one_of(st.none(), st.datetimes(min_value=datetime(1971, 1, 1), max_value=datetime(2200, 1, 1),
+                                          timezones=st.just(UTC)))
+huge = st.one_of(st.none(), st.integers(min_value=-(2**100), max_value=2**100))
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(decimals, times, huge, st.one_of(st.none(), st.text(max_size=5))), min_size=0, max_size=30))
+def test_many_rows_gives_exactly_what_rows_gives(values) -> None:
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'Asia/Kolkata'")  # the session zone must not leak into the answers
+    con.execute("CREATE TABLE t (i INTEGER, d DECIMAL(38, 10), ts TIMESTAMPTZ, h HUGEINT, s VARCHAR, "
+                "dt DATE, f DOUBLE)")
+    for i, (d, ts, h, s) in enumerate(values):
+        con.execute("INSERT INTO t VALUES (?, ?, ?, ?, ?, ?, ?)", [i, d, ts, h, s, date(2026, 1, 1 + i % 28), i / 3])
+    query = "SELECT i, d, ts AS \"last seen\", h, s, dt, f, d * 2 AS d2, sum(h) OVER () AS total FROM t ORDER BY i"
+    assert sql.many_rows(con, query, []) == sql.rows(con, query, [])
+
+
+def test_many_rows_with_parameters_and_no_rows() -> None:
+    con = duckdb.connect()
+    con.execute("CREATE TABLE t (d DECIMAL(20, 10), ts TIMESTAMPTZ)")
+    con.execute("INSERT INTO t VALUES (0.1234567891, '2026-11-30 10:00:00+00'), (NULL, NULL)")
+    for p in ([Decimal(0)], [Decimal(1)]):
+        q = "SELECT sum(d) AS s, max(ts) AS m FROM t WHERE d > ? OR d IS NULL GROUP BY d IS NULL ORDER BY 1"
+        assert sql.many_rows(con, q, p) == sql.rows(con, q, p)
+    assert sql.many_rows(con, "SELECT * FROM t WHERE d > 5", []) == []
+
+
+# -- CLI tables ---------------------------------------------------------------------------------
+
+
+def _rich(title: str, rows: list[dict], cols: list[str], money: list[str]) -> str:
+    from rich.console import Console
+    from rich.table import Table
+
+    buf = io.StringIO()
+    t = Table(title=title, header_style="bold")
+    for c in cols:
+        t.add_column(c, justify="right" if rows and isinstance(rows[0].get(c), int | float) else "left",
+                     overflow="ellipsis")
+    for r in rows:
+        t.add_row(*(output.usd(r[c], 4) if c in money and r.get(c) is not None else output.fmt(r.get(c)) for c in cols))
+    Console(file=buf, width=output.PIPED_WIDTH).print(t)
+    return "\n".join(line.rstrip() for line in buf.getvalue().splitlines())
+
+
+ROWS = [{"ts": "2026-11-30 10:00:00", "user": "alice", "cost_usd": 0.0123, "n": 12345, "m": None},
+        {"ts": "2026-11-30 10:01:00", "user": "bob-long-name", "cost_usd": 1.5, "n": 1, "m": "x"}]
+
+
+@pytest.mark.parametrize("rows", [ROWS, ROWS[:1], []])
+def test_box_table_draws_what_rich_draws(rows, capsys) -> None:
+    cols = ["ts", "user", "cost_usd", "n", "m"]
+    assert output.box_table("Latest requests", rows, cols, money=["cost_usd"])
+    drawn = "\n".join(line.rstrip() for line in capsys.readouterr().out.splitlines())
+    assert drawn == _rich("Latest requests", rows, cols, ["cost_usd"])
+
+
+def test_box_table_leaves_to_rich_what_does_not_fit_or_is_not_plain_ascii(capsys) -> None:
+    assert not output.box_table("t", [{"user": "x" * (output.PIPED_WIDTH + 1)}], ["user"])
+    assert not output.box_table("t", [{"user": "zoë"}], ["user"])  # widths of non-ASCII text: rich knows them
+    assert not output.box_table("t", [{"user": "two\nlines"}], ["user"])
+    assert capsys.readouterr().out == ""
+    output.table("t", [{"user": "zoë"}], ["user"])  # rich then draws it, as before
+    assert "zoë" in capsys.readouterr().out
+
+
+# -- what a report imports -----------------------------------------------------------------------
+
+
+def _modules_after(code: str) -> set[str]:
+    out = subprocess.run([sys.executable, "-c", code + "\nimport sys; print('MODULES', ' '.join(sys.modules))"],
+                         capture_output=True, text=True, timeout=120, cwd=ROOT, check=True)
+    return set(out.stdout.split("MODULES", 1)[1].split())
+
+
+def _ledger(path: Path) -> None:
+    from spendgate.store.ledger import migrate
+
+    con = duckdb.connect(str(path))
+    migrate(con)
+    con.execute("""INSERT INTO requests BY NAME SELECT now() - to_seconds(i) AS ts, 'r' || i AS request_id,
+        'anthropic' AS provider, 'messages' AS endpoint, 'claude-sonnet-4-5' AS model, 'user' || (i % 3) AS "user",
+        'claude-code' AS client, false AS stream, 'ok' AS outcome, false AS estimated, 100 AS input_tokens,
+        0 AS cache_read_tokens, 0 AS cache_write_tokens, 0 AS cache_write_1h_tokens, 10 AS output_tokens,
+        0 AS reasoning_tokens, 0 AS web_search_requests, 0.001 AS cost_usd, 'genai-prices' AS price_source,
+        'local_user' AS identity_source, 0 AS bytes_in, 0 AS bytes_out, 0.001 AS charged_usd FROM range(20) t(i)""")
+    from spendgate.store import rollups
+
+    rollups.rebuild(con)  # rows inserted behind the writer's back: summed as the writer would have
+    con.close()
+
+
+@pytest.mark.parametrize("argv,absent", [
+    (["ledger"], {"rich", "rich.console", "jsonschema", "yaml", "urllib.request", "spendgate.policy.model"}),
+    (["audit"], {"rich.console", "jsonschema", "spendgate.policy.model", "spendgate.identity"}),
+    (["reconcile", "report"], {"jsonschema", "rich.console"}),
+])
+def test_a_report_runs_without_what_it_does_not_use(tmp_path, argv, absent) -> None:
+    db = tmp_path / "l.duckdb"
+    _ledger(db)
+    mods = _modules_after(f"from spendgate.cli import main\nmain({[*argv, '--db', str(db)]!r})")
+    assert not absent & mods
+
+
+def test_spend_by_user_opens_the_ledger_once(tmp_path, monkeypatch, capsys) -> None:
+    from spendgate.cli import main, source
+
+    db = tmp_path / "l.duckdb"
+    _ledger(db)
+    opened = []
+    real = source.connect
+    monkeypatch.setattr(source, "connect", lambda *a, **k: opened.append(a) or real(*a, **k))
+    monkeypatch.setattr(source, "_READ_ONLY", {})
+    assert main(["spend", "--by", "user", "--db", str(db)]) == 0
+    assert len(opened) == 1 and "user0" in capsys.readouterr().out
+
+
+# -- reconciliation without the policy -----------------------------------------------------------
+
+
+def test_report_by_day_or_model_does_not_depend_on_the_id_map(tmp_path) -> None:
+    from spendgate.reconcile import report, store
+    from spendgate.reconcile.formats import BillingLine
+    _ledger(tmp_path / "m.duckdb")
+    con = duckdb.connect(str(tmp_path / "m.duckdb"))
+    now = datetime.now(UTC)
+    start = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    store.upsert(con, [BillingLine(provider="anthropic", source="anthropic_cost_report", kind="cost", day=now.date(),
+                                   bucket_start=start, amount_usd=Decimal("0.5"), model="claude-sonnet-4-5",
+                                   api_key="apikey_1", workspace="wrkspc_1")])
+    ids = report.IdMap(keys={"apikey_1": "fp1"}, workspaces={"wrkspc_1": "core"})
+    for by in ("day", "model"):
+        assert report.reconcile(con, by=by, ids=ids) == report.reconcile(con, by=by)
