@@ -1,0 +1,106 @@
+"""Third attacker review (laptops -> centre, batches): reproductions. Real DuckDB, real BudgetBook,
+real loopback HTTP servers for the uplink; no provider. docs/security.md, "Third attacker review"."""
+
+from __future__ import annotations
+
+import http.server
+import threading
+from datetime import timedelta
+from decimal import Decimal
+
+import pytest
+
+from spendgate.central.uplink import CentralError, CentralSettings, Uplink
+from spendgate.policy.model import parse
+from spendgate.store.ledger import DuckDBLedger
+from tests.unit.test_central import NOW, _row, wire
+from tests.unit.test_central_charging import make, spent
+
+# A1: offline rows back-dated beyond a month, each past day with its own offline allowance
+
+
+def test_offline_rows_backdated_months_cannot_hide_spend_from_today(tmp_path):
+    """A laptop claiming `offline` for rows stamped 40..139 days back used to have each of those
+    days' offline allowance counted there, so $5 of today's real spend vanished from today's
+    counters (and today's lease stayed full). Past OFFLINE_LOOKBACK an offline row counts at its receipt."""
+    ingest, led, book, _ = make(tmp_path)  # offline_allowance: {day: 0.05}
+    rows = [wire(_row(f"r-old{i:05d}", charged="0.05", ts=NOW - timedelta(days=40 + i), offline=True))
+            for i in range(100)]
+    got = ingest.ingest("alice", "alice@laptop", rows, now=NOW)
+    assert len(got.accepted) == 100
+    assert got.late == 100
+    assert spent(book, "user:alice") == Decimal("5.00")
+    led.close()
+
+
+def test_offline_rows_within_the_lookback_still_count_in_their_own_day(tmp_path):
+    """The fix keeps the legitimate case: a laptop offline last week reports its rows there."""
+    ingest, led, book, _ = make(tmp_path)
+    got = ingest.ingest("alice", "alice@laptop", [wire(_row("r-week0001", charged="0.05",
+                                                            ts=NOW - timedelta(days=7), offline=True))], now=NOW)
+    assert got.late == 0 and spent(book, "user:alice") == Decimal(0)
+    led.close()
+
+
+# A2: the uplink followed redirects, carrying the bearer token to wherever the centre pointed
+
+
+class _Recorder(http.server.BaseHTTPRequestHandler):
+    seen: list = []
+    location = ""
+
+    def log_message(self, *a):  # quiet
+        pass
+
+    def _any(self):
+        n = int(self.headers.get("Content-Length") or 0)
+        if n:
+            self.rfile.read(n)
+        type(self).seen.append((self.command, self.path, self.headers.get("Authorization")))
+        if self.location:
+            self.send_response(302)
+            self.send_header("Location", self.location)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        body = b'{"granted_usd": "1", "room_usd": "1"}'
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = do_POST = _any
+
+
+def _serve(handler):
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    return srv
+
+
+def test_the_uplink_does_not_follow_a_redirect_with_its_token(tmp_path):
+    """A centre (or a careless reverse proxy in front of it) answering 302 to another host made
+    urllib re-send the request as a GET *with the Authorization header* to that host: over plain
+    http when the Location said http://. The uplink refuses redirects instead."""
+    Elsewhere = type("Elsewhere", (_Recorder,), {"seen": [], "location": ""})
+    other = _serve(Elsewhere)
+    Centre = type("Centre", (_Recorder,), {"seen": [], "location": f"http://localhost:{other.server_port}/steal"})
+    centre = _serve(Centre)
+    try:
+        token = tmp_path / "token"
+        token.write_text("sg_secret_token_value\n")
+        token.chmod(0o600)
+        led = DuckDBLedger(tmp_path / "laptop.duckdb")
+        settings = CentralSettings(url=f"http://127.0.0.1:{centre.server_port}", token_file=token,
+                                   gateway_id="alice@laptop")
+        up = Uplink(settings, led.cursor, lambda: parse("version: 1\ntimezone: UTC\n"))
+        with pytest.raises(CentralError) as e:
+            up._post("/api/lease", {"gateway_id": "alice@laptop", "want_usd": "1"}, "sg_secret_token_value")
+        assert "redirect" in str(e.value).lower()
+        assert Centre.seen and Centre.seen[0][2] == "Bearer sg_secret_token_value"
+        assert Elsewhere.seen == []  # the token went nowhere else
+        led.close()
+    finally:
+        centre.shutdown()
+        other.shutdown()
