@@ -104,3 +104,34 @@ def test_the_uplink_does_not_follow_a_redirect_with_its_token(tmp_path):
     finally:
         centre.shutdown()
         other.shutdown()
+
+
+# A3: a batch input file whose part says `filename` before `name` was not estimated (1 µUSD batch)
+
+_LINE = (b'{"custom_id":"a","method":"POST","url":"/v1/chat/completions","body":{"model":"gpt-4o",'
+         b'"messages":[{"role":"user","content":"hi"}],"max_tokens":1000}}')
+
+
+def _upload(disposition: bytes) -> bytes:
+    return (b'--B\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nbatch\r\n--B\r\n' + disposition
+            + b"\r\nContent-Type: application/jsonl\r\n\r\n" + _LINE + b"\n" + _LINE + b"\r\n--B--\r\n")
+
+
+@pytest.mark.parametrize("disposition", [
+    b'Content-Disposition: form-data; name="file"; filename="a.jsonl"',
+    b'Content-Disposition: form-data; filename="a.jsonl"; name="file"',
+    b"content-disposition:form-data;filename=a.jsonl;name=file",
+    b"Content-Disposition: form-data; name=\"file\"; filename*=UTF-8''a.jsonl",
+])
+def test_the_batch_file_is_estimated_whatever_the_order_of_its_disposition_parameters(disposition):
+    from spendgate.metering.providers.batch_input import estimate_upload
+    got = estimate_upload(_upload(disposition))
+    assert got is not None and got.lines == 2
+    assert got.parts[0].model == "gpt-4o" and got.parts[0].declared_output == 2000
+
+
+def test_a_part_named_filename_only_is_not_the_file():
+    """`filename="file"` alone is no part named file: nothing is taken for the batch's requests."""
+    from spendgate.metering.providers.batch_input import file_part
+    body = _upload(b'Content-Disposition: form-data; name="notes"; filename="file"')
+    assert file_part(body) is None
