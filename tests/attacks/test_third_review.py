@@ -135,3 +135,38 @@ def test_a_part_named_filename_only_is_not_the_file():
     from spendgate.metering.providers.batch_input import file_part
     body = _upload(b'Content-Disposition: form-data; name="notes"; filename="file"')
     assert file_part(body) is None
+
+
+# A4 (open): the 10,000-entry estimate book can be flushed by uploads, so a big batch reserves 1 µUSD
+
+
+@pytest.mark.xfail(strict=True, reason="open (medium): BatchInputBook is one LRU for everyone; 10,000 tiny "
+                   "purpose=batch uploads (free at the provider) evict the estimate of a big file uploaded "
+                   "before, whose batch is then admitted at the unknown-file reservation (1 µUSD)")
+def test_uploads_cannot_evict_the_estimate_of_an_earlier_big_file():
+    from spendgate.metering.providers.batch_input import MAX_FILES, BatchInputBook, estimate_jsonl
+    book = BatchInputBook()
+    big = estimate_jsonl(b"\n".join([_LINE] * 50_000))
+    book.remember("file-big", big)
+    tiny = estimate_jsonl(_LINE)
+    for i in range(MAX_FILES):  # the same user, or anyone sharing the gateway
+        book.remember(f"file-tiny{i}", tiny)
+    assert book.get("file-big") == big
+
+
+# A5 (open): a token's 50 roster slots, once filled with made-up laptop ids, hide its real new laptop
+
+
+@pytest.mark.xfail(strict=True, reason="open (low): Roster.MAX_PER_USER ids per user are never freed; a user "
+                   "who pushed with 50 made-up gateway_ids (or reinstalled 50 times) has any later laptop "
+                   "untracked, so its silence is never listed or alerted")
+def test_a_new_laptop_is_tracked_after_the_user_filled_the_roster_with_made_up_ids(tmp_path):
+    from spendgate.central.roster import MAX_PER_USER, Roster
+    led = DuckDBLedger(tmp_path / "centre.duckdb")
+    roster = Roster(led.cursor)
+    for i in range(MAX_PER_USER):
+        roster.touch("alice", f"junk-{i}", NOW - timedelta(days=30))
+    roster.touch("alice", "alice@new-laptop", NOW)
+    silent = roster.newly_silent(NOW + timedelta(days=4))
+    assert "alice@new-laptop" in {c.origin for c in silent}
+    led.close()
