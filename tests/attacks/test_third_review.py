@@ -170,3 +170,18 @@ def test_a_new_laptop_is_tracked_after_the_user_filled_the_roster_with_made_up_i
     silent = roster.newly_silent(NOW + timedelta(days=4))
     assert "alice@new-laptop" in {c.origin for c in silent}
     led.close()
+
+
+# A6: beyond-lease alerts were throttled per (user, laptop id): made-up laptop ids flooded the owners
+
+
+def test_beyond_lease_alerts_cannot_be_multiplied_by_made_up_laptop_ids(tmp_path):
+    from tests.unit.test_central_charging import SHARED
+    ingest, led, book, notices = make(tmp_path, SHARED)  # alice: user day $1
+    ingest.ingest("alice", "alice@laptop", [wire(_row("r-fill0001", charged="1"))], now=NOW)  # room now 0
+    for i in range(30):  # one cent past the room from each of 30 invented laptops
+        got = ingest.ingest("alice", f"fake-{i}", [wire(_row(f"r-flood{i:04d}", charged="0.01"))], now=NOW)
+        assert got.beyond == 1
+    assert len(notices) == 1  # once an hour per user, whatever laptop id the pushes claim
+    assert spent(book, "user:alice") == Decimal("1.30")
+    led.close()
