@@ -185,3 +185,31 @@ def test_beyond_lease_alerts_cannot_be_multiplied_by_made_up_laptop_ids(tmp_path
     assert len(notices) == 1  # once an hour per user, whatever laptop id the pushes claim
     assert spent(book, "user:alice") == Decimal("1.30")
     led.close()
+
+
+# held: a plain-http centre is allowed only for loopback literals and `localhost` (the token in clear)
+
+
+@pytest.mark.parametrize("url, allowed", [
+    ("http://127.0.0.1:8080", True), ("http://[::1]:8080", True), ("http://localhost:8080", True),
+    ("http://localhost.:8080", False), ("http://127.1:8080", False), ("http://0x7f000001/", False),
+    ("http://2130706433/", False), ("http://127.0.0.1.nip.io/", False), ("http://foo.localhost/", False),
+    ("http://127.0.0.1\\@evil.example/", False), ("http://evil.example#@127.0.0.1/", False),
+    ("http://0.0.0.0/", False), ("http://[::]/", False), ("HTTP://evil.example/", False),
+    ("http://127.0.0.1%2F@evil.example/", False),
+])
+def test_plain_http_centre_forms(tmp_path, url, allowed):
+    import types
+
+    from spendgate.central.options import central_settings
+    token = tmp_path / "token"
+    token.write_text("tok")
+    token.chmod(0o600)
+    opts = types.SimpleNamespace(spendgate_central=url, spendgate_central_proxy="", spendgate_central_token_file=str(token),
+                                 spendgate_central_id="a@b", spendgate_central_interval="2",
+                                 spendgate_central_lease="1")
+    if allowed:
+        assert central_settings(opts) is not None
+    else:
+        with pytest.raises(ValueError):
+            central_settings(opts)
