@@ -7,6 +7,7 @@ import http.server
 import threading
 from datetime import timedelta
 from decimal import Decimal
+from typing import ClassVar
 
 import pytest
 
@@ -46,7 +47,7 @@ def test_offline_rows_within_the_lookback_still_count_in_their_own_day(tmp_path)
 
 
 class _Recorder(http.server.BaseHTTPRequestHandler):
-    seen: list = []
+    seen: ClassVar[list] = []
     location = ""
 
     def log_message(self, *a):  # quiet
@@ -144,7 +145,11 @@ def test_a_part_named_filename_only_is_not_the_file():
                    "purpose=batch uploads (free at the provider) evict the estimate of a big file uploaded "
                    "before, whose batch is then admitted at the unknown-file reservation (1 µUSD)")
 def test_uploads_cannot_evict_the_estimate_of_an_earlier_big_file():
-    from spendgate.metering.providers.batch_input import MAX_FILES, BatchInputBook, estimate_jsonl
+    from spendgate.metering.providers.batch_input import (
+        MAX_FILES,
+        BatchInputBook,
+        estimate_jsonl,
+    )
     book = BatchInputBook()
     big = estimate_jsonl(b"\n".join([_LINE] * 50_000))
     book.remember("file-big", big)
@@ -205,8 +210,8 @@ def test_plain_http_centre_forms(tmp_path, url, allowed):
     token = tmp_path / "token"
     token.write_text("tok")
     token.chmod(0o600)
-    opts = types.SimpleNamespace(spendgate_central=url, spendgate_central_proxy="", spendgate_central_token_file=str(token),
-                                 spendgate_central_id="a@b", spendgate_central_interval="2",
+    opts = types.SimpleNamespace(spendgate_central=url, spendgate_central_proxy="",
+                                 spendgate_central_token_file=str(token), spendgate_central_id="a@b", spendgate_central_interval="2",
                                  spendgate_central_lease="1")
     if allowed:
         assert central_settings(opts) is not None
