@@ -218,3 +218,22 @@ def test_plain_http_centre_forms(tmp_path, url, allowed):
     else:
         with pytest.raises(ValueError):
             central_settings(opts)
+
+
+# A7: on Windows every token file looked "readable by others": a Windows laptop pointed at a centre never started
+
+
+def test_a_windows_token_file_is_not_refused_for_posix_mode_bits_windows_does_not_have(tmp_path, monkeypatch):
+    import types
+
+    from spendgate.central import options
+    token = tmp_path / "central.token"
+    token.write_text("tok")
+    token.chmod(0o666)  # what os.stat reports on Windows for any file that is not read-only
+    opts = types.SimpleNamespace(spendgate_central="https://centre.example", spendgate_central_proxy="",
+                                 spendgate_central_token_file=str(token), spendgate_central_id="a@b",
+                                 spendgate_central_interval="2", spendgate_central_lease="1")
+    with pytest.raises(ValueError, match="chmod 600"):  # POSIX: still refused
+        options.central_settings(opts)
+    monkeypatch.setattr(options, "_POSIX_MODES", False)  # as on Windows (os.name == "nt")
+    assert options.central_settings(opts) is not None
