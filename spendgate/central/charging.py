@@ -92,7 +92,8 @@ class ChargePlanner:
 
     def _offline_fits(self, ts: datetime, amount: Decimal) -> bool:
         """The offline allowance of every window `ts` falls in holds `amount` more; counted if so."""
-        if not self.allowance:
+        if not self.allowance or self.now - ts > OFFLINE_LOOKBACK:
+            # older: each past day's allowance again would hide months of today's spend (third review A1)
             return False
         tz = self.policy.timezone
         keys = []

@@ -43,7 +43,7 @@ MAX_COUNT = 10**12  # tokens, bytes, searches per row
 MAX_AGE = timedelta(days=400)  # older rows belong to a closed year's books, not a replay
 MAX_SKEW = timedelta(minutes=10)  # a laptop clock this far ahead is refused (rows "from the future")
 MAX_CARD_CHARS = 16_000  # a rate card: every rate with its tiers and source
-BEYOND_ALERT_EVERY = timedelta(hours=1)  # beyond-lease alerts per (user, laptop), at most
+BEYOND_ALERT_EVERY = timedelta(hours=1)  # beyond-lease alerts per user, at most
 MAX_LEASE_USD = Decimal("50")  # the most room one lease hands out, whatever a laptop asks for
 ORIGIN = re.compile(r"^[A-Za-z0-9._:@-]{1,128}$")  # a laptop's gateway id
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{8,128}$")
@@ -285,7 +285,7 @@ class Ingest:
         self._lock = threading.Lock()
         self.roster = Roster(cursor)  # which laptops called in when (a silent one is noticed)
         self._checked_at: datetime | None = None
-        self._beyond_told: dict[tuple[str, str], datetime] = {}  # (user, laptop) -> last beyond-lease alert
+        self._beyond_told: dict[str, datetime] = {}  # user -> last beyond-lease alert
 
     def ingest(self, user: str, origin: Any, rows: Any, now: datetime | None = None) -> IngestResult:
         """Validate and land a batch pushed by `user`'s laptop `origin`. Raises IngestError for a bad batch."""
@@ -338,16 +338,17 @@ class Ingest:
 
     def _alert_beyond(self, user: str, origin: str, out: IngestResult, now: datetime) -> None:
         """Pushed spend past the lease: charged to the user only; the organization's owners are told,
-        at most once an hour per laptop (a laptop pushing one such row per batch must not flood them)."""
+        at most once an hour per user (a laptop pushing one such row per batch must not flood them, nor a
+        token pushing under made-up laptop ids: the laptop id is the laptop's word; third review A6)."""
         text = (f"{user}'s laptop {origin} pushed {out.beyond} rows (${out.beyond_usd}) past the room the centre "
                 f"leases; charged to {user} only, not to shared budgets. Review: spendgate ledger --user {user}")
         log.warning("spendgate: %s", text)
-        last = self._beyond_told.get((user, origin))
+        last = self._beyond_told.get(user)
         if self.notify is None or (last is not None and now - last < BEYOND_ALERT_EVERY):
             return
         if len(self._beyond_told) >= 10_000:
             self._beyond_told.clear()
-        self._beyond_told[(user, origin)] = now
+        self._beyond_told[user] = now
         from spendgate.workflow.alerts import recipients
 
         pol = self.book.policy

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import getpass
 import ipaddress
+import os
 import re
 import socket
 import stat
@@ -15,6 +16,11 @@ from urllib.parse import urlsplit
 from spendgate.central.uplink import CentralSettings
 
 _ID = re.compile(r"[^A-Za-z0-9._:@-]")
+# Windows reports every readable file as 0o666 (its st_mode mirrors only the read-only flag): the
+# group/other bits say nothing there, and checking them refused every token file, so a Windows
+# laptop with `gateway.central` never started (third attacker review A7). There the file's ACL
+# (set by the MDM) is what protects it.
+_POSIX_MODES = os.name != "nt"
 
 
 def default_gateway_id() -> str:
@@ -65,7 +71,7 @@ def central_settings(opts: Any) -> CentralSettings | None:
         st = token_file.stat()
     except OSError as e:
         raise ValueError(f"spendgate_central_token_file {token_file}: {e.strerror or e}") from None
-    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+    if _POSIX_MODES and st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
         raise ValueError(f"spendgate_central_token_file {token_file} is readable by others; chmod 600 it")
     gid = (opts.spendgate_central_id or "").strip() or default_gateway_id()
     if _ID.search(gid) or len(gid) > 128:

@@ -33,6 +33,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from spendgate import outbound
 from spendgate.budgets.book import Budget
@@ -144,6 +145,16 @@ class Stats:
     last_error: str | None = None
     last_ok: float | None = None  # monotonic seconds of the last successful contact
     offline_admitted: int = 0
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """Redirects are refused: urllib re-sends the Authorization header to the Location, which may be
+    another host or plain http (third attacker review A2). The centre's URL is configured exactly."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):  # type: ignore[override]
+        raise urllib.error.HTTPError(req.full_url, code, f"the centre redirected to {newurl[:200]!r}; "
+                                     "set spendgate_central to the final https URL (redirects are not "
+                                     "followed: they would carry the token)", headers, fp)
 
 
 class Uplink:
@@ -348,9 +359,12 @@ class Uplink:
             "Content-Type": "application/json", "Authorization": f"Bearer {token}"})
         if self.settings.proxy:  # https only (options.central_settings): urllib tunnels with CONNECT, and the
             # CONNECT carries no credential of ours; the token travels inside TLS, to the centre alone
-            opener = urllib.request.build_opener(urllib.request.ProxyHandler({"https": self.settings.proxy}))
+            opener = urllib.request.build_opener(urllib.request.ProxyHandler({"https": self.settings.proxy}),
+                                                 _NoRedirect)
         else:
-            opener = outbound.opener_for(url)
+            # as outbound.opener_for: no proxy for a loopback centre, the environment's (https) otherwise
+            direct = [urllib.request.ProxyHandler({})] if outbound.is_loopback(urlsplit(url).hostname) else []
+            opener = urllib.request.build_opener(*direct, _NoRedirect)
         try:
             with opener.open(req, timeout=TIMEOUT) as resp:
                 return json.loads(resp.read())

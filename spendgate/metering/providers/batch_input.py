@@ -32,8 +32,10 @@ MAX_ID_CHARS = 128
 MAX_MODELS = 32  # distinct models per file; more are folded into the last one kept
 MAX_LINE_BYTES = 4 * 1024 * 1024  # a batch request line bigger than this is counted by its size only
 MAX_TOKENS_PER_LINE = 1_000_000  # a line's declared output cap, bounded (the body is untrusted)
-_FILE_DISPOSITION = re.compile(rb'content-disposition:[^\r\n]*?\bname="?file"?[;\s\r][^\r\n]*filename=',
-                               re.IGNORECASE)
+# the part's Content-Disposition names it `file` and gives a filename, its parameters in any order
+# (RFC 7578; `filename` first used to hide the file from the estimate: third attacker review A3)
+_FILE_DISPOSITION = re.compile(rb'content-disposition:(?=[^\r\n]*?\bname="?file"?(?:[;\s]|$))'
+                               rb'(?=[^\r\n]*?\bfilename\*?=)[^\r\n]*', re.IGNORECASE | re.MULTILINE)
 _OUTPUT_KEYS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
 
 
