@@ -44,7 +44,7 @@ SERIES = {
 }
 BREAKDOWNS = ("workspace", "user", "model", "client")
 # rows per long list in an overview (what the page and `top` draw: 10 bars, a table); models and
-# clients stay whole (the donut sums the rest as "other"). /api/spend and /api/subscriptions list all.
+# clients stay whole (the donut sums the rest as "other"). /api/spend lists all; /api/subscriptions pages (top 50).
 OVERVIEW_TOP = 25
 LONG_LISTS = ("workspace", "user")
 EXPORT_FORMATS = ("parquet", "csv")
