@@ -16,14 +16,8 @@ from urllib.parse import urlencode
 import duckdb
 
 from spendgate import resources
+from spendgate.fsutil import discovery_path
 from spendgate.store.ledger import LedgerLocked, connect, migrate
-
-
-def discovery_path(db: Path) -> Path:
-    """spendgate.web.server.discovery_path, imported on use (the web package is heavy to start)."""
-    from spendgate.web.server import discovery_path as path_of
-
-    return path_of(db)
 
 
 def default_policy() -> Path:
