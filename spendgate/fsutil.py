@@ -122,3 +122,10 @@ def write_atomic_chunks(path: Path, chunks: Iterable[bytes], mode: int = 0o600) 
 def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
     """Replace `path` with `data` in one step: mkstemp next to it, chmod `mode`, fsync, os.replace."""
     write_atomic_chunks(path, (data,), mode)
+
+
+def discovery_path(db_path: Path) -> Path:
+    """The running gateway's discovery file next to its ledger (admin port and token, 0600). Here,
+    not in spendgate.web.server, so CLI commands that only check for a gateway do not import the
+    web package (~100 ms: app, approvals, budgets)."""
+    return db_path.with_name(db_path.name + ".gateway.json")

@@ -79,15 +79,25 @@ def fmt(value: Any) -> str:
     return str(value)
 
 
+TERMINAL_ROWS = 50  # rows a long table shows in a terminal (`top=True`); --all, pipes and --json show all
+
+
 def table(
     title: str, rows: Sequence[dict[str, Any]], columns: Sequence[str], money: Sequence[str] = (),
-    no_wrap: Sequence[str] = (),
+    no_wrap: Sequence[str] = (), top: bool = False, hint: str = "--all, or --json for everything",
 ) -> None:
     """`no_wrap` columns (e.g. URLs) are printed whole, never folded or cut.
 
+    `top`: rows come largest first (by cost) and, in a terminal, only the first `TERMINAL_ROWS`
+    are drawn, then a "... N more rows (hint)" line, as `top`-like tools do: a month by 2,000
+    users is 2,000 lines nobody reads on a screen. Piped output (`| grep`, `> file`) stays whole.
     Past `PLAIN_ROWS` rows the table is plain aligned text: rich lays out ~1.5 ms per row, so a
     month by 2,000 users took seconds to print; the columns and values are the same.
     """
+    if top and len(rows) > TERMINAL_ROWS and sys.stdout.isatty():
+        table(title, rows[:TERMINAL_ROWS], columns, money, no_wrap)
+        say(f"... {len(rows) - TERMINAL_ROWS:,} more rows ({hint})")
+        return
     if len(rows) > PLAIN_ROWS:
         plain_table(title, rows, columns, money)
         return

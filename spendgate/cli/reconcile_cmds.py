@@ -72,6 +72,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--tolerance", type=float, default=2.0, help="percent of billed treated as a match (default 2)")
     c.add_argument("--policy", type=Path, help="policy mapping provider key/workspace ids (when no gateway runs)")
     c.add_argument("--strict", action="store_true", help="exit 1 when any row is flagged")
+    c.add_argument("--all", action="store_true",
+                   help="in a terminal, print every subscription row (default: the top 50 by notional USD)")
     add_db_arg(c)
     add_json_arg(c)
     c.set_defaults(func=cmd_report)
@@ -105,7 +107,7 @@ class Ledger:
         self.con: duckdb.DuckDBPyConnection | None = None
         self.gateway: Source | None = None
         if not db.exists() and not create:
-            from spendgate.web.server import discovery_path
+            from spendgate.fsutil import discovery_path
 
             if not discovery_path(db).exists():
                 raise SourceError(f"no ledger at {db} (start the gateway with scripts/run, or pass --db)")
@@ -244,7 +246,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         table("Subscription usage per plan and user (covered by seats: on no per-token bill, so not compared "
               "above; notional = list-price equivalent)", subs,
               ["plan", "user", "provider", "requests", "input_tokens", "output_tokens", "notional_usd"],
-              money=["notional_usd"])  # fmt: skip
+              money=["notional_usd"], top=not getattr(args, "all", False))  # fmt: skip
     if not result["rows"]:
         say("no billing data imported yet: `spendgate reconcile import FILE --provider P` or "
             "`spendgate reconcile fetch --provider P --since DATE`")  # fmt: skip

@@ -9,6 +9,7 @@ from decimal import Decimal
 from pathlib import Path
 
 from spendgate.cli.output import (
+    TERMINAL_ROWS,
     add_db_arg,
     add_json_arg,
     print_json,
@@ -38,6 +39,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--since", help="only rows at or after this ISO 8601 time")
     p.add_argument("--user", help="only this user's rows")
     p.add_argument("--policy", type=Path, help="policy with seat plans, when no gateway runs (default: the example)")
+    p.add_argument("--all", action="store_true",
+                   help=f"in a terminal, print every row (default: the top {TERMINAL_ROWS} by cost; pipes get all)")
     add_db_arg(p)
     add_json_arg(p)
     p.set_defaults(func=cmd_spend)
@@ -78,7 +81,8 @@ def cmd_spend(args: argparse.Namespace) -> int:
     cols = ["group", "requests", "input_tokens", "cache_read_tokens", "cache_write_tokens", "output_tokens", "api_usd",
             "subscription_requests", "subscription_notional_usd"]
     shown = [{**r, "api_usd": r["cost_usd"], "subscription_notional_usd": r["notional_usd"]} for r in rows]
-    table(f"Spend by {args.by}, {scope}", shown, cols, money=["api_usd", "subscription_notional_usd"])
+    table(f"Spend by {args.by}, {scope}", shown, cols, money=["api_usd", "subscription_notional_usd"],
+          top=not getattr(args, "all", False))  # a terminal shows the top rows by cost; the totals below count every row
     api = sum((to_decimal(r["cost_usd"] or 0) for r in rows), Decimal(0))
     subs = sum((to_decimal(r["notional_usd"] or 0) for r in rows), Decimal(0))
     n_subs = sum(r["subscription_requests"] for r in rows)

@@ -59,8 +59,11 @@ class PolicyError(ValueError):
 # --- the schema ------------------------------------------------------------------------------
 
 
+_SCHEMA_TEXT = resources.files("spendgate.policy").joinpath("policy.schema.json").read_text()
+
+
 def schema() -> dict[str, Any]:
-    return json.loads(resources.files("spendgate.policy").joinpath("policy.schema.json").read_text())
+    return json.loads(_SCHEMA_TEXT)
 
 
 @functools.cache
@@ -97,6 +100,47 @@ def _valid_fast(doc: dict) -> bool:
         return False
     probe = {**doc, "users": dict(distinct.values())}
     return _validator().is_valid(probe)
+
+
+def _valid_stamp(text: str) -> Path | None:
+    """Where a "this exact policy passed this exact schema" stamp lives, or None (no cache).
+
+    Schema validation costs a read command (`spend`, `reconcile`) ~50-70 ms of its ~300: importing
+    jsonschema and its format checkers, then the check. Its verdict is a pure function of the policy
+    text, the schema and the jsonschema install, so the stamp's name is a SHA-256 over all three
+    (the install by its file's path, size and mtime): any edit, schema change or upgrade misses it and
+    validates in full. Only passes are stamped; problems are found (and reported) on every load.
+    In SPENDGATE_CACHE_DIR, else $XDG_CACHE_HOME/spendgate or ~/.cache/spendgate (0700);
+    SPENDGATE_CACHE_DIR=off turns it off."""
+    import importlib.util
+
+    root = os.environ.get("SPENDGATE_CACHE_DIR") or ""
+    if root.lower() in ("off", "0", "none"):
+        return None
+    try:
+        spec = importlib.util.find_spec("jsonschema")
+        origin = spec.origin if spec else None
+        st = os.stat(origin) if origin else None
+        base = Path(root) if root else Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "spendgate"
+    except (OSError, RuntimeError, ValueError):  # no home, no jsonschema: validate in full
+        return None
+    if st is None:
+        return None
+    h = hashlib.sha256()
+    for part in (_SCHEMA_TEXT, f"{origin}\0{st.st_size}\0{st.st_mtime_ns}", text):
+        h.update(part.encode("utf-8", "surrogatepass") + b"\0\0")
+    return base / "policy-valid" / h.hexdigest()
+
+
+def _remember_valid(stamp: Path) -> None:
+    """Write the stamp (an empty 0600 file); a cache that cannot be written is no error."""
+    from spendgate import fsutil
+
+    try:
+        fsutil.private_dir(stamp.parent)
+        fsutil.write_atomic(stamp, b"")
+    except OSError:
+        pass
 
 
 def _explain(marks: Marks) -> Explain:
@@ -413,7 +457,11 @@ def parse(text: str, file: str = "<policy>", today: date | None = None) -> Polic
     doc, marks, problems = load_yaml_with_marks(text)
     if doc is None or not isinstance(doc, dict):
         raise PolicyError(file, problems or [Problem(1, 1, "a policy is a mapping (version: 1, budgets, ...)")])
-    problems += [] if _valid_fast(doc) else schema_problems(_validator(), doc, marks, _explain(marks))
+    stamp = _valid_stamp(text)
+    if stamp is None or not stamp.exists():
+        problems += [] if _valid_fast(doc) else schema_problems(_validator(), doc, marks, _explain(marks))
+        if not problems and stamp is not None:
+            _remember_valid(stamp)
     if problems:
         raise PolicyError(file, sorted(problems, key=lambda p: (p.line, p.col)))
     warnings: list[Problem] = []

@@ -159,6 +159,72 @@ def subscriptions(
     return (sql.rows if limit else sql.many_rows)(cur, query, params)  # a year: ~6,000 rows at 10M
 
 
+SUBSCRIPTIONS_TOP = 50  # rows per page of /api/subscriptions; the page's table draws the overview's 25
+SUBSCRIPTIONS_MAX = 10_000  # the longest page a caller may ask for (?limit=)
+
+
+def page_param(raw: Any, name: str, default: int, lo: int, hi: int) -> int:
+    """A paging count from a URL (`?limit=`, `?top=`, `?offset=`). Raises ValueError (a 400) when it is
+    not a whole number in lo..hi."""
+    if raw in (None, ""):
+        return default
+    try:
+        n = int(raw)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a whole number, not {raw!r}") from None
+    if not lo <= n <= hi:
+        raise ValueError(f"{name} must be between {lo} and {hi}")
+    return n
+
+
+def subscriptions_page(
+    cur: duckdb.DuckDBPyConnection,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    user: str | None = None,
+    limit: int = SUBSCRIPTIONS_TOP,
+    offset: int = 0,
+) -> dict[str, Any]:
+    """One page of subscription usage per (plan, user, provider, credential), by notional USD
+    (as `subscriptions` orders it), with the totals over every row: what a page draws, not a year
+    of thousands of rows. One query over the rollups: the grouped rows, their totals and count
+    (so a page past the end still has the totals). `more`: rows after this page."""
+    src, params = rollups.source(cur, since, until,
+                                 dims=("plan", '"user"', "provider", "credential", "billing_basis", "outcome"))
+    where, more = sql.where("billing_basis = 'subscription'", ('"user" = ?', user))
+    query = f"""
+        WITH g AS (
+            SELECT coalesce(plan, '(no plan)') AS plan, "user", provider, credential, sum(requests) AS requests,
+                   sum(input_tokens)::BIGINT AS input_tokens, sum(output_tokens)::BIGINT AS output_tokens,
+                   coalesce(sum(notional_usd), 0) AS notional_usd, coalesce(sum(charged_usd), 0) AS charged_usd,
+                   coalesce(sum(requests) FILTER (WHERE outcome = 'unpriced'), 0) AS unpriced,
+                   max(max_ts) AS last_seen
+            FROM {src} r {where} GROUP BY ALL),
+        t AS (
+            SELECT count(*) AS rows, coalesce(sum(requests), 0)::BIGINT AS requests,
+                   coalesce(sum(input_tokens), 0)::BIGINT AS input_tokens,
+                   coalesce(sum(output_tokens), 0)::BIGINT AS output_tokens,
+                   coalesce(sum(notional_usd), 0) AS notional_usd, coalesce(sum(charged_usd), 0) AS charged_usd,
+                   coalesce(sum(unpriced), 0)::BIGINT AS unpriced, count(DISTINCT "user") AS users,
+                   count(DISTINCT plan) AS plans, max(last_seen) AS last_seen
+            FROM g),
+        p AS (SELECT * FROM g ORDER BY notional_usd DESC, plan, "user", provider, credential LIMIT ? OFFSET ?)
+        SELECT p.*, t.rows AS t_rows, t.requests AS t_requests, t.input_tokens AS t_input_tokens,
+               t.output_tokens AS t_output_tokens, t.notional_usd AS t_notional_usd,
+               t.charged_usd AS t_charged_usd, t.unpriced AS t_unpriced, t.users AS t_users,
+               t.plans AS t_plans, t.last_seen AS t_last_seen
+        FROM t LEFT JOIN p ON true
+        ORDER BY p.notional_usd DESC, p.plan, p."user", p.provider, p.credential
+    """
+    got = sql.rows(cur, query, [*params, *more, limit, offset])
+    first = got[0]  # t has one row, so the join has at least one
+    totals = {k[2:]: first[k] for k in list(first) if k.startswith("t_")}
+    rows = [{k: v for k, v in r.items() if not k.startswith("t_")} for r in got if r["plan"] is not None]
+    count = int(totals.pop("rows"))
+    return {"rows": rows, "totals": totals, "count": count, "limit": limit, "offset": offset,
+            "more": max(count - offset - len(rows), 0)}
+
+
 def _opt_time(v: Any) -> datetime | None:
     return parse_time(v) if isinstance(v, str) and v else v or None
 

@@ -31,9 +31,12 @@ QUERIES: dict[str, Query] = {
     "spend": lambda cur, p: queries.spend(
         cur, p.get("by") or "user", p.get("window") or None, opt_time(p.get("since")), user=p.get("user")
     ),
-    # subscription usage per plan and user (notional USD), for the dashboard and reports
-    "subscriptions": lambda cur, p: queries.subscriptions(
-        cur, opt_time(p.get("since")), opt_time(p.get("until")), user=p.get("user")
+    # subscription usage per plan and user (notional USD): one page (top 50 by default) and the totals
+    "subscriptions": lambda cur, p: queries.subscriptions_page(
+        cur, opt_time(p.get("since")), opt_time(p.get("until")), user=p.get("user"),
+        limit=queries.page_param(p.get("limit") or p.get("top"), "limit", queries.SUBSCRIPTIONS_TOP, 1,
+                                 queries.SUBSCRIPTIONS_MAX),
+        offset=queries.page_param(p.get("offset"), "offset", 0, 0, 10**9),
     ),
     **dashboard.QUERIES,  # overview, series, blocks, unpriced
     # one row with its price detail and re-pricing history, for `spendgate explain`

@@ -21,6 +21,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from spendgate import fsutil
+from spendgate.fsutil import discovery_path  # noqa: F401  (re-exported: gateway, scripts)
 from spendgate.web.app import BODY_LIMITS, StreamBody, WebRequest
 from spendgate.web.caller import ApiError, Caller
 
@@ -41,10 +42,6 @@ def body_limit(target: str, headers: Any) -> int:
     return limit
 
 
-
-
-def discovery_path(db_path: Path) -> Path:
-    return db_path.with_name(db_path.name + ".gateway.json")
 
 
 class AdminServer:

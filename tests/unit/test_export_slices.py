@@ -85,3 +85,32 @@ def test_sliced_parquet_has_the_rows_of_one_sorted_copy_in_order(tmp_path, monke
     assert (con.execute(schema.format(tmp_path / "sliced.parquet")).fetchall()
             == con.execute(schema.format(tmp_path / "one.parquet")).fetchall())
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".parts-")]  # the slices' part files are gone
+
+
+def test_a_cli_export_limits_duckdbs_memory_and_writes_the_same_parquet(tmp_path) -> None:
+    """`spendgate export` reading the file itself caps DuckDB's buffer pool (EXPORT_MEMORY_LIMIT) for
+    its download; the file is the one an unlimited connection writes, value for value."""
+    import duckdb as ddb
+
+    from spendgate.cli.source import _local_call
+    from spendgate.reports import dashboard
+
+    db = tmp_path / "l.duckdb"
+    _ledger(db, 3_000).close()
+    con = ddb.connect(str(db), read_only=True)
+    try:
+        before = con.execute("SELECT current_setting('memory_limit')").fetchone()[0]
+        got = b"".join(_local_call(con)("export", {"format": "parquet"}, "RAW"))
+        limited = con.execute("SELECT current_setting('memory_limit')").fetchone()[0]
+    finally:
+        con.close()
+    assert limited != before and limited.replace(" ", "").upper().startswith(("61.0MIB", "64.0MB", "64MB", "61MIB"))
+    (tmp_path / "cli.parquet").write_bytes(got)
+    con = ddb.connect(str(db), read_only=True)
+    try:
+        dashboard.export(con.cursor(), tmp_path / "free.parquet", "parquet")
+        a, b = (con.execute(f"SELECT * FROM read_parquet('{tmp_path / n}')").fetchall()
+                for n in ("cli.parquet", "free.parquet"))
+    finally:
+        con.close()
+    assert len(a) == 3_001 and a == b

@@ -159,3 +159,44 @@ def test_report_by_day_or_model_does_not_depend_on_the_id_map(tmp_path) -> None:
     ids = report.IdMap(keys={"apikey_1": "fp1"}, workspaces={"wrkspc_1": "core"})
     for by in ("day", "model"):
         assert report.reconcile(con, by=by, ids=ids) == report.reconcile(con, by=by)
+
+
+def test_a_long_table_in_a_terminal_shows_the_top_rows_and_says_how_many_more(monkeypatch, capsys):
+    """`top=True`: a terminal gets TERMINAL_ROWS rows and a "... N more rows" line; a pipe gets all."""
+    rows = [{"group": f"user{i}", "cost_usd": float(500 - i)} for i in range(120)]
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True, raising=False)
+    output.table("Spend", rows, ["group", "cost_usd"], money=["cost_usd"], top=True)
+    shown = capsys.readouterr().out
+    assert "user49 " in shown and "user50 " not in shown
+    assert shown.rstrip().endswith(f"... {120 - output.TERMINAL_ROWS} more rows (--all, or --json for everything)")
+    output.table("Spend", rows, ["group", "cost_usd"], money=["cost_usd"])  # --all
+    assert "user119" in capsys.readouterr().out
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: False, raising=False)
+    output.table("Spend", rows, ["group", "cost_usd"], money=["cost_usd"], top=True)
+    piped = capsys.readouterr().out
+    assert "user119" in piped and "more rows" not in piped
+
+
+def test_a_policy_that_passed_the_schema_is_stamped_and_an_edit_validates_again(tmp_path, monkeypatch):
+    """The stamp skips only the schema check of text that passed it; problems are found every time."""
+    from spendgate.policy import model
+
+    monkeypatch.setenv("SPENDGATE_CACHE_DIR", str(tmp_path / "cache"))
+    good = "version: 1\norganization: {name: acme, budgets: {day: 10}}\n"
+    model.parse(good)
+    stamps = list((tmp_path / "cache" / "policy-valid").iterdir())
+    assert len(stamps) == 1 and (stamps[0].stat().st_mode & 0o777) == 0o600
+    calls = []
+    monkeypatch.setattr(model, "schema_problems", lambda *a: calls.append(a) or [])
+    monkeypatch.setattr(model, "_valid_fast", lambda doc: False)
+    model.parse(good)
+    assert calls == []  # stamped: no schema check
+    monkeypatch.undo()
+    monkeypatch.setenv("SPENDGATE_CACHE_DIR", str(tmp_path / "cache"))
+    bad = good.replace("day: 10", "day: -3")
+    for _ in range(2):  # never stamped, so reported each time
+        with pytest.raises(model.PolicyError, match="organization"):
+            model.parse(bad)
+    assert len(list((tmp_path / "cache" / "policy-valid").iterdir())) == 1
+    monkeypatch.setenv("SPENDGATE_CACHE_DIR", "off")
+    assert model._valid_stamp(good) is None

@@ -287,3 +287,33 @@ def test_query_string_key_is_an_api_key_but_other_params_are_not():
     gem = "/v1beta/models/gemini-2.5-flash:generateContent"
     assert billing.classify("generativelanguage.googleapis.com", gem + "?key=AIza", {}).credential == "api_key"
     assert billing.classify("generativelanguage.googleapis.com", gem + "?cache_key=x", {}).credential == "none"
+
+
+def test_subscriptions_route_pages_the_list_and_totals_every_row(con):
+    """/api/subscriptions answers one page (top by notional USD) plus totals over all rows; pages
+    joined in order are the whole list `queries.subscriptions` gives, and bad paging is a 400."""
+    import dataclasses
+
+    from spendgate.reports import queries
+    from spendgate.reports.registry import run_query
+
+    now = datetime.now(UTC)
+    write_rows(con, [dataclasses.replace(_row(f"s{i}", now, basis="subscription", cost=D(0), charged=D(0),
+                                              notional=D(i + 1) / 4, plan="claude-max" if i % 2 else None),
+                                         user=f"u{i % 7}") for i in range(30)]
+               + [_row("a", now, cost=D(5), charged=D(5))])
+    whole = queries.subscriptions(con)
+    assert len(whole) == 14  # 7 users x (plan, no plan); the API row is not subscription usage
+    first = run_query(con.cursor(), "subscriptions", {"limit": "5"})
+    assert first["rows"] == whole[:5] and first["count"] == 14 and first["more"] == 9
+    assert first["totals"]["requests"] == 30 and first["totals"]["users"] == 7 and first["totals"]["plans"] == 2
+    assert first["totals"]["notional_usd"] == pytest.approx(sum(r["notional_usd"] for r in whole))
+    assert first["totals"]["input_tokens"] == sum(r["input_tokens"] for r in whole)
+    pages = [run_query(con.cursor(), "subscriptions", {"top": "4", "offset": str(o)}) for o in range(0, 20, 4)]
+    assert [r for p in pages for r in p["rows"]] == whole
+    assert pages[-1]["rows"] == [] and pages[-1]["more"] == 0 and pages[-1]["totals"] == first["totals"]
+    assert len(run_query(con.cursor(), "subscriptions", {})["rows"]) == 14  # default page: 50
+    assert run_query(con.cursor(), "subscriptions", {"user": "u3"})["count"] == 2
+    for bad in ({"limit": "0"}, {"limit": "x"}, {"offset": "-1"}, {"limit": str(queries.SUBSCRIPTIONS_MAX + 1)}):
+        with pytest.raises(ValueError):
+            run_query(con.cursor(), "subscriptions", bad)
