@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import ANTHROPIC_KEY, GEMINI_KEY, OPENAI_KEY
+from tests.support import ANTHROPIC_KEY, GEMINI_KEY, OPENAI_KEY, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 AGENTS = Path(os.environ.get("SPENDGATE_AGENTS_DIR", REPO / ".cache" / "agents")) / "node_modules" / ".bin"
@@ -103,6 +103,15 @@ def model_rows(rows):
     return [r for r in rows if r["outcome"] != "unmetered"]
 
 
+def wait_model_rows(gw, n: int = 1) -> list:
+    """The model-call rows once at least `n` are visible: the CLIs' unmetered calls (metadata,
+    telemetry) may reach the ledger a commit (0.5 s) before them."""
+    def enough():
+        rows = model_rows(gw.ledger())
+        return rows if len(rows) >= n else None
+    return wait_until(enough, timeout=15)
+
+
 def model_calls(fake):
     """What reached the provider as a model call: POSTs to model endpoints, and WebSocket requests."""
     return [r for r in fake.requests if r.method in ("POST", "WS") and (
@@ -122,8 +131,9 @@ def assert_stopped_at_cap(cp, ended_at, gw, fake, client, message=CAP_MESSAGE):
     if message == CAP_MESSAGE:
         assert "spendgate request --amount" in out, out
     assert model_calls(fake) == [], [(r.method, r.path) for r in model_calls(fake)]
-    rows = model_rows(gw.ledger(wait_for=1))
-    assert rows and {r["outcome"] for r in rows} == {"blocked"}, rows
+    # the refusals' rows: the ledger may show the CLI's unmetered calls (commits every 0.5 s) first
+    rows = wait_model_rows(gw)
+    assert {r["outcome"] for r in rows} == {"blocked"}, rows
     assert {r["client"] for r in rows} == {client.removesuffix("-google")}
     first_refusal = min(_utc(r["ts"]).timestamp() for r in rows)
     print(f"{client}: exit {cp.returncode} {ended_at - first_refusal:.1f} s after the first refusal, "
@@ -140,7 +150,7 @@ def test_claude_code_answers_and_every_call_is_metered(gateway, fake_provider, t
     assert cp.returncode == 0, cp.stdout + cp.stderr
     assert ANSWER in cp.stdout
     calls = model_calls(fake_provider)
-    rows = model_rows(gateway.ledger(wait_for=len(calls)))
+    rows = wait_model_rows(gateway, len(calls))
     assert len(rows) == len(calls) >= 1
     for r in rows:
         assert (r["endpoint"], r["outcome"], r["client"]) == ("messages", "ok", "claude-code")
@@ -167,7 +177,7 @@ def test_codex_over_websocket_answers_and_every_turn_is_metered(gateway, fake_pr
     assert ANSWER in cp.stdout
     turns = [r for r in fake_provider.requests if r.method == "WS" and r.json.get("type") == "response.create"]
     assert turns and not [r for r in fake_provider.requests if r.method == "POST"]
-    rows = model_rows(gateway.ledger(wait_for=len(turns)))
+    rows = wait_model_rows(gateway, len(turns))
     assert len(rows) == len(turns)  # one row per turn; the handshakes make none
     session = re.search(r"session id: (\S+)", cp.stdout + cp.stderr).group(1)
     for r in rows:
@@ -200,7 +210,7 @@ def test_codex_over_https_answers_and_stops_at_the_cap(tmp_path, gateway_factory
         gw = gateway_factory("open").start()
         cp, _ = run_agent("codex", gw, tmp_path)
         assert cp.returncode == 0 and ANSWER in cp.stdout, cp.stdout + cp.stderr
-        (row,) = model_rows(gw.ledger(wait_for=1))
+        (row,) = wait_model_rows(gw)
         assert (row["endpoint"], row["client"], row["output_tokens"]) == ("responses", "codex", 700)
         assert row["session_id"] and float(row["charged_usd"]) > 0
         gw.stop()
@@ -260,7 +270,7 @@ def test_codex_with_a_chatgpt_login_is_metered_as_a_subscription(gateway, fake_p
     turns = [r for r in fake_provider.requests if r.method == "WS" and r.json.get("type") == "response.create"]
     assert turns and {t.host for t in turns} == {"chatgpt.com"}
     assert not [r for r in fake_provider.requests if r.host == "api.openai.com"]
-    rows = model_rows(gateway.ledger(wait_for=len(turns)))
+    rows = wait_model_rows(gateway, len(turns))
     assert len(rows) == len(turns)
     for r in rows:
         assert (r["provider"], r["endpoint"], r["client"]) == ("openai", "responses.websocket", "codex")
@@ -289,7 +299,7 @@ def test_codex_with_a_chatgpt_login_over_https_answers_and_stops_at_the_cap(tmp_
         gw = gateway_factory("open").start()
         cp, _, _ = run_codex_chatgpt(gw, tmp_path / "open")
         assert cp.returncode == 0 and ANSWER in cp.stdout, cp.stdout + cp.stderr
-        (row,) = model_rows(gw.ledger(wait_for=1))
+        (row,) = wait_model_rows(gw)
         assert (row["endpoint"], row["client"], row["billing_basis"], row["output_tokens"]) == \
             ("responses", "codex", "subscription", 700)
         assert row["session_id"] and float(row["cost_usd"]) == 0
@@ -343,7 +353,7 @@ def test_copilot_cli_answers_and_every_call_is_metered(gateway, fake_provider, t
     assert ANSWER in cp.stdout
     calls = copilot_model_calls(fake_provider)
     assert calls and {c.host for c in calls} == {"api.individual.githubcopilot.com"}
-    rows = [r for r in model_rows(gateway.ledger(wait_for=len(calls))) if r["provider"] == "copilot"]
+    rows = [r for r in wait_model_rows(gateway, len(calls)) if r["provider"] == "copilot"]
     assert len(rows) == len(calls)
     sessions = {c.headers["x-client-session-id"] for c in calls}
     for r in rows:
@@ -374,7 +384,7 @@ def test_gemini_cli_answers_and_every_call_is_metered(gateway, fake_provider, tm
     assert cp.returncode == 0, cp.stdout + cp.stderr
     assert ANSWER in cp.stdout
     calls = model_calls(fake_provider)
-    rows = model_rows(gateway.ledger(wait_for=len(calls)))
+    rows = wait_model_rows(gateway, len(calls))
     assert len(rows) == len(calls) >= 2  # the router's JSON call, then the streamed answer
     assert {r["endpoint"] for r in rows} == {"generateContent", "streamGenerateContent"}
     for r in rows:
@@ -401,7 +411,7 @@ def test_gemini_cli_google_login_answers_and_every_call_is_metered(gateway, fake
     assert ANSWER in cp.stdout
     calls = model_calls(fake_provider)
     assert {c.host for c in calls} == {"cloudcode-pa.googleapis.com"}
-    rows = model_rows(gateway.ledger(wait_for=len(calls)))
+    rows = wait_model_rows(gateway, len(calls))
     assert len(rows) == len(calls) >= 2  # router call and streamed answer; loadCodeAssist & co. unmetered
     sessions = {c.json["request"]["session_id"] for c in calls}
     for r in rows:
