@@ -398,6 +398,32 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         "rollups per model and per user as well, for reports read from the store (spendgate/store/pg_read.py)",
         pg_rollups.families_migration_sql(),
     ),
+    (
+        8,
+        "billing lines imported by `spendgate reconcile import|fetch --store` (same columns and key as DuckDB's)",
+        """
+        CREATE TABLE IF NOT EXISTS billing_lines (
+            line_id TEXT PRIMARY KEY,         -- the line's natural key: an import is an upsert
+            provider TEXT NOT NULL,
+            source TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            day DATE NOT NULL,
+            bucket_start TIMESTAMPTZ NOT NULL,
+            amount_usd NUMERIC(20, 10),
+            model TEXT,
+            workspace TEXT,
+            api_key TEXT,
+            description TEXT,
+            input_tokens BIGINT NOT NULL,
+            cache_read_tokens BIGINT NOT NULL,
+            cache_write_tokens BIGINT NOT NULL,
+            output_tokens BIGINT NOT NULL,
+            requests BIGINT,
+            imported_at TIMESTAMPTZ NOT NULL
+        );
+        CREATE INDEX IF NOT EXISTS billing_lines_day ON billing_lines (day);
+        """,
+    ),
 ]
 SCHEMA_VERSION = max(v for v, _, _ in MIGRATIONS)
 MIGRATION_LOCK = 0x5E4D6A7E  # pg_advisory_xact_lock key: two `store migrate` runs take turns
