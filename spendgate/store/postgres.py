@@ -400,7 +400,7 @@ MIGRATIONS: list[tuple[int, str, str]] = [
     ),
     (
         8,
-        "billing lines imported by `spendgate reconcile import|fetch --store` (same columns and key as DuckDB's)",
+        "billing lines (`reconcile import|fetch --store`) and the price audit (`prices reprice --store`), as in DuckDB",
         """
         CREATE TABLE IF NOT EXISTS billing_lines (
             line_id TEXT PRIMARY KEY,         -- the line's natural key: an import is an upsert
@@ -422,6 +422,31 @@ MIGRATIONS: list[tuple[int, str, str]] = [
             imported_at TIMESTAMPTZ NOT NULL
         );
         CREATE INDEX IF NOT EXISTS billing_lines_day ON billing_lines (day);
+        -- `spendgate prices reprice --store`: each changed row's previous money, kept before the update
+        CREATE TABLE IF NOT EXISTS price_audit (
+            repriced_at TIMESTAMPTZ NOT NULL,
+            run_id TEXT NOT NULL,
+            request_id TEXT NOT NULL,
+            ts TIMESTAMPTZ NOT NULL,
+            "user" TEXT NOT NULL,
+            model TEXT,
+            old_cost_usd NUMERIC(20, 10),
+            new_cost_usd NUMERIC(20, 10),
+            old_charged_usd NUMERIC(20, 10),
+            new_charged_usd NUMERIC(20, 10),
+            old_outcome TEXT,
+            new_outcome TEXT,
+            old_price_source TEXT,
+            new_price_source TEXT,
+            old_price_detail TEXT,
+            price_version TEXT NOT NULL,
+            old_notional_usd NUMERIC(20, 10),
+            new_notional_usd NUMERIC(20, 10),
+            old_price_card TEXT,
+            new_price_card TEXT,
+            replica TEXT DEFAULT substr(current_setting('application_name'), 11)
+        );
+        CREATE INDEX IF NOT EXISTS price_audit_request ON price_audit (request_id);
         """,
     ),
 ]
