@@ -80,47 +80,46 @@ def apply(store: Any, changes: Sequence[reprice.RowChange], price_version: str, 
     now = now or datetime.now(UTC)
     cards = {c.new_card: c.new_card_json for c in changes if c.new_card and c.new_card_json}
     try:
-        with store.pool.connection() as con, con.transaction():
-            with con.cursor() as cur:
-                if cards:
-                    cur.executemany("INSERT INTO price_cards (card_id, card) VALUES (%s, %s) ON CONFLICT DO NOTHING",
-                                    sorted(cards.items()))
-                # each row updated only if it still holds the money the plan saw; RETURNING says which
-                updated = {r[0] for r in con.execute(
-                    """UPDATE requests r SET cost_usd = c.cost, charged_usd = c.charged, outcome = c.outcome,
-                              price_source = c.source, price_card = c.card, price_detail = NULL,
-                              notional_usd = c.notional
-                       FROM unnest(%s::text[], %s::timestamptz[], %s::numeric[], %s::numeric[], %s::text[],
-                                   %s::text[], %s::text[], %s::numeric[], %s::numeric[], %s::numeric[], %s::text[])
-                            AS c(request_id, ts, cost, charged, outcome, source, card, notional,
-                                 old_cost, old_charged, old_outcome)
-                       WHERE r.request_id = c.request_id AND r.ts = c.ts
-                         AND r.cost_usd IS NOT DISTINCT FROM c.old_cost
-                         AND r.charged_usd IS NOT DISTINCT FROM c.old_charged AND r.outcome = c.old_outcome
-                       RETURNING r.request_id""",
-                    [[c.request_id for c in changes], [c.ts for c in changes], [c.new_cost for c in changes],
-                     [c.new_charged for c in changes], [c.new_outcome for c in changes],
-                     [c.new_source for c in changes], [c.new_card for c in changes],
-                     [c.new_notional for c in changes], [c.old_cost for c in changes],
-                     [c.old_charged for c in changes], [c.old_outcome for c in changes]],
-                ).fetchall()}  # fmt: skip
-                done = [c for c in changes if c.request_id in updated]
+        with store.pool.connection() as con, con.transaction(), con.cursor() as cur:
+            if cards:
+                cur.executemany("INSERT INTO price_cards (card_id, card) VALUES (%s, %s) ON CONFLICT DO NOTHING",
+                                sorted(cards.items()))
+            # each row updated only if it still holds the money the plan saw; RETURNING says which
+            updated = {r[0] for r in con.execute(
+                """UPDATE requests r SET cost_usd = c.cost, charged_usd = c.charged, outcome = c.outcome,
+                          price_source = c.source, price_card = c.card, price_detail = NULL,
+                          notional_usd = c.notional
+                   FROM unnest(%s::text[], %s::timestamptz[], %s::numeric[], %s::numeric[], %s::text[],
+                               %s::text[], %s::text[], %s::numeric[], %s::numeric[], %s::numeric[], %s::text[])
+                        AS c(request_id, ts, cost, charged, outcome, source, card, notional,
+                             old_cost, old_charged, old_outcome)
+                   WHERE r.request_id = c.request_id AND r.ts = c.ts
+                     AND r.cost_usd IS NOT DISTINCT FROM c.old_cost
+                     AND r.charged_usd IS NOT DISTINCT FROM c.old_charged AND r.outcome = c.old_outcome
+                   RETURNING r.request_id""",
+                [[c.request_id for c in changes], [c.ts for c in changes], [c.new_cost for c in changes],
+                 [c.new_charged for c in changes], [c.new_outcome for c in changes],
+                 [c.new_source for c in changes], [c.new_card for c in changes],
+                 [c.new_notional for c in changes], [c.old_cost for c in changes],
+                 [c.old_charged for c in changes], [c.old_outcome for c in changes]],
+            ).fetchall()}  # fmt: skip
+            done = [c for c in changes if c.request_id in updated]
+            cur.executemany(
+                'INSERT INTO price_audit (repriced_at, run_id, request_id, ts, "user", model, old_cost_usd, '
+                "new_cost_usd, old_charged_usd, new_charged_usd, old_outcome, new_outcome, old_price_source, "
+                "new_price_source, old_price_detail, price_version, old_notional_usd, new_notional_usd, "
+                "old_price_card, new_price_card) VALUES "
+                "(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                [(now, run_id, c.request_id, c.ts, c.user, c.model, c.old_cost, c.new_cost, c.old_charged,
+                  c.new_charged, c.old_outcome, c.new_outcome, c.old_source, c.new_source, c.old_detail,
+                  price_version, c.old_notional, c.new_notional, c.old_card, c.new_card) for c in done],
+            )  # fmt: skip
+            deltas = sorted(counter_deltas(done, policy, now).items())  # admissions' lock order
+            if deltas:
                 cur.executemany(
-                    'INSERT INTO price_audit (repriced_at, run_id, request_id, ts, "user", model, old_cost_usd, '
-                    "new_cost_usd, old_charged_usd, new_charged_usd, old_outcome, new_outcome, old_price_source, "
-                    "new_price_source, old_price_detail, price_version, old_notional_usd, new_notional_usd, "
-                    "old_price_card, new_price_card) VALUES "
-                    "(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
-                    [(now, run_id, c.request_id, c.ts, c.user, c.model, c.old_cost, c.new_cost, c.old_charged,
-                      c.new_charged, c.old_outcome, c.new_outcome, c.old_source, c.new_source, c.old_detail,
-                      price_version, c.old_notional, c.new_notional, c.old_card, c.new_card) for c in done],
-                )  # fmt: skip
-                deltas = sorted(counter_deltas(done, policy, now).items())  # admissions' lock order
-                if deltas:
-                    cur.executemany(
-                        'INSERT INTO counters AS c (scope, "window", window_start, spent) VALUES (%s, %s, %s, %s) '
-                        'ON CONFLICT (scope, "window", window_start) DO UPDATE SET spent = c.spent + excluded.spent',
-                        [(*k, d) for k, d in deltas])
+                    'INSERT INTO counters AS c (scope, "window", window_start, spent) VALUES (%s, %s, %s, %s) '
+                    'ON CONFLICT (scope, "window", window_start) DO UPDATE SET spent = c.spent + excluded.spent',
+                    [(*k, d) for k, d in deltas])
     except store._psycopg.OperationalError as e:
         raise StoreUnavailable(f"the store {redact(store.url)} failed: {_why(e)}") from None
     return run_id, done, len(deltas)

@@ -18,8 +18,8 @@ from spendgate.budgets import plans
 from spendgate.metering import opaque
 from spendgate.policy.model import Policy
 from spendgate.reconcile import store
-from spendgate.store import sql
 from spendgate.reconcile.report import IdMap, parse_day, reconcile, subscription_usage
+from spendgate.store import sql
 
 
 def _since_day(params: dict[str, Any]) -> date | None:

@@ -70,7 +70,7 @@ def _import_both(db, url, capsys):
 
 
 def test_import_into_the_store_is_an_idempotent_upsert(both, capsys):
-    db, url, st = both
+    _db, url, st = both
     _, lines = parse("anthropic_cost_report.json", "anthropic")
     assert billing.upsert_store(st, lines) == {"new": 5, "updated": 0, "unchanged": 0, "lines": 5}
     before = st._run("SELECT line_id, amount_usd, imported_at FROM billing_lines ORDER BY 1")
