@@ -29,7 +29,11 @@ IDS = IdMap.from_policy({"keys": {"sha256:aaaaaaaaaaaa": {"provider_key_id": "ap
 
 
 def _rows():
-    out = []
+    from dataclasses import replace
+
+    out = [replace(ledger_row(D1, "anthropic", "claude-sonnet-4-5", None, hour=9), cost_usd=Decimal(0),
+                   charged_usd=Decimal(0), billing_basis="subscription", plan="claude-max",
+                   notional_usd=Decimal("2.5"), outcome="ok")]  # seat traffic: never on a per-token bill
     for day in (D1, D2, date(2026, 3, 4)):
         for h, (prov, model, cost, key, ws) in enumerate([
             ("anthropic", "claude-sonnet-4-5", "5.10", "sha256:aaaaaaaaaaaa", "eng"),
@@ -126,3 +130,24 @@ def test_an_unmigrated_store_is_refused_with_the_fix(postgres, tmp_path, capsys)
     rc = main(["reconcile", "report", "--store", url])
     assert rc != 0
     assert "store migrate" in capsys.readouterr().err
+
+
+def test_plans_and_spend_extras_with_store_match_the_file(both, capsys, tmp_path):
+    from tests.unit.test_reconcile_plans import POLICY
+
+    db, url, _ = both
+    _import_both(db, url, capsys)
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(POLICY)
+    args = ["--since", D1.isoformat(), "--until", "2026-03-31", "--policy", str(policy), "--json"]
+    for by in ("user", "plan"):
+        assert main(["reconcile", "plans", "--by", by, *args, "--db", str(db)]) == 0
+        duck = json.loads(capsys.readouterr().out)
+        assert main(["reconcile", "plans", "--by", by, *args, "--store", url]) == 0
+        assert json.loads(capsys.readouterr().out) == duck
+        assert any(r.get("usage_requests") for r in duck["rows"])  # the seat's metered use is there
+    assert main(["reconcile", "report", "--db", str(db), "--json"]) == 0
+    duck = json.loads(capsys.readouterr().out)
+    assert main(["reconcile", "report", "--store", url, "--json"]) == 0
+    pg = json.loads(capsys.readouterr().out)
+    assert pg["subscriptions"] == duck["subscriptions"] and pg["subscriptions"]
