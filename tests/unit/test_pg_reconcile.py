@@ -151,3 +151,12 @@ def test_plans_and_spend_extras_with_store_match_the_file(both, capsys, tmp_path
     assert main(["reconcile", "report", "--store", url, "--json"]) == 0
     pg = json.loads(capsys.readouterr().out)
     assert pg["subscriptions"] == duck["subscriptions"] and pg["subscriptions"]
+
+
+def test_spend_by_user_with_store_shows_billing_from_the_store(both, capsys, monkeypatch, tmp_path):
+    db, url, _ = both
+    _import_both(db, url, capsys)
+    monkeypatch.setenv("SPENDGATE_DB", str(tmp_path / "absent.duckdb"))  # nothing read from a file
+    assert main(["spend", "--by", "user", "--since", D1.isoformat(), "--store", url]) == 0
+    out = capsys.readouterr().out
+    assert "Billed by anthropic" in out and "not shown" not in out
