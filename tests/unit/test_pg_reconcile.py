@@ -160,3 +160,24 @@ def test_spend_by_user_with_store_shows_billing_from_the_store(both, capsys, mon
     assert main(["spend", "--by", "user", "--since", D1.isoformat(), "--store", url]) == 0
     out = capsys.readouterr().out
     assert "Billed by anthropic" in out and "not shown" not in out
+
+
+def test_fetch_into_the_store_is_idempotent(pg_url, monkeypatch, capsys):
+    from tests.unit.test_reconcile import FakeAdminApi
+
+    st = PostgresStore(pg_url).open()
+    st.migrate()
+    api = FakeAdminApi("sk-ant-admin-test-SECRET")
+    try:
+        monkeypatch.setenv("ANTHROPIC_ADMIN_KEY", api.key)
+        monkeypatch.setenv("SPENDGATE_ANTHROPIC_ADMIN_URL", api.url)
+        argv = ["reconcile", "fetch", "--provider", "anthropic", "--since", "2026-03-01", "--store", pg_url, "--json"]
+        assert main(argv) == 0
+        assert json.loads(capsys.readouterr().out)["reports"]["anthropic_cost_report"]["new"] == 5
+        assert main(argv) == 0
+        again = json.loads(capsys.readouterr().out)["reports"]
+        assert again["anthropic_cost_report"] == {"new": 0, "updated": 0, "unchanged": 5, "lines": 5}
+        assert st._run("SELECT count(*) FROM billing_lines", fetch="one")[0] == 7  # cost 5 + usage 2
+    finally:
+        api.close()
+        st.close()
