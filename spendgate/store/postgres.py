@@ -398,6 +398,57 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         "rollups per model and per user as well, for reports read from the store (spendgate/store/pg_read.py)",
         pg_rollups.families_migration_sql(),
     ),
+    (
+        8,
+        "billing lines (`reconcile import|fetch --store`) and the price audit (`prices reprice --store`), as in DuckDB",
+        """
+        CREATE TABLE IF NOT EXISTS billing_lines (
+            line_id TEXT PRIMARY KEY,         -- the line's natural key: an import is an upsert
+            provider TEXT NOT NULL,
+            source TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            day DATE NOT NULL,
+            bucket_start TIMESTAMPTZ NOT NULL,
+            amount_usd NUMERIC(20, 10),
+            model TEXT,
+            workspace TEXT,
+            api_key TEXT,
+            description TEXT,
+            input_tokens BIGINT NOT NULL,
+            cache_read_tokens BIGINT NOT NULL,
+            cache_write_tokens BIGINT NOT NULL,
+            output_tokens BIGINT NOT NULL,
+            requests BIGINT,
+            imported_at TIMESTAMPTZ NOT NULL
+        );
+        CREATE INDEX IF NOT EXISTS billing_lines_day ON billing_lines (day);
+        -- `spendgate prices reprice --store`: each changed row's previous money, kept before the update
+        CREATE TABLE IF NOT EXISTS price_audit (
+            repriced_at TIMESTAMPTZ NOT NULL,
+            run_id TEXT NOT NULL,
+            request_id TEXT NOT NULL,
+            ts TIMESTAMPTZ NOT NULL,
+            "user" TEXT NOT NULL,
+            model TEXT,
+            old_cost_usd NUMERIC(20, 10),
+            new_cost_usd NUMERIC(20, 10),
+            old_charged_usd NUMERIC(20, 10),
+            new_charged_usd NUMERIC(20, 10),
+            old_outcome TEXT,
+            new_outcome TEXT,
+            old_price_source TEXT,
+            new_price_source TEXT,
+            old_price_detail TEXT,
+            price_version TEXT NOT NULL,
+            old_notional_usd NUMERIC(20, 10),
+            new_notional_usd NUMERIC(20, 10),
+            old_price_card TEXT,
+            new_price_card TEXT,
+            replica TEXT DEFAULT substr(current_setting('application_name'), 11)
+        );
+        CREATE INDEX IF NOT EXISTS price_audit_request ON price_audit (request_id);
+        """,
+    ),
 ]
 SCHEMA_VERSION = max(v for v, _, _ in MIGRATIONS)
 MIGRATION_LOCK = 0x5E4D6A7E  # pg_advisory_xact_lock key: two `store migrate` runs take turns
