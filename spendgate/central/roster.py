@@ -23,7 +23,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from spendgate.store.laptops import SILENCE_KIND, SILENCE_WINDOW, roster_rows, silence_scope
+from spendgate.store.laptops import (
+    SILENCE_KIND,
+    SILENCE_WINDOW,
+    roster_rows,
+    silence_scope,
+)
 
 log = logging.getLogger(__name__)
 
