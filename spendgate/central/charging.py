@@ -21,7 +21,9 @@ A laptop's rows are its user's word. Two bounds keep that word from moving money
   admission: at most $50, `ingest.MAX_PUSHED_ROW_USD`).
 
 Both are decided per batch, in the order the rows are listed, before they land; a centre restart
-rebuilds its in-memory counters with `correct_rebuilt`.
+rebuilds its in-memory counters with `correct_rebuilt`. With a PostgreSQL store shared by several
+replicas the offline allowance is summed from the store's rows (`offline_spent`, from
+spendgate.store.pg_central, under a per-user lock), so the replicas give one allowance, not one each.
 """
 
 from __future__ import annotations

@@ -8,7 +8,9 @@ last contact and last push, in memory and in `central_laptops` (written at most 
 `PERSIST_EVERY` per laptop, so thousands of laptops leasing every two seconds cost a few writes a
 second, and the table may be that much behind). `spendgate laptops` lists them with how long each
 has been silent; `/metrics` counts the silent ones; an alert goes to the organization's owners
-once when a laptop has been silent for `SILENT_AFTER` (again only after it called in since).
+once when a laptop has been silent for `SILENT_AFTER` (again only after it called in since), the
+silence recorded in `alerts_fired` so a restart does not repeat it. With a PostgreSQL store the
+table and the alert record are the store's: every replica knows every laptop, and one replica tells.
 
 The laptop id is the laptop's own word (`gateway_id`): at most `MAX_PER_USER` ids are tracked per
 user, so a token cannot flood the roster (or the alerts) with made-up laptops.
