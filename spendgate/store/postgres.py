@@ -449,6 +449,30 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         CREATE INDEX IF NOT EXISTS price_audit_request ON price_audit (request_id);
         """,
     ),
+    (
+        9,
+        "laptops at a centre of replicas: where pushed rows were charged (one offline allowance), the roster",
+        """
+        -- a pushed row's bounded charge (spendgate/central/charging.py), as DuckDB's central_ingested keeps it:
+        -- the time whose windows it was charged in when not its own ts, and false when charged to its user only
+        ALTER TABLE requests ADD COLUMN IF NOT EXISTS charged_at TIMESTAMPTZ;
+        ALTER TABLE requests ADD COLUMN IF NOT EXISTS shared BOOLEAN;
+        -- the offline allowance spent per user and window, summed by every replica (spendgate/store/pg_central.py)
+        CREATE INDEX IF NOT EXISTS requests_offline ON requests ("user", ts) WHERE offline;
+        -- the laptops that called in on any replica (spendgate/central/roster.py); updated_at: server time of the
+        -- last write, so each replica reads only what changed since its last look
+        CREATE TABLE IF NOT EXISTS central_laptops (
+            "user" TEXT NOT NULL,
+            origin TEXT NOT NULL,
+            first_seen TIMESTAMPTZ NOT NULL,
+            last_seen TIMESTAMPTZ NOT NULL,
+            last_push TIMESTAMPTZ,
+            updated_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+            PRIMARY KEY ("user", origin)
+        );
+        CREATE INDEX IF NOT EXISTS central_laptops_updated ON central_laptops (updated_at);
+        """,
+    ),
 ]
 SCHEMA_VERSION = max(v for v, _, _ in MIGRATIONS)
 MIGRATION_LOCK = 0x5E4D6A7E  # pg_advisory_xact_lock key: two `store migrate` runs take turns
@@ -676,18 +700,22 @@ class PostgresStore:
         return [CounterState(spent, reserved, refused) for _ord, spent, reserved, refused in rows]
 
     def settle(self, request_id: str, actual: Decimal, row: LedgerRow | None,
-               unreserved_keys: Sequence[Key] | None = None, degraded: bool | None = None) -> str:
+               unreserved_keys: Sequence[Key] | None = None, degraded: bool | None = None,
+               extra: dict[str, Any] | None = None) -> str:
         """Swap the reservation for `actual` USD and insert the ledger row, in one transaction.
 
         `unreserved_keys`: a request admitted without the store (fail_open_bounded, or a laptop's
         row ingested by the centre); when its row is new, `actual` is charged to these counters,
-        once. `degraded` marks the row (default: whether `unreserved_keys` were given).
+        once. `degraded` marks the row (default: whether `unreserved_keys` were given); `extra`
+        sets the store's own columns of the row (migration 9: `charged_at`, `shared`).
         """
         from psycopg.types.json import Jsonb
 
         if degraded is None:
             degraded = unreserved_keys is not None
         payload = row_json(row, self.replica, degraded) if row is not None else None
+        if payload is not None and extra:  # store-only columns (a pushed row's charged_at, shared)
+            payload.update({k: _json_value(v) for k, v in extra.items()})
         if row is not None and row.price_card and row.card_json and row.price_card not in self._cards:
             # the card first (idempotent): a row never points at a missing card
             self._run("INSERT INTO price_cards (card_id, card) VALUES (%s, %s) ON CONFLICT DO NOTHING",
