@@ -21,13 +21,15 @@ A laptop's rows are its user's word. Two bounds keep that word from moving money
   admission: at most $50, `ingest.MAX_PUSHED_ROW_USD`).
 
 Both are decided per batch, in the order the rows are listed, before they land; a centre restart
-rebuilds its in-memory counters with `correct_rebuilt`.
+rebuilds its in-memory counters with `correct_rebuilt`. With a PostgreSQL store shared by several
+replicas the offline allowance is summed from the store's rows (`offline_spent`, from
+spendgate.store.pg_central, under a per-user lock), so the replicas give one allowance, not one each.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -68,8 +70,13 @@ def user_only(names: Iterable[str]) -> list[str]:
 class ChargePlanner:
     """Decides, row by row of one batch from `user`, what each fresh row charges (see the module)."""
 
-    def __init__(self, book: BudgetBook, cursor: Any, user: str, workspaces: tuple[str, ...], now: datetime) -> None:
+    def __init__(self, book: BudgetBook, cursor: Any, user: str, workspaces: tuple[str, ...], now: datetime,
+                 offline_spent: Callable[[datetime, datetime], Decimal] | None = None) -> None:
+        """`offline_spent(start, end)`: the user's offline USD counted at its own time in [start, end),
+        where the centre's ledger is shared (PostgreSQL: every replica's rows); default: this
+        ledger file's `central_ingested` rows."""
         self.book = book
+        self.spent_offline = offline_spent
         self.policy = book.policy
         self.cursor = cursor
         self.user = user
@@ -82,6 +89,8 @@ class ChargePlanner:
 
     def _offline_spent(self, window: str, start: datetime, end: datetime) -> Decimal:
         key = (window, start)
+        if key not in self._offline and self.spent_offline is not None:
+            self._offline[key] = self.spent_offline(start, end)
         if key not in self._offline:  # what landed before: this user's offline rows counted at their own time
             got = self.cursor.execute(
                 'SELECT coalesce(sum(r.charged_usd), 0) FROM central_ingested c JOIN requests r USING (request_id) '

@@ -283,7 +283,8 @@ class Ingest:
         self.pricer = pricer  # the centre's own prices (reloaded with its pricing files)
         self.notify = notify  # the workflow's sinks: alerts about pushes past the lease, silent laptops
         self._lock = threading.Lock()
-        self.roster = Roster(cursor)  # which laptops called in when (a silent one is noticed)
+        # which laptops called in when (a silent one is noticed); shared by the replicas of a PostgreSQL store
+        self.roster = Roster(cursor, getattr(book.store, "pg", None))
         self._checked_at: datetime | None = None
         self._beyond_told: dict[str, datetime] = {}  # user -> last beyond-lease alert
 
@@ -368,7 +369,14 @@ class Ingest:
         if self._checked_at is not None and now - self._checked_at < every:
             return []
         self._checked_at = now
-        gone = self.roster.newly_silent(now)
+        try:
+            self.roster.flush(now)  # last contacts not yet written: the table (and other replicas) see them
+            if self.roster.pg is not None:  # what the other replicas saw since the last look
+                self.roster.refresh()
+            gone = self.roster.newly_silent(now)
+        except Exception:  # the store is away: try again at the next check (nothing was marked)
+            log.exception("spendgate: could not check the laptop roster")
+            return []
         if not gone:
             return []
         hours = int(SILENT_AFTER.total_seconds() // 3600)
@@ -402,9 +410,22 @@ class Ingest:
         new = [r for r in rows if r.request_id not in seen]
         if not new:
             return {}
-        planner = ChargePlanner(self.book, cur, user, tuple(workspaces), now)
-        charges = {r.request_id: planner.plan(r) for r in sorted(new, key=lambda r: r.ts)}
         shared = getattr(self.book.store, "pg", None)
+        if shared is not None and self.book.policy.offline_allowance and any(r.offline for r in new):
+            from spendgate.store import pg_central
+
+            # the allowance is the store's (every replica's rows), and one batch of a user at a time
+            # across replicas: N replicas give one allowance, not N
+            with pg_central.user_lock(shared, user):
+                return self._plan_and_land(cur, new, now, user, workspaces, shared,
+                                           lambda s, e: pg_central.offline_spent(shared, user, s, e))
+        return self._plan_and_land(cur, new, now, user, workspaces, shared, None)
+
+    def _plan_and_land(self, cur: Any, new: list[LedgerRow], now: datetime, user: str, workspaces: Sequence[str],
+                       shared: Any, offline_spent: Callable[[datetime, datetime], Decimal] | None
+                       ) -> dict[str, Charge]:
+        planner = ChargePlanner(self.book, cur, user, tuple(workspaces), now, offline_spent)
+        charges = {r.request_id: planner.plan(r) for r in sorted(new, key=lambda r: r.ts)}
         if shared is not None:  # the store decides: a row it already has is a duplicate there too
             new = [r for r in new if self._settle_shared(r, charges[r.request_id]) != "duplicate"]
         if not new:
@@ -434,7 +455,10 @@ class Ingest:
         """A shared store: the row and its charge to every window's counters, once by request id."""
         pol = self.book.policy
         keys = [(scope, w, window_bounds(w, charge.at, pol.timezone)[0]) for scope in charge.scopes for w in WINDOWS]
-        return self.book.store.pg.settle(row.request_id, row.charged_usd or Decimal(0), row, keys, degraded=False)
+        # where it was charged goes with the row (store migration 9): the offline allowance is summed from it
+        return self.book.store.pg.settle(row.request_id, row.charged_usd or Decimal(0), row, keys, degraded=False,
+                                         extra={"charged_at": charge.at if charge.at != row.ts else None,
+                                                "shared": charge.shared})
 
 
 def lease(book: BudgetBook, user: str, want: Any, now: datetime | None = None) -> dict[str, Any]:

@@ -8,7 +8,9 @@ last contact and last push, in memory and in `central_laptops` (written at most 
 `PERSIST_EVERY` per laptop, so thousands of laptops leasing every two seconds cost a few writes a
 second, and the table may be that much behind). `spendgate laptops` lists them with how long each
 has been silent; `/metrics` counts the silent ones; an alert goes to the organization's owners
-once when a laptop has been silent for `SILENT_AFTER` (again only after it called in since).
+once when a laptop has been silent for `SILENT_AFTER` (again only after it called in since), the
+silence recorded in `alerts_fired` so a restart does not repeat it. With a PostgreSQL store the
+table and the alert record are the store's: every replica knows every laptop, and one replica tells.
 
 The laptop id is the laptop's own word (`gateway_id`): at most `MAX_PER_USER` ids are tracked per
 user, so a token cannot flood the roster (or the alerts) with made-up laptops.
@@ -23,7 +25,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from spendgate.store.laptops import roster_rows
+from spendgate.store.laptops import (
+    SILENCE_KIND,
+    SILENCE_WINDOW,
+    roster_rows,
+    silence_scope,
+)
 
 log = logging.getLogger(__name__)
 
@@ -40,31 +47,75 @@ class Contact:
     first_seen: datetime
     last_seen: datetime
     last_push: datetime | None = None
-    stored: datetime | None = None  # last_seen as written to central_laptops
-    alerted: bool = False  # told once per silence
+    stored: datetime | None = None  # last_seen as written to central_laptops (or read back from it)
+    claimed: datetime | None = None  # the last contact whose silence was alerted (here or elsewhere)
 
     def silence(self, now: datetime) -> timedelta:
         return now - self.last_seen
 
+    def row(self) -> tuple[str, str, datetime, datetime, datetime | None]:
+        return (self.user, self.origin, self.first_seen, self.last_seen, self.last_push)
+
 
 class Roster:
-    """(user, laptop id) -> Contact; `touch` from the admin API's worker threads, `check` from housekeeping."""
+    """(user, laptop id) -> Contact; `touch` from the admin API's worker threads, `check` from housekeeping.
 
-    def __init__(self, cursor: Callable[[], Any]) -> None:
+    `pg`: a PostgreSQL store shared by the centre's replicas: the roster is written to and read
+    back from it (spendgate.store.pg_central), so every replica knows every laptop and a silence
+    is alerted once for all of them; without it, the ledger file's `central_laptops` and
+    `alerts_fired` play the same part for one gateway.
+    """
+
+    def __init__(self, cursor: Callable[[], Any], pg: Any = None) -> None:
         self.cursor = cursor
+        self.pg = pg
         self._lock = threading.Lock()
         self._laptops: dict[tuple[str, str], Contact] = {}
         self._per_user: dict[str, int] = {}
+        self._since: datetime | None = None  # server time of the last read of the shared roster
         try:
-            self._load()
+            self.refresh()
         except Exception:  # the roster is advisory: a ledger without the table still starts
             log.exception("spendgate: could not read the laptop roster")
 
-    def _load(self) -> None:
-        for user, origin, first, last, push in roster_rows(self.cursor()):
-            c = Contact(user, origin, first, last, push, stored=last)
-            self._laptops[(user, origin)] = c
-            self._per_user[user] = self._per_user.get(user, 0) + 1
+    def refresh(self) -> int:
+        """Merge what the table holds (with a shared store: what any replica wrote since the last
+        look) into memory: the newest contact wins. How many rows were read."""
+        if self.pg is not None:
+            from spendgate.store import pg_central
+
+            rows, self._since = pg_central.load_laptops(self.pg, self._since)
+        else:
+            rows = roster_rows(self.cursor())
+        with self._lock:
+            for user, origin, first, last, push in rows:
+                c = self._laptops.get((user, origin))
+                if c is None:
+                    if self._per_user.get(user, 0) >= MAX_PER_USER or len(self._laptops) >= MAX_LAPTOPS:
+                        continue
+                    c = self._laptops[(user, origin)] = Contact(user, origin, first, last, push, stored=last)
+                    self._per_user[user] = self._per_user.get(user, 0) + 1
+                    continue
+                c.first_seen = min(c.first_seen, first)
+                c.last_seen = max(c.last_seen, last)
+                c.stored = max(c.stored or last, last)
+                if push is not None:
+                    c.last_push = max(c.last_push or push, push)
+        return len(rows)
+
+    def _save(self, rows: list[tuple[str, str, datetime, datetime, datetime | None]]) -> None:
+        if self.pg is not None:
+            from spendgate.store import pg_central
+
+            pg_central.save_laptops(self.pg, rows)
+            return
+        cur = self.cursor()
+        for user, origin, first, last, push in rows:
+            cur.execute(
+                'INSERT INTO central_laptops (origin, "user", first_seen, last_seen, last_push) VALUES (?, ?, ?, ?, ?) '
+                "ON CONFLICT (origin, \"user\") DO UPDATE SET last_seen = greatest(excluded.last_seen, "
+                "central_laptops.last_seen), last_push = coalesce(excluded.last_push, central_laptops.last_push)",
+                [origin, user, first, last, push])
 
     def touch(self, user: str, origin: str, now: datetime, pushed: bool = False) -> None:
         """`user`'s laptop `origin` called in (a lease, or a push when `pushed`)."""
@@ -77,21 +128,31 @@ class Roster:
                 c = self._laptops[key] = Contact(user, origin, now, now)
                 self._per_user[user] = self._per_user.get(user, 0) + 1
             c.last_seen = max(c.last_seen, now)
-            c.alerted = False
             if pushed:
                 c.last_push = now
             due = c.stored is None or now - c.stored >= PERSIST_EVERY
             if due:
-                c.stored = now
-                row = (c.origin, c.user, c.first_seen, c.last_seen, c.last_push)
+                c.stored = c.last_seen
+                row = c.row()
         if due:
             try:
-                self.cursor().execute(
-                    'INSERT INTO central_laptops (origin, "user", first_seen, last_seen, last_push) VALUES (?, ?, ?, ?, ?) '
-                    "ON CONFLICT (origin, \"user\") DO UPDATE SET last_seen = excluded.last_seen, "
-                    "last_push = coalesce(excluded.last_push, central_laptops.last_push)", list(row))
+                self._save([row])
             except Exception:
                 log.exception("spendgate: could not record laptop %s in the roster", origin)
+
+    def flush(self, now: datetime) -> int:
+        """Write the contacts newer than the table (touched again within PERSIST_EVERY of their last
+        write), once that interval has passed: the table, and every replica, then know a laptop's
+        real last contact a few minutes after it, long before it could count as silent."""
+        with self._lock:
+            dirty = [c for c in self._laptops.values()
+                     if c.stored is not None and c.last_seen > c.stored and now - c.stored >= PERSIST_EVERY]
+            for c in dirty:
+                c.stored = c.last_seen
+            rows = [c.row() for c in dirty]
+        if rows:
+            self._save(rows)
+        return len(rows)
 
     def counts(self, now: datetime, after: timedelta = SILENT_AFTER) -> tuple[int, int, float]:
         """(laptops calling in, laptops silent for `after` or longer, the longest silence in seconds)."""
@@ -101,12 +162,40 @@ class Roster:
         return len(silences) - silent, silent, max((s.total_seconds() for s in silences), default=0.0)
 
     def newly_silent(self, now: datetime, after: timedelta = SILENT_AFTER) -> list[Contact]:
-        """Laptops silent for `after` not yet reported since they last called in; marked reported."""
+        """Laptops silent for `after` whose silence nobody has alerted yet: claimed in `alerts_fired`
+        (keyed by the laptop and its last contact as the table holds it), so each silence is
+        reported once, by one replica, even across restarts. Marked reported."""
+        with self._lock:
+            due = [c for c in self._laptops.values()
+                   if c.silence(now) >= after and c.claimed != c.last_seen and c.stored == c.last_seen]
+        if not due:
+            return []
+        won = self._claim([(c.user, c.origin, c.last_seen) for c in due], after)
         out = []
         with self._lock:
-            for c in self._laptops.values():
-                if not c.alerted and c.silence(now) >= after:
-                    c.alerted = True
+            for c in due:
+                c.claimed = c.last_seen
+                if (c.user, c.origin) in won:
                     out.append(c)
         return out
 
+    def _claim(self, silences: list[tuple[str, str, datetime]], after: timedelta) -> set[tuple[str, str]]:
+        from decimal import Decimal
+
+        hours = Decimal(str(round(after.total_seconds() / 3600, 4)))
+        if self.pg is not None:
+            from spendgate.store import pg_central
+
+            return pg_central.claim_silences(self.pg, silences, hours)
+        import duckdb
+
+        won = set()
+        cur = self.cursor()
+        for user, origin, last in silences:
+            try:
+                cur.execute("INSERT INTO alerts_fired VALUES (?, ?, ?, ?, ?, now(), NULL, NULL)",
+                            [silence_scope(user, origin), SILENCE_WINDOW, last, SILENCE_KIND, hours])
+            except duckdb.ConstraintException:
+                continue
+            won.add((user, origin))
+        return won

@@ -99,6 +99,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--until", help="re-price requests before this time (ISO 8601)")
     q.add_argument("--dry-run", action="store_true", help="show the change per user and model, write nothing")
     add_db_arg(q)
+    q.add_argument("--policy", type=Path, help="with --store: the policy whose budget counters move (default: "
+                   "$SPENDGATE_POLICY or policies/default.yaml)")
     _add_pricing_arg(q)
     add_json_arg(q)
     q.set_defaults(func=cmd_reprice)
@@ -269,25 +271,10 @@ def cmd_reprice(args: argparse.Namespace) -> int:
         until = parse_time(args.until) if args.until else None
     except ValueError as e:
         raise SourceError(f"not an ISO 8601 time: {e}") from None
-    db = args.db or default_db()
-    if not db.exists():
-        raise SourceError(f"no ledger at {db}")
-    try:
-        con = connect(db)
-    except LedgerLocked:
-        con = None
-    if con is not None:  # nobody holds the file: re-price it here, with our pricing files
-        try:
-            migrate(con)
-            result = reprice.run(con, _pricer(_pricing_dir(args)), since, until, dry_run=args.dry_run)
-        finally:
-            con.close()
-        where = f"file {db}"
-    else:  # a gateway holds it: it re-prices with its pricing files and moves its budget counters
-        src = open_source(db)
-        result = src.post("reprice", since=since.isoformat(), until=until.isoformat() if until else None,
-                          dry_run=args.dry_run)  # fmt: skip
-        where = src.where
+    if getattr(args, "store", None):  # the ledger shared by replicas: rows, audit, counters in one transaction
+        result, where = _reprice_store(args, since, until)
+    else:
+        result, where = _reprice_file(args, since, until)
     if args.json:
         print_json({**result, "where": where})
         return 0
@@ -304,7 +291,63 @@ def cmd_reprice(args: argparse.Namespace) -> int:
               money=["old_usd", "new_usd", "delta_usd"])  # fmt: skip
     if result["run_id"]:
         console.print(f"Previous costs kept in price_audit (run {result['run_id']}).")
+    if result.get("counters_moved") or result.get("skipped"):  # the shared store's budget counters
+        console.print(f"Shared budget counters of current windows moved: {result['counters_moved']}; "
+                      f"rows left alone because they changed meanwhile: {result['skipped']}.")
     return 0
+
+
+def _reprice_file(args: argparse.Namespace, since: datetime, until: datetime | None) -> tuple[dict[str, Any], str]:
+    db = args.db or default_db()
+    if not db.exists():
+        raise SourceError(f"no ledger at {db}")
+    try:
+        con = connect(db)
+    except LedgerLocked:
+        con = None
+    if con is not None:  # nobody holds the file: re-price it here, with our pricing files
+        try:
+            migrate(con)
+            return reprice.run(con, _pricer(_pricing_dir(args)), since, until, dry_run=args.dry_run), f"file {db}"
+        finally:
+            con.close()
+    # a gateway holds it: it re-prices with its pricing files and moves its budget counters
+    src = open_source(db)
+    result = src.post("reprice", since=since.isoformat(), until=until.isoformat() if until else None,
+                      dry_run=args.dry_run)  # fmt: skip
+    return result, src.where
+
+
+def _reprice_store(args: argparse.Namespace, since: datetime, until: datetime | None) -> tuple[dict[str, Any], str]:
+    """Re-price the shared PostgreSQL store with our pricing files (spendgate.budgets.reprice_store).
+
+    Replicas keep pricing new requests with the files they loaded: roll the same pricing files out
+    to them (and restart) so new rows match what was re-priced."""
+    from spendgate.budgets import reprice_store
+    from spendgate.cli.source import default_policy
+    from spendgate.policy.model import PolicyError, load
+    from spendgate.store.pg_read import open_store
+    from spendgate.store.postgres import StoreError, redact
+
+    if not args.store.startswith(("postgresql://", "postgres://")):
+        raise SourceError("--store takes a postgresql:// URL")
+    policy = None
+    if not args.dry_run:
+        try:
+            policy = load(args.policy or default_policy())
+        except PolicyError as e:
+            raise SourceError(f"invalid policy:\n{e}") from None
+    pricer = _pricer(_pricing_dir(args))
+    try:
+        store = open_store(args.store)
+        try:
+            store.check_schema()
+            return (reprice_store.run(store, pricer, since, until, dry_run=args.dry_run, policy=policy),
+                    f"store {redact(args.store)}")
+        finally:
+            store.close()
+    except StoreError as e:
+        raise SourceError(str(e)) from None
 
 
 # --- slim ------------------------------------------------------------------------------------

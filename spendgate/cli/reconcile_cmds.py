@@ -102,10 +102,16 @@ def register(sub: argparse._SubParsersAction) -> None:
 class Ledger:
     """The ledger file opened here, or the gateway holding it (then `gateway` is set)."""
 
-    def __init__(self, db: Path, *, create: bool = False, read_only: bool = False) -> None:
+    def __init__(self, db: Path | None, *, create: bool = False, read_only: bool = False,
+                 store_url: str | None = None) -> None:
         self.db = db
         self.con: duckdb.DuckDBPyConnection | None = None
         self.gateway: Source | None = None
+        self.store: Any = None  # the shared PostgreSQL store (--store): lines and reports live there
+        if store_url:
+            self._open_store(store_url)
+            return
+        assert db is not None
         if not db.exists() and not create:
             from spendgate.fsutil import discovery_path
 
@@ -120,9 +126,40 @@ class Ledger:
             if not self.gateway.where.startswith("gateway"):
                 raise SourceError(f"{db} is locked by another process") from None
 
+    def _open_store(self, url: str) -> None:
+        import atexit
+
+        from spendgate.store.pg_read import open_store
+        from spendgate.store.postgres import StoreError
+
+        if not url.startswith(("postgresql://", "postgres://")):
+            raise SourceError("--store takes a postgresql:// URL")
+        try:
+            store = open_store(url)
+            try:
+                store.check_schema()  # an unmigrated store: "run `spendgate store migrate`"
+            except BaseException:
+                store.close()
+                raise
+        except StoreError as e:
+            raise SourceError(str(e)) from None
+        atexit.register(store.close)
+        self.store = store
+
     def query(self, name: str, params: dict[str, Any], policy: Callable[[], Policy | None]) -> Any:
         if self.gateway:
             return self.gateway.query(name, **params)
+        if self.store is not None:
+            from spendgate.store.pg_read import ReadCursor
+            from spendgate.store.postgres import StoreError
+
+            if name == "reconcile/opaque":
+                raise SourceError("opaque connections are recorded in each replica's own file, not in the "
+                                  "shared store: run `spendgate reconcile opaque --db` on a replica")  # fmt: skip
+            try:
+                return reconcile.run(ReadCursor(self.store), name, params, policy())
+            except StoreError as e:
+                raise SourceError(str(e)) from None
         try:
             return reconcile.run(self.con, name, params, policy())
         except duckdb.CatalogException:
@@ -132,11 +169,28 @@ class Ledger:
     def import_lines(self, lines: list[formats.BillingLine]) -> dict[str, int]:
         if self.gateway:
             return self.gateway.post("reconcile/import", lines=[store.line_to_json(l) for l in lines])
+        if self.store is not None:
+            from spendgate.store.postgres import StoreError
+
+            try:
+                return store.upsert_store(self.store, lines)
+            except StoreError as e:
+                raise SourceError(str(e)) from None
         return store.upsert(self.con, lines)
 
     @property
     def where(self) -> str:
+        if self.store is not None:
+            from spendgate.store.postgres import redact
+
+            return f"store {redact(self.store.url)}"
         return self.gateway.where if self.gateway else f"file {self.db}"
+
+
+def _ledger(args: argparse.Namespace, **kw: Any) -> Ledger:
+    """The ledger a reconcile command works on: the shared store (--store URL), else the file."""
+    url = getattr(args, "store", None)
+    return Ledger(None if url else (args.db or default_db()), store_url=url, **kw)
 
 
 def _policy_loader(args: argparse.Namespace) -> Callable[[], Policy | None]:
@@ -190,7 +244,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     except (formats.BillingFormatError, ValueError, KeyError) as e:
         print(f"spendgate: {args.file}: {e}", file=sys.stderr)
         return 2
-    led = Ledger(args.db or default_db(), create=True)
+    led = _ledger(args, create=True)
     _print_result(args, fmt, led.import_lines(lines), led.where)
     return 0
 
@@ -208,7 +262,7 @@ def cmd_fetch(args: argparse.Namespace) -> int:
     except fetching.FetchError as e:
         print(f"spendgate: {e}", file=sys.stderr)
         return 2
-    led = Ledger(args.db or default_db(), create=True)
+    led = _ledger(args, create=True)
     results = {name: led.import_lines(lines) for name, lines in reports.items()}
     if args.json:
         print_json({"provider": args.provider, "since": args.since, "into": led.where, "reports": results})
@@ -219,7 +273,7 @@ def cmd_fetch(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    led = Ledger(args.db or default_db(), read_only=True)
+    led = _ledger(args, read_only=True)
     params = {"since": args.since, "until": args.until, "by": args.by, "tolerance": args.tolerance}
     # the policy maps provider key and workspace ids (IdMap): only those groupings read it, so the
     # others neither import nor validate it (~100 ms of the report's start)
@@ -256,7 +310,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_plans(args: argparse.Namespace) -> int:
     params = {k: v for k, v in {"since": args.since, "until": args.until, "by": args.by}.items() if v}
     try:
-        led = Ledger(args.db or default_db(), read_only=True)  # a running gateway answers with its policy
+        led = _ledger(args, read_only=True)  # a running gateway answers with its policy
         result = led.query("reconcile/plans", params, _policy_loader(args))
     except SourceError:  # no ledger yet: plans need only the policy
         result = reconcile.plans_query(None, params, _policy_loader(args)())
@@ -273,7 +327,7 @@ def cmd_plans(args: argparse.Namespace) -> int:
 
 
 def cmd_opaque(args: argparse.Namespace) -> int:
-    led = Ledger(args.db or default_db(), read_only=True)
+    led = _ledger(args, read_only=True)
     params = {k: v for k, v in {"since": args.since, "by": args.by, "user": args.user}.items() if v}
     rows = led.query("reconcile/opaque", params, lambda: None)
     if args.json:
@@ -295,7 +349,7 @@ def print_spend_extras(args: argparse.Namespace, metered: list[dict[str, Any]]) 
 
         since = window_start(args.window).date().isoformat()
     try:
-        led = Ledger(args.db or default_db(), read_only=True)  # what `spend` itself opened
+        led = _ledger(args, read_only=True)  # what `spend` itself opened
         extras = led.query("reconcile/spend_extras", {"since": since, "by": args.by}, _policy_loader(args))
     except (SourceError, duckdb.Error) as e:
         console.print(f"[dim](plans, opaque clients and billing not shown: {e})[/]", highlight=False)

@@ -208,10 +208,12 @@ def _local_call(con: duckdb.DuckDBPyConnection) -> Callable[[str, dict[str, Any]
     def local(name: str, params: dict[str, Any], method: str) -> Any:
         if method == "RAW":
             from spendgate.reports import dashboard
+            from spendgate.store.sql import dialect
 
             # this process exists for the download: DuckDB's buffer pool may keep only a little of
             # what the export scanned (a month at 30M rows: 172 -> 76 MB of growth; ~25% more CPU)
-            con.execute(f"SET memory_limit = '{dashboard.EXPORT_MEMORY_LIMIT}'")
+            if dialect(con) == "duckdb":  # a PostgreSQL store streams from the server instead
+                con.execute(f"SET memory_limit = '{dashboard.EXPORT_MEMORY_LIMIT}'")
             return dashboard.download_chunks(con, name, params)
         try:
             from spendgate.reports import registry

@@ -19,6 +19,7 @@ from spendgate.metering import opaque
 from spendgate.policy.model import Policy
 from spendgate.reconcile import store
 from spendgate.reconcile.report import IdMap, parse_day, reconcile, subscription_usage
+from spendgate.store import sql
 
 
 def _since_day(params: dict[str, Any]) -> date | None:
@@ -61,6 +62,8 @@ def plans_query(cur: duckdb.DuckDBPyConnection, params: dict[str, Any], policy: 
 
 
 def opaque_query(cur: duckdb.DuckDBPyConnection, params: dict[str, Any], policy: Policy | None) -> list[dict]:
+    if sql.dialect(cur) == "postgresql":
+        return []  # opaque connections stay in each replica's file (the store has no such table)
     since = params.get("since") or None
     start = datetime.combine(parse_day(since), datetime.min.time(), UTC) if since else None
     return opaque.summary(cur, by=params.get("by") or "user", since=start, user=params.get("user") or None)

@@ -61,7 +61,7 @@ def _billing(cur: duckdb.DuckDBPyConnection, since: date | None, until: date | N
     res = cur.execute(
         f"""SELECT provider, source, day, model, workspace, api_key, sum(amount_usd) AS amount,
                    count(*) FILTER (WHERE amount_usd IS NULL) AS unpriced, sum(requests) AS requests
-            FROM billing_lines {where} GROUP BY ALL""",
+            FROM billing_lines {where} GROUP BY 1, 2, 3, 4, 5, 6""",  # positional: PostgreSQL has no GROUP BY ALL
         params,
     )
     return sql.dicts(res)
@@ -87,7 +87,7 @@ def _metered(cur: duckdb.DuckDBPyConnection, since: date | None, until: date | N
         f"""SELECT provider, day, {cols},
                    coalesce(sum(cost_usd), 0) AS amount, sum(requests) AS requests,
                    coalesce(sum(cost_null) FILTER (WHERE outcome NOT IN ('blocked')), 0) AS unpriced
-            FROM {src} r WHERE billing_basis = 'api' GROUP BY ALL""",
+            FROM {src} r WHERE billing_basis = 'api' GROUP BY {", ".join(("provider", "day", *keep))}""",
         params,
     )
     return sql.dicts(res)
@@ -202,7 +202,7 @@ def subscription_usage(cur: duckdb.DuckDBPyConnection, since: date | None, until
                    sum(input_tokens)::BIGINT AS input_tokens, sum(output_tokens)::BIGINT AS output_tokens,
                    coalesce(sum(notional_usd), 0) AS notional_usd
             FROM {src} r WHERE billing_basis = 'subscription'
-            GROUP BY ALL ORDER BY plan, notional_usd DESC, "user", provider""",
+            GROUP BY 1, 2, 3 ORDER BY plan, notional_usd DESC, "user", provider""",
         params,
     )
 

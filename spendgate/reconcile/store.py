@@ -102,3 +102,30 @@ def line_from_json(d: dict[str, Any]) -> BillingLine:
 def import_json_lines(cur: duckdb.DuckDBPyConnection, payload: list[dict[str, Any]]) -> dict[str, int]:
     """The admin API's import route: lines parsed by the CLI, written by the gateway's process."""
     return upsert(cur, [line_from_json(d) for d in payload])
+
+
+def upsert_store(store: Any, lines: Sequence[BillingLine]) -> dict[str, int]:
+    """`upsert` into the PostgreSQL store's `billing_lines` (store migration 8), in one transaction:
+    the same key, the same new/updated/unchanged answer, so imports from any machine converge.
+    `store` is a spendgate.store.postgres.PostgresStore; raises StoreUnavailable when it is away."""
+    from spendgate.store.postgres import StoreUnavailable, _why, redact
+
+    now = datetime.now(UTC)
+    rows = {r[0]: r for r in (_row(l, now) for l in lines)}
+    cols = ", ".join(COLUMNS)
+    sets = ", ".join(f"{c} = excluded.{c}" for c in COLUMNS[1:])
+    try:
+        with store.pool.connection() as con, con.transaction():
+            existing = {r[0]: r for r in con.execute(
+                f"SELECT {cols} FROM billing_lines WHERE line_id = ANY(%s) FOR UPDATE", [list(rows)]).fetchall()}
+            fresh = [r for k, r in rows.items() if k not in existing]
+            changed = [r for k, r in rows.items() if k in existing and _content(existing[k]) != _content(r)]
+            todo = fresh + changed
+            if todo:
+                with con.cursor() as cur:
+                    cur.executemany(
+                        f"INSERT INTO billing_lines ({cols}) VALUES ({', '.join(['%s'] * len(COLUMNS))}) "
+                        f"ON CONFLICT (line_id) DO UPDATE SET {sets}", todo)
+    except store._psycopg.OperationalError as e:
+        raise StoreUnavailable(f"the store {redact(store.url)} failed: {_why(e)}") from None
+    return {"new": len(fresh), "updated": len(changed), "unchanged": len(rows) - len(todo), "lines": len(rows)}

@@ -199,7 +199,7 @@ def subscriptions_page(
                    coalesce(sum(notional_usd), 0) AS notional_usd, coalesce(sum(charged_usd), 0) AS charged_usd,
                    coalesce(sum(requests) FILTER (WHERE outcome = 'unpriced'), 0) AS unpriced,
                    max(max_ts) AS last_seen
-            FROM {src} r {where} GROUP BY ALL),
+            FROM {src} r {where} GROUP BY 1, 2, 3, 4),
         t AS (
             SELECT count(*) AS rows, coalesce(sum(requests), 0)::BIGINT AS requests,
                    coalesce(sum(input_tokens), 0)::BIGINT AS input_tokens,

@@ -37,10 +37,10 @@ DIALECT = "postgresql"
 POOL = 4  # connections of a reader's pool: an overview runs this many of its queries at once
 READ_TIMEOUT = 60.0  # seconds any one report statement may take (a year's report, not a 10M-row copy)
 
-# the named queries (spendgate.reports.registry) that read the ledger only and run on PostgreSQL as
-# they are; the others (explain's price audit, a laptop's outbox, a centre's roster) read tables
-# only a replica's DuckDB file has
-DIRECT = frozenset({"ledger", "spend", "subscriptions", "overview", "series", "blocks", "unpriced"})
+# the named queries (spendgate.reports.registry) that read the ledger (or, `laptops`, the centre's
+# roster: store migration 9) only and run on PostgreSQL as they are; the others (explain's price
+# audit, a laptop's outbox) read tables only a replica's DuckDB file has
+DIRECT = frozenset({"ledger", "spend", "subscriptions", "overview", "series", "blocks", "unpriced", "laptops"})
 
 
 BOOL_COLUMNS = frozenset(f.name for f in fields(LedgerRow) if f.type == "bool")

@@ -398,6 +398,81 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         "rollups per model and per user as well, for reports read from the store (spendgate/store/pg_read.py)",
         pg_rollups.families_migration_sql(),
     ),
+    (
+        8,
+        "billing lines (`reconcile import|fetch --store`) and the price audit (`prices reprice --store`), as in DuckDB",
+        """
+        CREATE TABLE IF NOT EXISTS billing_lines (
+            line_id TEXT PRIMARY KEY,         -- the line's natural key: an import is an upsert
+            provider TEXT NOT NULL,
+            source TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            day DATE NOT NULL,
+            bucket_start TIMESTAMPTZ NOT NULL,
+            amount_usd NUMERIC(20, 10),
+            model TEXT,
+            workspace TEXT,
+            api_key TEXT,
+            description TEXT,
+            input_tokens BIGINT NOT NULL,
+            cache_read_tokens BIGINT NOT NULL,
+            cache_write_tokens BIGINT NOT NULL,
+            output_tokens BIGINT NOT NULL,
+            requests BIGINT,
+            imported_at TIMESTAMPTZ NOT NULL
+        );
+        CREATE INDEX IF NOT EXISTS billing_lines_day ON billing_lines (day);
+        -- `spendgate prices reprice --store`: each changed row's previous money, kept before the update
+        CREATE TABLE IF NOT EXISTS price_audit (
+            repriced_at TIMESTAMPTZ NOT NULL,
+            run_id TEXT NOT NULL,
+            request_id TEXT NOT NULL,
+            ts TIMESTAMPTZ NOT NULL,
+            "user" TEXT NOT NULL,
+            model TEXT,
+            old_cost_usd NUMERIC(20, 10),
+            new_cost_usd NUMERIC(20, 10),
+            old_charged_usd NUMERIC(20, 10),
+            new_charged_usd NUMERIC(20, 10),
+            old_outcome TEXT,
+            new_outcome TEXT,
+            old_price_source TEXT,
+            new_price_source TEXT,
+            old_price_detail TEXT,
+            price_version TEXT NOT NULL,
+            old_notional_usd NUMERIC(20, 10),
+            new_notional_usd NUMERIC(20, 10),
+            old_price_card TEXT,
+            new_price_card TEXT,
+            replica TEXT DEFAULT substr(current_setting('application_name'), 11)
+        );
+        CREATE INDEX IF NOT EXISTS price_audit_request ON price_audit (request_id);
+        """,
+    ),
+    (
+        9,
+        "laptops at a centre of replicas: where pushed rows were charged (one offline allowance), the roster",
+        """
+        -- a pushed row's bounded charge (spendgate/central/charging.py), as DuckDB's central_ingested keeps it:
+        -- the time whose windows it was charged in when not its own ts, and false when charged to its user only
+        ALTER TABLE requests ADD COLUMN IF NOT EXISTS charged_at TIMESTAMPTZ;
+        ALTER TABLE requests ADD COLUMN IF NOT EXISTS shared BOOLEAN;
+        -- the offline allowance spent per user and window, summed by every replica (spendgate/store/pg_central.py)
+        CREATE INDEX IF NOT EXISTS requests_offline ON requests ("user", ts) WHERE offline;
+        -- the laptops that called in on any replica (spendgate/central/roster.py); updated_at: server time of the
+        -- last write, so each replica reads only what changed since its last look
+        CREATE TABLE IF NOT EXISTS central_laptops (
+            "user" TEXT NOT NULL,
+            origin TEXT NOT NULL,
+            first_seen TIMESTAMPTZ NOT NULL,
+            last_seen TIMESTAMPTZ NOT NULL,
+            last_push TIMESTAMPTZ,
+            updated_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+            PRIMARY KEY ("user", origin)
+        );
+        CREATE INDEX IF NOT EXISTS central_laptops_updated ON central_laptops (updated_at);
+        """,
+    ),
 ]
 SCHEMA_VERSION = max(v for v, _, _ in MIGRATIONS)
 MIGRATION_LOCK = 0x5E4D6A7E  # pg_advisory_xact_lock key: two `store migrate` runs take turns
@@ -625,18 +700,22 @@ class PostgresStore:
         return [CounterState(spent, reserved, refused) for _ord, spent, reserved, refused in rows]
 
     def settle(self, request_id: str, actual: Decimal, row: LedgerRow | None,
-               unreserved_keys: Sequence[Key] | None = None, degraded: bool | None = None) -> str:
+               unreserved_keys: Sequence[Key] | None = None, degraded: bool | None = None,
+               extra: dict[str, Any] | None = None) -> str:
         """Swap the reservation for `actual` USD and insert the ledger row, in one transaction.
 
         `unreserved_keys`: a request admitted without the store (fail_open_bounded, or a laptop's
         row ingested by the centre); when its row is new, `actual` is charged to these counters,
-        once. `degraded` marks the row (default: whether `unreserved_keys` were given).
+        once. `degraded` marks the row (default: whether `unreserved_keys` were given); `extra`
+        sets the store's own columns of the row (migration 9: `charged_at`, `shared`).
         """
         from psycopg.types.json import Jsonb
 
         if degraded is None:
             degraded = unreserved_keys is not None
         payload = row_json(row, self.replica, degraded) if row is not None else None
+        if payload is not None and extra:  # store-only columns (a pushed row's charged_at, shared)
+            payload.update({k: _json_value(v) for k, v in extra.items()})
         if row is not None and row.price_card and row.card_json and row.price_card not in self._cards:
             # the card first (idempotent): a row never points at a missing card
             self._run("INSERT INTO price_cards (card_id, card) VALUES (%s, %s) ON CONFLICT DO NOTHING",

@@ -374,3 +374,52 @@ def _accepts(port: int) -> bool:
             return True
     except OSError:
         return False
+
+
+def test_laptops_pushing_to_two_replicas_get_one_offline_allowance_and_one_roster(tmp_path, gateway_factory,
+                                                                                   fake_provider, store_url):
+    """Two real replicas on one store, a laptop's rows and leases spread across them (as a balancer
+    would): the offline allowance of a past day is one for both, and a laptop that called replica A
+    is listed by replica B (its admin API) and by `spendgate laptops --store`."""
+    from datetime import UTC, datetime, timedelta
+
+    from tests.e2e.test_laptops_e2e import post
+    from tests.unit.test_central import _row, wire
+
+    pol = policy(tmp_path, "defaults: {user: {day: 5}}\noffline_allowance: {day: 0.05}\n")
+    ports = [free_port(), free_port()]
+    a, b = [gateway_factory(f"replica{i}", policy=pol, extra_args=[
+        "--set", f"spendgate_store={store_url}", "--set", f"spendgate_admin_port={ports[i]}"]).start() for i in (0, 1)]
+    for gw in (a, b):  # with a store, start() returns before the addon opened its ledger and admin API
+        wait_until(lambda gw=gw: os.path.exists(str(gw.db) + ".gateway.json"))
+    tokens = [json.loads(gw.cli("tokens", "issue", "alice", "--json", check=True).stdout)["token"] for gw in (a, b)]
+    api = [f"http://127.0.0.1:{p}" for p in ports]
+    past = (datetime.now(UTC) - timedelta(days=2)).replace(hour=10, minute=0, second=0, microsecond=0)
+
+    def batch(prefix: str, n: int) -> dict:
+        return {"gateway_id": "alice@mac", "rows": [wire(_row(f"{prefix}{i:05d}", user="alice", charged="0.02", model="corp-model-x",
+                                                                ts=past + timedelta(minutes=i), offline=True))
+                                                    for i in range(n)]}
+
+    got = post(api[0] + "/api/ingest", tokens[0], batch("e2e-a", 3))  # $0.04 of $0.05 fits, one row counts now
+    assert got.status_code == 200 and (got.json()["accepted"], got.json()["late"]) == (3, 1), got.text
+    got = post(api[1] + "/api/ingest", tokens[1], batch("e2e-b", 2))  # B knows A's $0.04: nothing fits
+    assert got.status_code == 200 and (got.json()["accepted"], got.json()["late"]) == (2, 2), got.text
+    day = past.astimezone(a_tz()).replace(hour=0)
+    with psycopg.connect(store_url) as con:
+        past_day = con.execute('SELECT spent FROM counters WHERE scope = %s AND "window" = %s AND window_start = %s',
+                               ["user:alice", "day", day]).fetchone()
+    assert past_day[0] == Decimal("0.04")
+
+    got = post(api[0] + "/api/lease", tokens[0], {"gateway_id": "alice@linux", "want_usd": "1"})  # only A hears it
+    assert got.status_code == 200, got.text
+    listed = {r["origin"]: r for r in json.loads(b.cli("laptops", "--json", check=True).stdout)}  # B's admin API
+    assert set(listed) == {"alice@mac", "alice@linux"} and not any(r["silent"] for r in listed.values())
+    cp = spendgate("laptops", "--store", store_url, "--silent", "--json")
+    assert cp.returncode == 0 and json.loads(cp.stdout) == [], cp.stdout + cp.stderr
+
+
+def a_tz():
+    from zoneinfo import ZoneInfo
+
+    return ZoneInfo("Europe/Paris")  # policy()'s timezone
