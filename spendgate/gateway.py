@@ -205,13 +205,17 @@ class Gateway:
         """Where the admin API's named query `name` runs: with a shared store, the reports that read
         only the ledger run on the store (every replica's and laptop's rows, from its rollups:
         spendgate.store.pg_read); everything else on this gateway's DuckDB file."""
-        pg = getattr(self.book.store, "pg", None)
+        pg = self.shared_store()
         if pg is not None:
             from spendgate.store import pg_read
 
             if name in pg_read.DIRECT:
                 return pg_read.reader_for(pg)
         return self.cursor()
+
+    def shared_store(self) -> Any:
+        """The PostgreSQL store replicas share (spendgate.store.postgres.PostgresStore), or None."""
+        return getattr(self.book.store, "pg", None)
 
     def pricing_path(self) -> Path | None:
         return self.settings.pricing

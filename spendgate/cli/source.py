@@ -120,8 +120,9 @@ def open_store_source(url: str, *, write: bool = False) -> Source:
     The reports that read only the ledger (spendgate.store.pg_read.DIRECT: ledger, spend, top's
     overview, series, blocks, unpriced, subscriptions) and `export` run on the store itself, from
     its day/month rollups plus the raw rows at the edges, so they cost the same at 10M rows as at
-    10k. The few queries that need tables only a replica's DuckDB file has (explain's price audit,
-    `prices check`) still load the ledger into an in-memory DuckDB first, once per command.
+    10k; `explain` reads its one row, rate card and price audit there too. `prices check`, which
+    needs a table only a replica's DuckDB file has, still loads the ledger into an in-memory
+    DuckDB first, once per command.
     """
     from spendgate.store.pg_read import DIRECT, ReadCursor, open_store
     from spendgate.store.postgres import PostgresStore, StoreError, redact

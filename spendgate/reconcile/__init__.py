@@ -91,11 +91,21 @@ def run(cur: duckdb.DuckDBPyConnection, name: str, params: dict[str, Any], polic
     return QUERIES[name](cur, params, policy)
 
 
-def import_lines(cur: duckdb.DuckDBPyConnection, params: dict[str, Any]) -> dict[str, int]:
+def _posted_lines(params: dict[str, Any]) -> list[dict[str, Any]]:
     lines = params.get("lines")
     if not isinstance(lines, list):
         raise ValueError("body must be {\"lines\": [...]} as sent by `spendgate reconcile import`")
-    return store.import_json_lines(cur, lines)
+    return lines
 
 
-__all__ = ["QUERIES", "import_lines", "run"]
+def import_lines(cur: duckdb.DuckDBPyConnection, params: dict[str, Any]) -> dict[str, int]:
+    """The admin API's import into the gateway's ledger file: {new, updated, unchanged, lines}."""
+    return store.import_json_lines(cur, _posted_lines(params))
+
+
+def import_lines_store(shared: Any, params: dict[str, Any]) -> dict[str, int]:
+    """The same into a shared PostgreSQL store's `billing_lines` (a replica's admin API)."""
+    return store.upsert_store(shared, [store.line_from_json(d) for d in _posted_lines(params)])
+
+
+__all__ = ["QUERIES", "import_lines", "import_lines_store", "run"]

@@ -365,8 +365,14 @@ class ExportFile:
         self._tmp = tempfile.TemporaryDirectory(prefix="spendgate-export-")
         self.path = Path(self._tmp.name) / f"export.{self.format}"
         try:
-            self.rows = export(cur, self.path, self.format, opt_time(params.get("since")),
-                               opt_time(params.get("until")), params.get("user"))  # fmt: skip
+            if sql.dialect(cur) == "postgresql":  # a replica's export of the shared store: its stream, spooled
+                with self.path.open("wb") as f:
+                    for chunk in _store_export_chunks(cur, params):
+                        f.write(chunk)
+                self.rows = None  # rows: not counted on this path
+            else:
+                self.rows = export(cur, self.path, self.format, opt_time(params.get("since")),
+                                   opt_time(params.get("until")), params.get("user"))  # fmt: skip
             self.size = self.path.stat().st_size  # bytes
         except BaseException:
             self.close()

@@ -38,9 +38,14 @@ POOL = 4  # connections of a reader's pool: an overview runs this many of its qu
 READ_TIMEOUT = 60.0  # seconds any one report statement may take (a year's report, not a 10M-row copy)
 
 # the named queries (spendgate.reports.registry) that read the ledger (or, `laptops`, the centre's
-# roster: store migration 9) only and run on PostgreSQL as they are; the others (explain's price
-# audit, a laptop's outbox) read tables only a replica's DuckDB file has
-DIRECT = frozenset({"ledger", "spend", "subscriptions", "overview", "series", "blocks", "unpriced", "laptops"})
+# roster: store migration 9; `price_request`, explain's row with its rate card and price audit:
+# migrations 4 and 8) only and run on PostgreSQL as they are; the others (`prices check`, a
+# laptop's outbox) read tables only a replica's DuckDB file has
+DIRECT = frozenset({"ledger", "spend", "subscriptions", "overview", "series", "blocks", "unpriced", "laptops",
+                    "price_request",
+                    # a replica's admin API: its export, and reconciliation (bills in `billing_lines`,
+                    # migration 8); `reconcile/opaque` reads the replica's own record of tunnels
+                    "export", "reconcile/report", "reconcile/plans", "reconcile/spend_extras"})
 
 
 BOOL_COLUMNS = frozenset(f.name for f in fields(LedgerRow) if f.type == "bool")

@@ -47,6 +47,8 @@ class GatewayView(Protocol):
 
     def report_cursor(self, name: str) -> Any: ...  # where named query `name` runs (file, or shared store)
 
+    def shared_store(self) -> Any: ...  # the PostgreSQL store replicas share, or None (a file of its own)
+
     def pricing_path(self) -> Any: ...  # the price overrides file in use (Path or None)
 
     def use_pricer(self, pricer: Pricer) -> None: ...  # new requests are priced with this one
@@ -83,7 +85,10 @@ def get_routes(gw: GatewayView) -> dict[str, Handler]:
     def reconcile_query(name: str) -> Handler:
         def handler(params: dict[str, Any], caller: Caller) -> Any:
             _admin_only(caller, "reconciliation is organization-wide: admin token required")
-            return reconcile.run(gw.cursor(), name, params, gw.policy)
+            try:  # on a shared store: its bills and every replica's rows
+                return reconcile.run(gw.report_cursor(name), name, params, gw.policy)
+            except StoreUnavailable as e:
+                raise ApiError(503, f"the shared store is unreachable, try again later ({e})") from None
 
         return handler
 
@@ -191,11 +196,25 @@ def post_routes(gw: GatewayView) -> dict[str, Handler]:
         with lock:
             if not dry_run:
                 gw.use_pricer(pricer)
-            return reprice.run(gw.cursor(), pricer, since, until, dry_run=dry_run, on_applied=move_counters)
+            shared = gw.shared_store()
+            if shared is None:
+                return reprice.run(gw.cursor(), pricer, since, until, dry_run=dry_run, on_applied=move_counters)
+            from spendgate.budgets import reprice_store  # the store's rows and its shared counters
+
+            try:
+                return reprice_store.run(shared, pricer, since, until, dry_run=dry_run, policy=gw.policy)
+            except StoreUnavailable as e:
+                raise ApiError(503, f"the shared store is unreachable, nothing changed ({e})") from None
 
     def reconcile_import(params: dict[str, Any], caller: Caller) -> Any:
         _admin_only(caller, "reconciliation is organization-wide: admin token required")
-        return reconcile.import_lines(gw.cursor(), params)
+        shared = gw.shared_store()
+        if shared is None:
+            return reconcile.import_lines(gw.cursor(), params)
+        try:  # into the store's billing_lines, where every replica's reports read them
+            return reconcile.import_lines_store(shared, params)
+        except StoreUnavailable as e:
+            raise ApiError(503, f"the shared store is unreachable, nothing imported ({e})") from None
 
     def own_scope_only(handler: Handler) -> Handler:
         """An engineer asks for more on their own budgets only (user, their workspaces and keys)."""

@@ -137,6 +137,31 @@ def test_three_replicas_share_one_cap_under_60_concurrent_requests(tmp_path, gat
         cp = gw.cli("top", "--once")
         assert cp.returncode == 0, cp.stderr
     assert len(gws[0].ledger()) == 60  # its dashboard's latest rows too (the store's ledger)
+    # and its admin API's export, reconciliation and re-pricing work on the store, not its own file
+    out = tmp_path / "all.csv"
+    cp = gws[1].cli("export", "--format", "csv", "--since", "2000-01-01", "--out", str(out))
+    assert cp.returncode == 0, cp.stderr
+    exported = [line.split(",") for line in out.read_text().splitlines()[1:]]
+    ids = {r["request_id"] for r in shared}
+    assert len(exported) == 60 and {f for line in exported for f in line} & ids == ids
+    from tests.unit.test_reconcile import FIX
+
+    cp = gws[0].cli("reconcile", "import", str(FIX / "anthropic_cost_report.json"), "--provider", "anthropic",
+                    "--json")
+    assert cp.returncode == 0, cp.stderr
+    imported = json.loads(cp.stdout)
+    with psycopg.connect(store_url) as con:  # into the store's billing_lines, where every replica reads them
+        assert con.execute("SELECT count(*) FROM billing_lines").fetchone()[0] == imported["lines"] > 0
+        billed = con.execute("SELECT sum(amount_usd) FROM billing_lines").fetchone()[0]
+    cp = gws[2].cli("reconcile", "report", "--since", "2000-01-01", "--json")  # another replica
+    assert cp.returncode == 0, cp.stderr
+    report = json.loads(cp.stdout)
+    assert sum(Decimal(str(r["billed_usd"] or 0)) for r in report["rows"]) == pytest.approx(billed)
+    assert sum(r["metered_requests"] or 0 for r in report["rows"]) == len(shared)  # all replicas' rows
+    cp = gws[1].cli("prices", "reprice", "--since", "2000-01-01", "--dry-run", "--json")
+    assert cp.returncode == 0, cp.stderr
+    # every replica's priced rows (refusals hold no usage to re-price), not only the ones this one served
+    assert json.loads(cp.stdout)["examined"] == len([r for r in shared if r["outcome"] != "blocked"])
 
 
 def test_kill9_replica_mid_stream_its_reservation_is_reaped_as_interrupted(tmp_path, gateway_factory,

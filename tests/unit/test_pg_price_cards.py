@@ -57,6 +57,14 @@ def test_cards_are_stored_once_and_explain_works_from_the_store(store):
                             else datetime.fromisoformat(got["ts"].replace("Z", "+00:00"))).detail()
     assert json.loads(got["price_detail"]) == expected
     assert Decimal(str(got["cost_usd"])) == Decimal(expected["total"])
+    from spendgate.store import pg_read  # and `explain --store` now: read in PostgreSQL itself, the same detail
+
+    reader = pg_read.open_store(store.url)
+    try:
+        direct = reprice.request_row(pg_read.ReadCursor(reader), "pg-2")
+    finally:
+        reader.close()
+    assert json.loads(direct["price_detail"]) == expected and direct["price_detail_from"] == got["price_detail_from"]
     # a row whose card this replica already stored does not insert it again; another replica's
     # store object (fresh cache) inserts it idempotently
     other = PostgresStore(store.url, lease_seconds=30).open()

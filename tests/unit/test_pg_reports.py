@@ -218,3 +218,19 @@ def test_top_on_the_store_draws_its_overview_and_the_shared_counters(both, capsy
     assert cli.main(["top", "--once", "--store", url]) == 0
     out = capsys.readouterr().out
     assert "store postgresql://" in out and "budgets closest to their cap" in out
+
+
+def test_explain_reads_one_row_from_the_store_without_copying_the_ledger(both, monkeypatch):
+    """`explain --store`: the row, its rate card's recomputed detail and its history, read where
+    they lie, equal to the same row's explanation from a file."""
+    con, url, _ = both
+    monkeypatch.setattr(PostgresStore, "copy_ledger", lambda *a, **k: pytest.fail("explain copied the ledger"))
+    src = cli_source.open_store_source(url)
+    rid = con.execute("SELECT request_id FROM requests ORDER BY ts DESC LIMIT 1").fetchone()[0]
+    got = src.query("price_request", request_id=rid)
+    want = registry.run_query(con.cursor(), "price_request", {"request_id": rid})
+    assert {k: got[k] for k in want} == want and got["request_id"] == rid
+    assert set(got) - set(want) <= {"replica", "degraded", "charged_at", "shared"}  # the store's own columns
+    assert src.query("price_request", request_id="no-such-request") is None
+    with pytest.raises(cli_source.SourceError, match="several requests"):  # an ambiguous prefix: said, as on a file
+        src.query("price_request", request_id="r")
