@@ -138,15 +138,7 @@ def run(store: Any, pricer: Pricer, since: datetime, until: datetime | None = No
         run_id, done, moved = apply(store, changes, pricer.version, policy, now)
         skipped, changes = len(changes) - len(done), done
     return {
-        "run_id": run_id,
-        "dry_run": dry_run,
-        "price_version": pricer.version,
-        "since": since.isoformat(),
-        "until": until.isoformat() if until else None,
-        "examined": examined,
-        "changed": len(changes),
-        "delta_usd": float(sum((c.charged_delta for c in changes), Decimal(0))),
-        "by_user_model": reprice.summary(changes),
+        **reprice.answer(run_id, dry_run, pricer, since, until, examined, list(changes)),
         "counters_moved": moved,
         "skipped": skipped,
     }

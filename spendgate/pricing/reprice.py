@@ -329,6 +329,12 @@ def run(
         run_id = apply(cur, changes, pricer.version)
         if on_applied:
             on_applied(changes)
+    return answer(run_id, dry_run, pricer, since, until, examined, changes)
+
+
+def answer(run_id: str | None, dry_run: bool, pricer: Pricer, since: datetime, until: datetime | None,
+           examined: int, changes: list[RowChange]) -> dict[str, Any]:
+    """The JSON a re-pricing answers (file or shared store): what was examined and changed, in USD."""
     return {
         "run_id": run_id,
         "dry_run": dry_run,
