@@ -138,12 +138,9 @@ def test_a_part_named_filename_only_is_not_the_file():
     assert file_part(body) is None
 
 
-# A4 (open): the 10,000-entry estimate book can be flushed by uploads, so a big batch reserves 1 µUSD
+# A4 (fixed): the estimate book gives up its lightest estimates first, so uploads cannot flush a big one
 
 
-@pytest.mark.xfail(strict=True, reason="open (medium): BatchInputBook is one LRU for everyone; 10,000 tiny "
-                   "purpose=batch uploads (free at the provider) evict the estimate of a big file uploaded "
-                   "before, whose batch is then admitted at the unknown-file reservation (1 µUSD)")
 def test_uploads_cannot_evict_the_estimate_of_an_earlier_big_file():
     from spendgate.metering.providers.batch_input import (
         MAX_FILES,
@@ -157,6 +154,24 @@ def test_uploads_cannot_evict_the_estimate_of_an_earlier_big_file():
     for i in range(MAX_FILES):  # the same user, or anyone sharing the gateway
         book.remember(f"file-tiny{i}", tiny)
     assert book.get("file-big") == big
+    assert sum(book.get(f"file-tiny{i}") is not None for i in range(MAX_FILES)) == MAX_FILES - 1  # one gave way
+
+
+def test_the_book_stays_bounded_and_equal_estimates_leave_oldest_first():
+    from spendgate.metering.providers.batch_input import BatchInputBook, estimate_jsonl
+
+    book = BatchInputBook(maxsize=3)
+    one, two = estimate_jsonl(_LINE), estimate_jsonl(b"\n".join([_LINE] * 2))
+    for i in range(3):
+        book.remember(f"f{i}", two)
+    book.remember("f0", two)  # remembered again: newest now (its older entry is stale)
+    book.remember("light", one)  # lighter than all: it is the one that goes
+    assert book.get("light") is None and all(book.get(f"f{i}") == two for i in range(3))
+    book.remember("f3", two)  # equal weights: the oldest (f1) goes, not f0 remembered again
+    assert book.get("f1") is None and book.get("f0") == two and book.get("f3") == two
+    for i in range(100):  # many re-remembered ids: bounded, not growing
+        book.remember("f0", two)
+    assert len(book._heap) <= 2 * book.maxsize + 1 and len(book._files) == 3
 
 
 # A5 (open): a token's 50 roster slots, once filled with made-up laptop ids, hide its real new laptop

@@ -19,9 +19,9 @@ reserves, i.e. it is refused only once the budget is at its cap (docs/pricing.md
 
 from __future__ import annotations
 
+import heapq
 import re
 import threading
-from collections import OrderedDict
 from dataclasses import dataclass
 
 from spendgate.metering.providers.base import as_int, load_json, str_or_none
@@ -126,25 +126,45 @@ def uploaded_id(response_body: bytes) -> str | None:
     return fid if fid and len(fid) <= MAX_ID_CHARS else None
 
 
+def weight(estimate: InputEstimate) -> int:
+    """How much a file's batch may cost, in rough tokens (input bytes / 4 + declared output + lines):
+    what decides which estimate the book gives up first when full."""
+    return sum(p.input_bytes // 4 + p.declared_output + p.lines for p in estimate.parts)
+
+
 class BatchInputBook:
-    """file id -> InputEstimate; written by the meter's worker, read on the event loop."""
+    """file id -> InputEstimate; written by the meter's worker, read on the event loop.
+
+    Bounded at `maxsize` files; when full, the *lightest* estimate goes first (not the oldest), so
+    a flood of small uploads (free at the provider) cannot push out the estimate of a big file and
+    get its batch admitted at the unknown-file reservation (attacker review A4): evicting a file's
+    estimate takes `maxsize` files each heavier than it."""
 
     def __init__(self, maxsize: int = MAX_FILES) -> None:
         self.maxsize = maxsize
-        self._files: OrderedDict[str, InputEstimate] = OrderedDict()
+        self._files: dict[str, tuple[int, InputEstimate]] = {}  # file id -> (entry number, estimate)
+        self._heap: list[tuple[int, int, str]] = []  # (weight, entry number, file id); stale entries skipped
+        self._seq = 0
         self._lock = threading.Lock()
 
     def remember(self, file_id: str | None, estimate: InputEstimate | None) -> None:
         if not file_id or estimate is None or len(file_id) > MAX_ID_CHARS:
             return
         with self._lock:
-            self._files[file_id] = estimate
-            self._files.move_to_end(file_id)
+            self._seq += 1
+            self._files[file_id] = (self._seq, estimate)
+            heapq.heappush(self._heap, (weight(estimate), self._seq, file_id))
             while len(self._files) > self.maxsize:
-                self._files.popitem(last=False)
+                _, seq, gone = heapq.heappop(self._heap)
+                if self._files.get(gone, (None,))[0] == seq:  # not a stale entry of a re-remembered id
+                    del self._files[gone]
+            if len(self._heap) > 2 * self.maxsize:  # re-remembered ids left stale entries: drop them
+                self._heap = [(weight(e), n, f) for f, (n, e) in self._files.items()]
+                heapq.heapify(self._heap)
 
     def get(self, file_id: str | None) -> InputEstimate | None:
         if not file_id:
             return None
         with self._lock:
-            return self._files.get(file_id)
+            got = self._files.get(file_id)
+        return got[1] if got else None
