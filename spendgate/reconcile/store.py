@@ -128,4 +128,8 @@ def upsert_store(store: Any, lines: Sequence[BillingLine]) -> dict[str, int]:
                         f"ON CONFLICT (line_id) DO UPDATE SET {sets}", todo)
     except store._psycopg.OperationalError as e:
         raise StoreUnavailable(f"the store {redact(store.url)} failed: {_why(e)}") from None
+    except store._psycopg.DataError as e:  # a NUL in a text, a count beyond BIGINT, an amount beyond NUMERIC
+        # the file's lines PostgreSQL cannot hold: the transaction rolled back, nothing of the import
+        # landed; a ValueError is the admin API's 400 and the CLI's message (fourth attacker review)
+        raise ValueError(f"a billing line the store cannot hold, nothing imported: {_why(e)}") from None
     return {"new": len(fresh), "updated": len(changed), "unchanged": len(rows) - len(todo), "lines": len(rows)}

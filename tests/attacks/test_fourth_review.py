@@ -1,0 +1,130 @@
+"""Fourth attacker review (branch attack2): the PostgreSQL store's read/write side, on a real
+PostgreSQL (tests/support/postgres.py): `--store` read commands and a replica's admin routes that
+read or write the shared store (docs/security.md, "Fourth attacker review")."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from datetime import UTC, date, datetime
+from decimal import Decimal
+
+import pytest
+
+from spendgate.reconcile import import_lines_store
+from spendgate.reconcile import store as billing
+from spendgate.reports import registry
+from spendgate.store import pg_read
+from spendgate.store.postgres import PostgresStore
+from tests.unit.test_pg_store import row, store  # noqa: F401  (fixture)
+
+D = Decimal
+
+
+def _line(**over):
+    base = {"line_id": "a" * 32, "provider": "anthropic", "source": "cost_report", "kind": "cost",
+            "day": "2026-03-02", "bucket_start": "2026-03-02T00:00:00+00:00", "amount_usd": "1.25",
+            "model": "claude-sonnet-4-5", "workspace": None, "api_key": None, "description": "ok",
+            "input_tokens": 1, "cache_read_tokens": 0, "cache_write_tokens": 0, "output_tokens": 1,
+            "requests": 1}
+    return {**base, **over}
+
+
+def _count(store: PostgresStore) -> int:  # noqa: F811
+    return store._run("SELECT count(*) FROM billing_lines", fetch="one")[0]
+
+
+@pytest.mark.parametrize("bad", [
+    {"description": "nul \x00 byte"},          # PostgreSQL text holds no NUL (DuckDB's does)
+    {"input_tokens": 10**30},                   # beyond BIGINT
+    {"amount_usd": "1e999999"},                 # beyond NUMERIC's range
+])
+def test_f1_a_malformed_billing_line_is_a_clear_400_and_nothing_of_the_import_lands(store, bad):  # noqa: F811
+    """A replica's /api/reconcile/import (and `reconcile import --store`): one line PostgreSQL refuses
+    must be a ValueError (the admin API's 400), not a psycopg DataError (a 500 with a traceback),
+    and the good lines of the same import must not land either."""
+    good = _line(line_id="b" * 32)
+    with pytest.raises(ValueError):
+        import_lines_store(store, {"lines": [good, _line(**bad)]})
+    assert _count(store) == 0
+
+
+@pytest.mark.parametrize("name,params", [
+    ("ledger", {"limit": "-1"}), ("blocks", {"limit": "-5"}), ("ledger", {"limit": "1e3"}),
+    ("ledger", {"limit": str(10**20)}),
+])
+def test_f2_a_bad_limit_is_a_clear_400_on_the_store(store, name, params):  # noqa: F811
+    """`?limit=` reaches PostgreSQL's LIMIT: a negative or out-of-range number must be a ValueError
+    (400) before it is sent, not a psycopg error (500)."""
+    cur = pg_read.ReadCursor(store)
+    with pytest.raises(ValueError):
+        registry.run_query(cur, name, params)
+
+
+@pytest.mark.parametrize("prefix", ["%", "_", "'", "a%", "\\", "' OR '1'='1"])
+def test_request_id_prefixes_with_like_metacharacters_match_nothing_on_the_store(store, prefix):  # noqa: F811
+    """`spendgate explain` on the store: an id prefix is matched literally (starts_with), never as
+    a LIKE pattern or as SQL."""
+    store.settle("req-00000001", D("0.1"), row("req-00000001"))
+    assert registry.run_query(pg_read.ReadCursor(store), "price_request", {"request_id": prefix}) is None
+
+
+@pytest.mark.parametrize("by", ["user; DROP TABLE requests", '"user"', "1"])
+def test_spend_by_is_a_closed_list_on_the_store(store, by):  # noqa: F811
+    with pytest.raises(ValueError):
+        registry.run_query(pg_read.ReadCursor(store), "spend", {"by": by})
+
+
+def _dead_port() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+@pytest.mark.parametrize("argv", [["ledger"], ["spend", "--by", "user"], ["export", "--format", "csv", "--out", "{tmp}/x.csv"],
+                                  ["reconcile", "report", "--since", "2026-03-01"], ["laptops"]])
+def test_f3_a_store_that_is_away_answers_at_once_and_never_shows_its_password(argv, tmp_path):
+    url = f"postgresql://spend:hunter2secret@127.0.0.1:{_dead_port()}/spendgate"
+    args = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    t0 = time.monotonic()
+    p = subprocess.run([sys.executable, "-m", "spendgate", *args, "--store", url], capture_output=True, text=True,
+                       timeout=60, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": os.environ.get("PYTHONPATH", ""),
+                                                            "HOME": str(tmp_path)})
+    took = time.monotonic() - t0
+    out = p.stdout + p.stderr
+    print(args, p.returncode, round(took, 1), out[-600:])
+    assert p.returncode != 0
+    assert "hunter2secret" not in out
+    assert "Traceback" not in out
+
+
+@pytest.mark.parametrize("url", [
+    "postgresql://spend:hunter2secret@db.internal/spendgate",
+    "postgresql://spend:hun@ter2secret@db.internal/spendgate",          # an @ in the password
+    "postgresql://spend:hun/ter2secret@db.internal/spendgate",          # a / in the password
+    "postgresql://db.internal/spendgate?sslmode=require&password=hunter2secret",  # libpq's query parameter
+    "postgresql:///spendgate?host=/run/pg&PASSWORD=hunter2secret",
+])
+def test_f4_redact_hides_every_spelling_of_the_password(url):
+    from spendgate.store.postgres import redact
+
+    shown = redact(url)
+    assert "ter2secret" not in shown and "hunter2" not in shown, shown
+    assert "db.internal" in shown or "/run/pg" in shown  # still says which store
+
+
+def test_f4_a_store_url_with_a_query_password_never_reaches_the_cli_output(tmp_path):
+    import os
+
+    url = f"postgresql://127.0.0.1:{_dead_port()}/spendgate?password=hunter2secret"
+    p = subprocess.run([sys.executable, "-m", "spendgate", "ledger", "--store", url], capture_output=True, text=True,
+                       timeout=60, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": os.environ.get("PYTHONPATH", ""),
+                                        "HOME": str(tmp_path)})
+    out = p.stdout + p.stderr
+    assert p.returncode != 0 and "cannot reach the store" in out, out
+    assert "hunter2secret" not in out, out
