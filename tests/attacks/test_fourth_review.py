@@ -125,3 +125,22 @@ def test_f4_a_store_url_with_a_query_password_never_reaches_the_cli_output(tmp_p
     out = p.stdout + p.stderr
     assert p.returncode != 0 and "cannot reach the store" in out, out
     assert "hunter2secret" not in out, out
+
+
+def test_f1_the_cli_import_of_a_bill_the_store_cannot_hold_says_why_and_lands_nothing(store, tmp_path, capsys):  # noqa: F811
+    """`spendgate reconcile import bill.json --store URL`: a description with a NUL (valid JSON,
+    valid in DuckDB) is refused by PostgreSQL; the CLI says so (exit 2, no traceback) and the
+    bill's other lines do not land."""
+    import json
+
+    from spendgate.cli import main
+
+    src = json.loads((__import__("pathlib").Path(__file__).parents[1] / "fixtures/billing/anthropic_cost_report.json")
+                     .read_text())
+    src["data"][0]["results"][0]["description"] = "Input Tokens\x00"
+    bill = tmp_path / "bill.json"
+    bill.write_text(json.dumps(src))
+    rc = main(["reconcile", "import", str(bill), "--provider", "anthropic", "--store", store.url])
+    err = capsys.readouterr().err
+    assert rc == 2 and "cannot hold" in err, err
+    assert _count(store) == 0
