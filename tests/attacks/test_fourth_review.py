@@ -144,3 +144,30 @@ def test_f1_the_cli_import_of_a_bill_the_store_cannot_hold_says_why_and_lands_no
     err = capsys.readouterr().err
     assert rc == 2 and "cannot hold" in err, err
     assert _count(store) == 0
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+def test_f5_a_replica_whose_store_is_away_refuses_an_export_instead_of_a_partial_file(tmp_path, fmt):
+    """/api/export on a replica exports the shared store (every replica's and laptop's rows). While
+    the store is away it answered 200 with the file of this replica's own rows only: a partial
+    export, indistinguishable from the company's. It must answer 503 (as reconciliation does)."""
+    from types import SimpleNamespace
+
+    from spendgate.store.ledger import connect, migrate, write_rows
+    from spendgate.store.postgres import StoreUnavailable
+    from spendgate.web.app import WebRequest, for_gateway
+
+    con = connect(tmp_path / "replica.duckdb")
+    migrate(con)
+    write_rows(con, [row("own-00000001")])
+
+    def away(name):
+        raise StoreUnavailable("the store postgresql://u:***@db/x failed: connection refused")
+
+    gw = SimpleNamespace(admin=SimpleNamespace(routes={}, post_routes={}, token="tok"),
+                         policy=SimpleNamespace(raw={}, path=str(tmp_path / "p.yaml")), trace_url=None,
+                         cursor=con.cursor, report_cursor=away, tokens=SimpleNamespace(verify=lambda t: None),
+                         telemetry=None)
+    resp = for_gateway(gw).handle(WebRequest("GET", f"/api/export?format={fmt}", {"authorization": "Bearer tok"}))
+    assert resp.status == 503, resp.status
+    assert b"unreachable" in resp.body
