@@ -12,8 +12,10 @@ ONE PostgreSQL transaction:
    row's measures within its group, spendgate/store/pg_rollups.py);
 4. the shared budget counters of the CURRENT windows move by each updated row's charge delta,
    exactly as `BudgetBook.move` does for a gateway's in-memory counters (a row of an earlier
-   window changes nothing live); counters are upserted in (scope, window, start) order, the
-   order admissions lock them in, so the two cannot deadlock.
+   window changes nothing live). Every counter a change may move is locked BEFORE any row is
+   updated, in (scope, window, start) order: the order admissions, settlements and the reaper
+   take them (counters first, then the row whose rollup trigger locks its groups), so none of
+   them can deadlock with a re-pricing.
 
 Everything or nothing: an error rolls back the rows, the audit and the counters together.
 """
@@ -52,6 +54,16 @@ def plan(store: Any, pricer: Pricer, since: datetime, until: datetime | None = N
 def counter_deltas(changes: Sequence[reprice.RowChange], policy: Policy, now: datetime
                    ) -> dict[tuple[str, str, datetime], Decimal]:
     """(scope, window, window start) -> USD to add, for the current windows only (BudgetBook.move)."""
+    return _deltas(changes, policy, now)
+
+
+def counter_keys(changes: Sequence[reprice.RowChange], policy: Policy, now: datetime) -> list[tuple[str, str, datetime]]:
+    """Every counter the changes may move, in admissions' lock order (scope, window, start)."""
+    return sorted(_deltas(changes, policy, now))
+
+
+def _deltas(changes: Sequence[reprice.RowChange], policy: Policy, now: datetime
+            ) -> dict[tuple[str, str, datetime], Decimal]:
     tz = policy.timezone
     current = {w: bounds(w, now, tz)[0] for w in WINDOWS}
     out: dict[tuple[str, str, datetime], Decimal] = {}
@@ -84,6 +96,19 @@ def apply(store: Any, changes: Sequence[reprice.RowChange], price_version: str, 
             if cards:
                 cur.executemany("INSERT INTO price_cards (card_id, card) VALUES (%s, %s) ON CONFLICT DO NOTHING",
                                 sorted(cards.items()))
+            # the counters FIRST, as settlements and the reaper take them (counters, then the row
+            # insert whose rollup trigger locks its day/month groups): updating rows first locked
+            # those groups before the counters, and a settlement of the same user, model and day
+            # deadlocked with us (fourth attacker review). Missing rows created, then locked in order.
+            keys = counter_keys(changes, policy, now)
+            if keys:
+                cur.executemany('INSERT INTO counters (scope, "window", window_start) VALUES (%s, %s, %s) '
+                                "ON CONFLICT DO NOTHING", keys)
+                con.execute(
+                    'SELECT 1 FROM counters c JOIN unnest(%s::text[], %s::text[], %s::timestamptz[]) AS k(s, w, t) '
+                    'ON c.scope = k.s AND c."window" = k.w AND c.window_start = k.t '
+                    'ORDER BY c.scope, c."window", c.window_start FOR UPDATE OF c',
+                    [list(k) for k in zip(*keys, strict=True)]).fetchall()
             # each row updated only if it still holds the money the plan saw; RETURNING says which
             updated = {r[0] for r in con.execute(
                 """UPDATE requests r SET cost_usd = c.cost, charged_usd = c.charged, outcome = c.outcome,

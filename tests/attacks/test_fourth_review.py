@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
@@ -17,6 +18,7 @@ from spendgate.reconcile import import_lines_store
 from spendgate.reports import registry
 from spendgate.store import pg_read
 from spendgate.store.postgres import PostgresStore
+from tests.unit.test_pg_reprice import setup  # noqa: F401  (fixture)
 from tests.unit.test_pg_store import row, store  # noqa: F401  (fixture)
 
 D = Decimal
@@ -171,3 +173,75 @@ def test_f5_a_replica_whose_store_is_away_refuses_an_export_instead_of_a_partial
     resp = for_gateway(gw).handle(WebRequest("GET", f"/api/export?format={fmt}", {"authorization": "Bearer tok"}))
     assert resp.status == 503, resp.status
     assert b"unreachable" in resp.body
+
+
+def test_f6_a_reprice_and_a_settlement_of_the_same_group_do_not_deadlock(setup):  # noqa: F811
+    """Re-pricing the store updates rows (the rollup trigger locks their day/month groups) and THEN
+    the shared counters; a settlement locks the counters and THEN inserts its row (the trigger locks
+    the same groups). Same user, model and day: each waits for the other and PostgreSQL kills one
+    (a settlement lost to a `deadlock detected` is reaped as `interrupted`). Driven deterministically:
+    the settlement starts while the re-pricing holds its rows, and the re-pricing goes on only once
+    the settlement waits on a lock."""
+    import threading
+
+    from spendgate.budgets import reprice_store
+    from spendgate.policy.model import parse as parse_policy
+    from spendgate.pricing.rates import Pricer
+    from spendgate.usage import Usage
+    from tests.unit.test_pg_reprice import POLICY
+    from tests.unit.test_pricing import _row
+
+    now, _con, st, url, folder, _ = setup
+    pricer = Pricer(folder / "overrides.yaml")
+    policy = parse_policy(POLICY)
+    _, changes = reprice_store.plan(st, pricer, now - timedelta(days=10))
+    r1 = next(c for c in changes if c.request_id == "r1")
+    keys = sorted(reprice_store.counter_deltas([r1], policy, datetime.now(UTC)))
+    assert keys  # r1's charge moves its user's current windows
+    long = Usage(input_tokens=210_000, output_tokens=1_000)
+    r7 = _row("r7", r1.ts, "claude-sonnet-4-20250514", long, D("0.645"))  # r1's rollup group, settling now
+    watcher = PostgresStore(url).open()
+    got: dict[str, object] = {}
+
+    def settle() -> None:
+        try:
+            got["settle"] = st.settle("r7", D("0.645"), r7, unreserved_keys=keys)
+        except Exception as e:  # noqa: BLE001  (the outcome is the assertion)
+            got["settle"] = e
+
+    real = reprice_store.counter_deltas
+    t = threading.Thread(target=settle)
+
+    def between(done, pol, at):  # called inside apply's transaction: rows updated, counters not yet
+        if not t.is_alive() and "settle" not in got:
+            t.start()
+            for _ in range(600):  # until the settlement waits on a lock (or finished: no conflict)
+                waiting = watcher._run("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                                       "AND position('spendgate_settle' in query) > 0", fetch="one")[0]
+                if waiting or not t.is_alive():
+                    got["waited"] = bool(waiting)
+                    break
+                time.sleep(0.05)
+        return real(done, pol, at)
+
+    import unittest.mock
+
+    try:
+        with unittest.mock.patch.object(reprice_store, "counter_deltas", between):
+            try:
+                _, done, _ = reprice_store.apply(st, changes, pricer.version, policy, datetime.now(UTC))
+                got["reprice"] = done
+            except Exception as e:  # noqa: BLE001
+                got["reprice"] = e
+        t.join(60)
+    finally:
+        watcher.close()
+    assert got["waited"], got  # the two really met: the settlement waited on the re-pricing's locks
+    assert got["settle"] == "charged", got
+    assert not isinstance(got["reprice"], Exception), got
+    from tests.unit.test_pg_rollups import rollups_match_rows
+
+    rollups_match_rows(st)  # the rollups hold r7 and the re-priced r1 exactly
+    # r7's charge and r1's re-pricing delta both landed on the user's day counter, once each
+    day = next(k for k in keys if k[1] == "day" and k[0].startswith("user:"))
+    assert st.counters([day])[day][0] == D("0.645") + (r1.new_charged - r1.old_charged)
