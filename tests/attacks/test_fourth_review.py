@@ -245,3 +245,40 @@ def test_f6_a_reprice_and_a_settlement_of_the_same_group_do_not_deadlock(setup):
     # r7's charge and r1's re-pricing delta both landed on the user's day counter, once each
     day = next(k for k in keys if k[1] == "day" and k[0].startswith("user:"))
     assert st.counters([day])[day][0] == D("0.645") + (r1.new_charged - r1.old_charged)
+
+
+def test_an_engineer_on_a_replica_exports_and_reads_only_their_own_rows_of_the_store(store, tmp_path):  # noqa: F811
+    """A replica whose reports read the shared store: an engineer's token gets their own rows in
+    an export and a ledger (whatever `user=` they send), and a 403 on the organization's routes."""
+    import json
+    from types import SimpleNamespace
+
+    from spendgate.policy.model import parse
+    from spendgate.store.ledger import connect, migrate
+    from spendgate.web.app import WebRequest, for_gateway
+    from tests.unit.test_pg_store import POLICY
+
+    for i, who in enumerate(["alice@acme.com", "bob@acme.com", "bob@acme.com"]):
+        store.settle(f"req-{i:08d}", D("0.1"), row(f"req-{i:08d}", user=who))
+    con = connect(tmp_path / "replica.duckdb")
+    migrate(con)
+    reader = pg_read.ReadCursor(store)
+    gw = SimpleNamespace(admin=SimpleNamespace(routes={"/api/ledger": lambda p, c: registry.run_query(reader, "ledger", p),
+                                                       "/api/laptops": lambda p, c: [], "/api/price_request": lambda p, c: {}},
+                                               post_routes={"/api/reprice": lambda p, c: {}, "/api/reconcile/import": lambda p, c: {}},
+                                               token="tok"),
+                         policy=parse(POLICY, str(tmp_path / "p.yaml")), trace_url=None,
+                         cursor=con.cursor, report_cursor=lambda name: reader,
+                         tokens=SimpleNamespace(verify=lambda t: "alice@acme.com" if t == "eng" else None), telemetry=None)
+    app = for_gateway(gw)
+    eng = {"authorization": "Bearer eng"}
+    resp = app.handle(WebRequest("GET", "/api/export?format=csv&user=bob@acme.com", eng))
+    assert resp.status == 200
+    lines = b"".join(resp.body).decode().splitlines()
+    assert len(lines) == 2 and "alice@acme.com" in lines[1] and "bob@" not in "".join(lines)
+    resp = app.handle(WebRequest("GET", "/api/ledger?user=bob@acme.com&limit=10", eng))
+    assert resp.status == 200 and {r["user"] for r in json.loads(resp.body)} == {"alice@acme.com"}
+    for path in ("/api/laptops", "/api/price_request?request_id=req"):
+        assert app.handle(WebRequest("GET", path, eng)).status == 403
+    for path in ("/api/reprice", "/api/reconcile/import"):
+        assert app.handle(WebRequest("POST", path, eng, b'{"since": "2026-01-01"}')).status == 403
