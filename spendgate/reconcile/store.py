@@ -24,6 +24,10 @@ CHUNK = 500
 
 
 def _row(line: BillingLine, now: datetime) -> tuple:
+    """Raises ValueError for a non-finite amount: PostgreSQL's NUMERIC holds NaN, which would turn
+    every bill total of the provider into NaN (fourth attacker review); DuckDB refuses it anyway."""
+    if line.amount_usd is not None and not line.amount_usd.is_finite():
+        raise ValueError(f"billing line {line.line_id}: amount {line.amount_usd} is not a number of USD")
     return (
         line.line_id, line.provider, line.source, line.kind, line.day, line.bucket_start, line.amount_usd,
         line.model, line.workspace, line.api_key, line.description, line.input_tokens, line.cache_read_tokens,

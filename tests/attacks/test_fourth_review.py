@@ -282,3 +282,13 @@ def test_an_engineer_on_a_replica_exports_and_reads_only_their_own_rows_of_the_s
         assert app.handle(WebRequest("GET", path, eng)).status == 403
     for path in ("/api/reprice", "/api/reconcile/import"):
         assert app.handle(WebRequest("POST", path, eng, b'{"since": "2026-01-01"}')).status == 403
+
+
+@pytest.mark.parametrize("amount", ["NaN", "Infinity", "-Infinity", "sNaN"])
+def test_f7_a_non_finite_amount_never_lands_in_the_stores_bills(store, amount):  # noqa: F811
+    """PostgreSQL's NUMERIC holds NaN and +-Infinity (DuckDB's DECIMAL does not): a line posted to a
+    replica's /api/reconcile/import with such an amount would land and turn every bill total of
+    its provider into NaN. It must be refused (400), nothing of the import landed."""
+    with pytest.raises(ValueError):
+        import_lines_store(store, {"lines": [_line(line_id="c" * 32), _line(amount_usd=amount)]})
+    assert _count(store) == 0
