@@ -292,3 +292,45 @@ def test_f7_a_non_finite_amount_never_lands_in_the_stores_bills(store, amount): 
     with pytest.raises(ValueError):
         import_lines_store(store, {"lines": [_line(line_id="c" * 32), _line(amount_usd=amount)]})
     assert _count(store) == 0
+
+
+def test_reports_on_a_store_whose_server_zone_is_not_utc_match_the_file(postgres, tmp_path):
+    """A DBA's `timezone` in postgresql.conf (here the database's, Pacific/Chatham: +13:45) must not
+    move a report: every one reads the same on the store as on the file."""
+    import random
+
+    import duckdb
+
+    from spendgate.reports import dashboard, queries
+    from spendgate.store.ledger import migrate, write_rows
+    from tests.unit.test_pg_reports import NOWS, _row, _since_values, _stamps
+
+    rnd = random.Random(7)
+    rows = [_row(i, ts, rnd) for i, ts in enumerate(_stamps(rnd))]
+    con = duckdb.connect(str(tmp_path / "ledger.duckdb"))
+    migrate(con)
+    write_rows(con.cursor(), rows)
+    url = postgres.create_database()
+    dbname = url.rsplit("/", 1)[1]
+    admin = PostgresStore(url).open()
+    admin.migrate()
+    admin._run(f"ALTER DATABASE \"{dbname}\" SET TimeZone = 'Pacific/Chatham'", fetch="count")
+    admin.close()
+    st = PostgresStore(url).open()  # new sessions: the database's zone
+    for r in rows:
+        st.settle(r.request_id, r.charged_usd or D(0), r)
+    reader = pg_read.open_store(url)
+    cur = pg_read.ReadCursor(reader)
+    try:
+        assert cur.execute("SHOW TimeZone").fetchone()[0] == "Pacific/Chatham"
+        for now in NOWS:
+            for window in ("month", "day"):
+                assert dashboard.overview(cur, window, now) == dashboard.overview(con.cursor(), window, now), (now, window)
+        for since in _since_values():
+            for by in ("user", "model"):
+                assert queries.spend(cur, by, since=since) == queries.spend(con.cursor(), by, since=since), (by, since)
+        assert queries.ledger(cur, 100) == queries.ledger(con.cursor(), 100)
+    finally:
+        reader.close()
+        st.close()
+        con.close()
