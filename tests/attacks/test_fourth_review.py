@@ -212,7 +212,7 @@ def test_f6_a_reprice_and_a_settlement_of_the_same_group_do_not_deadlock(setup):
     real = reprice_store.counter_deltas
     t = threading.Thread(target=settle)
 
-    def between(done, pol, at):  # called inside apply's transaction: rows updated, counters not yet
+    def between(done, pol, at, charged=None):  # called inside apply's transaction: rows updated, counters not yet
         if not t.is_alive() and "settle" not in got:
             t.start()
             for _ in range(600):  # until the settlement waits on a lock (or finished: no conflict)
@@ -222,7 +222,7 @@ def test_f6_a_reprice_and_a_settlement_of_the_same_group_do_not_deadlock(setup):
                     got["waited"] = bool(waiting)
                     break
                 time.sleep(0.05)
-        return real(done, pol, at)
+        return real(done, pol, at, charged)
 
     import unittest.mock
 
@@ -334,3 +334,40 @@ def test_reports_on_a_store_whose_server_zone_is_not_utc_match_the_file(postgres
         reader.close()
         st.close()
         con.close()
+
+
+def test_f8_repricing_a_pushed_row_moves_the_counters_it_was_charged_to(store):  # noqa: F811
+    """A laptop's row the centre charged at receipt (`charged_at`: a row stamped 3 days back counts
+    today) and to its user only (`shared = false`: beyond the room of the shared budgets,
+    spendgate/central/charging.py). Re-pricing it must move what it charged: the user's current
+    day by the delta, and not the organization's, which it never charged."""
+    from spendgate.budgets import reprice_store
+    from spendgate.budgets.windows import bounds
+    from spendgate.policy.model import parse as parse_policy
+    from spendgate.pricing.rates import Pricer
+    from spendgate.usage import Usage
+    from tests.unit.test_pg_reprice import POLICY
+    from tests.unit.test_pricing import REPO, _row
+
+    policy = parse_policy(POLICY)
+    now = datetime.now(UTC).replace(microsecond=0)
+    r = _row("p1", now - timedelta(days=3), "claude-sonnet-4-20250514", Usage(input_tokens=210_000, output_tokens=1_000),
+             D("0.645"))
+    user_day = ("user:alice", "day", bounds("day", now, policy.timezone)[0])
+    org_day = ("organization:acme", "day", bounds("day", now, policy.timezone)[0])
+    # charged today, to alice only (the centre's ChargePlanner's answer for a late row beyond the room)
+    assert store.settle("p1", D("0.645"), r, unreserved_keys=[user_day],
+                        extra={"charged_at": now, "shared": False}) == "charged"
+    # and one of today, charged to alice only (beyond the room)
+    r2 = _row("p2", now - timedelta(minutes=1), "claude-sonnet-4-20250514",
+              Usage(input_tokens=210_000, output_tokens=1_000), D("0.645"))
+    assert store.settle("p2", D("0.645"), r2, unreserved_keys=[user_day], extra={"shared": False}) == "charged"
+    before = store.counters([user_day, org_day])
+    out = reprice_store.run(store, Pricer(REPO / "pricing" / "overrides.yaml"), now - timedelta(days=10),
+                            dry_run=False, policy=policy, now=now)
+    assert out["counters_moved"] >= 1, out
+    delta = store._run("SELECT sum(charged_usd) FROM requests", fetch="one")[0] - 2 * D("0.645")
+    assert delta != 0
+    after = store.counters([user_day, org_day])
+    assert after[user_day][0] == before[user_day][0] + delta  # today's charge follows the new price
+    assert after.get(org_day, (D(0), D(0)))[0] == before.get(org_day, (D(0), D(0)))[0]  # never charged there
