@@ -12,8 +12,10 @@ ONE PostgreSQL transaction:
    row's measures within its group, spendgate/store/pg_rollups.py);
 4. the shared budget counters of the CURRENT windows move by each updated row's charge delta,
    exactly as `BudgetBook.move` does for a gateway's in-memory counters (a row of an earlier
-   window changes nothing live); counters are upserted in (scope, window, start) order, the
-   order admissions lock them in, so the two cannot deadlock.
+   window changes nothing live). Every counter a change may move is locked BEFORE any row is
+   updated, in (scope, window, start) order: the order admissions, settlements and the reaper
+   take them (counters first, then the row whose rollup trigger locks its groups), so none of
+   them can deadlock with a re-pricing.
 
 Everything or nothing: an error rolls back the rows, the audit and the counters together.
 """
@@ -49,9 +51,27 @@ def plan(store: Any, pricer: Pricer, since: datetime, until: datetime | None = N
         con.close()
 
 
-def counter_deltas(changes: Sequence[reprice.RowChange], policy: Policy, now: datetime
-                   ) -> dict[tuple[str, str, datetime], Decimal]:
-    """(scope, window, window start) -> USD to add, for the current windows only (BudgetBook.move)."""
+# request id -> (charged_at, shared) of a row a laptop pushed and the centre charged elsewhere than
+# its own time or to its user only (store migration 9, spendgate/central/charging.py)
+Charged = dict[str, tuple[datetime | None, bool]]
+
+
+def counter_deltas(changes: Sequence[reprice.RowChange], policy: Policy, now: datetime,
+                   charged: Charged | None = None) -> dict[tuple[str, str, datetime], Decimal]:
+    """(scope, window, window start) -> USD to add, for the current windows only (BudgetBook.move).
+    A pushed row moves what the centre charged it to (`charged`): the windows of its `charged_at`,
+    and only its user's own budgets when it was not `shared` (as central.charging.correct_rebuilt)."""
+    return _deltas(changes, policy, now, charged or {})
+
+
+def counter_keys(changes: Sequence[reprice.RowChange], policy: Policy, now: datetime,
+                 charged: Charged | None = None) -> list[tuple[str, str, datetime]]:
+    """Every counter the changes may move, in admissions' lock order (scope, window, start)."""
+    return sorted(_deltas(changes, policy, now, charged or {}))
+
+
+def _deltas(changes: Sequence[reprice.RowChange], policy: Policy, now: datetime, charged: Charged
+            ) -> dict[tuple[str, str, datetime], Decimal]:
     tz = policy.timezone
     current = {w: bounds(w, now, tz)[0] for w in WINDOWS}
     out: dict[tuple[str, str, datetime], Decimal] = {}
@@ -59,8 +79,13 @@ def counter_deltas(changes: Sequence[reprice.RowChange], policy: Policy, now: da
         delta = c.charged_delta
         if not delta:
             continue
-        ts = c.ts if c.ts.tzinfo else c.ts.replace(tzinfo=UTC)
-        for scope in ledger_row_scopes(policy, c.user, c.key_fingerprint, c.workspace, c.basis, c.plan, ts):
+        at, shared = charged.get(c.request_id, (None, True))
+        ts = at or c.ts
+        ts = ts if ts.tzinfo else ts.replace(tzinfo=UTC)
+        names = ledger_row_scopes(policy, c.user, c.key_fingerprint, c.workspace, c.basis, c.plan, ts)
+        if not shared:  # central.charging.user_only (not imported: budgets sits below central)
+            names = [n for n in names if n.startswith(("user:", "subscription:user:"))]
+        for scope in names:
             for w in WINDOWS:
                 start = bounds(w, ts, tz)[0]
                 if start == current[w]:
@@ -84,6 +109,24 @@ def apply(store: Any, changes: Sequence[reprice.RowChange], price_version: str, 
             if cards:
                 cur.executemany("INSERT INTO price_cards (card_id, card) VALUES (%s, %s) ON CONFLICT DO NOTHING",
                                 sorted(cards.items()))
+            # the counters FIRST, as settlements and the reaper take them (counters, then the row
+            # insert whose rollup trigger locks its day/month groups): updating rows first locked
+            # those groups before the counters, and a settlement of the same user, model and day
+            # deadlocked with us (fourth attacker review). Missing rows created, then locked in order.
+            # pushed rows charged at receipt or to their user only: set when they landed, never changed
+            charged: Charged = {rid: (at, bool(sh)) for rid, at, sh in con.execute(
+                "SELECT request_id, charged_at, coalesce(shared, true) FROM requests WHERE request_id = ANY(%s) "
+                "AND (charged_at IS NOT NULL OR NOT coalesce(shared, true))",
+                [[c.request_id for c in changes]]).fetchall()}
+            keys = counter_keys(changes, policy, now, charged)
+            if keys:
+                cur.executemany('INSERT INTO counters (scope, "window", window_start) VALUES (%s, %s, %s) '
+                                "ON CONFLICT DO NOTHING", keys)
+                con.execute(
+                    'SELECT 1 FROM counters c JOIN unnest(%s::text[], %s::text[], %s::timestamptz[]) AS k(s, w, t) '
+                    'ON c.scope = k.s AND c."window" = k.w AND c.window_start = k.t '
+                    'ORDER BY c.scope, c."window", c.window_start FOR UPDATE OF c',
+                    [list(k) for k in zip(*keys, strict=True)]).fetchall()
             # each row updated only if it still holds the money the plan saw; RETURNING says which
             updated = {r[0] for r in con.execute(
                 """UPDATE requests r SET cost_usd = c.cost, charged_usd = c.charged, outcome = c.outcome,
@@ -114,7 +157,7 @@ def apply(store: Any, changes: Sequence[reprice.RowChange], price_version: str, 
                   c.new_charged, c.old_outcome, c.new_outcome, c.old_source, c.new_source, c.old_detail,
                   price_version, c.old_notional, c.new_notional, c.old_card, c.new_card) for c in done],
             )  # fmt: skip
-            deltas = sorted(counter_deltas(done, policy, now).items())  # admissions' lock order
+            deltas = sorted(counter_deltas(done, policy, now, charged).items())  # admissions' lock order
             if deltas:
                 cur.executemany(
                     'INSERT INTO counters AS c (scope, "window", window_start, spent) VALUES (%s, %s, %s, %s) '

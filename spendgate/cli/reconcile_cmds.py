@@ -245,7 +245,12 @@ def cmd_import(args: argparse.Namespace) -> int:
         print(f"spendgate: {args.file}: {e}", file=sys.stderr)
         return 2
     led = _ledger(args, create=True)
-    _print_result(args, fmt, led.import_lines(lines), led.where)
+    try:
+        result = led.import_lines(lines)
+    except ValueError as e:  # lines the store cannot hold (a NUL, a count beyond BIGINT): nothing landed
+        print(f"spendgate: {args.file}: {e}", file=sys.stderr)
+        return 2
+    _print_result(args, fmt, result, led.where)
     return 0
 
 
@@ -263,7 +268,11 @@ def cmd_fetch(args: argparse.Namespace) -> int:
         print(f"spendgate: {e}", file=sys.stderr)
         return 2
     led = _ledger(args, create=True)
-    results = {name: led.import_lines(lines) for name, lines in reports.items()}
+    try:
+        results = {name: led.import_lines(lines) for name, lines in reports.items()}
+    except ValueError as e:  # a report's lines the store cannot hold: that report landed nothing
+        print(f"spendgate: {args.provider}: {e}", file=sys.stderr)
+        return 2
     if args.json:
         print_json({"provider": args.provider, "since": args.since, "into": led.where, "reports": results})
         return 0

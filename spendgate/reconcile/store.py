@@ -24,6 +24,10 @@ CHUNK = 500
 
 
 def _row(line: BillingLine, now: datetime) -> tuple:
+    """Raises ValueError for a non-finite amount: PostgreSQL's NUMERIC holds NaN, which would turn
+    every bill total of the provider into NaN (fourth attacker review); DuckDB refuses it anyway."""
+    if line.amount_usd is not None and not line.amount_usd.is_finite():
+        raise ValueError(f"billing line {line.line_id}: amount {line.amount_usd} is not a number of USD")
     return (
         line.line_id, line.provider, line.source, line.kind, line.day, line.bucket_start, line.amount_usd,
         line.model, line.workspace, line.api_key, line.description, line.input_tokens, line.cache_read_tokens,
@@ -128,4 +132,8 @@ def upsert_store(store: Any, lines: Sequence[BillingLine]) -> dict[str, int]:
                         f"ON CONFLICT (line_id) DO UPDATE SET {sets}", todo)
     except store._psycopg.OperationalError as e:
         raise StoreUnavailable(f"the store {redact(store.url)} failed: {_why(e)}") from None
+    except store._psycopg.DataError as e:  # a NUL in a text, a count beyond BIGINT, an amount beyond NUMERIC
+        # the file's lines PostgreSQL cannot hold: the transaction rolled back, nothing of the import
+        # landed; a ValueError is the admin API's 400 and the CLI's message (fourth attacker review)
+        raise ValueError(f"a billing line the store cannot hold, nothing imported: {_why(e)}") from None
     return {"new": len(fresh), "updated": len(changed), "unchanged": len(rows) - len(todo), "lines": len(rows)}

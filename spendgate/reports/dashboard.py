@@ -531,7 +531,8 @@ QUERIES: dict[str, Any] = {
     "overview": lambda cur, p: overview(cur, p.get("window") or "month", user=p.get("user"),
                                         trace_url=p.get("trace_url")),
     "series": lambda cur, p: series(cur, p.get("resolution") or "minute", user=p.get("user")),
-    "blocks": lambda cur, p: blocks(cur, opt_time(p.get("since")), p.get("user"), int(p.get("limit") or 20)),
+    "blocks": lambda cur, p: blocks(cur, opt_time(p.get("since")), p.get("user"),
+                                    reports.page_param(p.get("limit"), "limit", 20, 0, reports.LEDGER_MAX)),
     "unpriced": lambda cur, p: unpriced(cur, opt_time(p.get("since")), p.get("user")),
 }
 

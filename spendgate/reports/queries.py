@@ -161,6 +161,10 @@ def subscriptions(
 
 SUBSCRIPTIONS_TOP = 50  # rows per page of /api/subscriptions; the page's table draws the overview's 25
 SUBSCRIPTIONS_MAX = 10_000  # the longest page a caller may ask for (?limit=)
+# the most rows `ledger` / `blocks` return (?limit=): checked before the SQL, so a negative or huge
+# number is a 400, not PostgreSQL's "LIMIT must not be negative" / "bigint out of range" as a 500
+# (fourth attacker review); a bulk read is `spendgate export`
+LEDGER_MAX = 1_000_000
 
 
 def page_param(raw: Any, name: str, default: int, lo: int, hi: int) -> int:

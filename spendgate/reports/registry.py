@@ -26,8 +26,8 @@ def _reprice() -> Any:
 Query = Callable[[duckdb.DuckDBPyConnection, dict[str, Any]], Any]
 
 QUERIES: dict[str, Query] = {
-    "ledger": lambda cur, p: queries.ledger(cur, int(p.get("limit") or 50), user=p.get("user"),
-                                            trace_url=p.get("trace_url")),
+    "ledger": lambda cur, p: queries.ledger(cur, queries.page_param(p.get("limit"), "limit", 50, 0, queries.LEDGER_MAX),
+                                            user=p.get("user"), trace_url=p.get("trace_url")),
     "spend": lambda cur, p: queries.spend(
         cur, p.get("by") or "user", p.get("window") or None, opt_time(p.get("since")), user=p.get("user")
     ),

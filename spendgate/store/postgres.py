@@ -487,8 +487,19 @@ class StoreUnavailable(StoreError):
 
 
 def redact(url: str) -> str:
-    """The URL without its password, for messages and logs."""
-    return re.sub(r"(://[^:/@]*):[^@/]*@", r"\1:***@", url)
+    """The URL without its password, for messages and logs: the user info's password (up to the
+    LAST `@` of the authority, so a password holding `@` or `/` is hidden whole) and a libpq
+    `password=` query parameter (fourth attacker review)."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    main, q, query = rest.partition("?")
+    if "@" in main:
+        userinfo, _, host = main.rpartition("@")
+        user, colon, _ = userinfo.partition(":")
+        main = f"{user}{colon and ':***'}@{host}"
+    query = re.sub(r"(^|&)(password=)[^&]*", r"\1\2***", query, flags=re.IGNORECASE)
+    return f"{scheme}://{main}{q}{query}"
 
 
 def replica_name() -> str:

@@ -396,13 +396,13 @@ def for_gateway(gw: Any) -> WebApp:
 
     def export(params: dict[str, Any], caller: Caller) -> WebResponse:
         fmt = params.get("format") or "parquet"
-        from spendgate.store.postgres import StoreUnavailable
 
         try:  # a replica of a shared store exports the store's rows (every replica's and laptop's)
             out = dashboard.ExportFile(gw.report_cursor("export"), params)  # to a temp file, then streamed
         except StoreUnavailable as e:
-            log.warning("spendgate: export read from this replica's own ledger: %s", e)
-            out = dashboard.ExportFile(gw.cursor(), params)
+            # not this replica's own rows instead: a file of one replica's share would pass for the
+            # company's export (fourth attacker review); the dashboard's polls fall back, an export says so
+            raise ApiError(503, f"the shared store is unreachable, nothing exported; try again later ({e})") from None
         ctype = "application/vnd.apache.parquet" if fmt == "parquet" else "text/csv; charset=utf-8"
         name = dashboard.default_export_name(fmt)
         return WebResponse(200, StreamBody(out.size, out.chunks(), out.close), {"Content-Type": ctype, "Content-Disposition": f'attachment; filename="{name}"',

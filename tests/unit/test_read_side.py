@@ -194,7 +194,7 @@ def test_export_is_streamed_from_a_temp_file_and_identical_to_the_whole_file(tmp
     whole = dashboard.export_bytes(con.cursor(), params)  # what the route sent before: the file, whole
     assert len(whole) > 2 * dashboard.EXPORT_CHUNK
     gw = SimpleNamespace(admin=SimpleNamespace(routes={}, post_routes={}, token="tok"), policy=SimpleNamespace(raw={}, path=str(tmp_path / "p.yaml")), trace_url=None,
-                         cursor=con.cursor, tokens=SimpleNamespace(verify=lambda t: None), telemetry=None)
+                         cursor=con.cursor, report_cursor=lambda name: con.cursor(), tokens=SimpleNamespace(verify=lambda t: None), telemetry=None)
     app = for_gateway(gw)
     auth = {"authorization": "Bearer tok"}
     target = "/api/export?format=csv&since=2026-11-01T00:10:00Z"
