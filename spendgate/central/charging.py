@@ -166,3 +166,25 @@ def correct_rebuilt(cur: Any, book: BudgetBook, now: datetime) -> int:
                 if bounds(w, at, tz)[0] == current[w]:
                     book.store.add((scope, w, current[w]), amount)
     return len(rows)
+
+
+def repriced_moves(cur: Any, policy: Any, changes: Iterable[Any]) -> list[tuple[datetime, list[str], Decimal]]:
+    """Re-pricing on a DuckDB gateway (`/api/reprice`): each changed row's (time, scopes, USD delta)
+    for `BudgetBook.move`, as the centre charged it: a pushed row charged at its receipt moves the
+    windows of its `charged_at`, and one charged to its user only moves only the user's budgets
+    (the PostgreSQL store's `budgets.reprice_store` does the same from its own columns)."""
+    changes = list(changes)
+    ids = [c.request_id for c in changes if c.charged_delta]
+    charged: dict[str, tuple[datetime | None, bool]] = {}
+    if ids:
+        charged = {rid: (at, shared) for rid, at, shared in cur.execute(
+            "SELECT request_id, charged_at, coalesce(shared, true) FROM central_ingested "
+            "WHERE request_id IN (SELECT unnest(?::VARCHAR[])) AND (charged_at IS NOT NULL OR NOT coalesce(shared, true))",
+            [ids]).fetchall()}
+    moves = []
+    for c in changes:
+        at, shared = charged.get(c.request_id, (None, True))
+        ts = at or c.ts
+        names = ledger_row_scopes(policy, c.user, c.key_fingerprint, c.workspace, c.basis, c.plan, ts)
+        moves.append((ts, names if shared else user_only(names), c.charged_delta))
+    return moves

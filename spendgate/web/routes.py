@@ -16,7 +16,8 @@ from typing import Any, Protocol
 from spendgate import reconcile
 from spendgate.budgets import runway
 from spendgate.budgets.admission import Admission
-from spendgate.budgets.book import BudgetBook, ledger_row_scopes
+from spendgate.budgets.book import BudgetBook
+from spendgate.central import charging
 from spendgate.central import ingest as central_ingest
 from spendgate.policy.model import Policy
 from spendgate.pricing import reprice
@@ -186,12 +187,8 @@ def post_routes(gw: GatewayView) -> dict[str, Handler]:
             raise ApiError(422, f"the gateway's pricing files are invalid, nothing changed:\n{e}") from None
 
         def move_counters(changes: list[reprice.RowChange]) -> int:
-            pol = gw.policy
-            return gw.book.move(
-                [(c.ts, ledger_row_scopes(pol, c.user, c.key_fingerprint, c.workspace, c.basis, c.plan, c.ts),
-                  c.charged_delta) for c in changes],
-                datetime.now(UTC),
-            )  # fmt: skip
+            # rows pushed by laptops move what the centre charged them (spendgate.central.charging)
+            return gw.book.move(charging.repriced_moves(gw.cursor(), gw.policy, changes), datetime.now(UTC))
 
         with lock:
             if not dry_run:

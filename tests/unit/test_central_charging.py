@@ -110,3 +110,27 @@ def test_a_restart_rebuilds_the_bounded_charges(tmp_path):
     assert correct_rebuilt(led.cursor(), fresh, NOW) == 2
     after = {(b["scope"], b["window"]): Decimal(str(b["spent_usd"])) for b in fresh.status()}
     assert {k: v for k, v in after.items() if v} == {k: v for k, v in before.items() if v}
+
+
+def test_repricing_a_pushed_row_moves_what_the_centre_charged_it(tmp_path):
+    """A late row charged at its receipt (today) moves today's counters when re-priced, not the
+    windows of its reported time; a row charged to its user only moves the user's budgets only
+    (fourth attacker review, B7, on a DuckDB centre)."""
+    from spendgate.central.charging import repriced_moves
+    from spendgate.pricing.reprice import RowChange
+
+    ingest, led, book, _ = make(tmp_path, SHARED)
+    late = NOW - timedelta(days=2)  # not offline: charged at its receipt, today
+    got = ingest.ingest("alice", "alice@laptop", [wire(_row("r-late00001", charged="0.3", ts=late))], now=NOW)
+    assert got.late == 1 and spent(book, "user:alice") == Decimal("0.3")
+
+    def change(rid: str, ts, old: str, new: str) -> RowChange:
+        return RowChange(rid, ts, "alice", "claude-sonnet-4-5", None, "platform", Decimal(old), Decimal(new),
+                         Decimal(old), Decimal(new), "ok", "ok", "catalogue", "catalogue", None, None)
+
+    moves = repriced_moves(led.cursor(), book.policy, [change("r-late00001~x", late, "0.3", "0.4")])
+    assert moves[0][0] == late  # a row id the centre never charged elsewhere: its own time
+    rid = led.cursor().execute("SELECT request_id FROM central_ingested").fetchone()[0]
+    book.move(repriced_moves(led.cursor(), book.policy, [change(rid, late, "0.3", "0.4")]), NOW)
+    assert spent(book, "user:alice") == Decimal("0.4")  # today's counter follows the re-price
+    assert spent(book, "workspace:platform") == Decimal("0.4")
