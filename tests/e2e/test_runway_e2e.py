@@ -12,7 +12,7 @@ import anthropic
 import openai
 import pytest
 
-from tests.support import ANTHROPIC_KEY, OPENAI_KEY
+from tests.support import ANTHROPIC_KEY, OPENAI_KEY, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
 
@@ -192,7 +192,11 @@ step_down:
     assert ANSWER in cp.stdout
     sent = [r.json["model"] for r in fake_provider.requests_to("api.anthropic.com", "/v1/messages") if r.json]
     assert "claude-3-5-haiku-latest" in sent, sent
-    rows = [r for r in gw.ledger(wait_for=1) if r["endpoint"] == "messages"]
+    def message_rows():  # one per call the provider saw; other calls' rows may land a commit (0.5 s) earlier
+        got = [r for r in gw.ledger() if r["endpoint"] == "messages"]
+        return got if len(got) >= len(sent) else None
+
+    rows = wait_until(message_rows, timeout=15)
     stepped = [r for r in rows if r["requested_model"]]
     assert stepped and all(r["model"] == "claude-3-5-haiku-latest" for r in stepped), rows
     assert all(r["outcome"] == "ok" for r in rows)
