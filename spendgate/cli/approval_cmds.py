@@ -184,20 +184,17 @@ def _read(args: argparse.Namespace, name: str, params: dict[str, Any], local: Ca
 
 
 def _read_store(url: str, local: Callable[[Any], Any]) -> Any:
-    from spendgate.store.pg_read import ReadCursor, open_store
+    from spendgate.cli.source import open_checked_store
+    from spendgate.store.pg_read import ReadCursor
     from spendgate.store.postgres import StoreError
 
-    if not url.startswith(("postgresql://", "postgres://")):
-        raise SourceError("--store takes a postgresql:// URL")
+    store = open_checked_store(url)
     try:
-        store = open_store(url)
-        try:
-            store.check_schema()
-            return local(ReadCursor(store))
-        finally:
-            store.close()
+        return local(ReadCursor(store))
     except StoreError as e:
         raise SourceError(str(e)) from None
+    finally:
+        store.close()
 
 
 def _refusal(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:

@@ -129,20 +129,9 @@ class Ledger:
     def _open_store(self, url: str) -> None:
         import atexit
 
-        from spendgate.store.pg_read import open_store
-        from spendgate.store.postgres import StoreError
+        from spendgate.cli.source import open_checked_store
 
-        if not url.startswith(("postgresql://", "postgres://")):
-            raise SourceError("--store takes a postgresql:// URL")
-        try:
-            store = open_store(url)
-            try:
-                store.check_schema()  # an unmigrated store: "run `spendgate store migrate`"
-            except BaseException:
-                store.close()
-                raise
-        except StoreError as e:
-            raise SourceError(str(e)) from None
+        store = open_checked_store(url)
         atexit.register(store.close)
         self.store = store
 

@@ -114,21 +114,13 @@ def _chunks(resp: Any, size: int = 1 << 20) -> Iterator[bytes]:
             yield chunk
 
 
-def open_store_source(url: str, *, write: bool = False) -> Source:
-    """The ledger shared by gateway replicas (PostgreSQL), read where it lies.
+def open_checked_store(url: str) -> Any:
+    """A read pool on the shared store at `url` (spendgate.store.pg_read.open_store), its schema
+    checked (an unmigrated store: "run `spendgate store migrate`"); the caller closes it.
+    Raises SourceError for a URL that is not postgresql:// or a store that cannot answer."""
+    from spendgate.store.pg_read import open_store
+    from spendgate.store.postgres import StoreError
 
-    The reports that read only the ledger (spendgate.store.pg_read.DIRECT: ledger, spend, top's
-    overview, series, blocks, unpriced, subscriptions) and `export` run on the store itself, from
-    its day/month rollups plus the raw rows at the edges, so they cost the same at 10M rows as at
-    10k; `explain` reads its one row, rate card and price audit there too. `prices check`, which
-    needs a table only a replica's DuckDB file has, still loads the ledger into an in-memory
-    DuckDB first, once per command.
-    """
-    from spendgate.store.pg_read import DIRECT, ReadCursor, open_store
-    from spendgate.store.postgres import PostgresStore, StoreError, redact
-
-    if write:
-        raise SourceError("this command changes the ledger; with a shared store, run it against a replica (--db)")
     if not url.startswith(("postgresql://", "postgres://")):
         raise SourceError("--store takes a postgresql:// URL")
     try:
@@ -140,6 +132,25 @@ def open_store_source(url: str, *, write: bool = False) -> Source:
             raise
     except StoreError as e:
         raise SourceError(str(e)) from None
+    return store
+
+
+def open_store_source(url: str, *, write: bool = False) -> Source:
+    """The ledger shared by gateway replicas (PostgreSQL), read where it lies.
+
+    The reports that read only the ledger (spendgate.store.pg_read.DIRECT: ledger, spend, top's
+    overview, series, blocks, unpriced, subscriptions) and `export` run on the store itself, from
+    its day/month rollups plus the raw rows at the edges, so they cost the same at 10M rows as at
+    10k; `explain` reads its one row, rate card and price audit there too. `prices check`, which
+    needs a table only a replica's DuckDB file has, still loads the ledger into an in-memory
+    DuckDB first, once per command.
+    """
+    from spendgate.store.pg_read import DIRECT, ReadCursor
+    from spendgate.store.postgres import PostgresStore, StoreError, redact
+
+    if write:
+        raise SourceError("this command changes the ledger; with a shared store, run it against a replica (--db)")
+    store = open_checked_store(url)
     atexit.register(store.close)  # the pool's threads, stopped before the interpreter waits on them
     direct = _local_call(ReadCursor(store))  # type: ignore[arg-type]  # a DuckDB-cursor look-alike
     copied: list[Callable[[str, dict[str, Any], str], Any]] = []
