@@ -150,10 +150,14 @@ class Gateway:
         raise GatewayError(f"mitmdump not ready after {self.start_timeout}s; log:\n{self.log_text()}")
 
     def _in_charge(self) -> bool:
-        """The addon has opened the ledger: its discovery file is there (unless the admin API is off)."""
+        """The addon has opened the ledger: its discovery file is there and names this process (a
+        gateway killed with -9 leaves its own behind; unless the admin API is off)."""
         if "spendgate_admin_port=-1" in self.extra_args or "spendgate_store" in " ".join(self.extra_args):
             return True
-        return Path(str(self.db) + ".gateway.json").exists()
+        try:
+            return json.loads(Path(str(self.db) + ".gateway.json").read_text()).get("pid") == self.proc.pid
+        except (OSError, ValueError, AttributeError):
+            return False
 
     def _port_open(self) -> bool:
         try:
