@@ -17,7 +17,7 @@ from __future__ import annotations
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 from typing import Any
 
-ROUNDING = ROUND_HALF_EVEN
+ROUNDING = ROUND_HALF_EVEN  # also the default context's, which `usd`'s format relies on
 MAX_PLACES = 6  # micro-dollars: the precision of every stored amount that matters to people
 
 
@@ -52,8 +52,12 @@ def usd(x: Any, places: int | None = None) -> str:
     """"$1,234.50", "$0.0344", "-$2.00": the one way spendgate shows an amount to a person."""
     d = to_decimal(x)
     p = default_places(d) if places is None else places
-    q = round_usd(d, p)
-    return f"{'-' if q < 0 else ''}${abs(q):,.{p}f}"
+    # Decimal's format rounds with the context's rounding, Python's default ROUND_HALF_EVEN (=
+    # ROUNDING; spendgate never changes the context): round_usd's result, ~3x cheaper (long tables)
+    s = format(d, f",.{p}f")
+    if s[0] == "-":  # an amount that rounds to zero shows no sign, as round_usd's zero does
+        return "-$" + s[1:] if s.strip("-0.,") else "$" + s[1:]
+    return "$" + s
 
 
 def usd_of(spent: Any, limit: Any) -> str:

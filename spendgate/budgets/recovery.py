@@ -13,12 +13,11 @@ from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
 
-import duckdb
-
 from spendgate.budgets.book import BudgetBook, ledger_row_scopes
 from spendgate.budgets.journal import Journal
 from spendgate.budgets.windows import WINDOWS, bounds
 from spendgate.store import rollups
+from spendgate.store.engine import duckdb
 from spendgate.store.ledger import LedgerRow, row_from_dict, write_cards, write_rows
 
 log = logging.getLogger(__name__)

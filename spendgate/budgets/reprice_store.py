@@ -38,8 +38,7 @@ from spendgate.pricing.rates import Pricer
 def plan(store: Any, pricer: Pricer, since: datetime, until: datetime | None = None
          ) -> tuple[int, list[reprice.RowChange]]:
     """(rows examined, changes) with current prices, for the store's rows in [since, until)."""
-    import duckdb
-
+    from spendgate.store.engine import duckdb
     from spendgate.store.ledger import migrate
 
     con = duckdb.connect(":memory:")

@@ -187,7 +187,7 @@ class Roster:
             from spendgate.store import pg_central
 
             return pg_central.claim_silences(self.pg, silences, hours)
-        import duckdb
+        from spendgate.store.engine import duckdb
 
         won = set()
         cur = self.cursor()

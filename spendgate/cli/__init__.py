@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 
 # Modules under spendgate.cli that add commands; each has register(subparsers).
@@ -76,17 +77,27 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser(argv)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
-    from spendgate.cli.source import SourceError
-
     try:
+        args = parser.parse_args(argv)
+        logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                            format="%(levelname)s %(message)s")
         return int(args.func(args) or 0)
-    except SourceError as e:
-        print(f"spendgate: {e}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # the reader went away (`spendgate ledger | head`): stop quietly, as `cat` does, and keep
+        # Python's flush at exit from printing a second traceback (the os-level stdout is closed)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE: what a shell reports for a writer whose reader left
+    except Exception as e:
+        from spendgate.cli.source import (
+            SourceError,  # not imported for --help (issue 22: <= 200 ms)
+        )
+
+        if not isinstance(e, SourceError):
+            raise
+        print(f"spendgate: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-import duckdb
 from rich.columns import Columns
 from rich.console import Console, Group, RenderableType
 from rich.live import Live
@@ -30,6 +29,7 @@ from spendgate.identity import local_user
 from spendgate.money import usd
 from spendgate.reports import dashboard
 from spendgate.reports import queries as reports
+from spendgate.store.engine import duckdb
 from spendgate.store.sql import parse_time
 from spendgate.web.server import discovery_path
 

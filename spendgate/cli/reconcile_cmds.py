@@ -13,9 +13,7 @@ import sys
 from collections.abc import Callable
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Any
-
-import duckdb
+from typing import TYPE_CHECKING, Any
 
 from spendgate import reconcile, resources
 from spendgate.cli.output import (
@@ -35,10 +33,13 @@ from spendgate.cli.source import (
     read_connection,
 )
 from spendgate.money import usd
-from spendgate.policy.model import Policy, PolicyError, load
 from spendgate.reconcile import formats, store
 from spendgate.reconcile.report import BY
+from spendgate.store.engine import duckdb
 from spendgate.store.ledger import LedgerLocked, connect, migrate
+
+if TYPE_CHECKING:  # the policy model loads only for the groupings and commands that read it
+    from spendgate.policy.model import Policy
 
 REPORT_COLS = ["metered_usd", "billed_usd", "delta_usd", "delta_pct", "metered_requests", "status"]
 
@@ -182,9 +183,22 @@ def _ledger(args: argparse.Namespace, **kw: Any) -> Ledger:
     return Ledger(None if url else (args.db or default_db()), store_url=url, **kw)
 
 
-def _policy_loader(args: argparse.Namespace) -> Callable[[], Policy | None]:
+def _policy_loader(args: argparse.Namespace, only_with: str | None = None) -> Callable[[], Policy | None]:
+    """The policy, loaded on first call. `only_with`: a top-level key the caller reads; a file whose
+    text never contains that word cannot declare it, so the loader answers None without importing
+    YAML or the policy model (~60 ms of `spendgate spend`'s start when there are no seat plans).
+    An unreadable file still goes to `load`, which says what is wrong with it."""
+
     def load_it() -> Policy | None:
         path = getattr(args, "policy", None) or default_policy()
+        if only_with is not None:
+            try:
+                if only_with not in Path(path).read_text(errors="replace"):
+                    return None
+            except OSError:
+                pass
+        from spendgate.policy.model import PolicyError, load
+
         try:
             return load(path)
         except PolicyError as e:
@@ -348,7 +362,9 @@ def print_spend_extras(args: argparse.Namespace, metered: list[dict[str, Any]]) 
         since = window_start(args.window).date().isoformat()
     try:
         led = _ledger(args, read_only=True)  # what `spend` itself opened
-        extras = led.query("reconcile/spend_extras", {"since": since, "by": args.by}, _policy_loader(args))
+        # the policy is read for its seat plans only (reconcile.spend_extras: plans_query)
+        extras = led.query("reconcile/spend_extras", {"since": since, "by": args.by},
+                           _policy_loader(args, only_with="plans"))
     except (SourceError, duckdb.Error) as e:
         console.print(f"[dim](plans, opaque clients and billing not shown: {e})[/]", highlight=False)
         return

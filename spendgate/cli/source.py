@@ -14,10 +14,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
-import duckdb
-
 from spendgate import resources
 from spendgate.fsutil import discovery_path
+from spendgate.store.engine import duckdb
 from spendgate.store.ledger import LedgerLocked, connect, migrate
 
 
@@ -220,13 +219,8 @@ def _local_call(con: duckdb.DuckDBPyConnection) -> Callable[[str, dict[str, Any]
     def local(name: str, params: dict[str, Any], method: str) -> Any:
         if method == "RAW":
             from spendgate.reports import dashboard
-            from spendgate.store.sql import dialect
 
-            # this process exists for the download: DuckDB's buffer pool may keep only a little of
-            # what the export scanned (a month at 30M rows: 172 -> 76 MB of growth; ~25% more CPU)
-            if dialect(con) == "duckdb":  # a PostgreSQL store streams from the server instead
-                con.execute(f"SET memory_limit = '{dashboard.EXPORT_MEMORY_LIMIT}'")
-            return dashboard.download_chunks(con, name, params)
+            return dashboard.download_chunks(con, name, params)  # DuckDB's memory capped while it runs
         try:
             from spendgate.reports import registry
 

@@ -19,9 +19,8 @@ from dataclasses import astuple, dataclass, fields
 from datetime import date, datetime
 from typing import Any
 
-import duckdb
-
 from spendgate.store import sql
+from spendgate.store.engine import duckdb
 
 log = logging.getLogger(__name__)
 

@@ -19,11 +19,10 @@ from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
-import duckdb
-
 from spendgate.pricing import cards
 from spendgate.pricing.rates import REPORTED_SOURCE, Pricer, PriceResult
 from spendgate.store import rollups, sql
+from spendgate.store.engine import duckdb
 from spendgate.usage import USAGE_FIELDS, Usage
 
 # Outcomes whose usage was (or may have been) billed; everything else is charged $0 by design

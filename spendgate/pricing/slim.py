@@ -23,10 +23,9 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-import duckdb
-
 from spendgate.pricing import cards
 from spendgate.pricing.rates import Pricer, PriceResult, reported
+from spendgate.store.engine import duckdb
 from spendgate.usage import USAGE_FIELDS, Usage
 
 log = logging.getLogger(__name__)

@@ -10,16 +10,16 @@ from __future__ import annotations
 
 from datetime import UTC, date, datetime
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import duckdb
-
-from spendgate.budgets import plans
 from spendgate.metering import opaque
-from spendgate.policy.model import Policy
 from spendgate.reconcile import store
 from spendgate.reconcile.report import IdMap, parse_day, reconcile, subscription_usage
 from spendgate.store import sql
+from spendgate.store.engine import duckdb
+
+if TYPE_CHECKING:  # the policy model (and plans, which need it) load only where a query reads them
+    from spendgate.policy.model import Policy
 
 
 def _since_day(params: dict[str, Any]) -> date | None:
@@ -49,6 +49,8 @@ def plans_query(cur: duckdb.DuckDBPyConnection, params: dict[str, Any], policy: 
         return {"first": None, "last": None, "rows": []}
     first, last = plan_period(params)
     by = params.get("by") or "user"
+    from spendgate.budgets import plans
+
     rows = plans.plan_spend(policy, first, last, by=by)
     if rows and cur is not None and by in ("user", "plan"):  # what each seat was used for, at list price
         usage: dict[tuple[str, str | None], list[dict[str, Any]]] = {}  # (plan, user or None) -> rows

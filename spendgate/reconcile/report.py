@@ -14,10 +14,9 @@ from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 
-import duckdb
-
 from spendgate.reconcile.formats import model_key
 from spendgate.store import rollups, sql
+from spendgate.store.engine import duckdb
 
 BY = ("day", "model", "key", "workspace")
 # lower is preferred: the provider's own dollars first, our pricing of its token counts last

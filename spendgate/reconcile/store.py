@@ -11,9 +11,8 @@ from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
 
-import duckdb
-
 from spendgate.reconcile.formats import BillingLine
+from spendgate.store.engine import duckdb
 
 COLUMNS = (
     "line_id", "provider", "source", "kind", "day", "bucket_start", "amount_usd", "model", "workspace",

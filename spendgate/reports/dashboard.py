@@ -11,20 +11,19 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from contextlib import contextmanager
 import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import duckdb
-
 from spendgate.reports import queries as reports
 from spendgate.store import rollups, sql
+from spendgate.store.engine import duckdb
 from spendgate.store.ledger import COLUMNS
 
 log = logging.getLogger(__name__)
@@ -242,9 +241,10 @@ def export(
     """
     if fmt not in EXPORT_FORMATS:
         raise ValueError(f"unknown export format {fmt!r} (one of {', '.join(EXPORT_FORMATS)})")
-    if fmt == "csv":
-        return _export_csv(cur, path, since, until, user)
-    return _export_parquet(cur, path, since, until, user)
+    with _buffer_pool_capped(cur):
+        if fmt == "csv":
+            return _export_csv(cur, path, since, until, user)
+        return _export_parquet(cur, path, since, until, user)
 
 
 def export_slices(cur: duckdb.DuckDBPyConnection, since: datetime | None, until: datetime | None,
@@ -345,11 +345,38 @@ def _copy_parquet(cur: duckdb.DuckDBPyConnection, query: str, params: list[Any],
 
 
 EXPORT_CHUNK = 1 << 20  # bytes per read when an export is streamed
-# DuckDB's memory_limit for a process that only exports (`spendgate export` reading the file itself):
-# the buffer pool otherwise keeps the blocks an export scanned (CSV of a month at 30M rows: 172 MB
-# of growth; 76 MB at 64MB, 135 MB at 128MB). Not set in the gateway: the setting is the database's,
-# and its dashboard queries share it.
+# DuckDB's memory_limit while an export runs: the buffer pool otherwise keeps every block the export
+# scanned (its default limit is 80% of RAM), so a month's CSV at 30M rows grew the gateway by
+# ~123 MB and a CLI export by 172 MB; at 64MB the CLI's growth was 76 MB, for ~25% more CPU.
 EXPORT_MEMORY_LIMIT = "64MB"
+_capped = [0]  # exports running with the cap (the setting is the database's: the last one lifts it)
+_capped_lock = threading.Lock()
+
+
+@contextmanager
+def _buffer_pool_capped(cur: duckdb.DuckDBPyConnection) -> Iterator[None]:
+    """EXPORT_MEMORY_LIMIT on the database for the export's duration, then DuckDB's default again
+    (spendgate sets no other limit). Lowering the limit evicts cached blocks at once. It is the
+    database's setting: queries running meanwhile (dashboard polls, the ledger writer's small
+    commits) get it too and spill to disk past it. If DuckDB cannot evict enough (memory pinned by
+    another query) the export runs uncapped rather than fail."""
+    with _capped_lock:
+        try:
+            if _capped[0] == 0:
+                cur.execute(f"SET memory_limit = '{EXPORT_MEMORY_LIMIT}'")
+            _capped[0] += 1
+            capped = True
+        except duckdb.Error as e:
+            log.info("export runs without the memory cap: %s", e)
+            capped = False
+    try:
+        yield
+    finally:
+        if capped:
+            with _capped_lock:
+                _capped[0] -= 1
+                if _capped[0] == 0:
+                    cur.execute("RESET memory_limit")
 
 
 class ExportFile:

@@ -9,9 +9,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import duckdb
-
 from spendgate.store import rollups, sql
+from spendgate.store.engine import duckdb
 from spendgate.store.laptops import roster_rows
 from spendgate.store.sql import parse_time
 from spendgate.telemetry import links

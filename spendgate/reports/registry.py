@@ -9,10 +9,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import duckdb
-
 from spendgate.reports import dashboard, queries
 from spendgate.reports.dashboard import opt_time
+from spendgate.store.engine import duckdb
 
 
 def _reprice() -> Any:

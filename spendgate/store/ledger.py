@@ -20,11 +20,10 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, Protocol
 
-import duckdb
-
 from spendgate import bounds, fsutil
 from spendgate.batcher import Batcher
 from spendgate.store import rollups
+from spendgate.store.engine import duckdb
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-import duckdb
+from spendgate.store.engine import duckdb
 
 Condition = str | tuple[str, Any]  # fixed SQL, or (SQL with one ?, value) skipped when value is None or ""
 

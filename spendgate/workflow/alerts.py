@@ -17,8 +17,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
-import duckdb
-
 from spendgate.budgets.book import ZERO, Budget, BudgetBook
 from spendgate.budgets.refusal import increase_command
 from spendgate.budgets.windows import ADJECTIVE
@@ -26,6 +24,7 @@ from spendgate.identity import Identity
 from spendgate.money import usd_of
 from spendgate.policy.model import UNATTRIBUTED, Policy
 from spendgate.policy.sections import AlertsConfig
+from spendgate.store.engine import duckdb
 from spendgate.workflow.audit import AuditLog
 from spendgate.workflow.sinks import Notice
 

@@ -18,14 +18,13 @@ from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-import duckdb
-
 from spendgate.budgets.book import ZERO, BudgetBook
 from spendgate.budgets.windows import ADJECTIVE, WINDOWS, bounds
 from spendgate.money import places_for, usd
 from spendgate.policy.model import UNATTRIBUTED, Policy
 from spendgate.policy.sections import ApprovalRule, canonical_user
 from spendgate.store import sql
+from spendgate.store.engine import duckdb
 from spendgate.store.sql import jsonable
 from spendgate.workflow.audit import AuditLog
 from spendgate.workflow.sinks import Notice

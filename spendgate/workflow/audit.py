@@ -18,10 +18,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import duckdb
-
 from spendgate.money import usd
 from spendgate.store import sql
+from spendgate.store.engine import duckdb
 from spendgate.store.sql import jsonable
 
 log = logging.getLogger(__name__)

@@ -14,13 +14,12 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-import duckdb
-
 from spendgate.budgets.book import ZERO, BudgetBook, Decision
 from spendgate.budgets.runway import StepDownChoice
 from spendgate.identity import Identity
 from spendgate.policy.model import Policy
 from spendgate.policy.sections import SinkConfig
+from spendgate.store.engine import duckdb
 from spendgate.store.ledger import LedgerRow
 from spendgate.workflow import audit as audit_mod
 from spendgate.workflow.alerts import AlertEngine, Spent, warning_line

@@ -81,3 +81,20 @@ def test_explain_with_an_ambiguous_prefix_says_so_without_a_traceback(tmp_path, 
     assert main(["explain", "r-abc", "--db", str(db)]) == 2
     err = capsys.readouterr().err
     assert "matches several requests; give more of the id" in err and "Traceback" not in err
+
+
+def test_a_reader_that_leaves_early_gets_no_traceback(tmp_path):
+    """`spendgate ledger | head -1`: the CLI stops quietly when its reader closes the pipe, as `cat`
+    does (exit 141, 128 + SIGPIPE)."""
+    db = tmp_path / "l.duckdb"
+    led = DuckDBLedger(db)
+    for i in range(2000):
+        led.append(row(i))
+    assert led.flush()
+    led.close()
+    proc = subprocess.Popen([sys.executable, "-m", "spendgate", "ledger", "--db", str(db), "--limit", "2000"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # the reader is gone before the first line
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 141, err
+    assert "Traceback" not in err and "BrokenPipe" not in err, err

@@ -11,8 +11,10 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from spendgate.money import places_for, suggested_increase, usd, usd_of
+from spendgate.money import places_for, round_usd, suggested_increase, to_decimal, usd, usd_of
 
 REPO = Path(__file__).resolve().parents[2]
 NODE = shutil.which("node") or shutil.which("nodejs")
@@ -83,3 +85,16 @@ def test_the_429_message_shows_small_budgets_and_a_proportional_increase():
     big = Budget("user:tester", "day", Decimal(150), start, start + timedelta(days=1))
     msg = budget_message(big, Decimal("150.12"), start)
     assert "$150.12 spent of $150.00" in msg and "--amount 75 " in msg
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.one_of(st.floats(allow_nan=False, allow_infinity=False, min_value=-1e12, max_value=1e12),
+                 st.decimals(allow_nan=False, allow_infinity=False, min_value=-10**12, max_value=10**12, places=8)),
+       st.sampled_from([None, 2, 4, 6]))
+def test_usd_is_round_usd_of_the_decimal_value_with_its_sign(x, places) -> None:
+    """`usd` formats with Decimal's own rounding (the default context's ROUND_HALF_EVEN): always
+    what quantizing with ROUNDING gives, a zero shown without a sign."""
+    d = to_decimal(x)
+    p = (2 if d == 0 or abs(d) >= 1 else 4) if places is None else places
+    q = round_usd(d, p)
+    assert usd(x, places) == f"{'-' if q < 0 else ''}${abs(q):,.{p}f}"

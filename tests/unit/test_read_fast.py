@@ -78,18 +78,42 @@ ROWS = [{"ts": "2026-11-30 10:00:00", "user": "alice", "cost_usd": 0.0123, "n": 
 @pytest.mark.parametrize("rows", [ROWS, ROWS[:1], []])
 def test_box_table_draws_what_rich_draws(rows, capsys) -> None:
     cols = ["ts", "user", "cost_usd", "n", "m"]
-    assert output.box_table("Latest requests", rows, cols, money=["cost_usd"])
+    assert output.box_table("Latest requests", rows, cols, output._cells(rows, cols, ["cost_usd"]))
     drawn = "\n".join(line.rstrip() for line in capsys.readouterr().out.splitlines())
     assert drawn == _rich("Latest requests", rows, cols, ["cost_usd"])
 
 
-def test_box_table_leaves_to_rich_what_does_not_fit_or_is_not_plain_ascii(capsys) -> None:
-    assert not output.box_table("t", [{"user": "x" * (output.PIPED_WIDTH + 1)}], ["user"])
-    assert not output.box_table("t", [{"user": "zoë"}], ["user"])  # widths of non-ASCII text: rich knows them
-    assert not output.box_table("t", [{"user": "two\nlines"}], ["user"])
+def test_a_table_too_wide_for_a_pipe_is_printed_whole_as_aligned_lines(capsys) -> None:
+    wide = [{"user": "x" * (output.PIPED_WIDTH + 1), "n": 7}]
+    assert not output.box_table("t", wide, ["user", "n"], output._cells(wide, ["user", "n"], []))
     assert capsys.readouterr().out == ""
-    output.table("t", [{"user": "zoë"}], ["user"])  # rich then draws it, as before
+    output.table("t", wide, ["user", "n"])
+    out = capsys.readouterr().out
+    assert "x" * (output.PIPED_WIDTH + 1) in out and "…" not in out and "┃" not in out
+
+
+def test_a_table_too_wide_for_the_terminal_cuts_text_columns_never_numbers(capsys, monkeypatch) -> None:
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    monkeypatch.setattr(output, "_width", lambda: 60)
+    rows = [{"user": "u" * 40, "workspace": "w" * 30, "requests": 123456789, "cost_usd": 12345.6789}]
+    output.table("spend", rows, ["user", "workspace", "requests", "cost_usd"], money=["cost_usd"])
+    lines = capsys.readouterr().out.splitlines()
+    assert all(len(line.replace("\x1b[1m", "").replace("\x1b[0m", "").replace("\x1b[3m", "")) <= 60
+               for line in lines)
+    body = next(line for line in lines if line.startswith("│"))
+    assert "123,456,789" in body and "$12,345.6789" in body and body.count("…") == 2
+    # numbers alone wider than the terminal: nothing to cut, so aligned lines that wrap
+    monkeypatch.setattr(output, "_width", lambda: 20)
+    output.table("spend", rows, ["user", "workspace", "requests", "cost_usd"], money=["cost_usd"])
+    out = capsys.readouterr().out
+    assert "u" * 40 in out and "┃" not in out
+
+
+def test_text_that_is_not_plain_ascii_goes_to_rich(capsys) -> None:
+    output.table("t", [{"user": "zoë"}], ["user"])  # widths of non-ASCII text: rich knows them
     assert "zoë" in capsys.readouterr().out
+    output.table("t", [{"user": "two\nlines"}], ["user"])
+    assert "two" in capsys.readouterr().out
 
 
 # -- what a report imports -----------------------------------------------------------------------
@@ -130,6 +154,24 @@ def test_a_report_runs_without_what_it_does_not_use(tmp_path, argv, absent) -> N
     assert not absent & mods
 
 
+def test_the_engine_is_the_duckdb_package_s_own_and_reports_skip_the_package(tmp_path) -> None:
+    """spendgate.store.engine hands out DuckDB's extension module: every name spendgate uses is the
+    very object `import duckdb` re-exports, and no report imports the package (~90 ms)."""
+    import re
+
+    from spendgate.store.engine import duckdb as engine
+
+    used = set()
+    for f in (ROOT / "spendgate").rglob("*.py"):
+        used |= set(re.findall(r"\bduckdb\.([A-Za-z][A-Za-z_]*)", f.read_text()))
+    assert used >= {"connect", "DuckDBPyConnection", "Error"}
+    assert all(getattr(engine, n) is getattr(duckdb, n) for n in used), used
+    db = tmp_path / "l.duckdb"
+    _ledger(db)
+    for argv in (["ledger"], ["spend", "--by", "user"], ["reconcile", "report"], ["audit"]):
+        assert "duckdb" not in _modules_after(f"from spendgate.cli import main\nmain({[*argv, '--db', str(db)]!r})")
+
+
 def test_spend_by_user_opens_the_ledger_once(tmp_path, monkeypatch, capsys) -> None:
     from spendgate.cli import main, source
 
@@ -141,6 +183,23 @@ def test_spend_by_user_opens_the_ledger_once(tmp_path, monkeypatch, capsys) -> N
     monkeypatch.setattr(source, "_READ_ONLY", {})
     assert main(["spend", "--by", "user", "--db", str(db)]) == 0
     assert len(opened) == 1 and "user0" in capsys.readouterr().out
+
+
+def test_spend_reads_the_policy_only_when_it_can_declare_seat_plans(tmp_path) -> None:
+    """`spendgate spend` shows seat plans beside API spend; a policy whose text never says "plans"
+    declares none, so neither YAML nor the policy model is imported (~60 ms of its start)."""
+    db = tmp_path / "l.duckdb"
+    _ledger(db)
+    plain = tmp_path / "plain.yaml"
+    plain.write_text("version: 1\norganization: {name: acme, budgets: {day: 10}}\n")
+    seats = tmp_path / "seats.yaml"
+    seats.write_text(plain.read_text() + "plans:\n  claude-max: {vendor: anthropic, price_usd: 200, holders: [user1]}\n")
+    run = "from spendgate.cli import main\nmain({!r})"
+    mods = _modules_after(run.format(["spend", "--by", "user", "--db", str(db), "--policy", str(plain)]))
+    assert not {"yaml", "spendgate.policy.model"} & mods
+    out = subprocess.run([sys.executable, "-m", "spendgate", "spend", "--by", "user", "--db", str(db),
+                          "--policy", str(seats)], capture_output=True, text=True, timeout=120, cwd=ROOT, check=True)
+    assert "Beside API spend" in out.stdout and "user1" in out.stdout
 
 
 # -- reconciliation without the policy -----------------------------------------------------------
