@@ -47,6 +47,7 @@ BREAKDOWNS = ("workspace", "user", "model", "client")
 # clients stay whole (the donut sums the rest as "other"). /api/spend lists all; /api/subscriptions pages (top 50).
 OVERVIEW_TOP = 25
 LONG_LISTS = ("workspace", "user")
+SHARED_BREAKDOWNS = ("workspace", "user", "client")  # in the per-user rollups: one statement (spend_sets)
 EXPORT_FORMATS = ("parquet", "csv")
 # what a finance export carries: every ledger column (fingerprints, never raw keys; no prompt text exists)
 EXPORT_COLUMNS = COLUMNS
@@ -195,8 +196,14 @@ def _overview(cur: duckdb.DuckDBPyConnection, window: str, now: datetime, start:
         with ThreadPoolExecutor(OVERVIEW_THREADS, thread_name_prefix="spendgate-overview") as ex:
             futures = {k: ex.submit(fn) for k, fn in parts.items()}
             got = {k: f.result() for k, f in futures.items()}
-    else:  # one DuckDB cursor: in turn (DuckDB parallelises each query itself)
+    else:  # one DuckDB cursor: in turn (DuckDB parallelises each query itself); the breakdowns that
+        # read the per-user rollups as one statement (spend_sets): 3 statements cost ~16 ms, 1 ~12
+        sets = {by: OVERVIEW_TOP if by in LONG_LISTS else None for by in SHARED_BREAKDOWNS}
+        merged = ("breakdowns", *SHARED_BREAKDOWNS)
+        parts = {k: fn for k, fn in parts.items() if k[0] != "breakdowns" or k[1] not in sets}
+        parts[merged] = lambda: reports.spend_sets(cur, sets, since=start, user=user)
         got = {k: fn() for k, fn in parts.items()}
+        got.update({("breakdowns", by): rows for by, rows in got.pop(merged).items()})
     out: dict[str, Any] = {"generated_at": sql.jsonable(now), "user": user, "window": window,
                            "since": sql.jsonable(start), "series": {}, "breakdowns": {}}
     for key, value in got.items():

@@ -124,25 +124,12 @@ def many_rows(cur: duckdb.DuckDBPyConnection, query: str, params: list[Any]) -> 
     is wrapped so DECIMAL columns arrive as their exact text (then `float`, correctly rounded like
     `float(Decimal)`), TIMESTAMPTZ as epoch microseconds (then the same ISO 8601 ...Z text
     `jsonable` gives) and HUGEINT as BIGINT (with a text twin, NULL unless the value does not fit).
-    One DESCRIBE (~0.5 ms) finds the column types; small results use `rows`."""
+    One DESCRIBE finds the column types, once per query text in a process (a DuckDB statement's
+    planning is ~2-4 ms; the dashboard asks the same queries every poll); small results use `rows`."""
     if dialect(cur) == "postgresql":  # DESCRIBE and the casts below are DuckDB's; psycopg's own conversion
         return rows(cur, query, params)
-    described = cur.execute(f"DESCRIBE {query}", params).fetchall()  # (name, type, ...)
-    exprs: list[str] = []
-    plan: list[tuple[str, int, int]] = []  # (name, kind, index of its first column)
-    for name, typ, *_ in described:
-        col = '"' + name.replace('"', '""') + '"'
-        plan.append((name, _KIND.get(typ.split("(")[0], 0), len(exprs)))
-        if typ.startswith("DECIMAL"):
-            exprs.append(f"CAST({col} AS VARCHAR)")
-        elif typ == "TIMESTAMP WITH TIME ZONE":
-            exprs.append(f"epoch_us({col})")
-        elif typ == "HUGEINT":
-            exprs += [f"TRY_CAST({col} AS BIGINT)",
-                      f"CASE WHEN TRY_CAST({col} AS BIGINT) IS NULL THEN CAST({col} AS VARCHAR) END"]
-        else:
-            exprs.append(col)
-    res = cur.execute(f"SELECT {', '.join(exprs)} FROM ({query}) AS q", params)
+    wrapped, plan = _DESCRIBED.get(query) or _describe(cur, query, params)
+    res = cur.execute(wrapped, params)
     out: list[dict[str, Any]] = []
     while batch := res.fetchmany(FETCH_ROWS):  # in steps, yielding the GIL between them (see dicts)
         for row in batch:
@@ -166,6 +153,32 @@ def many_rows(cur: duckdb.DuckDBPyConnection, query: str, params: list[Any]) -> 
 
 
 _KIND = {"DECIMAL": 1, "TIMESTAMP WITH TIME ZONE": 2, "HUGEINT": 3}  # many_rows: how a column converts
+# query text -> (the wrapping SELECT, (name, kind, index of its first column) per column). A query's
+# column types follow from its text and the schema, which a process never changes once migrated.
+_DESCRIBED: dict[str, tuple[str, list[tuple[str, int, int]]]] = {}
+_DESCRIBED_MAX = 256  # distinct query texts kept (a report builds a handful; filters add variants)
+
+
+def _describe(cur: duckdb.DuckDBPyConnection, query: str, params: list[Any]) -> tuple[str, list[tuple[str, int, int]]]:
+    described = cur.execute(f"DESCRIBE {query}", params).fetchall()  # (name, type, ...)
+    exprs: list[str] = []
+    plan: list[tuple[str, int, int]] = []
+    for name, typ, *_ in described:
+        col = '"' + name.replace('"', '""') + '"'
+        plan.append((name, _KIND.get(typ.split("(")[0], 0), len(exprs)))
+        if typ.startswith("DECIMAL"):
+            exprs.append(f"CAST({col} AS VARCHAR)")
+        elif typ == "TIMESTAMP WITH TIME ZONE":
+            exprs.append(f"epoch_us({col})")
+        elif typ == "HUGEINT":
+            exprs += [f"TRY_CAST({col} AS BIGINT)",
+                      f"CASE WHEN TRY_CAST({col} AS BIGINT) IS NULL THEN CAST({col} AS VARCHAR) END"]
+        else:
+            exprs.append(col)
+    if len(_DESCRIBED) >= _DESCRIBED_MAX:
+        _DESCRIBED.clear()
+    _DESCRIBED[query] = out = (f"SELECT {', '.join(exprs)} FROM ({query}) AS q", plan)
+    return out
 
 
 def parse_time(text: str) -> datetime:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import io
 import subprocess
 import sys
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
@@ -259,3 +259,30 @@ def test_a_policy_that_passed_the_schema_is_stamped_and_an_edit_validates_again(
     assert len(list((tmp_path / "cache" / "policy-valid").iterdir())) == 1
     monkeypatch.setenv("SPENDGATE_CACHE_DIR", "off")
     assert model._valid_stamp(good) is None
+
+
+def test_one_statement_breakdowns_are_the_per_grouping_lists(tmp_path) -> None:
+    """reports.spend_sets (the overview's breakdowns on DuckDB, one GROUPING SETS statement) gives
+    exactly what reports.spend gives per grouping: rows, values, order and cut, for the whole
+    ledger, a window with raw edges, and one engineer."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from ledger_gen import make_ledger
+
+    from spendgate.reports import queries
+    from spendgate.store import rollups
+
+    db = tmp_path / "g.duckdb"
+    make_ledger(db, 20_000, users=60, workspaces=7, days=40)
+    con = duckdb.connect(str(db))
+    try:
+        cur = con.cursor()
+        now = datetime.now(UTC)
+        limits = {"workspace": 5, "user": 25, "client": None, "key": 3}
+        for since, user in [(None, None), (now - timedelta(days=9, hours=5), None), (now - timedelta(days=30), "user7")]:
+            with rollups.checked(cur):
+                got = queries.spend_sets(cur, limits, since=since, user=user)
+                want = {by: queries.spend(cur, by, since=since, user=user, limit=n) for by, n in limits.items()}
+            assert got == want and all(want.values())
+            assert len(got["user"]) == (1 if user else 25) and len(got["workspace"]) == (1 if user else 5)
+    finally:
+        con.close()
