@@ -102,23 +102,25 @@ def table(
         plain_table(title, rows, columns, money)
         return
     cells = _cells(rows, columns, money)
-    if all(v.isascii() and v.isprintable() for col in [columns, *cells] for v in col):
+    if all(v.isascii() for col in [columns, *cells] for v in col):  # control characters are escaped already
         # plain string work, ~100x faster than rich's layout (~0.4 ms per cell: a 50-row spend by
         # user too wide for a 120-column terminal took ~300 ms in rich); what cannot be boxed even
         # with text cut is printed as aligned lines that wrap, as `ps` or `kubectl` output does
-        if not box_table(title, rows, columns, cells, no_wrap):
+        if not box_table(title, rows, columns, cells, [*no_wrap, *money]):
             plain_table(title, rows, columns, money, cells)
         return
-    # cells with other characters (wide, combining): rich measures them
+    # cells with other characters (wide, combining): rich measures them; as Text, never markup (a
+    # user named "[link=...]" must not become a link, nor "[/]" a MarkupError)
     from rich.table import Table
+    from rich.text import Text
 
     t = Table(title=title, header_style="bold")
     for c in columns:
         t.add_column(c, justify="right" if rows and isinstance(rows[0].get(c), int | float) else "left",
                      no_wrap=c in no_wrap, overflow="ignore" if c in no_wrap else "ellipsis",
                      min_width=max((len(str(r.get(c) or "")) for r in rows), default=0) if c in no_wrap else None)
-    for r in rows:
-        t.add_row(*(usd(r[c], 4) if c in money and r.get(c) is not None else fmt(r.get(c)) for c in columns))
+    for row in zip(*cells):
+        t.add_row(*(Text(v) for v in row))
     console.print(t)
 
 
@@ -138,9 +140,14 @@ def _column(values: list[Any], money: bool) -> list[str]:
     kinds = {type(v) for v in values} - {type(None)}
     if kinds == {int}:
         return ["-" if v is None else f"{v:,}" for v in values]
-    if kinds == {str}:
-        return ["-" if v is None else v for v in values]
-    return [fmt(v) for v in values]
+    text = ["-" if v is None else v for v in values] if kinds == {str} else [fmt(v) for v in values]
+    return [v if v.isprintable() else _escaped(v) for v in text]
+
+
+def _escaped(text: str) -> str:
+    """Control characters (ESC, CR, newlines, C1...) as \\xNN: ledger values are client-supplied
+    (user names, models), and a table must never carry terminal escape sequences."""
+    return "".join(ch if ch.isprintable() else f"\\x{ord(ch):02x}" for ch in text)
 
 
 def _cells(rows: Sequence[dict[str, Any]], columns: Sequence[str], money: Sequence[str]) -> list[list[str]]:
@@ -169,7 +176,8 @@ def box_table(title: str, rows: Sequence[dict[str, Any]], columns: Sequence[str]
     right = [bool(rows) and isinstance(rows[0].get(c), int | float) for c in columns]
     total = sum(widths) + 3 * len(widths) + 1
     if total > _width():
-        fitted = _fit(widths, [not r and c not in no_wrap for c, r in zip(columns, right)],
+        # cut only long text (names, models, notes): short columns (times, providers, statuses) stay whole
+        fitted = _fit(widths, [not r and c not in no_wrap and w > CUT_FROM for c, r, w in zip(columns, right, widths)],
                       total - _width()) if sys.stdout.isatty() else None
         if fitted is None:
             return False
@@ -197,7 +205,8 @@ def box_table(title: str, rows: Sequence[dict[str, Any]], columns: Sequence[str]
     return True
 
 
-CUT_MIN = 4  # a cut column keeps at least this many characters (three and "…")
+CUT_MIN = 12  # a cut column keeps at least this many characters (eleven and "…")
+CUT_FROM = 24  # only columns wider than this are cut: a timestamp (20) or a status is never cut
 
 
 def _fit(widths: list[int], cuttable: list[bool], excess: int) -> list[int] | None:

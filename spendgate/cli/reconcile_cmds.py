@@ -185,15 +185,18 @@ def _ledger(args: argparse.Namespace, **kw: Any) -> Ledger:
 
 def _policy_loader(args: argparse.Namespace, only_with: str | None = None) -> Callable[[], Policy | None]:
     """The policy, loaded on first call. `only_with`: a top-level key the caller reads; a file whose
-    text never contains that word cannot declare it, so the loader answers None without importing
-    YAML or the policy model (~60 ms of `spendgate spend`'s start when there are no seat plans).
-    An unreadable file still goes to `load`, which says what is wrong with it."""
+    text never contains that word, nor a backslash (a double-quoted YAML key may spell it with
+    escapes: "pl\\x61ns"), cannot declare it, so the loader answers None without importing YAML or
+    the policy model (~60 ms of `spendgate spend`'s start when there are no seat plans); such a
+    file is then not validated either (`spendgate policy check` and the gateway do that). An
+    unreadable file still goes to `load`, which says what is wrong with it."""
 
     def load_it() -> Policy | None:
         path = getattr(args, "policy", None) or default_policy()
         if only_with is not None:
             try:
-                if only_with not in Path(path).read_text(errors="replace"):
+                text = Path(path).read_text(errors="replace")
+                if only_with not in text and "\\" not in text:
                     return None
             except OSError:
                 pass

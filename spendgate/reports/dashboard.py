@@ -356,22 +356,34 @@ EXPORT_CHUNK = 1 << 20  # bytes per read when an export is streamed
 # scanned (its default limit is 80% of RAM), so a month's CSV at 30M rows grew the gateway by
 # ~123 MB and a CLI export by 172 MB; at 64MB the CLI's growth was 76 MB, for ~25% more CPU.
 EXPORT_MEMORY_LIMIT = "64MB"
-_capped = [0]  # exports running with the cap (the setting is the database's: the last one lifts it)
-_capped_lock = threading.Lock()
+_caps: dict[str, list[Any]] = {}  # database file -> [exports running capped, its limit before the first]
+_caps_lock = threading.Lock()
 
 
 @contextmanager
 def _buffer_pool_capped(cur: duckdb.DuckDBPyConnection) -> Iterator[None]:
-    """EXPORT_MEMORY_LIMIT on the database for the export's duration, then DuckDB's default again
-    (spendgate sets no other limit). Lowering the limit evicts cached blocks at once. It is the
-    database's setting: queries running meanwhile (dashboard polls, the ledger writer's small
-    commits) get it too and spill to disk past it. If DuckDB cannot evict enough (memory pinned by
-    another query) the export runs uncapped rather than fail."""
-    with _capped_lock:
+    """EXPORT_MEMORY_LIMIT on a file-backed database for the export's duration, then its limit as it
+    was before (the string DuckDB showed, kept from the first export: re-reading it each time would
+    round it down a little at every export). Lowering the limit evicts cached blocks at once. It is
+    the database's setting: queries running meanwhile (dashboard polls, the ledger writer's small
+    commits) get it too, and spill to the database's own temp directory (beside the file) past it;
+    overlapping exports of the same file share one cap, lifted by the last. An in-memory database
+    (a PostgreSQL replica's Parquet export) is never capped: its rows would spill to DuckDB's
+    default temp directory, the process's working directory. If DuckDB cannot evict enough (memory
+    pinned by another query) the export runs uncapped rather than fail."""
+    path = cur.execute("SELECT path FROM duckdb_databases() WHERE database_name = current_database()").fetchone()
+    key = path[0] if path else None
+    if not key:
+        yield
+        return
+    with _caps_lock:
+        state = _caps.setdefault(key, [0, None])
         try:
-            if _capped[0] == 0:
+            if state[0] == 0:
+                if state[1] is None:
+                    state[1] = cur.execute("SELECT current_setting('memory_limit')").fetchone()[0]
                 cur.execute(f"SET memory_limit = '{EXPORT_MEMORY_LIMIT}'")
-            _capped[0] += 1
+            state[0] += 1
             capped = True
         except duckdb.Error as e:
             log.info("export runs without the memory cap: %s", e)
@@ -380,10 +392,10 @@ def _buffer_pool_capped(cur: duckdb.DuckDBPyConnection) -> Iterator[None]:
         yield
     finally:
         if capped:
-            with _capped_lock:
-                _capped[0] -= 1
-                if _capped[0] == 0:
-                    cur.execute("RESET memory_limit")
+            with _caps_lock:
+                state[0] -= 1
+                if state[0] == 0:
+                    cur.execute(f"SET memory_limit = '{state[1]}'")  # DuckDB's own text of it: no quote
 
 
 class ExportFile:

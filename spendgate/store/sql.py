@@ -128,8 +128,17 @@ def many_rows(cur: duckdb.DuckDBPyConnection, query: str, params: list[Any]) -> 
     planning is ~2-4 ms; the dashboard asks the same queries every poll); small results use `rows`."""
     if dialect(cur) == "postgresql":  # DESCRIBE and the casts below are DuckDB's; psycopg's own conversion
         return rows(cur, query, params)
-    wrapped, plan = _DESCRIBED.get(query) or _describe(cur, query, params)
-    res = cur.execute(wrapped, params)
+    key = (query, tuple(type(p) for p in params))
+    cached = _DESCRIBED.get(key)
+    try:
+        wrapped, plan = cached or _describe(cur, key, params)
+        res = cur.execute(wrapped, params)
+    except duckdb.Error:
+        if cached is None:
+            raise
+        # another database with another schema in this process (a test, a CLI reading two files)
+        wrapped, plan = _describe(cur, key, params)
+        res = cur.execute(wrapped, params)
     out: list[dict[str, Any]] = []
     while batch := res.fetchmany(FETCH_ROWS):  # in steps, yielding the GIL between them (see dicts)
         for row in batch:
@@ -153,13 +162,16 @@ def many_rows(cur: duckdb.DuckDBPyConnection, query: str, params: list[Any]) -> 
 
 
 _KIND = {"DECIMAL": 1, "TIMESTAMP WITH TIME ZONE": 2, "HUGEINT": 3}  # many_rows: how a column converts
-# query text -> (the wrapping SELECT, (name, kind, index of its first column) per column). A query's
-# column types follow from its text and the schema, which a process never changes once migrated.
-_DESCRIBED: dict[str, tuple[str, list[tuple[str, int, int]]]] = {}
+# (query text, parameter types) -> (the wrapping SELECT, (name, kind, index of its first column) per
+# column). A query's column types follow from its text, its parameters' types and the schema, which
+# a gateway never changes once migrated; a plan that no longer binds is described again.
+_DESCRIBED: dict[tuple[str, tuple[type, ...]], tuple[str, list[tuple[str, int, int]]]] = {}
 _DESCRIBED_MAX = 256  # distinct query texts kept (a report builds a handful; filters add variants)
 
 
-def _describe(cur: duckdb.DuckDBPyConnection, query: str, params: list[Any]) -> tuple[str, list[tuple[str, int, int]]]:
+def _describe(cur: duckdb.DuckDBPyConnection, key: tuple[str, tuple[type, ...]], params: list[Any]
+              ) -> tuple[str, list[tuple[str, int, int]]]:
+    query = key[0]
     described = cur.execute(f"DESCRIBE {query}", params).fetchall()  # (name, type, ...)
     exprs: list[str] = []
     plan: list[tuple[str, int, int]] = []
@@ -177,7 +189,7 @@ def _describe(cur: duckdb.DuckDBPyConnection, query: str, params: list[Any]) -> 
             exprs.append(col)
     if len(_DESCRIBED) >= _DESCRIBED_MAX:
         _DESCRIBED.clear()
-    _DESCRIBED[query] = out = (f"SELECT {', '.join(exprs)} FROM ({query}) AS q", plan)
+    _DESCRIBED[key] = out = (f"SELECT {', '.join(exprs)} FROM ({query}) AS q", plan)
     return out
 
 

@@ -98,3 +98,14 @@ def test_usd_is_round_usd_of_the_decimal_value_with_its_sign(x, places) -> None:
     p = (2 if d == 0 or abs(d) >= 1 else 4) if places is None else places
     q = round_usd(d, p)
     assert usd(x, places) == f"{'-' if q < 0 else ''}${abs(q):,.{p}f}"
+
+
+def test_usd_keeps_its_rounding_under_another_context_and_refuses_what_is_not_an_amount() -> None:
+    from decimal import ROUND_HALF_UP, localcontext
+
+    with localcontext() as ctx:
+        ctx.rounding = ROUND_HALF_UP
+        assert usd(0.125, 2) == "$0.12" and usd(Decimal("0.00005")) == "$0.0000"
+    for bad in (float("nan"), float("inf"), Decimal("-Infinity"), Decimal("sNaN")):
+        with pytest.raises(ValueError):
+            usd(bad, 4)

@@ -109,11 +109,33 @@ def test_a_table_too_wide_for_the_terminal_cuts_text_columns_never_numbers(capsy
     assert "u" * 40 in out and "┃" not in out
 
 
-def test_text_that_is_not_plain_ascii_goes_to_rich(capsys) -> None:
+def test_text_that_is_not_plain_ascii_goes_to_rich_as_text_not_markup(capsys) -> None:
     output.table("t", [{"user": "zoë"}], ["user"])  # widths of non-ASCII text: rich knows them
     assert "zoë" in capsys.readouterr().out
-    output.table("t", [{"user": "two\nlines"}], ["user"])
-    assert "two" in capsys.readouterr().out
+    output.table("t", [{"user": "zoë[/]"}, {"user": "zoë [link=https://evil.example]x[/link]"}], ["user"])
+    out = capsys.readouterr().out
+    assert "zoë[/]" in out and "[link=https://evil.example]x[/link]" in out  # printed as typed
+
+
+def test_control_characters_from_the_ledger_never_reach_the_terminal(capsys) -> None:
+    """User names and models are client-supplied: ESC, CR and newlines print as \\xNN, in boxes,
+    long tables and rich's, so no row can move the cursor, recolour or retitle the terminal."""
+    evil = ["\x1b]0;owned\x07x", "a\x1b[2Jb", "two\nlines", "cr\rx", "zoë\x1b[31m", "\x9b31m"]
+    for n in (1, output.PLAIN_ROWS + 1):  # a box (or rich), then plain lines
+        for name in evil:
+            output.table("t", [{"user": name, "n": 1}] * n, ["user", "n"])
+            out = capsys.readouterr().out
+            assert not any(ch in out for ch in "\x1b\r\x07\x9b") and "\\x" in out, (n, name)
+
+
+def test_money_columns_are_never_cut_even_when_the_first_row_has_none(capsys, monkeypatch) -> None:
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    monkeypatch.setattr(output, "_width", lambda: 70)
+    rows = [{"ts": "2026-12-01T02:00:00Z", "model": "m" * 40, "notional_usd": None},
+            {"ts": "2026-12-01T02:00:01Z", "model": "m" * 40, "notional_usd": 12345.6789}]
+    output.table("t", rows, ["ts", "model", "notional_usd"], money=["notional_usd"])
+    out = capsys.readouterr().out
+    assert "$12,345.6789" in out and "2026-12-01T02:00:01Z" in out and "m…" in out
 
 
 # -- what a report imports -----------------------------------------------------------------------
@@ -168,8 +190,17 @@ def test_the_engine_is_the_duckdb_package_s_own_and_reports_skip_the_package(tmp
     assert all(getattr(engine, n) is getattr(duckdb, n) for n in used), used
     db = tmp_path / "l.duckdb"
     _ledger(db)
-    for argv in (["ledger"], ["spend", "--by", "user"], ["reconcile", "report"], ["audit"]):
-        assert "duckdb" not in _modules_after(f"from spendgate.cli import main\nmain({[*argv, '--db', str(db)]!r})")
+    # the package made unimportable: a command that reached for it (or for a method only the package
+    # adds to connections, `con.sql`, `read_parquet`...) fails here, where tests importing duckdb hide it
+    for argv in (["ledger"], ["spend", "--by", "user"], ["reconcile", "report"], ["audit"], ["budgets"],
+                 ["export", "--format", "parquet", "--out", str(tmp_path / "x.parquet")],
+                 ["export", "--format", "csv", "--out", str(tmp_path / "x.csv")], ["prices", "check"],
+                 ["explain", "r1"], ["requests"]):
+        code = ("import sys\nsys.modules['duckdb'] = None\nfrom spendgate.cli import main\n"
+                f"sys.exit(main({[*argv, '--db', str(db)]!r}))")
+        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
+        assert r.returncode in (0, 1) and "Traceback" not in r.stderr, (argv, r.stderr[-800:])
+    assert (tmp_path / "x.parquet").stat().st_size and (tmp_path / "x.csv").read_text().count("\n") == 21
 
 
 def test_spend_by_user_opens_the_ledger_once(tmp_path, monkeypatch, capsys) -> None:
@@ -197,9 +228,14 @@ def test_spend_reads_the_policy_only_when_it_can_declare_seat_plans(tmp_path) ->
     run = "from spendgate.cli import main\nmain({!r})"
     mods = _modules_after(run.format(["spend", "--by", "user", "--db", str(db), "--policy", str(plain)]))
     assert not {"yaml", "spendgate.policy.model"} & mods
-    out = subprocess.run([sys.executable, "-m", "spendgate", "spend", "--by", "user", "--db", str(db),
-                          "--policy", str(seats)], capture_output=True, text=True, timeout=120, cwd=ROOT, check=True)
-    assert "Beside API spend" in out.stdout and "user1" in out.stdout
+    escaped = tmp_path / "escaped.yaml"  # the key spelled with a YAML escape: the word is not in the text
+    escaped.write_text(plain.read_text() + '"pl\\x61ns":\n  claude-max: {vendor: anthropic, price_usd: 200, '
+                       'holders: [user1]}\n')
+    for policy in (seats, escaped):
+        out = subprocess.run([sys.executable, "-m", "spendgate", "spend", "--by", "user", "--db", str(db),
+                              "--policy", str(policy)], capture_output=True, text=True, timeout=120, cwd=ROOT,
+                             check=True)
+        assert "Beside API spend" in out.stdout and "user1" in out.stdout, policy.name
 
 
 # -- reconciliation without the policy -----------------------------------------------------------
@@ -286,3 +322,19 @@ def test_one_statement_breakdowns_are_the_per_grouping_lists(tmp_path) -> None:
             assert len(got["user"]) == (1 if user else 25) and len(got["workspace"]) == (1 if user else 5)
     finally:
         con.close()
+
+
+def test_many_rows_describes_again_when_the_same_text_meets_another_schema() -> None:
+    """sql.many_rows keeps a query text's column plan per process; the same text on a database
+    whose column has another type (or with parameters of other types) is described afresh."""
+    from spendgate.store import sql
+
+    a, b = duckdb.connect(":memory:"), duckdb.connect(":memory:")
+    a.execute("CREATE TABLE t AS SELECT TIMESTAMPTZ '2026-12-01 00:00:00+00' AS v, 1.50::DECIMAL(10, 2) AS d")
+    b.execute("CREATE TABLE t AS SELECT 'text' AS v, 'also text' AS d")
+    q = "SELECT v, d FROM t"
+    assert sql.many_rows(a, q, []) == [{"v": "2026-12-01T00:00:00Z", "d": 1.5}]
+    assert sql.many_rows(b, q, []) == [{"v": "text", "d": "also text"}]
+    assert sql.many_rows(a, q, []) == [{"v": "2026-12-01T00:00:00Z", "d": 1.5}]
+    assert sql.many_rows(a, "SELECT ? AS p", [Decimal("2.5")]) == [{"p": 2.5}]
+    assert sql.many_rows(a, "SELECT ? AS p", ["x"]) == [{"p": "x"}]
