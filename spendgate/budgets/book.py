@@ -450,15 +450,16 @@ class BudgetBook:
             })
         return rows
 
-    def limits_of(self, scope: str, now: datetime) -> tuple[Budgets, date | None]:
-        """The policy limits of one scope (what `scopes` gives it), without building an identity's set."""
+    def limits_of(self, scope: str, now: datetime, today: date | None = None) -> tuple[Budgets, date | None]:
+        """The policy limits of one scope (what `scopes` gives it), without building an identity's set.
+        `today`: `now`'s date in the policy's time zone, when the caller already has it (a loop)."""
         if scope.startswith(SUBSCRIPTION_PREFIX):
             for name, limits, until in subscription_scopes(self.policy, _identity_of(scope)):
                 if name == scope:
                     return limits, until
             return {}, None
         kind, _, rest = scope.partition(":")
-        today = now.astimezone(self.policy.timezone).date()
+        today = today or now.astimezone(self.policy.timezone).date()
         if kind == "organization":
             return (self.policy.org_budgets, None) if rest == self.policy.org_name else ({}, None)
         if kind == "workspace":
@@ -478,6 +479,7 @@ class BudgetBook:
         """
         now = self.now()
         tz = self.policy.timezone
+        today = now.astimezone(tz).date()
         starts = {w: bounds(w, now, tz)[0] for w in WINDOWS}
         counters: dict[tuple[str, str], Counter] = {}
         for (scope, window, start), c in self.store.items():
@@ -492,7 +494,7 @@ class BudgetBook:
             named &= only
         ranked = []  # (-used, scope, window, ...): only the chosen few become dicts below
         for scope in named:
-            limits, until = self.limits_of(scope, now)
+            limits, until = self.limits_of(scope, now, today)
             for window, limit in limits.items():
                 if window not in WINDOWS:
                     continue
@@ -505,7 +507,7 @@ class BudgetBook:
         rows = []
         for neg_used, scope, window, cap, c, until in chosen:
             end = bounds(window, now, tz)[1]
-            limits, _ = self.limits_of(scope, now)
+            limits, _ = self.limits_of(scope, now, today)
             rows.append({
                 "scope": scope, "window": window, "limit_usd": float(cap), "spent_usd": float(c.spent),
                 "reserved_usd": float(c.reserved), "remaining_usd": float(cap - c.spent - c.reserved),
