@@ -151,8 +151,9 @@ class Gateway:
 
     def _in_charge(self) -> bool:
         """The addon has opened the ledger: its discovery file is there and names this process (a
-        gateway killed with -9 leaves its own behind; unless the admin API is off)."""
-        if "spendgate_admin_port=-1" in self.extra_args or "spendgate_store" in " ".join(self.extra_args):
+        gateway killed with -9 leaves its own behind; unless the admin API is off). Replicas of a
+        shared store too: a CLI run against one before its file exists finds the ledger locked."""
+        if "spendgate_admin_port=-1" in self.extra_args:
             return True
         try:
             return json.loads(Path(str(self.db) + ".gateway.json").read_text()).get("pid") == self.proc.pid
