@@ -167,10 +167,11 @@ def _width() -> int:
 def box_table(title: str, rows: Sequence[dict[str, Any]], columns: Sequence[str], cells: list[list[str]],
               no_wrap: Sequence[str] = ()) -> bool:
     """Draw the table as rich's default (heavy head box, a space of padding, numbers right-aligned)
-    from `cells` (a list per column of printable ASCII: one character, one column). Too wide for a terminal, text
-    columns are cut with "…", widest first, as rich's `overflow="ellipsis"` does (numbers and
-    `no_wrap` columns never); returns False, drawing nothing, when even that does not fit (or,
-    piped, when the table is wider than PIPED_WIDTH: scripts get whole values)."""
+    from `cells` (a list per column of printable ASCII: one character, one column). Too wide for a
+    terminal, long text columns (over CUT_FROM) are cut with "…", widest first, as rich's
+    `overflow="ellipsis"` does (numbers and `no_wrap` columns never); returns False, drawing
+    nothing, when even that does not fit (or, piped, when the table is wider than PIPED_WIDTH:
+    scripts get whole values)."""
     heads = list(columns)
     widths = [max([len(h), *map(len, col)]) for h, col in zip(heads, cells)]
     right = [bool(rows) and isinstance(rows[0].get(c), int | float) for c in columns]
@@ -182,7 +183,8 @@ def box_table(title: str, rows: Sequence[dict[str, Any]], columns: Sequence[str]
         if fitted is None:
             return False
         widths, total = fitted, _width()
-        heads, cells = _cut(heads, widths), [[_cut1(v, w) for v in col] for col, w in zip(cells, widths)]
+        heads = [_cut(h, w) for h, w in zip(heads, widths)]
+        cells = [[_cut(v, w) for v in col] for col, w in zip(cells, widths)]
 
     def line(values: Sequence[str], edge: str, sep: str, bold: bool = False) -> str:
         parts = [(v.rjust(w) if r else v.ljust(w)) for v, w, r in zip(values, widths, right)]
@@ -221,12 +223,8 @@ def _fit(widths: list[int], cuttable: list[bool], excess: int) -> list[int] | No
     return out
 
 
-def _cut1(v: str, w: int) -> str:
+def _cut(v: str, w: int) -> str:
     return v if len(v) <= w else v[: w - 1] + "…"
-
-
-def _cut(values: Sequence[str], widths: Sequence[int]) -> list[str]:
-    return [_cut1(v, w) for v, w in zip(values, widths)]
 
 
 def plain_table(title: str, rows: Sequence[dict[str, Any]], columns: Sequence[str], money: Sequence[str] = (),
