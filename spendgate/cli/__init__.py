@@ -90,9 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141  # 128 + SIGPIPE: what a shell reports for a writer whose reader left
     except Exception as e:
-        from spendgate.cli.source import (
-            SourceError,  # not imported for --help (issue 22: <= 200 ms)
-        )
+        from spendgate.cli.source import SourceError  # here: not imported for --help (<= 200 ms)
 
         if not isinstance(e, SourceError):
             raise

@@ -356,7 +356,17 @@ EXPORT_CHUNK = 1 << 20  # bytes per read when an export is streamed
 # scanned (its default limit is 80% of RAM), so a month's CSV at 30M rows grew the gateway by
 # ~123 MB and a CLI export by 172 MB; at 64MB the CLI's growth was 76 MB, for ~25% more CPU.
 EXPORT_MEMORY_LIMIT = "64MB"
-_caps: dict[str, list[Any]] = {}  # database file -> [exports running capped, its limit before the first]
+
+
+@dataclass
+class _Cap:
+    """One database file's export cap: exports running under it, and its limit before the first."""
+
+    running: int = 0
+    before: str | None = None
+
+
+_caps: dict[str, _Cap] = {}  # database file -> its cap
 _caps_lock = threading.Lock()
 
 
@@ -377,13 +387,13 @@ def _buffer_pool_capped(cur: duckdb.DuckDBPyConnection) -> Iterator[None]:
         yield
         return
     with _caps_lock:
-        state = _caps.setdefault(key, [0, None])
+        state = _caps.setdefault(key, _Cap())
         try:
-            if state[0] == 0:
-                if state[1] is None:
-                    state[1] = cur.execute("SELECT current_setting('memory_limit')").fetchone()[0]
+            if state.running == 0:
+                if state.before is None:
+                    state.before = cur.execute("SELECT current_setting('memory_limit')").fetchone()[0]
                 cur.execute(f"SET memory_limit = '{EXPORT_MEMORY_LIMIT}'")
-            state[0] += 1
+            state.running += 1
             capped = True
         except duckdb.Error as e:
             log.info("export runs without the memory cap: %s", e)
@@ -393,9 +403,9 @@ def _buffer_pool_capped(cur: duckdb.DuckDBPyConnection) -> Iterator[None]:
     finally:
         if capped:
             with _caps_lock:
-                state[0] -= 1
-                if state[0] == 0:
-                    cur.execute(f"SET memory_limit = '{state[1]}'")  # DuckDB's own text of it: no quote
+                state.running -= 1
+                if state.running == 0:
+                    cur.execute(f"SET memory_limit = '{state.before}'")  # DuckDB's own text of it: no quote
 
 
 class ExportFile:

@@ -97,15 +97,18 @@ def latest(cur: duckdb.DuckDBPyConnection, cols: str, limit: int, *conditions: s
     return rows  # pragma: no cover - the last reach is unbounded
 
 
-_SPEND_SUMS = """sum(requests) AS requests,
-               sum(input_tokens) AS input_tokens, sum(cache_read_tokens) AS cache_read_tokens,
-               sum(cache_write_tokens) AS cache_write_tokens, sum(output_tokens) AS output_tokens,
-               coalesce(sum(cost_usd), 0) AS cost_usd,
-               coalesce(sum(requests) FILTER (WHERE billing_basis = 'subscription'), 0) AS subscription_requests,
-               coalesce(sum(notional_usd) FILTER (WHERE billing_basis = 'subscription'), 0) AS notional_usd,
-               coalesce(sum(requests) FILTER (WHERE outcome = 'unpriced'), 0) AS unpriced,
-               coalesce(sum(requests) FILTER (WHERE outcome = 'blocked'), 0) AS blocked"""
 _TOKEN_SUMS = ("input_tokens", "cache_read_tokens", "cache_write_tokens", "output_tokens")
+# what `spend` sums per group: (column, aggregate over a rollups.source), in the order rows carry them
+_SPEND_AGGS = (
+    ("requests", "sum(requests)"),
+    *((t, f"sum({t})") for t in _TOKEN_SUMS),
+    ("cost_usd", "coalesce(sum(cost_usd), 0)"),
+    ("subscription_requests", "coalesce(sum(requests) FILTER (WHERE billing_basis = 'subscription'), 0)"),
+    ("notional_usd", "coalesce(sum(notional_usd) FILTER (WHERE billing_basis = 'subscription'), 0)"),
+    ("unpriced", "coalesce(sum(requests) FILTER (WHERE outcome = 'unpriced'), 0)"),
+    ("blocked", "coalesce(sum(requests) FILTER (WHERE outcome = 'blocked'), 0)"),
+)
+_SPEND_SUMS = ", ".join(f"{agg} AS {col}" for col, agg in _SPEND_AGGS)
 
 
 def spend(
@@ -158,8 +161,7 @@ def spend_sets(
     value = " ".join(f"WHEN grouping({e}) = 0 THEN {e}" for e in exprs)
     cut = " OR ".join(f"(by_ = '{by}' AND rank_ <= {int(n)})" if n else f"by_ = '{by}'" for by, n in limits.items())
     query = f"""
-        SELECT by_, "group", {", ".join(['requests', *_TOKEN_SUMS, 'cost_usd', 'subscription_requests',
-                                         'notional_usd', 'unpriced', 'blocked'])} FROM (
+        SELECT by_, "group", {", ".join(col for col, _ in _SPEND_AGGS)} FROM (
             SELECT *, row_number() OVER (PARTITION BY by_ ORDER BY cost_usd DESC, notional_usd DESC, "group") AS rank_
             FROM (SELECT CASE {which} END AS by_, CASE {value} END AS "group", {_SPEND_SUMS}
                   FROM {src} r {where} GROUP BY GROUPING SETS ({", ".join(f"({e})" for e in exprs)})) g
