@@ -18,7 +18,7 @@ from typing import Any
 from mitmproxy import ctx, exceptions, http
 
 from spendgate import access as access_rules
-from spendgate import bounds, fsutil, resources
+from spendgate import bounds, fsutil, heap, resources
 from spendgate.budgets import refusal
 from spendgate.budgets.admission import too_large
 from spendgate.cli.source import default_db
@@ -218,6 +218,7 @@ class SpendGate:
             log.error("spendgate: %s", e)  # an error logged during start-up makes mitmdump exit 1
             return
         self.gateway.proxy_verified = self.proxy_verified
+        heap.settle()  # what start-up built lives as long as the process: out of the collector's walks
         log.info("spendgate: ledger %s, admin API %s%s", self.settings.db, self.gateway.admin and self.gateway.admin.url,
                  ", shared store" if self.settings.store else "")
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from spendgate import heap
 from spendgate.budgets import shared
 from spendgate.budgets.admission import Admission
 from spendgate.budgets.book import BudgetBook
@@ -285,6 +286,7 @@ class Gateway:
         self.book.policy = policy
         self.plan_charger.apply(policy, self.book.store, datetime.now(UTC))
         self.workflow.policy_loaded(policy, "file change")
+        heap.resettle()  # a gateway process's heap: the old policy's objects freed, the new one's frozen
         log.info("spendgate: policy reloaded from %s (sha256 %s)", self.settings.policy, policy.sha256[:12])
         return True
 

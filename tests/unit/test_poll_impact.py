@@ -1,0 +1,185 @@
+"""What keeps dashboard polling off proxied traffic (issue 22, proxy p99 with tabs polling): the
+counter lock held in slices, background priority for admin threads, a settled heap, and the
+budget limits `closest` looks up kept per policy and day."""
+
+from __future__ import annotations
+
+import gc
+import os
+import sys
+import threading
+import urllib.request
+import weakref
+from datetime import timedelta
+from decimal import Decimal
+
+import pytest
+
+from spendgate import heap
+from spendgate.budgets import book as book_mod
+from spendgate.budgets.book import MemoryCounters
+from spendgate.policy.model import parse
+from spendgate.web import priority
+from spendgate.web.server import AdminServer
+
+from tests.unit.test_read_side import NOW, POLICY, busy_book, key
+
+
+class CountingLock:
+    """threading.Lock that counts how often it was taken."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.taken = 0
+
+    def __enter__(self):
+        self.lock.acquire()
+        self.taken += 1
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.lock.release()
+
+
+def filled(n: int) -> MemoryCounters:
+    store = MemoryCounters()
+    for i in range(n):
+        store.add((f"user:u{i}", "day", NOW), Decimal(i) / 100)
+    return store
+
+
+def test_items_copies_every_counter_in_slices_of_the_lock(monkeypatch):
+    monkeypatch.setattr(book_mod, "LOCKED_SLICE", 100)
+    store = filled(1_000)
+    with store._lock:
+        whole = {k: (c.spent, c.reserved) for k, c in store._c.items()}
+    store._lock = CountingLock()
+    got = store.items()
+    assert {k: (c.spent, c.reserved) for k, c in got} == whole
+    assert store._lock.taken == 1 + 10  # the keys, then ten slices: never the whole copy in one hold
+    # copies: changing them changes nothing in the store
+    got[0][1].spent += Decimal(5)
+    assert store.get(got[0][0]).spent == whole[got[0][0]][0]
+
+
+def test_items_while_admission_writes_is_consistent_per_counter(monkeypatch):
+    """Settles land between slices: each copied counter is one settle's before or after, never
+    half of one (reserved released but spent not yet added)."""
+    monkeypatch.setattr(book_mod, "LOCKED_SLICE", 7)
+    store = filled(500)
+    keys = [k for k, _ in store.items()]
+    done = threading.Event()
+
+    def settle_many() -> None:  # what admission and settle do, a counter per hold of the lock
+        for _ in range(20):
+            for k in keys:
+                with store._lock:
+                    c = store._c[k]
+                    c.reserved += Decimal(1)
+                    c.spent += Decimal(1)
+                    c.reserved -= Decimal(1)
+        done.set()
+
+    t = threading.Thread(target=settle_many)
+    t.start()
+    copies = 0
+    while not done.is_set() or copies == 0:
+        got = store.items()
+        copies += 1
+        assert len(got) == 500 and all(c.reserved == 0 for _, c in got)
+        assert all(c.spent == int(c.spent) + Decimal(i) / 100 - int(Decimal(i) / 100)
+                   for i, (_, c) in enumerate(sorted(got, key=lambda kc: int(kc[0][0][6:]))))
+    t.join()
+    assert {k: c.spent for k, c in store.items()} == {k: Decimal(int(k[0][6:])) / 100 + 20 for k in keys}
+
+
+def test_prune_drops_old_windows_in_slices(monkeypatch):
+    monkeypatch.setattr(book_mod, "LOCKED_SLICE", 50)
+    store = filled(300)
+    for i in range(200):
+        store.add((f"user:u{i}", "day", NOW - timedelta(days=1)), Decimal(1))
+    store._lock = CountingLock()
+    assert store.prune(lambda k: k[2] == NOW) == 200
+    assert store._lock.taken == 1 + 4
+    assert {k[2] for k, _ in store.items()} == {NOW} and len(store.items()) == 300
+
+
+def test_closest_follows_a_new_policy_and_a_new_day():
+    book = busy_book()
+    before = key(book.closest(5))
+    book.policy = parse(POLICY.replace("hour: 2,", "hour: 200,"), "p.yaml")  # a reload
+    after = key(book.closest(5))
+    assert after != before and all(w != "hour" or s == "user:frozen@acme.com" for s, w, _ in after)
+    # an exception until today: gone tomorrow, though the policy object is the same
+    book.policy = parse(POLICY.replace("users:\n", "users:\n  late@core.acme.com: {budgets: {day: 1}, until: 2026-11-18}\n"),
+                        "p.yaml")
+    late = {(r["scope"], r["window"]): r["limit_usd"] for r in book.closest(None, {"user:late@core.acme.com"})}
+    assert late[("user:late@core.acme.com", "day")] == 1.0
+    book.now = lambda: NOW + timedelta(days=1)
+    late = {(r["scope"], r["window"]): r["limit_usd"] for r in book.closest(None, {"user:late@core.acme.com"})}
+    assert late[("user:late@core.acme.com", "day")] == 3.0  # the default again
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="per-thread nice values are Linux's")
+def test_admin_requests_are_served_at_background_priority():
+    seen = []
+
+    def handler(params, caller):
+        seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+        return {"ok": True}
+
+    server = AdminServer({"/x": handler}).start()
+    try:
+        req = urllib.request.Request(server.url + "/x", headers={"Authorization": f"Bearer {server.token}"})
+        assert urllib.request.urlopen(req, timeout=10).status == 200
+    finally:
+        server.stop()
+    assert seen == [priority.BACKGROUND_NICE]
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == 0  # this thread untouched
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="per-thread nice values are Linux's")
+def test_lowering_one_thread_leaves_the_others():
+    got = []
+    t = threading.Thread(target=lambda: got.append((priority.lower_this_thread(),
+                                                    os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))))
+    t.start()
+    t.join()
+    assert got == [(True, priority.BACKGROUND_NICE)]
+    assert os.getpriority(os.PRIO_PROCESS, os.getpid()) == 0
+
+
+class Node:
+    def __init__(self) -> None:
+        self.me = self  # a reference cycle: only the collector frees it
+
+
+def test_settle_freezes_survivors_and_a_later_settle_frees_what_was_dropped(monkeypatch):
+    monkeypatch.setattr(heap, "_settled", False)
+    assert heap.resettle() is None  # a process that never opted in is left alone
+    try:
+        node = Node()
+        ref = weakref.ref(node)
+        heap.settle()
+        assert gc.get_freeze_count() > 0
+        del node
+        gc.collect()
+        assert ref() is not None  # frozen: out of the collector's walks
+        assert heap.resettle() is not None  # after a reload
+        assert ref() is None
+    finally:
+        gc.unfreeze()
+
+
+def test_a_policy_reload_resettles_the_heap(tmp_path, monkeypatch):
+    from tests.unit.test_gateway_core import make
+
+    gw = make(tmp_path, POLICY.removeprefix("version: 1\n"))
+    calls = []
+    monkeypatch.setattr(heap, "resettle", lambda: calls.append(1))
+    try:
+        gw.settings.policy.write_text(POLICY.replace("month: 1000", "month: 2000"))
+        assert gw.reload_policy()
+        assert calls == [1]
+    finally:
+        gw.close()
