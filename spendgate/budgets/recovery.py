@@ -30,7 +30,7 @@ def rebuild_counters(cur: duckdb.DuckDBPyConnection, book: BudgetBook, now: date
     dims = ('"user"', "key_fingerprint", "workspace", "billing_basis", "plan")
     parts, params = [], []
     for w in WINDOWS:  # each window from the rollups, raw rows before its first whole UTC day (policy zone)
-        src, p = rollups.source(cur, starts[w], dims=dims)
+        src, p = rollups.source(cur, starts[w], dims=dims, measures=("charged_usd",))
         parts.append(f"SELECT '{w}' AS w, * FROM {src}")  # w is one of WINDOWS
         params += p
     rows = cur.execute(

@@ -74,7 +74,8 @@ def totals(cur: duckdb.DuckDBPyConnection, now: datetime | None = None, user: st
     starts = {w: reports.window_start(w, now) for w in reports.WINDOWS}
     parts, params = [], []
     for w in reports.WINDOWS:  # each window from its own exact source (rollups, raw at the edges)
-        src, p = rollups.source(cur, starts[w], dims=("outcome", "billing_basis", *([USER_COL] if user else [])))
+        src, p = rollups.source(cur, starts[w], dims=("outcome", "billing_basis", *([USER_COL] if user else [])),
+                                measures=("requests", "cost_usd", "charged_usd", "notional_usd"))
         parts.append(f"SELECT '{w}' AS w, * FROM {src} s")  # w is one of WINDOWS
         params += p
     where, more = sql.where((USER, user))
@@ -115,8 +116,9 @@ def series(
     secs = int(b.step.total_seconds())
     # buckets of a day or more from the rollups (whole UTC days); finer ones from the raw rows
     dims = ("outcome", *([USER_COL] if user else []))
-    src, params = (rollups.source(cur, first, by_day=True, dims=dims) if secs >= 86400
-                   else rollups.raw_source(first, dims=dims))
+    ms = ("cost_usd", "requests")
+    src, params = (rollups.source(cur, first, by_day=True, dims=dims, measures=ms) if secs >= 86400
+                   else rollups.raw_source(first, dims=dims, measures=ms))
     where, more = sql.where((USER, user))
     params += more
     query = f"""
@@ -151,8 +153,9 @@ def unpriced(
     """Models the gateway could not price: what they cost at the fallback rate and who used them."""
     # sums from the per-model rollups (a few rows a month); only the distinct users need the full ones
     mine = [USER_COL] if user else []
-    sums, p1 = rollups.source(cur, since, dims=("provider", "model", "outcome", *mine))
-    users, p2 = rollups.source(cur, since, dims=("provider", "model", "outcome", USER_COL))
+    sums, p1 = rollups.source(cur, since, dims=("provider", "model", "outcome", *mine),
+                              measures=("requests", "input_tokens", "output_tokens", "charged_usd", "max_ts"))
+    users, p2 = rollups.source(cur, since, dims=("provider", "model", "outcome", USER_COL), measures=())
     where, more = sql.where("outcome = 'unpriced'", (USER, user))
     query = f"""
         WITH s AS (SELECT provider, coalesce(model, '(unknown)') AS model, sum(requests) AS requests,

@@ -109,6 +109,8 @@ _SPEND_AGGS = (
     ("blocked", "coalesce(sum(requests) FILTER (WHERE outcome = 'blocked'), 0)"),
 )
 _SPEND_SUMS = ", ".join(f"{agg} AS {col}" for col, agg in _SPEND_AGGS)
+_SPEND_MEASURES = ("requests", *_TOKEN_SUMS, "cost_usd", "notional_usd")  # what _SPEND_AGGS sums
+_SUBSCRIPTION_MEASURES = ("requests", "input_tokens", "output_tokens", "notional_usd", "charged_usd", "max_ts")
 
 
 def spend(
@@ -124,7 +126,7 @@ def spend(
         raise ValueError(f"unknown grouping {by!r} (one of {', '.join(GROUPS)})")
     start = since or (window_start(window) if window else None)
     dims = (*GROUP_DIMS[by], "billing_basis", "outcome", *(['"user"'] if user else []))
-    src, params = rollups.source(cur, start, dims=dims)
+    src, params = rollups.source(cur, start, dims=dims, measures=_SPEND_MEASURES)
     where, more = sql.where(('"user" = ?', user))
     query = f"""
         SELECT {GROUPS[by]} AS "group", {_SPEND_SUMS}
@@ -154,7 +156,7 @@ def spend_sets(
     if any(by not in GROUPS for by in bys):
         raise ValueError(f"unknown grouping in {bys!r} (one of {', '.join(GROUPS)})")
     dims = {d for by in bys for d in GROUP_DIMS[by]} | {"billing_basis", "outcome", *(['"user"'] if user else [])}
-    src, params = rollups.source(cur, since, dims=dims)
+    src, params = rollups.source(cur, since, dims=dims, measures=_SPEND_MEASURES)
     where, more = sql.where(('"user" = ?', user))
     exprs = [GROUPS[by] for by in bys]
     which = " ".join(f"WHEN grouping({e}) = 0 THEN '{by}'" for by, e in zip(bys, exprs))  # by: a GROUPS key
@@ -187,7 +189,8 @@ def subscriptions(
     Not money the company is invoiced (the seat is): for comparing with plan limits and seat prices.
     """
     src, params = rollups.source(cur, since, until,
-                                 dims=("plan", '"user"', "provider", "credential", "billing_basis", "outcome"))
+                                 dims=("plan", '"user"', "provider", "credential", "billing_basis", "outcome"),
+                                 measures=_SUBSCRIPTION_MEASURES)
     where, more = sql.where("billing_basis = 'subscription'", ('"user" = ?', user))
     query = f"""
         SELECT coalesce(plan, '(no plan)') AS plan, "user", provider, credential, sum(requests) AS requests,
@@ -236,7 +239,8 @@ def subscriptions_page(
     of thousands of rows. One query over the rollups: the grouped rows, their totals and count
     (so a page past the end still has the totals). `more`: rows after this page."""
     src, params = rollups.source(cur, since, until,
-                                 dims=("plan", '"user"', "provider", "credential", "billing_basis", "outcome"))
+                                 dims=("plan", '"user"', "provider", "credential", "billing_basis", "outcome"),
+                                 measures=_SUBSCRIPTION_MEASURES)
     where, more = sql.where("billing_basis = 'subscription'", ('"user" = ?', user))
     query = f"""
         WITH g AS (

@@ -72,7 +72,6 @@ FAMILIES: dict[str, tuple[str, ...]] = {
 }
 GRAINS = ("day", "month")
 TABLES = tuple(f"rollup_{g}{f}" for f in FAMILIES for g in GRAINS)
-_MCOLS = ", ".join(m[0] for m in MEASURES)
 
 
 def _agg(col: str, *, of_rows: bool) -> str:
@@ -353,19 +352,21 @@ def ceil_month(t: datetime) -> datetime:
     return f.replace(year=f.year + 1, month=1) if f.month == 12 else f.replace(month=f.month + 1)
 
 
-def _raw(lo: datetime | None, hi: datetime | None, day: bool, dims: tuple[str, ...] = DIMS) -> tuple[str, list[Any]]:
+def _raw(lo: datetime | None, hi: datetime | None, day: bool, dims: tuple[str, ...] = DIMS,
+         measures: tuple[tuple[str, str, str], ...] = MEASURES) -> tuple[str, list[Any]]:
     cond, params = _range("ts", lo, hi)
     extra = ", CAST(timezone('UTC', ts) AS DATE) AS day" if day else ""
-    ms = ", ".join(f"{m[2]} AS {m[0]}" for m in MEASURES)
-    return f"SELECT {', '.join(dims)}, {ms}, ts AS t0{extra} FROM requests {cond}", params
+    cols = [*dims, *(f"{m[2]} AS {m[0]}" for m in measures), "ts AS t0"]
+    return f"SELECT {', '.join(cols)}{extra} FROM requests {cond}", params
 
 
-def _rolled(grain: str, lo: datetime | None, hi: datetime | None, day: bool, dims: tuple[str, ...]
-            ) -> tuple[str, list[Any]]:
+def _rolled(grain: str, lo: datetime | None, hi: datetime | None, day: bool, dims: tuple[str, ...],
+            measures: tuple[tuple[str, str, str], ...] = MEASURES) -> tuple[str, list[Any]]:
     fam = next(f for f, have in FAMILIES.items() if set(dims) <= set(have))  # the narrowest that has them
     cond, params = _range("bucket", lo, hi)
     extra = ", CAST(timezone('UTC', bucket) AS DATE) AS day" if day else ""
-    return f"SELECT {', '.join(dims)}, {_MCOLS}, bucket AS t0{extra} FROM rollup_{grain}{fam} {cond}", params
+    cols = [*dims, *(m[0] for m in measures), "bucket AS t0"]
+    return f"SELECT {', '.join(cols)}{extra} FROM rollup_{grain}{fam} {cond}", params
 
 
 def pieces(since: datetime | None, until: datetime | None, *, by_day: bool = False
@@ -404,9 +405,9 @@ def pieces(since: datetime | None, until: datetime | None, *, by_day: bool = Fal
 
 
 def raw_source(since: datetime | None = None, until: datetime | None = None, *, by_day: bool = False,
-               dims: Iterable[str] | None = None) -> tuple[str, list[Any]]:
+               dims: Iterable[str] | None = None, measures: Iterable[str] | None = None) -> tuple[str, list[Any]]:
     """`source` from the raw rows only: for ranges finer than a day (the latest hours, minutes)."""
-    sql, params = _raw(since, until, by_day, _dims(dims))
+    sql, params = _raw(since, until, by_day, _dims(dims), _measures(measures))
     return f"({sql})", params
 
 
@@ -420,24 +421,36 @@ def _dims(dims: Iterable[str] | None) -> tuple[str, ...]:
     return tuple(d for d in DIMS if d in want)
 
 
+def _measures(names: Iterable[str] | None) -> tuple[tuple[str, str, str], ...]:
+    if names is None:
+        return MEASURES
+    want = set(names)
+    unknown = want - {m[0] for m in MEASURES}
+    if unknown:
+        raise ValueError(f"not a rollup measure: {', '.join(sorted(unknown))}")
+    return tuple(m for m in MEASURES if m[0] in want)
+
+
 def source(cur: Any, since: datetime | None = None, until: datetime | None = None, *,
-           by_day: bool = False, dims: Iterable[str] | None = None) -> tuple[str, list[Any]]:
+           by_day: bool = False, dims: Iterable[str] | None = None, measures: Iterable[str] | None = None
+           ) -> tuple[str, list[Any]]:
     """A subquery (with its parameters) yielding the ledger in [since, until) as rows of
     (dims..., measures..., t0[, day]) -- rollup rows where whole buckets fit, raw rows at the
     edges. Sum its measures; never count its rows. `t0` is the bucket start or the row's ts.
     `dims`: the dimensions the caller uses (None: all); each piece comes from the narrowest
-    rollup family holding them.
+    rollup family holding them. `measures`: the MEASURES columns the caller sums (None: all);
+    naming only those keeps DuckDB's binding of the union short (~25% of a small report's time).
 
     Raw rows throughout when the rollups are unavailable (see `available`)."""
-    d = _dims(dims)
+    d, ms = _dims(dims), _measures(measures)
     known = _CHECKED.get()
     if not (available(cur) if known is None else known):
-        return raw_source(since, until, by_day=by_day, dims=d)
+        return raw_source(since, until, by_day=by_day, dims=d, measures=measures)
     parts, params = [], []
     for kind, lo, hi in pieces(since, until, by_day=by_day):
-        q, p = _raw(lo, hi, by_day, d) if kind == "raw" else _rolled(kind, lo, hi, by_day, d)
+        q, p = _raw(lo, hi, by_day, d, ms) if kind == "raw" else _rolled(kind, lo, hi, by_day, d, ms)
         parts.append(q)
         params += p
     if not parts:  # an empty range
-        return raw_source(since, until, by_day=by_day, dims=d)
+        return raw_source(since, until, by_day=by_day, dims=d, measures=measures)
     return "(" + " UNION ALL ".join(parts) + ")", params

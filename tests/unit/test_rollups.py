@@ -325,6 +325,20 @@ def test_each_piece_reads_the_narrowest_rollup_holding_the_dimensions(ledger):
         rollups.source(ledger, since, dims=("note",))
 
 
+def test_a_source_of_some_measures_sums_the_same_and_names_only_those(ledger):
+    """Reports name the measures they sum (issue 22: a shorter union binds faster)."""
+    since = datetime(2026, 10, 14, 13, tzinfo=UTC)
+    full, p1 = rollups.source(ledger, since, dims=("model",))
+    some, p2 = rollups.source(ledger, since, dims=("model",), measures=("cost_usd", "max_ts"))
+    assert p1 == p2 and "input_tokens" in full and "input_tokens" not in some and "cost_null" not in some
+    q = "SELECT model, sum(cost_usd), max(max_ts) FROM {} r GROUP BY 1 ORDER BY 1"
+    assert ledger.execute(q.format(some), p2).fetchall() == ledger.execute(q.format(full), p1).fetchall()
+    bare, _ = rollups.source(ledger, since, dims=("model",), measures=())
+    assert ledger.execute(f"SELECT count(DISTINCT model) FROM {bare} r", p1).fetchone()[0] > 1
+    with pytest.raises(ValueError):
+        rollups.source(ledger, since, measures=("prompt",))
+
+
 def test_budget_counters_rebuilt_at_start_are_identical_in_policy_time_zones(ledger):
     """Start-up (budgets.recovery) reads the rollups too: windows start at local midnight."""
     from spendgate.budgets.book import BudgetBook
