@@ -88,6 +88,7 @@ class MemoryCounters:
     def __init__(self) -> None:
         self._c: dict[CounterKey, Counter] = {}
         self._lock = threading.Lock()
+        self._changed: set[CounterKey] = set()  # reserved, settled or added to since `changed()` last ran
 
     def try_reserve(self, budgets: list[Budget], amount: Decimal, ticket: Ticket | None = None) -> Reserved:
         """Reserve `amount` on all budgets, or on none (then `refused` names the first without room)."""
@@ -98,6 +99,7 @@ class MemoryCounters:
                     return Reserved(i, [Counter(x.spent, x.reserved) for x in map(self._peek, budgets)])
             for b in budgets:
                 self._c.setdefault(b.key, Counter()).reserved += amount
+                self._changed.add(b.key)
             return Reserved(None, [Counter(x.spent, x.reserved) for x in map(self._peek, budgets)])
 
     def _peek(self, b: Budget) -> Counter:
@@ -109,6 +111,7 @@ class MemoryCounters:
                 c = self._c.setdefault(k, Counter())
                 c.reserved = max(ZERO, c.reserved - res.amount)
                 c.spent += actual
+            self._changed.update(res.keys)
 
     def record(self, row: LedgerRow) -> None:
         """Nothing to do: the DuckDB ledger keeps the row."""
@@ -116,6 +119,7 @@ class MemoryCounters:
     def add(self, key: CounterKey, amount: Decimal) -> None:
         with self._lock:
             self._c.setdefault(key, Counter()).spent += amount
+            self._changed.add(key)
 
     def get(self, key: CounterKey) -> Counter:
         with self._lock:
@@ -139,7 +143,18 @@ class MemoryCounters:
         poll (issue 22, proxy p99 with tabs polling). Counters made during the copy are left to
         the next one; the slices are not one instant, which no reader needs (each counter is).
         """
-        keys, out = self._keys(), []
+        return self._copies(self._keys())
+
+    def changed(self) -> list[tuple[CounterKey, Counter]]:
+        """Copies (as `items` makes them) of the counters reserved on, settled or added to since
+        the previous call: what a reader that keeps its own view (`BudgetBook.closest`) must
+        look at again. One reader per store."""
+        with self._lock:
+            keys, self._changed = list(self._changed), set()
+        return self._copies(keys)
+
+    def _copies(self, keys: list[CounterKey]) -> list[tuple[CounterKey, Counter]]:
+        out = []
         for i in range(0, len(keys), LOCKED_SLICE):
             with self._lock:
                 get = self._c.get
@@ -285,6 +300,8 @@ class BudgetBook:
         self.now = now
         self._covering: dict[tuple, tuple[Policy, datetime, datetime, list[Budget]]] = {}
         self._limits: tuple[Policy, date, dict[str, tuple[Budgets, date | None]]] | None = None
+        self._rank: _Ranking | None = None  # closest()'s kept ranking
+        self._rank_lock = threading.Lock()  # admin threads only: never taken on the event loop
 
     def covering(self, identity: Identity, now: datetime | None = None) -> list[Budget]:
         """The budgets covering `identity` at `now`, grants included.
@@ -508,43 +525,29 @@ class BudgetBook:
         cost follows the number of counters, not users x windows x identities as `status` does. A
         budget nobody spent on this window has no counter and shows only if the policy names its
         scope (or `only` does): it is at 0 % and sorts last anyway. Rows are `status` rows plus `used`.
+
+        The ranking is kept between calls (`_Ranking`) and brought up to date from the counters
+        that changed since (`MemoryCounters.changed`): a poll re-ranks the budgets that moved in
+        the last few seconds, not all ~16,000 of 2,000 users and their keys (30-50 ms of Python
+        holding the interpreter lock the proxy's event loop needs: issue 22, proxy p99 with tabs
+        polling). It is built afresh when the policy, the day or a window changes.
         """
         now = self.now()
         tz = self.policy.timezone
         today = now.astimezone(tz).date()
         starts = {w: bounds(w, now, tz)[0] for w in WINDOWS}
-        counters: dict[tuple[str, str], Counter] = {}
-        for (scope, window, start), c in self.store.items():
-            if (only is None or scope in only) and start == starts.get(window):  # this window's, not an old one
-                counters[(scope, window)] = c
         granted = set(self.granted_scopes())  # grants.total is zero for every other scope
-        named = {scope for scope, _ in counters} | set(only or ()) | granted
-        if only is None:  # scopes the policy names: a zero limit there is full without any spend
-            named |= {f"organization:{self.policy.org_name}"} | {f"workspace:{w}" for w in self.policy.workspaces}
-            named |= {f"user:{u}" for u in self.policy.users} | {f"key:{fp}" for fp in self.policy.keys}
-        else:
-            named &= only
+        with self._rank_lock:
+            rk = self._ranking(now, today, starts, granted)
+            if only is None:
+                pool = [e for scope_entries in rk.entries.values() for e in scope_entries]
+            else:
+                pool = []
+                for scope in only:
+                    got = rk.entries.get(scope)
+                    pool += got if got is not None else self._ranked(scope, {}, now, today, granted)
+        chosen = sorted(pool) if n is None else heapq.nsmallest(n, pool)
         known = self._limits_on(today)
-        ranked = []  # (-used, scope, window, ...): only the chosen few become dicts below
-        for i, scope in enumerate(named):
-            if i % YIELD_EVERY == YIELD_EVERY - 1:
-                # thousands of scopes are tens of ms of Python on the dashboard's thread: hand the
-                # interpreter lock to the proxy's event loop now and then, not after Python's 5 ms
-                # switch interval (issue 22: proxy p99 with tabs polling)
-                time.sleep(0)
-            got = known.get(scope)
-            if got is None:
-                got = known[scope] = self.limits_of(scope, now, today)
-            limits, until = got
-            for window, limit in limits.items():
-                if window not in WINDOWS:
-                    continue
-                cap = limit + self.grants(scope, window, now) if scope in granted else limit
-                c = counters.get((scope, window)) or ZERO_COUNTER
-                # floats, as dashboard.closest_to_cap and the page compute it, so the order is the same
-                used = (float(c.spent) + float(c.reserved)) / float(cap) if cap > 0 else 1.0
-                ranked.append((-used, scope, window, cap, c, until))
-        chosen = sorted(ranked) if n is None else heapq.nsmallest(n, ranked)
         rows = []
         for neg_used, scope, window, cap, c, until in chosen:
             end = bounds(window, now, tz)[1]
@@ -557,6 +560,77 @@ class BudgetBook:
                 "used": round(-neg_used, 4),
             })  # fmt: skip
         return rows
+
+    def _ranking(self, now: datetime, today: date, starts: dict[str, datetime], granted: set[str]) -> _Ranking:
+        """The kept ranking, up to date (call with `_rank_lock` held)."""
+        rk = self._rank
+        changed = getattr(self.store, "changed", None)  # a shared store keeps no change set: built each time
+        if changed is None or rk is None or rk.policy is not self.policy or rk.today != today or rk.starts != starts:
+            if changed is not None:
+                changed()  # what changed up to now is in the copy below
+            counters: dict[str, dict[str, Counter]] = {}
+            for (scope, window, start), c in self.store.items():
+                if start == starts.get(window):  # this window's, not an old one
+                    counters.setdefault(scope, {})[window] = c
+            policy = self.policy
+            # scopes the policy names: a zero limit there is full without any spend
+            named = {f"organization:{policy.org_name}"} | {f"workspace:{w}" for w in policy.workspaces}
+            named |= {f"user:{u}" for u in policy.users} | {f"key:{fp}" for fp in policy.keys}
+            rk = self._rank = _Ranking(policy, today, starts, named, counters, {}, set())
+            touched = set(counters) | named | granted
+        else:
+            touched = set()
+            for (scope, window, start), c in changed():
+                if start == starts.get(window):
+                    rk.counters.setdefault(scope, {})[window] = c
+                    touched.add(scope)
+            for scope in rk.granted - granted:  # a grant ended: back to the policy's limit, or gone
+                if scope in rk.counters or scope in rk.named:
+                    touched.add(scope)
+                else:
+                    rk.entries.pop(scope, None)
+            touched |= granted  # a grant's amount moves with time (grants start and end)
+        for i, scope in enumerate(touched):
+            if i % YIELD_EVERY == YIELD_EVERY - 1:
+                # thousands of scopes are tens of ms of Python on the dashboard's thread: hand the
+                # interpreter lock to the proxy's event loop now and then, not after Python's 5 ms
+                # switch interval (issue 22: proxy p99 with tabs polling)
+                time.sleep(0)
+            rk.entries[scope] = self._ranked(scope, rk.counters.get(scope, {}), now, today, granted)
+        rk.granted = granted
+        return rk
+
+    def _ranked(self, scope: str, counters: dict[str, Counter], now: datetime, today: date, granted: set[str]
+                ) -> list[tuple]:
+        """One scope's budgets as `closest` ranks them: (-used, scope, window, cap, counter, until)."""
+        known = self._limits_on(today)
+        got = known.get(scope)
+        if got is None:
+            got = known[scope] = self.limits_of(scope, now, today)
+        limits, until = got
+        out = []
+        for window, limit in limits.items():
+            if window not in WINDOWS:
+                continue
+            cap = limit + self.grants(scope, window, now) if scope in granted else limit
+            c = counters.get(window) or ZERO_COUNTER
+            # floats, as dashboard.closest_to_cap and the page compute it, so the order is the same
+            used = (float(c.spent) + float(c.reserved)) / float(cap) if cap > 0 else 1.0
+            out.append((-used, scope, window, cap, c, until))
+        return out
+
+
+@dataclass(slots=True)
+class _Ranking:
+    """`closest`'s budgets as last ranked, for one policy, day and set of window starts."""
+
+    policy: Policy
+    today: date
+    starts: dict[str, datetime]
+    named: set[str]  # the scopes the policy names (ranked even without spend)
+    counters: dict[str, dict[str, Counter]]  # scope -> window -> copy, current windows only
+    entries: dict[str, list[tuple]]  # scope -> its ranked budgets (BudgetBook._ranked)
+    granted: set[str]  # the scopes that had grants at the last update
 
 
 def _identity_of(scope: str) -> Identity:

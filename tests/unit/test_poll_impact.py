@@ -183,3 +183,48 @@ def test_a_policy_reload_resettles_the_heap(tmp_path, monkeypatch):
         assert calls == [1]
     finally:
         gw.close()
+
+
+def test_the_kept_ranking_follows_every_admission_settle_and_grant():
+    """closest() re-ranks only what changed since its last call: after each of many random
+    admissions, settlements (some left open), refusals and grants that start and end, it ranks
+    exactly as a fresh ranking of every budget (`status`) does."""
+    import random
+
+    from spendgate.identity import Identity
+    from spendgate.reports import dashboard
+
+    rnd = random.Random(7)
+    book = busy_book()
+    clock = [NOW]
+    book.now = lambda: clock[0]
+    grants: dict[str, Decimal] = {}
+    book.grants = lambda scope, window, now: grants.get(scope, Decimal(0)) if window == "day" else Decimal(0)
+    book.granted_scopes = lambda: set(grants)
+    people = [Identity(user=f"u{i}@core.acme.com", source="test", key_fingerprint=f"sha256:{i:012d}",
+                       workspaces=("core",)) for i in range(14)]  # two new ones too
+    open_ = []
+    for step in range(60):
+        for _ in range(rnd.randrange(1, 6)):
+            d = book.admit(rnd.choice(people), Decimal(rnd.randrange(1, 90)) / 100)
+            if d.admitted:
+                if rnd.random() < 0.7:
+                    book.settle(d.reservation, Decimal(rnd.randrange(0, 120)) / 100)
+                else:
+                    open_.append(d.reservation)
+        if open_ and rnd.random() < 0.5:
+            book.settle(open_.pop(0), Decimal("0.01"))
+        if rnd.random() < 0.2:  # a grant starts, or ends
+            who = f"user:{rnd.choice(people).user}"
+            if who in grants:
+                del grants[who]
+            else:
+                grants[who] = Decimal(rnd.randrange(1, 5))
+        if step == 30:
+            clock[0] = NOW.replace(minute=59, second=59)  # same hour: kept
+        if step == 45:
+            clock[0] = NOW.replace(hour=16, minute=1)  # a new hour: built afresh
+        expected = dashboard.closest_to_cap(book.status(), 10_000)
+        assert key(book.closest(8)) == key(expected[:8]), step
+        mine = {"user:u3@core.acme.com", "key:sha256:000000000003", "user:u13@core.acme.com"}
+        assert key(book.closest(None, mine)) == key([r for r in expected if r["scope"] in mine]), step
