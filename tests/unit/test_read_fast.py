@@ -338,3 +338,21 @@ def test_many_rows_describes_again_when_the_same_text_meets_another_schema() -> 
     assert sql.many_rows(a, q, []) == [{"v": "2026-12-01T00:00:00Z", "d": 1.5}]
     assert sql.many_rows(a, "SELECT ? AS p", [Decimal("2.5")]) == [{"p": 2.5}]
     assert sql.many_rows(a, "SELECT ? AS p", ["x"]) == [{"p": "x"}]
+
+
+def test_latest_rows_of_a_file_older_than_some_columns_come_without_them():
+    """`ledger` asks for every column at once (a statement fewer per overview); a file made before
+    some columns existed (opened read-only, never migrated) answers with the columns it has."""
+    from spendgate.reports import queries
+
+    con = duckdb.connect(":memory:")
+    con.execute('CREATE TABLE requests (ts TIMESTAMPTZ, request_id VARCHAR, "user" VARCHAR, model VARCHAR, '
+                "cost_usd DECIMAL(20, 10))")
+    now = datetime.now(UTC)
+    con.executemany("INSERT INTO requests VALUES (?, ?, ?, 'm', 0.5)",
+                    [(now - timedelta(minutes=i), f"r{i}", "ann" if i % 2 else "bob") for i in range(5)])
+    rows = queries.ledger(con.cursor(), 3, user="ann")
+    assert [r["request_id"] for r in rows] == ["r1", "r3"]
+    assert set(rows[0]) == {"ts", "request_id", "user", "model", "cost_usd"}
+    con.execute("ALTER TABLE requests ADD COLUMN oops INTEGER")  # a column reports do not know: ignored
+    assert [r["request_id"] for r in queries.ledger(con.cursor(), 2)] == ["r0", "r1"]
