@@ -5,33 +5,28 @@ token: the request is identified like their provider traffic, but from authentic
 only (proxy credentials, API key mapping, client IP map, the local user of a laptop gateway;
 never a header a client sets, not even from a trusted proxy), and they see their own spend.
 Approvers decide with their proxy credentials (spendgate tokens). Admins log in with a token.
-The app runs on its own background-priority threads (spendgate.web.priority): DuckDB work never
-touches the event loop, and a poll never takes a core the proxy wants.
+The app runs in a thread (asyncio.to_thread): DuckDB work never touches the event loop.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from concurrent.futures import ThreadPoolExecutor
 
 from mitmproxy import ctx, http
 
 from spendgate.policy.model import UNATTRIBUTED
 from spendgate.web.app import WebRequest
 from spendgate.web.caller import Caller
-from spendgate.web.priority import lower_this_thread
 
 log = logging.getLogger("spendgate")
 
 META = "spendgate.web.app"
-WEB_THREADS = 4  # dashboard requests through the proxy answered at once (a page polls 3 routes together)
 
 
 class DashboardHost:
     def __init__(self, gate) -> None:
         self.gate = gate  # the SpendGate addon, which owns the Gateway
-        self.pool = ThreadPoolExecutor(WEB_THREADS, thread_name_prefix="spendgate-web", initializer=lower_this_thread)
 
     def load(self, loader) -> None:
         loader.add_option(
@@ -59,8 +54,5 @@ class DashboardHost:
         headers.pop("proxy-authorization", None)
         web_req = WebRequest(req.method, req.path, headers, req.raw_content or b"", ambient)
         # an export's streamed body is read whole in the worker thread (mitmproxy's Response wants bytes)
-        resp = await asyncio.get_running_loop().run_in_executor(self.pool, lambda: gw.web.handle(web_req).buffered())
+        resp = await asyncio.to_thread(lambda: gw.web.handle(web_req).buffered())
         flow.response = http.Response.make(resp.status, resp.body, resp.headers)
-
-    def done(self) -> None:
-        self.pool.shutdown(wait=False, cancel_futures=True)  # answers in flight finish on their own

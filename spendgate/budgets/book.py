@@ -89,6 +89,7 @@ class MemoryCounters:
         self._c: dict[CounterKey, Counter] = {}
         self._lock = threading.Lock()
         self._changed: set[CounterKey] = set()  # reserved, settled or added to since `changed()` last ran
+        self._tracking = False  # set by the first `changed()`: a gateway nobody polls keeps no such set
 
     def try_reserve(self, budgets: list[Budget], amount: Decimal, ticket: Ticket | None = None) -> Reserved:
         """Reserve `amount` on all budgets, or on none (then `refused` names the first without room)."""
@@ -99,7 +100,8 @@ class MemoryCounters:
                     return Reserved(i, [Counter(x.spent, x.reserved) for x in map(self._peek, budgets)])
             for b in budgets:
                 self._c.setdefault(b.key, Counter()).reserved += amount
-                self._changed.add(b.key)
+            if self._tracking:
+                self._changed.update([b.key for b in budgets])
             return Reserved(None, [Counter(x.spent, x.reserved) for x in map(self._peek, budgets)])
 
     def _peek(self, b: Budget) -> Counter:
@@ -111,7 +113,8 @@ class MemoryCounters:
                 c = self._c.setdefault(k, Counter())
                 c.reserved = max(ZERO, c.reserved - res.amount)
                 c.spent += actual
-            self._changed.update(res.keys)
+            if self._tracking:
+                self._changed.update(res.keys)
 
     def record(self, row: LedgerRow) -> None:
         """Nothing to do: the DuckDB ledger keeps the row."""
@@ -119,7 +122,8 @@ class MemoryCounters:
     def add(self, key: CounterKey, amount: Decimal) -> None:
         with self._lock:
             self._c.setdefault(key, Counter()).spent += amount
-            self._changed.add(key)
+            if self._tracking:
+                self._changed.add(key)
 
     def get(self, key: CounterKey) -> Counter:
         with self._lock:
@@ -133,6 +137,7 @@ class MemoryCounters:
             with self._lock:
                 for k in old[i : i + LOCKED_SLICE]:
                     self._c.pop(k, None)
+                    self._changed.discard(k)
         return len(old)
 
     def items(self) -> list[tuple[CounterKey, Counter]]:
@@ -148,8 +153,10 @@ class MemoryCounters:
     def changed(self) -> list[tuple[CounterKey, Counter]]:
         """Copies (as `items` makes them) of the counters reserved on, settled or added to since
         the previous call: what a reader that keeps its own view (`BudgetBook.closest`) must
-        look at again. One reader per store."""
+        look at again. One reader per store; tracking starts with the first call (so that one
+        answers with nothing: the reader copies `items()` right after it)."""
         with self._lock:
+            self._tracking = True
             keys, self._changed = list(self._changed), set()
         return self._copies(keys)
 
@@ -547,16 +554,14 @@ class BudgetBook:
                     got = rk.entries.get(scope)
                     pool += got if got is not None else self._ranked(scope, {}, now, today, granted)
         chosen = sorted(pool) if n is None else heapq.nsmallest(n, pool)
-        known = self._limits_on(today)
         rows = []
-        for neg_used, scope, window, cap, c, until in chosen:
+        for neg_used, scope, window, cap, c, until, limit in chosen:
             end = bounds(window, now, tz)[1]
-            limits = known[scope][0]
             rows.append({
                 "scope": scope, "window": window, "limit_usd": float(cap), "spent_usd": float(c.spent),
                 "reserved_usd": float(c.reserved), "remaining_usd": float(cap - c.spent - c.reserved),
                 "resets_at": end.isoformat().replace("+00:00", "Z"),
-                "until": until.isoformat() if until else None, "granted_usd": float(cap - limits[window]),
+                "until": until.isoformat() if until else None, "granted_usd": float(cap - limit),
                 "used": round(-neg_used, 4),
             })  # fmt: skip
         return rows
@@ -602,7 +607,9 @@ class BudgetBook:
 
     def _ranked(self, scope: str, counters: dict[str, Counter], now: datetime, today: date, granted: set[str]
                 ) -> list[tuple]:
-        """One scope's budgets as `closest` ranks them: (-used, scope, window, cap, counter, until)."""
+        """One scope's budgets as `closest` ranks them: (-used, scope, window, cap, counter, until,
+        the policy's limit): everything a row needs, so a policy reloaded meanwhile changes nothing
+        of a ranking already chosen."""
         known = self._limits_on(today)
         got = known.get(scope)
         if got is None:
@@ -616,7 +623,7 @@ class BudgetBook:
             c = counters.get(window) or ZERO_COUNTER
             # floats, as dashboard.closest_to_cap and the page compute it, so the order is the same
             used = (float(c.spent) + float(c.reserved)) / float(cap) if cap > 0 else 1.0
-            out.append((-used, scope, window, cap, c, until))
+            out.append((-used, scope, window, cap, c, until, limit))
         return out
 
 

@@ -23,7 +23,6 @@ from urllib.parse import parse_qsl, urlsplit
 from spendgate import fsutil
 from spendgate.fsutil import discovery_path  # noqa: F401  (re-exported: gateway, scripts)
 from spendgate.web.app import BODY_LIMITS, StreamBody, WebRequest
-from spendgate.web.priority import lower_this_thread
 from spendgate.web.caller import ApiError, Caller
 
 log = logging.getLogger(__name__)
@@ -43,14 +42,6 @@ def body_limit(target: str, headers: Any) -> int:
     return limit
 
 
-class _BackgroundHTTPServer(ThreadingHTTPServer):
-    """A thread per connection, each at background priority (spendgate.web.priority)."""
-
-    def process_request_thread(self, request: Any, client_address: Any) -> None:
-        lower_this_thread()
-        super().process_request_thread(request, client_address)
-
-
 class AdminServer:
     def __init__(
         self,
@@ -65,7 +56,7 @@ class AdminServer:
         self.post_routes = post_routes or {}
         self.app: Any = None  # a spendgate.web.app.WebApp: when set, it answers every request (dashboard + API)
         self.token = token or secrets.token_urlsafe(32)
-        self.httpd = _BackgroundHTTPServer((host, port), self._handler_class())
+        self.httpd = ThreadingHTTPServer((host, port), self._handler_class())
         self.httpd.daemon_threads = True
         self.thread = threading.Thread(target=self.httpd.serve_forever, name="spendgate-admin", daemon=True)
 

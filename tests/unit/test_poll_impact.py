@@ -1,26 +1,18 @@
 """What keeps dashboard polling off proxied traffic (issue 22, proxy p99 with tabs polling): the
-counter lock held in slices, background priority for admin threads, a settled heap, and the
-budget limits `closest` looks up kept per policy and day."""
+counter lock held in slices, a settled heap, and a ranking of budgets kept between polls."""
 
 from __future__ import annotations
 
 import gc
-import os
-import sys
 import threading
-import urllib.request
 import weakref
 from datetime import timedelta
 from decimal import Decimal
-
-import pytest
 
 from spendgate import heap
 from spendgate.budgets import book as book_mod
 from spendgate.budgets.book import MemoryCounters
 from spendgate.policy.model import parse
-from spendgate.web import priority
-from spendgate.web.server import AdminServer
 
 from tests.unit.test_read_side import NOW, POLICY, busy_book, key
 
@@ -120,35 +112,6 @@ def test_closest_follows_a_new_policy_and_a_new_day():
     assert late[("user:late@core.acme.com", "day")] == 3.0  # the default again
 
 
-@pytest.mark.skipif(sys.platform != "linux", reason="per-thread nice values are Linux's")
-def test_admin_requests_are_served_at_background_priority():
-    seen = []
-
-    def handler(params, caller):
-        seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
-        return {"ok": True}
-
-    server = AdminServer({"/x": handler}).start()
-    try:
-        req = urllib.request.Request(server.url + "/x", headers={"Authorization": f"Bearer {server.token}"})
-        assert urllib.request.urlopen(req, timeout=10).status == 200
-    finally:
-        server.stop()
-    assert seen == [priority.BACKGROUND_NICE]
-    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == 0  # this thread untouched
-
-
-@pytest.mark.skipif(sys.platform != "linux", reason="per-thread nice values are Linux's")
-def test_lowering_one_thread_leaves_the_others():
-    got = []
-    t = threading.Thread(target=lambda: got.append((priority.lower_this_thread(),
-                                                    os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))))
-    t.start()
-    t.join()
-    assert got == [(True, priority.BACKGROUND_NICE)]
-    assert os.getpriority(os.PRIO_PROCESS, os.getpid()) == 0
-
-
 class Node:
     def __init__(self) -> None:
         self.me = self  # a reference cycle: only the collector frees it
@@ -228,3 +191,36 @@ def test_the_kept_ranking_follows_every_admission_settle_and_grant():
         assert key(book.closest(8)) == key(expected[:8]), step
         mine = {"user:u3@core.acme.com", "key:sha256:000000000003", "user:u13@core.acme.com"}
         assert key(book.closest(None, mine)) == key([r for r in expected if r["scope"] in mine]), step
+
+
+def test_nobody_polling_keeps_no_change_set_and_prune_empties_it():
+    store = filled(100)
+    assert not store._changed  # nobody asked: nothing tracked (a headless or central gateway)
+    assert store.changed() == [] and store._tracking
+    store.add(("user:u1", "day", NOW), Decimal(1))
+    store.add(("user:old", "day", NOW - timedelta(days=2)), Decimal(1))
+    assert len(store._changed) == 2
+    store.prune(lambda k: k[2] == NOW)  # dropped counters leave the change set too
+    assert store._changed == {("user:u1", "day", NOW)}
+
+
+def test_a_policy_reloaded_while_closest_ranks_does_not_break_it():
+    """The watcher thread swaps the policy at any moment; rows come from what was ranked."""
+    book = busy_book()
+    reloaded = parse(POLICY.replace("month: 1000", "month: 999"), "p.yaml")
+
+    class SwapOnRelease:
+        def __init__(self) -> None:
+            self.lock = threading.Lock()
+
+        def __enter__(self):
+            self.lock.acquire()
+
+        def __exit__(self, *exc) -> None:
+            book.policy = reloaded
+            self.lock.release()
+
+    book._rank_lock = SwapOnRelease()
+    first = book.closest(8)
+    assert key(first) == key(busy_book().closest(8))
+    assert book.closest(8)  # and the next call ranks under the new policy
