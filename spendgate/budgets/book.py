@@ -306,7 +306,6 @@ class BudgetBook:
         self.grant_index: Callable[[], frozenset[str]] | None = None
         self.now = now
         self._covering: dict[tuple, tuple[Policy, datetime, datetime, list[Budget]]] = {}
-        self._limits: tuple[Policy, date, dict[str, tuple[Budgets, date | None]]] | None = None
         self._rank: _Ranking | None = None  # closest()'s kept ranking
         self._rank_lock = threading.Lock()  # admin threads only: never taken on the event loop
 
@@ -516,14 +515,6 @@ class BudgetBook:
             return self.policy.key_budgets(rest, today)
         return self.policy.user_budgets(rest if kind == "user" else UNATTRIBUTED, today)
 
-    def _limits_on(self, today: date) -> dict[str, tuple[Budgets, date | None]]:
-        """`limits_of`'s answers for the current policy on `today` (they depend on nothing else),
-        kept between `closest` calls: the dashboard asks for thousands of scopes every poll."""
-        memo = self._limits
-        if memo is None or memo[0] is not self.policy or memo[1] != today:
-            memo = self._limits = (self.policy, today, {})
-        return memo[2]
-
     def closest(self, n: int | None = 8, only: set[str] | None = None) -> list[dict[str, Any]]:
         """Budgets fullest first (share used = (spent + reserved) / limit; a zero limit counts as full),
         the first `n` (None: all), limited to the scopes in `only` when given.
@@ -552,7 +543,7 @@ class BudgetBook:
                 pool = []
                 for scope in only:
                     got = rk.entries.get(scope)
-                    pool += got if got is not None else self._ranked(scope, {}, now, today, granted)
+                    pool += got if got is not None else self._ranked(rk, scope, now, granted)
         chosen = sorted(pool) if n is None else heapq.nsmallest(n, pool)
         rows = []
         for neg_used, scope, window, cap, c, until, limit in chosen:
@@ -581,7 +572,7 @@ class BudgetBook:
             # scopes the policy names: a zero limit there is full without any spend
             named = {f"organization:{policy.org_name}"} | {f"workspace:{w}" for w in policy.workspaces}
             named |= {f"user:{u}" for u in policy.users} | {f"key:{fp}" for fp in policy.keys}
-            rk = self._rank = _Ranking(policy, today, starts, named, counters, {}, set())
+            rk = self._rank = _Ranking(policy, today, starts, named, counters, {}, set(), {})
             touched = set(counters) | named | granted
         else:
             touched = set()
@@ -601,20 +592,19 @@ class BudgetBook:
                 # interpreter lock to the proxy's event loop now and then, not after Python's 5 ms
                 # switch interval (issue 22: proxy p99 with tabs polling)
                 time.sleep(0)
-            rk.entries[scope] = self._ranked(scope, rk.counters.get(scope, {}), now, today, granted)
+            rk.entries[scope] = self._ranked(rk, scope, now, granted)
         rk.granted = granted
         return rk
 
-    def _ranked(self, scope: str, counters: dict[str, Counter], now: datetime, today: date, granted: set[str]
-                ) -> list[tuple]:
+    def _ranked(self, rk: _Ranking, scope: str, now: datetime, granted: set[str]) -> list[tuple]:
         """One scope's budgets as `closest` ranks them: (-used, scope, window, cap, counter, until,
         the policy's limit): everything a row needs, so a policy reloaded meanwhile changes nothing
         of a ranking already chosen."""
-        known = self._limits_on(today)
-        got = known.get(scope)
-        if got is None:
-            got = known[scope] = self.limits_of(scope, now, today)
+        got = rk.limits.get(scope)
+        if got is None:  # depends on the policy and the day only: kept with the ranking
+            got = rk.limits[scope] = self.limits_of(scope, now, rk.today)
         limits, until = got
+        counters = rk.counters.get(scope, {})
         out = []
         for window, limit in limits.items():
             if window not in WINDOWS:
@@ -638,6 +628,7 @@ class _Ranking:
     counters: dict[str, dict[str, Counter]]  # scope -> window -> copy, current windows only
     entries: dict[str, list[tuple]]  # scope -> its ranked budgets (BudgetBook._ranked)
     granted: set[str]  # the scopes that had grants at the last update
+    limits: dict[str, tuple[Budgets, date | None]]  # scope -> BudgetBook.limits_of, asked once
 
 
 def _identity_of(scope: str) -> Identity:

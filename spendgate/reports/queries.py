@@ -69,11 +69,12 @@ def ledger(
     cur: duckdb.DuckDBPyConnection, limit: int = 50, user: str | None = None, trace_url: str | None = None
 ) -> list[dict[str, Any]]:
     """The latest rows, newest first; with a trace URL template each traced row gets `trace_url`."""
+    mine = ('"user" = ?', user)
     try:  # a statement fewer than asking for the columns first (the overview runs this every poll)
-        rows = latest(cur, _LEDGER_COLS, limit, ('"user" = ?', user))
+        rows = latest(cur, _LEDGER_COLS, limit, mine)
     except duckdb.BinderException:  # a file older than some columns (read-only, never migrated): those it has
         present = {d[0] for d in cur.execute("SELECT * FROM requests LIMIT 0").description}
-        rows = latest(cur, ", ".join(f'"{c}"' for c in LEDGER_FIELDS if c in present), limit, ('"user" = ?', user))
+        rows = latest(cur, ", ".join(f'"{c}"' for c in LEDGER_FIELDS if c in present), limit, mine)
     links.add_links(rows, trace_url)
     return rows
 
