@@ -286,8 +286,8 @@ class Gateway:
         self.book.policy = policy
         self.plan_charger.apply(policy, self.book.store, datetime.now(UTC))
         self.workflow.policy_loaded(policy, "file change")
-        heap.resettle()  # a gateway process's heap: the old policy's objects freed, the new one's frozen
         log.info("spendgate: policy reloaded from %s (sha256 %s)", self.settings.policy, policy.sha256[:12])
+        heap.resettle()  # a gateway process's heap: the old policy's objects freed, the new one's frozen
         return True
 
     def close(self) -> None:
