@@ -460,7 +460,8 @@ class BudgetBook:
         """Every active budget with its use: the policy's own scopes plus everyone seen this window."""
         now = self.now()
         seen: dict[tuple[str, str], Budget] = {}
-        idents = [_identity_of(scope) for scope in {k[0] for k, _ in self.store.items()} | set(self.granted_scopes())] + [
+        counters = dict(self.store.items())  # one copy (in slices of the lock), not a locked get per budget
+        idents = [_identity_of(scope) for scope in {k[0] for k in counters} | set(self.granted_scopes())] + [
             Identity(user=u, source="policy", workspaces=self.policy.workspaces_of(u)) for u in self.policy.users
         ]
         for fp, rule in self.policy.keys.items():
@@ -482,8 +483,13 @@ class BudgetBook:
                 seen.setdefault((b.scope, b.window), b)
         rows = []
         order = {w: i for i, w in enumerate(WINDOWS)}
-        for b in sorted(seen.values(), key=lambda b: (b.scope.split(":")[0], b.scope, order[b.window])):
-            c = self.store.get(b.key)
+        texts: dict[Any, str] = {}  # ~10,000 budgets share a handful of window ends and `until` days
+        for b in sorted(seen.values(), key=lambda b: (b.scope.partition(":")[0], b.scope, order[b.window])):
+            c = counters.get(b.key) or ZERO_COUNTER
+            if (resets := texts.get(b.end)) is None:
+                resets = texts[b.end] = b.end.isoformat().replace("+00:00", "Z")
+            if b.until and (until := texts.get(b.until)) is None:
+                until = texts[b.until] = b.until.isoformat()
             rows.append({
                 "scope": b.scope,
                 "window": b.window,
@@ -491,10 +497,10 @@ class BudgetBook:
                 "spent_usd": float(c.spent),
                 "reserved_usd": float(c.reserved),
                 "remaining_usd": float(b.limit - c.spent - c.reserved),
-                "resets_at": b.end.isoformat().replace("+00:00", "Z"),
-                "until": b.until.isoformat() if b.until else None,
+                "resets_at": resets,
+                "until": until if b.until else None,
                 "granted_usd": float(b.granted),
-            })
+            })  # fmt: skip
         return rows
 
     def limits_of(self, scope: str, now: datetime, today: date | None = None) -> tuple[Budgets, date | None]:

@@ -35,7 +35,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from spendgate.store.postgres import StoreUnavailable
-from spendgate.web import pollcache
+from spendgate.web import jsonbody, pollcache
 from spendgate.web.caller import ApiError, Caller
 from spendgate.workflow.approvals import DECIDING_SOURCES
 
@@ -122,7 +122,7 @@ class WebResponse:
 
 
 def json_response(status: int, payload: Any, headers: dict[str, str] | None = None) -> WebResponse:
-    body = json.dumps(payload, default=str).encode()
+    body = jsonbody.dumps(payload)  # msgspec, long lists a slice at a time: see jsonbody
     return WebResponse(status, body, {"Content-Type": "application/json", **SECURITY_HEADERS, **(headers or {})})
 
 
@@ -286,9 +286,6 @@ class WebApp:
             owner = ROW_OWNER.get(path)
             if owner and req.method == "GET" and not caller.admin and not self.is_approver(caller) and isinstance(result, list):
                 result = [r for r in result if isinstance(r, dict) and r.get(owner) == caller.name]
-            if polled:  # the same JSON, encoded in slices that let the proxy's requests through
-                return WebResponse(200, pollcache.encode(result).encode(),
-                                   {"Content-Type": "application/json", **SECURITY_HEADERS})
             return json_response(200, result)
 
         if polled:  # shared across tabs

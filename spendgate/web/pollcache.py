@@ -13,7 +13,6 @@ clients (the CLI, scripts, `spendgate top`) always get a fresh answer, and any s
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from collections.abc import Callable
@@ -27,30 +26,6 @@ def polled(path: str, params: dict[str, Any]) -> bool:
     """A route the page polls, with the parameters it polls it with (budgets: only `?top=N`;
     every budget, `spendgate budgets`, is never cached)."""
     return path in POLLED and (path != "/api/budgets" or bool(params.get("top")))
-SLICE = 200  # list items encoded per step of `encode` (a step holds the GIL ~0.2-1 ms)
-_ENCODER = json.JSONEncoder(default=str)  # what json.dumps(payload, default=str) uses
-
-
-def encode(payload: Any, depth: int = 0) -> str:
-    """json.dumps(payload, default=str), the same text, encoded a slice at a time.
-
-    json.dumps of a 2 MB answer is one C call that holds the GIL for tens of milliseconds, and
-    the proxy's event loop, needing it for every request, waits that long. Lists longer than
-    SLICE (the per-user breakdowns) are encoded SLICE items at a time with `time.sleep(0)` in
-    between, which hands the GIL to a waiting thread at once instead of after the 5 ms switch
-    interval.
-    """
-    if isinstance(payload, dict) and depth < 4 and all(isinstance(k, str) for k in payload):
-        return "{" + ", ".join(f"{_ENCODER.encode(k)}: {encode(v, depth + 1)}" for k, v in payload.items()) + "}"
-    if isinstance(payload, list) and len(payload) > SLICE:
-        parts = []
-        for i in range(0, len(payload), SLICE):
-            parts.append(_ENCODER.encode(payload[i : i + SLICE])[1:-1])
-            time.sleep(0)
-        return "[" + ", ".join(parts) + "]"
-    return _ENCODER.encode(payload)
-
-
 class PollCache:
     """Thread-safe TTL cache with single flight. `get` returns (value, hit)."""
 

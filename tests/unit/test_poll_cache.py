@@ -73,7 +73,7 @@ def test_tabs_share_the_overview_but_not_across_callers() -> None:
     assert first.status == 200 and first.body == second.body and len(calls) == 1
     app.handle(WebRequest("GET", "/api/overview?window=week", tab))  # other params: its own answer
     bob = app.handle(WebRequest("GET", "/api/overview?window=month", _session(app, "bobs-token")))
-    assert bob.body == b'{"n": 3}' and calls[-1] == ("bob", {"window": "month", "user": "bob"})  # his own view
+    assert json.loads(bob.body) == {"n": 3} and calls[-1] == ("bob", {"window": "month", "user": "bob"})  # his own view
     app.handle(WebRequest("GET", "/api/spend", tab))
     app.handle(WebRequest("GET", "/api/spend", tab))  # not polled by the page: never cached
     app.handle(WebRequest("GET", "/api/budgets", tab))
@@ -90,21 +90,30 @@ def test_tabs_share_the_overview_but_not_across_callers() -> None:
     assert len(calls) == 10
 
 
-def test_sliced_encoding_is_exactly_json_dumps() -> None:
+def test_sliced_encoding_is_the_whole_encoding_and_means_what_json_dumps_meant() -> None:
     import json
     from datetime import UTC, datetime
     from decimal import Decimal
+    from pathlib import Path
 
-    from spendgate.web import pollcache
+    import msgspec
 
-    rows = [{"user": f"u{i}", "cost_usd": i / 7, "n": i, "when": datetime(2026, 1, 1, tzinfo=UTC), "d": Decimal("1.5"),
-             "tags": ["a", None, True]} for i in range(1234)]
+    from spendgate.web import jsonbody
+
+    rows = [{"user": f"u{i}", "cost_usd": i / 7, "n": i, "d": Decimal("1.5"), "p": Path("/x"),
+             "tags": ["a", None, True]} for i in range(5 * jsonbody.SLICE + 3)]
     payload = {"totals": {"month": 1.0}, "breakdowns": {"user": rows, "model": rows[:3], "empty": []},
-               "latest": rows[:15], "x": None, "s": "é\"", 1: "int key"}
-    assert pollcache.encode(payload) == json.dumps(payload, default=str)
-    assert pollcache.encode(rows) == json.dumps(rows, default=str)
-    assert pollcache.encode({"a": {"b": {"c": {"d": {"e": rows}}}}}) == json.dumps({"a": {"b": {"c": {"d": {"e": rows}}}}},
-                                                                                   default=str)
+               "latest": rows[:15], "x": None, "s": "é\"\u2028", "e": {}, 1: "int key"}
+    whole = msgspec.json.Encoder(enc_hook=str)
+    for value in (payload, rows, {"a": {"b": {"c": {"d": {"e": rows}}}}}, [], {}, rows[:3]):
+        body = jsonbody.dumps(value)
+        assert body == whole.encode(value)  # the slices join to exactly the one-call text
+        assert json.loads(body) == json.loads(json.dumps(value, default=str))  # and mean what json.dumps said
+    # datetimes: RFC 3339 text (json.dumps' default=str gave a space instead of the T)
+    when = datetime(2026, 1, 1, 12, 30, tzinfo=UTC)
+    assert json.loads(jsonbody.dumps({"when": when})) == {"when": "2026-01-01T12:30:00Z"}
+    assert datetime.fromisoformat(json.loads(jsonbody.dumps([when]))[0]) == when
+    assert jsonbody.dumps([float("nan")]) == b"[null]"  # valid JSON, where json.dumps wrote NaN
 
 
 def test_sql_dicts_in_steps_is_the_whole_result() -> None:
