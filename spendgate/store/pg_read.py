@@ -36,6 +36,7 @@ from spendgate.store.postgres import (
 DIALECT = "postgresql"
 POOL = 4  # connections of a reader's pool: an overview runs this many of its queries at once
 READ_TIMEOUT = 60.0  # seconds any one report statement may take (a year's report, not a 10M-row copy)
+READ_WORK_MEM = "64MB"  # per sort or hash of one report statement (PostgreSQL's work_mem; its default is 4MB)
 
 # the named queries (spendgate.reports.registry) that read the ledger (or, `laptops`, the centre's
 # roster: store migration 9; `price_request`, explain's row with its rate card and price audit:
@@ -83,7 +84,10 @@ class ReadCursor:
     def execute(self, sql: str, params: Sequence[Any] = ()) -> _Result:
         try:
             with self.store.pool.connection() as con, con.transaction():
-                con.execute(f"SET LOCAL statement_timeout = {int(READ_TIMEOUT * 1000)}")  # this statement only
+                # this statement only: its time limit, and room to sort and hash a year's rollup groups in
+                # memory (the server's default 4 MB spilled the subscription report's sort to disk)
+                con.execute(f"SELECT set_config('statement_timeout', '{int(READ_TIMEOUT * 1000)}', true), "
+                            f"set_config('work_mem', '{READ_WORK_MEM}', true)")
                 cur = con.execute(self.translate(sql), list(params))
                 rows = [tuple(map(_value, r)) for r in cur.fetchall()] if cur.description else []
                 self._local.last = result = _Result(cur.description, rows)

@@ -473,6 +473,11 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         CREATE INDEX IF NOT EXISTS central_laptops_updated ON central_laptops (updated_at);
         """,
     ),
+    (
+        10,
+        "covering indexes for the year-long unpriced and subscription reports (spendgate/store/pg_rollups.py)",
+        pg_rollups.report_indexes_sql(),
+    ),
 ]
 SCHEMA_VERSION = max(v for v, _, _ in MIGRATIONS)
 MIGRATION_LOCK = 0x5E4D6A7E  # pg_advisory_xact_lock key: two `store migrate` runs take turns

@@ -126,3 +126,34 @@ def test_partitions_ahead_are_created_once_and_a_month_held_by_the_default_is_le
     assert made == 0  # that month's row stays where it is; nothing fails
     assert store._run("SELECT count(*) FROM requests_default WHERE request_id = 'far'", fetch="one")[0] == 1
     assert rollups_match_rows(store) == 1
+
+
+def test_the_year_long_unpriced_and_subscription_reports_are_answered_from_their_covering_indexes(store):
+    """Migration 10's partial indexes serve the reports' own statements: their predicates must match
+    the literals the reports use (a parameter there would make the planner skip them silently)."""
+    from spendgate.reports import dashboard, queries
+    from spendgate.store import pg_read
+
+    store.settle("u1", D("0.1"), row("u1", NOW - timedelta(days=40), cost=None, outcome="unpriced"))
+    store.settle("s1", D("0.1"), row("s1", NOW - timedelta(days=40), basis="subscription", cost="0"))
+    store.settle("o1", D("0.1"), row("o1", NOW - timedelta(days=40)))
+    cur = pg_read.reader_for(store)
+    plans: list[str] = []
+    run = cur.execute
+
+    def explained(sql: str, params=()):  # the plan of each statement, with scans of the heap ruled out
+        with store.pool.connection() as con, con.transaction():
+            con.execute("SET LOCAL enable_seqscan = off; SET LOCAL enable_bitmapscan = off")
+            plans.append("\n".join(r[0] for r in con.execute("EXPLAIN " + cur.translate(sql), list(params))))
+        return run(sql, params)
+
+    cur.execute = explained
+    try:
+        got = dashboard.unpriced(cur)
+        assert [(r["model"], r["users"], r["requests"]) for r in got] == [("m", 1, 1)]
+        assert "Index Only Scan using rollup_month_unpriced_users" in plans[-1], plans[-1]
+        page = queries.subscriptions_page(cur)
+        assert page["count"] == 1 and page["rows"][0]["notional_usd"] == 0.3
+        assert "Index Only Scan using rollup_month_user_subscription" in plans[-1], plans[-1]
+    finally:
+        pg_read.close_reader(store)
