@@ -302,8 +302,9 @@ class SharedCounters:
         return 0
 
     def items(self) -> list[tuple[CounterKey, Counter]]:
-        """Counters of windows that started in the last 31 days (what budget listings need)."""
-        since = datetime.now().astimezone() - timedelta(days=31)
+        """Counters of windows that started in the last 32 days: every current window (what budget
+        listings need). A month is at most 31 days and an hour (a daylight-saving fall-back in it)."""
+        since = datetime.now().astimezone() - timedelta(days=32)
         return [(k, Counter(spent, reserved)) for k, spent, reserved in self.pg.counters_since(since)]
 
 

@@ -36,7 +36,9 @@ from spendgate.store.postgres import (
 DIALECT = "postgresql"
 POOL = 4  # connections of a reader's pool: an overview runs this many of its queries at once
 READ_TIMEOUT = 60.0  # seconds any one report statement may take (a year's report, not a 10M-row copy)
-READ_WORK_MEM = "64MB"  # per sort or hash of one report statement (PostgreSQL's work_mem; its default is 4MB)
+# per sort or hash node of one report statement (PostgreSQL's work_mem; its default is 4MB): a year's
+# subscription groups hash in memory. A gateway runs at most its reader pool's 4 report statements at once.
+READ_WORK_MEM = "32MB"
 
 # the named queries (spendgate.reports.registry) that read the ledger (or, `laptops`, the centre's
 # roster: store migration 9; `price_request`, explain's row with its rate card and price audit:

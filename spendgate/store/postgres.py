@@ -475,7 +475,7 @@ MIGRATIONS: list[tuple[int, str, str]] = [
     ),
     (
         10,
-        "covering indexes for the year-long unpriced and subscription reports (spendgate/store/pg_rollups.py)",
+        "covering indexes for the year-long unpriced report (spendgate/store/pg_rollups.py)",
         pg_rollups.report_indexes_sql(),
     ),
 ]

@@ -282,3 +282,28 @@ def test_a_row_the_store_rejects_still_releases_its_reservation(store):
     bk.settle(d.reservation, D("0.1"), bad)
     user_day = next(b for b in d.budgets if b.scope == "user:alice@acme.com")
     assert counter(store, user_day) == (D("0.1"), 0) and bk.store.pending == 0
+
+
+@pytest.mark.parametrize("now", [datetime(2026, 10, 31, 22, 30, tzinfo=UTC),  # 23:30 in Paris: October's last hour
+                                 datetime(2026, 10, 31, 21, 30, tzinfo=UTC)])
+def test_every_budget_lists_its_spend_through_the_last_hour_of_a_745_hour_month(store, monkeypatch, now):
+    """October in Paris has 31 days and a daylight-saving fall-back: 745 hours. The shared store's
+    listing of current counters must still hold the month's (the review found it cut at 744)."""
+    from spendgate.budgets import shared
+    from spendgate.budgets.windows import bounds
+
+    class Clock(datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return now.astimezone(tz) if tz else now.astimezone().replace(tzinfo=None)
+
+    monkeypatch.setattr(shared, "datetime", Clock)  # SharedCounters.items() reads the wall clock
+    policy = parse("version: 1\ntimezone: Europe/Paris\norganization: {name: acme, budgets: {month: 1000}}\n"
+                   "defaults:\n  user: {day: 10, month: 100}\n", "p.yaml")
+    book = BudgetBook(policy, SharedCounters(store), now=lambda: now)
+    for window in ("day", "month"):
+        for scope in ("organization:acme", "user:alice"):
+            book.store.add((scope, window, bounds(window, now, policy.timezone)[0]), Decimal("42"))
+    listed = {(r["scope"], r["window"]): r["spent_usd"] for r in book.status()}
+    assert listed == {("organization:acme", "month"): 42.0, ("user:alice", "day"): 42.0,
+                      ("user:alice", "month"): 42.0}

@@ -114,6 +114,15 @@ def test_sliced_encoding_is_the_whole_encoding_and_means_what_json_dumps_meant()
     assert json.loads(jsonbody.dumps({"when": when})) == {"when": "2026-01-01T12:30:00Z"}
     assert datetime.fromisoformat(json.loads(jsonbody.dumps([when]))[0]) == when
     assert jsonbody.dumps([float("nan")]) == b"[null]"  # valid JSON, where json.dumps wrote NaN
+    # a lone surrogate (a JSON request body may carry one, an error may echo it): escaped, not a raise
+    odd = {"error": "unknown scope user:x\ud800", "rows": rows}
+    assert json.loads(jsonbody.dumps(odd)) == json.loads(json.dumps(odd, default=str))
+
+
+def test_an_error_echoing_a_lone_surrogate_is_still_answered() -> None:
+    app = WebApp(routes={}, post_routes={}, tokens=lambda: ["tok"], person=lambda t: None)
+    resp = app.handle(WebRequest("GET", "/api/\udcff", {"authorization": "Bearer tok"}))
+    assert resp.status == 404 and "\udcff" in json.loads(resp.body)["error"]
 
 
 def test_sql_dicts_in_steps_is_the_whole_result() -> None:
