@@ -26,6 +26,8 @@ def polled(path: str, params: dict[str, Any]) -> bool:
     """A route the page polls, with the parameters it polls it with (budgets: only `?top=N`;
     every budget, `spendgate budgets`, is never cached)."""
     return path in POLLED and (path != "/api/budgets" or bool(params.get("top")))
+
+
 class PollCache:
     """Thread-safe TTL cache with single flight. `get` returns (value, hit)."""
 
