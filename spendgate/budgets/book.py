@@ -486,10 +486,8 @@ class BudgetBook:
         texts: dict[Any, str] = {}  # ~10,000 budgets share a handful of window ends and `until` days
         for b in sorted(seen.values(), key=lambda b: (b.scope.partition(":")[0], b.scope, order[b.window])):
             c = counters.get(b.key) or ZERO_COUNTER
-            if (resets := texts.get(b.end)) is None:
-                resets = texts[b.end] = b.end.isoformat().replace("+00:00", "Z")
-            if b.until and (until := texts.get(b.until)) is None:
-                until = texts[b.until] = b.until.isoformat()
+            resets = texts.get(b.end) or texts.setdefault(b.end, b.end.isoformat().replace("+00:00", "Z"))
+            until = (texts.get(b.until) or texts.setdefault(b.until, b.until.isoformat())) if b.until else None
             rows.append({
                 "scope": b.scope,
                 "window": b.window,
@@ -498,7 +496,7 @@ class BudgetBook:
                 "reserved_usd": float(c.reserved),
                 "remaining_usd": float(b.limit - c.spent - c.reserved),
                 "resets_at": resets,
-                "until": until if b.until else None,
+                "until": until,
                 "granted_usd": float(b.granted),
             })  # fmt: skip
         return rows
