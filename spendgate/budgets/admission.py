@@ -39,7 +39,7 @@ from spendgate.budgets.runway import (
 from spendgate.identity import Identity
 from spendgate.metering.meter import CHARS_PER_TOKEN, Exchange
 from spendgate.policy.model import Policy
-from spendgate.pricing.rates import MTOK, Pricer, compute, guess_provider, variant_for
+from spendgate.pricing.rates import MTOK, Pricer, compute, guess_provider, text_cost, variant_for
 from spendgate.store.ledger import LedgerRow
 from spendgate.store.postgres import StoreUnavailable
 from spendgate.usage import Usage
@@ -106,7 +106,7 @@ class Admission:
         variant = variant_for(ex.request.modifiers)  # e.g. fast mode asked for: reserve at fast rates
         rates = self.pricer.rates(ex.provider, model, now, variant) if model else None
         if rates is not None:
-            cost = compute(rates, usage).cost
+            cost = text_cost(rates, usage.input_tokens, usage.output_tokens)  # = compute(rates, usage).cost
             if cost is None and ex.request.estimate is not None:  # billed per second / character
                 per_unit = ex.request.estimate
                 cost = compute(rates, per_unit).cost or compute(rates, replace(per_unit, input_tokens=0)).cost

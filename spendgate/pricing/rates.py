@@ -412,6 +412,28 @@ def compute(rates: Rates, usage: Usage, multipliers: tuple[Multiplier, ...] = ()
     )
 
 
+def text_cost(rates: Rates, input_tokens: int, output_tokens: int) -> Decimal | None:
+    """USD for plain text tokens only: ``compute(rates, Usage(input_tokens=i, output_tokens=o)).cost``.
+
+    The same sums in the same order, so the same Decimal, without the price detail (lines, notes,
+    sources) ``compute`` builds. Admission estimates every request this way on the proxy's event
+    loop; a test holds it equal to ``compute`` over the catalogue, tiers and request fees.
+    """
+    r = rates.prices
+    inp, out = r.get("input_mtok"), r.get("output_mtok")
+    if inp is None or (out is None and output_tokens):
+        return None  # compute: "the model has no input or output rate"
+    cost = Decimal(0)
+    if input_tokens > 0:
+        cost = cost + inp.at(input_tokens)[0] * input_tokens / MTOK
+    if output_tokens > 0:
+        cost = cost + out.at(input_tokens)[0] * output_tokens / MTOK
+    fee = r.get("request")
+    if fee is not None:
+        cost = cost + fee.at(input_tokens)[0] * 1 / Decimal(1)
+    return cost
+
+
 def guess_provider(model: str) -> str:
     """The provider whose API serves a model name: claude -> anthropic, gemini/gemma -> gemini, else openai."""
     m = model.lower()
