@@ -25,7 +25,7 @@ from spendgate.budgets.runway import check_targets
 from spendgate.central.charging import correct_rebuilt
 from spendgate.central.ingest import Ingest
 from spendgate.central.uplink import CentralSettings, Uplink
-from spendgate.identity import Identity, local_user, resolve
+from spendgate.identity import NO_HINTS, BodyHints, Identity, local_user, resolve
 from spendgate.metering.meter import Meter
 from spendgate.metering.opaque import OpaqueRecorder
 from spendgate.policy.model import Policy, PolicyError, load, positioned
@@ -178,12 +178,12 @@ class Gateway:
 
     # -- what the proxy edge and the web routes call --
     def identify(self, headers: dict[str, str], query: str, proxy_user: str | None, client_ip: str | None,
-                 authenticating_only: bool = False) -> Identity:
+                 authenticating_only: bool = False, hints: BodyHints = NO_HINTS) -> Identity:
         """Event loop: who pays for this request (spendgate.identity.resolve); `authenticating_only`
-        (dashboard, admin) ignores anything a client merely asserts."""
+        (dashboard, admin) ignores anything a client merely asserts; `hints`: the body's session facts."""
         return resolve(
             self.policy, headers, query, proxy_user=proxy_user, client_ip=client_ip, default_user=self.settings.user,
-            proxy_verified=self.proxy_verified, authenticating_only=authenticating_only,
+            proxy_verified=self.proxy_verified, authenticating_only=authenticating_only, hints=hints,
         )
 
     def _plan_for(self, vendor: str | None, user: str, when: datetime) -> str | None:

@@ -19,7 +19,6 @@ from urllib.parse import parse_qs
 import ipaddress
 import json
 from collections.abc import Callable
-from dataclasses import replace
 
 from spendgate.policy.model import UNATTRIBUTED, Policy, canonical_user, is_asserted
 
@@ -197,17 +196,6 @@ def session_source(
 
 def session_id(headers: Mapping[str, str], hints: BodyHints = NO_HINTS, client: str | None = None) -> str | None:
     return session_source(headers, hints, client)[0]
-
-
-def with_body_hints(identity: Identity, headers: Mapping[str, str], hints: BodyHints) -> Identity:
-    """The identity with client and session re-read now that the request body's facts are known."""
-    if hints is NO_HINTS:
-        return identity
-    client = identity.client if identity.client != "other" else recognize_client(headers, hints)
-    sid = session_id(headers, hints, client)
-    if client == identity.client and sid == identity.session_id:
-        return identity
-    return replace(identity, client=client, session_id=sid)
 
 
 def local_user() -> str:

@@ -20,7 +20,7 @@ from decimal import Decimal
 
 from spendgate import bounds
 from spendgate.batcher import Batcher
-from spendgate.identity import Identity, with_body_hints
+from spendgate.identity import Identity
 from spendgate.metering import billing, providers
 from spendgate.metering.context import ContextBook
 from spendgate.metering.providers import batch_input, batches
@@ -252,13 +252,15 @@ class Meter:
         client_ip: str | None = None,
         method: str | None = None,
         unreadable: bool = False,
+        route: Route | None = None,
     ) -> Exchange | None:
         """Start metering a request to `host` (the connection's real target, never the Host
         header); None when the host is not a provider. Adapters see the canonical path.
 
         `body` is decoded (:func:`request_body`); `unreadable` says it could not be, and the
-        exchange is then marked so admission refuses it."""
-        route = providers.route(host, path, method)
+        exchange is then marked so admission refuses it. `route`: ``providers.route(host, path,
+        method)`` when the caller has it already (the proxy routes each request at its headers)."""
+        route = route or providers.route(host, path, method)
         if route is None:
             return None
         query = path.partition("?")[2]
@@ -275,8 +277,7 @@ class Meter:
             req.batch_input = self.batch_inputs.get(req.batch_file)
         bounds.clip_request(req)
         ts = self.now()
-        identity = bounds.clip_identity(with_body_hints(self.identify(headers, query, proxy_user, client_ip),
-                                                        headers, req.hints))
+        identity = bounds.clip_identity(self.identify(headers, query, proxy_user, client_ip, hints=req.hints))
         identity, bill = self._billing(host, canon, headers, identity, ts)
         ex = Exchange(
             request_id=next(self._ids),

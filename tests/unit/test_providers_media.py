@@ -67,7 +67,7 @@ def test_an_encoded_request_is_read_decoded_and_an_undecodable_one_is_marked():
     from spendgate.identity import Identity
     from spendgate.metering.meter import Meter, request_body
 
-    meter = Meter(pricer=None, ledger=None, identify=lambda *a: Identity(user="u", source="test"))  # type: ignore[arg-type]
+    meter = Meter(pricer=None, ledger=None, identify=lambda *a, **k: Identity(user="u", source="test"))  # type: ignore[arg-type]
     body = json.dumps({"model": "gpt-4o", "stream": True, "messages": []}).encode()
     packed = request_body(gzip.compress(body), "gzip")
     assert packed == body
