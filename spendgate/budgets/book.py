@@ -39,10 +39,11 @@ class Budget:
     end: datetime
     until: date | None = None  # the exception's expiry, when an exception set this limit
     granted: Decimal = ZERO
+    # (scope, window, start): the counter's key, read a few dozen times per admitted request
+    key: CounterKey = field(init=False, repr=False, compare=False)
 
-    @property
-    def key(self) -> CounterKey:
-        return (self.scope, self.window, self.start)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key", (self.scope, self.window, self.start))
 
 
 @dataclass(slots=True)
@@ -93,19 +94,22 @@ class MemoryCounters:
 
     def try_reserve(self, budgets: list[Budget], amount: Decimal, ticket: Ticket | None = None) -> Reserved:
         """Reserve `amount` on all budgets, or on none (then `refused` names the first without room)."""
-        with self._lock:
-            for i, b in enumerate(budgets):
-                c = self._c.get(b.key) or Counter()
-                if c.spent + c.reserved + amount > b.limit or (b.limit == ZERO):
-                    return Reserved(i, [Counter(x.spent, x.reserved) for x in map(self._peek, budgets)])
-            for b in budgets:
-                self._c.setdefault(b.key, Counter()).reserved += amount
+        with self._lock:  # held on the event loop: one dict lookup per budget, then the sums
+            counters = self._c
+            found = [counters.get(b.key) for b in budgets]
+            for i, (b, c) in enumerate(zip(budgets, found)):
+                used = c.spent + c.reserved if c is not None else ZERO
+                if used + amount > b.limit or (b.limit == ZERO):
+                    return Reserved(i, [Counter(x.spent, x.reserved) if x is not None else Counter() for x in found])
+            held = []
+            for b, c in zip(budgets, found):
+                if c is None:
+                    c = counters.setdefault(b.key, Counter())  # (the same key twice shares one counter)
+                c.reserved += amount
+                held.append(c)
             if self._tracking:
                 self._changed.update([b.key for b in budgets])
-            return Reserved(None, [Counter(x.spent, x.reserved) for x in map(self._peek, budgets)])
-
-    def _peek(self, b: Budget) -> Counter:
-        return self._c.get(b.key) or Counter()
+            return Reserved(None, [Counter(x.spent, x.reserved) for x in held])
 
     def settle(self, res: Reservation, actual: Decimal, row: LedgerRow | None = None) -> None:
         with self._lock:
