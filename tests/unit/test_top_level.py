@@ -46,6 +46,12 @@ def restricted(got: dict | None, keys: frozenset[str] = KEYS) -> dict | None:
     b' \n{"model": null} \n',
     b'{"x": ' + b"[" * 900 + b"]" * 900 + b', "model": "deep"}',
     b'{"stream": "true", "max_tokens": 1.5}',
+    # the kept members are decoded by msgspec too: what it refuses must still end as json.loads says
+    b'{"metadata": {"user_id": "\\ud800"}, "model": "a"}',  # lone surrogate inside a kept member
+    b'{"metadata": {"a": 1, "a": 2}, "max_tokens": 99999999999999999999999}',
+    b'{"max_tokens": 1e400, "model": "\\ud83d\\ude00"}',
+    b'{"max_tokens": 5e-324, "metadata": [1.7976931348623157e308, -0.0, 1E5, 0.1]}',
+    b'{"metadata": {"x": NaN}, "model": "a"}',
 ])  # fmt: skip
 def test_matches_json_loads(body: bytes) -> None:
     assert restricted(top_level(body, KEYS)) == expected(body)
@@ -78,3 +84,16 @@ def test_generated_objects(obj: dict, ascii_only: bool) -> None:
 def test_arbitrary_bytes(data: bytes) -> None:
     body = b'{"model": "m", "x": ' + data + b"}"
     assert restricted(top_level(body, KEYS)) == expected(body)
+
+
+@pytest.mark.parametrize("body", [
+    b'{"request": {"session_id": "s1", "contents": []}}',
+    b'{"request": {"session_id": "\\ud800"}}',
+    b'{"request": {"session_id": 1e400}}',
+    b'{"request": {"session_id": {"a": 1, "a": [2, 3.5]}}}',
+    b'{"request": []}',
+])  # fmt: skip
+def test_nested_matches_json_loads(body: bytes) -> None:
+    obj = json.loads(body)
+    want = base.dig(obj, "request", "session_id")
+    assert base.nested(body, ("request", "session_id")) == want
