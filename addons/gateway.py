@@ -45,6 +45,7 @@ TOO_LARGE = "spendgate.too_large"  # flow.metadata: answered 413 before the body
 RELEASE_DELAY = 0.5  # seconds after an oversized request's connection closed before memory is released
 CEILING_FACTOR = 4  # providers-only: mitmproxy stops reading bodies past this many times the limit
 WS = META + ".websocket"  # the SocketSession of a provider WebSocket
+ROUTE = META + ".route"  # (host, path, method, Route) as routed at requestheaders
 DECODE_ON_LOOP_BYTES = 64 * 1024  # a compressed request body larger than this is decoded on a worker thread
 # A Codex socket lives for hours and carries thousands of events; mitmproxy appends each to
 # flow.websocket.messages for the socket's life. We keep the recent ones only (metering has read
@@ -256,10 +257,11 @@ class SpendGate:
         """Refuse before the body is read: not in charge (503), or a body over the limit (413)."""
         if flow.response or flow.error:
             return
-        host = target_of(flow).host
-        found = providers.route(host, flow.request.path)
+        host, req = target_of(flow).host, flow.request
+        found = providers.route(host, req.path, req.method)
         if found is None:
             return
+        flow.metadata[ROUTE] = (host, req.path, req.method, found)  # the meter's, unless the request changes
         provider = found.dialect  # whose error shape the client reads
         if self.gateway is None:  # not started (or failed): never let provider traffic pass unmetered
             self._answer(flow, refusal.unavailable(provider, "the gateway is not ready (not metering)"))
@@ -339,6 +341,7 @@ class SpendGate:
                body: bytes | None) -> Awaitable[None] | None:
         """Meter and admit a provider request whose body is read (`body`: decoded; None: undecodable)."""
         req = flow.request
+        routed = flow.metadata.get(ROUTE)
         ex = self.gateway.meter.begin(
             host,
             req.path,
@@ -348,6 +351,7 @@ class SpendGate:
             client_ip=flow.client_conn.peername[0] if flow.client_conn.peername else None,
             method=req.method,
             unreadable=body is None,
+            route=routed[3] if routed is not None and routed[:3] == (host, req.path, req.method) else None,
         )
         if ex is None:
             return None
