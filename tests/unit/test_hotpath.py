@@ -76,3 +76,95 @@ def test_addon_headers_match_headers_items(fields: list[tuple[bytes, bytes]]) ->
 
     h = http.Headers(fields)
     assert _addon_module()._headers(h) == {k.lower(): v for k, v in h.items()}
+
+
+def _text_cost_cases():
+    """Every catalogue model of the three main providers, standard and fast, at token counts around
+    each of its tier thresholds, plus rates with a request fee and without an output rate."""
+    from spendgate.pricing.rates import Price, Pricer, Rates
+
+    pricer = Pricer()
+    at = datetime(2026, 11, 30, 12, tzinfo=UTC)
+    out = []
+    for provider in ("anthropic", "openai", "gemini"):
+        for model in pricer.catalogue_models(provider, "*"):
+            for variant in ("standard", "fast", "flex"):
+                rates = pricer.rates(provider, model, at, variant)
+                if rates is not None:
+                    out.append(rates)
+    fee = Price(Decimal("0.0035"), source="t")
+    tiered = Price(Decimal("1.25"), ((200_000, Decimal("2.5")), (1_000_000, Decimal("3.75"))), source="t")
+    out += [Rates({"input_mtok": tiered, "output_mtok": Price(Decimal("10"), source="t"), "request": fee}),
+            Rates({"input_mtok": Price(Decimal("0.1"), source="t")}),
+            Rates({"output_mtok": Price(Decimal("1"), source="t")}),
+            Rates({"request": fee})]
+    return out
+
+
+def test_text_cost_is_compute_over_the_catalogue() -> None:
+    """Admission's estimate takes `text_cost`; it must be `compute(...).cost` to the last digit."""
+    from spendgate.pricing.rates import compute, text_cost
+
+    cases = _text_cost_cases()
+    assert len(cases) > 50  # the catalogue was read
+    tiered = 0
+    for rates in cases:
+        edges = {0, 1, 7, 999, 24_000, 128_000, 200_000, 200_001, 1_000_000, 1_000_001, 10**12}
+        for p in rates.prices.values():
+            tiered += bool(p.tiers)
+            for start, _ in p.tiers:
+                edges |= {start - 1, start, start + 1}
+        for i in sorted(edges):
+            for o in (0, 1, 450, 32_000, 128_000):
+                assert text_cost(rates, i, o) == compute(rates, Usage(input_tokens=i, output_tokens=o)).cost, \
+                    (rates.model_id, i, o)
+    assert tiered  # some model has tiers, so the tier choice is exercised
+
+
+def test_text_cost_random_counts() -> None:
+    from hypothesis import given, settings, strategies as st
+
+    from spendgate.pricing.rates import compute, text_cost
+
+    cases = _text_cost_cases()
+
+    @settings(max_examples=400, deadline=None)
+    @given(st.sampled_from(cases), st.integers(0, 3_000_000), st.integers(0, 200_000))
+    def check(rates, i: int, o: int) -> None:
+        assert text_cost(rates, i, o) == compute(rates, Usage(input_tokens=i, output_tokens=o)).cost
+
+    check()
+
+
+def test_try_reserve_is_all_or_none_like_the_plain_loop() -> None:
+    """MemoryCounters.try_reserve against the obvious loop: same refusals, same counters, same
+    snapshot, over random books (including one key named twice and zero limits)."""
+    import random
+
+    from spendgate.budgets.book import Budget, Counter, MemoryCounters
+
+    def reference(c: dict, budgets: list, amount: Decimal):
+        for i, b in enumerate(budgets):
+            x = c.get(b.key) or Counter()
+            if x.spent + x.reserved + amount > b.limit or b.limit == 0:
+                return i, [(c.get(b.key) or Counter()).spent for b in budgets]
+        for b in budgets:
+            c.setdefault(b.key, Counter()).reserved += amount
+        return None, [(c[b.key].spent, c[b.key].reserved) for b in budgets]
+
+    rng = random.Random(7)
+    start = datetime(2026, 12, 1, tzinfo=UTC)
+    for _ in range(300):
+        store, ref = MemoryCounters(), {}
+        budgets = [Budget(f"user:u{rng.randrange(4)}", rng.choice(["day", "month"]),
+                          Decimal(rng.choice([0, 1, 5, 50])), start, start + timedelta(days=1))
+                   for _ in range(rng.randrange(1, 6))]
+        for _ in range(12):
+            amount = Decimal(rng.randrange(1, 300)) / 100
+            got = store.try_reserve(budgets, amount)
+            want, counts = reference(ref, budgets, amount)
+            assert got.refused == want
+            if want is None:
+                assert [(x.spent, x.reserved) for x in got.counters] == counts
+            assert {k: (v.spent, v.reserved) for k, v in store.items()} == \
+                {k: (v.spent, v.reserved) for k, v in ref.items()}
