@@ -168,3 +168,30 @@ def test_try_reserve_is_all_or_none_like_the_plain_loop() -> None:
                 assert [(x.spent, x.reserved) for x in got.counters] == counts
             assert {k: (v.spent, v.reserved) for k, v in store.items()} == \
                 {k: (v.spent, v.reserved) for k, v in ref.items()}
+
+
+def test_addon_routes_once_unless_the_request_changed() -> None:
+    """requestheaders routes the request and hands the Route to meter.begin; a request whose path
+    or method changed since (another addon) is routed again by begin, never metered on the old route."""
+    from types import SimpleNamespace
+
+    from mitmproxy.test import taddons, tflow
+
+    mod = _addon_module()
+    gate = mod.SpendGate()
+    seen: list = []
+    gate.gateway = SimpleNamespace(meter=SimpleNamespace(begin=lambda *a, **k: seen.append(k["route"])))
+    with taddons.context(gate):
+        for change in (None, "path", "method"):
+            flow = tflow.tflow()
+            flow.request.host, flow.request.port, flow.request.method = "api.anthropic.com", 443, "POST"
+            flow.request.path = "/v1/messages"
+            gate.requestheaders(flow)
+            routed = flow.metadata[mod.ROUTE][3]
+            assert routed.endpoint == "messages"
+            if change == "path":
+                flow.request.path = "/v1/messages/count_tokens"
+            elif change == "method":
+                flow.request.method = "GET"
+            gate._meter(flow, "api.anthropic.com", {}, None, b"{}", b"{}")
+            assert (seen[-1] is routed) == (change is None)
