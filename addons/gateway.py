@@ -46,6 +46,7 @@ RELEASE_DELAY = 0.5  # seconds after an oversized request's connection closed be
 CEILING_FACTOR = 4  # providers-only: mitmproxy stops reading bodies past this many times the limit
 WS = META + ".websocket"  # the SocketSession of a provider WebSocket
 ROUTE = META + ".route"  # (host, path, method, Route) as routed at requestheaders
+HEADERS = "response_headers"  # Exchange.extra: x-spendgate-* values prepared while the provider works
 DECODE_ON_LOOP_BYTES = 64 * 1024  # a compressed request body larger than this is decoded on a worker thread
 # A Codex socket lives for hours and carries thousands of events; mitmproxy appends each to
 # flow.websocket.messages for the socket's life. We keep the recent ones only (metering has read
@@ -383,6 +384,10 @@ class SpendGate:
             req.path = ex.request.rewritten_path
         if ex.request.drop_usage_chunk:
             req.headers["accept-encoding"] = "identity"  # so the event we add can be taken out again
+        try:  # the response's x-spendgate-* values, computed while the provider works (see responseheaders)
+            asyncio.get_running_loop().call_soon(_prepare_headers, gw, ex)
+        except RuntimeError:  # no event loop (called outside mitmproxy): responseheaders computes them
+            pass
 
     def client_disconnected(self, client) -> None:
         """A connection that sent an oversized body is gone: hand its buffers back (rate-limited)."""
@@ -415,7 +420,8 @@ class SpendGate:
         ex.status = resp.status_code
         ex.headers_at = self.gateway.meter.clock()
         self.gateway.meter.saw_headers(ex, resp.headers)  # e.g. the tier Gemini served it at
-        resp.headers.update(self.gateway.admission.response_headers(ex))
+        prepared = ex.extra.pop(HEADERS, None)
+        resp.headers.update(prepared if prepared is not None else self.gateway.admission.response_headers(ex))
         parser = self.gateway.meter.stream_parser(ex, flow.request.path, resp.headers.get("content-type", ""))
         if parser is not None:
             # only OpenAI chat asks for this: the include_usage chunk the client did not request
@@ -524,6 +530,20 @@ class SpendGate:
         if self.gateway:
             self.gateway.close()
             self.gateway = None
+
+
+def _prepare_headers(gw: Gateway, ex: Exchange) -> None:
+    """Event loop, right after an admitted request went upstream: its response headers' values.
+
+    They depend only on the admission decision, so they are ready before the provider answers
+    and the response is not held up computing them. Never raises (responseheaders computes them
+    itself when they are missing)."""
+    if HEADERS in ex.extra or ex.status is not None:
+        return
+    try:
+        ex.extra[HEADERS] = gw.admission.response_headers(ex)
+    except Exception:
+        log.exception("spendgate: preparing response headers failed")
 
 
 def _stamp(p: Path | None) -> tuple[int, int] | None:

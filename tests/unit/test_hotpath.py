@@ -195,3 +195,53 @@ def test_addon_routes_once_unless_the_request_changed() -> None:
                 flow.request.method = "GET"
             gate._meter(flow, "api.anthropic.com", {}, None, b"{}", b"{}")
             assert (seen[-1] is routed) == (change is None)
+
+
+def test_response_headers_prepared_while_the_provider_works() -> None:
+    """An admitted request's x-spendgate-* values are computed right after it goes upstream, and
+    responseheaders sends exactly those; without them (no event loop, or not run yet) it computes
+    them itself. A refused request prepares nothing."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from mitmproxy.test import taddons, tflow, tutils
+
+    mod = _addon_module()
+    calls: list = []
+
+    def response_headers(ex):
+        calls.append(ex)
+        return {"x-spendgate-remaining-usd": f"{len(calls)}"}
+
+    gw = SimpleNamespace(admission=SimpleNamespace(response_headers=response_headers),
+                         meter=SimpleNamespace(clock=lambda: 0.0, saw_headers=lambda ex, h: None,
+                                               stream_parser=lambda ex, path, ct: None, finish=lambda ex, r: None))
+
+    def exchange():
+        return SimpleNamespace(extra={}, status=None, request=SimpleNamespace(
+            rewritten_body=None, rewritten_path=None, drop_usage_chunk=False))
+
+    gate = mod.SpendGate()
+    gate.gateway = gw
+    with taddons.context(gate):
+        async def admitted_then_answered(answer):
+            flow, ex = tflow.tflow(), exchange()
+            mod.SpendGate._admitted(flow, gw, ex, answer)
+            await asyncio.sleep(0)  # the provider is working
+            return flow, ex
+
+        _, refused = asyncio.run(admitted_then_answered(SimpleNamespace(status=429, body=b"{}", headers={})))
+        assert mod.HEADERS not in refused.extra and not calls
+
+        flow, ex = asyncio.run(admitted_then_answered(None))
+        assert ex.extra[mod.HEADERS] == {"x-spendgate-remaining-usd": "1"} and len(calls) == 1
+        flow.metadata[mod.META], flow.response = ex, tutils.tresp()
+        gate.responseheaders(flow)
+        assert flow.response.headers["x-spendgate-remaining-usd"] == "1" and len(calls) == 1  # not computed again
+
+        flow, ex = tflow.tflow(), exchange()  # no event loop: nothing prepared, computed at the response
+        mod.SpendGate._admitted(flow, gw, ex, None)
+        assert mod.HEADERS not in ex.extra
+        flow.metadata[mod.META], flow.response = ex, tutils.tresp()
+        gate.responseheaders(flow)
+        assert flow.response.headers["x-spendgate-remaining-usd"] == "2"
