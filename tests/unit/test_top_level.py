@@ -97,3 +97,12 @@ def test_nested_matches_json_loads(body: bytes) -> None:
     obj = json.loads(body)
     want = base.dig(obj, "request", "session_id")
     assert base.nested(body, ("request", "session_id")) == want
+
+
+def test_a_member_msgspec_refuses_is_read_alone() -> None:
+    """1e400 in a kept member, and something only msgspec takes elsewhere in the body (an integer of
+    4,301 digits, over json.loads's limit): the member is read with json.loads alone, as before
+    msgspec decoded members, not by re-reading the whole body (which json.loads refuses)."""
+    body = b'{"model":"claude-opus-4-1","max_tokens":1e400,"stream":true,"x":' + b"1" * 4301 + b"}"
+    keys = frozenset({"model", "max_tokens", "stream"})
+    assert top_level(body, keys) == {"model": "claude-opus-4-1", "max_tokens": float("inf"), "stream": True}

@@ -264,6 +264,15 @@ def _top_decoder(keys: frozenset[str]) -> tuple[Any, tuple[tuple[str, str], ...]
     return cached
 
 
+def _member(raw: Any) -> Any:
+    """One member's raw JSON as json.loads reads it: msgspec (~20x faster) for what it takes, else
+    json.loads of the member alone (1e400, lone surrogates), which may raise."""
+    try:
+        return msgspec.json.decode(raw)
+    except msgspec.DecodeError:
+        return json.loads(bytes(raw))
+
+
 def top_level(body: bytes, keys: frozenset[str]) -> dict | None:
     """The members `keys` of a JSON object body (absent ones left out); None if not an object.
 
@@ -281,8 +290,8 @@ def top_level(body: bytes, keys: frozenset[str]) -> dict | None:
             out = {}
             for name, key in names:
                 raw = getattr(top, name)
-                if raw is not msgspec.UNSET:  # what msgspec refuses and json takes (1e400) raises: json.loads below
-                    out[key] = msgspec.json.decode(raw)
+                if raw is not msgspec.UNSET:
+                    out[key] = _member(raw)
             return out
         except Exception:  # anything unusual: let json.loads decide
             pass
@@ -309,7 +318,7 @@ def nested(body: bytes, path: tuple[str, ...]) -> Any:
             top = _nested_decoder(path).decode(body)
             for _ in path:
                 top = getattr(top, "f", None) if top is not None else None
-            return msgspec.json.decode(top) if top is not None else None
+            return _member(top) if top is not None else None
         except Exception:
             pass
     obj = load_json(body)
