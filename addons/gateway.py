@@ -45,7 +45,7 @@ TOO_LARGE = "spendgate.too_large"  # flow.metadata: answered 413 before the body
 RELEASE_DELAY = 0.5  # seconds after an oversized request's connection closed before memory is released
 CEILING_FACTOR = 4  # providers-only: mitmproxy stops reading bodies past this many times the limit
 WS = META + ".websocket"  # the SocketSession of a provider WebSocket
-ROUTE = META + ".route"  # (host, path, method, Route) as routed at requestheaders
+ROUTE = META + ".route"  # (host, path, method, hosts generation, Route) as routed at requestheaders
 HEADERS = "response_headers"  # Exchange.extra: x-spendgate-* values prepared while the provider works
 DECODE_ON_LOOP_BYTES = 64 * 1024  # a compressed request body larger than this is decoded on a worker thread
 # A Codex socket lives for hours and carries thousands of events; mitmproxy appends each to
@@ -262,7 +262,8 @@ class SpendGate:
         found = providers.route(host, req.path, req.method)
         if found is None:
             return
-        flow.metadata[ROUTE] = (host, req.path, req.method, found)  # the meter's, unless the request changes
+        # the meter's route, unless the request or the site's provider hosts change meanwhile
+        flow.metadata[ROUTE] = (host, req.path, req.method, providers.hosts_generation(), found)
         provider = found.dialect  # whose error shape the client reads
         if self.gateway is None:  # not started (or failed): never let provider traffic pass unmetered
             self._answer(flow, refusal.unavailable(provider, "the gateway is not ready (not metering)"))
@@ -352,7 +353,8 @@ class SpendGate:
             client_ip=flow.client_conn.peername[0] if flow.client_conn.peername else None,
             method=req.method,
             unreadable=body is None,
-            route=routed[3] if routed is not None and routed[:3] == (host, req.path, req.method) else None,
+            route=routed[4] if routed is not None and routed[:4] == (host, req.path, req.method,
+                                                                     providers.hosts_generation()) else None,
         )
         if ex is None:
             return None

@@ -187,7 +187,7 @@ def test_addon_routes_once_unless_the_request_changed() -> None:
             flow.request.host, flow.request.port, flow.request.method = "api.anthropic.com", 443, "POST"
             flow.request.path = "/v1/messages"
             gate.requestheaders(flow)
-            routed = flow.metadata[mod.ROUTE][3]
+            routed = flow.metadata[mod.ROUTE][-1]
             assert routed.endpoint == "messages"
             if change == "path":
                 flow.request.path = "/v1/messages/count_tokens"
@@ -245,3 +245,31 @@ def test_response_headers_prepared_while_the_provider_works() -> None:
         flow.metadata[mod.META], flow.response = ex, tutils.tresp()
         gate.responseheaders(flow)
         assert flow.response.headers["x-spendgate-remaining-usd"] == "2"
+
+
+def test_addon_routes_again_after_the_provider_hosts_changed() -> None:
+    """The operator re-maps an extra host while a request's body uploads: the request is metered
+    on the mapping in force when it is forwarded, as when begin routed every request itself."""
+    from types import SimpleNamespace
+
+    from mitmproxy.test import taddons, tflow
+
+    from spendgate.metering import providers
+
+    mod = _addon_module()
+    gate = mod.SpendGate()
+    seen: list = []
+    gate.gateway = SimpleNamespace(meter=SimpleNamespace(begin=lambda *a, **k: seen.append(k["route"])))
+    try:
+        providers.configure_extra([providers.parse_extra("llm.corp.example=vendora:openai")])
+        with taddons.context(gate):
+            flow = tflow.tflow()
+            flow.request.host, flow.request.port, flow.request.method = "llm.corp.example", 443, "POST"
+            flow.request.path = "/v1/chat/completions"
+            gate.requestheaders(flow)
+            assert flow.metadata[mod.ROUTE][-1].provider == "vendora"
+            providers.configure_extra([providers.parse_extra("llm.corp.example=vendorb:anthropic")])
+            gate._meter(flow, "llm.corp.example", {}, None, b"{}", b"{}")
+            assert seen[-1] is None  # begin routes it again: vendorb
+    finally:
+        providers.configure_extra([])
