@@ -165,3 +165,23 @@ def test_pg_read_bench_reports_every_figure(pg_url, tmp_path) -> None:
     assert all(finite(v) and v > 0 for v in fig["cli_ms"].values()) and "top --once" in fig["cli_ms"]
     assert set(fig["rollup_rows"]) == {"rollup_day", "rollup_month", "rollup_day_user", "rollup_month_user",
                                        "rollup_day_model", "rollup_month_model"}
+
+
+def test_ablation_smoke(tmp_path: Path) -> None:
+    """scripts/bench --ablate: every variant measured; full spendgate metered every request it
+    carried, and each switch really switched its part off (nothing reached those ledgers)."""
+    out = tmp_path / "ablate.json"
+    env = {k: v for k, v in os.environ.items() if k.lower() not in ("http_proxy", "https_proxy", "all_proxy")}
+    cp = subprocess.run([sys.executable, str(REPO / "scripts" / "bench_ablate.py"), "--smoke", "--out", str(out)],
+                        capture_output=True, text=True, timeout=240, cwd=str(REPO), env=env,
+                        stdin=subprocess.DEVNULL)  # fmt: skip
+    assert cp.returncode == 0, f"stdout:\n{cp.stdout[-4000:]}\nstderr:\n{cp.stderr[-4000:]}"
+    figures = json.loads(out.read_text())["figures"]
+    assert set(figures) == {"plain", "control", "spendgate", "hooks off", "no background",
+                            "no background, no admission", "no background, no response headers"}
+    for name, f in figures.items():
+        assert all(finite(f[k]) and f[k] > 0 for k in ("cpu_us", "p50_us", "p50_ratio")), name
+    full = figures["spendgate"]["ledger"]
+    assert full["rows"] == full["requests_sent"] > 15
+    for name in ("hooks off", "no background", "no background, no admission", "no background, no response headers"):
+        assert figures[name]["ledger"]["rows"] == 0 and figures[name]["ledger"]["requests_sent"] > 15, name

@@ -1,0 +1,180 @@
+"""Where spendgate's added time goes: the same mitmdump with one part switched off at a time.
+
+Each variant is spendgate plus a small extra addon script (written to the work directory) that
+turns one part into a no-op once the gateway runs. Plain mitmdump, a plain control and every
+variant are measured in alternating rounds of 100 KB requests at 1 in flight: CPU per request of
+the whole process (``/proc``, all threads) and the client's p50 latency. The figures are
+differences from plain mitmdump; a variant's distance from full spendgate is what the part it
+switches off costs. These variants meter wrongly on purpose: they exist only here.
+
+    scripts/bench --ablate [--rounds N] [--requests N] [--smoke] [--out FILE]
+
+docs/architecture.md ("Issue 18, fifth part") reads a run of it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import shutil
+import statistics
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import bench
+import bench_cpu
+
+log = logging.getLogger("bench")
+
+# variant -> the parts its switch script turns off (see SWITCH); "spendgate" turns off nothing
+VARIANTS: dict[str, tuple[str, ...]] = {
+    "spendgate": (),
+    "hooks off": ("hooks",),  # every hook of the five addon objects: what loading spendgate costs
+    "no background": ("finish",),  # meter.finish: no metering, pricing, settling or ledger work
+    "no background, no admission": ("finish", "admit"),
+    "no background, no response headers": ("finish", "responseheaders"),
+}
+HOOKS = ("client_connected", "http_connect", "next_layer", "requestheaders", "request", "responseheaders",
+         "response", "client_disconnected")  # fmt: skip
+ADDONS = ("access", "proxytokens", "dashboardhost", "opaquecounter", "spendgate")
+
+SWITCH = '''"""bench_ablate: switch parts of spendgate off ({parts})."""
+from mitmproxy import ctx
+PARTS = {parts!r}
+HOOKS = {hooks!r}
+ADDONS = {addons!r}
+
+
+def _noop(*args, **kwargs):
+    return None
+
+
+class AblationSwitch:
+    switched = False
+
+    def requestheaders(self, flow):  # the first request after start-up: the gateway runs by then
+        gate = ctx.master.addons.get("spendgate")
+        if self.switched or gate is None or gate.gateway is None:
+            return
+        self.switched = True
+        if "finish" in PARTS:
+            gate.gateway.meter.finish = _noop
+        if "admit" in PARTS:
+            gate.gateway.admission.admit = _noop
+        if "responseheaders" in PARTS:
+            gate.responseheaders = _noop
+        if "hooks" in PARTS:
+            for name in ADDONS:
+                addon = ctx.master.addons.get(name)
+                for hook in HOOKS:
+                    if hasattr(addon, hook):
+                        setattr(addon, hook, _noop)
+
+
+addons = [AblationSwitch()]
+'''
+
+
+def switch_script(work: Path, name: str, parts: tuple[str, ...]) -> Path:
+    path = work / f"switch-{name.replace(' ', '-').replace(',', '')}.py"
+    path.write_text(SWITCH.format(parts=parts, hooks=HOOKS, addons=ADDONS))
+    return path
+
+
+def run(rounds: int, requests: int, work: Path) -> dict[str, Any]:
+    b = bench.Bench(bench.Plan(), work)
+    try:
+        proxies = {"plain": b.proxy("plain", False), "control": b.proxy("control", False)}
+        for name, parts in VARIANTS.items():
+            extra = ["-s", str(switch_script(work, name, parts))] if parts else []
+            proxies[name] = b.proxy(name.replace(" ", "-").replace(",", ""), True, work / f"{len(proxies)}.duckdb",
+                                    extra=extra)
+        req = bench.http_request(bench.agent_body(False))
+        latencies: dict[str, list[float]] = {n: [] for n in proxies}
+        cpu: dict[str, list[float]] = {n: [] for n in proxies}
+
+        async def c1(name: str) -> int:
+            c = await bench.Conn.open(proxies[name].port, b.ctx)
+            try:
+                for _ in range(requests):
+                    t = time.perf_counter()
+                    await c.exchange(req)
+                    latencies[name].append(time.perf_counter() - t)
+            finally:
+                c.close()
+            return requests
+
+        for p in proxies.values():
+            asyncio.run(bench_cpu._warm(bench, p.port, b.ctx))  # also flips each switch
+        for rnd in range(rounds):
+            names = list(proxies) if rnd % 2 == 0 else list(reversed(proxies))
+            for name in names:
+                seconds, units = asyncio.run(asyncio.wait_for(
+                    bench_cpu._measure(proxies[name].proc.pid, lambda: c1(name)), bench.STEP_TIMEOUT))
+                cpu[name].append(seconds / units * 1e6)
+            log.info("round %d/%d done", rnd + 1, rounds)
+        ledgers = {}
+        for name in VARIANTS:
+            proxies[name].stop()
+            ledgers[name] = bench.metered(proxies[name])
+    finally:
+        b.close()
+    plain_cpu, plain_p50 = statistics.median(cpu["plain"]), statistics.median(latencies["plain"]) * 1e6
+    out: dict[str, Any] = {}
+    for name in proxies:
+        c, p50 = statistics.median(cpu[name]), statistics.median(latencies[name]) * 1e6
+        out[name] = {"cpu_us": bench.r3(c), "p50_us": bench.r3(p50), "added_cpu_us": bench.r3(c - plain_cpu),
+                     "added_p50_us": bench.r3(p50 - plain_p50), "p50_ratio": bench.r3(p50 / plain_p50),
+                     "rounds_cpu_us": [round(x, 1) for x in cpu[name]], **({"ledger": ledgers[name]}
+                                                                            if name in ledgers else {})}
+    return out
+
+
+def print_table(figures: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title="spendgate with one part switched off (100 KB, 1 in flight; medians of rounds; vs plain)")
+    for col in ("variant", "CPU µs/req", "added CPU", "p50 µs", "added p50", "p50 ratio", "ledger rows"):
+        t.add_column(col, justify="left" if col == "variant" else "right")
+    for name, f in figures.items():
+        rows = f.get("ledger", {}).get("rows", "-")
+        t.add_row(name, f"{f['cpu_us']:.0f}", f"{f['added_cpu_us']:+.0f}", f"{f['p50_us']:.0f}",
+                  f"{f['added_p50_us']:+.0f}", f"{f['p50_ratio']:.3f}", f"{rows}")
+    Console(width=140).print(t)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="scripts/bench --ablate", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--ablate", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--rounds", type=int, default=4)
+    ap.add_argument("--requests", type=int, default=600, help="requests per proxy and round")
+    ap.add_argument("--smoke", action="store_true", help="one round of 15 requests: the structure, not figures")
+    ap.add_argument("--out", type=Path, default=None, help="JSON file (default bench-results/ablate-<time>.json)")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="bench: %(message)s")
+    rounds, requests = (1, 15) if args.smoke else (args.rounds, args.requests)
+    work = Path(tempfile.mkdtemp(prefix="spendgate-ablate-"))
+    load_start = os.getloadavg()
+    try:
+        figures = run(rounds, requests, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print_table(figures)
+    out = args.out or bench.ROOT / "bench-results" / f"ablate-{datetime.now().strftime('%Y%m%d-%H%M%S')}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"rounds": rounds, "requests": requests, "cpus": os.cpu_count(), "loadavg_start": load_start,
+            "loadavg_end": os.getloadavg(), "started": datetime.now(UTC).isoformat(timespec="seconds")}
+    out.write_text(json.dumps({"meta": meta, "figures": figures}, indent=2) + "\n")
+    print(f"JSON: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
