@@ -103,3 +103,69 @@ def test_plain_deltas_skip_json() -> None:
     p.feed(delta("hello") + delta("wörld", "thinking", "   ") + delta('say "hi"'))
     r = p.result()
     assert r.events == 4 and r.output_chars == len("hello") + len("wörld") + len('say "hi"')
+
+
+# The single pattern the fast path used before it read the text with find/translate: the new steps
+# must accept exactly the events it accepted, and count the same.
+_ONE_PATTERN = __import__("re").compile(
+    rb'event: content_block_delta\ndata: \{"type":"content_block_delta","index":(?:0|[1-9][0-9]{0,8}),'
+    rb'"delta":\{"type":"(?:text_delta","text|thinking_delta","thinking)":"([^"\\\x00-\x1f]*)"\}[ \t]*\}[ \t]*\n\n'
+)
+
+
+def _by_pattern(parser: AnthropicStreamParser, data: bytes) -> tuple[int, int, bytes]:
+    pos, events, chars = 0, 0, 0
+    while pos < len(data):
+        end = data.find(b"\n", pos + 27)
+        if end < 0:
+            break
+        m = _ONE_PATTERN.match(data, pos, end + 2)
+        if m is None or len(m.group(0)) > anthropic.sse_cap(parser):
+            break
+        text = m.group(1)
+        try:
+            chars += len(text.decode("utf-8"))
+        except UnicodeDecodeError:
+            break
+        events += 1
+        pos = m.end()
+    return events, chars, data[pos:]
+
+
+mutations = st.sampled_from([b'"', b"\\", b"\x00", b"\x1f", b"\t", b"\n", b"\r", b"\x7f", b"\xff", b"\xc3\xa9",
+                             b" ", b"}", b'"}', b"\n\n", b"x"])  # fmt: skip
+
+
+@settings(max_examples=600, deadline=None)
+@given(st.lists(st.tuples(st.builds(delta, texts, st.sampled_from(["text", "thinking"]), pads),
+                          st.lists(st.tuples(st.integers(0, 200), mutations), max_size=3)), min_size=1, max_size=6),
+       st.integers(0, 40))
+def test_plain_deltas_accept_what_the_one_pattern_accepted(evs, cut_tail: int) -> None:
+    """Events with bytes spliced in anywhere (quotes, backslashes, controls, line feeds, braces),
+    several per read, the last one maybe cut short: same events, characters and remainder."""
+    parts = []
+    for ev, muts in evs:
+        for at, piece in muts:
+            at = min(at, len(ev))
+            ev = ev[:at] + piece + ev[at:]
+        parts.append(ev)
+    data = b"".join(parts)
+    data = data[: len(data) - cut_tail] if cut_tail < len(data) else data
+    fast = AnthropicStreamParser()
+    before = fast.result().events, fast.result().output_chars
+    rest = fast._plain_deltas(data)
+    got = (fast.result().events - before[0], fast.result().output_chars - before[1], rest)
+    assert got == _by_pattern(AnthropicStreamParser(), data)
+
+
+def test_plain_deltas_every_byte_inside_the_text() -> None:
+    """Each of the 256 byte values, and each pair of a lead and a following byte, inside a text."""
+    base = delta("ab cd")
+    at = base.index(b"ab cd") + 2
+    for b1 in range(256):
+        for piece in [bytes([b1]), *(bytes([b1, b2]) for b2 in (0x00, 0x1F, 0x22, 0x5C, 0x80, 0xA9, 0xBF) if b1 >= 0x80)]:
+            data = base[:at] + piece + base[at:] + delta("next")
+            fast = AnthropicStreamParser()
+            rest = fast._plain_deltas(data)
+            assert (fast.result().events, fast.result().output_chars, rest) == \
+                _by_pattern(AnthropicStreamParser(), data), piece

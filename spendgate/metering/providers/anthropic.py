@@ -123,10 +123,16 @@ def _content_chars(content: Any) -> int:
 # character, so such events take the full path and count as garbled there). Its character count is
 # then the length of the UTF-8 text itself. Anything else (other events, other spacing or field
 # order, escapes, a split read) goes through the SSE decoder and json.loads as before.
-_PLAIN_DELTA = re.compile(
+# The event is read in three steps, the text itself by C loops over bytes (find, translate) rather
+# than a pattern (~5x faster at 16 KB); the whole event is exactly what this pattern matches:
+#   _DELTA_HEAD "([^"\\\x00-\x1f]*)" _DELTA_TAIL
+_DELTA_HEAD = re.compile(
     rb'event: content_block_delta\ndata: \{"type":"content_block_delta","index":(?:0|[1-9][0-9]{0,8}),'
-    rb'"delta":\{"type":"(?:text_delta","text|thinking_delta","thinking)":"([^"\\\x00-\x1f]*)"\}[ \t]*\}[ \t]*\n\n'
+    rb'"delta":\{"type":"(?:text_delta","text|thinking_delta","thinking)":"'
 )
+_DELTA_TAIL = re.compile(rb'"\}[ \t]*\}[ \t]*\n\n')
+# every byte a plain text may not hold (backslash, controls) becomes a quote, which it cannot hold either
+_NOT_PLAIN = bytes(0x22 if byte < 0x20 or byte == 0x5C else byte for byte in range(256))
 
 
 class AnthropicStreamParser(JSONEventStreamParser):
@@ -152,19 +158,23 @@ class AnthropicStreamParser(JSONEventStreamParser):
     def _plain_deltas(self, data: bytes) -> bytes:
         """Count the leading plain delta events of `data`; return what is left for the full path."""
         pos, events, chars, n = 0, 0, 0, len(data)
-        match = _PLAIN_DELTA.match
+        head_match, tail_match = _DELTA_HEAD.match, _DELTA_TAIL.match
         while pos < n:
             # where the data line ends (the first line feed after the 27-byte event line; the text
-            # holds none): without one the event is split across reads, and the pattern would scan
-            # and backtrack over all its text only to fail at the end (~100 us for a 16 KB delta).
-            # One byte is found by memchr; the pattern then reads at most up to the blank line.
+            # holds none): without one the event is split across reads (the full path's to join).
+            # Then the fixed head, the text up to its closing quote, and the fixed tail.
             end = data.find(b"\n", pos + 27)
-            if end < 0:
+            if end < 0 or end + 2 - pos > sse_cap(self):
                 break
-            m = match(data, pos, end + 2)
-            if m is None or len(m.group(0)) > sse_cap(self):
+            head = head_match(data, pos, end)
+            if head is None:
                 break
-            text = m.group(1)
+            quote = data.find(b'"', head.end(), end)  # where the text would end
+            if quote < 0 or tail_match(data, quote, end + 2) is None:
+                break
+            text = data[head.end():quote]
+            if text.translate(_NOT_PLAIN).find(b'"') >= 0:  # a backslash or a control character
+                break
             if text.isascii():
                 chars += len(text)
             else:
@@ -173,7 +183,7 @@ class AnthropicStreamParser(JSONEventStreamParser):
                 except UnicodeDecodeError:
                     break
             events += 1
-            pos = m.end()
+            pos = end + 2
         if events:
             self._result.events += events
             self._result.output_chars += chars
