@@ -343,7 +343,6 @@ class SpendGate:
                body: bytes | None) -> Awaitable[None] | None:
         """Meter and admit a provider request whose body is read (`body`: decoded; None: undecodable)."""
         req = flow.request
-        routed = flow.metadata.get(ROUTE)
         ex = self.gateway.meter.begin(
             host,
             req.path,
@@ -353,8 +352,7 @@ class SpendGate:
             client_ip=flow.client_conn.peername[0] if flow.client_conn.peername else None,
             method=req.method,
             unreadable=body is None,
-            route=routed[4] if routed is not None and routed[:4] == (host, req.path, req.method,
-                                                                     providers.hosts_generation()) else None,
+            route=_routed(flow, host),
         )
         if ex is None:
             return None
@@ -532,6 +530,15 @@ class SpendGate:
         if self.gateway:
             self.gateway.close()
             self.gateway = None
+
+
+def _routed(flow: http.HTTPFlow, host: str) -> providers.Route | None:
+    """The route requestheaders found, while the request still has that host, path and method and
+    the site's provider hosts are unchanged (None: route it again)."""
+    routed, req = flow.metadata.get(ROUTE), flow.request
+    if routed is not None and routed[:4] == (host, req.path, req.method, providers.hosts_generation()):
+        return routed[4]
+    return None
 
 
 def _prepare_headers(gw: Gateway, ex: Exchange) -> None:

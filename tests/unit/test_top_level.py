@@ -33,6 +33,7 @@ def restricted(got: dict | None, keys: frozenset[str] = KEYS) -> dict | None:
 @pytest.mark.parametrize("body", [
     b'{"model": "claude-sonnet-4-5", "messages": [{"role": "user", "content": "hi"}], "stream": true}',
     b'{"model": "a", "model": "b"}',  # duplicates: the last one wins, as in json.loads
+    b'{"model": "claude-haiku-4-5", "\\u006dodel": "claude-opus-4-1"}',  # an escaped key is the same key
     b'{"messages": [{"model": "nested"}], "max_tokens": 12}',  # nested keys are not top-level
     b'{"x": "\xff", "model": "a"}',  # invalid UTF-8 in a skipped string: json.loads refuses
     b'\xef\xbb\xbf{"model": "a"}',  # BOM
