@@ -384,10 +384,9 @@ class SpendGate:
             req.path = ex.request.rewritten_path
         if ex.request.drop_usage_chunk:
             req.headers["accept-encoding"] = "identity"  # so the event we add can be taken out again
-        try:  # the response's x-spendgate-* values, computed while the provider works (see responseheaders)
-            asyncio.get_running_loop().call_soon(_prepare_headers, gw, ex)
-        except RuntimeError:  # no event loop (called outside mitmproxy): responseheaders computes them
-            pass
+        soon = _call_soon()  # none outside mitmproxy's event loop: responseheaders computes them then
+        if soon is not None:  # the response's x-spendgate-* values, computed while the provider works
+            soon(_prepare_headers, gw, ex)
 
     def client_disconnected(self, client) -> None:
         """A connection that sent an oversized body is gone: hand its buffers back (rate-limited)."""
@@ -422,7 +421,8 @@ class SpendGate:
         self.gateway.meter.saw_headers(ex, resp.headers)  # e.g. the tier Gemini served it at
         prepared = ex.extra.pop(HEADERS, None)
         resp.headers.update(prepared if prepared is not None else self.gateway.admission.response_headers(ex))
-        parser = self.gateway.meter.stream_parser(ex, flow.request.path, resp.headers.get("content-type", ""))
+        parser = self.gateway.meter.stream_parser(ex, flow.request.path, resp.headers.get("content-type", ""),
+                                                  _call_soon())
         if parser is not None:
             # only OpenAI chat asks for this: the include_usage chunk the client did not request
             dropper = EventDropper(openai_chat.filter_usage_chunk) if ex.request.drop_usage_chunk else None
@@ -539,6 +539,14 @@ def _routed(flow: http.HTTPFlow, host: str) -> providers.Route | None:
     if routed is not None and routed[:4] == (host, req.path, req.method, providers.hosts_generation()):
         return routed[4]
     return None
+
+
+def _call_soon() -> Any:
+    """The running event loop's ``call_soon``; None outside one (hooks called directly)."""
+    try:
+        return asyncio.get_running_loop().call_soon
+    except RuntimeError:
+        return None
 
 
 def _prepare_headers(gw: Gateway, ex: Exchange) -> None:

@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from decimal import Decimal
+from typing import Any
 
 from spendgate import bounds
 from spendgate.batcher import Batcher
@@ -31,7 +32,7 @@ from spendgate.metering.providers.base import (
     Route,
     StreamParser,
 )
-from spendgate.metering.streams import IncrementalDecoder
+from spendgate.metering.streams import AfterForwarding, IncrementalDecoder
 from spendgate.pricing import cards
 from spendgate.pricing.rates import Pricer, PriceResult, reported
 from spendgate.store.ledger import Ledger, LedgerRow
@@ -337,12 +338,18 @@ class Meter:
         self._inflight[ex.request_id] = ex
         return ex
 
-    def stream_parser(self, ex: Exchange, path: str, content_type: str) -> StreamParser | None:
+    def stream_parser(self, ex: Exchange, path: str, content_type: str,
+                      schedule: Callable[[Callable[[], None]], Any] | None = None) -> StreamParser | None:
+        """The parser of a streamed response, or None when the response is not a stream.
+
+        `schedule` (the event loop's ``call_soon``): read each chunk once it was handed on
+        (streams.AfterForwarding) rather than before."""
         adapter = ex.route.adapter
         if adapter is None or not adapter.is_stream_response(content_type, ex.request):
             return None
         query = path.partition("?")[2]
-        ex.parser = adapter.stream_parser(providers.normalize_path(path) + ("?" + query if query else ""))
+        parser = adapter.stream_parser(providers.normalize_path(path) + ("?" + query if query else ""))
+        ex.parser = parser if schedule is None else AfterForwarding(parser, schedule)
         return ex.parser
 
     def finish(

@@ -200,7 +200,8 @@ def test_addon_routes_once_unless_the_request_changed() -> None:
 def test_response_headers_prepared_while_the_provider_works() -> None:
     """An admitted request's x-spendgate-* values are computed right after it goes upstream, and
     responseheaders sends exactly those; without them (no event loop, or not run yet) it computes
-    them itself. A refused request prepares nothing."""
+    them itself. A refused request prepares nothing. In the event loop a stream's parser gets the
+    loop's call_soon, to read each chunk after it was handed on (streams.AfterForwarding)."""
     import asyncio
     from types import SimpleNamespace
 
@@ -215,7 +216,9 @@ def test_response_headers_prepared_while_the_provider_works() -> None:
 
     gw = SimpleNamespace(admission=SimpleNamespace(response_headers=response_headers),
                          meter=SimpleNamespace(clock=lambda: 0.0, saw_headers=lambda ex, h: None,
-                                               stream_parser=lambda ex, path, ct: None, finish=lambda ex, r: None))
+                                               stream_parser=lambda ex, path, ct, schedule: schedules.append(schedule),
+                                               finish=lambda ex, r: None))
+    schedules: list = []
 
     def exchange():
         return SimpleNamespace(extra={}, status=None, request=SimpleNamespace(
@@ -238,6 +241,7 @@ def test_response_headers_prepared_while_the_provider_works() -> None:
         flow.metadata[mod.META], flow.response = ex, tutils.tresp()
         gate.responseheaders(flow)
         assert flow.response.headers["x-spendgate-remaining-usd"] == "1" and len(calls) == 1  # not computed again
+        assert schedules == [None]  # no running loop: a stream would be read before it is handed on
 
         flow, ex = tflow.tflow(), exchange()  # no event loop: nothing prepared, computed at the response
         mod.SpendGate._admitted(flow, gw, ex, None)
@@ -245,6 +249,15 @@ def test_response_headers_prepared_while_the_provider_works() -> None:
         flow.metadata[mod.META], flow.response = ex, tutils.tresp()
         gate.responseheaders(flow)
         assert flow.response.headers["x-spendgate-remaining-usd"] == "2"
+
+        async def answered_in_the_loop():
+            flow, ex = tflow.tflow(), exchange()
+            flow.metadata[mod.META], flow.response = ex, tutils.tresp()
+            gate.responseheaders(flow)
+            return asyncio.get_running_loop()
+
+        loop = asyncio.run(answered_in_the_loop())
+        assert schedules[-1] == loop.call_soon  # in mitmproxy: each chunk read after it was handed on
 
 
 def test_addon_routes_again_after_the_provider_hosts_changed() -> None:

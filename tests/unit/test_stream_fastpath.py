@@ -28,10 +28,10 @@ END = (b'event: message_delta\ndata: {"type":"message_delta","delta":{"stop_reas
        b'"usage":{"output_tokens":42}}\n\nevent: message_stop\ndata: {"type":"message_stop"}\n\n')
 
 
-def delta(text: str, kind: str = "text", pad: str = "") -> bytes:
+def delta(text: str, kind: str = "text", pad: str = "", index: int = 0) -> bytes:
     """A delta as Anthropic frames it; `pad` goes before the last brace (recorded streams pad so)."""
     field, typ = ("thinking", "thinking_delta") if kind == "thinking" else ("text", "text_delta")
-    body = json.dumps({"type": "content_block_delta", "index": 0, "delta": {"type": typ, field: text}},
+    body = json.dumps({"type": "content_block_delta", "index": index, "delta": {"type": typ, field: text}},
                       separators=(",", ":"), ensure_ascii=False)
     body = body[:-1] + pad + body[-1:]
     return b"event: content_block_delta\ndata: " + body.encode("utf-8", "surrogatepass") + b"\n\n"
@@ -137,12 +137,14 @@ mutations = st.sampled_from([b'"', b"\\", b"\x00", b"\x1f", b"\t", b"\n", b"\r",
 
 
 @settings(max_examples=600, deadline=None)
-@given(st.lists(st.tuples(st.builds(delta, texts, st.sampled_from(["text", "thinking"]), pads),
+@given(st.lists(st.tuples(st.builds(delta, texts, st.sampled_from(["text", "thinking"]), pads,
+                                    st.sampled_from([0, 0, 1, 12])),
                           st.lists(st.tuples(st.integers(0, 200), mutations), max_size=3)), min_size=1, max_size=6),
        st.integers(0, 40))
 def test_plain_deltas_accept_what_the_one_pattern_accepted(evs, cut_tail: int) -> None:
     """Events with bytes spliced in anywhere (quotes, backslashes, controls, line feeds, braces),
-    several per read, the last one maybe cut short: same events, characters and remainder."""
+    several per read, the last one maybe cut short: same events, characters and remainder. The
+    common head and tail are compared as bytes before the patterns: index 0 and others, pads."""
     parts = []
     for ev, muts in evs:
         for at, piece in muts:

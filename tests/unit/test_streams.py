@@ -1,4 +1,5 @@
 import gzip
+import json
 import zlib
 
 import brotli
@@ -115,3 +116,76 @@ def test_incremental_decoder_matches_one_shot(enc):
     encoded = ENCODERS[enc](BODY)
     dec = IncrementalDecoder(enc)
     assert b"".join(dec.feed(encoded[i : i + 3]) for i in range(0, len(encoded), 3)) == BODY
+
+
+# -- AfterForwarding: each chunk is read just after the tap handed it on -----------------------
+
+def _anthropic_stream() -> bytes:
+    """Plain deltas (the parser's fast path), thinking, an escaped one and usage at both ends."""
+    def delta(text: str, kind: str = "text") -> bytes:
+        return (b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,"delta":{"type":"%s_delta",'
+                b'"%s":%s}}\n\n' % (kind.encode(), kind.encode(), json.dumps(text, ensure_ascii=False).encode()))
+
+    return (b'event: message_start\ndata: {"type":"message_start","message":{"model":"claude-sonnet-4-5",'
+            b'"usage":{"input_tokens":10,"output_tokens":1}}}\n\n'
+            + b"".join(delta(f"word {i} \u00e9", "thinking" if i % 7 == 0 else "text") for i in range(60))
+            + delta('esc"aped') + b'event: message_delta\ndata: {"type":"message_delta","delta":{"stop_reason":'
+            b'"end_turn"},"usage":{"output_tokens":42}}\n\nevent: message_stop\ndata: {"type":"message_stop"}\n\n')
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(min_value=1, max_value=4000), max_size=30), st.lists(st.sampled_from(
+    ["run", "read", "none", "none"]), min_size=31, max_size=31), st.booleans())
+def test_after_forwarding_reads_what_the_parser_reads_directly(cuts, between, ended) -> None:
+    """Random reads; between them the loop's callbacks run or not, and the result is read or not:
+    every result equals a parser fed the same bytes directly, and bytes leave the tap unread."""
+    from spendgate.metering.providers.anthropic import AnthropicStreamParser
+    from spendgate.metering.streams import AfterForwarding
+
+    stream = _anthropic_stream()
+    pending: list = []
+    deferred = AfterForwarding(AnthropicStreamParser(), pending.append)
+    tap, direct = StreamTap(deferred, ""), AnthropicStreamParser()
+    points = sorted({c for c in cuts if c < len(stream)}) + [len(stream)]
+    last = 0
+    for point, step in zip(points, between):
+        chunk = stream[last:point]
+        last = point
+        seen = deferred.parser.result().events
+        assert tap(chunk) == chunk
+        direct.feed(chunk)
+        assert deferred.parser.result().events == seen  # handed on before it is read
+        if step == "run":
+            while pending:
+                pending.pop(0)()
+        elif step == "read":
+            assert deferred.result() == direct.result()
+    if ended:
+        assert tap(b"") == b""
+        direct.close()
+    assert deferred.result() == direct.result() and direct.result().usage is not None
+    for callback in pending:  # drains that run after the reads found nothing left
+        callback()
+    assert deferred.result() == direct.result()
+
+
+def test_after_forwarding_stops_reading_on_a_parser_bug_and_forwards_on() -> None:
+    from spendgate.metering.streams import AfterForwarding
+
+    class Broken(Collect):
+        def feed(self, data: bytes) -> None:
+            if b"boom" in data:
+                raise RuntimeError("parser bug")
+            super().feed(data)
+
+    pending: list = []
+    deferred = AfterForwarding(Broken(), pending.append)
+    tap = StreamTap(deferred, "")
+    assert tap(b"one ") == b"one " and len(pending) == 1
+    assert tap(b"two ") == b"two " and len(pending) == 1  # one drain for what is held
+    pending.pop()()
+    assert deferred.result().events == 8
+    for chunk in (b"boom", b"three"):
+        assert tap(chunk) == chunk
+        pending.pop()()
+    assert tap(b"") == b"" and deferred.result().events == 8

@@ -131,6 +131,8 @@ _DELTA_HEAD = re.compile(
     rb'"delta":\{"type":"(?:text_delta","text|thinking_delta","thinking)":"'
 )
 _DELTA_TAIL = re.compile(rb'"\}[ \t]*\}[ \t]*\n\n')
+_TEXT_HEAD_0 = b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"'
+_TAIL = b'"}}\n\n'
 # every byte a plain text may not hold (backslash, controls) becomes a quote, which it cannot hold either
 _NOT_PLAIN = bytes(0x22 if byte < 0x20 or byte == 0x5C else byte for byte in range(256))
 
@@ -146,7 +148,7 @@ class AnthropicStreamParser(JSONEventStreamParser):
         """Plain text deltas at the start of a read are counted without the decoder or json.loads
         (they are most of a stream's events); the rest of the read takes the full path."""
         sse = self._sse
-        if sse is not None and data[:27] == b"event: content_block_delta\n" and sse.idle():
+        if sse is not None and data.startswith(b"event: content_block_delta\n") and sse.idle():
             try:
                 data = self._plain_deltas(bytes(data))
             except Exception:  # never: the full path then reads the same bytes
@@ -157,22 +159,29 @@ class AnthropicStreamParser(JSONEventStreamParser):
 
     def _plain_deltas(self, data: bytes) -> bytes:
         """Count the leading plain delta events of `data`; return what is left for the full path."""
-        pos, events, chars, n = 0, 0, 0, len(data)
+        pos, events, chars, n, cap = 0, 0, 0, len(data), sse_cap(self)
         head_match, tail_match = _DELTA_HEAD.match, _DELTA_TAIL.match
         while pos < n:
             # where the data line ends (the first line feed after the 27-byte event line; the text
             # holds none): without one the event is split across reads (the full path's to join).
-            # Then the fixed head, the text up to its closing quote, and the fixed tail.
+            # Then the fixed head, the text up to its closing quote, and the fixed tail (their
+            # most common spellings compared as bytes first, the patterns otherwise).
             end = data.find(b"\n", pos + 27)
-            if end < 0 or end + 2 - pos > sse_cap(self):
+            if end < 0 or end + 2 - pos > cap:
                 break
-            head = head_match(data, pos, end)
-            if head is None:
+            if data.startswith(_TEXT_HEAD_0, pos, end):
+                start = pos + len(_TEXT_HEAD_0)
+            else:
+                head = head_match(data, pos, end)
+                if head is None:
+                    break
+                start = head.end()
+            quote = data.find(b'"', start, end)  # where the text would end
+            if quote < 0:
                 break
-            quote = data.find(b'"', head.end(), end)  # where the text would end
-            if quote < 0 or tail_match(data, quote, end + 2) is None:
+            if not (quote + 3 == end and data.startswith(_TAIL, quote)) and tail_match(data, quote, end + 2) is None:
                 break
-            text = data[head.end():quote]
+            text = data[start:quote]
             if text.translate(_NOT_PLAIN).find(b'"') >= 0:  # a backslash or a control character
                 break
             if text.isascii():
