@@ -190,23 +190,31 @@ class AfterForwarding(StreamParser):
     Reading an event (1-10 µs of the event loop's time) before the tap returns it would delay
     every event by that much. `schedule` (the event loop's ``call_soon``) runs `drain` once the
     chunk went out to the client; every reader of the parse drains first (`result`, `close`), so
-    the same bytes are read in the same order and nothing is read late. Event loop only.
+    the same bytes are read in the same order and nothing is read late. What is held stays under
+    `max_held` bytes (a compressed read can decode to many PIECEs): past it, the parser reads at
+    once. Event loop only.
     """
 
-    def __init__(self, parser: StreamParser, schedule: Callable[[Callable[[], None]], Any]) -> None:
+    def __init__(self, parser: StreamParser, schedule: Callable[[Callable[[], None]], Any],
+                 max_held: int = PIECE) -> None:
         self.parser = parser
         self._schedule = schedule
+        self.max_held = max_held
         self._held: list[bytes] = []
+        self._held_bytes = 0
         self._failed = False
 
     def feed(self, data: bytes) -> None:
         held = self._held
         held.append(data)
-        if len(held) == 1:  # the first chunk since the last drain: one drain for all of them
+        self._held_bytes += len(data)
+        if self._held_bytes > self.max_held:
+            self.drain()
+        elif len(held) == 1:  # the first chunk since the last drain: one drain for all of them
             self._schedule(self.drain)
 
     def drain(self) -> None:
-        held, self._held = self._held, []
+        held, self._held, self._held_bytes = self._held, [], 0
         if self._failed:
             return
         try:
@@ -222,7 +230,8 @@ class AfterForwarding(StreamParser):
 
     def close(self) -> None:
         self.drain()
-        self.parser.close()
+        if not self._failed:  # a parser a bug stopped is left as it was, never closed
+            self.parser.close()
 
 
 class StreamTap:

@@ -173,10 +173,15 @@ def test_after_forwarding_stops_reading_on_a_parser_bug_and_forwards_on() -> Non
     from spendgate.metering.streams import AfterForwarding
 
     class Broken(Collect):
+        closed = False
+
         def feed(self, data: bytes) -> None:
             if b"boom" in data:
                 raise RuntimeError("parser bug")
             super().feed(data)
+
+        def close(self) -> None:
+            self.closed = True
 
     pending: list = []
     deferred = AfterForwarding(Broken(), pending.append)
@@ -189,3 +194,20 @@ def test_after_forwarding_stops_reading_on_a_parser_bug_and_forwards_on() -> Non
         assert tap(chunk) == chunk
         pending.pop()()
     assert tap(b"") == b"" and deferred.result().events == 8
+    assert not deferred.parser.closed  # a parser a bug stopped is not closed on its half-read state
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "br"])
+def test_after_forwarding_holds_at_most_a_piece_of_a_decoded_read(encoding) -> None:
+    """A few KB on the wire that decode to megabytes: the parser reads them during the same tap
+    call once a PIECE is held, rather than all of them waiting for the loop's next pass."""
+    from spendgate.metering.streams import PIECE, AfterForwarding
+
+    body = b": " + b"a" * (8 * PIECE) + b"\n\n"
+    wire = ENCODERS[encoding](body)
+    pending: list = []
+    deferred = AfterForwarding(Collect(), pending.append)
+    tap = StreamTap(deferred, encoding)
+    assert tap(wire) == wire
+    assert len(body) - PIECE <= len(deferred.parser.data) < len(body)  # at most one PIECE still held
+    assert deferred.result().events == len(body)
