@@ -654,6 +654,8 @@ class Bench:
         plain = self.proxy("plain", False)
         control = self.proxy("control", False)  # a second plain mitmdump: plain vs plain is the noise
         plain_stream = self.proxy("plain-stream", False, extra=["--set", "stream_large_bodies=1"])
+        # the stream figures' noise: a second plain-stream, measured like the first
+        control_stream = self.proxy("control-stream", False, extra=["--set", "stream_large_bodies=1"])
         gw = self.proxy("spendgate", True, self.work / "side-by-side.duckdb")
         out: dict[str, Any] = {"ready_s": {"plain": r3(plain.ready_s), "spendgate": r3(gw.ready_s)}}
         req = http_request(agent_body(False))
@@ -667,7 +669,7 @@ class Bench:
                                                    "big": []}
                                                for k in ("plain", "control", "spendgate")}  # fmt: skip
         for rnd in range(plan.rounds):
-            order = [("plain", plain, plain_stream), ("control", control, control), ("spendgate", gw, gw)]
+            order = [("plain", plain, plain_stream), ("control", control, control_stream), ("spendgate", gw, gw)]
             if rnd % 2:
                 order.reverse()  # ABBA: neither proxy always runs first
             for name, p, _ in order:
@@ -686,8 +688,6 @@ class Bench:
                                                                    1))["latencies"]
             for _ in range(plan.streams):
                 for name, p, ps in order:
-                    if name == "control":
-                        continue
                     st = self.arun(run_stream(ps.port, self.ctx, sreq))
                     if len(st["transits_ns"]) != plan.stream_events:
                         raise ProxyError(f"{name}: {len(st['transits_ns'])} of {plan.stream_events} events arrived")
@@ -704,7 +704,7 @@ class Bench:
         out["cpu"] = bench_cpu.run_cpu(sys.modules[__name__], plan.cpu, self.ctx,
                                        {"plain": plain, "control": control, "plain-stream": plain_stream,
                                         "spendgate": gw})  # fmt: skip
-        for p in (plain, control, plain_stream, gw):
+        for p in (plain, control, plain_stream, control_stream, gw):
             p.stop()
         out["metering"] = metered(gw)
         out.update(summarize(samples))
@@ -769,8 +769,14 @@ def summarize(samples: dict[str, dict[str, list]]) -> dict[str, Any]:
                     "streams": len(s["ttfe"]), "events": len(s["transit"])}  # fmt: skip
     st["ratio"] = {k: r3(ratio(st["spendgate"][k], st["plain"][k]))
                    for k in ("ttfe_p50_ms", "ttfe_small_body_p50_ms", "event_transit_p50_us", "event_transit_p95_us")}
-    st["added_event_delay_p50_us"] = r3(st["spendgate"]["event_transit_p50_us"] - st["plain"]["event_transit_p50_us"])
-    st["added_event_delay_p95_us"] = r3(st["spendgate"]["event_transit_p95_us"] - st["plain"]["event_transit_p95_us"])
+    for who, prefix in (("spendgate", ""), ("control", "control_")):
+        if who not in st:
+            continue
+        if who == "control":  # plain-stream vs plain-stream: how far apart two identical proxies measure
+            st["control_ratio"] = {k: r3(ratio(st["control"][k], st["plain"][k])) for k in st["ratio"]}
+        for q in ("p50", "p95"):
+            st[f"{prefix}added_event_delay_{q}_us"] = r3(st[who][f"event_transit_{q}_us"]
+                                                        - st["plain"][f"event_transit_{q}_us"])
     out["stream"] = st
     return out
 
@@ -858,8 +864,10 @@ def print_report(result: dict[str, Any]) -> None:
     row("event transit p50 (us)", "stream", "event_transit_p50_us")
     row("event transit p95 (us)", "stream", "event_transit_p95_us")
     st = f["stream"]
-    t.add_row("added delay per event p50 / p95 (us)", "", "", f"+{st['added_event_delay_p50_us']} / "
-              f"+{st['added_event_delay_p95_us']}", "", "", mark("added delay per event p50 (us)"))
+    ctl = (f"{st['control_added_event_delay_p50_us']:+} / {st['control_added_event_delay_p95_us']:+}"
+           if "control_added_event_delay_p50_us" in st else "")
+    t.add_row("added delay per event p50 / p95 (us)", "", ctl, f"{st['added_event_delay_p50_us']:+} / "
+              f"{st['added_event_delay_p95_us']:+}", "", "", mark("added delay per event p50 (us)"))
     row("bulk stream MB/s", "memory", "mb_per_s", "bulk stream throughput ratio")
     row("RSS growth, bulk stream (MB)", "memory", "growth_mb", "RSS growth, 100 MB stream (MB)")
     if "body_5mb" in f:

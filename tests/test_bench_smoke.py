@@ -69,6 +69,10 @@ def test_side_by_side_figures(result: dict) -> None:
         assert all(finite(m[k]) for k in MEMORY)
         assert m["bytes"] >= plan["bulk_bytes"]
     assert finite(f["stream"]["added_event_delay_p50_us"]) and finite(f["stream"]["ratio"]["ttfe_p50_ms"])
+    control = f["stream"]["control"]  # the stream figures' noise: a second plain-stream, measured alike
+    assert all(finite(control[k]) for k in STREAM) and control["events"] == f["stream"]["spendgate"]["events"]
+    assert finite(f["stream"]["control_added_event_delay_p50_us"])
+    assert set(f["stream"]["control_ratio"]) == set(f["stream"]["ratio"])
     assert finite(f["ready_s"]["plain"]) and finite(f["ready_s"]["spendgate"])
 
 
