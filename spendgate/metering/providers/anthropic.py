@@ -131,7 +131,8 @@ _DELTA_HEAD = re.compile(
     rb'"delta":\{"type":"(?:text_delta","text|thinking_delta","thinking)":"'
 )
 _DELTA_TAIL = re.compile(rb'"\}[ \t]*\}[ \t]*\n\n')
-_TEXT_HEAD_0 = b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"'
+_TEXT_HEAD_0 = (b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,'
+                b'"delta":{"type":"text_delta","text":"')  # what _DELTA_HEAD matches most often
 _TAIL = b'"}}\n\n'
 # every byte a plain text may not hold (backslash, controls) becomes a quote, which it cannot hold either
 _NOT_PLAIN = bytes(0x22 if byte < 0x20 or byte == 0x5C else byte for byte in range(256))
