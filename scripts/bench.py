@@ -769,14 +769,12 @@ def summarize(samples: dict[str, dict[str, list]]) -> dict[str, Any]:
                     "streams": len(s["ttfe"]), "events": len(s["transit"])}  # fmt: skip
     st["ratio"] = {k: r3(ratio(st["spendgate"][k], st["plain"][k]))
                    for k in ("ttfe_p50_ms", "ttfe_small_body_p50_ms", "event_transit_p50_us", "event_transit_p95_us")}
-    for who, prefix in (("spendgate", ""), ("control", "control_")):
-        if who not in st:
-            continue
-        if who == "control":  # plain-stream vs plain-stream: how far apart two identical proxies measure
-            st["control_ratio"] = {k: r3(ratio(st["control"][k], st["plain"][k])) for k in st["ratio"]}
+    whose = {"": "spendgate", "control_": "control"}  # control: plain-stream's twin, measured alike
+    for prefix, who in whose.items():
         for q in ("p50", "p95"):
             st[f"{prefix}added_event_delay_{q}_us"] = r3(st[who][f"event_transit_{q}_us"]
                                                         - st["plain"][f"event_transit_{q}_us"])
+    st["control_ratio"] = {k: r3(ratio(st["control"][k], st["plain"][k])) for k in st["ratio"]}
     out["stream"] = st
     return out
 
@@ -864,8 +862,7 @@ def print_report(result: dict[str, Any]) -> None:
     row("event transit p50 (us)", "stream", "event_transit_p50_us")
     row("event transit p95 (us)", "stream", "event_transit_p95_us")
     st = f["stream"]
-    ctl = (f"{st['control_added_event_delay_p50_us']:+} / {st['control_added_event_delay_p95_us']:+}"
-           if "control_added_event_delay_p50_us" in st else "")
+    ctl = f"{st['control_added_event_delay_p50_us']:+} / {st['control_added_event_delay_p95_us']:+}"
     t.add_row("added delay per event p50 / p95 (us)", "", ctl, f"{st['added_event_delay_p50_us']:+} / "
               f"{st['added_event_delay_p95_us']:+}", "", "", mark("added delay per event p50 (us)"))
     row("bulk stream MB/s", "memory", "mb_per_s", "bulk stream throughput ratio")

@@ -191,15 +191,13 @@ class AfterForwarding(StreamParser):
     every event by that much. `schedule` (the event loop's ``call_soon``) runs `drain` once the
     chunk went out to the client; every reader of the parse drains first (`result`, `close`), so
     the same bytes are read in the same order and nothing is read late. What is held stays under
-    `max_held` bytes (a compressed read can decode to many PIECEs): past it, the parser reads at
-    once. Event loop only.
+    one PIECE (a compressed read can decode to many): past it, the parser reads at once. Event
+    loop only.
     """
 
-    def __init__(self, parser: StreamParser, schedule: Callable[[Callable[[], None]], Any],
-                 max_held: int = PIECE) -> None:
+    def __init__(self, parser: StreamParser, schedule: Callable[[Callable[[], None]], Any]) -> None:
         self.parser = parser
         self._schedule = schedule
-        self.max_held = max_held
         self._held: list[bytes] = []
         self._held_bytes = 0
         self._failed = False
@@ -208,7 +206,7 @@ class AfterForwarding(StreamParser):
         held = self._held
         held.append(data)
         self._held_bytes += len(data)
-        if self._held_bytes > self.max_held:
+        if self._held_bytes > PIECE:
             self.drain()
         elif len(held) == 1:  # the first chunk since the last drain: one drain for all of them
             self._schedule(self.drain)
@@ -269,10 +267,7 @@ class StreamTap:
                 # most streams: what _observe does for one identity piece, without its layers (this
                 # runs for every event, with caches cold from the traffic in between)
                 decoder.produced += size
-                try:
-                    self.parser.feed(chunk)
-                except Exception as e:  # a parser bug: stop parsing, still hand on this chunk
-                    self._stop(e)
+                self._parse(chunk)
                 return chunk
             decoded = self._observe(chunk)
         else:
@@ -307,14 +302,20 @@ class StreamTap:
                 if keep:
                     kept.append(piece)
                 if parsing:
-                    try:
-                        self.parser.feed(piece)
-                    except Exception as e:  # a parser bug: stop parsing, still hand on this chunk
-                        self._stop(e)
-                        parsing = False
+                    parsing = self._parse(piece)
         except Exception as e:  # garbage in an encoded body, or a bomb: stop looking, keep forwarding
             return self._stop(e)
         return b"".join(kept) if keep else b""
+
+    def _parse(self, piece: bytes) -> bool:
+        """Feed the parser one decoded piece; False once a parser bug stopped the side channel
+        (the chunk is still handed on)."""
+        try:
+            self.parser.feed(piece)
+            return True
+        except Exception as e:
+            self._stop(e)
+            return False
 
     def _stop(self, e: Exception) -> None:
         self.broken = f"{type(e).__name__}: {e}"
