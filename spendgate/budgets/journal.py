@@ -19,14 +19,11 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from spendgate import fsutil
 
-try:
-    import msgspec
-
-    _ENCODER = msgspec.json.Encoder()
-except ImportError:  # pragma: no cover - json.dumps writes the same lines, slower
-    msgspec = None
+_ENCODER = msgspec.json.Encoder()
 
 
 log = logging.getLogger(__name__)
@@ -52,11 +49,10 @@ class Journal:
     @staticmethod
     def _line(obj: dict[str, Any]) -> bytes:
         """One JSON line; msgspec writes a reserve line ~8x faster than json.dumps (event loop)."""
-        if msgspec is not None:
-            try:
-                return _ENCODER.encode(obj) + b"\n"
-            except Exception:  # a type only json's default=str takes, or a lone surrogate
-                pass
+        try:
+            return _ENCODER.encode(obj) + b"\n"
+        except Exception:  # a type only json's default=str takes, or a lone surrogate
+            pass
         return (json.dumps(obj, separators=(",", ":"), default=str) + "\n").encode()
 
     def reserve(self, request_id: str, amount: Decimal, record: dict[str, Any]) -> None:

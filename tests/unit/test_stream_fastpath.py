@@ -55,13 +55,15 @@ events = st.lists(st.one_of(st.builds(delta, texts, st.sampled_from(["text", "th
 
 
 def run(parser: AnthropicStreamParser, stream: bytes, cuts: list[int]) -> object:
-    last = 0
+    """The result after each read (a stream cut off there reads it so) and after the end."""
+    last, seen = 0, []
     for cut in sorted(set(c for c in cuts if 0 < c < len(stream))):
         parser.feed(stream[last:cut])
+        seen.append(parser.result())
         last = cut
     parser.feed(stream[last:])
     parser.close()
-    return parser.result()
+    return seen, parser.result()
 
 
 @settings(max_examples=400, deadline=None)
@@ -97,6 +99,38 @@ def test_recorded_stream_gives_the_same_result() -> None:
         assert fast.result() == slow.result()
 
 
+def test_a_delta_cut_across_reads_skips_json(monkeypatch) -> None:
+    """A long delta arrives in 16 KB TLS records: its pieces are joined, not sent to json.loads;
+    a piece past _HOLD_MAX, or one still held at the end, goes to the decoder as before."""
+    full: list[bytes] = []
+    real_feed = anthropic.JSONEventStreamParser.feed
+    monkeypatch.setattr(anthropic.JSONEventStreamParser, "feed", lambda self, d: (full.append(bytes(d)), real_feed(self, d)))
+    text = "x" * 40_000 + "\n" + "é" * 100
+    ev = delta(text) + delta("short")
+    for size in (1, 7, 16_384):
+        p = AnthropicStreamParser()
+        p.feed(START)  # a stream's first event: the decoder is idle after it
+        full[:] = []
+        for i in range(0, len(ev), size):
+            p.feed(ev[i : i + size])
+        p.close()
+        assert full == [] and p.result().output_chars == len(text) + 5 and p.result().events == 3
+    p = AnthropicStreamParser()
+    p.feed(START)
+    full[:] = []
+    p.feed(ev[:100])
+    p.close()  # cut off inside the held delta: the decoder reads it at the end, as before
+    assert full == [ev[:100]] and p.result() == run(SlowParser(), START + ev[:100], [])[1]
+    big = delta("y" * (anthropic._HOLD_MAX + 20_000))
+    p = AnthropicStreamParser()
+    p.feed(START)
+    full[:] = []
+    for i in range(0, len(big), 16_384):
+        p.feed(big[i : i + 16_384])
+    p.close()
+    assert full and p.result().output_chars == anthropic._HOLD_MAX + 20_000
+
+
 def test_plain_deltas_skip_json() -> None:
     p = AnthropicStreamParser()
     p.feed(START)
@@ -105,11 +139,12 @@ def test_plain_deltas_skip_json() -> None:
     assert r.events == 4 and r.output_chars == len("hello") + len("wörld") + len('say "hi"')
 
 
-# The single pattern the fast path used before it read the text with find/translate: the new steps
-# must accept exactly the events it accepted, and count the same.
+# What the fast path accepts, as one pattern: the fixed head, one JSON string (read by json.loads,
+# which must give text without lone surrogates: what msgspec reads the same way), the fixed tail.
+# The steps in _plain_deltas must accept exactly these events, and count the same.
 _ONE_PATTERN = __import__("re").compile(
     rb'event: content_block_delta\ndata: \{"type":"content_block_delta","index":(?:0|[1-9][0-9]{0,8}),'
-    rb'"delta":\{"type":"(?:text_delta","text|thinking_delta","thinking)":"([^"\\\x00-\x1f]*)"\}[ \t]*\}[ \t]*\n\n'
+    rb'"delta":\{"type":"(?:text_delta","text|thinking_delta","thinking)":("(?:[^"\\\n]|\\[^\n])*")\}[ \t]*\}[ \t]*\n\n'
 )
 
 
@@ -122,18 +157,20 @@ def _by_pattern(parser: AnthropicStreamParser, data: bytes) -> tuple[int, int, b
         m = _ONE_PATTERN.match(data, pos, end + 2)
         if m is None or len(m.group(0)) > anthropic.sse_cap(parser):
             break
-        text = m.group(1)
         try:
-            chars += len(text.decode("utf-8"))
-        except UnicodeDecodeError:
+            text = json.loads(m.group(1))
+            text.encode("utf-8")  # json.loads lets lone surrogates through (escaped or surrogatepass)
+        except (ValueError, UnicodeError):
             break
+        chars += len(text)
         events += 1
         pos = m.end()
     return events, chars, data[pos:]
 
 
 mutations = st.sampled_from([b'"', b"\\", b"\x00", b"\x1f", b"\t", b"\n", b"\r", b"\x7f", b"\xff", b"\xc3\xa9",
-                             b" ", b"}", b'"}', b"\n\n", b"x"])  # fmt: skip
+                             b" ", b"}", b'"}', b"\n\n", b"x", b"\\n", b'\\"', b"\\u00e9", b"\\ud83d", b"\\ude00",
+                             b"\\ud83d\\ude00", b"\xed\xa0\x80", b"\\x", b"\\u12"])  # fmt: skip
 
 
 @settings(max_examples=600, deadline=None)
@@ -161,11 +198,16 @@ def test_plain_deltas_accept_what_the_one_pattern_accepted(evs, cut_tail: int) -
 
 
 def test_plain_deltas_every_byte_inside_the_text() -> None:
-    """Each of the 256 byte values, and each pair of a lead and a following byte, inside a text."""
+    """Each of the 256 byte values, each pair of a lead and a following byte, each escape letter,
+    and the UTF-8 forms json.loads and msgspec read differently (surrogates, overlong), in a text."""
     base = delta("ab cd")
     at = base.index(b"ab cd") + 2
     for b1 in range(256):
-        for piece in [bytes([b1]), *(bytes([b1, b2]) for b2 in (0x00, 0x1F, 0x22, 0x5C, 0x80, 0xA9, 0xBF) if b1 >= 0x80)]:
+        pieces = [bytes([b1]), b"\\" + bytes([b1]), b"\\u00" + bytes([b1]) + b"0" if b1 < 0x80 else b"",
+                  *(bytes([b1, b2]) for b2 in (0x00, 0x1F, 0x22, 0x5C, 0x80, 0xA9, 0xBF) if b1 >= 0x80)]
+        if b1 >= 0xE0:
+            pieces += [bytes([b1, 0x80, 0x80]), bytes([b1, 0xA0, 0x80]), bytes([b1, 0x9F, 0xBF, 0xBF]), bytes([b1, 0x90, 0x80, 0x80])]
+        for piece in pieces:
             data = base[:at] + piece + base[at:] + delta("next")
             fast = AnthropicStreamParser()
             rest = fast._plain_deltas(data)

@@ -58,12 +58,6 @@ def test_matches_json_loads(body: bytes) -> None:
     assert restricted(top_level(body, KEYS)) == expected(body)
 
 
-def test_without_msgspec_the_same(monkeypatch: pytest.MonkeyPatch) -> None:
-    body = b'{"model": "a", "messages": [], "stream": true}'
-    monkeypatch.setattr(base, "msgspec", None)
-    assert restricted(top_level(body, KEYS)) == {"model": "a", "stream": True}
-
-
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.sampled_from(sorted(KEYS) + ["x", "y"]), inner,

@@ -11,6 +11,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
+
 from spendgate.identity import BodyHints
 from spendgate.metering.framing import Oversized
 from spendgate.metering.providers.base import (
@@ -117,15 +119,16 @@ def _content_chars(content: Any) -> int:
     return total
 
 
-# One whole text/thinking delta event exactly as Anthropic frames it, whose text needs no JSON
-# decoding: no quote, backslash or control character (Anthropic pads events with spaces before the
-# last brace: allowed) (json.loads would reject a raw control
-# character, so such events take the full path and count as garbled there). Its character count is
-# then the length of the UTF-8 text itself. Anything else (other events, other spacing or field
-# order, escapes, a split read) goes through the SSE decoder and json.loads as before.
-# The event is read in three steps, the text itself by C loops over bytes (find, translate) rather
-# than a pattern (~5x faster at 16 KB); the whole event is exactly what this pattern matches:
-#   _DELTA_HEAD "([^"\\\x00-\x1f]*)" _DELTA_TAIL
+# One whole text/thinking delta event exactly as Anthropic frames it: the fixed head, one JSON
+# string, the fixed tail (Anthropic pads events with spaces before the last brace: allowed). The
+# string is decoded alone by msgspec, a C loop at ~3.7 GB/s that also checks UTF-8 and escapes
+# (~1.3x faster than a byte translate at 16 KB, and texts with escapes such as "\n" in code stay
+# on this path); its character count is the length of the str. Whatever msgspec refuses and
+# json.loads might still take (a lone surrogate, a control character, invalid UTF-8, an inner
+# unescaped quote) goes through the SSE decoder and json.loads as before, as does anything else
+# (other events, other spacing or field order, a split read). The whole event is exactly what
+# this pattern matches, with the string read as JSON:
+#   _DELTA_HEAD "(JSON string body)" _DELTA_TAIL
 _DELTA_HEAD = re.compile(
     rb'event: content_block_delta\ndata: \{"type":"content_block_delta","index":(?:0|[1-9][0-9]{0,8}),'
     rb'"delta":\{"type":"(?:text_delta","text|thinking_delta","thinking)":"'
@@ -134,8 +137,9 @@ _DELTA_TAIL = re.compile(rb'"\}[ \t]*\}[ \t]*\n\n')
 _TEXT_HEAD_0 = (b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,'
                 b'"delta":{"type":"text_delta","text":"')  # what _DELTA_HEAD matches most often
 _TAIL = b'"}}\n\n'
-# every byte a plain text may not hold (backslash, controls) becomes a quote, which it cannot hold either
-_NOT_PLAIN = bytes(0x22 if byte < 0x20 or byte == 0x5C else byte for byte in range(256))
+_TEXT = msgspec.json.Decoder(str)  # one JSON string literal, quotes included
+_EVENT_LINE = b"event: content_block_delta\n"  # 27 bytes, the first line of every delta
+_HOLD_MAX = 64 * 1024  # an unfinished delta held for the next read (real deltas are tens of bytes)
 
 
 class AnthropicStreamParser(JSONEventStreamParser):
@@ -144,19 +148,43 @@ class AnthropicStreamParser(JSONEventStreamParser):
     def __init__(self) -> None:
         super().__init__()
         self._usage = AnthropicUsageState.empty()
+        self._held: list[bytes] = []  # the start of a delta event cut short by the last reads
+        self._held_bytes = 0
 
     def feed(self, data: bytes) -> None:
         """Plain text deltas at the start of a read are counted without the decoder or json.loads
-        (they are most of a stream's events); the rest of the read takes the full path."""
+        (they are most of a stream's events); the rest of the read takes the full path.
+
+        A read that ends inside what may be a plain delta (TLS records are 16 KB: a long delta
+        arrives in pieces) keeps that piece, up to _HOLD_MAX, and reads it joined with the next
+        ones once a line feed arrives (pieces are joined once, not per read): what the decoder
+        would have done with them, since it was idle and nothing was dispatched from them yet."""
         sse = self._sse
-        if sse is not None and data.startswith(b"event: content_block_delta\n") and sse.idle():
+        if self._held:
+            if b"\n" not in data and self._held_bytes + len(data) <= _HOLD_MAX:
+                self._held.append(bytes(data))  # the event cannot have ended
+                self._held_bytes += len(data)
+                return
+            data = b"".join((*self._held, data))
+            self._held, self._held_bytes = [], 0
+        if sse is not None and _EVENT_LINE.startswith(data[:27]) and sse.idle():
             try:
                 data = self._plain_deltas(bytes(data))
             except Exception:  # never: the full path then reads the same bytes
                 pass
             if not data:
                 return
+            if len(data) <= _HOLD_MAX and _EVENT_LINE.startswith(data[:27]) and b"\n\n" not in data:
+                self._held, self._held_bytes = [bytes(data)], len(data)  # unfinished: maybe plain yet
+                return
         super().feed(data)
+
+    def close(self) -> None:
+        """End of stream: held pieces go to the decoder first, as they would have."""
+        held, self._held, self._held_bytes = self._held, [], 0
+        if held:
+            super().feed(b"".join(held))
+        super().close()
 
     def _plain_deltas(self, data: bytes) -> bytes:
         """Count the leading plain delta events of `data`; return what is left for the full path."""
@@ -177,21 +205,17 @@ class AnthropicStreamParser(JSONEventStreamParser):
                 if head is None:
                     break
                 start = head.end()
-            quote = data.find(b'"', start, end)  # where the text would end
-            if quote < 0:
-                break
-            if not (quote + 3 == end and data.startswith(_TAIL, quote)) and tail_match(data, quote, end + 2) is None:
-                break
-            text = data[start:quote]
-            if text.translate(_NOT_PLAIN).find(b'"') >= 0:  # a backslash or a control character
-                break
-            if text.isascii():
-                chars += len(text)
+            # the text's closing quote: the tail holds none, so it is the line's last one
+            if data.startswith(_TAIL, end - 3):
+                quote = end - 3
             else:
-                try:
-                    chars += len(text.decode("utf-8"))  # the full path would turn bad bytes into U+FFFD
-                except UnicodeDecodeError:
+                quote = data.rfind(b'"', start, end)
+                if quote < 0 or tail_match(data, quote, end + 2) is None:
                     break
+            try:
+                chars += len(_TEXT.decode(data[start - 1 : quote + 1]))
+            except msgspec.DecodeError:  # see above: the full path's to read
+                break
             events += 1
             pos = end + 2
         if events:

@@ -9,10 +9,7 @@ from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Any
 
-try:  # skips the parts of a request body we never read without building them
-    import msgspec
-except ImportError:  # pragma: no cover - json.loads alone gives the same answers, slower
-    msgspec = None
+import msgspec
 
 from spendgate.identity import NO_HINTS, BodyHints
 from spendgate.metering.framing import (
@@ -181,8 +178,21 @@ def dumps_compact(obj: Any) -> bytes:
         return json.dumps(obj, separators=(",", ":")).encode("ascii")
 
 
+_JSON = msgspec.json.Decoder()
+
+
 def load_json(data: bytes | str) -> Any:
-    """json.loads that returns None instead of raising."""
+    """What json.loads returns, or None where it raises.
+
+    msgspec reads first (~3.5x faster on a stream event; nothing else reads every event of every
+    stream). It refuses what json.loads may still take (NaN, 1e400, lone surrogates, UTF-16 or
+    UTF-32 bytes), and json.loads then decides; where both take a document they return the same
+    value, and both refuse integers past Python's digit limit (tests/unit/test_load_json.py).
+    """
+    try:
+        return _JSON.decode(data)
+    except (msgspec.DecodeError, TypeError):
+        pass
     try:
         return json.loads(data)
     except (ValueError, TypeError, RecursionError):
@@ -281,20 +291,19 @@ def top_level(body: bytes, keys: frozenset[str]) -> dict | None:
     8x faster, on the proxy's event loop. Whatever msgspec is stricter about (not UTF-8, a BOM,
     NaN, lone surrogates, non-object bodies) takes the plain json.loads path.
     """
-    if msgspec is not None:
-        try:
-            decoder, names = _top_decoder(keys)
-            top = decoder.decode(body)
-            if not body.isascii():  # ASCII is UTF-8: a check ~20x cheaper than decoding
-                body.decode("utf-8")  # json.loads rejects invalid UTF-8 even inside skipped strings
-            out = {}
-            for name, key in names:
-                raw = getattr(top, name)
-                if raw is not msgspec.UNSET:
-                    out[key] = _member(raw)
-            return out
-        except Exception:  # anything unusual: let json.loads decide
-            pass
+    try:
+        decoder, names = _top_decoder(keys)
+        top = decoder.decode(body)
+        if not body.isascii():  # ASCII is UTF-8: a check ~20x cheaper than decoding
+            body.decode("utf-8")  # json.loads rejects invalid UTF-8 even inside skipped strings
+        out = {}
+        for name, key in names:
+            raw = getattr(top, name)
+            if raw is not msgspec.UNSET:
+                out[key] = _member(raw)
+        return out
+    except Exception:  # anything unusual: let json.loads decide
+        pass
     obj = load_json(body)
     return obj if isinstance(obj, dict) else None
 
@@ -313,14 +322,13 @@ def nested(body: bytes, path: tuple[str, ...]) -> Any:
     Builds only the objects on `path` (msgspec skips the rest), so a large conversation in the
     same body costs a validation pass, not a parse.
     """
-    if msgspec is not None:
-        try:
-            top = _nested_decoder(path).decode(body)
-            for _ in path:
-                top = getattr(top, "f", None) if top is not None else None
-            return _member(top) if top is not None else None
-        except Exception:
-            pass
+    try:
+        top = _nested_decoder(path).decode(body)
+        for _ in path:
+            top = getattr(top, "f", None) if top is not None else None
+        return _member(top) if top is not None else None
+    except Exception:
+        pass
     obj = load_json(body)
     return dig(obj, *path)
 

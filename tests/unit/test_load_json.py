@@ -1,0 +1,135 @@
+"""`load_json` must answer exactly like json.loads (None where json.loads raises).
+
+It reads every event of every stream, msgspec first; whatever msgspec takes has to come out as
+json.loads would make it, and whatever json.loads refuses must stay refused. Inputs: generated
+documents (big integers, floats of every kind, non-ASCII and escaped text, duplicate keys), as str
+and as bytes, the edge cases below, and random bytes spliced into documents.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from spendgate.metering.providers.base import load_json
+
+
+def reference(data: bytes | str) -> object:
+    try:
+        return json.loads(data)
+    except (ValueError, TypeError, RecursionError):
+        return None
+
+
+def same(a: object, b: object) -> bool:
+    """Equal values of equal types all the way down (NaN equals NaN; 1 is not 1.0 or True)."""
+    stack = [(a, b)]
+    while stack:
+        x, y = stack.pop()
+        if type(x) is not type(y):
+            return False
+        if isinstance(x, float):
+            if not ((math.isnan(x) and math.isnan(y)) or (x == y and math.copysign(1, x) == math.copysign(1, y))):
+                return False
+        elif isinstance(x, list):
+            if len(x) != len(y):
+                return False
+            stack.extend(zip(x, y))
+        elif isinstance(x, dict):
+            if list(x) != list(y):
+                return False
+            stack.extend((x[k], y[k]) for k in x)
+        elif x != y:
+            return False
+    return True
+
+
+def check(data: bytes | str) -> None:
+    got, want = load_json(data), reference(data)
+    assert same(got, want), (data[:200], got, want)
+
+
+@pytest.mark.parametrize("data", [
+    '{"a":1,"a":2}', '{"a":NaN}', '{"a":Infinity}', '{"a":-Infinity}', '{"a":1e400}', '{"a":-1e400}',
+    '{"a":"\\ud800"}', '{"a":"\\udc00x"}', '{"a":"\\ud83d\\ude00"}', '{"a":-0}', '{"a":-0.0}', '{"a":1.0}',
+    '{"a":1E2}', '{"a":0.1}', '{"a":1e-400}', '{"a":5e-324}', '{"a":1.7976931348623157e308}',
+    '{"a":0.1000000000000000055511151231257827021181583404541015625}', '{"a":9007199254740993}',
+    '{"a":18446744073709551616}', '{"a":-9223372036854775809}', '{"a":01}', '{"a":1.}', '{"a":.5}',
+    '{"a":+1}', '{"a":0x10}', '{"a":true,}', '[1,]', '{"a":"\x01"}', '{"a":"\x7f"}', '"\\u0000"',
+    ' {"a" : [ 1 , 2 ] } ', '\ufeff{}', '{}garbage', '', ' ', 'null', 'true', '1', '"x"', '[]',
+    '{"a":"\\x"}', '{"a":"\\u12"}', '{"\\u0061":1,"a":2}', '[' * 900 + ']' * 900,
+    '{"a":' + '1' * 4300 + '}', '{"a":' + '1' * 4301 + '}', '{"a":' + '1' * 5000 + '.5}',
+])  # fmt: skip
+def test_edge_cases(data: str) -> None:
+    check(data)
+    check(data.encode("utf-8", "surrogatepass"))
+
+
+@pytest.mark.parametrize("data", [
+    b'{"a":"\xff"}', b'{"a":"\xed\xa0\x80"}', b'{"a":"\xc0\x80"}', b'{"a":"\xf4\x90\x80\x80"}',
+    b'\xef\xbb\xbf{"a":1}', '{"a":"é"}'.encode("utf-16"), '{"a":"é"}'.encode("utf-16-le"),
+    '{"a":"é"}'.encode("utf-32"), '{"a":"é"}'.encode("utf-32-be"), b'{"a":1}\x00',
+])  # fmt: skip
+def test_encodings(data: bytes) -> None:
+    check(data)
+
+
+def test_the_digit_limit_is_read_at_call_time() -> None:
+    """json.loads refuses integers past sys.get_int_max_str_digits(); so must load_json."""
+    old = sys.get_int_max_str_digits()
+    try:
+        sys.set_int_max_str_digits(640)
+        check('{"a":' + "7" * 641 + "}")
+        check('{"a":' + "7" * 640 + "}")
+        sys.set_int_max_str_digits(0)  # no limit: both take it
+        check('{"a":' + "7" * 6000 + "}")
+    finally:
+        sys.set_int_max_str_digits(old)
+
+
+numbers = (st.integers() | st.integers(min_value=-(10**40), max_value=10**40) | st.floats()
+           | st.from_regex(r"-?(0|[1-9][0-9]{0,30})(\.[0-9]{1,30})?([eE][+-]?[0-9]{1,3})?", fullmatch=True))
+values = st.recursive(
+    st.none() | st.booleans() | numbers | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.sampled_from(["a", "b", "usage", "é"]), inner,
+                                                                 max_size=4),
+    max_leaves=20,
+)  # fmt: skip
+
+
+def dump(value: object, ascii_only: bool) -> str:
+    """json.dumps, except that regex-made numbers are written as they are (not as a string)."""
+    if isinstance(value, str) and value[:1] in "-0123456789" and value and value.lstrip("-")[:1].isdigit():
+        return value
+    if isinstance(value, list):
+        return "[" + ",".join(dump(v, ascii_only) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ",".join(json.dumps(k, ensure_ascii=ascii_only) + ":" + dump(v, ascii_only)
+                              for k, v in value.items()) + "}"
+    return json.dumps(value, ensure_ascii=ascii_only)
+
+
+@settings(max_examples=500, deadline=None)
+@given(values, st.booleans(), st.booleans())
+def test_generated_documents(value: object, ascii_only: bool, as_bytes: bool) -> None:
+    text = dump(value, ascii_only)
+    check(text.encode("utf-8", "surrogatepass") if as_bytes else text)
+
+
+@settings(max_examples=500, deadline=None)
+@given(values, st.lists(st.tuples(st.integers(0, 300), st.binary(min_size=1, max_size=4)), max_size=3))
+def test_spliced_bytes(value: object, splices: list[tuple[int, bytes]]) -> None:
+    data = dump(value, False).encode("utf-8", "surrogatepass")
+    for at, piece in splices:
+        at = min(at, len(data))
+        data = data[:at] + piece + data[at:]
+    check(data)
+    try:
+        check(data.decode("utf-8"))
+    except UnicodeDecodeError:
+        pass
