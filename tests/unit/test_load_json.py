@@ -50,7 +50,11 @@ def same(a: object, b: object) -> bool:
 
 
 def check(data: bytes | str) -> None:
-    got, want = load_json(data), reference(data)
+    try:
+        got = load_json(data)
+    except BaseException as e:  # noqa: BLE001 - load_json must never raise
+        raise AssertionError(f"load_json raised {type(e).__name__} for {data[:60]!r}") from None
+    want = reference(data)
     assert same(got, want), (data[:200], got, want)
 
 
@@ -133,3 +137,75 @@ def test_spliced_bytes(value: object, splices: list[tuple[int, bytes]]) -> None:
         check(data.decode("utf-8"))
     except UnicodeDecodeError:
         pass
+
+
+# Found by the attack review of the msgspec change (each failed before its fix).
+
+
+@pytest.mark.parametrize("depth", [4_999, 5_000, 9_998, 9_999, 10_000, 100_000])
+@pytest.mark.parametrize("as_bytes", [False, True])
+def test_deep_nesting(depth: int, as_bytes: bool) -> None:
+    """msgspec raises RecursionError past its depth, and stops one level later than json.loads."""
+    data = "[" * depth + "]" * depth
+    check(data.encode() if as_bytes else data)
+    check('{"a":' + data + "}")
+
+
+def test_the_depth_where_json_loads_stops() -> None:
+    """json.loads's depth limit depends on the caller's stack, msgspec's does not: found from here."""
+    lo, hi = 1, 20_000
+    while lo < hi:  # the smallest depth json.loads refuses, from this frame
+        mid = (lo + hi) // 2
+        if reference("[" * mid + "]" * mid) is None:
+            hi = mid
+        else:
+            lo = mid + 1
+    for depth in (lo - 1, lo, lo + 1):
+        check("[" * depth + "]" * depth)
+
+
+
+@pytest.mark.parametrize("data", ['"\ud800"', '{"a":"\udcff"}', '{"\ud83d":1}'])
+def test_a_str_with_a_raw_lone_surrogate(data: str) -> None:
+    check(data)
+
+
+@pytest.mark.parametrize("data", [memoryview(b'{"a":1}'), bytearray(b'{"a":1}'), bytearray(b'{"a":NaN}')])
+def test_other_buffers_as_json_loads_takes_them(data: object) -> None:
+    check(data)  # type: ignore[arg-type]
+
+
+def test_a_deep_event_does_not_lose_the_rest_of_the_read() -> None:
+    """The events after a too-deep one in the same read (usage, the stream's end) are still read."""
+    from spendgate.metering.providers.anthropic import AnthropicStreamParser
+
+    p = AnthropicStreamParser()
+    p.feed(b'event: message_start\ndata: {"type":"message_start","message":{"model":"m","usage":'
+           b'{"input_tokens":5,"output_tokens":1}}}\n\n')
+    p.feed(b"event: x\ndata: " + b"[" * 10_000 + b"]" * 10_000 + b"\n\n"
+           b'event: message_delta\ndata: {"type":"message_delta","delta":{"stop_reason":"end_turn"},'
+           b'"usage":{"output_tokens":42}}\n\nevent: message_stop\ndata: {"type":"message_stop"}\n\n')
+    p.close()
+    r = p.result()
+    assert r.usage is not None and r.usage.output_tokens == 42 and r.complete and r.garbled
+
+
+def test_a_deep_member_leaves_a_realtime_turn_admitted() -> None:
+    """A client's response.create with a deeply nested member is still a turn the hook admits."""
+    from spendgate.metering.providers.openai_realtime import OpenAIRealtimeAdapter
+
+    body = b'{"type":"response.create","response":{"max_output_tokens":4096},"pad":' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    assert OpenAIRealtimeAdapter().parse_request("/v1/realtime?model=gpt-realtime", body) is not None
+
+
+def test_a_deep_line_in_a_batch_upload_is_one_unreadable_line() -> None:
+    from spendgate.metering.providers import batch_input
+
+    line = (b'{"custom_id":"x","method":"POST","url":"/v1/chat/completions","body":{"model":"gpt-4o",'
+            b'"max_tokens":100000,"messages":[]}}')
+    content = b"\n".join([line] * 1000 + [b"[" * 100_000 + b"]" * 100_000])
+    body = (b'--B\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nbatch\r\n'
+            b'--B\r\nContent-Disposition: form-data; name="file"; filename="b.jsonl"\r\n'
+            b"Content-Type: application/jsonl\r\n\r\n" + content + b"\r\n--B--\r\n")
+    est = batch_input.estimate_upload(body)
+    assert est is not None and est.lines == 1001 and est.unreadable == 1

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -213,3 +214,37 @@ def test_plain_deltas_every_byte_inside_the_text() -> None:
             rest = fast._plain_deltas(data)
             assert (fast.result().events, fast.result().output_chars, rest) == \
                 _by_pattern(AnthropicStreamParser(), data), piece
+
+
+# Found by the attack review of the hold (each failed before its fix).
+_CR_DELTA = (b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,'
+             b'"delta":{"type":"text_delta","text":"hello"}}')
+
+
+def _after_each_read(parser: AnthropicStreamParser, pieces: list[bytes]) -> list[object]:
+    seen = []
+    for piece in pieces:
+        parser.feed(piece)
+        seen.append(parser.result())
+    return seen
+
+
+@pytest.mark.parametrize("ending", [b"\r\n\r\n", b"\r\r", b"\n\r", b"\r\n\r", b"\n\r\n"])
+def test_an_event_ended_by_carriage_returns_is_not_held(ending: bytes) -> None:
+    """The decoder ends lines on CR too: such an event is complete, so result() shows it at once."""
+    rest = (b'event: message_delta\r\ndata: {"type":"message_delta","delta":{"stop_reason":"end_turn"},'
+            b'"usage":{"output_tokens":42}}\r\n\r\nevent: message_stop\r\ndata: {"type":"message_stop"}\r\n\r\n')
+    pieces = [START, _CR_DELTA + ending, rest]
+    assert _after_each_read(AnthropicStreamParser(), pieces) == _after_each_read(SlowParser(), pieces)
+
+
+def test_lines_that_are_no_plain_delta_go_to_the_decoder_at_once() -> None:
+    """An event line, then many short lines: after the second line nothing is held any more, so
+    no read joins what came before it again (the hold was re-joined per read: quadratic)."""
+    p = AnthropicStreamParser()
+    p.feed(START)
+    p.feed(b"event: content_block_delta\n")
+    p.feed(b"a\n")  # the data line just ended: may it still be a delta? (no, but the hold cannot tell yet)
+    for _ in range(1_000):
+        p.feed(b"a\n")
+        assert not p._held

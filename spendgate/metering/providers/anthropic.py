@@ -142,31 +142,39 @@ _EVENT_LINE = b"event: content_block_delta\n"  # 27 bytes, the first line of eve
 _HOLD_MAX = 64 * 1024  # an unfinished delta held for the next read (real deltas are tens of bytes)
 
 
+def _unfinished(data: bytes) -> bool:
+    """Whether `data` may still become one plain delta: all or part of the event line, then a data
+    line that has not ended, or has just ended with its blank line still to come. The decoder
+    dispatches nothing from such bytes. Anything else (a CR, a second line, more than _HOLD_MAX)
+    is the decoder's at once, so the bytes of one event are joined a few times at most, never per read."""
+    if len(data) > _HOLD_MAX or b"\r" in data or not _EVENT_LINE.startswith(data[:27]):
+        return False
+    end = data.find(b"\n", 27)
+    return end < 0 or end == len(data) - 1
+
+
 class AnthropicStreamParser(JSONEventStreamParser):
     """Messages SSE: usage from message_start (provisional) and message_delta (final)."""
 
     def __init__(self) -> None:
         super().__init__()
         self._usage = AnthropicUsageState.empty()
-        self._held: list[bytes] = []  # the start of a delta event cut short by the last reads
-        self._held_bytes = 0
+        self._held = bytearray()  # the start of a delta event cut short by the last reads
 
     def feed(self, data: bytes) -> None:
         """Plain text deltas at the start of a read are counted without the decoder or json.loads
         (they are most of a stream's events); the rest of the read takes the full path.
 
-        A read that ends inside what may be a plain delta (TLS records are 16 KB: a long delta
-        arrives in pieces) keeps that piece, up to _HOLD_MAX, and reads it joined with the next
-        ones once a line feed arrives (pieces are joined once, not per read): what the decoder
-        would have done with them, since it was idle and nothing was dispatched from them yet."""
+        A read that ends inside what may still become a plain delta (TLS records are 16 KB: a
+        long delta arrives in pieces) is held, up to _HOLD_MAX, and read joined with what follows
+        once a line may have ended: what the decoder would have done with it, since it was idle
+        and could not have dispatched anything from those bytes yet (see `_unfinished`)."""
         sse = self._sse
         if self._held:
-            if b"\n" not in data and self._held_bytes + len(data) <= _HOLD_MAX:
-                self._held.append(bytes(data))  # the event cannot have ended
-                self._held_bytes += len(data)
-                return
-            data = b"".join((*self._held, data))
-            self._held, self._held_bytes = [], 0
+            self._held += data
+            if b"\n" not in data and b"\r" not in data and len(self._held) <= _HOLD_MAX:
+                return  # the same line goes on
+            data, self._held = bytes(self._held), bytearray()
         if sse is not None and _EVENT_LINE.startswith(data[:27]) and sse.idle():
             try:
                 data = self._plain_deltas(bytes(data))
@@ -174,16 +182,16 @@ class AnthropicStreamParser(JSONEventStreamParser):
                 pass
             if not data:
                 return
-            if len(data) <= _HOLD_MAX and _EVENT_LINE.startswith(data[:27]) and b"\n\n" not in data:
-                self._held, self._held_bytes = [bytes(data)], len(data)  # unfinished: maybe plain yet
+            if _unfinished(data):
+                self._held = bytearray(data)
                 return
         super().feed(data)
 
     def close(self) -> None:
-        """End of stream: held pieces go to the decoder first, as they would have."""
-        held, self._held, self._held_bytes = self._held, [], 0
+        """End of stream: held bytes go to the decoder first, as they would have."""
+        held, self._held = self._held, bytearray()
         if held:
-            super().feed(b"".join(held))
+            super().feed(bytes(held))
         super().close()
 
     def _plain_deltas(self, data: bytes) -> bytes:

@@ -179,20 +179,26 @@ def dumps_compact(obj: Any) -> bytes:
 
 
 _JSON = msgspec.json.Decoder()
+_SAFE_DEPTH = 5_000  # nesting both msgspec and json.loads take from any caller (each stops near 10,000)
 
 
 def load_json(data: bytes | str) -> Any:
-    """What json.loads returns, or None where it raises.
+    """What json.loads returns, or None where it raises. Never raises.
 
     msgspec reads first (~3.5x faster on a stream event; nothing else reads every event of every
     stream). It refuses what json.loads may still take (NaN, 1e400, lone surrogates, UTF-16 or
     UTF-32 bytes), and json.loads then decides; where both take a document they return the same
     value, and both refuse integers past Python's digit limit (tests/unit/test_load_json.py).
+    Their depth limits differ (and json.loads's depends on the caller's stack), so msgspec only
+    reads documents that cannot nest past _SAFE_DEPTH: short ones, or ones with fewer brackets.
     """
-    try:
-        return _JSON.decode(data)
-    except (msgspec.DecodeError, TypeError):
-        pass
+    if isinstance(data, (bytes, str)):  # json.loads also takes bytearray; msgspec also memoryview
+        opener, array = (b"{", b"[") if isinstance(data, bytes) else ("{", "[")
+        if len(data) <= 2 * _SAFE_DEPTH or data.count(opener) + data.count(array) < _SAFE_DEPTH:
+            try:
+                return _JSON.decode(data)
+            except Exception:  # refused (DecodeError), too deep, a lone surrogate in a str: json.loads decides
+                pass
     try:
         return json.loads(data)
     except (ValueError, TypeError, RecursionError):
