@@ -65,6 +65,15 @@ class IncrementalDecoder:
         else:
             raise ValueError(f"unsupported content-encoding {enc!r}")
 
+    def passes(self, size: int) -> bool:
+        """Identity within the cap: count `size` more decoded bytes, which are the data itself (no
+        pieces to make: the tap's path for most streams). False otherwise, and nothing counted:
+        `feed_iter` decides, and raises past the cap."""
+        if not self.identity or (self.max_output is not None and self.produced + size > self.max_output):
+            return False
+        self.produced += size
+        return True
+
     def feed_iter(self, data: bytes, piece: int = PIECE) -> Iterator[bytes]:
         """Decoded pieces of `data` (each at most `piece` bytes); raises DecodedTooLarge past the cap."""
         if not data:
@@ -261,12 +270,9 @@ class StreamTap:
                 self.first_byte_at = self.clock()
             size = len(chunk)
             self.bytes_seen += size
-            decoder = self.decoder
-            if (self.dropper is None and decoder is not None and decoder.identity
-                    and (decoder.max_output is None or decoder.produced + size <= decoder.max_output)):
+            if self.dropper is None and self.decoder is not None and self.decoder.passes(size):
                 # most streams: what _observe does for one identity piece, without its layers (this
                 # runs for every event, with caches cold from the traffic in between)
-                decoder.produced += size
                 self._parse(chunk)
                 return chunk
             decoded = self._observe(chunk)

@@ -211,3 +211,14 @@ def test_after_forwarding_holds_at_most_a_piece_of_a_decoded_read(encoding) -> N
     assert tap(wire) == wire
     assert len(body) - PIECE <= len(deferred.parser.data) < len(body)  # at most one PIECE still held
     assert deferred.result().events == len(body)
+
+
+@pytest.mark.parametrize("cap, read, broken", [(12, 12, False), (11, 8, True), (13, 12, False)])
+def test_the_identity_path_keeps_the_decoded_cap(cap: int, read: int, broken: bool) -> None:
+    """Identity bodies skip the decoder's layers, not its cap: past it the side channel stops,
+    exactly at it nothing does, and every chunk goes on unchanged either way."""
+    tap = StreamTap(Collect(), "", max_decoded=cap)
+    for chunk in (b"abcd", b"efgh", b"ijkl"):
+        assert tap(chunk) == chunk
+    assert len(tap.parser.data) == read and (tap.broken is not None) is broken
+    assert tap(b"mnop") == b"mnop"

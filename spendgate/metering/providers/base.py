@@ -199,6 +199,11 @@ def load_json(data: bytes | str) -> Any:
                 return _JSON.decode(data)
             except Exception:  # refused (DecodeError), too deep, a lone surrogate in a str: json.loads decides
                 pass
+    return _loads(data)
+
+
+def _loads(data: bytes | str) -> Any:
+    """json.loads, or None where it raises (for what msgspec has refused already)."""
     try:
         return json.loads(data)
     except (ValueError, TypeError, RecursionError):
@@ -308,9 +313,9 @@ def top_level(body: bytes, keys: frozenset[str]) -> dict | None:
             if raw is not msgspec.UNSET:
                 out[key] = _member(raw)
         return out
-    except Exception:  # anything unusual: let json.loads decide
+    except Exception:  # anything unusual: let json.loads decide (msgspec has had its pass)
         pass
-    obj = load_json(body)
+    obj = _loads(body)
     return obj if isinstance(obj, dict) else None
 
 
@@ -333,9 +338,9 @@ def nested(body: bytes, path: tuple[str, ...]) -> Any:
         for _ in path:
             top = getattr(top, "f", None) if top is not None else None
         return _member(top) if top is not None else None
-    except Exception:
+    except Exception:  # json.loads decides (msgspec has had its pass)
         pass
-    obj = load_json(body)
+    obj = _loads(body)
     return dig(obj, *path)
 
 
