@@ -3,7 +3,7 @@
 Each variant is spendgate plus a small extra addon script (written to the work directory) that
 turns one part into a no-op once the gateway runs. Plain mitmdump, a plain control and every
 variant are measured in alternating rounds of 100 KB requests at 1 in flight: CPU per request of
-the whole process (``/proc``, all threads) and the client's p50 latency. The figures are
+the whole process (``/proc``, all threads) and the client's p50 and p95 latency. The figures are
 differences from plain mitmdump; a variant's distance from full spendgate is what the part it
 switches off costs. These variants meter wrongly on purpose: they exist only here.
 
@@ -39,6 +39,8 @@ VARIANTS: dict[str, tuple[str, ...]] = {
     "no background": ("finish",),  # meter.finish: no metering, pricing, settling or ledger work
     "no background, no admission": ("finish", "admit"),
     "no background, no response headers": ("finish", "responseheaders"),
+    "no ledger writes": ("ledger",),  # the meter worker still parses, prices and settles; nothing is written
+    "identity resolved once": ("identity",),  # every request gets the first's Identity: an identity cache's ceiling
 }
 HOOKS = ("client_connected", "http_connect", "next_layer", "requestheaders", "request", "responseheaders",
          "response", "client_disconnected")  # fmt: skip
@@ -55,6 +57,29 @@ def _noop(*args, **kwargs):
     return None
 
 
+class _NoLedger:
+    """The ledger with append() a no-op (flush and the rest still answer)."""
+
+    def __init__(self, ledger):
+        self._ledger = ledger
+
+    def append(self, row):
+        return None
+
+    def __getattr__(self, name):
+        return getattr(self._ledger, name)
+
+
+def _once(identify):
+    first = []
+
+    def identify_once(*args, **kwargs):
+        if not first:
+            first.append(identify(*args, **kwargs))
+        return first[0]
+    return identify_once
+
+
 class AblationSwitch:
     switched = False
 
@@ -65,6 +90,10 @@ class AblationSwitch:
         self.switched = True
         if "finish" in PARTS:
             gate.gateway.meter.finish = _noop
+        if "ledger" in PARTS:
+            gate.gateway.meter.ledger = _NoLedger(gate.gateway.meter.ledger)
+        if "identity" in PARTS:
+            gate.gateway.meter.identify = _once(gate.gateway.meter.identify)
         if "admit" in PARTS:
             gate.gateway.admission.admit = _noop
         if "responseheaders" in PARTS:
@@ -126,11 +155,14 @@ def run(rounds: int, requests: int, work: Path) -> dict[str, Any]:
     finally:
         b.close()
     plain_cpu, plain_p50 = statistics.median(cpu["plain"]), statistics.median(latencies["plain"]) * 1e6
+    plain_p95 = bench.pct(latencies["plain"], .95) * 1e6
     out: dict[str, Any] = {}
     for name in proxies:
         c, p50 = statistics.median(cpu[name]), statistics.median(latencies[name]) * 1e6
+        p95 = bench.pct(latencies[name], .95) * 1e6
         out[name] = {"cpu_us": bench.r3(c), "p50_us": bench.r3(p50), "added_cpu_us": bench.r3(c - plain_cpu),
                      "added_p50_us": bench.r3(p50 - plain_p50), "p50_ratio": bench.r3(p50 / plain_p50),
+                     "p95_us": bench.r3(p95), "p95_ratio": bench.r3(p95 / plain_p95),
                      "rounds_cpu_us": [round(x, 1) for x in cpu[name]], **({"ledger": ledgers[name]}
                                                                             if name in ledgers else {})}
     return out
@@ -141,12 +173,12 @@ def print_table(figures: dict[str, Any]) -> None:
     from rich.table import Table
 
     t = Table(title="spendgate with one part switched off (100 KB, 1 in flight; medians of rounds; vs plain)")
-    for col in ("variant", "CPU µs/req", "added CPU", "p50 µs", "added p50", "p50 ratio", "ledger rows"):
+    for col in ("variant", "CPU µs/req", "added CPU", "p50 µs", "added p50", "p50 ratio", "p95 ratio", "ledger rows"):
         t.add_column(col, justify="left" if col == "variant" else "right")
     for name, f in figures.items():
         rows = f.get("ledger", {}).get("rows", "-")
         t.add_row(name, f"{f['cpu_us']:.0f}", f"{f['added_cpu_us']:+.0f}", f"{f['p50_us']:.0f}",
-                  f"{f['added_p50_us']:+.0f}", f"{f['p50_ratio']:.3f}", f"{rows}")
+                  f"{f['added_p50_us']:+.0f}", f"{f['p50_ratio']:.3f}", f"{f['p95_ratio']:.3f}", f"{rows}")
     Console(width=140).print(t)
 
 

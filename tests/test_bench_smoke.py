@@ -182,10 +182,29 @@ def test_ablation_smoke(tmp_path: Path) -> None:
     assert cp.returncode == 0, f"stdout:\n{cp.stdout[-4000:]}\nstderr:\n{cp.stderr[-4000:]}"
     figures = json.loads(out.read_text())["figures"]
     assert set(figures) == {"plain", "control", "spendgate", "hooks off", "no background",
-                            "no background, no admission", "no background, no response headers"}
+                            "no background, no admission", "no background, no response headers", "no ledger writes",
+                            "identity resolved once"}
     for name, f in figures.items():
-        assert all(finite(f[k]) and f[k] > 0 for k in ("cpu_us", "p50_us", "p50_ratio")), name
-    full = figures["spendgate"]["ledger"]
-    assert full["rows"] == full["requests_sent"] > 15
-    for name in ("hooks off", "no background", "no background, no admission", "no background, no response headers"):
+        assert all(finite(f[k]) and f[k] > 0 for k in ("cpu_us", "p50_us", "p50_ratio", "p95_us", "p95_ratio")), name
+    for name in ("spendgate", "identity resolved once"):  # these still meter every request
+        full = figures[name]["ledger"]
+        assert full["rows"] == full["requests_sent"] > 15, name
+    for name in ("hooks off", "no background", "no background, no admission", "no background, no response headers",
+                 "no ledger writes"):
         assert figures[name]["ledger"]["rows"] == 0 and figures[name]["ledger"]["requests_sent"] > 15, name
+
+
+def test_hooks_smoke(tmp_path: Path) -> None:
+    """scripts/bench --hooks: every part of the request path timed in both modes, and every
+    request it sent metered into the ledger (the timing wrappers change nothing)."""
+    out = tmp_path / "hooks.json"
+    cp = subprocess.run([sys.executable, str(REPO / "scripts" / "bench_hooks.py"), "--smoke", "--out", str(out)],
+                        capture_output=True, text=True, timeout=240, cwd=str(REPO), stdin=subprocess.DEVNULL)
+    assert cp.returncode == 0, f"stdout:\n{cp.stdout[-4000:]}\nstderr:\n{cp.stderr[-4000:]}"
+    figures = json.loads(out.read_text())["figures"]
+    labels = {"meter.begin", "  request facts (msgspec pass)", "  identity", "admission.admit", "  estimate",
+              "  reservation", "  journal line", "response headers"}
+    for mode in ("warm", "churned"):
+        assert set(figures[mode]) == labels, mode
+        assert all(finite(v) and v > 0 for v in figures[mode].values()), mode
+    assert figures["ledger"]["rows"] == figures["ledger"]["requests_sent"] > 100
