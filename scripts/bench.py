@@ -155,10 +155,14 @@ def agent_body(stream: bool, target: int = 100_000) -> bytes:
     return json.dumps(body).encode()
 
 
+# the headers of every bench request, as Claude Code sends them (lower-cased, as spendgate reads them)
+AGENT_HEADERS = {"host": HOST, "content-type": "application/json", "x-api-key": BENCH_KEY,
+                 "anthropic-version": "2023-06-01", "user-agent": "claude-cli/2.0.14 (external, cli)",
+                 "x-claude-code-session-id": "5e1f0c1e-bench-4c3b-9d4e-000000000000"}  # fmt: skip
+
+
 def http_request(body: bytes, mode: str = "") -> bytes:
-    head = [f"POST {PATH} HTTP/1.1", f"host: {HOST}", "content-type: application/json",
-            f"x-api-key: {BENCH_KEY}", "anthropic-version: 2023-06-01", "user-agent: claude-cli/2.0.14 (external, cli)",
-            "x-claude-code-session-id: 5e1f0c1e-bench-4c3b-9d4e-000000000000", f"content-length: {len(body)}"]  # fmt: skip
+    head = [f"POST {PATH} HTTP/1.1", *(f"{k}: {v}" for k, v in AGENT_HEADERS.items()), f"content-length: {len(body)}"]
     if mode:
         head.append(f"x-bench: {mode}")
     return ("\r\n".join(head) + "\r\n\r\n").encode() + body

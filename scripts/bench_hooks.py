@@ -83,9 +83,7 @@ def run(requests: int, work: Path) -> dict[str, Any]:
 
     policy = bench.generous_policy(bench.ROOT / "policies" / "example.yaml", work / "policy.yaml")
     gw = Gateway(Settings(db=work / "ledger.duckdb", policy=policy, user="bench", admin_port=-1, reload_interval=0))
-    headers = {"host": bench.HOST, "content-type": "application/json", "x-api-key": bench.BENCH_KEY,
-               "anthropic-version": "2023-06-01", "user-agent": "claude-cli/2.0.14 (external, cli)",
-               "x-claude-code-session-id": "5e1f0c1e-bench-4c3b-9d4e-000000000000"}  # fmt: skip
+    headers = bench.AGENT_HEADERS
     body = bench.agent_body(False)
     answer = bench_upstream.JSON_BODY
     answer = answer if isinstance(answer, bytes) else answer.encode()

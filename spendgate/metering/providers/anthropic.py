@@ -138,7 +138,8 @@ _TEXT_HEAD_0 = (b'event: content_block_delta\ndata: {"type":"content_block_delta
                 b'"delta":{"type":"text_delta","text":"')  # what _DELTA_HEAD matches most often
 _TAIL = b'"}}\n\n'
 _TEXT = msgspec.json.Decoder(str)  # one JSON string literal, quotes included
-_EVENT_LINE = b"event: content_block_delta\n"  # 27 bytes, the first line of every delta
+_EVENT_LINE = b"event: content_block_delta\n"  # the first line of every delta
+_EVENT_LINE_LEN = len(_EVENT_LINE)
 _HOLD_MAX = 64 * 1024  # an unfinished delta held for the next read (real deltas are tens of bytes)
 
 
@@ -147,9 +148,9 @@ def _unfinished(data: bytes) -> bool:
     line that has not ended, or has just ended with its blank line still to come. The decoder
     dispatches nothing from such bytes. Anything else (a CR, a second line, more than _HOLD_MAX)
     is the decoder's at once, so the bytes of one event are joined a few times at most, never per read."""
-    if len(data) > _HOLD_MAX or b"\r" in data or not _EVENT_LINE.startswith(data[:27]):
+    if len(data) > _HOLD_MAX or b"\r" in data or not _EVENT_LINE.startswith(data[:_EVENT_LINE_LEN]):
         return False
-    end = data.find(b"\n", 27)
+    end = data.find(b"\n", _EVENT_LINE_LEN)
     return end < 0 or end == len(data) - 1
 
 
@@ -175,7 +176,7 @@ class AnthropicStreamParser(JSONEventStreamParser):
             if b"\n" not in data and b"\r" not in data and len(self._held) <= _HOLD_MAX:
                 return  # the same line goes on
             data, self._held = bytes(self._held), bytearray()
-        if sse is not None and _EVENT_LINE.startswith(data[:27]) and sse.idle():
+        if sse is not None and _EVENT_LINE.startswith(data[:_EVENT_LINE_LEN]) and sse.idle():
             try:
                 data = self._plain_deltas(bytes(data))
             except Exception:  # never: the full path then reads the same bytes
@@ -199,11 +200,11 @@ class AnthropicStreamParser(JSONEventStreamParser):
         pos, events, chars, n, cap = 0, 0, 0, len(data), sse_cap(self)
         head_match, tail_match = _DELTA_HEAD.match, _DELTA_TAIL.match
         while pos < n:
-            # where the data line ends (the first line feed after the 27-byte event line; the text
+            # where the data line ends (the first line feed after the event line; the text
             # holds none): without one the event is split across reads (the full path's to join).
             # Then the fixed head, the text up to its closing quote, and the fixed tail (their
             # most common spellings compared as bytes first, the patterns otherwise).
-            end = data.find(b"\n", pos + 27)
+            end = data.find(b"\n", pos + _EVENT_LINE_LEN)
             if end < 0 or end + 2 - pos > cap:
                 break
             if data.startswith(_TEXT_HEAD_0, pos, end):
