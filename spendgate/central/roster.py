@@ -13,7 +13,11 @@ silence recorded in `alerts_fired` so a restart does not repeat it. With a Postg
 table and the alert record are the store's: every replica knows every laptop, and one replica tells.
 
 The laptop id is the laptop's own word (`gateway_id`): at most `MAX_PER_USER` ids are tracked per
-user, so a token cannot flood the roster (or the alerts) with made-up laptops.
+user, so a token cannot flood the roster (or the alerts) with made-up laptops. A full user's new
+laptop takes the slot of the one silent longest, once that one has been silent for `SILENT_AFTER`
+(its silence is still alerted), so slots filled by reinstalls or made-up ids that stopped calling
+in do not hide a real new laptop. A token keeping `MAX_PER_USER` ids calling in leaves a new one
+untracked: that is logged (once a day per user), as the owners' cue to look at the token.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from spendgate.store.laptops import (
@@ -71,7 +75,9 @@ class Roster:
         self.pg = pg
         self._lock = threading.Lock()
         self._laptops: dict[tuple[str, str], Contact] = {}
-        self._per_user: dict[str, int] = {}
+        self._per_user: dict[str, dict[str, Contact]] = {}  # user -> laptop id -> its contact
+        self._retired: list[Contact] = []  # silent contacts whose slot a new laptop took, not alerted yet
+        self._full_warned: dict[str, datetime] = {}  # user -> when "every slot is calling in" was logged
         self._since: datetime | None = None  # server time of the last read of the shared roster
         try:
             self.refresh()
@@ -87,14 +93,12 @@ class Roster:
             rows, self._since = pg_central.load_laptops(self.pg, self._since)
         else:
             rows = roster_rows(self.cursor())
+        now = datetime.now(UTC)
         with self._lock:
             for user, origin, first, last, push in rows:
                 c = self._laptops.get((user, origin))
                 if c is None:
-                    if self._per_user.get(user, 0) >= MAX_PER_USER or len(self._laptops) >= MAX_LAPTOPS:
-                        continue
-                    c = self._laptops[(user, origin)] = Contact(user, origin, first, last, push, stored=last)
-                    self._per_user[user] = self._per_user.get(user, 0) + 1
+                    self._take_slot(Contact(user, origin, first, last, push, stored=last), now)
                     continue
                 c.first_seen = min(c.first_seen, first)
                 c.last_seen = max(c.last_seen, last)
@@ -102,6 +106,33 @@ class Roster:
                 if push is not None:
                     c.last_push = max(c.last_push or push, push)
         return len(rows)
+
+    def _take_slot(self, new: Contact, now: datetime) -> Contact | None:
+        """Under the lock: track `new` if its user has a free slot, or one silent for SILENT_AFTER (the
+        longest silent, kept in `_retired` for newly_silent to report); None when it stays untracked."""
+        user = new.user
+        gone = next((c for c in self._retired if (c.user, c.origin) == (user, new.origin)), None)
+        if gone is not None:
+            if new.last_seen <= gone.last_seen:  # the retired contact read back from the table
+                return None
+            self._retired.remove(gone)  # back before its silence was reported: it is not silent any more
+        if len(self._laptops) >= MAX_LAPTOPS:
+            return None
+        mine = self._per_user.setdefault(user, {})
+        if len(mine) >= MAX_PER_USER:
+            oldest = min(mine.values(), key=lambda c: c.last_seen)
+            if now - oldest.last_seen < SILENT_AFTER or new.last_seen <= oldest.last_seen:
+                warned = self._full_warned.get(user)
+                if warned is None or now - warned >= timedelta(days=1):
+                    self._full_warned[user] = now
+                    log.warning("spendgate: %s has %d laptop ids tracked, none silent for %s; laptop %r "
+                                "is not tracked (its silence would not be noticed)", user, MAX_PER_USER, SILENT_AFTER, new.origin)
+                return None
+            del self._laptops[(user, oldest.origin)], mine[oldest.origin]
+            if oldest.claimed != oldest.last_seen:
+                self._retired.append(oldest)
+        self._laptops[(user, new.origin)] = mine[new.origin] = new
+        return new
 
     def _save(self, rows: list[tuple[str, str, datetime, datetime, datetime | None]]) -> None:
         if self.pg is not None:
@@ -123,10 +154,9 @@ class Roster:
         with self._lock:
             c = self._laptops.get(key)
             if c is None:
-                if self._per_user.get(user, 0) >= MAX_PER_USER or len(self._laptops) >= MAX_LAPTOPS:
+                c = self._take_slot(Contact(user, origin, now, now), now)
+                if c is None:
                     return
-                c = self._laptops[key] = Contact(user, origin, now, now)
-                self._per_user[user] = self._per_user.get(user, 0) + 1
             c.last_seen = max(c.last_seen, now)
             if pushed:
                 c.last_push = now
@@ -147,6 +177,7 @@ class Roster:
         with self._lock:
             dirty = [c for c in self._laptops.values()
                      if c.stored is not None and c.last_seen > c.stored and now - c.stored >= PERSIST_EVERY]
+            dirty += [c for c in self._retired if c.stored != c.last_seen]  # its silence is keyed by the table's
             for c in dirty:
                 c.stored = c.last_seen
             rows = [c.row() for c in dirty]
@@ -166,7 +197,7 @@ class Roster:
         (keyed by the laptop and its last contact as the table holds it), so each silence is
         reported once, by one replica, even across restarts. Marked reported."""
         with self._lock:
-            due = [c for c in self._laptops.values()
+            due = [c for c in [*self._laptops.values(), *self._retired]
                    if c.silence(now) >= after and c.claimed != c.last_seen and c.stored == c.last_seen]
         if not due:
             return []
@@ -177,6 +208,7 @@ class Roster:
                 c.claimed = c.last_seen
                 if (c.user, c.origin) in won:
                     out.append(c)
+            self._retired = [c for c in self._retired if c.claimed != c.last_seen]
         return out
 
     def _claim(self, silences: list[tuple[str, str, datetime]], after: timedelta) -> set[tuple[str, str]]:

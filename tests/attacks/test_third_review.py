@@ -174,21 +174,63 @@ def test_the_book_stays_bounded_and_equal_estimates_leave_oldest_first():
     assert len(book._heap) <= 2 * book.maxsize + 1 and len(book._files) == 3
 
 
-# A5 (open): a token's 50 roster slots, once filled with made-up laptop ids, hide its real new laptop
+# A5: a token's 50 roster slots, once filled with made-up laptop ids, hid its real new laptop
 
 
-@pytest.mark.xfail(strict=True, reason="open (low): Roster.MAX_PER_USER ids per user are never freed; a user "
-                   "who pushed with 50 made-up gateway_ids (or reinstalled 50 times) has any later laptop "
-                   "untracked, so its silence is never listed or alerted")
 def test_a_new_laptop_is_tracked_after_the_user_filled_the_roster_with_made_up_ids(tmp_path):
+    from spendgate.central.roster import MAX_PER_USER, Roster
+    led = DuckDBLedger(tmp_path / "centre.duckdb")
+    roster = Roster(led.cursor)
+    for i in range(MAX_PER_USER):
+        roster.touch("alice", f"junk-{i}", NOW - timedelta(days=30) + timedelta(minutes=i))
+    roster.touch("alice", "alice@new-laptop", NOW)  # takes the slot of the one silent longest
+    assert roster.counts(NOW)[:2] == (1, MAX_PER_USER - 1)
+    silent = roster.newly_silent(NOW + timedelta(days=4))
+    # the new laptop's silence is alerted, and so is the silence of the id whose slot it took
+    assert {c.origin for c in silent} == {"alice@new-laptop"} | {f"junk-{i}" for i in range(MAX_PER_USER)}
+    assert roster.newly_silent(NOW + timedelta(days=5)) == []  # once
+    led.close()
+
+
+def test_ids_all_calling_in_keep_their_slots_and_the_untracked_one_is_logged(tmp_path, caplog):
+    from spendgate.central.roster import MAX_PER_USER, SILENT_AFTER, Roster
+    led = DuckDBLedger(tmp_path / "centre.duckdb")
+    roster = Roster(led.cursor)
+    for i in range(MAX_PER_USER):  # every id called in within SILENT_AFTER: none is silent
+        roster.touch("alice", f"junk-{i}", NOW - SILENT_AFTER + timedelta(minutes=1))
+    with caplog.at_level("WARNING", logger="spendgate.central.roster"):
+        roster.touch("alice", "alice@new-laptop", NOW)
+        roster.touch("alice", "alice@other", NOW)
+    assert roster.counts(NOW)[:2] == (MAX_PER_USER, 0)
+    logged = [r.getMessage() for r in caplog.records]
+    assert len(logged) == 1 and "alice@new-laptop" in logged[0] and "not tracked" in logged[0]  # once a day
+    roster.touch("bob", "bob@mac", NOW)  # another user's slots are their own
+    assert roster.counts(NOW)[:2] == (MAX_PER_USER + 1, 0)
+    led.close()
+
+
+def test_a_laptop_whose_slot_was_taken_is_not_reported_silent_once_it_is_back(tmp_path):
+    from spendgate.central.roster import MAX_PER_USER, Roster
+    led = DuckDBLedger(tmp_path / "centre.duckdb")
+    roster = Roster(led.cursor)
+    roster.touch("alice", "alice@old", NOW - timedelta(days=10))
+    for i in range(MAX_PER_USER - 1):
+        roster.touch("alice", f"alice@{i}", NOW - timedelta(days=1))
+    roster.touch("alice", "alice@new", NOW)  # alice@old's slot
+    roster.touch("alice", "alice@old", NOW + timedelta(hours=1))  # back; no slot is 72 hours silent
+    assert "alice@old" not in {c.origin for c in roster.newly_silent(NOW + timedelta(hours=2))}
+    led.close()
+
+
+def test_a_restarted_centre_keeps_each_users_newest_laptops(tmp_path):
     from spendgate.central.roster import MAX_PER_USER, Roster
     led = DuckDBLedger(tmp_path / "centre.duckdb")
     roster = Roster(led.cursor)
     for i in range(MAX_PER_USER):
         roster.touch("alice", f"junk-{i}", NOW - timedelta(days=30))
     roster.touch("alice", "alice@new-laptop", NOW)
-    silent = roster.newly_silent(NOW + timedelta(days=4))
-    assert "alice@new-laptop" in {c.origin for c in silent}
+    again = Roster(led.cursor)  # the table holds 51 of alice's: the one silent longest gives way
+    assert again.counts(NOW)[:2] == (1, MAX_PER_USER - 1)
     led.close()
 
 

@@ -152,3 +152,19 @@ def test_a_replica_is_told_of_laptops_another_replica_met(replicas):
     assert b.ingest.roster.counts(now)[:2] == (0, 0)  # B has not looked yet
     b.ingest.check_silent(now + timedelta(minutes=1), every=timedelta(0))
     assert b.ingest.roster.counts(now + timedelta(minutes=1))[:2] == (1, 0)
+
+
+def test_a_full_users_new_laptop_takes_a_silent_slot_and_the_silence_is_told_once_across_replicas(replicas):
+    from spendgate.central.roster import MAX_PER_USER
+    a, b = replicas("a"), replicas("b")
+    t0 = datetime.now(UTC) - timedelta(days=30)
+    for i in range(MAX_PER_USER):  # made-up ids (or 50 reinstalls), long silent
+        a.ingest.roster.touch("alice", f"junk-{i}", t0 + timedelta(minutes=i))
+    now = datetime.now(UTC)
+    a.ingest.roster.touch("alice", "alice@new", now)  # junk-0's slot
+    told = a.ingest.check_silent(now, every=timedelta(0))  # writes and reads back the retired junk-0
+    assert {c.origin for c in told} == {f"junk-{i}" for i in range(MAX_PER_USER)}
+    assert a.ingest.roster.counts(now)[:2] == (1, MAX_PER_USER - 1)  # junk-0 was not tracked again
+    assert b.ingest.check_silent(now, every=timedelta(0)) == []  # told once, by A
+    later = now + SILENT_AFTER + timedelta(minutes=1)
+    assert [c.origin for c in a.ingest.check_silent(later, every=timedelta(0))] == ["alice@new"]
