@@ -470,12 +470,17 @@ class SpendGate:
         msg = messages[-1]
         if len(messages) > WS_KEEP_MESSAGES:  # mitmproxy keeps every message of a socket's life
             del messages[: -(WS_KEEP_MESSAGES // 2)]
-        if msg.injected or not msg.is_text:
+        if msg.injected:
             return None
         if not msg.from_client:
-            session.server_message(msg.content)
+            if msg.is_text:
+                session.server_message(msg.content)
             return None
-        turn = session.client_message(msg.content)
+        if len(msg.content) > ws.MAX_MESSAGE_BYTES:  # too large to read on the event loop: never forwarded unread
+            answer = too_large(session.route.dialect or session.route.provider, len(msg.content), ws.MAX_MESSAGE_BYTES)
+            self._turn_refused(flow, msg, answer)
+            return None
+        turn = session.client_message(msg.content)  # binary frames too: a server may read them as JSON
         if turn is None:
             return None
         gw = self.gateway
@@ -500,8 +505,12 @@ class SpendGate:
                        answer: refusal.Answer | None) -> None:
         if answer is None:
             return
-        msg.drop()  # never forwarded: the provider sees nothing of a refused turn
         session.refused(turn)
+        SpendGate._turn_refused(flow, msg, answer)
+
+    @staticmethod
+    def _turn_refused(flow: http.HTTPFlow, msg, answer: refusal.Answer) -> None:
+        msg.drop()  # never forwarded: the provider sees nothing of a refused turn
         event = ws.SocketSession.refusal_event(answer.status, answer.body, answer.headers)
         ctx.master.commands.call("inject.websocket", flow, True, event)
 

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 from spendgate.metering.meter import CHARS_PER_TOKEN, Exchange, Meter
 from spendgate.metering.providers import openai_realtime, openai_responses
-from spendgate.metering.providers.base import Adapter, Route, StreamParser
+from spendgate.metering.providers.base import Adapter, Route, StreamParser, top_level
 
 log = logging.getLogger(__name__)
 
@@ -58,11 +58,25 @@ def socket_route(route: Route | None) -> Route | None:
     return None
 
 
+_TYPE_KEY = frozenset({"type"})
+
+
+def client_event_type(data: bytes) -> str | None:
+    """The ``type`` of a client's JSON message, as the provider's parser reads it.
+
+    Untrusted bytes: a message may name ``type`` twice, and JSON parsers take the last, so
+    the first-bytes shortcut of `event_type` would let ``{"type":"session.update",...,
+    "type":"response.create"}`` reach the provider as a turn nobody admitted. One validating
+    pass (base.top_level: json.loads's answer) instead."""
+    kind = (top_level(data, _TYPE_KEY) or {}).get("type")
+    return kind if isinstance(kind, str) else None
+
+
 def event_type(data: bytes) -> str | None:
-    """The ``type`` of a JSON event, read from its first bytes without parsing the whole message.
+    """The ``type`` of a provider's JSON event, read from its first bytes without parsing the whole message.
 
     Responses events put ``type`` first; ``response.created`` can carry 30 KB of instructions we
-    never need to build.
+    never need to build. Only for the provider's events: a client's go through `client_event_type`.
     """
     if data.startswith(b'{"type":"'):  # compact JSON, type first: what OpenAI and Codex send
         m = _TYPE.match(data, 1, 200)
@@ -122,7 +136,7 @@ class SocketSession:
     def client_message(self, data: bytes) -> Turn | None:
         """A message from the client; a new `Turn` when it asks for a response. Never raises."""
         try:
-            if len(data) > MAX_MESSAGE_BYTES or event_type(data) != CREATE:
+            if len(data) > MAX_MESSAGE_BYTES or client_event_type(data) != CREATE:
                 return None
             return self._begin(data)
         except Exception:  # a bug here must never break the socket
@@ -195,8 +209,8 @@ class SocketSession:
         if not kind.startswith("response.") and kind != "error":
             return  # rate limits, session, conversation and audio-buffer events: not a turn's
         if not self.open:
-            if kind == "response.created" and self.realtime:
-                self._begin(b"", admitted=False)  # the server started a response on its own (voice)
+            if kind == "response.created":  # a response no admitted turn asked for: Realtime's voice
+                self._begin(b"", admitted=False)  # turns, or a request we did not see as one: metered
             else:
                 return
         turn = self.open[0]

@@ -98,9 +98,11 @@ def test_non_request_messages_and_garbage_make_no_turn(tmp_path):
         s = session(gw)
         for msg in (b'{"type":"response.processed","response_id":"r"}', b"\xff\xfe", b"[1,2]", b""):
             assert s.client_message(msg) is None
-        s.server_message(b'{"type":"response.created","response":{}}')  # nothing open: ignored
         s.server_message(b"garbage")
         assert s.close() == 0 and rows(gw) == []
+        # a response nobody asked for (a request we did not read as a turn) is metered, not ignored
+        s.server_message(b'{"type":"response.created","response":{}}')
+        assert s.close() == 1 and len(rows(gw)) == 1
     finally:
         gw.close()
 

@@ -437,14 +437,14 @@ def _route_batches(provider: str, canon: str, method: str) -> Route | None:
             adapter = batches.OPENAI_UPLOAD
         elif provider == "gemini" and batches.GEMINI_SUBMIT_PATH.match(low):
             adapter = batches.GEMINI_SUBMIT
-    elif method == "GET":
-        if provider == "anthropic" and batches.ANTHROPIC_RESULTS_PATH.match(canon):
+    elif method == "GET":  # matched lower-cased like every route (ids are `[^/]+`; the adapter reads `canon`)
+        if provider == "anthropic" and batches.ANTHROPIC_RESULTS_PATH.match(low):
             adapter = batches.ANTHROPIC_RESULTS
-        elif provider == "openai" and batches.OPENAI_FILE_CONTENT_PATH.match(canon):
+        elif provider == "openai" and batches.OPENAI_FILE_CONTENT_PATH.match(low):
             adapter = batches.OPENAI_RESULTS
-        elif provider == "gemini" and batches.GEMINI_DOWNLOAD_PATH.match(canon):
+        elif provider == "gemini" and batches.GEMINI_DOWNLOAD_PATH.match(low):
             adapter = batches.GEMINI_RESULTS
-        elif provider == "gemini" and batches.GEMINI_OPERATION_PATH.match(canon):
+        elif provider == "gemini" and batches.GEMINI_OPERATION_PATH.match(low):
             adapter = batches.GEMINI_OPERATION  # polled; an inline batch's results arrive in it
     return _made(adapter, provider) if adapter is not None else None
 

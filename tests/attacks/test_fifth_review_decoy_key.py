@@ -1,0 +1,60 @@
+"""Fifth review: a decoy credential header the provider ignores chooses the key (and user) charged.
+
+`identity.api_key` takes the first of x-api-key / x-goog-api-key / api-key / Authorization,
+whatever the provider. api.openai.com authenticates with `Authorization: Bearer` only, so a
+client adds `x-api-key: <anything>`: the row's key fingerprint (the `keys:` budget, and the
+`api_key` identity source) is the decoy's, while the provider bills the real key.
+"""
+
+from __future__ import annotations
+
+import openai
+import pytest
+
+from spendgate.identity import fingerprint
+from tests.support import OPENAI_KEY
+from tests.e2e.conftest import _fake_provider_session, fake_provider, gateway_factory  # noqa: F401  (fixtures)
+
+pytestmark = [pytest.mark.e2e, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
+
+
+def _policy(tmp_path):
+    p = tmp_path / "policy.yaml"
+    p.write_text(f"""version: 1
+timezone: UTC
+organization: {{name: acme, budgets: {{month: 100000}}}}
+identity: [api_key, local_user]
+defaults:
+  user: {{day: 1000}}
+  key: {{day: 1000}}
+  unattributed: {{day: 1000}}
+users: {{bob: {{budgets: {{day: 1000}}}}, tester: {{budgets: {{day: 1000}}}}}}
+keys:
+  "{fingerprint(OPENAI_KEY)}": {{user: bob, budgets: {{day: 0.000001}}}}
+""")
+    return p
+
+
+def _ask(gw, **headers):
+    c = openai.OpenAI(api_key=OPENAI_KEY, http_client=gw.http_client(), max_retries=0)
+    try:
+        return c.chat.completions.with_raw_response.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], extra_headers=headers or None)
+    finally:
+        c.close()
+
+
+def test_a_decoy_x_api_key_does_not_move_openai_traffic_off_its_real_keys_budget(tmp_path, gateway_factory,
+                                                                                  fake_provider):
+    gw = gateway_factory(policy=_policy(tmp_path)).start()
+    with pytest.raises(openai.RateLimitError):  # the real key's budget does not cover a request
+        _ask(gw)
+    # the same key, plus a header api.openai.com never reads
+    resp = _ask(gw, **{"x-api-key": "decoy-1"})
+    sent = fake_provider.requests_to(route="/v1/chat/completions")[-1]
+    assert sent.headers.get("authorization") == f"Bearer {OPENAI_KEY}"  # the provider bills the real key
+    rows = gw.ledger(wait_for=2)
+    last = max(rows, key=lambda r: r["ts"])
+    assert last["key_fingerprint"] == fingerprint(OPENAI_KEY), (resp.status_code, last["key_fingerprint"],
+                                                                 last["user"], last["outcome"])
+    assert resp.status_code == 429
