@@ -473,12 +473,16 @@ class SpendGate:
         if msg.injected:
             return None
         if not msg.from_client:
-            if msg.is_text:
-                session.server_message(msg.content)
+            started = session.server_message(msg.content) if msg.is_text else None
+            if started is not None and self.gateway is not None:  # a voice turn the server began itself
+                return self._admit_started(flow, self.gateway, session, started)
             return None
         if len(msg.content) > ws.MAX_MESSAGE_BYTES:  # too large to read on the event loop: never forwarded unread
             answer = too_large(session.route.dialect or session.route.provider, len(msg.content), ws.MAX_MESSAGE_BYTES)
             self._turn_refused(flow, msg, answer)
+            return None
+        if session.capped and session.withheld(msg.content):  # at the cap: the server hears no more audio
+            msg.drop()
             return None
         turn = session.client_message(msg.content)  # binary frames too: a server may read them as JSON
         if turn is None:
@@ -490,6 +494,33 @@ class SpendGate:
             session.route.provider, "the gateway is not ready")
         self._turn_admitted(flow, session, turn, msg, answer)
         return None
+
+    def _admit_started(self, flow: http.HTTPFlow, gw: Gateway, session: ws.SocketSession, turn
+                       ) -> Awaitable[None] | None:
+        """Admit a response the provider started on its own; at the cap, cancel it upstream."""
+        if gw.admit_blocks:
+            return self._admit_started_off_loop(flow, gw, session, turn)
+        self._started_admitted(flow, session, turn, gw.admission.admit(turn.exchange))
+        return None
+
+    async def _admit_started_off_loop(self, flow: http.HTTPFlow, gw: Gateway, session: ws.SocketSession,
+                                      turn) -> None:
+        try:
+            answer = await asyncio.to_thread(gw.admission.admit, turn.exchange)
+        except Exception:
+            log.exception("spendgate: checking a WebSocket turn failed; cancelling it (fail closed)")
+            answer = refusal.unavailable(session.route.provider, "the gateway could not check this request")
+        self._started_admitted(flow, session, turn, answer)
+
+    @staticmethod
+    def _started_admitted(flow: http.HTTPFlow, session: ws.SocketSession, turn, answer: refusal.Answer | None
+                          ) -> None:
+        if answer is None:
+            turn.admitted = True
+            return
+        ctx.master.commands.call("inject.websocket", flow, False, session.over_cap(turn))
+        event = ws.SocketSession.refusal_event(answer.status, answer.body, answer.headers)
+        ctx.master.commands.call("inject.websocket", flow, True, event)
 
     async def _admit_turn_off_loop(self, flow: http.HTTPFlow, gw: Gateway, session: ws.SocketSession, turn,
                                    msg) -> None:
@@ -504,6 +535,7 @@ class SpendGate:
     def _turn_admitted(flow: http.HTTPFlow, session: ws.SocketSession, turn, msg,
                        answer: refusal.Answer | None) -> None:
         if answer is None:
+            session.capped = False  # an admitted turn: the budget has room again
             return
         session.refused(turn)
         SpendGate._turn_refused(flow, msg, answer)

@@ -30,21 +30,37 @@ def fingerprint(secret: str) -> str:
     return "sha256:" + hashlib.sha256(secret.strip().encode()).hexdigest()[:FINGERPRINT_HEX]
 
 
-def api_key(headers: Mapping[str, str], query: str = "") -> str | None:
-    """The credential a provider request carries (headers are lower-cased)."""
+def credentials(headers: Mapping[str, str], query: str = "") -> list[str]:
+    """Every distinct credential a provider request carries (headers are lower-cased), the first
+    naming the key: ``x-api-key``, ``x-goog-api-key``, ``api-key``, ``Authorization``
+    (Bearer, or a SigV4 access key id), ``?key=``.
+
+    More than one means the charged key would be our guess: each provider reads its own header
+    (api.openai.com only ``Authorization``), so a decoy in another one would name the key, and
+    its budget, while the provider bills the real one. Admission refuses such a request. A comma
+    in a Bearer token is several tokens at once (billing.classify's rule too)."""
+    found: list[str] = []
     for name in ("x-api-key", "x-goog-api-key", "api-key"):
-        if headers.get(name):
-            return headers[name]
+        value = headers.get(name, "").strip()
+        if value and value not in found:
+            found.append(value)
     auth = headers.get("authorization", "")
+    token = None
     if auth[:7].lower() == "bearer " and auth[7:].strip():
-        return auth[7:].strip()  # also Bedrock API keys and Google OAuth tokens (Vertex)
-    if auth.startswith("AWS4-HMAC-SHA256"):
-        return sigv4_access_key(auth)
-    if query:
-        keys = parse_qs(query).get("key")
-        if keys and keys[0]:
-            return keys[0]
-    return None
+        token = auth[7:].strip()  # also Bedrock API keys and Google OAuth tokens (Vertex)
+        if "," in token:
+            found.extend(t for t in (part.strip().removeprefix("Bearer ").strip() for part in token.split(","))
+                         if t and t not in found)
+            token = None
+    elif auth.startswith("AWS4-HMAC-SHA256"):
+        token = sigv4_access_key(auth)
+    if token and token not in found:
+        found.append(token)
+    if query and "key=" in query:
+        for value in parse_qs(query).get("key", []):
+            if value and value not in found:
+                found.append(value)
+    return found
 
 
 @dataclass(frozen=True, slots=True)
@@ -262,6 +278,7 @@ class Identity:
     session_id: str | None = None
     workspaces: tuple[str, ...] = field(default=())
     unknown: bool = False  # a name the policy does not list (see `unknown_users`)
+    several_credentials: bool = False  # the request carries more than one credential (see `credentials`)
     # how the traffic is billed (spendgate.metering.billing): "api" or "subscription", and for
     # subscription traffic the policy plan (plans:) of the user's seat; set by the meter
     basis: str = "api"
@@ -290,8 +307,8 @@ def resolve(
     session facts a client put in the body (see `recognize_client` and `session_id`).
     """
     client = recognize_client(headers, hints)
-    key = api_key(headers, query)
-    fp = fingerprint(key) if key else None
+    keys = credentials(headers, query)
+    fp = fingerprint(keys[0]) if keys else None
     user, source = None, UNATTRIBUTED
     trusted_peer = policy.trusts(client_ip)
     for method in policy.identity:
@@ -331,4 +348,5 @@ def resolve(
         session_id=session_id(headers, hints, client),
         workspaces=policy.workspaces_of(user) if user != UNATTRIBUTED else (),
         unknown=unknown,
+        several_credentials=len(keys) > 1,
     )

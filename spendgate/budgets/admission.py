@@ -172,6 +172,11 @@ class Admission:
             return refuse(ex, refusal.refused(
                 ex.dialect, 415, "spendgate: the request body's content-encoding cannot be decoded by the gateway; "
                 "send it uncompressed or gzip/deflate/br/zstd", "unreadable_request_body"))
+        if ex.identity.several_credentials:  # which key the provider bills is its choice, not ours
+            return refuse(ex, refusal.refused(
+                ex.dialect, 403, "spendgate: the request carries more than one API credential (x-api-key, "
+                "x-goog-api-key, api-key, Authorization, ?key=); send only the one the provider reads",
+                "several_credentials"))
         if ex.request.free or ex.route.extra.get("free"):
             return None
         if ex.request.results:  # batch results: already spent at the provider; charged when recorded

@@ -116,7 +116,7 @@ RowListener = Callable[[Exchange, LedgerRow], None]
 
 
 def results_already_charged(status: int | None, result: ResponseResult) -> bool:
-    """True for a batch results file this process charged before (its download is then $0).
+    """True for batch results or a Response this process charged before (fetching it again is then $0).
 
     Only a complete download (200) marks a file charged: a ranged one (206) is charged for the
     lines it carries and marks nothing, so part of a file can never make the whole of it free
@@ -410,7 +410,8 @@ class Meter:
             result = result.parse(ex.route.adapter)
         ex.response = result
         if result is not None and results_already_charged(ex.status, result):
-            result = ResponseResult(free=True, note="batch results fetched again: already charged")
+            what = "batch results" if ex.route.endpoint == "batch.results" else "response"
+            result = ResponseResult(free=True, note=f"{what} fetched again: already charged")
         if result is not None and result.response_id and result.usage is not None:
             self.contexts.remember(result.response_id, result.usage.input_tokens + result.usage.output_tokens)
         for part in split_parts(ex, result):

@@ -126,6 +126,9 @@ class SocketSession:
         self.open: deque[Turn] = deque()  # admitted turns the provider has not finished, oldest first
         self.turns = 0
         self.context_tokens = 0  # the last finished turn's input + output: what a continuation re-reads
+        # a response the server started itself was cancelled at the cap: the client's audio is not
+        # passed on (server voice detection would start the next one) until a response.create is admitted
+        self.capped = False
 
     @property
     def adapter(self) -> Adapter:
@@ -190,29 +193,35 @@ class SocketSession:
         return json.dumps(event).encode()
 
     # -- provider -> client --
-    def server_message(self, data: bytes) -> None:
-        """A message from the provider: feed the open turn; finish it at its end. Never raises."""
+    def server_message(self, data: bytes) -> Turn | None:
+        """A message from the provider: feed the open turn; finish it at its end. Never raises.
+
+        Returns the turn the provider started on its own (Realtime with server voice detection
+        answers each committed audio buffer; no `response.create` went up): it is metered, and
+        the proxy edge admits it now, cancelling it at the cap (`over_cap`)."""
         try:
-            self._server_message(data)
+            return self._server_message(data)
         except Exception:
             log.exception("spendgate: cannot read a WebSocket event")
+            return None
 
-    def _server_message(self, data: bytes) -> None:
+    def _server_message(self, data: bytes) -> Turn | None:
         if len(data) > MAX_MESSAGE_BYTES:
-            return
+            return None
         kind = event_type(data)
         if kind is None:
-            return
+            return None
         if self.realtime and kind in ("session.created", "session.updated"):
             self._session_model(data)
-            return
+            return None
         if not kind.startswith("response.") and kind != "error":
-            return  # rate limits, session, conversation and audio-buffer events: not a turn's
+            return None  # rate limits, session, conversation and audio-buffer events: not a turn's
+        started = None
         if not self.open:
-            if kind == "response.created":  # a response no admitted turn asked for: Realtime's voice
-                self._begin(b"", admitted=False)  # turns, or a request we did not see as one: metered
-            else:
-                return
+            if kind != "response.created":
+                return None
+            # a response no admitted turn asked for: Realtime's voice turns, or a request we did not see as one
+            started = self._begin(b"", admitted=False)
         turn = self.open[0]
         ex = turn.exchange
         if not turn.started:
@@ -220,16 +229,34 @@ class SocketSession:
             ex.status = 200
             ex.headers_at = ex.first_byte_at = self.meter.clock()
         if kind.endswith("audio.delta") and "transcript" not in kind:
-            return  # Realtime audio chunks: large base64, nothing to count (usage comes at the end)
+            return None  # Realtime audio chunks: large base64, nothing to count (usage comes at the end)
         text = data.decode("utf-8", "replace")
         turn.parser.feed_message(text)
         if kind == "error":
             if self.realtime and turn.parser.result().events > 1:
-                return  # a Realtime error inside a running response: response.done still comes
+                return None  # a Realtime error inside a running response: response.done still comes
             ex.status = _error_status(text)
             self._finish(turn, None)
         elif turn.parser.result().complete:
             self._finish(turn, None)
+        return started if started is not None and self.realtime else None
+
+    def over_cap(self, turn: Turn) -> bytes:
+        """Admission refused a response the provider started on its own: it is already running,
+        so it stays metered (the provider bills what it generated before the cancel) and the
+        event to send the provider is returned: Realtime's ``response.cancel``."""
+        ex = turn.exchange
+        ex.extra.pop("blocked", None)  # not a blocked row: a cancelled response, charged what it used
+        reason = ex.extra.pop("blocked_reason", None)
+        ex.extra["cancelled_at_cap"] = reason
+        ex.status = 200
+        self.capped = True
+        return json.dumps({"type": "response.cancel"}).encode()
+
+    def withheld(self, data: bytes) -> bool:
+        """True for a client message not to pass on: audio while the session is capped (it would
+        make the server start responses nobody admitted)."""
+        return self.capped and client_event_type(data) == "input_audio_buffer.append"
 
     def _session_model(self, data: bytes) -> None:
         try:

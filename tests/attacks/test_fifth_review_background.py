@@ -28,19 +28,50 @@ DONE = {**QUEUED, "status": "completed",
                   "total_tokens": 401000}}
 
 
+PROGRESS = {**QUEUED, "status": "in_progress"}
+
+
+def _costs(rows):
+    return [(r["endpoint"], r["outcome"], r["output_tokens"], float(r["cost_usd"] or 0), r["note"])
+            for r in sorted(rows, key=lambda r: r["ts"])]
+
+
 def test_a_background_response_is_charged_for_the_output_it_produced(gateway_factory, fake_provider):
     gw = gateway_factory().start()  # laptop mode, example policy
-    fake_provider.serve_raw(HOST, "/v1/responses", json.dumps(QUEUED).encode(), "application/json")
-    fake_provider.serve_raw(HOST, "/v1/responses/resp_bg1", json.dumps(DONE).encode(), "application/json")
+    h = {"authorization": "Bearer sk-test-SECRET456"}
     with gw.http_client() as c:
-        h = {"authorization": "Bearer sk-test-SECRET456"}
+        fake_provider.serve_raw(HOST, "/v1/responses", json.dumps(QUEUED).encode(), "application/json")
         r = c.post(f"https://{HOST}/v1/responses", headers=h,
                    json={"model": "gpt-5", "input": "prove the Riemann hypothesis", "background": True})
         assert r.status_code == 200 and r.json()["status"] == "queued"
-        r = c.get(f"https://{HOST}/v1/responses/resp_bg1", headers=h)
-        assert r.status_code == 200 and r.json()["usage"]["output_tokens"] == 400000  # the client has its answer
-    rows = gw.ledger(wait_for=2)
-    charged = sum(r["cost_usd"] or 0 for r in rows)
-    print([(r["endpoint"], r["outcome"], r["output_tokens"], r["cost_usd"]) for r in rows])
-    # 400k gpt-5 output tokens at $10/Mtok = $4; the ledger must carry (about) that
-    assert charged >= 3.5, [(r["endpoint"], r["outcome"], r["output_tokens"], r["cost_usd"]) for r in rows]
+        for answer in (PROGRESS, DONE, DONE):  # a poll while it runs, the answer, the answer again
+            fake_provider.serve_raw(HOST, "/v1/responses/resp_bg1", json.dumps(answer).encode(), "application/json")
+            r = c.get(f"https://{HOST}/v1/responses/resp_bg1", headers=h)
+            assert r.status_code == 200 and r.json() == answer  # the client has its answer, untouched
+    rows = _costs(gw.ledger(wait_for=4))
+    assert [(e, o, c) for e, o, _, c, _ in rows][:2] == [("responses", "ok", 0.0), ("responses.retrieve", "ok", 0.0)]
+    assert rows[0][4] == rows[1][4] == "background response: charged when its result is fetched"
+    # 400k gpt-5 output tokens at $10/Mtok and 1k input at $1.25/Mtok: charged once, when fetched
+    assert rows[2][:3] == ("responses.retrieve", "ok", 400000) and rows[2][3] == pytest.approx(4.00125)
+    assert rows[3][3] == 0.0 and rows[3][4] == "response fetched again: already charged"
+
+
+def test_a_fetch_is_never_refused_and_a_response_charged_at_its_post_is_not_charged_again(
+        tmp_path, gateway_factory, fake_provider):
+    p = tmp_path / "policy.yaml"
+    p.write_text("version: 1\ntimezone: UTC\nidentity: [local_user]\ndefaults: {user: {day: 1}}\n")
+    gw = gateway_factory(policy=p).start()
+    h = {"authorization": "Bearer sk-test-SECRET456"}
+    with gw.http_client() as c:
+        fake_provider.serve_raw(HOST, "/v1/responses", json.dumps(DONE).encode(), "application/json")
+        r = c.post(f"https://{HOST}/v1/responses", headers=h, json={"model": "gpt-5", "input": "hi"})
+        assert r.status_code == 200  # the POST carried the usage: charged there ($4, over the $1 cap now)
+        fake_provider.serve_raw(HOST, "/V1/Responses/resp_bg1", json.dumps(DONE).encode(), "application/json")
+        r = c.get(f"https://{HOST}/V1/Responses/resp_bg1", headers=h)  # any spelling; at the cap: still served
+        assert r.status_code == 200
+        gw.ledger(wait_for=2)  # both recorded (and settled)
+        r = c.post(f"https://{HOST}/v1/responses", headers=h, json={"model": "gpt-5", "input": "hi"})
+        assert r.status_code == 429  # the cap holds for new work
+    rows = _costs(gw.ledger(wait_for=3))
+    assert [(e, c) for e, _, _, c, _ in rows][:2] == [("responses", pytest.approx(4.00125)), ("responses.retrieve", 0)]
+    assert rows[1][4] == "response fetched again: already charged"

@@ -1,9 +1,10 @@
 """Fifth review: a decoy credential header the provider ignores chooses the key (and user) charged.
 
-`identity.api_key` takes the first of x-api-key / x-goog-api-key / api-key / Authorization,
+`identity.api_key` took the first of x-api-key / x-goog-api-key / api-key / Authorization,
 whatever the provider. api.openai.com authenticates with `Authorization: Bearer` only, so a
-client adds `x-api-key: <anything>`: the row's key fingerprint (the `keys:` budget, and the
-`api_key` identity source) is the decoy's, while the provider bills the real key.
+client added `x-api-key: <anything>`: the row's key fingerprint (the `keys:` budget, and the
+`api_key` identity source) was the decoy's, while the provider billed the real key. A request
+carrying more than one distinct credential is now refused (403 several_credentials).
 """
 
 from __future__ import annotations
@@ -49,12 +50,29 @@ def test_a_decoy_x_api_key_does_not_move_openai_traffic_off_its_real_keys_budget
     gw = gateway_factory(policy=_policy(tmp_path)).start()
     with pytest.raises(openai.RateLimitError):  # the real key's budget does not cover a request
         _ask(gw)
-    # the same key, plus a header api.openai.com never reads
-    resp = _ask(gw, **{"x-api-key": "decoy-1"})
-    sent = fake_provider.requests_to(route="/v1/chat/completions")[-1]
-    assert sent.headers.get("authorization") == f"Bearer {OPENAI_KEY}"  # the provider bills the real key
-    rows = gw.ledger(wait_for=2)
-    last = max(rows, key=lambda r: r["ts"])
-    assert last["key_fingerprint"] == fingerprint(OPENAI_KEY), (resp.status_code, last["key_fingerprint"],
-                                                                 last["user"], last["outcome"])
-    assert resp.status_code == 429
+    # the same key, plus a header api.openai.com never reads: refused, never forwarded
+    with pytest.raises(openai.PermissionDeniedError) as refused:
+        _ask(gw, **{"x-api-key": "decoy-1"})
+    assert refused.value.response.headers["x-spendgate-refused"] == "several_credentials"
+    assert "more than one API credential" in refused.value.message
+    assert fake_provider.requests_to(route="/v1/chat/completions") == []
+    # the same credential twice (Claude Code's apiKeyHelper sends x-api-key and Bearer alike) is one
+    with pytest.raises(openai.RateLimitError):
+        _ask(gw, **{"x-api-key": OPENAI_KEY})
+    rows = gw.ledger(wait_for=3)
+    assert sorted(r["outcome"] for r in rows) == ["blocked"] * 3, [(r["outcome"], r["note"]) for r in rows]
+
+
+@pytest.mark.parametrize("headers, query, expected", [
+    ({"authorization": "Bearer sk-real"}, "", ["sk-real"]),
+    ({"x-api-key": "k1", "authorization": "Bearer k1"}, "", ["k1"]),
+    ({"x-api-key": "decoy", "authorization": "Bearer sk-real"}, "", ["decoy", "sk-real"]),
+    ({"api-key": "azure", "x-api-key": "decoy"}, "", ["decoy", "azure"]),
+    ({"x-goog-api-key": "decoy"}, "key=real", ["decoy", "real"]),
+    ({"x-goog-api-key": "same"}, "alt=sse&key=same", ["same"]),
+    ({"authorization": "Bearer a, Bearer b"}, "", ["a", "b"]),
+    ({"authorization": "Basic dXNlcjpwdw=="}, "", []),
+])
+def test_every_credential_a_request_carries_is_seen(headers, query, expected):
+    from spendgate.identity import credentials
+    assert credentials(headers, query) == expected

@@ -26,7 +26,7 @@ from test_providers_common import (
     run_whole,
 )
 
-from spendgate.identity import api_key, fingerprint, sigv4_access_key
+from spendgate.identity import credentials, fingerprint, sigv4_access_key
 from spendgate.metering.providers import bedrock, route
 from spendgate.metering.providers.eventstream import (
     EventStreamDecoder,
@@ -227,9 +227,9 @@ def test_sigv4_access_key_is_the_identity_and_only_its_fingerprint_is_kept() -> 
     auth = ("AWS4-HMAC-SHA256 Credential=AKIAIOSFODNN7EXAMPLE/20261130/us-east-1/bedrock/aws4_request, "
             "SignedHeaders=host;x-amz-date, Signature=fe5f80f77d5fa3beca038a248ff027d0445342fe2855ddc963176630326f1024")
     assert sigv4_access_key(auth) == "AKIAIOSFODNN7EXAMPLE"
-    assert api_key({"authorization": auth}) == "AKIAIOSFODNN7EXAMPLE"
+    assert credentials({"authorization": auth}) == ["AKIAIOSFODNN7EXAMPLE"]
     assert fingerprint("AKIAIOSFODNN7EXAMPLE").startswith("sha256:")
-    assert api_key({"authorization": "Bearer ABSKQmVkcm9ja0FQSUtleS1leGFtcGxl"}) == "ABSKQmVkcm9ja0FQSUtleS1leGFtcGxl"
+    assert credentials({"authorization": "Bearer ABSKQmVkcm9ja0FQSUtleS1leGFtcGxl"}) == ["ABSKQmVkcm9ja0FQSUtleS1leGFtcGxl"]
     assert sigv4_access_key("AWS4-HMAC-SHA256 Credential=short/x") is None
 
 

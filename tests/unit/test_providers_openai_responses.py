@@ -31,6 +31,7 @@ def test_stream_fixture_exact() -> None:
         events=20,
         finish_reasons=("completed",),
         response_id="resp_spendgatefixture0001",
+        results_key="openai:response:resp_spendgatefixture0001",  # fetched again later: billed once
     )
 
 
@@ -44,6 +45,7 @@ def test_json_fixture_exact() -> None:
         complete=True,
         finish_reasons=("max_output_tokens",),
         response_id="resp_spendgatefixture0001",
+        results_key="openai:response:resp_spendgatefixture0001",
     )
 
 

@@ -90,6 +90,7 @@ _ANTHROPIC_PATHS: dict[str, Adapter] = {
 OPENAI_ENDPOINTS: dict[str, Adapter] = {
     "/chat/completions": openai_chat.CHAT,
     "/responses": openai_responses.RESPONSES,
+    "/responses/compact": openai_responses.RESPONSES_COMPACT,
     "/embeddings": openai_extra.EMBEDDINGS,
     "/completions": openai_extra.COMPLETIONS,
 }
@@ -325,6 +326,8 @@ _OPENAI_API = {**OPENAI_ENDPOINTS, **openai_media.ENDPOINTS}  # api.openai.com: 
 def _route_openai(provider: str, path: str, bare: str) -> Route:
     if bare == openai_responses.CODEX_RESPONSES_PATH:
         return _made(openai_responses.RESPONSES, provider)
+    if bare == openai_responses.CODEX_COMPACT_PATH:
+        return _made(openai_responses.RESPONSES_COMPACT, provider)
     if bare == openai_realtime.REALTIME_PATH:  # WebSocket only (spendgate.metering.websocket)
         return _made(openai_realtime.REALTIME, provider)
     return _made(openai_under("/v1", bare, _OPENAI_API), provider)
@@ -425,7 +428,8 @@ def _route_extra(extra: ExtraHost, path: str, bare: str) -> Route:
 
 
 def _route_batches(provider: str, canon: str, method: str) -> Route | None:
-    """The batch APIs (spendgate.metering.providers.batches): submit is a POST, results a GET."""
+    """The batch APIs (spendgate.metering.providers.batches): submit is a POST, results a GET; and
+    the GET that fetches a background Response (providers.openai_responses), charged like results."""
     low = canon.lower()
     adapter: Adapter | None = None
     if method == "POST":
@@ -446,6 +450,8 @@ def _route_batches(provider: str, canon: str, method: str) -> Route | None:
             adapter = batches.GEMINI_RESULTS
         elif provider == "gemini" and batches.GEMINI_OPERATION_PATH.match(low):
             adapter = batches.GEMINI_OPERATION  # polled; an inline batch's results arrive in it
+        elif provider == "openai" and openai_responses.RETRIEVE_PATH.match(low):
+            adapter = openai_responses.RESPONSES_RETRIEVE  # a background response's answer, fetched
     return _made(adapter, provider) if adapter is not None else None
 
 

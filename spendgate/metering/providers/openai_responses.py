@@ -8,6 +8,7 @@ reasoning. Hosted web search is billed per call: we count ``web_search_call`` ou
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from spendgate.identity import BodyHints
@@ -31,8 +32,13 @@ from spendgate.usage import Usage
 
 RESPONSES_PATH = "/v1/responses"
 CODEX_RESPONSES_PATH = "/backend-api/codex/responses"
+CODEX_COMPACT_PATH = "/backend-api/codex/responses/compact"
 
 TERMINAL_EVENTS = frozenset({"response.completed", "response.incomplete", "response.failed"})
+# a background response (`"background": true`) answered before it ran: its usage comes with the
+# finished response, fetched later (OpenAIResponseRetrieveAdapter), and is charged then
+PENDING = frozenset({"queued", "in_progress"})
+PENDING_NOTE = "background response: charged when its result is fetched"
 _TEXT_DELTAS = frozenset(
     f"response.{kind}.delta"
     for kind in (
@@ -105,6 +111,8 @@ def apply_response(result: ResponseResult, response: dict, web_searches: int) ->
     if isinstance(usage, dict):
         result.usage = responses_usage(usage, searches)
         result.usage_final = True
+        if result.response_id:  # a stored response may be fetched again (GET /v1/responses/{id}): billed once
+            result.results_key = f"openai:response:{result.response_id}"
 
 
 class ResponsesStreamParser(JSONEventStreamParser):
@@ -171,6 +179,9 @@ class OpenAIResponsesAdapter(Adapter):
             if not isinstance(obj, dict):
                 return ResponseResult(garbled=bool(body))
             result = ResponseResult()
+            if obj.get("status") in PENDING and not isinstance(obj.get("usage"), dict):
+                return ResponseResult(free=True, note=PENDING_NOTE, model=str_or_none(obj.get("model")),
+                                      response_id=str_or_none(obj.get("id")))
             if obj.get("object") == "response" or "usage" in obj or "output" in obj:
                 apply_response(result, obj, 0)
                 result.complete = result.usage is not None
@@ -185,4 +196,28 @@ class OpenAIResponsesAdapter(Adapter):
         return ResponsesStreamParser()
 
 
+class OpenAIResponseRetrieveAdapter(OpenAIResponsesAdapter):
+    """``GET /v1/responses/{id}`` (and ``?stream=true``): how a background response's answer is
+    collected. Never refused (the model ran already; refusing the fetch saves nothing), charged
+    when the response it carries is finished, once per response id by this process (a poll
+    after that, or a fetch of a response whose POST was charged, is $0: ``results_key``)."""
+
+    endpoint = "responses.retrieve"
+
+    def parse_request(self, path: str, body: bytes) -> RequestInfo:
+        return RequestInfo(results=True, stream="stream=true" in path.partition("?")[2].lower())
+
+
+class OpenAIResponsesCompactAdapter(OpenAIResponsesAdapter):
+    """``POST /v1/responses/compact`` (Codex's remote compaction): a model pass over the
+    conversation, billed per token. Its answer (``object: response.compaction``) carries a
+    Responses ``usage`` and no ``model``: the request's model prices it (OpenAI API reference,
+    "Compact a response")."""
+
+    endpoint = "responses.compact"
+
+
+RETRIEVE_PATH = re.compile(r"^/v1/responses/[^/]+$")  # matched lower-cased; not /input_tokens (a POST)
 RESPONSES = OpenAIResponsesAdapter()
+RESPONSES_RETRIEVE = OpenAIResponseRetrieveAdapter()
+RESPONSES_COMPACT = OpenAIResponsesCompactAdapter()
