@@ -75,3 +75,16 @@ def test_a_fetch_is_never_refused_and_a_response_charged_at_its_post_is_not_char
     rows = _costs(gw.ledger(wait_for=3))
     assert [(e, c) for e, _, _, c, _ in rows][:2] == [("responses", pytest.approx(4.00125)), ("responses.retrieve", 0)]
     assert rows[1][4] == "response fetched again: already charged"
+
+
+@pytest.mark.parametrize("method, path, endpoint, free", [
+    ("GET", "/v1/responses/resp_1", "responses.retrieve", False),
+    ("GET", "/V1/Responses/resp_1", "responses.retrieve", False),
+    ("POST", "/v1/responses/resp_1/cancel", "unmetered", True),  # stops its billing: never refused
+    ("DELETE", "/v1/responses/resp_1", "unmetered", True),
+    ("GET", "/v1/responses/resp_1/input_items", "unmetered", True),
+])
+def test_the_calls_around_a_stored_response(method, path, endpoint, free):
+    from spendgate.metering import providers
+    found = providers.route(HOST, path, method)
+    assert (found.endpoint, bool(found.extra.get("free"))) == (endpoint, free)

@@ -153,6 +153,10 @@ _FREE: tuple[tuple[str, str, re.Pattern[str]], ...] = tuple(
         ("api.openai.com", "GET", r"^/v1/models(/[^/]+)?$"),
         ("api.openai.com", "GET", r"^/v1/files(/[^/]+)?$"),
         ("api.openai.com", "POST", r"^/v1/responses/input_tokens$"),  # token counting
+        # a stored or background response's input listing, cancel (stops its billing) and delete
+        ("api.openai.com", "GET", r"^/v1/responses/[^/]+/input_items$"),
+        ("api.openai.com", "POST", r"^/v1/responses/[^/]+/cancel$"),
+        ("api.openai.com", "DELETE", r"^/v1/responses/[^/]+$"),
         # batch status polls and lists (the results download is metered: providers/batches.py)
         ("api.anthropic.com", "GET", r"^/v1/messages/batches(/[^/]+)?$"),
         ("api.openai.com", "GET", r"^/v1/batches(/[^/]+)?$"),
