@@ -490,8 +490,11 @@ class SpendGate:
         gw = self.gateway
         if gw is not None and gw.admit_blocks:
             return self._admit_turn_off_loop(flow, gw, session, turn, msg)
-        answer = gw.admission.admit(turn.exchange) if gw else refusal.unavailable(
-            session.route.provider, "the gateway is not ready")
+        try:
+            answer = gw.admission.admit(turn.exchange) if gw else refusal.unavailable(
+                session.route.provider, "the gateway is not ready")
+        except Exception:  # mitmproxy would forward the message after a hook's exception: refuse it here
+            answer = _unchecked_turn(session)
         self._turn_admitted(flow, session, turn, msg, answer)
         return None
 
@@ -500,7 +503,11 @@ class SpendGate:
         """Admit a response the provider started on its own; at the cap, cancel it upstream."""
         if gw.admit_blocks:
             return self._admit_started_off_loop(flow, gw, session, turn)
-        self._started_admitted(flow, session, turn, gw.admission.admit(turn.exchange))
+        try:
+            answer = gw.admission.admit(turn.exchange)
+        except Exception:
+            answer = _unchecked_turn(session)
+        self._started_admitted(flow, session, turn, answer)
         return None
 
     async def _admit_started_off_loop(self, flow: http.HTTPFlow, gw: Gateway, session: ws.SocketSession,
@@ -508,8 +515,7 @@ class SpendGate:
         try:
             answer = await asyncio.to_thread(gw.admission.admit, turn.exchange)
         except Exception:
-            log.exception("spendgate: checking a WebSocket turn failed; cancelling it (fail closed)")
-            answer = refusal.unavailable(session.route.provider, "the gateway could not check this request")
+            answer = _unchecked_turn(session)
         self._started_admitted(flow, session, turn, answer)
 
     @staticmethod
@@ -527,8 +533,7 @@ class SpendGate:
         try:
             answer = await asyncio.to_thread(gw.admission.admit, turn.exchange)
         except Exception:
-            log.exception("spendgate: checking a WebSocket turn failed; refusing it (fail closed)")
-            answer = refusal.unavailable(session.route.provider, "the gateway could not check this request")
+            answer = _unchecked_turn(session)
         self._turn_admitted(flow, session, turn, msg, answer)
 
     @staticmethod
@@ -580,6 +585,12 @@ def _routed(flow: http.HTTPFlow, host: str) -> providers.Route | None:
     if routed is not None and routed[:4] == (host, req.path, req.method, providers.hosts_generation()):
         return routed[4]
     return None
+
+
+def _unchecked_turn(session: ws.SocketSession) -> refusal.Answer:
+    """The answer to a WebSocket turn whose admission raised: refused (or cancelled), fail closed."""
+    log.exception("spendgate: checking a WebSocket turn failed; refusing it (fail closed)")
+    return refusal.unavailable(session.route.provider, "the gateway could not check this request")
 
 
 def _call_soon() -> Any:

@@ -12,9 +12,9 @@ import hmac
 import os
 import time
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from urllib.parse import parse_qs
+from urllib.parse import unquote_plus
 
 import ipaddress
 import json
@@ -23,6 +23,8 @@ from collections.abc import Callable
 from spendgate.policy.model import UNATTRIBUTED, Policy, canonical_user, is_asserted
 
 FINGERPRINT_HEX = 12
+# OpenAI Realtime from a browser: the key as a WebSocket subprotocol (`realtime, openai-insecure-api-key.KEY`)
+REALTIME_KEY_PROTOCOL = "openai-insecure-api-key."
 
 
 def fingerprint(secret: str) -> str:
@@ -31,36 +33,49 @@ def fingerprint(secret: str) -> str:
 
 
 def credentials(headers: Mapping[str, str], query: str = "") -> list[str]:
-    """Every distinct credential a provider request carries (headers are lower-cased), the first
-    naming the key: ``x-api-key``, ``x-goog-api-key``, ``api-key``, ``Authorization``
-    (Bearer, or a SigV4 access key id), ``?key=``.
+    """The distinct credentials a provider request carries, up to two (enough to tell one from
+    several); the first names the key. Headers are lower-cased, a repeated one folded with ", ".
 
+    Read from ``x-api-key``, ``x-goog-api-key``, ``api-key``, ``Authorization`` (Bearer, or a SigV4
+    access key id), a Realtime socket's ``Sec-WebSocket-Protocol`` entry
+    ``openai-insecure-api-key.<KEY>``, and ``?key=`` (its name percent-decoded, as servers do).
     More than one means the charged key would be our guess: each provider reads its own header
-    (api.openai.com only ``Authorization``), so a decoy in another one would name the key, and
-    its budget, while the provider bills the real one. Admission refuses such a request. A comma
-    in a Bearer token is several tokens at once (billing.classify's rule too)."""
+    (api.openai.com only ``Authorization``), so a decoy in another one, or a second copy of the
+    same header, would name the key, and its budget, while the provider bills the real one.
+    Admission refuses such a request. No key or token holds a comma (billing.classify's rule too)."""
     found: list[str] = []
-    for name in ("x-api-key", "x-goog-api-key", "api-key"):
-        value = headers.get(name, "").strip()
+    for value in _credential_values(headers, query):
         if value and value not in found:
             found.append(value)
-    auth = headers.get("authorization", "")
-    token = None
-    if auth[:7].lower() == "bearer " and auth[7:].strip():
-        token = auth[7:].strip()  # also Bedrock API keys and Google OAuth tokens (Vertex)
-        if "," in token:
-            found.extend(t for t in (part.strip().removeprefix("Bearer ").strip() for part in token.split(","))
-                         if t and t not in found)
-            token = None
-    elif auth.startswith("AWS4-HMAC-SHA256"):
-        token = sigv4_access_key(auth)
-    if token and token not in found:
-        found.append(token)
-    if query and "key=" in query:
-        for value in parse_qs(query).get("key", []):
-            if value and value not in found:
-                found.append(value)
+            if len(found) == 2:
+                break
     return found
+
+
+def _credential_values(headers: Mapping[str, str], query: str) -> Iterator[str]:
+    for name in ("x-api-key", "x-goog-api-key", "api-key"):
+        for part in headers.get(name, "").split(","):
+            yield part.strip()
+    auth = headers.get("authorization", "")
+    sigv4 = auth.startswith("AWS4-HMAC-SHA256")  # its own fields are comma-separated
+    if sigv4:
+        yield sigv4_access_key(auth) or ""
+    for i, part in enumerate(auth.split(",")):
+        part = part.strip()
+        if part[:7].lower() == "bearer ":  # also Bedrock API keys and Google OAuth tokens (Vertex)
+            yield part[7:].strip()
+        elif i and not sigv4:  # "Bearer a, b": a second token, its scheme left out
+            yield part
+    for part in headers.get("sec-websocket-protocol", "").split(","):
+        part = part.strip()
+        if part.startswith(REALTIME_KEY_PROTOCOL):  # browsers cannot set headers on a WebSocket
+            yield part[len(REALTIME_KEY_PROTOCOL):]
+    for part in query.split("&") if "key" in query.lower() or "%" in query else ():
+        name, _, value = part.partition("=")
+        if "%" in name or "+" in name:  # `k%65y=` is `key=` to a server's form decoder
+            name = unquote_plus(name)
+        if name.strip() == "key":
+            yield unquote_plus(value).strip()
 
 
 @dataclass(frozen=True, slots=True)

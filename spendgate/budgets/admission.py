@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -89,6 +91,7 @@ class Admission:
         # a laptop reporting to a centre (spendgate.central.uplink.Uplink): admits against the centre's
         # lease or, while the centre is away, the policy's offline_allowance; memory only
         self.uplink: Any = None
+        self.held = HeldEstimates()
 
     @property
     def policy(self) -> Policy:
@@ -280,6 +283,26 @@ class Admission:
         ex.extra["decision"] = decision
         return None
 
+    def _held_until_fetched(self, ex: Exchange, row: LedgerRow, res: Any) -> None:
+        """A background response answered `queued` charges its reservation (the estimate) now and
+        remembers it; its fetch, priced at the real usage, charges that much less (never below $0,
+        so a response that cost less than its estimate is charged the estimate). A budget so holds
+        the work from its start, however the answer is read: a follow-up naming it in
+        previous_response_id, or a conversation's items, are not fetches."""
+        result = ex.response
+        rid = result.response_id if result is not None else None
+        if not rid:
+            return
+        if result.held and res is not None and (row.status or 0) < 400:
+            row.charged_usd = res.amount
+            self.held.hold(rid, res.amount)
+            row.note = f"{row.note}; its estimate, ${refusal.usd_plain(res.amount)}, is charged until then"
+        elif ex.request.results and result.usage_final and row.charged_usd is not None and \
+                (held := self.held.take(rid)) is not None:
+            row.charged_usd = max(Decimal(0), row.charged_usd - held)
+            row.note = ((row.note + "; ") if row.note else "") + \
+                f"${refusal.usd_plain(held)} of it charged when it was queued"
+
     def _admit_degraded(self, ex: Exchange, amount: Decimal, now: datetime) -> Decision | refusal.Answer:
         """fail_open(_bounded): the shared store is away; admit on this replica's local allowance."""
         bounded = self.policy.on_store_error == "fail_open_bounded"
@@ -321,6 +344,7 @@ class Admission:
             row.price_source = "unmetered charge"
         if row.charged_usd is None and res is not None:
             row.charged_usd = res.amount
+        self._held_until_fetched(ex, row, res)
         if subscription_ignored(self.policy, ex.identity):
             row.charged_usd = Decimal(0)  # recorded with its notional value; budgets do not count it
         choice: StepDownChoice | None = ex.extra.get("step_down")
@@ -350,6 +374,28 @@ class Admission:
 
 
 MIN_RESERVE = Decimal("0.000001")  # USD: the least a metered call reserves
+HELD_MAX = 50_000  # background responses whose charged estimate is remembered until fetched, newest kept
+
+
+class HeldEstimates:
+    """Response id -> USD charged when a background response was answered `queued` (Admission's
+    memory, this process only: after a restart, or fetched through another replica, its fetch is
+    charged in full, over and not under). Bounded: the newest HELD_MAX kept."""
+
+    def __init__(self) -> None:
+        self._held: OrderedDict[str, Decimal] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def hold(self, response_id: str, amount: Decimal) -> None:
+        with self._lock:
+            self._held[response_id] = amount
+            if len(self._held) > HELD_MAX:
+                self._held.popitem(last=False)
+
+    def take(self, response_id: str) -> Decimal | None:
+        """The amount held for `response_id`, once (None when nothing is)."""
+        with self._lock:
+            return self._held.pop(response_id, None)
 
 
 def too_large(provider: str, size: int, limit: int) -> refusal.Answer:

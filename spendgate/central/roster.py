@@ -126,7 +126,8 @@ class Roster:
                 if warned is None or now - warned >= timedelta(days=1):
                     self._full_warned[user] = now
                     log.warning("spendgate: %s has %d laptop ids tracked, none silent for %s; laptop %r "
-                                "is not tracked (its silence would not be noticed)", user, MAX_PER_USER, SILENT_AFTER, new.origin)
+                                "is not tracked (its silence would not be noticed)",
+                                user, MAX_PER_USER, SILENT_AFTER, new.origin)
                 return None
             del self._laptops[(user, oldest.origin)], mine[oldest.origin]
             if oldest.claimed != oldest.last_seen:

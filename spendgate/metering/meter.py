@@ -32,6 +32,7 @@ from spendgate.metering.providers.base import (
     Route,
     StreamParser,
 )
+from spendgate.metering.providers.openai_responses import RESULTS_KEY
 from spendgate.metering.streams import AfterForwarding, IncrementalDecoder
 from spendgate.pricing import cards
 from spendgate.pricing.rates import Pricer, PriceResult, reported
@@ -124,7 +125,8 @@ def results_already_charged(status: int | None, result: ResponseResult) -> bool:
     """
     if not (result.results_key and result.usage_final) or status != 200:
         return False
-    return not batches.CHARGED.first_time(result.results_key)
+    once = batches.RESPONSES_CHARGED if result.results_key.startswith(RESULTS_KEY) else batches.CHARGED
+    return not once.first_time(result.results_key)
 
 
 def estimate_usage(req: RequestInfo, result: ResponseResult) -> Usage:

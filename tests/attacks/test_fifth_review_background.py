@@ -1,10 +1,10 @@
-"""Fifth review: OpenAI Responses `background: true` gets the work done without paying for it.
+"""Fifth review: OpenAI Responses `background: true` got the work done without paying for it.
 
 POST /v1/responses with `"background": true` is answered at once with `status: queued` and no
 usage; the model then runs at the provider and the client collects the answer, with its usage,
-from GET /v1/responses/{id}. The POST row is an estimate of the input only (output 0), and the
-GET is an unmetered path (laptop default `allow`: $0; central default `block`). The output
-tokens (the expensive part, reasoning included) are never charged to any budget.
+from GET /v1/responses/{id}. The POST row was an estimate of the input only, and the GET was
+unmetered: the output tokens (the expensive part, reasoning included) were never charged. The GET
+is now metered (`responses.retrieve`): never refused, charged once per response id.
 """
 
 from __future__ import annotations
@@ -32,8 +32,8 @@ PROGRESS = {**QUEUED, "status": "in_progress"}
 
 
 def _costs(rows):
-    return [(r["endpoint"], r["outcome"], r["output_tokens"], float(r["cost_usd"] or 0), r["note"])
-            for r in sorted(rows, key=lambda r: r["ts"])]
+    return [(r["endpoint"], r["outcome"], r["output_tokens"], float(r["cost_usd"] or 0), r["note"],
+             float(r["charged_usd"] or 0)) for r in sorted(rows, key=lambda r: r["ts"])]
 
 
 def test_a_background_response_is_charged_for_the_output_it_produced(gateway_factory, fake_provider):
@@ -49,11 +49,34 @@ def test_a_background_response_is_charged_for_the_output_it_produced(gateway_fac
             r = c.get(f"https://{HOST}/v1/responses/resp_bg1", headers=h)
             assert r.status_code == 200 and r.json() == answer  # the client has its answer, untouched
     rows = _costs(gw.ledger(wait_for=4))
-    assert [(e, o, c) for e, o, _, c, _ in rows][:2] == [("responses", "ok", 0.0), ("responses.retrieve", "ok", 0.0)]
-    assert rows[0][4] == rows[1][4] == "background response: charged when its result is fetched"
-    # 400k gpt-5 output tokens at $10/Mtok and 1k input at $1.25/Mtok: charged once, when fetched
+    assert [(e, o, c) for e, o, _, c, _, _ in rows][:2] == [("responses", "ok", 0.0), ("responses.retrieve", "ok", 0.0)]
+    # the queued POST costs nothing yet, but its estimate (input + 4,096 output tokens) counts on the budgets
+    held = rows[0][5]
+    assert held == pytest.approx(0.04096, abs=0.0001)
+    assert rows[0][4].startswith("background response: charged when its result is fetched; its estimate, $")
+    assert rows[0][4].endswith(", is charged until then")
+    assert rows[1][4] == "background response: charged when its result is fetched" and rows[1][5] == 0
+    # 400k gpt-5 output tokens at $10/Mtok and 1k input at $1.25/Mtok: charged once, when fetched, less the estimate
     assert rows[2][:3] == ("responses.retrieve", "ok", 400000) and rows[2][3] == pytest.approx(4.00125)
-    assert rows[3][3] == 0.0 and rows[3][4] == "response fetched again: already charged"
+    assert rows[2][5] == pytest.approx(4.00125 - held) and rows[2][4].endswith("of it charged when it was queued")
+    assert rows[3][3] == rows[3][5] == 0.0 and rows[3][4] == "response fetched again: already charged"
+    assert sum(r[5] for r in rows) == pytest.approx(4.00125)  # the budgets counted the real cost, once
+
+
+def test_a_background_response_never_fetched_by_id_still_counts_its_estimate(gateway_factory, fake_provider):
+    """The answer can be read without a fetch (a follow-up naming it in previous_response_id, a
+    conversation's items): the estimate charged when it was queued stays on the budgets."""
+    gw = gateway_factory().start()
+    h = {"authorization": "Bearer sk-test-SECRET456"}
+    with gw.http_client() as c:
+        fake_provider.serve_raw(HOST, "/v1/responses", json.dumps(QUEUED).encode(), "application/json")
+        c.post(f"https://{HOST}/v1/responses", headers=h,
+               json={"model": "gpt-5", "input": "think hard", "background": True})
+        r = c.post(f"https://{HOST}/v1/responses", headers=h,
+                   json={"model": "gpt-5", "input": "repeat your last answer", "previous_response_id": "resp_bg1"})
+        assert r.status_code == 200
+    rows = _costs(gw.ledger(wait_for=2))
+    assert rows[0][5] == pytest.approx(0.04096, abs=0.0001)  # its estimate (the policy's typical output), charged
 
 
 def test_a_fetch_is_never_refused_and_a_response_charged_at_its_post_is_not_charged_again(
@@ -73,7 +96,7 @@ def test_a_fetch_is_never_refused_and_a_response_charged_at_its_post_is_not_char
         r = c.post(f"https://{HOST}/v1/responses", headers=h, json={"model": "gpt-5", "input": "hi"})
         assert r.status_code == 429  # the cap holds for new work
     rows = _costs(gw.ledger(wait_for=3))
-    assert [(e, c) for e, _, _, c, _ in rows][:2] == [("responses", pytest.approx(4.00125)), ("responses.retrieve", 0)]
+    assert [(e, c) for e, _, _, c, _, _ in rows][:2] == [("responses", pytest.approx(4.00125)), ("responses.retrieve", 0)]
     assert rows[1][4] == "response fetched again: already charged"
 
 

@@ -1,10 +1,10 @@
-"""Fifth review: batch results downloads are matched case-sensitively, unlike every other route.
+"""Fifth review: batch results downloads were matched case-sensitively, unlike every other route.
 
 `providers.route` lower-cases a path that matched nothing (`/V1/Messages` is `/v1/messages`, the
 module's stated rule: a server that treats both spellings alike must not see us treat them
-differently), and `_route_batches` lower-cases submissions, but the GET results patterns
-(OpenAI file content, Anthropic batch results, Gemini download and batch operation) are matched on
-the case-kept path. `GET /V1/files/{id}/content` is then `unmetered` ($0 in laptop mode).
+differently), and `_route_batches` lower-cased submissions, but the GET results patterns
+(OpenAI file content, Anthropic batch results, Gemini download and batch operation) were matched on
+the case-kept path: `GET /V1/files/{id}/content` was `unmetered` ($0 in laptop mode).
 """
 
 from __future__ import annotations
@@ -39,7 +39,8 @@ def test_a_results_download_is_charged_in_any_spelling(gateway_factory, fake_pro
         r = c.get(f"https://api.openai.com{path}", headers={"authorization": f"Bearer {OPENAI_KEY}"})
         assert r.status_code == 200 and r.content == BODY
     rows = gw.ledger(wait_for=1)
-    assert sum(float(x["cost_usd"] or 0) for x in rows) > 0, [(x["endpoint"], x["outcome"], x["cost_usd"]) for x in rows]
+    assert sum(float(x["cost_usd"] or 0) for x in rows) > 0, [(x["endpoint"], x["outcome"], x["cost_usd"])
+                                                              for x in rows]
 
 
 @pytest.mark.parametrize("host,path", [

@@ -1,4 +1,4 @@
-"""Fifth review: a decoy credential header the provider ignores chooses the key (and user) charged.
+"""Fifth review: a decoy credential header the provider ignores chose the key (and user) charged.
 
 `identity.api_key` took the first of x-api-key / x-goog-api-key / api-key / Authorization,
 whatever the provider. api.openai.com authenticates with `Authorization: Bearer` only, so a
@@ -72,7 +72,26 @@ def test_a_decoy_x_api_key_does_not_move_openai_traffic_off_its_real_keys_budget
     ({"x-goog-api-key": "same"}, "alt=sse&key=same", ["same"]),
     ({"authorization": "Bearer a, Bearer b"}, "", ["a", "b"]),
     ({"authorization": "Basic dXNlcjpwdw=="}, "", []),
+    ({"x-api-key": "decoy, sk-ant-real"}, "", ["decoy", "sk-ant-real"]),  # the header twice, folded
+    ({"authorization": "Bearer a, b"}, "", ["a", "b"]),
+    ({"authorization": "AWS4-HMAC-SHA256 Credential=AKIAIOSFODNN7EXAMPLE/20250101/us-east-1/bedrock/aws4_request, "
+                       "SignedHeaders=host, Signature=abc"}, "", ["AKIAIOSFODNN7EXAMPLE"]),
+    ({"authorization": "AWS4-HMAC-SHA256 Credential=AKIAIOSFODNN7EXAMPLE/20250101/us-east-1/bedrock/aws4_request, "
+                       "SignedHeaders=host, Signature=abc, Bearer decoy"}, "", ["AKIAIOSFODNN7EXAMPLE", "decoy"]),
+    ({}, "key=real&key=decoy", ["real", "decoy"]),
 ])
 def test_every_credential_a_request_carries_is_seen(headers, query, expected):
     from spendgate.identity import credentials
     assert credentials(headers, query) == expected
+
+
+def test_a_repeated_key_header_is_refused_not_fingerprinted_as_one_odd_key(gateway_factory, fake_provider):
+    gw = gateway_factory().start()
+    with gw.http_client() as c:
+        r = c.post("https://api.anthropic.com/v1/messages",
+                   headers=[("x-api-key", "sk-ant-decoy"), ("x-api-key", "sk-ant-api03-real"),
+                            ("anthropic-version", "2023-06-01")],
+                   json={"model": "claude-sonnet-4-5", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]})
+    assert r.status_code == 403 and r.headers["x-spendgate-refused"] == "several_credentials"
+    assert r.json()["type"] == "error"  # Anthropic's error shape
+    assert fake_provider.requests_to(route="/v1/messages") == []

@@ -1,5 +1,5 @@
-"""Fifth review: a Gemini API key sent as `?key=` (Gemini's documented form) is written to the
-gateway's log in clear: mitmdump's flow line prints the whole URL, query included."""
+"""Fifth review (held): a Gemini API key sent as `?key=` (Gemini's documented form) never reaches
+the gateway's log, though mitmdump's flow line prints the whole URL, query included."""
 
 from __future__ import annotations
 

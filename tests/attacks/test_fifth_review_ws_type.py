@@ -1,11 +1,11 @@
-"""Fifth review: a Responses WebSocket turn the gateway does not see as a turn.
+"""Fifth review: Responses WebSocket turns the gateway did not see as turns.
 
-`websocket.event_type` reads the FIRST "type" of a compact message (fast path), while JSON
-parsers (json.loads, JSON.parse, Go's encoding/json, the fake provider) take the LAST
-duplicate. `{"type":"session.update", ..., "type":"response.create"}` is therefore no turn for
-spendgate (never admitted, never metered: the provider's events find no open turn and are
-dropped), while the provider answers it as response.create. At the cap the refused turn is
-simply re-sent in this spelling. (Compare `base.top_level`, documented to give json.loads's answer.)
+`websocket.event_type` read the FIRST "type" of a compact message (fast path), while JSON parsers
+(json.loads, JSON.parse, Go's encoding/json, the fake provider) take the LAST duplicate:
+`{"type":"session.update", ..., "type":"response.create"}` was no turn for spendgate (never
+admitted, never metered) while the provider answered it, so a turn refused at the cap was simply
+re-sent in this spelling. A client's message is now read as json.loads reads it
+(`client_event_type`), binary frames are read too, and a message too large to read is refused.
 """
 
 from __future__ import annotations

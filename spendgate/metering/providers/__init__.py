@@ -456,6 +456,8 @@ def _route_batches(provider: str, canon: str, method: str) -> Route | None:
             adapter = batches.GEMINI_OPERATION  # polled; an inline batch's results arrive in it
         elif provider == "openai" and openai_responses.RETRIEVE_PATH.match(low):
             adapter = openai_responses.RESPONSES_RETRIEVE  # a background response's answer, fetched
+        elif provider == "azure" and openai_responses.AZURE_RETRIEVE_PATH.match(low):
+            adapter = openai_responses.RESPONSES_RETRIEVE
     return _made(adapter, provider) if adapter is not None else None
 
 

@@ -69,7 +69,10 @@ class ResponseResult:
     free: bool = False  # the answer bills nothing (a batch submission, a file that is not batch output)
     note: str | None = None  # what the row should say about it (e.g. why it is free)
     parts: tuple[tuple[str | None, Usage], ...] = ()  # several models billed in one answer: a row each
-    results_key: str | None = None  # batch results: charged once per key by this process
+    results_key: str | None = None  # batch results, a stored Response: charged once per key by this process
+    # a background Response answered before it ran (queued): the request's reservation is charged now,
+    # and counted against what its fetch charges (budgets.admission.HeldEstimates)
+    held: bool = False
 
 
 class StreamParser(ABC):

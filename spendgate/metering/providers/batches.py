@@ -65,9 +65,11 @@ def add_usage(a: Usage, b: Usage) -> Usage:
 
 
 class _Charged:
-    """Results already charged by this process (provider, file or batch id), bounded."""
+    """Results already charged by this process (provider, file or batch id), bounded: the newest
+    `limit` kept."""
 
-    def __init__(self) -> None:
+    def __init__(self, limit: int = MAX_REMEMBERED) -> None:
+        self.limit = limit
         self._seen: OrderedDict[str, None] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -77,12 +79,15 @@ class _Charged:
                 self._seen.move_to_end(key)
                 return False
             self._seen[key] = None
-            if len(self._seen) > MAX_REMEMBERED:
+            if len(self._seen) > self.limit:
                 self._seen.popitem(last=False)
             return True
 
 
 CHARGED = _Charged()
+# stored Responses (openai_responses.RESULTS_KEY): kept apart, so every agent turn remembered there
+# never pushes a batch's results out of CHARGED
+RESPONSES_CHARGED = _Charged(50_000)
 
 
 # -- submission ---------------------------------------------------------------------------------

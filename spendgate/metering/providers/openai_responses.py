@@ -39,6 +39,7 @@ TERMINAL_EVENTS = frozenset({"response.completed", "response.incomplete", "respo
 # finished response, fetched later (OpenAIResponseRetrieveAdapter), and is charged then
 PENDING = frozenset({"queued", "in_progress"})
 PENDING_NOTE = "background response: charged when its result is fetched"
+RESULTS_KEY = "openai:response:"  # + the response id: a stored response is billed once (batches.RESPONSES_CHARGED)
 _TEXT_DELTAS = frozenset(
     f"response.{kind}.delta"
     for kind in (
@@ -112,7 +113,7 @@ def apply_response(result: ResponseResult, response: dict, web_searches: int) ->
         result.usage = responses_usage(usage, searches)
         result.usage_final = True
         if result.response_id:  # a stored response may be fetched again (GET /v1/responses/{id}): billed once
-            result.results_key = f"openai:response:{result.response_id}"
+            result.results_key = RESULTS_KEY + result.response_id
 
 
 class ResponsesStreamParser(JSONEventStreamParser):
@@ -180,7 +181,7 @@ class OpenAIResponsesAdapter(Adapter):
                 return ResponseResult(garbled=bool(body))
             result = ResponseResult()
             if obj.get("status") in PENDING and not isinstance(obj.get("usage"), dict):
-                return ResponseResult(free=True, note=PENDING_NOTE, model=str_or_none(obj.get("model")),
+                return ResponseResult(free=True, held=True, note=PENDING_NOTE, model=str_or_none(obj.get("model")),
                                       response_id=str_or_none(obj.get("id")))
             if obj.get("object") == "response" or "usage" in obj or "output" in obj:
                 apply_response(result, obj, 0)
@@ -218,6 +219,7 @@ class OpenAIResponsesCompactAdapter(OpenAIResponsesAdapter):
 
 
 RETRIEVE_PATH = re.compile(r"^/v1/responses/[^/]+$")  # matched lower-cased; not /input_tokens (a POST)
+AZURE_RETRIEVE_PATH = re.compile(r"^/openai(/v1)?/responses/[^/]+$")  # Azure OpenAI's background mode
 RESPONSES = OpenAIResponsesAdapter()
 RESPONSES_RETRIEVE = OpenAIResponseRetrieveAdapter()
 RESPONSES_COMPACT = OpenAIResponsesCompactAdapter()
