@@ -4,7 +4,8 @@ POST /v1/responses with `"background": true` is answered at once with `status: q
 usage; the model then runs at the provider and the client collects the answer, with its usage,
 from GET /v1/responses/{id}. The POST row was an estimate of the input only, and the GET was
 unmetered: the output tokens (the expensive part, reasoning included) were never charged. The GET
-is now metered (`responses.retrieve`): never refused, charged once per response id.
+is now metered (`responses.retrieve`, also on Azure, whose background fetch the sixth review found
+free): never refused, charged once per response id; the queued POST charges its estimate.
 """
 
 from __future__ import annotations
@@ -36,17 +37,20 @@ def _costs(rows):
              float(r["charged_usd"] or 0)) for r in sorted(rows, key=lambda r: r["ts"])]
 
 
-def test_a_background_response_is_charged_for_the_output_it_produced(gateway_factory, fake_provider):
+@pytest.mark.parametrize("host, base, h", [
+    (HOST, "/v1", {"authorization": "Bearer sk-test-SECRET456"}),
+    ("contoso.openai.azure.com", "/openai/v1", {"api-key": "azure-fake-SECRET-key-0001"}),  # Azure's background mode
+])
+def test_a_background_response_is_charged_for_the_output_it_produced(gateway_factory, fake_provider, host, base, h):
     gw = gateway_factory().start()  # laptop mode, example policy
-    h = {"authorization": "Bearer sk-test-SECRET456"}
     with gw.http_client() as c:
-        fake_provider.serve_raw(HOST, "/v1/responses", json.dumps(QUEUED).encode(), "application/json")
-        r = c.post(f"https://{HOST}/v1/responses", headers=h,
+        fake_provider.serve_raw(host, f"{base}/responses", json.dumps(QUEUED).encode(), "application/json")
+        r = c.post(f"https://{host}{base}/responses", headers=h,
                    json={"model": "gpt-5", "input": "prove the Riemann hypothesis", "background": True})
         assert r.status_code == 200 and r.json()["status"] == "queued"
         for answer in (PROGRESS, DONE, DONE):  # a poll while it runs, the answer, the answer again
-            fake_provider.serve_raw(HOST, "/v1/responses/resp_bg1", json.dumps(answer).encode(), "application/json")
-            r = c.get(f"https://{HOST}/v1/responses/resp_bg1", headers=h)
+            fake_provider.serve_raw(host, f"{base}/responses/resp_bg1", json.dumps(answer).encode(), "application/json")
+            r = c.get(f"https://{host}{base}/responses/resp_bg1", headers=h)
             assert r.status_code == 200 and r.json() == answer  # the client has its answer, untouched
     rows = _costs(gw.ledger(wait_for=4))
     assert [(e, o, c) for e, o, _, c, _, _ in rows][:2] == [("responses", "ok", 0.0), ("responses.retrieve", "ok", 0.0)]
@@ -106,8 +110,12 @@ def test_a_fetch_is_never_refused_and_a_response_charged_at_its_post_is_not_char
     ("POST", "/v1/responses/resp_1/cancel", "unmetered", True),  # stops its billing: never refused
     ("DELETE", "/v1/responses/resp_1", "unmetered", True),
     ("GET", "/v1/responses/resp_1/input_items", "unmetered", True),
+    ("GET", "https://contoso.openai.azure.com/openai/v1/responses/resp_1", "responses.retrieve", False),
+    ("GET", "https://contoso.openai.azure.com/openai/responses/resp_1?api-version=2025-04-01-preview",
+     "responses.retrieve", False),
 ])
 def test_the_calls_around_a_stored_response(method, path, endpoint, free):
     from spendgate.metering import providers
-    found = providers.route(HOST, path, method)
+    host, _, path = path.removeprefix("https://").partition("/") if path.startswith("https://") else (HOST, "", path)
+    found = providers.route(host, "/" + path.lstrip("/"), method)
     assert (found.endpoint, bool(found.extra.get("free"))) == (endpoint, free)

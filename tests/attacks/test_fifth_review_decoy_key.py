@@ -19,7 +19,8 @@ from tests.e2e.conftest import _fake_provider_session, fake_provider, gateway_fa
 pytestmark = [pytest.mark.e2e, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
 
 
-def _policy(tmp_path):
+def key_capped_policy(tmp_path, key: str):
+    """`key` maps to bob and has no room left (a micro-dollar a day); everyone else has plenty."""
     p = tmp_path / "policy.yaml"
     p.write_text(f"""version: 1
 timezone: UTC
@@ -31,7 +32,7 @@ defaults:
   unattributed: {{day: 1000}}
 users: {{bob: {{budgets: {{day: 1000}}}}, tester: {{budgets: {{day: 1000}}}}}}
 keys:
-  "{fingerprint(OPENAI_KEY)}": {{user: bob, budgets: {{day: 0.000001}}}}
+  "{fingerprint(key)}": {{user: bob, budgets: {{day: 0.000001}}}}
 """)
     return p
 
@@ -47,7 +48,7 @@ def _ask(gw, **headers):
 
 def test_a_decoy_x_api_key_does_not_move_openai_traffic_off_its_real_keys_budget(tmp_path, gateway_factory,
                                                                                   fake_provider):
-    gw = gateway_factory(policy=_policy(tmp_path)).start()
+    gw = gateway_factory(policy=key_capped_policy(tmp_path, OPENAI_KEY)).start()
     with pytest.raises(openai.RateLimitError):  # the real key's budget does not cover a request
         _ask(gw)
     # the same key, plus a header api.openai.com never reads: refused, never forwarded

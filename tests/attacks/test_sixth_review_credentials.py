@@ -18,30 +18,15 @@ from __future__ import annotations
 import pytest
 
 from spendgate.identity import credentials, fingerprint
+from tests.attacks.test_fifth_review_decoy_key import key_capped_policy
 from tests.e2e.conftest import _fake_provider_session, fake_provider, gateway_factory  # noqa: F401  (fixtures)
 from tests.support import ANTHROPIC_KEY, GEMINI_KEY
 
 pytestmark = [pytest.mark.e2e, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
 
 
-def _policy(tmp_path, key):
-    p = tmp_path / "policy.yaml"
-    p.write_text(f"""version: 1
-timezone: UTC
-identity: [api_key, local_user]
-defaults:
-  user: {{day: 1000}}
-  key: {{day: 1000}}
-  unattributed: {{day: 1000}}
-users: {{bob: {{budgets: {{day: 1000}}}}}}
-keys:
-  "{fingerprint(key)}": {{user: bob, budgets: {{day: 0.000001}}}}
-""")
-    return p
-
-
 def test_a_repeated_x_api_key_header_is_two_credentials(tmp_path, gateway_factory, fake_provider):
-    gw = gateway_factory(policy=_policy(tmp_path, ANTHROPIC_KEY)).start()
+    gw = gateway_factory(policy=key_capped_policy(tmp_path, ANTHROPIC_KEY)).start()
     body = {"model": "claude-sonnet-4-5", "max_tokens": 64, "messages": [{"role": "user", "content": "hi"}]}
     with gw.http_client() as c:
         r = c.post("https://api.anthropic.com/v1/messages", json=body,
@@ -56,7 +41,7 @@ def test_a_repeated_x_api_key_header_is_two_credentials(tmp_path, gateway_factor
 
 
 def test_a_percent_encoded_key_parameter_is_a_credential(tmp_path, gateway_factory, fake_provider):
-    gw = gateway_factory(policy=_policy(tmp_path, GEMINI_KEY)).start()
+    gw = gateway_factory(policy=key_capped_policy(tmp_path, GEMINI_KEY)).start()
     url = "https://generativelanguage.googleapis.com/v1beta/models/gemini-2.5-flash:generateContent"
     body = {"contents": [{"role": "user", "parts": [{"text": "hi"}]}]}
     with gw.http_client() as c:

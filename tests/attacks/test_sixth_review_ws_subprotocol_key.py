@@ -20,6 +20,7 @@ import pytest
 from websockets.sync.client import connect
 
 from spendgate.identity import fingerprint
+from tests.attacks.test_fifth_review_decoy_key import key_capped_policy
 from tests.e2e.conftest import _fake_provider_session, fake_provider, gateway_factory  # noqa: F401  (fixtures)
 from tests.e2e.test_websocket_e2e import events_until_end
 from tests.support import OPENAI_KEY
@@ -27,22 +28,6 @@ from tests.support import OPENAI_KEY
 pytestmark = [pytest.mark.e2e, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
 
 HOST = "api.openai.com"
-
-
-def _policy(tmp_path):
-    p = tmp_path / "policy.yaml"
-    p.write_text(f"""version: 1
-timezone: UTC
-identity: [api_key, local_user]
-defaults:
-  user: {{day: 1000}}
-  key: {{day: 1000}}
-  unattributed: {{day: 1000}}
-users: {{bob: {{budgets: {{day: 1000}}}}}}
-keys:
-  "{fingerprint(OPENAI_KEY)}": {{user: bob, budgets: {{day: 0.000001}}}}
-""")
-    return p
 
 
 def _socket(gw, headers: dict):
@@ -64,7 +49,7 @@ def _turn(gw, headers: dict) -> dict:
 
 
 def test_a_subprotocol_api_key_is_a_credential(tmp_path, gateway_factory, fake_provider):
-    gw = gateway_factory(policy=_policy(tmp_path)).start()
+    gw = gateway_factory(policy=key_capped_policy(tmp_path, OPENAI_KEY)).start()
     last = _turn(gw, {"Authorization": f"Bearer {OPENAI_KEY}"})
     assert last["type"] == "error" and last["status"] == 429  # the real key has no budget left
     browser = {"Sec-WebSocket-Protocol": f"realtime, openai-insecure-api-key.{OPENAI_KEY}, openai-beta.realtime-v1",
