@@ -345,6 +345,8 @@ class Admission:
         if row.charged_usd is None and res is not None:
             row.charged_usd = res.amount
         self._held_until_fetched(ex, row, res)
+        if cancelled := ex.extra.get("cancelled_at_cap"):  # a Realtime response the server started (websocket.py)
+            row.note = ((row.note + "; ") if row.note else "") + f"cancelled at the cap: {cancelled}"[:300]
         if subscription_ignored(self.policy, ex.identity):
             row.charged_usd = Decimal(0)  # recorded with its notional value; budgets do not count it
         choice: StepDownChoice | None = ex.extra.get("step_down")

@@ -247,8 +247,7 @@ class SocketSession:
         event to send the provider is returned: Realtime's ``response.cancel``."""
         ex = turn.exchange
         ex.extra.pop("blocked", None)  # not a blocked row: a cancelled response, charged what it used
-        reason = ex.extra.pop("blocked_reason", None)
-        ex.extra["cancelled_at_cap"] = reason
+        ex.extra["cancelled_at_cap"] = ex.extra.pop("blocked_reason", None) or "over budget"
         ex.status = 200
         self.capped = True
         return json.dumps({"type": "response.cancel"}).encode()

@@ -120,6 +120,7 @@ def test_server_started_realtime_responses_cannot_run_past_the_cap(tmp_path, gat
     rows = sorted(gw.ledger(wait_for=2), key=lambda r: r["ts"])
     assert [r["outcome"] for r in rows] == ["ok", "ok"]
     assert rows[1]["output_tokens"] == responses[1]["deltas"] * TOKENS_PER_DELTA  # charged what it used
+    assert "cancelled at the cap: " in rows[1]["note"] and "budget" in rows[1]["note"]
     # over the cap by what the cancelled response used, not by every response of the conversation
     assert float(rows[0]["cost_usd"]) == pytest.approx(0.0144)
     assert float(rows[1]["cost_usd"]) < 0.0144 * 0.75
