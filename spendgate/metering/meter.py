@@ -116,17 +116,21 @@ PlanFn = Callable[[str | None, str, datetime], str | None]  # (vendor, user, whe
 RowListener = Callable[[Exchange, LedgerRow], None]
 
 
-def results_already_charged(status: int | None, result: ResponseResult) -> bool:
+def results_already_charged(status: int | None, result: ResponseResult, fetched: bool = True) -> bool:
     """True for batch results or a Response this process charged before (fetching it again is then $0).
 
     Only a complete download (200) marks a file charged: a ranged one (206) is charged for the
     lines it carries and marks nothing, so part of a file can never make the whole of it free
     (ranges followed by a full download pay the overlap twice; reconciliation shows it).
+    `fetched` False (the call that ran the model: a Responses POST) marks its response charged and
+    is never itself made free: only a fetch is, so a provider that reuses a response id can never
+    make a model call free.
     """
     if not (result.results_key and result.usage_final) or status != 200:
         return False
     once = batches.RESPONSES_CHARGED if result.results_key.startswith(RESULTS_KEY) else batches.CHARGED
-    return not once.first_time(result.results_key)
+    first = once.first_time(result.results_key)
+    return fetched and not first
 
 
 def estimate_usage(req: RequestInfo, result: ResponseResult) -> Usage:
@@ -411,7 +415,7 @@ class Meter:
         if isinstance(result, Body):
             result = result.parse(ex.route.adapter)
         ex.response = result
-        if result is not None and results_already_charged(ex.status, result):
+        if result is not None and results_already_charged(ex.status, result, fetched=ex.request.results):
             what = "batch results" if ex.route.endpoint == "batch.results" else "response"
             result = ResponseResult(free=True, note=f"{what} fetched again: already charged")
         if result is not None and result.response_id and result.usage is not None:

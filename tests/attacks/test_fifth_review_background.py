@@ -119,3 +119,17 @@ def test_the_calls_around_a_stored_response(method, path, endpoint, free):
     host, _, path = path.removeprefix("https://").partition("/") if path.startswith("https://") else (HOST, "", path)
     found = providers.route(host, "/" + path.lstrip("/"), method)
     assert (found.endpoint, bool(found.extra.get("free"))) == (endpoint, free)
+
+
+def test_a_reused_response_id_never_makes_a_model_call_free(gateway_factory, fake_provider):
+    """Only a fetch is ever $0 "already charged": a provider (or a site's own server) that answers
+    two calls with one response id is charged for both."""
+    gw = gateway_factory().start()
+    h = {"authorization": "Bearer sk-test-SECRET456"}
+    with gw.http_client() as c:
+        for _ in range(2):
+            fake_provider.serve_raw(HOST, "/v1/responses", json.dumps(DONE).encode(), "application/json")
+            assert c.post(f"https://{HOST}/v1/responses", headers=h, json={"model": "gpt-5", "input": "hi"}
+                          ).status_code == 200
+    rows = _costs(gw.ledger(wait_for=2))
+    assert [c for _, _, _, c, _, _ in rows] == [pytest.approx(4.00125)] * 2
