@@ -290,11 +290,12 @@ class Admission:
         the work from its start, however the answer is read: a follow-up naming it in
         previous_response_id, or a conversation's items, are not fetches."""
         result = ex.response
-        rid = result.response_id if result is not None else None
-        if not rid:
+        if result is None or not result.response_id:
             return
+        rid = f"{ex.host}|{result.response_id}"  # ids are the host's: another host's never take this one's
         if result.held and res is not None and (row.status or 0) < 400:
             row.charged_usd = res.amount
+            row.price_source = HELD_SOURCE  # a centre keeps this charge (central.ingest.centre_priced)
             self.held.hold(rid, res.amount)
             row.note = f"{row.note}; its estimate, ${refusal.usd_plain(res.amount)}, is charged until then"
         elif ex.request.results and result.usage_final and row.charged_usd is not None and \
@@ -367,7 +368,8 @@ class Admission:
             if choice is not None:
                 self._stepped_down(ex.identity, choice)  # the first in a window raises an alert
             self._after_charge(ex.identity, row)  # tiered alerts and projected overrun
-        elif ex.request.results and row.charged_usd:  # batch results: spend that already happened
+        elif (ex.request.results or ex.extra.get("cancelled_at_cap")) and row.charged_usd:
+            # batch results, or a Realtime response cancelled at the cap: spend that already happened
             self.book.charge({b.scope for b in self.book.covering(ex.identity, row.ts)}, row.ts, row.charged_usd)
             self.book.record(row)
             self._after_charge(ex.identity, row)
@@ -376,6 +378,7 @@ class Admission:
 
 
 MIN_RESERVE = Decimal("0.000001")  # USD: the least a metered call reserves
+HELD_SOURCE = "background response: its estimate, held until its result is fetched"  # the row's price_source
 HELD_MAX = 50_000  # background responses whose charged estimate is remembered until fetched, newest kept
 
 

@@ -23,6 +23,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from spendgate import bounds
+from spendgate.budgets.admission import HELD_SOURCE
 from spendgate.budgets.book import BudgetBook
 from spendgate.budgets.windows import WINDOWS
 from spendgate.budgets.windows import bounds as window_bounds
@@ -159,11 +160,14 @@ def centre_priced(row: LedgerRow, pricer: Pricer | None) -> LedgerRow:
         price = pricer.price(row.provider, row.model, usage, row.ts, None, modifiers if isinstance(modifiers, dict) else {})
         if price.cost is not None:
             said = row.charged_usd
+            held = row.price_source == HELD_SOURCE and said is not None and said > price.cost
             row.cost_usd = row.charged_usd = price.cost
+            if held:  # a queued background response: the laptop's estimate stays charged (capped below)
+                row.charged_usd = said
             row.outcome = "estimated" if row.estimated else "ok"
             row.price_source = f"{price.source} (priced at the centre)"
             row.price_card, row.card_json = cards.of_result(price)
-            if said is not None and said != price.cost:
+            if said is not None and said != price.cost and not held:
                 row.note = _noted(row.note, f"the laptop said ${said}")
     if row.charged_usd is not None and row.charged_usd > MAX_PUSHED_ROW_USD:
         row.note = _noted(row.note, f"charge capped at ${MAX_PUSHED_ROW_USD} (the row said ${row.charged_usd})")

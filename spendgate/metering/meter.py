@@ -116,7 +116,7 @@ PlanFn = Callable[[str | None, str, datetime], str | None]  # (vendor, user, whe
 RowListener = Callable[[Exchange, LedgerRow], None]
 
 
-def results_already_charged(status: int | None, result: ResponseResult, fetched: bool = True) -> bool:
+def results_already_charged(status: int | None, result: ResponseResult, fetched: bool = True, host: str = "") -> bool:
     """True for batch results or a Response this process charged before (fetching it again is then $0).
 
     Only a complete download (200) marks a file charged: a ranged one (206) is charged for the
@@ -128,8 +128,10 @@ def results_already_charged(status: int | None, result: ResponseResult, fetched:
     """
     if not (result.results_key and result.usage_final) or status != 200:
         return False
-    once = batches.RESPONSES_CHARGED if result.results_key.startswith(RESULTS_KEY) else batches.CHARGED
-    first = once.first_time(result.results_key)
+    key, once = result.results_key, batches.CHARGED
+    if key.startswith(RESULTS_KEY):  # a response id is its host's: another host's answer never marks it
+        key, once = f"{RESULTS_KEY}{host}|{key[len(RESULTS_KEY):]}", batches.RESPONSES_CHARGED
+    first = once.first_time(key)
     return fetched and not first
 
 
@@ -415,7 +417,7 @@ class Meter:
         if isinstance(result, Body):
             result = result.parse(ex.route.adapter)
         ex.response = result
-        if result is not None and results_already_charged(ex.status, result, fetched=ex.request.results):
+        if result is not None and results_already_charged(ex.status, result, ex.request.results, ex.host):
             what = "batch results" if ex.route.endpoint == "batch.results" else "response"
             result = ResponseResult(free=True, note=f"{what} fetched again: already charged")
         if result is not None and result.response_id and result.usage is not None:

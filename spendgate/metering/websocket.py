@@ -39,6 +39,7 @@ RESPONSES_WS = "responses.websocket"  # ledger endpoint of a Responses turn over
 CREATE = "response.create"
 _TYPE = re.compile(rb'"type"\s*:\s*"([^"]{1,80})"')
 _CONTINUES = re.compile(rb'"previous_response_id"\s*:\s*"')
+_RESPONSE_ID = re.compile(rb'"response_id"\s*:\s*"([^"]{1,200})"')  # a Realtime event's response
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # larger messages are passed on, not parsed
 
 
@@ -98,6 +99,7 @@ class Turn:
     parser: StreamParser
     admitted: bool = True  # False once refused: it never reaches the provider
     started: bool = False  # the provider began answering (response.created or any event)
+    response_id: str | None = None  # Realtime: the response the provider runs for it (events are routed by it)
 
 
 class SocketSession:
@@ -129,6 +131,7 @@ class SocketSession:
         # a response the server started itself was cancelled at the cap: the client's audio is not
         # passed on (server voice detection would start the next one) until a response.create is admitted
         self.capped = False
+        self.by_response: dict[str, Turn] = {}  # Realtime: responses run side by side (out-of-band and voice)
 
     @property
     def adapter(self) -> Adapter:
@@ -217,12 +220,17 @@ class SocketSession:
         if not kind.startswith("response.") and kind != "error":
             return None  # rate limits, session, conversation and audio-buffer events: not a turn's
         started = None
-        if not self.open:
-            if kind != "response.created":
+        if self.realtime and kind != "error":
+            turn, started = self._realtime_turn(kind, data)
+            if turn is None:
                 return None
-            # a response no admitted turn asked for: Realtime's voice turns, or a request we did not see as one
-            started = self._begin(b"", admitted=False)
-        turn = self.open[0]
+        else:
+            if not self.open:
+                if kind != "response.created":
+                    return None
+                # a response no admitted turn asked for: a request we did not see as one; metered
+                started = self._begin(b"", admitted=False)
+            turn = self.open[0]
         ex = turn.exchange
         if not turn.started:
             turn.started = True
@@ -240,6 +248,35 @@ class SocketSession:
         elif turn.parser.result().complete:
             self._finish(turn, None)
         return started if started is not None and self.realtime else None
+
+    def _realtime_turn(self, kind: str, data: bytes) -> tuple[Turn | None, Turn | None]:
+        """(the turn a Realtime event belongs to, the turn it starts when the server began a
+        response no `response.create` of the client accounts for). Realtime runs responses side
+        by side (an out-of-band one while voice detection starts the conversation's), so events
+        are routed by their response id, not by order."""
+        if kind in ("response.created", "response.done"):
+            try:
+                rid = json.loads(data).get("response", {}).get("id")
+            except (ValueError, AttributeError):
+                rid = None
+        else:
+            m = _RESPONSE_ID.search(data, 0, 4096)
+            rid = m.group(1).decode("utf-8", "replace") if m else None
+        rid = rid if isinstance(rid, str) and rid else None
+        turn = self.by_response.get(rid) if rid else None
+        if turn is not None or kind != "response.created":
+            return (turn or (self.open[0] if self.open and not rid else None)), None
+        unbound = next((t for t in self.open if t.response_id is None), None)
+        if unbound is not None:  # the answer to the oldest response.create still waiting for one
+            unbound.response_id = rid
+            if rid:
+                self.by_response[rid] = unbound
+            return unbound, None
+        started = self._begin(b"", admitted=False)  # the server started it on its own (voice)
+        started.response_id = rid
+        if rid:
+            self.by_response[rid] = started
+        return started, started
 
     def over_cap(self, turn: Turn) -> bytes:
         """Admission refused a response the provider started on its own: it is already running,
@@ -270,6 +307,8 @@ class SocketSession:
             self.open.remove(turn)
         except ValueError:
             pass
+        if turn.response_id:
+            self.by_response.pop(turn.response_id, None)
         result = turn.parser.result()
         if result.usage is not None and result.usage_final:
             self.context_tokens = result.usage.input_tokens + result.usage.output_tokens

@@ -156,13 +156,15 @@ def test_realtime_response_done_fixture(tmp_path):
         turn = s.client_message(b'{"type":"response.create","response":{"instructions":"hi"}}')
         gw.admission.admit(turn.exchange)
         assert turn.exchange.request.model == "gpt-realtime-2025-08-28"
-        s.server_message(b'{"type":"response.created","response":{"id":"r"}}')
+        done = (WIRE / "openai_realtime_response_done.json").read_bytes()
+        created = json.dumps({"type": "response.created", "response": {"id": json.loads(done)["response"]["id"]}})
+        s.server_message(created.encode())  # events are routed to their turn by this response id
         s.server_message(b'{"type":"error","error":{"type":"invalid_request_error","message":"bad item"}}')
         assert s.open  # an error inside a running Realtime response does not end it
-        s.server_message((WIRE / "openai_realtime_response_done.json").read_bytes())
+        s.server_message(done)
         # the server may start a response on its own (voice activity): metered too
-        s.server_message(b'{"type":"response.created","response":{"id":"r2"}}')
-        s.server_message((WIRE / "openai_realtime_response_done.json").read_bytes())
+        s.server_message(created.encode())
+        s.server_message(done)
         a, b = rows(gw)
         for r in (a, b):
             assert (r["endpoint"], r["outcome"], r["input_tokens"], r["cache_read_tokens"], r["output_tokens"]) == (
