@@ -481,7 +481,7 @@ class SpendGate:
             answer = too_large(session.route.dialect or session.route.provider, len(msg.content), ws.MAX_MESSAGE_BYTES)
             self._turn_refused(flow, msg, answer)
             return None
-        if session.capped and session.withheld(msg.content):  # at the cap: the server hears no more audio
+        if session.withheld(msg.content):  # at the cap: the server hears no more audio
             msg.drop()
             return None
         turn = session.client_message(msg.content)  # binary frames too: a server may read them as JSON

@@ -40,6 +40,7 @@ from spendgate.budgets.runway import (
 )
 from spendgate.identity import Identity
 from spendgate.metering.meter import CHARS_PER_TOKEN, Exchange
+from spendgate.metering.providers.openai_responses import response_key
 from spendgate.policy.model import Policy
 from spendgate.pricing.rates import MTOK, Pricer, compute, guess_provider, text_cost, variant_for
 from spendgate.store.ledger import LedgerRow
@@ -292,7 +293,7 @@ class Admission:
         result = ex.response
         if result is None or not result.response_id:
             return
-        rid = f"{ex.host}|{result.response_id}"  # ids are the host's: another host's never take this one's
+        rid = response_key(ex.host, result.response_id)
         if result.held and res is not None and (row.status or 0) < 400:
             row.charged_usd = res.amount
             row.price_source = HELD_SOURCE  # a centre keeps this charge (central.ingest.centre_priced)

@@ -32,7 +32,7 @@ from spendgate.metering.providers.base import (
     Route,
     StreamParser,
 )
-from spendgate.metering.providers.openai_responses import RESULTS_KEY
+from spendgate.metering.providers.openai_responses import RESULTS_KEY, response_key
 from spendgate.metering.streams import AfterForwarding, IncrementalDecoder
 from spendgate.pricing import cards
 from spendgate.pricing.rates import Pricer, PriceResult, reported
@@ -129,8 +129,8 @@ def results_already_charged(status: int | None, result: ResponseResult, fetched:
     if not (result.results_key and result.usage_final) or status != 200:
         return False
     key, once = result.results_key, batches.CHARGED
-    if key.startswith(RESULTS_KEY):  # a response id is its host's: another host's answer never marks it
-        key, once = f"{RESULTS_KEY}{host}|{key[len(RESULTS_KEY):]}", batches.RESPONSES_CHARGED
+    if key.startswith(RESULTS_KEY) and result.response_id:
+        key, once = response_key(host, result.response_id), batches.RESPONSES_CHARGED
     first = once.first_time(key)
     return fetched and not first
 

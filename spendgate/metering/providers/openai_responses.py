@@ -40,6 +40,12 @@ TERMINAL_EVENTS = frozenset({"response.completed", "response.incomplete", "respo
 PENDING = frozenset({"queued", "in_progress"})
 PENDING_NOTE = "background response: charged when its result is fetched"
 RESULTS_KEY = "openai:response:"  # + the response id: a stored response is billed once (batches.RESPONSES_CHARGED)
+
+
+def response_key(host: str, response_id: str) -> str:
+    """A response as this gateway remembers it (charged once, its held estimate): ids are their
+    host's, so another host's answer (a site's server may echo a client's id) never matches."""
+    return f"{RESULTS_KEY}{host}|{response_id}"
 _TEXT_DELTAS = frozenset(
     f"response.{kind}.delta"
     for kind in (
