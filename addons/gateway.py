@@ -525,8 +525,7 @@ class SpendGate:
             turn.admitted = True
             return
         ctx.master.commands.call("inject.websocket", flow, False, session.over_cap(turn))
-        event = ws.SocketSession.refusal_event(answer.status, answer.body, answer.headers)
-        ctx.master.commands.call("inject.websocket", flow, True, event)
+        SpendGate._tell_client(flow, answer)
 
     async def _admit_turn_off_loop(self, flow: http.HTTPFlow, gw: Gateway, session: ws.SocketSession, turn,
                                    msg) -> None:
@@ -548,6 +547,11 @@ class SpendGate:
     @staticmethod
     def _turn_refused(flow: http.HTTPFlow, msg, answer: refusal.Answer) -> None:
         msg.drop()  # never forwarded: the provider sees nothing of a refused turn
+        SpendGate._tell_client(flow, answer)
+
+    @staticmethod
+    def _tell_client(flow: http.HTTPFlow, answer: refusal.Answer) -> None:
+        """The refusal as the error event a client of the socket reads (SocketSession.refusal_event)."""
         event = ws.SocketSession.refusal_event(answer.status, answer.body, answer.headers)
         ctx.master.commands.call("inject.websocket", flow, True, event)
 
