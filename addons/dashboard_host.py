@@ -18,6 +18,7 @@ from mitmproxy import ctx, http
 from spendgate.policy.model import UNATTRIBUTED
 from spendgate.web.app import WebRequest
 from spendgate.web.caller import Caller
+from spendgate.web.server import body_limit
 
 log = logging.getLogger("spendgate")
 
@@ -34,11 +35,31 @@ class DashboardHost:
             "host name that serves the dashboard through the proxy (plain http; empty: off)",
         )  # fmt: skip
 
-    async def request(self, flow: http.HTTPFlow) -> None:
+    @staticmethod
+    def _ours(flow: http.HTTPFlow) -> bool:
         host = ctx.options.spendgate_dashboard_host
-        gw = self.gate.gateway
         # the request line's host (absolute-form), never the Host header: decisions follow the real target
-        if not host or flow.response or flow.request.host.lower() != host.lower():
+        return bool(host) and not flow.response and flow.request.host.lower() == host.lower()
+
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        """Bound the body before mitmproxy buffers it, as the admin port does (web.server.body_limit:
+        64 KiB without credentials, the route's own limit otherwise): an anonymous caller must not
+        make the gateway hold and parse megabytes on the threads admission shares (eighth review, E3)."""
+        if not self._ours(flow):
+            return
+        req = flow.request
+        limit = body_limit(req.path, req.headers)
+        if "transfer-encoding" in req.headers:  # no length to check before reading: the app's clients send one
+            flow.response = http.Response.make(411, b"spendgate.local needs a Content-Length", {"Content-Type": "text/plain"})
+        elif (length := req.headers.get("content-length", "0").strip()).isdigit() and int(length) > limit:
+            flow.response = http.Response.make(413, f"spendgate.local reads at most {limit} bytes here".encode(),
+                                               {"Content-Type": "text/plain", "Connection": "close"})
+        if flow.response:
+            flow.metadata[META] = True
+
+    async def request(self, flow: http.HTTPFlow) -> None:
+        gw = self.gate.gateway
+        if not self._ours(flow):
             return
         flow.metadata[META] = True
         if gw is None:

@@ -66,15 +66,25 @@ fill() {  # fill the per-machine tokens into a kit file (created with its final 
   ( umask 077; sed -e "s|{{user_token}}:@@PROXY_PASSWORD@@@|$USER_URL:$PASSWORD@|g" \
       -e "s|{{user_token}}|$USER_NAME|g" -e "s|@@PROXY_PASSWORD@@|$PASSWORD|g" "$1" > "$2.spendgate.tmp" )
   chmod "$3" "$2.spendgate.tmp"
-  if [ -n "${4:-}" ] && [ "$(id -u)" = 0 ]; then  # the user's group reads it; no such group: root only
-    chgrp "$4" "$2.spendgate.tmp" 2>/dev/null || echo "spendgate: no group $4; $2 stays readable by root only" >&2
+  if [ -n "${4:-}" ] && [ "$(id -u)" = 0 ]; then  # $4: the user's own group, or acl:USER; failing that, root only
+    case "$4" in
+      acl:*) setfacl -m "u:${4#acl:}:r" "$2.spendgate.tmp" 2>/dev/null \
+               || echo "spendgate: cannot grant ${4#acl:} read access (setfacl); $2 stays readable by root only" >&2 ;;
+      *) chgrp "$4" "$2.spendgate.tmp" 2>/dev/null || echo "spendgate: no group $4; $2 stays readable by root only" >&2 ;;
+    esac
   fi
   mv "$2.spendgate.tmp" "$2"
 }
-# Files that carry this machine's proxy password are root:<the user's group> 0640, never 0644.
+# Files that carry this machine's proxy password are root:<the user's own group> 0640, never 0644.
 SECRET_MODE=644; SECRET_GROUP=""
 if [ "$IDENTITY" = proxy_auth ]; then
   SECRET_MODE=640; SECRET_GROUP="$(id -gn "$USER_NAME" 2>/dev/null || echo "$USER_NAME")"
+  # only a user-private group (named after the user, no other members): a shared primary group
+  # (`users` on some distributions) would give the token to every account in it; an ACL then
+  # names the user alone
+  if [ "$SECRET_GROUP" != "$USER_NAME" ] || [ -n "$(getent group "$SECRET_GROUP" 2>/dev/null | cut -d: -f4)" ]; then
+    SECRET_GROUP="acl:$USER_NAME"
+  fi
 fi
 GW_USER=spendgate  # laptop mode: the gateway runs as this system user, not as the engineer
 ensure_gw_user() {

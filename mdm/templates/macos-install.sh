@@ -51,8 +51,11 @@ fill() {  # fill the per-machine tokens into a kit file (created with its final 
   ( umask 077; sed -e "s|{{user_token}}:@@PROXY_PASSWORD@@@|$USER_URL:$PASSWORD@|g" \
       -e "s|{{user_token}}|$USER_NAME|g" -e "s|@@PROXY_PASSWORD@@|$PASSWORD|g" "$1" > "$2.spendgate.tmp" )
   chmod "$3" "$2.spendgate.tmp"
-  if [ -n "${4:-}" ] && [ "$(id -u)" = 0 ]; then  # the user's group reads it; no such group: root only
-    chgrp "$4" "$2.spendgate.tmp" 2>/dev/null || echo "spendgate: no group $4; $2 stays readable by root only" >&2
+  # $4: the one account that may read it besides root, by an ACL naming that account alone (never a
+  # group: on macOS every account's primary group is staff, so a group would give the token to all)
+  if [ -n "${4:-}" ] && [ "$(id -u)" = 0 ]; then
+    chmod +a "user:$4 allow read" "$2.spendgate.tmp" 2>/dev/null \
+      || echo "spendgate: cannot grant $4 read access; $2 stays readable by root only" >&2
   fi
   mv "$2.spendgate.tmp" "$2"
 }
@@ -81,16 +84,20 @@ else
 fi
 chmod 644 "$DIR/spendgate-ca.pem" "$DIR/spendgate-ca-bundle.pem"
 install -m 0644 "$KIT/proxy.pac" "$DIR/proxy.pac"
-# Files that carry this machine's proxy password are root:<the user's group> 0640, never 0644.
-SECRET_MODE=644; SECRET_GROUP=""
-if [ "$IDENTITY" = proxy_auth ]; then SECRET_MODE=640; SECRET_GROUP="$(id -gn "$USER_NAME" 2>/dev/null || echo staff)"; fi
-fill "$KIT/macos/site.json" "$DIR/site.json" "$SECRET_MODE" "$SECRET_GROUP"
-fill "$KIT/macos/spendgate.env.sh" "$DIR/spendgate.env.sh" "$SECRET_MODE" "$SECRET_GROUP"
+# Files that carry this machine's proxy password are root's, 0600, and readable by the user's
+# account alone (an ACL), never 0644 and never by a group.
+SECRET_MODE=644; SECRET_READER=""
+if [ "$IDENTITY" = proxy_auth ]; then
+  SECRET_MODE=600; SECRET_READER="$USER_NAME"
+  id -u "$SECRET_READER" >/dev/null 2>&1 || SECRET_READER="$CONSOLE_USER"  # SPENDGATE_USER may be an email
+fi
+fill "$KIT/macos/site.json" "$DIR/site.json" "$SECRET_MODE" "$SECRET_READER"
+fill "$KIT/macos/spendgate.env.sh" "$DIR/spendgate.env.sh" "$SECRET_MODE" "$SECRET_READER"
 mkdir -p "$(dirname "$CLAUDE_SETTINGS")"
 if [ -f "$CLAUDE_SETTINGS" ] && [ ! -f "$CLAUDE_SETTINGS.pre-spendgate" ] && ! grep -q spendgate "$CLAUDE_SETTINGS"; then
   cp "$CLAUDE_SETTINGS" "$CLAUDE_SETTINGS.pre-spendgate"
 fi
-fill "$KIT/claude-code/managed-settings.macos.json" "$CLAUDE_SETTINGS" "$SECRET_MODE" "$SECRET_GROUP"
+fill "$KIT/claude-code/managed-settings.macos.json" "$CLAUDE_SETTINGS" "$SECRET_MODE" "$SECRET_READER"
 # Terminal shells (where Codex, Gemini CLI, Copilot CLI and scripts run) get the variables.
 for rc in /etc/zshenv /etc/profile; do
   touch "$rc"; strip_block "$rc"

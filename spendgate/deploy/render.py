@@ -164,15 +164,19 @@ def launchd_plist(site: Site) -> bytes:
     p = site.paths["macos"]
     args = " ".join(sh_quote(a) for a in [f"{p.install}/.venv/bin/mitmdump", *gateway_args(site, "macos")])
     state = '"$HOME/Library/Application Support/spendgate"'
-    script = f'mkdir -p {state} && exec {args} --set spendgate_db={state[:-1]}/ledger.duckdb"'
+    # the log in the user's own ~/Library/Logs, created 0600 under umask 077, never a fixed name in
+    # /tmp that another account could read or plant first (eighth review, E6); launchd's
+    # StandardErrorPath would open it before the umask and cannot expand $HOME
+    logs = '"$HOME/Library/Logs/spendgate"'
+    script = (f'umask 077; mkdir -p {state} {logs} && exec {args} --set spendgate_db={state[:-1]}/ledger.duckdb" '
+              f'>> {logs[:-1]}/gateway.log" 2>&1')
     return plistlib.dumps({
         "Label": f"{site.identifier}.spendgate",
         "ProgramArguments": ["/bin/sh", "-c", script],
         "RunAtLoad": True,
         "KeepAlive": True,
         "ProcessType": "Background",
-        "StandardErrorPath": "/tmp/spendgate.log",
-        "StandardOutPath": "/tmp/spendgate.log",
+        "Umask": 0o077,
     })
 
 

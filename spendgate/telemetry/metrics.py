@@ -48,14 +48,23 @@ class LabelCap:
         self.limit = limit
         self._seen: set[str] = set()
 
-    def __call__(self, value: str | None) -> str:
+    def __call__(self, value: str | None, claim: bool = True) -> str:
+        """`value` if it has a slot; a newcomer gets one only if `claim` (else "other")."""
         value = value or "unknown"
         if value in self._seen:
             return value
-        if len(self._seen) < self.limit:
+        if claim and len(self._seen) < self.limit:
             self._seen.add(value)
             return value
         return OTHER
+
+
+def answered(row: LedgerRow) -> bool:
+    """The provider answered this row's call with success, so its model name is one the provider
+    knows: only such rows take a model label slot. A refused or rejected call names whatever the
+    client wrote, and 200 made-up names must not fold every real model into "other" (eighth review, E7)."""
+    return row.status is not None and 200 <= row.status < 300 and row.outcome not in ("blocked", "upstream_error",
+                                                                                      "unmetered")
 
 
 @dataclass
@@ -192,7 +201,7 @@ class PromMetrics:
 
     # -- the row listener (meter worker thread) --
     def on_row(self, ex: Exchange, row: LedgerRow) -> None:
-        labels = (row.provider, self._models(row.model or ex.request.model), row.client)
+        labels = (row.provider, self._models(row.model or ex.request.model, answered(row)), row.client)
         child = self._child
         child(self.requests, *labels, row.outcome).inc()
         if row.outcome not in ("blocked", "upstream_error", "unmetered"):
@@ -284,14 +293,15 @@ class GenAIMetrics:
         self._models = LabelCap(MAX_MODELS)
 
     def on_row(self, ex: Exchange, row: LedgerRow) -> None:
-        model = self._models(ex.request.model or row.model)
+        real = answered(row)
+        model = self._models(ex.request.model or row.model, real)
         attrs: dict[str, Any] = {
             "gen_ai.operation.name": operation_name(row.endpoint),
             "gen_ai.provider.name": PROVIDER_NAMES.get(row.provider, row.provider),
             "gen_ai.request.model": model,
         }
         if row.model:
-            attrs["gen_ai.response.model"] = self._models(row.model)
+            attrs["gen_ai.response.model"] = self._models(row.model, real)
         if ex.host:
             attrs["server.address"] = ex.host
         err = error_type(ex, row)

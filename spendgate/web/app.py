@@ -148,33 +148,39 @@ def token_matches(given: str, tokens: Sequence[str]) -> bool:
 
 
 class Sessions:
-    """Browser sessions: random ids in an HttpOnly cookie, kept in memory only (a restart logs out)."""
+    """Browser sessions: random ids in an HttpOnly cookie, kept in memory only (a restart logs out).
+
+    Each session keeps the credential it was traded for (in memory, never on disk) so every use
+    checks it again: a token revoked, expired or rotated out of the admin token file ends its
+    sessions at once, not after `ttl` (eighth review, E1).
+    """
 
     def __init__(self, ttl: float = SESSION_TTL, clock: Callable[[], float] = time.monotonic) -> None:
         self.ttl = ttl
         self.clock = clock
-        self._s: dict[str, tuple[Caller, float]] = {}
+        self._s: dict[str, tuple[Caller, str, float]] = {}
         self._lock = threading.Lock()
 
-    def create(self, caller: Caller) -> str:
+    def create(self, caller: Caller, credential: str) -> str:
         sid = secrets.token_urlsafe(32)
         now = self.clock()
         with self._lock:
-            self._s = {k: v for k, v in self._s.items() if v[1] > now}
+            self._s = {k: v for k, v in self._s.items() if v[2] > now}
             if len(self._s) >= MAX_SESSIONS:  # drop the oldest rather than grow without bound
-                del self._s[min(self._s, key=lambda k: self._s[k][1])]
-            self._s[sid] = (caller, now + self.ttl)
+                del self._s[min(self._s, key=lambda k: self._s[k][2])]
+            self._s[sid] = (caller, credential, now + self.ttl)
         return sid
 
-    def get(self, sid: str | None) -> Caller | None:
+    def get(self, sid: str | None) -> tuple[Caller, str] | None:
+        """The session's caller and the credential it was traded for; None if unknown or expired."""
         if not sid:
             return None
         with self._lock:
             hit = self._s.get(sid)
-            if hit is None or hit[1] <= self.clock():
+            if hit is None or hit[2] <= self.clock():
                 self._s.pop(sid, None)
                 return None
-            return hit[0]
+            return hit[0], hit[1]
 
     def drop(self, sid: str | None) -> None:
         with self._lock:
@@ -238,8 +244,20 @@ class WebApp:
             if user:
                 return Caller(user, admin=False, source="token")
             raise ApiError(401, "wrong token (neither an admin token nor a live spendgate token)")
-        session = self.sessions.get(cookie_value(req.headers.get("cookie", "")))
-        return session or req.ambient
+        sid = cookie_value(req.headers.get("cookie", ""))
+        session = self.sessions.get(sid)
+        if session is not None:
+            caller, credential = session
+            if self._still_valid(caller, credential):
+                return caller
+            self.sessions.drop(sid)  # revoked, expired or rotated out: the browser signs in again
+            raise ApiError(401, "the token this session was opened with is no longer valid; sign in again")
+        return req.ambient
+
+    def _still_valid(self, caller: Caller, credential: str) -> bool:
+        if caller.admin:
+            return token_matches(credential, self.tokens())
+        return self.person(credential) == caller.name
 
     # -- routes --
     def _api(self, req: WebRequest, path: str, params: dict[str, Any], caller: Caller) -> WebResponse:
@@ -329,20 +347,26 @@ class WebApp:
         never decides anything. A spendgate token signs its user in (their view, and their
         decisions if the policy makes them an approver).
         """
+        origin = req.headers.get("origin")
+        if origin is not None and (urlsplit(origin).netloc.lower() or "-") != req.headers.get("host", "").lower():
+            # login CSRF: a page elsewhere must not sign this browser into someone else's session
+            # (browsers send Origin on every cross-site POST; CLIs send none)
+            raise ApiError(403, "sign in from the dashboard's own page")
         ctype = req.headers.get("content-type", "")
         if ctype.startswith("application/json"):
             form = json.loads(req.body or b"{}") or {}
         else:
             form = dict(parse_qsl(req.body.decode(errors="replace")))
         token, name = str(form.get("token") or ""), str(form.get("name") or "").strip()[:128]
-        if token_matches(token.strip(), self.tokens()):
+        token = token.strip()
+        if token_matches(token, self.tokens()):
             caller = Caller(name or "admin", admin=True, source="admin-token")
-        elif user := self.person(token.strip()):
+        elif user := self.person(token):
             caller = Caller(user, admin=False, source="token")
         else:
             log.warning("spendgate: dashboard login with a wrong token")
             return json_response(401, {"error": "wrong admin token"})
-        sid = self.sessions.create(caller)
+        sid = self.sessions.create(caller, token)
         cookie = f"{COOKIE}={sid}; HttpOnly; SameSite=Strict; Path=/; Max-Age={int(self.sessions.ttl)}"
         if ctype.startswith("application/json"):
             return json_response(200, {"ok": True}, {"Set-Cookie": cookie})

@@ -37,6 +37,7 @@ AUTO_ACTOR = "policy:auto_approve_up_to"
 # proxy credentials verified by the gateway. Never the admin token (it names nobody), a header,
 # an API key mapping or a client address.
 DECIDING_SOURCES = frozenset({"token", "proxy_auth"})
+MAX_OPEN_REQUESTS = 5  # undecided requests one person may have at once (one per budget and window)
 
 
 class ApprovalError(ValueError):
@@ -361,6 +362,7 @@ class Approvals:
         in_force = limit + granted  # what the requester is actually held to: the policy's limit + active grants
         rid = "r-" + uuid.uuid4().hex[:10]
         with self._lock:
+            self._check_open(requester, scope, window, now)
             self.cursor().execute(
                 "INSERT INTO increase_requests VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [rid, now, requester, scope, window, amount, reason.strip()[:1000], spent, in_force, end],
@@ -391,6 +393,22 @@ class Approvals:
         if not approvers:
             log.warning("spendgate: request %s has no approvers (add approvals: to the policy)", rid)
         return self.get(rid)
+
+    def _check_open(self, requester: str, scope: str, window: str, now: datetime) -> None:
+        """One open request per budget and at most MAX_OPEN_REQUESTS per person (open: undecided and
+        its window not over), so nobody can bury the approvers, or the alerts that share their
+        delivery queue, under requests (eighth review, E2). Raises ApprovalError."""
+        rows = self.cursor().execute(
+            "SELECT r.id, r.scope, r.\"window\" FROM increase_requests r LEFT JOIN request_decisions d "
+            "ON d.request_id = r.id WHERE d.request_id IS NULL AND r.requester = ? AND r.window_end > ? "
+            "ORDER BY r.ts", [requester, now]).fetchall()
+        same = next((rid for rid, s, w in rows if s == scope and w == window), None)
+        if same is not None:
+            raise ApprovalError(f"request {same} for the {ADJECTIVE[window]} budget of {scope} is still waiting; "
+                                f"an approver may grant a different amount (spendgate approve {same} --amount USD)")
+        if len(rows) >= MAX_OPEN_REQUESTS:
+            raise ApprovalError(f"{requester} already has {len(rows)} requests waiting for a decision "
+                                f"({', '.join(r[0] for r in rows)}); ask again once one is decided")
 
     def _auto_granted(self, scope: str, window: str, start: datetime) -> Decimal:
         """Auto-approved USD already granted on this budget in this window (the cap is per window)."""

@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import queue
+import re
 import smtplib
 import ssl
 import threading
@@ -90,13 +91,23 @@ def post_json(url: str, doc: dict[str, Any], headers: tuple[tuple[str, str], ...
         raise SinkError(f"{type(e).__name__}: {getattr(e, 'reason', None) or e}") from None
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def slack_escape(text: str) -> str:
+    """Slack's three control characters as entities (api.slack.com "Escaping text"): a request's
+    reason is shown as written, never as a channel ping (`<!channel>`) or a disguised link."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
 def slack_body(n: Notice) -> dict[str, Any]:
     """Slack incoming-webhook format: `text` for notifications, one mrkdwn block for the client."""
-    lines = [f"*{n.title}*", n.text]
+    title, text = slack_escape(n.title), slack_escape(n.text)
+    lines = [f"*{title}*", text]
     if n.recipients:
-        lines.append("For: " + ", ".join(n.recipients))
-    return {"text": f"{n.title}: {n.text}", "blocks": [{"type": "section", "text": {"type": "mrkdwn",
-                                                                                      "text": "\n".join(lines)}}]}
+        lines.append("For: " + slack_escape(", ".join(n.recipients)))
+    return {"text": f"{title}: {text}", "blocks": [{"type": "section", "text": {"type": "mrkdwn",
+                                                                                  "text": "\n".join(lines)}}]}
 
 
 def email_message(cfg: SinkConfig, n: Notice) -> EmailMessage | None:
@@ -115,7 +126,8 @@ def email_message(cfg: SinkConfig, n: Notice) -> EmailMessage | None:
 def send(cfg: SinkConfig, n: Notice) -> bool:
     """Deliver one notice on one sink; False when the sink has nothing to do for it. Raises on failure."""
     if cfg.type == "log":
-        log.warning("spendgate %s: %s", n.kind, n.text)
+        # one line per notice: a reason's line breaks must not forge log lines of their own
+        log.warning("spendgate %s: %s", n.kind, _CONTROL.sub(lambda m: f"\\x{ord(m[0]):02x}", n.text))
         return True
     if cfg.type == "webhook":
         post_json(_url(cfg), n.body(), cfg.headers, cfg.timeout_seconds)
@@ -169,6 +181,7 @@ class Dispatcher:
         self._heap: list[_Job] = []
         self._seq = itertools.count()
         self._pending = 0
+        self._requests = 0  # of which request notices
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
         self._stop = threading.Event()
@@ -180,10 +193,14 @@ class Dispatcher:
         for s in sinks:
             if notice.kind not in s.events:
                 continue
+            asked = notice.kind == "request"
             with self._lock:
-                full = self._pending >= MAX_PENDING
+                # requests (filed by anyone) may hold a quarter of the queue: a flood of them never
+                # crowds out the budget alerts and decisions (eighth review, E2)
+                full = self._pending >= MAX_PENDING or (asked and self._requests >= MAX_PENDING // 4)
                 if not full:
                     self._pending += 1
+                    self._requests += asked
             if full:
                 self._record(Delivery(s.name, notice.kind, "dropped", 0, "too many undelivered notices",
                                       notice.scope, notice.ref))
@@ -233,6 +250,7 @@ class Dispatcher:
                               job.notice.scope, job.notice.ref))
         with self._idle:
             self._pending -= 1
+            self._requests -= job.notice.kind == "request"
             self._idle.notify_all()
 
     def _run(self) -> None:

@@ -162,3 +162,37 @@ def test_email_goes_to_the_people_named_over_smtp():
     assert "spendgate: alice has used 80%" in data
     assert {d.ref: d.outcome for d in out} == {"day:threshold:80": "delivered", "no-email-address": "delivered"}
     assert len(smtp.messages) == 2  # `to:` still gets the notice whose recipient has no address
+
+
+def test_request_notices_never_crowd_the_alerts_out_of_the_queue():
+    """Eighth review (E2): while a sink hangs, request notices (anyone may file one) hold at most a
+    quarter of the queue; alerts still get a slot."""
+    from spendgate.workflow.sinks import MAX_PENDING
+
+    release = threading.Event()
+    out: list[Delivery] = []
+    d = Dispatcher(out.append, deliver=lambda sink, n: release.wait(30))
+    sink = SinkConfig("ops", "webhook", url="http://127.0.0.1:9/never")
+    try:
+        for i in range(MAX_PENDING // 4 + 3):
+            d.submit(notice(kind="request", ref=f"r-{i}"), [sink])
+        dropped = [x for x in out if x.outcome == "dropped"]
+        assert [x.kind for x in dropped] == ["request"] * 3
+        for i in range(10):
+            d.submit(notice(ref=f"day:threshold:{i}"), [sink])
+        assert len([x for x in out if x.outcome == "dropped"]) == 3  # every alert queued
+    finally:
+        release.set()
+        assert d.flush(20)
+        d.close()
+    assert sum(x.outcome == "delivered" for x in out) == MAX_PENDING // 4 + 10
+
+
+def test_the_log_sink_writes_one_line_per_notice(caplog):
+    """A request's reason with line breaks cannot forge lines of the gateway log (eighth review)."""
+    sink = SinkConfig("log", "log")
+    with caplog.at_level("WARNING"):
+        run([sink], notice(kind="request", text="bob asks: ok\nERROR spendgate: forged line\r\tand 5 €"))
+    (line,) = [r.getMessage() for r in caplog.records if "forged" in r.getMessage()]
+    assert "\n" not in line and "\r" not in line
+    assert line.endswith("ok\\x0aERROR spendgate: forged line\\x0d\\x09and 5 €")

@@ -188,3 +188,30 @@ def test_a_gateway_refusing_a_bad_policy_at_start_leaves_an_audit_row(tmp_path):
     assert row["event"] == "policy_rejected" and row["detail"]["trigger"] == "start"
     assert row["detail"]["file"] == str(bad) and "alerts.thresholds.0" in row["detail"]["problems"]
     assert "(pid " in row["actor"]
+
+
+def test_one_open_request_per_budget_and_a_few_per_person(tmp_path):
+    """Eighth review (E2): nobody can bury the approvers, or the alerts sharing their queue, in requests."""
+    policy = POLICY.replace("user: {day: 10}", "user: {hour: 5, day: 10, week: 40, month: 100}").replace(
+        "budgets: {day: 100}}", "budgets: {day: 100, month: 1000}}")
+    env = Env(tmp_path / "l.duckdb", datetime(2026, 11, 30, 9, 0, tzinfo=UTC), policy)
+    try:
+        _one_open_request_per_budget(env)
+    finally:
+        env.close()
+
+
+def _one_open_request_per_budget(env):
+    first = env.wf.approvals.request("bob@core.acme.com", "user:bob@core.acme.com", "day", "20", "crunch")
+    with pytest.raises(ApprovalError, match=f"{first['id']} .* still waiting"):
+        env.wf.approvals.request("bob@core.acme.com", "user:bob@core.acme.com", "day", "30", "more")
+    for window in ("hour", "week", "month"):  # other budgets of his: each their own open request
+        env.wf.approvals.request("bob@core.acme.com", "user:bob@core.acme.com", window, "20", "crunch")
+    env.wf.approvals.request("bob@core.acme.com", "workspace:core", "day", "20", "crunch")
+    with pytest.raises(ApprovalError, match="already has 5 requests waiting"):
+        env.wf.approvals.request("bob@core.acme.com", "workspace:core", "month", "20", "crunch")
+    env.wf.approvals.deny(first["id"], "cfo@acme.com", "no")  # a decided request is no longer open
+    again = env.wf.approvals.request("bob@core.acme.com", "user:bob@core.acme.com", "day", "25", "smaller")
+    assert again["status"] == "pending"
+    env.clock.t += timedelta(days=1)  # the day's window is over: its open request no longer counts
+    env.wf.approvals.request("bob@core.acme.com", "user:bob@core.acme.com", "day", "25", "next day")

@@ -130,11 +130,24 @@ def test_login_exchanges_token_for_httponly_cookie():
     assert app.handle(req(headers={"Cookie": f"{COOKIE}={sid}"})).status == 401
 
 
+def test_login_from_another_origin_is_refused():
+    """Login CSRF (eighth review): a page elsewhere cannot sign a browser into its session."""
+    app = make_app()
+    form = {"Content-Type": "application/x-www-form-urlencoded", "Host": "spendgate.local"}
+    cross = app.handle(req("POST", "/login", {**form, "Origin": "https://evil.example"}, f"token={TOKEN}".encode()))
+    assert cross.status == 403 and "Set-Cookie" not in cross.headers
+    assert app.handle(req("POST", "/login", {**form, "Origin": "null"}, f"token={TOKEN}".encode())).status == 403
+    same = app.handle(req("POST", "/login", {**form, "Origin": "http://spendgate.local"}, f"token={TOKEN}".encode()))
+    assert same.status == 303 and "Set-Cookie" in same.headers
+    assert app.handle(req("POST", "/login", form, f"token={TOKEN}".encode())).status == 303  # a CLI: no Origin
+
+
 def test_sessions_expire():
     clock = [0.0]
     s = Sessions(ttl=10, clock=lambda: clock[0])
-    sid = s.create(Caller("admin", admin=True))
-    assert s.get(sid).admin
+    sid = s.create(Caller("admin", admin=True), "tok")
+    caller, credential = s.get(sid)
+    assert caller.admin and credential == "tok"
     clock[0] = 11
     assert s.get(sid) is None
 

@@ -467,14 +467,16 @@ def test_doctor_warns_when_the_engineer_can_change_policy_or_ledger(tmp_path):
 
 
 def test_kit_files_with_the_proxy_password_are_not_world_readable(tmp_path, ca_cert):
-    """The install scripts put password-bearing files at 0640 root:<user group>, and keep the
-    password out of the world-readable /etc/environment."""
+    """The install scripts put password-bearing files at 0640 root:<the user's private group> on
+    Linux (an ACL for the user when the group is shared) and 0600 root plus an ACL for the user on
+    macOS (every account is in staff), and keep the password out of the world-readable
+    /etc/environment."""
     s = site.load(central(tmp_path, ca_cert))
     files = artifacts(s)
-    for name in ("linux/install.sh", "macos/install.sh"):
+    for name, mode, reader in (("linux/install.sh", 640, "SECRET_GROUP"), ("macos/install.sh", 600, "SECRET_READER")):
         script = files[name].decode()
-        assert 'SECRET_MODE=640' in script
-        assert 'fill "$KIT/claude-code/managed-settings.' in script and '"$SECRET_MODE" "$SECRET_GROUP"' in script
+        assert f'SECRET_MODE={mode}' in script
+        assert 'fill "$KIT/claude-code/managed-settings.' in script and f'"$SECRET_MODE" "${reader}"' in script
         assert 'site.json" 644' not in script and 'env" 644' not in script and "env.sh\" 644" not in script
     assert "grep -vi '^https_proxy='" in files["linux/install.sh"].decode()
 
