@@ -5,13 +5,15 @@ token: the request is identified like their provider traffic, but from authentic
 only (proxy credentials, API key mapping, client IP map, the local user of a laptop gateway;
 never a header a client sets, not even from a trusted proxy), and they see their own spend.
 Approvers decide with their proxy credentials (spendgate tokens). Admins log in with a token.
-The app runs in a thread (asyncio.to_thread): DuckDB work never touches the event loop.
+The app runs on its own few threads: DuckDB work never touches the event loop, and a flood of
+slow dashboard queries never holds the threads admission runs on (asyncio.to_thread's pool).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from concurrent.futures import ThreadPoolExecutor
 
 from mitmproxy import ctx, http
 
@@ -23,11 +25,15 @@ from spendgate.web.server import body_limit
 log = logging.getLogger("spendgate")
 
 META = "spendgate.web.app"
+WEB_THREADS = 4  # dashboard requests answered at once; the others wait their turn
+MAX_WAITING = 64  # beyond this many in hand (running or waiting), 503 at once: bounded memory
 
 
 class DashboardHost:
     def __init__(self, gate) -> None:
         self.gate = gate  # the SpendGate addon, which owns the Gateway
+        self._pool = ThreadPoolExecutor(WEB_THREADS, thread_name_prefix="spendgate-web")
+        self._in_hand = 0  # touched on the event loop only
 
     def load(self, loader) -> None:
         loader.add_option(
@@ -74,6 +80,17 @@ class DashboardHost:
         ambient = Caller(ident.user, admin=False, source=ident.source) if ident.user != UNATTRIBUTED else None
         headers.pop("proxy-authorization", None)
         web_req = WebRequest(req.method, req.path, headers, req.raw_content or b"", ambient)
-        # an export's streamed body is read whole in the worker thread (mitmproxy's Response wants bytes)
-        resp = await asyncio.to_thread(lambda: gw.web.handle(web_req).buffered())
+        if self._in_hand >= MAX_WAITING:
+            flow.response = http.Response.make(503, b"spendgate.local is busy; try again shortly",
+                                               {"Content-Type": "text/plain", "Retry-After": "5"})
+            return
+        self._in_hand += 1
+        try:
+            # an export's streamed body is read whole in the worker thread (mitmproxy's Response wants bytes)
+            resp = await asyncio.get_running_loop().run_in_executor(self._pool, lambda: gw.web.handle(web_req).buffered())
+        finally:
+            self._in_hand -= 1
         flow.response = http.Response.make(resp.status, resp.body, resp.headers)
+
+    def done(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
