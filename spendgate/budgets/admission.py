@@ -122,9 +122,10 @@ class Admission:
 
     def _estimated_usage(self, ex: Exchange, model: str | None) -> Usage:
         typical = self.policy.typical_output(model)
+        output = ex.route is None or ex.route.adapter is None or ex.route.adapter.output
         return Usage(
             input_tokens=math.ceil(ex.request.input_bytes / CHARS_PER_TOKEN),
-            output_tokens=min(ex.request.max_output_tokens or typical, typical),
+            output_tokens=min(ex.request.max_output_tokens or typical, typical) if output else 0,
         )
 
     def _substitute(self, ex: Exchange, choice: StepDownChoice | None, now: datetime, path: str,

@@ -41,6 +41,8 @@ OPERATIONS = {
     "responses": "chat",
     "generateContent": "generate_content",
     "streamGenerateContent": "generate_content",
+    "embedContent": "embeddings",  # OpenTelemetry GenAI's well-known operation name
+    "batchEmbedContents": "embeddings",
 }
 # gen_ai.provider.name (current) and gen_ai.system (older values) per spendgate provider
 PROVIDER_NAMES = {"anthropic": "anthropic", "openai": "openai", "gemini": "gcp.gemini"}

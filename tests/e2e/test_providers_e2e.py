@@ -244,3 +244,43 @@ def test_codestral_fill_in_the_middle_is_metered_and_budgeted(gateway_factory, t
         ("mistral", "codestral-latest", "blocked")]
     # codestral-latest: 1600 input x $0.30 + 450 output x $0.90 per MTok
     assert D(rows[0]["cost_usd"]) == Decimal("0.000885")
+
+
+def test_gemini_embeddings_are_metered_estimated_and_budgeted(gateway_factory, tmp_path):
+    """`:embedContent` / `:batchEmbedContents` (Roo Code's and Kilo Code's codebase indexing use
+    them) were forwarded unmetered. They are priced per input token (gemini-embedding-001: $0.15
+    per MTok); the Gemini API's answer reports no usage, so each row is estimated from the
+    request's size, never $0, and the day's budget holds them at its cap."""
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("version: 1\ntimezone: UTC\norganization: {name: acme}\ndefaults: {user: {day: 0.001}}\n")
+    gw = gateway_factory("gw", policy=policy).start()
+    base = "https://generativelanguage.googleapis.com/v1beta/models/gemini-embedding-001"
+    key = {"x-goog-api-key": "AIza-fake-embed-SECRET"}
+    chunk = "def add(a, b):\n    return a + b\n" * 60  # a code chunk, as an indexer sends it
+    one = json.dumps({"content": {"parts": [{"text": chunk}]}, "taskType": "RETRIEVAL_DOCUMENT"}).encode()
+    batch = json.dumps({"requests": [{"model": "models/gemini-embedding-001", "content": {"parts": [{"text": chunk}]}}
+                                     for _ in range(4)]}).encode()
+    with gw.http_client() as http:
+        r1 = http.post(f"{base}:embedContent", content=one, headers={**key, "content-type": "application/json"})
+        assert r1.status_code == 200 and r1.json()["embedding"]["values"], r1.text
+        r2 = http.post(f"{base}:batchEmbedContents", content=batch, headers={**key, "content-type": "application/json"})
+        assert r2.status_code == 200 and len(r2.json()["embeddings"]) == 4
+        gw.ledger(wait_for=2)
+        for _ in range(6):  # ~$0.00032 a batch: the cap refuses the one that would pass it
+            last = http.post(f"{base}:batchEmbedContents", content=batch,
+                             headers={**key, "content-type": "application/json"})
+            if last.status_code == 429:
+                break
+    assert last.status_code == 429 and last.headers["x-should-retry"] == "false"
+    rows = sorted(gw.ledger(wait_for=3), key=lambda r: r["ts"])
+    first, second = rows[0], rows[1]
+    assert (first["provider"], first["endpoint"], first["model"], first["outcome"]) == \
+        ("gemini", "embedContent", "gemini-embedding-001", "estimated")
+    assert (second["endpoint"], second["outcome"]) == ("batchEmbedContents", "estimated")
+    assert first["input_tokens"] == -(-len(one) // 4) and first["output_tokens"] == 0  # 4 bytes a token
+    assert second["input_tokens"] == -(-len(batch) // 4)
+    assert D(first["cost_usd"]) == first["input_tokens"] * Decimal("0.15") / M > 0
+    assert D(second["cost_usd"]) == second["input_tokens"] * Decimal("0.15") / M
+    assert rows[-1]["outcome"] == "blocked"
+    assert sum(D(r["charged_usd"]) for r in rows) <= Decimal("0.001")  # estimated rows are charged their estimate
+    no_secret_on_disk(gw, "AIza-fake-embed-SECRET")

@@ -33,6 +33,7 @@ Served endpoints (exact real wire shapes, see ../../../shared/fixtures/wire for 
                          POST /v1beta/models/{m}:generateContent        JSON
                          POST /v1beta/models/{m}:streamGenerateContent  SSE with ``?alt=sse``,
                               otherwise Google's JSON-array stream ``[{...}\\n,\\r\\n{...}\\n]``
+                         POST /v1beta/models/{m}:embedContent | :batchEmbedContents  embeddings, no usage
 * ``bedrock-runtime.<region>.amazonaws.com``
                          POST /model/{id}/converse                      Converse JSON
                          POST /model/{id}/converse-stream               event-stream frames (binary)
@@ -145,6 +146,7 @@ ANTHROPIC_HOST = "api.anthropic.com"
 OPENAI_HOST = "api.openai.com"
 CHATGPT_HOST = "chatgpt.com"
 GEMINI_HOST = "generativelanguage.googleapis.com"
+EMBEDDING_VALUES = [0.0123, -0.0456, 0.0789, 0.0012]  # a real one has 768-3072 dimensions
 OPENROUTER_HOST = "openrouter.ai"
 CODE_ASSIST_HOST = "cloudcode-pa.googleapis.com"  # Gemini CLI signed in with Google
 GITHUB_API_HOST = "api.github.com"  # Copilot CLI: the GitHub token's Copilot seat (copilot_internal/user)
@@ -996,6 +998,15 @@ class FakeProvider:
                 return keep_alive
             if verb == "streamGenerateContent":
                 await self._gemini(r, model, stream="sse" if query.get("alt") == ["sse"] else "array", data=data)
+                return keep_alive
+            # Gemini API embeddings (ai.google.dev/api/embeddings): EmbedContentResponse is
+            # {"embedding": ContentEmbedding}, BatchEmbedContentsResponse {"embeddings": [...]}; no usage
+            if verb == "embedContent":
+                await r.send_json(200, {"embedding": {"values": EMBEDDING_VALUES}})
+                return keep_alive
+            if verb == "batchEmbedContents":
+                n = len((data or {}).get("requests") or [])
+                await r.send_json(200, {"embeddings": [{"values": EMBEDDING_VALUES} for _ in range(n)]})
                 return keep_alive
         if host == CODE_ASSIST_HOST and method == "POST" and route.startswith("/v1internal:"):
             await self._code_assist(r, route.split(":", 1)[1], data, query)

@@ -293,3 +293,46 @@ def test_refusal_dialect(tmp_path, host, path, body, check) -> None:
     finally:
         gw.meter.finish(ex, ResponseResult())
         gw.close()
+
+
+def test_gemini_embeddings_input_only(pricer: Pricer) -> None:
+    """`:embedContent` / `:batchEmbedContents`: the model from the path, no output, usage when the
+    answer carries `usageMetadata` (else the meter estimates the row)."""
+    for method in ("embedContent", "batchEmbedContents", "EMBEDCONTENT"):
+        path = f"/v1beta/models/gemini-embedding-001:{method}"
+        r = _route("generativelanguage.googleapis.com", path)
+        assert r.adapter is not None and r.adapter.provider == "gemini" and not r.adapter.output, method
+        info = r.adapter.parse_request(path, b'{"content": {"parts": [{"text": "def f(): pass"}]}}')
+        assert info.model == "gemini-embedding-001" and not info.stream and not info.malformed
+    bare = r.adapter.parse_response(b'{"embedding": {"values": [0.1, -0.2]}}')
+    assert bare.complete and bare.usage is None and not bare.garbled  # the meter estimates it
+    batch = r.adapter.parse_response(b'{"embeddings": [{"values": [0.1]}, {"values": [0.2]}]}')
+    assert batch.complete and batch.usage is None
+    counted = r.adapter.parse_response(b'{"embedding": {"values": [0.1]}, "usageMetadata": {"promptTokenCount": 812}}')
+    assert counted.usage == Usage(input_tokens=812) and counted.usage_final
+    assert pricer.price("gemini", "gemini-embedding-001", counted.usage, AT).cost == 812 * Decimal("0.15") / M
+    error = r.adapter.parse_response(b'{"error": {"code": 400, "message": "bad", "status": "INVALID_ARGUMENT"}}')
+    assert error.usage is None and not error.complete and error.error
+    assert r.adapter.parse_response(b"[1, 2]").garbled and r.adapter.parse_response(b"\xff{").garbled
+
+
+def test_an_embedding_reserves_its_input_only(tmp_path):
+    """Embeddings bill no output: reserving the policy's typical output would price them at the
+    unpriced fallback (no output rate) and refuse them at a small cap."""
+    from spendgate.gateway import Gateway, Settings
+
+    p = tmp_path / "policy.yaml"
+    p.write_text("version: 1\n")
+    gw = Gateway(Settings(db=tmp_path / "l.duckdb", policy=p, user="unit", admin_port=-1, reload_interval=0))
+    try:
+        for host, path, body, per_mtok in (
+            ("api.openai.com", "/v1/embeddings", {"model": "text-embedding-3-small", "input": "x" * 3996}, "0.02"),
+            ("generativelanguage.googleapis.com", "/v1beta/models/gemini-embedding-001:embedContent",
+             {"content": {"parts": [{"text": "x" * 3960}]}}, "0.15"),
+        ):
+            raw = json.dumps(body).encode()
+            ex = gw.meter.begin(host, path, {"authorization": "Bearer unit-key"}, raw)
+            gw.meter.finish(ex, None)
+            assert gw.admission.estimate(ex, AT) == -(-len(raw) // 4) * Decimal(per_mtok) / M, path
+    finally:
+        gw.close()

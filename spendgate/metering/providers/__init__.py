@@ -97,6 +97,8 @@ OPENAI_ENDPOINTS: dict[str, Adapter] = {
 _GEMINI_ADAPTERS: dict[str, Adapter] = {
     "generateContent": gemini.GENERATE_CONTENT,
     "streamGenerateContent": gemini.STREAM_GENERATE_CONTENT,
+    "embedContent": gemini.EMBED_CONTENT,
+    "batchEmbedContents": gemini.BATCH_EMBED_CONTENTS,
 }
 # services whose chat streams we may ask for usage (``stream_options.include_usage``, documented
 # as accepted); the others are read passively: usage when their stream carries it, else estimated

@@ -97,6 +97,7 @@ class Adapter(ABC):
     provider: str = ""  # "anthropic" | "openai" | "gemini"
     endpoint: str = ""  # e.g. "messages", "chat.completions", "responses", "generateContent"
     dialect: str = "openai"  # whose error format this API's clients read: anthropic | openai | gemini | bedrock
+    output: bool = True  # False: the endpoint bills no output tokens (embeddings): estimates reserve input only
 
     @abstractmethod
     def parse_request(self, path: str, body: bytes) -> RequestInfo:

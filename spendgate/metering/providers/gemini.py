@@ -36,9 +36,10 @@ from spendgate.usage import Usage
 
 # case-insensitive: routing must not be dodged by spelling (/V1BETA/Models/m:GENERATECONTENT)
 # models/NAME, or tunedModels/NAME (a tuned model: named so in the ledger; no list price, so unpriced)
-PATH_RE = re.compile(r"^/(?:v1|v1beta|v1alpha)/((?:tuned)?models/[^/:]+):(generateContent|streamGenerateContent)$",
-                     re.IGNORECASE)
-_METHODS = {"generatecontent": "generateContent", "streamgeneratecontent": "streamGenerateContent"}
+PATH_RE = re.compile(r"^/(?:v1|v1beta|v1alpha)/((?:tuned)?models/[^/:]+)"
+                     r":(generateContent|streamGenerateContent|embedContent|batchEmbedContents)$", re.IGNORECASE)
+_METHODS = {"generatecontent": "generateContent", "streamgeneratecontent": "streamGenerateContent",
+            "embedcontent": "embedContent", "batchembedcontents": "batchEmbedContents"}
 _COUNT_KEYS = (
     "promptTokenCount",
     "candidatesTokenCount",
@@ -53,7 +54,7 @@ _UNFINISHED = ("", "FINISH_REASON_UNSPECIFIED")
 @dataclass(slots=True, frozen=True)
 class GeminiPath:
     model: str
-    method: str  # "generateContent" | "streamGenerateContent"
+    method: str  # "generateContent" | "streamGenerateContent" | "embedContent" | "batchEmbedContents"
     sse: bool  # alt=sse in the query
 
 
@@ -282,5 +283,46 @@ class GeminiAdapter(Adapter):
         return GeminiStreamParser(json_array=not (gpath and gpath.sse))
 
 
+class GeminiEmbedAdapter(GeminiAdapter):
+    """``models/{model}:embedContent`` and ``:batchEmbedContents``: billed per input token, no output
+    (ai.google.dev/gemini-api/docs/pricing, gemini-embedding-*). The answer (``embedding`` /
+    ``embeddings``) carries ``usageMetadata.promptTokenCount`` where the API reports usage; where
+    it does not, the row is estimated from the request's size (``outcome = estimated``), never $0.
+    """
+
+    output = False
+
+    def parse_request(self, path: str, body: bytes) -> RequestInfo:
+        try:
+            _, info = parse_json_request(body, ())
+            gpath = parse_path(path)
+            info.model = gpath.model if gpath else info.model
+            info.stream = False
+            return info
+        except Exception:
+            return RequestInfo(malformed=True)
+
+    def parse_response(self, body: bytes) -> ResponseResult:
+        try:
+            obj = load_json(body)
+            if not isinstance(obj, dict):
+                return ResponseResult(garbled=bool(body))
+            result = ResponseResult(error=error_type(obj))
+            meta = obj.get("usageMetadata")
+            tokens = as_int(dig(meta, "promptTokenCount") or dig(meta, "totalTokenCount")) if isinstance(meta, dict) else 0
+            if tokens:
+                result.usage = Usage(input_tokens=tokens)
+                result.usage_final = True
+            result.complete = "embedding" in obj or "embeddings" in obj
+            return result
+        except Exception:
+            return ResponseResult(garbled=True)
+
+    def is_stream_response(self, content_type: str, request: RequestInfo) -> bool:
+        return "text/event-stream" in content_type.lower()  # never streamed; JSON is one answer
+
+
 GENERATE_CONTENT = GeminiAdapter("generateContent")
 STREAM_GENERATE_CONTENT = GeminiAdapter("streamGenerateContent")
+EMBED_CONTENT = GeminiEmbedAdapter("embedContent")
+BATCH_EMBED_CONTENTS = GeminiEmbedAdapter("batchEmbedContents")

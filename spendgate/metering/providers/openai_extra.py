@@ -57,12 +57,12 @@ class OpenAIEmbeddingsAdapter(Adapter):
 
     provider = "openai"
     endpoint = "embeddings"
+    output = False
 
     def parse_request(self, path: str, body: bytes) -> RequestInfo:
         try:
             _, info = parse_json_request(body, ())
             info.stream = False
-            info.max_output_tokens = 0  # embeddings produce no output tokens: estimates are input only
             return info
         except Exception:
             return RequestInfo(malformed=True)
