@@ -31,6 +31,10 @@ class Usage:
     # character); they are not part of the token totals.
     audio_seconds: int = 0  # input audio duration, whole seconds (transcription, translation)
     input_characters: int = 0  # characters of input text (text-to-speech)
+    # Generated media billed per image or per second of video (Imagen, dall-e; Sora, Veo)
+    output_images: int = 0
+    output_video_seconds: int = 0  # whole seconds, every resolution
+    output_video_high_res_seconds: int = 0  # the part of output_video_seconds above 720p (Sora 2 Pro's dearer rate)
 
     @property
     def uncached_input_tokens(self) -> int:

@@ -58,7 +58,8 @@ _WORDS_REQUIRED = ("provider", "outcome", "billing_basis")
 _COUNTS = ("input_tokens", "cache_read_tokens", "cache_write_tokens", "cache_write_1h_tokens", "output_tokens",
            "reasoning_tokens", "web_search_requests", "bytes_in", "bytes_out", "input_audio_tokens",
            "input_image_tokens", "input_video_tokens", "cache_read_audio_tokens", "output_audio_tokens",
-           "output_image_tokens", "output_video_tokens", "audio_seconds", "input_characters")
+           "output_image_tokens", "output_video_tokens", "audio_seconds", "input_characters",
+           "output_images", "output_video_seconds", "output_video_high_res_seconds")
 _MONEY = ("cost_usd", "charged_usd", "notional_usd")
 _MILLIS = ("latency_ms", "ttft_ms")
 _BOOLS = ("stream", "estimated", "offline")

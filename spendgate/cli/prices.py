@@ -478,6 +478,12 @@ def explain_lines(row: dict[str, Any]) -> list[str]:
               "output_audio_tokens", "output_image_tokens", "output_video_tokens") if (n := getattr(usage, name))]
     if kinds:
         out.append("  of which: " + ", ".join(kinds))
+    units = [f"{label} {n:,}" for label, n in (
+        ("audio seconds", usage.audio_seconds), ("input characters", usage.input_characters),
+        ("images", usage.output_images), ("video seconds", usage.output_video_seconds),
+        ("of them above 720p", usage.output_video_high_res_seconds)) if n]
+    if units:
+        out.append("  billed per unit: " + ", ".join(units))
     if row.get("modifiers"):
         out.append(f"  served with: {row['modifiers']}")
     detail = json.loads(row["price_detail"]) if row.get("price_detail") else None
@@ -505,6 +511,8 @@ def explain_lines(row: dict[str, Any]) -> list[str]:
                 unit = f"s x ${rate.normalize():f}/hour"
             elif ln.get("rate_name") == "input_mchars":
                 unit = f"chars x ${rate.normalize():f}/M"
+            elif ln.get("rate_name", "").startswith("video_second"):
+                unit = f"s x ${rate.normalize():f}/s"
             else:
                 unit = f"tokens x ${rate.normalize():f}/MTok" if per == 1_000_000 else f"x ${rate.normalize():f} each"
             tier_note = f", tier >{ln['tier_above']:,}" if ln.get("tier_above") else ""

@@ -165,6 +165,11 @@ RATE_KEYS = (
     # (whisper), USD per million input characters (tts-1)
     "audio_hours",
     "input_mchars",
+    # generated media (not in genai-prices: pricing/overrides.yaml): USD per image (Imagen, dall-e),
+    # USD per second of video (Sora, Veo) and per second above 720p where that costs more (Sora 2 Pro)
+    "image",
+    "video_second",
+    "video_second_high_res",
 )
 PER_UNIT = {"web_search", "request"}
 HOUR_SECONDS = Decimal(3600)
@@ -333,10 +338,12 @@ def compute(rates: Rates, usage: Usage, multipliers: tuple[Multiplier, ...] = ()
     own rates; `multipliers` scale every token rate (not per-unit fees) and are listed in the detail.
     """
     r = rates.prices
-    units_only = not usage.input_tokens and not usage.output_tokens and bool(usage.audio_seconds
-                                                                              or usage.input_characters)
+    units_only = not usage.input_tokens and not usage.output_tokens and bool(
+        usage.audio_seconds or usage.input_characters or usage.output_images or usage.output_video_seconds)
     for qty, key, what in ((usage.audio_seconds, "audio_hours", "seconds of audio"),
-                           (usage.input_characters, "input_mchars", "input characters")):
+                           (usage.input_characters, "input_mchars", "input characters"),
+                           (usage.output_images, "image", "images generated"),
+                           (usage.output_video_seconds, "video_second", "seconds of video generated")):
         if qty and key not in r:  # billed by a unit we have no rate for: unknown, never $0
             return PriceResult(None, rates.source or "unknown", rates.model_id, variant=rates.variant,
                                notes=(*rates.notes, f"{qty:,} {what} used but no {key} rate is known"))
@@ -377,6 +384,15 @@ def compute(rates: Rates, usage: Usage, multipliers: tuple[Multiplier, ...] = ()
         parts.append(("audio seconds", usage.audio_seconds, ("audio_hours", r["audio_hours"]), HOUR_SECONDS))
     if usage.input_characters:
         parts.append(("input characters", usage.input_characters, ("input_mchars", r["input_mchars"]), MTOK))
+    if usage.output_images:
+        parts.append(("images", usage.output_images, ("image", r["image"]), Decimal(1)))
+    if usage.output_video_seconds:
+        high = min(usage.output_video_high_res_seconds, usage.output_video_seconds)
+        parts.append(("video seconds", usage.output_video_seconds - high, ("video_second", r["video_second"]),
+                      Decimal(1)))
+        if high:  # no high-resolution rate: the model costs the same at every resolution
+            parts.append(("video seconds above 720p", high, _pick(r, "video_second_high_res", "video_second"),
+                          Decimal(1)))
     if "request" in r:
         parts.append(("request fee", 1, ("request", r["request"]), Decimal(1)))
     factor = Decimal(1)

@@ -45,6 +45,7 @@ LEDGER_FIELDS = (
     "cache_read_audio_tokens", "output_audio_tokens", "output_image_tokens", "output_video_tokens", "modifiers",
     "origin", "offline",
     "audio_seconds", "input_characters",
+    "output_images", "output_video_seconds", "output_video_high_res_seconds",
 )  # fmt: skip
 _LEDGER_COLS = ", ".join(f'"{c}"' for c in LEDGER_FIELDS)
 

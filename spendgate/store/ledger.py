@@ -91,6 +91,10 @@ class LedgerRow:
     # migration 9: quantities priced per unit, not per token (spendgate.usage)
     audio_seconds: int = 0
     input_characters: int = 0
+    # migration 14: generated media priced per image or per second of video (spendgate.usage)
+    output_images: int = 0
+    output_video_seconds: int = 0
+    output_video_high_res_seconds: int = 0
 
 
 ROW_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(LedgerRow))  # everything a row carries
@@ -394,6 +398,16 @@ MIGRATIONS: list[tuple[int, str]] = [
             last_push TIMESTAMPTZ,
             PRIMARY KEY (origin, "user")
         );
+        """,
+    ),
+    (
+        14,
+        # generated media priced per image or per second of video (Imagen, dall-e; Sora, Veo),
+        # appended in LedgerRow's field order
+        """
+        ALTER TABLE requests ADD COLUMN IF NOT EXISTS output_images BIGINT DEFAULT 0;
+        ALTER TABLE requests ADD COLUMN IF NOT EXISTS output_video_seconds BIGINT DEFAULT 0;
+        ALTER TABLE requests ADD COLUMN IF NOT EXISTS output_video_high_res_seconds BIGINT DEFAULT 0;
         """,
     ),
 ]

@@ -478,6 +478,15 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         "covering indexes for the year-long unpriced report (spendgate/store/pg_rollups.py)",
         pg_rollups.report_indexes_sql(),
     ),
+    (
+        11,
+        "generated media priced per image or per second of video: images, video seconds",
+        """
+        ALTER TABLE requests ADD COLUMN IF NOT EXISTS output_images BIGINT DEFAULT 0;
+        ALTER TABLE requests ADD COLUMN IF NOT EXISTS output_video_seconds BIGINT DEFAULT 0;
+        ALTER TABLE requests ADD COLUMN IF NOT EXISTS output_video_high_res_seconds BIGINT DEFAULT 0;
+        """,
+    ),
 ]
 SCHEMA_VERSION = max(v for v, _, _ in MIGRATIONS)
 MIGRATION_LOCK = 0x5E4D6A7E  # pg_advisory_xact_lock key: two `store migrate` runs take turns

@@ -151,3 +151,92 @@ def test_per_unit_models_are_admitted_with_a_per_unit_estimate_even_when_unprice
     rows = {r["model"]: r for r in gw.ledger(wait_for=3)}
     assert rows["whisper-1"]["outcome"] == rows["tts-1"]["outcome"] == "ok"
     assert rows["dall-e-3"]["outcome"] == "blocked"
+
+
+# -- generated video and images, billed per second and per image (pricing/overrides.yaml) ------------
+# sora-2 $0.10/s; sora-2-pro $0.30/s, $0.50/s above 720p; imagen-4.0-generate $0.04 an image,
+# imagen-4.0-fast $0.02; veo-3.0-generate $0.40/s, veo-3.0-fast-generate $0.15/s.
+
+
+def test_sora_videos_are_billed_per_second_and_polls_are_free(gateway):
+    """The official SDK's videos.create (multipart), remix (JSON) and extend, then its polls and
+    download: each generation is charged its seconds at its model's rate, the rest $0."""
+    client = sdk(gateway)
+    a = client.videos.create(model="sora-2", prompt="a cat on a skateboard", seconds="8", size="1280x720")
+    b = client.videos.create(model="sora-2-pro", prompt="the same, wide", seconds="12", size="1792x1024")
+    c = client.videos.create(prompt="defaults: sora-2, 4 seconds, 720x1280")
+    assert (a.status, b.seconds, c.model, c.seconds) == ("queued", "12", "sora-2", "4")
+    remix = client.videos.remix(b.id, prompt="at night")  # the source's model, length and size
+    clip = ("clip.mp4", io.BytesIO(b"\x00\x00\x00\x18ftypmp42" + bytes(64)), "video/mp4")
+    ext = client.videos.extend(video=clip, prompt="keep going", seconds="4")
+    assert client.videos.retrieve(a.id).status == "completed"  # a poll
+    assert client.videos.download_content(a.id).read()[:8] == b"\x00\x00\x00\x18ftyp"
+    assert {v.id for v in client.videos.list()} >= {a.id, b.id, c.id}  # a list
+
+    rows = by_endpoint(gateway.ledger(wait_for=8))
+    created = {r["model"] + ":" + str(r["output_video_seconds"]): r for r in rows["videos.create"]}
+    assert set(created) == {"sora-2:8", "sora-2-pro:12", "sora-2:4"}
+    assert D(created["sora-2:8"]["cost_usd"]) == Decimal("0.80")
+    assert created["sora-2-pro:12"]["output_video_high_res_seconds"] == 12
+    assert D(created["sora-2-pro:12"]["cost_usd"]) == Decimal("6.00")  # 1792x1024: $0.50 a second
+    assert D(created["sora-2:4"]["cost_usd"]) == Decimal("0.40")
+    (rx,) = rows["videos.remix"]
+    assert (rx["model"], rx["output_video_seconds"], D(rx["cost_usd"])) == ("sora-2-pro", 12, Decimal("6.00"))
+    (ex,) = rows["videos.extend"]  # the new 4 seconds, not the stitched 12 the answer shows
+    assert ex["output_video_seconds"] == 4 and ex["outcome"] == "ok"
+    assert all(r["outcome"] == "ok" and not r["estimated"] for r in rows["videos.create"] + rows["videos.remix"])
+    text = gateway.cli("explain", created["sora-2-pro:12"]["request_id"], check=True).stdout
+    assert "billed per unit: video seconds 12, of them above 720p 12" in text
+    assert "12 s x $0.5/s" in text and "video_second_high_res" in text and "platform.openai.com/docs/pricing" in text
+    free = rows["unmetered"]
+    assert len(free) == 3 and all(D(r["cost_usd"] or 0) == 0 for r in free)  # poll, download, list
+
+
+def test_sora_at_the_cap_is_refused_before_it_runs(gateway_factory, tmp_path):
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("version: 1\ntimezone: UTC\norganization: {name: acme}\ndefaults: {user: {day: 5}}\n")
+    gw = gateway_factory("gw", policy=policy).start()
+    client = openai.OpenAI(api_key=KEY, http_client=gw.http_client(), max_retries=0)
+    client.videos.create(model="sora-2-pro", prompt="one", seconds="8", size="720x1280")  # $2.40
+    gw.ledger(wait_for=1)
+    # 12 s of sora-2-pro at 720x1280 (the default size) is $3.60 > $2.60 left
+    with pytest.raises(openai.RateLimitError) as refused:
+        client.videos.create(model="sora-2-pro", prompt="two", seconds="12")
+    assert refused.value.response.headers["x-should-retry"] == "false"
+    client.videos.create(model="sora-2", prompt="three", seconds="8")  # $0.80 fits
+    rows = sorted(gw.ledger(wait_for=3), key=lambda r: r["ts"])
+    assert [(r["model"], r["outcome"]) for r in rows] == [("sora-2-pro", "ok"), ("sora-2-pro", "blocked"),
+                                                          ("sora-2", "ok")]
+
+
+def test_imagen_per_image_and_veo_per_second(gateway):
+    base = "https://generativelanguage.googleapis.com/v1beta/models"
+    key = {"x-goog-api-key": "AIza-fake-media-SECRET"}
+    with gateway.http_client() as http:
+        r1 = http.post(f"{base}/imagen-4.0-generate-001:predict", headers=key,
+                       json={"instances": [{"prompt": "a robot"}], "parameters": {"sampleCount": 3}})
+        assert r1.status_code == 200 and len(r1.json()["predictions"]) == 3
+        r2 = http.post(f"{base}/imagen-4.0-fast-generate-001:predict", headers=key,  # default: 4, one filtered
+                       json={"instances": [{"prompt": "filtered robot"}]})
+        assert r2.status_code == 200
+        r3 = http.post(f"{base}/veo-3.0-generate-001:predictLongRunning", headers=key,
+                       json={"instances": [{"prompt": "a drone shot"}], "parameters": {"aspectRatio": "16:9"}})
+        op = r3.json()["name"]
+        r4 = http.post(f"{base}/veo-3.0-fast-generate-001:predictLongRunning", headers=key,
+                       json={"instances": [{"prompt": "short"}], "parameters": {"durationSeconds": 4}})
+        assert r4.status_code == 200
+        poll = http.get(f"https://generativelanguage.googleapis.com/v1beta/{op}", headers=key)
+        assert poll.json()["done"] is True
+    rows = by_endpoint(gateway.ledger(wait_for=5))
+    imagen = {r["model"]: r for r in rows["predict"]}
+    assert imagen["imagen-4.0-generate-001"]["output_images"] == 3
+    assert D(imagen["imagen-4.0-generate-001"]["cost_usd"]) == Decimal("0.12")
+    assert imagen["imagen-4.0-fast-generate-001"]["output_images"] == 3  # the filtered one is not billed
+    assert D(imagen["imagen-4.0-fast-generate-001"]["cost_usd"]) == Decimal("0.06")
+    veo = {r["model"]: r for r in rows["predictLongRunning"]}
+    assert veo["veo-3.0-generate-001"]["output_video_seconds"] == 8  # durationSeconds left out: 8
+    assert D(veo["veo-3.0-generate-001"]["cost_usd"]) == Decimal("3.20")
+    assert D(veo["veo-3.0-fast-generate-001"]["cost_usd"]) == Decimal("0.60")
+    assert all(r["outcome"] == "ok" for r in rows["predict"] + rows["predictLongRunning"])
+    (polled,) = rows["unmetered"]
+    assert D(polled["cost_usd"] or 0) == 0

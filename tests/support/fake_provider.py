@@ -147,6 +147,7 @@ OPENAI_HOST = "api.openai.com"
 CHATGPT_HOST = "chatgpt.com"
 GEMINI_HOST = "generativelanguage.googleapis.com"
 EMBEDDING_VALUES = [0.0123, -0.0456, 0.0789, 0.0012]  # a real one has 768-3072 dimensions
+IMAGE_B64 = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="
 OPENROUTER_HOST = "openrouter.ai"
 CODE_ASSIST_HOST = "cloudcode-pa.googleapis.com"  # Gemini CLI signed in with Google
 GITHUB_API_HOST = "api.github.com"  # Copilot CLI: the GitHub token's Copilot seat (copilot_internal/user)
@@ -648,6 +649,7 @@ class FakeProvider:
         self.refuse_websocket = False  # True: WebSocket upgrades get a 404 (Codex then falls back to HTTPS)
         self.batches: dict[str, dict] = {}  # batch id -> what its results are made of (see _batches)
         self.files: dict[str, bytes] = {}  # OpenAI file id -> uploaded bytes
+        self._videos: dict[str, dict] = {}  # Sora video id -> the job as the API shows it
         self._writers: set[asyncio.StreamWriter] = set()
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
@@ -962,6 +964,9 @@ class FakeProvider:
             if method == "POST" and route in MEDIA_ROUTES:
                 await self._openai_media(r, route, data, body)
                 return keep_alive
+            if route == "/v1/videos" or route.startswith("/v1/videos/"):
+                await self._sora(r, method, route, data, body)
+                return keep_alive
             if method == "POST" and route == "/v1/vector_stores":  # an endpoint spendgate does not meter
                 await r.send_json(200, {"id": "vs_fake", "object": "vector_store", "created_at": 1754425777},
                                   self._openai_headers())
@@ -1008,6 +1013,27 @@ class FakeProvider:
                 n = len((data or {}).get("requests") or [])
                 await r.send_json(200, {"embeddings": [{"values": EMBEDDING_VALUES} for _ in range(n)]})
                 return keep_alive
+            # Imagen (ai.google.dev/gemini-api/docs/imagen): one prediction per image; a prompt
+            # containing "filtered" has its last image withheld by the safety filter
+            if verb == "predict":
+                params = (data or {}).get("parameters") or {}
+                n = int(params.get("sampleCount", 4))
+                prompt = str((((data or {}).get("instances") or [{}])[0]).get("prompt", ""))
+                preds = [{"mimeType": "image/png", "bytesBase64Encoded": IMAGE_B64} for _ in range(n)]
+                if "filtered" in prompt and preds:
+                    preds[-1] = {"raiFilteredReason": "Unable to show generated images. ..."}
+                await r.send_json(200, {"predictions": preds})
+                return keep_alive
+            # Veo (ai.google.dev/gemini-api/docs/video): a long-running operation, polled by name
+            if verb == "predictLongRunning":
+                await r.send_json(200, {"name": f"models/{model}/operations/op{len(self._videos):06d}"})
+                return keep_alive
+        if host == GEMINI_HOST and method == "GET" and "/operations/" in route:
+            await r.send_json(200, {"name": route.split("/", 2)[2], "done": True, "response": {
+                "@type": "type.googleapis.com/google.ai.generativelanguage.v1beta.PredictLongRunningResponse",
+                "generateVideoResponse": {"generatedSamples": [{"video": {
+                    "uri": f"https://{GEMINI_HOST}/v1beta/files/vid1:download?alt=media"}}]}}})
+            return keep_alive
         if host == CODE_ASSIST_HOST and method == "POST" and route.startswith("/v1internal:"):
             await self._code_assist(r, route.split(":", 1)[1], data, query)
             return keep_alive
@@ -1368,6 +1394,42 @@ class FakeProvider:
                       "input_token_details": {"text_tokens": u["input_tokens"], "audio_tokens": 0,
                                               "cached_tokens": u["cached_tokens"]},
                       "output_token_details": {"text_tokens": u["output_tokens"], "audio_tokens": 0}}}})
+
+    # ---- Sora (platform.openai.com/docs/api-reference/videos): a job that completes at once
+
+    async def _sora(self, r: _Responder, method: str, route: str, data: dict | None, body: bytes) -> None:
+        parts = route.split("/")  # ["", "v1", "videos", id?, action?]
+        if method == "POST" and route in ("/v1/videos", "/v1/videos/extensions", "/v1/videos/edits"):
+            fields = multipart_text_fields(body) if not data else {k: str(v) for k, v in data.items()}
+            vid = f"video_{len(self._videos):024x}"
+            seconds = fields.get("seconds", "4")
+            if route == "/v1/videos/extensions":  # the stitched total (the SDK's Video.seconds)
+                seconds = str(int(seconds) + 8)
+            self._videos[vid] = video = {
+                "id": vid, "object": "video", "created_at": 1764547200, "completed_at": None, "error": None,
+                "expires_at": None, "model": fields.get("model", "sora-2"), "progress": 0,
+                "prompt": fields.get("prompt"), "remixed_from_video_id": None, "seconds": seconds,
+                "size": fields.get("size", "720x1280"), "status": "queued"}
+            await r.send_json(200, video, self._openai_headers())
+        elif method == "POST" and len(parts) == 5 and parts[4] == "remix" and parts[3] in self._videos:
+            source = self._videos[parts[3]]
+            vid = f"video_{len(self._videos):024x}"
+            self._videos[vid] = video = {**source, "id": vid, "prompt": (data or {}).get("prompt"),
+                                         "remixed_from_video_id": source["id"], "status": "queued", "progress": 0}
+            await r.send_json(200, video, self._openai_headers())
+        elif method == "GET" and route == "/v1/videos":
+            data = list(self._videos.values())
+            await r.send_json(200, {"object": "list", "data": data, "first_id": data[0]["id"] if data else None,
+                                    "last_id": data[-1]["id"] if data else None, "has_more": False},
+                              self._openai_headers())
+        elif method == "GET" and len(parts) == 4 and parts[3] in self._videos:  # a poll: done
+            video = self._videos[parts[3]] = {**self._videos[parts[3]], "status": "completed", "progress": 100,
+                                              "completed_at": 1764547260}
+            await r.send_json(200, video, self._openai_headers())
+        elif method == "GET" and len(parts) == 5 and parts[4] == "content" and parts[3] in self._videos:
+            await r.send_bytes(200, b"\x00\x00\x00\x18ftypmp42" + b"\x00" * 64, "video/mp4")
+        else:
+            await self._provider_error(r, OPENAI_HOST, 404)
 
     # ---- Code Assist (cloudcode-pa.googleapis.com), as Gemini CLI with a Google login uses it
 

@@ -78,3 +78,93 @@ def test_an_encoded_request_is_read_decoded_and_an_undecodable_one_is_marked():
     junk = meter.begin("api.openai.com", "/v1/chat/completions", {"content-encoding": "zstd"}, b"not zstd",
                        unreadable=True)
     assert junk.request.unreadable and junk.request.malformed
+
+
+# -- generated video and images (Sora, Imagen, Veo) ----------------------------------------------------
+
+
+def test_sora_routes_by_method_and_reads_the_job():
+    from spendgate.metering.providers.openai_media import video_usage
+    from spendgate.usage import Usage
+
+    create = route("api.openai.com", "/v1/videos", "POST")
+    assert create.endpoint == "videos.create" and not create.adapter.output
+    assert route("api.openai.com", "/v1/videos/video_1/REMIX", "POST").endpoint == "videos.remix"
+    for method, path in (("GET", "/v1/videos"), ("GET", "/v1/videos/video_1"), ("GET", "/v1/videos/video_1/content"),
+                         ("DELETE", "/v1/videos/video_1")):
+        r = route("api.openai.com", path, method)
+        assert r.adapter is None and r.extra.get("free"), (method, path)
+    multipart = (b"--b\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\nsora-2-pro\r\n"
+                 b"--b\r\nContent-Disposition: form-data; name=\"seconds\"\r\n\r\n12\r\n--b--\r\n")
+    info = create.adapter.parse_request("/v1/videos", multipart)
+    assert info.model == "sora-2-pro" and info.estimate == video_usage(12, "720x1280")  # the default size
+    assert create.adapter.parse_request("/v1/videos", b"").model == "sora-2"  # the API's default model
+    remix = route("api.openai.com", "/v1/videos/v/remix", "POST").adapter.parse_request("/", b'{"prompt": "x"}')
+    assert remix.model is None and remix.estimate == Usage(output_video_seconds=12, output_video_high_res_seconds=12)
+    job = {"id": "video_1", "object": "video", "model": "sora-2-pro", "status": "queued", "seconds": "8",
+           "size": "1024x1792"}
+    res = create.adapter.parse_response(json.dumps(job).encode())
+    assert res.usage == Usage(output_video_seconds=8, output_video_high_res_seconds=8) and res.usage_final
+    for bad in ({**job, "status": "failed"}, {**job, "seconds": "NaN"}, {**job, "seconds": "-1"}, {**job, "object": "x"},
+                {"error": {"type": "invalid_request_error", "message": "no"}}):
+        assert create.adapter.parse_response(json.dumps(bad).encode()).usage is None, bad
+    assert create.adapter.parse_response(b"\xff").garbled
+    ext = route("api.openai.com", "/v1/videos/extensions", "POST").adapter
+    info = ext.parse_request("/", b'{"seconds": "4", "prompt": "x"}')
+    assert info.request_usage == info.estimate and info.request_usage.output_video_seconds == 4
+    assert ext.parse_response(json.dumps({**job, "seconds": "12"}).encode()).usage is None  # the stitched total
+    assert video_usage(8, "1280x720") == Usage(output_video_seconds=8)
+    assert video_usage(8, "garbage") == Usage(output_video_seconds=8)
+
+
+def test_imagen_and_veo_count_what_they_bill():
+    from spendgate.usage import Usage
+
+    base = "/v1beta/models/{}"
+    imagen = route("generativelanguage.googleapis.com", base.format("imagen-4.0-generate-001:predict"), "POST")
+    assert imagen.endpoint == "predict" and not imagen.adapter.output
+    p = imagen.adapter.parse_request
+    assert p("/v1beta/models/imagen-4.0-generate-001:predict", b'{"instances": [{"prompt": "x"}]}').estimate == \
+        Usage(output_images=4)  # sampleCount left out: four
+    assert p("/", b'{"instances": [{}, {}], "parameters": {"sampleCount": 2}}').estimate == Usage(output_images=4)
+    assert p("/", b'{"instances": [{}], "parameters": {"sampleCount": 1e9}}').estimate == Usage(output_images=4)
+    assert p("/", b"[1]").malformed
+    resp = {"predictions": [{"bytesBase64Encoded": "AA==", "mimeType": "image/png"}, {"raiFilteredReason": "x"}]}
+    res = imagen.adapter.parse_response(json.dumps(resp).encode())
+    assert res.usage == Usage(output_images=1) and res.usage_final
+    assert imagen.adapter.parse_response(b'{"error": {"code": 400, "status": "INVALID_ARGUMENT"}}').usage is None
+    veo = route("generativelanguage.googleapis.com", base.format("veo-3.0-generate-001:predictLongRunning"), "POST")
+    v = veo.adapter.parse_request
+    assert v("/", b'{"instances": [{"prompt": "x"}]}').request_usage == Usage(output_video_seconds=8)
+    assert v("/", b'{"instances": [{}], "parameters": {"durationSeconds": 4, "sampleCount": 2}}').request_usage == \
+        Usage(output_video_seconds=8)
+    assert v("/", b'{"instances": [{}], "parameters": {"durationSeconds": true}}').request_usage == \
+        Usage(output_video_seconds=8)  # not a number: the default
+    assert veo.adapter.parse_response(b'{"name": "models/veo-3.0-generate-001/operations/x"}').usage is None
+    op = route("generativelanguage.googleapis.com", "/v1beta/models/veo-3.0-generate-001/operations/x", "GET")
+    assert op.adapter is None and op.extra.get("free")
+
+
+def test_media_units_are_priced_and_an_unknown_rate_is_unpriced():
+    from datetime import UTC, datetime
+    from decimal import Decimal
+
+    from spendgate.pricing.rates import Pricer
+    from spendgate.usage import Usage
+
+    from pathlib import Path
+
+    pricer = Pricer(Path(__file__).resolve().parents[2] / "pricing" / "overrides.yaml")  # as the gateway ships
+    at = datetime(2026, 11, 30, 12, tzinfo=UTC)
+    pro = pricer.price("openai", "sora-2-pro", Usage(output_video_seconds=12, output_video_high_res_seconds=12), at)
+    assert pro.cost == Decimal("6.00") and [ln.rate_name for ln in pro.lines] == ["video_second_high_res"]
+    # sora-2 has one rate at every size: a high-resolution second costs the standard one
+    assert pricer.price("openai", "sora-2", Usage(output_video_seconds=4, output_video_high_res_seconds=4),
+                        at).cost == Decimal("0.40")
+    assert pricer.price("gemini", "imagen-4.0-ultra-generate-001", Usage(output_images=2), at).cost == Decimal("0.12")
+    assert pricer.price("gemini", "veo-3.1-fast-generate-preview", Usage(output_video_seconds=8), at).cost == \
+        Decimal("1.20")
+    unknown = pricer.price("openai", "sora-9", Usage(output_video_seconds=4), at)
+    assert unknown.cost is None  # unpriced, never $0
+    no_rate = pricer.price("openai", "gpt-5", Usage(output_images=1), at)
+    assert no_rate.cost is None and any("images generated" in n for n in no_rate.notes)

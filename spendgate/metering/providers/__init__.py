@@ -99,6 +99,8 @@ _GEMINI_ADAPTERS: dict[str, Adapter] = {
     "streamGenerateContent": gemini.STREAM_GENERATE_CONTENT,
     "embedContent": gemini.EMBED_CONTENT,
     "batchEmbedContents": gemini.BATCH_EMBED_CONTENTS,
+    "predict": gemini.IMAGEN_PREDICT,  # Imagen: per image
+    "predictLongRunning": gemini.VEO_PREDICT_LONG_RUNNING,  # Veo: per second of video
 }
 # services whose chat streams we may ask for usage (``stream_options.include_usage``, documented
 # as accepted); the others are read passively: usage when their stream carries it, else estimated
@@ -154,6 +156,10 @@ _FREE: tuple[tuple[str, str, re.Pattern[str]], ...] = tuple(
         ("api.anthropic.com", "GET", r"^/api/oauth/.+$"),  # Claude Code subscription login: profile, roles
         ("api.openai.com", "GET", r"^/v1/models(/[^/]+)?$"),
         ("api.openai.com", "GET", r"^/v1/files(/[^/]+)?$"),
+        # Sora jobs: list, poll, download, delete (the POSTs that generate are metered)
+        ("api.openai.com", "GET", r"^/v1/videos(/[^/]+)?$"),
+        ("api.openai.com", "GET", r"^/v1/videos/[^/]+/content$"),
+        ("api.openai.com", "DELETE", r"^/v1/videos/[^/]+$"),
         ("api.openai.com", "POST", r"^/v1/responses/input_tokens$"),  # token counting
         # a stored or background response's input listing, cancel (stops its billing) and delete
         ("api.openai.com", "GET", r"^/v1/responses/[^/]+/input_items$"),
@@ -167,6 +173,8 @@ _FREE: tuple[tuple[str, str, re.Pattern[str]], ...] = tuple(
         ("generativelanguage.googleapis.com", "GET", r"^/(v1|v1beta|v1alpha)/models(/[^/:]+)?$"),
         ("generativelanguage.googleapis.com", "POST", r"^/(v1|v1beta|v1alpha)/models/[^/:]+:counttokens$"),
         ("generativelanguage.googleapis.com", "GET", r"^/(v1|v1beta|v1alpha)/files(/[^/]+)?$"),
+        # a Veo job's operation, polled (its :predictLongRunning is metered)
+        ("generativelanguage.googleapis.com", "GET", r"^/(v1|v1beta|v1alpha)/models/[^/:]+/operations/[^/]+$"),
     )
 )
 
@@ -433,12 +441,16 @@ def _route_extra(extra: ExtraHost, path: str, bare: str) -> Route:
     return _made(openai_under(base, bare, _PASSIVE), extra.provider)  # unknown servers: never rewrite
 
 
-def _route_batches(provider: str, canon: str, method: str) -> Route | None:
-    """The batch APIs (spendgate.metering.providers.batches): submit is a POST, results a GET; and
-    the GET that fetches a background Response (providers.openai_responses), charged like results."""
+def _route_by_method(provider: str, canon: str, method: str) -> Route | None:
+    """Routes whose method decides: the batch APIs (spendgate.metering.providers.batches: submit is
+    a POST, results a GET), the GET that fetches a background Response (providers.openai_responses,
+    charged like results), and Sora's POSTs (a GET of the same path polls or lists, free)."""
     low = canon.lower()
     adapter: Adapter | None = None
-    if method == "POST":
+    if method == "POST" and provider == "openai" and (low in openai_media.VIDEO_POSTS
+                                                      or openai_media.REMIX_PATH.match(low)):
+        adapter = openai_media.VIDEO_POSTS.get(low, openai_media.VIDEOS_REMIX)
+    elif method == "POST":
         if (provider, low) == ("anthropic", "/v1/messages/batches"):
             adapter = batches.ANTHROPIC_SUBMIT
         elif (provider, low) == ("openai", "/v1/batches"):
@@ -477,7 +489,7 @@ def route(host: str, path: str, method: str | None = None) -> Route | None:
     query = (path or "").partition("?")[2]
     canon = normalize_path(path)
     full = canon + ("?" + query if query else "")
-    batch = _route_batches(provider, canon, method.upper()) if method and extra is None else None
+    batch = _route_by_method(provider, canon, method.upper()) if method and extra is None else None
     if batch is not None:
         return batch
     if extra is not None:

@@ -9,6 +9,7 @@ normalized output adds it.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -37,9 +38,11 @@ from spendgate.usage import Usage
 # case-insensitive: routing must not be dodged by spelling (/V1BETA/Models/m:GENERATECONTENT)
 # models/NAME, or tunedModels/NAME (a tuned model: named so in the ledger; no list price, so unpriced)
 PATH_RE = re.compile(r"^/(?:v1|v1beta|v1alpha)/((?:tuned)?models/[^/:]+)"
-                     r":(generateContent|streamGenerateContent|embedContent|batchEmbedContents)$", re.IGNORECASE)
+                     r":(generateContent|streamGenerateContent|embedContent|batchEmbedContents|predict|predictLongRunning)$",
+                     re.IGNORECASE)
 _METHODS = {"generatecontent": "generateContent", "streamgeneratecontent": "streamGenerateContent",
-            "embedcontent": "embedContent", "batchembedcontents": "batchEmbedContents"}
+            "embedcontent": "embedContent", "batchembedcontents": "batchEmbedContents",
+            "predict": "predict", "predictlongrunning": "predictLongRunning"}
 _COUNT_KEYS = (
     "promptTokenCount",
     "candidatesTokenCount",
@@ -54,7 +57,7 @@ _UNFINISHED = ("", "FINISH_REASON_UNSPECIFIED")
 @dataclass(slots=True, frozen=True)
 class GeminiPath:
     model: str
-    method: str  # "generateContent" | "streamGenerateContent" | "embedContent" | "batchEmbedContents"
+    method: str  # generateContent | streamGenerateContent | embedContent | batchEmbedContents | predict | predictLongRunning
     sse: bool  # alt=sse in the query
 
 
@@ -322,7 +325,96 @@ class GeminiEmbedAdapter(GeminiAdapter):
         return "text/event-stream" in content_type.lower()  # never streamed; JSON is one answer
 
 
+IMAGEN_DEFAULT_IMAGES = 4  # sampleCount left out: four images (ai.google.dev/gemini-api/docs/imagen)
+VEO_DEFAULT_SECONDS = 8  # durationSeconds left out: an 8-second clip (ai.google.dev/gemini-api/docs/video)
+MEDIA_MAX_COUNT = 64  # a count we believe from a request (sampleCount x instances): the API allows far fewer
+
+
+def _media_request(path: str, body: bytes) -> tuple[RequestInfo, dict, int]:
+    """Model (from the path), `parameters`, and how many instances a :predict body holds."""
+    obj, info = parse_json_request(body, (), ("instances", "parameters"))
+    gpath = parse_path(path)
+    info.model = gpath.model if gpath else info.model
+    info.stream = False
+    params = obj.get("parameters")
+    instances = obj.get("instances")
+    return info, params if isinstance(params, dict) else {}, len(instances) if isinstance(instances, list) else 1
+
+
+def _count(*values: Any, default: int) -> int:
+    for v in values:
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v <= MEDIA_MAX_COUNT:
+            return math.ceil(v)
+    return default
+
+
+class ImagenAdapter(GeminiAdapter):
+    """``models/imagen-*:predict``: billed per image generated (ai.google.dev/gemini-api/docs/pricing).
+
+    The answer lists one ``predictions[]`` entry per image (``bytesBase64Encoded``); an image the
+    safety filter withheld comes back as ``raiFilteredReason`` and is not counted.
+    """
+
+    output = False
+
+    def parse_request(self, path: str, body: bytes) -> RequestInfo:
+        try:
+            info, params, instances = _media_request(path, body)
+            images = _count(params.get("sampleCount"), params.get("numberOfImages"), default=IMAGEN_DEFAULT_IMAGES)
+            info.estimate = Usage(output_images=min(images * instances, MEDIA_MAX_COUNT))
+            return info
+        except Exception:
+            return RequestInfo(malformed=True)
+
+    def parse_response(self, body: bytes) -> ResponseResult:
+        try:
+            obj = load_json(body)
+            if not isinstance(obj, dict):
+                return ResponseResult(garbled=bool(body))
+            result = ResponseResult(error=error_type(obj))
+            predictions = obj.get("predictions")
+            if isinstance(predictions, list) and not result.error:
+                images = sum(1 for p in predictions if isinstance(p, dict) and p.get("bytesBase64Encoded"))
+                result.usage = Usage(output_images=images)
+                result.usage_final = result.complete = True
+            return result
+        except Exception:
+            return ResponseResult(garbled=True)
+
+    def is_stream_response(self, content_type: str, request: RequestInfo) -> bool:
+        return False
+
+
+class VeoAdapter(ImagenAdapter):
+    """``models/veo-*:predictLongRunning``: billed per second of video generated
+    (ai.google.dev/gemini-api/docs/pricing). The answer is an operation polled later (free), so the
+    request fixes the charge: ``durationSeconds`` (default 8) x ``sampleCount`` / ``numberOfVideos``
+    (default 1) x instances, charged when the job is accepted."""
+
+    def parse_request(self, path: str, body: bytes) -> RequestInfo:
+        try:
+            info, params, instances = _media_request(path, body)
+            seconds = _count(params.get("durationSeconds"), default=VEO_DEFAULT_SECONDS)
+            videos = min(_count(params.get("sampleCount"), params.get("numberOfVideos"), default=1) * instances,
+                         MEDIA_MAX_COUNT)
+            info.request_usage = info.estimate = Usage(output_video_seconds=seconds * videos)
+            return info
+        except Exception:
+            return RequestInfo(malformed=True)
+
+    def parse_response(self, body: bytes) -> ResponseResult:
+        try:
+            obj = load_json(body)
+            if not isinstance(obj, dict):
+                return ResponseResult(garbled=bool(body))
+            return ResponseResult(error=error_type(obj))  # {"name": ".../operations/ID"}: the request's usage
+        except Exception:
+            return ResponseResult(garbled=True)
+
+
 GENERATE_CONTENT = GeminiAdapter("generateContent")
 STREAM_GENERATE_CONTENT = GeminiAdapter("streamGenerateContent")
 EMBED_CONTENT = GeminiEmbedAdapter("embedContent")
 BATCH_EMBED_CONTENTS = GeminiEmbedAdapter("batchEmbedContents")
+IMAGEN_PREDICT = ImagenAdapter("predict")
+VEO_PREDICT_LONG_RUNNING = VeoAdapter("predictLongRunning")

@@ -11,6 +11,10 @@ Each is billed by its own unit, read from its own wire format:
   ``usage: {type: duration, seconds}`` (billed per second of audio); gpt-4o-*-transcribe report
   ``usage: {type: tokens, input_tokens, input_token_details.audio_tokens, output_tokens}``; their
   ``stream=true`` SSE ends with ``transcript.text.done`` carrying the same usage.
+* ``/v1/videos`` (create, multipart), ``/v1/videos/{id}/remix`` (JSON), ``/v1/videos/edits`` and
+  ``/v1/videos/extensions`` (multipart): Sora is billed per second of video generated, dearer above
+  720p for sora-2-pro. The answer is the job (a Video object: ``model``, ``seconds``, ``size``),
+  which fixes the charge when it is accepted; polls, downloads and deletes are free.
 * ``/v1/audio/speech`` (JSON in, audio bytes out): tts-1/tts-1-hd are billed per input character,
   which the request itself fixes (``RequestInfo.request_usage``); gpt-4o-mini-tts with
   ``stream_format: sse`` reports token usage in ``speech.audio.done``; as plain audio it says
@@ -273,11 +277,95 @@ class SpeechAdapter(Adapter):
         return "text/event-stream" in content_type.lower()
 
 
+SORA_DEFAULT_MODEL = "sora-2"  # the API's defaults (platform.openai.com/docs/api-reference/videos/create)
+SORA_DEFAULT_SECONDS = 4
+SORA_DEFAULT_SIZE = "720x1280"
+SORA_LONGEST_SECONDS = 12  # a remix or edit keeps its source's length, unknown here: reserve the longest
+
+
+def video_usage(seconds: int, size: str | None, count: int = 1) -> Usage:
+    """`seconds` of video, `count` times; all of it above 720p when the smaller side of `size`
+    ("WxH") is larger than 720 pixels."""
+    seconds = max(seconds, 0) * max(count, 1)
+    try:
+        w, _, h = (size or "").lower().partition("x")
+        high = min(int(w), int(h)) > 720
+    except ValueError:
+        high = False
+    return Usage(output_video_seconds=seconds, output_video_high_res_seconds=seconds if high else 0)
+
+
+def _seconds(value: Any) -> int | None:
+    """A clip length as the API writes it ("8", 8): whole seconds, or None."""
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        return None
+    return math.ceil(seconds) if math.isfinite(seconds) and 0 <= seconds <= 3600 else None
+
+
+class VideosAdapter(_MultipartAdapter):
+    """Sora: ``/v1/videos`` and its remix, edit and extension; billed per second of video."""
+
+    output = False  # no tokens: the video's seconds are the bill
+
+    def __init__(self, endpoint: str):
+        self.endpoint = endpoint
+
+    def parse_request(self, path: str, body: bytes) -> RequestInfo:
+        try:
+            if body[:1] == b"{":  # remix: {"prompt": ...}; any of them may come as JSON
+                obj, info = parse_json_request(body, (), ("seconds", "size"))
+                fields = {k: obj.get(k) for k in ("seconds", "size")}
+            else:
+                fields = multipart_fields(body, frozenset(("model", "seconds", "size")))
+                info = RequestInfo(model=str_or_none(fields.get("model")), input_bytes=min(len(body), 4096))
+            if info.malformed:
+                return info
+            if self.endpoint == "videos.create":
+                info.model = info.model or SORA_DEFAULT_MODEL
+            seconds = _seconds(fields.get("seconds"))
+            if seconds is None:
+                seconds = SORA_DEFAULT_SECONDS if self.endpoint == "videos.create" else SORA_LONGEST_SECONDS
+            info.stream = False
+            # a create's size defaults to 720x1280; a remix, edit or extension keeps its source's,
+            # unknown here: reserved at the high-resolution rate (errs high)
+            size = str_or_none(fields.get("size")) or (SORA_DEFAULT_SIZE if self.endpoint == "videos.create" else "1792x1024")
+            info.estimate = video_usage(seconds, size)
+            if self.endpoint == "videos.extend":  # the answer's seconds are the stitched total: bill the new part
+                info.request_usage = info.estimate
+            return info
+        except Exception:
+            return RequestInfo(malformed=True)
+
+    def parse_response(self, body: bytes) -> ResponseResult:
+        try:
+            obj = load_json(body)
+            if not isinstance(obj, dict):
+                return ResponseResult(garbled=bool(body))
+            result = ResponseResult(model=str_or_none(obj.get("model")), error=error_type(obj))
+            seconds = _seconds(obj.get("seconds"))
+            if self.endpoint != "videos.extend" and obj.get("object") == "video" and seconds is not None \
+                    and obj.get("status") != "failed":
+                result.usage = video_usage(seconds, str_or_none(obj.get("size")))
+                result.usage_final = result.complete = True
+            return result
+        except Exception:
+            return ResponseResult(garbled=True)
+
+    def stream_parser(self, path: str) -> StreamParser:
+        return _MediaStreamParser(frozenset(), None)  # never streamed
+
+
 IMAGES_GENERATIONS = ImagesAdapter("images.generations", "image_generation.completed")
 IMAGES_EDITS = ImagesAdapter("images.edits", "image_edit.completed")
 TRANSCRIPTIONS = TranscriptionAdapter("audio.transcriptions")
 TRANSLATIONS = TranscriptionAdapter("audio.translations")
 SPEECH = SpeechAdapter()
+VIDEOS_CREATE = VideosAdapter("videos.create")
+VIDEOS_REMIX = VideosAdapter("videos.remix")
+VIDEOS_EDIT = VideosAdapter("videos.edit")
+VIDEOS_EXTEND = VideosAdapter("videos.extend")
 
 ENDPOINTS: dict[str, Adapter] = {
     "/images/generations": IMAGES_GENERATIONS,
@@ -286,3 +374,10 @@ ENDPOINTS: dict[str, Adapter] = {
     "/audio/translations": TRANSLATIONS,
     "/audio/speech": SPEECH,
 }
+# Sora's POSTs (routed by method: a GET of the same paths lists or polls, for free)
+VIDEO_POSTS: dict[str, Adapter] = {
+    "/v1/videos": VIDEOS_CREATE,
+    "/v1/videos/edits": VIDEOS_EDIT,
+    "/v1/videos/extensions": VIDEOS_EXTEND,
+}
+REMIX_PATH = re.compile(r"^/v1/videos/[^/]+/remix$")  # lower-cased
