@@ -16,7 +16,16 @@ from spendgate.metering.framing import (
     SSEBlockSplitter,
     SSEDecoder,
 )
-from spendgate.metering.providers import openai_chat, openai_extra, route, vertex
+from spendgate.metering.providers import (
+    HOST_PATTERNS,
+    PROVIDER_HOSTS,
+    gemini,
+    openai_chat,
+    openai_extra,
+    openai_media,
+    route,
+    vertex,
+)
 from spendgate.metering.providers.anthropic import COUNT_TOKENS, MESSAGES
 from spendgate.metering.providers.base import Adapter, ResponseResult
 from spendgate.metering.providers.gemini import (
@@ -41,6 +50,15 @@ ADAPTERS: list[tuple[Adapter, str]] = [
     (openai_chat.AZURE_CHAT, "/openai/deployments/d/chat/completions?api-version=2024-10-21"),
     (openai_extra.EMBEDDINGS, "/v1/embeddings"),
     (openai_extra.COMPLETIONS, "/v1/completions"),
+    # embeddings and generated media (billed per image or second)
+    (gemini.EMBED_CONTENT, "/v1beta/models/gemini-embedding-001:embedContent"),
+    (gemini.IMAGEN_PREDICT, "/v1beta/models/imagen-4.0-generate-001:predict"),
+    (gemini.VEO_PREDICT_LONG_RUNNING, "/v1beta/models/veo-3.0-generate-001:predictLongRunning"),
+    (openai_media.VIDEOS_CREATE, "/v1/videos"),
+    (openai_media.VIDEOS_REMIX, "/v1/videos/v/remix"),
+    (openai_media.IMAGES_GENERATIONS, "/v1/images/generations"),
+    (openai_media.TRANSCRIPTIONS, "/v1/audio/transcriptions"),
+    (openai_media.SPEECH, "/v1/audio/speech"),
 ]
 FIXTURE_BODIES = [fixture_bytes(fixture) for _, fixture in STREAMS.values()]
 FUZZ = settings(
@@ -169,4 +187,4 @@ def test_block_splitter_loses_no_bytes(data: bytes, positions: list[int]) -> Non
 @given(st.text(max_size=60), st.text(max_size=120))
 def test_route_never_raises(host: str, path: str) -> None:
     r = route(host, path)
-    assert r is None or r.provider in {"anthropic", "openai", "gemini"}
+    assert r is None or r.provider in {*PROVIDER_HOSTS.values(), *(p for _, p in HOST_PATTERNS)}

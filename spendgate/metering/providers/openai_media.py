@@ -129,7 +129,8 @@ class _MediaStreamParser(JSONEventStreamParser):
         self._duration = duration
 
     def on_event(self, event: str | None, obj: dict) -> None:
-        kind = obj.get("type") or event
+        kind = obj.get("type")
+        kind = kind if isinstance(kind, str) and kind else event
         if kind == "error" or "error" in obj and isinstance(obj.get("error"), dict):
             self._result.error = error_type(obj) or "error"
             return

@@ -186,7 +186,8 @@ class OpenAIResponsesAdapter(Adapter):
             if not isinstance(obj, dict):
                 return ResponseResult(garbled=bool(body))
             result = ResponseResult()
-            if obj.get("status") in PENDING and not isinstance(obj.get("usage"), dict):
+            status = obj.get("status")
+            if isinstance(status, str) and status in PENDING and not isinstance(obj.get("usage"), dict):
                 return ResponseResult(free=True, held=True, note=PENDING_NOTE, model=str_or_none(obj.get("model")),
                                       response_id=str_or_none(obj.get("id")))
             if obj.get("object") == "response" or "usage" in obj or "output" in obj:
