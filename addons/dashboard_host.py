@@ -18,9 +18,8 @@ from concurrent.futures import ThreadPoolExecutor
 from mitmproxy import ctx, http
 
 from spendgate.policy.model import UNATTRIBUTED
-from spendgate.web.app import WebRequest
+from spendgate.web.app import ANONYMOUS_BODY_BYTES, WebRequest
 from spendgate.web.caller import Caller
-from spendgate.web.server import body_limit
 
 log = logging.getLogger("spendgate")
 
@@ -47,19 +46,27 @@ class DashboardHost:
         # the request line's host (absolute-form), never the Host header: decisions follow the real target
         return bool(host) and not flow.response and flow.request.host.lower() == host.lower()
 
-    def requestheaders(self, flow: http.HTTPFlow) -> None:
-        """Bound the body before mitmproxy buffers it, as the admin port does (web.server.body_limit:
-        64 KiB without credentials, the route's own limit otherwise): an anonymous caller must not
-        make the gateway hold and parse megabytes on the threads admission shares (eighth review, E3)."""
+    async def requestheaders(self, flow: http.HTTPFlow) -> None:
+        """Refuse a body over the bound from its headers, as the admin port does (WebApp.body_limit:
+        64 KiB unless a credential checks out now, the route's own limit otherwise), so the app
+        never parses it (eighth review, E3; ninth, N2). mitmproxy still reads a refused body
+        before its answer goes out (a killed connection's socket stays open while body bytes are
+        pending, measured on mitmproxy 12): what it reads is bounded by `body_size_limit` on a
+        central gateway (as for provider traffic), and only local clients reach a laptop's proxy."""
         if not self._ours(flow):
             return
-        req = flow.request
-        limit = body_limit(req.path, req.headers)
+        req, gw = flow.request, self.gate.gateway
+        limit = ANONYMOUS_BODY_BYTES
+        if gw is not None and ("cookie" in req.headers or "authorization" in req.headers):
+            # checking a credential may read the admin token file: on the dashboard's threads
+            limit = await asyncio.get_running_loop().run_in_executor(self._pool, gw.web.body_limit, req.path,
+                                                                     req.headers.copy())
+        close = {"Content-Type": "text/plain", "Connection": "close"}
+        length = req.headers.get("content-length", "0").strip()
         if "transfer-encoding" in req.headers:  # no length to check before reading: the app's clients send one
-            flow.response = http.Response.make(411, b"spendgate.local needs a Content-Length", {"Content-Type": "text/plain"})
-        elif (length := req.headers.get("content-length", "0").strip()).isdigit() and int(length) > limit:
-            flow.response = http.Response.make(413, f"spendgate.local reads at most {limit} bytes here".encode(),
-                                               {"Content-Type": "text/plain", "Connection": "close"})
+            flow.response = http.Response.make(411, b"spendgate.local needs a Content-Length", close)
+        elif not length.isdigit() or int(length) > limit:
+            flow.response = http.Response.make(413, f"spendgate.local reads at most {limit} bytes here".encode(), close)
         if flow.response:
             flow.metadata[META] = True
 

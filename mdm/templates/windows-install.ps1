@@ -25,16 +25,47 @@ $InetKey = 'HKLM:\Software\Microsoft\Windows\CurrentVersion\Internet Settings'
 $PolicyKey = 'HKLM:\Software\Policies\Microsoft\Windows\CurrentVersion\Internet Settings'
 $Utf8 = New-Object System.Text.UTF8Encoding $false   # no BOM: JSON readers choke on it
 
+function Fill([string]$text) {
+  $text = $text.Replace('{{user_token}}:@@PROXY_PASSWORD@@@', "${UserUrl}:${ProxyPassword}@")
+  return $text.Replace('{{user_token}}', $User).Replace('@@PROXY_PASSWORD@@', $ProxyPassword)
+}
+
 function Write-Filled([string]$From, [string]$To) {
-  $text = [IO.File]::ReadAllText($From).Replace('{{user_token}}:@@PROXY_PASSWORD@@@', "${UserUrl}:${ProxyPassword}@")
-  $text = $text.Replace('{{user_token}}', $User).Replace('@@PROXY_PASSWORD@@', $ProxyPassword)
+  $text = Fill ([IO.File]::ReadAllText($From))
   New-Item -ItemType Directory -Force -Path (Split-Path -Parent $To) | Out-Null
   [IO.File]::WriteAllText($To, $text, $Utf8)
+  if ($ProxyPassword -and $text.Contains($ProxyPassword)) {
+    # the user's proxy token: readable by that account, SYSTEM and Administrators only, never the
+    # folder's inherited BUILTIN\Users read
+    icacls $To /inheritance:r /grant:r "${Account}:R" 'SYSTEM:F' '*S-1-5-32-544:F' | Out-Null
+    if ($LASTEXITCODE -ne 0) {
+      icacls $To /inheritance:r /grant:r 'SYSTEM:F' '*S-1-5-32-544:F' | Out-Null
+      Write-Warning "spendgate: cannot grant $Account read access; $To stays readable by administrators only"
+    }
+  }
+}
+
+function Set-KitVariable([string]$Name, [string]$Value) {
+  # a value carrying the user's proxy token goes to that user's own environment (HKU\SID), never
+  # the machine's, which every account (and every service) reads
+  if ($ProxyPassword -and $Value.Contains($ProxyPassword)) {
+    $userEnv = "Registry::HKEY_USERS\$Sid\Environment"
+    if ($Sid -and (Test-Path $userEnv)) { Set-ItemProperty -Path $userEnv -Name $Name -Value $Value }
+    else { Write-Warning "spendgate: $Account is not signed in: run this again at their next sign-in to set $Name" }
+    [Environment]::SetEnvironmentVariable($Name, $null, 'Machine')   # an earlier kit's machine-wide copy
+  } else {
+    [Environment]::SetEnvironmentVariable($Name, $Value, 'Machine')
+  }
 }
 
 if ($Uninstall) {
   Unregister-ScheduledTask -TaskName 'spendgate' -Confirm:$false -ErrorAction SilentlyContinue
   foreach ($name in $EnvVars.Keys) { [Environment]::SetEnvironmentVariable($name, $null, 'Machine') }
+  Get-ChildItem 'Registry::HKEY_USERS' | ForEach-Object {   # each user's copy of the token-bearing ones
+    foreach ($name in $EnvVars.Keys) {
+      Remove-ItemProperty -Path "Registry::$($_.Name)\Environment" -Name $name -ErrorAction SilentlyContinue
+    }
+  }
   Remove-ItemProperty -Path $InetKey -Name AutoConfigURL -ErrorAction SilentlyContinue
   Set-ItemProperty -Path $InetKey -Name ProxyEnable -Value 0 -ErrorAction SilentlyContinue
   netsh winhttp reset proxy | Out-Null
@@ -51,6 +82,11 @@ if (-not $User) {
 }
 if (-not $User -or $User -notmatch '^[A-Za-z0-9._@-]+$') { throw 'cannot tell who uses this machine; pass -User NAME' }
 $UserUrl = $User.Replace('@', '%40')   # in the proxy URL the user is percent-encoded
+# the Windows account that reads the token-bearing files and variables: the signed-in one (DOMAIN\name)
+$Account = (Get-CimInstance Win32_ComputerSystem).UserName
+if (-not $Account) { $Account = $User }
+try { $Sid = (New-Object System.Security.Principal.NTAccount($Account)).Translate(
+        [System.Security.Principal.SecurityIdentifier]).Value } catch { $Sid = $null }
 if ($Identity -eq 'proxy_auth' -and ($ProxyPassword -notmatch '^[A-Za-z0-9._~-]+$')) {
   throw 'proxy_auth identity: pass -ProxyPassword (letters, digits and . _ ~ - only)'
 }
@@ -91,12 +127,9 @@ if ($PacUrl) {
   netsh winhttp set proxy proxy-server="https=$ProxyHostPort" bypass-list="<local>" | Out-Null
 }
 
-# 3. machine environment variables: what Codex, Gemini CLI, Copilot CLI and Python SDKs read
-foreach ($kv in $EnvVars.GetEnumerator()) {
-  $value = $kv.Value.Replace('{{user_token}}:@@PROXY_PASSWORD@@@', "${UserUrl}:${ProxyPassword}@")
-  $value = $value.Replace('{{user_token}}', $User).Replace('@@PROXY_PASSWORD@@', $ProxyPassword)
-  [Environment]::SetEnvironmentVariable($kv.Key, $value, 'Machine')
-}
+# 3. environment variables: what Codex, Gemini CLI, Copilot CLI and Python SDKs read (machine-wide,
+# but those carrying the user's proxy token: that user's own)
+foreach ($kv in $EnvVars.GetEnumerator()) { Set-KitVariable $kv.Key (Fill $kv.Value) }
 
 # 4. Claude Code managed settings (its env block carries the proxy, CA and identity)
 if ((Test-Path $ClaudeSettings) -and -not (Test-Path "$ClaudeSettings.pre-spendgate") -and

@@ -20,13 +20,14 @@ loop; callers use worker threads. Errors reaching the server raise `StoreUnavail
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
 import socket
 import os
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
@@ -490,6 +491,7 @@ MIGRATIONS: list[tuple[int, str, str]] = [
 ]
 SCHEMA_VERSION = max(v for v, _, _ in MIGRATIONS)
 MIGRATION_LOCK = 0x5E4D6A7E  # pg_advisory_xact_lock key: two `store migrate` runs take turns
+REQUESTS_LOCK = 0x5E4D6A7F  # pg_advisory_lock key: one replica at a time files an increase request
 
 
 class StoreError(RuntimeError):
@@ -796,6 +798,22 @@ class PostgresStore:
                          "WHERE until > now() ORDER BY ts, id")
         names = ("id", "request_id", "scope", "window", "amount", "starts", "until", "granted_by")
         return [dict(zip(names, r)) for r in rows]
+
+    @contextlib.contextmanager
+    def exclusive(self, key: int) -> Iterator[None]:
+        """Run a read-then-write section one replica at a time: a session advisory lock on a pooled
+        connection of its own, held for the section and released on exit (or by the server when
+        the connection drops). Waiting counts against the statement timeout. Raises
+        StoreUnavailable when the store does not answer or the wait times out."""
+        try:
+            with self.pool.connection() as con:
+                con.execute("SELECT pg_advisory_lock(%s)", [key])
+                try:
+                    yield
+                finally:
+                    con.execute("SELECT pg_advisory_unlock(%s)", [key])
+        except self._psycopg.OperationalError as e:
+            raise StoreUnavailable(f"the store {redact(self.url)} failed: {_why(e)}") from None
 
     def claim_alert(self, key: tuple[str, str, datetime, str, Decimal], spent: Decimal, limit: Decimal) -> bool:
         """True for the one replica that records this alert first; the others stay quiet."""

@@ -20,6 +20,7 @@ must carry `X-Spendgate: 1`, which no cross-site form can send (CSRF).
 
 from __future__ import annotations
 
+import collections
 import hmac
 import json
 import logging
@@ -46,6 +47,10 @@ Handler = Callable[[dict[str, Any], Caller], Any]
 COOKIE = "spendgate_session"
 SESSION_TTL = 12 * 3600.0
 MAX_SESSIONS = 1000
+SESSIONS_PER_CALLER = 10  # browsers one person keeps signed in; an 11th sign-in ends their oldest
+MAX_BODY_BYTES = 64 * 1024 * 1024  # the largest POST body read (billing imports are the big ones)
+ANONYMOUS_BODY_BYTES = 64 * 1024  # a request without a credential that checks out (the login form is tiny)
+MAX_FORM_FIELDS = 16  # the login form has two
 ASSETS = {
     "/": ("index.html", "text/html; charset=utf-8"),
     "/index.html": ("index.html", "text/html; charset=utf-8"),
@@ -71,7 +76,9 @@ SECURITY_HEADERS = {
     "Cache-Control": "no-store",
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
-    "Referrer-Policy": "no-referrer",
+    # same-origin: the page's own form POSTs carry its real Origin (no-referrer makes browsers send
+    # `Origin: null`, which the login's CSRF check cannot tell from a sandboxed foreign frame)
+    "Referrer-Policy": "same-origin",
     "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
     "frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
 }
@@ -138,6 +145,19 @@ def cookie_value(header: str, name: str = COOKIE) -> str | None:
     return None
 
 
+def same_origin(headers: Mapping[str, str]) -> bool:
+    """A POST from the dashboard's own page, or from a client that is no browser (CLIs send neither
+    header). Browsers send Origin on every cross-site POST; `Origin: null` (a sandboxed frame, a
+    privacy setting) passes only when the browser itself says the request is same-origin
+    (`Sec-Fetch-Site`, which no page can set)."""
+    origin = headers.get("origin")
+    if origin is None:
+        return headers.get("sec-fetch-site", "same-origin") in ("same-origin", "none")
+    if origin == "null":
+        return headers.get("sec-fetch-site") == "same-origin"
+    return (urlsplit(origin).netloc.lower() or "-") == headers.get("host", "").lower()
+
+
 def token_matches(given: str, tokens: Sequence[str]) -> bool:
     """Constant-time comparison against every accepted admin token."""
     ok = False
@@ -162,12 +182,22 @@ class Sessions:
         self._lock = threading.Lock()
 
     def create(self, caller: Caller, credential: str) -> str:
+        """A new session; a person's 11th ends their own oldest, and at MAX_SESSIONS the person
+        holding the most loses their oldest: signing in again and again never signs others out
+        (ninth review, N7)."""
         sid = secrets.token_urlsafe(32)
         now = self.clock()
+        who = (caller.name, caller.admin)
         with self._lock:
             self._s = {k: v for k, v in self._s.items() if v[2] > now}
-            if len(self._s) >= MAX_SESSIONS:  # drop the oldest rather than grow without bound
-                del self._s[min(self._s, key=lambda k: self._s[k][2])]
+            mine = [k for k, v in self._s.items() if (v[0].name, v[0].admin) == who]
+            if len(mine) >= SESSIONS_PER_CALLER:
+                del self._s[min(mine, key=lambda k: self._s[k][2])]
+            elif len(self._s) >= MAX_SESSIONS:
+                held = collections.Counter((v[0].name, v[0].admin) for v in self._s.values())
+                top = held.most_common(1)[0][0]
+                del self._s[min((k for k, v in self._s.items() if (v[0].name, v[0].admin) == top),
+                                key=lambda k: self._s[k][2])]
             self._s[sid] = (caller, credential, now + self.ttl)
         return sid
 
@@ -253,6 +283,25 @@ class WebApp:
             self.sessions.drop(sid)  # revoked, expired or rotated out: the browser signs in again
             raise ApiError(401, "the token this session was opened with is no longer valid; sign in again")
         return req.ambient
+
+    def body_limit(self, target: str, headers: Any) -> int:
+        """The most bytes of body read for this request, decided before reading any: the route's own
+        limit (BODY_LIMITS, else MAX_BODY_BYTES), and ANONYMOUS_BODY_BYTES unless the request carries
+        a credential that checks out now (a live session's cookie, an admin or spendgate bearer
+        token): a header's mere presence proves nothing (ninth review, N2). `/login` is always
+        anonymous. Never raises."""
+        path = urlsplit(target).path
+        limit = BODY_LIMITS.get(path, MAX_BODY_BYTES)
+        if path == "/login" or not self._credentialed(headers):
+            limit = min(limit, ANONYMOUS_BODY_BYTES)
+        return limit
+
+    def _credentialed(self, headers: Any) -> bool:
+        try:
+            lowered = {k.lower(): v for k, v in headers.items()}
+            return self.authenticate(WebRequest("GET", "/", lowered, b"")) is not None
+        except Exception:
+            return False
 
     def _still_valid(self, caller: Caller, credential: str) -> bool:
         if caller.admin:
@@ -347,16 +396,14 @@ class WebApp:
         never decides anything. A spendgate token signs its user in (their view, and their
         decisions if the policy makes them an approver).
         """
-        origin = req.headers.get("origin")
-        if origin is not None and (urlsplit(origin).netloc.lower() or "-") != req.headers.get("host", "").lower():
+        if not same_origin(req.headers):
             # login CSRF: a page elsewhere must not sign this browser into someone else's session
-            # (browsers send Origin on every cross-site POST; CLIs send none)
             raise ApiError(403, "sign in from the dashboard's own page")
         ctype = req.headers.get("content-type", "")
         if ctype.startswith("application/json"):
             form = json.loads(req.body or b"{}") or {}
         else:
-            form = dict(parse_qsl(req.body.decode(errors="replace")))
+            form = dict(parse_qsl(req.body.decode(errors="replace"), max_num_fields=MAX_FORM_FIELDS))
         token, name = str(form.get("token") or ""), str(form.get("name") or "").strip()[:128]
         token = token.strip()
         if token_matches(token, self.tokens()):

@@ -22,24 +22,43 @@ from urllib.parse import parse_qsl, urlsplit
 
 from spendgate import fsutil
 from spendgate.fsutil import discovery_path  # noqa: F401  (re-exported: gateway, scripts)
-from spendgate.web.app import BODY_LIMITS, StreamBody, WebRequest
+from spendgate.web.app import StreamBody, WebRequest
 from spendgate.web.caller import ApiError, Caller
 
 log = logging.getLogger(__name__)
 
 Handler = Callable[[dict[str, str], "Caller"], Any]
-MAX_BODY_BYTES = 64 * 1024 * 1024  # the largest POST body read (billing imports are the big ones)
-ANONYMOUS_BODY_BYTES = 64 * 1024  # a request with no credentials at all (the login form is tiny)
+IDLE_SECONDS = 10  # a connection silent this long (idle keep-alive, half a request) is closed
+MAX_CONNECTIONS = 512  # connections served at once (a thread each); more are answered 503 and closed
+_BUSY = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\nRetry-After: 5\r\n\r\n"
 
 
-def body_limit(target: str, headers: Any) -> int:
-    """The most bytes of body read for this request, decided before reading any: the route's own
-    limit (web.app.BODY_LIMITS), and 64 KiB for a request carrying no credentials, so nobody can
-    make the admin server hold large bodies before it knows who is asking."""
-    limit = BODY_LIMITS.get(urlsplit(target).path, MAX_BODY_BYTES)
-    if not (headers.get("Authorization") or headers.get("Cookie")):
-        limit = min(limit, ANONYMOUS_BODY_BYTES)
-    return limit
+class _BoundedHTTPServer(ThreadingHTTPServer):
+    """A thread per connection, at most MAX_CONNECTIONS of them: idle or half-sent connections must
+    not pile up threads and descriptors until the proxy itself cannot accept (ninth review, N8)."""
+
+    daemon_threads = True
+    request_queue_size = 128
+
+    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler]) -> None:
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        super().__init__(address, handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            try:
+                request.sendall(_BUSY)
+            except OSError:
+                pass
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
 
 
 class AdminServer:
@@ -56,8 +75,7 @@ class AdminServer:
         self.post_routes = post_routes or {}
         self.app: Any = None  # a spendgate.web.app.WebApp: when set, it answers every request (dashboard + API)
         self.token = token or secrets.token_urlsafe(32)
-        self.httpd = ThreadingHTTPServer((host, port), self._handler_class())
-        self.httpd.daemon_threads = True
+        self.httpd = _BoundedHTTPServer((host, port), self._handler_class())
         self.thread = threading.Thread(target=self.httpd.serve_forever, name="spendgate-admin", daemon=True)
 
     @property
@@ -88,6 +106,7 @@ class AdminServer:
 
         class _Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            timeout = IDLE_SECONDS
 
             def log_message(self, fmt: str, *args: Any) -> None:  # keep tokens and paths out of stderr
                 log.debug("admin api: " + fmt, *args)
@@ -126,7 +145,7 @@ class AdminServer:
 
             def _web(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
-                limit = body_limit(self.path, self.headers)
+                limit = server.app.body_limit(self.path, self.headers)
                 if length > limit:  # never read (or hold) a body this large: answer and hang up
                     self.close_connection = True
                     self._send(413, {"error": f"request body over {limit} bytes"})

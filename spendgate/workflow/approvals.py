@@ -13,8 +13,9 @@ import logging
 import threading
 import uuid
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -38,6 +39,8 @@ AUTO_ACTOR = "policy:auto_approve_up_to"
 # an API key mapping or a client address.
 DECIDING_SOURCES = frozenset({"token", "proxy_auth"})
 MAX_OPEN_REQUESTS = 5  # undecided requests one person may have at once (one per budget and window)
+MAX_REQUESTS_PER_HOUR = 20  # requests one person may file in an hour, whatever became of them
+MIN_REQUEST_USD = Decimal("0.01")  # smaller asks are noise (and below what the tables keep, free auto-approvals)
 
 
 class ApprovalError(ValueError):
@@ -342,6 +345,9 @@ class Approvals:
         self.notify = notify
         self.now = now
         self._lock = threading.Lock()  # one decision at a time: reads-then-inserts stay consistent
+        # the same across replicas sharing a store (workflow.sharing: a PostgreSQL advisory lock):
+        # a request's bounds and the auto-approval cap are reads-then-inserts too (ninth review, N5)
+        self.exclusive: Callable[[], AbstractContextManager[Any]] = nullcontext
 
     # -- requests --
     def request(self, requester: str, scope: str, window: str, amount: Any, reason: str) -> dict[str, Any]:
@@ -353,6 +359,8 @@ class Approvals:
             raise ApprovalError(f"unknown window {window!r} (one of {', '.join(WINDOWS)})")
         if not (reason or "").strip():
             raise ApprovalError('say why: --reason "..." (approvers see it, and so does the audit trail)')
+        if amount < MIN_REQUEST_USD:
+            raise ApprovalError(f"ask for at least ${MIN_REQUEST_USD} (not {amount})")
         limit = policy_limit(policy, scope, window, now.astimezone(policy.timezone).date())
         if limit is None:
             raise ApprovalError(f"{scope} has no {ADJECTIVE[window]} budget in the policy: there is nothing to raise")
@@ -361,7 +369,7 @@ class Approvals:
         granted = self.grants.total(scope, window, now)
         in_force = limit + granted  # what the requester is actually held to: the policy's limit + active grants
         rid = "r-" + uuid.uuid4().hex[:10]
-        with self._lock:
+        with self._lock, self.exclusive():
             self._check_open(requester, scope, window, now)
             self.cursor().execute(
                 "INSERT INTO increase_requests VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -395,9 +403,15 @@ class Approvals:
         return self.get(rid)
 
     def _check_open(self, requester: str, scope: str, window: str, now: datetime) -> None:
-        """One open request per budget and at most MAX_OPEN_REQUESTS per person (open: undecided and
-        its window not over), so nobody can bury the approvers, or the alerts that share their
-        delivery queue, under requests (eighth review, E2). Raises ApprovalError."""
+        """One open request per budget, at most MAX_OPEN_REQUESTS per person (open: undecided and
+        its window not over) and MAX_REQUESTS_PER_HOUR filed (auto-approved ones included), so
+        nobody can bury the approvers, or the alerts that share their delivery queue, under
+        requests (eighth review E2, ninth N4). Raises ApprovalError."""
+        filed = self.cursor().execute(
+            "SELECT count(*) FROM increase_requests WHERE requester = ? AND ts > ?",
+            [requester, now - timedelta(hours=1)]).fetchone()[0]
+        if filed >= MAX_REQUESTS_PER_HOUR:
+            raise ApprovalError(f"{requester} has filed {filed} requests in the last hour; ask again later")
         rows = self.cursor().execute(
             "SELECT r.id, r.scope, r.\"window\" FROM increase_requests r LEFT JOIN request_decisions d "
             "ON d.request_id = r.id WHERE d.request_id IS NULL AND r.requester = ? AND r.window_end > ? "

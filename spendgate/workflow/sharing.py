@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import threading
 
-from spendgate.store.postgres import PostgresStore, SharedCursor, StoreUnavailable
+from spendgate.store.postgres import REQUESTS_LOCK, PostgresStore, SharedCursor, StoreUnavailable
 from spendgate.workflow.approvals import Grant, _utc
 from spendgate.workflow.service import Workflow
 
@@ -61,6 +61,7 @@ def share(workflow: Workflow, pg: PostgresStore) -> GrantSync:
     sync = GrantSync(workflow, pg)
     shared = SharedCursor(pg)
     workflow.approvals.cursor = lambda: shared  # requests, decisions and grants: one set for all replicas
+    workflow.approvals.exclusive = lambda: pg.exclusive(REQUESTS_LOCK)  # a request's bounds, across replicas
     workflow.audit.use(lambda: shared)  # one audit trail for all replicas
     grants = workflow.grants
     grants.on_add = sync.publish

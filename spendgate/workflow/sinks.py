@@ -182,6 +182,7 @@ class Dispatcher:
         self._seq = itertools.count()
         self._pending = 0
         self._requests = 0  # of which request notices
+        self._alerts = 0  # and alerts
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
         self._stop = threading.Event()
@@ -193,14 +194,17 @@ class Dispatcher:
         for s in sinks:
             if notice.kind not in s.events:
                 continue
-            asked = notice.kind == "request"
+            asked, alert = notice.kind == "request", notice.kind == "alert"
             with self._lock:
-                # requests (filed by anyone) may hold a quarter of the queue: a flood of them never
-                # crowds out the budget alerts and decisions (eighth review, E2)
-                full = self._pending >= MAX_PENDING or (asked and self._requests >= MAX_PENDING // 4)
+                # requests (filed by anyone) may hold a quarter of the queue and everything but
+                # alerts three quarters: a flood of requests, or of the decisions auto-approval
+                # makes at once, never crowds out the budget alerts (eighth review E2, ninth N4)
+                full = (self._pending >= MAX_PENDING or (asked and self._requests >= MAX_PENDING // 4)
+                        or (not alert and self._pending - self._alerts >= MAX_PENDING * 3 // 4))
                 if not full:
                     self._pending += 1
                     self._requests += asked
+                    self._alerts += alert
             if full:
                 self._record(Delivery(s.name, notice.kind, "dropped", 0, "too many undelivered notices",
                                       notice.scope, notice.ref))
@@ -251,6 +255,7 @@ class Dispatcher:
         with self._idle:
             self._pending -= 1
             self._requests -= job.notice.kind == "request"
+            self._alerts -= job.notice.kind == "alert"
             self._idle.notify_all()
 
     def _run(self) -> None:

@@ -196,3 +196,26 @@ def test_the_log_sink_writes_one_line_per_notice(caplog):
     (line,) = [r.getMessage() for r in caplog.records if "forged" in r.getMessage()]
     assert "\n" not in line and "\r" not in line
     assert line.endswith("ok\\x0aERROR spendgate: forged line\\x0d\\x09and 5 €")
+
+
+def test_alerts_keep_a_quarter_of_the_queue_whatever_else_waits():
+    """Ninth review (N4): decisions (auto-approval makes them at once) and requests together hold
+    at most three quarters of the queue; the last quarter is the alerts'."""
+    from spendgate.workflow.sinks import MAX_PENDING
+
+    release = threading.Event()
+    out: list[Delivery] = []
+    d = Dispatcher(out.append, deliver=lambda sink, n: release.wait(30))
+    sink = SinkConfig("ops", "webhook", url="http://127.0.0.1:9/never")
+    try:
+        for i in range(MAX_PENDING):
+            d.submit(notice(kind="decision", ref=f"r-{i}"), [sink])
+        dropped = [x for x in out if x.outcome == "dropped"]
+        assert len(dropped) == MAX_PENDING - MAX_PENDING * 3 // 4 and {x.kind for x in dropped} == {"decision"}
+        for i in range(MAX_PENDING // 4):
+            d.submit(notice(ref=f"day:threshold:{i}"), [sink])
+        assert not [x for x in out if x.outcome == "dropped" and x.kind == "alert"]
+    finally:
+        release.set()
+        assert d.flush(30)
+        d.close()

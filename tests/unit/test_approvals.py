@@ -215,3 +215,17 @@ def _one_open_request_per_budget(env):
     assert again["status"] == "pending"
     env.clock.t += timedelta(days=1)  # the day's window is over: its open request no longer counts
     env.wf.approvals.request("bob@core.acme.com", "user:bob@core.acme.com", "day", "25", "next day")
+
+
+def test_requests_are_at_least_a_cent_and_twenty_an_hour(env):
+    """Ninth review (N4): auto-approved micro-requests never count as open, so they are bounded
+    by size and by how many one person files in an hour."""
+    with pytest.raises(ApprovalError, match="at least"):
+        env.wf.approvals.request("bob@core.acme.com", "user:bob@core.acme.com", "day", "0.00000000001", "x")
+    for i in range(20):  # core auto-approves up to $5 per budget and window: these are decided at once
+        req = env.wf.approvals.request("bob@core.acme.com", "user:bob@core.acme.com", "day", "0.01", f"n{i}")
+        assert req["status"] == "auto_approved"
+    with pytest.raises(ApprovalError, match="20 requests in the last hour"):
+        env.wf.approvals.request("bob@core.acme.com", "user:bob@core.acme.com", "day", "0.01", "one more")
+    env.clock.t += timedelta(hours=1, seconds=1)
+    assert env.wf.approvals.request("bob@core.acme.com", "user:bob@core.acme.com", "day", "0.01", "later")

@@ -230,7 +230,7 @@ def test_the_admin_server_decides_how_much_body_to_read_before_reading_any():
     from spendgate.web.server import AdminServer
 
     server = AdminServer({})
-    server.app = WebApp(routes={}, post_routes={}, tokens=lambda: [], person=lambda t: None)
+    server.app = WebApp(routes={}, post_routes={}, tokens=lambda: [], person=lambda t: "bob" if t == "sgt_live" else None)
     server.start()
     host, port = server.httpd.server_address[:2]
 
@@ -242,8 +242,12 @@ def test_the_admin_server_decides_how_much_body_to_read_before_reading_any():
     try:
         assert head_only("/api/ingest", 60 << 20).startswith(b"HTTP/1.1 413")
         assert b"over 65536 bytes" in head_only("/login", 1 << 20)
-        auth = "Authorization: Bearer sgt_x\r\n"
+        auth = "Authorization: Bearer sgt_live\r\n"  # a credential that checks out
         assert b"over 4194304 bytes" in head_only("/api/ingest", 5 << 20, auth)  # the route's own limit
         assert b"over 67108864 bytes" in head_only("/api/reconcile/import", 65 << 20, auth)
+        # a header that proves nothing (ninth review, N2), and /login whatever it carries: anonymous
+        for junk in ("Authorization: Bearer sgt_x\r\n", "Cookie: spendgate_session=forged\r\n"):
+            assert b"over 65536 bytes" in head_only("/api/ingest", 1 << 20, junk)
+        assert b"over 65536 bytes" in head_only("/login", 1 << 20, auth)
     finally:
         server.stop()
