@@ -369,6 +369,16 @@ def parse_json_request(
     return obj, info
 
 
+def json_answer(body: bytes) -> tuple[dict | None, ResponseResult]:
+    """A whole answer that should be one JSON object: (the object, a result carrying its error
+    type), or (None, a garbled result) for anything else. May raise on invalid UTF-8 (callers
+    catch everything, as every parse_response does)."""
+    obj = load_json(body)
+    if not isinstance(obj, dict):
+        return None, ResponseResult(garbled=bool(body))
+    return obj, ResponseResult(error=error_type(obj))
+
+
 def snapshot(result: ResponseResult) -> ResponseResult:
     """A copy callers may keep or mutate without touching the parser's state."""
     usage = replace(result.usage) if result.usage is not None else None

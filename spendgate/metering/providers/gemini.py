@@ -27,6 +27,7 @@ from spendgate.metering.providers.base import (
     as_int,
     dig,
     error_type,
+    json_answer,
     load_json,
     nested,
     parse_json_request,
@@ -297,20 +298,15 @@ class GeminiEmbedAdapter(GeminiAdapter):
 
     def parse_request(self, path: str, body: bytes) -> RequestInfo:
         try:
-            _, info = parse_json_request(body, ())
-            gpath = parse_path(path)
-            info.model = gpath.model if gpath else info.model
-            info.stream = False
-            return info
+            return _path_model_request(path, body)[0]
         except Exception:
             return RequestInfo(malformed=True)
 
     def parse_response(self, body: bytes) -> ResponseResult:
         try:
-            obj = load_json(body)
-            if not isinstance(obj, dict):
-                return ResponseResult(garbled=bool(body))
-            result = ResponseResult(error=error_type(obj))
+            obj, result = json_answer(body)
+            if obj is None:
+                return result
             meta = obj.get("usageMetadata")
             tokens = as_int(dig(meta, "promptTokenCount") or dig(meta, "totalTokenCount")) if isinstance(meta, dict) else 0
             if tokens:
@@ -330,12 +326,19 @@ VEO_DEFAULT_SECONDS = 8  # durationSeconds left out: an 8-second clip (ai.google
 MEDIA_MAX_COUNT = 64  # a count we believe from a request (sampleCount x instances): the API allows far fewer
 
 
-def _media_request(path: str, body: bytes) -> tuple[RequestInfo, dict, int]:
-    """Model (from the path), `parameters`, and how many instances a :predict body holds."""
-    obj, info = parse_json_request(body, (), ("instances", "parameters"))
+def _path_model_request(path: str, body: bytes, keys: tuple[str, ...] = ()) -> tuple[RequestInfo, dict]:
+    """A request naming its model in the path (`models/{model}:method`), never streamed; and the
+    body's top-level `keys`."""
+    obj, info = parse_json_request(body, (), keys)
     gpath = parse_path(path)
     info.model = gpath.model if gpath else info.model
     info.stream = False
+    return info, obj
+
+
+def _media_request(path: str, body: bytes) -> tuple[RequestInfo, dict, int]:
+    """Model (from the path), `parameters`, and how many instances a :predict body holds."""
+    info, obj = _path_model_request(path, body, ("instances", "parameters"))
     params = obj.get("parameters")
     instances = obj.get("instances")
     return info, params if isinstance(params, dict) else {}, len(instances) if isinstance(instances, list) else 1
@@ -368,11 +371,8 @@ class ImagenAdapter(GeminiAdapter):
 
     def parse_response(self, body: bytes) -> ResponseResult:
         try:
-            obj = load_json(body)
-            if not isinstance(obj, dict):
-                return ResponseResult(garbled=bool(body))
-            result = ResponseResult(error=error_type(obj))
-            predictions = obj.get("predictions")
+            obj, result = json_answer(body)
+            predictions = obj.get("predictions") if obj is not None else None
             if isinstance(predictions, list) and not result.error:
                 images = sum(1 for p in predictions if isinstance(p, dict) and p.get("bytesBase64Encoded"))
                 result.usage = Usage(output_images=images)
@@ -404,10 +404,7 @@ class VeoAdapter(ImagenAdapter):
 
     def parse_response(self, body: bytes) -> ResponseResult:
         try:
-            obj = load_json(body)
-            if not isinstance(obj, dict):
-                return ResponseResult(garbled=bool(body))
-            return ResponseResult(error=error_type(obj))  # {"name": ".../operations/ID"}: the request's usage
+            return json_answer(body)[1]  # {"name": ".../operations/ID"}: the request's usage is the bill
         except Exception:
             return ResponseResult(garbled=True)
 

@@ -39,6 +39,7 @@ from spendgate.metering.providers.base import (
     as_int,
     dig,
     error_type,
+    json_answer,
     load_json,
     parse_json_request,
     str_or_none,
@@ -341,10 +342,10 @@ class VideosAdapter(_MultipartAdapter):
 
     def parse_response(self, body: bytes) -> ResponseResult:
         try:
-            obj = load_json(body)
-            if not isinstance(obj, dict):
-                return ResponseResult(garbled=bool(body))
-            result = ResponseResult(model=str_or_none(obj.get("model")), error=error_type(obj))
+            obj, result = json_answer(body)
+            if obj is None:
+                return result
+            result.model = str_or_none(obj.get("model"))
             seconds = _seconds(obj.get("seconds"))
             if self.endpoint != "videos.extend" and obj.get("object") == "video" and seconds is not None \
                     and obj.get("status") != "failed":
