@@ -59,6 +59,11 @@ def _path_opt(value: str, default: Path | None) -> Path | None:
     return Path(value).expanduser() if value else default
 
 
+# mitmproxy's error messages when the client, not the provider, ended an exchange (mitmproxy 12:
+# proxy/layers/http/_http1.py "Client disconnected.", _http2.py "stream reset by client (...)")
+CLIENT_LEFT = ("Client disconnected", "stream reset by client")
+
+
 def _headers(h: http.Headers) -> dict[str, str]:
     """Lower-cased names, repeated headers folded with ", " (what ``h.items()`` gives).
 
@@ -571,9 +576,13 @@ class SpendGate:
         result = tap.parser.result() if tap else None
         if tap:
             ex.first_byte_at = tap.first_byte_at
-        if ex.status is None and flow.response is None:
-            ex.status = 502  # what mitmproxy answers the client when upstream fails
         msg = flow.error.msg if flow.error else "connection error"
+        if flow.response is None and msg.startswith(CLIENT_LEFT) and flow.server_conn.timestamp_start is not None:
+            # the request went upstream and the client left before the answer: the provider ran
+            # (and bills) it all the same, so it is not free (tenth review, T5)
+            ex.extra["abandoned"] = True
+        elif ex.status is None and flow.response is None:
+            ex.status = 502  # what mitmproxy answers the client when upstream fails
         self.gateway.meter.finish(ex, result, ended=msg, bytes_out=tap.bytes_seen if tap else 0)
 
     def done(self) -> None:

@@ -105,7 +105,7 @@ class Admission:
         """
         if ex.request.batch_input is not None and model is None:  # an OpenAI batch of a file we saw uploaded
             return batch_input_cost(self.pricer, self.policy, ex.provider, ex.request.batch_input, now, fallback_cost)
-        model = model or ex.request.model
+        model = model or ex.request.model or ex.request.estimate_model
         usage = self._estimated_usage(ex, model)
         variant = variant_for(ex.request.modifiers)  # e.g. fast mode asked for: reserve at fast rates
         rates = self.pricer.rates(ex.provider, model, now, variant) if model else None

@@ -24,7 +24,7 @@ from spendgate.batcher import Batcher
 from spendgate.identity import Identity
 from spendgate.metering import billing, providers
 from spendgate.metering.context import ContextBook
-from spendgate.metering.providers import batch_input, batches
+from spendgate.metering.providers import batch_input, batches, openai_media
 from spendgate.metering.providers.base import (
     Adapter,
     RequestInfo,
@@ -136,9 +136,15 @@ def results_already_charged(status: int | None, result: ResponseResult, fetched:
 
 
 def estimate_usage(req: RequestInfo, result: ResponseResult) -> Usage:
-    """Best guess when the provider's final usage never arrived (cut, error, crash)."""
+    """Best guess when the provider's final usage never arrived (cut, error, crash). Quantities
+    billed per unit (images, video and audio seconds, characters) come from the request's own
+    estimate when the answer did not say (tenth review, T4): never dropped to a token guess."""
     seen = result.usage or Usage()
-    inp = seen.input_tokens or result.input_tokens_hint or math.ceil(req.input_bytes / CHARS_PER_TOKEN)
+    units = req.estimate or req.request_usage or Usage()
+    per_unit = bool(units.audio_seconds or units.input_characters or units.output_images or units.output_video_seconds)
+    # billed per unit: the request's estimate says which tokens too (none for a video job)
+    guess = units.input_tokens if per_unit else math.ceil(req.input_bytes / CHARS_PER_TOKEN)
+    inp = seen.input_tokens or result.input_tokens_hint or guess
     out = max(seen.output_tokens, math.ceil(result.output_chars / CHARS_PER_TOKEN))
     return Usage(
         input_tokens=inp,
@@ -155,6 +161,12 @@ def estimate_usage(req: RequestInfo, result: ResponseResult) -> Usage:
         output_audio_tokens=seen.output_audio_tokens,
         output_image_tokens=seen.output_image_tokens,
         output_video_tokens=seen.output_video_tokens,
+        audio_seconds=seen.audio_seconds or units.audio_seconds,
+        input_characters=seen.input_characters or units.input_characters,
+        output_images=seen.output_images or units.output_images,
+        output_video_seconds=seen.output_video_seconds or units.output_video_seconds,
+        output_video_high_res_seconds=(seen.output_video_high_res_seconds if seen.output_video_seconds
+                                       else units.output_video_high_res_seconds),
     )
 
 
@@ -191,6 +203,9 @@ def judge(ex: Exchange, result: ResponseResult | None, ended: str | None) -> Ver
         return Verdict("ok", Usage(), False, result.note, free=True)
     if ended == "interrupted":
         return Verdict("interrupted", estimate_usage(ex.request, result), True, "gateway stopped mid-request")
+    if ex.extra.get("abandoned") and not (result.usage and result.usage_final):
+        return Verdict("estimated", estimate_usage(ex.request, result), True,
+                       f"{ended}: the client left after the request went upstream; charged its estimate")
     if status >= 400 and not (result.usage and result.usage_final):
         return Verdict("upstream_error", Usage(), False, result.error or ended or f"HTTP {status}")
     if result.usage is not None and result.usage_final:
@@ -277,7 +292,9 @@ class Meter:
         if unreadable:
             req = RequestInfo(malformed=True, unreadable=True, input_bytes=len(body))
         else:
-            req = route.adapter.parse_request(canon, body) if route.adapter else RequestInfo()
+            # a multipart body is read from the Content-Type's own boundary, as the server reads it
+            parsed = openai_media.from_boundary(body, headers.get("content-type", "")) if route.adapter else body
+            req = route.adapter.parse_request(canon, parsed) if route.adapter else RequestInfo()
         if not req.model:  # Bedrock/Vertex name the model in the path, Azure its deployment
             req.model = route.extra.get("model") or route.extra.get("deployment")
         if req.continues:  # the body holds the new turn only; the provider bills the context again

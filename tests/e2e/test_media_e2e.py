@@ -158,9 +158,12 @@ def test_per_unit_models_are_admitted_with_a_per_unit_estimate_even_when_unprice
 # imagen-4.0-fast $0.02; veo-3.0-generate $0.40/s, veo-3.0-fast-generate $0.15/s.
 
 
-def test_sora_videos_are_billed_per_second_and_polls_are_free(gateway):
+def test_sora_videos_are_billed_per_second_and_polls_are_free(gateway_factory, tmp_path):
     """The official SDK's videos.create (multipart), remix (JSON) and extend, then its polls and
     download: each generation is charged its seconds at its model's rate, the rest $0."""
+    policy = tmp_path / "policy.yaml"  # room for a remix's reservation: the dearest clip, $6
+    policy.write_text("version: 1\ntimezone: UTC\norganization: {name: acme}\ndefaults: {user: {day: 100}}\n")
+    gateway = gateway_factory("gw", policy=policy).start()
     client = sdk(gateway)
     a = client.videos.create(model="sora-2", prompt="a cat on a skateboard", seconds="8", size="1280x720")
     b = client.videos.create(model="sora-2-pro", prompt="the same, wide", seconds="12", size="1792x1024")

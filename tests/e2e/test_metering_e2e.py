@@ -24,8 +24,10 @@ import socket
 import ssl
 import subprocess
 import sys
+from decimal import Decimal
 from pathlib import Path
 
+import httpx2
 import pytest
 
 from tests.support import ANTHROPIC_KEY, CHATGPT_TOKEN, GEMINI_KEY, OPENAI_KEY, RAW_KEYS
@@ -540,6 +542,21 @@ def test_fake_provider_speaks_the_real_wire_formats(fake_provider):
         assert fake_provider.connects[0] == "api.anthropic.com:443"
     finally:
         hc.close()
+
+
+def test_a_client_that_leaves_before_the_answer_is_still_charged(gateway, fake_provider):
+    """Tenth review (T5): the request went upstream, then the client hung up before the first
+    byte of the answer. The provider ran it all the same: the row is estimated, never a free
+    `upstream_error`."""
+    body = {"model": "claude-sonnet-4-5", "max_tokens": 100, "messages": [{"role": "user", "content": "x" * 4000}]}
+    with gateway.http_client() as hc:
+        with pytest.raises(httpx2.ReadTimeout):  # the client gives up (and closes) after 0.4 s
+            hc.post("https://api.anthropic.com/v1/messages", json=body, timeout=0.4,
+                    headers={"x-api-key": "sk-ant-leaver", "anthropic-version": "2023-06-01", **scen("think")})
+    row = only_row(gateway)
+    assert (row["outcome"], row["estimated"]) == ("estimated", True), row
+    assert row["input_tokens"] >= 1000 and Decimal(str(row["charged_usd"])) > 0, row
+    assert "the client left" in row["note"], row
 
 
 def test_client_gone_mid_stream_is_recorded_with_an_estimate(gateway, fake_provider, anthropic_client):

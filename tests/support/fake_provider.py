@@ -146,6 +146,7 @@ ANTHROPIC_HOST = "api.anthropic.com"
 OPENAI_HOST = "api.openai.com"
 CHATGPT_HOST = "chatgpt.com"
 GEMINI_HOST = "generativelanguage.googleapis.com"
+THINK_SECONDS = 1.5  # scenario "think": how long the provider takes before its answer's first byte
 EMBEDDING_VALUES = [0.0123, -0.0456, 0.0789, 0.0012]  # a real one has 768-3072 dimensions
 IMAGE_B64 = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="
 OPENROUTER_HOST = "openrouter.ai"
@@ -476,6 +477,8 @@ class _Responder:
 
     async def send_bytes(self, status: int, body: bytes, content_type: str,
                          headers: list[tuple[str, str]] | None = None, encode: bool = True) -> None:
+        if self.scenario.has("think"):  # a long think before the answer's first byte
+            await asyncio.sleep(THINK_SECONDS)
         enc = self.scenario.encoding if encode else None
         payload = encode_whole(body, enc)
         hdrs = [("date", self._date()), ("content-type", content_type)]
@@ -496,6 +499,8 @@ class _Responder:
         await self.send_bytes(status, json.dumps(obj).encode(), "application/json", headers)
 
     async def start_stream(self, content_type: str, headers: list[tuple[str, str]] | None = None) -> None:
+        if self.scenario.has("think"):
+            await asyncio.sleep(THINK_SECONDS)
         enc = self.scenario.encoding
         self._enc = _Encoder(enc)
         hdrs = [("date", self._date()), ("content-type", content_type), ("transfer-encoding", "chunked"),

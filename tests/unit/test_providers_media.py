@@ -168,3 +168,17 @@ def test_media_units_are_priced_and_an_unknown_rate_is_unpriced():
     assert unknown.cost is None  # unpriced, never $0
     no_rate = pricer.price("openai", "gpt-5", Usage(output_images=1), at)
     assert no_rate.cost is None and any("images generated" in n for n in no_rate.notes)
+
+
+def test_a_decoy_part_before_the_real_boundary_is_never_read():
+    """Tenth review (T3): the meter reads a multipart body from the Content-Type's own boundary,
+    as the server does; a part in the preamble (another boundary) is skipped."""
+    from spendgate.metering.providers.openai_media import from_boundary, multipart_fields
+
+    body = (b'--FAKE\r\nContent-Disposition: form-data; name="model"\r\n\r\nwhisper-1\r\n--FAKE--\r\n'
+            b'--REAL\r\nContent-Disposition: form-data; name="model"\r\n\r\ngpt-4o-transcribe\r\n--REAL--\r\n')
+    assert multipart_fields(body, frozenset({"model"})) == {"model": "whisper-1"}  # the body alone: fooled
+    real = from_boundary(body, 'multipart/form-data; boundary="REAL"')
+    assert multipart_fields(real, frozenset({"model"})) == {"model": "gpt-4o-transcribe"}
+    assert from_boundary(body, "multipart/form-data; boundary=NOWHERE") == body  # not found: as is
+    assert from_boundary(body, "application/json") == body

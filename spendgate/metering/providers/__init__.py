@@ -116,6 +116,8 @@ _PASSIVE: dict[str, Adapter] = {
 # the response carries it), priced as the provider's models, refused in the OpenAI error shape.
 _ANTHROPIC_OPENAI = {"/v1/chat/completions": openai_chat.CHAT_PASSIVE}
 GEMINI_OPENAI_BASE = "/v1beta/openai"
+# Imagen behind it too (per image returned; its video jobs are routed by method: _route_by_method)
+_GEMINI_COMPAT = {**_PASSIVE, "/images/generations": openai_media.IMAGES_GENERATIONS}
 # endpoints a compatible service has beyond the OpenAI set (Mistral's fill-in-the-middle: the
 # chat completion shape, usage included)
 COMPAT_EXTRA: dict[str, dict[str, Adapter]] = {"mistral": {"/v1/fim/completions": openai_chat.CHAT_PASSIVE}}
@@ -352,7 +354,7 @@ def _route_anthropic(provider: str, path: str, bare: str) -> Route:
 
 
 def _route_gemini(provider: str, path: str, bare: str) -> Route:
-    compat = openai_under(GEMINI_OPENAI_BASE, bare, _PASSIVE)
+    compat = openai_under(GEMINI_OPENAI_BASE, bare, _GEMINI_COMPAT)
     if compat is not None:
         return _made(compat, provider)
     gpath = gemini.parse_path(path or "")
@@ -450,6 +452,8 @@ def _route_by_method(provider: str, canon: str, method: str) -> Route | None:
     if method == "POST" and provider == "openai" and (low in openai_media.VIDEO_POSTS
                                                       or openai_media.REMIX_PATH.match(low)):
         adapter = openai_media.VIDEO_POSTS.get(low, openai_media.VIDEOS_REMIX)
+    elif method == "POST" and provider == "gemini" and low == GEMINI_OPENAI_BASE + "/videos":
+        adapter = openai_media.VIDEOS_CREATE  # Veo behind Gemini's OpenAI-compatible endpoint
     elif method == "POST":
         if (provider, low) == ("anthropic", "/v1/messages/batches"):
             adapter = batches.ANTHROPIC_SUBMIT

@@ -42,6 +42,7 @@ class RequestInfo:
     continues: str | None = None  # previous_response_id: the provider re-reads that context (metering/context.py)
     request_usage: Usage | None = None  # usage the request itself fixes (tts-1: input characters)
     estimate: Usage | None = None  # what admission reserves for when tokens do not apply (audio seconds)
+    estimate_model: str | None = None  # the model to reserve at when the request names none (a Sora remix)
     results: bool = False  # a batch results download: never refused, charged when recorded
     upload: bytes | None = None  # a file upload's body, estimated on the meter worker (providers/batch_input.py)
     batch_file: str | None = None  # an OpenAI batch's input_file_id

@@ -321,8 +321,9 @@ class GeminiEmbedAdapter(GeminiAdapter):
         return "text/event-stream" in content_type.lower()  # never streamed; JSON is one answer
 
 
-IMAGEN_DEFAULT_IMAGES = 4  # sampleCount left out: four images (ai.google.dev/gemini-api/docs/imagen)
-VEO_DEFAULT_SECONDS = 8  # durationSeconds left out: an 8-second clip (ai.google.dev/gemini-api/docs/video)
+IMAGEN_DEFAULT_IMAGES = IMAGEN_MOST_IMAGES = 4  # sampleCount: 1-4, four when left out (ai.google.dev/gemini-api/docs/imagen)
+VEO_DEFAULT_SECONDS = 8  # durationSeconds left out: an 8-second clip, the longest (ai.google.dev/gemini-api/docs/video)
+VEO_MOST_VIDEOS = 4  # sampleCount / numberOfVideos: at most 4 (Veo 2), one when left out
 MEDIA_MAX_COUNT = 64  # a count we believe from a request (sampleCount x instances): the API allows far fewer
 
 
@@ -344,11 +345,22 @@ def _media_request(path: str, body: bytes) -> tuple[RequestInfo, dict, int]:
     return info, params if isinstance(params, dict) else {}, len(instances) if isinstance(instances, list) else 1
 
 
-def _count(*values: Any, default: int) -> int:
-    for v in values:
-        if isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v <= MEDIA_MAX_COUNT:
-            return math.ceil(v)
-    return default
+def _count(params: dict, names: tuple[str, ...], default: int, unreadable: int) -> int:
+    """The first of `names` in `parameters` (each also in snake_case, and as a number or a digit
+    string: both are the same field to Google's JSON mapping), rounded up; `default` when none is
+    given, `unreadable` (the most the API allows: errs high) when one is given but not readable
+    (tenth review, T6)."""
+    given = False
+    for name in names:
+        for key in (name, re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()):
+            if key not in params:
+                continue
+            given, v = True, params[key]
+            if isinstance(v, str) and re.fullmatch(r"\s*\d{1,6}(\.\d+)?\s*", v):
+                v = float(v)
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v <= MEDIA_MAX_COUNT:
+                return math.ceil(v)
+    return unreadable if given else default
 
 
 class ImagenAdapter(GeminiAdapter):
@@ -363,7 +375,7 @@ class ImagenAdapter(GeminiAdapter):
     def parse_request(self, path: str, body: bytes) -> RequestInfo:
         try:
             info, params, instances = _media_request(path, body)
-            images = _count(params.get("sampleCount"), params.get("numberOfImages"), default=IMAGEN_DEFAULT_IMAGES)
+            images = _count(params, ("sampleCount", "numberOfImages"), IMAGEN_DEFAULT_IMAGES, IMAGEN_MOST_IMAGES)
             info.estimate = Usage(output_images=min(images * instances, MEDIA_MAX_COUNT))
             return info
         except Exception:
@@ -394,8 +406,8 @@ class VeoAdapter(ImagenAdapter):
     def parse_request(self, path: str, body: bytes) -> RequestInfo:
         try:
             info, params, instances = _media_request(path, body)
-            seconds = _count(params.get("durationSeconds"), default=VEO_DEFAULT_SECONDS)
-            videos = min(_count(params.get("sampleCount"), params.get("numberOfVideos"), default=1) * instances,
+            seconds = _count(params, ("durationSeconds",), VEO_DEFAULT_SECONDS, VEO_DEFAULT_SECONDS)
+            videos = min(_count(params, ("sampleCount", "numberOfVideos"), 1, VEO_MOST_VIDEOS) * instances,
                          MEDIA_MAX_COUNT)
             info.request_usage = info.estimate = Usage(output_video_seconds=seconds * videos)
             return info

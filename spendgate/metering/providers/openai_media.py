@@ -43,6 +43,7 @@ from spendgate.metering.providers.base import (
     load_json,
     parse_json_request,
     str_or_none,
+    top_level,
 )
 from spendgate.usage import Usage
 
@@ -61,14 +62,16 @@ _FIRST_DELIMITER = re.compile(rb"(?:\A|\r\n)(--[0-9A-Za-z'()+_,./:=? -]{1,70}?)\
 _SCAN_FOR_DELIMITER = 64 * 1024  # a preamble longer than this: not ours to read
 
 
-def multipart_fields(body: bytes, names: frozenset[str]) -> dict[str, str]:
-    """The short text fields `names` of a multipart/form-data body, found by its own boundary.
+def multipart_parts(body: bytes) -> list[tuple[str, str]]:
+    """The short text parts (name, value) of a multipart/form-data body, in order, found by its
+    own boundary; at most MAX_PARTS, file parts and anything malformed skipped. Never raises.
 
     The boundary is the first delimiter line that opens a part (``--BOUNDARY`` then headers), so
-    no header is needed and a preamble before it is skipped as servers skip it (RFC 2046 §5.1.1).
-    File parts and anything malformed are skipped. Never raises.
+    no header is needed and a preamble before it is skipped as servers skip it (RFC 2046 §5.1.1);
+    the meter first cuts a body at the Content-Type's own boundary (`from_boundary`), so a decoy
+    part in the preamble is never read (tenth review, T3).
     """
-    out: dict[str, str] = {}
+    out: list[tuple[str, str]] = []
     try:
         first = _FIRST_DELIMITER.search(body, 0, _SCAN_FOR_DELIMITER)
         if first is None:
@@ -84,10 +87,10 @@ def multipart_fields(body: bytes, names: frozenset[str]) -> dict[str, str]:
             if nxt < 0:
                 break
             if m is not None and b"filename=" not in body[pos:head_end]:
-                name = (m.group(1) or m.group(2)).decode("ascii", "replace")
                 value = body[head_end + 4:nxt]
-                if name in names and len(value) <= MAX_FIELD_BYTES:
-                    out[name] = value.decode("utf-8", "replace").strip()
+                if len(value) <= MAX_FIELD_BYTES:
+                    out.append(((m.group(1) or m.group(2)).decode("ascii", "replace"),
+                                value.decode("utf-8", "replace").strip()))
             pos = nxt + len(delim)
             if body[pos:pos + 2] == b"--":  # the closing delimiter
                 break
@@ -95,6 +98,28 @@ def multipart_fields(body: bytes, names: frozenset[str]) -> dict[str, str]:
     except Exception:
         return out
     return out
+
+
+def multipart_fields(body: bytes, names: frozenset[str]) -> dict[str, str]:
+    """The short text fields `names` of a multipart/form-data body (a repeated one: its last
+    value). Never raises."""
+    return {name: value for name, value in multipart_parts(body) if name in names}
+
+
+_BOUNDARY_PARAM = re.compile(r'boundary="?([0-9A-Za-z\'()+_,./:=? -]{1,70}?)"?\s*(?:;|$)', re.IGNORECASE)
+
+
+def from_boundary(body: bytes, content_type: str) -> bytes:
+    """A multipart/form-data body from its first real delimiter, the Content-Type's boundary
+    (RFC 7578 §4.1): what a server reads. Any other body, or one without that delimiter, as is."""
+    if "multipart/" not in content_type.lower():
+        return body
+    m = _BOUNDARY_PARAM.search(content_type)
+    if m is None:
+        return body
+    delim = b"--" + m.group(1).encode("ascii", "replace")
+    at = 0 if body.startswith(delim) else body.find(b"\r\n" + delim, 0, _SCAN_FOR_DELIMITER)
+    return body if at < 0 else body[at:]
 
 
 def _token_usage(u: Any, output_kind: str | None) -> Usage | None:
@@ -188,15 +213,25 @@ class ImagesAdapter(_MultipartAdapter):
     def parse_request(self, path: str, body: bytes) -> RequestInfo:
         info = super().parse_request(path, body)
         info.max_output_tokens = 0  # image output tokens: only the response knows them
+        if body[:1] == b"{":  # images asked for (n, default 1): the reservation of a per-image model
+            n = top_level(body, frozenset(("n",))) or {}
+            count = n.get("n")
+            count = count if isinstance(count, int) and not isinstance(count, bool) and 0 < count <= 64 else 1
+            info.estimate = Usage(output_images=count)
         return info
 
     def parse_response(self, body: bytes) -> ResponseResult:
         try:
-            obj = load_json(body)
-            if not isinstance(obj, dict):
-                return ResponseResult(garbled=bool(body))
-            result = ResponseResult(model=str_or_none(obj.get("model")), error=error_type(obj))
+            obj, result = json_answer(body)
+            if obj is None:
+                return result
+            result.model = str_or_none(obj.get("model"))
             usage = _token_usage(obj.get("usage"), "image")
+            data = obj.get("data")
+            if usage is None and isinstance(data, list) and not result.error:
+                # no token usage (dall-e, Imagen behind Gemini's OpenAI-compatible endpoint): billed
+                # per image returned (tenth review, T2)
+                usage = Usage(output_images=sum(1 for d in data if isinstance(d, dict)))
             if usage is not None:
                 result.usage, result.usage_final, result.complete = usage, True, True
             return result
@@ -283,6 +318,7 @@ SORA_DEFAULT_MODEL = "sora-2"  # the API's defaults (platform.openai.com/docs/ap
 SORA_DEFAULT_SECONDS = 4
 SORA_DEFAULT_SIZE = "720x1280"
 SORA_LONGEST_SECONDS = 12  # a remix or edit keeps its source's length, unknown here: reserve the longest
+SORA_DEAREST_MODEL = "sora-2-pro"  # a remix or edit keeps its source's model, unknown here: reserve the dearest
 
 
 def video_usage(seconds: int, size: str | None, count: int = 1) -> Usage:
@@ -320,12 +356,17 @@ class VideosAdapter(_MultipartAdapter):
                 obj, info = parse_json_request(body, (), ("seconds", "size"))
                 fields = {k: obj.get(k) for k in ("seconds", "size")}
             else:
-                fields = multipart_fields(body, frozenset(("model", "seconds", "size")))
+                parts = multipart_parts(body)
+                fields: dict[str, Any] = {name: value for name, value in parts if name in ("model", "size")}
+                # `seconds` twice: servers differ on which counts, so the longest does (errs high)
+                lengths = [n for name, value in parts if name == "seconds" and (n := _seconds(value)) is not None]
+                fields["seconds"] = max(lengths) if lengths else None
                 info = RequestInfo(model=str_or_none(fields.get("model")), input_bytes=min(len(body), 4096))
             if info.malformed:
                 return info
             if self.endpoint == "videos.create":
                 info.model = info.model or SORA_DEFAULT_MODEL
+            info.estimate_model = info.model or SORA_DEAREST_MODEL  # never the minimum (tenth review, T1)
             seconds = _seconds(fields.get("seconds"))
             if seconds is None:
                 seconds = SORA_DEFAULT_SECONDS if self.endpoint == "videos.create" else SORA_LONGEST_SECONDS
