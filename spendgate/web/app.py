@@ -280,8 +280,7 @@ class WebApp:
             caller, credential = session
             if self._still_valid(caller, credential):
                 return caller
-            self.sessions.drop(sid)  # revoked, expired or rotated out: the browser signs in again
-            raise ApiError(401, "the token this session was opened with is no longer valid; sign in again")
+            self.sessions.drop(sid)  # revoked, expired or rotated out: signed out (the page shows the login)
         return req.ambient
 
     def body_limit(self, target: str, headers: Any) -> int:

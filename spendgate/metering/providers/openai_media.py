@@ -321,10 +321,10 @@ SORA_LONGEST_SECONDS = 12  # a remix or edit keeps its source's length, unknown 
 SORA_DEAREST_MODEL = "sora-2-pro"  # a remix or edit keeps its source's model, unknown here: reserve the dearest
 
 
-def video_usage(seconds: int, size: str | None, count: int = 1) -> Usage:
-    """`seconds` of video, `count` times; all of it above 720p when the smaller side of `size`
-    ("WxH") is larger than 720 pixels."""
-    seconds = max(seconds, 0) * max(count, 1)
+def video_usage(seconds: int, size: str | None) -> Usage:
+    """`seconds` of video, all of it above 720p when the smaller side of `size` ("WxH") is larger
+    than 720 pixels."""
+    seconds = max(seconds, 0)
     try:
         w, _, h = (size or "").lower().partition("x")
         high = min(int(w), int(h)) > 720
