@@ -181,6 +181,7 @@ class Dispatcher:
         self._heap: list[_Job] = []
         self._seq = itertools.count()
         self._pending = 0
+        self._current: _Job | None = None  # the delivery in flight, waited for at close
         self._requests = 0  # of which request notices
         self._alerts = 0  # and alerts
         self._lock = threading.Lock()
@@ -223,11 +224,16 @@ class Dispatcher:
         return True
 
     def close(self, grace: float = 2.0) -> None:
-        """Stop: give due deliveries `grace` seconds, then record what is left as failed."""
+        """Stop: give due deliveries `grace` seconds, then record what is left as failed. The
+        delivery in flight is waited for (its sink's timeout and a little more), so its outcome
+        is recorded before the caller closes the store its records go to."""
         self.flush(grace)
         self._stop.set()
         self._inbox.put(None)
-        self._thread.join(timeout=10)
+        current = self._current
+        self._thread.join(timeout=max(10.0, (current.sink.timeout_seconds + 2) if current else 0))
+        if self._thread.is_alive():
+            log.warning("spendgate: a sink delivery is still running at shutdown; its outcome is not recorded")
         for job in self._drain():
             self._finish(job, "failed", job.error or "gateway stopped before delivery")
 
@@ -280,6 +286,7 @@ class Dispatcher:
                 log.exception("enriching a notice failed; sending it without the extra facts")
             n.enrich = None
         job.attempt += 1
+        self._current = job
         try:
             did = self.deliver(job.sink, n)
         except Exception as e:
