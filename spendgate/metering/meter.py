@@ -140,9 +140,14 @@ def estimate_usage(req: RequestInfo, result: ResponseResult) -> Usage:
     billed per unit (images, video and audio seconds, characters) come from the request's own
     estimate when the answer did not say (tenth review, T4): never dropped to a token guess."""
     seen = result.usage or Usage()
-    units = req.estimate or req.request_usage or Usage()
+    # what the request fixes (tts-1's characters, a Veo job's seconds), else the media it asked for
+    # (images, video seconds); a transcription's guessed audio length is for reserving only (a
+    # gpt-4o-transcribe row priced by it would find no per-second rate)
+    fixed = req.request_usage or Usage()
+    media = req.request_usage or req.estimate or Usage()
+    units = replace(media, audio_seconds=fixed.audio_seconds, input_characters=fixed.input_characters)
     per_unit = bool(units.audio_seconds or units.input_characters or units.output_images or units.output_video_seconds)
-    # billed per unit: the request's estimate says which tokens too (none for a video job)
+    # billed per unit: the request's own usage says which tokens too (none for a video job)
     guess = units.input_tokens if per_unit else math.ceil(req.input_bytes / CHARS_PER_TOKEN)
     inp = seen.input_tokens or result.input_tokens_hint or guess
     out = max(seen.output_tokens, math.ceil(result.output_chars / CHARS_PER_TOKEN))

@@ -182,3 +182,23 @@ def test_a_decoy_part_before_the_real_boundary_is_never_read():
     assert multipart_fields(real, frozenset({"model"})) == {"model": "gpt-4o-transcribe"}
     assert from_boundary(body, "multipart/form-data; boundary=NOWHERE") == body  # not found: as is
     assert from_boundary(body, "application/json") == body
+
+
+def test_an_estimated_row_keeps_what_the_request_fixed_or_asked_for():
+    """Tenth review (T4): a cut answer keeps the request's images, video seconds and characters;
+    a transcription's guessed audio length stays a reservation (gpt-4o-transcribe has no
+    per-second rate, so carrying it would leave the row unpriced)."""
+    from spendgate.metering.meter import estimate_usage
+    from spendgate.metering.providers.base import RequestInfo, ResponseResult
+    from spendgate.usage import Usage
+
+    cut = ResponseResult(garbled=True)
+    imagen = RequestInfo(model="imagen-4.0-generate-001", input_bytes=200, estimate=Usage(output_images=4))
+    assert estimate_usage(imagen, cut) == Usage(output_images=4)
+    veo = Usage(output_video_seconds=8)
+    assert estimate_usage(RequestInfo(input_bytes=90, request_usage=veo, estimate=veo), cut) == veo
+    tts = Usage(input_characters=19)
+    assert estimate_usage(RequestInfo(input_bytes=19, request_usage=tts, estimate=tts), cut) == tts
+    guess = Usage(input_tokens=1024, audio_seconds=120)
+    heard = estimate_usage(RequestInfo(input_bytes=4096, estimate=guess), cut)
+    assert (heard.input_tokens, heard.audio_seconds) == (1024, 0)
