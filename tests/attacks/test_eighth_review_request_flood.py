@@ -19,21 +19,16 @@ pointed at a loopback listener that accepts connections and never answers (a hun
 
 from __future__ import annotations
 
-import socket
 from datetime import UTC, datetime
 from decimal import Decimal
 
-import duckdb
 import pytest
 
-from spendgate.budgets.book import BudgetBook
 from spendgate.identity import Identity
-from spendgate.policy.model import parse
-from spendgate.store.ledger import migrate
 from spendgate.workflow import audit
 from spendgate.workflow.approvals import ApprovalError
-from spendgate.workflow.service import Workflow
 from spendgate.workflow.sinks import MAX_PENDING
+from tests.support.sinks import hung_listener, workflow
 
 PORT = 19161
 
@@ -54,21 +49,12 @@ BOB = Identity(user="bob@acme.com", source="proxy_auth")
 
 @pytest.fixture
 def hung_sink():
-    s = socket.socket()
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind(("127.0.0.1", PORT))
-    s.listen(64)  # connections complete in the kernel; nobody ever reads or answers
-    yield
-    s.close()
+    with hung_listener(PORT):
+        yield
 
 
 def test_an_engineers_request_flood_does_not_drop_the_organizations_alerts(tmp_path, hung_sink):
-    con = duckdb.connect(str(tmp_path / "l.duckdb"))
-    migrate(con)
-    policy = parse(POLICY, str(tmp_path / "p.yaml"))
-    book = BudgetBook(policy)
-    wf = Workflow(policy, book, con.cursor, housekeeping_interval=0)
-    try:
+    with workflow(tmp_path, POLICY) as (wf, book, con):
         filed = refused = 0
         for i in range(MAX_PENDING + 5):  # bob, on his own budget: allowed to ask
             try:
@@ -87,6 +73,3 @@ def test_an_engineers_request_flood_does_not_drop_the_organizations_alerts(tmp_p
         dropped_alerts = [r for r in dropped if r["detail"].get("kind") == "alert"]
         assert not dropped_alerts, (f"{filed} requests filed ({refused} refused) by one engineer; "
                                     f"{len(dropped)} notices dropped, among them the alerts: {dropped_alerts[:2]}")
-    finally:
-        wf.close(grace=0)
-        con.close()

@@ -20,16 +20,11 @@ from __future__ import annotations
 import json
 import threading
 import time
-from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-import duckdb
 import pytest
 
-from spendgate.budgets.book import BudgetBook
-from spendgate.policy.model import parse
-from spendgate.store.ledger import migrate
-from spendgate.workflow.service import Workflow
+from tests.support.sinks import workflow
 
 PORT = 19151
 
@@ -72,18 +67,10 @@ def slack():
 
 
 def test_a_request_reason_cannot_ping_the_channel_or_plant_a_link_in_slack(tmp_path, slack):
-    con = duckdb.connect(str(tmp_path / "l.duckdb"))
-    migrate(con)
-    policy = parse(POLICY, str(tmp_path / "p.yaml"))
-    book = BudgetBook(policy)
-    wf = Workflow(policy, book, con.cursor, housekeeping_interval=0)
-    try:
+    with workflow(tmp_path, POLICY) as (wf, book, con):
         req = wf.approvals.request("bob@acme.com", "user:bob@acme.com", "day", "20", REASON)
         assert req["status"] == "pending"
         assert wf.dispatcher.flush(10)
-    finally:
-        wf.close()
-        con.close()
     deadline = time.monotonic() + 5
     while not slack and time.monotonic() < deadline:
         time.sleep(0.05)

@@ -15,13 +15,10 @@ Real mitmdump with the addon (laptop mode, loopback), a plain HTTP client throug
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
-import certifi
 import httpx2
 import pytest
 
-from tests.support.gateway import Gateway
+from tests.support.gateway import providerless
 
 pytestmark = [pytest.mark.e2e, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
 
@@ -32,13 +29,7 @@ ANONYMOUS_LIMIT = 64 * 1024  # what the admin port reads from a caller without c
 @pytest.fixture
 def gw(tmp_path):
     # the virtual host is answered by the proxy itself: no upstream provider is needed
-    g = Gateway(tmp_path / "gw", SimpleNamespace(port=0, ca_file=certifi.where()), upstream=False,
-                extra_args=["--set", f"spendgate_admin_port={ADMIN_PORT}"])
-    g.port = PROXY_PORT
-    g.start()
-    yield g
-    g.stop()
-    print(g.log_text()[-4000:])
+    yield from providerless(tmp_path / "gw", PROXY_PORT, ADMIN_PORT, log_tail=4000)
 
 
 def test_the_virtual_host_refuses_a_large_anonymous_body_like_the_admin_port(gw):

@@ -19,12 +19,10 @@ from __future__ import annotations
 
 import socket
 import time
-from types import SimpleNamespace
 
-import certifi
 import pytest
 
-from tests.support.gateway import Gateway
+from tests.support.gateway import providerless
 
 pytestmark = [pytest.mark.e2e, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
 
@@ -34,13 +32,7 @@ PROMPT = 5.0
 
 @pytest.fixture(scope="module")
 def gw(tmp_path_factory):
-    g = Gateway(tmp_path_factory.mktemp("gw"), SimpleNamespace(port=0, ca_file=certifi.where()), upstream=False,
-                extra_args=["--set", f"spendgate_admin_port={ADMIN_PORT}"])
-    g.port = PROXY_PORT
-    g.start()
-    yield g
-    g.stop()
-    print(g.log_text()[-3000:])
+    yield from providerless(tmp_path_factory.mktemp("gw"), PROXY_PORT, ADMIN_PORT)
 
 
 def first_answer(port: int, head: bytes) -> bytes | None:

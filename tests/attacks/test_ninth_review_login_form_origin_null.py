@@ -25,13 +25,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from types import SimpleNamespace
 
-import certifi
 import httpx2
 import pytest
 
-from tests.support.gateway import Gateway
+from tests.support.gateway import Gateway, providerless
 
 pytestmark = [pytest.mark.e2e, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
 
@@ -40,13 +38,7 @@ PROXY_PORT, ADMIN_PORT = 19240, 19241
 
 @pytest.fixture(scope="module")
 def gw(tmp_path_factory):
-    g = Gateway(tmp_path_factory.mktemp("gw"), SimpleNamespace(port=0, ca_file=certifi.where()), upstream=False,
-                extra_args=["--set", f"spendgate_admin_port={ADMIN_PORT}"])
-    g.port = PROXY_PORT
-    g.start()
-    yield g
-    g.stop()
-    print(g.log_text()[-3000:])
+    yield from providerless(tmp_path_factory.mktemp("gw"), PROXY_PORT, ADMIN_PORT)
 
 
 def admin_token(g: Gateway) -> str:

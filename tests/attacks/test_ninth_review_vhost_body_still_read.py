@@ -24,12 +24,10 @@ from __future__ import annotations
 
 import socket
 import time
-from types import SimpleNamespace
 
-import certifi
 import pytest
 
-from tests.support.gateway import Gateway
+from tests.support.gateway import providerless
 
 # Known and not fixed (docs/security.md, ninth review N1): mitmproxy 12 reads a request's whole body
 # before any answer set in `requestheaders` goes out, and `flow.kill()` there leaves the client's
@@ -45,13 +43,7 @@ PROMPT = 5.0  # seconds: an answer decided from the headers arrives well within 
 
 @pytest.fixture(scope="module")
 def gw(tmp_path_factory):
-    g = Gateway(tmp_path_factory.mktemp("gw"), SimpleNamespace(port=0, ca_file=certifi.where()), upstream=False,
-                extra_args=["--set", f"spendgate_admin_port={ADMIN_PORT}"])
-    g.port = PROXY_PORT
-    g.start()
-    yield g
-    g.stop()
-    print(g.log_text()[-4000:])
+    yield from providerless(tmp_path_factory.mktemp("gw"), PROXY_PORT, ADMIN_PORT, log_tail=4000)
 
 
 def first_answer(head: bytes) -> bytes | None:

@@ -20,7 +20,10 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
+
+import certifi
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -271,3 +274,18 @@ class Gateway:
         raise GatewayError(
             f"spendgate ledger failed ({last_err}): {last.args}\nstdout:\n{last.stdout[-3000:]}\n"
             f"stderr:\n{last.stderr[-3000:]}\n--- gateway log (tail) ---\n{self.log_text()[-4000:]}")
+
+
+def providerless(tmp: str | Path, proxy_port: int, admin_port: int, log_tail: int = 3000):
+    """A started gateway with no provider behind it, on fixed loopback ports: what answers is its
+    own (the spendgate.local virtual host, the admin port). A generator for pytest fixtures:
+    `yield from providerless(...)`; the log's tail is printed when the gateway stops."""
+    g = Gateway(tmp, SimpleNamespace(port=0, ca_file=certifi.where()), upstream=False,
+                extra_args=["--set", f"spendgate_admin_port={admin_port}"])
+    g.port = proxy_port
+    g.start()
+    try:
+        yield g
+    finally:
+        g.stop()
+        print(g.log_text()[-log_tail:])
