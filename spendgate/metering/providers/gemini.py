@@ -345,21 +345,23 @@ def _media_request(path: str, body: bytes) -> tuple[RequestInfo, dict, int]:
     return info, params if isinstance(params, dict) else {}, len(instances) if isinstance(instances, list) else 1
 
 
-def _count(params: dict, names: tuple[str, ...], default: int, unreadable: int) -> int:
-    """The first of `names` in `parameters` (each also in snake_case, and as a number or a digit
-    string: both are the same field to Google's JSON mapping), rounded up; `default` when none is
-    given, `unreadable` (the most the API allows: errs high) when one is given but not readable
-    (tenth review, T6)."""
-    given = False
-    for name in names:
-        for key in (name, re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()):
-            if key not in params:
-                continue
-            given, v = True, params[key]
-            if isinstance(v, str) and re.fullmatch(r"\s*\d{1,6}(\.\d+)?\s*", v):
-                v = float(v)
-            if isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v <= MEDIA_MAX_COUNT:
-                return math.ceil(v)
+# the names a count goes by: Google's JSON mapping takes the camelCase and the proto's snake_case
+IMAGE_COUNT_KEYS = ("sampleCount", "sample_count", "numberOfImages", "number_of_images")
+VIDEO_COUNT_KEYS = ("sampleCount", "sample_count", "numberOfVideos", "number_of_videos")
+DURATION_KEYS = ("durationSeconds", "duration_seconds")
+_DIGITS = re.compile(r"\s*\d{1,6}(\.\d+)?\s*")
+
+
+def _count(params: dict, keys: tuple[str, ...], default: int, unreadable: int) -> int:
+    """The first of `keys` in `parameters`, as a number or a digit string (the same field to
+    Google's JSON mapping), rounded up; `default` when none is given, `unreadable` (the most the
+    API allows: errs high) when one is given but not readable (tenth review, T6)."""
+    given = [params[k] for k in keys if k in params]
+    for v in given:
+        if isinstance(v, str) and _DIGITS.fullmatch(v):
+            v = float(v)
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v <= MEDIA_MAX_COUNT:
+            return math.ceil(v)
     return unreadable if given else default
 
 
@@ -375,7 +377,7 @@ class ImagenAdapter(GeminiAdapter):
     def parse_request(self, path: str, body: bytes) -> RequestInfo:
         try:
             info, params, instances = _media_request(path, body)
-            images = _count(params, ("sampleCount", "numberOfImages"), IMAGEN_DEFAULT_IMAGES, IMAGEN_MOST_IMAGES)
+            images = _count(params, IMAGE_COUNT_KEYS, IMAGEN_DEFAULT_IMAGES, IMAGEN_MOST_IMAGES)
             info.estimate = Usage(output_images=min(images * instances, MEDIA_MAX_COUNT))
             return info
         except Exception:
@@ -406,8 +408,8 @@ class VeoAdapter(ImagenAdapter):
     def parse_request(self, path: str, body: bytes) -> RequestInfo:
         try:
             info, params, instances = _media_request(path, body)
-            seconds = _count(params, ("durationSeconds",), VEO_DEFAULT_SECONDS, VEO_DEFAULT_SECONDS)
-            videos = min(_count(params, ("sampleCount", "numberOfVideos"), 1, VEO_MOST_VIDEOS) * instances,
+            seconds = _count(params, DURATION_KEYS, VEO_DEFAULT_SECONDS, VEO_DEFAULT_SECONDS)
+            videos = min(_count(params, VIDEO_COUNT_KEYS, 1, VEO_MOST_VIDEOS) * instances,
                          MEDIA_MAX_COUNT)
             info.request_usage = info.estimate = Usage(output_video_seconds=seconds * videos)
             return info

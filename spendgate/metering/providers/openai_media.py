@@ -43,7 +43,6 @@ from spendgate.metering.providers.base import (
     load_json,
     parse_json_request,
     str_or_none,
-    top_level,
 )
 from spendgate.usage import Usage
 
@@ -190,14 +189,18 @@ class _MultipartAdapter(Adapter):
 
     def parse_request(self, path: str, body: bytes) -> RequestInfo:
         try:
-            if body[:1] == b"{":  # some clients send JSON (images/edits accepts image URLs as JSON)
-                _, info = parse_json_request(body, ())
-                return info
-            f = multipart_fields(body, frozenset(("model", "stream")))
-            return RequestInfo(model=str_or_none(f.get("model")), stream=f.get("stream", "").lower() == "true",
-                               input_bytes=min(len(body), 4096), max_output_tokens=0)
+            return self._read(body)[1]
         except Exception:
             return RequestInfo(malformed=True)
+
+    @staticmethod
+    def _read(body: bytes, keys: tuple[str, ...] = ()) -> tuple[dict[str, Any], RequestInfo]:
+        """The request facts and the fields `keys` (JSON values, or multipart text), in one pass."""
+        if body[:1] == b"{":  # some clients send JSON (images/edits accepts image URLs as JSON)
+            return parse_json_request(body, (), keys)
+        f = multipart_fields(body, frozenset(("model", "stream", *keys)))
+        return f, RequestInfo(model=str_or_none(f.get("model")), stream=f.get("stream", "").lower() == "true",
+                              input_bytes=min(len(body), 4096), max_output_tokens=0)
 
     def is_stream_response(self, content_type: str, request: RequestInfo) -> bool:
         return "text/event-stream" in content_type.lower()
@@ -211,13 +214,14 @@ class ImagesAdapter(_MultipartAdapter):
         self._final = frozenset({final_event})
 
     def parse_request(self, path: str, body: bytes) -> RequestInfo:
-        info = super().parse_request(path, body)
+        try:
+            fields, info = self._read(body, ("n",))
+        except Exception:
+            return RequestInfo(malformed=True)
         info.max_output_tokens = 0  # image output tokens: only the response knows them
-        if body[:1] == b"{":  # images asked for (n, default 1): the reservation of a per-image model
-            n = top_level(body, frozenset(("n",))) or {}
-            count = n.get("n")
-            count = count if isinstance(count, int) and not isinstance(count, bool) and 0 < count <= 64 else 1
-            info.estimate = Usage(output_images=count)
+        # images asked for (n, default 1): the reservation of a model priced per image
+        count = as_int(fields.get("n"))
+        info.estimate = Usage(output_images=count if 0 < count <= 64 else 1)
         return info
 
     def parse_response(self, body: bytes) -> ResponseResult:
