@@ -36,7 +36,7 @@ def _socket(gw, headers: dict):
     reply = b""
     while b"\r\n\r\n" not in reply:
         reply += raw.recv(4096)
-    return connect(f"wss://{HOST}/v1/realtime?model=gpt-realtime", sock=raw, ssl=gw.client_ssl_context(),
+    return connect(f"wss://{HOST}/v1/realtime?model=gpt-realtime", sock=raw, ssl=gw.websocket_ssl_context(),
                    additional_headers={"User-Agent": "rt", **headers}, open_timeout=10, close_timeout=2,
                    max_size=None)
 

@@ -38,7 +38,7 @@ def open_socket(gw, path: str = "/v1/responses", host: str = "api.openai.com", h
     hdrs = {"Authorization": f"Bearer {OPENAI_KEY}", "originator": "codex_exec",
             "session_id": "sess-ws-1", "User-Agent": "codex_exec/0.171.0"}
     hdrs.update(headers or {})
-    return connect(f"wss://{host}{path}", sock=raw, ssl=gw.client_ssl_context(), additional_headers=hdrs,
+    return connect(f"wss://{host}{path}", sock=raw, ssl=gw.websocket_ssl_context(), additional_headers=hdrs,
                    open_timeout=10, close_timeout=2, max_size=None)
 
 
@@ -170,7 +170,7 @@ def test_official_openai_sdk_over_the_responses_socket(tmp_path, gateway_factory
     gw = gateway_factory(policy=policy(tmp_path, "defaults: {user: {day: 0.015}}\n")).start()
     client = openai.OpenAI(api_key=OPENAI_KEY, max_retries=0)
     got = []
-    options = {"proxy": gw.proxy_url, "ssl": gw.client_ssl_context()}
+    options = {"proxy": gw.proxy_url, "ssl": gw.websocket_ssl_context()}
     with client.responses.connect(websocket_connection_options=options) as conn:
         for _ in range(2):
             conn.response.create(model=MODEL, input=INPUT, max_output_tokens=1000)
@@ -199,7 +199,7 @@ def test_official_openai_sdk_realtime_metered_then_refused(tmp_path, gateway_fac
     # conversation so far count too: $0.0174 + $0.030 > $0.04 (by size alone it would fit)
     gw = gateway_factory(policy=policy(tmp_path, "defaults: {user: {day: 0.04}}\n")).start()
     client = openai.OpenAI(api_key=OPENAI_KEY, max_retries=0)
-    options = {"proxy": gw.proxy_url, "ssl": gw.client_ssl_context()}
+    options = {"proxy": gw.proxy_url, "ssl": gw.websocket_ssl_context()}
     got = []
     with client.realtime.connect(model="gpt-realtime", websocket_connection_options=options) as conn:
         for _ in range(2):

@@ -107,6 +107,12 @@ class Gateway:
     def client_ssl_context(self) -> ssl.SSLContext:
         return ssl.create_default_context(cafile=self.ca_file)
 
+    def websocket_ssl_context(self):
+        """For websockets' sync client (`ssl=`): its reads and writes serialized (tests.support.tls)."""
+        from tests.support.tls import serialized
+
+        return serialized(self.client_ssl_context())
+
     def http_client(self, proxy: str | None = None, **kw):
         """An httpx2 client (what the SDKs use) through this gateway, trusting its CA.
 
