@@ -698,14 +698,15 @@ class Appenders:
         return app
 
     def reset(self) -> None:
-        """Drop every Appender. Call it before the ROLLBACK: closing flushes what an Appender
-        still holds, which must land in the doomed transaction, never in an autocommit."""
+        """Drop every Appender, discarding what it still holds (`clear`): the batch it held is
+        rolled back and retried, and nothing of it may reach a later autocommit. (DuckDB 2's
+        Python Appender has `flush` and `clear`, no `close`.)"""
         apps, self._apps = self._apps, {}
         for app in apps.values():
             try:
-                app.close()
+                app.clear()
             except Exception:  # noqa: BLE001 -- it failed already; what it held goes with the rolled-back batch
-                log.debug("closing a failed Appender", exc_info=True)
+                log.debug("clearing a failed Appender", exc_info=True)
 
     close = reset
 

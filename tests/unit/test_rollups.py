@@ -377,3 +377,26 @@ def test_a_ledger_written_behind_the_writers_back_is_summed_again_at_start(tmp_p
     assert a == b
     assert not rollups.heal(led.cursor())  # nothing to do the second time
     led.close()
+
+
+def test_a_reset_appender_discards_what_it_held(caplog):
+    """A failed batch's Appenders are cleared before the ROLLBACK: what they held never lands later
+    (DuckDB's Appender flushes what it holds when it is destroyed), and clearing them does not fail."""
+    import gc
+    import logging
+
+    import duckdb
+
+    from spendgate.store.ledger import Appenders
+
+    con = duckdb.connect()
+    con.execute("CREATE TABLE t (a INTEGER)")
+    apps = Appenders(con)
+    con.execute("BEGIN")
+    apps.get("t", ["a"]).append_rows([(1,), (2,)])  # held, not flushed
+    with caplog.at_level(logging.DEBUG, logger="spendgate.store.ledger"):
+        apps.reset()
+    con.execute("ROLLBACK")
+    gc.collect()
+    assert con.execute("SELECT count(*) FROM t").fetchone()[0] == 0
+    assert not [r for r in caplog.records if "Appender" in r.getMessage()]
