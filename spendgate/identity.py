@@ -29,7 +29,7 @@ REALTIME_KEY_PROTOCOL = "openai-insecure-api-key."
 
 def fingerprint(secret: str) -> str:
     """`sha256:` + the first 12 hex digits: enough to tell keys apart, useless to an attacker."""
-    return "sha256:" + hashlib.sha256(secret.strip().encode()).hexdigest()[:FINGERPRINT_HEX]
+    return "sha256:" + hashlib.sha256(secret.strip().encode("utf-8", "surrogatepass")).hexdigest()[:FINGERPRINT_HEX]
 
 
 def credentials(headers: Mapping[str, str], query: str = "") -> list[str]:

@@ -1,12 +1,14 @@
 """YAML files people edit by hand, checked with positions: every problem names FILE:LINE:COL.
 
 The policy, price overrides and MDM site configs all load through here: `load_yaml_with_marks`
-keeps where each value stood (and flags duplicate keys, which YAML silently overwrites), and
+keeps where each value stood (and flags duplicate keys, which YAML silently overwrites, and
+`.nan` / `.inf`, which no limit, rate or setting means), and
 `schema_problems` turns JSON Schema errors into positioned, readable problems.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime
@@ -84,6 +86,11 @@ class _Builder:
             where = ".".join(map(str, path)) or "top level"
             why = getattr(e, "problem", None) or str(e) or type(e).__name__
             self.problems.append(Problem(*self._pos(node), f"{where}: cannot read {node.value!r}: {why}"))
+            return node.value
+        if isinstance(value, float) and not math.isfinite(value):  # .nan breaks every comparison; .inf is no limit
+            where = ".".join(map(str, path)) or "top level"
+            self.problems.append(Problem(*self._pos(node), f"{where}: {node.value} is not a finite number "
+                                         "(leave a limit out for none)"))
             return node.value
         if node.tag != _STR_TAG and not node.style and not isinstance(value, str):  # plain: None, or "" (libyaml)
             self.marks.texts[path] = node.value
