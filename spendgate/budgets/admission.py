@@ -31,6 +31,7 @@ from spendgate.budgets.batch_estimate import batch_input_cost
 from spendgate.budgets.book import BudgetBook, Decision, subscription_ignored
 from spendgate.budgets.journal import Journal
 from spendgate.budgets.runway import (
+    Denial,
     Limited,
     RateLimiter,
     StepDownChoice,
@@ -167,6 +168,20 @@ class Admission:
         return self.book.admit(ex.identity, amount, now, request_id=ex.request_id,
                                record=journal_record(ex) if self.book.store.shared else None)
 
+    def _model_denial(self, ex: Exchange) -> Denial | None:
+        """Model rules over every model the request may run: its own, the one a remix reserves at
+        (`estimate_model`), each of an OpenAI batch file's; an unreadable one counts as any model."""
+        req = ex.request
+        if req.batch_input is not None and not req.model:
+            models = [part.model for part in req.batch_input.parts]
+        else:
+            models = [req.model or req.estimate_model]
+        for model in models:
+            denial = model_denial(self.policy, ex.identity, model, known=ex.route.adapter is None)
+            if denial is not None:
+                return denial
+        return None
+
     def admit(self, ex: Exchange, path: str = "", body: bytes = b"") -> refusal.Answer | None:
         """Event loop: None to forward the request; otherwise the answer to give instead.
 
@@ -205,7 +220,7 @@ class Admission:
             return refuse(ex, refusal.forbidden(
                 ex.dialect, f"{ex.identity.user} is not a user in the policy (unknown_users: block)"))
         policy = self.policy
-        denial = model_denial(policy, ex.identity, ex.request.model)
+        denial = self._model_denial(ex)
         if denial is not None:
             return refuse(ex, refusal.model_denied(ex.dialect, denial.message), denial.message)
         now = datetime.now(UTC)

@@ -68,9 +68,21 @@ class Denial:
     message: str  # one human sentence: the model, the rule, who can change it
 
 
-def model_denial(policy: Policy, identity: Identity, model: str | None) -> Denial | None:
-    """The first model rule covering `identity` that refuses `model`; None when it may be used."""
+def model_denial(policy: Policy, identity: Identity, model: str | None, known: bool = True) -> Denial | None:
+    """The first model rule covering `identity` that refuses `model`; None when it may be used.
+
+    `known=False`: the request calls a model that could not be read (a body that is not the JSON
+    expected, a stored prompt that picks the model, a batch file this gateway did not see): any
+    rule covering `identity` refuses it, since the provider may run any model (eleventh review)."""
     if not model:
+        if known:
+            return None
+        for rule in covering(policy.runway.models, identity):
+            if rule.allow or rule.deny:
+                contact = rule.contact or _owners(policy, rule.scope) or "the security team that owns the policy"
+                return Denial(rule, f"spendgate: this request's model could not be read, and models[{rule.index}] "
+                                    f"limits which models {rule.scope} may use; name the model in the request. "
+                                    f"To change the rule, ask {contact}.")
         return None
     for rule in covering(policy.runway.models, identity):
         glob = _matches(model, rule.deny)
