@@ -69,3 +69,24 @@ def test_a_remix_is_checked_at_the_model_it_may_run_on(tmp_path):
         assert answer is not None and answer.status == 403 and b"sora-2-pro" in answer.body
     finally:
         gw.close()
+
+
+def test_each_model_of_a_batch_file_is_checked(tmp_path):
+    """An OpenAI batch names its models in the input file: each is checked (the file seen uploaded),
+    and a batch whose file this gateway did not see counts as any model."""
+    from spendgate.metering.providers.batch_input import estimate_jsonl
+
+    gw = make(tmp_path, "defaults: {user: {day: 50}}\n" + DENY)
+    try:
+        lines = [{"custom_id": str(i), "method": "POST", "url": "/v1/chat/completions",
+                  "body": {"model": m, "messages": [{"role": "user", "content": "hi"}]}}
+                 for i, m in enumerate(["gpt-4o-mini", "gpt-5"])]
+        gw.meter.batch_inputs.remember("file-seen", estimate_jsonl("\n".join(map(json.dumps, lines)).encode()))
+        submit = {"input_file_id": "file-seen", "endpoint": "/v1/chat/completions", "completion_window": "24h"}
+        answer = send(gw, OPENAI, "/v1/batches", json.dumps(submit).encode(), OPENAI_AUTH)[1]
+        assert answer is not None and answer.status == 403 and b"'gpt-5' is denied" in answer.body
+        unseen = send(gw, OPENAI, "/v1/batches", json.dumps({**submit, "input_file_id": "file-unseen"}).encode(),
+                      OPENAI_AUTH)[1]
+        assert unseen is not None and unseen.status == 403 and b"model could not be read" in unseen.body
+    finally:
+        gw.close()
