@@ -23,7 +23,7 @@ from rich.table import Table
 from rich.text import Text
 
 from spendgate import fsutil
-from spendgate.cli.output import add_db_arg, console, source
+from spendgate.cli.output import add_db_arg, console, escaped, source
 from spendgate.cli.source import Source, SourceError, default_db
 from spendgate.identity import local_user
 from spendgate.money import usd
@@ -99,7 +99,8 @@ def _cell(key: str, v: Any) -> RenderableType:
         return Text(str(v), style={"ok": "green", "blocked": "red", "unpriced": "yellow"}.get(v, "yellow"))
     if isinstance(v, int) and not isinstance(v, bool):
         return f"{v:,}"
-    return "-" if v is None else str(v)
+    # client-supplied text (models, user names, reasons): never rich markup, never terminal escapes
+    return Text("-" if v is None else escaped(str(v)))
 
 
 def frame(o: dict[str, Any], budgets: list[dict[str, Any]], where: str) -> RenderableType:

@@ -141,10 +141,10 @@ def _column(values: list[Any], money: bool) -> list[str]:
     if kinds == {int}:
         return ["-" if v is None else f"{v:,}" for v in values]
     text = ["-" if v is None else v for v in values] if kinds == {str} else [fmt(v) for v in values]
-    return [v if v.isprintable() else _escaped(v) for v in text]
+    return [v if v.isprintable() else escaped(v) for v in text]
 
 
-def _escaped(text: str) -> str:
+def escaped(text: str) -> str:
     """Control characters (ESC, CR, newlines, C1...) as \\xNN: ledger values are client-supplied
     (user names, models), and a table must never carry terminal escape sequences."""
     return "".join(ch if ch.isprintable() else f"\\x{ord(ch):02x}" for ch in text)

@@ -23,6 +23,7 @@ from spendgate.cli.output import (
     add_db_arg,
     add_json_arg,
     console,
+    escaped,
     print_json,
     source,
     table,
@@ -552,5 +553,6 @@ def cmd_explain(args: argparse.Namespace) -> int:
             row["price_detail"] = json.loads(row["price_detail"])
         print_json(row)
         return 0
-    print("\n".join(explain_lines(row)))  # plain text: never re-wrapped to the terminal width
+    # plain text, never re-wrapped to the terminal width; the model and names are client-supplied: escaped
+    print("\n".join(escaped(line) for line in explain_lines(row)))
     return 0
