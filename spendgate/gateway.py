@@ -28,7 +28,7 @@ from spendgate.central.uplink import CentralSettings, Uplink
 from spendgate.identity import NO_HINTS, BodyHints, Identity, local_user, resolve
 from spendgate.metering.meter import Meter
 from spendgate.metering.opaque import OpaqueRecorder
-from spendgate.policy.model import Policy, PolicyError, load, positioned
+from spendgate.policy.model import Policy, PolicyError, cap_count, load, positioned
 from spendgate.policy.watch import FileWatcher
 from spendgate.pricing.rates import Pricer, PricingError
 from spendgate.store.ledger import DuckDBLedger, LedgerLocked, LedgerRow, row_from_dict, row_to_dict
@@ -282,11 +282,14 @@ class Gateway:
             self.workflow.policy_rejected(str(self.settings.policy), _read_or_none(self.settings.policy), str(e),
                                           "file change")
             return False
+        before, after = cap_count(self.policy), cap_count(policy)
         self.policy = policy
         self.book.policy = policy
         self.plan_charger.apply(policy, self.book.store, datetime.now(UTC))
         self.workflow.policy_loaded(policy, "file change")
         log.info("spendgate: policy reloaded from %s (sha256 %s)", self.settings.policy, policy.sha256[:12])
+        if after < before:  # deliberate or a file cut short: either way the operator must know
+            log.warning("spendgate: the reloaded policy has %d budget caps, %d fewer than before", after, before - after)
         heap.resettle()  # a gateway process's heap: the old policy's objects freed, the new one's frozen
         return True
 

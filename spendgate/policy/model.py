@@ -595,6 +595,13 @@ def parse(text: str, file: str = "<policy>", today: date | None = None) -> Polic
     )
 
 
+def cap_count(policy: Policy) -> int:
+    """How many budget caps (scope x window) the policy sets: a reload that lowers it is logged."""
+    groups = [policy.org_budgets, *policy.defaults.values(), *(w.budgets for w in policy.workspaces.values()),
+              *(u.budgets for u in policy.users.values()), *(k.budgets for k in policy.keys.values())]
+    return sum(len(g) for g in groups)
+
+
 def positioned(policy: Policy, found: list[tuple[tuple, str]]) -> list[Problem]:
     """(policy path, message) pairs found by checks outside this module, placed at FILE:LINE:COL."""
     if not found:

@@ -3,7 +3,8 @@
 The gateway watches its policy and its pricing overrides with one `FileWatcher` thread. Content,
 not mtime, decides (sha256 of the bytes): editors that rewrite a file with the same text, or
 filesystems with coarse timestamps, neither miss nor invent a change. Each callback validates
-and swaps in the new file itself (and keeps the last good one when it is invalid); the watcher
+and swaps in the new file itself (and keeps the last good one when it is invalid). The watcher
+thread takes a new content only once it has read the same twice, one interval apart. The watcher
 only has to survive: an exception from a callback, or a file that cannot be read for a while,
 is logged and the thread keeps polling.
 """
@@ -49,11 +50,17 @@ class FileWatcher:
         loaded = loaded or {}
         self._seen: dict[Path, str | None] = {p: loaded[p] if p in loaded else digest(p) for p in self.callbacks}
         self._unreadable: set[Path] = set()
+        self._settling: dict[Path, str] = {}  # path -> a new content read once, applied if it reads the same next round
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def poll(self) -> list[Path]:
-        """One round: the files whose callback ran because their content changed."""
+    def poll(self, settle: bool = False) -> list[Path]:
+        """One round: the files whose callback ran because their content changed.
+
+        `settle`: a new content is taken only once it reads the same on two rounds in a row (the
+        watcher thread's way): a file read while a tool is still writing it in place (truncate,
+        then write) can be a valid prefix of the policy with its budgets cut off (eleventh review,
+        F6); one round later it reads differently, so it is never applied."""
         if self.tick is not None:
             try:
                 self.tick()
@@ -69,7 +76,12 @@ class FileWatcher:
                 continue
             self._unreadable.discard(path)
             if now == self._seen.get(path):
+                self._settling.pop(path, None)
                 continue
+            if settle and self._settling.get(path) != now:  # first read of this content: once more
+                self._settling[path] = now
+                continue
+            self._settling.pop(path, None)
             self._seen[path] = now  # a bad version is reported once, not on every poll
             changed.append(path)
             try:
@@ -81,7 +93,7 @@ class FileWatcher:
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
             try:
-                self.poll()
+                self.poll(settle=True)
             except Exception:  # never let the watcher die: the next edit must still apply
                 log.exception("spendgate: %s poll failed", self.name)
 
