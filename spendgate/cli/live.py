@@ -145,11 +145,14 @@ def _budgets(src: Source, args: argparse.Namespace) -> list[dict[str, Any]]:
     if src.where.startswith("gateway"):
         return src.query("budgets")
     from spendgate.cli.budget_cmds import default_policy, offline_status, store_status
+    from spendgate.policy.model import PolicyError
 
-    if getattr(args, "store", None):  # the counters every replica shares, not a local file's
-        return store_status(args.store, args.policy or default_policy())
-
-    return offline_status(args.db or default_db(), args.policy or default_policy())
+    try:
+        if getattr(args, "store", None):  # the counters every replica shares, not a local file's
+            return store_status(args.store, args.policy or default_policy())
+        return offline_status(args.db or default_db(), args.policy or default_policy())
+    except PolicyError as e:  # said like `spendgate budgets` says it (FILE:LINE:COL), not a traceback
+        raise SourceError(f"invalid policy:\n{e}") from None
 
 
 def snapshot(src: Source, args: argparse.Namespace) -> RenderableType:

@@ -46,3 +46,15 @@ def test_explain_and_top_print_a_client_supplied_model_escaped(tmp_path):
         assert "\x1b]0;" not in out and "\x1b[2J" not in out and "\x07" not in out and "\r" not in out
         assert "\x1b[31mRED" not in out
         assert "\\x1b[31mRED" in out or "\\x1b" in out  # shown, escaped
+
+
+def test_top_with_a_broken_policy_says_where_not_a_traceback(tmp_path):
+    gw = make(tmp_path)
+    gw.close()
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("version: 1\ndefaults: {user: {dayy: 1}}\n")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-m", "spendgate", "top", "--once", "--db", str(tmp_path / "l.duckdb"),
+                           "--policy", str(bad)], capture_output=True, text=True, env=env, timeout=60)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert f"{bad}:2:" in done.stderr and "invalid policy" in done.stderr

@@ -38,6 +38,7 @@ def test_scripts_run_starts_the_gateway_and_prints_how_to_use_it(tmp_path):
         assert "NODE_EXTRA_CA_CERTS=" in text and "SSL_CERT_FILE=" in text
         assert (tmp_path / "conf" / "mitmproxy-ca-cert.pem").exists()
         bundle = (REPO / "data" / "ca-bundle.pem").read_text()
+        assert (REPO / "data").stat().st_mode & 0o777 == 0o700  # the ledger, CA bundle, tokens: this account's
         assert (tmp_path / "conf" / "mitmproxy-ca-cert.pem").read_text().strip() in bundle
         # the CLI finds the running gateway through the ledger's discovery file
         deadline = time.monotonic() + 30
