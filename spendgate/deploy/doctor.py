@@ -45,6 +45,9 @@ CA_VARS = {  # variable -> who reads it
     "REQUESTS_CA_BUNDLE": "Python requests",
     "CODEX_CA_CERTIFICATE": "Codex CLI",
 }
+# read when the first is unset: Codex takes SSL_CERT_FILE (codex-rs login and HTTP clients: CODEX_CA_CERTIFICATE
+# first, then SSL_CERT_FILE)
+FALLBACK_VARS = {"CODEX_CA_CERTIFICATE": "SSL_CERT_FILE"}
 CONTROL_HOSTS = ("example.com", "github.com", "pypi.org")  # must stay DIRECT
 TIMEOUT = 5.0
 PROBE_HOST = "api.anthropic.com"  # a provider host: the gateway decrypts it, so it presents its own leaf
@@ -311,16 +314,21 @@ def check_env_proxy(site_proxy: Proxy, env: Mapping[str, str], hosts: list[str])
 
 
 def check_ca_vars(env: Mapping[str, str], ca_fps: list[str], proxy: Proxy | None, probe_host: str,
-                  gw: GatewayCA | None = None) -> list[Check]:
+                  gw: GatewayCA | None = None, kit: bool = True) -> list[Check]:
     """Each agent's CA variable: names a file holding the CA the gateway presents (`gw`; else, with
-    the gateway unreachable, the kit's CA `ca_fps`), and a handshake trusting only it verifies."""
+    the gateway unreachable, the kit's CA `ca_fps`), and a handshake trusting only it verifies.
+    `kit`: the MDM kit set these (fix: its install script); else `scripts/run` printed them."""
     out = []
     handshakes: dict[str, str | None] = {}
+    unset_fix = ("log out and in again; else re-run the install script" if kit else
+                 "export it as `scripts/run` prints it (README, the first command)")
     for var, who in CA_VARS.items():
         path = env.get(var)
+        if not path and var in FALLBACK_VARS and env.get(FALLBACK_VARS[var]):
+            out.append(Check(var, "ok", f"not set: {who} reads {FALLBACK_VARS[var]} (checked above)"))
+            continue
         if not path:
-            out.append(Check(var, "fail", f"not set ({who} will not trust the gateway)",
-                             "log out and in again; else re-run the install script"))
+            out.append(Check(var, "fail", f"not set ({who} will not trust the gateway)", unset_fix))
             continue
         if gw is not None:
             if not gw.in_file(path):
@@ -329,7 +337,7 @@ def check_ca_vars(env: Mapping[str, str], ca_fps: list[str], proxy: Proxy | None
                                  "point it at the gateway's CA (the kit's CA file), or re-run the install script"))
                 continue
         elif not ca_fps:
-            out.append(Check(var, "warn", f"{path}: cannot judge, the gateway is not reachable and no kit names "
+            out.append(Check(var, "warn", f"{path}: cannot judge, the gateway presented no CA and no kit names "
                                           "its CA", "start the gateway, then run doctor again"))
             continue
         elif not set(ca_fps) & set(_cert_fps(path)):
@@ -442,6 +450,9 @@ def check_gateway_ca(proxy: Proxy | None, probe_host: str, promised: list[str] |
     try:
         gw = gateway_ca(proxy, probe_host)
     except (OSError, ssl.SSLError, ConnectionError) as e:
+        if " 502" in str(e):  # mitmproxy connects upstream at CONNECT: a 502 is the gateway's own way out failing
+            return Check(name, "fail", f"the gateway could not reach {probe_host} ({e})",
+                         "check the gateway machine's network, DNS or firewall (the gateway's log names the cause)"), None
         return Check(name, "fail", f"no TLS from the gateway for {probe_host}: {e}",
                      "check the proxy credentials (proxy_auth) and that the gateway runs spendgate"), None
     if promised and gw.sha256 and gw.sha256 not in promised:
@@ -508,11 +519,14 @@ def run_without_kit(env: Mapping[str, str], *, os_store: Path | None = None, pro
     live = proxy if reachable.status == "ok" else None
     gw_check, gw = check_gateway_ca(live, PROBE_HOST)
     checks.append(gw_check)
-    if gw is not None:
-        checks.append(check_os_store("", [], os_store, gw))
+    if gw is not None:  # without a kit the agents trust the gateway through the variables: the store is a warning
+        store = check_os_store("", [], os_store, gw)
+        checks.append(store if store.status != "fail" else Check(
+            store.name, "warn", f"{store.detail}; agents that read the variables below are not affected, apps that "
+                                "read only the OS store (editors, browsers) are", store.fix))
     else:
-        checks.append(Check("OS trust store", "skip", "no gateway CA to look for (the gateway is not reachable)"))
-    checks += check_ca_vars(env, [], live, PROBE_HOST, gw)
+        checks.append(Check("OS trust store", "skip", "no gateway CA to look for (the gateway presented none)"))
+    checks += check_ca_vars(env, [], live, PROBE_HOST, gw, kit=False)
     checks += check_env_proxy(proxy, env, list(PROVIDER_HOSTS))
     if live:
         checks.append(check_identity(proxy, {"identity": {}}))

@@ -261,6 +261,17 @@ def test_doctor_without_a_kit_checks_what_it_can_against_the_ca_the_gateway_pres
     assert list(_failures(bad)) == ["NODE_EXTRA_CA_CERTS"]
     assert "does not contain the CA the gateway presents" in _failures(bad)["NODE_EXTRA_CA_CERTS"]
 
+    # exactly what scripts/run prints (Codex reads SSL_CERT_FILE; the CA is not in the OS store): no failure,
+    # the store is a warning (eleventh review, F7)
+    banner = {k: v for k, v in env.items() if k != "CODEX_CA_CERTIFICATE"}
+    dev = _run([*SPENDGATE, "doctor", "--os-store", str(other), "--json"], env=banner)
+    assert dev.returncode == 0 and not _failures(dev), dev.stdout
+    assert _checks(dev)["CODEX_CA_CERTIFICATE"]["status"] == "ok" and "reads SSL_CERT_FILE" in _checks(dev)[
+        "CODEX_CA_CERTIFICATE"]["detail"]
+    assert _checks(dev)["OS trust store"]["status"] == "warn"
+    unset = _run(doctor, env={k: v for k, v in banner.items() if k != "REQUESTS_CA_BUNDLE"})
+    assert "scripts/run" in _checks(unset)["REQUESTS_CA_BUNDLE"]["fix"]  # not an install script this machine lacks
+
     # no proxy in the environment: said so, and --proxy names one
     no_proxy = {k: v for k, v in env.items() if k != "HTTPS_PROXY"}
     bad = _run(doctor, env=no_proxy)
