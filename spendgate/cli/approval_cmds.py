@@ -235,8 +235,14 @@ def cmd_request(args: argparse.Namespace) -> int:
     if req["status"] == "pending":
         p = places_for(req["limit_usd"])
         lead = (f"request {rid}: +{usd(amount, p)} on the {req['window']} budget of {req['scope']} is pending "
-                f"(spent so far {usd_of(req['spent_usd'] or 0, req['limit_usd'])}). Approvers have been "
-                f"notified; one of them runs: spendgate approve {rid}")
+                f"(spent so far {usd_of(req['spent_usd'] or 0, req['limit_usd'])}). ")
+        approvers = req.get("approvers")
+        if approvers == []:  # said plainly: it would wait for ever
+            lead += ("Nobody can decide it: the policy names no approvers or owners for this scope (`approvals:`, "
+                     "`owners:`); ask whoever edits the policy to add them.")
+        else:
+            lead += (f"Notified: {', '.join(approvers)}; " if approvers else "Approvers have been notified; ") + (
+                f"one of them runs: spendgate approve {rid}")
     else:
         lead = (f"request {rid}: {req['status'].replace('_', ' ')} by {req['decided_by']}: +{usd(req['granted_usd'])} "
                 f"until {req['until']}; it applies now")

@@ -400,7 +400,7 @@ class Approvals:
         ))
         if not approvers:
             log.warning("spendgate: request %s has no approvers (add approvals: to the policy)", rid)
-        return self.get(rid)
+        return {**self.get(rid), "approvers": list(approvers)}  # who was told: none means nobody can decide it
 
     def _check_open(self, requester: str, scope: str, window: str, now: datetime) -> None:
         """One open request per budget, at most MAX_OPEN_REQUESTS per person (open: undecided and
