@@ -203,11 +203,12 @@ class Admission:
             return None
         flat: Decimal | None = None  # unmetered endpoint charged a flat amount (policy `unmetered`)
         if ex.route.adapter is None:
-            rule = unmetered.rule(self.policy.unmetered, self.central)
+            paid = bool(ex.route.extra.get("paid"))  # a paid session we cannot meter: blocked by default anywhere
+            rule = unmetered.rule(self.policy.unmetered, self.central or paid)
             if rule == unmetered.ALLOW:
                 return None
             if rule == unmetered.BLOCK:
-                return refuse(ex, unmetered.blocked_answer(ex.dialect, path or "this endpoint"))
+                return refuse(ex, unmetered.blocked_answer(ex.dialect, path or "this endpoint", paid))
             flat = rule
         fail_closed = self.policy.on_store_error == "fail_closed"
         error = self._store_error()

@@ -29,12 +29,17 @@ def rule(configured: str | Decimal | None, central: bool) -> str | Decimal:
     return configured
 
 
-def blocked_answer(provider: str, endpoint_path: str) -> refusal.Answer:
+def blocked_answer(provider: str, endpoint_path: str, paid: bool = False) -> refusal.Answer:
+    """`paid`: a paid model session spendgate cannot meter (providers._PAID_UNMETERED), refused
+    whatever the gateway's mode unless the policy's `unmetered` allows or charges it."""
+    why = ("is a paid model session spendgate cannot meter (it runs outside the gateway, or its usage is not "
+           "read yet), so it would escape every budget" if paid else
+           "is a provider endpoint spendgate does not meter, and the policy blocks unmetered endpoints (policy key "
+           "`unmetered`: block)")
     return refusal.refused(
         provider, 403,
-        f"spendgate: {endpoint_path} is a provider endpoint spendgate does not meter, and the policy blocks "
-        "unmetered endpoints (policy key `unmetered`: block). Ask your administrator to allow it or to set a "
-        "charge for it.",
+        f"spendgate: {endpoint_path} {why}. Ask your administrator to allow it or to set a charge for it "
+        "(policy key `unmetered`).",
         "unmetered_endpoint_blocked",
     )
 

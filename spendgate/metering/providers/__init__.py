@@ -181,6 +181,23 @@ _FREE: tuple[tuple[str, str, re.Pattern[str]], ...] = tuple(
 )
 
 
+# Paid model sessions spendgate cannot meter: the WebRTC or SIP session runs directly between the
+# client and OpenAI (/v1/realtime/calls), an ephemeral key minted here is spent where the gateway
+# may never see it (client_secrets, sessions, Gemini auth_tokens), or the socket's usage is not
+# read yet (Gemini Live). Refused unless the policy's `unmetered` says otherwise, in every mode
+# (eleventh review, F1): forwarding them free under a laptop's default would be a way around
+# every budget. (host, regex over the canonical lower-case path), any method.
+_PAID_UNMETERED: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
+    (host, re.compile(rx))
+    for host, rx in (
+        ("api.openai.com", r"^/v1/realtime/(calls|client_secrets|sessions|transcription_sessions)(/.*)?$"),
+        ("generativelanguage.googleapis.com",
+         r"^/ws/google\.ai\.generativelanguage\.v1[a-z0-9]*\.generativeservice\.bidigeneratecontent[a-z]*$"),
+        ("generativelanguage.googleapis.com", r"^/(v1|v1beta|v1alpha)/auth_tokens(/.*)?$"),
+    )
+)
+
+
 def normalize_path(path: str) -> str:
     """The path a server acts on, in one spelling; case kept, query dropped.
 
@@ -502,8 +519,11 @@ def route(host: str, path: str, method: str | None = None) -> Route | None:
         found_route = _ROUTERS[provider](provider, full, canon)
         if found_route.adapter is None and canon != canon.lower():  # /V1/Messages is /v1/messages
             found_route = _ROUTERS[provider](provider, canon.lower() + ("?" + query if query else ""), canon.lower())
-    if found_route.adapter is None and is_free_metadata(host, path, method):
-        found_route.extra["free"] = True
+    if found_route.adapter is None:
+        if is_free_metadata(host, path, method):
+            found_route.extra["free"] = True
+        elif any(h == host and rx.match(canon.lower()) for h, rx in _PAID_UNMETERED):
+            found_route.extra["paid"] = True
     return found_route
 
 
