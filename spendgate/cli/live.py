@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import socket
 import sys
 import time
 import webbrowser
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from rich.columns import Columns
 from rich.console import Console, Group, RenderableType
@@ -223,6 +224,12 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
         info = json.loads(disc.read_text())
     except (OSError, ValueError):
         raise SourceError(f"no running gateway found ({disc} is missing); start one with scripts/run") from None
+    where = urlsplit(info["url"])
+    try:  # a gateway killed with -9 leaves its file: a URL and token that lead nowhere
+        socket.create_connection((where.hostname, where.port), timeout=2).close()
+    except OSError as e:
+        raise SourceError(f"the gateway at {info['url']} does not answer ({e}); start it with scripts/run "
+                          f"(if it is gone for good, remove {disc})") from None
     url = f"{info['url']}/#token={info['token']}&name={quote(local_user())}"
     if args.open:
         webbrowser.open(url)

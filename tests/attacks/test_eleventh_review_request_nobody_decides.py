@@ -31,3 +31,22 @@ def test_the_requester_is_told_who_can_decide(tmp_path, extra, said):
                           capture_output=True, text=True, env=env, timeout=60)
     assert done.returncode == 0, done.stderr
     assert said in " ".join(done.stdout.split()), done.stdout
+
+
+def test_dashboard_after_a_kill_says_the_gateway_does_not_answer(tmp_path):
+    """F11: a gateway killed with -9 leaves its discovery file; `spendgate dashboard` printed its
+    URL and a token for a port nobody listens on."""
+    import json
+    import socket
+
+    from spendgate.fsutil import discovery_path
+
+    db = tmp_path / "l.duckdb"
+    with socket.socket() as s:  # a port that was free a moment ago: nothing listens on it now
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    discovery_path(db).write_text(json.dumps({"url": f"http://127.0.0.1:{port}", "token": "t", "pid": 1}))
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-m", "spendgate", "dashboard", "--db", str(db)],
+                          capture_output=True, text=True, env=env, timeout=60)
+    assert done.returncode == 2 and "does not answer" in done.stderr and "#token=" not in done.stdout
