@@ -106,6 +106,10 @@ class Admission:
         """
         if ex.request.batch_input is not None and model is None:  # an OpenAI batch of a file we saw uploaded
             return batch_input_cost(self.pricer, self.policy, ex.provider, ex.request.batch_input, now, fallback_cost)
+        if ex.request.models and model is None:  # a batch naming several models: all of it at the dearest
+            costs = [self.estimate(ex, now, m) if m else fallback_cost(self.policy, self._estimated_usage(ex, None))
+                     for m in ex.request.models]
+            return None if None in costs else max(costs)
         model = model or ex.request.model or ex.request.estimate_model
         usage = self._estimated_usage(ex, model)
         variant = variant_for(ex.request.modifiers)  # e.g. fast mode asked for: reserve at fast rates
@@ -170,12 +174,13 @@ class Admission:
 
     def _model_denial(self, ex: Exchange) -> Denial | None:
         """Model rules over every model the request may run: its own, the one a remix reserves at
-        (`estimate_model`), each of an OpenAI batch file's; an unreadable one counts as any model."""
+        (`estimate_model`), each of a batch's (Anthropic: its requests'; OpenAI: its input file's);
+        an unreadable one counts as any model."""
         req = ex.request
         if req.batch_input is not None and not req.model:
             models = [part.model for part in req.batch_input.parts]
         else:
-            models = [req.model or req.estimate_model]
+            models = list(req.models) or [req.model or req.estimate_model]
         for model in models:
             denial = model_denial(self.policy, ex.identity, model, known=ex.route.adapter is None)
             if denial is not None:

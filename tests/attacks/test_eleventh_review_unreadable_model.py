@@ -90,3 +90,34 @@ def test_each_model_of_a_batch_file_is_checked(tmp_path):
         assert unseen is not None and unseen.status == 403 and b"model could not be read" in unseen.body
     finally:
         gw.close()
+
+
+def _anthropic_batch(models: list[str]) -> bytes:
+    return json.dumps({"requests": [
+        {"custom_id": str(i), "params": {"model": m, "max_tokens": 4000, "messages": [{"role": "user", "content": "x" * 4000}]}}
+        for i, m in enumerate(models)]}).encode()
+
+
+def test_an_anthropic_batch_is_checked_and_reserved_at_every_model_it_names(tmp_path):
+    """The submit adapter read the first request's model only: a batch of one haiku request then
+    opus ones passed `deny: [claude-opus-*]` and was reserved at haiku's rates."""
+    gw = make(tmp_path, "defaults: {user: {day: 50}}\n" + DENY)
+    try:
+        mixed = _anthropic_batch(["claude-haiku-4-5"] + ["claude-opus-4-1"] * 3)
+        ex, answer = send(gw, ANTHROPIC, "/v1/messages/batches", mixed, ANTHROPIC_AUTH)
+        assert answer is not None and answer.status == 403 and b"'claude-opus-4-1' is denied" in answer.body
+    finally:
+        gw.close()
+    (tmp_path / "b").mkdir()
+    gw = make(tmp_path / "b", "defaults: {user: {day: 50}}\n")
+    try:
+        from datetime import UTC, datetime
+
+        now = datetime.now(UTC)
+        mixed_ex = gw.meter.begin(ANTHROPIC, "/v1/messages/batches", ANTHROPIC_AUTH,
+                                  _anthropic_batch(["claude-haiku-4-5"] + ["claude-opus-4-1"] * 3), method="POST")
+        opus_ex = gw.meter.begin(ANTHROPIC, "/v1/messages/batches", ANTHROPIC_AUTH,
+                                 _anthropic_batch(["claude-opus-4-1"] * 4), method="POST")
+        assert gw.admission.estimate(mixed_ex, now) == gw.admission.estimate(opus_ex, now) > 0
+    finally:
+        gw.close()

@@ -55,6 +55,7 @@ from spendgate.usage import USAGE_FIELDS, Usage
 BATCH_TIER = "batch"
 MAX_LINE_BYTES = 16 * 1024 * 1024  # one result line (a long answer); past this it is skipped
 MAX_MODELS = 32  # distinct models in one results file (one row each); more are folded into the last
+MAX_BATCH_MODELS = 256  # distinct models read from one submitted batch; past it, "any model" (RequestInfo.models)
 MAX_REMEMBERED = 10_000  # results already charged by this process, newest kept
 
 SUBMITTED_NOTE = "batch submitted: charged when its results are fetched"
@@ -112,11 +113,16 @@ class BatchSubmitAdapter(Adapter):
                     info.malformed = True
                     return info
                 outs = 0
+                models: dict[str | None, None] = {}
                 for r in reqs:
                     params = r.get("params") if isinstance(r, dict) else None
                     if isinstance(params, dict):
-                        info.model = info.model or str_or_none(params.get("model"))
+                        model = str_or_none(params.get("model"))
+                        if model not in models:
+                            models[model if len(models) < MAX_BATCH_MODELS else None] = None
                         outs += as_int(params.get("max_tokens"))
+                info.model = next((m for m in models if m), None)
+                info.models = tuple(models) if len(models) > 1 else ()
                 info.max_output_tokens = outs
             elif self.provider == "gemini":
                 m = re.search(r"/models/([^/:]+):batchgeneratecontent$", path.split("?", 1)[0], re.IGNORECASE)
