@@ -8,8 +8,10 @@ request -> identity -> admission (budgets) -> upstream -> usage (metering) -> pr
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,7 +30,7 @@ from spendgate.central.uplink import CentralSettings, Uplink
 from spendgate.identity import NO_HINTS, BodyHints, Identity, local_user, resolve
 from spendgate.metering.meter import Meter
 from spendgate.metering.opaque import OpaqueRecorder
-from spendgate.policy.model import Policy, PolicyError, cap_count, load, positioned
+from spendgate.policy.model import Policy, PolicyError, cap_count, load, parse, positioned
 from spendgate.policy.watch import FileWatcher
 from spendgate.pricing.rates import Pricer, PricingError
 from spendgate.store.ledger import DuckDBLedger, LedgerLocked, LedgerRow, row_from_dict, row_to_dict
@@ -169,9 +171,9 @@ class Gateway:
         if self.admin:
             self.admin.app = self.web
         # live reload of the policy and the pricing overrides (spendgate/policy/watch.py)
-        files = {settings.policy: lambda _p: self.reload_policy()}
+        files = {settings.policy: lambda p: _reload_from(p, self.reload_policy)}
         if settings.pricing:
-            files[settings.pricing] = lambda _p: self.reload_pricing()
+            files[settings.pricing] = lambda p: _reload_from(p, self.reload_pricing)
         self._watcher = FileWatcher(files, settings.reload_interval, tick=self._housekeep, loaded={
             settings.policy: self.policy.sha256, **({settings.pricing: self.pricer.overrides_sha256}
                                                      if settings.pricing else {})}).start()
@@ -257,29 +259,35 @@ class Gateway:
             self.book.prune()
             self._pruned_at = time.monotonic()
 
-    def reload_pricing(self) -> bool:
-        """New overrides for the next request; an invalid file is rejected and the last good prices kept."""
+    def reload_pricing(self, data: bytes | None = None) -> bool:
+        """New overrides for the next request; an invalid file is rejected and the last good prices kept.
+        `data`: the file's bytes as already read (None: read it here)."""
         path = self.settings.pricing
         try:
-            pricer = Pricer(path, catalogue=self.pricer.catalogue)
+            pricer = Pricer(path, catalogue=self.pricer.catalogue, overrides_data=data)
         except PricingError as e:
             log.error("spendgate: pricing overrides edit rejected, keeping the last good prices:\n%s", e)
-            self.workflow.pricing_rejected(str(path), _read_or_none(path), str(e), "file change")
+            text = data.decode("utf-8", "replace") if data is not None else _read_or_none(path)
+            self.workflow.pricing_rejected(str(path), text, str(e), "file change")
             return False
         self.use_pricer(pricer)  # one reference swap each: a request being priced keeps its Pricer
         self.workflow.pricing_loaded(str(path), pricer.overrides_sha256, "file change")
         log.info("spendgate: pricing overrides reloaded from %s (%s)", path, pricer.version)
         return True
 
-    def reload_policy(self) -> bool:
+    def reload_policy(self, data: bytes | None = None) -> bool:
+        """The policy file again (`data`: its bytes as already read; None: read it here); an invalid
+        one is rejected and the last good policy kept."""
+        path = self.settings.policy
+        text = data.decode("utf-8", "replace") if data is not None else None
         try:
-            policy = load(self.settings.policy)
+            policy = load(path) if text is None else parse(text, str(path))
             found = positioned(policy, check_targets(policy, self.pricer, datetime.now(UTC)))
             if found:
-                raise PolicyError(str(self.settings.policy), found)
+                raise PolicyError(str(path), found)
         except PolicyError as e:
             log.error("spendgate: policy edit rejected, keeping the last good policy:\n%s", e)
-            self.workflow.policy_rejected(str(self.settings.policy), _read_or_none(self.settings.policy), str(e),
+            self.workflow.policy_rejected(str(path), text if text is not None else _read_or_none(path), str(e),
                                           "file change")
             return False
         before, after = cap_count(self.policy), cap_count(policy)
@@ -314,6 +322,14 @@ class Gateway:
             from spendgate.store import pg_read
 
             pg_read.close_reader(self.book.store.pg)
+
+
+def _reload_from(path: Path, reload: Callable[[bytes], object]) -> str:
+    """Reload from the bytes read here and return their sha256: the watcher records what was
+    applied, not what it read a moment before (spendgate.policy.watch.Callback)."""
+    data = path.read_bytes()
+    reload(data)
+    return hashlib.sha256(data).hexdigest()
 
 
 def _read_or_none(path: Path) -> str | None:

@@ -19,7 +19,11 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
+# Called with the changed file's path. It may return the sha256 (hex) of the bytes it read itself:
+# the watcher then records those as applied, so a file that changed again between the watcher's read
+# and the callback's is read and applied once more (twelfth review, T5).
 Callback = Callable[[Path], object]
+UNSETTLED_ROUNDS = 5  # a file that changed on this many reads in a row is reported (once)
 
 
 def digest(path: Path) -> str | None:
@@ -51,6 +55,7 @@ class FileWatcher:
         self._seen: dict[Path, str | None] = {p: loaded[p] if p in loaded else digest(p) for p in self.callbacks}
         self._unreadable: set[Path] = set()
         self._settling: dict[Path, str] = {}  # path -> a new content read once, applied if it reads the same next round
+        self._unsettled: dict[Path, int] = {}  # path -> rounds in a row its content changed
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -80,14 +85,22 @@ class FileWatcher:
                 continue
             if settle and self._settling.get(path) != now:  # first read of this content: once more
                 self._settling[path] = now
+                self._unsettled[path] = rounds = self._unsettled.get(path, 0) + 1
+                if rounds == UNSETTLED_ROUNDS:  # once: a file rewritten every round is never applied
+                    log.warning("spendgate: %s has changed on each of the last %d reads; it is applied once it "
+                                "reads the same twice in a row", path, rounds)
                 continue
             self._settling.pop(path, None)
+            self._unsettled.pop(path, None)
             self._seen[path] = now  # a bad version is reported once, not on every poll
             changed.append(path)
             try:
-                callback(path)
+                acted_on = callback(path)
             except Exception:
                 log.exception("spendgate: reloading %s failed; keeping the last good version", path)
+                continue
+            if isinstance(acted_on, str):  # the sha256 of the bytes the callback itself read: when the file
+                self._seen[path] = acted_on  # changed under it, the next rounds see the difference and reload
         return changed
 
     def _run(self) -> None:

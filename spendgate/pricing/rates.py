@@ -654,14 +654,16 @@ class Pricer:
         *,
         catalogue_dir: Path | None = None,
         catalogue: pricing_catalogue.Catalogue | None = None,
+        overrides_data: bytes | None = None,
     ) -> None:
+        """`overrides_data`: the overrides file's bytes as the caller already read them (a reload)."""
         self.overrides_path = overrides_path
         self.overrides: list[Override] = []
         self.overrides_label: str | None = None
         self.overrides_sha256: str | None = None  # of the bytes these overrides were parsed from
         if overrides_path:
             try:  # read once: the label's hash is the hash of exactly what was parsed
-                data = overrides_path.read_bytes()
+                data = overrides_path.read_bytes() if overrides_data is None else overrides_data
             except OSError as e:
                 raise PricingError(str(overrides_path), [Problem(1, 1, f"cannot read: {e.strerror or e}")]) from None
             self.overrides = parse_overrides(data.decode("utf-8", errors="replace"), str(overrides_path))
