@@ -181,21 +181,52 @@ _FREE: tuple[tuple[str, str, re.Pattern[str]], ...] = tuple(
 )
 
 
-# Paid model sessions spendgate cannot meter: the WebRTC or SIP session runs directly between the
-# client and OpenAI (/v1/realtime/calls), an ephemeral key minted here is spent where the gateway
-# may never see it (client_secrets, sessions, Gemini auth_tokens), or the socket's usage is not
-# read yet (Gemini Live). Refused unless the policy's `unmetered` says otherwise, in every mode
-# (eleventh review, F1): forwarding them free under a laptop's default would be a way around
-# every budget. (host, regex over the canonical lower-case path), any method.
-_PAID_UNMETERED: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
-    (host, re.compile(rx))
-    for host, rx in (
-        ("api.openai.com", r"^/v1/realtime/(calls|client_secrets|sessions|transcription_sessions)(/.*)?$"),
-        ("generativelanguage.googleapis.com",
-         r"^/ws/google\.ai\.generativelanguage\.v1[a-z0-9]*\.generativeservice\.bidigeneratecontent[a-z]*$"),
-        ("generativelanguage.googleapis.com", r"^/(v1|v1beta|v1alpha)/auth_tokens(/.*)?$"),
-    )
-)
+# Paid work spendgate cannot meter: a WebRTC or SIP session runs directly between the client and
+# the provider (Realtime `calls`), an ephemeral key minted here is spent where the gateway may never
+# see it (client_secrets, sessions, Gemini auth_tokens), a socket's usage is not read yet (Gemini and
+# Vertex Live, Azure Realtime, a transcription-only Realtime socket), or no adapter reads the job
+# (Azure and Vertex batches, Azure image and audio deployments, Vertex's Imagen, Veo and embeddings,
+# its OpenAI-compatible and deployed-model endpoints). Refused unless the policy's `unmetered` says
+# otherwise, in every mode (eleventh review F1, twelfth T1/T3): forwarded free under a laptop's
+# default they would be a way around every budget. Matched per provider (every host it serves:
+# eu.api.openai.com too), on the canonical lower-case path; method None: any.
+_VERTEX_LOC = r"^/v1[a-z0-9]*/projects/[^/]+/locations/[^/]+"
+_PAID_UNMETERED: dict[str, tuple[tuple[str | None, re.Pattern[str]], ...]] = {
+    provider: tuple((method, re.compile(rx)) for method, rx in rules)
+    for provider, rules in {
+        "openai": (
+            (None, r"^/v1/realtime/(calls|client_secrets|sessions|transcription_sessions)(/.*)?$"),
+        ),
+        "gemini": (
+            (None, r"^/ws/google\.ai\.generativelanguage\.v1[a-z0-9]*\.generativeservice\.bidigeneratecontent[a-z]*$"),
+            (None, r"^/(v1|v1beta|v1alpha)/auth_tokens(/.*)?$"),
+        ),
+        "vertex": (
+            (None, r"^/ws/google\.cloud\.aiplatform\.v1[a-z0-9]*\.llmbidiservice/bidigeneratecontent[a-z]*$"),
+            ("POST", _VERTEX_LOC + r"/batchpredictionjobs$"),
+            ("POST", _VERTEX_LOC + r"/endpoints/[^/]+(/.*|:[a-z]+)$"),
+            ("POST", _VERTEX_LOC + r"/publishers/google/models/[^/:]+:(predict|predictlongrunning|streamrawpredict|rawpredict)$"),
+        ),
+        "azure": (
+            (None, r"^/openai(/v1)?/realtime(/.*)?$"),
+            (None, r"^/openai/realtimeapi(/.*)?$"),
+            ("POST", r"^/openai(/v1)?/batches$"),
+            ("POST", r"^/openai/deployments/[^/]+/(images|audio)/.+$"),
+            ("POST", r"^/openai(/v1)?/(images|audio|videos?)(/.*)?$"),
+        ),
+    }.items()
+}
+
+
+def _paid_unmetered(provider: str, canon: str, query: str, method: str | None) -> bool:
+    """True for paid work spendgate cannot meter (`_PAID_UNMETERED`), and for two Realtime spellings
+    the WebSocket adapter must not take: the beta WebRTC offer (`POST /v1/realtime`, an SDP body)
+    and a transcription-only socket (`?intent=transcription`: no response.create ever goes up)."""
+    low, m = canon.lower(), (method or "").upper()
+    if provider == "openai" and low == openai_realtime.REALTIME_PATH and (
+            m == "POST" or "intent=transcription" in query.lower()):
+        return True
+    return any((want is None or want == m) and rx.match(low) for want, rx in _PAID_UNMETERED.get(provider, ()))
 
 
 def normalize_path(path: str) -> str:
@@ -519,10 +550,12 @@ def route(host: str, path: str, method: str | None = None) -> Route | None:
         found_route = _ROUTERS[provider](provider, full, canon)
         if found_route.adapter is None and canon != canon.lower():  # /V1/Messages is /v1/messages
             found_route = _ROUTERS[provider](provider, canon.lower() + ("?" + query if query else ""), canon.lower())
+    if found_route.adapter is openai_realtime.REALTIME and _paid_unmetered(provider, canon, query, method):
+        found_route = _made(None, provider)  # a Realtime spelling the socket adapter cannot meter
     if found_route.adapter is None:
         if is_free_metadata(host, path, method):
             found_route.extra["free"] = True
-        elif any(h == host and rx.match(canon.lower()) for h, rx in _PAID_UNMETERED):
+        elif _paid_unmetered(provider, canon, query, method):
             found_route.extra["paid"] = True
     return found_route
 
