@@ -181,8 +181,12 @@ class Admission:
             models = [part.model for part in req.batch_input.parts]
         else:
             models = list(req.models) or [req.model or req.estimate_model]
+        deployment = ex.route.extra.get("deployment")  # Azure runs the deployment, whatever the body names
+        if deployment and deployment not in models:
+            models.append(deployment)
         for model in models:
-            denial = model_denial(self.policy, ex.identity, model, known=ex.route.adapter is None)
+            denial = model_denial(self.policy, ex.identity, model, known=ex.route.adapter is None,
+                                  provider=ex.provider)
             if denial is not None:
                 return denial
         return None

@@ -33,7 +33,7 @@ from spendgate.budgets.book import Budget, BudgetBook
 from spendgate.identity import Identity
 from spendgate.policy.model import UNATTRIBUTED, Policy
 from spendgate.policy.runway import ModelRule, RateLimit, StepDown
-from spendgate.pricing.rates import Pricer, guess_provider
+from spendgate.pricing.rates import Pricer, catalogue_candidates, guess_provider
 
 R = TypeVar("R", ModelRule, RateLimit, StepDown)
 HUNDRED = Decimal(100)
@@ -68,8 +68,24 @@ class Denial:
     message: str  # one human sentence: the model, the rule, who can change it
 
 
-def model_denial(policy: Policy, identity: Identity, model: str | None, known: bool = True) -> Denial | None:
-    """The first model rule covering `identity` that refuses `model`; None when it may be used.
+def rule_names(provider: str, model: str) -> tuple[str, ...]:
+    """Every name a model rule is matched against for `model` on `provider`: as sent, and as the
+    price catalogue names it (`pricing.rates.catalogue_candidates`: Bedrock's
+    ``us.anthropic.claude-opus-4-1-20250805-v1:0`` is ``claude-opus-4-1-20250805``, Vertex's
+    ``@version`` goes, Copilot's ``4.5`` is ``4-5``), without a ``models/`` or a router's
+    ``vendor/`` prefix (``anthropic/claude-opus-4.1``). A deny glob matching any of them refuses;
+    an allow list must match one of them (twelfth review, T4)."""
+    bare = model.strip().removeprefix("models/")
+    names = dict.fromkeys((model, bare, bare.rsplit("/", 1)[-1]))
+    for name in list(names):
+        names.update(dict.fromkeys(m for _, m in catalogue_candidates(provider, name)))
+    return tuple(n for n in names if n)
+
+
+def model_denial(policy: Policy, identity: Identity, model: str | None, known: bool = True,
+                 provider: str = "") -> Denial | None:
+    """The first model rule covering `identity` that refuses `model` (on `provider`: the names it
+    is matched under, `rule_names`); None when it may be used.
 
     `known=False`: the request calls a model that could not be read (a body that is not the JSON
     expected, a stored prompt that picks the model, a batch file this gateway did not see): any
@@ -84,11 +100,13 @@ def model_denial(policy: Policy, identity: Identity, model: str | None, known: b
                                     f"limits which models {rule.scope} may use; name the model in the request. "
                                     f"To change the rule, ask {contact}.")
         return None
+    names: tuple[str, ...] = ()
     for rule in covering(policy.runway.models, identity):
-        glob = _matches(model, rule.deny)
+        names = names or rule_names(provider, model)
+        glob = next((g for n in names if (g := _matches(n, rule.deny)) is not None), None)
         if glob is not None:
             why = f"denied by models[{rule.index}] for {rule.scope} (deny {glob!r})"
-        elif rule.allow and _matches(model, rule.allow) is None:
+        elif rule.allow and all(_matches(n, rule.allow) is None for n in names):
             why = f"not in the allow list of models[{rule.index}] for {rule.scope} ({', '.join(rule.allow)})"
         else:
             continue

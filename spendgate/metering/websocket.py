@@ -159,6 +159,8 @@ class SocketSession:
             request.input_bytes += self.context_tokens * CHARS_PER_TOKEN
         if request.model is None:
             request.model = self.model
+        elif self.realtime and self.model and request.model != self.model:  # the session's model runs, whatever
+            request.models = (self.model, request.model)  # a response.create names: rules check both, the dearest reserves
         identity = self.meter.identify(self.headers, query, self.proxy_user, self.client_ip)
         ex = self.meter.begin_exchange(self.route, request, identity, len(data), host=self.host, path=self.path,
                                        headers=self.headers)

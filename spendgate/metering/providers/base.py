@@ -52,6 +52,20 @@ class RequestInfo:
     batch_input: Any = None  # that file's InputEstimate, when this process saw it uploaded
 
 
+MAX_FALLBACK_MODELS = 64  # distinct models read from one request's fallback list; past it, "any model"
+
+
+def fallback_models(model: str | None, more: Any) -> tuple[str | None, ...]:
+    """`RequestInfo.models` for a request that names fallbacks (OpenRouter's `models`: tried in
+    order when one fails, so any of them may run): () when it names one model or none."""
+    if not isinstance(more, list) or not more:
+        return ()
+    names: dict[str | None, None] = dict.fromkeys([model] if model else [])
+    for m in more:
+        names[str_or_none(m) if len(names) < MAX_FALLBACK_MODELS else None] = None
+    return tuple(names) if len(names) > 1 else ()
+
+
 @dataclass(slots=True)
 class ResponseResult:
     """What we learned from a response (whole body or stream so far)."""

@@ -24,6 +24,7 @@ from spendgate.metering.providers.base import (
     dig,
     dumps_compact,
     error_type,
+    fallback_models,
     load_json,
     parse_json_request,
     reported_cost,
@@ -153,9 +154,11 @@ class OpenAIChatAdapter(Adapter):
 
     def parse_request(self, path: str, body: bytes) -> RequestInfo:
         try:
-            obj, info = parse_json_request(body, ("max_completion_tokens", "max_tokens"), ("user", "stream_options", "prompt_cache_key"))
+            obj, info = parse_json_request(body, ("max_completion_tokens", "max_tokens"),
+                                           ("user", "stream_options", "prompt_cache_key", "models"))
             if info.malformed:
                 return info
+            info.models = fallback_models(info.model, obj.get("models"))  # OpenRouter: tried in order
             info.metadata_user = str_or_none(obj.get("user"))
             if key := str_or_none(obj.get("prompt_cache_key")):
                 info.hints = BodyHints(prompt_cache_key=key[:256])
