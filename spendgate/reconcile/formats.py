@@ -80,9 +80,12 @@ def _ts(value: Any) -> datetime:
 
 def _dec(value: Any, where: str) -> Decimal:
     try:
-        return Decimal(str(value).strip().replace(",", "").lstrip("$"))
+        d = Decimal(str(value).strip().replace(",", "").lstrip("$"))
     except (InvalidOperation, AttributeError):
         raise BillingFormatError(f"{where}: not a number: {value!r}") from None
+    if not d.is_finite():  # NaN or Infinity would make every sum of the report NaN or infinite
+        raise BillingFormatError(f"{where}: not a finite amount: {value!r}")
+    return d
 
 
 def _int(value: Any) -> int:

@@ -275,3 +275,11 @@ def test_fetch_needs_a_key_and_https():
         fetching.fetch("anthropic", D1, env={})
     with pytest.raises(fetching.FetchError, match="https"):
         fetching.fetch("openai", D1, url="http://billing.example.com", env={"OPENAI_ADMIN_KEY": "k"})
+
+
+@pytest.mark.parametrize("amount", ["NaN", "Infinity", "-inf", "sNaN"])
+def test_a_billing_amount_that_is_not_finite_is_refused(amount):
+    """Twelfth review: a bill's NaN amount made every sum of the reconciliation report NaN."""
+    with pytest.raises(formats.BillingFormatError, match="not a finite amount"):
+        formats._dec(amount, "line 3")
+    assert formats._dec("$1,234.50", "line 3") == Decimal("1234.50")
