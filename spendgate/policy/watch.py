@@ -82,6 +82,7 @@ class FileWatcher:
             self._unreadable.discard(path)
             if now == self._seen.get(path):
                 self._settling.pop(path, None)
+                self._unsettled.pop(path, None)
                 continue
             if settle and self._settling.get(path) != now:  # first read of this content: once more
                 self._settling[path] = now

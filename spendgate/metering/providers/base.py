@@ -43,8 +43,9 @@ class RequestInfo:
     request_usage: Usage | None = None  # usage the request itself fixes (tts-1: input characters)
     estimate: Usage | None = None  # what admission reserves for when tokens do not apply (audio seconds)
     estimate_model: str | None = None  # the model to reserve at when the request names none (a Sora remix)
-    # every model a request asks for when it names several (an Anthropic batch), distinct, in order;
-    # None in it: more than MAX_BATCH_MODELS (unread, so model rules count it as any model)
+    # every model a request may run when it names several, distinct, in order: an Anthropic batch's,
+    # OpenRouter's fallbacks, a Realtime turn's and its session's; None in it: past the bound read
+    # (model rules count it as any model). Admission checks each, and reserves at the dearest.
     models: tuple[str | None, ...] = ()
     results: bool = False  # a batch results download: never refused, charged when recorded
     upload: bytes | None = None  # a file upload's body, estimated on the meter worker (providers/batch_input.py)
