@@ -7,6 +7,7 @@ import json
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
+from collections.abc import Iterable
 from typing import Any
 
 import msgspec
@@ -53,18 +54,16 @@ class RequestInfo:
     batch_input: Any = None  # that file's InputEstimate, when this process saw it uploaded
 
 
-MAX_FALLBACK_MODELS = 64  # distinct models read from one request's fallback list; past it, "any model"
-
-
-def fallback_models(model: str | None, more: Any) -> tuple[str | None, ...]:
-    """`RequestInfo.models` for a request that names fallbacks (OpenRouter's `models`: tried in
-    order when one fails, so any of them may run): () when it names one model or none."""
-    if not isinstance(more, list) or not more:
-        return ()
-    names: dict[str | None, None] = dict.fromkeys([model] if model else [])
-    for m in more:
-        names[str_or_none(m) if len(names) < MAX_FALLBACK_MODELS else None] = None
-    return tuple(names) if len(names) > 1 else ()
+def several_models(names: Iterable[Any], bound: int) -> tuple[str | None, ...]:
+    """`RequestInfo.models` from the models a request names (repeats, non-strings as None): the
+    distinct ones in order, at most `bound`, then None for "more, unread" (model rules count it
+    as any model); () when it names at most one."""
+    out: dict[str | None, None] = {}
+    for name in names:
+        name = str_or_none(name)
+        if name not in out:
+            out[name if len(out) < bound else None] = None
+    return tuple(out) if len(out) > 1 else ()
 
 
 @dataclass(slots=True)

@@ -44,6 +44,7 @@ from spendgate.metering.providers.base import (
     error_type,
     load_json,
     nested,
+    several_models,
     str_or_none,
     top_level,
 )
@@ -112,18 +113,10 @@ class BatchSubmitAdapter(Adapter):
                 if not isinstance(reqs, list):
                     info.malformed = True
                     return info
-                outs = 0
-                models: dict[str | None, None] = {}
-                for r in reqs:
-                    params = r.get("params") if isinstance(r, dict) else None
-                    if isinstance(params, dict):
-                        model = str_or_none(params.get("model"))
-                        if model not in models:
-                            models[model if len(models) < MAX_BATCH_MODELS else None] = None
-                        outs += as_int(params.get("max_tokens"))
-                info.model = next((m for m in models if m), None)
-                info.models = tuple(models) if len(models) > 1 else ()
-                info.max_output_tokens = outs
+                params = [p for r in reqs if isinstance(r, dict) and isinstance(p := r.get("params"), dict)]
+                info.model = next((m for p in params if (m := str_or_none(p.get("model")))), None)
+                info.models = several_models((p.get("model") for p in params), MAX_BATCH_MODELS)
+                info.max_output_tokens = sum(as_int(p.get("max_tokens")) for p in params)
             elif self.provider == "gemini":
                 m = re.search(r"/models/([^/:]+):batchgeneratecontent$", path.split("?", 1)[0], re.IGNORECASE)
                 info.model = m.group(1) if m else None

@@ -24,16 +24,17 @@ from spendgate.metering.providers.base import (
     dig,
     dumps_compact,
     error_type,
-    fallback_models,
     load_json,
     parse_json_request,
     reported_cost,
+    several_models,
     str_or_none,
 )
 from spendgate.metering.salvage import head_field, tail_field
 from spendgate.usage import Usage
 
 CHAT_PATH = "/v1/chat/completions"
+MAX_FALLBACK_MODELS = 64  # distinct models read from a fallback list; past it, "any model"
 
 
 def chat_usage(usage: dict) -> Usage:
@@ -158,7 +159,9 @@ class OpenAIChatAdapter(Adapter):
                                            ("user", "stream_options", "prompt_cache_key", "models"))
             if info.malformed:
                 return info
-            info.models = fallback_models(info.model, obj.get("models"))  # OpenRouter: tried in order
+            fallbacks = obj.get("models")  # OpenRouter: tried in order when one fails, so any may run
+            if isinstance(fallbacks, list) and fallbacks:
+                info.models = several_models([info.model] * bool(info.model) + fallbacks, MAX_FALLBACK_MODELS)
             info.metadata_user = str_or_none(obj.get("user"))
             if key := str_or_none(obj.get("prompt_cache_key")):
                 info.hints = BodyHints(prompt_cache_key=key[:256])
