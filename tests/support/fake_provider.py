@@ -8,7 +8,7 @@ HTTP/1.1 (keep-alive, Content-Length or chunked request bodies) as the provider 
 127.0.0.1 is ever bound or contacted. A plain (non-CONNECT) HTTP request is served too, with the
 host taken from the absolute-form target or the Host header.
 
-Served endpoints (exact real wire shapes, see ../../../shared/fixtures/wire for recordings):
+Served endpoints (exact real wire shapes, recordings in tests/fixtures/wire):
 
 * ``api.anthropic.com``  POST /v1/messages[?...]               JSON, or SSE when body ``stream: true``
                          POST /v1/messages/count_tokens[?...]  ``{"input_tokens": N}``

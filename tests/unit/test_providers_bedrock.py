@@ -2,7 +2,7 @@
 at every byte, model ids from the path, SigV4 identity, prices by Bedrock id.
 
 Fixtures (tests/fixtures/provider/bedrock_*) are ours, in the wire shapes of the recordings in
-../shared/fixtures/wire (real ConverseStream events carry a ``p`` padding field). Wire usage:
+tests/fixtures/wire (real ConverseStream events carry a ``p`` padding field). Wire usage:
 inputTokens 1200 (uncached, as Anthropic's), cache read 300, cache write 200, output 450.
 """
 

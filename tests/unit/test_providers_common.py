@@ -19,9 +19,9 @@ from spendgate.metering.providers import (
     openai_responses,
 )
 from spendgate.metering.providers.base import ResponseResult, StreamParser
+from tests.support.wire import wire_bytes  # noqa: F401  (the replay tests import it from here)
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "provider"
-WIRE = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "wire"
 
 ParserFactory = Callable[[], StreamParser]
 
@@ -48,14 +48,6 @@ STREAMS: dict[str, tuple[ParserFactory, str]] = {
 
 def fixture_bytes(name: str) -> bytes:
     return (FIXTURES / name).read_bytes()
-
-
-def wire_bytes(name: str) -> bytes:
-    """A real recording, or a clean skip when ../shared is not there."""
-    path = WIRE / name
-    if not path.is_file():
-        pytest.skip(f"wire recording not available: {path}")
-    return path.read_bytes()
 
 
 def reframe_chunks(name: str, named: bool, done: bool = False) -> bytes:

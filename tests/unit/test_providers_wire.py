@@ -1,4 +1,4 @@
-"""Replays of real provider recordings from ../shared/fixtures/wire (skipped when absent).
+"""Replays of real provider recordings (tests/fixtures/wire; the AGPL-3.0 ones only from ../shared, skipped when absent).
 
 ``*.chunks.jsonl`` lines are event payloads: they are re-framed as SSE (with ``event:`` lines for
 Anthropic/Responses, and the ``[DONE]`` the recorder stripped for Chat Completions)."""

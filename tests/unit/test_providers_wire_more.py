@@ -1,7 +1,7 @@
-"""Replays of the real Bedrock, Azure, Vertex and embeddings recordings in ../shared/fixtures/wire
-(skipped when absent). Bedrock recordings are decoded events: they are re-framed as AWS
-event-stream frames (ConverseStream: the event type in ``:event-type``, the inner object as the
-payload; InvokeModelWithResponseStream: ``{"bytes": base64(event)}`` in ``chunk`` frames)."""
+"""Replays of the real Bedrock, Azure, Vertex and embeddings recordings in tests/fixtures/wire.
+Bedrock recordings are decoded events: they are re-framed as AWS event-stream frames
+(ConverseStream: the event type in ``:event-type``, the inner object as the payload;
+InvokeModelWithResponseStream: ``{"bytes": base64(event)}`` in ``chunk`` frames)."""
 
 from __future__ import annotations
 

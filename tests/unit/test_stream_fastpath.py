@@ -8,7 +8,6 @@ characters, non-ASCII, invalid UTF-8), other events and garbage, and are cut at 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -16,6 +15,7 @@ from hypothesis import strategies as st
 
 from spendgate.metering.providers import anthropic
 from spendgate.metering.providers.anthropic import AnthropicStreamParser
+from tests.support.wire import wire_bytes
 
 
 class SlowParser(AnthropicStreamParser):
@@ -84,20 +84,17 @@ def test_fast_path_one_event_per_read(evs: list[bytes]) -> None:
     assert fast.result() == slow.result()
 
 
-def test_recorded_stream_gives_the_same_result() -> None:
+@pytest.mark.parametrize("name", ["anthropic_messages_stream_recorded.sse",
+                                  "anthropic_messages_stream_thinking_recorded.sse"])
+def test_recorded_stream_gives_the_same_result(name: str) -> None:
     """A real recorded stream (padded deltas) through both paths, one line per read and whole."""
-    wire = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "wire"  # as test_providers_common
-    for name in ("anthropic_messages_stream_recorded.sse", "anthropic_messages_stream_thinking_recorded.sse"):
-        f = wire / name
-        if not f.exists():  # the shared recordings are not in the repository
-            continue
-        data = f.read_bytes()
-        assert run(AnthropicStreamParser(), data, []) == run(SlowParser(), data, [])
-        fast, slow = AnthropicStreamParser(), SlowParser()
-        for block in data.split(b"\n\n"):
-            fast.feed(block + b"\n\n")
-            slow.feed(block + b"\n\n")
-        assert fast.result() == slow.result()
+    data = wire_bytes(name)
+    assert run(AnthropicStreamParser(), data, []) == run(SlowParser(), data, [])
+    fast, slow = AnthropicStreamParser(), SlowParser()
+    for block in data.split(b"\n\n"):
+        fast.feed(block + b"\n\n")
+        slow.feed(block + b"\n\n")
+    assert fast.result() == slow.result()
 
 
 def test_a_delta_cut_across_reads_skips_json(monkeypatch) -> None:

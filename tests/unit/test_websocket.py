@@ -16,10 +16,8 @@ from spendgate.gateway import Gateway, Settings
 from spendgate.metering import providers
 from spendgate.metering import websocket as ws
 from spendgate.reports.queries import ledger as ledger_rows
+from tests.support.wire import wire_bytes
 
-WIRE = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "wire"
-if not WIRE.exists():
-    WIRE = Path("/work/shared/fixtures/wire")
 HEADERS = {"authorization": "Bearer sk-unit-ws-secret", "originator": "codex_exec", "session_id": "s-1",
            "upgrade": "websocket"}
 
@@ -38,7 +36,7 @@ def session(gw: Gateway, host="api.openai.com", path="/v1/responses") -> ws.Sock
 
 def recorded_events() -> list[bytes]:
     """codex_cli_responses_stream.sse as WebSocket messages: one JSON event each."""
-    text = (WIRE / "codex_cli_responses_stream.sse").read_text()
+    text = wire_bytes("codex_cli_responses_stream.sse").decode()
     return [line[6:].encode() for line in text.splitlines() if line.startswith("data: ")]
 
 
@@ -65,7 +63,7 @@ def test_upgrade_and_routes():
     # type not first (pretty-printed, other key order): read properly, never a nested type
     assert ws.event_type(b'{"item": {"type": "message"}, "type": "response.output_item.done"}') == \
         "response.output_item.done"
-    assert ws.event_type((WIRE / "openai_realtime_response_done.json").read_bytes()) == "response.done"
+    assert ws.event_type(wire_bytes("openai_realtime_response_done.json")) == "response.done"
     assert ws.event_type(b'{"item": {"type": "message"}}') is None
 
 
@@ -156,7 +154,7 @@ def test_realtime_response_done_fixture(tmp_path):
         turn = s.client_message(b'{"type":"response.create","response":{"instructions":"hi"}}')
         gw.admission.admit(turn.exchange)
         assert turn.exchange.request.model == "gpt-realtime-2025-08-28"
-        done = (WIRE / "openai_realtime_response_done.json").read_bytes()
+        done = wire_bytes("openai_realtime_response_done.json")
         created = json.dumps({"type": "response.created", "response": {"id": json.loads(done)["response"]["id"]}})
         s.server_message(created.encode())  # events are routed to their turn by this response id
         s.server_message(b'{"type":"error","error":{"type":"invalid_request_error","message":"bad item"}}')
