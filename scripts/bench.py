@@ -83,6 +83,7 @@ class Plan:
     streams: int = 3  # 2,000-event streams per proxy per round
     stream_events: int = 2000
     event_gap_us: int = 300
+    first_events: int = 4  # more time-to-first-event samples per stream, from 20-event streams (a p50 of 9 was noise)
     bulk_bytes: int = 100 * 1024 * 1024
     ledger_sizes: tuple[int, ...] = (0, 1_000_000, 10_000_000)
     admit_calls: int = 5000
@@ -95,7 +96,7 @@ class Plan:
     cpu: bench_cpu.CpuPlan = bench_cpu.CpuPlan()
 
 
-SMOKE = Plan(rounds=1, c1_requests=15, c10_requests=3, streams=1, stream_events=50, event_gap_us=0,
+SMOKE = Plan(rounds=1, c1_requests=15, c10_requests=3, streams=1, stream_events=50, event_gap_us=0, first_events=1,
              bulk_bytes=2 * 1024 * 1024, ledger_sizes=(0, 10_000, 50_000), admit_calls=200,
              e2e_ledger_requests=10, writer_rows=5_000, warmup=3, big_requests=2, big_bytes=512 * 1024,
              policy_users=200, cpu=bench_cpu.CPU_SMOKE)  # fmt: skip
@@ -668,6 +669,8 @@ class Bench:
         # the same stream asked for with a 2 KB body: plain-stream forwards a body while it still
         # arrives, spendgate must hold all of it for admission; this tells the two costs apart
         small = http_request(agent_body(True, 2000), f"sse:{plan.stream_events}:{plan.event_gap_us}")
+        # the first event does not depend on how many follow: short streams give more samples of it
+        short = {size: http_request(agent_body(True, size), f"sse:20:{plan.event_gap_us}") for size in (100_000, 2000)}
         samples: dict[str, dict[str, list]] = {k: {"c1": [], "c1_wall": [], "c10": [], "c10_wall": [], "ttfe": [],
                                                    "transit": [], "stream_total": [], "ttfe_small": [],
                                                    "big": []}
@@ -699,6 +702,9 @@ class Bench:
                     samples[name]["transit"] += st["transits_ns"]
                     samples[name]["stream_total"].append(st["total_ns"])
                     samples[name]["ttfe_small"].append(self.arun(run_stream(ps.port, self.ctx, small))["ttfe_ns"])
+                    for _ in range(plan.first_events):
+                        for key, size in (("ttfe", 100_000), ("ttfe_small", 2000)):
+                            samples[name][key].append(self.arun(run_stream(ps.port, self.ctx, short[size]))["ttfe_ns"])
             log.info("round %d/%d done", rnd + 1, plan.rounds)
         memory = {name: self.arun(run_bulk(p.port, self.ctx, p.proc.pid, plan.bulk_bytes))
                   for name, p in (("plain", plain_stream), ("spendgate", gw))}  # fmt: skip
