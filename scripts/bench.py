@@ -776,7 +776,8 @@ def summarize(samples: dict[str, dict[str, list]]) -> dict[str, Any]:
                     "event_transit_p50_us": r3(pct(s["transit"], .5) / 1e3),
                     "event_transit_p95_us": r3(pct(s["transit"], .95) / 1e3),
                     "stream_total_p50_ms": r3(pct(s["stream_total"], .5) / 1e6),
-                    "streams": len(s["ttfe"]), "events": len(s["transit"])}  # fmt: skip
+                    "streams": len(s["stream_total"]), "events": len(s["transit"]),
+                    "first_event_samples": len(s["ttfe"])}  # fmt: skip
     st["ratio"] = {k: r3(ratio(st["spendgate"][k], st["plain"][k]))
                    for k in ("ttfe_p50_ms", "ttfe_small_body_p50_ms", "event_transit_p50_us", "event_transit_p95_us")}
     whose = {"": "spendgate", "control_": "control"}  # control: plain-stream's twin, measured alike

@@ -65,6 +65,7 @@ def test_side_by_side_figures(result: dict) -> None:
         assert all(finite(s[k]) for k in STREAM)
         assert s["streams"] == plan["rounds"] * plan["streams"]
         assert s["events"] == s["streams"] * plan["stream_events"]  # every timed event arrived
+        assert s["first_event_samples"] == s["streams"] * (1 + plan["first_events"])  # the long stream and the short ones
         m = f["memory"][proxy]
         assert all(finite(m[k]) for k in MEMORY)
         assert m["bytes"] >= plan["bulk_bytes"]
