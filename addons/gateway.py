@@ -27,7 +27,7 @@ from spendgate.gateway import Gateway, GatewayError, Settings
 from spendgate.metering import providers
 from spendgate.metering.meter import Body, Exchange, request_body
 from spendgate.metering.providers import openai_chat
-from spendgate.metering.streams import EventDropper, StreamTap
+from spendgate.metering.streams import EventFilter, StreamTap
 from spendgate.telemetry.config import TelemetryError
 from spendgate.telemetry.config import settings_from as telemetry_settings
 
@@ -430,7 +430,7 @@ class SpendGate:
                                                   _call_soon())
         if parser is not None:
             # only OpenAI chat asks for this: the include_usage chunk the client did not request
-            dropper = EventDropper(openai_chat.filter_usage_chunk) if ex.request.drop_usage_chunk else None
+            dropper = EventFilter(openai_chat.hide_added_usage) if ex.request.drop_usage_chunk else None
             tap = StreamTap(parser, resp.headers.get("content-encoding", ""), dropper, self.gateway.meter.clock)
             if dropper and tap.decoder:  # we asked for identity; if encoded anyway, hand on decoded
                 resp.headers.pop("content-encoding", None)

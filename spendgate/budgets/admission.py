@@ -353,11 +353,11 @@ class Admission:
         }
         warning = self._warning(d)  # past an alert threshold: one line naming the command to run
         if warning:
-            headers["x-spendgate-warning"] = warning
+            headers["x-spendgate-warning"] = refusal.header_value(warning)
         choice: StepDownChoice | None = ex.extra.get("step_down")
-        if choice is not None:
-            headers["x-spendgate-model-substituted"] = f"{choice.requested} -> {choice.target}"
-            headers["x-spendgate-substitution-reason"] = choice.reason
+        if choice is not None:  # the requested model is the client's string
+            headers["x-spendgate-model-substituted"] = refusal.header_value(f"{choice.requested} -> {choice.target}")
+            headers["x-spendgate-substitution-reason"] = refusal.header_value(choice.reason)
         return headers
 
     def settle(self, ex: Exchange, row: LedgerRow) -> None:

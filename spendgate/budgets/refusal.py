@@ -12,6 +12,7 @@ import json
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
+from urllib.parse import quote
 
 from spendgate.budgets.book import Budget
 from spendgate.budgets.windows import ADJECTIVE, seconds_until
@@ -21,8 +22,22 @@ from spendgate.money import places_for, plain, suggested_increase, usd
 @dataclass(frozen=True, slots=True)
 class Answer:
     status: int
-    headers: dict[str, str]
+    headers: dict[str, str]  # values made header-safe here (`header_value`): they may name what a client chose
     body: bytes
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "headers", {k: header_value(v) for k, v in self.headers.items()})
+
+
+def header_value(value: str) -> str:
+    """`value` as one header field value: visible ASCII and spaces as they are, anything else (CR,
+    LF, other control characters, non-ASCII) percent-encoded as UTF-8. Scopes, model names and
+    messages can carry what a client sent; raw, a CR LF in one would start a header line of the
+    client's choosing in its own response (thirteenth review). RFC 9110 section 5.5: field values
+    are visible ASCII, spaces and tabs."""
+    if value.isascii() and value.isprintable():
+        return value
+    return "".join(c if " " <= c <= "~" else quote(c, safe="") for c in value)
 
 
 def usd_plain(x: Decimal) -> str:

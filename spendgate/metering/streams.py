@@ -28,11 +28,13 @@ from spendgate.metering.providers.base import ResponseResult, StreamParser
 
 log = logging.getLogger(__name__)
 
+
 class DecodedTooLarge(ValueError):
     """A body decoded past its cap (a compression bomb, or simply too big to parse)."""
 
 
 PIECE = 1 << 20  # bytes: the most one decoding step produces, whatever the compression ratio
+NO_PIECE: tuple[()] = ()  # what a stream callable returns to send nothing for a read (b"" would end the body)
 
 
 class IncrementalDecoder:
@@ -162,35 +164,42 @@ class _DeflateAuto:
         yield from self._d.pieces(data, n)
 
 
-class EventDropper:
-    """Forward whole SSE events, dropping those matching `drop`; at most one event is held back.
+class EventFilter:
+    """Forward whole SSE events, each as `edit` says; at most one event is held back.
 
-    Used only when we changed the request (OpenAI include_usage) and must hide the extra event
-    from the client; the response is then requested uncompressed so events are visible.
+    `edit(block)` gets one raw event block (up to and including its blank line) and returns the
+    bytes to forward instead (b"" drops it), or None to forward it as it came. Used only when we
+    changed the request (OpenAI include_usage) and must give the client back what it asked for;
+    the response is then requested uncompressed so events are visible.
     """
 
-    def __init__(self, drop: Callable[[bytes], bool]) -> None:
-        self.drop = drop
+    def __init__(self, edit: Callable[[bytes], bytes | None]) -> None:
+        self.edit = edit
         self.blocks = SSEBlockSplitter()
-        self.dropped = 0
+        self.dropped = 0  # events taken out whole
+        self.edited = 0  # events forwarded changed
 
     def __call__(self, chunk: bytes) -> bytes:
         if not chunk:  # end of stream: release whatever is left
             return self.blocks.flush()
         out = bytearray()
         for block in self.blocks.feed(chunk):
-            if self._safe_drop(block):
-                self.dropped += 1
-            else:
+            replaced = self._safe_edit(block)
+            if replaced is None:
                 out += block
+            elif replaced:
+                self.edited += 1
+                out += replaced
+            else:
+                self.dropped += 1
         return bytes(out)
 
-    def _safe_drop(self, block: bytes) -> bool:
+    def _safe_edit(self, block: bytes) -> bytes | None:
         try:
-            return bool(self.drop(block))
+            return self.edit(block)
         except Exception:  # never let a filter bug break the stream
             log.exception("event filter failed; forwarding the event")
-            return False
+            return None
 
 
 class AfterForwarding(StreamParser):
@@ -248,7 +257,7 @@ class StreamTap:
         self,
         parser: StreamParser,
         content_encoding: str = "",
-        dropper: EventDropper | None = None,
+        dropper: EventFilter | None = None,
         clock: Callable[[], float] = time.monotonic,
         max_decoded: int | None = MAX_DECODED_BYTES,
     ) -> None:
@@ -264,7 +273,10 @@ class StreamTap:
         except ValueError as e:
             self.decoder, self.broken = None, str(e)
 
-    def __call__(self, chunk: bytes) -> bytes:
+    def __call__(self, chunk: bytes) -> bytes | tuple[()]:
+        """One read of the body in, what the client gets of it out. mitmproxy sends each piece
+        returned as one HTTP/1 chunk, and an empty one is the chunked body's end: a read that
+        leaves nothing to forward yet (an event held or dropped) returns no piece at all."""
         if chunk:
             if self.first_byte_at is None:
                 self.first_byte_at = self.clock()
@@ -284,7 +296,10 @@ class StreamTap:
             return chunk
         # Filtering needs visible events, so the client gets the decoded body (the edge removed
         # content-encoding). Should decoding fail, the rest goes through as it came.
-        return self.dropper(chunk if decoded is None else decoded)
+        if not chunk:
+            return self.dropper(b"")  # the end: whatever the filter still holds
+        visible = chunk if decoded is None else decoded
+        return (self.dropper(visible) if visible else b"") or NO_PIECE
 
     def _close(self) -> None:
         """Clean end of the body: let the parser read a last event that lacked its blank line."""

@@ -32,7 +32,7 @@ from spendgate.metering.providers.gemini import (
     GENERATE_CONTENT,
     STREAM_GENERATE_CONTENT,
 )
-from spendgate.metering.providers.openai_chat import CHAT, filter_usage_chunk
+from spendgate.metering.providers.openai_chat import CHAT, hide_added_usage
 from spendgate.metering.providers.openai_responses import RESPONSES
 
 ADAPTERS: list[tuple[Adapter, str]] = [
@@ -169,7 +169,7 @@ def test_framers_never_raise_and_stay_bounded(data: bytes, positions: list[int],
         dec.feed(part)
         arr.feed(part)
         for block in blocks.feed(part):
-            filter_usage_chunk(block)
+            hide_added_usage(block)
         assert len(dec._line) <= cap and len(arr._elem) <= cap and len(blocks._buf) <= cap + len(part)
     dec.flush()
     blocks.flush()

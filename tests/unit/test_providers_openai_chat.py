@@ -18,8 +18,7 @@ from spendgate.metering.framing import SSEBlockSplitter
 from spendgate.metering.providers.base import ResponseResult
 from spendgate.metering.providers.openai_chat import (
     CHAT,
-    filter_usage_chunk,
-    is_usage_only_payload,
+    hide_added_usage,
 )
 from spendgate.usage import Usage
 
@@ -142,21 +141,29 @@ USAGE_BLOCK = b'data: {"id":"c","choices":[],"usage":{"prompt_tokens":1,"complet
 
 
 @pytest.mark.parametrize(
-    ("block", "drop"),
+    ("block", "out"),
     [
-        (USAGE_BLOCK, True),
-        (USAGE_BLOCK.replace(b"\n", b"\r\n"), True),
-        (b'data: {"choices":[],"usage":null}\n\n', False),
-        (b'data: {"choices":[],"prompt_filter_results":[]}\n\n', False),  # Azure's first chunk
-        (b'data: {"choices":[{"index":0,"delta":{}}],"usage":{"prompt_tokens":1}}\n\n', False),
-        (b"data: [DONE]\n\n", False),
-        (b": comment\n\n", False),
-        (b"\xff\xfe garbage", False),
-        (b"", False),
+        (USAGE_BLOCK, b""),
+        (USAGE_BLOCK.replace(b"\n", b"\r\n"), b""),
+        (b'data: {"choices":[],"usage":null}\n\n', b'data: {"choices":[]}\n\n'),
+        (b'data: {"usage":null,"choices":[]}\n\n', b'data: {"choices":[]}\n\n'),
+        (b'data: {"choices":[],"prompt_filter_results":[]}\n\n', None),  # Azure's first chunk
+        (b'data: {"choices":[{"index":0,"delta":{}}],"usage":{"prompt_tokens":1}}\n\n', None),
+        # the member cut only where the bytes read back as the object without it
+        (b'data: {"choices":[{"index":0,"delta":{"content":"x"}}],"usage":null,"obfuscation":"a"}\n\n',
+         b'data: {"choices":[{"index":0,"delta":{"content":"x"}}],"obfuscation":"a"}\n\n'),
+        (b'data: {"usage":null}\n\n', None),
+        (b'data: {"choices":[{"delta":{"x":{"usage":null}}}],"usage":null}\n\n', None),  # two: not ours to pick
+        (b'data: {"choices":[], "usage": null}\n\n', None),  # not OpenAI's spelling: as it came
+        (b'data: {"choices":[],"usage":null,"usage":null}\n\n', None),
+        (b"data: [DONE]\n\n", None),
+        (b": comment\n\n", None),
+        (b"\xff\xfe garbage", None),
+        (b"", None),
     ],
 )
-def test_filter_usage_chunk(block: bytes, drop: bool) -> None:
-    assert filter_usage_chunk(block) is drop
+def test_hide_added_usage(block: bytes, out: bytes | None) -> None:
+    assert hide_added_usage(block) == out
 
 
 def test_proxy_drops_exactly_the_usage_chunk_and_still_meters_it() -> None:
@@ -165,11 +172,11 @@ def test_proxy_drops_exactly_the_usage_chunk_and_still_meters_it() -> None:
     for piece in bytewise(data):
         parser.feed(piece)
         for block in splitter.feed(piece):
-            if not filter_usage_chunk(block):
-                forwarded += block
+            edited = hide_added_usage(block)
+            forwarded += block if edited is None else edited
     forwarded += splitter.flush()
     assert parser.result().usage is not None
-    dropped = [b for b in data.split(b"\n\n") if is_usage_only_payload(b[len(b"data: "):].decode())]
+    dropped = [b for b in data.split(b"\n\n") if b'"choices":[]' in b and b'"usage":{' in b]
     assert len(dropped) == 1
-    assert bytes(forwarded) == data.replace(dropped[0] + b"\n\n", b"")
+    assert bytes(forwarded) == data.replace(dropped[0] + b"\n\n", b"").replace(b',"usage":null', b"")
     assert forwarded.endswith(b"data: [DONE]\n\n")

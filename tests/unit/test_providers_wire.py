@@ -22,7 +22,7 @@ from test_providers_common import (
 from spendgate.metering.framing import SSEBlockSplitter
 from spendgate.metering.providers import route
 from spendgate.metering.providers.base import ResponseResult
-from spendgate.metering.providers.openai_chat import filter_usage_chunk
+from spendgate.metering.providers.openai_chat import hide_added_usage
 from spendgate.usage import Usage
 
 pytestmark = pytest.mark.wire
@@ -147,7 +147,7 @@ def test_openai_chat_raw_sse_and_usage_chunk_filter() -> None:
     assert r.usage == Usage(input_tokens=19, output_tokens=238) and r.complete
     splitter = SSEBlockSplitter()
     blocks = splitter.feed(data) + [splitter.flush()]
-    assert sum(filter_usage_chunk(b) for b in blocks) == 1
+    assert sum(hide_added_usage(b) == b"" for b in blocks) == 1
 
 
 def test_azure_chat_stream() -> None:
@@ -156,7 +156,7 @@ def test_azure_chat_stream() -> None:
     assert r.usage == Usage(input_tokens=15, output_tokens=78, reasoning_tokens=64)
     assert r.model == "gpt-5-nano-2025-08-07"  # not the empty model of the prompt_filter chunk
     splitter = SSEBlockSplitter()
-    assert sum(filter_usage_chunk(b) for b in splitter.feed(data)) == 1  # not the first choices:[] chunk
+    assert sum(hide_added_usage(b) == b"" for b in splitter.feed(data)) == 1  # not the first choices:[] chunk
 
 
 def test_openai_chat_midstream_error() -> None:

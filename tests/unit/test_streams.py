@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from spendgate.metering.providers.base import ResponseResult, StreamParser
-from spendgate.metering.streams import EventDropper, IncrementalDecoder, StreamTap
+from spendgate.metering.streams import EventFilter, IncrementalDecoder, StreamTap
 
 try:
     from compression import zstd
@@ -82,7 +82,7 @@ def test_parser_exception_never_reaches_the_client():
 
 
 def drop_marked(block: bytes) -> bool:
-    return b"DROP" in block
+    return b"" if b"DROP" in block else None
 
 
 @given(st.lists(st.integers(min_value=0, max_value=len(BODY)), max_size=30))
@@ -92,13 +92,32 @@ def test_dropper_removes_exactly_the_marked_event_at_any_split(cuts):
     body = BODY[:at] + b"data: DROP me\r\n\r\n" + BODY[at:]
     points = sorted(set(c for c in cuts if c <= len(body)))
     pieces = [body[a:b] for a, b in zip([0, *points], [*points, len(body)])]
-    d = EventDropper(drop_marked)
+    d = EventFilter(drop_marked)
     out = b"".join(d(p) for p in pieces if p) + d(b"")
     assert out == BODY and d.dropped == 1
 
 
+@pytest.mark.parametrize("encoding", ["identity", "gzip"])
+def test_filtering_tap_never_hands_on_an_empty_piece_mid_stream(encoding):
+    """mitmproxy sends each piece a stream callable returns as one HTTP/1 chunk: an empty one is
+    the chunked body's end (thirteenth review). A read with nothing to forward yet gives no piece;
+    a gzip read that decodes to nothing yet does not make the filter let go of what it holds."""
+    body = b"data: a\n\ndata: DROP me\n\ndata: par" + b"tial\n\n"
+    wire = ENCODERS[encoding](body)
+    tap = StreamTap(Collect(), encoding, EventFilter(drop_marked))
+    reads = [wire[:3], wire[3:]] if encoding == "gzip" else [b"data: a\n\n", b"data: DROP me\n\n", b"data: par",
+                                                               b"tial\n\n"]
+    out = [tap(r) for r in reads]
+    assert all(piece != b"" for piece in out), out
+    if encoding == "identity":
+        assert out == [b"data: a\n\n", (), (), b"data: partial\n\n"]
+    else:
+        assert out[0] == ()  # three bytes of the gzip header decode to nothing
+    assert b"".join(p for p in out if p) + tap(b"") == b"data: a\n\ndata: partial\n\n"
+
+
 def test_dropper_releases_an_unterminated_tail_at_the_end():
-    d = EventDropper(drop_marked)
+    d = EventFilter(drop_marked)
     assert d(b"data: a\n\ndata: partial") == b"data: a\n\n"
     assert d(b"") == b"data: partial"
 
@@ -107,7 +126,7 @@ def test_dropper_filter_errors_forward_the_event():
     def boom(block):
         raise ValueError("bad")
 
-    d = EventDropper(boom)
+    d = EventFilter(boom)
     assert d(b"data: a\n\n") == b"data: a\n\n"
 
 

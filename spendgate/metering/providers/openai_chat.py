@@ -3,7 +3,8 @@
 ``prompt_tokens`` already INCLUDES ``prompt_tokens_details.cached_tokens`` and
 ``completion_tokens`` already includes reasoning. A stream reports usage only when the request
 set ``stream_options.include_usage``; we add it when the client did not, and the proxy drops the
-extra usage-only chunk (see :func:`filter_usage_chunk`) so the client sees what it asked for.
+extra usage-only chunk and the ``usage: null`` it adds to the others (see :func:`hide_added_usage`)
+so the client sees what it asked for.
 """
 
 from __future__ import annotations
@@ -53,8 +54,6 @@ def chat_usage(usage: dict) -> Usage:
     )
 
 
-
-
 def with_include_usage(obj: dict) -> dict:
     """The same request with ``stream_options.include_usage = true`` (other keys untouched)."""
     options = obj.get("stream_options")
@@ -65,26 +64,45 @@ def with_include_usage(obj: dict) -> dict:
     return out
 
 
-def is_usage_only_payload(data: str) -> bool:
-    """True for the ``data:`` JSON of a chunk with ``choices: []`` and a usage object."""
-    obj = load_json(data)
-    return isinstance(obj, dict) and obj.get("choices") == [] and isinstance(obj.get("usage"), dict)
+_USAGE_NULL = b'"usage":null'  # as OpenAI writes it on every chunk once include_usage is set
 
 
-def filter_usage_chunk(event_block: bytes) -> bool:
-    """Should the proxy DROP this raw SSE event block (bytes up to and including its blank line)?
+def hide_added_usage(event_block: bytes) -> bytes | None:
+    """What the client gets of one raw SSE event block (bytes up to and including its blank line)
+    when we added ``include_usage`` (RequestInfo.drop_usage_chunk); None: the block as it came.
 
-    True only for the usage-only chunk (``choices == []`` with a usage object) that exists
-    because we added ``include_usage`` (RequestInfo.drop_usage_chunk). Azure's first chunk also
-    has ``choices: []`` but no usage, so it is kept. Use with ``sse.SSEBlockSplitter``; feed the
-    parser the unfiltered bytes so the usage is still metered. Never raises.
+    With it, OpenAI adds a last chunk with ``choices: []`` and the usage (dropped: b"") and a
+    ``"usage":null`` member to every other chunk (API reference, ``stream_options``): that member
+    is cut out of the bytes, and only when the block then reads as the same object without it;
+    anything else goes through untouched. Azure's first chunk also has ``choices: []`` but no
+    usage, so it is kept. Use with :class:`streams.EventFilter`; the parser is fed the unfiltered
+    bytes so the usage is still metered. Never raises.
     """
     try:
-        decoder = SSEDecoder()
-        events = decoder.feed(event_block) + decoder.flush()
-        return len(events) == 1 and is_usage_only_payload(events[0].data)
+        events = _events(event_block)
+        if len(events) != 1:
+            return None
+        obj = load_json(events[0].data)
+        if not isinstance(obj, dict) or "usage" not in obj:
+            return None
+        usage = obj.pop("usage")
+        if obj.get("choices") == [] and isinstance(usage, dict):
+            return b""
+        if usage is not None or event_block.count(_USAGE_NULL) != 1:
+            return None
+        for member in (b"," + _USAGE_NULL, _USAGE_NULL + b","):
+            if member in event_block:
+                trimmed = event_block.replace(member, b"", 1)
+                again = _events(trimmed)
+                return trimmed if len(again) == 1 and load_json(again[0].data) == obj else None
+        return None
     except Exception:
-        return False
+        return None
+
+
+def _events(block: bytes) -> list:
+    decoder = SSEDecoder()
+    return decoder.feed(block) + decoder.flush()
 
 
 def _delta_chars(choices: Any, key: str) -> int:
