@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from test_providers_common import (
     STREAMS,
     bytewise,
@@ -14,10 +16,11 @@ from test_providers_common import (
     run_whole,
 )
 
-from spendgate.metering.framing import SSEBlockSplitter
+from spendgate.metering.framing import SSEBlockSplitter, SSEDecoder
 from spendgate.metering.providers.base import ResponseResult
 from spendgate.metering.providers.openai_chat import (
     CHAT,
+    _event_data,
     hide_added_usage,
 )
 from spendgate.usage import Usage
@@ -180,3 +183,15 @@ def test_proxy_drops_exactly_the_usage_chunk_and_still_meters_it() -> None:
     assert len(dropped) == 1
     assert bytes(forwarded) == data.replace(dropped[0] + b"\n\n", b"").replace(b',"usage":null', b"")
     assert forwarded.endswith(b"data: [DONE]\n\n")
+
+
+@given(st.binary(max_size=40).map(lambda b: b.translate(bytes.maketrans(b"abcdef", b'\n\r: "{'))))
+@settings(max_examples=400, deadline=None)
+def test_event_data_fast_form_reads_as_the_sse_decoder_does(payload: bytes) -> None:
+    """hide_added_usage reads OpenAI's one-line form directly: the same data the decoder gives."""
+    block = b"data: " + payload + b"\n\n"
+    decoder = SSEDecoder()
+    events = decoder.feed(block) + decoder.flush()
+    want = events[0].data if len(events) == 1 else None
+    got = _event_data(block)
+    assert (got.decode("utf-8", "replace") if isinstance(got, bytes) else got) == want

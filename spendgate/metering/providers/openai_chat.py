@@ -79,10 +79,10 @@ def hide_added_usage(event_block: bytes) -> bytes | None:
     bytes so the usage is still metered. Never raises.
     """
     try:
-        events = _events(event_block)
-        if len(events) != 1:
+        data = _event_data(event_block)
+        if data is None:
             return None
-        obj = load_json(events[0].data)
+        obj = load_json(data)
         if not isinstance(obj, dict) or "usage" not in obj:
             return None
         usage = obj.pop("usage")
@@ -93,16 +93,21 @@ def hide_added_usage(event_block: bytes) -> bytes | None:
         for member in (b"," + _USAGE_NULL, _USAGE_NULL + b","):
             if member in event_block:
                 trimmed = event_block.replace(member, b"", 1)
-                again = _events(trimmed)
-                return trimmed if len(again) == 1 and load_json(again[0].data) == obj else None
+                again = _event_data(trimmed)
+                return trimmed if again is not None and load_json(again) == obj else None
         return None
     except Exception:
         return None
 
 
-def _events(block: bytes) -> list:
+def _event_data(block: bytes) -> bytes | str | None:
+    """The data of the one event in `block`, or None when it holds none or several. OpenAI's form
+    (one ``data: `` line, then a blank line) is read directly; anything else by the SSE decoder."""
+    if block.startswith(b"data: ") and block.endswith(b"\n\n") and block.count(b"\n") == 2 and b"\r" not in block:
+        return block[6:-2]
     decoder = SSEDecoder()
-    return decoder.feed(block) + decoder.flush()
+    events = decoder.feed(block) + decoder.flush()
+    return events[0].data if len(events) == 1 else None
 
 
 def _delta_chars(choices: Any, key: str) -> int:
