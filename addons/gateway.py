@@ -431,7 +431,8 @@ class SpendGate:
         if parser is not None:
             # only OpenAI chat asks for this: the include_usage chunk the client did not request
             dropper = EventFilter(openai_chat.hide_added_usage) if ex.request.drop_usage_chunk else None
-            tap = StreamTap(parser, resp.headers.get("content-encoding", ""), dropper, self.gateway.meter.clock)
+            tap = StreamTap(parser, resp.headers.get("content-encoding", ""), dropper, self.gateway.meter.clock,
+                            http_version=resp.http_version)
             if dropper and tap.decoder:  # we asked for identity; if encoded anyway, hand on decoded
                 resp.headers.pop("content-encoding", None)
                 resp.headers.pop("content-length", None)
@@ -457,7 +458,7 @@ class SpendGate:
         tap: StreamTap | None = flow.metadata.get(META + ".tap")
         if tap is not None:
             ex.first_byte_at = tap.first_byte_at
-            self.gateway.meter.finish(ex, tap.parser.result(), bytes_out=tap.bytes_seen)
+            self.gateway.meter.finish(ex, tap.finish(), bytes_out=tap.bytes_seen)
             return
         raw = flow.response.raw_content or b""
         body = Body(raw, flow.response.headers.get("content-encoding", ""))  # parsed on the meter worker

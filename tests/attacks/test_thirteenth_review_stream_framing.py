@@ -17,15 +17,7 @@ import json
 
 import pytest
 
-from tests.attacks.thirteenth_review_support import (
-    Gateway,
-    Plain,
-    Recorder,
-    dechunk,
-    open_tunnel,
-    policy_file,
-    read_response,
-)
+from tests.attacks.thirteenth_review_support import Recorder, dechunk, open_tunnel, read_response, side_by_side
 
 HOST = "api.openai.com"
 KEY = "sk-test-SECRET456"
@@ -74,14 +66,8 @@ def ok_json(req) -> list:
 
 @pytest.fixture
 def rig(tmp_path):
-    rec = Recorder(tmp_path / "rec")
-    plain = Plain(tmp_path / "plain", rec).start()
-    gw = Gateway(tmp_path / "gw", rec, policy=policy_file(tmp_path, "defaults: {user: {day: 1000}}\n")).start()
-    yield rec, plain, gw
-    gw.stop()
-    plain.stop()
-    rec.stop()
-    print(gw.log_text()[-4000:])
+    with side_by_side(tmp_path, Recorder(tmp_path / "rec")) as rig:
+        yield rig
 
 
 def _stream_then_next(proxy, rec, script) -> tuple[bytes, tuple[bytes, bytes] | Exception]:

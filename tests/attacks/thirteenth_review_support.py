@@ -15,6 +15,7 @@ it arrived: head bytes and body bytes with their framing (chunked stays chunked)
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import ssl
 import subprocess
@@ -127,6 +128,14 @@ class Recorder:
             body = decoded = await reader.readexactly(int(hdrs["content-length"]))
         return method, lines[0], head, body, decoded
 
+    def server_context(self, host: str) -> ssl.SSLContext:
+        """The provider's TLS for `host` (a subclass may offer other protocols)."""
+        return self.ca.server_context(host)
+
+    async def after_tls(self, host: str, reader, writer) -> bool:
+        """A subclass's turn once TLS is up: True when it served the connection itself."""
+        return False
+
     async def _handle(self, reader, writer) -> None:
         host = None
         try:
@@ -141,7 +150,9 @@ class Recorder:
                     host = target.rsplit(":", 1)[0]
                     writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
                     await writer.drain()
-                    await writer.start_tls(self.ca.server_context(host))
+                    await writer.start_tls(self.server_context(host))
+                    if await self.after_tls(host, reader, writer):
+                        return
                     continue
                 req = Raw(host or "", head, body, decoded)
                 self.requests.append(req)
@@ -365,3 +376,18 @@ def policy_file(tmp: Path, text: str) -> Path:
     p = tmp / "policy.yaml"
     p.write_text("version: 1\ntimezone: UTC\n" + text)
     return p
+
+
+@contextlib.contextmanager
+def side_by_side(tmp: Path, rec: Recorder, policy: str = "defaults: {user: {day: 1000}}\n"):
+    """`rec` behind a plain mitmdump and behind the gateway: yields (rec, plain, gateway), then
+    stops all three and prints the gateway's log tail (shown when a test fails)."""
+    plain = Plain(tmp / "plain", rec).start()
+    gw = Gateway(tmp / "gw", rec, policy=policy_file(tmp, policy)).start()
+    try:
+        yield rec, plain, gw
+    finally:
+        gw.stop()
+        plain.stop()
+        rec.stop()
+        print(gw.log_text()[-4000:])

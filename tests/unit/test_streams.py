@@ -81,7 +81,7 @@ def test_parser_exception_never_reaches_the_client():
     assert "parser bug" in tap.broken
 
 
-def drop_marked(block: bytes) -> bool:
+def drop_marked(block: bytes) -> bytes | None:
     return b"" if b"DROP" in block else None
 
 
@@ -241,3 +241,41 @@ def test_the_identity_path_keeps_the_decoded_cap(cap: int, read: int, broken: bo
         assert tap(chunk) == chunk
     assert len(tap.parser.data) == read and (tap.broken is not None) is broken
     assert tap(b"mnop") == b"mnop"
+
+
+def test_an_empty_read_mid_stream_on_http2_neither_closes_the_parser_nor_lets_the_filter_go():
+    """mitmproxy's HTTP/2 layer hands the callable b"" for an empty DATA frame that does not end
+    the stream (fourteenth review): only `finish` (the response hook) closes the parser, and a
+    partial event the filter holds stays held (an SSE client discards one left at the very end)."""
+    from spendgate.metering.providers.anthropic import AnthropicStreamParser
+
+    events = (b'event: message_start\ndata: {"type":"message_start","message":{"model":"m","usage":'
+              b'{"input_tokens":5,"output_tokens":1}}}\n\n'
+              b'event: message_delta\ndata: {"type":"message_delta","delta":{"stop_reason":"end_turn"},'
+              b'"usage":{"output_tokens":2}}\n\n')
+    cut = events.index(b'"usage":{"output_tokens":2}')
+    tap = StreamTap(AnthropicStreamParser(), "", EventFilter(drop_marked), http_version="HTTP/2.0")
+    out = [tap(events[:cut]), tap(b""), tap(events[cut:]), tap(b"")]
+    assert out[1] == () and b"".join(p for p in out if p) == events  # nothing let go early, nothing lost
+    r = tap.finish()
+    assert r.usage is not None and (r.usage.input_tokens, r.usage.output_tokens) == (5, 2) and not r.garbled
+    assert tap.finish() is not None  # closing twice is harmless
+
+
+def test_the_end_on_http2_still_releases_a_body_that_is_not_an_event():
+    tap = StreamTap(Collect(), "", EventFilter(drop_marked), http_version="HTTP/2.0")
+    assert tap(b'{"error": {"message": "overloaded"}}') == ()
+    assert tap(b"") == b'{"error": {"message": "overloaded"}}'
+    held = StreamTap(Collect(), "", EventFilter(drop_marked), http_version="HTTP/2.0")
+    assert held(b"data: unfinished") == () and held(b"") == ()  # an SSE client would discard it unread
+    h1 = StreamTap(Collect(), "", EventFilter(drop_marked))  # HTTP/1: b"" is always the end
+    assert h1(b"data: unfinished") == () and h1(b"") == b"data: unfinished"
+
+
+def test_finish_reads_a_last_event_that_lacked_its_blank_line():
+    from spendgate.metering.providers.anthropic import AnthropicStreamParser
+
+    tap = StreamTap(AnthropicStreamParser(), "")
+    tap(b'event: message_stop\ndata: {"type":"message_stop"}\n')
+    tap(b"")
+    assert tap.finish().complete
