@@ -37,6 +37,7 @@ from dashboard_host import DashboardHost  # addons/ is on sys.path when mitmdump
 from opaque import OpaqueCounter  # addons/opaque.py: counts undecrypted connections to opaque AI hosts
 from access import Access, target_of  # addons/access.py: client networks, providers-only, real target, identity echo
 from proxy_tokens import ProxyTokens  # addons/proxy_tokens.py: spendgate tokens as proxy credentials
+import h2_data  # addons/h2_data.py: an empty HTTP/2 DATA frame is not the end of a streamed body
 
 log = logging.getLogger("spendgate")
 
@@ -101,6 +102,7 @@ class SpendGate:
         # waiting thread wait 5 ms before it asks for the GIL; 0.5 ms bounds what a burst of
         # background work can add to a proxied request or stream event.
         sys.setswitchinterval(SWITCH_INTERVAL)
+        h2_data.install()  # before any connection: b"" is a streamed body's end on HTTP/2 too
         # Everything this process creates from now on (ledger, its WAL that DuckDB makes itself,
         # journal, discovery file) is owner-only. mitmproxy made its CA files before scripts load.
         os.umask(fsutil.PRIVATE_UMASK)
@@ -431,8 +433,7 @@ class SpendGate:
         if parser is not None:
             # only OpenAI chat asks for this: the include_usage chunk the client did not request
             dropper = EventFilter(openai_chat.hide_added_usage) if ex.request.drop_usage_chunk else None
-            tap = StreamTap(parser, resp.headers.get("content-encoding", ""), dropper, self.gateway.meter.clock,
-                            http_version=resp.http_version)
+            tap = StreamTap(parser, resp.headers.get("content-encoding", ""), dropper, self.gateway.meter.clock)
             if dropper and tap.decoder:  # we asked for identity; if encoded anyway, hand on decoded
                 resp.headers.pop("content-encoding", None)
                 resp.headers.pop("content-length", None)

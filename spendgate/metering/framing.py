@@ -299,10 +299,6 @@ class SSEBlockSplitter:
             self._line_start = self._scanned = 0
         return out
 
-    def held(self) -> bytes:
-        """What is held back so far: the start of the next block (a copy)."""
-        return bytes(self._buf)
-
     def flush(self) -> bytes:
         """End of stream: whatever is left (an unterminated last block)."""
         rest = bytes(self._buf)

@@ -194,11 +194,6 @@ class EventFilter:
                 self.dropped += 1
         return bytes(out)
 
-    def holds_event(self) -> bool:
-        """Whether what is held back is the start of an SSE event (a field or comment line), not
-        some other body (a JSON error answer on a streamed request is one block, released at the end)."""
-        return self.blocks.held().startswith((b"data:", b"event:", b"id:", b"retry:", b":"))
-
     def _safe_edit(self, block: bytes) -> bytes | None:
         try:
             return self.edit(block)
@@ -265,17 +260,13 @@ class StreamTap:
         dropper: EventFilter | None = None,
         clock: Callable[[], float] = time.monotonic,
         max_decoded: int | None = MAX_DECODED_BYTES,
-        http_version: str = "HTTP/1.1",
     ) -> None:
         self.parser = parser
         self.dropper = dropper
         self.clock = clock
         self.first_byte_at: float | None = None
         self.bytes_seen = 0
-        self.ended = False  # an empty read came last: the end, or (HTTP/2) an empty DATA frame
-        # mitmproxy's HTTP/1 layer hands the callable b"" only at the body's end; HTTP/2's also for
-        # a DATA frame with no payload that does not end the stream (RFC 9113 section 6.1 allows it)
-        self.empty_read_may_not_end = not http_version.startswith("HTTP/1")
+        self.ended = False  # an empty read came last (the end: addons/h2_data.py keeps it so on HTTP/2)
         self._closed = False
         self.broken: str | None = None  # why the side channel stopped, if it did
         try:
@@ -288,10 +279,9 @@ class StreamTap:
         returned as one HTTP/1 chunk, and an empty one is the chunked body's end: a read that
         leaves nothing to forward yet (an event held or dropped) returns no piece at all.
 
-        An empty read is the end on HTTP/1, and maybe an empty DATA frame on HTTP/2: the parser is
-        closed only by `finish` (the response hook, the real end), and on HTTP/2 the filter keeps
-        an event it holds unfinished (at a real end an SSE client discards such an event unread:
-        WHATWG HTML, server-sent events, "any pending data must be discarded")."""
+        An empty read is the body's end: the filter lets go of what it holds. The parser is closed
+        by `finish` (the response hook), so that a stray empty read (mitmproxy's HTTP/2 layer gave
+        one for an empty DATA frame before addons/h2_data.py) can never cut an event short."""
         if chunk:
             self.ended = False
             if self.first_byte_at is None:
@@ -312,8 +302,6 @@ class StreamTap:
         # Filtering needs visible events, so the client gets the decoded body (the edge removed
         # content-encoding). Should decoding fail, the rest goes through as it came.
         if not chunk:
-            if self.empty_read_may_not_end and self.dropper.holds_event():
-                return NO_PIECE
             return self.dropper(b"")  # the end: whatever the filter still holds
         visible = chunk if decoded is None else decoded
         return (self.dropper(visible) if visible else b"") or NO_PIECE
