@@ -13,6 +13,7 @@ end_stream) (an empty bytes is an empty DATA frame), a float (sleep). Only 127.0
 from __future__ import annotations
 
 import asyncio
+import json
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
@@ -164,3 +165,40 @@ def h2_exchange(port: int, ca_file: str, host: str, method: str, path: str, body
 
 def data_of(frames: list[tuple]) -> bytes:
     return b"".join(f[1] for f in frames if f[0] == "DATA")
+
+
+# -- OpenAI's chat stream and a chat request over HTTP/2 (the fourteenth and fifteenth reviews) ----
+
+CHAT_HOST = "api.openai.com"
+CHAT_HEADERS = [("authorization", "Bearer sk-test-SECRET456"), ("content-type", "application/json")]
+CHAT_REQUEST = b'{"model":"gpt-4o-mini","stream":true,"messages":[{"role":"user","content":"hi"}]}'
+
+
+def chat_events(asked: bool, eol: bytes = b"\n") -> list[bytes]:
+    """OpenAI's chat chunks as SSE events, without [DONE]; with include_usage (`asked`) every chunk
+    carries `"usage":null` and a last `choices: []` chunk the usage (5 in, 2 out)."""
+    out = []
+    for piece in ("Hel", "lo"):
+        c = {"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "gpt-4o-mini",
+             "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}]}
+        if asked:
+            c["usage"] = None
+        out.append(c)
+    if asked:
+        out.append({"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "gpt-4o-mini",
+                    "choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7}})
+    return [b"data: " + json.dumps(o, separators=(",", ":")).encode() + eol + eol for o in out]
+
+
+def asked_for_usage(req: H2Raw) -> bool:
+    return (json.loads(req.body).get("stream_options") or {}).get("include_usage") is True
+
+
+def post_chat(proxy, body: bytes = CHAT_REQUEST) -> bytes:
+    """One streamed chat request over HTTP/2 through `proxy`: the data the client received."""
+    proto, _head, frames = h2_exchange(proxy.port, proxy.ca_file, CHAT_HOST, "POST", "/v1/chat/completions", body,
+                                       CHAT_HEADERS)
+    assert proto == "h2", proto
+    assert frames and frames[-1] == ("END",), frames
+    return data_of(frames)
+

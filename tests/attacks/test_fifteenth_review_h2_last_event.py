@@ -23,42 +23,18 @@ the end again and the filter lets go of whatever it holds there, on HTTP/2 as on
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
 from spendgate.metering.providers import openai_chat
 from spendgate.metering.streams import EventFilter, StreamTap
-from tests.attacks.fourteenth_review_support import H2Recorder, data_of, h2_exchange
+from tests.attacks.fourteenth_review_support import H2Recorder, asked_for_usage, chat_events, post_chat
 from tests.attacks.thirteenth_review_support import side_by_side
 
-HOST = "api.openai.com"
-HEADERS = [("authorization", "Bearer sk-test-SECRET456"), ("content-type", "application/json")]
-PLAIN_REQUEST = b'{"model":"gpt-4o-mini","stream":true,"messages":[{"role":"user","content":"hi"}]}'
 
-
-def _events(asked: bool, eol: bytes) -> list[bytes]:
-    out = []
-    for piece in ("Hel", "lo"):
-        c = {"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "gpt-4o-mini",
-             "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}]}
-        if asked:
-            c["usage"] = None
-        out.append(c)
-    if asked:
-        out.append({"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "gpt-4o-mini",
-                    "choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7}})
-    return [b"data: " + json.dumps(o, separators=(",", ":")).encode() + eol + eol for o in out]
-
-
-def _body(asked: bool, eol: bytes, last: bytes) -> list[bytes]:
-    return _events(asked, eol) + [last]
-
-
-def test_tap_releases_a_complete_cr_terminated_last_event_on_http2():
+def test_tap_releases_a_complete_cr_terminated_last_event():
     """StreamTap alone: the end lets go of a held event that is complete (CR-terminated)."""
-    upstream = b"".join(_body(True, b"\r", b"data: [DONE]\r\r"))
-    wanted = b"".join(_body(False, b"\r", b"data: [DONE]\r\r"))
+    upstream = b"".join(chat_events(True, b"\r")) + b"data: [DONE]\r\r"
+    wanted = b"".join(chat_events(False, b"\r")) + b"data: [DONE]\r\r"
     tap = StreamTap(openai_chat.ChatStreamParser(), "", EventFilter(openai_chat.hide_added_usage))
     out = [tap(upstream), tap(b"")]
     assert b"".join(p for p in out if p) == wanted
@@ -67,53 +43,29 @@ def test_tap_releases_a_complete_cr_terminated_last_event_on_http2():
 
 def _script(last: bytes):
     def script(req) -> list:
-        asked = (json.loads(req.body).get("stream_options") or {}).get("include_usage") is True
         eol = b"\r" if last.endswith(b"\r") else b"\n"
         parts: list = [("headers", [(":status", "200"), ("content-type", "text/event-stream; charset=utf-8")], False)]
-        for e in _events(asked, eol):
+        for e in chat_events(asked_for_usage(req), eol):
             parts += [("data", e, False), 0.02]
         parts.append(("data", last, True))
         return parts
     return script
 
 
-def _post(proxy, body: bytes = PLAIN_REQUEST):
-    proto, head, frames = h2_exchange(proxy.port, proxy.ca_file, HOST, "POST", "/v1/chat/completions", body, HEADERS)
-    assert proto == "h2", proto
-    assert frames and frames[-1] == ("END",), frames
-    return data_of(frames)
-
-
-@pytest.fixture
-def cr_rig(tmp_path):
+@pytest.fixture(params=[b"data: [DONE]\r\r", b"data: [DONE]\n"], ids=["ends-in-a-lone-cr", "unterminated"])
+def rig(tmp_path, request):
     rec = H2Recorder(tmp_path / "rec")
-    rec.h2_script = _script(b"data: [DONE]\r\r")
+    rec.h2_script = _script(request.param)
     with side_by_side(tmp_path, rec) as rig:
-        yield rig
+        yield rig, request.param
 
 
-def test_h2_complete_cr_terminated_last_event_reaches_the_client(cr_rig):
-    rec, plain, gw = cr_rig
-    plain_text = _post(plain)
-    assert plain_text.endswith(b"data: [DONE]\r\r")  # the control: plain mitmdump forwards it
-    gw_text = _post(gw)
+def test_h2_last_event_reaches_the_client_as_plain_mitmdump_forwards_it(rig):
+    (rec, plain, gw), last = rig
+    plain_text = post_chat(plain)
+    assert plain_text.endswith(last)  # the control: plain mitmdump forwards it
+    gw_text = post_chat(gw)
     assert b'"stream_options":{"include_usage":true}' in rec.h2_requests[-1].body
     assert gw_text == plain_text, gw_text[-80:]
     row = gw.ledger(wait_for=1)[0]
     assert row["input_tokens"] == 5 and row["output_tokens"] == 2 and not row["estimated"], row
-
-
-@pytest.fixture
-def lf_rig(tmp_path):
-    rec = H2Recorder(tmp_path / "rec")
-    rec.h2_script = _script(b"data: [DONE]\n")  # no blank line after the last event
-    with side_by_side(tmp_path, rec) as rig:
-        yield rig
-
-
-def test_h2_unterminated_last_event_is_forwarded_as_plain_mitmdump_does(lf_rig):
-    rec, plain, gw = lf_rig
-    plain_text = _post(plain)
-    assert plain_text.endswith(b"data: [DONE]\n")
-    gw_text = _post(gw)
-    assert gw_text == plain_text, gw_text[-80:]

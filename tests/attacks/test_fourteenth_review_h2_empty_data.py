@@ -23,80 +23,53 @@ other way, e.g. dropping empty non-final DATA before the callable, as the HTTP/1
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
-from tests.attacks.fourteenth_review_support import H2Recorder, data_of, h2_exchange
+from tests.attacks.fourteenth_review_support import H2Recorder, asked_for_usage, chat_events, post_chat
 from tests.attacks.thirteenth_review_support import side_by_side
 
-HOST = "api.openai.com"
-HEADERS = [("authorization", "Bearer sk-test-SECRET456"), ("content-type", "application/json")]
+DONE = b"data: [DONE]\n\n"
 
 
-def _chunk(obj) -> bytes:
-    return b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n"
+def h2_openai_stream(cut: int):
+    """OpenAI's chat stream over HTTP/2, each event in two DATA frames with an empty one between,
+    after `cut` bytes: inside the JSON (20), or inside the first field name (3, `dat`: the
+    fifteenth review broke the fourteenth's first fix with it)."""
+    def script(req) -> list:
+        parts: list = [("headers", [(":status", "200"), ("content-type", "text/event-stream; charset=utf-8")], False)]
+        for e in chat_events(asked_for_usage(req)) + [DONE]:
+            parts += [("data", e[:cut], False), 0.05, ("data", b"", False), 0.05, ("data", e[cut:], False), 0.05]
+        parts.append(("data", b"", True))
+        return parts
+    return script
 
 
-def _events(asked: bool) -> list[bytes]:
-    out = []
-    for piece in ("Hel", "lo"):
-        c = {"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "gpt-4o-mini",
-             "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}]}
-        if asked:
-            c["usage"] = None
-        out.append(_chunk(c))
-    if asked:
-        out.append(_chunk({"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "gpt-4o-mini",
-                           "choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7}}))
-    out.append(b"data: [DONE]\n\n")
-    return out
-
-
-def h2_openai_stream(req) -> list:
-    """OpenAI's chat stream over HTTP/2, each event in two DATA frames with an empty one between."""
-    asked = (json.loads(req.body).get("stream_options") or {}).get("include_usage") is True
-    parts: list = [("headers", [(":status", "200"), ("content-type", "text/event-stream; charset=utf-8")], False)]
-    for e in _events(asked):
-        parts += [("data", e[:20], False), 0.05, ("data", b"", False), 0.05, ("data", e[20:], False), 0.05]
-    parts.append(("data", b"", True))
-    return parts
-
-
-@pytest.fixture
-def rig(tmp_path):
+@pytest.fixture(params=[20, 3], ids=["inside-the-json", "inside-the-field-name"])
+def rig(tmp_path, request):
     rec = H2Recorder(tmp_path / "rec")
-    rec.h2_script = h2_openai_stream
+    rec.h2_script = h2_openai_stream(request.param)
     with side_by_side(tmp_path, rec) as rig:
         yield rig
 
 
-def _post(proxy, body: bytes):
-    proto, head, frames = h2_exchange(proxy.port, proxy.ca_file, HOST, "POST", "/v1/chat/completions", body, HEADERS)
-    assert proto == "h2", proto
-    assert frames and frames[-1] == ("END",), frames
-    return data_of(frames)
-
-
 def test_empty_data_frame_mid_event_keeps_the_added_usage_hidden(rig):
     rec, plain, gw = rig
-    body = b'{"model":"gpt-4o-mini","stream":true,"messages":[{"role":"user","content":"hi"}]}'
-    plain_text = _post(plain, body)
-    assert plain_text == b"".join(_events(asked=False))  # the control: plain mitmdump
+    plain_text = post_chat(plain)
+    assert plain_text == b"".join(chat_events(asked=False)) + DONE  # the control: plain mitmdump
 
-    gw_text = _post(gw, body)
+    gw_text = post_chat(gw)
     assert b'"stream_options":{"include_usage":true}' in rec.h2_requests[-1].body  # the gateway added it
     assert b'"usage"' not in gw_text, gw_text
     assert gw_text == plain_text
 
 
 def test_empty_data_frame_mid_event_does_not_garble_the_metering(rig):
-    """The client asked for usage itself (no filter): what it gets is right, but the row is not."""
+    """The client asked for usage itself (no filter): what it gets is right, and so is the row."""
     rec, plain, gw = rig
     body = (b'{"model":"gpt-4o-mini","stream":true,"stream_options":{"include_usage":true},'
             b'"messages":[{"role":"user","content":"hi"}]}')
-    assert _post(plain, body) == b"".join(_events(asked=True))
-    assert _post(gw, body) == b"".join(_events(asked=True))
+    assert post_chat(plain, body) == b"".join(chat_events(asked=True)) + DONE
+    assert post_chat(gw, body) == b"".join(chat_events(asked=True)) + DONE
     row = gw.ledger(wait_for=1)[0]
     assert row["input_tokens"] == 5 and row["output_tokens"] == 2, row
     assert not row["estimated"], row
