@@ -431,10 +431,10 @@ class SpendGate:
         parser = self.gateway.meter.stream_parser(ex, flow.request.path, resp.headers.get("content-type", ""),
                                                   _call_soon())
         if parser is not None:
-            # only OpenAI chat asks for this: the include_usage chunk the client did not request
-            dropper = EventFilter(openai_chat.hide_added_usage) if ex.request.drop_usage_chunk else None
-            tap = StreamTap(parser, resp.headers.get("content-encoding", ""), dropper, self.gateway.meter.clock)
-            if dropper and tap.decoder:  # we asked for identity; if encoded anyway, hand on decoded
+            # only OpenAI chat asks for this: what include_usage adds that the client did not request
+            hiding = EventFilter(openai_chat.hide_added_usage) if ex.request.drop_usage_chunk else None
+            tap = StreamTap(parser, resp.headers.get("content-encoding", ""), hiding, self.gateway.meter.clock)
+            if hiding and tap.decoder:  # we asked for identity; if encoded anyway, hand on decoded
                 resp.headers.pop("content-encoding", None)
                 resp.headers.pop("content-length", None)
             flow.metadata[META + ".tap"] = tap

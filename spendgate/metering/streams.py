@@ -177,7 +177,6 @@ class EventFilter:
         self.edit = edit
         self.blocks = SSEBlockSplitter()
         self.dropped = 0  # events taken out whole
-        self.edited = 0  # events forwarded changed
 
     def __call__(self, chunk: bytes) -> bytes:
         if not chunk:  # end of stream: release whatever is left
@@ -188,7 +187,6 @@ class EventFilter:
             if replaced is None:
                 out += block
             elif replaced:
-                self.edited += 1
                 out += replaced
             else:
                 self.dropped += 1
@@ -257,16 +255,15 @@ class StreamTap:
         self,
         parser: StreamParser,
         content_encoding: str = "",
-        dropper: EventFilter | None = None,
+        event_filter: EventFilter | None = None,
         clock: Callable[[], float] = time.monotonic,
         max_decoded: int | None = MAX_DECODED_BYTES,
     ) -> None:
         self.parser = parser
-        self.dropper = dropper
+        self.event_filter = event_filter
         self.clock = clock
         self.first_byte_at: float | None = None
         self.bytes_seen = 0
-        self.ended = False  # an empty read came last (the end: addons/h2_data.py keeps it so on HTTP/2)
         self._closed = False
         self.broken: str | None = None  # why the side channel stopped, if it did
         try:
@@ -282,29 +279,24 @@ class StreamTap:
         An empty read is the body's end: the filter lets go of what it holds. The parser is closed
         by `finish` (the response hook), so that a stray empty read (mitmproxy's HTTP/2 layer gave
         one for an empty DATA frame before addons/h2_data.py) can never cut an event short."""
-        if chunk:
-            self.ended = False
-            if self.first_byte_at is None:
-                self.first_byte_at = self.clock()
-            size = len(chunk)
-            self.bytes_seen += size
-            if self.dropper is None and self.decoder is not None and self.decoder.passes(size):
-                # most streams: what _observe does for one identity piece, without its layers (this
-                # runs for every event, with caches cold from the traffic in between)
-                self._parse(chunk)
-                return chunk
-            decoded = self._observe(chunk)
-        else:
-            self.ended = True
-            decoded = b""
-        if self.dropper is None:
+        if not chunk:  # the end: the filter lets go of whatever it still holds
+            return self.event_filter(b"") if self.event_filter is not None else chunk
+        if self.first_byte_at is None:
+            self.first_byte_at = self.clock()
+        size = len(chunk)
+        self.bytes_seen += size
+        if self.event_filter is None and self.decoder is not None and self.decoder.passes(size):
+            # most streams: what _observe does for one identity piece, without its layers (this
+            # runs for every event, with caches cold from the traffic in between)
+            self._parse(chunk)
+            return chunk
+        decoded = self._observe(chunk)
+        if self.event_filter is None:
             return chunk
         # Filtering needs visible events, so the client gets the decoded body (the edge removed
         # content-encoding). Should decoding fail, the rest goes through as it came.
-        if not chunk:
-            return self.dropper(b"")  # the end: whatever the filter still holds
         visible = chunk if decoded is None else decoded
-        return (self.dropper(visible) if visible else b"") or NO_PIECE
+        return (self.event_filter(visible) if visible else b"") or NO_PIECE
 
     def finish(self) -> ResponseResult:
         """The body ended cleanly (the response hook): what the stream said, its parser closed once."""
@@ -326,7 +318,7 @@ class StreamTap:
         """Decode and parse a copy; the decoded bytes, or None once the side channel stopped."""
         if self.decoder is None:
             return None
-        keep = self.dropper is not None  # only the filtering path forwards decoded bytes
+        keep = self.event_filter is not None  # only the filtering path forwards decoded bytes
         kept: list[bytes] = []
         parsing = True
         decoder = self.decoder
