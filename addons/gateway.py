@@ -38,6 +38,7 @@ from opaque import OpaqueCounter  # addons/opaque.py: counts undecrypted connect
 from access import Access, target_of  # addons/access.py: client networks, providers-only, real target, identity echo
 from proxy_tokens import ProxyTokens  # addons/proxy_tokens.py: spendgate tokens as proxy credentials
 import h2_data  # addons/h2_data.py: an empty HTTP/2 DATA frame is not the end of a streamed body
+import dispatch  # addons/dispatch.py: mitmproxy's hook dispatch without its per-addon overhead
 
 log = logging.getLogger("spendgate")
 
@@ -103,6 +104,7 @@ class SpendGate:
         # background work can add to a proxied request or stream event.
         sys.setswitchinterval(SWITCH_INTERVAL)
         h2_data.install()  # before any connection: b"" is a streamed body's end on HTTP/2 too
+        dispatch.install()  # every event of every flow goes through it: ~450 µs of CPU less per request
         # Everything this process creates from now on (ledger, its WAL that DuckDB makes itself,
         # journal, discovery file) is owner-only. mitmproxy made its CA files before scripts load.
         os.umask(fsutil.PRIVATE_UMASK)

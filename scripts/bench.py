@@ -62,6 +62,9 @@ log = logging.getLogger("bench")
 
 BIN = Path(sys.executable).parent
 ADDON = ROOT / "addons" / "gateway.py"
+# plain mitmdump with the hook dispatch spendgate installs (addons/dispatch.py): the like-for-like
+# floor, so a reader sees what spendgate's own hooks add apart from mitmproxy's dispatch getting cheaper
+DISPATCH = ["-s", str(ROOT / "addons" / "dispatch.py")]
 HOST = "api.anthropic.com"
 PATH = "/v1/messages?beta=true"
 BENCH_KEY = "sk-ant-bench-not-a-real-key-000000"  # fingerprinted by spendgate, never stored raw
@@ -661,6 +664,7 @@ class Bench:
         plain_stream = self.proxy("plain-stream", False, extra=["--set", "stream_large_bodies=1"])
         # the stream figures' noise: a second plain-stream, measured like the first
         control_stream = self.proxy("control-stream", False, extra=["--set", "stream_large_bodies=1"])
+        same = self.proxy("dispatch", False, extra=DISPATCH)  # like for like: plain with spendgate's dispatch
         gw = self.proxy("spendgate", True, self.work / "side-by-side.duckdb")
         out: dict[str, Any] = {"ready_s": {"plain": r3(plain.ready_s), "spendgate": r3(gw.ready_s)}}
         req = http_request(agent_body(False))
@@ -674,17 +678,18 @@ class Bench:
         samples: dict[str, dict[str, list]] = {k: {"c1": [], "c1_wall": [], "c10": [], "c10_wall": [], "ttfe": [],
                                                    "transit": [], "stream_total": [], "ttfe_small": [],
                                                    "big": []}
-                                               for k in ("plain", "control", "spendgate")}  # fmt: skip
+                                               for k in ("plain", "control", "dispatch", "spendgate")}  # fmt: skip
         for rnd in range(plan.rounds):
             order = [("plain", plain, plain_stream), ("control", control, control_stream), ("spendgate", gw, gw)]
             if rnd % 2:
                 order.reverse()  # ABBA: neither proxy always runs first
-            for name, p, _ in order:
+            requests = [*order[:2], ("dispatch", same, None), *order[2:]]  # the non-stream rows only
+            for name, p, _ in requests:
                 s = samples[name]
                 r = self.arun(run_requests(p.port, self.ctx, req, 1, plan.c1_requests, plan.warmup))
                 s["c1"] += r["latencies"]
                 s["c1_wall"].append((len(r["latencies"]), r["wall"]))
-            for name, p, _ in order:
+            for name, p, _ in requests:
                 s = samples[name]
                 r = self.arun(run_requests(p.port, self.ctx, req, 10, plan.c10_requests, plan.warmup))
                 s["c10"] += r["latencies"]
@@ -713,8 +718,8 @@ class Bench:
         log.info("CPU per request rounds")
         out["cpu"] = bench_cpu.run_cpu(sys.modules[__name__], plan.cpu, self.ctx,
                                        {"plain": plain, "control": control, "plain-stream": plain_stream,
-                                        "spendgate": gw})  # fmt: skip
-        for p in (plain, control, plain_stream, control_stream, gw):
+                                        "dispatch": same, "spendgate": gw})  # fmt: skip
+        for p in (plain, control, plain_stream, control_stream, same, gw):
             p.stop()
         out["metering"] = metered(gw)
         out.update(summarize(samples))
@@ -726,6 +731,7 @@ class Bench:
         with --against DIR, spendgate from that checkout as a "before" column)."""
         proxies = {"plain": self.proxy("plain", False), "control": self.proxy("control", False),
                    "plain-stream": self.proxy("plain-stream", False, extra=["--set", "stream_large_bodies=1"]),
+                   "dispatch": self.proxy("dispatch", False, extra=DISPATCH),
                    "spendgate": self.proxy("spendgate", True, self.work / "cpu.duckdb", profile=profile)}  # fmt: skip
         if against is not None:
             proxies["before"] = self.proxy("before", True, self.work / "before.duckdb", tree=against)
@@ -761,6 +767,8 @@ def summarize(samples: dict[str, dict[str, list]]) -> dict[str, Any]:
         fig["ratio"] = {k: r3(ratio(fig["spendgate"][k], fig["plain"][k])) for k in ("p50_ms", "p95_ms", "rps")}
         if "control" in fig:  # plain vs plain: how far apart two identical proxies measure in this run
             fig["control_ratio"] = {k: r3(ratio(fig["control"][k], fig["plain"][k])) for k in ("p50_ms", "p95_ms", "rps")}
+        if "dispatch" in fig:  # spendgate's own addition: against plain with the same hook dispatch
+            fig["like_ratio"] = {k: r3(ratio(fig["spendgate"][k], fig["dispatch"][k])) for k in ("p50_ms", "p95_ms", "rps")}
         out[f"nonstream_{conc}"] = fig
     big = {name: r3(pct(s["big"], .5) * 1000) for name, s in samples.items() if s["big"]}
     if "plain" in big and "spendgate" in big:
@@ -862,12 +870,22 @@ def print_report(result: dict[str, Any]) -> None:
         t.add_row(label, f"{s['plain'][key]:,}", "" if ctl is None else f"{ctl:,}", f"{s['spendgate'][key]:,}",
                   "-" if rv is None else f"{rv:.3f}", "" if cv is None else f"{cv:.3f}", mark(target))
 
+    def like(label: str, section: str, key: str) -> None:
+        s = f.get(section) or {}
+        if "dispatch" in s:
+            t.add_row(f"  {label}: plain with spendgate's dispatch", f"{s['dispatch'][key]:,}", "",
+                      f"{s['spendgate'][key]:,}", f"{s['like_ratio'][key]:.3f}", "", "(like for like)")
+
     row("latency p50, c=1 (ms)", "nonstream_c1", "p50_ms", "latency p50 ratio, c=1")
+    like("same", "nonstream_c1", "p50_ms")
     row("latency p95, c=1 (ms)", "nonstream_c1", "p95_ms")
     row("requests/s, c=1", "nonstream_c1", "rps", "throughput ratio, c=1")
+    like("same", "nonstream_c1", "rps")
     row("latency p50, c=10 (ms)", "nonstream_c10", "p50_ms", "latency p50 ratio, c=10")
+    like("same", "nonstream_c10", "p50_ms")
     row("latency p95, c=10 (ms)", "nonstream_c10", "p95_ms")
     row("requests/s, c=10", "nonstream_c10", "rps", "throughput ratio, c=10")
+    like("same", "nonstream_c10", "rps")
     row("time to first event p50 (ms)", "stream", "ttfe_p50_ms", "time to first event ratio")
     row("  same, 2 KB request body (ms)", "stream", "ttfe_small_body_p50_ms")
     row("event transit p50 (us)", "stream", "event_transit_p50_us")

@@ -139,7 +139,7 @@ def run_cpu(bench_mod: Any, plan: CpuPlan, ctx: ssl.SSLContext, proxies: dict[st
         for s, (runner, _unit) in scen.items():
             for name in names:
                 p = proxies[name]
-                if s == "stream" and name == "control":
+                if s == "stream" and name in ("control", "dispatch"):
                     continue
                 if s == "stream" and name == "plain" and "plain-stream" in proxies:
                     continue  # plain buffers SSE; its streaming floor is plain-stream
@@ -158,6 +158,8 @@ def run_cpu(bench_mod: Any, plan: CpuPlan, ctx: ssl.SSLContext, proxies: dict[st
             fig["added_us"] = round(med["spendgate"] - med[floor], 2)
             fig["ratio"] = round(med["spendgate"] / med[floor], 3) if med[floor] else float("nan")
             fig["added_share"] = round(fig["added_us"] / med[floor], 3) if med[floor] else float("nan")
+        if "dispatch" in med and "spendgate" in med and s != "stream":  # spendgate's own hooks, like for like
+            fig["like_added_us"] = round(med["spendgate"] - med["dispatch"], 2)
         if floor in med and "before" in med:
             fig["before_added_us"] = round(med["before"] - med[floor], 2)
         if "control" in med and "plain" in med and s != "stream":
@@ -179,6 +181,9 @@ def print_cpu(cpu: dict[str, Any], console: Any) -> None:
     t = Table(title="CPU time per request (all threads of each mitmdump; median of rounds)", header_style="bold")
     before = any("before" in (cpu.get(s) or {}).get("us", {}) for s in ("c1", "c10", "body_5mb", "stream"))
     cols = ["scenario", "plain", "plain (control)", "spendgate", "added", "added / plain", "control - plain"]
+    same = any("dispatch" in (cpu.get(s) or {}).get("us", {}) for s in ("c1", "c10", "body_5mb"))
+    if same:
+        cols += ["plain, spendgate's dispatch", "added over it"]
     if before:
         cols += ["before (--against)", "added before"]
     for col in cols:
@@ -193,6 +198,8 @@ def print_cpu(cpu: dict[str, Any], console: Any) -> None:
         plain = us.get("plain-stream") if s == "stream" else us.get("plain")
         cells = [label, f"{plain}", f"{us.get('control', '-')}", f"{us.get('spendgate')}", f"{f.get('added_us')}",
                  f"{f.get('added_share')}", f"{f.get('control_added_us', '-')}"]
+        if same:
+            cells += [f"{us.get('dispatch', '-')}", f"{f.get('like_added_us', '-')}"]
         if before:
             cells += [f"{us.get('before', '-')}", f"{f.get('before_added_us', '-')}"]
         t.add_row(*cells)
