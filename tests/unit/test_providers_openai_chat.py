@@ -195,3 +195,44 @@ def test_event_data_fast_form_reads_as_the_sse_decoder_does(payload: bytes) -> N
     want = events[0].data if len(events) == 1 else None
     got = _event_data(block)
     assert (got.decode("utf-8", "replace") if isinstance(got, bytes) else got) == want
+
+
+# -- seventeenth review X1: reasoning outside completion_tokens (xAI) --
+
+XAI_USAGE = {"prompt_tokens": 663, "completion_tokens": 50, "total_tokens": 837,
+             "prompt_tokens_details": {"cached_tokens": 654}, "completion_tokens_details": {"reasoning_tokens": 124}}
+
+
+def _chat_json(usage: dict, model: str = "grok-4-0709") -> bytes:
+    return json.dumps({"model": model, "choices": [{"index": 0, "message": {"content": "hi"},
+                                                    "finish_reason": "stop"}], "usage": usage}).encode()
+
+
+def _chat_sse(usage: dict, model: str = "grok-4-0709") -> bytes:
+    chunks = [{"model": model, "choices": [{"index": 0, "delta": {"content": "hi"}}]},
+              {"model": model, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}], "usage": usage}]
+    return b"".join(b"data: " + json.dumps(c).encode() + b"\n\n" for c in chunks) + b"data: [DONE]\n\n"
+
+
+def test_xai_reasoning_outside_completion_is_added_to_output_in_json_and_stream() -> None:
+    expected = Usage(input_tokens=663, cache_read_tokens=654, output_tokens=174, reasoning_tokens=124)
+    assert CHAT.parse_response(_chat_json(XAI_USAGE)).usage == expected
+    assert run_whole(FACTORY, _chat_sse(XAI_USAGE)).usage == expected
+    assert run_stream(FACTORY, bytewise(_chat_sse(XAI_USAGE))).usage == expected
+
+
+@pytest.mark.parametrize("usage, output, reasoning", [
+    # OpenAI: reasoning inside completion_tokens (total = prompt + completion): not counted twice
+    ({"prompt_tokens": 5000, "completion_tokens": 700, "total_tokens": 5700,
+      "completion_tokens_details": {"reasoning_tokens": 640}}, 700, 640),
+    ({"prompt_tokens": 5000, "completion_tokens": 700,  # no total: read as OpenAI's
+      "completion_tokens_details": {"reasoning_tokens": 640}}, 700, 640),
+    ({"prompt_tokens": 5000, "completion_tokens": 700, "total_tokens": 9999,  # a total that adds up to neither
+      "completion_tokens_details": {"reasoning_tokens": 640}}, 700, 640),
+    ({"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15,
+      "completion_tokens_details": {"reasoning_tokens": 0}}, 5, 0),
+])
+def test_reasoning_inside_completion_is_not_double_counted(usage: dict, output: int, reasoning: int) -> None:
+    for result in (CHAT.parse_response(_chat_json(usage, "o4-mini")), run_whole(FACTORY, _chat_sse(usage, "o4-mini"))):
+        assert result.usage is not None and result.usage.output_tokens == output
+        assert result.usage.reasoning_tokens == reasoning

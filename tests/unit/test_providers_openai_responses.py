@@ -101,3 +101,15 @@ def test_parse_request() -> None:
     info = RESPONSES.parse_request("/backend-api/codex/responses", body)
     assert (info.model, info.stream, info.max_output_tokens) == ("gpt-5-codex", True, 2048)
     assert info.rewritten_body is None and not info.malformed
+
+
+def test_reasoning_outside_output_tokens_is_added_only_when_the_total_says_so() -> None:
+    """Seventeenth review X1: xAI's Responses usage may report reasoning beside output_tokens
+    (total = input + output + reasoning); OpenAI's output_tokens include it (total = input + output)."""
+    def usage(total: int) -> Usage | None:
+        body = {"id": "r", "object": "response", "status": "completed", "model": "grok-4", "output": [],
+                "usage": {"input_tokens": 100, "output_tokens": 50, "total_tokens": total,
+                          "output_tokens_details": {"reasoning_tokens": 30}}}
+        return RESPONSES.parse_response(json.dumps(body).encode()).usage
+    assert usage(180) == Usage(input_tokens=100, output_tokens=80, reasoning_tokens=30)  # xAI
+    assert usage(150) == Usage(input_tokens=100, output_tokens=50, reasoning_tokens=30)  # OpenAI

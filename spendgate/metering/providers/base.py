@@ -183,6 +183,19 @@ def as_int(value: Any) -> int:
     return 0
 
 
+def output_with_reasoning(inp: int, output: int, reasoning: int, total: Any) -> int:
+    """Output tokens (reasoning included) of a usage block whose ``output`` may leave reasoning out.
+
+    OpenAI counts reasoning inside ``completion_tokens``/``output_tokens`` (total = input +
+    output); xAI counts it beside them (total = input + output + reasoning: "Reasoning",
+    https://docs.x.ai/docs/guides/reasoning). Decided from the block itself: only a total that
+    adds up with reasoning outside, and not with it inside, adds it; anything else is left as read.
+    """
+    if reasoning > 0 and as_int(total) == inp + output + reasoning:
+        return min(output + reasoning, MAX_TOKENS)
+    return output
+
+
 def dig(obj: Any, *keys: str) -> Any:
     """obj[k1][k2]... or None when any level is missing or not a dict."""
     for key in keys:

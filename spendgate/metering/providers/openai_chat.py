@@ -1,8 +1,8 @@
 """OpenAI Chat Completions (``/v1/chat/completions``), JSON and SSE.
 
 ``prompt_tokens`` already INCLUDES ``prompt_tokens_details.cached_tokens`` and
-``completion_tokens`` already includes reasoning. A stream reports usage only when the request
-set ``stream_options.include_usage``; we add it when the client did not, and the proxy drops the
+``completion_tokens`` already includes reasoning (xAI's leaves it out: ``output_with_reasoning``).
+A stream reports usage only when the request set ``stream_options.include_usage``; we add it when the client did not, and the proxy drops the
 extra usage-only chunk and the ``usage: null`` it adds to the others (see :func:`hide_added_usage`)
 so the client sees what it asked for.
 """
@@ -26,6 +26,7 @@ from spendgate.metering.providers.base import (
     dumps_compact,
     error_type,
     load_json,
+    output_with_reasoning,
     parse_json_request,
     reported_cost,
     several_models,
@@ -39,14 +40,15 @@ MAX_FALLBACK_MODELS = 64  # distinct models read from a fallback list; past it, 
 
 
 def chat_usage(usage: dict) -> Usage:
-    """Normalize a Chat Completions ``usage`` object."""
-    output = as_int(usage.get("completion_tokens"))
+    """Normalize a Chat Completions ``usage`` object (tokens; output includes reasoning)."""
     inp = as_int(usage.get("prompt_tokens"))
+    reasoning = as_int(dig(usage, "completion_tokens_details", "reasoning_tokens"))
+    output = output_with_reasoning(inp, as_int(usage.get("completion_tokens")), reasoning, usage.get("total_tokens"))
     return Usage(
         input_tokens=inp,
         cache_read_tokens=as_int(dig(usage, "prompt_tokens_details", "cached_tokens")),
         output_tokens=output,
-        reasoning_tokens=min(as_int(dig(usage, "completion_tokens_details", "reasoning_tokens")), output),
+        reasoning_tokens=min(reasoning, output),
         input_audio_tokens=min(as_int(dig(usage, "prompt_tokens_details", "audio_tokens")), inp),
         input_image_tokens=min(as_int(dig(usage, "prompt_tokens_details", "image_tokens")), inp),
         output_audio_tokens=min(as_int(dig(usage, "completion_tokens_details", "audio_tokens")), output),

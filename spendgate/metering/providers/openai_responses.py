@@ -3,7 +3,7 @@
 
 Usage arrives in ``response.usage`` of the terminal event (completed / incomplete / failed; failed
 may carry ``usage: null``). ``input_tokens`` includes cached tokens, ``output_tokens`` includes
-reasoning. Hosted web search is billed per call: we count ``web_search_call`` output items.
+reasoning (when xAI's total says it does not, it is added: ``output_with_reasoning``). Hosted web search is billed per call: we count ``web_search_call`` output items.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from spendgate.metering.providers.base import (
     dig,
     error_type,
     load_json,
+    output_with_reasoning,
     parse_json_request,
     str_or_none,
 )
@@ -63,14 +64,15 @@ WEB_SEARCH_ITEM = "web_search_call"
 
 
 def responses_usage(usage: dict, web_searches: int = 0) -> Usage:
-    """Normalize a Responses ``usage`` object."""
-    output = as_int(usage.get("output_tokens"))
+    """Normalize a Responses ``usage`` object (tokens; output includes reasoning)."""
     inp = as_int(usage.get("input_tokens"))
+    reasoning = as_int(dig(usage, "output_tokens_details", "reasoning_tokens"))
+    output = output_with_reasoning(inp, as_int(usage.get("output_tokens")), reasoning, usage.get("total_tokens"))
     return Usage(
         input_tokens=inp,
         cache_read_tokens=as_int(dig(usage, "input_tokens_details", "cached_tokens")),
         output_tokens=output,
-        reasoning_tokens=min(as_int(dig(usage, "output_tokens_details", "reasoning_tokens")), output),
+        reasoning_tokens=min(reasoning, output),
         web_search_requests=web_searches,
         input_audio_tokens=min(as_int(dig(usage, "input_tokens_details", "audio_tokens")), inp),
         input_image_tokens=min(as_int(dig(usage, "input_tokens_details", "image_tokens")), inp),
