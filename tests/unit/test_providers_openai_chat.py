@@ -197,7 +197,7 @@ def test_event_data_fast_form_reads_as_the_sse_decoder_does(payload: bytes) -> N
     assert (got.decode("utf-8", "replace") if isinstance(got, bytes) else got) == want
 
 
-# -- seventeenth review X1: reasoning outside completion_tokens (xAI) --
+# -- seventeenth review X1 / D1: reasoning outside completion_tokens (xAI), DeepSeek's cache hits --
 
 XAI_USAGE = {"prompt_tokens": 663, "completion_tokens": 50, "total_tokens": 837,
              "prompt_tokens_details": {"cached_tokens": 654}, "completion_tokens_details": {"reasoning_tokens": 124}}
@@ -236,3 +236,18 @@ def test_reasoning_inside_completion_is_not_double_counted(usage: dict, output: 
     for result in (CHAT.parse_response(_chat_json(usage, "o4-mini")), run_whole(FACTORY, _chat_sse(usage, "o4-mini"))):
         assert result.usage is not None and result.usage.output_tokens == output
         assert result.usage.reasoning_tokens == reasoning
+
+
+@pytest.mark.parametrize("usage, cached", [
+    ({"prompt_tokens": 100000, "completion_tokens": 1000, "total_tokens": 101000,
+      "prompt_cache_hit_tokens": 90000, "prompt_cache_miss_tokens": 10000}, 90000),
+    # both spellings: OpenAI's wins (DeepSeek may send both, with the same count)
+    ({"prompt_tokens": 100, "completion_tokens": 1, "prompt_cache_hit_tokens": 64,
+      "prompt_tokens_details": {"cached_tokens": 64}}, 64),
+    ({"prompt_tokens": 100, "completion_tokens": 1, "prompt_cache_hit_tokens": 64,
+      "prompt_tokens_details": {"cached_tokens": 0}}, 0),
+])
+def test_deepseek_cache_hits_are_cache_reads(usage: dict, cached: int) -> None:
+    for result in (CHAT.parse_response(_chat_json(usage, "deepseek-chat")),
+                   run_whole(FACTORY, _chat_sse(usage, "deepseek-chat"))):
+        assert result.usage is not None and result.usage.cache_read_tokens == cached

@@ -1,8 +1,9 @@
 """OpenAI Chat Completions (``/v1/chat/completions``), JSON and SSE.
 
-``prompt_tokens`` already INCLUDES ``prompt_tokens_details.cached_tokens`` and
-``completion_tokens`` already includes reasoning (xAI's leaves it out: ``output_with_reasoning``).
-A stream reports usage only when the request set ``stream_options.include_usage``; we add it when the client did not, and the proxy drops the
+``prompt_tokens`` already INCLUDES ``prompt_tokens_details.cached_tokens`` (DeepSeek names its
+cache hits ``prompt_cache_hit_tokens``) and ``completion_tokens`` already includes reasoning (xAI's
+leaves it out: ``output_with_reasoning``). A stream reports usage only when the request set
+``stream_options.include_usage``; we add it when the client did not, and the proxy drops the
 extra usage-only chunk and the ``usage: null`` it adds to the others (see :func:`hide_added_usage`)
 so the client sees what it asked for.
 """
@@ -39,6 +40,14 @@ CHAT_PATH = "/v1/chat/completions"
 MAX_FALLBACK_MODELS = 64  # distinct models read from a fallback list; past it, "any model"
 
 
+def cached_prompt_tokens(usage: dict) -> int:
+    """Prompt tokens read from the cache: OpenAI's ``prompt_tokens_details.cached_tokens``, else
+    DeepSeek's ``prompt_cache_hit_tokens`` (prompt_tokens = hit + miss; "Create Chat Completion",
+    https://api-docs.deepseek.com/api/create-chat-completion)."""
+    cached = dig(usage, "prompt_tokens_details", "cached_tokens")
+    return as_int(cached if cached is not None else usage.get("prompt_cache_hit_tokens"))
+
+
 def chat_usage(usage: dict) -> Usage:
     """Normalize a Chat Completions ``usage`` object (tokens; output includes reasoning)."""
     inp = as_int(usage.get("prompt_tokens"))
@@ -46,7 +55,7 @@ def chat_usage(usage: dict) -> Usage:
     output = output_with_reasoning(inp, as_int(usage.get("completion_tokens")), reasoning, usage.get("total_tokens"))
     return Usage(
         input_tokens=inp,
-        cache_read_tokens=as_int(dig(usage, "prompt_tokens_details", "cached_tokens")),
+        cache_read_tokens=cached_prompt_tokens(usage),
         output_tokens=output,
         reasoning_tokens=min(reasoning, output),
         input_audio_tokens=min(as_int(dig(usage, "prompt_tokens_details", "audio_tokens")), inp),
