@@ -152,6 +152,7 @@ RATE_KEYS = (
     "cache_write_mtok",  # 5-minute cache writes
     "cache_write_1h_mtok",
     "web_search",  # USD per search
+    "grounded_prompt",  # USD per request that searched, however many searches (Gemini 2.5 and older)
     "request",  # USD per request
     # tokens of a kind with its own rate (genai-prices names); absent: the generic rate, with a note
     "input_audio_mtok",
@@ -171,7 +172,7 @@ RATE_KEYS = (
     "video_second",
     "video_second_high_res",
 )
-PER_UNIT = {"web_search", "request"}
+PER_UNIT = {"web_search", "grounded_prompt", "request"}
 HOUR_SECONDS = Decimal(3600)
 MODALITY_KEYS = ("input_audio_mtok", "input_image_mtok", "input_video_mtok", "cache_audio_read_mtok",
                  "output_audio_mtok", "output_image_mtok", "output_video_mtok")
@@ -295,6 +296,20 @@ def _pick(r: dict[str, Price], *names: str) -> tuple[str, Price] | None:
     return None
 
 
+def search_part(r: dict[str, Price], searches: int) -> tuple[str, int, tuple[str, Price]] | None:
+    """(label, quantity, rate) of a request's search fee, or None when no rate is known.
+
+    A model with a `grounded_prompt` rate bills a request that searched once, however many queries
+    it ran (Gemini 2.5 and older: USD per grounded prompt); otherwise each search is billed at
+    `web_search` (Gemini 3: USD per search query; https://ai.google.dev/gemini-api/docs/pricing,
+    "Grounding with Google Search").
+    """
+    if "grounded_prompt" in r:
+        return "grounded prompt", 1, ("grounded_prompt", r["grounded_prompt"])
+    found = _pick(r, "web_search")
+    return None if found is None else ("web search", searches, found)
+
+
 @dataclass(frozen=True, slots=True)
 class Multiplier:
     """A factor on every token rate, from a serving modifier (e.g. inference_geo us: 1.1)."""
@@ -375,11 +390,11 @@ def compute(rates: Rates, usage: Usage, multipliers: tuple[Multiplier, ...] = ()
         notes.append(f"{fb['tokens']:,} {fb['kind'].replace('_', ' ')} tokens priced at the "
                      f"{fb['rate_used'].removesuffix('_mtok').replace('_', ' ')} rate: no {fb['kind']} rate is known")
     if usage.web_search_requests:
-        found = _pick(r, "web_search")
-        if found is None:  # searches happened but no rate is known: say so rather than charge $0
+        search = search_part(r, usage.web_search_requests)
+        if search is None:  # searches happened but no rate is known: say so rather than charge $0
             return PriceResult(None, rates.source, rates.model_id, variant=rates.variant, input_tokens=total_in,
                                notes=(*notes, "web searches used but no web_search rate is known"))  # fmt: skip
-        parts.append(("web search", usage.web_search_requests, found, Decimal(1)))
+        parts.append((*search, Decimal(1)))
     if usage.audio_seconds:
         parts.append(("audio seconds", usage.audio_seconds, ("audio_hours", r["audio_hours"]), HOUR_SECONDS))
     if usage.input_characters:

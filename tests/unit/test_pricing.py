@@ -418,3 +418,32 @@ def test_pricing_speed_is_reported(capsys):
     with capsys.disabled():
         print(f"\npricing: {warm * 1e6:.1f} us/request cached; first request of a model/day/variant "
               f"{first * 1e3:.2f} ms; loading catalogue + overrides {load * 1e3:.0f} ms")
+
+
+# --- seventeenth review G1: Google Search grounding, per grounded prompt or per query -----------
+
+
+@pytest.mark.parametrize(("provider", "model", "searches", "fee", "label"), [
+    ("gemini", "gemini-2.5-flash", 3, D("0.035"), "grounded prompt"),  # one prompt, three queries: one fee
+    ("gemini", "gemini-2.5-pro", 1, D("0.035"), "grounded prompt"),
+    ("gemini", "gemini-2.0-flash", 5, D("0.035"), "grounded prompt"),
+    ("vertex", "gemini-2.5-flash", 3, D("0.035"), "grounded prompt"),
+    ("gemini", "gemini-3-pro-preview", 3, D("0.042"), "web search"),  # Gemini 3: per query, $14 / 1,000
+])
+def test_grounding_fee_per_prompt_before_gemini_3_per_query_from_it(provider, model, searches, fee, label):
+    p = Pricer(REPO / "pricing" / "overrides.yaml")
+    plain = p.price(provider, model, Usage(input_tokens=1000, output_tokens=500), AT)
+    searched = p.price(provider, model, Usage(input_tokens=1000, output_tokens=500, web_search_requests=searches), AT)
+    assert searched.cost - plain.cost == fee
+    (line,) = [ln for ln in searched.lines if ln.per == 1]
+    assert line.label == label and line.quantity == (1 if label == "grounded prompt" else searches)
+    assert not any(ln.rate_name == "grounded_prompt" for ln in plain.lines)  # no search, no fee
+
+
+def test_grounded_prompt_rate_replaces_web_search_in_compute():
+    from spendgate.pricing.rates import Price, Rates
+
+    rates = Rates({"input_mtok": Price(D(1), (), "x"), "output_mtok": Price(D(1), (), "x"),
+                   "web_search": Price(D("0.01"), (), "x"), "grounded_prompt": Price(D("0.035"), (), "y")}, "m")
+    assert compute(rates, Usage(web_search_requests=4)).cost == D("0.035")
+    assert compute(rates, Usage(web_search_requests=0)).cost == D(0)

@@ -115,8 +115,9 @@ CASES = [
      cost(GEM_PRO, uncached=100_000, read=50_000, out=8_000)),
     ("gemini-2.5-pro >200k", "gemini", "gemini-2.5-pro", "standard", dict(uncached=180_000, read=40_000, out=8_000),
      cost(GEM_PRO_LONG, uncached=180_000, read=40_000, out=8_000)),
+    # two search queries, one grounded prompt: 2.5 bills $35 / 1,000 grounded prompts (seventeenth review G1)
     ("gemini-2.5-pro grounding", "gemini", "gemini-2.5-pro", "standard", dict(uncached=1_000, out=500, searches=2),
-     cost(GEM_PRO, uncached=1_000, out=500, searches=2, search_each="0.035")),
+     cost(GEM_PRO, uncached=1_000, out=500, searches=1, search_each="0.035")),
     ("gemini-2.5-pro batch", "gemini", "gemini-2.5-pro", "batch", dict(uncached=100_000, out=8_000),
      cost({"in": "0.625", "out": "5"}, uncached=100_000, out=8_000)),
     ("gemini-2.5-flash", "gemini", "gemini-2.5-flash", "standard", dict(uncached=30_000, read=90_000, out=5_000,
