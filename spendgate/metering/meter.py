@@ -175,11 +175,13 @@ def estimate_usage(req: RequestInfo, result: ResponseResult) -> Usage:
     )
 
 
-def serving_modifiers(result: ResponseResult | None) -> dict[str, str]:
-    """What the provider reported about how it served the request (changes the price)."""
+def serving_modifiers(result: ResponseResult | None, routed: dict[str, str] | None = None) -> dict[str, str]:
+    """What the provider reported about how it served the request (changes the price), over what
+    its URL states (`routed`: Route.extra["modifiers"], e.g. a Vertex regional endpoint)."""
+    out = dict(routed or {})
     if result is None:
-        return {}
-    out = dict(result.modifiers)
+        return out
+    out.update(result.modifiers)
     if result.service_tier:
         out["service_tier"] = result.service_tier.lower()
     return out
@@ -462,7 +464,7 @@ class Meter:
     ) -> LedgerRow:
         verdict = judge(ex, result, ended)
         model = bounds.clip(result.model if result and result.model else None, bounds.MODEL) or ex.request.model
-        modifiers = serving_modifiers(result)
+        modifiers = serving_modifiers(result, ex.route.extra.get("modifiers"))
         if ex.served_tier:  # what the provider's response header says it served wins over the body
             modifiers["service_tier"] = ex.served_tier
         price = self.price(ex, verdict, model, modifiers)

@@ -246,7 +246,57 @@ def test_gemini_served_tier_header_picks_the_variant(tmp_path, header, variant):
 def test_prices_check_lists_the_shipped_multiplier_as_an_addition():
     from spendgate.pricing.rates import compare_overrides
 
-    rows = [r for r in compare_overrides(PRICER) if r["model"] == "claude-*"]
+    listed = compare_overrides(PRICER)
+    rows = [r for r in listed if (r["provider"], r["model"]) == ("anthropic", "claude-*")]
+    assert {r["field"] for r in listed if r["provider"] == "vertex" and r["model"].startswith("claude-")} == {
+        "multiplier vertex_endpoint regional"}  # seventeenth review V1
     assert rows == [{"provider": "anthropic", "model": "claude-*", "effective_from": "2026-02-05", "variant": "standard",
                      "field": "multiplier inference_geo us", "override": "x1.1", "catalogue": None,
                      "status": "catalogue lacks"}]
+
+
+# -- seventeenth review V1: Claude on a Vertex regional endpoint is 1.1x from Sonnet 4.5 on ---------
+
+VERTEX_CLAUDE = "/v1/projects/acme/locations/{loc}/publishers/anthropic/models/{model}:rawPredict"
+
+
+@pytest.mark.parametrize("host, loc, model, path_model, modifiers, cost", [
+    # 100,000 in x $3 + 1,000 out x $15 per MTok = $0.315 on the global endpoint
+    ("aiplatform.googleapis.com", "global", "claude-sonnet-4-5-20250929", "claude-sonnet-4-5@20250929",
+     {"vertex_endpoint": "global"}, "0.315"),
+    ("us-east5-aiplatform.googleapis.com", "us-east5", "claude-sonnet-4-5-20250929", "claude-sonnet-4-5@20250929",
+     {"vertex_endpoint": "regional"}, "0.3465"),
+    ("aiplatform.googleapis.com", "us", "claude-haiku-4-5-20251001", "claude-haiku-4-5@20251001",  # multi-region
+     {"vertex_endpoint": "regional"}, "0.1155"),  # ($0.10 + $0.005) x 1.1 at $1 / $5 per MTok
+    # before Sonnet 4.5: the same price on both (listed x1, so the row says why)
+    ("europe-west1-aiplatform.googleapis.com", "europe-west1", "claude-3-7-sonnet-20250219",
+     "claude-3-7-sonnet@20250219", {"vertex_endpoint": "regional"}, "0.315"),
+])
+def test_vertex_regional_endpoint_premium(host, loc, model, path_model, modifiers, cost):
+    route = providers.route(host, VERTEX_CLAUDE.format(loc=loc, model=path_model), "POST")
+    assert route.provider == "vertex" and route.extra["modifiers"] == modifiers
+    body = json.dumps({"id": "m", "type": "message", "role": "assistant", "model": model, "content": [],
+                       "stop_reason": "end_turn", "usage": {"input_tokens": 100000, "output_tokens": 1000}}).encode()
+    result = route.adapter.parse_response(body)
+    price = PRICER.price("vertex", result.model, result.usage, AT, modifiers=serving_modifiers(result, route.extra["modifiers"]))
+    assert price.cost == Decimal(cost)
+    if modifiers["vertex_endpoint"] == "regional":
+        (described,) = price.modifiers
+        assert described["name"] == "vertex_endpoint" and "claude-on-vertex-ai" in described["source"]
+        assert not price.notes
+
+
+@pytest.mark.parametrize("path", [
+    "/v1/projects/acme/locations/us-central1/publishers/google/models/gemini-2.5-pro:generateContent",  # Gemini: no premium
+    "/v1/publishers/anthropic/models/claude-sonnet-4-5@20250929:rawPredict",  # no location in the path
+])
+def test_vertex_paths_without_an_endpoint_premium_state_no_modifier(path):
+    route = providers.route("us-central1-aiplatform.googleapis.com", path, "POST")
+    assert route.adapter is not None and "modifiers" not in route.extra
+
+
+def test_a_reported_modifier_wins_over_the_routed_one():
+    result = providers.route("api.anthropic.com", "/v1/messages").adapter.parse_response(anthropic_body(inference_geo="us"))
+    assert serving_modifiers(result, {"inference_geo": "global", "vertex_endpoint": "regional"}) == {
+        "inference_geo": "us", "vertex_endpoint": "regional"}
+    assert serving_modifiers(None, {"vertex_endpoint": "regional"}) == {"vertex_endpoint": "regional"}

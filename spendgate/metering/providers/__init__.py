@@ -460,7 +460,10 @@ def _route_vertex(provider: str, path: str, bare: str) -> Route:
     vpath = vertex.parse_path(path)
     if vpath is None:
         return _made(None, provider)
-    return _made(vertex.adapter_for(vpath), provider, {"model": vpath.model})
+    extra: dict = {"model": vpath.model}
+    if modifiers := vertex.endpoint_modifiers(vpath):
+        extra["modifiers"] = modifiers  # how the URL says it is served (priced: meter.serving_modifiers)
+    return _made(vertex.adapter_for(vpath), provider, extra)
 
 
 def _route_code_assist(provider: str, path: str, bare: str) -> Route:

@@ -6,7 +6,10 @@ Vertex paths name the publisher and model:
 carries an Anthropic Messages body and answers with Anthropic's JSON or SSE (usage rules of
 anthropic.py); ``.../publishers/google/models/{m}:generateContent|streamGenerateContent`` is the
 Gemini API (gemini.py; Vertex chunks carry only ``trafficType`` in usageMetadata until the last).
-``count-tokens:rawPredict`` is free. The model comes from the path (the body has none).
+``count-tokens:rawPredict`` is free. The model comes from the path (the body has none), and so
+does the endpoint kind: Claude on a regional endpoint (``locations/us-east5``) costs 10% more than
+on the global one (``locations/global``) from Claude Sonnet 4.5 on; the route reports it as the
+serving modifier ``vertex_endpoint`` (``endpoint_modifiers``), priced by a dated override.
 
 Code Assist: ``/v1internal:generateContent|:streamGenerateContent`` with body
 ``{"model": ..., "project": ..., "request": {<Gemini request>}}``; every response chunk is wrapped
@@ -34,8 +37,10 @@ from spendgate.metering.providers.base import (
 from spendgate.metering.providers.gemini import GeminiAdapter, GeminiStreamParser
 
 PATH_RE = re.compile(
-    r"^/(?:v1|v1beta1)/(?:projects/[^/]+/locations/[^/]+/)?publishers/(anthropic|google)/models/([^/:]+):(\w+)$"
+    r"^/(?:v1|v1beta1)/(?:projects/[^/]+/locations/([^/]+)/)?publishers/(anthropic|google)/models/([^/:]+):(\w+)$"
 )
+GLOBAL_LOCATION = "global"
+ENDPOINT_MODIFIER = "vertex_endpoint"  # "global" | "regional" (a region or a multi-region: us, eu)
 CODE_ASSIST_RE = re.compile(r"^/v1internal:(generateContent|streamGenerateContent)$")
 
 
@@ -45,6 +50,7 @@ class VertexPath:
     model: str  # e.g. "claude-sonnet-4-5@20250929", "gemini-2.5-pro"
     method: str  # rawPredict, streamRawPredict, generateContent, streamGenerateContent, ...
     sse: bool
+    location: str | None = None  # "global", "us-east5", ...; None: a path without locations/{l}
 
 
 def _sse(query: str) -> bool:
@@ -59,7 +65,21 @@ def parse_path(path: str) -> VertexPath | None:
     m = PATH_RE.match(parts.path)
     if m is None:
         return None
-    return VertexPath(m.group(1), unquote(m.group(2)), m.group(3), _sse(parts.query))
+    location = unquote(m.group(1)).lower() if m.group(1) else None
+    return VertexPath(m.group(2), unquote(m.group(3)), m.group(4), _sse(parts.query), location)
+
+
+def endpoint_modifiers(vpath: VertexPath) -> dict[str, str]:
+    """The serving modifier a Vertex path states: ``{vertex_endpoint: global | regional}`` for Claude.
+
+    Claude on Vertex, "Global vs regional endpoints" (https://docs.claude.com/en/docs/build-with-claude/claude-on-vertex-ai):
+    from Claude Sonnet 4.5 on a regional endpoint costs 10% more than the global one (the
+    multiplier is dated in pricing/overrides.yaml). Google publishes no such premium for its own
+    models, so Gemini paths state nothing; nor does a path without ``locations/{l}``.
+    """
+    if vpath.publisher != "anthropic" or not vpath.location:
+        return {}
+    return {ENDPOINT_MODIFIER: "global" if vpath.location == GLOBAL_LOCATION else "regional"}
 
 
 class VertexAnthropicAdapter(AnthropicMessagesAdapter):
