@@ -87,3 +87,21 @@ def test_adapters_are_singletons_with_fresh_stream_state() -> None:
     b = route("api.openai.com", "/v1/responses")
     assert a is not None and b is not None and a.adapter is b.adapter
     assert a.adapter.stream_parser("/v1/responses") is not b.adapter.stream_parser("/v1/responses")
+
+
+# -- seventeenth review C1: Gemini / Vertex explicit context caches (storage billed per token-hour) --
+
+@pytest.mark.parametrize("host, path, method, kind", [
+    ("generativelanguage.googleapis.com", "/v1beta/cachedContents", "POST", "paid"),  # create
+    ("generativelanguage.googleapis.com", "/v1beta/cachedContents/abc123", "PATCH", "paid"),  # extend ttl
+    ("generativelanguage.googleapis.com", "/V1BETA/CachedContents", "POST", "paid"),  # any spelling
+    ("us-central1-aiplatform.googleapis.com", "/v1/projects/p/locations/us-central1/cachedContents", "POST", "paid"),
+    ("aiplatform.googleapis.com", "/v1/projects/p/locations/global/cachedContents/c1", "PATCH", "paid"),
+    ("generativelanguage.googleapis.com", "/v1beta/cachedContents", "GET", "free"),  # list
+    ("generativelanguage.googleapis.com", "/v1beta/cachedContents/abc123", "GET", "free"),
+    ("generativelanguage.googleapis.com", "/v1beta/cachedContents/abc123", "DELETE", "free"),  # stops the bill
+])
+def test_gemini_context_cache_creation_is_paid_unmetered_and_its_housekeeping_free(host, path, method, kind):
+    r = route(host, path, method)
+    assert r is not None and r.adapter is None
+    assert r.extra.get(kind) is True and not r.extra.get({"paid": "free", "free": "paid"}[kind])

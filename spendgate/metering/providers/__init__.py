@@ -177,6 +177,10 @@ _FREE: tuple[tuple[str, str, re.Pattern[str]], ...] = tuple(
         ("generativelanguage.googleapis.com", "GET", r"^/(v1|v1beta|v1alpha)/files(/[^/]+)?$"),
         # a Veo job's operation, polled (its :predictLongRunning is metered)
         ("generativelanguage.googleapis.com", "GET", r"^/(v1|v1beta|v1alpha)/models/[^/:]+/operations/[^/]+$"),
+        # explicit context caches: list, read, delete (delete stops the storage bill); creating one
+        # or extending its ttl is paid and not metered (_PAID_UNMETERED)
+        ("generativelanguage.googleapis.com", "GET", r"^/(v1|v1beta|v1alpha)/cachedcontents(/[^/]+)?$"),
+        ("generativelanguage.googleapis.com", "DELETE", r"^/(v1|v1beta|v1alpha)/cachedcontents/[^/]+$"),
     )
 )
 
@@ -186,7 +190,9 @@ _FREE: tuple[tuple[str, str, re.Pattern[str]], ...] = tuple(
 # see it (client_secrets, sessions, Gemini auth_tokens), a socket's usage is not read yet (Gemini and
 # Vertex Live, Azure Realtime, a transcription-only Realtime socket), or no adapter reads the job
 # (Azure and Vertex batches, Azure image and audio deployments, Vertex's Imagen, Veo and embeddings,
-# its OpenAI-compatible and deployed-model endpoints). Refused unless the policy's `unmetered` says
+# its OpenAI-compatible and deployed-model endpoints), or the bill is storage time no adapter prices
+# (a Gemini or Vertex explicit context cache: created by POST, its ttl extended by PATCH; billed per
+# cached token per hour; seventeenth review C1). Refused unless the policy's `unmetered` says
 # otherwise, in every mode (eleventh review F1, twelfth T1/T3): forwarded free under a laptop's
 # default they would be a way around every budget. Matched per provider (every host it serves:
 # eu.api.openai.com too), on the canonical lower-case path; method None: any.
@@ -200,10 +206,14 @@ _PAID_UNMETERED: dict[str, tuple[tuple[str | None, re.Pattern[str]], ...]] = {
         "gemini": (
             (None, r"^/ws/google\.ai\.generativelanguage\.v1[a-z0-9]*\.generativeservice\.bidigeneratecontent[a-z]*$"),
             (None, r"^/(v1|v1beta|v1alpha)/auth_tokens(/.*)?$"),
+            ("POST", r"^/(v1|v1beta|v1alpha)/cachedcontents$"),
+            ("PATCH", r"^/(v1|v1beta|v1alpha)/cachedcontents/[^/]+$"),
         ),
         "vertex": (
             (None, r"^/ws/google\.cloud\.aiplatform\.v1[a-z0-9]*\.llmbidiservice/bidigeneratecontent[a-z]*$"),
             ("POST", _VERTEX_LOC + r"/batchpredictionjobs$"),
+            ("POST", _VERTEX_LOC + r"/cachedcontents$"),
+            ("PATCH", _VERTEX_LOC + r"/cachedcontents/[^/]+$"),
             ("POST", _VERTEX_LOC + r"/endpoints/[^/]+(/.*|:[a-z]+)$"),
             ("POST", _VERTEX_LOC + r"/publishers/google/models/[^/:]+:(predict|predictlongrunning|streamrawpredict|rawpredict)$"),
         ),
