@@ -112,7 +112,9 @@ def test_vertex_anthropic_stream_raw_predict(gateway, http_client):
         ("vertex", "streamRawPredict", "ok", "claude-code")
     assert row["model"] == "claude-sonnet-4-5"  # as the response names it; the request said @20250929
     assert (row["input_tokens"], row["cache_write_1h_tokens"], row["output_tokens"]) == (1800, 100, 450)
-    assert D(row["cost_usd"]) == VERTEX_COST == Decimal("0.01179")
+    # us-east5 is a regional endpoint: 10% over the global one from Claude Sonnet 4.5 on (Claude on
+    # Vertex AI, "Global vs regional endpoints"; pricing/overrides.yaml, vertex_endpoint)
+    assert D(row["cost_usd"]) == VERTEX_COST * Decimal("1.1") == Decimal("0.012969")
     assert row["key_fingerprint"] == fingerprint(VERTEX_TOKEN)
     no_secret_on_disk(gateway, VERTEX_TOKEN)
 
