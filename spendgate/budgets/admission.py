@@ -28,7 +28,7 @@ from typing import Any
 
 from spendgate.budgets import refusal, unmetered
 from spendgate.budgets.batch_estimate import batch_input_cost
-from spendgate.budgets.book import BudgetBook, Decision, subscription_ignored
+from spendgate.budgets.book import Budget, BudgetBook, Decision, Reservation, subscription_ignored
 from spendgate.budgets.journal import Journal
 from spendgate.budgets.runway import (
     Denial,
@@ -77,7 +77,7 @@ class Admission:
         *,
         store_error: Callable[[], str | None],
         warning: Callable[[Decision], str | None],
-        after_charge: Callable[[Identity, LedgerRow], None],
+        after_charge: Callable[[Identity, LedgerRow, datetime | None, list[Budget] | None], None],
         stepped_down: Callable[[Identity, StepDownChoice], None] = lambda identity, choice: None,
         central: bool = False,
     ) -> None:
@@ -394,14 +394,24 @@ class Admission:
             self.book.settle(res, row.charged_usd or Decimal(0), row)  # a shared store records the row with it
             if choice is not None:
                 self._stepped_down(ex.identity, choice)  # the first in a window raises an alert
-            self._after_charge(ex.identity, row)  # tiered alerts and projected overrun
+            # tiered alerts and projected overrun, in the windows the reservation was charged to
+            self._after_charge(ex.identity, row, None, charged_budgets(ex.extra.get("decision"), res))
         elif (ex.request.results or ex.extra.get("cancelled_at_cap")) and row.charged_usd:
             # batch results, or a Realtime response cancelled at the cap: spend that already happened
-            self.book.charge({b.scope for b in self.book.covering(ex.identity, row.ts)}, row.ts, row.charged_usd)
+            budgets = self.book.covering(ex.identity, row.ts)
+            self.book.charge({b.scope for b in budgets}, row.ts, row.charged_usd)
             self.book.record(row)
-            self._after_charge(ex.identity, row)
+            self._after_charge(ex.identity, row, None, budgets)
         else:
             self.book.record(row)  # refused or free: a shared store's ledger keeps it too
+
+
+def charged_budgets(decision: Decision | None, res: Reservation) -> list[Budget] | None:
+    """The budgets `res` was reserved on (its decision's), so alerts look at the windows the
+    settlement charged, which are not the current ones once a boundary passed since admission."""
+    if decision is None or decision.reservation is not res:
+        return None  # unknown: the alerts fall back on the budgets covering the identity now
+    return decision.budgets
 
 
 MIN_RESERVE = Decimal("0.000001")  # USD: the least a metered call reserves

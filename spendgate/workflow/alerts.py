@@ -242,15 +242,22 @@ class AlertEngine:
         with self._lock:
             return set(self._fired)
 
-    def evaluate(self, identity: Identity, now: datetime, current: Spent | None = None) -> list[Crossing]:
-        """After a settlement: fire whatever this identity's budgets now owe. Meter worker thread."""
+    def evaluate(self, identity: Identity, now: datetime, current: Spent | None = None,
+                 charged: list[Budget] | None = None) -> list[Crossing]:
+        """After a settlement: fire whatever this identity's budgets now owe. Meter worker thread.
+
+        `charged`: the budgets the spend was charged to (a reservation's, taken at admission). A
+        request admitted before a window boundary and settled after it charged the old window,
+        which no later settlement reaches: its crossings are owed there, not in the new, empty
+        window `covering(identity, now)` would give. None: the budgets covering `identity` now.
+        """
         cfg = self.policy().alerts
         out: list[Crossing] = []
         floor = alert_floor(cfg)
         if floor is None:
             return out
         fired: set[FiredKey] | None = None  # copied only when some budget is past the lowest threshold
-        for b in self.book.covering(identity, now):
+        for b in charged if charged is not None else self.book.covering(identity, now):
             spent = self.book.store.get(b.key).spent
             if b.limit <= 0 or percent(spent, b.limit) < floor:
                 continue  # below every threshold (and the projection's start): crossings() owes nothing

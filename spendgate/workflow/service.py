@@ -14,7 +14,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from spendgate.budgets.book import ZERO, BudgetBook, Decision
+from spendgate.budgets.book import ZERO, Budget, BudgetBook, Decision
 from spendgate.budgets.runway import StepDownChoice
 from spendgate.identity import Identity
 from spendgate.policy.model import Policy
@@ -112,11 +112,13 @@ class Workflow:
             "sink": d.sink, "kind": d.kind, "outcome": d.outcome, "attempts": d.attempts, "error": d.error})
 
     # -- traffic (meter worker / event loop) --
-    def after_charge(self, identity: Identity, row: LedgerRow | None = None, now: datetime | None = None) -> None:
-        """Meter worker thread, after settlement: fire the alerts this spend crossed."""
+    def after_charge(self, identity: Identity, row: LedgerRow | None = None, now: datetime | None = None,
+                     charged: list[Budget] | None = None) -> None:
+        """Meter worker thread, after settlement: fire the alerts this spend crossed in the budgets
+        it was `charged` to (None: those covering `identity` now)."""
         current = Spent(row.request_id, row.model, row.client, row.charged_usd or ZERO) if row else None
         try:
-            self.alerts.evaluate(identity, now or self.now(), current)
+            self.alerts.evaluate(identity, now or self.now(), current, charged)
         except Exception:
             log.exception("spendgate: alert evaluation failed")
 
