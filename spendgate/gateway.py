@@ -19,9 +19,10 @@ from pathlib import Path
 from spendgate import heap
 from spendgate.budgets import shared
 from spendgate.budgets.admission import Admission
-from spendgate.budgets.book import BudgetBook
+from spendgate.budgets.book import BudgetBook, CounterKey, MemoryCounters
 from spendgate.budgets.journal import Journal
 from spendgate.budgets.plans import PlanCharger, PlanIndex
+from spendgate.budgets.windows import WINDOWS, bounds
 from spendgate.budgets.recovery import rebuild_counters, recover_interrupted
 from spendgate.budgets.runway import check_targets
 from spendgate.central.charging import correct_rebuilt
@@ -115,6 +116,13 @@ class Gateway:
                 self.ledger.close()
                 raise GatewayError(str(e)) from None
             self.book = BudgetBook(self.policy, counters)
+            try:  # the policy's zone changed since the store's counters were keyed: its windows re-keyed
+                shared.rezone(counters.pg, self.policy, now)
+            except StoreError as e:
+                counters.pg.close()
+                self.ledger.close()
+                raise GatewayError(f"cannot key the shared store's budget windows in {self.policy.timezone}: "
+                                   f"{e}") from None
             self.lease_keeper = shared.LeaseKeeper(counters).start()
         else:
             self.book = BudgetBook(self.policy)
@@ -291,6 +299,14 @@ class Gateway:
                                           "file change")
             return False
         before, after = cap_count(self.policy), cap_count(policy)
+        if str(policy.timezone) != str(self.policy.timezone):  # every window's start moves with the zone
+            if self.book.store.shared:
+                problem = zone_change_refused(self.policy, policy)
+                log.error("spendgate: policy edit rejected, keeping the last good policy: %s", problem)
+                self.workflow.policy_rejected(str(path), text if text is not None else _read_or_none(path), problem,
+                                              "file change")
+                return False
+            self._rezone(policy)
         self.policy = policy
         self.book.policy = policy
         self.plan_charger.apply(policy, self.book.store, datetime.now(UTC))
@@ -300,6 +316,35 @@ class Gateway:
             log.warning("spendgate: the reloaded policy has %d budget caps, %d fewer than before", after, before - after)
         heap.resettle()  # a gateway process's heap: the old policy's objects freed, the new one's frozen
         return True
+
+    def _rezone(self, policy: Policy) -> None:
+        """The policy's time zone changed: counters are keyed by window start, which the zone decides,
+        so rebuild them from the ledger in the new zone's windows exactly as a restart would
+        (rebuild_counters, correct_rebuilt, plan charges), under the counters' lock; reservations in
+        flight move to the new zone's current windows (MemoryCounters.replace)."""
+        now = datetime.now(UTC)
+        self.meter.flush()  # rows settled so far reach the ledger the rebuild reads
+        old_starts = {w: bounds(w, now, self.policy.timezone)[0] for w in WINDOWS}
+        new_starts = {w: bounds(w, now, policy.timezone)[0] for w in WINDOWS}
+        charger = PlanCharger()
+
+        def build(fresh: MemoryCounters) -> None:
+            self.ledger.flush()  # settled while the meter drained: committed before it is read
+            staged = BudgetBook(policy, fresh)
+            rebuild_counters(self.ledger.cursor(), staged, now)
+            correct_rebuilt(self.ledger.cursor(), staged, now)
+            charger.apply(policy, fresh, now)
+            self.book.policy = policy  # admissions from here on take the new zone's windows
+
+        def moved(key: CounterKey) -> CounterKey | None:
+            scope, window, start = key
+            return (scope, window, new_starts[window]) if start == old_starts[window] else None
+
+        n = self.book.store.replace(build, moved)
+        self.plan_charger = charger
+        log.warning("spendgate: the policy's time zone changed from %s to %s: budget counters rebuilt from the "
+                    "ledger in the new zone's windows (%d in-flight counters moved)", self.policy.timezone,
+                    policy.timezone, n)
 
     def close(self) -> None:
         """Record what is in flight, drain every queue, release the file. Nothing is lost."""
@@ -322,6 +367,17 @@ class Gateway:
             from spendgate.store import pg_read
 
             pg_read.close_reader(self.book.store.pg)
+
+
+def zone_change_refused(before: Policy, after: Policy) -> str:
+    """Why a running gateway on the shared store keeps its time zone: the store's counters are keyed
+    by the old zone's window starts and other replicas keep charging those; applying the new zone
+    here would start everyone's budgets afresh (fail open). A restart of the replicas re-keys the
+    store's current windows from its ledger (budgets.shared.rezone)."""
+    return (f"timezone: {after.timezone} (was {before.timezone}) cannot be applied to a running gateway on the "
+            f"shared store: budget windows are keyed by their start in the policy's zone; restart the "
+            f"replicas with the new policy, and they rebuild the current windows in {after.timezone} from the "
+            f"store's ledger")
 
 
 def _reload_from(path: Path, reload: Callable[[bytes], object]) -> str:

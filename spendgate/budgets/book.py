@@ -91,34 +91,41 @@ class MemoryCounters:
         self._lock = threading.Lock()
         self._changed: set[CounterKey] = set()  # reserved, settled or added to since `changed()` last ran
         self._tracking = False  # set by the first `changed()`: a gateway nobody polls keeps no such set
+        # old key -> the key its reservations now count in, after `replace` re-keyed the windows
+        # (a time zone change): settlements of requests admitted before it land where it moved them
+        self._moved: dict[CounterKey, CounterKey] = {}
 
     def try_reserve(self, budgets: list[Budget], amount: Decimal, ticket: Ticket | None = None) -> Reserved:
         """Reserve `amount` on all budgets, or on none (then `refused` names the first without room)."""
         with self._lock:  # held on the event loop: one dict lookup per budget, then the sums
             counters = self._c
-            found = [counters.get(b.key) for b in budgets]
+            keys = [b.key for b in budgets]
+            if self._moved:  # budgets a caller took from the policy before `replace` re-keyed the windows
+                keys = [self._moved.get(k, k) for k in keys]
+            found = [counters.get(k) for k in keys]
             for i, (b, c) in enumerate(zip(budgets, found)):
                 used = c.spent + c.reserved if c is not None else ZERO
                 if used + amount > b.limit or (b.limit == ZERO):
                     return Reserved(i, [Counter(x.spent, x.reserved) if x is not None else Counter() for x in found])
             held = []
-            for b, c in zip(budgets, found):
+            for k, c in zip(keys, found):
                 if c is None:
-                    c = counters.setdefault(b.key, Counter())  # (the same key twice shares one counter)
+                    c = counters.setdefault(k, Counter())  # (the same key twice shares one counter)
                 c.reserved += amount
                 held.append(c)
             if self._tracking:
-                self._changed.update([b.key for b in budgets])
+                self._changed.update(keys)
             return Reserved(None, [Counter(x.spent, x.reserved) for x in held])
 
     def settle(self, res: Reservation, actual: Decimal, row: LedgerRow | None = None) -> None:
         with self._lock:
-            for k in res.keys:
+            keys = [self._moved.get(k, k) for k in res.keys] if self._moved else res.keys
+            for k in keys:
                 c = self._c.setdefault(k, Counter())
                 c.reserved = max(ZERO, c.reserved - res.amount)
                 c.spent += actual
             if self._tracking:
-                self._changed.update(res.keys)
+                self._changed.update(keys)
 
     def record(self, row: LedgerRow) -> None:
         """Nothing to do: the DuckDB ledger keeps the row."""
@@ -131,7 +138,7 @@ class MemoryCounters:
 
     def get(self, key: CounterKey) -> Counter:
         with self._lock:
-            c = self._c.get(key)
+            c = self._c.get(self._moved.get(key, key) if self._moved else key)
             return Counter(c.spent, c.reserved) if c else Counter()
 
     def prune(self, keep: Callable[[CounterKey], bool]) -> int:
@@ -143,6 +150,30 @@ class MemoryCounters:
                     self._c.pop(k, None)
                     self._changed.discard(k)
         return len(old)
+
+    def replace(self, build: Callable[[MemoryCounters], None], moved: Callable[[CounterKey], CounterKey | None]) -> int:
+        """Swap every counter for those `build` fills into a fresh store (a rebuild from the ledger in
+        other windows: the policy's time zone changed), under the lock throughout, so no reservation
+        or settlement falls between the two (the event loop waits for the rebuild: a rare event, and
+        shorter than a restart). What is still reserved moves to the key `moved` names (None: drops
+        it), and later settlements of those reservations follow it there: requests in flight are
+        neither forgotten nor left reserved for ever. Returns the counters moved."""
+        fresh = MemoryCounters()
+        with self._lock:
+            build(fresh)
+            aliases: dict[CounterKey, CounterKey] = {}
+            for k, c in self._c.items():
+                if c.reserved > 0 and (to := moved(k)) is not None:
+                    fresh._c.setdefault(to, Counter()).reserved += c.reserved
+                    if to != k:
+                        aliases[k] = to
+            for k, to in self._moved.items():  # moved by an earlier replace, and again now
+                if to in aliases:
+                    aliases[k] = aliases[to]
+            self._c = fresh._c
+            self._moved = aliases
+            self._changed = set()  # readers re-read everything: their policy changed with the windows
+        return len(aliases)
 
     def items(self) -> list[tuple[CounterKey, Counter]]:
         """A copy of every counter, each (spent, reserved) pair read under the lock.

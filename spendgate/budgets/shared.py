@@ -23,9 +23,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 
-from spendgate.budgets.book import ZERO, Budget, Counter, CounterKey, Reservation, Reserved, Ticket
+from spendgate.budgets.book import ZERO, Budget, Counter, CounterKey, Reservation, Reserved, Ticket, ledger_row_scopes
+from spendgate.budgets.windows import WINDOWS, bounds
+from spendgate.central.charging import user_only
+from spendgate.policy.model import Policy
 from spendgate.store.ledger import LedgerRow
-from spendgate.store.postgres import PostgresStore, StoreUnavailable, redact, row_from_json, row_json
+from spendgate.store.postgres import ZONE_LOCK, PostgresStore, StoreUnavailable, redact, row_from_json, row_json
 
 __all__ = ["LeaseKeeper", "NoPlanCharges", "SharedCounters", "is_store_url", "open_counters", "redact"]
 
@@ -34,6 +37,48 @@ log = logging.getLogger(__name__)
 MAX_PENDING = 100_000  # settlements kept for retry while the store is away (then the reaper charges them)
 FORGET_EVERY = 600.0  # seconds between clean-ups of reservations closed more than a day ago
 FRESH_SECONDS = 2.0  # how long a counter seen in an admission answers get() without asking the store
+
+
+ZONE_SETTING = "timezone"  # store_settings: the zone the counters' window starts are in
+
+
+def rezone(store: PostgresStore, policy: Policy, now: datetime) -> int | None:
+    """Start-up: key the store's current windows in the policy's time zone.
+
+    Counters are keyed by window start, which the zone decides; the store remembers the zone its
+    counters are in. Started with another zone, a replica (one at a time: ZONE_LOCK) charges each of
+    the new zone's current windows what the store's ledger holds for it and its counter lacks (never
+    less: what a counter already holds stays), as a DuckDB gateway's start-up rebuild would, then
+    records the zone. None: the zone is unchanged (or recorded for the first time: counters written
+    before this version were keyed in the zone of the policy they ran with). Running replicas refuse a
+    live zone change (gateway.zone_change_refused): restart them together.
+    """
+    zone = str(policy.timezone)
+    with store.exclusive(ZONE_LOCK):
+        was = store.setting(ZONE_SETTING)
+        if was == zone:
+            return None
+        if was is None:
+            store.set_setting(ZONE_SETTING, zone)
+            return None
+        starts = {w: bounds(w, now, policy.timezone)[0] for w in WINDOWS}
+        wanted: dict[CounterKey, Decimal] = {}
+        for at, user, fp, ws, basis, plan, whole, usd in store.charged_since(min(starts.values())):
+            names = ledger_row_scopes(policy, user, fp, ws, basis or "api", plan, at)
+            for scope in names if whole else user_only(names):
+                for w, start in starts.items():
+                    if at >= start:
+                        key = (scope, w, start)
+                        wanted[key] = wanted.get(key, ZERO) + Decimal(usd)
+        have = store.counters(list(wanted))
+        for key, usd in wanted.items():
+            missing = usd - (have[key][0] if key in have else ZERO)
+            if missing > 0:
+                store.add(key, missing)
+        store.set_setting(ZONE_SETTING, zone)
+    log.warning("spendgate: the policy's time zone is %s, the shared store's counters were keyed in %s: its "
+                "current windows were charged from its ledger (%d counters)", zone, was, len(wanted))
+    return len(wanted)
 
 
 def is_store_url(url: str) -> bool:

@@ -488,10 +488,22 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         ALTER TABLE requests ADD COLUMN IF NOT EXISTS output_video_high_res_seconds BIGINT DEFAULT 0;
         """,
     ),
+    (
+        12,
+        "the store's settings: the time zone its budget windows are keyed in (spendgate.budgets.shared.rezone)",
+        """
+        CREATE TABLE IF NOT EXISTS store_settings (
+            name TEXT PRIMARY KEY,
+            value TEXT NOT NULL,
+            updated_at TIMESTAMPTZ NOT NULL DEFAULT now()
+        );
+        """,
+    ),
 ]
 SCHEMA_VERSION = max(v for v, _, _ in MIGRATIONS)
 MIGRATION_LOCK = 0x5E4D6A7E  # pg_advisory_xact_lock key: two `store migrate` runs take turns
 REQUESTS_LOCK = 0x5E4D6A7F  # pg_advisory_lock key: one replica at a time files an increase request
+ZONE_LOCK = 0x5E4D6A80  # pg_advisory_lock key: one replica at a time re-keys the windows to a new time zone
 
 
 class StoreError(RuntimeError):
@@ -814,6 +826,22 @@ class PostgresStore:
                     con.execute("SELECT pg_advisory_unlock(%s)", [key])
         except self._psycopg.OperationalError as e:
             raise StoreUnavailable(f"the store {redact(self.url)} failed: {_why(e)}") from None
+
+    def setting(self, name: str) -> str | None:
+        row = self._run("SELECT value FROM store_settings WHERE name = %s", [name], fetch="one")
+        return row[0] if row else None
+
+    def set_setting(self, name: str, value: str) -> None:
+        self._run("INSERT INTO store_settings (name, value) VALUES (%s, %s) ON CONFLICT (name) DO UPDATE "
+                  "SET value = excluded.value, updated_at = now()", [name, value], fetch="count")
+
+    def charged_since(self, since: datetime) -> list[tuple]:
+        """Rows charged at or after `since` (where the centre charged a pushed row, `charged_at`, else
+        its own time): (charged at, user, key, workspace, basis, plan, shared, USD)."""
+        return self._run(
+            'SELECT coalesce(charged_at, ts), "user", key_fingerprint, workspace, billing_basis, plan, '
+            "coalesce(shared, true), charged_usd FROM requests "
+            "WHERE coalesce(charged_at, ts) >= %s AND charged_usd > 0", [since])
 
     def claim_alert(self, key: tuple[str, str, datetime, str, Decimal], spent: Decimal, limit: Decimal) -> bool:
         """True for the one replica that records this alert first; the others stay quiet."""
