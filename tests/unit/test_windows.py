@@ -3,6 +3,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from spendgate.budgets import windows
 from spendgate.budgets.windows import bounds, seconds_until
 
 NY = ZoneInfo("America/New_York")
@@ -52,3 +53,26 @@ def test_seconds_until_rounds_up_and_is_positive():
     now = utc(2026, 1, 1, 0, 0, 0)
     assert seconds_until(now + timedelta(seconds=1.2), now) == 2
     assert seconds_until(now - timedelta(seconds=5), now) == 1
+
+
+def test_hour_windows_partition_time_around_every_2026_offset_change():
+    """Each instant in exactly one hour window, at most an hour long, whatever the shift (sixteenth review)."""
+    for name in ("Europe/Paris", "America/St_Johns", "Australia/Lord_Howe", "Pacific/Chatham",
+                 "America/Santiago", "Asia/Kolkata", "Australia/Adelaide"):
+        tz = ZoneInfo(name)
+        t = datetime(2026, 1, 1, tzinfo=UTC)
+        changes = []
+        while t.year == 2026:  # the year's offset changes, to the hour
+            if (t + timedelta(hours=1)).astimezone(tz).utcoffset() != t.astimezone(tz).utcoffset():
+                changes.append(t)
+            t += timedelta(hours=1)
+        for change in changes:
+            t, prev = change - timedelta(hours=3), None
+            while t < change + timedelta(hours=4):
+                windows._LAST.clear()
+                w = windows.bounds("hour", t, tz)
+                assert w[0] <= t < w[1] and w[1] - w[0] <= timedelta(hours=1), (name, t, w)
+                if prev is not None and w != prev:
+                    assert w[0] == prev[1], (name, prev, w)
+                prev = w
+                t += timedelta(minutes=5)
