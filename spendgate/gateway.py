@@ -39,6 +39,7 @@ from spendgate.store.postgres import StoreError
 from spendgate.telemetry.config import TelemetrySettings
 from spendgate.telemetry.service import Telemetry
 from spendgate.tokens import TokenStore, tokens_path
+from spendgate.wallclock import StepGuard
 from spendgate.web import app as web
 from spendgate.web import routes
 from spendgate.web.server import AdminServer, discovery_path
@@ -107,6 +108,8 @@ class Gateway:
         except Exception as e:
             raise GatewayError(f"cannot open the ledger {settings.db}: {e}") from None
         now = datetime.now(UTC)
+        self._steps = StepGuard()  # housekeeping's look at the wall and monotonic clocks (spendgate.wallclock)
+        self._steps.steady(now)
         self.lease_keeper: shared.LeaseKeeper | None = None
         if settings.store:  # one budget across replicas: counters live in PostgreSQL, not in this process
             try:
@@ -261,10 +264,14 @@ class Gateway:
     _pruned_at = 0.0
 
     def _housekeep(self) -> None:
-        self.plan_charger.apply(self.policy, self.book.store, datetime.now(UTC))  # a new day's seats
+        now = datetime.now(UTC)
+        steady = self._steps.steady(now)  # every tick: the reference of the next one
+        self.plan_charger.apply(self.policy, self.book.store, now)  # a new day's seats
         self.ingest.check_silent()  # a centre: laptops that stopped calling in (spendgate.central.roster)
-        if time.monotonic() - self._pruned_at > 60:  # old windows' counters: keep memory flat
-            self.book.prune()
+        # old windows' counters: keep memory flat; never on a tick where the wall clock stepped (a
+        # clock read hours ahead would drop this hour's counters for good): the next tick does it
+        if steady and time.monotonic() - self._pruned_at > 60:
+            self.book.prune(now)
             self._pruned_at = time.monotonic()
 
     def reload_pricing(self, data: bytes | None = None) -> bool:

@@ -124,12 +124,14 @@ class GrantBook:
         with self._lock:
             return [g for gs in self._by.values() for g in gs]
 
-    def load(self, cur: duckdb.DuckDBPyConnection) -> int:
-        """Grants whose expiry the audit trail has not recorded yet."""
+    def load(self, cur: duckdb.DuckDBPyConnection, now: datetime | None = None) -> int:
+        """Grants whose expiry the audit trail has not recorded yet, and those it recorded although
+        their `until` is still after `now` (the wall clock was stepped ahead when it was recorded:
+        nothing revokes a grant, so it still holds)."""
         rows = cur.execute(
             'SELECT id, request_id, scope, "window", amount_usd, starts, until, granted_by FROM grants g '
-            "WHERE NOT EXISTS (SELECT 1 FROM audit a WHERE a.event = 'grant_expired' AND a.ref = g.id)"
-        ).fetchall()
+            "WHERE until > ? OR NOT EXISTS (SELECT 1 FROM audit a WHERE a.event = 'grant_expired' AND a.ref = g.id)",
+            [now or datetime.now(UTC)]).fetchall()
         for r in rows:
             self.add(Grant(r[0], r[1], r[2], r[3], Decimal(r[4]), _utc(r[5]), _utc(r[6]), r[7]))
         return len(rows)

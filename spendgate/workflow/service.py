@@ -21,6 +21,7 @@ from spendgate.policy.model import Policy
 from spendgate.policy.sections import SinkConfig
 from spendgate.store.engine import duckdb
 from spendgate.store.ledger import LedgerRow
+from spendgate.wallclock import StepGuard
 from spendgate.workflow import audit as audit_mod
 from spendgate.workflow.alerts import AlertEngine, Spent, warning_line
 from spendgate.workflow.approvals import (
@@ -39,6 +40,10 @@ Cursor = Callable[[], duckdb.DuckDBPyConnection]
 IMPLICIT_LOG = SinkConfig(name="log", type="log")
 
 
+def wall_now() -> datetime:
+    return datetime.now(UTC)
+
+
 class Workflow:
     def __init__(
         self,
@@ -46,17 +51,21 @@ class Workflow:
         book: BudgetBook,
         cursor: Cursor,
         *,
-        now: Callable[[], datetime] = lambda: datetime.now(UTC),
+        now: Callable[[], datetime] | None = None,
         housekeeping_interval: float = 1.0,
         dispatcher: Dispatcher | None = None,
     ) -> None:
         self._policy = policy
         self.book = book
         self.cursor = cursor
+        # expire_grants' look at the wall and monotonic clocks (spendgate.wallclock); a `now` of the
+        # caller's (a simulated clock) has no monotonic clock to compare with: no guard
+        self._steps = StepGuard() if now is None else None
+        now = now or wall_now
         self.now = now
         self.audit = AuditLog(cursor, now)
         self.grants = GrantBook()
-        self.grants.load(cursor())
+        self.grants.load(cursor(), now())
         book.grants = self.grants.total
         book.granted_scopes = self.grants.scopes
         book.grant_index = self.grants.live_scopes
@@ -138,7 +147,13 @@ class Workflow:
 
     # -- grants expiring --
     def expire_grants(self) -> int:
-        gone = self.grants.expired(self.now())
+        """Record the grants whose time is over as expired, unless the wall clock stepped since the
+        last look (spendgate.wallclock): a clock read a day ahead must not end today's grants."""
+        now = self.now()
+        if self._steps is not None and not self._steps.steady(now):
+            log.warning("spendgate: the wall clock stepped (now %s): grant expiry waits for the next tick", now)
+            return 0
+        gone = self.grants.expired(now)
         for g in gone:
             self.audit.safe_append("grant_expired", "spendgate", scope=g.scope, ref=g.id, detail={
                 "request_id": g.request_id, "amount_usd": g.amount, "window": g.window, "until": g.until})

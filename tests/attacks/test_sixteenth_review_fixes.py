@@ -51,3 +51,65 @@ def test_a_running_gateway_on_the_shared_store_refuses_a_zone_change(tmp_path: P
     finally:
         gw.close()
     assert rejected and "cannot be applied to a running gateway on the shared store" in str(rejected)
+
+
+# D3: irreversible housekeeping skips a tick where the wall clock stepped; a grant recorded expired
+# while the clock was ahead comes back at the next start (its `until` is still to come).
+
+def test_the_step_guard_skips_the_tick_of_a_step_and_trusts_the_next():
+    from datetime import timedelta
+
+    from spendgate.wallclock import StepGuard
+
+    mono = [100.0]
+    guard = StepGuard(monotonic=lambda: mono[0])
+    t = datetime(2026, 12, 2, 10, tzinfo=UTC)
+    assert guard.steady(t)  # the first look: nothing to compare with
+    mono[0] += 60
+    assert guard.steady(t + timedelta(seconds=61))  # NTP-sized disagreement
+    mono[0] += 1
+    assert not guard.steady(t + timedelta(hours=3))  # stepped ahead
+    mono[0] += 1
+    assert not guard.steady(t + timedelta(seconds=63))  # and back
+    mono[0] += 60
+    assert guard.steady(t + timedelta(seconds=123))  # settled
+
+
+GRANT_POLICY = """\
+version: 1
+timezone: UTC
+organization: {name: acme, owners: [boss]}
+defaults:
+  user: {day: 0.05}
+approvals:
+  organization: {approvers: [boss], auto_approve_up_to: 5}
+"""
+
+
+def test_a_grant_recorded_expired_while_the_clock_was_ahead_holds_again_after_a_restart(tmp_path: Path,
+                                                                                       monkeypatch):
+    from datetime import timedelta
+
+    from tests.attacks.sixteenth_review_support import Clock
+
+    t0 = datetime(2026, 12, 2, 10, 15, tzinfo=UTC)
+    clock = Clock(t0).install(monkeypatch)
+    gw = gateway(tmp_path, GRANT_POLICY)
+    try:
+        assert spend(gw)[1] is None and spend(gw)[1].status == 429
+        assert gw.workflow.approvals.request("mallory", "user:mallory", "day", "1", "release")["status"] == \
+            "auto_approved"
+    finally:
+        gw.close()
+    clock.at = t0 + timedelta(days=1)  # started with the clock a day ahead: the first look is trusted
+    gw = gateway(tmp_path, GRANT_POLICY)
+    gw.close()
+    clock.at = t0 + timedelta(minutes=5)  # the clock put right, and a restart
+    gw = gateway(tmp_path, GRANT_POLICY)
+    try:
+        expired = [r for r in gw.workflow.audit_rows(None) if r.get("event") == "grant_expired"]
+        refused = spend(gw)[1]
+    finally:
+        gw.close()
+    assert expired, "the grant was recorded expired while the clock was ahead (the case this test is about)"
+    assert refused is None, "the +$1 grant until midnight did not come back"
