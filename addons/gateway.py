@@ -104,7 +104,10 @@ class SpendGate:
         # background work can add to a proxied request or stream event.
         sys.setswitchinterval(SWITCH_INTERVAL)
         h2_data.install()  # before any connection: b"" is a streamed body's end on HTTP/2 too
-        dispatch.install()  # every event of every flow goes through it: ~450 µs of CPU less per request
+        dispatch.install()  # every event of every flow goes through it: ~700 µs of CPU less per request
+        # spendgate's hooks run even when an error in a script before it cuts an event short
+        # (eighteenth review): a provider request is never forwarded unchecked that way
+        dispatch.guard(addons)
         # Everything this process creates from now on (ledger, its WAL that DuckDB makes itself,
         # journal, discovery file) is owner-only. mitmproxy made its CA files before scripts load.
         os.umask(fsutil.PRIVATE_UMASK)
@@ -590,6 +593,7 @@ class SpendGate:
         self.gateway.meter.finish(ex, result, ended=msg, bytes_out=tap.bytes_seen if tap else 0)
 
     def done(self) -> None:
+        dispatch.unguard(addons)
         if self.gateway:
             self.gateway.close()
             self.gateway = None
