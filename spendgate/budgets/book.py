@@ -275,6 +275,12 @@ def row_scopes(org: str, user: str, key_fingerprint: str | None, workspace: str 
     return scope_names(org, user, (workspace or "").split(","), key_fingerprint)
 
 
+def user_only(names: Iterable[str]) -> list[str]:
+    """The scopes of a row that are the user's own (their `user:` budgets, subscription ones included):
+    what a laptop's row charges past the user's room (central.charging)."""
+    return [n for n in names if n.startswith(("user:", "subscription:user:"))]
+
+
 def ledger_row_scopes(policy: Policy, user: str, key_fingerprint: str | None, workspace: str | None,
                       basis: str, plan: str | None, now: datetime) -> list[str]:
     """The scopes a stored ledger row counts against, `subscription_usage` applied to subscription rows."""

@@ -28,7 +28,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from spendgate.budgets.book import ledger_row_scopes
+from spendgate.budgets.book import ledger_row_scopes, user_only
 from spendgate.budgets.windows import WINDOWS, bounds
 from spendgate.policy.model import Policy
 from spendgate.pricing import reprice
@@ -82,8 +82,8 @@ def _deltas(changes: Sequence[reprice.RowChange], policy: Policy, now: datetime,
         ts = at or c.ts
         ts = ts if ts.tzinfo else ts.replace(tzinfo=UTC)
         names = ledger_row_scopes(policy, c.user, c.key_fingerprint, c.workspace, c.basis, c.plan, ts)
-        if not shared:  # central.charging.user_only (not imported: budgets sits below central)
-            names = [n for n in names if n.startswith(("user:", "subscription:user:"))]
+        if not shared:
+            names = user_only(names)
         for scope in names:
             for w in WINDOWS:
                 start = bounds(w, ts, tz)[0]

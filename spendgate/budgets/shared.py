@@ -23,9 +23,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 
-from spendgate.budgets.book import ZERO, Budget, Counter, CounterKey, Reservation, Reserved, Ticket, ledger_row_scopes
+from spendgate.budgets.book import (ZERO, Budget, Counter, CounterKey, Reservation, Reserved, Ticket, ledger_row_scopes,
+                                    user_only)
 from spendgate.budgets.windows import WINDOWS, bounds
-from spendgate.central.charging import user_only
 from spendgate.policy.model import Policy
 from spendgate.store.ledger import LedgerRow
 from spendgate.store.postgres import ZONE_LOCK, PostgresStore, StoreUnavailable, redact, row_from_json, row_json

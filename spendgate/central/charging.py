@@ -36,7 +36,7 @@ from decimal import Decimal
 from typing import Any
 
 from spendgate import bounds as text_bounds
-from spendgate.budgets.book import BudgetBook, ledger_row_scopes
+from spendgate.budgets.book import BudgetBook, ledger_row_scopes, user_only
 from spendgate.budgets.windows import WINDOWS, bounds
 from spendgate.identity import Identity
 from spendgate.store.ledger import LedgerRow
@@ -60,11 +60,6 @@ class Charge:
     scopes: list[str]
     late: bool = False  # charged at the receipt, not at its own time
     shared: bool = True  # False: charged to the user's own budgets only
-
-
-def user_only(names: Iterable[str]) -> list[str]:
-    """The scopes of a row that are the user's own (their `user:` budgets, subscription ones included)."""
-    return [n for n in names if n.startswith(("user:", "subscription:user:"))]
 
 
 class ChargePlanner:

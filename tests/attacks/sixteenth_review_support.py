@@ -65,3 +65,15 @@ class Clock:
         for name in self.MODULES:
             monkeypatch.setattr(importlib.import_module(name), "datetime", FakeDatetime)
         return self
+
+
+# a $0.05 day for every user, and grants up to $5 approved at once: the grant tests' policy
+GRANT_POLICY = """\
+version: 1
+timezone: UTC
+organization: {name: acme, owners: [boss]}
+defaults:
+  user: {day: 0.05}
+approvals:
+  organization: {approvers: [boss], auto_approve_up_to: 5}
+"""

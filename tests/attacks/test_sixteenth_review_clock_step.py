@@ -19,7 +19,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from tests.attacks.sixteenth_review_support import Clock, gateway, spend
+from tests.attacks.sixteenth_review_support import GRANT_POLICY, Clock, gateway, spend
 
 T0 = datetime(2026, 12, 2, 10, 15, tzinfo=UTC)
 
@@ -42,20 +42,11 @@ def test_a_clock_ahead_for_a_minute_does_not_empty_this_hours_budget(tmp_path: P
         gw.close()
 
 
-POLICY = """\
-version: 1
-timezone: UTC
-organization: {name: acme, owners: [boss]}
-defaults:
-  user: {day: 0.05}
-approvals:
-  organization: {approvers: [boss], auto_approve_up_to: 5}
-"""
 
 
 def test_a_clock_ahead_for_a_second_does_not_end_todays_grants(tmp_path: Path, monkeypatch):
     clock = Clock(T0).install(monkeypatch)
-    gw = gateway(tmp_path, POLICY)
+    gw = gateway(tmp_path, GRANT_POLICY)
     try:
         assert spend(gw)[1] is None  # $0.15 today, the cap is $0.05
         assert spend(gw)[1].status == 429

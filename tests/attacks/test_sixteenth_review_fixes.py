@@ -13,7 +13,7 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 from spendgate.budgets.windows import bounds
-from tests.attacks.sixteenth_review_support import ANTHROPIC, AUTH, REQUEST, answer, gateway, spend
+from tests.attacks.sixteenth_review_support import ANTHROPIC, AUTH, GRANT_POLICY, REQUEST, answer, gateway, spend
 from tests.attacks.tenth_review_support import answered, send
 
 UTC_POLICY = "version: 1\ntimezone: UTC\ndefaults:\n  user: {day: 1, month: 1}\n"
@@ -75,15 +75,6 @@ def test_the_step_guard_skips_the_tick_of_a_step_and_trusts_the_next():
     assert guard.steady(t + timedelta(seconds=123))  # settled
 
 
-GRANT_POLICY = """\
-version: 1
-timezone: UTC
-organization: {name: acme, owners: [boss]}
-defaults:
-  user: {day: 0.05}
-approvals:
-  organization: {approvers: [boss], auto_approve_up_to: 5}
-"""
 
 
 def test_a_grant_recorded_expired_while_the_clock_was_ahead_holds_again_after_a_restart(tmp_path: Path,
