@@ -54,10 +54,11 @@ def test_side_by_side_figures(result: dict) -> None:
     f = result["figures"]
     plan = result["meta"]["plan"]
     for conc in ("nonstream_c1", "nonstream_c10"):
-        for proxy in ("plain", "spendgate"):
+        for proxy in ("plain", "dispatch", "spendgate"):  # dispatch: plain with spendgate's hook dispatch
             assert all(finite(f[conc][proxy][k]) and f[conc][proxy][k] > 0 for k in PER_PROXY), (conc, proxy)
-        assert set(f[conc]["ratio"]) == {"p50_ms", "p95_ms", "rps"}
-        assert all(finite(v) and v > 0 for v in f[conc]["ratio"].values())
+        for ratios in ("ratio", "like_ratio"):
+            assert set(f[conc][ratios]) == {"p50_ms", "p95_ms", "rps"}
+            assert all(finite(v) and v > 0 for v in f[conc][ratios].values())
     assert f["nonstream_c1"]["spendgate"]["requests"] == plan["rounds"] * plan["c1_requests"]
     assert f["nonstream_c10"]["spendgate"]["requests"] == plan["rounds"] * plan["c10_requests"] * 10
     for proxy in ("plain", "spendgate"):
@@ -83,8 +84,8 @@ def test_cpu_control_and_start_up_figures(result: dict) -> None:
     f = result["figures"]
     cpu = f["cpu"]
     for s in ("c1", "c10", "body_5mb"):
-        assert all(finite(cpu[s]["us"][p]) and cpu[s]["us"][p] > 0 for p in ("plain", "control", "spendgate")), s
-        assert finite(cpu[s]["added_us"]) and finite(cpu[s]["control_added_us"])
+        assert all(finite(cpu[s]["us"][p]) and cpu[s]["us"][p] > 0 for p in ("plain", "control", "dispatch", "spendgate")), s
+        assert finite(cpu[s]["added_us"]) and finite(cpu[s]["control_added_us"]) and finite(cpu[s]["like_added_us"])
     assert finite(cpu["stream"]["us"]["plain-stream"]) and finite(cpu["stream"]["us"]["spendgate"])
     assert finite(cpu["size_ratio"])
     for conc in ("nonstream_c1", "nonstream_c10"):
