@@ -43,10 +43,13 @@ def spend(gw: Gateway, output_tokens: int = 10_000):
 
 class Clock:
     """The wall clock the gateway reads (`datetime.now`), set by the test: `install` replaces the
-    `datetime` name in the modules that read it (admission, meter, book, workflow)."""
+    `datetime` name in the modules that read it (the gateway's housekeeping, admission, meter, book,
+    workflow). Every one of them: a module left on the real clock made a test pass or fail with the
+    time of day it ran at."""
 
-    MODULES = ("spendgate.budgets.admission", "spendgate.metering.meter", "spendgate.budgets.book",
-               "spendgate.workflow.service", "spendgate.workflow.approvals", "spendgate.workflow.audit")
+    MODULES = ("spendgate.gateway", "spendgate.budgets.admission", "spendgate.metering.meter",
+               "spendgate.budgets.book", "spendgate.workflow.service", "spendgate.workflow.approvals",
+               "spendgate.workflow.audit")
 
     def __init__(self, at) -> None:
         self.at = at
