@@ -93,6 +93,7 @@ def test_cpu_control_and_start_up_figures(result: dict) -> None:
     assert finite(f["body_5mb"]["added_ms"]) and finite(f["memory"]["ratio"]["mb_per_s"])
     pol = f["policy"]
     assert pol["users"] == result["meta"]["plan"]["policy_users"] and finite(pol["ready_s"]) and finite(pol["check_s"])
+    assert finite(pol["first_s"]) and finite(pol["restart_s"]) and pol["ready_s"] == max(pol["first_s"], pol["restart_s"])
 
 
 def test_spendgate_metered_every_request(result: dict) -> None:

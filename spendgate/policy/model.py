@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from spendgate.policy.parse_cache import cache_dir, load_policy_yaml
 from spendgate.policy.runway import RunwayConfig, parse_runway
 from spendgate.policy.sections import (
     AlertsConfig,
@@ -114,15 +115,14 @@ def _valid_stamp(text: str) -> Path | None:
     SPENDGATE_CACHE_DIR=off turns it off."""
     import importlib.util
 
-    root = os.environ.get("SPENDGATE_CACHE_DIR") or ""
-    if root.lower() in ("off", "0", "none"):
+    base = cache_dir()
+    if base is None:
         return None
     try:
         spec = importlib.util.find_spec("jsonschema")
         origin = spec.origin if spec else None
         st = os.stat(origin) if origin else None
-        base = Path(root) if root else Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "spendgate"
-    except (OSError, RuntimeError, ValueError):  # no home, no jsonschema: validate in full
+    except (OSError, ValueError):  # no jsonschema: validate in full
         return None
     if st is None:
         return None
@@ -432,14 +432,16 @@ def identity_problems(doc: dict, marks: Marks, identity: tuple[str, ...], truste
     (central mode) the gateway's own OS account standing in for every client."""
     out = []
     for i, source in enumerate(identity):
-        pos = mark(marks, ("identity", i)) if doc.get("identity") else (1, 1)
+        def pos() -> tuple[int, int]:  # looked up only for a problem (a cached parse composes it then)
+            return mark(marks, ("identity", i)) if doc.get("identity") else (1, 1)  # noqa: B023
+
         if is_asserted(source) and not trusted and not signed:
-            out.append(Problem(*pos, f"{source} is asserted by the client (anyone can send any name); it is "
+            out.append(Problem(*pos(), f"{source} is asserted by the client (anyone can send any name); it is "
                                      "believed only from the proxies listed under trusted_proxies: [CIDR, ...] "
                                      "(or signed: header_signature). Add the proxies that set it, or use "
                                      "proxy_auth (spendgate tokens issue)"))
         if source == "local_user" and mode == "central":
-            out.append(Problem(*pos, "local_user names the gateway's own OS account in central mode, not the "
+            out.append(Problem(*pos(), "local_user names the gateway's own OS account in central mode, not the "
                                      "client; use proxy_auth, api_key or client_ip"))
     return out
 
@@ -454,7 +456,7 @@ def _date(v: str | None) -> date | None:
 
 def parse(text: str, file: str = "<policy>", today: date | None = None) -> Policy:
     """Parse and validate a policy; raise PolicyError listing every problem with its position."""
-    doc, marks, problems = load_yaml_with_marks(text)
+    doc, marks, problems = load_policy_yaml(text)
     if doc is None or not isinstance(doc, dict):
         raise PolicyError(file, problems or [Problem(1, 1, "a policy is a mapping (version: 1, budgets, ...)")])
     stamp = _valid_stamp(text)

@@ -1,0 +1,144 @@
+"""The policy's parse cache: a restart with an unchanged policy reads back what YAML made of it.
+
+Composing a 10,000-user policy is ~0.4-0.6 s of a gateway's start on the 2-core machine (issue 18's
+"ready in <= 2 s"); reading its parse back as JSON is ~20 ms. Entries live in spendgate's cache
+folder (`cache_dir()`), are named by a SHA-256 of the text and of the code that parses it, hold
+only parses YAML found no problem in, and are believed only as far as the account's own private
+files (docs/security.md). Every check after parsing (schema, dates, identity) runs on every load.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import stat
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from spendgate import fsutil, yamlcheck
+
+log = logging.getLogger(__name__)
+
+
+def cache_dir() -> Path | None:
+    """spendgate's cache (policy stamps and parses): SPENDGATE_CACHE_DIR, else
+    $XDG_CACHE_HOME/spendgate or ~/.cache/spendgate (created 0700 on first write);
+    None when SPENDGATE_CACHE_DIR is off, 0 or none, or there is no home."""
+    root = os.environ.get("SPENDGATE_CACHE_DIR") or ""
+    if root.lower() in ("off", "0", "none"):
+        return None
+    try:
+        return Path(root) if root else Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "spendgate"
+    except (RuntimeError, KeyError):  # no home directory to be found
+        return None
+
+
+def load_policy_yaml(text: str) -> tuple[Any, yamlcheck.Marks, list[yamlcheck.Problem]]:
+    """The policy text's parse, from the cache when it holds one (see load_yaml_cached)."""
+    root = cache_dir()
+    return load_yaml_cached(text, root / "policy-parsed" if root else None)
+
+
+class _LazyMarks(yamlcheck.Marks):
+    """The positions of a parse served from `load_yaml_cached`: composed again from the text only
+    when a check asks for one (a warning, a problem found after parsing), so a start with an
+    unchanged policy never composes its YAML."""
+
+    def __init__(self, text: str, texts: dict[tuple, str]) -> None:
+        super().__init__()
+        self.texts = texts
+        self._text: str | None = text
+
+    def _load(self) -> None:
+        if self._text is not None:
+            text, self._text = self._text, None
+            dict.update(self, yamlcheck.load_yaml_with_marks(text)[1])
+
+    def __contains__(self, path: object) -> bool:
+        self._load()
+        return super().__contains__(path)
+
+    def __getitem__(self, path: tuple) -> tuple[int, int]:
+        self._load()
+        return super().__getitem__(path)
+
+    def get(self, path: tuple, default: Any = None) -> Any:
+        self._load()
+        return super().get(path, default)
+
+
+_CACHE_KEEP = 8  # parses kept: the current policy and a few it may be rolled back to
+
+
+def _cache_entry(folder: Path, text: str) -> Path:
+    """The entry's name is a SHA-256 over the text and what turns text into data: spendgate.yamlcheck
+    and PyYAML (each by path, size and mtime), so any edit of either or an upgrade misses."""
+    h = hashlib.sha256()
+    for mod in (yamlcheck.__file__, yaml.__file__):
+        st = os.stat(mod)
+        h.update(f"{mod}\0{st.st_size}\0{st.st_mtime_ns}\0\0".encode())
+    h.update(text.encode("utf-8", "surrogatepass"))
+    return folder / h.hexdigest()
+
+
+def load_yaml_cached(text: str, folder: Path | None) -> tuple[Any, yamlcheck.Marks, list[yamlcheck.Problem]]:
+    """yamlcheck.load_yaml_with_marks, remembering clean parses in `folder` (None: no cache).
+
+    Only parses without problems are kept, so every YAML problem is found and reported on every
+    load, with its position. An entry is believed only when it is a regular file (not a link) owned
+    by this account and readable by no one else (0600, written atomically): whoever could plant one
+    could rewrite the policy the gateway enforces. Anything unreadable, foreign or malformed is a
+    miss. File I/O: never on the event loop (start-up, the policy watcher's thread, the CLI)."""
+    entry = None
+    if folder is not None:
+        try:
+            entry = _cache_entry(folder, text)
+            hit = _read_entry(entry)
+        except (OSError, ValueError, TypeError, KeyError, AttributeError):  # unreadable or garbled: a miss
+            hit = None
+        if hit is not None:
+            doc, texts = hit
+            return doc, _LazyMarks(text, texts), []
+    doc, marks, problems = yamlcheck.load_yaml_with_marks(text)
+    if entry is not None and not problems and isinstance(doc, dict):
+        _write_entry(entry, doc, marks.texts)
+    return doc, marks, problems
+
+
+def _read_entry(entry: Path) -> tuple[dict, dict[tuple, str]] | None:
+    try:
+        fd = os.open(entry, os.O_RDONLY | fsutil.O_NOFOLLOW | fsutil.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode) or st.st_mode & 0o077 or (hasattr(os, "geteuid") and st.st_uid != os.geteuid()):
+            log.warning("policy parse cache %s is not this account's private file; not used", entry)
+            return None
+        saved = json.loads(f.read())
+    doc, texts = saved["doc"], {tuple(path): text for path, text in saved["texts"]}
+    if not isinstance(doc, dict) or not all(isinstance(t, str) for t in texts.values()):
+        return None
+    os.utime(entry)  # most recently used: kept when older entries are pruned
+    return doc, texts
+
+
+def _write_entry(entry: Path, doc: dict, texts: dict[tuple, str]) -> None:
+    """Keep a clean parse; one JSON cannot hold exactly (a !!binary value) or a disk that cannot
+    take it is simply not cached."""
+    try:
+        data = json.dumps({"doc": doc, "texts": [[list(p), t] for p, t in texts.items()]},
+                          allow_nan=False, separators=(",", ":"))
+        if json.loads(data)["doc"] != doc:  # would not come back equal: not cached
+            return
+        fsutil.private_dir(entry.parent)
+        fsutil.write_atomic(entry, data.encode())
+        entries = sorted(entry.parent.iterdir(), key=lambda p: p.stat().st_mtime_ns, reverse=True)
+        for old in entries[_CACHE_KEEP:]:
+            old.unlink(missing_ok=True)
+    except (OSError, TypeError, ValueError) as e:
+        log.debug("policy parse not cached: %s", e)
