@@ -96,8 +96,8 @@ def load_yaml_cached(text: str, folder: Path | None) -> tuple[Any, yamlcheck.Mar
     entry = None
     if folder is not None:
         try:
-            entry = _cache_entry(folder, text)
-            hit = _read_entry(entry)
+            entry = _cache_entry(folder, text) if _private_folder(folder) else None
+            hit = _read_entry(entry) if entry is not None else None
         except (OSError, ValueError, TypeError, KeyError, AttributeError):  # unreadable or garbled: a miss
             hit = None
         if hit is not None:
@@ -109,9 +109,25 @@ def load_yaml_cached(text: str, folder: Path | None) -> tuple[Any, yamlcheck.Mar
     return doc, marks, problems
 
 
-def _read_entry(entry: Path) -> tuple[dict, dict[tuple, str]] | None:
+def _private_folder(folder: Path, missing_ok: bool = True) -> bool:
+    """The folder itself is this account's, no symlink, and writable by no one else: in a folder
+    others can write, they could move our own entries about (an older policy's parse under the
+    current policy's name) or leave a FIFO where an entry is read. Missing: created 0700 on write."""
     try:
-        fd = os.open(entry, os.O_RDONLY | fsutil.O_NOFOLLOW | fsutil.O_CLOEXEC)
+        st = os.lstat(folder)
+    except FileNotFoundError:
+        return missing_ok
+    if not hasattr(os, "geteuid"):  # Windows: no owner/mode bits to go by; entries are checked as before
+        return stat.S_ISDIR(st.st_mode)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o022:
+        log.warning("policy parse cache %s is not this account's private folder; not used", folder)
+        return False
+    return True
+
+
+def _read_entry(entry: Path) -> tuple[dict, dict[tuple, str]] | None:
+    try:  # O_NONBLOCK: a FIFO at the name must not wait for a writer (fstat then refuses it)
+        fd = os.open(entry, os.O_RDONLY | fsutil.O_NOFOLLOW | fsutil.O_CLOEXEC | getattr(os, "O_NONBLOCK", 0))
     except FileNotFoundError:
         return None
     with os.fdopen(fd, "rb") as f:
@@ -120,10 +136,15 @@ def _read_entry(entry: Path) -> tuple[dict, dict[tuple, str]] | None:
             log.warning("policy parse cache %s is not this account's private file; not used", entry)
             return None
         saved = json.loads(f.read())
-    doc, texts = saved["doc"], {tuple(path): text for path, text in saved["texts"]}
-    if not isinstance(doc, dict) or not all(isinstance(t, str) for t in texts.values()):
-        return None
-    os.utime(entry)  # most recently used: kept when older entries are pruned
+        if saved.get("key") != entry.name:  # one of our entries under another name (moved, linked): not this text's
+            return None
+        doc, texts = saved["doc"], {tuple(path): text for path, text in saved["texts"]}
+        if not isinstance(doc, dict) or not all(isinstance(t, str) for t in texts.values()):
+            return None
+        try:  # most recently used: kept when older entries are pruned (the file read, not whatever the name is now)
+            os.utime(f.fileno() if os.utime in os.supports_fd else entry)
+        except OSError:
+            pass
     return doc, texts
 
 
@@ -131,11 +152,13 @@ def _write_entry(entry: Path, doc: dict, texts: dict[tuple, str]) -> None:
     """Keep a clean parse; one JSON cannot hold exactly (a !!binary value) or a disk that cannot
     take it is simply not cached."""
     try:
-        data = json.dumps({"doc": doc, "texts": [[list(p), t] for p, t in texts.items()]},
+        data = json.dumps({"key": entry.name, "doc": doc, "texts": [[list(p), t] for p, t in texts.items()]},
                           allow_nan=False, separators=(",", ":"))
         if json.loads(data)["doc"] != doc:  # would not come back equal: not cached
             return
         fsutil.private_dir(entry.parent)
+        if not _private_folder(entry.parent, missing_ok=False):  # others could move it about: not left there
+            return
         fsutil.write_atomic(entry, data.encode())
         entries = sorted(entry.parent.iterdir(), key=lambda p: p.stat().st_mtime_ns, reverse=True)
         for old in entries[_CACHE_KEEP:]:
