@@ -70,6 +70,49 @@ class _LazyMarks(yamlcheck.Marks):
         self._load()
         return super().get(path, default)
 
+    # every other way of reading a mapping sees the positions too (dict(m), len, iteration, ==)
+    def __iter__(self) -> Any:
+        self._load()
+        return super().__iter__()
+
+    def __len__(self) -> int:
+        self._load()
+        return super().__len__()
+
+    def __eq__(self, other: object) -> bool:
+        self._load()
+        return super().__eq__(other)
+
+    def __ne__(self, other: object) -> bool:
+        self._load()
+        return super().__ne__(other)
+
+    __hash__ = None  # type: ignore[assignment]  # a dict: unhashable, as before __eq__ was defined
+
+    def __repr__(self) -> str:
+        self._load()
+        return super().__repr__()
+
+    def keys(self) -> Any:
+        self._load()
+        return super().keys()
+
+    def values(self) -> Any:
+        self._load()
+        return super().values()
+
+    def items(self) -> Any:
+        self._load()
+        return super().items()
+
+    def copy(self) -> dict:
+        self._load()
+        return super().copy()
+
+    def __setitem__(self, path: tuple, pos: tuple[int, int]) -> None:
+        self._load()  # composed first, so what is set here is not overwritten by the composed positions
+        super().__setitem__(path, pos)
+
 
 _CACHE_KEEP = 8  # parses kept: the current policy and a few it may be rolled back to
 

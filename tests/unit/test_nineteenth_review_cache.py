@@ -98,3 +98,17 @@ def test_a_symlinked_cache_folder_is_not_used(cache: Path, tmp_path: Path, monke
     real = yamlcheck.load_yaml_with_marks
     monkeypatch.setattr(yamlcheck, "load_yaml_with_marks", lambda text: composed.append(text) or real(text))
     assert alice_day(STRICT) == 150 and len(composed) == 1
+
+
+def test_positions_served_from_the_cache_are_the_whole_mapping(cache: Path) -> None:
+    """A hit's marks are a yamlcheck.Marks: any way of reading them (iterating, len, items, ==,
+    dict(...), truth) sees the same positions as a parse, not an empty mapping until `in` or
+    `get` happens to be called first (a later check that walks the marks would find nothing)."""
+    text = STRICT
+    _, ref, _ = yamlcheck.load_yaml_with_marks(text)
+    parse_cache.load_yaml_cached(text, cache)
+    for read in (dict, len, bool, list, lambda m: list(m.items()), lambda m: list(m.keys()),
+                 lambda m: list(m.values()), lambda m: m == ref, lambda m: dict(m.copy())):
+        _, marks, _ = parse_cache.load_yaml_cached(text, cache)
+        assert isinstance(marks, parse_cache._LazyMarks)  # served from the cache
+        assert read(marks) == read(ref)
