@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from spendgate.policy.parse_cache import cache_dir, load_policy_yaml
+from spendgate.policy.parse_cache import _private_folder as private_stamp_folder
+from spendgate.policy.parse_cache import cache_dir, load_policy_yaml, private_stamp, prune
 from spendgate.policy.runway import RunwayConfig, parse_runway
 from spendgate.policy.sections import (
     AlertsConfig,
@@ -132,13 +133,19 @@ def _valid_stamp(text: str) -> Path | None:
     return base / "policy-valid" / h.hexdigest()
 
 
+_STAMPS_KEEP = 16  # schema stamps kept (pruned least recently used first, like the parses)
+
+
 def _remember_valid(stamp: Path) -> None:
     """Write the stamp (an empty 0600 file); a cache that cannot be written is no error."""
     from spendgate import fsutil
 
     try:
         fsutil.private_dir(stamp.parent)
+        if not private_stamp_folder(stamp.parent):  # others could plant stamps there: none left for them
+            return
         fsutil.write_atomic(stamp, b"")
+        prune(stamp.parent, _STAMPS_KEEP)
     except OSError:
         pass
 
@@ -460,7 +467,7 @@ def parse(text: str, file: str = "<policy>", today: date | None = None) -> Polic
     if doc is None or not isinstance(doc, dict):
         raise PolicyError(file, problems or [Problem(1, 1, "a policy is a mapping (version: 1, budgets, ...)")])
     stamp = _valid_stamp(text)
-    if stamp is None or not stamp.exists():
+    if stamp is None or not private_stamp(stamp):
         problems += [] if _valid_fast(doc) else schema_problems(_validator(), doc, marks, _explain(marks))
         if not problems and stamp is not None:
             _remember_valid(stamp)

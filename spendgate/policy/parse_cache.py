@@ -160,6 +160,8 @@ def _private_folder(folder: Path, missing_ok: bool = True) -> bool:
         st = os.lstat(folder)
     except FileNotFoundError:
         return missing_ok
+    except OSError:  # a file where a folder would be, no access: no cache
+        return False
     if not hasattr(os, "geteuid"):  # Windows: no owner/mode bits to go by; entries are checked as before
         return stat.S_ISDIR(st.st_mode)
     if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o022:
@@ -203,8 +205,40 @@ def _write_entry(entry: Path, doc: dict, texts: dict[tuple, str]) -> None:
         if not _private_folder(entry.parent, missing_ok=False):  # others could move it about: not left there
             return
         fsutil.write_atomic(entry, data.encode())
-        entries = sorted(entry.parent.iterdir(), key=lambda p: p.stat().st_mtime_ns, reverse=True)
-        for old in entries[_CACHE_KEEP:]:
-            old.unlink(missing_ok=True)
+        prune(entry.parent, _CACHE_KEEP)
     except (OSError, TypeError, ValueError) as e:
         log.debug("policy parse not cached: %s", e)
+
+
+def prune(folder: Path, keep: int) -> None:
+    """Keep the `keep` most recently used files in `folder` (a file that goes meanwhile is no error)."""
+    def used(p: Path) -> int:
+        try:
+            return p.lstat().st_mtime_ns
+        except OSError:
+            return 0
+
+    for old in sorted(folder.iterdir(), key=used, reverse=True)[keep:]:
+        try:
+            old.unlink()
+        except OSError:
+            pass
+
+
+def private_stamp(stamp: Path) -> bool:
+    """An empty marker file (the schema stamps) is believed like an entry: this account's regular
+    file, not a link, private, in a private folder; its mtime is refreshed (pruned last)."""
+    if not _private_folder(stamp.parent, missing_ok=False):
+        return False
+    try:
+        st = os.lstat(stamp)
+    except OSError:
+        return False
+    if not stat.S_ISREG(st.st_mode) or (hasattr(os, "geteuid") and (st.st_uid != os.geteuid() or st.st_mode & 0o077)):
+        log.warning("policy schema stamp %s is not this account's private file; not used", stamp)
+        return False
+    try:
+        os.utime(stamp, follow_symlinks=False) if os.utime in os.supports_follow_symlinks else os.utime(stamp)
+    except OSError:
+        pass
+    return True

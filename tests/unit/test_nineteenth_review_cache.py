@@ -112,3 +112,40 @@ def test_positions_served_from_the_cache_are_the_whole_mapping(cache: Path) -> N
         _, marks, _ = parse_cache.load_yaml_cached(text, cache)
         assert isinstance(marks, parse_cache._LazyMarks)  # served from the cache
         assert read(marks) == read(ref)
+
+
+# --- the schema stamps beside the parses (policy-valid/, same cache folder) -------------------------
+
+NEGATIVE = STRICT.replace("day: 150", "day: -3")  # the schema refuses a negative budget
+
+
+def test_a_schema_stamp_someone_else_left_does_not_skip_the_schema_check(cache: Path) -> None:
+    """A stamp is an empty file whose existence says "this text passed the schema". One owned by
+    another account (or in a folder others can write) must not make the gateway enforce a policy
+    the schema refuses; the parse cache's own rule (this account's, private) applies to it too."""
+    if not hasattr(os, "geteuid") or os.geteuid() != 0:
+        pytest.skip("planting a file owned by another account needs root")
+    stamp = model._valid_stamp(NEGATIVE)
+    assert stamp is not None
+    alice_day(STRICT)  # the folders exist, 0700, as after any start
+    stamp.write_bytes(b"")
+    os.chown(stamp, 65534, 65534)
+    with pytest.raises(model.PolicyError, match="non-negative"):
+        model.parse(NEGATIVE, "p.yaml", TODAY)
+
+
+def test_a_schema_stamp_in_a_folder_others_can_write_is_not_believed(cache: Path) -> None:
+    alice_day(STRICT)
+    stamp = model._valid_stamp(NEGATIVE)
+    os.chmod(stamp.parent, 0o777)
+    stamp.write_bytes(b"")
+    os.chmod(stamp, 0o600)
+    with pytest.raises(model.PolicyError, match="non-negative"):
+        model.parse(NEGATIVE, "p.yaml", TODAY)
+
+
+def test_schema_stamps_are_pruned_like_parses(cache: Path) -> None:
+    for day in range(40):
+        alice_day(STRICT.replace("day: 150", f"day: {1000 + day}"))
+    stamps = list((cache.parent / "policy-valid").iterdir())
+    assert len(stamps) <= 2 * parse_cache._CACHE_KEEP
