@@ -22,8 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from spendgate.policy.parse_cache import _private_folder as private_stamp_folder
-from spendgate.policy.parse_cache import cache_dir, load_policy_yaml, private_stamp, prune
+from spendgate.policy.parse_cache import cache_dir, load_policy_yaml, private_folder, private_stamp, prune
 from spendgate.policy.runway import RunwayConfig, parse_runway
 from spendgate.policy.sections import (
     AlertsConfig,
@@ -142,7 +141,7 @@ def _remember_valid(stamp: Path) -> None:
 
     try:
         fsutil.private_dir(stamp.parent)
-        if not private_stamp_folder(stamp.parent):  # others could plant stamps there: none left for them
+        if not private_folder(stamp.parent):  # others could plant stamps there: none left for them
             return
         fsutil.write_atomic(stamp, b"")
         prune(stamp.parent, _STAMPS_KEEP)

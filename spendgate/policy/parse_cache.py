@@ -1,10 +1,13 @@
-"""The policy's parse cache: a restart with an unchanged policy reads back what YAML made of it.
+"""The policy's cache: a restart with an unchanged policy reads back what YAML made of it.
 
 Composing a 10,000-user policy is ~0.4-0.6 s of a gateway's start on the 2-core machine (issue 18's
 "ready in <= 2 s"); reading its parse back as JSON is ~20 ms. Entries live in spendgate's cache
 folder (`cache_dir()`), are named by a SHA-256 of the text and of the code that parses it, hold
-only parses YAML found no problem in, and are believed only as far as the account's own private
-files (docs/security.md). Every check after parsing (schema, dates, identity) runs on every load.
+their own name, hold only parses YAML found no problem in, and are believed only as far as the
+account's own private files in its own private folder (docs/security.md, nineteenth review); the
+schema stamps beside them (spendgate.policy.model) are checked the same way. Every check after
+parsing (schema, dates, identity) runs on every load. Off on Windows, where no owner and mode
+bits tell a private file.
 """
 
 from __future__ import annotations
@@ -27,10 +30,10 @@ log = logging.getLogger(__name__)
 def cache_dir() -> Path | None:
     """spendgate's cache (policy stamps and parses): SPENDGATE_CACHE_DIR, else
     $XDG_CACHE_HOME/spendgate or ~/.cache/spendgate (created 0700 on first write);
-    None when SPENDGATE_CACHE_DIR is off, 0 or none, or there is no home."""
+    None when SPENDGATE_CACHE_DIR is off, 0 or none, on Windows, or when there is no home."""
     root = os.environ.get("SPENDGATE_CACHE_DIR") or ""
-    if root.lower() in ("off", "0", "none"):
-        return None
+    if root.lower() in ("off", "0", "none") or not hasattr(os, "geteuid"):
+        return None  # off; or Windows, where no owner and mode bits say a file is this account's alone
     try:
         return Path(root) if root else Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "spendgate"
     except (RuntimeError, KeyError):  # no home directory to be found
@@ -139,7 +142,7 @@ def load_yaml_cached(text: str, folder: Path | None) -> tuple[Any, yamlcheck.Mar
     entry = None
     if folder is not None:
         try:
-            entry = _cache_entry(folder, text) if _private_folder(folder) else None
+            entry = _cache_entry(folder, text) if private_folder(folder) else None
             hit = _read_entry(entry) if entry is not None else None
         except (OSError, ValueError, TypeError, KeyError, AttributeError):  # unreadable or garbled: a miss
             hit = None
@@ -152,7 +155,7 @@ def load_yaml_cached(text: str, folder: Path | None) -> tuple[Any, yamlcheck.Mar
     return doc, marks, problems
 
 
-def _private_folder(folder: Path, missing_ok: bool = True) -> bool:
+def private_folder(folder: Path, missing_ok: bool = True) -> bool:
     """The folder itself is this account's, no symlink, and writable by no one else: in a folder
     others can write, they could move our own entries about (an older policy's parse under the
     current policy's name) or leave a FIFO where an entry is read. Missing: created 0700 on write."""
@@ -162,8 +165,6 @@ def _private_folder(folder: Path, missing_ok: bool = True) -> bool:
         return missing_ok
     except OSError:  # a file where a folder would be, no access: no cache
         return False
-    if not hasattr(os, "geteuid"):  # Windows: no owner/mode bits to go by; entries are checked as before
-        return stat.S_ISDIR(st.st_mode)
     if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o022:
         log.warning("policy parse cache %s is not this account's private folder; not used", folder)
         return False
@@ -177,7 +178,7 @@ def _read_entry(entry: Path) -> tuple[dict, dict[tuple, str]] | None:
         return None
     with os.fdopen(fd, "rb") as f:
         st = os.fstat(f.fileno())
-        if not stat.S_ISREG(st.st_mode) or st.st_mode & 0o077 or (hasattr(os, "geteuid") and st.st_uid != os.geteuid()):
+        if not stat.S_ISREG(st.st_mode) or st.st_mode & 0o077 or st.st_uid != os.geteuid():
             log.warning("policy parse cache %s is not this account's private file; not used", entry)
             return None
         saved = json.loads(f.read())
@@ -202,7 +203,7 @@ def _write_entry(entry: Path, doc: dict, texts: dict[tuple, str]) -> None:
         if json.loads(data)["doc"] != doc:  # would not come back equal: not cached
             return
         fsutil.private_dir(entry.parent)
-        if not _private_folder(entry.parent, missing_ok=False):  # others could move it about: not left there
+        if not private_folder(entry.parent, missing_ok=False):  # others could move it about: not left there
             return
         fsutil.write_atomic(entry, data.encode())
         prune(entry.parent, _CACHE_KEEP)
@@ -228,13 +229,13 @@ def prune(folder: Path, keep: int) -> None:
 def private_stamp(stamp: Path) -> bool:
     """An empty marker file (the schema stamps) is believed like an entry: this account's regular
     file, not a link, private, in a private folder; its mtime is refreshed (pruned last)."""
-    if not _private_folder(stamp.parent, missing_ok=False):
+    if not private_folder(stamp.parent, missing_ok=False):
         return False
     try:
         st = os.lstat(stamp)
     except OSError:
         return False
-    if not stat.S_ISREG(st.st_mode) or (hasattr(os, "geteuid") and (st.st_uid != os.geteuid() or st.st_mode & 0o077)):
+    if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o077:
         log.warning("policy schema stamp %s is not this account's private file; not used", stamp)
         return False
     try:
