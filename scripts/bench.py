@@ -32,6 +32,7 @@ import shutil
 import signal
 import socket
 import ssl
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -760,6 +761,43 @@ class Bench:
                 p.stop()
 
 
+    def startup_only(self, rounds: int, against: Path | None = None) -> dict[str, Any]:
+        """--startup: seconds until a provider request goes through, in alternating rounds, for plain
+        mitmdump, spendgate on an empty and on the largest ledger, and with the big policy on its
+        first start after an edit (cold cache) and on a restart; with --against DIR the same for
+        that checkout. Start-up on a VM reads its files from disk as often as from the page cache,
+        so only figures taken side by side in one run compare (issue 18)."""
+        plan = self.plan
+        large = max(plan.ledger_sizes)
+        ledger = self.work / f"ledger-{large}.duckdb"
+        log.info("ledger of %s rows built in %.1fs", f"{large:,}", make_ledger(ledger, large))
+        policy = users_policy(self.policy, self.work / f"policy-{plan.policy_users}-users.yaml", plan.policy_users)
+        trees = {"spendgate": None, **({"before": against} if against is not None else {})}
+        ready: dict[str, list[float]] = collections.defaultdict(list)
+        for rnd in range(rounds):
+            order = list(trees.items())
+            if rnd % 2:
+                order.reverse()
+            p = self.proxy(f"plain-{rnd}", False)
+            ready["plain"].append(p.ready_s)
+            p.stop()
+            for name, tree in order:
+                copy = self.work / f"{name}-{rnd}-{large}.duckdb"
+                shutil.copyfile(ledger, copy)  # each start its own copy: a start may compact or migrate it
+                cache = self.work / "cache" / f"{name}-{rnd}"
+                starts = (("empty", self.work / f"{name}-{rnd}-empty.duckdb", self.policy),
+                          (f"{large}-rows", copy, self.policy),
+                          ("users-first", self.work / f"{name}-{rnd}-users1.duckdb", policy),
+                          ("users-restart", self.work / f"{name}-{rnd}-users2.duckdb", policy))  # fmt: skip
+                for label, db, pol in starts:
+                    gw = self.proxy(f"{name}-{rnd}-{label}", True, db, policy=pol, tree=tree, cache=cache)
+                    ready[f"{name} {label}"].append(gw.ready_s)
+                    gw.stop()
+            log.info("round %d/%d done", rnd + 1, rounds)
+        return {"rounds": rounds, "ready_s": {k: {"median": r3(statistics.median(v)), "all": [r3(x) for x in v]}
+                                              for k, v in ready.items()}}  # fmt: skip
+
+
 def metered(gw: Proxy) -> dict[str, int]:
     """Did spendgate meter every request it forwarded? (its ledger, read after it stopped)"""
     con = duckdb.connect(str(gw.ledger), read_only=True)
@@ -965,6 +1003,19 @@ def print_report(result: dict[str, Any]) -> None:
     console.print(g)
 
 
+def print_startup(result: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    st = result["figures"]["startup"]
+    t = Table(title=f"ready (s): median of {st['rounds']} alternating rounds", header_style="bold")
+    for col in ("start", "median", "every round"):
+        t.add_column(col)
+    for name, fig in st["ready_s"].items():
+        t.add_row(name, f"{fig['median']}", " ".join(f"{x}" for x in fig["all"]))
+    Console().print(t)
+
+
 def run(plan: Plan, mode: str, out: Path, keep: bool, profile: Path | None = None,
         against: Path | None = None) -> dict[str, Any]:
     started = time.perf_counter()
@@ -974,6 +1025,8 @@ def run(plan: Plan, mode: str, out: Path, keep: bool, profile: Path | None = Non
     try:
         if mode == "cpu":
             figures = {"cpu": bench.cpu_only(profile, against)}
+        elif mode == "startup":
+            figures = {"startup": bench.startup_only(plan.cpu.rounds, against)}
         else:
             admission = bench.ledgers()
             sizes = admission["sizes"]
@@ -1019,7 +1072,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", default="", help="with --cpu: comma-separated scenarios (c1, c10, body_5mb, stream)")
     ap.add_argument("--rounds", type=int, default=0, help="with --cpu: rounds (default 5)")
     ap.add_argument("--against", type=Path, default=None,
-                    help="with --cpu: also measure spendgate from this checkout (before/after in one run)")
+                    help="with --cpu or --startup: also measure spendgate from this checkout (before/after in one run)")
+    ap.add_argument("--startup", action="store_true",
+                    help="only start-up: ready with an empty ledger, the largest ledger, the big policy (first start "
+                         "and restart), alternating with plain mitmdump (--rounds, default 5)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="bench: %(message)s")
     plan, mode = (SMOKE, "smoke") if args.smoke else (Plan(), "full")
@@ -1032,8 +1088,11 @@ def main(argv: list[str] | None = None) -> int:
     stamp = datetime.now().strftime('%Y%m%d-%H%M%S')
     out = args.out or ROOT / "bench-results" / f"bench-{stamp}.json"
     profile = out.with_suffix(".prof") if args.profile else None
-    if args.against:
+    if args.against and not args.startup:
         mode = "cpu"
+    if args.startup:
+        mode = "startup"
+        plan = replace(plan, cpu=replace(plan.cpu, rounds=args.rounds or plan.cpu.rounds))
     result = run(plan, mode, out, args.keep, profile, args.against.resolve() if args.against else None)
     if mode == "cpu":
         from rich.console import Console
@@ -1046,6 +1105,8 @@ def main(argv: list[str] | None = None) -> int:
         if profile is not None and bench_cpu.wait_file(profile):
             bench_cpu.print_profile(profile, console)
             print(f"profile: {profile}")
+    elif mode == "startup":
+        print_startup(result)
     else:
         print_report(result)
     print(f"JSON: {out}")
