@@ -61,7 +61,7 @@ ensure_venv() {
 
 # compile_sources -- write the bytecode of spendgate and its addons now, as `pip install` (not
 # editable) does at install time. An editable checkout is otherwise compiled on import, and never
-# cached where PYTHONDONTWRITEBYTECODE is set (as on CI machines): every gateway start would then
+# cached where PYTHONDONTWRITEBYTECODE is set (as on this project's machines and CI): every gateway start would then
 # compile ~110 modules anew, ~0.25 s of a ~1.3 s start (issue 18). Only changed files are
 # compiled; a checkout it cannot write to is no error.
 compile_sources() {

@@ -437,17 +437,18 @@ def identity_problems(doc: dict, marks: Marks, identity: tuple[str, ...], truste
     """Chains a client could talk its way through: an asserted source believed from anywhere, or
     (central mode) the gateway's own OS account standing in for every client."""
     out = []
-    for i, source in enumerate(identity):
-        def pos() -> tuple[int, int]:  # looked up only for a problem (a cached parse composes it then)
-            return mark(marks, ("identity", i)) if doc.get("identity") else (1, 1)  # noqa: B023
 
+    def pos(i: int) -> tuple[int, int]:  # looked up only for a problem (a cached parse composes positions then)
+        return mark(marks, ("identity", i)) if doc.get("identity") else (1, 1)
+
+    for i, source in enumerate(identity):
         if is_asserted(source) and not trusted and not signed:
-            out.append(Problem(*pos(), f"{source} is asserted by the client (anyone can send any name); it is "
+            out.append(Problem(*pos(i), f"{source} is asserted by the client (anyone can send any name); it is "
                                      "believed only from the proxies listed under trusted_proxies: [CIDR, ...] "
                                      "(or signed: header_signature). Add the proxies that set it, or use "
                                      "proxy_auth (spendgate tokens issue)"))
         if source == "local_user" and mode == "central":
-            out.append(Problem(*pos(), "local_user names the gateway's own OS account in central mode, not the "
+            out.append(Problem(*pos(i), "local_user names the gateway's own OS account in central mode, not the "
                                      "client; use proxy_auth, api_key or client_ip"))
     return out
 
