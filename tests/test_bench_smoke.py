@@ -211,3 +211,18 @@ def test_hooks_smoke(tmp_path: Path) -> None:
         assert set(figures[mode]) == labels, mode
         assert all(finite(v) and v > 0 for v in figures[mode].values()), mode
     assert figures["ledger"]["rows"] == figures["ledger"]["requests_sent"] > 100
+
+
+def test_startup_mode_measures_every_start_side_by_side(tmp_path) -> None:
+    """`scripts/bench --startup --against DIR`: plain and both trees' four starts, every round."""
+    out = tmp_path / "startup.json"
+    env = {k: v for k, v in os.environ.items() if k.lower() not in ("http_proxy", "https_proxy", "all_proxy")}
+    cp = subprocess.run([sys.executable, str(REPO / "scripts" / "bench.py"), "--startup", "--smoke", "--rounds", "1",
+                         "--against", str(REPO), "--out", str(out)],
+                        capture_output=True, text=True, timeout=240, cwd=str(REPO), env=env,
+                        stdin=subprocess.DEVNULL)  # fmt: skip
+    assert cp.returncode == 0, f"stdout:\n{cp.stdout[-4000:]}\nstderr:\n{cp.stderr[-4000:]}"
+    st = json.loads(out.read_text())["figures"]["startup"]
+    starts = ("empty", "50000-rows", "users-first", "users-restart")
+    assert set(st["ready_s"]) == {"plain"} | {f"{tree} {s}" for tree in ("spendgate", "before") for s in starts}
+    assert all(len(fig["all"]) == 1 and finite(fig["median"]) and fig["median"] > 0 for fig in st["ready_s"].values())
