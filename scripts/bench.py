@@ -772,8 +772,8 @@ class Bench:
         """--startup: seconds until a provider request goes through, in alternating rounds, for plain
         mitmdump, spendgate on an empty and on the largest ledger, and with the big policy on its
         first start after an edit (cold cache) and on a restart; with --against DIR the same for
-        that checkout. Start-up on a VM reads its files from disk as often as from the page cache,
-        so only figures taken side by side in one run compare (issue 18)."""
+        that checkout. The CPU time of the same start varies through the day on a shared VM, so
+        only figures taken side by side in one run compare (issue 18)."""
         plan = self.plan
         large = max(plan.ledger_sizes)
         ledger = self.work / f"ledger-{large}.duckdb"
