@@ -1084,6 +1084,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="only start-up: ready with an empty ledger, the largest ledger, the big policy (first start "
                          "and restart), alternating with plain mitmdump (--rounds, default 5)")
     args = ap.parse_args(argv)
+    if args.against is not None and not (args.against / "addons" / "gateway.py").is_file():
+        # otherwise this tree's starts are measured first and the run ends in mitmdump's "No such script"
+        ap.error(f"--against {args.against}: not a spendgate checkout (no addons/gateway.py in it)")
     logging.basicConfig(level=logging.INFO, format="bench: %(message)s")
     plan, mode = (SMOKE, "smoke") if args.smoke else (Plan(), "full")
     if args.cpu or args.profile:

@@ -226,3 +226,21 @@ def test_startup_mode_measures_every_start_side_by_side(tmp_path) -> None:
     starts = ("empty", "50000-rows", "users-first", "users-restart")
     assert set(st["ready_s"]) == {"plain"} | {f"{tree} {s}" for tree in ("spendgate", "before") for s in starts}
     assert all(len(fig["all"]) == 1 and finite(fig["median"]) and fig["median"] > 0 for fig in st["ready_s"].values())
+
+
+def _bench_args_error(*args: str) -> str:
+    """Run scripts/bench.py with arguments it must refuse before measuring anything: its message."""
+    cp = subprocess.run([sys.executable, str(REPO / "scripts" / "bench.py"), *args], capture_output=True, text=True,
+                        timeout=60, cwd=str(REPO), stdin=subprocess.DEVNULL)  # fmt: skip
+    assert cp.returncode == 2, f"stdout:\n{cp.stdout[-2000:]}\nstderr:\n{cp.stderr[-2000:]}"
+    assert "Traceback" not in cp.stderr and not any(ln.startswith("bench: ") for ln in cp.stderr.splitlines())
+    return cp.stderr
+
+
+@pytest.mark.parametrize("mode", ["--startup", "--cpu"])
+def test_against_a_missing_checkout_is_refused_up_front(tmp_path, mode) -> None:
+    """Not after a round of this tree's starts, with a traceback ending in mitmdump's "No such script"."""
+    for tree in (tmp_path / "nonexistent", tmp_path):
+        err = _bench_args_error(mode, "--smoke", "--against", str(tree), "--out", str(tmp_path / "x.json"))
+        assert "not a spendgate checkout" in err
+    assert not (tmp_path / "x.json").exists()
