@@ -1077,13 +1077,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profile", action="store_true",
                     help="with --cpu: run spendgate's mitmdump under cProfile and print its top functions")
     ap.add_argument("--only", default="", help="with --cpu: comma-separated scenarios (c1, c10, body_5mb, stream)")
-    ap.add_argument("--rounds", type=int, default=0, help="with --cpu: rounds (default 5)")
+    ap.add_argument("--rounds", type=int, default=0, help="with --cpu or --startup: rounds (default 5; 1 with --smoke)")
     ap.add_argument("--against", type=Path, default=None,
                     help="with --cpu or --startup: also measure spendgate from this checkout (before/after in one run)")
     ap.add_argument("--startup", action="store_true",
                     help="only start-up: ready with an empty ledger, the largest ledger, the big policy (first start "
                          "and restart), alternating with plain mitmdump (--rounds, default 5)")
     args = ap.parse_args(argv)
+    if args.startup and (args.cpu or args.profile or args.only):
+        ap.error("--startup measures start-up only; --cpu, --profile and --only are for the CPU run (one at a time)")
+    if args.rounds < 0:
+        ap.error(f"--rounds {args.rounds}: at least 1 (0: the default)")
     if args.against is not None and not (args.against / "addons" / "gateway.py").is_file():
         # otherwise this tree's starts are measured first and the run ends in mitmdump's "No such script"
         ap.error(f"--against {args.against}: not a spendgate checkout (no addons/gateway.py in it)")

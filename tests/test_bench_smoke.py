@@ -244,3 +244,12 @@ def test_against_a_missing_checkout_is_refused_up_front(tmp_path, mode) -> None:
         err = _bench_args_error(mode, "--smoke", "--against", str(tree), "--out", str(tmp_path / "x.json"))
         assert "not a spendgate checkout" in err
     assert not (tmp_path / "x.json").exists()
+
+
+@pytest.mark.parametrize("args", [("--startup", "--cpu"), ("--startup", "--profile"), ("--startup", "--only", "c1"),
+                                  ("--startup", "--rounds", "-1"), ("--cpu", "--rounds", "-2")])  # fmt: skip
+def test_options_that_would_be_ignored_are_refused(tmp_path, args) -> None:
+    """--startup ran start-up only and dropped --cpu/--profile/--only without a word; a negative
+    --rounds measured nothing and wrote an empty table and JSON as if it had."""
+    _bench_args_error(*args, "--smoke", "--out", str(tmp_path / "x.json"))
+    assert not (tmp_path / "x.json").exists()
