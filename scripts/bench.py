@@ -5,6 +5,8 @@
     scripts/bench --out FILE      # JSON destination (default bench-results/bench-<time>.json)
     scripts/bench --cpu           # CPU time per request only (see scripts/bench_cpu.py)
     scripts/bench --cpu --against ../other-checkout   # before/after in one run
+    scripts/bench --startup [--against DIR] [--rounds N]   # start-up only: plain mitmdump and each start
+                                  # (empty ledger, largest ledger, big policy first start / restart), alternating
 
 Both proxies are the same mitmdump binary with the same mode and options; spendgate adds only
 ``-s addons/gateway.py``. They sit in front of the same fake provider (scripts/bench_upstream.py,
