@@ -6,9 +6,8 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
-
-import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -43,18 +42,35 @@ def test_bytecode_written_in_process_without_a_worker_pool(tmp_path) -> None:
     assert "compileall" in args and "-j" not in args  # a pool cost ~0.2 s at every setup, for nothing
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes anywhere")
-def test_a_read_only_checkout_is_skipped(tmp_path) -> None:
-    root, venv = _tree(tmp_path)
-    for part in ("spendgate", "addons"):
-        (root / part).chmod(0o555)
+def test_a_read_only_checkout_is_skipped() -> None:
+    """A checkout this account cannot write to is not compiled again, to nowhere, at every setup.
+    Root writes anywhere, so as root the setup runs as `nobody` over a root-owned checkout."""
+    base = Path(tempfile.mkdtemp(prefix="spendgate-ro-"))
     try:
-        cp = _compile(root, venv)
-    finally:
+        base.chmod(0o755)
+        root = base / "checkout"
         for part in ("spendgate", "addons"):
-            (root / part).chmod(0o755)
-    assert cp.returncode == 0 and cp.stdout == "done\n"
-    assert not (tmp_path / "args").exists()
+            (root / part).mkdir(parents=True)
+            (root / part / "mod.py").write_text("X = 1\n")
+        seen = base / "seen"
+        seen.mkdir(mode=0o777)
+        seen.chmod(0o777)  # where the fake python would record a call, whoever runs it
+        venv = base / "venv"
+        (venv / "bin").mkdir(parents=True)
+        py = venv / "bin" / "python"
+        py.write_text(f'#!/bin/sh\necho "$@" >> "{seen}/args"\nexec "{sys.executable}" "$@"\n')
+        py.chmod(0o755)
+        for part in ("spendgate", "addons"):
+            (root / part).chmod(0o555)
+        script = f'source "{REPO}/scripts/lib.sh"; ROOT="{root}"; VENV="{venv}"; compile_sources; echo done'
+        as_other = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"] if os.geteuid() == 0 else []
+        cp = subprocess.run([*as_other, "bash", "-c", script], capture_output=True, text=True, timeout=60,
+                            env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
+        assert cp.returncode == 0 and cp.stdout == "done\n", cp.stderr
+        assert not (seen / "args").exists()  # python was never started
+        assert not (root / "spendgate" / "__pycache__").exists()
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
 
 
 def test_a_syntax_error_is_no_setup_failure(tmp_path) -> None:
