@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from spendgate.policy.parse_cache import cache_dir, load_policy_yaml, private_folder, private_stamp, prune
+from spendgate.policy.parse_cache import cache_dir, entry_name, load_policy_yaml, private_stamp, remember_stamp
 from spendgate.policy.runway import RunwayConfig, parse_runway
 from spendgate.policy.sections import (
     AlertsConfig,
@@ -120,33 +120,11 @@ def _valid_stamp(text: str) -> Path | None:
         return None
     try:
         spec = importlib.util.find_spec("jsonschema")
-        origin = spec.origin if spec else None
-        st = os.stat(origin) if origin else None
+        if spec is None or spec.origin is None:
+            return None
+        return base / "policy-valid" / entry_name(text, spec.origin, extra=_SCHEMA_TEXT)
     except (OSError, ValueError):  # no jsonschema: validate in full
         return None
-    if st is None:
-        return None
-    h = hashlib.sha256()
-    for part in (_SCHEMA_TEXT, f"{origin}\0{st.st_size}\0{st.st_mtime_ns}", text):
-        h.update(part.encode("utf-8", "surrogatepass") + b"\0\0")
-    return base / "policy-valid" / h.hexdigest()
-
-
-_STAMPS_KEEP = 16  # schema stamps kept (pruned least recently used first, like the parses)
-
-
-def _remember_valid(stamp: Path) -> None:
-    """Write the stamp (an empty 0600 file); a cache that cannot be written is no error."""
-    from spendgate import fsutil
-
-    try:
-        fsutil.private_dir(stamp.parent)
-        if not private_folder(stamp.parent):  # others could plant stamps there: none left for them
-            return
-        fsutil.write_atomic(stamp, b"")
-        prune(stamp.parent, _STAMPS_KEEP)
-    except OSError:
-        pass
 
 
 def _explain(marks: Marks) -> Explain:
@@ -470,7 +448,7 @@ def parse(text: str, file: str = "<policy>", today: date | None = None) -> Polic
     if stamp is None or not private_stamp(stamp):
         problems += [] if _valid_fast(doc) else schema_problems(_validator(), doc, marks, _explain(marks))
         if not problems and stamp is not None:
-            _remember_valid(stamp)
+            remember_stamp(stamp)
     if problems:
         raise PolicyError(file, sorted(problems, key=lambda p: (p.line, p.col)))
     warnings: list[Problem] = []

@@ -5,7 +5,7 @@ Composing a 10,000-user policy is ~0.4-0.6 s of a gateway's start on the 2-core 
 folder (`cache_dir()`), are named by a SHA-256 of the text and of the code that parses it, hold
 their own name, hold only parses YAML found no problem in, and are believed only as far as the
 account's own private files in its own private folder (docs/security.md, nineteenth review); the
-schema stamps beside them (spendgate.policy.model) are checked the same way. Every check after
+schema stamps beside them (named by spendgate.policy.model) are written and checked here the same way. Every check after
 parsing (schema, dates, identity) runs on every load. Off on Windows, where no owner and mode
 bits tell a private file.
 """
@@ -84,15 +84,23 @@ for _name in ("__contains__", "__getitem__", "get", "__iter__", "__len__", "__eq
 _CACHE_KEEP = 8  # parses kept: the current policy and a few it may be rolled back to
 
 
-def _cache_entry(folder: Path, text: str) -> Path:
-    """The entry's name is a SHA-256 over the text and what turns text into data: spendgate.yamlcheck
-    and PyYAML (each by path, size and mtime), so any edit of either or an upgrade misses."""
+def entry_name(text: str, *installs: str, extra: str = "") -> str:
+    """A cache entry's name: a SHA-256 over `extra` (a schema), the files that turn the text into
+    the cached verdict (each by path, size and mtime) and the text, so any edit, upgrade or schema
+    change misses. Raises OSError when one of `installs` cannot be read."""
+    parts = [extra]
+    for f in installs:
+        st = os.stat(f)
+        parts.append(f"{f}\0{st.st_size}\0{st.st_mtime_ns}")
     h = hashlib.sha256()
-    for mod in (yamlcheck.__file__, yaml.__file__):
-        st = os.stat(mod)
-        h.update(f"{mod}\0{st.st_size}\0{st.st_mtime_ns}\0\0".encode())
-    h.update(text.encode("utf-8", "surrogatepass"))
-    return folder / h.hexdigest()
+    for part in (*parts, text):
+        h.update(part.encode("utf-8", "surrogatepass") + b"\0\0")
+    return h.hexdigest()
+
+
+def _cache_entry(folder: Path, text: str) -> Path:
+    """The entry of `text`'s parse: named by it and by what parses it (spendgate.yamlcheck, PyYAML)."""
+    return folder / entry_name(text, yamlcheck.__file__, yaml.__file__)
 
 
 def load_yaml_cached(text: str, folder: Path | None) -> tuple[Any, yamlcheck.Marks, list[yamlcheck.Problem]]:
@@ -135,14 +143,18 @@ def private_folder(folder: Path, missing_ok: bool = True) -> bool:
     return True
 
 
+def _private_file(st: os.stat_result) -> bool:
+    """A regular file (not a link, FIFO or device) of this account's, readable by no one else."""
+    return stat.S_ISREG(st.st_mode) and st.st_uid == os.geteuid() and not st.st_mode & 0o077
+
+
 def _read_entry(entry: Path) -> tuple[dict, dict[tuple, str]] | None:
     try:  # O_NONBLOCK: a FIFO at the name must not wait for a writer (fstat then refuses it)
         fd = os.open(entry, os.O_RDONLY | fsutil.O_NOFOLLOW | fsutil.O_CLOEXEC | getattr(os, "O_NONBLOCK", 0))
     except FileNotFoundError:
         return None
     with os.fdopen(fd, "rb") as f:
-        st = os.fstat(f.fileno())
-        if not stat.S_ISREG(st.st_mode) or st.st_mode & 0o077 or st.st_uid != os.geteuid():
+        if not _private_file(os.fstat(f.fileno())):
             log.warning("policy parse cache %s is not this account's private file; not used", entry)
             return None
         saved = json.loads(f.read())
@@ -199,7 +211,7 @@ def private_stamp(stamp: Path) -> bool:
         st = os.lstat(stamp)
     except OSError:
         return False
-    if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o077:
+    if not _private_file(st):
         log.warning("policy schema stamp %s is not this account's private file; not used", stamp)
         return False
     try:
@@ -207,3 +219,19 @@ def private_stamp(stamp: Path) -> bool:
     except OSError:
         pass
     return True
+
+
+_STAMPS_KEEP = 16  # schema stamps kept (pruned least recently used first, like the parses)
+
+
+def remember_stamp(stamp: Path) -> None:
+    """Write a stamp (an empty 0600 file) where `private_stamp` will believe it, and prune the
+    oldest; a cache that cannot be written, or a folder others could plant stamps in, is no error."""
+    try:
+        fsutil.private_dir(stamp.parent)
+        if not private_folder(stamp.parent):
+            return
+        fsutil.write_atomic(stamp, b"")
+        prune(stamp.parent, _STAMPS_KEEP)
+    except OSError:
+        pass
