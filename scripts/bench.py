@@ -46,6 +46,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -621,9 +622,6 @@ class Bench:
               cache: Path | None = None) -> Proxy:
         """Start one mitmdump; `cache`: its spendgate cache (policy parses), by default one of this run's
         own, so no figure depends on what an earlier run left in ~/.cache."""
-        if tree is not None:  # as scripts/lib.sh's compile_sources does for this checkout: starts compare alike
-            for part in ("spendgate", "addons"):
-                compileall.compile_dir(str(tree / part), quiet=2)
         p = Proxy(name, self.work / name, self.upstream, self.confdir, addon, ledger, policy or self.policy,
                   extra or [], profile=profile, tree=tree,
                   env={"SPENDGATE_CACHE_DIR": str(cache or self.work / "cache" / name)})
@@ -663,17 +661,10 @@ class Bench:
         back from the gateway's cache, spendgate.policy.parse_cache)."""
         n = self.plan.policy_users
         policy = users_policy(self.policy, self.work / f"policy-{n}-users.yaml", n)
-        saved = os.environ.get("SPENDGATE_CACHE_DIR")
-        os.environ["SPENDGATE_CACHE_DIR"] = "off"  # the parse itself, not one an earlier run cached
-        try:
+        with mock.patch.dict(os.environ, SPENDGATE_CACHE_DIR="off"):  # the parse itself, not one an earlier run cached
             t = time.perf_counter()
             Gateway.check(Settings(db=self.work / "unused.duckdb", policy=policy))
             check_s = time.perf_counter() - t
-        finally:
-            if saved is None:
-                del os.environ["SPENDGATE_CACHE_DIR"]
-            else:
-                os.environ["SPENDGATE_CACHE_DIR"] = saved
         cache = self.work / "cache" / f"{n}-users"
         ready = []
         for start in ("first", "restart"):
@@ -1029,6 +1020,9 @@ def run(plan: Plan, mode: str, out: Path, keep: bool, profile: Path | None = Non
         against: Path | None = None) -> dict[str, Any]:
     started = time.perf_counter()
     load_start = os.getloadavg()
+    if against is not None:  # its bytecode, as scripts/lib.sh's compile_sources writes this checkout's
+        for part in ("spendgate", "addons"):
+            compileall.compile_dir(str(against / part), quiet=2)
     work = Path(tempfile.mkdtemp(prefix="spendgate-bench-"))
     bench = Bench(plan, work)
     try:
