@@ -101,3 +101,50 @@ def test_a_member_msgspec_refuses_is_read_alone() -> None:
     body = b'{"model":"claude-opus-4-1","max_tokens":1e400,"stream":true,"x":' + b"1" * 4301 + b"}"
     keys = frozenset({"model", "max_tokens", "stream"})
     assert top_level(body, keys) == {"model": "claude-opus-4-1", "max_tokens": float("inf"), "stream": True}
+
+
+def decodes(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+UTF8_EDGES = [
+    "a—b".encode(), "é".encode() * 3, "😀".encode(), b"\xe2\x80", b"\xe2\x80\x94\xe2",  # truncated end
+    b"\xed\xa0\x80", b"\xc0\x80", b"\xf4\x90\x80\x80", b"\x80", b"a\xffb", b"\xe2a\x80",  # refused forms
+    b"\xf0\x9f\x98", b"\xf0\x9f\x98\x80", b"ab", b"",
+    # a character interrupted by ASCII: skipping the ASCII slice would join its two halves
+    b"\xe2\x80a\x94", b"\xe2a\x80\x94", b"\xc3a\xa9", b"\xf0\x9f\x98a\x80",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("slice_bytes", [1, 2, 3, 4, 5, 7, 1 << 16])
+@pytest.mark.parametrize("data", UTF8_EDGES + [a + b for a in UTF8_EDGES for b in UTF8_EDGES[:6]])
+def test_is_utf8_agrees_with_decode(monkeypatch: pytest.MonkeyPatch, data: bytes, slice_bytes: int) -> None:
+    """Every slice size, so characters split at each of their byte boundaries, and a slice that
+    ends with half a character followed by one that is all ASCII."""
+    monkeypatch.setattr(base, "_UTF8_SLICE", slice_bytes)
+    assert base.is_utf8(data) is decodes(data)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.sampled_from([b"a", b"{", b"\x80", b"\xc3", b"\xa9", b"\xe2\x80\x94", b"\xed", b"\xa0",
+                                 b"\xf0\x9f", b"\x98\x80", b"\xff", "é".encode()]), max_size=40),
+       st.integers(1, 9))  # fmt: skip
+def test_is_utf8_generated(parts: list[bytes], slice_bytes: int) -> None:
+    data = b"".join(parts)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(base, "_UTF8_SLICE", slice_bytes)
+        assert base.is_utf8(data) is decodes(data)
+
+
+def test_a_large_body_with_one_bad_byte_far_in_is_refused() -> None:
+    """The check reaches past the first slices: an invalid byte 3 MB into a body with an em dash at
+    its start (the slices between are ASCII and skipped) still sends the body to json.loads."""
+    filler = b"x" * 3_000_000
+    body = b'{"model": "a\xe2\x80\x94", "messages": "' + filler + b'\xff", "stream": true}'
+    assert top_level(body, KEYS) is None and expected(body) is None
+    good = body.replace(b"\xff", "é".encode())
+    assert top_level(good, KEYS) == expected(good) == {"model": "a—", "stream": True}
