@@ -143,8 +143,10 @@ def agent_body(stream: bool, target: int = 100_000) -> bytes:
             "pattern": {"type": "string", "description": "a regular expression"},
             "limit": {"type": "integer", "description": "how many lines"}}, "required": ["path"]},
     } for i in range(16)]  # fmt: skip
+    # non-ASCII as agents send it (JSON.stringify leaves it as UTF-8; a recorded Codex request has
+    # → — ’ …): one such character sends the body through the UTF-8 check's slow path
     system = [{"type": "text", "text": "You are an interactive CLI tool that helps users with software engineering "
-                                       "tasks. " * 60, "cache_control": {"type": "ephemeral"}}]
+                                       "tasks — read → edit → test. " * 60, "cache_control": {"type": "ephemeral"}}]
     body: dict[str, Any] = {"model": "claude-sonnet-4-5", "max_tokens": 32000, "system": system, "tools": tools,
                             "metadata": {"user_id": "user_bench_account__session_0000"}, "messages": []}
     i = 0
@@ -161,7 +163,7 @@ def agent_body(stream: bool, target: int = 100_000) -> bytes:
     body["messages"].append({"role": "user", "content": "Now fix the failing test."})
     if stream:
         body["stream"] = True
-    return json.dumps(body).encode()
+    return json.dumps(body, ensure_ascii=False).encode()
 
 
 # the headers of every bench request, as Claude Code sends them (lower-cased, as spendgate reads them)
