@@ -331,6 +331,13 @@ async def run_bulk(port: int, ctx: ssl.SSLContext, pid: int, nbytes: int) -> dic
             "bytes": got[0], "mb_per_s": r3(got[0] / 1e6 / wall)}
 
 
+def bulk_summary(runs: list[dict[str, float]]) -> dict[str, Any]:
+    """One proxy's bulk streams over the rounds: the median throughput, the largest memory growth."""
+    return {"mb_per_s": r3(statistics.median(r["mb_per_s"] for r in runs)), "rss_before_mb": runs[0]["rss_before_mb"],
+            "growth_mb": max(r["growth_mb"] for r in runs), "rss_peak_mb": max(r["rss_peak_mb"] for r in runs),
+            "bytes": min(r["bytes"] for r in runs), "runs_mb_per_s": [r["mb_per_s"] for r in runs]}  # fmt: skip
+
+
 def rss_mb(pid: int) -> float:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -660,24 +667,28 @@ class Bench:
     def big_policy(self) -> dict[str, Any]:
         """Start-up with a policy naming `policy_users` users (each with own budgets), empty ledger:
         the first start after the policy changed (its YAML parsed), then a restart (the parse read
-        back from the gateway's cache, spendgate.policy.parse_cache)."""
+        back from the gateway's cache, spendgate.policy.parse_cache); median of each over the rounds,
+        each round with a cache of its own (one start is one sample, and single starts swung from
+        1.7 to 4.6 s in runs of the same code)."""
         n = self.plan.policy_users
         policy = users_policy(self.policy, self.work / f"policy-{n}-users.yaml", n)
         with mock.patch.dict(os.environ, SPENDGATE_CACHE_DIR="off"):  # the parse itself, not one an earlier run cached
             t = time.perf_counter()
             Gateway.check(Settings(db=self.work / "unused.duckdb", policy=policy))
             check_s = time.perf_counter() - t
-        cache = self.work / "cache" / f"{n}-users"
-        ready = []
-        for start in ("first", "restart"):
-            gw = self.proxy(f"spendgate-{n}-users-{start}", True, self.work / f"users-{n}-{start}.duckdb",
-                            policy=policy, cache=cache)
-            ready.append(gw.ready_s)
-            gw.stop()
-        if not any((cache / "policy-parsed").iterdir()):
-            raise ProxyError(f"the {n}-user policy's parse was not cached in {cache}")
-        return {"users": n, "check_s": r3(check_s), "ready_s": r3(max(ready)), "first_s": r3(ready[0]),
-                "restart_s": r3(ready[1])}
+        ready: dict[str, list[float]] = {"first": [], "restart": []}
+        for rnd in range(self.plan.rounds):
+            cache = self.work / "cache" / f"{n}-users-{rnd}"
+            for start in ("first", "restart"):
+                gw = self.proxy(f"spendgate-{n}-users-{start}-{rnd}", True,
+                                self.work / f"users-{n}-{start}-{rnd}.duckdb", policy=policy, cache=cache)
+                ready[start].append(gw.ready_s)
+                gw.stop()
+            if not any((cache / "policy-parsed").iterdir()):
+                raise ProxyError(f"the {n}-user policy's parse was not cached in {cache}")
+        first, restart = (r3(statistics.median(ready[k])) for k in ("first", "restart"))
+        return {"users": n, "check_s": r3(check_s), "ready_s": max(first, restart), "first_s": first,
+                "restart_s": restart, "runs_s": {k: [r3(x) for x in v] for k, v in ready.items()}}
 
     def side_by_side(self) -> dict[str, Any]:
         plan = self.plan
@@ -699,7 +710,7 @@ class Bench:
         short = {size: http_request(agent_body(True, size), f"sse:20:{plan.event_gap_us}") for size in (100_000, 2000)}
         samples: dict[str, dict[str, list]] = {k: {"c1": [], "c1_wall": [], "c10": [], "c10_wall": [], "ttfe": [],
                                                    "transit": [], "stream_total": [], "ttfe_small": [],
-                                                   "big": []}
+                                                   "big": [], "bulk": []}
                                                for k in ("plain", "control", "dispatch", "spendgate")}  # fmt: skip
         for rnd in range(plan.rounds):
             order = [("plain", plain, plain_stream), ("control", control, control_stream), ("spendgate", gw, gw)]
@@ -732,11 +743,13 @@ class Bench:
                     for _ in range(plan.first_events):
                         for key, size in (("ttfe", 100_000), ("ttfe_small", 2000)):
                             samples[name][key].append(self.arun(run_stream(ps.port, self.ctx, short[size]))["ttfe_ns"])
+            for name, _, ps in order:  # one bulk stream each per round: a single one swung 0.7-1.4 between runs
+                samples[name]["bulk"].append(self.arun(run_bulk(ps.port, self.ctx, ps.proc.pid, plan.bulk_bytes)))
             log.info("round %d/%d done", rnd + 1, plan.rounds)
-        memory = {name: self.arun(run_bulk(p.port, self.ctx, p.proc.pid, plan.bulk_bytes))
-                  for name, p in (("plain", plain_stream), ("spendgate", gw))}  # fmt: skip
+        memory = {name: bulk_summary(samples[name]["bulk"]) for name in ("plain", "control", "spendgate")}
         # no ratio of growth: plain's is ~0 MB, a quotient of it says nothing; throughput has one
         memory["ratio"] = {"mb_per_s": r3(ratio(memory["spendgate"]["mb_per_s"], memory["plain"]["mb_per_s"]))}
+        memory["control_ratio"] = {"mb_per_s": r3(ratio(memory["control"]["mb_per_s"], memory["plain"]["mb_per_s"]))}
         log.info("CPU per request rounds")
         out["cpu"] = bench_cpu.run_cpu(sys.modules[__name__], plan.cpu, self.ctx,
                                        {"plain": plain, "control": control, "plain-stream": plain_stream,

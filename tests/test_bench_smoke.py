@@ -67,9 +67,11 @@ def test_side_by_side_figures(result: dict) -> None:
         assert s["streams"] == plan["rounds"] * plan["streams"]
         assert s["events"] == s["streams"] * plan["stream_events"]  # every timed event arrived
         assert s["first_event_samples"] == s["streams"] * (1 + plan["first_events"])  # the long stream and the short ones
+    for proxy in ("plain", "control", "spendgate"):  # a bulk stream each per round, alternating
         m = f["memory"][proxy]
         assert all(finite(m[k]) for k in MEMORY)
-        assert m["bytes"] >= plan["bulk_bytes"]
+        assert m["bytes"] >= plan["bulk_bytes"] and len(m["runs_mb_per_s"]) == plan["rounds"]
+    assert finite(f["memory"]["control_ratio"]["mb_per_s"])
     assert finite(f["stream"]["added_event_delay_p50_us"]) and finite(f["stream"]["ratio"]["ttfe_p50_ms"])
     control = f["stream"]["control"]  # the stream figures' noise: a second plain-stream, measured alike
     assert all(finite(control[k]) for k in STREAM) and control["events"] == f["stream"]["spendgate"]["events"]
