@@ -209,3 +209,35 @@ def test_a_deep_line_in_a_batch_upload_is_one_unreadable_line() -> None:
             b"Content-Type: application/jsonl\r\n\r\n" + content + b"\r\n--B--\r\n")
     est = batch_input.estimate_upload(body)
     assert est is not None and est.lines == 1001 and est.unreadable == 1
+
+
+def json_loads_limit() -> int:
+    """The smallest nesting depth json.loads refuses, called from here."""
+    lo, hi = 1, 20_000
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if reference("[" * mid + "]" * mid) is None:
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
+
+
+@pytest.mark.parametrize("pad", ['"' + "x" * 20_000 + '"', ",".join(["1"] * 6_000)])
+@pytest.mark.parametrize("as_bytes", [False, True])
+def test_long_documents_at_the_depth_limit(pad: str, as_bytes: bool) -> None:
+    """Past 10,000 characters the depth is no longer bounded by the length: a document one long text
+    (few values, not counted) and one of many values (its brackets counted) read as json.loads reads
+    them, just under, at and just over the depth where json.loads stops."""
+    limit = json_loads_limit()
+    for depth in (3, limit - 1, limit, limit + 1):
+        data = "[" * depth + pad + "]" * depth
+        check(data.encode() if as_bytes else data)
+
+
+def test_a_long_text_delta_and_a_long_list() -> None:
+    delta = '{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"' + "x" * 16_384 + '"}}'
+    check(delta)
+    check(delta.encode())
+    for n in (255, 256, 257, 5_000):  # around the values looked at before counting brackets
+        check("[" + ",".join(['{"a":[1]}'] * n) + ',"' + "y" * 10_000 + '"]')
