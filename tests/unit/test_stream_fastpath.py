@@ -129,6 +129,23 @@ def test_a_delta_cut_across_reads_skips_json(monkeypatch) -> None:
     assert full and p.result().output_chars == anthropic._HOLD_MAX + 20_000
 
 
+@pytest.mark.parametrize("size", [16_384, 10_000, 4_097])
+def test_reads_out_of_step_with_the_events_return_to_the_fast_path(monkeypatch, size: int) -> None:
+    """Deltas longer than a read (16 KB TLS records): every read but the first begins inside an
+    event. The decoder finishes that event and the rest of the read takes the fast path, so the
+    decoder sees the first read and one short head, not the whole stream; the result is the same."""
+    full: list[bytes] = []
+    real_feed = anthropic.JSONEventStreamParser.feed
+    monkeypatch.setattr(anthropic.JSONEventStreamParser, "feed", lambda self, d: (full.append(bytes(d)), real_feed(self, d)))
+    stream = START + b"".join(delta("x" * 16_384 + str(i)) for i in range(40)) + END
+    cuts = list(range(size, len(stream), size))
+    fast = run(AnthropicStreamParser(), stream, cuts)
+    decoded = sum(map(len, full))
+    monkeypatch.setattr(anthropic.JSONEventStreamParser, "feed", real_feed)
+    assert fast == run(SlowParser(), stream, cuts)
+    assert decoded < size + 16_600 + len(END), decoded
+
+
 def test_plain_deltas_skip_json() -> None:
     p = AnthropicStreamParser()
     p.feed(START)

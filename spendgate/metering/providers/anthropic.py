@@ -176,6 +176,17 @@ class AnthropicStreamParser(JSONEventStreamParser):
             if b"\n" not in data and b"\r" not in data and len(self._held) <= _HOLD_MAX:
                 return  # the same line goes on
             data, self._held = bytes(self._held), bytearray()
+        if sse is not None and not sse.idle():
+            # the read begins inside an event: the decoder finishes it, and the rest may take the
+            # fast path. Without this, reads out of step with the events (16 KB TLS records, longer
+            # deltas) kept every later event on the full path. Any split is the decoder's same
+            # answer; the fast path still runs only if the decoder is idle after it.
+            end = data.find(b"\n\n")
+            if end < 0 or end + 2 == len(data):
+                super().feed(data)
+                return
+            super().feed(data[: end + 2])
+            data = data[end + 2 :]
         if sse is not None and _EVENT_LINE.startswith(data[:_EVENT_LINE_LEN]) and sse.idle():
             try:
                 data = self._plain_deltas(bytes(data))
