@@ -241,3 +241,15 @@ def test_a_long_text_delta_and_a_long_list() -> None:
     check(delta.encode())
     for n in (255, 256, 257, 5_000):  # around the values looked at before counting brackets
         check("[" + ",".join(['{"a":[1]}'] * n) + ',"' + "y" * 10_000 + '"]')
+
+
+@pytest.mark.parametrize("as_bytes", [False, True])
+@pytest.mark.parametrize("shape", ['{{"a":{deep},"a":1}}', '{{"a":{{"b":{deep},"b":"x"}},"c":[1]}}',
+                                   '[{{"a":{deep},"a":"{text}"}}]'])
+def test_a_deep_value_replaced_by_a_duplicate_key(shape: str, as_bytes: bool) -> None:
+    """A member a later duplicate key replaces is gone from the value, not from the document: its
+    nesting still stops json.loads, so the few values left cannot vouch for the depth."""
+    limit = json_loads_limit()
+    for depth in (limit - 3, limit - 2, limit - 1, limit, limit + 1):
+        data = shape.format(deep="[" * depth + "]" * depth, text="x" * 20_000)
+        check(data.encode() if as_bytes else data)

@@ -234,7 +234,7 @@ def load_json(data: bytes | str) -> Any:
             obj = _JSON.decode(data)
         except Exception:  # refused (DecodeError), too deep, a lone surrogate in a str: json.loads decides
             return _loads(data)
-        if len(data) <= 2 * _SAFE_DEPTH or _few_values(obj):  # each level takes two characters, and a value
+        if len(data) <= 2 * _SAFE_DEPTH or _few_values(obj, len(data)):  # each level takes two characters
             return obj
         opener, array = (b"{", b"[") if isinstance(data, bytes) else ("{", "[")
         if data.count(opener) + data.count(array) < _SAFE_DEPTH:
@@ -245,26 +245,35 @@ def load_json(data: bytes | str) -> Any:
 _WALK_VALUES = 256  # values `_few_values` looks at before counting brackets is the cheaper way
 
 
-def _few_values(obj: Any) -> bool:
-    """Whether `obj` holds at most _WALK_VALUES values in all, so it nests no deeper than that.
+def _few_values(obj: Any, size: int) -> bool:
+    """Whether `obj` holds at most _WALK_VALUES values in all, and its texts (keys and strings) take
+    all but 2 * _SAFE_DEPTH of the document's `size` characters, so it nests no deeper than that.
 
     A long stream event is usually one long text (a 16 KB delta holds 6 values: ~1.5 µs to see),
     where counting its brackets read every character twice (~17 µs); a document of many small
-    values has its brackets counted.
+    values has its brackets counted. The value alone cannot vouch for the depth: a member that a
+    later duplicate key replaced is gone from it, not from the document, and may nest as deep as
+    msgspec takes (one level more than json.loads). What is not text in the value is bracket,
+    separator or such a lost member (a text is never longer in the value than in the document).
     """
     if type(obj) is not dict and type(obj) is not list:
         return True
     stack = [obj]
-    seen = 0
+    seen = text = 0
     while stack:
         value = stack.pop()
         seen += len(value)
         if seen > _WALK_VALUES:
             return False
+        if type(value) is dict:
+            for key in value:
+                text += len(key)
         for child in value.values() if type(value) is dict else value:
             if type(child) is dict or type(child) is list:
                 stack.append(child)
-    return True
+            elif type(child) is str:
+                text += len(child)
+    return size - text <= 2 * _SAFE_DEPTH
 
 
 def _loads(data: bytes | str) -> Any:
