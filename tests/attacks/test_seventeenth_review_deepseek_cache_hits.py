@@ -14,11 +14,14 @@ is 80-95% cache hits, so the ledger and reports show 2-3x the bill.)
 Hand-computed, deepseek-chat catalogue rates ($0.27 miss / $0.07 hit / $1.10 out per MTok):
     10,000 miss x $0.27 = $0.0027; 90,000 hit x $0.07 = $0.0063; 1,000 out x $1.10 = $0.0011
     total $0.0101 (spendgate: $0.0281)
+DeepSeek's off-peak hours (16:30-00:30 UTC; the catalogue's time constraint on deepseek-chat) halve
+every rate: $0.00505 for a request made then.
 """
 
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime, time
 from decimal import Decimal
 
 from tests.attacks.tenth_review_support import answered, make, rows, send
@@ -42,4 +45,7 @@ def test_deepseek_cache_hits_take_the_cache_hit_rate(tmp_path):
         gw.close()
     assert (row["provider"], row["outcome"]) == ("deepseek", "ok"), row
     assert row["cache_read_tokens"] == 90000, row["cache_read_tokens"]
-    assert Decimal(str(row["cost_usd"])) == Decimal("0.0101"), row["cost_usd"]
+    ts = datetime.fromisoformat(str(row["ts"]))
+    at = (ts.astimezone(UTC) if ts.tzinfo else ts).time()  # the ledger keeps UTC
+    peak = time(0, 30) <= at < time(16, 30)
+    assert Decimal(str(row["cost_usd"])) == Decimal("0.0101" if peak else "0.00505"), (row["cost_usd"], row["ts"])
