@@ -266,8 +266,7 @@ def _few_values(obj: Any, size: int) -> bool:
         if seen > _WALK_VALUES:
             return False
         if type(value) is dict:
-            for key in value:
-                text += len(key)
+            text += sum(map(len, value))  # its keys
         for child in value.values() if type(value) is dict else value:
             if type(child) is dict or type(child) is list:
                 stack.append(child)
