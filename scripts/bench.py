@@ -179,6 +179,29 @@ def http_request(body: bytes, mode: str = "") -> bytes:
     return ("\r\n".join(head) + "\r\n\r\n").encode() + body
 
 
+class Conversation:
+    """Large requests as an agent sends them: each one resends the session's conversation with one
+    more turn (~2 KB), so the bytes before it are the last request's. `fresh`: every request starts
+    a new session (its metadata names another one), a body no proxy has seen a prefix of; spendgate
+    then reads all of it (metering/providers/prefixes.py)."""
+
+    def __init__(self, size: int, fresh: bool = False) -> None:
+        self.base = agent_body(False, size)
+        assert self.base.endswith(b"]}"), "messages is the last member of a non-streaming agent body"
+        self.fresh, self.sent, self.turns = fresh, 0, b""
+
+    def __call__(self) -> bytes:
+        self.sent += 1
+        if self.fresh:
+            body = self.base.replace(b"session_0000", b"session_%04d" % (self.sent % 10_000), 1)
+        else:
+            turn = [{"role": "assistant", "content": [{"type": "text", "text": f"Turn {self.sent}: reading — ok."}]},
+                    {"role": "user", "content": "def step(state):\n    return advance(state)\n" * 40}]
+            self.turns += b"," + json.dumps(turn, ensure_ascii=False).encode()[1:-1]  # its two elements
+            body = self.base[:-2] + self.turns + b"]}"
+        return http_request(body)
+
+
 # ---------------------------------------------------------------------------------------------
 # A lean HTTPS-through-proxy client (asyncio, keep-alive), so the load generator stays cheap
 
@@ -242,20 +265,25 @@ def client_context(ca_file: Path) -> ssl.SSLContext:
     return ctx
 
 
-async def run_requests(port: int, ctx: ssl.SSLContext, request: bytes, conns: int, per_conn: int,
+async def run_requests(port: int, ctx: ssl.SSLContext, request: bytes | Conversation, conns: int, per_conn: int,
                        warmup: int) -> dict[str, float]:
-    """`conns` keep-alive connections, each sending `per_conn` requests back to back."""
+    """`conns` keep-alive connections, each sending `per_conn` requests back to back (the same
+    bytes, or a Conversation's next request each time)."""
+    def nxt() -> bytes:
+        return request if isinstance(request, bytes) else request()
+
     clients = [await Conn.open(port, ctx) for _ in range(conns)]
     try:
-        await asyncio.gather(*(c.exchange(request) for c in clients for _ in range(1)))
+        await asyncio.gather(*(c.exchange(nxt()) for c in clients for _ in range(1)))
         for _ in range(warmup):
-            await clients[0].exchange(request)
+            await clients[0].exchange(nxt())
         latencies: list[float] = []
 
         async def worker(c: Conn) -> None:
             for _ in range(per_conn):
+                req = nxt()
                 t = time.perf_counter()
-                await c.exchange(request)
+                await c.exchange(req)
                 latencies.append(time.perf_counter() - t)
 
         t0 = time.perf_counter()
@@ -701,7 +729,9 @@ class Bench:
         gw = self.proxy("spendgate", True, self.work / "side-by-side.duckdb")
         out: dict[str, Any] = {"ready_s": {"plain": r3(plain.ready_s), "spendgate": r3(gw.ready_s)}}
         req = http_request(agent_body(False))
-        big = http_request(agent_body(False, plan.big_bytes))
+        # each proxy its own sessions (spendgate keeps one prefix per caller): resent and new
+        big = {name: (Conversation(plan.big_bytes), Conversation(plan.big_bytes, fresh=True))
+               for name in ("plain", "spendgate")}
         sreq = http_request(agent_body(True), f"sse:{plan.stream_events}:{plan.event_gap_us}")
         # the same stream asked for with a 2 KB body: plain-stream forwards a body while it still
         # arrives, spendgate must hold all of it for admission; this tells the two costs apart
@@ -710,7 +740,7 @@ class Bench:
         short = {size: http_request(agent_body(True, size), f"sse:20:{plan.event_gap_us}") for size in (100_000, 2000)}
         samples: dict[str, dict[str, list]] = {k: {"c1": [], "c1_wall": [], "c10": [], "c10_wall": [], "ttfe": [],
                                                    "transit": [], "stream_total": [], "ttfe_small": [],
-                                                   "big": [], "bulk": []}
+                                                   "big": [], "big_fresh": [], "bulk": []}
                                                for k in ("plain", "control", "dispatch", "spendgate")}  # fmt: skip
         for rnd in range(plan.rounds):
             order = [("plain", plain, plain_stream), ("control", control, control_stream), ("spendgate", gw, gw)]
@@ -729,8 +759,9 @@ class Bench:
                 s["c10_wall"].append((len(r["latencies"]), r["wall"]))
             for name, p, _ in order:
                 if name != "control":
-                    samples[name]["big"] += self.arun(run_requests(p.port, self.ctx, big, 1, plan.big_requests,
-                                                                   1))["latencies"]
+                    for key, conversation in zip(("big", "big_fresh"), big[name]):
+                        samples[name][key] += self.arun(run_requests(p.port, self.ctx, conversation, 1,
+                                                                     plan.big_requests, 1))["latencies"]
             for _ in range(plan.streams):
                 for name, p, ps in order:
                     st = self.arun(run_stream(ps.port, self.ctx, sreq))
@@ -842,10 +873,12 @@ def summarize(samples: dict[str, dict[str, list]]) -> dict[str, Any]:
             fig["like_ratio"] = {k: r3(ratio(fig["spendgate"][k], fig["dispatch"][k])) for k in ("p50_ms", "p95_ms", "rps")}
         out[f"nonstream_{conc}"] = fig
     big = {name: r3(pct(s["big"], .5) * 1000) for name, s in samples.items() if s["big"]}
+    fresh = {name: r3(pct(s["big_fresh"], .5) * 1000) for name, s in samples.items() if s["big_fresh"]}
     if "plain" in big and "spendgate" in big:
         c1 = out["nonstream_c1"]
         out["body_5mb"] = {"p50_ms": big, "added_ms": r3(big["spendgate"] - big["plain"]),
-                           "added_100kb_ms": r3(c1["spendgate"]["p50_ms"] - c1["plain"]["p50_ms"])}  # fmt: skip
+                           "added_100kb_ms": r3(c1["spendgate"]["p50_ms"] - c1["plain"]["p50_ms"]),
+                           "fresh_p50_ms": fresh, "fresh_added_ms": r3(fresh["spendgate"] - fresh["plain"])}  # fmt: skip
     st: dict[str, Any] = {}
     for name, s in samples.items():
         if not s["ttfe"]:
@@ -970,11 +1003,14 @@ def print_report(result: dict[str, Any]) -> None:
     if "body_5mb" in f:
         b = f["body_5mb"]
         size = f"{meta['plan']['big_bytes'] / 1048576:g} MB"
-        t.add_row(f"latency p50, {size} body (ms)", f"{b['p50_ms']['plain']:,}", "", f"{b['p50_ms']['spendgate']:,}",
-                  f"+{b['added_ms']} ms", "", f"(+{b['added_100kb_ms']} ms at 100 KB)")
+        t.add_row(f"latency p50, {size} body, next turn (ms)", f"{b['p50_ms']['plain']:,}", "",
+                  f"{b['p50_ms']['spendgate']:,}", f"{b['added_ms']:+} ms", "", f"({b['added_100kb_ms']:+} ms at 100 KB)")
+        t.add_row(f"  same, a new session's body (ms)", f"{b['fresh_p50_ms']['plain']:,}", "",
+                  f"{b['fresh_p50_ms']['spendgate']:,}", f"{b['fresh_added_ms']:+} ms", "", "")
     cpu = f.get("cpu", {})
     for key, label in (("c1", "CPU per request, c=1 (us)"), ("c10", "CPU per request, c=10 (us)"),
-                       ("body_5mb", "CPU per request, 5 MB body (us)")):  # fmt: skip
+                       ("body_5mb", "CPU per request, 5 MB body, next turn (us)"),
+                       ("body_5mb_fresh", "  same, a new session's body (us)")):  # fmt: skip
         c = cpu.get(key)
         if c:
             t.add_row(label, f"{c['us'].get('plain')}", f"{c['us'].get('control', '')}", f"{c['us'].get('spendgate')}",

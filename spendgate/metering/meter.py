@@ -7,6 +7,7 @@ the proxy's event loop never waits on them.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import logging
@@ -21,11 +22,12 @@ from typing import Any
 
 from spendgate import bounds
 from spendgate.batcher import Batcher
-from spendgate.identity import Identity
+from spendgate.identity import Identity, credentials
 from spendgate.metering import billing, providers
 from spendgate.metering.context import ContextBook
-from spendgate.metering.providers import batch_input, batches, openai_media
+from spendgate.metering.providers import batch_input, batches, openai_media, prefixes
 from spendgate.metering.providers.base import (
+    RESENT,
     Adapter,
     RequestInfo,
     ResponseResult,
@@ -266,10 +268,25 @@ class Meter:
         self._inflight: dict[str, Exchange] = {}  # single dict operations: atomic, no lock needed
         self.contexts = ContextBook()  # what continuations (previous_response_id) re-read
         self.batch_inputs = batch_input.BatchInputBook()  # OpenAI batch input files seen uploaded, estimated
+        self.prefixes = prefixes.Prefixes()  # each caller's last large body: its next turn reads only what is new
         # request ids: random per process, then a counter (cheaper than uuid4 on the event loop)
         # (the prefix is drawn once: os.urandom per id cost ~20 us of a syscall on every request)
         prefix = os.urandom(10).hex()
         self._ids = (f"{prefix}{n:012x}" for n in itertools.count())
+
+    def _parse(self, route: Route, path: str, body: bytes, headers: Mapping[str, str], query: str,
+               *caller: str | None) -> RequestInfo:
+        """The adapter's reading of a request; a large body may resume the same caller's last one."""
+        if route.adapter is None:
+            return RequestInfo()
+        if len(body) < prefixes.MIN_BODY_BYTES:
+            return route.adapter.parse_request(path, body)
+        scope = prefixes.scope_of(*caller, *credentials(headers, query))
+        token = RESENT.set(functools.partial(self.prefixes.members, scope))
+        try:
+            return route.adapter.parse_request(path, body)
+        finally:
+            RESENT.reset(token)
 
     # -- edge side (event loop) --
     def begin(
@@ -301,7 +318,7 @@ class Meter:
         else:
             # a multipart body is read from the Content-Type's own boundary, as the server reads it
             parsed = openai_media.from_boundary(body, headers.get("content-type", "")) if route.adapter else body
-            req = route.adapter.parse_request(canon, parsed) if route.adapter else RequestInfo()
+            req = self._parse(route, canon, parsed, headers, query, proxy_user, client_ip, host)
         if not req.model:  # Bedrock/Vertex name the model in the path, Azure its deployment
             req.model = route.extra.get("model") or route.extra.get("deployment")
         if req.continues:  # the body holds the new turn only; the provider bills the context again

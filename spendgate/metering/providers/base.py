@@ -5,10 +5,11 @@ from __future__ import annotations
 import codecs
 import functools
 import json
+from contextvars import ContextVar
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import msgspec
@@ -371,17 +372,22 @@ def is_utf8(data: bytes) -> bool:
     return True
 
 
-_TOP_DECODERS: dict[frozenset[str], tuple[Any, tuple[tuple[str, str], ...]]] = {}
+# any JSON value, an array's elements kept as raw JSON (views into the body): what a conversation
+# member (messages, input, contents) is decoded as when prefixes.py wants where its elements end
+_ELEMENTS = list[msgspec.Raw] | dict[str, msgspec.Raw] | str | int | float | bool | None
+_TOP_DECODERS: dict[tuple[frozenset[str], frozenset[str]], tuple[Any, tuple[tuple[str, str], ...], int]] = {}
 
 
-def _top_decoder(keys: frozenset[str]) -> tuple[Any, tuple[tuple[str, str], ...]]:
-    """A msgspec decoder that keeps the raw JSON of `keys` and skips every other member."""
-    cached = _TOP_DECODERS.get(keys)
+def _top_decoder(keys: frozenset[str], arrays: frozenset[str]) -> tuple[Any, tuple[tuple[str, str], ...], int]:
+    """A msgspec decoder that keeps the raw JSON of `keys`, the elements of `arrays` (disjoint
+    from `keys`), and skips every other member; the names of its fields, `keys`' first."""
+    cached = _TOP_DECODERS.get((keys, arrays))
     if cached is None:
-        names = tuple((f"f{i}", key) for i, key in enumerate(sorted(keys)))
-        struct = msgspec.defstruct("TopLevel", [(n, msgspec.Raw, msgspec.UNSET) for n, _ in names],
+        names = tuple((f"f{i}", key) for i, key in enumerate((*sorted(keys), *sorted(arrays))))
+        types = [msgspec.Raw] * len(keys) + [_ELEMENTS] * len(arrays)
+        struct = msgspec.defstruct("TopLevel", [(n, t, msgspec.UNSET) for (n, _), t in zip(names, types)],
                                    rename=dict(names))
-        cached = _TOP_DECODERS[keys] = (msgspec.json.Decoder(struct), names)
+        cached = _TOP_DECODERS[keys, arrays] = (msgspec.json.Decoder(struct), names, len(keys))
     return cached
 
 
@@ -394,6 +400,22 @@ def _member(raw: Any) -> Any:
         return json.loads(bytes(raw))
 
 
+def _decode_members(body: bytes, keys: frozenset[str], arrays: frozenset[str]) -> tuple[dict, dict[str, list]]:
+    """msgspec's reading of a JSON object body: (`keys` members, `arrays` members' raw elements).
+    Raises on anything msgspec is stricter about than json.loads (see top_level)."""
+    decoder, names, n_keys = _top_decoder(keys, arrays)
+    top = decoder.decode(body)
+    if not is_utf8(body):  # json.loads rejects invalid UTF-8 even inside skipped strings
+        raise ValueError("not UTF-8")
+    out = {}
+    for name, key in names[:n_keys]:
+        raw = getattr(top, name)
+        if raw is not msgspec.UNSET:
+            out[key] = _member(raw)
+    elements = {key: value for name, key in names[n_keys:] if type(value := getattr(top, name)) is list}
+    return out, elements
+
+
 def top_level(body: bytes, keys: frozenset[str]) -> dict | None:
     """The members `keys` of a JSON object body (absent ones left out); None if not an object.
 
@@ -403,20 +425,21 @@ def top_level(body: bytes, keys: frozenset[str]) -> dict | None:
     NaN, lone surrogates, non-object bodies) takes the plain json.loads path.
     """
     try:
-        decoder, names = _top_decoder(keys)
-        top = decoder.decode(body)
-        if not is_utf8(body):  # json.loads rejects invalid UTF-8 even inside skipped strings
-            raise ValueError("not UTF-8")
-        out = {}
-        for name, key in names:
-            raw = getattr(top, name)
-            if raw is not msgspec.UNSET:
-                out[key] = _member(raw)
-        return out
+        return _decode_members(body, keys, frozenset())[0]
     except Exception:  # anything unusual: let json.loads decide (msgspec has had its pass)
         pass
     obj = _loads(body)
     return obj if isinstance(obj, dict) else None
+
+
+def top_level_elements(body: bytes, keys: frozenset[str], arrays: frozenset[str]) -> tuple[dict | None, dict[str, list]]:
+    """top_level(body, keys), and the raw elements (msgspec.Raw, views into `body`) of each of the
+    top-level members `arrays` (not in `keys`) that holds an array, for prefixes.py; no elements
+    when msgspec did not read the body alone (the answer then is json.loads's, as top_level's)."""
+    try:
+        return _decode_members(body, keys, arrays)
+    except Exception:
+        return top_level(body, keys), {}
 
 
 @functools.lru_cache(maxsize=16)
@@ -444,6 +467,11 @@ def nested(body: bytes, path: tuple[str, ...]) -> Any:
     return dig(obj, *path)
 
 
+# set by the meter around a large request's parse: top_level that may reuse the same caller's
+# previous body (prefixes.py); None: plain top_level
+RESENT: ContextVar[Callable[[bytes, frozenset[str]], dict | None] | None] = ContextVar("resent", default=None)
+
+
 def parse_json_request(
     body: bytes, max_tokens_keys: tuple[str, ...], keys: tuple[str, ...] = ()
 ) -> tuple[dict, RequestInfo]:
@@ -452,7 +480,8 @@ def parse_json_request(
     The dict returned holds the top-level members model, stream, `max_tokens_keys` and `keys`
     (maybe more): adapters name what else they read, the rest of the body is never built.
     """
-    obj = top_level(body, frozenset(("model", "stream", *max_tokens_keys, *keys))) if body else None
+    read = RESENT.get() or top_level
+    obj = read(body, frozenset(("model", "stream", *max_tokens_keys, *keys))) if body else None
     if not isinstance(obj, dict):
         return {}, RequestInfo(input_bytes=len(body or b""), malformed=True)
     cap = next((obj[k] for k in max_tokens_keys if k in obj and obj[k] is not None), None)
