@@ -9,10 +9,14 @@ conversation's bytes were all read on the turn before.
 For a large body we keep where the last elements of its conversation array end (the top-level
 ``messages``, ``input`` or ``contents``). When the same caller's next body starts with the same
 bytes up to one of those offsets, a JSON parser is in a known state there: inside that member's
-array, just after an element. So the body is valid JSON exactly when ``{"messages":[0`` + the
-rest is, and its top-level members are the ones before the array (kept from the first reading)
-followed by those of the rest, the last of a repeated name winning as in json.loads. Only the
-rest is read; the answer is top_level's (tests/unit/test_prefixes.py compares the two on
+array, just after an element. So the body is valid JSON exactly when ``{"messages":[null`` + the
+rest is (``null``, not a number: no byte continues it, while ``0`` took ``.5`` or ``e5`` that no
+string or object is followed by), and its top-level members are the ones before the array
+(read again from the kept bytes before it: held as objects they cost many times their bytes,
+uncounted, and a copy per hit) followed by those of the rest, the last of a repeated name
+winning as in json.loads. The rest must be read by msgspec: json.loads reading it alone would
+not see what the prefix holds that json.loads refuses (an integer past Python's digit limit).
+Only the rest is read; the answer is top_level's (tests/unit/test_prefixes.py compares the two on
 generated conversations, edits and malformed continuations).
 
 Scoped per caller (host, proxy user, client address, credentials): a hit answers ~2 ms sooner at
@@ -21,9 +25,9 @@ Scoped per caller (host, proxy user, client address, credentials): a hit answers
 
 from __future__ import annotations
 
-import copy
 import ctypes
 import hashlib
+import json
 import logging
 import os
 import threading
@@ -31,7 +35,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
-from spendgate.metering.providers.base import top_level, top_level_elements
+from spendgate.metering.providers.base import _decode_members, top_level, top_level_elements
 
 log = logging.getLogger(__name__)
 
@@ -42,13 +46,14 @@ ARRAYS = frozenset({"messages", "input", "contents"})  # Anthropic/OpenAI chat, 
 _NEAR = 64  # bytes looked back from an array to its member's key (a longer key is never one of ARRAYS)
 _SPACE = b" \t\n\r"  # JSON's whitespace (RFC 8259 section 2)
 _SALT = os.urandom(16)
+_SENTINEL = b"null"  # the element the resumed array starts with: no byte continues it (a number would)
 
 
 def scope_of(*parts: str | None) -> bytes:
     """A cache scope from the facts that tell callers apart (credentials among them): a keyed hash,
     so no credential is kept, even in memory, by this cache."""
-    return hashlib.blake2b("\0".join(p or "" for p in parts).encode("utf-8", "surrogatepass"),
-                           key=_SALT, digest_size=16).digest()
+    text = json.dumps(parts)  # injective: a part holding a separator, None and "" stay apart
+    return hashlib.blake2b(text.encode("ascii"), key=_SALT, digest_size=16).digest()
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +63,7 @@ class _Resume:
     body: bytes  # that body (held, not copied)
     keys: frozenset[str]  # the members `before` was read for
     array: str  # the top-level member the ends are in
-    before: dict[str, Any]  # members `keys` before that member, json.loads's values
+    start: int  # offset of the `,` or `{` before that member: the members before it are read from body[:start]
     ends: tuple[int, ...]  # offsets just past its last elements, latest first
 
 
@@ -102,17 +107,20 @@ class Prefixes:
         for end in entry.ends:
             if len(body) <= end or not body.startswith(kept[:end]):
                 continue
-            header = b'{"' + entry.array.encode() + b'":[0'  # the state after `end`: in the array, after a value
+            header = b'{"' + entry.array.encode() + b'":[' + _SENTINEL  # the state after `end`: in the array, after a value
             doc = header + body[end:]
-            out, elements = top_level_elements(doc, entry.keys, frozenset((entry.array,)))
-            if out is None:  # not valid past the prefix: the whole body decides (and answers None)
+            try:  # msgspec's reading only: json.loads of the rest alone would not see the prefix
+                out, elements = _decode_members(doc, entry.keys, frozenset((entry.array,)))
+            except Exception:  # not valid past the prefix, or unusual: the whole body decides
                 return None
-            result = copy.deepcopy(entry.before)  # callers own their dict
-            result.update((k, v) for k, v in out.items() if k in entry.keys)
-            later = _ends(doc, elements.get(entry.array), first_at=len(header) - 1)
+            result = _before(entry.body, entry.start, entry.keys)
+            if result is None:
+                return None
+            result.update(out)
+            later = _ends(doc, elements.get(entry.array), first_at=len(header) - len(_SENTINEL))
             shift = end - len(header)
             ends = tuple(e + shift for e in later) + tuple(e for e in entry.ends if e < end)
-            self._remember(scope, _Resume(body, entry.keys, entry.array, entry.before, ends[:CHECKPOINTS]))
+            self._remember(scope, _Resume(body, entry.keys, entry.array, entry.start, ends[:CHECKPOINTS]))
             self.hits += 1
             return result
         return None
@@ -145,10 +153,17 @@ def _first_resume(body: bytes, keys: frozenset[str], elements: dict[str, list]) 
     start = _member_start(body, first)
     if start is None:
         return None
-    before = {} if body[start] == ord("{") else top_level(body[:start] + b"}", keys)
-    if before is None:
+    if _before(body, start, keys) is None:
         return None
-    return _Resume(body, keys, name, {k: v for k, v in before.items() if k in keys}, ends)
+    return _Resume(body, keys, name, start, ends)
+
+
+def _before(body: bytes, start: int, keys: frozenset[str]) -> dict | None:
+    """The members `keys` of `body` before the member whose `,` (or the body's `{`) is at `start`."""
+    if body[start] == ord("{"):
+        return {}
+    before = top_level(body[:start] + b"}", keys)
+    return None if before is None else {k: v for k, v in before.items() if k in keys}
 
 
 def _ends(doc: bytes, items: list | None, first_at: int | None = None) -> tuple[int, ...]:
