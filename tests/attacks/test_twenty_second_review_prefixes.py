@@ -83,3 +83,27 @@ def test_scope_of_tells_apart_callers_whose_parts_hold_the_separator():
     assert prefixes.scope_of("a\0b", "c") != prefixes.scope_of("a", "b\0c")
     assert prefixes.scope_of(None, "ip") != prefixes.scope_of("", "ip")
     assert prefixes.scope_of("u", "ip", "h") != prefixes.scope_of("u", "ip", "h", "")
+
+
+class _Counting(bytes):
+    """A body that counts the bytes `startswith` compares."""
+
+    compared = 0
+
+    def startswith(self, prefix, *args):
+        type(self).compared += len(prefix)
+        return super().startswith(prefix, *args)
+
+
+def test_a_body_differing_before_every_kept_end_is_compared_once_not_once_per_end():
+    """Alternating two bodies that differ early made every turn compare the prefix up to each of
+    the 8 kept ends: ~8x the body in memcmp before the whole read, on the event loop."""
+    els = ['{"role":"user","content":"%s"}' % ("x" * 20_000)] + ['{"role":"user","content":"hi"}'] * 12
+    first = ('{"model":"a","messages":[%s]}' % ",".join(els)).encode()
+    i = first.index(b'"hi"')
+    cache = Prefixes()
+    cache.members(b"s", first, KEYS)
+    _Counting.compared = 0
+    body = _Counting(first[:i] + b'"ho"' + first[i + len(b'"hi"'):])  # before every kept end
+    assert restricted(cache.members(b"s", body, KEYS)) == {"model": "a"}
+    assert _Counting.compared <= len(first)
