@@ -64,7 +64,7 @@ def test_members_before_the_array_are_neither_held_built_nor_copied_per_hit():
     b2 = ('{"model":"a","metadata":%s,"messages":[%s]}' % (meta, ",".join(msgs * 2))).encode()
     cache = Prefixes()
     cache.members(b"s", b1, KEYS)
-    entry = cache._entries[b"s"]
+    entry = next(iter(cache._entries.values()))
     assert not any(isinstance(getattr(entry, f, None), dict) for f in entry.__slots__)
     whole = min(_cpu(lambda: top_level(b2, KEYS)) for _ in range(3))
     hit = _cpu(lambda: cache.members(b"s", b2, KEYS))
@@ -107,3 +107,17 @@ def test_a_body_differing_before_every_kept_end_is_compared_once_not_once_per_en
     body = _Counting(first[:i] + b'"ho"' + first[i + len(b'"hi"'):])  # before every kept end
     assert restricted(cache.members(b"s", body, KEYS)) == {"model": "a"}
     assert _Counting.compared <= len(first)
+
+
+def test_an_adapter_reading_a_body_twice_for_different_members_still_resumes():
+    """Vertex reads Gemini's members, then `request`: one entry per caller was replaced by each
+    read, so no turn ever resumed (and each paid the indexing)."""
+    other = frozenset({"model", "stream", "request"})
+    cache = Prefixes()
+    elements = ['{"role":"user","parts":[{"text":"a"}]}']
+    for i in range(4):
+        elements.append('{"role":"model","parts":[{"text":"%d"}]}' % i)
+        body = ('{"model":"m","contents":[%s]}' % ",".join(elements)).encode()
+        for keys in (KEYS, other):
+            assert cache.members(b"s", body, keys) == top_level(body, keys)
+    assert cache.hits == 6

@@ -75,7 +75,9 @@ class Prefixes:
 
     def __init__(self, max_held_bytes: int = MAX_HELD_BYTES) -> None:
         self.max_held_bytes = max_held_bytes
-        self._entries: OrderedDict[bytes, _Resume] = OrderedDict()
+        # per caller and members asked for: an adapter reading one body twice for different members
+        # (Vertex: Gemini's, then `request`) would otherwise replace its own entry on each read
+        self._entries: OrderedDict[tuple[bytes, frozenset[str]], _Resume] = OrderedDict()
         self._held = 0
         self._lock = threading.Lock()
         self.hits = 0  # bodies read from a kept offset on (for tests and the bench)
@@ -84,11 +86,12 @@ class Prefixes:
         """``top_level(body, keys)``, reading only past the longest prefix kept for `scope`."""
         if len(body) < MIN_BODY_BYTES:
             return top_level(body, keys)
+        slot = (scope, keys)
         with self._lock:
-            entry = self._entries.get(scope)
+            entry = self._entries.get(slot)
         if entry is not None and entry.keys == keys:
             try:
-                out = self._resume(scope, entry, body)
+                out = self._resume(slot, entry, body)
             except Exception:  # a bug here must never cost the request: the whole body decides
                 log.exception("resuming a resent body failed; reading it whole")
                 out = None
@@ -97,12 +100,12 @@ class Prefixes:
         out, elements = top_level_elements(body, keys, ARRAYS - keys)
         if out is not None and elements:
             try:
-                self._remember(scope, _first_resume(body, keys, elements))
+                self._remember(slot, _first_resume(body, keys, elements))
             except Exception:
                 log.exception("indexing a request body for its next turn failed")
         return out
 
-    def _resume(self, scope: bytes, entry: _Resume, body: bytes) -> dict | None:
+    def _resume(self, slot: tuple[bytes, frozenset[str]], entry: _Resume, body: bytes) -> dict | None:
         kept = memoryview(entry.body)
         end, same = None, 0  # the longest kept end body shares; body[:same] == kept[:same]
         for at in sorted(entry.ends):  # each byte compared once: a body differing early costs one pass, not one per end
@@ -124,18 +127,18 @@ class Prefixes:
         later = _ends(doc, elements.get(entry.array), first_at=len(header) - len(_SENTINEL))
         shift = end - len(header)
         ends = tuple(e + shift for e in later) + tuple(e for e in entry.ends if e < end)
-        self._remember(scope, _Resume(body, entry.keys, entry.array, entry.start, ends[:CHECKPOINTS]))
+        self._remember(slot, _Resume(body, entry.keys, entry.array, entry.start, ends[:CHECKPOINTS]))
         self.hits += 1
         return result
 
-    def _remember(self, scope: bytes, entry: _Resume | None) -> None:
+    def _remember(self, slot: tuple[bytes, frozenset[str]], entry: _Resume | None) -> None:
         with self._lock:
-            old = self._entries.pop(scope, None)
+            old = self._entries.pop(slot, None)
             if old is not None:
                 self._held -= len(old.body)
             if entry is None or not entry.ends or len(entry.body) > self.max_held_bytes:
                 return
-            self._entries[scope] = entry
+            self._entries[slot] = entry
             self._held += len(entry.body)
             while self._held > self.max_held_bytes:
                 _, dropped = self._entries.popitem(last=False)
