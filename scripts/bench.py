@@ -25,6 +25,7 @@ import argparse
 import asyncio
 import collections
 import compileall
+import functools
 import json
 import logging
 import os
@@ -134,6 +135,7 @@ def r3(x: float) -> float:
 # Request bodies
 
 
+@functools.cache  # a 5 MB body takes seconds to build (each step measures the whole)
 def agent_body(stream: bool, target: int = 100_000) -> bytes:
     """A Claude Code-like /v1/messages body of about `target` bytes: system, tools, a long chat."""
     tools = [{
@@ -149,16 +151,18 @@ def agent_body(stream: bool, target: int = 100_000) -> bytes:
                                        "tasks — read → edit → test. " * 60, "cache_control": {"type": "ephemeral"}}]
     body: dict[str, Any] = {"model": "claude-sonnet-4-5", "max_tokens": 32000, "system": system, "tools": tools,
                             "metadata": {"user_id": "user_bench_account__session_0000"}, "messages": []}
-    i = 0
-    while len(json.dumps(body)) < target:
+    i, size = 0, len(json.dumps(body))  # what json.dumps(body) measures, kept up to date per message
+    while size < target:
         tid = f"toolu_{i:024d}"
-        body["messages"] += [
+        for message in (
             {"role": "user", "content": [{"type": "tool_result", "tool_use_id": tid,
                                           "content": "def handler(event):\n    return process(event)\n" * 12}]},
             {"role": "assistant", "content": [
                 {"type": "text", "text": "Let me look at the next file to understand the flow."},
                 {"type": "tool_use", "id": tid, "name": "tool_3", "input": {"path": f"/src/app/module_{i}.py"}}]},
-        ]  # fmt: skip
+        ):  # fmt: skip
+            size += len(json.dumps(message)) + (2 if body["messages"] else 0)  # ", " before all but the first
+            body["messages"].append(message)
         i += 1
     body["messages"].append({"role": "user", "content": "Now fix the failing test."})
     if stream:

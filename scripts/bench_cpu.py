@@ -95,7 +95,9 @@ def scenarios(bench_mod: Any, plan: CpuPlan, ctx: ssl.SSLContext) -> dict[str, A
         return 10 * plan.c10_per_conn
 
     async def body5m(port: int, fresh: bool = False) -> int:
-        conversation = sessions.setdefault((port, fresh), b.Conversation(plan.big_bytes, fresh))
+        if (port, fresh) not in sessions:
+            sessions[port, fresh] = b.Conversation(plan.big_bytes, fresh)
+        conversation = sessions[port, fresh]
         c = await b.Conn.open(port, ctx)
         try:
             for _ in range(plan.big_requests):

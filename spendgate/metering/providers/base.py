@@ -400,7 +400,7 @@ def _member(raw: Any) -> Any:
         return json.loads(bytes(raw))
 
 
-def _decode_members(body: bytes, keys: frozenset[str], arrays: frozenset[str]) -> tuple[dict, dict[str, list]]:
+def msgspec_members(body: bytes, keys: frozenset[str], arrays: frozenset[str]) -> tuple[dict, dict[str, list]]:
     """msgspec's reading of a JSON object body: (`keys` members, `arrays` members' raw elements).
     Raises on anything msgspec is stricter about than json.loads (see top_level)."""
     decoder, names, n_keys = _top_decoder(keys, arrays)
@@ -425,7 +425,7 @@ def top_level(body: bytes, keys: frozenset[str]) -> dict | None:
     NaN, lone surrogates, non-object bodies) takes the plain json.loads path.
     """
     try:
-        return _decode_members(body, keys, frozenset())[0]
+        return msgspec_members(body, keys, frozenset())[0]
     except Exception:  # anything unusual: let json.loads decide (msgspec has had its pass)
         pass
     obj = _loads(body)
@@ -437,7 +437,7 @@ def top_level_elements(body: bytes, keys: frozenset[str], arrays: frozenset[str]
     top-level members `arrays` (not in `keys`) that holds an array, for prefixes.py; no elements
     when msgspec did not read the body alone (the answer then is json.loads's, as top_level's)."""
     try:
-        return _decode_members(body, keys, arrays)
+        return msgspec_members(body, keys, arrays)
     except Exception:
         return top_level(body, keys), {}
 

@@ -35,7 +35,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
-from spendgate.metering.providers.base import _decode_members, top_level, top_level_elements
+from spendgate.metering.providers.base import msgspec_members, top_level, top_level_elements
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ class _Resume:
     """Where one caller's latest large body may be resumed."""
 
     body: bytes  # that body (held, not copied)
-    keys: frozenset[str]  # the members `before` was read for
+    keys: frozenset[str]  # the members asked for (part of the entry's slot)
     array: str  # the top-level member the ends are in
     start: int  # offset of the `,` or `{` before that member: the members before it are read from body[:start]
     ends: tuple[int, ...]  # offsets just past its last elements, latest first
@@ -89,7 +89,7 @@ class Prefixes:
         slot = (scope, keys)
         with self._lock:
             entry = self._entries.get(slot)
-        if entry is not None and entry.keys == keys:
+        if entry is not None:
             try:
                 out = self._resume(slot, entry, body)
             except Exception:  # a bug here must never cost the request: the whole body decides
@@ -117,7 +117,7 @@ class Prefixes:
         header = b'{"' + entry.array.encode() + b'":[' + _SENTINEL  # the state after `end`: in the array, after a value
         doc = header + body[end:]
         try:  # msgspec's reading only: json.loads of the rest alone would not see the prefix
-            out, elements = _decode_members(doc, entry.keys, frozenset((entry.array,)))
+            out, elements = msgspec_members(doc, entry.keys, frozenset((entry.array,)))
         except Exception:  # not valid past the prefix, or unusual: the whole body decides
             return None
         result = _before(entry.body, entry.start, entry.keys)
