@@ -114,6 +114,79 @@ def test_held_bodies_are_bounded_least_recent_caller_first():
     assert cache.hits == 1
 
 
+def session(name: str, turns: int) -> bytes:
+    """One of a caller's conversations: a first user message of its own, then `turns` turns."""
+    elements = [json.dumps({"role": "user", "content": f"task of {name}: " + "x" * 400})]
+    for i in range(turns):
+        elements += turn(i)
+    return conversation(elements)
+
+
+def test_a_callers_parallel_sessions_and_sub_agents_each_resume():
+    """Two sessions on one key and a sub-agent, interleaved as they reach the gateway: with one
+    body kept per caller each turn replaced another conversation's and none resumed."""
+    cache = Prefixes()
+    names = ["main", "second terminal", "sub-agent"]
+    for t in range(1, 5):
+        for name in names:
+            check(cache, session(name, t))
+    assert cache.hits == 3 * len(names)
+
+
+def test_a_caller_keeps_its_most_recent_conversations_only():
+    cache = Prefixes()
+    names = [f"session {i}" for i in range(prefixes.CONVERSATIONS + 1)]
+    for t in range(1, 4):
+        for name in names:  # round robin over one more than is kept: each was dropped before its turn
+            check(cache, session(name, t))
+    assert cache.hits == 0
+    [bodies] = cache._entries.values()
+    assert len(bodies) == prefixes.CONVERSATIONS
+    assert cache._held == sum(len(e.body) for e in bodies.values())
+
+
+class _Counting(bytes):
+    """A body that counts the bytes `startswith` compares."""
+
+    compared = 0
+
+    def startswith(self, prefix, *args):
+        type(self).compared += len(prefix)
+        return super().startswith(prefix, *args)
+
+
+def test_a_body_none_of_the_kept_ones_continues_costs_one_comparison_each_at_most():
+    cache = Prefixes()
+    names = [f"session {i}" for i in range(prefixes.CONVERSATIONS)]
+    for name in names:
+        check(cache, session(name, 3))
+    _Counting.compared = 0
+    body = _Counting(session("someone else", 3))  # differs from each kept body in its first message
+    check(cache, body)  # (memcmp stops at the first message; the count is of the bytes asked for)
+    assert 0 < _Counting.compared <= prefixes.CONVERSATIONS * len(body)
+    _Counting.compared = 0
+    worst = session(names[1], 3).replace(b"answer 2", b"answer X")  # the oldest kept, tried last
+    check(cache, _Counting(worst))
+    assert _Counting.compared <= prefixes.CONVERSATIONS * len(worst)
+    assert cache.hits == 1  # from an earlier end of the same conversation
+
+
+def test_held_bodies_are_bounded_least_recent_caller_oldest_body_first():
+    one, grown = len(session("a", 1)), len(session("a", 2))
+    assert grown - one < one // 2
+    cache = Prefixes(max_held_bytes=4 * one + (grown - one))
+    for name in ("a", "b", "c", "d"):
+        check(cache, session(name, 1), scope=b"x")
+    check(cache, session("e", 1), scope=b"y")  # over: x is the least recent caller, "a" its oldest
+    check(cache, session("d", 2), scope=b"x")
+    check(cache, session("e", 2), scope=b"y")  # over again: x's oldest, "b"
+    assert cache.hits == 2 and cache._held <= cache.max_held_bytes
+    for name, hit in (("c", True), ("a", False), ("b", False)):
+        hits = cache.hits
+        check(cache, session(name, 2), scope=b"x")
+        assert cache.hits == hits + hit, name
+
+
 def test_members_asked_for_differ_then_the_body_is_read_whole():
     cache = Prefixes()
     body = conversation(turn(0))
@@ -200,6 +273,19 @@ def test_generated_conversations_answer_as_top_level(bodies):
     cache = Prefixes()
     for body in bodies:
         check(cache, body)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(_bodies(), min_size=2, max_size=prefixes.CONVERSATIONS + 1), st.randoms(use_true_random=False))
+def test_generated_interleaved_conversations_answer_as_top_level(conversations, rnd):
+    """Several conversations of one caller, their turns interleaved in a random order."""
+    cache = Prefixes()
+    pending = [list(c) for c in conversations]
+    while pending:
+        c = rnd.choice(pending)
+        check(cache, c.pop(0))
+        if not c:
+            pending.remove(c)
 
 
 def test_generated_growth_does_hit():

@@ -20,7 +20,12 @@ Only the rest is read; the answer is top_level's (tests/unit/test_prefixes.py co
 generated conversations, edits and malformed continuations).
 
 Scoped per caller (host, proxy user, client address, credentials): a hit answers ~2 ms sooner at
-5 MB, a timing that must not tell anyone whether another caller sent that conversation.
+5 MB, a timing that must not tell anyone whether another caller sent that conversation. A caller
+keeps its last CONVERSATIONS bodies, not one: a developer runs two or three sessions on one key,
+and Claude Code's sub-agents send their own growing conversations between the main thread's
+turns, so one body per caller was replaced before its next turn came. A body that is none of
+them costs a comparison per kept body up to where they differ (a session's first user message,
+a few KB in; at worst CONVERSATIONS passes over the body, ~0.1 ms per MB each).
 """
 
 from __future__ import annotations
@@ -40,7 +45,8 @@ from spendgate.metering.providers.base import msgspec_members, top_level, top_le
 log = logging.getLogger(__name__)
 
 MIN_BODY_BYTES = 256 * 1024  # smaller bodies are read whole (~0.1 ms): the lookup would not pay
-MAX_HELD_BYTES = 64 * 1024 * 1024  # bodies kept in memory in all (one per caller, least recent dropped)
+MAX_HELD_BYTES = 64 * 1024 * 1024  # bodies kept in memory in all (the least recent caller's oldest dropped first)
+CONVERSATIONS = 4  # bodies kept per caller: parallel sessions on one key, an agent's sub-agents
 CHECKPOINTS = 8  # element ends kept per body: an edit of the last few elements still hits
 ARRAYS = frozenset({"messages", "input", "contents"})  # Anthropic/OpenAI chat, Responses, Gemini
 _NEAR = 64  # bytes looked back from an array to its member's key (a longer key is never one of ARRAYS)
@@ -68,16 +74,18 @@ class _Resume:
 
 
 class Prefixes:
-    """Per-caller memory of the last large request body; :meth:`members` is top_level that reuses it.
+    """Per-caller memory of the last large request bodies; :meth:`members` is top_level that reuses them.
 
-    Thread-safe. Holds at most `max_held_bytes` of bodies (least recently used caller dropped first).
+    Thread-safe. Holds at most CONVERSATIONS bodies per caller and `max_held_bytes` in all (the
+    least recently active caller's oldest body dropped first).
     """
 
     def __init__(self, max_held_bytes: int = MAX_HELD_BYTES) -> None:
         self.max_held_bytes = max_held_bytes
-        # per caller and members asked for: an adapter reading one body twice for different members
-        # (Vertex: Gemini's, then `request`) would otherwise replace its own entry on each read
-        self._entries: OrderedDict[tuple[bytes, frozenset[str]], _Resume] = OrderedDict()
+        # per caller and members asked for (an adapter reading one body twice for different members,
+        # Vertex: Gemini's, then `request`, would otherwise replace its own entries on each read),
+        # then per body kept: least recently used first in both
+        self._entries: OrderedDict[tuple[bytes, frozenset[str]], OrderedDict[int, _Resume]] = OrderedDict()
         self._held = 0
         self._lock = threading.Lock()
         self.hits = 0  # bodies read from a kept offset on (for tests and the bench)
@@ -88,19 +96,19 @@ class Prefixes:
             return top_level(body, keys)
         slot = (scope, keys)
         with self._lock:
-            entry = self._entries.get(slot)
-        if entry is not None:
+            kept = list(reversed(self._entries.get(slot, {}).values()))  # most recent first
+        for entry in kept:
             try:
                 out = self._resume(slot, entry, body)
             except Exception:  # a bug here must never cost the request: the whole body decides
                 log.exception("resuming a resent body failed; reading it whole")
-                out = None
+                break
             if out is not None:
                 return out
         out, elements = top_level_elements(body, keys, ARRAYS - keys)
         if out is not None and elements:
             try:
-                self._remember(slot, _first_resume(body, keys, elements))
+                self._remember(slot, None, _first_resume(body, keys, elements))
             except Exception:
                 log.exception("indexing a request body for its next turn failed")
         return out
@@ -127,22 +135,28 @@ class Prefixes:
         later = _ends(doc, elements.get(entry.array), first_at=len(header) - len(_SENTINEL))
         shift = end - len(header)
         ends = tuple(e + shift for e in later) + tuple(e for e in entry.ends if e < end)
-        self._remember(slot, _Resume(body, entry.keys, entry.array, entry.start, ends[:CHECKPOINTS]))
+        self._remember(slot, entry, _Resume(body, entry.keys, entry.array, entry.start, ends[:CHECKPOINTS]))
         self.hits += 1
         return result
 
-    def _remember(self, slot: tuple[bytes, frozenset[str]], entry: _Resume | None) -> None:
+    def _remember(self, slot: tuple[bytes, frozenset[str]], old: _Resume | None, new: _Resume | None) -> None:
+        """Keep `new` as the caller's most recent body, in place of `old` (the turn it continues)."""
         with self._lock:
-            old = self._entries.pop(slot, None)
-            if old is not None:
+            bodies = self._entries.pop(slot, None) or OrderedDict()
+            if old is not None and bodies.pop(id(old), None) is not None:
                 self._held -= len(old.body)
-            if entry is None or not entry.ends or len(entry.body) > self.max_held_bytes:
-                return
-            self._entries[slot] = entry
-            self._held += len(entry.body)
+            if new is not None and new.ends and len(new.body) <= self.max_held_bytes:
+                bodies[id(new)] = new
+                self._held += len(new.body)
+                if len(bodies) > CONVERSATIONS:
+                    self._held -= len(bodies.popitem(last=False)[1].body)
+            if bodies:
+                self._entries[slot] = bodies
             while self._held > self.max_held_bytes:
-                _, dropped = self._entries.popitem(last=False)
-                self._held -= len(dropped.body)
+                oldest_slot, oldest = next(iter(self._entries.items()))
+                self._held -= len(oldest.popitem(last=False)[1].body)
+                if not oldest:
+                    del self._entries[oldest_slot]
 
 
 def _first_resume(body: bytes, keys: frozenset[str], elements: dict[str, list]) -> _Resume | None:
