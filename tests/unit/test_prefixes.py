@@ -204,6 +204,18 @@ def test_an_array_asked_for_is_never_a_resume_point():
     assert cache.hits == 0
 
 
+def test_a_member_inside_an_object_is_never_read_from_a_kept_prefix():
+    """{"request": {"session_id"}} before the array, and `request` again after it without one:
+    json.loads keeps the last object whole, which the members before the array cannot tell."""
+    keys = frozenset({"model", ("request", "session_id")})
+    cache = Prefixes()
+    for n in (1, 2):
+        body = conversation(sum((turn(i) for i in range(n)), []), before='"request": {"session_id": "s"}, ',
+                            after=', "request": {}' if n == 2 else "")
+        assert cache.members(b"caller", body, keys) == top_level(body, keys)
+    assert cache.hits == 0
+
+
 def test_small_bodies_are_read_whole(monkeypatch):
     monkeypatch.setattr(prefixes, "MIN_BODY_BYTES", 10_000)
     cache = Prefixes()

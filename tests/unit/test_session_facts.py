@@ -100,9 +100,18 @@ GEMINI_PATH = "/v1beta/models/gemini-2.5-pro:streamGenerateContent?alt=sse"
     ({"user_prompt_id": "8f2e-sess########1", "request": {"contents": [], "session_id": "8f2e-real"}}, "8f2e-real"),
 ])
 def test_gemini_cli_session_from_code_assist_body(body, expect):
-    i = ident("generativelanguage.googleapis.com", GEMINI_PATH,
-              {"user-agent": "GeminiCLI/0.61.0/gemini-2.5-pro (linux; x64)"}, {"contents": [], **body})
+    i = ident("cloudcode-pa.googleapis.com", "/v1internal:streamGenerateContent?alt=sse",
+              {"user-agent": "GeminiCLI/0.61.0/gemini-2.5-pro (linux; x64)"}, {"model": "gemini-2.5-pro", **body})
     assert i.client == "gemini-cli" and i.session_id == expect
+
+
+def test_request_session_id_is_code_assist_s_alone():
+    """`request.session_id` is a Code Assist member; a Gemini API body's members are its own (a
+    path inside an object would also stop its conversation being resumed from a kept prefix)."""
+    body = {"contents": [], "user_prompt_id": "8f2e-sess########1", "request": {"session_id": "8f2e-real"}}
+    i = ident("generativelanguage.googleapis.com", GEMINI_PATH,
+              {"user-agent": "GeminiCLI/0.61.0/gemini-2.5-pro (linux; x64)"}, body)
+    assert i.client == "gemini-cli" and i.session_id == "8f2e-sess"
 
 
 def test_gemini_cli_recognized_by_its_body_alone_and_installation_id_is_not_a_session():

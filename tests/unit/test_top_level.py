@@ -148,3 +148,82 @@ def test_a_large_body_with_one_bad_byte_far_in_is_refused() -> None:
     assert top_level(body, KEYS) is None and expected(body) is None
     good = body.replace(b"\xff", "é".encode())
     assert top_level(good, KEYS) == expected(good) == {"model": "a—", "stream": True}
+
+
+# -- keys that are paths: a member inside objects (Code Assist's request.session_id) ------------
+
+PATHS = frozenset({"model", ("request", "session_id"), ("request", "generationConfig"), ("a", "b", "c")})
+
+
+def expected_paths(body: bytes) -> dict | None:
+    """json.loads's answer: a path is present when every object on the way is (the last member of
+    a repeated name winning at every level)."""
+    try:
+        obj = json.loads(body)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(obj, dict):
+        return None
+    out = {}
+    for key in PATHS:
+        value, path = obj, (key,) if isinstance(key, str) else key
+        for part in path:
+            if not isinstance(value, dict) or part not in value:
+                break
+            value = value[part]
+        else:
+            out[key] = value
+    return out
+
+
+@pytest.mark.parametrize("body", [
+    b'{"model": "m", "request": {"contents": [{"role": "user"}], "session_id": "s", "generationConfig": {"x": 1}}}',
+    b'{"request": null}',  # an object on the way that is null, a string, a list: the path is absent
+    b'{"request": "s"}',
+    b'{"request": [{"session_id": "s"}]}',
+    b'{"request": {"session_id": null}}',  # present, null
+    b'{"request": {"session_id": "a", "session_id": "b"}}',
+    b'{"request": {"session_id": "a"}, "request": {}}',  # the last object wins whole: not merged
+    b'{"request": {}, "request": {"session_id": "b"}}',
+    b'{"\\u0072equest": {"session_\\u0069d": "escaped"}}',
+    b'{"request": {"session_id": 1e400}}',
+    b'{"request": {"session_id": "\\ud800"}}',
+    b'{"request": {"session_id": "s"}, "x": NaN}',
+    b'{"request": {"session_id": "s"}, "x": "\xff"}',  # not UTF-8 where msgspec skips: json.loads refuses
+    b'{"a": {"b": {"c": [1]}}, "a": {"b": null}}',
+    b'{"a": {"b": {"c": 1, "d": 2}}}',
+    b'{"a": {"b": 1}}',
+])  # fmt: skip
+def test_paths_match_json_loads(body: bytes) -> None:
+    got = top_level(body, PATHS)
+    assert (None if got is None else {k: v for k, v in got.items() if k in PATHS}) == expected_paths(body)
+
+
+_path_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=5),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(
+        st.sampled_from(["request", "session_id", "generationConfig", "contents", "a", "b", "c", "x"]), inner,
+        max_size=4),
+    max_leaves=25,
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["model", "request", "a", "x"]), _path_values), max_size=5))
+def test_generated_paths(members: list) -> None:
+    """Repeated names at every level, written out as a client may (json.dumps would merge them)."""
+    def dump(value) -> str:
+        if isinstance(value, dict):
+            return "{" + ", ".join(f"{json.dumps(k)}: {dump(v)}" for k, v in value.items()) + "}"
+        return json.dumps(value) if not isinstance(value, list) else "[" + ", ".join(map(dump, value)) + "]"
+
+    body = ("{" + ", ".join(f"{json.dumps(k)}: {dump(v)}" for k, v in members) + "}").encode()
+    got = top_level(body, PATHS)
+    assert (None if got is None else {k: v for k, v in got.items() if k in PATHS}) == expected_paths(body)
+
+
+def test_a_key_inside_another_key_asked_for_is_refused() -> None:
+    with pytest.raises(ValueError):
+        top_level(b"{}", frozenset({"request", ("request", "session_id")}))  # a caller's bug, not a body's
+    with pytest.raises(ValueError):
+        base.msgspec_members(b"{}", frozenset({("messages", "x")}), frozenset({"messages"}))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import codecs
-import functools
 import json
 from contextvars import ContextVar
 from abc import ABC, abstractmethod
@@ -375,20 +374,60 @@ def is_utf8(data: bytes) -> bool:
 # any JSON value, an array's elements kept as raw JSON (views into the body): what a conversation
 # member (messages, input, contents) is decoded as when prefixes.py wants where its elements end
 _ELEMENTS = list[msgspec.Raw] | dict[str, msgspec.Raw] | str | int | float | bool | None
-_TOP_DECODERS: dict[tuple[frozenset[str], frozenset[str]], tuple[Any, tuple[tuple[str, str], ...], int]] = {}
+
+Key = str | tuple[str, ...]  # a top-level member's name, or the path to a member inside objects
+_Decoder = tuple[Any, tuple[tuple[Key, tuple[str, ...]], ...], tuple[tuple[str, str], ...]]
+_TOP_DECODERS: dict[tuple[frozenset[Key], frozenset[str]], _Decoder] = {}
 
 
-def _top_decoder(keys: frozenset[str], arrays: frozenset[str]) -> tuple[Any, tuple[tuple[str, str], ...], int]:
-    """A msgspec decoder that keeps the raw JSON of `keys`, the elements of `arrays` (disjoint
-    from `keys`), and skips every other member; the names of its fields, `keys`' first."""
+def _top_decoder(keys: frozenset[Key], arrays: frozenset[str]) -> _Decoder:
+    """A msgspec decoder that keeps the raw JSON of `keys`, the elements of `arrays` (top-level
+    names, disjoint from `keys`), and skips every other member; (decoder, each key's attribute path
+    in what it decodes, each array's attribute). Raises ValueError when one key is inside another."""
     cached = _TOP_DECODERS.get((keys, arrays))
     if cached is None:
-        names = tuple((f"f{i}", key) for i, key in enumerate((*sorted(keys), *sorted(arrays))))
-        types = [msgspec.Raw] * len(keys) + [_ELEMENTS] * len(arrays)
-        struct = msgspec.defstruct("TopLevel", [(n, t, msgspec.UNSET) for (n, _), t in zip(names, types)],
-                                   rename=dict(names))
-        cached = _TOP_DECODERS[keys, arrays] = (msgspec.json.Decoder(struct), names, len(keys))
+        tree: dict[str, Any] = {}
+        for key in keys:
+            *outer, leaf = (key,) if isinstance(key, str) else key
+            node = tree
+            for part in outer:
+                node = node.setdefault(part, {})
+                if not isinstance(node, dict):
+                    raise ValueError(f"{key!r} is inside another member asked for")
+            if leaf in node:
+                raise ValueError(f"{key!r} holds another member asked for")
+            node[leaf] = msgspec.Raw
+        if arrays & tree.keys():
+            raise ValueError("an array is also a member asked for")
+        tree.update(dict.fromkeys(arrays, _ELEMENTS))
+        struct, attrs = _members_struct(tree)
+        key_attrs = []
+        for key in keys:
+            path, names = (key,) if isinstance(key, str) else key, attrs
+            at = []
+            for part in path:
+                name, sub = names[part]
+                at.append(name)
+                names = sub
+            key_attrs.append((key, tuple(at)))
+        cached = _TOP_DECODERS[keys, arrays] = (
+            msgspec.json.Decoder(struct), tuple(key_attrs), tuple((a, attrs[a][0]) for a in sorted(arrays)))
     return cached
+
+
+def _members_struct(tree: dict[str, Any]) -> tuple[Any, dict[str, tuple[str, Any]]]:
+    """A Struct type with a field per member of `tree` (its type, or a subtree: an object, or null,
+    read for its own members), every other member skipped; and member -> (field, subtree's fields)."""
+    fields, names = [], {}
+    for i, (member, kind) in enumerate(sorted(tree.items())):
+        sub = None
+        if isinstance(kind, dict):
+            kind, sub = _members_struct(kind)
+            kind = kind | None
+        names[member] = f"f{i}", sub
+        fields.append((f"f{i}", kind, msgspec.UNSET))
+    struct = msgspec.defstruct("Members", fields, rename={f: m for m, (f, _) in names.items()})
+    return struct, names
 
 
 def _member(raw: Any) -> Any:
@@ -400,39 +439,59 @@ def _member(raw: Any) -> Any:
         return json.loads(bytes(raw))
 
 
-def msgspec_members(body: bytes, keys: frozenset[str], arrays: frozenset[str]) -> tuple[dict, dict[str, list]]:
+def msgspec_members(body: bytes, keys: frozenset[Key], arrays: frozenset[str]) -> tuple[dict, dict[str, list]]:
     """msgspec's reading of a JSON object body: (`keys` members, `arrays` members' raw elements).
     Raises on anything msgspec is stricter about than json.loads (see top_level)."""
-    decoder, names, n_keys = _top_decoder(keys, arrays)
+    decoder, key_attrs, array_attrs = _top_decoder(keys, arrays)
     top = decoder.decode(body)
     if not is_utf8(body):  # json.loads rejects invalid UTF-8 even inside skipped strings
         raise ValueError("not UTF-8")
     out = {}
-    for name, key in names[:n_keys]:
-        raw = getattr(top, name)
-        if raw is not msgspec.UNSET:
+    for key, at in key_attrs:
+        raw = top
+        for name in at:  # an object member that is null or absent: the path is absent
+            raw = getattr(raw, name)
+            if raw is msgspec.UNSET or raw is None:
+                break
+        else:
             out[key] = _member(raw)
-    elements = {key: value for name, key in names[n_keys:] if type(value := getattr(top, name)) is list}
+    elements = {key: value for key, name in array_attrs if type(value := getattr(top, name)) is list}
     return out, elements
 
 
-def top_level(body: bytes, keys: frozenset[str]) -> dict | None:
+def top_level(body: bytes, keys: frozenset[Key]) -> dict | None:
     """The members `keys` of a JSON object body (absent ones left out); None if not an object.
 
     Same answer as ``json.loads(body)`` restricted to `keys`, but agent bodies are ~100 KB of
     conversation we never read: msgspec validates and skips it without building objects, about
     8x faster, on the proxy's event loop. Whatever msgspec is stricter about (not UTF-8, a BOM,
-    NaN, lone surrogates, non-object bodies) takes the plain json.loads path.
+    NaN, lone surrogates, non-object bodies) takes the plain json.loads path. A key that is a
+    path (``("request", "session_id")``) is the member at that path, present when every object
+    on the way is (json.loads's last member of a repeated name wins at every level). Raises
+    ValueError when one key is inside another (a caller's mistake, whatever the body).
     """
+    _top_decoder(keys, frozenset())
     try:
         return msgspec_members(body, keys, frozenset())[0]
     except Exception:  # anything unusual: let json.loads decide (msgspec has had its pass)
         pass
     obj = _loads(body)
-    return obj if isinstance(obj, dict) else None
+    if not isinstance(obj, dict):
+        return None
+    for key in keys:
+        if isinstance(key, tuple):
+            value = obj
+            for part in key:
+                value = value.get(part, _ABSENT) if isinstance(value, dict) else _ABSENT
+            if value is not _ABSENT:
+                obj[key] = value
+    return obj
 
 
-def top_level_elements(body: bytes, keys: frozenset[str], arrays: frozenset[str]) -> tuple[dict | None, dict[str, list]]:
+_ABSENT = object()
+
+
+def top_level_elements(body: bytes, keys: frozenset[Key], arrays: frozenset[str]) -> tuple[dict | None, dict[str, list]]:
     """top_level(body, keys), and the raw elements (msgspec.Raw, views into `body`) of each of the
     top-level members `arrays` (not in `keys`) that holds an array, for prefixes.py; no elements
     when msgspec did not read the body alone (the answer then is json.loads's, as top_level's)."""
@@ -442,38 +501,20 @@ def top_level_elements(body: bytes, keys: frozenset[str], arrays: frozenset[str]
         return top_level(body, keys), {}
 
 
-@functools.lru_cache(maxsize=16)
-def _nested_decoder(path: tuple[str, ...]) -> Any:
-    struct: Any = msgspec.Raw
-    for i, key in enumerate(reversed(path)):
-        struct = msgspec.defstruct(f"Nested{i}", [("f", struct | None, None)], rename={"f": key})
-    return msgspec.json.Decoder(struct)
-
-
 def nested(body: bytes, path: tuple[str, ...]) -> Any:
-    """One value deep inside a JSON object body (e.g. request.session_id), or None.
-
-    Builds only the objects on `path` (msgspec skips the rest), so a large conversation in the
-    same body costs a validation pass, not a parse.
-    """
-    try:
-        top = _nested_decoder(path).decode(body)
-        for _ in path:
-            top = getattr(top, "f", None) if top is not None else None
-        return _member(top) if top is not None else None
-    except Exception:  # json.loads decides (msgspec has had its pass)
-        pass
-    obj = _loads(body)
-    return dig(obj, *path)
+    """One value inside a JSON object body (e.g. ``("response",)``), or None: the whole body is
+    validated, only the objects on `path` are built."""
+    key = path[0] if len(path) == 1 else path
+    return (top_level(body, frozenset((key,))) or {}).get(key)
 
 
 # set by the meter around a large request's parse: top_level that may reuse the same caller's
 # previous body (prefixes.py); None: plain top_level
-RESENT: ContextVar[Callable[[bytes, frozenset[str]], dict | None] | None] = ContextVar("resent", default=None)
+RESENT: ContextVar[Callable[[bytes, frozenset[Key]], dict | None] | None] = ContextVar("resent", default=None)
 
 
 def parse_json_request(
-    body: bytes, max_tokens_keys: tuple[str, ...], keys: tuple[str, ...] = ()
+    body: bytes, max_tokens_keys: tuple[str, ...], keys: tuple[Key, ...] = ()
 ) -> tuple[dict, RequestInfo]:
     """Common request facts (model, stream, output cap). Non-object bodies are malformed.
 

@@ -27,9 +27,9 @@ from spendgate.metering.providers.base import (
     as_int,
     dig,
     error_type,
+    Key,
     json_answer,
     load_json,
-    nested,
     parse_json_request,
     str_or_none,
 )
@@ -53,6 +53,7 @@ _COUNT_KEYS = (
     "totalTokenCount",
 )
 _UNFINISHED = ("", "FINISH_REASON_UNSPECIFIED")
+SESSION_ID = ("request", "session_id")  # Gemini CLI's session in a Code Assist body (vertex.py asks for it)
 
 
 @dataclass(slots=True, frozen=True)
@@ -243,23 +244,28 @@ class GeminiAdapter(Adapter):
 
     def parse_request(self, path: str, body: bytes) -> RequestInfo:
         try:
-            obj, info = parse_json_request(body, (), ("generationConfig", "generation_config", "user_prompt_id",
-                                                      "service_tier", "serviceTier"))
-            if tier := normalize_tier(obj.get("service_tier", obj.get("serviceTier"))):
-                info.modifiers = {"service_tier": tier}  # asked for; the response header says what was served
-            if prompt_id := str_or_none(obj.get("user_prompt_id")):  # Gemini CLI, Code Assist body
-                info.hints = BodyHints(user_prompt_id=prompt_id[:256],
-                                       session_id=str_or_none(nested(body, ("request", "session_id"))))
-            gpath = parse_path(path)
-            info.model = gpath.model if gpath else info.model
-            info.stream = gpath is not None and gpath.method == "streamGenerateContent"
-            config = obj.get("generationConfig", obj.get("generation_config"))
-            cap = dig(config, "maxOutputTokens")
-            cap = dig(config, "max_output_tokens") if cap is None else cap
-            info.max_output_tokens = as_int(cap) if cap is not None else None
-            return info
+            return self.read_request(path, body)[1]
         except Exception:
             return RequestInfo(malformed=True)
+
+    def read_request(self, path: str, body: bytes, *keys: Key) -> tuple[dict, RequestInfo]:
+        """The body's members a Gemini request is read for, and `keys` (subclasses' own), in one
+        pass; and its facts. Raises on what parse_request answers malformed."""
+        obj, info = parse_json_request(body, (), ("generationConfig", "generation_config", "user_prompt_id",
+                                                  "service_tier", "serviceTier", *keys))
+        if tier := normalize_tier(obj.get("service_tier", obj.get("serviceTier"))):
+            info.modifiers = {"service_tier": tier}  # asked for; the response header says what was served
+        if prompt_id := str_or_none(obj.get("user_prompt_id")):  # Gemini CLI, Code Assist body
+            info.hints = BodyHints(user_prompt_id=prompt_id[:256],
+                                   session_id=str_or_none(obj.get(SESSION_ID)))
+        gpath = parse_path(path)
+        info.model = gpath.model if gpath else info.model
+        info.stream = gpath is not None and gpath.method == "streamGenerateContent"
+        config = obj.get("generationConfig", obj.get("generation_config"))
+        cap = dig(config, "maxOutputTokens")
+        cap = dig(config, "max_output_tokens") if cap is None else cap
+        info.max_output_tokens = as_int(cap) if cap is not None else None
+        return obj, info
 
     def parse_response(self, body: bytes) -> ResponseResult:
         """A whole body: one response object, or a buffered stream array of them."""

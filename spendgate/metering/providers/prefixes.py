@@ -40,7 +40,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
-from spendgate.metering.providers.base import msgspec_members, top_level, top_level_elements
+from spendgate.metering.providers.base import Key, msgspec_members, top_level, top_level_elements
 
 log = logging.getLogger(__name__)
 
@@ -90,9 +90,11 @@ class Prefixes:
         self._lock = threading.Lock()
         self.hits = 0  # bodies read from a kept offset on (for tests and the bench)
 
-    def members(self, scope: bytes, body: bytes, keys: frozenset[str]) -> dict | None:
+    def members(self, scope: bytes, body: bytes, keys: frozenset[Key]) -> dict | None:
         """``top_level(body, keys)``, reading only past the longest prefix kept for `scope`."""
-        if len(body) < MIN_BODY_BYTES:
+        if len(body) < MIN_BODY_BYTES or not all(type(key) is str for key in keys):
+            # a member inside an object (Code Assist's request.session_id): its object may come
+            # again after the array without it, which the members before the array cannot tell
             return top_level(body, keys)
         slot = (scope, keys)
         with self._lock:
