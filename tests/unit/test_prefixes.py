@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from spendgate.metering.providers import prefixes
 from spendgate.metering.providers.base import top_level
 from spendgate.metering.providers.prefixes import Prefixes
+from tests.attacks.test_twenty_second_review_prefixes import _Counting
 
 KEYS = frozenset({"model", "stream", "max_tokens", "metadata"})
 
@@ -143,16 +144,6 @@ def test_a_caller_keeps_its_most_recent_conversations_only():
     [bodies] = cache._entries.values()
     assert len(bodies) == prefixes.CONVERSATIONS
     assert cache._held == sum(len(e.body) for e in bodies.values())
-
-
-class _Counting(bytes):
-    """A body that counts the bytes `startswith` compares."""
-
-    compared = 0
-
-    def startswith(self, prefix, *args):
-        type(self).compared += len(prefix)
-        return super().startswith(prefix, *args)
 
 
 def test_a_body_none_of_the_kept_ones_continues_costs_one_comparison_each_at_most():
