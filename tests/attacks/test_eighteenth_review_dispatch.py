@@ -42,6 +42,13 @@ import dispatch  # noqa: E402
 MITMPROXY_TRIGGER_EVENT = dispatch.stock or addonmanager.AddonManager.trigger_event
 
 
+@pytest.fixture(autouse=True)
+def no_guarded_addons(monkeypatch):
+    """These tests compare dispatches over a chain of their own: an addon an earlier test in the
+    process guarded (a gateway it loaded and never unloaded) would run in their events too."""
+    monkeypatch.setattr(dispatch, "_guarded", {})
+
+
 def _manager(*chain) -> addonmanager.AddonManager:
     m = object.__new__(addonmanager.AddonManager)
     m.chain = list(chain)
