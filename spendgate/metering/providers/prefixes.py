@@ -23,9 +23,9 @@ Scoped per caller (host, proxy user, client address, credentials): a hit answers
 5 MB, a timing that must not tell anyone whether another caller sent that conversation. A caller
 keeps its last CONVERSATIONS bodies, not one: a developer runs two or three sessions on one key,
 and Claude Code's sub-agents send their own growing conversations between the main thread's
-turns, so one body per caller was replaced before its next turn came. A body that is none of
-them costs a comparison per kept body up to where they differ (a session's first user message,
-a few KB in; at worst CONVERSATIONS passes over the body, ~0.1 ms per MB each).
+turns, so one body per caller was replaced before its next turn came. Each kept body is compared
+up to where it differs (a session's first user message, a few KB in; at worst CONVERSATIONS passes
+over the body, ~0.1 ms per MB each), and only the one sharing the longest prefix is read from.
 """
 
 from __future__ import annotations
@@ -99,14 +99,23 @@ class Prefixes:
         slot = (scope, keys)
         with self._lock:
             kept = list(reversed(self._entries.get(slot, {}).values()))  # most recent first
-        for entry in kept:
-            try:
-                out = self._resume(slot, entry, body)
-            except Exception:  # a bug here must never cost the request: the whole body decides
-                log.exception("resuming a resent body failed; reading it whole")
-                break
-            if out is not None:
-                return out
+        # the kept body sharing the longest prefix, found by comparison alone, is the only one read
+        # from: reading each in turn read a body with a bad end once per kept body, and a fork of a
+        # conversation resumed (and replaced) in place of the conversation itself
+        try:
+            best, end = None, 0
+            for entry in kept:
+                if max(entry.ends) <= end:  # cannot share a longer prefix: not compared
+                    continue
+                at = _shared_end(entry, body)
+                if at is not None and at > end:
+                    best, end = entry, at
+            out = None if best is None else self._resume(slot, best, body, end)
+        except Exception:  # a bug here must never cost the request: the whole body decides
+            log.exception("resuming a resent body failed; reading it whole")
+            out = None
+        if out is not None:
+            return out
         out, elements = top_level_elements(body, keys, ARRAYS - keys)
         if out is not None and elements:
             try:
@@ -115,15 +124,8 @@ class Prefixes:
                 log.exception("indexing a request body for its next turn failed")
         return out
 
-    def _resume(self, slot: tuple[bytes, frozenset[str]], entry: _Resume, body: bytes) -> dict | None:
-        kept = memoryview(entry.body)
-        end, same = None, 0  # the longest kept end body shares; body[:same] == kept[:same]
-        for at in sorted(entry.ends):  # each byte compared once: a body differing early costs one pass, not one per end
-            if len(body) <= at or not body.startswith(kept[same:at], same):
-                break
-            end = same = at
-        if end is None:
-            return None
+    def _resume(self, slot: tuple[bytes, frozenset[str]], entry: _Resume, body: bytes, end: int) -> dict | None:
+        """top_level(body, entry.keys), reading `body` from `end` on (body[:end] is entry.body's)."""
         header = b'{"' + entry.array.encode() + b'":[' + _SENTINEL  # the state after `end`: in the array, after a value
         doc = header + body[end:]
         try:  # msgspec's reading only: json.loads of the rest alone would not see the prefix
@@ -159,6 +161,17 @@ class Prefixes:
                 self._held -= len(oldest.popitem(last=False)[1].body)
                 if not oldest:
                     del self._entries[oldest_slot]
+
+
+def _shared_end(entry: _Resume, body: bytes) -> int | None:
+    """The latest of `entry`'s ends up to which `body` has its bytes, if any."""
+    kept = memoryview(entry.body)
+    end, same = None, 0  # body[:same] == kept[:same]
+    for at in sorted(entry.ends):  # each byte compared once: a body differing early costs one pass, not one per end
+        if len(body) <= at or not body.startswith(kept[same:at], same):
+            break
+        end = same = at
+    return end
 
 
 def _first_resume(body: bytes, keys: frozenset[str], elements: dict[str, list]) -> _Resume | None:
