@@ -64,3 +64,9 @@ def test_odd_bodies_answer_as_json_loads(raw):
     assert info.max_output_tokens == base.dig(request, "generationConfig", "maxOutputTokens")
     if "user_prompt_id" in obj:
         assert info.hints.session_id == base.str_or_none(request.get("session_id"))
+
+
+@pytest.mark.parametrize("raw", [b"", b"[]", b'{"model": ', b'"gemini-2.5-pro"'])
+def test_a_malformed_body_is_malformed_only(raw):
+    info = CODE_ASSIST["streamGenerateContent"].parse_request(PATH, raw)
+    assert info.malformed and not info.stream and info.max_output_tokens is None

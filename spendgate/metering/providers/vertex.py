@@ -156,6 +156,8 @@ class CodeAssistAdapter(GeminiAdapter):
         # building it, took 55 ms at 5 MB)
         try:
             obj, info = self.read_request(path, body, SESSION_ID, GENERATION_CONFIG)
+            if info.malformed:
+                return info
             info.stream = self.endpoint == "streamGenerateContent"
             cap = dig(obj.get(GENERATION_CONFIG), "maxOutputTokens")
             info.max_output_tokens = as_int(cap) if cap is not None else None
