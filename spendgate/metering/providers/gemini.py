@@ -20,6 +20,7 @@ from spendgate.metering.framing import Oversized
 from spendgate.metering.providers.base import (
     Adapter,
     JSONEventStreamParser,
+    Key,
     RequestInfo,
     ResponseResult,
     StreamParser,
@@ -27,7 +28,6 @@ from spendgate.metering.providers.base import (
     as_int,
     dig,
     error_type,
-    Key,
     json_answer,
     load_json,
     parse_json_request,
@@ -53,7 +53,6 @@ _COUNT_KEYS = (
     "totalTokenCount",
 )
 _UNFINISHED = ("", "FINISH_REASON_UNSPECIFIED")
-SESSION_ID = ("request", "session_id")  # Gemini CLI's session in a Code Assist body (vertex.py asks for it)
 
 
 @dataclass(slots=True, frozen=True)
@@ -256,8 +255,7 @@ class GeminiAdapter(Adapter):
         if tier := normalize_tier(obj.get("service_tier", obj.get("serviceTier"))):
             info.modifiers = {"service_tier": tier}  # asked for; the response header says what was served
         if prompt_id := str_or_none(obj.get("user_prompt_id")):  # Gemini CLI, Code Assist body
-            info.hints = BodyHints(user_prompt_id=prompt_id[:256],
-                                   session_id=str_or_none(obj.get(SESSION_ID)))
+            info.hints = BodyHints(user_prompt_id=prompt_id[:256])
         gpath = parse_path(path)
         info.model = gpath.model if gpath else info.model
         info.stream = gpath is not None and gpath.method == "streamGenerateContent"

@@ -19,7 +19,7 @@ in ``{"response": ...}`` (the Gemini folder unwraps it).
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from spendgate.metering.providers.anthropic import (
@@ -32,8 +32,9 @@ from spendgate.metering.providers.base import (
     StreamParser,
     as_int,
     dig,
+    str_or_none,
 )
-from spendgate.metering.providers.gemini import SESSION_ID, GeminiAdapter, GeminiStreamParser
+from spendgate.metering.providers.gemini import GeminiAdapter, GeminiStreamParser
 
 PATH_RE = re.compile(
     r"^/(?:v1|v1beta1)/(?:projects/[^/]+/locations/([^/]+)/)?publishers/(anthropic|google)/models/([^/:]+):(\w+)$"
@@ -41,7 +42,9 @@ PATH_RE = re.compile(
 GLOBAL_LOCATION = "global"
 ENDPOINT_MODIFIER = "vertex_endpoint"  # "global" | "regional" (a region or a multi-region: us, eu)
 CODE_ASSIST_RE = re.compile(r"^/v1internal:(generateContent|streamGenerateContent)$")
-GENERATION_CONFIG = ("request", "generationConfig")  # a Code Assist body's output cap is in its Gemini request
+# Code Assist's own members, inside the body's Gemini request: the output cap, and Gemini CLI's session
+GENERATION_CONFIG = ("request", "generationConfig")
+SESSION_ID = ("request", "session_id")
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,6 +162,8 @@ class CodeAssistAdapter(GeminiAdapter):
             if info.malformed:
                 return info
             info.stream = self.endpoint == "streamGenerateContent"
+            if info.hints.user_prompt_id:  # Gemini CLI's body: its session beside the prompt id
+                info.hints = replace(info.hints, session_id=str_or_none(obj.get(SESSION_ID)))
             cap = dig(obj.get(GENERATION_CONFIG), "maxOutputTokens")
             info.max_output_tokens = as_int(cap) if cap is not None else None
             return info
