@@ -75,6 +75,7 @@ HOST = "api.anthropic.com"
 PATH = "/v1/messages?beta=true"
 BENCH_KEY = "sk-ant-bench-not-a-real-key-000000"  # fingerprinted by spendgate, never stored raw
 STEP_TIMEOUT = 120.0  # no single scenario may take longer than this
+TURN_WARMUP = 3  # untimed requests on a turn's new connection after a round's first turn
 SETTLE_S = 0.05  # pause between a stream's warm-up request and the timed stream
 
 
@@ -99,6 +100,7 @@ class Plan:
     e2e_ledger_requests: int = 200
     writer_rows: int = 200_000
     warmup: int = 30
+    turns: int = 6  # the 1- and 10-in-flight requests of a round are sent in this many turns per proxy
     big_requests: int = 10  # 5 MB bodies per proxy per round (added cost must not grow with the body)
     big_bytes: int = 5 * 1024 * 1024
     policy_users: int = 10_000  # start-up with a policy naming this many users
@@ -751,16 +753,17 @@ class Bench:
             if rnd % 2:
                 order.reverse()  # ABBA: neither proxy always runs first
             requests = [*order[:2], ("dispatch", same, None), *order[2:]]  # the non-stream rows only
-            for name, p, _ in requests:
-                s = samples[name]
-                r = self.arun(run_requests(p.port, self.ctx, req, 1, plan.c1_requests, plan.warmup))
-                s["c1"] += r["latencies"]
-                s["c1_wall"].append((len(r["latencies"]), r["wall"]))
-            for name, p, _ in requests:
-                s = samples[name]
-                r = self.arun(run_requests(p.port, self.ctx, req, 10, plan.c10_requests, plan.warmup))
-                s["c10"] += r["latencies"]
-                s["c10_wall"].append((len(r["latencies"]), r["wall"]))
+            for conc, conns, per_conn in (("c1", 1, plan.c1_requests), ("c10", 10, plan.c10_requests)):
+                # in turns, the order reversed each turn: a machine that slows down for a second
+                # slows every proxy alike (one proxy's whole share at a time put 11% between two plains)
+                turns = max(1, min(plan.turns, per_conn))
+                for turn in range(turns):
+                    n = per_conn // turns + (1 if turn < per_conn % turns else 0)
+                    for name, p, _ in requests if turn % 2 == 0 else reversed(requests):
+                        r = self.arun(run_requests(p.port, self.ctx, req, conns, n,
+                                                   plan.warmup if turn == 0 else TURN_WARMUP))
+                        samples[name][conc] += r["latencies"]
+                        samples[name][f"{conc}_wall"].append((len(r["latencies"]), r["wall"]))
             for name, p, _ in order:
                 if name != "control":
                     for key, conversation in zip(("big", "big_fresh"), big[name]):

@@ -2,12 +2,13 @@
 
 Each variant is spendgate plus a small extra addon script (written to the work directory) that
 turns one part into a no-op once the gateway runs. Plain mitmdump, a plain control and every
-variant are measured in alternating rounds of 100 KB requests at 1 in flight: CPU per request of
-the whole process (``/proc``, all threads) and the client's p50 and p95 latency. The figures are
+variant are measured in rounds of 100 KB requests (or --body) at 1 in flight, each round one
+window in which they take turns (bench_cpu.interleaved): CPU per request of the whole process
+(``/proc``, all threads) and the client's p50 and p95 latency. The figures are
 differences from plain mitmdump; a variant's distance from full spendgate is what the part it
 switches off costs. These variants meter wrongly on purpose: they exist only here.
 
-    scripts/bench --ablate [--rounds N] [--requests N] [--smoke] [--out FILE]
+    scripts/bench --ablate [--rounds N] [--requests N] [--body 100kb|5mb-next|5mb-fresh] [--smoke] [--out FILE]
 
 docs/architecture.md ("Issue 18, fifth part") reads a run of it.
 """
@@ -116,7 +117,18 @@ def switch_script(work: Path, name: str, parts: tuple[str, ...]) -> Path:
     return path
 
 
-def run(rounds: int, requests: int, work: Path) -> dict[str, Any]:
+BODIES = ("100kb", "5mb-next", "5mb-fresh")  # --body: the bench's agent body, or 5 MB as bench.Conversation sends it
+
+
+def requests_of(body: str) -> Any:
+    """A zero-argument callable giving the next request's bytes for `body` (one of BODIES)."""
+    if body == "100kb":
+        req = bench.http_request(bench.agent_body(False))
+        return lambda: req
+    return bench.Conversation(5 * 1024 * 1024, fresh=body == "5mb-fresh")
+
+
+def run(rounds: int, requests: int, work: Path, body: str = "100kb") -> dict[str, Any]:
     b = bench.Bench(bench.Plan(), work)
     try:
         proxies = {"plain": b.proxy("plain", False), "control": b.proxy("control", False)}
@@ -124,28 +136,30 @@ def run(rounds: int, requests: int, work: Path) -> dict[str, Any]:
             extra = ["-s", str(switch_script(work, name, parts))] if parts else []
             proxies[name] = b.proxy(name.replace(" ", "-").replace(",", ""), True, work / f"{len(proxies)}.duckdb",
                                     extra=extra)
-        req = bench.http_request(bench.agent_body(False))
+        sources = {n: requests_of(body) for n in proxies}  # a conversation of its own per proxy
         latencies: dict[str, list[float]] = {n: [] for n in proxies}
         cpu: dict[str, list[float]] = {n: [] for n in proxies}
 
-        async def c1(name: str) -> int:
-            c = await bench.Conn.open(proxies[name].port, b.ctx)
+        by_port = {p.port: name for name, p in proxies.items()}
+
+        async def c1(port: int, n: int) -> int:
+            name = by_port[port]
+            c = await bench.Conn.open(port, b.ctx)
             try:
-                for _ in range(requests):
+                for _ in range(n):
                     t = time.perf_counter()
-                    await c.exchange(req)
+                    await c.exchange(sources[name]())
                     latencies[name].append(time.perf_counter() - t)
             finally:
                 c.close()
-            return requests
+            return n
 
         for p in proxies.values():
             asyncio.run(bench_cpu._warm(bench, p.port, b.ctx))  # also flips each switch
-        for rnd in range(rounds):
-            names = list(proxies) if rnd % 2 == 0 else list(reversed(proxies))
-            for name in names:
-                seconds, units = asyncio.run(asyncio.wait_for(
-                    bench_cpu._measure(proxies[name].proc.pid, lambda: c1(name)), bench.STEP_TIMEOUT))
+        for rnd in range(rounds):  # each round one window, every variant in turns (bench_cpu.interleaved)
+            window = asyncio.run(asyncio.wait_for(bench_cpu.interleaved(proxies, c1, requests),
+                                                  bench.STEP_TIMEOUT * len(proxies)))
+            for name, (seconds, units) in window.items():
                 cpu[name].append(seconds / units * 1e6)
             log.info("round %d/%d done", rnd + 1, rounds)
         ledgers = {}
@@ -168,11 +182,11 @@ def run(rounds: int, requests: int, work: Path) -> dict[str, Any]:
     return out
 
 
-def print_table(figures: dict[str, Any]) -> None:
+def print_table(figures: dict[str, Any], body: str = "100kb") -> None:
     from rich.console import Console
     from rich.table import Table
 
-    t = Table(title="spendgate with one part switched off (100 KB, 1 in flight; medians of rounds; vs plain)")
+    t = Table(title=f"spendgate with one part switched off ({body}, 1 in flight; medians of rounds; vs plain)")
     for col in ("variant", "CPU µs/req", "added CPU", "p50 µs", "added p50", "p50 ratio", "p95 ratio", "ledger rows"):
         t.add_column(col, justify="left" if col == "variant" else "right")
     for name, f in figures.items():
@@ -187,6 +201,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ablate", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--requests", type=int, default=600, help="requests per proxy and round")
+    ap.add_argument("--body", choices=BODIES, default="100kb",
+                    help="request bodies: the 100 KB agent body, or 5 MB as an agent's next turn or a new session")
     ap.add_argument("--smoke", action="store_true", help="one round of 15 requests: the structure, not figures")
     ap.add_argument("--out", type=Path, default=None, help="JSON file (default bench-results/ablate-<time>.json)")
     args = ap.parse_args(argv)
@@ -195,13 +211,13 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="spendgate-ablate-"))
     load_start = os.getloadavg()
     try:
-        figures = run(rounds, requests, work)
+        figures = run(rounds, requests, work, args.body)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    print_table(figures)
+    print_table(figures, args.body)
     out = args.out or bench.ROOT / "bench-results" / f"ablate-{datetime.now().strftime('%Y%m%d-%H%M%S')}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"rounds": rounds, "requests": requests, "cpus": os.cpu_count(), "loadavg_start": load_start,
+    meta = {"body": args.body, "rounds": rounds, "requests": requests, "cpus": os.cpu_count(), "loadavg_start": load_start,
             "loadavg_end": os.getloadavg(), "started": datetime.now(UTC).isoformat(timespec="seconds")}
     out.write_text(json.dumps({"meta": meta, "figures": figures}, indent=2) + "\n")
     print(f"JSON: {out}")

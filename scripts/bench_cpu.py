@@ -1,8 +1,9 @@
 """CPU time per request of each mitmdump process: robust on a shared, loaded machine.
 
 Wall-clock ratios swing with whatever else runs on the box; the CPU time a process spends per
-request does not (much): it is read from ``/proc/PID/stat`` (utime + stime, every thread of the
-process, so spendgate's meter and ledger threads count too) before and after N requests. Each
+request does not (much): it is read before and after N requests from every thread's nanosecond
+counter (``/proc/PID/task/*/schedstat``), so spendgate's meter and ledger threads count too, or,
+when a thread ended meanwhile, from ``/proc/PID/stat`` (10 ms ticks: 250 µs per request over 40). Each
 measurement ends after a settle pause long enough for spendgate's batched background work (meter
 worker 50 ms, ledger commits every second) to be done and counted; the pause is the same for every
 proxy, so idle cost is counted alike. Rounds alternate the proxies' order, the per-round values
@@ -29,14 +30,49 @@ from pathlib import Path
 from typing import Any
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+COUNTERS = {"ns": 0, "ticks": 0}  # how many measurements each counter made (printed with the table)
+CHUNKS = 8  # turns each proxy takes in a window, alternating (ABBA) with the others
 SETTLE_S = 1.3  # > meter batch (0.05 s) + ledger commit interval (1 s): background work is counted
 
 
 def cpu_seconds(pid: int) -> float:
-    """utime + stime of every thread of `pid`, in seconds (resolution 1 / CLK_TCK)."""
+    """utime + stime of every thread of `pid`, living and exited, in seconds (resolution 1 / CLK_TCK:
+    10 ms, so 250 µs per request over 40 requests)."""
     raw = Path(f"/proc/{pid}/stat").read_text()
     fields = raw[raw.rindex(")") + 2:].split()  # after "(comm) ": state is fields[0]
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def thread_cpu_ns(pid: int) -> dict[int, int]:
+    """thread id -> nanoseconds it has run on a CPU (``/proc/PID/task/TID/schedstat``, field 1):
+    exact to the nanosecond, but a thread that exits takes its time with it."""
+    out: dict[int, int] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            out[int(task.name)] = int((task / "schedstat").read_text().split()[0])
+        except (FileNotFoundError, ProcessLookupError, IndexError, ValueError):
+            continue  # the thread ended while we read
+    return out
+
+
+class CpuClock:
+    """CPU seconds a process spent between its creation and `stop()`: the sum of the nanosecond
+    per-thread counters, unless a thread took its time away (one seen at the start is gone, or the
+    process's tick counter, which keeps exited threads' time, ran more than two ticks ahead: a
+    thread both started and ended in between); then the tick counter."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.ticks0 = cpu_seconds(pid)
+        self.ns0 = thread_cpu_ns(pid)
+
+    def stop(self) -> tuple[float, str]:
+        """(CPU seconds, "ns" or "ticks": which counter measured them)."""
+        ns1, ticks = thread_cpu_ns(self.pid), cpu_seconds(self.pid) - self.ticks0
+        exact = (sum(ns1.values()) - sum(self.ns0.values())) / 1e9
+        if self.ns0 and set(self.ns0) <= set(ns1) and ticks - exact <= 2 / CLK_TCK:
+            return exact, "ns"
+        return ticks, "ticks"
 
 
 @dataclass(frozen=True)
@@ -55,36 +91,27 @@ CPU_SMOKE = CpuPlan(rounds=1, c1_requests=20, c10_per_conn=3, big_requests=3, bi
                     stream_events=50, streams=1)  # fmt: skip
 
 
-async def _measure(pid: int, run) -> tuple[float, int]:
-    """(CPU seconds, units of work) spent by `pid` while `run()` ran, plus a settle pause."""
-    await asyncio.sleep(SETTLE_S)  # what earlier work left behind is not ours
-    c0 = cpu_seconds(pid)
-    units = await run()
-    await asyncio.sleep(SETTLE_S)
-    return cpu_seconds(pid) - c0, units
-
-
-def scenarios(bench_mod: Any, plan: CpuPlan, ctx: ssl.SSLContext) -> dict[str, Any]:
-    """name -> (async runner(port) -> units, unit name)."""
+def scenarios(bench_mod: Any, plan: CpuPlan, ctx: ssl.SSLContext) -> dict[str, Scenario]:
+    """name -> its Scenario (a runner(port, n) doing n units of work on one proxy, and its count)."""
     b = bench_mod
     req = b.http_request(b.agent_body(False))
     sessions: dict[tuple[int, bool], Any] = {}  # per proxy port: a resent conversation, new sessions
     sreq = b.http_request(b.agent_body(True, 2000), f"sse:{plan.stream_events}:0")
 
-    async def c1(port: int) -> int:
+    async def c1(port: int, n: int) -> int:
         c = await b.Conn.open(port, ctx)
         try:
-            for _ in range(plan.c1_requests):
+            for _ in range(n):
                 await c.exchange(req)
         finally:
             c.close()
-        return plan.c1_requests
+        return n
 
-    async def c10(port: int) -> int:
+    async def c10(port: int, n: int) -> int:
         conns = [await b.Conn.open(port, ctx) for _ in range(10)]
 
         async def worker(c) -> None:
-            for _ in range(plan.c10_per_conn):
+            for _ in range(n):
                 await c.exchange(req)
 
         try:
@@ -92,34 +119,73 @@ def scenarios(bench_mod: Any, plan: CpuPlan, ctx: ssl.SSLContext) -> dict[str, A
         finally:
             for c in conns:
                 c.close()
-        return 10 * plan.c10_per_conn
+        return 10 * n
 
-    async def body5m(port: int, fresh: bool = False) -> int:
-        if (port, fresh) not in sessions:
-            sessions[port, fresh] = b.Conversation(plan.big_bytes, fresh)
-        conversation = sessions[port, fresh]
+    def body5m(fresh: bool) -> Any:
+        async def run(port: int, n: int) -> int:
+            if (port, fresh) not in sessions:
+                sessions[port, fresh] = b.Conversation(plan.big_bytes, fresh)
+            conversation = sessions[port, fresh]
+            c = await b.Conn.open(port, ctx)
+            try:
+                for _ in range(n):
+                    await c.exchange(conversation())
+            finally:
+                c.close()
+            return n
+
+        return run
+
+    async def stream(port: int, n: int) -> int:
         c = await b.Conn.open(port, ctx)
         try:
-            for _ in range(plan.big_requests):
-                await c.exchange(conversation())
-        finally:
-            c.close()
-        return plan.big_requests
-
-    async def body5m_fresh(port: int) -> int:
-        return await body5m(port, fresh=True)
-
-    async def stream(port: int) -> int:
-        c = await b.Conn.open(port, ctx)
-        try:
-            for _ in range(plan.streams):
+            for _ in range(n):
                 await c.exchange(sreq, lambda data, now: None)
         finally:
             c.close()
-        return plan.streams * plan.stream_events
+        return n * plan.stream_events
 
-    return {"c1": (c1, "request"), "c10": (c10, "request"), "body_5mb": (body5m, "request"),
-            "body_5mb_fresh": (body5m_fresh, "request"), "stream": (stream, "event")}  # fmt: skip
+    return {"c1": Scenario(c1, "request", plan.c1_requests), "c10": Scenario(c10, "request", plan.c10_per_conn),
+            "body_5mb": Scenario(body5m(False), "request", plan.big_requests),
+            "body_5mb_fresh": Scenario(body5m(True), "request", plan.big_requests),
+            "stream": Scenario(stream, "event", plan.streams)}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Scenario:
+    runner: Any  # async (port, n) -> units of work done: n requests (c10: n per connection, 10 n in all) or n streams
+    unit: str  # what one unit is: "request" or "event"
+    count: int  # n per proxy and round, run in up to CHUNKS turns
+
+
+def takes_part(scenario: str, name: str, names: Any) -> bool:
+    """Whether proxy `name` is measured in `scenario`: the stream against the streaming floor
+    (plain-stream, as plain buffers SSE) and only for it and spendgate; the rest without plain-stream."""
+    if scenario == "stream":
+        return name not in ("control", "dispatch") and (name != "plain" or "plain-stream" not in names)
+    return name != "plain-stream"
+
+
+async def interleaved(proxies: dict[str, Any], runner: Any, count: int) -> dict[str, tuple[float, int]]:
+    """name -> (CPU seconds, units of work) of each proxy over one window in which every proxy did
+    `count` in up to CHUNKS turns, the order reversed each turn (ABBA), then a settle pause: a
+    machine that slows down or speeds up during the window does so for all of them alike."""
+    await asyncio.sleep(SETTLE_S)  # what earlier work left behind is not ours
+    clocks = {name: CpuClock(p.proc.pid) for name, p in proxies.items()}
+    units = dict.fromkeys(proxies, 0)
+    turns = max(1, min(CHUNKS, count))
+    names = list(proxies)
+    for turn in range(turns):
+        n = count // turns + (1 if turn < count % turns else 0)
+        for name in names if turn % 2 == 0 else reversed(names):
+            units[name] += await runner(proxies[name].port, n)
+    await asyncio.sleep(SETTLE_S)
+    out = {}
+    for name, clock in clocks.items():
+        seconds, counter = clock.stop()
+        COUNTERS[counter] += 1
+        out[name] = seconds, units[name]
+    return out
 
 
 async def _warm(bench_mod: Any, port: int, ctx: ssl.SSLContext) -> None:
@@ -133,35 +199,29 @@ async def _warm(bench_mod: Any, port: int, ctx: ssl.SSLContext) -> None:
 
 def run_cpu(bench_mod: Any, plan: CpuPlan, ctx: ssl.SSLContext, proxies: dict[str, Any]) -> dict[str, Any]:
     """CPU µs per unit for each proxy and scenario; `proxies` maps plain / control / spendgate (and
-    optionally plain-stream, the streaming floor) to started bench.Proxy objects."""
+    optionally plain-stream, the streaming floor) to started bench.Proxy objects. Each round is one
+    interleaved window per scenario (interleaved). Figures are medians over rounds; `paired_us` is
+    the median of each round's own difference, in which the drift between rounds cancels."""
     scen = {k: v for k, v in scenarios(bench_mod, plan, ctx).items() if not plan.only or k in plan.only}
     for p in {id(p): p for p in proxies.values()}.values():
         asyncio.run(_warm(bench_mod, p.port, ctx))
     samples: dict[str, dict[str, list[float]]] = {s: {n: [] for n in proxies} for s in scen}
-    for rnd in range(plan.rounds):
-        names = list(proxies)
-        if rnd % 2:
-            names.reverse()
-        for s, (runner, _unit) in scen.items():
-            for name in names:
-                p = proxies[name]
-                if s == "stream" and name in ("control", "dispatch"):
-                    continue
-                if s == "stream" and name == "plain" and "plain-stream" in proxies:
-                    continue  # plain buffers SSE; its streaming floor is plain-stream
-                if s != "stream" and name == "plain-stream":
-                    continue
-                cpu, units = asyncio.run(asyncio.wait_for(_measure(p.proc.pid, lambda: runner(p.port)),
-                                                          bench_mod.STEP_TIMEOUT))
+    for _ in range(plan.rounds):
+        for s, sc in scen.items():
+            taking = {n: p for n, p in proxies.items() if takes_part(s, n, proxies)}
+            window = asyncio.run(asyncio.wait_for(interleaved(taking, sc.runner, sc.count),
+                                                  bench_mod.STEP_TIMEOUT * len(taking)))
+            for name, (cpu, units) in window.items():
                 samples[s][name].append(cpu / units * 1e6)
-    out: dict[str, Any] = {"plan": plan.__dict__, "clk_tck": CLK_TCK}
+    out: dict[str, Any] = {"plan": plan.__dict__, "clk_tck": CLK_TCK, "counters": dict(COUNTERS)}
     for s, per in samples.items():
         med = {n: round(statistics.median(v), 2) for n, v in per.items() if v}
         floor = "plain-stream" if s == "stream" and "plain-stream" in med else "plain"
-        fig: dict[str, Any] = {"unit": scen[s][1], "us": med, "rounds": {n: [round(x, 1) for x in v]
-                                                                        for n, v in per.items() if v}}
+        fig: dict[str, Any] = {"unit": scen[s].unit, "us": med,
+                               "rounds": {n: [round(x, 1) for x in v] for n, v in per.items() if v}}
         if floor in med and "spendgate" in med:
             fig["added_us"] = round(med["spendgate"] - med[floor], 2)
+            fig["paired_us"] = paired(per["spendgate"], per[floor])
             fig["ratio"] = round(med["spendgate"] / med[floor], 3) if med[floor] else float("nan")
             fig["added_share"] = round(fig["added_us"] / med[floor], 3) if med[floor] else float("nan")
         if "dispatch" in med and "spendgate" in med and s != "stream":  # spendgate's own hooks, like for like
@@ -170,6 +230,7 @@ def run_cpu(bench_mod: Any, plan: CpuPlan, ctx: ssl.SSLContext, proxies: dict[st
             fig["before_added_us"] = round(med["before"] - med[floor], 2)
         if "control" in med and "plain" in med and s != "stream":
             fig["control_added_us"] = round(med["control"] - med["plain"], 2)
+            fig["control_paired_us"] = paired(per["control"], per["plain"])
             fig["control_ratio"] = round(med["control"] / med["plain"], 3) if med["plain"] else float("nan")
         out[s] = fig
     if "c1" in out and "body_5mb" in out and "added_us" in out["c1"] and "added_us" in out["body_5mb"]:
@@ -179,6 +240,11 @@ def run_cpu(bench_mod: Any, plan: CpuPlan, ctx: ssl.SSLContext, proxies: dict[st
     return out
 
 
+def paired(a: list[float], b: list[float]) -> float:
+    """Median over rounds of a - b, each round's two values measured in the same window."""
+    return round(statistics.median(x - y for x, y in zip(a, b, strict=True)), 2)
+
+
 def print_cpu(cpu: dict[str, Any], console: Any) -> None:
     from rich.table import Table
 
@@ -186,7 +252,8 @@ def print_cpu(cpu: dict[str, Any], console: Any) -> None:
 
     t = Table(title="CPU time per request (all threads of each mitmdump; median of rounds)", header_style="bold")
     before = any("before" in (cpu.get(s) or {}).get("us", {}) for s in cpu if isinstance(cpu.get(s), dict))
-    cols = ["scenario", "plain", "plain (control)", "spendgate", "added", "added / plain", "control - plain"]
+    cols = ["scenario", "plain", "plain (control)", "spendgate", "added", "added / plain", "control - plain",
+            "added, paired", "control, paired"]
     same = any("dispatch" in (cpu.get(s) or {}).get("us", {}) for s in ("c1", "c10", "body_5mb"))
     if same:
         cols += ["plain, spendgate's dispatch", "added over it"]
@@ -204,13 +271,18 @@ def print_cpu(cpu: dict[str, Any], console: Any) -> None:
         us = f["us"]
         plain = us.get("plain-stream") if s == "stream" else us.get("plain")
         cells = [label, f"{plain}", f"{us.get('control', '-')}", f"{us.get('spendgate')}", f"{f.get('added_us')}",
-                 f"{f.get('added_share')}", f"{f.get('control_added_us', '-')}"]
+                 f"{f.get('added_share')}", f"{f.get('control_added_us', '-')}", f"{f.get('paired_us', '-')}",
+                 f"{f.get('control_paired_us', '-')}"]
         if same:
             cells += [f"{us.get('dispatch', '-')}", f"{f.get('like_added_us', '-')}"]
         if before:
             cells += [f"{us.get('before', '-')}", f"{f.get('before_added_us', '-')}"]
         t.add_row(*cells)
     console.print(t)
+    counters = cpu.get("counters") or {}
+    if counters.get("ticks"):
+        console.print(f"{counters['ticks']} of {sum(counters.values())} measurements fell back to 10 ms ticks "
+                      "(a thread ended while they ran)")
     if "added_5mb_minus_100kb_us" in cpu:
         console.print(f"added CPU at 5 MB minus added CPU at 100 KB: {cpu['added_5mb_minus_100kb_us']} µs "
                       "(target: ~0, within noise)")

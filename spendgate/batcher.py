@@ -2,8 +2,10 @@
 
 Waking a thread for every request costs the proxy's event loop a GIL hand-off each time; handing
 items over through a deque and draining it every `interval` seconds costs one wake-up per
-interval however busy the proxy is. `put()` never blocks; `flush()` waits until everything put
-before it has been handled; `close()` handles what is left and stops.
+interval however busy the proxy is. With nothing to do the thread sleeps until the first item:
+a timer that woke an idle meter 20 times a second cost the gateway 2.6 ms of CPU a second at
+rest, on every laptop it runs on (issue 18). `put()` never blocks; `flush()` waits until
+everything put before it has been handled; `close()` handles what is left and stops.
 """
 
 from __future__ import annotations
@@ -28,13 +30,19 @@ class Batcher(Generic[T]):
         self.interval = interval
         self.max_items = max_items
         self._items: collections.deque[Any] = collections.deque()
-        self._wake = threading.Event()
+        self._wake = threading.Event()  # handle now: a flush, a full batch, close
+        self._arrived = threading.Event()  # the first item after idle: gather a batch, then handle it
+        self._sleeping = False  # the thread waits for _arrived (or is about to): put() must set it
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
     def put(self, item: T) -> None:
-        self._items.append(item)  # deque.append is atomic: no lock, no wake-up
+        self._items.append(item)  # deque.append is atomic: no lock; a wake-up only after idle
+        # (appended before _sleeping is read, as _run sets it before looking at the deque: one
+        # of the two sees the other's write, so an item never waits for a wake-up that is not coming)
+        if self._sleeping:
+            self._arrived.set()
         if self.max_items and len(self._items) >= self.max_items:
             self._wake.set()  # a full batch: handle it now rather than hold more
 
@@ -42,16 +50,29 @@ class Batcher(Generic[T]):
         done = threading.Event()
         self._items.append(done)
         self._wake.set()
+        self._arrived.set()
         return done.wait(timeout)
 
     def close(self, timeout: float = 30.0) -> None:
         self._stopping = True
         self._wake.set()
+        self._arrived.set()
         self._thread.join(timeout)
+
+    def _idle(self) -> None:
+        """Sleep until put(), flush() or close() (a spurious return only costs one empty batch)."""
+        self._sleeping = True
+        if not self._items and not self._stopping:
+            self._arrived.wait()
+        self._sleeping = False
+        self._arrived.clear()
 
     def _run(self) -> None:
         waiting: list[threading.Event] = []  # flushes not yet satisfied
+        retry = False  # the handler kept items: it is called again every interval until it takes them
         while True:
+            if not (self._items or waiting or retry or self._stopping):
+                self._idle()
             stopping = self._stopping
             self._wake.wait(self.interval)
             self._wake.clear()
@@ -64,6 +85,7 @@ class Batcher(Generic[T]):
             except Exception:
                 log.exception("%s: batch handler failed", self._thread.name)
                 ok = True  # the handler lost those items; say so above, keep going
+            retry = not ok
             if ok:
                 for done in waiting:
                     done.set()

@@ -105,7 +105,9 @@ class OpaqueRecorder:
         while not stop:
             batch: list[OpaqueConnection] = []
             try:
-                item = self._q.get(timeout=self.batch_interval)
+                # rows kept after a failed write: retry every interval; else sleep until work comes
+                # (a timer woke an idle gateway four times a second for nothing: issue 18)
+                item = self._q.get(timeout=self.batch_interval if self._pending else None)
             except queue.Empty:
                 item = None
             while True:

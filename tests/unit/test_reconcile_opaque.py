@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -63,3 +64,33 @@ def test_import_goes_through_the_gateway_holding_the_file(tmp_path):
         assert json.loads(cp.stdout)["totals"][0]["billed_usd"] == 1.75
     finally:
         gw.close()
+
+
+def test_an_idle_recorder_sleeps_and_a_failed_write_is_retried(tmp_path, monkeypatch):
+    """No wake-ups while nothing comes (a timer woke it four times a second at rest); rows a
+    write could not take are retried on the interval without a new connection coming."""
+    con = connect(tmp_path / "l.duckdb")
+    migrate(con)
+    calls = []
+    real = opaque.OpaqueRecorder._write
+
+    def counting(self, cur, batch):
+        calls.append(len(batch))
+        if len(calls) <= 2 and batch:  # the first write fails, as on a full disk
+            self._pending = list(batch)
+            self.failures += 1
+            return
+        return real(self, cur, batch)
+
+    monkeypatch.setattr(opaque.OpaqueRecorder, "_write", counting)
+    rec = opaque.OpaqueRecorder(con.cursor, batch_interval=0.005)
+    try:
+        time.sleep(0.3)
+        assert calls == []  # asleep: the old timer wrote an empty batch ~60 times in this time
+        rec.record(conn("alice", "api2.cursor.sh", 100, 1000, 0.5))
+        deadline = time.monotonic() + 5
+        while rec.written < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert rec.written == 1 and rec.failures == 1  # retried with nothing new queued
+    finally:
+        rec.close()

@@ -120,23 +120,27 @@ UTF8_EDGES = [
 ]  # fmt: skip
 
 
+@pytest.mark.parametrize("part_bytes", [1, 2, 3, 1 << 12])
 @pytest.mark.parametrize("slice_bytes", [1, 2, 3, 4, 5, 7, 1 << 16])
 @pytest.mark.parametrize("data", UTF8_EDGES + [a + b for a in UTF8_EDGES for b in UTF8_EDGES[:6]])
-def test_is_utf8_agrees_with_decode(monkeypatch: pytest.MonkeyPatch, data: bytes, slice_bytes: int) -> None:
-    """Every slice size, so characters split at each of their byte boundaries, and a slice that
-    ends with half a character followed by one that is all ASCII."""
+def test_is_utf8_agrees_with_decode(monkeypatch: pytest.MonkeyPatch, data: bytes, slice_bytes: int,
+                                    part_bytes: int) -> None:
+    """Every slice and part size, so characters split at each of their byte boundaries, and a
+    slice or part that ends with half a character followed by one that is all ASCII."""
     monkeypatch.setattr(base, "_UTF8_SLICE", slice_bytes)
+    monkeypatch.setattr(base, "_UTF8_PART", part_bytes)
     assert base.is_utf8(data) is decodes(data)
 
 
 @settings(max_examples=500, deadline=None)
 @given(st.lists(st.sampled_from([b"a", b"{", b"\x80", b"\xc3", b"\xa9", b"\xe2\x80\x94", b"\xed", b"\xa0",
                                  b"\xf0\x9f", b"\x98\x80", b"\xff", "é".encode()]), max_size=40),
-       st.integers(1, 9))  # fmt: skip
-def test_is_utf8_generated(parts: list[bytes], slice_bytes: int) -> None:
+       st.integers(1, 9), st.integers(1, 9))  # fmt: skip
+def test_is_utf8_generated(parts: list[bytes], slice_bytes: int, part_bytes: int) -> None:
     data = b"".join(parts)
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(base, "_UTF8_SLICE", slice_bytes)
+        mp.setattr(base, "_UTF8_PART", part_bytes)
         assert base.is_utf8(data) is decodes(data)
 
 

@@ -1,0 +1,45 @@
+"""scripts/bench_cpu.CpuClock: nanosecond per-thread counters, ticks when a thread took its time away."""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
+
+import bench_cpu  # noqa: E402
+
+
+def burn(seconds: float) -> None:
+    end = time.thread_time() + seconds
+    while time.thread_time() < end:
+        pass
+
+
+def test_the_nanosecond_counters_see_every_living_thread() -> None:
+    stop = threading.Event()
+    worker = threading.Thread(target=lambda: (burn(0.15), stop.wait(10)))
+    worker.start()
+    try:
+        clock = bench_cpu.CpuClock(os.getpid())
+        burn(0.1)  # this thread, and the worker meanwhile
+        time.sleep(0.3)
+        seconds, counter = clock.stop()
+    finally:
+        stop.set()
+        worker.join()
+    assert counter == "ns"
+    assert 0.2 <= seconds < 1.0  # both threads' time, not the main thread's alone (nor 10 ms steps)
+
+
+def test_a_thread_that_ended_in_the_window_falls_back_to_the_tick_counter() -> None:
+    clock = bench_cpu.CpuClock(os.getpid())
+    worker = threading.Thread(target=burn, args=(0.2,))
+    worker.start()
+    worker.join()  # the worker's time left with it: only the process's ticks still hold it
+    seconds, counter = clock.stop()
+    assert counter == "ticks"
+    assert seconds >= 0.15
