@@ -1,14 +1,16 @@
 """CPU time per request of each mitmdump process: robust on a shared, loaded machine.
 
 Wall-clock ratios swing with whatever else runs on the box; the CPU time a process spends per
-request does not (much): it is read before and after N requests from every thread's nanosecond
-counter (``/proc/PID/task/*/schedstat``), so spendgate's meter and ledger threads count too, or,
-when a thread ended meanwhile, from ``/proc/PID/stat`` (10 ms ticks: 250 µs per request over 40). Each
-measurement ends after a settle pause long enough for spendgate's batched background work (meter
-worker 50 ms, ledger commits every second) to be done and counted; the pause is the same for every
-proxy, so idle cost is counted alike. Rounds alternate the proxies' order, the per-round values
-are summarized by their median, and a second plain mitmdump is measured as a control: the
-plain-vs-control difference is the noise floor of the figure.
+request does not (much). It is read from every thread's nanosecond counter
+(``/proc/PID/task/*/schedstat``), so spendgate's meter and ledger threads count too, or, when a
+thread took its time away, from ``/proc/PID/stat`` (10 ms ticks: 250 µs per request over 40).
+Each round of a scenario is one window in which every proxy takes CHUNKS turns, the order
+reversed each turn, so a machine that slows down for a second does so for all of them; the window
+ends with a settle pause long enough for spendgate's batched background work (meter worker 50 ms,
+ledger commits every second) to be done and counted, and idle time is counted alike for every
+proxy. Figures are medians of rounds, with `paired` (the median of each round's own difference)
+beside them, and a second plain mitmdump is measured as a control: the plain-vs-control
+difference is the noise floor of the figure.
 
     scripts/bench --cpu             # only these figures, about a minute
     scripts/bench --cpu --profile   # and a cProfile of spendgate's event-loop thread (top functions)
