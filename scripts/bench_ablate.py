@@ -2,13 +2,13 @@
 
 Each variant is spendgate plus a small extra addon script (written to the work directory) that
 turns one part into a no-op once the gateway runs. Plain mitmdump, a plain control and every
-variant are measured in rounds of 100 KB requests (or --body) at 1 in flight, each round one
-window in which they take turns (bench_cpu.interleaved): CPU per request of the whole process
-(``/proc``, all threads) and the client's p50 and p95 latency. The figures are
+variant are measured in rounds of 100 KB requests (or --body) at 1 in flight (or --in-flight),
+each round one window in which they take turns (bench_cpu.interleaved): CPU per request of the
+whole process (``/proc``, all threads) and the client's p50 and p95 latency. The figures are
 differences from plain mitmdump; a variant's distance from full spendgate is what the part it
 switches off costs. These variants meter wrongly on purpose: they exist only here.
 
-    scripts/bench --ablate [--rounds N] [--requests N] [--body 100kb|5mb-next|5mb-fresh] [--smoke] [--out FILE]
+    scripts/bench --ablate [--rounds N] [--requests N] [--body 100kb|5mb-next|5mb-fresh] [--in-flight N] [--smoke] [--out FILE]
 
 docs/architecture.md ("Issue 18, fifth part") reads a run of it.
 """
@@ -128,7 +128,7 @@ def requests_of(body: str) -> Any:
     return bench.Conversation(5 * 1024 * 1024, fresh=body == "5mb-fresh")
 
 
-def run(rounds: int, requests: int, work: Path, body: str = "100kb") -> dict[str, Any]:
+def run(rounds: int, requests: int, work: Path, body: str = "100kb", in_flight: int = 1) -> dict[str, Any]:
     b = bench.Bench(bench.Plan(), work)
     try:
         proxies = {"plain": b.proxy("plain", False), "control": b.proxy("control", False)}
@@ -142,7 +142,7 @@ def run(rounds: int, requests: int, work: Path, body: str = "100kb") -> dict[str
 
         by_port = {p.port: name for name, p in proxies.items()}
 
-        async def c1(port: int, n: int) -> int:
+        async def conn(port: int, n: int) -> None:
             name = by_port[port]
             c = await bench.Conn.open(port, b.ctx)
             try:
@@ -152,6 +152,9 @@ def run(rounds: int, requests: int, work: Path, body: str = "100kb") -> dict[str
                     latencies[name].append(time.perf_counter() - t)
             finally:
                 c.close()
+
+        async def c1(port: int, n: int) -> int:  # n requests over `in_flight` connections
+            await asyncio.gather(*(conn(port, n // in_flight + (i < n % in_flight)) for i in range(in_flight)))
             return n
 
         for p in proxies.values():
@@ -182,11 +185,11 @@ def run(rounds: int, requests: int, work: Path, body: str = "100kb") -> dict[str
     return out
 
 
-def print_table(figures: dict[str, Any], body: str = "100kb") -> None:
+def print_table(figures: dict[str, Any], body: str = "100kb", in_flight: int = 1) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    t = Table(title=f"spendgate with one part switched off ({body}, 1 in flight; medians of rounds; vs plain)")
+    t = Table(title=f"spendgate with one part switched off ({body}, {in_flight} in flight; medians of rounds; vs plain)")
     for col in ("variant", "CPU µs/req", "added CPU", "p50 µs", "added p50", "p50 ratio", "p95 ratio", "ledger rows"):
         t.add_column(col, justify="left" if col == "variant" else "right")
     for name, f in figures.items():
@@ -201,6 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ablate", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--requests", type=int, default=600, help="requests per proxy and round")
+    ap.add_argument("--in-flight", type=int, default=1, help="requests in flight at once (connections)")
     ap.add_argument("--body", choices=BODIES, default="100kb",
                     help="request bodies: the 100 KB agent body, or 5 MB as an agent's next turn or a new session")
     ap.add_argument("--smoke", action="store_true", help="one round of 15 requests: the structure, not figures")
@@ -211,13 +215,13 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="spendgate-ablate-"))
     load_start = os.getloadavg()
     try:
-        figures = run(rounds, requests, work, args.body)
+        figures = run(rounds, requests, work, args.body, max(1, args.in_flight))
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    print_table(figures, args.body)
+    print_table(figures, args.body, max(1, args.in_flight))
     out = args.out or bench.ROOT / "bench-results" / f"ablate-{datetime.now().strftime('%Y%m%d-%H%M%S')}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"body": args.body, "rounds": rounds, "requests": requests, "cpus": os.cpu_count(), "loadavg_start": load_start,
+    meta = {"body": args.body, "in_flight": max(1, args.in_flight), "rounds": rounds, "requests": requests, "cpus": os.cpu_count(), "loadavg_start": load_start,
             "loadavg_end": os.getloadavg(), "started": datetime.now(UTC).isoformat(timespec="seconds")}
     out.write_text(json.dumps({"meta": meta, "figures": figures}, indent=2) + "\n")
     print(f"JSON: {out}")
