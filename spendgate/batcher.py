@@ -74,7 +74,8 @@ class Batcher(Generic[T]):
             if not (self._items or waiting or retry or self._stopping):
                 self._idle()
             stopping = self._stopping
-            self._wake.wait(self.interval)
+            if not stopping:  # closing: hand over what is left now (a close() that came while this
+                self._wake.wait(self.interval)  # thread gathered must not wait out a second interval)
             self._wake.clear()
             items: list[T] = []
             while self._items:
@@ -82,10 +83,12 @@ class Batcher(Generic[T]):
                 (waiting if isinstance(item, threading.Event) else items).append(item)
             try:
                 ok = self.handle(items) is not False
+                retry = not ok
             except Exception:
                 log.exception("%s: batch handler failed", self._thread.name)
                 ok = True  # the handler lost those items; say so above, keep going
-            retry = not ok
+                # (but not those it kept from before, if it had: `retry` stays as it was, so a
+                # transient failure on a retry does not leave them waiting for some later put)
             if ok:
                 for done in waiting:
                     done.set()

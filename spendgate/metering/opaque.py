@@ -77,8 +77,6 @@ class OpaqueRecorder:
         self._cursor = cursor
         self.batch_interval = batch_interval
         self._q: queue.SimpleQueue = queue.SimpleQueue()
-        self._idle = threading.Event()
-        self._idle.set()
         self.written = 0
         self.failures = 0
         self._pending: list[OpaqueConnection] = []
@@ -87,13 +85,15 @@ class OpaqueRecorder:
 
     def record(self, conn: OpaqueConnection) -> None:
         """Any thread, the event loop included: only enqueues."""
-        self._idle.clear()
         self._q.put(conn)
 
     def flush(self, timeout: float = 5.0) -> bool:
-        self._idle.clear()
-        self._q.put(None)
-        return self._idle.wait(timeout)
+        """Wait until every row recorded before this call is written (its own marker in the queue:
+        a shared "idle" flag could be set by the worker on a look at the queue taken just before
+        the row and the flush came, and answer the flush with the row unwritten)."""
+        done = threading.Event()
+        self._q.put(done)
+        return done.wait(timeout)
 
     def close(self) -> None:
         self._q.put(_STOP)
@@ -102,6 +102,7 @@ class OpaqueRecorder:
     def _run(self) -> None:
         cur = self._cursor()
         stop = False
+        waiting: list[threading.Event] = []  # flushes answered once the rows before them are written
         while not stop:
             batch: list[OpaqueConnection] = []
             try:
@@ -115,16 +116,21 @@ class OpaqueRecorder:
                     stop = True
                 elif isinstance(item, OpaqueConnection):
                     batch.append(item)
+                elif isinstance(item, threading.Event):
+                    waiting.append(item)
                 try:
                     item = self._q.get_nowait()
                 except queue.Empty:
                     break
             self._write(cur, batch)
-            if self._q.empty() and not self._pending:
-                self._idle.set()
+            if not self._pending:
+                for done in waiting:
+                    done.set()
+                waiting.clear()
         if self._pending:
             log.error("opaque recorder closed with %d rows unwritten", len(self._pending))
-        self._idle.set()
+        for done in waiting:  # closed: nothing more will be written (the rows left are logged above)
+            done.set()
 
     def _write(self, cur: duckdb.DuckDBPyConnection, batch: list[OpaqueConnection]) -> None:
         rows = self._pending + batch
