@@ -89,7 +89,7 @@ def test_cpu_control_and_start_up_figures(result: dict) -> None:
         assert all(finite(cpu[s]["us"][p]) and cpu[s]["us"][p] > 0 for p in ("plain", "control", "dispatch", "spendgate")), s
         assert finite(cpu[s]["added_us"]) and finite(cpu[s]["control_added_us"]) and finite(cpu[s]["like_added_us"])
         assert finite(cpu[s]["paired_us"]) and finite(cpu[s]["control_paired_us"])
-        assert all(len(v) == result["meta"]["plan"]["cpu"]["rounds"] for v in cpu[s]["rounds"].values()), s
+        assert all(len(v) == cpu["plan"]["rounds"] for v in cpu[s]["rounds"].values()), s
     # every measurement a window; read from the nanosecond counters unless a thread ended in one
     assert cpu["counters"]["ns"] > 0
     assert finite(cpu["stream"]["us"]["plain-stream"]) and finite(cpu["stream"]["us"]["spendgate"])
