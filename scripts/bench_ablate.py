@@ -153,14 +153,14 @@ def run(rounds: int, requests: int, work: Path, body: str = "100kb", in_flight: 
             finally:
                 c.close()
 
-        async def c1(port: int, n: int) -> int:  # n requests over `in_flight` connections
+        async def requests_on(port: int, n: int) -> int:  # n requests over `in_flight` connections
             await asyncio.gather(*(conn(port, n // in_flight + (i < n % in_flight)) for i in range(in_flight)))
             return n
 
         for p in proxies.values():
             asyncio.run(bench_cpu._warm(bench, p.port, b.ctx))  # also flips each switch
         for rnd in range(rounds):  # each round one window, every variant in turns (bench_cpu.interleaved)
-            window = asyncio.run(asyncio.wait_for(bench_cpu.interleaved(proxies, c1, requests),
+            window = asyncio.run(asyncio.wait_for(bench_cpu.interleaved(proxies, requests_on, requests),
                                                   bench.STEP_TIMEOUT * len(proxies)))
             for name, (seconds, units) in window.items():
                 cpu[name].append(seconds / units * 1e6)
