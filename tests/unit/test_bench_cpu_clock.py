@@ -20,15 +20,19 @@ def burn(seconds: float) -> None:
 
 
 def test_the_nanosecond_counters_see_every_living_thread() -> None:
-    stop = threading.Event()
-    worker = threading.Thread(target=lambda: (burn(0.15), stop.wait(10)))
+    """Both of the clock's baselines are taken while nothing runs (as the bench takes them, after
+    a settle pause): a thread burning while they were read would put them apart in time."""
+    go, stop = threading.Event(), threading.Event()
+    worker = threading.Thread(target=lambda: (go.wait(10), burn(0.15), stop.wait(10)))
     worker.start()
     try:
         clock = bench_cpu.CpuClock(os.getpid())
+        go.set()
         burn(0.1)  # this thread, and the worker meanwhile
         time.sleep(0.3)
         seconds, counter = clock.stop()
     finally:
+        go.set()
         stop.set()
         worker.join()
     assert counter == "ns"
@@ -39,7 +43,12 @@ def test_a_thread_that_ended_in_the_window_falls_back_to_the_tick_counter() -> N
     clock = bench_cpu.CpuClock(os.getpid())
     worker = threading.Thread(target=burn, args=(0.2,))
     worker.start()
-    worker.join()  # the worker's time left with it: only the process's ticks still hold it
+    worker.join()
+    # join() returns before the OS thread is gone: wait until the kernel dropped it, so its time
+    # has left the per-thread counters and only the process's ticks still hold it
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/self/task/{worker.native_id}").exists() and time.monotonic() < deadline:
+        time.sleep(0.005)
     seconds, counter = clock.stop()
     assert counter == "ticks"
     assert seconds >= 0.15
