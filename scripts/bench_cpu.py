@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import Any
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-COUNTERS = {"ns": 0, "ticks": 0}  # how many measurements each counter made (printed with the table)
 CHUNKS = 8  # turns each proxy takes in a window, alternating (ABBA) with the others
 SETTLE_S = 1.3  # > meter batch (0.05 s) + ledger commit interval (1 s): background work is counted
 
@@ -168,8 +167,9 @@ def takes_part(scenario: str, name: str, names: Any) -> bool:
     return name != "plain-stream"
 
 
-async def interleaved(proxies: dict[str, Any], runner: Any, count: int) -> dict[str, tuple[float, int]]:
-    """name -> (CPU seconds, units of work) of each proxy over one window in which every proxy did
+async def interleaved(proxies: dict[str, Any], runner: Any, count: int) -> dict[str, tuple[float, int, str]]:
+    """name -> (CPU seconds, units of work, the counter that measured them: CpuClock.stop) of
+    each proxy over one window in which every proxy did
     `count` in up to CHUNKS turns, the order reversed each turn (ABBA), then a settle pause: a
     machine that slows down or speeds up during the window does so for all of them alike."""
     await asyncio.sleep(SETTLE_S)  # what earlier work left behind is not ours
@@ -185,8 +185,7 @@ async def interleaved(proxies: dict[str, Any], runner: Any, count: int) -> dict[
     out = {}
     for name, clock in clocks.items():
         seconds, counter = clock.stop()
-        COUNTERS[counter] += 1
-        out[name] = seconds, units[name]
+        out[name] = seconds, units[name], counter
     return out
 
 
@@ -208,14 +207,16 @@ def run_cpu(bench_mod: Any, plan: CpuPlan, ctx: ssl.SSLContext, proxies: dict[st
     for p in {id(p): p for p in proxies.values()}.values():
         asyncio.run(_warm(bench_mod, p.port, ctx))
     samples: dict[str, dict[str, list[float]]] = {s: {n: [] for n in proxies} for s in scen}
+    counters = {"ns": 0, "ticks": 0}  # how many measurements each counter made (printed with the table)
     for _ in range(plan.rounds):
         for s, sc in scen.items():
             taking = {n: p for n, p in proxies.items() if takes_part(s, n, proxies)}
             window = asyncio.run(asyncio.wait_for(interleaved(taking, sc.runner, sc.count),
                                                   bench_mod.STEP_TIMEOUT * len(taking)))
-            for name, (cpu, units) in window.items():
+            for name, (cpu, units, counter) in window.items():
                 samples[s][name].append(cpu / units * 1e6)
-    out: dict[str, Any] = {"plan": plan.__dict__, "clk_tck": CLK_TCK, "counters": dict(COUNTERS)}
+                counters[counter] += 1
+    out: dict[str, Any] = {"plan": plan.__dict__, "clk_tck": CLK_TCK, "counters": counters}
     for s, per in samples.items():
         med = {n: round(statistics.median(v), 2) for n, v in per.items() if v}
         floor = "plain-stream" if s == "stream" and "plain-stream" in med else "plain"

@@ -7,10 +7,12 @@ import random
 import sys
 import threading
 import time
+from functools import partial
 
 import pytest
 
 from spendgate.batcher import Batcher
+from tests.support import wait_until
 
 
 class Recorder:
@@ -39,13 +41,7 @@ class Recorder:
             return [i for b in self.batches for i in b]
 
 
-def wait_for(cond, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.002)
-    return cond()
+wait_for = partial(wait_until, timeout=5.0, every=0.002)  # raises AssertionError when it runs out
 
 
 def test_an_idle_batcher_does_not_wake() -> None:

@@ -18,6 +18,7 @@ import threading
 import time
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from functools import partial
 
 import pytest
 
@@ -26,15 +27,11 @@ from spendgate.metering import opaque
 from spendgate.metering.providers import base
 from spendgate.store import ledger as ledger_mod
 from spendgate.store.ledger import DuckDBLedger, LedgerRow, connect, migrate
+from tests.support import wait_until
+from tests.unit.test_top_level import decodes
 
 
-def wait_for(cond, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.002)
-    return cond()
+wait_for = partial(wait_until, timeout=5.0, every=0.002)  # raises AssertionError when it runs out
 
 
 # -- Batcher ----------------------------------------------------------------------------------
@@ -352,14 +349,6 @@ def test_opaque_close_wakes_a_sleeping_recorder_and_retries_pending(tmp_path, mo
 # -- is_utf8 ----------------------------------------------------------------------------------
 
 
-def _decodes(data: bytes) -> bool:
-    try:
-        data.decode("utf-8")
-    except UnicodeDecodeError:
-        return False
-    return True
-
-
 _ALPHA = [b"a", b"\x80", b"\x8f", b"\x90", b"\x9f", b"\xa0", b"\xbf", b"\xc0", b"\xc2", b"\xdf", b"\xe0", b"\xed",
           b"\xee", b"\xf0", b"\xf4", b"\xf5", b"\xff"]  # fmt: skip
 
@@ -378,7 +367,7 @@ def test_is_utf8_at_the_real_part_and_slice_boundaries(boundary: int, size: int)
             buf = bytearray(filler)
             buf[boundary + off : boundary + off + 3] = tok
             data = bytes(buf)
-            assert base.is_utf8(data) is _decodes(data), (tok, boundary, off)
+            assert base.is_utf8(data) is decodes(data), (tok, boundary, off)
 
 
 def test_is_utf8_stays_linear_with_non_ascii_in_every_part() -> None:
