@@ -48,6 +48,8 @@ from spendgate.workflow.service import Workflow
 
 log = logging.getLogger(__name__)
 
+READ_WAIT = 0.5  # seconds an admin API read waits for the meter, then for the writer, to commit what is settled
+
 
 class GatewayError(RuntimeError):
     """Settings we cannot start with; the message says what to fix."""
@@ -212,7 +214,13 @@ class Gateway:
         return self.book.store.shared
 
     def cursor(self):
-        """A DuckDB cursor of the ledger this gateway holds (one per thread)."""
+        """A DuckDB cursor of the ledger this gateway holds (one per thread), for the admin API's
+        reads: they see every row settled before the call. The meter's batch and the writer's
+        pending rows are committed first (the writer commits only every ledger.COMMIT_INTERVAL under
+        load), waiting at most READ_WAIT seconds for each; a writer whose commits are failing is not
+        waited for (its rows are kept and said so in /healthz)."""
+        if self.ledger.healthy:
+            self.meter.flush(READ_WAIT)
         return self.ledger.cursor()
 
     def report_cursor(self, name: str):

@@ -483,14 +483,14 @@ class WriterStats:
     lost: int = 0  # rows that could be neither written nor spilled
 
 
-# A writer commit costs ~12 ms of CPU whatever its size (DuckDB's fixed cost per table a transaction
-# touches, ~0.7-1 ms, times seven tables: the rows and six rollups; appending is ~30 us a row), so
-# commits are batched by time and size: at 300 requests/s, 0.2 s batches cost ~200 us of CPU per
-# row, 0.5 s batches ~110 (measured, issue 18: `scripts/bench --cpu`). Half a second is still
-# "at once" for a reader (dashboards poll every few seconds; budgets never wait for the ledger).
-# Rows not yet committed are covered by the reservation journal (a crash charges them as
-# `interrupted` at the next start); readers in this process see a row within COMMIT_INTERVAL.
-COMMIT_INTERVAL = 0.5  # seconds between commits at most
+# A writer commit costs ~20-25 ms of CPU whatever its size (DuckDB's fixed cost per table a
+# transaction touches, times seven: the rows and six rollups; appending is ~30 us a row), so commits
+# are batched by time and size. At ~280 requests/s (docs/architecture.md, issue 18, sixteenth
+# part) 0.5 s batches cost ~190 us of CPU per row, 2 s batches ~60. Readers do
+# not wait for the interval: the admin API's reads first commit what is pending (`Gateway.cursor`,
+# read-your-writes), so the interval only sets how many rows a crash can leave uncommitted; those
+# are covered by the reservation journal (charged as `interrupted` at the next start).
+COMMIT_INTERVAL = 2.0  # seconds between commits at most
 COMMIT_ROWS = 2000  # rows that make the writer commit before the interval is over
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from spendgate.budgets.journal import Journal
-from spendgate.gateway import Gateway, Settings
+from spendgate.gateway import READ_WAIT, Gateway, Settings
 from spendgate.reports.queries import ledger as ledger_rows
 
 BODY = json.dumps({"model": "claude-sonnet-4-5", "max_tokens": 100, "messages": [{"role": "user", "content": "hi"}]})
@@ -176,3 +176,43 @@ def test_rows_spilled_before_a_crash_are_written_at_the_next_start(tmp_path):
         assert ids == {"spill-000", "spill-001", "spill-002"}
     finally:
         gw2.close()
+
+
+def _settle_one(gw: Gateway) -> None:
+    ex = begin(gw)
+    assert gw.admission.admit(ex) is None
+    ex.status = 200
+    gw.meter.finish(ex, ex.route.adapter.parse_response(json.dumps({
+        "id": "msg_r", "type": "message", "role": "assistant", "model": "claude-sonnet-4-5",
+        "content": [{"type": "text", "text": "ok"}], "stop_reason": "end_turn",
+        "usage": {"input_tokens": 10, "output_tokens": 5},
+    }).encode()))
+
+
+def test_admin_reads_see_the_rows_settled_before_them_without_waiting_for_the_commit_interval(tmp_path):
+    """The writer commits every COMMIT_INTERVAL (2 s) under load; the admin API's cursor commits
+    what is pending first, so a read right after a response sees its row (read-your-writes)."""
+    gw = make(tmp_path, "defaults: {user: {day: 10}}\n")
+    try:
+        gw.ledger._writer.interval = 3600.0  # no commit by time while the test runs
+        _settle_one(gw)
+        assert ledger_rows(gw.ledger.cursor()) == []  # not committed by itself yet
+        (row,) = ledger_rows(gw.cursor())
+        assert row["input_tokens"] == 10 and row["output_tokens"] == 5
+    finally:
+        gw.close()
+
+
+def test_admin_reads_do_not_wait_for_a_failing_writer(tmp_path, monkeypatch):
+    gw = make(tmp_path, "defaults: {user: {day: 10}}\n")
+    try:
+        waited = []
+        monkeypatch.setattr(gw.meter, "flush", lambda timeout=10.0: waited.append(timeout) or True)
+        gw.cursor()
+        assert waited == [READ_WAIT]
+        gw.ledger.stats.failures = 1  # what the writer sets while its commits fail (disk full)
+        gw.cursor()
+        assert waited == [READ_WAIT]  # read at once: what is committed, /healthz says the rest
+    finally:
+        gw.ledger.stats.failures = 0
+        gw.close()
