@@ -346,11 +346,13 @@ def _modality_parts(r: dict[str, Price], usage: Usage) -> tuple[list, list[dict[
     return parts, fallbacks
 
 
-def compute(rates: Rates, usage: Usage, multipliers: tuple[Multiplier, ...] = ()) -> PriceResult:
+def compute(rates: Rates, usage: Usage, multipliers: tuple[Multiplier, ...] = (), *,
+            catalogue: str | None = None, overrides: str | None = None) -> PriceResult:
     """Price usage with these rates. The one place a cost is calculated.
 
     Modality tokens (audio, image, video) are carved out of the text totals and priced at their
     own rates; `multipliers` scale every token rate (not per-unit fees) and are listed in the detail.
+    `catalogue` and `overrides` label the result (the pricer's versions), as its fields of those names.
     """
     r = rates.prices
     units_only = not usage.input_tokens and not usage.output_tokens and bool(
@@ -361,10 +363,12 @@ def compute(rates: Rates, usage: Usage, multipliers: tuple[Multiplier, ...] = ()
                            (usage.output_video_seconds, "video_second", "seconds of video generated")):
         if qty and key not in r:  # billed by a unit we have no rate for: unknown, never $0
             return PriceResult(None, rates.source or "unknown", rates.model_id, variant=rates.variant,
-                               notes=(*rates.notes, f"{qty:,} {what} used but no {key} rate is known"))
+                               notes=(*rates.notes, f"{qty:,} {what} used but no {key} rate is known"),
+                               catalogue=catalogue, overrides=overrides)
     if not units_only and ("input_mtok" not in r or ("output_mtok" not in r and usage.output_tokens)):
         return PriceResult(None, rates.source or "unknown", rates.model_id, variant=rates.variant,
-                           notes=(*rates.notes, "the model has no input or output rate"))  # fmt: skip
+                           notes=(*rates.notes, "the model has no input or output rate"), catalogue=catalogue,
+                           overrides=overrides)  # fmt: skip
     total_in = usage.input_tokens
     uncached_text = max(usage.uncached_input_tokens - max(usage.input_audio_tokens - usage.cache_read_audio_tokens, 0)
                         - usage.input_image_tokens - usage.input_video_tokens, 0)
@@ -393,7 +397,8 @@ def compute(rates: Rates, usage: Usage, multipliers: tuple[Multiplier, ...] = ()
         search = search_part(r, usage.web_search_requests)
         if search is None:  # searches happened but no rate is known: say so rather than charge $0
             return PriceResult(None, rates.source, rates.model_id, variant=rates.variant, input_tokens=total_in,
-                               notes=(*notes, "web searches used but no web_search rate is known"))  # fmt: skip
+                               notes=(*notes, "web searches used but no web_search rate is known"),
+                               catalogue=catalogue, overrides=overrides)  # fmt: skip
         parts.append((*search, Decimal(1)))
     if usage.audio_seconds:
         parts.append(("audio seconds", usage.audio_seconds, ("audio_hours", r["audio_hours"]), HOUR_SECONDS))
@@ -440,6 +445,8 @@ def compute(rates: Rates, usage: Usage, multipliers: tuple[Multiplier, ...] = ()
         fallbacks=tuple(fallbacks),
         rates=rates,
         multipliers=tuple(multipliers),
+        catalogue=catalogue,
+        overrides=overrides,
     )
 
 
@@ -785,7 +792,7 @@ class Pricer:
             log.warning("no price for %s model %r: recorded as unpriced", provider, model)
             return PriceResult(None, "unknown", catalogue=self.catalogue.version, overrides=self.overrides_label)
         if not modifiers:  # the common case: nothing reported about serving
-            return replace(compute(rates, usage), catalogue=self.catalogue.version, overrides=self.overrides_label)
+            return compute(rates, usage, catalogue=self.catalogue.version, overrides=self.overrides_label)
         day = at.astimezone(UTC).date()
         known: dict[tuple[str, str], Multiplier] = {}
         if modifiers and self.overrides:
@@ -812,9 +819,8 @@ class Pricer:
             elif name != "service_tier":  # tiers keep their old behaviour (a note from rates())
                 notes.append(f"{name} {value}: no rate or multiplier is known for it; standard rates used")
                 described.append({"name": name, "value": value, "effect": "none known", "source": ""})
-        result = compute(rates, usage, tuple(applied))
-        return replace(result, catalogue=self.catalogue.version, overrides=self.overrides_label,
-                       modifiers=tuple(described), notes=(*result.notes, *notes), late_notes=tuple(notes))
+        result = compute(rates, usage, tuple(applied), catalogue=self.catalogue.version, overrides=self.overrides_label)
+        return replace(result, modifiers=tuple(described), notes=(*result.notes, *notes), late_notes=tuple(notes))
 
 
 def reported(list_price: PriceResult, cost: Decimal, provider: str, field_name: str = "usage.cost") -> PriceResult:
