@@ -13,6 +13,7 @@ from __future__ import annotations
 import collections
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
@@ -23,17 +24,22 @@ T = TypeVar("T")
 
 class Batcher(Generic[T]):
     def __init__(self, handle: Callable[[list[T]], bool | None], interval: float, name: str,
-                 max_items: int = 0) -> None:
+                 max_items: int = 0, min_gap: float = 0.0) -> None:
         """`handle(items)` returns False when it kept items to retry: flushes then keep waiting.
-        `max_items` (0: none): that many items waiting wake the thread before the interval ends."""
+        `max_items` (0: none): that many items waiting wake the thread before the interval ends.
+        `min_gap` (0: none): a flush cuts the interval short, but handles no sooner than this many
+        seconds after the last batch (flushes in a loop, a reader polling, cannot make every batch their own)."""
         self.handle = handle
         self.interval = interval
         self.max_items = max_items
+        self.min_gap = min_gap
+        self._handled_at = float("-inf")  # monotonic time the last batch was handled
         self._items: collections.deque[Any] = collections.deque()
         self._wake = threading.Event()  # handle now: a flush, a full batch, close
         self._arrived = threading.Event()  # the first item after idle: gather a batch, then handle it
         self._sleeping = False  # the thread waits for _arrived (or is about to): put() must set it
         self._stopping = False
+        self._closing = threading.Event()  # close(): ends a wait out of min_gap
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
@@ -55,6 +61,7 @@ class Batcher(Generic[T]):
 
     def close(self, timeout: float = 30.0) -> None:
         self._stopping = True
+        self._closing.set()
         self._wake.set()
         self._arrived.set()
         self._thread.join(timeout)
@@ -76,11 +83,15 @@ class Batcher(Generic[T]):
             stopping = self._stopping
             if not stopping:  # closing: hand over what is left now (a close() that came while this
                 self._wake.wait(self.interval)  # thread gathered must not wait out a second interval)
+                rest = self._handled_at + self.min_gap - time.monotonic()
+                if rest > 0 and not self._stopping and not (self.max_items and len(self._items) >= self.max_items):
+                    self._closing.wait(rest)  # woken by a flush this soon after the last batch: not yet
             self._wake.clear()
             items: list[T] = []
             while self._items:
                 item = self._items.popleft()
                 (waiting if isinstance(item, threading.Event) else items).append(item)
+            busy = bool(items) or retry  # the handler has work (an empty batch is no batch to space out)
             try:
                 ok = self.handle(items) is not False
                 retry = not ok
@@ -89,6 +100,8 @@ class Batcher(Generic[T]):
                 ok = True  # the handler lost those items; say so above, keep going
                 # (but not those it kept from before, if it had: `retry` stays as it was, so a
                 # transient failure on a retry does not leave them waiting for some later put)
+            if busy:
+                self._handled_at = time.monotonic()
             if ok:
                 for done in waiting:
                     done.set()

@@ -492,6 +492,11 @@ class WriterStats:
 # are covered by the reservation journal (charged as `interrupted` at the next start).
 COMMIT_INTERVAL = 2.0  # seconds between commits at most
 COMMIT_ROWS = 2000  # rows that make the writer commit before the interval is over
+# A flush (each admin API read: `Gateway.cursor`) commits what is pending at once, but no sooner than
+# this after the last commit: otherwise every read while rows are pending is a commit of its own
+# (~16 ms of CPU: a dashboard per viewer, `spendgate top` every second, a script in a loop). So at
+# most ~1/FLUSH_GAP commits a second however many read; a read waits at most this (< READ_WAIT) more
+FLUSH_GAP = 0.25
 
 
 class DuckDBLedger:
@@ -526,7 +531,8 @@ class DuckDBLedger:
         # rollup buckets written since the last compaction (spendgate.store.rollups.compact)
         self._touched: tuple[set[datetime], set[datetime]] = (set(), set())
         self._compacted_at = time.monotonic()
-        self._writer: Batcher[LedgerRow] = Batcher(self._write, commit_interval, "spendgate-ledger", COMMIT_ROWS)
+        self._writer: Batcher[LedgerRow] = Batcher(self._write, commit_interval, "spendgate-ledger", COMMIT_ROWS,
+                                                    min(FLUSH_GAP, commit_interval))
 
     # -- producer side (any thread, the event loop included: never blocks) --
     def append(self, row: LedgerRow) -> None:
