@@ -161,12 +161,14 @@ class Gateway:
         # rows pushed by laptops (POST /api/ingest), landed once each in this ledger and these counters
         self.ingest = Ingest(self.ledger.cursor, self.book, self.workflow.after_charge, lambda: self.pricer,
                              notify=self.workflow.notify)
-        self.uplink: Uplink | None = None
-        if settings.report_to:  # this laptop reports to a centre and admits through its lease
-            self.uplink = Uplink(settings.report_to, self.ledger.cursor, lambda: self.policy).start()
-            self.admission.uplink = self.uplink
         self.meter = Meter(self.pricer, self.ledger, self.identify)
         self.meter.listeners.append(self.admission.settle)
+        self.uplink: Uplink | None = None
+        if settings.report_to:  # this laptop reports to a centre and admits through its lease
+            # a renewal commits what was settled first: the lease counts it (backlog) until the centre does
+            self.uplink = Uplink(settings.report_to, self.ledger.cursor, lambda: self.policy,
+                                 flush=lambda: self.meter.flush(READ_WAIT)).start()
+            self.admission.uplink = self.uplink
         # who files admin-token requests: the machine's user in laptop mode, nobody in central mode
         self.workflow.local_person = lambda: None if self.policy.mode == "central" else (settings.user or local_user())
         # per-user tokens (<db>.tokens): proxy credentials and approvers' credentials (spendgate tokens)

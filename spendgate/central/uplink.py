@@ -161,11 +161,16 @@ class Uplink:
     """The laptop's reporting thread and its admission rules (see the module docstring)."""
 
     def __init__(self, settings: CentralSettings, cursor: Callable[[], Any], policy: Callable[[], Policy],
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, flush: Callable[[], bool] | None = None) -> None:
+        """`flush`: commit every row settled so far (the gateway's meter and ledger), True when done: a
+        renewal reads the backlog after it, so a row settled but not yet committed is not forgotten."""
         self.settings = settings
         self.outbox = Outbox(cursor)
         self.policy = policy
         self.clock = clock
+        self.flush = flush
+        self._settled = ZERO  # USD settled online, ever: a lease counts what came after its backlog's flush
+        self._flushed = ZERO  # _settled when the last flush began (everything before it is in the backlog)
         self.stats = Stats()
         self._lock = threading.Lock()
         self._lease: _Lease | None = None
@@ -266,6 +271,7 @@ class Uplink:
                     self._offline[key] = self._offline.get(key, ZERO) + actual - hold.amount
                 return
             self._inflight = max(ZERO, self._inflight - hold.amount)
+            self._settled += actual
             if self._lease is not None:
                 self._lease.since += actual
 
@@ -306,6 +312,11 @@ class Uplink:
     def tick(self) -> bool:
         """Push one batch, then renew the lease. True when more rows are waiting. Raises CentralError."""
         token = self._token()
+        with self._lock:
+            mark = self._settled
+        # rows settled before the mark committed: in the backlog read below (closing: the gateway flushed)
+        if self.flush is None or self._stop.is_set() or self.flush():
+            self._flushed = mark
         rows = self.outbox.pending(self._batch)
         if rows:
             payload = {"gateway_id": self.settings.gateway_id, "rows": rows}
@@ -334,7 +345,9 @@ class Uplink:
         with self._lock:
             was = self._reachable
             room = Decimal(lease["room_usd"]) if lease.get("room_usd") is not None else None
-            self._lease = _Lease(Decimal(lease["granted_usd"]), backlog, lease.get("budget"), room=room)
+            # settled since the flush: maybe not committed when the backlog was read (counted twice at worst)
+            self._lease = _Lease(Decimal(lease["granted_usd"]), backlog, lease.get("budget"),
+                                 since=self._settled - self._flushed, room=room)
             self._reachable = True
             self.stats.failures = 0
             self.stats.last_ok = self.clock()
