@@ -39,7 +39,7 @@ class Batcher(Generic[T]):
         self._arrived = threading.Event()  # the first item after idle: gather a batch, then handle it
         self._sleeping = False  # the thread waits for _arrived (or is about to): put() must set it
         self._stopping = False
-        self._closing = threading.Event()  # close(): ends a wait out of min_gap
+        self._hurry = threading.Event()  # close() or a full batch: ends a wait out of min_gap
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
@@ -51,6 +51,7 @@ class Batcher(Generic[T]):
             self._arrived.set()
         if self.max_items and len(self._items) >= self.max_items:
             self._wake.set()  # a full batch: handle it now rather than hold more
+            self._hurry.set()
 
     def flush(self, timeout: float = 10.0) -> bool:
         done = threading.Event()
@@ -61,7 +62,7 @@ class Batcher(Generic[T]):
 
     def close(self, timeout: float = 30.0) -> None:
         self._stopping = True
-        self._closing.set()
+        self._hurry.set()
         self._wake.set()
         self._arrived.set()
         self._thread.join(timeout)
@@ -84,8 +85,9 @@ class Batcher(Generic[T]):
             if not stopping:  # closing: hand over what is left now (a close() that came while this
                 self._wake.wait(self.interval)  # thread gathered must not wait out a second interval)
                 rest = self._handled_at + self.min_gap - time.monotonic()
-                if rest > 0 and not self._stopping and not (self.max_items and len(self._items) >= self.max_items):
-                    self._closing.wait(rest)  # woken by a flush this soon after the last batch: not yet
+                if rest > 0:  # woken by a flush this soon after the last batch: not yet
+                    self._hurry.wait(rest)
+                self._hurry.clear()
             self._wake.clear()
             items: list[T] = []
             while self._items:

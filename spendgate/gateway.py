@@ -48,7 +48,7 @@ from spendgate.workflow.service import Workflow
 
 log = logging.getLogger(__name__)
 
-READ_WAIT = 0.5  # seconds an admin API read waits for the meter, then for the writer, to commit what is settled
+READ_WAIT = 1.0  # seconds an admin API read waits for the meter, then for the writer (ledger.FLUSH_GAP + a commit)
 
 
 class GatewayError(RuntimeError):
