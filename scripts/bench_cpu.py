@@ -7,7 +7,7 @@ thread took its time away, from ``/proc/PID/stat`` (10 ms ticks: 250 µs per req
 Each round of a scenario is one window in which every proxy takes CHUNKS turns, the order
 reversed each turn, so a machine that slows down for a second does so for all of them; the window
 ends with a settle pause long enough for spendgate's batched background work (meter worker 50 ms,
-ledger commits every second) to be done and counted, and idle time is counted alike for every
+ledger commits every COMMIT_INTERVAL, 2 s) to be done and counted, and idle time is counted alike for every
 proxy. Figures are medians of rounds, with `paired` (the median of each round's own difference)
 beside them, and a second plain mitmdump is measured as a control: the plain-vs-control
 difference is the noise floor of the figure.
@@ -31,9 +31,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from spendgate.store.ledger import COMMIT_INTERVAL
+
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 CHUNKS = 8  # turns each proxy takes in a window, alternating (ABBA) with the others
-SETTLE_S = 1.3  # > meter batch (0.05 s) + ledger commit interval (1 s): background work is counted
+# > meter batch (0.05 s) + ledger commit interval + a commit: the window's last commit is counted in it
+SETTLE_S = COMMIT_INTERVAL + 0.5
 
 
 def cpu_seconds(pid: int) -> float:
