@@ -27,8 +27,8 @@ class Batcher(Generic[T]):
                  max_items: int = 0, min_gap: float = 0.0) -> None:
         """`handle(items)` returns False when it kept items to retry: flushes then keep waiting.
         `max_items` (0: none): that many items waiting wake the thread before the interval ends.
-        `min_gap` (0: none): a flush cuts the interval short, but handles no sooner than this many
-        seconds after the last batch (flushes in a loop, a reader polling, cannot make every batch their own)."""
+        `min_gap` (0: none): a paced flush cuts the interval short, but handles no sooner than this
+        many seconds after the last batch (readers polling in a loop cannot make every batch their own)."""
         self.handle = handle
         self.interval = interval
         self.max_items = max_items
@@ -39,7 +39,7 @@ class Batcher(Generic[T]):
         self._arrived = threading.Event()  # the first item after idle: gather a batch, then handle it
         self._sleeping = False  # the thread waits for _arrived (or is about to): put() must set it
         self._stopping = False
-        self._hurry = threading.Event()  # close() or a full batch: ends a wait out of min_gap
+        self._hurry = threading.Event()  # close(), a full batch or a flush not paced: ends a wait out of min_gap
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
@@ -53,9 +53,13 @@ class Batcher(Generic[T]):
             self._wake.set()  # a full batch: handle it now rather than hold more
             self._hurry.set()
 
-    def flush(self, timeout: float = 10.0) -> bool:
+    def flush(self, timeout: float = 10.0, paced: bool = False) -> bool:
+        """Wait until everything put before is handled; True when it was within `timeout` seconds.
+        `paced`: no sooner than `min_gap` after the last batch (a reader's), else at once (shutdown, tests)."""
         done = threading.Event()
         self._items.append(done)
+        if not paced:
+            self._hurry.set()
         self._wake.set()
         self._arrived.set()
         return done.wait(timeout)
@@ -85,7 +89,7 @@ class Batcher(Generic[T]):
             if not stopping:  # closing: hand over what is left now (a close() that came while this
                 self._wake.wait(self.interval)  # thread gathered must not wait out a second interval)
                 rest = self._handled_at + self.min_gap - time.monotonic()
-                if rest > 0:  # woken by a flush this soon after the last batch: not yet
+                if rest > 0:  # woken by a paced flush this soon after the last batch: not yet
                     self._hurry.wait(rest)
                 self._hurry.clear()
             self._wake.clear()

@@ -167,7 +167,7 @@ class Gateway:
         if settings.report_to:  # this laptop reports to a centre and admits through its lease
             # a renewal commits what was settled first: the lease counts it (backlog) until the centre does
             self.uplink = Uplink(settings.report_to, self.ledger.cursor, lambda: self.policy,
-                                 flush=lambda: self.meter.flush(READ_WAIT)).start()
+                                 flush=lambda: self.meter.flush(READ_WAIT, paced=True)).start()
             self.admission.uplink = self.uplink
         # who files admin-token requests: the machine's user in laptop mode, nobody in central mode
         self.workflow.local_person = lambda: None if self.policy.mode == "central" else (settings.user or local_user())
@@ -222,7 +222,7 @@ class Gateway:
         load), waiting at most READ_WAIT seconds for each; a writer whose commits are failing is not
         waited for (its rows are kept and said so in /healthz)."""
         if self.ledger.healthy:
-            self.meter.flush(READ_WAIT)
+            self.meter.flush(READ_WAIT, paced=True)
         return self.ledger.cursor()
 
     def report_cursor(self, name: str):

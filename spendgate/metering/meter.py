@@ -440,8 +440,9 @@ class Meter:
             self.finish(ex, result, ended="interrupted")
         return pending
 
-    def flush(self, timeout: float = 10.0) -> bool:
-        return self._worker.flush(timeout) and self.ledger.flush(timeout)
+    def flush(self, timeout: float = 10.0, paced: bool = False) -> bool:
+        """Wait until every row settled so far is committed; `paced`: a reader's (ledger.FLUSH_GAP)."""
+        return self._worker.flush(timeout) and self.ledger.flush(timeout, paced)
 
     def close(self) -> None:
         self.abandon_inflight()

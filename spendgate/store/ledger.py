@@ -435,7 +435,7 @@ def migrate(con: duckdb.DuckDBPyConnection, migrations: Sequence[tuple[int, str]
 
 class Ledger(Protocol):
     def append(self, row: LedgerRow) -> None: ...
-    def flush(self, timeout: float = 5.0) -> bool: ...
+    def flush(self, timeout: float = 5.0, paced: bool = False) -> bool: ...
     def close(self) -> None: ...
 
 
@@ -492,8 +492,9 @@ class WriterStats:
 # are covered by the reservation journal (charged as `interrupted` at the next start).
 COMMIT_INTERVAL = 2.0  # seconds between commits at most
 COMMIT_ROWS = 2000  # rows that make the writer commit before the interval is over
-# A flush (each admin API read: `Gateway.cursor`) commits what is pending at once, but no sooner than
-# this after the last commit: otherwise every read while rows are pending is a commit of its own
+# A read's flush (each admin API read: `Gateway.cursor`, a laptop's lease renewal) commits what is
+# pending at once, but no sooner than this after the last commit (`paced`): otherwise every read
+# while rows are pending is a commit of its own
 # (~16-25 ms of CPU: a dashboard per viewer, `spendgate top` every second, a script in a loop).
 # Readers in the gap share the next commit, so however many read, commits come no more often than
 # on the old 0.5 s schedule; a read waits at most this much more (gateway.READ_WAIT covers it).
@@ -540,9 +541,10 @@ class DuckDBLedger:
         bounds.clip_row(row)  # traffic-supplied strings never reach the file at full length
         self._writer.put(row)
 
-    def flush(self, timeout: float = 5.0) -> bool:
-        """Wait until everything appended so far is committed (for tests and shutdown)."""
-        return self._writer.flush(timeout)
+    def flush(self, timeout: float = 5.0, paced: bool = False) -> bool:
+        """Wait until everything appended so far is committed (shutdown, tests, a read: `paced`, then
+        no sooner than FLUSH_GAP after the last commit)."""
+        return self._writer.flush(timeout, paced)
 
     def close(self) -> None:
         self._writer.close()

@@ -186,25 +186,30 @@ def test_an_item_appended_while_the_worker_goes_idle_wakes_it() -> None:
         b.close()
 
 
-def test_flushes_soon_after_a_batch_wait_out_min_gap_and_share_one_batch():
-    """A flush cuts the interval short but not min_gap: readers polling in a loop share a batch
-    rather than making every one their own (ledger.FLUSH_GAP); close() and a full batch do not wait."""
+def test_paced_flushes_soon_after_a_batch_wait_out_min_gap_and_share_one_batch():
+    """A paced flush cuts the interval short but not min_gap: readers polling in a loop share a
+    batch rather than making every one their own (ledger.FLUSH_GAP); close(), a full batch and a
+    flush that is not paced (shutdown, a rebuild) do not wait."""
     rec = Recorder()
     b = Batcher(rec, interval=3600.0, name="t", max_items=50, min_gap=3600.0)
     try:
         b.put(1)
-        assert b.flush(5.0)  # nothing handled yet: at once
+        assert b.flush(5.0, paced=True)  # nothing handled yet: at once
         assert rec.handled() == [1]
         b.put(2)
-        assert not b.flush(0.05)  # within min_gap of the last batch: not yet
+        assert not b.flush(0.05, paced=True)  # within min_gap of the last batch: not yet
         b.put(3)
-        assert not b.flush(0.05)
+        assert not b.flush(0.05, paced=True)
         assert rec.calls == 1
         for i in range(100, 150):  # a full batch is handled at once, gap or not
             b.put(i)
         wait_until(lambda: rec.calls == 2)
         assert rec.handled() == [1, 2, 3, *range(100, 150)]
         b.put(4)
+        assert b.flush(5.0)  # not paced: at once, gap or not
+        assert rec.handled()[-1] == 4 and rec.calls == 3
+        b.put(5)
+        assert not b.flush(0.05, paced=True)
     finally:
         b.close(5.0)  # ends the wait out of min_gap: what is left is handled
-    assert rec.handled()[-1] == 4 and not b._thread.is_alive()
+    assert rec.handled()[-1] == 5 and not b._thread.is_alive()

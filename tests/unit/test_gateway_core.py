@@ -207,12 +207,12 @@ def test_admin_reads_do_not_wait_for_a_failing_writer(tmp_path, monkeypatch):
     gw = make(tmp_path, "defaults: {user: {day: 10}}\n")
     try:
         waited = []
-        monkeypatch.setattr(gw.meter, "flush", lambda timeout=10.0: waited.append(timeout) or True)
+        monkeypatch.setattr(gw.meter, "flush", lambda timeout=10.0, paced=False: waited.append((timeout, paced)) or True)
         gw.cursor()
-        assert waited == [READ_WAIT]
+        assert waited == [(READ_WAIT, True)]  # a reader's flush: paced (ledger.FLUSH_GAP)
         gw.ledger.stats.failures = 1  # what the writer sets while its commits fail (disk full)
         gw.cursor()
-        assert waited == [READ_WAIT]  # read at once: what is committed, /healthz says the rest
+        assert waited == [(READ_WAIT, True)]  # read at once: what is committed, /healthz says the rest
     finally:
         gw.ledger.stats.failures = 0
         gw.close()
