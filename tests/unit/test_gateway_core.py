@@ -207,7 +207,8 @@ def test_admin_reads_do_not_wait_for_a_failing_writer(tmp_path, monkeypatch):
     gw = make(tmp_path, "defaults: {user: {day: 10}}\n")
     try:
         waited = []
-        monkeypatch.setattr(gw.meter, "flush", lambda timeout=10.0, paced=False: waited.append((timeout, paced)) or True)
+        monkeypatch.setattr(gw.meter, "flush",
+                            lambda timeout=10.0, paced=False: waited.append((timeout, paced)) or True)
         gw.cursor()
         assert waited == [(READ_WAIT, True)]  # a reader's flush: paced (ledger.FLUSH_GAP)
         gw.ledger.stats.failures = 1  # what the writer sets while its commits fail (disk full)

@@ -12,8 +12,8 @@ def test_f1_reads_in_a_loop_do_not_make_a_commit_of_every_read(tmp_path):
     """F1: every admin API read flushed the writer, so a reader polling while rows are pending (a
     dashboard per viewer every 5 s, `spendgate top` every second, a script in a loop) made each
     commit its own (~16 ms of CPU each): the 2 s interval's saving undone by readers, without bound.
-    A flush now commits no sooner than min_gap after the last commit; the readers meanwhile share
-    the next one."""
+    A reader's flush (paced) now commits no sooner than min_gap after the last commit; readers
+    meanwhile share the next one."""
     gw = make(tmp_path, "defaults: {user: {day: 1000}}\n")
     try:
         gw.ledger._writer.interval = 3600.0  # no commit by time while the test runs
