@@ -346,6 +346,14 @@ def _modality_parts(r: dict[str, Price], usage: Usage) -> tuple[list, list[dict[
     return parts, fallbacks
 
 
+def _unknown(rates: Rates, source: str, notes: tuple[str, ...], catalogue: str | None, overrides: str | None,
+             input_tokens: int = 0) -> PriceResult:
+    """compute()'s answer when a part of the usage has no rate: cost None (unknown, never $0), the
+    missing rate said in the notes."""
+    return PriceResult(None, source, rates.model_id, variant=rates.variant, input_tokens=input_tokens, notes=notes,
+                       catalogue=catalogue, overrides=overrides)
+
+
 def compute(rates: Rates, usage: Usage, multipliers: tuple[Multiplier, ...] = (), *,
             catalogue: str | None = None, overrides: str | None = None) -> PriceResult:
     """Price usage with these rates. The one place a cost is calculated.
@@ -362,13 +370,11 @@ def compute(rates: Rates, usage: Usage, multipliers: tuple[Multiplier, ...] = ()
                            (usage.output_images, "image", "images generated"),
                            (usage.output_video_seconds, "video_second", "seconds of video generated")):
         if qty and key not in r:  # billed by a unit we have no rate for: unknown, never $0
-            return PriceResult(None, rates.source or "unknown", rates.model_id, variant=rates.variant,
-                               notes=(*rates.notes, f"{qty:,} {what} used but no {key} rate is known"),
-                               catalogue=catalogue, overrides=overrides)
+            return _unknown(rates, rates.source or "unknown", (*rates.notes, f"{qty:,} {what} used but no {key} "
+                            "rate is known"), catalogue, overrides)
     if not units_only and ("input_mtok" not in r or ("output_mtok" not in r and usage.output_tokens)):
-        return PriceResult(None, rates.source or "unknown", rates.model_id, variant=rates.variant,
-                           notes=(*rates.notes, "the model has no input or output rate"), catalogue=catalogue,
-                           overrides=overrides)  # fmt: skip
+        return _unknown(rates, rates.source or "unknown", (*rates.notes, "the model has no input or output rate"),
+                        catalogue, overrides)
     total_in = usage.input_tokens
     uncached_text = max(usage.uncached_input_tokens - max(usage.input_audio_tokens - usage.cache_read_audio_tokens, 0)
                         - usage.input_image_tokens - usage.input_video_tokens, 0)
@@ -396,9 +402,8 @@ def compute(rates: Rates, usage: Usage, multipliers: tuple[Multiplier, ...] = ()
     if usage.web_search_requests:
         search = search_part(r, usage.web_search_requests)
         if search is None:  # searches happened but no rate is known: say so rather than charge $0
-            return PriceResult(None, rates.source, rates.model_id, variant=rates.variant, input_tokens=total_in,
-                               notes=(*notes, "web searches used but no web_search rate is known"),
-                               catalogue=catalogue, overrides=overrides)  # fmt: skip
+            return _unknown(rates, rates.source, (*notes, "web searches used but no web_search rate is known"),
+                            catalogue, overrides, input_tokens=total_in)
         parts.append((*search, Decimal(1)))
     if usage.audio_seconds:
         parts.append(("audio seconds", usage.audio_seconds, ("audio_hours", r["audio_hours"]), HOUR_SECONDS))
