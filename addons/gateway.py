@@ -212,7 +212,8 @@ class SpendGate:
             if self._checked is not None and self._checked[0] == settings and self._checked[1] == files:
                 checked = self._checked[2]  # mitmproxy calls configure several times at start-up
             else:
-                checked = Gateway.check(settings)
+                with heap.paused():  # a big policy's objects: no collector passes while they are built
+                    checked = Gateway.check(settings)
         except (GatewayError, TelemetryError) as e:
             raise exceptions.OptionsError(str(e)) from None
         self.settings = settings
@@ -227,12 +228,13 @@ class SpendGate:
             return
         checked = self._checked[2] if self._checked and self._checked[0] is self.settings else None
         try:
-            self.gateway = Gateway(self.settings, checked)
+            with heap.paused():
+                self.gateway = Gateway(self.settings, checked)
         except GatewayError as e:
             log.error("spendgate: %s", e)  # an error logged during start-up makes mitmdump exit 1
             return
         self.gateway.proxy_verified = self.proxy_verified
-        heap.settle()  # what start-up built lives as long as the process: out of the collector's walks
+        heap.settle(1)  # what start-up built lives as long as the process: out of the collector's walks
         log.info("spendgate: ledger %s, admin API %s%s", self.settings.db, self.gateway.admin and self.gateway.admin.url,
                  ", shared store" if self.settings.store else "")
 

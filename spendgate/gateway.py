@@ -306,7 +306,8 @@ class Gateway:
         path = self.settings.policy
         text = data.decode("utf-8", "replace") if data is not None else None
         try:
-            policy = load(path) if text is None else parse(text, str(path))
+            with heap.paused():  # as at start-up; heap.resettle collects once the new policy is in
+                policy = load(path) if text is None else parse(text, str(path))
             found = positioned(policy, check_targets(policy, self.pricer, datetime.now(UTC)))
             if found:
                 raise PolicyError(str(path), found)
