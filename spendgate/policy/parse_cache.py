@@ -46,41 +46,6 @@ def load_policy_yaml(text: str) -> tuple[Any, yamlcheck.Marks, list[yamlcheck.Pr
     return load_yaml_cached(text, root / "policy-parsed" if root else None)
 
 
-class _LazyMarks(yamlcheck.Marks):
-    """The positions of a parse served from `load_yaml_cached`: composed again from the text only
-    when a check asks for one (a warning, a problem found after parsing), so a start with an
-    unchanged policy never composes its YAML."""
-
-    def __init__(self, text: str, texts: dict[tuple, str]) -> None:
-        super().__init__()
-        self.texts = texts
-        self._text: str | None = text
-
-    def _load(self) -> None:
-        if self._text is not None:
-            text, self._text = self._text, None
-            dict.update(self, yamlcheck.load_yaml_with_marks(text)[1])
-
-
-def _composed_first(name: str) -> Any:
-    """dict's own `name`, after the positions are composed: every way of reading or writing the
-    mapping (in, [], get, len, iteration, items, ==, dict(m), copy) sees all of them, and what is
-    set is not overwritten by composed positions (nineteenth review, F2)."""
-    base = getattr(dict, name)
-
-    def method(self: _LazyMarks, *args: Any) -> Any:
-        self._load()
-        return base(self, *args)
-
-    method.__name__ = method.__qualname__ = name
-    return method
-
-
-for _name in ("__contains__", "__getitem__", "get", "__iter__", "__len__", "__eq__", "__ne__", "__repr__",
-              "keys", "values", "items", "copy", "__setitem__"):
-    setattr(_LazyMarks, _name, _composed_first(_name))
-
-
 _CACHE_KEEP = 8  # parses kept: the current policy and a few it may be rolled back to
 
 
@@ -118,12 +83,11 @@ def load_yaml_cached(text: str, folder: Path | None) -> tuple[Any, yamlcheck.Mar
             hit = _read_entry(entry) if entry is not None else None
         except (OSError, ValueError, TypeError, KeyError, AttributeError):  # unreadable or garbled: a miss
             hit = None
-        if hit is not None:
-            doc, texts = hit
-            return doc, _LazyMarks(text, texts), []
+        if hit is not None:  # positions (and texts) composed again only when a check asks for one
+            return hit, yamlcheck.LazyMarks(lambda: yamlcheck.load_yaml_with_marks(text)[1]), []
     doc, marks, problems = yamlcheck.load_yaml_with_marks(text)
     if entry is not None and not problems and isinstance(doc, dict):
-        _write_entry(entry, doc, marks.texts)
+        _write_entry(entry, doc)
     return doc, marks, problems
 
 
@@ -148,7 +112,7 @@ def _private_file(st: os.stat_result) -> bool:
     return stat.S_ISREG(st.st_mode) and st.st_uid == os.geteuid() and not st.st_mode & 0o077
 
 
-def _read_entry(entry: Path) -> tuple[dict, dict[tuple, str]] | None:
+def _read_entry(entry: Path) -> dict | None:
     try:  # O_NONBLOCK: a FIFO at the name must not wait for a writer (fstat then refuses it)
         fd = os.open(entry, os.O_RDONLY | fsutil.O_NOFOLLOW | fsutil.O_CLOEXEC | getattr(os, "O_NONBLOCK", 0))
     except FileNotFoundError:
@@ -160,22 +124,21 @@ def _read_entry(entry: Path) -> tuple[dict, dict[tuple, str]] | None:
         saved = json.loads(f.read())
         if saved.get("key") != entry.name:  # one of our entries under another name (moved, linked): not this text's
             return None
-        doc, texts = saved["doc"], {tuple(path): text for path, text in saved["texts"]}
-        if not isinstance(doc, dict) or not all(isinstance(t, str) for t in texts.values()):
+        doc = saved["doc"]
+        if not isinstance(doc, dict):
             return None
         try:  # most recently used: kept when older entries are pruned (the file read, not whatever the name is now)
             os.utime(f.fileno() if os.utime in os.supports_fd else entry)
         except OSError:
             pass
-    return doc, texts
+    return doc
 
 
-def _write_entry(entry: Path, doc: dict, texts: dict[tuple, str]) -> None:
+def _write_entry(entry: Path, doc: dict) -> None:
     """Keep a clean parse; one JSON cannot hold exactly (a !!binary value) or a disk that cannot
     take it is simply not cached."""
     try:
-        data = json.dumps({"key": entry.name, "doc": doc, "texts": [[list(p), t] for p, t in texts.items()]},
-                          allow_nan=False, separators=(",", ":"))
+        data = json.dumps({"key": entry.name, "doc": doc}, allow_nan=False, separators=(",", ":"))
         if json.loads(data)["doc"] != doc:  # would not come back equal: not cached
             return
         fsutil.private_dir(entry.parent)

@@ -110,7 +110,7 @@ def test_positions_served_from_the_cache_are_the_whole_mapping(cache: Path) -> N
     for read in (dict, len, bool, list, lambda m: list(m.items()), lambda m: list(m.keys()),
                  lambda m: list(m.values()), lambda m: m == ref, lambda m: dict(m.copy())):
         _, marks, _ = parse_cache.load_yaml_cached(text, cache)
-        assert isinstance(marks, parse_cache._LazyMarks)  # served from the cache
+        assert isinstance(marks, yamlcheck.LazyMarks)  # served from the cache
         assert read(marks) == read(ref)
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from spendgate import yamlcheck
 
@@ -40,3 +42,58 @@ def test_fast_loader_matches_pyyaml(text: str) -> None:
         return
     doc, marks, problems = yamlcheck.load_yaml_with_marks(text)
     assert (doc, dict(marks), marks.texts, problems) == (sdoc, dict(smarks), smarks.texts, sproblems)
+
+
+# Documents as people write them, and as they get them wrong: the fast build (no positions until a
+# check asks) must give what the positioned build gives, and fall back to it wherever that one
+# reports a problem or keeps a source text for "quote it".
+_SCALARS = st.sampled_from(["1", "010", "0x1f", "1.5", "1e3", ".nan", "-.inf", "NO", "on", "~", "null", "true",
+                            "2026-01-01", "2026-02-30", "2026-01-01T10:00:00Z", "'quoted'", '"x"', "plain text",
+                            "!!str 12", "!!binary aGk=", "!!set {a, b}", "!!float 1", "|\n    block\n"])
+_KEYS = st.sampled_from(["a", "b", "NO", "010", "2026-01-01", "users", "alice@acme.com", "[1, 2]", "{x: 1}", "? k"])
+
+
+@st.composite
+def _yaml_docs(draw, depth: int = 0) -> str:
+    pad = "  " * depth
+    lines = []
+    for _ in range(draw(st.integers(1, 4))):
+        key = draw(_KEYS)
+        if depth < 2 and draw(st.booleans()):
+            lines.append(f"{pad}{key}:")
+            if draw(st.booleans()):
+                lines.append(draw(_yaml_docs(depth + 1)))
+            else:
+                lines += [f"{pad}  - {draw(_SCALARS).replace(chr(10), chr(10) + pad + '    ')}"
+                          for _ in range(draw(st.integers(1, 3)))]
+        else:
+            lines.append(f"{pad}{key}: {draw(_SCALARS).replace(chr(10), chr(10) + pad)}")
+    return "\n".join(lines)
+
+
+def positioned(text: str):
+    """The libyaml parse built with every position at once (what the fast build defers)."""
+    saved = yamlcheck._plain
+
+    def unusual(loader, node):
+        raise yamlcheck._Unusual
+
+    yamlcheck._plain = unusual
+    try:
+        return yamlcheck.load_yaml_with_marks(text)
+    finally:
+        yamlcheck._plain = saved
+
+
+@settings(max_examples=400, deadline=None)
+@given(_yaml_docs())
+def test_the_fast_build_matches_the_positioned_one(text: str) -> None:
+    try:
+        pdoc, pmarks, pproblems = positioned(text)
+    except Exception as e:
+        with pytest.raises(type(e)):
+            yamlcheck.load_yaml_with_marks(text)
+        return
+    doc, marks, problems = yamlcheck.load_yaml_with_marks(text)
+    assert (doc, problems) == (pdoc, pproblems)
+    assert (dict(marks), marks.texts) == (dict(pmarks), pmarks.texts)
