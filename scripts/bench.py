@@ -847,8 +847,15 @@ class Bench:
                     ready[f"{name} {label}"].append(gw.ready_s)
                     gw.stop()
             log.info("round %d/%d done", rnd + 1, rounds)
+        paired = {f"{label} - plain": [a - b for a, b in zip(ready[f"spendgate {label}"], ready["plain"])]
+                  for label in (k.removeprefix("spendgate ") for k in ready if k.startswith("spendgate "))}
+        if against is not None:  # the same start, this checkout less the other, round by round
+            paired |= {f"{label} - before": [a - b for a, b in zip(ready[f"spendgate {label}"], ready[f"before {label}"])]
+                       for label in (k.removeprefix("before ") for k in ready if k.startswith("before "))}
         return {"rounds": rounds, "ready_s": {k: {"median": r3(statistics.median(v)), "all": [r3(x) for x in v]}
-                                              for k, v in ready.items()}}  # fmt: skip
+                                              for k, v in ready.items()},
+                "paired_s": {k: {"median": r3(statistics.median(v)), "all": [r3(x) for x in v]}
+                             for k, v in paired.items()}}  # fmt: skip
 
 
 def metered(gw: Proxy) -> dict[str, int]:
@@ -1072,6 +1079,14 @@ def print_startup(result: dict[str, Any]) -> None:
     for name, fig in st["ready_s"].items():
         t.add_row(name, f"{fig['median']}", " ".join(f"{x}" for x in fig["all"]))
     Console().print(t)
+    # this VM's speed for the same start swings 2x within minutes: differences taken within each
+    # round (the starts alternate, seconds apart) say what a change did where medians cannot
+    p = Table(title="paired (s): median of the per-round differences", header_style="bold")
+    for col in ("difference", "median", "every round"):
+        p.add_column(col)
+    for name, fig in st.get("paired_s", {}).items():
+        p.add_row(name, f"{fig['median']:+}", " ".join(f"{x:+}" for x in fig["all"]))
+    Console().print(p)
 
 
 def run(plan: Plan, mode: str, out: Path, keep: bool, profile: Path | None = None,

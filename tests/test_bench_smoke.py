@@ -232,6 +232,13 @@ def test_startup_mode_measures_every_start_side_by_side(tmp_path) -> None:
     starts = ("empty", "50000-rows", "users-first", "users-restart")
     assert set(st["ready_s"]) == {"plain"} | {f"{tree} {s}" for tree in ("spendgate", "before") for s in starts}
     assert all(len(fig["all"]) == 1 and finite(fig["median"]) and fig["median"] > 0 for fig in st["ready_s"].values())
+    # each start less plain's and less the other tree's, taken within the round
+    assert set(st["paired_s"]) == {f"{s} - {other}" for s in starts for other in ("plain", "before")}
+    ready = {k: fig["all"][0] for k, fig in st["ready_s"].items()}
+    for s in starts:  # (differences of the unrounded seconds: within 0.001 of the rounded ones')
+        assert st["paired_s"][f"{s} - plain"]["all"][0] == pytest.approx(ready[f"spendgate {s}"] - ready["plain"], abs=1.5e-3)
+        assert st["paired_s"][f"{s} - before"]["median"] == pytest.approx(ready[f"spendgate {s}"] - ready[f"before {s}"],
+                                                                          abs=1.5e-3)
 
 
 def _bench_args_error(*args: str) -> str:
