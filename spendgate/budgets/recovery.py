@@ -13,7 +13,7 @@ from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
 
-from spendgate.budgets.book import BudgetBook, ledger_row_scopes
+from spendgate.budgets.book import ZERO, BudgetBook, CounterKey, ledger_row_scopes
 from spendgate.budgets.journal import Journal
 from spendgate.budgets.windows import WINDOWS, bounds
 from spendgate.store import rollups
@@ -36,12 +36,23 @@ def rebuild_counters(cur: duckdb.DuckDBPyConnection, book: BudgetBook, now: date
     rows = cur.execute(
         f'SELECT w, "user", key_fingerprint, workspace, billing_basis, plan, sum(charged_usd) '
         f"FROM ({' UNION ALL '.join(parts)}) r GROUP BY ALL", params).fetchall()
+    # summed here first: one group's scopes serve its four windows, and the organization's counter
+    # takes one add, not one per group (a 10M-row ledger's 21,000 groups: 73,500 locked adds, issue 18)
+    named: dict[tuple, list[str]] = {}
+    totals: dict[CounterKey, Decimal] = {}
     for window, user, fp, ws, basis, plan, amount in rows:
         if not amount:
             continue
-        # subscription rows go where subscription_usage says (API budgets, their own, or none)
-        for scope in ledger_row_scopes(book.policy, user, fp, ws, basis or "api", plan, now):
-            book.store.add((scope, window, starts[window]), Decimal(amount))
+        group = (user, fp, ws, basis or "api", plan)
+        names = named.get(group)
+        if names is None:  # subscription rows go where subscription_usage says (API budgets, their own, or none)
+            names = named[group] = ledger_row_scopes(book.policy, *group, now)
+        start = starts[window]
+        for scope in names:
+            key = (scope, window, start)
+            totals[key] = totals.get(key, ZERO) + Decimal(amount)
+    for key, total in totals.items():
+        book.store.add(key, total)
     return len(rows)
 
 
