@@ -34,12 +34,16 @@ def settle(generation: int = 2) -> float:
     gateway with a 10,000-user policy).
 
     The previous freeze is undone first, so objects replaced since (an old policy's reference
-    cycles) are still freed. Start-up passes 1: what it built under `paused` is all young, and a
-    full pass there found nothing more for ~5x the time (issue 18); whatever older garbage a
-    freeze keeps is freed at the next `resettle`."""
+    cycles) are still freed: unfrozen, they are in the oldest generation, so a process that froze
+    before always takes the full pass (a second start in one process: the proxy edge rebuilds its
+    gateway when an option changes; twenty-sixth review, F1). Start-up passes 1: what it built
+    under `paused` is all young, and a full pass there found nothing more for ~5x the time
+    (issue 18); whatever older garbage a freeze keeps is freed at the next `resettle`."""
     global _settled
     _settled = True
     t = time.perf_counter()
+    if gc.get_freeze_count():
+        generation = 2
     gc.unfreeze()
     gc.collect(generation)
     gc.freeze()
