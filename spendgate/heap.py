@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -26,6 +27,9 @@ from contextlib import contextmanager
 log = logging.getLogger(__name__)
 
 _settled = False  # this process opted in (settle was called once)
+_pause_lock = threading.Lock()
+_pauses = 0  # paused() sections running now, in any thread
+_resume = False  # whether the collector was on when the first of them began
 
 
 def settle(generation: int = 2) -> float:
@@ -63,11 +67,22 @@ def paused() -> Iterator[None]:
     """The collector off while a burst of long-lived objects is built (a policy, the price
     catalogue, the budget book), restored on exit, whatever is raised. Nothing is lost: cyclic
     garbage made meanwhile waits for the next pass (`settle` runs one). Process-wide, so the
-    proxy's thread skips its passes too for the moment; that only delays them."""
-    was = gc.isenabled()
-    gc.disable()
+    proxy's thread skips its passes too for the moment; that only delays them.
+
+    Counted across threads (a reload on the watcher's thread while the event loop starts or
+    configures): the collector comes back on when the last of them ends, if it was on when the
+    first began. Read-then-disable per section left it off for good when another section ended in
+    between (twenty-sixth review, F2)."""
+    global _pauses, _resume
+    with _pause_lock:
+        if not _pauses:
+            _resume = gc.isenabled()
+            gc.disable()
+        _pauses += 1
     try:
         yield
     finally:
-        if was:
-            gc.enable()
+        with _pause_lock:
+            _pauses -= 1
+            if not _pauses and _resume:
+                gc.enable()
