@@ -9,6 +9,7 @@ keeps where each value stood (and flags duplicate keys, which YAML silently over
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime
@@ -46,19 +47,27 @@ class LazyMarks(Marks):
     """Positions (and `texts`) built by `build` only when a check first asks for one: a clean
     document needs none, and building them is most of a big policy's parse after libyaml's
     (10,000 users: 61,000 positions). Every way of reading or writing the mapping (in, [], get,
-    len, iteration, items, ==, dict(m), copy, texts) sees all of them, and what is set is not
-    overwritten by built positions (nineteenth review, F2)."""
+    len, iteration, items, ==, |, dict(m), copy, pickle, texts, and every dict method that
+    changes it) sees all of them, and what is set is not overwritten by built positions
+    (nineteenth review, F2). A second thread waits for the build; a build that raises is tried
+    again on the next read, never left an empty mapping (twenty-sixth review, F3/F4). Only
+    dict's own methods called on it explicitly (dict.get(m, k)) see it unbuilt."""
 
     def __init__(self, build: Callable[[], Marks]) -> None:
+        dict.__init__(self)
+        self._texts: dict[tuple, str] = {}
+        self._lock = threading.Lock()
         self._build: Callable[[], Marks] | None = build
-        super().__init__()
 
     def _load(self) -> None:
         if self._build is not None:
-            build, self._build = self._build, None
-            built = build()
-            dict.update(self, built.items())
-            self._texts = built.texts
+            with self._lock:
+                build = self._build
+                if build is not None:
+                    built = build()
+                    dict.update(self, built.items())
+                    self._texts = built.texts
+                    self._build = None
 
     @property  # type: ignore[override]
     def texts(self) -> dict[tuple, str]:
@@ -67,22 +76,37 @@ class LazyMarks(Marks):
 
     @texts.setter
     def texts(self, value: dict[tuple, str]) -> None:
+        self._load()
         self._texts = value
+
+    def __reduce__(self) -> tuple:  # copies and pickles: built, as a plain Marks (no build to carry)
+        self._load()
+        return _marks_of, (dict(self), dict(self._texts))
+
+
+def _marks_of(positions: dict[tuple, tuple[int, int]], texts: dict[tuple, str]) -> Marks:
+    marks = Marks(positions)
+    marks.texts = texts
+    return marks
 
 
 def _built_first(name: str) -> Any:
     base = getattr(dict, name)
 
-    def method(self: LazyMarks, *args: Any) -> Any:
+    def method(self: LazyMarks, *args: Any, **kw: Any) -> Any:
         self._load()
-        return base(self, *args)
+        for other in args:  # m == other, m | other: dict reads a LazyMarks argument's storage directly
+            if isinstance(other, LazyMarks):
+                other._load()
+        return base(self, *args, **kw)
 
     method.__name__ = method.__qualname__ = name
     return method
 
 
 for _name in ("__contains__", "__getitem__", "get", "__iter__", "__len__", "__eq__", "__ne__", "__repr__",
-              "keys", "values", "items", "copy", "__setitem__"):
+              "keys", "values", "items", "copy", "__setitem__", "__delitem__", "setdefault", "pop", "popitem",
+              "update", "clear", "__or__", "__ror__", "__ior__", "__reversed__"):
     setattr(LazyMarks, _name, _built_first(_name))
 
 
