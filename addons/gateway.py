@@ -96,7 +96,7 @@ class SpendGate:
         self._release_pending = False
         self._released_at = 0.0  # time.monotonic() of the last bounds.release_memory()
         # (settings, (policy, pricing) file stamps, Gateway.check result) of the last configure
-        self._checked: tuple[Settings, tuple, tuple] | None = None
+        self._checked: tuple[Settings, tuple, tuple | None] | None = None
 
     def load(self, loader) -> None:
         # The meter and ledger threads share the GIL with mitmproxy's event loop. CPython makes a
@@ -234,6 +234,8 @@ class SpendGate:
             log.error("spendgate: %s", e)  # an error logged during start-up makes mitmdump exit 1
             return
         self.gateway.proxy_verified = self.proxy_verified
+        if self._checked is not None:  # the start-up policy is the gateway's now: not kept past a reload
+            self._checked = (*self._checked[:2], None)
         heap.settle(1)  # what start-up built lives as long as the process: out of the collector's walks
         log.info("spendgate: ledger %s, admin API %s%s", self.settings.db, self.gateway.admin and self.gateway.admin.url,
                  ", shared store" if self.settings.store else "")

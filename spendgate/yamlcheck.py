@@ -200,7 +200,7 @@ def load_yaml_with_marks(text: str) -> tuple[Any, Marks, list[Problem]]:
             if node is not None:
                 try:
                     doc = _plain(fast, node)
-                except _Unusual:  # a problem to place, or a tag only construct_object reads
+                except (_Unusual, RecursionError):  # a problem to place, or a tag only construct_object reads
                     return _built(fast, node)
                 return doc, LazyMarks(lambda: _built(fast, node)[1]), []
             return _built(fast, node)
@@ -214,6 +214,8 @@ def load_yaml_with_marks(text: str) -> tuple[Any, Marks, list[Problem]]:
     except yaml.YAMLError as e:  # e.g. a control character (ReaderError): its position when it has one
         line, col = (getattr(e, "line", 0) + 1, getattr(e, "column", 0) + 1)
         return None, Marks(), [Problem(line, col, f"YAML: {e}")]
+    except RecursionError:
+        return None, Marks(), [Problem(1, 1, _TOO_DEEP)]
     finally:
         loader.dispose()
     return _built(loader, node)
@@ -261,8 +263,14 @@ def _built(loader: Any, node: yaml.Node | None) -> tuple[Any, Marks, list[Proble
     if node is None:
         return {}, Marks({(): (1, 1)}), []
     b = _Builder(loader)
-    doc = b.build(node)
+    try:
+        doc = b.build(node)
+    except RecursionError:  # before: escaped as an exception (a reload unrecorded; a start's configure)
+        return None, Marks(), [Problem(*b._pos(node), _TOO_DEEP)]
     return doc, b.marks, b.problems
+
+
+_TOO_DEEP = "YAML: nested too deeply to read, or an alias inside what it names (such as &a [*a])"
 
 
 def quote_hint(path: tuple, text: str, value: Any) -> str:
