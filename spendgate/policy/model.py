@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from spendgate.policy.parse_cache import cache_dir, entry_name, load_policy_yaml, private_stamp, remember_stamp
+from spendgate.policy.parse_cache import load_policy_yaml, private_stamp, remember_stamp, schema_stamp
 from spendgate.policy.runway import RunwayConfig, parse_runway
 from spendgate.policy.sections import (
     AlertsConfig,
@@ -104,27 +104,8 @@ def _valid_fast(doc: dict) -> bool:
 
 
 def _valid_stamp(text: str) -> Path | None:
-    """Where a "this exact policy passed this exact schema" stamp lives, or None (no cache).
-
-    Schema validation costs a read command (`spend`, `reconcile`) ~50-70 ms of its ~300: importing
-    jsonschema and its format checkers, then the check. Its verdict is a pure function of the policy
-    text, the schema and the jsonschema install, so the stamp's name is a SHA-256 over all three
-    (the install by its file's path, size and mtime): any edit, schema change or upgrade misses it and
-    validates in full. Only passes are stamped; problems are found (and reported) on every load.
-    In SPENDGATE_CACHE_DIR, else $XDG_CACHE_HOME/spendgate or ~/.cache/spendgate (0700);
-    SPENDGATE_CACHE_DIR=off turns it off."""
-    import importlib.util
-
-    base = cache_dir()
-    if base is None:
-        return None
-    try:
-        spec = importlib.util.find_spec("jsonschema")
-        if spec is None or spec.origin is None:
-            return None
-        return base / "policy-valid" / entry_name(text, spec.origin, extra=_SCHEMA_TEXT)
-    except (OSError, ValueError):  # no jsonschema: validate in full
-        return None
+    """The stamp saying this policy text passed the policy schema (parse_cache.schema_stamp)."""
+    return schema_stamp(text, _SCHEMA_TEXT, "policy-valid")
 
 
 def _explain(marks: Marks) -> Explain:

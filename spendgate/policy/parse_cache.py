@@ -184,6 +184,30 @@ def private_stamp(stamp: Path) -> bool:
     return True
 
 
+def schema_stamp(text: str, schema_text: str, kind: str) -> Path | None:
+    """Where a "this exact text passed this exact schema" stamp lives (`kind`: its folder, e.g.
+    policy-valid), or None (no cache, or no jsonschema to name).
+
+    Schema validation costs a gateway's start or a read command ~50-70 ms: importing jsonschema and
+    its format checkers, then the check. Its verdict is a pure function of the text, the schema and
+    the jsonschema install, so the stamp's name is a SHA-256 over all three (the install by its
+    file's path, size and mtime): any edit, schema change or upgrade misses it and validates in
+    full. Only passes are stamped (`remember_stamp`) and believed (`private_stamp`); problems are
+    found (and reported) on every load. SPENDGATE_CACHE_DIR=off turns it off."""
+    import importlib.util
+
+    base = cache_dir()
+    if base is None:
+        return None
+    try:
+        spec = importlib.util.find_spec("jsonschema")
+        if spec is None or spec.origin is None:
+            return None
+        return base / kind / entry_name(text, spec.origin, extra=schema_text)
+    except (OSError, ValueError):  # no jsonschema: validate in full
+        return None
+
+
 _STAMPS_KEEP = 16  # schema stamps kept (pruned least recently used first, like the parses)
 
 

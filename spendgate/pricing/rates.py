@@ -24,6 +24,7 @@ Correctness rules (each one a bug seen in other gateways):
 from __future__ import annotations
 
 import fnmatch
+import functools
 import hashlib
 import json
 import logging
@@ -35,15 +36,18 @@ from decimal import Decimal
 from fnmatch import fnmatchcase
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import jsonschema
 from genai_prices import types as gp
 
 from spendgate.pricing import catalogue as pricing_catalogue
+from spendgate.policy.parse_cache import private_stamp, remember_stamp, schema_stamp
 from spendgate.pricing import copilot
 from spendgate.usage import Usage
 from spendgate.yamlcheck import Problem, load_yaml_with_marks, mark, schema_problems
+
+if TYPE_CHECKING:  # annotations only: jsonschema is imported when an overrides file needs checking
+    import jsonschema
 
 log = logging.getLogger(__name__)
 
@@ -571,11 +575,20 @@ class Override:
         return any(n and (n == self.model or fnmatchcase(n, self.model)) for n in (model, model_id))
 
 
+_SCHEMA_TEXT = resources.files("spendgate.pricing").joinpath("overrides.schema.json").read_text()
+
+
 def overrides_schema() -> dict[str, Any]:
-    return json.loads(resources.files("spendgate.pricing").joinpath("overrides.schema.json").read_text())
+    return json.loads(_SCHEMA_TEXT)
 
 
-_VALIDATOR = jsonschema.Draft202012Validator(overrides_schema())
+@functools.cache
+def _validator() -> Any:
+    """The overrides schema's validator, built (and jsonschema imported, ~40-100 ms) on the first
+    check a stamp does not answer: a start with unchanged overrides skips both (issue 18)."""
+    import jsonschema
+
+    return jsonschema.Draft202012Validator(overrides_schema())
 
 
 def _explain(err: jsonschema.ValidationError, path: tuple, where: str) -> str | None:
@@ -607,7 +620,11 @@ def parse_overrides(text: str, file: str = "<overrides>") -> list[Override]:
     doc, marks, problems = load_yaml_with_marks(text)
     if doc is None or not isinstance(doc, dict):
         raise PricingError(file, problems or [Problem(1, 1, "overrides are a mapping (version: 1, models: [...])")])
-    problems += schema_problems(_VALIDATOR, doc, marks, _explain, list_known=True)
+    stamp = schema_stamp(text, _SCHEMA_TEXT, "overrides-valid")  # this text passed this schema before
+    if stamp is None or not private_stamp(stamp):
+        problems += schema_problems(_validator(), doc, marks, _explain, list_known=True)
+        if not problems and stamp is not None:
+            remember_stamp(stamp)
     if problems:
         raise PricingError(file, sorted(problems, key=lambda p: (p.line, p.col)))
     name = Path(file).name
