@@ -204,7 +204,11 @@ def load_yaml_with_marks(text: str) -> tuple[Any, Marks, list[Problem]]:
                     return _built(fast, node)
                 return doc, LazyMarks(lambda: _built(fast, node)[1]), []
             return _built(fast, node)
-    loader = yaml.SafeLoader(text)
+    try:  # the characters are checked here, when the loader is made (a NUL, ESC, DEL; UTF-16 read as UTF-8)
+        loader = yaml.SafeLoader(text)
+    except yaml.reader.ReaderError as e:
+        return None, Marks(), [Problem(*_reader_position(text, e.position), f"YAML: unacceptable character "
+                                       f"#x{e.character:04x}: {e.reason}")]
     try:
         node = loader.get_single_node()
     except yaml.MarkedYAMLError as e:
@@ -219,6 +223,19 @@ def load_yaml_with_marks(text: str) -> tuple[Any, Marks, list[Problem]]:
     finally:
         loader.dispose()
     return _built(loader, node)
+
+
+def _reader_position(text: str, index: int) -> tuple[int, int]:
+    """Line and column (1-based) of `text[index]`, lines broken as PyYAML's reader breaks them."""
+    line, col, i = 1, 1, 0
+    while i < index:
+        ch = text[i]
+        if ch in "\n\x85\u2028\u2029" or (ch == "\r" and text[i + 1:i + 2] != "\n"):
+            line, col = line + 1, 1
+        elif ch != "\ufeff":
+            col += 1
+        i += 1
+    return line, col
 
 
 class _Unusual(Exception):

@@ -189,10 +189,11 @@ def schema_stamp(text: str, schema_text: str, kind: str) -> Path | None:
     policy-valid), or None (no cache, or no jsonschema to name).
 
     Schema validation costs a gateway's start or a read command ~50-70 ms: importing jsonschema and
-    its format checkers, then the check. Its verdict is a pure function of the text, the schema and
-    the jsonschema install, so the stamp's name is a SHA-256 over all three (the install by its
-    file's path, size and mtime): any edit, schema change or upgrade misses it and validates in
-    full. Only passes are stamped (`remember_stamp`) and believed (`private_stamp`); problems are
+    its format checkers, then the check. Its verdict is a pure function of the text, what reads it
+    into a document (yamlcheck, PyYAML), the schema and the jsonschema install, so the stamp's name
+    is a SHA-256 over all of them (each install by its file's path, size and mtime): any edit,
+    schema change or upgrade misses it and validates in full -- a reader that reads the same text
+    otherwise must not find a stamp for a document nobody checked (twenty-seventh review). Only passes are stamped (`remember_stamp`) and believed (`private_stamp`); problems are
     found (and reported) on every load. SPENDGATE_CACHE_DIR=off turns it off."""
     import importlib.util
 
@@ -203,7 +204,7 @@ def schema_stamp(text: str, schema_text: str, kind: str) -> Path | None:
         spec = importlib.util.find_spec("jsonschema")
         if spec is None or spec.origin is None:
             return None
-        return base / kind / entry_name(text, spec.origin, extra=schema_text)
+        return base / kind / entry_name(text, spec.origin, yamlcheck.__file__, yaml.__file__, extra=schema_text)
     except (OSError, ValueError):  # no jsonschema: validate in full
         return None
 
