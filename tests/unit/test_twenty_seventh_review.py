@@ -25,7 +25,7 @@ Findings (each test's docstring says FINDING; they fail before the fix commit):
 
 Held (tests that pass before and after the fix, and say HELD): the same result, problems, lines
 and columns with the cache off, on a first load, on a stamped load and after an edit, over a
-corpus of 40 texts; stamps in every folder or file state someone else could arrange are not
+corpus of 41 texts; stamps in every folder or file state someone else could arrange are not
 believed and folders others could write are not written; the stamp names cannot run into each
 other; the policy's stamps are the same function as before; reloads and `spendgate prices` check
 edits in full; a stamped gateway start imports no jsonschema.
