@@ -193,8 +193,9 @@ def schema_stamp(text: str, schema_text: str, kind: str) -> Path | None:
     into a document (yamlcheck, PyYAML), the schema and the jsonschema install, so the stamp's name
     is a SHA-256 over all of them (each install by its file's path, size and mtime): any edit,
     schema change or upgrade misses it and validates in full -- a reader that reads the same text
-    otherwise must not find a stamp for a document nobody checked (twenty-seventh review). Only passes are stamped (`remember_stamp`) and believed (`private_stamp`); problems are
-    found (and reported) on every load. SPENDGATE_CACHE_DIR=off turns it off."""
+    otherwise must not find a stamp for a document nobody checked (twenty-seventh review). Only
+    passes are stamped (`remember_stamp`) and believed (`private_stamp`); problems are found (and
+    reported) on every load. SPENDGATE_CACHE_DIR=off turns it off."""
     import importlib.util
 
     base = cache_dir()
