@@ -46,6 +46,7 @@ import yaml
 from spendgate import yamlcheck
 from spendgate.policy import model, parse_cache
 from spendgate.pricing import rates
+from tests.unit.test_overrides_stamp import cache, checks  # noqa: F401 - the shared fixtures
 
 REPO = Path(__file__).resolve().parents[2]
 GOOD = (REPO / "pricing" / "overrides.yaml").read_text()
@@ -104,20 +105,6 @@ CORPUS = PASSING + FAILING
 NEGATIVE = H + E + "    rates: {input_mtok: -1}\n"
 
 
-@pytest.fixture
-def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Where this test's overrides stamps live (<SPENDGATE_CACHE_DIR>/overrides-valid)."""
-    monkeypatch.setenv("SPENDGATE_CACHE_DIR", str(tmp_path / "cache"))
-    return tmp_path / "cache" / "overrides-valid"
-
-
-@pytest.fixture
-def checks(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Every time the overrides validator is asked for (a check no stamp answered)."""
-    calls: list[int] = []
-    real = rates._validator
-    monkeypatch.setattr(rates, "_validator", lambda: calls.append(1) or real())
-    return calls
 
 
 def outcome(text: str) -> tuple[str, str]:
