@@ -215,7 +215,7 @@ def load_yaml_with_marks(text: str) -> tuple[Any, Marks, list[Problem]]:
         mark = e.problem_mark or e.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
         return None, Marks(), [Problem(line, col, f"YAML syntax: {e.problem or e}")]
-    except yaml.YAMLError as e:  # e.g. a control character (ReaderError): its position when it has one
+    except yaml.YAMLError as e:  # anything else YAML refuses: its position when it has one
         line, col = (getattr(e, "line", 0) + 1, getattr(e, "column", 0) + 1)
         return None, Marks(), [Problem(line, col, f"YAML: {e}")]
     except RecursionError:

@@ -40,8 +40,8 @@ from typing import TYPE_CHECKING, Any
 
 from genai_prices import types as gp
 
-from spendgate.pricing import catalogue as pricing_catalogue
 from spendgate.policy.parse_cache import private_stamp, remember_stamp, schema_stamp
+from spendgate.pricing import catalogue as pricing_catalogue
 from spendgate.pricing import copilot
 from spendgate.usage import Usage
 from spendgate.yamlcheck import Problem, load_yaml_with_marks, mark, schema_problems
