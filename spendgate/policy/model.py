@@ -89,18 +89,23 @@ def _valid_fast(doc: dict) -> bool:
     A 10,000-user policy holds a handful of distinct entries (budgets, until, workspaces): the
     schema's verdict on an entry does not depend on its name, so one entry per distinct value
     stands for all (0.45 s -> ~0.05 s of start-up). False -- including on any error -- sends the
-    caller to the full check, which gives every problem with its own position, as before."""
+    caller to the full check, which gives every problem with its own position, as before.
+
+    Entries are told apart by `repr`: for what YAML builds (str, int, float, bool, None, dates,
+    lists, dicts) equal reprs mean equal values of equal types, and it is ~5x cheaper than the JSON
+    text it replaces (10,000 users: 41 -> 8 ms, issue 18). A reference cycle shows as `[...]`,
+    which no YAML value spells; validating one recurses without end, so RecursionError is a False
+    (as is anything else the validator raises: the full check then says what is wrong)."""
     users = doc.get("users")
     if not _USERS_DEDUP or not isinstance(users, dict) or len(users) < 64:
         return False
     try:
         distinct: dict[str, tuple[Any, Any]] = {}
         for name, entry in users.items():
-            distinct.setdefault(json.dumps(entry, sort_keys=True, default=repr), (name, entry))
-    except (TypeError, ValueError):  # a name or value JSON cannot hold: the full check says what
-        return False
-    probe = {**doc, "users": dict(distinct.values())}
-    return _validator().is_valid(probe)
+            distinct.setdefault(repr(entry), (name, entry))
+        return _validator().is_valid({**doc, "users": dict(distinct.values())})
+    except (RecursionError, TypeError, ValueError):  # a cycle, a runaway nesting, a key no schema reads:
+        return False  # the full check says what
 
 
 def _valid_stamp(text: str) -> Path | None:
