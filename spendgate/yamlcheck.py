@@ -9,6 +9,7 @@ keeps where each value stood (and flags duplicate keys, which YAML silently over
 from __future__ import annotations
 
 import math
+import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -160,6 +161,11 @@ class _Builder:
             self.problems.append(Problem(*self._pos(node), f"{where}: {node.value} is not a finite number "
                                          "(leave a limit out for none)"))
             return node.value
+        if type(value) is int and _unprintable(value):  # 0xfff... past str()'s limit: every repr would raise
+            where = ".".join(map(str, path)) or "top level"
+            self.problems.append(Problem(*self._pos(node), f"{where}: {node.value[:24]}... is too large a number "
+                                         f"to read (over {sys.get_int_max_str_digits()} digits)"))
+            return node.value
         if node.tag != _STR_TAG and not node.style and not isinstance(value, str):  # plain: None, or "" (libyaml)
             self.marks.texts[path] = node.value
         return value.isoformat() if isinstance(value, (date, datetime)) else value
@@ -260,9 +266,22 @@ def _scalar_value(loader: Any, tag: str, value: str) -> Any:
         built = loader.yaml_constructors[tag](loader, yaml.ScalarNode(tag, value))
     except Exception:
         raise _Unusual from None
-    if isinstance(built, float) and not math.isfinite(built):
+    if (isinstance(built, float) and not math.isfinite(built)) or (type(built) is int and _unprintable(built)):
         raise _Unusual
     return built.isoformat() if isinstance(built, (date, datetime)) else built
+
+
+def _unprintable(value: int) -> bool:
+    """An int str() refuses (more digits than sys.get_int_max_str_digits(); 0x, 0o, 0b and 1:30
+    integers are built without that limit): a problem, not a ValueError wherever it is printed
+    (a schema message, Decimal(str(v))). No int under 2,000 bits is refused (the limit is >= 640)."""
+    if value.bit_length() <= 2000:
+        return False
+    try:
+        str(value)
+    except ValueError:
+        return True
+    return False
 
 
 _NO_KEY = object()  # a mapping waiting for its next key
