@@ -36,9 +36,9 @@ def rebuild_counters(cur: duckdb.DuckDBPyConnection, book: BudgetBook, now: date
     rows = cur.execute(
         f'SELECT w, "user", key_fingerprint, workspace, billing_basis, plan, sum(charged_usd) '
         f"FROM ({' UNION ALL '.join(parts)}) r GROUP BY ALL", params).fetchall()
-    # summed here first: one group's scopes serve its four windows, and the organization's counter
-    # takes one add, not one per group (a 10M-row ledger's 21,000 groups: 73,500 locked adds, issue 18)
-    # (a scope's total per window: no key tuple per add, 94,500 of them on that ledger)
+    # summed here first, per window and scope: one group's scopes serve its four windows, and the
+    # organization's counter takes one add, not one per group (a 10M-row ledger's 21,000 groups:
+    # 73,500 locked adds, issue 18); no key tuple is made per sum (94,500 on that ledger)
     named: dict[tuple, list[str]] = {}
     totals: dict[str, dict[str, Decimal]] = {w: {} for w in WINDOWS}
     for window, user, fp, ws, basis, plan, amount in rows:
