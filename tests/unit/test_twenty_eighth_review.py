@@ -45,12 +45,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from spendgate import yamlcheck
-from spendgate.budgets import recovery
 from spendgate.budgets.book import ZERO, BudgetBook, ledger_row_scopes
 from spendgate.budgets.windows import WINDOWS, bounds
 from spendgate.policy import model, parse_cache
 from spendgate.policy.model import PolicyError
 from spendgate.store import ledger
+from tests.support.rebuild import rebuild_from_rows
 
 REPO = Path(__file__).resolve().parents[2]
 BASE = "abddc7b"  # the commit before the four reviewed
@@ -403,23 +403,11 @@ def test_held_rebuild_counters_adds_what_abddc7b_added(mode, rows) -> None:
             key = (scope, window, starts[window])
             totals[key] = totals.get(key, ZERO) + Decimal(amount)
 
-    class Cursor:
-        def execute(self, sql, params=None):
-            return self
-
-        def fetchall(self):
-            return list(rows)
-
     book = BudgetBook(policy)
     added: list[tuple] = []
     add = book.store.add
     book.store.add = lambda key, amount: (added.append((key, amount)), add(key, amount))  # type: ignore[method-assign]
-    saved = recovery.rollups.source
-    recovery.rollups.source = lambda cur, start, dims, measures: ("t", [])
-    try:
-        assert recovery.rebuild_counters(Cursor(), book, now) == len(rows)
-    finally:
-        recovery.rollups.source = saved
+    assert rebuild_from_rows(rows, book, now) == len(rows)
     assert sorted(map(repr, added)) == sorted(map(repr, totals.items()))
 
 

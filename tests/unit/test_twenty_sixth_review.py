@@ -29,11 +29,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from spendgate import heap, yamlcheck
-from spendgate.budgets import recovery
 from spendgate.budgets.book import BudgetBook, ledger_row_scopes
 from spendgate.budgets.windows import WINDOWS, bounds
 from spendgate.policy import model
 from spendgate.policy.model import PolicyError
+from tests.support.rebuild import rebuild_from_rows
 from tests.unit.test_hotpath import _addon_module
 from tests.unit.test_poll_impact import POLICY, Node
 from tests.unit.test_policy import GOOD
@@ -340,20 +340,8 @@ def test_held_rebuild_counters_sums_as_the_per_row_adds_did(mode, rows) -> None:
         for scope in ledger_row_scopes(policy, user, fp, ws, basis or "api", plan, now):
             old.store.add((scope, window, starts[window]), Decimal(amount))
 
-    class Cursor:
-        def execute(self, sql, params=None):
-            return self
-
-        def fetchall(self):
-            return list(rows)
-
     new = BudgetBook(policy)
-    saved = recovery.rollups.source
-    recovery.rollups.source = lambda cur, start, dims, measures: ("t", [])
-    try:
-        assert recovery.rebuild_counters(Cursor(), new, now) == len(rows)
-    finally:
-        recovery.rollups.source = saved
+    assert rebuild_from_rows(rows, new, now) == len(rows)
     counters = lambda book: {k: (c.spent, c.reserved) for k, c in book.store.items()}  # noqa: E731
     assert counters(new) == counters(old)
 
