@@ -189,6 +189,20 @@ def serving_modifiers(result: ResponseResult | None, routed: dict[str, str] | No
     return out
 
 
+def modifiers_json(modifiers: dict[str, str]) -> str:
+    """A row's `modifiers` column: JSON with sorted keys. The same pair or two ({"service_tier":
+    "standard"}) is on nearly every row, so each distinct set is encoded once (~3 µs a row)."""
+    try:
+        return _encoded_modifiers(tuple(sorted(modifiers.items())))
+    except TypeError:  # a value that cannot be a cache key (not a provider's string): encoded as it is
+        return json.dumps(modifiers, sort_keys=True)
+
+
+@functools.lru_cache(maxsize=256)
+def _encoded_modifiers(items: tuple[tuple[str, Any], ...]) -> str:
+    return json.dumps(dict(items), sort_keys=True)
+
+
 @dataclass(slots=True, frozen=True)
 class Verdict:
     outcome: str
@@ -526,7 +540,7 @@ class Meter:
             credential=ex.billing.credential,
             notional_usd=notional,
             plan=ident.plan,
-            modifiers=json.dumps(modifiers, sort_keys=True) if modifiers else None,
+            modifiers=modifiers_json(modifiers) if modifiers else None,
             **verdict.usage.as_dict(),
         )
 

@@ -842,6 +842,8 @@ class Pricer:
                 notes.append(f"{name} {value}: no rate or multiplier is known for it; standard rates used")
                 described.append({"name": name, "value": value, "effect": "none known", "source": ""})
         result = compute(rates, usage, tuple(applied), catalogue=self.catalogue.version, overrides=self.overrides_label)
+        if not described:  # every value was plain (service_tier standard, ...): nothing to add to the detail
+            return result
         return replace(result, modifiers=tuple(described), notes=(*result.notes, *notes), late_notes=tuple(notes))
 
 

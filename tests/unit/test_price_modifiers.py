@@ -300,3 +300,33 @@ def test_a_reported_modifier_wins_over_the_routed_one():
     assert serving_modifiers(result, {"inference_geo": "global", "vertex_endpoint": "regional"}) == {
         "inference_geo": "us", "vertex_endpoint": "regional"}
     assert serving_modifiers(None, {"vertex_endpoint": "regional"}) == {"vertex_endpoint": "regional"}
+
+
+@pytest.mark.parametrize("mods", [{"service_tier": "standard"}, {"service_tier": "Default", "inference_geo": "global"},
+                                  {"speed": "normal", "inference_geo": "not_available"}, {"service_tier": ""}])
+def test_plain_modifiers_price_exactly_as_none_at_all(mods):
+    """Every Anthropic and OpenAI answer states a plain tier: its price is the unmodified one,
+    detail and labels included (returned as compute() made it, issue 18's nineteenth part)."""
+    usage = Usage(input_tokens=24_000, output_tokens=450, cache_read_tokens=1_000)
+    plain = PRICER.price("anthropic", "claude-sonnet-4-5", usage, AT)
+    assert PRICER.price("anthropic", "claude-sonnet-4-5", usage, AT, modifiers=mods) == plain
+    assert plain.modifiers == () and plain.late_notes == ()
+
+
+def test_one_reported_modifier_among_plain_ones_is_still_described():
+    usage = Usage(input_tokens=1_000_000)
+    p = PRICER.price("anthropic", "claude-opus-5", usage, AT, modifiers={"service_tier": "standard", "inference_geo": "us"})
+    assert [m["name"] for m in p.modifiers] == ["inference_geo"]
+    assert p.cost == PRICER.price("anthropic", "claude-opus-5", usage, AT, modifiers={"inference_geo": "us"}).cost
+    odd = PRICER.price("anthropic", "claude-opus-5", usage, AT, modifiers={"service_tier": "standard", "speed": "turbo"})
+    assert odd.late_notes == ("speed turbo: no rate or multiplier is known for it; standard rates used",)
+    assert odd.late_notes[0] in odd.notes
+
+
+@pytest.mark.parametrize("mods", [{"service_tier": "standard"}, {"speed": "fast", "inference_geo": "us"},
+                                  {"inference_geo": "us", "speed": "fast"}, {"region": ["eu", "us"]}, {"n": 1}])
+def test_the_rows_modifiers_column_is_the_sorted_json(mods):
+    from spendgate.metering.meter import modifiers_json
+
+    assert modifiers_json(mods) == json.dumps(mods, sort_keys=True)
+    assert modifiers_json(dict(reversed(mods.items()))) == modifiers_json(mods)
