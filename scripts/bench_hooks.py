@@ -11,8 +11,10 @@ measures in the running proxy (docs/architecture.md, "Issue 18, eighth part").
 
     scripts/bench --hooks [--requests N] [--smoke] [--out FILE]
 
-Each part is timed with the thread's CPU clock (µs per request, mean over N requests; the meter
-worker and ledger writer run as in the proxy but are not counted here).
+Each part is timed with the thread's CPU clock (µs per request, mean over N requests). The meter
+worker's parts (response parse, pricing, row, settlement, telemetry, ledger append) are timed on
+its own thread, per ledger row, in a second table; the ledger's writer runs as in the proxy but
+is not counted.
 """
 
 from __future__ import annotations
@@ -46,6 +48,18 @@ PARTS = (
     ("  journal line", "journal", "reserve"),
     ("response headers", "admission", "response_headers"),
 )
+# the meter worker's parts, per ledger row (its own thread; spendgate.metering.meter.Meter._record):
+# (label, owner, attribute); owner "listener" swaps the bound method in Meter.listeners, None patches
+# the class (Body.parse is called on each response's Body)
+WORKER_PARTS = (
+    ("meter worker, per row", "meter", "_record"),
+    ("  response parse", None, "parse"),
+    ("  row build", "meter", "build_row"),
+    ("    pricing", "meter", "price"),
+    ("  budget settlement and alerts", "listener", "admission.settle"),
+    ("  telemetry", "listener", "telemetry.on_row"),
+    ("  ledger append", "meter.ledger", "append"),
+)
 CHURN_BYTES = 8 << 20  # larger than the machine's last-level cache share
 CHURN_DOCS = [{f"k{i}": [i, str(i), {"x": i}] for i in range(200)} for _ in range(50)]
 
@@ -75,6 +89,41 @@ def _timed(acc: Counter, label: str, fn: Callable) -> Callable:
     return timed
 
 
+def clock_cost_ns() -> float:
+    """What one thread CPU clock read costs here: every timed part pays two (~0.3-2 µs on a VM)."""
+    clock, n = time.thread_time_ns, 20_000
+    t = clock()
+    for _ in range(n):
+        clock()
+    return (clock() - t) / n
+
+
+def _time_worker(gw: Any, acc: Counter) -> Callable[[], None]:
+    """Wrap the meter worker's parts (WORKER_PARTS); returns what undoes it."""
+    from spendgate.metering.meter import Body
+
+    undo: list[Callable[[], None]] = []
+    listeners = gw.meter.listeners
+    for label, owner, attr in WORKER_PARTS:
+        if owner == "listener":
+            holder, name = attr.split(".")
+            bound = getattr(getattr(gw, holder), name)
+            i = listeners.index(bound)
+            listeners[i] = _timed(acc, label, bound)
+            undo.append(lambda i=i, bound=bound: listeners.__setitem__(i, bound))
+        elif owner is None:
+            original = getattr(Body, attr)
+            setattr(Body, attr, _timed(acc, label, original))
+            undo.append(lambda attr=attr, original=original: setattr(Body, attr, original))
+        else:
+            obj = gw
+            for part in owner.split("."):
+                obj = getattr(obj, part)
+            setattr(obj, attr, _timed(acc, label, getattr(obj, attr)))
+            undo.append(lambda obj=obj, attr=attr: delattr(obj, attr))
+    return lambda: [u() for u in reversed(undo)]
+
+
 def run(requests: int, work: Path) -> dict[str, Any]:
     from spendgate.budgets.journal import Journal
     from spendgate.gateway import Gateway, Settings
@@ -88,8 +137,11 @@ def run(requests: int, work: Path) -> dict[str, Any]:
     answer = bench_upstream.JSON_BODY
     answer = answer if isinstance(answer, bytes) else answer.encode()
     acc: Counter = Counter()
+    worker: Counter = Counter()  # updated on the meter's thread only
     original_top_level = base.top_level
+    untime_worker: Callable[[], None] = lambda: None
     try:
+        untime_worker = _time_worker(gw, worker)
         for label, owner, attr in PARTS:
             if owner is None:
                 base.top_level = _timed(acc, label, base.top_level)
@@ -115,19 +167,23 @@ def run(requests: int, work: Path) -> dict[str, Any]:
             sent += warm_up + requests
             gw.meter.flush(30)
             acc.clear()
+            worker.clear()
             for i in range(requests):
                 if between is not None:
                     between()
                 one()
                 if i % 30 == 29:
                     time.sleep(0.002)  # the meter worker batches as it does behind a proxy
+            gw.meter.flush(30)
             out[mode] = {label: bench.r3(acc[label] / requests / 1000) for label, _, _ in PARTS}
-        gw.meter.flush(30)
+            out[f"worker {mode}"] = {label: bench.r3(worker[label] / requests / 1000) for label, _, _ in WORKER_PARTS}
+        out["clock_read_ns"] = bench.r3(clock_cost_ns())
         rows = gw.cursor().execute("SELECT count(*) FROM requests").fetchone()[0]
         out["ledger"] = {"requests_sent": sent, "rows": rows}  # every request metered, as in the proxy
         return out
     finally:
         base.top_level = original_top_level
+        untime_worker()
         gw.close()
         Journal.reset(gw.journal_path)
 
@@ -144,6 +200,14 @@ def print_table(figures: dict[str, Any]) -> None:
         warm, cold = figures["warm"][label], figures["churned"][label]
         t.add_row(label, f"{warm:.1f}", f"{cold:.1f}", f"{cold / warm:.2f}" if warm else "-")
     Console(width=120).print(t)
+    w = Table(title=f"meter worker in process, µs of its thread's CPU per ledger row (mean; each part "
+                    f"includes two clock reads of {figures['clock_read_ns'] / 1000:.2f} µs)")
+    w.add_column("part")
+    w.add_column("with warm request path", justify="right")
+    w.add_column("with churned request path", justify="right")
+    for label, _, _ in WORKER_PARTS:
+        w.add_row(label, f"{figures['worker warm'][label]:.1f}", f"{figures['worker churned'][label]:.1f}")
+    Console(width=120).print(w)
     print(f"ledger: {figures['ledger']['rows']} rows for {figures['ledger']['requests_sent']} requests")
 
 

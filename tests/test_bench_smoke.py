@@ -213,9 +213,16 @@ def test_hooks_smoke(tmp_path: Path) -> None:
     figures = json.loads(out.read_text())["figures"]
     labels = {"meter.begin", "  request facts (msgspec pass)", "  identity", "admission.admit", "  estimate",
               "  reservation", "  journal line", "response headers"}
+    worker = {"meter worker, per row", "  response parse", "  row build", "    pricing",
+              "  budget settlement and alerts", "  telemetry", "  ledger append"}
     for mode in ("warm", "churned"):
         assert set(figures[mode]) == labels, mode
         assert all(finite(v) and v > 0 for v in figures[mode].values()), mode
+        parts = figures[f"worker {mode}"]  # timed on the meter's own thread, per row
+        assert set(parts) == worker, mode
+        assert all(finite(v) and v > 0 for v in parts.values()), mode
+        assert parts["meter worker, per row"] > parts["  row build"] > parts["    pricing"], mode
+    assert finite(figures["clock_read_ns"]) and figures["clock_read_ns"] > 0
     assert figures["ledger"]["rows"] == figures["ledger"]["requests_sent"] > 100
 
 
