@@ -99,28 +99,34 @@ def clock_cost_ns() -> float:
 
 
 def _time_worker(gw: Any, acc: Counter) -> Callable[[], None]:
-    """Wrap the meter worker's parts (WORKER_PARTS); returns what undoes it."""
+    """Wrap the meter worker's parts (WORKER_PARTS); returns what undoes it. A part that cannot be
+    wrapped undoes those already wrapped before raising (Body.parse is the class's, for the process)."""
     from spendgate.metering.meter import Body
 
     undo: list[Callable[[], None]] = []
     listeners = gw.meter.listeners
-    for label, owner, attr in WORKER_PARTS:
-        if owner == "listener":
-            holder, name = attr.split(".")
-            bound = getattr(getattr(gw, holder), name)
-            i = listeners.index(bound)
-            listeners[i] = _timed(acc, label, bound)
-            undo.append(lambda i=i, bound=bound: listeners.__setitem__(i, bound))
-        elif owner is None:
-            original = getattr(Body, attr)
-            setattr(Body, attr, _timed(acc, label, original))
-            undo.append(lambda attr=attr, original=original: setattr(Body, attr, original))
-        else:
-            obj = gw
-            for part in owner.split("."):
-                obj = getattr(obj, part)
-            setattr(obj, attr, _timed(acc, label, getattr(obj, attr)))
-            undo.append(lambda obj=obj, attr=attr: delattr(obj, attr))
+    try:
+        for label, owner, attr in WORKER_PARTS:
+            if owner == "listener":
+                holder, name = attr.split(".")
+                bound = getattr(getattr(gw, holder), name)
+                i = listeners.index(bound)
+                listeners[i] = _timed(acc, label, bound)
+                undo.append(lambda i=i, bound=bound: listeners.__setitem__(i, bound))
+            elif owner is None:
+                original = getattr(Body, attr)
+                setattr(Body, attr, _timed(acc, label, original))
+                undo.append(lambda attr=attr, original=original: setattr(Body, attr, original))
+            else:
+                obj = gw
+                for part in owner.split("."):
+                    obj = getattr(obj, part)
+                setattr(obj, attr, _timed(acc, label, getattr(obj, attr)))
+                undo.append(lambda obj=obj, attr=attr: delattr(obj, attr))
+    except BaseException:
+        for u in reversed(undo):
+            u()
+        raise
     return lambda: [u() for u in reversed(undo)]
 
 

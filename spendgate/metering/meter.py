@@ -189,17 +189,26 @@ def serving_modifiers(result: ResponseResult | None, routed: dict[str, str] | No
     return out
 
 
+CACHED_MODIFIER_CHARS = 64  # a name and its value; a longer pair (OpenAI's service_tier is not cut) is never kept
+CACHED_MODIFIERS = 8  # pairs in one set
+
+
 def modifiers_json(modifiers: dict[str, str]) -> str:
     """A row's `modifiers` column: JSON with sorted keys. The same pair or two ({"service_tier":
-    "standard"}) is on nearly every row, so each distinct set is encoded once (~3 µs a row)."""
-    try:
-        return _encoded_modifiers(tuple(sorted(modifiers.items())))
-    except TypeError:  # a value that cannot be a cache key (not a provider's string): encoded as it is
+    "standard"}) is on nearly every row, so each distinct set is encoded once (~3 µs a row).
+
+    Only short plain strings are cached: 1, 1.0 and True (or 0, 0.0, -0.0 and False) are equal cache
+    keys but different JSON, and a long value from a response would be kept after its row."""
+    if len(modifiers) > CACHED_MODIFIERS:
         return json.dumps(modifiers, sort_keys=True)
+    for k, v in modifiers.items():
+        if type(k) is not str or type(v) is not str or len(k) + len(v) > CACHED_MODIFIER_CHARS:
+            return json.dumps(modifiers, sort_keys=True)
+    return _encoded_modifiers(tuple(sorted(modifiers.items())))
 
 
 @functools.lru_cache(maxsize=256)
-def _encoded_modifiers(items: tuple[tuple[str, Any], ...]) -> str:
+def _encoded_modifiers(items: tuple[tuple[str, str], ...]) -> str:
     return json.dumps(dict(items), sort_keys=True)
 
 
