@@ -27,6 +27,7 @@ from spendgate.metering import billing, providers
 from spendgate.metering.context import ContextBook
 from spendgate.metering.providers import batch_input, batches, openai_media, prefixes
 from spendgate.metering.providers.base import (
+    MODIFIER_CHARS,
     RESENT,
     Adapter,
     RequestInfo,
@@ -184,8 +185,8 @@ def serving_modifiers(result: ResponseResult | None, routed: dict[str, str] | No
     if result is None:
         return out
     out.update(result.modifiers)
-    if result.service_tier:
-        out["service_tier"] = result.service_tier.lower()
+    if result.service_tier:  # cut like every other reported modifier (providers.base.modifier): OpenAI's is read whole
+        out["service_tier"] = result.service_tier.lower()[:MODIFIER_CHARS]
     return out
 
 

@@ -330,3 +330,17 @@ def test_the_rows_modifiers_column_is_the_sorted_json(mods):
 
     assert modifiers_json(mods) == json.dumps(mods, sort_keys=True)
     assert modifiers_json(dict(reversed(mods.items()))) == modifiers_json(mods)
+
+
+def test_a_reported_service_tier_is_cut_like_every_other_modifier():
+    """OpenAI's service_tier is read whole from the answer: the row keeps 32 characters of it, as
+    Anthropic's speed and Gemini's tier (an upstream cannot fill the ledger's modifiers column)."""
+    body = json.dumps({"id": "chatcmpl-1", "object": "chat.completion", "model": "gpt-4o",
+                       "service_tier": "Priority" + "x" * 5000, "choices": [],
+                       "usage": {"prompt_tokens": 10, "completion_tokens": 2, "total_tokens": 12}}).encode()
+    result = providers.route("api.openai.com", "/v1/chat/completions").adapter.parse_response(body)
+    assert len(result.service_tier) > 5000
+    assert serving_modifiers(result) == {"service_tier": "priority" + "x" * 24}
+    served = providers.route("api.openai.com", "/v1/chat/completions").adapter.parse_response(
+        body.replace(b"x" * 5000, b""))
+    assert serving_modifiers(served) == {"service_tier": "priority"}

@@ -324,10 +324,13 @@ def str_or_none(value: Any) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
+MODIFIER_CHARS = 32  # a reported serving modifier's value as kept: real ones (priority, fast, us) are a few characters
+
+
 def modifier(value: Any) -> str | None:
     """A serving modifier as reported (`fast`, `us`): short lower-case text, else None."""
     text = str_or_none(value)
-    return text.strip().lower()[:32] if text and text.strip() else None
+    return text.strip().lower()[:MODIFIER_CHARS] if text and text.strip() else None
 
 
 def error_type(obj: Any) -> str | None:

@@ -18,6 +18,7 @@ from urllib.parse import parse_qs, quote, unquote, urlsplit
 from spendgate.identity import BodyHints
 from spendgate.metering.framing import Oversized
 from spendgate.metering.providers.base import (
+    MODIFIER_CHARS,
     Adapter,
     JSONEventStreamParser,
     Key,
@@ -214,7 +215,7 @@ def normalize_tier(value: Any) -> str | None:
     if not text:
         return None
     text = text.strip().lower()
-    return text.removeprefix("service_tier_")[:32] or None
+    return text.removeprefix("service_tier_")[:MODIFIER_CHARS] or None
 
 
 class GeminiAdapter(Adapter):
