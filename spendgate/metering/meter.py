@@ -190,7 +190,7 @@ def serving_modifiers(result: ResponseResult | None, routed: dict[str, str] | No
     return out
 
 
-CACHED_MODIFIER_CHARS = 64  # a name and its value; a longer pair (OpenAI's service_tier is not cut) is never kept
+CACHED_MODIFIER_CHARS = 2 * MODIFIER_CHARS  # a name and its value, each as long as a reported modifier is kept
 CACHED_MODIFIERS = 8  # pairs in one set
 
 
@@ -199,7 +199,8 @@ def modifiers_json(modifiers: dict[str, str]) -> str:
     "standard"}) is on nearly every row, so each distinct set is encoded once (~3 µs a row).
 
     Only short plain strings are cached: 1, 1.0 and True (or 0, 0.0, -0.0 and False) are equal cache
-    keys but different JSON, and a long value from a response would be kept after its row."""
+    keys but different JSON, and a long value (from a caller that does not cut it) would be kept
+    after its row."""
     if len(modifiers) > CACHED_MODIFIERS:
         return json.dumps(modifiers, sort_keys=True)
     for k, v in modifiers.items():
