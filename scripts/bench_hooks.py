@@ -3,7 +3,7 @@
 A tight loop over the same request keeps spendgate's code and data in the CPU's caches; inside
 mitmdump, ~2 ms of mitmproxy's own work runs between two requests and evicts them. So a part's
 CPU measured in a tight loop understates what it costs in the proxy, and by how much differs per
-part: the msgspec pass over the body (one C loop) costs about the same either way, while code
+part: the body's read (msgspec's pass, one C loop) costs about the same either way, while code
 that touches many Python objects (identity, the estimate, the reservation) costs 2-3x more.
 With ``churn`` on, the loop writes over an 8 MB buffer and serialises a few thousand small
 objects between requests; the figures it gives are close to what thread CPU around the same calls
@@ -40,7 +40,7 @@ log = logging.getLogger("bench")
 # the parts timed: (label, object path from the gateway, attribute); nested parts are included in their callers
 PARTS = (
     ("meter.begin", "meter", "begin"),
-    ("  request facts (msgspec pass)", None, "top_level"),
+    ("  request facts (body read)", "meter", "_parse"),  # whole, or past the caller's kept prefix
     ("  identity", "meter", "identify"),
     ("admission.admit", "admission", "admit"),
     ("  estimate", "admission", "estimate"),
@@ -134,7 +134,6 @@ def run(requests: int, work: Path) -> dict[str, Any]:
     from spendgate.budgets.journal import Journal
     from spendgate.gateway import Gateway, Settings
     from spendgate.metering.meter import Body
-    from spendgate.metering.providers import base
 
     policy = bench.generous_policy(bench.ROOT / "policies" / "example.yaml", work / "policy.yaml")
     gw = Gateway(Settings(db=work / "ledger.duckdb", policy=policy, user="bench", admin_port=-1, reload_interval=0))
@@ -144,16 +143,12 @@ def run(requests: int, work: Path) -> dict[str, Any]:
     answer = answer if isinstance(answer, bytes) else answer.encode()
     acc: Counter = Counter()
     worker: Counter = Counter()  # updated on the meter's thread only
-    original_top_level = base.top_level
     untime_worker: Callable[[], None] = lambda: None
     try:
         untime_worker = _time_worker(gw, worker)
         for label, owner, attr in PARTS:
-            if owner is None:
-                base.top_level = _timed(acc, label, base.top_level)
-            else:
-                obj = getattr(gw, owner)
-                setattr(obj, attr, _timed(acc, label, getattr(obj, attr)))
+            obj = getattr(gw, owner)
+            setattr(obj, attr, _timed(acc, label, getattr(obj, attr)))
 
         def one() -> None:
             ex = gw.meter.begin(bench.HOST, bench.PATH, headers, body, client_ip="127.0.0.1", method="POST")
@@ -188,7 +183,6 @@ def run(requests: int, work: Path) -> dict[str, Any]:
         out["ledger"] = {"requests_sent": sent, "rows": rows}  # every request metered, as in the proxy
         return out
     finally:
-        base.top_level = original_top_level
         untime_worker()
         gw.close()
         Journal.reset(gw.journal_path)

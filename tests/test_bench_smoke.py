@@ -211,7 +211,7 @@ def test_hooks_smoke(tmp_path: Path) -> None:
                         capture_output=True, text=True, timeout=240, cwd=str(REPO), stdin=subprocess.DEVNULL)
     assert cp.returncode == 0, f"stdout:\n{cp.stdout[-4000:]}\nstderr:\n{cp.stderr[-4000:]}"
     figures = json.loads(out.read_text())["figures"]
-    labels = {"meter.begin", "  request facts (msgspec pass)", "  identity", "admission.admit", "  estimate",
+    labels = {"meter.begin", "  request facts (body read)", "  identity", "admission.admit", "  estimate",
               "  reservation", "  journal line", "response headers"}
     worker = {"meter worker, per row", "  response parse", "  row build", "    pricing",
               "  budget settlement and alerts", "  telemetry", "  ledger append"}

@@ -21,6 +21,7 @@ from spendgate.metering.providers.prefixes import Prefixes
 from tests.attacks.test_twenty_second_review_prefixes import _Counting
 
 KEYS = frozenset({"model", "stream", "max_tokens", "metadata"})
+SHIPPED = prefixes.MIN_BODY_BYTES  # before the fixture below sets it to 0
 
 
 @pytest.fixture(autouse=True)
@@ -92,6 +93,74 @@ def test_a_truncated_or_garbled_continuation_answers_as_the_whole_body(tail):
     check(cache, first)
     cut = first.rindex(b"]")
     check(cache, first[:cut] + tail)
+
+
+@pytest.mark.parametrize("metadata, reads", [
+    ('{"user_id": "u-1"}', 1),  # short: read when the body is first read, then decoded from its kept JSON
+    ('{"user_id": "' + "u" * prefixes.BEFORE_BYTES + '"}', 5),  # long: not kept, read again on every hit
+    ('{"user_id": "u-1", "n": 1e400}', 1),  # msgspec refuses 1e400, json.loads takes it: kept, decoded alike
+])
+def test_members_before_the_array_are_read_once_per_conversation(monkeypatch, metadata, reads):
+    """The members before the array are the same bytes on every turn that continues the body.
+    `reads`: reads of those bytes in four turns (one to keep them; else two, then one per hit)."""
+    calls = []
+    read = prefixes.msgspec_members
+    monkeypatch.setattr(prefixes, "msgspec_members",
+                        lambda body, *a, **k: calls.append(body.endswith(b"}") and b"messages" not in body)
+                        or read(body, *a, **k))
+    tops = []
+    top = prefixes.top_level
+    monkeypatch.setattr(prefixes, "top_level", lambda body, keys: tops.append(1) or top(body, keys))
+    cache = Prefixes()
+    elements: list[str] = []
+    for i in range(4):
+        elements += turn(i)
+        got = check(cache, conversation(elements, before=f'"model": "m-1", "metadata": {metadata}, '))
+        assert got["metadata"]["user_id"].startswith("u")
+    assert cache.hits == 3
+    assert sum(calls) + len(tops) == reads
+
+
+def test_a_hit_hands_out_objects_of_its_own():
+    """Members kept as JSON: what one caller does with its answer cannot change the next one's."""
+    cache = Prefixes()
+    before = '"model": "m-1", "metadata": {"user_id": "u-1", "tags": ["a"]}, '
+    elements = turn(0)
+    cache.members(b"caller", conversation(elements, before=before), KEYS)
+    for i in range(1, 4):
+        elements += turn(i)
+        got = check(cache, conversation(elements, before=before))
+        assert got["metadata"] == {"user_id": "u-1", "tags": ["a"]}
+        got["metadata"]["tags"].append("changed")
+        got["metadata"]["user_id"] = "someone else"
+    assert cache.hits == 3
+
+
+def test_kept_members_are_bounded_per_body():
+    cache = Prefixes()
+    elements = turn(0)
+    long = '"model": "m-1", "metadata": {"user_id": "' + "u" * 5000 + '"}, '
+    cache.members(b"caller", conversation(elements, before=long), KEYS)
+    ((entry,),) = ([*bodies.values()] for bodies in cache._entries.values())
+    assert entry.before is None
+    cache.members(b"other", conversation(elements), KEYS)
+    kept = [e for bodies in cache._entries.values() for e in bodies.values() if e.before is not None]
+    assert kept and all(sum(len(raw) for _, raw in e.before) <= prefixes.BEFORE_BYTES for e in kept)
+
+
+@pytest.mark.parametrize("data", [b"", b"x", b"spendgate" * 10_000, (b"ab" * 100)[1:], bytes(range(256))])
+def test_a_bytes_address_is_read_as_the_buffer_protocol_reads_it(data):
+    assert prefixes._address(data) == prefixes._buffer_address(data)
+
+
+@pytest.mark.parametrize("size, hits", [(SHIPPED - 4096, 0), (SHIPPED + 4096, 1)])
+def test_an_agent_sized_body_resumes_at_the_shipped_threshold(monkeypatch, size, hits):
+    monkeypatch.setattr(prefixes, "MIN_BODY_BYTES", SHIPPED)
+    cache = Prefixes()
+    pad = json.dumps({"role": "user", "content": "x" * size})
+    check(cache, conversation([pad]))
+    check(cache, conversation([pad, *turn(1)]))
+    assert cache.hits == hits
 
 
 def test_each_caller_reads_only_from_its_own_bodies():
@@ -325,7 +394,7 @@ def test_a_model_named_after_the_kept_prefix_is_the_one_admission_checks(tmp_pat
     """An attacker's next turn names a denied model after the conversation, past the kept prefix."""
     from tests.attacks.tenth_review_support import make, send
 
-    monkeypatch.setattr(prefixes, "MIN_BODY_BYTES", 256 * 1024)  # the shipped threshold
+    monkeypatch.setattr(prefixes, "MIN_BODY_BYTES", SHIPPED)
     gw = make(tmp_path, DENY_OPUS)
     try:
         def post(body: bytes):

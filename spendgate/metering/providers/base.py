@@ -449,9 +449,11 @@ def _member(raw: Any) -> Any:
         return json.loads(bytes(raw))
 
 
-def msgspec_members(body: bytes, keys: frozenset[Key], arrays: frozenset[str]) -> tuple[dict, dict[str, list]]:
+def msgspec_members(body: bytes, keys: frozenset[Key], arrays: frozenset[str],
+                    member: Callable[[Any], Any] = _member) -> tuple[dict, dict[str, list]]:
     """msgspec's reading of a JSON object body: (`keys` members, `arrays` members' raw elements).
-    Raises on anything msgspec is stricter about than json.loads (see top_level)."""
+    Each member is `member(its msgspec.Raw)` (`bytes`: its raw JSON). Raises on anything msgspec
+    is stricter about than json.loads (see top_level)."""
     decoder, key_attrs, array_attrs = _top_decoder(keys, arrays)
     top = decoder.decode(body)
     if not is_utf8(body):  # json.loads rejects invalid UTF-8 even inside skipped strings
@@ -464,7 +466,7 @@ def msgspec_members(body: bytes, keys: frozenset[Key], arrays: frozenset[str]) -
             if raw is msgspec.UNSET or raw is None:
                 break
         else:
-            out[key] = _member(raw)
+            out[key] = member(raw)
     elements = {key: value for key, name in array_attrs if type(value := getattr(top, name)) is list}
     return out, elements
 

@@ -12,8 +12,9 @@ bytes up to one of those offsets, a JSON parser is in a known state there: insid
 array, just after an element. So the body is valid JSON exactly when ``{"messages":[null`` + the
 rest is (``null``, not a number: no byte continues it, while ``0`` took ``.5`` or ``e5`` that no
 string or object is followed by), and its top-level members are the ones before the array
-(read again from the kept bytes before it: held as objects they cost many times their bytes,
-uncounted, and a copy per hit) followed by those of the rest, the last of a repeated name
+(kept as their raw JSON when short, BEFORE_BYTES, and decoded on each hit; else read again from
+the kept bytes before it: held as objects they would cost many times their bytes, uncounted, and
+be shared between callers) followed by those of the rest, the last of a repeated name
 winning as in json.loads. The rest must be read by msgspec: json.loads reading it alone would
 not see what the prefix holds that json.loads refuses (an integer past Python's digit limit).
 Only the rest is read; the answer is top_level's (tests/unit/test_prefixes.py compares the two on
@@ -40,11 +41,12 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
-from spendgate.metering.providers.base import Key, msgspec_members, top_level, top_level_elements
+from spendgate.metering.providers.base import Key, _member, msgspec_members, top_level, top_level_elements
 
 log = logging.getLogger(__name__)
 
-MIN_BODY_BYTES = 256 * 1024  # smaller bodies are read whole (~0.1 ms): the lookup would not pay
+MIN_BODY_BYTES = 256 * 1024  # smaller bodies are read whole (~0.1 ms): at 64-256 KB a resume measured no cheaper in the proxy
+BEFORE_BYTES = 1024  # raw JSON of the members before the array kept with a body, at most (longer: read per hit)
 MAX_HELD_BYTES = 64 * 1024 * 1024  # bodies kept in memory in all (the least recent caller's oldest dropped first)
 CONVERSATIONS = 4  # bodies kept per caller: parallel sessions on one key, an agent's sub-agents
 CHECKPOINTS = 8  # element ends kept per body: an edit of the last few elements still hits
@@ -71,6 +73,7 @@ class _Resume:
     array: str  # the top-level member the ends are in
     start: int  # offset of the `,` or `{` before that member: the members before it are read from body[:start]
     ends: tuple[int, ...]  # offsets just past its last elements, latest first
+    before: tuple[tuple[str, bytes], ...] | None  # those members' raw JSON (None: read from body[:start] per hit)
 
 
 class Prefixes:
@@ -132,14 +135,18 @@ class Prefixes:
             out, elements = msgspec_members(doc, entry.keys, frozenset((entry.array,)))
         except Exception:  # not valid past the prefix, or unusual: the whole body decides
             return None
-        result = _before(entry.body, entry.start, entry.keys)
-        if result is None:
-            return None
+        if entry.before is not None:  # the same bytes as when the body was first read: the same members
+            result = {key: _member(raw) for key, raw in entry.before}
+        else:
+            result = _before(entry.body, entry.start, entry.keys)
+            if result is None:
+                return None
         result.update(out)
         later = _ends(doc, elements.get(entry.array), first_at=len(header) - len(_SENTINEL))
         shift = end - len(header)
         ends = tuple(e + shift for e in later) + tuple(e for e in entry.ends if e < end)
-        self._remember(slot, entry, _Resume(body, entry.keys, entry.array, entry.start, ends[:CHECKPOINTS]))
+        self._remember(slot, entry, _Resume(body, entry.keys, entry.array, entry.start, ends[:CHECKPOINTS],
+                                            entry.before))
         self.hits += 1
         return result
 
@@ -188,9 +195,10 @@ def _first_resume(body: bytes, keys: frozenset[str], elements: dict[str, list]) 
     start = _member_start(body, first)
     if start is None:
         return None
-    if _before(body, start, keys) is None:
+    before = _before_raw(body, start, keys)
+    if before is None and _before(body, start, keys) is None:
         return None
-    return _Resume(body, keys, name, start, ends)
+    return _Resume(body, keys, name, start, ends, before)
 
 
 def _before(body: bytes, start: int, keys: frozenset[str]) -> dict | None:
@@ -199,6 +207,26 @@ def _before(body: bytes, start: int, keys: frozenset[str]) -> dict | None:
         return {}
     before = top_level(body[:start] + b"}", keys)
     return None if before is None else {k: v for k, v in before.items() if k in keys}
+
+
+def _before_raw(body: bytes, start: int, keys: frozenset[str]) -> tuple[tuple[str, bytes], ...] | None:
+    """The raw JSON of `_before`'s members, when msgspec reads them and they are short; else None.
+
+    Every resume of the body, and of the turns that continue it, shares body[:start], so these
+    members are the same on each: read once (~30 µs for an agent's system prompt and tools before
+    its messages), then each hit decodes only their few bytes. Kept as JSON, not objects: a hit
+    hands the caller new objects, and what is held is at most BEFORE_BYTES per body."""
+    if body[start] == ord("{"):
+        return ()
+    try:
+        raw = msgspec_members(body[:start] + b"}", keys, frozenset(), member=bytes)[0]
+        if sum(len(value) for value in raw.values()) > BEFORE_BYTES:
+            return None
+        for value in raw.values():
+            _member(value)  # what a hit will do: a value json.loads refuses is read by _before each time
+    except Exception:  # msgspec is stricter than json.loads here: _before reads these members per hit
+        return None
+    return tuple(raw.items())
 
 
 def _ends(doc: bytes, items: list | None, first_at: int | None = None) -> tuple[int, ...]:
@@ -261,13 +289,34 @@ _release_buffer.argtypes = [ctypes.POINTER(_Buffer)]
 _release_buffer.restype = None
 
 
+_views = threading.local()  # one Py_buffer per thread, reused: building one was half of each call
+
+
+def _buffer_address(obj: Any) -> int:
+    view = getattr(_views, "view", None)
+    if view is None:
+        view = _views.view = _Buffer(), None
+        view = _views.view = view[0], ctypes.byref(view[0])
+    buf, ref = view
+    if _get_buffer(obj, ref, 0) != 0:
+        raise ValueError("not a buffer")
+    try:
+        return buf.buf or 0
+    finally:
+        _release_buffer(ref)
+
+
+_sample = b"spendgate"
+# CPython's bytes object holds its data at a fixed offset from its address (PyBytesObject.ob_sval):
+# read so, a body's address is ~25x cheaper than through the buffer protocol; checked, not assumed
+_BYTES_DATA: int | None = bytes.__basicsize__ - 1
+if id(_sample) + _BYTES_DATA != _buffer_address(_sample):
+    _BYTES_DATA = None
+
+
 def _address(obj: Any) -> int:
     """Where a buffer's bytes start in memory: a msgspec.Raw is a view into the body it was read
     from, so the difference of two addresses is the element's offset (msgspec has no API for it)."""
-    view = _Buffer()
-    if _get_buffer(obj, ctypes.byref(view), 0) != 0:
-        raise ValueError("not a buffer")
-    try:
-        return view.buf or 0
-    finally:
-        _release_buffer(ctypes.byref(view))
+    if type(obj) is bytes and _BYTES_DATA is not None:
+        return id(obj) + _BYTES_DATA
+    return _buffer_address(obj)
