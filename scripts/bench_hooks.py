@@ -3,7 +3,7 @@
 A tight loop over the same request keeps spendgate's code and data in the CPU's caches; inside
 mitmdump, ~2 ms of mitmproxy's own work runs between two requests and evicts them. So a part's
 CPU measured in a tight loop understates what it costs in the proxy, and by how much differs per
-part: the body's read (msgspec's pass, one C loop) costs about the same either way, while code
+part: the body's read (mostly msgspec's pass, one C loop) costs about the same either way, while code
 that touches many Python objects (identity, the estimate, the reservation) costs 2-3x more.
 With ``churn`` on, the loop writes over an 8 MB buffer and serialises a few thousand small
 objects between requests; the figures it gives are close to what thread CPU around the same calls
@@ -40,7 +40,7 @@ log = logging.getLogger("bench")
 # the parts timed: (label, object path from the gateway, attribute); nested parts are included in their callers
 PARTS = (
     ("meter.begin", "meter", "begin"),
-    ("  request facts (body read)", "meter", "_parse"),  # whole, or past the caller's kept prefix
+    ("  request facts (body read)", "meter", "_parse"),  # the adapter's read (100 KB: whole, under MIN_BODY_BYTES)
     ("  identity", "meter", "identify"),
     ("admission.admit", "admission", "admit"),
     ("  estimate", "admission", "estimate"),

@@ -1,17 +1,19 @@
 """Thirtieth review: e690cf7, the members before a resent conversation's array kept as raw JSON
-(prefixes._Resume.before, _before_raw), a bytes object's address read without the buffer protocol
+(prefixes._Resume.before, _kept_before), a bytes object's address read without the buffer protocol
 (prefixes._address, _buffer_address's per-thread Py_buffer), bench --hooks timing Meter._parse.
 
 Every answer of Prefixes.members is compared with top_level on the whole body with types kept
 (1 vs 1.0 vs True, -0.0 vs 0.0, inf), not only with ==.
 
-Findings (xfail strict at the end of this file; each turns into a failure once fixed):
-  F1 (Low) a body whose members before the array exceed BEFORE_BYTES is read twice before the
-     array when a conversation is first indexed (_before_raw, then _before): ~17 µs more once per
-     conversation at 27 KB before the array, where the code before e690cf7 read it once.
-  F2 (Info, older than e690cf7) _get_buffer/_release_buffer are ctypes.pythonapi's cached, shared
-     function objects: a second copy of prefixes.py sets their argtypes to its own _Buffer, and the
-     first copy's address reads then raise (every large body read whole, an exception logged).
+Findings (both fixed; their tests are at the end of this file and failed before the fixes):
+  F1 (Low) a body whose members before the array exceed BEFORE_BYTES was read twice before the
+     array when a conversation was first indexed (_before_raw, then _before): ~17 µs more once per
+     conversation at 27 KB before the array, where the code before e690cf7 read it once. Fixed:
+     _kept_before reads it once and tells whether it read.
+  F2 (Info, older than e690cf7) _get_buffer/_release_buffer were ctypes.pythonapi's cached, shared
+     function objects: a second copy of prefixes.py set their argtypes to its own _Buffer, and the
+     first copy's address reads then raised (every large body read whole, an exception logged).
+     Fixed: ctypes.pythonapi["NAME"], objects of the module's own.
 
 HELD: typed answers equal top_level's over generated bodies (duplicates split across the prefix
 and the rest, escaped names, 1e400, big integers, lone surrogates, -0, deep nesting, a scalar
@@ -435,13 +437,11 @@ def test_the_timed_body_read_changes_nothing_and_sees_resumed_bodies(tmp_path, m
 
 
 # ---------------------------------------------------------------------------------------------
-# findings (xfail, strict: each passes once what it names is fixed)
+# findings (fixed; each test failed before its fix)
 
-@pytest.mark.xfail(strict=True, reason="F1 (Low): a body whose members before the array exceed BEFORE_BYTES "
-                                       "is read twice before the array when first indexed (_before_raw, then _before)")
 def test_a_long_before_is_read_once_when_the_body_is_indexed(monkeypatch):
-    """Before e690cf7 the first body of a conversation read body[:start] once (_before); now
-    _before_raw copies and reads it, finds it too long, and _before copies and reads it again
+    """Before e690cf7 the first body of a conversation read body[:start] once (_before); e690cf7's
+    _before_raw copied and read it, found it too long, and _before copied and read it again
     (~17 µs more for a 27 KB system prompt and tools, once per conversation)."""
     reads = []
     read, top = prefixes.msgspec_members, prefixes.top_level
@@ -454,9 +454,6 @@ def test_a_long_before_is_read_once_when_the_body_is_indexed(monkeypatch):
     assert len(reads) == 1
 
 
-@pytest.mark.xfail(strict=True, reason="F2 (Info, older than e690cf7): _get_buffer/_release_buffer are "
-                                       "ctypes.pythonapi's shared function objects; another copy of the module "
-                                       "sets their argtypes to its own _Buffer")
 def test_a_second_copy_of_the_module_leaves_this_ones_address_reads_alone(monkeypatch):
     """ctypes.pythonapi.PyObject_GetBuffer is cached on ctypes.pythonapi: a module executing
     prefixes.py again (loaded under a second name) rebinds its argtypes, and every address read

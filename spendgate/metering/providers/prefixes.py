@@ -71,7 +71,7 @@ class _Resume:
     body: bytes  # that body (held, not copied)
     keys: frozenset[str]  # the members asked for (part of the entry's slot)
     array: str  # the top-level member the ends are in
-    start: int  # offset of the `,` or `{` before that member: the members before it are read from body[:start]
+    start: int  # offset of the `,` or `{` before that member: the members asked for before it are in body[:start]
     ends: tuple[int, ...]  # offsets just past its last elements, latest first
     before: tuple[tuple[str, bytes], ...] | None  # those members' raw JSON (None: read from body[:start] per hit)
 
@@ -195,8 +195,8 @@ def _first_resume(body: bytes, keys: frozenset[str], elements: dict[str, list]) 
     start = _member_start(body, first)
     if start is None:
         return None
-    before = _before_raw(body, start, keys)
-    if before is None and _before(body, start, keys) is None:
+    readable, before = _kept_before(body, start, keys)
+    if not readable:
         return None
     return _Resume(body, keys, name, start, ends, before)
 
@@ -209,24 +209,28 @@ def _before(body: bytes, start: int, keys: frozenset[str]) -> dict | None:
     return None if before is None else {k: v for k, v in before.items() if k in keys}
 
 
-def _before_raw(body: bytes, start: int, keys: frozenset[str]) -> tuple[tuple[str, bytes], ...] | None:
-    """The raw JSON of `_before`'s members, when msgspec reads them and they are short; else None.
+def _kept_before(body: bytes, start: int, keys: frozenset[str]) -> tuple[bool, tuple[tuple[str, bytes], ...] | None]:
+    """(whether `_before` reads the members before `start`, their raw JSON when it can be kept).
 
     Every resume of the body, and of the turns that continue it, shares body[:start], so these
     members are the same on each: read once (~30 µs for an agent's system prompt and tools before
     its messages), then each hit decodes only their few bytes. Kept as JSON, not objects: a hit
-    hands the caller new objects, and what is held is at most BEFORE_BYTES per body."""
+    hands the caller new objects, and what is held is at most BEFORE_BYTES per body. Longer, or
+    read by json.loads only: None, and `_before` reads them on each hit."""
     if body[start] == ord("{"):
-        return ()
+        return True, ()
     try:
         raw = msgspec_members(body[:start] + b"}", keys, frozenset(), member=bytes)[0]
-        if sum(len(value) for value in raw.values()) > BEFORE_BYTES:
-            return None
+    except Exception:  # msgspec is stricter than json.loads: let top_level decide, as each hit will
+        return _before(body, start, keys) is not None, None
+    if sum(len(value) for value in raw.values()) > BEFORE_BYTES:
+        return True, None
+    try:
         for value in raw.values():
-            _member(value)  # what a hit will do: a value json.loads refuses is read by _before each time
-    except Exception:  # msgspec is stricter than json.loads here: _before reads these members per hit
-        return None
-    return tuple(raw.items())
+            _member(value)  # what a hit will do (json.loads for what msgspec refuses)
+    except Exception:  # refused by both (a lowered int_max_str_digits): top_level's answer each hit
+        return _before(body, start, keys) is not None, None
+    return True, tuple(raw.items())
 
 
 def _ends(doc: bytes, items: list | None, first_at: int | None = None) -> tuple[int, ...]:
@@ -281,10 +285,12 @@ class _Buffer(ctypes.Structure):  # CPython's Py_buffer
                 ("suboffsets", ctypes.c_void_p), ("internal", ctypes.c_void_p)]
 
 
-_get_buffer = ctypes.pythonapi.PyObject_GetBuffer
+# item access: function objects of this module's own (ctypes.pythonapi.NAME is one shared, cached
+# object, whose argtypes another copy of this module would set to its own _Buffer)
+_get_buffer = ctypes.pythonapi["PyObject_GetBuffer"]
 _get_buffer.argtypes = [ctypes.py_object, ctypes.POINTER(_Buffer), ctypes.c_int]
 _get_buffer.restype = ctypes.c_int
-_release_buffer = ctypes.pythonapi.PyBuffer_Release
+_release_buffer = ctypes.pythonapi["PyBuffer_Release"]
 _release_buffer.argtypes = [ctypes.POINTER(_Buffer)]
 _release_buffer.restype = None
 
@@ -295,11 +301,10 @@ _views = threading.local()  # one Py_buffer per thread, reused: building one was
 def _buffer_address(obj: Any) -> int:
     view = getattr(_views, "view", None)
     if view is None:
-        view = _views.view = _Buffer(), None
-        view = _views.view = view[0], ctypes.byref(view[0])
+        buf = _Buffer()
+        view = _views.view = buf, ctypes.byref(buf)
     buf, ref = view
-    if _get_buffer(obj, ref, 0) != 0:
-        raise ValueError("not a buffer")
+    _get_buffer(obj, ref, 0)  # a PyDLL function: what the object raises (TypeError, BufferError) is raised
     try:
         return buf.buf or 0
     finally:
