@@ -213,6 +213,8 @@ def _composed(text: str) -> tuple[Any, Marks, list[Problem]]:
             fast = None
         if fast is not None:
             fast.dispose()
+            if (repeated := _repeated(text, node)) is not None:
+                return None, Marks(), [repeated]
             if node is not None:
                 try:
                     doc = _plain(fast, node)
@@ -238,7 +240,59 @@ def _composed(text: str) -> tuple[Any, Marks, list[Problem]]:
         return None, Marks(), [Problem(1, 1, _TOO_DEEP)]
     finally:
         loader.dispose()
+    if (repeated := _repeated(text, node)) is not None:
+        return None, Marks(), [repeated]
     return _built(loader, node)
+
+
+ALIAS_VALUES = 1_000_000  # values aliases may add to a document by repeating what their anchors name
+
+
+def _repeated(text: str | bytes, root: yaml.Node | None) -> Problem | None:
+    """A problem when aliases make the document more than ALIAS_VALUES values larger than what it
+    writes out; None otherwise. Ten lines of nested aliases ("billion laughs": each names the one
+    before ten times) stand for 10^9 values, and building them took minutes and gigabytes to fail
+    (six levels: 0.4 s; each level 10x more). Counted over the node tree's distinct nodes, so the
+    count costs what the document's own size does. A cycle (``&a [*a]``) is left to the build,
+    which reports it."""
+    if root is None or (isinstance(text, (str, bytes)) and ("*" if isinstance(text, str) else b"*") not in text):
+        return None  # no alias without its `*`
+    size: dict[int, int] = {}  # values a node stands for, itself and everything inside
+    uses: dict[int, int] = {}  # how many places name a node: its anchor's own, then each alias
+    started: dict[int, yaml.Node] = {}
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, done = stack.pop()
+        key = id(node)
+        if done:
+            size[key] = 1 + sum(size[id(kid)] for kid in _children(node))
+        elif key in started:  # built already, or (not yet sized) an ancestor of itself
+            if key not in size:
+                return None
+        else:
+            started[key] = node
+            stack.append((node, True))
+            for kid in _children(node):
+                uses[id(kid)] = uses.get(id(kid), 0) + 1
+                if id(kid) not in started:
+                    stack.append((kid, False))
+                elif id(kid) not in size:  # started, not sized: an ancestor (or the node itself)
+                    return None
+    added = size[id(root)] - len(started)
+    if added <= ALIAS_VALUES:
+        return None
+    worst = max((n for k, n in started.items() if uses.get(k, 0) > 1), key=lambda n: size[id(n)] * uses[id(n)])
+    mark = worst.start_mark
+    return Problem(mark.line + 1, mark.column + 1,
+                   f"YAML: aliases repeat {added:,} values (at most {ALIAS_VALUES:,}): what this anchor names "
+                   f"({size[id(worst)]:,} values) is named again by {uses[id(worst)] - 1} aliases, and nested "
+                   "aliases multiply (\"billion laughs\"); write the values out or nest fewer aliases")
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    return node.value if isinstance(node, yaml.SequenceNode) else []
 
 
 def _reader_position(text: str, index: int) -> tuple[int, int]:
