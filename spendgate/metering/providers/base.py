@@ -450,10 +450,11 @@ def _member(raw: Any) -> Any:
 
 
 def msgspec_members(body: bytes, keys: frozenset[Key], arrays: frozenset[str],
-                    member: Callable[[Any], Any] = _member) -> tuple[dict, dict[str, list]]:
+                    member: Callable[[Any], Any] | None = None) -> tuple[dict, dict[str, list]]:
     """msgspec's reading of a JSON object body: (`keys` members, `arrays` members' raw elements).
-    Each member is `member(its msgspec.Raw)` (`bytes`: its raw JSON). Raises on anything msgspec
-    is stricter about than json.loads (see top_level)."""
+    Each member is `member(its msgspec.Raw)` (`bytes`: its raw JSON; default `_member`, looked up
+    per call). Raises on anything msgspec is stricter about than json.loads (see top_level)."""
+    member = member or _member
     decoder, key_attrs, array_attrs = _top_decoder(keys, arrays)
     top = decoder.decode(body)
     if not is_utf8(body):  # json.loads rejects invalid UTF-8 even inside skipped strings
