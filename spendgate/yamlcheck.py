@@ -8,11 +8,12 @@ keeps where each value stood (and flags duplicate keys, which YAML silently over
 
 from __future__ import annotations
 
+import codecs
 import math
 import sys
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -132,6 +133,7 @@ class _Builder:
         self.loader = loader
         self.marks = Marks()
         self.problems: list[Problem] = []
+        self._made: dict[int, tuple[Any, str | None, bool]] = {}  # id(node) -> what _make made of it
 
     def _pos(self, node: yaml.Node) -> tuple[int, int]:
         return node.start_mark.line + 1, node.start_mark.column + 1
@@ -143,32 +145,38 @@ class _Builder:
         return knode.value  # the source text: `NO`, `on`, `2026-01-01` and `010` stay names
 
     def _scalar(self, node: yaml.ScalarNode, path: tuple) -> Any:
-        tag = node.tag
-        if tag == _STR_TAG:  # what construct_yaml_str returns, without construct_object's bookkeeping
+        if node.tag == _STR_TAG:  # what construct_yaml_str returns, without construct_object's bookkeeping
             return node.value
+        made = self._made.get(id(node))
+        if made is None:  # once per node, however many aliases name it (thirty-first review, F2)
+            made = self._made[id(node)] = self._make(node)
+        value, problem, typed = made
+        if problem is not None:
+            where = ".".join(map(str, path)) or "top level"
+            self.problems.append(Problem(*self._pos(node), f"{where}: {problem}"))
+            return node.value
+        if typed:
+            self.marks.texts[path] = node.value
+        return value
+
+    def _make(self, node: yaml.ScalarNode) -> tuple[Any, str | None, bool]:
+        """(value, the problem's text after its path or None, whether a plain scalar was typed)."""
+        tag = node.tag
         try:
             # the scalar constructors return values outright: called directly, they skip the
             # per-node memo and recursion guard (~40% of a 10,000-user policy's build, issue 18)
             plain = self.loader.yaml_constructors.get(tag) if tag in _PLAIN_TAGS else None
             value = plain(self.loader, node) if plain else self.loader.construct_object(node, deep=True)
         except Exception as e:  # impossible dates, bad !!tags, ...: a positioned problem
-            where = ".".join(map(str, path)) or "top level"
             why = getattr(e, "problem", None) or str(e) or type(e).__name__
-            self.problems.append(Problem(*self._pos(node), f"{where}: cannot read {node.value!r}: {why}"))
-            return node.value
+            return None, f"cannot read {node.value!r}: {why}", False
         if isinstance(value, float) and not math.isfinite(value):  # .nan breaks every comparison; .inf is no limit
-            where = ".".join(map(str, path)) or "top level"
-            self.problems.append(Problem(*self._pos(node), f"{where}: {node.value} is not a finite number "
-                                         "(leave a limit out for none)"))
-            return node.value
+            return None, f"{node.value} is not a finite number (leave a limit out for none)", False
         if type(value) is int and _unprintable(value):  # 0xfff... past str()'s limit: every repr would raise
-            where = ".".join(map(str, path)) or "top level"
-            self.problems.append(Problem(*self._pos(node), f"{where}: {node.value[:24]}... is too large a number "
-                                         f"to read (over {sys.get_int_max_str_digits()} digits)"))
-            return node.value
-        if node.tag != _STR_TAG and not node.style and not isinstance(value, str):  # plain: None, or "" (libyaml)
-            self.marks.texts[path] = node.value
-        return value.isoformat() if isinstance(value, (date, datetime)) else value
+            return None, (f"{node.value[:24]}... is too large a number to read "
+                          f"(over {sys.get_int_max_str_digits()} digits)"), False
+        typed = not node.style and not isinstance(value, str)  # plain: None, or "" (libyaml)
+        return (value.isoformat() if isinstance(value, (date, datetime)) else value), None, typed
 
     def build(self, node: yaml.Node, path: tuple = ()) -> Any:
         self.marks[path] = self._pos(node)
@@ -196,14 +204,15 @@ def load_yaml_with_marks(text: str) -> tuple[Any, Marks, list[Problem]]:
     """Parse one YAML document; syntax and value errors come back as positioned problems."""
     if _FAST_LOADER is not None:
         try:  # a plain document straight from libyaml's events; positions composed if a check asks
-            return _from_events(text), LazyMarks(lambda: _composed(text)[1]), []
+            return _from_events(text), LazyMarks(lambda: _composed(text, counted=True)[1]), []
         except Exception:  # _Unusual, a syntax error, anything: composed and read as before
             pass
     return _composed(text)
 
 
-def _composed(text: str) -> tuple[Any, Marks, list[Problem]]:
-    """`load_yaml_with_marks` through a composed node tree: libyaml's, else PyYAML's own."""
+def _composed(text: str, counted: bool = False) -> tuple[Any, Marks, list[Problem]]:
+    """`load_yaml_with_marks` through a composed node tree: libyaml's, else PyYAML's own.
+    `counted`: the text is known to hold no alias (read from its events), so `_repeated` is skipped."""
     if _FAST_LOADER is not None:
         fast = None
         try:
@@ -213,7 +222,7 @@ def _composed(text: str) -> tuple[Any, Marks, list[Problem]]:
             fast = None
         if fast is not None:
             fast.dispose()
-            if (repeated := _repeated(text, node)) is not None:
+            if not counted and (repeated := _repeated(text, node)) is not None:
                 return None, Marks(), [repeated]
             if node is not None:
                 try:
@@ -225,7 +234,7 @@ def _composed(text: str) -> tuple[Any, Marks, list[Problem]]:
     try:  # the characters are checked here, when the loader is made (a NUL, ESC, DEL; UTF-16 read as UTF-8)
         loader = yaml.SafeLoader(text)
     except yaml.reader.ReaderError as e:
-        return None, Marks(), [Problem(*_reader_position(text, e.position), f"YAML: unacceptable character "
+        return None, Marks(), [Problem(*_reader_position(text, e), f"YAML: unacceptable character "
                                        f"#x{e.character:04x}: {e.reason}")]
     try:
         node = loader.get_single_node()
@@ -240,49 +249,75 @@ def _composed(text: str) -> tuple[Any, Marks, list[Problem]]:
         return None, Marks(), [Problem(1, 1, _TOO_DEEP)]
     finally:
         loader.dispose()
-    if (repeated := _repeated(text, node)) is not None:
+    if not counted and (repeated := _repeated(text, node)) is not None:
         return None, Marks(), [repeated]
     return _built(loader, node)
 
 
 ALIAS_VALUES = 1_000_000  # values aliases may add to a document by repeating what their anchors name
+ALIAS_CHARACTERS = 10_000_000  # characters of text (scalars, keys) they may add
+ALIAS_LEVELS = 10 * ALIAS_VALUES  # levels of nesting they may add: each value counts the levels it sits under
 
 
 def _repeated(text: str | bytes, root: yaml.Node | None) -> Problem | None:
-    """A problem when aliases make the document more than ALIAS_VALUES values larger than what it
-    writes out; None otherwise. Ten lines of nested aliases ("billion laughs": each names the one
-    before ten times) stand for 10^9 values, and building them took minutes and gigabytes to fail
-    (six levels: 0.4 s; each level 10x more). Counted over the node tree's distinct nodes, so the
-    count costs what the document's own size does. An alias inside what it names (``&a [*a]``)
-    counts as one value and the count goes on, so a cycle cannot switch it off for the rest of the
-    document (thirty-first review, F1); under the bound the build reports the cycle, as before."""
+    """A problem when aliases make the document more than ALIAS_VALUES values, ALIAS_CHARACTERS
+    characters or ALIAS_LEVELS levels of nesting larger than what it writes out; None otherwise.
+
+    Ten lines of nested aliases ("billion laughs": each names the one before ten times) stand for
+    10^9 values, and building them took minutes and gigabytes to fail (six levels: 0.4 s; each
+    level 10x more). Values alone are not the whole cost (thirty-first review): whoever writes
+    the document out (the parse cache's JSON, a schema message quoting a value) pays for its
+    characters, so a 10 KB file repeating a 10,000-character string 10^4 times was 100 MB
+    (F3); positions are kept per path, so a value costs as many path items as it is deep, and a
+    600-deep anchor named 1,000 times took 8.6 s and 1.9 GB (F5). Counted over the node tree's
+    distinct nodes, so the count costs what the document's own size does. An alias inside what it
+    names (``&a [*a]``) counts as one value and the count goes on, so a cycle cannot switch it off
+    for the rest of the document (F1); under the bounds the build reports the cycle, as before."""
     if root is None or (isinstance(text, (str, bytes)) and ("*" if isinstance(text, str) else b"*") not in text):
         return None  # no alias without its `*`
-    size: dict[int, int] = {}  # values a node stands for, itself and everything inside
+    # per node, its expansion: (values, characters, levels below it summed over its values)
+    sized: dict[int, tuple[int, int, int]] = {}
     uses: dict[int, int] = {}  # how many places name a node: its anchor's own, then each alias
     started: dict[int, yaml.Node] = {}
-    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    written = [0, 0]  # what the distinct nodes alone hold: characters, levels
+    stack: list[tuple[yaml.Node, int]] = [(root, 0)]  # (node, its depth), or (node, -1) when its kids are sized
     while stack:
-        node, done = stack.pop()
+        node, depth = stack.pop()
         key = id(node)
-        if done:  # a kid started and not sized is an ancestor (a cycle): one value
-            size[key] = 1 + sum(size.get(id(kid), 1) for kid in _children(node))
+        if depth < 0:  # a kid started and not sized is an ancestor (a cycle): one value
+            values, chars, levels = 1, 0, 0
+            for kid in _children(node):
+                v, c, lv = sized.get(id(kid), (1, 0, 0))
+                values, chars, levels = values + v, chars + c, levels + lv + v
+            sized[key] = values, chars, levels
         elif key not in started:  # (started already: pushed twice, and sized by the time it pops)
             started[key] = node
-            stack.append((node, True))
+            written[1] += depth
+            if isinstance(node, yaml.ScalarNode):
+                written[0] += len(node.value)
+                sized[key] = 1, len(node.value), 0
+                continue
+            stack.append((node, -1))
             for kid in _children(node):
                 uses[id(kid)] = uses.get(id(kid), 0) + 1
                 if id(kid) not in started:
-                    stack.append((kid, False))
-    added = size[id(root)] - len(started)
-    if added <= ALIAS_VALUES:
+                    stack.append((kid, depth + 1))
+    values, chars, levels = sized[id(root)]
+    added = values - len(started), chars - written[0], levels - written[1]
+    for i, (bound, what) in enumerate(((ALIAS_VALUES, "values"), (ALIAS_CHARACTERS, "characters of text"),
+                                       (ALIAS_LEVELS, "levels of nesting (a value counts each level it sits under)"))):
+        if added[i] > bound:
+            break
+    else:
         return None
-    worst = max((n for k, n in started.items() if uses.get(k, 0) > 1), key=lambda n: size[id(n)] * uses[id(n)])
+    weigh = (lambda n: sized[id(n)][i] * uses[id(n)]) if i < 2 else (
+        lambda n: (sized[id(n)][2] + sized[id(n)][0]) * uses[id(n)])
+    worst = max((n for k, n in started.items() if uses.get(k, 0) > 1), key=weigh)
     mark = worst.start_mark
     return Problem(mark.line + 1, mark.column + 1,
-                   f"YAML: aliases repeat {added:,} values (at most {ALIAS_VALUES:,}): what this anchor names "
-                   f"({size[id(worst)]:,} values) is named again by {uses[id(worst)] - 1} aliases, and nested "
-                   "aliases multiply (\"billion laughs\"); write the values out or nest fewer aliases")
+                   f"YAML: aliases repeat {added[i]:,} {what} (at most {bound:,}): what this anchor names "
+                   f"({sized[id(worst)][i]:,} {what.split(' (')[0]}) is named again by {uses[id(worst)] - 1} aliases, "
+                   "and nested aliases multiply (\"billion laughs\"); write the values out or nest fewer aliases")
 
 
 def _children(node: yaml.Node) -> list[yaml.Node]:
@@ -291,8 +326,18 @@ def _children(node: yaml.Node) -> list[yaml.Node]:
     return node.value if isinstance(node, yaml.SequenceNode) else []
 
 
-def _reader_position(text: str, index: int) -> tuple[int, int]:
-    """Line and column (1-based) of `text[index]`, lines broken as PyYAML's reader breaks them."""
+def _reader_position(text: str | bytes, error: yaml.reader.ReaderError) -> tuple[int, int]:
+    """Line and column (1-based) where PyYAML's reader refused `text`, lines broken as it breaks
+    them. For bytes the reader's position is a byte offset when they did not decode and a
+    character offset when a decoded character is refused (a NUL; UTF-32 read as UTF-16)."""
+    index = error.position
+    if isinstance(text, bytes):  # decoded as the reader decodes, its byte-order mark kept: UTF-16 by its mark, else UTF-8
+        codec = {codecs.BOM_UTF16_LE: "utf-16-le", codecs.BOM_UTF16_BE: "utf-16-be"}.get(text[:2], "utf-8")
+        if error.encoding == "unicode":
+            text = text.decode(codec, "replace")
+        else:
+            text = text[:index].decode(codec, "replace")
+            index = len(text)
     line, col, i = 1, 1, 0
     while i < index:
         ch = text[i]
@@ -399,6 +444,8 @@ def _plain(loader: Any, root: yaml.Node) -> Any:
     scalars and the named tags below (`!!binary`, `!!set`, ...), so those still get the
     positioned build and report exactly as before."""
 
+    made: dict[int, Any] = {}  # id(node) -> its value: built once however many aliases name it (F2)
+
     def build(node: yaml.Node) -> Any:
         if isinstance(node, yaml.MappingNode):
             out: dict[Any, Any] = {}
@@ -409,7 +456,11 @@ def _plain(loader: Any, root: yaml.Node) -> Any:
             return out
         if isinstance(node, yaml.SequenceNode):
             return [build(v) for v in node.value]
-        return node.value if node.tag == _STR_TAG else _scalar_value(loader, node.tag, node.value)
+        if node.tag == _STR_TAG:
+            return node.value
+        if (key := id(node)) not in made:
+            made[key] = _scalar_value(loader, node.tag, node.value)
+        return made[key]
 
     return build(root)
 
@@ -472,7 +523,8 @@ def schema_problems(
     explain: Explain | None = None,
     list_known: bool = False,
 ) -> list[Problem]:
-    """Every schema error as a Problem at the offending value (or key, for unknown keys)."""
+    """Every schema error as a Problem at the offending value (or key, for unknown keys); a message
+    longer than MESSAGE_CHARS keeps its start and end (jsonschema quotes the whole value)."""
     out = []
     texts = getattr(marks, "texts", {})
     for err in sorted(validator.iter_errors(doc), key=lambda e: list(map(str, e.absolute_path))):
@@ -496,4 +548,14 @@ def schema_problems(
                 out.append(Problem(*mark(marks, (*path, k), key_of=True), f"unknown key {k!r} in {where}{hint}"))
             continue
         out.append(Problem(*mark(marks, path), f"{where}: {err.message}"))
-    return out
+    return [replace(p, message=_clipped(p.message)) if len(p.message) > MESSAGE_CHARS else p for p in out]
+
+
+MESSAGE_CHARS = 1_000  # a problem's message: a value 80 users name through one alias was an 803 MB message (F4)
+
+
+def _clipped(message: str) -> str:
+    """The first and last MESSAGE_CHARS // 2 characters of `message`: jsonschema's own messages
+    put what is wrong at the end ("[...] is not of type 'object'"), a value at the start."""
+    half = MESSAGE_CHARS // 2
+    return f"{message[:half]} ... ({len(message) - 2 * half:,} characters left out) ... {message[-half:]}"

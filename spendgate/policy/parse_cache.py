@@ -87,7 +87,7 @@ def load_yaml_cached(text: str, folder: Path | None) -> tuple[Any, yamlcheck.Mar
             return hit, yamlcheck.LazyMarks(lambda: yamlcheck.load_yaml_with_marks(text)[1]), []
     doc, marks, problems = yamlcheck.load_yaml_with_marks(text)
     if entry is not None and not problems and isinstance(doc, dict):
-        _write_entry(entry, doc)
+        _write_entry(entry, doc, len(text))
     return doc, marks, problems
 
 
@@ -134,11 +134,14 @@ def _read_entry(entry: Path) -> dict | None:
     return doc
 
 
-def _write_entry(entry: Path, doc: dict) -> None:
-    """Keep a clean parse; one JSON cannot hold exactly (a !!binary value) or a disk that cannot
-    take it is simply not cached."""
+def _write_entry(entry: Path, doc: dict, text_chars: int) -> None:
+    """Keep a clean parse; one JSON cannot hold exactly (a !!binary value), one much larger than its
+    text (aliases written out: a 10 KB policy was a 1.1 GB entry, thirty-first review F3) or a
+    disk that cannot take it is simply not cached."""
     try:
         data = json.dumps({"key": entry.name, "doc": doc}, allow_nan=False, separators=(",", ":"))
+        if len(data) > 4 * text_chars + (1 << 20):
+            return
         if json.loads(data)["doc"] != doc:  # would not come back equal: not cached
             return
         fsutil.private_dir(entry.parent)

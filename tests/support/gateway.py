@@ -158,6 +158,18 @@ class Gateway:
         self.kill9()
         raise GatewayError(f"mitmdump not ready after {self.start_timeout}s; log:\n{self.log_text()}")
 
+    def refused_start(self, timeout: float = 60.0) -> int | None:
+        """Start a gateway expected to refuse to run; its exit code (None if it did not exit in
+        `timeout` seconds). mitmdump may bind its port before it reads the error and exits."""
+        try:
+            self.start()
+            self.proc.wait(timeout)
+        except GatewayError:
+            pass
+        except subprocess.TimeoutExpired:
+            return None
+        return self.proc.returncode
+
     def _in_charge(self) -> bool:
         """The addon has opened the ledger: its discovery file is there and names this process (a
         gateway killed with -9 leaves its own behind; unless the admin API is off). Replicas of a

@@ -2,28 +2,28 @@
 (yamlcheck._repeated: the composed tree sized over its distinct nodes, ALIAS_VALUES = 1,000,000
 values that aliases may add).
 
-Findings (tests marked xfail(strict=True) until fixed; figures from the 2-core review machine):
+Findings (figures from the 2-core review machine; all fixed, each test failed before its fix):
   F1 (High, fixed in the next commit; its tests failed before) a cycle anywhere in the document switches the count off: `_repeated` returns None at
      the first alias inside what it names, and the build then expands every other alias before it
      reaches the cycle. Nested aliases followed by `z: &r [*r]` are the old billion laughs again
      (7 levels: 22 s and 2.6 GB, then a MemoryError out of load_yaml_with_marks; 9 levels: minutes
      and tens of GB) on a start, a `policy check` or a reload.
-  F2 (High) the count weighs every value alike, but a non-text scalar is constructed again at each
+  F2 (High, fixed: a scalar node is built once, and the count weighs characters) the count weighs every value alike, but a non-text scalar is constructed again at each
      place an alias names it (`_plain`'s `_scalar_value`, `_Builder._scalar`): a 4,000-digit
      integer named 70,000 times (4.3 KB of YAML, 8% of the bound) loads in 30 s and
      `policy.parse` takes 64 s; at the bound ~1,000,000 places, minutes. A 100,000-digit hex
      integer named 81,111 times: 35 s and 81,111 identical problems.
-  F3 (High) the count weighs a long string as one value: a 10 KB policy whose aliases repeat a
+  F3 (High, fixed: ALIAS_CHARACTERS; the cache keeps no entry over 4x its text + 1 MB) the count weighs a long string as one value: a 10 KB policy whose aliases repeat a
      10,000-character string 10^5 times (11,110 added values, 1% of the bound) is accepted by
      yamlcheck, and the policy parse cache writes its expansion as JSON: 1.1 GB on disk, 2.15 GB
      of memory, 11 s, on every start / check / reload with the cache on (the default).
-  F4 (Medium) schema problems quote the whole offending value (`repr` of the instance), aliases
+  F4 (Medium, fixed: messages over MESSAGE_CHARS keep their start and end) schema problems quote the whole offending value (`repr` of the instance), aliases
      expanded: a 1.35 KB policy gives a 100 MB PolicyError; 80 users naming one aliased block
      (3.1 KB, under the bound): 803 MB message, 3.3 GB peak, 12 s.
-  F5 (Medium) positions are kept per path, so an aliased deep value costs its depth squared: an
+  F5 (Medium, fixed: ALIAS_LEVELS) positions are kept per path, so an aliased deep value costs its depth squared: an
      anchor 600 levels deep named 1,000 times (1.4 KB, 60% of the bound) takes 8.6 s and 1.9 GB
      whenever positions are built (any schema problem; always on the pure-PyYAML path).
-  F6 (Low, older than 92a911f) bytes that PyYAML's reader refuses (a NUL; UTF-32; UTF-16 without
+  F6 (Low, older than 92a911f; fixed: placed in their decoded text) bytes that PyYAML's reader refuses (a NUL; UTF-32; UTF-16 without
      its BOM) raise TypeError out of load_yaml_with_marks: `_reader_position` indexes bytes as
      text. 92a911f's tests make bytes a supported input.
 
@@ -237,15 +237,19 @@ def test_the_count_is_the_expanded_size_less_the_distinct_nodes(monkeypatch) -> 
                 if id(n) not in distinct:
                     distinct[id(n)] = n
                     pending.extend(yamlcheck._children(n))
-            added = _expanded(node) - len(distinct)
-            got = yamlcheck._repeated(text, node)
-            if added == 0:
-                assert got is None, text
-                continue
-            tried += 1
-            assert got is not None and got.message.startswith(f"YAML: aliases repeat {added:,} values"), text
-            assert text.splitlines()[got.line - 1][got.col - 1] == "&", (text, got)
+            tried += _counted(text, node, _expanded(node) - len(distinct), "values")
     assert tried > 100
+
+
+def _counted(text: str, node: yaml.Node, added: int, weight: str) -> bool:
+    """Whether `_repeated` refused `text`, having checked it says `added` `weight` at an anchor."""
+    got = yamlcheck._repeated(text, node)
+    if added <= 0:
+        assert got is None, text
+        return False
+    assert got is not None and got.message.startswith(f"YAML: aliases repeat {added:,} {weight}"), text
+    assert text.splitlines()[got.line - 1][got.col - 1] == "&", (text, got)
+    return True
 
 
 @pytest.mark.parametrize("cycles", [False, True], ids=["acyclic", "cycles"])
@@ -275,6 +279,40 @@ def test_documents_people_and_mistakes_write_read_exactly_as_before(text) -> Non
     old = before()
     for fast in (True, False):
         assert flat(load(yamlcheck, text, fast)) == flat(load(old, text, fast)), fast
+
+
+def _expanded_weights(node: yaml.Node, depth: int = 0) -> tuple[int, int]:
+    """(characters, levels) a node stands for, every alias written out (small acyclic trees only)."""
+    chars, levels = (len(node.value), depth) if isinstance(node, yaml.ScalarNode) else (0, depth)
+    for kid in yamlcheck._children(node):
+        c, lv = _expanded_weights(kid, depth + 1)
+        chars, levels = chars + c, levels + lv
+    return chars, levels
+
+
+@pytest.mark.parametrize("weight", ["characters of text", "levels of nesting"])
+def test_characters_and_levels_are_the_expansion_less_what_is_written(monkeypatch, weight) -> None:
+    """Both against a brute-force expansion: its characters (levels) less the distinct nodes' own,
+    each distinct node at the depth where it is first written."""
+    monkeypatch.setattr(yamlcheck, "ALIAS_VALUES", 10**12)
+    monkeypatch.setattr(yamlcheck, "ALIAS_CHARACTERS", 0 if weight.startswith("char") else 10**12)
+    monkeypatch.setattr(yamlcheck, "ALIAS_LEVELS", 0 if weight.startswith("levels") else 10**12)
+    rng = random.Random(3131)
+    tried = 0
+    for _ in range(300):
+        text = _random_doc(rng, cycles=False)
+        node = yaml.compose(text, Loader=yaml.CSafeLoader)
+        written, pending = {}, [(node, 0)]
+        while pending:  # the count's own walk order: last kid first
+            n, depth = pending.pop()
+            if id(n) not in written:
+                written[id(n)] = (len(n.value) if isinstance(n, yaml.ScalarNode) else 0, depth)
+                pending.extend((kid, depth + 1) for kid in yamlcheck._children(n) if id(kid) not in written)
+        chars, levels = _expanded_weights(node)
+        added = (chars - sum(c for c, _ in written.values()) if weight.startswith("char")
+                 else levels - sum(d for _, d in written.values()))
+        tried += _counted(text, node, added, weight)
+    assert tried > 50
 
 
 # --- F1 (High, fixed): a cycle switched the count off ----------------------------------------------------
@@ -346,20 +384,41 @@ def test_f1_a_reload_with_a_cycle_is_rejected_without_building(tmp_path, monkeyp
 
 # --- F2 (High): a costly scalar is constructed at every place an alias names it ----------------------
 
-@pytest.mark.xfail(strict=True, reason="F2: each alias of a non-text scalar constructs it again (a 4,000-digit int: "
-                                       "~0.35 ms a place); the count weighs it as one value")
-def test_f2_an_aliased_big_integer_is_not_constructed_at_every_place() -> None:
-    """6,000 places of one 4,000-digit integer (4.2 KB of YAML, 0.7% of the bound): before, ~2 s to
-    load and ~2 s more for positions; at the bound (~1,000,000 places), minutes."""
+def test_f2_an_aliased_big_integer_past_the_bound_is_refused() -> None:
+    """6,000 places of one 4,000-digit integer (4.2 KB of YAML): 24 million characters of text."""
     text = "c: &a0 " + "9" * 4000 + "\n" + "".join(
         f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]\n" for i in range(1, 4)) + "b: [" + ", ".join(
         ["*a3"] * 5) + "]\n"
-    t = time.process_time()
-    doc, marks, problems = yamlcheck.load_yaml_with_marks(text)
-    len(marks)  # positions, as any schema problem asks
-    spent = time.process_time() - t
-    assert problems or doc["b"][0][0][0][0] == int("9" * 4000)
-    assert spent < 0.5, f"{spent:.2f} s"
+    doc, _marks, problems = yamlcheck.load_yaml_with_marks(text)
+    # 6,111 places (1 + 10 + 100 + 1,000 + 5 x 1,000), one of them written out
+    assert doc is None and problems[0].message.startswith("YAML: aliases repeat 24,440,000 characters of text")
+    assert (problems[0].line, problems[0].col) == (4, 5)  # &a3, named five times
+
+
+@LOADERS
+def test_f2_an_aliased_scalar_is_constructed_once_however_many_places_name_it(fast, monkeypatch) -> None:
+    """Under the bounds (1,111 places of a 4,000-digit integer: 4.4 million characters): one int
+    built by the plain read and one by the positioned build, not one per place (before: 2,222; ~0.35 ms
+    a place, so ~1,000,000 places at the bound were minutes)."""
+    made = []
+    for constructors in {id(c): c for c in (yaml.SafeLoader.yaml_constructors,
+                                            yaml.CSafeLoader.yaml_constructors)}.values():  # (one dict, shared)
+        construct = constructors["tag:yaml.org,2002:int"]
+        monkeypatch.setitem(constructors, "tag:yaml.org,2002:int",
+                            lambda self, node, construct=construct: made.append(node.value[:3]) or construct(self, node))
+    text = "c: &a0 " + "9" * 4000 + "\n" + "".join(
+        f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]\n" for i in range(1, 3)) + "b: [" + ", ".join(
+        ["*a2"] * 10) + "]\n"
+    doc, marks, problems = load(yamlcheck, text, fast)
+    assert problems == [] and doc["b"][9][9][9] == int("9" * 4000) and len(marks) > 1110
+    assert len(made) <= 2, f"constructed {len(made):,} times"
+    assert marks.texts[("b", 9, 9, 9)] == "9" * 4000  # every place still knows its source text
+
+
+def test_f2_a_problem_is_still_reported_at_every_place_with_its_path() -> None:
+    doc, _marks, problems = yamlcheck.load_yaml_with_marks("a: &d 2026-02-30\nb: [*d, *d]\n")
+    assert [p.message.split(":")[0] for p in problems] == ["a", "b.0", "b.1"]
+    assert {(p.line, p.col) for p in problems} == {(1, 4)}
 
 
 # --- F3 (High): a long string counts as one value ---------------------------------------------------
@@ -369,61 +428,130 @@ def _long_string_policy(length: int, levels: int) -> str:
             + "".join(f"  a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]\n" for i in range(1, levels + 1)))
 
 
-@pytest.mark.xfail(strict=True, reason="F3: aliases repeating 100 MB of text (11,110 added values) pass the count")
 def test_f3_aliases_repeating_a_long_string_are_weighed_by_its_length() -> None:
     text = _long_string_policy(10_000, 4)  # 10 KB: 10^4 places of a 10,000-character string
     doc, _marks, problems = yamlcheck.load_yaml_with_marks(text)
     assert doc is None and problems, "100 MB of text accepted"
+    assert problems[0].message.startswith(f"YAML: aliases repeat {10_000 * 11_110:,} characters of text "
+                                          f"(at most {yamlcheck.ALIAS_CHARACTERS:,})")
 
 
-@pytest.mark.xfail(strict=True, reason="F3: the parse cache writes a 10 KB policy's expansion: a 111 MB entry")
-def test_f3_the_parse_cache_does_not_write_an_expansion(tmp_path, monkeypatch) -> None:
+def test_f3_the_character_bound_is_inclusive(monkeypatch) -> None:
+    text = 'x: &x "abcd"\ny: [' + ", ".join(["*x"] * 10) + "]\n"  # 10 aliases add 40 characters
+    monkeypatch.setattr(yamlcheck, "ALIAS_CHARACTERS", 40)
+    assert yamlcheck.load_yaml_with_marks(text)[2] == []
+    monkeypatch.setattr(yamlcheck, "ALIAS_CHARACTERS", 39)
+    (p,) = yamlcheck.load_yaml_with_marks(text)[2]
+    assert (p.line, p.col) == (1, 4) and "repeat 40 characters of text (at most 39)" in p.message
+    assert "what this anchor names (4 characters of text) is named again by 10 aliases" in p.message
+
+
+@pytest.mark.parametrize("length", [10_000, 500])  # past the character bound; under it, an entry 100x the text
+def test_f3_the_parse_cache_does_not_write_an_expansion(tmp_path, monkeypatch, length) -> None:
     monkeypatch.setenv("SPENDGATE_CACHE_DIR", str(tmp_path / "cache"))
     written: list[int] = []
     monkeypatch.setattr(fsutil, "write_atomic", lambda path, data, mode=0o600: written.append(len(data)))
     with pytest.raises(model.PolicyError):  # `x` is no policy key: refused, but after the cache entry
-        model.parse(_long_string_policy(10_000, 4), "p.yaml")
+        model.parse(_long_string_policy(length, 4), "p.yaml")
     assert max(written, default=0) < 10 << 20, f"a {max(written):,}-byte cache entry for a 10 KB policy"
+    if length == 500:  # refused by the schema, not the count: the entry was weighed and left out
+        assert written == []
+
+
+def test_f3_a_policy_with_anchors_is_still_cached(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("SPENDGATE_CACHE_DIR", str(tmp_path / "cache"))
+    written: list[int] = []
+    monkeypatch.setattr(fsutil, "write_atomic", lambda path, data, mode=0o600: written.append(len(data)))
+    text = ("version: 1\ndefaults:\n  user: &cap {day: 20, month: 300}\nusers:\n"
+            + "".join(f"  u{i}@example.com: {{budgets: *cap}}\n" for i in range(200)))
+    model.parse(text, "p.yaml")
+    (entry,) = [n for n in written if n]  # (and the schema stamp, empty)
+    assert entry < 2 * len(text)
 
 
 # --- F4 (Medium): schema problems quote the whole value -------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="F4: a schema problem quotes repr(instance) whole: 10 MB for a 1.3 KB policy")
-def test_f4_a_schema_problem_does_not_quote_an_expansion(monkeypatch) -> None:
+@pytest.mark.parametrize("length", [1_000, 400])  # past the character bound (the count answers); under it
+def test_f4_a_schema_problem_does_not_quote_an_expansion(monkeypatch, length) -> None:
     monkeypatch.setenv("SPENDGATE_CACHE_DIR", "off")
-    text = _long_string_policy(1_000, 4).replace("defaults: {user: {day: 20}}\n", "") + "defaults: {user: *a4}\n"
+    text = _long_string_policy(length, 4).replace("defaults: {user: {day: 20}}\n", "") + "defaults: {user: *a4}\n"
     with pytest.raises(model.PolicyError) as err:
         model.parse(text, "p.yaml")
-    assert "defaults.user" in str(err.value)
-    assert len(str(err.value)) < 100_000, f"a {len(str(err.value)):,}-character message for {len(text):,} bytes"
+    said = str(err.value)
+    assert len(said) < 100_000, f"a {len(said):,}-character message for {len(text):,} bytes"
+    if length == 400:  # 8 million characters: a schema problem, its start and its end kept
+        assert "defaults.user: [[[['xxx" in said and "characters left out" in said
+        assert said.rstrip().endswith("is not of type 'object'") or "is not of type 'object'" in said
+
+
+def test_f4_a_short_schema_message_is_whole() -> None:
+    problems = yamlcheck.schema_problems(_validator({"type": "object"}), [1, 2], yamlcheck.Marks({(): (1, 1)}))
+    assert [p.message for p in problems] == ["top level: [1, 2] is not of type 'object'"]
+
+
+def test_f4_a_long_schema_message_keeps_its_start_and_end() -> None:
+    problems = yamlcheck.schema_problems(_validator({"type": "object"}), ["y" * 50_000],
+                                         yamlcheck.Marks({(): (1, 1)}))
+    (message,) = [p.message for p in problems]
+    assert len(message) < yamlcheck.MESSAGE_CHARS + 100
+    assert message.startswith("top level: ['yyy") and message.endswith("yyy'] is not of type 'object'")
+    assert f"({len(repr(['y' * 50_000])) + 35 - yamlcheck.MESSAGE_CHARS:,} characters left out)" in message
+
+
+def _validator(schema: dict):
+    import jsonschema
+
+    return jsonschema.Draft202012Validator(schema)
 
 
 # --- F5 (Medium): positions are per path, depth squared per alias --------------------------------
 
-@pytest.mark.xfail(strict=True, reason="F5: positions of an aliased 200-deep value: 23 million path items (1.7 s, "
-                                       "290 MB) for 200,000 added values")
 def test_f5_positions_of_an_aliased_deep_value_are_bounded() -> None:
     text = "c: &a0 " + "[" * 200 + "1" + "]" * 200 + "\n" + "".join(
         f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]\n" for i in range(1, 4))
     doc, marks, problems = yamlcheck.load_yaml_with_marks(text)
-    if problems:  # refused: no positions to build
-        return
+    assert doc is None and problems[0].message.startswith(
+        "YAML: aliases repeat 23,179,054 levels of nesting (a value counts each level it sits under) "
+        f"(at most {yamlcheck.ALIAS_LEVELS:,})")
+    assert (problems[0].line, problems[0].col) == (3, 5)  # &a2, named ten times by a3
+
+
+def test_f5_under_the_level_bound_positions_cost_what_the_count_allows(monkeypatch) -> None:
+    text = "c: &a0 " + "[" * 20 + "1" + "]" * 20 + "\n" + "".join(
+        f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]\n" for i in range(1, 4))
+    doc, marks, problems = yamlcheck.load_yaml_with_marks(text)
     items = sum(len(path) for path in marks)
-    assert items <= 4 * yamlcheck.ALIAS_VALUES, f"{items:,} path items"
+    assert problems == [] and items <= yamlcheck.ALIAS_LEVELS + 1_000, f"{items:,} path items"
+    monkeypatch.setattr(yamlcheck, "ALIAS_LEVELS", 100_000)
+    (p,) = yamlcheck.load_yaml_with_marks(text)[2]
+    assert "levels of nesting" in p.message
 
 
 # --- F6 (Low, older): bytes PyYAML's reader refuses raise TypeError ---------------------------------
 
-@pytest.mark.xfail(strict=True, reason="F6: _reader_position indexes bytes as text: TypeError escapes")
 @pytest.mark.parametrize("data", [b"x: 1\x00\n", "x: 1\n".encode("utf-32"), "x: 1\n".encode("utf-16-le")],
                          ids=["nul", "utf-32", "utf-16-no-bom"])
 def test_f6_unreadable_bytes_are_a_problem_not_a_type_error(data) -> None:
     doc, _marks, problems = yamlcheck.load_yaml_with_marks(data)
     assert doc is None and problems[0].message.startswith("YAML: unacceptable character")
+    # the NUL after `x: 1`; the second character read as UTF-16-LE (its mark not a column); as UTF-8
+    assert (problems[0].line, problems[0].col) == {b"x:": (1, 5), b"\xff\xfe": (1, 1)}.get(data[:2], (1, 2))
+
+
+@pytest.mark.parametrize("data,where", [
+    (b"a: 1\nb: \xff\n", (2, 4)),  # not UTF-8: the reader's byte offset
+    ("\ufeffa: 1\nb: \x01\n".encode("utf-16-le"), (2, 4)),  # its mark kept, as the reader keeps it
+    ("\ufeffa: 1\nb: \x01\n".encode("utf-16-be"), (2, 4)),
+    ("\ufeffa: 1\nb: \x01\n".encode("utf-8"), (2, 4)),
+    ("a: 1\nb: \x01\n", (2, 4)),
+])  # fmt: skip
+def test_f6_bytes_are_placed_as_their_text_is(data, where) -> None:
+    (p,) = yamlcheck.load_yaml_with_marks(data)[2]
+    assert (p.line, p.col) == where and p.message.startswith("YAML: unacceptable character")
 
 
 def test_strings_are_shared_not_copied_so_the_load_alone_stays_cheap() -> None:
     """What F3 relies on: the build shares a scalar's text; the cost is whoever serialises it."""
-    doc, _marks, problems = yamlcheck.load_yaml_with_marks(_long_string_policy(10_000, 4))
-    assert problems == [] and doc["x"]["a4"][0][0][0][0] is doc["x"]["s"]
+    doc, _marks, problems = yamlcheck.load_yaml_with_marks(_long_string_policy(10_000, 2))
+    assert problems == [] and doc["x"]["a2"][0][0] is doc["x"]["s"]
     assert len(json.dumps(doc["x"]["a2"])) > 100 * 10_000

@@ -163,7 +163,11 @@ def test_held_every_corner_reads_as_before(old_yaml, text) -> None:
     anchored / typed / empty / duplicate keys (flow and block, any depth), the '=' value, special
     floats, timestamps, 0o / 0x / 0b / 1_000 / 1:30 ints, NUL and invalid UTF-8, long scalars,
     nesting around the event read's depth limit: abddc7b's result, types included."""
-    assert _read(yamlcheck, text) == _read(old_yaml, text)
+    before = _read(old_yaml, text)
+    if isinstance(text, bytes) and before[:2] == ("raised", "TypeError"):  # bytes the reader refuses: a
+        before = (_canon(None), [], [], [(1, 4, "YAML: unacceptable character #x00ff: invalid start byte", False)])
+        assert text == b"a: \xff\n"  # problem since the thirty-first review (F6), not a TypeError
+    assert _read(yamlcheck, text) == before
     assert _events_or_step_aside(text)
 
 
@@ -211,7 +215,11 @@ def _texts(draw) -> str:
 @given(_texts())
 def test_held_generated_documents_read_as_before(old_yaml, text) -> None:
     """HELD (20,000 more in the review's own run): hand-written-looking documents, broken ones too."""
-    assert _read(yamlcheck, text) == _read(old_yaml, text)
+    before = _read(old_yaml, text)
+    if isinstance(text, bytes) and before[:2] == ("raised", "TypeError"):  # bytes the reader refuses: a
+        before = (_canon(None), [], [], [(1, 4, "YAML: unacceptable character #x00ff: invalid start byte", False)])
+        assert text == b"a: \xff\n"  # problem since the thirty-first review (F6), not a TypeError
+    assert _read(yamlcheck, text) == before
     assert _events_or_step_aside(text)
 
 
@@ -235,7 +243,11 @@ def test_held_dumped_documents_read_as_before(old_yaml, tree, flow, style, start
                               explicit_end=end, allow_unicode=uni, width=width, line_break=lb, canonical=canonical)
     except yaml.YAMLError:
         return
-    assert _read(yamlcheck, text) == _read(old_yaml, text)
+    before = _read(old_yaml, text)
+    if isinstance(text, bytes) and before[:2] == ("raised", "TypeError"):  # bytes the reader refuses: a
+        before = (_canon(None), [], [], [(1, 4, "YAML: unacceptable character #x00ff: invalid start byte", False)])
+        assert text == b"a: \xff\n"  # problem since the thirty-first review (F6), not a TypeError
+    assert _read(yamlcheck, text) == before
     assert _events_or_step_aside(text)
 
 

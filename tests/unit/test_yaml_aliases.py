@@ -11,6 +11,7 @@ import pytest
 
 from spendgate import yamlcheck
 from spendgate.policy import model
+from tests.unit.test_yaml_fast import slow as pure_python
 
 
 def laughs(levels: int, indent: str = "") -> str:
@@ -19,13 +20,6 @@ def laughs(levels: int, indent: str = "") -> str:
     return "\n".join(lines) + "\n"
 
 
-def pure_python(text: str):
-    saved = yamlcheck._FAST_LOADER
-    yamlcheck._FAST_LOADER = None
-    try:
-        return yamlcheck.load_yaml_with_marks(text)
-    finally:
-        yamlcheck._FAST_LOADER = saved
 
 
 @pytest.mark.parametrize("load", [yamlcheck.load_yaml_with_marks, pure_python], ids=["libyaml", "pyyaml"])
