@@ -198,19 +198,26 @@ def schema_stamp(text: str, schema_text: str, kind: str) -> Path | None:
     schema change or upgrade misses it and validates in full -- a reader that reads the same text
     otherwise must not find a stamp for a document nobody checked (twenty-seventh review). Only
     passes are stamped (`remember_stamp`) and believed (`private_stamp`); problems are found (and
-    reported) on every load. SPENDGATE_CACHE_DIR=off turns it off."""
+    reported) on every load. The code that decides a verdict is named too: the policy's and the
+    overrides' readers (model.py's `_valid_fast` shortcut, rates.py), and jsonschema's `referencing`.
+    SPENDGATE_CACHE_DIR=off turns it off."""
     import importlib.util
 
     base = cache_dir()
     if base is None:
         return None
     try:
-        spec = importlib.util.find_spec("jsonschema")
-        if spec is None or spec.origin is None:
+        specs = [importlib.util.find_spec(name) for name in ("jsonschema", "referencing")]
+        if any(spec is None or spec.origin is None for spec in specs):
             return None
-        return base / kind / entry_name(text, spec.origin, yamlcheck.__file__, yaml.__file__, extra=schema_text)
+        return base / kind / entry_name(text, *(spec.origin for spec in specs), *_DECIDERS, yamlcheck.__file__,
+                                        yaml.__file__, extra=schema_text)
     except (OSError, ValueError):  # no jsonschema: validate in full
         return None
+
+
+# Our own files whose code turns a document into a schema verdict (read by path, never imported here)
+_DECIDERS = tuple(str(Path(__file__).resolve().parents[1] / f) for f in ("policy/model.py", "pricing/rates.py"))
 
 
 _STAMPS_KEEP = 16  # schema stamps kept (pruned least recently used first, like the parses)

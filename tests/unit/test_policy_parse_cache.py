@@ -151,3 +151,18 @@ def test_values_json_cannot_hold_exactly_are_not_cached(cache) -> None:
     assert doc == {"a": b"hello"} and not problems and entries(cache) == []
     doc, _, _ = parse_cache.load_yaml_cached("a: !!set {x, y}\nb: 2026-01-02\n", cache)
     assert entries(cache) and parse_cache.load_yaml_cached("a: !!set {x, y}\nb: 2026-01-02\n", cache)[0] == doc
+
+
+def test_a_schema_stamp_names_the_code_that_decides_the_verdict(cache, tmp_path, monkeypatch) -> None:
+    """The policy's verdict also rests on model._valid_fast, the overrides' on rates.py: a change
+    to either (an upgrade) misses every stamp, as a schema or jsonschema change does."""
+    from spendgate.pricing import rates
+
+    assert set(parse_cache._DECIDERS) == {str(Path(model.__file__).resolve()), str(Path(rates.__file__).resolve())}
+    decider = tmp_path / "model.py"
+    decider.write_text("# spendgate's reader\n")
+    monkeypatch.setattr(parse_cache, "_DECIDERS", (str(decider),))
+    first = model._valid_stamp(GOOD)
+    assert first is not None and model._valid_stamp(GOOD) == first
+    os.utime(decider, ns=(1, 1))
+    assert model._valid_stamp(GOOD) not in (None, first)
