@@ -280,7 +280,9 @@ def _repeated(text: str | bytes, root: yaml.Node | None) -> Problem | None:
     uses: dict[int, int] = {}  # how many places name a node: its anchor's own, then each alias
     started: dict[int, yaml.Node] = {}
     written = [0, 0]  # what the distinct nodes alone hold: characters, levels
-    stack: list[tuple[yaml.Node, int]] = [(root, 0)]  # (node, its depth), or (node, -1) when its kids are sized
+    # (node, its depth), or (node, -1) when its kids are sized; walked in document order, so each node
+    # is first met (and its depth written) at its anchor, never at a deeper or shallower alias (32nd review, F5)
+    stack: list[tuple[yaml.Node, int]] = [(root, 0)]
     while stack:
         node, depth = stack.pop()
         key = id(node)
@@ -298,7 +300,7 @@ def _repeated(text: str | bytes, root: yaml.Node | None) -> Problem | None:
                 sized[key] = 1, len(node.value), 0
                 continue
             stack.append((node, -1))
-            for kid in _children(node):
+            for kid in reversed(_children(node)):  # the first kid on top: nodes met where they are written
                 uses[id(kid)] = uses.get(id(kid), 0) + 1
                 if id(kid) not in started:
                     stack.append((kid, depth + 1))
