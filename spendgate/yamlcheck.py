@@ -9,6 +9,7 @@ keeps where each value stood (and flags duplicate keys, which YAML silently over
 from __future__ import annotations
 
 import codecs
+import itertools
 import math
 import sys
 import threading
@@ -162,6 +163,9 @@ class _Builder:
     def _make(self, node: yaml.ScalarNode) -> tuple[Any, str | None, bool]:
         """(value, the problem's text after its path or None, whether a plain scalar was typed)."""
         tag = node.tag
+        if _long_base_60(tag, node.value):
+            return None, (f"{node.value[:24]}... is too long a base-60 number to read (1:30-style numbers "
+                          f"up to {BASE_60_CHARS} characters; quote it if it is text)"), False
         try:
             # the scalar constructors return values outright: called directly, they skip the
             # per-node memo and recursion guard (~40% of a 10,000-user policy's build, issue 18)
@@ -256,12 +260,14 @@ def _composed(text: str, counted: bool = False) -> tuple[Any, Marks, list[Proble
 
 ALIAS_VALUES = 1_000_000  # values aliases may add to a document by repeating what their anchors name
 ALIAS_CHARACTERS = 10_000_000  # characters of text (scalars, keys) they may add
-ALIAS_LEVELS = 10 * ALIAS_VALUES  # levels of nesting they may add: each value counts the levels it sits under
+ALIAS_LEVELS = 10_000_000  # levels of nesting they may add: each value counts the levels it sits under
+LEVELS = 10_000_000  # levels of nesting in all, aliases written out: what positions (one path per value) cost
 
 
 def _repeated(text: str | bytes, root: yaml.Node | None) -> Problem | None:
     """A problem when aliases make the document more than ALIAS_VALUES values, ALIAS_CHARACTERS
-    characters or ALIAS_LEVELS levels of nesting larger than what it writes out; None otherwise.
+    characters or ALIAS_LEVELS levels of nesting larger than what it writes out, or when its
+    values, aliases written out, sit more than LEVELS levels deep in all; None otherwise.
 
     Ten lines of nested aliases ("billion laughs": each names the one before ten times) stand for
     10^9 values, and building them took minutes and gigabytes to fail (six levels: 0.4 s; each
@@ -272,9 +278,12 @@ def _repeated(text: str | bytes, root: yaml.Node | None) -> Problem | None:
     600-deep anchor named 1,000 times took 8.6 s and 1.9 GB (F5). Counted over the node tree's
     distinct nodes, so the count costs what the document's own size does. An alias inside what it
     names (``&a [*a]``) counts as one value and the count goes on, so a cycle cannot switch it off
-    for the rest of the document (F1); under the bounds the build reports the cycle, as before."""
-    if root is None or (isinstance(text, (str, bytes)) and ("*" if isinstance(text, str) else b"*") not in text):
-        return None  # no alias without its `*`
+    for the rest of the document (F1); under the bounds the build reports the cycle, as before.
+    A list written out 900 levels deep costs the same positions without any alias: 200 KB took
+    5.3 s and 793 MB to report one problem (thirty-second review, F1), hence LEVELS.
+    `text` is unused (kept for callers and tests that pass the document with its tree)."""
+    if root is None:
+        return None
     # per node, its expansion: (values, characters, levels below it summed over its values)
     sized: dict[int, tuple[int, int, int]] = {}
     uses: dict[int, int] = {}  # how many places name a node: its anchor's own, then each alias
@@ -309,17 +318,21 @@ def _repeated(text: str | bytes, root: yaml.Node | None) -> Problem | None:
     for i, (bound, what) in enumerate(((ALIAS_VALUES, "values"), (ALIAS_CHARACTERS, "characters of text"),
                                        (ALIAS_LEVELS, "levels of nesting (a value counts each level it sits under)"))):
         if added[i] > bound:
-            break
-    else:
-        return None
-    weigh = (lambda n: sized[id(n)][i] * uses[id(n)]) if i < 2 else (
-        lambda n: (sized[id(n)][2] + sized[id(n)][0]) * uses[id(n)])
-    worst = max((n for k, n in started.items() if uses.get(k, 0) > 1), key=weigh)
-    mark = worst.start_mark
-    return Problem(mark.line + 1, mark.column + 1,
-                   f"YAML: aliases repeat {added[i]:,} {what} (at most {bound:,}): what this anchor names "
-                   f"({sized[id(worst)][i]:,} {what.split(' (')[0]}) is named again by {uses[id(worst)] - 1} aliases, "
-                   "and nested aliases multiply (\"billion laughs\"); write the values out or nest fewer aliases")
+            weigh = (lambda n: sized[id(n)][i] * uses[id(n)]) if i < 2 else (
+                lambda n: (sized[id(n)][2] + sized[id(n)][0]) * uses[id(n)])
+            worst = max((n for k, n in started.items() if uses.get(k, 0) > 1), key=weigh)
+            return Problem(worst.start_mark.line + 1, worst.start_mark.column + 1,
+                           f"YAML: aliases repeat {added[i]:,} {what} (at most {bound:,}): what this anchor names "
+                           f"({sized[id(worst)][i]:,} {what.split(' (')[0]}) is named again by "
+                           f"{uses[id(worst)] - 1} aliases, and nested aliases multiply (\"billion laughs\"); "
+                           "write the values out or nest fewer aliases")
+    if levels > LEVELS:  # written out deep, aliases or not (thirty-second review, F1)
+        top = max(_children(root), key=lambda n: sized[id(n)][2] + sized[id(n)][0])
+        return Problem(top.start_mark.line + 1, top.start_mark.column + 1,
+                       f"YAML: nested too deeply: values sit {levels:,} levels deep in all (at most {LEVELS:,}; "
+                       "each value counts the levels it sits under, as its position does); this value holds "
+                       f"{sized[id(top)][2] + sized[id(top)][0]:,} of them")
+    return None
 
 
 def _children(node: yaml.Node) -> list[yaml.Node]:
@@ -351,13 +364,23 @@ def _reader_position(text: str | bytes, error: yaml.reader.ReaderError) -> tuple
     return line, col
 
 
+_INT_TAG = "tag:yaml.org,2002:int"
+BASE_60_CHARS = 64  # YAML 1.1's 1:30-style integers: PyYAML builds them in time quadratic in their length
+
+
+def _long_base_60(tag: str, value: str) -> bool:
+    """A YAML 1.1 sexagesimal integer (``190:20:30``) longer than BASE_60_CHARS: refused unbuilt,
+    since PyYAML multiplies a growing int once per group (1 MB: 97 s; thirty-second review, F2)."""
+    return tag == _INT_TAG and len(value) > BASE_60_CHARS and ":" in value
+
+
 class _Unusual(Exception):
     """The document holds something `_Builder` reports as a problem or reads specially."""
 
 
 def _scalar_value(loader: Any, tag: str, value: str) -> Any:
     """A plain scalar's value as `_plain` builds it; _Unusual where `_Builder` would not."""
-    if tag not in _PLAIN_TAGS:
+    if tag not in _PLAIN_TAGS or _long_base_60(tag, value):
         raise _Unusual
     try:
         built = loader.yaml_constructors[tag](loader, yaml.ScalarNode(tag, value))
@@ -526,10 +549,14 @@ def schema_problems(
     list_known: bool = False,
 ) -> list[Problem]:
     """Every schema error as a Problem at the offending value (or key, for unknown keys); a message
-    longer than MESSAGE_CHARS keeps its start and end (jsonschema quotes the whole value)."""
-    out = []
+    longer than MESSAGE_CHARS keeps its start and end (jsonschema quotes the whole value). Past
+    MAX_PROBLEMS, the first found are listed and a last problem says there are more."""
+    out: list[Problem] = []
     texts = getattr(marks, "texts", {})
-    for err in sorted(validator.iter_errors(doc), key=lambda e: list(map(str, e.absolute_path))):
+    errors = list(itertools.islice(validator.iter_errors(doc), MAX_PROBLEMS + 1))
+    for err in sorted(errors, key=lambda e: list(map(str, e.absolute_path))):
+        if len(out) > MAX_PROBLEMS:
+            break
         path = tuple(err.absolute_path)
         where = ".".join(map(str, path)) or "top level"
         said = explain(err, path, where) if explain else None  # a caller's own wording comes first
@@ -546,14 +573,21 @@ def schema_problems(
         if err.validator == "additionalProperties":
             known = err.schema.get("properties", {})
             hint = f" (known: {', '.join(known)})" if list_known else ""
-            for k in [k for k in (err.instance or {}) if k not in known]:
+            for k in itertools.islice((k for k in (err.instance or {}) if k not in known), MAX_PROBLEMS + 1):
                 out.append(Problem(*mark(marks, (*path, k), key_of=True), f"unknown key {k!r} in {where}{hint}"))
             continue
         out.append(Problem(*mark(marks, path), f"{where}: {err.message}"))
-    return [replace(p, message=_clipped(p.message)) if len(p.message) > MESSAGE_CHARS else p for p in out]
+    listed = [replace(p, message=_clipped(p.message)) if len(p.message) > MESSAGE_CHARS else p
+              for p in out[:MAX_PROBLEMS]]
+    if len(out) > MAX_PROBLEMS or len(errors) > MAX_PROBLEMS:
+        listed.append(replace(listed[-1], message=f"more than {MAX_PROBLEMS:,} problems: the first "
+                              f"{MAX_PROBLEMS:,} found are listed; fix them and check again"))
+    return listed
 
 
 MESSAGE_CHARS = 1_000  # a problem's message: a value 80 users name through one alias was an 803 MB message (F4)
+# problems listed per file: a 17 KB policy naming 1,000 unknown keys from 490 users was 490,001 (32nd review, F4)
+MAX_PROBLEMS = 1_000
 
 
 def _clipped(message: str) -> str:

@@ -609,7 +609,10 @@ def test_f1_an_integer_too_long_to_print_is_a_positioned_problem(tmp_path: Path,
         model.parse(text, "p.yaml")
     # the number's own problem, and (as for .nan) the schema's on the text left in its place
     assert {(p.line, p.col) for p in e.value.problems} == {_where_the_number_is(text)}, str(e.value)[:400]
-    assert "is too large a number to read (over 4300 digits)" in e.value.problems[0].message
+    said = "is too large a number to read (over 4300 digits)"
+    if case == "sexagesimal":  # refused before it is built since the thirty-second review (F2)
+        said = "is too long a base-60 number to read"
+    assert said in e.value.problems[0].message
 
 
 def test_f1_the_other_yaml_files_report_it_too() -> None:
