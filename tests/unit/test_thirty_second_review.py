@@ -62,19 +62,15 @@ import yaml
 
 from spendgate import fsutil, yamlcheck
 from spendgate.policy import model
+from tests.unit.test_thirty_first_review import load
 
 REPO = Path(__file__).resolve().parents[2]
+
 LOADERS = pytest.mark.parametrize("fast", [True, False], ids=["libyaml", "pyyaml"])
 
 
 def _load(text, fast: bool):
-    saved = yamlcheck._FAST_LOADER
-    if not fast:
-        yamlcheck._FAST_LOADER = None
-    try:
-        return yamlcheck.load_yaml_with_marks(text)
-    finally:
-        yamlcheck._FAST_LOADER = saved
+    return load(yamlcheck, text, fast)
 
 
 def _child(code: str, address_space: int = 1 << 30, cpu_seconds: int = 60) -> subprocess.CompletedProcess:
