@@ -280,10 +280,12 @@ def _repeated(text: str | bytes, root: yaml.Node | None) -> Problem | None:
     names (``&a [*a]``) counts as one value and the count goes on, so a cycle cannot switch it off
     for the rest of the document (F1); under the bounds the build reports the cycle, as before.
     A list written out 900 levels deep costs the same positions without any alias: 200 KB took
-    5.3 s and 793 MB to report one problem (thirty-second review, F1), hence LEVELS.
-    `text` is unused (kept for callers and tests that pass the document with its tree)."""
+    5.3 s and 793 MB to report one problem (thirty-second review, F1), hence LEVELS. A text
+    without a `*` holds no alias: only its written levels are summed, without the bookkeeping."""
     if root is None:
         return None
+    if ("*" if isinstance(text, str) else b"*") not in text:
+        return _too_deep(root, _written_levels)
     # per node, its expansion: (values, characters, levels below it summed over its values)
     sized: dict[int, tuple[int, int, int]] = {}
     uses: dict[int, int] = {}  # how many places name a node: its anchor's own, then each alias
@@ -326,13 +328,32 @@ def _repeated(text: str | bytes, root: yaml.Node | None) -> Problem | None:
                            f"({sized[id(worst)][i]:,} {what.split(' (')[0]}) is named again by "
                            f"{uses[id(worst)] - 1} aliases, and nested aliases multiply (\"billion laughs\"); "
                            "write the values out or nest fewer aliases")
-    if levels > LEVELS:  # written out deep, aliases or not (thirty-second review, F1)
-        top = max(_children(root), key=lambda n: sized[id(n)][2] + sized[id(n)][0])
-        return Problem(top.start_mark.line + 1, top.start_mark.column + 1,
-                       f"YAML: nested too deeply: values sit {levels:,} levels deep in all (at most {LEVELS:,}; "
-                       "each value counts the levels it sits under, as its position does); this value holds "
-                       f"{sized[id(top)][2] + sized[id(top)][0]:,} of them")
-    return None
+    return _too_deep(root, lambda n: sized[id(n)][2] + sized[id(n)][0])
+
+
+def _too_deep(root: yaml.Node, levels_of: Callable[[yaml.Node], int]) -> Problem | None:
+    """A problem when the root's values sit more than LEVELS levels deep in all (`levels_of` a
+    top-level node: the levels its values sit under, counted from the root), placed at the
+    top-level value that holds most; None otherwise."""
+    levels = {id(top): levels_of(top) for top in _children(root)}
+    if sum(levels.values()) <= LEVELS:
+        return None
+    top = max(_children(root), key=lambda n: levels[id(n)])
+    return Problem(top.start_mark.line + 1, top.start_mark.column + 1,
+                   f"YAML: nested too deeply: values sit {sum(levels.values()):,} levels deep in all (at most "
+                   f"{LEVELS:,}; each value counts the levels it sits under, as its position does); this value "
+                   f"holds {levels[id(top)]:,} of them")
+
+
+def _written_levels(top: yaml.Node) -> int:
+    """The levels a top-level node's values sit under (itself: 1), in a tree without aliases."""
+    levels, stack = 0, [(top, 1)]
+    while stack:
+        node, depth = stack.pop()
+        levels += depth
+        if not isinstance(node, yaml.ScalarNode):
+            stack.extend((kid, depth + 1) for kid in _children(node))
+    return levels
 
 
 def _children(node: yaml.Node) -> list[yaml.Node]:

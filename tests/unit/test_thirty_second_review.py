@@ -407,3 +407,19 @@ def test_f5_levels_agree_when_each_anchor_is_named_where_the_walk_meets_it_first
 def test_the_json_of_a_clean_parse_is_what_the_cache_compares() -> None:  # (a guard on this file's helper)
     doc = yamlcheck.load_yaml_with_marks("a: &x [1, 2]\nb: *x\n")[0]
     assert json.loads(json.dumps(doc)) == doc
+
+
+def test_f1_a_text_without_aliases_is_summed_as_the_full_count_sums_it(monkeypatch) -> None:
+    """A text without `*` takes the light walk (no per-node bookkeeping); it refuses and places
+    exactly as the full count does, at every bound it could be set to."""
+    rng = random.Random(3232)
+    tried = 0
+    for _ in range(200):
+        text = _random_doc(rng).replace("*", "")  # anchors left, aliases gone: `*a1` -> the scalar `a1`
+        node = yaml.compose(text, Loader=yaml.CSafeLoader)
+        for bound in (0, 5, 20):
+            monkeypatch.setattr(yamlcheck, "LEVELS", bound)  # "*": the full count (an alias may be there)
+            light, full = yamlcheck._repeated(text, node), yamlcheck._repeated("*", node)
+            assert light == full, text
+            tried += light is not None
+    assert tried > 100
