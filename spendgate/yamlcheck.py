@@ -162,25 +162,14 @@ class _Builder:
 
     def _make(self, node: yaml.ScalarNode) -> tuple[Any, str | None, bool]:
         """(value, the problem's text after its path or None, whether a plain scalar was typed)."""
-        tag = node.tag
-        if _long_base_60(tag, node.value):
-            return None, (f"{node.value[:24]}... is too long a base-60 number to read (1:30-style numbers "
-                          f"up to {BASE_60_CHARS} characters; quote it if it is text)"), False
-        try:
-            # the scalar constructors return values outright: called directly, they skip the
-            # per-node memo and recursion guard (~40% of a 10,000-user policy's build, issue 18)
-            plain = self.loader.yaml_constructors.get(tag) if tag in _PLAIN_TAGS else None
-            value = plain(self.loader, node) if plain else self.loader.construct_object(node, deep=True)
-        except Exception as e:  # impossible dates, bad !!tags, ...: a positioned problem
-            why = getattr(e, "problem", None) or str(e) or type(e).__name__
-            return None, f"cannot read {node.value!r}: {why}", False
-        if isinstance(value, float) and not math.isfinite(value):  # .nan breaks every comparison; .inf is no limit
-            return None, f"{node.value} is not a finite number (leave a limit out for none)", False
-        if type(value) is int and _unprintable(value):  # 0xfff... past str()'s limit: every repr would raise
-            return None, (f"{node.value[:24]}... is too large a number to read "
-                          f"(over {sys.get_int_max_str_digits()} digits)"), False
-        typed = not node.style and not isinstance(value, str)  # plain: None, or "" (libyaml)
-        return (value.isoformat() if isinstance(value, (date, datetime)) else value), None, typed
+        if node.tag in _PLAIN_TAGS:
+            value, problem, text = _construct(self.loader, node.tag, node.value)
+            return value, problem, problem is None and not node.style and not text  # plain: None, or "" (libyaml)
+        try:  # named tags (!!binary, !!set, ...): construct_object, which memoizes per node
+            value = self.loader.construct_object(node, deep=True)
+        except Exception as e:  # bad !!tags, ...: a positioned problem
+            return None, _cannot_read(node.value, e), False
+        return value, None, not node.style and not isinstance(value, str)
 
     def build(self, node: yaml.Node, path: tuple = ()) -> Any:
         self.marks[path] = self._pos(node)
@@ -335,14 +324,14 @@ def _too_deep(root: yaml.Node, levels_of: Callable[[yaml.Node], int]) -> Problem
     """A problem when the root's values sit more than LEVELS levels deep in all (`levels_of` a
     top-level node: the levels its values sit under, counted from the root), placed at the
     top-level value that holds most; None otherwise."""
-    levels = {id(top): levels_of(top) for top in _children(root)}
-    if sum(levels.values()) <= LEVELS:
+    tops = [(levels_of(top), top) for top in _children(root)]
+    total = sum(levels for levels, _ in tops)
+    if total <= LEVELS:
         return None
-    top = max(_children(root), key=lambda n: levels[id(n)])
+    most, top = max(tops, key=lambda pair: pair[0])
     return Problem(top.start_mark.line + 1, top.start_mark.column + 1,
-                   f"YAML: nested too deeply: values sit {sum(levels.values()):,} levels deep in all (at most "
-                   f"{LEVELS:,}; each value counts the levels it sits under, as its position does); this value "
-                   f"holds {levels[id(top)]:,} of them")
+                   f"YAML: nested too deeply: values sit {total:,} levels deep in all (at most {LEVELS:,}; each "
+                   f"value counts the levels it sits under, as its position does); this value holds {most:,} of them")
 
 
 def _written_levels(top: yaml.Node) -> int:
@@ -401,15 +390,39 @@ class _Unusual(Exception):
 
 def _scalar_value(loader: Any, tag: str, value: str) -> Any:
     """A plain scalar's value as `_plain` builds it; _Unusual where `_Builder` would not."""
-    if tag not in _PLAIN_TAGS or _long_base_60(tag, value):
+    if tag not in _PLAIN_TAGS:
         raise _Unusual
+    built, problem, _text = _construct(loader, tag, value)
+    if problem is not None:
+        raise _Unusual
+    return built
+
+
+def _construct(loader: Any, tag: str, value: str) -> tuple[Any, str | None, bool]:
+    """A plain scalar (a tag in _PLAIN_TAGS) as every reader builds it: (value, the problem's text
+    after its path or None, whether YAML built text). The one place a scalar is judged: impossible
+    dates, .nan / .inf, ints past str()'s limit, long base-60 ints (refused unbuilt). The scalar
+    constructors return values outright: called directly, they skip construct_object's per-node
+    memo and recursion guard (~40% of a 10,000-user policy's build, issue 18)."""
+    if _long_base_60(tag, value):
+        return None, (f"{value[:24]}... is too long a base-60 number to read (1:30-style numbers "
+                      f"up to {BASE_60_CHARS} characters; quote it if it is text)"), False
     try:
         built = loader.yaml_constructors[tag](loader, yaml.ScalarNode(tag, value))
-    except Exception:
-        raise _Unusual from None
-    if (isinstance(built, float) and not math.isfinite(built)) or (type(built) is int and _unprintable(built)):
-        raise _Unusual
-    return built.isoformat() if isinstance(built, (date, datetime)) else built
+    except Exception as e:  # impossible dates, ...: a positioned problem
+        return None, _cannot_read(value, e), False
+    if isinstance(built, float) and not math.isfinite(built):  # .nan breaks every comparison; .inf is no limit
+        return None, f"{value} is not a finite number (leave a limit out for none)", False
+    if type(built) is int and _unprintable(built):  # 0xfff... past str()'s limit: every repr would raise
+        return None, f"{value[:24]}... is too large a number to read (over {sys.get_int_max_str_digits()} digits)", False
+    if isinstance(built, (date, datetime)):
+        return built.isoformat(), None, False
+    return built, None, isinstance(built, str)
+
+
+def _cannot_read(value: str, e: Exception) -> str:
+    why = getattr(e, "problem", None) or str(e) or type(e).__name__
+    return f"cannot read {value!r}: {why}"
 
 
 def _unprintable(value: int) -> bool:
