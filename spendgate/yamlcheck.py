@@ -114,6 +114,8 @@ for _name in ("__contains__", "__getitem__", "get", "__iter__", "__len__", "__eq
 
 
 _STR_TAG = "tag:yaml.org,2002:str"
+_Built = tuple[Any, str | None, bool]  # a scalar's value, the problem's text or None, whether YAML built text
+_Memo = dict[tuple[str, str], _Built]  # (tag, source text) -> what _construct made of it, for one load
 _PLAIN_TAGS = frozenset(f"tag:yaml.org,2002:{t}" for t in ("int", "float", "bool", "null", "timestamp"))
 _TYPE_NAMES = {bool: "a boolean", int: "a number", float: "a number", type(None): "null"}
 
@@ -130,11 +132,12 @@ class _Builder:
     exception.
     """
 
-    def __init__(self, loader: yaml.SafeLoader) -> None:
+    def __init__(self, loader: yaml.SafeLoader, memo: _Memo) -> None:
         self.loader = loader
+        self.memo = memo
         self.marks = Marks()
         self.problems: list[Problem] = []
-        self._made: dict[int, tuple[Any, str | None, bool]] = {}  # id(node) -> what _make made of it
+        self._made: dict[int, _Built] = {}  # id(node) -> what _make made of it
 
     def _pos(self, node: yaml.Node) -> tuple[int, int]:
         return node.start_mark.line + 1, node.start_mark.column + 1
@@ -160,10 +163,10 @@ class _Builder:
             self.marks.texts[path] = node.value
         return value
 
-    def _make(self, node: yaml.ScalarNode) -> tuple[Any, str | None, bool]:
+    def _make(self, node: yaml.ScalarNode) -> _Built:
         """(value, the problem's text after its path or None, whether a plain scalar was typed)."""
         if node.tag in _PLAIN_TAGS:
-            value, problem, text = _construct(self.loader, node.tag, node.value)
+            value, problem, text = _construct(self.loader, node.tag, node.value, self.memo)
             return value, problem, problem is None and not node.style and not text  # plain: None, or "" (libyaml)
         try:  # named tags (!!binary, !!set, ...): construct_object, which memoizes per node
             value = self.loader.construct_object(node, deep=True)
@@ -195,17 +198,19 @@ _FAST_LOADER = getattr(yaml, "CSafeLoader", None)
 
 def load_yaml_with_marks(text: str) -> tuple[Any, Marks, list[Problem]]:
     """Parse one YAML document; syntax and value errors come back as positioned problems."""
+    memo: _Memo = {}  # each scalar built once per load, whichever readers meet it (thirty-second review, F3)
     if _FAST_LOADER is not None:
         try:  # a plain document straight from libyaml's events; positions composed if a check asks
-            return _from_events(text), LazyMarks(lambda: _composed(text, counted=True)[1]), []
+            return _from_events(text, memo), LazyMarks(lambda: _composed(text, {}, counted=True)[1]), []
         except Exception:  # _Unusual, a syntax error, anything: composed and read as before
             pass
-    return _composed(text)
+    return _composed(text, memo)
 
 
-def _composed(text: str, counted: bool = False) -> tuple[Any, Marks, list[Problem]]:
+def _composed(text: str, memo: _Memo, counted: bool = False) -> tuple[Any, Marks, list[Problem]]:
     """`load_yaml_with_marks` through a composed node tree: libyaml's, else PyYAML's own.
-    `counted`: the text is known to hold no alias (read from its events), so `_repeated` is skipped."""
+    `counted`: the text is known to hold no alias (read from its events), so `_repeated` is skipped.
+    A later positions build (LazyMarks) gets a memo of its own, so no built value outlives the load."""
     if _FAST_LOADER is not None:
         fast = None
         try:
@@ -219,11 +224,11 @@ def _composed(text: str, counted: bool = False) -> tuple[Any, Marks, list[Proble
                 return None, Marks(), [repeated]
             if node is not None:
                 try:
-                    doc = _plain(fast, node)
+                    doc = _plain(fast, node, memo)
                 except (_Unusual, RecursionError):  # a problem to place, or a tag only construct_object reads
-                    return _built(fast, node)
-                return doc, LazyMarks(lambda: _built(fast, node)[1]), []
-            return _built(fast, node)
+                    return _built(fast, node, memo)
+                return doc, LazyMarks(lambda: _built(fast, node, {})[1]), []
+            return _built(fast, node, memo)
     try:  # the characters are checked here, when the loader is made (a NUL, ESC, DEL; UTF-16 read as UTF-8)
         loader = yaml.SafeLoader(text)
     except yaml.reader.ReaderError as e:
@@ -244,7 +249,7 @@ def _composed(text: str, counted: bool = False) -> tuple[Any, Marks, list[Proble
         loader.dispose()
     if not counted and (repeated := _repeated(text, node)) is not None:
         return None, Marks(), [repeated]
-    return _built(loader, node)
+    return _built(loader, node, memo)
 
 
 ALIAS_VALUES = 1_000_000  # values aliases may add to a document by repeating what their anchors name
@@ -388,22 +393,33 @@ class _Unusual(Exception):
     """The document holds something `_Builder` reports as a problem or reads specially."""
 
 
-def _scalar_value(loader: Any, tag: str, value: str) -> Any:
+def _scalar_value(loader: Any, tag: str, value: str, memo: _Memo) -> Any:
     """A plain scalar's value as `_plain` builds it; _Unusual where `_Builder` would not."""
     if tag not in _PLAIN_TAGS:
         raise _Unusual
-    built, problem, _text = _construct(loader, tag, value)
+    built, problem, _text = _construct(loader, tag, value, memo)
     if problem is not None:
         raise _Unusual
     return built
 
 
-def _construct(loader: Any, tag: str, value: str) -> tuple[Any, str | None, bool]:
+def _construct(loader: Any, tag: str, value: str, memo: _Memo) -> _Built:
     """A plain scalar (a tag in _PLAIN_TAGS) as every reader builds it: (value, the problem's text
-    after its path or None, whether YAML built text). The one place a scalar is judged: impossible
-    dates, .nan / .inf, ints past str()'s limit, long base-60 ints (refused unbuilt). The scalar
-    constructors return values outright: called directly, they skip construct_object's per-node
-    memo and recursion guard (~40% of a 10,000-user policy's build, issue 18)."""
+    after its path or None, whether YAML built text), looked up in this load's `memo` first, so
+    a scalar the events could not read is not built again by `_plain` and `_Builder`, nor once per
+    alias or repeat (thirty-second review, F3). The values are immutable (int, float, bool, None,
+    text), so sharing them is safe."""
+    key = (tag, value)
+    if (made := memo.get(key)) is None:
+        made = memo[key] = _judged(loader, tag, value)
+    return made
+
+
+def _judged(loader: Any, tag: str, value: str) -> _Built:
+    """`_construct` unmemoized: the one place a scalar is judged: impossible dates, .nan / .inf,
+    ints past str()'s limit, long base-60 ints (refused unbuilt). The scalar constructors return
+    values outright: called directly, they skip construct_object's per-node memo and recursion
+    guard (~40% of a 10,000-user policy's build, issue 18)."""
     if _long_base_60(tag, value):
         return None, (f"{value[:24]}... is too long a base-60 number to read (1:30-style numbers "
                       f"up to {BASE_60_CHARS} characters; quote it if it is text)"), False
@@ -443,7 +459,7 @@ _NO_KEY = object()  # a mapping waiting for its next key
 _EVENTS_DEPTH = 64
 
 
-def _from_events(text: str) -> Any:
+def _from_events(text: str, memo: _Memo) -> Any:
     """What `_plain` builds, read from libyaml's event stream without composing nodes: a
     10,000-user policy's parse ~2.5x faster (0.39 -> 0.15 s on the 2-core machine, issue 18).
     Only for one document of mappings, sequences and untagged scalars without anchors or aliases;
@@ -469,7 +485,7 @@ def _from_events(text: str) -> Any:
                     key = event.value
                     continue
                 tag = resolve(yaml.ScalarNode, event.value, event.implicit)
-                value = event.value if tag == _STR_TAG else _scalar_value(loader, tag, event.value)
+                value = event.value if tag == _STR_TAG else _scalar_value(loader, tag, event.value, memo)
             elif kind is yaml.MappingStartEvent or kind is yaml.SequenceStartEvent:
                 if (event.anchor is not None or event.tag is not None or (key is _NO_KEY and type(into) is dict)
                         or len(stack) >= _EVENTS_DEPTH):
@@ -496,14 +512,12 @@ def _from_events(text: str) -> Any:
         loader.dispose()
 
 
-def _plain(loader: Any, root: yaml.Node) -> Any:
+def _plain(loader: Any, root: yaml.Node, memo: _Memo) -> Any:
     """What `_Builder(loader).build(root)` returns, without recording a position: ~3x faster on a
     10,000-user policy (issue 18). Raises _Unusual wherever that build would add a problem (a
     duplicate or non-name key, a value YAML cannot construct, .nan / .inf) or leave plain
     scalars and the named tags below (`!!binary`, `!!set`, ...), so those still get the
     positioned build and report exactly as before."""
-
-    made: dict[int, Any] = {}  # id(node) -> its value: built once however many aliases name it (F2)
 
     def build(node: yaml.Node) -> Any:
         if isinstance(node, yaml.MappingNode):
@@ -517,17 +531,15 @@ def _plain(loader: Any, root: yaml.Node) -> Any:
             return [build(v) for v in node.value]
         if node.tag == _STR_TAG:
             return node.value
-        if (key := id(node)) not in made:
-            made[key] = _scalar_value(loader, node.tag, node.value)
-        return made[key]
+        return _scalar_value(loader, node.tag, node.value, memo)  # once per value, however many aliases (F2, F3)
 
     return build(root)
 
 
-def _built(loader: Any, node: yaml.Node | None) -> tuple[Any, Marks, list[Problem]]:
+def _built(loader: Any, node: yaml.Node | None, memo: _Memo) -> tuple[Any, Marks, list[Problem]]:
     if node is None:
         return {}, Marks({(): (1, 1)}), []
-    b = _Builder(loader)
+    b = _Builder(loader, memo)
     try:
         doc = b.build(node)
     except RecursionError:  # before: escaped as an exception (a reload unrecorded; a start's configure)

@@ -15,7 +15,7 @@ Findings (figures from the 2-core review machine; each open finding's test is xf
      2.4 s, 300 KB 9.1 s, a 1 MB policy 97 s to load and 124 s for `model.parse`; it is then
      refused anyway as "too large a number to read". Plain, so it goes through `_from_events`
      too; `!!int 1:59:...` is the same.
-  F3 (Low) the per-node memo of 4ed7937 is per function: a scalar `_from_events` cannot read is
+  F3 (Low; fixed in a later commit: one memo per load, keyed by tag and text) the per-node memo of 4ed7937 is per function: a scalar `_from_events` cannot read is
      constructed again by `_plain` and a third time by `_Builder._make` (3 constructions of one
      node per load: F2's cost x3; the memo's docstrings say "built once"). Info: in any document
      with an anchor, the scalars before it are read from the events and then again.
@@ -337,8 +337,6 @@ class _IntCalls:
             monkeypatch.setattr(loader, "yaml_constructors", table)
 
 
-@pytest.mark.xfail(strict=True, reason="F3: _from_events, _plain and _Builder each construct the same "
-                   "unreadable scalar (3 constructions: F2's cost x3)")
 def test_f3_an_unreadable_scalar_is_constructed_once_per_load(monkeypatch) -> None:
     calls = _IntCalls(monkeypatch)  # (a long 1:59:... is refused unbuilt since F2: a hex int past str()'s limit)
     text = "a: 0x" + "f" * 20_000 + "\nb: 5\n"
@@ -350,8 +348,17 @@ def test_f3_an_unreadable_scalar_is_constructed_once_per_load(monkeypatch) -> No
 def test_f3_an_aliased_scalar_is_constructed_once_however_many_aliases_name_it(monkeypatch) -> None:
     calls = _IntCalls(monkeypatch)
     assert yamlcheck.load_yaml_with_marks("a: 5\nb: &x 6\nc: [*x, *x, *x]\n")[2] == []
-    # `5` twice: read from the events until the anchor, then again from the composed tree (F3, Info)
-    assert sorted(calls.values) == ["5", "5", "6"]
+    # `5` once: read from the events until the anchor, then found in the load's memo (F3, Info)
+    assert sorted(calls.values) == ["5", "6"]
+
+
+def test_f3_a_repeated_value_is_constructed_once_and_each_place_still_gets_its_problem(monkeypatch) -> None:
+    calls = _IntCalls(monkeypatch)
+    big = "0x" + "f" * 20_000
+    _doc, marks, problems = yamlcheck.load_yaml_with_marks(f"a: {big}\nb: [1, {big}]\nc: {big}\n")
+    assert calls.values.count(big) == 1
+    assert [(p.line, p.col) for p in problems] == [(1, 4), (2, 8), (3, 4)]
+    assert all("too large a number" in p.message for p in problems)
 
 
 # --- F4 (Medium): problems bounded only by the value bound -------------------------------------------

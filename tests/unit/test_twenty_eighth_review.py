@@ -105,7 +105,7 @@ def _read(mod: Any, text: Any) -> Any:
 def _events_or_step_aside(text: Any) -> bool:
     """_from_events raises, or returns exactly what _plain builds over libyaml's composed node."""
     try:
-        got = yamlcheck._from_events(text)
+        got = yamlcheck._from_events(text, {})
     except Exception:  # noqa: BLE001
         return True
     loader = yamlcheck._FAST_LOADER(text)
@@ -113,7 +113,7 @@ def _events_or_step_aside(text: Any) -> bool:
         node = loader.get_single_node()
     finally:
         loader.dispose()
-    return _canon(got) == _canon(yamlcheck._plain(loader, node))
+    return _canon(got) == _canon(yamlcheck._plain(loader, node, {}))
 
 
 # --- HELD: yamlcheck's event read ------------------------------------------------------------------

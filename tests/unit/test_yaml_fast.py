@@ -110,10 +110,10 @@ def test_the_event_read_is_the_composed_read_or_steps_aside(text: str) -> None:
     """Straight from libyaml's events, a document reads as the composed build reads it; where it
     cannot (a tag, an anchor, an error) it raises and the composed read runs."""
     try:
-        doc = yamlcheck._from_events(text)
+        doc = yamlcheck._from_events(text, {})
     except Exception:
         return
-    assert (doc, []) == (yamlcheck._composed(text)[0], yamlcheck._composed(text)[2])
+    assert (doc, []) == (yamlcheck._composed(text, {})[0], yamlcheck._composed(text, {})[2])
 
 
 @pytest.mark.parametrize("text", [f.read_text() for f in FILES] + [
@@ -122,7 +122,7 @@ def test_the_event_read_is_the_composed_read_or_steps_aside(text: str) -> None:
     "a: [1, [2, [3, {b: [4]}]]]\n", "top scalar\n", "- 1\n- x\n"])
 def test_plain_documents_take_the_event_read(text: str) -> None:
     """The files we ship and a many-users policy are read from events (the start-up path)."""
-    assert yamlcheck._from_events(text) == yamlcheck._composed(text)[0]
+    assert yamlcheck._from_events(text, {}) == yamlcheck._composed(text, {})[0]
 
 
 @pytest.mark.parametrize("text", ["a: &x 1\nb: *x\n", "a: !!str 1\n", "a: 1\n---\nb: 2\n", "a: 1\na: 2\n",
@@ -130,5 +130,5 @@ def test_plain_documents_take_the_event_read(text: str) -> None:
                                   "&r {a: *r}\n", "[" * 65 + "]" * 65 + "\n", "[" * 5000 + "]" * 5000 + "\n"])
 def test_documents_the_event_read_leaves_to_the_composed_one(text: str) -> None:
     with pytest.raises(Exception):
-        yamlcheck._from_events(text)
-    assert yamlcheck.load_yaml_with_marks(text)[::2] == yamlcheck._composed(text)[::2]
+        yamlcheck._from_events(text, {})
+    assert yamlcheck.load_yaml_with_marks(text)[::2] == yamlcheck._composed(text, {})[::2]
