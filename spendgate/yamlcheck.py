@@ -512,28 +512,26 @@ def _from_events(text: str, memo: _Memo) -> Any:
         loader.dispose()
 
 
-def _plain(loader: Any, root: yaml.Node, memo: _Memo) -> Any:
-    """What `_Builder(loader).build(root)` returns, without recording a position: ~3x faster on a
+def _plain(loader: Any, node: yaml.Node, memo: _Memo) -> Any:
+    """What `_Builder(loader).build(node)` returns, without recording a position: ~3x faster on a
     10,000-user policy (issue 18). Raises _Unusual wherever that build would add a problem (a
     duplicate or non-name key, a value YAML cannot construct, .nan / .inf) or leave plain
     scalars and the named tags below (`!!binary`, `!!set`, ...), so those still get the
-    positioned build and report exactly as before."""
-
-    def build(node: yaml.Node) -> Any:
-        if isinstance(node, yaml.MappingNode):
-            out: dict[Any, Any] = {}
-            for knode, vnode in node.value:
-                if not isinstance(knode, yaml.ScalarNode) or knode.value in out:
-                    raise _Unusual
-                out[knode.value] = build(vnode)
-            return out
-        if isinstance(node, yaml.SequenceNode):
-            return [build(v) for v in node.value]
-        if node.tag == _STR_TAG:
-            return node.value
-        return _scalar_value(loader, node.tag, node.value, memo)  # once per value, however many aliases (F2, F3)
-
-    return build(root)
+    positioned build and report exactly as before. A module-level recursion, not a nested
+    closure: a closure naming itself is a reference cycle that kept the load's memo alive until
+    the cyclic GC ran (thirty-third review, F1)."""
+    if isinstance(node, yaml.MappingNode):
+        out: dict[Any, Any] = {}
+        for knode, vnode in node.value:
+            if not isinstance(knode, yaml.ScalarNode) or knode.value in out:
+                raise _Unusual
+            out[knode.value] = _plain(loader, vnode, memo)
+        return out
+    if isinstance(node, yaml.SequenceNode):
+        return [_plain(loader, v, memo) for v in node.value]
+    if node.tag == _STR_TAG:
+        return node.value
+    return _scalar_value(loader, node.tag, node.value, memo)  # once per value, however many aliases (F2, F3)
 
 
 def _built(loader: Any, node: yaml.Node | None, memo: _Memo) -> tuple[Any, Marks, list[Problem]]:

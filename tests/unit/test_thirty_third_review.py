@@ -2,7 +2,7 @@
 by `_from_events`, `_plain` and `_Builder`; LazyMarks builds get a memo of their own).
 
 Findings (figures from the 2-core review machine with a CI run beside it; open finding: xfail strict):
-  F1 (Low) the memo outlives a composed load. `_plain`'s nested `build` names itself, so
+  F1 (Low; fixed in the next commit: `_plain` is a module-level recursion) the memo outlives a composed load. `_plain`'s nested `build` names itself, so
      function -> closure cell -> function is a reference cycle, and the memo is one of its cells:
      it is freed only when the cyclic GC collects the cycle's generation, not when the load
      returns. The cycle survives the load's own allocations into the oldest generation: in a demo
@@ -97,9 +97,6 @@ def _loaded_then_memos(text: str) -> tuple[Any, list[dict]]:
 
 # --- F1 (Low): the memo outlives a composed load --------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="F1: _plain's self-referencing `build` closure is a reference cycle "
-                   "holding the load's memo until the cyclic GC runs (300,000 distinct ints + an anchor: "
-                   "173.7 MB allocated after the load vs 133.3 MB before ca21b20)")
 def test_f1_no_memo_outlives_a_composed_load() -> None:
     text = "a: [5, 6, 2026-01-01]\nb: &x 7\nc: *x\n"  # an anchor: the composed read, through _plain
     (doc, marks, problems), memos = _loaded_then_memos(text)
