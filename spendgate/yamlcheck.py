@@ -137,7 +137,6 @@ class _Builder:
         self.memo = memo
         self.marks = Marks()
         self.problems: list[Problem] = []
-        self._made: dict[int, _Built] = {}  # id(node) -> what _make made of it
 
     def _pos(self, node: yaml.Node) -> tuple[int, int]:
         return node.start_mark.line + 1, node.start_mark.column + 1
@@ -151,10 +150,7 @@ class _Builder:
     def _scalar(self, node: yaml.ScalarNode, path: tuple) -> Any:
         if node.tag == _STR_TAG:  # what construct_yaml_str returns, without construct_object's bookkeeping
             return node.value
-        made = self._made.get(id(node))
-        if made is None:  # once per node, however many aliases name it (thirty-first review, F2)
-            made = self._made[id(node)] = self._make(node)
-        value, problem, typed = made
+        value, problem, typed = self._make(node)
         if problem is not None:
             where = ".".join(map(str, path)) or "top level"
             self.problems.append(Problem(*self._pos(node), f"{where}: {problem}"))
@@ -164,7 +160,10 @@ class _Builder:
         return value
 
     def _make(self, node: yaml.ScalarNode) -> _Built:
-        """(value, the problem's text after its path or None, whether a plain scalar was typed)."""
+        """(value, the problem's text after its path or None, whether a plain scalar was typed).
+        Built once however many aliases name the node (thirty-first review, F2): plain tags through
+        the load's memo, named tags through construct_object's own per-node memo (a tag it refuses
+        raises again per alias, a cost the alias bounds already cap by characters)."""
         if node.tag in _PLAIN_TAGS:
             value, problem, text = _construct(self.loader, node.tag, node.value, self.memo)
             return value, problem, problem is None and not node.style and not text  # plain: None, or "" (libyaml)
@@ -438,7 +437,7 @@ def _judged(loader: Any, tag: str, value: str) -> _Built:
 
 def _cannot_read(value: str, e: Exception) -> str:
     why = getattr(e, "problem", None) or str(e) or type(e).__name__
-    return f"cannot read {value!r}: {why}"
+    return _clipped(f"cannot read {value!r}: {why}")  # a 900 KB value is not quoted whole, once per alias
 
 
 def _unprintable(value: int) -> bool:
@@ -621,8 +620,7 @@ def schema_problems(
                 out.append(Problem(*mark(marks, (*path, k), key_of=True), f"unknown key {k!r} in {where}{hint}"))
             continue
         out.append(Problem(*mark(marks, path), f"{where}: {err.message}"))
-    listed = [replace(p, message=_clipped(p.message)) if len(p.message) > MESSAGE_CHARS else p
-              for p in out[:MAX_PROBLEMS]]
+    listed = [replace(p, message=_clipped(p.message)) for p in out[:MAX_PROBLEMS]]
     if len(out) > MAX_PROBLEMS or len(errors) > MAX_PROBLEMS:
         listed.append(replace(listed[-1], message=f"more than {MAX_PROBLEMS:,} problems: the first "
                               f"{MAX_PROBLEMS:,} found are listed; fix them and check again"))
@@ -635,7 +633,10 @@ MAX_PROBLEMS = 1_000
 
 
 def _clipped(message: str) -> str:
-    """The first and last MESSAGE_CHARS // 2 characters of `message`: jsonschema's own messages
-    put what is wrong at the end ("[...] is not of type 'object'"), a value at the start."""
+    """`message`, or past MESSAGE_CHARS its first and last MESSAGE_CHARS // 2 characters:
+    jsonschema's own messages put what is wrong at the end ("[...] is not of type 'object'"), a
+    value at the start; so does `_cannot_read`."""
+    if len(message) <= MESSAGE_CHARS:
+        return message
     half = MESSAGE_CHARS // 2
     return f"{message[:half]} ... ({len(message) - 2 * half:,} characters left out) ... {message[-half:]}"

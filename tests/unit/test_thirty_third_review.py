@@ -262,3 +262,16 @@ def test_the_memo_holds_only_immutable_values() -> None:
     doc = yamlcheck._from_events("a: 2026-01-01T10:00:00Z\nb: 2026-01-01T10:00:00Z\n", memo)
     assert doc["a"] == doc["b"] == "2026-01-01T10:00:00+00:00"
     assert all(type(v[0]) in (int, float, bool, type(None), str) for v in memo.values())
+
+
+# --- after the review: named tags lean on construct_object's memo; a refused value is quoted clipped ---
+
+def test_a_refused_named_tag_is_a_clipped_problem_at_every_alias() -> None:
+    value = "QUJ" * 300_001  # 900,003 characters of base64 with bad padding
+    text = f"a: &x !!binary '{value}'\nb: [{', '.join(['*x'] * 10)}]\n"
+    _doc, _marks, problems = yamlcheck.load_yaml_with_marks(text)
+    assert [(p.line, p.col) for p in problems] == [(1, 4)] + [(1, 4)] * 10  # an alias is placed at its anchor's node
+    assert {p.message.split(": ", 1)[0] for p in problems} == {"a", *(f"b.{i}" for i in range(10))}
+    for p in problems:
+        assert len(p.message) <= yamlcheck.MESSAGE_CHARS + 80 and "characters left out" in p.message
+        assert p.message.startswith(p.message.split(": ", 1)[0] + ": cannot read 'QUJQUJ")
