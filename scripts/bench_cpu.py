@@ -16,7 +16,7 @@ difference is the noise floor of the figure.
     scripts/bench --cpu --profile   # and a cProfile of spendgate's event-loop thread (top functions)
 
 Scenarios: 100 KB agent bodies at 1 and 10 in flight, a 5 MB body (added cost must not grow
-with the body) and a 2,000-event SSE stream (CPU per event).
+with the body), a 2,000-event SSE stream (CPU per event) and bulk streams of 16 KB deltas (CPU per MB).
 """
 
 from __future__ import annotations
@@ -79,6 +79,9 @@ class CpuClock:
         return ticks, "ticks"
 
 
+STREAMED = ("stream", "bulk")  # measured against the streaming floor (plain-stream), not plain
+
+
 @dataclass(frozen=True)
 class CpuPlan:
     rounds: int = 5
@@ -88,11 +91,13 @@ class CpuPlan:
     big_bytes: int = 5 * 1024 * 1024
     stream_events: int = 2000
     streams: int = 2
+    bulk_bytes: int = 16 * 1024 * 1024  # per bulk stream: 16 KB text deltas, as many as bench's bulk row
+    bulk_streams: int = 2
     only: tuple[str, ...] = ()  # scenario names to run (empty: all); scripts/bench --cpu --only c1,stream
 
 
 CPU_SMOKE = CpuPlan(rounds=1, c1_requests=20, c10_per_conn=3, big_requests=3, big_bytes=512 * 1024,
-                    stream_events=50, streams=1)  # fmt: skip
+                    stream_events=50, streams=1, bulk_bytes=512 * 1024, bulk_streams=1)  # fmt: skip
 
 
 def scenarios(bench_mod: Any, plan: CpuPlan, ctx: ssl.SSLContext) -> dict[str, Scenario]:
@@ -101,6 +106,7 @@ def scenarios(bench_mod: Any, plan: CpuPlan, ctx: ssl.SSLContext) -> dict[str, S
     req = b.http_request(b.agent_body(False))
     sessions: dict[tuple[int, bool], Any] = {}  # per proxy port: a resent conversation, new sessions
     sreq = b.http_request(b.agent_body(True, 2000), f"sse:{plan.stream_events}:0")
+    breq = b.http_request(b.agent_body(True, 2000), f"bulk:{plan.bulk_bytes}")
 
     async def c1(port: int, n: int) -> int:
         c = await b.Conn.open(port, ctx)
@@ -149,23 +155,39 @@ def scenarios(bench_mod: Any, plan: CpuPlan, ctx: ssl.SSLContext) -> dict[str, S
             c.close()
         return n * plan.stream_events
 
+    async def bulk(port: int, n: int) -> float:
+        """n bulk streams; units are MB received (the bench's bulk row, as CPU rather than MB/s)."""
+        got = [0]
+
+        def count(data: bytes, now: int) -> None:
+            got[0] += len(data)
+
+        c = await b.Conn.open(port, ctx)
+        try:
+            for _ in range(n):
+                await c.exchange(breq, count)
+        finally:
+            c.close()
+        return got[0] / 1e6
+
     return {"c1": Scenario(c1, "request", plan.c1_requests), "c10": Scenario(c10, "request", plan.c10_per_conn),
             "body_5mb": Scenario(body5m(False), "request", plan.big_requests),
             "body_5mb_fresh": Scenario(body5m(True), "request", plan.big_requests),
-            "stream": Scenario(stream, "event", plan.streams)}  # fmt: skip
+            "stream": Scenario(stream, "event", plan.streams),
+            "bulk": Scenario(bulk, "MB", plan.bulk_streams)}  # fmt: skip
 
 
 @dataclass(frozen=True)
 class Scenario:
-    runner: Any  # async (port, n) -> units of work done: n requests (c10: n per connection, 10 n in all) or n streams
-    unit: str  # what one unit is: "request" or "event"
+    runner: Any  # async (port, n) -> units of work done: requests (c10: n per connection, 10 n in all), events or MB
+    unit: str  # what one unit is: "request", "event" or "MB"
     count: int  # n per proxy and round, run in up to CHUNKS turns
 
 
 def takes_part(scenario: str, name: str, names: Any) -> bool:
     """Whether proxy `name` is measured in `scenario`: the stream against the streaming floor
     (plain-stream, as plain buffers SSE) and only for it and spendgate; the rest without plain-stream."""
-    if scenario == "stream":
+    if scenario in STREAMED:
         return name not in ("control", "dispatch") and (name != "plain" or "plain-stream" not in names)
     return name != "plain-stream"
 
@@ -222,7 +244,7 @@ def run_cpu(bench_mod: Any, plan: CpuPlan, ctx: ssl.SSLContext, proxies: dict[st
     out: dict[str, Any] = {"plan": plan.__dict__, "clk_tck": CLK_TCK, "counters": counters}
     for s, per in samples.items():
         med = {n: round(statistics.median(v), 2) for n, v in per.items() if v}
-        floor = "plain-stream" if s == "stream" and "plain-stream" in med else "plain"
+        floor = "plain-stream" if s in STREAMED and "plain-stream" in med else "plain"
         fig: dict[str, Any] = {"unit": scen[s].unit, "us": med,
                                "rounds": {n: [round(x, 1) for x in v] for n, v in per.items() if v}}
         if floor in med and "spendgate" in med:
@@ -230,11 +252,11 @@ def run_cpu(bench_mod: Any, plan: CpuPlan, ctx: ssl.SSLContext, proxies: dict[st
             fig["paired_us"] = paired(per["spendgate"], per[floor])
             fig["ratio"] = round(med["spendgate"] / med[floor], 3) if med[floor] else float("nan")
             fig["added_share"] = round(fig["added_us"] / med[floor], 3) if med[floor] else float("nan")
-        if "dispatch" in med and "spendgate" in med and s != "stream":  # spendgate's own hooks, like for like
+        if "dispatch" in med and "spendgate" in med and s not in STREAMED:  # spendgate's own hooks, like for like
             fig["like_added_us"] = round(med["spendgate"] - med["dispatch"], 2)
         if floor in med and "before" in med:
             fig["before_added_us"] = round(med["before"] - med[floor], 2)
-        if "control" in med and "plain" in med and s != "stream":
+        if "control" in med and "plain" in med and s not in STREAMED:
             fig["control_added_us"] = round(med["control"] - med["plain"], 2)
             fig["control_paired_us"] = paired(per["control"], per["plain"])
             fig["control_ratio"] = round(med["control"] / med["plain"], 3) if med["plain"] else float("nan")
@@ -269,13 +291,14 @@ def print_cpu(cpu: dict[str, Any], console: Any) -> None:
         t.add_column(col, justify="left" if col == "scenario" else "right")
     labels = {"c1": "100 KB, 1 in flight (µs/req)", "c10": "100 KB, 10 in flight (µs/req)",
               "body_5mb": "5 MB body, next turn (µs/req)", "body_5mb_fresh": "5 MB body, new session (µs/req)",
-              "stream": "SSE stream (µs/event; floor: plain-stream)"}  # fmt: skip
+              "stream": "SSE stream (µs/event; floor: plain-stream)",
+              "bulk": "bulk stream, 16 KB deltas (µs/MB; floor: plain-stream)"}  # fmt: skip
     for s, label in labels.items():
         f = cpu.get(s)
         if not f:
             continue
         us = f["us"]
-        plain = us.get("plain-stream") if s == "stream" else us.get("plain")
+        plain = us.get("plain-stream") if s in STREAMED else us.get("plain")
         cells = [label, f"{plain}", f"{us.get('control', '-')}", f"{us.get('spendgate')}", f"{f.get('added_us')}",
                  f"{f.get('added_share')}", f"{f.get('control_added_us', '-')}", f"{f.get('paired_us', '-')}",
                  f"{f.get('control_paired_us', '-')}"]

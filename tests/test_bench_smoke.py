@@ -92,7 +92,10 @@ def test_cpu_control_and_start_up_figures(result: dict) -> None:
         assert all(len(v) == cpu["plan"]["rounds"] for v in cpu[s]["rounds"].values()), s
     # every measurement a window; read from the nanosecond counters unless a thread ended in one
     assert cpu["counters"]["ns"] > 0
-    assert finite(cpu["stream"]["us"]["plain-stream"]) and finite(cpu["stream"]["us"]["spendgate"])
+    for s in ("stream", "bulk"):  # measured against the streaming floor, not plain
+        assert finite(cpu[s]["us"]["plain-stream"]) and finite(cpu[s]["us"]["spendgate"]) and "plain" not in cpu[s]["us"], s
+        assert finite(cpu[s]["added_us"]) and finite(cpu[s]["paired_us"]), s
+    assert cpu["bulk"]["unit"] == "MB" and cpu["bulk"]["us"]["spendgate"] > 0
     assert finite(cpu["size_ratio"])
     for conc in ("nonstream_c1", "nonstream_c10"):
         assert all(finite(v) and v > 0 for v in f[conc]["control_ratio"].values())

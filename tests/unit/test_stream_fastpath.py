@@ -39,7 +39,9 @@ def delta(text: str, kind: str = "text", pad: str = "", index: int = 0) -> bytes
 
 
 texts = st.text(alphabet=st.characters(codec=None, exclude_categories=("Cs",)), max_size=40) | st.sampled_from(
-    ["", "plain words", 'a "quote"', "back\\slash", "tab\there", "new\nline", "é ü 日本", "\x00", "\u2028"])
+    ["", "plain words", 'a "quote"', "back\\slash", "tab\there", "new\nline", "é ü 日本", "\x00", "\u2028"]) | st.builds(
+    lambda t, n: (t or "x") * n, st.text(alphabet=st.characters(codec=None, exclude_categories=("Cs",)), max_size=40),
+    st.integers(30, 90))  # long texts (past anthropic._SLICE_MAX bytes) are read from a memoryview
 raw_events = st.sampled_from([
     b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"\xff\xfe"}}\n\n',
     b'event: content_block_delta\ndata: {"type":"content_block_delta","index":01,"delta":{"type":"text_delta","text":"x"}}\n\n',
@@ -156,7 +158,7 @@ def test_plain_deltas_skip_json() -> None:
 
 # What the fast path accepts, as one pattern: the fixed head, one JSON string (read by json.loads,
 # which must give text without lone surrogates: what msgspec reads the same way), the fixed tail.
-# The steps in _plain_deltas must accept exactly these events, and count the same.
+# The steps in _plain_until must accept exactly these events, and count the same.
 _ONE_PATTERN = __import__("re").compile(
     rb'event: content_block_delta\ndata: \{"type":"content_block_delta","index":(?:0|[1-9][0-9]{0,8}),'
     rb'"delta":\{"type":"(?:text_delta","text|thinking_delta","thinking)":("(?:[^"\\\n]|\\[^\n])*")\}[ \t]*\}[ \t]*\n\n'
@@ -207,15 +209,17 @@ def test_plain_deltas_accept_what_the_one_pattern_accepted(evs, cut_tail: int) -
     data = data[: len(data) - cut_tail] if cut_tail < len(data) else data
     fast = AnthropicStreamParser()
     before = fast.result().events, fast.result().output_chars
-    rest = fast._plain_deltas(data)
+    rest = data[fast._plain_until(data, 0):]
     got = (fast.result().events - before[0], fast.result().output_chars - before[1], rest)
     assert got == _by_pattern(AnthropicStreamParser(), data)
 
 
-def test_plain_deltas_every_byte_inside_the_text() -> None:
+@pytest.mark.parametrize("tail", ["", "z" * anthropic._SLICE_MAX], ids=["short", "long"])
+def test_plain_deltas_every_byte_inside_the_text(tail: str) -> None:
     """Each of the 256 byte values, each pair of a lead and a following byte, each escape letter,
-    and the UTF-8 forms json.loads and msgspec read differently (surrogates, overlong), in a text."""
-    base = delta("ab cd")
+    and the UTF-8 forms json.loads and msgspec read differently (surrogates, overlong), in a text;
+    a long text is read from a memoryview, a short one from a slice: both are checked."""
+    base = delta("ab cd" + tail)
     at = base.index(b"ab cd") + 2
     for b1 in range(256):
         pieces = [bytes([b1]), b"\\" + bytes([b1]), b"\\u00" + bytes([b1]) + b"0" if b1 < 0x80 else b"",
@@ -225,7 +229,7 @@ def test_plain_deltas_every_byte_inside_the_text() -> None:
         for piece in pieces:
             data = base[:at] + piece + base[at:] + delta("next")
             fast = AnthropicStreamParser()
-            rest = fast._plain_deltas(data)
+            rest = data[fast._plain_until(data, 0):]
             assert (fast.result().events, fast.result().output_chars, rest) == \
                 _by_pattern(AnthropicStreamParser(), data), piece
 
