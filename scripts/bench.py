@@ -7,6 +7,8 @@
     scripts/bench --cpu --against ../other-checkout   # before/after in one run
     scripts/bench --startup [--against DIR] [--rounds N]   # start-up only: plain mitmdump and each start
                                   # (empty ledger, largest ledger, big policy first start / restart), alternating
+    scripts/bench --instructions [--against DIR]   # instructions per unit under callgrind: noise-free
+                                  # (see scripts/bench_instructions.py; needs valgrind)
 
 Both proxies are the same mitmdump binary with the same mode and options; spendgate adds only
 ``-s addons/gateway.py``. They sit in front of the same fake provider (scripts/bench_upstream.py,
@@ -63,6 +65,7 @@ from spendgate.store.ledger import COLUMNS, DuckDBLedger, LedgerRow, migrate  # 
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_cpu  # noqa: E402
+import bench_instructions  # noqa: E402
 
 log = logging.getLogger("bench")
 
@@ -105,12 +108,13 @@ class Plan:
     big_bytes: int = 5 * 1024 * 1024
     policy_users: int = 10_000  # start-up with a policy naming this many users
     cpu: bench_cpu.CpuPlan = bench_cpu.CpuPlan()
+    instructions: bench_instructions.InstrPlan = bench_instructions.InstrPlan()
 
 
 SMOKE = Plan(rounds=1, c1_requests=15, c10_requests=3, streams=1, stream_events=50, event_gap_us=0, first_events=1,
              bulk_bytes=2 * 1024 * 1024, ledger_sizes=(0, 10_000, 50_000), admit_calls=200,
              e2e_ledger_requests=10, writer_rows=5_000, warmup=3, big_requests=2, big_bytes=512 * 1024,
-             policy_users=200, cpu=bench_cpu.CPU_SMOKE)  # fmt: skip
+             policy_users=200, cpu=bench_cpu.CPU_SMOKE, instructions=bench_instructions.INSTR_SMOKE)  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------
@@ -441,6 +445,7 @@ class Proxy:
     profile: Path | None = None  # run under cProfile, stats written here at stop (--profile)
     tree: Path | None = None  # another checkout's addon and code (--against: before/after in one run)
     env: dict[str, str] = field(default_factory=dict)  # added to the environment (SPENDGATE_CACHE_DIR)
+    callgrind: bool = False  # run under callgrind, collection off until switched on (--instructions)
 
     def command(self) -> list[str]:
         cmd = [str(BIN / "mitmdump"), "--listen-host", "127.0.0.1", "-p", str(self.port),
@@ -451,6 +456,8 @@ class Proxy:
             addon = self.tree / "addons" / "gateway.py" if self.tree else ADDON
             cmd += ["-s", str(addon), "--set", f"spendgate_db={self.ledger}", "--set", f"spendgate_policy={self.policy}",
                     "--set", "spendgate_user=bench"]  # fmt: skip
+        if self.callgrind:
+            return bench_instructions.under_callgrind(cmd, self.work)
         return bench_cpu.profile_command(cmd, self.profile) if self.profile else cmd
 
     def start(self, ctx: ssl.SSLContext, timeout: float = 60.0) -> Proxy:
@@ -662,14 +669,14 @@ class Bench:
 
     def proxy(self, name: str, addon: bool, ledger: Path | None = None, extra: list[str] | None = None,
               policy: Path | None = None, profile: Path | None = None, tree: Path | None = None,
-              cache: Path | None = None) -> Proxy:
+              cache: Path | None = None, callgrind: bool = False) -> Proxy:
         """Start one mitmdump; `cache`: its spendgate cache (policy parses), by default one of this run's
         own, so no figure depends on what an earlier run left in ~/.cache."""
         p = Proxy(name, self.work / name, self.upstream, self.confdir, addon, ledger, policy or self.policy,
                   extra or [], profile=profile, tree=tree,
-                  env={"SPENDGATE_CACHE_DIR": str(cache or self.work / "cache" / name)})
+                  env={"SPENDGATE_CACHE_DIR": str(cache or self.work / "cache" / name)}, callgrind=callgrind)
         self.proxies.append(p)
-        return p.start(self.ctx)
+        return p.start(self.ctx, timeout=600.0 if callgrind else 60.0)  # ~50x slower under valgrind
 
     def close(self) -> None:
         for p in self.proxies:
@@ -810,6 +817,22 @@ class Bench:
             proxies["before"] = self.proxy("before", True, self.work / "before.duckdb", tree=against)
         try:
             return bench_cpu.run_cpu(sys.modules[__name__], self.plan.cpu, self.ctx, proxies)
+        finally:
+            for p in proxies.values():
+                p.stop()
+
+    def instructions_only(self, against: Path | None = None) -> dict[str, Any]:
+        """--instructions: instructions per unit of each proxy under callgrind (bench_instructions)."""
+        stream = ["--set", "stream_large_bodies=1"]
+        proxies = {"plain": self.proxy("plain", False, callgrind=True),
+                   "control": self.proxy("control", False, callgrind=True),
+                   "plain-stream": self.proxy("plain-stream", False, extra=stream, callgrind=True),
+                   "control-stream": self.proxy("control-stream", False, extra=stream, callgrind=True),
+                   "spendgate": self.proxy("spendgate", True, self.work / "instr.duckdb", callgrind=True)}  # fmt: skip
+        if against is not None:
+            proxies["before"] = self.proxy("before", True, self.work / "before.duckdb", tree=against, callgrind=True)
+        try:
+            return bench_instructions.run_instructions(sys.modules[__name__], self.plan.instructions, self.ctx, proxies)
         finally:
             for p in proxies.values():
                 p.stop()
@@ -1101,6 +1124,8 @@ def run(plan: Plan, mode: str, out: Path, keep: bool, profile: Path | None = Non
     try:
         if mode == "cpu":
             figures = {"cpu": bench.cpu_only(profile, against)}
+        elif mode == "instructions":
+            figures = {"instructions": bench.instructions_only(against)}
         elif mode == "startup":
             figures = {"startup": bench.startup_only(plan.cpu.rounds, against)}
         else:
@@ -1148,18 +1173,26 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", default="", help="with --cpu: comma-separated scenarios (c1, c10, body_5mb, body_5mb_fresh, stream, bulk)")
     ap.add_argument("--rounds", type=int, default=0, help="with --cpu or --startup: rounds (default 5; 1 with --smoke)")
     ap.add_argument("--against", type=Path, default=None,
-                    help="with --cpu or --startup: also measure spendgate from this checkout (before/after in one run)")
+                    help="with --cpu, --startup or --instructions: also measure spendgate from this checkout "
+                         "(before/after in one run)")
+    ap.add_argument("--instructions", action="store_true",
+                    help="only instructions per request, SSE event and bulk MB of each proxy, counted by callgrind "
+                         "(noise-free; needs valgrind; ~5 minutes)")
     ap.add_argument("--startup", action="store_true",
                     help="only start-up: ready with an empty ledger, the largest ledger, the big policy (first start "
                          "and restart), alternating with plain mitmdump (--rounds, default 5)")
     args = ap.parse_args(argv)
     if args.startup and (args.cpu or args.profile or args.only):
         ap.error("--startup measures start-up only; --cpu, --profile and --only are for the CPU run (one at a time)")
+    if args.instructions and (args.cpu or args.profile or args.only or args.startup or args.rounds):
+        ap.error("--instructions counts instructions only; --cpu, --profile, --only, --startup and --rounds are other runs")
     if args.rounds < 0:
         ap.error(f"--rounds {args.rounds}: at least 1 (0: the default)")
     if args.against is not None and not (args.against / "addons" / "gateway.py").is_file():
         # otherwise this tree's starts are measured first and the run ends in mitmdump's "No such script"
         ap.error(f"--against {args.against}: not a spendgate checkout (no addons/gateway.py in it)")
+    if args.instructions and (why := bench_instructions.available()):
+        ap.error(f"--instructions: {why}")
     logging.basicConfig(level=logging.INFO, format="bench: %(message)s")
     plan, mode = (SMOKE, "smoke") if args.smoke else (Plan(), "full")
     if args.cpu or args.profile:
@@ -1176,6 +1209,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.startup:
         mode = "startup"
         plan = replace(plan, cpu=replace(plan.cpu, rounds=args.rounds or plan.cpu.rounds))
+    if args.instructions:
+        mode = "instructions"
     result = run(plan, mode, out, args.keep, profile, args.against.resolve() if args.against else None)
     if mode == "cpu":
         from rich.console import Console
@@ -1188,6 +1223,10 @@ def main(argv: list[str] | None = None) -> int:
         if profile is not None and bench_cpu.wait_file(profile):
             bench_cpu.print_profile(profile, console)
             print(f"profile: {profile}")
+    elif mode == "instructions":
+        from rich.console import Console
+
+        bench_instructions.print_instructions(result["figures"]["instructions"], Console(width=150))
     elif mode == "startup":
         print_startup(result)
     else:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -260,7 +261,7 @@ def _bench_args_error(*args: str) -> str:
     return cp.stderr
 
 
-@pytest.mark.parametrize("mode", ["--startup", "--cpu"])
+@pytest.mark.parametrize("mode", ["--startup", "--cpu", "--instructions"])
 def test_against_a_missing_checkout_is_refused_up_front(tmp_path, mode) -> None:
     """Not after a round of this tree's starts, with a traceback ending in mitmdump's "No such script"."""
     for tree in (tmp_path / "nonexistent", tmp_path):
@@ -270,9 +271,38 @@ def test_against_a_missing_checkout_is_refused_up_front(tmp_path, mode) -> None:
 
 
 @pytest.mark.parametrize("args", [("--startup", "--cpu"), ("--startup", "--profile"), ("--startup", "--only", "c1"),
-                                  ("--startup", "--rounds", "-1"), ("--cpu", "--rounds", "-2")])  # fmt: skip
+                                  ("--startup", "--rounds", "-1"), ("--cpu", "--rounds", "-2"),
+                                  ("--instructions", "--cpu"), ("--instructions", "--startup"),
+                                  ("--instructions", "--only", "c1"), ("--instructions", "--rounds", "2")])  # fmt: skip
 def test_options_that_would_be_ignored_are_refused(tmp_path, args) -> None:
     """--startup ran start-up only and dropped --cpu/--profile/--only without a word; a negative
     --rounds measured nothing and wrote an empty table and JSON as if it had."""
     _bench_args_error(*args, "--smoke", "--out", str(tmp_path / "x.json"))
     assert not (tmp_path / "x.json").exists()
+
+
+def test_instructions_mode_counts_every_scenario(tmp_path) -> None:
+    """`scripts/bench --instructions`: each proxy under callgrind, collection on only around each
+    window; every scenario's figure is the large window less the small one, per unit."""
+    if shutil.which("callgrind_control") is None:
+        if os.environ.get("CI"):
+            pytest.fail("valgrind is required in CI (scripts/ensure-valgrind installs it)")
+        pytest.skip("valgrind not installed (scripts/ensure-valgrind)")
+    out = tmp_path / "instr.json"
+    env = {k: v for k, v in os.environ.items() if k.lower() not in ("http_proxy", "https_proxy", "all_proxy")}
+    cp = subprocess.run([sys.executable, str(REPO / "scripts" / "bench.py"), "--instructions", "--smoke",
+                         "--out", str(out)], capture_output=True, text=True, timeout=900, cwd=str(REPO), env=env,
+                        stdin=subprocess.DEVNULL)  # fmt: skip
+    assert cp.returncode == 0, f"stdout:\n{cp.stdout[-4000:]}\nstderr:\n{cp.stderr[-4000:]}"
+    assert "Instructions per unit" in cp.stdout
+    fig = json.loads(out.read_text())["figures"]["instructions"]
+    print(json.dumps(fig, indent=1))  # shown when an assertion below fails
+    floors = {"c1": ("plain", "control"), "stream": ("plain-stream", "control-stream"),
+              "bulk": ("plain-stream", "control-stream")}
+    for s, (floor, control) in floors.items():
+        per = fig[s]["per_unit"]
+        assert set(per) == {floor, control, "spendgate"} and fig[s]["floor"] == floor, s
+        assert finite(fig[s]["control_ratio"]), s
+        # plain does real work per unit; a 100 KB request is at least the bytes it copies
+        assert isinstance(per[floor], int) and per[floor] > (100_000 if s == "c1" else 1_000), (s, per)
+        assert finite(fig[s]["ratio"]) and fig[s]["added"] == per["spendgate"] - per[floor]

@@ -1,0 +1,191 @@
+"""Instructions per unit of work of each mitmdump, counted by callgrind: noise-free figures.
+
+On the 2-core VM the CPU time of one round swings by ±30% (one 16 MB bulk stream read 7,100 to
+13,200 µs per MB in one run of one code), so a change worth a few percent never shows in
+`--cpu`. Callgrind counts executed instructions, which the same code on the same input repeats
+within ~1% whatever else the machine does. Each proxy runs under
+``valgrind --tool=callgrind --instr-atstart=no``; collection is switched on
+(``callgrind_control -i on``) only around a window of work, and the window is dumped after it.
+Each figure is the difference between a large and a small window of the same work divided by the
+units between them, so start-up, warm-up, the connection's own cost and the fixed settle pause
+cancel out. Every thread counts (the meter's worker and the ledger's writer included), and the
+settle pause after each window (and until the process is idle) lets the batched work of that window
+finish inside it; the same wait before each window keeps what came before out of it. A second plain
+mitmdump (the control) is counted like plain: two runs of the same code differ by 0-4% here.
+
+It counts work, not time: what instructions cost (cache misses, the GIL handed between threads,
+the second core) is what the wall-clock rows measure. Under valgrind a proxy runs ~50x slower,
+so the units are few.
+
+    scripts/bench --instructions [--against DIR]   # plain, plain-stream, spendgate (and before)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+QUIET_TICKS = 2  # ... and until the process used at most this many clock ticks in half a second
+QUIET_MAX_S = 90.0  # (a ledger commit of 30 ms takes over a second under valgrind)
+
+
+@dataclass(frozen=True)
+class InstrPlan:
+    """Units of work in the small and the large window of each scenario."""
+
+    c1: tuple[int, int] = (5, 25)  # 100 KB requests, one at a time
+    stream: tuple[int, int] = (500, 2500)  # events of one SSE stream (180-byte deltas)
+    bulk_mb: tuple[int, int] = (2, 10)  # MB of one bulk stream (16 KB deltas)
+    settle_s: float = 2.5  # before and after each window at least: the meter's batch (50 ms), a ledger commit (2 s)
+
+
+INSTR_SMOKE = InstrPlan(c1=(1, 3), stream=(20, 60), bulk_mb=(1, 2), settle_s=0.5)
+
+
+@dataclass(frozen=True)
+class Work:
+    """One scenario: the request for `n` units, the unit's name, and the proxies that do it."""
+
+    request: Any  # n -> raw HTTP request bytes
+    unit: str
+    sizes: tuple[int, int]
+    streamed: bool  # measured against plain-stream (plain buffers SSE) rather than plain
+
+
+def scenarios(bench_mod: Any, plan: InstrPlan) -> dict[str, Work]:
+    b = bench_mod
+    body = b.http_request(b.agent_body(False))
+    return {
+        "c1": Work(lambda n: [body] * n, "request", plan.c1, False),
+        "stream": Work(lambda n: [b.http_request(b.agent_body(True, 2000), f"sse:{n}:0")], "event", plan.stream, True),
+        "bulk": Work(lambda n: [b.http_request(b.agent_body(True, 2000), f"bulk:{n * 1024 * 1024}")], "MB",
+                     plan.bulk_mb, True),
+    }
+
+
+def available() -> str | None:
+    """Why the figures cannot be taken here, or None."""
+    missing = [tool for tool in ("valgrind", "callgrind_control") if shutil.which(tool) is None]
+    return f"{', '.join(missing)} not found (Debian's package valgrind)" if missing else None
+
+
+def under_callgrind(cmd: list[str], out_dir: Path) -> list[str]:
+    """`cmd` run under callgrind with collection off until switched on; dumps go to `out_dir`."""
+    return ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out_dir}/callgrind.%p",
+            *cmd]
+
+
+def _control(pid: int, *args: str) -> None:
+    subprocess.run(["callgrind_control", *args, str(pid)], capture_output=True, check=True, timeout=60)
+
+
+def _dumped(out_dir: Path, before: set[Path]) -> int:
+    """Instructions in the dumps written since `before` (one file per dump; every thread's in it)."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        new = set(out_dir.glob("callgrind.*")) - before
+        totals = [line for f in new for line in f.read_text(errors="replace").splitlines() if line.startswith("totals:")]
+        if new and len(totals) == len(new):
+            return sum(int(line.split()[1]) for line in totals)
+        time.sleep(0.2)
+    raise RuntimeError(f"callgrind wrote no dump in {out_dir}")
+
+
+def _cpu_ticks(pid: int) -> int:
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return int(fields[11]) + int(fields[12])  # utime + stime, every thread
+
+
+def _quiet(pid: int, settle_s: float) -> None:
+    """Wait `settle_s`, then until the process is idle (its batched work done), at most QUIET_MAX_S."""
+    time.sleep(settle_s)
+    deadline = time.monotonic() + QUIET_MAX_S
+    last = _cpu_ticks(pid)
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        now = _cpu_ticks(pid)
+        if now - last <= QUIET_TICKS:
+            return
+        last = now
+
+
+def window(bench_mod: Any, proxy: Any, ctx: Any, requests: list[bytes], out_dir: Path, settle_s: float) -> int:
+    """Instructions the proxy executed for `requests` (sent one after another on one connection),
+    with the settle pause after them; collection is on for that window only."""
+    pid = proxy.proc.pid
+
+    async def send() -> None:
+        c = await bench_mod.Conn.open(proxy.port, ctx)
+        try:
+            for req in requests:
+                await c.exchange(req, lambda data, now: None)
+        finally:
+            c.close()
+
+    _quiet(pid, settle_s)  # what came before is not this window's
+    _control(pid, "-z")
+    _control(pid, "-i", "on")
+    asyncio.run(asyncio.wait_for(send(), bench_mod.STEP_TIMEOUT * 20))
+    _quiet(pid, settle_s)
+    _control(pid, "-i", "off")
+    before = set(out_dir.glob("callgrind.*"))
+    _control(pid, "-d")
+    return _dumped(out_dir, before)
+
+
+def run_instructions(bench_mod: Any, plan: InstrPlan, ctx: Any, proxies: dict[str, Any]) -> dict[str, Any]:
+    """name -> instructions per unit for each scenario; `proxies` maps plain, plain-stream, their
+    controls (control, control-stream: the same plain mitmdump again), spendgate (and before) to
+    started bench.Proxy objects whose command ran `under_callgrind` into their own work directory."""
+    out: dict[str, Any] = {"plan": plan.__dict__}
+    for name, work in scenarios(bench_mod, plan).items():
+        floor = "plain-stream" if work.streamed else "plain"
+        control = "control-stream" if work.streamed else "control"
+        taking = [p for p in proxies if p in (floor, control, "spendgate", "before")]
+        small, large = work.sizes
+        per: dict[str, float] = {}
+        for p in taking:
+            proxy = proxies[p]
+            window(bench_mod, proxy, ctx, work.request(small), proxy.work, plan.settle_s)  # warm: caches, sessions
+            counts = [window(bench_mod, proxy, ctx, work.request(n), proxy.work, plan.settle_s) for n in (small, large)]
+            per[p] = round((counts[1] - counts[0]) / (large - small))
+        fig: dict[str, Any] = {"unit": work.unit, "floor": floor, "per_unit": per,
+                               "ratio": round(per["spendgate"] / per[floor], 3),
+                               "added": per["spendgate"] - per[floor]}
+        if control in per:  # a second plain: how far two runs of the same code differ here
+            fig["control_ratio"] = round(per[control] / per[floor], 3)
+        if "before" in per:
+            fig["before_ratio"] = round(per["before"] / per[floor], 3)
+            fig["before_added"] = per["before"] - per[floor]
+        out[name] = fig
+    return out
+
+
+def print_instructions(fig: dict[str, Any], console: Any) -> None:
+    from rich.table import Table
+
+    before = any("before_ratio" in v for v in fig.values() if isinstance(v, dict))
+    t = Table(title="Instructions per unit (callgrind; every thread; large window minus small)", header_style="bold")
+    cols = ["scenario", "floor", "control", "control ratio", "spendgate", "added", "ratio"] + (["before", "added before", "ratio before"] if before else [])
+    for col in cols:
+        t.add_column(col, justify="left" if col == "scenario" else "right")
+    labels = {"c1": "100 KB request, 1 in flight (per request; floor: plain)",
+              "stream": "SSE stream, 180-byte deltas (per event; floor: plain-stream)",
+              "bulk": "bulk stream, 16 KB deltas (per MB; floor: plain-stream)"}
+    for s, label in labels.items():
+        f = fig.get(s)
+        if not f:
+            continue
+        per = f["per_unit"]
+        control = next((per[k] for k in ("control", "control-stream") if k in per), None)
+        cells = [label, f"{per[f['floor']]:,}", f"{control:,}" if control is not None else "-",
+                 f"{f.get('control_ratio', '-')}", f"{per['spendgate']:,}", f"{f['added']:+,}", f"{f['ratio']}"]
+        if before:
+            cells += [f"{per.get('before', 0):,}", f"{f.get('before_added', 0):+,}", f"{f.get('before_ratio', '-')}"]
+        t.add_row(*cells)
+    console.print(t)
