@@ -278,7 +278,7 @@ def print_cpu(cpu: dict[str, Any], console: Any) -> None:
 
     console.width = max(console.width, 150)
 
-    t = Table(title="CPU time per request (all threads of each mitmdump; median of rounds)", header_style="bold")
+    t = Table(title="CPU time per unit of work (all threads of each mitmdump; median of rounds)", header_style="bold")
     before = any("before" in (cpu.get(s) or {}).get("us", {}) for s in cpu if isinstance(cpu.get(s), dict))
     cols = ["scenario", "plain", "plain (control)", "spendgate", "added", "added / plain", "control - plain",
             "added, paired", "control, paired"]

@@ -141,7 +141,8 @@ _TEXT = msgspec.json.Decoder(str)  # one JSON string literal, quotes included
 _EVENT_LINE = b"event: content_block_delta\n"  # the first line of every delta
 _EVENT_LINE_LEN = len(_EVENT_LINE)
 _HOLD_MAX = 64 * 1024  # an unfinished delta held for the next read (real deltas are tens of bytes)
-_SLICE_MAX = 1024  # a text longer than this is decoded from a memoryview, not from a copy
+_SLICE_MAX = 4096  # a longer text is decoded from a memoryview (below ~4 KB msgspec reads a copy faster)
+_HELD_PIECES = 256  # held tiny reads are joined past this many (each is an object of ~40 bytes)
 
 
 def _unfinished(data: bytes, pos: int = 0) -> bool:
@@ -177,11 +178,15 @@ class AnthropicStreamParser(JSONEventStreamParser):
         and could not have dispatched anything from those bytes yet (see `_unfinished`). The
         bytes are copied once, by that join: a 16 KB delta cut across two reads cost four copies
         of itself before (bulk stream, 16.3 -> µs per event in process)."""
+        if not data:  # nothing for the decoder either (and no entry in what is held)
+            return
         sse = self._sse
         if self._held:
             self._held.append(data)
             self._held_bytes += len(data)
             if b"\n" not in data and b"\r" not in data and self._held_bytes <= _HOLD_MAX:
+                if len(self._held) > _HELD_PIECES:  # a trickle of tiny reads: one piece, not hundreds of objects
+                    self._held = [b"".join(self._held)]
                 return  # the same line goes on
             data = self._let_go()
         pos = 0
@@ -204,7 +209,10 @@ class AnthropicStreamParser(JSONEventStreamParser):
             if pos == len(data):
                 return
             if _unfinished(data, pos):
-                self._held, self._held_bytes = [memoryview(data)[pos:]], len(data) - pos
+                rest = len(data) - pos
+                # a view keeps its whole read alive: a copy when the rest is the smaller part
+                self._held = [memoryview(data)[pos:] if 2 * rest >= len(data) else data[pos:]]
+                self._held_bytes = rest
                 return
         super().feed(data[pos:] if pos else data)
 
