@@ -30,7 +30,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-QUIET_TICKS = 2  # ... and until the process used at most this many clock ticks in half a second
+from bench_cpu import cpu_seconds  # scripts/ is on the path (scripts/bench.py puts it there)
+
+QUIET_CPU_S = 0.02  # ... and until the process used at most this much CPU in half a second (two ticks)
 QUIET_MAX_S = 90.0  # (a ledger commit of 30 ms takes over a second under valgrind)
 
 
@@ -96,20 +98,15 @@ def _dumped(out_dir: Path, before: set[Path]) -> int:
     raise RuntimeError(f"callgrind wrote no dump in {out_dir}")
 
 
-def _cpu_ticks(pid: int) -> int:
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return int(fields[11]) + int(fields[12])  # utime + stime, every thread
-
-
 def _quiet(pid: int, settle_s: float) -> None:
     """Wait `settle_s`, then until the process is idle (its batched work done), at most QUIET_MAX_S."""
     time.sleep(settle_s)
     deadline = time.monotonic() + QUIET_MAX_S
-    last = _cpu_ticks(pid)
+    last = cpu_seconds(pid)
     while time.monotonic() < deadline:
         time.sleep(0.5)
-        now = _cpu_ticks(pid)
-        if now - last <= QUIET_TICKS:
+        now = cpu_seconds(pid)
+        if now - last <= QUIET_CPU_S + 1e-9:
             return
         last = now
 
