@@ -751,7 +751,8 @@ class Bench:
         small = http_request(agent_body(True, 2000), f"sse:{plan.stream_events}:{plan.event_gap_us}")
         # the first event does not depend on how many follow: short streams give more samples of it
         short = {size: http_request(agent_body(True, size), f"sse:20:{plan.event_gap_us}") for size in (100_000, 2000)}
-        samples: dict[str, dict[str, list]] = {k: {"c1": [], "c1_wall": [], "c10": [], "c10_wall": [], "ttfe": [],
+        samples: dict[str, dict[str, list]] = {k: {"c1": [], "c1_wall": [], "c1_turns": [], "c10": [], "c10_wall": [],
+                                                   "c10_turns": [], "ttfe": [],
                                                    "transit": [], "stream_total": [], "ttfe_small": [],
                                                    "big": [], "big_fresh": [], "bulk": []}
                                                for k in ("plain", "control", "dispatch", "spendgate")}  # fmt: skip
@@ -770,6 +771,7 @@ class Bench:
                         r = self.arun(run_requests(p.port, self.ctx, req, conns, n,
                                                    plan.warmup if turn == 0 else TURN_WARMUP))
                         samples[name][conc] += r["latencies"]
+                        samples[name][f"{conc}_turns"].append(pct(r["latencies"], .5))
                         samples[name][f"{conc}_wall"].append((len(r["latencies"]), r["wall"]))
             for name, p, _ in order:
                 if name != "control":
@@ -891,6 +893,16 @@ def metered(gw: Proxy) -> dict[str, int]:
     return {"requests_sent": Conn.sent[gw.port], "rows": rows, "ok_rows": ok}
 
 
+def turn_ratios(mine: list[float], plain: list[float]) -> dict[str, Any] | None:
+    """Per-turn p50 ratios (mine / plain, turn by turn): their median, lowest, highest and count;
+    None without turns."""
+    ratios = sorted(ratio(a, b) for a, b in zip(mine, plain, strict=True))
+    if not ratios:
+        return None
+    return {"median": r3(statistics.median(ratios)), "min": r3(ratios[0]), "max": r3(ratios[-1]),
+            "turns": len(ratios)}
+
+
 def summarize(samples: dict[str, dict[str, list]]) -> dict[str, Any]:
     """Percentiles per proxy and the spendgate / plain ratios."""
     out: dict[str, Any] = {}
@@ -906,6 +918,12 @@ def summarize(samples: dict[str, dict[str, list]]) -> dict[str, Any]:
         fig["ratio"] = {k: r3(ratio(fig["spendgate"][k], fig["plain"][k])) for k in ("p50_ms", "p95_ms", "rps")}
         if "control" in fig:  # plain vs plain: how far apart two identical proxies measure in this run
             fig["control_ratio"] = {k: r3(ratio(fig["control"][k], fig["plain"][k])) for k in ("p50_ms", "p95_ms", "rps")}
+        # each turn's p50 against plain's in the same turn (minutes apart at most): whether a ratio
+        # is one steady gap or a few slow turns (the p50 at 10 in flight read 1.00-1.26 in runs of one code)
+        for who, key in (("spendgate", "turn_p50_ratio"), ("control", "control_turn_p50_ratio")):
+            turns = turn_ratios(samples.get(who, {}).get(f"{conc}_turns", []), samples["plain"][f"{conc}_turns"])
+            if turns:
+                fig[key] = turns
         if "dispatch" in fig:  # spendgate's own addition: against plain with the same hook dispatch
             fig["like_ratio"] = {k: r3(ratio(fig["spendgate"][k], fig["dispatch"][k])) for k in ("p50_ms", "p95_ms", "rps")}
         out[f"nonstream_{conc}"] = fig
@@ -1011,6 +1029,15 @@ def print_report(result: dict[str, Any]) -> None:
         t.add_row(label, f"{s['plain'][key]:,}", "" if ctl is None else f"{ctl:,}", f"{s['spendgate'][key]:,}",
                   "-" if rv is None else f"{rv:.3f}", "" if cv is None else f"{cv:.3f}", mark(target))
 
+    def turns(section: str) -> None:  # the p50 row above, turn by turn: median (lowest-highest) of the turns' ratios
+        s = f.get(section) or {}
+        cells = {k: f"{v['median']:.3f} ({v['min']:.2f}-{v['max']:.2f})" if (v := s.get(k)) else ""
+                 for k in ("turn_p50_ratio", "control_turn_p50_ratio")}
+        if cells["turn_p50_ratio"]:
+            n = s["turn_p50_ratio"]["turns"]
+            t.add_row(f"  p50 ratio per turn, median (range) of {n}", "", "", "", cells["turn_p50_ratio"],
+                      cells["control_turn_p50_ratio"], "")
+
     def like(section: str, key: str) -> None:  # the row above, against plain with spendgate's hook dispatch
         s = f.get(section) or {}
         if "dispatch" in s:
@@ -1018,11 +1045,13 @@ def print_report(result: dict[str, Any]) -> None:
                       f"{s['spendgate'][key]:,}", f"{s['like_ratio'][key]:.3f}", "", "(like for like)")
 
     row("latency p50, c=1 (ms)", "nonstream_c1", "p50_ms", "latency p50 ratio, c=1")
+    turns("nonstream_c1")
     like("nonstream_c1", "p50_ms")
     row("latency p95, c=1 (ms)", "nonstream_c1", "p95_ms")
     row("requests/s, c=1", "nonstream_c1", "rps", "throughput ratio, c=1")
     like("nonstream_c1", "rps")
     row("latency p50, c=10 (ms)", "nonstream_c10", "p50_ms", "latency p50 ratio, c=10")
+    turns("nonstream_c10")
     like("nonstream_c10", "p50_ms")
     row("latency p95, c=10 (ms)", "nonstream_c10", "p95_ms")
     row("requests/s, c=10", "nonstream_c10", "rps", "throughput ratio, c=10")

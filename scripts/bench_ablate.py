@@ -40,7 +40,10 @@ VARIANTS: dict[str, tuple[str, ...]] = {
     "no background": ("finish",),  # meter.finish: no metering, pricing, settling or ledger work
     "no background, no admission": ("finish", "admit"),
     "no background, no response headers": ("finish", "responseheaders"),
-    "no ledger writes": ("ledger",),  # the meter worker still parses, prices and settles; nothing is written
+    "no ledger writes": ("ledger",),
+    # the response's parse and the row's pricing done once, then the row copied: what rating the rows
+    # in a process of its own could give the proxy at most (a copy of the row stands for its decoding)
+    "rows prebuilt": ("rating",),  # the meter worker still parses, prices and settles; nothing is written
     "identity resolved once": ("identity",),  # every request gets the first's Identity: an identity cache's ceiling
 }
 HOOKS = ("client_connected", "http_connect", "next_layer", "requestheaders", "request", "responseheaders",
@@ -81,6 +84,25 @@ def _once(identify):
     return identify_once
 
 
+def _prebuild(meter):
+    import dataclasses
+    from spendgate.metering import meter as module
+    rows, results = [], []
+    build, parse = meter.build_row, module.Body.parse
+
+    def build_once(ex, result, ended, bytes_out, done_at):
+        if not rows:
+            rows.append(build(ex, result, ended, bytes_out, done_at))
+        return dataclasses.replace(rows[0], request_id=ex.request_id)
+
+    def parse_once(body, adapter):
+        if not results:
+            results.append(parse(body, adapter))
+        return results[0]
+    meter.build_row = build_once
+    module.Body.parse = parse_once
+
+
 class AblationSwitch:
     switched = False
 
@@ -93,6 +115,8 @@ class AblationSwitch:
             gate.gateway.meter.finish = _noop
         if "ledger" in PARTS:
             gate.gateway.meter.ledger = _NoLedger(gate.gateway.meter.ledger)
+        if "rating" in PARTS:
+            _prebuild(gate.gateway.meter)
         if "identity" in PARTS:
             gate.gateway.meter.identify = _once(gate.gateway.meter.identify)
         if "admit" in PARTS:
@@ -162,7 +186,7 @@ def run(rounds: int, requests: int, work: Path, body: str = "100kb", in_flight: 
         for rnd in range(rounds):  # each round one window, every variant in turns (bench_cpu.interleaved)
             window = asyncio.run(asyncio.wait_for(bench_cpu.interleaved(proxies, requests_on, requests),
                                                   bench.STEP_TIMEOUT * len(proxies)))
-            for name, (seconds, units, _counter) in window.items():
+            for name, (seconds, units, _counter, _threads) in window.items():
                 cpu[name].append(seconds / units * 1e6)
             log.info("round %d/%d done", rnd + 1, rounds)
         ledgers = {}

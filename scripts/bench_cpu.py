@@ -59,6 +59,23 @@ def thread_cpu_ns(pid: int) -> dict[int, int]:
     return out
 
 
+def thread_names(pid: int, tids: Any) -> dict[int, str]:
+    """thread id -> the group its CPU is shown under: "event loop" for the main thread (mitmdump's
+    asyncio loop), else the name the OS shows (spendgate.threadnames: sg-meter, sg-ledger, ...),
+    "other" for threads left unnamed (mitmproxy's, DuckDB's, ended ones)."""
+    out: dict[int, str] = {}
+    for tid in tids:
+        if tid == pid:
+            out[tid] = "event loop"
+            continue
+        try:
+            comm = Path(f"/proc/{pid}/task/{tid}/comm").read_text().strip()
+        except OSError:
+            comm = ""
+        out[tid] = comm if comm.startswith("sg-") else "other"
+    return out
+
+
 class CpuClock:
     """CPU seconds a process spent between its creation and `stop()`: the sum of the nanosecond
     per-thread counters, unless a thread took its time away (one seen at the start is gone, or the
@@ -69,16 +86,29 @@ class CpuClock:
         self.pid = pid
         self.ticks0 = cpu_seconds(pid)
         self.ns0 = thread_cpu_ns(pid)
+        self.ns1: dict[int, int] = {}
 
     def stop(self) -> tuple[float, str]:
         """(CPU seconds, "ns" or "ticks": which counter measured them)."""
         ns1, ticks = thread_cpu_ns(self.pid), cpu_seconds(self.pid) - self.ticks0
+        self.ns1 = ns1
         exact = (sum(ns1.values()) - sum(self.ns0.values())) / 1e9
         if self.ns0 and set(self.ns0) <= set(ns1) and ticks - exact <= 2 / CLK_TCK:
             return exact, "ns"
         return ticks, "ticks"
 
+    def by_thread(self) -> dict[str, float]:
+        """After `stop()`: CPU seconds per thread group (thread_names) from the nanosecond counters
+        of the threads alive at both ends (a thread that ended took its time with it)."""
+        groups = thread_names(self.pid, self.ns1)
+        out: dict[str, float] = {}
+        for tid, ns in self.ns1.items():
+            if tid in self.ns0:
+                out[groups[tid]] = out.get(groups[tid], 0.0) + (ns - self.ns0[tid]) / 1e9
+        return out
 
+
+THREADS_OF = ("spendgate", "before")  # proxies whose CPU is also shown per thread (spendgate.threadnames)
 STREAMED = ("stream", "bulk")  # measured against the streaming floor (plain-stream), not plain
 
 
@@ -192,9 +222,10 @@ def takes_part(scenario: str, name: str, names: Any) -> bool:
     return name != "plain-stream"
 
 
-async def interleaved(proxies: dict[str, Any], runner: Any, count: int) -> dict[str, tuple[float, int, str]]:
-    """name -> (CPU seconds, units of work, the counter that measured them: CpuClock.stop) of
-    each proxy over one window in which every proxy did
+async def interleaved(proxies: dict[str, Any], runner: Any,
+                      count: int) -> dict[str, tuple[float, int, str, dict[str, float]]]:
+    """name -> (CPU seconds, units of work, the counter that measured them: CpuClock.stop, CPU
+    seconds per thread group: CpuClock.by_thread) of each proxy over one window in which every proxy did
     `count` in up to CHUNKS turns, the order reversed each turn (ABBA), then a settle pause: a
     machine that slows down or speeds up during the window does so for all of them alike."""
     await asyncio.sleep(SETTLE_S)  # what earlier work left behind is not ours
@@ -210,7 +241,7 @@ async def interleaved(proxies: dict[str, Any], runner: Any, count: int) -> dict[
     out = {}
     for name, clock in clocks.items():
         seconds, counter = clock.stop()
-        out[name] = seconds, units[name], counter
+        out[name] = seconds, units[name], counter, clock.by_thread()
     return out
 
 
@@ -232,15 +263,18 @@ def run_cpu(bench_mod: Any, plan: CpuPlan, ctx: ssl.SSLContext, proxies: dict[st
     for p in {id(p): p for p in proxies.values()}.values():
         asyncio.run(_warm(bench_mod, p.port, ctx))
     samples: dict[str, dict[str, list[float]]] = {s: {n: [] for n in proxies} for s in scen}
+    threads: dict[str, dict[str, list[dict[str, float]]]] = {s: {n: [] for n in THREADS_OF} for s in scen}
     counters = {"ns": 0, "ticks": 0}  # how many measurements each counter made (printed with the table)
     for _ in range(plan.rounds):
         for s, sc in scen.items():
             taking = {n: p for n, p in proxies.items() if takes_part(s, n, proxies)}
             window = asyncio.run(asyncio.wait_for(interleaved(taking, sc.runner, sc.count),
                                                   bench_mod.STEP_TIMEOUT * len(taking)))
-            for name, (cpu, units, counter) in window.items():
+            for name, (cpu, units, counter, groups) in window.items():
                 samples[s][name].append(cpu / units * 1e6)
                 counters[counter] += 1
+                if name in threads[s]:
+                    threads[s][name].append({g: sec / units * 1e6 for g, sec in groups.items()})
     out: dict[str, Any] = {"plan": plan.__dict__, "clk_tck": CLK_TCK, "counters": counters}
     for s, per in samples.items():
         med = {n: round(statistics.median(v), 2) for n, v in per.items() if v}
@@ -254,6 +288,7 @@ def run_cpu(bench_mod: Any, plan: CpuPlan, ctx: ssl.SSLContext, proxies: dict[st
             fig["added_share"] = round(fig["added_us"] / med[floor], 3) if med[floor] else float("nan")
         if "dispatch" in med and "spendgate" in med and s not in STREAMED:  # spendgate's own hooks, like for like
             fig["like_added_us"] = round(med["spendgate"] - med["dispatch"], 2)
+        fig["threads_us"] = {n: thread_medians(rounds) for n, rounds in threads[s].items() if rounds}
         if floor in med and "before" in med:
             fig["before_added_us"] = round(med["before"] - med[floor], 2)
         if "control" in med and "plain" in med and s not in STREAMED:
@@ -266,6 +301,12 @@ def run_cpu(bench_mod: Any, plan: CpuPlan, ctx: ssl.SSLContext, proxies: dict[st
         # (a floor of 1 us keeps the quotient finite when a tiny run measures no added cost at all)
         out["size_ratio"] = round(out["body_5mb"]["added_us"] / max(out["c1"]["added_us"], 1.0), 3)
     return out
+
+
+def thread_medians(rounds: list[dict[str, float]]) -> dict[str, float]:
+    """Per thread group, the median over rounds of its CPU µs per unit (0 in a round it did not run)."""
+    groups = sorted({g for r in rounds for g in r})
+    return {g: round(statistics.median(r.get(g, 0.0) for r in rounds), 1) for g in groups}
 
 
 def paired(a: list[float], b: list[float]) -> float:
@@ -308,6 +349,7 @@ def print_cpu(cpu: dict[str, Any], console: Any) -> None:
             cells += [f"{us.get('before', '-')}", f"{f.get('before_added_us', '-')}"]
         t.add_row(*cells)
     console.print(t)
+    print_threads(cpu, labels, console)
     counters = cpu.get("counters") or {}
     if counters.get("ticks"):
         console.print(f"{counters['ticks']} of {sum(counters.values())} measurements fell back to 10 ms ticks "
@@ -315,6 +357,25 @@ def print_cpu(cpu: dict[str, Any], console: Any) -> None:
     if "added_5mb_minus_100kb_us" in cpu:
         console.print(f"added CPU at 5 MB minus added CPU at 100 KB: {cpu['added_5mb_minus_100kb_us']} µs "
                       "(target: ~0, within noise)")
+
+
+def print_threads(cpu: dict[str, Any], labels: dict[str, str], console: Any) -> None:
+    """spendgate's CPU per unit split by thread: the event loop's share is what limits throughput
+    (the other threads run beside it on another core, save for the GIL they hold)."""
+    from rich.table import Table
+
+    rows = [(s, name, f["threads_us"][name]) for s in labels if (f := cpu.get(s))
+            for name in THREADS_OF if name in f.get("threads_us", {})]
+    if not rows:
+        return
+    groups = ["event loop", *sorted({g for *_, per in rows for g in per} - {"event loop", "other"}), "other"]
+    t = Table(title="spendgate's CPU time per unit by thread (threads alive through the window; median of rounds)",
+              header_style="bold")
+    for col in ("scenario", "proxy", *groups):
+        t.add_column(col, justify="left" if col in ("scenario", "proxy") else "right")
+    for s, name, per in rows:
+        t.add_row(labels[s], name, *(f"{per[g]}" if g in per else "-" for g in groups))
+    console.print(t)
 
 
 # ---------------------------------------------------------------------------------------------

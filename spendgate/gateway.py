@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from spendgate import heap
+from spendgate import heap, threadnames
 from spendgate.budgets import shared
 from spendgate.budgets.admission import Admission
 from spendgate.budgets.book import BudgetBook, CounterKey, MemoryCounters
@@ -192,6 +192,7 @@ class Gateway:
         self._watcher = FileWatcher(files, settings.reload_interval, tick=self._housekeep, loaded={
             settings.policy: self.policy.sha256, **({settings.pricing: self.pricer.overrides_sha256}
                                                      if settings.pricing else {})}).start()
+        threadnames.label_threads()  # top -H tells the meter and the ledger writer from the event loop
 
     # -- what the proxy edge and the web routes call --
     def identify(self, headers: dict[str, str], query: str, proxy_user: str | None, client_ip: str | None,

@@ -97,9 +97,17 @@ def test_cpu_control_and_start_up_figures(result: dict) -> None:
         assert finite(cpu[s]["us"]["plain-stream"]) and finite(cpu[s]["us"]["spendgate"]) and "plain" not in cpu[s]["us"], s
         assert finite(cpu[s]["added_us"]) and finite(cpu[s]["paired_us"]), s
     assert cpu["bulk"]["unit"] == "MB" and cpu["bulk"]["us"]["spendgate"] > 0
+    # spendgate's CPU by thread: its event loop apart from the meter worker and the ledger writer,
+    # which the gateway names for the OS (spendgate.threadnames)
+    threads = cpu["c1"]["threads_us"]["spendgate"]
+    assert threads["event loop"] > 0 and threads["sg-meter"] > 0 and threads["sg-ledger"] > 0, threads
+    assert sum(threads.values()) <= cpu["c1"]["us"]["spendgate"] * 1.01 + 1  # threads alive through the window only
     assert finite(cpu["size_ratio"])
     for conc in ("nonstream_c1", "nonstream_c10"):
         assert all(finite(v) and v > 0 for v in f[conc]["control_ratio"].values())
+        for key in ("turn_p50_ratio", "control_turn_p50_ratio"):  # each turn against plain's same turn
+            turns = f[conc][key]
+            assert turns["turns"] >= 1 and turns["min"] <= turns["median"] <= turns["max"], (conc, turns)
     assert finite(f["body_5mb"]["added_ms"]) and finite(f["memory"]["ratio"]["mb_per_s"])
     pol = f["policy"]
     assert pol["users"] == result["meta"]["plan"]["policy_users"] and finite(pol["ready_s"]) and finite(pol["check_s"])
@@ -196,10 +204,10 @@ def test_ablation_smoke(tmp_path: Path) -> None:
     figures = json.loads(out.read_text())["figures"]
     assert set(figures) == {"plain", "control", "spendgate", "hooks off", "no background",
                             "no background, no admission", "no background, no response headers", "no ledger writes",
-                            "identity resolved once"}
+                            "rows prebuilt", "identity resolved once"}
     for name, f in figures.items():
         assert all(finite(f[k]) and f[k] > 0 for k in ("cpu_us", "p50_us", "p50_ratio", "p95_us", "p95_ratio")), name
-    for name in ("spendgate", "identity resolved once"):  # these still meter every request
+    for name in ("spendgate", "identity resolved once", "rows prebuilt"):  # these still meter every request
         full = figures[name]["ledger"]
         assert full["rows"] == full["requests_sent"] > 15, name
     for name in ("hooks off", "no background", "no background, no admission", "no background, no response headers",

@@ -52,3 +52,39 @@ def test_a_thread_that_ended_in_the_window_falls_back_to_the_tick_counter() -> N
     seconds, counter = clock.stop()
     assert counter == "ticks"
     assert seconds >= 0.15
+
+
+def test_cpu_is_split_by_the_names_the_os_shows() -> None:
+    """by_thread: the main thread (mitmdump's event loop) apart, spendgate's threads under their OS
+    names (spendgate.threadnames), anything else as "other"."""
+    from spendgate import threadnames
+
+    go, stop = threading.Event(), threading.Event()
+
+    def work() -> None:
+        go.wait(10)
+        burn(0.15)
+        stop.wait(10)
+
+    named = threading.Thread(target=work, name="spendgate-benchprobe")
+    unnamed = threading.Thread(target=work, name="someone-else")
+    named.start()
+    unnamed.start()
+    try:
+        assert threadnames.label_threads() >= 1
+        clock = bench_cpu.CpuClock(os.getpid())
+        go.set()
+        burn(0.05)
+        time.sleep(0.4)
+        clock.stop()
+        groups = clock.by_thread()
+    finally:
+        go.set()
+        stop.set()
+        named.join()
+        unnamed.join()
+    assert 0.12 <= groups["sg-benchprobe"] < 0.5
+    assert 0.12 <= groups["other"]  # the unnamed thread (and nothing of the main thread's)
+    assert 0.03 <= groups["event loop"] < 0.12
+    assert bench_cpu.thread_medians([{"event loop": 3.0, "sg-meter": 1.0}, {"event loop": 5.0},
+                                     {"event loop": 4.0, "sg-meter": 2.0}]) == {"event loop": 4.0, "sg-meter": 1.0}
