@@ -11,6 +11,7 @@ keeps the process's name: in mitmdump it is the event loop.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from pathlib import Path
 
@@ -37,9 +38,11 @@ def label_threads(tasks: Path = TASKS) -> int:
     Call it after the threads started (the gateway does at the end of its start). Never raises:
     where there is no ``/proc`` (macOS, Windows) or a thread ended meanwhile, nothing is named."""
     named = 0
+    main = threading.main_thread()
     for thread in threading.enumerate():
         name, tid = os_name(thread.name), thread.native_id
-        if name is None or tid is None:
+        # the main thread's name is the process's (ps -C, pgrep, /proc/PID/comm): never renamed
+        if name is None or tid is None or thread is main or tid == os.getpid():
             continue
         try:
             (tasks / str(tid) / "comm").write_text(name)
