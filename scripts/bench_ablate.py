@@ -40,10 +40,10 @@ VARIANTS: dict[str, tuple[str, ...]] = {
     "no background": ("finish",),  # meter.finish: no metering, pricing, settling or ledger work
     "no background, no admission": ("finish", "admit"),
     "no background, no response headers": ("finish", "responseheaders"),
-    "no ledger writes": ("ledger",),
+    "no ledger writes": ("ledger",),  # the meter worker still parses, prices and settles; nothing is written
     # the response's parse and the row's pricing done once, then the row copied: what rating the rows
     # in a process of its own could give the proxy at most (a copy of the row stands for its decoding)
-    "rows prebuilt": ("rating",),  # the meter worker still parses, prices and settles; nothing is written
+    "rows prebuilt": ("rating",),
     "identity resolved once": ("identity",),  # every request gets the first's Identity: an identity cache's ceiling
 }
 HOOKS = ("client_connected", "http_connect", "next_layer", "requestheaders", "request", "responseheaders",

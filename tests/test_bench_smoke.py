@@ -101,7 +101,6 @@ def test_cpu_control_and_start_up_figures(result: dict) -> None:
     # which the gateway names for the OS (spendgate.threadnames)
     threads = cpu["c1"]["threads_us"]["spendgate"]
     assert threads["event loop"] > 0 and threads["sg-meter"] > 0 and threads["sg-ledger"] > 0, threads
-    assert sum(threads.values()) <= cpu["c1"]["us"]["spendgate"] * 1.01 + 1  # threads alive through the window only
     assert finite(cpu["size_ratio"])
     for conc in ("nonstream_c1", "nonstream_c10"):
         assert all(finite(v) and v > 0 for v in f[conc]["control_ratio"].values())
