@@ -12,6 +12,9 @@ cancel out. Every thread counts (the meter's worker and the ledger's writer incl
 settle pause after each window (and until the process is idle) lets the batched work of that window
 finish inside it; the same wait before each window keeps what came before out of it. A second plain
 mitmdump (the control) is counted like plain: two runs of the same code differ by 0-4% here.
+Callgrind writes each thread's counts apart (``--separate-threads=yes``), so the event loop's
+(valgrind's thread 1, the main thread) are shown too: they are what limits a saturated proxy's
+throughput, and they do not move with when the background threads' batches happen to run.
 
 It counts work, not time: what instructions cost (cache misses, the GIL handed between threads,
 the second core) is what the wall-clock rows measure. Under valgrind a proxy runs ~50x slower,
@@ -78,22 +81,27 @@ def available() -> str | None:
 
 def under_callgrind(cmd: list[str], out_dir: Path) -> list[str]:
     """`cmd` run under callgrind with collection off until switched on; dumps go to `out_dir`."""
-    return ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out_dir}/callgrind.%p",
-            *cmd]
+    return ["valgrind", "--tool=callgrind", "--instr-atstart=no", "--separate-threads=yes",
+            f"--callgrind-out-file={out_dir}/callgrind.%p", *cmd]
 
 
 def _control(pid: int, *args: str) -> None:
     subprocess.run(["callgrind_control", *args, str(pid)], capture_output=True, check=True, timeout=60)
 
 
-def _dumped(out_dir: Path, before: set[Path]) -> int:
-    """Instructions in the dumps written since `before` (one file per dump; every thread's in it)."""
+MAIN_THREAD = "-01"  # callgrind.<pid>.<dump>-<thread>: valgrind numbers the main thread 1
+
+
+def _dumped(out_dir: Path, before: set[Path]) -> tuple[int, int]:
+    """(every thread's, the main thread's) instructions in the dump written since `before`: one
+    file per thread (``--separate-threads=yes``), each with its own ``totals:`` line."""
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         new = set(out_dir.glob("callgrind.*")) - before
-        totals = [line for f in new for line in f.read_text(errors="replace").splitlines() if line.startswith("totals:")]
+        totals = {f: int(line.split()[1]) for f in new for line in f.read_text(errors="replace").splitlines()
+                  if line.startswith("totals:")}
         if new and len(totals) == len(new):
-            return sum(int(line.split()[1]) for line in totals)
+            return sum(totals.values()), sum(n for f, n in totals.items() if f.name.endswith(MAIN_THREAD))
         time.sleep(0.2)
     raise RuntimeError(f"callgrind wrote no dump in {out_dir}")
 
@@ -111,9 +119,11 @@ def _quiet(pid: int, settle_s: float) -> None:
         last = now
 
 
-def window(bench_mod: Any, proxy: Any, ctx: Any, requests: list[bytes], out_dir: Path, settle_s: float) -> int:
+def window(bench_mod: Any, proxy: Any, ctx: Any, requests: list[bytes], out_dir: Path,
+           settle_s: float) -> tuple[int, int]:
     """Instructions the proxy executed for `requests` (sent one after another on one connection),
-    with the settle pause after them; collection is on for that window only."""
+    with the settle pause after them, in every thread and in its main thread (the event loop);
+    collection is on for that window only."""
     pid = proxy.proc.pid
 
     async def send() -> None:
@@ -146,16 +156,23 @@ def run_instructions(bench_mod: Any, plan: InstrPlan, ctx: Any, proxies: dict[st
         taking = [p for p in proxies if p in (floor, control, "spendgate", "before")]
         small, large = work.sizes
         per: dict[str, float] = {}
+        loop: dict[str, float] = {}
         for p in taking:
             proxy = proxies[p]
             window(bench_mod, proxy, ctx, work.request(small), proxy.work, plan.settle_s)  # warm: caches, sessions
             counts = [window(bench_mod, proxy, ctx, work.request(n), proxy.work, plan.settle_s) for n in (small, large)]
-            per[p] = round((counts[1] - counts[0]) / (large - small))
+            per[p] = round((counts[1][0] - counts[0][0]) / (large - small))
+            loop[p] = round((counts[1][1] - counts[0][1]) / (large - small))
         fig: dict[str, Any] = {"unit": work.unit, "floor": floor, "per_unit": per,
                                "ratio": round(per["spendgate"] / per[floor], 3),
-                               "added": per["spendgate"] - per[floor]}
+                               "added": per["spendgate"] - per[floor],
+                               # the main thread only: mitmdump's event loop
+                               "event_loop_per_unit": loop,
+                               "event_loop_ratio": round(loop["spendgate"] / loop[floor], 3) if loop[floor] else None}
         if control in per:  # a second plain: how far two runs of the same code differ here
             fig["control_ratio"] = round(per[control] / per[floor], 3)
+        if control in loop and loop[floor]:
+            fig["event_loop_control_ratio"] = round(loop[control] / loop[floor], 3)
         if "before" in per:
             fig["before_ratio"] = round(per["before"] / per[floor], 3)
             fig["before_added"] = per["before"] - per[floor]
@@ -167,8 +184,11 @@ def print_instructions(fig: dict[str, Any], console: Any) -> None:
     from rich.table import Table
 
     before = any("before_ratio" in v for v in fig.values() if isinstance(v, dict))
-    t = Table(title="Instructions per unit (callgrind; every thread; large window minus small)", header_style="bold")
-    cols = ["scenario", "floor", "control", "control ratio", "spendgate", "added", "ratio"] + (["before", "added before", "ratio before"] if before else [])
+    t = Table(title="Instructions per unit (callgrind; every thread, and the event loop's (main) thread alone; "
+                    "large window minus small)", header_style="bold")
+    cols = ["scenario", "floor", "control", "control ratio", "spendgate", "added", "ratio",
+            "event loop: floor / spendgate", "its ratio (control)"] + (
+        ["before", "added before", "ratio before"] if before else [])
     for col in cols:
         t.add_column(col, justify="left" if col == "scenario" else "right")
     labels = {"c1": "100 KB request, 1 in flight (per request; floor: plain)",
@@ -182,6 +202,9 @@ def print_instructions(fig: dict[str, Any], console: Any) -> None:
         control = next((per[k] for k in ("control", "control-stream") if k in per), None)
         cells = [label, f"{per[f['floor']]:,}", f"{control:,}" if control is not None else "-",
                  f"{f.get('control_ratio', '-')}", f"{per['spendgate']:,}", f"{f['added']:+,}", f"{f['ratio']}"]
+        loop = f.get("event_loop_per_unit") or {}
+        cells += [f"{loop.get(f['floor'], 0):,} / {loop.get('spendgate', 0):,}",
+                  f"{f.get('event_loop_ratio', '-')} ({f.get('event_loop_control_ratio', '-')})"]
         if before:
             cells += [f"{per.get('before', 0):,}", f"{f.get('before_added', 0):+,}", f"{f.get('before_ratio', '-')}"]
         t.add_row(*cells)

@@ -313,3 +313,7 @@ def test_instructions_mode_counts_every_scenario(tmp_path) -> None:
         # plain does real work per unit; a 100 KB request is at least the bytes it copies
         assert isinstance(per[floor], int) and per[floor] > (100_000 if s == "c1" else 1_000), (s, per)
         assert finite(fig[s]["ratio"]) and fig[s]["added"] == per["spendgate"] - per[floor]
+        # each thread counted apart: the main thread (the event loop) on its own, for every proxy
+        loop = fig[s]["event_loop_per_unit"]
+        assert set(loop) == set(per) and all(n > 0 for n in loop.values()), (s, loop, per)
+        assert finite(fig[s]["event_loop_ratio"]) and finite(fig[s]["event_loop_control_ratio"]), s
