@@ -1144,6 +1144,7 @@ def print_startup(result: dict[str, Any]) -> None:
 def run(plan: Plan, mode: str, out: Path, keep: bool, profile: Path | None = None,
         against: Path | None = None) -> dict[str, Any]:
     started = time.perf_counter()
+    started_at = datetime.now(UTC).isoformat(timespec="seconds")  # meta "started": this, not the end
     load_start = os.getloadavg()
     if against is not None:  # its bytecode, as scripts/lib.sh's compile_sources writes this checkout's
         for part in ("spendgate", "addons"):
@@ -1174,7 +1175,7 @@ def run(plan: Plan, mode: str, out: Path, keep: bool, profile: Path | None = Non
 
     result = {
         "meta": {"mode": mode, "cpus": os.cpu_count(), "machine": platform.machine(), "python": platform.python_version(),
-                 "mitmproxy": mitmproxy.version.VERSION, "started": datetime.now(UTC).isoformat(timespec="seconds"),
+                 "mitmproxy": mitmproxy.version.VERSION, "started": started_at,
                  "seconds": r3(time.perf_counter() - started), "plan": plan.__dict__,
                  "loadavg_start": load_start, "loadavg_end": os.getloadavg()},  # fmt: skip
         "figures": figures,

@@ -14,7 +14,9 @@ finish inside it; the same wait before each window keeps what came before out of
 mitmdump (the control) is counted like plain: two runs of the same code differ by 0-4% here.
 Callgrind writes each thread's counts apart (``--separate-threads=yes``), so the event loop's
 (valgrind's thread 1, the main thread) are shown too: they are what limits a saturated proxy's
-throughput, and they do not move with when the background threads' batches happen to run.
+throughput. They are not free of the background threads: CPython's collector runs its passes in
+whichever thread's allocation sets one off, over every thread's young objects, and an object is
+freed in the thread that drops its last reference, so work moves between the threads' counts.
 
 It counts work, not time: what instructions cost (cache misses, the GIL handed between threads,
 the second core) is what the wall-clock rows measure. Under valgrind a proxy runs ~50x slower,
@@ -26,6 +28,7 @@ so the units are few.
 from __future__ import annotations
 
 import asyncio
+import re
 import shutil
 import subprocess
 import time
@@ -89,21 +92,43 @@ def _control(pid: int, *args: str) -> None:
     subprocess.run(["callgrind_control", *args, str(pid)], capture_output=True, check=True, timeout=60)
 
 
-MAIN_THREAD = "-01"  # callgrind.<pid>.<dump>-<thread>: valgrind numbers the main thread 1
+MAIN_THREAD = 1  # valgrind numbers the main thread 1 (callgrind's post_clo_init: run_thread(1))
+# an intermediate dump's file per thread: <out>.<dump>-<thread, "%02d">; the base file callgrind.<pid>
+# (created empty at start for the dump at exit) and the exit dump's <out>-<thread> are not
+DUMP_FILE = re.compile(r"callgrind\.\d+\.\d+-(\d+)")
 
 
-def _dumped(out_dir: Path, before: set[Path]) -> tuple[int, int]:
+def _totals(f: Path) -> int | None:
+    """The instructions on a dump file's ``totals:`` line, or None while the file is not written to
+    its end (callgrind writes that line last, through a buffer, and may flush it in two parts)."""
+    text = f.read_text(errors="replace")
+    for line in text.split("\n")[:-1]:  # lines a newline ended: the last part may still be growing
+        if line.startswith("totals:"):
+            return int(line.split()[1])
+    return None
+
+
+def _dumped(out_dir: Path, before: set[Path], timeout_s: float = 30.0, poll_s: float = 0.2) -> tuple[int, int]:
     """(every thread's, the main thread's) instructions in the dump written since `before`: one
-    file per thread (``--separate-threads=yes``), each with its own ``totals:`` line."""
-    deadline = time.monotonic() + 30
+    file per thread (``--separate-threads=yes``), each with its own ``totals:`` line. Callgrind
+    writes the threads' files one after another (thread 1 first), so a dump counts as complete
+    only when the main thread's file is there, every file has its totals, and two looks in a row
+    saw the same files: a first file complete with the others not yet created is not a dump."""
+    deadline = time.monotonic() + timeout_s
+    last: dict[Path, int | None] | None = None  # (callgrind_control -d returns on vgdb's reply, after the dump)
     while time.monotonic() < deadline:
-        new = set(out_dir.glob("callgrind.*")) - before
-        totals = {f: int(line.split()[1]) for f in new for line in f.read_text(errors="replace").splitlines()
-                  if line.startswith("totals:")}
-        if new and len(totals) == len(new):
-            return sum(totals.values()), sum(n for f, n in totals.items() if f.name.endswith(MAIN_THREAD))
-        time.sleep(0.2)
-    raise RuntimeError(f"callgrind wrote no dump in {out_dir}")
+        new = {f: int(m.group(1)) for f in set(out_dir.glob("callgrind.*")) - before
+               if (m := DUMP_FILE.fullmatch(f.name))}
+        totals = {f: _totals(f) for f in new}
+        if MAIN_THREAD in new.values() and None not in totals.values():
+            if totals == last:
+                counts = {f: n or 0 for f, n in totals.items()}
+                return sum(counts.values()), sum(n for f, n in counts.items() if new[f] == MAIN_THREAD)
+            last = totals
+        else:
+            last = None
+        time.sleep(poll_s)
+    raise RuntimeError(f"callgrind wrote no complete dump in {out_dir} within {timeout_s:g} s")
 
 
 def _quiet(pid: int, settle_s: float) -> None:
@@ -204,7 +229,7 @@ def print_instructions(fig: dict[str, Any], console: Any) -> None:
                  f"{f.get('control_ratio', '-')}", f"{per['spendgate']:,}", f"{f['added']:+,}", f"{f['ratio']}"]
         loop = f.get("event_loop_per_unit") or {}
         cells += [f"{loop.get(f['floor'], 0):,} / {loop.get('spendgate', 0):,}",
-                  f"{f.get('event_loop_ratio', '-')} ({f.get('event_loop_control_ratio', '-')})"]
+                  f"{f.get('event_loop_ratio') or '-'} ({f.get('event_loop_control_ratio') or '-'})"]
         if before:
             cells += [f"{per.get('before', 0):,}", f"{f.get('before_added', 0):+,}", f"{f.get('before_ratio', '-')}"]
         t.add_row(*cells)
