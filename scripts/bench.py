@@ -921,7 +921,7 @@ def summarize(samples: dict[str, dict[str, list]]) -> dict[str, Any]:
         # each turn's p50 against plain's in the same turn (minutes apart at most): whether a ratio
         # is one steady gap or a few slow turns (the p50 at 10 in flight read 1.00-1.26 in runs of one code)
         for who, key in (("spendgate", "turn_p50_ratio"), ("control", "control_turn_p50_ratio")):
-            turns = turn_ratios(samples.get(who, {}).get(f"{conc}_turns", []), samples["plain"][f"{conc}_turns"])
+            turns = turn_ratios(samples[who][f"{conc}_turns"], samples["plain"][f"{conc}_turns"])
             if turns:
                 fig[key] = turns
         if "dispatch" in fig:  # spendgate's own addition: against plain with the same hook dispatch

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from spendgate import threadnames
 from spendgate.store.ledger import COMMIT_INTERVAL
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -72,7 +73,7 @@ def thread_names(pid: int, tids: Any) -> dict[int, str]:
             comm = Path(f"/proc/{pid}/task/{tid}/comm").read_text().strip()
         except OSError:
             comm = ""
-        out[tid] = comm if comm.startswith("sg-") else "other"
+        out[tid] = comm if comm.startswith(threadnames.OS_PREFIX) else "other"
     return out
 
 

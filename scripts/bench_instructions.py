@@ -121,9 +121,8 @@ def _dumped(out_dir: Path, before: set[Path], timeout_s: float = 30.0, poll_s: f
                if (m := DUMP_FILE.fullmatch(f.name))}
         totals = {f: _totals(f) for f in new}
         if MAIN_THREAD in new.values() and None not in totals.values():
-            if totals == last:
-                counts = {f: n or 0 for f, n in totals.items()}
-                return sum(counts.values()), sum(n for f, n in counts.items() if new[f] == MAIN_THREAD)
+            if totals == last:  # (every value an int here)
+                return sum(totals.values()), sum(n for f, n in totals.items() if new[f] == MAIN_THREAD)
             last = totals
         else:
             last = None

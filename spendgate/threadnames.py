@@ -11,7 +11,6 @@ keeps the process's name: in mitmdump it is the event loop.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from pathlib import Path
 
@@ -42,7 +41,7 @@ def label_threads(tasks: Path = TASKS) -> int:
     for thread in threading.enumerate():
         name, tid = os_name(thread.name), thread.native_id
         # the main thread's name is the process's (ps -C, pgrep, /proc/PID/comm): never renamed
-        if name is None or tid is None or thread is main or tid == os.getpid():
+        if name is None or tid is None or thread is main:
             continue
         try:
             (tasks / str(tid) / "comm").write_text(name)
