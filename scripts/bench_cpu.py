@@ -60,6 +60,17 @@ def thread_cpu_ns(pid: int) -> dict[int, int]:
     return out
 
 
+def loop_switches(pid: int) -> int:
+    """Voluntary context switches of `pid`'s main thread (mitmdump's event loop) so far: each is a
+    time it blocked, on `select` with nothing to do or on the GIL (or a lock) another thread held
+    (``/proc/PID/task/PID/status``). Plain mitmdump has no other thread, so spendgate's count less
+    plain's is the loop's waits for its background threads."""
+    for line in Path(f"/proc/{pid}/task/{pid}/status").read_text().splitlines():
+        if line.startswith("voluntary_ctxt_switches:"):
+            return int(line.split()[1])
+    raise ValueError(f"no voluntary_ctxt_switches for {pid}")
+
+
 def thread_names(pid: int, tids: Any) -> dict[int, str]:
     """thread id -> the group its CPU is shown under: "event loop" for the main thread (mitmdump's
     asyncio loop), else the name the OS shows (spendgate.threadnames: sg-meter, sg-ledger, ...),
@@ -88,6 +99,7 @@ class CpuClock:
         self.ticks0 = cpu_seconds(pid)
         self.ns0 = thread_cpu_ns(pid)
         self.ns1: dict[int, int] = {}
+        self.switches0 = loop_switches(pid)
 
     def stop(self) -> tuple[float, str]:
         """(CPU seconds, "ns" or "ticks": which counter measured them)."""
@@ -97,6 +109,10 @@ class CpuClock:
         if self.ns0 and set(self.ns0) <= set(ns1) and ticks - exact <= 2 / CLK_TCK:
             return exact, "ns"
         return ticks, "ticks"
+
+    def loop_waits(self) -> int:
+        """The main thread's voluntary context switches since the clock started (loop_switches)."""
+        return loop_switches(self.pid) - self.switches0
 
     def by_thread(self) -> dict[str, float]:
         """After `stop()`: CPU seconds per thread group (thread_names) from the nanosecond counters
@@ -224,11 +240,13 @@ def takes_part(scenario: str, name: str, names: Any) -> bool:
 
 
 async def interleaved(proxies: dict[str, Any], runner: Any,
-                      count: int) -> dict[str, tuple[float, int, str, dict[str, float]]]:
+                      count: int) -> dict[str, tuple[float, int, str, dict[str, float], int]]:
     """name -> (CPU seconds, units of work, the counter that measured them: CpuClock.stop, CPU
-    seconds per thread group: CpuClock.by_thread) of each proxy over one window in which every proxy did
-    `count` in up to CHUNKS turns, the order reversed each turn (ABBA), then a settle pause: a
-    machine that slows down or speeds up during the window does so for all of them alike."""
+    seconds per thread group: CpuClock.by_thread, the event loop's waits: CpuClock.loop_waits) of each
+    proxy over one window in which every proxy did `count` in up to CHUNKS turns, the order reversed
+    each turn (ABBA), then a settle pause: a machine that slows down or speeds up during the window
+    does so for all of them alike. The waits are counted over the turns only: an idle loop's timers
+    in the settle pauses are not waits for the GIL."""
     await asyncio.sleep(SETTLE_S)  # what earlier work left behind is not ours
     clocks = {name: CpuClock(p.proc.pid) for name, p in proxies.items()}
     units = dict.fromkeys(proxies, 0)
@@ -238,11 +256,12 @@ async def interleaved(proxies: dict[str, Any], runner: Any,
         n = count // turns + (1 if turn < count % turns else 0)
         for name in names if turn % 2 == 0 else reversed(names):
             units[name] += await runner(proxies[name].port, n)
+    waits = {name: clock.loop_waits() for name, clock in clocks.items()}
     await asyncio.sleep(SETTLE_S)
     out = {}
     for name, clock in clocks.items():
         seconds, counter = clock.stop()
-        out[name] = seconds, units[name], counter, clock.by_thread()
+        out[name] = seconds, units[name], counter, clock.by_thread(), waits[name]
     return out
 
 
@@ -265,14 +284,16 @@ def run_cpu(bench_mod: Any, plan: CpuPlan, ctx: ssl.SSLContext, proxies: dict[st
         asyncio.run(_warm(bench_mod, p.port, ctx))
     samples: dict[str, dict[str, list[float]]] = {s: {n: [] for n in proxies} for s in scen}
     threads: dict[str, dict[str, list[dict[str, float]]]] = {s: {n: [] for n in THREADS_OF} for s in scen}
+    waits: dict[str, dict[str, list[float]]] = {s: {n: [] for n in proxies} for s in scen}
     counters = {"ns": 0, "ticks": 0}  # how many measurements each counter made (printed with the table)
     for _ in range(plan.rounds):
         for s, sc in scen.items():
             taking = {n: p for n, p in proxies.items() if takes_part(s, n, proxies)}
             window = asyncio.run(asyncio.wait_for(interleaved(taking, sc.runner, sc.count),
                                                   bench_mod.STEP_TIMEOUT * len(taking)))
-            for name, (cpu, units, counter, groups) in window.items():
+            for name, (cpu, units, counter, groups, loop_waits) in window.items():
                 samples[s][name].append(cpu / units * 1e6)
+                waits[s][name].append(loop_waits / units)
                 counters[counter] += 1
                 if name in threads[s]:
                     threads[s][name].append({g: sec / units * 1e6 for g, sec in groups.items()})
@@ -290,6 +311,9 @@ def run_cpu(bench_mod: Any, plan: CpuPlan, ctx: ssl.SSLContext, proxies: dict[st
         if "dispatch" in med and "spendgate" in med and s not in STREAMED:  # spendgate's own hooks, like for like
             fig["like_added_us"] = round(med["spendgate"] - med["dispatch"], 2)
         fig["threads_us"] = {n: thread_medians(rounds) for n, rounds in threads[s].items() if rounds}
+        # the event loop's voluntary switches per unit: spendgate's less the floor's are its waits
+        # for the GIL its own threads hold (docs/architecture.md, issue 18, twenty-fourth part)
+        fig["loop_waits"] = {n: round(statistics.median(v), 3) for n, v in waits[s].items() if v}
         if floor in med and "before" in med:
             fig["before_added_us"] = round(med["before"] - med[floor], 2)
         if "control" in med and "plain" in med and s not in STREAMED:
@@ -362,7 +386,8 @@ def print_cpu(cpu: dict[str, Any], console: Any) -> None:
 
 def print_threads(cpu: dict[str, Any], labels: dict[str, str], console: Any) -> None:
     """spendgate's CPU per unit split by thread: the event loop's share is what limits throughput
-    (the other threads run beside it on another core, save for the GIL they hold)."""
+    (the other threads run beside it on another core, save for the GIL they hold), and how often
+    the loop blocked per unit beside the floor's count (the difference: its waits for that GIL)."""
     from rich.table import Table
 
     rows = [(s, name, f["threads_us"][name]) for s in labels if (f := cpu.get(s))
@@ -372,10 +397,13 @@ def print_threads(cpu: dict[str, Any], labels: dict[str, str], console: Any) -> 
     groups = ["event loop", *sorted({g for *_, per in rows for g in per} - {"event loop", "other"}), "other"]
     t = Table(title="spendgate's CPU time per unit by thread (threads alive through the window; median of rounds)",
               header_style="bold")
-    for col in ("scenario", "proxy", *groups):
+    for col in ("scenario", "proxy", *groups, "loop blocked / unit (floor)"):
         t.add_column(col, justify="left" if col in ("scenario", "proxy") else "right")
     for s, name, per in rows:
-        t.add_row(labels[s], name, *(f"{per[g]}" if g in per else "-" for g in groups))
+        waits = cpu[s].get("loop_waits", {})
+        floor = "plain-stream" if s in STREAMED and "plain-stream" in waits else "plain"
+        blocked = f"{waits[name]} ({waits.get(floor, '-')})" if name in waits else "-"
+        t.add_row(labels[s], name, *(f"{per[g]}" if g in per else "-" for g in groups), blocked)
     console.print(t)
 
 

@@ -88,3 +88,31 @@ def test_cpu_is_split_by_the_names_the_os_shows() -> None:
     assert 0.03 <= groups["event loop"] < 0.12
     assert bench_cpu.thread_medians([{"event loop": 3.0, "sg-meter": 1.0}, {"event loop": 5.0},
                                      {"event loop": 4.0, "sg-meter": 2.0}]) == {"event loop": 4.0, "sg-meter": 1.0}
+
+
+def test_the_event_loops_waits_are_its_voluntary_switches() -> None:
+    """loop_waits: each time the main thread (mitmdump's event loop) blocked, on a lock another
+    thread held as on a sleep, and nothing another thread does counts."""
+    assert threading.current_thread() is threading.main_thread()  # the clock reads the main thread
+    held = threading.Lock()
+    held.acquire()
+    go = threading.Event()
+
+    def holder() -> None:  # blocks often itself: none of its switches are the main thread's
+        go.wait(10)
+        for _ in range(20):
+            time.sleep(0.001)
+        held.release()
+
+    worker = threading.Thread(target=holder)
+    worker.start()
+    clock = bench_cpu.CpuClock(os.getpid())
+    go.set()
+    assert held.acquire(timeout=10)  # the main thread waits for the worker's lock: one block (or a few)
+    blocked = clock.loop_waits()
+    for _ in range(10):
+        time.sleep(0.002)
+    worker.join()
+    assert 1 <= blocked < 10
+    assert clock.loop_waits() >= blocked + 10
+    assert bench_cpu.loop_switches(os.getpid()) >= clock.switches0 + blocked + 10
