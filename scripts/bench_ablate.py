@@ -186,7 +186,7 @@ def run(rounds: int, requests: int, work: Path, body: str = "100kb", in_flight: 
         for rnd in range(rounds):  # each round one window, every variant in turns (bench_cpu.interleaved)
             window = asyncio.run(asyncio.wait_for(bench_cpu.interleaved(proxies, requests_on, requests),
                                                   bench.STEP_TIMEOUT * len(proxies)))
-            for name, (seconds, units, _counter, _threads, _waits) in window.items():
+            for name, (seconds, units, _counter, _threads, _blocked) in window.items():
                 cpu[name].append(seconds / units * 1e6)
             log.info("round %d/%d done", rnd + 1, rounds)
         ledgers = {}

@@ -61,10 +61,11 @@ def thread_cpu_ns(pid: int) -> dict[int, int]:
 
 
 def loop_switches(pid: int) -> int:
-    """Voluntary context switches of `pid`'s main thread (mitmdump's event loop) so far: each is a
-    time it blocked, on `select` with nothing to do or on the GIL (or a lock) another thread held
-    (``/proc/PID/task/PID/status``). Plain mitmdump has no other thread, so spendgate's count less
-    plain's is the loop's waits for its background threads."""
+    """Voluntary context switches of `pid`'s main thread (mitmdump's event loop) so far
+    (``/proc/PID/task/PID/status``): each is a time it blocked, on `select` with nothing to do, or
+    on the GIL or a lock another thread held. Plain mitmdump has no other thread; spendgate's count
+    less plain's is its loop's waits for its own threads, net of the `select` waits a busier loop
+    skips (it finds the next request already there), so it can read below zero."""
     for line in Path(f"/proc/{pid}/task/{pid}/status").read_text().splitlines():
         if line.startswith("voluntary_ctxt_switches:"):
             return int(line.split()[1])
@@ -99,7 +100,6 @@ class CpuClock:
         self.ticks0 = cpu_seconds(pid)
         self.ns0 = thread_cpu_ns(pid)
         self.ns1: dict[int, int] = {}
-        self.switches0 = loop_switches(pid)
 
     def stop(self) -> tuple[float, str]:
         """(CPU seconds, "ns" or "ticks": which counter measured them)."""
@@ -109,10 +109,6 @@ class CpuClock:
         if self.ns0 and set(self.ns0) <= set(ns1) and ticks - exact <= 2 / CLK_TCK:
             return exact, "ns"
         return ticks, "ticks"
-
-    def loop_waits(self) -> int:
-        """The main thread's voluntary context switches since the clock started (loop_switches)."""
-        return loop_switches(self.pid) - self.switches0
 
     def by_thread(self) -> dict[str, float]:
         """After `stop()`: CPU seconds per thread group (thread_names) from the nanosecond counters
@@ -242,26 +238,30 @@ def takes_part(scenario: str, name: str, names: Any) -> bool:
 async def interleaved(proxies: dict[str, Any], runner: Any,
                       count: int) -> dict[str, tuple[float, int, str, dict[str, float], int]]:
     """name -> (CPU seconds, units of work, the counter that measured them: CpuClock.stop, CPU
-    seconds per thread group: CpuClock.by_thread, the event loop's waits: CpuClock.loop_waits) of each
-    proxy over one window in which every proxy did `count` in up to CHUNKS turns, the order reversed
-    each turn (ABBA), then a settle pause: a machine that slows down or speeds up during the window
-    does so for all of them alike. The waits are counted over the turns only: an idle loop's timers
-    in the settle pauses are not waits for the GIL."""
+    seconds per thread group: CpuClock.by_thread, how often its event loop blocked: loop_switches)
+    of each proxy over one window in which every proxy did `count` in up to CHUNKS turns, the order
+    reversed each turn (ABBA), then a settle pause: a machine that slows down or speeds up during
+    the window does so for all of them alike. The blocks are counted over each proxy's own turns
+    only: while the others take theirs (or in the settle pauses) a loop sleeps, and an idle loop's
+    timers (mitmproxy's script watcher wakes a proxy started with -s once a second) are not waits."""
     await asyncio.sleep(SETTLE_S)  # what earlier work left behind is not ours
     clocks = {name: CpuClock(p.proc.pid) for name, p in proxies.items()}
     units = dict.fromkeys(proxies, 0)
+    blocked = dict.fromkeys(proxies, 0)
     turns = max(1, min(CHUNKS, count))
     names = list(proxies)
     for turn in range(turns):
         n = count // turns + (1 if turn < count % turns else 0)
         for name in names if turn % 2 == 0 else reversed(names):
+            pid = proxies[name].proc.pid
+            before = loop_switches(pid)
             units[name] += await runner(proxies[name].port, n)
-    waits = {name: clock.loop_waits() for name, clock in clocks.items()}
+            blocked[name] += loop_switches(pid) - before
     await asyncio.sleep(SETTLE_S)
     out = {}
     for name, clock in clocks.items():
         seconds, counter = clock.stop()
-        out[name] = seconds, units[name], counter, clock.by_thread(), waits[name]
+        out[name] = seconds, units[name], counter, clock.by_thread(), blocked[name]
     return out
 
 
@@ -284,16 +284,16 @@ def run_cpu(bench_mod: Any, plan: CpuPlan, ctx: ssl.SSLContext, proxies: dict[st
         asyncio.run(_warm(bench_mod, p.port, ctx))
     samples: dict[str, dict[str, list[float]]] = {s: {n: [] for n in proxies} for s in scen}
     threads: dict[str, dict[str, list[dict[str, float]]]] = {s: {n: [] for n in THREADS_OF} for s in scen}
-    waits: dict[str, dict[str, list[float]]] = {s: {n: [] for n in proxies} for s in scen}
+    blocked: dict[str, dict[str, list[float]]] = {s: {n: [] for n in proxies} for s in scen}
     counters = {"ns": 0, "ticks": 0}  # how many measurements each counter made (printed with the table)
     for _ in range(plan.rounds):
         for s, sc in scen.items():
             taking = {n: p for n, p in proxies.items() if takes_part(s, n, proxies)}
             window = asyncio.run(asyncio.wait_for(interleaved(taking, sc.runner, sc.count),
                                                   bench_mod.STEP_TIMEOUT * len(taking)))
-            for name, (cpu, units, counter, groups, loop_waits) in window.items():
+            for name, (cpu, units, counter, groups, blocks) in window.items():
                 samples[s][name].append(cpu / units * 1e6)
-                waits[s][name].append(loop_waits / units)
+                blocked[s][name].append(blocks / units)
                 counters[counter] += 1
                 if name in threads[s]:
                     threads[s][name].append({g: sec / units * 1e6 for g, sec in groups.items()})
@@ -311,9 +311,10 @@ def run_cpu(bench_mod: Any, plan: CpuPlan, ctx: ssl.SSLContext, proxies: dict[st
         if "dispatch" in med and "spendgate" in med and s not in STREAMED:  # spendgate's own hooks, like for like
             fig["like_added_us"] = round(med["spendgate"] - med["dispatch"], 2)
         fig["threads_us"] = {n: thread_medians(rounds) for n, rounds in threads[s].items() if rounds}
-        # the event loop's voluntary switches per unit: spendgate's less the floor's are its waits
-        # for the GIL its own threads hold (docs/architecture.md, issue 18, twenty-fourth part)
-        fig["loop_waits"] = {n: round(statistics.median(v), 3) for n, v in waits[s].items() if v}
+        # how often each event loop blocked per unit: spendgate's less the floor's is, net of the
+        # select waits a busier loop skips, its waits for its own threads (loop_switches;
+        # docs/architecture.md, issue 18, twenty-fourth part)
+        fig["loop_blocked"] = {n: round(statistics.median(v), 3) for n, v in blocked[s].items() if v}
         if floor in med and "before" in med:
             fig["before_added_us"] = round(med["before"] - med[floor], 2)
         if "control" in med and "plain" in med and s not in STREAMED:
@@ -387,7 +388,8 @@ def print_cpu(cpu: dict[str, Any], console: Any) -> None:
 def print_threads(cpu: dict[str, Any], labels: dict[str, str], console: Any) -> None:
     """spendgate's CPU per unit split by thread: the event loop's share is what limits throughput
     (the other threads run beside it on another core, save for the GIL they hold), and how often
-    the loop blocked per unit beside the floor's count (the difference: its waits for that GIL)."""
+    the loop blocked per unit beside the floor's count (loop_switches: the difference is, net, its
+    waits for its own threads)."""
     from rich.table import Table
 
     rows = [(s, name, f["threads_us"][name]) for s in labels if (f := cpu.get(s))
@@ -400,9 +402,9 @@ def print_threads(cpu: dict[str, Any], labels: dict[str, str], console: Any) -> 
     for col in ("scenario", "proxy", *groups, "loop blocked / unit (floor)"):
         t.add_column(col, justify="left" if col in ("scenario", "proxy") else "right")
     for s, name, per in rows:
-        waits = cpu[s].get("loop_waits", {})
-        floor = "plain-stream" if s in STREAMED and "plain-stream" in waits else "plain"
-        blocked = f"{waits[name]} ({waits.get(floor, '-')})" if name in waits else "-"
+        counts = cpu[s].get("loop_blocked", {})
+        floor = "plain-stream" if s in STREAMED and "plain-stream" in counts else "plain"
+        blocked = f"{counts[name]} ({counts.get(floor, '-')})" if name in counts else "-"
         t.add_row(labels[s], name, *(f"{per[g]}" if g in per else "-" for g in groups), blocked)
     console.print(t)
 

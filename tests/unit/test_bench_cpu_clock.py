@@ -1,12 +1,18 @@
-"""scripts/bench_cpu.CpuClock: nanosecond per-thread counters, ticks when a thread took its time away."""
+"""scripts/bench_cpu: CpuClock (nanosecond per-thread counters, ticks when a thread took its time away)
+and how often an event loop blocked (loop_switches, counted by interleaved over a proxy's own turns)."""
 
 from __future__ import annotations
 
+import asyncio
 import os
+import subprocess
 import sys
 import threading
 import time
+import types
 from pathlib import Path
+
+import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
 
@@ -90,15 +96,16 @@ def test_cpu_is_split_by_the_names_the_os_shows() -> None:
                                      {"event loop": 4.0, "sg-meter": 2.0}]) == {"event loop": 4.0, "sg-meter": 1.0}
 
 
-def test_the_event_loops_waits_are_its_voluntary_switches() -> None:
-    """loop_waits: each time the main thread (mitmdump's event loop) blocked, on a lock another
-    thread held as on a sleep, and nothing another thread does counts."""
-    assert threading.current_thread() is threading.main_thread()  # the clock reads the main thread
+
+def test_the_loops_blocks_are_its_main_threads_voluntary_switches() -> None:
+    """loop_switches counts each time the main thread (mitmdump's event loop) blocked, on a lock
+    another thread held as on a sleep; another thread's own blocks do not count."""
+    assert threading.current_thread() is threading.main_thread()  # it reads the main thread
     held = threading.Lock()
     held.acquire()
     go = threading.Event()
 
-    def holder() -> None:  # blocks often itself: none of its switches are the main thread's
+    def holder() -> None:  # blocks 20 times itself: none of them are the main thread's
         go.wait(10)
         for _ in range(20):
             time.sleep(0.001)
@@ -106,13 +113,56 @@ def test_the_event_loops_waits_are_its_voluntary_switches() -> None:
 
     worker = threading.Thread(target=holder)
     worker.start()
-    clock = bench_cpu.CpuClock(os.getpid())
+    start = bench_cpu.loop_switches(os.getpid())
     go.set()
-    assert held.acquire(timeout=10)  # the main thread waits for the worker's lock: one block (or a few)
-    blocked = clock.loop_waits()
+    assert held.acquire(timeout=10)  # the main thread waits for the worker's lock
+    blocked = bench_cpu.loop_switches(os.getpid()) - start
+    worker.join()
+    assert 1 <= blocked < 15  # one block on the lock (a few more if it then waited for the GIL)
+    before = bench_cpu.loop_switches(os.getpid())
     for _ in range(10):
         time.sleep(0.002)
-    worker.join()
-    assert 1 <= blocked < 10
-    assert clock.loop_waits() >= blocked + 10
-    assert bench_cpu.loop_switches(os.getpid()) >= clock.switches0 + blocked + 10
+    assert bench_cpu.loop_switches(os.getpid()) - before >= 10
+
+
+@pytest.mark.skipif(not getattr(sys, "_is_gil_enabled", lambda: True)(), reason="no GIL to wait for")
+def test_a_wait_for_the_gil_is_a_block() -> None:
+    """Two threads running Python hand the GIL back and forth (every switch interval, 5 ms): each
+    time the main thread hands it over it blocks until it is its turn again, as mitmdump's event
+    loop does while spendgate's meter worker runs."""
+    stop = time.monotonic() + 0.2
+    spinner = threading.Thread(target=lambda: burn_until(stop))
+    before = bench_cpu.loop_switches(os.getpid())
+    spinner.start()
+    burn_until(stop)
+    spinner.join()
+    assert bench_cpu.loop_switches(os.getpid()) - before >= 5  # ~20 hand-overs each way in 0.2 s
+
+
+def burn_until(deadline: float) -> None:
+    while time.monotonic() < deadline:
+        pass
+
+
+def test_a_proxys_blocks_are_counted_over_its_own_turns(monkeypatch) -> None:
+    """interleaved counts each proxy's blocks only while it takes its turns: while the others take
+    theirs its loop sleeps, and what an idle loop's timers do then is no wait."""
+    monkeypatch.setattr(bench_cpu, "SETTLE_S", 0.01)
+    ticking = "import time\nwhile True:\n    time.sleep(0.01)\n"  # blocks ~100 times a second, busy or not
+    procs = [subprocess.Popen([sys.executable, "-c", ticking]) for _ in range(2)]
+    try:
+        proxies = {f"p{i}": types.SimpleNamespace(proc=p, port=i) for i, p in enumerate(procs)}
+
+        async def turn(port: int, n: int) -> int:
+            await asyncio.sleep(0.1)
+            return n
+
+        window = asyncio.run(bench_cpu.interleaved(proxies, turn, 8))  # 8 turns each, 0.8 s of own turns
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+    for name, (_seconds, units, _counter, _groups, blocked) in window.items():
+        assert units == 8
+        # ~80 over its own 0.8 s; the window's whole 1.6 s would give ~160
+        assert 30 <= blocked <= 115, (name, blocked)
