@@ -19,3 +19,21 @@ def wait_until(predicate, timeout=60.0, every=0.2):
             return value
         time.sleep(every)
     raise AssertionError("condition not met in time")
+
+
+def clear_of_midnight(tz: str, margin: float = 120.0) -> float:
+    """Sleep past the next midnight in `tz` when it is less than `margin` seconds away; returns the
+    seconds slept. A test that charges a day window and then reads "today's" spend must not straddle
+    the day's end: the charge lands in the day of the request's time, the read in the new day (a
+    laptop test failed so at 23:00 UTC, midnight in Paris)."""
+    import time
+    from datetime import datetime, timedelta
+    from zoneinfo import ZoneInfo
+
+    now = datetime.now(ZoneInfo(tz))
+    midnight = datetime.combine(now.date() + timedelta(days=1), datetime.min.time(), now.tzinfo)
+    left = (midnight - now).total_seconds()
+    if left >= margin:
+        return 0.0
+    time.sleep(left + 1.0)
+    return left + 1.0
