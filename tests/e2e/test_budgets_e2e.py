@@ -20,17 +20,11 @@ import openai
 import pytest
 
 from spendgate.identity import fingerprint
-from tests.support import ANTHROPIC_KEY, OPENAI_KEY, clear_of_midnight, wait_until
+from tests.support import ANTHROPIC_KEY, OPENAI_KEY, wait_until
 
 MODEL = "claude-sonnet-4-5"
 PROMPT = "x" * 7200  # ~1800 tokens by the gateway's 4-bytes-per-token estimate
 ONE_REQUEST_USD = 0.01179  # what the fake provider's default Anthropic usage costs (test_metering_e2e)
-
-
-@pytest.fixture(autouse=True)
-def _not_across_midnight() -> None:
-    """The tests charge day windows in Paris and read them back: none may straddle the day's end."""
-    clear_of_midnight("Europe/Paris")
 
 
 def policy(tmp_path, body: str, name: str = "policy.yaml"):

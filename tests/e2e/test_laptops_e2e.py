@@ -21,7 +21,7 @@ from psycopg.rows import dict_row
 
 from spendgate.central.ingest import pushed_id
 from spendgate.store.ledger import connect
-from tests.support import ANTHROPIC_KEY, clear_of_midnight, wait_until
+from tests.support import ANTHROPIC_KEY, wait_until
 from tests.support.gateway import free_port
 
 MODEL = "claude-sonnet-4-5"
@@ -32,12 +32,6 @@ defaults: {user: {day: 5}}
 offline_allowance: {day: 0.03}
 """
 LAPTOP_ID = "tester-laptop"
-
-
-@pytest.fixture(autouse=True)
-def _not_across_midnight() -> None:
-    """Each test reads today's spend in Paris after charging it: none may straddle the day's end."""
-    clear_of_midnight("Europe/Paris")
 
 
 def ask(client):

@@ -24,7 +24,7 @@ import pytest
 from psycopg.rows import dict_row
 
 from spendgate.store.postgres import SCHEMA_VERSION
-from tests.support import ANTHROPIC_KEY, clear_of_midnight, wait_until
+from tests.support import ANTHROPIC_KEY, wait_until
 from tests.support.gateway import GatewayError, _clean_env, free_port
 from tests.support.webhook import Hook
 
@@ -32,12 +32,6 @@ MODEL = "claude-sonnet-4-5"
 PROMPT = "x" * 7200  # ~1800 tokens by the gateway's estimate: the reservation covers the actual cost
 ONE_REQUEST_USD = Decimal("0.01179")  # what the fake provider's default Anthropic usage costs
 LEASE = 2  # seconds (the kill -9 test): short so a dead replica's reservation is reaped within the test
-
-
-@pytest.fixture(autouse=True)
-def _not_across_midnight() -> None:
-    """The tests charge day windows in Paris and read them back: none may straddle the day's end."""
-    clear_of_midnight("Europe/Paris")
 
 
 def policy(tmp_path, body: str):
