@@ -96,7 +96,6 @@ def test_cpu_is_split_by_the_names_the_os_shows() -> None:
                                      {"event loop": 4.0, "sg-meter": 2.0}]) == {"event loop": 4.0, "sg-meter": 1.0}
 
 
-
 def test_the_loops_blocks_are_its_main_threads_voluntary_switches() -> None:
     """loop_switches counts each time the main thread (mitmdump's event loop) blocked, on a lock
     another thread held as on a sleep; another thread's own blocks do not count."""
@@ -130,18 +129,12 @@ def test_a_wait_for_the_gil_is_a_block() -> None:
     """Two threads running Python hand the GIL back and forth (every switch interval, 5 ms): each
     time the main thread hands it over it blocks until it is its turn again, as mitmdump's event
     loop does while spendgate's meter worker runs."""
-    stop = time.monotonic() + 0.2
-    spinner = threading.Thread(target=lambda: burn_until(stop))
+    spinner = threading.Thread(target=burn, args=(0.1,))
     before = bench_cpu.loop_switches(os.getpid())
     spinner.start()
-    burn_until(stop)
+    burn(0.1)  # 0.1 s of CPU each: ~0.2 s of taking turns, ~20 hand-overs each way
     spinner.join()
-    assert bench_cpu.loop_switches(os.getpid()) - before >= 5  # ~20 hand-overs each way in 0.2 s
-
-
-def burn_until(deadline: float) -> None:
-    while time.monotonic() < deadline:
-        pass
+    assert bench_cpu.loop_switches(os.getpid()) - before >= 5
 
 
 def test_a_proxys_blocks_are_counted_over_its_own_turns(monkeypatch) -> None:
