@@ -11,7 +11,20 @@ import os
 
 import pytest
 
+from tests.support import clear_of_midnight
 from tests.support.postgres import PostgresCluster, PostgresUnavailable
+
+# the time zones whose days the tests' policies count in (UTC unless set; Europe/Berlin shares Paris's)
+MIDNIGHTS = ("UTC", "Europe/Paris")
+
+
+@pytest.fixture(autouse=True)
+def _not_across_midnight() -> None:
+    """No test straddles a day's end: tests charge "today" with rows up to five minutes old or
+    requests made now, and read today's spend back. Within two minutes before a midnight, or six
+    after it, a test first waits (at most once a run: the next tests start clear of it)."""
+    for tz in MIDNIGHTS:
+        clear_of_midnight(tz, before=120.0, after=360.0)
 
 
 @pytest.fixture(scope="session")

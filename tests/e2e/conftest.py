@@ -20,12 +20,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from tests.support import ANTHROPIC_KEY, OPENAI_KEY, clear_of_midnight  # noqa: E402
+from tests.support import ANTHROPIC_KEY, OPENAI_KEY  # noqa: E402
 from tests.support.fake_provider import FakeProvider  # noqa: E402
 from tests.support.gateway import Gateway  # noqa: E402
-
-# the time zones whose midnight the e2e policies use (Europe/Berlin shares Paris's)
-MIDNIGHTS = ("UTC", "Europe/Paris")
 
 
 @pytest.fixture(scope="session")
@@ -43,13 +40,7 @@ def fake_provider(_fake_provider_session):
 
 @pytest.fixture
 def gateway_factory(tmp_path, fake_provider):
-    """Build (not start) extra gateways: gateway_factory(policy=..., extra_args=[...]).
-
-    Tests that charge a day window and read today's spend back must not straddle the day's end in
-    their policy's time zone (UTC unless set; Paris in the budget, laptop and scale-out tests):
-    within two minutes of either midnight this waits it out first."""
-    for tz in MIDNIGHTS:
-        clear_of_midnight(tz)
+    """Build (not start) extra gateways: gateway_factory(policy=..., extra_args=[...])."""
     made: list[Gateway] = []
 
     def make(name: str = "gw", **kw) -> Gateway:

@@ -21,19 +21,21 @@ def wait_until(predicate, timeout=60.0, every=0.2):
     raise AssertionError("condition not met in time")
 
 
-def clear_of_midnight(tz: str, margin: float = 120.0) -> float:
-    """Sleep past the next midnight in `tz` when it is less than `margin` seconds away; returns the
-    seconds slept. A test that charges a day window and then reads "today's" spend must not straddle
-    the day's end: the charge lands in the day of the request's time, the read in the new day (a
-    laptop test failed so at 23:00 UTC, midnight in Paris)."""
+
+def clear_of_midnight(tz: str, before: float = 120.0, after: float = 0.0) -> float:
+    """Sleep until the day in `tz` is at least `after` seconds old and at least `before` seconds
+    from its end; returns the seconds slept. A test that charges "today" (rows a few minutes old, a
+    request made now) and reads today's spend back must not straddle the day's end: the charge lands
+    in the day of the row's time, the read in the new day (a laptop test failed so at 23:00 UTC,
+    midnight in Paris; a re-pricing test whose rows were five minutes old at 00:01 UTC)."""
     import time
     from datetime import datetime, timedelta
     from zoneinfo import ZoneInfo
 
     now = datetime.now(ZoneInfo(tz))
-    midnight = datetime.combine(now.date() + timedelta(days=1), datetime.min.time(), now.tzinfo)
-    left = (midnight - now).total_seconds()
-    if left >= margin:
-        return 0.0
-    time.sleep(left + 1.0)
-    return left + 1.0
+    start = datetime.combine(now.date(), datetime.min.time(), now.tzinfo)
+    into, left = (now - start).total_seconds(), (start + timedelta(days=1) - now).total_seconds()
+    wait = left + after + 1.0 if left < before else after - into if into < after else 0.0
+    if wait > 0:
+        time.sleep(wait)
+    return max(wait, 0.0)
