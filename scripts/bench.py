@@ -1200,7 +1200,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="only CPU time per request of each proxy (robust on a loaded machine; ~1-2 minutes)")
     ap.add_argument("--profile", action="store_true",
                     help="with --cpu: run spendgate's mitmdump under cProfile and print its top functions")
-    ap.add_argument("--only", default="", help="with --cpu: comma-separated scenarios (c1, c10, body_5mb, body_5mb_fresh, stream, bulk)")
+    ap.add_argument("--only", default="", help="with --cpu: comma-separated scenarios (c1, c10, body_5mb, body_5mb_fresh, stream, bulk; laptop: a request a second, only when named)")
     ap.add_argument("--rounds", type=int, default=0, help="with --cpu or --startup: rounds (default 5; 1 with --smoke)")
     ap.add_argument("--against", type=Path, default=None,
                     help="with --cpu, --startup or --instructions: also measure spendgate from this checkout "

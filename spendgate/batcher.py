@@ -40,6 +40,9 @@ class Batcher(Generic[T]):
         self._sleeping = False  # the thread waits for _arrived (or is about to): put() must set it
         self._stopping = False
         self._hurry = threading.Event()  # close(), a full batch or a flush not paced: ends a wait out of min_gap
+        # read by `handle` on this batcher's thread: a flush or close() waits on this batch, so a
+        # handler that may hold items back for a bigger batch (the ledger's writer) must not
+        self.awaited = False
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
@@ -98,6 +101,7 @@ class Batcher(Generic[T]):
                 item = self._items.popleft()
                 (waiting if isinstance(item, threading.Event) else items).append(item)
             busy = bool(items) or retry  # the handler has work (an empty batch is no batch to space out)
+            self.awaited = bool(waiting) or stopping
             try:
                 ok = self.handle(items) is not False
                 retry = not ok

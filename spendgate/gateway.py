@@ -104,7 +104,8 @@ class Gateway:
         for w in self.policy.warnings:
             log.warning("%s", w.render(str(settings.policy)))
         try:
-            self.ledger = DuckDBLedger(settings.db, on_written=self._written, on_spill=self._spill)
+            self.ledger = DuckDBLedger(settings.db, on_written=self._written, on_spill=self._spill,
+                                       on_hold=self._hold)
         except LedgerLocked:
             raise GatewayError(f"the ledger {settings.db} is in use by another gateway") from None
         except Exception as e:
@@ -262,6 +263,14 @@ class Gateway:
             if journal.has_spilled:  # the store works again: what went to the journal comes back
                 for d in journal.take_spilled():
                     self.ledger.append(row_from_dict(d))
+
+    def _hold(self, rows: list[LedgerRow]) -> None:
+        """Ledger writer thread: rows whose commit it puts off (ledger.HOLD_ROWS) go to the journal
+        first, so a crash before the commit loses none of them."""
+        journal = getattr(self, "journal", None)
+        if journal is None:
+            raise OSError("the reservation journal is not open yet")
+        journal.hold([row_to_dict(r) for r in rows])
 
     def _spill(self, rows: list[LedgerRow]) -> None:
         """Ledger writer thread, store failing: rows past the in-memory bound go to the journal."""

@@ -97,13 +97,18 @@ def test_cpu_control_and_start_up_figures(result: dict) -> None:
         assert finite(cpu[s]["us"]["plain-stream"]) and finite(cpu[s]["us"]["spendgate"]) and "plain" not in cpu[s]["us"], s
         assert finite(cpu[s]["added_us"]) and finite(cpu[s]["paired_us"]), s
     assert cpu["bulk"]["unit"] == "MB" and cpu["bulk"]["us"]["spendgate"] > 0
+    # a laptop's pace (opt-in, in the smoke run too): every proxy at once, a request at a time
+    assert cpu["laptop"]["unit"] == "request"
+    assert all(finite(cpu["laptop"]["us"][p]) and cpu["laptop"]["us"][p] > 0 for p in ("plain", "control", "spendgate"))
+    # each window committed what spendgate's writer held (ledger.HOLD_ROWS) through its admin API
+    assert cpu["held_commit_failures"] == 0
     # spendgate's CPU by thread: its event loop apart from the meter worker and the ledger writer,
     # which the gateway names for the OS (spendgate.threadnames)
     threads = cpu["c1"]["threads_us"]["spendgate"]
     assert threads["event loop"] > 0 and threads["sg-meter"] > 0 and threads["sg-ledger"] > 0, threads
     # how often each event loop blocked per unit, for every proxy of every scenario; serving one
     # request at a time, a loop mostly finds nothing to do until the client sends the next
-    for s in ("c1", "c10", "body_5mb", "body_5mb_fresh", "stream", "bulk"):
+    for s in ("c1", "c10", "body_5mb", "body_5mb_fresh", "stream", "bulk", "laptop"):
         assert set(cpu[s]["loop_blocked"]) == set(cpu[s]["us"]), s
         assert all(finite(v) and v >= 0 for v in cpu[s]["loop_blocked"].values()), s
     for p in ("plain", "control", "dispatch", "spendgate"):

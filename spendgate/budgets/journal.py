@@ -1,7 +1,8 @@
 """A reservation journal that survives a crash of the gateway process.
 
 Every admitted request appends one line before it is forwarded; once its ledger row is
-committed, a settle line follows. A plain `os.write` to an O_APPEND file lands in the kernel's
+committed, a settle line follows. A ledger row whose commit is put off (the ledger's HOLD_ROWS)
+or that a failing store cannot take is written here whole first, and the next start writes it. A plain `os.write` to an O_APPEND file lands in the kernel's
 page cache in microseconds and survives `kill -9` (not a power cut: that is a documented
 trade-off against an fsync per request). At start-up, reservations without a settle line and
 without a ledger row are charged as `interrupted`; then the journal starts afresh.
@@ -44,6 +45,7 @@ class Journal:
         self._lock = threading.Lock()
         self._open: dict[str, bytes] = {}  # request id -> its reserve line, while in flight
         self._spilled: set[str] = set()  # ids of ledger rows spilled here while the store failed
+        self._held: set[str] = set()  # ids of ledger rows written here whose commit is put off
         self._written = 0
 
     @staticmethod
@@ -70,10 +72,12 @@ class Journal:
         with self._lock:
             for rid in request_ids:
                 self._open.pop(rid, None)
+                self._held.discard(rid)
             try:
                 os.write(self._fd, line)
                 self._written += len(line)
-                if self._written >= self.compact_at and not self._spilled:  # spilled rows stay until written
+                # spilled and held rows stay until written (compaction keeps reserve lines only)
+                if self._written >= self.compact_at and not self._spilled and not self._held:
                     self._compact()
             except OSError as e:  # the ledger row exists; recovery checks it, so nothing is double-charged
                 log.error("reservation journal: cannot write settle: %s", e)
@@ -81,10 +85,19 @@ class Journal:
     def spill(self, rows: list[dict[str, Any]]) -> None:
         """Keep ledger rows the store could not take (written back later, or at the next start).
         Raises OSError when the disk refuses these too."""
+        self._keep(rows, self._spilled)
+
+    def hold(self, rows: list[dict[str, Any]]) -> None:
+        """Keep ledger rows the ledger still holds in memory, its commit put off: after a crash
+        the next start writes them (their settle line, after the commit, ends that). Raises
+        OSError when the disk refuses them; the ledger then commits at once."""
+        self._keep(rows, self._held)
+
+    def _keep(self, rows: list[dict[str, Any]], ids: set[str]) -> None:
         data = b"".join(self._line({"op": "row", "id": r["request_id"], "row": r}) for r in rows)
         with self._lock:
             os.write(self._fd, data)
-            self._spilled.update(r["request_id"] for r in rows)
+            ids.update(r["request_id"] for r in rows)
             self._written += len(data)
 
     @property
@@ -99,7 +112,8 @@ class Journal:
 
     @staticmethod
     def spilled_rows(path: Path) -> list[dict[str, Any]]:
-        """Every ledger row spilled to the journal at `path` (recovery dedups against the ledger)."""
+        """Every ledger row kept in the journal at `path`, spilled or held (recovery dedups against
+        the ledger: a held row may have been committed before its settle line was written)."""
         if not _regular_file(path):
             return []
         out = []

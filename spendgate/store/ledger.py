@@ -2,7 +2,8 @@
 
 Writes never happen on the proxy's event loop: `append()` only enqueues, and one writer thread
 batches rows into DuckDB with an Appender, committing every `commit_interval` seconds (or
-sooner, at COMMIT_ROWS rows waiting).
+sooner, at COMMIT_ROWS rows waiting; later, up to MAX_HOLD seconds, while fewer than HOLD_ROWS
+rows wait and the journal holds them).
 `close()` drains the queue, so nothing is lost on a clean shutdown. The `Ledger` protocol is the
 seam for other stores (PostgreSQL, OpenTelemetry) later.
 """
@@ -99,11 +100,11 @@ class LedgerRow:
 
 ROW_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(LedgerRow))  # everything a row carries
 COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(LedgerRow) if f.metadata.get("column", True))
-_DECIMALS = ("cost_usd", "charged_usd")
+_DECIMALS = ("cost_usd", "charged_usd", "notional_usd")
 
 
 def row_to_dict(row: LedgerRow) -> dict:
-    """A row as JSON-ready values (for the journal when the store fails)."""
+    """A row as JSON-ready values (for the journal: rows held for a later commit, or a failing store's)."""
     out = {}
     for name in ROW_FIELDS:
         v = getattr(row, name)
@@ -504,6 +505,17 @@ COMMIT_ROWS = 2000  # rows that make the writer commit before the interval is ov
 # Readers in the gap share the next commit, so however many read, commits come no more often than
 # on the old 0.5 s schedule; a read waits at most this much more (gateway.READ_WAIT covers it).
 FLUSH_GAP = 0.5
+# A commit costs ~9 ms of CPU however few rows it carries (1, 3 or 10 rows alike: DuckDB's fixed
+# cost per table a transaction appends to, seven tables). At a laptop's pace, a request every few
+# seconds, a commit every COMMIT_INTERVAL was a commit per request: 5.7 ms of the writer's CPU per
+# request at one a second, more than mitmproxy's own 3.6 ms (docs/architecture.md, issue 18,
+# twenty-fifth part). So while fewer than HOLD_ROWS rows wait, a timed commit is put off, for up
+# to MAX_HOLD seconds, and the rows are held: each is first written to the reservation journal
+# (`on_hold`, tens of µs a row), so a crash still loses none of them and the next start writes
+# them exactly (spendgate.budgets.recovery). A read's flush, close(), HOLD_ROWS rows or a journal
+# that cannot take them commit at once. Above ~100 requests/s nothing is held.
+HOLD_ROWS = 200
+MAX_HOLD = 30.0  # seconds a held row waits at most (spendgate_ledger_lag_seconds reads up to this)
 
 
 class DuckDBLedger:
@@ -516,8 +528,11 @@ class DuckDBLedger:
         commit_interval: float = COMMIT_INTERVAL,
         on_written: Callable[[list[LedgerRow]], None] | None = None,
         on_spill: Callable[[list[LedgerRow]], None] | None = None,
+        on_hold: Callable[[list[LedgerRow]], None] | None = None,
         max_pending: int = bounds.MAX_PENDING_ROWS,
         threads: int | None = None,
+        hold_rows: int = HOLD_ROWS,
+        max_hold: float = MAX_HOLD,
     ) -> None:
         self.path = Path(path)
         self.con = connect_private(self.path)
@@ -529,6 +544,10 @@ class DuckDBLedger:
         rollups.heal(self.con)  # rows written behind the writer's back: summed again before any report
         self.on_written = on_written
         self.on_spill = on_spill  # takes rows past max_pending while writes fail (to disk); may raise OSError
+        self.on_hold = on_hold  # keeps rows whose commit is put off (to disk, HOLD_ROWS); None: never put off
+        self.hold_rows = hold_rows
+        self.max_hold = max_hold
+        self._held_since: float | None = None  # monotonic time the oldest held row was first put off
         self.max_pending = max_pending
         self.stats = WriterStats()
         self._cur = self.con.cursor()  # the writer thread's own
@@ -572,6 +591,8 @@ class DuckDBLedger:
         rows = self._unwritten + batch
         if not rows:
             return True
+        if self._hold(rows, batch):
+            return False  # the batcher comes back every interval until they are committed
         try:
             try:
                 write_cards(self._cur, rows, self._cards)
@@ -593,6 +614,7 @@ class DuckDBLedger:
             time.sleep(min(0.1 * self.stats.failures, 2.0))
             return False
         self._unwritten = []
+        self._held_since = None
         for r in rows:
             self._touched[0].add(rollups.floor_day(r.ts))
             self._touched[1].add(rollups.floor_month(r.ts))
@@ -609,6 +631,25 @@ class DuckDBLedger:
                 self.on_written(rows)
             except Exception:
                 log.exception("ledger listener failed")
+        return True
+
+    def _hold(self, rows: list[LedgerRow], batch: list[LedgerRow]) -> bool:
+        """Put a timed commit of `rows` off (HOLD_ROWS); True when they are held, `batch` (the rows
+        not held before) journaled by `on_hold` first. Never when a flush or close() waits, while
+        writes fail, at HOLD_ROWS rows, after MAX_HOLD seconds, or when `on_hold` raises."""
+        if (self.on_hold is None or self._writer.awaited or self.stats.failures or len(rows) >= self.hold_rows
+                or (self._held_since is not None and time.monotonic() - self._held_since >= self.max_hold)):
+            return False
+        if batch:
+            try:
+                self.on_hold(batch)
+            except Exception as e:  # noqa: BLE001 -- whatever stops the journal, the commit goes ahead
+                log.warning("ledger: the journal cannot hold %d rows (%s); committing them now", len(batch), e)
+                return False
+        if self._held_since is None:
+            self._held_since = time.monotonic()
+        self._unwritten = rows
+        self.stats.pending = len(rows)
         return True
 
     def _compact(self) -> None:

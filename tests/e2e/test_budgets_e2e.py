@@ -12,6 +12,7 @@ import concurrent.futures
 import json
 import threading
 from decimal import Decimal
+from pathlib import Path
 from urllib.parse import quote
 
 import anthropic
@@ -202,6 +203,28 @@ def test_kill9_mid_stream_charges_the_reservation_as_interrupted(tmp_path, gatew
     budgets = json.loads(gw.cli("budgets", "--json", check=True).stdout)
     day = next(b for b in budgets if b["scope"] == "user:tester" and b["window"] == "day")
     assert day["spent_usd"] == pytest.approx(row["charged_usd"])
+
+
+def test_kill9_after_answers_whose_commit_was_put_off_charges_them_exactly(tmp_path, gateway_factory, fake_provider):
+    """At a laptop's pace the writer holds a few rows for a later commit (ledger.HOLD_ROWS), each
+    written to the reservation journal first: a kill -9 before that commit loses none of them, and
+    the next start charges them as metered, not as `interrupted` estimates."""
+    from spendgate.budgets.journal import Journal
+
+    gw = gateway_factory(policy=policy(tmp_path, "defaults: {user: {day: 5}}\n")).start()
+    with anthropic.Anthropic(api_key=ANTHROPIC_KEY, http_client=gw.http_client(), max_retries=0) as client:
+        ask(client)
+        ask(client)
+    journal = Path(str(gw.db) + ".reservations")
+    wait_until(lambda: len(Journal.spilled_rows(journal)) == 2, timeout=10)  # held past a commit interval
+    gw.kill9()
+    gw.start()
+    rows = gw.ledger(wait_for=2)
+    assert [r["outcome"] for r in rows] == ["ok", "ok"] and not any(r["estimated"] for r in rows)
+    assert sum(r["charged_usd"] for r in rows) == pytest.approx(2 * ONE_REQUEST_USD)
+    budgets = json.loads(gw.cli("budgets", "--json", check=True).stdout)
+    day = next(b for b in budgets if b["scope"] == "user:tester" and b["window"] == "day")
+    assert day["spent_usd"] == pytest.approx(2 * ONE_REQUEST_USD)
 
 
 # --- live reload ----------------------------------------------------------------------------

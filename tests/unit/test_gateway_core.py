@@ -145,6 +145,7 @@ def test_store_failure_backlog_is_bounded_and_spilled_to_the_journal(tmp_path, m
     gw = make(tmp_path, "on_store_error: fail_open\n")
     try:
         gw.ledger.max_pending = 5
+        gw.ledger.hold_rows = 0  # every timed commit goes ahead, as under load (a few rows are held first otherwise)
         monkeypatch.setattr(ledger_mod, "write_rows", full_disk)
         for i in range(20):
             gw.ledger.append(_row(i))
@@ -153,8 +154,8 @@ def test_store_failure_backlog_is_bounded_and_spilled_to_the_journal(tmp_path, m
         assert len(Journal.spilled_rows(gw.journal_path)) == 15
         assert not gw.ledger.healthy  # admission applies on_store_error meanwhile
         monkeypatch.setattr(ledger_mod, "write_rows", real_write)  # the disk has room again
-        _wait(lambda: len(ledger_rows(gw.ledger.cursor())) == 20)
-        rows = ledger_rows(gw.ledger.cursor())
+        _wait(lambda: len(ledger_rows(gw.cursor())) == 20)  # a read commits what the writer holds
+        rows = ledger_rows(gw.cursor())
         assert {r["request_id"] for r in rows} == {f"spill-{i:03d}" for i in range(20)}
         assert all(len(r["model"]) == 200 for r in rows)  # cut to bounds.MODEL before storing
     finally:
@@ -201,6 +202,37 @@ def test_admin_reads_see_the_rows_settled_before_them_without_waiting_for_the_co
         assert row["input_tokens"] == 10 and row["output_tokens"] == 5
     finally:
         gw.close()
+
+
+def test_rows_held_uncommitted_come_back_exact_after_a_crash(tmp_path):
+    """A few rows are held for a later commit (ledger.HOLD_ROWS), written to the journal first: a
+    crash before that commit charges them as they were metered, not as `interrupted` estimates."""
+    gw = make(tmp_path, "defaults: {user: {day: 10}}\n")
+    gw.ledger._writer.interval = 0.05  # timed commits come quickly; held rows must not be among them
+    _settle_one(gw)
+    _wait(lambda: Journal.spilled_rows(gw.journal_path))
+    assert ledger_rows(gw.ledger.cursor()) == []
+    (kept,) = Journal.spilled_rows(gw.journal_path)
+    charged = Decimal(kept["charged_usd"])
+    gw.ledger._unwritten = []  # a crash: what the writer held in memory is gone, the journal stays
+    gw.meter.close()
+    gw.ledger.close()
+    gw.journal.close()
+    gw2 = Gateway(gw.settings)
+    try:
+        (row,) = ledger_rows(gw2.ledger.cursor())
+        assert row["outcome"] == "ok" and row["estimated"] is False
+        assert (row["input_tokens"], row["output_tokens"]) == (10, 5)
+        assert Decimal(str(row["charged_usd"])) == charged > 0
+        day = next(b for b in gw2.book.status() if b["scope"] == "user:unit" and b["window"] == "day")
+        assert Decimal(str(day["spent_usd"])) == charged
+    finally:
+        gw2.close()
+    gw3 = Gateway(gw.settings)  # and never twice
+    try:
+        assert len(ledger_rows(gw3.ledger.cursor())) == 1
+    finally:
+        gw3.close()
 
 
 def test_admin_reads_do_not_wait_for_a_failing_writer(tmp_path, monkeypatch):
