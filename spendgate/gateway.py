@@ -148,6 +148,7 @@ class Gateway:
         self.opaque = OpaqueRecorder(self.ledger.cursor)  # undecrypted AI connections (addons/opaque.py)
         # alerts, sinks, increase requests, grants (BudgetBook.grants) and the audit trail
         self.workflow = Workflow(self.policy, self.book, self.ledger.cursor)
+        self.workflow.alerts.reader = self.cursor  # a notice's top spenders include rows not yet committed
         if self.lease_keeper:  # grants, requests, decisions and the audit trail shared; alerts fire once for all
             self.lease_keeper.also.append(sharing.share(self.workflow, self.book.store.pg).pull)
         self.workflow.policy_loaded(self.policy, "start")

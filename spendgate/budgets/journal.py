@@ -2,19 +2,21 @@
 
 Every admitted request appends one line before it is forwarded; once its ledger row is
 committed, a settle line follows. A ledger row whose commit is put off (the ledger's HOLD_ROWS)
-or that a failing store cannot take is written here whole first, and the next start writes it. A plain `os.write` to an O_APPEND file lands in the kernel's
-page cache in microseconds and survives `kill -9` (not a power cut: that is a documented
-trade-off against an fsync per request). At start-up, reservations without a settle line and
+or that a failing store cannot take is written here whole first, and the next start writes it.
+A plain `os.write` to an O_APPEND file lands in the kernel's page cache in microseconds and
+survives `kill -9` (not a power cut: that is a documented trade-off against an fsync per request). At start-up, reservations without a settle line and
 without a ledger row are charged as `interrupted`; then the journal starts afresh.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
 import stat
 import threading
+from collections.abc import Collection
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -61,9 +63,8 @@ class Journal:
         """Raises OSError (disk full...) so admission can apply `on_store_error`."""
         line = self._line({"op": "reserve", "id": request_id, "amount": str(amount), **record})
         with self._lock:
-            os.write(self._fd, line)
+            self._append(line)
             self._open[request_id] = line
-            self._written += len(line)
 
     def settle(self, request_ids: list[str]) -> None:
         if not request_ids:
@@ -74,8 +75,7 @@ class Journal:
                 self._open.pop(rid, None)
                 self._held.discard(rid)
             try:
-                os.write(self._fd, line)
-                self._written += len(line)
+                self._append(line)
                 # spilled and held rows stay until written (compaction keeps reserve lines only)
                 if self._written >= self.compact_at and not self._spilled and not self._held:
                     self._compact()
@@ -84,8 +84,14 @@ class Journal:
 
     def spill(self, rows: list[dict[str, Any]]) -> None:
         """Keep ledger rows the store could not take (written back later, or at the next start).
-        Raises OSError when the disk refuses these too."""
-        self._keep(rows, self._spilled)
+        Rows held here already are not written again: they only count as spilled from now on (so
+        they come back once, and a row lost with the rest never pins compaction). Raises OSError
+        when the disk refuses the others."""
+        with self._lock:
+            moved = {r["request_id"] for r in rows} & self._held
+            self._held -= moved
+            self._spilled |= moved
+        self._keep([r for r in rows if r["request_id"] not in moved], self._spilled)
 
     def hold(self, rows: list[dict[str, Any]]) -> None:
         """Keep ledger rows the ledger still holds in memory, its commit put off: after a crash
@@ -94,11 +100,26 @@ class Journal:
         self._keep(rows, self._held)
 
     def _keep(self, rows: list[dict[str, Any]], ids: set[str]) -> None:
+        if not rows:
+            return
         data = b"".join(self._line({"op": "row", "id": r["request_id"], "row": r}) for r in rows)
         with self._lock:
-            os.write(self._fd, data)
+            self._append(data)
             ids.update(r["request_id"] for r in rows)
-            self._written += len(data)
+
+    def _append(self, data: bytes) -> None:
+        """Append `data` whole or not at all (the caller holds the lock). A disk that fills during
+        the write takes only part of it without an error: that part is cut off again (a torn line
+        would also swallow the next one) and OSError(ENOSPC) raised, so callers act as on any
+        failed write (admission: on_store_error; the ledger: commit now)."""
+        n = os.write(self._fd, data)
+        if n != len(data):
+            try:
+                os.ftruncate(self._fd, os.fstat(self._fd).st_size - n)
+            except OSError as e:
+                log.error("reservation journal: cannot cut off a partial write: %s", e)
+            raise OSError(errno.ENOSPC, f"the reservation journal took {n} of {len(data)} bytes")
+        self._written += n
 
     @property
     def has_spilled(self) -> bool:
@@ -108,7 +129,8 @@ class Journal:
         """The spilled rows still owed to the ledger (read back from the file), once."""
         with self._lock:
             wanted, self._spilled = self._spilled, set()
-        return [r for r in self.spilled_rows(self.path) if r.get("request_id") in wanted]
+        # one per id, as recovery keeps them: a row line written twice must not become two rows
+        return list({r["request_id"]: r for r in self.spilled_rows(self.path) if r.get("request_id") in wanted}.values())
 
     @staticmethod
     def spilled_rows(path: Path) -> list[dict[str, Any]]:
@@ -141,8 +163,10 @@ class Journal:
             pass
 
     @staticmethod
-    def open_reservations(path: Path) -> list[OpenReservation]:
-        """Reservations never settled (a torn last line from a crash is ignored)."""
+    def open_reservations(path: Path, unreadable: Collection[str] = ()) -> list[OpenReservation]:
+        """Reservations never settled (a torn last line from a crash is ignored). A request's kept
+        ledger row closes its reservation, unless its id is in `unreadable` (recovery could not
+        read that row: the reservation is charged instead)."""
         if not _regular_file(path):
             return []
         open_: dict[str, OpenReservation] = {}
@@ -152,8 +176,9 @@ class Journal:
                     obj = json.loads(raw)
                 except ValueError:
                     continue
-                if obj.get("op") == "row":  # a spilled ledger row: that request is accounted for
-                    open_.pop(obj.get("id"), None)
+                if obj.get("op") == "row":  # a kept ledger row: that request is accounted for
+                    if obj.get("id") not in unreadable:
+                        open_.pop(obj.get("id"), None)
                 elif obj.get("op") == "reserve":
                     rid = obj.pop("id")
                     obj.pop("op")

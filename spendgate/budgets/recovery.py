@@ -18,7 +18,7 @@ from spendgate.budgets.journal import Journal
 from spendgate.budgets.windows import WINDOWS, bounds
 from spendgate.store import rollups
 from spendgate.store.engine import duckdb
-from spendgate.store.ledger import LedgerRow, row_from_dict, write_cards, write_rows
+from spendgate.store.ledger import LedgerRow, row_from_dict, storable, write_cards, write_rows
 
 log = logging.getLogger(__name__)
 
@@ -60,19 +60,28 @@ def rebuild_counters(cur: duckdb.DuckDBPyConnection, book: BudgetBook, now: date
 
 
 def recover_interrupted(cur: duckdb.DuckDBPyConnection, journal_path: Path) -> int:
-    """Write the rows a failing store spilled to the journal, then `interrupted` rows for reservations
-    a crashed gateway left open; empties the journal. Returns the interrupted rows written."""
-    spilled = [row_from_dict(d) for d in Journal.spilled_rows(journal_path)]
-    if spilled:  # rows a failing store could not take last time
+    """Write the ledger rows kept in the journal (held for a commit that never came, or spilled by a
+    failing store), then `interrupted` rows for reservations a crashed gateway left open; empties
+    the journal. Returns the interrupted rows written."""
+    spilled, unreadable = [], set()
+    for d in Journal.spilled_rows(journal_path):
+        try:
+            spilled.append(row_from_dict(d))
+        except (TypeError, ValueError, KeyError, ArithmeticError) as e:  # a line no build of ours wrote
+            log.error("spendgate: a ledger row in the journal cannot be read (%s); its reservation is charged", e)
+            unreadable.add(str(d.get("request_id")))
+    if spilled:
         ids = [r.request_id for r in spilled]
         known = {r[0] for r in cur.execute("SELECT request_id FROM requests WHERE list_contains(?, request_id)",
                                             [ids]).fetchall()}
-        rows = list({r.request_id: r for r in spilled if r.request_id not in known}.values())
+        # storable: a row line edited by hand (or by anyone who can write the file) must not stop every start
+        rows = [storable(r) for r in {r.request_id: r for r in spilled if r.request_id not in known}.values()]
         if rows:
             write_cards(cur, rows, set())  # their rate cards first: a row never points at a missing card
             write_rows(cur, rows)
-            log.warning("spendgate: wrote %d ledger rows spilled to the journal while the store failed", len(rows))
-    pending = Journal.open_reservations(journal_path)
+            log.warning("spendgate: wrote %d ledger rows kept in the journal (a commit put off, or a failing store)",
+                        len(rows))
+    pending = Journal.open_reservations(journal_path, unreadable)
     written = 0
     if pending:
         ids = [p.request_id for p in pending]

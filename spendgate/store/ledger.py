@@ -648,8 +648,7 @@ class DuckDBLedger:
                 return False
         if self._held_since is None:
             self._held_since = time.monotonic()
-        self._unwritten = rows
-        self.stats.pending = len(rows)
+        self._unwritten = rows  # not stats.pending: that counts what a failing store keeps
         return True
 
     def _compact(self) -> None:

@@ -222,6 +222,9 @@ class AlertEngine:
         self.policy = policy
         self.book = book
         self.cursor = cursor
+        # what a notice's top models and clients are read with, on the sink thread: the gateway
+        # sets its admin API's cursor, which commits the rows the ledger's writer holds first
+        self.reader: Cursor = cursor
         self.audit = audit
         self.notify = notify
         self._fired: set[FiredKey] = set()
@@ -305,7 +308,7 @@ class AlertEngine:
         self.audit.safe_append("alert", "spendgate", scope=b.scope, ref=f"{b.window}:{c.kind}:{c.threshold}",
                                ts=now, detail={"message": text, "kind": c.kind, "threshold": c.threshold,
                                                "window": b.window, "spent_usd": c.spent, "limit_usd": b.limit})
-        cursor = self.cursor
+        cursor = self.reader
 
         def enrich() -> dict:  # on the sink thread: the ledger query stays off the meter worker
             cur = cursor()

@@ -217,6 +217,9 @@ def test_kill9_after_answers_whose_commit_was_put_off_charges_them_exactly(tmp_p
         ask(client)
     journal = Path(str(gw.db) + ".reservations")
     wait_until(lambda: len(Journal.spilled_rows(journal)) == 2, timeout=10)  # held past a commit interval
+    held = {r["request_id"] for r in Journal.spilled_rows(journal)}
+    settled = {i for line in journal.read_text().splitlines() if '"op":"settle"' in line for i in json.loads(line)["ids"]}
+    assert not held & settled  # not committed when the gateway dies (a commit writes their settle line)
     gw.kill9()
     gw.start()
     rows = gw.ledger(wait_for=2)

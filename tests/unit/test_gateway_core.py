@@ -235,6 +235,74 @@ def test_rows_held_uncommitted_come_back_exact_after_a_crash(tmp_path):
         gw3.close()
 
 
+def test_rows_held_then_spilled_by_a_failing_store_come_back_once(tmp_path, monkeypatch):
+    """Held rows are in the journal already; when the store then fails and they are spilled, they
+    are not kept twice, so they come back to the ledger once each (review 37, finding 1)."""
+    import spendgate.store.ledger as ledger_mod
+
+    real_write = ledger_mod.write_rows
+
+    def full_disk(cur, rows):
+        raise OSError(28, "No space left on device")
+
+    gw = make(tmp_path, "on_store_error: fail_open\n")
+    try:
+        gw.ledger._writer.interval = 0.05
+        gw.ledger.max_pending, gw.ledger.max_hold = 5, 0.3
+        monkeypatch.setattr(ledger_mod, "write_rows", full_disk)
+        for i in range(20):
+            gw.ledger.append(_row(i))
+        _wait(lambda: gw.ledger.stats.spilled == 15)  # held first (journaled), then spilled past max_pending
+        assert len(Journal.spilled_rows(gw.journal_path)) == 20  # each row line written once
+        monkeypatch.setattr(ledger_mod, "write_rows", real_write)
+        _wait(lambda: len(ledger_rows(gw.cursor())) >= 20)
+        ids = [r["request_id"] for r in ledger_rows(gw.cursor())]
+        assert sorted(ids) == [f"spill-{i:03d}" for i in range(20)]  # twenty rows, none twice
+    finally:
+        monkeypatch.setattr(ledger_mod, "write_rows", real_write)
+        gw.close()
+
+
+def test_an_alert_notice_counts_rows_the_writer_still_holds(tmp_path):
+    """A notice's top models and clients are read through the admin API's cursor, which commits
+    what the ledger's writer holds first (review 37, finding 3)."""
+    from datetime import UTC, datetime, timedelta
+
+    from spendgate.workflow.alerts import top_spend
+
+    gw = make(tmp_path, "defaults: {user: {day: 10}}\n")
+    try:
+        gw.ledger._writer.interval = 0.05
+        for _ in range(3):
+            _settle_one(gw)
+        _wait(lambda: len(Journal.spilled_rows(gw.journal_path)) == 3)  # held, not committed
+        now = datetime.now(UTC)
+        (top,) = top_spend(gw.workflow.alerts.reader(), "user:unit", now - timedelta(hours=1), now + timedelta(hours=1),
+                           "model")
+        assert top["requests"] == 3
+    finally:
+        gw.close()
+
+
+def test_a_journal_row_line_recovery_cannot_read_charges_its_reservation(tmp_path):
+    """A row line that is not a ledger row (edited by hand) neither stops the start nor leaves its
+    request uncharged: its reservation is charged as `interrupted`."""
+    gw = make(tmp_path, "defaults: {user: {day: 10}}\n")
+    ex = begin(gw)
+    assert gw.admission.admit(ex) is None
+    gw.journal.hold([{"request_id": ex.request_id, "ts": "not a time"}])
+    gw.meter._inflight.clear()  # a crash: nothing is settled at close
+    gw.meter.close()
+    gw.ledger.close()
+    gw.journal.close()
+    gw2 = Gateway(gw.settings)
+    try:
+        (row,) = ledger_rows(gw2.ledger.cursor())
+        assert row["request_id"] == ex.request_id and row["outcome"] == "interrupted"
+    finally:
+        gw2.close()
+
+
 def test_admin_reads_do_not_wait_for_a_failing_writer(tmp_path, monkeypatch):
     gw = make(tmp_path, "defaults: {user: {day: 10}}\n")
     try:

@@ -44,3 +44,40 @@ def test_held_rows_survive_compaction_until_settled(tmp_path):
     j.settle(["late"])
     assert path.stat().st_size < 4096 and Journal.spilled_rows(path) == []
     j.close()
+
+
+def test_a_short_write_is_cut_off_and_raised(tmp_path, monkeypatch):
+    """A disk that fills mid-write takes part of a line without an error: the part is cut off
+    again and OSError raised, and the next line is whole (review 37, finding 2)."""
+    import os
+
+    import pytest
+
+    path = tmp_path / "j"
+    j = Journal(path)
+    j.reserve("a", Decimal(1), {"user": "u"})
+    size = path.stat().st_size
+    real = os.write
+    monkeypatch.setattr(os, "write", lambda fd, data: real(fd, data[:7]))
+    with pytest.raises(OSError):
+        j.hold([{"request_id": "h", "pad": "x" * 100}])
+    with pytest.raises(OSError):
+        j.reserve("b", Decimal(1), {"user": "u"})
+    monkeypatch.setattr(os, "write", real)
+    assert path.stat().st_size == size
+    j.reserve("c", Decimal(1), {"user": "u"})
+    j.close()
+    assert sorted(r.request_id for r in Journal.open_reservations(path)) == ["a", "c"]
+    assert Journal.spilled_rows(path) == []
+
+
+def test_rows_held_then_spilled_are_kept_once(tmp_path):
+    path = tmp_path / "j"
+    j = Journal(path)
+    j.hold([{"request_id": "r1"}, {"request_id": "r2"}])
+    j.spill([{"request_id": "r1"}, {"request_id": "r3"}])  # r1 was held: not written again
+    assert sorted(r["request_id"] for r in Journal.spilled_rows(path)) == ["r1", "r2", "r3"]
+    assert sorted(r["request_id"] for r in j.take_spilled()) == ["r1", "r3"]
+    j.settle(["r2"])
+    assert not j._held and not j._spilled  # nothing pins compaction
+    j.close()
