@@ -4,8 +4,9 @@ Every admitted request appends one line before it is forwarded; once its ledger 
 committed, a settle line follows. A ledger row whose commit is put off (the ledger's HOLD_ROWS)
 or that a failing store cannot take is written here whole first, and the next start writes it.
 A plain `os.write` to an O_APPEND file lands in the kernel's page cache in microseconds and
-survives `kill -9` (not a power cut: that is a documented trade-off against an fsync per request). At start-up, reservations without a settle line and
-without a ledger row are charged as `interrupted`; then the journal starts afresh.
+survives `kill -9` (not a power cut: that is a documented trade-off against an fsync per request).
+At start-up, reservations without a settle line and without a ledger row are charged as
+`interrupted`; then the journal starts afresh.
 """
 
 from __future__ import annotations
@@ -130,7 +131,8 @@ class Journal:
         with self._lock:
             wanted, self._spilled = self._spilled, set()
         # one per id, as recovery keeps them: a row line written twice must not become two rows
-        return list({r["request_id"]: r for r in self.spilled_rows(self.path) if r.get("request_id") in wanted}.values())
+        kept = {r["request_id"]: r for r in self.spilled_rows(self.path) if r.get("request_id") in wanted}
+        return list(kept.values())
 
     @staticmethod
     def spilled_rows(path: Path) -> list[dict[str, Any]]:

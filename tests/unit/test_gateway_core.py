@@ -94,20 +94,27 @@ def test_open_reservations_are_charged_once_at_start(tmp_path):
     gw.meter._inflight.clear()
     gw.ledger.close()
     gw.journal.close()
+    row, day = _start_after_a_crash(gw)
+    assert row["request_id"] == ex.request_id and row["outcome"] == "interrupted"
+    assert row["charged_usd"] == pytest.approx(float(amount))
+    assert day["spent_usd"] == pytest.approx(float(amount))
+
+
+def _start_after_a_crash(gw: Gateway) -> tuple[dict, dict]:
+    """The next start on `gw`'s files: its one ledger row and user:unit's day budget. A start after
+    that finds the row once: recovery never charges twice."""
     gw2 = Gateway(gw.settings)
     try:
         (row,) = ledger_rows(gw2.ledger.cursor())
-        assert row["request_id"] == ex.request_id and row["outcome"] == "interrupted"
-        assert row["charged_usd"] == pytest.approx(float(amount))
         day = next(b for b in gw2.book.status() if b["scope"] == "user:unit" and b["window"] == "day")
-        assert day["spent_usd"] == pytest.approx(float(amount))
     finally:
         gw2.close()
-    gw3 = Gateway(gw.settings)  # and never twice
+    gw3 = Gateway(gw.settings)
     try:
         assert len(ledger_rows(gw3.ledger.cursor())) == 1
     finally:
         gw3.close()
+    return row, day
 
 
 def _row(i: int):
@@ -218,21 +225,11 @@ def test_rows_held_uncommitted_come_back_exact_after_a_crash(tmp_path):
     gw.meter.close()
     gw.ledger.close()
     gw.journal.close()
-    gw2 = Gateway(gw.settings)
-    try:
-        (row,) = ledger_rows(gw2.ledger.cursor())
-        assert row["outcome"] == "ok" and row["estimated"] is False
-        assert (row["input_tokens"], row["output_tokens"]) == (10, 5)
-        assert Decimal(str(row["charged_usd"])) == charged > 0
-        day = next(b for b in gw2.book.status() if b["scope"] == "user:unit" and b["window"] == "day")
-        assert Decimal(str(day["spent_usd"])) == charged
-    finally:
-        gw2.close()
-    gw3 = Gateway(gw.settings)  # and never twice
-    try:
-        assert len(ledger_rows(gw3.ledger.cursor())) == 1
-    finally:
-        gw3.close()
+    row, day = _start_after_a_crash(gw)
+    assert row["outcome"] == "ok" and row["estimated"] is False
+    assert (row["input_tokens"], row["output_tokens"]) == (10, 5)
+    assert Decimal(str(row["charged_usd"])) == charged > 0
+    assert Decimal(str(day["spent_usd"])) == charged
 
 
 def test_rows_held_then_spilled_by_a_failing_store_come_back_once(tmp_path, monkeypatch):
