@@ -9,9 +9,9 @@ reversed each turn, so a machine that slows down for a second does so for all of
 ends with a settle pause long enough for spendgate's batched background work (meter worker 50 ms,
 ledger commits every COMMIT_INTERVAL, 2 s) to be done and counted, and idle time is counted alike for every
 proxy; rows spendgate's writer holds for a later commit (ledger.HOLD_ROWS) are committed before
-each pause (`commit_held`), so each window pays for its own. Figures are medians of rounds, with `paired` (the median of each round's own difference)
-beside them, and a second plain mitmdump is measured as a control: the plain-vs-control
-difference is the noise floor of the figure.
+each pause (`commit_held`), so each window pays for its own. Figures are medians of rounds, with
+`paired` (the median of each round's own difference) beside them, and a second plain mitmdump is
+measured as a control: the plain-vs-control difference is the noise floor of the figure.
 
     scripts/bench --cpu             # only these figures, about a minute
     scripts/bench --cpu --profile   # and a cProfile of spendgate's event-loop thread (top functions)
@@ -262,8 +262,10 @@ def takes_part(scenario: str, name: str, names: Any) -> bool:
     return name != "plain-stream"
 
 
-async def interleaved(proxies: dict[str, Any], runner: Any,
-                      count: int) -> dict[str, tuple[float, int, str, dict[str, float], int]]:
+Window = dict[str, tuple[float, int, str, dict[str, float], int]]
+
+
+async def interleaved(proxies: dict[str, Any], runner: Any, count: int) -> Window:
     """name -> (CPU seconds, units of work, the counter that measured them: CpuClock.stop, CPU
     seconds per thread group: CpuClock.by_thread, how often its event loop blocked: loop_switches)
     of each proxy over one window in which every proxy did `count` in up to CHUNKS turns, the order
@@ -271,46 +273,53 @@ async def interleaved(proxies: dict[str, Any], runner: Any,
     the window does so for all of them alike. The blocks are counted over each proxy's own turns
     only: while the others take theirs (or in the settle pauses) a loop sleeps, and an idle loop's
     timers (mitmproxy's script watcher wakes a proxy started with -s once a second) are not waits."""
+
+    async def turns() -> tuple[dict[str, int], dict[str, int]]:
+        units = dict.fromkeys(proxies, 0)
+        blocked = dict.fromkeys(proxies, 0)
+        n_turns = max(1, min(CHUNKS, count))
+        names = list(proxies)
+        for turn in range(n_turns):
+            n = count // n_turns + (1 if turn < count % n_turns else 0)
+            for name in names if turn % 2 == 0 else reversed(names):
+                pid = proxies[name].proc.pid
+                before = loop_switches(pid)
+                units[name] += await runner(proxies[name].port, n)
+                blocked[name] += loop_switches(pid) - before
+        return units, blocked
+
+    return await _window(proxies, turns)
+
+
+async def side_by_side(proxies: dict[str, Any], runner: Any, count: int) -> Window:
+    """`interleaved`'s figures for work paced by the client (a request a second): every proxy at
+    once, as the load is light, so each one's idle timers are counted over its own pace only (in
+    turns a proxy would idle through the others' turns too). The loop's blocks are counted over
+    the whole work: for paced work they are mostly its idle waits, so not the waits for its threads."""
+
+    async def together() -> tuple[dict[str, int], dict[str, int]]:
+        before = {name: loop_switches(p.proc.pid) for name, p in proxies.items()}
+        done = await asyncio.gather(*(runner(p.port, count) for p in proxies.values()))
+        return (dict(zip(proxies, done, strict=True)),
+                {name: loop_switches(p.proc.pid) - before[name] for name, p in proxies.items()})
+
+    return await _window(proxies, together)
+
+
+async def _window(proxies: dict[str, Any], work: Any) -> Window:
+    """Each proxy's CPU over `work()` (which returns each one's units and loop blocks) and a settle
+    pause after it. What earlier work left behind is committed and settled first, not counted; this
+    window's held rows are committed inside it (`commit_held`)."""
     commit_held(proxies.values())
-    await asyncio.sleep(SETTLE_S)  # what earlier work left behind is not ours
+    await asyncio.sleep(SETTLE_S)
     clocks = {name: CpuClock(p.proc.pid) for name, p in proxies.items()}
-    units = dict.fromkeys(proxies, 0)
-    blocked = dict.fromkeys(proxies, 0)
-    turns = max(1, min(CHUNKS, count))
-    names = list(proxies)
-    for turn in range(turns):
-        n = count // turns + (1 if turn < count % turns else 0)
-        for name in names if turn % 2 == 0 else reversed(names):
-            pid = proxies[name].proc.pid
-            before = loop_switches(pid)
-            units[name] += await runner(proxies[name].port, n)
-            blocked[name] += loop_switches(pid) - before
-    commit_held(proxies.values())  # this window's rows, held or not, are committed in it
+    units, blocked = await work()
+    commit_held(proxies.values())
     await asyncio.sleep(SETTLE_S)
     out = {}
     for name, clock in clocks.items():
         seconds, counter = clock.stop()
         out[name] = seconds, units[name], counter, clock.by_thread(), blocked[name]
-    return out
-
-
-async def side_by_side(proxies: dict[str, Any], runner: Any,
-                       count: int) -> dict[str, tuple[float, int, str, dict[str, float], int]]:
-    """`interleaved`'s figures for work paced by the client (a request a second): every proxy at
-    once, as the load is light, so each one's idle timers are counted over its own pace only (in
-    turns a proxy would idle through the others' turns too). The loop's blocks are counted over
-    the whole window: for paced work they are mostly its idle waits, so not the waits for its threads."""
-    commit_held(proxies.values())
-    await asyncio.sleep(SETTLE_S)
-    clocks = {name: CpuClock(p.proc.pid) for name, p in proxies.items()}
-    before = {name: loop_switches(p.proc.pid) for name, p in proxies.items()}
-    done = await asyncio.gather(*(runner(p.port, count) for p in proxies.values()))
-    commit_held(proxies.values())
-    await asyncio.sleep(SETTLE_S)
-    out = {}
-    for (name, clock), units in zip(clocks.items(), done, strict=True):
-        seconds, counter = clock.stop()
-        out[name] = seconds, units, counter, clock.by_thread(), loop_switches(proxies[name].proc.pid) - before[name]
     return out
 
 

@@ -265,20 +265,22 @@ class Gateway:
                 for d in journal.take_spilled():
                     self.ledger.append(row_from_dict(d))
 
+    def _open_journal(self) -> Journal:
+        """The reservation journal, for the ledger's writer thread; OSError before it is open (the
+        ledger opens first), so the writer commits or keeps its rows instead."""
+        journal = getattr(self, "journal", None)
+        if journal is None:
+            raise OSError("the reservation journal is not open yet")
+        return journal
+
     def _hold(self, rows: list[LedgerRow]) -> None:
         """Ledger writer thread: rows whose commit it puts off (ledger.HOLD_ROWS) go to the journal
         first, so a crash before the commit loses none of them."""
-        journal = getattr(self, "journal", None)
-        if journal is None:
-            raise OSError("the reservation journal is not open yet")
-        journal.hold([row_to_dict(r) for r in rows])
+        self._open_journal().hold([row_to_dict(r) for r in rows])
 
     def _spill(self, rows: list[LedgerRow]) -> None:
         """Ledger writer thread, store failing: rows past the in-memory bound go to the journal."""
-        journal = getattr(self, "journal", None)
-        if journal is None:
-            raise OSError("the reservation journal is not open yet")
-        journal.spill([row_to_dict(r) for r in rows])
+        self._open_journal().spill([row_to_dict(r) for r in rows])
         log.error("spendgate: ledger store failing; %d rows spilled to %s", len(rows), self.journal_path)
 
     # -- policy and pricing reload (the watcher thread) --

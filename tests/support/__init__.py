@@ -21,7 +21,6 @@ def wait_until(predicate, timeout=60.0, every=0.2):
     raise AssertionError("condition not met in time")
 
 
-
 def clear_of_midnight(tz: str, before: float = 120.0, after: float = 0.0) -> float:
     """Sleep until the day in `tz` is at least `after` seconds old and at least `before` seconds
     from its end; returns the seconds slept. A test that charges "today" (rows a few minutes old, a
