@@ -400,9 +400,9 @@ class SpendGate:
             req.path = ex.request.rewritten_path
         if ex.request.drop_usage_chunk:
             req.headers["accept-encoding"] = "identity"  # so the event we add can be taken out again
-        soon = _call_soon()  # none outside mitmproxy's event loop: responseheaders computes them then
-        if soon is not None:  # the response's x-spendgate-* values, computed while the provider works
-            soon(_prepare_headers, gw, ex)
+        loop = _running_loop()  # none outside mitmproxy's event loop: responseheaders computes them then
+        if loop is not None:  # the response's x-spendgate-* values, computed while the provider works
+            loop.call_soon(_prepare_headers, gw, ex)
 
     def client_disconnected(self, client) -> None:
         """A connection that sent an oversized body is gone: hand its buffers back (rate-limited)."""
@@ -437,8 +437,9 @@ class SpendGate:
         self.gateway.meter.saw_headers(ex, resp.headers)  # e.g. the tier Gemini served it at
         prepared = ex.extra.pop(HEADERS, None)
         resp.headers.update(prepared if prepared is not None else self.gateway.admission.response_headers(ex))
+        loop = _running_loop()
         parser = self.gateway.meter.stream_parser(ex, flow.request.path, resp.headers.get("content-type", ""),
-                                                  _call_soon())
+                                                  loop.call_later if loop is not None else None)
         if parser is not None:
             # only OpenAI chat asks for this: what include_usage adds that the client did not request
             hiding = EventFilter(openai_chat.hide_added_usage) if ex.request.drop_usage_chunk else None
@@ -618,10 +619,10 @@ def _unchecked_turn(session: ws.SocketSession) -> refusal.Answer:
     return refusal.unavailable(session.route.provider, "the gateway could not check this request")
 
 
-def _call_soon() -> Any:
-    """The running event loop's ``call_soon``; None outside one (hooks called directly)."""
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    """mitmproxy's event loop; None outside one (hooks called directly)."""
     try:
-        return asyncio.get_running_loop().call_soon
+        return asyncio.get_running_loop()
     except RuntimeError:
         return None
 

@@ -413,17 +413,17 @@ class Meter:
         return ex
 
     def stream_parser(self, ex: Exchange, path: str, content_type: str,
-                      schedule: Callable[[Callable[[], None]], Any] | None = None) -> StreamParser | None:
+                      later: Callable[[float, Callable[[], None]], Any] | None = None) -> StreamParser | None:
         """The parser of a streamed response, or None when the response is not a stream.
 
-        `schedule` (the event loop's ``call_soon``): read each chunk once it was handed on
-        (streams.AfterForwarding) rather than before."""
+        `later` (the event loop's ``call_later``): read the chunks in batches once they were handed
+        on (streams.AfterForwarding) rather than each before."""
         adapter = ex.route.adapter
         if adapter is None or not adapter.is_stream_response(content_type, ex.request):
             return None
         query = path.partition("?")[2]
         parser = adapter.stream_parser(providers.normalize_path(path) + ("?" + query if query else ""))
-        ex.parser = parser if schedule is None else AfterForwarding(parser, schedule)
+        ex.parser = parser if later is None else AfterForwarding(parser, later)
         return ex.parser
 
     def finish(

@@ -371,6 +371,32 @@ def test_cut_stream_is_estimated(gateway, fake_provider, anthropic_client, opena
     assert row["cost_usd"] is not None and row["cost_usd"] > 0, row
 
 
+@pytest.mark.parametrize("enc", [None, "gzip"])
+def test_a_long_stream_read_in_batches_reaches_the_client_whole_and_is_counted_exactly(
+        gateway, fake_provider, anthropic_client, enc):
+    """~400 KB of deltas (non-ASCII, quotes and escapes among them): the tap reads them in 64 KB
+    batches after mitmproxy sent them (streams.AfterForwarding). The client gets every byte in
+    order, and a stream cut before its last delta is estimated from exactly the characters that
+    came through, so no batch was lost, read twice or read out of order."""
+    pieces = [f" wörd {i}" if i % 3 else f' "code" {i}\n' for i in range(3000)]
+    with anthropic_client().messages.stream(model="claude-sonnet-4-5", max_tokens=100,
+                                            messages=[{"role": "user", "content": "hi"}],
+                                            extra_headers=scen(enc, "long_output")) as s:
+        final = s.get_final_message()
+    assert final.content[0].text == "".join(pieces)
+    check_row(only_row(gateway), provider="anthropic", endpoint="messages", model="claude-sonnet-4-5",
+              stream=True, usage=ANTHROPIC_USAGE, cost=ANTHROPIC_COST, raw_key=ANTHROPIC_KEY)
+    got = []
+    with pytest.raises(Exception):
+        with anthropic_client().messages.stream(model="claude-sonnet-4-5", max_tokens=100,
+                                                messages=[{"role": "user", "content": "hi"}],
+                                                extra_headers=scen(enc, "long_output", "cut_late")) as s:
+            got.extend(s.text_stream)
+    assert "".join(got) == "".join(pieces[:-1])
+    row = [r for r in gateway.ledger(wait_for=2) if r["outcome"] == "estimated"][0]
+    assert row["output_tokens"] == -(-len("".join(pieces[:-1])) // 4), row  # meter.CHARS_PER_TOKEN
+
+
 def test_anthropic_midstream_error_is_recorded(gateway, fake_provider, anthropic_client):
     import anthropic
 

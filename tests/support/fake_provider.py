@@ -104,6 +104,8 @@ Scenario control: request header ``x-fake-scenario`` (comma-separated flags)
 * ``error_midstream``    send the provider's in-stream error event after some deltas, then end
 * ``slow``               sleep 50 ms between stream events
 * ``big_output``         400 text deltas instead of a handful (usage unchanged)
+* ``long_output``        3,000 text deltas (~400 KB of events, non-ASCII and escapes among them)
+* ``cut_late``           Anthropic stream: abort the connection before the last delta
 * ``input_grows``        Anthropic stream: message_start input_tokens 200, final 1200
 * ``web_search:N``       Anthropic: server_tool_use.web_search_requests = N
 * ``incomplete``         Responses stream: end with response.incomplete (usage present)
@@ -1273,6 +1275,8 @@ class FakeProvider:
     def _text_pieces(scenario: Scenario) -> list[str]:
         if scenario.has("big_output"):
             return [f" word{i}" for i in range(400)]
+        if scenario.has("long_output"):
+            return [f" wörd {i}" if i % 3 else f' "code" {i}\n' for i in range(3000)]
         return list(TEXT_PIECES)
 
     @staticmethod
@@ -1504,7 +1508,7 @@ class FakeProvider:
                                                   "content_block": {"type": "text", "text": ""}}))
         await r.chunk(sse("ping", '{"type": "ping"}'))
         for i, piece in enumerate(pieces):
-            if i == 2 and sc.has("cut"):
+            if (i == 2 and sc.has("cut")) or (i == len(pieces) - 1 and sc.has("cut_late")):
                 await r.cut()
             if i == 2 and sc.has("error_midstream"):
                 await r.chunk(sse("error", '{"type": "error", "error": {"type": "api_error", "message": "Overloaded"}}'))

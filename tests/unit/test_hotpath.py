@@ -201,7 +201,7 @@ def test_response_headers_prepared_while_the_provider_works() -> None:
     """An admitted request's x-spendgate-* values are computed right after it goes upstream, and
     responseheaders sends exactly those; without them (no event loop, or not run yet) it computes
     them itself. A refused request prepares nothing. In the event loop a stream's parser gets the
-    loop's call_soon, to read each chunk after it was handed on (streams.AfterForwarding)."""
+    loop's call_later, to read chunks in batches after they were handed on (streams.AfterForwarding)."""
     import asyncio
     from types import SimpleNamespace
 
@@ -216,7 +216,7 @@ def test_response_headers_prepared_while_the_provider_works() -> None:
 
     gw = SimpleNamespace(admission=SimpleNamespace(response_headers=response_headers),
                          meter=SimpleNamespace(clock=lambda: 0.0, saw_headers=lambda ex, h: None,
-                                               stream_parser=lambda ex, path, ct, schedule: schedules.append(schedule),
+                                               stream_parser=lambda ex, path, ct, later: schedules.append(later),
                                                finish=lambda ex, r: None))
     schedules: list = []
 
@@ -257,7 +257,7 @@ def test_response_headers_prepared_while_the_provider_works() -> None:
             return asyncio.get_running_loop()
 
         loop = asyncio.run(answered_in_the_loop())
-        assert schedules[-1] == loop.call_soon  # in mitmproxy: each chunk read after it was handed on
+        assert schedules[-1] == loop.call_later  # in mitmproxy: chunks read in batches after they were handed on
 
 
 def test_addon_routes_again_after_the_provider_hosts_changed() -> None:

@@ -29,6 +29,9 @@ END = (b'event: message_delta\ndata: {"type":"message_delta","delta":{"stop_reas
        b'"usage":{"output_tokens":42}}\n\nevent: message_stop\ndata: {"type":"message_stop"}\n\n')
 
 
+_HEAD_0 = b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"'
+
+
 def delta(text: str, kind: str = "text", pad: str = "", index: int = 0) -> bytes:
     """A delta as Anthropic frames it; `pad` goes before the last brace (recorded streams pad so)."""
     field, typ = ("thinking", "thinking_delta") if kind == "thinking" else ("text", "text_delta")
@@ -174,8 +177,13 @@ def _by_pattern(parser: AnthropicStreamParser, data: bytes) -> tuple[int, int, b
         m = _ONE_PATTERN.match(data, pos, end + 2)
         if m is None or len(m.group(0)) > anthropic.sse_cap(parser):
             break
+        literal = m.group(1)
+        # a long text of plain ASCII is counted by its length: control characters in it are taken
+        # (as the full path takes them, JSONEventStreamParser._handle); others are msgspec's
+        lenient = (len(literal) - 2 >= anthropic._SLICE_MAX and data.isascii() and b"\\" not in literal
+                   and b"\r" not in literal)
         try:
-            text = json.loads(m.group(1))
+            text = json.loads(literal, strict=not lenient)
             text.encode("utf-8")  # json.loads lets lone surrogates through (escaped or surrogatepass)
         except (ValueError, UnicodeError):
             break
@@ -232,6 +240,24 @@ def test_plain_deltas_every_byte_inside_the_text(tail: str) -> None:
             rest = data[fast._plain_until(data, 0):]
             assert (fast.result().events, fast.result().output_chars, rest) == \
                 _by_pattern(AnthropicStreamParser(), data), piece
+
+
+@pytest.mark.parametrize("byte", [bytes([b]) for b in (*range(0x20), 0x22, 0x5C, 0x7F, 0xC3)])
+@pytest.mark.parametrize("size", [anthropic._SLICE_MAX - 2, anthropic._SLICE_MAX, 16_384, 70_000])
+def test_a_long_plain_text_counted_by_its_length_reads_as_the_full_path(byte: bytes, size: int) -> None:
+    """A long ASCII text without a backslash, inner quote or CR is counted by its length, not
+    decoded: a raw control character in it (invalid JSON, which the full path takes leniently)
+    counts as one character there too, and a quote, backslash, CR, line feed or non-ASCII byte
+    sends the text back to msgspec or the full path. One read, and reads of 16 KB."""
+    text = b"y" * (size // 2) + byte + b"y" * (size - size // 2)
+    event = _HEAD_0 + text + b'"}}\n\n'
+    stream = START + event + delta("next") + END
+    slow = run(SlowParser(), stream, [])
+    assert run(AnthropicStreamParser(), stream, []) == slow
+    cuts = list(range(16_384, len(stream), 16_384))
+    assert run(AnthropicStreamParser(), stream, cuts) == run(SlowParser(), stream, cuts)
+    if byte not in (b'"', b"\\", b"\n", b"\r", b"\xc3"):  # a text JSON reads: the event is counted
+        assert slow[1].output_chars == size + 1 + 4 and not slow[1].garbled
 
 
 # Found by the attack review of the hold (each failed before its fix).

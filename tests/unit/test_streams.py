@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from spendgate.metering.providers.base import ResponseResult, StreamParser
+from spendgate.metering import streams
 from spendgate.metering.streams import EventFilter, IncrementalDecoder, StreamTap
 
 try:
@@ -137,7 +138,7 @@ def test_incremental_decoder_matches_one_shot(enc):
     assert b"".join(dec.feed(encoded[i : i + 3]) for i in range(0, len(encoded), 3)) == BODY
 
 
-# -- AfterForwarding: each chunk is read just after the tap handed it on -----------------------
+# -- AfterForwarding: reads held, then read in batches after the tap handed them on -----------
 
 def _anthropic_stream() -> bytes:
     """Plain deltas (the parser's fast path), thinking, an escaped one and usage at both ends."""
@@ -152,40 +153,91 @@ def _anthropic_stream() -> bytes:
             b'"end_turn"},"usage":{"output_tokens":42}}\n\nevent: message_stop\ndata: {"type":"message_stop"}\n\n')
 
 
+class Timers:
+    """`call_later` as AfterForwarding uses it: callbacks kept until the test runs them."""
+
+    def __init__(self) -> None:
+        self.pending: list = []
+
+    def __call__(self, delay: float, callback) -> None:
+        assert delay == streams.HOLD_S
+        self.pending.append(callback)
+
+    def run(self) -> None:
+        while self.pending:
+            self.pending.pop(0)()
+
+
+def sends(out) -> list[bytes]:
+    """What mitmproxy sends of a tap's answer: bytes as one piece, else each piece it yields."""
+    return [out] if isinstance(out, bytes) else list(out)
+
+
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.integers(min_value=1, max_value=4000), max_size=30), st.lists(st.sampled_from(
-    ["run", "read", "none", "none"]), min_size=31, max_size=31), st.booleans())
-def test_after_forwarding_reads_what_the_parser_reads_directly(cuts, between, ended) -> None:
-    """Random reads; between them the loop's callbacks run or not, and the result is read or not:
-    every result equals a parser fed the same bytes directly, and bytes leave the tap unread."""
+    ["run", "read", "none", "none", "abandon"]), min_size=31, max_size=31), st.booleans(),
+    st.sampled_from([1, 100, 1000, 64 * 1024]))
+def test_after_forwarding_reads_what_the_parser_reads_directly(cuts, between, ended, batch) -> None:
+    """Random reads, batches of any size; between reads the timers run or not, the result is read
+    or not, and mitmproxy may never resume the tap's generator (a send that failed): every result
+    equals a parser fed the same bytes directly, and a batch is read only after its last piece
+    went out."""
     from spendgate.metering.providers.anthropic import AnthropicStreamParser
     from spendgate.metering.streams import AfterForwarding
 
     stream = _anthropic_stream()
-    pending: list = []
-    deferred = AfterForwarding(AnthropicStreamParser(), pending.append)
+    timers = Timers()
+    deferred = AfterForwarding(AnthropicStreamParser(), timers)
     tap, direct = StreamTap(deferred, ""), AnthropicStreamParser()
     points = sorted({c for c in cuts if c < len(stream)}) + [len(stream)]
     last = 0
-    for point, step in zip(points, between):
-        chunk = stream[last:point]
-        last = point
-        seen = deferred.parser.result().events
-        assert tap(chunk) == chunk
-        direct.feed(chunk)
-        assert deferred.parser.result().events == seen  # handed on before it is read
-        if step == "run":
-            while pending:
-                pending.pop(0)()
-        elif step == "read":
-            assert deferred.result() == direct.result()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(streams, "BATCH", batch)
+        for point, step in zip(points, between):
+            chunk = stream[last:point]
+            last = point
+            seen = deferred.parser.result().events
+            out = tap(chunk)
+            direct.feed(chunk)
+            if isinstance(out, bytes):
+                assert out == chunk and deferred.parser.result().events == seen  # held, not read
+            else:
+                assert next(out) == chunk and deferred.parser.result().events == seen  # sent before it is read
+                if step != "abandon":
+                    assert list(out) == [] and not deferred._held  # then the batch is read
+            if step == "run":
+                timers.run()
+            elif step == "read":
+                assert deferred.result() == direct.result()
     if ended:
         assert tap(b"") == b""
         direct.close()
     assert deferred.result() == direct.result() and direct.result().usage is not None
-    for callback in pending:  # drains that run after the reads found nothing left
-        callback()
+    timers.run()  # drains that run after the reads found nothing left
     assert deferred.result() == direct.result()
+
+
+def test_after_forwarding_batches_reads_and_times_out_a_partial_batch(monkeypatch) -> None:
+    """A batch is read once, joined, by the tap's generator; fewer bytes wait for the timer."""
+    from spendgate.metering.streams import AfterForwarding
+
+    monkeypatch.setattr(streams, "BATCH", 10)
+    timers, fed = Timers(), []
+
+    class Feeds(Collect):
+        def feed(self, data: bytes) -> None:
+            fed.append(bytes(data))
+            super().feed(data)
+
+    deferred = AfterForwarding(Feeds(), timers)
+    tap = StreamTap(deferred, "")
+    assert tap(b"abcd") == b"abcd" and tap(b"efgh") == b"efgh" and fed == [] and len(timers.pending) == 1
+    assert sends(tap(b"ijkl")) == [b"ijkl"] and fed == [b"abcdefghijkl"]  # one join, one feed
+    assert tap(b"mn") == b"mn" and fed == [b"abcdefghijkl"]
+    timers.run()  # the timer set for the first read drains what came since
+    assert fed == [b"abcdefghijkl", b"mn"]
+    assert tap(b"op") == b"op" and len(timers.pending) == 1  # a new timer for a new hold
+    assert deferred.result().events == 16 and fed[-1] == b"op"
 
 
 def test_after_forwarding_stops_reading_on_a_parser_bug_and_forwards_on() -> None:
@@ -202,16 +254,16 @@ def test_after_forwarding_stops_reading_on_a_parser_bug_and_forwards_on() -> Non
         def close(self) -> None:
             self.closed = True
 
-    pending: list = []
-    deferred = AfterForwarding(Broken(), pending.append)
+    timers = Timers()
+    deferred = AfterForwarding(Broken(), timers)
     tap = StreamTap(deferred, "")
-    assert tap(b"one ") == b"one " and len(pending) == 1
-    assert tap(b"two ") == b"two " and len(pending) == 1  # one drain for what is held
-    pending.pop()()
+    assert tap(b"one ") == b"one " and len(timers.pending) == 1
+    assert tap(b"two ") == b"two " and len(timers.pending) == 1  # one timer for what is held
+    timers.run()
     assert deferred.result().events == 8
     for chunk in (b"boom", b"three"):
         assert tap(chunk) == chunk
-        pending.pop()()
+        timers.run()
     assert tap(b"") == b"" and deferred.result().events == 8
     assert not deferred.parser.closed  # a parser a bug stopped is not closed on its half-read state
 
@@ -224,10 +276,10 @@ def test_after_forwarding_holds_at_most_a_piece_of_a_decoded_read(encoding) -> N
 
     body = b": " + b"a" * (8 * PIECE) + b"\n\n"
     wire = ENCODERS[encoding](body)
-    pending: list = []
-    deferred = AfterForwarding(Collect(), pending.append)
+    deferred = AfterForwarding(Collect(), Timers())
     tap = StreamTap(deferred, encoding)
-    assert tap(wire) == wire
+    out = tap(wire)
+    assert (out if isinstance(out, bytes) else next(out)) == wire  # sent; a batch is read after that
     assert len(body) - PIECE <= len(deferred.parser.data) < len(body)  # at most one PIECE still held
     assert deferred.result().events == len(body)
 

@@ -123,7 +123,8 @@ def _content_chars(content: Any) -> int:
 # string, the fixed tail (Anthropic pads events with spaces before the last brace: allowed). The
 # string is decoded alone by msgspec, a C loop at ~3.7 GB/s that also checks UTF-8 and escapes
 # (~1.3x faster than a byte translate at 16 KB, and texts with escapes such as "\n" in code stay
-# on this path); its character count is the length of the str. Whatever msgspec refuses and
+# on this path); its character count is the length of the str. A text of 4 KB or more that is
+# plain ASCII (no backslash, inner quote or CR) is counted by its length instead. Whatever msgspec refuses and
 # json.loads might still take (a lone surrogate, a control character, invalid UTF-8, an inner
 # unescaped quote) goes through the SSE decoder and json.loads as before, as does anything else
 # (other events, other spacing or field order, a split read). The whole event is exactly what
@@ -180,26 +181,49 @@ class AnthropicStreamParser(JSONEventStreamParser):
         of itself before (221,841 -> 167,413 instructions per such delta, callgrind)."""
         if not data:  # nothing for the decoder either (and no entry in what is held)
             return
-        sse = self._sse
-        if self._held:
-            self._held.append(data)
-            self._held_bytes += len(data)
-            if b"\n" not in data and b"\r" not in data and self._held_bytes <= _HOLD_MAX:
-                if len(self._held) > _HELD_PIECES:  # a trickle of tiny reads: one piece, not hundreds of objects
-                    self._held = [b"".join(self._held)]
-                return  # the same line goes on
-            data = self._let_go()
         pos = 0
+        if self._held:
+            cut = self._held_event_end(data)
+            if cut > 0:  # the held delta ends in this read: only it is joined, the rest read in place
+                self._read(self._let_go(data[:cut]), 0)
+                pos = cut
+                if pos == len(data):
+                    return
+            else:
+                self._held.append(data)
+                self._held_bytes += len(data)
+                if b"\n" not in data and b"\r" not in data and self._held_bytes <= _HOLD_MAX:
+                    if len(self._held) > _HELD_PIECES:  # a trickle of tiny reads: one piece, not hundreds of objects
+                        self._held = [b"".join(self._held)]
+                    return  # the same line goes on
+                data = self._let_go()
+        self._read(data, pos)
+
+    def _held_event_end(self, data: bytes) -> int:
+        """Where in `data` the held delta's event ends (just past its blank line), when `data` ends
+        it as a plain delta ends: the data line's line feed, then the blank line, no CR before.
+        -1 otherwise: the held reads and `data` are then joined whole and read as before."""
+        held_bytes = self._held_bytes
+        if held_bytes > _EVENT_LINE_LEN and self._held[-1][-1:] == b"\n":  # the data line has ended
+            cut = 1 if data[:1] == b"\n" else -1
+        else:  # the data line's end (the event line's own line feed may still be in `data`)
+            end = data.find(b"\n", max(0, _EVENT_LINE_LEN - held_bytes))
+            cut = end + 2 if end >= 0 and data[end + 1 : end + 2] == b"\n" else -1
+        return cut if cut > 0 and data.find(b"\r", 0, cut) < 0 else -1
+
+    def _read(self, data: bytes, pos: int) -> None:
+        """Read `data` from `pos` on, with nothing held: plain deltas counted, the rest decoded."""
+        sse = self._sse
         if sse is not None and not sse.idle():
             # the read begins inside an event: the decoder finishes it, and the rest may take the
             # fast path. Without this, reads out of step with the events (16 KB TLS records, longer
             # deltas) kept every later event on the full path. Any split is the decoder's same
             # answer; the fast path still runs only if the decoder is idle after it.
-            end = data.find(b"\n\n")
+            end = data.find(b"\n\n", pos)
             if end < 0 or end + 2 == len(data):
-                super().feed(data)
+                super().feed(data[pos:] if pos else data)
                 return
-            super().feed(data[: end + 2])
+            super().feed(data[pos : end + 2])
             pos = end + 2
         if sse is not None and data.startswith(_EVENT_LINE[: len(data) - pos], pos) and sse.idle():
             try:
@@ -216,8 +240,10 @@ class AnthropicStreamParser(JSONEventStreamParser):
                 return
         super().feed(data[pos:] if pos else data)
 
-    def _let_go(self) -> bytes:
-        """The held reads as one piece of bytes; nothing is held after."""
+    def _let_go(self, tail: bytes = b"") -> bytes:
+        """The held reads (and `tail`) as one piece of bytes; nothing is held after."""
+        if tail:
+            self._held.append(tail)
         data = b"".join(self._held)
         self._held, self._held_bytes = [], 0
         return data
@@ -233,6 +259,7 @@ class AnthropicStreamParser(JSONEventStreamParser):
         events, chars, n, cap = 0, 0, len(data), sse_cap(self)
         head_match, tail_match = _DELTA_HEAD.match, _DELTA_TAIL.match
         view = None
+        plain_ascii: bool | None = None  # the whole read is ASCII (asked once, for a long text)
         while pos < n:
             # where the data line ends (the first line feed after the event line; the text
             # holds none): without one the event is split across reads (the full path's to join).
@@ -255,12 +282,23 @@ class AnthropicStreamParser(JSONEventStreamParser):
                 quote = data.rfind(b'"', start, end)
                 if quote < 0 or tail_match(data, quote, end + 2) is None:
                     break
-            # a long text is read where it lies (a slice would copy it first)
-            if quote - start < _SLICE_MAX:
-                literal: bytes | memoryview = data[start - 1 : quote + 1]
-            else:
+            if quote - start >= _SLICE_MAX:
+                # a long text of plain ASCII (no escape, inner quote or CR) is its length: what
+                # the full path reads, which takes control characters (JSONEventStreamParser.
+                # _handle); msgspec's decode would check every byte (~4 µs per 16 KB)
+                if plain_ascii is None:
+                    plain_ascii = data.isascii()
+                if plain_ascii and data.find(b"\\", start, quote) < 0 and data.find(b'"', start, quote) < 0 \
+                        and data.find(b"\r", start, quote) < 0:
+                    chars += quote - start
+                    events += 1
+                    pos = end + 2
+                    continue
+                # else read where it lies (a slice would copy it first)
                 view = view or memoryview(data)
-                literal = view[start - 1 : quote + 1]
+                literal: bytes | memoryview = view[start - 1 : quote + 1]
+            else:
+                literal = data[start - 1 : quote + 1]
             try:
                 chars += len(_TEXT.decode(literal))
             except msgspec.DecodeError:  # see above: the full path's to read

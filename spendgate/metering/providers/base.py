@@ -218,8 +218,10 @@ _JSON = msgspec.json.Decoder()
 _SAFE_DEPTH = 5_000  # nesting both msgspec and json.loads take from any caller (each stops near 10,000)
 
 
-def load_json(data: bytes | str) -> Any:
-    """What json.loads returns, or None where it raises. Never raises.
+def load_json(data: bytes | str, strict: bool = True) -> Any:
+    """What json.loads returns (``json.loads(data, strict=strict)``), or None where it raises.
+    Never raises. `strict` False takes control characters inside strings (stream events:
+    JSONEventStreamParser._handle says why).
 
     msgspec reads first (~3.5x faster on a stream event; nothing else reads every event of every
     stream). It refuses what json.loads may still take (NaN, 1e400, lone surrogates, UTF-16 or
@@ -233,13 +235,13 @@ def load_json(data: bytes | str) -> Any:
         try:
             obj = _JSON.decode(data)
         except Exception:  # refused (DecodeError), too deep, a lone surrogate in a str: json.loads decides
-            return _loads(data)
+            return _loads(data, strict)
         if len(data) <= 2 * _SAFE_DEPTH or _few_values(obj, len(data)):  # each level takes two characters
             return obj
         opener, array = (b"{", b"[") if isinstance(data, bytes) else ("{", "[")
         if data.count(opener) + data.count(array) < _SAFE_DEPTH:
             return obj
-    return _loads(data)
+    return _loads(data, strict)
 
 
 _WALK_VALUES = 256  # values `_few_values` looks at before counting brackets is the cheaper way
@@ -275,10 +277,10 @@ def _few_values(obj: Any, size: int) -> bool:
     return size - text <= 2 * _SAFE_DEPTH
 
 
-def _loads(data: bytes | str) -> Any:
+def _loads(data: bytes | str, strict: bool = True) -> Any:
     """json.loads, or None where it raises (for what msgspec has refused already)."""
     try:
-        return json.loads(data)
+        return json.loads(data, strict=strict)
     except (ValueError, TypeError, RecursionError):
         return None
 
@@ -643,7 +645,11 @@ class JSONEventStreamParser(StreamParser):
             if data == "[DONE]":
                 self.on_done()
                 continue
-            obj = load_json(data)
+            # Leniently: a control character inside a string (invalid JSON, which no provider
+            # sends) does not make a provider's event unreadable, so a fast path that counts a
+            # long plain text without looking at every byte for one reads what this reads
+            # (anthropic._plain_until). Only provider bytes come here, never a client's.
+            obj = load_json(data, strict=False)
             if not isinstance(obj, dict):
                 self._result.garbled = True
                 continue
