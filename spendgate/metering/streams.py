@@ -36,6 +36,7 @@ class DecodedTooLarge(ValueError):
 PIECE = 1 << 20  # bytes: the most one decoding step produces, whatever the compression ratio
 BATCH = 64 * 1024  # bytes of a stream held before they are read together (AfterForwarding)
 HOLD_S = 0.05  # seconds a held read waits at most for its batch to fill
+HELD_READS = 256  # reads held apart at most; more are joined into one
 NO_PIECE: tuple[()] = ()  # what a stream callable returns to send nothing for a read (b"" would end the body)
 
 
@@ -234,11 +235,15 @@ class AfterForwarding(StreamParser):
         return self._held_bytes >= BATCH
 
     def feed(self, data: bytes) -> None:
-        self._held.append(data)
+        held = self._held
+        held.append(data)
         self._held_bytes += len(data)
         if self._held_bytes > PIECE:
             self.drain()
-        elif not self._timed:
+            return
+        if len(held) > HELD_READS:  # a trickle of tiny reads (1-byte HTTP/2 frames): one piece, not
+            self._held = [b"".join(held)]  # tens of thousands of objects (~40 bytes each) for 50 ms
+        if not self._timed:
             self._timed = True
             self._later(HOLD_S, self._timer)
 
@@ -273,7 +278,8 @@ class AfterForwarding(StreamParser):
 
 
 class StreamTap:
-    """The callable given to mitmproxy as `response.stream`. Bytes in, same bytes out."""
+    """The callable given to mitmproxy as `response.stream`: bytes in, the same bytes out (as bytes,
+    or as a generator that yields them and then has the held batch read)."""
 
     def __init__(
         self,

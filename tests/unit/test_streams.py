@@ -240,6 +240,20 @@ def test_after_forwarding_batches_reads_and_times_out_a_partial_batch(monkeypatc
     assert deferred.result().events == 16 and fed[-1] == b"op"
 
 
+def test_after_forwarding_joins_a_trickle_of_tiny_reads() -> None:
+    """1-byte reads (an upstream's tiny HTTP/2 frames) are held as a few pieces, not one object
+    each, and read as they came (attack review 38)."""
+    from spendgate.metering.streams import HELD_READS, AfterForwarding
+
+    deferred = AfterForwarding(Collect(), Timers())
+    tap = StreamTap(deferred, "")
+    data = bytes(range(256)) * 40
+    for i in range(len(data)):
+        assert tap(data[i : i + 1]) == data[i : i + 1]
+    assert len(deferred._held) <= HELD_READS + 1 and deferred._held_bytes == len(data)
+    assert deferred.result().events == len(data) and bytes(deferred.parser.data) == data
+
+
 def test_after_forwarding_stops_reading_on_a_parser_bug_and_forwards_on() -> None:
     from spendgate.metering.streams import AfterForwarding
 

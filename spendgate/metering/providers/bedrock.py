@@ -92,7 +92,9 @@ def _converse_chars(content: object) -> int:
 
 
 def _frame_json(payload: bytes) -> dict | None:
-    obj = load_json(payload)
+    """A provider's frame payload, read leniently as every provider event is
+    (JSONEventStreamParser._handle): a raw control character in a string does not garble it."""
+    obj = load_json(payload, strict=False)
     return obj if isinstance(obj, dict) else None
 
 
