@@ -216,8 +216,8 @@ class AfterForwarding(StreamParser):
     - by every reader of the parse (`result`, `close`) first, so the same bytes are read in the
       same order and nothing is read late.
 
-    A batch is read after its last read went out, so no event waits for it; what is held stays
-    under one PIECE (a compressed read can decode to many): past it, the parser reads at once.
+    A batch is read after its last read went out, so no read waits for its own parse; what is held
+    stays under one PIECE (a compressed read can decode to many): past it, the parser reads at once.
     Event loop only.
     """
 

@@ -124,10 +124,10 @@ def _content_chars(content: Any) -> int:
 # string is decoded alone by msgspec, a C loop at ~3.7 GB/s that also checks UTF-8 and escapes
 # (~1.3x faster than a byte translate at 16 KB, and texts with escapes such as "\n" in code stay
 # on this path); its character count is the length of the str. A text of 4 KB or more that is
-# plain ASCII (no backslash, inner quote or CR) is counted by its length instead. Whatever msgspec refuses and
-# json.loads might still take (a lone surrogate, a control character, invalid UTF-8, an inner
-# unescaped quote) goes through the SSE decoder and json.loads as before, as does anything else
-# (other events, other spacing or field order, a split read). The whole event is exactly what
+# plain ASCII (no backslash, inner quote or CR) is counted by its length instead. Whatever msgspec
+# refuses and json.loads might still take (a lone surrogate, a control character, invalid UTF-8,
+# an inner unescaped quote) goes through the SSE decoder and json.loads as before, as does anything
+# else (other events, other spacing or field order, a split read). The whole event is exactly what
 # this pattern matches, with the string read as JSON:
 #   _DELTA_HEAD "(JSON string body)" _DELTA_TAIL
 _DELTA_HEAD = re.compile(
@@ -193,8 +193,8 @@ class AnthropicStreamParser(JSONEventStreamParser):
                 self._held.append(data)
                 self._held_bytes += len(data)
                 if b"\n" not in data and b"\r" not in data and self._held_bytes <= _HOLD_MAX:
-                    if len(self._held) > _HELD_PIECES:  # a trickle of tiny reads: one piece, not hundreds of objects
-                        self._held = [b"".join(self._held)]
+                    if len(self._held) > _HELD_PIECES:  # a trickle of tiny reads: one piece, not
+                        self._held = [b"".join(self._held)]  # hundreds of objects
                     return  # the same line goes on
                 data = self._let_go()
         self._read(data, pos)
