@@ -318,29 +318,20 @@ class StreamTap:
             self.first_byte_at = self.clock()
         size = len(chunk)
         self.bytes_seen += size
+        out: bytes | tuple[()] = chunk
         if self.event_filter is None and self.decoder is not None and self.decoder.passes(size):
             # most streams: what _observe does for one identity piece, without its layers (this
             # runs for every event, with caches cold from the traffic in between)
             self._parse(chunk)
-            return self._then_read(chunk) if self._batch is not None and self._batch.due else chunk
-        decoded = self._observe(chunk)
-        if self.event_filter is None:
-            out: bytes | tuple[()] = chunk
         else:
-            # Filtering needs visible events, so the client gets the decoded body (the edge removed
-            # content-encoding). Should decoding fail, the rest goes through as it came.
-            visible = chunk if decoded is None else decoded
-            out = (self.event_filter(visible) if visible else b"") or NO_PIECE
-        return self._then_read(out) if self._batch is not None and self._batch.due else out
-
-    def _then_read(self, out: bytes | tuple[()]) -> Iterator[bytes]:
-        """`out` as mitmproxy sends it, then the held batch read: resumed only once the piece was
-        sent (proxy/layers/http, state_stream_response_body). If mitmproxy never resumes it, the
-        next batch, the timer or the response hook reads what is held, in order."""
-        if out:
-            yield out  # type: ignore[misc]
-        if self._batch is not None:
-            self._batch.drain()
+            decoded = self._observe(chunk)
+            if self.event_filter is not None:
+                # Filtering needs visible events, so the client gets the decoded body (the edge
+                # removed content-encoding). Should decoding fail, the rest goes through as it came.
+                visible = chunk if decoded is None else decoded
+                out = (self.event_filter(visible) if visible else b"") or NO_PIECE
+        batch = self._batch
+        return _sent_then_read(out, batch) if batch is not None and batch.due else out
 
     def finish(self) -> ResponseResult:
         """The body ended cleanly (the response hook): what the stream said, its parser closed once."""
@@ -390,3 +381,12 @@ class StreamTap:
         self.broken = f"{type(e).__name__}: {e}"
         self.decoder = None
         log.warning("stream side channel stopped: %s", self.broken)
+
+
+def _sent_then_read(out: bytes | tuple[()], batch: AfterForwarding) -> Iterator[bytes]:
+    """`out` as mitmproxy sends it, then the held batch read: resumed only once the piece was sent
+    (proxy/layers/http, state_stream_response_body). If mitmproxy never resumes it, the next batch,
+    the timer or the response hook reads what is held, in order."""
+    if out:
+        yield out  # type: ignore[misc]
+    batch.drain()
