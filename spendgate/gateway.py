@@ -34,7 +34,7 @@ from spendgate.metering.opaque import OpaqueRecorder
 from spendgate.policy.model import Policy, PolicyError, cap_count, load, parse, positioned
 from spendgate.policy.watch import FileWatcher
 from spendgate.pricing.rates import Pricer, PricingError
-from spendgate.store.ledger import DuckDBLedger, LedgerLocked, LedgerRow, row_from_dict, row_to_dict
+from spendgate.store.ledger import DuckDBLedger, LedgerLocked, LedgerRow, row_from_dict
 from spendgate.store.postgres import StoreError
 from spendgate.telemetry.config import TelemetrySettings
 from spendgate.telemetry.service import Telemetry
@@ -276,11 +276,11 @@ class Gateway:
     def _hold(self, rows: list[LedgerRow]) -> None:
         """Ledger writer thread: rows whose commit it puts off (ledger.HOLD_ROWS) go to the journal
         first, so a crash before the commit loses none of them."""
-        self._open_journal().hold([row_to_dict(r) for r in rows])
+        self._open_journal().hold(rows)
 
     def _spill(self, rows: list[LedgerRow]) -> None:
         """Ledger writer thread, store failing: rows past the in-memory bound go to the journal."""
-        self._open_journal().spill([row_to_dict(r) for r in rows])
+        self._open_journal().spill(rows)
         log.error("spendgate: ledger store failing; %d rows spilled to %s", len(rows), self.journal_path)
 
     # -- policy and pricing reload (the watcher thread) --

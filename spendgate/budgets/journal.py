@@ -26,11 +26,29 @@ from typing import Any
 import msgspec
 
 from spendgate import fsutil
+from spendgate.store.ledger import LedgerRow, row_to_dict
 
 _ENCODER = msgspec.json.Encoder()
 
 
 log = logging.getLogger(__name__)
+
+
+def _row_id(row: LedgerRow | dict[str, Any]) -> str:
+    return row.request_id if isinstance(row, LedgerRow) else row["request_id"]
+
+
+def _row_line(row: LedgerRow | dict[str, Any]) -> bytes:
+    """A ledger row's line, as `row_to_dict` and `row_from_dict` read it. msgspec writes a
+    LedgerRow as it is (~2.5 µs; through `row_to_dict` ~11 µs): its datetime as RFC 3339 (with
+    "Z", which `datetime.fromisoformat` reads) and its Decimals as strings. A value it refuses (a
+    lone surrogate) goes through `row_to_dict` and json.dumps, as every row did before."""
+    if isinstance(row, LedgerRow):
+        try:
+            return _ENCODER.encode({"op": "row", "id": row.request_id, "row": row}) + b"\n"
+        except Exception:  # noqa: BLE001 -- the slower path below takes whatever a row holds
+            row = row_to_dict(row)
+    return Journal._line({"op": "row", "id": row["request_id"], "row": row})
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,30 +101,30 @@ class Journal:
             except OSError as e:  # the ledger row exists; recovery checks it, so nothing is double-charged
                 log.error("reservation journal: cannot write settle: %s", e)
 
-    def spill(self, rows: list[dict[str, Any]]) -> None:
+    def spill(self, rows: list[LedgerRow] | list[dict[str, Any]]) -> None:
         """Keep ledger rows the store could not take (written back later, or at the next start).
         Rows held here already are not written again: they only count as spilled from now on (so
         they come back once, and a row lost with the rest never pins compaction). Raises OSError
         when the disk refuses the others."""
         with self._lock:
-            moved = {r["request_id"] for r in rows} & self._held
+            moved = {_row_id(r) for r in rows} & self._held
             self._held -= moved
             self._spilled |= moved
-        self._keep([r for r in rows if r["request_id"] not in moved], self._spilled)
+        self._keep([r for r in rows if _row_id(r) not in moved], self._spilled)
 
-    def hold(self, rows: list[dict[str, Any]]) -> None:
+    def hold(self, rows: list[LedgerRow] | list[dict[str, Any]]) -> None:
         """Keep ledger rows the ledger still holds in memory, its commit put off: after a crash
         the next start writes them (their settle line, after the commit, ends that). Raises
         OSError when the disk refuses them; the ledger then commits at once."""
         self._keep(rows, self._held)
 
-    def _keep(self, rows: list[dict[str, Any]], ids: set[str]) -> None:
+    def _keep(self, rows: list[LedgerRow] | list[dict[str, Any]], ids: set[str]) -> None:
         if not rows:
             return
-        data = b"".join(self._line({"op": "row", "id": r["request_id"], "row": r}) for r in rows)
+        data = b"".join(map(_row_line, rows))
         with self._lock:
             self._append(data)
-            ids.update(r["request_id"] for r in rows)
+            ids.update(map(_row_id, rows))
 
     def _append(self, data: bytes) -> None:
         """Append `data` whole or not at all (the caller holds the lock). A disk that fills during

@@ -511,10 +511,12 @@ FLUSH_GAP = 0.5
 # request at one a second, more than mitmproxy's own 3.6 ms (docs/architecture.md, issue 18,
 # twenty-fifth part). So while fewer than HOLD_ROWS rows wait, a timed commit is put off, for up
 # to MAX_HOLD seconds, and the rows are held: each is first written to the reservation journal
-# (`on_hold`, tens of µs a row), so a crash still loses none of them and the next start writes
+# (`on_hold`, ~2.5 µs a row), so a crash still loses none of them and the next start writes
 # them exactly (spendgate.budgets.recovery). A read's flush, close(), HOLD_ROWS rows or a journal
-# that cannot take them commit at once. Above ~100 requests/s nothing is held.
-HOLD_ROWS = 200
+# that cannot take them commit at once. HOLD_ROWS is COMMIT_ROWS: a commit's fixed cost is that of
+# journaling ~4,000 rows, so holding pays at every rate (200 until the twenty-seventh part, when a
+# held row cost ~11 µs; at ~100 requests/s every 2 s commit of ~200 rows then cost ~65 µs a row).
+HOLD_ROWS = COMMIT_ROWS
 MAX_HOLD = 30.0  # seconds a held row waits at most (spendgate_ledger_lag_seconds reads up to this)
 
 

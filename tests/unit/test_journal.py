@@ -81,3 +81,56 @@ def test_rows_held_then_spilled_are_kept_once(tmp_path):
     j.settle(["r2"])
     assert not j._held and not j._spilled  # nothing pins compaction
     j.close()
+
+
+def _full_row(i: int, **changes):
+    """A ledger row with every field set to a value of its own (none left at its default)."""
+    import dataclasses
+    from datetime import UTC, datetime, timedelta, timezone
+
+    from spendgate.store.ledger import LedgerRow
+
+    values = {}
+    for n, f in enumerate(dataclasses.fields(LedgerRow)):
+        kind = str(f.type)
+        if "datetime" in kind:
+            values[f.name] = datetime(2026, 12, 5, 7, 8, 9, 123456, tzinfo=UTC) + timedelta(seconds=i)
+        elif "Decimal" in kind:
+            values[f.name] = Decimal(f"0.{i + 1:04d}{n:06d}")
+        elif kind == "bool":
+            values[f.name] = n % 2 == 0
+        elif "int" in kind:
+            values[f.name] = 1_000_000_007 * (n + 1) + i
+        elif "float" in kind:
+            values[f.name] = n + i / 7
+        else:
+            values[f.name] = f"{f.name}-{i}-é\u2014\U0001f600\"\\\n"
+    values["request_id"] = f"row-{i}"
+    values.update(changes)
+    return LedgerRow(**values)
+
+
+def test_held_and_spilled_rows_read_back_exactly(tmp_path):
+    """Rows are written to the journal as they are (msgspec: datetimes in RFC 3339 with "Z",
+    Decimals as strings), or through row_to_dict when msgspec refuses a value (a lone surrogate,
+    an integer past 64 bits, a time in another zone): recovery reads every field back as it was."""
+    import dataclasses
+    from datetime import datetime, timedelta, timezone
+
+    from spendgate.store.ledger import row_from_dict
+
+    rows = [_full_row(0), _full_row(1, user="lone \ud800 surrogate"), _full_row(2, input_tokens=2**70),
+            _full_row(3, ts=datetime(2026, 12, 5, 9, 0, tzinfo=timezone(timedelta(hours=5, minutes=30)))),
+            _full_row(4, model=None, cost_usd=None, latency_ms=None)]
+    path = tmp_path / "j"
+    j = Journal(path)
+    j.hold(rows[:3])
+    j.spill(rows[2:])  # row 2 was held: kept once
+    j.close()
+    back = {d["request_id"]: row_from_dict(d) for d in Journal.spilled_rows(path)}
+    assert len(Journal.spilled_rows(path)) == len(rows)
+    for row in rows:
+        got = back[row.request_id]
+        for f in dataclasses.fields(row):
+            assert getattr(got, f.name) == getattr(row, f.name), f.name
+            assert type(getattr(got, f.name)) is type(getattr(row, f.name)), f.name
