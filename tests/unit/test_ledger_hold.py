@@ -68,6 +68,25 @@ def test_a_read_flush_and_hold_rows_commit_at_once(held):
     assert len(kept) == 1
 
 
+def test_by_default_rows_are_held_up_to_commit_rows(tmp_path):
+    """Holding pays at every rate (docs/architecture.md, issue 18, twenty-seventh part): hundreds
+    of rows waiting are held, not committed by time, until COMMIT_ROWS; a read commits them."""
+    from spendgate.store.ledger import COMMIT_ROWS, HOLD_ROWS
+
+    assert HOLD_ROWS == COMMIT_ROWS
+    kept: list[list[LedgerRow]] = []
+    led = DuckDBLedger(tmp_path / "l.duckdb", commit_interval=0.05, on_hold=kept.append, max_hold=60.0)
+    try:
+        for i in range(500):
+            led.append(_row(i))
+        _wait(lambda: sum(map(len, kept)) == 500)
+        time.sleep(0.3)  # six timed commits would have come by now
+        assert _committed(led) == 0
+        assert led.flush(5.0) and _committed(led) == 500
+    finally:
+        led.close()
+
+
 def _full_journal(rows):
     raise OSError(28, "No space left on device")
 
