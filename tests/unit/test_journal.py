@@ -142,9 +142,12 @@ def test_held_and_spilled_rows_read_back_exactly(tmp_path):
 
 
 def test_held_rows_are_synced_to_disk(tmp_path, monkeypatch):
-    """A held row waits up to 30 s for its commit: the journal is synced once per batch held, so
-    a power cut loses no more than it did when DuckDB's commit came every 2 s (review 39)."""
+    """A held row waits up to 30 s for its commit: once SYNC_ROWS held rows are not synced the
+    journal is, so a busy gateway's power cut loses no more than when DuckDB's commit came every
+    2 s; a laptop's few rows are not synced (review 39)."""
     import os
+
+    from spendgate.budgets.journal import SYNC_ROWS
 
     synced = []
     real = os.fdatasync
@@ -152,8 +155,14 @@ def test_held_rows_are_synced_to_disk(tmp_path, monkeypatch):
     j = Journal(tmp_path / "j")
     j.reserve("a", Decimal(1), {"user": "u"})
     j.settle(["a"])
-    assert synced == []  # a reservation alone is not synced (kill -9 safe; a documented trade-off)
-    j.hold([_full_row(0), _full_row(1)])
-    j.hold([])
+    j.hold([_full_row(i) for i in range(SYNC_ROWS - 1)])
+    assert synced == []  # a reservation, or a laptop's few held rows, is not synced (kill -9 safe)
+    j.hold([_full_row(SYNC_ROWS)])
     assert len(synced) == 1
+    j.hold([_full_row(i) for i in range(100, 100 + SYNC_ROWS)])  # a busy gateway's 2 s batch
+    assert len(synced) == 2
+    j.hold([_full_row(200)])
+    j.settle([f"row-{i}" for i in (*range(SYNC_ROWS - 1), SYNC_ROWS, *range(100, 100 + SYNC_ROWS), 200)])
+    j.hold([_full_row(i) for i in range(300, 300 + SYNC_ROWS - 1)])  # counted afresh after a commit
+    assert len(synced) == 2
     j.close()
