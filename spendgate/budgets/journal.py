@@ -108,11 +108,12 @@ class Journal:
         if not request_ids:
             return
         line = self._line({"op": "settle", "ids": request_ids})
-        self._unsynced = 0  # settled: committed, and DuckDB's commit syncs
         with self._lock:
             for rid in request_ids:
                 self._open.pop(rid, None)
                 self._held.discard(rid)
+            if not self._held:
+                self._unsynced = 0  # every held row is committed, and DuckDB's commit syncs
             try:
                 self._append(line)
                 # spilled and held rows stay until written (compaction keeps reserve lines only)
