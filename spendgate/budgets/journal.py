@@ -40,7 +40,11 @@ log = logging.getLogger(__name__)
 
 
 def _row_id(row: LedgerRow | dict[str, Any]) -> str:
+    """A kept row's request id: the ledger's rows are LedgerRows; a dict is a row read back."""
     return row.request_id if isinstance(row, LedgerRow) else row["request_id"]
+
+
+_MINUTE = timedelta(minutes=1)
 
 
 def _whole_minutes(ts: datetime) -> bool:
@@ -48,9 +52,6 @@ def _whole_minutes(ts: datetime) -> bool:
     so a zone of 1900 (Amsterdam's +00:19:32) would read back 28 s off (review 39)."""
     offset = ts.utcoffset()
     return offset is None or not offset % _MINUTE
-
-
-_MINUTE = timedelta(minutes=1)
 
 
 def _row_line(row: LedgerRow | dict[str, Any]) -> bytes:
