@@ -234,6 +234,9 @@ class SpendGate:
             log.error("spendgate: %s", e)  # an error logged during start-up makes mitmdump exit 1
             return
         self.gateway.proxy_verified = self.proxy_verified
+        loop = _running_loop()  # mitmproxy's: rows are recorded there, cheaper than on a thread
+        if loop is not None:
+            self.gateway.record_on(loop)
         if self._checked is not None:  # the start-up policy is the gateway's now: not kept past a reload
             self._checked = (*self._checked[:2], None)
         heap.settle(1)  # what start-up built lives as long as the process: out of the collector's walks

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from spendgate import heap, threadnames
 from spendgate.budgets import shared
@@ -212,6 +213,18 @@ class Gateway:
         if plans.policy is not self.policy:  # reloaded since: index the new plans
             plans = self._plans = PlanIndex(self.policy)
         return plans.plan_for(vendor, user, when.astimezone(self.policy.timezone).date())
+
+    def record_on(self, loop: Any) -> bool:
+        """Event loop: record finished exchanges on it from now on (Meter.record_on), unless their
+        settlement waits on the network: a shared store settles each row in PostgreSQL, so its rows
+        stay on the meter's worker thread. A crossing's alert writes go to a thread of their own
+        (Workflow.defer_alert_writes). True when rows are recorded on the loop."""
+        if self.book.store.shared:
+            return False
+        self.workflow.defer_alert_writes()
+        self.meter.record_on(loop)
+        threadnames.label_threads()  # the alert writes' thread is new
+        return True
 
     @property
     def admit_blocks(self) -> bool:

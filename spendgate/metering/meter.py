@@ -1,8 +1,9 @@
 """The metering pipeline, free of mitmproxy: request -> identity -> usage -> price -> ledger.
 
 The proxy edge calls `begin()` with a request and `finish()` once the response is over (or
-broken). `finish()` only enqueues; pricing and everything after it run on one worker thread, so
-the proxy's event loop never waits on them.
+broken). `finish()` only enqueues; pricing and everything after it run later in batches, never
+inside the request's own hooks: on one worker thread, or, inside the proxy with in-memory budget
+counters, on the event loop between its callbacks (`record_on`, which measured cheaper there).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from decimal import Decimal
 from typing import Any
 
 from spendgate import bounds
-from spendgate.batcher import Batcher
+from spendgate.batcher import Batcher, LoopBatcher
 from spendgate.identity import Identity, credentials
 from spendgate.metering import billing, providers
 from spendgate.metering.context import ContextBook
@@ -253,6 +254,25 @@ def judge(ex: Exchange, result: ResponseResult | None, ended: str | None) -> Ver
     return Verdict("estimated", estimate_usage(ex.request, result), True, why)
 
 
+RECORD_INTERVAL = 0.05  # seconds: finished exchanges are recorded in batches this often
+LOOP_BODY_BYTES = 64 * 1024  # a larger whole body is parsed on the worker thread, not the event loop
+LOOP_ENCODED_BYTES = 8 * 1024  # a larger compressed one too (it may decode to many times its size)
+
+
+def light(item: tuple) -> bool:
+    """Whether a finished exchange (Meter.finish's item) is cheap enough to record on the event loop:
+    not batch results (one row per model, each priced), and a whole body small enough to decode and
+    parse in ~0.1 ms (msgspec reads ~1 GB/s). Streams were read as they passed (the result is ready)."""
+    ex, result = item[0], item[1]
+    if ex.request.results:
+        return False
+    if isinstance(result, Body):
+        size = len(result.raw)
+        encoded = result.content_encoding.strip().lower() not in ("", "identity")
+        return size <= (LOOP_ENCODED_BYTES if encoded else LOOP_BODY_BYTES)
+    return True
+
+
 def split_parts(ex: Exchange, result: ResponseResult | None) -> list[Exchange]:
     """One exchange per model a response bills (batch results of several models), else `ex`.
 
@@ -289,7 +309,8 @@ class Meter:
         self.now = now
         self.listeners: list[RowListener] = []
         self.plan_for: PlanFn | None = None  # set by the gateway: which policy plan a seat belongs to
-        self._worker: Batcher[tuple] = Batcher(self._record_batch, 0.05, "spendgate-meter")
+        self._thread: Batcher[tuple] = Batcher(self._record_batch, RECORD_INTERVAL, "spendgate-meter")
+        self._worker: Batcher[tuple] | LoopBatcher[tuple] = self._thread  # record_on() may move it to the loop
         self._inflight: dict[str, Exchange] = {}  # single dict operations: atomic, no lock needed
         self.contexts = ContextBook()  # what continuations (previous_response_id) re-read
         self.batch_inputs = batch_input.BatchInputBook()  # OpenAI batch input files seen uploaded, estimated
@@ -426,6 +447,20 @@ class Meter:
         ex.parser = parser if later is None else AfterForwarding(parser, later)
         return ex.parser
 
+    def record_on(self, loop: Any) -> None:
+        """Record finished exchanges (parse, price, settle, telemetry, ledger append) on `loop`'s own
+        thread from now on, in batches every RECORD_INTERVAL, instead of on the worker thread: on the
+        proxy's event loop that costs less CPU than handing them to a thread (batcher.LoopBatcher
+        says why). Call it on the loop's thread, and only when every listener is memory-only
+        (in-memory budget counters; alert writes handed to a thread): nothing blocking may run there.
+        Large bodies (`light`) still go to the worker thread, in order."""
+        self._worker = LoopBatcher(self._record_batch, RECORD_INTERVAL, loop, self._thread, light)
+
+    @property
+    def on_loop(self) -> bool:
+        """Whether rows are recorded on the event loop (record_on), not on the worker thread."""
+        return self._worker is not self._thread
+
     def finish(
         self,
         ex: Exchange,
@@ -436,8 +471,8 @@ class Meter:
     ) -> None:
         """Hand a finished exchange to the worker. Safe to call once per exchange.
 
-        A whole response body is passed as `Body`, still encoded: decoding and parsing it is work
-        for the worker thread, not for the proxy's event loop.
+        A whole response body is passed as `Body`, still encoded: it is decoded and parsed when the
+        exchange is recorded (on the worker thread, or on the loop in batches when small, record_on).
         """
         if self._inflight.pop(ex.request_id, None) is None:
             return
@@ -471,9 +506,9 @@ class Meter:
 
     def close(self) -> None:
         self.abandon_inflight()
-        self._worker.close()
+        self._worker.close()  # (a LoopBatcher closes the worker thread after it)
 
-    # -- worker thread --
+    # -- worker thread, or the event loop (record_on) --
     def _record_batch(self, items: list[tuple]) -> None:
         for item in items:
             self._record(*item)

@@ -231,6 +231,9 @@ class AlertEngine:
         self._lock = threading.Lock()
         # a shared store: True for the one replica that records the alert first (fired once, not per replica)
         self.claim: Callable[[FiredKey, Decimal, Decimal], bool] | None = None
+        # set while settlements run on the proxy's event loop (Workflow.defer_alert_writes): a
+        # crossing's writes (the fired row, the audit entry) and its notice are handed to a thread
+        self.defer: Callable[[Callable[[], object]], None] | None = None
 
     def load(self, now: datetime) -> int:
         """Remember what fired in windows that may still be open (the longest is a month)."""
@@ -267,18 +270,29 @@ class AlertEngine:
             if fired is None:
                 fired = self.fired()
             for c in crossings(b, spent, cfg, fired, now):  # Decimal and aware datetimes hash by value
-                if self._persist(c, now):
+                if self._fire(c, now, current):
                     out.append(c)
-                    self._announce(c, now, current)
         return out
 
     def stepped_down(self, budget: Budget, at: Decimal | None, detail: str, now: datetime) -> bool:
         """The first step-down of a budget's window raises an alert, like a threshold does (once)."""
         c = Crossing(budget, "step_down", HUNDRED if at is None else at, self.book.store.get(budget.key).spent,
                      detail=detail)
-        if not self._persist(c, now):
-            return False
-        self._announce(c, now)
+        return self._fire(c, now)
+
+    def _fire(self, c: Crossing, now: datetime, current: Spent | None = None) -> bool:
+        """Record and announce `c` unless it fired before; True when it is fired by this call. With
+        `defer`, only the in-memory check is made here: the rest runs on defer's thread, where
+        `_persist` checks again, so a crossing two settlements found is announced once."""
+        if self.defer is None:
+            if not self._persist(c, now):
+                return False
+            self._announce(c, now, current)
+            return True
+        with self._lock:
+            if c.key in self._fired:
+                return False
+        self.defer(lambda: self._persist(c, now) and self._announce(c, now, current))
         return True
 
     def _persist(self, c: Crossing, now: datetime) -> bool:

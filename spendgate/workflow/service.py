@@ -14,6 +14,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+from spendgate.batcher import Batcher
 from spendgate.budgets.book import ZERO, Budget, BudgetBook, Decision
 from spendgate.budgets.runway import StepDownChoice
 from spendgate.identity import Identity
@@ -44,6 +45,15 @@ def wall_now() -> datetime:
     return datetime.now(UTC)
 
 
+def _run_each(jobs: list[Callable[[], object]]) -> None:
+    """The alert-writes thread's batch: each deferred crossing, one failing not stopping the rest."""
+    for job in jobs:
+        try:
+            job()
+        except Exception:
+            log.exception("spendgate: recording an alert failed")
+
+
 class Workflow:
     def __init__(
         self,
@@ -72,6 +82,7 @@ class Workflow:
         self.dispatcher = dispatcher or Dispatcher(self._delivered)
         self.approvals = Approvals(self.policy, book, self.grants, self.audit, cursor, self.notify, now)
         self.alerts = AlertEngine(self.policy, book, cursor, self.audit, self.notify)
+        self._alert_writes: Batcher | None = None  # defer_alert_writes
         self.alerts.load(now())
         self.expire_grants()
         # who files a request made with the admin token alone (laptop mode: the machine's user);
@@ -189,7 +200,17 @@ class Workflow:
                  "amount_usd": float(g.amount), "starts": iso(g.starts), "until": iso(g.until),
                  "granted_by": g.granted_by, "active": g.active(now)} for g in self.grants.all()]
 
+    def defer_alert_writes(self) -> None:
+        """Settlements run on the proxy's event loop from now on (Meter.record_on): a crossing's
+        writes to the ledger file and its notice go to a thread of their own, never the loop."""
+        if self._alert_writes is None:
+            self._alert_writes = Batcher(_run_each, 0.0, "spendgate-alerts")
+            self.alerts.defer = self._alert_writes.put
+
     def close(self, grace: float = 2.0) -> None:
+        if self._alert_writes is not None:  # the last crossings written and queued before the sinks close
+            self.alerts.defer = None
+            self._alert_writes.close()
         self._stop.set()
         if self._thread:
             self._thread.join(timeout=5)
