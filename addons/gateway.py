@@ -235,13 +235,12 @@ class SpendGate:
             return
         self.gateway.proxy_verified = self.proxy_verified
         loop = _running_loop()  # mitmproxy's: rows are recorded there, cheaper than on a thread
-        if loop is not None:
-            self.gateway.record_on(loop)
+        on_loop = loop is not None and self.gateway.record_on(loop)
         if self._checked is not None:  # the start-up policy is the gateway's now: not kept past a reload
             self._checked = (*self._checked[:2], None)
         heap.settle(1)  # what start-up built lives as long as the process: out of the collector's walks
-        log.info("spendgate: ledger %s, admin API %s%s", self.settings.db, self.gateway.admin and self.gateway.admin.url,
-                 ", shared store" if self.settings.store else "")
+        log.info("spendgate: ledger %s, admin API %s%s%s", self.settings.db, self.gateway.admin and self.gateway.admin.url,
+                 ", shared store" if self.settings.store else "", ", rows recorded on the event loop" if on_loop else "")
 
     def _body_ceiling(self) -> None:
         """On a providers-only gateway, cap what mitmproxy reads at all (body_size_limit).

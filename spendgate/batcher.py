@@ -135,10 +135,10 @@ class LoopBatcher(Generic[T]):
     """A Batcher whose batches run on an asyncio event loop's own thread, between its callbacks.
 
     Why: under the GIL a worker thread's Python work does not run beside the loop, it runs instead
-    of it, and each hand-over also costs the loop: its caches, and a wait for the lock. Measured on
-    the proxy (issue 18, docs/architecture.md "twenty-eighth part"), the meter's batches on the
-    event loop took 27-120 µs less CPU per request than on their own thread, with requests/s
-    0.909 -> 0.937 (1 in flight) and 0.863 -> 0.925 (10 in flight) of plain mitmdump's.
+    of it, and each hand-over also costs the loop: its caches, and a wait for the lock. Measured in
+    the proxy (issue 18, docs/architecture.md "twenty-eighth part"): the meter's batches on the
+    event loop cost 40-55 µs less CPU per 100 KB request at 10 in flight than on their own thread
+    (the same at 1 in flight), and requests/s went from 0.878 to 0.910 of plain mitmdump's.
 
     `handle` must not block (no network, no DuckDB): items for which `light(item)` is False (large
     work), and items put from another thread, go to `fallback` (a thread Batcher) instead; so do

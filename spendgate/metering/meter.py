@@ -456,11 +456,6 @@ class Meter:
         Large bodies (`light`) still go to the worker thread, in order."""
         self._worker = LoopBatcher(self._record_batch, RECORD_INTERVAL, loop, self._thread, light)
 
-    @property
-    def on_loop(self) -> bool:
-        """Whether rows are recorded on the event loop (record_on), not on the worker thread."""
-        return self._worker is not self._thread
-
     def finish(
         self,
         ex: Exchange,

@@ -599,3 +599,15 @@ def test_client_gone_mid_stream_is_recorded_with_an_estimate(gateway, fake_provi
     assert row["input_tokens"] == ANTHROPIC_USAGE["input_tokens"], row
     assert 0 < row["output_tokens"] < ANTHROPIC_USAGE["output_tokens"], row
     assert row["cost_usd"] > 0 and row["note"], row
+
+
+def test_rows_are_recorded_on_the_proxys_event_loop(gateway, fake_provider, anthropic_client):
+    """Issue 18, twenty-eighth part: with in-memory counters the meter's batches run on mitmproxy's
+    event loop (its start-up line says so), and the row is the one the worker thread would write."""
+    assert "rows recorded on the event loop" in gateway.log_text()
+    msg = anthropic_client().messages.create(model="claude-sonnet-4-5", max_tokens=100,
+                                             messages=[{"role": "user", "content": "hi"}])
+    assert msg.usage.input_tokens == 1200
+    check_row(only_row(gateway), provider="anthropic", endpoint="messages", model="claude-sonnet-4-5",
+              stream=False, usage=ANTHROPIC_USAGE, cost=ANTHROPIC_COST, raw_key=ANTHROPIC_KEY,
+              client="anthropic-sdk")

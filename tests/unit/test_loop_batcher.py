@@ -199,9 +199,9 @@ def test_the_meter_records_small_answers_on_the_loop_and_large_ones_on_its_worke
     meter._worker = meter._thread
     meter._record = lambda ex, result, ended, bytes_out, done_at: recorded.append((ex.name, threading.get_ident()))
     try:
-        assert not meter.on_loop
+        assert meter._worker is meter._thread
         on_loop(loop, lambda: meter.record_on(loop))
-        assert meter.on_loop
+        assert isinstance(meter._worker, LoopBatcher)
         loop_thread = on_loop(loop, threading.get_ident)
         small = SimpleNamespace(name="small", request=SimpleNamespace(results=None))
         large = SimpleNamespace(name="large", request=SimpleNamespace(results=None))
