@@ -392,6 +392,7 @@ class Gateway:
 
     def close(self) -> None:
         """Record what is in flight, drain every queue, release the file. Nothing is lost."""
+        self.meter.leave_loop()  # first: a thread stopped below may be waiting on the loop's batch
         self._watcher.stop()
         self.meter.close()
         if self.uplink:  # after the meter: the last rows are in the ledger; one last push, the rest kept

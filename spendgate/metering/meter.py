@@ -37,7 +37,7 @@ from spendgate.metering.providers.base import (
     StreamParser,
 )
 from spendgate.metering.providers.openai_responses import RESULTS_KEY, response_key
-from spendgate.metering.streams import AfterForwarding, IncrementalDecoder
+from spendgate.metering.streams import AfterForwarding, DecodedTooLarge, IncrementalDecoder
 from spendgate.pricing import cards
 from spendgate.pricing.rates import Pricer, PriceResult, reported
 from spendgate.store.ledger import Ledger, LedgerRow
@@ -255,22 +255,18 @@ def judge(ex: Exchange, result: ResponseResult | None, ended: str | None) -> Ver
 
 
 RECORD_INTERVAL = 0.05  # seconds: finished exchanges are recorded in batches this often
-LOOP_BODY_BYTES = 64 * 1024  # a larger whole body is parsed on the worker thread, not the event loop
-LOOP_ENCODED_BYTES = 8 * 1024  # a larger compressed one too (it may decode to many times its size)
+LOOP_BODY_BYTES = 64 * 1024  # a larger whole body, as sent or decoded, is parsed on the worker thread
 
 
 def light(item: tuple) -> bool:
-    """Whether a finished exchange (Meter.finish's item) is cheap enough to record on the event loop:
-    not batch results (one row per model, each priced), and a whole body small enough to decode and
-    parse in ~0.1 ms (msgspec reads ~1 GB/s). Streams were read as they passed (the result is ready)."""
+    """Whether a finished exchange (Meter.finish's item) may be recorded on the event loop: not
+    batch results (one row per model, each priced), and no whole body over LOOP_BODY_BYTES as sent
+    (msgspec parses 64 KiB in under 0.1 ms). A compressed body is decoded there only up to that
+    size (`Meter._record_loop_batch`). Streams were read as they passed: their result is ready."""
     ex, result = item[0], item[1]
     if ex.request.results:
         return False
-    if isinstance(result, Body):
-        size = len(result.raw)
-        encoded = result.content_encoding.strip().lower() not in ("", "identity")
-        return size <= (LOOP_ENCODED_BYTES if encoded else LOOP_BODY_BYTES)
-    return True
+    return not isinstance(result, Body) or len(result.raw) <= LOOP_BODY_BYTES
 
 
 def split_parts(ex: Exchange, result: ResponseResult | None) -> list[Exchange]:
@@ -454,7 +450,15 @@ class Meter:
         says why). Call it on the loop's thread, and only when every listener is memory-only
         (in-memory budget counters; alert writes handed to a thread): nothing blocking may run there.
         Large bodies (`light`) still go to the worker thread, in order."""
-        self._worker = LoopBatcher(self._record_batch, RECORD_INTERVAL, loop, self._thread, light)
+        self._worker = LoopBatcher(self._record_loop_batch, RECORD_INTERVAL, loop, self._thread, light)
+
+    def leave_loop(self) -> None:
+        """Record on the worker thread again; what waits on the loop is recorded first. The gateway's
+        close() starts with it, so threads it then stops never wait for a loop that waits for them."""
+        worker = self._worker
+        if isinstance(worker, LoopBatcher):
+            worker.detach()
+            self._worker = self._thread
 
     def finish(
         self,
@@ -506,7 +510,31 @@ class Meter:
     # -- worker thread, or the event loop (record_on) --
     def _record_batch(self, items: list[tuple]) -> None:
         for item in items:
+            self._record_item(item)
+
+    def _record_item(self, item: tuple) -> None:
+        try:
             self._record(*item)
+        except Exception:  # one exchange's failure must not lose the rest of its batch
+            log.exception("spendgate: recording %s failed", item[0].request_id)
+
+    def _record_loop_batch(self, items: list[tuple]) -> list[tuple] | None:
+        """The event loop's batch (record_on): as `_record_batch`, but a compressed body is decoded
+        here only up to LOOP_BODY_BYTES (a few hundred bytes of brotli can hold 64 MiB). At the first
+        one larger, that item and those after it are returned, for the worker thread, in order."""
+        for i, item in enumerate(items):
+            result = item[1]
+            if isinstance(result, Body) and result.content_encoding.strip().lower() not in ("", "identity"):
+                try:
+                    decoder = IncrementalDecoder(result.content_encoding, LOOP_BODY_BYTES)  # pieces no larger:
+                    decoded = b"".join(decoder.feed_iter(result.raw, LOOP_BODY_BYTES + 1))  # stops right past it
+                    item = (item[0], Body(decoded), *item[2:])
+                except DecodedTooLarge:
+                    return items[i:]
+                except Exception:  # noqa: BLE001 -- garbage fails as fast in Body.parse: recorded garbled there
+                    pass
+            self._record_item(item)
+        return None
 
     def _record(
         self, ex: Exchange, result: ResponseResult | Body | None, ended: str | None, bytes_out: int, done_at: float

@@ -1,7 +1,8 @@
 """Tiered alerts and projected overruns on every budget, fired once per budget, window and tier.
 
-`AlertEngine.evaluate` runs after settlement on the meter worker thread (never the event loop):
-for each budget covering the identity that just spent, it compares settled spend with the
+`AlertEngine.evaluate` runs after settlement, where the row is recorded (the meter worker thread,
+or the proxy's event loop: then only its in-memory checks, a crossing's writes and notice go to a
+thread of their own, `defer`): for each budget covering the identity that just spent, it compares settled spend with the
 policy's thresholds and with a burn-rate projection. A crossing is persisted in `alerts_fired`
 (primary key: scope, window, window start, kind, threshold) before it is announced, so it stays
 fired across restarts, and a new window starts with a clean slate. The in-band warning header is
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -60,10 +61,13 @@ def projected_exhaustion(start: datetime, now: datetime, spent: Decimal, limit: 
     if spent <= 0 or elapsed <= 0 or spent >= limit:
         return None
     seconds_left = float(limit - spent) * elapsed / float(spent)
-    return now + timedelta(seconds=seconds_left)
+    try:
+        return now + timedelta(seconds=seconds_left)
+    except OverflowError:  # a pace so slow the limit is past year 9999: never, as far as alerts go
+        return None
 
 
-def crossings(b: Budget, spent: Decimal, cfg: AlertsConfig, fired: set[FiredKey], now: datetime) -> list[Crossing]:
+def crossings(b: Budget, spent: Decimal, cfg: AlertsConfig, fired: Container[FiredKey], now: datetime) -> list[Crossing]:
     """The alerts this budget owes now (pure: `fired` says what was already sent)."""
     if b.limit <= 0:
         return []
@@ -210,6 +214,18 @@ def top_spend(cur: duckdb.DuckDBPyConnection, scope: str, start: datetime, end: 
     return [{by: name, "spent_usd": float(usd), "requests": count} for name, (usd, count) in ranked]
 
 
+class _FiredView:
+    """`key in view`: whether an engine fired `key`, asked under its lock, without copying the set."""
+
+    __slots__ = ("engine",)
+
+    def __init__(self, engine: AlertEngine) -> None:
+        self.engine = engine
+
+    def __contains__(self, key: object) -> bool:
+        return self.engine.has_fired(key)  # type: ignore[arg-type]
+
+
 class AlertEngine:
     def __init__(
         self,
@@ -244,13 +260,18 @@ class AlertEngine:
             self._fired |= {(s, w, st.astimezone(UTC), k, Decimal(t)) for s, w, st, k, t in rows}
         return len(rows)
 
+    def has_fired(self, key: FiredKey) -> bool:
+        with self._lock:
+            return key in self._fired
+
     def fired(self) -> set[FiredKey]:
         with self._lock:
             return set(self._fired)
 
     def evaluate(self, identity: Identity, now: datetime, current: Spent | None = None,
                  charged: list[Budget] | None = None) -> list[Crossing]:
-        """After a settlement: fire whatever this identity's budgets now owe. Meter worker thread.
+        """After a settlement: fire whatever this identity's budgets now owe; returns the crossings
+        fired (or handed over to `defer`). Where rows are recorded: the meter worker, or the event loop.
 
         `charged`: the budgets the spend was charged to (a reservation's, taken at admission). A
         request admitted before a window boundary and settled after it charged the old window,
@@ -262,13 +283,11 @@ class AlertEngine:
         floor = alert_floor(cfg)
         if floor is None:
             return out
-        fired: set[FiredKey] | None = None  # copied only when some budget is past the lowest threshold
+        fired = _FiredView(self)  # each key looked up under the lock: the set holds 32 days of keys
         for b in charged if charged is not None else self.book.covering(identity, now):
             spent = self.book.store.get(b.key).spent
             if b.limit <= 0 or percent(spent, b.limit) < floor:
                 continue  # below every threshold (and the projection's start): crossings() owes nothing
-            if fired is None:
-                fired = self.fired()
             for c in crossings(b, spent, cfg, fired, now):  # Decimal and aware datetimes hash by value
                 if self._fire(c, now, current):
                     out.append(c)
@@ -281,17 +300,17 @@ class AlertEngine:
         return self._fire(c, now)
 
     def _fire(self, c: Crossing, now: datetime, current: Spent | None = None) -> bool:
-        """Record and announce `c` unless it fired before; True when it is fired by this call. With
-        `defer`, only the in-memory check is made here: the rest runs on defer's thread, where
-        `_persist` checks again, so a crossing two settlements found is announced once."""
+        """Record and announce `c` unless it fired before; True when this call fired it, or, with
+        `defer`, handed it over to be fired: only the in-memory check is made here, the rest runs on
+        defer's thread, where `_persist` checks again, so a crossing two settlements found is
+        recorded and announced once."""
         if self.defer is None:
             if not self._persist(c, now):
                 return False
             self._announce(c, now, current)
             return True
-        with self._lock:
-            if c.key in self._fired:
-                return False
+        if self.has_fired(c.key):
+            return False
         self.defer(lambda: self._persist(c, now) and self._announce(c, now, current))
         return True
 

@@ -189,7 +189,7 @@ def test_the_meter_records_small_answers_on_the_loop_and_large_ones_on_its_worke
     ex = SimpleNamespace(request=SimpleNamespace(results=None))
     assert light((ex, Body(b"x" * LOOP_BODY_BYTES), None, 0, 0.0))
     assert not light((ex, Body(b"x" * (LOOP_BODY_BYTES + 1)), None, 0, 0.0))
-    assert not light((ex, Body(b"x" * 9000, "gzip"), None, 0, 0.0))  # may decode to far more
+    assert light((ex, Body(b"x" * 9000, "gzip"), None, 0, 0.0))  # decoded on the loop up to LOOP_BODY_BYTES only
     assert light((ex, None, None, 0, 0.0))  # a stream's result, read as it passed
     assert not light((SimpleNamespace(request=SimpleNamespace(results=["r"])), None, None, 0, 0.0))
 
@@ -263,3 +263,110 @@ def test_deferred_alert_writes_run_on_their_own_thread_and_fire_once(tmp_path) -
         assert len(alerts) == 1  # announced once
     finally:
         env.con.close()
+
+
+def test_a_tail_the_handler_leaves_goes_to_the_worker_ahead_of_what_still_waits(loop) -> None:
+    seen = Seen()
+
+    def handle(items: list) -> list | None:  # "big" cannot be handled on the loop: it and the rest go
+        for i, x in enumerate(items):
+            if x == "big":
+                return items[i:]
+            seen([x])
+        return None
+
+    fallback = Batcher(seen, 0.02, "test-fallback")
+    b = on_loop(loop, lambda: LoopBatcher(handle, 30.0, loop, fallback, lambda item: True, max_batch=3))
+    loop_thread = on_loop(loop, threading.get_ident)
+    try:
+        on_loop(loop, lambda: [b.put(x) for x in (1, "big", 2, 3, 4)])  # batches of 3: [1, big, 2], then [3, 4]
+        assert b.flush(5)
+        assert seen.order() == [1, "big", 2, 3, 4]
+        threads = seen.threads()
+        assert threads[1] == loop_thread and all(threads[x] != loop_thread for x in ("big", 2, 3, 4))
+    finally:
+        b.close()
+
+
+def test_a_flush_waiting_on_a_loop_that_is_detaching_returns_at_once(loop) -> None:
+    """At shutdown the loop runs Gateway.close(): it detaches the meter's batcher, then joins threads
+    (sinks, uplink, watcher) that may be waiting in a flush for that very loop. Such a wait must end
+    when the batcher is detached, not at its timeout (fortieth review, 3)."""
+    seen = Seen()
+    b, fallback, loop_thread = make(loop, seen, interval=30.0)
+    on_loop(loop, lambda: [b.put(i) for i in range(3)])
+    waited: list[float] = []
+    flusher = threading.Thread(target=lambda: (t := time.monotonic(), b.flush(10), waited.append(time.monotonic() - t)))
+
+    def closing() -> None:  # on the loop: the flusher's drain is queued behind this callback
+        flusher.start()
+        time.sleep(0.2)
+        b.detach()
+        flusher.join(5)
+
+    on_loop(loop, closing)
+    assert waited and waited[0] < 2.0, waited  # not the flush's 10 s
+    assert seen.order() == [0, 1, 2] and set(seen.threads().values()) == {loop_thread}
+    b.close()
+
+
+def test_a_stopped_batchers_flush_answers_at_once() -> None:
+    b = Batcher(lambda items: None, 0.01, "test-stopped")
+    b.close()
+    t = time.monotonic()
+    assert b.flush(10) is True and time.monotonic() - t < 1.0
+
+
+# -- a real gateway's meter on a loop -------------------------------------------------------------------
+
+
+def test_a_gateways_rows_recorded_on_the_loop_settle_exactly_and_a_small_bomb_goes_to_the_worker(loop, tmp_path):
+    """The whole settlement (Admission.settle, alerts, telemetry, the ledger) runs through the
+    loop's batches; a gzip body of ~1 KB that decodes past LOOP_BODY_BYTES is recorded on the worker
+    thread instead, in order (fortieth review, 1)."""
+    import gzip
+    import json
+
+    from spendgate.gateway import Gateway, Settings
+    from spendgate.metering.meter import LOOP_BODY_BYTES, Body
+
+    p = tmp_path / "policy.yaml"
+    p.write_text("version: 1\ndefaults: {user: {day: 1000}}\n")
+    gw = Gateway(Settings(db=tmp_path / "l.duckdb", policy=p, user="unit", admin_port=-1, reload_interval=0))
+    where: dict[str, int] = {}
+    gw.meter.listeners.insert(0, lambda ex, row: where.__setitem__(row.request_id, threading.get_ident()))
+    body = json.dumps({"model": "claude-sonnet-4-5", "max_tokens": 100,
+                       "messages": [{"role": "user", "content": "hi"}]}).encode()
+    headers = {"x-api-key": "sk-ant-unit-secret", "user-agent": "Anthropic/Python 2.14.0"}
+
+    def answer(text: str) -> bytes:
+        return json.dumps({"id": "msg_1", "type": "message", "role": "assistant", "model": "claude-sonnet-4-5",
+                           "content": [{"type": "text", "text": text}], "stop_reason": "end_turn",
+                           "usage": {"input_tokens": 1000, "output_tokens": 500}}).encode()
+
+    bomb = gzip.compress(answer("a" * (4 * LOOP_BODY_BYTES)))
+    assert len(bomb) < 2048
+    answers = [Body(answer("hello")), Body(gzip.compress(answer("hi")), "gzip"), Body(bomb, "gzip"),
+               Body(answer("after"))]
+    try:
+        loop_thread = on_loop(loop, threading.get_ident)
+        assert on_loop(loop, lambda: gw.record_on(loop)) is True
+
+        def one(result: Body) -> str:
+            ex = gw.meter.begin("api.anthropic.com", "/v1/messages", headers, body)
+            assert gw.admission.admit(ex, "/v1/messages", body) is None
+            ex.status, ex.headers_at = 200, gw.meter.clock()
+            gw.meter.finish(ex, result, bytes_out=len(result.raw))
+            return ex.request_id
+
+        ids = [on_loop(loop, lambda r=r: one(r)) for r in answers]
+        assert gw.meter.flush(10)  # from this (another) thread: the loop drains its batch
+        assert [where[i] == loop_thread for i in ids] == [True, True, False, False]  # the bomb, then what followed it
+        rows = {r[0]: r for r in gw.ledger.cursor().execute(
+            "SELECT request_id, output_tokens, charged_usd FROM requests").fetchall()}
+        assert set(rows) == set(ids) and all(rows[i][1] == 500 for i in ids)
+        spent = sum((r[2] for r in rows.values()), Decimal(0))
+        counters = [c for k, c in gw.book.store.items() if k[0] == "user:unit"]
+        assert counters and all(c.reserved == 0 and c.spent == spent for c in counters)  # every window settled
+    finally:
+        on_loop(loop, gw.close)  # as mitmproxy's `done` hook does, on the loop
