@@ -30,7 +30,7 @@ from pathlib import Path
 import httpx2
 import pytest
 
-from tests.support import ANTHROPIC_KEY, CHATGPT_TOKEN, GEMINI_KEY, OPENAI_KEY, RAW_KEYS
+from tests.support import ANTHROPIC_KEY, CHATGPT_TOKEN, GEMINI_KEY, OPENAI_KEY, RAW_KEYS, wait_until
 from tests.support.certs import CA_COMMON_NAME
 from tests.support.fake_provider import DEFAULT_USAGE, ORIGIN_BODY, TEXT_PIECES
 
@@ -604,10 +604,11 @@ def test_client_gone_mid_stream_is_recorded_with_an_estimate(gateway, fake_provi
 def test_rows_are_recorded_on_the_proxys_event_loop(gateway, fake_provider, anthropic_client):
     """Issue 18, twenty-eighth part: with in-memory counters the meter's batches run on mitmproxy's
     event loop (its start-up line says so), and the row is the one the worker thread would write."""
-    assert "rows recorded on the event loop" in gateway.log_text()
     msg = anthropic_client().messages.create(model="claude-sonnet-4-5", max_tokens=100,
                                              messages=[{"role": "user", "content": "hi"}])
     assert msg.usage.input_tokens == 1200
+    # the line is logged once the gateway runs, which may be just after its port answers
+    assert wait_until(lambda: "rows recorded on the event loop" in gateway.log_text(), timeout=10)
     check_row(only_row(gateway), provider="anthropic", endpoint="messages", model="claude-sonnet-4-5",
               stream=False, usage=ANTHROPIC_USAGE, cost=ANTHROPIC_COST, raw_key=ANTHROPIC_KEY,
               client="anthropic-sdk")
