@@ -171,7 +171,7 @@ class LoopBatcher(Generic[T]):
     def put(self, item: T) -> None:
         if self._closed or threading.get_ident() != self._thread or self.fallback.pending or not self.light(item):
             with self._lock:
-                self._hand_over(())
+                self._hand_over()
                 self.fallback.put(item)
             return
         self._items.append(item)
@@ -179,7 +179,7 @@ class LoopBatcher(Generic[T]):
             self._armed = True
             self.loop.call_later(self.interval, self._drain)
 
-    def _hand_over(self, first: Iterable[T]) -> None:
+    def _hand_over(self, first: Iterable[T] = ()) -> None:
         """`first`, then the items waiting here, go to the fallback, in that order (the lock is held)."""
         for item in first:
             self.fallback.put(item)

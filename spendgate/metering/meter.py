@@ -37,7 +37,7 @@ from spendgate.metering.providers.base import (
     StreamParser,
 )
 from spendgate.metering.providers.openai_responses import RESULTS_KEY, response_key
-from spendgate.metering.streams import AfterForwarding, DecodedTooLarge, IncrementalDecoder
+from spendgate.metering.streams import PIECE, AfterForwarding, DecodedTooLarge, IncrementalDecoder
 from spendgate.pricing import cards
 from spendgate.pricing.rates import Pricer, PriceResult, reported
 from spendgate.store.ledger import Ledger, LedgerRow
@@ -88,11 +88,17 @@ class Body:
     raw: bytes
     content_encoding: str = ""
 
+    def decode(self, limit: int = bounds.MAX_DECODED_BYTES) -> bytes:
+        """The body as the provider sent it before encoding. Raises DecodedTooLarge past `limit`
+        bytes (decoding stops right after it), or the decoder's error for garbage."""
+        decoder = IncrementalDecoder(self.content_encoding, limit)
+        return b"".join(decoder.feed_iter(self.raw, min(limit + 1, PIECE)))
+
     def parse(self, adapter: Adapter | None) -> ResponseResult | None:
         if adapter is None:
             return None
         try:
-            body = IncrementalDecoder(self.content_encoding, bounds.MAX_DECODED_BYTES).feed(self.raw)
+            body = self.decode()
         except Exception:  # an encoding we cannot undo, garbage, or a bomb: usage unknown, row estimated
             return ResponseResult(garbled=True)
         return adapter.parse_response(body)
@@ -526,9 +532,7 @@ class Meter:
             result = item[1]
             if isinstance(result, Body) and result.content_encoding.strip().lower() not in ("", "identity"):
                 try:
-                    decoder = IncrementalDecoder(result.content_encoding, LOOP_BODY_BYTES)  # pieces no larger:
-                    decoded = b"".join(decoder.feed_iter(result.raw, LOOP_BODY_BYTES + 1))  # stops right past it
-                    item = (item[0], Body(decoded), *item[2:])
+                    item = (item[0], Body(result.decode(LOOP_BODY_BYTES)), *item[2:])
                 except DecodedTooLarge:
                     return items[i:]
                 except Exception:  # noqa: BLE001 -- garbage fails as fast in Body.parse: recorded garbled there

@@ -71,87 +71,79 @@ def on_loop(loop: asyncio.AbstractEventLoop, fn: Callable[[], Any]) -> Any:
     return asyncio.run_coroutine_threadsafe(call(), loop).result(5)
 
 
-def make(loop, seen: Seen, light=lambda item: item != "heavy", interval: float = 0.02, max_batch: int = 32):
-    fallback = Batcher(seen, 0.02, "test-fallback")
-    b = on_loop(loop, lambda: LoopBatcher(seen, interval, loop, fallback, light, max_batch))
-    return b, fallback, on_loop(loop, threading.get_ident)
+@pytest.fixture
+def make(loop) -> Iterator[Callable[..., tuple[LoopBatcher, int]]]:
+    """make(seen, ...) -> (a LoopBatcher on `loop` recording into `seen`, the loop's thread id);
+    each one made is closed at the end of the test."""
+    made: list[LoopBatcher] = []
 
+    def build(seen: Seen, light=lambda item: item != "heavy", interval: float = 0.02, max_batch: int = 32):
+        fallback = Batcher(seen, 0.02, "test-fallback")
+        made.append(on_loop(loop, lambda: LoopBatcher(seen, interval, loop, fallback, light, max_batch)))
+        return made[-1], on_loop(loop, threading.get_ident)
 
-def test_items_put_on_the_loop_are_handled_there_in_order_after_the_interval(loop) -> None:
-    seen = Seen()
-    b, fallback, loop_thread = make(loop, seen, interval=0.2)
-    try:
-        on_loop(loop, lambda: [b.put(i) for i in range(5)])
-        time.sleep(0.05)
-        assert seen.order() == []  # batched: not one callback per item
-        assert wait_until(lambda: seen.order() == list(range(5)), timeout=5)
-        assert set(seen.threads().values()) == {loop_thread}
-        assert seen.batches == [5]
-    finally:
+    yield build
+    for b in made:
         b.close()
 
 
-def test_a_heavy_item_goes_to_the_worker_thread_after_those_waiting_and_order_is_kept(loop) -> None:
+def test_items_put_on_the_loop_are_handled_there_in_order_after_the_interval(loop, make) -> None:
     seen = Seen()
-    b, fallback, loop_thread = make(loop, seen, interval=0.2)
-    try:
-        on_loop(loop, lambda: [b.put(x) for x in (1, 2, "heavy", 3)])  # 3 comes while the worker holds items
-        assert b.flush(5)
-        assert seen.order() == [1, 2, "heavy", 3]
-        assert all(t != loop_thread for t in seen.threads().values())  # all four on the worker thread
-        on_loop(loop, lambda: b.put(4))  # the worker is done: back on the loop
-        assert b.flush(5)
-        assert seen.threads()[4] == loop_thread
-    finally:
-        b.close()
+    b, loop_thread = make(seen, interval=0.2)
+    on_loop(loop, lambda: [b.put(i) for i in range(5)])
+    time.sleep(0.05)
+    assert seen.order() == []  # batched: not one callback per item
+    assert wait_until(lambda: seen.order() == list(range(5)), timeout=5)
+    assert set(seen.threads().values()) == {loop_thread}
+    assert seen.batches == [5]
 
 
-def test_items_put_from_another_thread_go_to_the_worker_thread(loop) -> None:
+def test_a_heavy_item_goes_to_the_worker_thread_after_those_waiting_and_order_is_kept(loop, make) -> None:
     seen = Seen()
-    b, fallback, loop_thread = make(loop, seen)
-    try:
-        b.put("from here")
-        assert b.flush(5)
-        assert seen.order() == ["from here"] and seen.threads()["from here"] != loop_thread
-    finally:
-        b.close()
+    b, loop_thread = make(seen, interval=0.2)
+    on_loop(loop, lambda: [b.put(x) for x in (1, 2, "heavy", 3)])  # 3 comes while the worker holds items
+    assert b.flush(5)
+    assert seen.order() == [1, 2, "heavy", 3]
+    assert all(t != loop_thread for t in seen.threads().values())  # all four on the worker thread
+    on_loop(loop, lambda: b.put(4))  # the worker is done: back on the loop
+    assert b.flush(5)
+    assert seen.threads()[4] == loop_thread
 
 
-def test_at_most_max_batch_items_per_callback_the_rest_on_the_loops_next_turns(loop) -> None:
+def test_items_put_from_another_thread_go_to_the_worker_thread(loop, make) -> None:
     seen = Seen()
-    b, fallback, loop_thread = make(loop, seen, max_batch=8)
-    try:
-        on_loop(loop, lambda: [b.put(i) for i in range(20)])
-        assert wait_until(lambda: len(seen.order()) == 20, timeout=5)
-        assert seen.batches == [8, 8, 4] and seen.order() == list(range(20))
-    finally:
-        b.close()
+    b, loop_thread = make(seen)
+    b.put("from here")
+    assert b.flush(5)
+    assert seen.order() == ["from here"] and seen.threads()["from here"] != loop_thread
 
 
-def test_flush_from_another_thread_waits_for_the_loops_items(loop) -> None:
+def test_at_most_max_batch_items_per_callback_the_rest_on_the_loops_next_turns(loop, make) -> None:
     seen = Seen()
-    b, fallback, loop_thread = make(loop, seen, interval=30.0)  # the timer alone would take 30 s
-    try:
-        on_loop(loop, lambda: [b.put(i) for i in range(3)])
-        assert b.flush(5)
-        assert seen.order() == [0, 1, 2] and set(seen.threads().values()) == {loop_thread}
-    finally:
-        b.close()
+    b, loop_thread = make(seen, max_batch=8)
+    on_loop(loop, lambda: [b.put(i) for i in range(20)])
+    assert wait_until(lambda: len(seen.order()) == 20, timeout=5)
+    assert seen.batches == [8, 8, 4] and seen.order() == list(range(20))
 
 
-def test_a_flush_on_the_loops_own_thread_handles_at_once(loop) -> None:
+def test_flush_from_another_thread_waits_for_the_loops_items(loop, make) -> None:
     seen = Seen()
-    b, fallback, loop_thread = make(loop, seen, interval=30.0)
-    try:
-        assert on_loop(loop, lambda: (b.put("a"), b.flush(5))[1])
-        assert seen.order() == ["a"]
-    finally:
-        b.close()
+    b, loop_thread = make(seen, interval=30.0)  # the timer alone would take 30 s
+    on_loop(loop, lambda: [b.put(i) for i in range(3)])
+    assert b.flush(5)
+    assert seen.order() == [0, 1, 2] and set(seen.threads().values()) == {loop_thread}
 
 
-def test_close_after_the_loop_stopped_handles_what_waited_and_later_puts_reach_the_worker(loop) -> None:
+def test_a_flush_on_the_loops_own_thread_handles_at_once(loop, make) -> None:
     seen = Seen()
-    b, fallback, loop_thread = make(loop, seen, interval=30.0)
+    b, loop_thread = make(seen, interval=30.0)
+    assert on_loop(loop, lambda: (b.put("a"), b.flush(5))[1])
+    assert seen.order() == ["a"]
+
+
+def test_close_after_the_loop_stopped_handles_what_waited_and_later_puts_reach_the_worker(loop, make) -> None:
+    seen = Seen()
+    b, loop_thread = make(seen, interval=30.0)
     on_loop(loop, lambda: [b.put(i) for i in range(3)])
     loop.call_soon_threadsafe(loop.stop)
     assert wait_until(lambda: not loop.is_running(), timeout=5)
@@ -288,12 +280,12 @@ def test_a_tail_the_handler_leaves_goes_to_the_worker_ahead_of_what_still_waits(
         b.close()
 
 
-def test_a_flush_waiting_on_a_loop_that_is_detaching_returns_at_once(loop) -> None:
+def test_a_flush_waiting_on_a_loop_that_is_detaching_returns_at_once(loop, make) -> None:
     """At shutdown the loop runs Gateway.close(): it detaches the meter's batcher, then joins threads
     (sinks, uplink, watcher) that may be waiting in a flush for that very loop. Such a wait must end
     when the batcher is detached, not at its timeout (fortieth review, 3)."""
     seen = Seen()
-    b, fallback, loop_thread = make(loop, seen, interval=30.0)
+    b, loop_thread = make(seen, interval=30.0)
     on_loop(loop, lambda: [b.put(i) for i in range(3)])
     waited: list[float] = []
     flusher = threading.Thread(target=lambda: (t := time.monotonic(), b.flush(10), waited.append(time.monotonic() - t)))
