@@ -170,13 +170,18 @@ class Workflow:
                 "request_id": g.request_id, "amount_usd": g.amount, "window": g.window, "until": g.until})
         return len(gone)
 
+    def housekeep(self) -> None:
+        """Once a second: record the grants that expired, drop alert crossings of past windows.
+        Never raises (a failure is logged; the next tick tries again)."""
+        try:
+            self.expire_grants()
+            self.alerts.prune(self.now())
+        except Exception:
+            log.exception("spendgate: workflow housekeeping failed")
+
     def _housekeep(self, interval: float) -> None:
         while not self._stop.wait(interval):
-            try:
-                self.expire_grants()
-                self.alerts.prune(self.now())
-            except Exception:
-                log.exception("spendgate: workflow housekeeping failed")
+            self.housekeep()
 
     # -- read side (the web layer builds routes on these) --
     def requests_for(self, status: str | None, request_id: str | None, caller: str, admin: bool,

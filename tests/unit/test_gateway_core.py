@@ -314,3 +314,44 @@ def test_admin_reads_do_not_wait_for_a_failing_writer(tmp_path, monkeypatch):
     finally:
         gw.ledger.stats.failures = 0
         gw.close()
+
+
+def _wakeups(thread) -> int:
+    """How often `thread` has gone to sleep and been woken (Linux: voluntary context switches)."""
+    status = Path(f"/proc/self/task/{thread.native_id}/status").read_text()
+    return int(status.split("voluntary_ctxt_switches:")[1].split()[0])
+
+
+def test_an_idle_gateway_wakes_one_housekeeping_thread(tmp_path, monkeypatch):
+    """At rest only the file watcher wakes (once a second): the workflow's grant expiry rides on its
+    tick, and the admin server sleeps until a connection (socketserver woke it twice a second)."""
+    import time
+    import urllib.request
+
+    p = tmp_path / "policy.yaml"
+    p.write_text("version: 1\n")
+    gw = Gateway(Settings(db=tmp_path / "l.duckdb", policy=p, user="unit", admin_port=0, reload_interval=1.0))
+    try:
+        assert gw._watcher._thread.is_alive() and gw.workflow._thread is None  # (other tests' threads aside)
+        expired = []
+        monkeypatch.setattr(gw.workflow, "expire_grants", lambda: expired.append(1) or 0)
+        gw._watcher.poll(settle=True)  # one tick of the watcher's thread
+        assert expired == [1]
+        before = _wakeups(gw.admin.thread)
+        time.sleep(1.2)
+        assert _wakeups(gw.admin.thread) == before  # asleep: no poll interval
+        found = json.loads((tmp_path / "l.duckdb.gateway.json").read_text())
+        req = urllib.request.Request(found["url"] + "/api/ledger?limit=1", headers={"Authorization": f"Bearer {found['token']}"})
+        with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(req, timeout=10) as answer:
+            assert answer.status == 200  # and a connection still wakes it
+    finally:
+        gw.close()
+    assert not gw.admin.thread.is_alive()
+
+
+def test_without_a_file_watcher_the_workflow_keeps_its_own_housekeeping_thread(tmp_path):
+    gw = make(tmp_path, "")  # reload_interval=0: no watcher thread, so no tick to ride on
+    try:
+        assert gw._watcher._thread is None and gw.workflow._thread.is_alive()
+    finally:
+        gw.close()
