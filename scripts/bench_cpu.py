@@ -19,7 +19,10 @@ measured as a control: the plain-vs-control difference is the noise floor of the
 Scenarios: 100 KB agent bodies at 1 and 10 in flight, a 5 MB body (added cost must not grow
 with the body), a 2,000-event SSE stream (CPU per event) and bulk streams of 16 KB deltas (CPU per MB);
 `--only laptop`: 100 KB bodies one a second, every proxy at once (a laptop's pace, where timers
-and per-commit costs weigh on each request).
+and per-commit costs weigh on each request). The 100 KB and 5 MB scenarios also run a window a
+quarter the size each round: the difference is what one more request costs (`marginal`), free of
+what a window costs whatever it holds, which weighs ten times more on each of the 5 MB window's
+40 requests than on the 100 KB window's 400.
 """
 
 from __future__ import annotations
@@ -152,7 +155,7 @@ class CpuPlan:
     opt_in: bool = False  # with no `only`: the OPT_IN scenarios too (the smoke run: every scenario, briefly)
 
 
-CPU_SMOKE = CpuPlan(rounds=1, c1_requests=20, c10_per_conn=3, big_requests=3, big_bytes=512 * 1024,
+CPU_SMOKE = CpuPlan(rounds=1, c1_requests=20, c10_per_conn=3, big_requests=4, big_bytes=512 * 1024,
                     stream_events=50, streams=1, bulk_bytes=512 * 1024, bulk_streams=1, laptop_requests=3,
                     laptop_gap_s=0.2, opt_in=True)  # fmt: skip
 OPT_IN = ("laptop",)  # scenarios run only when --only names them (minutes long)
@@ -367,6 +370,9 @@ def run_cpu(bench_mod: Any, plan: CpuPlan, ctx: ssl.SSLContext, proxies: dict[st
     for p in {id(p): p for p in proxies.values()}.values():
         asyncio.run(_warm(bench_mod, p.port, ctx))
     samples: dict[str, dict[str, list[float]]] = {s: {n: [] for n in proxies} for s in scen}
+    # a smaller window beside the full one (MARGINAL): (CPU seconds, units) of each, per proxy and round
+    sizes: dict[str, dict[str, list[tuple[tuple[float, int], tuple[float, int]]]]] = {
+        s: {n: [] for n in proxies} for s in scen if s in MARGINAL and small_count(scen[s].count)}
     threads: dict[str, dict[str, list[dict[str, float]]]] = {s: {n: [] for n in THREADS_OF} for s in scen}
     blocked: dict[str, dict[str, list[float]]] = {s: {n: [] for n in proxies} for s in scen}
     counters = {"ns": 0, "ticks": 0}  # how many measurements each counter made (printed with the table)
@@ -375,6 +381,11 @@ def run_cpu(bench_mod: Any, plan: CpuPlan, ctx: ssl.SSLContext, proxies: dict[st
             taking = {n: p for n, p in proxies.items() if takes_part(s, n, proxies)}
             window = asyncio.run(asyncio.wait_for((side_by_side if sc.together else interleaved)(
                 taking, sc.runner, sc.count), bench_mod.STEP_TIMEOUT * len(taking)))
+            if s in sizes:
+                small = asyncio.run(asyncio.wait_for(interleaved(taking, sc.runner, small_count(sc.count)),
+                                                     bench_mod.STEP_TIMEOUT * len(taking)))
+                for name in window:
+                    sizes[s][name].append((small[name][:2], window[name][:2]))
             for name, (cpu, units, counter, groups, blocks) in window.items():
                 samples[s][name].append(cpu / units * 1e6)
                 blocked[s][name].append(blocks / units)
@@ -406,12 +417,41 @@ def run_cpu(bench_mod: Any, plan: CpuPlan, ctx: ssl.SSLContext, proxies: dict[st
             fig["control_added_us"] = round(med["control"] - med["plain"], 2)
             fig["control_paired_us"] = paired(per["control"], per["plain"])
             fig["control_ratio"] = round(med["control"] / med["plain"], 3) if med["plain"] else float("nan")
+        if s in sizes:
+            fig.update(marginal(sizes[s]))
         out[s] = fig
     if "c1" in out and "body_5mb" in out and "added_us" in out["c1"] and "added_us" in out["body_5mb"]:
         out["added_5mb_minus_100kb_us"] = round(out["body_5mb"]["added_us"] - out["c1"]["added_us"], 1)
         # (a floor of 1 us keeps the quotient finite when a tiny run measures no added cost at all)
         out["size_ratio"] = round(out["body_5mb"]["added_us"] / max(out["c1"]["added_us"], 1.0), 3)
+    if "marginal_added_us" in out.get("c1", {}) and "marginal_added_us" in out.get("body_5mb", {}):
+        out["marginal_size_ratio"] = round(out["body_5mb"]["marginal_added_us"]
+                                           / max(out["c1"]["marginal_added_us"], 1.0), 3)
     return out
+
+
+MARGINAL = ("c1", "body_5mb")  # scenarios also measured in a window a quarter the size (`marginal`)
+
+
+def small_count(count: int) -> int:
+    """The smaller window's count for `marginal`: a quarter (0: too few units to take a slope)."""
+    return count // 4 if count >= 4 else 0
+
+
+def marginal(per: dict[str, list[tuple[tuple[float, int], tuple[float, int]]]]) -> dict[str, Any]:
+    """What one more unit costs each proxy: per round, (CPU of the full window - CPU of the small
+    one) / (their difference in units), in µs; medians over rounds. Whatever a window costs however
+    many units it holds (its settle pauses' timers, the commit `commit_held` forces, a read of the
+    admin API) cancels out, so a 5 MB window's 40 requests and a 100 KB window's 400 carry none of
+    it. `marginal_added_us`: the median of each round's spendgate - plain (`control`: control - plain)."""
+    slopes = {name: [(big[0] - small[0]) / (big[1] - small[1]) * 1e6 for small, big in rounds]
+              for name, rounds in per.items() if rounds}
+    fig: dict[str, Any] = {"marginal_us": {n: round(statistics.median(v), 2) for n, v in slopes.items()}}
+    if "plain" in slopes:
+        for who, key in (("spendgate", "marginal_added_us"), ("control", "marginal_control_us")):
+            if who in slopes:
+                fig[key] = paired(slopes[who], slopes["plain"])
+    return fig
 
 
 def thread_medians(rounds: list[dict[str, float]]) -> dict[str, float]:
@@ -468,7 +508,15 @@ def print_cpu(cpu: dict[str, Any], console: Any) -> None:
                       "(a thread ended while they ran)")
     if "added_5mb_minus_100kb_us" in cpu:
         console.print(f"added CPU at 5 MB minus added CPU at 100 KB: {cpu['added_5mb_minus_100kb_us']} µs "
-                      "(target: ~0, within noise)")
+                      f"(per window; quotient {cpu['size_ratio']})")
+    for s, label in (("c1", "100 KB"), ("body_5mb", "5 MB")):
+        f = cpu.get(s) or {}
+        if "marginal_added_us" in f:
+            console.print(f"one more {label} request: spendgate {f['marginal_added_us']:+} µs over plain "
+                          f"(control {f.get('marginal_control_us', '-')}; plain {f['marginal_us'].get('plain')} µs)")
+    if "marginal_size_ratio" in cpu:
+        console.print(f"added CPU of one more 5 MB request / of one more 100 KB request: {cpu['marginal_size_ratio']} "
+                      "(target <= 1.5)")
 
 
 def print_threads(cpu: dict[str, Any], labels: dict[str, str], console: Any) -> None:

@@ -114,6 +114,11 @@ def test_cpu_control_and_start_up_figures(result: dict) -> None:
     for p in ("plain", "control", "dispatch", "spendgate"):
         assert cpu["c1"]["loop_blocked"][p] >= 0.5, cpu["c1"]["loop_blocked"]
     assert finite(cpu["size_ratio"])
+    # what one more request costs (a window a quarter the size beside each full one), 100 KB and 5 MB
+    for s in ("c1", "body_5mb"):
+        assert all(finite(v) for v in cpu[s]["marginal_us"].values()) and set(cpu[s]["marginal_us"]) == set(cpu[s]["us"])
+        assert finite(cpu[s]["marginal_added_us"]) and finite(cpu[s]["marginal_control_us"]), s
+    assert finite(cpu["marginal_size_ratio"])
     for conc in ("nonstream_c1", "nonstream_c10"):
         assert all(finite(v) and v > 0 for v in f[conc]["control_ratio"].values())
         for key in ("turn_p50_ratio", "control_turn_p50_ratio"):  # each turn against plain's same turn

@@ -159,3 +159,19 @@ def test_a_proxys_blocks_are_counted_over_its_own_turns(monkeypatch) -> None:
         assert units == 8
         # ~80 over its own 0.8 s; the window's whole 1.6 s would give ~160
         assert 30 <= blocked <= 115, (name, blocked)
+
+
+def test_what_one_more_unit_costs_leaves_out_what_every_window_costs() -> None:
+    """Two proxies cost the same per request; one also pays 50 ms per window (a commit, timers).
+    Per window, the 40-request window charges it 1,250 µs a request and the 400-request one 125;
+    the slope between a window and one a quarter its size charges neither."""
+    def rounds(per_unit_us: float, fixed_s: float, n: int) -> list:
+        small, big = n // 4, n
+        return [((fixed_s + small * per_unit_us / 1e6, small), (fixed_s + big * per_unit_us / 1e6, big))] * 3
+
+    for n in (40, 400):
+        fig = bench_cpu.marginal({"plain": rounds(2000, 0.0, n), "control": rounds(2010, 0.0, n),
+                                  "spendgate": rounds(2200, 0.05, n)})
+        assert fig["marginal_us"] == {"plain": 2000.0, "control": 2010.0, "spendgate": 2200.0}
+        assert (fig["marginal_added_us"], fig["marginal_control_us"]) == (200.0, 10.0)
+    assert bench_cpu.small_count(40) == 10 and bench_cpu.small_count(3) == 0  # too few for a slope
