@@ -376,16 +376,16 @@ def run_cpu(bench_mod: Any, plan: CpuPlan, ctx: ssl.SSLContext, proxies: dict[st
     threads: dict[str, dict[str, list[dict[str, float]]]] = {s: {n: [] for n in THREADS_OF} for s in scen}
     blocked: dict[str, dict[str, list[float]]] = {s: {n: [] for n in proxies} for s in scen}
     counters = {"ns": 0, "ticks": 0}  # how many measurements each counter made (printed with the table)
-    for _ in range(plan.rounds):
+    for r in range(plan.rounds):
         for s, sc in scen.items():
             taking = {n: p for n, p in proxies.items() if takes_part(s, n, proxies)}
-            window = asyncio.run(asyncio.wait_for((side_by_side if sc.together else interleaved)(
-                taking, sc.runner, sc.count), bench_mod.STEP_TIMEOUT * len(taking)))
+            small = _measure(bench_mod, sc, taking, small_count(sc.count)) if s in sizes and r % 2 else None
+            window = _measure(bench_mod, sc, taking, sc.count)  # (the small window first every other round)
             if s in sizes:
-                small = asyncio.run(asyncio.wait_for(interleaved(taking, sc.runner, small_count(sc.count)),
-                                                     bench_mod.STEP_TIMEOUT * len(taking)))
+                small = small or _measure(bench_mod, sc, taking, small_count(sc.count))
                 for name in window:
                     sizes[s][name].append((small[name][:2], window[name][:2]))
+                    counters[small[name][2]] += 1
             for name, (cpu, units, counter, groups, blocks) in window.items():
                 samples[s][name].append(cpu / units * 1e6)
                 blocked[s][name].append(blocks / units)
@@ -425,9 +425,31 @@ def run_cpu(bench_mod: Any, plan: CpuPlan, ctx: ssl.SSLContext, proxies: dict[st
         # (a floor of 1 us keeps the quotient finite when a tiny run measures no added cost at all)
         out["size_ratio"] = round(out["body_5mb"]["added_us"] / max(out["c1"]["added_us"], 1.0), 3)
     if "marginal_added_us" in out.get("c1", {}) and "marginal_added_us" in out.get("body_5mb", {}):
-        out["marginal_size_ratio"] = round(out["body_5mb"]["marginal_added_us"]
-                                           / max(out["c1"]["marginal_added_us"], 1.0), 3)
+        out.update(size_judgement(out["c1"], out["body_5mb"]))
     return out
+
+
+SIZE_LIMIT = 1.5  # the target: one more 5 MB request adds at most this times what one more 100 KB one adds
+
+
+def size_judgement(small: dict[str, Any], big: dict[str, Any]) -> dict[str, Any]:
+    """The quotient of the added CPU of one more 5 MB request over one more 100 KB request, and
+    whether this run can tell it: the control's own 5 MB slope (plain against plain) must have
+    moved by less than the margin the target leaves, (SIZE_LIMIT - 1) x the 100 KB figure, and both
+    figures must be above zero. Otherwise `marginal_size_judged` is NaN, a miss: a reading inside
+    the noise, a negative one included, is not a pass."""
+    base, added = small["marginal_added_us"], big["marginal_added_us"]
+    ratio = round(added / max(base, 1.0), 3)
+    noise = abs(big.get("marginal_control_us", float("inf")))
+    precise = base > 0 and added > 0 and noise <= (SIZE_LIMIT - 1) * base
+    return {"marginal_size_ratio": ratio, "marginal_size_precise": precise,
+            "marginal_size_judged": ratio if precise else float("nan")}
+
+
+def _measure(bench_mod: Any, sc: Scenario, taking: dict[str, Any], count: int) -> Window:
+    """One window of `count` units of scenario `sc` on the proxies `taking`."""
+    return asyncio.run(asyncio.wait_for((side_by_side if sc.together else interleaved)(
+        taking, sc.runner, count), bench_mod.STEP_TIMEOUT * len(taking)))
 
 
 MARGINAL = ("c1", "body_5mb")  # scenarios also measured in a window a quarter the size (`marginal`)
@@ -435,7 +457,8 @@ MARGINAL = ("c1", "body_5mb")  # scenarios also measured in a window a quarter t
 
 def small_count(count: int) -> int:
     """The smaller window's count for `marginal`: a quarter (0: too few units to take a slope)."""
-    return count // 4 if count >= 4 else 0
+    return count // 4 if count >= 4 else 0  # (both windows take CHUNKS turns from 32 units up, as in
+    # the full plan; in the smoke plan's few units the small one takes fewer, each with its connection)
 
 
 def marginal(per: dict[str, list[tuple[tuple[float, int], tuple[float, int]]]]) -> dict[str, Any]:
@@ -515,8 +538,11 @@ def print_cpu(cpu: dict[str, Any], console: Any) -> None:
             console.print(f"one more {label} request: spendgate {f['marginal_added_us']:+} µs over plain "
                           f"(control {f.get('marginal_control_us', '-')}; plain {f['marginal_us'].get('plain')} µs)")
     if "marginal_size_ratio" in cpu:
+        judged = "" if cpu["marginal_size_precise"] else (
+            "; not judged: a figure at or below zero, or the control's own 5 MB slope moved by more than the "
+            "margin the target leaves, so the run cannot tell")
         console.print(f"added CPU of one more 5 MB request / of one more 100 KB request: {cpu['marginal_size_ratio']} "
-                      "(target <= 1.5)")
+                      f"(target <= {SIZE_LIMIT}{judged})")
 
 
 def print_threads(cpu: dict[str, Any], labels: dict[str, str], console: Any) -> None:

@@ -149,9 +149,12 @@ class Gateway:
         self.opaque = OpaqueRecorder(self.ledger.cursor)  # undecrypted AI connections (addons/opaque.py)
         # alerts, sinks, increase requests, grants (BudgetBook.grants) and the audit trail
         # its housekeeping rides on the file watcher's tick below when that runs: one thread waking
-        # once a second instead of two (each wake-up of an idle thread cost ~0.3 ms of CPU, issue 18)
+        # once a second instead of two (each wake-up of an idle thread cost ~0.3 ms of CPU, issue 18);
+        # not with a shared store, whose audit writes may wait seconds on PostgreSQL while a policy
+        # edit would wait behind them (forty-first review)
+        self._housekeep_workflow = settings.reload_interval > 0 and not settings.store
         self.workflow = Workflow(self.policy, self.book, self.ledger.cursor,
-                                 housekeeping_interval=0 if settings.reload_interval > 0 else 1.0)
+                                 housekeeping_interval=0 if self._housekeep_workflow else 1.0)
         self.workflow.alerts.reader = self.cursor  # a notice's top spenders include rows not yet committed
         if self.lease_keeper:  # grants, requests, decisions and the audit trail shared; alerts fire once for all
             self.lease_keeper.also.append(sharing.share(self.workflow, self.book.store.pg).pull)
@@ -305,7 +308,8 @@ class Gateway:
     def _housekeep(self) -> None:
         now = datetime.now(UTC)
         steady = self._steps.steady(now)  # every tick: the reference of the next one
-        self.workflow.housekeep()  # grants that expired, past windows' alert crossings (never raises)
+        if self._housekeep_workflow:  # grants that expired, past windows' alert crossings (never raises)
+            self.workflow.housekeep()
         self.plan_charger.apply(self.policy, self.book.store, now)  # a new day's seats
         self.ingest.check_silent()  # a centre: laptops that stopped calling in (spendgate.central.roster)
         # old windows' counters: keep memory flat; never on a tick where the wall clock stepped (a

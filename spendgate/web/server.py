@@ -15,6 +15,7 @@ import os
 import secrets
 import socket
 import threading
+import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -30,6 +31,7 @@ log = logging.getLogger(__name__)
 
 Handler = Callable[[dict[str, str], "Caller"], Any]
 IDLE_SECONDS = 10  # a connection silent this long (idle keep-alive, half a request) is closed
+STOP_WAIT = 5.0  # seconds stop() knocks for the serving thread before it closes the socket anyway
 MAX_CONNECTIONS = 512  # connections served at once (a thread each); more are answered 503 and closed
 _BUSY = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\nRetry-After: 5\r\n\r\n"
 
@@ -91,20 +93,28 @@ class AdminServer:
         self.thread.start()
         return self
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = STOP_WAIT) -> None:
         """Stop serving and close the socket. The serving thread looks for the shutdown only when a
         connection wakes it, so stop() connects until it has seen it (the first knock may come
-        before `shutdown` has asked; a later one does not)."""
+        before `shutdown` has asked; a later one does not). Past `timeout` seconds (where neither a
+        knock nor shutting the socket down wakes it) the socket is closed anyway and the thread, a
+        daemon, left asleep."""
         if self.thread.is_alive():
             asking = threading.Thread(target=self.httpd.shutdown, daemon=True)  # asks, then waits for the loop
             asking.start()
-            while self.thread.is_alive():
+            deadline = time.monotonic() + timeout
+            while self.thread.is_alive() and time.monotonic() < deadline:
                 try:
                     socket.create_connection(self.httpd.server_address[:2], timeout=1.0).close()
-                except OSError:  # a full backlog or a closing socket: the loop is awake either way
-                    pass
+                except OSError:  # no descriptor left, a connect refused: wake it without one (Linux
+                    try:  # wakes a select on a listening socket shut down; elsewhere, knock again)
+                        self.httpd.socket.shutdown(socket.SHUT_RDWR)
+                    except OSError:
+                        pass
                 self.thread.join(0.05)
-            asking.join(1.0)
+            if self.thread.is_alive():
+                log.warning("spendgate: the admin server did not stop within %.0f s; closing its socket", timeout)
+            asking.join(0.1)
         self.httpd.server_close()
 
     def write_discovery(self, path: Path) -> None:

@@ -175,3 +175,19 @@ def test_what_one_more_unit_costs_leaves_out_what_every_window_costs() -> None:
         assert fig["marginal_us"] == {"plain": 2000.0, "control": 2010.0, "spendgate": 2200.0}
         assert (fig["marginal_added_us"], fig["marginal_control_us"]) == (200.0, 10.0)
     assert bench_cpu.small_count(40) == 10 and bench_cpu.small_count(3) == 0  # too few for a slope
+
+
+@pytest.mark.parametrize("added_5mb, control_5mb, judged", [
+    (300.0, 50.0, 1.5),  # within the target, measured precisely enough: judged (and holds)
+    (1389.0, 90.0, 6.945),  # over it: judged (and missed)
+    (300.0, 166.0, None),  # the control moved by more than the 100 µs margin: the run cannot tell
+    (-231.0, -610.0, None),  # a reading below zero is noise, never a pass
+])
+def test_the_size_target_is_judged_only_when_the_run_can_tell(added_5mb, control_5mb, judged) -> None:
+    out = bench_cpu.size_judgement({"marginal_added_us": 200.0},
+                                   {"marginal_added_us": added_5mb, "marginal_control_us": control_5mb})
+    assert out["marginal_size_ratio"] == round(added_5mb / 200.0, 3)
+    if judged is None:
+        assert not out["marginal_size_precise"] and out["marginal_size_judged"] != out["marginal_size_judged"]  # NaN
+    else:
+        assert out["marginal_size_precise"] and out["marginal_size_judged"] == judged

@@ -355,3 +355,49 @@ def test_without_a_file_watcher_the_workflow_keeps_its_own_housekeeping_thread(t
         assert gw._watcher._thread is None and gw.workflow._thread.is_alive()
     finally:
         gw.close()
+
+
+def test_an_admin_server_stops_without_a_descriptor_to_knock_with(monkeypatch, caplog):
+    """No descriptor left to connect with (EMFILE): shutting the listening socket down wakes the
+    sleeping thread (Linux); where that does not either, stop() gives up after its timeout and
+    closes the socket, instead of spinning forever in a gateway's shutdown (forty-first review)."""
+    import socket
+
+    from spendgate.web import server as server_mod
+
+    def no_descriptors(*a, **k):
+        raise OSError(24, "Too many open files")
+
+    monkeypatch.setattr(server_mod.socket, "create_connection", no_descriptors)
+    srv = server_mod.AdminServer({}, token="t").start()
+    srv.stop(timeout=10.0)
+    assert not srv.thread.is_alive() and "did not stop" not in caplog.text
+
+    srv = server_mod.AdminServer({}, token="t").start()
+    monkeypatch.setattr(socket.socket, "shutdown", no_descriptors)  # and a socket that cannot be shut down
+    srv.stop(timeout=0.3)
+    assert "did not stop" in caplog.text and srv.httpd.socket.fileno() == -1  # closed anyway
+    monkeypatch.undo()
+    try:  # (the sleeping select still holds the socket: a knock now wakes the thread, which sees the ask)
+        socket.create_connection(srv.httpd.server_address[:2], timeout=1).close()
+    except OSError:
+        pass
+    srv.thread.join(5)
+
+
+def test_with_a_shared_store_the_workflow_keeps_its_own_housekeeping_thread(tmp_path, pg_url):
+    """Its audit writes go to PostgreSQL and may wait seconds there: a policy edit must not wait
+    behind them on the watcher's thread (forty-first review)."""
+    from spendgate.store.postgres import PostgresStore
+
+    migrating = PostgresStore(pg_url).open()
+    migrating.migrate()  # (`spendgate store migrate`: never at a gateway's start)
+    migrating.close()
+    p = tmp_path / "policy.yaml"
+    p.write_text("version: 1\n")
+    gw = Gateway(Settings(db=tmp_path / "l.duckdb", policy=p, user="unit", admin_port=-1, reload_interval=1.0,
+                          store=pg_url))
+    try:
+        assert gw._watcher._thread.is_alive() and gw.workflow._thread.is_alive()
+    finally:
+        gw.close()
