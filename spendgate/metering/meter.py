@@ -37,7 +37,7 @@ from spendgate.metering.providers.base import (
     StreamParser,
 )
 from spendgate.metering.providers.openai_responses import RESULTS_KEY, response_key
-from spendgate.metering.streams import PIECE, AfterForwarding, DecodedTooLarge, IncrementalDecoder
+from spendgate.metering.streams import PIECE, AfterForwarding, DecodedTooLarge, IncrementalDecoder, is_identity
 from spendgate.pricing import cards
 from spendgate.pricing.rates import Pricer, PriceResult, reported
 from spendgate.store.ledger import Ledger, LedgerRow
@@ -112,11 +112,10 @@ def request_body(raw: bytes, content_encoding: str) -> bytes | None:
     compressed, the model rules and step-downs would not see the model and the estimate would be
     the compressed size. Decoding is bounded (bounds.MAX_DECODED_BYTES) like response bodies.
     """
-    enc = (content_encoding or "").strip().lower()
-    if not raw or enc in ("", "identity"):
+    if not raw or is_identity(content_encoding):
         return raw
     try:
-        return IncrementalDecoder(enc, bounds.MAX_DECODED_BYTES).feed(raw)
+        return Body(raw, content_encoding).decode()
     except Exception:  # an encoding we do not know (or a chain of them), garbage, or a bomb
         return None
 
@@ -530,7 +529,7 @@ class Meter:
         one larger, that item and those after it are returned, for the worker thread, in order."""
         for i, item in enumerate(items):
             result = item[1]
-            if isinstance(result, Body) and result.content_encoding.strip().lower() not in ("", "identity"):
+            if isinstance(result, Body) and not is_identity(result.content_encoding):
                 try:
                     item = (item[0], Body(result.decode(LOOP_BODY_BYTES)), *item[2:])
                 except DecodedTooLarge:

@@ -40,6 +40,12 @@ HELD_READS = 256  # reads held apart at most; more are joined into one
 NO_PIECE: tuple[()] = ()  # what a stream callable returns to send nothing for a read (b"" would end the body)
 
 
+def is_identity(content_encoding: str | None) -> bool:
+    """Whether a Content-Encoding value leaves the body as it is (absent, empty or ``identity``;
+    RFC 9110 section 8.4), compared as the decoders compare it: trimmed, any case."""
+    return (content_encoding or "").strip().lower() in ("", "identity")
+
+
 class IncrementalDecoder:
     """Decode a content-encoded body piece by piece (identity, gzip, deflate, br, zstd).
 
@@ -55,7 +61,7 @@ class IncrementalDecoder:
         self.max_output = max_output
         self.produced = 0  # decoded bytes so far
         self._pieces: Callable[[bytes, int], Iterator[bytes]]
-        self.identity = enc in ("", "identity")  # the pieces are the data itself, unsplit
+        self.identity = is_identity(enc)  # the pieces are the data itself, unsplit
         if self.identity:
             self._pieces = lambda b, n: iter((b,))
         elif enc in ("gzip", "x-gzip"):

@@ -214,18 +214,6 @@ def top_spend(cur: duckdb.DuckDBPyConnection, scope: str, start: datetime, end: 
     return [{by: name, "spent_usd": float(usd), "requests": count} for name, (usd, count) in ranked]
 
 
-class _FiredView:
-    """`key in view`: whether an engine fired `key`, asked under its lock, without copying the set."""
-
-    __slots__ = ("engine",)
-
-    def __init__(self, engine: AlertEngine) -> None:
-        self.engine = engine
-
-    def __contains__(self, key: object) -> bool:
-        return self.engine.has_fired(key)  # type: ignore[arg-type]
-
-
 class AlertEngine:
     def __init__(
         self,
@@ -261,8 +249,11 @@ class AlertEngine:
         return len(rows)
 
     def has_fired(self, key: FiredKey) -> bool:
+        """Whether `key` fired, asked under the lock (the fired set holds 32 days of keys: never copied)."""
         with self._lock:
             return key in self._fired
+
+    __contains__ = has_fired  # `key in engine`: what crossings() asks of its `fired` container
 
     def fired(self) -> set[FiredKey]:
         with self._lock:
@@ -283,12 +274,11 @@ class AlertEngine:
         floor = alert_floor(cfg)
         if floor is None:
             return out
-        fired = _FiredView(self)  # each key looked up under the lock: the set holds 32 days of keys
         for b in charged if charged is not None else self.book.covering(identity, now):
             spent = self.book.store.get(b.key).spent
             if b.limit <= 0 or percent(spent, b.limit) < floor:
                 continue  # below every threshold (and the projection's start): crossings() owes nothing
-            for c in crossings(b, spent, cfg, fired, now):  # Decimal and aware datetimes hash by value
+            for c in crossings(b, spent, cfg, self, now):  # Decimal and aware datetimes hash by value
                 if self._fire(c, now, current):
                     out.append(c)
         return out
