@@ -177,3 +177,19 @@ def test_request_bodies_are_read_decoded_and_unknown_encodings_are_unreadable():
     assert request_body(b"not gzip at all", "gzip") is None
     bomb = gzip.compress(b"a" * (MAX_DECODED_BYTES + 1), compresslevel=1)
     assert request_body(bomb, "gzip") is None  # bounded like response bodies
+
+
+def test_identity_is_one_rule_for_every_decoder():
+    """A client or an upstream writing identity oddly ("Identity ", none at all) gets the body read
+    as sent everywhere; any other label is decoded, or refused when it cannot be (no third way)."""
+    from spendgate.metering.meter import Body, request_body
+    from spendgate.metering.streams import is_identity
+
+    doc = b'{"model": "claude-opus-4-1", "max_tokens": 5}'
+    for enc in (None, "", " ", "identity", " Identity ", "IDENTITY"):
+        assert is_identity(enc) and IncrementalDecoder(enc or "").identity
+        assert request_body(doc, enc or "") is doc and Body(doc, enc or "").decode() == doc
+    for enc in ("gzip", " GZIP "):
+        assert not is_identity(enc) and not IncrementalDecoder(enc).identity
+    assert not is_identity("identity, gzip") and not is_identity("x-identity")
+    assert request_body(doc, "identity, gzip") is None  # a chain is not identity: refused, never read as sent
