@@ -27,7 +27,8 @@ from spendgate.gateway import Gateway, GatewayError, Settings
 from spendgate.metering import providers
 from spendgate.metering.meter import Body, Exchange, request_body
 from spendgate.metering.providers import openai_chat
-from spendgate.metering.streams import EventFilter, StreamTap
+from spendgate.metering.providers.base import RequestInfo
+from spendgate.metering.streams import DecodedTooLarge, EventFilter, StreamTap, is_identity
 from spendgate.telemetry.config import TelemetryError
 from spendgate.telemetry.config import settings_from as telemetry_settings
 
@@ -50,6 +51,7 @@ WS = META + ".websocket"  # the SocketSession of a provider WebSocket
 ROUTE = META + ".route"  # (host, path, method, hosts generation, Route) as routed at requestheaders
 HEADERS = "response_headers"  # Exchange.extra: x-spendgate-* values prepared while the provider works
 DECODE_ON_LOOP_BYTES = 64 * 1024  # a compressed request body larger than this is decoded on a worker thread
+DECODED_ON_LOOP_BYTES = 256 * 1024  # ... and so is one that decodes past this (decoded and read on the worker)
 # A Codex socket lives for hours and carries thousands of events; mitmproxy appends each to
 # flow.websocket.messages for the socket's life. We keep the recent ones only (metering has read
 # them already) so memory stays flat; a flow saved with -w then holds the socket's tail.
@@ -320,46 +322,62 @@ class SpendGate:
             return None
         req = flow.request
         host = target_of(flow).host
+        route = _routed(flow, host) or providers.route(host, req.path, req.method)
+        if route is None:  # not a provider host: nothing to meter or admit
+            return None
         if self.gateway is None:  # not started (or failed): never let provider traffic pass unmetered
-            found = providers.route(host, req.path)
-            if found is not None:
-                self._answer(flow, refusal.unavailable(found.dialect, "the gateway is not ready (not metering)"))
+            self._answer(flow, refusal.unavailable(route.dialect, "the gateway is not ready (not metering)"))
             return None
         limit = ctx.options.spendgate_max_request_bytes
-        found = providers.route(host, req.path) if limit and len(req.raw_content or b"") > limit else None
-        if found is not None:  # chunked bodies, known only once read
-            self._answer(flow, too_large(found.dialect, len(req.raw_content or b""), limit))
+        raw = req.raw_content or b""
+        if limit and len(raw) > limit:  # chunked bodies, known only once read
+            self._answer(flow, too_large(route.dialect, len(raw), limit))
             req.raw_content = b""
             self._oversized.add(flow.client_conn.id)
             return None
         auth = flow.metadata.get("proxyauth")
         headers = _headers(req.headers)
-        if ws.is_upgrade(headers):  # a WebSocket: its turns are metered one by one, not the handshake
-            sroute = ws.socket_route(providers.route(req.host, req.path))
+        if ws.is_handshake(req.method, headers, raw):  # its turns are metered one by one, not the handshake
+            sroute = ws.socket_route(route)
             if sroute is not None:
                 flow.metadata[WS] = ws.SocketSession(
-                    self.gateway.meter, sroute, req.host, req.path, headers, proxy_user=auth[0] if auth else None,
+                    self.gateway.meter, sroute, host, req.path, headers, proxy_user=auth[0] if auth else None,
                     client_ip=flow.client_conn.peername[0] if flow.client_conn.peername else None)
                 return None
-        raw = req.raw_content or b""
         encoding = headers.get("content-encoding", "")
-        if encoding and len(raw) > DECODE_ON_LOOP_BYTES:  # decoding may take milliseconds: a worker's job
-            return self._decode_off_loop(flow, host, headers, auth, raw, encoding)
-        return self._meter(flow, host, headers, auth, raw, request_body(raw, encoding))
+        body: bytes | None = raw
+        if not is_identity(encoding):
+            cap = min(limit, bounds.MAX_DECODED_BYTES) if limit else bounds.MAX_DECODED_BYTES
+            try:
+                body = _decoded_on_loop(raw, encoding, cap)
+            except DecodedTooLarge:  # decoding (and reading) megabytes takes milliseconds: a worker's job
+                return self._decode_off_loop(flow, route, host, headers, auth, raw, encoding, cap)
+        return self._meter(flow, route, host, headers, auth, raw, body)
 
-    async def _decode_off_loop(self, flow: http.HTTPFlow, host: str, headers: dict[str, str], auth: Any,
-                               raw: bytes, encoding: str) -> None:
+    async def _decode_off_loop(self, flow: http.HTTPFlow, route: providers.Route, host: str, headers: dict[str, str],
+                               auth: Any, raw: bytes, encoding: str, cap: int) -> None:
+        """Decode a compressed body and read it on a worker thread, then meter and admit it here.
+        Past `cap` decoded bytes (spendgate_max_request_bytes, at most MAX_DECODED_BYTES) it gets
+        the 413 a body that size on the wire gets, whatever it was compressed to."""
         try:
-            pending = self._meter(flow, host, headers, auth, raw, await asyncio.to_thread(request_body, raw, encoding))
+            caller = (auth[0] if auth else None, flow.client_conn.peername[0] if flow.client_conn.peername else None, host)
+            try:
+                body, read = await asyncio.to_thread(_decode_and_read, self.gateway.meter, route, flow.request.path,
+                                                     headers, raw, encoding, cap, caller)
+            except DecodedTooLarge:
+                self._answer(flow, too_large(route.dialect, len(raw), cap, encoding))
+                return
+            pending = self._meter(flow, route, host, headers, auth, raw, body, read)
             if pending is not None:
                 await pending
         except Exception:
             log.exception("spendgate: checking a request failed; refusing it (fail closed)")
             self._refuse_unchecked(flow)
 
-    def _meter(self, flow: http.HTTPFlow, host: str, headers: dict[str, str], auth: Any, raw: bytes,
-               body: bytes | None) -> Awaitable[None] | None:
-        """Meter and admit a provider request whose body is read (`body`: decoded; None: undecodable)."""
+    def _meter(self, flow: http.HTTPFlow, route: providers.Route, host: str, headers: dict[str, str], auth: Any,
+               raw: bytes, body: bytes | None, read: RequestInfo | None = None) -> Awaitable[None] | None:
+        """Meter and admit a provider request whose body is read (`body`: decoded; None: undecodable;
+        `read`: what the adapter read of it already, on a worker thread)."""
         req = flow.request
         ex = self.gateway.meter.begin(
             host,
@@ -370,7 +388,8 @@ class SpendGate:
             client_ip=flow.client_conn.peername[0] if flow.client_conn.peername else None,
             method=req.method,
             unreadable=body is None,
-            route=_routed(flow, host),
+            route=route,
+            read=read,
         )
         if ex is None:
             return None
@@ -453,6 +472,8 @@ class SpendGate:
             resp.stream = tap
 
     def response(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
+        if flow.response is not None and flow.response.status_code == 101:
+            _refuse_unmetered_switch(flow)
         ex: Exchange | None = flow.metadata.get(META)
         if ex is None or flow.response is None or ex.extra.get("blocked"):
             return None
@@ -604,6 +625,50 @@ class SpendGate:
         if self.gateway:
             self.gateway.close()
             self.gateway = None
+
+
+def _decoded_on_loop(raw: bytes, encoding: str, cap: int) -> bytes | None:
+    """A compressed request body decoded on the event loop, when it is small on the wire and once
+    decoded (its read then costs what a plain body that size costs). Raises DecodedTooLarge
+    otherwise, for a worker thread to decode and read: a 132-byte brotli body that decodes to
+    60 MiB stalled every flow for ~0.2 s here (forty-second review)."""
+    if len(raw) > DECODE_ON_LOOP_BYTES:
+        raise DecodedTooLarge(f"{len(raw)} bytes on the wire")
+    return request_body(raw, encoding, min(cap, DECODED_ON_LOOP_BYTES))
+
+
+def _decode_and_read(meter: Any, route: providers.Route, path: str, headers: dict[str, str], raw: bytes,
+                     encoding: str, cap: int, caller: tuple[str | None, ...]) -> tuple[bytes | None, RequestInfo | None]:
+    """Worker thread: the decoded body (None: undecodable) and the adapter's reading of it (None
+    with it). Raises DecodedTooLarge past `cap` decoded bytes."""
+    body = request_body(raw, encoding, cap)
+    return body, (None if body is None else meter.read_request(route, path, headers, body, *caller))
+
+
+def _refuse_unmetered_switch(flow: http.HTTPFlow) -> None:
+    """A provider switched protocols: let it through only onto a socket whose turns are metered.
+
+    mitmproxy has decided by now (``flow.websocket`` is set before the response hook, for a 101
+    that upgrades to websocket at version 13). A handshake carried on as a WebSocket keeps its
+    SocketSession; any other 101 on a provider host (on a call metered as one request, or one
+    mitmproxy would pipe as raw TCP) would carry traffic nothing meters, so the client gets a
+    provider-shaped 502 instead and the switch is never passed on (forty-second review). The
+    call's reservation is settled as an upstream error."""
+    routed, session = flow.metadata.get(ROUTE), flow.metadata.get(WS)
+    if routed is None and session is None and flow.metadata.get(META) is None:
+        return  # not a provider host: not ours to judge
+    if session is not None and flow.websocket is not None:
+        return
+    req = flow.request
+    log.warning("spendgate: %s answered %s %s with 101 Switching Protocols (upgrade %r); refused: not a metered socket",
+                target_of(flow).host, req.method, bounds.clip(req.path, 200), flow.response.headers.get("upgrade", ""))
+    answer = refusal.refused(routed[4].dialect if routed is not None else "openai", 502,
+                             "spendgate: the provider switched protocols on a request the gateway meters as one "
+                             "call; only WebSocket handshakes (GET, no body, version 13) may upgrade",
+                             "unexpected_protocol_switch")
+    # the upstream connection has switched (mitmproxy pipes it now): the client's must close with it
+    flow.response = http.Response.make(answer.status, answer.body, {**answer.headers, "connection": "close"})
+    flow.websocket = None  # mitmproxy would otherwise wait on a socket that never opens
 
 
 def _routed(flow: http.HTTPFlow, host: str) -> providers.Route | None:

@@ -440,10 +440,12 @@ class HeldEstimates:
             return self._held.pop(response_id, None)
 
 
-def too_large(provider: str, size: int, limit: int) -> refusal.Answer:
-    """413 for a body over spendgate_max_request_bytes (answered before it is read, not metered)."""
-    log.warning("spendgate: refused a %d-byte %s request (limit %d bytes)", size, provider, limit)
-    return unmetered.too_large_answer(provider, size, limit)
+def too_large(provider: str, size: int, limit: int, encoding: str = "") -> refusal.Answer:
+    """413 for a body over spendgate_max_request_bytes (answered before it is read, not metered):
+    `size` bytes on the wire, or (`encoding` given) a body that decodes past `limit`."""
+    log.warning("spendgate: refused a %d-byte %s request%s (limit %d bytes)", size, provider,
+                f" that decodes ({encoding}) past it" if encoding else "", limit)
+    return unmetered.too_large_answer(provider, size, limit, encoding)
 
 
 def refuse(ex: Exchange, answer: refusal.Answer, reason: str | None = None) -> refusal.Answer:

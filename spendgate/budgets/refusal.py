@@ -102,9 +102,11 @@ _KINDS = {
     "too_large": Shape(413, "request_too_large", "INVALID_ARGUMENT", "invalid_request_error", "request_too_large"),
     "unreadable": Shape(415, "invalid_request_error", "INVALID_ARGUMENT", "invalid_request_error", "unreadable_request_body"),
     "misdirected": Shape(421, "invalid_request_error", "FAILED_PRECONDITION", "invalid_request_error", "misdirected_request"),
+    "bad_gateway": Shape(502, "api_error", "UNAVAILABLE", "server_error", "bad_gateway"),
     "unavailable": Shape(503, "api_error", "UNAVAILABLE", "server_error", "gateway_unavailable"),
 }
-_KIND_OF_STATUS = {403: "forbidden", 413: "too_large", 415: "unreadable", 421: "misdirected", 429: "budget", 503: "unavailable"}
+_KIND_OF_STATUS = {403: "forbidden", 413: "too_large", 415: "unreadable", 421: "misdirected", 429: "budget",
+                   502: "bad_gateway", 503: "unavailable"}
 
 
 # Gemini CLI (packages/core/src/utils/googleQuotaErrors.ts, classifyGoogleError) retries every
@@ -221,8 +223,9 @@ def forbidden(provider: str, message: str) -> Answer:
 
 
 def refused(provider: str, status: int, message: str, code: str) -> Answer:
-    """Any other refusal (403 unmetered endpoint, 413 body too large, 421 misdirected, 503 not
-    ready) in the provider's own error shape; `code` is our machine-readable reason.
+    """Any other refusal (403 unmetered endpoint, 413 body too large, 421 misdirected, 502 an
+    upstream answer we will not pass on, 503 not ready) in the provider's own error shape; `code`
+    is our machine-readable reason.
 
     Raises KeyError for a status that has no refusal kind (a programming error)."""
     body = error_body(provider, message, kind=_KIND_OF_STATUS[status], code=code)

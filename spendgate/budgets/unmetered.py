@@ -44,10 +44,10 @@ def blocked_answer(provider: str, endpoint_path: str, paid: bool = False) -> ref
     )
 
 
-def too_large_answer(provider: str, size: int, limit: int) -> refusal.Answer:
+def too_large_answer(provider: str, size: int, limit: int, encoding: str = "") -> refusal.Answer:
+    body = f"request body decoded ({encoding})" if encoding else f"request body of {size} bytes"
     return refusal.refused(
         provider, 413,
-        f"spendgate: request body of {size} bytes exceeds this gateway's limit of {limit} bytes "
-        "(spendgate_max_request_bytes)",
+        f"spendgate: {body} exceeds this gateway's limit of {limit} bytes (spendgate_max_request_bytes)",
         "request_too_large",
     )

@@ -104,20 +104,30 @@ class Body:
         return adapter.parse_response(body)
 
 
-def request_body(raw: bytes, content_encoding: str) -> bytes | None:
+def request_body(raw: bytes, content_encoding: str, limit: int = bounds.MAX_DECODED_BYTES) -> bytes | None:
     """The request body as the provider reads it; None when it cannot be decoded.
 
     Providers accept compressed request bodies (Codex sends zstd to the ChatGPT backend), so the
     model, the stream flag and the input size must be read from the decoded body: read
     compressed, the model rules and step-downs would not see the model and the estimate would be
-    the compressed size. Decoding is bounded (bounds.MAX_DECODED_BYTES) like response bodies.
+    the compressed size. Raises DecodedTooLarge past `limit` decoded bytes (decoding stops right
+    after it): a body too large to read, which the proxy edge answers with a 413 or decodes on a
+    worker thread, never an unreadable one.
     """
     if not raw or is_identity(content_encoding):
         return raw
     try:
-        return Body(raw, content_encoding).decode()
-    except Exception:  # an encoding we do not know (or a chain of them), garbage, or a bomb
+        return Body(raw, content_encoding).decode(limit)
+    except DecodedTooLarge:
+        raise
+    except Exception:  # an encoding we do not know (or a chain of them), or garbage
         return None
+
+
+def canonical(path: str) -> str:
+    """The path adapters see: normalised (providers.normalize_path), the query kept as sent."""
+    query = path.partition("?")[2]
+    return providers.normalize_path(path) + ("?" + query if query else "")
 
 
 IdentifyFn = Callable[[Mapping[str, str], str, str | None, str | None], Identity]
@@ -335,6 +345,17 @@ class Meter:
         finally:
             RESENT.reset(token)
 
+    def read_request(self, route: Route, path: str, headers: Mapping[str, str], body: bytes,
+                     *caller: str | None) -> RequestInfo:
+        """The adapter's reading of a decoded request body, on any thread: the proxy edge reads a
+        body that decoded large on a worker thread and hands the result to `begin` (`read`), so a
+        few compressed bytes never make the event loop parse megabytes (forty-second review).
+        `caller`: (proxy user, client address, host), which scope the resent-conversation memory
+        (`prefixes`, which holds its own lock)."""
+        # a multipart body is read from the Content-Type's own boundary, as the server reads it
+        parsed = openai_media.from_boundary(body, headers.get("content-type", "")) if route.adapter else body
+        return self._parse(route, canonical(path), parsed, headers, path.partition("?")[2], *caller)
+
     # -- edge side (event loop) --
     def begin(
         self,
@@ -348,24 +369,24 @@ class Meter:
         method: str | None = None,
         unreadable: bool = False,
         route: Route | None = None,
+        read: RequestInfo | None = None,
     ) -> Exchange | None:
         """Start metering a request to `host` (the connection's real target, never the Host
         header); None when the host is not a provider. Adapters see the canonical path.
 
         `body` is decoded (:func:`request_body`); `unreadable` says it could not be, and the
         exchange is then marked so admission refuses it. `route`: ``providers.route(host, path,
-        method)`` when the caller has it already (the proxy routes each request at its headers)."""
+        method)`` when the caller has it already (the proxy routes each request at its headers).
+        `read`: the body as `read_request` read it already, on a worker thread."""
         route = route or providers.route(host, path, method)
         if route is None:
             return None
-        query = path.partition("?")[2]
-        canon = providers.normalize_path(path) + ("?" + query if query else "")
+        canon, query = canonical(path), path.partition("?")[2]
         if unreadable:
             req = RequestInfo(malformed=True, unreadable=True, input_bytes=len(body))
         else:
-            # a multipart body is read from the Content-Type's own boundary, as the server reads it
-            parsed = openai_media.from_boundary(body, headers.get("content-type", "")) if route.adapter else body
-            req = self._parse(route, canon, parsed, headers, query, proxy_user, client_ip, host)
+            req = read if read is not None else self.read_request(route, path, headers, body, proxy_user,
+                                                                  client_ip, host)
         if not req.model:  # Bedrock/Vertex name the model in the path, Azure its deployment
             req.model = route.extra.get("model") or route.extra.get("deployment")
         if req.continues:  # the body holds the new turn only; the provider bills the context again
@@ -443,8 +464,7 @@ class Meter:
         adapter = ex.route.adapter
         if adapter is None or not adapter.is_stream_response(content_type, ex.request):
             return None
-        query = path.partition("?")[2]
-        parser = adapter.stream_parser(providers.normalize_path(path) + ("?" + query if query else ""))
+        parser = adapter.stream_parser(canonical(path))
         ex.parser = parser if later is None else AfterForwarding(parser, later)
         return ex.parser
 

@@ -41,11 +41,25 @@ _TYPE = re.compile(rb'"type"\s*:\s*"([^"]{1,80})"')
 _CONTINUES = re.compile(rb'"previous_response_id"\s*:\s*"')
 _RESPONSE_ID = re.compile(rb'"response_id"\s*:\s*"([^"]{1,200})"')  # a Realtime event's response
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # larger messages are passed on, not parsed
+WEBSOCKET_VERSION = "13"  # RFC 6455 section 4.1; compared as mitmproxy's HTTP layer compares it
 
 
 def is_upgrade(headers: Mapping[str, str]) -> bool:
-    """A WebSocket handshake (headers lower-cased)."""
+    """The request asks for a WebSocket (headers lower-cased): a handshake, or a client saying so."""
     return "websocket" in headers.get("upgrade", "").lower()
+
+
+def is_handshake(method: str, headers: Mapping[str, str], body: bytes | None) -> bool:
+    """A WebSocket opening handshake whose turns are metered one by one instead of the request.
+
+    Only a GET with no body, asking to upgrade to websocket at protocol version 13 (RFC 6455
+    section 4.1; mitmproxy carries a connection on as a WebSocket only at that version). Any other
+    request that names websocket in its Upgrade header is an ordinary call, metered and admitted
+    as one: it becomes a socket only if the server switches protocols on it, which the proxy edge
+    refuses (addons/gateway.py, `_refuse_unmetered_switch`). So the header alone never skips the
+    budget (forty-second review)."""
+    return (method.upper() == "GET" and not body and is_upgrade(headers)
+            and headers.get("sec-websocket-version") == WEBSOCKET_VERSION)
 
 
 def socket_route(route: Route | None) -> Route | None:

@@ -193,8 +193,10 @@ def test_addon_routes_once_unless_the_request_changed() -> None:
                 flow.request.path = "/v1/messages/count_tokens"
             elif change == "method":
                 flow.request.method = "GET"
-            gate._meter(flow, "api.anthropic.com", {}, None, b"{}", b"{}")
+            flow.request.content = b"{}"
+            gate._request(flow)
             assert (seen[-1] is routed) == (change is None)
+            assert seen[-1] == mod.providers.route("api.anthropic.com", flow.request.path, flow.request.method)
 
 
 def test_response_headers_prepared_while_the_provider_works() -> None:
@@ -282,7 +284,8 @@ def test_addon_routes_again_after_the_provider_hosts_changed() -> None:
             gate.requestheaders(flow)
             assert flow.metadata[mod.ROUTE][-1].provider == "vendora"
             providers.configure_extra([providers.parse_extra("llm.corp.example=vendorb:anthropic")])
-            gate._meter(flow, "llm.corp.example", {}, None, b"{}", b"{}")
-            assert seen[-1] is None  # begin routes it again: vendorb
+            flow.request.content = b"{}"
+            gate._request(flow)
+            assert seen[-1].provider == "vendorb"  # routed again
     finally:
         providers.configure_extra([])

@@ -167,6 +167,7 @@ def test_request_bodies_are_read_decoded_and_unknown_encodings_are_unreadable():
 
     from spendgate.bounds import MAX_DECODED_BYTES
     from spendgate.metering.meter import request_body
+    from spendgate.metering.streams import DecodedTooLarge
 
     doc = b'{"model": "claude-opus-4-1", "max_tokens": 5}'
     assert request_body(doc, "") == doc and request_body(doc, "identity") == doc
@@ -176,7 +177,11 @@ def test_request_bodies_are_read_decoded_and_unknown_encodings_are_unreadable():
     assert request_body(doc, "gzip, br") is None  # a chain of encodings: not undone, refused
     assert request_body(b"not gzip at all", "gzip") is None
     bomb = gzip.compress(b"a" * (MAX_DECODED_BYTES + 1), compresslevel=1)
-    assert request_body(bomb, "gzip") is None  # bounded like response bodies
+    with pytest.raises(DecodedTooLarge):  # bounded like response bodies: too large (a 413), not unreadable
+        request_body(bomb, "gzip")
+    with pytest.raises(DecodedTooLarge):  # and by the caller's own limit
+        request_body(gzip.compress(doc), "gzip", len(doc) - 1)
+    assert request_body(gzip.compress(doc), "gzip", len(doc)) == doc
 
 
 def test_identity_is_one_rule_for_every_decoder():

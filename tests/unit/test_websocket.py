@@ -4,6 +4,7 @@ real wire recordings one event per message; and the refusal shapes each client t
 from __future__ import annotations
 
 import json
+import os
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -65,6 +66,46 @@ def test_upgrade_and_routes():
         "response.output_item.done"
     assert ws.event_type(wire_bytes("openai_realtime_response_done.json")) == "response.done"
     assert ws.event_type(b'{"item": {"type": "message"}}') is None
+
+
+def test_only_a_bodiless_version_13_get_is_a_handshake():
+    """Forty-second review: the Upgrade header alone made any request a 'handshake' whose budget
+    was skipped. mitmproxy carries a connection on as a WebSocket only for a version-13 request."""
+    h = {"upgrade": "websocket", "connection": "Upgrade", "sec-websocket-version": "13", "sec-websocket-key": "k"}
+    assert ws.is_handshake("GET", h, b"") and ws.is_handshake("get", h, None)
+    assert not ws.is_handshake("POST", h, b"")  # a model call, whatever it says about upgrading
+    assert not ws.is_handshake("GET", h, b'{"model": "gpt-5"}')  # a body is a call, not a handshake
+    assert not ws.is_handshake("GET", {**h, "sec-websocket-version": "8"}, b"")
+    assert not ws.is_handshake("GET", {**h, "sec-websocket-version": "13, 13"}, b"")  # folded as mitmproxy folds
+    assert not ws.is_handshake("GET", {k: v for k, v in h.items() if k != "sec-websocket-version"}, b"")
+    assert not ws.is_handshake("GET", {**h, "upgrade": "h2c"}, b"")
+    # routed with its method: fetching a stored Response is charged as HTTP, never a socket
+    assert ws.socket_route(providers.route("api.openai.com", "/v1/responses/resp_1", "GET")) is None
+    assert ws.socket_route(providers.route("api.openai.com", "/v1/responses", "GET")).endpoint == "responses.websocket"
+    assert ws.socket_route(providers.route("api.openai.com", "/v1/realtime?model=gpt-realtime", "POST")) is None
+
+
+def test_a_compressed_request_body_is_decoded_on_the_loop_only_while_small():
+    """Forty-second review: a tiny body that decodes to megabytes is decoded and read on a worker."""
+    import gzip
+    import sys
+
+    from spendgate.metering.streams import DecodedTooLarge
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "addons"))
+    import gateway as addon  # addons/gateway.py
+
+    small = json.dumps({"model": "gpt-5", "input": "hi"}).encode()
+    assert addon._decoded_on_loop(gzip.compress(small), "gzip", 10**9) == small
+    assert addon._decoded_on_loop(b"garbage", "gzip", 10**9) is None  # unreadable: refused as before
+    grows = gzip.compress(b"a" * (addon.DECODED_ON_LOOP_BYTES + 1))
+    assert len(grows) < addon.DECODE_ON_LOOP_BYTES
+    with pytest.raises(DecodedTooLarge):  # small on the wire, large decoded: the worker's
+        addon._decoded_on_loop(grows, "gzip", 10**9)
+    with pytest.raises(DecodedTooLarge):  # large on the wire: the worker's, as before
+        addon._decoded_on_loop(os.urandom(addon.DECODE_ON_LOOP_BYTES + 1), "gzip", 10**9)
+    with pytest.raises(DecodedTooLarge):  # past the gateway's limit: too large wherever it is decoded
+        addon._decode_and_read(None, None, "/v1/responses", {}, gzip.compress(small), "gzip", len(small) - 1, ())
 
 
 def test_recorded_codex_stream_makes_one_exact_row(tmp_path):
