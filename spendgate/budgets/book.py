@@ -76,6 +76,7 @@ class CounterStore(Protocol):
     def settle(self, res: Reservation, actual: Decimal, row: LedgerRow | None = None) -> None: ...
     def record(self, row: LedgerRow) -> None: ...
     def add(self, key: CounterKey, amount: Decimal) -> None: ...
+    def add_each(self, keys: list[CounterKey], amount: Decimal) -> None: ...
     def get(self, key: CounterKey) -> Counter: ...
     def prune(self, keep: Callable[[CounterKey], bool]) -> int: ...
     def items(self) -> list[tuple[CounterKey, Counter]]: ...
@@ -135,6 +136,15 @@ class MemoryCounters:
             self._c.setdefault(key, Counter()).spent += amount
             if self._tracking:
                 self._changed.add(key)
+
+    def add_each(self, keys: list[CounterKey], amount: Decimal) -> None:
+        """`add` to several counters under one hold of the lock."""
+        with self._lock:
+            counters = self._c
+            for key in keys:
+                counters.setdefault(key, Counter()).spent += amount
+            if self._tracking:
+                self._changed.update(keys)
 
     def get(self, key: CounterKey) -> Counter:
         with self._lock:
@@ -455,10 +465,34 @@ class BudgetBook:
             return
         res.settled = True
         self.store.settle(res, actual, row)
+        if row is not None:
+            self.count_elsewhere(row, actual, {(k[0], k[1]) for k in res.keys})
 
-    def record(self, row: LedgerRow) -> None:
-        """A row that reserved nothing (refused, free endpoints): a shared store keeps it too."""
+    def record(self, row: LedgerRow, counted: Iterable[tuple[str, str]] = ()) -> None:
+        """A row that reserved nothing (refused, free endpoints, spend that already happened and was
+        charged to the (scope, window) pairs `counted`): a shared store keeps it too."""
         self.store.record(row)
+        if row.charged_usd:
+            self.count_elsewhere(row, row.charged_usd, set(counted))
+
+    def count_elsewhere(self, row: LedgerRow, amount: Decimal, counted: set[tuple[str, str]]) -> None:
+        """Count a row's USD in every window of every scope it belongs to (`ledger_row_scopes`) but
+        the (scope, window) pairs already charged with it (`counted`).
+
+        So counters in memory always hold what a restart rebuilds from the ledger (recovery.
+        rebuild_counters), budgeted or not: a budget a policy reload adds, or an exception's end
+        brings back, starts from the spend already in its window, not from the spend at the last
+        start (forty-second review: a `week` cap added live read the week as it stood at start-up,
+        and let requests past the cap). A shared store keeps its counters in PostgreSQL, where a
+        counter made for a new budget starts at the window's next charge (docs/security.md)."""
+        if self.store.shared or not amount:
+            return
+        tz = self.policy.timezone
+        names = ledger_row_scopes(self.policy, row.user, row.key_fingerprint, row.workspace,
+                                  row.billing_basis or "api", row.plan, row.ts)
+        keys = [(scope, w, bounds(w, row.ts, tz)[0]) for scope in names for w in WINDOWS if (scope, w) not in counted]
+        if keys:
+            self.store.add_each(keys, amount)
 
     def prune(self, now: datetime | None = None) -> int:
         """Drop counters of windows older than the previous one (late settlements still land)."""

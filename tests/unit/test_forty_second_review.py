@@ -1,0 +1,73 @@
+"""Forty-second review, the new user's finding (High): a budget a live policy reload added counted
+only the spend made up to the gateway's last start.
+
+Counters in memory were rebuilt from the ledger for every scope and window at start-up, but a
+settlement then moved only the counters of the budgets covering the request. A `week` cap added
+live read the week as it stood at start-up and let requests past it; a reload to a policy with no
+caps and back lost what was spent in between. Fixed: a settled row is counted in every window of
+every scope it belongs to (`BudgetBook.count_elsewhere`), so the counters always hold what a
+restart rebuilds from the ledger.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from spendgate.budgets.book import BudgetBook, MemoryCounters
+from spendgate.budgets.recovery import rebuild_counters
+from spendgate.budgets.windows import WINDOWS, bounds
+from tests.unit.test_gateway_core import _settle_one, make
+
+START = "organization: {name: acme, budgets: {month: 1000}}\ndefaults: {user: {day: 100}}\n"
+
+
+def _as_a_restart_rebuilds(gw) -> dict:
+    """The current windows' counters a restart would build from this gateway's ledger."""
+    gw.meter.flush()
+    gw.ledger.flush()
+    fresh = BudgetBook(gw.policy, MemoryCounters())
+    rebuild_counters(gw.ledger.cursor(), fresh, datetime.now(UTC))
+    return {k: c.spent for k, c in fresh.store.items() if c.spent}
+
+
+def _live(gw) -> dict:
+    gw.meter.flush()  # rows are settled by the meter's worker: every one put so far
+    now, tz = datetime.now(UTC), gw.policy.timezone
+    current = {w: bounds(w, now, tz)[0] for w in WINDOWS}
+    return {k: c.spent for k, c in gw.book.store.items() if c.spent and k[2] == current[k[1]]}
+
+
+def _reload(gw, policy: str) -> None:
+    gw.settings.policy.write_text("version: 1\n" + policy)
+    assert gw.reload_policy()
+
+
+def test_a_budget_a_reload_adds_starts_from_the_spend_already_in_its_window(tmp_path):
+    gw = make(tmp_path, START)
+    try:
+        for _ in range(3):
+            _settle_one(gw)
+        rebuilt = _as_a_restart_rebuilds(gw)
+        assert rebuilt and _live(gw) == rebuilt  # every scope and window, budgeted or not
+        org_week = next(k for k in rebuilt if k[:2] == ("organization:acme", "week"))
+        _reload(gw, START.replace("{month: 1000}", "{month: 1000, week: 1000}"))
+        assert gw.book.store.get(org_week).spent == rebuilt[org_week] > 0
+        _settle_one(gw)
+        assert _live(gw) == _as_a_restart_rebuilds(gw)
+    finally:
+        gw.close()
+
+
+def test_a_reload_to_no_caps_and_back_loses_nothing(tmp_path):
+    gw = make(tmp_path, START)
+    try:
+        _settle_one(gw)
+        _reload(gw, "")  # a file cut short: no caps at all for a while
+        _settle_one(gw)
+        _settle_one(gw)
+        _reload(gw, START)
+        _settle_one(gw)
+        assert _live(gw) == _as_a_restart_rebuilds(gw)
+        assert len({k[0] for k in _live(gw)}) >= 3  # organization, user and key scopes all counted
+    finally:
+        gw.close()
