@@ -14,7 +14,7 @@ Machine-readable values (headers such as x-spendgate-spent-usd) use `budgets.ref
 
 from __future__ import annotations
 
-from decimal import ROUND_HALF_EVEN, Context, Decimal, InvalidOperation, getcontext, localcontext
+from decimal import ROUND_HALF_EVEN, ROUND_UP, Context, Decimal, InvalidOperation, getcontext, localcontext
 from typing import Any
 
 ROUNDING = ROUND_HALF_EVEN
@@ -73,13 +73,18 @@ def usd_of(spent: Any, limit: Any) -> str:
     return f"{usd(spent, p)} of {usd(limit, p)}"
 
 
-def suggested_increase(limit: Any) -> Decimal:
+def suggested_increase(limit: Any, spent: Any = 0) -> Decimal:
     """What `spendgate request --amount` suggests: half the limit, two significant digits, at
-    least $0.01 (a $0.05 budget suggests 0.025, a $10 budget 5, a $600 budget 300)."""
-    d = abs(to_decimal(limit)) / 2
+    least $0.01 (a $0.05 budget suggests 0.025, a $10 budget 5, a $600 budget 300). Past the cap
+    (`spent` over `limit`, grants included) the overshoot comes on top, rounded up, so that the
+    grant asked for leaves room again (forty-second review: at $0.1433 spent of $0.05 it suggested
+    0.025, which could never unblock)."""
+    half = abs(to_decimal(limit)) / 2
+    over = max(to_decimal(spent) - to_decimal(limit), Decimal(0))
+    d = half + over
     if d <= Decimal("0.01"):
         return Decimal("0.01")
-    return d.quantize(Decimal(1).scaleb(d.adjusted() - 1), rounding=ROUNDING).normalize()
+    return d.quantize(Decimal(1).scaleb(d.adjusted() - 1), rounding=ROUND_UP if over else ROUNDING).normalize()
 
 
 def plain(x: Decimal) -> str:

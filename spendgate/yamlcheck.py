@@ -615,7 +615,8 @@ def schema_problems(
             continue
         if err.validator == "additionalProperties":
             known = err.schema.get("properties", {})
-            hint = f" (known: {', '.join(known)})" if list_known else ""
+            # a short list (a budget's windows: hour, day, week, month) is always worth naming
+            hint = f" (known: {', '.join(known)})" if list_known or 0 < len(known) <= SHORT_KNOWN else ""
             for k in itertools.islice((k for k in (err.instance or {}) if k not in known), MAX_PROBLEMS + 1):
                 out.append(Problem(*mark(marks, (*path, k), key_of=True), f"unknown key {k!r} in {where}{hint}"))
             continue
@@ -627,6 +628,7 @@ def schema_problems(
     return listed
 
 
+SHORT_KNOWN = 6  # an object with at most this many keys names them all in an unknown key's message
 MESSAGE_CHARS = 1_000  # a problem's message: a value 80 users name through one alias was an 803 MB message (F4)
 # problems listed per file: a 17 KB policy naming 1,000 unknown keys from 490 users was 490,001 (32nd review, F4)
 MAX_PROBLEMS = 1_000

@@ -49,10 +49,11 @@ def usd_plain(x: Decimal) -> str:
     return format(q, "f") if q else "0"
 
 
-def increase_command(budget: Budget) -> str:
-    """The command that asks for more; --amount is in proportion to the limit (spendgate/money.py)."""
+def increase_command(budget: Budget, spent: Decimal = Decimal(0)) -> str:
+    """The command that asks for more; --amount is in proportion to the limit, plus what `spent`
+    is past it (spendgate/money.py)."""
     return (
-        f'spendgate request --amount {plain(suggested_increase(budget.limit))} --window {budget.window} '
+        f'spendgate request --amount {plain(suggested_increase(budget.limit, spent))} --window {budget.window} '
         f'--scope {budget.scope} --reason "..."'
     )
 
@@ -71,14 +72,14 @@ def budget_message(budget: Budget, spent: Decimal, now: datetime) -> str:
             f"{who}: {usd(spent, places_for(budget.limit))} of {usd(budget.limit, places_for(budget.limit))} at list price, "
             f"notional; resets {resets}). "
             "Your plan is not charged per token; this limit is your organization's policy. "
-            f"To ask for more: {increase_command(budget)}"
+            f"To ask for more: {increase_command(budget, spent)}"
         )
     who = budget.scope.replace(":", " ", 1)
     return (
         f"spendgate: spend limit reached ({ADJECTIVE[budget.window]} budget of {who}: "
         f"{usd(spent, places_for(budget.limit))} spent of {usd(budget.limit, places_for(budget.limit))}; "
         f"resets {resets}). "
-        f"To ask for more: {increase_command(budget)}"
+        f"To ask for more: {increase_command(budget, spent)}"
     )
 
 

@@ -42,6 +42,11 @@ def test_small_budgets_keep_enough_digits():
 def test_suggested_increase_is_in_proportion_to_the_limit():
     assert [str(suggested_increase(Decimal(x))) for x in ("0.05", "10", "600", "0.013", "1", "7.77")] == [
         "0.025", "5", "3E+2", "0.01", "0.5", "3.9"]
+    # past the cap the overshoot comes on top, rounded up: the grant asked for leaves room again
+    assert suggested_increase(Decimal("0.05"), Decimal("0.1433")) == Decimal("0.12")
+    assert suggested_increase(Decimal("0.075"), Decimal("0.1433")) == Decimal("0.11")
+    assert Decimal("0.075") + suggested_increase(Decimal("0.075"), Decimal("0.1433")) > Decimal("0.1433")
+    assert suggested_increase(Decimal("10"), Decimal("4")) == Decimal("5")  # under the cap: as before
 
 
 @needs_node
@@ -81,10 +86,11 @@ def test_the_429_message_shows_small_budgets_and_a_proportional_increase():
     start = datetime(2026, 11, 30, tzinfo=UTC)
     b = Budget("user:tester", "day", Decimal("0.05"), start, start + timedelta(days=1))
     msg = budget_message(b, Decimal("0.0512"), start)
-    assert "$0.0512 spent of $0.0500" in msg and "--amount 0.025 --window day --scope user:tester" in msg
+    # half the limit plus the overshoot (0.0012), rounded up: 0.025 alone would leave it at the cap
+    assert "$0.0512 spent of $0.0500" in msg and "--amount 0.027 --window day --scope user:tester" in msg
     big = Budget("user:tester", "day", Decimal(150), start, start + timedelta(days=1))
     msg = budget_message(big, Decimal("150.12"), start)
-    assert "$150.12 spent of $150.00" in msg and "--amount 75 " in msg
+    assert "$150.12 spent of $150.00" in msg and "--amount 76 " in msg
 
 
 @settings(max_examples=2000, deadline=None)

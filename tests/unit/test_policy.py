@@ -81,7 +81,7 @@ def test_every_problem_has_file_line_col():
     text = str(err.value).splitlines()
     assert "bad.yaml:4:16: budget defaults.user.hour must be a non-negative number of USD, not -3" in text
     assert "bad.yaml:4:25: budget defaults.user.day must be a non-negative number of USD, not 'lots'" in text
-    assert "bad.yaml:4:31: unknown key 'fortnight' in defaults.user" in text
+    assert "bad.yaml:4:31: unknown key 'fortnight' in defaults.user (known: hour, day, week, month)" in text
     assert "bad.yaml:7:3: duplicate key 'alice'" in text
     assert any(l.startswith("bad.yaml:9:3: malformed key fingerprint 'sha256:zz'") for l in text)
     assert any(l.startswith("bad.yaml:10:21: unknown identity source 'magic'") for l in text)

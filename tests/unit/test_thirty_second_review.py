@@ -230,7 +230,7 @@ def test_a_clipped_message_keeps_path_position_and_valid_utf8() -> None:
         model.parse(text, "p.yaml")
     (p,) = [p for p in e.value.problems if "unknown key" in p.message]
     assert (p.line, p.col) == (4, 3)
-    assert p.message.startswith("unknown key '\U0001F600") and p.message.endswith("in organization")
+    assert p.message.startswith("unknown key '\U0001F600") and p.message.endswith("in organization (known: name, budgets, owners)")
     assert len(p.message) < yamlcheck.MESSAGE_CHARS + 100
     str(e.value).encode("utf-8")
 
