@@ -39,7 +39,6 @@ from spendgate.budgets.runway import (
     model_denial,
     step_down,
 )
-from spendgate.budgets.windows import WINDOWS
 from spendgate.identity import Identity
 from spendgate.metering.meter import CHARS_PER_TOKEN, Exchange
 from spendgate.metering.providers.openai_responses import response_key
@@ -400,8 +399,8 @@ class Admission:
         elif (ex.request.results or ex.extra.get("cancelled_at_cap")) and row.charged_usd:
             # batch results, or a Realtime response cancelled at the cap: spend that already happened
             budgets = self.book.covering(ex.identity, row.ts)
-            self.book.charge({b.scope for b in budgets}, row.ts, row.charged_usd)
-            self.book.record(row, [(b.scope, w) for b in budgets for w in WINDOWS])  # `charge` counted those
+            charged = self.book.charge({b.scope for b in budgets}, row.ts, row.charged_usd)
+            self.book.record(row, charged)  # counted elsewhere too, past those
             self._after_charge(ex.identity, row, None, budgets)
         else:
             self.book.record(row)  # refused or free: a shared store's ledger keeps it too

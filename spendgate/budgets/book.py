@@ -142,7 +142,10 @@ class MemoryCounters:
         with self._lock:
             counters = self._c
             for key in keys:
-                counters.setdefault(key, Counter()).spent += amount
+                c = counters.get(key)
+                if c is None:  # (setdefault would build a Counter for every key, there or not)
+                    c = counters[key] = Counter()
+                c.spent += amount
             if self._tracking:
                 self._changed.update(keys)
 
@@ -335,6 +338,9 @@ GrantFn = Callable[[str, str, datetime], Decimal]  # (scope, window, now) -> ext
 COVERING_CACHE = 50_000  # identities whose covering budgets are kept (about 2 KB each)
 
 
+ROW_KEYS_KEPT = 10_000  # (user, key, workspaces) groups whose counters _row_keys keeps; then it starts over
+
+
 class BudgetBook:
     """The policy's budgets over a counter store."""
 
@@ -357,6 +363,9 @@ class BudgetBook:
         self.grant_index: Callable[[], frozenset[str]] | None = None
         self.now = now
         self._covering: dict[tuple, tuple[Policy, datetime, datetime, list[Budget]]] = {}
+        self._row_keys_kept: dict[tuple, tuple[Policy, tuple, list[CounterKey]]] = {}  # _row_keys', per API row group
+        self._row_span: tuple[Policy, datetime, datetime, tuple[datetime, ...]] | None = None  # _row_keys' windows
+        self._elsewhere: tuple[list[CounterKey], tuple, list[CounterKey]] | None = None  # count_elsewhere's last
         self._rank: _Ranking | None = None  # closest()'s kept ranking
         self._rank_lock = threading.Lock()  # admin threads only: never taken on the event loop
 
@@ -466,18 +475,18 @@ class BudgetBook:
         res.settled = True
         self.store.settle(res, actual, row)
         if row is not None:
-            self.count_elsewhere(row, actual, {(k[0], k[1]) for k in res.keys})
+            self.count_elsewhere(row, actual, res.keys)
 
-    def record(self, row: LedgerRow, counted: Iterable[tuple[str, str]] = ()) -> None:
+    def record(self, row: LedgerRow, counted: Iterable[CounterKey] = ()) -> None:
         """A row that reserved nothing (refused, free endpoints, spend that already happened and was
-        charged to the (scope, window) pairs `counted`): a shared store keeps it too."""
+        charged to the counters `counted`): a shared store keeps it too."""
         self.store.record(row)
         if row.charged_usd:
             self.count_elsewhere(row, row.charged_usd, set(counted))
 
-    def count_elsewhere(self, row: LedgerRow, amount: Decimal, counted: set[tuple[str, str]]) -> None:
+    def count_elsewhere(self, row: LedgerRow, amount: Decimal, counted: Iterable[CounterKey]) -> None:
         """Count a row's USD in every window of every scope it belongs to (`ledger_row_scopes`) but
-        the (scope, window) pairs already charged with it (`counted`).
+        the counters already charged with it (`counted`).
 
         So counters in memory always hold what a restart rebuilds from the ledger (recovery.
         rebuild_counters), budgeted or not: a budget a policy reload adds, or an exception's end
@@ -487,12 +496,39 @@ class BudgetBook:
         counter made for a new budget starts at the window's next charge (docs/security.md)."""
         if self.store.shared or not amount:
             return
-        tz = self.policy.timezone
-        names = ledger_row_scopes(self.policy, row.user, row.key_fingerprint, row.workspace,
-                                  row.billing_basis or "api", row.plan, row.ts)
-        keys = [(scope, w, bounds(w, row.ts, tz)[0]) for scope in names for w in WINDOWS if (scope, w) not in counted]
+        every = self._row_keys(row)
+        last = self._elsewhere  # the same identity settles again and again: its budgets' keys too
+        if last is not None and last[0] is every and last[1] == counted:
+            keys = last[2]
+        else:
+            keys = [k for k in every if k not in counted]
+            self._elsewhere = (every, tuple(counted), keys)
         if keys:
             self.store.add_each(keys, amount)
+
+    def _row_keys(self, row: LedgerRow) -> list[CounterKey]:
+        """Every counter a row counts in: its scopes x its windows at `row.ts`. Kept per API row's
+        (user, key, workspaces) while the policy and the windows stay (~4 scopes x 4 windows)."""
+        policy, basis, ts = self.policy, row.billing_basis or "api", row.ts
+        span = self._row_span
+        if span is not None and span[0] is policy and span[1] <= ts < span[2]:
+            starts = span[3]
+        else:  # the windows at `ts`, kept while `ts` stays inside all four (an hour at most)
+            found = [bounds(w, ts, policy.timezone) for w in WINDOWS]
+            starts = tuple(b[0] for b in found)
+            self._row_span = (policy, max(starts), min(b[1] for b in found), starts)
+        if basis != "api":  # subscription scopes may depend on the day (exceptions' until)
+            names = ledger_row_scopes(policy, row.user, row.key_fingerprint, row.workspace, basis, row.plan, ts)
+            return [(scope, w, start) for scope in names for w, start in zip(WINDOWS, starts)]
+        group = (row.user, row.key_fingerprint, row.workspace)
+        kept = self._row_keys_kept.get(group)
+        if kept is None or kept[0] is not policy or kept[1] != starts:
+            if len(self._row_keys_kept) >= ROW_KEYS_KEPT:
+                self._row_keys_kept.clear()
+            names = row_scopes(policy.org_name, *group)
+            kept = self._row_keys_kept[group] = (policy, starts, [(scope, w, start) for scope in names
+                                                                 for w, start in zip(WINDOWS, starts)])
+        return kept[2]
 
     def prune(self, now: datetime | None = None) -> int:
         """Drop counters of windows older than the previous one (late settlements still land)."""
@@ -503,12 +539,16 @@ class BudgetBook:
             oldest[window] = bounds(window, start - timedelta(seconds=1), self.policy.timezone)[0]
         return self.store.prune(lambda key: key[2] >= oldest[key[1]])
 
-    def charge(self, names: Iterable[str], ts: datetime, amount: Decimal) -> None:
-        """Count spend that happened (at start-up, from the ledger) in every window it falls in."""
+    def charge(self, names: Iterable[str], ts: datetime, amount: Decimal) -> list[CounterKey]:
+        """Count spend that happened (batch results, a Realtime response cancelled at the cap) in
+        every window it falls in; returns the counters charged."""
+        charged = []
         for scope in names:
             for window in WINDOWS:
                 start, _ = bounds(window, ts, self.policy.timezone)
                 self.store.add((scope, window, start), amount)
+                charged.append((scope, window, start))
+        return charged
 
     def move(self, deltas: Iterable[tuple[datetime, list[str], Decimal]], now: datetime | None = None) -> int:
         """Move the CURRENT windows' counters by (row time, scopes, USD delta); returns counters moved.
