@@ -91,6 +91,8 @@ def cmd_spend(args: argparse.Namespace) -> int:
     if n_subs:
         say(f"Subscription usage (sign-in traffic covered by seats, not invoiced; not included above): "
             f"{usd(subs, 4)} notional at list price over {n_subs:,} requests")
+    if blocked := sum(r.get("blocked") or 0 for r in rows):  # a request refused at a cap is a row too
+        say(f"{blocked:,} of these requests were refused by the gateway (never sent to a provider, $0)")
     if args.by in ("user", "workspace") and not args.user:
         from spendgate.cli import (
             reconcile_cmds,  # policy, plans, billing: only this view needs them

@@ -54,6 +54,25 @@ def test_ledger_and_spend_read_the_file(tmp_path):
     assert "claude-sonnet-4-5" in table and "alice" in table
 
 
+def test_spend_says_how_many_requests_the_gateway_refused(tmp_path):
+    """Forty-second review: refused rows were counted among "requests" with nothing to say so."""
+    db = tmp_path / "l.duckdb"
+    led = DuckDBLedger(db)
+    led.append(row(0))
+    for i in (1, 2):
+        led.append(row(i, outcome="blocked", status=429, cost_usd=None, charged_usd=Decimal(0), input_tokens=0,
+                       output_tokens=0))
+    assert led.flush()
+    led.close()
+    text = cli("spend", "--db", str(db), "--by", "user")
+    assert "over 3 requests" in text and "2 of these requests were refused by the gateway" in text
+    led = DuckDBLedger(tmp_path / "none-refused.duckdb")
+    led.append(row(0))
+    assert led.flush()
+    led.close()
+    assert "refused" not in cli("spend", "--db", str(tmp_path / "none-refused.duckdb"), "--by", "user")
+
+
 def test_missing_ledger_is_a_clear_error(tmp_path):
     r = subprocess.run([sys.executable, "-m", "spendgate", "ledger", "--db", str(tmp_path / "none.duckdb")],
                        capture_output=True, text=True)
