@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from mitmproxy import ctx, exceptions, http
+from mitmproxy.net import encoding as mitm_encoding
 
 from spendgate import access as access_rules
 from spendgate import bounds, fsutil, heap, resources
@@ -396,26 +397,36 @@ class SpendGate:
         flow.metadata[META] = ex
         gw = self.gateway
         path, body = req.path, raw if body is None else body
-        if gw.admit_blocks:  # a shared store: mitmproxy awaits this; the round trip runs on a worker thread
+        # a shared store: mitmproxy awaits this, the round trip on a worker thread; so does a large body
+        # admission may rewrite (a step-down reads it whole again, a compressed one is compressed again)
+        if gw.admit_blocks or (len(body) > DECODED_ON_LOOP_BYTES
+                               and (ex.request.rewritten_body is not None or bool(gw.policy.runway.step_down))):
             return self._admit_off_loop(flow, gw, ex, path, body)
         self._admitted(flow, gw, ex, gw.admission.admit(ex, path, body))  # in-memory counters: a direct call
         return None
 
     async def _admit_off_loop(self, flow: http.HTTPFlow, gw: Gateway, ex: Exchange, path: str, body: bytes) -> None:
         try:
-            self._admitted(flow, gw, ex, await asyncio.to_thread(gw.admission.admit, ex, path, body))
+            encoding = flow.request.headers.get("content-encoding", "")
+            self._admitted(flow, gw, ex, *await asyncio.to_thread(_admit_and_encode, gw, ex, path, body, encoding))
         except Exception:
             log.exception("spendgate: checking a request failed; refusing it (fail closed)")
             self._refuse_unchecked(flow)
 
     @staticmethod
-    def _admitted(flow: http.HTTPFlow, gw: Gateway, ex: Exchange, answer: refusal.Answer | None) -> None:
+    def _admitted(flow: http.HTTPFlow, gw: Gateway, ex: Exchange, answer: refusal.Answer | None,
+                  encoded: bytes | None = None) -> None:
+        """`encoded`: the rewritten body as it goes on the wire (content-encoded on a worker thread)."""
         req = flow.request
         if answer is not None:  # over budget (or refused by policy): never forwarded
             flow.response = http.Response.make(answer.status, answer.body, answer.headers)
             gw.meter.finish(ex, None)
             return
-        if ex.request.rewritten_body is not None:
+        if encoded is not None:  # as mitmproxy's content setter leaves it, without encoding here
+            req.raw_content = encoded
+            if "transfer-encoding" not in req.headers:
+                req.headers["content-length"] = str(len(encoded))
+        elif ex.request.rewritten_body is not None:
             req.content = ex.request.rewritten_body
         if ex.request.rewritten_path is not None:  # a step-down on an API that names the model in the path
             req.path = ex.request.rewritten_path
@@ -643,6 +654,21 @@ def _decode_and_read(meter: Any, route: providers.Route, path: str, headers: dic
     with it). Raises DecodedTooLarge past `cap` decoded bytes."""
     body = request_body(raw, encoding, cap)
     return body, (None if body is None else meter.read_request(route, path, headers, body, *caller))
+
+
+def _admit_and_encode(gw: Gateway, ex: Exchange, path: str, body: bytes, encoding: str
+                      ) -> tuple[refusal.Answer | None, bytes | None]:
+    """Worker thread: admission, then the body it rewrote content-encoded as the request came (None:
+    nothing to encode). mitmproxy's content setter would encode it on the event loop: a 29 MiB
+    body sent as 89 KB of gzip took 45 ms there (forty-second review)."""
+    answer = gw.admission.admit(ex, path, body)
+    rewritten = ex.request.rewritten_body
+    if answer is not None or rewritten is None or is_identity(encoding):
+        return answer, None
+    try:
+        return answer, mitm_encoding.encode(rewritten, encoding)
+    except ValueError:  # decoded, so never: the content setter then drops the header, as it would
+        return answer, None
 
 
 def _refuse_unmetered_switch(flow: http.HTTPFlow) -> None:

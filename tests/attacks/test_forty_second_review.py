@@ -110,3 +110,33 @@ def test_a_small_compressed_body_that_decodes_large_is_read_off_the_loop_and_bou
     rows = {r["model"]: r for r in gw.ledger(wait_for=2)}
     assert rows["gpt-5-pro"]["outcome"] == "blocked" and rows["gpt-5"]["outcome"] == "ok"
     assert [r.body for r in fake_provider.requests_to(OPENAI_HOST, "/v1/responses")] == [_json("gpt-5", 2 * 2**20)]
+
+
+STEP_DOWN = ("version: 1\ntimezone: UTC\ndefaults: {user: {day: 100}}\n"
+             "step_down:\n  - {scope: defaults, at: 1, window: day, models: {'gpt-4.1': gpt-4.1-mini}}\n")
+
+
+def test_a_step_down_of_a_large_compressed_body_is_rewritten_and_compressed_again_off_the_loop(
+        tmp_path, gateway_factory, fake_provider):
+    """The reviewer's follow-up: past a step-down threshold a tiny brotli body that decodes to 3.5 MiB
+    was read whole again and compressed again on the event loop (~0.13 s a request). Both now run on
+    a worker thread (`_admit_and_encode`); what reaches the provider is the stepped-down request,
+    compressed as it came."""
+    pol = tmp_path / "p.yaml"
+    pol.write_text(STEP_DOWN)
+    gw = gateway_factory(policy=pol).start()
+    chat = "https://api.openai.com/v1/chat/completions"
+    with gw.http_client() as c:  # past 1% of the day: one costly call first
+        assert c.post(chat, json={"model": "gpt-4.1", "messages": [{"role": "user", "content": "hi"}]},
+                      headers={**AUTH, "x-fake-usage": json.dumps({"prompt_tokens": 600_000,
+                                                                   "completion_tokens": 10_000})}).status_code == 200
+        gw.ledger(wait_for=1)
+        plain = json.dumps({"model": "gpt-4.1", "messages": [{"role": "user", "content": "a"}] * 110_000}).encode()
+        r = c.post(chat, content=brotli.compress(plain, quality=5),
+                   headers={**AUTH, "content-type": "application/json", "content-encoding": "br"})
+    assert r.status_code == 200, r.text
+    rows = gw.ledger(wait_for=2)
+    assert [(x["requested_model"], x["model"]) for x in rows if x["requested_model"]] == [("gpt-4.1", "gpt-4.1-mini")]
+    sent = fake_provider.requests_to(OPENAI_HOST, "/v1/chat/completions")[-1]
+    assert sent.headers["content-encoding"] == "br"  # compressed again, and the fake decoded it
+    assert sent.json["model"] == "gpt-4.1-mini" and len(sent.json["messages"]) == 110_000

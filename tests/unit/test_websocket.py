@@ -108,6 +108,59 @@ def test_a_compressed_request_body_is_decoded_on_the_loop_only_while_small():
         addon._decode_and_read(None, None, "/v1/responses", {}, gzip.compress(small), "gzip", len(small) - 1, ())
 
 
+def test_a_large_body_admission_may_rewrite_is_admitted_and_encoded_off_the_loop(tmp_path):
+    """Forty-second review, follow-up: a step-down re-reads the body whole and a rewrite of a
+    compressed body is compressed again, so a large body's admission runs on a worker thread
+    when either may happen; otherwise, and for small bodies, it stays a direct call."""
+    import gzip
+    import sys
+    from types import SimpleNamespace
+
+    from mitmproxy.test import taddons, tflow
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "addons"))
+    import gateway as addon  # addons/gateway.py
+
+    step = "step_down:\n  - {scope: defaults, at: 1, window: day, models: {'gpt-4.1': gpt-4.1-mini}}\n"
+    for policy, big, off_loop in (("", True, False), (step, False, False), (step, True, True)):
+        where = tmp_path / f"g{len(policy)}{big}"
+        where.mkdir()
+        gw = make(where, "defaults: {user: {day: 100}}\n" + policy)
+        gate = addon.SpendGate()
+        gate.gateway = gw
+        try:
+            with taddons.context(gate):
+                flow = tflow.tflow()
+                flow.request.host, flow.request.port, flow.request.method = "api.openai.com", 443, "POST"
+                flow.request.path = "/v1/chat/completions"
+                text = "a" * (addon.DECODED_ON_LOOP_BYTES + 1 if big else 10)
+                flow.request.content = json.dumps({"model": "gpt-4.1", "messages": [
+                    {"role": "user", "content": text}]}).encode()
+                gate.requestheaders(flow)
+                pending = gate.request(flow)
+                assert (pending is not None) == off_loop, (policy, big)
+                if pending is not None:
+                    asyncio_run(pending)
+                assert flow.response is None and flow.metadata[addon.META].request.model == "gpt-4.1"
+        finally:
+            gw.close()
+    # the rewritten body, encoded as the request came, on the worker
+    ex = SimpleNamespace(request=SimpleNamespace(rewritten_body=b'{"model":"m"}'))
+    gw = SimpleNamespace(admission=SimpleNamespace(admit=lambda ex, path, body: None))
+    answer, encoded = addon._admit_and_encode(gw, ex, "/v1/chat/completions", b"{}", "gzip")
+    assert answer is None and gzip.decompress(encoded) == b'{"model":"m"}'
+    assert addon._admit_and_encode(gw, ex, "/", b"{}", "") == (None, None)  # nothing to encode: as sent
+
+
+def asyncio_run(awaitable) -> None:
+    import asyncio
+
+    async def wait() -> None:
+        await awaitable
+
+    asyncio.run(wait())
+
+
 def test_recorded_codex_stream_makes_one_exact_row(tmp_path):
     gw = make(tmp_path)
     try:
