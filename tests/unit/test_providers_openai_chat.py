@@ -22,6 +22,7 @@ from spendgate.metering.providers.openai_chat import (
     CHAT,
     _event_data,
     hide_added_usage,
+    with_include_usage,
 )
 from spendgate.usage import Usage
 
@@ -102,7 +103,24 @@ def test_request_without_include_usage_is_rewritten() -> None:
     rewritten = json.loads(info.rewritten_body)
     assert rewritten == {**REQUEST, "stream_options": {"include_usage": True}}
     assert list(rewritten) == [*REQUEST, "stream_options"]
-    assert b"\n" not in info.rewritten_body and "Grüß dich 👋".encode() in info.rewritten_body
+    # every byte the client wrote is kept, the member added at the object's end (never parsed and
+    # written again: forty-second review); the client's own spelling of "Grüß dich 👋" included
+    assert info.rewritten_body == body[:-1] + b',"stream_options":{"include_usage":true}}'
+    assert "Grüß dich 👋".encode() in info.rewritten_body
+
+
+@pytest.mark.parametrize("body", [
+    b'{"model":"m","stream":true,"messages":[]}',
+    b'{"model":"m","stream":true,"messages":[]}\n  \r\n',
+    b'  {"stream":true,\n"model":"m","messages":[{"content":"}"}]} ',
+    b'{"model":"m","model":"x","stream":true,"n":1.0e0,"big":123456789012345678901234567890,"messages":[]}',
+])
+def test_include_usage_added_reads_as_the_whole_rewrite_does(body: bytes) -> None:
+    """The member added at the end says what `with_include_usage` of the parsed body says, and the
+    rest of the body reads as the client wrote it (duplicates, numbers and spacing included)."""
+    info = CHAT.parse_request("/v1/chat/completions", body)
+    assert info.drop_usage_chunk and info.rewritten_body.startswith(body.rstrip()[:-1])
+    assert json.loads(info.rewritten_body) == with_include_usage(json.loads(body))
 
 
 @pytest.mark.parametrize("options", [{"include_obfuscation": False}, {"include_usage": False}, None])
