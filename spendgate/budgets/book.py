@@ -486,7 +486,8 @@ class BudgetBook:
 
     def count_elsewhere(self, row: LedgerRow, amount: Decimal, counted: Iterable[CounterKey]) -> None:
         """Count a row's USD in every window of every scope it belongs to (`ledger_row_scopes`) but
-        the counters already charged with it (`counted`).
+        the (scope, window) pairs of the counters already charged with it (`counted`: a reservation
+        admitted before a time-zone change settles where `MemoryCounters.replace` moved it).
 
         So counters in memory always hold what a restart rebuilds from the ledger (recovery.
         rebuild_counters), budgeted or not: a budget a policy reload adds, or an exception's end
@@ -501,7 +502,8 @@ class BudgetBook:
         if last is not None and last[0] is every and last[1] == counted:
             keys = last[2]
         else:
-            keys = [k for k in every if k not in counted]
+            pairs = {(k[0], k[1]) for k in counted}
+            keys = [k for k in every if (k[0], k[1]) not in pairs]
             self._elsewhere = (every, tuple(counted), keys)
         if keys:
             self.store.add_each(keys, amount)

@@ -71,3 +71,25 @@ def test_a_reload_to_no_caps_and_back_loses_nothing(tmp_path):
         assert len({k[0] for k in _live(gw)}) >= 3  # organization, user and key scopes all counted
     finally:
         gw.close()
+
+
+def test_a_request_in_flight_across_a_time_zone_change_is_counted_once(tmp_path):
+    """Its reservation settles where the change moved it (MemoryCounters.replace), in the new
+    zone's windows: the row is counted elsewhere past those, never twice in them."""
+    import json
+
+    from tests.unit.test_gateway_core import begin
+
+    gw = make(tmp_path, "timezone: UTC\n" + START)
+    try:
+        ex = begin(gw)
+        assert gw.admission.admit(ex) is None
+        _reload(gw, "timezone: Pacific/Kiritimati\n" + START)
+        ex.status = 200
+        gw.meter.finish(ex, ex.route.adapter.parse_response(json.dumps({
+            "id": "msg_z", "type": "message", "role": "assistant", "model": "claude-sonnet-4-5",
+            "content": [{"type": "text", "text": "ok"}], "stop_reason": "end_turn",
+            "usage": {"input_tokens": 10, "output_tokens": 5}}).encode()))
+        assert _live(gw) == _as_a_restart_rebuilds(gw)
+    finally:
+        gw.close()
