@@ -13,7 +13,7 @@ import heapq
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -73,7 +73,7 @@ class CounterStore(Protocol):
     shared: bool  # True: calls wait on the network, so callers keep them off the event loop
 
     def try_reserve(self, budgets: list[Budget], amount: Decimal, ticket: Ticket | None = None) -> Reserved: ...
-    def settle(self, res: Reservation, actual: Decimal, row: LedgerRow | None = None) -> None: ...
+    def settle(self, res: Reservation, actual: Decimal, row: LedgerRow | None = None) -> Sequence[CounterKey] | None: ...
     def record(self, row: LedgerRow) -> None: ...
     def add(self, key: CounterKey, amount: Decimal) -> None: ...
     def add_each(self, keys: list[CounterKey], amount: Decimal) -> None: ...
@@ -118,7 +118,9 @@ class MemoryCounters:
                 self._changed.update(keys)
             return Reserved(None, [Counter(x.spent, x.reserved) for x in held])
 
-    def settle(self, res: Reservation, actual: Decimal, row: LedgerRow | None = None) -> None:
+    def settle(self, res: Reservation, actual: Decimal, row: LedgerRow | None = None) -> Sequence[CounterKey]:
+        """Swap the reservation for `actual` USD; returns the counters charged (where a time-zone
+        change moved them, for a reservation made before it)."""
         with self._lock:
             keys = [self._moved.get(k, k) for k in res.keys] if self._moved else res.keys
             for k in keys:
@@ -127,6 +129,7 @@ class MemoryCounters:
                 c.spent += actual
             if self._tracking:
                 self._changed.update(keys)
+        return keys
 
     def record(self, row: LedgerRow) -> None:
         """Nothing to do: the DuckDB ledger keeps the row."""
@@ -473,9 +476,9 @@ class BudgetBook:
         if res.settled:
             return
         res.settled = True
-        self.store.settle(res, actual, row)
+        charged = self.store.settle(res, actual, row)
         if row is not None:
-            self.count_elsewhere(row, actual, res.keys)
+            self.count_elsewhere(row, actual, res.keys if charged is None else charged)
 
     def record(self, row: LedgerRow, counted: Iterable[CounterKey] = ()) -> None:
         """A row that reserved nothing (refused, free endpoints, spend that already happened and was
@@ -486,8 +489,8 @@ class BudgetBook:
 
     def count_elsewhere(self, row: LedgerRow, amount: Decimal, counted: Iterable[CounterKey]) -> None:
         """Count a row's USD in every window of every scope it belongs to (`ledger_row_scopes`) but
-        the (scope, window) pairs of the counters already charged with it (`counted`: a reservation
-        admitted before a time-zone change settles where `MemoryCounters.replace` moved it).
+        the counters already charged with it (`counted`: where its reservation settled, which a
+        time-zone change may have moved; `MemoryCounters.replace`).
 
         So counters in memory always hold what a restart rebuilds from the ledger (recovery.
         rebuild_counters), budgeted or not: a budget a policy reload adds, or an exception's end
@@ -502,8 +505,7 @@ class BudgetBook:
         if last is not None and last[0] is every and last[1] == counted:
             keys = last[2]
         else:
-            pairs = {(k[0], k[1]) for k in counted}
-            keys = [k for k in every if (k[0], k[1]) not in pairs]
+            keys = [k for k in every if k not in counted]
             self._elsewhere = (every, tuple(counted), keys)
         if keys:
             self.store.add_each(keys, amount)

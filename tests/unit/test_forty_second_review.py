@@ -93,3 +93,45 @@ def test_a_request_in_flight_across_a_time_zone_change_is_counted_once(tmp_path)
         assert _live(gw) == _as_a_restart_rebuilds(gw)
     finally:
         gw.close()
+
+
+def test_a_request_from_a_past_window_settling_after_a_zone_change_is_counted_where_a_restart_counts_it(
+        tmp_path, monkeypatch):
+    """Its reservation is in a window the change did not move (an hour already over): it settles
+    there, and the new zone's current windows still get the row (a reviewer's case: skipping by
+    scope and window missed the current hour)."""
+    import json
+    from datetime import timedelta
+
+    import spendgate.budgets.admission as admission_mod
+    from tests.unit.test_gateway_core import begin
+
+    start = START.replace("{month: 1000}", "{month: 1000, hour: 1000}")
+    real = datetime.now(UTC)
+    if real.minute < 30:  # UTC's hours start at :00, Kolkata's at :30
+        old, new, edge = "UTC", "Asia/Kolkata", real.replace(minute=0, second=0, microsecond=0)
+    else:
+        old, new, edge = "Asia/Kolkata", "UTC", real.replace(minute=30, second=0, microsecond=0)
+    before = edge - timedelta(seconds=10)  # the old zone's previous hour
+
+    class Then(datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return before
+
+    gw = make(tmp_path, f"timezone: {old}\n" + start)
+    try:
+        monkeypatch.setattr(admission_mod, "datetime", Then)
+        gw.meter.now = lambda: before
+        ex = begin(gw)
+        assert gw.admission.admit(ex) is None
+        monkeypatch.undo()
+        _reload(gw, f"timezone: {new}\n" + start)
+        ex.status = 200
+        gw.meter.finish(ex, ex.route.adapter.parse_response(json.dumps({
+            "id": "msg_h", "type": "message", "role": "assistant", "model": "claude-sonnet-4-5",
+            "content": [{"type": "text", "text": "ok"}], "stop_reason": "end_turn",
+            "usage": {"input_tokens": 10, "output_tokens": 5}}).encode()))
+        assert _live(gw) == _as_a_restart_rebuilds(gw)
+    finally:
+        gw.close()

@@ -123,6 +123,15 @@ def test_include_usage_added_reads_as_the_whole_rewrite_does(body: bytes) -> Non
     assert json.loads(info.rewritten_body) == with_include_usage(json.loads(body))
 
 
+@pytest.mark.parametrize("codec", ["utf-16-be", "utf-16-le", "utf-32-be", "utf-32-le", "utf-16", "utf-8-sig"])
+def test_include_usage_in_a_body_json_reads_in_another_encoding(codec: str) -> None:
+    """json.loads reads UTF-16 and UTF-32 too, where the member's ASCII bytes spliced in would not
+    be JSON (review of the forty-second review's follow-up): those are rewritten whole."""
+    doc = {"model": "gpt-4.1", "stream": True, "messages": [{"role": "user", "content": "Grüß"}]}
+    info = CHAT.parse_request("/v1/chat/completions", json.dumps(doc, ensure_ascii=False).encode(codec))
+    assert info.drop_usage_chunk and json.loads(info.rewritten_body) == with_include_usage(doc)
+
+
 @pytest.mark.parametrize("options", [{"include_obfuscation": False}, {"include_usage": False}, None])
 def test_existing_stream_options_are_merged(options: dict | None) -> None:
     req = {"model": "m", "stream_options": options, "stream": True, "messages": []}

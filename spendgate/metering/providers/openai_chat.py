@@ -10,6 +10,7 @@ so the client sees what it asked for.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -86,7 +87,8 @@ def include_usage_in(body: bytes, members: dict) -> bytes:
     neither parsed nor written again on the event loop (it was ~15-30 ms a MB), and the provider
     reads exactly what the client wrote plus one member. With one (or an object that does not end
     where a valid body's must), the body is rewritten whole as before, merging into it."""
-    if "stream_options" not in members:
+    # only in UTF-8 (json.loads also reads UTF-16 and UTF-32, where ASCII bytes would not be the member)
+    if "stream_options" not in members and json.detect_encoding(body[:4]) in ("utf-8", "utf-8-sig"):
         end = len(body.rstrip(_JSON_SPACE))
         if end > 1 and body[end - 1] == 0x7D:  # "}": the top-level object's end (the body parsed as one)
             return body[: end - 1] + _INCLUDE_USAGE + body[end - 1 :]
