@@ -76,7 +76,6 @@ class CounterStore(Protocol):
     def settle(self, res: Reservation, actual: Decimal, row: LedgerRow | None = None) -> Sequence[CounterKey] | None: ...
     def record(self, row: LedgerRow) -> None: ...
     def add(self, key: CounterKey, amount: Decimal) -> None: ...
-    def add_each(self, keys: list[CounterKey], amount: Decimal) -> None: ...
     def get(self, key: CounterKey) -> Counter: ...
     def prune(self, keep: Callable[[CounterKey], bool]) -> int: ...
     def items(self) -> list[tuple[CounterKey, Counter]]: ...
@@ -498,7 +497,8 @@ class BudgetBook:
         start (forty-second review: a `week` cap added live read the week as it stood at start-up,
         and let requests past the cap). A shared store keeps its counters in PostgreSQL, where a
         counter made for a new budget starts at the window's next charge (docs/security.md)."""
-        if self.store.shared or not amount:
+        store = self.store
+        if not isinstance(store, MemoryCounters) or not amount:
             return
         every = self._row_keys(row)
         last = self._elsewhere  # the same identity settles again and again: its budgets' keys too
@@ -508,7 +508,7 @@ class BudgetBook:
             keys = [k for k in every if k not in counted]
             self._elsewhere = (every, tuple(counted), keys)
         if keys:
-            self.store.add_each(keys, amount)
+            store.add_each(keys, amount)
 
     def _row_keys(self, row: LedgerRow) -> list[CounterKey]:
         """Every counter a row counts in: its scopes x its windows at `row.ts`. Kept per API row's

@@ -333,10 +333,6 @@ class SharedCounters:
     def add(self, key: CounterKey, amount: Decimal) -> None:
         self.pg.add(key, amount)
 
-    def add_each(self, keys: list[CounterKey], amount: Decimal) -> None:
-        for key in keys:
-            self.pg.add(key, amount)
-
     def get(self, key: CounterKey) -> Counter:
         """Fresh from this replica's last admission (<= FRESH_SECONDS old), else from the store."""
         with self._lock:

@@ -336,6 +336,8 @@ class Meter:
         """The adapter's reading of a request; a large body may resume the same caller's last one."""
         if route.adapter is None:
             return RequestInfo()
+        # a multipart body is read from the Content-Type's own boundary, as the server reads it
+        body = openai_media.from_boundary(body, headers.get("content-type", ""))
         if len(body) < prefixes.MIN_BODY_BYTES:
             return route.adapter.parse_request(path, body)
         scope = prefixes.scope_of(*caller, *credentials(headers, query))
@@ -352,9 +354,7 @@ class Meter:
         few compressed bytes never make the event loop parse megabytes (forty-second review).
         `caller`: (proxy user, client address, host), which scope the resent-conversation memory
         (`prefixes`, which holds its own lock)."""
-        # a multipart body is read from the Content-Type's own boundary, as the server reads it
-        parsed = openai_media.from_boundary(body, headers.get("content-type", "")) if route.adapter else body
-        return self._parse(route, canonical(path), parsed, headers, path.partition("?")[2], *caller)
+        return self._parse(route, canonical(path), body, headers, path.partition("?")[2], *caller)
 
     # -- edge side (event loop) --
     def begin(
@@ -385,8 +385,8 @@ class Meter:
         if unreadable:
             req = RequestInfo(malformed=True, unreadable=True, input_bytes=len(body))
         else:
-            req = read if read is not None else self.read_request(route, path, headers, body, proxy_user,
-                                                                  client_ip, host)
+            req = read if read is not None else self._parse(route, canon, body, headers, query, proxy_user,
+                                                            client_ip, host)
         if not req.model:  # Bedrock/Vertex name the model in the path, Azure its deployment
             req.model = route.extra.get("model") or route.extra.get("deployment")
         if req.continues:  # the body holds the new turn only; the provider bills the context again

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from spendgate.budgets.book import BudgetBook, MemoryCounters
 from spendgate.budgets.recovery import rebuild_counters
 from spendgate.budgets.windows import WINDOWS, bounds
-from tests.unit.test_gateway_core import _settle_one, make
+from tests.unit.test_gateway_core import _answered, _settle_one, begin, make
 
 START = "organization: {name: acme, budgets: {month: 1000}}\ndefaults: {user: {day: 100}}\n"
 
@@ -76,20 +76,12 @@ def test_a_reload_to_no_caps_and_back_loses_nothing(tmp_path):
 def test_a_request_in_flight_across_a_time_zone_change_is_counted_once(tmp_path):
     """Its reservation settles where the change moved it (MemoryCounters.replace), in the new
     zone's windows: the row is counted elsewhere past those, never twice in them."""
-    import json
-
-    from tests.unit.test_gateway_core import begin
-
     gw = make(tmp_path, "timezone: UTC\n" + START)
     try:
         ex = begin(gw)
         assert gw.admission.admit(ex) is None
         _reload(gw, "timezone: Pacific/Kiritimati\n" + START)
-        ex.status = 200
-        gw.meter.finish(ex, ex.route.adapter.parse_response(json.dumps({
-            "id": "msg_z", "type": "message", "role": "assistant", "model": "claude-sonnet-4-5",
-            "content": [{"type": "text", "text": "ok"}], "stop_reason": "end_turn",
-            "usage": {"input_tokens": 10, "output_tokens": 5}}).encode()))
+        _answered(gw, ex)
         assert _live(gw) == _as_a_restart_rebuilds(gw)
     finally:
         gw.close()
@@ -100,11 +92,9 @@ def test_a_request_from_a_past_window_settling_after_a_zone_change_is_counted_wh
     """Its reservation is in a window the change did not move (an hour already over): it settles
     there, and the new zone's current windows still get the row (a reviewer's case: skipping by
     scope and window missed the current hour)."""
-    import json
     from datetime import timedelta
 
     import spendgate.budgets.admission as admission_mod
-    from tests.unit.test_gateway_core import begin
 
     start = START.replace("{month: 1000}", "{month: 1000, hour: 1000}")
     real = datetime.now(UTC)
@@ -127,11 +117,7 @@ def test_a_request_from_a_past_window_settling_after_a_zone_change_is_counted_wh
         assert gw.admission.admit(ex) is None
         monkeypatch.undo()
         _reload(gw, f"timezone: {new}\n" + start)
-        ex.status = 200
-        gw.meter.finish(ex, ex.route.adapter.parse_response(json.dumps({
-            "id": "msg_h", "type": "message", "role": "assistant", "model": "claude-sonnet-4-5",
-            "content": [{"type": "text", "text": "ok"}], "stop_reason": "end_turn",
-            "usage": {"input_tokens": 10, "output_tokens": 5}}).encode()))
+        _answered(gw, ex)
         assert _live(gw) == _as_a_restart_rebuilds(gw)
     finally:
         gw.close()

@@ -189,6 +189,11 @@ def test_rows_spilled_before_a_crash_are_written_at_the_next_start(tmp_path):
 def _settle_one(gw: Gateway) -> None:
     ex = begin(gw)
     assert gw.admission.admit(ex) is None
+    _answered(gw, ex)
+
+
+def _answered(gw: Gateway, ex) -> None:
+    """An admitted exchange's provider answer: 200, 10 tokens in and 5 out, handed to the meter."""
     ex.status = 200
     gw.meter.finish(ex, ex.route.adapter.parse_response(json.dumps({
         "id": "msg_r", "type": "message", "role": "assistant", "model": "claude-sonnet-4-5",
