@@ -123,6 +123,21 @@ def test_include_usage_added_reads_as_the_whole_rewrite_does(body: bytes) -> Non
     assert json.loads(info.rewritten_body) == with_include_usage(json.loads(body))
 
 
+@pytest.mark.parametrize("body", [
+    b'{"model":"m","stream":true,"stream\\u005foptions":{"include_usage":false},"messages":[]}',
+    b'{"model":"m","stream":true,"stream_options":{"include_usage":true},"stream_options":null,"messages":[]}',
+    b'{"model":"m","stream":true,"stream_options":{"include_usage":false},"stream_options":{},"messages":[]}',
+])
+def test_a_client_spelling_stream_options_oddly_still_gets_usage_asked_for(body: bytes) -> None:
+    """A client hiding `stream_options` (an escaped key, a duplicate the parser reads last) cannot
+    make the gateway think usage is asked for when the provider reads otherwise: any such member
+    sends the body through the whole rewrite, which reads it as a JSON parser does."""
+    info = CHAT.parse_request("/v1/chat/completions", body)
+    assert info.drop_usage_chunk
+    rewritten = json.loads(info.rewritten_body)
+    assert rewritten == with_include_usage(json.loads(body)) and rewritten["stream_options"]["include_usage"] is True
+
+
 @pytest.mark.parametrize("codec", ["utf-16-be", "utf-16-le", "utf-32-be", "utf-32-le", "utf-16", "utf-8-sig"])
 def test_include_usage_in_a_body_json_reads_in_another_encoding(codec: str) -> None:
     """json.loads reads UTF-16 and UTF-32 too, where the member's ASCII bytes spliced in would not
