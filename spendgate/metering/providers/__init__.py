@@ -217,7 +217,11 @@ _PAID_UNMETERED: dict[str, tuple[tuple[str | None, re.Pattern[str]], ...]] = {
             ("POST", _VERTEX_LOC + r"/endpoints/[^/]+(/.*|:[a-z]+)$"),
             ("POST", _VERTEX_LOC + r"/publishers/google/models/[^/:]+:(predict|predictlongrunning|streamrawpredict|rawpredict)$"),
         ),
+        "mistral": (  # Agents and Conversations run the model (forty-third review A2); no adapter reads them yet
+            ("POST", r"^/v1/conversations(/[^/]+(/restart)?)?$"),
+        ),
         "azure": (
+            ("POST", r"^/api/projects/[^/]+/openai(/v1)?/responses$"),  # an AI Foundry project's endpoint
             (None, r"^/openai(/v1)?/realtime(/.*)?$"),
             (None, r"^/openai/realtimeapi(/.*)?$"),
             ("POST", r"^/openai(/v1)?/batches$"),
@@ -228,6 +232,13 @@ _PAID_UNMETERED: dict[str, tuple[tuple[str | None, re.Pattern[str]], ...]] = {
 }
 
 
+# Any provider: a POST no adapter takes whose path ends as a model call does (an OpenAI-compatible
+# chat or completion, a partner model's rawPredict on Vertex, a generate on another spelling): paid
+# work under a route nobody listed yet (Bedrock's /openai/v1/chat/completions, Vertex's
+# publishers/mistralai/...:rawPredict; forty-third review A2), refused as the list's are.
+_MODEL_CALL = re.compile(r"(/completions|:(stream)?rawpredict|:predict(longrunning)?|:(stream)?generatecontent)$")
+
+
 def _paid_unmetered(provider: str, canon: str, query: str, method: str | None) -> bool:
     """True for paid work spendgate cannot meter (`_PAID_UNMETERED`), and for two Realtime spellings
     the WebSocket adapter must not take: the beta WebRTC offer (`POST /v1/realtime`, an SDP body)
@@ -235,6 +246,8 @@ def _paid_unmetered(provider: str, canon: str, query: str, method: str | None) -
     low, m = canon.lower(), (method or "").upper()
     if provider == "openai" and low == openai_realtime.REALTIME_PATH and (
             m == "POST" or "intent=transcription" in query.lower()):
+        return True
+    if m == "POST" and _MODEL_CALL.search(low):
         return True
     return any((want is None or want == m) and rx.match(low) for want, rx in _PAID_UNMETERED.get(provider, ()))
 
