@@ -4,6 +4,7 @@
 #   sudo SPENDGATE_USER=alice sh linux/install.sh            install / update (idempotent)
 #   sudo sh linux/install.sh --uninstall                     roll back
 #   sh linux/install.sh --files-only                         only place files under the kit paths
+#   sh linux/install.sh --files-only --uninstall             only remove them (and restore Claude Code's settings)
 # SPENDGATE_USER: who this machine belongs to (default: the console user).
 # SPENDGATE_PROXY_PASSWORD: the user's spendgate token, their proxy password (proxy_auth identity only;
 #   made on the gateway with `spendgate tokens issue USER`, passed as an MDM secret).
@@ -29,20 +30,24 @@ done
 say() { echo "spendgate: $*"; }
 die() { echo "spendgate: $*" >&2; exit 1; }
 
+{{placed_files_sh}}
+
 strip_block() {  # remove our managed block from a file, keep everything else
   [ -f "$1" ] || return 0
   sed "/^$MARK_BEGIN\$/,/^$MARK_END\$/d" "$1" > "$1.spendgate.tmp" && cat "$1.spendgate.tmp" > "$1" && rm -f "$1.spendgate.tmp"
 }
 
 if [ "$ACTION" = uninstall ]; then
-  systemctl disable --now spendgate.service 2>/dev/null || true
-  rm -f /etc/systemd/system/spendgate.service /etc/profile.d/spendgate.sh
-  strip_block /etc/environment
-  rm -f /usr/local/share/ca-certificates/spendgate-ca.crt /etc/pki/ca-trust/source/anchors/spendgate-ca.pem
-  command -v update-ca-certificates >/dev/null 2>&1 && update-ca-certificates --fresh >/dev/null || true
-  command -v update-ca-trust >/dev/null 2>&1 && update-ca-trust || true
+  if [ "$FILES_ONLY" = 0 ]; then
+    systemctl disable --now spendgate.service 2>/dev/null || true
+    rm -f /etc/systemd/system/spendgate.service /etc/profile.d/spendgate.sh
+    strip_block /etc/environment
+    rm -f /usr/local/share/ca-certificates/spendgate-ca.crt /etc/pki/ca-trust/source/anchors/spendgate-ca.pem
+    command -v update-ca-certificates >/dev/null 2>&1 && update-ca-certificates --fresh >/dev/null || true
+    command -v update-ca-trust >/dev/null 2>&1 && update-ca-trust || true
+  fi
   if [ -f "$CLAUDE_SETTINGS.pre-spendgate" ]; then mv "$CLAUDE_SETTINGS.pre-spendgate" "$CLAUDE_SETTINGS"; else rm -f "$CLAUDE_SETTINGS"; fi
-  rm -rf "$DIR"
+  remove_placed
   say "removed; log out and in again so shells drop the proxy variables"
   exit 0
 fi
@@ -102,6 +107,7 @@ if [ "$MODE" = laptop ]; then
     EXTRA=""; [ -f "$KIT/ca/extra-roots.pem" ] && EXTRA="--extra-roots $KIT/ca/extra-roots.pem"
     # shellcheck disable=SC2086
     "$INSTALL/.venv/bin/spendgate" ca init --confdir "$DIR/ca" --bundle "$DIR/spendgate-ca-bundle.pem" $EXTRA
+    placed ca
   fi
   if ensure_gw_user; then OWNER="$GW_USER"; else
     OWNER="$USER_NAME"; say "WARNING: no system user $GW_USER; the gateway's CA key belongs to $USER_NAME"
@@ -119,6 +125,8 @@ chmod 644 "$DIR/spendgate-ca.pem" "$DIR/spendgate-ca-bundle.pem"
 install -m 0644 "$KIT/proxy.pac" "$DIR/proxy.pac"
 fill "$KIT/linux/site.json" "$DIR/site.json" "$SECRET_MODE" "$SECRET_GROUP"
 fill "$KIT/linux/spendgate.env" "$DIR/spendgate.env" "$SECRET_MODE" "$SECRET_GROUP"
+for f in spendgate-ca.pem spendgate-ca-bundle.pem proxy.pac site.json spendgate.env; do placed "$f"; done
+if [ "$MODE" = laptop ]; then placed policy.yaml; fi
 mkdir -p "$(dirname "$CLAUDE_SETTINGS")"
 if [ -f "$CLAUDE_SETTINGS" ] && [ ! -f "$CLAUDE_SETTINGS.pre-spendgate" ] && ! grep -q spendgate "$CLAUDE_SETTINGS"; then
   cp "$CLAUDE_SETTINGS" "$CLAUDE_SETTINGS.pre-spendgate"

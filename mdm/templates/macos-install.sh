@@ -17,6 +17,8 @@ MARK_BEGIN="# BEGIN spendgate (managed by MDM; do not edit)"
 MARK_END="# END spendgate"
 say() { echo "spendgate: $*"; }
 die() { echo "spendgate: $*" >&2; exit 1; }
+{{placed_files_sh}}
+
 strip_block() {
   [ -f "$1" ] || return 0
   sed "/^$MARK_BEGIN\$/,/^$MARK_END\$/d" "$1" > "$1.spendgate.tmp" && cat "$1.spendgate.tmp" > "$1" && rm -f "$1.spendgate.tmp"
@@ -31,7 +33,7 @@ if [ "${1:-}" = --uninstall ]; then
   strip_block /etc/zshenv; strip_block /etc/profile
   [ -f "$DIR/ca/mitmproxy-ca-cert.pem" ] && security remove-trusted-cert -d "$DIR/ca/mitmproxy-ca-cert.pem" 2>/dev/null || true
   if [ -f "$CLAUDE_SETTINGS.pre-spendgate" ]; then mv "$CLAUDE_SETTINGS.pre-spendgate" "$CLAUDE_SETTINGS"; else rm -f "$CLAUDE_SETTINGS"; fi
-  rm -rf "$DIR"
+  remove_placed
   say "removed; now remove the spendgate profile in your MDM"
   exit 0
 fi
@@ -67,6 +69,7 @@ if [ "$MODE" = laptop ]; then
     EXTRA=""; [ -f "$KIT/ca/extra-roots.pem" ] && EXTRA="--extra-roots $KIT/ca/extra-roots.pem"
     # shellcheck disable=SC2086
     "$INSTALL/.venv/bin/spendgate" ca init --confdir "$DIR/ca" --bundle "$DIR/spendgate-ca-bundle.pem" $EXTRA
+    placed ca
   fi
   chown -R "$USER_NAME" "$DIR/ca"
   cp "$DIR/ca/mitmproxy-ca-cert.pem" "$DIR/spendgate-ca.pem"
@@ -93,6 +96,8 @@ if [ "$IDENTITY" = proxy_auth ]; then
 fi
 fill "$KIT/macos/site.json" "$DIR/site.json" "$SECRET_MODE" "$SECRET_READER"
 fill "$KIT/macos/spendgate.env.sh" "$DIR/spendgate.env.sh" "$SECRET_MODE" "$SECRET_READER"
+for f in spendgate-ca.pem spendgate-ca-bundle.pem proxy.pac site.json spendgate.env.sh; do placed "$f"; done
+if [ "$MODE" = laptop ]; then placed policy.yaml; fi
 mkdir -p "$(dirname "$CLAUDE_SETTINGS")"
 if [ -f "$CLAUDE_SETTINGS" ] && [ ! -f "$CLAUDE_SETTINGS.pre-spendgate" ] && ! grep -q spendgate "$CLAUDE_SETTINGS"; then
   cp "$CLAUDE_SETTINGS" "$CLAUDE_SETTINGS.pre-spendgate"

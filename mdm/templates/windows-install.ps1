@@ -24,6 +24,50 @@ $EnvVars = [ordered]@{
 $InetKey = 'HKLM:\Software\Microsoft\Windows\CurrentVersion\Internet Settings'
 $PolicyKey = 'HKLM:\Software\Policies\Microsoft\Windows\CurrentVersion\Internet Settings'
 $Utf8 = New-Object System.Text.UTF8Encoding $false   # no BOM: JSON readers choke on it
+# What install changes, as it was before the first install: -Uninstall puts each value back (or
+# removes it when there was none), so a machine that used a company proxy keeps it
+$BackupKey = 'HKLM:\Software\spendgate\Backup'
+$WinHttpKey = 'HKLM:\Software\Microsoft\Windows\CurrentVersion\Internet Settings\Connections'
+$Saved = @(@($InetKey, 'AutoConfigURL'), @($InetKey, 'ProxyServer'), @($InetKey, 'ProxyOverride'),
+           @($InetKey, 'ProxyEnable'), @($PolicyKey, 'ProxySettingsPerUser'), @($WinHttpKey, 'WinHttpSettings'))
+
+function Save-Previous {
+  if (Test-Path $BackupKey) { return }   # an update: what is there now is ours
+  New-Item -Force -Path $BackupKey | Out-Null
+  for ($i = 0; $i -lt $Saved.Count; $i++) {
+    $key, $name = $Saved[$i]
+    $v = Get-ItemProperty -Path $key -Name $name -ErrorAction SilentlyContinue
+    if ($null -ne $v) {
+      New-ItemProperty -Force -Path $BackupKey -Name "v$i" -Value $v.$name `
+        -PropertyType (Get-Item $key).GetValueKind($name) | Out-Null
+    }
+  }
+}
+
+function Restore-Previous {
+  if (-not (Test-Path $BackupKey)) {   # installed by a kit before the backup: turn ours off
+    Remove-ItemProperty -Path $InetKey -Name AutoConfigURL -ErrorAction SilentlyContinue
+    Set-ItemProperty -Path $InetKey -Name ProxyEnable -Value 0 -ErrorAction SilentlyContinue
+    netsh winhttp reset proxy | Out-Null
+    Get-ChildItem Cert:\LocalMachine\Root | Where-Object { $_.Subject -like '*spendgate*' } | Remove-Item
+    return
+  }
+  for ($i = 0; $i -lt $Saved.Count; $i++) {
+    $key, $name = $Saved[$i]
+    $v = Get-ItemProperty -Path $BackupKey -Name "v$i" -ErrorAction SilentlyContinue
+    if ($null -ne $v) {
+      if (-not (Test-Path $key)) { New-Item -Force -Path $key | Out-Null }
+      New-ItemProperty -Force -Path $key -Name $name -Value $v."v$i" `
+        -PropertyType (Get-Item $BackupKey).GetValueKind("v$i") | Out-Null
+    } else {
+      Remove-ItemProperty -Path $key -Name $name -ErrorAction SilentlyContinue
+    }
+  }
+  # the CAs this kit made trusted (by thumbprint), never one that was trusted before it
+  $thumbs = (Get-ItemProperty -Path $BackupKey -Name CaThumbprints -ErrorAction SilentlyContinue).CaThumbprints
+  foreach ($t in @($thumbs)) { if ($t) { Remove-Item -Path "Cert:\LocalMachine\Root\$t" -ErrorAction SilentlyContinue } }
+  Remove-Item -Recurse -Force 'HKLM:\Software\spendgate' -ErrorAction SilentlyContinue
+}
 
 function Fill([string]$text) {
   $text = $text.Replace('{{user_token}}:@@PROXY_PASSWORD@@@', "${UserUrl}:${ProxyPassword}@")
@@ -66,10 +110,7 @@ if ($Uninstall) {
       Remove-ItemProperty -Path "Registry::$($_.Name)\Environment" -Name $name -ErrorAction SilentlyContinue
     }
   }
-  Remove-ItemProperty -Path $InetKey -Name AutoConfigURL -ErrorAction SilentlyContinue
-  Set-ItemProperty -Path $InetKey -Name ProxyEnable -Value 0 -ErrorAction SilentlyContinue
-  netsh winhttp reset proxy | Out-Null
-  Get-ChildItem Cert:\LocalMachine\Root | Where-Object { $_.Subject -like '*spendgate*' } | Remove-Item
+  Restore-Previous
   if (Test-Path "$ClaudeSettings.pre-spendgate") { Move-Item -Force "$ClaudeSettings.pre-spendgate" $ClaudeSettings }
   else { Remove-Item -Force $ClaudeSettings -ErrorAction SilentlyContinue }
   Remove-Item -Recurse -Force $Dir -ErrorAction SilentlyContinue
@@ -111,8 +152,17 @@ if ($Mode -eq 'laptop') {
 Copy-Item -Force "$Kit\proxy.pac" "$Dir\proxy.pac"
 Write-Filled "$Kit\windows\site.json" "$Dir\site.json"
 
+Save-Previous   # before the first change below
+
 # 1. the CA into LocalMachine\Root (Edge, Chrome, .NET, WinHTTP; not Node, Python or Rust clients)
+$Ca = Get-PfxCertificate -FilePath "$Dir\spendgate-ca.pem"
+$AlreadyTrusted = Test-Path "Cert:\LocalMachine\Root\$($Ca.Thumbprint)"
 Import-Certificate -FilePath "$Dir\spendgate-ca.pem" -CertStoreLocation Cert:\LocalMachine\Root | Out-Null
+if (-not $AlreadyTrusted) {   # remembered, so -Uninstall removes exactly this one
+  $thumbs = @((Get-ItemProperty -Path $BackupKey -Name CaThumbprints -ErrorAction SilentlyContinue).CaThumbprints) +
+            $Ca.Thumbprint | Where-Object { $_ } | Select-Object -Unique
+  New-ItemProperty -Force -Path $BackupKey -Name CaThumbprints -Value ([string[]]$thumbs) -PropertyType MultiString | Out-Null
+}
 
 # 2. the system proxy: per machine, PAC when the site publishes one, else a fixed proxy
 New-Item -Force -Path $PolicyKey | Out-Null

@@ -258,6 +258,7 @@ def render(site: Site) -> list[Artifact]:
             "extra_args": " ".join((["--set", "spendgate_proxy_tokens=true"]
                                     if site.identity_method == "proxy_auth" else []) + _dashboard_args(site)),
             "store": site.store or "",
+            "placed_files_sh": (TEMPLATES / "placed-files.sh").read_text(),  # what --uninstall may remove
         }
         if os_name == "linux":
             out.append(Artifact("linux/spendgate.env", _env_lines(env).encode()))

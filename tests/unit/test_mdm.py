@@ -579,3 +579,36 @@ def test_replicas_behind_the_balancer_refuse_address_based_identity(tmp_path, ca
             identity: {{method: proxy_auth}}
             policy: {pol}
             """))
+
+
+def test_uninstall_removes_what_the_kit_placed_and_keeps_a_gateways_files(tmp_path, ca_cert):
+    """New user (forty-third review): `--uninstall` ran `rm -rf /etc/spendgate`, where mdm/README
+    has the central gateway keep its CA key, policy and gateway.env. It now removes only what the
+    install placed (a manifest in the directory), then the directory if nothing else is left."""
+    inst = tmp_path / "installed"
+    etc = inst / "etc"
+    (etc / "ca").mkdir(parents=True)
+    gateway_files = [etc / "ca" / "mitmproxy-ca.pem", etc / "policy.yaml", etc / "gateway.env"]
+    for f in gateway_files:
+        f.write_text("the gateway's own\n")
+    (inst / "claude.json").write_text('{"env": {"A": "1"}}')  # Claude Code's settings before the kit
+    p = central(tmp_path, ca_cert, extra=f"paths: {{linux: {{dir: {etc}, claude_settings: {inst}/claude.json}}}}")
+    out = tmp_path / "kit"
+    render.write(render.render(site.load(p)), out)
+    env = {**os.environ, "SPENDGATE_USER": "alice", "SPENDGATE_PROXY_PASSWORD": "sgt_x"}
+    script = str(out / "linux" / "install.sh")
+    cp = subprocess.run(["sh", script, "--files-only"], capture_output=True, text=True, env=env, timeout=60)
+    assert cp.returncode == 0, cp.stdout + cp.stderr
+    assert (etc / "site.json").exists() and (etc / ".spendgate-installed").exists()
+    cp = subprocess.run(["sh", script, "--files-only", "--uninstall"], capture_output=True, text=True, env=env,
+                        timeout=60)
+    assert cp.returncode == 0, cp.stdout + cp.stderr
+    assert sorted(p.relative_to(etc).as_posix() for p in etc.rglob("*") if p.is_file()) == \
+        ["ca/mitmproxy-ca.pem", "gateway.env", "policy.yaml"]
+    assert "kept" in cp.stdout and json.loads((inst / "claude.json").read_text()) == {"env": {"A": "1"}}
+    for f in gateway_files:  # nothing else left: the directory goes too
+        f.unlink()
+    (etc / "ca").rmdir()
+    subprocess.run(["sh", script, "--files-only"], check=True, capture_output=True, env=env, timeout=60)
+    subprocess.run(["sh", script, "--files-only", "--uninstall"], check=True, capture_output=True, env=env, timeout=60)
+    assert not etc.exists()
