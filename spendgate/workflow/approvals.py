@@ -186,20 +186,28 @@ def policy_limit(policy: Policy, scope: str, window: str, today) -> Decimal | No
     return None
 
 
-def _workspaces_for(policy: Policy, scope: str) -> tuple[str, ...]:
-    if scope.startswith(SUBSCRIPTION):  # a user's (or their plan's) subscription budget: their workspaces
+def _owner_of(policy: Policy, scope: str) -> str:
+    """The person whose own budget `scope` is ("" for an organization's or a workspace's): `user:U`,
+    a key's user, and a user's (or their plan's) subscription budget, `subscription:user:U` and
+    `subscription:plan:P:U` (forty-third review A3)."""
+    if scope.startswith(SUBSCRIPTION):
         kind, _, name = scope[len(SUBSCRIPTION):].partition(":")
-        user = name.partition(":")[2] if kind == "plan" else name if kind == "user" else ""
-        return policy.workspaces_of(user) if user else ()
+        return name.partition(":")[2] if kind == "plan" else name if kind == "user" else ""
+    kind, _, name = scope.partition(":")
+    if kind == "user":
+        return name
+    if kind == "key":
+        rule = policy.keys.get(name)
+        return rule.user or "" if rule else ""
+    return ""
+
+
+def _workspaces_for(policy: Policy, scope: str) -> tuple[str, ...]:
     kind, _, name = scope.partition(":")
     if kind == "workspace":
         return (name,)
-    if kind == "user":
-        return policy.workspaces_of(name)
-    if kind == "key":
-        rule = policy.keys.get(name)
-        return policy.workspaces_of(rule.user) if rule and rule.user else ()
-    return ()
+    user = _owner_of(policy, scope)
+    return policy.workspaces_of(user) if user else ()
 
 
 def approval_rules(policy: Policy, scope: str) -> tuple[list[ApprovalRule], ApprovalRule | None]:
@@ -244,15 +252,10 @@ def all_approvers(policy: Policy) -> set[str]:
 
 def own_request(policy: Policy, actor: str, req: dict[str, Any]) -> bool:
     """Whether `actor` asked for it or would get it: the requester, or the owner of the budget raised."""
-    kind, _, name = str(req["scope"]).partition(":")
     if canonical_user(req["requester"]) == actor:
         return True
-    if kind == "user":
-        return canonical_user(name) == actor
-    if kind == "key":
-        rule = policy.keys.get(name)
-        return bool(rule and rule.user == actor)
-    return False
+    owner = _owner_of(policy, str(req["scope"]))
+    return bool(owner) and canonical_user(owner) == actor
 
 
 def decision_refusal(policy: Policy, actor: str, req: dict[str, Any], verb: str = "approve") -> str | None:
@@ -443,7 +446,7 @@ class Approvals:
     # -- decisions --
     def approve(self, rid: str, actor: str, amount: Any = None, until: Any = None, note: str | None = None) -> dict:
         with self._lock:
-            req = self._pending(rid)
+            req = self._pending(rid, actor)
             self._check_approver(actor, req, "approve")
             now = self.now()
             amt = parse_amount(amount) if amount not in (None, "") else Decimal(str(req["amount_usd"]))
@@ -457,7 +460,7 @@ class Approvals:
         if not (reason or "").strip():
             raise ApprovalError('say why: --reason "..." (the requester is told)')
         with self._lock:
-            req = self._pending(rid)
+            req = self._pending(rid, actor)
             self._check_approver(actor, req, "deny")
             now = self.now()
             self.cursor().execute("INSERT INTO request_decisions VALUES (?, ?, 'denied', ?, NULL, NULL, ?)",
@@ -474,10 +477,16 @@ class Approvals:
         ))
         return self.get(rid)
 
-    def _pending(self, rid: str) -> dict[str, Any]:
+    def _pending(self, rid: str, actor: str) -> dict[str, Any]:
+        """The request while it waits for a decision; a decision on one already decided is refused,
+        and put on record like every refused decision (a new user's `deny` of an approved request
+        left no audit row, forty-third review)."""
         req = self.get(rid)
         if req["status"] != "pending":
-            raise ApprovalError(f"request {rid} is already {req['status']} (by {req['decided_by']})")
+            refusal = f"request {rid} is already {req['status']} (by {req['decided_by']})"
+            self.audit.append("decision_refused", actor, scope=req["scope"], ref=rid, ts=self.now(),
+                              detail={"reason": refusal})
+            raise ApprovalError(refusal)
         return req
 
     def _check_approver(self, actor: str, req: dict[str, Any], verb: str = "approve") -> None:

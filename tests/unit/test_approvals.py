@@ -229,3 +229,13 @@ def test_requests_are_at_least_a_cent_and_twenty_an_hour(env):
         env.wf.approvals.request("bob@core.acme.com", "user:bob@core.acme.com", "day", "0.01", "one more")
     env.clock.t += timedelta(hours=1, seconds=1)
     assert env.wf.approvals.request("bob@core.acme.com", "user:bob@core.acme.com", "day", "0.01", "later")
+
+
+def test_a_decision_on_a_request_already_decided_is_refused_and_on_record(env):
+    """Forty-third review (new user): `deny` of an approved request answered "already approved" and
+    left no audit row; every refused decision is on record."""
+    req = env.wf.approvals.request("bob@core.acme.com", "user:bob@core.acme.com", "day", "20", "crunch")
+    env.wf.approvals.approve(req["id"], "lead@core.acme.com")
+    with pytest.raises(ApprovalError, match=f"request {req['id']} is already approved"):
+        env.wf.approvals.deny(req["id"], "cfo@acme.com", "too late")
+    assert env.events()[-1] == ("decision_refused", "cfo@acme.com")
