@@ -334,6 +334,33 @@ def check_targets(policy: Policy, pricer: Pricer, at: datetime) -> list[tuple[tu
     return out
 
 
+def unmatched_globs(policy: Policy, pricer: Pricer) -> list[tuple[tuple, str]]:
+    """Model globs in `models:` rules and `typical_output_tokens` that no model in the price
+    catalogue matches, as (policy path, message) pairs for `spendgate policy check` to warn about:
+    a typo (`claude-opuss-*`) denies nothing and says nothing (new user, forty-third review). Not an
+    error: a deployment or router name may rightly be outside the catalogue."""
+    ids = pricer.model_ids()
+    out: list[tuple[tuple, str]] = []
+
+    def check(path: tuple, where: str, glob: str) -> None:
+        if glob != "*" and _matches_any(glob, ids) is None:
+            out.append((path, f"{where}: {glob!r} matches no model in the price catalogue (a typo "
+                              "here denies or sizes nothing; a deployment or router name may be right)"))
+
+    for rule in policy.runway.models:
+        for kind in ("allow", "deny"):
+            for i, glob in enumerate(getattr(rule, kind)):
+                check(("models", rule.index, kind, i), f"models[{rule.index}].{kind}", glob)
+    for glob in policy.typical_output_tokens:
+        check(("typical_output_tokens", glob), "typical_output_tokens", glob)
+    return out
+
+
+def _matches_any(glob: str, ids: Iterable[str]) -> str | None:
+    g = glob.lower().removeprefix("models/")
+    return next((m for m in ids if fnmatch.fnmatchcase(m, g) or fnmatch.fnmatchcase(m, g.rsplit("/", 1)[-1])), None)
+
+
 # --- what is in force now (for `spendgate budgets`, the dashboard, the engineer view) ---------
 
 

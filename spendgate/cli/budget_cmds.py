@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import getpass
 import sys
 from datetime import UTC, datetime
@@ -11,7 +12,7 @@ from pathlib import Path
 from spendgate import resources
 from spendgate.budgets.book import BudgetBook
 from spendgate.budgets.recovery import rebuild_counters
-from spendgate.budgets.runway import check_targets, step_downs_in_force
+from spendgate.budgets.runway import check_targets, step_downs_in_force, unmatched_globs
 from spendgate.cli.output import (
     add_db_arg,
     add_json_arg,
@@ -52,12 +53,14 @@ def cmd_check(args: argparse.Namespace) -> int:
         for prob in e.problems:
             print(prob.render(str(args.file)))
         return 1
-    problems = positioned(policy, check_targets(policy, Pricer(_default_overrides()), datetime.now(UTC)))
+    pricer = Pricer(_default_overrides())
+    problems = positioned(policy, check_targets(policy, pricer, datetime.now(UTC)))
     for prob in problems:
         print(prob.render(str(args.file)))
     if problems:
         return 1
-    for w in policy.warnings:
+    unmatched = [dataclasses.replace(p, warning=True) for p in positioned(policy, unmatched_globs(policy, pricer))]
+    for w in [*policy.warnings, *unmatched]:
         print(w.render(str(args.file)))
     print(subscription_summary(policy))
     console.print(f"{args.file}: ok", style="green", highlight=False)

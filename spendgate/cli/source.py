@@ -9,6 +9,7 @@ from __future__ import annotations
 import atexit
 import json
 import os
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -21,8 +22,23 @@ from spendgate.store.ledger import LedgerLocked, connect, migrate
 
 
 def default_policy() -> Path:
-    """SPENDGATE_POLICY, else the shipped example (here, not in budget_cmds, so light commands need not import it)."""
-    return Path(os.environ.get("SPENDGATE_POLICY") or resources.example_policy())
+    """SPENDGATE_POLICY, else the shipped example (here, not in budget_cmds, so light commands need not import it).
+
+    Callers ask only when no gateway answered and no --policy was given; falling back to the example
+    says so on stderr once, since its limits are not the company's (a new user read the example's
+    $50 days as their own budgets, and filed a request nobody could decide)."""
+    if env := os.environ.get("SPENDGATE_POLICY"):
+        return Path(env)
+    example = resources.example_policy()
+    global _told
+    if not _told:
+        _told = True
+        print(f"spendgate: no --policy was given: using the example policy {example} "
+              "(pass --policy FILE or set SPENDGATE_POLICY)", file=sys.stderr)
+    return example
+
+
+_told = False  # default_policy's notice, once per command
 
 
 class SourceError(RuntimeError):

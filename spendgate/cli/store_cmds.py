@@ -87,4 +87,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     else:
         for k, v in out.items():
             print(f"{k:34} {v}")
-    return 0 if out["schema_version"] == SCHEMA_VERSION else 1
+    if version < SCHEMA_VERSION:  # what to do, not only the numbers (a new user's first run)
+        print(f"spendgate: the store is at schema version {version}, this version needs {SCHEMA_VERSION}: run "
+              f"`spendgate store migrate --store URL` (once, before the replicas start)", file=sys.stderr)
+    elif version > SCHEMA_VERSION:
+        print(f"spendgate: the store is at schema version {version}, newer than this version's {SCHEMA_VERSION}: "
+              "upgrade spendgate here", file=sys.stderr)
+    return 0 if version == SCHEMA_VERSION else 1

@@ -26,8 +26,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     tsub = p.add_subparsers(dest="tokens_command", required=True, metavar="ACTION")
     i = tsub.add_parser("issue", help="make a token for USER (shown once; only its hash is kept)")
     i.add_argument("user")
-    i.add_argument("--expires", help="when it stops working: ISO 8601 time or date, or a duration (12h, 90d, 8w); "
-                                     "default: never")
+    i.add_argument("--expires", default=DEFAULT_EXPIRY,
+                   help="when it stops working: ISO 8601 time or date, a duration (12h, 90d, 8w), or `never`; "
+                        f"default: {DEFAULT_EXPIRY} (a proxy password and an approver's credential should not "
+                        "outlive the person's role unnoticed)")
     add_db_arg(i)
     add_json_arg(i)
     i.set_defaults(func=cmd_issue)
@@ -44,9 +46,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.set_defaults(func=cmd_revoke)
 
 
+DEFAULT_EXPIRY = "180d"  # what mdm/README's examples always passed; `--expires never` says so on purpose
+
+
 def parse_expiry(value: str | None, now: datetime) -> datetime | None:
     """ISO 8601 (a date means its midnight UTC) or a duration from now; TokenError when unreadable or past."""
-    if not value:
+    if not value or value.strip().lower() == "never":
         return None
     m = _DURATION.match(value.strip().lower())
     if m:

@@ -432,7 +432,10 @@ def parse(text: str, file: str = "<policy>", today: date | None = None) -> Polic
         raise PolicyError(file, problems or [Problem(1, 1, "a policy is a mapping (version: 1, budgets, ...)")])
     stamp = _valid_stamp(text)
     if stamp is None or not private_stamp(stamp):
-        problems += [] if _valid_fast(doc) else schema_problems(_validator(), doc, marks, _explain(marks))
+        if not _valid_fast(doc):  # the schema's word on a value the loader could not read adds nothing
+            read = {(p.line, p.col) for p in problems}
+            problems += [p for p in schema_problems(_validator(), doc, marks, _explain(marks))
+                         if (p.line, p.col) not in read]
         if not problems and stamp is not None:
             remember_stamp(stamp)
     if problems:

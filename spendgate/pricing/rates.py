@@ -722,6 +722,7 @@ class Pricer:
         self.catalogue = catalogue
         self.copilot = copilot.load(catalogue_dir or (overrides_path.parent if overrides_path else None))
         self._cache: dict[tuple[str, str, date, str], Rates | None] = {}
+        self._model_ids: frozenset[str] | None = None  # model_ids(), made on first use
         self._mult_cache: dict[tuple[str, str, date], dict[tuple[str, str], Multiplier]] = {}  # dict ops: atomic
         self._lock = threading.Lock()
 
@@ -735,6 +736,12 @@ class Pricer:
         g = glob.lower()
         return [m.id for p in self.catalogue.providers if p.id == pid for m in p.models
                 if fnmatch.fnmatchcase(m.id.lower(), g)]
+
+    def model_ids(self) -> frozenset[str]:
+        """Every model id of every provider in the catalogue, lower-case (policy checks' globs)."""
+        if self._model_ids is None:
+            self._model_ids = frozenset(m.id.lower() for p in self.catalogue.providers for m in p.models)
+        return self._model_ids
 
     def context_window(self, provider: str, model: str) -> int | None:
         """The model's context window in tokens, from the catalogue (None: unknown or not listed)."""

@@ -315,6 +315,8 @@ class WebApp:
             if path == "/api/whoami":
                 return json_response(200, self.whoami(caller))
             if not caller.admin:
+                if path not in routes:  # the same answer an administrator gets (below)
+                    raise ApiError(404, f"no such endpoint {path}")
                 if path not in SELF_SERVICE:
                     raise ApiError(403, f"{path} is for administrators; you can see your own spend")
                 params["user"] = caller.name

@@ -98,6 +98,15 @@ def _at(t: datetime, now: datetime) -> str:
     return t.strftime("%H:%M UTC") if t.date() == now.astimezone(UTC).date() else t.strftime("%Y-%m-%d %H:%M UTC")
 
 
+def _now_at(c: Crossing) -> str:
+    """Where spend stands when it is well past the threshold that fired (one request can cross
+    several): ", now 153%", else nothing (a new user read "reached 80%" at 153% as 80%)."""
+    if c.budget.limit <= 0:
+        return ""
+    pct = (c.spent * HUNDRED / c.budget.limit).quantize(Decimal(1))
+    return f", now {pct}%" if pct >= c.threshold + 5 else ""
+
+
 def message(c: Crossing, now: datetime) -> str:
     """One line: what happened, the numbers, and the command that asks for more."""
     b = c.budget
@@ -107,10 +116,10 @@ def message(c: Crossing, now: datetime) -> str:
         head = f"at this rate {_who(b.scope)} reaches the {adj} cap at {_at(c.eta, now)} ({numbers})"
     elif c.kind == "step_down":
         at = "its cap" if c.threshold == HUNDRED else f"{c.threshold.normalize():f}%"
-        head = (f"{_who(b.scope)} reached {at} of the {adj} budget ({numbers}); requests now run "
+        head = (f"{_who(b.scope)} reached {at} of the {adj} budget{_now_at(c)} ({numbers}); requests now run "
                 f"{c.detail} until it resets")
     else:
-        head = f"{_who(b.scope)} has used {c.threshold.normalize():f}% of the {adj} budget ({numbers})"
+        head = f"{_who(b.scope)} has used {c.threshold.normalize():f}% of the {adj} budget{_now_at(c)} ({numbers})"
     return f"spendgate: {head}. To ask for more: {increase_command(b)}"
 
 
