@@ -206,6 +206,13 @@ class LoopBatcher(Generic[T]):
                 self._armed = True
                 self.loop.call_soon(self._drain)
 
+    def drain_here(self) -> bool:
+        """Handle every waiting item now, when called on the loop's thread; True if there were any."""
+        if threading.get_ident() != self._thread or not self._items:
+            return False
+        self._drain(everything=True)
+        return True
+
     def _drain_all(self, timeout: float, closing: bool = False) -> bool:
         """Every waiting item handled: here when this is the loop's thread or the loop has stopped;
         else by the loop, a batch per turn, while this thread waits. A wait ends early (False) once

@@ -130,7 +130,10 @@ class Gateway:
                 self.ledger.close()
                 raise GatewayError(f"cannot key the shared store's budget windows in {self.policy.timezone}: "
                                    f"{e}") from None
+            self._owed_catch_up: Policy | None = None
+            self._catch_up(self.policy, unless_done=True)  # budgets the policy gained while no replica ran
             self.lease_keeper = shared.LeaseKeeper(counters).start()
+            self.lease_keeper.also.append(self._catch_up_owed)
         else:
             self.book = BudgetBook(self.policy)
         self.journal_path = settings.db.with_name(settings.db.name + ".reservations")
@@ -172,6 +175,7 @@ class Gateway:
                              notify=self.workflow.notify)
         self.meter = Meter(self.pricer, self.ledger, self.identify)
         self.meter.listeners.append(self.admission.settle)
+        self.admission.record_finished = self.meter.record_finished
         self.uplink: Uplink | None = None
         if settings.report_to:  # this laptop reports to a centre and admits through its lease
             # a renewal commits what was settled first: the lease counts it (backlog) until the centre does
@@ -359,6 +363,8 @@ class Gateway:
                                               "file change")
                 return False
             self._rezone(policy)
+        if self.book.store.shared:  # before the swap: a budget this edit adds admits on what its window holds
+            self._catch_up(policy)
         self.policy = policy
         self.book.policy = policy
         self.plan_charger.apply(policy, self.book.store, datetime.now(UTC))
@@ -368,6 +374,28 @@ class Gateway:
             log.warning("spendgate: the reloaded policy has %d budget caps, %d fewer than before", after, before - after)
         heap.resettle()  # a gateway process's heap: the old policy's objects freed, the new one's frozen
         return True
+
+    def _catch_up(self, policy: Policy, *, unless_done: bool = False) -> None:
+        """Shared store: the policy's budgets count what their current windows already hold in the
+        store's ledger (budgets.shared.catch_up_budgets; a counter row otherwise starts at a new
+        budget's next charge). When the store does not answer, the policy applies all the same (the
+        new budgets count from their next charge meanwhile) and the lease keeper tries again each tick."""
+        try:
+            n = shared.catch_up_budgets(self.book.store.pg, policy, datetime.now(UTC), unless_done=unless_done)
+        except StoreError as e:
+            self._owed_catch_up = policy
+            log.warning("spendgate: could not charge the policy's budgets what their windows already hold in the "
+                        "shared store's ledger (tried again shortly): %s", e)
+            return
+        self._owed_catch_up = None
+        if n:
+            log.warning("spendgate: %d budget counters of the current windows were charged what the shared "
+                        "store's ledger already holds for them (budgets the policy gained)", n)
+
+    def _catch_up_owed(self) -> None:
+        """The lease keeper's tick: a catch-up the store missed, for the policy in force now."""
+        if self._owed_catch_up is not None:
+            self._catch_up(self.policy)
 
     def _rezone(self, policy: Policy) -> None:
         """The policy's time zone changed: counters are keyed by window start, which the zone decides,

@@ -94,24 +94,31 @@ class Admission:
         # lease or, while the centre is away, the policy's offline_allowance; memory only
         self.uplink: Any = None
         self.held = HeldEstimates()
+        # records the exchanges that already ended but wait for the meter's next batch, now; True if
+        # any (the gateway sets it: Meter.record_finished). Asked before a request is refused, so a
+        # client's next call right after its last one ended is judged on what that one really cost
+        # (not told to wait for it, nor shown its estimate as spent)
+        self.record_finished: Callable[[], bool] = lambda: False
 
     @property
     def policy(self) -> Policy:
         return self.book.policy
 
-    def estimate(self, ex: Exchange, now: datetime, model: str | None = None) -> Decimal | None:
+    def estimate(self, ex: Exchange, now: datetime, model: str | None = None, *, worst: bool = False
+                 ) -> Decimal | None:
         """A conservative cost in USD: all input uncached, output up to a typical cap (None: block).
 
-        `model` prices the request as if it asked for that model (a step-down's target).
+        `model` prices the request as if it asked for that model (a step-down's target). `worst`:
+        output up to all the request may produce instead (`_estimated_usage`), for the in-flight bound.
         """
         if ex.request.batch_input is not None and model is None:  # an OpenAI batch of a file we saw uploaded
             return batch_input_cost(self.pricer, self.policy, ex.provider, ex.request.batch_input, now, fallback_cost)
         if ex.request.models and model is None:  # a batch naming several models: all of it at the dearest
-            costs = [self.estimate(ex, now, m) if m else fallback_cost(self.policy, self._estimated_usage(ex, None))
-                     for m in ex.request.models]
+            costs = [self.estimate(ex, now, m, worst=worst) if m else
+                     fallback_cost(self.policy, self._estimated_usage(ex, None, worst)) for m in ex.request.models]
             return None if None in costs else max(costs)
         model = model or ex.request.model or ex.request.estimate_model
-        usage = self._estimated_usage(ex, model)
+        usage = self._estimated_usage(ex, model, worst)
         variant = variant_for(ex.request.modifiers)  # e.g. fast mode asked for: reserve at fast rates
         rates = self.pricer.rates(ex.provider, model, now, variant) if model else None
         if rates is not None:
@@ -125,13 +132,26 @@ class Admission:
             return Decimal(0)  # and it bills nothing itself (its results are charged when fetched)
         return fallback_cost(self.policy, usage)
 
-    def _estimated_usage(self, ex: Exchange, model: str | None) -> Usage:
-        typical = self.policy.typical_output(model)
+    def _estimated_usage(self, ex: Exchange, model: str | None, worst: bool = False) -> Usage:
+        """Input from the body's size; output up to the request's `max_tokens` capped at the typical
+        output, or (`worst`) at WORST_OUTPUT_TOKENS, which is all any model produces in one answer."""
+        cap = WORST_OUTPUT_TOKENS if worst else self.policy.typical_output(model)
         output = ex.route is None or ex.route.adapter is None or ex.route.adapter.output
         return Usage(
             input_tokens=math.ceil(ex.request.input_bytes / CHARS_PER_TOKEN),
-            output_tokens=min(ex.request.max_output_tokens or typical, typical) if output else 0,
+            output_tokens=min(ex.request.max_output_tokens or cap, cap) if output else 0,
         )
+
+    def _worst(self, ex: Exchange, amount: Decimal, now: datetime, model: str | None = None) -> Decimal | None:
+        """The most the request may cost (USD) when `amount` is its estimate (`model`: a step-down's
+        target); None when nothing more is possible (its output is within the typical cap)."""
+        if ex.route is not None and ex.route.adapter is not None and not ex.route.adapter.output:
+            return None  # embeddings and the like: no output to grow
+        if ex.request.max_output_tokens is not None and \
+                ex.request.max_output_tokens <= self.policy.typical_output(model or ex.request.model):
+            return None
+        worst = self.estimate(ex, now, model, worst=True)
+        return worst if worst is not None and worst > amount else None
 
     def _substitute(self, ex: Exchange, choice: StepDownChoice | None, now: datetime, path: str,
                     body: bytes) -> Decimal | None:
@@ -164,13 +184,14 @@ class Admission:
         ex.extra["step_down"] = choice
         ex.request.model = choice.target
 
-    def _reserve(self, ex: Exchange, amount: Decimal, now: datetime) -> Decision:
+    def _reserve(self, ex: Exchange, amount: Decimal, now: datetime, worst: Decimal | None = None) -> Decision:
         """BudgetBook.admit for this exchange; a shared store also keeps what an interrupted row needs.
+        `worst`: the most it may cost (USD), for the in-flight bound (book.in_flight_refusal).
 
         Raises StoreUnavailable when the shared store cannot be reached.
         """
         return self.book.admit(ex.identity, amount, now, request_id=ex.request_id,
-                               record=journal_record(ex) if self.book.store.shared else None)
+                               record=journal_record(ex) if self.book.store.shared else None, worst=worst)
 
     def _model_denial(self, ex: Exchange) -> Denial | None:
         """Model rules over every model the request may run: its own, the one a remix reserves at
@@ -252,13 +273,19 @@ class Admission:
         if amount is None:
             return refuse(ex, refusal.unavailable(
                 ex.dialect, f"model {ex.request.model!r} has no known price and the policy blocks unpriced models"))
+        worst = None
+        if flat is None and not ignored:
+            plan = ex.extra.get("step_down_plan")
+            worst = self._worst(ex, amount, now, plan[0].target if plan else None)
         try:  # with a shared store this waits on the network (the proxy calls admit() off its event loop)
-            decision = self._reserve(ex, amount, now)
+            decision = self._reserve(ex, amount, now, worst)
+            if not decision.admitted and self.record_finished():  # what already ended settles first
+                decision = self._reserve(ex, amount, now, worst)
             if not decision.admitted and budgets and "step_down_plan" not in ex.extra:  # at the cap: runway left?
                 choice = step_down(policy, self.book, ex.identity, ex.request.model, budgets, decision.exhausted)
                 cheaper = self._substitute(ex, choice, now, path, body)
                 if cheaper is not None:
-                    retry = self._reserve(ex, cheaper, now)
+                    retry = self._reserve(ex, cheaper, now, self._worst(ex, cheaper, now, choice.target))
                     if retry.admitted:
                         decision = retry
                     else:
@@ -274,6 +301,10 @@ class Admission:
             decision = got
         if not decision.admitted:
             ex.extra["refused_by"] = decision.exhausted  # named on the request's span (telemetry)
+            if decision.waiting:  # room once the requests in flight settle: the client waits and retries
+                message = refusal.in_flight_message(decision.exhausted, decision.spent)
+                return refuse(ex, refusal.rate_limited(ex.dialect, message, IN_FLIGHT_RETRY_SECONDS,
+                                                       decision.exhausted.scope, "budget_in_flight"), message)
             answer = refusal.over_budget(ex.dialect, decision.exhausted, decision.spent, now, ex.identity.client)
             return refuse(ex, answer, refusal.budget_message(decision.exhausted, decision.spent, now))
         if runway and policy.runway.rate_limits:
@@ -415,6 +446,11 @@ def charged_budgets(decision: Decision | None, res: Reservation) -> list[Budget]
 
 
 MIN_RESERVE = Decimal("0.000001")  # USD: the least a metered call reserves
+# The most output one answer produces, whatever `max_tokens` asks: above every model's own cap today
+# (Claude 64k, or 128k with Claude 3.7's beta; GPT-5 128k; Gemini 2.5 65k). The in-flight bound's
+# worst case when a request sends none (Codex's Responses turns do not).
+WORST_OUTPUT_TOKENS = 128_000
+IN_FLIGHT_RETRY_SECONDS = 2  # retry-after of a request waiting for those in flight near a cap
 HELD_SOURCE = "background response: its estimate, held until its result is fetched"  # the row's price_source
 HELD_MAX = 50_000  # background responses whose charged estimate is remembered until fetched, newest kept
 

@@ -50,6 +50,9 @@ class Budget:
 class Counter:
     spent: Decimal = ZERO
     reserved: Decimal = ZERO
+    # what the requests holding `reserved` may still cost past it (each one's worst case less its
+    # reservation: output up to its max_tokens, not the typical output): admission's in-flight bound
+    exposure: Decimal = ZERO
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,12 +70,33 @@ class Reserved:
 
     refused: int | None  # index of the first budget without room (nothing was reserved), or None
     counters: list[Counter]  # one per budget, in order: after the reservation (or at the refusal)
+    waiting: bool = False  # refused only for the requests in flight on it: room may come when they settle
+
+
+def in_flight_refusal(spent: Decimal, reserved: Decimal, exposure: Decimal, amount: Decimal, extra: Decimal,
+                      limit: Decimal) -> bool | None:
+    """Whether a budget refuses a reservation of `amount` USD whose worst case is `extra` more: None
+    (it has room), False (no room: the cap) or True (room only once the requests in flight settle).
+
+    Reservations alone bound concurrent requests by their estimates, but each may cost up to its
+    worst case (output up to `max_tokens`, where the estimate assumes the typical output), so N of
+    them in flight at the cap could end N worst cases past it (forty-third review: 16 streams took a
+    $1 cap to $15.38). So while others are in flight (`reserved`), a request is admitted only if
+    the cap holds every worst case, theirs (`exposure`) and its own; alone, its estimate is enough.
+    Spend then ends at most one request's worst case past its estimate over the cap. The same rule
+    runs in PostgreSQL (`spendgate_admit`, store migration 13)."""
+    if limit <= ZERO or spent + reserved + amount > limit:
+        return False
+    if reserved > ZERO and spent + reserved + exposure + amount + extra > limit:
+        return True
+    return None
 
 
 class CounterStore(Protocol):
     shared: bool  # True: calls wait on the network, so callers keep them off the event loop
 
-    def try_reserve(self, budgets: list[Budget], amount: Decimal, ticket: Ticket | None = None) -> Reserved: ...
+    def try_reserve(self, budgets: list[Budget], amount: Decimal, ticket: Ticket | None = None,
+                    extra: Decimal = ZERO) -> Reserved: ...
     def settle(self, res: Reservation, actual: Decimal, row: LedgerRow | None = None) -> Sequence[CounterKey] | None: ...
     def record(self, row: LedgerRow) -> None: ...
     def add(self, key: CounterKey, amount: Decimal) -> None: ...
@@ -95,8 +119,11 @@ class MemoryCounters:
         # (a time zone change): settlements of requests admitted before it land where it moved them
         self._moved: dict[CounterKey, CounterKey] = {}
 
-    def try_reserve(self, budgets: list[Budget], amount: Decimal, ticket: Ticket | None = None) -> Reserved:
-        """Reserve `amount` on all budgets, or on none (then `refused` names the first without room)."""
+    def try_reserve(self, budgets: list[Budget], amount: Decimal, ticket: Ticket | None = None,
+                    extra: Decimal = ZERO) -> Reserved:
+        """Reserve `amount` USD on all budgets, or on none (then `refused` names the first without
+        room, and `waiting` says whether only requests in flight stand in the way:
+        `in_flight_refusal`). `extra`: what the request may cost past `amount` at worst."""
         with self._lock:  # held on the event loop: one dict lookup per budget, then the sums
             counters = self._c
             keys = [b.key for b in budgets]
@@ -104,18 +131,23 @@ class MemoryCounters:
                 keys = [self._moved.get(k, k) for k in keys]
             found = [counters.get(k) for k in keys]
             for i, (b, c) in enumerate(zip(budgets, found)):
-                used = c.spent + c.reserved if c is not None else ZERO
-                if used + amount > b.limit or (b.limit == ZERO):
-                    return Reserved(i, [Counter(x.spent, x.reserved) if x is not None else Counter() for x in found])
+                if c is None:
+                    why = in_flight_refusal(ZERO, ZERO, ZERO, amount, extra, b.limit)
+                else:
+                    why = in_flight_refusal(c.spent, c.reserved, c.exposure, amount, extra, b.limit)
+                if why is not None:
+                    return Reserved(i, [Counter(x.spent, x.reserved, x.exposure) if x is not None else Counter()
+                                        for x in found], waiting=why)
             held = []
             for k, c in zip(keys, found):
                 if c is None:
                     c = counters.setdefault(k, Counter())  # (the same key twice shares one counter)
                 c.reserved += amount
+                c.exposure += extra
                 held.append(c)
             if self._tracking:
                 self._changed.update(keys)
-            return Reserved(None, [Counter(x.spent, x.reserved) for x in held])
+            return Reserved(None, [Counter(x.spent, x.reserved, x.exposure) for x in held])
 
     def settle(self, res: Reservation, actual: Decimal, row: LedgerRow | None = None) -> Sequence[CounterKey]:
         """Swap the reservation for `actual` USD; returns the counters charged (where a time-zone
@@ -125,6 +157,8 @@ class MemoryCounters:
             for k in keys:
                 c = self._c.setdefault(k, Counter())
                 c.reserved = max(ZERO, c.reserved - res.amount)
+                if res.exposure:
+                    c.exposure = max(ZERO, c.exposure - res.exposure)
                 c.spent += actual
             if self._tracking:
                 self._changed.update(keys)
@@ -179,7 +213,9 @@ class MemoryCounters:
             aliases: dict[CounterKey, CounterKey] = {}
             for k, c in self._c.items():
                 if c.reserved > 0 and (to := moved(k)) is not None:
-                    fresh._c.setdefault(to, Counter()).reserved += c.reserved
+                    into = fresh._c.setdefault(to, Counter())
+                    into.reserved += c.reserved
+                    into.exposure += c.exposure
                     if to != k:
                         aliases[k] = to
             for k, to in self._moved.items():  # moved by an earlier replace, and again now
@@ -235,6 +271,7 @@ class Reservation:
     keys: tuple[CounterKey, ...]
     settled: bool = False
     degraded: bool = False  # admitted on this replica's local allowance while the shared store was away
+    exposure: Decimal = ZERO  # USD the request may cost past `amount` at worst (Counter.exposure)
 
 
 @dataclass(slots=True)
@@ -242,6 +279,7 @@ class Decision:
     admitted: bool
     reservation: Reservation | None = None
     exhausted: Budget | None = None  # the budget that refused
+    waiting: bool = False  # it refused only for the requests in flight on it (in_flight_refusal)
     spent: Decimal = ZERO  # spent (+ reserved) on the exhausted budget
     remaining: Decimal | None = None  # the tightest budget's room after this reservation
     resets_at: datetime | None = None  # when the tightest (or exhausted) budget resets
@@ -336,6 +374,25 @@ def scopes(policy: Policy, identity: Identity, now: datetime) -> list[tuple[str,
     return out
 
 
+def limits_of(policy: Policy, scope: str, now: datetime, today: date | None = None) -> tuple[Budgets, date | None]:
+    """The policy limits of one scope (what `scopes` gives it), without building an identity's set.
+    `today`: `now`'s date in the policy's time zone, when the caller already has it (a loop)."""
+    if scope.startswith(SUBSCRIPTION_PREFIX):
+        for name, limits, until in subscription_scopes(policy, _identity_of(scope)):
+            if name == scope:
+                return limits, until
+        return {}, None
+    kind, _, rest = scope.partition(":")
+    today = today or now.astimezone(policy.timezone).date()
+    if kind == "organization":
+        return (policy.org_budgets, None) if rest == policy.org_name else ({}, None)
+    if kind == "workspace":
+        return policy.workspace_budgets(rest), None
+    if kind == "key":
+        return policy.key_budgets(rest, today)
+    return policy.user_budgets(rest if kind == "user" else UNATTRIBUTED, today)
+
+
 GrantFn = Callable[[str, str, datetime], Decimal]  # (scope, window, now) -> extra USD granted
 COVERING_CACHE = 50_000  # identities whose covering budgets are kept (about 2 KB each)
 
@@ -420,21 +477,24 @@ class BudgetBook:
         *,
         request_id: str | None = None,
         record: dict[str, Any] | None = None,
+        worst: Decimal | None = None,
     ) -> Decision:
-        """Reserve `amount` USD on every covering budget or refuse; may raise the store's errors."""
+        """Reserve `amount` USD on every covering budget or refuse; may raise the store's errors.
+        `worst`: the most the request may cost (USD; None: `amount`), for the in-flight bound."""
         now = now or self.now()
         budgets = self.covering(identity, now)
         rid = request_id or uuid.uuid4().hex
-        got = self.store.try_reserve(budgets, amount, Ticket(rid, self.policy.sha256, record))
+        extra = worst - amount if worst is not None and worst > amount else ZERO
+        got = self.store.try_reserve(budgets, amount, Ticket(rid, self.policy.sha256, record), extra)
         if got.refused is not None and self.refresh_grants():  # an approval on another replica: count it
             budgets = self.covering(identity, now)
-            got = self.store.try_reserve(budgets, amount, Ticket(rid, self.policy.sha256, record))
+            got = self.store.try_reserve(budgets, amount, Ticket(rid, self.policy.sha256, record), extra)
         snapshot = {b.key: c for b, c in zip(budgets, got.counters)}
         if got.refused is not None:
             b, c = budgets[got.refused], got.counters[got.refused]
             return Decision(False, exhausted=b, spent=c.spent + c.reserved, resets_at=b.end, budgets=budgets,
-                            snapshot=snapshot)
-        res = Reservation(rid, amount, tuple(b.key for b in budgets))
+                            snapshot=snapshot, waiting=got.waiting)
+        res = Reservation(rid, amount, tuple(b.key for b in budgets), exposure=extra)
         tight: tuple[Budget, Decimal] | None = None
         for b, c in zip(budgets, got.counters):
             room = b.limit - c.spent - c.reserved
@@ -620,24 +680,6 @@ class BudgetBook:
             })  # fmt: skip
         return rows
 
-    def limits_of(self, scope: str, now: datetime, today: date | None = None) -> tuple[Budgets, date | None]:
-        """The policy limits of one scope (what `scopes` gives it), without building an identity's set.
-        `today`: `now`'s date in the policy's time zone, when the caller already has it (a loop)."""
-        if scope.startswith(SUBSCRIPTION_PREFIX):
-            for name, limits, until in subscription_scopes(self.policy, _identity_of(scope)):
-                if name == scope:
-                    return limits, until
-            return {}, None
-        kind, _, rest = scope.partition(":")
-        today = today or now.astimezone(self.policy.timezone).date()
-        if kind == "organization":
-            return (self.policy.org_budgets, None) if rest == self.policy.org_name else ({}, None)
-        if kind == "workspace":
-            return self.policy.workspace_budgets(rest), None
-        if kind == "key":
-            return self.policy.key_budgets(rest, today)
-        return self.policy.user_budgets(rest if kind == "user" else UNATTRIBUTED, today)
-
     def closest(self, n: int | None = 8, only: set[str] | None = None) -> list[dict[str, Any]]:
         """Budgets fullest first (share used = (spent + reserved) / limit; a zero limit counts as full),
         the first `n` (None: all), limited to the scopes in `only` when given.
@@ -725,7 +767,7 @@ class BudgetBook:
         of a ranking already chosen."""
         got = rk.limits.get(scope)
         if got is None:  # depends on the policy and the day only: kept with the ranking
-            got = rk.limits[scope] = self.limits_of(scope, now, rk.today)
+            got = rk.limits[scope] = limits_of(self.policy, scope, now, rk.today)
         limits, until = got
         counters = rk.counters.get(scope, {})
         out = []
@@ -751,7 +793,7 @@ class _Ranking:
     counters: dict[str, dict[str, Counter]]  # scope -> window -> copy, current windows only
     entries: dict[str, list[tuple]]  # scope -> its ranked budgets (BudgetBook._ranked)
     granted: set[str]  # the scopes that had grants at the last update
-    limits: dict[str, tuple[Budgets, date | None]]  # scope -> BudgetBook.limits_of, asked once
+    limits: dict[str, tuple[Budgets, date | None]]  # scope -> limits_of, asked once
 
 
 def _identity_of(scope: str) -> Identity:

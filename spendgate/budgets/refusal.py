@@ -83,6 +83,18 @@ def budget_message(budget: Budget, spent: Decimal, now: datetime) -> str:
     )
 
 
+def in_flight_message(budget: Budget, used: Decimal) -> str:
+    """Why a request waits: the budget's room is held by requests in flight, which may cost more
+    than their reservations (budgets.book.in_flight_refusal); retrying once they finish may pass."""
+    who = budget.scope.replace(":", " ", 1)
+    return (
+        f"spendgate: the {ADJECTIVE[budget.window]} budget of {who} is close to its cap "
+        f"({usd(used, places_for(budget.limit))} spent and reserved of {usd(budget.limit, places_for(budget.limit))}) "
+        "and other requests on it are still running; near a cap they are admitted one at a time, so retry "
+        "in a few seconds"
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class Shape:
     """One refusal kind in each provider's error vocabulary (NOTES §4; Anthropic, Gemini and

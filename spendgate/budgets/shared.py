@@ -24,13 +24,14 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 
 from spendgate.budgets.book import (ZERO, Budget, Counter, CounterKey, Reservation, Reserved, Ticket, ledger_row_scopes,
-                                    user_only)
+                                    limits_of, user_only)
 from spendgate.budgets.windows import WINDOWS, bounds
 from spendgate.policy.model import Policy
 from spendgate.store.ledger import LedgerRow
-from spendgate.store.postgres import ZONE_LOCK, PostgresStore, StoreUnavailable, redact, row_from_json, row_json
+from spendgate.store.postgres import CATCH_UP_LOCK, PostgresStore, StoreUnavailable, redact, row_from_json, row_json
 
-__all__ = ["LeaseKeeper", "NoPlanCharges", "SharedCounters", "is_store_url", "open_counters", "redact"]
+__all__ = ["LeaseKeeper", "NoPlanCharges", "SharedCounters", "budgeted", "catch_up", "catch_up_budgets", "is_store_url", "open_counters",
+           "redact", "rezone"]
 
 log = logging.getLogger(__name__)
 
@@ -40,45 +41,90 @@ FRESH_SECONDS = 2.0  # how long a counter seen in an admission answers get() wit
 
 
 ZONE_SETTING = "timezone"  # store_settings: the zone the counters' window starts are in
+POLICY_SETTING = "policy_sha256"  # store_settings: the policy whose budgets the counters were caught up to
+
+
+def catch_up(store: PostgresStore, policy: Policy, now: datetime,
+             only: Callable[[CounterKey], bool] | None = None) -> int:
+    """Charge each current window's counter what the store's ledger holds for it and it lacks;
+    returns how many counters were charged.
+
+    Never less: what a counter already holds stays. A row counts in its scopes as a DuckDB
+    gateway's start-up rebuild counts it (`ledger_row_scopes` at `now`; a laptop's row only in its
+    user's own scopes). The ledger and the counters are read in one snapshot, so a settlement landing
+    meanwhile (its row and its counters in one transaction) is in both or neither. The caller holds
+    CATCH_UP_LOCK, so two replicas never add the same difference. `only`: the counters to look at
+    (default: every one). Raises StoreUnavailable.
+    """
+    starts = {w: bounds(w, now, policy.timezone)[0] for w in WINDOWS}
+    charged, have = store.charged_in_windows(starts)
+    named: dict[tuple, list[str]] = {}
+    wanted: dict[CounterKey, Decimal] = {}
+    for window, user, fp, ws, basis, plan, whole, usd in charged:
+        group = (user, fp, ws, basis or "api", plan)
+        names = named.get(group)
+        if names is None:
+            names = named[group] = ledger_row_scopes(policy, *group, now)
+        for scope in names if whole else user_only(names):
+            key = (scope, window, starts[window])
+            wanted[key] = wanted.get(key, ZERO) + Decimal(usd)
+    missing = {key: usd - have.get(key, ZERO) for key, usd in wanted.items() if only is None or only(key)}
+    missing = {key: usd for key, usd in missing.items() if usd > 0}
+    store.add_each(missing)
+    return len(missing)
 
 
 def rezone(store: PostgresStore, policy: Policy, now: datetime) -> int | None:
     """Start-up: key the store's current windows in the policy's time zone.
 
     Counters are keyed by window start, which the zone decides; the store remembers the zone its
-    counters are in. Started with another zone, a replica (one at a time: ZONE_LOCK) charges each of
-    the new zone's current windows what the store's ledger holds for it and its counter lacks (never
-    less: what a counter already holds stays), as a DuckDB gateway's start-up rebuild would, then
-    records the zone. None: the zone is unchanged (or recorded for the first time: counters written
-    before this version were keyed in the zone of the policy they ran with). Running replicas refuse a
-    live zone change (gateway.zone_change_refused): restart them together.
+    counters are in. Started with another zone, a replica (one at a time: CATCH_UP_LOCK) charges each
+    of the new zone's current windows what the store's ledger holds for it and its counter lacks
+    (`catch_up`), as a DuckDB gateway's start-up rebuild would, then records the zone. None: the zone
+    is unchanged (or recorded for the first time: counters written before this version were keyed in
+    the zone of the policy they ran with). Running replicas refuse a live zone change
+    (gateway.zone_change_refused): restart them together.
     """
     zone = str(policy.timezone)
-    with store.exclusive(ZONE_LOCK):
+    with store.exclusive(CATCH_UP_LOCK):
         was = store.setting(ZONE_SETTING)
         if was == zone:
             return None
         if was is None:
             store.set_setting(ZONE_SETTING, zone)
             return None
-        starts = {w: bounds(w, now, policy.timezone)[0] for w in WINDOWS}
-        wanted: dict[CounterKey, Decimal] = {}
-        for at, user, fp, ws, basis, plan, whole, usd in store.charged_since(min(starts.values())):
-            names = ledger_row_scopes(policy, user, fp, ws, basis or "api", plan, at)
-            for scope in names if whole else user_only(names):
-                for w, start in starts.items():
-                    if at >= start:
-                        key = (scope, w, start)
-                        wanted[key] = wanted.get(key, ZERO) + Decimal(usd)
-        have = store.counters(list(wanted))
-        for key, usd in wanted.items():
-            missing = usd - (have[key][0] if key in have else ZERO)
-            if missing > 0:
-                store.add(key, missing)
+        n = catch_up(store, policy, now)
         store.set_setting(ZONE_SETTING, zone)
     log.warning("spendgate: the policy's time zone is %s, the shared store's counters were keyed in %s: its "
-                "current windows were charged from its ledger (%d counters)", zone, was, len(wanted))
-    return len(wanted)
+                "current windows were charged from its ledger (%d counters)", zone, was, n)
+    return n
+
+
+def budgeted(policy: Policy, now: datetime) -> Callable[[CounterKey], bool]:
+    """Whether a counter is one of the policy's budgets at `now` (its scope has a cap in its window)."""
+    today = now.astimezone(policy.timezone).date()
+    return lambda key: key[1] in limits_of(policy, key[0], now, today)[0]
+
+
+def catch_up_budgets(store: PostgresStore, policy: Policy, now: datetime, *, unless_done: bool = False) -> int | None:
+    """Give the policy's budgets what their current windows already hold in the store's ledger.
+
+    A counter row is made when a budget first reserves on it, so without this a budget the policy
+    gained mid-window (a live edit, or an edit while every replica was down) counted from its next
+    charge: a `week` cap added on Thursday let the user spend a whole week's cap again (forty-third
+    review). Each budgeted counter of the current windows is charged what the ledger holds for it
+    and it lacks (`catch_up`: never less, so replicas catching up one after another add the
+    difference once), and the store records the policy's sha256. `unless_done` (start-up): skip
+    when the store says this policy was caught up to already. A live edit always catches up: what a
+    replica still on the old policy settled after another's catch-up is only found then. None:
+    skipped. Raises StoreUnavailable (the caller tries again later).
+    """
+    with store.exclusive(CATCH_UP_LOCK):
+        if unless_done and store.setting(POLICY_SETTING) == policy.sha256:
+            return None
+        n = catch_up(store, policy, now, only=budgeted(policy, now))
+        store.set_setting(POLICY_SETTING, policy.sha256)
+    return n
 
 
 def is_store_url(url: str) -> bool:
@@ -211,14 +257,15 @@ class SharedCounters:
             if self._pending:
                 log.warning("spendgate: %d settlements from before the restart wait for the store", len(self._pending))
 
-    def try_reserve(self, budgets: list[Budget], amount: Decimal, ticket: Ticket | None = None) -> Reserved:
+    def try_reserve(self, budgets: list[Budget], amount: Decimal, ticket: Ticket | None = None,
+                    extra: Decimal = ZERO) -> Reserved:
         """One round trip; raises StoreUnavailable (the gateway applies `on_store_error`)."""
         if not budgets:
             return Reserved(None, [])
         if ticket is None:
             raise ValueError("the shared store keys reservations by request id: pass a Ticket")
         states = self.pg.admit(ticket.request_id, [(b.scope, b.window, b.start, b.limit) for b in budgets], amount,
-                               policy_sha256=ticket.policy_sha256, record=ticket.record)
+                               policy_sha256=ticket.policy_sha256, record=ticket.record, exposure=extra)
         refused = next((i for i, s in enumerate(states) if s.refused), None)
         now = time.monotonic()
         with self._lock:
@@ -226,7 +273,8 @@ class SharedCounters:
                 self._seen = {k: v for k, v in self._seen.items() if now - v[0] < FRESH_SECONDS}
             for b, st in zip(budgets, states):
                 self._seen[b.key] = (now, Counter(st.spent, st.reserved))
-        return Reserved(refused, [Counter(s.spent, s.reserved) for s in states])
+        return Reserved(refused, [Counter(s.spent, s.reserved) for s in states],
+                        waiting=refused is not None and states[refused].waiting)
 
     def reserve_degraded(self, budgets: list[Budget], amount: Decimal, allowance: Decimal | None,
                          request_id: str) -> tuple[Budget, Decimal] | None:

@@ -477,6 +477,12 @@ class Meter:
         Large bodies (`light`) still go to the worker thread, in order."""
         self._worker = LoopBatcher(self._record_loop_batch, RECORD_INTERVAL, loop, self._thread, light)
 
+    def record_finished(self) -> bool:
+        """On the event loop (record_on): record now the finished exchanges waiting for the next
+        batch (up to RECORD_INTERVAL later otherwise); True if there were any. Elsewhere: False."""
+        worker = self._worker
+        return isinstance(worker, LoopBatcher) and worker.drain_here()
+
     def leave_loop(self) -> None:
         """Record on the worker thread again; what waits on the loop is recorded first. The gateway's
         close() starts with it, so threads it then stops never wait for a loop that waits for them."""

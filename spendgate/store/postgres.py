@@ -500,10 +500,77 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         """,
     ),
 ]
+
+
+def _in_flight_bound(v1: str) -> str:
+    """Store migration 13: the in-flight bound (budgets.book.in_flight_refusal) in the store's own
+    functions. Counters and reservations gain `exposure` (USD a reservation may cost past its amount
+    at worst); `spendgate_admit` takes `p_exposure`, refuses while the requests in flight could take
+    a budget past its cap, and says so (`waiting`); settlement and the reaper release the exposure.
+    The functions are edited from what the store has (admission: migration 1's text; settlement and
+    the reaper: their definitions in the store, which migration 10 edited too), so none drifts apart."""
+
+    def function(name: str) -> str:
+        start = v1.index(f"CREATE FUNCTION {name}(")
+        return v1[start:v1.index("$$;", v1.index("AS $$", start) + 5) + 3]
+
+    def edited(text: str, *changes: tuple[str, str]) -> str:
+        for old, new in changes:
+            if old not in text:  # migration 1 was edited: this edit must follow it
+                raise RuntimeError(f"store migration 13: {old!r} is not in {text[:40]!r}")
+            text = text.replace(old, new)
+        return text
+
+    admit = edited(
+        function("spendgate_admit"),
+        ("p_create BOOLEAN DEFAULT true\n        ) RETURNS TABLE (ord INT, spent NUMERIC, reserved NUMERIC, refused BOOLEAN)",
+         "p_create BOOLEAN DEFAULT true, p_exposure NUMERIC DEFAULT 0\n        ) RETURNS TABLE (ord INT, spent NUMERIC, "
+         "reserved NUMERIC, refused BOOLEAN, waiting BOOLEAN)"),
+        ("v_refused BIGINT;", "v_refused BIGINT;\n            v_waiting BOOLEAN := false;"),
+        ("c.spent AS s, c.reserved AS r FROM", "c.spent AS s, c.reserved AS r, c.exposure AS x FROM"),
+        ("IF (rec.l <= 0 OR rec.s + rec.r + p_amount > rec.l) AND (v_refused IS NULL OR rec.o < v_refused) THEN\n"
+         "                    v_refused := rec.o;",
+         "IF (rec.l <= 0 OR rec.s + rec.r + p_amount > rec.l\n"
+         "                    OR (rec.r > 0 AND rec.s + rec.r + rec.x + p_amount + p_exposure > rec.l))\n"
+         "                   AND (v_refused IS NULL OR rec.o < v_refused) THEN\n"
+         "                    v_refused := rec.o;\n"
+         "                    v_waiting := NOT (rec.l <= 0 OR rec.s + rec.r + p_amount > rec.l);"),
+        ("SET reserved = c.reserved + p_amount", "SET reserved = c.reserved + p_amount, exposure = c.exposure + p_exposure"),
+        ("(request_id, scopes, windows, starts, amount, owner,", "(request_id, scopes, windows, starts, amount, exposure, owner,"),
+        ("VALUES (p_request_id, p_scopes, p_windows, p_starts, p_amount, p_owner,",
+         "VALUES (p_request_id, p_scopes, p_windows, p_starts, p_amount, p_exposure, p_owner,"),
+        ("refused := (i = v_refused);", "refused := (i = v_refused);\n                waiting := (i = v_refused) AND v_waiting;"),
+    )
+    # settlement and the reaper as the store has them now (migration 10 edited them too): edited in place
+    release = """
+        DO $do$
+        DECLARE f TEXT;
+        BEGIN
+            FOR f IN SELECT pg_get_functiondef(p.oid) FROM pg_proc p
+                     WHERE p.proname IN ('spendgate_settle', 'spendgate_reap_one') LOOP
+                IF position('SET reserved = greatest(0, c.reserved - r.amount),' IN f) = 0 THEN
+                    RAISE EXCEPTION 'spendgate: migration 13 cannot find where a reservation is released';
+                END IF;
+                EXECUTE replace(f, 'SET reserved = greatest(0, c.reserved - r.amount),',
+                    'SET reserved = greatest(0, c.reserved - r.amount), exposure = greatest(0, c.exposure - r.exposure),');
+            END LOOP;
+        END;
+        $do$;"""
+    return "\n".join((
+        "ALTER TABLE counters ADD COLUMN exposure NUMERIC(20, 10) NOT NULL DEFAULT 0;",
+        "ALTER TABLE reservations ADD COLUMN exposure NUMERIC(20, 10) NOT NULL DEFAULT 0;",
+        "DROP FUNCTION spendgate_admit(TEXT, TEXT[], TEXT[], TIMESTAMPTZ[], NUMERIC[], NUMERIC, TEXT, DOUBLE PRECISION, "
+        "TEXT, JSONB, BOOLEAN);",
+        admit, release))
+
+
+MIGRATIONS.append((13, "the in-flight bound: what reservations may cost past their amount (exposure)",
+                   _in_flight_bound(MIGRATIONS[0][2])))
 SCHEMA_VERSION = max(v for v, _, _ in MIGRATIONS)
 MIGRATION_LOCK = 0x5E4D6A7E  # pg_advisory_xact_lock key: two `store migrate` runs take turns
 REQUESTS_LOCK = 0x5E4D6A7F  # pg_advisory_lock key: one replica at a time files an increase request
-ZONE_LOCK = 0x5E4D6A80  # pg_advisory_lock key: one replica at a time re-keys the windows to a new time zone
+CATCH_UP_LOCK = 0x5E4D6A80  # pg_advisory_lock key: one replica at a time charges counters from the ledger
+# (a new time zone's windows, a policy's new budgets: spendgate.budgets.shared.catch_up)
 
 
 class StoreError(RuntimeError):
@@ -572,6 +639,7 @@ class CounterState:
     spent: Decimal
     reserved: Decimal
     refused: bool = False
+    waiting: bool = False  # refused only for the requests in flight (budgets.book.in_flight_refusal)
 
 
 class PostgresStore:
@@ -640,16 +708,22 @@ class PostgresStore:
         self.pool.close(timeout=2)
 
     def _run(self, sql: str, params: Sequence[Any] = (), *, fetch: str = "all") -> Any:
+        with self._connection() as con:
+            cur = con.execute(sql, params)
+            if fetch == "all":
+                return cur.fetchall()
+            if fetch == "one":
+                return cur.fetchone()
+            return cur.rowcount
+
+    @contextlib.contextmanager
+    def _connection(self) -> Iterator[Any]:
+        """A pooled (autocommit) connection; the pool's wait and the server's failures as StoreUnavailable."""
         from psycopg_pool import PoolTimeout
 
         try:
             with self.pool.connection() as con:
-                cur = con.execute(sql, params)
-                if fetch == "all":
-                    return cur.fetchall()
-                if fetch == "one":
-                    return cur.fetchone()
-                return cur.rowcount
+                yield con
         except PoolTimeout as e:
             raise StoreUnavailable(f"the store {redact(self.url)} did not answer within {self.timeout:g} s: "
                                    f"{_why(e)}") from None
@@ -715,8 +789,10 @@ class PostgresStore:
         *,
         policy_sha256: str | None = None,
         record: dict[str, Any] | None = None,
+        exposure: Decimal = Decimal(0),
     ) -> list[CounterState]:
-        """Reserve `amount` (USD) on every budget or none: one CounterState per budget, in order."""
+        """Reserve `amount` (USD) on every budget or none: one CounterState per budget, in order.
+        `exposure`: what the request may cost past `amount` at worst (the in-flight bound)."""
         from psycopg import errors
         from psycopg.types.json import Jsonb
 
@@ -725,18 +801,19 @@ class PostgresStore:
         params = [request_id, [k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys],
                   [b[3] for b in budgets], amount, self.replica, float(self.lease_seconds), policy_sha256,
                   Jsonb(record or {}, dumps=_dumps)]
-        sql = "SELECT ord, spent, reserved, refused FROM spendgate_admit(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+        sql = ("SELECT ord, spent, reserved, refused, waiting "
+               "FROM spendgate_admit(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)")
         try:
-            rows = self._run(sql, [*params, create])
+            rows = self._run(sql, [*params, create, exposure])
         except errors.NoDataFound:  # rows removed behind our back: create them
-            rows = self._run(sql, [*params, True])
+            rows = self._run(sql, [*params, True, exposure])
         except errors.UniqueViolation:  # a replayed request id: already reserved, nothing changed
             got = self.counters(keys)
             return [CounterState(*got.get(k, (Decimal(0), Decimal(0)))) for k in keys]
         if len(self._known) > 100_000:  # old windows: forget, the next admission re-creates cheaply
             self._known.clear()
         self._known.update(keys)
-        return [CounterState(spent, reserved, refused) for _ord, spent, reserved, refused in rows]
+        return [CounterState(spent, reserved, refused, waiting) for _ord, spent, reserved, refused, waiting in rows]
 
     def settle(self, request_id: str, actual: Decimal, row: LedgerRow | None,
                unreserved_keys: Sequence[Key] | None = None, degraded: bool | None = None,
@@ -817,15 +894,12 @@ class PostgresStore:
         connection of its own, held for the section and released on exit (or by the server when
         the connection drops). Waiting counts against the statement timeout. Raises
         StoreUnavailable when the store does not answer or the wait times out."""
-        try:
-            with self.pool.connection() as con:
-                con.execute("SELECT pg_advisory_lock(%s)", [key])
-                try:
-                    yield
-                finally:
-                    con.execute("SELECT pg_advisory_unlock(%s)", [key])
-        except self._psycopg.OperationalError as e:
-            raise StoreUnavailable(f"the store {redact(self.url)} failed: {_why(e)}") from None
+        with self._connection() as con:
+            con.execute("SELECT pg_advisory_lock(%s)", [key])
+            try:
+                yield
+            finally:
+                con.execute("SELECT pg_advisory_unlock(%s)", [key])
 
     def setting(self, name: str) -> str | None:
         row = self._run("SELECT value FROM store_settings WHERE name = %s", [name], fetch="one")
@@ -835,13 +909,31 @@ class PostgresStore:
         self._run("INSERT INTO store_settings (name, value) VALUES (%s, %s) ON CONFLICT (name) DO UPDATE "
                   "SET value = excluded.value, updated_at = now()", [name, value], fetch="count")
 
-    def charged_since(self, since: datetime) -> list[tuple]:
-        """Rows charged at or after `since` (where the centre charged a pushed row, `charged_at`, else
-        its own time): (charged at, user, key, workspace, basis, plan, shared, USD)."""
-        return self._run(
-            'SELECT coalesce(charged_at, ts), "user", key_fingerprint, workspace, billing_basis, plan, '
-            "coalesce(shared, true), charged_usd FROM requests "
-            "WHERE coalesce(charged_at, ts) >= %s AND charged_usd > 0", [since])
+    def charged_in_windows(self, starts: dict[str, datetime], *, statement_timeout: float = 60.0
+                           ) -> tuple[list[tuple], dict[Key, Decimal]]:
+        """What the ledger charged in each window (name -> its start: rows at or after it, `charged_at`
+        where the centre charged a pushed row, else the row's own time), grouped as budgets name their
+        scopes: (window, user, key, workspace, basis, plan, shared, USD); and the spent USD of every
+        counter of those windows.
+
+        Both read in one REPEATABLE READ snapshot, so a settlement (its row and its counters, one
+        transaction: `settle`) is in both or in neither. A long read on purpose (a month of rows):
+        `statement_timeout` seconds, for this transaction only. Raises StoreUnavailable."""
+        names, at = list(starts), [starts[w] for w in starts]
+        with self._connection() as con, con.transaction():
+            con.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            con.execute("SELECT set_config('statement_timeout', %s, true)", [f"{int(statement_timeout * 1000)}"])
+            charged = con.execute(
+                'SELECT w.name, r."user", r.key_fingerprint, r.workspace, r.billing_basis, r.plan, '
+                "coalesce(r.shared, true), sum(r.charged_usd) FROM requests r "
+                "JOIN unnest(%s::text[], %s::timestamptz[]) AS w(name, start) "
+                "ON coalesce(r.charged_at, r.ts) >= w.start "
+                "WHERE coalesce(r.charged_at, r.ts) >= %s AND r.charged_usd > 0 GROUP BY 1, 2, 3, 4, 5, 6, 7",
+                [names, at, min(at)]).fetchall()
+            counters = con.execute('SELECT c.scope, c."window", c.window_start, c.spent FROM counters c '
+                                   "JOIN unnest(%s::text[], %s::timestamptz[]) AS w(name, start) "
+                                   'ON c."window" = w.name AND c.window_start = w.start', [names, at]).fetchall()
+        return charged, {(s, w, t): spent for s, w, t, spent in counters}
 
     def claim_alert(self, key: tuple[str, str, datetime, str, Decimal], spent: Decimal, limit: Decimal) -> bool:
         """True for the one replica that records this alert first; the others stay quiet."""
@@ -852,9 +944,19 @@ class PostgresStore:
 
     # -- counters --
     def add(self, key: Key, amount: Decimal) -> None:
-        self._run('INSERT INTO counters AS c (scope, "window", window_start, spent) VALUES (%s, %s, %s, %s) '
+        self.add_each({key: amount})
+
+    def add_each(self, amounts: dict[Key, Decimal]) -> None:
+        """Add USD to each counter (made when missing), in one statement; rows locked in the order
+        admissions lock them (scope, window, start), so the two never deadlock."""
+        if not amounts:
+            return
+        keys = list(amounts)
+        self._run('INSERT INTO counters AS c (scope, "window", window_start, spent) '
+                  "SELECT * FROM unnest(%s::text[], %s::text[], %s::timestamptz[], %s::numeric[]) ORDER BY 1, 2, 3 "
                   "ON CONFLICT (scope, \"window\", window_start) DO UPDATE SET spent = c.spent + excluded.spent",
-                  [*key, amount], fetch="count")
+                  [[k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys], [amounts[k] for k in keys]],
+                  fetch="count")
 
     def counters(self, keys: Sequence[Key]) -> dict[Key, tuple[Decimal, Decimal]]:
         if not keys:

@@ -41,7 +41,9 @@ def test_a_model_rule_refuses_a_request_whose_model_cannot_be_read(tmp_path, rul
 
 
 def test_without_a_rule_an_unreadable_body_is_still_forwarded(tmp_path):
-    gw = make(tmp_path, "defaults: {user: {day: 10}}\n")
+    # $100: both stay in flight, and each may produce 128,000 output tokens (no max_output_tokens),
+    # the first at the unpriced fallback's $75 per million: within $10 the second would wait for it
+    gw = make(tmp_path, "defaults: {user: {day: 100}}\n")
     try:
         for body in (STORED_PROMPT, b'{"model": "gpt-5", "input": "hi \xff"}'):
             assert send(gw, OPENAI, "/v1/responses", body, OPENAI_AUTH)[1] is None
