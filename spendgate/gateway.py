@@ -131,6 +131,7 @@ class Gateway:
                 raise GatewayError(f"cannot key the shared store's budget windows in {self.policy.timezone}: "
                                    f"{e}") from None
             self._owed_catch_up: Policy | None = None
+            self._after_drain = False  # catch up again once no request admitted under another policy is open
             self._catch_up(self.policy, unless_done=True)  # budgets the policy gained while no replica ran
             self.lease_keeper = shared.LeaseKeeper(counters).start()
             self.lease_keeper.also.append(self._catch_up_owed)
@@ -379,23 +380,34 @@ class Gateway:
         """Shared store: the policy's budgets count what their current windows already hold in the
         store's ledger (budgets.shared.catch_up_budgets; a counter row otherwise starts at a new
         budget's next charge). When the store does not answer, the policy applies all the same (the
-        new budgets count from their next charge meanwhile) and the lease keeper tries again each tick."""
+        new budgets count from their next charge meanwhile) and the lease keeper tries again each
+        tick; it also catches up once more when the requests admitted under an earlier policy have
+        settled (they charge that policy's budgets only: the fixes' review, R4)."""
         try:
             n = shared.catch_up_budgets(self.book.store.pg, policy, datetime.now(UTC), unless_done=unless_done)
+            self._owed_catch_up = None
+            self._after_drain = n is not None and self.book.store.pg.open_under_other_policy(policy.sha256)
         except StoreError as e:
             self._owed_catch_up = policy
             log.warning("spendgate: could not charge the policy's budgets what their windows already hold in the "
                         "shared store's ledger (tried again shortly): %s", e)
             return
-        self._owed_catch_up = None
         if n:
             log.warning("spendgate: %d budget counters of the current windows were charged what the shared "
                         "store's ledger already holds for them (budgets the policy gained)", n)
 
     def _catch_up_owed(self) -> None:
-        """The lease keeper's tick: a catch-up the store missed, for the policy in force now."""
-        if self._owed_catch_up is not None:
-            self._catch_up(self.policy)
+        """The lease keeper's tick: a catch-up the store missed, or the one due once no request
+        admitted under an earlier policy is open, for the policy in force now."""
+        if self._owed_catch_up is None and self._after_drain:
+            try:
+                if self.book.store.pg.open_under_other_policy(self.policy.sha256):
+                    return
+            except StoreError:
+                return
+        elif self._owed_catch_up is None:
+            return
+        self._catch_up(self.policy)
 
     def _rezone(self, policy: Policy) -> None:
         """The policy's time zone changed: counters are keyed by window start, which the zone decides,

@@ -107,8 +107,8 @@ if [ "$MODE" = laptop ]; then
     EXTRA=""; [ -f "$KIT/ca/extra-roots.pem" ] && EXTRA="--extra-roots $KIT/ca/extra-roots.pem"
     # shellcheck disable=SC2086
     "$INSTALL/.venv/bin/spendgate" ca init --confdir "$DIR/ca" --bundle "$DIR/spendgate-ca-bundle.pem" $EXTRA
-    placed ca
   fi
+  placed ca  # this machine's own CA, made by this kit now or by an earlier one: its key goes with it
   if ensure_gw_user; then OWNER="$GW_USER"; else
     OWNER="$USER_NAME"; say "WARNING: no system user $GW_USER; the gateway's CA key belongs to $USER_NAME"
   fi

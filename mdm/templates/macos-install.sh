@@ -69,8 +69,8 @@ if [ "$MODE" = laptop ]; then
     EXTRA=""; [ -f "$KIT/ca/extra-roots.pem" ] && EXTRA="--extra-roots $KIT/ca/extra-roots.pem"
     # shellcheck disable=SC2086
     "$INSTALL/.venv/bin/spendgate" ca init --confdir "$DIR/ca" --bundle "$DIR/spendgate-ca-bundle.pem" $EXTRA
-    placed ca
   fi
+  placed ca  # this machine's own CA, made by this kit now or by an earlier one: its key goes with it
   chown -R "$USER_NAME" "$DIR/ca"
   cp "$DIR/ca/mitmproxy-ca-cert.pem" "$DIR/spendgate-ca.pem"
   # root-owned: the engineer can read the policy, not change it (the ledger still lives in the

@@ -31,9 +31,12 @@ $WinHttpKey = 'HKLM:\Software\Microsoft\Windows\CurrentVersion\Internet Settings
 $Saved = @(@($InetKey, 'AutoConfigURL'), @($InetKey, 'ProxyServer'), @($InetKey, 'ProxyOverride'),
            @($InetKey, 'ProxyEnable'), @($PolicyKey, 'ProxySettingsPerUser'), @($WinHttpKey, 'WinHttpSettings'))
 
-function Save-Previous {
+function Save-Previous([bool]$EarlierKit) {
   if (Test-Path $BackupKey) { return }   # an update: what is there now is ours
   New-Item -Force -Path $BackupKey | Out-Null
+  # a kit from before this backup set these values: what they replaced is lost, so -Uninstall
+  # removes them (as that kit's uninstall did) rather than putting spendgate's own back
+  if ($EarlierKit) { return }
   for ($i = 0; $i -lt $Saved.Count; $i++) {
     $key, $name = $Saved[$i]
     $v = Get-ItemProperty -Path $key -Name $name -ErrorAction SilentlyContinue
@@ -132,6 +135,7 @@ if ($Identity -eq 'proxy_auth' -and ($ProxyPassword -notmatch '^[A-Za-z0-9._~-]+
   throw 'proxy_auth identity: pass -ProxyPassword (letters, digits and . _ ~ - only)'
 }
 
+$EarlierKit = (Test-Path "$Dir\site.json") -and -not (Test-Path $BackupKey)   # installed by a kit without the backup
 New-Item -ItemType Directory -Force -Path $Dir | Out-Null
 if ($Mode -eq 'laptop') {
   $spendgate = Join-Path $Install '.venv\Scripts\spendgate.exe'
@@ -152,11 +156,12 @@ if ($Mode -eq 'laptop') {
 Copy-Item -Force "$Kit\proxy.pac" "$Dir\proxy.pac"
 Write-Filled "$Kit\windows\site.json" "$Dir\site.json"
 
-Save-Previous   # before the first change below
+Save-Previous $EarlierKit   # before the first change below
 
 # 1. the CA into LocalMachine\Root (Edge, Chrome, .NET, WinHTTP; not Node, Python or Rust clients)
 $Ca = Get-PfxCertificate -FilePath "$Dir\spendgate-ca.pem"
-$AlreadyTrusted = Test-Path "Cert:\LocalMachine\Root\$($Ca.Thumbprint)"
+# trusted before: not this kit's to remove, unless an earlier kit put it there (it removed its CAs by subject)
+$AlreadyTrusted = (Test-Path "Cert:\LocalMachine\Root\$($Ca.Thumbprint)") -and -not ($EarlierKit -and $Ca.Subject -like '*spendgate*')
 Import-Certificate -FilePath "$Dir\spendgate-ca.pem" -CertStoreLocation Cert:\LocalMachine\Root | Out-Null
 if (-not $AlreadyTrusted) {   # remembered, so -Uninstall removes exactly this one
   $thumbs = @((Get-ItemProperty -Path $BackupKey -Name CaThumbprints -ErrorAction SilentlyContinue).CaThumbprints) +
@@ -165,7 +170,8 @@ if (-not $AlreadyTrusted) {   # remembered, so -Uninstall removes exactly this o
 }
 
 # 2. the system proxy: per machine, PAC when the site publishes one, else a fixed proxy
-New-Item -Force -Path $PolicyKey | Out-Null
+# (New-Item -Force on a key that exists empties it: other Group Policy values live here)
+if (-not (Test-Path $PolicyKey)) { New-Item -Force -Path $PolicyKey | Out-Null }
 Set-ItemProperty -Path $PolicyKey -Name ProxySettingsPerUser -Value 0 -Type DWord
 if ($PacUrl) {
   Set-ItemProperty -Path $InetKey -Name AutoConfigURL -Value $PacUrl

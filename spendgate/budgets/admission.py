@@ -139,7 +139,8 @@ class Admission:
         output = ex.route is None or ex.route.adapter is None or ex.route.adapter.output
         return Usage(
             input_tokens=math.ceil(ex.request.input_bytes / CHARS_PER_TOKEN),
-            output_tokens=min(ex.request.max_output_tokens or cap, cap) if output else 0,
+            # each answer asked for (OpenAI n, Gemini candidateCount) is billed (forty-third review R1)
+            output_tokens=min(ex.request.max_output_tokens or cap, cap) * ex.request.outputs if output else 0,
         )
 
     def _worst(self, ex: Exchange, amount: Decimal, now: datetime, model: str | None = None) -> Decimal | None:
@@ -147,7 +148,7 @@ class Admission:
         target); None when nothing more is possible (its output is within the typical cap)."""
         if ex.route is not None and ex.route.adapter is not None and not ex.route.adapter.output:
             return None  # embeddings and the like: no output to grow
-        if ex.request.max_output_tokens is not None and \
+        if ex.request.max_output_tokens is not None and ex.request.outputs == 1 and \
                 ex.request.max_output_tokens <= self.policy.typical_output(model or ex.request.model):
             return None
         worst = self.estimate(ex, now, model, worst=True)
@@ -281,7 +282,8 @@ class Admission:
             decision = self._reserve(ex, amount, now, worst)
             if not decision.admitted and self.record_finished():  # what already ended settles first
                 decision = self._reserve(ex, amount, now, worst)
-            if not decision.admitted and budgets and "step_down_plan" not in ex.extra:  # at the cap: runway left?
+            # at the cap: runway left? (not while it only waits for requests in flight: review R2)
+            if not decision.admitted and not decision.waiting and budgets and "step_down_plan" not in ex.extra:
                 choice = step_down(policy, self.book, ex.identity, ex.request.model, budgets, decision.exhausted)
                 cheaper = self._substitute(ex, choice, now, path, body)
                 if cheaper is not None:
@@ -342,23 +344,27 @@ class Admission:
         return None
 
     def _held_until_fetched(self, ex: Exchange, row: LedgerRow, res: Any) -> None:
-        """A background response answered `queued` charges its reservation (the estimate) now and
-        remembers it; its fetch, priced at the real usage, charges that much less (never below $0,
-        so a response that cost less than its estimate is charged the estimate). A budget so holds
-        the work from its start, however the answer is read: a follow-up naming it in
-        previous_response_id, or a conversation's items, are not fetches."""
+        """A background response answered `queued` charges its worst case now (its reservation and
+        the exposure past it: all the work may produce) and remembers it; its fetch, priced at the
+        real usage, charges that much less, below $0 when the work cost less, so the two rows add
+        up to what the provider bills. A budget so holds the work from its start, however the answer
+        is read: a follow-up naming it in previous_response_id, or a conversation's items, are not
+        fetches (then the worst case stays charged). Holding only the estimate let background work,
+        settled at once and fetched unrefused, pass a cap one request after another (forty-third
+        review R3: twelve gpt-5 requests took a $0.50 day to $15.36)."""
         result = ex.response
         if result is None or not result.response_id:
             return
         rid = response_key(ex.host, result.response_id)
         if result.held and res is not None and (row.status or 0) < 400:
-            row.charged_usd = res.amount
+            worst = res.amount + getattr(res, "exposure", Decimal(0))
+            row.charged_usd = worst
             row.price_source = HELD_SOURCE  # a centre keeps this charge (central.ingest.centre_priced)
-            self.held.hold(rid, res.amount)
-            row.note = f"{row.note}; its estimate, ${refusal.usd_plain(res.amount)}, is charged until then"
+            self.held.hold(rid, worst)
+            row.note = f"{row.note}; its worst case, ${refusal.usd_plain(worst)}, is charged until then"
         elif ex.request.results and result.usage_final and row.charged_usd is not None and \
                 (held := self.held.take(rid)) is not None:
-            row.charged_usd = max(Decimal(0), row.charged_usd - held)
+            row.charged_usd -= held
             row.note = ((row.note + "; ") if row.note else "") + \
                 f"${refusal.usd_plain(held)} of it charged when it was queued"
 

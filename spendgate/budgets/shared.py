@@ -114,16 +114,19 @@ def catch_up_budgets(store: PostgresStore, policy: Policy, now: datetime, *, unl
     charge: a `week` cap added on Thursday let the user spend a whole week's cap again (forty-third
     review). Each budgeted counter of the current windows is charged what the ledger holds for it
     and it lacks (`catch_up`: never less, so replicas catching up one after another add the
-    difference once), and the store records the policy's sha256. `unless_done` (start-up): skip
-    when the store says this policy was caught up to already. A live edit always catches up: what a
-    replica still on the old policy settled after another's catch-up is only found then. None:
-    skipped. Raises StoreUnavailable (the caller tries again later).
+    difference once). Requests admitted under another policy and still open settle on that
+    policy's budgets only: the store records this policy's sha256 as caught up to only once none
+    is open, and until then the caller catches up again (Gateway._catch_up_owed). `unless_done`
+    (start-up): skip when the store says this policy was caught up to. None: skipped. Raises
+    StoreUnavailable (the caller tries again later).
     """
     with store.exclusive(CATCH_UP_LOCK):
         if unless_done and store.setting(POLICY_SETTING) == policy.sha256:
             return None
+        whole = not store.open_under_other_policy(policy.sha256)
         n = catch_up(store, policy, now, only=budgeted(policy, now))
-        store.set_setting(POLICY_SETTING, policy.sha256)
+        if whole:
+            store.set_setting(POLICY_SETTING, policy.sha256)
     return n
 
 

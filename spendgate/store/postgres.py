@@ -968,6 +968,13 @@ class PostgresStore:
             [[k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys]])
         return {(s, w, t): (spent, reserved) for s, w, t, spent, reserved in rows}
 
+    def open_under_other_policy(self, policy_sha256: str) -> bool:
+        """Whether any replica holds an open reservation admitted under another policy (its charge
+        lands on that policy's budgets only: budgets.shared.catch_up_budgets)."""
+        row = self._run("SELECT EXISTS (SELECT 1 FROM reservations WHERE state = 'open' AND "
+                        "policy_sha256 IS DISTINCT FROM %s)", [policy_sha256], fetch="one")
+        return bool(row[0])
+
     def counters_since(self, since: datetime) -> list[tuple[Key, Decimal, Decimal]]:
         rows = self._run('SELECT scope, "window", window_start, spent, reserved FROM counters '
                          "WHERE window_start >= %s", [since])

@@ -166,12 +166,20 @@ BILLABLE = [
     ("api.mistral.ai", "/v1/conversations"),
     ("api.mistral.ai", "/v1/conversations/conv_1/restart"),
     ("res.services.ai.azure.com", "/api/projects/p/openai/v1/responses"),  # an AI Foundry project's endpoint
+    # the fixes' review (R8): spellings the first rule still left free
+    ("bedrock-runtime.us-east-1.amazonaws.com", "/openai/v1/responses"),
+    ("bedrock-runtime.us-east-1.amazonaws.com", "/anthropic/v1/messages"),
+    ("bedrock-runtime.us-east-1.amazonaws.com", "/async-invoke"),
+    ("api.mistral.ai", "/v1/ocr"),
 ]
 FREE = [  # what the rule must leave alone: free calls ending alike, and GETs
     ("api.openai.com", "/v1/conversations", "POST"),  # OpenAI's Conversations: a stored object, no model run
     ("api.openai.com", "/v1/chat/completions/chatcmpl-1", "POST"),  # a stored completion's metadata
     ("api.anthropic.com", "/v1/messages/count_tokens", "POST"),
     ("bedrock-runtime.us-west-2.amazonaws.com", "/openai/v1/chat/completions", "GET"),
+    ("api.openai.com", "/v1/threads/thread_1/messages", "POST"),  # an Assistants thread's message: stored
+    ("api.openai.com", "/v1/responses/resp_1/cancel", "POST"),
+    ("api.business.githubcopilot.com", "/v1/engines/copilot-codex/completions", "POST"),  # seat-billed
 ]
 
 
@@ -404,3 +412,181 @@ def test_back_to_back_calls_are_judged_on_what_the_last_one_cost(tmp_path, gatew
     assert codes == [200, 200, 200, 429, 429], codes  # $0.96 each: alone every time, then the cap itself
     final = answers[3]
     assert final.headers["x-should-retry"] == "false" and Decimal(final.headers["x-spendgate-spent-usd"]) > Decimal("2.88")
+
+
+# The fixes' review (R1-R3): the in-flight bound rests on each request's worst case being one.
+def _chat(n: int) -> bytes:
+    import json
+
+    return json.dumps({"model": "gpt-4o", "max_tokens": 4096, "n": n,
+                       "messages": [{"role": "user", "content": "write"}]}).encode()
+
+
+def _chat_answer(n: int) -> bytes:
+    import json
+
+    return json.dumps({"id": "c1", "object": "chat.completion", "model": "gpt-4o",
+                       "choices": [{"index": i, "message": {"role": "assistant", "content": "x"},
+                                    "finish_reason": "length"} for i in range(n)],
+                       "usage": {"prompt_tokens": 10, "completion_tokens": 4096 * n,
+                                 "total_tokens": 10 + 4096 * n}}).encode()
+
+
+def test_n_answers_are_reserved_and_bounded_as_n_answers(tmp_path: Path):
+    """R1: `n: 16` with max_tokens 4096 had no exposure and an estimate of one answer: 10 at once
+    took a $0.50 cap to $6.55."""
+    from tests.attacks.tenth_review_support import OPENAI, OPENAI_AUTH, answered, make, rows, send
+
+    gw = make(tmp_path, "defaults: {user: {day: 1}}\n")  # 16 x 4,096 gpt-4o output tokens: $0.655 each
+    try:
+        admitted = []
+        for _ in range(10):  # all at once: none has settled yet
+            ex, refused = send(gw, OPENAI, "/v1/chat/completions", _chat(16), OPENAI_AUTH)
+            if refused is None:
+                admitted.append(ex)
+        for ex in admitted:
+            answered(gw, ex, _chat_answer(16))
+        got = rows(gw)
+    finally:
+        gw.close()
+    charged = [Decimal(str(r["charged_usd"])) for r in got if r["charged_usd"]]
+    assert len(admitted) == 1 and sum(charged) <= Decimal("1"), (len(admitted), sum(charged))
+
+
+@pytest.mark.parametrize("path, body, outputs", [
+    ("/v1/chat/completions", {"model": "gpt-4o", "n": 3, "messages": []}, 3),
+    ("/v1/completions", {"model": "gpt-3.5-turbo-instruct", "n": 2, "best_of": 5, "prompt": "x"}, 5),
+    ("/v1/chat/completions", {"model": "gpt-4o", "n": "many", "messages": []}, 1),
+    ("/v1/chat/completions", {"model": "gpt-4o", "n": 100000, "messages": []}, 128),
+    ("/v1beta/models/gemini-2.5-pro:generateContent", {"generationConfig": {"candidateCount": 4}}, 4),
+])
+def test_the_answers_a_request_asks_for_are_read(path, body, outputs):
+    import json
+
+    from spendgate.metering.providers import route
+
+    host = "generativelanguage.googleapis.com" if "gemini" in path else "api.openai.com"
+    r = route(host, path, "POST")
+    assert r.adapter.parse_request(path, json.dumps(body).encode()).outputs == outputs
+
+
+def test_a_request_waiting_for_those_in_flight_is_not_stepped_down_as_at_the_cap(tmp_path: Path):
+    """R2: an `at: cap` step-down ran the cheaper model on a budget 4% used, and alerted "reached its
+    cap ($0.00 of $1.50)": only requests in flight stood in the way."""
+    import json
+
+    from tests.attacks.sixteenth_review_support import ANTHROPIC, AUTH
+    from tests.attacks.tenth_review_support import send
+
+    policy = ("version: 1\ntimezone: UTC\ndefaults:\n  user: {day: 1.50}\nstep_down:\n"
+              "  - {scope: defaults, at: cap, models: {\"claude-sonnet-*\": claude-haiku-4-5}}\n")
+    body = json.dumps({"model": "claude-sonnet-4-5", "max_tokens": 64000,
+                       "messages": [{"role": "user", "content": "write a long essay"}]}).encode()
+    gw = gateway(tmp_path, policy)
+    try:
+        assert send(gw, ANTHROPIC, "/v1/messages", body, AUTH)[1] is None  # alone: $0.06 of $1.50
+        second, refused = send(gw, ANTHROPIC, "/v1/messages", body, AUTH)
+    finally:
+        gw.close()
+    assert second.extra.get("step_down") is None
+    assert refused is not None and refused.status == 429 and refused.headers["x-should-retry"] == "true"
+
+
+def test_background_responses_one_after_another_stay_within_one_worst_case_of_the_cap(tmp_path: Path):
+    """R3: a queued background response settled at its estimate and its fetch is never refused, so
+    twelve gpt-5 requests one after another took a $0.50 day to $15.36. Now the queued answer holds
+    its worst case until the fetch, which then charges the rest (or gives back what it did not use)."""
+    import json
+
+    from tests.attacks.tenth_review_support import OPENAI, OPENAI_AUTH, answered, make, rows, send
+
+    def queued(i: int) -> dict:
+        return {"id": f"resp_bg{i}", "object": "response", "created_at": 1764600000, "status": "queued",
+                "background": True, "model": "gpt-5", "output": [], "usage": None}
+
+    def done(i: int, output: int) -> dict:
+        return {**queued(i), "status": "completed",
+                "output": [{"type": "message", "id": "m", "role": "assistant", "status": "completed",
+                            "content": [{"type": "output_text", "text": "x", "annotations": []}]}],
+                "usage": {"input_tokens": 10, "input_tokens_details": {"cached_tokens": 0},
+                          "output_tokens": output, "output_tokens_details": {"reasoning_tokens": 0},
+                          "total_tokens": 10 + output}}
+
+    gw = make(tmp_path, "defaults: {user: {day: 0.50}}\n")
+    body = json.dumps({"model": "gpt-5", "input": "think", "background": True}).encode()
+    try:
+        ids = []
+        for i in range(30):  # one after another, each answered `queued` before the next
+            ex, refused = send(gw, OPENAI, "/v1/responses", body, OPENAI_AUTH)
+            if refused is not None:
+                break
+            answered(gw, ex, json.dumps(queued(i)).encode())
+            gw.meter.flush()
+            ids.append(i)
+        for i in ids:  # the fetches: never refused
+            ex, refused = send(gw, OPENAI, f"/v1/responses/resp_bg{i}", b"", OPENAI_AUTH, method="GET")
+            assert refused is None
+            answered(gw, ex, json.dumps(done(i, 128000)).encode())
+        got = rows(gw)
+    finally:
+        gw.close()
+    spent = sum(Decimal(str(r["charged_usd"] or 0)) for r in got)
+    assert len(ids) == 1 and spent <= Decimal("0.50") + Decimal("1.2800125"), (len(ids), spent)
+
+
+def test_a_background_response_that_used_less_than_its_worst_case_gives_the_rest_back(tmp_path: Path):
+    import json
+
+    from tests.attacks.tenth_review_support import OPENAI, OPENAI_AUTH, answered, make, rows, send
+
+    gw = make(tmp_path, "defaults: {user: {day: 5}}\n")
+    base = {"id": "resp_1", "object": "response", "created_at": 1764600000, "background": True, "model": "gpt-5"}
+    try:
+        ex, refused = send(gw, OPENAI, "/v1/responses", json.dumps({"model": "gpt-5", "input": "hi",
+                                                                     "background": True}).encode(), OPENAI_AUTH)
+        assert refused is None
+        answered(gw, ex, json.dumps({**base, "status": "queued", "output": [], "usage": None}).encode())
+        ex, _ = send(gw, OPENAI, "/v1/responses/resp_1", b"", OPENAI_AUTH, method="GET")
+        answered(gw, ex, json.dumps({**base, "status": "completed", "output": [],
+                                     "usage": {"input_tokens": 1000, "input_tokens_details": {"cached_tokens": 0},
+                                               "output_tokens": 1000, "output_tokens_details": {"reasoning_tokens": 0},
+                                               "total_tokens": 2000}}).encode())
+        got = rows(gw)
+    finally:
+        gw.close()
+    by_endpoint = {r["endpoint"]: Decimal(str(r["charged_usd"])) for r in got}
+    held, fetched = by_endpoint["responses"], by_endpoint["responses.retrieve"]
+    assert held > Decimal("1.28") and fetched < 0  # the worst case, then what it did not use given back
+    assert held + fetched == Decimal("0.01125")  # 1,000 input at $1.25/MTok + 1,000 output at $10/MTok
+
+
+def test_a_request_in_flight_across_the_edit_reaches_the_new_budget(tmp_path: Path, store):
+    """R4: a request admitted before the edit settles after its catch-up, on the old policy's
+    budgets only; the store had recorded the edit as caught up to, so a restart did not look
+    again. Now it is recorded only once no request admitted under another policy is open, and the
+    lease keeper's tick catches up again then."""
+    from tests.attacks.sixteenth_review_support import ANTHROPIC, AUTH, REQUEST, answer
+    from tests.attacks.tenth_review_support import answered, send
+
+    url, pg = store
+    for restart in (False, True):
+        pg._run("TRUNCATE counters, reservations, requests, store_settings", fetch="count")
+        gw = gateway(tmp_path, DAY_ONLY, store=url)
+        try:
+            ex, refused = send(gw, ANTHROPIC, "/v1/messages", REQUEST, AUTH)  # a long stream, in flight
+            assert refused is None
+            (tmp_path / "policy.yaml").write_text(WITH_WEEK.replace("0.05", "5"))
+            assert gw.reload_policy()  # nothing in the ledger yet; the stream still open
+            assert gw._after_drain and pg.setting(shared.POLICY_SETTING) != gw.policy.sha256
+            answered(gw, ex, answer(10_000))  # it ends: charged to its reservation's (day) counter only
+            gw.meter.flush()
+            assert spent(pg, "user:mallory", "week") == 0
+            if not restart:
+                gw._catch_up_owed()  # the lease keeper's tick: nothing admitted under the old policy is open
+                assert spent(pg, "user:mallory", "week") == ONE and not gw._after_drain
+                assert pg.setting(shared.POLICY_SETTING) == gw.policy.sha256
+        finally:
+            gw.close()
+        if restart:  # closed before a tick: the next start catches up (the store never recorded the edit)
+            gateway(tmp_path, WITH_WEEK.replace("0.05", "5"), store=url).close()
+            assert spent(pg, "user:mallory", "week") == ONE

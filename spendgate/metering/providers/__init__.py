@@ -219,6 +219,11 @@ _PAID_UNMETERED: dict[str, tuple[tuple[str | None, re.Pattern[str]], ...]] = {
         ),
         "mistral": (  # Agents and Conversations run the model (forty-third review A2); no adapter reads them yet
             ("POST", r"^/v1/conversations(/[^/]+(/restart)?)?$"),
+            ("POST", r"^/v1/(ocr|audio/transcriptions)$"),  # billed per page / per minute
+        ),
+        "bedrock": (  # its Anthropic-compatible spelling and async jobs (Nova Reel): no adapter reads them yet
+            ("POST", r"^/anthropic/v1/messages$"),
+            ("POST", r"^/async-invoke$"),
         ),
         "azure": (
             ("POST", r"^/api/projects/[^/]+/openai(/v1)?/responses$"),  # an AI Foundry project's endpoint
@@ -236,7 +241,8 @@ _PAID_UNMETERED: dict[str, tuple[tuple[str | None, re.Pattern[str]], ...]] = {
 # chat or completion, a partner model's rawPredict on Vertex, a generate on another spelling): paid
 # work under a route nobody listed yet (Bedrock's /openai/v1/chat/completions, Vertex's
 # publishers/mistralai/...:rawPredict; forty-third review A2), refused as the list's are.
-_MODEL_CALL = re.compile(r"(/completions|:(stream)?rawpredict|:predict(longrunning)?|:(stream)?generatecontent)$")
+_MODEL_CALL = re.compile(r"(/completions|/responses|:(stream)?rawpredict|:predict(longrunning)?|:(stream)?generatecontent)$")
+_SEAT_BILLED = frozenset({"copilot"})  # a seat pays for its calls (inline completions included): never "paid" here
 
 
 def _paid_unmetered(provider: str, canon: str, query: str, method: str | None) -> bool:
@@ -247,7 +253,7 @@ def _paid_unmetered(provider: str, canon: str, query: str, method: str | None) -
     if provider == "openai" and low == openai_realtime.REALTIME_PATH and (
             m == "POST" or "intent=transcription" in query.lower()):
         return True
-    if m == "POST" and _MODEL_CALL.search(low):
+    if m == "POST" and provider not in _SEAT_BILLED and _MODEL_CALL.search(low):
         return True
     return any((want is None or want == m) and rx.match(low) for want, rx in _PAID_UNMETERED.get(provider, ()))
 

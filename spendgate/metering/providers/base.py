@@ -31,6 +31,7 @@ class RequestInfo:
     model: str | None = None
     stream: bool = False
     max_output_tokens: int | None = None  # max_tokens / max_output_tokens / maxOutputTokens
+    outputs: int = 1  # answers generated, each up to max_output_tokens: OpenAI n (best_of), Gemini candidateCount
     input_bytes: int = 0  # size of the prompt-bearing body, the basis of input estimates
     free: bool = False  # e.g. count_tokens: never charged, never blocked
     rewritten_body: bytes | None = None  # set when the body is to change (include_usage, a step-down)
@@ -53,6 +54,16 @@ class RequestInfo:
     upload: bytes | None = None  # a file upload's body, estimated on the meter worker (providers/batch_input.py)
     batch_file: str | None = None  # an OpenAI batch's input_file_id
     batch_input: Any = None  # that file's InputEstimate, when this process saw it uploaded
+
+
+MAX_OUTPUTS = 128  # answers one request may ask for: OpenAI's n and best_of stop there (API reference)
+
+
+def outputs_of(*counts: Any) -> int:
+    """How many answers a request has generated (each up to its output cap; all are billed): the
+    largest count it names, within 1..MAX_OUTPUTS (a value that is not a count: 1)."""
+    found = [n for n in (as_int(c) for c in counts if c is not None) if n > 1]
+    return min(max(found), MAX_OUTPUTS) if found else 1
 
 
 def several_models(names: Iterable[Any], bound: int) -> tuple[str | None, ...]:

@@ -31,6 +31,7 @@ from spendgate.metering.providers.base import (
     error_type,
     json_answer,
     load_json,
+    outputs_of,
     parse_json_request,
     str_or_none,
 )
@@ -264,6 +265,7 @@ class GeminiAdapter(Adapter):
         cap = dig(config, "maxOutputTokens")
         cap = dig(config, "max_output_tokens") if cap is None else cap
         info.max_output_tokens = as_int(cap) if cap is not None else None
+        info.outputs = outputs_of(dig(config, "candidateCount"), dig(config, "candidate_count"))
         return obj, info
 
     def parse_response(self, body: bytes) -> ResponseResult:

@@ -29,6 +29,7 @@ from spendgate.metering.providers.base import (
     error_type,
     load_json,
     output_with_reasoning,
+    outputs_of,
     parse_json_request,
     reported_cost,
     several_models,
@@ -210,9 +211,10 @@ class OpenAIChatAdapter(Adapter):
     def parse_request(self, path: str, body: bytes) -> RequestInfo:
         try:
             obj, info = parse_json_request(body, ("max_completion_tokens", "max_tokens"),
-                                           ("user", "stream_options", "prompt_cache_key", "models"))
+                                           ("user", "stream_options", "prompt_cache_key", "models", "n", "best_of"))
             if info.malformed:
                 return info
+            info.outputs = outputs_of(obj.get("n"), obj.get("best_of"))  # best_of: legacy completions
             fallbacks = obj.get("models")  # OpenRouter: tried in order when one fails, so any may run
             if isinstance(fallbacks, list) and fallbacks:
                 info.models = several_models([info.model] * bool(info.model) + fallbacks, MAX_FALLBACK_MODELS)
