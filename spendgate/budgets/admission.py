@@ -357,7 +357,7 @@ class Admission:
             return
         rid = response_key(ex.host, result.response_id)
         if result.held and res is not None and (row.status or 0) < 400:
-            worst = res.amount + getattr(res, "exposure", Decimal(0))
+            worst = res.amount + res.exposure
             row.charged_usd = worst
             row.price_source = HELD_SOURCE  # a centre keeps this charge (central.ingest.centre_priced)
             self.held.hold(rid, worst)
