@@ -399,14 +399,14 @@ class Gateway:
     def _catch_up_owed(self) -> None:
         """The lease keeper's tick: a catch-up the store missed, or the one due once no request
         admitted under an earlier policy is open, for the policy in force now."""
-        if self._owed_catch_up is None and self._after_drain:
+        if self._owed_catch_up is None:
+            if not self._after_drain:
+                return
             try:
                 if self.book.store.pg.open_under_other_policy(self.policy.sha256):
-                    return
+                    return  # still settling on an earlier policy's budgets
             except StoreError:
                 return
-        elif self._owed_catch_up is None:
-            return
         self._catch_up(self.policy)
 
     def _rezone(self, policy: Policy) -> None:

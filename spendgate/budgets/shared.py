@@ -30,8 +30,8 @@ from spendgate.policy.model import Policy
 from spendgate.store.ledger import LedgerRow
 from spendgate.store.postgres import CATCH_UP_LOCK, PostgresStore, StoreUnavailable, redact, row_from_json, row_json
 
-__all__ = ["LeaseKeeper", "NoPlanCharges", "SharedCounters", "budgeted", "catch_up", "catch_up_budgets", "is_store_url", "open_counters",
-           "redact", "rezone"]
+__all__ = ["LeaseKeeper", "NoPlanCharges", "SharedCounters", "budgeted", "catch_up", "catch_up_budgets",
+           "is_store_url", "open_counters", "redact", "rezone"]
 
 log = logging.getLogger(__name__)
 
