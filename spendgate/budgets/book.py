@@ -131,19 +131,26 @@ class MemoryCounters:
                 keys = [self._moved.get(k, k) for k in keys]
             found = [counters.get(k) for k in keys]
             for i, (b, c) in enumerate(zip(budgets, found)):
-                if c is None:
-                    why = in_flight_refusal(ZERO, ZERO, ZERO, amount, extra, b.limit)
+                limit = b.limit
+                if c is None:  # nothing spent or in flight: its estimate is enough
+                    if ZERO < limit and amount <= limit:
+                        continue
+                    why: bool | None = False
+                elif ZERO < limit and c.spent + c.reserved + c.exposure + amount + extra <= limit:
+                    continue  # every worst case fits (the common case, far from the cap)
                 else:
-                    why = in_flight_refusal(c.spent, c.reserved, c.exposure, amount, extra, b.limit)
-                if why is not None:
-                    return Reserved(i, [Counter(x.spent, x.reserved, x.exposure) if x is not None else Counter()
-                                        for x in found], waiting=why)
+                    why = in_flight_refusal(c.spent, c.reserved, c.exposure, amount, extra, limit)
+                    if why is None:
+                        continue
+                return Reserved(i, [Counter(x.spent, x.reserved, x.exposure) if x is not None else Counter()
+                                    for x in found], waiting=why)
             held = []
             for k, c in zip(keys, found):
                 if c is None:
                     c = counters.setdefault(k, Counter())  # (the same key twice shares one counter)
                 c.reserved += amount
-                c.exposure += extra
+                if extra:
+                    c.exposure += extra
                 held.append(c)
             if self._tracking:
                 self._changed.update(keys)

@@ -110,3 +110,27 @@ def test_a_charge_given_back_is_counted_as_refunded_not_a_failure():
     m.on_row(ex, ledger_row(charged_usd=Decimal("-1.25")))
     got = {n: v for n, _, v in scrape(m) if n in ("spendgate_charged_usd_total", "spendgate_refunded_usd_total")}
     assert got == {"spendgate_charged_usd_total": 1.28, "spendgate_refunded_usd_total": 1.25}
+
+
+def test_the_counters_decide_as_the_rule_says_whatever_the_numbers():
+    """MemoryCounters.try_reserve takes a shortcut when every worst case fits; it must decide as
+    book.in_flight_refusal (the rule PostgreSQL's spendgate_admit runs too) in every case."""
+    import random
+
+    from spendgate.budgets.book import Counter, MemoryCounters, in_flight_refusal
+
+    rnd = random.Random(43)
+    now = datetime(2026, 12, 5, 12, tzinfo=UTC)
+    cents = [Decimal(0), Decimal("0.01"), Decimal("0.5"), Decimal(1), Decimal("1.5"), Decimal(2)]
+    for _ in range(3000):
+        spent, reserved, exposure, amount, extra, limit = (rnd.choice(cents) for _ in range(6))
+        counters = MemoryCounters()
+        b = Budget("user:a", "day", limit, now.replace(hour=0), now.replace(hour=0) + timedelta(days=1))
+        if rnd.random() < 0.8:  # else: no counter yet
+            counters._c[b.key] = Counter(spent, reserved, exposure)
+        else:
+            spent = reserved = exposure = Decimal(0)
+        got = counters.try_reserve([b], amount, None, extra)
+        want = in_flight_refusal(spent, reserved, exposure, amount, extra, limit)
+        assert (got.refused is None) == (want is None) and (got.refused is None or got.waiting == want), \
+            (spent, reserved, exposure, amount, extra, limit, got, want)
