@@ -365,9 +365,11 @@ class Gateway:
                 return False
             self._rezone(policy)
         if self.book.store.shared:  # before the swap: a budget this edit adds admits on what its window holds
-            self._catch_up(policy)
+            self._catch_up(policy, record=False)
         self.policy = policy
         self.book.policy = policy
+        if self.book.store.shared:  # and again once what this replica admitted under the old one has settled
+            self._after_drain = True
         self.plan_charger.apply(policy, self.book.store, datetime.now(UTC))
         self.workflow.policy_loaded(policy, "file change")
         log.info("spendgate: policy reloaded from %s (sha256 %s)", self.settings.policy, policy.sha256[:12])
@@ -376,7 +378,7 @@ class Gateway:
         heap.resettle()  # a gateway process's heap: the old policy's objects freed, the new one's frozen
         return True
 
-    def _catch_up(self, policy: Policy, *, unless_done: bool = False) -> None:
+    def _catch_up(self, policy: Policy, *, unless_done: bool = False, record: bool = True) -> None:
         """Shared store: the policy's budgets count what their current windows already hold in the
         store's ledger (budgets.shared.catch_up_budgets; a counter row otherwise starts at a new
         budget's next charge). When the store does not answer, the policy applies all the same (the
@@ -384,9 +386,11 @@ class Gateway:
         tick; it also catches up once more when the requests admitted under an earlier policy have
         settled (they charge that policy's budgets only: the fixes' review, R4)."""
         try:
-            n = shared.catch_up_budgets(self.book.store.pg, policy, datetime.now(UTC), unless_done=unless_done)
+            n = shared.catch_up_budgets(self.book.store.pg, policy, datetime.now(UTC), unless_done=unless_done,
+                                        record=record)
             self._owed_catch_up = None
-            self._after_drain = n is not None and self.book.store.pg.open_under_other_policy(policy.sha256)
+            self._after_drain = n is not None and (not record or self.book.store.pg.open_under_other_policy(
+                policy.sha256))
         except StoreError as e:
             self._owed_catch_up = policy
             log.warning("spendgate: could not charge the policy's budgets what their windows already hold in the "

@@ -8,9 +8,10 @@ remove_placed() {  # never $DIR whole: a gateway on this host keeps its CA key, 
       rm -rf "${DIR:?}/$f"
     done < "$MANIFEST"
     rm -f "$MANIFEST"
-  else  # placed before the manifest: this kit's client files only
+  else  # placed before the manifest: this kit's client files only, and a laptop's own CA and policy
     rm -f "$DIR/spendgate-ca.pem" "$DIR/spendgate-ca-bundle.pem" "$DIR/proxy.pac" "$DIR/site.json" "$DIR/spendgate.env" \
       "$DIR/spendgate.env.sh"
+    if [ "$MODE" = laptop ]; then rm -rf "${DIR:?}/ca" "$DIR/policy.yaml"; fi
   fi
   rmdir "$DIR" 2>/dev/null || say "kept $DIR: it holds files this kit did not place"
 }

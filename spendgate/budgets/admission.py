@@ -344,27 +344,25 @@ class Admission:
         return None
 
     def _held_until_fetched(self, ex: Exchange, row: LedgerRow, res: Any) -> None:
-        """A background response answered `queued` charges its worst case now (its reservation and
-        the exposure past it: all the work may produce) and remembers it; its fetch, priced at the
-        real usage, charges that much less, below $0 when the work cost less, so the two rows add
-        up to what the provider bills. A budget so holds the work from its start, however the answer
-        is read: a follow-up naming it in previous_response_id, or a conversation's items, are not
-        fetches (then the worst case stays charged). Holding only the estimate let background work,
-        settled at once and fetched unrefused, pass a cap one request after another (forty-third
-        review R3: twelve gpt-5 requests took a $0.50 day to $15.36)."""
+        """A background response answered `queued` charges its reservation (the estimate) now and
+        remembers it; its fetch, priced at the real usage, charges that much less (never below $0,
+        so a response that cost less than its estimate is charged the estimate). A budget so holds
+        the work from its start, however the answer is read: a follow-up naming it in
+        previous_response_id, or a conversation's items, are not fetches. Known gap (forty-third
+        review R3): only the estimate is held, so background work queued one request after another
+        is not bounded by its worst case (docs/security.md)."""
         result = ex.response
         if result is None or not result.response_id:
             return
         rid = response_key(ex.host, result.response_id)
         if result.held and res is not None and (row.status or 0) < 400:
-            worst = res.amount + res.exposure
-            row.charged_usd = worst
+            row.charged_usd = res.amount
             row.price_source = HELD_SOURCE  # a centre keeps this charge (central.ingest.centre_priced)
-            self.held.hold(rid, worst)
-            row.note = f"{row.note}; its worst case, ${refusal.usd_plain(worst)}, is charged until then"
+            self.held.hold(rid, res.amount)
+            row.note = f"{row.note}; its estimate, ${refusal.usd_plain(res.amount)}, is charged until then"
         elif ex.request.results and result.usage_final and row.charged_usd is not None and \
                 (held := self.held.take(rid)) is not None:
-            row.charged_usd -= held
+            row.charged_usd = max(Decimal(0), row.charged_usd - held)
             row.note = ((row.note + "; ") if row.note else "") + \
                 f"${refusal.usd_plain(held)} of it charged when it was queued"
 

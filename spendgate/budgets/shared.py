@@ -106,7 +106,8 @@ def budgeted(policy: Policy, now: datetime) -> Callable[[CounterKey], bool]:
     return lambda key: key[1] in limits_of(policy, key[0], now, today)[0]
 
 
-def catch_up_budgets(store: PostgresStore, policy: Policy, now: datetime, *, unless_done: bool = False) -> int | None:
+def catch_up_budgets(store: PostgresStore, policy: Policy, now: datetime, *, unless_done: bool = False,
+                     record: bool = True) -> int | None:
     """Give the policy's budgets what their current windows already hold in the store's ledger.
 
     A counter row is made when a budget first reserves on it, so without this a budget the policy
@@ -115,15 +116,16 @@ def catch_up_budgets(store: PostgresStore, policy: Policy, now: datetime, *, unl
     review). Each budgeted counter of the current windows is charged what the ledger holds for it
     and it lacks (`catch_up`: never less, so replicas catching up one after another add the
     difference once). Requests admitted under another policy and still open settle on that
-    policy's budgets only: the store records this policy's sha256 as caught up to only once none
-    is open, and until then the caller catches up again (Gateway._catch_up_owed). `unless_done`
-    (start-up): skip when the store says this policy was caught up to. None: skipped. Raises
-    StoreUnavailable (the caller tries again later).
+    policy's budgets only: the store records this policy's sha256 as caught up to only when
+    `record` and none is open, and until then the caller catches up again (Gateway._catch_up_owed).
+    A live edit's catch-up, run while this replica still admits under the old policy, never
+    records. `unless_done` (start-up): skip when the store says this policy was caught up to.
+    None: skipped. Raises StoreUnavailable (the caller tries again later).
     """
     with store.exclusive(CATCH_UP_LOCK):
         if unless_done and store.setting(POLICY_SETTING) == policy.sha256:
             return None
-        whole = not store.open_under_other_policy(policy.sha256)
+        whole = record and not store.open_under_other_policy(policy.sha256)
         n = catch_up(store, policy, now, only=budgeted(policy, now))
         if whole:
             store.set_setting(POLICY_SETTING, policy.sha256)

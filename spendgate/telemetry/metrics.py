@@ -164,9 +164,6 @@ class PromMetrics:
         self.cost = Counter("spendgate_cost_usd", "Provider cost of metered calls (USD, list price)", base,
                             registry=r)
         self.charged = Counter("spendgate_charged_usd", "What budgets were charged (USD)", base, registry=r)
-        # a counter only grows: a charge given back (a background response held at its worst case
-        # until fetched, then cheaper) is counted here; charged less refunded is the net
-        self.refunded = Counter("spendgate_refunded_usd", "What budgets were given back (USD)", base, registry=r)
         self.blocked = Counter("spendgate_blocked_requests", "Requests refused before reaching the provider, by the "
                                "kind of budget that refused (policy: unpriced model or store failure)",
                                [*base, "budget", "window"], registry=r)
@@ -215,10 +212,7 @@ class PromMetrics:
         if row.cost_usd:
             child(self.cost, *labels).inc(float(row.cost_usd))
         if row.charged_usd:
-            if row.charged_usd > 0:
-                child(self.charged, *labels).inc(float(row.charged_usd))
-            else:
-                child(self.refunded, *labels).inc(-float(row.charged_usd))
+            child(self.charged, *labels).inc(float(row.charged_usd))
         if row.outcome == "blocked":
             refused = ex.extra.get("refused_by")
             kind = refused.scope.partition(":")[0] if refused is not None else "policy"

@@ -54,14 +54,13 @@ def test_a_background_response_is_charged_for_the_output_it_produced(gateway_fac
             assert r.status_code == 200 and r.json() == answer  # the client has its answer, untouched
     rows = _costs(gw.ledger(wait_for=4))
     assert [(e, o, c) for e, o, _, c, _, _ in rows][:2] == [("responses", "ok", 0.0), ("responses.retrieve", "ok", 0.0)]
-    # the queued POST costs nothing yet, but its worst case (input + 128,000 output tokens: it names no
-    # max_output_tokens) counts on the budgets until the fetch (forty-third review R3; was its estimate)
+    # the queued POST costs nothing yet, but its estimate (input + 4,096 output tokens) counts on the budgets
     held = rows[0][5]
-    assert held == pytest.approx(1.28, abs=0.0001)
-    assert rows[0][4].startswith("background response: charged when its result is fetched; its worst case, $")
+    assert held == pytest.approx(0.04096, abs=0.0001)
+    assert rows[0][4].startswith("background response: charged when its result is fetched; its estimate, $")
     assert rows[0][4].endswith(", is charged until then")
     assert rows[1][4] == "background response: charged when its result is fetched" and rows[1][5] == 0
-    # 400k gpt-5 output tokens at $10/Mtok and 1k input at $1.25/Mtok: charged once, when fetched, less what was held
+    # 400k gpt-5 output tokens at $10/Mtok and 1k input at $1.25/Mtok: charged once, when fetched, less the estimate
     assert rows[2][:3] == ("responses.retrieve", "ok", 400000) and rows[2][3] == pytest.approx(4.00125)
     assert rows[2][5] == pytest.approx(4.00125 - held) and rows[2][4].endswith("of it charged when it was queued")
     assert rows[3][3] == rows[3][5] == 0.0 and rows[3][4] == "response fetched again: already charged"
@@ -70,8 +69,7 @@ def test_a_background_response_is_charged_for_the_output_it_produced(gateway_fac
 
 def test_a_background_response_never_fetched_by_id_still_counts_its_estimate(gateway_factory, fake_provider):
     """The answer can be read without a fetch (a follow-up naming it in previous_response_id, a
-    conversation's items): what was charged when it was queued (its worst case since the
-    forty-third review) stays on the budgets."""
+    conversation's items): the estimate charged when it was queued stays on the budgets."""
     gw = gateway_factory().start()
     h = {"authorization": "Bearer sk-test-SECRET456"}
     with gw.http_client() as c:
@@ -82,7 +80,7 @@ def test_a_background_response_never_fetched_by_id_still_counts_its_estimate(gat
                    json={"model": "gpt-5", "input": "repeat your last answer", "previous_response_id": "resp_bg1"})
         assert r.status_code == 200
     rows = _costs(gw.ledger(wait_for=2))
-    assert rows[0][5] == pytest.approx(1.28, abs=0.0001)  # its worst case (128,000 output tokens), charged
+    assert rows[0][5] == pytest.approx(0.04096, abs=0.0001)  # its estimate (the policy's typical output), charged
 
 
 def test_a_fetch_is_never_refused_and_a_response_charged_at_its_post_is_not_charged_again(

@@ -86,7 +86,9 @@ def test_replicas_reloading_one_edit_charge_the_difference_once(tmp_path: Path, 
             assert gw.reload_policy()
         assert spent(pg, "user:mallory", "week") == 2 * ONE  # not four
         now = datetime.now(UTC)
-        assert shared.catch_up_budgets(pg, a.policy, now, unless_done=True) is None  # a start on it: done
+        assert shared.catch_up_budgets(pg, a.policy, now, unless_done=True) == 0  # a live edit records nothing
+        a._catch_up_owed()  # the lease keeper's tick: nothing admitted under the old policy is open
+        assert not a._after_drain and shared.catch_up_budgets(pg, a.policy, now, unless_done=True) is None
         assert shared.catch_up_budgets(pg, a.policy, now) == 0  # a third replica's edit: nothing lacking
     finally:
         a.close()
@@ -459,13 +461,15 @@ def test_n_answers_are_reserved_and_bounded_as_n_answers(tmp_path: Path):
     ("/v1/chat/completions", {"model": "gpt-4o", "n": "many", "messages": []}, 1),
     ("/v1/chat/completions", {"model": "gpt-4o", "n": 100000, "messages": []}, 128),
     ("/v1beta/models/gemini-2.5-pro:generateContent", {"generationConfig": {"candidateCount": 4}}, 4),
+    ("/model/openai.gpt-oss-120b-1:0/invoke", {"messages": [], "max_completion_tokens": 9, "n": 6}, 6),  # review B9
 ])
 def test_the_answers_a_request_asks_for_are_read(path, body, outputs):
     import json
 
     from spendgate.metering.providers import route
 
-    host = "generativelanguage.googleapis.com" if "gemini" in path else "api.openai.com"
+    host = "generativelanguage.googleapis.com" if "gemini" in path else \
+        "bedrock-runtime.us-east-1.amazonaws.com" if path.startswith("/model/") else "api.openai.com"
     r = route(host, path, "POST")
     assert r.adapter.parse_request(path, json.dumps(body).encode()).outputs == outputs
 
@@ -492,10 +496,14 @@ def test_a_request_waiting_for_those_in_flight_is_not_stepped_down_as_at_the_cap
     assert refused is not None and refused.status == 429 and refused.headers["x-should-retry"] == "true"
 
 
+@pytest.mark.xfail(strict=True, reason="known gap (forty-third review R3, left): a queued background response "
+                   "holds its estimate, not its worst case (docs/security.md)")
 def test_background_responses_one_after_another_stay_within_one_worst_case_of_the_cap(tmp_path: Path):
-    """R3: a queued background response settled at its estimate and its fetch is never refused, so
-    twelve gpt-5 requests one after another took a $0.50 day to $15.36. Now the queued answer holds
-    its worst case until the fetch, which then charges the rest (or gives back what it did not use)."""
+    """R3: a queued background response settles at its estimate and its fetch is never refused, so
+    twelve gpt-5 requests one after another took a $0.50 day to $15.36. Holding the worst case
+    charged until the fetch (with a negative correction there) was tried and reverted: its second
+    review found six ways it broke (refunds skipped by the shared store's catch-up, landing in the
+    fetch's window, lost with the process's memory on a restart or another replica, ...)."""
     import json
 
     from tests.attacks.tenth_review_support import OPENAI, OPENAI_AUTH, answered, make, rows, send
@@ -534,32 +542,6 @@ def test_background_responses_one_after_another_stay_within_one_worst_case_of_th
     assert len(ids) == 1 and spent <= Decimal("0.50") + Decimal("1.2800125"), (len(ids), spent)
 
 
-def test_a_background_response_that_used_less_than_its_worst_case_gives_the_rest_back(tmp_path: Path):
-    import json
-
-    from tests.attacks.tenth_review_support import OPENAI, OPENAI_AUTH, answered, make, rows, send
-
-    gw = make(tmp_path, "defaults: {user: {day: 5}}\n")
-    base = {"id": "resp_1", "object": "response", "created_at": 1764600000, "background": True, "model": "gpt-5"}
-    try:
-        ex, refused = send(gw, OPENAI, "/v1/responses", json.dumps({"model": "gpt-5", "input": "hi",
-                                                                     "background": True}).encode(), OPENAI_AUTH)
-        assert refused is None
-        answered(gw, ex, json.dumps({**base, "status": "queued", "output": [], "usage": None}).encode())
-        ex, _ = send(gw, OPENAI, "/v1/responses/resp_1", b"", OPENAI_AUTH, method="GET")
-        answered(gw, ex, json.dumps({**base, "status": "completed", "output": [],
-                                     "usage": {"input_tokens": 1000, "input_tokens_details": {"cached_tokens": 0},
-                                               "output_tokens": 1000, "output_tokens_details": {"reasoning_tokens": 0},
-                                               "total_tokens": 2000}}).encode())
-        got = rows(gw)
-    finally:
-        gw.close()
-    by_endpoint = {r["endpoint"]: Decimal(str(r["charged_usd"])) for r in got}
-    held, fetched = by_endpoint["responses"], by_endpoint["responses.retrieve"]
-    assert held > Decimal("1.28") and fetched < 0  # the worst case, then what it did not use given back
-    assert held + fetched == Decimal("0.01125")  # 1,000 input at $1.25/MTok + 1,000 output at $10/MTok
-
-
 def test_a_request_in_flight_across_the_edit_reaches_the_new_budget(tmp_path: Path, store):
     """R4: a request admitted before the edit settles after its catch-up, on the old policy's
     budgets only; the store had recorded the edit as caught up to, so a restart did not look
@@ -590,3 +572,32 @@ def test_a_request_in_flight_across_the_edit_reaches_the_new_budget(tmp_path: Pa
         if restart:  # closed before a tick: the next start catches up (the store never recorded the edit)
             gateway(tmp_path, WITH_WEEK.replace("0.05", "5"), store=url).close()
             assert spent(pg, "user:mallory", "week") == ONE
+
+
+def test_a_request_settled_during_the_edits_catch_up_reaches_the_new_budget(tmp_path: Path, store, monkeypatch):
+    """The second review (B7): the replica still admits under the old policy while its edit's
+    catch-up reads the ledger; a request admitted and settled after that read, with nothing open
+    when the read began, was lost for good (the store had recorded the edit). Now a live edit's
+    catch-up never records; the tick after the swap catches up again and records."""
+    url, pg = store
+    gw = gateway(tmp_path, DAY_ONLY, store=url)
+    try:
+        real = type(pg).charged_in_windows
+        spends = []
+
+        def read_then_spend(self, starts, **kw):
+            got = real(self, starts, **kw)
+            if not spends:  # right after the catch-up's read: one more request under the old policy
+                spends.append(spend(gw))
+            return got
+
+        monkeypatch.setattr(type(pg), "charged_in_windows", read_then_spend)
+        (tmp_path / "policy.yaml").write_text(WITH_WEEK.replace("0.05", "5"))
+        assert gw.reload_policy()
+        monkeypatch.undo()
+        assert spends and spends[0][1] is None and spent(pg, "user:mallory", "week") == 0
+        assert pg.setting(shared.POLICY_SETTING) != gw.policy.sha256
+        gw._catch_up_owed()  # the lease keeper's tick
+    finally:
+        gw.close()
+    assert spent(pg, "user:mallory", "week") == ONE

@@ -57,8 +57,7 @@ def test_a_background_response_collected_without_its_get_is_still_charged(collec
         assert r.status_code == 200
     rows = sorted(gw.ledger(wait_for=2), key=lambda r: r["ts"])
     got = [(r["endpoint"], float(r["cost_usd"] or 0), float(r["charged_usd"] or 0), r["note"]) for r in rows]
-    # the budgets hold the background response's worst case (1k input, 128,000 output tokens: it names no
-    # max_output_tokens; its estimate before the forty-third review), not $0
+    # the budgets hold the background response's estimate (1k input, 4,096 output tokens), not $0
     queued = got[0]
-    assert queued[:2] == ("responses", 0.0) and queued[2] == pytest.approx(1.28, abs=0.0001), got
+    assert queued[:2] == ("responses", 0.0) and queued[2] == pytest.approx(0.04096, abs=0.0001), got
     assert sum(c for _, _, c, _ in got) >= queued[2] + got[1][1], got

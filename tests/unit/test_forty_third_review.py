@@ -97,21 +97,6 @@ def test_a_value_the_loader_cannot_read_is_reported_once():
     assert len(lines) == 2 and "month must be in 1..12" in lines[0] and "unknown key 'weak'" in lines[1], lines
 
 
-def test_a_charge_given_back_is_counted_as_refunded_not_a_failure():
-    """A background response's fetch that used less than the worst case held gives the rest back
-    (a negative charge); a Prometheus counter only grows, so it goes to spendgate_refunded_usd."""
-    from spendgate.telemetry.config import TelemetrySettings
-    from spendgate.telemetry.metrics import PromMetrics, Sources
-    from tests.unit.test_telemetry import exchange, ledger_row, scrape
-
-    m = PromMetrics(TelemetrySettings(), Sources())
-    ex = exchange("api.openai.com", "/v1/responses/resp_1", "gpt-5")
-    m.on_row(ex, ledger_row(charged_usd=Decimal("1.28")))
-    m.on_row(ex, ledger_row(charged_usd=Decimal("-1.25")))
-    got = {n: v for n, _, v in scrape(m) if n in ("spendgate_charged_usd_total", "spendgate_refunded_usd_total")}
-    assert got == {"spendgate_charged_usd_total": 1.28, "spendgate_refunded_usd_total": 1.25}
-
-
 def test_the_counters_decide_as_the_rule_says_whatever_the_numbers():
     """MemoryCounters.try_reserve takes a shortcut when every worst case fits; it must decide as
     book.in_flight_refusal (the rule PostgreSQL's spendgate_admit runs too) in every case."""

@@ -612,3 +612,21 @@ def test_uninstall_removes_what_the_kit_placed_and_keeps_a_gateways_files(tmp_pa
     subprocess.run(["sh", script, "--files-only"], check=True, capture_output=True, env=env, timeout=60)
     subprocess.run(["sh", script, "--files-only", "--uninstall"], check=True, capture_output=True, env=env, timeout=60)
     assert not etc.exists()
+
+
+def test_uninstall_of_a_laptop_placed_before_the_manifest_takes_its_ca_key_too(tmp_path):
+    """Second review of the forty-third (B8): with no manifest (a kit before it), the fallback
+    removed only the client files, leaving a laptop's own CA key behind; a central client's
+    directory keeps what a gateway put there."""
+    from spendgate.resources import mdm_templates
+
+    fragment = (mdm_templates() / "placed-files.sh").read_text()
+    for mode, left in (("laptop", []), ("central", ["ca/mitmproxy-ca.pem", "policy.yaml"])):
+        d = tmp_path / mode
+        (d / "ca").mkdir(parents=True)
+        for f in ("ca/mitmproxy-ca.pem", "policy.yaml", "site.json", "spendgate-ca.pem", "proxy.pac"):
+            (d / f).write_text("x")
+        script = f'DIR="{d}"\nMODE={mode}\nsay() {{ echo "$*"; }}\n{fragment}\nremove_placed\n'
+        subprocess.run(["sh", "-eu", "-c", script], check=True, capture_output=True, timeout=30)
+        got = sorted(p.relative_to(d).as_posix() for p in d.rglob("*") if p.is_file()) if d.exists() else []
+        assert got == left, (mode, got)

@@ -36,6 +36,7 @@ from spendgate.metering.providers.base import (
     as_int,
     dig,
     load_json,
+    outputs_of,
     snapshot,
     str_or_none,
     top_level,
@@ -221,17 +222,20 @@ class BedrockAdapter(Adapter):
     def parse_request(self, path: str, body: bytes) -> RequestInfo:
         try:
             bpath = parse_path(path)
-            obj = top_level(body, frozenset(("inferenceConfig", "max_tokens", "maxTokens"))) if body else None
+            obj = top_level(body, frozenset(("inferenceConfig", "max_tokens", "maxTokens", "max_completion_tokens",
+                                             "n"))) if body else None
             if not isinstance(obj, dict):
                 return RequestInfo(model=bpath.model if bpath else None, input_bytes=len(body or b""),
                                    stream=self.operation.endswith("stream"), malformed=True)
             cap = dig(obj, "inferenceConfig", "maxTokens")
-            cap = obj.get("max_tokens", obj.get("maxTokens")) if cap is None else cap
+            for key in ("max_tokens", "maxTokens", "max_completion_tokens"):  # the model's own body (gpt-oss: chat's)
+                cap = obj.get(key) if cap is None else cap
             return RequestInfo(
                 model=bpath.model if bpath else None,
                 stream=self.operation.endswith("stream"),
                 max_output_tokens=as_int(cap) if cap is not None else None,
                 input_bytes=len(body),
+                outputs=outputs_of(obj.get("n")),
             )
         except Exception:
             return RequestInfo(malformed=True)
