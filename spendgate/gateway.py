@@ -368,8 +368,6 @@ class Gateway:
             self._catch_up(policy, record=False)
         self.policy = policy
         self.book.policy = policy
-        if self.book.store.shared:  # and again once what this replica admitted under the old one has settled
-            self._after_drain = True
         self.plan_charger.apply(policy, self.book.store, datetime.now(UTC))
         self.workflow.policy_loaded(policy, "file change")
         log.info("spendgate: policy reloaded from %s (sha256 %s)", self.settings.policy, policy.sha256[:12])
@@ -386,16 +384,16 @@ class Gateway:
         tick; it also catches up once more when the requests admitted under an earlier policy have
         settled (they charge that policy's budgets only: the fixes' review, R4)."""
         try:
-            n = shared.catch_up_budgets(self.book.store.pg, policy, datetime.now(UTC), unless_done=unless_done,
-                                        record=record)
-            self._owed_catch_up = None
-            self._after_drain = n is not None and (not record or self.book.store.pg.open_under_other_policy(
-                policy.sha256))
+            got = shared.catch_up_budgets(self.book.store.pg, policy, datetime.now(UTC), unless_done=unless_done,
+                                          record=record)
         except StoreError as e:
             self._owed_catch_up = policy
             log.warning("spendgate: could not charge the policy's budgets what their windows already hold in the "
                         "shared store's ledger (tried again shortly): %s", e)
             return
+        self._owed_catch_up = None
+        n, recorded = got if got is not None else (0, True)
+        self._after_drain = not recorded  # not recorded: once more when the earlier policy's requests settled
         if n:
             log.warning("spendgate: %d budget counters of the current windows were charged what the shared "
                         "store's ledger already holds for them (budgets the policy gained)", n)

@@ -563,7 +563,8 @@ class BudgetBook:
         brings back, starts from the spend already in its window, not from the spend at the last
         start (forty-second review: a `week` cap added live read the week as it stood at start-up,
         and let requests past the cap). A shared store keeps its counters in PostgreSQL, where a
-        counter made for a new budget starts at the window's next charge (docs/security.md)."""
+        policy's new budgets are caught up from the store's ledger instead (budgets.shared.
+        catch_up_budgets)."""
         store = self.store
         if not isinstance(store, MemoryCounters) or not amount:
             return

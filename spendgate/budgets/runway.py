@@ -357,8 +357,10 @@ def unmatched_globs(policy: Policy, pricer: Pricer) -> list[tuple[tuple, str]]:
 
 
 def _matches_any(glob: str, ids: Iterable[str]) -> str | None:
+    """The first id `glob` matches, as `model_denial` reads it (`models/` and a `vendor/` prefix dropped)."""
     g = glob.lower().removeprefix("models/")
-    return next((m for m in ids if fnmatch.fnmatchcase(m, g) or fnmatch.fnmatchcase(m, g.rsplit("/", 1)[-1])), None)
+    pair = (g, g.rsplit("/", 1)[-1])
+    return next((m for m in ids if _matches(m, pair) is not None), None)
 
 
 # --- what is in force now (for `spendgate budgets`, the dashboard, the engineer view) ---------

@@ -107,7 +107,7 @@ def budgeted(policy: Policy, now: datetime) -> Callable[[CounterKey], bool]:
 
 
 def catch_up_budgets(store: PostgresStore, policy: Policy, now: datetime, *, unless_done: bool = False,
-                     record: bool = True) -> int | None:
+                     record: bool = True) -> tuple[int, bool] | None:
     """Give the policy's budgets what their current windows already hold in the store's ledger.
 
     A counter row is made when a budget first reserves on it, so without this a budget the policy
@@ -120,7 +120,8 @@ def catch_up_budgets(store: PostgresStore, policy: Policy, now: datetime, *, unl
     `record` and none is open, and until then the caller catches up again (Gateway._catch_up_owed).
     A live edit's catch-up, run while this replica still admits under the old policy, never
     records. `unless_done` (start-up): skip when the store says this policy was caught up to.
-    None: skipped. Raises StoreUnavailable (the caller tries again later).
+    Returns (counters charged, whether the policy was recorded as caught up to); None: skipped.
+    Raises StoreUnavailable (the caller tries again later).
     """
     with store.exclusive(CATCH_UP_LOCK):
         if unless_done and store.setting(POLICY_SETTING) == policy.sha256:
@@ -129,7 +130,7 @@ def catch_up_budgets(store: PostgresStore, policy: Policy, now: datetime, *, unl
         n = catch_up(store, policy, now, only=budgeted(policy, now))
         if whole:
             store.set_setting(POLICY_SETTING, policy.sha256)
-    return n
+    return n, whole
 
 
 def is_store_url(url: str) -> bool:

@@ -86,10 +86,10 @@ def test_replicas_reloading_one_edit_charge_the_difference_once(tmp_path: Path, 
             assert gw.reload_policy()
         assert spent(pg, "user:mallory", "week") == 2 * ONE  # not four
         now = datetime.now(UTC)
-        assert shared.catch_up_budgets(pg, a.policy, now, unless_done=True) == 0  # a live edit records nothing
+        assert shared.catch_up_budgets(pg, a.policy, now, unless_done=True) == (0, True)  # not recorded by the edits: runs
         a._catch_up_owed()  # the lease keeper's tick: nothing admitted under the old policy is open
         assert not a._after_drain and shared.catch_up_budgets(pg, a.policy, now, unless_done=True) is None
-        assert shared.catch_up_budgets(pg, a.policy, now) == 0  # a third replica's edit: nothing lacking
+        assert shared.catch_up_budgets(pg, a.policy, now) == (0, True)  # a third replica's edit: nothing lacking
     finally:
         a.close()
         b.close()
