@@ -460,6 +460,8 @@ def test_n_answers_are_reserved_and_bounded_as_n_answers(tmp_path: Path):
     ("/v1/completions", {"model": "gpt-3.5-turbo-instruct", "n": 2, "best_of": 5, "prompt": "x"}, 5),
     ("/v1/chat/completions", {"model": "gpt-4o", "n": "many", "messages": []}, 1),
     ("/v1/chat/completions", {"model": "gpt-4o", "n": 100000, "messages": []}, 128),
+    ("/v1/chat/completions", {"model": "gpt-4o", "n": True, "messages": []}, 1),
+    ("/v1/chat/completions", {"model": "gpt-4o", "n": -5, "messages": []}, 1),
     ("/v1beta/models/gemini-2.5-pro:generateContent", {"generationConfig": {"candidateCount": 4}}, 4),
     ("/model/openai.gpt-oss-120b-1:0/invoke", {"messages": [], "max_completion_tokens": 9, "n": 6}, 6),  # review B9
 ])
@@ -601,3 +603,23 @@ def test_a_request_settled_during_the_edits_catch_up_reaches_the_new_budget(tmp_
     finally:
         gw.close()
     assert spent(pg, "user:mallory", "week") == ONE
+
+
+def test_a_request_that_names_no_output_cap_is_bounded_at_the_most_any_answer_holds(tmp_path: Path):
+    """A client leaving max_output_tokens out does not get the typical estimate as its worst case:
+    128,000 output tokens (gpt-5 at $10/MTok: $1.28) stand for it while it is in flight."""
+    import json
+
+    from tests.attacks.tenth_review_support import OPENAI, OPENAI_AUTH, make, send
+
+    gw = make(tmp_path, "defaults: {user: {day: 2}}\n")
+    body = json.dumps({"model": "gpt-5", "input": "think"}).encode()
+    try:
+        assert send(gw, OPENAI, "/v1/responses", body, OPENAI_AUTH)[1] is None  # alone: its estimate fits
+        second = send(gw, OPENAI, "/v1/responses", body, OPENAI_AUTH)[1]  # 2 x $1.28 > $2: waits
+        capped = json.dumps({"model": "gpt-5", "input": "think", "max_output_tokens": 1000}).encode()
+        third = send(gw, OPENAI, "/v1/responses", capped, OPENAI_AUTH)[1]  # $1.28 + $0.01: fits
+    finally:
+        gw.close()
+    assert second is not None and second.status == 429 and second.headers["x-should-retry"] == "true"
+    assert third is None
