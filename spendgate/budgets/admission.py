@@ -16,19 +16,21 @@ target; after it the rate limits (a retryable 429).
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
 from spendgate.budgets import refusal, unmetered
 from spendgate.budgets.batch_estimate import batch_input_cost
-from spendgate.budgets.book import Budget, BudgetBook, Decision, Reservation, subscription_ignored
+from spendgate.budgets.book import HOLD_PREFIX, Budget, BudgetBook, Decision, Reservation, subscription_ignored
 from spendgate.budgets.journal import Journal
 from spendgate.budgets.runway import (
     Denial,
@@ -45,7 +47,7 @@ from spendgate.metering.providers.openai_responses import response_key
 from spendgate.policy.model import Policy
 from spendgate.pricing.rates import MTOK, Pricer, compute, guess_provider, text_cost, variant_for
 from spendgate.store.ledger import LedgerRow
-from spendgate.store.postgres import StoreUnavailable
+from spendgate.store.postgres import HOLD_SECONDS, StoreUnavailable
 from spendgate.usage import Usage
 
 log = logging.getLogger(__name__)
@@ -280,7 +282,8 @@ class Admission:
             worst = self._worst(ex, amount, now, plan[0].target if plan else None)
         try:  # with a shared store this waits on the network (the proxy calls admit() off its event loop)
             decision = self._reserve(ex, amount, now, worst)
-            if not decision.admitted and self.record_finished():  # what already ended settles first
+            # what already ended settles first, and background responses' holds past their time go
+            if not decision.admitted and (self.record_finished() | self._release(self.held.expired())):
                 decision = self._reserve(ex, amount, now, worst)
             # at the cap: runway left? (not while it only waits for requests in flight: review R2)
             if not decision.admitted and not decision.waiting and budgets and "step_down_plan" not in ex.extra:
@@ -348,23 +351,48 @@ class Admission:
         remembers it; its fetch, priced at the real usage, charges that much less (never below $0,
         so a response that cost less than its estimate is charged the estimate). A budget so holds
         the work from its start, however the answer is read: a follow-up naming it in
-        previous_response_id, or a conversation's items, are not fetches. Known gap (forty-third
-        review R3): only the estimate is held, so background work queued one request after another
-        is not bounded by its worst case (docs/security.md)."""
+        previous_response_id, or a conversation's items, are not fetches.
+
+        The work runs on at the provider and may cost up to its worst case, so the reservation's
+        exposure stays on its budgets until a fetch brings the finished response (any replica's, on
+        the shared store), HOLD_SECONDS pass, or (on the shared store) its replica stops: until
+        then the next request on them counts it as in flight (forty-third review R3: twelve
+        queued one after another took a $0.50 day to $15.36). A background stream the client left
+        before its end is held alike: the response runs on without it."""
         result = ex.response
         if result is None or not result.response_id:
             return
         rid = response_key(ex.host, result.response_id)
-        if result.held and res is not None and (row.status or 0) < 400:
+        queued = result.held or (ex.request.background and not result.usage_final and not result.complete)
+        if queued and res is not None and (row.status or 0) < 400:
             row.charged_usd = res.amount
             row.price_source = HELD_SOURCE  # a centre keeps this charge (central.ingest.centre_priced)
-            self.held.hold(rid, res.amount)
+            hold = None
+            try:
+                hold = self.book.hold(res, hold_id(rid))  # before the settlement, so it is never absent
+            except StoreUnavailable as e:
+                log.error("spendgate: cannot hold a background response's worst case on the store: %s", e)
+            self._release(self.held.hold(rid, res.amount, hold))
             row.note = f"{row.note}; its estimate, ${refusal.usd_plain(res.amount)}, is charged until then"
-        elif ex.request.results and result.usage_final and row.charged_usd is not None and \
-                (held := self.held.take(rid)) is not None:
-            row.charged_usd = max(Decimal(0), row.charged_usd - held)
-            row.note = ((row.note + "; ") if row.note else "") + \
-                f"${refusal.usd_plain(held)} of it charged when it was queued"
+        elif ex.request.results and not result.held and (row.status or 0) < 400:  # it finished, one way or another
+            held = self.held.take(rid)
+            if held is not None:
+                self._release([held.hold] if held.hold is not None else [])
+            elif self.book.store.shared:  # held by another replica, or before a restart: released by id
+                self._release([Reservation(hold_id(rid), Decimal(0), ())])
+            if held is not None and result.usage_final and row.charged_usd is not None:
+                row.charged_usd = max(Decimal(0), row.charged_usd - held.amount)
+                row.note = ((row.note + "; ") if row.note else "") + \
+                    f"${refusal.usd_plain(held.amount)} of it charged when it was queued"
+
+    def _release(self, holds: list[Reservation]) -> bool:
+        """Release background responses' holds (BudgetBook.hold); whether there were any."""
+        for hold in holds:
+            try:
+                self.book.settle(hold, Decimal(0))
+            except StoreUnavailable as e:  # the store's reaper releases it when it expires
+                log.error("spendgate: cannot release a background response's hold: %s", e)
+        return bool(holds)
 
     def _admit_degraded(self, ex: Exchange, amount: Decimal, now: datetime) -> Decision | refusal.Answer:
         """fail_open(_bounded): the shared store is away; admit on this replica's local allowance."""
@@ -459,25 +487,65 @@ HELD_SOURCE = "background response: its estimate, held until its result is fetch
 HELD_MAX = 50_000  # background responses whose charged estimate is remembered until fetched, newest kept
 
 
+def hold_id(response_key: str) -> str:
+    """The shared store's reservation id of a background response's hold: the same on every
+    replica, so whichever fetches the response releases it."""
+    return HOLD_PREFIX + hashlib.sha256(response_key.encode()).hexdigest()[:32]
+
+
+@dataclass(frozen=True, slots=True)
+class Held:
+    amount: Decimal  # USD charged when the response was answered `queued`
+    hold: Reservation | None  # its exposure on the budgets (BudgetBook.hold), None when nothing more was possible
+    until: float  # time.monotonic() after which the hold is released
+
+
 class HeldEstimates:
-    """Response id -> USD charged when a background response was answered `queued` (Admission's
+    """Response id -> what a background response answered `queued` charged and holds (Admission's
     memory, this process only: after a restart, or fetched through another replica, its fetch is
-    charged in full, over and not under). Bounded: the newest HELD_MAX kept."""
+    charged in full, over and not under). Bounded: the newest HELD_MAX kept; holds older than
+    `seconds` (or pushed out) are handed back to be released."""
 
-    def __init__(self) -> None:
-        self._held: OrderedDict[str, Decimal] = OrderedDict()
+    def __init__(self, seconds: float = HOLD_SECONDS, clock: Callable[[], float] = time.monotonic) -> None:
+        self._held: OrderedDict[str, Held] = OrderedDict()  # oldest first: expiry pops from the front
         self._lock = threading.Lock()
+        self.seconds = seconds
+        self._clock = clock
 
-    def hold(self, response_id: str, amount: Decimal) -> None:
+    def hold(self, response_id: str, amount: Decimal, hold: Reservation | None) -> list[Reservation]:
+        """Remember a queued response; returns the holds to release (expired, or pushed out)."""
         with self._lock:
-            self._held[response_id] = amount
-            if len(self._held) > HELD_MAX:
-                self._held.popitem(last=False)
+            out = self._expired()
+            old = self._held.pop(response_id, None)  # (a provider never answers one id twice; never kept twice)
+            if old is not None and old.hold is not None:
+                out.append(old.hold)
+            self._held[response_id] = Held(amount, hold, self._clock() + self.seconds)
+            while len(self._held) > HELD_MAX:
+                gone = self._held.popitem(last=False)[1]
+                if gone.hold is not None:
+                    out.append(gone.hold)
+            return out
 
-    def take(self, response_id: str) -> Decimal | None:
-        """The amount held for `response_id`, once (None when nothing is)."""
+    def take(self, response_id: str) -> Held | None:
+        """What is held for `response_id`, once (None when nothing is)."""
         with self._lock:
             return self._held.pop(response_id, None)
+
+    def expired(self) -> list[Reservation]:
+        """The holds past their time, forgotten here: the caller releases them."""
+        with self._lock:
+            return self._expired()
+
+    def _expired(self) -> list[Reservation]:
+        now, out = self._clock(), []
+        while self._held:
+            first = next(iter(self._held.values()))
+            if first.until > now:
+                break
+            self._held.popitem(last=False)
+            if first.hold is not None:
+                out.append(first.hold)
+        return out
 
 
 def too_large(provider: str, size: int, limit: int, encoding: str = "") -> refusal.Answer:

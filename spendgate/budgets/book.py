@@ -83,11 +83,13 @@ def in_flight_refusal(spent: Decimal, reserved: Decimal, exposure: Decimal, amou
     them in flight at the cap could end N worst cases past it (forty-third review: 16 streams took a
     $1 cap to $15.38). So while others are in flight (`reserved`), a request is admitted only if
     the cap holds every worst case, theirs (`exposure`) and its own; alone, its estimate is enough.
-    Spend then ends at most one request's worst case past its estimate over the cap. The same rule
-    runs in PostgreSQL (`spendgate_admit`, store migration 13)."""
+    Spend then ends at most one request's worst case past its estimate over the cap. A queued
+    background response counts as in flight until its result is fetched: it holds its exposure with
+    nothing reserved (`BudgetBook.hold`). The same rule runs in PostgreSQL (`spendgate_admit`, store
+    migrations 13 and 14)."""
     if limit <= ZERO or spent + reserved + amount > limit:
         return False
-    if reserved > ZERO and spent + reserved + exposure + amount + extra > limit:
+    if (reserved > ZERO or exposure > ZERO) and spent + reserved + exposure + amount + extra > limit:
         return True
     return None
 
@@ -98,6 +100,7 @@ class CounterStore(Protocol):
     def try_reserve(self, budgets: list[Budget], amount: Decimal, ticket: Ticket | None = None,
                     extra: Decimal = ZERO) -> Reserved: ...
     def settle(self, res: Reservation, actual: Decimal, row: LedgerRow | None = None) -> Sequence[CounterKey] | None: ...
+    def hold(self, res: Reservation) -> None: ...
     def record(self, row: LedgerRow) -> None: ...
     def add(self, key: CounterKey, amount: Decimal) -> None: ...
     def get(self, key: CounterKey) -> Counter: ...
@@ -171,6 +174,19 @@ class MemoryCounters:
                 self._changed.update(keys)
         return keys
 
+    def hold(self, res: Reservation) -> None:
+        """Add a hold's exposure (`BudgetBook.hold`: nothing reserved) to its counters, whatever their
+        room: the work it stands for is running already. `settle(res, 0)` releases it."""
+        with self._lock:
+            keys = [self._moved.get(k, k) for k in res.keys] if self._moved else res.keys
+            for k in keys:  # (per key listed, as settle releases it)
+                c = self._c.get(k)
+                if c is None:
+                    c = self._c[k] = Counter()
+                c.exposure += res.exposure
+            if self._tracking:
+                self._changed.update(keys)
+
     def record(self, row: LedgerRow) -> None:
         """Nothing to do: the DuckDB ledger keeps the row."""
 
@@ -219,7 +235,7 @@ class MemoryCounters:
             build(fresh)
             aliases: dict[CounterKey, CounterKey] = {}
             for k, c in self._c.items():
-                if c.reserved > 0 and (to := moved(k)) is not None:
+                if (c.reserved > 0 or c.exposure > 0) and (to := moved(k)) is not None:
                     into = fresh._c.setdefault(to, Counter())
                     into.reserved += c.reserved
                     into.exposure += c.exposure
@@ -294,6 +310,7 @@ class Decision:
     snapshot: dict[CounterKey, Counter] = field(default_factory=dict)  # counters as admission left them
 
 
+HOLD_PREFIX = "hold:"  # the id of a background response's hold (BudgetBook.hold; admission.hold_id)
 ZERO_COUNTER = Counter()  # read-only stand-in for a budget nobody spent on yet
 SUBSCRIPTION_PREFIX = "subscription:"  # scopes of `subscription_usage: separate` budgets
 
@@ -545,6 +562,19 @@ class BudgetBook:
         charged = self.store.settle(res, actual, row)
         if row is not None:
             self.count_elsewhere(row, actual, res.keys if charged is None else charged)
+
+    def hold(self, res: Reservation, hold_id: str) -> Reservation | None:
+        """Keep `res`'s exposure (what it may still cost past its amount) on its counters after it
+        settles, as a reservation of nothing named `hold_id`: a queued background response charges its
+        estimate at once, but runs on at the provider until its result is fetched, and may cost up to
+        its worst case. Other requests on those budgets meanwhile count it as in flight
+        (`in_flight_refusal`). None when nothing more is possible. `settle(hold, 0)` releases it;
+        may raise the store's errors."""
+        if res.exposure <= ZERO or not res.keys or res.degraded:
+            return None
+        held = Reservation(hold_id, ZERO, res.keys, exposure=res.exposure)
+        self.store.hold(held)
+        return held
 
     def record(self, row: LedgerRow, counted: Iterable[CounterKey] = ()) -> None:
         """A row that reserved nothing (refused, free endpoints, spend that already happened and was

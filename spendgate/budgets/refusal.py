@@ -90,8 +90,8 @@ def in_flight_message(budget: Budget, used: Decimal) -> str:
     return (
         f"spendgate: the {ADJECTIVE[budget.window]} budget of {who} is close to its cap "
         f"({usd(used, places_for(budget.limit))} spent and reserved of {usd(budget.limit, places_for(budget.limit))}) "
-        "and other requests on it are still running; near a cap they are admitted one at a time, so retry "
-        "in a few seconds"
+        "and other requests on it are still running (a background response counts until its result is "
+        "fetched); near a cap they are admitted one at a time, so retry in a few seconds"
     )
 
 

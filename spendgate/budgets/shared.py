@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 
-from spendgate.budgets.book import (ZERO, Budget, Counter, CounterKey, Reservation, Reserved, Ticket, ledger_row_scopes,
+from spendgate.budgets.book import (HOLD_PREFIX, ZERO, Budget, Counter, CounterKey, Reservation, Reserved, Ticket, ledger_row_scopes,
                                     limits_of, user_only)
 from spendgate.budgets.windows import WINDOWS, bounds
 from spendgate.policy.model import Policy
@@ -324,6 +324,10 @@ class SharedCounters:
             row.note = (row.note + "; " if row.note else "") + "degraded: admitted while the budget store was away"
         self._settle_or_keep(_Pending(res.id, actual, row, res.keys, scopes))
 
+    def hold(self, res: Reservation) -> None:
+        """One round trip; raises StoreUnavailable (the hold is then not kept: BudgetBook.hold)."""
+        self.pg.hold(res.id, res.keys, res.exposure)
+
     def record(self, row: LedgerRow) -> None:
         self._settle_or_keep(_Pending(row.request_id, row.charged_usd or ZERO, row))
 
@@ -432,7 +436,7 @@ class LeaseKeeper:
         try:
             pg.renew()
             self.counters.retry_pending()
-            gone = pg.reap()
+            gone = [rid for rid in pg.reap() if not rid.startswith(HOLD_PREFIX)]  # (holds expired: nothing charged)
             if gone:
                 self.reaped += len(gone)
                 log.warning("spendgate: charged %d reservations of stopped replicas as interrupted", len(gone))

@@ -36,7 +36,7 @@ from spendgate.metering.providers.base import (
     Route,
     StreamParser,
 )
-from spendgate.metering.providers.openai_responses import RESULTS_KEY, response_key
+from spendgate.metering.providers.openai_responses import RESPONSES_RETRIEVE, RESULTS_KEY, response_key
 from spendgate.metering.streams import PIECE, AfterForwarding, DecodedTooLarge, IncrementalDecoder, is_identity
 from spendgate.pricing import cards
 from spendgate.pricing.rates import Pricer, PriceResult, reported
@@ -277,9 +277,11 @@ def light(item: tuple) -> bool:
     """Whether a finished exchange (Meter.finish's item) may be recorded on the event loop: not
     batch results (one row per model, each priced), and no whole body over LOOP_BODY_BYTES as sent
     (msgspec parses 64 KiB in under 0.1 ms). A compressed body is decoded there only up to that
-    size (`Meter._record_loop_batch`). Streams were read as they passed: their result is ready."""
+    size (`Meter._record_loop_batch`). Streams were read as they passed: their result is ready. A
+    background response's fetch is one response, and releases its hold on the budgets
+    (budgets.admission): recorded on the loop, a request right after it is judged without the hold."""
     ex, result = item[0], item[1]
-    if ex.request.results:
+    if ex.request.results and ex.route.endpoint != RESPONSES_RETRIEVE.endpoint:
         return False
     return not isinstance(result, Body) or len(result.raw) <= LOOP_BODY_BYTES
 

@@ -566,6 +566,39 @@ def _in_flight_bound(v1: str) -> str:
 
 MIGRATIONS.append((13, "the in-flight bound: what reservations may cost past their amount (exposure)",
                    _in_flight_bound(MIGRATIONS[0][2])))
+
+
+def _held_exposure() -> str:
+    """Store migration 14: a queued background response holds its exposure until its result is
+    fetched (budgets.book.BudgetBook.hold), as a reservation of nothing whose `record` says `hold`.
+    `spendgate_admit` counts exposure held with nothing reserved as in flight, and the reaper
+    releases an expired hold without an `interrupted` row (it charged nothing, and its response's
+    row is in the ledger already). Both edited in place, as migration 13 edited them."""
+    return """
+        DO $do$
+        DECLARE f TEXT;
+        BEGIN
+            SELECT pg_get_functiondef(p.oid) INTO f FROM pg_proc p WHERE p.proname = 'spendgate_admit';
+            IF position('OR (rec.r > 0 AND rec.s' IN f) = 0 THEN
+                RAISE EXCEPTION 'spendgate: migration 14 cannot find the in-flight rule in spendgate_admit';
+            END IF;
+            EXECUTE replace(f, 'OR (rec.r > 0 AND rec.s', 'OR ((rec.r > 0 OR rec.x > 0) AND rec.s');
+            SELECT pg_get_functiondef(p.oid) INTO f FROM pg_proc p WHERE p.proname = 'spendgate_reap_one';
+            IF position('INSERT INTO requests (ts, request_id,' IN f) = 0 THEN
+                RAISE EXCEPTION 'spendgate: migration 14 cannot find the interrupted row in spendgate_reap_one';
+            END IF;
+            EXECUTE replace(f, 'INSERT INTO requests (ts, request_id,',
+                'IF r.record ? ''hold'' THEN  -- a hold (migration 14): its exposure released, nothing charged
+                RETURN r.request_id;
+            END IF;
+            INSERT INTO requests (ts, request_id,');
+        END;
+        $do$;"""
+
+
+MIGRATIONS.append((14, "background responses hold their exposure until fetched", _held_exposure()))
+HOLD_LIMIT = Decimal("1000000000")  # USD: the limit a hold is admitted under (its work runs already)
+HOLD_SECONDS = 3600.0  # a hold's replica stops renewing it after this long: reaped, its exposure released
 SCHEMA_VERSION = max(v for v, _, _ in MIGRATIONS)
 MIGRATION_LOCK = 0x5E4D6A7E  # pg_advisory_xact_lock key: two `store migrate` runs take turns
 REQUESTS_LOCK = 0x5E4D6A7F  # pg_advisory_lock key: one replica at a time files an increase request
@@ -669,6 +702,7 @@ class PostgresStore:
         self.url = url
         self.replica = replica or replica_name()
         self.lease_seconds = lease_seconds
+        self.hold_seconds = HOLD_SECONDS
         self.timeout = timeout
         self._known: set[Key] = set()  # counter rows known to exist (rows are never deleted)
         self._cards: set[str] = set()  # rate card ids known to be in price_cards
@@ -847,10 +881,20 @@ class PostgresStore:
              [k[2] for k in keys]], fetch="one")[0]
 
     def renew(self) -> int:
-        """Extend the lease of every open reservation this replica owns; how many."""
+        """Extend the lease of every open reservation this replica owns (a hold only for its first
+        `hold_seconds`: then the reaper releases it); how many."""
         return self._run(
             "UPDATE reservations SET lease_expires = now() + make_interval(secs => %s) "
-            "WHERE owner = %s AND state = 'open'", [float(self.lease_seconds), self.replica], fetch="count")
+            "WHERE owner = %s AND state = 'open' AND NOT (record ? 'hold' AND "
+            "created_at < now() - make_interval(secs => %s))",
+            [float(self.lease_seconds), self.replica, float(self.hold_seconds)], fetch="count")
+
+    def hold(self, request_id: str, keys: Sequence[Key], exposure: Decimal) -> None:
+        """Put `exposure` USD on the counters `keys` as a reservation of nothing named `request_id`,
+        whatever their room (budgets.book.BudgetBook.hold); `settle(request_id, 0, None)` on any
+        replica releases it, or the reaper `hold_seconds` after it was made."""
+        self.admit(request_id, [(*k, HOLD_LIMIT) for k in keys], Decimal(0), record={"hold": True},
+                   exposure=exposure)
 
     def reap(self, limit: int = 100) -> list[str]:
         """Charge up to `limit` expired reservations as `interrupted` (one transaction each)."""
@@ -972,7 +1016,8 @@ class PostgresStore:
         """Whether any replica holds an open reservation admitted under another policy (its charge
         lands on that policy's budgets only: budgets.shared.catch_up_budgets)."""
         row = self._run("SELECT EXISTS (SELECT 1 FROM reservations WHERE state = 'open' AND "
-                        "policy_sha256 IS DISTINCT FROM %s)", [policy_sha256], fetch="one")
+                        "policy_sha256 IS DISTINCT FROM %s AND NOT record ? 'hold')",  # a hold charges nothing
+                        [policy_sha256], fetch="one")
         return bool(row[0])
 
     def counters_since(self, since: datetime) -> list[tuple[Key, Decimal, Decimal]]:

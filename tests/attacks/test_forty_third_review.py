@@ -498,14 +498,11 @@ def test_a_request_waiting_for_those_in_flight_is_not_stepped_down_as_at_the_cap
     assert refused is not None and refused.status == 429 and refused.headers["x-should-retry"] == "true"
 
 
-@pytest.mark.xfail(strict=True, reason="known gap (forty-third review R3, left): a queued background response "
-                   "holds its estimate, not its worst case (docs/security.md)")
 def test_background_responses_one_after_another_stay_within_one_worst_case_of_the_cap(tmp_path: Path):
-    """R3: a queued background response settles at its estimate and its fetch is never refused, so
-    twelve gpt-5 requests one after another took a $0.50 day to $15.36. Holding the worst case
-    charged until the fetch (with a negative correction there) was tried and reverted: its second
-    review found six ways it broke (refunds skipped by the shared store's catch-up, landing in the
-    fetch's window, lost with the process's memory on a restart or another replica, ...)."""
+    """R3: a queued background response settled at its estimate and its fetch is never refused, so
+    twelve gpt-5 requests one after another took a $0.50 day to $15.36. Now its worst case stays
+    on the budget, as if in flight, until its result is fetched (forty-fourth part): the second is
+    told to retry while the first runs."""
     import json
 
     from tests.attacks.tenth_review_support import OPENAI, OPENAI_AUTH, answered, make, rows, send

@@ -183,7 +183,11 @@ def test_the_meter_records_small_answers_on_the_loop_and_large_ones_on_its_worke
     assert not light((ex, Body(b"x" * (LOOP_BODY_BYTES + 1)), None, 0, 0.0))
     assert light((ex, Body(b"x" * 9000, "gzip"), None, 0, 0.0))  # decoded on the loop up to LOOP_BODY_BYTES only
     assert light((ex, None, None, 0, 0.0))  # a stream's result, read as it passed
-    assert not light((SimpleNamespace(request=SimpleNamespace(results=["r"])), None, None, 0, 0.0))
+    results = SimpleNamespace(request=SimpleNamespace(results=True), route=SimpleNamespace(endpoint="batch.results"))
+    assert not light((results, None, None, 0, 0.0))  # batch results: one row per model, each priced
+    fetch = SimpleNamespace(request=SimpleNamespace(results=True), route=SimpleNamespace(endpoint="responses.retrieve"))
+    assert light((fetch, Body(b"{}"), None, 0, 0.0))  # a background response's fetch releases its hold at once
+    assert not light((fetch, Body(b"x" * (LOOP_BODY_BYTES + 1)), None, 0, 0.0))
 
     recorded: list[tuple[str, int]] = []
     meter = Meter.__new__(Meter)  # only the batching parts: _record is replaced below

@@ -51,6 +51,9 @@ class RequestInfo:
     # (model rules count it as any model). Admission checks each, and reserves at the dearest.
     models: tuple[str | None, ...] = ()
     results: bool = False  # a batch results download: never refused, charged when recorded
+    # OpenAI Responses `background: true`: the response runs on at the provider whatever the client
+    # does, until fetched (budgets.admission.Admission._held_until_fetched)
+    background: bool = False
     upload: bytes | None = None  # a file upload's body, estimated on the meter worker (providers/batch_input.py)
     batch_file: str | None = None  # an OpenAI batch's input_file_id
     batch_input: Any = None  # that file's InputEstimate, when this process saw it uploaded

@@ -141,6 +141,8 @@ class ResponsesStreamParser(JSONEventStreamParser):
             self._web_searches += dig(obj, "item", "type") == WEB_SEARCH_ITEM
         elif kind in ("response.created", "response.in_progress"):
             r.model = r.model or str_or_none(dig(obj, "response", "model"))
+            # (a background stream the client leaves runs on: its id is what the fetch names)
+            r.response_id = r.response_id or str_or_none(dig(obj, "response", "id"))
         elif kind in TERMINAL_EVENTS:
             response = obj.get("response")
             if isinstance(response, dict):
@@ -173,8 +175,9 @@ class OpenAIResponsesAdapter(Adapter):
     def parse_request(self, path: str, body: bytes) -> RequestInfo:
         try:
             obj, info = parse_json_request(body, ("max_output_tokens",),
-                                           ("user", "prompt_cache_key", "previous_response_id"))
+                                           ("user", "prompt_cache_key", "previous_response_id", "background"))
             info.metadata_user = str_or_none(obj.get("user"))
+            info.background = obj.get("background") is True
             info.continues = str_or_none(obj.get("previous_response_id"))
             if key := str_or_none(obj.get("prompt_cache_key")):  # Codex: its conversation id
                 info.hints = BodyHints(prompt_cache_key=key[:256])
