@@ -36,7 +36,7 @@ from spendgate.metering.providers.base import (
     Route,
     StreamParser,
 )
-from spendgate.metering.providers.openai_responses import RESPONSES_RETRIEVE, RESULTS_KEY, response_key
+from spendgate.metering.providers.openai_responses import FETCHES, RESULTS_KEY, response_key
 from spendgate.metering.streams import PIECE, AfterForwarding, DecodedTooLarge, IncrementalDecoder, is_identity
 from spendgate.pricing import cards
 from spendgate.pricing.rates import Pricer, PriceResult, reported
@@ -281,7 +281,7 @@ def light(item: tuple) -> bool:
     background response's fetch is one response, and releases its hold on the budgets
     (budgets.admission): recorded on the loop, a request right after it is judged without the hold."""
     ex, result = item[0], item[1]
-    if ex.request.results and ex.route.endpoint != RESPONSES_RETRIEVE.endpoint:
+    if ex.request.results and ex.route.endpoint not in FETCHES:
         return False
     return not isinstance(result, Body) or len(result.raw) <= LOOP_BODY_BYTES
 

@@ -123,6 +123,39 @@ def test_a_response_that_ended_without_completing_releases_its_hold_when_fetched
         gw.close()
 
 
+def cancel(gw, i: int, answer: dict, status: int = 200) -> None:
+    ex, refused = send(gw, OPENAI, f"/v1/responses/{rid(i)}/cancel", b"", OPENAI_AUTH)
+    assert refused is None  # cancelling is never refused
+    answered(gw, ex, json.dumps(answer).encode(), status)
+    gw.meter.flush()
+
+
+def test_cancelling_a_background_response_releases_its_hold_and_charges_what_it_ran_up(tmp_path: Path):
+    gw = make(tmp_path, "defaults: {user: {day: 0.50}}\n")
+    try:
+        assert queue(gw, 1) is None and queue(gw, 2) is not None
+        cancel(gw, 1, done(1, 20000, "cancelled"))  # it ran 20,000 output tokens before it stopped: $0.20
+        assert queue(gw, 3) is None
+        fetch(gw, 1, done(1, 20000, "cancelled"))  # fetched after: already charged
+        got = [(r["endpoint"], r["charged_usd"], r["note"]) for r in rows(gw) if r["outcome"] != "blocked"]
+    finally:
+        gw.close()
+    by = {e: (Decimal(str(c)), n) for e, c, n in got}
+    assert by["responses.cancel"][0] > Decimal("0.15"), got  # $0.20 less the estimate charged when queued
+    assert by["responses.retrieve"] == (Decimal(0), "response fetched again: already charged")
+
+
+def test_a_cancel_the_provider_refused_keeps_the_hold(tmp_path: Path):
+    gw = make(tmp_path, "defaults: {user: {day: 0.50}}\n")
+    try:
+        assert queue(gw, 1) is None
+        cancel(gw, 1, {"error": {"message": "Only responses created with background=true can be cancelled.",
+                                 "type": "invalid_request_error", "param": None, "code": None}}, 400)
+        assert queue(gw, 2) is not None
+    finally:
+        gw.close()
+
+
 def test_a_hold_nobody_fetches_is_released_after_its_time(tmp_path: Path):
     gw = make(tmp_path, "defaults: {user: {day: 0.50}}\n")
     try:
@@ -247,7 +280,7 @@ def test_a_hold_on_the_shared_store_makes_other_replicas_wait_and_their_fetch_re
                        fetch="one")[0] == 1
         fetch(b, 1)  # fetched through the other replica
         assert queue(b, 3) is None
-        fetch(a, 3)  # and the other way round
+        cancel(a, 3, {**queued(3, "cancelled")})  # and the other way round, by a cancel
     finally:
         a.close()
         b.close()

@@ -107,7 +107,8 @@ def test_a_fetch_is_never_refused_and_a_response_charged_at_its_post_is_not_char
 @pytest.mark.parametrize("method, path, endpoint, free", [
     ("GET", "/v1/responses/resp_1", "responses.retrieve", False),
     ("GET", "/V1/Responses/resp_1", "responses.retrieve", False),
-    ("POST", "/v1/responses/resp_1/cancel", "unmetered", True),  # stops its billing: never refused
+    ("POST", "/v1/responses/resp_1/cancel", "responses.cancel", False),  # charged like a fetch, never refused
+    ("POST", "https://contoso.openai.azure.com/openai/v1/responses/resp_1/cancel", "responses.cancel", False),
     ("DELETE", "/v1/responses/resp_1", "unmetered", True),
     ("GET", "/v1/responses/resp_1/input_items", "unmetered", True),
     ("GET", "https://contoso.openai.azure.com/openai/v1/responses/resp_1", "responses.retrieve", False),

@@ -163,9 +163,8 @@ _FREE: tuple[tuple[str, str, re.Pattern[str]], ...] = tuple(
         ("api.openai.com", "GET", r"^/v1/videos/[^/]+/content$"),
         ("api.openai.com", "DELETE", r"^/v1/videos/[^/]+$"),
         ("api.openai.com", "POST", r"^/v1/responses/input_tokens$"),  # token counting
-        # a stored or background response's input listing, cancel (stops its billing) and delete
+        # a stored or background response's input listing and delete (cancel: RESPONSES_CANCEL)
         ("api.openai.com", "GET", r"^/v1/responses/[^/]+/input_items$"),
-        ("api.openai.com", "POST", r"^/v1/responses/[^/]+/cancel$"),
         ("api.openai.com", "DELETE", r"^/v1/responses/[^/]+$"),
         # batch status polls and lists (the results download is metered: providers/batches.py)
         ("api.anthropic.com", "GET", r"^/v1/messages/batches(/[^/]+)?$"),
@@ -543,6 +542,10 @@ def _route_by_method(provider: str, canon: str, method: str) -> Route | None:
             adapter = batches.OPENAI_UPLOAD
         elif provider == "gemini" and batches.GEMINI_SUBMIT_PATH.match(low):
             adapter = batches.GEMINI_SUBMIT
+        elif provider == "openai" and openai_responses.CANCEL_PATH.match(low):
+            adapter = openai_responses.RESPONSES_CANCEL  # a background response stopped: its answer is it
+        elif provider == "azure" and openai_responses.AZURE_CANCEL_PATH.match(low):
+            adapter = openai_responses.RESPONSES_CANCEL
     elif method == "GET":  # matched lower-cased like every route (ids are `[^/]+`; the adapter reads `canon`)
         if provider == "anthropic" and batches.ANTHROPIC_RESULTS_PATH.match(low):
             adapter = batches.ANTHROPIC_RESULTS

@@ -221,6 +221,18 @@ class OpenAIResponseRetrieveAdapter(OpenAIResponsesAdapter):
         return RequestInfo(results=True, stream="stream=true" in path.partition("?")[2].lower())
 
 
+class OpenAIResponseCancelAdapter(OpenAIResponseRetrieveAdapter):
+    """``POST /v1/responses/{id}/cancel``: stops a background response. Its answer is the Response,
+    `cancelled`, with the usage it ran up when it says (billed): charged like a fetch, never refused
+    (cancelling stops the bill), and it releases the response's hold on the budgets
+    (budgets.admission.Admission._held_until_fetched)."""
+
+    endpoint = "responses.cancel"
+
+    def parse_request(self, path: str, body: bytes) -> RequestInfo:
+        return RequestInfo(results=True)
+
+
 class OpenAIResponsesCompactAdapter(OpenAIResponsesAdapter):
     """``POST /v1/responses/compact`` (Codex's remote compaction): a model pass over the
     conversation, billed per token. Its answer (``object: response.compaction``) carries a
@@ -232,6 +244,11 @@ class OpenAIResponsesCompactAdapter(OpenAIResponsesAdapter):
 
 RETRIEVE_PATH = re.compile(r"^/v1/responses/[^/]+$")  # matched lower-cased; not /input_tokens (a POST)
 AZURE_RETRIEVE_PATH = re.compile(r"^/openai(/v1)?/responses/[^/]+$")  # Azure OpenAI's background mode
+CANCEL_PATH = re.compile(r"^/v1/responses/[^/]+/cancel$")
+AZURE_CANCEL_PATH = re.compile(r"^/openai(/v1)?/responses/[^/]+/cancel$")
 RESPONSES = OpenAIResponsesAdapter()
 RESPONSES_RETRIEVE = OpenAIResponseRetrieveAdapter()
+RESPONSES_CANCEL = OpenAIResponseCancelAdapter()
+# the calls whose answer is a background response that ran (meter.light; budgets.admission)
+FETCHES = frozenset({RESPONSES_RETRIEVE.endpoint, RESPONSES_CANCEL.endpoint})
 RESPONSES_COMPACT = OpenAIResponsesCompactAdapter()
