@@ -262,6 +262,10 @@ def store(pg_url):
     pg.close()
 
 
+def open_holds(pg) -> int:
+    return pg._run("SELECT count(*) FROM reservations WHERE state = 'open' AND record ? 'hold'", fetch="one")[0]
+
+
 def _replica(tmp_path: Path, name: str, url: str):
     from tests.attacks.sixteenth_review_support import gateway
 
@@ -276,15 +280,14 @@ def test_a_hold_on_the_shared_store_makes_other_replicas_wait_and_their_fetch_re
         assert queue(a, 1) is None
         refused = queue(b, 2)
         assert refused is not None and refused.headers["x-should-retry"] == "true", "replica b did not see a's hold"
-        assert pg._run("SELECT count(*) FROM reservations WHERE state = 'open' AND record ? 'hold'",
-                       fetch="one")[0] == 1
+        assert open_holds(pg) == 1
         fetch(b, 1)  # fetched through the other replica
         assert queue(b, 3) is None
         cancel(a, 3, {**queued(3, "cancelled")})  # and the other way round, by a cancel
     finally:
         a.close()
         b.close()
-    assert pg._run("SELECT count(*) FROM reservations WHERE state = 'open' AND record ? 'hold'", fetch="one")[0] == 0
+    assert open_holds(pg) == 0
     assert pg._run("SELECT sum(exposure) FROM counters", fetch="one")[0] == 0
 
 
@@ -313,8 +316,7 @@ def test_a_hold_does_not_keep_a_policy_edit_from_being_recorded_as_caught_up(tmp
     url, pg = store
     a = _replica(tmp_path, "a", url)
     try:
-        assert queue(a, 1) is None
-        assert pg._run("SELECT count(*) FROM reservations WHERE state = 'open'", fetch="one")[0] == 1
+        assert queue(a, 1) is None and open_holds(pg) == 1
         assert not pg.open_under_other_policy("sha of another policy")  # a hold charges nothing
     finally:
         a.close()
