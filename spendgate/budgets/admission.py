@@ -346,7 +346,7 @@ class Admission:
         ex.extra["decision"] = decision
         return None
 
-    def _held_until_fetched(self, ex: Exchange, row: LedgerRow, res: Any) -> None:
+    def _held_until_fetched(self, ex: Exchange, row: LedgerRow, res: Any) -> list[Reservation | str]:
         """A background response answered `queued` charges its reservation (the estimate) now and
         remembers it; its fetch, priced at the real usage, charges that much less (never below $0,
         so a response that cost less than its estimate is charged the estimate). A budget so holds
@@ -354,42 +354,57 @@ class Admission:
         previous_response_id, or a conversation's items, are not fetches.
 
         The work runs on at the provider and may cost up to its worst case, so the reservation's
-        exposure stays on its budgets until a fetch brings the finished response (any replica's, on
-        the shared store), HOLD_SECONDS pass, or (on the shared store) its replica stops: until
+        exposure stays on its budgets until a fetch (or a cancel) shows the response ended, on any
+        replica of a shared store, HOLD_SECONDS pass, or (shared store) its replica stops: until
         then the next request on them counts it as in flight (forty-third review R3: twelve
         queued one after another took a $0.50 day to $15.36). A background stream the client left
-        before its end is held alike: the response runs on without it."""
+        before its end is held alike, charged what it streamed or its estimate, the more (review 58
+        H1): the response runs on without the client. Only a fetch that shows the response ended
+        releases a hold: a streamed poll left while it runs does not (H2).
+
+        Returns the holds to release once the row is charged (`_release`): the charge comes first,
+        so no moment has neither on the budgets (L3)."""
         result = ex.response
-        if result is None or not result.response_id:
-            return
+        if result is None or not result.response_id or ex.provider not in BACKGROUND_PROVIDERS:
+            return []
         rid = response_key(ex.host, result.response_id)
-        queued = result.held or (ex.request.background and not result.usage_final and not result.complete)
-        if queued and res is not None and (row.status or 0) < 400:
-            row.charged_usd = res.amount
-            row.price_source = HELD_SOURCE  # a centre keeps this charge (central.ingest.centre_priced)
+        served = (row.status or 0) < 400
+        running = result.held or (result.background and not (result.finished or result.usage_final))
+        if running and res is not None and served:
+            charged = max(row.charged_usd or Decimal(0), res.amount)
+            if result.held:
+                row.price_source = HELD_SOURCE  # a centre keeps this charge (central.ingest.centre_priced)
+                row.note = f"{row.note}; its estimate, ${refusal.usd_plain(charged)}, is charged until then"
+            else:
+                row.note = ((row.note + "; ") if row.note else "") + \
+                    f"a background response left running: ${refusal.usd_plain(charged)} charged until it is fetched"
+            row.charged_usd = charged
             hold = None
             try:
                 hold = self.book.hold(res, hold_id(rid))  # before the settlement, so it is never absent
             except StoreUnavailable as e:
                 log.error("spendgate: cannot hold a background response's worst case on the store: %s", e)
-            self._release(self.held.hold(rid, res.amount, hold))
-            row.note = f"{row.note}; its estimate, ${refusal.usd_plain(res.amount)}, is charged until then"
-        elif ex.request.results and not result.held and (row.status or 0) < 400:  # it finished, one way or another
-            held = self.held.take(rid)
-            if held is not None:
-                self._release([held.hold] if held.hold is not None else [])
-            elif self.book.store.shared:  # held by another replica, or before a restart: released by id
-                self._release([Reservation(hold_id(rid), Decimal(0), ())])
-            if held is not None and result.usage_final and row.charged_usd is not None:
-                row.charged_usd = max(Decimal(0), row.charged_usd - held.amount)
-                row.note = ((row.note + "; ") if row.note else "") + \
-                    f"${refusal.usd_plain(held.amount)} of it charged when it was queued"
+            return list(self.held.hold(rid, charged, hold))
+        if not (ex.request.results and result.finished and served):  # (a poll while it runs, a refusal)
+            return []
+        held = self.held.take(rid)
+        if held is None:  # held by another replica, or before a restart: released by id (shared store)
+            return [hold_id(rid)] if self.book.store.shared and result.background else []
+        if result.usage_final and row.charged_usd is not None:
+            row.charged_usd = max(Decimal(0), row.charged_usd - held.amount)
+            row.note = ((row.note + "; ") if row.note else "") + \
+                f"${refusal.usd_plain(held.amount)} of it charged when it was queued"
+        return [held.hold] if held.hold is not None else []
 
-    def _release(self, holds: list[Reservation]) -> bool:
-        """Release background responses' holds (BudgetBook.hold); whether there were any."""
+    def _release(self, holds: list[Reservation | str]) -> bool:
+        """Release background responses' holds (BudgetBook.hold), or on a shared store by id;
+        whether there were any."""
         for hold in holds:
             try:
-                self.book.settle(hold, Decimal(0))
+                if isinstance(hold, str):
+                    self.book.store.release_hold(hold)
+                else:
+                    self.book.settle(hold, Decimal(0))
             except StoreUnavailable as e:  # the store's reaper releases it when it expires
                 log.error("spendgate: cannot release a background response's hold: %s", e)
         return bool(holds)
@@ -435,7 +450,7 @@ class Admission:
             row.price_source = "unmetered charge"
         if row.charged_usd is None and res is not None:
             row.charged_usd = res.amount
-        self._held_until_fetched(ex, row, res)
+        releases = self._held_until_fetched(ex, row, res)
         if cancelled := ex.extra.get("cancelled_at_cap"):  # a Realtime response the server started (websocket.py)
             row.note = ((row.note + "; ") if row.note else "") + f"cancelled at the cap: {cancelled}"[:300]
         if subscription_ignored(self.policy, ex.identity):
@@ -467,6 +482,7 @@ class Admission:
             self._after_charge(ex.identity, row, None, budgets)
         else:
             self.book.record(row)  # refused or free: a shared store's ledger keeps it too
+        self._release(releases)  # what a background response held, once its fetch is charged
 
 
 def charged_budgets(decision: Decision | None, res: Reservation) -> list[Budget] | None:
@@ -485,6 +501,7 @@ WORST_OUTPUT_TOKENS = 128_000
 IN_FLIGHT_RETRY_SECONDS = 2  # retry-after of a request waiting for those in flight near a cap
 HELD_SOURCE = "background response: its estimate, held until its result is fetched"  # the row's price_source
 HELD_MAX = 50_000  # background responses whose charged estimate is remembered until fetched, newest kept
+BACKGROUND_PROVIDERS = frozenset({"openai", "azure"})  # the providers that run Responses in the background
 
 
 def hold_id(response_key: str) -> str:
@@ -497,7 +514,7 @@ def hold_id(response_key: str) -> str:
 class Held:
     amount: Decimal  # USD charged when the response was answered `queued`
     hold: Reservation | None  # its exposure on the budgets (BudgetBook.hold), None when nothing more was possible
-    until: float  # time.monotonic() after which the hold is released
+    until: float  # time.time() after which the hold is released (wall time, as the store's: a laptop asleep ages it)
 
 
 class HeldEstimates:
@@ -506,7 +523,7 @@ class HeldEstimates:
     charged in full, over and not under). Bounded: the newest HELD_MAX kept; holds older than
     `seconds` (or pushed out) are handed back to be released."""
 
-    def __init__(self, seconds: float = HOLD_SECONDS, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, seconds: float = HOLD_SECONDS, clock: Callable[[], float] = time.time) -> None:
         self._held: OrderedDict[str, Held] = OrderedDict()  # oldest first: expiry pops from the front
         self._lock = threading.Lock()
         self.seconds = seconds

@@ -328,6 +328,11 @@ class SharedCounters:
         """One round trip; raises StoreUnavailable (the hold is then not kept: BudgetBook.hold)."""
         self.pg.hold(res.id, res.keys, res.exposure)
 
+    def release_hold(self, hold_id: str) -> None:
+        """A hold another replica made (or one made before a restart), by id; raises StoreUnavailable
+        (the reaper then releases it when it expires)."""
+        self.pg.release_hold(hold_id)
+
     def record(self, row: LedgerRow) -> None:
         self._settle_or_keep(_Pending(row.request_id, row.charged_usd or ZERO, row))
 

@@ -597,13 +597,17 @@ def _held_exposure() -> str:
 
 
 MIGRATIONS.append((14, "background responses hold their exposure until fetched", _held_exposure()))
-HOLD_LIMIT = Decimal("1000000000")  # USD: the limit a hold is admitted under (its work runs already)
-HOLD_SECONDS = 3600.0  # a hold's replica stops renewing it after this long: reaped, its exposure released
 SCHEMA_VERSION = max(v for v, _, _ in MIGRATIONS)
 MIGRATION_LOCK = 0x5E4D6A7E  # pg_advisory_xact_lock key: two `store migrate` runs take turns
 REQUESTS_LOCK = 0x5E4D6A7F  # pg_advisory_lock key: one replica at a time files an increase request
 CATCH_UP_LOCK = 0x5E4D6A80  # pg_advisory_lock key: one replica at a time charges counters from the ledger
 # (a new time zone's windows, a policy's new budgets: spendgate.budgets.shared.catch_up)
+
+
+HOLD_LIMIT = Decimal("1000000000")  # USD: the limit a hold is admitted under (its work runs already)
+# the longest a background response holds its worst case (budgets.admission.HeldEstimates; here its
+# replica stops renewing it after this long, and the reaper releases it)
+HOLD_SECONDS = 3600.0
 
 
 class StoreError(RuntimeError):
@@ -888,6 +892,15 @@ class PostgresStore:
             "WHERE owner = %s AND state = 'open' AND NOT (record ? 'hold' AND "
             "created_at < now() - make_interval(secs => %s))",
             [float(self.lease_seconds), self.replica, float(self.hold_seconds)], fetch="count")
+
+    def release_hold(self, request_id: str) -> None:
+        """Release a hold by id, from any replica; when there is none yet (its replica has not
+        recorded the queued answer), leave it closed, so the hold made later is refused as a
+        replay and never waits the hour (review 58 L2). Closed rows go after a day (forget_settled)."""
+        self._run("INSERT INTO reservations (request_id, scopes, windows, starts, amount, owner, lease_expires, "
+                  "state, record) VALUES (%s, '{}', '{}', '{}', 0, %s, now(), 'settled', '{\"hold\": true}') "
+                  "ON CONFLICT (request_id) DO NOTHING", [request_id, self.replica], fetch="count")
+        self.settle(request_id, Decimal(0), None)
 
     def hold(self, request_id: str, keys: Sequence[Key], exposure: Decimal) -> None:
         """Put `exposure` USD on the counters `keys` as a reservation of nothing named `request_id`,

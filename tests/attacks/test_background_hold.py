@@ -200,7 +200,7 @@ def test_a_background_stream_the_client_left_holds_like_a_queued_answer(tmp_path
         streamed = next(r for r in rows(gw) if r["request_id"] == ex.request_id)
     finally:
         gw.close()
-    assert Decimal(str(streamed["charged_usd"])) > 0 and "is charged until then" in streamed["note"]
+    assert Decimal(str(streamed["charged_usd"])) > 0 and "left running" in streamed["note"]
 
 
 def test_a_stream_that_is_not_background_holds_nothing_when_cut(tmp_path: Path):

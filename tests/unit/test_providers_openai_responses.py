@@ -32,6 +32,7 @@ def test_stream_fixture_exact() -> None:
         finish_reasons=("completed",),
         response_id="resp_spendgatefixture0001",
         results_key="openai:response:resp_spendgatefixture0001",  # fetched again later: billed once
+        finished=True,  # it ended (a background response's fetch releases its hold: budgets.admission)
     )
 
 
@@ -46,6 +47,7 @@ def test_json_fixture_exact() -> None:
         finish_reasons=("max_output_tokens",),
         response_id="resp_spendgatefixture0001",
         results_key="openai:response:resp_spendgatefixture0001",
+        finished=True,  # status incomplete: it ended
     )
 
 
@@ -53,7 +55,7 @@ def test_truncated_before_completed() -> None:
     data = fixture_bytes("openai_responses_stream.sse")
     cut = data.index(b"event: response.completed")
     result = run_stream(FACTORY, [data[:cut]])
-    assert result.usage is None and not result.usage_final and not result.complete
+    assert result.usage is None and not result.usage_final and not result.complete and not result.finished
     assert result.output_chars == 37 and result.model == "gpt-5-2025-08-07"
 
 

@@ -51,9 +51,6 @@ class RequestInfo:
     # (model rules count it as any model). Admission checks each, and reserves at the dearest.
     models: tuple[str | None, ...] = ()
     results: bool = False  # a batch results download: never refused, charged when recorded
-    # OpenAI Responses `background: true`: the response runs on at the provider whatever the client
-    # does, until fetched (budgets.admission.Admission._held_until_fetched)
-    background: bool = False
     upload: bytes | None = None  # a file upload's body, estimated on the meter worker (providers/batch_input.py)
     batch_file: str | None = None  # an OpenAI batch's input_file_id
     batch_input: Any = None  # that file's InputEstimate, when this process saw it uploaded
@@ -106,6 +103,8 @@ class ResponseResult:
     # a background Response answered before it ran (queued): the request's reservation is charged now,
     # and counted against what its fetch charges (budgets.admission.HeldEstimates)
     held: bool = False
+    background: bool = False  # the provider said it runs the response in the background (`background: true`)
+    finished: bool = False  # the answer showed the response ended (completed, incomplete, failed, cancelled)
 
 
 class StreamParser(ABC):

@@ -39,6 +39,7 @@ TERMINAL_EVENTS = frozenset({"response.completed", "response.incomplete", "respo
 # a background response (`"background": true`) answered before it ran: its usage comes with the
 # finished response, fetched later (OpenAIResponseRetrieveAdapter), and is charged then
 PENDING = frozenset({"queued", "in_progress"})
+ENDED = frozenset({"completed", "incomplete", "failed", "cancelled"})  # a Response's terminal statuses
 PENDING_NOTE = "background response: charged when its result is fetched"
 RESULTS_KEY = "openai:response:"  # + the response id: a stored response is billed once (batches.RESPONSES_CHARGED)
 
@@ -113,6 +114,9 @@ def apply_response(result: ResponseResult, response: dict, web_searches: int) ->
     result.response_id = str_or_none(response.get("id")) or result.response_id
     result.service_tier = str_or_none(response.get("service_tier")) or result.service_tier
     result.error = result.error or response_error(response)
+    result.background = result.background or response.get("background") is True
+    status = response.get("status")
+    result.finished = result.finished or (isinstance(status, str) and status in ENDED)
     # why it ended: the incomplete reason (e.g. max_output_tokens) when there is one, else the status
     add_finish_reason(result, dig(response, "incomplete_details", "reason") or response.get("status"))
     searches = max(web_searches, count_web_searches(response.get("output")))
@@ -141,7 +145,8 @@ class ResponsesStreamParser(JSONEventStreamParser):
             self._web_searches += dig(obj, "item", "type") == WEB_SEARCH_ITEM
         elif kind in ("response.created", "response.in_progress"):
             r.model = r.model or str_or_none(dig(obj, "response", "model"))
-            # (a background stream the client leaves runs on: its id is what the fetch names)
+            # a background stream the client leaves runs on at the provider: held until fetched by its id
+            r.background = r.background or dig(obj, "response", "background") is True
             r.response_id = r.response_id or str_or_none(dig(obj, "response", "id"))
         elif kind in TERMINAL_EVENTS:
             response = obj.get("response")
@@ -149,7 +154,7 @@ class ResponsesStreamParser(JSONEventStreamParser):
                 apply_response(r, response, self._web_searches)
             if kind == "response.failed":
                 r.error = r.error or "failed"
-            r.complete = True
+            r.complete = r.finished = True
         elif kind == "error" or event == "error":
             r.error = r.error or error_type(obj) or str_or_none(obj.get("code")) or "error"
 
@@ -175,9 +180,8 @@ class OpenAIResponsesAdapter(Adapter):
     def parse_request(self, path: str, body: bytes) -> RequestInfo:
         try:
             obj, info = parse_json_request(body, ("max_output_tokens",),
-                                           ("user", "prompt_cache_key", "previous_response_id", "background"))
+                                           ("user", "prompt_cache_key", "previous_response_id"))
             info.metadata_user = str_or_none(obj.get("user"))
-            info.background = obj.get("background") is True
             info.continues = str_or_none(obj.get("previous_response_id"))
             if key := str_or_none(obj.get("prompt_cache_key")):  # Codex: its conversation id
                 info.hints = BodyHints(prompt_cache_key=key[:256])
@@ -194,7 +198,7 @@ class OpenAIResponsesAdapter(Adapter):
             status = obj.get("status")
             if isinstance(status, str) and status in PENDING and not isinstance(obj.get("usage"), dict):
                 return ResponseResult(free=True, held=True, note=PENDING_NOTE, model=str_or_none(obj.get("model")),
-                                      response_id=str_or_none(obj.get("id")))
+                                      response_id=str_or_none(obj.get("id")), background=obj.get("background") is True)
             if obj.get("object") == "response" or "usage" in obj or "output" in obj:
                 apply_response(result, obj, 0)
                 result.complete = result.usage is not None
