@@ -45,7 +45,7 @@ from spendgate.identity import Identity
 from spendgate.metering.meter import CHARS_PER_TOKEN, Exchange
 from spendgate.metering.providers.openai_responses import response_key
 from spendgate.policy.model import Policy
-from spendgate.pricing.rates import MTOK, Pricer, compute, guess_provider, text_cost, variant_for
+from spendgate.pricing.rates import HELD_PREFIX, MTOK, Pricer, compute, guess_provider, text_cost, variant_for
 from spendgate.store.ledger import LedgerRow
 from spendgate.store.postgres import HOLD_SECONDS, StoreUnavailable
 from spendgate.usage import Usage
@@ -373,25 +373,29 @@ class Admission:
         if running and res is not None and served:
             charged = max(row.charged_usd or Decimal(0), res.amount)
             if result.held:
-                row.price_source = HELD_SOURCE  # a centre keeps this charge (central.ingest.centre_priced)
                 row.note = f"{row.note}; its estimate, ${refusal.usd_plain(charged)}, is charged until then"
             else:
                 row.note = ((row.note + "; ") if row.note else "") + \
                     f"a background response left running: ${refusal.usd_plain(charged)} charged until it is fetched"
+            # a centre keeps this charge (central.ingest.centre_priced), re-pricing leaves it (HELD_PREFIX)
+            row.price_source = HELD_SOURCE if result.held else LEFT_SOURCE
             row.charged_usd = charged
             hold = None
             try:
                 hold = self.book.hold(res, hold_id(rid))  # before the settlement, so it is never absent
             except StoreUnavailable as e:
                 log.error("spendgate: cannot hold a background response's worst case on the store: %s", e)
-            return list(self.held.hold(rid, charged, hold))
-        if not (ex.request.results and result.finished and served):  # (a poll while it runs, a refusal)
+            return self.held.hold(rid, charged, hold)
+        # only an answer that ended the response and says what it used (a cancel answered without
+        # usage still bills what ran: review 58b H1); not a poll while it runs, nor a refusal
+        if not (ex.request.results and result.finished and result.usage_final and served):
             return []
         held = self.held.take(rid)
         if held is None:  # held by another replica, or before a restart: released by id (shared store)
             return [hold_id(rid)] if self.book.store.shared and result.background else []
-        if result.usage_final and row.charged_usd is not None:
+        if row.charged_usd is not None:
             row.charged_usd = max(Decimal(0), row.charged_usd - held.amount)
+            row.price_source = f"{HELD_PREFIX} its cost less its queued charge ({row.price_source})"
             row.note = ((row.note + "; ") if row.note else "") + \
                 f"${refusal.usd_plain(held.amount)} of it charged when it was queued"
         return [held.hold] if held.hold is not None else []
@@ -499,7 +503,9 @@ MIN_RESERVE = Decimal("0.000001")  # USD: the least a metered call reserves
 # worst case when a request sends none (Codex's Responses turns do not).
 WORST_OUTPUT_TOKENS = 128_000
 IN_FLIGHT_RETRY_SECONDS = 2  # retry-after of a request waiting for those in flight near a cap
-HELD_SOURCE = "background response: its estimate, held until its result is fetched"  # the row's price_source
+# the price_source of a background response's charge while it runs (both start with HELD_PREFIX)
+HELD_SOURCE = f"{HELD_PREFIX} its estimate, held until its result is fetched"
+LEFT_SOURCE = f"{HELD_PREFIX} a stream left running, held until its result is fetched"
 HELD_MAX = 50_000  # background responses whose charged estimate is remembered until fetched, newest kept
 BACKGROUND_PROVIDERS = frozenset({"openai", "azure"})  # the providers that run Responses in the background
 

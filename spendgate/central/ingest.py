@@ -23,7 +23,6 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from spendgate import bounds
-from spendgate.budgets.admission import HELD_SOURCE
 from spendgate.budgets.book import BudgetBook
 from spendgate.budgets.windows import WINDOWS
 from spendgate.budgets.windows import bounds as window_bounds
@@ -31,7 +30,7 @@ from spendgate.central.charging import Charge, ChargePlanner
 from spendgate.central.roster import SILENT_AFTER, Contact, Roster
 from spendgate.identity import Identity
 from spendgate.pricing import cards
-from spendgate.pricing.rates import Pricer
+from spendgate.pricing.rates import HELD_PREFIX, Pricer
 from spendgate.store.ledger import COLUMNS, LedgerRow, write_cards, write_rows
 from spendgate.workflow.sinks import Notice
 
@@ -161,9 +160,9 @@ def centre_priced(row: LedgerRow, pricer: Pricer | None) -> LedgerRow:
         price = pricer.price(row.provider, row.model, usage, row.ts, None, modifiers if isinstance(modifiers, dict) else {})
         if price.cost is not None:
             said = row.charged_usd
-            held = row.price_source == HELD_SOURCE and said is not None and said > price.cost
+            held = (row.price_source or "").startswith(HELD_PREFIX) and said is not None and said > price.cost
             row.cost_usd = row.charged_usd = price.cost
-            if held:  # a queued background response: the laptop's estimate stays charged (capped below)
+            if held:  # a background response running: the laptop's held charge stays (capped below)
                 row.charged_usd = said
             row.outcome = "estimated" if row.estimated else "ok"
             row.price_source = f"{price.source} (priced at the centre)"

@@ -119,7 +119,8 @@ def test_one_user_cannot_block_a_shared_organization_budget_for_an_hour_for_penn
     sixteen estimates (~$0.66) and the provider ran nothing, but the cancel (free and unread then)
     released nothing, so ~$19.8 of exposure sat on the organization's $20 day for HOLD_SECONDS and
     Bob, far from his own cap, got `budget_in_flight` 429s for the hour. A cancel is now read like a
-    fetch (responses.cancel) and its `cancelled` answer releases the hold."""
+    fetch (responses.cancel), and its `cancelled` answer releases the hold when it says what the
+    response used (one answered `usage: null` keeps it: test_background_hold_review_b.py)."""
     gw = org_gateway(tmp_path)
     try:
         for i in range(16):
@@ -129,7 +130,7 @@ def test_one_user_cannot_block_a_shared_organization_budget_for_an_hour_for_penn
             gw.meter.flush()
             ex, refused = send(gw, OPENAI, f"/v1/responses/{rid(i)}/cancel", b"", ALICE)
             assert refused is None  # a cancel is never refused; its answer releases the hold
-            answered(gw, ex, json.dumps(queued(i, "cancelled")).encode())
+            answered(gw, ex, json.dumps(done(i, 10, "cancelled")).encode())
         small = json.dumps({"model": "gpt-4.1-mini", "input": "hi", "max_output_tokens": 200}).encode()
         _ex, refused = send(gw, OPENAI, "/v1/responses", small, BOB)
         alice = sum((Decimal(str(r["charged_usd"] or 0)) for r in rows(gw) if r["user"] == "alice"), Decimal(0))

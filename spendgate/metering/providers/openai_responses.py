@@ -227,14 +227,21 @@ class OpenAIResponseRetrieveAdapter(OpenAIResponsesAdapter):
 
 class OpenAIResponseCancelAdapter(OpenAIResponseRetrieveAdapter):
     """``POST /v1/responses/{id}/cancel``: stops a background response. Its answer is the Response,
-    `cancelled`, with the usage it ran up when it says (billed): charged like a fetch, never refused
-    (cancelling stops the bill), and it releases the response's hold on the budgets
-    (budgets.admission.Admission._held_until_fetched)."""
+    `cancelled`; when it says the usage it ran up, that is charged like a fetch's, and it releases
+    the response's hold on the budgets (budgets.admission.Admission._held_until_fetched); OpenAI
+    answers `usage: null`, and the hold then stays until a fetch says more, or its hour. Never
+    refused (cancelling stops the bill). Its answer never marks the response charged: a provider
+    that runs on after it (Azure has) charges the fetch of the finished response in full."""
 
     endpoint = "responses.cancel"
 
     def parse_request(self, path: str, body: bytes) -> RequestInfo:
         return RequestInfo(results=True)
+
+    def parse_response(self, body: bytes) -> ResponseResult:
+        result = super().parse_response(body)
+        result.results_key = None
+        return result
 
 
 class OpenAIResponsesCompactAdapter(OpenAIResponsesAdapter):
