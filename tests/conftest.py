@@ -18,13 +18,17 @@ from tests.support.postgres import PostgresCluster, PostgresUnavailable
 MIDNIGHTS = ("UTC", "Europe/Paris")
 
 
-@pytest.fixture(autouse=True)
-def _not_across_midnight() -> None:
+@pytest.hookimpl(hookwrapper=True, tryfirst=True)
+def pytest_runtest_protocol(item, nextitem):
     """No test straddles a day's end: tests charge "today" with rows up to five minutes old or
     requests made now, and read today's spend back. Within two minutes before a midnight, or six
-    after it, a test first waits (at most once a run: the next tests start clear of it)."""
+    after it, a test first waits (at most once a run: the next tests start clear of it). The wait
+    comes before pytest-timeout starts the test's clock (its hook wraps inside this one): as an
+    autouse fixture it counted as the test's setup, and a wait of up to eight minutes passed the
+    300 s limit, failing whichever test a run reached at 23:00 or 00:00 UTC."""
     for tz in MIDNIGHTS:
         clear_of_midnight(tz, before=120.0, after=360.0)
+    yield
 
 
 @pytest.fixture(scope="session")

@@ -45,7 +45,7 @@ from spendgate.identity import Identity
 from spendgate.metering.meter import CHARS_PER_TOKEN, Exchange
 from spendgate.metering.providers.openai_responses import response_key
 from spendgate.policy.model import Policy
-from spendgate.pricing.rates import HELD_PREFIX, MTOK, Pricer, compute, guess_provider, text_cost, variant_for
+from spendgate.pricing.rates import HELD_SOURCE_PREFIX, MTOK, Pricer, compute, guess_provider, text_cost, variant_for
 from spendgate.store.ledger import LedgerRow
 from spendgate.store.postgres import HOLD_SECONDS, StoreUnavailable
 from spendgate.usage import Usage
@@ -359,8 +359,9 @@ class Admission:
         then the next request on them counts it as in flight (forty-third review R3: twelve
         queued one after another took a $0.50 day to $15.36). A background stream the client left
         before its end is held alike, charged what it streamed or its estimate, the more (review 58
-        H1): the response runs on without the client. Only a fetch that shows the response ended
-        releases a hold: a streamed poll left while it runs does not (H2).
+        H1): the response runs on without the client. Only a fetch (or a cancel) that shows the
+        response ended and says what it used releases a hold: not a streamed poll left while it
+        runs (H2), nor a cancel answered `usage: null` (review 58b H1: what ran before it is billed).
 
         Returns the holds to release once the row is charged (`_release`): the charge comes first,
         so no moment has neither on the budgets (L3)."""
@@ -377,7 +378,7 @@ class Admission:
             else:
                 row.note = ((row.note + "; ") if row.note else "") + \
                     f"a background response left running: ${refusal.usd_plain(charged)} charged until it is fetched"
-            # a centre keeps this charge (central.ingest.centre_priced), re-pricing leaves it (HELD_PREFIX)
+            # a centre keeps this charge (central.ingest.centre_priced), re-pricing leaves it (HELD_SOURCE_PREFIX)
             row.price_source = HELD_SOURCE if result.held else LEFT_SOURCE
             row.charged_usd = charged
             hold = None
@@ -395,7 +396,7 @@ class Admission:
             return [hold_id(rid)] if self.book.store.shared and result.background else []
         if row.charged_usd is not None:
             row.charged_usd = max(Decimal(0), row.charged_usd - held.amount)
-            row.price_source = f"{HELD_PREFIX} its cost less its queued charge ({row.price_source})"
+            row.price_source = f"{HELD_SOURCE_PREFIX} its cost less its queued charge ({row.price_source})"
             row.note = ((row.note + "; ") if row.note else "") + \
                 f"${refusal.usd_plain(held.amount)} of it charged when it was queued"
         return [held.hold] if held.hold is not None else []
@@ -503,9 +504,9 @@ MIN_RESERVE = Decimal("0.000001")  # USD: the least a metered call reserves
 # worst case when a request sends none (Codex's Responses turns do not).
 WORST_OUTPUT_TOKENS = 128_000
 IN_FLIGHT_RETRY_SECONDS = 2  # retry-after of a request waiting for those in flight near a cap
-# the price_source of a background response's charge while it runs (both start with HELD_PREFIX)
-HELD_SOURCE = f"{HELD_PREFIX} its estimate, held until its result is fetched"
-LEFT_SOURCE = f"{HELD_PREFIX} a stream left running, held until its result is fetched"
+# the price_source of a background response's charge while it runs (both start with HELD_SOURCE_PREFIX)
+HELD_SOURCE = f"{HELD_SOURCE_PREFIX} its estimate, held until its result is fetched"
+LEFT_SOURCE = f"{HELD_SOURCE_PREFIX} a stream left running, held until its result is fetched"
 HELD_MAX = 50_000  # background responses whose charged estimate is remembered until fetched, newest kept
 BACKGROUND_PROVIDERS = frozenset({"openai", "azure"})  # the providers that run Responses in the background
 

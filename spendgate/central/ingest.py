@@ -30,7 +30,7 @@ from spendgate.central.charging import Charge, ChargePlanner
 from spendgate.central.roster import SILENT_AFTER, Contact, Roster
 from spendgate.identity import Identity
 from spendgate.pricing import cards
-from spendgate.pricing.rates import HELD_PREFIX, Pricer
+from spendgate.pricing.rates import HELD_SOURCE_PREFIX, Pricer
 from spendgate.store.ledger import COLUMNS, LedgerRow, write_cards, write_rows
 from spendgate.workflow.sinks import Notice
 
@@ -160,7 +160,7 @@ def centre_priced(row: LedgerRow, pricer: Pricer | None) -> LedgerRow:
         price = pricer.price(row.provider, row.model, usage, row.ts, None, modifiers if isinstance(modifiers, dict) else {})
         if price.cost is not None:
             said = row.charged_usd
-            held = (row.price_source or "").startswith(HELD_PREFIX) and said is not None and said > price.cost
+            held = (row.price_source or "").startswith(HELD_SOURCE_PREFIX) and said is not None and said > price.cost
             row.cost_usd = row.charged_usd = price.cost
             if held:  # a background response running: the laptop's held charge stays (capped below)
                 row.charged_usd = said

@@ -132,7 +132,7 @@ PLAIN_MODIFIER_VALUES = frozenset({"", "standard", "default", "auto", "global", 
 REPORTED_SOURCE = "provider-reported"  # price_source prefix of a cost the provider's response stated
 # price_source prefix of a background response's charges that are not its cost: the estimate held
 # while it runs, a fetch charged its cost less that (budgets.admission); re-pricing leaves them alone
-HELD_PREFIX = "background response:"
+HELD_SOURCE_PREFIX = "background response:"
 
 
 def variant_for_tier(service_tier: str | None) -> str:

@@ -20,7 +20,7 @@ from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
 from spendgate.pricing import cards
-from spendgate.pricing.rates import HELD_PREFIX, REPORTED_SOURCE, Pricer, PriceResult
+from spendgate.pricing.rates import HELD_SOURCE_PREFIX, REPORTED_SOURCE, Pricer, PriceResult
 from spendgate.store import rollups, sql
 from spendgate.store.engine import duckdb
 from spendgate.usage import USAGE_FIELDS, Usage
@@ -196,7 +196,7 @@ def plan(
              AND k.day = CAST(timezone('UTC', r.ts) AS DATE) AND k.mods IS NOT DISTINCT FROM r.modifiers
         LEFT JOIN price_cards c ON c.card_id = r.price_card
         WHERE {where} AND NOT starts_with(coalesce(r.price_source, ''), '{REPORTED_SOURCE}')
-          AND NOT starts_with(coalesce(r.price_source, ''), '{HELD_PREFIX}')
+          AND NOT starts_with(coalesce(r.price_source, ''), '{HELD_SOURCE_PREFIX}')
           AND (k.card IS NULL OR NOT ({_SETTLED.replace("outcome", "r.outcome")}))
         ORDER BY r.ts""", [*keys, *params]).fetchall()
     return examined, _changes(pricer, cols, res)
@@ -211,7 +211,7 @@ def _changes(pricer: Pricer, cols: list[str], res: list[tuple], reported: bool =
         row = dict(zip(cols, values))
         if reported and (row["price_source"] or "").startswith(REPORTED_SOURCE):
             continue  # the provider said what it charged (OpenRouter usage.cost): prices do not change it
-        if (row["price_source"] or "").startswith(HELD_PREFIX):
+        if (row["price_source"] or "").startswith(HELD_SOURCE_PREFIX):
             continue  # a background response's held estimate, or its fetch less it: not its price alone
         card_json = values[-1]
         if row.get("price_card") and card_json:

@@ -13,16 +13,9 @@ from pathlib import Path
 from spendgate.central.ingest import centre_priced
 from spendgate.pricing import reprice
 from spendgate.pricing.rates import Pricer
-from tests.attacks.test_background_hold import BODY, _fresh_ids, done, fetch, queue, queued, rid  # noqa: F401
+from tests.attacks.test_background_hold import BODY, _fresh_ids, cancel, done, fetch, queue, queued, rid  # noqa: F401
 from tests.attacks.test_background_hold_review import bg_stream
 from tests.attacks.tenth_review_support import OPENAI, OPENAI_AUTH, ROOT, answered, make, rows, send
-
-
-def cancel(gw, i: int, answer: dict) -> None:
-    ex, refused = send(gw, OPENAI, f"/v1/responses/{rid(i)}/cancel", b"", OPENAI_AUTH)
-    assert refused is None  # a cancel is never refused
-    answered(gw, ex, json.dumps(answer).encode())
-    gw.meter.flush()
 
 
 def total(gw) -> Decimal:
