@@ -386,7 +386,7 @@ class Admission:
                 hold = self.book.hold(res, hold_id(rid))  # before the settlement, so it is never absent
             except StoreUnavailable as e:
                 log.error("spendgate: cannot hold a background response's worst case on the store: %s", e)
-            return self.held.hold(rid, charged, hold)
+            return self.held.hold(rid, charged, hold, ex.identity.user)
         # only an answer that ended the response and says what it used (a cancel answered without
         # usage still bills what ran: review 58b H1); not a poll while it runs, nor a refusal
         if not (ex.request.results and result.finished and result.usage_final and served):
@@ -508,6 +508,7 @@ IN_FLIGHT_RETRY_SECONDS = 2  # retry-after of a request waiting for those in fli
 HELD_SOURCE = f"{HELD_SOURCE_PREFIX} its estimate, held until its result is fetched"
 LEFT_SOURCE = f"{HELD_SOURCE_PREFIX} a stream left running, held until its result is fetched"
 HELD_MAX = 50_000  # background responses whose charged estimate is remembered until fetched, newest kept
+HELD_PER_OWNER = 10  # ... of which one identity keeps at most HELD_MAX / this: its own oldest go first
 BACKGROUND_PROVIDERS = frozenset({"openai", "azure"})  # the providers that run Responses in the background
 
 
@@ -522,38 +523,44 @@ class Held:
     amount: Decimal  # USD charged when the response was answered `queued`
     hold: Reservation | None  # its exposure on the budgets (BudgetBook.hold), None when nothing more was possible
     until: float  # time.time() after which the hold is released (wall time, as the store's: a laptop asleep ages it)
+    owner: str = ""  # who queued it (the identity's user): its own holds are pushed out first
 
 
 class HeldEstimates:
     """Response id -> what a background response answered `queued` charged and holds (Admission's
     memory, this process only: after a restart, or fetched through another replica, its fetch is
-    charged in full, over and not under). Bounded: the newest HELD_MAX kept; holds older than
-    `seconds` (or pushed out) are handed back to be released."""
+    charged in full, over and not under). Bounded: the newest HELD_MAX kept, at most
+    HELD_MAX / HELD_PER_OWNER of them one owner's, so one user's traffic pushes out its own holds,
+    not another's (review 58 L1); holds older than `seconds` (or pushed out) are handed back to be
+    released."""
 
     def __init__(self, seconds: float = HOLD_SECONDS, clock: Callable[[], float] = time.time) -> None:
         self._held: OrderedDict[str, Held] = OrderedDict()  # oldest first: expiry pops from the front
+        self._owned: dict[str, OrderedDict[str, None]] = {}  # owner -> its response ids, oldest first
         self._lock = threading.Lock()
         self.seconds = seconds
         self._clock = clock
 
-    def hold(self, response_id: str, amount: Decimal, hold: Reservation | None) -> list[Reservation]:
+    def hold(self, response_id: str, amount: Decimal, hold: Reservation | None, owner: str = "") -> list[Reservation]:
         """Remember a queued response; returns the holds to release (expired, or pushed out)."""
         with self._lock:
             out = self._expired()
-            old = self._held.pop(response_id, None)  # (a provider never answers one id twice; never kept twice)
+            old = self._pop(response_id)  # (a provider never answers one id twice; never kept twice)
             if old is not None and old.hold is not None:
                 out.append(old.hold)
-            self._held[response_id] = Held(amount, hold, self._clock() + self.seconds)
+            self._held[response_id] = Held(amount, hold, self._clock() + self.seconds, owner)
+            mine = self._owned.setdefault(owner, OrderedDict())
+            mine[response_id] = None
+            while len(mine) > max(1, HELD_MAX // HELD_PER_OWNER):
+                out.extend(self._holds_of(self._pop(next(iter(mine)))))
             while len(self._held) > HELD_MAX:
-                gone = self._held.popitem(last=False)[1]
-                if gone.hold is not None:
-                    out.append(gone.hold)
+                out.extend(self._holds_of(self._pop(next(iter(self._held)))))
             return out
 
     def take(self, response_id: str) -> Held | None:
         """What is held for `response_id`, once (None when nothing is)."""
         with self._lock:
-            return self._held.pop(response_id, None)
+            return self._pop(response_id)
 
     def expired(self) -> list[Reservation]:
         """The holds past their time, forgotten here: the caller releases them."""
@@ -563,13 +570,25 @@ class HeldEstimates:
     def _expired(self) -> list[Reservation]:
         now, out = self._clock(), []
         while self._held:
-            first = next(iter(self._held.values()))
-            if first.until > now:
+            first = next(iter(self._held))
+            if self._held[first].until > now:
                 break
-            self._held.popitem(last=False)
-            if first.hold is not None:
-                out.append(first.hold)
+            out.extend(self._holds_of(self._pop(first)))
         return out
+
+    def _pop(self, response_id: str) -> Held | None:
+        """Forget one response (the lock is held)."""
+        held = self._held.pop(response_id, None)
+        if held is not None:
+            mine = self._owned[held.owner]
+            del mine[response_id]
+            if not mine:
+                del self._owned[held.owner]
+        return held
+
+    @staticmethod
+    def _holds_of(held: Held | None) -> list[Reservation]:
+        return [held.hold] if held is not None and held.hold is not None else []
 
 
 def too_large(provider: str, size: int, limit: int, encoding: str = "") -> refusal.Answer:

@@ -241,10 +241,25 @@ def test_held_estimates_hand_back_the_holds_they_forget():
     assert hold_id("openai:response:api.openai.com|resp_1") != hold_id("openai:response:other.example|resp_1")
 
 
+def test_held_estimates_push_out_an_owners_own_oldest_first(monkeypatch):
+    from spendgate.budgets import admission
+
+    monkeypatch.setattr(admission, "HELD_MAX", 6)
+    monkeypatch.setattr(admission, "HELD_PER_OWNER", 3)  # two each
+    held = HeldEstimates()
+    h = {k: Reservation(f"hold:{k}", Decimal(0), (), exposure=Decimal(1)) for k in ("a1", "b1", "b2", "b3", "c1")}
+    assert held.hold("a1", Decimal(0), h["a1"], "alice") == []
+    assert held.hold("b1", Decimal(0), h["b1"], "bob") == [] and held.hold("b2", Decimal(0), h["b2"], "bob") == []
+    assert held.hold("b3", Decimal(0), h["b3"], "bob") == [h["b1"]]  # bob's oldest, not alice's
+    assert held.take("a1").hold is h["a1"] and held.take("b1") is None
+    assert held.hold("c1", Decimal(0), h["c1"], "carol") == [] and held.take("b2").hold is h["b2"]
+
+
 def test_held_estimates_release_what_they_push_out(monkeypatch):
     from spendgate.budgets import admission
 
     monkeypatch.setattr(admission, "HELD_MAX", 2)
+    monkeypatch.setattr(admission, "HELD_PER_OWNER", 1)  # one owner may fill it: the oldest of all go
     held = HeldEstimates()
     h = [Reservation(f"hold:{i}", Decimal(0), (), exposure=Decimal(1)) for i in range(3)]
     assert held.hold("a", Decimal(0), h[0]) == [] and held.hold("b", Decimal(0), None) == []

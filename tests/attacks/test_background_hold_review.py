@@ -172,11 +172,11 @@ def test_memory_exposure_after_fetch_expiry_and_a_time_zone_change(tmp_path: Pat
         gw.close()
 
 
-@pytest.mark.xfail(strict=True, reason="left (review 58 L1): one pool of HELD_MAX holds for every user")
-def test_held_estimates_are_one_pool_for_every_user_so_bob_pushes_out_alices_hold(tmp_path: Path, monkeypatch):
-    """HELD_MAX (50,000) is one FIFO across all users: when it overflows, the oldest hold (anyone's)
-    is released. Shown with HELD_MAX = 3: Bob queues three cheap background responses on his own
-    budget, and Alice's hold on her $0.50 day is gone while her gpt-5 response still runs."""
+def test_one_users_holds_push_out_its_own_not_anothers(tmp_path: Path, monkeypatch):
+    """L1: HELD_MAX (50,000) was one FIFO across all users: when it overflowed, the oldest hold
+    (anyone's) was released. Shown with HELD_MAX = 3: Bob queued three cheap background responses on
+    his own budget, and Alice's hold on her $0.50 day was gone while her gpt-5 response still ran.
+    Now one owner keeps at most HELD_MAX / HELD_PER_OWNER (here one): Bob's push out Bob's."""
     from spendgate.budgets import admission
     from spendgate.identity import fingerprint
 
