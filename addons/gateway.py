@@ -111,6 +111,7 @@ class SpendGate:
         # spendgate's hooks run even when an error in a script before it cuts an event short
         # (eighteenth review): a provider request is never forwarded unchecked that way
         dispatch.guard(addons)
+        _pin_script()  # a file replaced or gone while we run must not reload or unload the gateway
         # Everything this process creates from now on (ledger, its WAL that DuckDB makes itself,
         # journal, discovery file) is owner-only. mitmproxy made its CA files before scripts load.
         os.umask(fsutil.PRIVATE_UMASK)
@@ -632,10 +633,44 @@ class SpendGate:
         self.gateway.meter.finish(ex, result, ended=msg, bytes_out=tap.bytes_seen if tap else 0)
 
     def done(self) -> None:
+        unloaded = self.gateway is not None and _unloaded(self)
         dispatch.unguard(addons)
         if self.gateway:
             self.gateway.close()
             self.gateway = None
+        if unloaded:  # fail closed: a proxy left running without us would pass provider traffic unchecked
+            log.error("spendgate: the gateway addon was unloaded while the proxy runs (its script taken out "
+                      "of the scripts option); stopping the proxy so no provider request passes unchecked")
+            raise SystemExit(1)  # through mitmproxy's hook call and the event loop: mitmdump exits 1
+
+
+def _pin_script() -> None:
+    """Stop mitmproxy's watcher of this script (mitmproxy/addons/script.py, `Script.watcher`).
+
+    It reloads a `-s` script whenever the file's mtime changes and unloads it for good once the file
+    is missing at one of its 1 s polls: an upgrade or a `git checkout` that replaced
+    addons/gateway.py left the proxy running with no budget, metering or access control (provider
+    requests forwarded unchecked), and a touch rebuilt the gateway on new module code over the old
+    package, with a new admin API port. The code loaded at start runs until a restart, like any
+    daemon's; the unload guard in `SpendGate.done` covers any other way out of the chain. Also
+    one event-loop wake-up a second less at rest. Called from `load`, which mitmproxy runs inside
+    that watcher's task: the task ends at its next sleep."""
+    loader = ctx.master.addons.get("scriptloader")
+    here = os.path.realpath(__file__)
+    for script in getattr(loader, "addons", ()):
+        task = getattr(script, "reloadtask", None)
+        if task is not None and os.path.realpath(getattr(script, "fullpath", "")) == here:
+            task.cancel()
+            script.reloadtask = None
+
+
+def _unloaded(addon: object) -> bool:
+    """Whether mitmproxy took `addon` out while the proxy runs: `AddonManager.remove` drops it from
+    the lookup before calling `done`, where a shutdown leaves it in."""
+    try:
+        return ctx.master.addons.get(type(addon).__name__.lower()) is not addon
+    except AttributeError:  # no master: done() called outside a proxy (tests)
+        return False
 
 
 def _decoded_on_loop(raw: bytes, encoding: str, cap: int) -> bytes | None:
