@@ -100,6 +100,8 @@ class SpendGate:
         self._released_at = 0.0  # time.monotonic() of the last bounds.release_memory()
         # (settings, (policy, pricing) file stamps, Gateway.check result) of the last configure
         self._checked: tuple[Settings, tuple, tuple | None] | None = None
+        self._loaded = False  # load() ran: mitmproxy registered this addon (done() outside a proxy: tests)
+        self._exiting = False  # done() raised SystemExit for an unload already
 
     def load(self, loader) -> None:
         # The meter and ledger threads share the GIL with mitmproxy's event loop. CPython makes a
@@ -111,6 +113,7 @@ class SpendGate:
         # spendgate's hooks run even when an error in a script before it cuts an event short
         # (eighteenth review): a provider request is never forwarded unchecked that way
         dispatch.guard(addons)
+        self._loaded = True
         _pin_script()  # a file replaced or gone while we run must not reload or unload the gateway
         # Everything this process creates from now on (ledger, its WAL that DuckDB makes itself,
         # journal, discovery file) is owner-only. mitmproxy made its CA files before scripts load.
@@ -617,8 +620,8 @@ class SpendGate:
         if session is not None:
             session.close("connection error")
         ex: Exchange | None = flow.metadata.get(META)
-        if ex is None or ex.extra.get("blocked"):
-            return
+        if ex is None or ex.extra.get("blocked") or self.gateway is None:
+            return  # (no gateway: it closed, and recorded what was in flight as interrupted)
         tap: StreamTap | None = flow.metadata.get(META + ".tap")
         result = tap.parser.result() if tap else None
         if tap:
@@ -633,15 +636,21 @@ class SpendGate:
         self.gateway.meter.finish(ex, result, ended=msg, bytes_out=tap.bytes_seen if tap else 0)
 
     def done(self) -> None:
-        unloaded = self.gateway is not None and _unloaded(self)
-        dispatch.unguard(addons)
-        if self.gateway:
-            self.gateway.close()
-            self.gateway = None
-        if unloaded:  # fail closed: a proxy left running without us would pass provider traffic unchecked
-            log.error("spendgate: the gateway addon was unloaded while the proxy runs (its script taken out "
-                      "of the scripts option); stopping the proxy so no provider request passes unchecked")
-            raise SystemExit(1)  # through mitmproxy's hook call and the event loop: mitmdump exits 1
+        # whether or not a gateway is open (a run-time rebuild that failed leaves none, and the 503s
+        # it answers stop with the addon); once: the second done (mitmproxy's own, while asyncio
+        # winds down after our SystemExit) must not raise again
+        unloaded = self._loaded and not self._exiting and _unloaded(self)
+        self._exiting = self._exiting or unloaded
+        try:
+            dispatch.unguard(addons)
+            gw, self.gateway = self.gateway, None
+            if gw:
+                gw.close()
+        finally:
+            if unloaded:  # fail closed even when close() failed
+                log.error("spendgate: the gateway addon was unloaded while the proxy runs (its script taken out "
+                          "of the scripts option); stopping the proxy so no provider request passes unchecked")
+                raise SystemExit(1)  # through mitmproxy's hook call and the event loop: mitmdump exits 1
 
 
 def _pin_script() -> None:
