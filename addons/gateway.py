@@ -650,7 +650,10 @@ class SpendGate:
             if unloaded:  # fail closed even when close() failed
                 log.error("spendgate: the gateway addon was unloaded while the proxy runs (its script taken out "
                           "of the scripts option); stopping the proxy so no provider request passes unchecked")
-                raise SystemExit(1)  # through mitmproxy's hook call and the event loop: mitmdump exits 1
+                # through mitmproxy's hook call and the event loop: mitmdump exits 1. It also cuts
+                # ScriptLoader.configure short before the script leaves the loader, so while asyncio
+                # winds down our hooks still answer, with no gateway: 503 (mitmproxy 12's order)
+                raise SystemExit(1)
 
 
 def _pin_script() -> None:
@@ -678,7 +681,7 @@ def _unloaded(addon: object) -> bool:
     the lookup before calling `done`, where a shutdown leaves it in."""
     try:
         return ctx.master.addons.get(type(addon).__name__.lower()) is not addon
-    except AttributeError:  # no master: done() called outside a proxy (tests)
+    except AttributeError:  # no master at all
         return False
 
 
