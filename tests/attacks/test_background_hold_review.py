@@ -67,6 +67,32 @@ def stream_fetch(gw, i: int, events: list[dict], leave: bool = True, path: str |
     return ex
 
 
+def poll_and_leave(gw, i: int) -> None:
+    """A streamed poll of response `i`, left at its first event while the response still runs."""
+    stream_fetch(gw, i, [{"type": "response.in_progress", "sequence_number": 1, "response": queued(i, "in_progress")}])
+
+
+def queued_again_after_a_left_poll(queuer, poller):
+    """Queue response 1 on `queuer`, poll it on `poller` and leave; what queuing response 2 answers."""
+    assert queue(queuer, 1) is None
+    poll_and_leave(poller, 1)
+    return queue(queuer, 2)
+
+
+def admitted_in_a_row(gw, after, times: int = 12) -> int:
+    """Queue `times` background responses one after another, `after(gw, i)` for each admitted one;
+    how many were admitted (closes `gw`)."""
+    admitted = 0
+    try:
+        for i in range(times):
+            if queue(gw, i) is None:
+                admitted += 1
+                after(gw, i)
+    finally:
+        gw.close()
+    return admitted
+
+
 def test_a_streamed_fetch_left_at_its_first_event_does_not_release_the_hold(tmp_path: Path):
     """`GET /v1/responses/{id}?stream=true` of a response still running, left after
     `response.in_progress`: the stream parser now takes the response id from that event, the
@@ -74,26 +100,14 @@ def test_a_streamed_fetch_left_at_its_first_event_does_not_release_the_hold(tmp_
     Queue, stream-fetch-and-leave, queue again: the $15.36 run of R3 is back."""
     gw = make(tmp_path, "defaults: {user: {day: 0.50}}\n")
     try:
-        assert queue(gw, 1) is None
-        stream_fetch(gw, 1, [{"type": "response.in_progress", "sequence_number": 1,
-                              "response": queued(1, "in_progress")}])
-        refused = queue(gw, 2)
+        refused = queued_again_after_a_left_poll(gw, gw)
     finally:
         gw.close()
     assert refused is not None, "an abandoned streamed poll of a running response released its hold"
 
 
 def test_queue_and_abandon_a_streamed_poll_twelve_times_stays_one_worst_case_past_the_cap(tmp_path: Path):
-    gw = make(tmp_path, "defaults: {user: {day: 0.50}}\n")
-    admitted = 0
-    try:
-        for i in range(12):
-            if queue(gw, i) is None:
-                admitted += 1
-                stream_fetch(gw, i, [{"type": "response.in_progress", "sequence_number": 1,
-                                      "response": queued(i, "in_progress")}])
-    finally:
-        gw.close()
+    admitted = admitted_in_a_row(make(tmp_path, "defaults: {user: {day: 0.50}}\n"), poll_and_leave)
     assert admitted == 1, f"{admitted} gpt-5 background responses (~$1.28 each) admitted on a $0.50 day"
 
 
@@ -211,10 +225,7 @@ def test_shared_a_streamed_poll_left_on_another_replica_does_not_release_the_hol
     url, pg = store
     a, b = _replica(tmp_path, "a", url), _replica(tmp_path, "b", url)
     try:
-        assert queue(a, 1) is None
-        stream_fetch(b, 1, [{"type": "response.in_progress", "sequence_number": 1,
-                             "response": queued(1, "in_progress")}])
-        refused = queue(a, 2)
+        refused = queued_again_after_a_left_poll(a, b)
     finally:
         a.close()
         b.close()

@@ -14,7 +14,7 @@ from spendgate.central.ingest import centre_priced
 from spendgate.pricing import reprice
 from spendgate.pricing.rates import Pricer
 from tests.attacks.test_background_hold import BODY, _fresh_ids, cancel, done, fetch, queue, queued, rid  # noqa: F401
-from tests.attacks.test_background_hold_review import bg_stream
+from tests.attacks.test_background_hold_review import admitted_in_a_row, bg_stream
 from tests.attacks.tenth_review_support import OPENAI, OPENAI_AUTH, ROOT, answered, make, rows, send
 
 
@@ -32,16 +32,9 @@ def test_queue_run_then_cancel_twelve_times_stays_one_worst_case_past_the_cap(tm
     the hold was meant to keep the worst case on it until the real cost is known. Twelve gpt-5
     responses (~$1.28 of work each, at worst) are admitted on a $0.50 day; each is charged its
     ~$0.04 estimate: the R3 run, with a cancel instead of nothing."""
-    gw = make(tmp_path, "defaults: {user: {day: 0.50}}\n")
-    admitted = 0
-    try:
-        for i in range(12):
-            if queue(gw, i) is None:
-                admitted += 1
-                # ... the model runs for minutes at the provider ...
-                cancel(gw, i, {**queued(i, "cancelled"), "usage": None})
-    finally:
-        gw.close()
+    # between queue and cancel the model runs for minutes at the provider
+    admitted = admitted_in_a_row(make(tmp_path, "defaults: {user: {day: 0.50}}\n"),
+                                 lambda gw, i: cancel(gw, i, {**queued(i, "cancelled"), "usage": None}))
     assert admitted == 1, f"{admitted} background gpt-5 responses admitted on a $0.50 day (queue, run, cancel)"
 
 
